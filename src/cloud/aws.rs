@@ -1,0 +1,481 @@
+//! The real adapter: [`RegionCloud`] over aws-sdk-ec2, one client per region, every call through the limiter.
+//!
+//! Credentials come from aws-config's standard chain. The SDK's own retries are off: throttling and transient
+//! errors are retried in one place, [`RegionLimiter::call`], so they are counted and never double-retried.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{
+    Filter, InstanceNetworkInterfaceSpecification, InstanceStateName, IpPermission, IpRange, Ipv6Range, KeyType,
+    ResourceType, Tag, TagSpecification,
+};
+use aws_sdk_ec2::Client;
+use dashmap::DashMap;
+use ipnet::IpNet;
+
+use super::*;
+use crate::config::AwsSettings;
+use crate::limiter::{RegionLimiter, RunLimits};
+
+/// EC2 in every region, through aws-sdk-ec2.
+pub struct AwsCloud {
+    sdk: aws_config::SdkConfig,
+    limits: Arc<RunLimits>,
+    regions: DashMap<Region, Arc<AwsRegion>>,
+}
+
+impl AwsCloud {
+    /// Loads the standard credential chain once; `[aws] profile` and `endpoint_url` (or `AWS_ENDPOINT_URL`) apply.
+    pub async fn connect(settings: &AwsSettings, limits: Arc<RunLimits>) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(RetryConfig::disabled());
+        if let Some(profile) = &settings.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(url) = &settings.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        AwsCloud { sdk: loader.load().await, limits, regions: DashMap::new() }
+    }
+}
+
+impl Cloud for AwsCloud {
+    fn region(&self, region: &Region) -> Arc<dyn RegionCloud> {
+        self.regions
+            .entry(region.clone())
+            .or_insert_with(|| {
+                let config = aws_sdk_ec2::config::Builder::from(&self.sdk)
+                    .region(aws_sdk_ec2::config::Region::new(region.as_str().to_string()))
+                    .build();
+                Arc::new(AwsRegion {
+                    region: region.clone(),
+                    client: Client::from_conf(config),
+                    limiter: self.limits.region(region),
+                })
+            })
+            .clone()
+    }
+}
+
+/// One region's client and request buckets.
+pub struct AwsRegion {
+    region: Region,
+    client: Client,
+    limiter: Arc<RegionLimiter>,
+}
+
+impl AwsRegion {
+    fn error<E>(&self, action: Action, error: SdkError<E, HttpResponse>) -> CloudError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let (kind, code, message) = match &error {
+            SdkError::ServiceError(service) => {
+                let code = service.err().code().map(str::to_string);
+                let status = service.raw().status().as_u16();
+                let kind = match &code {
+                    Some(code) => ErrorKind::of_code(code),
+                    None if status == 429 || status == 503 => ErrorKind::Throttled,
+                    None if status >= 500 => ErrorKind::Transient,
+                    None => ErrorKind::Permanent,
+                };
+                let message = service
+                    .err()
+                    .message()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("HTTP {status}: {}", DisplayErrorContext(&error)));
+                (kind, code, message)
+            }
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+                (ErrorKind::Transient, None, DisplayErrorContext(&error).to_string())
+            }
+            _ => (ErrorKind::Permanent, None, DisplayErrorContext(&error).to_string()),
+        };
+        CloudError { action, region: self.region.clone(), kind, code, message }
+    }
+
+    fn missing(&self, action: Action, what: &str) -> CloudError {
+        CloudError {
+            action,
+            region: self.region.clone(),
+            kind: ErrorKind::Permanent,
+            code: None,
+            message: format!("the response has no {what}"),
+        }
+    }
+}
+
+fn tag_specification(resource: ResourceType, tags: &Tags) -> TagSpecification {
+    let mut specification = TagSpecification::builder().resource_type(resource);
+    for (key, value) in tags {
+        specification = specification.tags(Tag::builder().key(key).value(value).build());
+    }
+    specification.build()
+}
+
+fn image_state(image: &aws_sdk_ec2::types::Image) -> ImageState {
+    use aws_sdk_ec2::types::ImageState as Ec2;
+    let reason = || {
+        image
+            .state_reason()
+            .and_then(|reason| reason.message())
+            .unwrap_or("no reason given")
+            .to_string()
+    };
+    match image.state() {
+        Some(Ec2::Available) => ImageState::Available,
+        Some(Ec2::Pending) | Some(Ec2::Transient) | None => ImageState::Pending,
+        Some(other) => ImageState::Failed(format!("{}: {}", other.as_str(), reason())),
+    }
+}
+
+#[async_trait]
+impl RegionCloud for AwsRegion {
+    fn region(&self) -> &Region {
+        &self.region
+    }
+
+    async fn find_images(&self, filter: &ImageFilter) -> CloudResult<Vec<ImageSummary>> {
+        let action = Action::DescribeImages;
+        let output = self
+            .limiter
+            .call(action, || {
+                let mut request = self
+                    .client
+                    .describe_images()
+                    .set_owners(Some(filter.owners.clone()))
+                    .filters(Filter::builder().name("name").values(&filter.name_pattern).build());
+                if let Some(architecture) = &filter.architecture {
+                    request = request.filters(Filter::builder().name("architecture").values(architecture).build());
+                }
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
+            })
+            .await?;
+        Ok(output
+            .images()
+            .iter()
+            .filter(|image| !matches!(image_state(image), ImageState::Failed(_)))
+            .filter_map(|image| {
+                Some(ImageSummary {
+                    id: ImageId(image.image_id()?.to_string()),
+                    name: image.name().unwrap_or_default().to_string(),
+                    creation_date: image.creation_date().unwrap_or_default().to_string(),
+                })
+            })
+            .collect())
+    }
+
+    async fn describe_images(&self, ids: &[ImageId]) -> CloudResult<Vec<ImageStatus>> {
+        let action = Action::DescribeImages;
+        let ids: Vec<String> = ids.iter().map(|id| id.0.clone()).collect();
+        let result = self
+            .limiter
+            .call(action, || {
+                let request = self.client.describe_images().set_image_ids(Some(ids.clone()));
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
+            })
+            .await;
+        let output = match result {
+            Ok(output) => output,
+            Err(error) if error.kind == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
+        Ok(output
+            .images()
+            .iter()
+            .filter_map(|image| {
+                Some(ImageStatus {
+                    id: ImageId(image.image_id()?.to_string()),
+                    state: image_state(image),
+                    snapshot_ids: image
+                        .block_device_mappings()
+                        .iter()
+                        .filter_map(|mapping| mapping.ebs()?.snapshot_id())
+                        .map(|id| SnapshotId(id.to_string()))
+                        .collect(),
+                })
+            })
+            .collect())
+    }
+
+    async fn subnet_vpc(&self, subnet_id: &str) -> CloudResult<VpcId> {
+        let action = Action::DescribeSubnets;
+        let output = self
+            .limiter
+            .call(action, || {
+                let request = self.client.describe_subnets().subnet_ids(subnet_id);
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
+            })
+            .await?;
+        output
+            .subnets()
+            .first()
+            .and_then(|subnet| subnet.vpc_id())
+            .map(|vpc| VpcId(vpc.to_string()))
+            .ok_or_else(|| self.missing(action, "subnet"))
+    }
+
+    async fn create_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey> {
+        let action = Action::CreateKeyPair;
+        let output = self
+            .limiter
+            .call(action, || {
+                let request = self
+                    .client
+                    .create_key_pair()
+                    .key_name(name.as_str())
+                    .key_type(KeyType::Rsa)
+                    .tag_specifications(tag_specification(ResourceType::KeyPair, tags));
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
+            })
+            .await?;
+        let material = output.key_material().ok_or_else(|| self.missing(action, "key material"))?;
+        Ok(PrivateKey::new(material.to_string()))
+    }
+
+    async fn delete_key_pair(&self, name: &KeyPairName) -> CloudResult<()> {
+        let action = Action::DeleteKeyPair;
+        self.limiter
+            .call(action, || {
+                let request = self.client.delete_key_pair().key_name(name.as_str());
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn create_security_group(
+        &self,
+        name: &str,
+        description: &str,
+        vpc: Option<&VpcId>,
+        tags: &Tags,
+    ) -> CloudResult<SecurityGroupId> {
+        let action = Action::CreateSecurityGroup;
+        let output = self
+            .limiter
+            .call(action, || {
+                let request = self
+                    .client
+                    .create_security_group()
+                    .group_name(name)
+                    .description(description)
+                    .set_vpc_id(vpc.map(|vpc| vpc.0.clone()))
+                    .tag_specifications(tag_specification(ResourceType::SecurityGroup, tags));
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
+            })
+            .await?;
+        output
+            .group_id()
+            .map(|id| SecurityGroupId(id.to_string()))
+            .ok_or_else(|| self.missing(action, "group id"))
+    }
+
+    async fn authorize_ingress(&self, group: &SecurityGroupId, port: u16, cidrs: &[IpNet]) -> CloudResult<()> {
+        let action = Action::AuthorizeSecurityGroupIngress;
+        let mut permission = IpPermission::builder().ip_protocol("tcp").from_port(port.into()).to_port(port.into());
+        for cidr in cidrs {
+            permission = match cidr {
+                IpNet::V4(v4) => permission
+                    .ip_ranges(IpRange::builder().cidr_ip(v4.to_string()).description("fleetbake build SSH").build()),
+                IpNet::V6(v6) => permission.ipv6_ranges(
+                    Ipv6Range::builder().cidr_ipv6(v6.to_string()).description("fleetbake build SSH").build(),
+                ),
+            };
+        }
+        let permission = permission.build();
+        self.limiter
+            .call(action, || {
+                let request = self
+                    .client
+                    .authorize_security_group_ingress()
+                    .group_id(group.as_str())
+                    .ip_permissions(permission.clone());
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_security_group(&self, group: &SecurityGroupId) -> CloudResult<()> {
+        let action = Action::DeleteSecurityGroup;
+        self.limiter
+            .call(action, || {
+                let request = self.client.delete_security_group().group_id(group.as_str());
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn run_instance(&self, spec: &LaunchSpec) -> CloudResult<InstanceId> {
+        let action = Action::RunInstances;
+        let output = self
+            .limiter
+            .call(action, || {
+                let mut request = self
+                    .client
+                    .run_instances()
+                    .image_id(spec.image_id.as_str())
+                    .instance_type(spec.instance_type.as_str().into())
+                    .min_count(1)
+                    .max_count(1)
+                    .key_name(spec.key_name.as_str())
+                    .client_token(&spec.client_token)
+                    .tag_specifications(tag_specification(ResourceType::Instance, &spec.tags))
+                    .tag_specifications(tag_specification(ResourceType::Volume, &spec.tags));
+                request = match (&spec.subnet_id, spec.associate_public_ip) {
+                    (subnet, Some(associate)) => request.network_interfaces(
+                        InstanceNetworkInterfaceSpecification::builder()
+                            .device_index(0)
+                            .set_subnet_id(subnet.clone())
+                            .associate_public_ip_address(associate)
+                            .groups(spec.security_group.as_str())
+                            .delete_on_termination(true)
+                            .build(),
+                    ),
+                    (subnet, None) => request
+                        .set_subnet_id(subnet.clone())
+                        .security_group_ids(spec.security_group.as_str()),
+                };
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
+            })
+            .await?;
+        output
+            .instances()
+            .first()
+            .and_then(|instance| instance.instance_id())
+            .map(|id| InstanceId(id.to_string()))
+            .ok_or_else(|| self.missing(action, "instance"))
+    }
+
+    async fn describe_instances(&self, ids: &[InstanceId]) -> CloudResult<Vec<InstanceStatus>> {
+        let action = Action::DescribeInstances;
+        let ids: Vec<String> = ids.iter().map(|id| id.0.clone()).collect();
+        let result = self
+            .limiter
+            .call(action, || {
+                let request = self.client.describe_instances().set_instance_ids(Some(ids.clone()));
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
+            })
+            .await;
+        let output = match result {
+            Ok(output) => output,
+            Err(error) if error.kind == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
+        Ok(output
+            .reservations()
+            .iter()
+            .flat_map(|reservation| reservation.instances())
+            .filter_map(|instance| {
+                let state = match instance.state()?.name()? {
+                    InstanceStateName::Pending => InstanceState::Pending,
+                    InstanceStateName::Running => InstanceState::Running,
+                    InstanceStateName::Stopping => InstanceState::Stopping,
+                    InstanceStateName::Stopped => InstanceState::Stopped,
+                    InstanceStateName::ShuttingDown => InstanceState::ShuttingDown,
+                    InstanceStateName::Terminated => InstanceState::Terminated,
+                    _ => InstanceState::Pending,
+                };
+                Some(InstanceStatus {
+                    id: InstanceId(instance.instance_id()?.to_string()),
+                    state,
+                    public_ip: instance.public_ip_address().map(str::to_string),
+                    private_ip: instance.private_ip_address().map(str::to_string),
+                })
+            })
+            .collect())
+    }
+
+    async fn stop_instance(&self, id: &InstanceId) -> CloudResult<()> {
+        let action = Action::StopInstances;
+        self.limiter
+            .call(action, || {
+                let request = self.client.stop_instances().instance_ids(id.as_str());
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn terminate_instance(&self, id: &InstanceId) -> CloudResult<()> {
+        let action = Action::TerminateInstances;
+        self.limiter
+            .call(action, || {
+                let request = self.client.terminate_instances().instance_ids(id.as_str());
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn create_image(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        description: Option<&str>,
+        tags: &Tags,
+    ) -> CloudResult<ImageId> {
+        let action = Action::CreateImage;
+        let output = self
+            .limiter
+            .call(action, || {
+                let request = self
+                    .client
+                    .create_image()
+                    .instance_id(instance.as_str())
+                    .name(name)
+                    .set_description(description.map(str::to_string))
+                    .tag_specifications(tag_specification(ResourceType::Image, tags));
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
+            })
+            .await?;
+        output
+            .image_id()
+            .map(|id| ImageId(id.to_string()))
+            .ok_or_else(|| self.missing(action, "image id"))
+    }
+
+    async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId> {
+        let action = Action::CopyImage;
+        let output = self
+            .limiter
+            .call(action, || {
+                let request = self
+                    .client
+                    .copy_image()
+                    .source_region(spec.source_region.as_str())
+                    .source_image_id(spec.source_image.as_str())
+                    .name(&spec.name)
+                    .set_description(spec.description.clone())
+                    .client_token(&spec.client_token);
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
+            })
+            .await?;
+        output
+            .image_id()
+            .map(|id| ImageId(id.to_string()))
+            .ok_or_else(|| self.missing(action, "image id"))
+    }
+
+    async fn create_tags(&self, resources: &[String], tags: &Tags) -> CloudResult<()> {
+        let action = Action::CreateTags;
+        let tags: Vec<Tag> = tags.iter().map(|(key, value)| Tag::builder().key(key).value(value).build()).collect();
+        self.limiter
+            .call(action, || {
+                let request = self
+                    .client
+                    .create_tags()
+                    .set_resources(Some(resources.to_vec()))
+                    .set_tags(Some(tags.clone()));
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
+            })
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,285 @@
+//! The cloud port: what the build and copy steps may ask of EC2 in one region, and nothing more.
+//!
+//! Steps know the cloud only through [`RegionCloud`]. [`aws`] is the adapter over aws-sdk-ec2; every call an
+//! adapter makes goes through the region's [`crate::limiter::RegionLimiter`].
+
+pub mod aws;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+
+use crate::config::{ImageFilter, Region, Tags};
+
+macro_rules! resource_id {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {$(
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    )*};
+}
+
+resource_id!(
+    /// `ami-…`
+    ImageId,
+    /// `i-…`
+    InstanceId,
+    /// `sg-…`
+    SecurityGroupId,
+    /// `snap-…`
+    SnapshotId,
+    /// `vpc-…`
+    VpcId,
+    /// A key pair's name (EC2 addresses key pairs by name).
+    KeyPairName,
+);
+
+/// A private key as EC2 returned it. Never printed: `Debug` redacts it.
+pub struct PrivateKey(String);
+
+impl PrivateKey {
+    pub fn new(pem: String) -> Self {
+        PrivateKey(pem)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PrivateKey(<redacted>)")
+    }
+}
+
+/// Every EC2 action fleetbake calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    DescribeImages,
+    DescribeInstances,
+    DescribeSubnets,
+    CreateKeyPair,
+    DeleteKeyPair,
+    CreateSecurityGroup,
+    AuthorizeSecurityGroupIngress,
+    DeleteSecurityGroup,
+    RunInstances,
+    StopInstances,
+    TerminateInstances,
+    CreateImage,
+    CopyImage,
+    CreateTags,
+}
+
+/// EC2's request-rate classes; each has its own token bucket per region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActionClass {
+    NonMutating,
+    Mutating,
+    RunInstances,
+    CopyImage,
+}
+
+impl Action {
+    pub fn class(self) -> ActionClass {
+        match self {
+            Action::DescribeImages | Action::DescribeInstances | Action::DescribeSubnets => ActionClass::NonMutating,
+            Action::RunInstances => ActionClass::RunInstances,
+            Action::CopyImage => ActionClass::CopyImage,
+            _ => ActionClass::Mutating,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// How a failed call should be treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// RequestLimitExceeded and kin: wait and retry.
+    Throttled,
+    /// A 5xx, a dropped connection, a timeout: retry.
+    Transient,
+    /// The resource does not exist (any `*.NotFound` code).
+    NotFound,
+    /// Anything else: the answer is final.
+    Permanent,
+}
+
+/// A failed EC2 call, with the AWS error code where there is one.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{action} in {region}: {}{message}", code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
+pub struct CloudError {
+    pub action: Action,
+    pub region: Region,
+    pub kind: ErrorKind,
+    pub code: Option<String>,
+    pub message: String,
+}
+
+const THROTTLING_CODES: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "EC2ThrottledException",
+    "SlowDown",
+    "PriorRequestNotComplete",
+];
+
+const TRANSIENT_CODES: &[&str] = &["InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "RequestTimeout"];
+
+impl ErrorKind {
+    /// Classifies an AWS error code.
+    pub fn of_code(code: &str) -> ErrorKind {
+        if THROTTLING_CODES.contains(&code) {
+            ErrorKind::Throttled
+        } else if TRANSIENT_CODES.contains(&code) {
+            ErrorKind::Transient
+        } else if code.ends_with(".NotFound") {
+            ErrorKind::NotFound
+        } else {
+            ErrorKind::Permanent
+        }
+    }
+
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorKind::Throttled | ErrorKind::Transient)
+    }
+}
+
+/// An image that matched a source filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSummary {
+    pub id: ImageId,
+    pub name: String,
+    /// RFC 3339 as EC2 gives it; compared as text, which orders RFC 3339 UTC times correctly.
+    pub creation_date: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageState {
+    Pending,
+    Available,
+    /// Failed, error, invalid, deregistered: it will never become available.
+    Failed(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageStatus {
+    pub id: ImageId,
+    pub state: ImageState,
+    pub snapshot_ids: Vec<SnapshotId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InstanceState {
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    ShuttingDown,
+    Terminated,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceStatus {
+    pub id: InstanceId,
+    pub state: InstanceState,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+}
+
+/// What RunInstances is asked for.
+#[derive(Clone, Debug)]
+pub struct LaunchSpec {
+    pub image_id: ImageId,
+    pub instance_type: String,
+    pub key_name: KeyPairName,
+    pub security_group: SecurityGroupId,
+    pub subnet_id: Option<String>,
+    pub associate_public_ip: Option<bool>,
+    /// Idempotency token: a retried RunInstances with the same token launches nothing new.
+    pub client_token: String,
+    pub tags: Tags,
+}
+
+/// What CopyImage is asked for; sent to the destination region.
+#[derive(Clone, Debug)]
+pub struct CopySpec {
+    pub source_region: Region,
+    pub source_image: ImageId,
+    pub name: String,
+    pub description: Option<String>,
+    pub client_token: String,
+}
+
+pub type CloudResult<T> = Result<T, CloudError>;
+
+/// EC2 in one region, as the steps see it.
+#[async_trait]
+pub trait RegionCloud: Send + Sync {
+    fn region(&self) -> &Region;
+
+    /// Every image matching the filter (any state but deregistered), unordered.
+    async fn find_images(&self, filter: &ImageFilter) -> CloudResult<Vec<ImageSummary>>;
+    /// The images among `ids` that exist; unknown ids are left out.
+    async fn describe_images(&self, ids: &[ImageId]) -> CloudResult<Vec<ImageStatus>>;
+    async fn subnet_vpc(&self, subnet_id: &str) -> CloudResult<VpcId>;
+
+    async fn create_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey>;
+    async fn delete_key_pair(&self, name: &KeyPairName) -> CloudResult<()>;
+
+    async fn create_security_group(
+        &self,
+        name: &str,
+        description: &str,
+        vpc: Option<&VpcId>,
+        tags: &Tags,
+    ) -> CloudResult<SecurityGroupId>;
+    async fn authorize_ingress(&self, group: &SecurityGroupId, port: u16, cidrs: &[IpNet]) -> CloudResult<()>;
+    async fn delete_security_group(&self, group: &SecurityGroupId) -> CloudResult<()>;
+
+    async fn run_instance(&self, spec: &LaunchSpec) -> CloudResult<InstanceId>;
+    /// The instances among `ids` that exist.
+    async fn describe_instances(&self, ids: &[InstanceId]) -> CloudResult<Vec<InstanceStatus>>;
+    async fn stop_instance(&self, id: &InstanceId) -> CloudResult<()>;
+    async fn terminate_instance(&self, id: &InstanceId) -> CloudResult<()>;
+
+    async fn create_image(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        description: Option<&str>,
+        tags: &Tags,
+    ) -> CloudResult<ImageId>;
+    async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId>;
+    async fn create_tags(&self, resources: &[String], tags: &Tags) -> CloudResult<()>;
+}
+
+/// The cloud in every region a run touches.
+pub trait Cloud: Send + Sync {
+    fn region(&self, region: &Region) -> Arc<dyn RegionCloud>;
+}

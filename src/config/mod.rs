@@ -1,0 +1,273 @@
+//! fleet.toml: its schema, the defaults inheritance and every check, each error naming `file:line:column` and key.
+//!
+//! [`load`] is the only entry point. It reads the file and the files it names, never the network.
+
+mod schema;
+mod spans;
+pub mod template;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use template::{NameContext, NameTemplate, Placeholder};
+pub use validate::RUN_ID_LENGTH;
+
+/// An AWS region name such as `us-west-2`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Region(String);
+
+impl Region {
+    pub fn new(name: impl Into<String>) -> Self {
+        Region(name.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The name of one `[[flavor]]`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct FlavorName(String);
+
+impl FlavorName {
+    pub fn new(name: impl Into<String>) -> Self {
+        FlavorName(name.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FlavorName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub type Tags = BTreeMap<String, String>;
+
+/// A fleet file, resolved: defaults applied, paths absolute, every value checked.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    pub file: PathBuf,
+    pub name: String,
+    pub ami_name: NameTemplate,
+    pub ami_description: Option<String>,
+    pub manifest_path: PathBuf,
+    /// The fleet's own tags (`[fleet] tags`).
+    pub tags: Tags,
+    pub flavors: Vec<Flavor>,
+    /// Build region → the regions its images are copied to, in name order.
+    pub regions: BTreeMap<Region, Vec<Region>>,
+    pub matrix: Matrix,
+    pub aws: AwsSettings,
+    pub ssh: SshSettings,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug)]
+pub struct Flavor {
+    pub name: FlavorName,
+    pub source_ami: SourceAmi,
+    pub instance_type: String,
+    pub ssh_username: String,
+    pub subnet_id: Option<String>,
+    pub associate_public_ip: Option<bool>,
+    /// The defaults' tags overlaid with the flavor's own.
+    pub tags: Tags,
+    pub provisioners: Vec<Provisioner>,
+}
+
+/// Where a build's source image comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceAmi {
+    Id(String),
+    /// The newest image matching this, looked up in each build region.
+    Filter(ImageFilter),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageFilter {
+    pub owners: Vec<String>,
+    pub name_pattern: String,
+    pub architecture: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Provisioner {
+    /// Upload a local file.
+    File { source: PathBuf, destination: String },
+    /// Run a shell script (a local file, or inline lines run with `/bin/sh -e`).
+    Shell { script: ShellScript, env: BTreeMap<String, String> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShellScript {
+    File(PathBuf),
+    Inline(Vec<String>),
+}
+
+/// Which flavor × build region pairs are built.
+#[derive(Clone, Debug, Default)]
+pub struct Matrix {
+    /// `None`: every flavor.
+    pub flavors: Option<Vec<FlavorName>>,
+    pub exclude: Vec<Exclusion>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Exclusion {
+    pub flavor: Option<FlavorName>,
+    pub region: Option<Region>,
+}
+
+impl Exclusion {
+    pub fn matches(&self, flavor: &FlavorName, region: &Region) -> bool {
+        self.flavor.as_ref().is_none_or(|f| f == flavor) && self.region.as_ref().is_none_or(|r| r == region)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AwsSettings {
+    pub profile: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SshSettings {
+    /// Connect here instead of the instance's public (or private) address.
+    pub host: Option<String>,
+    pub port: u16,
+    pub timeout: Duration,
+    /// Who may reach port 22; `None`: detect this machine's public address.
+    pub source_cidrs: Option<Vec<IpNet>>,
+    pub ip_detect_url: String,
+}
+
+pub const DEFAULT_IP_DETECT_URL: &str = "http://checkip.amazonaws.com/";
+
+/// A token bucket: `burst` requests at once, refilled at `per_second`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bucket {
+    pub burst: u32,
+    pub per_second: f64,
+}
+
+/// Per-region request buckets for EC2's action classes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ApiRates {
+    pub non_mutating: Bucket,
+    pub mutating: Bucket,
+    pub run_instances: Bucket,
+    pub copy_image: Bucket,
+}
+
+impl Default for ApiRates {
+    /// EC2's documented default request-rate buckets.
+    fn default() -> Self {
+        ApiRates {
+            non_mutating: Bucket { burst: 100, per_second: 20.0 },
+            mutating: Bucket { burst: 50, per_second: 5.0 },
+            run_instances: Bucket { burst: 5, per_second: 2.0 },
+            copy_image: Bucket { burst: 100, per_second: 1.0 },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_parallel_builds: usize,
+    pub max_parallel_copies_per_region: usize,
+    /// How long CreateImage or CopyImage may take to become available.
+    pub image_timeout: Duration,
+    pub api: ApiRates,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_parallel_builds: 8,
+            max_parallel_copies_per_region: 5,
+            image_timeout: Duration::from_secs(2 * 60 * 60),
+            api: ApiRates::default(),
+        }
+    }
+}
+
+/// One problem in a fleet file (or a file it names), located in the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: `{}`: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.key,
+                self.message
+            )
+        }
+    }
+}
+
+/// Every problem found in a fleet file; never empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (position, error) in self.0.iter().enumerate() {
+            if position > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads, parses and checks a fleet file. Reads only local files.
+pub fn load(path: &Path) -> Result<Fleet, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read the fleet file: {error}"),
+        }])
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and checks fleet-file text; `path` locates the files it names and labels errors.
+pub fn parse(path: &Path, text: &str) -> Result<Fleet, ConfigErrors> {
+    validate::parse(path, text)
+}

@@ -1,0 +1,149 @@
+//! The fleet.toml file as written: plain serde structs that reject unknown keys.
+//!
+//! Nothing here is validated beyond TOML types; [`super::validate`] turns these into the resolved [`super::Fleet`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+pub type TagMap = BTreeMap<String, String>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    pub fleet: FleetSection,
+    #[serde(default)]
+    pub defaults: DefaultsSection,
+    #[serde(default, rename = "flavor")]
+    pub flavors: Vec<FlavorSection>,
+    #[serde(default)]
+    pub regions: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub matrix: MatrixSection,
+    #[serde(default)]
+    pub aws: AwsSection,
+    #[serde(default)]
+    pub ssh: SshSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    pub name: String,
+    pub ami_name: Option<String>,
+    pub ami_description: Option<String>,
+    pub manifest: Option<String>,
+    #[serde(default)]
+    pub tags: TagMap,
+}
+
+/// Keys every flavor inherits unless it sets them itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsSection {
+    pub instance_type: Option<String>,
+    pub ssh_username: Option<String>,
+    pub subnet_id: Option<String>,
+    pub associate_public_ip: Option<bool>,
+    #[serde(default)]
+    pub tags: TagMap,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlavorSection {
+    pub name: String,
+    pub source_ami: SourceAmiSection,
+    pub instance_type: Option<String>,
+    pub ssh_username: Option<String>,
+    pub subnet_id: Option<String>,
+    pub associate_public_ip: Option<bool>,
+    #[serde(default)]
+    pub tags: TagMap,
+    #[serde(default)]
+    pub provisioners: Vec<ProvisionerSection>,
+}
+
+/// `{ id = "ami-…" }` or `{ owners = [...], name = "pattern" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceAmiSection {
+    pub id: Option<String>,
+    pub owners: Option<Vec<String>>,
+    pub name: Option<String>,
+    pub architecture: Option<String>,
+}
+
+/// One provisioner; which keys are allowed depends on `type`, checked in validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionerSection {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub source: Option<String>,
+    pub destination: Option<String>,
+    pub script: Option<String>,
+    pub inline: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixSection {
+    pub flavors: Option<Vec<String>>,
+    #[serde(default)]
+    pub exclude: Vec<ExcludeSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExcludeSection {
+    pub flavor: Option<String>,
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSection {
+    pub profile: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshSection {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub timeout: Option<String>,
+    pub source_cidrs: Option<Vec<String>>,
+    pub ip_detect_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_parallel_builds: Option<usize>,
+    pub max_parallel_copies_per_region: Option<usize>,
+    pub image_timeout: Option<String>,
+    #[serde(default)]
+    pub api: ApiRatesSection,
+}
+
+/// Per-region request buckets, one per EC2 action class.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiRatesSection {
+    pub non_mutating: Option<BucketSection>,
+    pub mutating: Option<BucketSection>,
+    pub run_instances: Option<BucketSection>,
+    pub copy_image: Option<BucketSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSection {
+    pub burst: u32,
+    pub per_second: f64,
+}

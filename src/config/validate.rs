@@ -1,0 +1,593 @@
+//! Turns the raw [`schema`](super::schema) into a [`Fleet`], collecting every problem with its key path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::schema::{self, FleetFile, TagMap};
+use super::spans::{self, KeyPath, Node};
+use super::template::{NameContext, NameTemplate, Placeholder};
+use super::*;
+
+const DEFAULT_AMI_NAME: &str = "{flavor}-{build_region}-{timestamp}";
+const DEFAULT_MANIFEST: &str = "manifest.json";
+const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Longest values the placeholders can take, for the AMI name length check.
+const LONGEST_TIMESTAMP: &str = "20261126T143000Z";
+const LONGEST_DATE: &str = "2026-11-26";
+pub const RUN_ID_LENGTH: usize = 21;
+
+struct Problem {
+    path: KeyPath,
+    message: String,
+}
+
+/// Collects problems while the fleet is resolved.
+struct Checker<'a> {
+    file: &'a Path,
+    base_dir: PathBuf,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, path: KeyPath, message: impl Into<String>) {
+        self.problems.push(Problem { path, message: message.into() });
+    }
+
+    fn local_file(&mut self, path: KeyPath, relative: &str) -> PathBuf {
+        let resolved = self.base_dir.join(relative);
+        if !resolved.is_file() {
+            let why = if resolved.exists() { "is not a regular file" } else { "does not exist" };
+            self.problem(path, format!("`{}` {why}", resolved.display()));
+        }
+        resolved
+    }
+
+    fn duration(&mut self, path: KeyPath, text: &str) -> Option<Duration> {
+        match humantime::parse_duration(text) {
+            Ok(duration) if !duration.is_zero() => Some(duration),
+            Ok(_) => {
+                self.problem(path, "must be longer than zero");
+                None
+            }
+            Err(error) => {
+                self.problem(path, format!("`{text}` is not a duration like `90s`, `10m` or `2h`: {error}"));
+                None
+            }
+        }
+    }
+
+    fn tags(&mut self, path: KeyPath, tags: &TagMap) {
+        for (key, value) in tags {
+            let at = path.key(key);
+            if key.is_empty() || key.len() > 128 {
+                self.problem(at.clone(), "a tag key must be 1 to 128 characters");
+            }
+            if key.starts_with("aws:") || key.starts_with("fleetbake:") {
+                self.problem(at.clone(), "tag keys starting with `aws:` or `fleetbake:` are reserved");
+            }
+            if value.len() > 256 {
+                self.problem(at, "a tag value must be at most 256 characters");
+            }
+        }
+    }
+
+    fn name(&mut self, path: KeyPath, what: &str, name: &str) {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !valid {
+            self.problem(path, format!("`{name}` is not a valid {what} name: 1 to 64 of letters, digits, `.`, `_`, `-`"));
+        }
+    }
+
+    fn region(&mut self, path: KeyPath, name: &str) -> Region {
+        if !is_region_name(name) {
+            self.problem(path, format!("`{name}` is not an AWS region name like `us-west-2`"));
+        }
+        Region::new(name)
+    }
+
+    fn positive(&mut self, path: KeyPath, value: Option<usize>, default: usize) -> usize {
+        match value {
+            Some(0) => {
+                self.problem(path, "must be at least 1");
+                default
+            }
+            Some(value) => value,
+            None => default,
+        }
+    }
+}
+
+/// `us-west-2`, `eu-central-1`, `us-gov-west-1`, `ap-southeast-4`, ….
+pub fn is_region_name(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').collect();
+    parts.len() >= 3
+        && parts.iter().all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+        && parts[0].len() == 2
+        && parts[0].chars().all(|c| c.is_ascii_lowercase())
+        && parts.last().is_some_and(|last| last.chars().all(|c| c.is_ascii_digit()))
+}
+
+pub fn parse(file: &Path, text: &str) -> Result<Fleet, ConfigErrors> {
+    let tree = Node::parse(text);
+    let raw: FleetFile = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(error) => {
+            let span = error.span().unwrap_or(0..0);
+            let key = tree.as_ref().map(|tree| spans::path_at(tree, span.start)).unwrap_or_default();
+            let (line, column) = spans::line_column(text, span.start);
+            return Err(ConfigErrors(vec![ConfigError {
+                file: file.to_path_buf(),
+                line,
+                column,
+                key: key.to_string(),
+                message: error.message().trim().to_string(),
+            }]));
+        }
+    };
+    let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
+    let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
+    let mut checker = Checker { file, base_dir, problems: Vec::new() };
+    let fleet = resolve(&mut checker, raw);
+    if checker.problems.is_empty() {
+        return Ok(fleet);
+    }
+    let tree = tree.expect("text that deserialized is TOML");
+    Err(ConfigErrors(locate_problems(checker.file, text, &tree, checker.problems)))
+}
+
+fn locate_problems(file: &Path, text: &str, tree: &Spanned<Node>, problems: Vec<Problem>) -> Vec<ConfigError> {
+    let mut errors: Vec<ConfigError> = problems
+        .into_iter()
+        .map(|problem| {
+            let located = spans::locate(tree, &problem.path);
+            let (line, column) = spans::line_column(text, located.span.start);
+            ConfigError {
+                file: file.to_path_buf(),
+                line,
+                column,
+                key: problem.path.to_string(),
+                message: problem.message,
+            }
+        })
+        .collect();
+    errors.sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+    errors
+}
+
+fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
+    let root = KeyPath::root();
+    let fleet_path = root.key("fleet");
+    checker.name(fleet_path.key("name"), "fleet", &raw.fleet.name);
+    checker.tags(fleet_path.key("tags"), &raw.fleet.tags);
+    checker.tags(root.key("defaults").key("tags"), &raw.defaults.tags);
+
+    let ami_name_source = raw.fleet.ami_name.as_deref().unwrap_or(DEFAULT_AMI_NAME);
+    let ami_name = match NameTemplate::parse(ami_name_source) {
+        Ok(template) => template,
+        Err(message) => {
+            checker.problem(fleet_path.key("ami_name"), message);
+            NameTemplate::parse(DEFAULT_AMI_NAME).expect("default template parses")
+        }
+    };
+    if !(ami_name.uses(Placeholder::Timestamp) || ami_name.uses(Placeholder::RunId) || ami_name.uses(Placeholder::Date)) {
+        checker.problem(
+            fleet_path.key("ami_name"),
+            "must contain `{timestamp}`, `{run_id}` or `{date}`: AMI names are unique per region, so a fixed name fails every run after the first",
+        );
+    }
+    if let Some(description) = &raw.fleet.ami_description {
+        if description.len() > 255 {
+            checker.problem(fleet_path.key("ami_description"), "must be at most 255 characters");
+        }
+    }
+    let manifest_path = checker.base_dir.join(raw.fleet.manifest.as_deref().unwrap_or(DEFAULT_MANIFEST));
+
+    let flavors = resolve_flavors(checker, &raw);
+    let regions = resolve_regions(checker, &raw.regions);
+    let matrix = resolve_matrix(checker, &raw.matrix, &flavors, &regions);
+
+    let fleet = Fleet {
+        file: checker.file.to_path_buf(),
+        name: raw.fleet.name,
+        ami_name,
+        ami_description: raw.fleet.ami_description,
+        manifest_path,
+        tags: raw.fleet.tags,
+        flavors,
+        regions,
+        matrix,
+        aws: resolve_aws(checker, raw.aws),
+        ssh: resolve_ssh(checker, raw.ssh),
+        limits: resolve_limits(checker, raw.limits),
+    };
+    check_selection(checker, &fleet);
+    fleet
+}
+
+fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> Vec<Flavor> {
+    let defaults = &raw.defaults;
+    if raw.flavors.is_empty() {
+        checker.problem(KeyPath::root().key("flavor"), "no `[[flavor]]` is defined");
+    }
+    let mut seen = BTreeSet::new();
+    let mut flavors = Vec::new();
+    for (index, flavor) in raw.flavors.iter().enumerate() {
+        let path = KeyPath::root().key("flavor").index(index);
+        checker.name(path.key("name"), "flavor", &flavor.name);
+        if !seen.insert(flavor.name.clone()) {
+            checker.problem(path.key("name"), format!("flavor `{}` is defined twice", flavor.name));
+        }
+        checker.tags(path.key("tags"), &flavor.tags);
+        let instance_type = required_inherited(checker, &path, "instance_type", &flavor.instance_type, &defaults.instance_type);
+        let ssh_username = required_inherited(checker, &path, "ssh_username", &flavor.ssh_username, &defaults.ssh_username);
+        let mut tags = defaults.tags.clone();
+        tags.extend(flavor.tags.clone());
+        flavors.push(Flavor {
+            name: FlavorName::new(&flavor.name),
+            source_ami: resolve_source_ami(checker, path.key("source_ami"), &flavor.source_ami),
+            instance_type,
+            ssh_username,
+            subnet_id: flavor.subnet_id.clone().or_else(|| defaults.subnet_id.clone()),
+            associate_public_ip: flavor.associate_public_ip.or(defaults.associate_public_ip),
+            tags,
+            provisioners: flavor
+                .provisioners
+                .iter()
+                .enumerate()
+                .filter_map(|(index, provisioner)| {
+                    resolve_provisioner(checker, path.key("provisioners").index(index), provisioner)
+                })
+                .collect(),
+        });
+    }
+    flavors
+}
+
+fn required_inherited(
+    checker: &mut Checker<'_>,
+    flavor_path: &KeyPath,
+    key: &str,
+    own: &Option<String>,
+    default: &Option<String>,
+) -> String {
+    match own.as_ref().or(default.as_ref()) {
+        Some(value) if !value.trim().is_empty() => value.clone(),
+        Some(_) => {
+            let path = if own.is_some() { flavor_path.key(key) } else { KeyPath::root().key("defaults").key(key) };
+            checker.problem(path, "must not be empty");
+            String::new()
+        }
+        None => {
+            checker.problem(flavor_path.clone(), format!("`{key}` is required: set it in the flavor or in `[defaults]`"));
+            String::new()
+        }
+    }
+}
+
+fn resolve_source_ami(checker: &mut Checker<'_>, path: KeyPath, raw: &schema::SourceAmiSection) -> SourceAmi {
+    match (&raw.id, &raw.name) {
+        (Some(id), None) => {
+            if raw.owners.is_some() || raw.architecture.is_some() {
+                checker.problem(path.key("id"), "`id` cannot be combined with `owners`, `name` or `architecture`");
+            }
+            if !id.starts_with("ami-") {
+                checker.problem(path.key("id"), format!("`{id}` is not an image id like `ami-0123456789abcdef0`"));
+            }
+            SourceAmi::Id(id.clone())
+        }
+        (None, Some(name)) => {
+            let owners = raw.owners.clone().unwrap_or_default();
+            if owners.is_empty() {
+                checker.problem(
+                    path.clone(),
+                    "`owners` is required with `name`: without it an image from any account could match",
+                );
+            }
+            if name.is_empty() {
+                checker.problem(path.key("name"), "must not be empty");
+            }
+            SourceAmi::Filter(ImageFilter {
+                owners,
+                name_pattern: name.clone(),
+                architecture: raw.architecture.clone(),
+            })
+        }
+        (Some(_), Some(_)) => {
+            checker.problem(path, "set either `id` or `owners` + `name`, not both");
+            SourceAmi::Id(String::new())
+        }
+        (None, None) => {
+            checker.problem(path, "set `id = \"ami-…\"` or `owners = [...]` + `name = \"pattern\"`");
+            SourceAmi::Id(String::new())
+        }
+    }
+}
+
+fn resolve_provisioner(checker: &mut Checker<'_>, path: KeyPath, raw: &schema::ProvisionerSection) -> Option<Provisioner> {
+    let not_for = |checker: &mut Checker<'_>, key: &str, present: bool| {
+        if present {
+            checker.problem(path.key(key), format!("`{key}` is not a key of a `{}` provisioner", raw.kind));
+        }
+    };
+    match raw.kind.as_str() {
+        "file" => {
+            not_for(checker, "script", raw.script.is_some());
+            not_for(checker, "inline", raw.inline.is_some());
+            not_for(checker, "env", raw.env.is_some());
+            let source = match &raw.source {
+                Some(source) => checker.local_file(path.key("source"), source),
+                None => {
+                    checker.problem(path.clone(), "a `file` provisioner needs `source`");
+                    PathBuf::new()
+                }
+            };
+            let destination = match &raw.destination {
+                Some(destination) if !destination.is_empty() => destination.clone(),
+                _ => {
+                    checker.problem(path.clone(), "a `file` provisioner needs `destination`");
+                    String::new()
+                }
+            };
+            Some(Provisioner::File { source, destination })
+        }
+        "shell" => {
+            not_for(checker, "source", raw.source.is_some());
+            not_for(checker, "destination", raw.destination.is_some());
+            let script = match (&raw.script, &raw.inline) {
+                (Some(script), None) => ShellScript::File(checker.local_file(path.key("script"), script)),
+                (None, Some(lines)) => {
+                    if lines.is_empty() {
+                        checker.problem(path.key("inline"), "must hold at least one command");
+                    }
+                    ShellScript::Inline(lines.clone())
+                }
+                _ => {
+                    checker.problem(path.clone(), "a `shell` provisioner needs exactly one of `script` or `inline`");
+                    ShellScript::Inline(Vec::new())
+                }
+            };
+            let env = raw.env.clone().unwrap_or_default();
+            for name in env.keys() {
+                let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    checker.problem(path.key("env").key(name), format!("`{name}` is not a valid environment variable name"));
+                } else if name.starts_with("FLEETBAKE_") {
+                    checker.problem(path.key("env").key(name), "`FLEETBAKE_` variables are set by fleetbake itself");
+                }
+            }
+            Some(Provisioner::Shell { script, env })
+        }
+        other => {
+            checker.problem(path.key("type"), format!("unknown provisioner type `{other}`; expected `file` or `shell`"));
+            None
+        }
+    }
+}
+
+fn resolve_regions(checker: &mut Checker<'_>, raw: &BTreeMap<String, Vec<String>>) -> BTreeMap<Region, Vec<Region>> {
+    let path = KeyPath::root().key("regions");
+    if raw.is_empty() {
+        checker.problem(path.clone(), "no build region is defined: add `[regions]` with `build-region = [copy targets]`");
+    }
+    let mut regions = BTreeMap::new();
+    for (build, targets) in raw {
+        let build_path = path.key(build);
+        let build_region = checker.region(build_path.clone(), build);
+        let mut seen = BTreeSet::new();
+        let mut resolved = Vec::new();
+        for (index, target) in targets.iter().enumerate() {
+            let target_path = build_path.index(index);
+            let target_region = checker.region(target_path.clone(), target);
+            if target == build {
+                checker.problem(target_path, format!("`{target}` is the build region itself; its image is there already"));
+            } else if !seen.insert(target.clone()) {
+                checker.problem(target_path, format!("`{target}` is listed twice"));
+            } else {
+                resolved.push(target_region);
+            }
+        }
+        resolved.sort();
+        regions.insert(build_region, resolved);
+    }
+    regions
+}
+
+fn resolve_matrix(
+    checker: &mut Checker<'_>,
+    raw: &schema::MatrixSection,
+    flavors: &[Flavor],
+    regions: &BTreeMap<Region, Vec<Region>>,
+) -> Matrix {
+    let path = KeyPath::root().key("matrix");
+    let known_flavor = |name: &str| flavors.iter().any(|flavor| flavor.name.as_str() == name);
+    let known_flavors = || flavors.iter().map(|f| format!("`{}`", f.name)).collect::<Vec<_>>().join(", ");
+    let known_regions = || regions.keys().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ");
+    let selected = raw.flavors.as_ref().map(|names| {
+        let mut seen = BTreeSet::new();
+        for (index, name) in names.iter().enumerate() {
+            if !known_flavor(name) {
+                checker.problem(path.key("flavors").index(index), format!("unknown flavor `{name}`; defined: {}", known_flavors()));
+            } else if !seen.insert(name.clone()) {
+                checker.problem(path.key("flavors").index(index), format!("flavor `{name}` is listed twice"));
+            }
+        }
+        names.iter().map(FlavorName::new).collect()
+    });
+    let mut exclude = Vec::new();
+    for (index, entry) in raw.exclude.iter().enumerate() {
+        let entry_path = path.key("exclude").index(index);
+        if entry.flavor.is_none() && entry.region.is_none() {
+            checker.problem(entry_path.clone(), "an exclusion needs `flavor`, `region` or both");
+        }
+        if let Some(name) = &entry.flavor {
+            if !known_flavor(name) {
+                checker.problem(entry_path.key("flavor"), format!("unknown flavor `{name}`; defined: {}", known_flavors()));
+            }
+        }
+        if let Some(region) = &entry.region {
+            if !regions.contains_key(&Region::new(region)) {
+                checker.problem(entry_path.key("region"), format!("`{region}` is not a build region; build regions: {}", known_regions()));
+            }
+        }
+        exclude.push(Exclusion {
+            flavor: entry.flavor.as_ref().map(FlavorName::new),
+            region: entry.region.as_ref().map(Region::new),
+        });
+    }
+    Matrix { flavors: selected, exclude }
+}
+
+/// Checks that need the whole fleet: a non-empty matrix, single-region source ids, unique AMI names.
+fn check_selection(checker: &mut Checker<'_>, fleet: &Fleet) {
+    let pairs = fleet.selected_pairs();
+    if pairs.is_empty() && !fleet.flavors.is_empty() && !fleet.regions.is_empty() {
+        checker.problem(KeyPath::root().key("matrix"), "the matrix is empty: every flavor × region pair is excluded");
+    }
+    for (index, flavor) in fleet.flavors.iter().enumerate() {
+        let build_regions: Vec<&Region> = pairs.iter().filter(|(f, _)| f.name == flavor.name).map(|(_, r)| *r).collect();
+        if matches!(flavor.source_ami, SourceAmi::Id(_)) && build_regions.len() > 1 {
+            checker.problem(
+                KeyPath::root().key("flavor").index(index).key("source_ami").key("id"),
+                format!(
+                    "an image id exists in one region only, but this flavor builds in {}; use `owners` + `name` or exclude regions in `[matrix]`",
+                    build_regions.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+    }
+    // Every image lands in its build region and its copy targets; two images may not share a name in a region.
+    let run_id = "r".repeat(RUN_ID_LENGTH);
+    let mut names_by_region: BTreeMap<(&Region, String), (&FlavorName, &Region)> = BTreeMap::new();
+    for (flavor, build_region) in &pairs {
+        let name = fleet.ami_name.render(&NameContext {
+            flavor: flavor.name.as_str(),
+            build_region: build_region.as_str(),
+            date: LONGEST_DATE,
+            timestamp: LONGEST_TIMESTAMP,
+            run_id: &run_id,
+        });
+        let path = KeyPath::root().key("fleet").key("ami_name");
+        if name.len() < 3 || name.len() > 128 {
+            checker.problem(path.clone(), format!("renders `{name}` ({} characters); an AMI name must be 3 to 128", name.len()));
+        }
+        let holding = std::iter::once(*build_region).chain(fleet.regions[*build_region].iter());
+        for region in holding {
+            if let Some((other_flavor, other_build)) = names_by_region.insert((region, name.clone()), (&flavor.name, build_region)) {
+                checker.problem(
+                    path.clone(),
+                    format!(
+                        "gives `{other_flavor}` built in `{other_build}` and `{}` built in `{build_region}` the same name in `{region}`; add `{{flavor}}` or `{{build_region}}`",
+                        flavor.name
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn resolve_aws(checker: &mut Checker<'_>, raw: schema::AwsSection) -> AwsSettings {
+    if let Some(url) = &raw.endpoint_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            checker.problem(KeyPath::root().key("aws").key("endpoint_url"), format!("`{url}` is not an http:// or https:// URL"));
+        }
+    }
+    AwsSettings { profile: raw.profile, endpoint_url: raw.endpoint_url }
+}
+
+fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSettings {
+    let path = KeyPath::root().key("ssh");
+    if raw.port == Some(0) {
+        checker.problem(path.key("port"), "must be a port from 1 to 65535");
+    }
+    let timeout = raw
+        .timeout
+        .as_deref()
+        .and_then(|text| checker.duration(path.key("timeout"), text))
+        .unwrap_or(DEFAULT_SSH_TIMEOUT);
+    let source_cidrs = raw.source_cidrs.map(|cidrs| {
+        if cidrs.is_empty() {
+            checker.problem(path.key("source_cidrs"), "must list at least one CIDR; leave it out to detect this machine's address");
+        }
+        cidrs
+            .iter()
+            .enumerate()
+            .filter_map(|(index, text)| match text.parse::<IpNet>() {
+                Ok(net) => Some(net),
+                Err(_) => {
+                    let hint = if text.parse::<std::net::IpAddr>().is_ok() { format!("; did you mean `{text}/32`?") } else { String::new() };
+                    checker.problem(path.key("source_cidrs").index(index), format!("`{text}` is not a CIDR block like `198.51.100.7/32`{hint}"));
+                    None
+                }
+            })
+            .collect()
+    });
+    let ip_detect_url = raw.ip_detect_url.unwrap_or_else(|| DEFAULT_IP_DETECT_URL.to_string());
+    if !ip_detect_url.starts_with("http://") {
+        checker.problem(path.key("ip_detect_url"), "must be a plain http:// URL that answers with this machine's public address");
+    }
+    SshSettings { host: raw.host, port: raw.port.unwrap_or(22), timeout, source_cidrs, ip_detect_url }
+}
+
+fn resolve_limits(checker: &mut Checker<'_>, raw: schema::LimitsSection) -> Limits {
+    let path = KeyPath::root().key("limits");
+    let defaults = Limits::default();
+    let mut bucket = |name: &str, raw: Option<schema::BucketSection>, default: Bucket| match raw {
+        Some(raw) => {
+            if raw.burst == 0 {
+                checker.problem(path.key("api").key(name).key("burst"), "must be at least 1");
+            }
+            if !(raw.per_second > 0.0 && raw.per_second.is_finite()) {
+                checker.problem(path.key("api").key(name).key("per_second"), "must be a positive number");
+            }
+            Bucket { burst: raw.burst.max(1), per_second: if raw.per_second > 0.0 { raw.per_second } else { default.per_second } }
+        }
+        None => default,
+    };
+    let api = ApiRates {
+        non_mutating: bucket("non_mutating", raw.api.non_mutating, defaults.api.non_mutating),
+        mutating: bucket("mutating", raw.api.mutating, defaults.api.mutating),
+        run_instances: bucket("run_instances", raw.api.run_instances, defaults.api.run_instances),
+        copy_image: bucket("copy_image", raw.api.copy_image, defaults.api.copy_image),
+    };
+    Limits {
+        max_parallel_builds: checker.positive(path.key("max_parallel_builds"), raw.max_parallel_builds, defaults.max_parallel_builds),
+        max_parallel_copies_per_region: checker.positive(
+            path.key("max_parallel_copies_per_region"),
+            raw.max_parallel_copies_per_region,
+            defaults.max_parallel_copies_per_region,
+        ),
+        image_timeout: raw
+            .image_timeout
+            .as_deref()
+            .and_then(|text| checker.duration(path.key("image_timeout"), text))
+            .unwrap_or(defaults.image_timeout),
+        api,
+    }
+}
+
+impl Fleet {
+    /// The flavor × build region pairs the matrix selects, in flavor-file order then region order.
+    pub fn selected_pairs(&self) -> Vec<(&Flavor, &Region)> {
+        let mut pairs = Vec::new();
+        for flavor in &self.flavors {
+            let selected = self.matrix.flavors.as_ref().is_none_or(|names| names.contains(&flavor.name));
+            if !selected {
+                continue;
+            }
+            for region in self.regions.keys() {
+                if !self.matrix.exclude.iter().any(|exclusion| exclusion.matches(&flavor.name, region)) {
+                    pairs.push((flavor, region));
+                }
+            }
+        }
+        pairs
+    }
+}

@@ -1,0 +1,142 @@
+//! The closed set of events the engine emits. Reporters (terminal lines, the manifest writer) consume them;
+//! nothing in the engine prints.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use crate::cloud::{CloudError, ImageId, SnapshotId};
+use crate::config::{FlavorName, Region};
+use crate::plan::RunId;
+
+/// Which image a job is making: a flavor in a region (the build region, or a copy's target).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobLabel {
+    pub flavor: FlavorName,
+    pub region: Region,
+}
+
+impl fmt::Display for JobLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.flavor, self.region)
+    }
+}
+
+/// A step of a build or a copy; a failure names the one it happened in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    SourceAmi,
+    KeyPair,
+    SecurityGroup,
+    Launch,
+    WaitRunning,
+    Connect,
+    Provision,
+    Stop,
+    CreateImage,
+    WaitImage,
+    Tag,
+    Copy,
+    WaitCopy,
+    Cleanup,
+    /// Never started: what it depended on failed.
+    Skipped,
+    /// Never started or cut short: the run was interrupted.
+    Interrupted,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = serde_json::to_value(self).ok().and_then(|value| value.as_str().map(str::to_string));
+        f.write_str(text.as_deref().unwrap_or("?"))
+    }
+}
+
+/// An image that exists and is available: what the manifest records per flavor and region.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Artifact {
+    pub image_id: ImageId,
+    pub name: String,
+    pub build_region: Region,
+    pub source_image_id: ImageId,
+    pub snapshot_ids: Vec<SnapshotId>,
+    /// When this image became available, RFC 3339.
+    pub created_at: String,
+}
+
+/// Why a job did not produce its image (or did, but left something behind).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    pub flavor: FlavorName,
+    pub region: Region,
+    pub stage: String,
+    /// The AWS error code, where the cause was an AWS error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub error: String,
+}
+
+impl Failure {
+    pub fn new(label: &JobLabel, stage: Stage, error: impl fmt::Display) -> Self {
+        Failure { flavor: label.flavor.clone(), region: label.region.clone(), stage: stage.to_string(), code: None, error: error.to_string() }
+    }
+
+    pub fn from_cloud(label: &JobLabel, stage: Stage, error: &CloudError) -> Self {
+        Failure { code: error.code.clone(), ..Failure::new(label, stage, error) }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every build and copy succeeded.
+    Complete,
+    /// Some images exist, something failed or is still to come.
+    Partial,
+    /// No image was made.
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Clone, Debug)]
+pub enum RunEvent {
+    RunStarted { fleet: String, run_id: RunId, started_at: DateTime<Utc>, builds: usize, copies: usize },
+    /// A job moved on; `detail` says what it did or waits for.
+    Progress { job: JobLabel, stage: Stage, detail: String },
+    /// A line a provisioner printed on the instance.
+    Output { job: JobLabel, stream: OutputStream, line: String },
+    ImageAvailable { job: JobLabel, flavor: FlavorName, region: Region, artifact: Artifact },
+    JobFailed(Failure),
+    /// A cleanup step failed; what it names may be left in the account.
+    CleanupFailed { job: JobLabel, resource: String, error: String },
+    /// The first interrupt: nothing new starts, everything cleans up.
+    Interrupted { signal: &'static str },
+    RunFinished { status: RunStatus, finished_at: DateTime<Utc>, succeeded: usize, failed: usize },
+}
+
+/// Where the engine sends events. Cloning is cheap; sending never blocks and never fails the engine.
+#[derive(Clone, Debug)]
+pub struct EventSender(mpsc::UnboundedSender<RunEvent>);
+
+impl EventSender {
+    pub fn channel() -> (EventSender, mpsc::UnboundedReceiver<RunEvent>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        (EventSender(sender), receiver)
+    }
+
+    pub fn send(&self, event: RunEvent) {
+        // The reporters outlive the engine; a closed channel only means the process is exiting.
+        let _ = self.0.send(event);
+    }
+
+    pub fn progress(&self, job: &JobLabel, stage: Stage, detail: impl Into<String>) {
+        self.send(RunEvent::Progress { job: job.clone(), stage, detail: detail.into() });
+    }
+}

@@ -1,0 +1,261 @@
+//! Every limit of a run in one place: EC2's per-region request buckets (one per action class), the retry of
+//! throttled and transient calls with jittered exponential backoff, and the build and copy concurrency caps.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::Semaphore;
+
+use crate::cloud::{Action, ActionClass, CloudError, CloudResult, ErrorKind};
+use crate::config::{ApiRates, Bucket, Limits, Region};
+
+/// How throttled and transient calls are retried.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    /// Retries after the first attempt; the error reaches the caller only when they run out.
+    pub max_retries: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(30), max_retries: 12 }
+    }
+}
+
+/// Counters across every region of a run.
+#[derive(Debug, Default)]
+pub struct ApiStats {
+    calls: DashMap<(Region, Action), u64>,
+    throttled: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl ApiStats {
+    pub fn calls(&self) -> Vec<((Region, Action), u64)> {
+        let mut calls: Vec<_> = self.calls.iter().map(|entry| (entry.key().clone(), *entry.value())).collect();
+        calls.sort();
+        calls
+    }
+    pub fn throttled_responses(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
+    }
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+}
+
+/// EC2's request buckets for one region.
+pub struct RegionLimiter {
+    region: Region,
+    non_mutating: DefaultDirectRateLimiter,
+    mutating: DefaultDirectRateLimiter,
+    run_instances: DefaultDirectRateLimiter,
+    copy_image: DefaultDirectRateLimiter,
+    clock: DefaultClock,
+    retry: RetryPolicy,
+    stats: Arc<ApiStats>,
+}
+
+fn bucket(bucket: Bucket) -> DefaultDirectRateLimiter {
+    let period = Duration::from_secs_f64(1.0 / bucket.per_second);
+    let quota = Quota::with_period(period)
+        .expect("validated: per_second is positive")
+        .allow_burst(NonZeroU32::new(bucket.burst).expect("validated: burst is at least 1"));
+    RateLimiter::direct(quota)
+}
+
+impl RegionLimiter {
+    pub fn new(region: Region, rates: &ApiRates, retry: RetryPolicy, stats: Arc<ApiStats>) -> Self {
+        RegionLimiter {
+            region,
+            non_mutating: bucket(rates.non_mutating),
+            mutating: bucket(rates.mutating),
+            run_instances: bucket(rates.run_instances),
+            copy_image: bucket(rates.copy_image),
+            clock: DefaultClock::default(),
+            retry,
+            stats,
+        }
+    }
+
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Waits for a token of the action's class.
+    async fn acquire(&self, class: ActionClass) {
+        let limiter = match class {
+            ActionClass::NonMutating => &self.non_mutating,
+            ActionClass::Mutating => &self.mutating,
+            ActionClass::RunInstances => &self.run_instances,
+            ActionClass::CopyImage => &self.copy_image,
+        };
+        while let Err(not_until) = limiter.check() {
+            tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await;
+        }
+    }
+
+    /// Runs one EC2 call under the action's bucket, retrying throttled and transient failures.
+    pub async fn call<T, Operation, Attempt>(&self, action: Action, operation: Operation) -> CloudResult<T>
+    where
+        Operation: FnMut() -> Attempt,
+        Attempt: std::future::Future<Output = CloudResult<T>>,
+    {
+        let operation = std::sync::Mutex::new(operation);
+        let attempt = || async {
+            self.acquire(action.class()).await;
+            *self.stats.calls.entry((self.region.clone(), action)).or_insert(0) += 1;
+            let future = (operation.lock().expect("not poisoned"))();
+            future.await
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.retry.first_delay)
+            .with_max_delay(self.retry.max_delay)
+            .with_max_times(self.retry.max_retries)
+            .with_jitter();
+        attempt
+            .retry(backoff)
+            .when(|error: &CloudError| error.kind.is_retryable())
+            .notify(|error: &CloudError, delay: Duration| {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                if error.kind == ErrorKind::Throttled {
+                    self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!(region = %self.region, %action, ?delay, "retrying after {error}");
+            })
+            .await
+    }
+}
+
+/// Request buckets per region, created on first use, and the run's concurrency caps.
+pub struct RunLimits {
+    rates: ApiRates,
+    retry: RetryPolicy,
+    regions: DashMap<Region, Arc<RegionLimiter>>,
+    stats: Arc<ApiStats>,
+    builds: Arc<Semaphore>,
+    copies_per_region: usize,
+    copies: DashMap<Region, Arc<Semaphore>>,
+}
+
+impl RunLimits {
+    pub fn new(limits: &Limits, retry: RetryPolicy) -> Self {
+        RunLimits {
+            rates: limits.api,
+            retry,
+            regions: DashMap::new(),
+            stats: Arc::new(ApiStats::default()),
+            builds: Arc::new(Semaphore::new(limits.max_parallel_builds)),
+            copies_per_region: limits.max_parallel_copies_per_region,
+            copies: DashMap::new(),
+        }
+    }
+
+    pub fn region(&self, region: &Region) -> Arc<RegionLimiter> {
+        self.regions
+            .entry(region.clone())
+            .or_insert_with(|| {
+                Arc::new(RegionLimiter::new(region.clone(), &self.rates, self.retry, Arc::clone(&self.stats)))
+            })
+            .clone()
+    }
+
+    pub fn stats(&self) -> &ApiStats {
+        &self.stats
+    }
+
+    /// The cap on builds running at once.
+    pub fn builds(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.builds)
+    }
+
+    /// The cap on copies running at once into `destination`.
+    pub fn copies_into(&self, destination: &Region) -> Arc<Semaphore> {
+        self.copies
+            .entry(destination.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.copies_per_region)))
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn throttled(region: &Region) -> CloudError {
+        CloudError {
+            action: Action::DescribeImages,
+            region: region.clone(),
+            kind: ErrorKind::Throttled,
+            code: Some("RequestLimitExceeded".into()),
+            message: "Request limit exceeded.".into(),
+        }
+    }
+
+    fn limiter(max_retries: usize) -> RegionLimiter {
+        let retry = RetryPolicy { first_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5), max_retries };
+        RegionLimiter::new(Region::new("us-west-2"), &ApiRates::default(), retry, Arc::new(ApiStats::default()))
+    }
+
+    #[tokio::test]
+    async fn throttling_is_absorbed_until_retries_run_out() {
+        let limiter = limiter(5);
+        let attempts = AtomicUsize::new(0);
+        let result = limiter
+            .call(Action::DescribeImages, || async {
+                if attempts.fetch_add(1, Ordering::SeqCst) < 3 {
+                    Err(throttled(limiter.region()))
+                } else {
+                    Ok(42)
+                }
+            })
+            .await;
+        assert_eq!(result.unwrap(), 42);
+        assert_eq!(limiter.stats.throttled_responses(), 3);
+        assert_eq!(limiter.stats.retries(), 3);
+
+        let limiter = self::limiter(2);
+        let result: CloudResult<()> = limiter.call(Action::DescribeImages, || async { Err(throttled(limiter.region())) }).await;
+        assert_eq!(result.unwrap_err().code.as_deref(), Some("RequestLimitExceeded"));
+        assert_eq!(limiter.stats.calls()[0].1, 3, "one attempt and two retries");
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_are_not_retried() {
+        let limiter = limiter(5);
+        let result: CloudResult<()> = limiter
+            .call(Action::CreateImage, || async {
+                Err(CloudError {
+                    action: Action::CreateImage,
+                    region: limiter.region().clone(),
+                    kind: ErrorKind::Permanent,
+                    code: Some("InvalidAMIName.Duplicate".into()),
+                    message: "duplicate".into(),
+                })
+            })
+            .await;
+        assert!(result.is_err());
+        assert_eq!(limiter.stats.retries(), 0);
+    }
+
+    #[tokio::test]
+    async fn run_instances_bucket_spaces_calls_beyond_its_burst() {
+        let rates = ApiRates { run_instances: Bucket { burst: 2, per_second: 20.0 }, ..ApiRates::default() };
+        let limiter = RegionLimiter::new(Region::new("us-west-2"), &rates, RetryPolicy::default(), Arc::new(ApiStats::default()));
+        let started = std::time::Instant::now();
+        for _ in 0..4 {
+            limiter.acquire(ActionClass::RunInstances).await;
+        }
+        // Two from the burst, then two more at 20 per second: at least ~100 ms.
+        assert!(started.elapsed() >= Duration::from_millis(90), "{:?}", started.elapsed());
+    }
+}

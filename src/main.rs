@@ -1,0 +1,139 @@
+//! The `fleetbake` command line: subcommands and exit codes; the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use tokio::sync::mpsc;
+
+use fleetbake::config;
+use fleetbake::plan::{Plan, RunId};
+use fleetbake::run::{self, MatrixOptions, RunError};
+use fleetbake::scheduler::Interrupt;
+
+/// Exit codes, as documented in the README.
+const EXIT_FAILED: u8 = 1;
+const EXIT_BAD_INPUT: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "fleetbake", version, about = "Bake EBS-backed AMIs for a whole fleet in one run")]
+struct Cli {
+    /// More log detail on stderr (`-v` debug, `-vv` trace, for fleetbake's own code)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and check a fleet file; no AWS calls
+    Validate { fleet: PathBuf },
+    /// Print the builds and copies a fleet file expands to; no AWS calls
+    Plan { fleet: PathBuf },
+    /// Bake every flavor × build region, copy each image to its targets, write the manifest
+    Matrix {
+        fleet: PathBuf,
+        /// Start no new job after the first failure (running ones finish and clean up)
+        #[arg(long)]
+        fail_fast: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match cli.command {
+        Command::Validate { fleet } => match config::load(&fleet) {
+            Ok(loaded) => {
+                let plan = Plan::new(&loaded, RunId::generate(Utc::now()), Utc::now());
+                println!(
+                    "{}: ok: {} flavors, {} build regions, {} builds, {} copies",
+                    fleet.display(),
+                    loaded.flavors.len(),
+                    loaded.regions.len(),
+                    plan.builds.len(),
+                    plan.copies.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => bad_input(errors),
+        },
+        Command::Plan { fleet } => match config::load(&fleet) {
+            Ok(loaded) => {
+                print!("{}", Plan::new(&loaded, RunId::generate(Utc::now()), Utc::now()));
+                ExitCode::SUCCESS
+            }
+            Err(errors) => bad_input(errors),
+        },
+        Command::Matrix { fleet, fail_fast } => {
+            let loaded = match config::load(&fleet) {
+                Ok(loaded) => loaded,
+                Err(errors) => return bad_input(errors),
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
+            runtime.block_on(matrix(loaded, MatrixOptions { fail_fast }))
+        }
+    }
+}
+
+async fn matrix(fleet: config::Fleet, options: MatrixOptions) -> ExitCode {
+    let interrupts = forward_interrupts();
+    match run::matrix(fleet, options, interrupts).await {
+        Ok(summary) => {
+            if summary.abandoned {
+                eprintln!(
+                    "error: exited without waiting for cleanup; temporary instances, security groups and key pairs \
+                     tagged `fleetbake:temporary=true` from this run may be left in the account"
+                );
+            }
+            match summary.interrupted {
+                Some(interrupt) => ExitCode::from(interrupt.exit_code as u8),
+                None if summary.failed > 0 => ExitCode::from(EXIT_FAILED),
+                None => ExitCode::SUCCESS,
+            }
+        }
+        Err(error @ RunError::DetectAddress(_)) | Err(error @ RunError::Report(_)) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn bad_input(errors: config::ConfigErrors) -> ExitCode {
+    for error in &errors.0 {
+        eprintln!("error: {error}");
+    }
+    ExitCode::from(EXIT_BAD_INPUT)
+}
+
+/// SIGINT and SIGTERM, delivered to the scheduler as [`Interrupt`]s.
+fn forward_interrupts() -> mpsc::UnboundedReceiver<Interrupt> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (sender, receiver) = mpsc::unbounded_channel();
+    for (kind, name, exit_code) in [(SignalKind::interrupt(), "SIGINT", 130), (SignalKind::terminate(), "SIGTERM", 143)] {
+        let sender = sender.clone();
+        let mut stream = signal(kind).expect("signal handlers install");
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if sender.send(Interrupt { signal: name, exit_code }).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    receiver
+}
+
+/// Logs go to stderr. The AWS SDK stays at `warn` unless RUST_LOG says otherwise: its trace output can
+/// carry response bodies, and a CreateKeyPair response holds a private key.
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "warn,fleetbake=debug",
+        _ => "warn,fleetbake=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

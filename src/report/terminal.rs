@@ -1,0 +1,63 @@
+//! Plain lines on stderr, readable in a CI log without colour: `==> flavor/region: what happened`, and
+//! provisioner output as `flavor/region: line`.
+
+use std::io::Write;
+
+use super::{ReportError, Reporter};
+use crate::events::{RunEvent, RunStatus};
+
+pub struct TerminalReporter<W: Write + Send> {
+    out: W,
+}
+
+impl TerminalReporter<std::io::Stderr> {
+    pub fn stderr() -> Self {
+        TerminalReporter { out: std::io::stderr() }
+    }
+}
+
+impl<W: Write + Send> TerminalReporter<W> {
+    pub fn new(out: W) -> Self {
+        TerminalReporter { out }
+    }
+
+    fn line(&mut self, event: &RunEvent) -> Option<String> {
+        Some(match event {
+            RunEvent::RunStarted { fleet, run_id, builds, copies, .. } => {
+                format!("==> fleet `{fleet}` run {run_id}: {builds} builds, {copies} copies")
+            }
+            RunEvent::Progress { job, detail, .. } => format!("==> {job}: {detail}"),
+            RunEvent::Output { job, line, .. } => format!("{job}: {line}"),
+            RunEvent::ImageAvailable { job, artifact, .. } => {
+                format!("==> {job}: image {} `{}` is available", artifact.image_id, artifact.name)
+            }
+            RunEvent::JobFailed(failure) => {
+                format!("==> {}/{}: failed at {}: {}", failure.flavor, failure.region, failure.stage, failure.error)
+            }
+            RunEvent::CleanupFailed { job, resource, error } => {
+                format!("==> {job}: could not clean up {resource}: {error}")
+            }
+            RunEvent::Interrupted { signal } => {
+                format!("==> {signal}: starting nothing new, cleaning up (send it again to exit at once)")
+            }
+            RunEvent::RunFinished { status, succeeded, failed, .. } => {
+                let status = match status {
+                    RunStatus::Complete => "complete",
+                    RunStatus::Partial => "partial",
+                    RunStatus::Failed => "failed",
+                };
+                format!("==> run {status}: {succeeded} jobs succeeded, {failed} failed")
+            }
+        })
+    }
+}
+
+impl<W: Write + Send> Reporter for TerminalReporter<W> {
+    fn report(&mut self, event: &RunEvent) -> Result<(), ReportError> {
+        if let Some(line) = self.line(event) {
+            // A closed stderr must not stop the run: the manifest is what matters.
+            let _ = writeln!(self.out, "{line}");
+        }
+        Ok(())
+    }
+}

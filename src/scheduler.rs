@@ -1,0 +1,305 @@
+//! The one loop that executes a plan: starts ready jobs within the limits, turns every source (an image
+//! became available, a job ended, an interrupt) into one [`LoopEvent`], and handles it in one place.
+//!
+//! A failure never stops the loop: it is recorded, dependents are skipped, unrelated jobs go on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::build::{self, BuildContext};
+use crate::cloud::Cloud;
+use crate::copy::{self, CopyContext};
+use crate::events::{Artifact, EventSender, Failure, JobLabel, RunEvent, RunStatus, Stage};
+use crate::limiter::RunLimits;
+use crate::plan::{JobId, Plan};
+use crate::run::RunContext;
+
+/// An interrupt delivered to the loop (SIGINT, SIGTERM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interrupt {
+    pub signal: &'static str,
+    pub exit_code: i32,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub status: RunStatus,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub interrupted: Option<Interrupt>,
+    /// A second interrupt: the loop stopped waiting for cleanup; these may be left behind.
+    pub abandoned: bool,
+}
+
+enum LoopEvent {
+    ImageAvailable { job: JobId, artifact: Artifact },
+    JobDone { job: JobId, failures: Vec<Failure> },
+    Interrupt(Interrupt),
+}
+
+pub struct Scheduler {
+    pub run: Arc<RunContext>,
+    pub plan: Arc<Plan>,
+    pub cloud: Arc<dyn Cloud>,
+    pub limits: Arc<RunLimits>,
+    pub events: EventSender,
+    /// Stop starting new jobs after the first failure.
+    pub fail_fast: bool,
+}
+
+/// What the loop knows while it runs.
+struct LoopState {
+    build_images: HashMap<usize, Artifact>,
+    images: usize,
+    succeeded: usize,
+    failed: usize,
+    interrupted: Option<Interrupt>,
+    /// Nothing new starts (interrupt or fail-fast).
+    stop_starting: CancellationToken,
+    /// In-flight jobs give up their waits and clean up (interrupt only).
+    cancel: CancellationToken,
+}
+
+impl Scheduler {
+    pub async fn run(self, mut interrupts: mpsc::UnboundedReceiver<Interrupt>) -> RunSummary {
+        let plan = Arc::clone(&self.plan);
+        self.events.send(RunEvent::RunStarted {
+            fleet: plan.fleet.clone(),
+            run_id: plan.run_id.clone(),
+            started_at: plan.started_at,
+            builds: plan.builds.len(),
+            copies: plan.copies.len(),
+        });
+        let (loop_sender, mut loop_events) = mpsc::unbounded_channel::<LoopEvent>();
+        let mut queue = plan.dependency_queue();
+        let mut tasks: JoinSet<(JobId, Vec<Failure>)> = JoinSet::new();
+        let mut task_jobs = HashMap::new();
+        let mut state = LoopState {
+            build_images: HashMap::new(),
+            images: 0,
+            succeeded: 0,
+            failed: 0,
+            interrupted: None,
+            stop_starting: CancellationToken::new(),
+            cancel: CancellationToken::new(),
+        };
+
+        loop {
+            if !state.stop_starting.is_cancelled() {
+                while let Some(job) = queue.pop_ready() {
+                    let handle = self.spawn(job, &state, &loop_sender, &mut tasks);
+                    task_jobs.insert(handle, job);
+                }
+            }
+            if tasks.is_empty() {
+                break;
+            }
+            let event = tokio::select! {
+                biased;
+                Some(interrupt) = interrupts.recv() => LoopEvent::Interrupt(interrupt),
+                Some(event) = loop_events.recv() => event,
+                Some(joined) = tasks.join_next_with_id() => match joined {
+                    Ok((task, (job, failures))) => {
+                        task_jobs.remove(&task);
+                        LoopEvent::JobDone { job, failures }
+                    }
+                    Err(error) => {
+                        let job = task_jobs.remove(&error.id()).expect("every task is a job");
+                        let (flavor, region) = plan.placement(job);
+                        let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
+                        LoopEvent::JobDone { job, failures: vec![Failure::new(&label, Stage::Cleanup, format!("the job crashed: {error}"))] }
+                    }
+                },
+            };
+            // An image is announced before its job ends: handle announcements first.
+            let mut pending = Vec::new();
+            if matches!(event, LoopEvent::JobDone { .. }) {
+                while let Ok(earlier) = loop_events.try_recv() {
+                    pending.push(earlier);
+                }
+            }
+            pending.push(event);
+            for event in pending {
+                if let ControlFlow::Abandon = self.handle(event, &mut state, &mut queue) {
+                    tasks.abort_all();
+                    return self.finish(&state, true);
+                }
+            }
+        }
+        self.finish(&state, false)
+    }
+
+    fn handle(&self, event: LoopEvent, state: &mut LoopState, queue: &mut crate::deps::DependencyQueue<JobId>) -> ControlFlow {
+        match event {
+            LoopEvent::ImageAvailable { job, artifact } => {
+                let (flavor, region) = self.plan.placement(job);
+                state.images += 1;
+                if let JobId::Build(index) = job {
+                    state.build_images.insert(index, artifact.clone());
+                    queue.satisfied(&job);
+                }
+                self.events.send(RunEvent::ImageAvailable {
+                    job: JobLabel { flavor: flavor.clone(), region: region.clone() },
+                    flavor: flavor.clone(),
+                    region: region.clone(),
+                    artifact,
+                });
+            }
+            LoopEvent::JobDone { job, failures } => {
+                if failures.is_empty() {
+                    state.succeeded += 1;
+                    return ControlFlow::Continue;
+                }
+                state.failed += 1;
+                for failure in failures {
+                    self.events.send(RunEvent::JobFailed(failure));
+                }
+                let why = match job {
+                    JobId::Build(index) => {
+                        let build = &self.plan.builds[index];
+                        format!("not copied: the build of {} in {} failed", build.flavor, build.region)
+                    }
+                    JobId::Copy(_) => String::new(),
+                };
+                for skipped in queue.failed(&job) {
+                    self.record_not_started(skipped, Stage::Skipped, &why, state);
+                }
+                if self.fail_fast && !state.stop_starting.is_cancelled() {
+                    state.stop_starting.cancel();
+                    for skipped in queue.drain() {
+                        self.record_not_started(skipped, Stage::Skipped, "not started: --fail-fast stopped the run after a failure", state);
+                    }
+                }
+            }
+            LoopEvent::Interrupt(interrupt) => {
+                if state.interrupted.is_some() {
+                    return ControlFlow::Abandon;
+                }
+                state.interrupted = Some(interrupt);
+                self.events.send(RunEvent::Interrupted { signal: interrupt.signal });
+                state.stop_starting.cancel();
+                state.cancel.cancel();
+                for skipped in queue.drain() {
+                    self.record_not_started(skipped, Stage::Interrupted, "not started: the run was interrupted", state);
+                }
+            }
+        }
+        ControlFlow::Continue
+    }
+
+    fn record_not_started(&self, job: JobId, stage: Stage, why: &str, state: &mut LoopState) {
+        let (flavor, region) = self.plan.placement(job);
+        let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
+        state.failed += 1;
+        self.events.send(RunEvent::JobFailed(Failure::new(&label, stage, why)));
+    }
+
+    /// Starts a job as a task; it waits for its concurrency slot, and gives up if the run stops first.
+    fn spawn(
+        &self,
+        job: JobId,
+        state: &LoopState,
+        loop_sender: &mpsc::UnboundedSender<LoopEvent>,
+        tasks: &mut JoinSet<(JobId, Vec<Failure>)>,
+    ) -> tokio::task::Id {
+        let (flavor_name, region) = self.plan.placement(job);
+        let label = JobLabel { flavor: flavor_name.clone(), region: region.clone() };
+        let flavor = self
+            .run
+            .fleet
+            .flavors
+            .iter()
+            .find(|flavor| &flavor.name == flavor_name)
+            .expect("the plan names only configured flavors")
+            .clone();
+        let stop_starting = state.stop_starting.clone();
+        let sender = loop_sender.clone();
+        let not_started = move || (job, vec![Failure::new(&label, Stage::Interrupted, "not started: the run stopped first")]);
+        match job {
+            JobId::Build(index) => {
+                let build_job = self.plan.builds[index].clone();
+                let context = BuildContext {
+                    run: Arc::clone(&self.run),
+                    cloud: self.cloud.region(&build_job.region),
+                    flavor,
+                    job: build_job,
+                    events: self.events.clone(),
+                    cancel: state.cancel.clone(),
+                };
+                let slots = self.limits.builds();
+                tasks
+                    .spawn(async move {
+                        let _slot = tokio::select! {
+                            biased;
+                            () = stop_starting.cancelled() => return not_started(),
+                            slot = slots.acquire_owned() => slot,
+                        };
+                        let outcome = build::run(context, |artifact| {
+                            let _ = sender.send(LoopEvent::ImageAvailable { job, artifact: artifact.clone() });
+                        })
+                        .await;
+                        (job, outcome.failures)
+                    })
+                    .id()
+            }
+            JobId::Copy(index) => {
+                let copy_job = self.plan.copies[index].clone();
+                let source = state.build_images.get(&copy_job.build).expect("a copy starts after its image").clone();
+                let slots = self.limits.copies_into(&copy_job.target_region);
+                let context = CopyContext {
+                    run: Arc::clone(&self.run),
+                    cloud: self.cloud.region(&copy_job.target_region),
+                    flavor,
+                    job: copy_job,
+                    source,
+                    events: self.events.clone(),
+                    cancel: state.cancel.clone(),
+                };
+                tasks
+                    .spawn(async move {
+                        let _slot = tokio::select! {
+                            biased;
+                            () = stop_starting.cancelled() => return not_started(),
+                            slot = slots.acquire_owned() => slot,
+                        };
+                        match copy::run(context).await {
+                            Ok(artifact) => {
+                                let _ = sender.send(LoopEvent::ImageAvailable { job, artifact });
+                                (job, Vec::new())
+                            }
+                            Err(failure) => (job, vec![failure]),
+                        }
+                    })
+                    .id()
+            }
+        }
+    }
+
+    fn finish(&self, state: &LoopState, abandoned: bool) -> RunSummary {
+        let status = if state.images == 0 {
+            RunStatus::Failed
+        } else if state.failed == 0 && state.interrupted.is_none() && !abandoned {
+            RunStatus::Complete
+        } else {
+            RunStatus::Partial
+        };
+        self.events.send(RunEvent::RunFinished {
+            status,
+            finished_at: Utc::now(),
+            succeeded: state.succeeded,
+            failed: state.failed,
+        });
+        RunSummary { status, succeeded: state.succeeded, failed: state.failed, interrupted: state.interrupted, abandoned }
+    }
+}
+
+enum ControlFlow {
+    Continue,
+    Abandon,
+}

@@ -1,0 +1,166 @@
+//! The SSH communicator: connects through the system ssh client (the openssh crate) with the build's
+//! temporary key, retrying until the instance answers, and runs commands with their output streamed by line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::events::OutputStream;
+
+/// Where and as whom to connect.
+#[derive(Clone, Debug)]
+pub struct SshTarget {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// The private key, 0600.
+    pub key_file: PathBuf,
+    /// A short private directory for the control socket (Unix socket paths are limited to ~100 bytes).
+    pub control_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("no SSH connection to {target} within {}: {last_error}", humantime::format_duration(*waited))]
+    ConnectTimeout { target: String, waited: Duration, last_error: String },
+    #[error("{0}")]
+    Command(String),
+}
+
+const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+const RETRY_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Connects, retrying every failure until `timeout` (sshd may not be up yet, nor the key installed).
+pub async fn connect(target: &SshTarget, timeout: Duration) -> Result<Session, SshError> {
+    let mut builder = SessionBuilder::default();
+    builder
+        .user(target.user.clone())
+        .port(target.port)
+        .keyfile(&target.key_file)
+        .known_hosts_check(KnownHosts::Accept)
+        .user_known_hosts_file("/dev/null")
+        .config_file("/dev/null")
+        .connect_timeout(CONNECT_ATTEMPT_TIMEOUT)
+        .server_alive_interval(Duration::from_secs(15))
+        .control_directory(&target.control_dir);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let error = match builder.connect(&target.host).await {
+            Ok(session) => return Ok(session),
+            Err(error) => error,
+        };
+        tracing::debug!(host = %target.host, port = target.port, "SSH not ready: {error}");
+        if tokio::time::Instant::now() + RETRY_INTERVAL >= deadline {
+            return Err(SshError::ConnectTimeout {
+                target: format!("{}@{}:{}", target.user, target.host, target.port),
+                waited: timeout,
+                last_error: error.to_string(),
+            });
+        }
+        tokio::time::sleep(RETRY_INTERVAL).await;
+    }
+}
+
+/// Quotes `text` for a POSIX shell.
+pub fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Writes `content` to `remote_path` on the instance.
+pub async fn upload(session: &Session, content: &[u8], remote_path: &str) -> Result<(), SshError> {
+    let command_line = format!("cat > {}", shell_quote(remote_path));
+    let mut child = session
+        .raw_command(&command_line)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .await
+        .map_err(|error| SshError::Command(format!("cannot start the upload to `{remote_path}`: {error}")))?;
+    let mut stdin = child.stdin().take().expect("stdin is piped");
+    let written = async {
+        stdin.write_all(content).await?;
+        stdin.shutdown().await
+    }
+    .await;
+    drop(stdin);
+    let mut stderr_text = String::new();
+    if let Some(stderr) = child.stderr().take() {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            stderr_text.push_str(&line);
+        }
+    }
+    let status = child.wait().await;
+    match (written, status) {
+        (Ok(()), Ok(status)) if status.success() => Ok(()),
+        (Err(error), _) => Err(SshError::Command(format!("upload to `{remote_path}` failed: {error}"))),
+        (_, Ok(status)) => Err(SshError::Command(format!("upload to `{remote_path}` failed ({status}): {stderr_text}"))),
+        (_, Err(error)) => Err(SshError::Command(format!("upload to `{remote_path}` failed: {error}"))),
+    }
+}
+
+/// How a remote command ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    Success,
+    Code(i32),
+    /// Killed by a signal, or the connection dropped.
+    Abnormal(String),
+}
+
+/// Runs `command_line` with stdin from /dev/null, handing each output line to `on_line` as it arrives.
+pub async fn run_streaming(
+    session: &Session,
+    command_line: &str,
+    mut on_line: impl FnMut(OutputStream, String),
+) -> Result<Exit, SshError> {
+    let mut child = session
+        .raw_command(command_line)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .await
+        .map_err(|error| SshError::Command(format!("cannot start the command: {error}")))?;
+    let mut stdout = BufReader::new(child.stdout().take().expect("stdout is piped")).lines();
+    let mut stderr = BufReader::new(child.stderr().take().expect("stderr is piped")).lines();
+    let (mut stdout_open, mut stderr_open) = (true, true);
+    while stdout_open || stderr_open {
+        tokio::select! {
+            line = stdout.next_line(), if stdout_open => match line {
+                Ok(Some(line)) => on_line(OutputStream::Stdout, line),
+                _ => stdout_open = false,
+            },
+            line = stderr.next_line(), if stderr_open => match line {
+                Ok(Some(line)) => on_line(OutputStream::Stderr, line),
+                _ => stderr_open = false,
+            },
+        }
+    }
+    Ok(match child.wait().await {
+        Ok(status) if status.success() => Exit::Success,
+        Ok(status) => match status.code() {
+            Some(code) => Exit::Code(code),
+            None => Exit::Abnormal(format!("{status}")),
+        },
+        // With the process multiplexer, exit 127 arrives as "not found" and 255 as "terminated".
+        Err(openssh::Error::Remote(error)) if error.kind() == std::io::ErrorKind::NotFound => Exit::Code(127),
+        Err(openssh::Error::RemoteProcessTerminated) => Exit::Code(255),
+        Err(error) => Exit::Abnormal(error.to_string()),
+    })
+}
+
+/// Creates `path` with mode 0600 (the ssh client ignores a key others can read) and writes `content`.
+pub fn write_private_file(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(content.as_bytes())?;
+    if !content.ends_with('\n') {
+        file.write_all(b"\n")?;
+    }
+    file.sync_all()
+}
