@@ -221,6 +221,8 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line == 0 {
             write!(f, "{}: {}", self.file.display(), self.message)
+        } else if self.key.is_empty() {
+            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
         } else {
             write!(
                 f,

@@ -105,34 +105,38 @@ pub fn locate(root: &Spanned<Node>, path: &KeyPath) -> Located {
     Located { span: node.span(), found }
 }
 
-/// The deepest key path whose key or value covers `offset` (for errors that carry only a span).
+/// The key path an error at `offset` belongs to: the narrowest key or value covering it, else the nearest
+/// one before it. (Spans of `[table]` and `[[array]]` values cover only their headers, not their bodies.)
 pub fn path_at(root: &Spanned<Node>, offset: usize) -> KeyPath {
-    let mut path = KeyPath::root();
-    let mut node = root;
-    'descend: loop {
-        match node.get_ref() {
-            Node::Table(entries) => {
-                for (name, value) in entries {
-                    if name.span().contains(&offset) || value.span().contains(&offset) {
-                        path = path.key(name.get_ref());
-                        node = value;
-                        continue 'descend;
-                    }
-                }
-                return path;
+    let mut entries = Vec::new();
+    flatten(root, &KeyPath::root(), &mut entries);
+    let covering = entries
+        .iter()
+        .filter(|(_, span)| span.contains(&offset))
+        .min_by_key(|(_, span)| span.len());
+    let preceding = || entries.iter().filter(|(_, span)| span.start <= offset).max_by_key(|(_, span)| span.start);
+    covering.or_else(preceding).map(|(path, _)| path.clone()).unwrap_or_default()
+}
+
+/// Every key and value below `node` with the path it belongs to.
+fn flatten(node: &Spanned<Node>, path: &KeyPath, out: &mut Vec<(KeyPath, Range<usize>)>) {
+    match node.get_ref() {
+        Node::Table(entries) => {
+            for (name, value) in entries {
+                let child = path.key(name.get_ref());
+                out.push((child.clone(), name.span()));
+                out.push((child.clone(), value.span()));
+                flatten(value, &child, out);
             }
-            Node::Array(items) => {
-                for (index, item) in items.iter().enumerate() {
-                    if item.span().contains(&offset) {
-                        path = path.index(index);
-                        node = item;
-                        continue 'descend;
-                    }
-                }
-                return path;
-            }
-            Node::Scalar => return path,
         }
+        Node::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                let child = path.index(index);
+                out.push((child.clone(), item.span()));
+                flatten(item, &child, out);
+            }
+        }
+        Node::Scalar => {}
     }
 }
 
@@ -200,7 +204,7 @@ mod tests {
         let located = locate(&root, &path);
         assert_eq!(located.found, path);
         assert_eq!(&TEXT[located.span.clone()], "\"x.sh\"");
-        assert_eq!(line_column(TEXT, located.span.start), (10, 31));
+        assert_eq!(line_column(TEXT, located.span.start), (10, 30));
         assert_eq!(path.to_string(), "flavor[1].provisioners[0].script");
     }
 

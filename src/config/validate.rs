@@ -125,7 +125,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Fleet, ConfigErrors> {
                 file: file.to_path_buf(),
                 line,
                 column,
-                key: key.to_string(),
+                key: if key.segments().is_empty() { String::new() } else { key.to_string() },
                 message: error.message().trim().to_string(),
             }]));
         }

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what the tests and the local demo need, idempotently:
+#   - moto's standalone EC2 server (PyPI `moto[server]`) in a private venv
+#   - a real sshd (Debian `openssh-server`), not started as a system service
+#   - the unprivileged login user the test sshd lets in (`fbtest`)
+# Prints the path of `moto_server` on its last line.
+set -euo pipefail
+
+tools_dir="${FLEETBAKE_TOOLS_DIR:-${HOME:-/root}/.cache/fleetbake/tools}"
+venv="$tools_dir/venv"
+moto_version="${FLEETBAKE_MOTO_VERSION:-5.2.5}"
+
+if [ ! -x "$venv/bin/moto_server" ]; then
+  echo "installing moto[server] into $venv" >&2
+  mkdir -p "$tools_dir"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$moto_version" >&2
+fi
+
+if [ ! -x /usr/sbin/sshd ]; then
+  echo "installing openssh-server" >&2
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: openssh-server is missing and installing it needs root (apt-get install openssh-server)" >&2
+    exit 1
+  fi
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server >&2
+fi
+
+if ! id fbtest >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: the test login user \`fbtest\` is missing and creating it needs root" >&2
+    exit 1
+  fi
+  useradd --create-home --shell /bin/sh fbtest
+  # With UsePAM no, the default locked password (`!`) refuses even key logins; `*` allows keys only.
+  usermod -p '*' fbtest
+fi
+
+echo "$venv/bin/moto_server"

@@ -1,0 +1,199 @@
+//! Test servers on 127.0.0.1: a moto_server (the real EC2 API, reached through aws-sdk-ec2) and a private
+//! sshd that accepts whatever key a build created. Each test starts its own on free ports; both stop on drop.
+//! `scripts/install-test-deps.sh` installs them; a test never skips because one is missing.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ec2::Client;
+
+/// The login user the test sshd lets in (created by scripts/install-test-deps.sh).
+pub const SSH_USER: &str = "fbtest";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening on {port}: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on 127.0.0.1:{port} within 30 s");
+}
+
+fn moto_server_path() -> PathBuf {
+    if let Ok(path) = std::env::var("FLEETBAKE_MOTO_SERVER") {
+        return PathBuf::from(path);
+    }
+    let installed = dirs_home().join(".cache/fleetbake/tools/venv/bin/moto_server");
+    if installed.exists() {
+        return installed;
+    }
+    panic!("moto_server not found: run `scripts/test.sh` (or scripts/install-test-deps.sh) first, or set FLEETBAKE_MOTO_SERVER");
+}
+
+fn dirs_home() -> PathBuf {
+    PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+}
+
+/// A moto_server of its own.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let mut child = Command::new(moto_server_path())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        wait_for_port(port, "moto_server", &mut child);
+        Moto { child, endpoint: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// An SDK client for `region`, as a user's deploy tooling would see the account.
+    pub fn client(&self, region: &str) -> Client {
+        let config = aws_sdk_ec2::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.to_string()))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+            .build();
+        Client::from_conf(config)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private sshd on 127.0.0.1 that accepts any public key for `fbtest`.
+pub struct Sshd {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    pub fn start() -> Sshd {
+        assert!(Path::new("/usr/sbin/sshd").exists(), "/usr/sbin/sshd missing: run scripts/test.sh");
+        std::fs::create_dir_all("/run/sshd").expect("/run/sshd (privilege separation directory)");
+        let dir = tempfile::Builder::new().prefix("fb-sshd").tempdir().unwrap();
+        let host_key = dir.path().join("host_ed25519");
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key)
+            .status()
+            .expect("ssh-keygen runs");
+        assert!(status.success());
+        let port = free_port();
+        let config = dir.path().join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nPidFile {}\nUsePAM no\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+                 AuthorizedKeysFile none\nAuthorizedKeysCommand /bin/echo %t %k\nAuthorizedKeysCommandUser nobody\n\
+                 AllowUsers {SSH_USER}\nMaxStartups 64:30:128\nMaxSessions 64\nLogLevel ERROR\n",
+                host_key.display(),
+                dir.path().join("sshd.pid").display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new("/usr/sbin/sshd")
+            .arg("-f")
+            .arg(&config)
+            .args(["-D", "-e"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sshd starts");
+        wait_for_port(port, "sshd", &mut child);
+        Sshd { child, port, _dir: dir }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch folder for a fleet file and what it names, plus a folder the provisioners write markers into.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+    pub markers: PathBuf,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        let dir = tempfile::Builder::new().prefix("fb-it").tempdir().unwrap();
+        let markers = dir.path().join("markers");
+        std::fs::create_dir(&markers).unwrap();
+        // The provisioners run as the unprivileged test user.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&markers, std::fs::Permissions::from_mode(0o777)).unwrap();
+        Workspace { dir, markers }
+    }
+
+    pub fn write(&self, relative: &str, content: &str) -> PathBuf {
+        let path = self.dir.path().join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+}
+
+/// The result of running the fleetbake binary.
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `fleetbake ARGS` with test credentials and no instance-metadata lookups.
+pub fn fleetbake(args: &[&str]) -> Outcome {
+    let output = Command::new(env!("CARGO_BIN_EXE_fleetbake"))
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_EC2")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the fleetbake binary runs");
+    Outcome {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}

@@ -1,0 +1,7 @@
+//! One integration-test binary: the CLI and the library against moto_server and a real sshd.
+
+mod cloud_state;
+mod harness;
+mod matrix;
+mod plan;
+mod validate;

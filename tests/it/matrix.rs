@@ -1,0 +1,222 @@
+//! `fleetbake matrix` end to end: the built binary against moto_server (through aws-sdk-ec2) and a real
+//! sshd, then the account's state checked through the SDK.
+
+use serde_json::Value;
+
+use crate::cloud_state::*;
+use crate::harness::*;
+
+const UBUNTU: &str = r#"{ owners = ["099720109477"], name = "ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*" }"#;
+const AL2023: &str = r#"{ owners = ["amazon"], name = "al2023-ami-2023.*-kernel-6.1-x86_64" }"#;
+
+fn fleet_header(moto: &Moto, sshd: &Sshd) -> String {
+    format!(
+        r#"[fleet]
+name = "it"
+ami_name = "{{flavor}}-{{build_region}}-{{run_id}}"
+manifest = "out/manifest.json"
+tags = {{ Team = "platform" }}
+
+[defaults]
+instance_type = "t3.small"
+ssh_username = "{SSH_USER}"
+tags = {{ ManagedBy = "fleetbake" }}
+
+[aws]
+endpoint_url = "{}"
+
+[ssh]
+host = "127.0.0.1"
+port = {}
+timeout = "60s"
+source_cidrs = ["127.0.0.1/32"]
+"#,
+        moto.endpoint, sshd.port
+    )
+}
+
+fn read_manifest(workspace: &Workspace) -> Value {
+    let text = std::fs::read_to_string(workspace.path("out/manifest.json")).expect("the manifest was written");
+    serde_json::from_str(&text).expect("the manifest is JSON")
+}
+
+fn write_provisioning_files(workspace: &Workspace) {
+    let markers = workspace.markers.display();
+    workspace.write("files/motd.txt", "baked by fleetbake\n");
+    workspace.write(
+        "scripts/mark.sh",
+        &format!(
+            "#!/bin/sh\nset -e\necho \"provisioning $FLEETBAKE_FLAVOR in $FLEETBAKE_REGION\"\n\
+             cat {markers}/$FLEETBAKE_FLAVOR.motd > /dev/null\n\
+             echo \"$FLEETBAKE_RUN_ID $GREETING\" > {markers}/$FLEETBAKE_FLAVOR.$FLEETBAKE_REGION\n\
+             echo \"a line on stderr\" >&2\n"
+        ),
+    );
+}
+
+fn provisioners(workspace: &Workspace) -> String {
+    let markers = workspace.markers.display();
+    format!(
+        r#"provisioners = [
+  {{ type = "file", source = "files/motd.txt", destination = "{markers}/@FLAVOR@.motd" }},
+  {{ type = "shell", script = "scripts/mark.sh", env = {{ GREETING = "hello 'world'" }} }},
+  {{ type = "shell", inline = ["echo inline-ran >> {markers}/$FLEETBAKE_FLAVOR.$FLEETBAKE_REGION.inline"] }},
+]"#
+    )
+}
+
+#[test]
+fn two_flavors_two_build_regions_baked_copied_and_cleaned_up() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    write_provisioning_files(&workspace);
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"ubuntu-docker\"\nsource_ami = {UBUNTU}\ntags = {{ OS_Flavor = \"Ubuntu\" }}\n{}\n\n\
+         [[flavor]]\nname = \"al2023-base\"\nsource_ami = {AL2023}\n{}\n\n\
+         [regions]\nus-west-2 = [\"us-east-1\", \"eu-west-1\"]\neu-central-1 = [\"ap-southeast-2\", \"sa-east-1\"]\n",
+        fleet_header(&moto, &sshd),
+        provisioners(&workspace).replace("@FLAVOR@", "ubuntu-docker"),
+        provisioners(&workspace).replace("@FLAVOR@", "al2023-base"),
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+
+    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+
+    // Provisioner output is streamed with the job's prefix.
+    assert!(outcome.stderr.contains("ubuntu-docker/us-west-2: provisioning ubuntu-docker in us-west-2"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("al2023-base/eu-central-1: a line on stderr"), "{}", outcome.stderr);
+
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["version"], 1);
+    assert_eq!(manifest["fleet"], "it");
+    assert_eq!(manifest["status"], "complete");
+    assert!(manifest["finished_at"].is_string());
+    assert_eq!(manifest["failures"].as_array().unwrap().len(), 0);
+    let run_id = manifest["run_id"].as_str().unwrap().to_string();
+
+    // The provisioners really ran over SSH, once per build, with their environment.
+    for flavor in ["ubuntu-docker", "al2023-base"] {
+        assert_eq!(std::fs::read_to_string(workspace.markers.join(format!("{flavor}.motd"))).unwrap(), "baked by fleetbake\n");
+        for region in ["us-west-2", "eu-central-1"] {
+            let marker = std::fs::read_to_string(workspace.markers.join(format!("{flavor}.{region}"))).unwrap();
+            assert_eq!(marker, format!("{run_id} hello 'world'\n"));
+            let inline = std::fs::read_to_string(workspace.markers.join(format!("{flavor}.{region}.inline"))).unwrap();
+            assert_eq!(inline, "inline-ran\n");
+        }
+    }
+
+    let builds = [("us-west-2", ["us-east-1", "eu-west-1"]), ("eu-central-1", ["ap-southeast-2", "sa-east-1"])];
+    runtime().block_on(async {
+        for (build_region, targets) in builds {
+            for region in std::iter::once(build_region).chain(targets) {
+                let client = moto.client(region);
+                let images = images_of_run(&client, &run_id).await;
+                assert_eq!(images.len(), 2, "one image per flavor in {region}: {images:?}");
+                for flavor in ["ubuntu-docker", "al2023-base"] {
+                    let entry = &manifest["artifacts"][flavor][region];
+                    let image_id = entry["image_id"].as_str().unwrap_or_else(|| panic!("manifest lacks {flavor}/{region}"));
+                    let image = images.iter().find(|image| image.id == image_id).expect("the manifest's image exists there");
+                    let name = format!("{flavor}-{build_region}-{run_id}");
+                    assert_eq!(image.name, name);
+                    assert_eq!(entry["name"], name.as_str());
+                    assert_eq!(entry["build_region"], build_region);
+                    assert_eq!(images_named(&client, &name).await.len(), 1, "exactly one {name} in {region}");
+                    assert_eq!(image.tags["fleetbake:fleet"], "it");
+                    assert_eq!(image.tags["fleetbake:flavor"], flavor);
+                    assert_eq!(image.tags["fleetbake:run-id"], run_id);
+                    assert_eq!(image.tags["fleetbake:source-image-id"], entry["source_image_id"].as_str().unwrap());
+                    assert_eq!(image.tags["ManagedBy"], "fleetbake");
+                    assert_eq!(image.tags["Team"], "platform");
+                    assert_eq!(image.tags.get("OS_Flavor").map(String::as_str), (flavor == "ubuntu-docker").then_some("Ubuntu"));
+                    let snapshots: Vec<&str> = entry["snapshot_ids"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+                    assert_eq!(snapshots, image.snapshot_ids.iter().map(String::as_str).collect::<Vec<_>>());
+                    if region == build_region {
+                        for snapshot in &image.snapshot_ids {
+                            assert_eq!(snapshot_tags(&client, snapshot).await.get("fleetbake:run-id"), Some(&run_id));
+                        }
+                    }
+                }
+            }
+            assert_nothing_temporary_left(&moto.client(build_region), build_region).await;
+            assert!(!instances(&moto.client(build_region)).await.is_empty(), "builds launched instances in {build_region}");
+        }
+    });
+}
+
+#[test]
+fn a_failing_provisioner_fails_only_its_flavor() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    write_provisioning_files(&workspace);
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"good\"\nsource_ami = {AL2023}\n{}\n\n\
+         [[flavor]]\nname = \"bad\"\nsource_ami = {AL2023}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"echo about to fail\", \"exit 3\", \"echo never\"] }}]\n\n\
+         [regions]\nus-west-2 = [\"us-east-1\"]\n",
+        fleet_header(&moto, &sshd),
+        provisioners(&workspace).replace("@FLAVOR@", "good"),
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+
+    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    assert!(outcome.stderr.contains("bad/us-west-2: about to fail"), "{}", outcome.stderr);
+    assert!(!outcome.stderr.contains("never"), "{}", outcome.stderr);
+
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "partial");
+    assert!(manifest["artifacts"]["good"]["us-west-2"]["image_id"].is_string());
+    assert!(manifest["artifacts"]["good"]["us-east-1"]["image_id"].is_string());
+    assert!(manifest["artifacts"].get("bad").is_none());
+    let failures = manifest["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    let build_failure = failures.iter().find(|f| f["region"] == "us-west-2").unwrap();
+    assert_eq!(build_failure["flavor"], "bad");
+    assert_eq!(build_failure["stage"], "provision");
+    assert!(build_failure["error"].as_str().unwrap().contains("exited with status 3"), "{build_failure}");
+    let copy_failure = failures.iter().find(|f| f["region"] == "us-east-1").unwrap();
+    assert_eq!(copy_failure["stage"], "skipped");
+
+    let run_id = manifest["run_id"].as_str().unwrap().to_string();
+    runtime().block_on(async {
+        let west = moto.client("us-west-2");
+        let images = images_of_run(&west, &run_id).await;
+        assert_eq!(images.len(), 1, "only the good flavor made an image: {images:?}");
+        assert_eq!(images[0].tags["fleetbake:flavor"], "good");
+        assert_eq!(images_of_run(&moto.client("us-east-1"), &run_id).await.len(), 1);
+        assert_nothing_temporary_left(&west, "us-west-2").await;
+        assert_eq!(instances(&west).await.len(), 2, "both flavors launched an instance");
+    });
+}
+
+#[test]
+fn a_source_filter_that_matches_nothing_fails_before_creating_anything() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"ghost\"\nsource_ami = {{ owners = [\"amazon\"], name = \"fleetbake-no-such-image-*\" }}\n\n\
+         [regions]\nus-west-2 = [\"us-east-1\"]\n",
+        fleet_header(&moto, &sshd),
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+
+    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "failed");
+    assert_eq!(manifest["artifacts"], serde_json::json!({}));
+    let failures = manifest["failures"].as_array().unwrap();
+    assert_eq!(failures[0]["stage"], "source_ami");
+    assert_eq!(failures[0]["region"], "us-west-2");
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(error.contains("no image owned by amazon matches `fleetbake-no-such-image-*` in us-west-2"), "{error}");
+    runtime().block_on(async {
+        let west = moto.client("us-west-2");
+        assert!(instances(&west).await.is_empty());
+        assert_nothing_temporary_left(&west, "us-west-2").await;
+    });
+}
