@@ -11,7 +11,10 @@ use openssh::Session;
 use tokio_util::sync::CancellationToken;
 
 use crate::cleanup::{CleanupStack, UndoStep};
-use crate::cloud::{CloudError, ImageId, ImageState, InstanceState, KeyPairName, LaunchSpec, RegionCloud, SecurityGroupId};
+use crate::cloud::{
+    CloudError, ImageId, ImageState, InstanceState, KeyPairName, LaunchSpec, RegionCloud,
+    SecurityGroupId,
+};
 use crate::config::{Flavor, SourceAmi, Tags};
 use crate::events::{Artifact, EventSender, Failure, JobLabel, Stage};
 use crate::plan::BuildJob;
@@ -48,10 +51,18 @@ struct StepError {
 
 impl StepError {
     fn new(stage: Stage, message: impl ToString) -> Self {
-        StepError { stage, code: None, message: message.to_string() }
+        StepError {
+            stage,
+            code: None,
+            message: message.to_string(),
+        }
     }
     fn cloud(stage: Stage, error: CloudError) -> Self {
-        StepError { stage, code: error.code.clone(), message: error.to_string() }
+        StepError {
+            stage,
+            code: error.code.clone(),
+            message: error.to_string(),
+        }
     }
     fn wait(stage: Stage, error: WaitError) -> Self {
         match error {
@@ -63,7 +74,10 @@ impl StepError {
 
 impl BuildContext {
     fn label(&self) -> JobLabel {
-        JobLabel { flavor: self.flavor.name.clone(), region: self.job.region.clone() }
+        JobLabel {
+            flavor: self.flavor.name.clone(),
+            region: self.job.region.clone(),
+        }
     }
 
     fn progress(&self, stage: Stage, detail: impl Into<String>) {
@@ -72,7 +86,11 @@ impl BuildContext {
 
     /// Runs a wait, giving up when the run is interrupted. Calls that create resources are never raced:
     /// what they create must reach the cleanup stack.
-    async fn interruptible<T>(&self, stage: Stage, wait: impl std::future::Future<Output = Result<T, StepError>>) -> Result<T, StepError> {
+    async fn interruptible<T>(
+        &self,
+        stage: Stage,
+        wait: impl std::future::Future<Output = Result<T, StepError>>,
+    ) -> Result<T, StepError> {
         tokio::select! {
             biased;
             () = self.cancel.cancelled() => Err(StepError::new(Stage::Interrupted, format!("interrupted during {stage}"))),
@@ -84,7 +102,10 @@ impl BuildContext {
     fn temporary_tags(&self) -> Tags {
         let mut tags = self.run.identity_tags(&self.flavor.name);
         tags.insert("fleetbake:temporary".into(), "true".into());
-        tags.insert("Name".into(), format!("fleetbake {} {}", self.flavor.name, self.run.run_id));
+        tags.insert(
+            "Name".into(),
+            format!("fleetbake {} {}", self.flavor.name, self.run.run_id),
+        );
         tags
     }
 }
@@ -94,7 +115,10 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
     let mut stack = CleanupStack::default();
     let result = sequence(&context, &mut stack).await;
     let label = context.label();
-    let mut outcome = BuildOutcome { artifact: None, failures: Vec::new() };
+    let mut outcome = BuildOutcome {
+        artifact: None,
+        failures: Vec::new(),
+    };
     match result {
         Ok(artifact) => {
             on_available(&artifact);
@@ -106,7 +130,10 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
         }),
     }
     if !stack.is_empty() {
-        context.progress(Stage::Cleanup, format!("cleaning up {}", stack.pending().join(", ")));
+        context.progress(
+            Stage::Cleanup,
+            format!("cleaning up {}", stack.pending().join(", ")),
+        );
     }
     for failure in stack.unwind(&*context.cloud).await {
         context.events.send(crate::events::RunEvent::CleanupFailed {
@@ -114,7 +141,11 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
             resource: failure.resource.clone(),
             error: failure.error.clone(),
         });
-        outcome.failures.push(Failure::new(&label, Stage::Cleanup, format!("{} may be left: {}", failure.resource, failure.error)));
+        outcome.failures.push(Failure::new(
+            &label,
+            Stage::Cleanup,
+            format!("{} may be left: {}", failure.resource, failure.error),
+        ));
     }
     outcome
 }
@@ -127,7 +158,12 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     let local_dir = tempfile::Builder::new()
         .prefix("fb-")
         .tempdir()
-        .map_err(|error| StepError::new(Stage::KeyPair, format!("cannot create a private temporary directory: {error}")))?;
+        .map_err(|error| {
+            StepError::new(
+                Stage::KeyPair,
+                format!("cannot create a private temporary directory: {error}"),
+            )
+        })?;
     let key_file = local_dir.path().join("key");
     let control_dir = local_dir.path().to_path_buf();
     stack.push(UndoStep::RemoveLocalDir(local_dir));
@@ -139,10 +175,17 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
         .await
         .map_err(|error| StepError::cloud(Stage::KeyPair, error))?;
     stack.push(UndoStep::DeleteKeyPair(key_name.clone()));
-    ssh::write_private_file(&key_file, private_key.expose())
-        .map_err(|error| StepError::new(Stage::KeyPair, format!("cannot write the private key: {error}")))?;
+    ssh::write_private_file(&key_file, private_key.expose()).map_err(|error| {
+        StepError::new(
+            Stage::KeyPair,
+            format!("cannot write the private key: {error}"),
+        )
+    })?;
     drop(private_key);
-    context.progress(Stage::KeyPair, format!("created temporary key pair {key_name}"));
+    context.progress(
+        Stage::KeyPair,
+        format!("created temporary key pair {key_name}"),
+    );
 
     let security_group = create_security_group(context, stack, &resource_name).await?;
 
@@ -153,27 +196,58 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
         security_group,
         subnet_id: context.flavor.subnet_id.clone(),
         associate_public_ip: context.flavor.associate_public_ip,
-        client_token: client_token(&[run.run_id.as_str(), context.flavor.name.as_str(), context.job.region.as_str()]),
+        client_token: client_token(&[
+            run.run_id.as_str(),
+            context.flavor.name.as_str(),
+            context.job.region.as_str(),
+        ]),
         tags: context.temporary_tags(),
     };
-    let instance = cloud.run_instance(&launch).await.map_err(|error| StepError::cloud(Stage::Launch, error))?;
+    let instance = cloud
+        .run_instance(&launch)
+        .await
+        .map_err(|error| StepError::cloud(Stage::Launch, error))?;
     stack.push(UndoStep::TerminateInstance(instance.clone()));
-    context.progress(Stage::Launch, format!("launched {} {instance} from {source}", context.flavor.instance_type));
+    context.progress(
+        Stage::Launch,
+        format!(
+            "launched {} {instance} from {source}",
+            context.flavor.instance_type
+        ),
+    );
 
     let address = context
         .interruptible(Stage::WaitRunning, async {
-            let running = poll_until(INSTANCE_POLL, &format!("instance {instance} to run"), || async {
-                let statuses = cloud.describe_instances(std::slice::from_ref(&instance)).await?;
-                Ok(match statuses.into_iter().next() {
-                    Some(status) if status.state == InstanceState::Running => Poll::Ready(status),
-                    Some(status) if matches!(status.state, InstanceState::Pending) => Poll::NotYet,
-                    None => Poll::NotYet,
-                    Some(status) => Poll::Failed(format!("instance {instance} is {:?} instead of running", status.state)),
-                })
-            })
+            let running = poll_until(
+                INSTANCE_POLL,
+                &format!("instance {instance} to run"),
+                || async {
+                    let statuses = cloud
+                        .describe_instances(std::slice::from_ref(&instance))
+                        .await?;
+                    Ok(match statuses.into_iter().next() {
+                        Some(status) if status.state == InstanceState::Running => {
+                            Poll::Ready(status)
+                        }
+                        Some(status) if matches!(status.state, InstanceState::Pending) => {
+                            Poll::NotYet
+                        }
+                        None => Poll::NotYet,
+                        Some(status) => Poll::Failed(format!(
+                            "instance {instance} is {:?} instead of running",
+                            status.state
+                        )),
+                    })
+                },
+            )
             .await
             .map_err(|error| StepError::wait(Stage::WaitRunning, error))?;
-            Ok(run.ssh.host.clone().or(running.public_ip).or(running.private_ip))
+            Ok(run
+                .ssh
+                .host
+                .clone()
+                .or(running.public_ip)
+                .or(running.private_ip))
         })
         .await?;
     let host = address.ok_or_else(|| {
@@ -187,32 +261,52 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
         key_file,
         control_dir,
     };
-    context.progress(Stage::Connect, format!("waiting for SSH on {}:{}", target.host, target.port));
+    context.progress(
+        Stage::Connect,
+        format!("waiting for SSH on {}:{}", target.host, target.port),
+    );
     let session = context
         .interruptible(Stage::Connect, async {
-            ssh::connect(&target, run.ssh.timeout).await.map_err(|error| StepError::new(Stage::Connect, error))
+            ssh::connect(&target, run.ssh.timeout)
+                .await
+                .map_err(|error| StepError::new(Stage::Connect, error))
         })
         .await?;
-    let provisioned = context.interruptible(Stage::Provision, provision_all(context, &session)).await;
+    let provisioned = context
+        .interruptible(Stage::Provision, provision_all(context, &session))
+        .await;
     if let Err(error) = session.close().await {
         tracing::debug!("closing the SSH session: {error}");
     }
     provisioned?;
 
     context.progress(Stage::Stop, format!("stopping {instance}"));
-    cloud.stop_instance(&instance).await.map_err(|error| StepError::cloud(Stage::Stop, error))?;
+    cloud
+        .stop_instance(&instance)
+        .await
+        .map_err(|error| StepError::cloud(Stage::Stop, error))?;
     context
         .interruptible(Stage::Stop, async {
-            poll_until(INSTANCE_POLL, &format!("instance {instance} to stop"), || async {
-                let statuses = cloud.describe_instances(std::slice::from_ref(&instance)).await?;
-                Ok(match statuses.into_iter().next().map(|status| status.state) {
-                    Some(InstanceState::Stopped) => Poll::Ready(()),
-                    Some(InstanceState::Terminated | InstanceState::ShuttingDown) => {
-                        Poll::Failed(format!("instance {instance} terminated while stopping"))
-                    }
-                    _ => Poll::NotYet,
-                })
-            })
+            poll_until(
+                INSTANCE_POLL,
+                &format!("instance {instance} to stop"),
+                || async {
+                    let statuses = cloud
+                        .describe_instances(std::slice::from_ref(&instance))
+                        .await?;
+                    Ok(
+                        match statuses.into_iter().next().map(|status| status.state) {
+                            Some(InstanceState::Stopped) => Poll::Ready(()),
+                            Some(InstanceState::Terminated | InstanceState::ShuttingDown) => {
+                                Poll::Failed(format!(
+                                    "instance {instance} terminated while stopping"
+                                ))
+                            }
+                            _ => Poll::NotYet,
+                        },
+                    )
+                },
+            )
             .await
             .map_err(|error| StepError::wait(Stage::Stop, error))
         })
@@ -220,18 +314,31 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
 
     let image_tags = run.image_tags(&context.flavor, &source);
     let image = cloud
-        .create_image(&instance, &context.job.image_name, run.fleet.ami_description.as_deref(), &image_tags)
+        .create_image(
+            &instance,
+            &context.job.image_name,
+            run.fleet.ami_description.as_deref(),
+            &image_tags,
+        )
         .await
         .map_err(|error| StepError::cloud(Stage::CreateImage, error))?;
-    context.progress(Stage::CreateImage, format!("creating image {image} `{}`", context.job.image_name));
+    context.progress(
+        Stage::CreateImage,
+        format!("creating image {image} `{}`", context.job.image_name),
+    );
     let snapshot_ids = context
         .interruptible(Stage::WaitImage, async {
-            wait_available(cloud, &image, run).await.map_err(|error| StepError::wait(Stage::WaitImage, error))
+            wait_available(cloud, &image, run)
+                .await
+                .map_err(|error| StepError::wait(Stage::WaitImage, error))
         })
         .await?;
     if !snapshot_ids.is_empty() {
         let ids: Vec<String> = snapshot_ids.iter().map(|id| id.0.clone()).collect();
-        cloud.create_tags(&ids, &image_tags).await.map_err(|error| StepError::cloud(Stage::Tag, error))?;
+        cloud
+            .create_tags(&ids, &image_tags)
+            .await
+            .map_err(|error| StepError::cloud(Stage::Tag, error))?;
     }
     Ok(Artifact {
         image_id: image,
@@ -256,16 +363,34 @@ async fn resolve_source(context: &BuildContext) -> Result<ImageId, StepError> {
                 .map_err(|error| StepError::cloud(Stage::SourceAmi, error))?;
             match found.first().map(|image| &image.state) {
                 Some(ImageState::Available) => id,
-                Some(state) => return Err(StepError::new(Stage::SourceAmi, format!("source image {id} in {region} is not available: {state:?}"))),
-                None => return Err(StepError::new(Stage::SourceAmi, format!("source image {id} does not exist in {region}"))),
+                Some(state) => {
+                    return Err(StepError::new(
+                        Stage::SourceAmi,
+                        format!("source image {id} in {region} is not available: {state:?}"),
+                    ))
+                }
+                None => {
+                    return Err(StepError::new(
+                        Stage::SourceAmi,
+                        format!("source image {id} does not exist in {region}"),
+                    ))
+                }
             }
         }
         SourceAmi::Filter(filter) => {
-            let images = cloud.find_images(filter).await.map_err(|error| StepError::cloud(Stage::SourceAmi, error))?;
-            let newest = images.into_iter().max_by(|a, b| (&a.creation_date, &a.id).cmp(&(&b.creation_date, &b.id)));
+            let images = cloud
+                .find_images(filter)
+                .await
+                .map_err(|error| StepError::cloud(Stage::SourceAmi, error))?;
+            let newest = images
+                .into_iter()
+                .max_by(|a, b| (&a.creation_date, &a.id).cmp(&(&b.creation_date, &b.id)));
             match newest {
                 Some(image) => {
-                    context.progress(Stage::SourceAmi, format!("source image {} `{}`", image.id, image.name));
+                    context.progress(
+                        Stage::SourceAmi,
+                        format!("source image {} `{}`", image.id, image.name),
+                    );
                     image.id
                 }
                 None => {
@@ -284,14 +409,28 @@ async fn resolve_source(context: &BuildContext) -> Result<ImageId, StepError> {
     Ok(source)
 }
 
-async fn create_security_group(context: &BuildContext, stack: &mut CleanupStack, name: &str) -> Result<SecurityGroupId, StepError> {
+async fn create_security_group(
+    context: &BuildContext,
+    stack: &mut CleanupStack,
+    name: &str,
+) -> Result<SecurityGroupId, StepError> {
     let cloud = &*context.cloud;
     let vpc = match &context.flavor.subnet_id {
-        Some(subnet) => Some(cloud.subnet_vpc(subnet).await.map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?),
+        Some(subnet) => Some(
+            cloud
+                .subnet_vpc(subnet)
+                .await
+                .map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?,
+        ),
         None => None,
     };
     let group = cloud
-        .create_security_group(name, "fleetbake temporary build group: SSH from the builder only", vpc.as_ref(), &context.temporary_tags())
+        .create_security_group(
+            name,
+            "fleetbake temporary build group: SSH from the builder only",
+            vpc.as_ref(),
+            &context.temporary_tags(),
+        )
         .await
         .map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?;
     stack.push(UndoStep::DeleteSecurityGroup(group.clone()));
@@ -299,8 +438,19 @@ async fn create_security_group(context: &BuildContext, stack: &mut CleanupStack,
         .authorize_ingress(&group, INSTANCE_SSH_PORT, &context.run.ssh_cidrs)
         .await
         .map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?;
-    let cidrs: Vec<String> = context.run.ssh_cidrs.iter().map(ToString::to_string).collect();
-    context.progress(Stage::SecurityGroup, format!("created temporary security group {group} (port {INSTANCE_SSH_PORT} from {})", cidrs.join(", ")));
+    let cidrs: Vec<String> = context
+        .run
+        .ssh_cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    context.progress(
+        Stage::SecurityGroup,
+        format!(
+            "created temporary security group {group} (port {INSTANCE_SSH_PORT} from {})",
+            cidrs.join(", ")
+        ),
+    );
     Ok(group)
 }
 
@@ -313,9 +463,16 @@ async fn provision_all(context: &BuildContext, session: &Session) -> Result<(), 
     let label = context.label();
     for (index, provisioner) in context.flavor.provisioners.iter().enumerate() {
         let number = index + 1;
-        context.progress(Stage::Provision, format!("provisioner {number}: {}", Described(provisioner)));
+        context.progress(
+            Stage::Provision,
+            format!("provisioner {number}: {}", Described(provisioner)),
+        );
         provision::run(session, number, provisioner, &env, |stream, line| {
-            context.events.send(crate::events::RunEvent::Output { job: label.clone(), stream, line });
+            context.events.send(crate::events::RunEvent::Output {
+                job: label.clone(),
+                stream,
+                line,
+            });
         })
         .await
         .map_err(|error| StepError::new(Stage::Provision, error))?;
@@ -329,18 +486,24 @@ pub async fn wait_available(
     image: &ImageId,
     run: &RunContext,
 ) -> Result<Vec<crate::cloud::SnapshotId>, WaitError> {
-    poll_until(IMAGE_POLL.with_timeout(run.fleet.limits.image_timeout), &format!("image {image} to become available"), || async {
-        let images = cloud.describe_images(std::slice::from_ref(image)).await?;
-        Ok(match images.into_iter().next() {
-            Some(status) => match status.state {
-                ImageState::Available => Poll::Ready(status.snapshot_ids),
-                ImageState::Pending => Poll::NotYet,
-                ImageState::Failed(reason) => Poll::Failed(format!("image {image} failed: {reason}")),
-            },
-            // Just created: describe may not see it yet.
-            None => Poll::NotYet,
-        })
-    })
+    poll_until(
+        IMAGE_POLL.with_timeout(run.fleet.limits.image_timeout),
+        &format!("image {image} to become available"),
+        || async {
+            let images = cloud.describe_images(std::slice::from_ref(image)).await?;
+            Ok(match images.into_iter().next() {
+                Some(status) => match status.state {
+                    ImageState::Available => Poll::Ready(status.snapshot_ids),
+                    ImageState::Pending => Poll::NotYet,
+                    ImageState::Failed(reason) => {
+                        Poll::Failed(format!("image {image} failed: {reason}"))
+                    }
+                },
+                // Just created: describe may not see it yet.
+                None => Poll::NotYet,
+            })
+        },
+    )
     .await
 }
 

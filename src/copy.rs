@@ -27,7 +27,10 @@ pub struct CopyContext {
 
 /// Copies, tags and waits; the copy's artifact, or the failure.
 pub async fn run(context: CopyContext) -> Result<Artifact, Failure> {
-    let label = JobLabel { flavor: context.flavor.name.clone(), region: context.job.target_region.clone() };
+    let label = JobLabel {
+        flavor: context.flavor.name.clone(),
+        region: context.job.target_region.clone(),
+    };
     let cloud = &*context.cloud;
     let run = &context.run;
     let spec = CopySpec {
@@ -35,14 +38,29 @@ pub async fn run(context: CopyContext) -> Result<Artifact, Failure> {
         source_image: context.source.image_id.clone(),
         name: context.job.image_name.clone(),
         description: run.fleet.ami_description.clone(),
-        client_token: client_token(&[run.run_id.as_str(), context.flavor.name.as_str(), context.job.target_region.as_str(), "copy"]),
+        client_token: client_token(&[
+            run.run_id.as_str(),
+            context.flavor.name.as_str(),
+            context.job.target_region.as_str(),
+            "copy",
+        ]),
     };
-    let image = cloud.copy_image(&spec).await.map_err(|error| Failure::from_cloud(&label, Stage::Copy, &error))?;
-    context.events.progress(&label, Stage::Copy, format!("copying {} from {} as {image}", spec.source_image, spec.source_region));
+    let image = cloud
+        .copy_image(&spec)
+        .await
+        .map_err(|error| Failure::from_cloud(&label, Stage::Copy, &error))?;
+    context.events.progress(
+        &label,
+        Stage::Copy,
+        format!(
+            "copying {} from {} as {image}",
+            spec.source_image, spec.source_region
+        ),
+    );
     // Tag at once (CopyImage does not carry tags everywhere), so an interrupted run still leaves a tagged image.
     let tags = run.image_tags(&context.flavor, &context.source.source_image_id);
     cloud
-        .create_tags(&[image.0.clone()], &tags)
+        .create_tags(std::slice::from_ref(&image.0), &tags)
         .await
         .map_err(|error| Failure::from_cloud(&label, Stage::Tag, &error))?;
     let snapshot_ids = tokio::select! {
@@ -57,7 +75,10 @@ pub async fn run(context: CopyContext) -> Result<Artifact, Failure> {
     };
     if !snapshot_ids.is_empty() {
         let ids: Vec<String> = snapshot_ids.iter().map(|id| id.0.clone()).collect();
-        cloud.create_tags(&ids, &tags).await.map_err(|error| Failure::from_cloud(&label, Stage::Tag, &error))?;
+        cloud
+            .create_tags(&ids, &tags)
+            .await
+            .map_err(|error| Failure::from_cloud(&label, Stage::Tag, &error))?;
     }
     Ok(Artifact {
         image_id: image,

@@ -49,7 +49,9 @@ pub enum Stage {
 
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = serde_json::to_value(self).ok().and_then(|value| value.as_str().map(str::to_string));
+        let text = serde_json::to_value(self)
+            .ok()
+            .and_then(|value| value.as_str().map(str::to_string));
         f.write_str(text.as_deref().unwrap_or("?"))
     }
 }
@@ -80,11 +82,20 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(label: &JobLabel, stage: Stage, error: impl fmt::Display) -> Self {
-        Failure { flavor: label.flavor.clone(), region: label.region.clone(), stage: stage.to_string(), code: None, error: error.to_string() }
+        Failure {
+            flavor: label.flavor.clone(),
+            region: label.region.clone(),
+            stage: stage.to_string(),
+            code: None,
+            error: error.to_string(),
+        }
     }
 
     pub fn from_cloud(label: &JobLabel, stage: Stage, error: &CloudError) -> Self {
-        Failure { code: error.code.clone(), ..Failure::new(label, stage, error) }
+        Failure {
+            code: error.code.clone(),
+            ..Failure::new(label, stage, error)
+        }
     }
 }
 
@@ -107,18 +118,48 @@ pub enum OutputStream {
 
 #[derive(Clone, Debug)]
 pub enum RunEvent {
-    RunStarted { fleet: String, run_id: RunId, started_at: DateTime<Utc>, builds: usize, copies: usize },
+    RunStarted {
+        fleet: String,
+        run_id: RunId,
+        started_at: DateTime<Utc>,
+        builds: usize,
+        copies: usize,
+    },
     /// A job moved on; `detail` says what it did or waits for.
-    Progress { job: JobLabel, stage: Stage, detail: String },
+    Progress {
+        job: JobLabel,
+        stage: Stage,
+        detail: String,
+    },
     /// A line a provisioner printed on the instance.
-    Output { job: JobLabel, stream: OutputStream, line: String },
-    ImageAvailable { job: JobLabel, flavor: FlavorName, region: Region, artifact: Artifact },
+    Output {
+        job: JobLabel,
+        stream: OutputStream,
+        line: String,
+    },
+    ImageAvailable {
+        job: JobLabel,
+        flavor: FlavorName,
+        region: Region,
+        artifact: Artifact,
+    },
     JobFailed(Failure),
     /// A cleanup step failed; what it names may be left in the account.
-    CleanupFailed { job: JobLabel, resource: String, error: String },
+    CleanupFailed {
+        job: JobLabel,
+        resource: String,
+        error: String,
+    },
     /// The first interrupt: nothing new starts, everything cleans up.
-    Interrupted { signal: &'static str },
-    RunFinished { status: RunStatus, finished_at: DateTime<Utc>, succeeded: usize, failed: usize },
+    Interrupted {
+        signal: &'static str,
+    },
+    RunFinished {
+        status: RunStatus,
+        finished_at: DateTime<Utc>,
+        succeeded: usize,
+        failed: usize,
+    },
 }
 
 /// Where the engine sends events. Cloning is cheap; sending never blocks and never fails the engine.
@@ -137,6 +178,10 @@ impl EventSender {
     }
 
     pub fn progress(&self, job: &JobLabel, stage: Stage, detail: impl Into<String>) {
-        self.send(RunEvent::Progress { job: job.clone(), stage, detail: detail.into() });
+        self.send(RunEvent::Progress {
+            job: job.clone(),
+            stage,
+            detail: detail.into(),
+        });
     }
 }

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::cloud::aws::AwsCloud;
 use crate::cloud::{Cloud, ImageId};
-use crate::config::{Fleet, FlavorName, Flavor, SshSettings, Tags};
+use crate::config::{Flavor, FlavorName, Fleet, SshSettings, Tags};
 use crate::events::EventSender;
 use crate::limiter::{RetryPolicy, RunLimits};
 use crate::manifest::ManifestWriter;
@@ -42,7 +42,10 @@ impl RunContext {
         let mut tags = self.fleet.tags.clone();
         tags.extend(flavor.tags.clone());
         tags.extend(self.identity_tags(&flavor.name));
-        tags.insert("fleetbake:source-image-id".to_string(), source_image.to_string());
+        tags.insert(
+            "fleetbake:source-image-id".to_string(),
+            source_image.to_string(),
+        );
         tags
     }
 }
@@ -60,7 +63,11 @@ pub struct MatrixOptions {
 }
 
 /// Runs the whole matrix against AWS (or whatever `[aws] endpoint_url` points at).
-pub async fn matrix(fleet: Fleet, options: MatrixOptions, interrupts: mpsc::UnboundedReceiver<Interrupt>) -> Result<RunSummary, RunError> {
+pub async fn matrix(
+    fleet: Fleet,
+    options: MatrixOptions,
+    interrupts: mpsc::UnboundedReceiver<Interrupt>,
+) -> Result<RunSummary, RunError> {
     let fleet = Arc::new(fleet);
     let ssh_cidrs = match &fleet.ssh.source_cidrs {
         Some(cidrs) => cidrs.clone(),
@@ -83,7 +90,12 @@ pub async fn execute(
     let started_at = Utc::now();
     let run_id = RunId::generate(started_at);
     let plan = Arc::new(Plan::new(&fleet, run_id.clone(), started_at));
-    let run = Arc::new(RunContext { ssh: fleet.ssh.clone(), fleet: Arc::clone(&fleet), run_id, ssh_cidrs });
+    let run = Arc::new(RunContext {
+        ssh: fleet.ssh.clone(),
+        fleet: Arc::clone(&fleet),
+        run_id,
+        ssh_cidrs,
+    });
 
     let (events, receiver) = EventSender::channel();
     let reporters: Vec<Box<dyn Reporter>> = vec![
@@ -91,7 +103,14 @@ pub async fn execute(
         Box::new(ManifestWriter::new(fleet.manifest_path.clone())),
     ];
     let reporting = tokio::spawn(report::pump(receiver, reporters));
-    let scheduler = Scheduler { run, plan, cloud, limits, events, fail_fast: options.fail_fast };
+    let scheduler = Scheduler {
+        run,
+        plan,
+        cloud,
+        limits,
+        events,
+        fail_fast: options.fail_fast,
+    };
     let summary = scheduler.run(interrupts).await;
     if summary.abandoned {
         // Jobs were aborted mid-flight; their event senders go away as the runtime drops them.

@@ -135,7 +135,12 @@ impl Scheduler {
         self.finish(&state, false)
     }
 
-    fn handle(&self, event: LoopEvent, state: &mut LoopState, queue: &mut crate::deps::DependencyQueue<JobId>) -> ControlFlow {
+    fn handle(
+        &self,
+        event: LoopEvent,
+        state: &mut LoopState,
+        queue: &mut crate::deps::DependencyQueue<JobId>,
+    ) -> ControlFlow {
         match event {
             LoopEvent::ImageAvailable { job, artifact } => {
                 let (flavor, region) = self.plan.placement(job);
@@ -145,7 +150,10 @@ impl Scheduler {
                     queue.satisfied(&job);
                 }
                 self.events.send(RunEvent::ImageAvailable {
-                    job: JobLabel { flavor: flavor.clone(), region: region.clone() },
+                    job: JobLabel {
+                        flavor: flavor.clone(),
+                        region: region.clone(),
+                    },
                     flavor: flavor.clone(),
                     region: region.clone(),
                     artifact,
@@ -163,7 +171,10 @@ impl Scheduler {
                 let why = match job {
                     JobId::Build(index) => {
                         let build = &self.plan.builds[index];
-                        format!("not copied: the build of {} in {} failed", build.flavor, build.region)
+                        format!(
+                            "not copied: the build of {} in {} failed",
+                            build.flavor, build.region
+                        )
                     }
                     JobId::Copy(_) => String::new(),
                 };
@@ -173,7 +184,12 @@ impl Scheduler {
                 if self.fail_fast && !state.stop_starting.is_cancelled() {
                     state.stop_starting.cancel();
                     for skipped in queue.drain() {
-                        self.record_not_started(skipped, Stage::Skipped, "not started: --fail-fast stopped the run after a failure", state);
+                        self.record_not_started(
+                            skipped,
+                            Stage::Skipped,
+                            "not started: --fail-fast stopped the run after a failure",
+                            state,
+                        );
                     }
                 }
             }
@@ -182,11 +198,18 @@ impl Scheduler {
                     return ControlFlow::Abandon;
                 }
                 state.interrupted = Some(interrupt);
-                self.events.send(RunEvent::Interrupted { signal: interrupt.signal });
+                self.events.send(RunEvent::Interrupted {
+                    signal: interrupt.signal,
+                });
                 state.stop_starting.cancel();
                 state.cancel.cancel();
                 for skipped in queue.drain() {
-                    self.record_not_started(skipped, Stage::Interrupted, "not started: the run was interrupted", state);
+                    self.record_not_started(
+                        skipped,
+                        Stage::Interrupted,
+                        "not started: the run was interrupted",
+                        state,
+                    );
                 }
             }
         }
@@ -195,9 +218,13 @@ impl Scheduler {
 
     fn record_not_started(&self, job: JobId, stage: Stage, why: &str, state: &mut LoopState) {
         let (flavor, region) = self.plan.placement(job);
-        let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
+        let label = JobLabel {
+            flavor: flavor.clone(),
+            region: region.clone(),
+        };
         state.failed += 1;
-        self.events.send(RunEvent::JobFailed(Failure::new(&label, stage, why)));
+        self.events
+            .send(RunEvent::JobFailed(Failure::new(&label, stage, why)));
     }
 
     /// Starts a job as a task; it waits for its concurrency slot, and gives up if the run stops first.
@@ -209,7 +236,10 @@ impl Scheduler {
         tasks: &mut JoinSet<(JobId, Vec<Failure>)>,
     ) -> tokio::task::Id {
         let (flavor_name, region) = self.plan.placement(job);
-        let label = JobLabel { flavor: flavor_name.clone(), region: region.clone() };
+        let label = JobLabel {
+            flavor: flavor_name.clone(),
+            region: region.clone(),
+        };
         let flavor = self
             .run
             .fleet
@@ -220,7 +250,16 @@ impl Scheduler {
             .clone();
         let stop_starting = state.stop_starting.clone();
         let sender = loop_sender.clone();
-        let not_started = move || (job, vec![Failure::new(&label, Stage::Interrupted, "not started: the run stopped first")]);
+        let not_started = move || {
+            (
+                job,
+                vec![Failure::new(
+                    &label,
+                    Stage::Interrupted,
+                    "not started: the run stopped first",
+                )],
+            )
+        };
         match job {
             JobId::Build(index) => {
                 let build_job = self.plan.builds[index].clone();
@@ -241,7 +280,10 @@ impl Scheduler {
                             slot = slots.acquire_owned() => slot,
                         };
                         let outcome = build::run(context, |artifact| {
-                            let _ = sender.send(LoopEvent::ImageAvailable { job, artifact: artifact.clone() });
+                            let _ = sender.send(LoopEvent::ImageAvailable {
+                                job,
+                                artifact: artifact.clone(),
+                            });
                         })
                         .await;
                         (job, outcome.failures)
@@ -250,7 +292,11 @@ impl Scheduler {
             }
             JobId::Copy(index) => {
                 let copy_job = self.plan.copies[index].clone();
-                let source = state.build_images.get(&copy_job.build).expect("a copy starts after its image").clone();
+                let source = state
+                    .build_images
+                    .get(&copy_job.build)
+                    .expect("a copy starts after its image")
+                    .clone();
                 let slots = self.limits.copies_into(&copy_job.target_region);
                 let context = CopyContext {
                     run: Arc::clone(&self.run),
@@ -282,10 +328,12 @@ impl Scheduler {
     }
 
     fn finish(&self, state: &LoopState, abandoned: bool) -> RunSummary {
-        let status = if state.images == 0 {
-            RunStatus::Failed
-        } else if state.failed == 0 && state.interrupted.is_none() && !abandoned {
+        let status = if state.interrupted.is_some() || abandoned {
+            RunStatus::Partial
+        } else if state.failed == 0 {
             RunStatus::Complete
+        } else if state.images == 0 {
+            RunStatus::Failed
         } else {
             RunStatus::Partial
         };
@@ -295,7 +343,13 @@ impl Scheduler {
             succeeded: state.succeeded,
             failed: state.failed,
         });
-        RunSummary { status, succeeded: state.succeeded, failed: state.failed, interrupted: state.interrupted, abandoned }
+        RunSummary {
+            status,
+            succeeded: state.succeeded,
+            failed: state.failed,
+            interrupted: state.interrupted,
+            abandoned,
+        }
     }
 }
 

@@ -20,7 +20,10 @@ pub trait Reporter: Send {
 
 /// Delivers events until the channel closes; returns the first error a reporter gave (later events are still
 /// delivered, so one failing reporter does not silence the others).
-pub async fn pump(mut events: mpsc::UnboundedReceiver<RunEvent>, mut reporters: Vec<Box<dyn Reporter>>) -> Result<(), ReportError> {
+pub async fn pump(
+    mut events: mpsc::UnboundedReceiver<RunEvent>,
+    mut reporters: Vec<Box<dyn Reporter>>,
+) -> Result<(), ReportError> {
     let mut first_error = None;
     while let Some(event) = events.recv().await {
         for reporter in &mut reporters {

@@ -14,7 +14,11 @@ use aws_sdk_ec2::Client;
 pub const SSH_USER: &str = "fbtest";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for_port(port: u16, what: &str, child: &mut Child) {
@@ -62,7 +66,10 @@ impl Moto {
             .spawn()
             .expect("moto_server starts");
         wait_for_port(port, "moto_server", &mut child);
-        Moto { child, endpoint: format!("http://127.0.0.1:{port}") }
+        Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
     }
 
     /// An SDK client for `region`, as a user's deploy tooling would see the account.
@@ -93,9 +100,15 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start() -> Sshd {
-        assert!(Path::new("/usr/sbin/sshd").exists(), "/usr/sbin/sshd missing: run scripts/test.sh");
+        assert!(
+            Path::new("/usr/sbin/sshd").exists(),
+            "/usr/sbin/sshd missing: run scripts/test.sh"
+        );
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd (privilege separation directory)");
-        let dir = tempfile::Builder::new().prefix("fb-sshd").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("fb-sshd")
+            .tempdir()
+            .unwrap();
         let host_key = dir.path().join("host_ed25519");
         let status = Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])
@@ -126,7 +139,11 @@ impl Sshd {
             .spawn()
             .expect("sshd starts");
         wait_for_port(port, "sshd", &mut child);
-        Sshd { child, port, _dir: dir }
+        Sshd {
+            child,
+            port,
+            _dir: dir,
+        }
     }
 }
 
@@ -195,5 +212,8 @@ pub fn fleetbake(args: &[&str]) -> Outcome {
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }

@@ -36,7 +36,8 @@ source_cidrs = ["127.0.0.1/32"]
 }
 
 fn read_manifest(workspace: &Workspace) -> Value {
-    let text = std::fs::read_to_string(workspace.path("out/manifest.json")).expect("the manifest was written");
+    let text = std::fs::read_to_string(workspace.path("out/manifest.json"))
+        .expect("the manifest was written");
     serde_json::from_str(&text).expect("the manifest is JSON")
 }
 
@@ -85,8 +86,20 @@ fn two_flavors_two_build_regions_baked_copied_and_cleaned_up() {
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
 
     // Provisioner output is streamed with the job's prefix.
-    assert!(outcome.stderr.contains("ubuntu-docker/us-west-2: provisioning ubuntu-docker in us-west-2"), "{}", outcome.stderr);
-    assert!(outcome.stderr.contains("al2023-base/eu-central-1: a line on stderr"), "{}", outcome.stderr);
+    assert!(
+        outcome
+            .stderr
+            .contains("ubuntu-docker/us-west-2: provisioning ubuntu-docker in us-west-2"),
+        "{}",
+        outcome.stderr
+    );
+    assert!(
+        outcome
+            .stderr
+            .contains("al2023-base/eu-central-1: a line on stderr"),
+        "{}",
+        outcome.stderr
+    );
 
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["version"], 1);
@@ -98,49 +111,99 @@ fn two_flavors_two_build_regions_baked_copied_and_cleaned_up() {
 
     // The provisioners really ran over SSH, once per build, with their environment.
     for flavor in ["ubuntu-docker", "al2023-base"] {
-        assert_eq!(std::fs::read_to_string(workspace.markers.join(format!("{flavor}.motd"))).unwrap(), "baked by fleetbake\n");
+        assert_eq!(
+            std::fs::read_to_string(workspace.markers.join(format!("{flavor}.motd"))).unwrap(),
+            "baked by fleetbake\n"
+        );
         for region in ["us-west-2", "eu-central-1"] {
-            let marker = std::fs::read_to_string(workspace.markers.join(format!("{flavor}.{region}"))).unwrap();
+            let marker =
+                std::fs::read_to_string(workspace.markers.join(format!("{flavor}.{region}")))
+                    .unwrap();
             assert_eq!(marker, format!("{run_id} hello 'world'\n"));
-            let inline = std::fs::read_to_string(workspace.markers.join(format!("{flavor}.{region}.inline"))).unwrap();
+            let inline = std::fs::read_to_string(
+                workspace.markers.join(format!("{flavor}.{region}.inline")),
+            )
+            .unwrap();
             assert_eq!(inline, "inline-ran\n");
         }
     }
 
-    let builds = [("us-west-2", ["us-east-1", "eu-west-1"]), ("eu-central-1", ["ap-southeast-2", "sa-east-1"])];
+    let builds = [
+        ("us-west-2", ["us-east-1", "eu-west-1"]),
+        ("eu-central-1", ["ap-southeast-2", "sa-east-1"]),
+    ];
     runtime().block_on(async {
         for (build_region, targets) in builds {
             for region in std::iter::once(build_region).chain(targets) {
                 let client = moto.client(region);
                 let images = images_of_run(&client, &run_id).await;
-                assert_eq!(images.len(), 2, "one image per flavor in {region}: {images:?}");
+                assert_eq!(
+                    images.len(),
+                    2,
+                    "one image per flavor in {region}: {images:?}"
+                );
                 for flavor in ["ubuntu-docker", "al2023-base"] {
                     let entry = &manifest["artifacts"][flavor][region];
-                    let image_id = entry["image_id"].as_str().unwrap_or_else(|| panic!("manifest lacks {flavor}/{region}"));
-                    let image = images.iter().find(|image| image.id == image_id).expect("the manifest's image exists there");
+                    let image_id = entry["image_id"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("manifest lacks {flavor}/{region}"));
+                    let image = images
+                        .iter()
+                        .find(|image| image.id == image_id)
+                        .expect("the manifest's image exists there");
                     let name = format!("{flavor}-{build_region}-{run_id}");
                     assert_eq!(image.name, name);
                     assert_eq!(entry["name"], name.as_str());
                     assert_eq!(entry["build_region"], build_region);
-                    assert_eq!(images_named(&client, &name).await.len(), 1, "exactly one {name} in {region}");
+                    assert_eq!(
+                        images_named(&client, &name).await.len(),
+                        1,
+                        "exactly one {name} in {region}"
+                    );
                     assert_eq!(image.tags["fleetbake:fleet"], "it");
                     assert_eq!(image.tags["fleetbake:flavor"], flavor);
                     assert_eq!(image.tags["fleetbake:run-id"], run_id);
-                    assert_eq!(image.tags["fleetbake:source-image-id"], entry["source_image_id"].as_str().unwrap());
+                    assert_eq!(
+                        image.tags["fleetbake:source-image-id"],
+                        entry["source_image_id"].as_str().unwrap()
+                    );
                     assert_eq!(image.tags["ManagedBy"], "fleetbake");
                     assert_eq!(image.tags["Team"], "platform");
-                    assert_eq!(image.tags.get("OS_Flavor").map(String::as_str), (flavor == "ubuntu-docker").then_some("Ubuntu"));
-                    let snapshots: Vec<&str> = entry["snapshot_ids"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
-                    assert_eq!(snapshots, image.snapshot_ids.iter().map(String::as_str).collect::<Vec<_>>());
+                    assert_eq!(
+                        image.tags.get("OS_Flavor").map(String::as_str),
+                        (flavor == "ubuntu-docker").then_some("Ubuntu")
+                    );
+                    let snapshots: Vec<&str> = entry["snapshot_ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|s| s.as_str().unwrap())
+                        .collect();
+                    assert_eq!(
+                        snapshots,
+                        image
+                            .snapshot_ids
+                            .iter()
+                            .map(String::as_str)
+                            .collect::<Vec<_>>()
+                    );
                     if region == build_region {
                         for snapshot in &image.snapshot_ids {
-                            assert_eq!(snapshot_tags(&client, snapshot).await.get("fleetbake:run-id"), Some(&run_id));
+                            assert_eq!(
+                                snapshot_tags(&client, snapshot)
+                                    .await
+                                    .get("fleetbake:run-id"),
+                                Some(&run_id)
+                            );
                         }
                     }
                 }
             }
             assert_nothing_temporary_left(&moto.client(build_region), build_region).await;
-            assert!(!instances(&moto.client(build_region)).await.is_empty(), "builds launched instances in {build_region}");
+            assert!(
+                !instances(&moto.client(build_region)).await.is_empty(),
+                "builds launched instances in {build_region}"
+            );
         }
     });
 }
@@ -163,7 +226,11 @@ fn a_failing_provisioner_fails_only_its_flavor() {
 
     let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
-    assert!(outcome.stderr.contains("bad/us-west-2: about to fail"), "{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains("bad/us-west-2: about to fail"),
+        "{}",
+        outcome.stderr
+    );
     assert!(!outcome.stderr.contains("never"), "{}", outcome.stderr);
 
     let manifest = read_manifest(&workspace);
@@ -173,22 +240,47 @@ fn a_failing_provisioner_fails_only_its_flavor() {
     assert!(manifest["artifacts"].get("bad").is_none());
     let failures = manifest["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 2, "{failures:?}");
-    let build_failure = failures.iter().find(|f| f["region"] == "us-west-2").unwrap();
+    let build_failure = failures
+        .iter()
+        .find(|f| f["region"] == "us-west-2")
+        .unwrap();
     assert_eq!(build_failure["flavor"], "bad");
     assert_eq!(build_failure["stage"], "provision");
-    assert!(build_failure["error"].as_str().unwrap().contains("exited with status 3"), "{build_failure}");
-    let copy_failure = failures.iter().find(|f| f["region"] == "us-east-1").unwrap();
+    assert!(
+        build_failure["error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with status 3"),
+        "{build_failure}"
+    );
+    let copy_failure = failures
+        .iter()
+        .find(|f| f["region"] == "us-east-1")
+        .unwrap();
     assert_eq!(copy_failure["stage"], "skipped");
 
     let run_id = manifest["run_id"].as_str().unwrap().to_string();
     runtime().block_on(async {
         let west = moto.client("us-west-2");
         let images = images_of_run(&west, &run_id).await;
-        assert_eq!(images.len(), 1, "only the good flavor made an image: {images:?}");
+        assert_eq!(
+            images.len(),
+            1,
+            "only the good flavor made an image: {images:?}"
+        );
         assert_eq!(images[0].tags["fleetbake:flavor"], "good");
-        assert_eq!(images_of_run(&moto.client("us-east-1"), &run_id).await.len(), 1);
+        assert_eq!(
+            images_of_run(&moto.client("us-east-1"), &run_id)
+                .await
+                .len(),
+            1
+        );
         assert_nothing_temporary_left(&west, "us-west-2").await;
-        assert_eq!(instances(&west).await.len(), 2, "both flavors launched an instance");
+        assert_eq!(
+            instances(&west).await.len(),
+            2,
+            "both flavors launched an instance"
+        );
     });
 }
 
@@ -213,10 +305,86 @@ fn a_source_filter_that_matches_nothing_fails_before_creating_anything() {
     assert_eq!(failures[0]["stage"], "source_ami");
     assert_eq!(failures[0]["region"], "us-west-2");
     let error = failures[0]["error"].as_str().unwrap();
-    assert!(error.contains("no image owned by amazon matches `fleetbake-no-such-image-*` in us-west-2"), "{error}");
+    assert!(
+        error.contains("no image owned by amazon matches `fleetbake-no-such-image-*` in us-west-2"),
+        "{error}"
+    );
     runtime().block_on(async {
         let west = moto.client("us-west-2");
         assert!(instances(&west).await.is_empty());
         assert_nothing_temporary_left(&west, "us-west-2").await;
+    });
+}
+
+#[test]
+fn sigint_during_provisioning_cleans_up_and_keeps_finished_images() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let fleet = format!(
+        "{}\n[limits]\nmax_parallel_builds = 1\n\n\
+         [[flavor]]\nname = \"quick\"\nsource_ami = {AL2023}\n\n\
+         [[flavor]]\nname = \"slow\"\nsource_ami = {AL2023}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"echo sleeping now\", \"sleep 120\"] }}]\n\n\
+         [regions]\nus-west-2 = []\n",
+        fleet_header(&moto, &sshd),
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetbake"))
+        .args(["matrix", fleet_path.to_str().unwrap()])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "fleetbake ended before provisioning:\n{seen}"
+        );
+        seen.push_str(&line);
+        // One build at a time: `quick` is done before `slow` starts.
+        if line.contains("slow/us-west-2: sleeping now") {
+            break;
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(130), "stderr:\n{seen}{rest}");
+    assert!(
+        rest.contains("SIGINT: starting nothing new, cleaning up"),
+        "{rest}"
+    );
+
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "partial");
+    assert!(manifest["artifacts"]["quick"]["us-west-2"]["image_id"].is_string());
+    let failures = manifest["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["flavor"], "slow");
+    assert_eq!(failures[0]["stage"], "interrupted");
+    runtime().block_on(async {
+        let west = moto.client("us-west-2");
+        assert_nothing_temporary_left(&west, "us-west-2").await;
+        let run_id = manifest["run_id"].as_str().unwrap();
+        assert_eq!(
+            images_of_run(&west, run_id).await.len(),
+            1,
+            "only the finished image exists"
+        );
     });
 }
