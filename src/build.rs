@@ -12,8 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cleanup::{CleanupStack, UndoStep};
 use crate::cloud::{
-    CloudError, ImageId, ImageState, InstanceState, KeyPairName, LaunchSpec, RegionCloud,
-    SecurityGroupId,
+    CloudError, ImageId, ImageState, InstanceState, KeyPairName, LaunchSpec, RegionCloud, SecurityGroupId,
 };
 use crate::config::{Flavor, SourceAmi, Tags};
 use crate::events::{Artifact, EventSender, Failure, JobLabel, Stage};
@@ -51,18 +50,10 @@ struct StepError {
 
 impl StepError {
     fn new(stage: Stage, message: impl ToString) -> Self {
-        StepError {
-            stage,
-            code: None,
-            message: message.to_string(),
-        }
+        StepError { stage, code: None, message: message.to_string() }
     }
     fn cloud(stage: Stage, error: CloudError) -> Self {
-        StepError {
-            stage,
-            code: error.code.clone(),
-            message: error.to_string(),
-        }
+        StepError { stage, code: error.code.clone(), message: error.to_string() }
     }
     fn wait(stage: Stage, error: WaitError) -> Self {
         match error {
@@ -74,10 +65,7 @@ impl StepError {
 
 impl BuildContext {
     fn label(&self) -> JobLabel {
-        JobLabel {
-            flavor: self.flavor.name.clone(),
-            region: self.job.region.clone(),
-        }
+        JobLabel { flavor: self.flavor.name.clone(), region: self.job.region.clone() }
     }
 
     fn progress(&self, stage: Stage, detail: impl Into<String>) {
@@ -102,10 +90,7 @@ impl BuildContext {
     fn temporary_tags(&self) -> Tags {
         let mut tags = self.run.identity_tags(&self.flavor.name);
         tags.insert("fleetbake:temporary".into(), "true".into());
-        tags.insert(
-            "Name".into(),
-            format!("fleetbake {} {}", self.flavor.name, self.run.run_id),
-        );
+        tags.insert("Name".into(), format!("fleetbake {} {}", self.flavor.name, self.run.run_id));
         tags
     }
 }
@@ -115,25 +100,18 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
     let mut stack = CleanupStack::default();
     let result = sequence(&context, &mut stack).await;
     let label = context.label();
-    let mut outcome = BuildOutcome {
-        artifact: None,
-        failures: Vec::new(),
-    };
+    let mut outcome = BuildOutcome { artifact: None, failures: Vec::new() };
     match result {
         Ok(artifact) => {
             on_available(&artifact);
             outcome.artifact = Some(artifact);
         }
-        Err(error) => outcome.failures.push(Failure {
-            code: error.code,
-            ..Failure::new(&label, error.stage, error.message)
-        }),
+        Err(error) => {
+            outcome.failures.push(Failure { code: error.code, ..Failure::new(&label, error.stage, error.message) })
+        }
     }
     if !stack.is_empty() {
-        context.progress(
-            Stage::Cleanup,
-            format!("cleaning up {}", stack.pending().join(", ")),
-        );
+        context.progress(Stage::Cleanup, format!("cleaning up {}", stack.pending().join(", ")));
     }
     for failure in stack.unwind(&*context.cloud).await {
         context.events.send(crate::events::RunEvent::CleanupFailed {
@@ -157,12 +135,10 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
 
     let local_dir = tempfile::Builder::new()
         .prefix("fb-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(|error| {
-            StepError::new(
-                Stage::KeyPair,
-                format!("cannot create a private temporary directory: {error}"),
-            )
+            StepError::new(Stage::KeyPair, format!("cannot create a private temporary directory: {error}"))
         })?;
     let key_file = local_dir.path().join("key");
     let control_dir = local_dir.path().to_path_buf();
@@ -175,17 +151,10 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
         .await
         .map_err(|error| StepError::cloud(Stage::KeyPair, error))?;
     stack.push(UndoStep::DeleteKeyPair(key_name.clone()));
-    ssh::write_private_file(&key_file, private_key.expose()).map_err(|error| {
-        StepError::new(
-            Stage::KeyPair,
-            format!("cannot write the private key: {error}"),
-        )
-    })?;
+    ssh::write_private_file(&key_file, private_key.expose())
+        .map_err(|error| StepError::new(Stage::KeyPair, format!("cannot write the private key: {error}")))?;
     drop(private_key);
-    context.progress(
-        Stage::KeyPair,
-        format!("created temporary key pair {key_name}"),
-    );
+    context.progress(Stage::KeyPair, format!("created temporary key pair {key_name}"));
 
     let security_group = create_security_group(context, stack, &resource_name).await?;
 
@@ -196,117 +165,68 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
         security_group,
         subnet_id: context.flavor.subnet_id.clone(),
         associate_public_ip: context.flavor.associate_public_ip,
-        client_token: client_token(&[
-            run.run_id.as_str(),
-            context.flavor.name.as_str(),
-            context.job.region.as_str(),
-        ]),
+        client_token: client_token(&[run.run_id.as_str(), context.flavor.name.as_str(), context.job.region.as_str()]),
         tags: context.temporary_tags(),
     };
-    let instance = cloud
-        .run_instance(&launch)
-        .await
-        .map_err(|error| StepError::cloud(Stage::Launch, error))?;
+    let instance = cloud.run_instance(&launch).await.map_err(|error| StepError::cloud(Stage::Launch, error))?;
     stack.push(UndoStep::TerminateInstance(instance.clone()));
-    context.progress(
-        Stage::Launch,
-        format!(
-            "launched {} {instance} from {source}",
-            context.flavor.instance_type
-        ),
-    );
+    context.progress(Stage::Launch, format!("launched {} {instance} from {source}", context.flavor.instance_type));
 
     let address = context
         .interruptible(Stage::WaitRunning, async {
-            let running = poll_until(
-                INSTANCE_POLL,
-                &format!("instance {instance} to run"),
-                || async {
-                    let statuses = cloud
-                        .describe_instances(std::slice::from_ref(&instance))
-                        .await?;
-                    Ok(match statuses.into_iter().next() {
-                        Some(status) if status.state == InstanceState::Running => {
-                            Poll::Ready(status)
-                        }
-                        Some(status) if matches!(status.state, InstanceState::Pending) => {
-                            Poll::NotYet
-                        }
-                        None => Poll::NotYet,
-                        Some(status) => Poll::Failed(format!(
-                            "instance {instance} is {:?} instead of running",
-                            status.state
-                        )),
-                    })
-                },
-            )
+            let running = poll_until(INSTANCE_POLL, &format!("instance {instance} to run"), || async {
+                let statuses = cloud.describe_instances(std::slice::from_ref(&instance)).await?;
+                Ok(match statuses.into_iter().next() {
+                    Some(status) if status.state == InstanceState::Running => Poll::Ready(status),
+                    Some(status) if matches!(status.state, InstanceState::Pending) => Poll::NotYet,
+                    None => Poll::NotYet,
+                    Some(status) => {
+                        Poll::Failed(format!("instance {instance} is {:?} instead of running", status.state))
+                    }
+                })
+            })
             .await
             .map_err(|error| StepError::wait(Stage::WaitRunning, error))?;
-            Ok(run
-                .ssh
-                .host
-                .clone()
-                .or(running.public_ip)
-                .or(running.private_ip))
+            Ok(run.ssh.host.clone().or(running.public_ip).or(running.private_ip))
         })
         .await?;
     let host = address.ok_or_else(|| {
-        StepError::new(Stage::Connect, format!("instance {instance} has no IP address to connect to; set `ssh.host` or a subnet with public addresses"))
+        StepError::new(
+            Stage::Connect,
+            format!(
+                "instance {instance} has no IP address to connect to; set `ssh.host` or a subnet with public addresses"
+            ),
+        )
     })?;
 
-    let target = SshTarget {
-        host,
-        port: run.ssh.port,
-        user: context.flavor.ssh_username.clone(),
-        key_file,
-        control_dir,
-    };
-    context.progress(
-        Stage::Connect,
-        format!("waiting for SSH on {}:{}", target.host, target.port),
-    );
+    let target =
+        SshTarget { host, port: run.ssh.port, user: context.flavor.ssh_username.clone(), key_file, control_dir };
+    context.progress(Stage::Connect, format!("waiting for SSH on {}:{}", target.host, target.port));
     let session = context
         .interruptible(Stage::Connect, async {
-            ssh::connect(&target, run.ssh.timeout)
-                .await
-                .map_err(|error| StepError::new(Stage::Connect, error))
+            ssh::connect(&target, run.ssh.timeout).await.map_err(|error| StepError::new(Stage::Connect, error))
         })
         .await?;
-    let provisioned = context
-        .interruptible(Stage::Provision, provision_all(context, &session))
-        .await;
+    let provisioned = context.interruptible(Stage::Provision, provision_all(context, &session)).await;
     if let Err(error) = session.close().await {
         tracing::debug!("closing the SSH session: {error}");
     }
     provisioned?;
 
     context.progress(Stage::Stop, format!("stopping {instance}"));
-    cloud
-        .stop_instance(&instance)
-        .await
-        .map_err(|error| StepError::cloud(Stage::Stop, error))?;
+    cloud.stop_instance(&instance).await.map_err(|error| StepError::cloud(Stage::Stop, error))?;
     context
         .interruptible(Stage::Stop, async {
-            poll_until(
-                INSTANCE_POLL,
-                &format!("instance {instance} to stop"),
-                || async {
-                    let statuses = cloud
-                        .describe_instances(std::slice::from_ref(&instance))
-                        .await?;
-                    Ok(
-                        match statuses.into_iter().next().map(|status| status.state) {
-                            Some(InstanceState::Stopped) => Poll::Ready(()),
-                            Some(InstanceState::Terminated | InstanceState::ShuttingDown) => {
-                                Poll::Failed(format!(
-                                    "instance {instance} terminated while stopping"
-                                ))
-                            }
-                            _ => Poll::NotYet,
-                        },
-                    )
-                },
-            )
+            poll_until(INSTANCE_POLL, &format!("instance {instance} to stop"), || async {
+                let statuses = cloud.describe_instances(std::slice::from_ref(&instance)).await?;
+                Ok(match statuses.into_iter().next().map(|status| status.state) {
+                    Some(InstanceState::Stopped) => Poll::Ready(()),
+                    Some(InstanceState::Terminated | InstanceState::ShuttingDown) => {
+                        Poll::Failed(format!("instance {instance} terminated while stopping"))
+                    }
+                    _ => Poll::NotYet,
+                })
+            })
             .await
             .map_err(|error| StepError::wait(Stage::Stop, error))
         })
@@ -314,31 +234,18 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
 
     let image_tags = run.image_tags(&context.flavor, &source);
     let image = cloud
-        .create_image(
-            &instance,
-            &context.job.image_name,
-            run.fleet.ami_description.as_deref(),
-            &image_tags,
-        )
+        .create_image(&instance, &context.job.image_name, run.fleet.ami_description.as_deref(), &image_tags)
         .await
         .map_err(|error| StepError::cloud(Stage::CreateImage, error))?;
-    context.progress(
-        Stage::CreateImage,
-        format!("creating image {image} `{}`", context.job.image_name),
-    );
+    context.progress(Stage::CreateImage, format!("creating image {image} `{}`", context.job.image_name));
     let snapshot_ids = context
         .interruptible(Stage::WaitImage, async {
-            wait_available(cloud, &image, run)
-                .await
-                .map_err(|error| StepError::wait(Stage::WaitImage, error))
+            wait_available(cloud, &image, run).await.map_err(|error| StepError::wait(Stage::WaitImage, error))
         })
         .await?;
     if !snapshot_ids.is_empty() {
         let ids: Vec<String> = snapshot_ids.iter().map(|id| id.0.clone()).collect();
-        cloud
-            .create_tags(&ids, &image_tags)
-            .await
-            .map_err(|error| StepError::cloud(Stage::Tag, error))?;
+        cloud.create_tags(&ids, &image_tags).await.map_err(|error| StepError::cloud(Stage::Tag, error))?;
     }
     Ok(Artifact {
         image_id: image,
@@ -378,19 +285,11 @@ async fn resolve_source(context: &BuildContext) -> Result<ImageId, StepError> {
             }
         }
         SourceAmi::Filter(filter) => {
-            let images = cloud
-                .find_images(filter)
-                .await
-                .map_err(|error| StepError::cloud(Stage::SourceAmi, error))?;
-            let newest = images
-                .into_iter()
-                .max_by(|a, b| (&a.creation_date, &a.id).cmp(&(&b.creation_date, &b.id)));
+            let images = cloud.find_images(filter).await.map_err(|error| StepError::cloud(Stage::SourceAmi, error))?;
+            let newest = images.into_iter().max_by(|a, b| (&a.creation_date, &a.id).cmp(&(&b.creation_date, &b.id)));
             match newest {
                 Some(image) => {
-                    context.progress(
-                        Stage::SourceAmi,
-                        format!("source image {} `{}`", image.id, image.name),
-                    );
+                    context.progress(Stage::SourceAmi, format!("source image {} `{}`", image.id, image.name));
                     image.id
                 }
                 None => {
@@ -416,12 +315,9 @@ async fn create_security_group(
 ) -> Result<SecurityGroupId, StepError> {
     let cloud = &*context.cloud;
     let vpc = match &context.flavor.subnet_id {
-        Some(subnet) => Some(
-            cloud
-                .subnet_vpc(subnet)
-                .await
-                .map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?,
-        ),
+        Some(subnet) => {
+            Some(cloud.subnet_vpc(subnet).await.map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?)
+        }
         None => None,
     };
     let group = cloud
@@ -438,18 +334,10 @@ async fn create_security_group(
         .authorize_ingress(&group, INSTANCE_SSH_PORT, &context.run.ssh_cidrs)
         .await
         .map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?;
-    let cidrs: Vec<String> = context
-        .run
-        .ssh_cidrs
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let cidrs: Vec<String> = context.run.ssh_cidrs.iter().map(ToString::to_string).collect();
     context.progress(
         Stage::SecurityGroup,
-        format!(
-            "created temporary security group {group} (port {INSTANCE_SSH_PORT} from {})",
-            cidrs.join(", ")
-        ),
+        format!("created temporary security group {group} (port {INSTANCE_SSH_PORT} from {})", cidrs.join(", ")),
     );
     Ok(group)
 }
@@ -463,16 +351,9 @@ async fn provision_all(context: &BuildContext, session: &Session) -> Result<(), 
     let label = context.label();
     for (index, provisioner) in context.flavor.provisioners.iter().enumerate() {
         let number = index + 1;
-        context.progress(
-            Stage::Provision,
-            format!("provisioner {number}: {}", Described(provisioner)),
-        );
+        context.progress(Stage::Provision, format!("provisioner {number}: {}", Described(provisioner)));
         provision::run(session, number, provisioner, &env, |stream, line| {
-            context.events.send(crate::events::RunEvent::Output {
-                job: label.clone(),
-                stream,
-                line,
-            });
+            context.events.send(crate::events::RunEvent::Output { job: label.clone(), stream, line });
         })
         .await
         .map_err(|error| StepError::new(Stage::Provision, error))?;
@@ -495,9 +376,7 @@ pub async fn wait_available(
                 Some(status) => match status.state {
                     ImageState::Available => Poll::Ready(status.snapshot_ids),
                     ImageState::Pending => Poll::NotYet,
-                    ImageState::Failed(reason) => {
-                        Poll::Failed(format!("image {image} failed: {reason}"))
-                    }
+                    ImageState::Failed(reason) => Poll::Failed(format!("image {image} failed: {reason}")),
                 },
                 // Just created: describe may not see it yet.
                 None => Poll::NotYet,

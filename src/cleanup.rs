@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use crate::cloud::{
-    CloudError, ErrorKind, InstanceId, InstanceState, KeyPairName, RegionCloud, SecurityGroupId,
-};
+use crate::cloud::{CloudError, ErrorKind, InstanceId, InstanceState, KeyPairName, RegionCloud, SecurityGroupId};
 use crate::wait::{poll_until, Poll, PollPolicy, WaitError, INSTANCE_POLL};
 
 /// One thing to undo.
@@ -32,11 +30,8 @@ impl UndoStep {
 }
 
 /// A security group stays in use for a while after its instance terminates (its network interface detaches).
-const SECURITY_GROUP_RELEASE: PollPolicy = PollPolicy::new(
-    Duration::from_secs(5),
-    Duration::from_secs(15),
-    Duration::from_secs(5 * 60),
-);
+const SECURITY_GROUP_RELEASE: PollPolicy =
+    PollPolicy::new(Duration::from_secs(5), Duration::from_secs(15), Duration::from_secs(5 * 60));
 
 #[derive(Debug, Default)]
 pub struct CleanupStack {
@@ -88,42 +83,33 @@ async fn undo(cloud: &dyn RegionCloud, step: UndoStep) -> Result<(), String> {
     match step {
         UndoStep::TerminateInstance(id) => {
             gone_is_fine(cloud.terminate_instance(&id).await).map_err(|error| error.to_string())?;
-            poll_until(
-                INSTANCE_POLL,
-                &format!("instance {id} to terminate"),
-                || async {
-                    let statuses = cloud.describe_instances(std::slice::from_ref(&id)).await?;
-                    Ok(match statuses.first().map(|status| &status.state) {
-                        None | Some(InstanceState::Terminated) => Poll::Ready(()),
-                        Some(_) => Poll::NotYet,
-                    })
-                },
-            )
+            poll_until(INSTANCE_POLL, &format!("instance {id} to terminate"), || async {
+                let statuses = cloud.describe_instances(std::slice::from_ref(&id)).await?;
+                Ok(match statuses.first().map(|status| &status.state) {
+                    None | Some(InstanceState::Terminated) => Poll::Ready(()),
+                    Some(_) => Poll::NotYet,
+                })
+            })
             .await
             .map_err(|error| error.to_string())
         }
-        UndoStep::DeleteSecurityGroup(id) => poll_until(
-            SECURITY_GROUP_RELEASE,
-            &format!("security group {id} to be released"),
-            || async {
+        UndoStep::DeleteSecurityGroup(id) => {
+            poll_until(SECURITY_GROUP_RELEASE, &format!("security group {id} to be released"), || async {
                 match gone_is_fine(cloud.delete_security_group(&id).await) {
                     Ok(()) => Ok(Poll::Ready(())),
-                    Err(error) if error.code.as_deref() == Some("DependencyViolation") => {
-                        Ok(Poll::NotYet)
-                    }
+                    Err(error) if error.code.as_deref() == Some("DependencyViolation") => Ok(Poll::NotYet),
                     Err(error) => Err(error),
                 }
-            },
-        )
-        .await
-        .map_err(|error: WaitError| error.to_string()),
+            })
+            .await
+            .map_err(|error: WaitError| error.to_string())
+        }
         UndoStep::DeleteKeyPair(name) => {
             gone_is_fine(cloud.delete_key_pair(&name).await).map_err(|error| error.to_string())
         }
         UndoStep::RemoveLocalDir(dir) => {
             let path = dir.path().display().to_string();
-            dir.close()
-                .map_err(|error| format!("cannot remove `{path}`: {error}"))
+            dir.close().map_err(|error| format!("cannot remove `{path}`: {error}"))
         }
     }
 }

@@ -27,10 +27,7 @@ pub struct CopyContext {
 
 /// Copies, tags and waits; the copy's artifact, or the failure.
 pub async fn run(context: CopyContext) -> Result<Artifact, Failure> {
-    let label = JobLabel {
-        flavor: context.flavor.name.clone(),
-        region: context.job.target_region.clone(),
-    };
+    let label = JobLabel { flavor: context.flavor.name.clone(), region: context.job.target_region.clone() };
     let cloud = &*context.cloud;
     let run = &context.run;
     let spec = CopySpec {
@@ -45,17 +42,11 @@ pub async fn run(context: CopyContext) -> Result<Artifact, Failure> {
             "copy",
         ]),
     };
-    let image = cloud
-        .copy_image(&spec)
-        .await
-        .map_err(|error| Failure::from_cloud(&label, Stage::Copy, &error))?;
+    let image = cloud.copy_image(&spec).await.map_err(|error| Failure::from_cloud(&label, Stage::Copy, &error))?;
     context.events.progress(
         &label,
         Stage::Copy,
-        format!(
-            "copying {} from {} as {image}",
-            spec.source_image, spec.source_region
-        ),
+        format!("copying {} from {} as {image}", spec.source_image, spec.source_region),
     );
     // Tag at once (CopyImage does not carry tags everywhere), so an interrupted run still leaves a tagged image.
     let tags = run.image_tags(&context.flavor, &context.source.source_image_id);
@@ -75,10 +66,7 @@ pub async fn run(context: CopyContext) -> Result<Artifact, Failure> {
     };
     if !snapshot_ids.is_empty() {
         let ids: Vec<String> = snapshot_ids.iter().map(|id| id.0.clone()).collect();
-        cloud
-            .create_tags(&ids, &tags)
-            .await
-            .map_err(|error| Failure::from_cloud(&label, Stage::Tag, &error))?;
+        cloud.create_tags(&ids, &tags).await.map_err(|error| Failure::from_cloud(&label, Stage::Tag, &error))?;
     }
     Ok(Artifact {
         image_id: image,

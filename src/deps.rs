@@ -14,26 +14,17 @@ pub struct DependencyQueue<K: Ord + Clone> {
 impl<K: Ord + Clone> DependencyQueue<K> {
     /// `jobs` in the order ready jobs should start; each with the jobs it depends on.
     pub fn new(jobs: impl IntoIterator<Item = (K, Vec<K>)>) -> Self {
-        let mut queue = DependencyQueue {
-            waiting: BTreeMap::new(),
-            dependents: BTreeMap::new(),
-            ready: VecDeque::new(),
-        };
+        let mut queue =
+            DependencyQueue { waiting: BTreeMap::new(), dependents: BTreeMap::new(), ready: VecDeque::new() };
         for (job, dependencies) in jobs {
             if dependencies.is_empty() {
                 queue.ready.push_back(job);
                 continue;
             }
             for dependency in &dependencies {
-                queue
-                    .dependents
-                    .entry(dependency.clone())
-                    .or_default()
-                    .push(job.clone());
+                queue.dependents.entry(dependency.clone()).or_default().push(job.clone());
             }
-            queue
-                .waiting
-                .insert(job, dependencies.into_iter().collect());
+            queue.waiting.insert(job, dependencies.into_iter().collect());
         }
         queue
     }
@@ -92,12 +83,7 @@ mod tests {
 
     #[test]
     fn dependents_become_ready_when_satisfied() {
-        let mut queue = DependencyQueue::new([
-            ("b1", vec![]),
-            ("c1", vec!["b1"]),
-            ("c2", vec!["b1"]),
-            ("b2", vec![]),
-        ]);
+        let mut queue = DependencyQueue::new([("b1", vec![]), ("c1", vec!["b1"]), ("c2", vec!["b1"]), ("b2", vec![])]);
         assert_eq!(queue.pop_ready(), Some("b1"));
         assert_eq!(queue.pop_ready(), Some("b2"));
         assert_eq!(queue.pop_ready(), None);

@@ -49,9 +49,7 @@ pub enum Stage {
 
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = serde_json::to_value(self)
-            .ok()
-            .and_then(|value| value.as_str().map(str::to_string));
+        let text = serde_json::to_value(self).ok().and_then(|value| value.as_str().map(str::to_string));
         f.write_str(text.as_deref().unwrap_or("?"))
     }
 }
@@ -92,10 +90,7 @@ impl Failure {
     }
 
     pub fn from_cloud(label: &JobLabel, stage: Stage, error: &CloudError) -> Self {
-        Failure {
-            code: error.code.clone(),
-            ..Failure::new(label, stage, error)
-        }
+        Failure { code: error.code.clone(), ..Failure::new(label, stage, error) }
     }
 }
 
@@ -137,10 +132,9 @@ pub enum RunEvent {
         stream: OutputStream,
         line: String,
     },
+    /// `job` names the flavor and the region the image is in.
     ImageAvailable {
         job: JobLabel,
-        flavor: FlavorName,
-        region: Region,
         artifact: Artifact,
     },
     JobFailed(Failure),
@@ -178,10 +172,6 @@ impl EventSender {
     }
 
     pub fn progress(&self, job: &JobLabel, stage: Stage, detail: impl Into<String>) {
-        self.send(RunEvent::Progress {
-            job: job.clone(),
-            stage,
-            detail: detail.into(),
-        });
+        self.send(RunEvent::Progress { job: job.clone(), stage, detail: detail.into() });
     }
 }

@@ -26,11 +26,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            first_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(30),
-            max_retries: 12,
-        }
+        RetryPolicy { first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(30), max_retries: 12 }
     }
 }
 
@@ -44,11 +40,7 @@ pub struct ApiStats {
 
 impl ApiStats {
     pub fn calls(&self) -> Vec<((Region, Action), u64)> {
-        let mut calls: Vec<_> = self
-            .calls
-            .iter()
-            .map(|entry| (entry.key().clone(), *entry.value()))
-            .collect();
+        let mut calls: Vec<_> = self.calls.iter().map(|entry| (entry.key().clone(), *entry.value())).collect();
         calls.sort();
         calls
     }
@@ -112,11 +104,7 @@ impl RegionLimiter {
     }
 
     /// Runs one EC2 call under the action's bucket, retrying throttled and transient failures.
-    pub async fn call<T, Operation, Attempt>(
-        &self,
-        action: Action,
-        operation: Operation,
-    ) -> CloudResult<T>
+    pub async fn call<T, Operation, Attempt>(&self, action: Action, operation: Operation) -> CloudResult<T>
     where
         Operation: FnMut() -> Attempt,
         Attempt: std::future::Future<Output = CloudResult<T>>,
@@ -124,11 +112,7 @@ impl RegionLimiter {
         let operation = std::sync::Mutex::new(operation);
         let attempt = || async {
             self.acquire(action.class()).await;
-            *self
-                .stats
-                .calls
-                .entry((self.region.clone(), action))
-                .or_insert(0) += 1;
+            *self.stats.calls.entry((self.region.clone(), action)).or_insert(0) += 1;
             let future = (operation.lock().expect("not poisoned"))();
             future.await
         };
@@ -179,12 +163,7 @@ impl RunLimits {
         self.regions
             .entry(region.clone())
             .or_insert_with(|| {
-                Arc::new(RegionLimiter::new(
-                    region.clone(),
-                    &self.rates,
-                    self.retry,
-                    Arc::clone(&self.stats),
-                ))
+                Arc::new(RegionLimiter::new(region.clone(), &self.rates, self.retry, Arc::clone(&self.stats)))
             })
             .clone()
     }
@@ -223,17 +202,9 @@ mod tests {
     }
 
     fn limiter(max_retries: usize) -> RegionLimiter {
-        let retry = RetryPolicy {
-            first_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(5),
-            max_retries,
-        };
-        RegionLimiter::new(
-            Region::new("us-west-2"),
-            &ApiRates::default(),
-            retry,
-            Arc::new(ApiStats::default()),
-        )
+        let retry =
+            RetryPolicy { first_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5), max_retries };
+        RegionLimiter::new(Region::new("us-west-2"), &ApiRates::default(), retry, Arc::new(ApiStats::default()))
     }
 
     #[tokio::test]
@@ -254,15 +225,9 @@ mod tests {
         assert_eq!(limiter.stats.retries(), 3);
 
         let limiter = self::limiter(2);
-        let result: CloudResult<()> = limiter
-            .call(Action::DescribeImages, || async {
-                Err(throttled(limiter.region()))
-            })
-            .await;
-        assert_eq!(
-            result.unwrap_err().code.as_deref(),
-            Some("RequestLimitExceeded")
-        );
+        let result: CloudResult<()> =
+            limiter.call(Action::DescribeImages, || async { Err(throttled(limiter.region())) }).await;
+        assert_eq!(result.unwrap_err().code.as_deref(), Some("RequestLimitExceeded"));
         assert_eq!(limiter.stats.calls()[0].1, 3, "one attempt and two retries");
     }
 
@@ -286,28 +251,14 @@ mod tests {
 
     #[tokio::test]
     async fn run_instances_bucket_spaces_calls_beyond_its_burst() {
-        let rates = ApiRates {
-            run_instances: Bucket {
-                burst: 2,
-                per_second: 20.0,
-            },
-            ..ApiRates::default()
-        };
-        let limiter = RegionLimiter::new(
-            Region::new("us-west-2"),
-            &rates,
-            RetryPolicy::default(),
-            Arc::new(ApiStats::default()),
-        );
+        let rates = ApiRates { run_instances: Bucket { burst: 2, per_second: 20.0 }, ..ApiRates::default() };
+        let limiter =
+            RegionLimiter::new(Region::new("us-west-2"), &rates, RetryPolicy::default(), Arc::new(ApiStats::default()));
         let started = std::time::Instant::now();
         for _ in 0..4 {
             limiter.acquire(ActionClass::RunInstances).await;
         }
         // Two from the burst, then two more at 20 per second: at least ~100 ms.
-        assert!(
-            started.elapsed() >= Duration::from_millis(90),
-            "{:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() >= Duration::from_millis(90), "{:?}", started.elapsed());
     }
 }

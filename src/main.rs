@@ -17,11 +17,7 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
 
 #[derive(Parser)]
-#[command(
-    name = "fleetbake",
-    version,
-    about = "Bake EBS-backed AMIs for a whole fleet in one run"
-)]
+#[command(name = "fleetbake", version, about = "Bake EBS-backed AMIs for a whole fleet in one run")]
 struct Cli {
     /// More log detail on stderr (`-v` debug, `-vv` trace, for fleetbake's own code)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -66,10 +62,7 @@ fn main() -> ExitCode {
         },
         Command::Plan { fleet } => match config::load(&fleet) {
             Ok(loaded) => {
-                print!(
-                    "{}",
-                    Plan::new(&loaded, RunId::generate(Utc::now()), Utc::now())
-                );
+                print!("{}", Plan::new(&loaded, RunId::generate(Utc::now()), Utc::now()));
                 ExitCode::SUCCESS
             }
             Err(errors) => bad_input(errors),
@@ -119,21 +112,13 @@ fn bad_input(errors: config::ConfigErrors) -> ExitCode {
 fn forward_interrupts() -> mpsc::UnboundedReceiver<Interrupt> {
     use tokio::signal::unix::{signal, SignalKind};
     let (sender, receiver) = mpsc::unbounded_channel();
-    for (kind, name, exit_code) in [
-        (SignalKind::interrupt(), "SIGINT", 130),
-        (SignalKind::terminate(), "SIGTERM", 143),
-    ] {
+    for (kind, name, exit_code) in [(SignalKind::interrupt(), "SIGINT", 130), (SignalKind::terminate(), "SIGTERM", 143)]
+    {
         let sender = sender.clone();
         let mut stream = signal(kind).expect("signal handlers install");
         tokio::spawn(async move {
             while stream.recv().await.is_some() {
-                if sender
-                    .send(Interrupt {
-                        signal: name,
-                        exit_code,
-                    })
-                    .is_err()
-                {
+                if sender.send(Interrupt { signal: name, exit_code }).is_err() {
                     break;
                 }
             }
@@ -152,9 +137,11 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .init();
 }

@@ -35,15 +35,9 @@ impl Manifest {
 
     /// Replaces the file at `path` in one rename, so readers see the old or the new manifest, never a torn one.
     pub fn write_atomically(&self, path: &Path) -> std::io::Result<()> {
-        let directory = path
-            .parent()
-            .filter(|parent| !parent.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let directory = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(directory)?;
-        let mut file = tempfile::Builder::new()
-            .prefix(".manifest")
-            .suffix(".tmp")
-            .tempfile_in(directory)?;
+        let mut file = tempfile::Builder::new().prefix(".manifest").suffix(".tmp").tempfile_in(directory)?;
         serde_json::to_writer_pretty(&mut file, self).map_err(std::io::Error::other)?;
         file.write_all(b"\n")?;
         file.as_file().sync_all()?;
@@ -60,34 +54,23 @@ pub struct ManifestWriter {
 
 impl ManifestWriter {
     pub fn new(path: PathBuf) -> Self {
-        ManifestWriter {
-            path,
-            manifest: None,
-        }
+        ManifestWriter { path, manifest: None }
     }
 
     fn write(&self) -> Result<(), ReportError> {
         let Some(manifest) = &self.manifest else {
             return Ok(());
         };
-        manifest.write_atomically(&self.path).map_err(|error| {
-            ReportError(format!(
-                "cannot write the manifest `{}`: {error}",
-                self.path.display()
-            ))
-        })
+        manifest
+            .write_atomically(&self.path)
+            .map_err(|error| ReportError(format!("cannot write the manifest `{}`: {error}", self.path.display())))
     }
 }
 
 impl Reporter for ManifestWriter {
     fn report(&mut self, event: &RunEvent) -> Result<(), ReportError> {
         match event {
-            RunEvent::RunStarted {
-                fleet,
-                run_id,
-                started_at,
-                ..
-            } => {
+            RunEvent::RunStarted { fleet, run_id, started_at, .. } => {
                 self.manifest = Some(Manifest {
                     version: MANIFEST_VERSION,
                     fleet: fleet.clone(),
@@ -100,18 +83,13 @@ impl Reporter for ManifestWriter {
                 });
                 self.write()
             }
-            RunEvent::ImageAvailable {
-                flavor,
-                region,
-                artifact,
-                ..
-            } => {
+            RunEvent::ImageAvailable { job, artifact } => {
                 if let Some(manifest) = &mut self.manifest {
                     manifest
                         .artifacts
-                        .entry(flavor.clone())
+                        .entry(job.flavor.clone())
                         .or_default()
-                        .insert(region.clone(), artifact.clone());
+                        .insert(job.region.clone(), artifact.clone());
                 }
                 self.write()
             }
@@ -121,15 +99,10 @@ impl Reporter for ManifestWriter {
                 }
                 self.write()
             }
-            RunEvent::RunFinished {
-                status,
-                finished_at,
-                ..
-            } => {
+            RunEvent::RunFinished { status, finished_at, .. } => {
                 if let Some(manifest) = &mut self.manifest {
                     manifest.status = *status;
-                    manifest.finished_at =
-                        Some(finished_at.to_rfc3339_opts(SecondsFormat::Secs, true));
+                    manifest.finished_at = Some(finished_at.to_rfc3339_opts(SecondsFormat::Secs, true));
                 }
                 self.write()
             }

@@ -17,11 +17,7 @@ pub struct RunId(String);
 impl RunId {
     /// `YYYYMMDD-hhmmss-xxxxx`: sortable by start time, unique across runs started in the same second.
     pub fn new(started_at: DateTime<Utc>, suffix: u32) -> Self {
-        let id = format!(
-            "{}-{:05x}",
-            started_at.format("%Y%m%d-%H%M%S"),
-            suffix & 0xfffff
-        );
+        let id = format!("{}-{:05x}", started_at.format("%Y%m%d-%H%M%S"), suffix & 0xfffff);
         debug_assert_eq!(id.len(), RUN_ID_LENGTH);
         RunId(id)
     }
@@ -114,25 +110,13 @@ impl Plan {
                 copies: build_copies,
             });
         }
-        Plan {
-            fleet: fleet.name.clone(),
-            run_id,
-            started_at,
-            builds,
-            copies,
-        }
+        Plan { fleet: fleet.name.clone(), run_id, started_at, builds, copies }
     }
 
     /// Builds first (in plan order), then each copy once its build's image is available.
     pub fn dependency_queue(&self) -> DependencyQueue<JobId> {
-        let builds = self
-            .builds
-            .iter()
-            .map(|build| (JobId::Build(build.index), Vec::new()));
-        let copies = self
-            .copies
-            .iter()
-            .map(|copy| (JobId::Copy(copy.index), vec![JobId::Build(copy.build)]));
+        let builds = self.builds.iter().map(|build| (JobId::Build(build.index), Vec::new()));
+        let copies = self.copies.iter().map(|copy| (JobId::Copy(copy.index), vec![JobId::Build(copy.build)]));
         DependencyQueue::new(builds.chain(copies))
     }
 
@@ -144,29 +128,16 @@ impl Plan {
     pub fn placement(&self, job: JobId) -> (&FlavorName, &Region) {
         match job {
             JobId::Build(index) => (&self.builds[index].flavor, &self.builds[index].region),
-            JobId::Copy(index) => (
-                &self.copies[index].flavor,
-                &self.copies[index].target_region,
-            ),
+            JobId::Copy(index) => (&self.copies[index].flavor, &self.copies[index].target_region),
         }
     }
 }
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "fleet `{}`: {} builds, {} copies",
-            self.fleet,
-            self.builds.len(),
-            self.copies.len()
-        )?;
+        writeln!(f, "fleet `{}`: {} builds, {} copies", self.fleet, self.builds.len(), self.copies.len())?;
         for build in &self.builds {
-            writeln!(
-                f,
-                "build {} in {} as `{}`",
-                build.flavor, build.region, build.image_name
-            )?;
+            writeln!(f, "build {} in {} as `{}`", build.flavor, build.region, build.image_name)?;
             for &copy in &build.copies {
                 writeln!(f, "  copy to {}", self.copies[copy].target_region)?;
             }

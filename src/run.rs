@@ -42,10 +42,7 @@ impl RunContext {
         let mut tags = self.fleet.tags.clone();
         tags.extend(flavor.tags.clone());
         tags.extend(self.identity_tags(&flavor.name));
-        tags.insert(
-            "fleetbake:source-image-id".to_string(),
-            source_image.to_string(),
-        );
+        tags.insert("fleetbake:source-image-id".to_string(), source_image.to_string());
         tags
     }
 }
@@ -90,27 +87,13 @@ pub async fn execute(
     let started_at = Utc::now();
     let run_id = RunId::generate(started_at);
     let plan = Arc::new(Plan::new(&fleet, run_id.clone(), started_at));
-    let run = Arc::new(RunContext {
-        ssh: fleet.ssh.clone(),
-        fleet: Arc::clone(&fleet),
-        run_id,
-        ssh_cidrs,
-    });
+    let run = Arc::new(RunContext { ssh: fleet.ssh.clone(), fleet: Arc::clone(&fleet), run_id, ssh_cidrs });
 
     let (events, receiver) = EventSender::channel();
-    let reporters: Vec<Box<dyn Reporter>> = vec![
-        Box::new(TerminalReporter::stderr()),
-        Box::new(ManifestWriter::new(fleet.manifest_path.clone())),
-    ];
+    let reporters: Vec<Box<dyn Reporter>> =
+        vec![Box::new(TerminalReporter::stderr()), Box::new(ManifestWriter::new(fleet.manifest_path.clone()))];
     let reporting = tokio::spawn(report::pump(receiver, reporters));
-    let scheduler = Scheduler {
-        run,
-        plan,
-        cloud,
-        limits,
-        events,
-        fail_fast: options.fail_fast,
-    };
+    let scheduler = Scheduler { run, plan, cloud, limits, events, fail_fast: options.fail_fast };
     let summary = scheduler.run(interrupts).await;
     if summary.abandoned {
         // Jobs were aborted mid-flight; their event senders go away as the runtime drops them.

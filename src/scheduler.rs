@@ -143,21 +143,11 @@ impl Scheduler {
     ) -> ControlFlow {
         match event {
             LoopEvent::ImageAvailable { job, artifact } => {
-                let (flavor, region) = self.plan.placement(job);
                 state.images += 1;
                 if let JobId::Build(index) = job {
-                    state.build_images.insert(index, artifact.clone());
+                    state.build_images.insert(index, artifact);
                     queue.satisfied(&job);
                 }
-                self.events.send(RunEvent::ImageAvailable {
-                    job: JobLabel {
-                        flavor: flavor.clone(),
-                        region: region.clone(),
-                    },
-                    flavor: flavor.clone(),
-                    region: region.clone(),
-                    artifact,
-                });
             }
             LoopEvent::JobDone { job, failures } => {
                 if failures.is_empty() {
@@ -171,10 +161,7 @@ impl Scheduler {
                 let why = match job {
                     JobId::Build(index) => {
                         let build = &self.plan.builds[index];
-                        format!(
-                            "not copied: the build of {} in {} failed",
-                            build.flavor, build.region
-                        )
+                        format!("not copied: the build of {} in {} failed", build.flavor, build.region)
                     }
                     JobId::Copy(_) => String::new(),
                 };
@@ -198,18 +185,11 @@ impl Scheduler {
                     return ControlFlow::Abandon;
                 }
                 state.interrupted = Some(interrupt);
-                self.events.send(RunEvent::Interrupted {
-                    signal: interrupt.signal,
-                });
+                self.events.send(RunEvent::Interrupted { signal: interrupt.signal });
                 state.stop_starting.cancel();
                 state.cancel.cancel();
                 for skipped in queue.drain() {
-                    self.record_not_started(
-                        skipped,
-                        Stage::Interrupted,
-                        "not started: the run was interrupted",
-                        state,
-                    );
+                    self.record_not_started(skipped, Stage::Interrupted, "not started: the run was interrupted", state);
                 }
             }
         }
@@ -218,13 +198,9 @@ impl Scheduler {
 
     fn record_not_started(&self, job: JobId, stage: Stage, why: &str, state: &mut LoopState) {
         let (flavor, region) = self.plan.placement(job);
-        let label = JobLabel {
-            flavor: flavor.clone(),
-            region: region.clone(),
-        };
+        let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
         state.failed += 1;
-        self.events
-            .send(RunEvent::JobFailed(Failure::new(&label, stage, why)));
+        self.events.send(RunEvent::JobFailed(Failure::new(&label, stage, why)));
     }
 
     /// Starts a job as a task; it waits for its concurrency slot, and gives up if the run stops first.
@@ -236,10 +212,7 @@ impl Scheduler {
         tasks: &mut JoinSet<(JobId, Vec<Failure>)>,
     ) -> tokio::task::Id {
         let (flavor_name, region) = self.plan.placement(job);
-        let label = JobLabel {
-            flavor: flavor_name.clone(),
-            region: region.clone(),
-        };
+        let label = JobLabel { flavor: flavor_name.clone(), region: region.clone() };
         let flavor = self
             .run
             .fleet
@@ -249,17 +222,10 @@ impl Scheduler {
             .expect("the plan names only configured flavors")
             .clone();
         let stop_starting = state.stop_starting.clone();
-        let sender = loop_sender.clone();
-        let not_started = move || {
-            (
-                job,
-                vec![Failure::new(
-                    &label,
-                    Stage::Interrupted,
-                    "not started: the run stopped first",
-                )],
-            )
-        };
+        let announce =
+            Announcer { job, label: label.clone(), events: self.events.clone(), scheduler: loop_sender.clone() };
+        let not_started =
+            move || (job, vec![Failure::new(&label, Stage::Interrupted, "not started: the run stopped first")]);
         match job {
             JobId::Build(index) => {
                 let build_job = self.plan.builds[index].clone();
@@ -279,24 +245,14 @@ impl Scheduler {
                             () = stop_starting.cancelled() => return not_started(),
                             slot = slots.acquire_owned() => slot,
                         };
-                        let outcome = build::run(context, |artifact| {
-                            let _ = sender.send(LoopEvent::ImageAvailable {
-                                job,
-                                artifact: artifact.clone(),
-                            });
-                        })
-                        .await;
+                        let outcome = build::run(context, |artifact| announce.image_available(artifact)).await;
                         (job, outcome.failures)
                     })
                     .id()
             }
             JobId::Copy(index) => {
                 let copy_job = self.plan.copies[index].clone();
-                let source = state
-                    .build_images
-                    .get(&copy_job.build)
-                    .expect("a copy starts after its image")
-                    .clone();
+                let source = state.build_images.get(&copy_job.build).expect("a copy starts after its image").clone();
                 let slots = self.limits.copies_into(&copy_job.target_region);
                 let context = CopyContext {
                     run: Arc::clone(&self.run),
@@ -316,7 +272,7 @@ impl Scheduler {
                         };
                         match copy::run(context).await {
                             Ok(artifact) => {
-                                let _ = sender.send(LoopEvent::ImageAvailable { job, artifact });
+                                announce.image_available(&artifact);
                                 (job, Vec::new())
                             }
                             Err(failure) => (job, vec![failure]),
@@ -350,6 +306,22 @@ impl Scheduler {
             interrupted: state.interrupted,
             abandoned,
         }
+    }
+}
+
+/// Tells the reporters (in order with the job's other events) and the loop that a job's image is available.
+struct Announcer {
+    job: JobId,
+    label: JobLabel,
+    events: EventSender,
+    scheduler: mpsc::UnboundedSender<LoopEvent>,
+}
+
+impl Announcer {
+    fn image_available(&self, artifact: &Artifact) {
+        self.events.send(RunEvent::ImageAvailable { job: self.label.clone(), artifact: artifact.clone() });
+        // The loop outlives its jobs; a closed channel means the run was abandoned.
+        let _ = self.scheduler.send(LoopEvent::ImageAvailable { job: self.job, artifact: artifact.clone() });
     }
 }
 

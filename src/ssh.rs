@@ -24,11 +24,7 @@ pub struct SshTarget {
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
     #[error("no SSH connection to {target} within {}: {last_error}", humantime::format_duration(*waited))]
-    ConnectTimeout {
-        target: String,
-        waited: Duration,
-        last_error: String,
-    },
+    ConnectTimeout { target: String, waited: Duration, last_error: String },
     #[error("{0}")]
     Command(String),
 }
@@ -82,11 +78,7 @@ pub async fn upload(session: &Session, content: &[u8], remote_path: &str) -> Res
         .stderr(Stdio::piped())
         .spawn()
         .await
-        .map_err(|error| {
-            SshError::Command(format!(
-                "cannot start the upload to `{remote_path}`: {error}"
-            ))
-        })?;
+        .map_err(|error| SshError::Command(format!("cannot start the upload to `{remote_path}`: {error}")))?;
     let mut stdin = child.stdin().take().expect("stdin is piped");
     let written = async {
         stdin.write_all(content).await?;
@@ -104,15 +96,11 @@ pub async fn upload(session: &Session, content: &[u8], remote_path: &str) -> Res
     let status = child.wait().await;
     match (written, status) {
         (Ok(()), Ok(status)) if status.success() => Ok(()),
-        (Err(error), _) => Err(SshError::Command(format!(
-            "upload to `{remote_path}` failed: {error}"
-        ))),
-        (_, Ok(status)) => Err(SshError::Command(format!(
-            "upload to `{remote_path}` failed ({status}): {stderr_text}"
-        ))),
-        (_, Err(error)) => Err(SshError::Command(format!(
-            "upload to `{remote_path}` failed: {error}"
-        ))),
+        (Err(error), _) => Err(SshError::Command(format!("upload to `{remote_path}` failed: {error}"))),
+        (_, Ok(status)) => {
+            Err(SshError::Command(format!("upload to `{remote_path}` failed ({status}): {stderr_text}")))
+        }
+        (_, Err(error)) => Err(SshError::Command(format!("upload to `{remote_path}` failed: {error}"))),
     }
 }
 
@@ -161,9 +149,7 @@ pub async fn run_streaming(
             None => Exit::Abnormal(format!("{status}")),
         },
         // With the process multiplexer, exit 127 arrives as "not found" and 255 as "terminated".
-        Err(openssh::Error::Remote(error)) if error.kind() == std::io::ErrorKind::NotFound => {
-            Exit::Code(127)
-        }
+        Err(openssh::Error::Remote(error)) if error.kind() == std::io::ErrorKind::NotFound => Exit::Code(127),
         Err(openssh::Error::RemoteProcessTerminated) => Exit::Code(255),
         Err(error) => Exit::Abnormal(error.to_string()),
     })
@@ -173,11 +159,7 @@ pub async fn run_streaming(
 pub fn write_private_file(path: &Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     file.write_all(content.as_bytes())?;
     if !content.ends_with('\n') {
         file.write_all(b"\n")?;

@@ -16,12 +16,7 @@ pub struct PollPolicy {
 
 impl PollPolicy {
     pub const fn new(first_interval: Duration, max_interval: Duration, timeout: Duration) -> Self {
-        PollPolicy {
-            first_interval,
-            max_interval,
-            factor: 1.5,
-            timeout,
-        }
+        PollPolicy { first_interval, max_interval, factor: 1.5, timeout }
     }
 
     pub fn with_timeout(self, timeout: Duration) -> Self {
@@ -30,17 +25,11 @@ impl PollPolicy {
 }
 
 /// Instance state changes: seconds to a few minutes.
-pub const INSTANCE_POLL: PollPolicy = PollPolicy::new(
-    Duration::from_secs(2),
-    Duration::from_secs(15),
-    Duration::from_secs(20 * 60),
-);
+pub const INSTANCE_POLL: PollPolicy =
+    PollPolicy::new(Duration::from_secs(2), Duration::from_secs(15), Duration::from_secs(20 * 60));
 /// Images: minutes to hours; the timeout comes from `[limits] image_timeout`.
-pub const IMAGE_POLL: PollPolicy = PollPolicy::new(
-    Duration::from_secs(5),
-    Duration::from_secs(30),
-    Duration::from_secs(2 * 60 * 60),
-);
+pub const IMAGE_POLL: PollPolicy =
+    PollPolicy::new(Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(2 * 60 * 60));
 
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
@@ -61,11 +50,7 @@ pub enum Poll<T> {
 }
 
 /// Calls `check` until it is ready, fails, or the policy's timeout passes.
-pub async fn poll_until<T, Check, Checked>(
-    policy: PollPolicy,
-    what: &str,
-    mut check: Check,
-) -> Result<T, WaitError>
+pub async fn poll_until<T, Check, Checked>(policy: PollPolicy, what: &str, mut check: Check) -> Result<T, WaitError>
 where
     Check: FnMut() -> Checked,
     Checked: Future<Output = Result<Poll<T>, CloudError>>,
@@ -80,10 +65,7 @@ where
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            return Err(WaitError::Timeout {
-                what: what.to_string(),
-                after: policy.timeout,
-            });
+            return Err(WaitError::Timeout { what: what.to_string(), after: policy.timeout });
         }
         tokio::time::sleep(interval.min(deadline - now)).await;
         interval = interval.mul_f64(policy.factor).min(policy.max_interval);
@@ -97,11 +79,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn backs_off_then_times_out() {
-        let policy = PollPolicy::new(
-            Duration::from_secs(2),
-            Duration::from_secs(10),
-            Duration::from_secs(60),
-        );
+        let policy = PollPolicy::new(Duration::from_secs(2), Duration::from_secs(10), Duration::from_secs(60));
         let checks = Cell::new(0);
         let started = tokio::time::Instant::now();
         let result: Result<(), _> = poll_until(policy, "the thing", || async {
@@ -117,25 +95,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn returns_when_ready_or_failed() {
-        let policy = PollPolicy::new(
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            Duration::from_secs(60),
-        );
+        let policy = PollPolicy::new(Duration::from_secs(1), Duration::from_secs(1), Duration::from_secs(60));
         let checks = Cell::new(0);
         let value = poll_until(policy, "x", || async {
             checks.set(checks.get() + 1);
-            Ok(if checks.get() == 3 {
-                Poll::Ready(7)
-            } else {
-                Poll::NotYet
-            })
+            Ok(if checks.get() == 3 { Poll::Ready(7) } else { Poll::NotYet })
         })
         .await
         .unwrap();
         assert_eq!(value, 7);
-        let failed: Result<(), _> =
-            poll_until(policy, "x", || async { Ok(Poll::Failed("broken".into())) }).await;
+        let failed: Result<(), _> = poll_until(policy, "x", || async { Ok(Poll::Failed("broken".into())) }).await;
         assert!(matches!(failed, Err(WaitError::Failed(reason)) if reason == "broken"));
     }
 }

@@ -11,8 +11,8 @@ use aws_config::BehaviorVersion;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    Filter, InstanceNetworkInterfaceSpecification, InstanceStateName, IpPermission, IpRange,
-    Ipv6Range, KeyType, ResourceType, Tag, TagSpecification,
+    Filter, InstanceNetworkInterfaceSpecification, InstanceStateName, IpPermission, IpRange, Ipv6Range, KeyType,
+    ResourceType, Tag, TagSpecification,
 };
 use aws_sdk_ec2::Client;
 use dashmap::DashMap;
@@ -32,19 +32,14 @@ pub struct AwsCloud {
 impl AwsCloud {
     /// Loads the standard credential chain once; `[aws] profile` and `endpoint_url` (or `AWS_ENDPOINT_URL`) apply.
     pub async fn connect(settings: &AwsSettings, limits: Arc<RunLimits>) -> Self {
-        let mut loader =
-            aws_config::defaults(BehaviorVersion::latest()).retry_config(RetryConfig::disabled());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(RetryConfig::disabled());
         if let Some(profile) = &settings.profile {
             loader = loader.profile_name(profile);
         }
         if let Some(url) = &settings.endpoint_url {
             loader = loader.endpoint_url(url);
         }
-        AwsCloud {
-            sdk: loader.load().await,
-            limits,
-            regions: DashMap::new(),
-        }
+        AwsCloud { sdk: loader.load().await, limits, regions: DashMap::new() }
     }
 }
 
@@ -54,9 +49,7 @@ impl Cloud for AwsCloud {
             .entry(region.clone())
             .or_insert_with(|| {
                 let config = aws_sdk_ec2::config::Builder::from(&self.sdk)
-                    .region(aws_sdk_ec2::config::Region::new(
-                        region.as_str().to_string(),
-                    ))
+                    .region(aws_sdk_ec2::config::Region::new(region.as_str().to_string()))
                     .build();
                 Arc::new(AwsRegion {
                     region: region.clone(),
@@ -97,26 +90,12 @@ impl AwsRegion {
                     .unwrap_or_else(|| format!("HTTP {status}: {}", DisplayErrorContext(&error)));
                 (kind, code, message)
             }
-            SdkError::TimeoutError(_)
-            | SdkError::DispatchFailure(_)
-            | SdkError::ResponseError(_) => (
-                ErrorKind::Transient,
-                None,
-                DisplayErrorContext(&error).to_string(),
-            ),
-            _ => (
-                ErrorKind::Permanent,
-                None,
-                DisplayErrorContext(&error).to_string(),
-            ),
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+                (ErrorKind::Transient, None, DisplayErrorContext(&error).to_string())
+            }
+            _ => (ErrorKind::Permanent, None, DisplayErrorContext(&error).to_string()),
         };
-        CloudError {
-            action,
-            region: self.region.clone(),
-            kind,
-            code,
-            message,
-        }
+        CloudError { action, region: self.region.clone(), kind, code, message }
     }
 
     fn missing(&self, action: Action, what: &str) -> CloudError {
@@ -140,13 +119,7 @@ fn tag_specification(resource: ResourceType, tags: &Tags) -> TagSpecification {
 
 fn image_state(image: &aws_sdk_ec2::types::Image) -> ImageState {
     use aws_sdk_ec2::types::ImageState as Ec2;
-    let reason = || {
-        image
-            .state_reason()
-            .and_then(|reason| reason.message())
-            .unwrap_or("no reason given")
-            .to_string()
-    };
+    let reason = || image.state_reason().and_then(|reason| reason.message()).unwrap_or("no reason given").to_string();
     match image.state() {
         Some(Ec2::Available) => ImageState::Available,
         Some(Ec2::Pending) | Some(Ec2::Transient) | None => ImageState::Pending,
@@ -169,26 +142,11 @@ impl RegionCloud for AwsRegion {
                     .client
                     .describe_images()
                     .set_owners(Some(filter.owners.clone()))
-                    .filters(
-                        Filter::builder()
-                            .name("name")
-                            .values(&filter.name_pattern)
-                            .build(),
-                    );
+                    .filters(Filter::builder().name("name").values(&filter.name_pattern).build());
                 if let Some(architecture) = &filter.architecture {
-                    request = request.filters(
-                        Filter::builder()
-                            .name("architecture")
-                            .values(architecture)
-                            .build(),
-                    );
+                    request = request.filters(Filter::builder().name("architecture").values(architecture).build());
                 }
-                async move {
-                    request
-                        .send()
-                        .await
-                        .map_err(|error| self.error(action, error))
-                }
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
             })
             .await?;
         Ok(output
@@ -211,16 +169,8 @@ impl RegionCloud for AwsRegion {
         let result = self
             .limiter
             .call(action, || {
-                let request = self
-                    .client
-                    .describe_images()
-                    .set_image_ids(Some(ids.clone()));
-                async move {
-                    request
-                        .send()
-                        .await
-                        .map_err(|error| self.error(action, error))
-                }
+                let request = self.client.describe_images().set_image_ids(Some(ids.clone()));
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
             })
             .await;
         let output = match result {
@@ -252,12 +202,7 @@ impl RegionCloud for AwsRegion {
             .limiter
             .call(action, || {
                 let request = self.client.describe_subnets().subnet_ids(subnet_id);
-                async move {
-                    request
-                        .send()
-                        .await
-                        .map_err(|error| self.error(action, error))
-                }
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
             })
             .await?;
         output
@@ -279,17 +224,10 @@ impl RegionCloud for AwsRegion {
                     .key_name(name.as_str())
                     .key_type(KeyType::Rsa)
                     .tag_specifications(tag_specification(ResourceType::KeyPair, tags));
-                async move {
-                    request
-                        .send()
-                        .await
-                        .map_err(|error| self.error(action, error))
-                }
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
             })
             .await?;
-        let material = output
-            .key_material()
-            .ok_or_else(|| self.missing(action, "key material"))?;
+        let material = output.key_material().ok_or_else(|| self.missing(action, "key material"))?;
         Ok(PrivateKey::new(material.to_string()))
     }
 
@@ -298,12 +236,7 @@ impl RegionCloud for AwsRegion {
         self.limiter
             .call(action, || {
                 let request = self.client.delete_key_pair().key_name(name.as_str());
-                async move {
-                    request
-                        .send()
-                        .await
-                        .map_err(|error| self.error(action, error))
-                }
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
             })
             .await?;
         Ok(())
@@ -327,44 +260,21 @@ impl RegionCloud for AwsRegion {
                     .description(description)
                     .set_vpc_id(vpc.map(|vpc| vpc.0.clone()))
                     .tag_specifications(tag_specification(ResourceType::SecurityGroup, tags));
-                async move {
-                    request
-                        .send()
-                        .await
-                        .map_err(|error| self.error(action, error))
-                }
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
             })
             .await?;
-        output
-            .group_id()
-            .map(|id| SecurityGroupId(id.to_string()))
-            .ok_or_else(|| self.missing(action, "group id"))
+        output.group_id().map(|id| SecurityGroupId(id.to_string())).ok_or_else(|| self.missing(action, "group id"))
     }
 
-    async fn authorize_ingress(
-        &self,
-        group: &SecurityGroupId,
-        port: u16,
-        cidrs: &[IpNet],
-    ) -> CloudResult<()> {
+    async fn authorize_ingress(&self, group: &SecurityGroupId, port: u16, cidrs: &[IpNet]) -> CloudResult<()> {
         let action = Action::AuthorizeSecurityGroupIngress;
-        let mut permission = IpPermission::builder()
-            .ip_protocol("tcp")
-            .from_port(port.into())
-            .to_port(port.into());
+        let mut permission = IpPermission::builder().ip_protocol("tcp").from_port(port.into()).to_port(port.into());
         for cidr in cidrs {
             permission = match cidr {
-                IpNet::V4(v4) => permission.ip_ranges(
-                    IpRange::builder()
-                        .cidr_ip(v4.to_string())
-                        .description("fleetbake build SSH")
-                        .build(),
-                ),
+                IpNet::V4(v4) => permission
+                    .ip_ranges(IpRange::builder().cidr_ip(v4.to_string()).description("fleetbake build SSH").build()),
                 IpNet::V6(v6) => permission.ipv6_ranges(
-                    Ipv6Range::builder()
-                        .cidr_ipv6(v6.to_string())
-                        .description("fleetbake build SSH")
-                        .build(),
+                    Ipv6Range::builder().cidr_ipv6(v6.to_string()).description("fleetbake build SSH").build(),
                 ),
             };
         }
@@ -376,12 +286,7 @@ impl RegionCloud for AwsRegion {
                     .authorize_security_group_ingress()
                     .group_id(group.as_str())
                     .ip_permissions(permission.clone());
-                async move {
-                    request
-                        .send()
-                        .await
-                        .map_err(|error| self.error(action, error))
-                }
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
             })
             .await?;
         Ok(())
@@ -392,12 +297,7 @@ impl RegionCloud for AwsRegion {
         self.limiter
             .call(action, || {
                 let request = self.client.delete_security_group().group_id(group.as_str());
-                async move {
-                    request
-                        .send()
-                        .await
-                        .map_err(|error| self.error(action, error))
-                }
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
             })
             .await?;
         Ok(())
@@ -429,16 +329,11 @@ impl RegionCloud for AwsRegion {
                             .delete_on_termination(true)
                             .build(),
                     ),
-                    (subnet, None) => request
-                        .set_subnet_id(subnet.clone())
-                        .security_group_ids(spec.security_group.as_str()),
+                    (subnet, None) => {
+                        request.set_subnet_id(subnet.clone()).security_group_ids(spec.security_group.as_str())
+                    }
                 };
-                async move {
-                    request
-                        .send()
-                        .await
-                        .map_err(|error| self.error(action, error))
-                }
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
             })
             .await?;
         output
@@ -455,16 +350,8 @@ impl RegionCloud for AwsRegion {
         let result = self
             .limiter
             .call(action, || {
-                let request = self
-                    .client
-                    .describe_instances()
-                    .set_instance_ids(Some(ids.clone()));
-                async move {
-                    request
-                        .send()
-                        .await
-                        .map_err(|error| self.error(action, error))
-                }
+                let request = self.client.describe_instances().set_instance_ids(Some(ids.clone()));
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
             })
             .await;
         let output = match result {
@@ -501,12 +388,7 @@ impl RegionCloud for AwsRegion {
         self.limiter
             .call(action, || {
                 let request = self.client.stop_instances().instance_ids(id.as_str());
-                async move {
-                    request
-                        .send()
-                        .await
-                        .map_err(|error| self.error(action, error))
-                }
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
             })
             .await?;
         Ok(())
@@ -517,12 +399,7 @@ impl RegionCloud for AwsRegion {
         self.limiter
             .call(action, || {
                 let request = self.client.terminate_instances().instance_ids(id.as_str());
-                async move {
-                    request
-                        .send()
-                        .await
-                        .map_err(|error| self.error(action, error))
-                }
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
             })
             .await?;
         Ok(())
@@ -546,18 +423,10 @@ impl RegionCloud for AwsRegion {
                     .name(name)
                     .set_description(description.map(str::to_string))
                     .tag_specifications(tag_specification(ResourceType::Image, tags));
-                async move {
-                    request
-                        .send()
-                        .await
-                        .map_err(|error| self.error(action, error))
-                }
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
             })
             .await?;
-        output
-            .image_id()
-            .map(|id| ImageId(id.to_string()))
-            .ok_or_else(|| self.missing(action, "image id"))
+        output.image_id().map(|id| ImageId(id.to_string())).ok_or_else(|| self.missing(action, "image id"))
     }
 
     async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId> {
@@ -573,39 +442,20 @@ impl RegionCloud for AwsRegion {
                     .name(&spec.name)
                     .set_description(spec.description.clone())
                     .client_token(&spec.client_token);
-                async move {
-                    request
-                        .send()
-                        .await
-                        .map_err(|error| self.error(action, error))
-                }
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
             })
             .await?;
-        output
-            .image_id()
-            .map(|id| ImageId(id.to_string()))
-            .ok_or_else(|| self.missing(action, "image id"))
+        output.image_id().map(|id| ImageId(id.to_string())).ok_or_else(|| self.missing(action, "image id"))
     }
 
     async fn create_tags(&self, resources: &[String], tags: &Tags) -> CloudResult<()> {
         let action = Action::CreateTags;
-        let tags: Vec<Tag> = tags
-            .iter()
-            .map(|(key, value)| Tag::builder().key(key).value(value).build())
-            .collect();
+        let tags: Vec<Tag> = tags.iter().map(|(key, value)| Tag::builder().key(key).value(value).build()).collect();
         self.limiter
             .call(action, || {
-                let request = self
-                    .client
-                    .create_tags()
-                    .set_resources(Some(resources.to_vec()))
-                    .set_tags(Some(tags.clone()));
-                async move {
-                    request
-                        .send()
-                        .await
-                        .map_err(|error| self.error(action, error))
-                }
+                let request =
+                    self.client.create_tags().set_resources(Some(resources.to_vec())).set_tags(Some(tags.clone()));
+                async move { request.send().await.map_err(|error| self.error(action, error)) }
             })
             .await?;
         Ok(())

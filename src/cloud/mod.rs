@@ -98,9 +98,7 @@ pub enum ActionClass {
 impl Action {
     pub fn class(self) -> ActionClass {
         match self {
-            Action::DescribeImages | Action::DescribeInstances | Action::DescribeSubnets => {
-                ActionClass::NonMutating
-            }
+            Action::DescribeImages | Action::DescribeInstances | Action::DescribeSubnets => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,
             Action::CopyImage => ActionClass::CopyImage,
             _ => ActionClass::Mutating,
@@ -151,13 +149,8 @@ const THROTTLING_CODES: &[&str] = &[
     "PriorRequestNotComplete",
 ];
 
-const TRANSIENT_CODES: &[&str] = &[
-    "InternalError",
-    "InternalFailure",
-    "ServiceUnavailable",
-    "Unavailable",
-    "RequestTimeout",
-];
+const TRANSIENT_CODES: &[&str] =
+    &["InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "RequestTimeout"];
 
 impl ErrorKind {
     /// Classifies an AWS error code.
@@ -267,12 +260,7 @@ pub trait RegionCloud: Send + Sync {
         vpc: Option<&VpcId>,
         tags: &Tags,
     ) -> CloudResult<SecurityGroupId>;
-    async fn authorize_ingress(
-        &self,
-        group: &SecurityGroupId,
-        port: u16,
-        cidrs: &[IpNet],
-    ) -> CloudResult<()>;
+    async fn authorize_ingress(&self, group: &SecurityGroupId, port: u16, cidrs: &[IpNet]) -> CloudResult<()>;
     async fn delete_security_group(&self, group: &SecurityGroupId) -> CloudResult<()>;
 
     async fn run_instance(&self, spec: &LaunchSpec) -> CloudResult<InstanceId>;

@@ -18,9 +18,7 @@ pub use template::{NameContext, NameTemplate, Placeholder};
 pub use validate::RUN_ID_LENGTH;
 
 /// An AWS region name such as `us-west-2`.
-#[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct Region(String);
 
@@ -40,9 +38,7 @@ impl fmt::Display for Region {
 }
 
 /// The name of one `[[flavor]]`.
-#[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct FlavorName(String);
 
@@ -113,15 +109,9 @@ pub struct ImageFilter {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Provisioner {
     /// Upload a local file.
-    File {
-        source: PathBuf,
-        destination: String,
-    },
+    File { source: PathBuf, destination: String },
     /// Run a shell script (a local file, or inline lines run with `/bin/sh -e`).
-    Shell {
-        script: ShellScript,
-        env: BTreeMap<String, String>,
-    },
+    Shell { script: ShellScript, env: BTreeMap<String, String> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,8 +136,7 @@ pub struct Exclusion {
 
 impl Exclusion {
     pub fn matches(&self, flavor: &FlavorName, region: &Region) -> bool {
-        self.flavor.as_ref().is_none_or(|f| f == flavor)
-            && self.region.as_ref().is_none_or(|r| r == region)
+        self.flavor.as_ref().is_none_or(|f| f == flavor) && self.region.as_ref().is_none_or(|r| r == region)
     }
 }
 
@@ -190,22 +179,10 @@ impl Default for ApiRates {
     /// EC2's documented default request-rate buckets.
     fn default() -> Self {
         ApiRates {
-            non_mutating: Bucket {
-                burst: 100,
-                per_second: 20.0,
-            },
-            mutating: Bucket {
-                burst: 50,
-                per_second: 5.0,
-            },
-            run_instances: Bucket {
-                burst: 5,
-                per_second: 2.0,
-            },
-            copy_image: Bucket {
-                burst: 100,
-                per_second: 1.0,
-            },
+            non_mutating: Bucket { burst: 100, per_second: 20.0 },
+            mutating: Bucket { burst: 50, per_second: 5.0 },
+            run_instances: Bucket { burst: 5, per_second: 2.0 },
+            copy_image: Bucket { burst: 100, per_second: 1.0 },
         }
     }
 }
@@ -245,24 +222,9 @@ impl fmt::Display for ConfigError {
         if self.line == 0 {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else if self.key.is_empty() {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file.display(),
-                self.line,
-                self.column,
-                self.message
-            )
+            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
         } else {
-            write!(
-                f,
-                "{}:{}:{}: `{}`: {}",
-                self.file.display(),
-                self.line,
-                self.column,
-                self.key,
-                self.message
-            )
+            write!(f, "{}:{}:{}: `{}`: {}", self.file.display(), self.line, self.column, self.key, self.message)
         }
     }
 }

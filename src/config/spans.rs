@@ -87,10 +87,9 @@ pub fn locate(root: &Spanned<Node>, path: &KeyPath) -> Located {
     let mut found = KeyPath::root();
     for segment in path.segments() {
         let next = match (node.get_ref(), segment) {
-            (Node::Table(entries), Segment::Key(key)) => entries
-                .iter()
-                .find(|(name, _)| name.get_ref() == key)
-                .map(|(_, value)| value),
+            (Node::Table(entries), Segment::Key(key)) => {
+                entries.iter().find(|(name, _)| name.get_ref() == key).map(|(_, value)| value)
+            }
             (Node::Array(items), Segment::Index(index)) => items.get(*index),
             _ => None,
         };
@@ -102,10 +101,7 @@ pub fn locate(root: &Spanned<Node>, path: &KeyPath) -> Located {
             None => break,
         }
     }
-    Located {
-        span: node.span(),
-        found,
-    }
+    Located { span: node.span(), found }
 }
 
 /// The key path an error at `offset` belongs to: the narrowest key or value covering it, else the nearest
@@ -113,20 +109,9 @@ pub fn locate(root: &Spanned<Node>, path: &KeyPath) -> Located {
 pub fn path_at(root: &Spanned<Node>, offset: usize) -> KeyPath {
     let mut entries = Vec::new();
     flatten(root, &KeyPath::root(), &mut entries);
-    let covering = entries
-        .iter()
-        .filter(|(_, span)| span.contains(&offset))
-        .min_by_key(|(_, span)| span.len());
-    let preceding = || {
-        entries
-            .iter()
-            .filter(|(_, span)| span.start <= offset)
-            .max_by_key(|(_, span)| span.start)
-    };
-    covering
-        .or_else(preceding)
-        .map(|(path, _)| path.clone())
-        .unwrap_or_default()
+    let covering = entries.iter().filter(|(_, span)| span.contains(&offset)).min_by_key(|(_, span)| span.len());
+    let preceding = || entries.iter().filter(|(_, span)| span.start <= offset).max_by_key(|(_, span)| span.start);
+    covering.or_else(preceding).map(|(path, _)| path.clone()).unwrap_or_default()
 }
 
 /// Every key and value below `node` with the path it belongs to.
@@ -211,12 +196,7 @@ mod tests {
     #[test]
     fn locates_nested_values_by_path() {
         let root = Node::parse(TEXT).unwrap();
-        let path = KeyPath::root()
-            .key("flavor")
-            .index(1)
-            .key("provisioners")
-            .index(0)
-            .key("script");
+        let path = KeyPath::root().key("flavor").index(1).key("provisioners").index(0).key("script");
         let located = locate(&root, &path);
         assert_eq!(located.found, path);
         assert_eq!(&TEXT[located.span.clone()], "\"x.sh\"");
@@ -235,9 +215,6 @@ mod tests {
     fn path_at_offset_names_the_key() {
         let root = Node::parse(TEXT).unwrap();
         let offset = TEXT.find("x.sh").unwrap();
-        assert_eq!(
-            path_at(&root, offset).to_string(),
-            "flavor[1].provisioners[0].script"
-        );
+        assert_eq!(path_at(&root, offset).to_string(), "flavor[1].provisioners[0].script");
     }
 }

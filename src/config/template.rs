@@ -13,13 +13,8 @@ pub enum Placeholder {
 }
 
 impl Placeholder {
-    pub const ALL: [Placeholder; 5] = [
-        Placeholder::Flavor,
-        Placeholder::BuildRegion,
-        Placeholder::Date,
-        Placeholder::Timestamp,
-        Placeholder::RunId,
-    ];
+    pub const ALL: [Placeholder; 5] =
+        [Placeholder::Flavor, Placeholder::BuildRegion, Placeholder::Date, Placeholder::Timestamp, Placeholder::RunId];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -32,9 +27,7 @@ impl Placeholder {
     }
 
     fn from_name(name: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|placeholder| placeholder.name() == name)
+        Self::ALL.into_iter().find(|placeholder| placeholder.name() == name)
     }
 }
 
@@ -79,19 +72,11 @@ impl NameTemplate {
                         pieces.push(Piece::Literal(rest[..open].to_string()));
                     }
                     let after = &rest[open + 1..];
-                    let close = after
-                        .find('}')
-                        .ok_or_else(|| format!("unclosed `{{` in `{source}`"))?;
+                    let close = after.find('}').ok_or_else(|| format!("unclosed `{{` in `{source}`"))?;
                     let name = &after[..close];
                     let placeholder = Placeholder::from_name(name).ok_or_else(|| {
-                        let known: Vec<String> = Placeholder::ALL
-                            .iter()
-                            .map(|p| format!("{{{}}}", p.name()))
-                            .collect();
-                        format!(
-                            "unknown placeholder `{{{name}}}`; known: {}",
-                            known.join(" ")
-                        )
+                        let known: Vec<String> = Placeholder::ALL.iter().map(|p| format!("{{{}}}", p.name())).collect();
+                        format!("unknown placeholder `{{{name}}}`; known: {}", known.join(" "))
                     })?;
                     pieces.push(Piece::Value(placeholder));
                     rest = &after[close + 1..];
@@ -111,10 +96,7 @@ impl NameTemplate {
                 }
             }
         }
-        Ok(NameTemplate {
-            source: source.to_string(),
-            pieces,
-        })
+        Ok(NameTemplate { source: source.to_string(), pieces })
     }
 
     pub fn uses(&self, placeholder: Placeholder) -> bool {
@@ -151,8 +133,7 @@ mod tests {
 
     #[test]
     fn renders_every_placeholder() {
-        let template =
-            NameTemplate::parse("{flavor}-{build_region}-{date}-{timestamp}-{run_id}").unwrap();
+        let template = NameTemplate::parse("{flavor}-{build_region}-{date}-{timestamp}-{run_id}").unwrap();
         let context = NameContext {
             flavor: "f",
             build_region: "us-west-2",
@@ -160,26 +141,15 @@ mod tests {
             timestamp: "20261126T143000Z",
             run_id: "r1",
         };
-        assert_eq!(
-            template.render(&context),
-            "f-us-west-2-2026-11-26-20261126T143000Z-r1"
-        );
+        assert_eq!(template.render(&context), "f-us-west-2-2026-11-26-20261126T143000Z-r1");
         assert!(template.uses(Placeholder::BuildRegion));
     }
 
     #[test]
     fn rejects_unknown_and_unbalanced_placeholders() {
-        assert!(NameTemplate::parse("{flavour}")
-            .unwrap_err()
-            .contains("unknown placeholder `{flavour}`"));
-        assert!(NameTemplate::parse("{flavor")
-            .unwrap_err()
-            .contains("unclosed"));
-        assert!(NameTemplate::parse("flavor}")
-            .unwrap_err()
-            .contains("unmatched"));
-        assert!(NameTemplate::parse("a:b")
-            .unwrap_err()
-            .contains("`:` is not allowed"));
+        assert!(NameTemplate::parse("{flavour}").unwrap_err().contains("unknown placeholder `{flavour}`"));
+        assert!(NameTemplate::parse("{flavor").unwrap_err().contains("unclosed"));
+        assert!(NameTemplate::parse("flavor}").unwrap_err().contains("unmatched"));
+        assert!(NameTemplate::parse("a:b").unwrap_err().contains("`:` is not allowed"));
     }
 }

@@ -34,20 +34,13 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn problem(&mut self, path: KeyPath, message: impl Into<String>) {
-        self.problems.push(Problem {
-            path,
-            message: message.into(),
-        });
+        self.problems.push(Problem { path, message: message.into() });
     }
 
     fn local_file(&mut self, path: KeyPath, relative: &str) -> PathBuf {
         let resolved = self.base_dir.join(relative);
         if !resolved.is_file() {
-            let why = if resolved.exists() {
-                "is not a regular file"
-            } else {
-                "does not exist"
-            };
+            let why = if resolved.exists() { "is not a regular file" } else { "does not exist" };
             self.problem(path, format!("`{}` {why}", resolved.display()));
         }
         resolved
@@ -61,10 +54,7 @@ impl Checker<'_> {
                 None
             }
             Err(error) => {
-                self.problem(
-                    path,
-                    format!("`{text}` is not a duration like `90s`, `10m` or `2h`: {error}"),
-                );
+                self.problem(path, format!("`{text}` is not a duration like `90s`, `10m` or `2h`: {error}"));
                 None
             }
         }
@@ -77,10 +67,7 @@ impl Checker<'_> {
                 self.problem(at.clone(), "a tag key must be 1 to 128 characters");
             }
             if key.starts_with("aws:") || key.starts_with("fleetbake:") {
-                self.problem(
-                    at.clone(),
-                    "tag keys starting with `aws:` or `fleetbake:` are reserved",
-                );
+                self.problem(at.clone(), "tag keys starting with `aws:` or `fleetbake:` are reserved");
             }
             if value.len() > 256 {
                 self.problem(at, "a tag value must be at most 256 characters");
@@ -91,20 +78,18 @@ impl Checker<'_> {
     fn name(&mut self, path: KeyPath, what: &str, name: &str) {
         let valid = !name.is_empty()
             && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
         if !valid {
-            self.problem(path, format!("`{name}` is not a valid {what} name: 1 to 64 of letters, digits, `.`, `_`, `-`"));
+            self.problem(
+                path,
+                format!("`{name}` is not a valid {what} name: 1 to 64 of letters, digits, `.`, `_`, `-`"),
+            );
         }
     }
 
     fn region(&mut self, path: KeyPath, name: &str) -> Region {
         if !is_region_name(name) {
-            self.problem(
-                path,
-                format!("`{name}` is not an AWS region name like `us-west-2`"),
-            );
+            self.problem(path, format!("`{name}` is not an AWS region name like `us-west-2`"));
         }
         Region::new(name)
     }
@@ -125,17 +110,12 @@ impl Checker<'_> {
 pub fn is_region_name(name: &str) -> bool {
     let parts: Vec<&str> = name.split('-').collect();
     parts.len() >= 3
-        && parts.iter().all(|part| {
-            !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        })
+        && parts
+            .iter()
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
         && parts[0].len() == 2
         && parts[0].chars().all(|c| c.is_ascii_lowercase())
-        && parts
-            .last()
-            .is_some_and(|last| last.chars().all(|c| c.is_ascii_digit()))
+        && parts.last().is_some_and(|last| last.chars().all(|c| c.is_ascii_digit()))
 }
 
 pub fn parse(file: &Path, text: &str) -> Result<Fleet, ConfigErrors> {
@@ -144,55 +124,30 @@ pub fn parse(file: &Path, text: &str) -> Result<Fleet, ConfigErrors> {
         Ok(raw) => raw,
         Err(error) => {
             let span = error.span().unwrap_or(0..0);
-            let key = tree
-                .as_ref()
-                .map(|tree| spans::path_at(tree, span.start))
-                .unwrap_or_default();
+            let key = tree.as_ref().map(|tree| spans::path_at(tree, span.start)).unwrap_or_default();
             let (line, column) = spans::line_column(text, span.start);
             return Err(ConfigErrors(vec![ConfigError {
                 file: file.to_path_buf(),
                 line,
                 column,
-                key: if key.segments().is_empty() {
-                    String::new()
-                } else {
-                    key.to_string()
-                },
+                key: if key.segments().is_empty() { String::new() } else { key.to_string() },
                 message: error.message().trim().to_string(),
             }]));
         }
     };
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base_dir = if base_dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        base_dir
-    };
+    let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
     let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
-    let mut checker = Checker {
-        file,
-        base_dir,
-        problems: Vec::new(),
-    };
+    let mut checker = Checker { file, base_dir, problems: Vec::new() };
     let fleet = resolve(&mut checker, raw);
     if checker.problems.is_empty() {
         return Ok(fleet);
     }
     let tree = tree.expect("text that deserialized is TOML");
-    Err(ConfigErrors(locate_problems(
-        checker.file,
-        text,
-        &tree,
-        checker.problems,
-    )))
+    Err(ConfigErrors(locate_problems(checker.file, text, &tree, checker.problems)))
 }
 
-fn locate_problems(
-    file: &Path,
-    text: &str,
-    tree: &Spanned<Node>,
-    problems: Vec<Problem>,
-) -> Vec<ConfigError> {
+fn locate_problems(file: &Path, text: &str, tree: &Spanned<Node>, problems: Vec<Problem>) -> Vec<ConfigError> {
     let mut errors: Vec<ConfigError> = problems
         .into_iter()
         .map(|problem| {
@@ -226,9 +181,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
             NameTemplate::parse(DEFAULT_AMI_NAME).expect("default template parses")
         }
     };
-    if !(ami_name.uses(Placeholder::Timestamp)
-        || ami_name.uses(Placeholder::RunId)
-        || ami_name.uses(Placeholder::Date))
+    if !(ami_name.uses(Placeholder::Timestamp) || ami_name.uses(Placeholder::RunId) || ami_name.uses(Placeholder::Date))
     {
         checker.problem(
             fleet_path.key("ami_name"),
@@ -237,15 +190,10 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
     }
     if let Some(description) = &raw.fleet.ami_description {
         if description.len() > 255 {
-            checker.problem(
-                fleet_path.key("ami_description"),
-                "must be at most 255 characters",
-            );
+            checker.problem(fleet_path.key("ami_description"), "must be at most 255 characters");
         }
     }
-    let manifest_path = checker
-        .base_dir
-        .join(raw.fleet.manifest.as_deref().unwrap_or(DEFAULT_MANIFEST));
+    let manifest_path = checker.base_dir.join(raw.fleet.manifest.as_deref().unwrap_or(DEFAULT_MANIFEST));
 
     let flavors = resolve_flavors(checker, &raw);
     let regions = resolve_regions(checker, &raw.regions);
@@ -280,26 +228,13 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> Vec<Flavor> {
         let path = KeyPath::root().key("flavor").index(index);
         checker.name(path.key("name"), "flavor", &flavor.name);
         if !seen.insert(flavor.name.clone()) {
-            checker.problem(
-                path.key("name"),
-                format!("flavor `{}` is defined twice", flavor.name),
-            );
+            checker.problem(path.key("name"), format!("flavor `{}` is defined twice", flavor.name));
         }
         checker.tags(path.key("tags"), &flavor.tags);
-        let instance_type = required_inherited(
-            checker,
-            &path,
-            "instance_type",
-            &flavor.instance_type,
-            &defaults.instance_type,
-        );
-        let ssh_username = required_inherited(
-            checker,
-            &path,
-            "ssh_username",
-            &flavor.ssh_username,
-            &defaults.ssh_username,
-        );
+        let instance_type =
+            required_inherited(checker, &path, "instance_type", &flavor.instance_type, &defaults.instance_type);
+        let ssh_username =
+            required_inherited(checker, &path, "ssh_username", &flavor.ssh_username, &defaults.ssh_username);
         let mut tags = defaults.tags.clone();
         tags.extend(flavor.tags.clone());
         flavors.push(Flavor {
@@ -307,10 +242,7 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> Vec<Flavor> {
             source_ami: resolve_source_ami(checker, path.key("source_ami"), &flavor.source_ami),
             instance_type,
             ssh_username,
-            subnet_id: flavor
-                .subnet_id
-                .clone()
-                .or_else(|| defaults.subnet_id.clone()),
+            subnet_id: flavor.subnet_id.clone().or_else(|| defaults.subnet_id.clone()),
             associate_public_ip: flavor.associate_public_ip.or(defaults.associate_public_ip),
             tags,
             provisioners: flavor
@@ -336,42 +268,26 @@ fn required_inherited(
     match own.as_ref().or(default.as_ref()) {
         Some(value) if !value.trim().is_empty() => value.clone(),
         Some(_) => {
-            let path = if own.is_some() {
-                flavor_path.key(key)
-            } else {
-                KeyPath::root().key("defaults").key(key)
-            };
+            let path = if own.is_some() { flavor_path.key(key) } else { KeyPath::root().key("defaults").key(key) };
             checker.problem(path, "must not be empty");
             String::new()
         }
         None => {
-            checker.problem(
-                flavor_path.clone(),
-                format!("`{key}` is required: set it in the flavor or in `[defaults]`"),
-            );
+            checker
+                .problem(flavor_path.clone(), format!("`{key}` is required: set it in the flavor or in `[defaults]`"));
             String::new()
         }
     }
 }
 
-fn resolve_source_ami(
-    checker: &mut Checker<'_>,
-    path: KeyPath,
-    raw: &schema::SourceAmiSection,
-) -> SourceAmi {
+fn resolve_source_ami(checker: &mut Checker<'_>, path: KeyPath, raw: &schema::SourceAmiSection) -> SourceAmi {
     match (&raw.id, &raw.name) {
         (Some(id), None) => {
             if raw.owners.is_some() || raw.architecture.is_some() {
-                checker.problem(
-                    path.key("id"),
-                    "`id` cannot be combined with `owners`, `name` or `architecture`",
-                );
+                checker.problem(path.key("id"), "`id` cannot be combined with `owners`, `name` or `architecture`");
             }
             if !id.starts_with("ami-") {
-                checker.problem(
-                    path.key("id"),
-                    format!("`{id}` is not an image id like `ami-0123456789abcdef0`"),
-                );
+                checker.problem(path.key("id"), format!("`{id}` is not an image id like `ami-0123456789abcdef0`"));
             }
             SourceAmi::Id(id.clone())
         }
@@ -397,10 +313,7 @@ fn resolve_source_ami(
             SourceAmi::Id(String::new())
         }
         (None, None) => {
-            checker.problem(
-                path,
-                "set `id = \"ami-…\"` or `owners = [...]` + `name = \"pattern\"`",
-            );
+            checker.problem(path, "set `id = \"ami-…\"` or `owners = [...]` + `name = \"pattern\"`");
             SourceAmi::Id(String::new())
         }
     }
@@ -413,10 +326,7 @@ fn resolve_provisioner(
 ) -> Option<Provisioner> {
     let not_for = |checker: &mut Checker<'_>, key: &str, present: bool| {
         if present {
-            checker.problem(
-                path.key(key),
-                format!("`{key}` is not a key of a `{}` provisioner", raw.kind),
-            );
+            checker.problem(path.key(key), format!("`{key}` is not a key of a `{}` provisioner", raw.kind));
         }
     };
     match raw.kind.as_str() {
@@ -438,18 +348,13 @@ fn resolve_provisioner(
                     String::new()
                 }
             };
-            Some(Provisioner::File {
-                source,
-                destination,
-            })
+            Some(Provisioner::File { source, destination })
         }
         "shell" => {
             not_for(checker, "source", raw.source.is_some());
             not_for(checker, "destination", raw.destination.is_some());
             let script = match (&raw.script, &raw.inline) {
-                (Some(script), None) => {
-                    ShellScript::File(checker.local_file(path.key("script"), script))
-                }
+                (Some(script), None) => ShellScript::File(checker.local_file(path.key("script"), script)),
                 (None, Some(lines)) => {
                     if lines.is_empty() {
                         checker.problem(path.key("inline"), "must hold at least one command");
@@ -457,19 +362,13 @@ fn resolve_provisioner(
                     ShellScript::Inline(lines.clone())
                 }
                 _ => {
-                    checker.problem(
-                        path.clone(),
-                        "a `shell` provisioner needs exactly one of `script` or `inline`",
-                    );
+                    checker.problem(path.clone(), "a `shell` provisioner needs exactly one of `script` or `inline`");
                     ShellScript::Inline(Vec::new())
                 }
             };
             let env = raw.env.clone().unwrap_or_default();
             for name in env.keys() {
-                let valid = name
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !valid {
                     checker.problem(
@@ -477,34 +376,24 @@ fn resolve_provisioner(
                         format!("`{name}` is not a valid environment variable name"),
                     );
                 } else if name.starts_with("FLEETBAKE_") {
-                    checker.problem(
-                        path.key("env").key(name),
-                        "`FLEETBAKE_` variables are set by fleetbake itself",
-                    );
+                    checker.problem(path.key("env").key(name), "`FLEETBAKE_` variables are set by fleetbake itself");
                 }
             }
             Some(Provisioner::Shell { script, env })
         }
         other => {
-            checker.problem(
-                path.key("type"),
-                format!("unknown provisioner type `{other}`; expected `file` or `shell`"),
-            );
+            checker
+                .problem(path.key("type"), format!("unknown provisioner type `{other}`; expected `file` or `shell`"));
             None
         }
     }
 }
 
-fn resolve_regions(
-    checker: &mut Checker<'_>,
-    raw: &BTreeMap<String, Vec<String>>,
-) -> BTreeMap<Region, Vec<Region>> {
+fn resolve_regions(checker: &mut Checker<'_>, raw: &BTreeMap<String, Vec<String>>) -> BTreeMap<Region, Vec<Region>> {
     let path = KeyPath::root().key("regions");
     if raw.is_empty() {
-        checker.problem(
-            path.clone(),
-            "no build region is defined: add `[regions]` with `build-region = [copy targets]`",
-        );
+        checker
+            .problem(path.clone(), "no build region is defined: add `[regions]` with `build-region = [copy targets]`");
     }
     let mut regions = BTreeMap::new();
     for (build, targets) in raw {
@@ -516,10 +405,8 @@ fn resolve_regions(
             let target_path = build_path.index(index);
             let target_region = checker.region(target_path.clone(), target);
             if target == build {
-                checker.problem(
-                    target_path,
-                    format!("`{target}` is the build region itself; its image is there already"),
-                );
+                checker
+                    .problem(target_path, format!("`{target}` is the build region itself; its image is there already"));
             } else if !seen.insert(target.clone()) {
                 checker.problem(target_path, format!("`{target}` is listed twice"));
             } else {
@@ -540,20 +427,8 @@ fn resolve_matrix(
 ) -> Matrix {
     let path = KeyPath::root().key("matrix");
     let known_flavor = |name: &str| flavors.iter().any(|flavor| flavor.name.as_str() == name);
-    let known_flavors = || {
-        flavors
-            .iter()
-            .map(|f| format!("`{}`", f.name))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let known_regions = || {
-        regions
-            .keys()
-            .map(|r| format!("`{r}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let known_flavors = || flavors.iter().map(|f| format!("`{}`", f.name)).collect::<Vec<_>>().join(", ");
+    let known_regions = || regions.keys().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ");
     let selected = raw.flavors.as_ref().map(|names| {
         let mut seen = BTreeSet::new();
         for (index, name) in names.iter().enumerate() {
@@ -563,10 +438,7 @@ fn resolve_matrix(
                     format!("unknown flavor `{name}`; defined: {}", known_flavors()),
                 );
             } else if !seen.insert(name.clone()) {
-                checker.problem(
-                    path.key("flavors").index(index),
-                    format!("flavor `{name}` is listed twice"),
-                );
+                checker.problem(path.key("flavors").index(index), format!("flavor `{name}` is listed twice"));
             }
         }
         names.iter().map(FlavorName::new).collect()
@@ -575,10 +447,7 @@ fn resolve_matrix(
     for (index, entry) in raw.exclude.iter().enumerate() {
         let entry_path = path.key("exclude").index(index);
         if entry.flavor.is_none() && entry.region.is_none() {
-            checker.problem(
-                entry_path.clone(),
-                "an exclusion needs `flavor`, `region` or both",
-            );
+            checker.problem(entry_path.clone(), "an exclusion needs `flavor`, `region` or both");
         }
         if let Some(name) = &entry.flavor {
             if !known_flavor(name) {
@@ -592,10 +461,7 @@ fn resolve_matrix(
             if !regions.contains_key(&Region::new(region)) {
                 checker.problem(
                     entry_path.key("region"),
-                    format!(
-                        "`{region}` is not a build region; build regions: {}",
-                        known_regions()
-                    ),
+                    format!("`{region}` is not a build region; build regions: {}", known_regions()),
                 );
             }
         }
@@ -604,27 +470,18 @@ fn resolve_matrix(
             region: entry.region.as_ref().map(Region::new),
         });
     }
-    Matrix {
-        flavors: selected,
-        exclude,
-    }
+    Matrix { flavors: selected, exclude }
 }
 
 /// Checks that need the whole fleet: a non-empty matrix, single-region source ids, unique AMI names.
 fn check_selection(checker: &mut Checker<'_>, fleet: &Fleet) {
     let pairs = fleet.selected_pairs();
     if pairs.is_empty() && !fleet.flavors.is_empty() && !fleet.regions.is_empty() {
-        checker.problem(
-            KeyPath::root().key("matrix"),
-            "the matrix is empty: every flavor × region pair is excluded",
-        );
+        checker.problem(KeyPath::root().key("matrix"), "the matrix is empty: every flavor × region pair is excluded");
     }
     for (index, flavor) in fleet.flavors.iter().enumerate() {
-        let build_regions: Vec<&Region> = pairs
-            .iter()
-            .filter(|(f, _)| f.name == flavor.name)
-            .map(|(_, r)| *r)
-            .collect();
+        let build_regions: Vec<&Region> =
+            pairs.iter().filter(|(f, _)| f.name == flavor.name).map(|(_, r)| *r).collect();
         if matches!(flavor.source_ami, SourceAmi::Id(_)) && build_regions.len() > 1 {
             checker.problem(
                 KeyPath::root().key("flavor").index(index).key("source_ami").key("id"),
@@ -650,10 +507,7 @@ fn check_selection(checker: &mut Checker<'_>, fleet: &Fleet) {
         if name.len() < 3 || name.len() > 128 {
             checker.problem(
                 path.clone(),
-                format!(
-                    "renders `{name}` ({} characters); an AMI name must be 3 to 128",
-                    name.len()
-                ),
+                format!("renders `{name}` ({} characters); an AMI name must be 3 to 128", name.len()),
             );
         }
         let holding = std::iter::once(*build_region).chain(fleet.regions[*build_region].iter());
@@ -682,10 +536,7 @@ fn resolve_aws(checker: &mut Checker<'_>, raw: schema::AwsSection) -> AwsSetting
             );
         }
     }
-    AwsSettings {
-        profile: raw.profile,
-        endpoint_url: raw.endpoint_url,
-    }
+    AwsSettings { profile: raw.profile, endpoint_url: raw.endpoint_url }
 }
 
 fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSettings {
@@ -725,22 +576,14 @@ fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSetting
             })
             .collect()
     });
-    let ip_detect_url = raw
-        .ip_detect_url
-        .unwrap_or_else(|| DEFAULT_IP_DETECT_URL.to_string());
+    let ip_detect_url = raw.ip_detect_url.unwrap_or_else(|| DEFAULT_IP_DETECT_URL.to_string());
     if !ip_detect_url.starts_with("http://") {
         checker.problem(
             path.key("ip_detect_url"),
             "must be a plain http:// URL that answers with this machine's public address",
         );
     }
-    SshSettings {
-        host: raw.host,
-        port: raw.port.unwrap_or(22),
-        timeout,
-        source_cidrs,
-        ip_detect_url,
-    }
+    SshSettings { host: raw.host, port: raw.port.unwrap_or(22), timeout, source_cidrs, ip_detect_url }
 }
 
 fn resolve_limits(checker: &mut Checker<'_>, raw: schema::LimitsSection) -> Limits {
@@ -752,34 +595,19 @@ fn resolve_limits(checker: &mut Checker<'_>, raw: schema::LimitsSection) -> Limi
                 checker.problem(path.key("api").key(name).key("burst"), "must be at least 1");
             }
             if !(raw.per_second > 0.0 && raw.per_second.is_finite()) {
-                checker.problem(
-                    path.key("api").key(name).key("per_second"),
-                    "must be a positive number",
-                );
+                checker.problem(path.key("api").key(name).key("per_second"), "must be a positive number");
             }
             Bucket {
                 burst: raw.burst.max(1),
-                per_second: if raw.per_second > 0.0 {
-                    raw.per_second
-                } else {
-                    default.per_second
-                },
+                per_second: if raw.per_second > 0.0 { raw.per_second } else { default.per_second },
             }
         }
         None => default,
     };
     let api = ApiRates {
-        non_mutating: bucket(
-            "non_mutating",
-            raw.api.non_mutating,
-            defaults.api.non_mutating,
-        ),
+        non_mutating: bucket("non_mutating", raw.api.non_mutating, defaults.api.non_mutating),
         mutating: bucket("mutating", raw.api.mutating, defaults.api.mutating),
-        run_instances: bucket(
-            "run_instances",
-            raw.api.run_instances,
-            defaults.api.run_instances,
-        ),
+        run_instances: bucket("run_instances", raw.api.run_instances, defaults.api.run_instances),
         copy_image: bucket("copy_image", raw.api.copy_image, defaults.api.copy_image),
     };
     Limits {
@@ -807,21 +635,12 @@ impl Fleet {
     pub fn selected_pairs(&self) -> Vec<(&Flavor, &Region)> {
         let mut pairs = Vec::new();
         for flavor in &self.flavors {
-            let selected = self
-                .matrix
-                .flavors
-                .as_ref()
-                .is_none_or(|names| names.contains(&flavor.name));
+            let selected = self.matrix.flavors.as_ref().is_none_or(|names| names.contains(&flavor.name));
             if !selected {
                 continue;
             }
             for region in self.regions.keys() {
-                if !self
-                    .matrix
-                    .exclude
-                    .iter()
-                    .any(|exclusion| exclusion.matches(&flavor.name, region))
-                {
+                if !self.matrix.exclude.iter().any(|exclusion| exclusion.matches(&flavor.name, region)) {
                     pairs.push((flavor, region));
                 }
             }

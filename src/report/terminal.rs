@@ -12,9 +12,7 @@ pub struct TerminalReporter<W: Write + Send> {
 
 impl TerminalReporter<std::io::Stderr> {
     pub fn stderr() -> Self {
-        TerminalReporter {
-            out: std::io::stderr(),
-        }
+        TerminalReporter { out: std::io::stderr() }
     }
 }
 
@@ -25,45 +23,24 @@ impl<W: Write + Send> TerminalReporter<W> {
 
     fn line(&mut self, event: &RunEvent) -> Option<String> {
         Some(match event {
-            RunEvent::RunStarted {
-                fleet,
-                run_id,
-                builds,
-                copies,
-                ..
-            } => {
+            RunEvent::RunStarted { fleet, run_id, builds, copies, .. } => {
                 format!("==> fleet `{fleet}` run {run_id}: {builds} builds, {copies} copies")
             }
             RunEvent::Progress { job, detail, .. } => format!("==> {job}: {detail}"),
             RunEvent::Output { job, line, .. } => format!("{job}: {line}"),
             RunEvent::ImageAvailable { job, artifact, .. } => {
-                format!(
-                    "==> {job}: image {} `{}` is available",
-                    artifact.image_id, artifact.name
-                )
+                format!("==> {job}: image {} `{}` is available", artifact.image_id, artifact.name)
             }
             RunEvent::JobFailed(failure) => {
-                format!(
-                    "==> {}/{}: failed at {}: {}",
-                    failure.flavor, failure.region, failure.stage, failure.error
-                )
+                format!("==> {}/{}: failed at {}: {}", failure.flavor, failure.region, failure.stage, failure.error)
             }
-            RunEvent::CleanupFailed {
-                job,
-                resource,
-                error,
-            } => {
+            RunEvent::CleanupFailed { job, resource, error } => {
                 format!("==> {job}: could not clean up {resource}: {error}")
             }
             RunEvent::Interrupted { signal } => {
                 format!("==> {signal}: starting nothing new, cleaning up (send it again to exit at once)")
             }
-            RunEvent::RunFinished {
-                status,
-                succeeded,
-                failed,
-                ..
-            } => {
+            RunEvent::RunFinished { status, succeeded, failed, .. } => {
                 let status = match status {
                     RunStatus::Complete => "complete",
                     RunStatus::Partial => "partial",

@@ -14,11 +14,7 @@ use aws_sdk_ec2::Client;
 pub const SSH_USER: &str = "fbtest";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn wait_for_port(port: u16, what: &str, child: &mut Child) {
@@ -66,10 +62,7 @@ impl Moto {
             .spawn()
             .expect("moto_server starts");
         wait_for_port(port, "moto_server", &mut child);
-        Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }
+        Moto { child, endpoint: format!("http://127.0.0.1:{port}") }
     }
 
     /// An SDK client for `region`, as a user's deploy tooling would see the account.
@@ -100,15 +93,9 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start() -> Sshd {
-        assert!(
-            Path::new("/usr/sbin/sshd").exists(),
-            "/usr/sbin/sshd missing: run scripts/test.sh"
-        );
+        assert!(Path::new("/usr/sbin/sshd").exists(), "/usr/sbin/sshd missing: run scripts/test.sh");
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd (privilege separation directory)");
-        let dir = tempfile::Builder::new()
-            .prefix("fb-sshd")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("fb-sshd").tempdir().unwrap();
         let host_key = dir.path().join("host_ed25519");
         let status = Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])
@@ -139,11 +126,7 @@ impl Sshd {
             .spawn()
             .expect("sshd starts");
         wait_for_port(port, "sshd", &mut child);
-        Sshd {
-            child,
-            port,
-            _dir: dir,
-        }
+        Sshd { child, port, _dir: dir }
     }
 }
 
@@ -212,8 +195,133 @@ pub fn fleetbake(args: &[&str]) -> Outcome {
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// An HTTP proxy in front of moto that answers every `every`-th request with EC2's throttling error
+/// (HTTP 503, `RequestLimitExceeded`) instead of forwarding it.
+pub struct ThrottlingProxy {
+    pub endpoint: String,
+    throttled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ThrottlingProxy {
+    pub fn start(upstream: &str, every: usize) -> ThrottlingProxy {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let throttled = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&throttled);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let (upstream, requests, throttled) = (upstream.clone(), Arc::clone(&requests), Arc::clone(&counter));
+                std::thread::spawn(move || {
+                    let _ = proxy_connection(client, &upstream, |_| {
+                        let throttle = (requests.fetch_add(1, Ordering::SeqCst) + 1) % every == 0;
+                        if throttle {
+                            throttled.fetch_add(1, Ordering::SeqCst);
+                        }
+                        throttle
+                    });
+                });
+            }
+        });
+        ThrottlingProxy { endpoint, throttled }
+    }
+
+    pub fn throttled(&self) -> usize {
+        self.throttled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+const THROTTLED_BODY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
+    <Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors>\
+    <RequestID>fleetbake-test</RequestID></Response>";
+
+/// Serves one client connection request by request (keep-alive), forwarding or throttling each.
+fn proxy_connection(client: TcpStream, upstream: &str, mut throttle: impl FnMut(&[u8]) -> bool) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut client = client;
+    loop {
+        let mut head = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                return Ok(());
+            }
+            let end = line == b"\r\n";
+            head.extend_from_slice(&line);
+            if end {
+                break;
+            }
+        }
+        let head_text = String::from_utf8_lossy(&head).to_string();
+        let length = head_text
+            .lines()
+            .find_map(|line| {
+                line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        if throttle(&body) {
+            write!(
+                client,
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{THROTTLED_BODY}",
+                THROTTLED_BODY.len()
+            )?;
+            continue;
+        }
+        let mut forwarded = String::new();
+        for line in head_text.split("\r\n").filter(|line| !line.is_empty()) {
+            if !line.to_ascii_lowercase().starts_with("connection:") {
+                forwarded.push_str(line);
+                forwarded.push_str("\r\n");
+            }
+        }
+        forwarded.push_str("Connection: close\r\n\r\n");
+        let mut server = TcpStream::connect(upstream)?;
+        server.write_all(forwarded.as_bytes())?;
+        server.write_all(&body)?;
+        let mut response = Vec::new();
+        server.read_to_end(&mut response)?;
+        client.write_all(&response)?;
+        let closes = String::from_utf8_lossy(&response[..response.len().min(2048)])
+            .to_ascii_lowercase()
+            .contains("connection: close");
+        if closes {
+            return Ok(());
+        }
+    }
+}
+
+/// Answers every HTTP request with `body` (a stand-in for checkip.amazonaws.com).
+pub fn serve_text(body: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            let _ = write!(stream, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        }
+    });
+    url
+}
+
+/// A child process that is killed if the test fails before it ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -6,10 +6,15 @@ use serde_json::Value;
 use crate::cloud_state::*;
 use crate::harness::*;
 
-const UBUNTU: &str = r#"{ owners = ["099720109477"], name = "ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*" }"#;
+const UBUNTU: &str =
+    r#"{ owners = ["099720109477"], name = "ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*" }"#;
 const AL2023: &str = r#"{ owners = ["amazon"], name = "al2023-ami-2023.*-kernel-6.1-x86_64" }"#;
 
 fn fleet_header(moto: &Moto, sshd: &Sshd) -> String {
+    fleet_header_at(&moto.endpoint, sshd)
+}
+
+fn fleet_header_at(endpoint: &str, sshd: &Sshd) -> String {
     format!(
         r#"[fleet]
 name = "it"
@@ -31,13 +36,12 @@ port = {}
 timeout = "60s"
 source_cidrs = ["127.0.0.1/32"]
 "#,
-        moto.endpoint, sshd.port
+        endpoint, sshd.port
     )
 }
 
 fn read_manifest(workspace: &Workspace) -> Value {
-    let text = std::fs::read_to_string(workspace.path("out/manifest.json"))
-        .expect("the manifest was written");
+    let text = std::fs::read_to_string(workspace.path("out/manifest.json")).expect("the manifest was written");
     serde_json::from_str(&text).expect("the manifest is JSON")
 }
 
@@ -87,19 +91,11 @@ fn two_flavors_two_build_regions_baked_copied_and_cleaned_up() {
 
     // Provisioner output is streamed with the job's prefix.
     assert!(
-        outcome
-            .stderr
-            .contains("ubuntu-docker/us-west-2: provisioning ubuntu-docker in us-west-2"),
+        outcome.stderr.contains("ubuntu-docker/us-west-2: provisioning ubuntu-docker in us-west-2"),
         "{}",
         outcome.stderr
     );
-    assert!(
-        outcome
-            .stderr
-            .contains("al2023-base/eu-central-1: a line on stderr"),
-        "{}",
-        outcome.stderr
-    );
+    assert!(outcome.stderr.contains("al2023-base/eu-central-1: a line on stderr"), "{}", outcome.stderr);
 
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["version"], 1);
@@ -116,85 +112,47 @@ fn two_flavors_two_build_regions_baked_copied_and_cleaned_up() {
             "baked by fleetbake\n"
         );
         for region in ["us-west-2", "eu-central-1"] {
-            let marker =
-                std::fs::read_to_string(workspace.markers.join(format!("{flavor}.{region}")))
-                    .unwrap();
+            let marker = std::fs::read_to_string(workspace.markers.join(format!("{flavor}.{region}"))).unwrap();
             assert_eq!(marker, format!("{run_id} hello 'world'\n"));
-            let inline = std::fs::read_to_string(
-                workspace.markers.join(format!("{flavor}.{region}.inline")),
-            )
-            .unwrap();
+            let inline = std::fs::read_to_string(workspace.markers.join(format!("{flavor}.{region}.inline"))).unwrap();
             assert_eq!(inline, "inline-ran\n");
         }
     }
 
-    let builds = [
-        ("us-west-2", ["us-east-1", "eu-west-1"]),
-        ("eu-central-1", ["ap-southeast-2", "sa-east-1"]),
-    ];
+    let builds = [("us-west-2", ["us-east-1", "eu-west-1"]), ("eu-central-1", ["ap-southeast-2", "sa-east-1"])];
     runtime().block_on(async {
         for (build_region, targets) in builds {
             for region in std::iter::once(build_region).chain(targets) {
                 let client = moto.client(region);
                 let images = images_of_run(&client, &run_id).await;
-                assert_eq!(
-                    images.len(),
-                    2,
-                    "one image per flavor in {region}: {images:?}"
-                );
+                assert_eq!(images.len(), 2, "one image per flavor in {region}: {images:?}");
                 for flavor in ["ubuntu-docker", "al2023-base"] {
                     let entry = &manifest["artifacts"][flavor][region];
-                    let image_id = entry["image_id"]
-                        .as_str()
-                        .unwrap_or_else(|| panic!("manifest lacks {flavor}/{region}"));
-                    let image = images
-                        .iter()
-                        .find(|image| image.id == image_id)
-                        .expect("the manifest's image exists there");
+                    let image_id =
+                        entry["image_id"].as_str().unwrap_or_else(|| panic!("manifest lacks {flavor}/{region}"));
+                    let image =
+                        images.iter().find(|image| image.id == image_id).expect("the manifest's image exists there");
                     let name = format!("{flavor}-{build_region}-{run_id}");
                     assert_eq!(image.name, name);
                     assert_eq!(entry["name"], name.as_str());
                     assert_eq!(entry["build_region"], build_region);
-                    assert_eq!(
-                        images_named(&client, &name).await.len(),
-                        1,
-                        "exactly one {name} in {region}"
-                    );
+                    assert_eq!(images_named(&client, &name).await.len(), 1, "exactly one {name} in {region}");
                     assert_eq!(image.tags["fleetbake:fleet"], "it");
                     assert_eq!(image.tags["fleetbake:flavor"], flavor);
                     assert_eq!(image.tags["fleetbake:run-id"], run_id);
-                    assert_eq!(
-                        image.tags["fleetbake:source-image-id"],
-                        entry["source_image_id"].as_str().unwrap()
-                    );
+                    assert_eq!(image.tags["fleetbake:source-image-id"], entry["source_image_id"].as_str().unwrap());
                     assert_eq!(image.tags["ManagedBy"], "fleetbake");
                     assert_eq!(image.tags["Team"], "platform");
                     assert_eq!(
                         image.tags.get("OS_Flavor").map(String::as_str),
                         (flavor == "ubuntu-docker").then_some("Ubuntu")
                     );
-                    let snapshots: Vec<&str> = entry["snapshot_ids"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|s| s.as_str().unwrap())
-                        .collect();
-                    assert_eq!(
-                        snapshots,
-                        image
-                            .snapshot_ids
-                            .iter()
-                            .map(String::as_str)
-                            .collect::<Vec<_>>()
-                    );
+                    let snapshots: Vec<&str> =
+                        entry["snapshot_ids"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+                    assert_eq!(snapshots, image.snapshot_ids.iter().map(String::as_str).collect::<Vec<_>>());
                     if region == build_region {
                         for snapshot in &image.snapshot_ids {
-                            assert_eq!(
-                                snapshot_tags(&client, snapshot)
-                                    .await
-                                    .get("fleetbake:run-id"),
-                                Some(&run_id)
-                            );
+                            assert_eq!(snapshot_tags(&client, snapshot).await.get("fleetbake:run-id"), Some(&run_id));
                         }
                     }
                 }
@@ -226,11 +184,7 @@ fn a_failing_provisioner_fails_only_its_flavor() {
 
     let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
-    assert!(
-        outcome.stderr.contains("bad/us-west-2: about to fail"),
-        "{}",
-        outcome.stderr
-    );
+    assert!(outcome.stderr.contains("bad/us-west-2: about to fail"), "{}", outcome.stderr);
     assert!(!outcome.stderr.contains("never"), "{}", outcome.stderr);
 
     let manifest = read_manifest(&workspace);
@@ -240,47 +194,22 @@ fn a_failing_provisioner_fails_only_its_flavor() {
     assert!(manifest["artifacts"].get("bad").is_none());
     let failures = manifest["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 2, "{failures:?}");
-    let build_failure = failures
-        .iter()
-        .find(|f| f["region"] == "us-west-2")
-        .unwrap();
+    let build_failure = failures.iter().find(|f| f["region"] == "us-west-2").unwrap();
     assert_eq!(build_failure["flavor"], "bad");
     assert_eq!(build_failure["stage"], "provision");
-    assert!(
-        build_failure["error"]
-            .as_str()
-            .unwrap()
-            .contains("exited with status 3"),
-        "{build_failure}"
-    );
-    let copy_failure = failures
-        .iter()
-        .find(|f| f["region"] == "us-east-1")
-        .unwrap();
+    assert!(build_failure["error"].as_str().unwrap().contains("exited with status 3"), "{build_failure}");
+    let copy_failure = failures.iter().find(|f| f["region"] == "us-east-1").unwrap();
     assert_eq!(copy_failure["stage"], "skipped");
 
     let run_id = manifest["run_id"].as_str().unwrap().to_string();
     runtime().block_on(async {
         let west = moto.client("us-west-2");
         let images = images_of_run(&west, &run_id).await;
-        assert_eq!(
-            images.len(),
-            1,
-            "only the good flavor made an image: {images:?}"
-        );
+        assert_eq!(images.len(), 1, "only the good flavor made an image: {images:?}");
         assert_eq!(images[0].tags["fleetbake:flavor"], "good");
-        assert_eq!(
-            images_of_run(&moto.client("us-east-1"), &run_id)
-                .await
-                .len(),
-            1
-        );
+        assert_eq!(images_of_run(&moto.client("us-east-1"), &run_id).await.len(), 1);
         assert_nothing_temporary_left(&west, "us-west-2").await;
-        assert_eq!(
-            instances(&west).await.len(),
-            2,
-            "both flavors launched an instance"
-        );
+        assert_eq!(instances(&west).await.len(), 2, "both flavors launched an instance");
     });
 }
 
@@ -305,10 +234,7 @@ fn a_source_filter_that_matches_nothing_fails_before_creating_anything() {
     assert_eq!(failures[0]["stage"], "source_ami");
     assert_eq!(failures[0]["region"], "us-west-2");
     let error = failures[0]["error"].as_str().unwrap();
-    assert!(
-        error.contains("no image owned by amazon matches `fleetbake-no-such-image-*` in us-west-2"),
-        "{error}"
-    );
+    assert!(error.contains("no image owned by amazon matches `fleetbake-no-such-image-*` in us-west-2"), "{error}");
     runtime().block_on(async {
         let west = moto.client("us-west-2");
         assert!(instances(&west).await.is_empty());
@@ -324,13 +250,19 @@ fn sigint_during_provisioning_cleans_up_and_keeps_finished_images() {
     let moto = Moto::start();
     let sshd = Sshd::start();
     let workspace = Workspace::new();
+    // No `source_cidrs`: the address comes from the detection URL.
+    let detect_url = serve_text("203.0.113.9\n");
+    let header = fleet_header(&moto, &sshd)
+        .replace("source_cidrs = [\"127.0.0.1/32\"]", &format!("ip_detect_url = \"{detect_url}\""));
+    let tmp = workspace.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
     let fleet = format!(
         "{}\n[limits]\nmax_parallel_builds = 1\n\n\
          [[flavor]]\nname = \"quick\"\nsource_ami = {AL2023}\n\n\
          [[flavor]]\nname = \"slow\"\nsource_ami = {AL2023}\n\
          provisioners = [{{ type = \"shell\", inline = [\"echo sleeping now\", \"sleep 120\"] }}]\n\n\
          [regions]\nus-west-2 = []\n",
-        fleet_header(&moto, &sshd),
+        header,
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let mut child = Command::new(env!("CARGO_BIN_EXE_fleetbake"))
@@ -338,37 +270,51 @@ fn sigint_during_provisioning_cleans_up_and_keeps_finished_images() {
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("TMPDIR", &tmp)
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut child = KillOnDrop(child);
     let mut seen = String::new();
     loop {
         let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "fleetbake ended before provisioning:\n{seen}"
-        );
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "fleetbake ended before provisioning:\n{seen}");
         seen.push_str(&line);
         // One build at a time: `quick` is done before `slow` starts.
         if line.contains("slow/us-west-2: sleeping now") {
             break;
         }
     }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    // Mid-build: the temporary security group lets in only the detected address, on port 22 only,
+    // and the private key sits in a private directory, readable by its owner only.
+    runtime().block_on(async {
+        let groups = moto.client("us-west-2").describe_security_groups().send().await.unwrap();
+        let ours: Vec<_> =
+            groups.security_groups().iter().filter(|g| g.group_name().unwrap().starts_with("fleetbake-")).collect();
+        assert_eq!(ours.len(), 1);
+        let permissions = ours[0].ip_permissions();
+        assert_eq!(permissions.len(), 1, "{permissions:?}");
+        assert_eq!((permissions[0].from_port(), permissions[0].to_port()), (Some(22), Some(22)));
+        let cidrs: Vec<_> = permissions[0].ip_ranges().iter().map(|r| r.cidr_ip().unwrap()).collect();
+        assert_eq!(cidrs, ["203.0.113.9/32"]);
+        assert!(permissions[0].ipv6_ranges().is_empty());
+    });
+    let key_dirs: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|entry| entry.unwrap().path()).collect();
+    assert_eq!(key_dirs.len(), 1, "{key_dirs:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key_dirs[0]).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(key_dirs[0].join("key")).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let status = Command::new("kill").args(["-INT", &child.0.id().to_string()]).status().unwrap();
     assert!(status.success());
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    let exit = child.wait().unwrap();
+    let exit = child.0.wait().unwrap();
     assert_eq!(exit.code(), Some(130), "stderr:\n{seen}{rest}");
-    assert!(
-        rest.contains("SIGINT: starting nothing new, cleaning up"),
-        "{rest}"
-    );
+    assert!(rest.contains("SIGINT: starting nothing new, cleaning up"), "{rest}");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "the private key's directory is removed");
 
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["status"], "partial");
@@ -381,10 +327,33 @@ fn sigint_during_provisioning_cleans_up_and_keeps_finished_images() {
         let west = moto.client("us-west-2");
         assert_nothing_temporary_left(&west, "us-west-2").await;
         let run_id = manifest["run_id"].as_str().unwrap();
-        assert_eq!(
-            images_of_run(&west, run_id).await.len(),
-            1,
-            "only the finished image exists"
-        );
+        assert_eq!(images_of_run(&west, run_id).await.len(), 1, "only the finished image exists");
     });
+}
+
+#[test]
+fn throttled_requests_are_retried_and_never_reach_the_user() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let proxy = ThrottlingProxy::start(&moto.endpoint, 3);
+    let workspace = Workspace::new();
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"true\"] }}]\n\n\
+         [regions]\nus-west-2 = [\"us-east-1\"]\n",
+        fleet_header_at(&proxy.endpoint, &sshd),
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let outcome = fleetbake(&["-v", "matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    assert!(proxy.throttled() >= 5, "every third call was throttled: {}", proxy.throttled());
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "complete");
+    assert!(manifest["artifacts"]["base"]["us-east-1"]["image_id"].is_string());
+    // Retries are logged at debug level; no error or failure mentions throttling.
+    assert!(outcome.stderr.contains("retrying after"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("run complete: 2 jobs succeeded, 0 failed"), "{}", outcome.stderr);
+    assert!(!outcome.stderr.contains("failed at"), "{}", outcome.stderr);
+    assert!(!outcome.stderr.contains("PRIVATE KEY"), "no key material in the logs");
+    runtime().block_on(assert_nothing_temporary_left(&moto.client("us-west-2"), "us-west-2"));
 }

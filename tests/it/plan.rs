@@ -37,8 +37,7 @@ exclude = [{ flavor = "al2023", region = "eu-central-1" }]
 "#;
 
 fn load() -> config::Fleet {
-    config::parse(Path::new("/fleets/fleet.toml"), FLEET)
-        .unwrap_or_else(|errors| panic!("{errors}"))
+    config::parse(Path::new("/fleets/fleet.toml"), FLEET).unwrap_or_else(|errors| panic!("{errors}"))
 }
 
 #[test]
@@ -48,20 +47,14 @@ fn defaults_are_inherited_and_overridden() {
     assert_eq!(ubuntu.instance_type, "t3.small");
     assert_eq!(ubuntu.ssh_username, "ubuntu");
     assert_eq!(ubuntu.tags["ManagedBy"], "fleetbake");
-    assert_eq!(
-        ubuntu.tags["Tier"], "docker",
-        "the flavor's tag wins over the default"
-    );
+    assert_eq!(ubuntu.tags["Tier"], "docker", "the flavor's tag wins over the default");
     assert!(
         matches!(&ubuntu.provisioners[0], Provisioner::Shell { script: ShellScript::Inline(lines), env } if lines == &["true"] && env["A"] == "b")
     );
     let al2023 = &fleet.flavors[1];
     assert_eq!(al2023.instance_type, "t3.large");
     assert_eq!(al2023.ssh_username, "ec2-user");
-    assert_eq!(
-        al2023.source_ami,
-        SourceAmi::Id("ami-0123456789abcdef0".into())
-    );
+    assert_eq!(al2023.source_ami, SourceAmi::Id("ami-0123456789abcdef0".into()));
     assert_eq!(fleet.manifest_path, Path::new("/fleets/manifest.json"));
     assert_eq!(fleet.ssh.port, 22);
     assert_eq!(fleet.limits.max_parallel_builds, 8);
@@ -79,11 +72,7 @@ fn plan_expands_the_matrix() {
     while let Some(job) = queue.pop_ready() {
         ready.push(job);
     }
-    assert_eq!(
-        ready,
-        vec![JobId::Build(0), JobId::Build(1), JobId::Build(2)],
-        "only builds start first"
-    );
+    assert_eq!(ready, vec![JobId::Build(0), JobId::Build(1), JobId::Build(2)], "only builds start first");
     queue.satisfied(&JobId::Build(2));
     assert_eq!(queue.pop_ready(), Some(JobId::Copy(2)));
     assert_eq!(queue.pop_ready(), Some(JobId::Copy(3)));

@@ -30,116 +30,47 @@ fn validate(fleet: &str) -> (i32, String) {
     let path = workspace.write("fleet.toml", fleet);
     let outcome = fleetbake(&["validate", path.to_str().unwrap()]);
     let dir = workspace.dir.path().display().to_string();
-    (
-        outcome.code,
-        outcome.stderr.replace(&dir, "[DIR]") + &outcome.stdout.replace(&dir, "[DIR]"),
-    )
+    (outcome.code, outcome.stderr.replace(&dir, "[DIR]") + &outcome.stdout.replace(&dir, "[DIR]"))
 }
 
 #[test]
 fn a_good_fleet_validates() {
     let (code, output) = validate(GOOD);
     assert_eq!(code, 0, "{output}");
-    assert_eq!(
-        output,
-        "[DIR]/fleet.toml: ok: 1 flavors, 2 build regions, 2 builds, 1 copies\n"
-    );
+    assert_eq!(output, "[DIR]/fleet.toml: ok: 1 flavors, 2 build regions, 2 builds, 1 copies\n");
 }
 
 #[test]
 fn errors_name_file_line_and_key() {
     let cases: &[(&str, &[(&str, &str)])] = &[
-        (
-            "unknown key",
-            &[(
-                "instance_type = \"t3.small\"",
-                "instnce_type = \"t3.small\"",
-            )],
-        ),
-        (
-            "unknown flavor in matrix",
-            &[("[aws]", "[matrix]\nflavors = [\"base\", \"bsae\"]\n\n[aws]")],
-        ),
-        (
-            "unknown region in exclude",
-            &[(
-                "[aws]",
-                "[matrix]\nexclude = [{ region = \"ap-south-1\" }]\n\n[aws]",
-            )],
-        ),
-        (
-            "empty matrix",
-            &[(
-                "[aws]",
-                "[matrix]\nexclude = [{ flavor = \"base\" }]\n\n[aws]",
-            )],
-        ),
-        (
-            "missing script",
-            &[("script = \"setup.sh\"", "script = \"scripts/missing.sh\"")],
-        ),
-        (
-            "bad placeholder",
-            &[(
-                "{flavor}-{build_region}-{timestamp}",
-                "{flavour}-{timestamp}",
-            )],
-        ),
-        (
-            "fixed name",
-            &[(
-                "{flavor}-{build_region}-{timestamp}",
-                "{flavor}-{build_region}",
-            )],
-        ),
+        ("unknown key", &[("instance_type = \"t3.small\"", "instnce_type = \"t3.small\"")]),
+        ("unknown flavor in matrix", &[("[aws]", "[matrix]\nflavors = [\"base\", \"bsae\"]\n\n[aws]")]),
+        ("unknown region in exclude", &[("[aws]", "[matrix]\nexclude = [{ region = \"ap-south-1\" }]\n\n[aws]")]),
+        ("empty matrix", &[("[aws]", "[matrix]\nexclude = [{ flavor = \"base\" }]\n\n[aws]")]),
+        ("missing script", &[("script = \"setup.sh\"", "script = \"scripts/missing.sh\"")]),
+        ("bad placeholder", &[("{flavor}-{build_region}-{timestamp}", "{flavour}-{timestamp}")]),
+        ("fixed name", &[("{flavor}-{build_region}-{timestamp}", "{flavor}-{build_region}")]),
         (
             "names collide",
             &[
-                (
-                    "{flavor}-{build_region}-{timestamp}",
-                    "{flavor}-{timestamp}",
-                ),
+                ("{flavor}-{build_region}-{timestamp}", "{flavor}-{timestamp}"),
                 ("eu-central-1 = []", "eu-central-1 = [\"us-east-1\"]"),
             ],
         ),
-        (
-            "bare address",
-            &[("[aws]", "[ssh]\nsource_cidrs = [\"198.51.100.7\"]\n\n[aws]")],
-        ),
-        (
-            "bad duration",
-            &[("[aws]", "[ssh]\ntimeout = \"ten minutes\"\n\n[aws]")],
-        ),
-        (
-            "filter without owners",
-            &[("owners = [\"amazon\"], name", "name")],
-        ),
-        (
-            "unknown provisioner type",
-            &[("type = \"shell\"", "type = \"ansible\"")],
-        ),
-        (
-            "bad region name",
-            &[("eu-central-1 = []", "eu-central = []")],
-        ),
-        (
-            "copy to itself",
-            &[("us-west-2 = [\"us-east-1\"]", "us-west-2 = [\"us-west-2\"]")],
-        ),
+        ("bare address", &[("[aws]", "[ssh]\nsource_cidrs = [\"198.51.100.7\"]\n\n[aws]")]),
+        ("bad duration", &[("[aws]", "[ssh]\ntimeout = \"ten minutes\"\n\n[aws]")]),
+        ("filter without owners", &[("owners = [\"amazon\"], name", "name")]),
+        ("unknown provisioner type", &[("type = \"shell\"", "type = \"ansible\"")]),
+        ("bad region name", &[("eu-central-1 = []", "eu-central = []")]),
+        ("copy to itself", &[("us-west-2 = [\"us-east-1\"]", "us-west-2 = [\"us-west-2\"]")]),
         ("TOML syntax", &[("[regions]", "[regions")]),
-        (
-            "wrong type",
-            &[("us-west-2 = [\"us-east-1\"]", "us-west-2 = \"us-east-1\"")],
-        ),
+        ("wrong type", &[("us-west-2 = [\"us-east-1\"]", "us-west-2 = \"us-east-1\"")]),
     ];
     let mut report = String::new();
     for (name, edits) in cases {
         let mut fleet = GOOD.to_string();
         for (from, to) in *edits {
-            assert!(
-                fleet.contains(from),
-                "case `{name}` edits text the good fleet has"
-            );
+            assert!(fleet.contains(from), "case `{name}` edits text the good fleet has");
             fleet = fleet.replacen(from, to, 1);
         }
         let (code, output) = validate(&fleet);
@@ -153,16 +84,11 @@ fn errors_name_file_line_and_key() {
 fn matrix_refuses_bad_input_before_any_aws_call() {
     // The endpoint is a closed port: reaching it would fail differently (and slowly).
     let workspace = Workspace::new();
-    let path = workspace.write(
-        "fleet.toml",
-        &GOOD.replacen("instance_type", "instance_typo", 1),
-    );
+    let path = workspace.write("fleet.toml", &GOOD.replacen("instance_type", "instance_typo", 1));
     let outcome = fleetbake(&["matrix", path.to_str().unwrap()]);
     assert_eq!(outcome.code, 2, "{}", outcome.stderr);
     assert!(
-        outcome
-            .stderr
-            .contains("fleet.toml:6:1: `defaults.instance_typo`: unknown field `instance_typo`"),
+        outcome.stderr.contains("fleet.toml:6:1: `defaults.instance_typo`: unknown field `instance_typo`"),
         "{}",
         outcome.stderr
     );
@@ -173,13 +99,7 @@ fn matrix_refuses_bad_input_before_any_aws_call() {
 fn a_missing_fleet_file_is_bad_input() {
     let outcome = fleetbake(&["validate", "/nonexistent/fleet.toml"]);
     assert_eq!(outcome.code, 2);
-    assert!(
-        outcome
-            .stderr
-            .contains("/nonexistent/fleet.toml: cannot read the fleet file"),
-        "{}",
-        outcome.stderr
-    );
+    assert!(outcome.stderr.contains("/nonexistent/fleet.toml: cannot read the fleet file"), "{}", outcome.stderr);
 }
 
 #[test]
