@@ -240,10 +240,8 @@ impl Scheduler {
                 let slots = self.limits.builds();
                 tasks
                     .spawn(async move {
-                        let _slot = tokio::select! {
-                            biased;
-                            () = stop_starting.cancelled() => return not_started(),
-                            slot = slots.acquire_owned() => slot,
+                        let Some(_slot) = acquire_slot(&stop_starting, slots).await else {
+                            return not_started();
                         };
                         let outcome = build::run(context, |artifact| announce.image_available(artifact)).await;
                         (job, outcome.failures)
@@ -265,10 +263,8 @@ impl Scheduler {
                 };
                 tasks
                     .spawn(async move {
-                        let _slot = tokio::select! {
-                            biased;
-                            () = stop_starting.cancelled() => return not_started(),
-                            slot = slots.acquire_owned() => slot,
+                        let Some(_slot) = acquire_slot(&stop_starting, slots).await else {
+                            return not_started();
                         };
                         match copy::run(context).await {
                             Ok(artifact) => {
@@ -306,6 +302,18 @@ impl Scheduler {
             interrupted: state.interrupted,
             abandoned,
         }
+    }
+}
+
+/// Waits for a concurrency slot; `None` if the run stops starting jobs first.
+async fn acquire_slot(
+    stop_starting: &CancellationToken,
+    slots: Arc<tokio::sync::Semaphore>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    tokio::select! {
+        biased;
+        () = stop_starting.cancelled() => None,
+        slot = slots.acquire_owned() => Some(slot.expect("the run's semaphores are never closed")),
     }
 }
 

@@ -22,6 +22,22 @@ use super::*;
 use crate::config::AwsSettings;
 use crate::limiter::{RegionLimiter, RunLimits};
 
+/// Sends one request built from the region's client through the limiter, mapping the SDK's error.
+/// `ec2_call!(self, Action::X, |client| client.x().field(..))` evaluates to `CloudResult<XOutput>`.
+macro_rules! ec2_call {
+    ($region:ident, $action:expr, |$client:ident| $request:expr) => {{
+        let action = $action;
+        $region
+            .limiter
+            .call(action, || {
+                let $client = &$region.client;
+                let request = $request;
+                async move { request.send().await.map_err(|error| $region.error(action, error)) }
+            })
+            .await
+    }};
+}
+
 /// EC2 in every region, through aws-sdk-ec2.
 pub struct AwsCloud {
     sdk: aws_config::SdkConfig,
@@ -135,20 +151,17 @@ impl RegionCloud for AwsRegion {
 
     async fn find_images(&self, filter: &ImageFilter) -> CloudResult<Vec<ImageSummary>> {
         let action = Action::DescribeImages;
-        let output = self
-            .limiter
-            .call(action, || {
-                let mut request = self
-                    .client
-                    .describe_images()
-                    .set_owners(Some(filter.owners.clone()))
-                    .filters(Filter::builder().name("name").values(&filter.name_pattern).build());
-                if let Some(architecture) = &filter.architecture {
-                    request = request.filters(Filter::builder().name("architecture").values(architecture).build());
-                }
-                async move { request.send().await.map_err(|error| self.error(action, error)) }
-            })
-            .await?;
+        let output = ec2_call!(self, action, |client| {
+            let mut request = client
+                .describe_images()
+                .set_owners(Some(filter.owners.clone()))
+                .filters(Filter::builder().name("name").values(&filter.name_pattern).build())
+                .filters(Filter::builder().name("state").values("available").build());
+            if let Some(architecture) = &filter.architecture {
+                request = request.filters(Filter::builder().name("architecture").values(architecture).build());
+            }
+            request
+        })?;
         Ok(output
             .images()
             .iter()
@@ -166,13 +179,7 @@ impl RegionCloud for AwsRegion {
     async fn describe_images(&self, ids: &[ImageId]) -> CloudResult<Vec<ImageStatus>> {
         let action = Action::DescribeImages;
         let ids: Vec<String> = ids.iter().map(|id| id.0.clone()).collect();
-        let result = self
-            .limiter
-            .call(action, || {
-                let request = self.client.describe_images().set_image_ids(Some(ids.clone()));
-                async move { request.send().await.map_err(|error| self.error(action, error)) }
-            })
-            .await;
+        let result = ec2_call!(self, action, |client| client.describe_images().set_image_ids(Some(ids.clone())));
         let output = match result {
             Ok(output) => output,
             Err(error) if error.kind == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -198,13 +205,7 @@ impl RegionCloud for AwsRegion {
 
     async fn subnet_vpc(&self, subnet_id: &str) -> CloudResult<VpcId> {
         let action = Action::DescribeSubnets;
-        let output = self
-            .limiter
-            .call(action, || {
-                let request = self.client.describe_subnets().subnet_ids(subnet_id);
-                async move { request.send().await.map_err(|error| self.error(action, error)) }
-            })
-            .await?;
+        let output = ec2_call!(self, action, |client| client.describe_subnets().subnet_ids(subnet_id))?;
         output
             .subnets()
             .first()
@@ -215,30 +216,18 @@ impl RegionCloud for AwsRegion {
 
     async fn create_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey> {
         let action = Action::CreateKeyPair;
-        let output = self
-            .limiter
-            .call(action, || {
-                let request = self
-                    .client
-                    .create_key_pair()
-                    .key_name(name.as_str())
-                    .key_type(KeyType::Rsa)
-                    .tag_specifications(tag_specification(ResourceType::KeyPair, tags));
-                async move { request.send().await.map_err(|error| self.error(action, error)) }
-            })
-            .await?;
+        let output = ec2_call!(self, action, |client| client
+            .create_key_pair()
+            .key_name(name.as_str())
+            .key_type(KeyType::Rsa)
+            .tag_specifications(tag_specification(ResourceType::KeyPair, tags)))?;
         let material = output.key_material().ok_or_else(|| self.missing(action, "key material"))?;
         Ok(PrivateKey::new(material.to_string()))
     }
 
     async fn delete_key_pair(&self, name: &KeyPairName) -> CloudResult<()> {
         let action = Action::DeleteKeyPair;
-        self.limiter
-            .call(action, || {
-                let request = self.client.delete_key_pair().key_name(name.as_str());
-                async move { request.send().await.map_err(|error| self.error(action, error)) }
-            })
-            .await?;
+        ec2_call!(self, action, |client| client.delete_key_pair().key_name(name.as_str()))?;
         Ok(())
     }
 
@@ -250,19 +239,12 @@ impl RegionCloud for AwsRegion {
         tags: &Tags,
     ) -> CloudResult<SecurityGroupId> {
         let action = Action::CreateSecurityGroup;
-        let output = self
-            .limiter
-            .call(action, || {
-                let request = self
-                    .client
-                    .create_security_group()
-                    .group_name(name)
-                    .description(description)
-                    .set_vpc_id(vpc.map(|vpc| vpc.0.clone()))
-                    .tag_specifications(tag_specification(ResourceType::SecurityGroup, tags));
-                async move { request.send().await.map_err(|error| self.error(action, error)) }
-            })
-            .await?;
+        let output = ec2_call!(self, action, |client| client
+            .create_security_group()
+            .group_name(name)
+            .description(description)
+            .set_vpc_id(vpc.map(|vpc| vpc.0.clone()))
+            .tag_specifications(tag_specification(ResourceType::SecurityGroup, tags)))?;
         output.group_id().map(|id| SecurityGroupId(id.to_string())).ok_or_else(|| self.missing(action, "group id"))
     }
 
@@ -279,63 +261,48 @@ impl RegionCloud for AwsRegion {
             };
         }
         let permission = permission.build();
-        self.limiter
-            .call(action, || {
-                let request = self
-                    .client
-                    .authorize_security_group_ingress()
-                    .group_id(group.as_str())
-                    .ip_permissions(permission.clone());
-                async move { request.send().await.map_err(|error| self.error(action, error)) }
-            })
-            .await?;
+        ec2_call!(self, action, |client| client
+            .authorize_security_group_ingress()
+            .group_id(group.as_str())
+            .ip_permissions(permission.clone()))?;
         Ok(())
     }
 
     async fn delete_security_group(&self, group: &SecurityGroupId) -> CloudResult<()> {
         let action = Action::DeleteSecurityGroup;
-        self.limiter
-            .call(action, || {
-                let request = self.client.delete_security_group().group_id(group.as_str());
-                async move { request.send().await.map_err(|error| self.error(action, error)) }
-            })
-            .await?;
+        ec2_call!(self, action, |client| client.delete_security_group().group_id(group.as_str()))?;
         Ok(())
     }
 
     async fn run_instance(&self, spec: &LaunchSpec) -> CloudResult<InstanceId> {
         let action = Action::RunInstances;
-        let output = self
-            .limiter
-            .call(action, || {
-                let mut request = self
-                    .client
-                    .run_instances()
-                    .image_id(spec.image_id.as_str())
-                    .instance_type(spec.instance_type.as_str().into())
-                    .min_count(1)
-                    .max_count(1)
-                    .key_name(spec.key_name.as_str())
-                    .client_token(&spec.client_token)
-                    .tag_specifications(tag_specification(ResourceType::Instance, &spec.tags))
-                    .tag_specifications(tag_specification(ResourceType::Volume, &spec.tags));
-                request = match (&spec.subnet_id, spec.associate_public_ip) {
-                    (subnet, Some(associate)) => request.network_interfaces(
-                        InstanceNetworkInterfaceSpecification::builder()
-                            .device_index(0)
-                            .set_subnet_id(subnet.clone())
-                            .associate_public_ip_address(associate)
-                            .groups(spec.security_group.as_str())
-                            .delete_on_termination(true)
-                            .build(),
-                    ),
-                    (subnet, None) => {
-                        request.set_subnet_id(subnet.clone()).security_group_ids(spec.security_group.as_str())
-                    }
-                };
-                async move { request.send().await.map_err(|error| self.error(action, error)) }
-            })
-            .await?;
+        let output = ec2_call!(self, action, |client| {
+            let mut request = client
+                .run_instances()
+                .image_id(spec.image_id.as_str())
+                .instance_type(spec.instance_type.as_str().into())
+                .min_count(1)
+                .max_count(1)
+                .key_name(spec.key_name.as_str())
+                .client_token(&spec.client_token)
+                .tag_specifications(tag_specification(ResourceType::Instance, &spec.tags))
+                .tag_specifications(tag_specification(ResourceType::Volume, &spec.tags));
+            request = match (&spec.subnet_id, spec.associate_public_ip) {
+                (subnet, Some(associate)) => request.network_interfaces(
+                    InstanceNetworkInterfaceSpecification::builder()
+                        .device_index(0)
+                        .set_subnet_id(subnet.clone())
+                        .associate_public_ip_address(associate)
+                        .groups(spec.security_group.as_str())
+                        .delete_on_termination(true)
+                        .build(),
+                ),
+                (subnet, None) => {
+                    request.set_subnet_id(subnet.clone()).security_group_ids(spec.security_group.as_str())
+                }
+            };
+            request
+        })?;
         output
             .instances()
             .first()
@@ -347,13 +314,7 @@ impl RegionCloud for AwsRegion {
     async fn describe_instances(&self, ids: &[InstanceId]) -> CloudResult<Vec<InstanceStatus>> {
         let action = Action::DescribeInstances;
         let ids: Vec<String> = ids.iter().map(|id| id.0.clone()).collect();
-        let result = self
-            .limiter
-            .call(action, || {
-                let request = self.client.describe_instances().set_instance_ids(Some(ids.clone()));
-                async move { request.send().await.map_err(|error| self.error(action, error)) }
-            })
-            .await;
+        let result = ec2_call!(self, action, |client| client.describe_instances().set_instance_ids(Some(ids.clone())));
         let output = match result {
             Ok(output) => output,
             Err(error) if error.kind == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -385,23 +346,13 @@ impl RegionCloud for AwsRegion {
 
     async fn stop_instance(&self, id: &InstanceId) -> CloudResult<()> {
         let action = Action::StopInstances;
-        self.limiter
-            .call(action, || {
-                let request = self.client.stop_instances().instance_ids(id.as_str());
-                async move { request.send().await.map_err(|error| self.error(action, error)) }
-            })
-            .await?;
+        ec2_call!(self, action, |client| client.stop_instances().instance_ids(id.as_str()))?;
         Ok(())
     }
 
     async fn terminate_instance(&self, id: &InstanceId) -> CloudResult<()> {
         let action = Action::TerminateInstances;
-        self.limiter
-            .call(action, || {
-                let request = self.client.terminate_instances().instance_ids(id.as_str());
-                async move { request.send().await.map_err(|error| self.error(action, error)) }
-            })
-            .await?;
+        ec2_call!(self, action, |client| client.terminate_instances().instance_ids(id.as_str()))?;
         Ok(())
     }
 
@@ -413,51 +364,34 @@ impl RegionCloud for AwsRegion {
         tags: &Tags,
     ) -> CloudResult<ImageId> {
         let action = Action::CreateImage;
-        let output = self
-            .limiter
-            .call(action, || {
-                let request = self
-                    .client
-                    .create_image()
-                    .instance_id(instance.as_str())
-                    .name(name)
-                    .set_description(description.map(str::to_string))
-                    .tag_specifications(tag_specification(ResourceType::Image, tags));
-                async move { request.send().await.map_err(|error| self.error(action, error)) }
-            })
-            .await?;
+        let output = ec2_call!(self, action, |client| client
+            .create_image()
+            .instance_id(instance.as_str())
+            .name(name)
+            .set_description(description.map(str::to_string))
+            .tag_specifications(tag_specification(ResourceType::Image, tags)))?;
         output.image_id().map(|id| ImageId(id.to_string())).ok_or_else(|| self.missing(action, "image id"))
     }
 
     async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId> {
         let action = Action::CopyImage;
-        let output = self
-            .limiter
-            .call(action, || {
-                let request = self
-                    .client
-                    .copy_image()
-                    .source_region(spec.source_region.as_str())
-                    .source_image_id(spec.source_image.as_str())
-                    .name(&spec.name)
-                    .set_description(spec.description.clone())
-                    .client_token(&spec.client_token);
-                async move { request.send().await.map_err(|error| self.error(action, error)) }
-            })
-            .await?;
+        let output = ec2_call!(self, action, |client| client
+            .copy_image()
+            .source_region(spec.source_region.as_str())
+            .source_image_id(spec.source_image.as_str())
+            .name(&spec.name)
+            .set_description(spec.description.clone())
+            .client_token(&spec.client_token))?;
         output.image_id().map(|id| ImageId(id.to_string())).ok_or_else(|| self.missing(action, "image id"))
     }
 
     async fn create_tags(&self, resources: &[String], tags: &Tags) -> CloudResult<()> {
         let action = Action::CreateTags;
         let tags: Vec<Tag> = tags.iter().map(|(key, value)| Tag::builder().key(key).value(value).build()).collect();
-        self.limiter
-            .call(action, || {
-                let request =
-                    self.client.create_tags().set_resources(Some(resources.to_vec())).set_tags(Some(tags.clone()));
-                async move { request.send().await.map_err(|error| self.error(action, error)) }
-            })
-            .await?;
+        ec2_call!(self, action, |client| client
+            .create_tags()
+            .set_resources(Some(resources.to_vec()))
+            .set_tags(Some(tags.clone())))?;
         Ok(())
     }
 }
