@@ -131,6 +131,9 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
 async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Artifact, StepError> {
     let cloud = &*context.cloud;
     let run = &context.run;
+    if context.cancel.is_cancelled() {
+        return Err(StepError::new(Stage::Interrupted, "not started: the run was interrupted"));
+    }
     let source = resolve_source(context).await?;
 
     let local_dir = tempfile::Builder::new()

@@ -42,6 +42,9 @@ pub async fn run(context: CopyContext) -> Result<Artifact, Failure> {
             "copy",
         ]),
     };
+    if context.cancel.is_cancelled() {
+        return Err(Failure::new(&label, Stage::Interrupted, "not started: the run was interrupted"));
+    }
     let image = cloud.copy_image(&spec).await.map_err(|error| Failure::from_cloud(&label, Stage::Copy, &error))?;
     context.events.progress(
         &label,

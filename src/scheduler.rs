@@ -1,19 +1,22 @@
-//! The one loop that executes a plan: starts ready jobs within the limits, turns every source (an image
-//! became available, a job ended, an interrupt) into one [`LoopEvent`], and handles it in one place.
+//! The one loop that executes a plan: ready jobs wait in plan order for a slot of their pool (builds, or
+//! copies into one region) and start as tasks holding it; every source (an image became available, a job
+//! ended, an interrupt) becomes one [`LoopEvent`], handled in one place.
 //!
 //! A failure never stops the loop: it is recorded, dependents are skipped, unrelated jobs go on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::build::{self, BuildContext};
 use crate::cloud::Cloud;
+use crate::config::Region;
 use crate::copy::{self, CopyContext};
+use crate::deps::DependencyQueue;
 use crate::events::{Artifact, EventSender, Failure, JobLabel, RunEvent, RunStatus, Stage};
 use crate::limiter::RunLimits;
 use crate::plan::{JobId, Plan};
@@ -61,9 +64,18 @@ struct LoopState {
     failed: usize,
     interrupted: Option<Interrupt>,
     /// Nothing new starts (interrupt or fail-fast).
-    stop_starting: CancellationToken,
+    stopping: bool,
     /// In-flight jobs give up their waits and clean up (interrupt only).
     cancel: CancellationToken,
+    /// Ready jobs waiting for a slot, per pool, in plan order.
+    waiting: BTreeMap<SlotPool, VecDeque<JobId>>,
+}
+
+/// The concurrency cap a job needs a slot of.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum SlotPool {
+    Builds,
+    CopiesInto(Region),
 }
 
 impl Scheduler {
@@ -86,18 +98,20 @@ impl Scheduler {
             succeeded: 0,
             failed: 0,
             interrupted: None,
-            stop_starting: CancellationToken::new(),
+            stopping: false,
             cancel: CancellationToken::new(),
+            waiting: BTreeMap::new(),
         };
 
         loop {
-            if !state.stop_starting.is_cancelled() {
+            if !state.stopping {
                 while let Some(job) = queue.pop_ready() {
-                    let handle = self.spawn(job, &state, &loop_sender, &mut tasks);
-                    task_jobs.insert(handle, job);
+                    state.waiting.entry(self.pool(job)).or_default().push_back(job);
                 }
+                self.start_what_fits(&mut state, &loop_sender, &mut tasks, &mut task_jobs);
             }
             if tasks.is_empty() {
+                debug_assert!(state.stopping || state.waiting.values().all(VecDeque::is_empty));
                 break;
             }
             let event = tokio::select! {
@@ -135,12 +149,7 @@ impl Scheduler {
         self.finish(&state, false)
     }
 
-    fn handle(
-        &self,
-        event: LoopEvent,
-        state: &mut LoopState,
-        queue: &mut crate::deps::DependencyQueue<JobId>,
-    ) -> ControlFlow {
+    fn handle(&self, event: LoopEvent, state: &mut LoopState, queue: &mut DependencyQueue<JobId>) -> ControlFlow {
         match event {
             LoopEvent::ImageAvailable { job, artifact } => {
                 state.images += 1;
@@ -168,9 +177,9 @@ impl Scheduler {
                 for skipped in queue.failed(&job) {
                     self.record_not_started(skipped, Stage::Skipped, &why, state);
                 }
-                if self.fail_fast && !state.stop_starting.is_cancelled() {
-                    state.stop_starting.cancel();
-                    for skipped in queue.drain() {
+                if self.fail_fast && !state.stopping {
+                    state.stopping = true;
+                    for skipped in Self::drain_not_started(queue, state) {
                         self.record_not_started(
                             skipped,
                             Stage::Skipped,
@@ -186,9 +195,9 @@ impl Scheduler {
                 }
                 state.interrupted = Some(interrupt);
                 self.events.send(RunEvent::Interrupted { signal: interrupt.signal });
-                state.stop_starting.cancel();
+                state.stopping = true;
                 state.cancel.cancel();
-                for skipped in queue.drain() {
+                for skipped in Self::drain_not_started(queue, state) {
                     self.record_not_started(skipped, Stage::Interrupted, "not started: the run was interrupted", state);
                 }
             }
@@ -203,10 +212,48 @@ impl Scheduler {
         self.events.send(RunEvent::JobFailed(Failure::new(&label, stage, why)));
     }
 
-    /// Starts a job as a task; it waits for its concurrency slot, and gives up if the run stops first.
+    /// Every job that has not started: waiting for a slot first (in plan order), then the rest of the queue.
+    fn drain_not_started(queue: &mut DependencyQueue<JobId>, state: &mut LoopState) -> Vec<JobId> {
+        let mut jobs: Vec<JobId> = std::mem::take(&mut state.waiting).into_values().flatten().collect();
+        jobs.extend(queue.drain());
+        jobs
+    }
+
+    fn pool(&self, job: JobId) -> SlotPool {
+        match job {
+            JobId::Build(_) => SlotPool::Builds,
+            JobId::Copy(index) => SlotPool::CopiesInto(self.plan.copies[index].target_region.clone()),
+        }
+    }
+
+    /// Starts waiting jobs, in plan order, for as long as their pool has a free slot.
+    fn start_what_fits(
+        &self,
+        state: &mut LoopState,
+        loop_sender: &mpsc::UnboundedSender<LoopEvent>,
+        tasks: &mut JoinSet<(JobId, Vec<Failure>)>,
+        task_jobs: &mut HashMap<tokio::task::Id, JobId>,
+    ) {
+        let pools: Vec<SlotPool> = state.waiting.keys().cloned().collect();
+        for pool in pools {
+            let slots = match &pool {
+                SlotPool::Builds => self.limits.builds(),
+                SlotPool::CopiesInto(region) => self.limits.copies_into(region),
+            };
+            while state.waiting.get(&pool).is_some_and(|jobs| !jobs.is_empty()) {
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else { break };
+                let job = state.waiting.get_mut(&pool).and_then(VecDeque::pop_front).expect("checked non-empty");
+                let task = self.spawn(job, slot, state, loop_sender, tasks);
+                task_jobs.insert(task, job);
+            }
+        }
+    }
+
+    /// Starts a job as a task holding its slot until it ends.
     fn spawn(
         &self,
         job: JobId,
+        slot: OwnedSemaphorePermit,
         state: &LoopState,
         loop_sender: &mpsc::UnboundedSender<LoopEvent>,
         tasks: &mut JoinSet<(JobId, Vec<Failure>)>,
@@ -221,11 +268,7 @@ impl Scheduler {
             .find(|flavor| &flavor.name == flavor_name)
             .expect("the plan names only configured flavors")
             .clone();
-        let stop_starting = state.stop_starting.clone();
-        let announce =
-            Announcer { job, label: label.clone(), events: self.events.clone(), scheduler: loop_sender.clone() };
-        let not_started =
-            move || (job, vec![Failure::new(&label, Stage::Interrupted, "not started: the run stopped first")]);
+        let announce = Announcer { job, label, events: self.events.clone(), scheduler: loop_sender.clone() };
         match job {
             JobId::Build(index) => {
                 let build_job = self.plan.builds[index].clone();
@@ -237,12 +280,9 @@ impl Scheduler {
                     events: self.events.clone(),
                     cancel: state.cancel.clone(),
                 };
-                let slots = self.limits.builds();
                 tasks
                     .spawn(async move {
-                        let Some(_slot) = acquire_slot(&stop_starting, slots).await else {
-                            return not_started();
-                        };
+                        let _slot = slot;
                         let outcome = build::run(context, |artifact| announce.image_available(artifact)).await;
                         (job, outcome.failures)
                     })
@@ -251,7 +291,6 @@ impl Scheduler {
             JobId::Copy(index) => {
                 let copy_job = self.plan.copies[index].clone();
                 let source = state.build_images.get(&copy_job.build).expect("a copy starts after its image").clone();
-                let slots = self.limits.copies_into(&copy_job.target_region);
                 let context = CopyContext {
                     run: Arc::clone(&self.run),
                     cloud: self.cloud.region(&copy_job.target_region),
@@ -263,9 +302,7 @@ impl Scheduler {
                 };
                 tasks
                     .spawn(async move {
-                        let Some(_slot) = acquire_slot(&stop_starting, slots).await else {
-                            return not_started();
-                        };
+                        let _slot = slot;
                         match copy::run(context).await {
                             Ok(artifact) => {
                                 announce.image_available(&artifact);
@@ -302,18 +339,6 @@ impl Scheduler {
             interrupted: state.interrupted,
             abandoned,
         }
-    }
-}
-
-/// Waits for a concurrency slot; `None` if the run stops starting jobs first.
-async fn acquire_slot(
-    stop_starting: &CancellationToken,
-    slots: Arc<tokio::sync::Semaphore>,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    tokio::select! {
-        biased;
-        () = stop_starting.cancelled() => None,
-        slot = slots.acquire_owned() => Some(slot.expect("the run's semaphores are never closed")),
     }
 }
 

@@ -198,52 +198,87 @@ pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-/// An HTTP proxy in front of moto that answers every `every`-th request with EC2's throttling error
-/// (HTTP 503, `RequestLimitExceeded`) instead of forwarding it.
-pub struct ThrottlingProxy {
-    pub endpoint: String,
-    throttled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+/// An EC2 error the proxy answers with instead of forwarding a request.
+pub struct Fault {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: &'static str,
 }
 
-impl ThrottlingProxy {
-    pub fn start(upstream: &str, every: usize) -> ThrottlingProxy {
+impl Fault {
+    /// EC2's throttling answer.
+    pub fn throttle() -> Fault {
+        Fault { status: 503, code: "RequestLimitExceeded", message: "Request limit exceeded." }
+    }
+
+    fn response(&self) -> String {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message>\
+             </Error></Errors><RequestID>fleetbake-test</RequestID></Response>",
+            self.code, self.message
+        );
+        format!(
+            "HTTP/1.1 {} Fault\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+            self.status,
+            body.len()
+        )
+    }
+}
+
+/// An HTTP proxy in front of moto that answers some requests with an EC2 error instead of forwarding them:
+/// `rule(n, action)` sees the 1-based request number and the EC2 action (`CopyImage`, …).
+pub struct FaultProxy {
+    pub endpoint: String,
+    faults: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+type FaultRule = dyn Fn(usize, &str) -> Option<Fault> + Send + Sync;
+
+impl FaultProxy {
+    pub fn start(upstream: &str, rule: impl Fn(usize, &str) -> Option<Fault> + Send + Sync + 'static) -> FaultProxy {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::Arc;
         let upstream = upstream.trim_start_matches("http://").to_string();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(AtomicUsize::new(0));
-        let throttled = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&throttled);
+        let faults = Arc::new(AtomicUsize::new(0));
+        let rule: Arc<FaultRule> = Arc::new(rule);
+        let counter = Arc::clone(&faults);
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
-                let (upstream, requests, throttled) = (upstream.clone(), Arc::clone(&requests), Arc::clone(&counter));
+                let (upstream, requests, faults, rule) =
+                    (upstream.clone(), Arc::clone(&requests), Arc::clone(&counter), Arc::clone(&rule));
                 std::thread::spawn(move || {
-                    let _ = proxy_connection(client, &upstream, |_| {
-                        let throttle = (requests.fetch_add(1, Ordering::SeqCst) + 1) % every == 0;
-                        if throttle {
-                            throttled.fetch_add(1, Ordering::SeqCst);
+                    let _ = proxy_connection(client, &upstream, |body| {
+                        let number = requests.fetch_add(1, Ordering::SeqCst) + 1;
+                        let body = String::from_utf8_lossy(body);
+                        let action = body.split('&').find_map(|pair| pair.strip_prefix("Action=")).unwrap_or_default();
+                        let fault = rule(number, action);
+                        if fault.is_some() {
+                            faults.fetch_add(1, Ordering::SeqCst);
                         }
-                        throttle
+                        fault
                     });
                 });
             }
         });
-        ThrottlingProxy { endpoint, throttled }
+        FaultProxy { endpoint, faults }
     }
 
-    pub fn throttled(&self) -> usize {
-        self.throttled.load(std::sync::atomic::Ordering::SeqCst)
+    /// How many requests were answered with a fault.
+    pub fn faults(&self) -> usize {
+        self.faults.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
-const THROTTLED_BODY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
-    <Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors>\
-    <RequestID>fleetbake-test</RequestID></Response>";
-
 /// Serves one client connection request by request (keep-alive), forwarding or throttling each.
-fn proxy_connection(client: TcpStream, upstream: &str, mut throttle: impl FnMut(&[u8]) -> bool) -> std::io::Result<()> {
+fn proxy_connection(
+    client: TcpStream,
+    upstream: &str,
+    mut fault: impl FnMut(&[u8]) -> Option<Fault>,
+) -> std::io::Result<()> {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut reader = BufReader::new(client.try_clone()?);
     let mut client = client;
@@ -269,12 +304,8 @@ fn proxy_connection(client: TcpStream, upstream: &str, mut throttle: impl FnMut(
             .unwrap_or(0);
         let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
-        if throttle(&body) {
-            write!(
-                client,
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{THROTTLED_BODY}",
-                THROTTLED_BODY.len()
-            )?;
+        if let Some(fault) = fault(&body) {
+            client.write_all(fault.response().as_bytes())?;
             continue;
         }
         let mut forwarded = String::new();

@@ -335,7 +335,7 @@ fn sigint_during_provisioning_cleans_up_and_keeps_finished_images() {
 fn throttled_requests_are_retried_and_never_reach_the_user() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let proxy = ThrottlingProxy::start(&moto.endpoint, 3);
+    let proxy = FaultProxy::start(&moto.endpoint, |request, _| (request % 3 == 0).then(Fault::throttle));
     let workspace = Workspace::new();
     let fleet = format!(
         "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\
@@ -346,7 +346,7 @@ fn throttled_requests_are_retried_and_never_reach_the_user() {
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let outcome = fleetbake(&["-v", "matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
-    assert!(proxy.throttled() >= 5, "every third call was throttled: {}", proxy.throttled());
+    assert!(proxy.faults() >= 5, "every third call was throttled: {}", proxy.faults());
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["status"], "complete");
     assert!(manifest["artifacts"]["base"]["us-east-1"]["image_id"].is_string());
@@ -356,4 +356,93 @@ fn throttled_requests_are_retried_and_never_reach_the_user() {
     assert!(!outcome.stderr.contains("failed at"), "{}", outcome.stderr);
     assert!(!outcome.stderr.contains("PRIVATE KEY"), "no key material in the logs");
     runtime().block_on(assert_nothing_temporary_left(&moto.client("us-west-2"), "us-west-2"));
+}
+
+#[test]
+fn a_refused_copy_fails_only_that_copy() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let proxy = FaultProxy::start(&moto.endpoint, |_, action| {
+        (action == "CopyImage").then_some(Fault {
+            status: 400,
+            code: "InvalidParameterValue",
+            message: "copies are refused in this test",
+        })
+    });
+    let workspace = Workspace::new();
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = [\"us-east-1\"]\n",
+        fleet_header_at(&proxy.endpoint, &sshd),
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    assert_eq!(proxy.faults(), 1, "a permanent error is not retried");
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "partial");
+    assert!(manifest["artifacts"]["base"]["us-west-2"]["image_id"].is_string(), "the built image stays");
+    assert!(manifest["artifacts"]["base"].get("us-east-1").is_none());
+    let failures = manifest["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["region"], "us-east-1");
+    assert_eq!(failures[0]["stage"], "copy");
+    assert_eq!(failures[0]["code"], "InvalidParameterValue");
+    assert!(failures[0]["error"].as_str().unwrap().contains("copies are refused in this test"));
+    runtime().block_on(assert_nothing_temporary_left(&moto.client("us-west-2"), "us-west-2"));
+}
+
+#[test]
+fn fail_fast_starts_nothing_after_the_first_failure() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let fleet = format!(
+        "{}\n[limits]\nmax_parallel_builds = 1\n\n\
+         [[flavor]]\nname = \"broken\"\nsource_ami = {AL2023}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"exit 1\"] }}]\n\n\
+         [[flavor]]\nname = \"fine\"\nsource_ami = {AL2023}\n\n\
+         [regions]\nus-west-2 = []\n",
+        fleet_header(&moto, &sshd),
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let outcome = fleetbake(&["matrix", "--fail-fast", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "failed");
+    let failures = manifest["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert_eq!((&failures[0]["flavor"], &failures[0]["stage"]), (&"broken".into(), &"provision".into()));
+    assert_eq!((&failures[1]["flavor"], &failures[1]["stage"]), (&"fine".into(), &"skipped".into()));
+    runtime().block_on(async {
+        let west = moto.client("us-west-2");
+        assert_eq!(instances(&west).await.len(), 1, "the second build never launched");
+        assert_nothing_temporary_left(&west, "us-west-2").await;
+    });
+}
+
+#[test]
+fn an_undetectable_address_stops_the_run_before_any_aws_call() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    // A port nothing listens on: detection fails at once.
+    let closed = format!("http://127.0.0.1:{}/", free_port());
+    let header = fleet_header(&moto, &sshd)
+        .replace("source_cidrs = [\"127.0.0.1/32\"]", &format!("ip_detect_url = \"{closed}\""));
+    let fleet = format!("{header}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n");
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains(&format!("error: cannot detect this machine's public address from `{closed}`"))
+            && outcome.stderr.contains("set `ssh.source_cidrs` in the fleet file"),
+        "{}",
+        outcome.stderr
+    );
+    assert!(!workspace.path("out/manifest.json").exists(), "no run started");
+    runtime().block_on(async {
+        let west = moto.client("us-west-2");
+        assert!(key_pair_names(&west).await.is_empty());
+        assert!(instances(&west).await.is_empty());
+    });
 }
