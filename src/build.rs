@@ -35,12 +35,6 @@ pub struct BuildContext {
     pub cancel: CancellationToken,
 }
 
-/// How a build ended: the image it made (if it got that far) and what went wrong (if anything).
-pub struct BuildOutcome {
-    pub artifact: Option<Artifact>,
-    pub failures: Vec<Failure>,
-}
-
 /// A step's failure, before it is labelled with the job.
 struct StepError {
     stage: Stage,
@@ -95,20 +89,16 @@ impl BuildContext {
     }
 }
 
-/// Runs the whole build, cleanup included. Sends nothing to the scheduler itself: the outcome carries the image.
-pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) -> BuildOutcome {
+/// Runs the whole build, cleanup included; calls `on_available` the moment the image is available, before
+/// cleanup, so its copies can start. Returns what went wrong (nothing, for a clean success).
+pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) -> Vec<Failure> {
     let mut stack = CleanupStack::default();
     let result = sequence(&context, &mut stack).await;
     let label = context.label();
-    let mut outcome = BuildOutcome { artifact: None, failures: Vec::new() };
+    let mut failures = Vec::new();
     match result {
-        Ok(artifact) => {
-            on_available(&artifact);
-            outcome.artifact = Some(artifact);
-        }
-        Err(error) => {
-            outcome.failures.push(Failure { code: error.code, ..Failure::new(&label, error.stage, error.message) })
-        }
+        Ok(artifact) => on_available(&artifact),
+        Err(error) => failures.push(Failure { code: error.code, ..Failure::new(&label, error.stage, error.message) }),
     }
     if !stack.is_empty() {
         context.progress(Stage::Cleanup, format!("cleaning up {}", stack.pending().join(", ")));
@@ -119,13 +109,13 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
             resource: failure.resource.clone(),
             error: failure.error.clone(),
         });
-        outcome.failures.push(Failure::new(
+        failures.push(Failure::new(
             &label,
             Stage::Cleanup,
             format!("{} may be left: {}", failure.resource, failure.error),
         ));
     }
-    outcome
+    failures
 }
 
 async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Artifact, StepError> {

@@ -283,8 +283,8 @@ impl Scheduler {
                 tasks
                     .spawn(async move {
                         let _slot = slot;
-                        let outcome = build::run(context, |artifact| announce.image_available(artifact)).await;
-                        (job, outcome.failures)
+                        let failures = build::run(context, |artifact| announce.image_available(artifact)).await;
+                        (job, failures)
                     })
                     .id()
             }
