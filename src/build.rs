@@ -124,7 +124,7 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     if context.cancel.is_cancelled() {
         return Err(StepError::new(Stage::Interrupted, "not started: the run was interrupted"));
     }
-    let source = resolve_source(context).await?;
+    let source = context.interruptible(Stage::SourceAmi, resolve_source(context)).await?;
 
     let local_dir = tempfile::Builder::new()
         .prefix("fb-")

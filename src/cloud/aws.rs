@@ -106,10 +106,14 @@ impl AwsRegion {
                     .unwrap_or_else(|| format!("HTTP {status}: {}", DisplayErrorContext(&error)));
                 (kind, code, message)
             }
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-                (ErrorKind::Transient, None, DisplayErrorContext(&error).to_string())
+            // A dropped or timed-out connection may work next time; missing credentials will not.
+            SdkError::DispatchFailure(failure) if !(failure.is_io() || failure.is_timeout()) => {
+                (ErrorKind::Permanent, None, error_chain(&error))
             }
-            _ => (ErrorKind::Permanent, None, DisplayErrorContext(&error).to_string()),
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+                (ErrorKind::Transient, None, error_chain(&error))
+            }
+            _ => (ErrorKind::Permanent, None, error_chain(&error)),
         };
         CloudError { action, region: self.region.clone(), kind, code, message }
     }
@@ -123,6 +127,21 @@ impl AwsRegion {
             message: format!("the response has no {what}"),
         }
     }
+}
+
+/// An error and its causes, `: `-separated, without the SDK's debug dump.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn tag_specification(resource: ResourceType, tags: &Tags) -> TagSpecification {

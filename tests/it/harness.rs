@@ -176,17 +176,20 @@ pub struct Outcome {
 
 /// Runs `fleetbake ARGS` with test credentials and no instance-metadata lookups.
 pub fn fleetbake(args: &[&str]) -> Outcome {
-    let output = Command::new(env!("CARGO_BIN_EXE_fleetbake"))
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_ENDPOINT_URL_EC2")
-        .stdin(Stdio::null())
-        .output()
-        .expect("the fleetbake binary runs");
+    fleetbake_with_env(args, &[("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")])
+}
+
+/// Runs `fleetbake ARGS` with only `env` for AWS settings (none of the caller's `AWS_*` variables).
+pub fn fleetbake_with_env(args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fleetbake"));
+    command.args(args).stdin(Stdio::null());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AWS_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("AWS_EC2_METADATA_DISABLED", "true").envs(env.iter().copied());
+    let output = command.output().expect("the fleetbake binary runs");
     Outcome {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -446,3 +446,76 @@ fn an_undetectable_address_stops_the_run_before_any_aws_call() {
         assert!(instances(&west).await.is_empty());
     });
 }
+
+/// A one-flavor, one-region fleet with no `[aws]` table: where EC2 is comes from the environment.
+fn fleet_without_aws_section(sshd: &Sshd, aws: &str) -> String {
+    format!(
+        "[fleet]\nname = \"env\"\n\n{aws}\n\
+         [[flavor]]\nname = \"base\"\ninstance_type = \"t3.micro\"\nssh_username = \"{SSH_USER}\"\nsource_ami = {AL2023}\n\n\
+         [regions]\nus-west-2 = []\n\n\
+         [ssh]\nhost = \"127.0.0.1\"\nport = {}\ntimeout = \"60s\"\nsource_cidrs = [\"127.0.0.1/32\"]\n",
+        sshd.port
+    )
+}
+
+#[test]
+fn aws_endpoint_url_in_the_environment_is_honoured() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let fleet_path = workspace.write("fleet.toml", &fleet_without_aws_section(&sshd, ""));
+    let outcome = fleetbake_with_env(
+        &["matrix", fleet_path.to_str().unwrap()],
+        &[("AWS_ENDPOINT_URL", &moto.endpoint), ("AWS_ACCESS_KEY_ID", "env"), ("AWS_SECRET_ACCESS_KEY", "env")],
+    );
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace.path("manifest.json")).unwrap()).unwrap();
+    let run_id = manifest["run_id"].as_str().unwrap();
+    assert_eq!(runtime().block_on(images_of_run(&moto.client("us-west-2"), run_id)).len(), 1);
+}
+
+#[test]
+fn the_aws_profile_supplies_credentials_and_endpoint() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let config = workspace.write(
+        "aws/config",
+        &format!(
+            "[profile fleetbake-test]\naws_access_key_id = profile\naws_secret_access_key = profile\nendpoint_url = {}\n",
+            moto.endpoint
+        ),
+    );
+    let fleet_path =
+        workspace.write("fleet.toml", &fleet_without_aws_section(&sshd, "[aws]\nprofile = \"fleetbake-test\"\n"));
+    let outcome = fleetbake_with_env(
+        &["matrix", fleet_path.to_str().unwrap()],
+        &[("AWS_CONFIG_FILE", config.to_str().unwrap()), ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")],
+    );
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace.path("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["status"], "complete");
+}
+
+#[test]
+fn missing_credentials_fail_at_once_with_the_reason() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let aws = format!("[aws]\nendpoint_url = \"{}\"\n", moto.endpoint);
+    let fleet_path = workspace.write("fleet.toml", &fleet_without_aws_section(&sshd, &aws));
+    let outcome = fleetbake_with_env(
+        &["-v", "matrix", fleet_path.to_str().unwrap()],
+        &[("AWS_CONFIG_FILE", "/dev/null"), ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")],
+    );
+    assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    assert!(!outcome.stderr.contains("retrying after"), "not retried: {}", outcome.stderr);
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace.path("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["status"], "failed");
+    let error = manifest["failures"][0]["error"].as_str().unwrap();
+    assert!(error.contains("no credentials found"), "{error}");
+    assert!(!error.contains("DispatchFailure {"), "no SDK debug dump: {error}");
+}
