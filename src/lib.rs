@@ -4,6 +4,9 @@
 //! [`cloud`] (the port; [`cloud::aws`] is the aws-sdk-ec2 adapter) → [`events`] → [`report`] and [`manifest`].
 //! ARCHITECTURE.md has the map and the invariants.
 
+#[macro_use]
+mod newtype;
+
 pub mod build;
 pub mod cleanup;
 pub mod cloud;

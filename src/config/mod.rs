@@ -17,45 +17,12 @@ use ipnet::IpNet;
 pub use template::{NameContext, NameTemplate, Placeholder};
 pub use validate::RUN_ID_LENGTH;
 
-/// An AWS region name such as `us-west-2`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Region(String);
-
-impl Region {
-    pub fn new(name: impl Into<String>) -> Self {
-        Region(name.into())
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Region {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The name of one `[[flavor]]`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct FlavorName(String);
-
-impl FlavorName {
-    pub fn new(name: impl Into<String>) -> Self {
-        FlavorName(name.into())
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for FlavorName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+string_newtype!(
+    /// An AWS region name such as `us-west-2`.
+    Region,
+    /// The name of one `[[flavor]]`.
+    FlavorName,
+);
 
 pub type Tags = BTreeMap<String, String>;
 
