@@ -519,3 +519,66 @@ fn missing_credentials_fail_at_once_with_the_reason() {
     assert!(error.contains("no credentials found"), "{error}");
     assert!(!error.contains("DispatchFailure {"), "no SDK debug dump: {error}");
 }
+
+#[test]
+fn a_failed_cleanup_step_is_reported_and_the_image_kept() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let proxy = FaultProxy::start(&moto.endpoint, |_, action| {
+        (action == "DeleteKeyPair").then_some(Fault {
+            status: 403,
+            code: "UnauthorizedOperation",
+            message: "You are not authorized to perform this operation.",
+        })
+    });
+    let workspace = Workspace::new();
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n",
+        fleet_header_at(&proxy.endpoint, &sshd),
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    assert!(outcome.stderr.contains("could not clean up key pair fleetbake-"), "{}", outcome.stderr);
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "partial");
+    assert!(manifest["artifacts"]["base"]["us-west-2"]["image_id"].is_string(), "the image is kept");
+    let failures = manifest["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["stage"], "cleanup");
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(error.contains("may be left") && error.contains("UnauthorizedOperation"), "{error}");
+    runtime().block_on(async {
+        let west = moto.client("us-west-2");
+        // The steps after the failed one still ran: only the key pair is left.
+        assert_eq!(key_pair_names(&west).await.len(), 1);
+        assert!(security_group_names(&west).await.iter().all(|name| !name.starts_with("fleetbake-")));
+        assert!(instances(&west).await.iter().all(|(_, state)| state == "terminated"));
+    });
+}
+
+#[test]
+fn a_copy_does_not_wait_for_an_unrelated_build() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let fleet = format!(
+        "{}\n[limits]\nmax_parallel_builds = 1\n\n\
+         [[flavor]]\nname = \"fast\"\nsource_ami = {AL2023}\n\n\
+         [[flavor]]\nname = \"slow\"\nsource_ami = {AL2023}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"sleep 3\"] }}]\n\n\
+         [regions]\nus-west-2 = [\"us-east-1\"]\n",
+        fleet_header(&moto, &sshd),
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    let position =
+        |needle: &str| outcome.stderr.find(needle).unwrap_or_else(|| panic!("`{needle}` in:\n{}", outcome.stderr));
+    // One build slot: `slow` builds after `fast`, but `fast`'s copy is done while `slow` is still provisioning.
+    let fast_copied = position("==> fast/us-east-1: image");
+    let slow_provisioning = position("==> slow/us-west-2: provisioner 1");
+    let slow_built = position("==> slow/us-west-2: image");
+    assert!(fast_copied < slow_built, "{}", outcome.stderr);
+    assert!(slow_provisioning < slow_built);
+}

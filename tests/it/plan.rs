@@ -79,9 +79,11 @@ fn plan_expands_the_matrix() {
 }
 
 #[test]
-fn the_example_fleet_validates() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet.toml");
-    let fleet = config::load(&path).unwrap_or_else(|errors| panic!("{errors}"));
-    assert_eq!(fleet.flavors.len(), 2);
-    assert_eq!(fleet.regions.len(), 2);
+fn the_example_fleets_validate() {
+    for example in ["fleet.toml", "examples/local/fleet.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
+        let fleet = config::load(&path).unwrap_or_else(|errors| panic!("{errors}"));
+        assert_eq!(fleet.flavors.len(), 2, "{example}");
+        assert_eq!(fleet.regions.len(), 2, "{example}");
+    }
 }
