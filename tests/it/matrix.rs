@@ -40,8 +40,13 @@ source_cidrs = ["127.0.0.1/32"]
     )
 }
 
+/// The manifest of a fleet written with [`fleet_header`] (`manifest = "out/manifest.json"`).
 fn read_manifest(workspace: &Workspace) -> Value {
-    let text = std::fs::read_to_string(workspace.path("out/manifest.json")).expect("the manifest was written");
+    read_manifest_at(workspace, "out/manifest.json")
+}
+
+fn read_manifest_at(workspace: &Workspace, relative: &str) -> Value {
+    let text = std::fs::read_to_string(workspace.path(relative)).expect("the manifest was written");
     serde_json::from_str(&text).expect("the manifest is JSON")
 }
 
@@ -469,8 +474,7 @@ fn aws_endpoint_url_in_the_environment_is_honoured() {
         &[("AWS_ENDPOINT_URL", &moto.endpoint), ("AWS_ACCESS_KEY_ID", "env"), ("AWS_SECRET_ACCESS_KEY", "env")],
     );
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(workspace.path("manifest.json")).unwrap()).unwrap();
+    let manifest: Value = read_manifest_at(&workspace, "manifest.json");
     let run_id = manifest["run_id"].as_str().unwrap();
     assert_eq!(runtime().block_on(images_of_run(&moto.client("us-west-2"), run_id)).len(), 1);
 }
@@ -494,8 +498,7 @@ fn the_aws_profile_supplies_credentials_and_endpoint() {
         &[("AWS_CONFIG_FILE", config.to_str().unwrap()), ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")],
     );
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(workspace.path("manifest.json")).unwrap()).unwrap();
+    let manifest: Value = read_manifest_at(&workspace, "manifest.json");
     assert_eq!(manifest["status"], "complete");
 }
 
@@ -512,8 +515,7 @@ fn missing_credentials_fail_at_once_with_the_reason() {
     );
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     assert!(!outcome.stderr.contains("retrying after"), "not retried: {}", outcome.stderr);
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(workspace.path("manifest.json")).unwrap()).unwrap();
+    let manifest: Value = read_manifest_at(&workspace, "manifest.json");
     assert_eq!(manifest["status"], "failed");
     let error = manifest["failures"][0]["error"].as_str().unwrap();
     assert!(error.contains("no credentials found"), "{error}");
