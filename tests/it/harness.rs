@@ -228,60 +228,78 @@ impl Fault {
     }
 }
 
-/// An HTTP proxy in front of moto that answers some requests with an EC2 error instead of forwarding them:
-/// `rule(n, action)` sees the 1-based request number and the EC2 action (`CopyImage`, …).
-pub struct FaultProxy {
-    pub endpoint: String,
-    faults: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+/// One EC2 request as the proxy sees it.
+pub struct Request<'a> {
+    /// 1-based, across all connections.
+    pub number: usize,
+    /// `CopyImage`, `DescribeImages`, ….
+    pub action: &'a str,
+    /// The form-encoded request body.
+    pub body: &'a str,
 }
 
-type FaultRule = dyn Fn(usize, &str) -> Option<Fault> + Send + Sync;
+/// What the proxy does with a request.
+pub enum Answer {
+    Forward,
+    /// Answer with an EC2 error instead of forwarding.
+    Fail(Fault),
+    /// Forward, then pass the response body through this before answering.
+    Rewrite(fn(String) -> String),
+}
+
+/// An HTTP proxy in front of moto that can answer chosen requests with EC2 errors, or rewrite moto's
+/// answers (to show states moto never shows, such as `pending`).
+pub struct FaultProxy {
+    pub endpoint: String,
+    altered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+type Rule = dyn Fn(&Request) -> Answer + Send + Sync;
 
 impl FaultProxy {
-    pub fn start(upstream: &str, rule: impl Fn(usize, &str) -> Option<Fault> + Send + Sync + 'static) -> FaultProxy {
+    pub fn start(upstream: &str, rule: impl Fn(&Request) -> Answer + Send + Sync + 'static) -> FaultProxy {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::Arc;
         let upstream = upstream.trim_start_matches("http://").to_string();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(AtomicUsize::new(0));
-        let faults = Arc::new(AtomicUsize::new(0));
-        let rule: Arc<FaultRule> = Arc::new(rule);
-        let counter = Arc::clone(&faults);
+        let altered = Arc::new(AtomicUsize::new(0));
+        let rule: Arc<Rule> = Arc::new(rule);
+        let counter = Arc::clone(&altered);
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
-                let (upstream, requests, faults, rule) =
+                let (upstream, requests, altered, rule) =
                     (upstream.clone(), Arc::clone(&requests), Arc::clone(&counter), Arc::clone(&rule));
                 std::thread::spawn(move || {
                     let _ = proxy_connection(client, &upstream, |body| {
-                        let number = requests.fetch_add(1, Ordering::SeqCst) + 1;
                         let body = String::from_utf8_lossy(body);
-                        let action = body.split('&').find_map(|pair| pair.strip_prefix("Action=")).unwrap_or_default();
-                        let fault = rule(number, action);
-                        if fault.is_some() {
-                            faults.fetch_add(1, Ordering::SeqCst);
+                        let request = Request {
+                            number: requests.fetch_add(1, Ordering::SeqCst) + 1,
+                            action: body.split('&').find_map(|pair| pair.strip_prefix("Action=")).unwrap_or_default(),
+                            body: &body,
+                        };
+                        let answer = rule(&request);
+                        if !matches!(answer, Answer::Forward) {
+                            altered.fetch_add(1, Ordering::SeqCst);
                         }
-                        fault
+                        answer
                     });
                 });
             }
         });
-        FaultProxy { endpoint, faults }
+        FaultProxy { endpoint, altered }
     }
 
-    /// How many requests were answered with a fault.
-    pub fn faults(&self) -> usize {
-        self.faults.load(std::sync::atomic::Ordering::SeqCst)
+    /// How many requests were answered with a fault or a rewritten response.
+    pub fn altered(&self) -> usize {
+        self.altered.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
-/// Serves one client connection request by request (keep-alive), forwarding or throttling each.
-fn proxy_connection(
-    client: TcpStream,
-    upstream: &str,
-    mut fault: impl FnMut(&[u8]) -> Option<Fault>,
-) -> std::io::Result<()> {
+/// Serves one client connection request by request (keep-alive), answering each as `decide` says.
+fn proxy_connection(client: TcpStream, upstream: &str, mut decide: impl FnMut(&[u8]) -> Answer) -> std::io::Result<()> {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut reader = BufReader::new(client.try_clone()?);
     let mut client = client;
@@ -299,18 +317,17 @@ fn proxy_connection(
             }
         }
         let head_text = String::from_utf8_lossy(&head).to_string();
-        let length = head_text
-            .lines()
-            .find_map(|line| {
-                line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
-            })
-            .unwrap_or(0);
+        let length = content_length(&head_text).unwrap_or(0);
         let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
-        if let Some(fault) = fault(&body) {
-            client.write_all(fault.response().as_bytes())?;
-            continue;
-        }
+        let rewrite = match decide(&body) {
+            Answer::Fail(fault) => {
+                client.write_all(fault.response().as_bytes())?;
+                continue;
+            }
+            Answer::Forward => None,
+            Answer::Rewrite(rewrite) => Some(rewrite),
+        };
         let mut forwarded = String::new();
         for line in head_text.split("\r\n").filter(|line| !line.is_empty()) {
             if !line.to_ascii_lowercase().starts_with("connection:") {
@@ -324,6 +341,9 @@ fn proxy_connection(
         server.write_all(&body)?;
         let mut response = Vec::new();
         server.read_to_end(&mut response)?;
+        if let Some(rewrite) = rewrite {
+            response = rewrite_response(&response, rewrite);
+        }
         client.write_all(&response)?;
         let closes = String::from_utf8_lossy(&response[..response.len().min(2048)])
             .to_ascii_lowercase()
@@ -332,6 +352,30 @@ fn proxy_connection(
             return Ok(());
         }
     }
+}
+
+fn content_length(head: &str) -> Option<usize> {
+    head.lines()
+        .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+}
+
+/// Applies `rewrite` to a response's body and sets its Content-Length to match.
+fn rewrite_response(response: &[u8], rewrite: fn(String) -> String) -> Vec<u8> {
+    let text = String::from_utf8_lossy(response).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(content_length(head).is_some(), "the proxy rewrites only responses with a Content-Length");
+    let body = rewrite(body.to_string());
+    let head: Vec<String> = head
+        .split("\r\n")
+        .map(|line| {
+            if line.to_ascii_lowercase().starts_with("content-length:") {
+                format!("Content-Length: {}", body.len())
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    format!("{}\r\n\r\n{body}", head.join("\r\n")).into_bytes()
 }
 
 /// Answers every HTTP request with `body` (a stand-in for checkip.amazonaws.com).

@@ -340,7 +340,10 @@ fn sigint_during_provisioning_cleans_up_and_keeps_finished_images() {
 fn throttled_requests_are_retried_and_never_reach_the_user() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let proxy = FaultProxy::start(&moto.endpoint, |request, _| (request % 3 == 0).then(Fault::throttle));
+    let proxy = FaultProxy::start(&moto.endpoint, |request| match request.number % 3 {
+        0 => Answer::Fail(Fault::throttle()),
+        _ => Answer::Forward,
+    });
     let workspace = Workspace::new();
     let fleet = format!(
         "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\
@@ -351,7 +354,7 @@ fn throttled_requests_are_retried_and_never_reach_the_user() {
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let outcome = fleetbake(&["-v", "matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
-    assert!(proxy.faults() >= 5, "every third call was throttled: {}", proxy.faults());
+    assert!(proxy.altered() >= 5, "every third call was throttled: {}", proxy.altered());
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["status"], "complete");
     assert!(manifest["artifacts"]["base"]["us-east-1"]["image_id"].is_string());
@@ -367,12 +370,13 @@ fn throttled_requests_are_retried_and_never_reach_the_user() {
 fn a_refused_copy_fails_only_that_copy() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let proxy = FaultProxy::start(&moto.endpoint, |_, action| {
-        (action == "CopyImage").then_some(Fault {
+    let proxy = FaultProxy::start(&moto.endpoint, |request| match request.action {
+        "CopyImage" => Answer::Fail(Fault {
             status: 400,
             code: "InvalidParameterValue",
             message: "copies are refused in this test",
-        })
+        }),
+        _ => Answer::Forward,
     });
     let workspace = Workspace::new();
     let fleet = format!(
@@ -382,7 +386,7 @@ fn a_refused_copy_fails_only_that_copy() {
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
-    assert_eq!(proxy.faults(), 1, "a permanent error is not retried");
+    assert_eq!(proxy.altered(), 1, "a permanent error is not retried");
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["status"], "partial");
     assert!(manifest["artifacts"]["base"]["us-west-2"]["image_id"].is_string(), "the built image stays");
@@ -526,12 +530,13 @@ fn missing_credentials_fail_at_once_with_the_reason() {
 fn a_failed_cleanup_step_is_reported_and_the_image_kept() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let proxy = FaultProxy::start(&moto.endpoint, |_, action| {
-        (action == "DeleteKeyPair").then_some(Fault {
+    let proxy = FaultProxy::start(&moto.endpoint, |request| match request.action {
+        "DeleteKeyPair" => Answer::Fail(Fault {
             status: 403,
             code: "UnauthorizedOperation",
             message: "You are not authorized to perform this operation.",
-        })
+        }),
+        _ => Answer::Forward,
     });
     let workspace = Workspace::new();
     let fleet = format!(
@@ -583,4 +588,38 @@ fn a_copy_does_not_wait_for_an_unrelated_build() {
     let slow_built = position("==> slow/us-west-2: image");
     assert!(fast_copied < slow_built, "{}", outcome.stderr);
     assert!(slow_provisioning < slow_built);
+}
+
+#[test]
+fn waits_keep_polling_through_pending_states() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    // moto makes instances running and images available at once; the proxy shows them pending first.
+    let pending_instances = std::sync::atomic::AtomicUsize::new(0);
+    let pending_images = std::sync::atomic::AtomicUsize::new(0);
+    let proxy = FaultProxy::start(&moto.endpoint, move |request| {
+        use std::sync::atomic::Ordering::SeqCst;
+        let by_id = request.body.contains("ImageId.1=") || request.body.contains("InstanceId.1=");
+        match request.action {
+            "DescribeInstances" if by_id && pending_instances.fetch_add(1, SeqCst) < 2 => {
+                Answer::Rewrite(|body| body.replace("<name>running</name>", "<name>pending</name>"))
+            }
+            "DescribeImages" if by_id && pending_images.fetch_add(1, SeqCst) < 3 => Answer::Rewrite(|body| {
+                body.replace("<imageState>available</imageState>", "<imageState>pending</imageState>")
+            }),
+            _ => Answer::Forward,
+        }
+    });
+    let workspace = Workspace::new();
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = [\"us-east-1\"]\n",
+        fleet_header_at(&proxy.endpoint, &sshd),
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    assert_eq!(proxy.altered(), 5, "two pending instance answers and three pending image answers were seen");
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "complete");
+    assert!(manifest["artifacts"]["base"]["us-east-1"]["image_id"].is_string());
 }
