@@ -121,9 +121,6 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
 async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Artifact, StepError> {
     let cloud = &*context.cloud;
     let run = &context.run;
-    if context.cancel.is_cancelled() {
-        return Err(StepError::new(Stage::Interrupted, "not started: the run was interrupted"));
-    }
     let source = context.interruptible(Stage::SourceAmi, resolve_source(context)).await?;
 
     let local_dir = tempfile::Builder::new()
@@ -180,7 +177,7 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
             })
             .await
             .map_err(|error| StepError::wait(Stage::WaitRunning, error))?;
-            Ok(run.ssh.host.clone().or(running.public_ip).or(running.private_ip))
+            Ok(run.fleet.ssh.host.clone().or(running.public_ip).or(running.private_ip))
         })
         .await?;
     let host = address.ok_or_else(|| {
@@ -193,11 +190,11 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     })?;
 
     let target =
-        SshTarget { host, port: run.ssh.port, user: context.flavor.ssh_username.clone(), key_file, control_dir };
+        SshTarget { host, port: run.fleet.ssh.port, user: context.flavor.ssh_username.clone(), key_file, control_dir };
     context.progress(Stage::Connect, format!("waiting for SSH on {}:{}", target.host, target.port));
     let session = context
         .interruptible(Stage::Connect, async {
-            ssh::connect(&target, run.ssh.timeout).await.map_err(|error| StepError::new(Stage::Connect, error))
+            ssh::connect(&target, run.fleet.ssh.timeout).await.map_err(|error| StepError::new(Stage::Connect, error))
         })
         .await?;
     let provisioned = context.interruptible(Stage::Provision, provision_all(context, &session)).await;

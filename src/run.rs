@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::cloud::aws::AwsCloud;
 use crate::cloud::{Cloud, ImageId};
-use crate::config::{Flavor, FlavorName, Fleet, SshSettings, Tags};
+use crate::config::{Flavor, FlavorName, Fleet, Tags};
 use crate::events::EventSender;
 use crate::limiter::{RetryPolicy, RunLimits};
 use crate::manifest::ManifestWriter;
@@ -22,7 +22,6 @@ use crate::scheduler::{Interrupt, RunSummary, Scheduler};
 pub struct RunContext {
     pub fleet: Arc<Fleet>,
     pub run_id: RunId,
-    pub ssh: SshSettings,
     /// Who the temporary security groups let in on port 22.
     pub ssh_cidrs: Vec<IpNet>,
 }
@@ -87,7 +86,7 @@ pub async fn execute(
     let started_at = Utc::now();
     let run_id = RunId::generate(started_at);
     let plan = Arc::new(Plan::new(&fleet, run_id.clone(), started_at));
-    let run = Arc::new(RunContext { ssh: fleet.ssh.clone(), fleet: Arc::clone(&fleet), run_id, ssh_cidrs });
+    let run = Arc::new(RunContext { fleet: Arc::clone(&fleet), run_id, ssh_cidrs });
 
     let (events, receiver) = EventSender::channel();
     let reporters: Vec<Box<dyn Reporter>> =
