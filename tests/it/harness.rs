@@ -202,6 +202,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// An EC2 error the proxy answers with instead of forwarding a request.
+#[derive(Clone, Copy)]
 pub struct Fault {
     pub status: u16,
     pub code: &'static str,
@@ -290,6 +291,14 @@ impl FaultProxy {
             }
         });
         FaultProxy { endpoint, altered }
+    }
+
+    /// A proxy that answers every `action` request with `fault` and forwards the rest.
+    pub fn refusing(upstream: &str, action: &'static str, fault: Fault) -> FaultProxy {
+        FaultProxy::start(
+            upstream,
+            move |request| if request.action == action { Answer::Fail(fault) } else { Answer::Forward },
+        )
     }
 
     /// How many requests were answered with a fault or a rewritten response.

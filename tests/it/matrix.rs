@@ -40,6 +40,12 @@ source_cidrs = ["127.0.0.1/32"]
     )
 }
 
+/// Writes `fleet` as the workspace's fleet.toml and runs `fleetbake matrix` on it.
+fn run_matrix(workspace: &Workspace, fleet: &str) -> Outcome {
+    let fleet_path = workspace.write("fleet.toml", fleet);
+    fleetbake(&["matrix", fleet_path.to_str().unwrap()])
+}
+
 /// The manifest of a fleet written with [`fleet_header`] (`manifest = "out/manifest.json"`).
 fn read_manifest(workspace: &Workspace) -> Value {
     read_manifest_at(workspace, "out/manifest.json")
@@ -370,21 +376,17 @@ fn throttled_requests_are_retried_and_never_reach_the_user() {
 fn a_refused_copy_fails_only_that_copy() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let proxy = FaultProxy::start(&moto.endpoint, |request| match request.action {
-        "CopyImage" => Answer::Fail(Fault {
-            status: 400,
-            code: "InvalidParameterValue",
-            message: "copies are refused in this test",
-        }),
-        _ => Answer::Forward,
-    });
+    let proxy = FaultProxy::refusing(
+        &moto.endpoint,
+        "CopyImage",
+        Fault { status: 400, code: "InvalidParameterValue", message: "copies are refused in this test" },
+    );
     let workspace = Workspace::new();
     let fleet = format!(
         "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = [\"us-east-1\"]\n",
         fleet_header_at(&proxy.endpoint, &sshd),
     );
-    let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = run_matrix(&workspace, &fleet);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     assert_eq!(proxy.altered(), 1, "a permanent error is not retried");
     let manifest = read_manifest(&workspace);
@@ -439,8 +441,7 @@ fn an_undetectable_address_stops_the_run_before_any_aws_call() {
     let header = fleet_header(&moto, &sshd)
         .replace("source_cidrs = [\"127.0.0.1/32\"]", &format!("ip_detect_url = \"{closed}\""));
     let fleet = format!("{header}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n");
-    let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = run_matrix(&workspace, &fleet);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     assert!(
         outcome.stderr.contains(&format!("error: cannot detect this machine's public address from `{closed}`"))
@@ -530,21 +531,21 @@ fn missing_credentials_fail_at_once_with_the_reason() {
 fn a_failed_cleanup_step_is_reported_and_the_image_kept() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let proxy = FaultProxy::start(&moto.endpoint, |request| match request.action {
-        "DeleteKeyPair" => Answer::Fail(Fault {
+    let proxy = FaultProxy::refusing(
+        &moto.endpoint,
+        "DeleteKeyPair",
+        Fault {
             status: 403,
             code: "UnauthorizedOperation",
             message: "You are not authorized to perform this operation.",
-        }),
-        _ => Answer::Forward,
-    });
+        },
+    );
     let workspace = Workspace::new();
     let fleet = format!(
         "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n",
         fleet_header_at(&proxy.endpoint, &sshd),
     );
-    let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = run_matrix(&workspace, &fleet);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     assert!(outcome.stderr.contains("could not clean up key pair fleetbake-"), "{}", outcome.stderr);
     let manifest = read_manifest(&workspace);
@@ -577,8 +578,7 @@ fn a_copy_does_not_wait_for_an_unrelated_build() {
          [regions]\nus-west-2 = [\"us-east-1\"]\n",
         fleet_header(&moto, &sshd),
     );
-    let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = run_matrix(&workspace, &fleet);
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     let position =
         |needle: &str| outcome.stderr.find(needle).unwrap_or_else(|| panic!("`{needle}` in:\n{}", outcome.stderr));
@@ -615,8 +615,7 @@ fn waits_keep_polling_through_pending_states() {
         "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = [\"us-east-1\"]\n",
         fleet_header_at(&proxy.endpoint, &sshd),
     );
-    let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = run_matrix(&workspace, &fleet);
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     assert_eq!(proxy.altered(), 5, "two pending instance answers and three pending image answers were seen");
     let manifest = read_manifest(&workspace);
