@@ -6,21 +6,21 @@
 
 use std::sync::Arc;
 
-use chrono::{SecondsFormat, Utc};
-use openssh::Session;
 use tokio_util::sync::CancellationToken;
 
 use crate::cleanup::{CleanupStack, UndoStep};
 use crate::cloud::{
-    CloudError, ImageId, ImageState, InstanceState, KeyPairName, LaunchSpec, RegionCloud, SecurityGroupId,
+    client_token, CloudError, ImageId, ImageState, KeyPairName, LaunchSpec, RegionCloud, SecurityGroupId,
 };
+use crate::communicator::{Communicator, ConnectTarget, Connection};
 use crate::config::{Flavor, SourceAmi, Tags};
 use crate::events::{Artifact, EventSender, Failure, JobLabel, Stage};
 use crate::plan::BuildJob;
-use crate::provision::{self, Described, ProvisionEnv};
+use crate::provision::{Described, ProvisionEnv};
 use crate::run::RunContext;
 use crate::ssh::{self, SshTarget};
-use crate::wait::{poll_until, Poll, WaitError, IMAGE_POLL, INSTANCE_POLL};
+use crate::wait::WaitError;
+use crate::watch::{RegionWaits, WaitKind};
 
 /// The port sshd listens on in the instance, which the security group opens.
 const INSTANCE_SSH_PORT: u16 = 22;
@@ -29,6 +29,8 @@ const INSTANCE_SSH_PORT: u16 = 22;
 pub struct BuildContext {
     pub run: Arc<RunContext>,
     pub cloud: Arc<dyn RegionCloud>,
+    pub waits: RegionWaits,
+    pub communicator: Arc<dyn Communicator>,
     pub flavor: Flavor,
     pub job: BuildJob,
     pub events: EventSender,
@@ -103,7 +105,7 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
     if !stack.is_empty() {
         context.progress(Stage::Cleanup, format!("cleaning up {}", stack.pending().join(", ")));
     }
-    for failure in stack.unwind(&*context.cloud).await {
+    for failure in stack.unwind(&*context.cloud, &context.waits).await {
         context.events.send(crate::events::RunEvent::CleanupFailed {
             job: label.clone(),
             resource: failure.resource.clone(),
@@ -164,19 +166,12 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
 
     let address = context
         .interruptible(Stage::WaitRunning, async {
-            let running = poll_until(INSTANCE_POLL, &format!("instance {instance} to run"), || async {
-                let statuses = cloud.describe_instances(std::slice::from_ref(&instance)).await?;
-                Ok(match statuses.into_iter().next() {
-                    Some(status) if status.state == InstanceState::Running => Poll::Ready(status),
-                    Some(status) if matches!(status.state, InstanceState::Pending) => Poll::NotYet,
-                    None => Poll::NotYet,
-                    Some(status) => {
-                        Poll::Failed(format!("instance {instance} is {:?} instead of running", status.state))
-                    }
-                })
-            })
-            .await
-            .map_err(|error| StepError::wait(Stage::WaitRunning, error))?;
+            let running = context
+                .waits
+                .instance(&instance, WaitKind::InstanceRunning)
+                .await
+                .map_err(|error| StepError::wait(Stage::WaitRunning, error))?;
+            let running = running.expect("a running instance was described");
             Ok(run.fleet.ssh.host.clone().or(running.public_ip).or(running.private_ip))
         })
         .await?;
@@ -189,36 +184,41 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
         )
     })?;
 
-    let target =
-        SshTarget { host, port: run.fleet.ssh.port, user: context.flavor.ssh_username.clone(), key_file, control_dir };
-    context.progress(Stage::Connect, format!("waiting for SSH on {}:{}", target.host, target.port));
-    let session = context
+    let target = ConnectTarget {
+        flavor: context.flavor.name.clone(),
+        region: context.job.region.clone(),
+        instance: instance.clone(),
+        ssh: SshTarget {
+            host,
+            port: run.fleet.ssh.port,
+            user: context.flavor.ssh_username.clone(),
+            key_file,
+            control_dir,
+        },
+    };
+    context.progress(Stage::Connect, format!("waiting for SSH on {}:{}", target.ssh.host, target.ssh.port));
+    let connection = context
         .interruptible(Stage::Connect, async {
-            ssh::connect(&target, run.fleet.ssh.timeout).await.map_err(|error| StepError::new(Stage::Connect, error))
+            context
+                .communicator
+                .connect(&target, run.fleet.ssh.timeout)
+                .await
+                .map_err(|error| StepError::new(Stage::Connect, error))
         })
         .await?;
-    let provisioned = context.interruptible(Stage::Provision, provision_all(context, &session)).await;
-    if let Err(error) = session.close().await {
-        tracing::debug!("closing the SSH session: {error}");
-    }
+    let provisioned = context.interruptible(Stage::Provision, provision_all(context, &*connection)).await;
+    connection.close().await;
     provisioned?;
 
     context.progress(Stage::Stop, format!("stopping {instance}"));
     cloud.stop_instance(&instance).await.map_err(|error| StepError::cloud(Stage::Stop, error))?;
     context
         .interruptible(Stage::Stop, async {
-            poll_until(INSTANCE_POLL, &format!("instance {instance} to stop"), || async {
-                let statuses = cloud.describe_instances(std::slice::from_ref(&instance)).await?;
-                Ok(match statuses.into_iter().next().map(|status| status.state) {
-                    Some(InstanceState::Stopped) => Poll::Ready(()),
-                    Some(InstanceState::Terminated | InstanceState::ShuttingDown) => {
-                        Poll::Failed(format!("instance {instance} terminated while stopping"))
-                    }
-                    _ => Poll::NotYet,
-                })
-            })
-            .await
-            .map_err(|error| StepError::wait(Stage::Stop, error))
+            context
+                .waits
+                .instance(&instance, WaitKind::InstanceStopped)
+                .await
+                .map_err(|error| StepError::wait(Stage::Stop, error))
         })
         .await?;
 
@@ -230,7 +230,11 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     context.progress(Stage::CreateImage, format!("creating image {image} `{}`", context.job.image_name));
     let snapshot_ids = context
         .interruptible(Stage::WaitImage, async {
-            wait_available(cloud, &image, run).await.map_err(|error| StepError::wait(Stage::WaitImage, error))
+            context
+                .waits
+                .image(&image, WaitKind::ImageCreated, run.fleet.limits.image_timeout)
+                .await
+                .map_err(|error| StepError::wait(Stage::WaitImage, error))
         })
         .await?;
     if !snapshot_ids.is_empty() {
@@ -243,7 +247,7 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
         build_region: context.job.region.clone(),
         source_image_id: source,
         snapshot_ids,
-        created_at: Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+        created_at: run.clock.now_rfc3339(),
     })
 }
 
@@ -332,7 +336,7 @@ async fn create_security_group(
     Ok(group)
 }
 
-async fn provision_all(context: &BuildContext, session: &Session) -> Result<(), StepError> {
+async fn provision_all(context: &BuildContext, connection: &dyn Connection) -> Result<(), StepError> {
     let env = ProvisionEnv {
         flavor: context.flavor.name.to_string(),
         region: context.job.region.to_string(),
@@ -342,49 +346,13 @@ async fn provision_all(context: &BuildContext, session: &Session) -> Result<(), 
     for (index, provisioner) in context.flavor.provisioners.iter().enumerate() {
         let number = index + 1;
         context.progress(Stage::Provision, format!("provisioner {number}: {}", Described(provisioner)));
-        provision::run(session, number, provisioner, &env, |stream, line| {
+        let mut output = |stream, line| {
             context.events.send(crate::events::RunEvent::Output { job: label.clone(), stream, line });
-        })
-        .await
-        .map_err(|error| StepError::new(Stage::Provision, error))?;
+        };
+        connection
+            .provision(number, provisioner, &env, &mut output)
+            .await
+            .map_err(|error| StepError::new(Stage::Provision, error))?;
     }
     Ok(())
-}
-
-/// Polls until the image is available; returns its snapshots.
-pub async fn wait_available(
-    cloud: &dyn RegionCloud,
-    image: &ImageId,
-    run: &RunContext,
-) -> Result<Vec<crate::cloud::SnapshotId>, WaitError> {
-    poll_until(
-        IMAGE_POLL.with_timeout(run.fleet.limits.image_timeout),
-        &format!("image {image} to become available"),
-        || async {
-            let images = cloud.describe_images(std::slice::from_ref(image)).await?;
-            Ok(match images.into_iter().next() {
-                Some(status) => match status.state {
-                    ImageState::Available => Poll::Ready(status.snapshot_ids),
-                    ImageState::Pending => Poll::NotYet,
-                    ImageState::Failed(reason) => Poll::Failed(format!("image {image} failed: {reason}")),
-                },
-                // Just created: describe may not see it yet.
-                None => Poll::NotYet,
-            })
-        },
-    )
-    .await
-}
-
-/// An idempotency token from parts: at most 64 ASCII characters, as EC2 requires.
-pub fn client_token(parts: &[&str]) -> String {
-    let joined = parts.join("/");
-    if joined.len() <= 64 {
-        return joined;
-    }
-    // Keep it unique when long: a stable hash of the whole in place of the tail.
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    joined.hash(&mut hasher);
-    format!("{}-{:016x}", &joined[..47], hasher.finish())
 }

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use crate::cloud::{CloudError, ErrorKind, InstanceId, InstanceState, KeyPairName, RegionCloud, SecurityGroupId};
-use crate::wait::{poll_until, Poll, PollPolicy, WaitError, INSTANCE_POLL};
+use crate::cloud::{CloudError, ErrorKind, InstanceId, KeyPairName, RegionCloud, SecurityGroupId};
+use crate::wait::{poll_until, Poll, PollPolicy, WaitError};
+use crate::watch::{RegionWaits, WaitKind};
 
 /// One thing to undo.
 #[derive(Debug)]
@@ -60,11 +61,11 @@ impl CleanupStack {
     }
 
     /// Undoes every step, most recent first, continuing past failures; returns the failures.
-    pub async fn unwind(mut self, cloud: &dyn RegionCloud) -> Vec<UndoFailure> {
+    pub async fn unwind(mut self, cloud: &dyn RegionCloud, waits: &RegionWaits) -> Vec<UndoFailure> {
         let mut failures = Vec::new();
         while let Some(step) = self.steps.pop() {
             let resource = step.resource();
-            if let Err(error) = undo(cloud, step).await {
+            if let Err(error) = undo(cloud, waits, step).await {
                 failures.push(UndoFailure { resource, error });
             }
         }
@@ -79,19 +80,11 @@ fn gone_is_fine(result: Result<(), CloudError>) -> Result<(), CloudError> {
     }
 }
 
-async fn undo(cloud: &dyn RegionCloud, step: UndoStep) -> Result<(), String> {
+async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> Result<(), String> {
     match step {
         UndoStep::TerminateInstance(id) => {
             gone_is_fine(cloud.terminate_instance(&id).await).map_err(|error| error.to_string())?;
-            poll_until(INSTANCE_POLL, &format!("instance {id} to terminate"), || async {
-                let statuses = cloud.describe_instances(std::slice::from_ref(&id)).await?;
-                Ok(match statuses.first().map(|status| &status.state) {
-                    None | Some(InstanceState::Terminated) => Poll::Ready(()),
-                    Some(_) => Poll::NotYet,
-                })
-            })
-            .await
-            .map_err(|error| error.to_string())
+            waits.instance(&id, WaitKind::InstanceTerminated).await.map(drop).map_err(|error| error.to_string())
         }
         UndoStep::DeleteSecurityGroup(id) => {
             poll_until(SECURITY_GROUP_RELEASE, &format!("security group {id} to be released"), || async {

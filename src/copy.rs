@@ -2,21 +2,21 @@
 
 use std::sync::Arc;
 
-use chrono::{SecondsFormat, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::build::{client_token, wait_available};
-use crate::cloud::{CopySpec, RegionCloud};
+use crate::cloud::{client_token, CopySpec, RegionCloud};
 use crate::config::Flavor;
 use crate::events::{Artifact, EventSender, Failure, JobLabel, Stage};
 use crate::plan::CopyJob;
 use crate::run::RunContext;
 use crate::wait::WaitError;
+use crate::watch::{RegionWaits, WaitKind};
 
 pub struct CopyContext {
     pub run: Arc<RunContext>,
     /// The destination region's cloud: CopyImage is called there.
     pub cloud: Arc<dyn RegionCloud>,
+    pub waits: RegionWaits,
     pub flavor: Flavor,
     pub job: CopyJob,
     /// The build's image, in the source region.
@@ -62,7 +62,7 @@ pub async fn run(context: CopyContext) -> Result<Artifact, Failure> {
         () = context.cancel.cancelled() => {
             return Err(Failure::new(&label, Stage::Interrupted, format!("copy {image} into {} was still in progress", label.region)));
         }
-        result = wait_available(cloud, &image, run) => result.map_err(|error| match error {
+        result = context.waits.image(&image, WaitKind::ImageCopied, run.fleet.limits.image_timeout) => result.map_err(|error| match error {
             WaitError::Cloud(error) => Failure::from_cloud(&label, Stage::WaitCopy, &error),
             other => Failure::new(&label, Stage::WaitCopy, other),
         })?,
@@ -77,6 +77,6 @@ pub async fn run(context: CopyContext) -> Result<Artifact, Failure> {
         build_region: context.job.source_region.clone(),
         source_image_id: context.source.source_image_id.clone(),
         snapshot_ids,
-        created_at: Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+        created_at: run.clock.now_rfc3339(),
     })
 }

@@ -7,9 +7,12 @@
 #[macro_use]
 mod newtype;
 
+pub mod bound;
 pub mod build;
 pub mod cleanup;
+pub mod clock;
 pub mod cloud;
+pub mod communicator;
 pub mod config;
 pub mod copy;
 pub mod deps;
@@ -22,5 +25,8 @@ pub mod provision;
 pub mod report;
 pub mod run;
 pub mod scheduler;
+pub mod sim;
 pub mod ssh;
+pub mod summary;
 pub mod wait;
+pub mod watch;

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use fleetbake::config;
 use fleetbake::plan::{Plan, RunId};
-use fleetbake::run::{self, MatrixOptions, RunError};
+use fleetbake::run::{self, MatrixOptions, RunOutcome, Strategy};
 use fleetbake::scheduler::Interrupt;
 
 /// Exit codes, as documented in the README.
@@ -38,7 +38,19 @@ enum Command {
         /// Start no new job after the first failure (running ones finish and clean up)
         #[arg(long)]
         fail_fast: bool,
+        /// `aws`, or `sim`: an in-process EC2 in virtual time (no account, no servers; `[sim]` sets it up)
+        #[arg(long, value_enum, default_value_t = CloudChoice::Aws)]
+        cloud: CloudChoice,
+        /// Write run statistics (makespan, critical-path bound, API calls, throttling, jobs) as JSON here
+        #[arg(long, value_name = "PATH")]
+        summary_json: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CloudChoice {
+    Aws,
+    Sim,
 }
 
 fn main() -> ExitCode {
@@ -67,21 +79,53 @@ fn main() -> ExitCode {
             }
             Err(errors) => bad_input(errors),
         },
-        Command::Matrix { fleet, fail_fast } => {
+        Command::Matrix { fleet, fail_fast, cloud, summary_json } => {
             let loaded = match config::load(&fleet) {
                 Ok(loaded) => loaded,
                 Err(errors) => return bad_input(errors),
             };
-            let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
-            runtime.block_on(matrix(loaded, MatrixOptions { fail_fast }))
+            let options = MatrixOptions { fail_fast, summary_json };
+            match cloud {
+                CloudChoice::Aws => {
+                    let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
+                    runtime.block_on(matrix(loaded, options, cloud))
+                }
+                CloudChoice::Sim => {
+                    // Virtual time: the clock jumps to the next timer whenever every task waits.
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .start_paused(true)
+                        .build()
+                        .expect("a Tokio runtime starts");
+                    runtime.block_on(matrix(loaded, options, cloud))
+                }
+            }
         }
     }
 }
 
-async fn matrix(fleet: config::Fleet, options: MatrixOptions) -> ExitCode {
+async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice) -> ExitCode {
     let interrupts = forward_interrupts();
-    match run::matrix(fleet, options, interrupts).await {
-        Ok(summary) => {
+    let outcome = match cloud {
+        CloudChoice::Aws => run::matrix(fleet, options, interrupts).await,
+        CloudChoice::Sim => {
+            let manifest = run::simulated_manifest_path(&fleet);
+            let outcome = run::matrix_simulated(fleet, options, Strategy::FLEETBAKE, None, interrupts).await;
+            if outcome.is_ok() {
+                eprintln!("simulated run: manifest written to `{}`", manifest.display());
+            }
+            outcome
+        }
+    };
+    match outcome {
+        Ok(RunOutcome { summary, statistics }) => {
+            let leaked = statistics.leaked_resources.unwrap_or_default();
+            if !leaked.is_empty() {
+                eprintln!("error: the run left resources in the simulated cloud (a fleetbake bug):");
+                for resource in &leaked {
+                    eprintln!("  {resource}");
+                }
+            }
             if summary.abandoned {
                 eprintln!(
                     "error: exited without waiting for cleanup; temporary instances, security groups and key pairs \
@@ -90,11 +134,11 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions) -> ExitCode {
             }
             match summary.interrupted {
                 Some(interrupt) => ExitCode::from(interrupt.exit_code as u8),
-                None if summary.failed > 0 => ExitCode::from(EXIT_FAILED),
+                None if summary.failed > 0 || !leaked.is_empty() => ExitCode::from(EXIT_FAILED),
                 None => ExitCode::SUCCESS,
             }
         }
-        Err(error @ RunError::DetectAddress(_)) | Err(error @ RunError::Report(_)) => {
+        Err(error) => {
             eprintln!("error: {error}");
             ExitCode::from(EXIT_FAILED)
         }

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use chrono::SecondsFormat;
+use tokio::time::Instant;
 
 use crate::config::{FlavorName, Region};
 use crate::events::{Artifact, Failure, RunEvent, RunStatus};
@@ -46,21 +49,35 @@ impl Manifest {
     }
 }
 
-/// Keeps the manifest on disk true to what exists, as events arrive.
+/// Keeps the manifest on disk true to what exists, as events arrive: rewritten after each batch of events, or
+/// at most once per `min_interval` (the simulated cloud's virtual nights make thousands of events), and always
+/// when the run finishes.
 pub struct ManifestWriter {
     path: PathBuf,
     manifest: Option<Manifest>,
+    min_interval: Duration,
+    last_write: Option<Instant>,
+    /// Changed since the last write.
+    dirty: bool,
+    finished: bool,
 }
 
 impl ManifestWriter {
-    pub fn new(path: PathBuf) -> Self {
-        ManifestWriter { path, manifest: None }
+    pub fn new(path: PathBuf, min_interval: Duration) -> Self {
+        ManifestWriter { path, manifest: None, min_interval, last_write: None, dirty: false, finished: false }
     }
 
-    fn write(&self) -> Result<(), ReportError> {
+    fn changed(&mut self) -> Result<(), ReportError> {
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn write(&mut self) -> Result<(), ReportError> {
         let Some(manifest) = &self.manifest else {
             return Ok(());
         };
+        self.dirty = false;
+        self.last_write = Some(Instant::now());
         manifest
             .write_atomically(&self.path)
             .map_err(|error| ReportError(format!("cannot write the manifest `{}`: {error}", self.path.display())))
@@ -91,22 +108,35 @@ impl Reporter for ManifestWriter {
                         .or_default()
                         .insert(job.region.clone(), artifact.clone());
                 }
-                self.write()
+                self.changed()
             }
             RunEvent::JobFailed(failure) => {
                 if let Some(manifest) = &mut self.manifest {
                     manifest.failures.push(failure.clone());
                 }
-                self.write()
+                self.changed()
             }
             RunEvent::RunFinished { status, finished_at, .. } => {
                 if let Some(manifest) = &mut self.manifest {
                     manifest.status = *status;
                     manifest.finished_at = Some(finished_at.to_rfc3339_opts(SecondsFormat::Secs, true));
                 }
+                self.finished = true;
                 self.write()
             }
             _ => Ok(()),
         }
+    }
+
+    fn flush(&mut self, at_end: bool) -> Result<(), ReportError> {
+        let due = self.last_write.is_none_or(|last| Instant::now() >= last + self.min_interval);
+        if self.dirty && (at_end || due) {
+            self.write()?;
+        }
+        Ok(())
+    }
+
+    fn flush_due(&self) -> Option<Instant> {
+        self.dirty.then(|| self.last_write.map_or_else(Instant::now, |last| last + self.min_interval))
     }
 }

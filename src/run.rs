@@ -1,14 +1,18 @@
 //! `fleetbake matrix`: from a loaded fleet to a finished run. Makes the plan, settles the SSH source
-//! addresses, connects the cloud, starts the reporters and hands everything to the scheduler.
+//! addresses, connects the cloud (AWS, or the simulated one), starts the reporters, hands everything to the
+//! scheduler and writes the run statistics.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use chrono::Utc;
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 
+use crate::clock::RunClock;
 use crate::cloud::aws::AwsCloud;
 use crate::cloud::{Cloud, ImageId};
+use crate::communicator::{Communicator, SshCommunicator};
 use crate::config::{Flavor, FlavorName, Fleet, Tags};
 use crate::events::EventSender;
 use crate::limiter::{RetryPolicy, RunLimits};
@@ -16,7 +20,10 @@ use crate::manifest::ManifestWriter;
 use crate::net::{self, DetectError};
 use crate::plan::{Plan, RunId};
 use crate::report::{self, ReportError, Reporter, TerminalReporter};
-use crate::scheduler::{Interrupt, RunSummary, Scheduler};
+use crate::scheduler::{BuildSlotRelease, Interrupt, RunSummary, Scheduler};
+use crate::sim::{SimCloud, SimReport};
+use crate::summary::RunStatistics;
+use crate::watch::{WaitStyle, Waits, BATCH_INTERVAL};
 
 /// What every job of a run shares.
 pub struct RunContext {
@@ -24,6 +31,8 @@ pub struct RunContext {
     pub run_id: RunId,
     /// Who the temporary security groups let in on port 22.
     pub ssh_cidrs: Vec<IpNet>,
+    /// The run's time: real, or virtual in the simulated cloud.
+    pub clock: RunClock,
 }
 
 impl RunContext {
@@ -52,10 +61,37 @@ pub enum RunError {
     DetectAddress(#[from] DetectError),
     #[error(transparent)]
     Report(#[from] ReportError),
+    #[error("cannot write the run statistics `{path}`: {error}")]
+    Statistics { path: PathBuf, error: std::io::Error },
 }
 
 pub struct MatrixOptions {
     pub fail_fast: bool,
+    /// Where to write the run statistics, if anywhere.
+    pub summary_json: Option<PathBuf>,
+}
+
+/// How a run waits and gives build slots back: fleetbake's way, or (for comparison in the benches) the way
+/// most tools do it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strategy {
+    pub waits: WaitStyle,
+    pub build_slot: BuildSlotRelease,
+}
+
+impl Strategy {
+    pub const FLEETBAKE: Strategy = Strategy { waits: WaitStyle::Batched, build_slot: BuildSlotRelease::WhenCleanedUp };
+    /// A waiter per image polling every 15 s; a build's slot held until all of its copies end.
+    pub const NAIVE: Strategy = Strategy {
+        waits: WaitStyle::Alone { interval: Duration::from_secs(15) },
+        build_slot: BuildSlotRelease::AfterItsCopies,
+    };
+}
+
+/// What a finished run hands back.
+pub struct RunOutcome {
+    pub summary: RunSummary,
+    pub statistics: RunStatistics,
 }
 
 /// Runs the whole matrix against AWS (or whatever `[aws] endpoint_url` points at).
@@ -63,7 +99,7 @@ pub async fn matrix(
     fleet: Fleet,
     options: MatrixOptions,
     interrupts: mpsc::UnboundedReceiver<Interrupt>,
-) -> Result<RunSummary, RunError> {
+) -> Result<RunOutcome, RunError> {
     let fleet = Arc::new(fleet);
     let ssh_cidrs = match &fleet.ssh.source_cidrs {
         Some(cidrs) => cidrs.clone(),
@@ -71,33 +107,123 @@ pub async fn matrix(
     };
     let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default()));
     let cloud: Arc<dyn Cloud> = Arc::new(AwsCloud::connect(&fleet.aws, Arc::clone(&limits)).await);
-    execute(fleet, ssh_cidrs, cloud, limits, options, interrupts).await
+    let execution = Execution {
+        fleet: Arc::clone(&fleet),
+        ssh_cidrs,
+        cloud,
+        communicator: SshCommunicator::shared(),
+        limits: Arc::clone(&limits),
+        strategy: Strategy::FLEETBAKE,
+        fail_fast: options.fail_fast,
+        reporters: standard_reporters(&fleet, Duration::ZERO),
+    };
+    let (plan, summary) = execution.run(interrupts).await?;
+    let statistics = RunStatistics::new(&plan, &fleet, &summary, limits.stats(), None);
+    finish(summary, statistics, options.summary_json)
 }
 
-/// Plans and executes against any cloud, with the terminal and manifest reporters.
-pub async fn execute(
-    fleet: Arc<Fleet>,
-    ssh_cidrs: Vec<IpNet>,
-    cloud: Arc<dyn Cloud>,
-    limits: Arc<RunLimits>,
-    options: MatrixOptions,
-    interrupts: mpsc::UnboundedReceiver<Interrupt>,
-) -> Result<RunSummary, RunError> {
-    let started_at = Utc::now();
-    let run_id = RunId::generate(started_at);
-    let plan = Arc::new(Plan::new(&fleet, run_id.clone(), started_at));
-    let run = Arc::new(RunContext { fleet: Arc::clone(&fleet), run_id, ssh_cidrs });
+/// Where a simulated run writes its manifest: beside the real one, never over it (`manifest.sim.json`).
+pub fn simulated_manifest_path(fleet: &Fleet) -> PathBuf {
+    fleet.manifest_path.with_extension("sim.json")
+}
 
-    let (events, receiver) = EventSender::channel();
-    let reporters: Vec<Box<dyn Reporter>> =
-        vec![Box::new(TerminalReporter::stderr()), Box::new(ManifestWriter::new(fleet.manifest_path.clone()))];
-    let reporting = tokio::spawn(report::pump(receiver, reporters));
-    let scheduler = Scheduler { run, plan, cloud, limits, events, fail_fast: options.fail_fast };
-    let summary = scheduler.run(interrupts).await;
-    if summary.abandoned {
-        // Jobs were aborted mid-flight; their event senders go away as the runtime drops them.
-        return Ok(summary);
+/// Any address will do in the simulated cloud: the security groups open port 22 to this one unless `ssh.source_cidrs` says.
+const SIMULATED_BUILDER_CIDR: &str = "192.0.2.10/32";
+
+/// Runs the whole matrix against the simulated cloud, in Tokio's clock (paused, for virtual time, by the caller).
+pub async fn matrix_simulated(
+    fleet: Fleet,
+    options: MatrixOptions,
+    strategy: Strategy,
+    reporters: Option<Vec<Box<dyn Reporter>>>,
+    interrupts: mpsc::UnboundedReceiver<Interrupt>,
+) -> Result<RunOutcome, RunError> {
+    let mut fleet = fleet;
+    fleet.manifest_path = simulated_manifest_path(&fleet);
+    let fleet = Arc::new(fleet);
+    let ssh_cidrs =
+        fleet.ssh.source_cidrs.clone().unwrap_or_else(|| vec![SIMULATED_BUILDER_CIDR.parse().expect("a valid CIDR")]);
+    let sim = Arc::new(SimCloud::new(&fleet));
+    let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default()));
+    let execution = Execution {
+        fleet: Arc::clone(&fleet),
+        ssh_cidrs,
+        cloud: Arc::new(crate::cloud::Limited::new(Arc::clone(&sim) as Arc<dyn Cloud>, Arc::clone(&limits))),
+        communicator: Arc::new(sim.communicator(Arc::clone(&fleet))) as Arc<dyn Communicator>,
+        limits: Arc::clone(&limits),
+        strategy,
+        fail_fast: options.fail_fast,
+        // A virtual night makes thousands of events; the manifest is rewritten at most every simulated minute.
+        reporters: reporters.unwrap_or_else(|| standard_reporters(&fleet, Duration::from_secs(60))),
+    };
+    let (plan, summary) = execution.run(interrupts).await?;
+    let report: SimReport = sim.report(BATCH_INTERVAL);
+    let statistics = RunStatistics::new(&plan, &fleet, &summary, limits.stats(), Some(report));
+    finish(summary, statistics, options.summary_json)
+}
+
+fn finish(
+    summary: RunSummary,
+    statistics: RunStatistics,
+    summary_json: Option<PathBuf>,
+) -> Result<RunOutcome, RunError> {
+    if let Some(path) = summary_json {
+        statistics.write(&path).map_err(|error| RunError::Statistics { path, error })?;
     }
-    reporting.await.expect("the reporter task does not panic")?;
-    Ok(summary)
+    Ok(RunOutcome { summary, statistics })
+}
+
+/// The terminal lines and the manifest writer.
+pub fn standard_reporters(fleet: &Fleet, manifest_interval: Duration) -> Vec<Box<dyn Reporter>> {
+    vec![
+        Box::new(TerminalReporter::stderr()),
+        Box::new(ManifestWriter::new(fleet.manifest_path.clone(), manifest_interval)),
+    ]
+}
+
+/// Everything a run executes with.
+pub struct Execution {
+    pub fleet: Arc<Fleet>,
+    pub ssh_cidrs: Vec<IpNet>,
+    /// Every call it makes goes through `limits`.
+    pub cloud: Arc<dyn Cloud>,
+    pub communicator: Arc<dyn Communicator>,
+    pub limits: Arc<RunLimits>,
+    pub strategy: Strategy,
+    pub fail_fast: bool,
+    pub reporters: Vec<Box<dyn Reporter>>,
+}
+
+impl Execution {
+    /// Plans and executes; the plan and how the run ended.
+    pub async fn run(
+        self,
+        interrupts: mpsc::UnboundedReceiver<Interrupt>,
+    ) -> Result<(Arc<Plan>, RunSummary), RunError> {
+        let clock = RunClock::start();
+        let run_id = RunId::generate(clock.started_at());
+        let plan = Arc::new(Plan::new(&self.fleet, run_id.clone(), clock.started_at()));
+        let run = Arc::new(RunContext { fleet: Arc::clone(&self.fleet), run_id, ssh_cidrs: self.ssh_cidrs, clock });
+
+        let (events, receiver) = EventSender::channel();
+        let reporting = tokio::spawn(report::pump(receiver, self.reporters));
+        let scheduler = Scheduler {
+            run,
+            plan: Arc::clone(&plan),
+            waits: Waits::new(Arc::clone(&self.cloud), self.strategy.waits),
+            cloud: self.cloud,
+            communicator: self.communicator,
+            limits: self.limits,
+            events,
+            fail_fast: self.fail_fast,
+            build_slot: self.strategy.build_slot,
+        };
+        let summary = scheduler.run(interrupts).await;
+        if summary.abandoned {
+            // Jobs were aborted mid-flight; their event senders go away as the runtime drops them.
+            return Ok((plan, summary));
+        }
+        reporting.await.expect("the reporter task does not panic")?;
+        Ok((plan, summary))
+    }
 }

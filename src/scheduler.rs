@@ -6,14 +6,15 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
-use chrono::Utc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::build::{self, BuildContext};
 use crate::cloud::Cloud;
+use crate::communicator::Communicator;
 use crate::config::Region;
 use crate::copy::{self, CopyContext};
 use crate::deps::DependencyQueue;
@@ -21,6 +22,7 @@ use crate::events::{Artifact, EventSender, Failure, JobLabel, RunEvent, RunStatu
 use crate::limiter::RunLimits;
 use crate::plan::{JobId, Plan};
 use crate::run::RunContext;
+use crate::watch::Waits;
 
 /// An interrupt delivered to the loop (SIGINT, SIGTERM).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,22 +40,49 @@ pub struct RunSummary {
     pub interrupted: Option<Interrupt>,
     /// A second interrupt: the loop stopped waiting for cleanup; these may be left behind.
     pub abandoned: bool,
+    /// From the start of the run to the end of the loop.
+    pub makespan: Duration,
+    /// When each job that started started, had its image, and ended.
+    pub timings: BTreeMap<JobId, JobTiming>,
+}
+
+/// When a job started, made its image available and ended, measured from the start of the run.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct JobTiming {
+    pub started: Duration,
+    pub available: Option<Duration>,
+    pub ended: Option<Duration>,
+}
+
+/// When a build gives its slot back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildSlotRelease {
+    /// Once it has cleaned up; its copies go on without it (fleetbake's way).
+    WhenCleanedUp,
+    /// Only when all of its copies have ended: how most tools do it. The benches compare the two.
+    AfterItsCopies,
 }
 
 enum LoopEvent {
     ImageAvailable { job: JobId, artifact: Artifact },
-    JobDone { job: JobId, failures: Vec<Failure> },
+    JobDone { job: JobId, failures: Vec<Failure>, slot: Option<OwnedSemaphorePermit> },
     Interrupt(Interrupt),
 }
+
+/// What a job's task hands back: its failures, and its slot.
+type TaskOutcome = (JobId, Vec<Failure>, OwnedSemaphorePermit);
 
 pub struct Scheduler {
     pub run: Arc<RunContext>,
     pub plan: Arc<Plan>,
     pub cloud: Arc<dyn Cloud>,
+    pub communicator: Arc<dyn Communicator>,
+    pub waits: Arc<Waits>,
     pub limits: Arc<RunLimits>,
     pub events: EventSender,
     /// Stop starting new jobs after the first failure.
     pub fail_fast: bool,
+    pub build_slot: BuildSlotRelease,
 }
 
 /// What the loop knows while it runs.
@@ -69,6 +98,11 @@ struct LoopState {
     cancel: CancellationToken,
     /// Ready jobs waiting for a slot, per pool, in plan order.
     waiting: BTreeMap<SlotPool, VecDeque<JobId>>,
+    timings: BTreeMap<JobId, JobTiming>,
+    /// Build slots held until the build's copies end ([`BuildSlotRelease::AfterItsCopies`]).
+    held_build_slots: HashMap<usize, OwnedSemaphorePermit>,
+    /// Per build, how many of its copies have not ended (or been skipped).
+    copies_to_end: HashMap<usize, usize>,
 }
 
 /// The concurrency cap a job needs a slot of.
@@ -90,7 +124,7 @@ impl Scheduler {
         });
         let (loop_sender, mut loop_events) = mpsc::unbounded_channel::<LoopEvent>();
         let mut queue = plan.dependency_queue();
-        let mut tasks: JoinSet<(JobId, Vec<Failure>)> = JoinSet::new();
+        let mut tasks: JoinSet<TaskOutcome> = JoinSet::new();
         let mut task_jobs = HashMap::new();
         let mut state = LoopState {
             build_images: HashMap::new(),
@@ -101,6 +135,9 @@ impl Scheduler {
             stopping: false,
             cancel: CancellationToken::new(),
             waiting: BTreeMap::new(),
+            timings: BTreeMap::new(),
+            held_build_slots: HashMap::new(),
+            copies_to_end: plan.builds.iter().map(|build| (build.index, build.copies.len())).collect(),
         };
 
         loop {
@@ -119,15 +156,16 @@ impl Scheduler {
                 Some(interrupt) = interrupts.recv() => LoopEvent::Interrupt(interrupt),
                 Some(event) = loop_events.recv() => event,
                 Some(joined) = tasks.join_next_with_id() => match joined {
-                    Ok((task, (job, failures))) => {
+                    Ok((task, (job, failures, slot))) => {
                         task_jobs.remove(&task);
-                        LoopEvent::JobDone { job, failures }
+                        LoopEvent::JobDone { job, failures, slot: Some(slot) }
                     }
                     Err(error) => {
                         let job = task_jobs.remove(&error.id()).expect("every task is a job");
                         let (flavor, region) = plan.placement(job);
                         let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
-                        LoopEvent::JobDone { job, failures: vec![Failure::new(&label, Stage::Cleanup, format!("the job crashed: {error}"))] }
+                        let failures = vec![Failure::new(&label, Stage::Cleanup, format!("the job crashed: {error}"))];
+                        LoopEvent::JobDone { job, failures, slot: None }
                     }
                 },
             };
@@ -152,13 +190,16 @@ impl Scheduler {
     fn handle(&self, event: LoopEvent, state: &mut LoopState, queue: &mut DependencyQueue<JobId>) -> ControlFlow {
         match event {
             LoopEvent::ImageAvailable { job, artifact } => {
+                state.timings.entry(job).or_default().available = Some(self.run.clock.elapsed());
                 state.images += 1;
                 if let JobId::Build(index) = job {
                     state.build_images.insert(index, artifact);
                     queue.satisfied(&job);
                 }
             }
-            LoopEvent::JobDone { job, failures } => {
+            LoopEvent::JobDone { job, failures, slot } => {
+                state.timings.entry(job).or_default().ended = Some(self.run.clock.elapsed());
+                self.release(job, slot, state);
                 if failures.is_empty() {
                     state.succeeded += 1;
                     return ControlFlow::Continue;
@@ -205,7 +246,33 @@ impl Scheduler {
         ControlFlow::Continue
     }
 
+    /// Gives a finished job's slot back, or keeps a build's until its copies end.
+    fn release(&self, job: JobId, slot: Option<OwnedSemaphorePermit>, state: &mut LoopState) {
+        match job {
+            JobId::Build(index) => {
+                let copies_left = state.copies_to_end.get(&index).copied().unwrap_or(0);
+                if let (BuildSlotRelease::AfterItsCopies, Some(slot), 1..) = (self.build_slot, slot, copies_left) {
+                    state.held_build_slots.insert(index, slot);
+                }
+            }
+            JobId::Copy(index) => self.copy_ended(index, state),
+        }
+    }
+
+    /// A copy ended or will never start: its build's held slot may be free now.
+    fn copy_ended(&self, index: usize, state: &mut LoopState) {
+        let build = self.plan.copies[index].build;
+        let left = state.copies_to_end.entry(build).or_default();
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            state.held_build_slots.remove(&build);
+        }
+    }
+
     fn record_not_started(&self, job: JobId, stage: Stage, why: &str, state: &mut LoopState) {
+        if let JobId::Copy(index) = job {
+            self.copy_ended(index, state);
+        }
         let (flavor, region) = self.plan.placement(job);
         let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
         state.failed += 1;
@@ -231,7 +298,7 @@ impl Scheduler {
         &self,
         state: &mut LoopState,
         loop_sender: &mpsc::UnboundedSender<LoopEvent>,
-        tasks: &mut JoinSet<(JobId, Vec<Failure>)>,
+        tasks: &mut JoinSet<TaskOutcome>,
         task_jobs: &mut HashMap<tokio::task::Id, JobId>,
     ) {
         let pools: Vec<SlotPool> = state.waiting.keys().cloned().collect();
@@ -243,6 +310,7 @@ impl Scheduler {
             while state.waiting.get(&pool).is_some_and(|jobs| !jobs.is_empty()) {
                 let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else { break };
                 let job = state.waiting.get_mut(&pool).and_then(VecDeque::pop_front).expect("checked non-empty");
+                state.timings.insert(job, JobTiming { started: self.run.clock.elapsed(), ..JobTiming::default() });
                 let task = self.spawn(job, slot, state, loop_sender, tasks);
                 task_jobs.insert(task, job);
             }
@@ -256,7 +324,7 @@ impl Scheduler {
         slot: OwnedSemaphorePermit,
         state: &LoopState,
         loop_sender: &mpsc::UnboundedSender<LoopEvent>,
-        tasks: &mut JoinSet<(JobId, Vec<Failure>)>,
+        tasks: &mut JoinSet<TaskOutcome>,
     ) -> tokio::task::Id {
         let (flavor_name, region) = self.plan.placement(job);
         let label = JobLabel { flavor: flavor_name.clone(), region: region.clone() };
@@ -275,6 +343,8 @@ impl Scheduler {
                 let context = BuildContext {
                     run: Arc::clone(&self.run),
                     cloud: self.cloud.region(&build_job.region),
+                    waits: self.waits.region(&build_job.region),
+                    communicator: Arc::clone(&self.communicator),
                     flavor,
                     job: build_job,
                     events: self.events.clone(),
@@ -282,9 +352,8 @@ impl Scheduler {
                 };
                 tasks
                     .spawn(async move {
-                        let _slot = slot;
                         let failures = build::run(context, |artifact| announce.image_available(artifact)).await;
-                        (job, failures)
+                        (job, failures, slot)
                     })
                     .id()
             }
@@ -294,6 +363,7 @@ impl Scheduler {
                 let context = CopyContext {
                     run: Arc::clone(&self.run),
                     cloud: self.cloud.region(&copy_job.target_region),
+                    waits: self.waits.region(&copy_job.target_region),
                     flavor,
                     job: copy_job,
                     source,
@@ -302,13 +372,12 @@ impl Scheduler {
                 };
                 tasks
                     .spawn(async move {
-                        let _slot = slot;
                         match copy::run(context).await {
                             Ok(artifact) => {
                                 announce.image_available(&artifact);
-                                (job, Vec::new())
+                                (job, Vec::new(), slot)
                             }
-                            Err(failure) => (job, vec![failure]),
+                            Err(failure) => (job, vec![failure], slot),
                         }
                     })
                     .id()
@@ -328,7 +397,7 @@ impl Scheduler {
         };
         self.events.send(RunEvent::RunFinished {
             status,
-            finished_at: Utc::now(),
+            finished_at: self.run.clock.now(),
             succeeded: state.succeeded,
             failed: state.failed,
         });
@@ -338,6 +407,8 @@ impl Scheduler {
             failed: state.failed,
             interrupted: state.interrupted,
             abandoned,
+            makespan: self.run.clock.elapsed(),
+            timings: state.timings.clone(),
         }
     }
 }

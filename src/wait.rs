@@ -7,7 +7,9 @@ use crate::cloud::CloudError;
 
 #[derive(Clone, Copy, Debug)]
 pub struct PollPolicy {
-    /// The first check is immediate; then this, growing by `factor` up to `max_interval`.
+    /// How long before the first check (zero: at once).
+    pub first_check: Duration,
+    /// After the first check, this, growing by `factor` up to `max_interval`.
     pub first_interval: Duration,
     pub max_interval: Duration,
     pub factor: f64,
@@ -16,20 +18,28 @@ pub struct PollPolicy {
 
 impl PollPolicy {
     pub const fn new(first_interval: Duration, max_interval: Duration, timeout: Duration) -> Self {
-        PollPolicy { first_interval, max_interval, factor: 1.5, timeout }
+        PollPolicy { first_check: Duration::ZERO, first_interval, max_interval, factor: 1.5, timeout }
+    }
+
+    /// The same policy, polling every `interval` without growing.
+    pub const fn fixed(interval: Duration, timeout: Duration) -> Self {
+        PollPolicy {
+            first_check: Duration::ZERO,
+            first_interval: interval,
+            max_interval: interval,
+            factor: 1.0,
+            timeout,
+        }
+    }
+
+    pub fn with_first_check(self, first_check: Duration) -> Self {
+        PollPolicy { first_check, ..self }
     }
 
     pub fn with_timeout(self, timeout: Duration) -> Self {
         PollPolicy { timeout, ..self }
     }
 }
-
-/// Instance state changes: seconds to a few minutes.
-pub const INSTANCE_POLL: PollPolicy =
-    PollPolicy::new(Duration::from_secs(2), Duration::from_secs(15), Duration::from_secs(20 * 60));
-/// Images: minutes to hours; the timeout comes from `[limits] image_timeout`.
-pub const IMAGE_POLL: PollPolicy =
-    PollPolicy::new(Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(2 * 60 * 60));
 
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
@@ -57,6 +67,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + policy.timeout;
     let mut interval = policy.first_interval;
+    tokio::time::sleep(policy.first_check.min(policy.timeout)).await;
     loop {
         match check().await? {
             Poll::Ready(value) => return Ok(value),

@@ -10,6 +10,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::BehaviorVersion;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
 use aws_sdk_ec2::types::{
     Filter, InstanceNetworkInterfaceSpecification, InstanceStateName, IpPermission, IpRange, Ipv6Range, KeyType,
     ResourceType, Tag, TagSpecification,
@@ -21,6 +22,9 @@ use ipnet::IpNet;
 use super::*;
 use crate::config::AwsSettings;
 use crate::limiter::{RegionLimiter, RunLimits};
+
+/// EC2 takes at most 200 values in one filter.
+const FILTER_VALUES_PER_CALL: usize = 200;
 
 /// Sends one request built from the region's client through the limiter, mapping the SDK's error.
 /// `ec2_call!(self, Action::X, |client| client.x().field(..))` evaluates to `CloudResult<XOutput>`.
@@ -197,17 +201,14 @@ impl RegionCloud for AwsRegion {
 
     async fn describe_images(&self, ids: &[ImageId]) -> CloudResult<Vec<ImageStatus>> {
         let action = Action::DescribeImages;
-        let ids: Vec<String> = ids.iter().map(|id| id.0.clone()).collect();
-        let result = ec2_call!(self, action, |client| client.describe_images().set_image_ids(Some(ids.clone())));
-        let output = match result {
-            Ok(output) => output,
-            Err(error) if error.kind == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(error) => return Err(error),
-        };
-        Ok(output
-            .images()
-            .iter()
-            .filter_map(|image| {
+        let mut found = Vec::new();
+        // A filter, not ImageIds: an id EC2 does not know yet (just created) leaves the others' answer intact.
+        for chunk in ids.chunks(FILTER_VALUES_PER_CALL) {
+            let values: Vec<String> = chunk.iter().map(|id| id.0.clone()).collect();
+            let output = ec2_call!(self, action, |client| client
+                .describe_images()
+                .filters(Filter::builder().name("image-id").set_values(Some(values.clone())).build()))?;
+            found.extend(output.images().iter().filter_map(|image| {
                 Some(ImageStatus {
                     id: ImageId(image.image_id()?.to_string()),
                     state: image_state(image),
@@ -218,8 +219,9 @@ impl RegionCloud for AwsRegion {
                         .map(|id| SnapshotId(id.to_string()))
                         .collect(),
                 })
-            })
-            .collect())
+            }));
+        }
+        Ok(found)
     }
 
     async fn subnet_vpc(&self, subnet_id: &str) -> CloudResult<VpcId> {
@@ -332,35 +334,16 @@ impl RegionCloud for AwsRegion {
 
     async fn describe_instances(&self, ids: &[InstanceId]) -> CloudResult<Vec<InstanceStatus>> {
         let action = Action::DescribeInstances;
-        let ids: Vec<String> = ids.iter().map(|id| id.0.clone()).collect();
-        let result = ec2_call!(self, action, |client| client.describe_instances().set_instance_ids(Some(ids.clone())));
-        let output = match result {
-            Ok(output) => output,
-            Err(error) if error.kind == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(error) => return Err(error),
-        };
-        Ok(output
-            .reservations()
-            .iter()
-            .flat_map(|reservation| reservation.instances())
-            .filter_map(|instance| {
-                let state = match instance.state()?.name()? {
-                    InstanceStateName::Pending => InstanceState::Pending,
-                    InstanceStateName::Running => InstanceState::Running,
-                    InstanceStateName::Stopping => InstanceState::Stopping,
-                    InstanceStateName::Stopped => InstanceState::Stopped,
-                    InstanceStateName::ShuttingDown => InstanceState::ShuttingDown,
-                    InstanceStateName::Terminated => InstanceState::Terminated,
-                    _ => InstanceState::Pending,
-                };
-                Some(InstanceStatus {
-                    id: InstanceId(instance.instance_id()?.to_string()),
-                    state,
-                    public_ip: instance.public_ip_address().map(str::to_string),
-                    private_ip: instance.private_ip_address().map(str::to_string),
-                })
-            })
-            .collect())
+        let mut found = Vec::new();
+        // A filter, not InstanceIds: one id EC2 does not know yet would fail the whole call.
+        for chunk in ids.chunks(FILTER_VALUES_PER_CALL) {
+            let values: Vec<String> = chunk.iter().map(|id| id.0.clone()).collect();
+            let output = ec2_call!(self, action, |client| client
+                .describe_instances()
+                .filters(Filter::builder().name("instance-id").set_values(Some(values.clone())).build()))?;
+            found.extend(instance_statuses(&output));
+        }
+        Ok(found)
     }
 
     async fn stop_instance(&self, id: &InstanceId) -> CloudResult<()> {
@@ -413,4 +396,30 @@ impl RegionCloud for AwsRegion {
             .set_tags(Some(tags.clone())))?;
         Ok(())
     }
+}
+
+/// The instances in a DescribeInstances answer.
+fn instance_statuses(output: &DescribeInstancesOutput) -> Vec<InstanceStatus> {
+    output
+        .reservations()
+        .iter()
+        .flat_map(|reservation| reservation.instances())
+        .filter_map(|instance| {
+            let state = match instance.state()?.name()? {
+                InstanceStateName::Pending => InstanceState::Pending,
+                InstanceStateName::Running => InstanceState::Running,
+                InstanceStateName::Stopping => InstanceState::Stopping,
+                InstanceStateName::Stopped => InstanceState::Stopped,
+                InstanceStateName::ShuttingDown => InstanceState::ShuttingDown,
+                InstanceStateName::Terminated => InstanceState::Terminated,
+                _ => InstanceState::Pending,
+            };
+            Some(InstanceStatus {
+                id: InstanceId(instance.instance_id()?.to_string()),
+                state,
+                public_ip: instance.public_ip_address().map(str::to_string),
+                private_ip: instance.private_ip_address().map(str::to_string),
+            })
+        })
+        .collect()
 }

@@ -4,6 +4,9 @@
 //! adapter makes goes through the region's [`crate::limiter::RegionLimiter`].
 
 pub mod aws;
+mod limited;
+
+pub use limited::Limited;
 
 use std::fmt;
 use std::sync::Arc;
@@ -66,20 +69,76 @@ pub enum Action {
 }
 
 /// EC2's request-rate classes; each has its own token bucket per region.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ActionClass {
     NonMutating,
     Mutating,
     RunInstances,
     CopyImage,
+    CreateTags,
+}
+
+impl ActionClass {
+    pub const ALL: [ActionClass; 5] = [
+        ActionClass::NonMutating,
+        ActionClass::Mutating,
+        ActionClass::RunInstances,
+        ActionClass::CopyImage,
+        ActionClass::CreateTags,
+    ];
+
+    /// The class's bucket among the configured rates.
+    pub fn bucket(self, rates: &crate::config::ApiRates) -> crate::config::Bucket {
+        match self {
+            ActionClass::NonMutating => rates.non_mutating,
+            ActionClass::Mutating => rates.mutating,
+            ActionClass::RunInstances => rates.run_instances,
+            ActionClass::CopyImage => rates.copy_image,
+            ActionClass::CreateTags => rates.create_tags,
+        }
+    }
+
+    /// The name used in summaries: `non_mutating`, `run_instances`, ….
+    pub fn key(self) -> &'static str {
+        match self {
+            ActionClass::NonMutating => "non_mutating",
+            ActionClass::Mutating => "mutating",
+            ActionClass::RunInstances => "run_instances",
+            ActionClass::CopyImage => "copy_image",
+            ActionClass::CreateTags => "create_tags",
+        }
+    }
 }
 
 impl Action {
+    pub const ALL: [Action; 14] = [
+        Action::DescribeImages,
+        Action::DescribeInstances,
+        Action::DescribeSubnets,
+        Action::CreateKeyPair,
+        Action::DeleteKeyPair,
+        Action::CreateSecurityGroup,
+        Action::AuthorizeSecurityGroupIngress,
+        Action::DeleteSecurityGroup,
+        Action::RunInstances,
+        Action::StopInstances,
+        Action::TerminateInstances,
+        Action::CreateImage,
+        Action::CopyImage,
+        Action::CreateTags,
+    ];
+
+    /// The action named as in the EC2 API (`CreateImage`).
+    pub fn from_name(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|action| action.to_string() == name)
+    }
+
     pub fn class(self) -> ActionClass {
         match self {
             Action::DescribeImages | Action::DescribeInstances | Action::DescribeSubnets => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,
             Action::CopyImage => ActionClass::CopyImage,
+            Action::CreateTags => ActionClass::CreateTags,
             _ => ActionClass::Mutating,
         }
     }
@@ -217,6 +276,21 @@ pub struct CopySpec {
 }
 
 pub type CloudResult<T> = Result<T, CloudError>;
+
+/// An idempotency token from parts: at most 64 ASCII characters, as EC2 requires. Long ones keep a prefix and
+/// a fixed hash (FNV-1a) of the whole, the same in every build of fleetbake, so a later run can repeat it.
+pub fn client_token(parts: &[&str]) -> String {
+    let joined = parts.join("/");
+    if joined.len() <= 64 {
+        return joined;
+    }
+    format!("{}-{:016x}", &joined[..47], fnv1a(&joined))
+}
+
+/// FNV-1a, 64 bits: a hash that never changes between Rust versions.
+pub fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
 
 /// EC2 in one region, as the steps see it.
 #[async_trait]

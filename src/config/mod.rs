@@ -43,6 +43,8 @@ pub struct Fleet {
     pub aws: AwsSettings,
     pub ssh: SshSettings,
     pub limits: Limits,
+    /// The simulated cloud's model (`[sim]`); used only by `--cloud sim`.
+    pub sim: SimSettings,
 }
 
 #[derive(Clone, Debug)]
@@ -56,6 +58,8 @@ pub struct Flavor {
     /// The defaults' tags overlaid with the flavor's own.
     pub tags: Tags,
     pub provisioners: Vec<Provisioner>,
+    /// How long this flavor's provisioning takes in the simulated cloud (`sim_provision`).
+    pub sim_provision: Option<Duration>,
 }
 
 /// Where a build's source image comes from.
@@ -140,6 +144,7 @@ pub struct ApiRates {
     pub mutating: Bucket,
     pub run_instances: Bucket,
     pub copy_image: Bucket,
+    pub create_tags: Bucket,
 }
 
 impl Default for ApiRates {
@@ -150,6 +155,7 @@ impl Default for ApiRates {
             mutating: Bucket { burst: 50, per_second: 5.0 },
             run_instances: Bucket { burst: 5, per_second: 2.0 },
             copy_image: Bucket { burst: 100, per_second: 1.0 },
+            create_tags: Bucket { burst: 100, per_second: 10.0 },
         }
     }
 }
@@ -167,11 +173,77 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_parallel_builds: 8,
-            max_parallel_copies_per_region: 5,
+            max_parallel_copies_per_region: 50,
             image_timeout: Duration::from_secs(2 * 60 * 60),
             api: ApiRates::default(),
         }
     }
+}
+
+/// The simulated EC2 (`[sim]`): how long things take, how much they vary, what fails.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimSettings {
+    pub seed: u64,
+    /// ± fraction applied to every duration.
+    pub jitter: f64,
+    /// pending → running
+    pub boot: Duration,
+    /// running → SSH answers
+    pub ssh_ready: Duration,
+    /// A flavor's whole provisioning run, unless it sets `sim_provision`.
+    pub provision: Duration,
+    /// stopping → stopped
+    pub stop: Duration,
+    /// shutting-down → terminated
+    pub terminate: Duration,
+    /// CreateImage → available
+    pub create_image: Duration,
+    /// CopyImage → available in the destination
+    pub copy_image: Duration,
+    /// Concurrent CopyImage per destination region before EC2 answers ResourceLimitExceeded.
+    pub copy_concurrency: usize,
+    /// How long every API call takes to answer.
+    pub api_latency: Duration,
+    pub faults: Vec<SimFault>,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        SimSettings {
+            seed: 1,
+            jitter: 0.0,
+            boot: Duration::from_secs(60),
+            ssh_ready: Duration::from_secs(30),
+            provision: Duration::from_secs(5 * 60),
+            stop: Duration::from_secs(30),
+            terminate: Duration::from_secs(30),
+            create_image: Duration::from_secs(7 * 60),
+            copy_image: Duration::from_secs(15 * 60),
+            copy_concurrency: 50,
+            api_latency: Duration::from_millis(80),
+            faults: Vec::new(),
+        }
+    }
+}
+
+/// An error the simulated EC2 answers with instead of doing what was asked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimFault {
+    /// The action it hits; `None` for `"*"`, every action.
+    pub action: Option<crate::cloud::Action>,
+    /// Only in this region, if set.
+    pub region: Option<Region>,
+    /// The AWS error code answered, e.g. `InternalError`, `RequestLimitExceeded`, `UnauthorizedOperation`.
+    pub error: String,
+    pub when: FaultTrigger,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FaultTrigger {
+    /// The nth matching call of the run (1-based).
+    Nth(u64),
+    /// Each matching call, with this probability (drawn from the seeded generator).
+    Probability(f64),
 }
 
 /// One problem in a fleet file (or a file it names), located in the file.

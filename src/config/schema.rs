@@ -26,6 +26,8 @@ pub struct FleetFile {
     pub ssh: SshSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub sim: SimSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +66,7 @@ pub struct FlavorSection {
     pub tags: TagMap,
     #[serde(default)]
     pub provisioners: Vec<ProvisionerSection>,
+    pub sim_provision: Option<String>,
 }
 
 /// `{ id = "ami-…" }` or `{ owners = [...], name = "pattern" }`.
@@ -139,6 +142,7 @@ pub struct ApiRatesSection {
     pub mutating: Option<BucketSection>,
     pub run_instances: Option<BucketSection>,
     pub copy_image: Option<BucketSection>,
+    pub create_tags: Option<BucketSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,4 +150,33 @@ pub struct ApiRatesSection {
 pub struct BucketSection {
     pub burst: u32,
     pub per_second: f64,
+}
+
+/// `[sim]`: the simulated cloud's durations, jitter and faults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimSection {
+    pub seed: Option<u64>,
+    pub jitter: Option<f64>,
+    pub boot: Option<String>,
+    pub ssh_ready: Option<String>,
+    pub provision: Option<String>,
+    pub stop: Option<String>,
+    pub terminate: Option<String>,
+    pub create_image: Option<String>,
+    pub copy_image: Option<String>,
+    pub copy_concurrency: Option<usize>,
+    pub api_latency: Option<String>,
+    #[serde(default)]
+    pub faults: Vec<FaultSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSection {
+    pub action: String,
+    pub error: String,
+    pub region: Option<String>,
+    pub nth: Option<u64>,
+    pub probability: Option<f64>,
 }

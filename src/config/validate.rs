@@ -60,6 +60,14 @@ impl Checker<'_> {
         }
     }
 
+    /// A duration that may be zero (`"0s"`).
+    fn duration_or_zero(&mut self, path: KeyPath, text: &str) -> Option<Duration> {
+        match humantime::parse_duration(text) {
+            Ok(duration) => Some(duration),
+            Err(_) => self.duration(path, text),
+        }
+    }
+
     fn tags(&mut self, path: KeyPath, tags: &TagMap) {
         for (key, value) in tags {
             let at = path.key(key);
@@ -212,6 +220,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
         aws: resolve_aws(checker, raw.aws),
         ssh: resolve_ssh(checker, raw.ssh),
         limits: resolve_limits(checker, raw.limits),
+        sim: resolve_sim(checker, raw.sim),
     };
     check_selection(checker, &fleet);
     fleet
@@ -253,6 +262,10 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> Vec<Flavor> {
                     resolve_provisioner(checker, path.key("provisioners").index(index), provisioner)
                 })
                 .collect(),
+            sim_provision: flavor
+                .sim_provision
+                .as_deref()
+                .and_then(|text| checker.duration_or_zero(path.key("sim_provision"), text)),
         });
     }
     flavors
@@ -609,6 +622,7 @@ fn resolve_limits(checker: &mut Checker<'_>, raw: schema::LimitsSection) -> Limi
         mutating: bucket("mutating", raw.api.mutating, defaults.api.mutating),
         run_instances: bucket("run_instances", raw.api.run_instances, defaults.api.run_instances),
         copy_image: bucket("copy_image", raw.api.copy_image, defaults.api.copy_image),
+        create_tags: bucket("create_tags", raw.api.create_tags, defaults.api.create_tags),
     };
     Limits {
         max_parallel_builds: checker.positive(
@@ -628,6 +642,78 @@ fn resolve_limits(checker: &mut Checker<'_>, raw: schema::LimitsSection) -> Limi
             .unwrap_or(defaults.image_timeout),
         api,
     }
+}
+
+fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSettings {
+    let path = KeyPath::root().key("sim");
+    let defaults = SimSettings::default();
+    let mut duration = |key: &str, raw: &Option<String>, default: Duration| {
+        raw.as_deref().and_then(|text| checker.duration_or_zero(path.key(key), text)).unwrap_or(default)
+    };
+    let mut sim = SimSettings {
+        seed: raw.seed.unwrap_or(defaults.seed),
+        jitter: raw.jitter.unwrap_or(defaults.jitter),
+        boot: duration("boot", &raw.boot, defaults.boot),
+        ssh_ready: duration("ssh_ready", &raw.ssh_ready, defaults.ssh_ready),
+        provision: duration("provision", &raw.provision, defaults.provision),
+        stop: duration("stop", &raw.stop, defaults.stop),
+        terminate: duration("terminate", &raw.terminate, defaults.terminate),
+        create_image: duration("create_image", &raw.create_image, defaults.create_image),
+        copy_image: duration("copy_image", &raw.copy_image, defaults.copy_image),
+        api_latency: duration("api_latency", &raw.api_latency, defaults.api_latency),
+        copy_concurrency: defaults.copy_concurrency,
+        faults: Vec::new(),
+    };
+    sim.copy_concurrency =
+        checker.positive(path.key("copy_concurrency"), raw.copy_concurrency, defaults.copy_concurrency);
+    if !(0.0..1.0).contains(&sim.jitter) {
+        checker.problem(path.key("jitter"), "must be a fraction from 0.0 up to (not including) 1.0");
+        sim.jitter = 0.0;
+    }
+    for (index, fault) in raw.faults.into_iter().enumerate() {
+        let at = path.key("faults").index(index);
+        let action = match fault.action.as_str() {
+            "*" => None,
+            name => match crate::cloud::Action::from_name(name) {
+                Some(action) => Some(action),
+                None => {
+                    let names: Vec<String> = crate::cloud::Action::ALL.iter().map(ToString::to_string).collect();
+                    checker.problem(
+                        at.key("action"),
+                        format!(
+                            "`{name}` is not an EC2 action fleetbake calls; use `*` or one of {}",
+                            names.join(", ")
+                        ),
+                    );
+                    continue;
+                }
+            },
+        };
+        if fault.error.is_empty() || !fault.error.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
+            checker.problem(at.key("error"), "must be an AWS error code like `InternalError`");
+        }
+        let region = fault.region.as_deref().map(|name| checker.region(at.key("region"), name));
+        let when = match (fault.nth, fault.probability) {
+            (Some(nth), None) if nth >= 1 => FaultTrigger::Nth(nth),
+            (Some(_), None) => {
+                checker.problem(at.key("nth"), "must be at least 1 (the first matching call is 1)");
+                continue;
+            }
+            (None, Some(probability)) if probability > 0.0 && probability <= 1.0 => {
+                FaultTrigger::Probability(probability)
+            }
+            (None, Some(_)) => {
+                checker.problem(at.key("probability"), "must be a number above 0 and at most 1");
+                continue;
+            }
+            _ => {
+                checker.problem(at, "set exactly one of `nth` and `probability`");
+                continue;
+            }
+        };
+        sim.faults.push(SimFault { action, region, error: fault.error, when });
+    }
+    sim
 }
 
 impl Fleet {

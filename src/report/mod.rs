@@ -16,6 +16,16 @@ pub struct ReportError(pub String);
 
 pub trait Reporter: Send {
     fn report(&mut self, event: &RunEvent) -> Result<(), ReportError>;
+
+    /// Called after each batch of events: write out what was deferred, if it is due (or `at_end`).
+    fn flush(&mut self, _at_end: bool) -> Result<(), ReportError> {
+        Ok(())
+    }
+
+    /// When deferred output is due, if there is any.
+    fn flush_due(&self) -> Option<tokio::time::Instant> {
+        None
+    }
 }
 
 /// Delivers events until the channel closes; returns the first error a reporter gave (later events are still
@@ -25,13 +35,47 @@ pub async fn pump(
     mut reporters: Vec<Box<dyn Reporter>>,
 ) -> Result<(), ReportError> {
     let mut first_error = None;
-    while let Some(event) = events.recv().await {
-        for reporter in &mut reporters {
-            if let Err(error) = reporter.report(&event) {
-                tracing::error!("{error}");
-                first_error.get_or_insert(error);
+    let mut keep_first = |result: Result<(), ReportError>| {
+        if let Err(error) = result {
+            tracing::error!("{error}");
+            first_error.get_or_insert(error);
+        }
+    };
+    loop {
+        let due = reporters.iter().filter_map(|reporter| reporter.flush_due()).min();
+        let next = match due {
+            Some(due) => tokio::select! {
+                event = events.recv() => event.map_or(Next::Closed, Next::Event),
+                () = tokio::time::sleep_until(due) => Next::FlushDue,
+            },
+            None => events.recv().await.map_or(Next::Closed, Next::Event),
+        };
+        let mut batch = Vec::new();
+        match next {
+            Next::Closed => break,
+            Next::FlushDue => {}
+            Next::Event(event) => batch.push(event),
+        }
+        while let Ok(event) = events.try_recv() {
+            batch.push(event);
+        }
+        for event in &batch {
+            for reporter in &mut reporters {
+                keep_first(reporter.report(event));
             }
         }
+        for reporter in &mut reporters {
+            keep_first(reporter.flush(false));
+        }
+    }
+    for reporter in &mut reporters {
+        keep_first(reporter.flush(true));
     }
     first_error.map_or(Ok(()), Err)
+}
+
+enum Next {
+    Event(RunEvent),
+    FlushDue,
+    Closed,
 }

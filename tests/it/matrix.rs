@@ -599,7 +599,9 @@ fn waits_keep_polling_through_pending_states() {
     let pending_images = std::sync::atomic::AtomicUsize::new(0);
     let proxy = FaultProxy::start(&moto.endpoint, move |request| {
         use std::sync::atomic::Ordering::SeqCst;
-        let by_id = request.body.contains("ImageId.1=") || request.body.contains("InstanceId.1=");
+        // The waits' describes, which name their ids in an `image-id` / `instance-id` filter.
+        let by_id =
+            request.body.contains("Filter.1.Name=image-id") || request.body.contains("Filter.1.Name=instance-id");
         match request.action {
             "DescribeInstances" if by_id && pending_instances.fetch_add(1, SeqCst) < 2 => {
                 Answer::Rewrite(|body| body.replace("<name>running</name>", "<name>pending</name>"))

@@ -58,7 +58,7 @@ fn defaults_are_inherited_and_overridden() {
     assert_eq!(fleet.manifest_path, Path::new("/fleets/manifest.json"));
     assert_eq!(fleet.ssh.port, 22);
     assert_eq!(fleet.limits.max_parallel_builds, 8);
-    assert_eq!(fleet.limits.max_parallel_copies_per_region, 5);
+    assert_eq!(fleet.limits.max_parallel_copies_per_region, 50);
 }
 
 #[test]

@@ -1,0 +1,117 @@
+//! [`Limited`]: any cloud with the client's request buckets and retries in front of it — how the simulated
+//! cloud is called. (The aws adapter puts its calls through the same [`RegionLimiter`] itself, since a retry
+//! rebuilds the SDK request.)
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+
+use super::*;
+use crate::config::{ImageFilter, Region, Tags};
+use crate::limiter::{RegionLimiter, RunLimits};
+
+pub struct Limited {
+    inner: Arc<dyn Cloud>,
+    limits: Arc<RunLimits>,
+}
+
+impl Limited {
+    pub fn new(inner: Arc<dyn Cloud>, limits: Arc<RunLimits>) -> Self {
+        Limited { inner, limits }
+    }
+}
+
+impl Cloud for Limited {
+    fn region(&self, region: &Region) -> Arc<dyn RegionCloud> {
+        Arc::new(LimitedRegion { inner: self.inner.region(region), limiter: self.limits.region(region) })
+    }
+}
+
+struct LimitedRegion {
+    inner: Arc<dyn RegionCloud>,
+    limiter: Arc<RegionLimiter>,
+}
+
+#[async_trait]
+impl RegionCloud for LimitedRegion {
+    fn region(&self) -> &Region {
+        self.inner.region()
+    }
+
+    async fn find_images(&self, filter: &ImageFilter) -> CloudResult<Vec<ImageSummary>> {
+        self.limiter.call(Action::DescribeImages, || self.inner.find_images(filter)).await
+    }
+
+    async fn describe_images(&self, ids: &[ImageId]) -> CloudResult<Vec<ImageStatus>> {
+        self.limiter.call(Action::DescribeImages, || self.inner.describe_images(ids)).await
+    }
+
+    async fn subnet_vpc(&self, subnet_id: &str) -> CloudResult<VpcId> {
+        self.limiter.call(Action::DescribeSubnets, || self.inner.subnet_vpc(subnet_id)).await
+    }
+
+    async fn create_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey> {
+        self.limiter.call(Action::CreateKeyPair, || self.inner.create_key_pair(name, tags)).await
+    }
+
+    async fn delete_key_pair(&self, name: &KeyPairName) -> CloudResult<()> {
+        self.limiter.call(Action::DeleteKeyPair, || self.inner.delete_key_pair(name)).await
+    }
+
+    async fn create_security_group(
+        &self,
+        name: &str,
+        description: &str,
+        vpc: Option<&VpcId>,
+        tags: &Tags,
+    ) -> CloudResult<SecurityGroupId> {
+        self.limiter
+            .call(Action::CreateSecurityGroup, || self.inner.create_security_group(name, description, vpc, tags))
+            .await
+    }
+
+    async fn authorize_ingress(&self, group: &SecurityGroupId, port: u16, cidrs: &[IpNet]) -> CloudResult<()> {
+        self.limiter
+            .call(Action::AuthorizeSecurityGroupIngress, || self.inner.authorize_ingress(group, port, cidrs))
+            .await
+    }
+
+    async fn delete_security_group(&self, group: &SecurityGroupId) -> CloudResult<()> {
+        self.limiter.call(Action::DeleteSecurityGroup, || self.inner.delete_security_group(group)).await
+    }
+
+    async fn run_instance(&self, spec: &LaunchSpec) -> CloudResult<InstanceId> {
+        self.limiter.call(Action::RunInstances, || self.inner.run_instance(spec)).await
+    }
+
+    async fn describe_instances(&self, ids: &[InstanceId]) -> CloudResult<Vec<InstanceStatus>> {
+        self.limiter.call(Action::DescribeInstances, || self.inner.describe_instances(ids)).await
+    }
+
+    async fn stop_instance(&self, id: &InstanceId) -> CloudResult<()> {
+        self.limiter.call(Action::StopInstances, || self.inner.stop_instance(id)).await
+    }
+
+    async fn terminate_instance(&self, id: &InstanceId) -> CloudResult<()> {
+        self.limiter.call(Action::TerminateInstances, || self.inner.terminate_instance(id)).await
+    }
+
+    async fn create_image(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        description: Option<&str>,
+        tags: &Tags,
+    ) -> CloudResult<ImageId> {
+        self.limiter.call(Action::CreateImage, || self.inner.create_image(instance, name, description, tags)).await
+    }
+
+    async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId> {
+        self.limiter.call(Action::CopyImage, || self.inner.copy_image(spec)).await
+    }
+
+    async fn create_tags(&self, resources: &[String], tags: &Tags) -> CloudResult<()> {
+        self.limiter.call(Action::CreateTags, || self.inner.create_tags(resources, tags)).await
+    }
+}

@@ -1,0 +1,149 @@
+//! Public images the simulated cloud knows: a small catalog of the common ones (Amazon Linux 2023, Ubuntu LTS,
+//! Debian), and for any other filter an image synthesized deterministically from the filter, in every region.
+
+use crate::cloud::{fnv1a, ImageId};
+use crate::config::{ImageFilter, Region};
+
+/// A public image as DescribeImages lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicImage {
+    pub id: ImageId,
+    pub name: String,
+    pub creation_date: String,
+}
+
+struct CatalogImage {
+    owner: &'static str,
+    alias: &'static str,
+    name: &'static str,
+    architecture: &'static str,
+    created: &'static str,
+}
+
+const CATALOG: &[CatalogImage] = &[
+    CatalogImage {
+        owner: "137112412989",
+        alias: "amazon",
+        name: "al2023-ami-2023.6.20241111.0-kernel-6.1-x86_64",
+        architecture: "x86_64",
+        created: "2024-11-11T21:13:44.000Z",
+    },
+    CatalogImage {
+        owner: "137112412989",
+        alias: "amazon",
+        name: "al2023-ami-2023.6.20241121.0-kernel-6.1-x86_64",
+        architecture: "x86_64",
+        created: "2024-11-21T23:52:02.000Z",
+    },
+    CatalogImage {
+        owner: "137112412989",
+        alias: "amazon",
+        name: "al2023-ami-2023.6.20241121.0-kernel-6.1-arm64",
+        architecture: "arm64",
+        created: "2024-11-21T23:52:10.000Z",
+    },
+    CatalogImage {
+        owner: "099720109477",
+        alias: "canonical",
+        name: "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20241119",
+        architecture: "x86_64",
+        created: "2024-11-19T10:21:30.000Z",
+    },
+    CatalogImage {
+        owner: "099720109477",
+        alias: "canonical",
+        name: "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20241119",
+        architecture: "x86_64",
+        created: "2024-11-19T10:25:12.000Z",
+    },
+    CatalogImage {
+        owner: "136693071363",
+        alias: "debian",
+        name: "debian-12-amd64-20241125-1942",
+        architecture: "x86_64",
+        created: "2024-11-25T20:12:40.000Z",
+    },
+];
+
+/// What the filter matches in `region`: catalog images, or else one image synthesized from the filter.
+pub fn matching(region: &Region, filter: &ImageFilter) -> Vec<PublicImage> {
+    let owned = |image: &CatalogImage| filter.owners.iter().any(|owner| owner == image.owner || owner == image.alias);
+    let architecture =
+        |image: &CatalogImage| filter.architecture.as_deref().is_none_or(|arch| arch == image.architecture);
+    let found: Vec<PublicImage> = CATALOG
+        .iter()
+        .filter(|image| owned(image) && architecture(image) && glob_matches(&filter.name_pattern, image.name))
+        .map(|image| PublicImage {
+            id: public_id(region, image.name),
+            name: image.name.to_string(),
+            creation_date: image.created.to_string(),
+        })
+        .collect();
+    if !found.is_empty() {
+        return found;
+    }
+    let name = filter.name_pattern.replace('*', "20261101").replace('?', "0");
+    vec![PublicImage { id: public_id(region, &name), name, creation_date: "2026-11-01T00:00:00.000Z".into() }]
+}
+
+/// A public image's id in a region: the same for the same name, different in each region, as in EC2.
+pub fn public_id(region: &Region, name: &str) -> ImageId {
+    ImageId::new(format!("ami-0{:016x}", fnv1a(&format!("{region}/{name}"))))
+}
+
+/// EC2's name filter: `*` any run of characters, `?` any one character.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let (pattern, text): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut p, mut t) = (0, 0);
+    // Where the last `*` was, and how much text it has taken so far.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == '*' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((star_p, star_t)) = star {
+            p = star_p + 1;
+            t = star_t + 1;
+            star = Some((star_p, star_t + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_as_ec2_name_filters_do() {
+        assert!(glob_matches("al2023-ami-2023.*-kernel-6.1-x86_64", "al2023-ami-2023.6.20241121.0-kernel-6.1-x86_64"));
+        assert!(!glob_matches("al2023-ami-2023.*-kernel-6.1-x86_64", "al2023-ami-2023.6.20241121.0-kernel-6.1-arm64"));
+        assert!(glob_matches("debian-1?-amd64-*", "debian-12-amd64-20241125-1942"));
+        assert!(glob_matches("*", ""));
+        assert!(!glob_matches("a*b", "acbd"));
+        assert!(glob_matches("a*b*", "acbd"));
+    }
+
+    #[test]
+    fn catalog_images_resolve_and_others_are_synthesized() {
+        let region = Region::new("us-west-2");
+        let amazon = ImageFilter {
+            owners: vec!["amazon".into()],
+            name_pattern: "al2023-ami-2023.*-kernel-6.1-x86_64".into(),
+            architecture: None,
+        };
+        let found = matching(&region, &amazon);
+        assert_eq!(found.len(), 2);
+        assert_ne!(found[0].id, matching(&Region::new("eu-west-1"), &amazon)[0].id, "ids differ per region");
+        let custom = ImageFilter { owners: vec!["self".into()], name_pattern: "golden-*".into(), architecture: None };
+        let synthesized = matching(&region, &custom);
+        assert_eq!(synthesized.len(), 1);
+        assert_eq!(synthesized[0].name, "golden-20261101");
+        assert_eq!(synthesized, matching(&region, &custom), "deterministic");
+    }
+}

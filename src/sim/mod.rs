@@ -1,0 +1,112 @@
+//! The simulated cloud behind `--cloud sim`: an in-process EC2 ([`model`]) behind the same cloud port the aws
+//! adapter implements, a communicator that provisions nothing ([`communicator`]), and the public images it
+//! knows ([`catalog`]). It runs in Tokio's paused clock: a night of builds passes in seconds.
+//!
+//! At the end of a run, [`SimCloud::report`] says what is left in the model: a leak is a bug.
+
+pub mod catalog;
+mod communicator;
+mod model;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub use communicator::SimCommunicator;
+use model::{Model, SimRegion};
+
+use crate::cloud::{Action, Cloud, InstanceState, RegionCloud};
+use crate::config::{Fleet, Region};
+
+/// The simulated account.
+pub struct SimCloud {
+    model: Arc<Model>,
+}
+
+/// What the model saw and what is left in it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SimReport {
+    /// Temporary resources still in the account: instances not terminated, key pairs, security groups.
+    /// (In the run statistics at the top level, as `leaked_resources`.)
+    #[serde(skip)]
+    pub leaked_resources: Vec<String>,
+    /// The most copies in flight into each region at once.
+    pub peak_copies_in_flight: BTreeMap<Region, usize>,
+    /// RequestLimitExceeded answered because a bucket was empty (not counting configured faults).
+    pub throttled_by_buckets: u64,
+    pub faults_injected: u64,
+    /// The most DescribeImages (or DescribeInstances) by id, all regions together, in any one window of the
+    /// batch interval.
+    pub peak_describes_per_interval: usize,
+    /// Every SSH ingress rule the run opened: `sg-… in region: cidr`.
+    pub ingress: Vec<String>,
+}
+
+impl SimCloud {
+    pub fn new(fleet: &Fleet) -> Self {
+        SimCloud { model: Model::new(fleet.sim.clone()) }
+    }
+
+    pub fn communicator(&self, fleet: Arc<Fleet>) -> SimCommunicator {
+        SimCommunicator { model: Arc::clone(&self.model), fleet }
+    }
+
+    /// What is left, and the peaks, as of now.
+    pub fn report(&self, batch_interval: Duration) -> SimReport {
+        let now = Instant::now();
+        let mut report = SimReport {
+            throttled_by_buckets: self.model.throttled.load(Ordering::Relaxed),
+            faults_injected: self.model.faults_injected.load(Ordering::Relaxed),
+            ..SimReport::default()
+        };
+        let mut describes: BTreeMap<Action, Vec<Instant>> = BTreeMap::new();
+        for (region, model) in self.model.regions() {
+            let state = model.state.lock().expect("not poisoned");
+            for (id, instance) in &state.instances {
+                let instance_state = instance.state(now);
+                if instance_state != InstanceState::Terminated {
+                    report.leaked_resources.push(format!("instance {id} in {region} ({instance_state:?})"));
+                }
+            }
+            for name in state.key_pairs.keys() {
+                report.leaked_resources.push(format!("key pair {name} in {region}"));
+            }
+            for id in state.security_groups.keys() {
+                report.leaked_resources.push(format!("security group {id} in {region}"));
+            }
+            report.ingress.extend(state.ingress_log.iter().map(|(id, cidr)| format!("{id} in {region}: {cidr}")));
+            if state.peak_copies_in_flight > 0 {
+                report.peak_copies_in_flight.insert(region.clone(), state.peak_copies_in_flight);
+            }
+            for (action, at) in &state.describes {
+                describes.entry(*action).or_default().push(*at);
+            }
+        }
+        report.peak_describes_per_interval =
+            describes.into_values().map(|times| peak_in_window(times, batch_interval)).max().unwrap_or(0);
+        report
+    }
+}
+
+/// The most instants in any half-open window `[t, t + window)`.
+fn peak_in_window(mut times: Vec<Instant>, window: Duration) -> usize {
+    times.sort();
+    let mut start = 0;
+    let mut peak = 0;
+    for end in 0..times.len() {
+        while times[end] >= times[start] + window {
+            start += 1;
+        }
+        peak = peak.max(end - start + 1);
+    }
+    peak
+}
+
+impl Cloud for SimCloud {
+    fn region(&self, region: &Region) -> Arc<dyn RegionCloud> {
+        Arc::new(SimRegion { region: region.clone(), model: Arc::clone(&self.model), state: self.model.region(region) })
+    }
+}

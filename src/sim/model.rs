@@ -1,0 +1,533 @@
+//! The simulated EC2's state and rules: per region, images (pending → available), snapshots, instances
+//! (pending → running → stopping → stopped, shutting-down → terminated), key pairs, security groups and tags,
+//! behind EC2's request buckets, the cap on concurrent copies into a region, and the configured faults.
+//!
+//! State changes are timestamps on Tokio's clock, read lazily: an instance launched at `t` is running from
+//! `t + boot`. Nothing ticks; in paused time a night passes as fast as the run can ask about it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use ipnet::IpNet;
+use tokio::time::Instant;
+
+use super::catalog::{self, PublicImage};
+use crate::clock::TokenBucket;
+use crate::cloud::{
+    fnv1a, Action, ActionClass, CloudError, CloudResult, CopySpec, ErrorKind, ImageId, ImageState, ImageStatus,
+    ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, LaunchSpec, PrivateKey, RegionCloud,
+    SecurityGroupId, SnapshotId, VpcId,
+};
+use crate::config::{ApiRates, FaultTrigger, ImageFilter, Region, SimSettings, Tags};
+
+/// The whole simulated account.
+pub struct Model {
+    pub settings: SimSettings,
+    /// EC2's own buckets (not the client's `[limits] api`, which may differ).
+    rates: ApiRates,
+    random: Mutex<fastrand::Rng>,
+    /// Per configured fault, how many calls it has matched.
+    fault_matches: Mutex<Vec<u64>>,
+    regions: DashMap<Region, Arc<RegionModel>>,
+    next_id: AtomicU64,
+    pub throttled: AtomicU64,
+    pub faults_injected: AtomicU64,
+}
+
+/// Why the model refused a call: an AWS error code and message.
+struct Refusal {
+    code: String,
+    message: String,
+}
+
+fn refuse<T>(code: &str, message: impl Into<String>) -> Result<T, Refusal> {
+    Err(Refusal { code: code.to_string(), message: message.into() })
+}
+
+impl Model {
+    pub fn new(settings: SimSettings) -> Arc<Self> {
+        let random = Mutex::new(fastrand::Rng::with_seed(settings.seed));
+        let fault_matches = Mutex::new(vec![0; settings.faults.len()]);
+        Arc::new(Model {
+            settings,
+            rates: ApiRates::default(),
+            random,
+            fault_matches,
+            regions: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            throttled: AtomicU64::new(0),
+            faults_injected: AtomicU64::new(0),
+        })
+    }
+
+    pub fn region(&self, region: &Region) -> Arc<RegionModel> {
+        self.regions
+            .entry(region.clone())
+            .or_insert_with(|| {
+                Arc::new(RegionModel {
+                    buckets: ActionClass::ALL
+                        .into_iter()
+                        .map(|class| (class, TokenBucket::new(class.bucket(&self.rates))))
+                        .collect(),
+                    state: Mutex::new(RegionState::default()),
+                })
+            })
+            .clone()
+    }
+
+    pub fn regions(&self) -> Vec<(Region, Arc<RegionModel>)> {
+        let mut regions: Vec<_> = self.regions.iter().map(|entry| (entry.key().clone(), entry.clone())).collect();
+        regions.sort_by(|a, b| a.0.cmp(&b.0));
+        regions
+    }
+
+    /// `duration` ± the configured jitter.
+    pub fn jittered(&self, duration: Duration) -> Duration {
+        let jitter = self.settings.jitter;
+        if jitter == 0.0 {
+            return duration;
+        }
+        let factor = 1.0 + jitter * (2.0 * self.random.lock().expect("not poisoned").f64() - 1.0);
+        duration.mul_f64(factor)
+    }
+
+    /// A fresh id like EC2's: `prefix-` and 17 hex digits.
+    fn id(&self, prefix: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}-0{:016x}", fnv1a(&n.to_string()) >> 4)
+    }
+
+    /// The error code a configured fault answers this call with, if one does.
+    fn fault(&self, action: Action, region: &Region) -> Option<String> {
+        let mut matches = self.fault_matches.lock().expect("not poisoned");
+        for (index, fault) in self.settings.faults.iter().enumerate() {
+            if fault.action.is_some_and(|hit| hit != action) || fault.region.as_ref().is_some_and(|r| r != region) {
+                continue;
+            }
+            matches[index] += 1;
+            let fires = match fault.when {
+                FaultTrigger::Nth(nth) => matches[index] == nth,
+                FaultTrigger::Probability(probability) => self.random.lock().expect("not poisoned").f64() < probability,
+            };
+            if fires {
+                self.faults_injected.fetch_add(1, Ordering::Relaxed);
+                return Some(fault.error.clone());
+            }
+        }
+        None
+    }
+}
+
+/// One region of the account.
+pub struct RegionModel {
+    buckets: Vec<(ActionClass, TokenBucket)>,
+    pub state: Mutex<RegionState>,
+}
+
+#[derive(Default)]
+pub struct RegionState {
+    public_images: HashMap<ImageId, PublicImage>,
+    images: HashMap<ImageId, SimImage>,
+    pub instances: BTreeMap<InstanceId, SimInstance>,
+    pub key_pairs: BTreeMap<KeyPairName, Tags>,
+    pub security_groups: BTreeMap<SecurityGroupId, SimGroup>,
+    tags: HashMap<String, Tags>,
+    client_tokens: HashMap<String, String>,
+    pub peak_copies_in_flight: usize,
+    /// When each DescribeImages / DescribeInstances by id arrived.
+    pub describes: Vec<(Action, Instant)>,
+    /// Every ingress rule ever opened: the group and the source.
+    pub ingress_log: Vec<(SecurityGroupId, IpNet)>,
+}
+
+struct SimImage {
+    name: String,
+    available_at: Instant,
+    snapshot: SnapshotId,
+    /// A copy in progress counts against the destination's copy cap.
+    copied: bool,
+}
+
+pub struct SimInstance {
+    running_at: Instant,
+    /// When SSH answers.
+    pub ssh_at: Instant,
+    stopped_at: Option<Instant>,
+    terminated_at: Option<Instant>,
+    security_group: SecurityGroupId,
+    public_ip: String,
+}
+
+impl SimInstance {
+    pub fn state(&self, now: Instant) -> InstanceState {
+        match (self.terminated_at, self.stopped_at) {
+            (Some(at), _) if now >= at => InstanceState::Terminated,
+            (Some(_), _) => InstanceState::ShuttingDown,
+            (None, Some(at)) if now >= at => InstanceState::Stopped,
+            (None, Some(_)) => InstanceState::Stopping,
+            (None, None) if now >= self.running_at => InstanceState::Running,
+            (None, None) => InstanceState::Pending,
+        }
+    }
+}
+
+pub struct SimGroup {
+    name: String,
+}
+
+impl RegionState {
+    fn copies_in_flight(&self, now: Instant) -> usize {
+        self.images.values().filter(|image| image.copied && image.available_at > now).count()
+    }
+
+    fn image_status(&mut self, id: &ImageId, now: Instant) -> Option<ImageStatus> {
+        if let Some(image) = self.images.get(id) {
+            let state = if now >= image.available_at { ImageState::Available } else { ImageState::Pending };
+            return Some(ImageStatus { id: id.clone(), state, snapshot_ids: vec![image.snapshot.clone()] });
+        }
+        let public = self.public_images.contains_key(id) || is_image_id(id.as_str());
+        public.then(|| ImageStatus { id: id.clone(), state: ImageState::Available, snapshot_ids: Vec::new() })
+    }
+
+    fn exists(&self, resource: &str, now: Instant) -> bool {
+        let image = ImageId::new(resource);
+        self.images.contains_key(&image)
+            || self.public_images.contains_key(&image)
+            || self.images.values().any(|image| image.snapshot.as_str() == resource)
+            || self.instances.get(&InstanceId::new(resource)).is_some_and(|i| i.state(now) != InstanceState::Terminated)
+            || self.security_groups.contains_key(&SecurityGroupId::new(resource))
+    }
+}
+
+/// `ami-` and 8 or 17 hex digits: an id a user may name as a source image.
+fn is_image_id(text: &str) -> bool {
+    text.strip_prefix("ami-")
+        .is_some_and(|hex| matches!(hex.len(), 8 | 17) && hex.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// One region of the simulated account, as the cloud port.
+pub struct SimRegion {
+    pub region: Region,
+    pub model: Arc<Model>,
+    pub state: Arc<RegionModel>,
+}
+
+impl SimRegion {
+    /// Every call: a configured fault, else EC2's bucket for the class, else the change; then the latency.
+    async fn call<T>(
+        &self,
+        action: Action,
+        apply: impl FnOnce(&mut RegionState, Instant) -> Result<T, Refusal>,
+    ) -> CloudResult<T> {
+        let answer = if let Some(code) = self.model.fault(action, &self.region) {
+            refuse(&code, format!("{code} (injected by the `[sim] faults` of the fleet file)"))
+        } else if self.bucket(action.class()).try_take().is_err() {
+            self.model.throttled.fetch_add(1, Ordering::Relaxed);
+            refuse("RequestLimitExceeded", "Request limit exceeded.")
+        } else {
+            let mut state = self.state.state.lock().expect("not poisoned");
+            apply(&mut state, Instant::now())
+        };
+        tokio::time::sleep(self.model.jittered(self.model.settings.api_latency)).await;
+        answer.map_err(|refusal| CloudError {
+            action,
+            region: self.region.clone(),
+            kind: ErrorKind::of_code(&refusal.code),
+            code: Some(refusal.code),
+            message: refusal.message,
+        })
+    }
+
+    fn bucket(&self, class: ActionClass) -> &TokenBucket {
+        &self.state.buckets.iter().find(|(bucket_class, _)| *bucket_class == class).expect("a bucket per class").1
+    }
+
+    fn merge_tags(state: &mut RegionState, resource: &str, tags: &Tags) {
+        state.tags.entry(resource.to_string()).or_default().extend(tags.clone());
+    }
+}
+
+#[async_trait]
+impl RegionCloud for SimRegion {
+    fn region(&self) -> &Region {
+        &self.region
+    }
+
+    async fn find_images(&self, filter: &ImageFilter) -> CloudResult<Vec<ImageSummary>> {
+        let region = self.region.clone();
+        self.call(Action::DescribeImages, |state, _| {
+            let found = catalog::matching(&region, filter);
+            for image in &found {
+                state.public_images.insert(image.id.clone(), image.clone());
+            }
+            Ok(found
+                .into_iter()
+                .map(|image| ImageSummary { id: image.id, name: image.name, creation_date: image.creation_date })
+                .collect())
+        })
+        .await
+    }
+
+    async fn describe_images(&self, ids: &[ImageId]) -> CloudResult<Vec<ImageStatus>> {
+        self.call(Action::DescribeImages, |state, now| {
+            state.describes.push((Action::DescribeImages, now));
+            Ok(ids.iter().filter_map(|id| state.image_status(id, now)).collect())
+        })
+        .await
+    }
+
+    async fn subnet_vpc(&self, subnet_id: &str) -> CloudResult<VpcId> {
+        self.call(Action::DescribeSubnets, |_, _| Ok(VpcId::new(format!("vpc-0{:016x}", fnv1a(subnet_id) >> 4)))).await
+    }
+
+    async fn create_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey> {
+        self.call(Action::CreateKeyPair, |state, _| {
+            if state.key_pairs.contains_key(name) {
+                return refuse("InvalidKeyPair.Duplicate", format!("The keypair '{name}' already exists."));
+            }
+            state.key_pairs.insert(name.clone(), tags.clone());
+            Ok(PrivateKey::new(
+                "-----BEGIN RSA PRIVATE KEY-----\nsimulated\n-----END RSA PRIVATE KEY-----\n".to_string(),
+            ))
+        })
+        .await
+    }
+
+    async fn delete_key_pair(&self, name: &KeyPairName) -> CloudResult<()> {
+        self.call(Action::DeleteKeyPair, |state, _| {
+            state.key_pairs.remove(name);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_security_group(
+        &self,
+        name: &str,
+        _description: &str,
+        _vpc: Option<&VpcId>,
+        tags: &Tags,
+    ) -> CloudResult<SecurityGroupId> {
+        let id = SecurityGroupId::new(self.model.id("sg"));
+        self.call(Action::CreateSecurityGroup, |state, _| {
+            if state.security_groups.values().any(|group| group.name == name) {
+                return refuse("InvalidGroup.Duplicate", format!("The security group '{name}' already exists"));
+            }
+            state.security_groups.insert(id.clone(), SimGroup { name: name.to_string() });
+            Self::merge_tags(state, id.as_str(), tags);
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn authorize_ingress(&self, group: &SecurityGroupId, _port: u16, cidrs: &[IpNet]) -> CloudResult<()> {
+        self.call(Action::AuthorizeSecurityGroupIngress, |state, _| {
+            if !state.security_groups.contains_key(group) {
+                return refuse("InvalidGroup.NotFound", format!("The security group '{group}' does not exist"));
+            }
+            state.ingress_log.extend(cidrs.iter().map(|cidr| (group.clone(), *cidr)));
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_security_group(&self, group: &SecurityGroupId) -> CloudResult<()> {
+        self.call(Action::DeleteSecurityGroup, |state, now| {
+            if !state.security_groups.contains_key(group) {
+                return refuse("InvalidGroup.NotFound", format!("The security group '{group}' does not exist"));
+            }
+            let in_use = state
+                .instances
+                .values()
+                .any(|instance| &instance.security_group == group && instance.state(now) != InstanceState::Terminated);
+            if in_use {
+                return refuse("DependencyViolation", format!("resource {group} has a dependent object"));
+            }
+            state.security_groups.remove(group);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn run_instance(&self, spec: &LaunchSpec) -> CloudResult<InstanceId> {
+        let id = InstanceId::new(self.model.id("i"));
+        let running_at = Instant::now() + self.model.jittered(self.model.settings.boot);
+        let ssh_at = running_at + self.model.jittered(self.model.settings.ssh_ready);
+        let public_ip = format!("198.51.100.{}", 1 + fnv1a(id.as_str()) % 254);
+        self.call(Action::RunInstances, |state, _| {
+            if let Some(existing) = state.client_tokens.get(&spec.client_token) {
+                return Ok(InstanceId::new(existing.clone()));
+            }
+            if state
+                .image_status(&spec.image_id, Instant::now())
+                .is_none_or(|image| image.state != ImageState::Available)
+            {
+                return refuse("InvalidAMIID.NotFound", format!("The image id '[{}]' does not exist", spec.image_id));
+            }
+            if !state.key_pairs.contains_key(&spec.key_name) {
+                return refuse("InvalidKeyPair.NotFound", format!("The key pair '{}' does not exist", spec.key_name));
+            }
+            if !state.security_groups.contains_key(&spec.security_group) {
+                return refuse(
+                    "InvalidGroup.NotFound",
+                    format!("The security group '{}' does not exist", spec.security_group),
+                );
+            }
+            state.client_tokens.insert(spec.client_token.clone(), id.to_string());
+            state.instances.insert(
+                id.clone(),
+                SimInstance {
+                    running_at,
+                    ssh_at,
+                    stopped_at: None,
+                    terminated_at: None,
+                    security_group: spec.security_group.clone(),
+                    public_ip,
+                },
+            );
+            Self::merge_tags(state, id.as_str(), &spec.tags);
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn describe_instances(&self, ids: &[InstanceId]) -> CloudResult<Vec<InstanceStatus>> {
+        self.call(Action::DescribeInstances, |state, now| {
+            state.describes.push((Action::DescribeInstances, now));
+            Ok(ids
+                .iter()
+                .filter_map(|id| {
+                    let instance = state.instances.get(id)?;
+                    let state = instance.state(now);
+                    let public_ip = matches!(state, InstanceState::Running).then(|| instance.public_ip.clone());
+                    Some(InstanceStatus { id: id.clone(), state, public_ip, private_ip: Some("10.0.0.10".into()) })
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn stop_instance(&self, id: &InstanceId) -> CloudResult<()> {
+        let stop = self.model.jittered(self.model.settings.stop);
+        self.call(Action::StopInstances, |state, now| {
+            let Some(instance) = state.instances.get_mut(id) else {
+                return refuse("InvalidInstanceID.NotFound", format!("The instance ID '{id}' does not exist"));
+            };
+            match instance.state(now) {
+                InstanceState::Running => {
+                    instance.stopped_at = Some(now + stop);
+                    Ok(())
+                }
+                InstanceState::Stopping | InstanceState::Stopped => Ok(()),
+                other => refuse(
+                    "IncorrectInstanceState",
+                    format!("The instance '{id}' is not in a state from which it can be stopped: {other:?}"),
+                ),
+            }
+        })
+        .await
+    }
+
+    async fn terminate_instance(&self, id: &InstanceId) -> CloudResult<()> {
+        let terminate = self.model.jittered(self.model.settings.terminate);
+        self.call(Action::TerminateInstances, |state, now| {
+            let Some(instance) = state.instances.get_mut(id) else {
+                return refuse("InvalidInstanceID.NotFound", format!("The instance ID '{id}' does not exist"));
+            };
+            instance.terminated_at.get_or_insert(now + terminate);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_image(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        _description: Option<&str>,
+        tags: &Tags,
+    ) -> CloudResult<ImageId> {
+        let id = ImageId::new(self.model.id("ami"));
+        let snapshot = SnapshotId::new(self.model.id("snap"));
+        let available_at = Instant::now() + self.model.jittered(self.model.settings.create_image);
+        self.call(Action::CreateImage, |state, now| {
+            let usable = state.instances.get(instance).map(|found| found.state(now));
+            match usable {
+                None => {
+                    return refuse("InvalidInstanceID.NotFound", format!("The instance ID '{instance}' does not exist"))
+                }
+                Some(InstanceState::ShuttingDown | InstanceState::Terminated) => {
+                    return refuse("IncorrectInstanceState", format!("The instance '{instance}' is terminated"))
+                }
+                Some(_) => {}
+            }
+            if state.images.values().any(|image| image.name == name) {
+                return refuse("InvalidAMIName.Duplicate", format!("AMI name {name} is already in use by AMI"));
+            }
+            state.images.insert(id.clone(), SimImage { name: name.to_string(), available_at, snapshot, copied: false });
+            Self::merge_tags(state, id.as_str(), tags);
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId> {
+        let source_ready = {
+            let source = self.model.region(&spec.source_region);
+            let mut source = source.state.lock().expect("not poisoned");
+            source.image_status(&spec.source_image, Instant::now()).map(|status| status.state)
+        };
+        let id = ImageId::new(self.model.id("ami"));
+        let snapshot = SnapshotId::new(self.model.id("snap"));
+        let available_at = Instant::now() + self.model.jittered(self.model.settings.copy_image);
+        let cap = self.model.settings.copy_concurrency;
+        self.call(Action::CopyImage, |state, now| {
+            if let Some(existing) = state.client_tokens.get(&spec.client_token) {
+                return Ok(ImageId::new(existing.clone()));
+            }
+            match source_ready {
+                Some(ImageState::Available) => {}
+                Some(_) => return refuse("IncorrectState", format!("Image {} is not available", spec.source_image)),
+                None => {
+                    return refuse(
+                        "InvalidAMIID.NotFound",
+                        format!("The image id '[{}]' does not exist in {}", spec.source_image, spec.source_region),
+                    )
+                }
+            }
+            let in_flight = state.copies_in_flight(now);
+            if in_flight >= cap {
+                return refuse(
+                    "ResourceLimitExceeded",
+                    format!("You have reached the limit of {cap} concurrent AMI copies into this region"),
+                );
+            }
+            if state.images.values().any(|image| image.name == spec.name) {
+                return refuse("InvalidAMIName.Duplicate", format!("AMI name {} is already in use by AMI", spec.name));
+            }
+            state.client_tokens.insert(spec.client_token.clone(), id.to_string());
+            state.images.insert(id.clone(), SimImage { name: spec.name.clone(), available_at, snapshot, copied: true });
+            state.peak_copies_in_flight = state.peak_copies_in_flight.max(in_flight + 1);
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn create_tags(&self, resources: &[String], tags: &Tags) -> CloudResult<()> {
+        self.call(Action::CreateTags, |state, now| {
+            let missing: HashSet<&String> = resources.iter().filter(|resource| !state.exists(resource, now)).collect();
+            if let Some(resource) = missing.into_iter().next() {
+                return refuse("InvalidID", format!("The ID '{resource}' is not valid"));
+            }
+            for resource in resources {
+                Self::merge_tags(state, resource, tags);
+            }
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,96 @@
+//! Run statistics (`--summary-json`): how long the run took against its critical-path bound, what it asked of
+//! EC2, how often it was throttled, how its jobs ended and, in the simulated cloud, what was left behind.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::bound::{self, Caps, JobDurations};
+use crate::config::{Fleet, Region};
+use crate::limiter::ApiStats;
+use crate::plan::Plan;
+use crate::scheduler::RunSummary;
+use crate::sim::SimReport;
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RunStatistics {
+    pub run_id: String,
+    /// `aws` or `sim`.
+    pub cloud: &'static str,
+    pub makespan_seconds: f64,
+    /// The ideal makespan of this plan (see [`crate::bound`]): under the `[sim]` durations in the simulated
+    /// cloud, under the measured job durations in a real run.
+    pub critical_path_seconds: f64,
+    pub makespan_over_bound: f64,
+    /// region → action → calls (retries included).
+    pub api_calls: BTreeMap<Region, BTreeMap<String, u64>>,
+    /// EC2 request class → calls, all regions.
+    pub api_calls_by_class: BTreeMap<&'static str, u64>,
+    /// Throttling answers received (each was retried; none reached a job unless retries ran out).
+    pub throttled_responses: u64,
+    pub retries: u64,
+    pub jobs: JobCounts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaked_resources: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sim: Option<SimReport>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct JobCounts {
+    pub succeeded: usize,
+    pub failed: usize,
+}
+
+impl RunStatistics {
+    pub fn new(plan: &Plan, fleet: &Fleet, summary: &RunSummary, api: &ApiStats, sim: Option<SimReport>) -> Self {
+        let durations = match sim {
+            Some(_) => JobDurations::simulated(plan, fleet),
+            None => JobDurations::measured(plan, &summary.timings),
+        };
+        let copies_per_region = match sim {
+            Some(_) => fleet.limits.max_parallel_copies_per_region.min(fleet.sim.copy_concurrency),
+            None => fleet.limits.max_parallel_copies_per_region,
+        };
+        let caps = Caps {
+            builds: fleet.limits.max_parallel_builds,
+            copies_per_region,
+            copy_bucket: fleet.limits.api.copy_image,
+        };
+        let bound = bound::critical_path(plan, caps, &durations);
+        let mut api_calls: BTreeMap<Region, BTreeMap<String, u64>> = BTreeMap::new();
+        let mut api_calls_by_class: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for ((region, action), calls) in api.calls() {
+            *api_calls.entry(region).or_default().entry(action.to_string()).or_default() += calls;
+            *api_calls_by_class.entry(action.class().key()).or_default() += calls;
+        }
+        let makespan = summary.makespan.as_secs_f64();
+        RunStatistics {
+            run_id: plan.run_id.to_string(),
+            cloud: if sim.is_some() { "sim" } else { "aws" },
+            makespan_seconds: round_ms(makespan),
+            critical_path_seconds: round_ms(bound.as_secs_f64()),
+            makespan_over_bound: if bound.is_zero() {
+                1.0
+            } else {
+                (makespan / bound.as_secs_f64() * 1e4).round() / 1e4
+            },
+            api_calls,
+            api_calls_by_class,
+            throttled_responses: api.throttled_responses(),
+            retries: api.retries(),
+            jobs: JobCounts { succeeded: summary.succeeded, failed: summary.failed },
+            leaked_resources: sim.as_ref().map(|report| report.leaked_resources.clone()),
+            sim,
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let mut text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        text.push('\n');
+        std::fs::write(path, text)
+    }
+}
+
+fn round_ms(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
+}

@@ -1,0 +1,325 @@
+//! Waiting for EC2, batched and adaptive.
+//!
+//! Jobs wait for instances (running, stopped, terminated) and images (available) through [`RegionWaits`].
+//! Checks in one region are coalesced: every check asked for while a describe is due joins it, and a region's
+//! describes of one kind are at least [`BATCH_INTERVAL`] apart — one DescribeImages and one DescribeInstances
+//! per region per interval, however many jobs wait there. Each wait schedules its own checks from what the run
+//! has learned: the first just before the shortest time the same kind of wait has taken so far, then backing off
+//! from [`BATCH_INTERVAL`] to a ceiling.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::cloud::{
+    Action, Cloud, CloudError, CloudResult, ErrorKind, ImageId, ImageState, ImageStatus, InstanceId, InstanceState,
+    InstanceStatus, RegionCloud, SnapshotId,
+};
+use crate::config::Region;
+use crate::wait::{poll_until, Poll, PollPolicy, WaitError};
+
+/// The shortest time between two describes of one kind in one region.
+pub const BATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// Instance state changes take seconds to minutes.
+const INSTANCE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// What a job waits for; the run learns how long each kind takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WaitKind {
+    InstanceRunning,
+    InstanceStopped,
+    InstanceTerminated,
+    ImageCreated,
+    ImageCopied,
+}
+
+impl WaitKind {
+    /// The longest pause between two checks of one wait.
+    fn max_interval(self) -> Duration {
+        match self {
+            WaitKind::InstanceRunning | WaitKind::InstanceStopped | WaitKind::InstanceTerminated => {
+                Duration::from_secs(15)
+            }
+            WaitKind::ImageCreated | WaitKind::ImageCopied => Duration::from_secs(30),
+        }
+    }
+
+    fn verdict(self, instance: &InstanceId, status: Option<&InstanceStatus>) -> Poll<()> {
+        let state = status.map(|status| &status.state);
+        match (self, state) {
+            (WaitKind::InstanceRunning, Some(InstanceState::Running)) => Poll::Ready(()),
+            (WaitKind::InstanceRunning, None | Some(InstanceState::Pending)) => Poll::NotYet,
+            (WaitKind::InstanceRunning, Some(state)) => {
+                Poll::Failed(format!("instance {instance} is {state:?} instead of running"))
+            }
+            (WaitKind::InstanceStopped, Some(InstanceState::Stopped)) => Poll::Ready(()),
+            (WaitKind::InstanceStopped, Some(InstanceState::Terminated | InstanceState::ShuttingDown)) => {
+                Poll::Failed(format!("instance {instance} terminated while stopping"))
+            }
+            (WaitKind::InstanceTerminated, None | Some(InstanceState::Terminated)) => Poll::Ready(()),
+            _ => Poll::NotYet,
+        }
+    }
+}
+
+/// How jobs wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitStyle {
+    /// Coalesced describes per region, checks scheduled from learned durations: fleetbake's way.
+    Batched,
+    /// Every wait polls alone at a fixed interval: how most tools wait. The benches compare the two.
+    Alone { interval: Duration },
+}
+
+/// The waits of a run, in every region.
+pub struct Waits {
+    cloud: Arc<dyn Cloud>,
+    style: WaitStyle,
+    batchers: DashMap<Region, Arc<RegionBatcher>>,
+    /// The shortest time each kind of wait has taken in this run.
+    learned: Mutex<HashMap<WaitKind, Duration>>,
+}
+
+impl Waits {
+    pub fn new(cloud: Arc<dyn Cloud>, style: WaitStyle) -> Arc<Self> {
+        Arc::new(Waits { cloud, style, batchers: DashMap::new(), learned: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn region(self: &Arc<Self>, region: &Region) -> RegionWaits {
+        let cloud = self.cloud.region(region);
+        let batcher = self
+            .batchers
+            .entry(region.clone())
+            .or_insert_with(|| {
+                Arc::new(RegionBatcher {
+                    images: Batch::new(region, Action::DescribeImages),
+                    instances: Batch::new(region, Action::DescribeInstances),
+                })
+            })
+            .clone();
+        RegionWaits { waits: Arc::clone(self), cloud, batcher }
+    }
+
+    fn policy(&self, kind: WaitKind, timeout: Duration) -> PollPolicy {
+        match self.style {
+            WaitStyle::Alone { interval } => PollPolicy::fixed(interval, timeout),
+            WaitStyle::Batched => {
+                let learned = self.learned.lock().expect("not poisoned").get(&kind).copied();
+                let first_check = match learned {
+                    // Just before the shortest time seen: a little early costs one batched check, late costs time.
+                    Some(shortest) => shortest.saturating_sub((shortest / 20).max(BATCH_INTERVAL)),
+                    None => Duration::ZERO,
+                };
+                PollPolicy::new(BATCH_INTERVAL, kind.max_interval(), timeout).with_first_check(first_check)
+            }
+        }
+    }
+
+    fn learn(&self, kind: WaitKind, took: Duration) {
+        let mut learned = self.learned.lock().expect("not poisoned");
+        let shortest = learned.entry(kind).or_insert(took);
+        *shortest = (*shortest).min(took);
+    }
+}
+
+/// Waiting in one region.
+#[derive(Clone)]
+pub struct RegionWaits {
+    waits: Arc<Waits>,
+    cloud: Arc<dyn RegionCloud>,
+    batcher: Arc<RegionBatcher>,
+}
+
+impl RegionWaits {
+    /// Waits until the instance reaches the state `kind` names (an instance kind).
+    pub async fn instance(&self, id: &InstanceId, kind: WaitKind) -> Result<Option<InstanceStatus>, WaitError> {
+        let what = match kind {
+            WaitKind::InstanceRunning => "to run",
+            WaitKind::InstanceStopped => "to stop",
+            _ => "to terminate",
+        };
+        self.timed(kind, INSTANCE_TIMEOUT, &format!("instance {id} {what}"), || async {
+            let status = self.instance_status(id).await?;
+            Ok(match kind.verdict(id, status.as_ref()) {
+                Poll::Ready(()) => Poll::Ready(status),
+                Poll::NotYet => Poll::NotYet,
+                Poll::Failed(reason) => Poll::Failed(reason),
+            })
+        })
+        .await
+    }
+
+    /// Waits until the image is available (`kind` is [`WaitKind::ImageCreated`] or [`WaitKind::ImageCopied`]);
+    /// returns its snapshots.
+    pub async fn image(&self, id: &ImageId, kind: WaitKind, timeout: Duration) -> Result<Vec<SnapshotId>, WaitError> {
+        self.timed(kind, timeout, &format!("image {id} to become available"), || async {
+            Ok(match self.image_status(id).await? {
+                Some(status) => match status.state {
+                    ImageState::Available => Poll::Ready(status.snapshot_ids),
+                    ImageState::Pending => Poll::NotYet,
+                    ImageState::Failed(reason) => Poll::Failed(format!("image {id} failed: {reason}")),
+                },
+                // Just created: describe may not see it yet.
+                None => Poll::NotYet,
+            })
+        })
+        .await
+    }
+
+    async fn timed<T, Check, Checked>(
+        &self,
+        kind: WaitKind,
+        timeout: Duration,
+        what: &str,
+        check: Check,
+    ) -> Result<T, WaitError>
+    where
+        Check: FnMut() -> Checked,
+        Checked: Future<Output = Result<Poll<T>, CloudError>>,
+    {
+        let started = Instant::now();
+        let result = poll_until(self.waits.policy(kind, timeout), what, check).await;
+        if result.is_ok() {
+            self.waits.learn(kind, started.elapsed());
+        }
+        result
+    }
+
+    async fn instance_status(&self, id: &InstanceId) -> CloudResult<Option<InstanceStatus>> {
+        match self.waits.style {
+            WaitStyle::Alone { .. } => {
+                Ok(self.cloud.describe_instances(std::slice::from_ref(id)).await?.into_iter().next())
+            }
+            WaitStyle::Batched => {
+                let cloud = Arc::clone(&self.cloud);
+                self.batcher
+                    .instances
+                    .check(id.clone(), move |ids| {
+                        Box::pin(async move {
+                            let found = cloud.describe_instances(&ids).await?;
+                            Ok(found.into_iter().map(|status| (status.id.clone(), status)).collect())
+                        })
+                    })
+                    .await
+            }
+        }
+    }
+
+    async fn image_status(&self, id: &ImageId) -> CloudResult<Option<ImageStatus>> {
+        match self.waits.style {
+            WaitStyle::Alone { .. } => {
+                Ok(self.cloud.describe_images(std::slice::from_ref(id)).await?.into_iter().next())
+            }
+            WaitStyle::Batched => {
+                let cloud = Arc::clone(&self.cloud);
+                self.batcher
+                    .images
+                    .check(id.clone(), move |ids| {
+                        Box::pin(async move {
+                            let found = cloud.describe_images(&ids).await?;
+                            Ok(found.into_iter().map(|status| (status.id.clone(), status)).collect())
+                        })
+                    })
+                    .await
+            }
+        }
+    }
+}
+
+/// The coalesced describes of one region.
+struct RegionBatcher {
+    images: Batch<ImageId, ImageStatus>,
+    instances: Batch<InstanceId, InstanceStatus>,
+}
+
+type Answer<Id, Status> = Option<Result<Arc<HashMap<Id, Status>>, CloudError>>;
+
+/// One kind of describe in one region: checks asked for while a describe is due join it.
+struct Batch<Id, Status> {
+    region: Region,
+    action: Action,
+    state: Arc<Mutex<BatchState<Id, Status>>>,
+}
+
+/// A describe that is due: the ids it will ask about, and where its answer goes.
+struct DueDescribe<Id, Status> {
+    ids: HashSet<Id>,
+    answer: watch::Sender<Answer<Id, Status>>,
+}
+
+struct BatchState<Id, Status> {
+    due: Option<DueDescribe<Id, Status>>,
+    last_sent: Option<Instant>,
+}
+
+impl<Id, Status> Batch<Id, Status> {
+    fn new(region: &Region, action: Action) -> Self {
+        Batch { region: region.clone(), action, state: Arc::new(Mutex::new(BatchState { due: None, last_sent: None })) }
+    }
+}
+
+impl<Id, Status> Batch<Id, Status>
+where
+    Id: Clone + Eq + Hash + Send + Sync + 'static,
+    Status: Clone + Send + Sync + 'static,
+{
+    /// The status of `id` from the next describe of this region (None: the describe did not list it).
+    /// `describe` is used only if this check is the one that schedules the describe.
+    async fn check<Describe>(&self, id: Id, describe: Describe) -> CloudResult<Option<Status>>
+    where
+        Describe: FnOnce(Vec<Id>) -> BoxFuture<'static, CloudResult<HashMap<Id, Status>>> + Send + 'static,
+    {
+        let mut answer = {
+            let mut state = self.state.lock().expect("not poisoned");
+            match &mut state.due {
+                Some(due) => {
+                    due.ids.insert(id.clone());
+                    due.answer.subscribe()
+                }
+                None => {
+                    let (sender, receiver) = watch::channel(None);
+                    let send_at = match state.last_sent {
+                        Some(last) => (last + BATCH_INTERVAL).max(Instant::now()),
+                        None => Instant::now(),
+                    };
+                    state.due = Some(DueDescribe { ids: HashSet::from([id.clone()]), answer: sender });
+                    tokio::spawn(Self::send_when_due(Arc::clone(&self.state), send_at, describe));
+                    receiver
+                }
+            }
+        };
+        let answered = answer.wait_for(Option::is_some).await.map_err(|_| CloudError {
+            action: self.action,
+            region: self.region.clone(),
+            kind: ErrorKind::Transient,
+            code: None,
+            message: "the batched describe was dropped (the run is ending)".into(),
+        })?;
+        match answered.as_ref().expect("waited for an answer") {
+            Ok(found) => Ok(found.get(&id).cloned()),
+            Err(error) => Err(error.clone()),
+        }
+    }
+
+    async fn send_when_due<Describe>(state: Arc<Mutex<BatchState<Id, Status>>>, send_at: Instant, describe: Describe)
+    where
+        Describe: FnOnce(Vec<Id>) -> BoxFuture<'static, CloudResult<HashMap<Id, Status>>>,
+    {
+        tokio::time::sleep_until(send_at).await;
+        let due = {
+            let mut state = state.lock().expect("not poisoned");
+            state.last_sent = Some(Instant::now());
+            state.due.take().expect("only this task takes what it scheduled")
+        };
+        let answer = describe(due.ids.into_iter().collect()).await.map(Arc::new);
+        // Nobody listening any more (every waiter gave up) is fine.
+        let _ = due.answer.send(Some(answer));
+    }
+}
