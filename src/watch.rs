@@ -41,13 +41,14 @@ pub enum WaitKind {
 }
 
 impl WaitKind {
-    /// The longest pause between two checks of one wait.
+    /// The longest pause between two checks of one wait. Checks are batched per region, so a short ceiling
+    /// costs at most one describe per region per interval however many jobs wait.
     fn max_interval(self) -> Duration {
         match self {
             WaitKind::InstanceRunning | WaitKind::InstanceStopped | WaitKind::InstanceTerminated => {
-                Duration::from_secs(15)
+                Duration::from_secs(5)
             }
-            WaitKind::ImageCreated | WaitKind::ImageCopied => Duration::from_secs(30),
+            WaitKind::ImageCreated | WaitKind::ImageCopied => Duration::from_secs(10),
         }
     }
 

@@ -4,4 +4,5 @@ mod cloud_state;
 mod harness;
 mod matrix;
 mod plan;
+mod sim;
 mod validate;

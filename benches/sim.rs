@@ -1,0 +1,146 @@
+//! The scheduler at scale, on the simulated cloud in virtual time: for each matrix, fleetbake's way (batched,
+//! adaptive waits; a build's slot free once it has cleaned up) and the way most tools do it (a waiter per
+//! image polling every 15 s; a build's slot held until all its copies end), side by side. Prints figures;
+//! asserts nothing.
+//!
+//! `cargo bench --bench sim`
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fleetbake::config;
+use fleetbake::report::{Reporter, TerminalReporter};
+use fleetbake::run::{self, MatrixOptions, Strategy};
+use fleetbake::summary::RunStatistics;
+
+mod common;
+use common::{peak_rss_mib, reset_peak_rss, synthetic_fleet};
+
+struct Scenario {
+    name: &'static str,
+    flavors: usize,
+    build_regions: usize,
+    targets: usize,
+    /// Extra fleet.toml lines (limits a fleet of that size would set).
+    extra: &'static str,
+}
+
+struct Measured {
+    statistics: RunStatistics,
+    wall: Duration,
+    cpu: Duration,
+    peak_rss_mib: f64,
+}
+
+/// CPU time of this thread (the simulated run is on a current-thread runtime: the scheduler, the model and
+/// the reporters all run here).
+fn thread_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole rusage into the pointer it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let micros = |time: libc::timeval| time.tv_sec as u64 * 1_000_000 + time.tv_usec as u64;
+    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+}
+
+fn run(scenario: &Scenario, strategy: Strategy, workdir: &Path) -> Measured {
+    let text =
+        format!("{}{}", synthetic_fleet(scenario.flavors, scenario.build_regions, scenario.targets), scenario.extra);
+    let fleet_path = workdir.join("fleet.toml");
+    let fleet =
+        config::parse(&fleet_path, &text).unwrap_or_else(|errors| panic!("the synthetic fleet is valid: {errors}"));
+    let reporters: Vec<Box<dyn Reporter>> = vec![
+        Box::new(TerminalReporter::new(std::io::sink())),
+        Box::new(fleetbake::manifest::ManifestWriter::new(workdir.join("manifest.sim.json"), Duration::from_secs(60))),
+    ];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a Tokio runtime starts");
+    reset_peak_rss();
+    let (_interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
+    let options = MatrixOptions { fail_fast: false, summary_json: None };
+    let cpu_before = thread_cpu_time();
+    let started = Instant::now();
+    let outcome = runtime
+        .block_on(run::matrix_simulated(fleet, options, strategy, Some(reporters), interrupts))
+        .expect("the simulated run ends");
+    let wall = started.elapsed();
+    let cpu = thread_cpu_time() - cpu_before;
+    drop(runtime);
+    Measured { statistics: outcome.statistics, wall, cpu, peak_rss_mib: peak_rss_mib() }
+}
+
+fn clock(seconds: f64) -> String {
+    let seconds = seconds.round() as u64;
+    format!("{}:{:02}:{:02}", seconds / 3600, seconds / 60 % 60, seconds % 60)
+}
+
+fn main() {
+    let scenarios = [
+        Scenario { name: "2 × 2 (× 2 copies)", flavors: 2, build_regions: 2, targets: 2, extra: "" },
+        Scenario { name: "20 × 4 × 3", flavors: 20, build_regions: 4, targets: 3, extra: "" },
+        Scenario {
+            name: "10,000 jobs (100 × 10 × 9)",
+            flavors: 100,
+            build_regions: 10,
+            targets: 9,
+            extra: "\n[limits]\nmax_parallel_builds = 100\n",
+        },
+    ];
+    let workdir = tempfile::tempdir().expect("a temporary directory");
+    println!("Simulated cloud, default [sim] durations (build ≈ 14.5 min to image, copy 15 min), jitter 0, EC2's default buckets");
+    println!(
+        "{:<27} {:<9} {:>6} {:>9} {:>9} {:>7} {:>9} {:>7} {:>6} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>9}",
+        "matrix",
+        "waits",
+        "jobs",
+        "makespan",
+        "bound",
+        "ratio",
+        "non-mut",
+        "mut",
+        "run",
+        "copy",
+        "tags",
+        "throttl",
+        "desc/2s",
+        "CPU",
+        "wall",
+        "peak RSS"
+    );
+    for scenario in &scenarios {
+        for (label, strategy) in [("fleetbake", Strategy::FLEETBAKE), ("naive", Strategy::NAIVE)] {
+            let measured = run(scenario, strategy, workdir.path());
+            let statistics = &measured.statistics;
+            let class = |key: &str| statistics.api_calls_by_class.get(key).copied().unwrap_or(0);
+            let sim = statistics.sim.as_ref().expect("a simulated run reports");
+            println!(
+                "{:<27} {:<9} {:>6} {:>9} {:>9} {:>7.4} {:>9} {:>7} {:>6} {:>6} {:>6} {:>7} {:>8} {:>7.2}s {:>7.2}s {:>6.1}MiB",
+                scenario.name,
+                label,
+                statistics.jobs.succeeded + statistics.jobs.failed,
+                clock(statistics.makespan_seconds),
+                clock(statistics.critical_path_seconds),
+                statistics.makespan_over_bound,
+                class("non_mutating"),
+                class("mutating"),
+                class("run_instances"),
+                class("copy_image"),
+                class("create_tags"),
+                statistics.throttled_responses,
+                sim.peak_describes_per_interval,
+                measured.cpu.as_secs_f64(),
+                measured.wall.as_secs_f64(),
+                measured.peak_rss_mib,
+            );
+            if statistics.jobs.failed > 0 || !sim.leaked_resources.is_empty() {
+                println!("  !! {} failed jobs, leaked: {:?}", statistics.jobs.failed, sim.leaked_resources);
+            }
+        }
+    }
+    println!("desc/2s: the most DescribeImages (or DescribeInstances) by id, all regions together, in any 2 s window");
+}

@@ -1,0 +1,235 @@
+//! The main job on the simulated cloud (`--cloud sim`), in virtual time: the binary runs the whole pipeline
+//! against the in-process EC2 model on Tokio's paused clock, so a night of builds takes well under a second.
+
+use serde_json::Value;
+
+use crate::harness::{fleetbake, Outcome, Workspace};
+
+/// Two flavors (one with three provisioners, one with its own provisioning time) in two build regions, copied
+/// on to three more; `sim` and `limits` are appended as given.
+fn fleet(sim: &str, limits: &str) -> String {
+    format!(
+        r#"[fleet]
+name = "simtest"
+ami_name = "{{flavor}}-{{build_region}}-{{run_id}}"
+
+[defaults]
+instance_type = "t3.small"
+ssh_username = "ubuntu"
+
+[[flavor]]
+name = "ubuntu"
+source_ami = {{ owners = ["099720109477"], name = "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*" }}
+provisioners = [
+  {{ type = "shell", inline = ["echo one"] }},
+  {{ type = "shell", inline = ["echo two"] }},
+  {{ type = "shell", inline = ["echo three"] }},
+]
+
+[[flavor]]
+name = "al2023"
+source_ami = {{ owners = ["amazon"], name = "al2023-ami-2023.*-kernel-6.1-x86_64" }}
+sim_provision = "2m"
+provisioners = [{{ type = "shell", inline = ["sudo dnf -y upgrade"] }}]
+
+[regions]
+us-west-2 = ["us-east-1", "eu-west-1"]
+eu-central-1 = ["ap-southeast-2"]
+
+[ssh]
+source_cidrs = ["203.0.113.5/32"]
+
+[limits]
+{limits}
+
+[sim]
+{sim}
+"#
+    )
+}
+
+struct SimRun {
+    outcome: Outcome,
+    manifest: Value,
+    summary: Value,
+}
+
+fn run_sim(workspace: &Workspace, fleet_text: &str) -> SimRun {
+    let fleet_path = workspace.write("fleet.toml", fleet_text);
+    let summary_path = workspace.path("summary.json");
+    let outcome = fleetbake(&[
+        "matrix",
+        fleet_path.to_str().unwrap(),
+        "--cloud",
+        "sim",
+        "--summary-json",
+        summary_path.to_str().unwrap(),
+    ]);
+    let read = |relative: &str| -> Value {
+        let text = std::fs::read_to_string(workspace.path(relative))
+            .unwrap_or_else(|error| panic!("{relative}: {error}\nstderr:\n{}", outcome.stderr));
+        serde_json::from_str(&text).unwrap()
+    };
+    SimRun { manifest: read("manifest.sim.json"), summary: read("summary.json"), outcome }
+}
+
+fn failures(manifest: &Value) -> Vec<(String, String, String, Option<String>)> {
+    manifest["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|failure| {
+            (
+                failure["flavor"].as_str().unwrap().to_string(),
+                failure["region"].as_str().unwrap().to_string(),
+                failure["stage"].as_str().unwrap().to_string(),
+                failure["code"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+fn assert_nothing_left(run: &SimRun) {
+    assert_eq!(run.summary["leaked_resources"], serde_json::json!([]), "stderr:\n{}", run.outcome.stderr);
+}
+
+#[test]
+fn a_simulated_night_runs_at_the_critical_path_bound_and_leaves_nothing() {
+    let workspace = Workspace::new();
+    let run = run_sim(&workspace, &fleet("seed = 7", ""));
+    assert_eq!(run.outcome.code, 0, "stderr:\n{}", run.outcome.stderr);
+    assert_nothing_left(&run);
+
+    // Every image in every region, and no real manifest written beside the fleet file.
+    assert_eq!(run.manifest["status"], "complete");
+    for (flavor, regions) in [("ubuntu", 5), ("al2023", 5)] {
+        assert_eq!(run.manifest["artifacts"][flavor].as_object().unwrap().len(), regions);
+    }
+    assert!(!workspace.path("manifest.json").exists());
+    assert!(run.outcome.stderr.contains("ubuntu/us-west-2: (sim) would run provisioner 3: shell inline, 1 lines"));
+
+    let summary = &run.summary;
+    assert_eq!(summary["cloud"], "sim");
+    assert_eq!(summary["jobs"], serde_json::json!({ "succeeded": 10, "failed": 0 }));
+    assert_eq!(summary["throttled_responses"], 0);
+    // The al2023 build: 60 s boot + 30 s SSH + 2 min provisioning + 30 s stop + 7 min image, then 15 min copies.
+    let bound = summary["critical_path_seconds"].as_f64().unwrap();
+    assert_eq!(bound, (60 + 30 + 5 * 60 + 30 + 7 * 60 + 15 * 60) as f64, "the ubuntu builds take 5 min to provision");
+    let makespan = summary["makespan_seconds"].as_f64().unwrap();
+    assert!(makespan >= bound && makespan <= bound * 1.05, "makespan {makespan} s against a bound of {bound} s");
+    // Waits are batched: never more describes of a kind in one 2 s window than there are regions.
+    let peak = summary["sim"]["peak_describes_per_interval"].as_u64().unwrap();
+    assert!((1..=5).contains(&peak), "{peak} describes in one interval across 5 regions");
+    let ingress: Vec<&str> =
+        summary["sim"]["ingress"].as_array().unwrap().iter().map(|rule| rule.as_str().unwrap()).collect();
+    assert_eq!(ingress.len(), 4, "one rule per build: {ingress:?}");
+    assert!(ingress.iter().all(|rule| rule.ends_with(": 203.0.113.5/32")), "{ingress:?}");
+    // Times in the manifest are virtual: the copies became available about 27 minutes into the run.
+    let started = chrono::DateTime::parse_from_rfc3339(run.manifest["started_at"].as_str().unwrap()).unwrap();
+    let finished = chrono::DateTime::parse_from_rfc3339(run.manifest["finished_at"].as_str().unwrap()).unwrap();
+    assert!((finished - started).num_seconds() >= bound as i64 - 1);
+}
+
+#[test]
+fn throttling_is_answered_and_absorbed() {
+    for probability in ["0.05", "0.3"] {
+        let workspace = Workspace::new();
+        let sim = format!(
+            "seed = 3\nfaults = [{{ action = \"*\", error = \"RequestLimitExceeded\", probability = {probability} }}]"
+        );
+        let run = run_sim(&workspace, &fleet(&sim, ""));
+        assert_eq!(run.outcome.code, 0, "{probability}: stderr:\n{}", run.outcome.stderr);
+        assert_eq!(run.summary["jobs"]["failed"], 0);
+        assert_eq!(run.manifest["status"], "complete");
+        let throttled = run.summary["throttled_responses"].as_u64().unwrap();
+        let injected = run.summary["sim"]["faults_injected"].as_u64().unwrap();
+        assert!(throttled > 0 && throttled == injected, "{probability}: {throttled} throttled, {injected} injected");
+        assert!(!run.outcome.stderr.contains("RequestLimitExceeded"), "no throttle reaches the user");
+        assert_nothing_left(&run);
+    }
+}
+
+#[test]
+fn copies_into_a_region_stay_within_its_cap() {
+    let workspace = Workspace::new();
+    let mut text = String::from(
+        "[fleet]\nname = \"cap\"\nami_name = \"{flavor}-{build_region}-{run_id}\"\n\n\
+         [defaults]\ninstance_type = \"t3.small\"\nssh_username = \"ec2-user\"\n\n",
+    );
+    for flavor in 0..8 {
+        text.push_str(&format!(
+            "[[flavor]]\nname = \"f{flavor}\"\nsource_ami = {{ owners = [\"amazon\"], name = \"al2023-ami-2023.*-x86_64\" }}\n\n"
+        ));
+    }
+    text.push_str(
+        "[regions]\nus-west-2 = [\"us-east-1\"]\n\n[limits]\nmax_parallel_builds = 8\nmax_parallel_copies_per_region = 3\n\n\
+         [sim]\ncopy_concurrency = 3\n",
+    );
+    let run = run_sim(&workspace, &text);
+    assert_eq!(run.outcome.code, 0, "stderr:\n{}", run.outcome.stderr);
+    assert_eq!(run.summary["jobs"]["succeeded"], 16);
+    // Eight images available at once, three copies at a time: the cap is reached and never passed.
+    assert_eq!(run.summary["sim"]["peak_copies_in_flight"]["us-east-1"], 3);
+    assert_nothing_left(&run);
+}
+
+#[test]
+fn a_fault_at_a_step_fails_only_its_own_job_and_cleans_up() {
+    for (action, stage, copies_skipped) in
+        [("CreateImage", "create_image", true), ("CopyImage", "copy", false), ("RunInstances", "launch", true)]
+    {
+        let workspace = Workspace::new();
+        let sim = format!("faults = [{{ action = \"{action}\", error = \"UnauthorizedOperation\", nth = 1 }}]");
+        // One build at a time, in plan order: the first call of each action is for ubuntu's build in
+        // eu-central-1 (regions go in name order) or, for CopyImage, its copy into ap-southeast-2.
+        let run = run_sim(&workspace, &fleet(&sim, "max_parallel_builds = 1"));
+        assert_eq!(run.outcome.code, 1, "{action}: stderr:\n{}", run.outcome.stderr);
+        assert_eq!(run.manifest["status"], "partial");
+        let failures = failures(&run.manifest);
+        let (failed, skipped): (Vec<_>, Vec<_>) = failures.iter().partition(|failure| failure.2 != "skipped");
+        assert_eq!(failed.len(), 1, "{action}: {failures:?}");
+        let (flavor, region, failed_stage, code) = failed[0];
+        assert_eq!((flavor.as_str(), failed_stage.as_str()), ("ubuntu", stage), "{action}: {failures:?}");
+        assert_eq!(code.as_deref(), Some("UnauthorizedOperation"));
+        if copies_skipped {
+            assert_eq!(region, "eu-central-1");
+            assert_eq!(skipped.len(), 1, "{action}: the build's copy: {failures:?}");
+        } else {
+            assert_eq!(region, "ap-southeast-2");
+            assert!(skipped.is_empty());
+        }
+        // Everything else was made.
+        assert_eq!(run.manifest["artifacts"]["al2023"].as_object().unwrap().len(), 5, "{action}");
+        let succeeded = run.summary["jobs"]["succeeded"].as_u64().unwrap();
+        assert_eq!(succeeded, if copies_skipped { 8 } else { 9 }, "{action}");
+        assert_nothing_left(&run);
+    }
+}
+
+#[test]
+fn a_transient_fault_is_retried() {
+    let workspace = Workspace::new();
+    let run =
+        run_sim(&workspace, &fleet("faults = [{ action = \"CreateImage\", error = \"InternalError\", nth = 2 }]", ""));
+    assert_eq!(run.outcome.code, 0, "stderr:\n{}", run.outcome.stderr);
+    assert_eq!(run.summary["jobs"]["failed"], 0);
+    assert_eq!(run.summary["retries"], 1);
+    assert_nothing_left(&run);
+}
+
+#[test]
+fn a_bad_sim_table_is_bad_input() {
+    let workspace = Workspace::new();
+    let text = fleet("jitter = 1.5\nfaults = [{ action = \"LaunchRocket\", error = \"InternalError\", nth = 1 }]", "");
+    let fleet_path = workspace.write("fleet.toml", &text);
+    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--cloud", "sim"]);
+    assert_eq!(outcome.code, 2, "stderr:\n{}", outcome.stderr);
+    let jitter_line = text.lines().position(|line| line.starts_with("jitter")).unwrap() + 1;
+    assert!(outcome.stderr.contains(&format!("fleet.toml:{jitter_line}:")), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("`sim.jitter`"), "{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains("`sim.faults[0].action`: `LaunchRocket` is not an EC2 action"),
+        "{}",
+        outcome.stderr
+    );
+}
