@@ -35,10 +35,6 @@ impl PollPolicy {
     pub fn with_first_check(self, first_check: Duration) -> Self {
         PollPolicy { first_check, ..self }
     }
-
-    pub fn with_timeout(self, timeout: Duration) -> Self {
-        PollPolicy { timeout, ..self }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
