@@ -98,12 +98,7 @@ impl Waits {
         let batcher = self
             .batchers
             .entry(region.clone())
-            .or_insert_with(|| {
-                Arc::new(RegionBatcher {
-                    images: Batch::new(region, Action::DescribeImages),
-                    instances: Batch::new(region, Action::DescribeInstances),
-                })
-            })
+            .or_insert_with(|| Arc::new(RegionBatcher { images: Batch::new(region), instances: Batch::new(region) }))
             .clone();
         RegionWaits { waits: Arc::clone(self), cloud, batcher }
     }
@@ -147,7 +142,7 @@ impl RegionWaits {
             _ => "to terminate",
         };
         self.timed(kind, INSTANCE_TIMEOUT, &format!("instance {id} {what}"), || async {
-            let status = self.instance_status(id).await?;
+            let status = self.status(&self.batcher.instances, id).await?;
             Ok(match kind.verdict(id, status.as_ref()) {
                 Poll::Ready(()) => Poll::Ready(status),
                 Poll::NotYet => Poll::NotYet,
@@ -161,7 +156,7 @@ impl RegionWaits {
     /// returns its snapshots.
     pub async fn image(&self, id: &ImageId, kind: WaitKind, timeout: Duration) -> Result<Vec<SnapshotId>, WaitError> {
         self.timed(kind, timeout, &format!("image {id} to become available"), || async {
-            Ok(match self.image_status(id).await? {
+            Ok(match self.status(&self.batcher.images, id).await? {
                 Some(status) => match status.state {
                     ImageState::Available => Poll::Ready(status.snapshot_ids),
                     ImageState::Pending => Poll::NotYet,
@@ -193,90 +188,79 @@ impl RegionWaits {
         result
     }
 
-    async fn instance_status(&self, id: &InstanceId) -> CloudResult<Option<InstanceStatus>> {
+    /// The status of `id` in this region: from the next batched describe, or from one of its own.
+    async fn status<S: Described>(&self, batch: &Batch<S>, id: &S::Id) -> CloudResult<Option<S>> {
         match self.waits.style {
             WaitStyle::Alone { .. } => {
-                Ok(self.cloud.describe_instances(std::slice::from_ref(id)).await?.into_iter().next())
+                Ok(S::describe(&*self.cloud, std::slice::from_ref(id)).await?.into_iter().find(|s| s.id() == id))
             }
-            WaitStyle::Batched => {
-                let cloud = Arc::clone(&self.cloud);
-                self.batcher
-                    .instances
-                    .check(id.clone(), move |ids| {
-                        Box::pin(async move {
-                            let found = cloud.describe_instances(&ids).await?;
-                            Ok(found.into_iter().map(|status| (status.id.clone(), status)).collect())
-                        })
-                    })
-                    .await
-            }
-        }
-    }
-
-    async fn image_status(&self, id: &ImageId) -> CloudResult<Option<ImageStatus>> {
-        match self.waits.style {
-            WaitStyle::Alone { .. } => {
-                Ok(self.cloud.describe_images(std::slice::from_ref(id)).await?.into_iter().next())
-            }
-            WaitStyle::Batched => {
-                let cloud = Arc::clone(&self.cloud);
-                self.batcher
-                    .images
-                    .check(id.clone(), move |ids| {
-                        Box::pin(async move {
-                            let found = cloud.describe_images(&ids).await?;
-                            Ok(found.into_iter().map(|status| (status.id.clone(), status)).collect())
-                        })
-                    })
-                    .await
-            }
+            WaitStyle::Batched => batch.check(id.clone(), &self.cloud).await,
         }
     }
 }
 
 /// The coalesced describes of one region.
 struct RegionBatcher {
-    images: Batch<ImageId, ImageStatus>,
-    instances: Batch<InstanceId, InstanceStatus>,
+    images: Batch<ImageStatus>,
+    instances: Batch<InstanceStatus>,
 }
 
-type Answer<Id, Status> = Option<Result<Arc<HashMap<Id, Status>>, CloudError>>;
-
-/// One kind of describe in one region: checks asked for while a describe is due join it.
-struct Batch<Id, Status> {
-    region: Region,
-    action: Action,
-    state: Arc<Mutex<BatchState<Id, Status>>>,
+/// What one kind of describe lists: statuses keyed by id.
+trait Described: Clone + Send + Sync + 'static {
+    type Id: Clone + Eq + Hash + Send + Sync + 'static;
+    const ACTION: Action;
+    fn id(&self) -> &Self::Id;
+    fn describe<'a>(cloud: &'a dyn RegionCloud, ids: &'a [Self::Id]) -> BoxFuture<'a, CloudResult<Vec<Self>>>;
 }
 
-/// A describe that is due: the ids it will ask about, and where its answer goes.
-struct DueDescribe<Id, Status> {
-    ids: HashSet<Id>,
-    answer: watch::Sender<Answer<Id, Status>>,
-}
-
-struct BatchState<Id, Status> {
-    due: Option<DueDescribe<Id, Status>>,
-    last_sent: Option<Instant>,
-}
-
-impl<Id, Status> Batch<Id, Status> {
-    fn new(region: &Region, action: Action) -> Self {
-        Batch { region: region.clone(), action, state: Arc::new(Mutex::new(BatchState { due: None, last_sent: None })) }
+impl Described for ImageStatus {
+    type Id = ImageId;
+    const ACTION: Action = Action::DescribeImages;
+    fn id(&self) -> &ImageId {
+        &self.id
+    }
+    fn describe<'a>(cloud: &'a dyn RegionCloud, ids: &'a [ImageId]) -> BoxFuture<'a, CloudResult<Vec<Self>>> {
+        cloud.describe_images(ids)
     }
 }
 
-impl<Id, Status> Batch<Id, Status>
-where
-    Id: Clone + Eq + Hash + Send + Sync + 'static,
-    Status: Clone + Send + Sync + 'static,
-{
+impl Described for InstanceStatus {
+    type Id = InstanceId;
+    const ACTION: Action = Action::DescribeInstances;
+    fn id(&self) -> &InstanceId {
+        &self.id
+    }
+    fn describe<'a>(cloud: &'a dyn RegionCloud, ids: &'a [InstanceId]) -> BoxFuture<'a, CloudResult<Vec<Self>>> {
+        cloud.describe_instances(ids)
+    }
+}
+
+type Answer<S> = Option<Result<Arc<HashMap<<S as Described>::Id, S>>, CloudError>>;
+
+/// One kind of describe in one region: checks asked for while a describe is due join it.
+struct Batch<S: Described> {
+    region: Region,
+    state: Arc<Mutex<BatchState<S>>>,
+}
+
+/// A describe that is due: the ids it will ask about, and where its answer goes.
+struct DueDescribe<S: Described> {
+    ids: HashSet<S::Id>,
+    answer: watch::Sender<Answer<S>>,
+}
+
+struct BatchState<S: Described> {
+    due: Option<DueDescribe<S>>,
+    last_sent: Option<Instant>,
+}
+
+impl<S: Described> Batch<S> {
+    fn new(region: &Region) -> Self {
+        Batch { region: region.clone(), state: Arc::new(Mutex::new(BatchState { due: None, last_sent: None })) }
+    }
+
     /// The status of `id` from the next describe of this region (None: the describe did not list it).
-    /// `describe` is used only if this check is the one that schedules the describe.
-    async fn check<Describe>(&self, id: Id, describe: Describe) -> CloudResult<Option<Status>>
-    where
-        Describe: FnOnce(Vec<Id>) -> BoxFuture<'static, CloudResult<HashMap<Id, Status>>> + Send + 'static,
-    {
+    async fn check(&self, id: S::Id, cloud: &Arc<dyn RegionCloud>) -> CloudResult<Option<S>> {
         let mut answer = {
             let mut state = self.state.lock().expect("not poisoned");
             match &mut state.due {
@@ -291,13 +275,13 @@ where
                         None => Instant::now(),
                     };
                     state.due = Some(DueDescribe { ids: HashSet::from([id.clone()]), answer: sender });
-                    tokio::spawn(Self::send_when_due(Arc::clone(&self.state), send_at, describe));
+                    tokio::spawn(Self::send_when_due(Arc::clone(&self.state), send_at, Arc::clone(cloud)));
                     receiver
                 }
             }
         };
         let answered = answer.wait_for(Option::is_some).await.map_err(|_| CloudError {
-            action: self.action,
+            action: S::ACTION,
             region: self.region.clone(),
             kind: ErrorKind::Transient,
             code: None,
@@ -309,17 +293,17 @@ where
         }
     }
 
-    async fn send_when_due<Describe>(state: Arc<Mutex<BatchState<Id, Status>>>, send_at: Instant, describe: Describe)
-    where
-        Describe: FnOnce(Vec<Id>) -> BoxFuture<'static, CloudResult<HashMap<Id, Status>>>,
-    {
+    async fn send_when_due(state: Arc<Mutex<BatchState<S>>>, send_at: Instant, cloud: Arc<dyn RegionCloud>) {
         tokio::time::sleep_until(send_at).await;
         let due = {
             let mut state = state.lock().expect("not poisoned");
             state.last_sent = Some(Instant::now());
             state.due.take().expect("only this task takes what it scheduled")
         };
-        let answer = describe(due.ids.into_iter().collect()).await.map(Arc::new);
+        let ids: Vec<S::Id> = due.ids.into_iter().collect();
+        let answer = S::describe(&*cloud, &ids)
+            .await
+            .map(|found| Arc::new(found.into_iter().map(|status| (status.id().clone(), status)).collect()));
         // Nobody listening any more (every waiter gave up) is fine.
         let _ = due.answer.send(Some(answer));
     }
