@@ -9,7 +9,7 @@ use backon::{ExponentialBuilder, Retryable};
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 
-use crate::clock::TokenBucket;
+use crate::clock::ClassBuckets;
 use crate::cloud::{Action, ActionClass, CloudError, CloudResult, ErrorKind};
 use crate::config::{ApiRates, Limits, Region};
 
@@ -53,16 +53,14 @@ impl ApiStats {
 /// EC2's request buckets for one region, one per action class, on Tokio's clock.
 pub struct RegionLimiter {
     region: Region,
-    buckets: Vec<(ActionClass, TokenBucket)>,
+    buckets: ClassBuckets,
     retry: RetryPolicy,
     stats: Arc<ApiStats>,
 }
 
 impl RegionLimiter {
     pub fn new(region: Region, rates: &ApiRates, retry: RetryPolicy, stats: Arc<ApiStats>) -> Self {
-        let buckets =
-            ActionClass::ALL.into_iter().map(|class| (class, TokenBucket::new(class.bucket(rates)))).collect();
-        RegionLimiter { region, buckets, retry, stats }
+        RegionLimiter { region, buckets: ClassBuckets::new(rates), retry, stats }
     }
 
     pub fn region(&self) -> &Region {
@@ -71,9 +69,7 @@ impl RegionLimiter {
 
     /// Waits for a token of the action's class.
     async fn acquire(&self, class: ActionClass) {
-        let (_, bucket) =
-            self.buckets.iter().find(|(bucket_class, _)| *bucket_class == class).expect("a bucket per class");
-        bucket.take().await;
+        self.buckets.of(class).take().await;
     }
 
     /// Runs one EC2 call under the action's bucket, retrying throttled and transient failures.

@@ -16,11 +16,11 @@ use ipnet::IpNet;
 use tokio::time::Instant;
 
 use super::catalog::{self, PublicImage};
-use crate::clock::TokenBucket;
+use crate::clock::ClassBuckets;
 use crate::cloud::{
-    fnv1a, Action, ActionClass, CloudError, CloudResult, CopySpec, ErrorKind, ImageId, ImageState, ImageStatus,
-    ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, LaunchSpec, PrivateKey, RegionCloud,
-    SecurityGroupId, SnapshotId, VpcId,
+    fnv1a, Action, CloudError, CloudResult, CopySpec, ErrorKind, ImageId, ImageState, ImageStatus, ImageSummary,
+    InstanceId, InstanceState, InstanceStatus, KeyPairName, LaunchSpec, PrivateKey, RegionCloud, SecurityGroupId,
+    SnapshotId, VpcId,
 };
 use crate::config::{ApiRates, FaultTrigger, ImageFilter, Region, SimSettings, Tags};
 
@@ -69,10 +69,7 @@ impl Model {
             .entry(region.clone())
             .or_insert_with(|| {
                 Arc::new(RegionModel {
-                    buckets: ActionClass::ALL
-                        .into_iter()
-                        .map(|class| (class, TokenBucket::new(class.bucket(&self.rates))))
-                        .collect(),
+                    buckets: ClassBuckets::new(&self.rates),
                     state: Mutex::new(RegionState::default()),
                 })
             })
@@ -124,7 +121,7 @@ impl Model {
 
 /// One region of the account.
 pub struct RegionModel {
-    buckets: Vec<(ActionClass, TokenBucket)>,
+    buckets: ClassBuckets,
     pub state: Mutex<RegionState>,
 }
 
@@ -225,7 +222,7 @@ impl SimRegion {
     ) -> CloudResult<T> {
         let answer = if let Some(code) = self.model.fault(action, &self.region) {
             refuse(&code, format!("{code} (injected by the `[sim] faults` of the fleet file)"))
-        } else if self.bucket(action.class()).try_take().is_err() {
+        } else if self.state.buckets.of(action.class()).try_take().is_err() {
             self.model.throttled.fetch_add(1, Ordering::Relaxed);
             refuse("RequestLimitExceeded", "Request limit exceeded.")
         } else {
@@ -240,10 +237,6 @@ impl SimRegion {
             code: Some(refusal.code),
             message: refusal.message,
         })
-    }
-
-    fn bucket(&self, class: ActionClass) -> &TokenBucket {
-        &self.state.buckets.iter().find(|(bucket_class, _)| *bucket_class == class).expect("a bucket per class").1
     }
 
     fn merge_tags(state: &mut RegionState, resource: &str, tags: &Tags) {
