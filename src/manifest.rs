@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
 use std::time::Duration;
 
 use chrono::SecondsFormat;
@@ -59,12 +58,11 @@ pub struct ManifestWriter {
     last_write: Option<Instant>,
     /// Changed since the last write.
     dirty: bool,
-    finished: bool,
 }
 
 impl ManifestWriter {
     pub fn new(path: PathBuf, min_interval: Duration) -> Self {
-        ManifestWriter { path, manifest: None, min_interval, last_write: None, dirty: false, finished: false }
+        ManifestWriter { path, manifest: None, min_interval, last_write: None, dirty: false }
     }
 
     fn changed(&mut self) -> Result<(), ReportError> {
@@ -121,7 +119,6 @@ impl Reporter for ManifestWriter {
                     manifest.status = *status;
                     manifest.finished_at = Some(finished_at.to_rfc3339_opts(SecondsFormat::Secs, true));
                 }
-                self.finished = true;
                 self.write()
             }
             _ => Ok(()),
