@@ -202,12 +202,8 @@ impl RegionCloud for AwsRegion {
     async fn describe_images(&self, ids: &[ImageId]) -> CloudResult<Vec<ImageStatus>> {
         let action = Action::DescribeImages;
         let mut found = Vec::new();
-        // A filter, not ImageIds: an id EC2 does not know yet (just created) leaves the others' answer intact.
-        for chunk in ids.chunks(FILTER_VALUES_PER_CALL) {
-            let values: Vec<String> = chunk.iter().map(|id| id.0.clone()).collect();
-            let output = ec2_call!(self, action, |client| client
-                .describe_images()
-                .filters(Filter::builder().name("image-id").set_values(Some(values.clone())).build()))?;
+        for filter in id_filters("image-id", ids.iter().map(ImageId::as_str)) {
+            let output = ec2_call!(self, action, |client| client.describe_images().filters(filter.clone()))?;
             found.extend(output.images().iter().filter_map(|image| {
                 Some(ImageStatus {
                     id: ImageId(image.image_id()?.to_string()),
@@ -335,12 +331,8 @@ impl RegionCloud for AwsRegion {
     async fn describe_instances(&self, ids: &[InstanceId]) -> CloudResult<Vec<InstanceStatus>> {
         let action = Action::DescribeInstances;
         let mut found = Vec::new();
-        // A filter, not InstanceIds: one id EC2 does not know yet would fail the whole call.
-        for chunk in ids.chunks(FILTER_VALUES_PER_CALL) {
-            let values: Vec<String> = chunk.iter().map(|id| id.0.clone()).collect();
-            let output = ec2_call!(self, action, |client| client
-                .describe_instances()
-                .filters(Filter::builder().name("instance-id").set_values(Some(values.clone())).build()))?;
+        for filter in id_filters("instance-id", ids.iter().map(InstanceId::as_str)) {
+            let output = ec2_call!(self, action, |client| client.describe_instances().filters(filter.clone()))?;
             found.extend(instance_statuses(&output));
         }
         Ok(found)
@@ -396,6 +388,15 @@ impl RegionCloud for AwsRegion {
             .set_tags(Some(tags.clone())))?;
         Ok(())
     }
+}
+
+/// Filters on `name` (`image-id`, `instance-id`) over `ids`, one per call's worth of values. A filter, not
+/// `ImageIds`/`InstanceIds`: an id EC2 does not know yet (just created) would fail the whole call.
+fn id_filters<'a>(name: &str, ids: impl Iterator<Item = &'a str>) -> Vec<Filter> {
+    let ids: Vec<String> = ids.map(str::to_string).collect();
+    ids.chunks(FILTER_VALUES_PER_CALL)
+        .map(|chunk| Filter::builder().name(name).set_values(Some(chunk.to_vec())).build())
+        .collect()
 }
 
 /// The instances in a DescribeInstances answer.
