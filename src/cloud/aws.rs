@@ -208,12 +208,7 @@ impl RegionCloud for AwsRegion {
                 Some(ImageStatus {
                     id: ImageId(image.image_id()?.to_string()),
                     state: image_state(image),
-                    snapshot_ids: image
-                        .block_device_mappings()
-                        .iter()
-                        .filter_map(|mapping| mapping.ebs()?.snapshot_id())
-                        .map(|id| SnapshotId(id.to_string()))
-                        .collect(),
+                    snapshot_ids: snapshots_of(image),
                 })
             }));
         }
@@ -388,6 +383,129 @@ impl RegionCloud for AwsRegion {
             .set_tags(Some(tags.clone())))?;
         Ok(())
     }
+
+    async fn find_owned_images(&self, query: &ImageQuery) -> CloudResult<Vec<OwnedImage>> {
+        let action = Action::DescribeImages;
+        // Names go in chunks, one call each; tags are all ANDed in one call.
+        let calls: Vec<Vec<Filter>> = match query {
+            ImageQuery::Named(names) => {
+                id_filters("name", names.iter().map(String::as_str)).into_iter().map(|filter| vec![filter]).collect()
+            }
+            ImageQuery::Tagged(tags) => vec![tag_filters(tags)],
+        };
+        let mut found = Vec::new();
+        for filters in calls {
+            let output = ec2_call!(self, action, |client| client
+                .describe_images()
+                .owners("self")
+                .set_filters(Some(filters.clone())))?;
+            found.extend(output.images().iter().filter_map(|image| {
+                Some(OwnedImage {
+                    id: ImageId(image.image_id()?.to_string()),
+                    name: image.name().unwrap_or_default().to_string(),
+                    state: image_state(image),
+                    creation_date: image.creation_date().unwrap_or_default().to_string(),
+                    snapshot_ids: snapshots_of(image),
+                    tags: tags_of(image.tags()),
+                })
+            }));
+        }
+        Ok(found)
+    }
+
+    async fn find_instances(&self, tags: &Tags) -> CloudResult<Vec<Tagged<InstanceId>>> {
+        let action = Action::DescribeInstances;
+        let mut filters = tag_filters(tags);
+        filters.push(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .values("stopping")
+                .values("stopped")
+                .build(),
+        );
+        let mut found = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let output = ec2_call!(self, action, |client| client
+                .describe_instances()
+                .set_filters(Some(filters.clone()))
+                .set_next_token(next_token.clone()))?;
+            found.extend(output.reservations().iter().flat_map(|reservation| reservation.instances()).filter_map(
+                |instance| {
+                    Some(Tagged { id: InstanceId(instance.instance_id()?.to_string()), tags: tags_of(instance.tags()) })
+                },
+            ));
+            next_token = output.next_token().filter(|token| !token.is_empty()).map(str::to_string);
+            if next_token.is_none() {
+                return Ok(found);
+            }
+        }
+    }
+
+    async fn find_security_groups(&self, tags: &Tags) -> CloudResult<Vec<Tagged<SecurityGroupId>>> {
+        let action = Action::DescribeSecurityGroups;
+        let filters = tag_filters(tags);
+        let mut found = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let output = ec2_call!(self, action, |client| client
+                .describe_security_groups()
+                .set_filters(Some(filters.clone()))
+                .set_next_token(next_token.clone()))?;
+            found.extend(output.security_groups().iter().filter_map(|group| {
+                Some(Tagged { id: SecurityGroupId(group.group_id()?.to_string()), tags: tags_of(group.tags()) })
+            }));
+            next_token = output.next_token().filter(|token| !token.is_empty()).map(str::to_string);
+            if next_token.is_none() {
+                return Ok(found);
+            }
+        }
+    }
+
+    async fn find_key_pairs(&self, tags: &Tags) -> CloudResult<Vec<Tagged<KeyPairName>>> {
+        let action = Action::DescribeKeyPairs;
+        let filters = tag_filters(tags);
+        let output = ec2_call!(self, action, |client| client.describe_key_pairs().set_filters(Some(filters.clone())))?;
+        Ok(output
+            .key_pairs()
+            .iter()
+            .filter_map(|pair| {
+                Some(Tagged { id: KeyPairName(pair.key_name()?.to_string()), tags: tags_of(pair.tags()) })
+            })
+            .collect())
+    }
+
+    async fn deregister_image(&self, id: &ImageId) -> CloudResult<()> {
+        let action = Action::DeregisterImage;
+        ec2_call!(self, action, |client| client.deregister_image().image_id(id.as_str()))?;
+        Ok(())
+    }
+
+    async fn delete_snapshot(&self, id: &SnapshotId) -> CloudResult<()> {
+        let action = Action::DeleteSnapshot;
+        ec2_call!(self, action, |client| client.delete_snapshot().snapshot_id(id.as_str()))?;
+        Ok(())
+    }
+}
+
+/// One `tag:key = value` filter per tag.
+fn tag_filters(tags: &Tags) -> Vec<Filter> {
+    tags.iter().map(|(key, value)| Filter::builder().name(format!("tag:{key}")).values(value).build()).collect()
+}
+
+fn tags_of(tags: &[Tag]) -> Tags {
+    tags.iter().filter_map(|tag| Some((tag.key()?.to_string(), tag.value().unwrap_or_default().to_string()))).collect()
+}
+
+fn snapshots_of(image: &aws_sdk_ec2::types::Image) -> Vec<SnapshotId> {
+    image
+        .block_device_mappings()
+        .iter()
+        .filter_map(|mapping| mapping.ebs()?.snapshot_id())
+        .map(|id| SnapshotId(id.to_string()))
+        .collect()
 }
 
 /// Filters on `name` (`image-id`, `instance-id`) over `ids`, one per call's worth of values. A filter, not

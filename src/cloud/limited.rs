@@ -114,4 +114,28 @@ impl RegionCloud for LimitedRegion {
     async fn create_tags(&self, resources: &[String], tags: &Tags) -> CloudResult<()> {
         self.limiter.call(Action::CreateTags, || self.inner.create_tags(resources, tags)).await
     }
+
+    async fn find_owned_images(&self, query: &ImageQuery) -> CloudResult<Vec<OwnedImage>> {
+        self.limiter.call(Action::DescribeImages, || self.inner.find_owned_images(query)).await
+    }
+
+    async fn find_instances(&self, tags: &Tags) -> CloudResult<Vec<Tagged<InstanceId>>> {
+        self.limiter.call(Action::DescribeInstances, || self.inner.find_instances(tags)).await
+    }
+
+    async fn find_security_groups(&self, tags: &Tags) -> CloudResult<Vec<Tagged<SecurityGroupId>>> {
+        self.limiter.call(Action::DescribeSecurityGroups, || self.inner.find_security_groups(tags)).await
+    }
+
+    async fn find_key_pairs(&self, tags: &Tags) -> CloudResult<Vec<Tagged<KeyPairName>>> {
+        self.limiter.call(Action::DescribeKeyPairs, || self.inner.find_key_pairs(tags)).await
+    }
+
+    async fn deregister_image(&self, id: &ImageId) -> CloudResult<()> {
+        self.limiter.call(Action::DeregisterImage, || self.inner.deregister_image(id)).await
+    }
+
+    async fn delete_snapshot(&self, id: &SnapshotId) -> CloudResult<()> {
+        self.limiter.call(Action::DeleteSnapshot, || self.inner.delete_snapshot(id)).await
+    }
 }

@@ -55,6 +55,8 @@ pub enum Action {
     DescribeImages,
     DescribeInstances,
     DescribeSubnets,
+    DescribeSecurityGroups,
+    DescribeKeyPairs,
     CreateKeyPair,
     DeleteKeyPair,
     CreateSecurityGroup,
@@ -66,6 +68,8 @@ pub enum Action {
     CreateImage,
     CopyImage,
     CreateTags,
+    DeregisterImage,
+    DeleteSnapshot,
 }
 
 /// EC2's request-rate classes; each has its own token bucket per region.
@@ -111,10 +115,12 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 18] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
+        Action::DescribeSecurityGroups,
+        Action::DescribeKeyPairs,
         Action::CreateKeyPair,
         Action::DeleteKeyPair,
         Action::CreateSecurityGroup,
@@ -126,6 +132,8 @@ impl Action {
         Action::CreateImage,
         Action::CopyImage,
         Action::CreateTags,
+        Action::DeregisterImage,
+        Action::DeleteSnapshot,
     ];
 
     /// The action named as in the EC2 API (`CreateImage`).
@@ -135,7 +143,11 @@ impl Action {
 
     pub fn class(self) -> ActionClass {
         match self {
-            Action::DescribeImages | Action::DescribeInstances | Action::DescribeSubnets => ActionClass::NonMutating,
+            Action::DescribeImages
+            | Action::DescribeInstances
+            | Action::DescribeSubnets
+            | Action::DescribeSecurityGroups
+            | Action::DescribeKeyPairs => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,
             Action::CopyImage => ActionClass::CopyImage,
             Action::CreateTags => ActionClass::CreateTags,
@@ -275,6 +287,34 @@ pub struct CopySpec {
     pub client_token: String,
 }
 
+/// A resource found by its tags, with all of its tags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tagged<T> {
+    pub id: T,
+    pub tags: Tags,
+}
+
+/// Which of the account's own images to find.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageQuery {
+    /// By name (AMI names are unique per region and account).
+    Named(Vec<String>),
+    /// Carrying every one of these tags.
+    Tagged(Tags),
+}
+
+/// An image the account owns, as resume and gc see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedImage {
+    pub id: ImageId,
+    pub name: String,
+    pub state: ImageState,
+    /// RFC 3339, as EC2 gives it.
+    pub creation_date: String,
+    pub snapshot_ids: Vec<SnapshotId>,
+    pub tags: Tags,
+}
+
 pub type CloudResult<T> = Result<T, CloudError>;
 
 /// An idempotency token from parts: at most 64 ASCII characters, as EC2 requires. Long ones keep a prefix and
@@ -331,6 +371,15 @@ pub trait RegionCloud: Send + Sync {
     ) -> CloudResult<ImageId>;
     async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId>;
     async fn create_tags(&self, resources: &[String], tags: &Tags) -> CloudResult<()>;
+
+    /// The account's own images the query names (any state but deregistered).
+    async fn find_owned_images(&self, query: &ImageQuery) -> CloudResult<Vec<OwnedImage>>;
+    /// Instances carrying all of `tags` that are not terminated or shutting down.
+    async fn find_instances(&self, tags: &Tags) -> CloudResult<Vec<Tagged<InstanceId>>>;
+    async fn find_security_groups(&self, tags: &Tags) -> CloudResult<Vec<Tagged<SecurityGroupId>>>;
+    async fn find_key_pairs(&self, tags: &Tags) -> CloudResult<Vec<Tagged<KeyPairName>>>;
+    async fn deregister_image(&self, id: &ImageId) -> CloudResult<()>;
+    async fn delete_snapshot(&self, id: &SnapshotId) -> CloudResult<()>;
 }
 
 /// The cloud in every region a run touches.

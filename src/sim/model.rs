@@ -18,9 +18,9 @@ use tokio::time::Instant;
 use super::catalog::{self, PublicImage};
 use crate::clock::ClassBuckets;
 use crate::cloud::{
-    fnv1a, Action, CloudError, CloudResult, CopySpec, ErrorKind, ImageId, ImageState, ImageStatus, ImageSummary,
-    InstanceId, InstanceState, InstanceStatus, KeyPairName, LaunchSpec, PrivateKey, RegionCloud, SecurityGroupId,
-    SnapshotId, VpcId,
+    fnv1a, Action, CloudError, CloudResult, CopySpec, ErrorKind, ImageId, ImageQuery, ImageState, ImageStatus,
+    ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, LaunchSpec, OwnedImage, PrivateKey,
+    RegionCloud, SecurityGroupId, SnapshotId, Tagged, VpcId,
 };
 use crate::config::{ApiRates, FaultTrigger, ImageFilter, Region, SimSettings, Tags};
 
@@ -34,6 +34,8 @@ pub struct Model {
     fault_matches: Mutex<Vec<u64>>,
     regions: DashMap<Region, Arc<RegionModel>>,
     next_id: AtomicU64,
+    /// When the account was made: image creation dates count from here (see [`creation_date`]).
+    started: Instant,
     pub throttled: AtomicU64,
     pub faults_injected: AtomicU64,
 }
@@ -59,6 +61,7 @@ impl Model {
             fault_matches,
             regions: DashMap::new(),
             next_id: AtomicU64::new(1),
+            started: Instant::now(),
             throttled: AtomicU64::new(0),
             faults_injected: AtomicU64::new(0),
         })
@@ -128,7 +131,9 @@ pub struct RegionModel {
 #[derive(Default)]
 pub struct RegionState {
     public_images: HashMap<ImageId, PublicImage>,
-    images: HashMap<ImageId, SimImage>,
+    pub images: HashMap<ImageId, SimImage>,
+    /// Snapshots of deregistered images, until deleted.
+    pub orphan_snapshots: HashSet<SnapshotId>,
     pub instances: BTreeMap<InstanceId, SimInstance>,
     pub key_pairs: BTreeMap<KeyPairName, Tags>,
     pub security_groups: BTreeMap<SecurityGroupId, SimGroup>,
@@ -141,9 +146,10 @@ pub struct RegionState {
     pub ingress_log: Vec<(SecurityGroupId, IpNet)>,
 }
 
-struct SimImage {
-    name: String,
-    available_at: Instant,
+pub struct SimImage {
+    pub name: String,
+    created_at: Instant,
+    pub available_at: Instant,
     snapshot: SnapshotId,
     /// A copy in progress counts against the destination's copy cap.
     copied: bool,
@@ -198,6 +204,18 @@ impl RegionState {
             || self.instances.get(&InstanceId::new(resource)).is_some_and(|i| i.state(now) != InstanceState::Terminated)
             || self.security_groups.contains_key(&SecurityGroupId::new(resource))
     }
+}
+
+/// Whether `stored` carries every one of `wanted`.
+fn carries(stored: Option<&Tags>, wanted: &Tags) -> bool {
+    wanted.iter().all(|(key, value)| stored.and_then(|tags| tags.get(key)) == Some(value))
+}
+
+/// A simulated image's creation date: the model's start is 2026-01-01T00:00:00Z.
+fn creation_date(started: Instant, at: Instant) -> String {
+    let epoch = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").expect("a valid date").to_utc();
+    let elapsed = chrono::Duration::from_std(at.duration_since(started)).unwrap_or_default();
+    (epoch + elapsed).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// `ami-` and 8 or 17 hex digits: an id a user may name as a source image.
@@ -461,7 +479,10 @@ impl RegionCloud for SimRegion {
             if state.images.values().any(|image| image.name == name) {
                 return refuse("InvalidAMIName.Duplicate", format!("AMI name {name} is already in use by AMI"));
             }
-            state.images.insert(id.clone(), SimImage { name: name.to_string(), available_at, snapshot, copied: false });
+            state.images.insert(
+                id.clone(),
+                SimImage { name: name.to_string(), created_at: Instant::now(), available_at, snapshot, copied: false },
+            );
             Self::merge_tags(state, id.as_str(), tags);
             Ok(id)
         })
@@ -503,7 +524,10 @@ impl RegionCloud for SimRegion {
                 return refuse("InvalidAMIName.Duplicate", format!("AMI name {} is already in use by AMI", spec.name));
             }
             state.client_tokens.insert(spec.client_token.clone(), id.to_string());
-            state.images.insert(id.clone(), SimImage { name: spec.name.clone(), available_at, snapshot, copied: true });
+            state.images.insert(
+                id.clone(),
+                SimImage { name: spec.name.clone(), created_at: Instant::now(), available_at, snapshot, copied: true },
+            );
             state.peak_copies_in_flight = state.peak_copies_in_flight.max(in_flight + 1);
             Ok(id)
         })
@@ -518,6 +542,98 @@ impl RegionCloud for SimRegion {
             }
             for resource in resources {
                 Self::merge_tags(state, resource, tags);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_owned_images(&self, query: &ImageQuery) -> CloudResult<Vec<OwnedImage>> {
+        let started = self.model.started;
+        self.call(Action::DescribeImages, |state, now| {
+            let mut found: Vec<OwnedImage> = state
+                .images
+                .iter()
+                .filter(|(id, image)| match query {
+                    ImageQuery::Named(names) => names.contains(&image.name),
+                    ImageQuery::Tagged(tags) => carries(state.tags.get(id.as_str()), tags),
+                })
+                .map(|(id, image)| OwnedImage {
+                    id: id.clone(),
+                    name: image.name.clone(),
+                    state: if now >= image.available_at { ImageState::Available } else { ImageState::Pending },
+                    creation_date: creation_date(started, image.created_at),
+                    snapshot_ids: vec![image.snapshot.clone()],
+                    tags: state.tags.get(id.as_str()).cloned().unwrap_or_default(),
+                })
+                .collect();
+            found.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn find_instances(&self, tags: &Tags) -> CloudResult<Vec<Tagged<InstanceId>>> {
+        self.call(Action::DescribeInstances, |state, now| {
+            Ok(state
+                .instances
+                .iter()
+                .filter(|(id, instance)| {
+                    !matches!(instance.state(now), InstanceState::ShuttingDown | InstanceState::Terminated)
+                        && carries(state.tags.get(id.as_str()), tags)
+                })
+                .map(|(id, _)| Tagged {
+                    id: id.clone(),
+                    tags: state.tags.get(id.as_str()).cloned().unwrap_or_default(),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn find_security_groups(&self, tags: &Tags) -> CloudResult<Vec<Tagged<SecurityGroupId>>> {
+        self.call(Action::DescribeSecurityGroups, |state, _| {
+            Ok(state
+                .security_groups
+                .keys()
+                .filter(|id| carries(state.tags.get(id.as_str()), tags))
+                .map(|id| Tagged { id: id.clone(), tags: state.tags.get(id.as_str()).cloned().unwrap_or_default() })
+                .collect())
+        })
+        .await
+    }
+
+    async fn find_key_pairs(&self, tags: &Tags) -> CloudResult<Vec<Tagged<KeyPairName>>> {
+        self.call(Action::DescribeKeyPairs, |state, _| {
+            Ok(state
+                .key_pairs
+                .iter()
+                .filter(|(_, stored)| carries(Some(stored), tags))
+                .map(|(name, stored)| Tagged { id: name.clone(), tags: stored.clone() })
+                .collect())
+        })
+        .await
+    }
+
+    async fn deregister_image(&self, id: &ImageId) -> CloudResult<()> {
+        self.call(Action::DeregisterImage, |state, _| {
+            let Some(image) = state.images.remove(id) else {
+                return refuse("InvalidAMIID.NotFound", format!("The image id '[{id}]' does not exist"));
+            };
+            state.tags.remove(id.as_str());
+            state.orphan_snapshots.insert(image.snapshot);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_snapshot(&self, id: &SnapshotId) -> CloudResult<()> {
+        self.call(Action::DeleteSnapshot, |state, _| {
+            if state.images.values().any(|image| &image.snapshot == id) {
+                return refuse("InvalidSnapshot.InUse", format!("The snapshot {id} is currently in use by an AMI"));
+            }
+            if !state.orphan_snapshots.remove(id) {
+                return refuse("InvalidSnapshot.NotFound", format!("The snapshot '{id}' does not exist."));
             }
             Ok(())
         })
