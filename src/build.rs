@@ -14,7 +14,8 @@ use crate::cloud::{
 };
 use crate::communicator::{Communicator, ConnectTarget, Connection};
 use crate::config::{Flavor, SourceAmi, Tags};
-use crate::events::{Artifact, EventSender, Failure, JobLabel, Stage};
+use crate::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Stage};
+use crate::journal::{Record, Resource, ResourceKind};
 use crate::plan::BuildJob;
 use crate::provision::{Described, ProvisionEnv};
 use crate::run::RunContext;
@@ -35,6 +36,28 @@ pub struct BuildContext {
     pub job: BuildJob,
     pub events: EventSender,
     pub cancel: CancellationToken,
+    /// Resuming: the image an earlier attempt requested, still pending; the build only waits for it.
+    pub pending_image: Option<PendingImage>,
+}
+
+/// An image CreateImage was asked for in an earlier attempt, and the source image it was made from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingImage {
+    pub image: ImageId,
+    pub source: ImageId,
+}
+
+/// Why the sequence stopped short of an available image.
+enum Stopped {
+    Failed(StepError),
+    /// Interrupted after CreateImage: the image goes on being made.
+    ImageInProgress(ImageId),
+}
+
+impl From<StepError> for Stopped {
+    fn from(error: StepError) -> Self {
+        Stopped::Failed(error)
+    }
 }
 
 /// A step's failure, before it is labelled with the job.
@@ -82,6 +105,12 @@ impl BuildContext {
         }
     }
 
+    /// Journals a temporary resource the moment it exists, before the next call depends on it.
+    fn created(&self, kind: ResourceKind, id: impl ToString) {
+        let resource = Resource { region: self.job.region.clone(), kind, id: id.to_string() };
+        self.run.journal.record(Record::Created { job: self.job.key(), resource });
+    }
+
     /// Tags on every temporary resource of this build.
     fn temporary_tags(&self) -> Tags {
         let mut tags = self.run.identity_tags(&self.flavor.name);
@@ -92,35 +121,51 @@ impl BuildContext {
 }
 
 /// Runs the whole build, cleanup included; calls `on_available` the moment the image is available, before
-/// cleanup, so its copies can start. Returns what went wrong (nothing, for a clean success).
-pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) -> Vec<Failure> {
+/// cleanup, so its copies can start.
+pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) -> JobEnd {
     let mut stack = CleanupStack::default();
-    let result = sequence(&context, &mut stack).await;
+    let result = match context.pending_image.clone() {
+        Some(pending) => {
+            context.progress(Stage::WaitImage, format!("waiting for {} from an earlier attempt", pending.image));
+            wait_for_image(&context, pending.image, pending.source).await
+        }
+        None => sequence(&context, &mut stack).await,
+    };
     let label = context.label();
-    let mut failures = Vec::new();
+    let mut end = JobEnd::default();
     match result {
-        Ok(artifact) => on_available(&artifact),
-        Err(error) => failures.push(Failure { code: error.code, ..Failure::new(&label, error.stage, error.message) }),
+        Ok(artifact) => {
+            on_available(&artifact);
+            // After the announcement: the image is usable whether or not its snapshots get their tags.
+            if let Err(error) = tag_snapshots(&context, &artifact).await {
+                end.failures.push(error.into_failure(&label));
+            }
+        }
+        Err(Stopped::ImageInProgress(image)) => end.in_progress = Some(image),
+        Err(Stopped::Failed(error)) => end.failures.push(error.into_failure(&label)),
     }
     if !stack.is_empty() {
         context.progress(Stage::Cleanup, format!("cleaning up {}", stack.pending().join(", ")));
     }
-    for failure in stack.unwind(&*context.cloud, &context.waits).await {
+    for failure in stack.unwind(&*context.cloud, &context.waits, &context.run.journal).await {
         context.events.send(crate::events::RunEvent::CleanupFailed {
             job: label.clone(),
             resource: failure.resource.clone(),
             error: failure.error.clone(),
         });
-        failures.push(Failure::new(
-            &label,
-            Stage::Cleanup,
-            format!("{} may be left: {}", failure.resource, failure.error),
-        ));
+        let message = format!("cleanup of {} failed: {}", failure.resource, failure.error);
+        end.failures.push(Failure { code: failure.code, ..Failure::new(&label, Stage::Cleanup, message) });
     }
-    failures
+    end
 }
 
-async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Artifact, StepError> {
+impl StepError {
+    fn into_failure(self, label: &JobLabel) -> Failure {
+        Failure { code: self.code, ..Failure::new(label, self.stage, self.message) }
+    }
+}
+
+async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Artifact, Stopped> {
     let cloud = &*context.cloud;
     let run = &context.run;
     let source = context.interruptible(Stage::SourceAmi, resolve_source(context)).await?;
@@ -143,6 +188,7 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
         .await
         .map_err(|error| StepError::cloud(Stage::KeyPair, error))?;
     stack.push(UndoStep::DeleteKeyPair(key_name.clone()));
+    context.created(ResourceKind::KeyPair, &key_name);
     ssh::write_private_file(&key_file, private_key.expose())
         .map_err(|error| StepError::new(Stage::KeyPair, format!("cannot write the private key: {error}")))?;
     drop(private_key);
@@ -157,11 +203,18 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
         security_group,
         subnet_id: context.flavor.subnet_id.clone(),
         associate_public_ip: context.flavor.associate_public_ip,
-        client_token: client_token(&[run.run_id.as_str(), context.flavor.name.as_str(), context.job.region.as_str()]),
+        // Per attempt: a resumed run's new instance is a new request, not a repeat of the killed one's.
+        client_token: client_token(&[
+            run.run_id.as_str(),
+            context.flavor.name.as_str(),
+            context.job.region.as_str(),
+            &run.attempt.to_string(),
+        ]),
         tags: context.temporary_tags(),
     };
     let instance = cloud.run_instance(&launch).await.map_err(|error| StepError::cloud(Stage::Launch, error))?;
     stack.push(UndoStep::TerminateInstance(instance.clone()));
+    context.created(ResourceKind::Instance, &instance);
     context.progress(Stage::Launch, format!("launched {} {instance} from {source}", context.flavor.instance_type));
 
     let address = context
@@ -227,20 +280,21 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
         .create_image(&instance, &context.job.image_name, run.fleet.ami_description.as_deref(), &image_tags)
         .await
         .map_err(|error| StepError::cloud(Stage::CreateImage, error))?;
+    context.run.journal.record(Record::ImageRequested { job: context.job.key(), image_id: image.clone() });
     context.progress(Stage::CreateImage, format!("creating image {image} `{}`", context.job.image_name));
-    let snapshot_ids = context
-        .interruptible(Stage::WaitImage, async {
-            context
-                .waits
-                .image(&image, WaitKind::ImageCreated, run.fleet.limits.image_timeout)
-                .await
-                .map_err(|error| StepError::wait(Stage::WaitImage, error))
-        })
-        .await?;
-    if !snapshot_ids.is_empty() {
-        let ids: Vec<String> = snapshot_ids.iter().map(|id| id.0.clone()).collect();
-        cloud.create_tags(&ids, &image_tags).await.map_err(|error| StepError::cloud(Stage::Tag, error))?;
-    }
+    wait_for_image(context, image, source).await
+}
+
+/// Waits until CreateImage's image is available; interrupted, leaves it to be made (and resumed).
+async fn wait_for_image(context: &BuildContext, image: ImageId, source: ImageId) -> Result<Artifact, Stopped> {
+    let run = &context.run;
+    let snapshot_ids = tokio::select! {
+        biased;
+        () = context.cancel.cancelled() => return Err(Stopped::ImageInProgress(image)),
+        result = context.waits.image(&image, WaitKind::ImageCreated, run.fleet.limits.image_timeout) => {
+            result.map_err(|error| StepError::wait(Stage::WaitImage, error))?
+        }
+    };
     Ok(Artifact {
         image_id: image,
         name: context.job.image_name.clone(),
@@ -249,6 +303,16 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
         snapshot_ids,
         created_at: run.clock.now_rfc3339(),
     })
+}
+
+/// The image's tags on its snapshots (CreateImage tags only the image).
+async fn tag_snapshots(context: &BuildContext, artifact: &Artifact) -> Result<(), StepError> {
+    if artifact.snapshot_ids.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = artifact.snapshot_ids.iter().map(|id| id.0.clone()).collect();
+    let tags = context.run.image_tags(&context.flavor, &artifact.source_image_id);
+    context.cloud.create_tags(&ids, &tags).await.map_err(|error| StepError::cloud(Stage::Tag, error))
 }
 
 /// The source image in this region: the given id, or the newest match of the filter.
@@ -324,6 +388,7 @@ async fn create_security_group(
         .await
         .map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?;
     stack.push(UndoStep::DeleteSecurityGroup(group.clone()));
+    context.created(ResourceKind::SecurityGroup, &group);
     cloud
         .authorize_ingress(&group, INSTANCE_SSH_PORT, &context.run.ssh_cidrs)
         .await

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use crate::cloud::{CloudError, ErrorKind, InstanceId, KeyPairName, RegionCloud, SecurityGroupId};
+use crate::config::Region;
+use crate::journal::{Journal, Record, Resource, ResourceKind};
 use crate::wait::{poll_until, Poll, PollPolicy, WaitError};
 use crate::watch::{RegionWaits, WaitKind};
 
@@ -28,6 +30,26 @@ impl UndoStep {
             UndoStep::RemoveLocalDir(dir) => format!("local directory {}", dir.path().display()),
         }
     }
+
+    /// The journal's name for what the step removes (none for local files).
+    pub fn journal_resource(&self, region: &Region) -> Option<Resource> {
+        let (kind, id) = match self {
+            UndoStep::TerminateInstance(id) => (ResourceKind::Instance, id.to_string()),
+            UndoStep::DeleteSecurityGroup(id) => (ResourceKind::SecurityGroup, id.to_string()),
+            UndoStep::DeleteKeyPair(name) => (ResourceKind::KeyPair, name.to_string()),
+            UndoStep::RemoveLocalDir(_) => return None,
+        };
+        Some(Resource { region: region.clone(), kind, id })
+    }
+
+    /// The step that removes a temporary resource named in the journal or found by its tags.
+    pub fn removing(resource: &Resource) -> UndoStep {
+        match resource.kind {
+            ResourceKind::Instance => UndoStep::TerminateInstance(InstanceId::new(&resource.id)),
+            ResourceKind::SecurityGroup => UndoStep::DeleteSecurityGroup(SecurityGroupId::new(&resource.id)),
+            ResourceKind::KeyPair => UndoStep::DeleteKeyPair(KeyPairName::new(&resource.id)),
+        }
+    }
 }
 
 /// A security group stays in use for a while after its instance terminates (its network interface detaches).
@@ -43,6 +65,10 @@ pub struct CleanupStack {
 #[derive(Debug)]
 pub struct UndoFailure {
     pub resource: String,
+    /// The journal's name for it (none for local files).
+    pub journal_resource: Option<Resource>,
+    /// The AWS error code, where the cause was an AWS error.
+    pub code: Option<String>,
     pub error: String,
 }
 
@@ -60,13 +86,25 @@ impl CleanupStack {
         self.steps.iter().rev().map(UndoStep::resource).collect()
     }
 
-    /// Undoes every step, most recent first, continuing past failures; returns the failures.
-    pub async fn unwind(mut self, cloud: &dyn RegionCloud, waits: &RegionWaits) -> Vec<UndoFailure> {
+    /// Undoes every step, most recent first, continuing past failures; journals each removal; returns the
+    /// failures.
+    pub async fn unwind(mut self, cloud: &dyn RegionCloud, waits: &RegionWaits, journal: &Journal) -> Vec<UndoFailure> {
         let mut failures = Vec::new();
         while let Some(step) = self.steps.pop() {
             let resource = step.resource();
-            if let Err(error) = undo(cloud, waits, step).await {
-                failures.push(UndoFailure { resource, error });
+            let record = step.journal_resource(cloud.region());
+            match undo(cloud, waits, step).await {
+                Ok(()) => {
+                    if let Some(resource) = record {
+                        journal.record(Record::Removed { resource });
+                    }
+                }
+                Err(error) => failures.push(UndoFailure {
+                    resource,
+                    journal_resource: record,
+                    code: error.code,
+                    error: error.message,
+                }),
             }
         }
         failures
@@ -80,11 +118,33 @@ fn gone_is_fine(result: Result<(), CloudError>) -> Result<(), CloudError> {
     }
 }
 
-async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> Result<(), String> {
+/// Why an undo step failed: the AWS error code, where there is one, and the message.
+struct UndoError {
+    code: Option<String>,
+    message: String,
+}
+
+impl From<CloudError> for UndoError {
+    fn from(error: CloudError) -> Self {
+        UndoError { code: error.code.clone(), message: error.to_string() }
+    }
+}
+
+impl From<WaitError> for UndoError {
+    fn from(error: WaitError) -> Self {
+        match error {
+            WaitError::Cloud(error) => error.into(),
+            other => UndoError { code: None, message: other.to_string() },
+        }
+    }
+}
+
+async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> Result<(), UndoError> {
     match step {
         UndoStep::TerminateInstance(id) => {
-            gone_is_fine(cloud.terminate_instance(&id).await).map_err(|error| error.to_string())?;
-            waits.instance(&id, WaitKind::InstanceTerminated).await.map(drop).map_err(|error| error.to_string())
+            gone_is_fine(cloud.terminate_instance(&id).await)?;
+            waits.instance(&id, WaitKind::InstanceTerminated).await?;
+            Ok(())
         }
         UndoStep::DeleteSecurityGroup(id) => {
             poll_until(SECURITY_GROUP_RELEASE, &format!("security group {id} to be released"), || async {
@@ -94,15 +154,13 @@ async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> R
                     Err(error) => Err(error),
                 }
             })
-            .await
-            .map_err(|error: WaitError| error.to_string())
+            .await?;
+            Ok(())
         }
-        UndoStep::DeleteKeyPair(name) => {
-            gone_is_fine(cloud.delete_key_pair(&name).await).map_err(|error| error.to_string())
-        }
+        UndoStep::DeleteKeyPair(name) => Ok(gone_is_fine(cloud.delete_key_pair(&name).await)?),
         UndoStep::RemoveLocalDir(dir) => {
             let path = dir.path().display().to_string();
-            dir.close().map_err(|error| format!("cannot remove `{path}`: {error}"))
+            dir.close().map_err(|error| UndoError { code: None, message: format!("cannot remove `{path}`: {error}") })
         }
     }
 }

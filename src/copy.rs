@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cloud::{client_token, CopySpec, RegionCloud};
+use crate::cloud::{client_token, CopySpec, ImageId, RegionCloud};
 use crate::config::Flavor;
-use crate::events::{Artifact, EventSender, Failure, JobLabel, Stage};
+use crate::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Stage};
+use crate::journal::Record;
 use crate::plan::CopyJob;
 use crate::run::RunContext;
 use crate::wait::WaitError;
@@ -23,12 +24,80 @@ pub struct CopyContext {
     pub source: Artifact,
     pub events: EventSender,
     pub cancel: CancellationToken,
+    /// Resuming: the copy an earlier attempt started, still pending; the copy only waits for it.
+    pub pending_image: Option<ImageId>,
 }
 
-/// Copies, tags and waits; the copy's artifact, or the failure.
-pub async fn run(context: CopyContext) -> Result<Artifact, Failure> {
+/// How a copy ended: its image if it became available, and the rest as for any job.
+#[derive(Debug, Default)]
+pub struct CopyEnd {
+    pub artifact: Option<Artifact>,
+    pub end: JobEnd,
+}
+
+/// Copies, tags and waits. Interrupted once CopyImage has answered, leaves the copy running in AWS and says so.
+pub async fn run(context: CopyContext) -> CopyEnd {
     let label = JobLabel { flavor: context.flavor.name.clone(), region: context.job.target_region.clone() };
-    let cloud = &*context.cloud;
+    let mut end = CopyEnd::default();
+    let image = match context.pending_image.clone() {
+        Some(image) => {
+            context.events.progress(&label, Stage::WaitCopy, format!("waiting for {image} from an earlier attempt"));
+            image
+        }
+        None => match start(&context, &label).await {
+            Ok(image) => image,
+            Err(failure) => {
+                end.end.failures.push(failure);
+                return end;
+            }
+        },
+    };
+    let run = &context.run;
+    // Tag at once (CopyImage does not carry tags everywhere), so an interrupted run still leaves a tagged image.
+    // A refused tag does not stop the copy: the image is still made, and the failure is recorded.
+    let tags = run.image_tags(&context.flavor, &context.source.source_image_id);
+    if let Err(error) = context.cloud.create_tags(std::slice::from_ref(&image.0), &tags).await {
+        end.end.failures.push(Failure::from_cloud(&label, Stage::Tag, &error));
+    }
+    let waited = tokio::select! {
+        biased;
+        () = context.cancel.cancelled() => {
+            end.end.in_progress = Some(image);
+            return end;
+        }
+        result = context.waits.image(&image, WaitKind::ImageCopied, run.fleet.limits.image_timeout) => result,
+    };
+    let snapshot_ids = match waited {
+        Ok(snapshot_ids) => snapshot_ids,
+        Err(WaitError::Cloud(error)) => {
+            end.end.failures.push(Failure::from_cloud(&label, Stage::WaitCopy, &error));
+            return end;
+        }
+        Err(other) => {
+            end.end.failures.push(Failure::new(&label, Stage::WaitCopy, other));
+            return end;
+        }
+    };
+    if !snapshot_ids.is_empty() {
+        let ids: Vec<String> = snapshot_ids.iter().map(|id| id.0.clone()).collect();
+        if let Err(error) = context.cloud.create_tags(&ids, &tags).await {
+            end.end.failures.push(Failure::from_cloud(&label, Stage::Tag, &error));
+        }
+    }
+    end.artifact = Some(Artifact {
+        image_id: image,
+        name: context.job.image_name.clone(),
+        build_region: context.job.source_region.clone(),
+        source_image_id: context.source.source_image_id.clone(),
+        snapshot_ids,
+        created_at: run.clock.now_rfc3339(),
+    });
+    end
+}
+
+/// CopyImage, journaled before anything depends on it. The token is the same in every attempt: EC2 answers a
+/// repeated request with the copy it already started.
+async fn start(context: &CopyContext, label: &JobLabel) -> Result<ImageId, Failure> {
     let run = &context.run;
     let spec = CopySpec {
         source_region: context.job.source_region.clone(),
@@ -43,40 +112,15 @@ pub async fn run(context: CopyContext) -> Result<Artifact, Failure> {
         ]),
     };
     if context.cancel.is_cancelled() {
-        return Err(Failure::new(&label, Stage::Interrupted, "not started: the run was interrupted"));
+        return Err(Failure::new(label, Stage::Interrupted, "not started: the run was interrupted"));
     }
-    let image = cloud.copy_image(&spec).await.map_err(|error| Failure::from_cloud(&label, Stage::Copy, &error))?;
+    let image =
+        context.cloud.copy_image(&spec).await.map_err(|error| Failure::from_cloud(label, Stage::Copy, &error))?;
+    run.journal.record(Record::ImageRequested { job: context.job.key(), image_id: image.clone() });
     context.events.progress(
-        &label,
+        label,
         Stage::Copy,
         format!("copying {} from {} as {image}", spec.source_image, spec.source_region),
     );
-    // Tag at once (CopyImage does not carry tags everywhere), so an interrupted run still leaves a tagged image.
-    let tags = run.image_tags(&context.flavor, &context.source.source_image_id);
-    cloud
-        .create_tags(std::slice::from_ref(&image.0), &tags)
-        .await
-        .map_err(|error| Failure::from_cloud(&label, Stage::Tag, &error))?;
-    let snapshot_ids = tokio::select! {
-        biased;
-        () = context.cancel.cancelled() => {
-            return Err(Failure::new(&label, Stage::Interrupted, format!("copy {image} into {} was still in progress", label.region)));
-        }
-        result = context.waits.image(&image, WaitKind::ImageCopied, run.fleet.limits.image_timeout) => result.map_err(|error| match error {
-            WaitError::Cloud(error) => Failure::from_cloud(&label, Stage::WaitCopy, &error),
-            other => Failure::new(&label, Stage::WaitCopy, other),
-        })?,
-    };
-    if !snapshot_ids.is_empty() {
-        let ids: Vec<String> = snapshot_ids.iter().map(|id| id.0.clone()).collect();
-        cloud.create_tags(&ids, &tags).await.map_err(|error| Failure::from_cloud(&label, Stage::Tag, &error))?;
-    }
-    Ok(Artifact {
-        image_id: image,
-        name: context.job.image_name.clone(),
-        build_region: context.job.source_region.clone(),
-        source_image_id: context.source.source_image_id.clone(),
-        snapshot_ids,
-        created_at: run.clock.now_rfc3339(),
-    })
+    Ok(image)
 }

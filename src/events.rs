@@ -45,6 +45,8 @@ pub enum Stage {
     Skipped,
     /// Never started or cut short: the run was interrupted.
     Interrupted,
+    /// Done by an earlier attempt of the run (`--resume`).
+    Reused,
 }
 
 impl fmt::Display for Stage {
@@ -94,6 +96,22 @@ impl Failure {
     }
 }
 
+/// How a job ended: what went wrong (nothing, for a clean success), and the image it leaves being made if the
+/// run was interrupted after CreateImage or CopyImage answered (a resume waits for it).
+#[derive(Debug, Default)]
+pub struct JobEnd {
+    pub failures: Vec<Failure>,
+    pub in_progress: Option<ImageId>,
+}
+
+/// An image still being made when the run stopped: in the manifest, for `--resume` and for people.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InProgress {
+    pub flavor: FlavorName,
+    pub region: Region,
+    pub image_id: ImageId,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -138,11 +156,23 @@ pub enum RunEvent {
         artifact: Artifact,
     },
     JobFailed(Failure),
+    /// The run stopped while this image was being made; it is left to finish in AWS.
+    ImageInProgress(InProgress),
+    /// The sweep at the end of a run removed a temporary resource a job's cleanup had not.
+    Swept {
+        resource: String,
+    },
     /// A cleanup step failed; what it names may be left in the account.
     CleanupFailed {
         job: JobLabel,
         resource: String,
         error: String,
+    },
+    /// `--resume`: the run continues from its journal.
+    Resuming {
+        run_id: RunId,
+        attempt: u32,
+        journal: std::path::PathBuf,
     },
     /// The first interrupt: nothing new starts, everything cleans up.
     Interrupted {

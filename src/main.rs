@@ -2,12 +2,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use chrono::Utc;
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
+use fleetbake::cloud::aws::AwsCloud;
+use fleetbake::cloud::Cloud;
 use fleetbake::config;
+use fleetbake::limiter::{RetryPolicy, RunLimits};
 use fleetbake::plan::{Plan, RunId};
 use fleetbake::run::{self, MatrixOptions, RunOutcome, Strategy};
 use fleetbake::scheduler::Interrupt;
@@ -44,6 +48,18 @@ enum Command {
         /// Write run statistics (makespan, critical-path bound, API calls, throttling, jobs) as JSON here
         #[arg(long, value_name = "PATH")]
         summary_json: Option<PathBuf>,
+        /// Finish the newest interrupted or killed run of this fleet (from its journal in `.fleetbake/`)
+        /// instead of starting a new one: what it made is reused, copies in flight are waited for
+        #[arg(long, conflicts_with = "fail_fast")]
+        resume: bool,
+    },
+    /// Remove what fleetbake runs left: temporary instances, security groups and key pairs of runs not in
+    /// progress, and images beyond `[retention] keep` (never one the current manifest names)
+    Gc {
+        fleet: PathBuf,
+        /// Print what would be removed; remove nothing
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -79,12 +95,26 @@ fn main() -> ExitCode {
             }
             Err(errors) => bad_input(errors),
         },
-        Command::Matrix { fleet, fail_fast, cloud, summary_json } => {
+        Command::Gc { fleet, dry_run } => {
             let loaded = match config::load(&fleet) {
                 Ok(loaded) => loaded,
                 Err(errors) => return bad_input(errors),
             };
-            let options = MatrixOptions { fail_fast, summary_json };
+            let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
+            runtime.block_on(gc(loaded, &fleet, dry_run))
+        }
+        Command::Matrix { fleet, fail_fast, cloud, summary_json, resume } => {
+            let loaded = match config::load(&fleet) {
+                Ok(loaded) => loaded,
+                Err(errors) => return bad_input(errors),
+            };
+            if resume && cloud == CloudChoice::Sim {
+                eprintln!(
+                    "error: --resume: a simulated account does not outlive its process; there is nothing to resume"
+                );
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            let options = MatrixOptions { fail_fast, summary_json, resume };
             match cloud {
                 CloudChoice::Aws => {
                     let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
@@ -104,7 +134,50 @@ fn main() -> ExitCode {
     }
 }
 
+async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> ExitCode {
+    let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default()));
+    let cloud: Arc<dyn Cloud> = Arc::new(AwsCloud::connect(&fleet.aws, limits).await);
+    match fleetbake::gc::gc(&fleet, cloud, dry_run).await {
+        Ok((plan, outcome)) => {
+            for line in outcome.lines.iter().chain(&plan.notes) {
+                println!("{line}");
+            }
+            if dry_run {
+                println!(
+                    "gc {}: would remove {} temporary resources and deregister {} images",
+                    file.display(),
+                    plan.remove.len(),
+                    plan.deregister.len()
+                );
+            } else {
+                println!(
+                    "gc {}: removed {} temporary resources, deregistered {} images and deleted {} snapshots; {} failed",
+                    file.display(),
+                    outcome.removed,
+                    outcome.deregistered,
+                    outcome.snapshots,
+                    outcome.failures
+                );
+            }
+            if outcome.failures > 0 {
+                ExitCode::from(EXIT_FAILED)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(error @ fleetbake::gc::GcError::Journal(_)) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
 async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice) -> ExitCode {
+    let fleet_file = fleet.file.clone();
     let interrupts = forward_interrupts();
     let outcome = match cloud {
         CloudChoice::Aws => run::matrix(fleet, options, interrupts).await,
@@ -127,9 +200,14 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
                 }
             }
             if summary.abandoned {
+                eprintln!("error: exited without waiting for cleanup; these may be left in the account:");
+                for resource in &summary.left_behind {
+                    eprintln!("  {resource}");
+                }
                 eprintln!(
-                    "error: exited without waiting for cleanup; temporary instances, security groups and key pairs \
-                     tagged `fleetbake:temporary=true` from this run may be left in the account"
+                    "  and anything else tagged `fleetbake:run-id={}`; remove them with: fleetbake gc {}",
+                    statistics.run_id,
+                    fleet_file.display()
                 );
             }
             match summary.interrupted {
@@ -137,6 +215,10 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
                 None if summary.failed > 0 || !leaked.is_empty() => ExitCode::from(EXIT_FAILED),
                 None => ExitCode::SUCCESS,
             }
+        }
+        Err(error @ run::RunError::Journal(_)) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_BAD_INPUT)
         }
         Err(error) => {
             eprintln!("error: {error}");

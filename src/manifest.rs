@@ -10,7 +10,7 @@ use chrono::SecondsFormat;
 use tokio::time::Instant;
 
 use crate::config::{FlavorName, Region};
-use crate::events::{Artifact, Failure, RunEvent, RunStatus};
+use crate::events::{Artifact, Failure, InProgress, RunEvent, RunStatus};
 use crate::report::{ReportError, Reporter};
 
 pub const MANIFEST_VERSION: u32 = 1;
@@ -27,6 +27,9 @@ pub struct Manifest {
     /// flavor → region → image; the build region too.
     pub artifacts: BTreeMap<FlavorName, BTreeMap<Region, Artifact>>,
     pub failures: Vec<Failure>,
+    /// Images still being made when the run was interrupted: `--resume` waits for them.
+    #[serde(default)]
+    pub in_progress: Vec<InProgress>,
 }
 
 impl Manifest {
@@ -95,6 +98,7 @@ impl Reporter for ManifestWriter {
                     finished_at: None,
                     artifacts: BTreeMap::new(),
                     failures: Vec::new(),
+                    in_progress: Vec::new(),
                 });
                 self.write()
             }
@@ -105,6 +109,13 @@ impl Reporter for ManifestWriter {
                         .entry(job.flavor.clone())
                         .or_default()
                         .insert(job.region.clone(), artifact.clone());
+                    manifest.in_progress.retain(|image| image.flavor != job.flavor || image.region != job.region);
+                }
+                self.changed()
+            }
+            RunEvent::ImageInProgress(image) => {
+                if let Some(manifest) = &mut self.manifest {
+                    manifest.in_progress.push(image.clone());
                 }
                 self.changed()
             }

@@ -10,7 +10,7 @@ use crate::config::{FlavorName, Fleet, NameContext, Region, RUN_ID_LENGTH};
 use crate::deps::DependencyQueue;
 
 /// Identifies one run; stamped on every resource it creates (`fleetbake:run-id`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct RunId(String);
 
@@ -29,6 +29,20 @@ impl RunId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A run id as found on a resource's `fleetbake:run-id` tag, if it has the shape fleetbake gives them.
+    pub fn parse(text: &str) -> Option<RunId> {
+        let id = RunId(text.to_string());
+        let shaped = text.len() == RUN_ID_LENGTH
+            && text.as_bytes().get(15) == Some(&b'-')
+            && text[16..].chars().all(|c| c.is_ascii_hexdigit());
+        (shaped && id.started_at().is_some()).then_some(id)
+    }
+
+    /// When the run started, from its id (to the second).
+    pub fn started_at(&self) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_str(&format!("{} +0000", self.0.get(..15)?), "%Y%m%d-%H%M%S %z").ok().map(|at| at.to_utc())
+    }
 }
 
 impl fmt::Display for RunId {
@@ -36,6 +50,12 @@ impl fmt::Display for RunId {
         f.write_str(&self.0)
     }
 }
+
+string_newtype!(
+    /// A job as the journal names it, the same in every process that runs the plan:
+    /// `build:flavor@region` or `copy:flavor@source>target`.
+    JobKey,
+);
 
 /// A job in the plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -55,6 +75,12 @@ pub struct BuildJob {
     pub copies: Vec<usize>,
 }
 
+impl BuildJob {
+    pub fn key(&self) -> JobKey {
+        JobKey(format!("build:{}@{}", self.flavor, self.region))
+    }
+}
+
 /// Copy one build's image to one more region.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CopyJob {
@@ -64,6 +90,12 @@ pub struct CopyJob {
     pub source_region: Region,
     pub target_region: Region,
     pub image_name: String,
+}
+
+impl CopyJob {
+    pub fn key(&self) -> JobKey {
+        JobKey(format!("copy:{}@{}>{}", self.flavor, self.source_region, self.target_region))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -118,6 +150,26 @@ impl Plan {
         let builds = self.builds.iter().map(|build| (JobId::Build(build.index), Vec::new()));
         let copies = self.copies.iter().map(|copy| (JobId::Copy(copy.index), vec![JobId::Build(copy.build)]));
         DependencyQueue::new(builds.chain(copies))
+    }
+
+    pub fn key(&self, job: JobId) -> JobKey {
+        match job {
+            JobId::Build(index) => self.builds[index].key(),
+            JobId::Copy(index) => self.copies[index].key(),
+        }
+    }
+
+    /// Every job and the name of the image it makes, in plan order.
+    pub fn planned_jobs(&self) -> Vec<crate::journal::PlannedJob> {
+        let builds = self.builds.iter().map(|build| (build.key(), &build.image_name));
+        let copies = self.copies.iter().map(|copy| (copy.key(), &copy.image_name));
+        builds.chain(copies).map(|(job, name)| crate::journal::PlannedJob { job, image_name: name.clone() }).collect()
+    }
+
+    /// Every job, in plan order.
+    pub fn jobs(&self) -> impl Iterator<Item = JobId> + '_ {
+        let builds = self.builds.iter().map(|build| JobId::Build(build.index));
+        builds.chain(self.copies.iter().map(|copy| JobId::Copy(copy.index)))
     }
 
     pub fn job_count(&self) -> usize {

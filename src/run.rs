@@ -14,7 +14,8 @@ use crate::cloud::aws::AwsCloud;
 use crate::cloud::{Cloud, ImageId};
 use crate::communicator::{Communicator, SshCommunicator};
 use crate::config::{Flavor, FlavorName, Fleet, Tags};
-use crate::events::EventSender;
+use crate::events::{EventSender, RunEvent};
+use crate::journal::{Journal, JournalDir, JournalError, Replay};
 use crate::limiter::{RetryPolicy, RunLimits};
 use crate::manifest::ManifestWriter;
 use crate::net::{self, DetectError};
@@ -33,6 +34,10 @@ pub struct RunContext {
     pub ssh_cidrs: Vec<IpNet>,
     /// The run's time: real, or virtual in the simulated cloud.
     pub clock: RunClock,
+    /// Where everything the run does is recorded before anything depends on it.
+    pub journal: Arc<Journal>,
+    /// 1 for a new run; each `--resume` adds one.
+    pub attempt: u32,
 }
 
 impl RunContext {
@@ -63,10 +68,16 @@ pub enum RunError {
     Report(#[from] ReportError),
     #[error("cannot write the run statistics `{path}`: {error}")]
     Statistics { path: PathBuf, error: std::io::Error },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cannot resume: {0}")]
+    Resume(#[from] crate::cloud::CloudError),
 }
 
 pub struct MatrixOptions {
     pub fail_fast: bool,
+    /// Continue the newest interrupted or killed run of the fleet instead of starting one.
+    pub resume: bool,
     /// Where to write the run statistics, if anywhere.
     pub summary_json: Option<PathBuf>,
 }
@@ -100,6 +111,13 @@ pub async fn matrix(
     options: MatrixOptions,
     interrupts: mpsc::UnboundedReceiver<Interrupt>,
 ) -> Result<RunOutcome, RunError> {
+    // The journal first: a broken one stops the run before any AWS call.
+    let start = if options.resume {
+        let (replay, plan) = crate::resume::prepare(&fleet)?;
+        Start::Resume { replay: Box::new(replay), plan }
+    } else {
+        Start::Fresh { journal: Some(JournalDir::of(&fleet)) }
+    };
     let fleet = Arc::new(fleet);
     let ssh_cidrs = match &fleet.ssh.source_cidrs {
         Some(cidrs) => cidrs.clone(),
@@ -117,7 +135,7 @@ pub async fn matrix(
         fail_fast: options.fail_fast,
         reporters: standard_reporters(&fleet, Duration::ZERO),
     };
-    let (plan, summary) = execution.run(interrupts).await?;
+    let (plan, summary) = execution.run(start, interrupts).await?;
     let statistics = RunStatistics::new(&plan, &fleet, &summary, limits.stats(), None);
     finish(summary, statistics, options.summary_json)
 }
@@ -156,7 +174,8 @@ pub async fn matrix_simulated(
         // A virtual night makes thousands of events; the manifest is rewritten at most every simulated minute.
         reporters: reporters.unwrap_or_else(|| standard_reporters(&fleet, Duration::from_secs(60))),
     };
-    let (plan, summary) = execution.run(interrupts).await?;
+    // The simulated account does not outlive the process: its journal stays in memory, and nothing resumes.
+    let (plan, summary) = execution.run(Start::Fresh { journal: None }, interrupts).await?;
     let report: SimReport = sim.report(BATCH_INTERVAL);
     let statistics = RunStatistics::new(&plan, &fleet, &summary, limits.stats(), Some(report));
     finish(summary, statistics, options.summary_json)
@@ -181,6 +200,14 @@ pub fn standard_reporters(fleet: &Fleet, manifest_interval: Duration) -> Vec<Box
     ]
 }
 
+/// A new run, or the resumption of one.
+pub enum Start {
+    /// Journaled in this directory (`None`: in memory only, for the simulated cloud).
+    Fresh { journal: Option<JournalDir> },
+    /// The run a journal describes, re-planned from the fleet file (see [`crate::resume::prepare`]).
+    Resume { replay: Box<Replay>, plan: Plan },
+}
+
 /// Everything a run executes with.
 pub struct Execution {
     pub fleet: Arc<Fleet>,
@@ -195,28 +222,60 @@ pub struct Execution {
 }
 
 impl Execution {
-    /// Plans and executes; the plan and how the run ended.
+    /// Plans (or takes the resumed run's plan), journals and executes; the plan and how the run ended.
     pub async fn run(
         self,
+        start: Start,
         interrupts: mpsc::UnboundedReceiver<Interrupt>,
     ) -> Result<(Arc<Plan>, RunSummary), RunError> {
         let clock = RunClock::start();
-        let run_id = RunId::generate(clock.started_at());
-        let plan = Arc::new(Plan::new(&self.fleet, run_id.clone(), clock.started_at()));
-        let run = Arc::new(RunContext { fleet: Arc::clone(&self.fleet), run_id, ssh_cidrs: self.ssh_cidrs, clock });
+        let (plan, journal, replay) = match start {
+            Start::Fresh { journal } => {
+                let plan = Plan::new(&self.fleet, RunId::generate(clock.started_at()), clock.started_at());
+                let journal = match journal {
+                    Some(dir) => Journal::create(&dir, &plan)?,
+                    None => Journal::in_memory(),
+                };
+                (plan, journal, None)
+            }
+            Start::Resume { replay, plan } => (plan, Journal::resume(&replay)?, Some(replay)),
+        };
+        let attempt = replay.as_ref().map_or(1, |replay| replay.attempts + 1);
+        let plan = Arc::new(plan);
+        let journal = Arc::new(journal);
+        let run = Arc::new(RunContext {
+            fleet: Arc::clone(&self.fleet),
+            run_id: plan.run_id.clone(),
+            ssh_cidrs: self.ssh_cidrs,
+            clock,
+            journal: Arc::clone(&journal),
+            attempt,
+        });
 
         let (events, receiver) = EventSender::channel();
         let reporting = tokio::spawn(report::pump(receiver, self.reporters));
+        let waits = Waits::new(Arc::clone(&self.cloud), self.strategy.waits);
+        let priors = match &replay {
+            Some(replay) => {
+                events.send(RunEvent::Resuming { run_id: plan.run_id.clone(), attempt, journal: replay.path.clone() });
+                if let Some(line) = replay.torn_line {
+                    tracing::warn!("{}:{line}: dropped a torn last record", replay.path.display());
+                }
+                crate::resume::reconcile(&plan, replay, &*self.cloud, &waits, &journal, &events).await?
+            }
+            None => Default::default(),
+        };
         let scheduler = Scheduler {
             run,
             plan: Arc::clone(&plan),
-            waits: Waits::new(Arc::clone(&self.cloud), self.strategy.waits),
+            waits,
             cloud: self.cloud,
             communicator: self.communicator,
             limits: self.limits,
             events,
             fail_fast: self.fail_fast,
             build_slot: self.strategy.build_slot,
+            priors,
         };
         let summary = scheduler.run(interrupts).await;
         if summary.abandoned {
@@ -224,6 +283,9 @@ impl Execution {
             return Ok((plan, summary));
         }
         reporting.await.expect("the reporter task does not panic")?;
+        if let Some(error) = journal.write_error() {
+            tracing::error!("{error}: a resume of this run relies on the account's tags alone");
+        }
         Ok((plan, summary))
     }
 }

@@ -12,13 +12,15 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::build::{self, BuildContext};
+use crate::build::{self, BuildContext, PendingImage};
 use crate::cloud::Cloud;
 use crate::communicator::Communicator;
 use crate::config::Region;
 use crate::copy::{self, CopyContext};
 use crate::deps::DependencyQueue;
-use crate::events::{Artifact, EventSender, Failure, JobLabel, RunEvent, RunStatus, Stage};
+use crate::events::{Artifact, EventSender, Failure, InProgress, JobEnd, JobLabel, RunEvent, RunStatus, Stage};
+use crate::journal::Record;
+use crate::leftovers;
 use crate::limiter::RunLimits;
 use crate::plan::{JobId, Plan};
 use crate::run::RunContext;
@@ -37,9 +39,15 @@ pub struct RunSummary {
     pub status: RunStatus,
     pub succeeded: usize,
     pub failed: usize,
+    /// Images left being made in AWS when an interrupt stopped the run.
+    pub in_progress: usize,
+    /// Jobs whose image an earlier attempt of the run had already made.
+    pub reused: usize,
     pub interrupted: Option<Interrupt>,
-    /// A second interrupt: the loop stopped waiting for cleanup; these may be left behind.
+    /// A second interrupt: the loop stopped waiting for cleanup.
     pub abandoned: bool,
+    /// When abandoned: the temporary resources the journal says were created and not removed.
+    pub left_behind: Vec<String>,
     /// From the start of the run to the end of the loop.
     pub makespan: Duration,
     /// When each job that started started, had its image, and ended.
@@ -65,12 +73,21 @@ pub enum BuildSlotRelease {
 
 enum LoopEvent {
     ImageAvailable { job: JobId, artifact: Artifact },
-    JobDone { job: JobId, failures: Vec<Failure>, slot: Option<OwnedSemaphorePermit> },
+    JobDone { job: JobId, end: JobEnd, slot: Option<OwnedSemaphorePermit> },
     Interrupt(Interrupt),
 }
 
-/// What a job's task hands back: its failures, and its slot.
-type TaskOutcome = (JobId, Vec<Failure>, OwnedSemaphorePermit);
+/// What a job's task hands back: how it ended, and its slot.
+type TaskOutcome = (JobId, JobEnd, OwnedSemaphorePermit);
+
+/// What an earlier attempt of the run (found by `--resume`) left for a job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prior {
+    /// The image is available: the job is done.
+    Available(Artifact),
+    /// CreateImage or CopyImage was called and the image is still pending: the job only waits for it.
+    Pending(PendingImage),
+}
 
 pub struct Scheduler {
     pub run: Arc<RunContext>,
@@ -83,6 +100,8 @@ pub struct Scheduler {
     /// Stop starting new jobs after the first failure.
     pub fail_fast: bool,
     pub build_slot: BuildSlotRelease,
+    /// Resuming: what earlier attempts left, per job.
+    pub priors: BTreeMap<JobId, Prior>,
 }
 
 /// What the loop knows while it runs.
@@ -91,6 +110,8 @@ struct LoopState {
     images: usize,
     succeeded: usize,
     failed: usize,
+    in_progress: usize,
+    reused: usize,
     interrupted: Option<Interrupt>,
     /// Nothing new starts (interrupt or fail-fast).
     stopping: bool,
@@ -131,6 +152,8 @@ impl Scheduler {
             images: 0,
             succeeded: 0,
             failed: 0,
+            in_progress: 0,
+            reused: 0,
             interrupted: None,
             stopping: false,
             cancel: CancellationToken::new(),
@@ -143,7 +166,10 @@ impl Scheduler {
         loop {
             if !state.stopping {
                 while let Some(job) = queue.pop_ready() {
-                    state.waiting.entry(self.pool(job)).or_default().push_back(job);
+                    match self.priors.get(&job) {
+                        Some(Prior::Available(artifact)) => self.reuse(job, artifact, &mut state, &mut queue),
+                        _ => state.waiting.entry(self.pool(job)).or_default().push_back(job),
+                    }
                 }
                 self.start_what_fits(&mut state, &loop_sender, &mut tasks, &mut task_jobs);
             }
@@ -156,16 +182,16 @@ impl Scheduler {
                 Some(interrupt) = interrupts.recv() => LoopEvent::Interrupt(interrupt),
                 Some(event) = loop_events.recv() => event,
                 Some(joined) = tasks.join_next_with_id() => match joined {
-                    Ok((task, (job, failures, slot))) => {
+                    Ok((task, (job, end, slot))) => {
                         task_jobs.remove(&task);
-                        LoopEvent::JobDone { job, failures, slot: Some(slot) }
+                        LoopEvent::JobDone { job, end, slot: Some(slot) }
                     }
                     Err(error) => {
                         let job = task_jobs.remove(&error.id()).expect("every task is a job");
                         let (flavor, region) = plan.placement(job);
                         let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
                         let failures = vec![Failure::new(&label, Stage::Cleanup, format!("the job crashed: {error}"))];
-                        LoopEvent::JobDone { job, failures, slot: None }
+                        LoopEvent::JobDone { job, end: JobEnd { failures, in_progress: None }, slot: None }
                     }
                 },
             };
@@ -184,7 +210,77 @@ impl Scheduler {
                 }
             }
         }
+        if let ControlFlow::Abandon = self.sweep(&mut state, &mut interrupts, &mut queue).await {
+            return self.finish(&state, true);
+        }
         self.finish(&state, false)
+    }
+
+    /// A job an earlier attempt finished: announced and done without a task.
+    fn reuse(&self, job: JobId, artifact: &Artifact, state: &mut LoopState, queue: &mut DependencyQueue<JobId>) {
+        let (flavor, region) = self.plan.placement(job);
+        let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
+        self.events.progress(
+            &label,
+            Stage::Reused,
+            format!("{} is available from an earlier attempt", artifact.image_id),
+        );
+        self.events.send(RunEvent::ImageAvailable { job: label, artifact: artifact.clone() });
+        state.reused += 1;
+        self.handle(LoopEvent::ImageAvailable { job, artifact: artifact.clone() }, state, queue);
+        self.handle(LoopEvent::JobDone { job, end: JobEnd::default(), slot: None }, state, queue);
+    }
+
+    /// Once every job has ended: removes whatever temporary resource of this run is still tagged in the
+    /// account (a cleanup step that failed, a call whose answer was lost). A second interrupt stops it.
+    async fn sweep(
+        &self,
+        state: &mut LoopState,
+        interrupts: &mut mpsc::UnboundedReceiver<Interrupt>,
+        queue: &mut DependencyQueue<JobId>,
+    ) -> ControlFlow {
+        let mut regions: Vec<&crate::config::Region> = self.plan.builds.iter().map(|build| &build.region).collect();
+        regions.sort();
+        regions.dedup();
+        let tags = leftovers::temporary_tags(&self.plan.fleet, Some(&self.plan.run_id));
+        let sweeps = regions.into_iter().map(|region| {
+            let cloud = self.cloud.region(region);
+            let waits = self.waits.region(region);
+            let tags = tags.clone();
+            async move {
+                let found = leftovers::find(&*cloud, &tags).await.map_err(|error| error.to_string())?;
+                Ok::<_, String>(leftovers::remove(&*cloud, &waits, &found, &self.run.journal).await)
+            }
+        });
+        let swept = tokio::select! {
+            biased;
+            Some(interrupt) = interrupts.recv() => {
+                return self.handle(LoopEvent::Interrupt(interrupt), state, queue);
+            }
+            swept = futures::future::join_all(sweeps) => swept,
+        };
+        let label = JobLabel { flavor: crate::config::FlavorName::new("*"), region: crate::config::Region::new("*") };
+        for outcome in swept {
+            let problems = match outcome {
+                Ok(removal) => {
+                    for resource in removal.removed {
+                        self.events.send(RunEvent::Swept { resource: resource.to_string() });
+                    }
+                    removal
+                        .failed
+                        .iter()
+                        .map(|(resource, error)| format!("could not remove {resource}: {error}"))
+                        .collect()
+                }
+                Err(error) => vec![format!("could not look for leftovers: {error}")],
+            };
+            for problem in problems {
+                state.failed += 1;
+                let failure = Failure::new(&label, Stage::Cleanup, format!("the end-of-run sweep {problem}"));
+                self.events.send(RunEvent::JobFailed(failure));
+            }
+        }
+        ControlFlow::Continue
     }
 
     fn handle(&self, event: LoopEvent, state: &mut LoopState, queue: &mut DependencyQueue<JobId>) -> ControlFlow {
@@ -197,15 +293,29 @@ impl Scheduler {
                     queue.satisfied(&job);
                 }
             }
-            LoopEvent::JobDone { job, failures, slot } => {
+            LoopEvent::JobDone { job, end, slot } => {
                 state.timings.entry(job).or_default().ended = Some(self.run.clock.elapsed());
                 self.release(job, slot, state);
+                let left_in_progress = end.in_progress.is_some();
+                if let Some(image_id) = end.in_progress {
+                    let (flavor, region) = self.plan.placement(job);
+                    state.in_progress += 1;
+                    self.events.send(RunEvent::ImageInProgress(InProgress {
+                        flavor: flavor.clone(),
+                        region: region.clone(),
+                        image_id,
+                    }));
+                }
+                let failures = end.failures;
                 if failures.is_empty() {
-                    state.succeeded += 1;
+                    if !left_in_progress {
+                        state.succeeded += 1;
+                    }
                     return ControlFlow::Continue;
                 }
                 state.failed += 1;
                 for failure in failures {
+                    self.run.journal.record(Record::JobFailed { job: self.plan.key(job), failure: failure.clone() });
                     self.events.send(RunEvent::JobFailed(failure));
                 }
                 let why = match job {
@@ -276,7 +386,9 @@ impl Scheduler {
         let (flavor, region) = self.plan.placement(job);
         let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
         state.failed += 1;
-        self.events.send(RunEvent::JobFailed(Failure::new(&label, stage, why)));
+        let failure = Failure::new(&label, stage, why);
+        self.run.journal.record(Record::JobFailed { job: self.plan.key(job), failure: failure.clone() });
+        self.events.send(RunEvent::JobFailed(failure));
     }
 
     /// Every job that has not started: waiting for a slot first (in plan order), then the rest of the queue.
@@ -336,7 +448,14 @@ impl Scheduler {
             .find(|flavor| &flavor.name == flavor_name)
             .expect("the plan names only configured flavors")
             .clone();
-        let announce = Announcer { job, label, events: self.events.clone(), scheduler: loop_sender.clone() };
+        let announce = Announcer {
+            job,
+            key: self.plan.key(job),
+            label,
+            events: self.events.clone(),
+            scheduler: loop_sender.clone(),
+            journal: Arc::clone(&self.run.journal),
+        };
         match job {
             JobId::Build(index) => {
                 let build_job = self.plan.builds[index].clone();
@@ -349,11 +468,15 @@ impl Scheduler {
                     job: build_job,
                     events: self.events.clone(),
                     cancel: state.cancel.clone(),
+                    pending_image: match self.priors.get(&job) {
+                        Some(Prior::Pending(pending)) => Some(pending.clone()),
+                        _ => None,
+                    },
                 };
                 tasks
                     .spawn(async move {
-                        let failures = build::run(context, |artifact| announce.image_available(artifact)).await;
-                        (job, failures, slot)
+                        let end = build::run(context, |artifact| announce.image_available(artifact)).await;
+                        (job, end, slot)
                     })
                     .id()
             }
@@ -369,16 +492,18 @@ impl Scheduler {
                     source,
                     events: self.events.clone(),
                     cancel: state.cancel.clone(),
+                    pending_image: match self.priors.get(&job) {
+                        Some(Prior::Pending(pending)) => Some(pending.image.clone()),
+                        _ => None,
+                    },
                 };
                 tasks
                     .spawn(async move {
-                        match copy::run(context).await {
-                            Ok(artifact) => {
-                                announce.image_available(&artifact);
-                                (job, Vec::new(), slot)
-                            }
-                            Err(failure) => (job, vec![failure], slot),
+                        let copied = copy::run(context).await;
+                        if let Some(artifact) = &copied.artifact {
+                            announce.image_available(artifact);
                         }
+                        (job, copied.end, slot)
                     })
                     .id()
             }
@@ -395,18 +520,28 @@ impl Scheduler {
         } else {
             RunStatus::Partial
         };
+        let interrupted = state.interrupted.is_some() || abandoned;
+        self.run.journal.record(Record::Finished { status, interrupted });
         self.events.send(RunEvent::RunFinished {
             status,
             finished_at: self.run.clock.now(),
             succeeded: state.succeeded,
             failed: state.failed,
         });
+        let left_behind = if abandoned {
+            self.run.journal.outstanding().iter().map(ToString::to_string).collect()
+        } else {
+            Vec::new()
+        };
         RunSummary {
             status,
             succeeded: state.succeeded,
             failed: state.failed,
+            in_progress: state.in_progress,
+            reused: state.reused,
             interrupted: state.interrupted,
             abandoned,
+            left_behind,
             makespan: self.run.clock.elapsed(),
             timings: state.timings.clone(),
         }
@@ -416,13 +551,17 @@ impl Scheduler {
 /// Tells the reporters (in order with the job's other events) and the loop that a job's image is available.
 struct Announcer {
     job: JobId,
+    key: crate::plan::JobKey,
     label: JobLabel,
     events: EventSender,
     scheduler: mpsc::UnboundedSender<LoopEvent>,
+    journal: Arc<crate::journal::Journal>,
 }
 
 impl Announcer {
+    /// Journaled first: once the loop hears of it, copies may start from it.
     fn image_available(&self, artifact: &Artifact) {
+        self.journal.record(Record::ImageAvailable { job: self.key.clone(), artifact: artifact.clone() });
         self.events.send(RunEvent::ImageAvailable { job: self.label.clone(), artifact: artifact.clone() });
         // The loop outlives its jobs; a closed channel means the run was abandoned.
         let _ = self.scheduler.send(LoopEvent::ImageAvailable { job: self.job, artifact: artifact.clone() });

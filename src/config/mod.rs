@@ -45,6 +45,14 @@ pub struct Fleet {
     pub limits: Limits,
     /// The simulated cloud's model (`[sim]`); used only by `--cloud sim`.
     pub sim: SimSettings,
+    /// What `fleetbake gc` keeps (`[retention]`).
+    pub retention: Retention,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Retention {
+    /// Images kept per flavor and region; `None`: gc deregisters no image.
+    pub keep: Option<usize>,
 }
 
 #[derive(Clone, Debug)]

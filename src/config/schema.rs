@@ -28,6 +28,15 @@ pub struct FleetFile {
     pub limits: LimitsSection,
     #[serde(default)]
     pub sim: SimSection,
+    #[serde(default)]
+    pub retention: RetentionSection,
+}
+
+/// `[retention]`: what `fleetbake gc` keeps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    pub keep: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -221,6 +221,12 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
         ssh: resolve_ssh(checker, raw.ssh),
         limits: resolve_limits(checker, raw.limits),
         sim: resolve_sim(checker, raw.sim),
+        retention: Retention {
+            keep: raw
+                .retention
+                .keep
+                .map(|keep| checker.positive(KeyPath::root().key("retention").key("keep"), Some(keep), 1)),
+        },
     };
     check_selection(checker, &fleet);
     fleet

@@ -37,6 +37,14 @@ impl<W: Write + Send> TerminalReporter<W> {
             RunEvent::CleanupFailed { job, resource, error } => {
                 format!("==> {job}: could not clean up {resource}: {error}")
             }
+            RunEvent::ImageInProgress(image) => format!(
+                "==> {}/{}: image {} is still being made; left to finish in AWS (`--resume` waits for it)",
+                image.flavor, image.region, image.image_id
+            ),
+            RunEvent::Swept { resource } => format!("==> removed {resource}, left behind by an earlier step"),
+            RunEvent::Resuming { run_id, attempt, journal } => {
+                format!("==> resuming run {run_id} (attempt {attempt}) from `{}`", journal.display())
+            }
             RunEvent::Interrupted { signal } => {
                 format!("==> {signal}: starting nothing new, cleaning up (send it again to exit at once)")
             }

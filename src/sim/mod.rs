@@ -43,6 +43,16 @@ pub struct SimReport {
     pub peak_describes_per_interval: usize,
     /// Every SSH ingress rule the run opened: `sg-… in region: cidr`.
     pub ingress: Vec<String>,
+    /// Every image the account owns at the end, by region: what a manifest can be checked against.
+    pub images: Vec<SimImageReport>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SimImageReport {
+    pub region: Region,
+    pub id: String,
+    pub name: String,
+    pub available: bool,
 }
 
 impl SimCloud {
@@ -77,6 +87,18 @@ impl SimCloud {
             for id in state.security_groups.keys() {
                 report.leaked_resources.push(format!("security group {id} in {region}"));
             }
+            let mut images: Vec<SimImageReport> = state
+                .images
+                .iter()
+                .map(|(id, image)| SimImageReport {
+                    region: region.clone(),
+                    id: id.to_string(),
+                    name: image.name.clone(),
+                    available: now >= image.available_at,
+                })
+                .collect();
+            images.sort_by(|a, b| a.id.cmp(&b.id));
+            report.images.extend(images);
             report.ingress.extend(state.ingress_log.iter().map(|(id, cidr)| format!("{id} in {region}: {cidr}")));
             if state.peak_copies_in_flight > 0 {
                 report.peak_copies_in_flight.insert(region.clone(), state.peak_copies_in_flight);

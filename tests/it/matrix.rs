@@ -528,18 +528,23 @@ fn missing_credentials_fail_at_once_with_the_reason() {
 }
 
 #[test]
-fn a_failed_cleanup_step_is_reported_and_the_image_kept() {
+fn a_failed_cleanup_step_is_reported_the_image_kept_and_the_sweep_removes_what_it_left() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let proxy = FaultProxy::refusing(
-        &moto.endpoint,
-        "DeleteKeyPair",
-        Fault {
-            status: 403,
-            code: "UnauthorizedOperation",
-            message: "You are not authorized to perform this operation.",
-        },
-    );
+    // Only the first DeleteKeyPair is refused: the build's own cleanup step fails, the end-of-run sweep
+    // (which finds the key pair by the run's tags) succeeds.
+    let refused = std::sync::atomic::AtomicBool::new(false);
+    let proxy = FaultProxy::start(&moto.endpoint, move |request| {
+        if request.action == "DeleteKeyPair" && !refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Answer::Fail(Fault {
+                status: 403,
+                code: "UnauthorizedOperation",
+                message: "You are not authorized to perform this operation.",
+            })
+        } else {
+            Answer::Forward
+        }
+    });
     let workspace = Workspace::new();
     let fleet = format!(
         "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n",
@@ -547,7 +552,9 @@ fn a_failed_cleanup_step_is_reported_and_the_image_kept() {
     );
     let outcome = run_matrix(&workspace, &fleet);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    assert_eq!(proxy.altered(), 1);
     assert!(outcome.stderr.contains("could not clean up key pair fleetbake-"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("removed key pair fleetbake-"), "the sweep removed it: {}", outcome.stderr);
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["status"], "partial");
     assert!(manifest["artifacts"]["base"]["us-west-2"]["image_id"].is_string(), "the image is kept");
@@ -555,11 +562,10 @@ fn a_failed_cleanup_step_is_reported_and_the_image_kept() {
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0]["stage"], "cleanup");
     let error = failures[0]["error"].as_str().unwrap();
-    assert!(error.contains("may be left") && error.contains("UnauthorizedOperation"), "{error}");
+    assert!(error.contains("cleanup of key pair") && error.contains("UnauthorizedOperation"), "{error}");
     runtime().block_on(async {
         let west = moto.client("us-west-2");
-        // The steps after the failed one still ran: only the key pair is left.
-        assert_eq!(key_pair_names(&west).await.len(), 1);
+        assert!(key_pair_names(&west).await.is_empty(), "the sweep removed the key pair");
         assert!(security_group_names(&west).await.iter().all(|name| !name.starts_with("fleetbake-")));
         assert!(instances(&west).await.iter().all(|(_, state)| state == "terminated"));
     });

@@ -1,0 +1,286 @@
+//! `fleetbake gc FLEET [--dry-run]`: removes what fleetbake runs left in the account.
+//!
+//! Three steps, the middle one pure: [`survey`] describes every region of the fleet (temporary resources and
+//! the fleet's images, by tag); [`GcPlan::new`] decides, from the survey, the journals, the manifest and
+//! `[retention]`, what goes and why; [`execute`] removes it (unless it is a dry run).
+//!
+//! Never removed: anything of a run in progress (its journal is locked here, or, for a run with no journal
+//! here, it started less than [`FOREIGN_RUN_GRACE`] ago: it may be running on another machine), an image named
+//! in the current manifest, a pending image, and with no `[retention] keep`, any image at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::cloud::{Cloud, CloudError, ImageId, ImageQuery, ImageState, OwnedImage, SnapshotId};
+use crate::config::{Fleet, Region};
+use crate::journal::{Journal, JournalDir, JournalError, Resource};
+use crate::leftovers::{self, Leftover};
+use crate::manifest::Manifest;
+use crate::plan::RunId;
+use crate::wait::{poll_until, Poll, PollPolicy};
+use crate::watch::Waits;
+
+/// A run with no journal here is treated as in progress until this long after it started.
+pub const FOREIGN_RUN_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cannot read the manifest `{path}` (gc never removes an image it names, so it stops): {error}")]
+    Manifest { path: String, error: std::io::Error },
+}
+
+/// What is in the account, as of the survey.
+#[derive(Clone, Debug, Default)]
+pub struct Survey {
+    pub leftovers: Vec<Leftover>,
+    pub images: Vec<(Region, OwnedImage)>,
+}
+
+/// Every region the fleet builds in or copies to.
+pub fn regions(fleet: &Fleet) -> BTreeSet<Region> {
+    let mut regions: BTreeSet<Region> = fleet.regions.keys().cloned().collect();
+    regions.extend(fleet.regions.values().flatten().cloned());
+    regions
+}
+
+/// Describes every region: the fleet's temporary resources and its images.
+pub async fn survey(fleet: &Fleet, cloud: &dyn Cloud) -> Result<Survey, CloudError> {
+    let temporary = leftovers::temporary_tags(&fleet.name, None);
+    let images = ImageQuery::Tagged(BTreeMap::from([("fleetbake:fleet".to_string(), fleet.name.clone())]));
+    let mut survey = Survey::default();
+    for region in regions(fleet) {
+        let cloud = cloud.region(&region);
+        survey.leftovers.extend(leftovers::find(&*cloud, &temporary).await?);
+        let found = cloud.find_owned_images(&images).await?;
+        survey.images.extend(found.into_iter().map(|image| (region.clone(), image)));
+    }
+    Ok(survey)
+}
+
+/// Whether each run seen in the survey may be running now.
+#[derive(Clone, Debug, Default)]
+pub struct RunsInProgress(pub BTreeMap<RunId, bool>);
+
+impl RunsInProgress {
+    /// Asks the journals; a run without one here is in progress for [`FOREIGN_RUN_GRACE`] after it started.
+    pub fn ask(dir: &JournalDir, survey: &Survey, now: DateTime<Utc>) -> Result<Self, JournalError> {
+        let tagged = survey.images.iter().filter_map(|(_, image)| image.tags.get("fleetbake:run-id"));
+        let run_ids: BTreeSet<RunId> = survey
+            .leftovers
+            .iter()
+            .filter_map(|leftover| leftover.run_id.clone())
+            .chain(tagged.filter_map(|id| RunId::parse(id)))
+            .collect();
+        let mut runs = BTreeMap::new();
+        for run_id in run_ids {
+            let in_progress = match dir.in_progress(&run_id)? {
+                Some(locked) => locked,
+                None => run_id.started_at().is_none_or(|started| {
+                    now.signed_duration_since(started).to_std().unwrap_or_default() < FOREIGN_RUN_GRACE
+                }),
+            };
+            runs.insert(run_id, in_progress);
+        }
+        Ok(RunsInProgress(runs))
+    }
+
+    fn in_progress(&self, run_id: Option<&RunId>) -> bool {
+        run_id.is_some_and(|run_id| self.0.get(run_id).copied().unwrap_or(true))
+    }
+}
+
+/// An image to deregister, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deregistration {
+    pub region: Region,
+    pub image: OwnedImage,
+    pub why: String,
+}
+
+/// What gc removes, and what it leaves that a user might expect it to remove.
+#[derive(Clone, Debug, Default)]
+pub struct GcPlan {
+    pub remove: Vec<Leftover>,
+    pub deregister: Vec<Deregistration>,
+    /// Things left on purpose, with the reason: runs in progress, images without `[retention]`.
+    pub notes: Vec<String>,
+}
+
+impl GcPlan {
+    /// Pure: the survey, which runs are in progress, the images the manifest names, and `[retention] keep`.
+    pub fn new(survey: &Survey, runs: &RunsInProgress, protected: &BTreeSet<ImageId>, keep: Option<usize>) -> Self {
+        let mut plan = GcPlan::default();
+        let mut busy_runs = BTreeSet::new();
+        for leftover in &survey.leftovers {
+            if runs.in_progress(leftover.run_id.as_ref()) {
+                busy_runs.insert(leftover.run_id.as_ref().map_or("(untagged)".to_string(), ToString::to_string));
+            } else {
+                plan.remove.push(leftover.clone());
+            }
+        }
+        for run in busy_runs {
+            plan.notes.push(format!("left the temporary resources of run {run}: it may be in progress"));
+        }
+        let Some(keep) = keep else {
+            if !survey.images.is_empty() {
+                plan.notes.push(format!(
+                    "left all {} images of the fleet: set `[retention] keep = N` to deregister all but the newest N per flavor and region",
+                    survey.images.len()
+                ));
+            }
+            return plan;
+        };
+        // Newest first per flavor and region; pending images and runs in progress are never touched.
+        let mut groups: BTreeMap<(String, Region), Vec<&OwnedImage>> = BTreeMap::new();
+        for (region, image) in &survey.images {
+            let run_id = image.tags.get("fleetbake:run-id").and_then(|id| RunId::parse(id));
+            if image.state == ImageState::Pending || runs.in_progress(run_id.as_ref()) {
+                continue;
+            }
+            let flavor = image.tags.get("fleetbake:flavor").cloned().unwrap_or_default();
+            groups.entry((flavor, region.clone())).or_default().push(image);
+        }
+        for ((flavor, region), mut images) in groups {
+            images.sort_by(|a, b| (&b.creation_date, &b.id).cmp(&(&a.creation_date, &a.id)));
+            let mut kept = 0;
+            for image in images {
+                let why = if protected.contains(&image.id) {
+                    None
+                } else if let ImageState::Failed(state) = &image.state {
+                    Some(format!("it failed ({state})"))
+                } else if kept >= keep {
+                    Some(format!("{flavor} in {region} keeps its newest {keep}"))
+                } else {
+                    None
+                };
+                match why {
+                    Some(why) => {
+                        plan.deregister.push(Deregistration { region: region.clone(), image: image.clone(), why })
+                    }
+                    None if image.state == ImageState::Available => kept += 1,
+                    None => {}
+                }
+            }
+        }
+        plan
+    }
+}
+
+/// What gc did (or, in a dry run, would do), line by line, and whether everything went.
+#[derive(Debug, Default)]
+pub struct GcOutcome {
+    pub lines: Vec<String>,
+    pub removed: usize,
+    pub deregistered: usize,
+    pub snapshots: usize,
+    pub failures: usize,
+}
+
+/// The images the current manifest names: gc never removes them.
+pub fn protected_images(fleet: &Fleet) -> Result<BTreeSet<ImageId>, GcError> {
+    match Manifest::read(&fleet.manifest_path) {
+        Ok(manifest) => Ok(manifest
+            .artifacts
+            .values()
+            .flat_map(|regions| regions.values().map(|artifact| artifact.image_id.clone()))
+            .chain(manifest.in_progress.iter().map(|image| image.image_id.clone()))
+            .collect()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+        Err(error) => Err(GcError::Manifest { path: fleet.manifest_path.display().to_string(), error }),
+    }
+}
+
+/// A snapshot stays in use for a moment after its image is deregistered.
+const SNAPSHOT_RELEASE: PollPolicy =
+    PollPolicy::new(Duration::from_secs(2), Duration::from_secs(5), Duration::from_secs(60));
+
+/// Carries the plan out (or only says what it would do).
+pub async fn execute(plan: &GcPlan, cloud: Arc<dyn Cloud>, dry_run: bool) -> GcOutcome {
+    let mut outcome = GcOutcome::default();
+    let verb = |done: &str, would: &str| if dry_run { would.to_string() } else { done.to_string() };
+    let run_of = |leftover: &Leftover| leftover.run_id.as_ref().map_or("untagged".to_string(), ToString::to_string);
+    if dry_run {
+        for leftover in &plan.remove {
+            outcome.lines.push(format!("would remove {} (run {})", leftover.resource, run_of(leftover)));
+        }
+    } else {
+        let waits = Waits::new(Arc::clone(&cloud), crate::watch::WaitStyle::Batched);
+        let journal = Journal::in_memory();
+        let mut by_region: BTreeMap<&Region, Vec<Leftover>> = BTreeMap::new();
+        for leftover in &plan.remove {
+            by_region.entry(&leftover.resource.region).or_default().push(leftover.clone());
+        }
+        for (region, leftovers) in by_region {
+            let removal = leftovers::remove(&*cloud.region(region), &waits.region(region), &leftovers, &journal).await;
+            let run = |resource: &Resource| {
+                leftovers.iter().find(|leftover| &leftover.resource == resource).map(run_of).unwrap_or_default()
+            };
+            for resource in &removal.removed {
+                outcome.removed += 1;
+                outcome.lines.push(format!("removed {resource} (run {})", run(resource)));
+            }
+            for (resource, error) in &removal.failed {
+                outcome.failures += 1;
+                outcome.lines.push(format!("could not remove {resource}: {error}"));
+            }
+        }
+    }
+    for deregistration in &plan.deregister {
+        let Deregistration { region, image, why } = deregistration;
+        let snapshots: Vec<String> = image.snapshot_ids.iter().map(ToString::to_string).collect();
+        let what =
+            format!("{} `{}` in {region} and its snapshots [{}]: {why}", image.id, image.name, snapshots.join(", "));
+        if dry_run {
+            outcome.lines.push(format!("would deregister {what}"));
+            continue;
+        }
+        let region_cloud = cloud.region(region);
+        if let Err(error) = region_cloud.deregister_image(&image.id).await {
+            outcome.failures += 1;
+            outcome.lines.push(format!("could not deregister {}: {error}", image.id));
+            continue;
+        }
+        outcome.deregistered += 1;
+        outcome.lines.push(format!("{} {what}", verb("deregistered", "would deregister")));
+        for snapshot in &image.snapshot_ids {
+            match delete_snapshot(&*region_cloud, snapshot).await {
+                Ok(()) => outcome.snapshots += 1,
+                Err(error) => {
+                    outcome.failures += 1;
+                    outcome.lines.push(format!("could not delete {snapshot} of {}: {error}", image.id));
+                }
+            }
+        }
+    }
+    outcome
+}
+
+async fn delete_snapshot(cloud: &dyn crate::cloud::RegionCloud, snapshot: &SnapshotId) -> Result<(), String> {
+    poll_until(SNAPSHOT_RELEASE, &format!("snapshot {snapshot} to be released"), || async {
+        match cloud.delete_snapshot(snapshot).await {
+            Ok(()) => Ok(Poll::Ready(())),
+            Err(error) if error.code.as_deref() == Some("InvalidSnapshot.InUse") => Ok(Poll::NotYet),
+            Err(error) if error.kind == crate::cloud::ErrorKind::NotFound => Ok(Poll::Ready(())),
+            Err(error) => Err(error),
+        }
+    })
+    .await
+    .map_err(|error| error.to_string())
+}
+
+/// The whole command: survey, plan, execute.
+pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(GcPlan, GcOutcome), GcError> {
+    let protected = protected_images(fleet)?;
+    let survey = survey(fleet, &*cloud).await?;
+    let runs = RunsInProgress::ask(&JournalDir::of(fleet), &survey, Utc::now())?;
+    let plan = GcPlan::new(&survey, &runs, &protected, fleet.retention.keep);
+    let outcome = execute(&plan, cloud, dry_run).await;
+    Ok((plan, outcome))
+}

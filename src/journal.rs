@@ -1,0 +1,490 @@
+//! The run journal: what a run did, one JSON record per line, appended and flushed to disk before anything
+//! that depends on it (the next AWS call, the next job). `--resume` replays it; gc asks it which runs are
+//! still in progress; a second Ctrl-C prints what it says may be left.
+//!
+//! A journal lives beside its fleet file, `.fleetbake/<fleet file stem>/<run id>.jsonl`. The first line is a
+//! [`Header`]; every line after it is a [`Record`]. The process running the run holds an exclusive lock on the
+//! file, so "in progress" means "locked": a run killed with `kill -9` releases it with its process.
+//!
+//! Reading never guesses: a journal from a newer format, or a record that does not parse in the middle of the
+//! file, is an error naming the file and line. Only a torn last line (the process died while writing it) is
+//! dropped, with a warning, and cut off before the journal is appended to again.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+
+use crate::cloud::ImageId;
+use crate::config::{Fleet, Region};
+use crate::events::{Artifact, Failure, RunStatus};
+use crate::plan::{JobKey, Plan, RunId};
+
+/// The first line's `format`.
+pub const JOURNAL_FORMAT: &str = "fleetbake-journal";
+/// The version this fleetbake writes and the newest it reads.
+pub const JOURNAL_VERSION: u32 = 1;
+
+/// The first line: which run of which fleet, and the jobs its plan had.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    pub format: String,
+    pub version: u32,
+    pub fleet: String,
+    pub run_id: RunId,
+    pub started_at: DateTime<Utc>,
+    /// Every job of the plan and the image name it makes: a resume must make the same ones.
+    pub jobs: Vec<PlannedJob>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedJob {
+    pub job: JobKey,
+    pub image_name: String,
+}
+
+impl Header {
+    pub fn new(plan: &Plan) -> Self {
+        Header {
+            format: JOURNAL_FORMAT.to_string(),
+            version: JOURNAL_VERSION,
+            fleet: plan.fleet.clone(),
+            run_id: plan.run_id.clone(),
+            started_at: plan.started_at,
+            jobs: plan.planned_jobs(),
+        }
+    }
+}
+
+/// A temporary resource a build made.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resource {
+    pub region: Region,
+    pub kind: ResourceKind,
+    pub id: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceKind {
+    Instance,
+    SecurityGroup,
+    KeyPair,
+}
+
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            ResourceKind::Instance => "instance",
+            ResourceKind::SecurityGroup => "security group",
+            ResourceKind::KeyPair => "key pair",
+        };
+        write!(f, "{kind} {} in {}", self.id, self.region)
+    }
+}
+
+/// One line after the header.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Record {
+    /// A process started (1) or resumed (2, 3, …) the run.
+    Attempt {
+        attempt: u32,
+        pid: u32,
+        at: DateTime<Utc>,
+    },
+    /// A temporary resource exists.
+    Created {
+        job: JobKey,
+        resource: Resource,
+    },
+    /// A temporary resource is gone.
+    Removed {
+        resource: Resource,
+    },
+    /// CreateImage or CopyImage answered: the image exists (pending).
+    ImageRequested {
+        job: JobKey,
+        image_id: ImageId,
+    },
+    ImageAvailable {
+        job: JobKey,
+        artifact: Artifact,
+    },
+    JobFailed {
+        job: JobKey,
+        failure: Failure,
+    },
+    /// The process ended the run; `interrupted` runs can be resumed.
+    Finished {
+        status: RunStatus,
+        interrupted: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{}:1: not a fleetbake journal: {why}", path.display())]
+    NotAJournal { path: PathBuf, why: String },
+    #[error("{}:1: journal format version {version} was written by a newer fleetbake (this one reads up to {JOURNAL_VERSION}); resume it with that version", path.display())]
+    Newer { path: PathBuf, version: u64 },
+    #[error("{}:{line}: corrupt journal record: {why}; a torn last line is recovered, but this one has whole records after it — fix or remove the file", path.display())]
+    Corrupt { path: PathBuf, line: usize, why: String },
+    #[error("{}: the journal is of fleet `{found}`, not `{expected}`", path.display())]
+    OtherFleet { path: PathBuf, found: String, expected: String },
+    #[error("{}: run {run_id} is in progress (another fleetbake holds its journal)", path.display())]
+    InProgress { path: PathBuf, run_id: RunId },
+    #[error("{}: the fleet file no longer plans what run {run_id} planned ({detail}); finish it with the fleet file it started with, or start a new run without --resume", path.display())]
+    PlanChanged { path: PathBuf, run_id: RunId, detail: String },
+    #[error("nothing to resume: no interrupted or unfinished run of this fleet in `{}`", dir.display())]
+    NothingToResume { dir: PathBuf },
+}
+
+impl JournalError {
+    fn io(path: &Path, error: std::io::Error) -> Self {
+        JournalError::Io { path: path.to_path_buf(), error }
+    }
+}
+
+/// The journals of one fleet file: `.fleetbake/<stem>/` beside it.
+#[derive(Clone, Debug)]
+pub struct JournalDir {
+    pub path: PathBuf,
+}
+
+impl JournalDir {
+    pub fn of(fleet: &Fleet) -> Self {
+        let directory = fleet.file.parent().unwrap_or(Path::new("."));
+        let stem = fleet.file.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+        JournalDir { path: directory.join(".fleetbake").join(stem) }
+    }
+
+    pub fn journal_path(&self, run_id: &RunId) -> PathBuf {
+        self.path.join(format!("{run_id}.jsonl"))
+    }
+
+    /// Every journal, newest run first (run ids sort by start time).
+    pub fn journals(&self) -> Result<Vec<PathBuf>, JournalError> {
+        let entries = match std::fs::read_dir(&self.path) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(JournalError::io(&self.path, error)),
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|extension| extension == "jsonl"))
+            .collect();
+        paths.sort();
+        paths.reverse();
+        Ok(paths)
+    }
+
+    /// The newest run that did not finish (killed, or interrupted), replayed. Every journal newer than it
+    /// must read cleanly: a broken one is an error, never skipped.
+    pub fn newest_unfinished(&self, fleet: &Fleet) -> Result<Replay, JournalError> {
+        for path in self.journals()? {
+            let replay = Replay::read(&path)?;
+            if replay.header.fleet != fleet.name {
+                return Err(JournalError::OtherFleet {
+                    path,
+                    found: replay.header.fleet,
+                    expected: fleet.name.clone(),
+                });
+            }
+            if replay.finished.is_some_and(|(_, interrupted)| !interrupted) {
+                continue;
+            }
+            if is_locked(&path)? {
+                return Err(JournalError::InProgress { path, run_id: replay.header.run_id });
+            }
+            return Ok(replay);
+        }
+        Err(JournalError::NothingToResume { dir: self.path.clone() })
+    }
+
+    /// Whether the run's journal is here and held by a running fleetbake.
+    pub fn in_progress(&self, run_id: &RunId) -> Result<Option<bool>, JournalError> {
+        let path = self.journal_path(run_id);
+        if !path.exists() {
+            return Ok(None);
+        }
+        is_locked(&path).map(Some)
+    }
+}
+
+fn is_locked(path: &Path) -> Result<bool, JournalError> {
+    let file = File::open(path).map_err(|error| JournalError::io(path, error))?;
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(error)) => Err(JournalError::io(path, error)),
+    }
+}
+
+/// A journal read back: the state of its run as of its last whole record.
+#[derive(Clone, Debug)]
+pub struct Replay {
+    pub path: PathBuf,
+    pub header: Header,
+    pub attempts: u32,
+    /// The last `Finished` record: status and whether it was interrupted.
+    pub finished: Option<(RunStatus, bool)>,
+    /// Images that became available, per job.
+    pub available: BTreeMap<JobKey, Artifact>,
+    /// Images requested (CreateImage / CopyImage answered), per job.
+    pub requested: BTreeMap<JobKey, ImageId>,
+    /// Temporary resources created and not recorded as removed.
+    pub outstanding: BTreeMap<Resource, JobKey>,
+    /// The byte length of the whole records; a torn line after it is cut off before appending.
+    whole_length: u64,
+    /// The line number of a torn last record that was dropped.
+    pub torn_line: Option<usize>,
+}
+
+impl Replay {
+    pub fn read(path: &Path) -> Result<Replay, JournalError> {
+        let file = File::open(path).map_err(|error| JournalError::io(path, error))?;
+        let mut reader = BufReader::new(file);
+        let mut lines: Vec<(String, bool)> = Vec::new();
+        loop {
+            let mut line = String::new();
+            let read = reader.read_line(&mut line).map_err(|error| JournalError::io(path, error))?;
+            if read == 0 {
+                break;
+            }
+            let whole = line.ends_with('\n');
+            lines.push((line, whole));
+        }
+        let not_a_journal = |why: &str| JournalError::NotAJournal { path: path.to_path_buf(), why: why.to_string() };
+        let Some((first, first_whole)) = lines.first() else {
+            return Err(not_a_journal("the file is empty"));
+        };
+        if !first_whole {
+            return Err(not_a_journal("the header line is incomplete"));
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(first).map_err(|error| not_a_journal(&format!("the header is not JSON: {error}")))?;
+        if value.get("format").and_then(|format| format.as_str()) != Some(JOURNAL_FORMAT) {
+            return Err(not_a_journal(&format!("the header has no `\"format\": \"{JOURNAL_FORMAT}\"`")));
+        }
+        let version = value.get("version").and_then(|version| version.as_u64()).unwrap_or(0);
+        if version > u64::from(JOURNAL_VERSION) {
+            return Err(JournalError::Newer { path: path.to_path_buf(), version });
+        }
+        let header: Header = serde_json::from_value(value).map_err(|error| JournalError::Corrupt {
+            path: path.to_path_buf(),
+            line: 1,
+            why: error.to_string(),
+        })?;
+        let mut replay = Replay {
+            path: path.to_path_buf(),
+            header,
+            attempts: 0,
+            finished: None,
+            available: BTreeMap::new(),
+            requested: BTreeMap::new(),
+            outstanding: BTreeMap::new(),
+            whole_length: first.len() as u64,
+            torn_line: None,
+        };
+        let count = lines.len();
+        for (index, (line, whole)) in lines.iter().enumerate().skip(1) {
+            let number = index + 1;
+            let parsed = if *whole {
+                serde_json::from_str::<Record>(line).map_err(|error| error.to_string())
+            } else {
+                Err("the line is incomplete".to_string())
+            };
+            match parsed {
+                Ok(record) => {
+                    replay.apply(record);
+                    replay.whole_length += line.len() as u64;
+                }
+                // Only the last line may be torn: the process died while writing it.
+                Err(_) if number == count => replay.torn_line = Some(number),
+                Err(why) => return Err(JournalError::Corrupt { path: path.to_path_buf(), line: number, why }),
+            }
+        }
+        Ok(replay)
+    }
+
+    fn apply(&mut self, record: Record) {
+        match record {
+            Record::Attempt { attempt, .. } => {
+                self.attempts = self.attempts.max(attempt);
+                self.finished = None;
+            }
+            Record::Created { job, resource } => {
+                self.outstanding.insert(resource, job);
+            }
+            Record::Removed { resource } => {
+                self.outstanding.remove(&resource);
+            }
+            Record::ImageRequested { job, image_id } => {
+                self.requested.insert(job, image_id);
+            }
+            Record::ImageAvailable { job, artifact } => {
+                self.available.insert(job, artifact);
+            }
+            Record::JobFailed { .. } => {}
+            Record::Finished { status, interrupted } => self.finished = Some((status, interrupted)),
+        }
+    }
+
+    /// The plan of the fleet file as it is now must make the jobs and names the run planned.
+    pub fn check_plan(&self, plan: &Plan) -> Result<(), JournalError> {
+        let now = plan.planned_jobs();
+        let then = &self.header.jobs;
+        let changed = |detail: String| JournalError::PlanChanged {
+            path: self.path.clone(),
+            run_id: self.header.run_id.clone(),
+            detail,
+        };
+        for job in then {
+            match now.iter().find(|planned| planned.job == job.job) {
+                None => return Err(changed(format!("job {} is gone", job.job))),
+                Some(planned) if planned.image_name != job.image_name => {
+                    return Err(changed(format!(
+                        "job {} now names its image `{}`, not `{}`",
+                        job.job, planned.image_name, job.image_name
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(extra) = now.iter().find(|planned| !then.iter().any(|job| job.job == planned.job)) {
+            return Err(changed(format!("job {} is new", extra.job)));
+        }
+        Ok(())
+    }
+}
+
+/// The journal a run appends to (or, in the simulated cloud, only keeps in memory).
+pub struct Journal {
+    file: Option<Mutex<File>>,
+    path: Option<PathBuf>,
+    /// Temporary resources created and not yet removed, as of now.
+    outstanding: Mutex<BTreeMap<Resource, JobKey>>,
+    /// The first write that failed, if any: reported at the end of the run.
+    write_error: Mutex<Option<String>>,
+}
+
+impl Journal {
+    /// A journal that keeps only what is outstanding, in memory: for the simulated cloud, whose account does
+    /// not outlive the process.
+    pub fn in_memory() -> Self {
+        Journal { file: None, path: None, outstanding: Mutex::default(), write_error: Mutex::default() }
+    }
+
+    /// Starts a new run's journal, locked, with its header and first attempt.
+    pub fn create(dir: &JournalDir, plan: &Plan) -> Result<Journal, JournalError> {
+        std::fs::create_dir_all(&dir.path).map_err(|error| JournalError::io(&dir.path, error))?;
+        let path = dir.journal_path(&plan.run_id);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|error| JournalError::io(&path, error))?;
+        lock(&file, &path, &plan.run_id)?;
+        let journal = Journal::writing(file, path);
+        let header = serde_json::to_string(&Header::new(plan)).expect("a header serializes");
+        journal.append_line(&header).map_err(|error| JournalError::io(journal.path(), error))?;
+        journal.attempt(1)?;
+        Ok(journal)
+    }
+
+    /// Appends to a replayed run's journal: locks it, cuts off a torn last line, records the next attempt.
+    pub fn resume(replay: &Replay) -> Result<Journal, JournalError> {
+        let path = replay.path.clone();
+        let file = OpenOptions::new().append(true).open(&path).map_err(|error| JournalError::io(&path, error))?;
+        lock(&file, &path, &replay.header.run_id)?;
+        file.set_len(replay.whole_length).map_err(|error| JournalError::io(&path, error))?;
+        let journal = Journal::writing(file, path);
+        *journal.outstanding.lock().expect("not poisoned") = replay.outstanding.clone();
+        journal.attempt(replay.attempts + 1)?;
+        Ok(journal)
+    }
+
+    fn writing(file: File, path: PathBuf) -> Journal {
+        Journal {
+            file: Some(Mutex::new(file)),
+            path: Some(path),
+            outstanding: Mutex::default(),
+            write_error: Mutex::default(),
+        }
+    }
+
+    fn attempt(&self, attempt: u32) -> Result<(), JournalError> {
+        let record = Record::Attempt { attempt, pid: std::process::id(), at: Utc::now() };
+        let line = serde_json::to_string(&record).expect("a record serializes");
+        self.append_line(&line).map_err(|error| JournalError::io(self.path(), error))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new("(in memory)"))
+    }
+
+    fn append_line(&self, line: &str) -> std::io::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let mut file = file.lock().expect("not poisoned");
+        let mut bytes = line.as_bytes().to_vec();
+        bytes.push(b'\n');
+        file.write_all(&bytes)?;
+        file.sync_data()
+    }
+
+    /// Appends a record and flushes it to disk before returning: whatever comes next may depend on it.
+    /// A failed write does not stop the run (its resources are tagged, so resume and gc still find them);
+    /// the first one is kept and reported at the end.
+    pub fn record(&self, record: Record) {
+        {
+            let mut outstanding = self.outstanding.lock().expect("not poisoned");
+            match &record {
+                Record::Created { job, resource } => {
+                    outstanding.insert(resource.clone(), job.clone());
+                }
+                Record::Removed { resource } => {
+                    outstanding.remove(resource);
+                }
+                _ => {}
+            }
+        }
+        let line = serde_json::to_string(&record).expect("a record serializes");
+        if let Err(error) = self.append_line(&line) {
+            let mut first = self.write_error.lock().expect("not poisoned");
+            if first.is_none() {
+                tracing::error!("cannot write the journal `{}`: {error}", self.path().display());
+                *first = Some(format!("cannot write the journal `{}`: {error}", self.path().display()));
+            }
+        }
+    }
+
+    /// Temporary resources created and not removed, as far as this process knows.
+    pub fn outstanding(&self) -> Vec<Resource> {
+        self.outstanding.lock().expect("not poisoned").keys().cloned().collect()
+    }
+
+    pub fn write_error(&self) -> Option<String> {
+        self.write_error.lock().expect("not poisoned").clone()
+    }
+}
+
+fn lock(file: &File, path: &Path, run_id: &RunId) -> Result<(), JournalError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(JournalError::InProgress { path: path.to_path_buf(), run_id: run_id.clone() })
+        }
+        Err(std::fs::TryLockError::Error(error)) => Err(JournalError::io(path, error)),
+    }
+}

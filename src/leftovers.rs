@@ -1,0 +1,89 @@
+//! Temporary resources found by their tags rather than remembered: what a build's own cleanup stack could
+//! not remove, what a killed process never got to record, what an older run left. Each run ends by sweeping
+//! its own; `--resume` sweeps the interrupted attempt's; `fleetbake gc` sweeps every run not in progress.
+//!
+//! Removal goes through the same undo steps as a build's cleanup: instances first (and waited for), then
+//! security groups, then key pairs.
+
+use crate::cleanup::{CleanupStack, UndoFailure, UndoStep};
+use crate::cloud::{CloudResult, RegionCloud};
+use crate::config::{FlavorName, Tags};
+use crate::journal::{Journal, Resource, ResourceKind};
+use crate::plan::RunId;
+use crate::watch::RegionWaits;
+
+/// A temporary resource found in the account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leftover {
+    pub resource: Resource,
+    /// From its `fleetbake:run-id` tag.
+    pub run_id: Option<RunId>,
+    /// From its `fleetbake:flavor` tag.
+    pub flavor: Option<FlavorName>,
+}
+
+/// The tags every temporary resource of the fleet carries, and of one run if given.
+pub fn temporary_tags(fleet: &str, run_id: Option<&RunId>) -> Tags {
+    let mut tags = Tags::from([
+        ("fleetbake:fleet".to_string(), fleet.to_string()),
+        ("fleetbake:temporary".to_string(), "true".to_string()),
+    ]);
+    if let Some(run_id) = run_id {
+        tags.insert("fleetbake:run-id".to_string(), run_id.to_string());
+    }
+    tags
+}
+
+/// Every temporary resource in the region carrying all of `tags`: instances not terminated, security groups,
+/// key pairs.
+pub async fn find(cloud: &dyn RegionCloud, tags: &Tags) -> CloudResult<Vec<Leftover>> {
+    let region = cloud.region().clone();
+    let leftover = |kind, id: String, found: &Tags| Leftover {
+        resource: Resource { region: region.clone(), kind, id },
+        run_id: found.get("fleetbake:run-id").and_then(|id| RunId::parse(id)),
+        flavor: found.get("fleetbake:flavor").map(FlavorName::new),
+    };
+    let mut found = Vec::new();
+    for instance in cloud.find_instances(tags).await? {
+        found.push(leftover(ResourceKind::Instance, instance.id.to_string(), &instance.tags));
+    }
+    for group in cloud.find_security_groups(tags).await? {
+        found.push(leftover(ResourceKind::SecurityGroup, group.id.to_string(), &group.tags));
+    }
+    for pair in cloud.find_key_pairs(tags).await? {
+        found.push(leftover(ResourceKind::KeyPair, pair.id.to_string(), &pair.tags));
+    }
+    Ok(found)
+}
+
+/// What [`remove`] did.
+#[derive(Debug, Default)]
+pub struct Removal {
+    pub removed: Vec<Resource>,
+    pub failed: Vec<(Resource, String)>,
+}
+
+/// Removes them (all in this region): instances first, then security groups, then key pairs, past failures.
+pub async fn remove(
+    cloud: &dyn RegionCloud,
+    waits: &RegionWaits,
+    leftovers: &[Leftover],
+    journal: &Journal,
+) -> Removal {
+    let mut stack = CleanupStack::default();
+    // The stack unwinds most recent first.
+    for kind in [ResourceKind::KeyPair, ResourceKind::SecurityGroup, ResourceKind::Instance] {
+        for leftover in leftovers.iter().filter(|leftover| leftover.resource.kind == kind) {
+            stack.push(UndoStep::removing(&leftover.resource));
+        }
+    }
+    let failures: Vec<UndoFailure> = stack.unwind(cloud, waits, journal).await;
+    let mut removal = Removal::default();
+    for leftover in leftovers {
+        match failures.iter().find(|failure| failure.journal_resource.as_ref() == Some(&leftover.resource)) {
+            Some(failure) => removal.failed.push((leftover.resource.clone(), failure.error.clone())),
+            None => removal.removed.push(leftover.resource.clone()),
+        }
+    }
+    removal
+}

@@ -1,0 +1,157 @@
+//! `fleetbake matrix FLEET --resume`: finish the newest run that was interrupted or killed, building nothing
+//! twice.
+//!
+//! [`prepare`] reads the journal and re-plans the run with its run id and start time (the same image names),
+//! before any AWS call. [`reconcile`] then asks the account what each job's image is: AMI names are unique per
+//! region, so looking them up by name finds what the journal recorded and what it did not get to (a process
+//! killed between CopyImage's answer and the journal write). It removes the temporary resources earlier
+//! attempts left (the journal's list and the run's tags together), and deregisters an image of the run that
+//! failed, so its job can make it again under the same name.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::build::PendingImage;
+use crate::cloud::{Cloud, CloudError, ImageId, ImageQuery, ImageState, OwnedImage};
+use crate::config::{Fleet, Region};
+use crate::events::{Artifact, EventSender, RunEvent};
+use crate::journal::{Journal, JournalDir, JournalError, Replay};
+use crate::leftovers::{self, Leftover};
+use crate::plan::{JobId, Plan};
+use crate::scheduler::Prior;
+use crate::watch::Waits;
+
+/// The run to resume and its plan, as of the fleet file now (which must plan the same jobs and names).
+pub fn prepare(fleet: &Fleet) -> Result<(Replay, Plan), JournalError> {
+    let replay = JournalDir::of(fleet).newest_unfinished(fleet)?;
+    let plan = Plan::new(fleet, replay.header.run_id.clone(), replay.header.started_at);
+    replay.check_plan(&plan)?;
+    Ok((replay, plan))
+}
+
+/// Where a job's image lands, and what it is called there.
+struct Landing<'a> {
+    job: JobId,
+    region: &'a Region,
+    name: &'a str,
+    /// The region the image was built in.
+    build_region: &'a Region,
+}
+
+fn landings(plan: &Plan) -> Vec<Landing<'_>> {
+    let builds = plan.builds.iter().map(|build| Landing {
+        job: JobId::Build(build.index),
+        region: &build.region,
+        name: &build.image_name,
+        build_region: &build.region,
+    });
+    let copies = plan.copies.iter().map(|copy| Landing {
+        job: JobId::Copy(copy.index),
+        region: &copy.target_region,
+        name: &copy.image_name,
+        build_region: &copy.source_region,
+    });
+    builds.chain(copies).collect()
+}
+
+/// What each job of the run already has, from the account and the journal; removes what earlier attempts
+/// left behind. Reports what it found and removed as events.
+pub async fn reconcile(
+    plan: &Plan,
+    replay: &Replay,
+    cloud: &dyn Cloud,
+    waits: &std::sync::Arc<Waits>,
+    journal: &Journal,
+    events: &EventSender,
+) -> Result<BTreeMap<JobId, Prior>, CloudError> {
+    let landings = landings(plan);
+    let mut regions: BTreeSet<&Region> = landings.iter().map(|landing| landing.region).collect();
+    regions.extend(plan.builds.iter().map(|build| &build.region));
+    let run_tags = leftovers::temporary_tags(&plan.fleet, Some(&plan.run_id));
+
+    let mut priors = BTreeMap::new();
+    for region in regions {
+        let region_cloud = cloud.region(region);
+        let here: Vec<&Landing> = landings.iter().filter(|landing| landing.region == region).collect();
+
+        // What earlier attempts left: found by the run's tags, and what the journal says it made.
+        let mut found = leftovers::find(&*region_cloud, &run_tags).await?;
+        for resource in replay.outstanding.keys().filter(|resource| &resource.region == region) {
+            if !found.iter().any(|leftover| &leftover.resource == resource) {
+                found.push(Leftover { resource: resource.clone(), run_id: Some(plan.run_id.clone()), flavor: None });
+            }
+        }
+        let removal = leftovers::remove(&*region_cloud, &waits.region(region), &found, journal).await;
+        for resource in removal.removed {
+            events.send(RunEvent::Swept { resource: resource.to_string() });
+        }
+        // Left for gc: the resumed build that needs the name fails at that step and says why.
+        for (resource, error) in removal.failed {
+            tracing::warn!("cannot remove {resource} left by an earlier attempt: {error}");
+        }
+
+        if here.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = here.iter().map(|landing| landing.name.to_string()).collect();
+        let images = region_cloud.find_owned_images(&ImageQuery::Named(names)).await?;
+        for landing in here {
+            let key = plan.key(landing.job);
+            let Some(image) = images.iter().find(|image| image.name == landing.name && is_of_run(image, plan)) else {
+                continue;
+            };
+            match &image.state {
+                ImageState::Available => {
+                    let recorded = replay.available.get(&key).filter(|artifact| artifact.image_id == image.id);
+                    let artifact = recorded.cloned().unwrap_or_else(|| artifact_of(image, landing, replay, plan));
+                    priors.insert(landing.job, Prior::Available(artifact));
+                }
+                ImageState::Pending => {
+                    let source = source_of(image, landing, replay, plan);
+                    priors.insert(landing.job, Prior::Pending(PendingImage { image: image.id.clone(), source }));
+                }
+                ImageState::Failed(why) => {
+                    tracing::warn!(
+                        "{} `{}` in {region} failed ({why}); it is deregistered and made again",
+                        image.id,
+                        image.name
+                    );
+                    region_cloud.deregister_image(&image.id).await?;
+                }
+            }
+        }
+    }
+    Ok(priors)
+}
+
+/// Not another run's image of the same name (a template without `{run_id}` names images per day, say). An
+/// image without the tag is a copy whose run was killed before tagging it: the name says it is this run's.
+fn is_of_run(image: &OwnedImage, plan: &Plan) -> bool {
+    image.tags.get("fleetbake:run-id").is_none_or(|run_id| run_id == plan.run_id.as_str())
+}
+
+/// The image a job was made from: the image's own tag, else what the journal recorded for its build.
+fn source_of(image: &OwnedImage, landing: &Landing, replay: &Replay, plan: &Plan) -> ImageId {
+    if let Some(source) = image.tags.get("fleetbake:source-image-id") {
+        return ImageId::new(source);
+    }
+    let build = match landing.job {
+        JobId::Copy(index) => JobId::Build(plan.copies[index].build),
+        build => build,
+    };
+    replay
+        .available
+        .get(&plan.key(build))
+        .map(|artifact| artifact.source_image_id.clone())
+        .unwrap_or_else(|| ImageId::new("unknown"))
+}
+
+fn artifact_of(image: &OwnedImage, landing: &Landing, replay: &Replay, plan: &Plan) -> Artifact {
+    Artifact {
+        image_id: image.id.clone(),
+        name: image.name.clone(),
+        build_region: landing.build_region.clone(),
+        source_image_id: source_of(image, landing, replay, plan),
+        snapshot_ids: image.snapshot_ids.clone(),
+        created_at: image.creation_date.clone(),
+    }
+}
