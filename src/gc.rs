@@ -284,3 +284,102 @@ pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(
     let outcome = execute(&plan, cloud, dry_run).await;
     Ok((plan, outcome))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::ResourceKind;
+
+    fn run(second: u32) -> RunId {
+        RunId::new(format!("2026-11-26T12:00:{second:02}Z").parse().unwrap(), 1)
+    }
+
+    fn image(id: &str, flavor: &str, run_id: &RunId, created: &str, state: ImageState) -> (Region, OwnedImage) {
+        let tags = BTreeMap::from([
+            ("fleetbake:flavor".to_string(), flavor.to_string()),
+            ("fleetbake:run-id".to_string(), run_id.to_string()),
+        ]);
+        let image = OwnedImage {
+            id: ImageId::new(id),
+            name: id.to_string(),
+            state,
+            creation_date: created.to_string(),
+            snapshot_ids: Vec::new(),
+            tags,
+        };
+        (Region::new("us-west-2"), image)
+    }
+
+    fn deregistered(plan: &GcPlan) -> Vec<&str> {
+        plan.deregister.iter().map(|gone| gone.image.id.as_str()).collect()
+    }
+
+    #[test]
+    fn keeps_the_newest_per_flavor_and_region_the_manifests_and_anything_in_progress() {
+        let (old, mid, new, busy) = (run(1), run(2), run(3), run(4));
+        let survey = Survey {
+            leftovers: vec![
+                Leftover {
+                    resource: Resource {
+                        region: Region::new("us-west-2"),
+                        kind: ResourceKind::Instance,
+                        id: "i-old".into(),
+                    },
+                    run_id: Some(old.clone()),
+                    flavor: None,
+                },
+                Leftover {
+                    resource: Resource {
+                        region: Region::new("us-west-2"),
+                        kind: ResourceKind::Instance,
+                        id: "i-busy".into(),
+                    },
+                    run_id: Some(busy.clone()),
+                    flavor: None,
+                },
+            ],
+            images: vec![
+                image("ami-a1", "a", &old, "2026-11-26T12:00:01Z", ImageState::Available),
+                image("ami-a2", "a", &mid, "2026-11-26T12:00:02Z", ImageState::Available),
+                image("ami-a3", "a", &new, "2026-11-26T12:00:03Z", ImageState::Available),
+                image("ami-a4", "a", &busy, "2026-11-26T12:00:04Z", ImageState::Available),
+                image("ami-b1", "b", &old, "2026-11-26T12:00:01Z", ImageState::Failed("failed: disk".into())),
+                image("ami-b3", "b", &new, "2026-11-26T12:00:03Z", ImageState::Pending),
+            ],
+        };
+        let runs = RunsInProgress(BTreeMap::from([(old, false), (mid, false), (new, false), (busy.clone(), true)]));
+        let protected = BTreeSet::from([ImageId::new("ami-a1")]);
+
+        let plan = GcPlan::new(&survey, &runs, &protected, Some(1));
+        // a: a4 is a run in progress, a3 the newest, a1 in the manifest; b: b3 pending, b1 failed.
+        assert_eq!(deregistered(&plan), ["ami-a2", "ami-b1"]);
+        assert_eq!(plan.remove.iter().map(|leftover| leftover.resource.id.as_str()).collect::<Vec<_>>(), ["i-old"]);
+        assert!(plan.notes.iter().any(|note| note.contains(&busy.to_string())), "{:?}", plan.notes);
+
+        let keep_two = GcPlan::new(&survey, &runs, &protected, Some(2));
+        assert_eq!(deregistered(&keep_two), ["ami-b1"]);
+        let no_retention = GcPlan::new(&survey, &runs, &protected, None);
+        assert!(no_retention.deregister.is_empty());
+        assert!(no_retention.notes.iter().any(|note| note.contains("[retention] keep")), "{:?}", no_retention.notes);
+    }
+
+    #[test]
+    fn a_run_without_a_journal_here_is_in_progress_for_a_day() {
+        let directory = tempfile::tempdir().unwrap();
+        let dir = JournalDir { path: directory.path().to_path_buf() };
+        let started = run(0);
+        let survey = Survey {
+            leftovers: vec![Leftover {
+                resource: Resource { region: Region::new("us-west-2"), kind: ResourceKind::KeyPair, id: "k".into() },
+                run_id: Some(started.clone()),
+                flavor: None,
+            }],
+            images: Vec::new(),
+        };
+        let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap();
+        let soon = RunsInProgress::ask(&dir, &survey, at("2026-11-27T11:59:00Z")).unwrap();
+        assert!(soon.0[&started]);
+        let later = RunsInProgress::ask(&dir, &survey, at("2026-11-27T12:01:00Z")).unwrap();
+        assert!(!later.0[&started]);
+    }
+}

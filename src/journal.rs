@@ -488,3 +488,75 @@ fn lock(file: &File, path: &Path, run_id: &RunId) -> Result<(), JournalError> {
         Err(std::fs::TryLockError::Error(error)) => Err(JournalError::io(path, error)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FlavorName;
+    use crate::plan::BuildJob;
+
+    fn plan() -> Plan {
+        let run_id = RunId::new("2026-11-26T12:00:00Z".parse().unwrap(), 10);
+        Plan {
+            fleet: "unit".into(),
+            run_id: run_id.clone(),
+            started_at: "2026-11-26T12:00:00Z".parse().unwrap(),
+            builds: vec![BuildJob {
+                index: 0,
+                flavor: FlavorName::new("base"),
+                region: Region::new("us-west-2"),
+                image_name: format!("base-{run_id}"),
+                copies: Vec::new(),
+            }],
+            copies: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_torn_last_record_is_dropped_and_cut_off_before_appending() {
+        let directory = tempfile::tempdir().unwrap();
+        let dir = JournalDir { path: directory.path().to_path_buf() };
+        let plan = plan();
+        let job = plan.builds[0].key();
+        let resource = Resource { region: Region::new("us-west-2"), kind: ResourceKind::KeyPair, id: "k".into() };
+        {
+            let journal = Journal::create(&dir, &plan).unwrap();
+            journal.record(Record::Created { job: job.clone(), resource: resource.clone() });
+            journal.record(Record::ImageRequested { job: job.clone(), image_id: ImageId::new("ami-1") });
+        }
+        let path = dir.journal_path(&plan.run_id);
+        let whole = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{whole}{{\"record\":\"removed\",\"reso")).unwrap();
+
+        let replay = Replay::read(&path).unwrap();
+        assert_eq!(replay.torn_line, Some(5), "header, attempt, created, requested, then the torn line");
+        assert_eq!(replay.attempts, 1);
+        assert_eq!(replay.outstanding.keys().collect::<Vec<_>>(), [&resource], "the torn removal did not count");
+        assert_eq!(replay.requested[&job], ImageId::new("ami-1"));
+        assert!(replay.finished.is_none());
+
+        let resumed = Journal::resume(&replay).unwrap();
+        assert_eq!(resumed.outstanding(), std::slice::from_ref(&resource));
+        resumed.record(Record::Removed { resource });
+        drop(resumed);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(&whole) && !text.contains("\"reso\n"), "{text}");
+        let again = Replay::read(&path).unwrap();
+        assert_eq!((again.attempts, again.torn_line), (2, None));
+        assert!(again.outstanding.is_empty());
+    }
+
+    #[test]
+    fn a_journal_held_by_a_running_process_is_in_progress() {
+        let directory = tempfile::tempdir().unwrap();
+        let dir = JournalDir { path: directory.path().to_path_buf() };
+        let plan = plan();
+        let journal = Journal::create(&dir, &plan).unwrap();
+        assert_eq!(dir.in_progress(&plan.run_id).unwrap(), Some(true));
+        let replay = Replay::read(&dir.journal_path(&plan.run_id)).unwrap();
+        assert!(matches!(Journal::resume(&replay), Err(JournalError::InProgress { .. })));
+        drop(journal);
+        assert_eq!(dir.in_progress(&plan.run_id).unwrap(), Some(false));
+        assert_eq!(dir.in_progress(&RunId::new("2026-11-26T12:00:00Z".parse().unwrap(), 11)).unwrap(), None);
+    }
+}

@@ -1,8 +1,10 @@
 //! One integration-test binary: the CLI and the library against moto_server and a real sshd.
 
 mod cloud_state;
+mod corpus;
 mod harness;
 mod matrix;
 mod plan;
+mod resume;
 mod sim;
 mod validate;

@@ -8,13 +8,13 @@ use crate::harness::*;
 
 const UBUNTU: &str =
     r#"{ owners = ["099720109477"], name = "ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*" }"#;
-const AL2023: &str = r#"{ owners = ["amazon"], name = "al2023-ami-2023.*-kernel-6.1-x86_64" }"#;
+pub const AL2023: &str = r#"{ owners = ["amazon"], name = "al2023-ami-2023.*-kernel-6.1-x86_64" }"#;
 
-fn fleet_header(moto: &Moto, sshd: &Sshd) -> String {
+pub fn fleet_header(moto: &Moto, sshd: &Sshd) -> String {
     fleet_header_at(&moto.endpoint, sshd)
 }
 
-fn fleet_header_at(endpoint: &str, sshd: &Sshd) -> String {
+pub fn fleet_header_at(endpoint: &str, sshd: &Sshd) -> String {
     format!(
         r#"[fleet]
 name = "it"
@@ -41,17 +41,17 @@ source_cidrs = ["127.0.0.1/32"]
 }
 
 /// Writes `fleet` as the workspace's fleet.toml and runs `fleetbake matrix` on it.
-fn run_matrix(workspace: &Workspace, fleet: &str) -> Outcome {
+pub fn run_matrix(workspace: &Workspace, fleet: &str) -> Outcome {
     let fleet_path = workspace.write("fleet.toml", fleet);
     fleetbake(&["matrix", fleet_path.to_str().unwrap()])
 }
 
 /// The manifest of a fleet written with [`fleet_header`] (`manifest = "out/manifest.json"`).
-fn read_manifest(workspace: &Workspace) -> Value {
+pub fn read_manifest(workspace: &Workspace) -> Value {
     read_manifest_at(workspace, "out/manifest.json")
 }
 
-fn read_manifest_at(workspace: &Workspace, relative: &str) -> Value {
+pub fn read_manifest_at(workspace: &Workspace, relative: &str) -> Value {
     let text = std::fs::read_to_string(workspace.path(relative)).expect("the manifest was written");
     serde_json::from_str(&text).expect("the manifest is JSON")
 }

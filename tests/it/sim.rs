@@ -305,3 +305,54 @@ fn a_bad_sim_table_is_bad_input() {
         outcome.stderr
     );
 }
+
+/// Ctrl-C while copies are in flight (the library's interrupt channel, in virtual time): the copies are left
+/// running in the account and recorded as in progress, every build cleans up, nothing temporary is left.
+#[test]
+fn an_interrupt_leaves_copies_in_flight_running_and_records_them() {
+    use fleetbake::run::{matrix_simulated, MatrixOptions, Strategy};
+    use fleetbake::scheduler::Interrupt;
+
+    let workspace = Workspace::new();
+    let fleet_path = workspace.write("fleet.toml", &fleet("", ""));
+    let fleet = fleetbake::config::load(&fleet_path).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    let outcome = runtime.block_on(async {
+        let (interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
+        // The builds are done after about 14 minutes; their 15-minute copies are then in flight.
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(20 * 60)).await;
+            interrupt.send(Interrupt { signal: "SIGINT", exit_code: 130 }).unwrap();
+            // Kept open: a closed channel is not an interrupt.
+            std::future::pending::<()>().await;
+        });
+        let options = MatrixOptions { fail_fast: false, summary_json: None, resume: false };
+        let reporters = Some(vec![Box::new(fleetbake::manifest::ManifestWriter::new(
+            workspace.path("manifest.sim.json"),
+            std::time::Duration::ZERO,
+        )) as Box<dyn fleetbake::report::Reporter>]);
+        matrix_simulated(fleet, options, Strategy::FLEETBAKE, reporters, interrupts).await.unwrap()
+    });
+    let summary = &outcome.summary;
+    assert_eq!(summary.interrupted.map(|interrupt| interrupt.exit_code), Some(130));
+    assert!(summary.in_progress > 0, "{summary:?}");
+    let statistics = serde_json::to_value(&outcome.statistics).unwrap();
+    assert_eq!(statistics["leaked_resources"], serde_json::json!([]));
+
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace.path("manifest.sim.json")).unwrap()).unwrap();
+    assert_eq!(manifest["status"], "partial");
+    let in_progress = manifest["in_progress"].as_array().unwrap();
+    assert_eq!(in_progress.len(), summary.in_progress, "{manifest}");
+    let images = statistics["sim"]["images"].as_array().unwrap();
+    for image in in_progress {
+        // Still there, still being made: a resume would wait for it.
+        let found = images.iter().find(|found| found["id"] == image["image_id"]).expect("the copy exists");
+        assert_eq!(found["available"], false, "{image}");
+        assert!(manifest["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|failure| failure["region"] != image["region"] || failure["flavor"] != image["flavor"]));
+    }
+}

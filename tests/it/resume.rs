@@ -1,0 +1,214 @@
+//! Runs that die and are finished later, and what `gc` removes: through the binary, aws-sdk-ec2 → moto and
+//! openssh → sshd.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::cloud_state::*;
+use crate::harness::*;
+use crate::matrix::{fleet_header, read_manifest, AL2023};
+
+const REGIONS: [&str; 2] = ["us-west-2", "us-east-1"];
+
+/// `quick` then `gated` (one build at a time), built in us-west-2 and copied to us-east-1. `gated`'s
+/// provisioner waits until `gate` exists.
+fn gated_fleet(moto: &Moto, sshd: &Sshd, gate: &std::path::Path, retention: &str) -> String {
+    format!(
+        "{}\n[limits]\nmax_parallel_builds = 1\n\n\
+         [[flavor]]\nname = \"quick\"\nsource_ami = {AL2023}\n\n\
+         [[flavor]]\nname = \"gated\"\nsource_ami = {AL2023}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"echo waiting for the gate\", \"while [ ! -e {} ]; do sleep 0.2; done\"] }}]\n\n\
+         [regions]\nus-west-2 = [\"us-east-1\"]\n{retention}",
+        fleet_header(moto, sshd),
+        gate.display()
+    )
+}
+
+/// Starts `fleetbake matrix` and reads its stderr until a line contains `until`.
+fn start_until(fleet_path: &std::path::Path, until: &str) -> (KillOnDrop, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetbake"))
+        .args(["matrix", fleet_path.to_str().unwrap()])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let child = KillOnDrop(child);
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "fleetbake ended early:\n{seen}");
+        seen.push_str(&line);
+        if line.contains(until) {
+            return (child, seen);
+        }
+    }
+}
+
+fn image_ids(manifest: &Value, flavor: &str) -> Vec<String> {
+    REGIONS
+        .iter()
+        .map(|region| manifest["artifacts"][flavor][region]["image_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let gate = workspace.path("gate");
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, ""));
+
+    // `quick` is built and copied; `gated` is provisioning when the process is killed outright.
+    let (mut child, seen) = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let killed = read_manifest(&workspace);
+    let run_id = killed["run_id"].as_str().unwrap().to_string();
+    assert_eq!(killed["status"], "partial", "{seen}");
+    let quick_images = image_ids(&killed, "quick");
+
+    // The journal recorded it all, flushed; a torn last line (as if the kill came mid-write) is recovered.
+    let journal = workspace.path(&format!(".fleetbake/fleet/{run_id}.jsonl"));
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert!(text.starts_with("{\"format\":\"fleetbake-journal\",\"version\":1,"), "{text}");
+    assert!(text.contains("\"record\":\"created\"") && text.contains("\"record\":\"image_available\""), "{text}");
+    std::fs::write(&journal, format!("{text}{{\"record\":\"image_avail")).unwrap();
+
+    // The killed build's instance, group and key pair are still there; a dry run of gc names them and
+    // removes nothing.
+    let west = runtime().block_on(async { moto.client("us-west-2") });
+    let running = |state: &str| state == "running" || state == "pending" || state == "stopped";
+    let left = runtime().block_on(async { instances(&west).await });
+    assert_eq!(left.iter().filter(|(_, state)| running(state)).count(), 1, "{left:?}");
+    let dry = fleetbake(&["gc", fleet_path.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}{}", dry.stdout, dry.stderr);
+    for kind in ["would remove instance i-", "would remove security group sg-", "would remove key pair fleetbake-"] {
+        assert!(dry.stdout.contains(kind), "{kind}: {}", dry.stdout);
+    }
+    assert!(dry.stdout.contains(&format!("(run {run_id})")), "{}", dry.stdout);
+    let still = runtime().block_on(async { instances(&west).await });
+    assert_eq!(still.iter().filter(|(_, state)| running(state)).count(), 1, "a dry run removes nothing");
+
+    // Resume: the same run, `quick` reused as it was, `gated` built and copied once.
+    std::fs::write(&gate, "").unwrap();
+    let resumed = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
+    assert_eq!(resumed.code, 0, "stderr:\n{}", resumed.stderr);
+    assert!(resumed.stderr.contains(&format!("resuming run {run_id} (attempt 2)")), "{}", resumed.stderr);
+    assert!(resumed.stderr.contains("dropped a torn last record"), "{}", resumed.stderr);
+    assert!(resumed.stderr.contains("removed instance i-"), "the killed attempt's instance: {}", resumed.stderr);
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "complete");
+    assert_eq!(manifest["run_id"], run_id.as_str());
+    assert_eq!(manifest["started_at"], killed["started_at"]);
+    assert_eq!(image_ids(&manifest, "quick"), quick_images, "reused, not rebuilt");
+    let gated_images = image_ids(&manifest, "gated");
+    runtime().block_on(async {
+        for (index, region) in REGIONS.iter().enumerate() {
+            let images = images_of_run(&moto.client(region), &run_id).await;
+            let mut flavors: Vec<&str> = images.iter().map(|image| image.tags["fleetbake:flavor"].as_str()).collect();
+            flavors.sort();
+            assert_eq!(flavors, ["gated", "quick"], "one image per flavor in {region}: {images:?}");
+            assert!(images.iter().any(|image| image.id == gated_images[index]));
+        }
+    });
+
+    // Nothing of the run is in progress now: gc finds nothing temporary left anywhere.
+    let gc = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
+    assert!(gc.stdout.contains("removed 0 temporary resources"), "{}", gc.stdout);
+    runtime().block_on(async {
+        for region in REGIONS {
+            assert_nothing_temporary_left(&moto.client(region), region).await;
+        }
+    });
+    // A finished run is not resumed again.
+    let again = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(again.stderr.contains("nothing to resume"), "{}", again.stderr);
+}
+
+#[test]
+fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manifests() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let gate = workspace.path("gate");
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, "\n[retention]\nkeep = 1\n"));
+
+    // A run killed mid-build leaves its instance, security group and key pair; gc removes them.
+    let (mut child, _) = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let swept = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    assert_eq!(swept.code, 0, "{}{}", swept.stdout, swept.stderr);
+    for kind in ["removed instance i-", "removed security group sg-", "removed key pair fleetbake-"] {
+        assert!(swept.stdout.contains(kind), "{kind}: {}", swept.stdout);
+    }
+    assert!(swept.stdout.contains("removed 3 temporary resources"), "{}", swept.stdout);
+    runtime().block_on(async {
+        for region in REGIONS {
+            assert_nothing_temporary_left(&moto.client(region), region).await;
+        }
+    });
+
+    std::fs::write(&gate, "").unwrap();
+    let run = || {
+        // Run ids are per second.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+        assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+        std::fs::read_to_string(workspace.path("out/manifest.json")).unwrap()
+    };
+    let older = run();
+    let newer = run();
+    let older_manifest: Value = serde_json::from_str(&older).unwrap();
+    let older_run = older_manifest["run_id"].as_str().unwrap().to_string();
+
+    // The manifest names the older run's images: gc keeps them, and the newest per flavor and region too.
+    workspace.write("out/manifest.json", &older);
+    // Only the killed run's two `quick` images are beyond them.
+    let kept = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    assert_eq!(kept.code, 0, "{}{}", kept.stdout, kept.stderr);
+    assert!(kept.stdout.contains("deregistered 2 images"), "{}", kept.stdout);
+
+    // With the newer manifest back, the older run's four images go, with their snapshots.
+    workspace.write("out/manifest.json", &newer);
+    let dry = fleetbake(&["gc", fleet_path.to_str().unwrap(), "--dry-run"]);
+    assert!(dry.stdout.contains("and deregister 4 images"), "{}", dry.stdout);
+    let older_snapshots: Vec<String> = runtime().block_on(async {
+        let mut snapshots = Vec::new();
+        for region in REGIONS {
+            let images = images_of_run(&moto.client(region), &older_run).await;
+            assert_eq!(images.len(), 2, "a dry run deregisters nothing");
+            snapshots.extend(images.into_iter().flat_map(|image| image.snapshot_ids));
+        }
+        snapshots
+    });
+    let gc = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
+    assert!(gc.stdout.contains("deregistered 4 images"), "{}", gc.stdout);
+    assert!(gc.stdout.contains("keeps its newest 1"), "{}", gc.stdout);
+    runtime().block_on(async {
+        for region in REGIONS {
+            let client = moto.client(region);
+            assert!(images_of_run(&client, &older_run).await.is_empty(), "{region}");
+            let newer_manifest: Value = serde_json::from_str(&newer).unwrap();
+            let newer_run = newer_manifest["run_id"].as_str().unwrap();
+            assert_eq!(images_of_run(&client, newer_run).await.len(), 2, "{region}");
+        }
+        let west = moto.client("us-west-2");
+        let east = moto.client("us-east-1");
+        for snapshot in &older_snapshots {
+            let west_has = west.describe_snapshots().snapshot_ids(snapshot).send().await.is_ok();
+            let east_has = east.describe_snapshots().snapshot_ids(snapshot).send().await.is_ok();
+            assert!(!west_has && !east_has, "snapshot {snapshot} deleted");
+        }
+    });
+}
