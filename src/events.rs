@@ -183,6 +183,8 @@ pub enum RunEvent {
         finished_at: DateTime<Utc>,
         succeeded: usize,
         failed: usize,
+        /// Images left being made in AWS by an interrupt.
+        in_progress: usize,
     },
 }
 

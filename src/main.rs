@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use fleetbake::cloud::aws::AwsCloud;
 use fleetbake::cloud::Cloud;
 use fleetbake::config;
+use fleetbake::journal::JournalError;
 use fleetbake::limiter::{RetryPolicy, RunLimits};
 use fleetbake::plan::{Plan, RunId};
 use fleetbake::run::{self, MatrixOptions, RunOutcome, Strategy};
@@ -50,7 +51,7 @@ enum Command {
         summary_json: Option<PathBuf>,
         /// Finish the newest interrupted or killed run of this fleet (from its journal in `.fleetbake/`)
         /// instead of starting a new one: what it made is reused, copies in flight are waited for
-        #[arg(long, conflicts_with = "fail_fast")]
+        #[arg(long)]
         resume: bool,
     },
     /// Remove what fleetbake runs left: temporary instances, security groups and key pairs of runs not in
@@ -216,7 +217,8 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
                 None => ExitCode::SUCCESS,
             }
         }
-        Err(error @ run::RunError::Journal(_)) => {
+        // A journal that cannot be used as it is, is bad input; one that cannot be read or written is not.
+        Err(ref error @ run::RunError::Journal(ref journal)) if !matches!(journal, JournalError::Io { .. }) => {
             eprintln!("error: {error}");
             ExitCode::from(EXIT_BAD_INPUT)
         }

@@ -527,6 +527,7 @@ impl Scheduler {
             finished_at: self.run.clock.now(),
             succeeded: state.succeeded,
             failed: state.failed,
+            in_progress: state.in_progress,
         });
         let left_behind = if abandoned {
             self.run.journal.outstanding().iter().map(ToString::to_string).collect()

@@ -39,6 +39,10 @@ pub struct RunStatistics {
 pub struct JobCounts {
     pub succeeded: usize,
     pub failed: usize,
+    /// Left being made in AWS by an interrupt.
+    pub in_progress: usize,
+    /// Of the succeeded, made by an earlier attempt (`--resume`).
+    pub reused: usize,
 }
 
 impl RunStatistics {
@@ -78,7 +82,12 @@ impl RunStatistics {
             api_calls_by_class,
             throttled_responses: api.throttled_responses(),
             retries: api.retries(),
-            jobs: JobCounts { succeeded: summary.succeeded, failed: summary.failed },
+            jobs: JobCounts {
+                succeeded: summary.succeeded,
+                failed: summary.failed,
+                in_progress: summary.in_progress,
+                reused: summary.reused,
+            },
             leaked_resources: sim.as_ref().map(|report| report.leaked_resources.clone()),
             sim,
         }

@@ -48,13 +48,17 @@ impl<W: Write + Send> TerminalReporter<W> {
             RunEvent::Interrupted { signal } => {
                 format!("==> {signal}: starting nothing new, cleaning up (send it again to exit at once)")
             }
-            RunEvent::RunFinished { status, succeeded, failed, .. } => {
+            RunEvent::RunFinished { status, succeeded, failed, in_progress, .. } => {
                 let status = match status {
                     RunStatus::Complete => "complete",
                     RunStatus::Partial => "partial",
                     RunStatus::Failed => "failed",
                 };
-                format!("==> run {status}: {succeeded} jobs succeeded, {failed} failed")
+                let left = match in_progress {
+                    0 => String::new(),
+                    images => format!(", {images} images still being made (`--resume` finishes the run)"),
+                };
+                format!("==> run {status}: {succeeded} jobs succeeded, {failed} failed{left}")
             }
         })
     }

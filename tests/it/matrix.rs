@@ -254,7 +254,7 @@ fn a_source_filter_that_matches_nothing_fails_before_creating_anything() {
 }
 
 #[test]
-fn sigint_during_provisioning_cleans_up_and_keeps_finished_images() {
+fn sigint_during_provisioning_cleans_up_keeps_finished_images_and_resumes() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
@@ -267,13 +267,15 @@ fn sigint_during_provisioning_cleans_up_and_keeps_finished_images() {
         .replace("source_cidrs = [\"127.0.0.1/32\"]", &format!("ip_detect_url = \"{detect_url}\""));
     let tmp = workspace.path("tmp");
     std::fs::create_dir(&tmp).unwrap();
+    let gate = workspace.path("gate");
     let fleet = format!(
         "{}\n[limits]\nmax_parallel_builds = 1\n\n\
          [[flavor]]\nname = \"quick\"\nsource_ami = {AL2023}\n\n\
          [[flavor]]\nname = \"slow\"\nsource_ami = {AL2023}\n\
-         provisioners = [{{ type = \"shell\", inline = [\"echo sleeping now\", \"sleep 120\"] }}]\n\n\
+         provisioners = [{{ type = \"shell\", inline = [\"echo sleeping now\", \"while [ ! -e {} ]; do sleep 0.2; done\"] }}]\n\n\
          [regions]\nus-west-2 = []\n",
         header,
+        gate.display(),
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let mut child = Command::new(env!("CARGO_BIN_EXE_fleetbake"))
@@ -339,6 +341,20 @@ fn sigint_during_provisioning_cleans_up_and_keeps_finished_images() {
         assert_nothing_temporary_left(&west, "us-west-2").await;
         let run_id = manifest["run_id"].as_str().unwrap();
         assert_eq!(images_of_run(&west, run_id).await.len(), 1, "only the finished image exists");
+    });
+
+    // The interrupted run is finished by `--resume`: `quick` as it was, `slow` built now.
+    std::fs::write(&gate, "").unwrap();
+    let resumed = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
+    assert_eq!(resumed.code, 0, "stderr:\n{}", resumed.stderr);
+    let finished = read_manifest(&workspace);
+    assert_eq!(finished["status"], "complete");
+    assert_eq!(finished["run_id"], manifest["run_id"]);
+    assert_eq!(finished["artifacts"]["quick"], manifest["artifacts"]["quick"]);
+    runtime().block_on(async {
+        let west = moto.client("us-west-2");
+        assert_nothing_temporary_left(&west, "us-west-2").await;
+        assert_eq!(images_of_run(&west, manifest["run_id"].as_str().unwrap()).await.len(), 2);
     });
 }
 
