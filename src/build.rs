@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::adopt;
 use crate::cleanup::{CleanupStack, UndoStep};
 use crate::cloud::{
     client_token, CloudError, ImageId, ImageState, KeyPairName, LaunchSpec, RegionCloud, SecurityGroupId,
@@ -183,8 +184,7 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
 
     let resource_name = format!("fleetbake-{}-{}", run.run_id, context.flavor.name);
     let key_name = KeyPairName(resource_name.clone());
-    let private_key = cloud
-        .create_key_pair(&key_name, &context.temporary_tags())
+    let private_key = adopt::key_pair(cloud, &key_name, &context.temporary_tags())
         .await
         .map_err(|error| StepError::cloud(Stage::KeyPair, error))?;
     stack.push(UndoStep::DeleteKeyPair(key_name.clone()));
@@ -276,8 +276,8 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
         .await?;
 
     let image_tags = run.image_tags(&context.flavor, &source);
-    let image = cloud
-        .create_image(&instance, &context.job.image_name, run.fleet.ami_description.as_deref(), &image_tags)
+    let description = run.fleet.ami_description.as_deref();
+    let image = adopt::create_image(cloud, &instance, &context.job.image_name, description, &image_tags, &run.run_id)
         .await
         .map_err(|error| StepError::cloud(Stage::CreateImage, error))?;
     context.run.journal.record(Record::ImageRequested { job: context.job.key(), image_id: image.clone() });
@@ -378,19 +378,13 @@ async fn create_security_group(
         }
         None => None,
     };
-    let group = cloud
-        .create_security_group(
-            name,
-            "fleetbake temporary build group: SSH from the builder only",
-            vpc.as_ref(),
-            &context.temporary_tags(),
-        )
+    let description = "fleetbake temporary build group: SSH from the builder only";
+    let group = adopt::security_group(cloud, name, description, vpc.as_ref(), &context.temporary_tags())
         .await
         .map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?;
     stack.push(UndoStep::DeleteSecurityGroup(group.clone()));
     context.created(ResourceKind::SecurityGroup, &group);
-    cloud
-        .authorize_ingress(&group, INSTANCE_SSH_PORT, &context.run.ssh_cidrs)
+    adopt::ingress(cloud, &group, INSTANCE_SSH_PORT, &context.run.ssh_cidrs)
         .await
         .map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?;
     let cidrs: Vec<String> = context.run.ssh_cidrs.iter().map(ToString::to_string).collect();

@@ -114,8 +114,9 @@ async fn start(context: &CopyContext, label: &JobLabel) -> Result<ImageId, Failu
     if context.cancel.is_cancelled() {
         return Err(Failure::new(label, Stage::Interrupted, "not started: the run was interrupted"));
     }
-    let image =
-        context.cloud.copy_image(&spec).await.map_err(|error| Failure::from_cloud(label, Stage::Copy, &error))?;
+    let image = crate::adopt::copy_image(&*context.cloud, &spec, &run.run_id)
+        .await
+        .map_err(|error| Failure::from_cloud(label, Stage::Copy, &error))?;
     run.journal.record(Record::ImageRequested { job: context.job.key(), image_id: image.clone() });
     context.events.progress(
         label,

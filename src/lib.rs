@@ -7,6 +7,7 @@
 #[macro_use]
 mod newtype;
 
+pub mod adopt;
 pub mod bound;
 pub mod build;
 pub mod cleanup;

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::adopt;
 use crate::build::PendingImage;
 use crate::cloud::{Cloud, CloudError, ImageId, ImageQuery, ImageState, OwnedImage};
 use crate::config::{Fleet, Region};
@@ -96,7 +97,8 @@ pub async fn reconcile(
         let images = region_cloud.find_owned_images(&ImageQuery::Named(names)).await?;
         for landing in here {
             let key = plan.key(landing.job);
-            let Some(image) = images.iter().find(|image| image.name == landing.name && is_of_run(image, plan)) else {
+            let ours = |image: &&OwnedImage| image.name == landing.name && adopt::is_of_run(image, &plan.run_id);
+            let Some(image) = images.iter().find(ours) else {
                 continue;
             };
             match &image.state {
@@ -121,12 +123,6 @@ pub async fn reconcile(
         }
     }
     Ok(priors)
-}
-
-/// Not another run's image of the same name (a template without `{run_id}` names images per day, say). An
-/// image without the tag is a copy whose run was killed before tagging it: the name says it is this run's.
-fn is_of_run(image: &OwnedImage, plan: &Plan) -> bool {
-    image.tags.get("fleetbake:run-id").is_none_or(|run_id| run_id == plan.run_id.as_str())
 }
 
 /// The image a job was made from: the image's own tag, else what the journal recorded for its build.

@@ -244,6 +244,9 @@ pub struct SimFault {
     /// The AWS error code answered, e.g. `InternalError`, `RequestLimitExceeded`, `UnauthorizedOperation`.
     pub error: String,
     pub when: FaultTrigger,
+    /// The call takes effect and then its answer is lost: the client sees `error` (a retry must not make the
+    /// thing twice).
+    pub answer_lost: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -188,4 +188,5 @@ pub struct FaultSection {
     pub region: Option<String>,
     pub nth: Option<u64>,
     pub probability: Option<f64>,
+    pub answer_lost: Option<bool>,
 }

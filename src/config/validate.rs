@@ -717,7 +717,8 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
                 continue;
             }
         };
-        sim.faults.push(SimFault { action, region, error: fault.error, when });
+        let answer_lost = fault.answer_lost.unwrap_or(false);
+        sim.faults.push(SimFault { action, region, error: fault.error, when, answer_lost });
     }
     sim
 }

@@ -22,7 +22,7 @@ use crate::cloud::{
     ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, LaunchSpec, OwnedImage, PrivateKey,
     RegionCloud, SecurityGroupId, SnapshotId, Tagged, VpcId,
 };
-use crate::config::{ApiRates, FaultTrigger, ImageFilter, Region, SimSettings, Tags};
+use crate::config::{ApiRates, FaultTrigger, ImageFilter, Region, SimFault, SimSettings, Tags};
 
 /// The whole simulated account.
 pub struct Model {
@@ -101,8 +101,8 @@ impl Model {
         format!("{prefix}-0{:016x}", fnv1a(&n.to_string()) >> 4)
     }
 
-    /// The error code a configured fault answers this call with, if one does.
-    fn fault(&self, action: Action, region: &Region) -> Option<String> {
+    /// The configured fault that answers this call, if one does.
+    fn fault(&self, action: Action, region: &Region) -> Option<&SimFault> {
         let mut matches = self.fault_matches.lock().expect("not poisoned");
         for (index, fault) in self.settings.faults.iter().enumerate() {
             if fault.action.is_some_and(|hit| hit != action) || fault.region.as_ref().is_some_and(|r| r != region) {
@@ -115,7 +115,7 @@ impl Model {
             };
             if fires {
                 self.faults_injected.fetch_add(1, Ordering::Relaxed);
-                return Some(fault.error.clone());
+                return Some(fault);
             }
         }
         None
@@ -232,20 +232,30 @@ pub struct SimRegion {
 }
 
 impl SimRegion {
-    /// Every call: a configured fault, else EC2's bucket for the class, else the change; then the latency.
+    /// Every call: a configured fault, else EC2's bucket for the class, else the change (and, for a fault whose
+    /// answer is lost, the fault's error after it); then the latency.
     async fn call<T>(
         &self,
         action: Action,
         apply: impl FnOnce(&mut RegionState, Instant) -> Result<T, Refusal>,
     ) -> CloudResult<T> {
-        let answer = if let Some(code) = self.model.fault(action, &self.region) {
-            refuse(&code, format!("{code} (injected by the `[sim] faults` of the fleet file)"))
-        } else if self.state.buckets.of(action.class()).try_take().is_err() {
-            self.model.throttled.fetch_add(1, Ordering::Relaxed);
-            refuse("RequestLimitExceeded", "Request limit exceeded.")
-        } else {
-            let mut state = self.state.state.lock().expect("not poisoned");
-            apply(&mut state, Instant::now())
+        let fault = self.model.fault(action, &self.region);
+        let injected =
+            |code: &str, what: &str| refuse(code, format!("{code} ({what} by the `[sim] faults` of the fleet file)"));
+        let answer = match fault {
+            Some(fault) if !fault.answer_lost => injected(&fault.error, "injected"),
+            _ if self.state.buckets.of(action.class()).try_take().is_err() => {
+                self.model.throttled.fetch_add(1, Ordering::Relaxed);
+                refuse("RequestLimitExceeded", "Request limit exceeded.")
+            }
+            _ => {
+                let mut state = self.state.state.lock().expect("not poisoned");
+                let answer = apply(&mut state, Instant::now());
+                match fault {
+                    Some(fault) => injected(&fault.error, "the call took effect; its answer was lost"),
+                    None => answer,
+                }
+            }
         };
         tokio::time::sleep(self.model.jittered(self.model.settings.api_latency)).await;
         answer.map_err(|refusal| CloudError {
@@ -339,6 +349,12 @@ impl RegionCloud for SimRegion {
         self.call(Action::AuthorizeSecurityGroupIngress, |state, _| {
             if !state.security_groups.contains_key(group) {
                 return refuse("InvalidGroup.NotFound", format!("The security group '{group}' does not exist"));
+            }
+            if let Some((_, cidr)) = state.ingress_log.iter().find(|(id, cidr)| id == group && cidrs.contains(cidr)) {
+                return refuse(
+                    "InvalidPermission.Duplicate",
+                    format!("the specified rule \"peer: {cidr}, TCP, ALLOW\" already exists"),
+                );
             }
             state.ingress_log.extend(cidrs.iter().map(|cidr| (group.clone(), *cidr)));
             Ok(())

@@ -262,6 +262,31 @@ fn a_fault_at_any_step_fails_only_its_own_job_leaves_nothing_and_the_manifest_is
     }
 }
 
+/// Every action of the build and copy sequence once more, but now the call takes effect and its answer is lost
+/// (the client sees a retryable `InternalError` and repeats it): client tokens and `*.Duplicate` answers mean
+/// nothing is made twice, nothing is left, and every job succeeds.
+#[test]
+fn a_lost_answer_at_any_step_makes_nothing_twice_and_leaves_nothing() {
+    let mut seen = std::collections::BTreeSet::new();
+    for fault in STEP_FAULTS.iter().filter(|fault| seen.insert((fault.action, fault.nth, fault.region))) {
+        let StepFault { action, nth, region, .. } = *fault;
+        let case = format!("{action} #{nth} in {region}, answer lost");
+        let workspace = Workspace::new();
+        let sim = format!(
+            "faults = [{{ action = \"{action}\", region = \"{region}\", error = \"InternalError\", nth = {nth}, answer_lost = true }}]"
+        );
+        let run = run_sim(&workspace, &fleet(&sim, "max_parallel_builds = 1"));
+        assert_eq!(run.outcome.code, 0, "{case}: stderr:\n{}", run.outcome.stderr);
+        assert_eq!(run.summary["sim"]["faults_injected"], 1, "{case}");
+        assert_eq!(run.summary["retries"], 1, "{case}");
+        assert_eq!(run.manifest["status"], "complete", "{case}");
+        assert_manifest_is_true(&run, &case);
+        let images = run.summary["sim"]["images"].as_array().unwrap();
+        assert_eq!(images.len(), 10, "{case}: one image per flavor and region, no more: {images:?}");
+        assert_nothing_left(&run);
+    }
+}
+
 /// Every image the manifest names exists, available, under that name in that region; no name is held twice.
 fn assert_manifest_is_true(run: &SimRun, case: &str) {
     let images = run.summary["sim"]["images"].as_array().unwrap();
