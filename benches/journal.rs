@@ -1,0 +1,93 @@
+//! What the run journal costs: appending a record (written and flushed to disk with `sync_data` before the run
+//! goes on) and replaying a whole run's journal for `--resume`. Prints figures; asserts nothing.
+//!
+//! `cargo bench --bench journal` (the append figure is the disk's flush latency: run it where runs run)
+
+use std::path::Path;
+use std::time::Instant;
+
+use chrono::Utc;
+use fleetbake::cloud::{ImageId, SnapshotId};
+use fleetbake::config;
+use fleetbake::events::Artifact;
+use fleetbake::journal::{Journal, JournalDir, Record, Replay, Resource, ResourceKind};
+use fleetbake::plan::{Plan, RunId};
+
+mod common;
+use common::{peak_rss_mib, reset_peak_rss, synthetic_fleet};
+
+fn main() {
+    println!(
+        "{:<28} {:>7} {:>9} {:>14} {:>12} {:>11} {:>10}",
+        "fleet", "jobs", "records", "append/record", "replay", "file", "peak RSS"
+    );
+    for (flavors, build_regions, targets) in [(2, 2, 2), (20, 4, 3), (100, 10, 9)] {
+        reset_peak_rss();
+        let text = synthetic_fleet(flavors, build_regions, targets);
+        let fleet = config::parse(Path::new("/bench/fleet.toml"), &text).expect("the synthetic fleet is valid");
+        let plan = Plan::new(&fleet, RunId::generate(Utc::now()), Utc::now());
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let dir = JournalDir { path: directory.path().to_path_buf() };
+
+        // What a whole run records: per build three resources created and removed, its image requested and
+        // available; per copy its image requested and available; then the end.
+        let journal = Journal::create(&dir, &plan).expect("the journal opens");
+        let started = Instant::now();
+        let mut records = 0usize;
+        let mut record = |record: Record| {
+            journal.record(record);
+            records += 1;
+        };
+        for build in &plan.builds {
+            let key = build.key();
+            let resources = [ResourceKind::KeyPair, ResourceKind::SecurityGroup, ResourceKind::Instance]
+                .map(|kind| Resource { region: build.region.clone(), kind, id: format!("{kind:?}-{}", build.index) });
+            for resource in &resources {
+                record(Record::Created { job: key.clone(), resource: resource.clone() });
+            }
+            let image = ImageId::new(format!("ami-{:017x}", build.index));
+            record(Record::ImageRequested { job: key.clone(), image_id: image.clone() });
+            record(Record::ImageAvailable { job: key.clone(), artifact: artifact(&image, build.region.as_str()) });
+            for resource in resources {
+                record(Record::Removed { resource });
+            }
+        }
+        for copy in &plan.copies {
+            let image = ImageId::new(format!("ami-c{:016x}", copy.index));
+            record(Record::ImageRequested { job: copy.key(), image_id: image.clone() });
+            let artifact = artifact(&image, copy.source_region.as_str());
+            record(Record::ImageAvailable { job: copy.key(), artifact });
+        }
+        record(Record::Finished { status: fleetbake::events::RunStatus::Complete, interrupted: false });
+        let per_record = started.elapsed() / records as u32;
+        drop(journal);
+
+        let path = dir.journal_path(&plan.run_id);
+        let started = Instant::now();
+        let replay = Replay::read(&path).expect("the journal replays");
+        let replay_time = started.elapsed();
+        assert_eq!(replay.available.len(), plan.job_count());
+        let size = std::fs::metadata(&path).map(|meta| meta.len()).unwrap_or(0);
+        println!(
+            "{:<28} {:>7} {:>9} {:>11.1} µs {:>9.2} ms {:>8.1} KiB {:>7.1}MiB",
+            format!("{flavors} × {build_regions} × {targets}"),
+            plan.job_count(),
+            records,
+            per_record.as_secs_f64() * 1e6,
+            replay_time.as_secs_f64() * 1e3,
+            size as f64 / 1024.0,
+            peak_rss_mib(),
+        );
+    }
+}
+
+fn artifact(image: &ImageId, region: &str) -> Artifact {
+    Artifact {
+        image_id: image.clone(),
+        name: format!("bench-{image}"),
+        build_region: config::Region::new(region),
+        source_image_id: ImageId::new("ami-0123456789abcdef0"),
+        snapshot_ids: vec![SnapshotId::new(format!("snap-{image}"))],
+        created_at: "2026-11-26T12:00:00Z".into(),
+    }
+}
