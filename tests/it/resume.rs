@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::cloud_state::*;
 use crate::harness::*;
-use crate::matrix::{fleet_header, read_manifest, AL2023};
+use crate::matrix::{fleet_header, fleet_header_at, read_manifest, AL2023};
 
 const REGIONS: [&str; 2] = ["us-west-2", "us-east-1"];
 
@@ -26,8 +26,15 @@ fn gated_fleet(moto: &Moto, sshd: &Sshd, gate: &std::path::Path, retention: &str
     )
 }
 
+/// A running `fleetbake matrix`, its stderr, and what it has printed so far.
+struct Started {
+    child: KillOnDrop,
+    stderr: BufReader<std::process::ChildStderr>,
+    seen: String,
+}
+
 /// Starts `fleetbake matrix` and reads its stderr until a line contains `until`.
-fn start_until(fleet_path: &std::path::Path, until: &str) -> (KillOnDrop, String) {
+fn start_until(fleet_path: &std::path::Path, until: &str) -> Started {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fleetbake"))
         .args(["matrix", fleet_path.to_str().unwrap()])
         .env("AWS_ACCESS_KEY_ID", "testing")
@@ -45,7 +52,7 @@ fn start_until(fleet_path: &std::path::Path, until: &str) -> (KillOnDrop, String
         assert!(stderr.read_line(&mut line).unwrap() > 0, "fleetbake ended early:\n{seen}");
         seen.push_str(&line);
         if line.contains(until) {
-            return (child, seen);
+            return Started { child, stderr, seen };
         }
     }
 }
@@ -66,7 +73,7 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, ""));
 
     // `quick` is built and copied; `gated` is provisioning when the process is killed outright.
-    let (mut child, seen) = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+    let Started { mut child, seen, .. } = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     let killed = read_manifest(&workspace);
@@ -143,7 +150,7 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, "\n[retention]\nkeep = 1\n"));
 
     // A run killed mid-build leaves its instance, security group and key pair; gc removes them.
-    let (mut child, _) = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+    let Started { mut child, .. } = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     let swept = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
@@ -211,4 +218,61 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
             assert!(!west_has && !east_has, "snapshot {snapshot} deleted");
         }
     });
+}
+
+#[test]
+fn a_second_sigint_exits_at_once_naming_what_may_be_left_and_gc_removes_it() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    // moto terminates instances at once; the proxy shows them shutting down for ever, so the first SIGINT's
+    // cleanup is still waiting when the second comes.
+    let proxy = FaultProxy::start(&moto.endpoint, |request| {
+        let by_id = request.body.contains("Filter.1.Name=instance-id");
+        match request.action {
+            "DescribeInstances" if by_id => {
+                Answer::Rewrite(|body| body.replace("<name>terminated</name>", "<name>shutting-down</name>"))
+            }
+            _ => Answer::Forward,
+        }
+    });
+    let workspace = Workspace::new();
+    let gate = workspace.path("gate");
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"gated\"\nsource_ami = {AL2023}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"echo waiting for the gate\", \"while [ ! -e {} ]; do sleep 0.2; done\"] }}]\n\n\
+         [regions]\nus-west-2 = []\n",
+        fleet_header_at(&proxy.endpoint, &sshd),
+        gate.display()
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let Started { mut child, mut stderr, mut seen } = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+    let pid = child.0.id().to_string();
+    let interrupt = || assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    interrupt();
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "fleetbake ended after one SIGINT:\n{seen}");
+        seen.push_str(&line);
+        if line.contains("cleaning up instance") {
+            break;
+        }
+    }
+    // Cleanup is waiting for the instance to terminate.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    interrupt();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let exit = child.0.wait().unwrap();
+    assert_eq!(exit.code(), Some(130), "stderr:\n{seen}{rest}");
+    assert!(rest.contains("exited without waiting for cleanup; these may be left in the account:"), "{rest}");
+    for kind in ["instance i-", "security group sg-", "key pair fleetbake-"] {
+        assert!(rest.contains(&format!("  {kind}")), "{kind}: {rest}");
+    }
+    assert!(rest.contains(&format!("fleetbake gc {}", fleet_path.display())), "{rest}");
+    let left = runtime().block_on(async { security_group_names(&moto.client("us-west-2")).await });
+    assert!(left.iter().any(|name| name.starts_with("fleetbake-")), "the group was left: {left:?}");
+
+    let gc = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
+    runtime().block_on(async { assert_nothing_temporary_left(&moto.client("us-west-2"), "us-west-2").await });
 }
