@@ -91,8 +91,9 @@ impl RunsInProgress {
         Ok(RunsInProgress(runs))
     }
 
+    /// A resource or image without a run id fleetbake can read is left alone, as if its run were in progress.
     fn in_progress(&self, run_id: Option<&RunId>) -> bool {
-        run_id.is_some_and(|run_id| self.0.get(run_id).copied().unwrap_or(true))
+        run_id.is_none_or(|run_id| self.0.get(run_id).copied().unwrap_or(true))
     }
 }
 

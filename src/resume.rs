@@ -94,7 +94,32 @@ pub async fn reconcile(
             continue;
         }
         let names: Vec<String> = here.iter().map(|landing| landing.name.to_string()).collect();
-        let images = region_cloud.find_owned_images(&ImageQuery::Named(names)).await?;
+        let mut images = region_cloud.find_owned_images(&ImageQuery::Named(names)).await?;
+        // What the journal recorded and the name lookup missed (EC2's describes lag a new image for a while):
+        // described by id, and taken as the image of its name.
+        let missed: Vec<ImageId> = here
+            .iter()
+            .filter_map(|landing| replay.requested.get(&plan.key(landing.job)))
+            .filter(|id| !images.iter().any(|image| &image.id == *id))
+            .cloned()
+            .collect();
+        if !missed.is_empty() {
+            for status in region_cloud.describe_images(&missed).await? {
+                let Some(landing) =
+                    here.iter().find(|landing| replay.requested.get(&plan.key(landing.job)) == Some(&status.id))
+                else {
+                    continue;
+                };
+                images.push(OwnedImage {
+                    id: status.id,
+                    name: landing.name.to_string(),
+                    state: status.state,
+                    creation_date: String::new(),
+                    snapshot_ids: status.snapshot_ids,
+                    tags: Default::default(),
+                });
+            }
+        }
         for landing in here {
             let key = plan.key(landing.job);
             let ours = |image: &&OwnedImage| image.name == landing.name && adopt::is_of_run(image, &plan.run_id);
@@ -142,12 +167,16 @@ fn source_of(image: &OwnedImage, landing: &Landing, replay: &Replay, plan: &Plan
 }
 
 fn artifact_of(image: &OwnedImage, landing: &Landing, replay: &Replay, plan: &Plan) -> Artifact {
+    let created_at = match image.creation_date.as_str() {
+        "" => chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        date => date.to_string(),
+    };
     Artifact {
         image_id: image.id.clone(),
         name: image.name.clone(),
         build_region: landing.build_region.clone(),
         source_image_id: source_of(image, landing, replay, plan),
         snapshot_ids: image.snapshot_ids.clone(),
-        created_at: image.creation_date.clone(),
+        created_at,
     }
 }

@@ -225,6 +225,7 @@ impl Scheduler {
             Stage::Reused,
             format!("{} is available from an earlier attempt", artifact.image_id),
         );
+        self.run.journal.record(Record::ImageAvailable { job: self.plan.key(job), artifact: artifact.clone() });
         self.events.send(RunEvent::ImageAvailable { job: label, artifact: artifact.clone() });
         state.reused += 1;
         self.handle(LoopEvent::ImageAvailable { job, artifact: artifact.clone() }, state, queue);
