@@ -1,7 +1,7 @@
 //! The artifact manifest deploy tooling reads: its model, and the reporter that rewrites it atomically
 //! (temp file + rename) each time an image becomes available or a job fails.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,11 +61,14 @@ pub struct ManifestWriter {
     last_write: Option<Instant>,
     /// Changed since the last write.
     dirty: bool,
+    /// Images a resumed run's manifest already listed that this attempt has not announced again: dropped at
+    /// the end if it never does (the image is gone, or its job failed this time).
+    carried: BTreeSet<(FlavorName, Region)>,
 }
 
 impl ManifestWriter {
     pub fn new(path: PathBuf, min_interval: Duration) -> Self {
-        ManifestWriter { path, manifest: None, min_interval, last_write: None, dirty: false }
+        ManifestWriter { path, manifest: None, min_interval, last_write: None, dirty: false, carried: BTreeSet::new() }
     }
 
     fn changed(&mut self) -> Result<(), ReportError> {
@@ -89,6 +92,17 @@ impl Reporter for ManifestWriter {
     fn report(&mut self, event: &RunEvent) -> Result<(), ReportError> {
         match event {
             RunEvent::RunStarted { fleet, run_id, started_at, .. } => {
+                // A resumed run starts from the images its manifest already lists, so they never drop out of
+                // the file while the run re-announces them.
+                let artifacts = Manifest::read(&self.path)
+                    .ok()
+                    .filter(|earlier| earlier.run_id == run_id.as_str())
+                    .map(|earlier| earlier.artifacts)
+                    .unwrap_or_default();
+                self.carried = artifacts
+                    .iter()
+                    .flat_map(|(flavor, regions)| regions.keys().map(move |region| (flavor.clone(), region.clone())))
+                    .collect();
                 self.manifest = Some(Manifest {
                     version: MANIFEST_VERSION,
                     fleet: fleet.clone(),
@@ -96,13 +110,14 @@ impl Reporter for ManifestWriter {
                     status: RunStatus::Partial,
                     started_at: started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
                     finished_at: None,
-                    artifacts: BTreeMap::new(),
+                    artifacts,
                     failures: Vec::new(),
                     in_progress: Vec::new(),
                 });
                 self.write()
             }
             RunEvent::ImageAvailable { job, artifact } => {
+                self.carried.remove(&(job.flavor.clone(), job.region.clone()));
                 if let Some(manifest) = &mut self.manifest {
                     manifest
                         .artifacts
@@ -127,6 +142,12 @@ impl Reporter for ManifestWriter {
             }
             RunEvent::RunFinished { status, finished_at, .. } => {
                 if let Some(manifest) = &mut self.manifest {
+                    for (flavor, region) in std::mem::take(&mut self.carried) {
+                        if let Some(regions) = manifest.artifacts.get_mut(&flavor) {
+                            regions.remove(&region);
+                        }
+                    }
+                    manifest.artifacts.retain(|_, regions| !regions.is_empty());
                     manifest.status = *status;
                     manifest.finished_at = Some(finished_at.to_rfc3339_opts(SecondsFormat::Secs, true));
                 }
@@ -146,5 +167,60 @@ impl Reporter for ManifestWriter {
 
     fn flush_due(&self) -> Option<Instant> {
         self.dirty.then(|| self.last_write.map_or_else(Instant::now, |last| last + self.min_interval))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::ImageId;
+    use crate::plan::RunId;
+
+    fn started(run_id: &RunId) -> RunEvent {
+        RunEvent::RunStarted {
+            fleet: "unit".into(),
+            run_id: run_id.clone(),
+            started_at: "2026-11-26T12:00:00Z".parse().unwrap(),
+            builds: 1,
+            copies: 0,
+        }
+    }
+
+    #[test]
+    fn a_resumed_run_keeps_the_images_its_manifest_lists_and_a_new_run_does_not() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("manifest.json");
+        let run = RunId::new("2026-11-26T12:00:00Z".parse().unwrap(), 1);
+        let artifact = Artifact {
+            image_id: ImageId::new("ami-1"),
+            name: "base".into(),
+            build_region: Region::new("us-west-2"),
+            source_image_id: ImageId::new("ami-0"),
+            snapshot_ids: Vec::new(),
+            created_at: "2026-11-26T12:10:00Z".into(),
+        };
+        let mut first = ManifestWriter::new(path.clone(), Duration::ZERO);
+        first.report(&started(&run)).unwrap();
+        let job = crate::events::JobLabel { flavor: FlavorName::new("base"), region: Region::new("us-west-2") };
+        first.report(&RunEvent::ImageAvailable { job, artifact: artifact.clone() }).unwrap();
+        first.flush(true).unwrap();
+
+        ManifestWriter::new(path.clone(), Duration::ZERO).report(&started(&run)).unwrap();
+        let resumed = Manifest::read(&path).unwrap();
+        assert_eq!(resumed.artifacts[&FlavorName::new("base")][&Region::new("us-west-2")], artifact);
+        assert_eq!(resumed.status, RunStatus::Partial);
+
+        // Never announced again by the resumed attempt: gone from the final manifest.
+        let mut again = ManifestWriter::new(path.clone(), Duration::ZERO);
+        again.report(&started(&run)).unwrap();
+        let finished_at = "2026-11-26T12:30:00Z".parse().unwrap();
+        let finished =
+            RunEvent::RunFinished { status: RunStatus::Failed, finished_at, succeeded: 0, failed: 1, in_progress: 0 };
+        again.report(&finished).unwrap();
+        assert!(Manifest::read(&path).unwrap().artifacts.is_empty());
+
+        let other = RunId::new("2026-11-26T13:00:00Z".parse().unwrap(), 2);
+        ManifestWriter::new(path.clone(), Duration::ZERO).report(&started(&other)).unwrap();
+        assert!(Manifest::read(&path).unwrap().artifacts.is_empty());
     }
 }
