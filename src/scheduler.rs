@@ -233,7 +233,7 @@ impl Scheduler {
     }
 
     /// Once every job has ended: removes whatever temporary resource of this run is still tagged in the
-    /// account (a cleanup step that failed, a call whose answer was lost). A second interrupt stops it.
+    /// account (a cleanup step that failed, a call whose answer was lost). Only a second interrupt stops it.
     async fn sweep(
         &self,
         state: &mut LoopState,
@@ -253,12 +253,19 @@ impl Scheduler {
                 Ok::<_, String>(leftovers::remove(&*cloud, &waits, &found, &self.run.journal).await)
             }
         });
-        let swept = tokio::select! {
-            biased;
-            Some(interrupt) = interrupts.recv() => {
-                return self.handle(LoopEvent::Interrupt(interrupt), state, queue);
+        // A first interrupt now changes nothing (there is nothing left to start); a second abandons the sweep.
+        let sweeping = futures::future::join_all(sweeps);
+        tokio::pin!(sweeping);
+        let swept = loop {
+            tokio::select! {
+                biased;
+                Some(interrupt) = interrupts.recv() => {
+                    if let ControlFlow::Abandon = self.handle(LoopEvent::Interrupt(interrupt), state, queue) {
+                        return ControlFlow::Abandon;
+                    }
+                }
+                swept = &mut sweeping => break swept,
             }
-            swept = futures::future::join_all(sweeps) => swept,
         };
         let label = JobLabel { flavor: crate::config::FlavorName::new("*"), region: crate::config::Region::new("*") };
         for outcome in swept {
