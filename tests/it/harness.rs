@@ -403,6 +403,60 @@ pub fn serve_text(body: &'static str) -> String {
     url
 }
 
+/// `fleetbake ARGS` running in the background (test credentials, `env` added), read line by line from its
+/// stderr: for signals and kills mid-run.
+pub struct Running {
+    pub child: KillOnDrop,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
+    /// Everything it has printed so far.
+    pub seen: String,
+}
+
+impl Running {
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fleetbake"))
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        Running { child: KillOnDrop(child), stderr, seen: String::new() }
+    }
+
+    /// Reads stderr until a line contains `needle`; fails the test if the process ends first.
+    pub fn read_until(&mut self, needle: &str) {
+        use std::io::BufRead;
+        loop {
+            let mut line = String::new();
+            let read = self.stderr.read_line(&mut line).unwrap();
+            assert!(read > 0, "fleetbake ended before printing `{needle}`:\n{}", self.seen);
+            self.seen.push_str(&line);
+            if line.contains(needle) {
+                return;
+            }
+        }
+    }
+
+    /// Sends a signal (`INT`, `TERM`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.0.id().to_string()]).status();
+        assert!(status.unwrap().success());
+    }
+
+    /// Waits for the process to end: its exit code and what it printed since the last read.
+    pub fn finish(mut self) -> (Option<i32>, String) {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.stderr, &mut rest).unwrap();
+        let code = self.child.0.wait().unwrap().code();
+        (code, rest)
+    }
+}
+
 /// A child process that is killed if the test fails before it ends.
 pub struct KillOnDrop(pub Child);
 

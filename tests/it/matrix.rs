@@ -255,9 +255,6 @@ fn a_source_filter_that_matches_nothing_fails_before_creating_anything() {
 
 #[test]
 fn sigint_during_provisioning_cleans_up_keeps_finished_images_and_resumes() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     let moto = Moto::start();
     let sshd = Sshd::start();
     let workspace = Workspace::new();
@@ -278,28 +275,9 @@ fn sigint_during_provisioning_cleans_up_keeps_finished_images_and_resumes() {
         gate.display(),
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetbake"))
-        .args(["matrix", fleet_path.to_str().unwrap()])
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("TMPDIR", &tmp)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut child = KillOnDrop(child);
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "fleetbake ended before provisioning:\n{seen}");
-        seen.push_str(&line);
-        // One build at a time: `quick` is done before `slow` starts.
-        if line.contains("slow/us-west-2: sleeping now") {
-            break;
-        }
-    }
+    let mut running = Running::start(&["matrix", fleet_path.to_str().unwrap()], &[("TMPDIR", tmp.to_str().unwrap())]);
+    // One build at a time: `quick` is done before `slow` starts.
+    running.read_until("slow/us-west-2: sleeping now");
     // Mid-build: the temporary security group lets in only the detected address, on port 22 only,
     // and the private key sits in a private directory, readable by its owner only.
     runtime().block_on(async {
@@ -320,12 +298,10 @@ fn sigint_during_provisioning_cleans_up_keeps_finished_images_and_resumes() {
     assert_eq!(std::fs::metadata(&key_dirs[0]).unwrap().permissions().mode() & 0o777, 0o700);
     assert_eq!(std::fs::metadata(key_dirs[0].join("key")).unwrap().permissions().mode() & 0o777, 0o600);
 
-    let status = Command::new("kill").args(["-INT", &child.0.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    let exit = child.0.wait().unwrap();
-    assert_eq!(exit.code(), Some(130), "stderr:\n{seen}{rest}");
+    running.signal("INT");
+    let seen = running.seen.clone();
+    let (code, rest) = running.finish();
+    assert_eq!(code, Some(130), "stderr:\n{seen}{rest}");
     assert!(rest.contains("SIGINT: starting nothing new, cleaning up"), "{rest}");
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "the private key's directory is removed");
 

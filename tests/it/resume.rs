@@ -1,9 +1,6 @@
 //! Runs that die and are finished later, and what `gc` removes: through the binary, aws-sdk-ec2 → moto and
 //! openssh → sshd.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
 use serde_json::Value;
 
 use crate::cloud_state::*;
@@ -26,35 +23,11 @@ fn gated_fleet(moto: &Moto, sshd: &Sshd, gate: &std::path::Path, retention: &str
     )
 }
 
-/// A running `fleetbake matrix`, its stderr, and what it has printed so far.
-struct Started {
-    child: KillOnDrop,
-    stderr: BufReader<std::process::ChildStderr>,
-    seen: String,
-}
-
 /// Starts `fleetbake matrix` and reads its stderr until a line contains `until`.
-fn start_until(fleet_path: &std::path::Path, until: &str) -> Started {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetbake"))
-        .args(["matrix", fleet_path.to_str().unwrap()])
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let child = KillOnDrop(child);
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "fleetbake ended early:\n{seen}");
-        seen.push_str(&line);
-        if line.contains(until) {
-            return Started { child, stderr, seen };
-        }
-    }
+fn start_until(fleet_path: &std::path::Path, until: &str) -> Running {
+    let mut running = Running::start(&["matrix", fleet_path.to_str().unwrap()], &[]);
+    running.read_until(until);
+    running
 }
 
 fn image_ids(manifest: &Value, flavor: &str) -> Vec<String> {
@@ -73,7 +46,7 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, ""));
 
     // `quick` is built and copied; `gated` is provisioning when the process is killed outright.
-    let Started { mut child, seen, .. } = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+    let Running { mut child, seen, .. } = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     let killed = read_manifest(&workspace);
@@ -167,7 +140,7 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, "\n[retention]\nkeep = 1\n"));
 
     // A run killed mid-build leaves its instance, security group and key pair; gc removes them.
-    let Started { mut child, .. } = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+    let Running { mut child, .. } = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     let swept = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
@@ -262,25 +235,15 @@ fn a_second_sigint_exits_at_once_naming_what_may_be_left_and_gc_removes_it() {
         gate.display()
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let Started { mut child, mut stderr, mut seen } = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
-    let pid = child.0.id().to_string();
-    let interrupt = || assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
-    interrupt();
-    loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "fleetbake ended after one SIGINT:\n{seen}");
-        seen.push_str(&line);
-        if line.contains("cleaning up instance") {
-            break;
-        }
-    }
+    let mut running = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+    running.signal("INT");
+    running.read_until("cleaning up instance");
     // Cleanup is waiting for the instance to terminate.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    interrupt();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    let exit = child.0.wait().unwrap();
-    assert_eq!(exit.code(), Some(130), "stderr:\n{seen}{rest}");
+    running.signal("INT");
+    let seen = running.seen.clone();
+    let (code, rest) = running.finish();
+    assert_eq!(code, Some(130), "stderr:\n{seen}{rest}");
     assert!(rest.contains("exited without waiting for cleanup; these may be left in the account:"), "{rest}");
     for kind in ["instance i-", "security group sg-", "key pair fleetbake-"] {
         assert!(rest.contains(&format!("  {kind}")), "{kind}: {rest}");
