@@ -425,43 +425,41 @@ impl RegionCloud for AwsRegion {
                 .values("stopped")
                 .build(),
         );
-        let mut found = Vec::new();
-        let mut next_token: Option<String> = None;
-        loop {
+        let filters = &filters;
+        all_pages(|token| async move {
             let output = ec2_call!(self, action, |client| client
                 .describe_instances()
                 .set_filters(Some(filters.clone()))
-                .set_next_token(next_token.clone()))?;
-            found.extend(output.reservations().iter().flat_map(|reservation| reservation.instances()).filter_map(
-                |instance| {
+                .set_next_token(token.clone()))?;
+            let instances = output.reservations().iter().flat_map(|reservation| reservation.instances());
+            let found = instances
+                .filter_map(|instance| {
                     Some(Tagged { id: InstanceId(instance.instance_id()?.to_string()), tags: tags_of(instance.tags()) })
-                },
-            ));
-            next_token = output.next_token().filter(|token| !token.is_empty()).map(str::to_string);
-            if next_token.is_none() {
-                return Ok(found);
-            }
-        }
+                })
+                .collect();
+            Ok((found, output.next_token().map(str::to_string)))
+        })
+        .await
     }
 
     async fn find_security_groups(&self, tags: &Tags) -> CloudResult<Vec<Tagged<SecurityGroupId>>> {
         let action = Action::DescribeSecurityGroups;
-        let filters = tag_filters(tags);
-        let mut found = Vec::new();
-        let mut next_token: Option<String> = None;
-        loop {
+        let filters = &tag_filters(tags);
+        all_pages(|token| async move {
             let output = ec2_call!(self, action, |client| client
                 .describe_security_groups()
                 .set_filters(Some(filters.clone()))
-                .set_next_token(next_token.clone()))?;
-            found.extend(output.security_groups().iter().filter_map(|group| {
-                Some(Tagged { id: SecurityGroupId(group.group_id()?.to_string()), tags: tags_of(group.tags()) })
-            }));
-            next_token = output.next_token().filter(|token| !token.is_empty()).map(str::to_string);
-            if next_token.is_none() {
-                return Ok(found);
-            }
-        }
+                .set_next_token(token.clone()))?;
+            let found = output
+                .security_groups()
+                .iter()
+                .filter_map(|group| {
+                    Some(Tagged { id: SecurityGroupId(group.group_id()?.to_string()), tags: tags_of(group.tags()) })
+                })
+                .collect();
+            Ok((found, output.next_token().map(str::to_string)))
+        })
+        .await
     }
 
     async fn find_key_pairs(&self, tags: &Tags) -> CloudResult<Vec<Tagged<KeyPairName>>> {
@@ -487,6 +485,25 @@ impl RegionCloud for AwsRegion {
         let action = Action::DeleteSnapshot;
         ec2_call!(self, action, |client| client.delete_snapshot().snapshot_id(id.as_str()))?;
         Ok(())
+    }
+}
+
+/// Every item of a paginated describe: `page(token)` sends one request and answers its items and the next
+/// page's token (none, or empty, on the last page).
+async fn all_pages<T, F, Page>(mut page: F) -> CloudResult<Vec<T>>
+where
+    F: FnMut(Option<String>) -> Page,
+    Page: std::future::Future<Output = CloudResult<(Vec<T>, Option<String>)>>,
+{
+    let mut found = Vec::new();
+    let mut token = None;
+    loop {
+        let (items, next) = page(token).await?;
+        found.extend(items);
+        token = next.filter(|next| !next.is_empty());
+        if token.is_none() {
+            return Ok(found);
+        }
     }
 }
 
