@@ -200,6 +200,9 @@ pub fn standard_reporters(fleet: &Fleet, manifest_interval: Duration) -> Vec<Box
     ]
 }
 
+/// How long an abandoned run gives its reporters to write the manifest's last state.
+const ABANDONED_REPORTING: Duration = Duration::from_secs(2);
+
 /// A new run, or the resumption of one.
 pub enum Start {
     /// Journaled in this directory (`None`: in memory only, for the simulated cloud).
@@ -279,7 +282,9 @@ impl Execution {
         };
         let summary = scheduler.run(interrupts).await;
         if summary.abandoned {
-            // Jobs were aborted mid-flight; their event senders go away as the runtime drops them.
+            // Jobs were aborted mid-flight; their event senders go away as the runtime drops them, and the
+            // reporters finish the manifest. Not waited for beyond a moment: a second signal means now.
+            let _ = tokio::time::timeout(ABANDONED_REPORTING, reporting).await;
             return Ok((plan, summary));
         }
         reporting.await.expect("the reporter task does not panic")?;

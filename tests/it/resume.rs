@@ -249,6 +249,9 @@ fn a_second_sigint_exits_at_once_naming_what_may_be_left_and_gc_removes_it() {
         assert!(rest.contains(&format!("  {kind}")), "{kind}: {rest}");
     }
     assert!(rest.contains(&format!("fleetbake gc {}", fleet_path.display())), "{rest}");
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "partial");
+    assert!(manifest["finished_at"].is_string(), "the manifest's last state is written: {manifest}");
     let left = runtime().block_on(async { security_group_names(&moto.client("us-west-2")).await });
     assert!(left.iter().any(|name| name.starts_with("fleetbake-")), "the group was left: {left:?}");
 
