@@ -259,3 +259,29 @@ fn a_second_sigint_exits_at_once_naming_what_may_be_left_and_gc_removes_it() {
     assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
     runtime().block_on(async { assert_nothing_temporary_left(&moto.client("us-west-2"), "us-west-2").await });
 }
+
+#[test]
+fn gc_leaves_a_run_in_progress_alone() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let gate = workspace.path("gate");
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, "\n[retention]\nkeep = 1\n"));
+    let running = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+
+    // Its journal is locked by the running process: gc touches none of its resources or images.
+    let gc = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
+    assert!(gc.stdout.contains("removed 0 temporary resources, deregistered 0 images"), "{}", gc.stdout);
+    assert!(gc.stdout.contains("it may be in progress"), "{}", gc.stdout);
+
+    std::fs::write(&gate, "").unwrap();
+    let (code, rest) = running.finish();
+    assert_eq!(code, Some(0), "the run was not disturbed: {rest}");
+    assert_eq!(read_manifest(&workspace)["status"], "complete");
+    runtime().block_on(async {
+        for region in REGIONS {
+            assert_nothing_temporary_left(&moto.client(region), region).await;
+        }
+    });
+}
