@@ -220,13 +220,9 @@ impl Scheduler {
     fn reuse(&self, job: JobId, artifact: &Artifact, state: &mut LoopState, queue: &mut DependencyQueue<JobId>) {
         let (flavor, region) = self.plan.placement(job);
         let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
-        self.events.progress(
-            &label,
-            Stage::Reused,
-            format!("{} is available from an earlier attempt", artifact.image_id),
-        );
-        self.run.journal.record(Record::ImageAvailable { job: self.plan.key(job), artifact: artifact.clone() });
-        self.events.send(RunEvent::ImageAvailable { job: label, artifact: artifact.clone() });
+        let detail = format!("{} is available from an earlier attempt", artifact.image_id);
+        self.events.progress(&label, Stage::Reused, detail);
+        publish_available(&self.run.journal, &self.events, self.plan.key(job), label, artifact);
         state.reused += 1;
         self.handle(LoopEvent::ImageAvailable { job, artifact: artifact.clone() }, state, queue);
         self.handle(LoopEvent::JobDone { job, end: JobEnd::default(), slot: None }, state, queue);
@@ -323,8 +319,7 @@ impl Scheduler {
                 }
                 state.failed += 1;
                 for failure in failures {
-                    self.run.journal.record(Record::JobFailed { job: self.plan.key(job), failure: failure.clone() });
-                    self.events.send(RunEvent::JobFailed(failure));
+                    self.report_failure(job, failure);
                 }
                 let why = match job {
                     JobId::Build(index) => {
@@ -394,9 +389,21 @@ impl Scheduler {
         let (flavor, region) = self.plan.placement(job);
         let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
         state.failed += 1;
-        let failure = Failure::new(&label, stage, why);
+        self.report_failure(job, Failure::new(&label, stage, why));
+    }
+
+    /// A job's failure: journaled, then told to the reporters.
+    fn report_failure(&self, job: JobId, failure: Failure) {
         self.run.journal.record(Record::JobFailed { job: self.plan.key(job), failure: failure.clone() });
         self.events.send(RunEvent::JobFailed(failure));
+    }
+
+    /// Resuming: the image an earlier attempt left pending for this job.
+    fn pending_image(&self, job: JobId) -> Option<&PendingImage> {
+        match self.priors.get(&job) {
+            Some(Prior::Pending(pending)) => Some(pending),
+            _ => None,
+        }
     }
 
     /// Every job that has not started: waiting for a slot first (in plan order), then the rest of the queue.
@@ -476,10 +483,7 @@ impl Scheduler {
                     job: build_job,
                     events: self.events.clone(),
                     cancel: state.cancel.clone(),
-                    pending_image: match self.priors.get(&job) {
-                        Some(Prior::Pending(pending)) => Some(pending.clone()),
-                        _ => None,
-                    },
+                    pending_image: self.pending_image(job).cloned(),
                 };
                 tasks
                     .spawn(async move {
@@ -500,10 +504,7 @@ impl Scheduler {
                     source,
                     events: self.events.clone(),
                     cancel: state.cancel.clone(),
-                    pending_image: match self.priors.get(&job) {
-                        Some(Prior::Pending(pending)) => Some(pending.image.clone()),
-                        _ => None,
-                    },
+                    pending_image: self.pending_image(job).map(|pending| pending.image.clone()),
                 };
                 tasks
                     .spawn(async move {
@@ -570,11 +571,22 @@ struct Announcer {
 impl Announcer {
     /// Journaled first: once the loop hears of it, copies may start from it.
     fn image_available(&self, artifact: &Artifact) {
-        self.journal.record(Record::ImageAvailable { job: self.key.clone(), artifact: artifact.clone() });
-        self.events.send(RunEvent::ImageAvailable { job: self.label.clone(), artifact: artifact.clone() });
+        publish_available(&self.journal, &self.events, self.key.clone(), self.label.clone(), artifact);
         // The loop outlives its jobs; a closed channel means the run was abandoned.
         let _ = self.scheduler.send(LoopEvent::ImageAvailable { job: self.job, artifact: artifact.clone() });
     }
+}
+
+/// An image is available: journaled, then told to the reporters (the loop hears of it separately).
+fn publish_available(
+    journal: &crate::journal::Journal,
+    events: &EventSender,
+    key: crate::plan::JobKey,
+    label: JobLabel,
+    artifact: &Artifact,
+) {
+    journal.record(Record::ImageAvailable { job: key, artifact: artifact.clone() });
+    events.send(RunEvent::ImageAvailable { job: label, artifact: artifact.clone() });
 }
 
 enum ControlFlow {
