@@ -371,6 +371,8 @@ impl Replay {
 pub struct Journal {
     file: Option<Mutex<File>>,
     path: Option<PathBuf>,
+    /// 1 for a new run; each resume adds one.
+    attempt: u32,
     /// Temporary resources created and not yet removed, as of now.
     outstanding: Mutex<BTreeMap<Resource, JobKey>>,
     /// The first write that failed, if any: reported at the end of the run.
@@ -381,7 +383,7 @@ impl Journal {
     /// A journal that keeps only what is outstanding, in memory: for the simulated cloud, whose account does
     /// not outlive the process.
     pub fn in_memory() -> Self {
-        Journal { file: None, path: None, outstanding: Mutex::default(), write_error: Mutex::default() }
+        Journal { file: None, path: None, attempt: 1, outstanding: Mutex::default(), write_error: Mutex::default() }
     }
 
     /// Starts a new run's journal, locked, with its header and first attempt.
@@ -394,10 +396,10 @@ impl Journal {
             .open(&path)
             .map_err(|error| JournalError::io(&path, error))?;
         lock(&file, &path, &plan.run_id)?;
-        let journal = Journal::writing(file, path);
+        let journal = Journal::writing(file, path, 1);
         let header = serde_json::to_string(&Header::new(plan)).expect("a header serializes");
         journal.append_line(&header).map_err(|error| JournalError::io(journal.path(), error))?;
-        journal.attempt(1)?;
+        journal.record_attempt()?;
         Ok(journal)
     }
 
@@ -407,23 +409,29 @@ impl Journal {
         let file = OpenOptions::new().append(true).open(&path).map_err(|error| JournalError::io(&path, error))?;
         lock(&file, &path, &replay.header.run_id)?;
         file.set_len(replay.whole_length).map_err(|error| JournalError::io(&path, error))?;
-        let journal = Journal::writing(file, path);
+        let journal = Journal::writing(file, path, replay.attempts + 1);
         *journal.outstanding.lock().expect("not poisoned") = replay.outstanding.clone();
-        journal.attempt(replay.attempts + 1)?;
+        journal.record_attempt()?;
         Ok(journal)
     }
 
-    fn writing(file: File, path: PathBuf) -> Journal {
+    fn writing(file: File, path: PathBuf, attempt: u32) -> Journal {
         Journal {
             file: Some(Mutex::new(file)),
             path: Some(path),
+            attempt,
             outstanding: Mutex::default(),
             write_error: Mutex::default(),
         }
     }
 
-    fn attempt(&self, attempt: u32) -> Result<(), JournalError> {
-        let record = Record::Attempt { attempt, pid: std::process::id(), at: Utc::now() };
+    /// Which attempt at the run this process is: 1, or more when resumed.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    fn record_attempt(&self) -> Result<(), JournalError> {
+        let record = Record::Attempt { attempt: self.attempt, pid: std::process::id(), at: Utc::now() };
         let line = serde_json::to_string(&record).expect("a record serializes");
         self.append_line(&line).map_err(|error| JournalError::io(self.path(), error))
     }

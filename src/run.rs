@@ -243,7 +243,7 @@ impl Execution {
             }
             Start::Resume { replay, plan } => (plan, Journal::resume(&replay)?, Some(replay)),
         };
-        let attempt = replay.as_ref().map_or(1, |replay| replay.attempts + 1);
+        let attempt = journal.attempt();
         let plan = Arc::new(plan);
         let journal = Arc::new(journal);
         let run = Arc::new(RunContext {
