@@ -205,7 +205,6 @@ const SNAPSHOT_RELEASE: PollPolicy =
 /// Carries the plan out (or only says what it would do).
 pub async fn execute(plan: &GcPlan, cloud: Arc<dyn Cloud>, dry_run: bool) -> GcOutcome {
     let mut outcome = GcOutcome::default();
-    let verb = |done: &str, would: &str| if dry_run { would.to_string() } else { done.to_string() };
     let run_of = |leftover: &Leftover| leftover.run_id.as_ref().map_or("untagged".to_string(), ToString::to_string);
     if dry_run {
         for leftover in &plan.remove {
@@ -249,7 +248,7 @@ pub async fn execute(plan: &GcPlan, cloud: Arc<dyn Cloud>, dry_run: bool) -> GcO
             continue;
         }
         outcome.deregistered += 1;
-        outcome.lines.push(format!("{} {what}", verb("deregistered", "would deregister")));
+        outcome.lines.push(format!("deregistered {what}"));
         for snapshot in &image.snapshot_ids {
             match delete_snapshot(&*region_cloud, snapshot).await {
                 Ok(()) => outcome.snapshots += 1,
