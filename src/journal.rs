@@ -467,6 +467,9 @@ impl Journal {
                 _ => {}
             }
         }
+        if self.file.is_none() {
+            return;
+        }
         let line = serde_json::to_string(&record).expect("a record serializes");
         if let Err(error) = self.append_line(&line) {
             let mut first = self.write_error.lock().expect("not poisoned");
