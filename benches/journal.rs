@@ -9,9 +9,9 @@ use std::time::Instant;
 use chrono::Utc;
 use fleetbake::cloud::{ImageId, SnapshotId};
 use fleetbake::config;
-use fleetbake::events::Artifact;
-use fleetbake::journal::{Journal, JournalDir, Record, Replay, Resource, ResourceKind};
 use fleetbake::plan::{Plan, RunId};
+use fleetbake::report::events::Artifact;
+use fleetbake::state::journal::{Journal, JournalDir, Record, Replay, Resource, ResourceKind};
 
 mod common;
 use common::{peak_rss_mib, reset_peak_rss, synthetic_fleet};
@@ -58,7 +58,7 @@ fn main() {
             let artifact = artifact(&image, copy.source_region.as_str());
             record(Record::ImageAvailable { job: copy.key(), artifact });
         }
-        record(Record::Finished { status: fleetbake::events::RunStatus::Complete, interrupted: false });
+        record(Record::Finished { status: fleetbake::report::events::RunStatus::Complete, interrupted: false });
         let per_record = started.elapsed() / records as u32;
         drop(journal);
 

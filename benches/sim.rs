@@ -9,9 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fleetbake::config;
+use fleetbake::engine::run::{self, MatrixOptions, Strategy};
+use fleetbake::engine::summary::RunStatistics;
 use fleetbake::report::{Reporter, TerminalReporter};
-use fleetbake::run::{self, MatrixOptions, Strategy};
-use fleetbake::summary::RunStatistics;
 
 mod common;
 use common::{peak_rss_mib, reset_peak_rss, synthetic_fleet};
@@ -53,7 +53,10 @@ fn run(scenario: &Scenario, strategy: Strategy, workdir: &Path) -> Measured {
         config::parse(&fleet_path, &text).unwrap_or_else(|errors| panic!("the synthetic fleet is valid: {errors}"));
     let reporters: Vec<Box<dyn Reporter>> = vec![
         Box::new(TerminalReporter::new(std::io::sink())),
-        Box::new(fleetbake::manifest::ManifestWriter::new(workdir.join("manifest.sim.json"), Duration::from_secs(60))),
+        Box::new(fleetbake::state::manifest::ManifestWriter::new(
+            workdir.join("manifest.sim.json"),
+            Duration::from_secs(60),
+        )),
     ];
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

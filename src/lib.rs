@@ -1,37 +1,18 @@
 //! fleetbake: bake EBS-backed AMIs for a whole fleet in one run.
 //!
-//! The pipeline, one module per stage: [`config`] → [`plan`] → [`scheduler`] → [`build`] / [`copy`] →
-//! [`cloud`] (the port; [`cloud::aws`] is the aws-sdk-ec2 adapter) → [`events`] → [`report`] and [`manifest`].
-//! ARCHITECTURE.md has the map and the invariants.
+//! The pipeline, one folder per layer: [`config`] → [`plan`] → [`engine`] → [`steps`] → [`cloud`] (the port;
+//! [`cloud::aws`] is the aws-sdk-ec2 adapter), with [`remote`] (reaching an instance), [`state`] (what outlives
+//! a process) and [`report`] (events and their consumers) beside them. ARCHITECTURE.md has the map and the
+//! invariants.
 
 #[macro_use]
-mod newtype;
+pub mod util;
 
-pub mod adopt;
-pub mod bound;
-pub mod build;
-pub mod cleanup;
-pub mod clock;
 pub mod cloud;
-pub mod communicator;
 pub mod config;
-pub mod copy;
-pub mod deps;
-pub mod events;
-pub mod gc;
-pub mod journal;
-pub mod leftovers;
-pub mod limiter;
-pub mod manifest;
-pub mod net;
+pub mod engine;
 pub mod plan;
-pub mod provision;
+pub mod remote;
 pub mod report;
-pub mod resume;
-pub mod run;
-pub mod scheduler;
-pub mod sim;
-pub mod ssh;
-pub mod summary;
-pub mod wait;
-pub mod watch;
+pub mod state;
+pub mod steps;

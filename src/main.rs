@@ -9,13 +9,13 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
 use fleetbake::cloud::aws::AwsCloud;
+use fleetbake::cloud::limiter::{RetryPolicy, RunLimits};
 use fleetbake::cloud::Cloud;
 use fleetbake::config;
-use fleetbake::journal::JournalError;
-use fleetbake::limiter::{RetryPolicy, RunLimits};
+use fleetbake::engine::run::{self, MatrixOptions, RunOutcome, Strategy};
+use fleetbake::engine::scheduler::Interrupt;
 use fleetbake::plan::{Plan, RunId};
-use fleetbake::run::{self, MatrixOptions, RunOutcome, Strategy};
-use fleetbake::scheduler::Interrupt;
+use fleetbake::state::journal::JournalError;
 
 /// Exit codes, as documented in the README.
 const EXIT_FAILED: u8 = 1;
@@ -138,7 +138,7 @@ fn main() -> ExitCode {
 async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> ExitCode {
     let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default()));
     let cloud: Arc<dyn Cloud> = Arc::new(AwsCloud::connect(&fleet.aws, limits).await);
-    match fleetbake::gc::gc(&fleet, cloud, dry_run).await {
+    match fleetbake::state::gc::gc(&fleet, cloud, dry_run).await {
         Ok((plan, outcome)) => {
             for line in outcome.lines.iter().chain(&plan.notes) {
                 println!("{line}");
@@ -166,7 +166,7 @@ async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> Exit
                 ExitCode::SUCCESS
             }
         }
-        Err(error @ fleetbake::gc::GcError::Journal(_)) => {
+        Err(error @ fleetbake::state::gc::GcError::Journal(_)) => {
             eprintln!("error: {error}");
             ExitCode::from(EXIT_BAD_INPUT)
         }

@@ -20,8 +20,8 @@ use dashmap::DashMap;
 use ipnet::IpNet;
 
 use super::*;
+use crate::cloud::limiter::{RegionLimiter, RunLimits};
 use crate::config::AwsSettings;
-use crate::limiter::{RegionLimiter, RunLimits};
 
 /// EC2 takes at most 200 values in one filter.
 const FILTER_VALUES_PER_CALL: usize = 200;

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use super::*;
+use crate::cloud::limiter::{RegionLimiter, RunLimits};
 use crate::config::{ImageFilter, Region, Tags};
-use crate::limiter::{RegionLimiter, RunLimits};
 
 pub struct Limited {
     inner: Arc<dyn Cloud>,

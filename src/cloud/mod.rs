@@ -1,10 +1,14 @@
 //! The cloud port: what the build and copy steps may ask of EC2 in one region, and nothing more.
 //!
 //! Steps know the cloud only through [`RegionCloud`]. [`aws`] is the adapter over aws-sdk-ec2; every call an
-//! adapter makes goes through the region's [`crate::limiter::RegionLimiter`].
+//! adapter makes goes through the region's [`crate::cloud::limiter::RegionLimiter`].
 
 pub mod aws;
 mod limited;
+pub mod limiter;
+pub mod sim;
+pub mod wait;
+pub mod watch;
 
 pub use limited::Limited;
 

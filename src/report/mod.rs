@@ -2,13 +2,14 @@
 //!
 //! [`pump`] feeds every event, in order, to each reporter until the engine drops its sender.
 
+pub mod events;
 mod terminal;
 
 pub use terminal::TerminalReporter;
 
 use tokio::sync::mpsc;
 
-use crate::events::RunEvent;
+use crate::report::events::RunEvent;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use super::{ReportError, Reporter};
-use crate::events::{RunEvent, RunStatus};
+use crate::report::events::{RunEvent, RunStatus};
 
 pub struct TerminalReporter<W: Write + Send> {
     out: W,

@@ -335,8 +335,8 @@ fn a_bad_sim_table_is_bad_input() {
 /// running in the account and recorded as in progress, every build cleans up, nothing temporary is left.
 #[test]
 fn an_interrupt_leaves_copies_in_flight_running_and_records_them() {
-    use fleetbake::run::{matrix_simulated, MatrixOptions, Strategy};
-    use fleetbake::scheduler::Interrupt;
+    use fleetbake::engine::run::{matrix_simulated, MatrixOptions, Strategy};
+    use fleetbake::engine::scheduler::Interrupt;
 
     let workspace = Workspace::new();
     let fleet_path = workspace.write("fleet.toml", &fleet("", ""));
@@ -352,7 +352,7 @@ fn an_interrupt_leaves_copies_in_flight_running_and_records_them() {
             std::future::pending::<()>().await;
         });
         let options = MatrixOptions { fail_fast: false, summary_json: None, resume: false };
-        let reporters = Some(vec![Box::new(fleetbake::manifest::ManifestWriter::new(
+        let reporters = Some(vec![Box::new(fleetbake::state::manifest::ManifestWriter::new(
             workspace.path("manifest.sim.json"),
             std::time::Duration::ZERO,
         )) as Box<dyn fleetbake::report::Reporter>]);

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use crate::cloud::wait::{poll_until, Poll, PollPolicy, WaitError};
+use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{CloudError, ErrorKind, InstanceId, KeyPairName, RegionCloud, SecurityGroupId};
 use crate::config::Region;
-use crate::journal::{Journal, Record, Resource, ResourceKind};
-use crate::wait::{poll_until, Poll, PollPolicy, WaitError};
-use crate::watch::{RegionWaits, WaitKind};
+use crate::state::journal::{Journal, Record, Resource, ResourceKind};
 
 /// One thing to undo.
 #[derive(Debug)]

@@ -5,8 +5,7 @@
 //! At the end of a run, [`SimCloud::report`] says what is left in the model: a leak is a bug.
 
 pub mod catalog;
-mod communicator;
-mod model;
+pub mod model;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -15,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use communicator::SimCommunicator;
+pub use crate::remote::sim::SimCommunicator;
 use model::{Model, SimRegion};
 
 use crate::cloud::{Action, Cloud, InstanceState, RegionCloud};

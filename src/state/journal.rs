@@ -20,8 +20,8 @@ use chrono::{DateTime, Utc};
 
 use crate::cloud::ImageId;
 use crate::config::{Fleet, Region};
-use crate::events::{Artifact, Failure, RunStatus};
 use crate::plan::{JobKey, Plan, RunId};
+use crate::report::events::{Artifact, Failure, RunStatus};
 
 /// The first line's `format`.
 pub const JOURNAL_FORMAT: &str = "fleetbake-journal";

@@ -10,16 +10,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::adopt;
-use crate::build::PendingImage;
+use crate::cloud::watch::Waits;
 use crate::cloud::{Cloud, CloudError, ImageId, ImageQuery, ImageState, OwnedImage};
 use crate::config::{Fleet, Region};
-use crate::events::{Artifact, EventSender, RunEvent};
-use crate::journal::{Journal, JournalDir, JournalError, Replay};
-use crate::leftovers::{self, Leftover};
+use crate::engine::scheduler::Prior;
 use crate::plan::{JobId, Plan};
-use crate::scheduler::Prior;
-use crate::watch::Waits;
+use crate::report::events::{Artifact, EventSender, RunEvent};
+use crate::state::journal::{Journal, JournalDir, JournalError, Replay};
+use crate::state::leftovers::{self, Leftover};
+use crate::steps::adopt;
+use crate::steps::build::PendingImage;
 
 /// The run to resume and its plan, as of the fleet file now (which must plan the same jobs and names).
 pub fn prepare(fleet: &Fleet) -> Result<(Replay, Plan), JournalError> {

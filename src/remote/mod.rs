@@ -1,5 +1,10 @@
 //! How a build reaches its instance to provision it: the [`Communicator`] port, and [`SshCommunicator`], the
-//! real one over the system ssh client. The simulated cloud has its own ([`crate::sim`]).
+//! real one over the system ssh client. The simulated cloud has its own ([`crate::cloud::sim`]).
+
+pub mod net;
+pub mod provision;
+pub mod sim;
+pub mod ssh;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +13,9 @@ use async_trait::async_trait;
 
 use crate::cloud::InstanceId;
 use crate::config::{FlavorName, Provisioner, Region};
-use crate::events::OutputStream;
-use crate::provision::{self, ProvisionEnv, ProvisionError};
-use crate::ssh::{self, SshTarget};
+use crate::report::events::OutputStream;
+use provision::{ProvisionEnv, ProvisionError};
+use ssh::SshTarget;
 
 /// The instance a build provisions, and how to reach it over SSH.
 pub struct ConnectTarget {

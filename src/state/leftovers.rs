@@ -5,12 +5,12 @@
 //! Removal goes through the same undo steps as a build's cleanup: instances first (and waited for), then
 //! security groups, then key pairs.
 
-use crate::cleanup::{CleanupStack, UndoFailure, UndoStep};
+use crate::cloud::watch::RegionWaits;
 use crate::cloud::{CloudResult, RegionCloud};
 use crate::config::{FlavorName, Tags};
-use crate::journal::{Journal, Resource, ResourceKind};
 use crate::plan::RunId;
-use crate::watch::RegionWaits;
+use crate::state::journal::{Journal, Resource, ResourceKind};
+use crate::steps::cleanup::{CleanupStack, UndoFailure, UndoStep};
 
 /// A temporary resource found in the account.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use chrono::SecondsFormat;
 use tokio::time::Instant;
 
 use crate::config::{FlavorName, Region};
-use crate::events::{Artifact, Failure, InProgress, RunEvent, RunStatus};
+use crate::report::events::{Artifact, Failure, InProgress, RunEvent, RunStatus};
 use crate::report::{ReportError, Reporter};
 
 pub const MANIFEST_VERSION: u32 = 1;
@@ -201,7 +201,7 @@ mod tests {
         };
         let mut first = ManifestWriter::new(path.clone(), Duration::ZERO);
         first.report(&started(&run)).unwrap();
-        let job = crate::events::JobLabel { flavor: FlavorName::new("base"), region: Region::new("us-west-2") };
+        let job = crate::report::events::JobLabel { flavor: FlavorName::new("base"), region: Region::new("us-west-2") };
         first.report(&RunEvent::ImageAvailable { job, artifact: artifact.clone() }).unwrap();
         first.flush(true).unwrap();
 

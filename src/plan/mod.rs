@@ -2,12 +2,15 @@
 //!
 //! [`Plan::new`] is pure: no clock, no network. `fleetbake plan` prints it; the scheduler executes it.
 
+pub mod bound;
+pub mod deps;
+
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 
 use crate::config::{FlavorName, Fleet, NameContext, Region, RUN_ID_LENGTH};
-use crate::deps::DependencyQueue;
+use crate::plan::deps::DependencyQueue;
 
 /// Identifies one run; stamped on every resource it creates (`fleetbake:run-id`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -160,10 +163,13 @@ impl Plan {
     }
 
     /// Every job and the name of the image it makes, in plan order.
-    pub fn planned_jobs(&self) -> Vec<crate::journal::PlannedJob> {
+    pub fn planned_jobs(&self) -> Vec<crate::state::journal::PlannedJob> {
         let builds = self.builds.iter().map(|build| (build.key(), &build.image_name));
         let copies = self.copies.iter().map(|copy| (copy.key(), &copy.image_name));
-        builds.chain(copies).map(|(job, name)| crate::journal::PlannedJob { job, image_name: name.clone() }).collect()
+        builds
+            .chain(copies)
+            .map(|(job, name)| crate::state::journal::PlannedJob { job, image_name: name.clone() })
+            .collect()
     }
 
     /// Every job, in plan order.

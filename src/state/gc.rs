@@ -14,14 +14,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::cloud::wait::{poll_until, Poll, PollPolicy};
+use crate::cloud::watch::Waits;
 use crate::cloud::{Cloud, CloudError, ImageId, ImageQuery, ImageState, OwnedImage, SnapshotId};
 use crate::config::{Fleet, Region};
-use crate::journal::{Journal, JournalDir, JournalError, Resource};
-use crate::leftovers::{self, Leftover};
-use crate::manifest::Manifest;
 use crate::plan::RunId;
-use crate::wait::{poll_until, Poll, PollPolicy};
-use crate::watch::Waits;
+use crate::state::journal::{Journal, JournalDir, JournalError, Resource};
+use crate::state::leftovers::{self, Leftover};
+use crate::state::manifest::Manifest;
 
 /// A run with no journal here is treated as in progress until this long after it started.
 pub const FOREIGN_RUN_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -211,7 +211,7 @@ pub async fn execute(plan: &GcPlan, cloud: Arc<dyn Cloud>, dry_run: bool) -> GcO
             outcome.lines.push(format!("would remove {} (run {})", leftover.resource, run_of(leftover)));
         }
     } else {
-        let waits = Waits::new(Arc::clone(&cloud), crate::watch::WaitStyle::Batched);
+        let waits = Waits::new(Arc::clone(&cloud), crate::cloud::watch::WaitStyle::Batched);
         let journal = Journal::in_memory();
         let mut by_region: BTreeMap<&Region, Vec<Leftover>> = BTreeMap::new();
         for leftover in &plan.remove {
@@ -288,7 +288,7 @@ pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::ResourceKind;
+    use crate::state::journal::ResourceKind;
 
     fn run(second: u32) -> RunId {
         RunId::new(format!("2026-11-26T12:00:{second:02}Z").parse().unwrap(), 1)

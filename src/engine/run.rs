@@ -9,22 +9,22 @@ use std::time::Duration;
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 
-use crate::clock::RunClock;
 use crate::cloud::aws::AwsCloud;
+use crate::cloud::limiter::{RetryPolicy, RunLimits};
+use crate::cloud::sim::{SimCloud, SimReport};
+use crate::cloud::watch::{WaitStyle, Waits, BATCH_INTERVAL};
 use crate::cloud::{Cloud, ImageId};
-use crate::communicator::{Communicator, SshCommunicator};
 use crate::config::{Flavor, FlavorName, Fleet, Tags};
-use crate::events::{EventSender, RunEvent};
-use crate::journal::{Journal, JournalDir, JournalError, Replay};
-use crate::limiter::{RetryPolicy, RunLimits};
-use crate::manifest::ManifestWriter;
-use crate::net::{self, DetectError};
+use crate::engine::scheduler::{BuildSlotRelease, Interrupt, RunSummary, Scheduler};
+use crate::engine::summary::RunStatistics;
 use crate::plan::{Plan, RunId};
+use crate::remote::net::{self, DetectError};
+use crate::remote::{Communicator, SshCommunicator};
+use crate::report::events::{EventSender, RunEvent};
 use crate::report::{self, ReportError, Reporter, TerminalReporter};
-use crate::scheduler::{BuildSlotRelease, Interrupt, RunSummary, Scheduler};
-use crate::sim::{SimCloud, SimReport};
-use crate::summary::RunStatistics;
-use crate::watch::{WaitStyle, Waits, BATCH_INTERVAL};
+use crate::state::journal::{Journal, JournalDir, JournalError, Replay};
+use crate::state::manifest::ManifestWriter;
+use crate::util::clock::RunClock;
 
 /// What every job of a run shares.
 pub struct RunContext {
@@ -113,7 +113,7 @@ pub async fn matrix(
 ) -> Result<RunOutcome, RunError> {
     // The journal first: a broken one stops the run before any AWS call.
     let start = if options.resume {
-        let (replay, plan) = crate::resume::prepare(&fleet)?;
+        let (replay, plan) = crate::state::resume::prepare(&fleet)?;
         Start::Resume { replay: Box::new(replay), plan }
     } else {
         Start::Fresh { journal: Some(JournalDir::of(&fleet)) }
@@ -207,7 +207,7 @@ const ABANDONED_REPORTING: Duration = Duration::from_secs(2);
 pub enum Start {
     /// Journaled in this directory (`None`: in memory only, for the simulated cloud).
     Fresh { journal: Option<JournalDir> },
-    /// The run a journal describes, re-planned from the fleet file (see [`crate::resume::prepare`]).
+    /// The run a journal describes, re-planned from the fleet file (see [`crate::state::resume::prepare`]).
     Resume { replay: Box<Replay>, plan: Plan },
 }
 
@@ -264,7 +264,7 @@ impl Execution {
                 if let Some(line) = replay.torn_line {
                     tracing::warn!("{}:{line}: dropped a torn last record", replay.path.display());
                 }
-                crate::resume::reconcile(&plan, replay, &*self.cloud, &waits, &journal, &events).await?
+                crate::state::resume::reconcile(&plan, replay, &*self.cloud, &waits, &journal, &events).await?
             }
             None => Default::default(),
         };

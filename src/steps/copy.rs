@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cloud::wait::WaitError;
+use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{client_token, CopySpec, ImageId, RegionCloud};
 use crate::config::Flavor;
-use crate::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Stage};
-use crate::journal::Record;
+use crate::engine::run::RunContext;
 use crate::plan::CopyJob;
-use crate::run::RunContext;
-use crate::wait::WaitError;
-use crate::watch::{RegionWaits, WaitKind};
+use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Stage};
+use crate::state::journal::Record;
 
 pub struct CopyContext {
     pub run: Arc<RunContext>,
@@ -114,7 +114,7 @@ async fn start(context: &CopyContext, label: &JobLabel) -> Result<ImageId, Failu
     if context.cancel.is_cancelled() {
         return Err(Failure::new(label, Stage::Interrupted, "not started: the run was interrupted"));
     }
-    let image = crate::adopt::copy_image(&*context.cloud, &spec, &run.run_id)
+    let image = crate::steps::adopt::copy_image(&*context.cloud, &spec, &run.run_id)
         .await
         .map_err(|error| Failure::from_cloud(label, Stage::Copy, &error))?;
     run.journal.record(Record::ImageRequested { job: context.job.key(), image_id: image.clone() });

@@ -18,12 +18,12 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::cloud::wait::{poll_until, Poll, PollPolicy, WaitError};
 use crate::cloud::{
     Action, Cloud, CloudError, CloudResult, ErrorKind, ImageId, ImageState, ImageStatus, InstanceId, InstanceState,
     InstanceStatus, RegionCloud, SnapshotId,
 };
 use crate::config::Region;
-use crate::wait::{poll_until, Poll, PollPolicy, WaitError};
 
 /// The shortest time between two describes of one kind in one region.
 pub const BATCH_INTERVAL: Duration = Duration::from_secs(2);

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::bound::{self, Caps, JobDurations};
+use crate::cloud::limiter::ApiStats;
+use crate::cloud::sim::SimReport;
 use crate::config::{Fleet, Region};
-use crate::limiter::ApiStats;
+use crate::engine::scheduler::RunSummary;
+use crate::plan::bound::{self, Caps, JobDurations};
 use crate::plan::Plan;
-use crate::scheduler::RunSummary;
-use crate::sim::SimReport;
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct RunStatistics {
@@ -17,7 +17,7 @@ pub struct RunStatistics {
     /// `aws` or `sim`.
     pub cloud: &'static str,
     pub makespan_seconds: f64,
-    /// The ideal makespan of this plan (see [`crate::bound`]): under the `[sim]` durations in the simulated
+    /// The ideal makespan of this plan (see [`crate::plan::bound`]): under the `[sim]` durations in the simulated
     /// cloud, under the measured job durations in a real run.
     pub critical_path_seconds: f64,
     pub makespan_over_bound: f64,

@@ -7,8 +7,8 @@ use std::fmt;
 use openssh::Session;
 
 use crate::config::{Provisioner, ShellScript};
-use crate::events::OutputStream;
-use crate::ssh::{self, shell_quote, Exit, SshError};
+use crate::remote::ssh::{self, shell_quote, Exit, SshError};
+use crate::report::events::OutputStream;
 
 /// What a provisioner sees in its environment besides the fleet file's `env`.
 pub struct ProvisionEnv {

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
 use crate::config::{Bucket, Fleet, Region};
+use crate::engine::scheduler::JobTiming;
 use crate::plan::{JobId, Plan};
-use crate::scheduler::JobTiming;
 
 /// How long one build takes to its image, and to its slot being free again.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -9,9 +9,9 @@ use backon::{ExponentialBuilder, Retryable};
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 
-use crate::clock::ClassBuckets;
 use crate::cloud::{Action, ActionClass, CloudError, CloudResult, ErrorKind};
 use crate::config::{ApiRates, Limits, Region};
+use crate::util::clock::ClassBuckets;
 
 /// How throttled and transient calls are retried.
 #[derive(Clone, Copy, Debug)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::events::OutputStream;
+use crate::report::events::OutputStream;
 
 /// Where and as whom to connect.
 #[derive(Clone, Debug)]

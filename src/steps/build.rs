@@ -8,21 +8,21 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::adopt;
-use crate::cleanup::{CleanupStack, UndoStep};
+use crate::cloud::wait::WaitError;
+use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{
     client_token, CloudError, ImageId, ImageState, KeyPairName, LaunchSpec, RegionCloud, SecurityGroupId,
 };
-use crate::communicator::{Communicator, ConnectTarget, Connection};
 use crate::config::{Flavor, SourceAmi, Tags};
-use crate::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Stage};
-use crate::journal::{Record, Resource, ResourceKind};
+use crate::engine::run::RunContext;
 use crate::plan::BuildJob;
-use crate::provision::{Described, ProvisionEnv};
-use crate::run::RunContext;
-use crate::ssh::{self, SshTarget};
-use crate::wait::WaitError;
-use crate::watch::{RegionWaits, WaitKind};
+use crate::remote::provision::{Described, ProvisionEnv};
+use crate::remote::ssh::{self, SshTarget};
+use crate::remote::{Communicator, ConnectTarget, Connection};
+use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Stage};
+use crate::state::journal::{Record, Resource, ResourceKind};
+use crate::steps::adopt;
+use crate::steps::cleanup::{CleanupStack, UndoStep};
 
 /// The port sshd listens on in the instance, which the security group opens.
 const INSTANCE_SSH_PORT: u16 = 22;
@@ -149,7 +149,7 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
         context.progress(Stage::Cleanup, format!("cleaning up {}", stack.pending().join(", ")));
     }
     for failure in stack.unwind(&*context.cloud, &context.waits, &context.run.journal).await {
-        context.events.send(crate::events::RunEvent::CleanupFailed {
+        context.events.send(crate::report::events::RunEvent::CleanupFailed {
             job: label.clone(),
             resource: failure.resource.clone(),
             error: failure.error.clone(),
@@ -406,7 +406,7 @@ async fn provision_all(context: &BuildContext, connection: &dyn Connection) -> R
         let number = index + 1;
         context.progress(Stage::Provision, format!("provisioner {number}: {}", Described(provisioner)));
         let mut output = |stream, line| {
-            context.events.send(crate::events::RunEvent::Output { job: label.clone(), stream, line });
+            context.events.send(crate::report::events::RunEvent::Output { job: label.clone(), stream, line });
         };
         connection
             .provision(number, provisioner, &env, &mut output)

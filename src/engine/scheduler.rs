@@ -12,19 +12,19 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::build::{self, BuildContext, PendingImage};
+use crate::cloud::limiter::RunLimits;
+use crate::cloud::watch::Waits;
 use crate::cloud::Cloud;
-use crate::communicator::Communicator;
 use crate::config::Region;
-use crate::copy::{self, CopyContext};
-use crate::deps::DependencyQueue;
-use crate::events::{Artifact, EventSender, Failure, InProgress, JobEnd, JobLabel, RunEvent, RunStatus, Stage};
-use crate::journal::Record;
-use crate::leftovers;
-use crate::limiter::RunLimits;
+use crate::engine::run::RunContext;
+use crate::plan::deps::DependencyQueue;
 use crate::plan::{JobId, Plan};
-use crate::run::RunContext;
-use crate::watch::Waits;
+use crate::remote::Communicator;
+use crate::report::events::{Artifact, EventSender, Failure, InProgress, JobEnd, JobLabel, RunEvent, RunStatus, Stage};
+use crate::state::journal::Record;
+use crate::state::leftovers;
+use crate::steps::build::{self, BuildContext, PendingImage};
+use crate::steps::copy::{self, CopyContext};
 
 /// An interrupt delivered to the loop (SIGINT, SIGTERM).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -565,7 +565,7 @@ struct Announcer {
     label: JobLabel,
     events: EventSender,
     scheduler: mpsc::UnboundedSender<LoopEvent>,
-    journal: Arc<crate::journal::Journal>,
+    journal: Arc<crate::state::journal::Journal>,
 }
 
 impl Announcer {
@@ -579,7 +579,7 @@ impl Announcer {
 
 /// An image is available: journaled, then told to the reporters (the loop hears of it separately).
 fn publish_available(
-    journal: &crate::journal::Journal,
+    journal: &crate::state::journal::Journal,
     events: &EventSender,
     key: crate::plan::JobKey,
     label: JobLabel,

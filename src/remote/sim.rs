@@ -7,12 +7,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::model::Model;
+use crate::cloud::sim::model::Model;
 use crate::cloud::InstanceState;
-use crate::communicator::{Communicator, ConnectTarget, Connection, OutputSink};
 use crate::config::{Fleet, Provisioner};
-use crate::events::OutputStream;
-use crate::provision::{Described, ProvisionEnv, ProvisionError};
+use crate::remote::provision::{Described, ProvisionEnv, ProvisionError};
+use crate::remote::{Communicator, ConnectTarget, Connection, OutputSink};
+use crate::report::events::OutputStream;
 
 pub struct SimCommunicator {
     pub model: Arc<Model>,

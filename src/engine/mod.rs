@@ -1,0 +1,5 @@
+//! Executes a plan.
+
+pub mod run;
+pub mod scheduler;
+pub mod summary;
