@@ -2,6 +2,7 @@
 //!
 //! [`load`] is the only entry point. It reads the file and the files it names, never the network.
 
+pub mod api;
 mod schema;
 mod spans;
 pub mod template;
@@ -238,7 +239,7 @@ impl Default for SimSettings {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimFault {
     /// The action it hits; `None` for `"*"`, every action.
-    pub action: Option<crate::cloud::Action>,
+    pub action: Option<api::Action>,
     /// Only in this region, if set.
     pub region: Option<Region>,
     /// The AWS error code answered, e.g. `InternalError`, `RequestLimitExceeded`, `UnauthorizedOperation`.

@@ -680,10 +680,10 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         let at = path.key("faults").index(index);
         let action = match fault.action.as_str() {
             "*" => None,
-            name => match crate::cloud::Action::from_name(name) {
+            name => match super::api::Action::from_name(name) {
                 Some(action) => Some(action),
                 None => {
-                    let names: Vec<String> = crate::cloud::Action::ALL.iter().map(ToString::to_string).collect();
+                    let names: Vec<String> = super::api::Action::ALL.iter().map(ToString::to_string).collect();
                     checker.problem(
                         at.key("action"),
                         format!(

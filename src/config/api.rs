@@ -1,0 +1,120 @@
+//! The EC2 API as the fleet file names it: the actions fleetbake calls (`[sim] faults`) and EC2's request-rate
+//! classes (`[limits.api]`). A leaf: the cloud port re-exports both, and config validates against them without
+//! importing the cloud.
+
+use std::fmt;
+
+use super::{ApiRates, Bucket};
+
+/// Every EC2 action fleetbake calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    DescribeImages,
+    DescribeInstances,
+    DescribeSubnets,
+    DescribeSecurityGroups,
+    DescribeKeyPairs,
+    CreateKeyPair,
+    DeleteKeyPair,
+    CreateSecurityGroup,
+    AuthorizeSecurityGroupIngress,
+    DeleteSecurityGroup,
+    RunInstances,
+    StopInstances,
+    TerminateInstances,
+    CreateImage,
+    CopyImage,
+    CreateTags,
+    DeregisterImage,
+    DeleteSnapshot,
+}
+
+/// EC2's request-rate classes; each has its own token bucket per region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ActionClass {
+    NonMutating,
+    Mutating,
+    RunInstances,
+    CopyImage,
+    CreateTags,
+}
+
+impl ActionClass {
+    pub const ALL: [ActionClass; 5] = [
+        ActionClass::NonMutating,
+        ActionClass::Mutating,
+        ActionClass::RunInstances,
+        ActionClass::CopyImage,
+        ActionClass::CreateTags,
+    ];
+
+    /// The class's bucket among the configured rates.
+    pub fn bucket(self, rates: &ApiRates) -> Bucket {
+        match self {
+            ActionClass::NonMutating => rates.non_mutating,
+            ActionClass::Mutating => rates.mutating,
+            ActionClass::RunInstances => rates.run_instances,
+            ActionClass::CopyImage => rates.copy_image,
+            ActionClass::CreateTags => rates.create_tags,
+        }
+    }
+
+    /// The name used in summaries: `non_mutating`, `run_instances`, ….
+    pub fn key(self) -> &'static str {
+        match self {
+            ActionClass::NonMutating => "non_mutating",
+            ActionClass::Mutating => "mutating",
+            ActionClass::RunInstances => "run_instances",
+            ActionClass::CopyImage => "copy_image",
+            ActionClass::CreateTags => "create_tags",
+        }
+    }
+}
+
+impl Action {
+    pub const ALL: [Action; 18] = [
+        Action::DescribeImages,
+        Action::DescribeInstances,
+        Action::DescribeSubnets,
+        Action::DescribeSecurityGroups,
+        Action::DescribeKeyPairs,
+        Action::CreateKeyPair,
+        Action::DeleteKeyPair,
+        Action::CreateSecurityGroup,
+        Action::AuthorizeSecurityGroupIngress,
+        Action::DeleteSecurityGroup,
+        Action::RunInstances,
+        Action::StopInstances,
+        Action::TerminateInstances,
+        Action::CreateImage,
+        Action::CopyImage,
+        Action::CreateTags,
+        Action::DeregisterImage,
+        Action::DeleteSnapshot,
+    ];
+
+    /// The action named as in the EC2 API (`CreateImage`).
+    pub fn from_name(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|action| action.to_string() == name)
+    }
+
+    pub fn class(self) -> ActionClass {
+        match self {
+            Action::DescribeImages
+            | Action::DescribeInstances
+            | Action::DescribeSubnets
+            | Action::DescribeSecurityGroups
+            | Action::DescribeKeyPairs => ActionClass::NonMutating,
+            Action::RunInstances => ActionClass::RunInstances,
+            Action::CopyImage => ActionClass::CopyImage,
+            Action::CreateTags => ActionClass::CreateTags,
+            _ => ActionClass::Mutating,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
