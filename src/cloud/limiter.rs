@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 
 use crate::cloud::{Action, ActionClass, CloudError, CloudResult, ErrorKind};
 use crate::config::{ApiRates, Limits, Region};
-use crate::util::clock::ClassBuckets;
+use crate::util::clock::TokenBucket;
 
 /// How throttled and transient calls are retried.
 #[derive(Clone, Copy, Debug)]
@@ -101,6 +101,23 @@ impl RegionLimiter {
                 tracing::debug!(region = %self.region, %action, ?delay, "retrying after {error}");
             })
             .await
+    }
+}
+
+/// One token bucket per EC2 request class of one region: the client's ([`RegionLimiter`]) and the simulated EC2's.
+pub struct ClassBuckets([TokenBucket; ActionClass::ALL.len()]);
+
+impl ClassBuckets {
+    pub fn new(rates: &ApiRates) -> Self {
+        ClassBuckets(ActionClass::ALL.map(|class| {
+            let bucket = class.bucket(rates);
+            TokenBucket::new(bucket.burst, bucket.per_second)
+        }))
+    }
+
+    pub fn of(&self, class: ActionClass) -> &TokenBucket {
+        // `ActionClass::ALL` lists the classes in declaration order.
+        &self.0[class as usize]
     }
 }
 
@@ -216,6 +233,23 @@ mod tests {
             .await;
         assert!(result.is_err());
         assert_eq!(limiter.stats.retries(), 0);
+    }
+
+    #[test]
+    fn every_class_indexes_its_own_bucket() {
+        for (index, class) in ActionClass::ALL.into_iter().enumerate() {
+            assert_eq!(class as usize, index, "{class:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn class_buckets_follow_their_rates() {
+        let rates =
+            ApiRates { run_instances: crate::config::Bucket { burst: 1, per_second: 0.5 }, ..ApiRates::default() };
+        let buckets = ClassBuckets::new(&rates);
+        assert!(buckets.of(ActionClass::RunInstances).try_take().is_ok());
+        assert_eq!(buckets.of(ActionClass::RunInstances).try_take(), Err(Duration::from_secs(2)));
+        assert!(buckets.of(ActionClass::Mutating).try_take().is_ok(), "other classes keep their own tokens");
     }
 
     #[tokio::test(start_paused = true)]

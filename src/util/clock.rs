@@ -10,9 +10,6 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
-use crate::cloud::ActionClass;
-use crate::config::{ApiRates, Bucket};
-
 /// Tokio's clock for governor: instants are durations since the clock was made.
 #[derive(Clone, Debug)]
 pub struct TokioClock {
@@ -75,11 +72,11 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub fn new(bucket: Bucket) -> Self {
-        let period = Duration::from_secs_f64(1.0 / bucket.per_second);
+    pub fn new(burst: u32, per_second: f64) -> Self {
+        let period = Duration::from_secs_f64(1.0 / per_second);
         let quota = Quota::with_period(period)
             .expect("validated: per_second is positive")
-            .allow_burst(NonZeroU32::new(bucket.burst).expect("validated: burst is at least 1"));
+            .allow_burst(NonZeroU32::new(burst).expect("validated: burst is at least 1"));
         let clock = TokioClock::new();
         TokenBucket { limiter: RateLimiter::direct_with_clock(quota, clock.clone()), clock }
     }
@@ -95,40 +92,5 @@ impl TokenBucket {
         while let Err(wait) = self.try_take() {
             tokio::time::sleep(wait).await;
         }
-    }
-}
-
-/// One token bucket per EC2 request class of one region: the client's (`limiter.rs`) and the simulated EC2's.
-pub struct ClassBuckets([TokenBucket; ActionClass::ALL.len()]);
-
-impl ClassBuckets {
-    pub fn new(rates: &ApiRates) -> Self {
-        ClassBuckets(ActionClass::ALL.map(|class| TokenBucket::new(class.bucket(rates))))
-    }
-
-    pub fn of(&self, class: ActionClass) -> &TokenBucket {
-        // `ActionClass::ALL` lists the classes in declaration order.
-        &self.0[class as usize]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_class_indexes_its_own_bucket() {
-        for (index, class) in ActionClass::ALL.into_iter().enumerate() {
-            assert_eq!(class as usize, index, "{class:?}");
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn class_buckets_follow_their_rates() {
-        let rates = ApiRates { run_instances: Bucket { burst: 1, per_second: 0.5 }, ..ApiRates::default() };
-        let buckets = ClassBuckets::new(&rates);
-        assert!(buckets.of(ActionClass::RunInstances).try_take().is_ok());
-        assert_eq!(buckets.of(ActionClass::RunInstances).try_take(), Err(Duration::from_secs(2)));
-        assert!(buckets.of(ActionClass::Mutating).try_take().is_ok(), "other classes keep their own tokens");
     }
 }

@@ -16,13 +16,13 @@ use ipnet::IpNet;
 use tokio::time::Instant;
 
 use super::catalog::{self, PublicImage};
+use crate::cloud::limiter::ClassBuckets;
 use crate::cloud::{
     fnv1a, Action, CloudError, CloudResult, CopySpec, ErrorKind, ImageId, ImageQuery, ImageState, ImageStatus,
     ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, LaunchSpec, OwnedImage, PrivateKey,
     RegionCloud, SecurityGroupId, SnapshotId, Tagged, VpcId,
 };
 use crate::config::{ApiRates, FaultTrigger, ImageFilter, Region, SimFault, SimSettings, Tags};
-use crate::util::clock::ClassBuckets;
 
 /// The whole simulated account.
 pub struct Model {
