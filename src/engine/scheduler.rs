@@ -17,6 +17,7 @@ use crate::cloud::watch::Waits;
 use crate::cloud::Cloud;
 use crate::config::Region;
 use crate::engine::run::RunContext;
+use crate::plan::bound::JobTiming;
 use crate::plan::deps::DependencyQueue;
 use crate::plan::{JobId, Plan};
 use crate::remote::Communicator;
@@ -52,14 +53,6 @@ pub struct RunSummary {
     pub makespan: Duration,
     /// When each job that started started, had its image, and ended.
     pub timings: BTreeMap<JobId, JobTiming>,
-}
-
-/// When a job started, made its image available and ended, measured from the start of the run.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct JobTiming {
-    pub started: Duration,
-    pub available: Option<Duration>,
-    pub ended: Option<Duration>,
 }
 
 /// When a build gives its slot back.

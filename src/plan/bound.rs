@@ -9,8 +9,15 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
 use crate::config::{Bucket, Fleet, Region};
-use crate::engine::scheduler::JobTiming;
 use crate::plan::{JobId, Plan};
+
+/// When a job started, made its image available and ended, measured from the start of the run.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct JobTiming {
+    pub started: Duration,
+    pub available: Option<Duration>,
+    pub ended: Option<Duration>,
+}
 
 /// How long one build takes to its image, and to its slot being free again.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

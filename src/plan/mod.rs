@@ -60,6 +60,14 @@ string_newtype!(
     JobKey,
 );
 
+/// A job as the journal's header lists it: its key and the name of the image it makes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedJob {
+    pub job: JobKey,
+    pub image_name: String,
+}
+
 /// A job in the plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum JobId {
@@ -163,13 +171,10 @@ impl Plan {
     }
 
     /// Every job and the name of the image it makes, in plan order.
-    pub fn planned_jobs(&self) -> Vec<crate::state::journal::PlannedJob> {
+    pub fn planned_jobs(&self) -> Vec<PlannedJob> {
         let builds = self.builds.iter().map(|build| (build.key(), &build.image_name));
         let copies = self.copies.iter().map(|copy| (copy.key(), &copy.image_name));
-        builds
-            .chain(copies)
-            .map(|(job, name)| crate::state::journal::PlannedJob { job, image_name: name.clone() })
-            .collect()
+        builds.chain(copies).map(|(job, name)| PlannedJob { job, image_name: name.clone() }).collect()
     }
 
     /// Every job, in plan order.

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 
 use crate::cloud::ImageId;
 use crate::config::{Fleet, Region};
-use crate::plan::{JobKey, Plan, RunId};
+use crate::plan::{JobKey, Plan, PlannedJob, RunId};
 use crate::report::events::{Artifact, Failure, RunStatus};
 
 /// The first line's `format`.
@@ -39,13 +39,6 @@ pub struct Header {
     pub started_at: DateTime<Utc>,
     /// Every job of the plan and the image name it makes: a resume must make the same ones.
     pub jobs: Vec<PlannedJob>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlannedJob {
-    pub job: JobKey,
-    pub image_name: String,
 }
 
 impl Header {
