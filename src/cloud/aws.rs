@@ -20,7 +20,7 @@ use dashmap::DashMap;
 use ipnet::IpNet;
 
 use super::*;
-use crate::cloud::limiter::{RegionLimiter, RunLimits};
+use crate::cloud::limiter::{ApiLimits, RegionLimiter};
 use crate::config::AwsSettings;
 
 /// EC2 takes at most 200 values in one filter.
@@ -45,13 +45,13 @@ macro_rules! ec2_call {
 /// EC2 in every region, through aws-sdk-ec2.
 pub struct AwsCloud {
     sdk: aws_config::SdkConfig,
-    limits: Arc<RunLimits>,
+    limits: Arc<ApiLimits>,
     regions: DashMap<Region, Arc<AwsRegion>>,
 }
 
 impl AwsCloud {
     /// Loads the standard credential chain once; `[aws] profile` and `endpoint_url` (or `AWS_ENDPOINT_URL`) apply.
-    pub async fn connect(settings: &AwsSettings, limits: Arc<RunLimits>) -> Self {
+    pub async fn connect(settings: &AwsSettings, limits: Arc<ApiLimits>) -> Self {
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(RetryConfig::disabled());
         if let Some(profile) = &settings.profile {
             loader = loader.profile_name(profile);

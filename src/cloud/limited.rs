@@ -8,16 +8,16 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use super::*;
-use crate::cloud::limiter::{RegionLimiter, RunLimits};
+use crate::cloud::limiter::{ApiLimits, RegionLimiter};
 use crate::config::{ImageFilter, Region, Tags};
 
 pub struct Limited {
     inner: Arc<dyn Cloud>,
-    limits: Arc<RunLimits>,
+    limits: Arc<ApiLimits>,
 }
 
 impl Limited {
-    pub fn new(inner: Arc<dyn Cloud>, limits: Arc<RunLimits>) -> Self {
+    pub fn new(inner: Arc<dyn Cloud>, limits: Arc<ApiLimits>) -> Self {
         Limited { inner, limits }
     }
 }

@@ -1,5 +1,7 @@
-//! Every limit of a run in one place: EC2's per-region request buckets (one per action class), the retry of
-//! throttled and transient calls with jittered exponential backoff, and the build and copy concurrency caps.
+//! The client's side of EC2's request limits: per region, one token bucket per action class (on Tokio's clock),
+//! and the retry of throttled and transient calls with jittered exponential backoff, counted in [`ApiStats`].
+//! Every adapter call goes through [`RegionLimiter::call`]; the run's concurrency caps are the engine's
+//! (`engine::limits`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -7,10 +9,9 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use dashmap::DashMap;
-use tokio::sync::Semaphore;
 
 use crate::cloud::{Action, ActionClass, CloudError, CloudResult, ErrorKind};
-use crate::config::{ApiRates, Limits, Region};
+use crate::config::{ApiRates, Region};
 use crate::util::clock::TokenBucket;
 
 /// How throttled and transient calls are retried.
@@ -121,28 +122,17 @@ impl ClassBuckets {
     }
 }
 
-/// Request buckets per region, created on first use, and the run's concurrency caps.
-pub struct RunLimits {
+/// The client's request buckets in every region, created on first use, and the counters of every call.
+pub struct ApiLimits {
     rates: ApiRates,
     retry: RetryPolicy,
     regions: DashMap<Region, Arc<RegionLimiter>>,
     stats: Arc<ApiStats>,
-    builds: Arc<Semaphore>,
-    copies_per_region: usize,
-    copies: DashMap<Region, Arc<Semaphore>>,
 }
 
-impl RunLimits {
-    pub fn new(limits: &Limits, retry: RetryPolicy) -> Self {
-        RunLimits {
-            rates: limits.api,
-            retry,
-            regions: DashMap::new(),
-            stats: Arc::new(ApiStats::default()),
-            builds: Arc::new(Semaphore::new(limits.max_parallel_builds)),
-            copies_per_region: limits.max_parallel_copies_per_region,
-            copies: DashMap::new(),
-        }
+impl ApiLimits {
+    pub fn new(rates: &ApiRates, retry: RetryPolicy) -> Self {
+        ApiLimits { rates: *rates, retry, regions: DashMap::new(), stats: Arc::new(ApiStats::default()) }
     }
 
     pub fn region(&self, region: &Region) -> Arc<RegionLimiter> {
@@ -156,19 +146,6 @@ impl RunLimits {
 
     pub fn stats(&self) -> &ApiStats {
         &self.stats
-    }
-
-    /// The cap on builds running at once.
-    pub fn builds(&self) -> Arc<Semaphore> {
-        Arc::clone(&self.builds)
-    }
-
-    /// The cap on copies running at once into `destination`.
-    pub fn copies_into(&self, destination: &Region) -> Arc<Semaphore> {
-        self.copies
-            .entry(destination.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.copies_per_region)))
-            .clone()
     }
 }
 

@@ -10,11 +10,12 @@ use ipnet::IpNet;
 use tokio::sync::mpsc;
 
 use crate::cloud::aws::AwsCloud;
-use crate::cloud::limiter::{RetryPolicy, RunLimits};
+use crate::cloud::limiter::RetryPolicy;
 use crate::cloud::sim::{SimCloud, SimReport};
 use crate::cloud::watch::{WaitStyle, Waits, BATCH_INTERVAL};
 use crate::cloud::{Cloud, ImageId};
 use crate::config::{Flavor, FlavorName, Fleet, Tags};
+use crate::engine::limits::RunLimits;
 use crate::engine::scheduler::{BuildSlotRelease, Interrupt, RunSummary, Scheduler};
 use crate::engine::summary::RunStatistics;
 use crate::plan::{Plan, RunId};
@@ -124,7 +125,7 @@ pub async fn matrix(
         None => vec![net::detect_public_cidr(&fleet.ssh.ip_detect_url).await?],
     };
     let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default()));
-    let cloud: Arc<dyn Cloud> = Arc::new(AwsCloud::connect(&fleet.aws, Arc::clone(&limits)).await);
+    let cloud: Arc<dyn Cloud> = Arc::new(AwsCloud::connect(&fleet.aws, Arc::clone(limits.api())).await);
     let execution = Execution {
         fleet: Arc::clone(&fleet),
         ssh_cidrs,
@@ -166,7 +167,7 @@ pub async fn matrix_simulated(
     let execution = Execution {
         fleet: Arc::clone(&fleet),
         ssh_cidrs,
-        cloud: Arc::new(crate::cloud::Limited::new(Arc::clone(&sim) as Arc<dyn Cloud>, Arc::clone(&limits))),
+        cloud: Arc::new(crate::cloud::Limited::new(Arc::clone(&sim) as Arc<dyn Cloud>, Arc::clone(limits.api()))),
         communicator: Arc::new(sim.communicator(Arc::clone(&fleet))) as Arc<dyn Communicator>,
         limits: Arc::clone(&limits),
         strategy,

@@ -12,10 +12,10 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::cloud::limiter::RunLimits;
 use crate::cloud::watch::Waits;
 use crate::cloud::Cloud;
 use crate::config::Region;
+use crate::engine::limits::RunLimits;
 use crate::engine::run::RunContext;
 use crate::plan::bound::JobTiming;
 use crate::plan::deps::DependencyQueue;

@@ -1,0 +1,52 @@
+//! Every limit of a run in one place: the client's request buckets per region and action class
+//! ([`ApiLimits`], which every cloud call goes through), the cap on builds running at once and, per destination
+//! region, the cap on copies running at once.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio::sync::Semaphore;
+
+use crate::cloud::limiter::{ApiLimits, ApiStats, RetryPolicy};
+use crate::config::{Limits, Region};
+
+/// The request buckets and the concurrency caps of one run.
+pub struct RunLimits {
+    api: Arc<ApiLimits>,
+    builds: Arc<Semaphore>,
+    copies_per_region: usize,
+    copies: DashMap<Region, Arc<Semaphore>>,
+}
+
+impl RunLimits {
+    pub fn new(limits: &Limits, retry: RetryPolicy) -> Self {
+        RunLimits {
+            api: Arc::new(ApiLimits::new(&limits.api, retry)),
+            builds: Arc::new(Semaphore::new(limits.max_parallel_builds)),
+            copies_per_region: limits.max_parallel_copies_per_region,
+            copies: DashMap::new(),
+        }
+    }
+
+    /// The request buckets, for the cloud adapters.
+    pub fn api(&self) -> &Arc<ApiLimits> {
+        &self.api
+    }
+
+    pub fn stats(&self) -> &ApiStats {
+        self.api.stats()
+    }
+
+    /// The cap on builds running at once.
+    pub fn builds(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.builds)
+    }
+
+    /// The cap on copies running at once into `destination`.
+    pub fn copies_into(&self, destination: &Region) -> Arc<Semaphore> {
+        self.copies
+            .entry(destination.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.copies_per_region)))
+            .clone()
+    }
+}
