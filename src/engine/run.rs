@@ -20,6 +20,7 @@ use crate::engine::scheduler::{BuildSlotRelease, Interrupt, RunSummary, Schedule
 use crate::engine::summary::RunStatistics;
 use crate::plan::{Plan, RunId};
 use crate::remote::net::{self, DetectError};
+use crate::remote::sim::SimCommunicator;
 use crate::remote::{Communicator, SshCommunicator};
 use crate::report::events::{EventSender, RunEvent};
 use crate::report::{self, ReportError, Reporter, TerminalReporter};
@@ -168,7 +169,7 @@ pub async fn matrix_simulated(
         fleet: Arc::clone(&fleet),
         ssh_cidrs,
         cloud: Arc::new(crate::cloud::Limited::new(Arc::clone(&sim) as Arc<dyn Cloud>, Arc::clone(limits.api()))),
-        communicator: Arc::new(sim.communicator(Arc::clone(&fleet))) as Arc<dyn Communicator>,
+        communicator: Arc::new(SimCommunicator::new(Arc::clone(&sim), Arc::clone(&fleet))) as Arc<dyn Communicator>,
         limits: Arc::clone(&limits),
         strategy,
         fail_fast: options.fail_fast,

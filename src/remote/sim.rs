@@ -7,32 +7,27 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::cloud::sim::model::Model;
-use crate::cloud::InstanceState;
+use crate::cloud::sim::SimCloud;
 use crate::config::{Fleet, Provisioner};
 use crate::remote::provision::{Described, ProvisionEnv, ProvisionError};
 use crate::remote::{Communicator, ConnectTarget, Connection, OutputSink};
 use crate::report::events::OutputStream;
 
 pub struct SimCommunicator {
-    pub model: Arc<Model>,
-    pub fleet: Arc<Fleet>,
+    sim: Arc<SimCloud>,
+    fleet: Arc<Fleet>,
+}
+
+impl SimCommunicator {
+    pub fn new(sim: Arc<SimCloud>, fleet: Arc<Fleet>) -> Self {
+        SimCommunicator { sim, fleet }
+    }
 }
 
 #[async_trait]
 impl Communicator for SimCommunicator {
     async fn connect(&self, target: &ConnectTarget, timeout: Duration) -> Result<Box<dyn Connection>, String> {
-        let region = self.model.region(&target.region);
-        let ssh_at = {
-            let state = region.state.lock().expect("not poisoned");
-            match state.instances.get(&target.instance) {
-                Some(instance) if instance.state(Instant::now()) == InstanceState::Running => instance.ssh_at,
-                Some(instance) => {
-                    return Err(format!("instance {} is {:?}", target.instance, instance.state(Instant::now())))
-                }
-                None => return Err(format!("instance {} does not exist", target.instance)),
-            }
-        };
+        let ssh_at = self.sim.ssh_ready_at(&target.region, &target.instance)?;
         let deadline = Instant::now() + timeout;
         if ssh_at > deadline {
             tokio::time::sleep_until(deadline).await;
@@ -47,16 +42,16 @@ impl Communicator for SimCommunicator {
         tokio::time::sleep_until(ssh_at).await;
         let flavor = self.fleet.flavors.iter().find(|flavor| flavor.name == target.flavor);
         let (total, count) = match flavor {
-            Some(flavor) => (flavor.sim_provision.unwrap_or(self.model.settings.provision), flavor.provisioners.len()),
-            None => (self.model.settings.provision, 1),
+            Some(flavor) => (flavor.sim_provision.unwrap_or(self.sim.settings().provision), flavor.provisioners.len()),
+            None => (self.sim.settings().provision, 1),
         };
         let each = total / u32::try_from(count.max(1)).unwrap_or(u32::MAX);
-        Ok(Box::new(SimConnection { model: Arc::clone(&self.model), each }))
+        Ok(Box::new(SimConnection { sim: Arc::clone(&self.sim), each }))
     }
 }
 
 struct SimConnection {
-    model: Arc<Model>,
+    sim: Arc<SimCloud>,
     /// How long each provisioner takes: the flavor's provisioning time, shared out.
     each: Duration,
 }
@@ -71,7 +66,7 @@ impl Connection for SimConnection {
         output: OutputSink<'_>,
     ) -> Result<(), ProvisionError> {
         output(OutputStream::Stdout, format!("(sim) would run provisioner {number}: {}", Described(provisioner)));
-        tokio::time::sleep(self.model.jittered(self.each)).await;
+        tokio::time::sleep(self.sim.jittered(self.each)).await;
         Ok(())
     }
 

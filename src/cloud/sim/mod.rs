@@ -5,7 +5,7 @@
 //! At the end of a run, [`SimCloud::report`] says what is left in the model: a leak is a bug.
 
 pub mod catalog;
-pub mod model;
+mod model;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -14,11 +14,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use crate::remote::sim::SimCommunicator;
 use model::{Model, SimRegion};
 
-use crate::cloud::{Action, Cloud, InstanceState, RegionCloud};
-use crate::config::{Fleet, Region};
+use crate::cloud::{Action, Cloud, InstanceId, InstanceState, RegionCloud};
+use crate::config::{Fleet, Region, SimSettings};
 
 /// The simulated account.
 pub struct SimCloud {
@@ -59,8 +58,25 @@ impl SimCloud {
         SimCloud { model: Model::new(fleet.sim.clone()) }
     }
 
-    pub fn communicator(&self, fleet: Arc<Fleet>) -> SimCommunicator {
-        SimCommunicator { model: Arc::clone(&self.model), fleet }
+    pub fn settings(&self) -> &SimSettings {
+        &self.model.settings
+    }
+
+    /// `duration` ± the configured jitter.
+    pub fn jittered(&self, duration: Duration) -> Duration {
+        self.model.jittered(duration)
+    }
+
+    /// When the instance's sshd answers (`[sim] ssh_ready` after it runs), or why it never will: it is not
+    /// running, or does not exist.
+    pub fn ssh_ready_at(&self, region: &Region, instance: &InstanceId) -> Result<Instant, String> {
+        let region = self.model.region(region);
+        let state = region.state.lock().expect("not poisoned");
+        match state.instances.get(instance) {
+            Some(found) if found.state(Instant::now()) == InstanceState::Running => Ok(found.ssh_at),
+            Some(found) => Err(format!("instance {instance} is {:?}", found.state(Instant::now()))),
+            None => Err(format!("instance {instance} does not exist")),
+        }
     }
 
     /// What is left, and the peaks, as of now.
