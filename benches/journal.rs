@@ -11,7 +11,8 @@ use fleetbake::cloud::{ImageId, SnapshotId};
 use fleetbake::config;
 use fleetbake::plan::{Plan, RunId};
 use fleetbake::report::events::Artifact;
-use fleetbake::state::journal::{Journal, JournalDir, Record, Replay, Resource, ResourceKind};
+use fleetbake::state::journal::{Journal, JournalDir, Record, Replay};
+use fleetbake::steps::ledger::{Resource, ResourceKind};
 
 mod common;
 use common::{peak_rss_mib, reset_peak_rss, synthetic_fleet};

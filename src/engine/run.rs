@@ -13,8 +13,8 @@ use crate::cloud::aws::AwsCloud;
 use crate::cloud::limiter::RetryPolicy;
 use crate::cloud::sim::{SimCloud, SimReport};
 use crate::cloud::watch::{WaitStyle, Waits, BATCH_INTERVAL};
-use crate::cloud::{Cloud, ImageId};
-use crate::config::{Flavor, FlavorName, Fleet, Tags};
+use crate::cloud::Cloud;
+use crate::config::Fleet;
 use crate::engine::limits::RunLimits;
 use crate::engine::scheduler::{BuildSlotRelease, Interrupt, RunSummary, Scheduler};
 use crate::engine::summary::RunStatistics;
@@ -26,41 +26,9 @@ use crate::report::events::{EventSender, RunEvent};
 use crate::report::{self, ReportError, Reporter, TerminalReporter};
 use crate::state::journal::{Journal, JournalDir, JournalError, Replay};
 use crate::state::manifest::ManifestWriter;
+use crate::steps::context::RunContext;
+use crate::steps::ledger::Ledger;
 use crate::util::clock::RunClock;
-
-/// What every job of a run shares.
-pub struct RunContext {
-    pub fleet: Arc<Fleet>,
-    pub run_id: RunId,
-    /// Who the temporary security groups let in on port 22.
-    pub ssh_cidrs: Vec<IpNet>,
-    /// The run's time: real, or virtual in the simulated cloud.
-    pub clock: RunClock,
-    /// Where everything the run does is recorded before anything depends on it.
-    pub journal: Arc<Journal>,
-    /// 1 for a new run; each `--resume` adds one.
-    pub attempt: u32,
-}
-
-impl RunContext {
-    /// `fleetbake:fleet`, `fleetbake:flavor`, `fleetbake:run-id`: on every resource the run creates.
-    pub fn identity_tags(&self, flavor: &FlavorName) -> Tags {
-        Tags::from([
-            ("fleetbake:fleet".to_string(), self.fleet.name.clone()),
-            ("fleetbake:flavor".to_string(), flavor.to_string()),
-            ("fleetbake:run-id".to_string(), self.run_id.to_string()),
-        ])
-    }
-
-    /// An image's tags in every region: the fleet's, the defaults' and the flavor's, then fleetbake's own.
-    pub fn image_tags(&self, flavor: &Flavor, source_image: &ImageId) -> Tags {
-        let mut tags = self.fleet.tags.clone();
-        tags.extend(flavor.tags.clone());
-        tags.extend(self.identity_tags(&flavor.name));
-        tags.insert("fleetbake:source-image-id".to_string(), source_image.to_string());
-        tags
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -253,7 +221,7 @@ impl Execution {
             run_id: plan.run_id.clone(),
             ssh_cidrs: self.ssh_cidrs,
             clock,
-            journal: Arc::clone(&journal),
+            ledger: Arc::clone(&journal) as Arc<dyn Ledger>,
             attempt,
         });
 
@@ -272,6 +240,7 @@ impl Execution {
         };
         let scheduler = Scheduler {
             run,
+            journal: Arc::clone(&journal),
             plan: Arc::clone(&plan),
             waits,
             cloud: self.cloud,

@@ -16,15 +16,15 @@ use crate::cloud::watch::Waits;
 use crate::cloud::Cloud;
 use crate::config::Region;
 use crate::engine::limits::RunLimits;
-use crate::engine::run::RunContext;
 use crate::plan::bound::JobTiming;
 use crate::plan::deps::DependencyQueue;
 use crate::plan::{JobId, Plan};
 use crate::remote::Communicator;
 use crate::report::events::{Artifact, EventSender, Failure, InProgress, JobEnd, JobLabel, RunEvent, RunStatus, Stage};
-use crate::state::journal::Record;
+use crate::state::journal::{Journal, Record};
 use crate::state::leftovers;
 use crate::steps::build::{self, BuildContext, PendingImage};
+use crate::steps::context::RunContext;
 use crate::steps::copy::{self, CopyContext};
 
 /// An interrupt delivered to the loop (SIGINT, SIGTERM).
@@ -84,6 +84,9 @@ pub enum Prior {
 
 pub struct Scheduler {
     pub run: Arc<RunContext>,
+    /// The run's journal: the steps write to it through `run.ledger`, the loop directly (images available,
+    /// failures, the end).
+    pub journal: Arc<Journal>,
     pub plan: Arc<Plan>,
     pub cloud: Arc<dyn Cloud>,
     pub communicator: Arc<dyn Communicator>,
@@ -215,7 +218,7 @@ impl Scheduler {
         let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
         let detail = format!("{} is available from an earlier attempt", artifact.image_id);
         self.events.progress(&label, Stage::Reused, detail);
-        publish_available(&self.run.journal, &self.events, self.plan.key(job), label, artifact);
+        publish_available(&self.journal, &self.events, self.plan.key(job), label, artifact);
         state.reused += 1;
         self.handle(LoopEvent::ImageAvailable { job, artifact: artifact.clone() }, state, queue);
         self.handle(LoopEvent::JobDone { job, end: JobEnd::default(), slot: None }, state, queue);
@@ -239,7 +242,7 @@ impl Scheduler {
             let tags = tags.clone();
             async move {
                 let found = leftovers::find(&*cloud, &tags).await.map_err(|error| error.to_string())?;
-                Ok::<_, String>(leftovers::remove(&*cloud, &waits, &found, &self.run.journal).await)
+                Ok::<_, String>(leftovers::remove(&*cloud, &waits, &found, &*self.journal).await)
             }
         });
         // A first interrupt now changes nothing (there is nothing left to start); a second abandons the sweep.
@@ -387,7 +390,7 @@ impl Scheduler {
 
     /// A job's failure: journaled, then told to the reporters.
     fn report_failure(&self, job: JobId, failure: Failure) {
-        self.run.journal.record(Record::JobFailed { job: self.plan.key(job), failure: failure.clone() });
+        self.journal.record(Record::JobFailed { job: self.plan.key(job), failure: failure.clone() });
         self.events.send(RunEvent::JobFailed(failure));
     }
 
@@ -462,7 +465,7 @@ impl Scheduler {
             label,
             events: self.events.clone(),
             scheduler: loop_sender.clone(),
-            journal: Arc::clone(&self.run.journal),
+            journal: Arc::clone(&self.journal),
         };
         match job {
             JobId::Build(index) => {
@@ -523,7 +526,7 @@ impl Scheduler {
             RunStatus::Partial
         };
         let interrupted = state.interrupted.is_some() || abandoned;
-        self.run.journal.record(Record::Finished { status, interrupted });
+        self.journal.record(Record::Finished { status, interrupted });
         self.events.send(RunEvent::RunFinished {
             status,
             finished_at: self.run.clock.now(),
@@ -531,11 +534,8 @@ impl Scheduler {
             failed: state.failed,
             in_progress: state.in_progress,
         });
-        let left_behind = if abandoned {
-            self.run.journal.outstanding().iter().map(ToString::to_string).collect()
-        } else {
-            Vec::new()
-        };
+        let left_behind =
+            if abandoned { self.journal.outstanding().iter().map(ToString::to_string).collect() } else { Vec::new() };
         RunSummary {
             status,
             succeeded: state.succeeded,
@@ -558,7 +558,7 @@ struct Announcer {
     label: JobLabel,
     events: EventSender,
     scheduler: mpsc::UnboundedSender<LoopEvent>,
-    journal: Arc<crate::state::journal::Journal>,
+    journal: Arc<Journal>,
 }
 
 impl Announcer {
@@ -572,7 +572,7 @@ impl Announcer {
 
 /// An image is available: journaled, then told to the reporters (the loop hears of it separately).
 fn publish_available(
-    journal: &crate::state::journal::Journal,
+    journal: &Journal,
     events: &EventSender,
     key: crate::plan::JobKey,
     label: JobLabel,

@@ -19,9 +19,10 @@ use crate::cloud::watch::Waits;
 use crate::cloud::{Cloud, CloudError, ImageId, ImageQuery, ImageState, OwnedImage, SnapshotId};
 use crate::config::{Fleet, Region};
 use crate::plan::RunId;
-use crate::state::journal::{Journal, JournalDir, JournalError, Resource};
+use crate::state::journal::{Journal, JournalDir, JournalError};
 use crate::state::leftovers::{self, Leftover};
 use crate::state::manifest::Manifest;
+use crate::steps::ledger::Resource;
 
 /// A run with no journal here is treated as in progress until this long after it started.
 pub const FOREIGN_RUN_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -288,7 +289,7 @@ pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::journal::ResourceKind;
+    use crate::steps::ledger::ResourceKind;
 
     fn run(second: u32) -> RunId {
         RunId::new(format!("2026-11-26T12:00:{second:02}Z").parse().unwrap(), 1)

@@ -19,9 +19,10 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 
 use crate::cloud::ImageId;
-use crate::config::{Fleet, Region};
+use crate::config::Fleet;
 use crate::plan::{JobKey, Plan, PlannedJob, RunId};
 use crate::report::events::{Artifact, Failure, RunStatus};
+use crate::steps::ledger::{Ledger, Resource};
 
 /// The first line's `format`.
 pub const JOURNAL_FORMAT: &str = "fleetbake-journal";
@@ -51,34 +52,6 @@ impl Header {
             started_at: plan.started_at,
             jobs: plan.planned_jobs(),
         }
-    }
-}
-
-/// A temporary resource a build made.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Resource {
-    pub region: Region,
-    pub kind: ResourceKind,
-    pub id: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResourceKind {
-    Instance,
-    SecurityGroup,
-    KeyPair,
-}
-
-impl std::fmt::Display for Resource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.kind {
-            ResourceKind::Instance => "instance",
-            ResourceKind::SecurityGroup => "security group",
-            ResourceKind::KeyPair => "key pair",
-        };
-        write!(f, "{kind} {} in {}", self.id, self.region)
     }
 }
 
@@ -483,6 +456,21 @@ impl Journal {
     }
 }
 
+/// What steps record goes into the journal, flushed before the step's next call.
+impl Ledger for Journal {
+    fn created(&self, job: &JobKey, resource: Resource) {
+        self.record(Record::Created { job: job.clone(), resource });
+    }
+
+    fn removed(&self, resource: Resource) {
+        self.record(Record::Removed { resource });
+    }
+
+    fn image_requested(&self, job: &JobKey, image: &ImageId) {
+        self.record(Record::ImageRequested { job: job.clone(), image_id: image.clone() });
+    }
+}
+
 fn lock(file: &File, path: &Path, run_id: &RunId) -> Result<(), JournalError> {
     match file.try_lock() {
         Ok(()) => Ok(()),
@@ -496,8 +484,9 @@ fn lock(file: &File, path: &Path, run_id: &RunId) -> Result<(), JournalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::FlavorName;
+    use crate::config::{FlavorName, Region};
     use crate::plan::BuildJob;
+    use crate::steps::ledger::ResourceKind;
 
     fn plan() -> Plan {
         let run_id = RunId::new("2026-11-26T12:00:00Z".parse().unwrap(), 10);

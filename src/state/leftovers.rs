@@ -9,8 +9,8 @@ use crate::cloud::watch::RegionWaits;
 use crate::cloud::{CloudResult, RegionCloud};
 use crate::config::{FlavorName, Tags};
 use crate::plan::RunId;
-use crate::state::journal::{Journal, Resource, ResourceKind};
 use crate::steps::cleanup::{CleanupStack, UndoFailure, UndoStep};
+use crate::steps::ledger::{Ledger, Resource, ResourceKind};
 
 /// A temporary resource found in the account.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub async fn remove(
     cloud: &dyn RegionCloud,
     waits: &RegionWaits,
     leftovers: &[Leftover],
-    journal: &Journal,
+    ledger: &dyn Ledger,
 ) -> Removal {
     let mut stack = CleanupStack::default();
     // The stack unwinds most recent first.
@@ -77,7 +77,7 @@ pub async fn remove(
             stack.push(UndoStep::removing(&leftover.resource));
         }
     }
-    let failures: Vec<UndoFailure> = stack.unwind(cloud, waits, journal).await;
+    let failures: Vec<UndoFailure> = stack.unwind(cloud, waits, ledger).await;
     let mut removal = Removal::default();
     for leftover in leftovers {
         match failures.iter().find(|failure| failure.journal_resource.as_ref() == Some(&leftover.resource)) {

@@ -14,15 +14,15 @@ use crate::cloud::{
     client_token, CloudError, ImageId, ImageState, KeyPairName, LaunchSpec, RegionCloud, SecurityGroupId,
 };
 use crate::config::{Flavor, SourceAmi, Tags};
-use crate::engine::run::RunContext;
 use crate::plan::BuildJob;
 use crate::remote::provision::{Described, ProvisionEnv};
 use crate::remote::ssh::{self, SshTarget};
 use crate::remote::{Communicator, ConnectTarget, Connection};
 use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Stage};
-use crate::state::journal::{Record, Resource, ResourceKind};
 use crate::steps::adopt;
 use crate::steps::cleanup::{CleanupStack, UndoStep};
+use crate::steps::context::RunContext;
+use crate::steps::ledger::{Resource, ResourceKind};
 
 /// The port sshd listens on in the instance, which the security group opens.
 const INSTANCE_SSH_PORT: u16 = 22;
@@ -109,7 +109,7 @@ impl BuildContext {
     /// Journals a temporary resource the moment it exists, before the next call depends on it.
     fn created(&self, kind: ResourceKind, id: impl ToString) {
         let resource = Resource { region: self.job.region.clone(), kind, id: id.to_string() };
-        self.run.journal.record(Record::Created { job: self.job.key(), resource });
+        self.run.ledger.created(&self.job.key(), resource);
     }
 
     /// Tags on every temporary resource of this build.
@@ -148,7 +148,7 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
     if !stack.is_empty() {
         context.progress(Stage::Cleanup, format!("cleaning up {}", stack.pending().join(", ")));
     }
-    for failure in stack.unwind(&*context.cloud, &context.waits, &context.run.journal).await {
+    for failure in stack.unwind(&*context.cloud, &context.waits, &*context.run.ledger).await {
         context.events.send(crate::report::events::RunEvent::CleanupFailed {
             job: label.clone(),
             resource: failure.resource.clone(),
@@ -280,7 +280,7 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     let image = adopt::create_image(cloud, &instance, &context.job.image_name, description, &image_tags, &run.run_id)
         .await
         .map_err(|error| StepError::cloud(Stage::CreateImage, error))?;
-    context.run.journal.record(Record::ImageRequested { job: context.job.key(), image_id: image.clone() });
+    context.run.ledger.image_requested(&context.job.key(), &image);
     context.progress(Stage::CreateImage, format!("creating image {image} `{}`", context.job.image_name));
     wait_for_image(context, image, source).await
 }

@@ -7,7 +7,7 @@ use crate::cloud::wait::{poll_until, Poll, PollPolicy, WaitError};
 use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{CloudError, ErrorKind, InstanceId, KeyPairName, RegionCloud, SecurityGroupId};
 use crate::config::Region;
-use crate::state::journal::{Journal, Record, Resource, ResourceKind};
+use crate::steps::ledger::{Ledger, Resource, ResourceKind};
 
 /// One thing to undo.
 #[derive(Debug)]
@@ -88,7 +88,12 @@ impl CleanupStack {
 
     /// Undoes every step, most recent first, continuing past failures; journals each removal; returns the
     /// failures.
-    pub async fn unwind(mut self, cloud: &dyn RegionCloud, waits: &RegionWaits, journal: &Journal) -> Vec<UndoFailure> {
+    pub async fn unwind(
+        mut self,
+        cloud: &dyn RegionCloud,
+        waits: &RegionWaits,
+        ledger: &dyn Ledger,
+    ) -> Vec<UndoFailure> {
         let mut failures = Vec::new();
         while let Some(step) = self.steps.pop() {
             let resource = step.resource();
@@ -96,7 +101,7 @@ impl CleanupStack {
             match undo(cloud, waits, step).await {
                 Ok(()) => {
                     if let Some(resource) = record {
-                        journal.record(Record::Removed { resource });
+                        ledger.removed(resource);
                     }
                 }
                 Err(error) => failures.push(UndoFailure {

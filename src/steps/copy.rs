@@ -8,10 +8,9 @@ use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{client_token, CopySpec, ImageId, RegionCloud};
 use crate::config::Flavor;
-use crate::engine::run::RunContext;
 use crate::plan::CopyJob;
 use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Stage};
-use crate::state::journal::Record;
+use crate::steps::context::RunContext;
 
 pub struct CopyContext {
     pub run: Arc<RunContext>,
@@ -117,7 +116,7 @@ async fn start(context: &CopyContext, label: &JobLabel) -> Result<ImageId, Failu
     let image = crate::steps::adopt::copy_image(&*context.cloud, &spec, &run.run_id)
         .await
         .map_err(|error| Failure::from_cloud(label, Stage::Copy, &error))?;
-    run.journal.record(Record::ImageRequested { job: context.job.key(), image_id: image.clone() });
+    run.ledger.image_requested(&context.job.key(), &image);
     context.events.progress(
         label,
         Stage::Copy,

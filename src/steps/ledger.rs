@@ -1,0 +1,48 @@
+//! What steps record as they go, before anything depends on it: the [`Ledger`] port, which the run's journal
+//! (`state::journal`) implements, and the temporary [`Resource`]s it names. Steps know the journal only
+//! through this, as they know EC2 only through the cloud port.
+
+use std::fmt;
+
+use crate::cloud::ImageId;
+use crate::config::Region;
+use crate::plan::JobKey;
+
+/// A temporary resource a build made.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resource {
+    pub region: Region,
+    pub kind: ResourceKind,
+    pub id: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceKind {
+    Instance,
+    SecurityGroup,
+    KeyPair,
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            ResourceKind::Instance => "instance",
+            ResourceKind::SecurityGroup => "security group",
+            ResourceKind::KeyPair => "key pair",
+        };
+        write!(f, "{kind} {} in {}", self.id, self.region)
+    }
+}
+
+/// Where steps record what they make. Each call returns once the record is durable: whatever the step does
+/// next may depend on it (a resume must find every resource and image a killed process made).
+pub trait Ledger: Send + Sync {
+    /// A temporary resource exists: called right after the call that created it, before the next call.
+    fn created(&self, job: &JobKey, resource: Resource);
+    /// A temporary resource is gone.
+    fn removed(&self, resource: Resource);
+    /// CreateImage or CopyImage answered: the image exists (pending).
+    fn image_requested(&self, job: &JobKey, image: &ImageId);
+}
