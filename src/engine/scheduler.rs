@@ -23,6 +23,7 @@ use crate::remote::Communicator;
 use crate::report::events::{Artifact, EventSender, Failure, InProgress, JobEnd, JobLabel, RunEvent, RunStatus, Stage};
 use crate::state::journal::{Journal, Record};
 use crate::state::leftovers;
+use crate::state::resume::Prior;
 use crate::steps::build::{self, BuildContext, PendingImage};
 use crate::steps::context::RunContext;
 use crate::steps::copy::{self, CopyContext};
@@ -72,15 +73,6 @@ enum LoopEvent {
 
 /// What a job's task hands back: how it ended, and its slot.
 type TaskOutcome = (JobId, JobEnd, OwnedSemaphorePermit);
-
-/// What an earlier attempt of the run (found by `--resume`) left for a job.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Prior {
-    /// The image is available: the job is done.
-    Available(Artifact),
-    /// CreateImage or CopyImage was called and the image is still pending: the job only waits for it.
-    Pending(PendingImage),
-}
 
 pub struct Scheduler {
     pub run: Arc<RunContext>,

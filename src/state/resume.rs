@@ -13,13 +13,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::cloud::watch::Waits;
 use crate::cloud::{Cloud, CloudError, ImageId, ImageQuery, ImageState, OwnedImage};
 use crate::config::{Fleet, Region};
-use crate::engine::scheduler::Prior;
 use crate::plan::{JobId, Plan};
 use crate::report::events::{Artifact, EventSender, RunEvent};
 use crate::state::journal::{Journal, JournalDir, JournalError, Replay};
 use crate::state::leftovers::{self, Leftover};
 use crate::steps::adopt;
 use crate::steps::build::PendingImage;
+
+/// What an earlier attempt of the run (found by `--resume`) left for a job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prior {
+    /// The image is available: the job is done.
+    Available(Artifact),
+    /// CreateImage or CopyImage was called and the image is still pending: the job only waits for it.
+    Pending(PendingImage),
+}
 
 /// The run to resume and its plan, as of the fleet file now (which must plan the same jobs and names).
 pub fn prepare(fleet: &Fleet) -> Result<(Replay, Plan), JournalError> {
