@@ -1,7 +1,11 @@
 //! The cloud port: what the build and copy steps may ask of EC2 in one region, and nothing more.
 //!
-//! Steps know the cloud only through [`RegionCloud`]. [`aws`] is the adapter over aws-sdk-ec2; every call an
-//! adapter makes goes through the region's [`crate::cloud::limiter::RegionLimiter`].
+//! Steps know the cloud only through [`RegionCloud`]. [`aws`] is the adapter over aws-sdk-ec2 and [`sim`] the
+//! simulated EC2; [`Limited`] puts any cloud behind the client's request limiter ([`limiter`]), which every
+//! adapter call goes through. [`watch`] and [`wait`] are how anything waits for EC2 state over the port.
+//!
+//! Layer: `cloud` owns the port, its adapters, the limiter and the waits. It imports `config` and `util`, and
+//! never the engine, the steps, the state or the reporters.
 
 pub mod aws;
 mod limited;

@@ -1,6 +1,9 @@
 //! fleet.toml: its schema, the defaults inheritance and every check, each error naming `file:line:column` and key.
 //!
 //! [`load`] is the only entry point. It reads the file and the files it names, never the network.
+//!
+//! Layer: the bottom. `config` owns the fleet file and the vocabulary every layer speaks (regions, flavor
+//! names, tags; EC2's actions and request classes in [`api`]). It imports nothing of the crate but `util`.
 
 pub mod api;
 mod schema;

@@ -1,4 +1,8 @@
-//! Executes a plan.
+//! Executes a plan: [`run`] wires a run together (the journal, the cloud, the communicator, the reporters),
+//! the [`scheduler`]'s one loop starts jobs as slots of [`limits`] allow and routes their events, and
+//! [`summary`] makes the run statistics.
+//!
+//! Layer: the top. `engine` may import every other layer; none imports it.
 
 pub mod limits;
 pub mod run;

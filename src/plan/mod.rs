@@ -1,6 +1,9 @@
 //! The plan: every build (flavor × build region) and every copy (build → target region), as plain data.
 //!
 //! [`Plan::new`] is pure: no clock, no network. `fleetbake plan` prints it; the scheduler executes it.
+//!
+//! Layer: `plan` owns the plan, its dependency queue ([`deps`]) and its critical-path bound ([`bound`]), all
+//! pure functions of data. It imports `config` only.
 
 pub mod bound;
 pub mod deps;

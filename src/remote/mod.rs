@@ -1,5 +1,9 @@
 //! How a build reaches its instance to provision it: the [`Communicator`] port, and [`SshCommunicator`], the
-//! real one over the system ssh client. The simulated cloud has its own ([`crate::cloud::sim`]).
+//! real one over the system ssh client ([`ssh`], running [`provision`]ers); [`sim`] answers for the simulated
+//! cloud; [`net`] detects this machine's address for the security group.
+//!
+//! Layer: `remote` imports `config`, `cloud` (instance ids, the simulated cloud's instances) and `report`
+//! (output streams); never the steps, the state or the engine.
 
 pub mod net;
 pub mod provision;

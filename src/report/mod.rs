@@ -1,6 +1,10 @@
 //! Reporters: the only consumers of [`RunEvent`]s, and the only code that writes run output.
 //!
 //! [`pump`] feeds every event, in order, to each reporter until the engine drops its sender.
+//!
+//! Layer: `report` owns the closed set of [`events`] and the reporters that print them. It imports `config`,
+//! `plan` and `cloud` (the ids and errors events carry). The manifest writer, a reporter too, lives beside
+//! the manifest in `state`.
 
 pub mod events;
 mod terminal;

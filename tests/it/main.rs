@@ -3,6 +3,7 @@
 mod cloud_state;
 mod corpus;
 mod harness;
+mod layout;
 mod matrix;
 mod plan;
 mod resume;

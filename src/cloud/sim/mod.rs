@@ -1,6 +1,7 @@
-//! The simulated cloud behind `--cloud sim`: an in-process EC2 ([`model`]) behind the same cloud port the aws
-//! adapter implements, a communicator that provisions nothing ([`communicator`]), and the public images it
-//! knows ([`catalog`]). It runs in Tokio's paused clock: a night of builds passes in seconds.
+//! The simulated cloud behind `--cloud sim`: an in-process EC2 (`model`) behind the same cloud port the aws
+//! adapter implements, and the public images it knows ([`catalog`]). It runs in Tokio's paused clock: a night
+//! of builds passes in seconds. Its communicator, which provisions nothing, is `remote::sim`: it asks
+//! [`SimCloud::ssh_ready_at`] when an instance's sshd answers.
 //!
 //! At the end of a run, [`SimCloud::report`] says what is left in the model: a leak is a bug.
 
