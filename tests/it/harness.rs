@@ -132,9 +132,22 @@ impl Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
+        // Its connections first (one sshd process each, children of the listener): a client's ssh master
+        // (`ControlPersist`) would otherwise stay connected to them after the test.
+        let _ = Command::new("pkill").args(["-TERM", "-P", &self.child.id().to_string()]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A provisioner line that waits until `gate` exists, for a test to hold a build mid-provisioning. It gives up
+/// after 2 minutes by itself (exit 1): the test sshd is this machine, so a loop left behind when a test kills
+/// the build must not run forever.
+pub fn wait_for_gate(gate: &Path) -> String {
+    format!(
+        "waited=0; while [ ! -e {} ]; do waited=$((waited + 1)); [ $waited -lt 600 ] || exit 1; sleep 0.2; done",
+        gate.display()
+    )
 }
 
 /// A scratch folder for a fleet file and what it names, plus a folder the provisioners write markers into.

@@ -269,10 +269,10 @@ fn sigint_during_provisioning_cleans_up_keeps_finished_images_and_resumes() {
         "{}\n[limits]\nmax_parallel_builds = 1\n\n\
          [[flavor]]\nname = \"quick\"\nsource_ami = {AL2023}\n\n\
          [[flavor]]\nname = \"slow\"\nsource_ami = {AL2023}\n\
-         provisioners = [{{ type = \"shell\", inline = [\"echo sleeping now\", \"while [ ! -e {} ]; do sleep 0.2; done\"] }}]\n\n\
+         provisioners = [{{ type = \"shell\", inline = [\"echo sleeping now\", \"{}\"] }}]\n\n\
          [regions]\nus-west-2 = []\n",
         header,
-        gate.display(),
+        wait_for_gate(&gate),
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let mut running = Running::start(&["matrix", fleet_path.to_str().unwrap()], &[("TMPDIR", tmp.to_str().unwrap())]);

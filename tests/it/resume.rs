@@ -16,10 +16,10 @@ fn gated_fleet(moto: &Moto, sshd: &Sshd, gate: &std::path::Path, retention: &str
         "{}\n[limits]\nmax_parallel_builds = 1\n\n\
          [[flavor]]\nname = \"quick\"\nsource_ami = {AL2023}\n\n\
          [[flavor]]\nname = \"gated\"\nsource_ami = {AL2023}\n\
-         provisioners = [{{ type = \"shell\", inline = [\"echo waiting for the gate\", \"while [ ! -e {} ]; do sleep 0.2; done\"] }}]\n\n\
+         provisioners = [{{ type = \"shell\", inline = [\"echo waiting for the gate\", \"{}\"] }}]\n\n\
          [regions]\nus-west-2 = [\"us-east-1\"]\n{retention}",
         fleet_header(moto, sshd),
-        gate.display()
+        wait_for_gate(gate)
     )
 }
 
@@ -229,10 +229,10 @@ fn a_second_sigint_exits_at_once_naming_what_may_be_left_and_gc_removes_it() {
     let gate = workspace.path("gate");
     let fleet = format!(
         "{}\n[[flavor]]\nname = \"gated\"\nsource_ami = {AL2023}\n\
-         provisioners = [{{ type = \"shell\", inline = [\"echo waiting for the gate\", \"while [ ! -e {} ]; do sleep 0.2; done\"] }}]\n\n\
+         provisioners = [{{ type = \"shell\", inline = [\"echo waiting for the gate\", \"{}\"] }}]\n\n\
          [regions]\nus-west-2 = []\n",
         fleet_header_at(&proxy.endpoint, &sshd),
-        gate.display()
+        wait_for_gate(&gate)
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let mut running = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
