@@ -267,7 +267,8 @@ fn the_layer_check_catches_a_cycle_and_an_upward_import() {
         ("plan/mod.rs", "fn f() { let _ = crate::state::journal::Journal::in_memory(); }\n"),
         ("state/journal.rs", "use crate::plan::Plan;\n"),
     ];
-    let references: Vec<Reference> = files.iter().flat_map(|(path, text)| references_in(Path::new(path), text)).collect();
+    let references: Vec<Reference> =
+        files.iter().flat_map(|(path, text)| references_in(Path::new(path), text)).collect();
     let paths: Vec<(&str, &str, usize)> =
         references.iter().map(|r| (r.from.as_str(), r.path.as_str(), r.line)).collect();
     assert_eq!(
