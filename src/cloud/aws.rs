@@ -1,7 +1,9 @@
 //! The real adapter: [`RegionCloud`] over aws-sdk-ec2, one client per region, every call through the limiter.
 //!
-//! Credentials come from aws-config's standard chain. The SDK's own retries are off: throttling and transient
-//! errors are retried in one place, [`RegionLimiter::call`], so they are counted and never double-retried.
+//! Credentials come from aws-config's standard chain, whose providers (STS, SSO, IMDS) keep the SDK's own
+//! retries: a refresh in hour two that fails once is retried there. The EC2 client's retries are off:
+//! throttling and transient errors are retried in one place, [`RegionLimiter::call`], so they are counted and
+//! never double-retried.
 
 use std::sync::Arc;
 
@@ -52,7 +54,7 @@ pub struct AwsCloud {
 impl AwsCloud {
     /// Loads the standard credential chain once; `[aws] profile` and `endpoint_url` (or `AWS_ENDPOINT_URL`) apply.
     pub async fn connect(settings: &AwsSettings, limits: Arc<ApiLimits>) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(RetryConfig::disabled());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(profile) = &settings.profile {
             loader = loader.profile_name(profile);
         }
@@ -68,8 +70,11 @@ impl Cloud for AwsCloud {
         self.regions
             .entry(region.clone())
             .or_insert_with(|| {
+                // Retries off on the EC2 client only: the limiter retries its calls; the credential providers
+                // keep theirs.
                 let config = aws_sdk_ec2::config::Builder::from(&self.sdk)
                     .region(aws_sdk_ec2::config::Region::new(region.as_str().to_string()))
+                    .retry_config(RetryConfig::disabled())
                     .build();
                 Arc::new(AwsRegion {
                     region: region.clone(),
@@ -110,9 +115,11 @@ impl AwsRegion {
                     .unwrap_or_else(|| format!("HTTP {status}: {}", DisplayErrorContext(&error)));
                 (kind, code, message)
             }
-            // A dropped or timed-out connection may work next time; missing credentials will not.
+            // A dropped or timed-out connection may work next time; credentials that could not be loaded or
+            // refreshed are their own kind (cleanup retries them); anything else will not.
             SdkError::DispatchFailure(failure) if !(failure.is_io() || failure.is_timeout()) => {
-                (ErrorKind::Permanent, None, error_chain(&error))
+                let kind = if is_credentials_failure(&error) { ErrorKind::Credentials } else { ErrorKind::Permanent };
+                (kind, None, error_chain(&error))
             }
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
                 (ErrorKind::Transient, None, error_chain(&error))
@@ -131,6 +138,18 @@ impl AwsRegion {
             message: format!("the response has no {what}"),
         }
     }
+}
+
+/// Whether a dispatch failure came from the credential provider chain (nothing found, a refresh that failed).
+fn is_credentials_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if current.is::<aws_credential_types::provider::error::CredentialsError>() {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
 }
 
 /// An error and its causes, `: `-separated, without the SDK's debug dump.
@@ -370,7 +389,8 @@ impl RegionCloud for AwsRegion {
             .source_image_id(spec.source_image.as_str())
             .name(&spec.name)
             .set_description(spec.description.clone())
-            .client_token(&spec.client_token))?;
+            .client_token(&spec.client_token)
+            .tag_specifications(tag_specification(ResourceType::Image, &spec.tags)))?;
         output.image_id().map(|id| ImageId(id.to_string())).ok_or_else(|| self.missing(action, "image id"))
     }
 
@@ -550,11 +570,17 @@ fn instance_statuses(output: &DescribeInstancesOutput) -> Vec<InstanceStatus> {
                 InstanceStateName::Terminated => InstanceState::Terminated,
                 _ => InstanceState::Pending,
             };
+            let reason = instance.state_reason().and_then(|reason| match (reason.code(), reason.message()) {
+                (Some(code), Some(message)) if message.starts_with(code) => Some(message.to_string()),
+                (Some(code), Some(message)) => Some(format!("{code}: {message}")),
+                (code, message) => code.or(message).map(str::to_string),
+            });
             Some(InstanceStatus {
                 id: InstanceId(instance.instance_id()?.to_string()),
                 state,
                 public_ip: instance.public_ip_address().map(str::to_string),
                 private_ip: instance.private_ip_address().map(str::to_string),
+                state_reason: reason,
             })
         })
         .collect()

@@ -8,6 +8,7 @@
 //! never the engine, the steps, the state or the reporters.
 
 pub mod aws;
+pub mod consistency;
 mod limited;
 pub mod limiter;
 pub mod sim;
@@ -65,8 +66,16 @@ pub enum ErrorKind {
     Throttled,
     /// A 5xx, a dropped connection, a timeout: retry.
     Transient,
-    /// The resource does not exist (any `*.NotFound` code).
+    /// The resource does not exist (any `*.NotFound` code). About something this process created moments ago it
+    /// may only be EC2's lag ([`consistency`]); otherwise it is the answer.
     NotFound,
+    /// EC2 has no room for it now: no capacity of that type in the zone, a quota of running vCPUs or of copies
+    /// in flight reached. A wait (and, for a launch, another zone), not a failure, up to `[limits]
+    /// capacity_patience`.
+    Capacity,
+    /// The credentials were refused as expired, or could not be loaded or refreshed. Not retried by the
+    /// limiter (a missing profile stays missing); cleanup retries them, since a refresh may come.
+    Credentials,
     /// Anything else: the answer is final.
     Permanent,
 }
@@ -98,6 +107,21 @@ const THROTTLING_CODES: &[&str] = &[
 const TRANSIENT_CODES: &[&str] =
     &["InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "RequestTimeout"];
 
+/// EC2's "not now" answers: capacity in a zone (`InsufficientInstanceCapacity`, `Unsupported`: the type is not
+/// offered in that zone), the account's running-vCPU quota (terminated instances keep counting for a while),
+/// and the cap on copies in flight into a region, shared with every tool of the account.
+const CAPACITY_CODES: &[&str] = &[
+    "InsufficientInstanceCapacity",
+    "InsufficientHostCapacity",
+    "Unsupported",
+    "VcpuLimitExceeded",
+    "InstanceLimitExceeded",
+    "ResourceLimitExceeded",
+];
+
+/// Credentials EC2 refused because they expired (a role session ran out mid-run; the provider refreshes them).
+const CREDENTIALS_CODES: &[&str] = &["ExpiredToken", "ExpiredTokenException", "RequestExpired"];
+
 impl ErrorKind {
     /// Classifies an AWS error code.
     pub fn of_code(code: &str) -> ErrorKind {
@@ -105,6 +129,10 @@ impl ErrorKind {
             ErrorKind::Throttled
         } else if TRANSIENT_CODES.contains(&code) {
             ErrorKind::Transient
+        } else if CAPACITY_CODES.contains(&code) {
+            ErrorKind::Capacity
+        } else if CREDENTIALS_CODES.contains(&code) {
+            ErrorKind::Credentials
         } else if code.ends_with(".NotFound") {
             ErrorKind::NotFound
         } else {
@@ -157,6 +185,9 @@ pub struct InstanceStatus {
     pub state: InstanceState,
     pub public_ip: Option<String>,
     pub private_ip: Option<String>,
+    /// Why it is in its state, as EC2 says (`Server.InsufficientInstanceCapacity: …` for an instance that went
+    /// from pending to terminated).
+    pub state_reason: Option<String>,
 }
 
 /// What RunInstances is asked for.
@@ -181,6 +212,8 @@ pub struct CopySpec {
     pub name: String,
     pub description: Option<String>,
     pub client_token: String,
+    /// The copy's tags, given at creation (`TagSpecifications`): an image that exists is never untagged.
+    pub tags: Tags,
 }
 
 /// A resource found by its tags, with all of its tags.

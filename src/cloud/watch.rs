@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::cloud::consistency::Created;
 use crate::cloud::wait::{poll_until, Poll, PollPolicy, WaitError};
 use crate::cloud::{
     Action, Cloud, CloudError, CloudResult, ErrorKind, ImageId, ImageState, ImageStatus, InstanceId, InstanceState,
@@ -52,19 +53,25 @@ impl WaitKind {
         }
     }
 
-    fn verdict(self, instance: &InstanceId, status: Option<&InstanceStatus>) -> Poll<()> {
+    /// What one look at the instance says. `listed_or_gone`: an instance EC2 does not list has terminated
+    /// (not so for one launched moments ago: EC2 may not list it yet).
+    fn verdict(self, instance: &InstanceId, status: Option<&InstanceStatus>, unlisted_is_gone: bool) -> Poll<()> {
         let state = status.map(|status| &status.state);
+        // EC2's StateReason, when it gives one: why a launch ended terminated (`Server.InsufficientInstanceCapacity`).
+        let reason = status.and_then(|status| status.state_reason.as_deref()).map(|reason| format!(": {reason}"));
+        let reason = reason.unwrap_or_default();
         match (self, state) {
             (WaitKind::InstanceRunning, Some(InstanceState::Running)) => Poll::Ready(()),
             (WaitKind::InstanceRunning, None | Some(InstanceState::Pending)) => Poll::NotYet,
             (WaitKind::InstanceRunning, Some(state)) => {
-                Poll::Failed(format!("instance {instance} is {state:?} instead of running"))
+                Poll::Failed(format!("instance {instance} is {state:?} instead of running{reason}"))
             }
             (WaitKind::InstanceStopped, Some(InstanceState::Stopped)) => Poll::Ready(()),
             (WaitKind::InstanceStopped, Some(InstanceState::Terminated | InstanceState::ShuttingDown)) => {
-                Poll::Failed(format!("instance {instance} terminated while stopping"))
+                Poll::Failed(format!("instance {instance} terminated while stopping{reason}"))
             }
-            (WaitKind::InstanceTerminated, None | Some(InstanceState::Terminated)) => Poll::Ready(()),
+            (WaitKind::InstanceTerminated, Some(InstanceState::Terminated)) => Poll::Ready(()),
+            (WaitKind::InstanceTerminated, None) if unlisted_is_gone => Poll::Ready(()),
             _ => Poll::NotYet,
         }
     }
@@ -136,6 +143,21 @@ pub struct RegionWaits {
 impl RegionWaits {
     /// Waits until the instance reaches the state `kind` names (an instance kind).
     pub async fn instance(&self, id: &InstanceId, kind: WaitKind) -> Result<Option<InstanceStatus>, WaitError> {
+        self.instance_state(id, kind, None).await
+    }
+
+    /// Waits until the instance is terminated. One EC2 does not list has terminated, unless this process
+    /// launched it moments ago (`fresh`): a NotFound then is lag, not proof.
+    pub async fn instance_terminated(&self, id: &InstanceId, fresh: Option<Created>) -> Result<(), WaitError> {
+        self.instance_state(id, WaitKind::InstanceTerminated, fresh).await.map(|_| ())
+    }
+
+    async fn instance_state(
+        &self,
+        id: &InstanceId,
+        kind: WaitKind,
+        fresh: Option<Created>,
+    ) -> Result<Option<InstanceStatus>, WaitError> {
         let what = match kind {
             WaitKind::InstanceRunning => "to run",
             WaitKind::InstanceStopped => "to stop",
@@ -143,7 +165,8 @@ impl RegionWaits {
         };
         self.timed(kind, INSTANCE_TIMEOUT, &format!("instance {id} {what}"), || async {
             let status = self.status(&self.batcher.instances, id).await?;
-            Ok(match kind.verdict(id, status.as_ref()) {
+            let unlisted_is_gone = !fresh.is_some_and(|created| created.is_recent());
+            Ok(match kind.verdict(id, status.as_ref(), unlisted_is_gone) {
                 Poll::Ready(()) => Poll::Ready(status),
                 Poll::NotYet => Poll::NotYet,
                 Poll::Failed(reason) => Poll::Failed(reason),

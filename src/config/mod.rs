@@ -178,6 +178,9 @@ pub struct Limits {
     pub max_parallel_copies_per_region: usize,
     /// How long CreateImage or CopyImage may take to become available.
     pub image_timeout: Duration,
+    /// How long a launch or a copy waits out EC2's capacity and quota answers (`InsufficientInstanceCapacity`,
+    /// `VcpuLimitExceeded`, CopyImage's `ResourceLimitExceeded`, …) before its job fails.
+    pub capacity_patience: Duration,
     pub api: ApiRates,
 }
 
@@ -187,6 +190,7 @@ impl Default for Limits {
             max_parallel_builds: 8,
             max_parallel_copies_per_region: 50,
             image_timeout: Duration::from_secs(2 * 60 * 60),
+            capacity_patience: Duration::from_secs(30 * 60),
             api: ApiRates::default(),
         }
     }
@@ -216,6 +220,17 @@ pub struct SimSettings {
     pub copy_concurrency: usize,
     /// How long every API call takes to answer.
     pub api_latency: Duration,
+    /// How long a new resource's id stays unknown to other calls (EC2's eventual consistency): key pairs,
+    /// security groups, instances, images and snapshots.
+    pub consistency_lag: Duration,
+    /// Running vCPUs the account may have per region (instances count until terminated); `None`: unlimited.
+    pub vcpu_limit: Option<u32>,
+    /// vCPUs of every instance type.
+    pub instance_vcpus: u32,
+    /// Fraction of every EC2 request bucket's refill other tools of the account use (0 ≤ load < 1).
+    pub background_load: f64,
+    /// Copies other tools keep in flight into each region, counting against `copy_concurrency`.
+    pub foreign_copies: usize,
     pub faults: Vec<SimFault>,
 }
 
@@ -233,24 +248,40 @@ impl Default for SimSettings {
             copy_image: Duration::from_secs(15 * 60),
             copy_concurrency: 50,
             api_latency: Duration::from_millis(80),
+            consistency_lag: Duration::from_secs(3),
+            vcpu_limit: None,
+            instance_vcpus: 2,
+            background_load: 0.0,
+            foreign_copies: 0,
             faults: Vec::new(),
         }
     }
 }
 
-/// An error the simulated EC2 answers with instead of doing what was asked.
+/// Something the simulated EC2 does wrong on purpose: an error instead of what was asked, or a resource that
+/// ends badly.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimFault {
     /// The action it hits; `None` for `"*"`, every action.
     pub action: Option<api::Action>,
     /// Only in this region, if set.
     pub region: Option<Region>,
-    /// The AWS error code answered, e.g. `InternalError`, `RequestLimitExceeded`, `UnauthorizedOperation`.
-    pub error: String,
+    pub effect: FaultEffect,
     pub when: FaultTrigger,
     /// The call takes effect and then its answer is lost: the client sees `error` (a retry must not make the
     /// thing twice).
     pub answer_lost: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum FaultEffect {
+    /// The call is answered with this AWS error code, e.g. `InternalError`, `RequestLimitExceeded`,
+    /// `InsufficientInstanceCapacity`.
+    Error(String),
+    /// The call succeeds, and the image it makes (CreateImage, CopyImage) ends `failed` with this reason.
+    ImageFails { reason: String },
+    /// The call succeeds, and the instance it launches goes from pending to terminated with this reason.
+    InstanceTerminates { reason: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

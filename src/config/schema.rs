@@ -139,6 +139,7 @@ pub struct LimitsSection {
     pub max_parallel_builds: Option<usize>,
     pub max_parallel_copies_per_region: Option<usize>,
     pub image_timeout: Option<String>,
+    pub capacity_patience: Option<String>,
     #[serde(default)]
     pub api: ApiRatesSection,
 }
@@ -176,6 +177,11 @@ pub struct SimSection {
     pub copy_image: Option<String>,
     pub copy_concurrency: Option<usize>,
     pub api_latency: Option<String>,
+    pub consistency_lag: Option<String>,
+    pub vcpu_limit: Option<u32>,
+    pub instance_vcpus: Option<u32>,
+    pub background_load: Option<f64>,
+    pub foreign_copies: Option<usize>,
     #[serde(default)]
     pub faults: Vec<FaultSection>,
 }
@@ -184,7 +190,10 @@ pub struct SimSection {
 #[serde(deny_unknown_fields)]
 pub struct FaultSection {
     pub action: String,
-    pub error: String,
+    pub error: Option<String>,
+    pub image_state: Option<String>,
+    pub instance_state: Option<String>,
+    pub reason: Option<String>,
     pub region: Option<String>,
     pub nth: Option<u64>,
     pub probability: Option<f64>,

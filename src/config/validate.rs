@@ -511,6 +511,7 @@ fn check_selection(checker: &mut Checker<'_>, fleet: &Fleet) {
             );
         }
     }
+    check_landings(checker, fleet, &pairs);
     // Every image lands in its build region and its copy targets; two images may not share a name in a region.
     let run_id = "r".repeat(RUN_ID_LENGTH);
     let mut names_by_region: BTreeMap<(&Region, String), (&FlavorName, &Region)> = BTreeMap::new();
@@ -543,6 +544,40 @@ fn check_selection(checker: &mut Checker<'_>, fleet: &Fleet) {
                 );
             }
         }
+    }
+}
+
+/// A flavor holds one image per region: two of its build regions may not both land an image in one region (by
+/// copying there, or one copying into the other). The manifest keeps one artifact per flavor and region, and
+/// the copy's idempotency token names the flavor and both regions, so the second image would be lost.
+fn check_landings(checker: &mut Checker<'_>, fleet: &Fleet, pairs: &[(&Flavor, &Region)]) {
+    // (region, first build region, second build region) → the flavors both land there.
+    let mut clashes: BTreeMap<(&Region, &Region, &Region), Vec<&FlavorName>> = BTreeMap::new();
+    for flavor in &fleet.flavors {
+        let mut landed_from: BTreeMap<&Region, &Region> = BTreeMap::new();
+        for (_, build) in pairs.iter().filter(|(selected, _)| selected.name == flavor.name) {
+            for region in std::iter::once(*build).chain(&fleet.regions[*build]) {
+                if let Some(earlier) = landed_from.insert(region, build) {
+                    clashes.entry((region, earlier, build)).or_default().push(&flavor.name);
+                }
+            }
+        }
+    }
+    for ((region, first, second), flavors) in clashes {
+        let flavors = flavors.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", ");
+        let how = if region == first || region == second {
+            let (build, copying) = if region == first { (first, second) } else { (second, first) };
+            format!("`{build}` builds {flavors} itself and `{copying}` copies them there")
+        } else {
+            format!("both `{first}` and `{second}` copy {flavors} there")
+        };
+        checker.problem(
+            KeyPath::root().key("regions").key(second.as_str()),
+            format!(
+                "{flavors} would have two images in `{region}`: {how}; a flavor holds one image per region. Copy \
+                 to `{region}` from one build region only, or exclude one of them for these flavors in `[matrix]`"
+            ),
+        );
     }
 }
 
@@ -646,6 +681,11 @@ fn resolve_limits(checker: &mut Checker<'_>, raw: schema::LimitsSection) -> Limi
             .as_deref()
             .and_then(|text| checker.duration(path.key("image_timeout"), text))
             .unwrap_or(defaults.image_timeout),
+        capacity_patience: raw
+            .capacity_patience
+            .as_deref()
+            .and_then(|text| checker.duration_or_zero(path.key("capacity_patience"), text))
+            .unwrap_or(defaults.capacity_patience),
         api,
     }
 }
@@ -667,9 +707,21 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         create_image: duration("create_image", &raw.create_image, defaults.create_image),
         copy_image: duration("copy_image", &raw.copy_image, defaults.copy_image),
         api_latency: duration("api_latency", &raw.api_latency, defaults.api_latency),
+        consistency_lag: duration("consistency_lag", &raw.consistency_lag, defaults.consistency_lag),
         copy_concurrency: defaults.copy_concurrency,
+        vcpu_limit: raw.vcpu_limit,
+        instance_vcpus: defaults.instance_vcpus,
+        background_load: raw.background_load.unwrap_or(defaults.background_load),
+        foreign_copies: raw.foreign_copies.unwrap_or(defaults.foreign_copies),
         faults: Vec::new(),
     };
+    if let Some(vcpus) = raw.instance_vcpus {
+        sim.instance_vcpus = checker.positive(path.key("instance_vcpus"), Some(vcpus as usize), 2) as u32;
+    }
+    if !(0.0..1.0).contains(&sim.background_load) {
+        checker.problem(path.key("background_load"), "must be a fraction from 0.0 up to (not including) 1.0");
+        sim.background_load = 0.0;
+    }
     sim.copy_concurrency =
         checker.positive(path.key("copy_concurrency"), raw.copy_concurrency, defaults.copy_concurrency);
     if !(0.0..1.0).contains(&sim.jitter) {
@@ -695,9 +747,9 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
                 }
             },
         };
-        if fault.error.is_empty() || !fault.error.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
-            checker.problem(at.key("error"), "must be an AWS error code like `InternalError`");
-        }
+        let Some(effect) = fault_effect(checker, &at, action, &fault) else {
+            continue;
+        };
         let region = fault.region.as_deref().map(|name| checker.region(at.key("region"), name));
         let when = match (fault.nth, fault.probability) {
             (Some(nth), None) if nth >= 1 => FaultTrigger::Nth(nth),
@@ -718,9 +770,66 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
             }
         };
         let answer_lost = fault.answer_lost.unwrap_or(false);
-        sim.faults.push(SimFault { action, region, error: fault.error, when, answer_lost });
+        if answer_lost && !matches!(effect, FaultEffect::Error(_)) {
+            checker.problem(at.key("answer_lost"), "goes with `error` only: the call itself succeeds");
+        }
+        sim.faults.push(SimFault { action, region, effect, when, answer_lost });
     }
     sim
+}
+
+/// What a `[sim] faults` entry does: exactly one of `error`, `image_state = "failed"` (CreateImage, CopyImage)
+/// and `instance_state = "terminated"` (RunInstances), `reason` only with the last two.
+fn fault_effect(
+    checker: &mut Checker<'_>,
+    at: &KeyPath,
+    action: Option<super::api::Action>,
+    fault: &schema::FaultSection,
+) -> Option<FaultEffect> {
+    use super::api::Action;
+    let reason = |default: &str| fault.reason.clone().unwrap_or_else(|| default.to_string());
+    let effect = match (&fault.error, &fault.image_state, &fault.instance_state) {
+        (Some(error), None, None) => {
+            if error.is_empty() || !error.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
+                checker.problem(at.key("error"), "must be an AWS error code like `InternalError`");
+            }
+            if fault.reason.is_some() {
+                checker.problem(at.key("reason"), "goes with `image_state` or `instance_state`, not `error`");
+            }
+            FaultEffect::Error(error.clone())
+        }
+        (None, Some(state), None) => {
+            if state != "failed" {
+                checker.problem(
+                    at.key("image_state"),
+                    format!("`{state}`: the only state an image can be made to end in is `failed`"),
+                );
+            }
+            if !matches!(action, Some(Action::CreateImage | Action::CopyImage)) {
+                checker.problem(at.key("action"), "`image_state` goes with `CreateImage` or `CopyImage`");
+            }
+            FaultEffect::ImageFails { reason: reason("Client.InternalError: the image could not be created") }
+        }
+        (None, None, Some(state)) => {
+            if state != "terminated" {
+                checker.problem(
+                    at.key("instance_state"),
+                    format!("`{state}`: the only state a launch can be made to end in is `terminated`"),
+                );
+            }
+            if action != Some(Action::RunInstances) {
+                checker.problem(at.key("action"), "`instance_state` goes with `RunInstances`");
+            }
+            FaultEffect::InstanceTerminates {
+                reason: reason("Server.InsufficientInstanceCapacity: Insufficient capacity."),
+            }
+        }
+        _ => {
+            checker.problem(at.clone(), "set exactly one of `error`, `image_state` and `instance_state`");
+            return None;
+        }
+    };
+    Some(effect)
 }
 
 impl Fleet {

@@ -228,7 +228,7 @@ impl Execution {
         let (events, receiver) = EventSender::channel();
         let reporting = tokio::spawn(report::pump(receiver, self.reporters));
         let waits = Waits::new(Arc::clone(&self.cloud), self.strategy.waits);
-        let priors = match &replay {
+        let resumed = match &replay {
             Some(replay) => {
                 events.send(RunEvent::Resuming { run_id: plan.run_id.clone(), attempt, journal: replay.path.clone() });
                 if let Some(line) = replay.torn_line {
@@ -249,7 +249,8 @@ impl Execution {
             events,
             fail_fast: self.fail_fast,
             build_slot: self.strategy.build_slot,
-            priors,
+            priors: resumed.priors,
+            generations: resumed.generations,
         };
         let summary = scheduler.run(interrupts).await;
         if summary.abandoned {

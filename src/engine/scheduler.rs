@@ -90,6 +90,8 @@ pub struct Scheduler {
     pub build_slot: BuildSlotRelease,
     /// Resuming: what earlier attempts left, per job.
     pub priors: BTreeMap<JobId, Prior>,
+    /// Resuming: how many images of each job earlier attempts discarded.
+    pub generations: BTreeMap<JobId, u32>,
 }
 
 /// What the loop knows while it runs.
@@ -493,6 +495,7 @@ impl Scheduler {
                     events: self.events.clone(),
                     cancel: state.cancel.clone(),
                     pending_image: self.pending_image(job).map(|pending| pending.image.clone()),
+                    generation: self.generations.get(&job).copied().unwrap_or(0),
                 };
                 tasks
                     .spawn(async move {

@@ -79,6 +79,11 @@ pub enum Record {
         job: JobKey,
         image_id: ImageId,
     },
+    /// The job's image ended `failed` and was deregistered (by the job, or by a resume).
+    ImageDiscarded {
+        job: JobKey,
+        image_id: ImageId,
+    },
     ImageAvailable {
         job: JobKey,
         artifact: Artifact,
@@ -207,6 +212,9 @@ pub struct Replay {
     pub available: BTreeMap<JobKey, Artifact>,
     /// Images requested (CreateImage / CopyImage answered), per job.
     pub requested: BTreeMap<JobKey, ImageId>,
+    /// How many images of each job were discarded (failed, deregistered): a copy's next request needs a new
+    /// client token.
+    pub discarded: BTreeMap<JobKey, u32>,
     /// Temporary resources created and not recorded as removed.
     pub outstanding: BTreeMap<Resource, JobKey>,
     /// The byte length of the whole records; a torn line after it is cut off before appending.
@@ -257,6 +265,7 @@ impl Replay {
             finished: None,
             available: BTreeMap::new(),
             requested: BTreeMap::new(),
+            discarded: BTreeMap::new(),
             outstanding: BTreeMap::new(),
             whole_length: first.len() as u64,
             torn_line: None,
@@ -296,6 +305,12 @@ impl Replay {
             }
             Record::ImageRequested { job, image_id } => {
                 self.requested.insert(job, image_id);
+            }
+            Record::ImageDiscarded { job, image_id } => {
+                if self.requested.get(&job) == Some(&image_id) {
+                    self.requested.remove(&job);
+                }
+                *self.discarded.entry(job).or_default() += 1;
             }
             Record::ImageAvailable { job, artifact } => {
                 self.available.insert(job, artifact);
@@ -468,6 +483,10 @@ impl Ledger for Journal {
 
     fn image_requested(&self, job: &JobKey, image: &ImageId) {
         self.record(Record::ImageRequested { job: job.clone(), image_id: image.clone() });
+    }
+
+    fn image_discarded(&self, job: &JobKey, image: &ImageId) {
+        self.record(Record::ImageDiscarded { job: job.clone(), image_id: image.clone() });
     }
 }
 

@@ -19,6 +19,7 @@ use crate::state::journal::{Journal, JournalDir, JournalError, Replay};
 use crate::state::leftovers::{self, Leftover};
 use crate::steps::adopt;
 use crate::steps::build::PendingImage;
+use crate::steps::ledger::Ledger;
 
 /// What an earlier attempt of the run (found by `--resume`) left for a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +28,14 @@ pub enum Prior {
     Available(Artifact),
     /// CreateImage or CopyImage was called and the image is still pending: the job only waits for it.
     Pending(PendingImage),
+}
+
+/// What a resumed run starts from: per job, what earlier attempts left, and how many of its images they
+/// discarded (a copy's next CopyImage then takes a new client token).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resumed {
+    pub priors: BTreeMap<JobId, Prior>,
+    pub generations: BTreeMap<JobId, u32>,
 }
 
 /// The run to resume and its plan, as of the fleet file now (which must plan the same jobs and names).
@@ -71,13 +80,15 @@ pub async fn reconcile(
     waits: &std::sync::Arc<Waits>,
     journal: &Journal,
     events: &EventSender,
-) -> Result<BTreeMap<JobId, Prior>, CloudError> {
+) -> Result<Resumed, CloudError> {
     let landings = landings(plan);
     let mut regions: BTreeSet<&Region> = landings.iter().map(|landing| landing.region).collect();
     regions.extend(plan.builds.iter().map(|build| &build.region));
     let run_tags = leftovers::temporary_tags(&plan.fleet, Some(&plan.run_id));
 
     let mut priors = BTreeMap::new();
+    let mut generations: BTreeMap<JobId, u32> =
+        plan.jobs().filter_map(|job| replay.discarded.get(&plan.key(job)).map(|&discarded| (job, discarded))).collect();
     for region in regions {
         let region_cloud = cloud.region(region);
         let here: Vec<&Landing> = landings.iter().filter(|landing| landing.region == region).collect();
@@ -150,12 +161,20 @@ pub async fn reconcile(
                         image.id,
                         image.name
                     );
+                    // Recorded first: the job's next request must not repeat this one's client token.
+                    journal.image_discarded(&key, &image.id);
+                    *generations.entry(landing.job).or_default() += 1;
                     region_cloud.deregister_image(&image.id).await?;
+                    for snapshot in &image.snapshot_ids {
+                        if let Err(error) = region_cloud.delete_snapshot(snapshot).await {
+                            tracing::warn!("cannot delete {snapshot} of failed image {}: {error}", image.id);
+                        }
+                    }
                 }
             }
         }
     }
-    Ok(priors)
+    Ok(Resumed { priors, generations })
 }
 
 /// The image a job was made from: the image's own tag, else what the journal recorded for its build.

@@ -2,10 +2,15 @@
 //! retried, and EC2 may already have done it: where it offers a `ClientToken` (RunInstances, CopyImage) the
 //! repeat returns the first result; elsewhere it answers `*.Duplicate`. These wrappers take that answer as
 //! "it exists, and it is ours" — every name involved is unique to the run — and carry on with it, instead of
-//! failing the job and leaving the first result behind.
+//! failing the job and leaving the first result behind. What the lost answer made is moments old, so the
+//! describe that finds it may not list it yet (EC2's eventual consistency): it is looked for until it does,
+//! for at most [`CONSISTENCY_WINDOW`](crate::cloud::consistency::CONSISTENCY_WINDOW).
 
 use ipnet::IpNet;
 
+use std::time::Duration;
+
+use crate::cloud::consistency::{until_listed, CONSISTENCY_WINDOW};
 use crate::cloud::{
     CloudError, CloudResult, CopySpec, ImageId, ImageQuery, InstanceId, KeyPairName, OwnedImage, PrivateKey,
     RegionCloud, SecurityGroupId, VpcId,
@@ -18,14 +23,21 @@ fn is(error: &CloudError, code: &str) -> bool {
 }
 
 /// A key pair of this name. Its private key cannot be read again, so a key pair that already exists (a
-/// repeat, or left by an earlier attempt of the run) is deleted and made anew.
+/// repeat, or left by an earlier attempt of the run) is deleted and made anew. One made moments ago may not
+/// be deleted yet (EC2 answers DeleteKeyPair for a key it does not know with success): the delete and the
+/// create are repeated, with pauses, for as long as the consistency window.
 pub async fn key_pair(cloud: &dyn RegionCloud, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey> {
-    match cloud.create_key_pair(name, tags).await {
-        Err(error) if is(&error, "InvalidKeyPair.Duplicate") => {
-            cloud.delete_key_pair(name).await?;
-            cloud.create_key_pair(name, tags).await
+    let deadline = tokio::time::Instant::now() + CONSISTENCY_WINDOW;
+    let mut pause = Duration::ZERO;
+    loop {
+        match cloud.create_key_pair(name, tags).await {
+            Err(error) if is(&error, "InvalidKeyPair.Duplicate") && tokio::time::Instant::now() < deadline => {
+                cloud.delete_key_pair(name).await?;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).clamp(Duration::from_secs(1), Duration::from_secs(15));
+            }
+            other => return other,
         }
-        other => other,
     }
 }
 
@@ -39,11 +51,12 @@ pub async fn security_group(
 ) -> CloudResult<SecurityGroupId> {
     match cloud.create_security_group(name, description, vpc, tags).await {
         Err(error) if is(&error, "InvalidGroup.Duplicate") => {
-            let mut found = cloud.find_security_groups(tags).await?;
-            match found.len() {
-                1 => Ok(found.remove(0).id),
-                _ => Err(error),
-            }
+            let found = until_listed(|| async {
+                let mut found = cloud.find_security_groups(tags).await?;
+                Ok((found.len() == 1).then(|| found.remove(0).id))
+            })
+            .await?;
+            found.ok_or(error)
         }
         other => other,
     }
@@ -92,8 +105,14 @@ async fn own_image(
     name: &str,
     ours: impl Fn(&OwnedImage) -> bool,
 ) -> CloudResult<Option<ImageId>> {
-    let found = cloud.find_owned_images(&ImageQuery::Named(vec![name.to_string()])).await?;
-    Ok(found.into_iter().find(|image| image.name == name && ours(image)).map(|image| image.id))
+    // Not listed yet: look again. Listed, but not ours (another run's image holds the name): that is the answer.
+    let listed = until_listed(|| async {
+        let found = cloud.find_owned_images(&ImageQuery::Named(vec![name.to_string()])).await?;
+        let named: Vec<OwnedImage> = found.into_iter().filter(|image| image.name == name).collect();
+        Ok((!named.is_empty()).then(|| named.into_iter().find(|image| ours(image)).map(|image| image.id)))
+    })
+    .await?;
+    Ok(listed.flatten())
 }
 
 /// Not another run's image of the same name (a template without `{run_id}` names images per day, say). An

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cloud::consistency::{once_known, Created, NewKind};
 use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{
-    client_token, CloudError, ImageId, ImageState, KeyPairName, LaunchSpec, RegionCloud, SecurityGroupId,
+    client_token, CloudError, ImageId, ImageState, InstanceId, KeyPairName, LaunchSpec, RegionCloud, SecurityGroupId,
 };
 use crate::config::{Flavor, SourceAmi, Tags};
 use crate::plan::BuildJob;
@@ -23,6 +24,7 @@ use crate::steps::adopt;
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::RunContext;
 use crate::steps::ledger::{Resource, ResourceKind};
+use crate::steps::patience::{image_not_ready, no_room, Patience, Placements, CREATE_IMAGE_PATIENCE};
 
 /// The port sshd listens on in the instance, which the security group opens.
 const INSTANCE_SSH_PORT: u16 = 22;
@@ -81,6 +83,11 @@ impl StepError {
             other => Self::new(stage, other),
         }
     }
+    /// Says how long the step waited before it gave up.
+    fn waited(mut self, how_long: &str) -> Self {
+        self.message = format!("{} ({how_long})", self.message);
+        self
+    }
 }
 
 impl BuildContext {
@@ -106,6 +113,15 @@ impl BuildContext {
         }
     }
 
+    /// Waits `how_long` before trying again, giving up when the run is interrupted.
+    async fn pause(&self, stage: Stage, how_long: std::time::Duration) -> Result<(), StepError> {
+        self.interruptible(stage, async {
+            tokio::time::sleep(how_long).await;
+            Ok(())
+        })
+        .await
+    }
+
     /// Journals a temporary resource the moment it exists, before the next call depends on it.
     fn created(&self, kind: ResourceKind, id: impl ToString) {
         let resource = Resource { region: self.job.region.clone(), kind, id: id.to_string() };
@@ -128,7 +144,7 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
     let result = match context.pending_image.clone() {
         Some(pending) => {
             context.progress(Stage::WaitImage, format!("waiting for {} from an earlier attempt", pending.image));
-            wait_for_image(&context, pending.image, pending.source).await
+            wait_for_image(&context, &mut stack, pending.image, pending.source, None).await
         }
         None => sequence(&context, &mut stack).await,
     };
@@ -148,15 +164,8 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
     if !stack.is_empty() {
         context.progress(Stage::Cleanup, format!("cleaning up {}", stack.pending().join(", ")));
     }
-    for failure in stack.unwind(&*context.cloud, &context.waits, &*context.run.ledger).await {
-        context.events.send(crate::report::events::RunEvent::CleanupFailed {
-            job: label.clone(),
-            resource: failure.resource.clone(),
-            error: failure.error.clone(),
-        });
-        let message = format!("cleanup of {} failed: {}", failure.resource, failure.error);
-        end.failures.push(Failure { code: failure.code, ..Failure::new(&label, Stage::Cleanup, message) });
-    }
+    let cleanup = stack.unwind_for_job(&label, &*context.cloud, &context.waits, &*context.run.ledger, &context.events);
+    end.failures.extend(cleanup.await);
     end
 }
 
@@ -187,33 +196,29 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     let private_key = adopt::key_pair(cloud, &key_name, &context.temporary_tags())
         .await
         .map_err(|error| StepError::cloud(Stage::KeyPair, error))?;
-    stack.push(UndoStep::DeleteKeyPair(key_name.clone()));
+    let key_pair = Created::now(NewKind::KeyPair);
+    stack.push(UndoStep::DeleteKeyPair { name: key_name.clone(), fresh: Some(key_pair) });
     context.created(ResourceKind::KeyPair, &key_name);
     ssh::write_private_file(&key_file, private_key.expose())
         .map_err(|error| StepError::new(Stage::KeyPair, format!("cannot write the private key: {error}")))?;
     drop(private_key);
     context.progress(Stage::KeyPair, format!("created temporary key pair {key_name}"));
 
-    let security_group = create_security_group(context, stack, &resource_name).await?;
+    let (security_group, group) = create_security_group(context, stack, &resource_name).await?;
 
-    let launch = LaunchSpec {
+    let launch_spec = LaunchSpec {
         image_id: source.clone(),
         instance_type: context.flavor.instance_type.clone(),
         key_name,
         security_group,
         subnet_id: context.flavor.subnet_id.clone(),
         associate_public_ip: context.flavor.associate_public_ip,
-        // Per attempt: a resumed run's new instance is a new request, not a repeat of the killed one's.
-        client_token: client_token(&[
-            run.run_id.as_str(),
-            context.flavor.name.as_str(),
-            context.job.region.as_str(),
-            &run.attempt.to_string(),
-        ]),
+        client_token: String::new(),
         tags: context.temporary_tags(),
     };
-    let instance = cloud.run_instance(&launch).await.map_err(|error| StepError::cloud(Stage::Launch, error))?;
-    stack.push(UndoStep::TerminateInstance(instance.clone()));
+    let instance = launch(context, launch_spec, &[key_pair, group]).await?;
+    let launched = Created::now(NewKind::Instance);
+    stack.push(UndoStep::TerminateInstance { id: instance.clone(), fresh: Some(launched) });
     context.created(ResourceKind::Instance, &instance);
     context.progress(Stage::Launch, format!("launched {} {instance} from {source}", context.flavor.instance_type));
 
@@ -264,7 +269,9 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     provisioned?;
 
     context.progress(Stage::Stop, format!("stopping {instance}"));
-    cloud.stop_instance(&instance).await.map_err(|error| StepError::cloud(Stage::Stop, error))?;
+    once_known(&[launched], || cloud.stop_instance(&instance))
+        .await
+        .map_err(|error| StepError::cloud(Stage::Stop, error))?;
     context
         .interruptible(Stage::Stop, async {
             context
@@ -275,25 +282,114 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
         })
         .await?;
 
-    let image_tags = run.image_tags(&context.flavor, &source);
-    let description = run.fleet.ami_description.as_deref();
-    let image = adopt::create_image(cloud, &instance, &context.job.image_name, description, &image_tags, &run.run_id)
-        .await
-        .map_err(|error| StepError::cloud(Stage::CreateImage, error))?;
+    let image = create_image(context, &instance, launched, &source).await?;
+    let requested = Created::now(NewKind::Image);
     context.run.ledger.image_requested(&context.job.key(), &image);
     context.progress(Stage::CreateImage, format!("creating image {image} `{}`", context.job.image_name));
-    wait_for_image(context, image, source).await
+    wait_for_image(context, stack, image, source, Some(requested)).await
 }
 
-/// Waits until CreateImage's image is available; interrupted, leaves it to be made (and resumed).
-async fn wait_for_image(context: &BuildContext, image: ImageId, source: ImageId) -> Result<Artifact, Stopped> {
+/// RunInstances, waiting out EC2's capacity and quota answers (`InsufficientInstanceCapacity`,
+/// `VcpuLimitExceeded`, …): another placement first, then a pause of minutes, up to `[limits]
+/// capacity_patience`. Each try is a new request with its own client token (a repeat within one try, after a
+/// lost answer, keeps it); `Invalid*.NotFound` about the key pair or group made moments ago is EC2's lag.
+async fn launch(context: &BuildContext, spec: LaunchSpec, fresh: &[Created]) -> Result<InstanceId, StepError> {
     let run = &context.run;
-    let snapshot_ids = tokio::select! {
+    let mut placements = Placements::new(vec![spec.subnet_id.clone()]);
+    let mut patience = Patience::capacity(run.fleet.limits.capacity_patience);
+    let mut tries: u32 = 0;
+    loop {
+        // Per attempt of the run: a resumed run's new instance is a new request, not a repeat of the killed one's.
+        let attempt = run.attempt.to_string();
+        let try_number = format!("try{tries}");
+        let mut parts =
+            vec![run.run_id.as_str(), context.flavor.name.as_str(), context.job.region.as_str(), attempt.as_str()];
+        if tries > 0 {
+            parts.push(&try_number);
+        }
+        let spec =
+            LaunchSpec { subnet_id: placements.current().clone(), client_token: client_token(&parts), ..spec.clone() };
+        let error = match once_known(fresh, || context.cloud.run_instance(&spec)).await {
+            Ok(instance) => return Ok(instance),
+            Err(error) if no_room(&error) => error,
+            Err(error) => return Err(StepError::cloud(Stage::Launch, error)),
+        };
+        tries += 1;
+        let code = error.code.clone().unwrap_or_default();
+        if placements.rotate() {
+            let next = placements.current().as_deref().unwrap_or("the default subnet");
+            context.progress(Stage::Launch, format!("no room now ({code}); trying {next}"));
+            continue;
+        }
+        let Some(pause) = patience.next_pause() else {
+            let waited = humantime::format_duration(run.fleet.limits.capacity_patience);
+            return Err(StepError::cloud(Stage::Launch, error).waited(&format!("tried {tries} times over {waited}")));
+        };
+        context.progress(
+            Stage::Launch,
+            format!("no room now ({code}); trying again in {}", humantime::format_duration(pause)),
+        );
+        context.pause(Stage::Launch, pause).await?;
+        placements.new_round();
+    }
+}
+
+/// CreateImage of the stopped instance. EC2 can refuse it right after the instance reports `stopped`
+/// (`IncorrectInstanceState`, `InvalidParameterValue … is not in state`): the Packer amazon plugin retries that
+/// for 15 minutes, and so does this, rather than fail a build whose provisioning is done.
+async fn create_image(
+    context: &BuildContext,
+    instance: &InstanceId,
+    launched: Created,
+    source: &ImageId,
+) -> Result<ImageId, StepError> {
+    let run = &context.run;
+    let image_tags = run.image_tags(&context.flavor, source);
+    let description = run.fleet.ami_description.as_deref();
+    let name = &context.job.image_name;
+    let mut patience = Patience::image_not_ready();
+    loop {
+        let created = once_known(&[launched], || {
+            adopt::create_image(&*context.cloud, instance, name, description, &image_tags, &run.run_id)
+        })
+        .await;
+        let error = match created {
+            Ok(image) => return Ok(image),
+            Err(error) if image_not_ready(&error) => error,
+            Err(error) => return Err(StepError::cloud(Stage::CreateImage, error)),
+        };
+        let Some(pause) = patience.next_pause() else {
+            let waited = humantime::format_duration(CREATE_IMAGE_PATIENCE);
+            return Err(StepError::cloud(Stage::CreateImage, error).waited(&format!("refused for {waited}")));
+        };
+        tracing::debug!("{error}; CreateImage again in {pause:?}");
+        context.pause(Stage::CreateImage, pause).await?;
+    }
+}
+
+/// Waits until CreateImage's image is available; interrupted, leaves it to be made (and resumed). An image that
+/// ends `failed` fails the build with EC2's reason and is discarded (deregistered, its snapshots deleted) as
+/// the stack unwinds.
+async fn wait_for_image(
+    context: &BuildContext,
+    stack: &mut CleanupStack,
+    image: ImageId,
+    source: ImageId,
+    requested: Option<Created>,
+) -> Result<Artifact, Stopped> {
+    let run = &context.run;
+    let waited = tokio::select! {
         biased;
         () = context.cancel.cancelled() => return Err(Stopped::ImageInProgress(image)),
-        result = context.waits.image(&image, WaitKind::ImageCreated, run.fleet.limits.image_timeout) => {
-            result.map_err(|error| StepError::wait(Stage::WaitImage, error))?
+        result = context.waits.image(&image, WaitKind::ImageCreated, run.fleet.limits.image_timeout) => result,
+    };
+    let snapshot_ids = match waited {
+        Ok(snapshot_ids) => snapshot_ids,
+        Err(WaitError::Failed(reason)) => {
+            discard_failed_image(context, stack, &image, requested).await;
+            return Err(StepError::new(Stage::WaitImage, reason).into());
         }
+        Err(error) => return Err(StepError::wait(Stage::WaitImage, error).into()),
     };
     Ok(Artifact {
         image_id: image,
@@ -305,14 +401,37 @@ async fn wait_for_image(context: &BuildContext, image: ImageId, source: ImageId)
     })
 }
 
-/// The image's tags on its snapshots (CreateImage tags only the image).
+/// An image of this job that ended `failed`: recorded as discarded, and deregistered with its snapshots when the
+/// stack unwinds. Nothing of it is left for gc, and a resume makes the image again.
+async fn discard_failed_image(
+    context: &BuildContext,
+    stack: &mut CleanupStack,
+    image: &ImageId,
+    requested: Option<Created>,
+) {
+    let snapshots = match context.cloud.describe_images(std::slice::from_ref(image)).await {
+        Ok(found) => found.into_iter().flat_map(|status| status.snapshot_ids).collect(),
+        Err(error) => {
+            tracing::warn!("cannot list the snapshots of failed image {image}: {error}");
+            Vec::new()
+        }
+    };
+    context.run.ledger.image_discarded(&context.job.key(), image);
+    stack.push(UndoStep::DiscardImage { id: image.clone(), snapshots, fresh: requested });
+}
+
+/// The image's tags on its snapshots (CreateImage tags only the image). The snapshots are new: a NotFound
+/// about one is EC2's lag.
 async fn tag_snapshots(context: &BuildContext, artifact: &Artifact) -> Result<(), StepError> {
     if artifact.snapshot_ids.is_empty() {
         return Ok(());
     }
     let ids: Vec<String> = artifact.snapshot_ids.iter().map(|id| id.0.clone()).collect();
     let tags = context.run.image_tags(&context.flavor, &artifact.source_image_id);
-    context.cloud.create_tags(&ids, &tags).await.map_err(|error| StepError::cloud(Stage::Tag, error))
+    let snapshots = Created::now(NewKind::Snapshot);
+    once_known(&[snapshots], || context.cloud.create_tags(&ids, &tags))
+        .await
+        .map_err(|error| StepError::cloud(Stage::Tag, error))
 }
 
 /// The source image in this region: the given id, or the newest match of the filter.
@@ -366,11 +485,13 @@ async fn resolve_source(context: &BuildContext) -> Result<ImageId, StepError> {
     Ok(source)
 }
 
+/// The temporary security group and its one ingress rule; the rule right after the group is made may meet
+/// EC2's lag (`InvalidGroup.NotFound`), which is waited out.
 async fn create_security_group(
     context: &BuildContext,
     stack: &mut CleanupStack,
     name: &str,
-) -> Result<SecurityGroupId, StepError> {
+) -> Result<(SecurityGroupId, Created), StepError> {
     let cloud = &*context.cloud;
     let vpc = match &context.flavor.subnet_id {
         Some(subnet) => {
@@ -382,9 +503,10 @@ async fn create_security_group(
     let group = adopt::security_group(cloud, name, description, vpc.as_ref(), &context.temporary_tags())
         .await
         .map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?;
-    stack.push(UndoStep::DeleteSecurityGroup(group.clone()));
+    let created = Created::now(NewKind::SecurityGroup);
+    stack.push(UndoStep::DeleteSecurityGroup { id: group.clone(), fresh: Some(created) });
     context.created(ResourceKind::SecurityGroup, &group);
-    adopt::ingress(cloud, &group, INSTANCE_SSH_PORT, &context.run.ssh_cidrs)
+    once_known(&[created], || adopt::ingress(cloud, &group, INSTANCE_SSH_PORT, &context.run.ssh_cidrs))
         .await
         .map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?;
     let cidrs: Vec<String> = context.run.ssh_cidrs.iter().map(ToString::to_string).collect();
@@ -392,7 +514,7 @@ async fn create_security_group(
         Stage::SecurityGroup,
         format!("created temporary security group {group} (port {INSTANCE_SSH_PORT} from {})", cidrs.join(", ")),
     );
-    Ok(group)
+    Ok((group, created))
 }
 
 async fn provision_all(context: &BuildContext, connection: &dyn Connection) -> Result<(), StepError> {

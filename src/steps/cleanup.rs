@@ -1,21 +1,47 @@
 //! The undo stack of a build: every temporary resource is pushed the moment it exists and undone in reverse
 //! order on success, failure and interrupt alike. Each failed undo is reported, never hidden.
+//!
+//! A step knows whether its resource is fresh (created moments ago by this process): a NotFound about a fresh
+//! resource is EC2's lag, not proof it is gone (the instance would go on running), so it is retried; about one
+//! named in an old journal it means gone. Credentials that expire or fail to refresh mid-cleanup are retried
+//! for [`CREDENTIALS_PATIENCE`] before the step is given up (the run then names what is left and the gc
+//! command).
 
+use std::future::Future;
 use std::time::Duration;
 
+use crate::cloud::consistency::{once_known, Created, NewKind};
 use crate::cloud::wait::{poll_until, Poll, PollPolicy, WaitError};
-use crate::cloud::watch::{RegionWaits, WaitKind};
-use crate::cloud::{CloudError, ErrorKind, InstanceId, KeyPairName, RegionCloud, SecurityGroupId};
+use crate::cloud::watch::RegionWaits;
+use crate::cloud::{
+    CloudError, CloudResult, ErrorKind, ImageId, InstanceId, KeyPairName, RegionCloud, SecurityGroupId, SnapshotId,
+};
 use crate::config::Region;
+use crate::report::events::{EventSender, Failure, JobLabel, RunEvent, Stage};
 use crate::steps::ledger::{Ledger, Resource, ResourceKind};
 
 /// One thing to undo.
 #[derive(Debug)]
 pub enum UndoStep {
     /// Terminate the build instance and wait until it is gone (its security group can't go before it).
-    TerminateInstance(InstanceId),
-    DeleteSecurityGroup(SecurityGroupId),
-    DeleteKeyPair(KeyPairName),
+    TerminateInstance {
+        id: InstanceId,
+        fresh: Option<Created>,
+    },
+    DeleteSecurityGroup {
+        id: SecurityGroupId,
+        fresh: Option<Created>,
+    },
+    DeleteKeyPair {
+        name: KeyPairName,
+        fresh: Option<Created>,
+    },
+    /// An image that ended `failed`: deregistered, its snapshots deleted.
+    DiscardImage {
+        id: ImageId,
+        snapshots: Vec<SnapshotId>,
+        fresh: Option<Created>,
+    },
     /// The private key file and the SSH control sockets.
     RemoveLocalDir(tempfile::TempDir),
 }
@@ -24,31 +50,48 @@ impl UndoStep {
     /// What the step removes, for messages.
     pub fn resource(&self) -> String {
         match self {
-            UndoStep::TerminateInstance(id) => format!("instance {id}"),
-            UndoStep::DeleteSecurityGroup(id) => format!("security group {id}"),
-            UndoStep::DeleteKeyPair(name) => format!("key pair {name}"),
+            UndoStep::TerminateInstance { id, .. } => format!("instance {id}"),
+            UndoStep::DeleteSecurityGroup { id, .. } => format!("security group {id}"),
+            UndoStep::DeleteKeyPair { name, .. } => format!("key pair {name}"),
+            UndoStep::DiscardImage { id, .. } => format!("failed image {id}"),
             UndoStep::RemoveLocalDir(dir) => format!("local directory {}", dir.path().display()),
         }
     }
 
-    /// The journal's name for what the step removes (none for local files).
+    /// The journal's name for what the step removes (none for local files and images).
     pub fn journal_resource(&self, region: &Region) -> Option<Resource> {
         let (kind, id) = match self {
-            UndoStep::TerminateInstance(id) => (ResourceKind::Instance, id.to_string()),
-            UndoStep::DeleteSecurityGroup(id) => (ResourceKind::SecurityGroup, id.to_string()),
-            UndoStep::DeleteKeyPair(name) => (ResourceKind::KeyPair, name.to_string()),
-            UndoStep::RemoveLocalDir(_) => return None,
+            UndoStep::TerminateInstance { id, .. } => (ResourceKind::Instance, id.to_string()),
+            UndoStep::DeleteSecurityGroup { id, .. } => (ResourceKind::SecurityGroup, id.to_string()),
+            UndoStep::DeleteKeyPair { name, .. } => (ResourceKind::KeyPair, name.to_string()),
+            UndoStep::DiscardImage { .. } | UndoStep::RemoveLocalDir(_) => return None,
         };
         Some(Resource { region: region.clone(), kind, id })
     }
 
-    /// The step that removes a temporary resource named in the journal or found by its tags.
+    /// The step that removes a temporary resource named in the journal or found by its tags: not fresh, so a
+    /// NotFound about it means it is gone.
     pub fn removing(resource: &Resource) -> UndoStep {
         match resource.kind {
-            ResourceKind::Instance => UndoStep::TerminateInstance(InstanceId::new(&resource.id)),
-            ResourceKind::SecurityGroup => UndoStep::DeleteSecurityGroup(SecurityGroupId::new(&resource.id)),
-            ResourceKind::KeyPair => UndoStep::DeleteKeyPair(KeyPairName::new(&resource.id)),
+            ResourceKind::Instance => UndoStep::TerminateInstance { id: InstanceId::new(&resource.id), fresh: None },
+            ResourceKind::SecurityGroup => {
+                UndoStep::DeleteSecurityGroup { id: SecurityGroupId::new(&resource.id), fresh: None }
+            }
+            ResourceKind::KeyPair => UndoStep::DeleteKeyPair { name: KeyPairName::new(&resource.id), fresh: None },
         }
+    }
+
+    /// Undo steps for resources this process just created.
+    pub fn terminate_new(id: &InstanceId) -> UndoStep {
+        UndoStep::TerminateInstance { id: id.clone(), fresh: Some(Created::now(NewKind::Instance)) }
+    }
+
+    pub fn delete_new_group(id: &SecurityGroupId) -> UndoStep {
+        UndoStep::DeleteSecurityGroup { id: id.clone(), fresh: Some(Created::now(NewKind::SecurityGroup)) }
+    }
+
+    pub fn delete_new_key_pair(name: &KeyPairName) -> UndoStep {
+        UndoStep::DeleteKeyPair { name: name.clone(), fresh: Some(Created::now(NewKind::KeyPair)) }
     }
 }
 
@@ -84,6 +127,29 @@ impl CleanupStack {
     /// What is still to undo, most recent first.
     pub fn pending(&self) -> Vec<String> {
         self.steps.iter().rev().map(UndoStep::resource).collect()
+    }
+
+    /// Undoes every step like [`unwind`](Self::unwind), tells the reporters of each step that failed, and
+    /// returns those as the job's `cleanup` failures.
+    pub async fn unwind_for_job(
+        self,
+        job: &JobLabel,
+        cloud: &dyn RegionCloud,
+        waits: &RegionWaits,
+        ledger: &dyn Ledger,
+        events: &EventSender,
+    ) -> Vec<Failure> {
+        let mut failures = Vec::new();
+        for failure in self.unwind(cloud, waits, ledger).await {
+            events.send(RunEvent::CleanupFailed {
+                job: job.clone(),
+                resource: failure.resource.clone(),
+                error: failure.error.clone(),
+            });
+            let message = format!("cleanup of {} failed: {}", failure.resource, failure.error);
+            failures.push(Failure { code: failure.code, ..Failure::new(job, Stage::Cleanup, message) });
+        }
+        failures
     }
 
     /// Undoes every step, most recent first, continuing past failures; journals each removal; returns the
@@ -123,6 +189,30 @@ fn gone_is_fine(result: Result<(), CloudError>) -> Result<(), CloudError> {
     }
 }
 
+/// How long cleanup retries a call its credentials fail (expired, or a refresh that failed): long enough for
+/// the provider's next refresh, short enough that a run whose credentials are gone for good ends.
+pub const CREDENTIALS_PATIENCE: Duration = Duration::from_secs(3 * 60);
+
+/// Calls `call` until its credentials work or [`CREDENTIALS_PATIENCE`] has passed; any other answer at once.
+async fn with_credentials<T, Call, Answer>(mut call: Call) -> CloudResult<T>
+where
+    Call: FnMut() -> Answer,
+    Answer: Future<Output = CloudResult<T>>,
+{
+    let deadline = tokio::time::Instant::now() + CREDENTIALS_PATIENCE;
+    let mut pause = Duration::from_secs(5);
+    loop {
+        match call().await {
+            Err(error) if error.kind == ErrorKind::Credentials && tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!("{error}; cleanup tries again in {pause:?} (credentials may be refreshed)");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+            answer => return answer,
+        }
+    }
+}
+
 /// Why an undo step failed: the AWS error code, where there is one, and the message.
 struct UndoError {
     code: Option<String>,
@@ -146,23 +236,39 @@ impl From<WaitError> for UndoError {
 
 async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> Result<(), UndoError> {
     match step {
-        UndoStep::TerminateInstance(id) => {
-            gone_is_fine(cloud.terminate_instance(&id).await)?;
-            waits.instance(&id, WaitKind::InstanceTerminated).await?;
+        UndoStep::TerminateInstance { id, fresh } => {
+            let fresh: Vec<Created> = fresh.into_iter().collect();
+            let terminate = || with_credentials(|| cloud.terminate_instance(&id));
+            gone_is_fine(once_known(&fresh, terminate).await)?;
+            // A NotFound does not prove it is gone: wait until EC2 says `terminated` (an instance this process
+            // just launched and EC2 does not list yet is waited for, not taken as gone).
+            waits.instance_terminated(&id, fresh.first().copied()).await?;
             Ok(())
         }
-        UndoStep::DeleteSecurityGroup(id) => {
+        UndoStep::DeleteSecurityGroup { id, fresh } => {
             poll_until(SECURITY_GROUP_RELEASE, &format!("security group {id} to be released"), || async {
-                match gone_is_fine(cloud.delete_security_group(&id).await) {
+                match with_credentials(|| cloud.delete_security_group(&id)).await {
                     Ok(()) => Ok(Poll::Ready(())),
                     Err(error) if error.code.as_deref() == Some("DependencyViolation") => Ok(Poll::NotYet),
+                    Err(error) if fresh.is_some_and(|created| created.lags(&error)) => Ok(Poll::NotYet),
+                    Err(error) if error.kind == ErrorKind::NotFound => Ok(Poll::Ready(())),
                     Err(error) => Err(error),
                 }
             })
             .await?;
             Ok(())
         }
-        UndoStep::DeleteKeyPair(name) => Ok(gone_is_fine(cloud.delete_key_pair(&name).await)?),
+        UndoStep::DeleteKeyPair { name, .. } => {
+            Ok(gone_is_fine(with_credentials(|| cloud.delete_key_pair(&name)).await)?)
+        }
+        UndoStep::DiscardImage { id, snapshots, fresh } => {
+            let fresh: Vec<Created> = fresh.into_iter().collect();
+            gone_is_fine(once_known(&fresh, || with_credentials(|| cloud.deregister_image(&id))).await)?;
+            for snapshot in &snapshots {
+                gone_is_fine(with_credentials(|| cloud.delete_snapshot(snapshot)).await)?;
+            }
+            Ok(())
+        }
         UndoStep::RemoveLocalDir(dir) => {
             let path = dir.path().display().to_string();
             dir.close().map_err(|error| UndoError { code: None, message: format!("cannot remove `{path}`: {error}") })

@@ -1,16 +1,25 @@
-//! One copy: CopyImage a build's image into one more region, tag it as the original, wait until available.
+//! One copy: CopyImage a build's image into one more region (tagged at creation), tag it again as a fallback,
+//! wait until available, tag its snapshots.
+//!
+//! What real EC2 does here that moto does not: the new copy can be unknown to CreateTags for a while (its
+//! NotFound is retried as lag), the destination's cap on copies in flight is shared with every tool of the
+//! account (`ResourceLimitExceeded` is waited out, up to `[limits] capacity_patience`), and a copy can end
+//! `failed` (the job fails with EC2's reason; the copy is deregistered with its snapshots).
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cloud::consistency::{once_known, Created, NewKind};
 use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
-use crate::cloud::{client_token, CopySpec, ImageId, RegionCloud};
-use crate::config::Flavor;
+use crate::cloud::{client_token, CloudError, CopySpec, ImageId, RegionCloud, SnapshotId};
+use crate::config::{Flavor, Tags};
 use crate::plan::CopyJob;
 use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Stage};
+use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::RunContext;
+use crate::steps::patience::{no_room, Patience};
 
 pub struct CopyContext {
     pub run: Arc<RunContext>,
@@ -25,6 +34,9 @@ pub struct CopyContext {
     pub cancel: CancellationToken,
     /// Resuming: the copy an earlier attempt started, still pending; the copy only waits for it.
     pub pending_image: Option<ImageId>,
+    /// How many of this job's copies earlier attempts discarded (failed, deregistered): part of the client
+    /// token, so the next request is a new one.
+    pub generation: u32,
 }
 
 /// How a copy ended: its image if it became available, and the rest as for any job.
@@ -38,24 +50,27 @@ pub struct CopyEnd {
 pub async fn run(context: CopyContext) -> CopyEnd {
     let label = JobLabel { flavor: context.flavor.name.clone(), region: context.job.target_region.clone() };
     let mut end = CopyEnd::default();
-    let image = match context.pending_image.clone() {
+    let run = &context.run;
+    let tags = run.image_tags(&context.flavor, &context.source.source_image_id);
+    let (image, requested) = match context.pending_image.clone() {
         Some(image) => {
             context.events.progress(&label, Stage::WaitCopy, format!("waiting for {image} from an earlier attempt"));
-            image
+            (image, None)
         }
-        None => match start(&context, &label).await {
-            Ok(image) => image,
+        None => match start(&context, &label, &tags).await {
+            Ok(image) => (image, Some(Created::now(NewKind::Image))),
             Err(failure) => {
                 end.end.failures.push(failure);
                 return end;
             }
         },
     };
-    let run = &context.run;
-    // Tag at once (CopyImage does not carry tags everywhere), so an interrupted run still leaves a tagged image.
-    // A refused tag does not stop the copy: the image is still made, and the failure is recorded.
-    let tags = run.image_tags(&context.flavor, &context.source.source_image_id);
-    if let Err(error) = context.cloud.create_tags(std::slice::from_ref(&image.0), &tags).await {
+    let fresh: Vec<Created> = requested.into_iter().collect();
+    // CopyImage tagged it at creation; tagging again covers EC2 endpoints (and moto) that ignore that, so an
+    // interrupted run still leaves a tagged image. The copy is new: a NotFound about it is EC2's lag. A refused
+    // tag does not stop the copy: the image is still made, and the failure is recorded.
+    let tagged = once_known(&fresh, || context.cloud.create_tags(std::slice::from_ref(&image.0), &tags)).await;
+    if let Err(error) = tagged {
         end.end.failures.push(Failure::from_cloud(&label, Stage::Tag, &error));
     }
     let waited = tokio::select! {
@@ -68,6 +83,11 @@ pub async fn run(context: CopyContext) -> CopyEnd {
     };
     let snapshot_ids = match waited {
         Ok(snapshot_ids) => snapshot_ids,
+        Err(WaitError::Failed(reason)) => {
+            end.end.failures.push(Failure::new(&label, Stage::WaitCopy, reason));
+            end.end.failures.extend(discard_failed_copy(&context, &label, &image, requested).await);
+            return end;
+        }
         Err(WaitError::Cloud(error)) => {
             end.end.failures.push(Failure::from_cloud(&label, Stage::WaitCopy, &error));
             return end;
@@ -77,11 +97,8 @@ pub async fn run(context: CopyContext) -> CopyEnd {
             return end;
         }
     };
-    if !snapshot_ids.is_empty() {
-        let ids: Vec<String> = snapshot_ids.iter().map(|id| id.0.clone()).collect();
-        if let Err(error) = context.cloud.create_tags(&ids, &tags).await {
-            end.end.failures.push(Failure::from_cloud(&label, Stage::Tag, &error));
-        }
+    if let Err(error) = tag_snapshots(&context, &snapshot_ids, &tags).await {
+        end.end.failures.push(Failure::from_cloud(&label, Stage::Tag, &error));
     }
     end.artifact = Some(Artifact {
         image_id: image,
@@ -94,33 +111,108 @@ pub async fn run(context: CopyContext) -> CopyEnd {
     end
 }
 
-/// CopyImage, journaled before anything depends on it. The token is the same in every attempt: EC2 answers a
-/// repeated request with the copy it already started.
-async fn start(context: &CopyContext, label: &JobLabel) -> Result<ImageId, Failure> {
-    let run = &context.run;
-    let spec = CopySpec {
-        source_region: context.job.source_region.clone(),
-        source_image: context.source.image_id.clone(),
-        name: context.job.image_name.clone(),
-        description: run.fleet.ami_description.clone(),
-        client_token: client_token(&[
-            run.run_id.as_str(),
-            context.flavor.name.as_str(),
-            context.job.target_region.as_str(),
-            "copy",
-        ]),
-    };
-    if context.cancel.is_cancelled() {
-        return Err(Failure::new(label, Stage::Interrupted, "not started: the run was interrupted"));
+/// The copy's snapshots carry its tags too. They are new: a NotFound about one is EC2's lag.
+async fn tag_snapshots(context: &CopyContext, snapshots: &[SnapshotId], tags: &Tags) -> Result<(), CloudError> {
+    if snapshots.is_empty() {
+        return Ok(());
     }
-    let image = crate::steps::adopt::copy_image(&*context.cloud, &spec, &run.run_id)
-        .await
-        .map_err(|error| Failure::from_cloud(label, Stage::Copy, &error))?;
-    run.ledger.image_requested(&context.job.key(), &image);
-    context.events.progress(
-        label,
-        Stage::Copy,
-        format!("copying {} from {} as {image}", spec.source_image, spec.source_region),
-    );
-    Ok(image)
+    let ids: Vec<String> = snapshots.iter().map(|id| id.0.clone()).collect();
+    once_known(&[Created::now(NewKind::Snapshot)], || context.cloud.create_tags(&ids, tags)).await
+}
+
+/// The idempotency token of this copy's CopyImage: the same in every attempt of the run (EC2 answers a repeat
+/// with the copy it already started), different for every flavor, source and target region, and new once an
+/// earlier copy of the job was discarded. A capacity retry is a new request: `try` counts them.
+fn copy_token(context: &CopyContext, tries: u32) -> String {
+    let run = &context.run;
+    let generation = format!("g{}", context.generation);
+    let try_number = format!("try{tries}");
+    let mut parts = vec![
+        run.run_id.as_str(),
+        context.flavor.name.as_str(),
+        context.job.source_region.as_str(),
+        context.job.target_region.as_str(),
+        "copy",
+    ];
+    if context.generation > 0 {
+        parts.push(&generation);
+    }
+    if tries > 0 {
+        parts.push(&try_number);
+    }
+    client_token(&parts)
+}
+
+/// CopyImage, recorded before anything depends on it. The destination's cap on copies in flight is shared with
+/// the account's other tools: `ResourceLimitExceeded` (and any capacity answer) is waited out, up to `[limits]
+/// capacity_patience`.
+async fn start(context: &CopyContext, label: &JobLabel, tags: &Tags) -> Result<ImageId, Failure> {
+    let run = &context.run;
+    let mut patience = Patience::capacity(run.fleet.limits.capacity_patience);
+    let mut tries = 0;
+    loop {
+        let spec = CopySpec {
+            source_region: context.job.source_region.clone(),
+            source_image: context.source.image_id.clone(),
+            name: context.job.image_name.clone(),
+            description: run.fleet.ami_description.clone(),
+            client_token: copy_token(context, tries),
+            tags: tags.clone(),
+        };
+        if context.cancel.is_cancelled() {
+            return Err(Failure::new(label, Stage::Interrupted, "not started: the run was interrupted"));
+        }
+        let error = match crate::steps::adopt::copy_image(&*context.cloud, &spec, &run.run_id).await {
+            Ok(image) => {
+                run.ledger.image_requested(&context.job.key(), &image);
+                context.events.progress(
+                    label,
+                    Stage::Copy,
+                    format!("copying {} from {} as {image}", spec.source_image, spec.source_region),
+                );
+                return Ok(image);
+            }
+            Err(error) if no_room(&error) => error,
+            Err(error) => return Err(Failure::from_cloud(label, Stage::Copy, &error)),
+        };
+        tries += 1;
+        let Some(pause) = patience.next_pause() else {
+            let waited = humantime::format_duration(run.fleet.limits.capacity_patience);
+            let mut failure = Failure::from_cloud(label, Stage::Copy, &error);
+            failure.error = format!("{} (tried {tries} times over {waited})", failure.error);
+            return Err(failure);
+        };
+        let code = error.code.clone().unwrap_or_default();
+        let detail =
+            format!("no room in {} now ({code}); trying again in {}", label.region, humantime::format_duration(pause));
+        context.events.progress(label, Stage::Copy, detail);
+        tokio::select! {
+            biased;
+            () = context.cancel.cancelled() => {
+                return Err(Failure::new(label, Stage::Interrupted, "not started: the run was interrupted"));
+            }
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// A copy that ended `failed`: recorded as discarded (the job's next CopyImage takes a new token), then
+/// deregistered with its snapshots. What could not be removed is returned as cleanup failures.
+async fn discard_failed_copy(
+    context: &CopyContext,
+    label: &JobLabel,
+    image: &ImageId,
+    requested: Option<Created>,
+) -> Vec<Failure> {
+    let snapshots = match context.cloud.describe_images(std::slice::from_ref(image)).await {
+        Ok(found) => found.into_iter().flat_map(|status| status.snapshot_ids).collect(),
+        Err(error) => {
+            tracing::warn!("cannot list the snapshots of failed copy {image}: {error}");
+            Vec::new()
+        }
+    };
+    context.run.ledger.image_discarded(&context.job.key(), image);
+    let mut stack = CleanupStack::default();
+    stack.push(UndoStep::DiscardImage { id: image.clone(), snapshots, fresh: requested });
+    stack.unwind_for_job(label, &*context.cloud, &context.waits, &*context.run.ledger, &context.events).await
 }

@@ -45,4 +45,7 @@ pub trait Ledger: Send + Sync {
     fn removed(&self, resource: Resource);
     /// CreateImage or CopyImage answered: the image exists (pending).
     fn image_requested(&self, job: &JobKey, image: &ImageId);
+    /// The job's image ended `failed` and is deregistered: the job's next image is a new request (a copy takes
+    /// a new client token, or EC2 would answer with the discarded image).
+    fn image_discarded(&self, job: &JobKey, image: &ImageId);
 }

@@ -11,3 +11,4 @@ pub mod cleanup;
 pub mod context;
 pub mod copy;
 pub mod ledger;
+pub mod patience;

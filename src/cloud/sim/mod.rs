@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use model::{Model, SimRegion};
 
-use crate::cloud::{Action, Cloud, InstanceId, InstanceState, RegionCloud};
+use crate::cloud::{Action, Cloud, ImageState, InstanceId, InstanceState, RegionCloud};
 use crate::config::{Fleet, Region, SimSettings};
 
 /// The simulated account.
@@ -37,6 +37,8 @@ pub struct SimReport {
     /// RequestLimitExceeded answered because a bucket was empty (not counting configured faults).
     pub throttled_by_buckets: u64,
     pub faults_injected: u64,
+    /// Answers that said "not found" about, or left out, a resource younger than `consistency_lag`.
+    pub lagged_answers: u64,
     /// The most DescribeImages (or DescribeInstances) by id, all regions together, in any one window of the
     /// batch interval.
     pub peak_describes_per_interval: usize,
@@ -103,6 +105,15 @@ impl SimCloud {
             for id in state.security_groups.keys() {
                 report.leaked_resources.push(format!("security group {id} in {region}"));
             }
+            for (id, image) in &state.images {
+                if let ImageState::Failed(why) = image.state(now) {
+                    report.leaked_resources.push(format!("image {id} in {region} ({why}, never deregistered)"));
+                }
+            }
+            for id in &state.orphan_snapshots {
+                report.leaked_resources.push(format!("snapshot {id} in {region} (of a deregistered image)"));
+            }
+            report.lagged_answers += state.lagged;
             let mut images: Vec<SimImageReport> = state
                 .images
                 .iter()
@@ -110,7 +121,7 @@ impl SimCloud {
                     region: region.clone(),
                     id: id.to_string(),
                     name: image.name.clone(),
-                    available: now >= image.available_at,
+                    available: image.state(now) == ImageState::Available,
                 })
                 .collect();
             images.sort_by(|a, b| a.id.cmp(&b.id));

@@ -1,6 +1,14 @@
-//! The simulated EC2's state and rules: per region, images (pending → available), snapshots, instances
-//! (pending → running → stopping → stopped, shutting-down → terminated), key pairs, security groups and tags,
-//! behind EC2's request buckets, the cap on concurrent copies into a region, and the configured faults.
+//! The simulated EC2's state and rules: per region, images (pending → available, or failed), snapshots,
+//! instances (pending → running → stopping → stopped, shutting-down → terminated, or pending → terminated),
+//! key pairs, security groups and tags, behind EC2's request buckets (shared with the account's other tools:
+//! `background_load`), the cap on concurrent copies into a region (filled partly by other tools:
+//! `foreign_copies`), the running-vCPU quota, eventual consistency (`consistency_lag`), and the configured
+//! faults.
+//!
+//! Where moto is lenient, this follows EC2's documentation (see the notes at each rule): a new id is unknown to
+//! other calls for a while ("Eventual consistency in the Amazon EC2 API"); CreateTags on an unknown id answers
+//! the NotFound code of its kind; RunInstances over the vCPU quota answers `VcpuLimitExceeded` (terminated
+//! instances count until they are gone); CopyImage beyond the per-destination cap `ResourceLimitExceeded`.
 //!
 //! State changes are timestamps on Tokio's clock, read lazily: an instance launched at `t` is running from
 //! `t + boot`. Nothing ticks; in paused time a night passes as fast as the run can ask about it.
@@ -22,7 +30,7 @@ use crate::cloud::{
     ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, LaunchSpec, OwnedImage, PrivateKey,
     RegionCloud, SecurityGroupId, SnapshotId, Tagged, VpcId,
 };
-use crate::config::{ApiRates, FaultTrigger, ImageFilter, Region, SimFault, SimSettings, Tags};
+use crate::config::{ApiRates, Bucket, FaultEffect, FaultTrigger, ImageFilter, Region, SimFault, SimSettings, Tags};
 
 /// The whole simulated account.
 pub struct Model {
@@ -54,9 +62,23 @@ impl Model {
     pub fn new(settings: SimSettings) -> Arc<Self> {
         let random = Mutex::new(fastrand::Rng::with_seed(settings.seed));
         let fault_matches = Mutex::new(vec![0; settings.faults.len()]);
+        // The account's other tools take `background_load` of every bucket's refill (and of its burst).
+        let share = 1.0 - settings.background_load;
+        let ours = |bucket: Bucket| Bucket {
+            burst: ((f64::from(bucket.burst) * share) as u32).max(1),
+            per_second: bucket.per_second * share,
+        };
+        let ec2 = ApiRates::default();
+        let rates = ApiRates {
+            non_mutating: ours(ec2.non_mutating),
+            mutating: ours(ec2.mutating),
+            run_instances: ours(ec2.run_instances),
+            copy_image: ours(ec2.copy_image),
+            create_tags: ours(ec2.create_tags),
+        };
         Arc::new(Model {
             settings,
-            rates: ApiRates::default(),
+            rates,
             random,
             fault_matches,
             regions: DashMap::new(),
@@ -73,7 +95,7 @@ impl Model {
             .or_insert_with(|| {
                 Arc::new(RegionModel {
                     buckets: ClassBuckets::new(&self.rates),
-                    state: Mutex::new(RegionState::default()),
+                    state: Mutex::new(RegionState { lag: self.settings.consistency_lag, ..RegionState::default() }),
                 })
             })
             .clone()
@@ -101,11 +123,24 @@ impl Model {
         format!("{prefix}-0{:016x}", fnv1a(&n.to_string()) >> 4)
     }
 
-    /// The configured fault that answers this call, if one does.
+    /// The configured error fault that answers this call, if one does.
     fn fault(&self, action: Action, region: &Region) -> Option<&SimFault> {
+        self.firing(action, region, |effect| matches!(effect, FaultEffect::Error(_)))
+    }
+
+    /// The configured fault that makes what this call creates end badly (a failed image, a launch that
+    /// terminates), if one does. Asked only by calls that took effect.
+    fn state_fault(&self, action: Action, region: &Region) -> Option<&FaultEffect> {
+        self.firing(action, region, |effect| !matches!(effect, FaultEffect::Error(_))).map(|fault| &fault.effect)
+    }
+
+    /// The first fault of the wanted effects that matches this call and fires; each counts its own matches.
+    fn firing(&self, action: Action, region: &Region, wanted: impl Fn(&FaultEffect) -> bool) -> Option<&SimFault> {
         let mut matches = self.fault_matches.lock().expect("not poisoned");
         for (index, fault) in self.settings.faults.iter().enumerate() {
-            if fault.action.is_some_and(|hit| hit != action) || fault.region.as_ref().is_some_and(|r| r != region) {
+            let elsewhere =
+                fault.action.is_some_and(|hit| hit != action) || fault.region.as_ref().is_some_and(|r| r != region);
+            if elsewhere || !wanted(&fault.effect) {
                 continue;
             }
             matches[index] += 1;
@@ -130,12 +165,16 @@ pub struct RegionModel {
 
 #[derive(Default)]
 pub struct RegionState {
+    /// How long a new id stays unknown to other calls (`[sim] consistency_lag`).
+    lag: Duration,
+    /// Answers that said "not found", or left a resource out, because of the lag.
+    pub lagged: u64,
     public_images: HashMap<ImageId, PublicImage>,
     pub images: HashMap<ImageId, SimImage>,
     /// Snapshots of deregistered images, until deleted.
     pub orphan_snapshots: HashSet<SnapshotId>,
     pub instances: BTreeMap<InstanceId, SimInstance>,
-    pub key_pairs: BTreeMap<KeyPairName, Tags>,
+    pub key_pairs: BTreeMap<KeyPairName, SimKeyPair>,
     pub security_groups: BTreeMap<SecurityGroupId, SimGroup>,
     tags: HashMap<String, Tags>,
     client_tokens: HashMap<String, String>,
@@ -153,14 +192,29 @@ pub struct SimImage {
     snapshot: SnapshotId,
     /// A copy in progress counts against the destination's copy cap.
     copied: bool,
+    /// It ends `failed` (at `available_at`), with this reason (`[sim] faults` `image_state`).
+    pub fails: Option<String>,
+}
+
+impl SimImage {
+    pub fn state(&self, now: Instant) -> ImageState {
+        match &self.fails {
+            _ if now < self.available_at => ImageState::Pending,
+            Some(reason) => ImageState::Failed(format!("failed: {reason}")),
+            None => ImageState::Available,
+        }
+    }
 }
 
 pub struct SimInstance {
+    launched_at: Instant,
     running_at: Instant,
     /// When SSH answers.
     pub ssh_at: Instant,
     stopped_at: Option<Instant>,
     terminated_at: Option<Instant>,
+    /// The launch ends terminated instead of running (`[sim] faults` `instance_state`), with this reason.
+    launch_failure: Option<String>,
     security_group: SecurityGroupId,
     public_ip: String,
 }
@@ -169,6 +223,8 @@ impl SimInstance {
     pub fn state(&self, now: Instant) -> InstanceState {
         match (self.terminated_at, self.stopped_at) {
             (Some(at), _) if now >= at => InstanceState::Terminated,
+            // A launch that fails stays pending until it ends.
+            (Some(_), _) if self.launch_failure.is_some() => InstanceState::Pending,
             (Some(_), _) => InstanceState::ShuttingDown,
             (None, Some(at)) if now >= at => InstanceState::Stopped,
             (None, Some(_)) => InstanceState::Stopping,
@@ -176,33 +232,100 @@ impl SimInstance {
             (None, None) => InstanceState::Pending,
         }
     }
+
+    /// EC2's `StateReason` for a terminated instance.
+    fn state_reason(&self, now: Instant) -> Option<String> {
+        match self.state(now) {
+            InstanceState::Terminated => Some(
+                self.launch_failure
+                    .clone()
+                    .unwrap_or_else(|| "Client.UserInitiatedShutdown: User initiated shutdown".into()),
+            ),
+            _ => None,
+        }
+    }
+}
+
+pub struct SimKeyPair {
+    pub tags: Tags,
+    created_at: Instant,
 }
 
 pub struct SimGroup {
     name: String,
+    created_at: Instant,
 }
 
 impl RegionState {
+    /// Whether other calls know a resource created at `created_at` yet (EC2's eventual consistency); counts
+    /// the answers the lag changes.
+    fn settled(&mut self, created_at: Instant, now: Instant) -> bool {
+        let settled = now >= created_at + self.lag;
+        if !settled {
+            self.lagged += 1;
+        }
+        settled
+    }
+
     fn copies_in_flight(&self, now: Instant) -> usize {
         self.images.values().filter(|image| image.copied && image.available_at > now).count()
     }
 
+    /// An image by id as DescribeImages shows it: the account's own once settled, or a public one.
     fn image_status(&mut self, id: &ImageId, now: Instant) -> Option<ImageStatus> {
         if let Some(image) = self.images.get(id) {
-            let state = if now >= image.available_at { ImageState::Available } else { ImageState::Pending };
-            return Some(ImageStatus { id: id.clone(), state, snapshot_ids: vec![image.snapshot.clone()] });
+            let (state, snapshot, created_at) = (image.state(now), image.snapshot.clone(), image.created_at);
+            return self.settled(created_at, now).then(|| ImageStatus {
+                id: id.clone(),
+                state,
+                snapshot_ids: vec![snapshot],
+            });
         }
         let public = self.public_images.contains_key(id) || is_image_id(id.as_str());
         public.then(|| ImageStatus { id: id.clone(), state: ImageState::Available, snapshot_ids: Vec::new() })
     }
 
-    fn exists(&self, resource: &str, now: Instant) -> bool {
+    /// The instance, if it exists and other calls know it yet.
+    fn known_instance(&mut self, id: &InstanceId, now: Instant) -> Result<&mut SimInstance, Refusal> {
+        let launched_at = self.instances.get(id).map(|instance| instance.launched_at);
+        match launched_at {
+            Some(at) if self.settled(at, now) => Ok(self.instances.get_mut(id).expect("just looked up")),
+            _ => refuse("InvalidInstanceID.NotFound", format!("The instance ID '{id}' does not exist")),
+        }
+    }
+
+    /// Whether the group exists and other calls know it yet.
+    fn knows_group(&mut self, id: &SecurityGroupId, now: Instant) -> bool {
+        match self.security_groups.get(id).map(|group| group.created_at) {
+            Some(at) => self.settled(at, now),
+            None => false,
+        }
+    }
+
+    /// The NotFound code EC2 gives CreateTags for an id it does not know (yet), or none if it knows it.
+    fn unknown_to_tags(&mut self, resource: &str, now: Instant) -> Option<&'static str> {
         let image = ImageId::new(resource);
-        self.images.contains_key(&image)
-            || self.public_images.contains_key(&image)
-            || self.images.values().any(|image| image.snapshot.as_str() == resource)
-            || self.instances.get(&InstanceId::new(resource)).is_some_and(|i| i.state(now) != InstanceState::Terminated)
-            || self.security_groups.contains_key(&SecurityGroupId::new(resource))
+        let created_at = if let Some(found) = self.images.get(&image) {
+            Some(found.created_at)
+        } else if self.public_images.contains_key(&image) {
+            return None;
+        } else if let Some(found) = self.images.values().find(|found| found.snapshot.as_str() == resource) {
+            Some(found.created_at)
+        } else if let Some(found) = self.instances.get(&InstanceId::new(resource)) {
+            (found.state(now) != InstanceState::Terminated).then_some(found.launched_at)
+        } else {
+            self.security_groups.get(&SecurityGroupId::new(resource)).map(|group| group.created_at)
+        };
+        if created_at.is_some_and(|at| self.settled(at, now)) {
+            return None;
+        }
+        Some(match resource.split('-').next() {
+            Some("ami") => "InvalidAMIID.NotFound",
+            Some("snap") => "InvalidSnapshot.NotFound",
+            Some("i") => "InvalidInstanceID.NotFound",
+            Some("sg") => "InvalidGroup.NotFound",
+            _ => "InvalidID",
+        })
     }
 }
 
@@ -240,10 +363,15 @@ impl SimRegion {
         apply: impl FnOnce(&mut RegionState, Instant) -> Result<T, Refusal>,
     ) -> CloudResult<T> {
         let fault = self.model.fault(action, &self.region);
-        let injected =
-            |code: &str, what: &str| refuse(code, format!("{code} ({what} by the `[sim] faults` of the fleet file)"));
+        let injected = |fault: &SimFault, what: &str| {
+            let code = match &fault.effect {
+                FaultEffect::Error(code) => code.as_str(),
+                _ => unreachable!("Model::fault answers error faults only"),
+            };
+            refuse(code, format!("{code} ({what} by the `[sim] faults` of the fleet file)"))
+        };
         let answer = match fault {
-            Some(fault) if !fault.answer_lost => injected(&fault.error, "injected"),
+            Some(fault) if !fault.answer_lost => injected(fault, "injected"),
             _ if self.state.buckets.of(action.class()).try_take().is_err() => {
                 self.model.throttled.fetch_add(1, Ordering::Relaxed);
                 refuse("RequestLimitExceeded", "Request limit exceeded.")
@@ -252,7 +380,7 @@ impl SimRegion {
                 let mut state = self.state.state.lock().expect("not poisoned");
                 let answer = apply(&mut state, Instant::now());
                 match fault {
-                    Some(fault) => injected(&fault.error, "the call took effect; its answer was lost"),
+                    Some(fault) => injected(fault, "the call took effect; its answer was lost"),
                     None => answer,
                 }
             }
@@ -265,6 +393,29 @@ impl SimRegion {
             code: Some(refusal.code),
             message: refusal.message,
         })
+    }
+
+    /// The resources among `matching` other calls know yet, with their tags (what a describe by tag lists).
+    fn settled_with_tags<Id: Clone + AsRef<str>>(
+        state: &mut RegionState,
+        matching: Vec<(Id, Instant)>,
+        now: Instant,
+    ) -> Vec<Tagged<Id>> {
+        let mut found = Vec::new();
+        for (id, created_at) in matching {
+            if state.settled(created_at, now) {
+                found.push(Tagged { tags: state.tags.get(id.as_ref()).cloned().unwrap_or_default(), id });
+            }
+        }
+        found
+    }
+
+    /// The reason the image this call makes will fail with, if a `[sim] faults` entry says so.
+    fn image_fault(&self, action: Action) -> Option<String> {
+        match self.model.state_fault(action, &self.region) {
+            Some(FaultEffect::ImageFails { reason }) => Some(reason.clone()),
+            _ => None,
+        }
     }
 
     fn merge_tags(state: &mut RegionState, resource: &str, tags: &Tags) {
@@ -306,11 +457,11 @@ impl RegionCloud for SimRegion {
     }
 
     async fn create_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey> {
-        self.call(Action::CreateKeyPair, |state, _| {
+        self.call(Action::CreateKeyPair, |state, now| {
             if state.key_pairs.contains_key(name) {
                 return refuse("InvalidKeyPair.Duplicate", format!("The keypair '{name}' already exists."));
             }
-            state.key_pairs.insert(name.clone(), tags.clone());
+            state.key_pairs.insert(name.clone(), SimKeyPair { tags: tags.clone(), created_at: now });
             Ok(PrivateKey::new(
                 "-----BEGIN RSA PRIVATE KEY-----\nsimulated\n-----END RSA PRIVATE KEY-----\n".to_string(),
             ))
@@ -319,8 +470,14 @@ impl RegionCloud for SimRegion {
     }
 
     async fn delete_key_pair(&self, name: &KeyPairName) -> CloudResult<()> {
-        self.call(Action::DeleteKeyPair, |state, _| {
-            state.key_pairs.remove(name);
+        // EC2 answers DeleteKeyPair for a key it does not know (yet) with success and deletes nothing: a key
+        // pair deleted moments after it was made can outlive its build (the end-of-run sweep removes it).
+        self.call(Action::DeleteKeyPair, |state, now| {
+            if let Some(created_at) = state.key_pairs.get(name).map(|pair| pair.created_at) {
+                if state.settled(created_at, now) {
+                    state.key_pairs.remove(name);
+                }
+            }
             Ok(())
         })
         .await
@@ -334,11 +491,11 @@ impl RegionCloud for SimRegion {
         tags: &Tags,
     ) -> CloudResult<SecurityGroupId> {
         let id = SecurityGroupId::new(self.model.id("sg"));
-        self.call(Action::CreateSecurityGroup, |state, _| {
+        self.call(Action::CreateSecurityGroup, |state, now| {
             if state.security_groups.values().any(|group| group.name == name) {
                 return refuse("InvalidGroup.Duplicate", format!("The security group '{name}' already exists"));
             }
-            state.security_groups.insert(id.clone(), SimGroup { name: name.to_string() });
+            state.security_groups.insert(id.clone(), SimGroup { name: name.to_string(), created_at: now });
             Self::merge_tags(state, id.as_str(), tags);
             Ok(id)
         })
@@ -346,8 +503,8 @@ impl RegionCloud for SimRegion {
     }
 
     async fn authorize_ingress(&self, group: &SecurityGroupId, _port: u16, cidrs: &[IpNet]) -> CloudResult<()> {
-        self.call(Action::AuthorizeSecurityGroupIngress, |state, _| {
-            if !state.security_groups.contains_key(group) {
+        self.call(Action::AuthorizeSecurityGroupIngress, |state, now| {
+            if !state.knows_group(group, now) {
                 return refuse("InvalidGroup.NotFound", format!("The security group '{group}' does not exist"));
             }
             if let Some((_, cidr)) = state.ingress_log.iter().find(|(id, cidr)| id == group && cidrs.contains(cidr)) {
@@ -364,7 +521,7 @@ impl RegionCloud for SimRegion {
 
     async fn delete_security_group(&self, group: &SecurityGroupId) -> CloudResult<()> {
         self.call(Action::DeleteSecurityGroup, |state, now| {
-            if !state.security_groups.contains_key(group) {
+            if !state.knows_group(group, now) {
                 return refuse("InvalidGroup.NotFound", format!("The security group '{group}' does not exist"));
             }
             let in_use = state
@@ -385,33 +542,51 @@ impl RegionCloud for SimRegion {
         let running_at = Instant::now() + self.model.jittered(self.model.settings.boot);
         let ssh_at = running_at + self.model.jittered(self.model.settings.ssh_ready);
         let public_ip = format!("198.51.100.{}", 1 + fnv1a(id.as_str()) % 254);
-        self.call(Action::RunInstances, |state, _| {
+        let settings = &self.model.settings;
+        self.call(Action::RunInstances, |state, now| {
             if let Some(existing) = state.client_tokens.get(&spec.client_token) {
                 return Ok(InstanceId::new(existing.clone()));
             }
-            if state
-                .image_status(&spec.image_id, Instant::now())
-                .is_none_or(|image| image.state != ImageState::Available)
-            {
+            if state.image_status(&spec.image_id, now).is_none_or(|image| image.state != ImageState::Available) {
                 return refuse("InvalidAMIID.NotFound", format!("The image id '[{}]' does not exist", spec.image_id));
             }
-            if !state.key_pairs.contains_key(&spec.key_name) {
+            let key_created = state.key_pairs.get(&spec.key_name).map(|pair| pair.created_at);
+            if !key_created.is_some_and(|at| state.settled(at, now)) {
                 return refuse("InvalidKeyPair.NotFound", format!("The key pair '{}' does not exist", spec.key_name));
             }
-            if !state.security_groups.contains_key(&spec.security_group) {
+            if !state.knows_group(&spec.security_group, now) {
                 return refuse(
                     "InvalidGroup.NotFound",
                     format!("The security group '{}' does not exist", spec.security_group),
                 );
             }
+            // The account's running-vCPU quota: every instance not yet terminated counts.
+            if let Some(limit) = settings.vcpu_limit {
+                let alive = state.instances.values().filter(|i| i.state(now) != InstanceState::Terminated).count();
+                let wanted = (alive as u32 + 1) * settings.instance_vcpus;
+                if wanted > limit {
+                    return refuse(
+                        "VcpuLimitExceeded",
+                        format!(
+                            "You have requested more vCPU capacity than your current vCPU limit of {limit} allows for the instance bucket that the specified instance type belongs to"
+                        ),
+                    );
+                }
+            }
+            let launch_failure = match self.model.state_fault(Action::RunInstances, &self.region) {
+                Some(FaultEffect::InstanceTerminates { reason }) => Some(reason.clone()),
+                _ => None,
+            };
             state.client_tokens.insert(spec.client_token.clone(), id.to_string());
             state.instances.insert(
                 id.clone(),
                 SimInstance {
+                    launched_at: now,
                     running_at,
                     ssh_at,
                     stopped_at: None,
-                    terminated_at: None,
+                    terminated_at: launch_failure.is_some().then_some(running_at),
+                    launch_failure,
                     security_group: spec.security_group.clone(),
                     public_ip,
                 },
@@ -428,10 +603,16 @@ impl RegionCloud for SimRegion {
             Ok(ids
                 .iter()
                 .filter_map(|id| {
-                    let instance = state.instances.get(id)?;
-                    let state = instance.state(now);
-                    let public_ip = matches!(state, InstanceState::Running).then(|| instance.public_ip.clone());
-                    Some(InstanceStatus { id: id.clone(), state, public_ip, private_ip: Some("10.0.0.10".into()) })
+                    let instance = state.known_instance(id, now).ok()?;
+                    let instance_state = instance.state(now);
+                    let public_ip = (instance_state == InstanceState::Running).then(|| instance.public_ip.clone());
+                    Some(InstanceStatus {
+                        id: id.clone(),
+                        state_reason: instance.state_reason(now),
+                        state: instance_state,
+                        public_ip,
+                        private_ip: Some("10.0.0.10".into()),
+                    })
                 })
                 .collect())
         })
@@ -441,9 +622,7 @@ impl RegionCloud for SimRegion {
     async fn stop_instance(&self, id: &InstanceId) -> CloudResult<()> {
         let stop = self.model.jittered(self.model.settings.stop);
         self.call(Action::StopInstances, |state, now| {
-            let Some(instance) = state.instances.get_mut(id) else {
-                return refuse("InvalidInstanceID.NotFound", format!("The instance ID '{id}' does not exist"));
-            };
+            let instance = state.known_instance(id, now)?;
             match instance.state(now) {
                 InstanceState::Running => {
                     instance.stopped_at = Some(now + stop);
@@ -462,9 +641,7 @@ impl RegionCloud for SimRegion {
     async fn terminate_instance(&self, id: &InstanceId) -> CloudResult<()> {
         let terminate = self.model.jittered(self.model.settings.terminate);
         self.call(Action::TerminateInstances, |state, now| {
-            let Some(instance) = state.instances.get_mut(id) else {
-                return refuse("InvalidInstanceID.NotFound", format!("The instance ID '{id}' does not exist"));
-            };
+            let instance = state.known_instance(id, now)?;
             instance.terminated_at.get_or_insert(now + terminate);
             Ok(())
         })
@@ -482,22 +659,19 @@ impl RegionCloud for SimRegion {
         let snapshot = SnapshotId::new(self.model.id("snap"));
         let available_at = Instant::now() + self.model.jittered(self.model.settings.create_image);
         self.call(Action::CreateImage, |state, now| {
-            let usable = state.instances.get(instance).map(|found| found.state(now));
-            match usable {
-                None => {
-                    return refuse("InvalidInstanceID.NotFound", format!("The instance ID '{instance}' does not exist"))
-                }
-                Some(InstanceState::ShuttingDown | InstanceState::Terminated) => {
+            match state.known_instance(instance, now)?.state(now) {
+                InstanceState::ShuttingDown | InstanceState::Terminated => {
                     return refuse("IncorrectInstanceState", format!("The instance '{instance}' is terminated"))
                 }
-                Some(_) => {}
+                _ => {}
             }
             if state.images.values().any(|image| image.name == name) {
                 return refuse("InvalidAMIName.Duplicate", format!("AMI name {name} is already in use by AMI"));
             }
+            let fails = self.image_fault(Action::CreateImage);
             state.images.insert(
                 id.clone(),
-                SimImage { name: name.to_string(), created_at: Instant::now(), available_at, snapshot, copied: false },
+                SimImage { name: name.to_string(), created_at: now, available_at, snapshot, copied: false, fails },
             );
             Self::merge_tags(state, id.as_str(), tags);
             Ok(id)
@@ -515,6 +689,7 @@ impl RegionCloud for SimRegion {
         let snapshot = SnapshotId::new(self.model.id("snap"));
         let available_at = Instant::now() + self.model.jittered(self.model.settings.copy_image);
         let cap = self.model.settings.copy_concurrency;
+        let foreign = self.model.settings.foreign_copies;
         self.call(Action::CopyImage, |state, now| {
             if let Some(existing) = state.client_tokens.get(&spec.client_token) {
                 return Ok(ImageId::new(existing.clone()));
@@ -529,8 +704,10 @@ impl RegionCloud for SimRegion {
                     )
                 }
             }
+            // The per-destination cap counts every copy in flight into the region, the account's other tools'
+            // included.
             let in_flight = state.copies_in_flight(now);
-            if in_flight >= cap {
+            if in_flight + foreign >= cap {
                 return refuse(
                     "ResourceLimitExceeded",
                     format!("You have reached the limit of {cap} concurrent AMI copies into this region"),
@@ -539,11 +716,14 @@ impl RegionCloud for SimRegion {
             if state.images.values().any(|image| image.name == spec.name) {
                 return refuse("InvalidAMIName.Duplicate", format!("AMI name {} is already in use by AMI", spec.name));
             }
+            let fails = self.image_fault(Action::CopyImage);
             state.client_tokens.insert(spec.client_token.clone(), id.to_string());
             state.images.insert(
                 id.clone(),
-                SimImage { name: spec.name.clone(), created_at: Instant::now(), available_at, snapshot, copied: true },
+                SimImage { name: spec.name.clone(), created_at: now, available_at, snapshot, copied: true, fails },
             );
+            // CopyImage's TagSpecifications: the copy is tagged from the start.
+            Self::merge_tags(state, id.as_str(), &spec.tags);
             state.peak_copies_in_flight = state.peak_copies_in_flight.max(in_flight + 1);
             Ok(id)
         })
@@ -552,9 +732,10 @@ impl RegionCloud for SimRegion {
 
     async fn create_tags(&self, resources: &[String], tags: &Tags) -> CloudResult<()> {
         self.call(Action::CreateTags, |state, now| {
-            let missing: HashSet<&String> = resources.iter().filter(|resource| !state.exists(resource, now)).collect();
-            if let Some(resource) = missing.into_iter().next() {
-                return refuse("InvalidID", format!("The ID '{resource}' is not valid"));
+            for resource in resources {
+                if let Some(code) = state.unknown_to_tags(resource, now) {
+                    return refuse(code, format!("The ID '{resource}' does not exist"));
+                }
             }
             for resource in resources {
                 Self::merge_tags(state, resource, tags);
@@ -567,22 +748,30 @@ impl RegionCloud for SimRegion {
     async fn find_owned_images(&self, query: &ImageQuery) -> CloudResult<Vec<OwnedImage>> {
         let started = self.model.started;
         self.call(Action::DescribeImages, |state, now| {
-            let mut found: Vec<OwnedImage> = state
+            let matching: Vec<(ImageId, Instant)> = state
                 .images
                 .iter()
                 .filter(|(id, image)| match query {
                     ImageQuery::Named(names) => names.contains(&image.name),
                     ImageQuery::Tagged(tags) => carries(state.tags.get(id.as_str()), tags),
                 })
-                .map(|(id, image)| OwnedImage {
-                    id: id.clone(),
+                .map(|(id, image)| (id.clone(), image.created_at))
+                .collect();
+            let mut found = Vec::new();
+            for (id, created_at) in matching {
+                if !state.settled(created_at, now) {
+                    continue;
+                }
+                let image = &state.images[&id];
+                found.push(OwnedImage {
                     name: image.name.clone(),
-                    state: if now >= image.available_at { ImageState::Available } else { ImageState::Pending },
+                    state: image.state(now),
                     creation_date: creation_date(started, image.created_at),
                     snapshot_ids: vec![image.snapshot.clone()],
                     tags: state.tags.get(id.as_str()).cloned().unwrap_or_default(),
-                })
-                .collect();
+                    id,
+                });
+            }
             found.sort_by(|a, b| a.id.cmp(&b.id));
             Ok(found)
         })
@@ -591,51 +780,59 @@ impl RegionCloud for SimRegion {
 
     async fn find_instances(&self, tags: &Tags) -> CloudResult<Vec<Tagged<InstanceId>>> {
         self.call(Action::DescribeInstances, |state, now| {
-            Ok(state
+            let matching: Vec<(InstanceId, Instant)> = state
                 .instances
                 .iter()
                 .filter(|(id, instance)| {
                     !matches!(instance.state(now), InstanceState::ShuttingDown | InstanceState::Terminated)
                         && carries(state.tags.get(id.as_str()), tags)
                 })
-                .map(|(id, _)| Tagged {
-                    id: id.clone(),
-                    tags: state.tags.get(id.as_str()).cloned().unwrap_or_default(),
-                })
-                .collect())
+                .map(|(id, instance)| (id.clone(), instance.launched_at))
+                .collect();
+            Ok(Self::settled_with_tags(state, matching, now))
         })
         .await
     }
 
     async fn find_security_groups(&self, tags: &Tags) -> CloudResult<Vec<Tagged<SecurityGroupId>>> {
-        self.call(Action::DescribeSecurityGroups, |state, _| {
-            Ok(state
+        self.call(Action::DescribeSecurityGroups, |state, now| {
+            let matching: Vec<(SecurityGroupId, Instant)> = state
                 .security_groups
-                .keys()
-                .filter(|id| carries(state.tags.get(id.as_str()), tags))
-                .map(|id| Tagged { id: id.clone(), tags: state.tags.get(id.as_str()).cloned().unwrap_or_default() })
-                .collect())
+                .iter()
+                .filter(|(id, _)| carries(state.tags.get(id.as_str()), tags))
+                .map(|(id, group)| (id.clone(), group.created_at))
+                .collect();
+            Ok(Self::settled_with_tags(state, matching, now))
         })
         .await
     }
 
     async fn find_key_pairs(&self, tags: &Tags) -> CloudResult<Vec<Tagged<KeyPairName>>> {
-        self.call(Action::DescribeKeyPairs, |state, _| {
-            Ok(state
+        self.call(Action::DescribeKeyPairs, |state, now| {
+            let matching: Vec<(KeyPairName, Instant)> = state
                 .key_pairs
                 .iter()
-                .filter(|(_, stored)| carries(Some(stored), tags))
-                .map(|(name, stored)| Tagged { id: name.clone(), tags: stored.clone() })
-                .collect())
+                .filter(|(_, stored)| carries(Some(&stored.tags), tags))
+                .map(|(name, stored)| (name.clone(), stored.created_at))
+                .collect();
+            let mut found = Vec::new();
+            for (name, created_at) in matching {
+                if state.settled(created_at, now) {
+                    found.push(Tagged { tags: state.key_pairs[&name].tags.clone(), id: name });
+                }
+            }
+            Ok(found)
         })
         .await
     }
 
     async fn deregister_image(&self, id: &ImageId) -> CloudResult<()> {
-        self.call(Action::DeregisterImage, |state, _| {
-            let Some(image) = state.images.remove(id) else {
+        self.call(Action::DeregisterImage, |state, now| {
+            let created_at = state.images.get(id).map(|image| image.created_at);
+            if !created_at.is_some_and(|at| state.settled(at, now)) {
                 return refuse("InvalidAMIID.NotFound", format!("The image id '[{id}]' does not exist"));
-            };
+            }
+            let image = state.images.remove(id).expect("just looked up");
             state.tags.remove(id.as_str());
             state.orphan_snapshots.insert(image.snapshot);
             Ok(())
