@@ -27,7 +27,7 @@ use crate::steps::ledger::{Ledger, Resource};
 /// The first line's `format`.
 pub const JOURNAL_FORMAT: &str = "fleetbake-journal";
 /// The version this fleetbake writes and the newest it reads.
-pub const JOURNAL_VERSION: u32 = 1;
+pub const JOURNAL_VERSION: u32 = 2;
 
 /// The first line: which run of which fleet, and the jobs its plan had.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -41,7 +41,7 @@ const JOURNALS: &[(&str, &str)] = &[
     ("corrupt-record-before-the-tail.jsonl", ":3: corrupt journal record: expected value"),
     ("empty.jsonl", ":1: not a fleetbake journal: the file is empty"),
     ("header-without-jobs.jsonl", ":1: corrupt journal record: missing field `jobs`"),
-    ("newer-format.jsonl", ":1: journal format version 2 was written by a newer fleetbake"),
+    ("newer-format.jsonl", ":1: journal format version 3 was written by a newer fleetbake"),
     ("not-a-journal.jsonl", ":1: not a fleetbake journal: the header is not JSON"),
     ("plan-changed.jsonl", "the fleet file no longer plans what run 20261126-120000-0000a planned"),
     ("torn-header.jsonl", ":1: not a fleetbake journal: the header line is incomplete"),

@@ -57,7 +57,7 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
     // The journal recorded it all, flushed; a torn last line (as if the kill came mid-write) is recovered.
     let journal = workspace.path(&format!(".fleetbake/fleet/{run_id}.jsonl"));
     let text = std::fs::read_to_string(&journal).unwrap();
-    assert!(text.starts_with("{\"format\":\"fleetbake-journal\",\"version\":1,"), "{text}");
+    assert!(text.starts_with("{\"format\":\"fleetbake-journal\",\"version\":2,"), "{text}");
     assert!(text.contains("\"record\":\"created\"") && text.contains("\"record\":\"image_available\""), "{text}");
     std::fs::write(&journal, format!("{text}{{\"record\":\"image_avail")).unwrap();
 
