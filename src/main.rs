@@ -166,6 +166,10 @@ async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> Exit
                 ExitCode::SUCCESS
             }
         }
+        Err(error @ fleetbake::state::gc::GcError::Journal(JournalError::Busy { .. })) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_FAILED)
+        }
         Err(error @ fleetbake::state::gc::GcError::Journal(_)) => {
             eprintln!("error: {error}");
             ExitCode::from(EXIT_BAD_INPUT)
@@ -200,8 +204,12 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
                     eprintln!("  {resource}");
                 }
             }
-            if summary.abandoned {
-                eprintln!("error: exited without waiting for cleanup; these may be left in the account:");
+            if summary.abandoned || !summary.left_behind.is_empty() {
+                if summary.abandoned {
+                    eprintln!("error: exited without waiting for cleanup; these may be left in the account:");
+                } else {
+                    eprintln!("error: cleanup could not remove these; they may be left in the account:");
+                }
                 for resource in &summary.left_behind {
                     eprintln!("  {resource}");
                 }
@@ -217,8 +225,14 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
                 None => ExitCode::SUCCESS,
             }
         }
-        // A journal that cannot be used as it is, is bad input; one that cannot be read or written is not.
-        Err(ref error @ run::RunError::Journal(ref journal)) if !matches!(journal, JournalError::Io { .. }) => {
+        // A journal that cannot be used as it is, is bad input; one that cannot be read or written, or that
+        // another run holds, is not.
+        Err(ref error @ run::RunError::Journal(ref journal))
+            if !matches!(
+                journal,
+                JournalError::Io { .. } | JournalError::Busy { .. } | JournalError::InProgress { .. }
+            ) =>
+        {
             eprintln!("error: {error}");
             ExitCode::from(EXIT_BAD_INPUT)
         }

@@ -24,7 +24,7 @@ use crate::remote::sim::SimCommunicator;
 use crate::remote::{Communicator, SshCommunicator};
 use crate::report::events::{EventSender, RunEvent};
 use crate::report::{self, ReportError, Reporter, TerminalReporter};
-use crate::state::journal::{Journal, JournalDir, JournalError, Replay};
+use crate::state::journal::{Journal, JournalDir, JournalError, Replay, RunLock};
 use crate::state::manifest::ManifestWriter;
 use crate::steps::context::RunContext;
 use crate::steps::ledger::Ledger;
@@ -81,7 +81,8 @@ pub async fn matrix(
     options: MatrixOptions,
     interrupts: mpsc::UnboundedReceiver<Interrupt>,
 ) -> Result<RunOutcome, RunError> {
-    // The journal first: a broken one stops the run before any AWS call.
+    // One run of a fleet file at a time, then the journal: either stops the run before any AWS call.
+    let run_lock = RunLock::acquire(&JournalDir::of(&fleet))?;
     let start = if options.resume {
         let (replay, plan) = crate::state::resume::prepare(&fleet)?;
         Start::Resume { replay: Box::new(replay), plan }
@@ -104,6 +105,7 @@ pub async fn matrix(
         strategy: Strategy::FLEETBAKE,
         fail_fast: options.fail_fast,
         reporters: standard_reporters(&fleet, Duration::ZERO),
+        run_lock: Some(run_lock),
     };
     let (plan, summary) = execution.run(start, interrupts).await?;
     let statistics = RunStatistics::new(&plan, &fleet, &summary, limits.stats(), None);
@@ -143,6 +145,8 @@ pub async fn matrix_simulated(
         fail_fast: options.fail_fast,
         // A virtual night makes thousands of events; the manifest is rewritten at most every simulated minute.
         reporters: reporters.unwrap_or_else(|| standard_reporters(&fleet, Duration::from_secs(60))),
+        // The simulated account is this process's own: no other run can share it.
+        run_lock: None,
     };
     // The simulated account does not outlive the process: its journal stays in memory, and nothing resumes.
     let (plan, summary) = execution.run(Start::Fresh { journal: None }, interrupts).await?;
@@ -192,6 +196,8 @@ pub struct Execution {
     pub strategy: Strategy,
     pub fail_fast: bool,
     pub reporters: Vec<Box<dyn Reporter>>,
+    /// The fleet file's run lock, held until the run ends (`None` for the simulated cloud).
+    pub run_lock: Option<RunLock>,
 }
 
 impl Execution {
@@ -213,6 +219,11 @@ impl Execution {
             }
             Start::Resume { replay, plan } => (plan, Journal::resume(&replay)?, Some(replay)),
         };
+        // Held to the end of this function: the run ends with it.
+        let run_lock = self.run_lock;
+        if let Some(lock) = &run_lock {
+            lock.name_run(&plan.run_id);
+        }
         let attempt = journal.attempt();
         let plan = Arc::new(plan);
         let journal = Arc::new(journal);

@@ -48,7 +48,8 @@ pub struct RunSummary {
     pub interrupted: Option<Interrupt>,
     /// A second interrupt: the loop stopped waiting for cleanup.
     pub abandoned: bool,
-    /// When abandoned: the temporary resources the journal says were created and not removed.
+    /// The temporary resources the journal says were created and not removed: after a second interrupt
+    /// (cleanup abandoned), or when cleanup and the sweep could not remove them.
     pub left_behind: Vec<String>,
     /// From the start of the run to the end of the loop.
     pub makespan: Duration,
@@ -529,8 +530,9 @@ impl Scheduler {
             failed: state.failed,
             in_progress: state.in_progress,
         });
-        let left_behind =
-            if abandoned { self.journal.outstanding().iter().map(ToString::to_string).collect() } else { Vec::new() };
+        // What the journal says was created and never removed: by the cleanup and sweep that an abandoned run
+        // skipped, or that failed (credentials gone for good, a refused delete).
+        let left_behind = self.journal.outstanding().iter().map(ToString::to_string).collect();
         RunSummary {
             status,
             succeeded: state.succeeded,

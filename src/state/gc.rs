@@ -19,7 +19,7 @@ use crate::cloud::watch::Waits;
 use crate::cloud::{Cloud, CloudError, ImageId, ImageQuery, ImageState, OwnedImage, SnapshotId};
 use crate::config::{Fleet, Region};
 use crate::plan::RunId;
-use crate::state::journal::{Journal, JournalDir, JournalError};
+use crate::state::journal::{Journal, JournalDir, JournalError, RunLock};
 use crate::state::leftovers::{self, Leftover};
 use crate::state::manifest::Manifest;
 use crate::steps::ledger::Resource;
@@ -278,6 +278,16 @@ async fn delete_snapshot(cloud: &dyn crate::cloud::RegionCloud, snapshot: &Snaps
 
 /// The whole command: survey, plan, execute.
 pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(GcPlan, GcOutcome), GcError> {
+    // Removing images takes the fleet file's run lock, refused at once if a run holds it: a run in progress
+    // is making images gc's retention would count, and none may start while gc deregisters.
+    let _lock = match (fleet.retention.keep, dry_run) {
+        (Some(_), false) => {
+            let lock = RunLock::acquire(&JournalDir::of(fleet))?;
+            lock.name_holder("gc");
+            Some(lock)
+        }
+        _ => None,
+    };
     let protected = protected_images(fleet)?;
     let survey = survey(fleet, &*cloud).await?;
     let runs = RunsInProgress::ask(&JournalDir::of(fleet), &survey, Utc::now())?;

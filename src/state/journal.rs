@@ -117,6 +117,8 @@ pub enum JournalError {
     PlanChanged { path: PathBuf, run_id: RunId, detail: String },
     #[error("nothing to resume: no interrupted or unfinished run of this fleet in `{}`", dir.display())]
     NothingToResume { dir: PathBuf },
+    #[error("another fleetbake is running this fleet file: {holder} holds `{}`; let it finish (or stop it, then `--resume` it) before starting another", path.display())]
+    Busy { path: PathBuf, holder: String },
 }
 
 impl JournalError {
@@ -188,6 +190,69 @@ impl JournalDir {
             return Ok(None);
         }
         is_locked(&path).map(Some)
+    }
+}
+
+/// One run of a fleet file at a time: `.fleetbake/<stem>/run.lock`, held (flock) by the process that runs the
+/// fleet — a new run, a resumed one, or gc removing images — for as long as it lives, and released by the
+/// kernel if it dies. Two runs of one fleet at once would make images of the same names in the same second
+/// (real EC2 refuses the second CreateImage) and overwrite each other's manifest. The file holds the holder's
+/// pid and, once known, its run id, so the process refused can say who holds it.
+#[derive(Debug)]
+pub struct RunLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl RunLock {
+    /// Takes the fleet file's lock, or says who holds it (before any AWS call).
+    pub fn acquire(dir: &JournalDir) -> Result<RunLock, JournalError> {
+        std::fs::create_dir_all(&dir.path).map_err(|error| JournalError::io(&dir.path, error))?;
+        let path = dir.path.join("run.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|error| JournalError::io(&path, error))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = match holder.trim() {
+                    "" => "a fleetbake that is starting".to_string(),
+                    holder => holder.to_string(),
+                };
+                return Err(JournalError::Busy { path, holder });
+            }
+            Err(std::fs::TryLockError::Error(error)) => return Err(JournalError::io(&path, error)),
+        }
+        let lock = RunLock { file, path };
+        lock.say(&format!("pid {}", std::process::id()));
+        Ok(lock)
+    }
+
+    /// Names the run holding the lock, for whoever is refused next.
+    pub fn name_run(&self, run_id: &RunId) {
+        self.say(&format!("run {run_id} (pid {})", std::process::id()));
+    }
+
+    /// Names what holds the lock when it is not a run (gc).
+    pub fn name_holder(&self, holder: &str) {
+        self.say(&format!("{holder} (pid {})", std::process::id()));
+    }
+
+    fn say(&self, holder: &str) {
+        use std::io::{Seek, SeekFrom};
+        let mut file = &self.file;
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(format!("{holder}\n").as_bytes()));
+        if let Err(error) = written {
+            tracing::warn!("cannot write `{}`: {error}", self.path.display());
+        }
     }
 }
 

@@ -265,6 +265,7 @@ pub enum Answer {
 /// answers (to show states moto never shows, such as `pending`).
 pub struct FaultProxy {
     pub endpoint: String,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     altered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -281,6 +282,7 @@ impl FaultProxy {
         let altered = Arc::new(AtomicUsize::new(0));
         let rule: Arc<Rule> = Arc::new(rule);
         let counter = Arc::clone(&altered);
+        let seen = Arc::clone(&requests);
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -303,7 +305,7 @@ impl FaultProxy {
                 });
             }
         });
-        FaultProxy { endpoint, altered }
+        FaultProxy { endpoint, requests: seen, altered }
     }
 
     /// A proxy that answers every `action` request with `fault` and forwards the rest.
@@ -312,6 +314,11 @@ impl FaultProxy {
             upstream,
             move |request| if request.action == action { Answer::Fail(fault) } else { Answer::Forward },
         )
+    }
+
+    /// How many requests it has seen.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many requests were answered with a fault or a rewritten response.

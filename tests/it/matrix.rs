@@ -622,3 +622,117 @@ fn waits_keep_polling_through_pending_states() {
     assert_eq!(manifest["status"], "complete");
     assert!(manifest["artifacts"]["base"]["us-east-1"]["image_id"].is_string());
 }
+
+/// EC2 does not know a new resource everywhere at once: the proxy answers the first ingress rule with
+/// `InvalidGroup.NotFound` (as right after CreateSecurityGroup) and the copy's first CreateTags with
+/// `InvalidAMIID.NotFound` (as right after CopyImage). Both are waited out; everything ends up tagged.
+#[test]
+fn a_resource_unknown_right_after_its_create_is_waited_for_not_failed() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let lagged_group = std::sync::atomic::AtomicBool::new(false);
+    let lagged_copy = std::sync::atomic::AtomicBool::new(false);
+    let proxy = FaultProxy::start(&moto.endpoint, move |request| {
+        use std::sync::atomic::Ordering::SeqCst;
+        let tags_an_image = request.action == "CreateTags" && request.body.contains("ResourceId.1=ami-");
+        if request.action == "AuthorizeSecurityGroupIngress" && !lagged_group.swap(true, SeqCst) {
+            Answer::Fail(Fault {
+                status: 400,
+                code: "InvalidGroup.NotFound",
+                message: "The security group does not exist",
+            })
+        } else if tags_an_image && !lagged_copy.swap(true, SeqCst) {
+            Answer::Fail(Fault { status: 400, code: "InvalidAMIID.NotFound", message: "The image id does not exist" })
+        } else {
+            Answer::Forward
+        }
+    });
+    let workspace = Workspace::new();
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = [\"us-east-1\"]\n",
+        fleet_header_at(&proxy.endpoint, &sshd),
+    );
+    let outcome = fleetbake(&["-v", "matrix", workspace.write("fleet.toml", &fleet).to_str().unwrap()]);
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    assert_eq!(proxy.altered(), 2, "both lagging answers were given");
+    assert!(outcome.stderr.contains("not known everywhere yet"), "{}", outcome.stderr);
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "complete");
+    let run_id = manifest["run_id"].as_str().unwrap().to_string();
+    runtime().block_on(async {
+        for region in ["us-west-2", "us-east-1"] {
+            let client = moto.client(region);
+            let images = images_of_run(&client, &run_id).await;
+            assert_eq!(images.len(), 1, "{region}: {images:?}");
+            assert_eq!(images[0].tags["fleetbake:flavor"], "base", "{region}: tagged");
+            for snapshot in &images[0].snapshot_ids {
+                assert_eq!(snapshot_tags(&client, snapshot).await.get("fleetbake:run-id"), Some(&run_id), "{region}");
+            }
+        }
+        assert_nothing_temporary_left(&moto.client("us-west-2"), "us-west-2").await;
+    });
+}
+
+/// Credentials that expire mid-run: the first TerminateInstances is answered `ExpiredToken`; cleanup tries
+/// again (the provider refreshes) instead of leaving the instance.
+#[test]
+fn cleanup_outlasts_an_expired_token() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let expired = std::sync::atomic::AtomicBool::new(false);
+    let proxy = FaultProxy::start(&moto.endpoint, move |request| {
+        if request.action == "TerminateInstances" && !expired.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Answer::Fail(Fault {
+                status: 400,
+                code: "ExpiredToken",
+                message: "The security token included in the request is expired",
+            })
+        } else {
+            Answer::Forward
+        }
+    });
+    let workspace = Workspace::new();
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n",
+        fleet_header_at(&proxy.endpoint, &sshd),
+    );
+    let outcome = run_matrix(&workspace, &fleet);
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    assert_eq!(proxy.altered(), 1);
+    assert!(outcome.stderr.contains("cleanup tries again"), "{}", outcome.stderr);
+    runtime().block_on(assert_nothing_temporary_left(&moto.client("us-west-2"), "us-west-2"));
+}
+
+/// A resource cleanup cannot remove (every delete of it refused) is named at the end with the gc command.
+#[test]
+fn what_cleanup_cannot_remove_is_named_with_the_gc_command() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let proxy = FaultProxy::refusing(
+        &moto.endpoint,
+        "DeleteKeyPair",
+        Fault {
+            status: 403,
+            code: "UnauthorizedOperation",
+            message: "You are not authorized to perform this operation.",
+        },
+    );
+    let workspace = Workspace::new();
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n",
+        fleet_header_at(&proxy.endpoint, &sshd),
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    let manifest = read_manifest(&workspace);
+    let run_id = manifest["run_id"].as_str().unwrap();
+    assert!(
+        outcome.stderr.contains("cleanup could not remove these; they may be left in the account:"),
+        "{}",
+        outcome.stderr
+    );
+    assert!(outcome.stderr.contains(&format!("  key pair fleetbake-{run_id}-base in us-west-2")), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains(&format!("fleetbake gc {}", fleet_path.display())), "{}", outcome.stderr);
+    assert!(manifest["artifacts"]["base"]["us-west-2"]["image_id"].is_string(), "the image is kept");
+}

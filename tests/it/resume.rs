@@ -261,15 +261,27 @@ fn a_second_sigint_exits_at_once_naming_what_may_be_left_and_gc_removes_it() {
 }
 
 #[test]
-fn gc_leaves_a_run_in_progress_alone() {
+fn gc_beside_a_run_in_progress_refuses_to_remove_images_and_leaves_its_resources_alone() {
     let moto = Moto::start();
     let sshd = Sshd::start();
     let workspace = Workspace::new();
     let gate = workspace.path("gate");
-    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, "\n[retention]\nkeep = 1\n"));
+    let retention = "\n[retention]\nkeep = 1\n";
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, retention));
     let running = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+    let run_id = read_manifest(&workspace)["run_id"].as_str().unwrap().to_string();
 
-    // Its journal is locked by the running process: gc touches none of its resources or images.
+    // With `[retention]`, gc would deregister images: the run holds the fleet file's lock, so gc refuses at
+    // once, naming it, and touches nothing.
+    let refused = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    assert_eq!(refused.code, 1, "{}{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stderr.contains(&format!("another fleetbake is running this fleet file: run {run_id}")),
+        "{}",
+        refused.stderr
+    );
+    // Without it, gc removes only what runs not in progress left: nothing of this one.
+    std::fs::write(&fleet_path, gated_fleet(&moto, &sshd, &gate, "")).unwrap();
     let gc = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
     assert!(gc.stdout.contains("removed 0 temporary resources, deregistered 0 images"), "{}", gc.stdout);
@@ -282,6 +294,54 @@ fn gc_leaves_a_run_in_progress_alone() {
     runtime().block_on(async {
         for region in REGIONS {
             assert_nothing_temporary_left(&moto.client(region), region).await;
+        }
+    });
+}
+
+#[test]
+fn a_second_run_of_a_fleet_file_in_progress_is_refused_before_any_aws_call() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let gate = workspace.path("gate");
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, ""));
+    let running = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+    let run_id = read_manifest(&workspace)["run_id"].as_str().unwrap().to_string();
+
+    // The second one goes through a proxy that counts what it sends: nothing.
+    let proxy = FaultProxy::start(&moto.endpoint, |_| Answer::Forward);
+    let fleet_text = std::fs::read_to_string(&fleet_path).unwrap().replace(&moto.endpoint, &proxy.endpoint);
+    std::fs::write(&fleet_path, fleet_text).unwrap();
+    for args in [vec!["matrix", fleet_path.to_str().unwrap()], vec!["matrix", fleet_path.to_str().unwrap(), "--resume"]]
+    {
+        let started = std::time::Instant::now();
+        let second = fleetbake(&args);
+        assert_eq!(second.code, 1, "{args:?}: {}", second.stderr);
+        assert!(
+            second.stderr.contains(&format!("another fleetbake is running this fleet file: run {run_id}")),
+            "{args:?}: {}",
+            second.stderr
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "refused at once");
+    }
+    assert_eq!(proxy.requests(), 0, "no AWS call");
+
+    std::fs::write(&gate, "").unwrap();
+    let (code, rest) = running.finish();
+    assert_eq!(code, Some(0), "the first run finished: {rest}");
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "complete");
+    assert_eq!(manifest["run_id"], run_id.as_str());
+    // One image per flavor and region: nothing of a second run.
+    runtime().block_on(async {
+        for region in REGIONS {
+            let client = moto.client(region);
+            for flavor in ["quick", "gated"] {
+                let name = format!("{flavor}-us-west-2-{run_id}");
+                assert_eq!(images_named(&client, &name).await.len(), 1, "{name} in {region}");
+            }
+            let all = client.describe_images().owners("self").send().await.unwrap();
+            assert_eq!(all.images().len(), 2, "only the first run's images in {region}");
         }
     });
 }
