@@ -10,11 +10,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::cloud::consistency::{once_known, Created, NewKind};
+use crate::cloud::consistency::{once_known, Created, NewKind, CONSISTENCY_WINDOW};
 use crate::cloud::wait::{poll_until, Poll, PollPolicy, WaitError};
 use crate::cloud::watch::RegionWaits;
 use crate::cloud::{
-    CloudError, CloudResult, ErrorKind, ImageId, InstanceId, KeyPairName, RegionCloud, SecurityGroupId, SnapshotId,
+    CloudError, CloudResult, ErrorKind, ImageId, InstanceId, InstanceState, KeyPairName, RegionCloud, SecurityGroupId,
+    SnapshotId,
 };
 use crate::config::Region;
 use crate::report::events::{EventSender, Failure, JobLabel, RunEvent, Stage};
@@ -234,15 +235,42 @@ impl From<WaitError> for UndoError {
     }
 }
 
+/// TerminateInstances. A NotFound answer does not prove the instance is gone (EC2's documentation on eventual
+/// consistency): it is believed only when a describe agrees — the instance is not listed (and not one this
+/// process launched moments ago), or listed as shutting down or terminated. While EC2 still lists it alive,
+/// the terminate is tried again, for as long as the consistency window.
+async fn terminate(cloud: &dyn RegionCloud, id: &InstanceId, fresh: Option<Created>) -> Result<(), CloudError> {
+    let deadline = tokio::time::Instant::now() + CONSISTENCY_WINDOW;
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let error = match with_credentials(|| cloud.terminate_instance(id)).await {
+            Err(error) if error.kind == ErrorKind::NotFound => error,
+            answer => return answer,
+        };
+        let listed = cloud.describe_instances(std::slice::from_ref(id)).await?.into_iter().next();
+        let gone = match listed.map(|status| status.state) {
+            None => !fresh.is_some_and(|created| created.is_recent()),
+            Some(state) => matches!(state, InstanceState::ShuttingDown | InstanceState::Terminated),
+        };
+        if gone {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(error);
+        }
+        tracing::debug!("{error}, but EC2 still lists it: terminating again in {pause:?}");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(15));
+    }
+}
+
 async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> Result<(), UndoError> {
     match step {
         UndoStep::TerminateInstance { id, fresh } => {
-            let fresh: Vec<Created> = fresh.into_iter().collect();
-            let terminate = || with_credentials(|| cloud.terminate_instance(&id));
-            gone_is_fine(once_known(&fresh, terminate).await)?;
-            // A NotFound does not prove it is gone: wait until EC2 says `terminated` (an instance this process
-            // just launched and EC2 does not list yet is waited for, not taken as gone).
-            waits.instance_terminated(&id, fresh.first().copied()).await?;
+            terminate(cloud, &id, fresh).await?;
+            // Then wait until EC2 says `terminated` (an instance this process just launched that EC2 does not
+            // list yet is waited for, not taken as gone).
+            waits.instance_terminated(&id, fresh).await?;
             Ok(())
         }
         UndoStep::DeleteSecurityGroup { id, fresh } => {

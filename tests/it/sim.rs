@@ -381,3 +381,236 @@ fn an_interrupt_leaves_copies_in_flight_running_and_records_them() {
             .all(|failure| failure["region"] != image["region"] || failure["flavor"] != image["flavor"]));
     }
 }
+
+/// Every image the account holds carries the run's tags, and so does its snapshot.
+fn assert_every_image_tagged(run: &SimRun, case: &str) {
+    let run_id = run.manifest["run_id"].as_str().unwrap();
+    let images = run.summary["sim"]["images"].as_array().unwrap();
+    assert!(!images.is_empty(), "{case}");
+    for image in images {
+        assert_eq!(image["run_id_tag"], run_id, "{case}: image {image}");
+        assert_eq!(image["snapshot_run_id_tag"], run_id, "{case}: snapshot of {image}");
+    }
+}
+
+/// EC2's eventual consistency: every resource unknown to other calls for 20 s after its create, and, one at a
+/// time, each call that names something just created answered with its NotFound code once more on top (as if
+/// the lag were longer there). Every job succeeds, every image and snapshot is tagged, nothing is left.
+#[test]
+fn a_resource_unknown_after_its_create_is_waited_out_at_every_step() {
+    let cases = [
+        None,
+        Some(("AuthorizeSecurityGroupIngress", "InvalidGroup.NotFound")),
+        Some(("RunInstances", "InvalidKeyPair.NotFound")),
+        Some(("RunInstances", "InvalidGroup.NotFound")),
+        Some(("StopInstances", "InvalidInstanceID.NotFound")),
+        Some(("CreateImage", "InvalidInstanceID.NotFound")),
+        // The first CreateTags in a build region tags the build's snapshots; in a copy region, the copy.
+        Some(("CreateTags", "InvalidSnapshot.NotFound\", region = \"us-west-2")),
+        Some(("CreateTags", "InvalidAMIID.NotFound\", region = \"us-east-1")),
+        Some(("TerminateInstances", "InvalidInstanceID.NotFound")),
+        Some(("DeleteSecurityGroup", "InvalidGroup.NotFound")),
+    ];
+    for case in cases {
+        let (label, faults) = match case {
+            None => ("lag only".to_string(), String::new()),
+            Some((action, code)) => (
+                format!("{action} answered {code}"),
+                format!("faults = [{{ action = \"{action}\", error = \"{code}\", nth = 1 }}]"),
+            ),
+        };
+        let workspace = Workspace::new();
+        let run = run_sim(&workspace, &fleet(&format!("consistency_lag = \"20s\"\n{faults}"), ""));
+        assert_eq!(run.outcome.code, 0, "{label}: stderr:\n{}", run.outcome.stderr);
+        assert_eq!(run.manifest["status"], "complete", "{label}");
+        assert!(run.summary["sim"]["lagged_answers"].as_u64().unwrap() > 0, "{label}: the lag was met");
+        if case.is_some() {
+            assert_eq!(run.summary["sim"]["faults_injected"], 1, "{label}");
+        }
+        assert_manifest_is_true(&run, &label);
+        assert_every_image_tagged(&run, &label);
+        assert_nothing_left(&run);
+    }
+}
+
+/// EC2 out of room: the first launch finds no capacity, the account's vCPU quota fits one instance per
+/// region at a time (a build region has two builds), other tools keep 49 of a region's 50 copy slots busy. Every job finishes; the night is
+/// longer, not failed.
+#[test]
+fn capacity_and_quotas_are_waited_out() {
+    let workspace = Workspace::new();
+    let baseline = run_sim(&workspace, &fleet("", ""));
+    let baseline_makespan = baseline.summary["makespan_seconds"].as_f64().unwrap();
+    let cases = [
+        ("capacity", "faults = [{ action = \"RunInstances\", error = \"InsufficientInstanceCapacity\", nth = 1 }]"),
+        ("vcpu quota", "vcpu_limit = 2"),
+        ("foreign copies", "foreign_copies = 49"),
+    ];
+    for (case, sim) in cases {
+        let workspace = Workspace::new();
+        let run = run_sim(&workspace, &fleet(sim, ""));
+        assert_eq!(run.outcome.code, 0, "{case}: stderr:\n{}", run.outcome.stderr);
+        assert_eq!(run.summary["jobs"]["failed"], 0, "{case}");
+        assert!(run.outcome.stderr.contains("no room"), "{case}: {}", run.outcome.stderr);
+        let makespan = run.summary["makespan_seconds"].as_f64().unwrap();
+        assert!(makespan > baseline_makespan, "{case}: {makespan} s against {baseline_makespan} s");
+        assert_manifest_is_true(&run, case);
+        assert_nothing_left(&run);
+    }
+}
+
+/// Past `[limits] capacity_patience`, a launch that never finds room fails with EC2's code, and leaves
+/// nothing; the other region's builds are not held up.
+#[test]
+fn capacity_past_patience_fails_the_launch_with_its_code() {
+    let workspace = Workspace::new();
+    let sim = "faults = [{ action = \"RunInstances\", region = \"eu-central-1\", error = \"InsufficientInstanceCapacity\", probability = 1.0 }]";
+    let run = run_sim(&workspace, &fleet(sim, "capacity_patience = \"10m\""));
+    assert_eq!(run.outcome.code, 1, "stderr:\n{}", run.outcome.stderr);
+    let failures = failures(&run.manifest);
+    let launches: Vec<_> = failures.iter().filter(|failure| failure.2 == "launch").collect();
+    assert_eq!(launches.len(), 2, "both flavors' builds in eu-central-1: {failures:?}");
+    for failure in &launches {
+        assert_eq!((failure.1.as_str(), failure.3.as_deref()), ("eu-central-1", Some("InsufficientInstanceCapacity")));
+    }
+    let error = run.manifest["failures"].as_array().unwrap()[0]["error"].as_str().unwrap().to_string();
+    assert!(error.contains("over 10m"), "{error}");
+    assert_eq!(run.manifest["artifacts"]["ubuntu"].as_object().unwrap().len(), 3, "us-west-2 and its copies");
+    assert_nothing_left(&run);
+}
+
+/// An image that ends `failed` and a launch that ends `terminated`: the job fails with EC2's StateReason,
+/// the failed image is deregistered with its snapshot, the other jobs finish, nothing is left.
+#[test]
+fn a_failed_image_or_launch_fails_its_job_with_the_reason() {
+    let cases = [
+        ("CreateImage", "image_state = \"failed\"", "wait_image", "Client.InternalError"),
+        (
+            "CopyImage",
+            "image_state = \"failed\", reason = \"Client.InvalidKMSKey.InvalidState: the key is disabled\"",
+            "wait_copy",
+            "Client.InvalidKMSKey.InvalidState",
+        ),
+        ("RunInstances", "instance_state = \"terminated\"", "wait_running", "Server.InsufficientInstanceCapacity"),
+    ];
+    for (action, effect, stage, reason) in cases {
+        let workspace = Workspace::new();
+        let sim = format!("faults = [{{ action = \"{action}\", {effect}, nth = 1 }}]");
+        let run = run_sim(&workspace, &fleet(&sim, "max_parallel_builds = 1"));
+        assert_eq!(run.outcome.code, 1, "{action}: stderr:\n{}", run.outcome.stderr);
+        let failed: Vec<&Value> =
+            run.manifest["failures"].as_array().unwrap().iter().filter(|f| f["stage"] != "skipped").collect();
+        assert_eq!(failed.len(), 1, "{action}: {failed:?}");
+        assert_eq!(failed[0]["stage"], stage, "{action}");
+        assert!(failed[0]["error"].as_str().unwrap().contains(reason), "{action}: {}", failed[0]["error"]);
+        let made: usize =
+            run.manifest["artifacts"].as_object().unwrap().values().map(|r| r.as_object().unwrap().len()).sum();
+        // A failed build loses its image and its copies (ubuntu in eu-central-1 has one); a failed copy, itself.
+        let expected = if action == "CopyImage" { 9 } else { 8 };
+        assert_eq!(made, expected, "{action}: every other job made its image");
+        assert_manifest_is_true(&run, action);
+        assert_nothing_left(&run);
+    }
+}
+
+/// A shared account: other tools use half of every request bucket. The run completes and says how often it
+/// was throttled.
+#[test]
+fn half_the_request_buckets_taken_by_other_tools_still_completes() {
+    let workspace = Workspace::new();
+    let run = run_sim(&workspace, &fleet("background_load = 0.5", ""));
+    assert_eq!(run.outcome.code, 0, "stderr:\n{}", run.outcome.stderr);
+    assert_eq!(run.summary["jobs"]["failed"], 0);
+    assert!(run.summary["throttled_responses"].is_u64());
+    assert_nothing_left(&run);
+}
+
+/// Runs `fleet` on `sim` (the same account across calls, in the same paused runtime: the model's times are
+/// on its clock), journaled beside the fleet file, until the run ends or `interrupt_after` of virtual time
+/// passes (then as Ctrl-C).
+async fn run_on(
+    sim: &std::sync::Arc<fleetbake::cloud::sim::SimCloud>,
+    fleet: &fleetbake::config::Fleet,
+    start: fleetbake::engine::run::Start,
+    interrupt_after: Option<std::time::Duration>,
+) -> fleetbake::engine::scheduler::RunSummary {
+    use fleetbake::cloud::{limiter::RetryPolicy, Cloud, Limited};
+    use fleetbake::engine::{limits::RunLimits, run::Execution, run::Strategy, scheduler::Interrupt};
+    use std::sync::Arc;
+    {
+        let (interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
+        let interrupting = tokio::spawn(async move {
+            if let Some(after) = interrupt_after {
+                tokio::time::sleep(after).await;
+                let _ = interrupt.send(Interrupt { signal: "SIGINT", exit_code: 130 });
+            }
+            std::future::pending::<()>().await;
+        });
+        let fleet = Arc::new(fleet.clone());
+        let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default()));
+        let execution = Execution {
+            fleet: Arc::clone(&fleet),
+            ssh_cidrs: vec!["203.0.113.5/32".parse().unwrap()],
+            cloud: Arc::new(Limited::new(Arc::clone(sim) as Arc<dyn Cloud>, Arc::clone(limits.api()))),
+            communicator: Arc::new(fleetbake::remote::sim::SimCommunicator::new(Arc::clone(sim), Arc::clone(&fleet))),
+            limits,
+            strategy: Strategy::FLEETBAKE,
+            fail_fast: false,
+            reporters: vec![Box::new(fleetbake::state::manifest::ManifestWriter::new(
+                fleet.manifest_path.clone(),
+                std::time::Duration::ZERO,
+            ))],
+            run_lock: None,
+        };
+        let summary = execution.run(start, interrupts).await.unwrap().1;
+        interrupting.abort();
+        summary
+    }
+}
+
+/// A copy that ended `failed` is discarded; the resumed run makes it again with a new client token. With the
+/// old one, EC2 (and the model) would answer with the discarded copy's id, and the job would wait for an
+/// image that no longer exists until `image_timeout`.
+#[test]
+fn a_resumed_run_makes_a_failed_copy_anew_with_a_new_token() {
+    use fleetbake::engine::run::Start;
+    use fleetbake::state::journal::JournalDir;
+    let workspace = Workspace::new();
+    // One build at a time: ubuntu's in eu-central-1 goes first, its copy to ap-southeast-2 fails at about
+    // 29 minutes; at 35 the third build is provisioning when the run is interrupted.
+    let fleet_path = workspace.write(
+        "fleet.toml",
+        &fleet("faults = [{ action = \"CopyImage\", image_state = \"failed\", nth = 1 }]", "max_parallel_builds = 1"),
+    );
+    let fleet = fleetbake::config::load(&fleet_path).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    let sim = runtime.block_on(async { std::sync::Arc::new(fleetbake::cloud::sim::SimCloud::new(&fleet)) });
+    let first = runtime.block_on(run_on(
+        &sim,
+        &fleet,
+        Start::Fresh { journal: Some(JournalDir::of(&fleet)) },
+        Some(std::time::Duration::from_secs(35 * 60)),
+    ));
+    assert!(first.interrupted.is_some(), "{first:?}");
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(&fleet.manifest_path).unwrap()).unwrap();
+    let copy_failure = manifest["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|failure| failure["stage"] == "wait_copy")
+        .unwrap_or_else(|| panic!("the copy failed: {manifest}"));
+    assert_eq!(copy_failure["region"], "ap-southeast-2");
+
+    let (replay, plan) = fleetbake::state::resume::prepare(&fleet).unwrap();
+    assert_eq!(replay.discarded.values().sum::<u32>(), 1, "the failed copy was discarded and journaled");
+    let resumed = runtime.block_on(run_on(&sim, &fleet, Start::Resume { replay: Box::new(replay), plan }, None));
+    assert_eq!((resumed.failed, resumed.interrupted), (0, None), "{resumed:?}");
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(&fleet.manifest_path).unwrap()).unwrap();
+    assert_eq!(manifest["status"], "complete", "{manifest}");
+    let copy = manifest["artifacts"]["ubuntu"]["ap-southeast-2"]["image_id"].as_str().unwrap().to_string();
+    let report = runtime.block_on(async { sim.report(std::time::Duration::from_secs(2)) });
+    let there: Vec<_> = report.images.iter().filter(|image| image.region.as_str() == "ap-southeast-2").collect();
+    assert_eq!(there.len(), 2, "the new copy and al2023's: {there:?}");
+    assert!(there.iter().any(|image| image.id == copy && image.available), "{there:?}");
+    assert!(report.leaked_resources.is_empty(), "{:?}", report.leaked_resources);
+}

@@ -54,6 +54,9 @@ pub struct SimImageReport {
     pub id: String,
     pub name: String,
     pub available: bool,
+    /// The image's `fleetbake:run-id` tag, and its snapshot's: how a test sees that both were tagged.
+    pub run_id_tag: Option<String>,
+    pub snapshot_run_id_tag: Option<String>,
 }
 
 impl SimCloud {
@@ -122,6 +125,8 @@ impl SimCloud {
                     id: id.to_string(),
                     name: image.name.clone(),
                     available: image.state(now) == ImageState::Available,
+                    run_id_tag: state.tag_of(id.as_str(), "fleetbake:run-id"),
+                    snapshot_run_id_tag: state.tag_of(image.snapshot().as_str(), "fleetbake:run-id"),
                 })
                 .collect();
             images.sort_by(|a, b| a.id.cmp(&b.id));

@@ -197,6 +197,10 @@ pub struct SimImage {
 }
 
 impl SimImage {
+    pub fn snapshot(&self) -> &SnapshotId {
+        &self.snapshot
+    }
+
     pub fn state(&self, now: Instant) -> ImageState {
         match &self.fails {
             _ if now < self.available_at => ImageState::Pending,
@@ -265,6 +269,11 @@ impl RegionState {
             self.lagged += 1;
         }
         settled
+    }
+
+    /// The value of one tag of a resource, if it has it.
+    pub fn tag_of(&self, resource: &str, key: &str) -> Option<String> {
+        self.tags.get(resource).and_then(|tags| tags.get(key)).cloned()
     }
 
     fn copies_in_flight(&self, now: Instant) -> usize {
