@@ -1,7 +1,8 @@
 //! The scheduler at scale, on the simulated cloud in virtual time: for each matrix, fleetbake's way (batched,
-//! adaptive waits; a build's slot free once it has cleaned up) and the way most tools do it (a waiter per
-//! image polling every 15 s; a build's slot held until all its copies end), side by side. Prints figures;
-//! asserts nothing.
+//! adaptive waits; a build's slot free once it has cleaned up; adaptive pacing) and the way most tools do it
+//! (a waiter per image polling every 15 s; a build's slot held until all its copies end; EC2's rates whatever
+//! the throttles), side by side; and a shared account (other tools take half of every request bucket and 30
+//! of each region's 50 copy slots), paced adaptively and at fixed rates. Prints figures; asserts nothing.
 //!
 //! `cargo bench --bench sim`
 
@@ -21,9 +22,14 @@ struct Scenario {
     flavors: usize,
     build_regions: usize,
     targets: usize,
-    /// Extra fleet.toml lines (limits a fleet of that size would set).
+    /// Extra fleet.toml lines (limits a fleet of that size would set, the `[sim]` account).
     extra: &'static str,
+    /// The ways compared.
+    strategies: &'static [(&'static str, Strategy)],
 }
+
+const WAITS: &[(&str, Strategy)] = &[("fleetbake", Strategy::FLEETBAKE), ("naive", Strategy::NAIVE)];
+const PACING: &[(&str, Strategy)] = &[("adaptive", Strategy::FLEETBAKE), ("fixed", Strategy::FIXED_PACING)];
 
 struct Measured {
     statistics: RunStatistics,
@@ -84,14 +90,25 @@ fn clock(seconds: f64) -> String {
 
 fn main() {
     let scenarios = [
-        Scenario { name: "2 × 2 (× 2 copies)", flavors: 2, build_regions: 2, targets: 2, extra: "" },
-        Scenario { name: "20 × 4 × 3", flavors: 20, build_regions: 4, targets: 3, extra: "" },
+        Scenario {
+            name: "2 × 2 (× 2 copies)", flavors: 2, build_regions: 2, targets: 2, extra: "", strategies: WAITS
+        },
+        Scenario { name: "20 × 4 × 3", flavors: 20, build_regions: 4, targets: 3, extra: "", strategies: WAITS },
+        Scenario {
+            name: "shared, 80 at once",
+            flavors: 20,
+            build_regions: 4,
+            targets: 3,
+            extra: "\n[limits]\nmax_parallel_builds = 80\n\n[sim]\nbackground_load = 0.5\nforeign_copies = 30\n",
+            strategies: PACING,
+        },
         Scenario {
             name: "10,000 jobs (100 × 10 × 9)",
             flavors: 100,
             build_regions: 10,
             targets: 9,
             extra: "\n[limits]\nmax_parallel_builds = 100\n",
+            strategies: WAITS,
         },
     ];
     let workdir = tempfile::tempdir().expect("a temporary directory");
@@ -115,8 +132,9 @@ fn main() {
         "wall",
         "peak RSS"
     );
+    let mut describes = Vec::new();
     for scenario in &scenarios {
-        for (label, strategy) in [("fleetbake", Strategy::FLEETBAKE), ("naive", Strategy::NAIVE)] {
+        for &(label, strategy) in scenario.strategies {
             let measured = run(scenario, strategy, workdir.path());
             let statistics = &measured.statistics;
             let class = |key: &str| statistics.api_calls_by_class.get(key).copied().unwrap_or(0);
@@ -143,7 +161,23 @@ fn main() {
             if statistics.jobs.failed > 0 || !sim.leaked_resources.is_empty() {
                 println!("  !! {} failed jobs, leaked: {:?}", statistics.jobs.failed, sim.leaked_resources);
             }
+            let per_region: Vec<u64> = statistics
+                .api_calls
+                .values()
+                .map(|calls| {
+                    ["DescribeImages", "DescribeInstances"].iter().map(|action| calls.get(*action).unwrap_or(&0)).sum()
+                })
+                .collect();
+            describes.push((scenario.name, label, per_region));
         }
     }
     println!("desc/2s: the most DescribeImages (or DescribeInstances) by id, all regions together, in any 2 s window");
+    println!();
+    println!("Describe calls per region (DescribeImages + DescribeInstances, every purpose)");
+    println!("{:<27} {:<9} {:>8} {:>8} {:>8} {:>8}", "matrix", "waits", "regions", "min", "mean", "max");
+    for (name, label, per_region) in describes {
+        let mean = per_region.iter().sum::<u64>() as f64 / per_region.len().max(1) as f64;
+        let (min, max) = (per_region.iter().min().unwrap_or(&0), per_region.iter().max().unwrap_or(&0));
+        println!("{name:<27} {label:<9} {:>8} {min:>8} {mean:>8.1} {max:>8}", per_region.len());
+    }
 }

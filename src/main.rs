@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
 use fleetbake::cloud::aws::AwsCloud;
-use fleetbake::cloud::limiter::{ApiLimits, RetryPolicy};
+use fleetbake::cloud::limiter::{ApiLimits, Pacing, RetryPolicy};
 use fleetbake::cloud::Cloud;
 use fleetbake::config;
 use fleetbake::engine::run::{self, MatrixOptions, RunOutcome, Strategy};
@@ -136,7 +136,7 @@ fn main() -> ExitCode {
 }
 
 async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> ExitCode {
-    let limits = Arc::new(ApiLimits::new(&fleet.limits.api, RetryPolicy::default()));
+    let limits = Arc::new(ApiLimits::new(&fleet.limits.api, RetryPolicy::default(), Pacing::Adaptive));
     let cloud: Arc<dyn Cloud> = Arc::new(AwsCloud::connect(&fleet.aws, limits).await);
     match fleetbake::state::gc::gc(&fleet, cloud, dry_run).await {
         Ok((plan, outcome)) => {

@@ -1,5 +1,7 @@
-//! The client's side of EC2's request limits: per region, one token bucket per action class (on Tokio's clock),
-//! and the retry of throttled and transient calls with jittered exponential backoff, counted in [`ApiStats`].
+//! The client's side of EC2's request limits: per region, one token bucket per action class (on Tokio's clock)
+//! at EC2's documented rates, slowed after throttles by an [`AdaptiveRate`] per class (the account's buckets
+//! are shared with its other tools), and the retry of throttled and transient calls with jittered exponential
+//! backoff, counted in [`ApiStats`].
 //! Every adapter call goes through [`RegionLimiter::call`]; the run's concurrency caps are the engine's
 //! (`engine::limits`).
 
@@ -10,6 +12,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use dashmap::DashMap;
 
+use crate::cloud::adaptive::AdaptiveRate;
 use crate::cloud::{Action, ActionClass, CloudError, CloudResult, ErrorKind};
 use crate::config::{ApiRates, Region};
 use crate::util::clock::TokenBucket;
@@ -27,6 +30,15 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy { first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(30), max_retries: 12 }
     }
+}
+
+/// How a region's sends react to throttled answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pacing {
+    /// At EC2's documented rates whatever the answers: how most tools send. The benches compare the two.
+    Fixed,
+    /// Slowed per class and region after a throttle, recovering along a cubic curve: fleetbake's way.
+    Adaptive,
 }
 
 /// Counters across every region of a run.
@@ -55,22 +67,36 @@ impl ApiStats {
 pub struct RegionLimiter {
     region: Region,
     buckets: ClassBuckets,
+    /// Per class, with [`Pacing::Adaptive`].
+    adaptive: Option<[AdaptiveRate; ActionClass::ALL.len()]>,
     retry: RetryPolicy,
     stats: Arc<ApiStats>,
 }
 
 impl RegionLimiter {
-    pub fn new(region: Region, rates: &ApiRates, retry: RetryPolicy, stats: Arc<ApiStats>) -> Self {
-        RegionLimiter { region, buckets: ClassBuckets::new(rates), retry, stats }
+    pub fn new(region: Region, rates: &ApiRates, retry: RetryPolicy, pacing: Pacing, stats: Arc<ApiStats>) -> Self {
+        let adaptive = match pacing {
+            Pacing::Fixed => None,
+            Pacing::Adaptive => Some(ActionClass::ALL.map(|class| AdaptiveRate::new(class.bucket(rates).per_second))),
+        };
+        RegionLimiter { region, buckets: ClassBuckets::new(rates), adaptive, retry, stats }
+    }
+
+    fn adaptive(&self, class: ActionClass) -> Option<&AdaptiveRate> {
+        // `ActionClass::ALL` lists the classes in declaration order.
+        self.adaptive.as_ref().map(|rates| &rates[class as usize])
     }
 
     pub fn region(&self) -> &Region {
         &self.region
     }
 
-    /// Waits for a token of the action's class.
+    /// Waits for a token of the action's class, then for its paced slot if throttles have slowed it.
     async fn acquire(&self, class: ActionClass) {
         self.buckets.of(class).take().await;
+        if let Some(rate) = self.adaptive(class) {
+            rate.pace().await;
+        }
     }
 
     /// Runs one EC2 call under the action's bucket, retrying throttled and transient failures.
@@ -98,6 +124,9 @@ impl RegionLimiter {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 if error.kind == ErrorKind::Throttled {
                     self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    if let Some(rate) = self.adaptive(action.class()) {
+                        rate.throttled();
+                    }
                 }
                 tracing::debug!(region = %self.region, %action, ?delay, "retrying after {error}");
             })
@@ -126,20 +155,22 @@ impl ClassBuckets {
 pub struct ApiLimits {
     rates: ApiRates,
     retry: RetryPolicy,
+    pacing: Pacing,
     regions: DashMap<Region, Arc<RegionLimiter>>,
     stats: Arc<ApiStats>,
 }
 
 impl ApiLimits {
-    pub fn new(rates: &ApiRates, retry: RetryPolicy) -> Self {
-        ApiLimits { rates: *rates, retry, regions: DashMap::new(), stats: Arc::new(ApiStats::default()) }
+    pub fn new(rates: &ApiRates, retry: RetryPolicy, pacing: Pacing) -> Self {
+        ApiLimits { rates: *rates, retry, pacing, regions: DashMap::new(), stats: Arc::new(ApiStats::default()) }
     }
 
     pub fn region(&self, region: &Region) -> Arc<RegionLimiter> {
         self.regions
             .entry(region.clone())
             .or_insert_with(|| {
-                Arc::new(RegionLimiter::new(region.clone(), &self.rates, self.retry, Arc::clone(&self.stats)))
+                let stats = Arc::clone(&self.stats);
+                Arc::new(RegionLimiter::new(region.clone(), &self.rates, self.retry, self.pacing, stats))
             })
             .clone()
     }
@@ -167,7 +198,13 @@ mod tests {
     fn limiter(max_retries: usize) -> RegionLimiter {
         let retry =
             RetryPolicy { first_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5), max_retries };
-        RegionLimiter::new(Region::new("us-west-2"), &ApiRates::default(), retry, Arc::new(ApiStats::default()))
+        RegionLimiter::new(
+            Region::new("us-west-2"),
+            &ApiRates::default(),
+            retry,
+            Pacing::Fixed,
+            Arc::new(ApiStats::default()),
+        )
     }
 
     #[tokio::test]
@@ -233,8 +270,13 @@ mod tests {
     async fn run_instances_bucket_spaces_calls_beyond_its_burst() {
         let rates =
             ApiRates { run_instances: crate::config::Bucket { burst: 2, per_second: 2.0 }, ..ApiRates::default() };
-        let limiter =
-            RegionLimiter::new(Region::new("us-west-2"), &rates, RetryPolicy::default(), Arc::new(ApiStats::default()));
+        let limiter = RegionLimiter::new(
+            Region::new("us-west-2"),
+            &rates,
+            RetryPolicy::default(),
+            Pacing::Fixed,
+            Arc::new(ApiStats::default()),
+        );
         let started = tokio::time::Instant::now();
         for _ in 0..4 {
             limiter.acquire(ActionClass::RunInstances).await;

@@ -7,6 +7,7 @@
 //! Layer: `cloud` owns the port, its adapters, the limiter and the waits. It imports `config` and `util`, and
 //! never the engine, the steps, the state or the reporters.
 
+pub mod adaptive;
 pub mod aws;
 pub mod consistency;
 mod limited;

@@ -1,4 +1,6 @@
-//! Waiting for EC2 state: poll with exponential backoff up to a ceiling, give up at a deadline.
+//! Waiting for EC2 state: poll with exponential backoff up to a ceiling, give up at a deadline. On a cadence
+//! (`with_cadence`), each check falls on a multiple of the current interval counted from a shared origin, so
+//! waits that poll at the same interval check at the same instants (and share one batched describe).
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,11 +16,25 @@ pub struct PollPolicy {
     pub max_interval: Duration,
     pub factor: f64,
     pub timeout: Duration,
+    /// The origin of the shared cadence, if checks are aligned to one.
+    pub cadence: Option<tokio::time::Instant>,
+    /// On a cadence: once the wait has lasted long, the interval may double past `max_interval` up to
+    /// 1/`stretch` of the time waited so far (a wait of 20 minutes is not ending within seconds), keeping the
+    /// delay in noticing the end under about 1/`stretch` of the wait.
+    pub stretch: u32,
 }
 
 impl PollPolicy {
     pub const fn new(first_interval: Duration, max_interval: Duration, timeout: Duration) -> Self {
-        PollPolicy { first_check: Duration::ZERO, first_interval, max_interval, factor: 1.5, timeout }
+        PollPolicy {
+            first_check: Duration::ZERO,
+            first_interval,
+            max_interval,
+            factor: 1.5,
+            timeout,
+            cadence: None,
+            stretch: 0,
+        }
     }
 
     /// The same policy, polling every `interval` without growing.
@@ -29,7 +45,26 @@ impl PollPolicy {
             max_interval: interval,
             factor: 1.0,
             timeout,
+            cadence: None,
+            stretch: 0,
         }
+    }
+
+    /// The same policy, its checks aligned to multiples of the interval from `origin`, the interval doubling.
+    pub fn with_cadence(self, origin: tokio::time::Instant) -> Self {
+        PollPolicy { cadence: Some(origin), factor: 2.0, stretch: 30, ..self }
+    }
+
+    /// The longest interval allowed after waiting `waited`: `max_interval`, or on a cadence, past it by
+    /// doublings up to `waited / stretch`.
+    fn ceiling(&self, waited: Duration) -> Duration {
+        let mut ceiling = self.max_interval;
+        if self.cadence.is_some() && self.stretch > 0 {
+            while ceiling * 2 <= waited / self.stretch {
+                ceiling *= 2;
+            }
+        }
+        ceiling
     }
 
     pub fn with_first_check(self, first_check: Duration) -> Self {
@@ -56,14 +91,37 @@ pub enum Poll<T> {
 }
 
 /// Calls `check` until it is ready, fails, or the policy's timeout passes.
-pub async fn poll_until<T, Check, Checked>(policy: PollPolicy, what: &str, mut check: Check) -> Result<T, WaitError>
+pub async fn poll_until<T, Check, Checked>(policy: PollPolicy, what: &str, check: Check) -> Result<T, WaitError>
 where
     Check: FnMut() -> Checked,
     Checked: Future<Output = Result<Poll<T>, CloudError>>,
 {
-    let deadline = tokio::time::Instant::now() + policy.timeout;
+    poll_until_not_before(policy, what, || None, check).await
+}
+
+/// [`poll_until`], but no check comes before what `not_before` says at the time (asked after each check): a
+/// wait that learns, while it polls, when its thing can be ready at the earliest skips the checks before that.
+pub async fn poll_until_not_before<T, NotBefore, Check, Checked>(
+    policy: PollPolicy,
+    what: &str,
+    not_before: NotBefore,
+    mut check: Check,
+) -> Result<T, WaitError>
+where
+    NotBefore: Fn() -> Option<tokio::time::Instant>,
+    Check: FnMut() -> Checked,
+    Checked: Future<Output = Result<Poll<T>, CloudError>>,
+{
+    let started = tokio::time::Instant::now();
+    let deadline = started + policy.timeout;
     let mut interval = policy.first_interval;
-    tokio::time::sleep(policy.first_check.min(policy.timeout)).await;
+    let first = match policy.cadence {
+        // The first check on a finer step of the cadence: waits that began together share it, and none is
+        // seen more than a moment late.
+        Some(origin) => on_cadence(origin, started + policy.first_check, FIRST_CHECK_STEP, false),
+        None => started + policy.first_check,
+    };
+    tokio::time::sleep_until(first.min(deadline)).await;
     loop {
         match check().await? {
             Poll::Ready(value) => return Ok(value),
@@ -74,9 +132,39 @@ where
         if now >= deadline {
             return Err(WaitError::Timeout { what: what.to_string(), after: policy.timeout });
         }
-        tokio::time::sleep(interval.min(deadline - now)).await;
-        interval = interval.mul_f64(policy.factor).min(policy.max_interval);
+        let mut next = match policy.cadence {
+            Some(origin) => on_cadence(origin, now, interval, true),
+            None => now + interval,
+        };
+        if let Some(earliest) = not_before().filter(|earliest| *earliest > next) {
+            next = match policy.cadence {
+                Some(origin) => on_cadence(origin, earliest, FIRST_CHECK_STEP, false),
+                None => earliest,
+            };
+            // Near the expected end: start again from the first interval.
+            interval = policy.first_interval;
+            tokio::time::sleep_until(next.min(deadline)).await;
+            continue;
+        }
+        tokio::time::sleep_until(next.min(deadline)).await;
+        interval = interval.mul_f64(policy.factor).min(policy.ceiling(started.elapsed()));
     }
+}
+
+/// The step a first check (and a check skipped ahead to) is aligned to on a cadence.
+const FIRST_CHECK_STEP: Duration = Duration::from_millis(500);
+
+/// The first instant `origin + k × step` at or after `at` (strictly after it, if `after`).
+fn on_cadence(
+    origin: tokio::time::Instant,
+    at: tokio::time::Instant,
+    step: Duration,
+    after: bool,
+) -> tokio::time::Instant {
+    let step = step.as_nanos().max(1);
+    let since = at.saturating_duration_since(origin).as_nanos();
+    let steps = if after { since / step + 1 } else { since.div_ceil(step) };
+    origin + Duration::from_nanos(u64::try_from(steps * step).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -98,6 +186,31 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(60));
         // 0, 2, 5, 9.5, 16.25, 26.25, 36.25, 46.25, 56.25, 60
         assert_eq!(checks.get(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_a_cadence_waits_started_apart_check_at_the_same_instants() {
+        let origin = tokio::time::Instant::now();
+        let policy = PollPolicy::new(Duration::from_millis(2500), Duration::from_secs(10), Duration::from_secs(60))
+            .with_cadence(origin);
+        let checks = std::sync::Mutex::new(Vec::new());
+        let wait = |delay: u64| {
+            let checks = &checks;
+            async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let _: Result<(), _> = poll_until(policy.with_first_check(Duration::ZERO), "x", || async {
+                    checks.lock().unwrap().push((delay, origin.elapsed().as_millis()));
+                    Ok(if origin.elapsed() >= Duration::from_secs(40) { Poll::Ready(()) } else { Poll::NotYet })
+                })
+                .await;
+            }
+        };
+        futures::join!(wait(300), wait(7100));
+        let checks = checks.into_inner().unwrap();
+        let at = |delay: u64| checks.iter().filter(|(d, _)| *d == delay).map(|(_, at)| *at).collect::<Vec<_>>();
+        // The first check on the next 0.5 s step; then 2.5 s, 5, 10: each on a multiple of its interval.
+        assert_eq!(at(300), [500, 2500, 5000, 10000, 20000, 30000, 40000]);
+        assert_eq!(at(7100), [7500, 10000, 15000, 20000, 30000, 40000]);
     }
 
     #[tokio::test(start_paused = true)]

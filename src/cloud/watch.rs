@@ -3,9 +3,13 @@
 //! Jobs wait for instances (running, stopped, terminated) and images (available) through [`RegionWaits`].
 //! Checks in one region are coalesced: every check asked for while a describe is due joins it, and a region's
 //! describes of one kind are at least [`BATCH_INTERVAL`] apart — one DescribeImages and one DescribeInstances
-//! per region per interval, however many jobs wait there. Each wait schedules its own checks from what the run
-//! has learned: the first just before the shortest time the same kind of wait has taken so far, then backing off
-//! from [`BATCH_INTERVAL`] to a ceiling.
+//! per region per interval, however many jobs wait there. The waits of a region keep one cadence: each check
+//! falls on a multiple of its interval ([`CADENCE`], doubling to a ceiling of 5 s for instances and 10 s for
+//! images, and past it, for a wait that has lasted minutes, up to 1/30 of the time waited) counted from the
+//! run's origin, so waits at the same interval check at the same instants and a region whose waits all have
+//! minutes to go describes at most every 10 s. Each wait's first check comes from what the run has learned:
+//! the shortest time the same kind of wait has taken so far — also for a wait that began before any ended,
+//! which skips ahead once one does.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -19,7 +23,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::cloud::consistency::Created;
-use crate::cloud::wait::{poll_until, Poll, PollPolicy, WaitError};
+use crate::cloud::wait::{poll_until_not_before, Poll, PollPolicy, WaitError};
 use crate::cloud::{
     Action, Cloud, CloudError, CloudResult, ErrorKind, ImageId, ImageState, ImageStatus, InstanceId, InstanceState,
     InstanceStatus, RegionCloud, SnapshotId,
@@ -28,6 +32,9 @@ use crate::config::Region;
 
 /// The shortest time between two describes of one kind in one region.
 pub const BATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// The step of a region's cadence: every check of a batched wait falls on a multiple of it, and its first
+/// interval after a check.
+pub const CADENCE: Duration = Duration::from_millis(2500);
 /// Instance state changes take seconds to minutes.
 const INSTANCE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
@@ -93,11 +100,19 @@ pub struct Waits {
     batchers: DashMap<Region, Arc<RegionBatcher>>,
     /// The shortest time each kind of wait has taken in this run.
     learned: Mutex<HashMap<WaitKind, Duration>>,
+    /// The origin of every region's cadence.
+    cadence: Instant,
 }
 
 impl Waits {
     pub fn new(cloud: Arc<dyn Cloud>, style: WaitStyle) -> Arc<Self> {
-        Arc::new(Waits { cloud, style, batchers: DashMap::new(), learned: Mutex::new(HashMap::new()) })
+        Arc::new(Waits {
+            cloud,
+            style,
+            batchers: DashMap::new(),
+            learned: Mutex::new(HashMap::new()),
+            cadence: Instant::now(),
+        })
     }
 
     pub fn region(self: &Arc<Self>, region: &Region) -> RegionWaits {
@@ -113,16 +128,17 @@ impl Waits {
     fn policy(&self, kind: WaitKind, timeout: Duration) -> PollPolicy {
         match self.style {
             WaitStyle::Alone { interval } => PollPolicy::fixed(interval, timeout),
-            WaitStyle::Batched => {
-                let learned = self.learned.lock().expect("not poisoned").get(&kind).copied();
-                let first_check = match learned {
-                    // Just before the shortest time seen: a little early costs one batched check, late costs time.
-                    Some(shortest) => shortest.saturating_sub((shortest / 20).max(BATCH_INTERVAL)),
-                    None => Duration::ZERO,
-                };
-                PollPolicy::new(BATCH_INTERVAL, kind.max_interval(), timeout).with_first_check(first_check)
-            }
+            WaitStyle::Batched => PollPolicy::new(CADENCE, kind.max_interval(), timeout)
+                .with_first_check(self.first_check(kind).unwrap_or_default())
+                .with_cadence(self.cadence),
         }
+    }
+
+    /// How long after it starts a wait of this kind first checks: the shortest such wait of the run so far
+    /// (`None` until one ended). Anything done by then is seen at once; anything quicker is seen late by less
+    /// than it beat the shortest by; checking earlier would mostly find "not yet".
+    fn first_check(&self, kind: WaitKind) -> Option<Duration> {
+        self.learned.lock().expect("not poisoned").get(&kind).copied()
     }
 
     fn learn(&self, kind: WaitKind, took: Duration) {
@@ -204,7 +220,12 @@ impl RegionWaits {
         Checked: Future<Output = Result<Poll<T>, CloudError>>,
     {
         let started = Instant::now();
-        let result = poll_until(self.waits.policy(kind, timeout), what, check).await;
+        // A wait that began before any of its kind ended learns when one does, and skips to just before then.
+        let not_before = || match self.waits.style {
+            WaitStyle::Batched => self.waits.first_check(kind).map(|first| started + first),
+            WaitStyle::Alone { .. } => None,
+        };
+        let result = poll_until_not_before(self.waits.policy(kind, timeout), what, not_before, check).await;
         if result.is_ok() {
             self.waits.learn(kind, started.elapsed());
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 
-use crate::cloud::limiter::{ApiLimits, ApiStats, RetryPolicy};
+use crate::cloud::limiter::{ApiLimits, ApiStats, Pacing, RetryPolicy};
 use crate::config::{Limits, Region};
 
 /// The request buckets and the concurrency caps of one run.
@@ -19,9 +19,9 @@ pub struct RunLimits {
 }
 
 impl RunLimits {
-    pub fn new(limits: &Limits, retry: RetryPolicy) -> Self {
+    pub fn new(limits: &Limits, retry: RetryPolicy, pacing: Pacing) -> Self {
         RunLimits {
-            api: Arc::new(ApiLimits::new(&limits.api, retry)),
+            api: Arc::new(ApiLimits::new(&limits.api, retry, pacing)),
             builds: Arc::new(Semaphore::new(limits.max_parallel_builds)),
             copies_per_region: limits.max_parallel_copies_per_region,
             copies: DashMap::new(),

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use tokio::sync::mpsc;
 
 use crate::cloud::aws::AwsCloud;
-use crate::cloud::limiter::RetryPolicy;
+use crate::cloud::limiter::{Pacing, RetryPolicy};
 use crate::cloud::sim::{SimCloud, SimReport};
 use crate::cloud::watch::{WaitStyle, Waits, BATCH_INTERVAL};
 use crate::cloud::Cloud;
@@ -58,15 +58,22 @@ pub struct MatrixOptions {
 pub struct Strategy {
     pub waits: WaitStyle,
     pub build_slot: BuildSlotRelease,
+    pub pacing: Pacing,
 }
 
 impl Strategy {
-    pub const FLEETBAKE: Strategy = Strategy { waits: WaitStyle::Batched, build_slot: BuildSlotRelease::WhenCleanedUp };
-    /// A waiter per image polling every 15 s; a build's slot held until all of its copies end.
+    pub const FLEETBAKE: Strategy =
+        Strategy { waits: WaitStyle::Batched, build_slot: BuildSlotRelease::WhenCleanedUp, pacing: Pacing::Adaptive };
+    /// A waiter per image polling every 15 s; a build's slot held until all of its copies end; EC2's rates
+    /// whatever the throttles.
     pub const NAIVE: Strategy = Strategy {
         waits: WaitStyle::Alone { interval: Duration::from_secs(15) },
         build_slot: BuildSlotRelease::AfterItsCopies,
+        pacing: Pacing::Fixed,
     };
+    /// fleetbake's way, but sending at EC2's rates whatever the throttles: the benches' comparison for a
+    /// shared account.
+    pub const FIXED_PACING: Strategy = Strategy { pacing: Pacing::Fixed, ..Strategy::FLEETBAKE };
 }
 
 /// What a finished run hands back.
@@ -94,7 +101,7 @@ pub async fn matrix(
         Some(cidrs) => cidrs.clone(),
         None => vec![net::detect_public_cidr(&fleet.ssh.ip_detect_url).await?],
     };
-    let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default()));
+    let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default(), Strategy::FLEETBAKE.pacing));
     let cloud: Arc<dyn Cloud> = Arc::new(AwsCloud::connect(&fleet.aws, Arc::clone(limits.api())).await);
     let execution = Execution {
         fleet: Arc::clone(&fleet),
@@ -134,7 +141,7 @@ pub async fn matrix_simulated(
     let ssh_cidrs =
         fleet.ssh.source_cidrs.clone().unwrap_or_else(|| vec![SIMULATED_BUILDER_CIDR.parse().expect("a valid CIDR")]);
     let sim = Arc::new(SimCloud::new(&fleet));
-    let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default()));
+    let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default(), strategy.pacing));
     let execution = Execution {
         fleet: Arc::clone(&fleet),
         ssh_cidrs,

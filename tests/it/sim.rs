@@ -547,7 +547,7 @@ async fn run_on(
             std::future::pending::<()>().await;
         });
         let fleet = Arc::new(fleet.clone());
-        let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default()));
+        let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default(), Strategy::FLEETBAKE.pacing));
         let execution = Execution {
             fleet: Arc::clone(&fleet),
             ssh_cidrs: vec!["203.0.113.5/32".parse().unwrap()],

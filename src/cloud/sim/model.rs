@@ -62,12 +62,10 @@ impl Model {
     pub fn new(settings: SimSettings) -> Arc<Self> {
         let random = Mutex::new(fastrand::Rng::with_seed(settings.seed));
         let fault_matches = Mutex::new(vec![0; settings.faults.len()]);
-        // The account's other tools take `background_load` of every bucket's refill (and of its burst).
+        // The account's other tools take `background_load` of every bucket's refill; a bucket left alone still
+        // fills up to its burst.
         let share = 1.0 - settings.background_load;
-        let ours = |bucket: Bucket| Bucket {
-            burst: ((f64::from(bucket.burst) * share) as u32).max(1),
-            per_second: bucket.per_second * share,
-        };
+        let ours = |bucket: Bucket| Bucket { burst: bucket.burst, per_second: bucket.per_second * share };
         let ec2 = ApiRates::default();
         let rates = ApiRates {
             non_mutating: ours(ec2.non_mutating),
