@@ -134,6 +134,23 @@ mod tests {
     }
 
     #[test]
+    fn create_image_refused_for_the_instance_state_is_told_from_other_invalid_parameters() {
+        let refusal = |code: &str, message: &str| CloudError {
+            action: crate::cloud::Action::CreateImage,
+            region: crate::config::Region::new("us-west-2"),
+            kind: ErrorKind::of_code(code),
+            code: Some(code.into()),
+            message: message.into(),
+        };
+        assert!(image_not_ready(&refusal("IncorrectInstanceState", "The instance is not stopped")));
+        let not_in_state = "Instance 'i-0abc' is not in state 'stopped' or 'running'";
+        assert!(image_not_ready(&refusal("InvalidParameterValue", not_in_state)));
+        assert!(!image_not_ready(&refusal("InvalidParameterValue", "Invalid name")));
+        assert!(no_room(&refusal("InsufficientInstanceCapacity", "")) && no_room(&refusal("VcpuLimitExceeded", "")));
+        assert!(!no_room(&refusal("UnauthorizedOperation", "")));
+    }
+
+    #[test]
     fn placements_are_each_tried_once_a_round() {
         let mut placements = Placements::new(vec!["a", "b", "c"]);
         assert_eq!(*placements.current(), "a");

@@ -614,3 +614,25 @@ fn a_resumed_run_makes_a_failed_copy_anew_with_a_new_token() {
     assert!(there.iter().any(|image| image.id == copy && image.available), "{there:?}");
     assert!(report.leaked_resources.is_empty(), "{:?}", report.leaked_resources);
 }
+
+/// EC2 can refuse CreateImage right after the instance reports `stopped`; the build waits it out (the Packer
+/// plugin's 15 minutes) instead of failing after its provisioning is done.
+#[test]
+fn create_image_refused_right_after_stop_is_retried() {
+    for code in ["IncorrectInstanceState", "InvalidParameterValue"] {
+        let workspace = Workspace::new();
+        let sim = format!("faults = [{{ action = \"CreateImage\", error = \"{code}\", nth = 1 }}, {{ action = \"CreateImage\", error = \"{code}\", nth = 2 }}]");
+        let run = run_sim(&workspace, &fleet(&sim, ""));
+        // `InvalidParameterValue` is retried only when it says the instance is not in state; the injected
+        // message does not, so that one fails its build.
+        if code == "IncorrectInstanceState" {
+            assert_eq!(run.outcome.code, 0, "{code}: stderr:\n{}", run.outcome.stderr);
+            assert_eq!(run.summary["sim"]["faults_injected"], 2, "{code}");
+            assert_eq!(run.summary["jobs"]["failed"], 0, "{code}");
+        } else {
+            assert_eq!(run.outcome.code, 1, "{code}: stderr:\n{}", run.outcome.stderr);
+            assert!(failures(&run.manifest).iter().any(|failure| failure.2 == "create_image"), "{code}");
+        }
+        assert_nothing_left(&run);
+    }
+}
