@@ -386,7 +386,8 @@ async fn wait_for_image(
     let snapshot_ids = match waited {
         Ok(snapshot_ids) => snapshot_ids,
         Err(WaitError::Failed(reason)) => {
-            discard_failed_image(context, stack, &image, requested).await;
+            let ledger = &*context.run.ledger;
+            stack.push(UndoStep::discard_failed(&*context.cloud, ledger, &context.job.key(), &image, requested).await);
             return Err(StepError::new(Stage::WaitImage, reason).into());
         }
         Err(error) => return Err(StepError::wait(Stage::WaitImage, error).into()),
@@ -399,25 +400,6 @@ async fn wait_for_image(
         snapshot_ids,
         created_at: run.clock.now_rfc3339(),
     })
-}
-
-/// An image of this job that ended `failed`: recorded as discarded, and deregistered with its snapshots when the
-/// stack unwinds. Nothing of it is left for gc, and a resume makes the image again.
-async fn discard_failed_image(
-    context: &BuildContext,
-    stack: &mut CleanupStack,
-    image: &ImageId,
-    requested: Option<Created>,
-) {
-    let snapshots = match context.cloud.describe_images(std::slice::from_ref(image)).await {
-        Ok(found) => found.into_iter().flat_map(|status| status.snapshot_ids).collect(),
-        Err(error) => {
-            tracing::warn!("cannot list the snapshots of failed image {image}: {error}");
-            Vec::new()
-        }
-    };
-    context.run.ledger.image_discarded(&context.job.key(), image);
-    stack.push(UndoStep::DiscardImage { id: image.clone(), snapshots, fresh: requested });
 }
 
 /// The image's tags on its snapshots (CreateImage tags only the image). The snapshots are new: a NotFound

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::cloud::consistency::{once_known, Created, NewKind, CONSISTENCY_WINDOW};
+use crate::cloud::consistency::{once_known, Created, CONSISTENCY_WINDOW};
 use crate::cloud::wait::{poll_until, Poll, PollPolicy, WaitError};
 use crate::cloud::watch::RegionWaits;
 use crate::cloud::{
@@ -18,6 +18,7 @@ use crate::cloud::{
     SnapshotId,
 };
 use crate::config::Region;
+use crate::plan::JobKey;
 use crate::report::events::{EventSender, Failure, JobLabel, RunEvent, Stage};
 use crate::steps::ledger::{Ledger, Resource, ResourceKind};
 
@@ -82,17 +83,24 @@ impl UndoStep {
         }
     }
 
-    /// Undo steps for resources this process just created.
-    pub fn terminate_new(id: &InstanceId) -> UndoStep {
-        UndoStep::TerminateInstance { id: id.clone(), fresh: Some(Created::now(NewKind::Instance)) }
-    }
-
-    pub fn delete_new_group(id: &SecurityGroupId) -> UndoStep {
-        UndoStep::DeleteSecurityGroup { id: id.clone(), fresh: Some(Created::now(NewKind::SecurityGroup)) }
-    }
-
-    pub fn delete_new_key_pair(name: &KeyPairName) -> UndoStep {
-        UndoStep::DeleteKeyPair { name: name.clone(), fresh: Some(Created::now(NewKind::KeyPair)) }
+    /// The step that discards a job's image that ended `failed`: its snapshots looked up now, and the discard
+    /// recorded first (so the job's next CopyImage takes a new client token, whatever happens after).
+    pub async fn discard_failed(
+        cloud: &dyn RegionCloud,
+        ledger: &dyn Ledger,
+        job: &JobKey,
+        image: &ImageId,
+        requested: Option<Created>,
+    ) -> UndoStep {
+        let snapshots = match cloud.describe_images(std::slice::from_ref(image)).await {
+            Ok(found) => found.into_iter().flat_map(|status| status.snapshot_ids).collect(),
+            Err(error) => {
+                tracing::warn!("cannot list the snapshots of failed image {image}: {error}");
+                Vec::new()
+            }
+        };
+        ledger.image_discarded(job, image);
+        UndoStep::DiscardImage { id: image.clone(), snapshots, fresh: requested }
     }
 }
 

@@ -204,15 +204,8 @@ async fn discard_failed_copy(
     image: &ImageId,
     requested: Option<Created>,
 ) -> Vec<Failure> {
-    let snapshots = match context.cloud.describe_images(std::slice::from_ref(image)).await {
-        Ok(found) => found.into_iter().flat_map(|status| status.snapshot_ids).collect(),
-        Err(error) => {
-            tracing::warn!("cannot list the snapshots of failed copy {image}: {error}");
-            Vec::new()
-        }
-    };
-    context.run.ledger.image_discarded(&context.job.key(), image);
+    let ledger = &*context.run.ledger;
     let mut stack = CleanupStack::default();
-    stack.push(UndoStep::DiscardImage { id: image.clone(), snapshots, fresh: requested });
+    stack.push(UndoStep::discard_failed(&*context.cloud, ledger, &context.job.key(), image, requested).await);
     stack.unwind_for_job(label, &*context.cloud, &context.waits, &*context.run.ledger, &context.events).await
 }

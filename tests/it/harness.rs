@@ -316,6 +316,18 @@ impl FaultProxy {
         )
     }
 
+    /// A proxy that answers the first `action` request with `fault` and forwards everything else.
+    pub fn refusing_once(upstream: &str, action: &'static str, fault: Fault) -> FaultProxy {
+        let refused = std::sync::atomic::AtomicBool::new(false);
+        FaultProxy::start(upstream, move |request| {
+            if request.action == action && !refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                Answer::Fail(fault)
+            } else {
+                Answer::Forward
+            }
+        })
+    }
+
     /// How many requests it has seen.
     pub fn requests(&self) -> usize {
         self.requests.load(std::sync::atomic::Ordering::SeqCst)

@@ -40,6 +40,18 @@ source_cidrs = ["127.0.0.1/32"]
     )
 }
 
+/// One flavor, `base`, built in us-west-2 and copied nowhere, with EC2 at `endpoint`.
+fn base_fleet(endpoint: &str, sshd: &Sshd) -> String {
+    format!(
+        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n",
+        fleet_header_at(endpoint, sshd)
+    )
+}
+
+/// EC2's answer to a call the credentials may not make.
+const UNAUTHORIZED: Fault =
+    Fault { status: 403, code: "UnauthorizedOperation", message: "You are not authorized to perform this operation." };
+
 /// Writes `fleet` as the workspace's fleet.toml and runs `fleetbake matrix` on it.
 pub fn run_matrix(workspace: &Workspace, fleet: &str) -> Outcome {
     let fleet_path = workspace.write("fleet.toml", fleet);
@@ -525,23 +537,9 @@ fn a_failed_cleanup_step_is_reported_the_image_kept_and_the_sweep_removes_what_i
     let sshd = Sshd::start();
     // Only the first DeleteKeyPair is refused: the build's own cleanup step fails, the end-of-run sweep
     // (which finds the key pair by the run's tags) succeeds.
-    let refused = std::sync::atomic::AtomicBool::new(false);
-    let proxy = FaultProxy::start(&moto.endpoint, move |request| {
-        if request.action == "DeleteKeyPair" && !refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            Answer::Fail(Fault {
-                status: 403,
-                code: "UnauthorizedOperation",
-                message: "You are not authorized to perform this operation.",
-            })
-        } else {
-            Answer::Forward
-        }
-    });
+    let proxy = FaultProxy::refusing_once(&moto.endpoint, "DeleteKeyPair", UNAUTHORIZED);
     let workspace = Workspace::new();
-    let fleet = format!(
-        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n",
-        fleet_header_at(&proxy.endpoint, &sshd),
-    );
+    let fleet = base_fleet(&proxy.endpoint, &sshd);
     let outcome = run_matrix(&workspace, &fleet);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     assert_eq!(proxy.altered(), 1);
@@ -679,23 +677,13 @@ fn a_resource_unknown_right_after_its_create_is_waited_for_not_failed() {
 fn cleanup_outlasts_an_expired_token() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let expired = std::sync::atomic::AtomicBool::new(false);
-    let proxy = FaultProxy::start(&moto.endpoint, move |request| {
-        if request.action == "TerminateInstances" && !expired.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            Answer::Fail(Fault {
-                status: 400,
-                code: "ExpiredToken",
-                message: "The security token included in the request is expired",
-            })
-        } else {
-            Answer::Forward
-        }
-    });
-    let workspace = Workspace::new();
-    let fleet = format!(
-        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n",
-        fleet_header_at(&proxy.endpoint, &sshd),
+    let proxy = FaultProxy::refusing_once(
+        &moto.endpoint,
+        "TerminateInstances",
+        Fault { status: 400, code: "ExpiredToken", message: "The security token included in the request is expired" },
     );
+    let workspace = Workspace::new();
+    let fleet = base_fleet(&proxy.endpoint, &sshd);
     let outcome = run_matrix(&workspace, &fleet);
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     assert_eq!(proxy.altered(), 1);
@@ -708,20 +696,9 @@ fn cleanup_outlasts_an_expired_token() {
 fn what_cleanup_cannot_remove_is_named_with_the_gc_command() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let proxy = FaultProxy::refusing(
-        &moto.endpoint,
-        "DeleteKeyPair",
-        Fault {
-            status: 403,
-            code: "UnauthorizedOperation",
-            message: "You are not authorized to perform this operation.",
-        },
-    );
+    let proxy = FaultProxy::refusing(&moto.endpoint, "DeleteKeyPair", UNAUTHORIZED);
     let workspace = Workspace::new();
-    let fleet = format!(
-        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n",
-        fleet_header_at(&proxy.endpoint, &sshd),
-    );
+    let fleet = base_fleet(&proxy.endpoint, &sshd);
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
