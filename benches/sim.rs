@@ -71,7 +71,7 @@ fn run(scenario: &Scenario, strategy: Strategy, workdir: &Path) -> Measured {
         .expect("a Tokio runtime starts");
     reset_peak_rss();
     let (_interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
-    let options = MatrixOptions { fail_fast: false, summary_json: None, resume: false };
+    let options = MatrixOptions { fail_fast: false, summary_json: None, resume: false, preflight: true };
     let cpu_before = thread_cpu_time();
     let started = Instant::now();
     let outcome = runtime

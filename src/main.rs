@@ -37,6 +37,14 @@ enum Command {
     Validate { fleet: PathBuf },
     /// Print the builds and copies a fleet file expands to; no AWS calls
     Plan { fleet: PathBuf },
+    /// Check, with read-only calls, everything a run would need (who it acts as, networks, source images,
+    /// instance types, image names, regions), and report every problem at once; creates nothing
+    Preflight {
+        fleet: PathBuf,
+        /// `aws`, or `sim`: the simulated EC2 `[sim]` describes
+        #[arg(long, value_enum, default_value_t = CloudChoice::Aws)]
+        cloud: CloudChoice,
+    },
     /// Bake every flavor × build region, copy each image to its targets, write the manifest
     Matrix {
         fleet: PathBuf,
@@ -53,6 +61,9 @@ enum Command {
         /// instead of starting a new one: what it made is reused, copies in flight are waited for
         #[arg(long)]
         resume: bool,
+        /// Skip the preflight checks the run otherwise makes before its first mutating call
+        #[arg(long)]
+        no_preflight: bool,
     },
     /// Remove what fleetbake runs left: temporary instances, security groups and key pairs of runs not in
     /// progress, and images beyond `[retention] keep` (never one the current manifest names)
@@ -104,7 +115,15 @@ fn main() -> ExitCode {
             let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
             runtime.block_on(gc(loaded, &fleet, dry_run))
         }
-        Command::Matrix { fleet, fail_fast, cloud, summary_json, resume } => {
+        Command::Preflight { fleet, cloud } => {
+            let loaded = match config::load(&fleet) {
+                Ok(loaded) => loaded,
+                Err(errors) => return bad_input(errors),
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
+            runtime.block_on(preflight(loaded, cloud))
+        }
+        Command::Matrix { fleet, fail_fast, cloud, summary_json, resume, no_preflight } => {
             let loaded = match config::load(&fleet) {
                 Ok(loaded) => loaded,
                 Err(errors) => return bad_input(errors),
@@ -115,7 +134,7 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
-            let options = MatrixOptions { fail_fast, summary_json, resume };
+            let options = MatrixOptions { fail_fast, summary_json, resume, preflight: !no_preflight };
             match cloud {
                 CloudChoice::Aws => {
                     let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
@@ -137,7 +156,9 @@ fn main() -> ExitCode {
 
 async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> ExitCode {
     let limits = Arc::new(ApiLimits::new(&fleet.limits.api, RetryPolicy::default(), Pacing::Adaptive));
-    let cloud: Arc<dyn Cloud> = Arc::new(AwsCloud::connect(&fleet.aws, limits).await);
+    let run_id = RunId::generate(Utc::now());
+    let cloud: Arc<dyn Cloud> =
+        Arc::new(AwsCloud::connect(&fleet.aws, &run_id, run::home_region(&fleet), limits).await);
     match fleetbake::state::gc::gc(&fleet, cloud, dry_run).await {
         Ok((plan, outcome)) => {
             for line in outcome.lines.iter().chain(&plan.notes) {
@@ -178,6 +199,31 @@ async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> Exit
             eprintln!("error: {error}");
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+/// `fleetbake preflight`: the checks of a new run of the fleet, one line each on stdout; exit 1 if any failed.
+async fn preflight(fleet: config::Fleet, cloud: CloudChoice) -> ExitCode {
+    let plan = Plan::new(&fleet, RunId::generate(Utc::now()), Utc::now());
+    let limits = Arc::new(ApiLimits::new(&fleet.limits.api, RetryPolicy::default(), Pacing::Adaptive));
+    let cloud: Arc<dyn Cloud> = match cloud {
+        CloudChoice::Aws => {
+            Arc::new(AwsCloud::connect(&fleet.aws, &plan.run_id, run::home_region(&fleet), limits).await)
+        }
+        CloudChoice::Sim => Arc::new(fleetbake::cloud::Limited::new(
+            Arc::new(fleetbake::cloud::sim::SimCloud::new(&fleet)) as Arc<dyn Cloud>,
+            limits,
+        )),
+    };
+    let report = fleetbake::engine::preflight::check(&fleet, &plan, &*cloud).await;
+    print!("{report}");
+    let failed = report.failures().count();
+    if failed == 0 {
+        println!("preflight {}: all {} checks passed", fleet.file.display(), report.checks.len());
+        ExitCode::SUCCESS
+    } else {
+        println!("preflight {}: {failed} of {} checks failed", fleet.file.display(), report.checks.len());
+        ExitCode::from(EXIT_FAILED)
     }
 }
 
@@ -235,6 +281,11 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
         {
             eprintln!("error: {error}");
             ExitCode::from(EXIT_BAD_INPUT)
+        }
+        Err(run::RunError::Preflight(report)) => {
+            eprint!("{report}");
+            eprintln!("error: {}", run::RunError::Preflight(report.clone()));
+            ExitCode::from(EXIT_FAILED)
         }
         Err(error) => {
             eprintln!("error: {error}");

@@ -15,7 +15,7 @@ use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
 use aws_sdk_ec2::types::{
     Filter, InstanceNetworkInterfaceSpecification, InstanceStateName, IpPermission, IpRange, Ipv6Range, KeyType,
-    ResourceType, Tag, TagSpecification,
+    LocationType, ResourceType, Tag, TagSpecification,
 };
 use aws_sdk_ec2::Client;
 use dashmap::DashMap;
@@ -23,7 +23,11 @@ use ipnet::IpNet;
 
 use super::*;
 use crate::cloud::limiter::{ApiLimits, RegionLimiter};
-use crate::config::AwsSettings;
+use crate::config::{AwsSettings, SubnetLookup};
+use crate::plan::RunId;
+
+/// Where STS calls are counted: they are not EC2's, and not of a region fleetbake builds in.
+pub const STS: &str = "sts";
 
 /// EC2 takes at most 200 values in one filter.
 const FILTER_VALUES_PER_CALL: usize = 200;
@@ -53,19 +57,62 @@ pub struct AwsCloud {
 
 impl AwsCloud {
     /// Loads the standard credential chain once; `[aws] profile` and `endpoint_url` (or `AWS_ENDPOINT_URL`) apply.
-    pub async fn connect(settings: &AwsSettings, limits: Arc<ApiLimits>) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    ///
+    /// With `[aws] role_arn`, every client acts as that role: STS AssumeRole on top of the chain (session
+    /// `fleetbake-<run id>` unless named), renewed by the SDK's identity cache before each session ends, for as
+    /// long as the run lasts. STS is asked in the region the environment names, else in `home` (a build
+    /// region): EC2's clients name their own.
+    pub async fn connect(settings: &AwsSettings, run_id: &RunId, home: &Region, limits: Arc<ApiLimits>) -> Self {
+        let home = aws_config::Region::new(home.to_string());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(aws_config::meta::region::RegionProviderChain::default_provider().or_else(home));
         if let Some(profile) = &settings.profile {
             loader = loader.profile_name(profile);
         }
         if let Some(url) = &settings.endpoint_url {
             loader = loader.endpoint_url(url);
         }
-        AwsCloud { sdk: loader.load().await, limits, regions: DashMap::new() }
+        let mut sdk = loader.load().await;
+        if let Some(role) = &settings.role {
+            let session = role.session_name.clone().unwrap_or_else(|| format!("fleetbake-{run_id}"));
+            let mut assume = aws_config::sts::AssumeRoleProvider::builder(&role.arn)
+                .configure(&sdk)
+                .session_name(session)
+                .session_length(role.duration);
+            if let Some(external_id) = &role.external_id {
+                assume = assume.external_id(external_id);
+            }
+            let provider = assume.build().await;
+            sdk = sdk
+                .into_builder()
+                .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider))
+                .build();
+        }
+        AwsCloud { sdk, limits, regions: DashMap::new() }
     }
 }
 
+#[async_trait]
 impl Cloud for AwsCloud {
+    /// STS GetCallerIdentity, retried like any call; counted under the pseudo-region `sts`.
+    async fn caller_identity(&self) -> CloudResult<Identity> {
+        let sts = aws_sdk_sts::Client::new(&self.sdk);
+        let region = Region::new(STS);
+        let limiter = self.limits.region(&region);
+        let answer = limiter
+            .call(Action::GetCallerIdentity, || async {
+                sts.get_caller_identity()
+                    .send()
+                    .await
+                    .map_err(|error| sdk_error(&region, Action::GetCallerIdentity, error))
+            })
+            .await?;
+        Ok(Identity {
+            account: answer.account().unwrap_or_default().to_string(),
+            arn: answer.arn().unwrap_or_default().to_string(),
+        })
+    }
+
     fn region(&self, region: &Region) -> Arc<dyn RegionCloud> {
         self.regions
             .entry(region.clone())
@@ -98,35 +145,7 @@ impl AwsRegion {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let (kind, code, message) = match &error {
-            SdkError::ServiceError(service) => {
-                let code = service.err().code().map(str::to_string);
-                let status = service.raw().status().as_u16();
-                let kind = match &code {
-                    Some(code) => ErrorKind::of_code(code),
-                    None if status == 429 || status == 503 => ErrorKind::Throttled,
-                    None if status >= 500 => ErrorKind::Transient,
-                    None => ErrorKind::Permanent,
-                };
-                let message = service
-                    .err()
-                    .message()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("HTTP {status}: {}", DisplayErrorContext(&error)));
-                (kind, code, message)
-            }
-            // A dropped or timed-out connection may work next time; credentials that could not be loaded or
-            // refreshed are their own kind (cleanup retries them); anything else will not.
-            SdkError::DispatchFailure(failure) if !(failure.is_io() || failure.is_timeout()) => {
-                let kind = if is_credentials_failure(&error) { ErrorKind::Credentials } else { ErrorKind::Permanent };
-                (kind, None, error_chain(&error))
-            }
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-                (ErrorKind::Transient, None, error_chain(&error))
-            }
-            _ => (ErrorKind::Permanent, None, error_chain(&error)),
-        };
-        CloudError { action, region: self.region.clone(), kind, code, message }
+        sdk_error(&self.region, action, error)
     }
 
     fn missing(&self, action: Action, what: &str) -> CloudError {
@@ -138,6 +157,42 @@ impl AwsRegion {
             message: format!("the response has no {what}"),
         }
     }
+}
+
+/// An SDK error as the port's error: its AWS code and kind, and a message without the SDK's debug dump.
+fn sdk_error<E>(region: &Region, action: Action, error: SdkError<E, HttpResponse>) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let (kind, code, message) = match &error {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().map(str::to_string);
+            let status = service.raw().status().as_u16();
+            let kind = match &code {
+                Some(code) => ErrorKind::of_code(code),
+                None if status == 429 || status == 503 => ErrorKind::Throttled,
+                None if status >= 500 => ErrorKind::Transient,
+                None => ErrorKind::Permanent,
+            };
+            let message = service
+                .err()
+                .message()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("HTTP {status}: {}", DisplayErrorContext(&error)));
+            (kind, code, message)
+        }
+        // A dropped or timed-out connection may work next time; credentials that could not be loaded or
+        // refreshed are their own kind (cleanup retries them); anything else will not.
+        SdkError::DispatchFailure(failure) if !(failure.is_io() || failure.is_timeout()) => {
+            let kind = if is_credentials_failure(&error) { ErrorKind::Credentials } else { ErrorKind::Permanent };
+            (kind, None, error_chain(&error))
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            (ErrorKind::Transient, None, error_chain(&error))
+        }
+        _ => (ErrorKind::Permanent, None, error_chain(&error)),
+    };
+    CloudError { action, region: region.clone(), kind, code, message }
 }
 
 /// Whether a dispatch failure came from the credential provider chain (nothing found, a refresh that failed).
@@ -234,15 +289,75 @@ impl RegionCloud for AwsRegion {
         Ok(found)
     }
 
-    async fn subnet_vpc(&self, subnet_id: &str) -> CloudResult<VpcId> {
+    async fn find_subnets(&self, lookup: &SubnetLookup) -> CloudResult<Vec<Subnet>> {
         let action = Action::DescribeSubnets;
-        let output = ec2_call!(self, action, |client| client.describe_subnets().subnet_ids(subnet_id))?;
-        output
-            .subnets()
-            .first()
-            .and_then(|subnet| subnet.vpc_id())
-            .map(|vpc| VpcId(vpc.to_string()))
-            .ok_or_else(|| self.missing(action, "subnet"))
+        let (ids, filters) = match lookup {
+            SubnetLookup::Ids(ids) => (Some(ids.clone()), None),
+            SubnetLookup::Tagged(tags) => (None, Some(tag_filters(tags))),
+        };
+        let (ids, filters) = (&ids, &filters);
+        all_pages(|token| async move {
+            let output = ec2_call!(self, action, |client| client
+                .describe_subnets()
+                .set_subnet_ids(ids.clone())
+                .set_filters(filters.clone())
+                .set_next_token(token.clone()))?;
+            let found = output
+                .subnets()
+                .iter()
+                .filter_map(|subnet| {
+                    Some(Subnet {
+                        id: SubnetId(subnet.subnet_id()?.to_string()),
+                        vpc: VpcId(subnet.vpc_id()?.to_string()),
+                        availability_zone: subnet.availability_zone().unwrap_or_default().to_string(),
+                        available_addresses: subnet.available_ip_address_count().unwrap_or(0).max(0) as u32,
+                        maps_public_ip: subnet.map_public_ip_on_launch().unwrap_or(false),
+                    })
+                })
+                .collect();
+            Ok((found, output.next_token().map(str::to_string)))
+        })
+        .await
+    }
+
+    async fn find_vpc(&self, vpc: VpcLookup<'_>) -> CloudResult<Option<Vpc>> {
+        let action = Action::DescribeVpcs;
+        let output = ec2_call!(self, action, |client| match vpc {
+            VpcLookup::Id(id) => client.describe_vpcs().vpc_ids(id.as_str()),
+            VpcLookup::Default =>
+                client.describe_vpcs().filters(Filter::builder().name("is-default").values("true").build()),
+        })?;
+        Ok(output.vpcs().first().and_then(|found| {
+            let mut cidrs: Vec<IpNet> = found
+                .cidr_block_association_set()
+                .iter()
+                .filter_map(|association| association.cidr_block()?.parse().ok())
+                .collect();
+            if cidrs.is_empty() {
+                cidrs.extend(found.cidr_block().and_then(|cidr| cidr.parse::<IpNet>().ok()));
+            }
+            Some(Vpc { id: VpcId(found.vpc_id()?.to_string()), cidrs })
+        }))
+    }
+
+    async fn instance_type_offered(&self, instance_type: &str, zone: Option<&str>) -> CloudResult<bool> {
+        let action = Action::DescribeInstanceTypeOfferings;
+        let (location_type, location) = match zone {
+            Some(zone) => (LocationType::AvailabilityZone, zone.to_string()),
+            None => (LocationType::Region, self.region.to_string()),
+        };
+        let output = ec2_call!(self, action, |client| client
+            .describe_instance_type_offerings()
+            .location_type(location_type.clone())
+            .filters(Filter::builder().name("instance-type").values(instance_type).build())
+            .filters(Filter::builder().name("location").values(&location).build()))?;
+        Ok(!output.instance_type_offerings().is_empty())
+    }
+
+    async fn availability_zones(&self) -> CloudResult<Vec<String>> {
+        let action = Action::DescribeAvailabilityZones;
+        let output = ec2_call!(self, action, |client| client.describe_availability_zones())?;
+        Ok(output.availability_zones().iter().filter_map(|zone| zone.zone_name().map(str::to_string)).collect())
     }
 
     async fn create_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey> {
@@ -318,19 +433,18 @@ impl RegionCloud for AwsRegion {
                 .client_token(&spec.client_token)
                 .tag_specifications(tag_specification(ResourceType::Instance, &spec.tags))
                 .tag_specifications(tag_specification(ResourceType::Volume, &spec.tags));
-            request = match (&spec.subnet_id, spec.associate_public_ip) {
+            let subnet = spec.subnet_id.as_ref().map(|subnet| subnet.0.clone());
+            request = match (subnet, spec.associate_public_ip) {
                 (subnet, Some(associate)) => request.network_interfaces(
                     InstanceNetworkInterfaceSpecification::builder()
                         .device_index(0)
-                        .set_subnet_id(subnet.clone())
+                        .set_subnet_id(subnet)
                         .associate_public_ip_address(associate)
                         .groups(spec.security_group.as_str())
                         .delete_on_termination(true)
                         .build(),
                 ),
-                (subnet, None) => {
-                    request.set_subnet_id(subnet.clone()).security_group_ids(spec.security_group.as_str())
-                }
+                (subnet, None) => request.set_subnet_id(subnet).security_group_ids(spec.security_group.as_str()),
             };
             request
         })?;
@@ -580,6 +694,8 @@ fn instance_statuses(output: &DescribeInstancesOutput) -> Vec<InstanceStatus> {
                 state,
                 public_ip: instance.public_ip_address().map(str::to_string),
                 private_ip: instance.private_ip_address().map(str::to_string),
+                public_dns: instance.public_dns_name().filter(|name| !name.is_empty()).map(str::to_string),
+                private_dns: instance.private_dns_name().filter(|name| !name.is_empty()).map(str::to_string),
                 state_reason: reason,
             })
         })

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 use super::*;
 use crate::cloud::limiter::{ApiLimits, RegionLimiter};
-use crate::config::{ImageFilter, Region, Tags};
+use crate::config::{ImageFilter, Region, SubnetLookup, Tags};
 
 pub struct Limited {
     inner: Arc<dyn Cloud>,
@@ -22,9 +22,15 @@ impl Limited {
     }
 }
 
+#[async_trait]
 impl Cloud for Limited {
     fn region(&self, region: &Region) -> Arc<dyn RegionCloud> {
         Arc::new(LimitedRegion { inner: self.inner.region(region), limiter: self.limits.region(region) })
+    }
+
+    async fn caller_identity(&self) -> CloudResult<Identity> {
+        let limiter = self.limits.region(&Region::new(super::aws::STS));
+        limiter.call(Action::GetCallerIdentity, || self.inner.caller_identity()).await
     }
 }
 
@@ -47,8 +53,22 @@ impl RegionCloud for LimitedRegion {
         self.limiter.call(Action::DescribeImages, || self.inner.describe_images(ids)).await
     }
 
-    async fn subnet_vpc(&self, subnet_id: &str) -> CloudResult<VpcId> {
-        self.limiter.call(Action::DescribeSubnets, || self.inner.subnet_vpc(subnet_id)).await
+    async fn find_subnets(&self, lookup: &SubnetLookup) -> CloudResult<Vec<Subnet>> {
+        self.limiter.call(Action::DescribeSubnets, || self.inner.find_subnets(lookup)).await
+    }
+
+    async fn find_vpc(&self, vpc: VpcLookup<'_>) -> CloudResult<Option<Vpc>> {
+        self.limiter.call(Action::DescribeVpcs, || self.inner.find_vpc(vpc)).await
+    }
+
+    async fn instance_type_offered(&self, instance_type: &str, zone: Option<&str>) -> CloudResult<bool> {
+        self.limiter
+            .call(Action::DescribeInstanceTypeOfferings, || self.inner.instance_type_offered(instance_type, zone))
+            .await
+    }
+
+    async fn availability_zones(&self) -> CloudResult<Vec<String>> {
+        self.limiter.call(Action::DescribeAvailabilityZones, || self.inner.availability_zones()).await
     }
 
     async fn create_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey> {

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 pub use crate::config::api::{Action, ActionClass};
-use crate::config::{ImageFilter, Region, Tags};
+use crate::config::{ImageFilter, Region, SubnetLookup, Tags};
 
 string_newtype!(
     /// `ami-…`
@@ -38,6 +38,8 @@ string_newtype!(
     SnapshotId,
     /// `vpc-…`
     VpcId,
+    /// `subnet-…`
+    SubnetId,
     /// A key pair's name (EC2 addresses key pairs by name).
     KeyPairName,
 );
@@ -186,6 +188,8 @@ pub struct InstanceStatus {
     pub state: InstanceState,
     pub public_ip: Option<String>,
     pub private_ip: Option<String>,
+    pub public_dns: Option<String>,
+    pub private_dns: Option<String>,
     /// Why it is in its state, as EC2 says (`Server.InsufficientInstanceCapacity: …` for an instance that went
     /// from pending to terminated).
     pub state_reason: Option<String>,
@@ -198,7 +202,8 @@ pub struct LaunchSpec {
     pub instance_type: String,
     pub key_name: KeyPairName,
     pub security_group: SecurityGroupId,
-    pub subnet_id: Option<String>,
+    /// `None`: EC2 picks a default subnet of the default VPC.
+    pub subnet_id: Option<SubnetId>,
     pub associate_public_ip: Option<bool>,
     /// Idempotency token: a retried RunInstances with the same token launches nothing new.
     pub client_token: String,
@@ -215,6 +220,31 @@ pub struct CopySpec {
     pub client_token: String,
     /// The copy's tags, given at creation (`TagSpecifications`): an image that exists is never untagged.
     pub tags: Tags,
+}
+
+/// A subnet a build may launch into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subnet {
+    pub id: SubnetId,
+    pub vpc: VpcId,
+    pub availability_zone: String,
+    pub available_addresses: u32,
+    /// Instances launched here get a public IP unless the launch says otherwise.
+    pub maps_public_ip: bool,
+}
+
+/// A VPC and its IPv4 CIDR blocks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vpc {
+    pub id: VpcId,
+    pub cidrs: Vec<IpNet>,
+}
+
+/// Who the credentials act as (STS GetCallerIdentity).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub account: String,
+    pub arn: String,
 }
 
 /// A resource found by its tags, with all of its tags.
@@ -271,7 +301,14 @@ pub trait RegionCloud: Send + Sync {
     async fn find_images(&self, filter: &ImageFilter) -> CloudResult<Vec<ImageSummary>>;
     /// The images among `ids` that exist; unknown ids are left out.
     async fn describe_images(&self, ids: &[ImageId]) -> CloudResult<Vec<ImageStatus>>;
-    async fn subnet_vpc(&self, subnet_id: &str) -> CloudResult<VpcId>;
+    /// The subnets the lookup names (by id: `InvalidSubnetID.NotFound` for one this region does not have).
+    async fn find_subnets(&self, lookup: &SubnetLookup) -> CloudResult<Vec<Subnet>>;
+    /// The VPC, with its CIDR blocks; `default` looks for the region's default VPC instead of `id`.
+    async fn find_vpc(&self, vpc: VpcLookup<'_>) -> CloudResult<Option<Vpc>>;
+    /// Whether the instance type is offered in the region, or in one of its zones.
+    async fn instance_type_offered(&self, instance_type: &str, zone: Option<&str>) -> CloudResult<bool>;
+    /// The region's availability zones that are available: a cheap call that says the region answers.
+    async fn availability_zones(&self) -> CloudResult<Vec<String>>;
 
     async fn create_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey>;
     async fn delete_key_pair(&self, name: &KeyPairName) -> CloudResult<()>;
@@ -312,7 +349,19 @@ pub trait RegionCloud: Send + Sync {
     async fn delete_snapshot(&self, id: &SnapshotId) -> CloudResult<()>;
 }
 
+/// Which VPC to describe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VpcLookup<'a> {
+    Id(&'a VpcId),
+    /// The region's default VPC, if it has one.
+    Default,
+}
+
 /// The cloud in every region a run touches.
+#[async_trait]
 pub trait Cloud: Send + Sync {
     fn region(&self, region: &Region) -> Arc<dyn RegionCloud>;
+
+    /// Who the run acts as: the account and the ARN (after any role was assumed).
+    async fn caller_identity(&self) -> CloudResult<Identity>;
 }

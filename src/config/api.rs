@@ -12,6 +12,9 @@ pub enum Action {
     DescribeImages,
     DescribeInstances,
     DescribeSubnets,
+    DescribeVpcs,
+    DescribeInstanceTypeOfferings,
+    DescribeAvailabilityZones,
     DescribeSecurityGroups,
     DescribeKeyPairs,
     CreateKeyPair,
@@ -27,6 +30,8 @@ pub enum Action {
     CreateTags,
     DeregisterImage,
     DeleteSnapshot,
+    /// STS, not EC2: who the run acts as. Counted with the non-mutating calls.
+    GetCallerIdentity,
 }
 
 /// EC2's request-rate classes; each has its own token bucket per region.
@@ -72,10 +77,13 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 18] = [
+    pub const ALL: [Action; 22] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
+        Action::DescribeVpcs,
+        Action::DescribeInstanceTypeOfferings,
+        Action::DescribeAvailabilityZones,
         Action::DescribeSecurityGroups,
         Action::DescribeKeyPairs,
         Action::CreateKeyPair,
@@ -91,6 +99,7 @@ impl Action {
         Action::CreateTags,
         Action::DeregisterImage,
         Action::DeleteSnapshot,
+        Action::GetCallerIdentity,
     ];
 
     /// The action named as in the EC2 API (`CreateImage`).
@@ -103,6 +112,10 @@ impl Action {
             Action::DescribeImages
             | Action::DescribeInstances
             | Action::DescribeSubnets
+            | Action::DescribeVpcs
+            | Action::DescribeInstanceTypeOfferings
+            | Action::DescribeAvailabilityZones
+            | Action::GetCallerIdentity
             | Action::DescribeSecurityGroups
             | Action::DescribeKeyPairs => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,

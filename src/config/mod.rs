@@ -65,13 +65,44 @@ pub struct Flavor {
     pub source_ami: SourceAmi,
     pub instance_type: String,
     pub ssh_username: String,
-    pub subnet_id: Option<String>,
+    /// Where the build instance is launched; `None`: the region's default VPC.
+    pub subnet: Option<SubnetChoice>,
     pub associate_public_ip: Option<bool>,
     /// The defaults' tags overlaid with the flavor's own.
     pub tags: Tags,
     pub provisioners: Vec<Provisioner>,
     /// How long this flavor's provisioning takes in the simulated cloud (`sim_provision`).
     pub sim_provision: Option<Duration>,
+}
+
+/// Which subnet a build launches into, in its build region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubnetChoice {
+    /// `subnet_id`: one subnet (a subnet belongs to one region: only for a fleet with one build region).
+    Id(String),
+    /// `subnet = { ids = { region = "subnet-…" } }`: one subnet per build region.
+    PerRegion(BTreeMap<Region, String>),
+    /// `subnet = { tags = { … } }`: in each build region, the subnets carrying all these tags (the one with the
+    /// most free addresses first; the others, in other zones first, when a zone has no capacity).
+    Tagged(Tags),
+}
+
+impl SubnetChoice {
+    /// The subnet ids this choice names in `region`, or the tags to look them up by.
+    pub fn in_region(&self, region: &Region) -> SubnetLookup {
+        match self {
+            SubnetChoice::Id(id) => SubnetLookup::Ids(vec![id.clone()]),
+            SubnetChoice::PerRegion(ids) => SubnetLookup::Ids(ids.get(region).cloned().into_iter().collect()),
+            SubnetChoice::Tagged(tags) => SubnetLookup::Tagged(tags.clone()),
+        }
+    }
+}
+
+/// How a region's subnets for a build are found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubnetLookup {
+    Ids(Vec<String>),
+    Tagged(Tags),
 }
 
 /// Where a build's source image comes from.
@@ -127,6 +158,49 @@ impl Exclusion {
 pub struct AwsSettings {
     pub profile: Option<String>,
     pub endpoint_url: Option<String>,
+    /// Act as this role (STS AssumeRole on top of the standard chain), if set.
+    pub role: Option<AssumeRole>,
+}
+
+/// `[aws] role_arn` and its companions: the build account's role the run acts as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssumeRole {
+    pub arn: String,
+    pub external_id: Option<String>,
+    /// `None`: `fleetbake-<run id>`.
+    pub session_name: Option<String>,
+    /// How long each session lasts; it is renewed before it ends, for as long as the run lasts.
+    pub duration: Duration,
+}
+
+/// Which address of the instance SSH connects to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SshInterface {
+    /// The public IP if it has one, else the private IP.
+    #[default]
+    Default,
+    PublicIp,
+    PrivateIp,
+    PublicDns,
+    PrivateDns,
+}
+
+impl SshInterface {
+    /// Reached from inside the VPC (a runner in it, or a bastion): the security group admits the VPC.
+    pub fn is_private(self) -> bool {
+        matches!(self, SshInterface::PrivateIp | SshInterface::PrivateDns)
+    }
+}
+
+/// A jump host SSH goes through (`[ssh] bastion`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bastion {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub private_key_file: PathBuf,
+    /// Where the bastion's host key is checked (and, the first time, recorded): default `~/.ssh/known_hosts`.
+    pub known_hosts: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -135,9 +209,19 @@ pub struct SshSettings {
     pub host: Option<String>,
     pub port: u16,
     pub timeout: Duration,
-    /// Who may reach port 22; `None`: detect this machine's public address.
+    /// Who the security group lets in on `port`; `None`: the VPC's CIDR blocks for a private interface or a
+    /// bastion, else this machine's public address (detected).
     pub source_cidrs: Option<Vec<IpNet>>,
     pub ip_detect_url: String,
+    pub interface: SshInterface,
+    pub bastion: Option<Bastion>,
+}
+
+impl SshSettings {
+    /// Whether the builds are reached from inside their VPC (a private interface, or through a bastion).
+    pub fn from_inside_the_vpc(&self) -> bool {
+        self.interface.is_private() || self.bastion.is_some()
+    }
 }
 
 pub const DEFAULT_IP_DETECT_URL: &str = "http://checkip.amazonaws.com/";
@@ -231,6 +315,8 @@ pub struct SimSettings {
     pub background_load: f64,
     /// Copies other tools keep in flight into each region, counting against `copy_concurrency`.
     pub foreign_copies: usize,
+    /// Whether every region has a default VPC.
+    pub default_vpc: bool,
     pub faults: Vec<SimFault>,
 }
 
@@ -253,6 +339,7 @@ impl Default for SimSettings {
             instance_vcpus: 2,
             background_load: 0.0,
             foreign_copies: 0,
+            default_vpc: true,
             faults: Vec::new(),
         }
     }

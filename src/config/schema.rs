@@ -56,6 +56,7 @@ pub struct FleetSection {
 pub struct DefaultsSection {
     pub instance_type: Option<String>,
     pub ssh_username: Option<String>,
+    pub subnet: Option<SubnetSection>,
     pub subnet_id: Option<String>,
     pub associate_public_ip: Option<bool>,
     #[serde(default)]
@@ -69,6 +70,7 @@ pub struct FlavorSection {
     pub source_ami: SourceAmiSection,
     pub instance_type: Option<String>,
     pub ssh_username: Option<String>,
+    pub subnet: Option<SubnetSection>,
     pub subnet_id: Option<String>,
     pub associate_public_ip: Option<bool>,
     #[serde(default)]
@@ -76,6 +78,14 @@ pub struct FlavorSection {
     #[serde(default)]
     pub provisioners: Vec<ProvisionerSection>,
     pub sim_provision: Option<String>,
+}
+
+/// `{ tags = { Tier = "build" } }` or `{ ids = { us-west-2 = "subnet-…" } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetSection {
+    pub tags: Option<TagMap>,
+    pub ids: Option<BTreeMap<String, String>>,
 }
 
 /// `{ id = "ami-…" }` or `{ owners = [...], name = "pattern" }`.
@@ -121,6 +131,10 @@ pub struct ExcludeSection {
 pub struct AwsSection {
     pub profile: Option<String>,
     pub endpoint_url: Option<String>,
+    pub role_arn: Option<String>,
+    pub external_id: Option<String>,
+    pub session_name: Option<String>,
+    pub duration: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +145,19 @@ pub struct SshSection {
     pub timeout: Option<String>,
     pub source_cidrs: Option<Vec<String>>,
     pub ip_detect_url: Option<String>,
+    pub interface: Option<String>,
+    pub bastion: Option<BastionSection>,
+}
+
+/// `[ssh] bastion = { host = "…", port = 22, user = "…", private_key_file = "…" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BastionSection {
+    pub host: String,
+    pub port: Option<u16>,
+    pub user: String,
+    pub private_key_file: String,
+    pub known_hosts: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,6 +209,7 @@ pub struct SimSection {
     pub instance_vcpus: Option<u32>,
     pub background_load: Option<f64>,
     pub foreign_copies: Option<usize>,
+    pub default_vpc: Option<bool>,
     #[serde(default)]
     pub faults: Vec<FaultSection>,
 }

@@ -15,6 +15,7 @@ use super::*;
 const DEFAULT_AMI_NAME: &str = "{flavor}-{build_region}-{timestamp}";
 const DEFAULT_MANIFEST: &str = "manifest.json";
 const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+const DEFAULT_ROLE_DURATION: Duration = Duration::from_secs(60 * 60);
 /// Longest values the placeholders can take, for the AMI name length check.
 const LONGEST_TIMESTAMP: &str = "20261126T143000Z";
 const LONGEST_DATE: &str = "2026-11-26";
@@ -114,6 +115,19 @@ impl Checker<'_> {
     }
 }
 
+/// `arn:aws:iam::123456789012:role/name` (or a role path), in any partition.
+fn is_role_arn(text: &str) -> bool {
+    let parts: Vec<&str> = text.splitn(6, ':').collect();
+    parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "iam"
+        && parts[3].is_empty()
+        && parts[4].len() == 12
+        && parts[4].chars().all(|c| c.is_ascii_digit())
+        && parts[5].strip_prefix("role/").is_some_and(|name| !name.is_empty())
+}
+
 /// `us-west-2`, `eu-central-1`, `us-gov-west-1`, `ap-southeast-4`, ….
 pub fn is_region_name(name: &str) -> bool {
     let parts: Vec<&str> = name.split('-').collect();
@@ -203,7 +217,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
     }
     let manifest_path = checker.base_dir.join(raw.fleet.manifest.as_deref().unwrap_or(DEFAULT_MANIFEST));
 
-    let flavors = resolve_flavors(checker, &raw);
+    let (flavors, subnet_paths) = resolve_flavors(checker, &raw);
     let regions = resolve_regions(checker, &raw.regions);
     let matrix = resolve_matrix(checker, &raw.matrix, &flavors, &regions);
 
@@ -229,16 +243,19 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
         },
     };
     check_selection(checker, &fleet);
+    check_subnets(checker, &fleet, &subnet_paths);
     fleet
 }
 
-fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> Vec<Flavor> {
+/// The flavors, and per flavor where its subnet was set (for the checks that need its build regions).
+fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, Vec<Option<KeyPath>>) {
     let defaults = &raw.defaults;
     if raw.flavors.is_empty() {
         checker.problem(KeyPath::root().key("flavor"), "no `[[flavor]]` is defined");
     }
     let mut seen = BTreeSet::new();
     let mut flavors = Vec::new();
+    let mut subnet_paths = Vec::new();
     for (index, flavor) in raw.flavors.iter().enumerate() {
         let path = KeyPath::root().key("flavor").index(index);
         checker.name(path.key("name"), "flavor", &flavor.name);
@@ -257,7 +274,7 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> Vec<Flavor> {
             source_ami: resolve_source_ami(checker, path.key("source_ami"), &flavor.source_ami),
             instance_type,
             ssh_username,
-            subnet_id: flavor.subnet_id.clone().or_else(|| defaults.subnet_id.clone()),
+            subnet: resolve_subnet(checker, &path, flavor, defaults, &mut subnet_paths),
             associate_public_ip: flavor.associate_public_ip.or(defaults.associate_public_ip),
             tags,
             provisioners: flavor
@@ -274,7 +291,69 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> Vec<Flavor> {
                 .and_then(|text| checker.duration_or_zero(path.key("sim_provision"), text)),
         });
     }
-    flavors
+    (flavors, subnet_paths)
+}
+
+/// The flavor's subnet (its own `subnet` or `subnet_id`, else the defaults'), checked for its shape; records
+/// where it was set.
+fn resolve_subnet(
+    checker: &mut Checker<'_>,
+    flavor_path: &KeyPath,
+    flavor: &schema::FlavorSection,
+    defaults: &schema::DefaultsSection,
+    paths: &mut Vec<Option<KeyPath>>,
+) -> Option<SubnetChoice> {
+    let (path, subnet, subnet_id) = if flavor.subnet.is_some() || flavor.subnet_id.is_some() {
+        (flavor_path.clone(), &flavor.subnet, &flavor.subnet_id)
+    } else {
+        (KeyPath::root().key("defaults"), &defaults.subnet, &defaults.subnet_id)
+    };
+    let choice = match (subnet, subnet_id) {
+        (None, None) => {
+            paths.push(None);
+            return None;
+        }
+        (Some(_), Some(_)) => {
+            checker.problem(path.key("subnet_id"), "set `subnet` or `subnet_id`, not both");
+            None
+        }
+        (None, Some(id)) => {
+            if !id.starts_with("subnet-") {
+                checker.problem(path.key("subnet_id"), format!("`{id}` is not a subnet id like `subnet-0a1b2c3d`"));
+            }
+            paths.push(Some(path.key("subnet_id")));
+            return Some(SubnetChoice::Id(id.clone()));
+        }
+        (Some(section), None) => match (&section.tags, &section.ids) {
+            (Some(tags), None) => {
+                if tags.is_empty() {
+                    checker.problem(path.key("subnet").key("tags"), "must name at least one tag to find subnets by");
+                }
+                Some(SubnetChoice::Tagged(tags.clone()))
+            }
+            (None, Some(ids)) => {
+                let mut per_region = BTreeMap::new();
+                for (region, id) in ids {
+                    let at = path.key("subnet").key("ids").key(region);
+                    let region = checker.region(at.clone(), region);
+                    if !id.starts_with("subnet-") {
+                        checker.problem(at, format!("`{id}` is not a subnet id like `subnet-0a1b2c3d`"));
+                    }
+                    per_region.insert(region, id.clone());
+                }
+                Some(SubnetChoice::PerRegion(per_region))
+            }
+            _ => {
+                checker.problem(
+                    path.key("subnet"),
+                    "set `tags = { … }` (subnets found by their tags in each build region) or `ids = { region = \"subnet-…\" }`, one of the two",
+                );
+                None
+            }
+        },
+    };
+    paths.push(Some(path.key("subnet")));
+    choice
 }
 
 fn required_inherited(
@@ -581,6 +660,46 @@ fn check_landings(checker: &mut Checker<'_>, fleet: &Fleet, pairs: &[(&Flavor, &
     }
 }
 
+/// A subnet belongs to one region: `subnet_id` only for a flavor built in one region, and `subnet.ids` naming
+/// exactly the flavor's build regions.
+fn check_subnets(checker: &mut Checker<'_>, fleet: &Fleet, paths: &[Option<KeyPath>]) {
+    let pairs = fleet.selected_pairs();
+    for (flavor, path) in fleet.flavors.iter().zip(paths) {
+        let (Some(choice), Some(path)) = (&flavor.subnet, path) else { continue };
+        let builds: BTreeSet<&Region> =
+            pairs.iter().filter(|(selected, _)| selected.name == flavor.name).map(|(_, region)| *region).collect();
+        let listed =
+            |regions: &BTreeSet<&Region>| regions.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ");
+        match choice {
+            SubnetChoice::Id(_) if builds.len() > 1 => checker.problem(
+                path.clone(),
+                format!(
+                    "a subnet belongs to one region, but `{}` builds in {}; use `subnet = {{ ids = {{ region = \"subnet-…\", … }} }}` or `subnet = {{ tags = {{ … }} }}`",
+                    flavor.name,
+                    listed(&builds)
+                ),
+            ),
+            SubnetChoice::PerRegion(ids) => {
+                let named: BTreeSet<&Region> = ids.keys().collect();
+                let missing: BTreeSet<&Region> = builds.difference(&named).copied().collect();
+                if !missing.is_empty() {
+                    checker.problem(
+                        path.key("ids"),
+                        format!("`{}` builds in {} too: name a subnet there", flavor.name, listed(&missing)),
+                    );
+                }
+                for region in named.difference(&builds) {
+                    checker.problem(
+                        path.key("ids").key(region.as_str()),
+                        format!("`{}` is not a build region of `{}`", region, flavor.name),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 fn resolve_aws(checker: &mut Checker<'_>, raw: schema::AwsSection) -> AwsSettings {
     if let Some(url) = &raw.endpoint_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -590,7 +709,57 @@ fn resolve_aws(checker: &mut Checker<'_>, raw: schema::AwsSection) -> AwsSetting
             );
         }
     }
-    AwsSettings { profile: raw.profile, endpoint_url: raw.endpoint_url }
+    let path = KeyPath::root().key("aws");
+    let role = match raw.role_arn {
+        Some(arn) => {
+            if !is_role_arn(&arn) {
+                checker.problem(
+                    path.key("role_arn"),
+                    format!("`{arn}` is not a role ARN like `arn:aws:iam::123456789012:role/image-builder`"),
+                );
+            }
+            if let Some(id) = &raw.external_id {
+                if id.len() < 2 || id.len() > 1224 {
+                    checker.problem(path.key("external_id"), "must be 2 to 1224 characters");
+                }
+            }
+            if let Some(name) = &raw.session_name {
+                let valid = (2..=64).contains(&name.len())
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c));
+                if !valid {
+                    checker.problem(
+                        path.key("session_name"),
+                        format!("`{name}` is not a role session name: 2 to 64 of letters, digits and `_+=,.@-`"),
+                    );
+                }
+            }
+            let duration = match raw.duration.as_deref() {
+                Some(text) => match checker.duration(path.key("duration"), text) {
+                    Some(duration) if !(900..=43_200).contains(&duration.as_secs()) => {
+                        checker.problem(path.key("duration"), "a role session lasts from `15m` to `12h`");
+                        DEFAULT_ROLE_DURATION
+                    }
+                    Some(duration) => duration,
+                    None => DEFAULT_ROLE_DURATION,
+                },
+                None => DEFAULT_ROLE_DURATION,
+            };
+            Some(AssumeRole { arn, external_id: raw.external_id, session_name: raw.session_name, duration })
+        }
+        None => {
+            for (key, set) in [
+                ("external_id", raw.external_id.is_some()),
+                ("session_name", raw.session_name.is_some()),
+                ("duration", raw.duration.is_some()),
+            ] {
+                if set {
+                    checker.problem(path.key(key), "goes with `role_arn`");
+                }
+            }
+            None
+        }
+    };
+    AwsSettings { profile: raw.profile, endpoint_url: raw.endpoint_url, role }
 }
 
 fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSettings {
@@ -637,7 +806,58 @@ fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSetting
             "must be a plain http:// URL that answers with this machine's public address",
         );
     }
-    SshSettings { host: raw.host, port: raw.port.unwrap_or(22), timeout, source_cidrs, ip_detect_url }
+    let interface = match raw.interface.as_deref() {
+        None => SshInterface::Default,
+        Some("public_ip") => SshInterface::PublicIp,
+        Some("private_ip") => SshInterface::PrivateIp,
+        Some("public_dns") => SshInterface::PublicDns,
+        Some("private_dns") => SshInterface::PrivateDns,
+        Some(other) => {
+            checker.problem(
+                path.key("interface"),
+                format!("`{other}` is not one of `public_ip`, `private_ip`, `public_dns`, `private_dns`"),
+            );
+            SshInterface::Default
+        }
+    };
+    let bastion = raw.bastion.map(|bastion| {
+        let at = path.key("bastion");
+        if bastion.host.trim().is_empty() {
+            checker.problem(at.key("host"), "must not be empty");
+        }
+        if bastion.user.trim().is_empty() {
+            checker.problem(at.key("user"), "must not be empty");
+        }
+        if bastion.port == Some(0) {
+            checker.problem(at.key("port"), "must be a port from 1 to 65535");
+        }
+        let private_key_file = checker.local_file(at.key("private_key_file"), &expand_home(&bastion.private_key_file));
+        let known_hosts = bastion.known_hosts.as_deref().map(|file| checker.base_dir.join(expand_home(file)));
+        Bastion {
+            host: bastion.host,
+            port: bastion.port.unwrap_or(22),
+            user: bastion.user,
+            private_key_file,
+            known_hosts,
+        }
+    });
+    SshSettings {
+        host: raw.host,
+        port: raw.port.unwrap_or(22),
+        timeout,
+        source_cidrs,
+        ip_detect_url,
+        interface,
+        bastion,
+    }
+}
+
+/// `~/x` as `$HOME/x`; other paths as written (relative ones are relative to the fleet file).
+fn expand_home(path: &str) -> String {
+    match (path.strip_prefix("~/"), std::env::var("HOME")) {
+        (Some(rest), Ok(home)) => format!("{home}/{rest}"),
+        _ => path.to_string(),
+    }
 }
 
 fn resolve_limits(checker: &mut Checker<'_>, raw: schema::LimitsSection) -> Limits {
@@ -713,6 +933,7 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         instance_vcpus: defaults.instance_vcpus,
         background_load: raw.background_load.unwrap_or(defaults.background_load),
         foreign_copies: raw.foreign_copies.unwrap_or(defaults.foreign_copies),
+        default_vpc: raw.default_vpc.unwrap_or(defaults.default_vpc),
         faults: Vec::new(),
     };
     if let Some(vcpus) = raw.instance_vcpus {

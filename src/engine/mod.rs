@@ -5,6 +5,7 @@
 //! Layer: the top. `engine` may import every other layer; none imports it.
 
 pub mod limits;
+pub mod preflight;
 pub mod run;
 pub mod scheduler;
 pub mod summary;

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::IpNet;
 use tokio::sync::mpsc;
 
 use crate::cloud::aws::AwsCloud;
@@ -16,6 +15,7 @@ use crate::cloud::watch::{WaitStyle, Waits, BATCH_INTERVAL};
 use crate::cloud::Cloud;
 use crate::config::Fleet;
 use crate::engine::limits::RunLimits;
+use crate::engine::preflight::{self, Preflight};
 use crate::engine::scheduler::{BuildSlotRelease, Interrupt, RunSummary, Scheduler};
 use crate::engine::summary::RunStatistics;
 use crate::plan::{Plan, RunId};
@@ -28,6 +28,7 @@ use crate::state::journal::{Journal, JournalDir, JournalError, Replay, RunLock};
 use crate::state::manifest::ManifestWriter;
 use crate::steps::context::RunContext;
 use crate::steps::ledger::Ledger;
+use crate::steps::network::SshSources;
 use crate::util::clock::RunClock;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,10 +43,14 @@ pub enum RunError {
     Journal(#[from] JournalError),
     #[error("cannot resume: {0}")]
     Resume(#[from] crate::cloud::CloudError),
+    #[error("preflight: {} of {} checks failed; nothing was created (`--no-preflight` skips it)", .0.failures().count(), .0.checks.len())]
+    Preflight(Preflight),
 }
 
 pub struct MatrixOptions {
     pub fail_fast: bool,
+    /// Check everything before the first mutating call (`--no-preflight` turns it off).
+    pub preflight: bool,
     /// Continue the newest interrupted or killed run of the fleet instead of starting one.
     pub resume: bool,
     /// Where to write the run statistics, if anywhere.
@@ -94,18 +99,23 @@ pub async fn matrix(
         let (replay, plan) = crate::state::resume::prepare(&fleet)?;
         Start::Resume { replay: Box::new(replay), plan }
     } else {
-        Start::Fresh { journal: Some(JournalDir::of(&fleet)) }
+        Start::fresh(&fleet, Some(JournalDir::of(&fleet)))
     };
     let fleet = Arc::new(fleet);
-    let ssh_cidrs = match &fleet.ssh.source_cidrs {
-        Some(cidrs) => cidrs.clone(),
-        None => vec![net::detect_public_cidr(&fleet.ssh.ip_detect_url).await?],
+    // This machine's address is detected only when a build is reached from outside its VPC.
+    let ssh_sources = match &fleet.ssh.source_cidrs {
+        Some(cidrs) => SshSources::Configured(cidrs.clone()),
+        None if fleet.ssh.from_inside_the_vpc() => SshSources::InsideTheVpc,
+        None => SshSources::ThisMachine(net::detect_public_cidr(&fleet.ssh.ip_detect_url).await?),
     };
     let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default(), Strategy::FLEETBAKE.pacing));
-    let cloud: Arc<dyn Cloud> = Arc::new(AwsCloud::connect(&fleet.aws, Arc::clone(limits.api())).await);
+    let cloud: Arc<dyn Cloud> = Arc::new(
+        AwsCloud::connect(&fleet.aws, &start.plan().run_id, home_region(&fleet), Arc::clone(limits.api())).await,
+    );
+    let preflight = preflight_unless_skipped(&fleet, start.plan(), &*cloud, options.preflight).await?;
     let execution = Execution {
         fleet: Arc::clone(&fleet),
-        ssh_cidrs,
+        ssh_sources,
         cloud,
         communicator: SshCommunicator::shared(),
         limits: Arc::clone(&limits),
@@ -113,6 +123,7 @@ pub async fn matrix(
         fail_fast: options.fail_fast,
         reporters: standard_reporters(&fleet, Duration::ZERO),
         run_lock: Some(run_lock),
+        preflight,
     };
     let (plan, summary) = execution.run(start, interrupts).await?;
     let statistics = RunStatistics::new(&plan, &fleet, &summary, limits.stats(), None);
@@ -138,14 +149,22 @@ pub async fn matrix_simulated(
     let mut fleet = fleet;
     fleet.manifest_path = simulated_manifest_path(&fleet);
     let fleet = Arc::new(fleet);
-    let ssh_cidrs =
-        fleet.ssh.source_cidrs.clone().unwrap_or_else(|| vec![SIMULATED_BUILDER_CIDR.parse().expect("a valid CIDR")]);
+    let ssh_sources = match &fleet.ssh.source_cidrs {
+        Some(cidrs) => SshSources::Configured(cidrs.clone()),
+        None if fleet.ssh.from_inside_the_vpc() => SshSources::InsideTheVpc,
+        None => SshSources::ThisMachine(SIMULATED_BUILDER_CIDR.parse().expect("a valid CIDR")),
+    };
     let sim = Arc::new(SimCloud::new(&fleet));
     let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default(), strategy.pacing));
+    let cloud: Arc<dyn Cloud> =
+        Arc::new(crate::cloud::Limited::new(Arc::clone(&sim) as Arc<dyn Cloud>, Arc::clone(limits.api())));
+    // The simulated account does not outlive the process: its journal stays in memory, and nothing resumes.
+    let start = Start::fresh(&fleet, None);
+    let preflight = preflight_unless_skipped(&fleet, start.plan(), &*cloud, options.preflight).await?;
     let execution = Execution {
         fleet: Arc::clone(&fleet),
-        ssh_cidrs,
-        cloud: Arc::new(crate::cloud::Limited::new(Arc::clone(&sim) as Arc<dyn Cloud>, Arc::clone(limits.api()))),
+        ssh_sources,
+        cloud,
         communicator: Arc::new(SimCommunicator::new(Arc::clone(&sim), Arc::clone(&fleet))) as Arc<dyn Communicator>,
         limits: Arc::clone(&limits),
         strategy,
@@ -154,12 +173,35 @@ pub async fn matrix_simulated(
         reporters: reporters.unwrap_or_else(|| standard_reporters(&fleet, Duration::from_secs(60))),
         // The simulated account is this process's own: no other run can share it.
         run_lock: None,
+        preflight,
     };
-    // The simulated account does not outlive the process: its journal stays in memory, and nothing resumes.
-    let (plan, summary) = execution.run(Start::Fresh { journal: None }, interrupts).await?;
+    let (plan, summary) = execution.run(start, interrupts).await?;
     let report: SimReport = sim.report(BATCH_INTERVAL);
     let statistics = RunStatistics::new(&plan, &fleet, &summary, limits.stats(), Some(report));
     finish(summary, statistics, options.summary_json)
+}
+
+/// The region STS is asked in when the environment names none: the first build region.
+pub fn home_region(fleet: &Fleet) -> &crate::config::Region {
+    fleet.regions.keys().next().expect("validated: at least one build region")
+}
+
+/// The preflight of the run, unless `--no-preflight`: a failed one stops the run, nothing created.
+async fn preflight_unless_skipped(
+    fleet: &Fleet,
+    plan: &Plan,
+    cloud: &dyn Cloud,
+    wanted: bool,
+) -> Result<Option<Preflight>, RunError> {
+    if !wanted {
+        return Ok(None);
+    }
+    let report = preflight::check(fleet, plan, cloud).await;
+    if report.passed() {
+        Ok(Some(report))
+    } else {
+        Err(RunError::Preflight(report))
+    }
 }
 
 fn finish(
@@ -186,16 +228,34 @@ const ABANDONED_REPORTING: Duration = Duration::from_secs(2);
 
 /// A new run, or the resumption of one.
 pub enum Start {
-    /// Journaled in this directory (`None`: in memory only, for the simulated cloud).
-    Fresh { journal: Option<JournalDir> },
+    /// A new run, planned, its clock started; journaled in this directory (`None`: in memory only, for the
+    /// simulated cloud).
+    Fresh { journal: Option<JournalDir>, plan: Plan, clock: RunClock },
     /// The run a journal describes, re-planned from the fleet file (see [`crate::state::resume::prepare`]).
     Resume { replay: Box<Replay>, plan: Plan },
+}
+
+impl Start {
+    /// A new run of `fleet`, starting now.
+    pub fn fresh(fleet: &Fleet, journal: Option<JournalDir>) -> Start {
+        let clock = RunClock::start();
+        let plan = Plan::new(fleet, RunId::generate(clock.started_at()), clock.started_at());
+        Start::Fresh { journal, plan, clock }
+    }
+
+    /// The plan the run executes.
+    pub fn plan(&self) -> &Plan {
+        match self {
+            Start::Fresh { plan, .. } | Start::Resume { plan, .. } => plan,
+        }
+    }
 }
 
 /// Everything a run executes with.
 pub struct Execution {
     pub fleet: Arc<Fleet>,
-    pub ssh_cidrs: Vec<IpNet>,
+    /// Who may reach the build instances' SSH port, as settled when the run starts.
+    pub ssh_sources: SshSources,
     /// Every call it makes goes through `limits`.
     pub cloud: Arc<dyn Cloud>,
     pub communicator: Arc<dyn Communicator>,
@@ -205,6 +265,8 @@ pub struct Execution {
     pub reporters: Vec<Box<dyn Reporter>>,
     /// The fleet file's run lock, held until the run ends (`None` for the simulated cloud).
     pub run_lock: Option<RunLock>,
+    /// The preflight the run passed, told to the reporters (`None`: skipped).
+    pub preflight: Option<Preflight>,
 }
 
 impl Execution {
@@ -214,17 +276,15 @@ impl Execution {
         start: Start,
         interrupts: mpsc::UnboundedReceiver<Interrupt>,
     ) -> Result<(Arc<Plan>, RunSummary), RunError> {
-        let clock = RunClock::start();
-        let (plan, journal, replay) = match start {
-            Start::Fresh { journal } => {
-                let plan = Plan::new(&self.fleet, RunId::generate(clock.started_at()), clock.started_at());
+        let (plan, journal, replay, clock) = match start {
+            Start::Fresh { journal, plan, clock } => {
                 let journal = match journal {
                     Some(dir) => Journal::create(&dir, &plan)?,
                     None => Journal::in_memory(),
                 };
-                (plan, journal, None)
+                (plan, journal, None, clock)
             }
-            Start::Resume { replay, plan } => (plan, Journal::resume(&replay)?, Some(replay)),
+            Start::Resume { replay, plan } => (plan, Journal::resume(&replay)?, Some(replay), RunClock::start()),
         };
         // Held to the end of this function: the run ends with it.
         let run_lock = self.run_lock;
@@ -237,7 +297,7 @@ impl Execution {
         let run = Arc::new(RunContext {
             fleet: Arc::clone(&self.fleet),
             run_id: plan.run_id.clone(),
-            ssh_cidrs: self.ssh_cidrs,
+            ssh_sources: self.ssh_sources,
             clock,
             ledger: Arc::clone(&journal) as Arc<dyn Ledger>,
             attempt,
@@ -245,6 +305,9 @@ impl Execution {
 
         let (events, receiver) = EventSender::channel();
         let reporting = tokio::spawn(report::pump(receiver, self.reporters));
+        if let Some(preflight) = &self.preflight {
+            events.send(RunEvent::PreflightPassed { checks: preflight.checks.len() });
+        }
         let waits = Waits::new(Arc::clone(&self.cloud), self.strategy.waits);
         let resumed = match &replay {
             Some(replay) => {

@@ -1,5 +1,7 @@
 //! The SSH communicator: connects through the system ssh client (the openssh crate) with the build's
 //! temporary key, retrying until the instance answers, and runs commands with their output streamed by line.
+//! With a bastion, it jumps through it (`ssh -J`): the jump connection reads a private ssh config file that
+//! names the bastion's key and known-hosts file (command-line options apply to the instance only).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,6 +9,7 @@ use std::time::Duration;
 use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use crate::config::Bastion;
 use crate::report::events::OutputStream;
 
 /// Where and as whom to connect.
@@ -19,6 +22,30 @@ pub struct SshTarget {
     pub key_file: PathBuf,
     /// A short private directory for the control socket (Unix socket paths are limited to ~100 bytes).
     pub control_dir: PathBuf,
+    /// The jump host to go through, if any.
+    pub bastion: Option<Bastion>,
+}
+
+/// The alias of the bastion in the private ssh config file.
+const BASTION_ALIAS: &str = "fleetbake-bastion";
+
+/// The private ssh config file a connection through `bastion` reads: only the bastion's block. The instances'
+/// host keys are new every build (accepted); the bastion's is checked against its known-hosts file (and
+/// recorded there the first time).
+fn bastion_config(bastion: &Bastion) -> String {
+    let known_hosts = match &bastion.known_hosts {
+        Some(path) => path.display().to_string(),
+        None => "~/.ssh/known_hosts".to_string(),
+    };
+    format!(
+        "Host {BASTION_ALIAS}\n  HostName {}\n  Port {}\n  User {}\n  IdentityFile {}\n  IdentitiesOnly yes\n  \
+         BatchMode yes\n  StrictHostKeyChecking accept-new\n  UserKnownHostsFile {known_hosts}\n  ConnectTimeout {}\n",
+        bastion.host,
+        bastion.port,
+        bastion.user,
+        bastion.private_key_file.display(),
+        CONNECT_ATTEMPT_TIMEOUT.as_secs()
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +72,12 @@ pub async fn connect(target: &SshTarget, timeout: Duration) -> Result<Session, S
         .connect_timeout(CONNECT_ATTEMPT_TIMEOUT)
         .server_alive_interval(Duration::from_secs(15))
         .control_directory(&target.control_dir);
+    if let Some(bastion) = &target.bastion {
+        let config = target.control_dir.join("ssh_config");
+        write_private_file(&config, &bastion_config(bastion))
+            .map_err(|error| SshError::Command(format!("cannot write `{}`: {error}", config.display())))?;
+        builder.config_file(&config).jump_hosts([BASTION_ALIAS]);
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let error = match builder.connect(&target.host).await {
@@ -54,7 +87,13 @@ pub async fn connect(target: &SshTarget, timeout: Duration) -> Result<Session, S
         tracing::debug!(host = %target.host, port = target.port, "SSH not ready: {error}");
         if tokio::time::Instant::now() + RETRY_INTERVAL >= deadline {
             return Err(SshError::ConnectTimeout {
-                target: format!("{}@{}:{}", target.user, target.host, target.port),
+                target: match &target.bastion {
+                    Some(bastion) => format!(
+                        "{}@{}:{} through {}@{}:{}",
+                        target.user, target.host, target.port, bastion.user, bastion.host, bastion.port
+                    ),
+                    None => format!("{}@{}:{}", target.user, target.host, target.port),
+                },
                 waited: timeout,
                 last_error: error.to_string(),
             });

@@ -28,6 +28,8 @@ impl fmt::Display for JobLabel {
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     SourceAmi,
+    /// Settling where the instance goes and how it is reached (subnets, VPC, SSH sources).
+    Network,
     KeyPair,
     SecurityGroup,
     Launch,
@@ -137,6 +139,10 @@ pub enum RunEvent {
         started_at: DateTime<Utc>,
         builds: usize,
         copies: usize,
+    },
+    /// Every preflight check passed (before anything was created).
+    PreflightPassed {
+        checks: usize,
     },
     /// A job moved on; `detail` says what it did or waits for.
     Progress {

@@ -26,6 +26,7 @@ impl<W: Write + Send> TerminalReporter<W> {
             RunEvent::RunStarted { fleet, run_id, builds, copies, .. } => {
                 format!("==> fleet `{fleet}` run {run_id}: {builds} builds, {copies} copies")
             }
+            RunEvent::PreflightPassed { checks } => format!("==> preflight: all {checks} checks passed"),
             RunEvent::Progress { job, detail, .. } => format!("==> {job}: {detail}"),
             RunEvent::Output { job, line, .. } => format!("{job}: {line}"),
             RunEvent::ImageAvailable { job, artifact, .. } => {

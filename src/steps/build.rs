@@ -12,9 +12,9 @@ use crate::cloud::consistency::{once_known, Created, NewKind};
 use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{
-    client_token, CloudError, ImageId, ImageState, InstanceId, KeyPairName, LaunchSpec, RegionCloud, SecurityGroupId,
+    client_token, CloudError, ImageId, InstanceId, KeyPairName, LaunchSpec, RegionCloud, SecurityGroupId,
 };
-use crate::config::{Flavor, SourceAmi, Tags};
+use crate::config::{Flavor, Tags};
 use crate::plan::BuildJob;
 use crate::remote::provision::{Described, ProvisionEnv};
 use crate::remote::ssh::{self, SshTarget};
@@ -24,10 +24,9 @@ use crate::steps::adopt;
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::RunContext;
 use crate::steps::ledger::{Resource, ResourceKind};
+use crate::steps::network::{self, Network, Placement};
 use crate::steps::patience::{image_not_ready, no_room, Patience, Placements, CREATE_IMAGE_PATIENCE};
-
-/// The port sshd listens on in the instance, which the security group opens.
-const INSTANCE_SSH_PORT: u16 = 22;
+use crate::steps::source::{self, SourceError};
 
 /// Everything one build needs.
 pub struct BuildContext {
@@ -179,6 +178,14 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     let cloud = &*context.cloud;
     let run = &context.run;
     let source = context.interruptible(Stage::SourceAmi, resolve_source(context)).await?;
+    let network =
+        network::resolve(&*context.cloud, &run.fleet.ssh, &run.ssh_sources, &context.flavor, &context.job.region)
+            .await
+            .map_err(|error| StepError {
+                stage: Stage::Network,
+                code: error.cloud.and_then(|e| e.code),
+                message: error.message,
+            })?;
 
     let local_dir = tempfile::Builder::new()
         .prefix("fb-")
@@ -204,43 +211,48 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     drop(private_key);
     context.progress(Stage::KeyPair, format!("created temporary key pair {key_name}"));
 
-    let (security_group, group) = create_security_group(context, stack, &resource_name).await?;
+    let (security_group, group) = create_security_group(context, stack, &network, &resource_name).await?;
 
     let launch_spec = LaunchSpec {
         image_id: source.clone(),
         instance_type: context.flavor.instance_type.clone(),
         key_name,
         security_group,
-        subnet_id: context.flavor.subnet_id.clone(),
+        subnet_id: None,
         associate_public_ip: context.flavor.associate_public_ip,
         client_token: String::new(),
         tags: context.temporary_tags(),
     };
-    let instance = launch(context, launch_spec, &[key_pair, group]).await?;
+    let (instance, placement) = launch(context, launch_spec, &network, &[key_pair, group]).await?;
     let launched = Created::now(NewKind::Instance);
     stack.push(UndoStep::TerminateInstance { id: instance.clone(), fresh: Some(launched) });
     context.created(ResourceKind::Instance, &instance);
-    context.progress(Stage::Launch, format!("launched {} {instance} from {source}", context.flavor.instance_type));
+    let placed = placement.map(|placement| format!(" in {placement}")).unwrap_or_default();
+    context
+        .progress(Stage::Launch, format!("launched {} {instance}{placed} from {source}", context.flavor.instance_type));
 
-    let address = context
+    let running = context
         .interruptible(Stage::WaitRunning, async {
             let running = context
                 .waits
                 .instance(&instance, WaitKind::InstanceRunning)
                 .await
                 .map_err(|error| StepError::wait(Stage::WaitRunning, error))?;
-            let running = running.expect("a running instance was described");
-            Ok(run.fleet.ssh.host.clone().or(running.public_ip).or(running.private_ip))
+            Ok(running.expect("a running instance was described"))
         })
         .await?;
-    let host = address.ok_or_else(|| {
-        StepError::new(
-            Stage::Connect,
-            format!(
-                "instance {instance} has no IP address to connect to; set `ssh.host` or a subnet with public addresses"
-            ),
-        )
-    })?;
+    let host = match &run.fleet.ssh.host {
+        Some(host) => host.clone(),
+        None => network.address.of(&running).ok_or_else(|| {
+            StepError::new(
+                Stage::Connect,
+                format!(
+                    "instance {instance} has no {} to connect to; set `[ssh] interface` (or a subnet that gives public addresses)",
+                    network.address
+                ),
+            )
+        })?,
+    };
 
     let target = ConnectTarget {
         flavor: context.flavor.name.clone(),
@@ -252,9 +264,14 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
             user: context.flavor.ssh_username.clone(),
             key_file,
             control_dir,
+            bastion: run.fleet.ssh.bastion.clone(),
         },
     };
-    context.progress(Stage::Connect, format!("waiting for SSH on {}:{}", target.ssh.host, target.ssh.port));
+    let how = match &run.fleet.ssh.host {
+        Some(_) => "`[ssh] host`".to_string(),
+        None => network.why.clone(),
+    };
+    context.progress(Stage::Connect, format!("waiting for SSH on {}:{} ({how})", target.ssh.host, target.ssh.port));
     let connection = context
         .interruptible(Stage::Connect, async {
             context
@@ -293,9 +310,14 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
 /// `VcpuLimitExceeded`, …): another placement first, then a pause of minutes, up to `[limits]
 /// capacity_patience`. Each try is a new request with its own client token (a repeat within one try, after a
 /// lost answer, keeps it); `Invalid*.NotFound` about the key pair or group made moments ago is EC2's lag.
-async fn launch(context: &BuildContext, spec: LaunchSpec, fresh: &[Created]) -> Result<InstanceId, StepError> {
+async fn launch(
+    context: &BuildContext,
+    spec: LaunchSpec,
+    network: &Network,
+    fresh: &[Created],
+) -> Result<(InstanceId, Option<Placement>), StepError> {
     let run = &context.run;
-    let mut placements = Placements::new(vec![spec.subnet_id.clone()]);
+    let mut placements = Placements::new(network.placements.clone());
     let mut patience = Patience::capacity(run.fleet.limits.capacity_patience);
     let mut tries: u32 = 0;
     loop {
@@ -307,17 +329,17 @@ async fn launch(context: &BuildContext, spec: LaunchSpec, fresh: &[Created]) -> 
         if tries > 0 {
             parts.push(&try_number);
         }
-        let spec =
-            LaunchSpec { subnet_id: placements.current().clone(), client_token: client_token(&parts), ..spec.clone() };
+        let subnet_id = placements.current().as_ref().map(|placement| placement.subnet.clone());
+        let spec = LaunchSpec { subnet_id, client_token: client_token(&parts), ..spec.clone() };
         let error = match once_known(fresh, || context.cloud.run_instance(&spec)).await {
-            Ok(instance) => return Ok(instance),
+            Ok(instance) => return Ok((instance, placements.current().clone())),
             Err(error) if no_room(&error) => error,
             Err(error) => return Err(StepError::cloud(Stage::Launch, error)),
         };
         tries += 1;
         let code = error.code.clone().unwrap_or_default();
         if placements.rotate() {
-            let next = placements.current().as_deref().unwrap_or("the default subnet");
+            let next = placements.current().as_ref().map_or("the default VPC".to_string(), ToString::to_string);
             context.progress(Stage::Launch, format!("no room now ({code}); trying {next}"));
             continue;
         }
@@ -418,83 +440,44 @@ async fn tag_snapshots(context: &BuildContext, artifact: &Artifact) -> Result<()
 
 /// The source image in this region: the given id, or the newest match of the filter.
 async fn resolve_source(context: &BuildContext) -> Result<ImageId, StepError> {
-    let cloud = &*context.cloud;
-    let region = &context.job.region;
-    let source = match &context.flavor.source_ami {
-        SourceAmi::Id(id) => {
-            let id = ImageId(id.clone());
-            let found = cloud
-                .describe_images(std::slice::from_ref(&id))
-                .await
-                .map_err(|error| StepError::cloud(Stage::SourceAmi, error))?;
-            match found.first().map(|image| &image.state) {
-                Some(ImageState::Available) => id,
-                Some(state) => {
-                    return Err(StepError::new(
-                        Stage::SourceAmi,
-                        format!("source image {id} in {region} is not available: {state:?}"),
-                    ))
-                }
-                None => {
-                    return Err(StepError::new(
-                        Stage::SourceAmi,
-                        format!("source image {id} does not exist in {region}"),
-                    ))
-                }
+    match source::find(&*context.cloud, &context.flavor.source_ami, &context.job.region).await {
+        Ok(image) => {
+            if !image.name.is_empty() {
+                context.progress(Stage::SourceAmi, format!("source image {} `{}`", image.id, image.name));
             }
+            Ok(image.id)
         }
-        SourceAmi::Filter(filter) => {
-            let images = cloud.find_images(filter).await.map_err(|error| StepError::cloud(Stage::SourceAmi, error))?;
-            let newest = images.into_iter().max_by(|a, b| (&a.creation_date, &a.id).cmp(&(&b.creation_date, &b.id)));
-            match newest {
-                Some(image) => {
-                    context.progress(Stage::SourceAmi, format!("source image {} `{}`", image.id, image.name));
-                    image.id
-                }
-                None => {
-                    return Err(StepError::new(
-                        Stage::SourceAmi,
-                        format!(
-                            "no image owned by {} matches `{}` in {region}",
-                            filter.owners.join(", "),
-                            filter.name_pattern
-                        ),
-                    ))
-                }
-            }
-        }
-    };
-    Ok(source)
+        Err(SourceError::Missing(message)) => Err(StepError::new(Stage::SourceAmi, message)),
+        Err(SourceError::Cloud(error)) => Err(StepError::cloud(Stage::SourceAmi, error)),
+    }
 }
 
-/// The temporary security group and its one ingress rule; the rule right after the group is made may meet
-/// EC2's lag (`InvalidGroup.NotFound`), which is waited out.
+/// The temporary security group (in the build's VPC) and its one ingress rule (`ssh.port` from the build's
+/// sources); the rule right after the group is made may meet EC2's lag (`InvalidGroup.NotFound`), which is
+/// waited out.
 async fn create_security_group(
     context: &BuildContext,
     stack: &mut CleanupStack,
+    network: &Network,
     name: &str,
 ) -> Result<(SecurityGroupId, Created), StepError> {
     let cloud = &*context.cloud;
-    let vpc = match &context.flavor.subnet_id {
-        Some(subnet) => {
-            Some(cloud.subnet_vpc(subnet).await.map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?)
-        }
-        None => None,
-    };
     let description = "fleetbake temporary build group: SSH from the builder only";
-    let group = adopt::security_group(cloud, name, description, vpc.as_ref(), &context.temporary_tags())
+    let group = adopt::security_group(cloud, name, description, network.vpc.as_ref(), &context.temporary_tags())
         .await
         .map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?;
     let created = Created::now(NewKind::SecurityGroup);
     stack.push(UndoStep::DeleteSecurityGroup { id: group.clone(), fresh: Some(created) });
     context.created(ResourceKind::SecurityGroup, &group);
-    once_known(&[created], || adopt::ingress(cloud, &group, INSTANCE_SSH_PORT, &context.run.ssh_cidrs))
+    let port = context.run.fleet.ssh.port;
+    once_known(&[created], || adopt::ingress(cloud, &group, port, &network.ssh_sources))
         .await
         .map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?;
-    let cidrs: Vec<String> = context.run.ssh_cidrs.iter().map(ToString::to_string).collect();
+    let cidrs: Vec<String> = network.ssh_sources.iter().map(ToString::to_string).collect();
+    let vpc = network.vpc.as_ref().map(|vpc| format!(" in {vpc}")).unwrap_or_default();
     context.progress(
         Stage::SecurityGroup,
-        format!("created temporary security group {group} (port {INSTANCE_SSH_PORT} from {})", cidrs.join(", ")),
+        format!("created temporary security group {group}{vpc} (port {port} from {})", cidrs.join(", ")),
     );
     Ok((group, created))
 }

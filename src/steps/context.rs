@@ -3,20 +3,20 @@
 
 use std::sync::Arc;
 
-use ipnet::IpNet;
-
 use crate::cloud::ImageId;
 use crate::config::{Flavor, FlavorName, Fleet, Tags};
 use crate::plan::RunId;
 use crate::steps::ledger::Ledger;
+use crate::steps::network::SshSources;
 use crate::util::clock::RunClock;
 
 /// What every job of a run shares.
 pub struct RunContext {
     pub fleet: Arc<Fleet>,
     pub run_id: RunId,
-    /// Who the temporary security groups let in on port 22.
-    pub ssh_cidrs: Vec<IpNet>,
+    /// Who may reach the build instances' SSH port, as settled when the run started (each build settles its
+    /// own from it: see [`crate::steps::network`]).
+    pub ssh_sources: SshSources,
     /// The run's time: real, or virtual in the simulated cloud.
     pub clock: RunClock,
     /// Where what the steps make is recorded before anything depends on it: the run's journal.

@@ -11,4 +11,6 @@ pub mod cleanup;
 pub mod context;
 pub mod copy;
 pub mod ledger;
+pub mod network;
 pub mod patience;
+pub mod source;

@@ -247,8 +247,21 @@ fn a_source_filter_that_matches_nothing_fails_before_creating_anything() {
         fleet_header(&moto, &sshd),
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
+    let expected = "no image owned by amazon matches `fleetbake-no-such-image-*` in us-west-2";
 
+    // The preflight finds it: the run stops before anything, manifest included.
     let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains(&format!("FAIL us-west-2: source image of `ghost`: {expected}")),
+        "{}",
+        outcome.stderr
+    );
+    assert!(outcome.stderr.contains("nothing was created"), "{}", outcome.stderr);
+    assert!(!workspace.path("out/manifest.json").exists());
+
+    // Without it, the build finds it, first thing.
+    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--no-preflight"]);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["status"], "failed");
@@ -257,7 +270,7 @@ fn a_source_filter_that_matches_nothing_fails_before_creating_anything() {
     assert_eq!(failures[0]["stage"], "source_ami");
     assert_eq!(failures[0]["region"], "us-west-2");
     let error = failures[0]["error"].as_str().unwrap();
-    assert!(error.contains("no image owned by amazon matches `fleetbake-no-such-image-*` in us-west-2"), "{error}");
+    assert!(error.contains(expected), "{error}");
     runtime().block_on(async {
         let west = moto.client("us-west-2");
         assert!(instances(&west).await.is_empty());
@@ -290,7 +303,7 @@ fn sigint_during_provisioning_cleans_up_keeps_finished_images_and_resumes() {
     let mut running = Running::start(&["matrix", fleet_path.to_str().unwrap()], &[("TMPDIR", tmp.to_str().unwrap())]);
     // One build at a time: `quick` is done before `slow` starts.
     running.read_until("slow/us-west-2: sleeping now");
-    // Mid-build: the temporary security group lets in only the detected address, on port 22 only,
+    // Mid-build: the temporary security group lets in only the detected address, on `ssh.port` only,
     // and the private key sits in a private directory, readable by its owner only.
     runtime().block_on(async {
         let groups = moto.client("us-west-2").describe_security_groups().send().await.unwrap();
@@ -299,7 +312,9 @@ fn sigint_during_provisioning_cleans_up_keeps_finished_images_and_resumes() {
         assert_eq!(ours.len(), 1);
         let permissions = ours[0].ip_permissions();
         assert_eq!(permissions.len(), 1, "{permissions:?}");
-        assert_eq!((permissions[0].from_port(), permissions[0].to_port()), (Some(22), Some(22)));
+        // `ssh.port`: what SSH connects to (here the test sshd's port), not 22 whatever the port.
+        let port = Some(i32::from(sshd.port));
+        assert_eq!((permissions[0].from_port(), permissions[0].to_port()), (port, port));
         let cidrs: Vec<_> = permissions[0].ip_ranges().iter().map(|r| r.cidr_ip().unwrap()).collect();
         assert_eq!(cidrs, ["203.0.113.9/32"]);
         assert!(permissions[0].ipv6_ranges().is_empty());
@@ -524,11 +539,16 @@ fn missing_credentials_fail_at_once_with_the_reason() {
     );
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     assert!(!outcome.stderr.contains("retrying after"), "not retried: {}", outcome.stderr);
-    let manifest: Value = read_manifest_at(&workspace, "manifest.json");
-    assert_eq!(manifest["status"], "failed");
-    let error = manifest["failures"][0]["error"].as_str().unwrap();
-    assert!(error.contains("no credentials found"), "{error}");
-    assert!(!error.contains("DispatchFailure {"), "no SDK debug dump: {error}");
+    // The preflight says so, once, before anything is made.
+    assert!(
+        outcome.stderr.contains("FAIL cannot tell who the credentials are: GetCallerIdentity"),
+        "{}",
+        outcome.stderr
+    );
+    assert!(outcome.stderr.contains("no credentials found"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("FAIL the other checks need credentials: not made"), "{}", outcome.stderr);
+    assert!(!outcome.stderr.contains("DispatchFailure {"), "no SDK debug dump: {}", outcome.stderr);
+    assert!(!workspace.path("manifest.json").exists(), "no run started");
 }
 
 #[test]

@@ -94,7 +94,8 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
     let fleet_text = std::fs::read_to_string(&fleet_path).unwrap().replace(&moto.endpoint, &proxy.endpoint);
     std::fs::write(&fleet_path, fleet_text).unwrap();
     std::fs::write(&gate, "").unwrap();
-    let resumed = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
+    // Without the preflight, whose source lookup would be the first by name the proxy blinds.
+    let resumed = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume", "--no-preflight"]);
     assert_eq!(resumed.code, 0, "stderr:\n{}", resumed.stderr);
     assert_eq!(proxy.altered(), 1);
     assert!(resumed.stderr.contains(&format!("resuming run {run_id} (attempt 2)")), "{}", resumed.stderr);

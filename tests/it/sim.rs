@@ -55,16 +55,23 @@ struct SimRun {
 }
 
 fn run_sim(workspace: &Workspace, fleet_text: &str) -> SimRun {
+    run_sim_with(workspace, fleet_text, &[])
+}
+
+/// `run_sim` with more command-line arguments.
+fn run_sim_with(workspace: &Workspace, fleet_text: &str, more: &[&str]) -> SimRun {
     let fleet_path = workspace.write("fleet.toml", fleet_text);
     let summary_path = workspace.path("summary.json");
-    let outcome = fleetbake(&[
+    let mut args = vec![
         "matrix",
         fleet_path.to_str().unwrap(),
         "--cloud",
         "sim",
         "--summary-json",
         summary_path.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(more);
+    let outcome = fleetbake(&args);
     let read = |relative: &str| -> Value {
         let text = std::fs::read_to_string(workspace.path(relative))
             .unwrap_or_else(|error| panic!("{relative}: {error}\nstderr:\n{}", outcome.stderr));
@@ -229,7 +236,8 @@ fn a_fault_at_any_step_fails_only_its_own_job_leaves_nothing_and_the_manifest_is
         let sim = format!(
             "faults = [{{ action = \"{action}\", region = \"{region}\", error = \"UnauthorizedOperation\", nth = {nth} }}]"
         );
-        let run = run_sim(&workspace, &fleet(&sim, "max_parallel_builds = 1"));
+        // The sweep is of the build and copy sequence: the preflight's lookups would shift the nth calls.
+        let run = run_sim_with(&workspace, &fleet(&sim, "max_parallel_builds = 1"), &["--no-preflight"]);
         assert_eq!(run.outcome.code, 1, "{case}: stderr:\n{}", run.outcome.stderr);
         assert_eq!(run.summary["sim"]["faults_injected"], 1, "{case}");
         assert_eq!(run.manifest["status"], "partial", "{case}");
@@ -275,7 +283,7 @@ fn a_lost_answer_at_any_step_makes_nothing_twice_and_leaves_nothing() {
         let sim = format!(
             "faults = [{{ action = \"{action}\", region = \"{region}\", error = \"InternalError\", nth = {nth}, answer_lost = true }}]"
         );
-        let run = run_sim(&workspace, &fleet(&sim, "max_parallel_builds = 1"));
+        let run = run_sim_with(&workspace, &fleet(&sim, "max_parallel_builds = 1"), &["--no-preflight"]);
         assert_eq!(run.outcome.code, 0, "{case}: stderr:\n{}", run.outcome.stderr);
         assert_eq!(run.summary["sim"]["faults_injected"], 1, "{case}");
         assert_eq!(run.summary["retries"], 1, "{case}");
@@ -351,7 +359,7 @@ fn an_interrupt_leaves_copies_in_flight_running_and_records_them() {
             // Kept open: a closed channel is not an interrupt.
             std::future::pending::<()>().await;
         });
-        let options = MatrixOptions { fail_fast: false, summary_json: None, resume: false };
+        let options = MatrixOptions { fail_fast: false, summary_json: None, resume: false, preflight: true };
         let reporters = Some(vec![Box::new(fleetbake::state::manifest::ManifestWriter::new(
             workspace.path("manifest.sim.json"),
             std::time::Duration::ZERO,
@@ -550,7 +558,7 @@ async fn run_on(
         let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default(), Strategy::FLEETBAKE.pacing));
         let execution = Execution {
             fleet: Arc::clone(&fleet),
-            ssh_cidrs: vec!["203.0.113.5/32".parse().unwrap()],
+            ssh_sources: fleetbake::steps::network::SshSources::Configured(vec!["203.0.113.5/32".parse().unwrap()]),
             cloud: Arc::new(Limited::new(Arc::clone(sim) as Arc<dyn Cloud>, Arc::clone(limits.api()))),
             communicator: Arc::new(fleetbake::remote::sim::SimCommunicator::new(Arc::clone(sim), Arc::clone(&fleet))),
             limits,
@@ -561,6 +569,7 @@ async fn run_on(
                 std::time::Duration::ZERO,
             ))],
             run_lock: None,
+            preflight: None,
         };
         let summary = execution.run(start, interrupts).await.unwrap().1;
         interrupting.abort();
@@ -588,7 +597,7 @@ fn a_resumed_run_makes_a_failed_copy_anew_with_a_new_token() {
     let first = runtime.block_on(run_on(
         &sim,
         &fleet,
-        Start::Fresh { journal: Some(JournalDir::of(&fleet)) },
+        Start::fresh(&fleet, Some(JournalDir::of(&fleet))),
         Some(std::time::Duration::from_secs(35 * 60)),
     ));
     assert!(first.interrupted.is_some(), "{first:?}");

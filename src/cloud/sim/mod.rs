@@ -17,8 +17,11 @@ use tokio::time::Instant;
 
 use model::{Model, SimRegion};
 
-use crate::cloud::{Action, Cloud, ImageState, InstanceId, InstanceState, RegionCloud};
+use crate::cloud::{Action, Cloud, CloudResult, Identity, ImageState, InstanceId, InstanceState, RegionCloud};
 use crate::config::{Fleet, Region, SimSettings};
+
+/// The simulated account's id.
+pub const SIMULATED_ACCOUNT: &str = "123456789012";
 
 /// The simulated account.
 pub struct SimCloud {
@@ -159,7 +162,15 @@ fn peak_in_window(mut times: Vec<Instant>, window: Duration) -> usize {
     peak
 }
 
+#[async_trait::async_trait]
 impl Cloud for SimCloud {
+    async fn caller_identity(&self) -> CloudResult<Identity> {
+        Ok(Identity {
+            account: SIMULATED_ACCOUNT.into(),
+            arn: format!("arn:aws:iam::{SIMULATED_ACCOUNT}:user/simulated"),
+        })
+    }
+
     fn region(&self, region: &Region) -> Arc<dyn RegionCloud> {
         Arc::new(SimRegion { region: region.clone(), model: Arc::clone(&self.model), state: self.model.region(region) })
     }

@@ -28,9 +28,11 @@ use crate::cloud::limiter::ClassBuckets;
 use crate::cloud::{
     fnv1a, Action, CloudError, CloudResult, CopySpec, ErrorKind, ImageId, ImageQuery, ImageState, ImageStatus,
     ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, LaunchSpec, OwnedImage, PrivateKey,
-    RegionCloud, SecurityGroupId, SnapshotId, Tagged, VpcId,
+    RegionCloud, SecurityGroupId, SnapshotId, Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
 };
-use crate::config::{ApiRates, Bucket, FaultEffect, FaultTrigger, ImageFilter, Region, SimFault, SimSettings, Tags};
+use crate::config::{
+    ApiRates, Bucket, FaultEffect, FaultTrigger, ImageFilter, Region, SimFault, SimSettings, SubnetLookup, Tags,
+};
 
 /// The whole simulated account.
 pub struct Model {
@@ -341,6 +343,11 @@ fn carries(stored: Option<&Tags>, wanted: &Tags) -> bool {
     wanted.iter().all(|(key, value)| stored.and_then(|tags| tags.get(key)) == Some(value))
 }
 
+/// A deterministic id of the model's own (`vpc-…`, `subnet-…`) for what it synthesizes from `seed`.
+fn synthesized(prefix: &str, seed: &str) -> String {
+    format!("{prefix}-0{:016x}", fnv1a(seed) >> 4)
+}
+
 /// A simulated image's creation date: the model's start is 2026-01-01T00:00:00Z.
 fn creation_date(started: Instant, at: Instant) -> String {
     let epoch = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").expect("a valid date").to_utc();
@@ -459,8 +466,59 @@ impl RegionCloud for SimRegion {
         .await
     }
 
-    async fn subnet_vpc(&self, subnet_id: &str) -> CloudResult<VpcId> {
-        self.call(Action::DescribeSubnets, |_, _| Ok(VpcId::new(format!("vpc-0{:016x}", fnv1a(subnet_id) >> 4)))).await
+    /// Subnets by id are taken to exist in the region asked (the model cannot know another region's); a tag
+    /// filter finds two subnets of one VPC in different zones, the first with more free addresses, so that a
+    /// build has somewhere to go when a zone has no capacity.
+    async fn find_subnets(&self, lookup: &SubnetLookup) -> CloudResult<Vec<Subnet>> {
+        let region = self.region.clone();
+        self.call(Action::DescribeSubnets, |_, _| {
+            let subnet = |id: String, zone: &str, free: u32| Subnet {
+                vpc: VpcId::new(synthesized("vpc", &format!("{region}/{}", id.split('/').next().unwrap_or_default()))),
+                id: SubnetId::new(synthesized("subnet", &id)),
+                availability_zone: format!("{region}{zone}"),
+                available_addresses: free,
+                maps_public_ip: false,
+            };
+            Ok(match lookup {
+                SubnetLookup::Ids(ids) => ids
+                    .iter()
+                    .map(|id| Subnet { id: SubnetId::new(id), ..subnet(format!("ids/{id}"), "a", 4000) })
+                    .collect(),
+                SubnetLookup::Tagged(tags) => {
+                    let key = format!("tags/{tags:?}");
+                    vec![subnet(format!("{key}/a"), "a", 4000), subnet(format!("{key}/b"), "b", 3000)]
+                }
+            })
+        })
+        .await
+    }
+
+    async fn find_vpc(&self, vpc: VpcLookup<'_>) -> CloudResult<Option<Vpc>> {
+        let has_default = self.model.settings.default_vpc;
+        let region = self.region.clone();
+        self.call(Action::DescribeVpcs, |_, _| {
+            Ok(match vpc {
+                VpcLookup::Default => has_default.then(|| Vpc {
+                    id: VpcId::new(synthesized("vpc", &format!("{region}/default"))),
+                    cidrs: vec!["172.31.0.0/16".parse().expect("a CIDR")],
+                }),
+                VpcLookup::Id(id) => Some(Vpc { id: id.clone(), cidrs: vec!["10.0.0.0/16".parse().expect("a CIDR")] }),
+            })
+        })
+        .await
+    }
+
+    /// Every instance type is offered everywhere in the model.
+    async fn instance_type_offered(&self, _instance_type: &str, _zone: Option<&str>) -> CloudResult<bool> {
+        self.call(Action::DescribeInstanceTypeOfferings, |_, _| Ok(true)).await
+    }
+
+    async fn availability_zones(&self) -> CloudResult<Vec<String>> {
+        let region = self.region.clone();
+        self.call(Action::DescribeAvailabilityZones, |_, _| {
+            Ok(["a", "b", "c"].map(|zone| format!("{region}{zone}")).to_vec())
+        })
+        .await
     }
 
     async fn create_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey> {
@@ -613,12 +671,16 @@ impl RegionCloud for SimRegion {
                     let instance = state.known_instance(id, now).ok()?;
                     let instance_state = instance.state(now);
                     let public_ip = (instance_state == InstanceState::Running).then(|| instance.public_ip.clone());
+                    let public_dns =
+                        public_ip.as_ref().map(|ip| format!("ec2-{}.compute.amazonaws.com", ip.replace('.', "-")));
                     Some(InstanceStatus {
                         id: id.clone(),
                         state_reason: instance.state_reason(now),
                         state: instance_state,
                         public_ip,
                         private_ip: Some("10.0.0.10".into()),
+                        public_dns,
+                        private_dns: Some("ip-10-0-0-10.ec2.internal".into()),
                     })
                 })
                 .collect())

@@ -1,0 +1,267 @@
+//! Every problem a run would meet, found before anything is created: `fleetbake preflight`, and the check
+//! `fleetbake matrix` makes before its first mutating call. Read-only calls only; all checks are made and
+//! reported at once, one line each, `ok` or `FAIL` with what to change.
+//!
+//! Checked: who the run acts as; in each build region, where each flavor's builds would go (subnets, VPC, or
+//! the default VPC), each flavor's source image, and its instance type offered in the region and in the
+//! zones of its subnets; in every region an image lands in, that the region answers and that no image
+//! there already holds a name this run would give one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::cloud::{Cloud, ErrorKind, ImageQuery};
+use crate::config::{Flavor, FlavorName, Fleet, Region};
+use crate::plan::Plan;
+use crate::steps::network;
+use crate::steps::source::{self, SourceError};
+
+/// One check, and how it came out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// The region it is about (`None`: the account).
+    pub region: Option<Region>,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// What was found.
+    Ok(String),
+    /// What is wrong, and what to change.
+    Fail(String),
+}
+
+/// Every check of a fleet's run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Preflight {
+    pub checks: Vec<Check>,
+}
+
+impl Preflight {
+    pub fn passed(&self) -> bool {
+        self.failures().next().is_none()
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|check| matches!(check.outcome, Outcome::Fail(_)))
+    }
+
+    fn push(&mut self, region: Option<&Region>, outcome: Outcome) {
+        self.checks.push(Check { region: region.cloned(), outcome });
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (verdict, text) = match &self.outcome {
+            Outcome::Ok(text) => ("ok  ", text),
+            Outcome::Fail(text) => ("FAIL", text),
+        };
+        match &self.region {
+            Some(region) => write!(f, "{verdict} {region}: {text}"),
+            None => write!(f, "{verdict} {text}"),
+        }
+    }
+}
+
+impl fmt::Display for Preflight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for check in &self.checks {
+            writeln!(f, "{check}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes every check of `plan` (the run's, so the image names are the ones it would give).
+pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud) -> Preflight {
+    let mut preflight = Preflight::default();
+    match cloud.caller_identity().await {
+        Ok(identity) => {
+            preflight.push(None, Outcome::Ok(format!("acting as {} (account {})", identity.arn, identity.account)))
+        }
+        Err(error) => {
+            let no_credentials = error.kind == ErrorKind::Credentials;
+            preflight.push(
+                None,
+                Outcome::Fail(format!(
+                    "cannot tell who the credentials are: {error}; check the credential chain (environment, `[aws] profile`, SSO, instance role){}",
+                    fleet.aws.role.as_ref().map(|role| format!(" and that it may assume {}", role.arn)).unwrap_or_default()
+                )),
+            );
+            // Every other check would fail the same way.
+            if no_credentials {
+                preflight.push(None, Outcome::Fail("the other checks need credentials: not made".to_string()));
+                return preflight;
+            }
+        }
+    }
+    let flavors_by_region = builds_by_region(fleet, plan);
+    for (region, flavors) in &flavors_by_region {
+        check_build_region(&mut preflight, cloud, region, flavors).await;
+    }
+    for (region, names) in names_by_region(plan) {
+        check_names(&mut preflight, cloud, plan, &region, &names).await;
+    }
+    preflight
+}
+
+/// The flavors each build region builds, in plan order.
+fn builds_by_region<'a>(fleet: &'a Fleet, plan: &Plan) -> BTreeMap<Region, Vec<&'a Flavor>> {
+    let mut by_region: BTreeMap<Region, Vec<&Flavor>> = BTreeMap::new();
+    for build in &plan.builds {
+        if let Some(flavor) = fleet.flavors.iter().find(|flavor| flavor.name == build.flavor) {
+            by_region.entry(build.region.clone()).or_default().push(flavor);
+        }
+    }
+    by_region
+}
+
+/// The image names the run would give, per region they land in.
+fn names_by_region(plan: &Plan) -> BTreeMap<Region, BTreeSet<String>> {
+    let mut by_region: BTreeMap<Region, BTreeSet<String>> = BTreeMap::new();
+    for build in &plan.builds {
+        by_region.entry(build.region.clone()).or_default().insert(build.image_name.clone());
+    }
+    for copy in &plan.copies {
+        by_region.entry(copy.target_region.clone()).or_default().insert(copy.image_name.clone());
+    }
+    by_region
+}
+
+async fn check_build_region(preflight: &mut Preflight, cloud: &dyn Cloud, region: &Region, flavors: &[&Flavor]) {
+    let region_cloud = cloud.region(region);
+    let cloud = &*region_cloud;
+    // Where the builds go: one check per distinct subnet choice.
+    let mut zones_of: BTreeMap<FlavorName, Vec<String>> = BTreeMap::new();
+    let mut choices: Vec<(Option<&crate::config::SubnetChoice>, Vec<&FlavorName>)> = Vec::new();
+    for flavor in flavors {
+        match choices.iter_mut().find(|(choice, _)| *choice == flavor.subnet.as_ref()) {
+            Some((_, names)) => names.push(&flavor.name),
+            None => choices.push((flavor.subnet.as_ref(), vec![&flavor.name])),
+        }
+    }
+    for (_, names) in &choices {
+        let flavor = flavors.iter().find(|flavor| &&flavor.name == names.first().expect("one flavor")).expect("listed");
+        let of = listed(names);
+        match network::subnets(cloud, flavor, region).await {
+            Ok((subnets, vpc)) if subnets.is_empty() => {
+                preflight.push(Some(region), Outcome::Ok(format!("{of} build in the default VPC {vpc}")))
+            }
+            Ok((subnets, vpc)) => {
+                let zones: Vec<String> = subnets.iter().map(|subnet| subnet.availability_zone.clone()).collect();
+                let found: Vec<String> =
+                    subnets.iter().map(|subnet| format!("{} ({})", subnet.id, subnet.availability_zone)).collect();
+                preflight.push(Some(region), Outcome::Ok(format!("{of} build in {} of {vpc}", found.join(", "))));
+                for name in names {
+                    zones_of.insert((*name).clone(), zones.clone());
+                }
+            }
+            Err(error) => preflight.push(Some(region), Outcome::Fail(format!("{of}: {}", error.message))),
+        }
+    }
+    for flavor in flavors {
+        match source::find(cloud, &flavor.source_ami, region).await {
+            Ok(image) if image.name.is_empty() => {
+                preflight.push(Some(region), Outcome::Ok(format!("source image of `{}`: {}", flavor.name, image.id)))
+            }
+            Ok(image) => preflight.push(
+                Some(region),
+                Outcome::Ok(format!(
+                    "source image of `{}`: {} `{}` ({})",
+                    flavor.name, image.id, image.name, image.creation_date
+                )),
+            ),
+            Err(SourceError::Missing(message)) => preflight.push(
+                Some(region),
+                Outcome::Fail(format!("source image of `{}`: {message}; check its `source_ami`", flavor.name)),
+            ),
+            Err(SourceError::Cloud(error)) => {
+                preflight.push(Some(region), Outcome::Fail(format!("source image of `{}`: {error}", flavor.name)))
+            }
+        }
+    }
+    // Each instance type once: offered in the region, and in every zone its flavors' subnets are in.
+    let mut types: BTreeMap<&str, (Vec<&FlavorName>, BTreeSet<String>)> = BTreeMap::new();
+    for flavor in flavors {
+        let entry = types.entry(&flavor.instance_type).or_default();
+        entry.0.push(&flavor.name);
+        entry.1.extend(zones_of.get(&flavor.name).into_iter().flatten().cloned());
+    }
+    for (instance_type, (names, zones)) in types {
+        let of = listed(&names);
+        let outcome = match cloud.instance_type_offered(instance_type, None).await {
+            Ok(false) => Outcome::Fail(format!(
+                "{instance_type} ({of}) is not offered in {region}; set another `instance_type`, or leave {region} out of these flavors' `[matrix]`"
+            )),
+            Err(error) => Outcome::Fail(format!("cannot tell whether {instance_type} is offered: {error}")),
+            Ok(true) => {
+                let mut missing = Vec::new();
+                let mut failed = None;
+                for zone in &zones {
+                    match cloud.instance_type_offered(instance_type, Some(zone)).await {
+                        Ok(true) => {}
+                        Ok(false) => missing.push(zone.clone()),
+                        Err(error) => failed = Some(error),
+                    }
+                }
+                match (failed, missing.is_empty()) {
+                    (Some(error), _) => Outcome::Fail(format!("cannot tell whether {instance_type} is offered: {error}")),
+                    (None, true) if zones.is_empty() => Outcome::Ok(format!("{instance_type} ({of}) is offered")),
+                    (None, true) => Outcome::Ok(format!(
+                        "{instance_type} ({of}) is offered, in {} too",
+                        zones.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )),
+                    (None, false) if missing.len() == zones.len() => Outcome::Fail(format!(
+                        "{instance_type} ({of}) is not offered in the zones of their subnets ({}); choose subnets in other zones or another `instance_type`",
+                        missing.join(", ")
+                    )),
+                    (None, false) => Outcome::Ok(format!(
+                        "{instance_type} ({of}) is offered, but not in {}: builds there move to their other subnets",
+                        missing.join(", ")
+                    )),
+                }
+            }
+        };
+        preflight.push(Some(region), outcome);
+    }
+}
+
+/// The region answers, and no image there holds a name the run would give (unless the run made it).
+async fn check_names(
+    preflight: &mut Preflight,
+    cloud: &dyn Cloud,
+    plan: &Plan,
+    region: &Region,
+    names: &BTreeSet<String>,
+) {
+    let query = ImageQuery::Named(names.iter().cloned().collect());
+    let outcome = match cloud.region(region).find_owned_images(&query).await {
+        Err(error) if error.code.as_deref() == Some("OptInRequired") => Outcome::Fail(format!(
+            "{region} is not enabled for the account; enable it (Account settings → AWS Regions) or leave it out of `[regions]`"
+        )),
+        Err(error) => Outcome::Fail(format!("cannot reach {region}: {error}")),
+        Ok(found) => {
+            let taken: Vec<String> = found
+                .iter()
+                .filter(|image| names.contains(&image.name))
+                .filter(|image| image.tags.get("fleetbake:run-id").is_none_or(|run| run != plan.run_id.as_str()))
+                .map(|image| format!("`{}` ({})", image.name, image.id))
+                .collect();
+            if taken.is_empty() {
+                Outcome::Ok(format!("reachable; none of the run's {} image names is taken", names.len()))
+            } else {
+                Outcome::Fail(format!(
+                    "already taken: {}; AMI names are unique per region: put `{{timestamp}}` or `{{run_id}}` in `ami_name`, or deregister them",
+                    taken.join(", ")
+                ))
+            }
+        }
+    };
+    preflight.push(Some(region), outcome);
+}
+
+fn listed(names: &[&FlavorName]) -> String {
+    names.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", ")
+}

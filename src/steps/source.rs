@@ -1,0 +1,52 @@
+//! The source image of a build in its region: the id the flavor names (which must exist there, available),
+//! or the newest image matching its filter. The build and the preflight both ask it.
+
+use crate::cloud::{CloudError, ImageId, ImageState, ImageSummary, RegionCloud};
+use crate::config::{Region, SourceAmi};
+
+/// Why there is no source image to build from.
+#[derive(Debug)]
+pub enum SourceError {
+    /// Nothing to build from: what to change.
+    Missing(String),
+    Cloud(CloudError),
+}
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceError::Missing(message) => f.write_str(message),
+            SourceError::Cloud(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+/// The image a build in `region` starts from (for an id, its name and date are not looked up: empty).
+pub async fn find(cloud: &dyn RegionCloud, source: &SourceAmi, region: &Region) -> Result<ImageSummary, SourceError> {
+    match source {
+        SourceAmi::Id(id) => {
+            let id = ImageId(id.clone());
+            let found = cloud.describe_images(std::slice::from_ref(&id)).await.map_err(SourceError::Cloud)?;
+            match found.first().map(|image| &image.state) {
+                Some(ImageState::Available) => {
+                    Ok(ImageSummary { id, name: String::new(), creation_date: String::new() })
+                }
+                Some(state) => {
+                    Err(SourceError::Missing(format!("source image {id} in {region} is not available: {state:?}")))
+                }
+                None => Err(SourceError::Missing(format!("source image {id} does not exist in {region}"))),
+            }
+        }
+        SourceAmi::Filter(filter) => {
+            let images = cloud.find_images(filter).await.map_err(SourceError::Cloud)?;
+            let newest = images.into_iter().max_by(|a, b| (&a.creation_date, &a.id).cmp(&(&b.creation_date, &b.id)));
+            newest.ok_or_else(|| {
+                SourceError::Missing(format!(
+                    "no image owned by {} matches `{}` in {region}",
+                    filter.owners.join(", "),
+                    filter.name_pattern
+                ))
+            })
+        }
+    }
+}
