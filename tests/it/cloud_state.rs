@@ -94,3 +94,57 @@ pub async fn assert_nothing_temporary_left(client: &Client, region: &str) {
         security_group_names(client).await.into_iter().filter(|g| g.starts_with("fleetbake-")).collect();
     assert!(groups.is_empty(), "security groups left in {region}: {groups:?}");
 }
+
+/// A region laid out like a landing zone's: no default VPC, and a VPC of the test's own with two subnets in
+/// two zones tagged `Tier = build` (and one untagged, which no build may use).
+pub struct OwnVpc {
+    pub vpc: String,
+    pub tagged: Vec<String>,
+}
+
+/// Deletes the region's default VPC (its subnets first) and makes an [`OwnVpc`] with CIDR `cidr`.
+pub async fn replace_default_vpc(client: &Client, cidr: &str) -> OwnVpc {
+    let default = client.describe_vpcs().filters(Filter::builder().name("isDefault").values("true").build());
+    let default = default.send().await.unwrap();
+    for vpc in default.vpcs() {
+        let vpc_id = vpc.vpc_id().unwrap();
+        let subnets = client.describe_subnets().filters(Filter::builder().name("vpc-id").values(vpc_id).build());
+        for subnet in subnets.send().await.unwrap().subnets() {
+            client.delete_subnet().subnet_id(subnet.subnet_id().unwrap()).send().await.unwrap();
+        }
+        client.delete_vpc().vpc_id(vpc_id).send().await.unwrap();
+    }
+    let vpc = client.create_vpc().cidr_block(cidr).send().await.unwrap();
+    let vpc = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+    let zones = client.describe_availability_zones().send().await.unwrap();
+    let zones: Vec<String> =
+        zones.availability_zones().iter().map(|zone| zone.zone_name().unwrap().to_string()).collect();
+    let base = cidr.split('.').take(2).collect::<Vec<_>>().join(".");
+    let subnet = |third: u8, zone: &str, tagged: bool| {
+        let request =
+            client.create_subnet().vpc_id(&vpc).cidr_block(format!("{base}.{third}.0/24")).availability_zone(zone);
+        if tagged {
+            request.tag_specifications(
+                aws_sdk_ec2::types::TagSpecification::builder()
+                    .resource_type(aws_sdk_ec2::types::ResourceType::Subnet)
+                    .tags(aws_sdk_ec2::types::Tag::builder().key("Tier").value("build").build())
+                    .build(),
+            )
+        } else {
+            request
+        }
+    };
+    let mut made = Vec::new();
+    for (third, zone, tagged) in [(1, &zones[0], true), (2, &zones[1], true), (3, &zones[0], false)] {
+        let created = subnet(third, zone, tagged).send().await.unwrap();
+        made.push(created.subnet().unwrap().subnet_id().unwrap().to_string());
+    }
+    made.pop();
+    OwnVpc { vpc, tagged: made }
+}
+
+/// Every instance's subnet, terminated ones included.
+pub async fn instance_subnets(client: &Client) -> Vec<String> {
+    let output = client.describe_instances().send().await.unwrap();
+    output.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.subnet_id().map(str::to_string)).collect()
+}

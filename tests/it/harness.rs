@@ -267,6 +267,8 @@ pub struct FaultProxy {
     pub endpoint: String,
     requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     altered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Every request's body, in order.
+    recorded: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 type Rule = dyn Fn(&Request) -> Answer + Send + Sync;
@@ -283,14 +285,18 @@ impl FaultProxy {
         let rule: Arc<Rule> = Arc::new(rule);
         let counter = Arc::clone(&altered);
         let seen = Arc::clone(&requests);
+        let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recording = Arc::clone(&recorded);
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
                 let (upstream, requests, altered, rule) =
                     (upstream.clone(), Arc::clone(&requests), Arc::clone(&counter), Arc::clone(&rule));
+                let recording = Arc::clone(&recording);
                 std::thread::spawn(move || {
                     let _ = proxy_connection(client, &upstream, |body| {
                         let body = String::from_utf8_lossy(body);
+                        recording.lock().unwrap().push(body.to_string());
                         let request = Request {
                             number: requests.fetch_add(1, Ordering::SeqCst) + 1,
                             action: body.split('&').find_map(|pair| pair.strip_prefix("Action=")).unwrap_or_default(),
@@ -305,7 +311,27 @@ impl FaultProxy {
                 });
             }
         });
-        FaultProxy { endpoint, requests: seen, altered }
+        FaultProxy { endpoint, requests: seen, altered, recorded }
+    }
+
+    /// A proxy that forwards everything (and records it).
+    pub fn recording(upstream: &str) -> FaultProxy {
+        FaultProxy::start(upstream, |_| Answer::Forward)
+    }
+
+    /// The bodies of the requests for `action` it has seen, in order (URL-encoded, as sent).
+    pub fn bodies(&self, action: &str) -> Vec<String> {
+        let prefix = format!("Action={action}&");
+        self.recorded.lock().unwrap().iter().filter(|body| body.starts_with(&prefix)).cloned().collect()
+    }
+
+    /// The actions of every request it has seen, in order.
+    pub fn actions(&self) -> Vec<String> {
+        let recorded = self.recorded.lock().unwrap();
+        recorded
+            .iter()
+            .map(|body| body.split('&').find_map(|pair| pair.strip_prefix("Action=")).unwrap_or_default().to_string())
+            .collect()
     }
 
     /// A proxy that answers every `action` request with `fault` and forwards the rest.

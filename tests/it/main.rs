@@ -1,5 +1,6 @@
 //! One integration-test binary: the CLI and the library against moto_server and a real sshd.
 
+mod accounts;
 mod cloud_state;
 mod corpus;
 mod harness;

@@ -645,3 +645,31 @@ fn create_image_refused_right_after_stop_is_retried() {
         assert_nothing_left(&run);
     }
 }
+
+/// Subnets found by tags: the model finds two in different zones. A launch refused for capacity in the
+/// first goes to the other at once, without waiting out `capacity_patience`.
+#[test]
+fn a_launch_without_capacity_in_one_zone_moves_to_another_subnet() {
+    let with_subnets = |sim: &str| {
+        fleet(sim, "").replace(
+            "[defaults]\ninstance_type = \"t3.small\"",
+            "[defaults]\nsubnet = { tags = { Tier = \"build\" } }\ninstance_type = \"t3.small\"",
+        )
+    };
+    let baseline = run_sim(&Workspace::new(), &with_subnets(""));
+    assert_eq!(baseline.outcome.code, 0, "stderr:\n{}", baseline.outcome.stderr);
+    let workspace = Workspace::new();
+    let sim = "faults = [{ action = \"RunInstances\", error = \"InsufficientInstanceCapacity\", nth = 1 }]";
+    let run = run_sim(&workspace, &with_subnets(sim));
+    assert_eq!(run.outcome.code, 0, "stderr:\n{}", run.outcome.stderr);
+    assert_eq!(run.summary["sim"]["faults_injected"], 1);
+    let stderr = &run.outcome.stderr;
+    let moved = stderr.lines().find(|line| line.contains("no room now (InsufficientInstanceCapacity); trying subnet-"));
+    let moved = moved.unwrap_or_else(|| panic!("the build moved on: {stderr}"));
+    assert!(moved.ends_with("b)"), "to the other zone: {moved}");
+    assert!(!stderr.contains("trying again in"), "no pause: {stderr}");
+    let (makespan, before) =
+        (run.summary["makespan_seconds"].as_f64().unwrap(), baseline.summary["makespan_seconds"].as_f64().unwrap());
+    assert!(makespan < before + 30.0, "{makespan} s against {before} s: no capacity wait");
+    assert_nothing_left(&run);
+}
