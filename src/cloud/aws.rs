@@ -14,8 +14,11 @@ use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
 use aws_sdk_ec2::types::{
-    Filter, InstanceNetworkInterfaceSpecification, InstanceStateName, IpPermission, IpRange, Ipv6Range, KeyType,
-    LocationType, ResourceType, Tag, TagSpecification,
+    AttributeValue, BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification,
+    InstanceStateName, IpPermission, IpRange, Ipv6Range, KeyType, LaunchPermission, LaunchPermissionModifications,
+    LocationType, OperationType, PermissionGroup, ResourceType, SnapshotAttributeName, Tag, TagSpecification,
+    VolumeType,
 };
 use aws_sdk_ec2::Client;
 use dashmap::DashMap;
@@ -123,9 +126,14 @@ impl Cloud for AwsCloud {
                     .region(aws_sdk_ec2::config::Region::new(region.as_str().to_string()))
                     .retry_config(RetryConfig::disabled())
                     .build();
+                let kms = aws_sdk_kms::config::Builder::from(&self.sdk)
+                    .region(aws_sdk_kms::config::Region::new(region.as_str().to_string()))
+                    .retry_config(RetryConfig::disabled())
+                    .build();
                 Arc::new(AwsRegion {
                     region: region.clone(),
                     client: Client::from_conf(config),
+                    kms: aws_sdk_kms::Client::from_conf(kms),
                     limiter: self.limits.region(region),
                 })
             })
@@ -133,10 +141,11 @@ impl Cloud for AwsCloud {
     }
 }
 
-/// One region's client and request buckets.
+/// One region's clients (EC2, and KMS for its keys) and request buckets.
 pub struct AwsRegion {
     region: Region,
     client: Client,
+    kms: aws_sdk_kms::Client,
     limiter: Arc<RegionLimiter>,
 }
 
@@ -268,6 +277,7 @@ impl RegionCloud for AwsRegion {
                     id: ImageId(image.image_id()?.to_string()),
                     name: image.name().unwrap_or_default().to_string(),
                     creation_date: image.creation_date().unwrap_or_default().to_string(),
+                    root_device: image.root_device_name().map(str::to_string),
                 })
             })
             .collect())
@@ -283,6 +293,7 @@ impl RegionCloud for AwsRegion {
                     id: ImageId(image.image_id()?.to_string()),
                     state: image_state(image),
                     snapshot_ids: snapshots_of(image),
+                    root_device: image.root_device_name().map(str::to_string),
                 })
             }));
         }
@@ -446,6 +457,38 @@ impl RegionCloud for AwsRegion {
                 ),
                 (subnet, None) => request.set_subnet_id(subnet).security_group_ids(spec.security_group.as_str()),
             };
+            let tokens =
+                if spec.metadata.tokens_required { HttpTokensState::Required } else { HttpTokensState::Optional };
+            request = request.metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .http_tokens(tokens)
+                    .set_http_put_response_hop_limit(spec.metadata.hop_limit.map(i32::from))
+                    .build(),
+            );
+            if let Some(root) = &spec.root_volume {
+                let volume = &root.volume;
+                let ebs = EbsBlockDevice::builder()
+                    .delete_on_termination(true)
+                    .set_volume_size(volume.size_gb.map(|size| size as i32))
+                    .set_volume_type(volume.volume_type.as_deref().map(VolumeType::from))
+                    .set_iops(volume.iops.map(|iops| iops as i32))
+                    .set_throughput(volume.throughput.map(|throughput| throughput as i32))
+                    .set_encrypted(root.kms_key.as_ref().map(|_| true))
+                    .set_kms_key_id(root.kms_key.clone())
+                    .build();
+                request = request.block_device_mappings(
+                    BlockDeviceMapping::builder().device_name(&root.device_name).ebs(ebs).build(),
+                );
+            }
+            if let Some(profile) = &spec.iam_instance_profile {
+                request =
+                    request.iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build());
+            }
+            if let Some(data) = &spec.user_data {
+                use base64::Engine;
+                request = request.user_data(base64::engine::general_purpose::STANDARD.encode(data));
+            }
             request
         })?;
         output
@@ -504,6 +547,8 @@ impl RegionCloud for AwsRegion {
             .name(&spec.name)
             .set_description(spec.description.clone())
             .client_token(&spec.client_token)
+            .set_encrypted(spec.kms_key.as_ref().map(|_| true))
+            .set_kms_key_id(spec.kms_key.clone())
             .tag_specifications(tag_specification(ResourceType::Image, &spec.tags)))?;
         output.image_id().map(|id| ImageId(id.to_string())).ok_or_else(|| self.missing(action, "image id"))
     }
@@ -619,6 +664,75 @@ impl RegionCloud for AwsRegion {
         let action = Action::DeleteSnapshot;
         ec2_call!(self, action, |client| client.delete_snapshot().snapshot_id(id.as_str()))?;
         Ok(())
+    }
+
+    async fn require_imdsv2(&self, image: &ImageId) -> CloudResult<()> {
+        let action = Action::ModifyImageAttribute;
+        ec2_call!(self, action, |client| client
+            .modify_image_attribute()
+            .image_id(image.as_str())
+            .imds_support(AttributeValue::builder().value("v2.0").build()))?;
+        Ok(())
+    }
+
+    async fn deprecate_image(&self, image: &ImageId, at: chrono::DateTime<chrono::Utc>) -> CloudResult<()> {
+        let action = Action::EnableImageDeprecation;
+        let at = aws_sdk_ec2::primitives::DateTime::from_secs(at.timestamp());
+        ec2_call!(self, action, |client| client.enable_image_deprecation().image_id(image.as_str()).deprecate_at(at))?;
+        Ok(())
+    }
+
+    async fn share_image(&self, image: &ImageId, with: &LaunchPermissions) -> CloudResult<()> {
+        let action = Action::ModifyImageAttribute;
+        let mut permissions = Vec::new();
+        permissions.extend(with.accounts.iter().map(|account| LaunchPermission::builder().user_id(account).build()));
+        permissions
+            .extend(with.organizations.iter().map(|arn| LaunchPermission::builder().organization_arn(arn).build()));
+        permissions.extend(
+            with.organizational_units
+                .iter()
+                .map(|arn| LaunchPermission::builder().organizational_unit_arn(arn).build()),
+        );
+        if with.public {
+            permissions.push(LaunchPermission::builder().group(PermissionGroup::All).build());
+        }
+        let add = LaunchPermissionModifications::builder().set_add(Some(permissions)).build();
+        ec2_call!(self, action, |client| client
+            .modify_image_attribute()
+            .image_id(image.as_str())
+            .launch_permission(add.clone()))?;
+        Ok(())
+    }
+
+    /// The `Attribute` / `OperationType` / `UserIds` form (moto keeps only this one; EC2 takes both).
+    async fn share_snapshot(&self, snapshot: &SnapshotId, accounts: &[String]) -> CloudResult<()> {
+        let action = Action::ModifySnapshotAttribute;
+        ec2_call!(self, action, |client| client
+            .modify_snapshot_attribute()
+            .snapshot_id(snapshot.as_str())
+            .attribute(SnapshotAttributeName::CreateVolumePermission)
+            .operation_type(OperationType::Add)
+            .set_user_ids(Some(accounts.to_vec())))?;
+        Ok(())
+    }
+
+    async fn describe_key(&self, key: &str) -> CloudResult<Option<KmsKey>> {
+        let action = Action::DescribeKey;
+        let answer = self
+            .limiter
+            .call(action, || async {
+                self.kms.describe_key().key_id(key).send().await.map_err(|error| self.error(action, error))
+            })
+            .await;
+        let answer = match answer {
+            Err(error) if error.code.as_deref() == Some("NotFoundException") => return Ok(None),
+            other => other?,
+        };
+        Ok(answer.key_metadata().map(|metadata| KmsKey {
+            arn: metadata.arn().unwrap_or_default().to_string(),
+            enabled: metadata.enabled(),
+            aws_managed: metadata.key_manager() == Some(&aws_sdk_kms::types::KeyManagerType::Aws),
+        }))
     }
 }
 

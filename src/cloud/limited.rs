@@ -158,4 +158,24 @@ impl RegionCloud for LimitedRegion {
     async fn delete_snapshot(&self, id: &SnapshotId) -> CloudResult<()> {
         self.limiter.call(Action::DeleteSnapshot, || self.inner.delete_snapshot(id)).await
     }
+
+    async fn require_imdsv2(&self, image: &ImageId) -> CloudResult<()> {
+        self.limiter.call(Action::ModifyImageAttribute, || self.inner.require_imdsv2(image)).await
+    }
+
+    async fn deprecate_image(&self, image: &ImageId, at: chrono::DateTime<chrono::Utc>) -> CloudResult<()> {
+        self.limiter.call(Action::EnableImageDeprecation, || self.inner.deprecate_image(image, at)).await
+    }
+
+    async fn share_image(&self, image: &ImageId, with: &LaunchPermissions) -> CloudResult<()> {
+        self.limiter.call(Action::ModifyImageAttribute, || self.inner.share_image(image, with)).await
+    }
+
+    async fn share_snapshot(&self, snapshot: &SnapshotId, accounts: &[String]) -> CloudResult<()> {
+        self.limiter.call(Action::ModifySnapshotAttribute, || self.inner.share_snapshot(snapshot, accounts)).await
+    }
+
+    async fn describe_key(&self, key: &str) -> CloudResult<Option<KmsKey>> {
+        self.limiter.call(Action::DescribeKey, || self.inner.describe_key(key)).await
+    }
 }

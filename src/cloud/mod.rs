@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 pub use crate::config::api::{Action, ActionClass};
-use crate::config::{ImageFilter, Region, SubnetLookup, Tags};
+use crate::config::{ImageFilter, Metadata, Region, RootVolume, SubnetLookup, Tags};
 
 string_newtype!(
     /// `ami-…`
@@ -155,6 +155,8 @@ pub struct ImageSummary {
     pub name: String,
     /// RFC 3339 as EC2 gives it; compared as text, which orders RFC 3339 UTC times correctly.
     pub creation_date: String,
+    /// The device its root volume is attached as (`/dev/xvda`): a launch overriding the root volume names it.
+    pub root_device: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,6 +172,7 @@ pub struct ImageStatus {
     pub id: ImageId,
     pub state: ImageState,
     pub snapshot_ids: Vec<SnapshotId>,
+    pub root_device: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,7 +210,24 @@ pub struct LaunchSpec {
     pub associate_public_ip: Option<bool>,
     /// Idempotency token: a retried RunInstances with the same token launches nothing new.
     pub client_token: String,
+    /// On the instance and its volumes.
     pub tags: Tags,
+    /// IMDSv2 only, and the hop limit.
+    pub metadata: Metadata,
+    /// The root volume, overridden (its size, type, encryption); `None`: as the source image has it.
+    pub root_volume: Option<RootDevice>,
+    /// An instance profile, by name.
+    pub iam_instance_profile: Option<String>,
+    pub user_data: Option<String>,
+}
+
+/// The root volume of a launch: the source image's root device, with what the flavor and `[encryption]` say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootDevice {
+    pub device_name: String,
+    pub volume: RootVolume,
+    /// Encrypted with this KMS key; `None`: as the source image's snapshot is.
+    pub kms_key: Option<String>,
 }
 
 /// What CopyImage is asked for; sent to the destination region.
@@ -220,6 +240,35 @@ pub struct CopySpec {
     pub client_token: String,
     /// The copy's tags, given at creation (`TagSpecifications`): an image that exists is never untagged.
     pub tags: Tags,
+    /// Encrypted with this KMS key of the destination region; `None`: as the source is.
+    pub kms_key: Option<String>,
+}
+
+/// Who may launch an image (ModifyImageAttribute `LaunchPermission`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LaunchPermissions {
+    pub accounts: Vec<String>,
+    pub organizations: Vec<String>,
+    pub organizational_units: Vec<String>,
+    pub public: bool,
+}
+
+impl LaunchPermissions {
+    pub fn is_empty(&self) -> bool {
+        !self.public
+            && self.accounts.is_empty()
+            && self.organizations.is_empty()
+            && self.organizational_units.is_empty()
+    }
+}
+
+/// A KMS key as DescribeKey answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KmsKey {
+    pub arn: String,
+    pub enabled: bool,
+    /// An AWS-managed key (`alias/aws/ebs`): images encrypted with it cannot be shared.
+    pub aws_managed: bool,
 }
 
 /// A subnet a build may launch into.
@@ -347,6 +396,17 @@ pub trait RegionCloud: Send + Sync {
     async fn find_key_pairs(&self, tags: &Tags) -> CloudResult<Vec<Tagged<KeyPairName>>>;
     async fn deregister_image(&self, id: &ImageId) -> CloudResult<()>;
     async fn delete_snapshot(&self, id: &SnapshotId) -> CloudResult<()>;
+
+    /// The image requires IMDSv2 of the instances launched from it (ImdsSupport `v2.0`).
+    async fn require_imdsv2(&self, image: &ImageId) -> CloudResult<()>;
+    /// EC2 deprecates the image at `at` (EnableImageDeprecation).
+    async fn deprecate_image(&self, image: &ImageId, at: chrono::DateTime<chrono::Utc>) -> CloudResult<()>;
+    /// Adds launch permissions to the image.
+    async fn share_image(&self, image: &ImageId, with: &LaunchPermissions) -> CloudResult<()>;
+    /// Adds create-volume permissions to the snapshot for these accounts.
+    async fn share_snapshot(&self, snapshot: &SnapshotId, accounts: &[String]) -> CloudResult<()>;
+    /// The KMS key of this region (`None`: not found).
+    async fn describe_key(&self, key: &str) -> CloudResult<Option<KmsKey>>;
 }
 
 /// Which VPC to describe.

@@ -30,8 +30,14 @@ pub enum Action {
     CreateTags,
     DeregisterImage,
     DeleteSnapshot,
+    ModifyImageAttribute,
+    ModifySnapshotAttribute,
+    EnableImageDeprecation,
     /// STS, not EC2: who the run acts as. Counted with the non-mutating calls.
     GetCallerIdentity,
+    /// KMS, not EC2: whether a region's key exists, is enabled, and whose it is. Counted with the
+    /// non-mutating calls.
+    DescribeKey,
 }
 
 /// EC2's request-rate classes; each has its own token bucket per region.
@@ -77,7 +83,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 26] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -99,12 +105,27 @@ impl Action {
         Action::CreateTags,
         Action::DeregisterImage,
         Action::DeleteSnapshot,
+        Action::ModifyImageAttribute,
+        Action::ModifySnapshotAttribute,
+        Action::EnableImageDeprecation,
         Action::GetCallerIdentity,
+        Action::DescribeKey,
     ];
 
     /// The action named as in the EC2 API (`CreateImage`).
     pub fn from_name(name: &str) -> Option<Action> {
         Action::ALL.into_iter().find(|action| action.to_string() == name)
+    }
+
+    /// The action as an IAM policy names it (`ec2:CreateImage`, `sts:GetCallerIdentity`, `kms:DescribeKey`):
+    /// `docs/iam-policy.json` allows each.
+    pub fn iam_name(self) -> String {
+        let service = match self {
+            Action::GetCallerIdentity => "sts",
+            Action::DescribeKey => "kms",
+            _ => "ec2",
+        };
+        format!("{service}:{self}")
     }
 
     pub fn class(self) -> ActionClass {
@@ -116,6 +137,7 @@ impl Action {
             | Action::DescribeInstanceTypeOfferings
             | Action::DescribeAvailabilityZones
             | Action::GetCallerIdentity
+            | Action::DescribeKey
             | Action::DescribeSecurityGroups
             | Action::DescribeKeyPairs => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,

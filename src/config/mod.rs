@@ -51,12 +51,19 @@ pub struct Fleet {
     pub sim: SimSettings,
     /// What `fleetbake gc` keeps (`[retention]`).
     pub retention: Retention,
+    /// `None`: images are encrypted only if their source was.
+    pub encryption: Option<Encryption>,
+    pub sharing: Sharing,
+    /// Images are deprecated this long after they are made (`[fleet] deprecate_after`).
+    pub deprecate_after: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Retention {
     /// Images kept per flavor and region; `None`: gc deregisters no image.
     pub keep: Option<usize>,
+    /// Whether gc may deregister an image shared with other accounts (`[retention] shared = "deregister"`).
+    pub deregister_shared: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -73,7 +80,87 @@ pub struct Flavor {
     pub provisioners: Vec<Provisioner>,
     /// How long this flavor's provisioning takes in the simulated cloud (`sim_provision`).
     pub sim_provision: Option<Duration>,
+    /// The build instance's metadata service options.
+    pub metadata: Metadata,
+    /// The build instance's root volume; `None`: as the source image has it.
+    pub root_volume: Option<RootVolume>,
+    /// The instance profile, by name.
+    pub iam_instance_profile: Option<String>,
+    /// The user data (`user_data`, or the contents of `user_data_file`).
+    pub user_data: Option<String>,
+    /// Tags on the build instance and its volumes, besides fleetbake's.
+    pub run_tags: Tags,
 }
+
+/// The instance metadata service of the build instance, and what the images require.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metadata {
+    /// IMDSv2 only (`http_tokens = "required"`, the default); the images then require it too.
+    pub tokens_required: bool,
+    /// The PUT response hop limit; `None`: EC2's default.
+    pub hop_limit: Option<u8>,
+}
+
+impl Default for Metadata {
+    fn default() -> Self {
+        Metadata { tokens_required: true, hop_limit: None }
+    }
+}
+
+/// The build instance's root volume (what is unset stays as the source image has it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RootVolume {
+    pub size_gb: Option<u32>,
+    pub volume_type: Option<String>,
+    pub iops: Option<u32>,
+    pub throughput: Option<u32>,
+}
+
+/// `[encryption]`: every image encrypted with a KMS key of its region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encryption {
+    pub kms_keys: BTreeMap<Region, String>,
+    /// `"*"`: the key of any region not listed.
+    pub fallback: Option<String>,
+}
+
+impl Encryption {
+    /// The key images in `region` are encrypted with.
+    pub fn key_for(&self, region: &Region) -> Option<&str> {
+        self.kms_keys.get(region).or(self.fallback.as_ref()).map(String::as_str)
+    }
+}
+
+/// `[sharing]`: who may launch the images, and create volumes from their snapshots. Also what the manifest
+/// says an image was shared with (empty lists left out).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Sharing {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub organizations: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub organizational_units: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snapshot_accounts: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub public: bool,
+}
+
+impl Sharing {
+    /// Whether the images are shared at all.
+    pub fn any(&self) -> bool {
+        self.public
+            || !self.accounts.is_empty()
+            || !self.organizations.is_empty()
+            || !self.organizational_units.is_empty()
+            || !self.snapshot_accounts.is_empty()
+    }
+}
+
+/// The aliases of AWS-managed keys (`alias/aws/ebs`): images encrypted with one cannot be shared.
+pub const AWS_MANAGED_KEY_ALIASES: &str = "alias/aws/";
 
 /// Which subnet a build launches into, in its build region.
 #[derive(Clone, Debug, PartialEq, Eq)]

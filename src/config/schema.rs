@@ -30,6 +30,49 @@ pub struct FleetFile {
     pub sim: SimSection,
     #[serde(default)]
     pub retention: RetentionSection,
+    pub encryption: Option<EncryptionSection>,
+    pub sharing: Option<SharingSection>,
+}
+
+/// `[encryption]`: every image encrypted, with a KMS key per region (`"*"`: any other region).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSection {
+    pub kms_keys: BTreeMap<String, String>,
+}
+
+/// `[sharing]`: who may launch the images (and create volumes from their snapshots).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharingSection {
+    #[serde(default)]
+    pub accounts: Vec<String>,
+    #[serde(default)]
+    pub organizations: Vec<String>,
+    #[serde(default)]
+    pub organizational_units: Vec<String>,
+    #[serde(default)]
+    pub snapshot_accounts: Vec<String>,
+    pub public: Option<bool>,
+}
+
+/// `metadata = { http_tokens = "required", hop_limit = 2 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataSection {
+    pub http_tokens: Option<String>,
+    pub hop_limit: Option<u8>,
+}
+
+/// `root_volume = { size_gb = 30, type = "gp3", iops = 3000, throughput = 125 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootVolumeSection {
+    pub size_gb: Option<u32>,
+    #[serde(rename = "type")]
+    pub volume_type: Option<String>,
+    pub iops: Option<u32>,
+    pub throughput: Option<u32>,
 }
 
 /// `[retention]`: what `fleetbake gc` keeps.
@@ -37,6 +80,7 @@ pub struct FleetFile {
 #[serde(deny_unknown_fields)]
 pub struct RetentionSection {
     pub keep: Option<usize>,
+    pub shared: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +90,7 @@ pub struct FleetSection {
     pub ami_name: Option<String>,
     pub ami_description: Option<String>,
     pub manifest: Option<String>,
+    pub deprecate_after: Option<String>,
     #[serde(default)]
     pub tags: TagMap,
 }
@@ -54,6 +99,13 @@ pub struct FleetSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DefaultsSection {
+    pub metadata: Option<MetadataSection>,
+    pub root_volume: Option<RootVolumeSection>,
+    pub iam_instance_profile: Option<String>,
+    pub user_data: Option<String>,
+    pub user_data_file: Option<String>,
+    #[serde(default)]
+    pub run_tags: TagMap,
     pub instance_type: Option<String>,
     pub ssh_username: Option<String>,
     pub subnet: Option<SubnetSection>,
@@ -68,6 +120,13 @@ pub struct DefaultsSection {
 pub struct FlavorSection {
     pub name: String,
     pub source_ami: SourceAmiSection,
+    pub metadata: Option<MetadataSection>,
+    pub root_volume: Option<RootVolumeSection>,
+    pub iam_instance_profile: Option<String>,
+    pub user_data: Option<String>,
+    pub user_data_file: Option<String>,
+    #[serde(default)]
+    pub run_tags: TagMap,
     pub instance_type: Option<String>,
     pub ssh_username: Option<String>,
     pub subnet: Option<SubnetSection>,

@@ -240,11 +240,186 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
                 .retention
                 .keep
                 .map(|keep| checker.positive(KeyPath::root().key("retention").key("keep"), Some(keep), 1)),
+            deregister_shared: match raw.retention.shared.as_deref() {
+                None | Some("leave") => false,
+                Some("deregister") => true,
+                Some(other) => {
+                    checker.problem(
+                        KeyPath::root().key("retention").key("shared"),
+                        format!(
+                            "`{other}`: use `leave` (the default: gc never deregisters a shared image) or `deregister`"
+                        ),
+                    );
+                    false
+                }
+            },
         },
+        encryption: raw.encryption.map(|section| resolve_encryption(checker, section)),
+        sharing: raw.sharing.map(|section| resolve_sharing(checker, section)).unwrap_or_default(),
+        deprecate_after: raw
+            .fleet
+            .deprecate_after
+            .as_deref()
+            .and_then(|text| checker.duration(fleet_path.key("deprecate_after"), text)),
     };
     check_selection(checker, &fleet);
     check_subnets(checker, &fleet, &subnet_paths);
+    check_keys(checker, &fleet);
+    check_deprecation(checker, &fleet);
     fleet
+}
+
+/// EC2 refuses a deprecation time more than 10 years ahead (2 for public images), and rounds it to the minute
+/// (EnableImageDeprecation, `DeprecateAt`).
+fn check_deprecation(checker: &mut Checker<'_>, fleet: &Fleet) {
+    let Some(after) = fleet.deprecate_after else { return };
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    let (limit, why) =
+        if fleet.sharing.public { (2 * YEAR, "2 years for a public image") } else { (10 * YEAR, "10 years") };
+    let path = KeyPath::root().key("fleet").key("deprecate_after");
+    if after < Duration::from_secs(60) {
+        checker.problem(path, "must be at least a minute (EC2 deprecates images to the minute)");
+    } else if after > limit {
+        checker.problem(path, format!("must be at most {why} (EC2's limit on a deprecation time)"));
+    }
+}
+
+/// `[encryption] kms_keys`: region → key, `"*"` for any other.
+fn resolve_encryption(checker: &mut Checker<'_>, section: schema::EncryptionSection) -> Encryption {
+    let path = KeyPath::root().key("encryption").key("kms_keys");
+    let mut encryption = Encryption { kms_keys: BTreeMap::new(), fallback: None };
+    for (region, key) in section.kms_keys {
+        let at = path.key(&region);
+        let valid = key.starts_with("alias/")
+            || key.starts_with("arn:aws")
+            || (key.len() == 36 && key.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+            || key.starts_with("mrk-");
+        if !valid {
+            checker.problem(
+                at.clone(),
+                format!("`{key}` is not a KMS key: an alias (`alias/images`), a key id or a key ARN"),
+            );
+        }
+        if region == "*" {
+            encryption.fallback = Some(key);
+            continue;
+        }
+        let region = checker.region(at.clone(), &region);
+        // A key ARN names its region: it must be the one it is given for (KMS keys are regional).
+        if let Some(arn_region) = key.strip_prefix("arn:").and_then(|rest| rest.split(':').nth(2)) {
+            if key.starts_with("arn:aws") && key.contains(":kms:") && arn_region != region.as_str() {
+                checker
+                    .problem(at, format!("`{key}` is a key of {arn_region}, not of {region}: KMS keys are regional"));
+            }
+        }
+        encryption.kms_keys.insert(region, key);
+    }
+    encryption
+}
+
+/// `[sharing]`: account ids, organization and OU ARNs, checked for their shape.
+fn resolve_sharing(checker: &mut Checker<'_>, section: schema::SharingSection) -> Sharing {
+    let path = KeyPath::root().key("sharing");
+    let is_account = |id: &str| id.len() == 12 && id.chars().all(|c| c.is_ascii_digit());
+    for (key, accounts) in [("accounts", &section.accounts), ("snapshot_accounts", &section.snapshot_accounts)] {
+        for (index, id) in accounts.iter().enumerate() {
+            if !is_account(id) {
+                checker.problem(path.key(key).index(index), format!("`{id}` is not an AWS account id (12 digits)"));
+            }
+        }
+    }
+    for (index, arn) in section.organizations.iter().enumerate() {
+        if !is_organization_arn(arn) {
+            checker.problem(
+                path.key("organizations").index(index),
+                format!("`{arn}` is not an organization ARN like `arn:aws:organizations::123456789012:organization/o-abc123def4`"),
+            );
+        }
+    }
+    for (index, arn) in section.organizational_units.iter().enumerate() {
+        if !is_ou_arn(arn) {
+            checker.problem(
+                path.key("organizational_units").index(index),
+                format!("`{arn}` is not an organizational unit ARN like `arn:aws:organizations::123456789012:ou/o-abc123def4/ou-ab12-cd34ef56`"),
+            );
+        }
+    }
+    Sharing {
+        accounts: section.accounts,
+        organizations: section.organizations,
+        organizational_units: section.organizational_units,
+        snapshot_accounts: section.snapshot_accounts,
+        public: section.public.unwrap_or(false),
+    }
+}
+
+/// `arn:aws:organizations::<account>:organization/o-<10 to 32>`.
+fn is_organization_arn(arn: &str) -> bool {
+    let Some((account, id)) = organizations_arn(arn, "organization/") else { return false };
+    account.len() == 12 && is_org_id(id)
+}
+
+/// `arn:aws:organizations::<account>:ou/o-…/ou-…`.
+fn is_ou_arn(arn: &str) -> bool {
+    let Some((account, rest)) = organizations_arn(arn, "ou/") else { return false };
+    let Some((org, ou)) = rest.split_once('/') else { return false };
+    account.len() == 12
+        && is_org_id(org)
+        && ou.strip_prefix("ou-").is_some_and(|ou| {
+            ou.len() >= 9 && ou.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
+/// The account and what follows `kind` in an organizations ARN.
+fn organizations_arn<'a>(arn: &'a str, kind: &str) -> Option<(&'a str, &'a str)> {
+    let rest = arn.strip_prefix("arn:")?;
+    let (partition, rest) = rest.split_once(':')?;
+    let rest = rest.strip_prefix("organizations::")?;
+    let (account, resource) = rest.split_once(':')?;
+    (partition.starts_with("aws") && account.chars().all(|c| c.is_ascii_digit()))
+        .then(|| resource.strip_prefix(kind).map(|id| (account, id)))
+        .flatten()
+}
+
+fn is_org_id(id: &str) -> bool {
+    id.strip_prefix("o-").is_some_and(|id| {
+        (10..=32).contains(&id.len()) && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    })
+}
+
+/// Every region an image lands in has a key; an image encrypted with the AWS-managed key is not shared.
+fn check_keys(checker: &mut Checker<'_>, fleet: &Fleet) {
+    let Some(encryption) = &fleet.encryption else { return };
+    let path = KeyPath::root().key("encryption").key("kms_keys");
+    let mut landings: BTreeSet<&Region> = BTreeSet::new();
+    for (_, build) in fleet.selected_pairs() {
+        landings.insert(build);
+        landings.extend(&fleet.regions[build]);
+    }
+    let missing: Vec<String> =
+        landings.iter().filter(|region| encryption.key_for(region).is_none()).map(|r| format!("`{r}`")).collect();
+    if !missing.is_empty() {
+        checker.problem(
+            path.clone(),
+            format!(
+                "no key for {}, where images land; add one (`region = \"alias/…\"`), or `\"*\" = \"…\"` for every region not listed",
+                missing.join(", ")
+            ),
+        );
+    }
+    if fleet.sharing.any() {
+        for region in landings {
+            if let Some(key) = encryption.key_for(region).filter(|key| key.starts_with(AWS_MANAGED_KEY_ALIASES)) {
+                checker.problem(
+                    path.clone(),
+                    format!(
+                        "`{region}`'s images would be encrypted with `{key}`, an AWS-managed key, which cannot be shared with other accounts; use a customer-managed key there"
+                    ),
+                );
+                break;
+            }
+        }
+    }
 }
 
 /// The flavors, and per flavor where its subnet was set (for the checks that need its build regions).
@@ -289,6 +464,16 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, 
                 .sim_provision
                 .as_deref()
                 .and_then(|text| checker.duration_or_zero(path.key("sim_provision"), text)),
+            metadata: resolve_metadata(checker, &path, flavor, defaults),
+            root_volume: resolve_root_volume(checker, &path, flavor, defaults),
+            iam_instance_profile: flavor.iam_instance_profile.clone().or_else(|| defaults.iam_instance_profile.clone()),
+            user_data: resolve_user_data(checker, &path, flavor, defaults),
+            run_tags: {
+                checker.tags(path.key("run_tags"), &flavor.run_tags);
+                let mut run_tags = defaults.run_tags.clone();
+                run_tags.extend(flavor.run_tags.clone());
+                run_tags
+            },
         });
     }
     (flavors, subnet_paths)
@@ -354,6 +539,103 @@ fn resolve_subnet(
     };
     paths.push(Some(path.key("subnet")));
     choice
+}
+
+/// The metadata options: the flavor's table, else the defaults', else IMDSv2 only.
+fn resolve_metadata(
+    checker: &mut Checker<'_>,
+    flavor_path: &KeyPath,
+    flavor: &schema::FlavorSection,
+    defaults: &schema::DefaultsSection,
+) -> Metadata {
+    let (path, section) = match (&flavor.metadata, &defaults.metadata) {
+        (Some(own), _) => (flavor_path.key("metadata"), own),
+        (None, Some(inherited)) => (KeyPath::root().key("defaults").key("metadata"), inherited),
+        (None, None) => return Metadata::default(),
+    };
+    let tokens_required = match section.http_tokens.as_deref() {
+        None | Some("required") => true,
+        Some("optional") => false,
+        Some(other) => {
+            checker.problem(path.key("http_tokens"), format!("`{other}`: use `required` (IMDSv2 only) or `optional`"));
+            true
+        }
+    };
+    if let Some(hops) = section.hop_limit {
+        if !(1..=64).contains(&hops) {
+            checker.problem(path.key("hop_limit"), "must be from 1 to 64");
+        }
+    }
+    Metadata { tokens_required, hop_limit: section.hop_limit }
+}
+
+/// The root volume: the flavor's table, else the defaults'.
+fn resolve_root_volume(
+    checker: &mut Checker<'_>,
+    flavor_path: &KeyPath,
+    flavor: &schema::FlavorSection,
+    defaults: &schema::DefaultsSection,
+) -> Option<RootVolume> {
+    let (path, section) = match (&flavor.root_volume, &defaults.root_volume) {
+        (Some(own), _) => (flavor_path.key("root_volume"), own),
+        (None, Some(inherited)) => (KeyPath::root().key("defaults").key("root_volume"), inherited),
+        (None, None) => return None,
+    };
+    const TYPES: &[&str] = &["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"];
+    if let Some(kind) = &section.volume_type {
+        if !TYPES.contains(&kind.as_str()) {
+            checker.problem(path.key("type"), format!("`{kind}` is not an EBS volume type: {}", TYPES.join(", ")));
+        }
+    }
+    if section.size_gb.is_some_and(|size| size == 0 || size > 16_384) {
+        checker.problem(path.key("size_gb"), "must be from 1 to 16384");
+    }
+    let provisioned = matches!(section.volume_type.as_deref(), Some("gp3" | "io1" | "io2"));
+    if section.iops.is_some() && !provisioned {
+        checker.problem(path.key("iops"), "goes with `type = \"gp3\"`, `\"io1\"` or `\"io2\"`");
+    }
+    if section.throughput.is_some() && section.volume_type.as_deref() != Some("gp3") {
+        checker.problem(path.key("throughput"), "goes with `type = \"gp3\"`");
+    }
+    Some(RootVolume {
+        size_gb: section.size_gb,
+        volume_type: section.volume_type.clone(),
+        iops: section.iops,
+        throughput: section.throughput,
+    })
+}
+
+/// `user_data` or the contents of `user_data_file` (one of the two; the flavor's, else the defaults'), at most
+/// EC2's 16 KB.
+fn resolve_user_data(
+    checker: &mut Checker<'_>,
+    flavor_path: &KeyPath,
+    flavor: &schema::FlavorSection,
+    defaults: &schema::DefaultsSection,
+) -> Option<String> {
+    let own = flavor.user_data.is_some() || flavor.user_data_file.is_some();
+    let (path, text, file) = if own {
+        (flavor_path.clone(), &flavor.user_data, &flavor.user_data_file)
+    } else {
+        (KeyPath::root().key("defaults"), &defaults.user_data, &defaults.user_data_file)
+    };
+    let data = match (text, file) {
+        (None, None) => return None,
+        (Some(_), Some(_)) => {
+            checker.problem(path.key("user_data_file"), "set `user_data` or `user_data_file`, not both");
+            return None;
+        }
+        (Some(text), None) => text.clone(),
+        (None, Some(file)) => {
+            let resolved = checker.local_file(path.key("user_data_file"), file);
+            std::fs::read_to_string(&resolved).unwrap_or_default()
+        }
+    };
+    if data.len() > 16 * 1024 {
+        let key = if text.is_some() { "user_data" } else { "user_data_file" };
+        checker.problem(path.key(key), format!("is {} bytes; EC2 takes at most 16384 of user data", data.len()));
+    }
+    Some(data)
 }
 
 fn required_inherited(
@@ -1069,5 +1351,10 @@ impl Fleet {
             }
         }
         pairs
+    }
+
+    /// The flavor of this name.
+    pub fn flavor(&self, name: &FlavorName) -> Option<&Flavor> {
+        self.flavors.iter().find(|flavor| &flavor.name == name)
     }
 }

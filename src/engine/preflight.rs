@@ -5,7 +5,8 @@
 //! Checked: who the run acts as; in each build region, where each flavor's builds would go (subnets, VPC, or
 //! the default VPC), each flavor's source image, and its instance type offered in the region and in the
 //! zones of its subnets; in every region an image lands in, that the region answers and that no image
-//! there already holds a name this run would give one.
+//! there already holds a name this run would give one, and that its `[encryption]` key exists, is enabled, and
+//! (when the images are shared) is not AWS-managed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -103,15 +104,37 @@ pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud) -> Preflight {
     }
     for (region, names) in names_by_region(plan) {
         check_names(&mut preflight, cloud, plan, &region, &names).await;
+        if let Some(key) = fleet.encryption.as_ref().and_then(|encryption| encryption.key_for(&region)) {
+            check_key(&mut preflight, cloud, &region, key, fleet.sharing.any()).await;
+        }
     }
     preflight
+}
+
+/// The region's `[encryption]` key exists and is enabled; an AWS-managed key cannot encrypt shared images.
+async fn check_key(preflight: &mut Preflight, cloud: &dyn Cloud, region: &Region, key: &str, shared: bool) {
+    let outcome = match cloud.region(region).describe_key(key).await {
+        Ok(None) => Outcome::Fail(format!(
+            "KMS key `{key}` is not found in {region}; create it there or name another in `[encryption] kms_keys`"
+        )),
+        Ok(Some(found)) if !found.enabled => {
+            Outcome::Fail(format!("KMS key `{key}` ({}) is disabled; enable it or name another", found.arn))
+        }
+        Ok(Some(found)) if found.aws_managed && shared => Outcome::Fail(format!(
+            "KMS key `{key}` ({}) is AWS-managed: images encrypted with it cannot be shared; use a customer-managed key",
+            found.arn
+        )),
+        Ok(Some(found)) => Outcome::Ok(format!("KMS key `{key}`: {}", found.arn)),
+        Err(error) => Outcome::Fail(format!("cannot describe KMS key `{key}`: {error}")),
+    };
+    preflight.push(Some(region), outcome);
 }
 
 /// The flavors each build region builds, in plan order.
 fn builds_by_region<'a>(fleet: &'a Fleet, plan: &Plan) -> BTreeMap<Region, Vec<&'a Flavor>> {
     let mut by_region: BTreeMap<Region, Vec<&Flavor>> = BTreeMap::new();
     for build in &plan.builds {
-        if let Some(flavor) = fleet.flavors.iter().find(|flavor| flavor.name == build.flavor) {
+        if let Some(flavor) = fleet.flavor(&build.flavor) {
             by_region.entry(build.region.clone()).or_default().push(flavor);
         }
     }

@@ -315,7 +315,8 @@ impl Execution {
                 if let Some(line) = replay.torn_line {
                     tracing::warn!("{}:{line}: dropped a torn last record", replay.path.display());
                 }
-                crate::state::resume::reconcile(&plan, replay, &*self.cloud, &waits, &journal, &events).await?
+                crate::state::resume::reconcile(&run.fleet, &plan, replay, &*self.cloud, &waits, &journal, &events)
+                    .await?
             }
             None => Default::default(),
         };

@@ -42,7 +42,7 @@ impl JobDurations {
             .builds
             .iter()
             .map(|build| {
-                let flavor = fleet.flavors.iter().find(|flavor| flavor.name == build.flavor);
+                let flavor = fleet.flavor(&build.flavor);
                 let provision = match flavor {
                     Some(flavor) if flavor.provisioners.is_empty() => Duration::ZERO,
                     Some(flavor) => flavor.sim_provision.unwrap_or(sim.provision),

@@ -40,7 +40,7 @@ impl Communicator for SimCommunicator {
             ));
         }
         tokio::time::sleep_until(ssh_at).await;
-        let flavor = self.fleet.flavors.iter().find(|flavor| flavor.name == target.flavor);
+        let flavor = self.fleet.flavor(&target.flavor);
         let (total, count) = match flavor {
             Some(flavor) => (flavor.sim_provision.unwrap_or(self.sim.settings().provision), flavor.provisioners.len()),
             None => (self.sim.settings().provision, 1),

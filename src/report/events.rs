@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use crate::cloud::{CloudError, ImageId, SnapshotId};
+use crate::config::Sharing;
 use crate::config::{FlavorName, Region};
 use crate::plan::RunId;
 
@@ -39,6 +40,12 @@ pub enum Stage {
     Stop,
     CreateImage,
     WaitImage,
+    /// Requiring IMDSv2 of the image's instances.
+    Imds,
+    /// Setting the image's deprecation time.
+    Deprecate,
+    /// Granting launch and create-volume permissions (`[sharing]`).
+    Share,
     Tag,
     Copy,
     WaitCopy,
@@ -68,6 +75,28 @@ pub struct Artifact {
     pub snapshot_ids: Vec<SnapshotId>,
     /// When this image became available, RFC 3339.
     pub created_at: String,
+    /// What `[encryption]`, `[sharing]`, IMDSv2 and `deprecate_after` made of it.
+    /// Boxed: most runs set none of them, and every event carrying an artifact stays small.
+    #[serde(flatten)]
+    pub settings: Box<ImageSettings>,
+}
+
+/// What the fleet's settings made of an image, as far as they were applied: a field is absent when its setting
+/// is off, or when applying it failed (the failure is in the summary).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageSettings {
+    /// The KMS key its snapshots are encrypted with (`[encryption]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+    /// `v2.0`: instances launched from it require IMDSv2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imds_support: Option<String>,
+    /// When EC2 deprecates it, RFC 3339 (`[fleet] deprecate_after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprecation_time: Option<String>,
+    /// Who may launch it, and create volumes from its snapshots (`[sharing]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_with: Option<Sharing>,
 }
 
 /// Why a job did not produce its image (or did, but left something behind).

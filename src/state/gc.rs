@@ -17,11 +17,12 @@ use chrono::{DateTime, Utc};
 use crate::cloud::wait::{poll_until, Poll, PollPolicy};
 use crate::cloud::watch::Waits;
 use crate::cloud::{Cloud, CloudError, ImageId, ImageQuery, ImageState, OwnedImage, SnapshotId};
-use crate::config::{Fleet, Region};
+use crate::config::{Fleet, Region, Retention};
 use crate::plan::RunId;
 use crate::state::journal::{Journal, JournalDir, JournalError, RunLock};
 use crate::state::leftovers::{self, Leftover};
 use crate::state::manifest::Manifest;
+use crate::steps::finish::SHARED_TAG;
 use crate::steps::ledger::Resource;
 
 /// A run with no journal here is treated as in progress until this long after it started.
@@ -116,8 +117,8 @@ pub struct GcPlan {
 }
 
 impl GcPlan {
-    /// Pure: the survey, which runs are in progress, the images the manifest names, and `[retention] keep`.
-    pub fn new(survey: &Survey, runs: &RunsInProgress, protected: &BTreeSet<ImageId>, keep: Option<usize>) -> Self {
+    /// Pure: the survey, which runs are in progress, the images the manifest names, and `[retention]`.
+    pub fn new(survey: &Survey, runs: &RunsInProgress, protected: &BTreeSet<ImageId>, retention: &Retention) -> Self {
         let mut plan = GcPlan::default();
         let mut busy_runs = BTreeSet::new();
         for leftover in &survey.leftovers {
@@ -130,7 +131,7 @@ impl GcPlan {
         for run in busy_runs {
             plan.notes.push(format!("left the temporary resources of run {run}: it may be in progress"));
         }
-        let Some(keep) = keep else {
+        let Some(keep) = retention.keep else {
             if !survey.images.is_empty() {
                 plan.notes.push(format!(
                     "left all {} images of the fleet: set `[retention] keep = N` to deregister all but the newest N per flavor and region",
@@ -149,6 +150,7 @@ impl GcPlan {
             let flavor = image.tags.get("fleetbake:flavor").cloned().unwrap_or_default();
             groups.entry((flavor, region.clone())).or_default().push(image);
         }
+        let mut shared_left = 0;
         for ((flavor, region), mut images) in groups {
             images.sort_by(|a, b| (&b.creation_date, &b.id).cmp(&(&a.creation_date, &a.id)));
             let mut kept = 0;
@@ -162,7 +164,11 @@ impl GcPlan {
                 } else {
                     None
                 };
+                // Another account may run instances from a shared image: left unless `shared = "deregister"`.
+                let shared = image.tags.get(SHARED_TAG).is_some_and(|value| value == "true");
+                let failed = matches!(image.state, ImageState::Failed(_));
                 match why {
+                    Some(_) if shared && !failed && !retention.deregister_shared => shared_left += 1,
                     Some(why) => {
                         plan.deregister.push(Deregistration { region: region.clone(), image: image.clone(), why })
                     }
@@ -170,6 +176,11 @@ impl GcPlan {
                     None => {}
                 }
             }
+        }
+        if shared_left > 0 {
+            plan.notes.push(format!(
+                "left {shared_left} shared images past `[retention] keep`: other accounts may use them; set `[retention] shared = \"deregister\"` to deregister them too"
+            ));
         }
         plan
     }
@@ -291,7 +302,7 @@ pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(
     let protected = protected_images(fleet)?;
     let survey = survey(fleet, &*cloud).await?;
     let runs = RunsInProgress::ask(&JournalDir::of(fleet), &survey, Utc::now())?;
-    let plan = GcPlan::new(&survey, &runs, &protected, fleet.retention.keep);
+    let plan = GcPlan::new(&survey, &runs, &protected, &fleet.retention);
     let outcome = execute(&plan, cloud, dry_run).await;
     Ok((plan, outcome))
 }
@@ -319,6 +330,10 @@ mod tests {
             tags,
         };
         (Region::new("us-west-2"), image)
+    }
+
+    fn keep(keep: Option<usize>) -> Retention {
+        Retention { keep, ..Retention::default() }
     }
 
     fn deregistered(plan: &GcPlan) -> Vec<&str> {
@@ -361,17 +376,47 @@ mod tests {
         let runs = RunsInProgress(BTreeMap::from([(old, false), (mid, false), (new, false), (busy.clone(), true)]));
         let protected = BTreeSet::from([ImageId::new("ami-a1")]);
 
-        let plan = GcPlan::new(&survey, &runs, &protected, Some(1));
+        let plan = GcPlan::new(&survey, &runs, &protected, &keep(Some(1)));
         // a: a4 is a run in progress, a3 the newest, a1 in the manifest; b: b3 pending, b1 failed.
         assert_eq!(deregistered(&plan), ["ami-a2", "ami-b1"]);
         assert_eq!(plan.remove.iter().map(|leftover| leftover.resource.id.as_str()).collect::<Vec<_>>(), ["i-old"]);
         assert!(plan.notes.iter().any(|note| note.contains(&busy.to_string())), "{:?}", plan.notes);
 
-        let keep_two = GcPlan::new(&survey, &runs, &protected, Some(2));
+        let keep_two = GcPlan::new(&survey, &runs, &protected, &keep(Some(2)));
         assert_eq!(deregistered(&keep_two), ["ami-b1"]);
-        let no_retention = GcPlan::new(&survey, &runs, &protected, None);
+        let no_retention = GcPlan::new(&survey, &runs, &protected, &keep(None));
         assert!(no_retention.deregister.is_empty());
         assert!(no_retention.notes.iter().any(|note| note.contains("[retention] keep")), "{:?}", no_retention.notes);
+    }
+
+    #[test]
+    fn shared_images_are_left_unless_the_retention_says_deregister() {
+        let (old, mid, new) = (run(1), run(2), run(3));
+        let shared = |(region, mut image): (Region, OwnedImage)| {
+            image.tags.insert(SHARED_TAG.into(), "true".into());
+            (region, image)
+        };
+        let survey = Survey {
+            leftovers: Vec::new(),
+            images: vec![
+                shared(image("ami-a1", "a", &old, "2026-11-26T12:00:01Z", ImageState::Available)),
+                image("ami-a2", "a", &mid, "2026-11-26T12:00:02Z", ImageState::Available),
+                shared(image("ami-a3", "a", &new, "2026-11-26T12:00:03Z", ImageState::Available)),
+                shared(image("ami-b1", "b", &old, "2026-11-26T12:00:01Z", ImageState::Failed("failed".into()))),
+            ],
+        };
+        let runs = RunsInProgress(BTreeMap::from([(old, false), (mid, false), (new, false)]));
+        let protected = BTreeSet::new();
+
+        let leave = GcPlan::new(&survey, &runs, &protected, &keep(Some(1)));
+        // a1 is shared: left, and said so; a failed image is shared with no one that can use it.
+        assert_eq!(deregistered(&leave), ["ami-a2", "ami-b1"]);
+        assert!(leave.notes.iter().any(|note| note.contains("left 1 shared images")), "{:?}", leave.notes);
+
+        let deregister = Retention { keep: Some(1), deregister_shared: true };
+        let all = GcPlan::new(&survey, &runs, &protected, &deregister);
+        assert_eq!(deregistered(&all), ["ami-a2", "ami-a1", "ami-b1"]);
+        assert!(all.notes.is_empty(), "{:?}", all.notes);
     }
 
     #[test]

@@ -198,6 +198,7 @@ mod tests {
             source_image_id: ImageId::new("ami-0"),
             snapshot_ids: Vec::new(),
             created_at: "2026-11-26T12:10:00Z".into(),
+            settings: Default::default(),
         };
         let mut first = ManifestWriter::new(path.clone(), Duration::ZERO);
         first.report(&started(&run)).unwrap();

@@ -12,13 +12,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::cloud::watch::Waits;
 use crate::cloud::{Cloud, CloudError, ImageId, ImageQuery, ImageState, OwnedImage};
-use crate::config::{Fleet, Region};
+use crate::config::{FlavorName, Fleet, Region};
 use crate::plan::{JobId, Plan};
 use crate::report::events::{Artifact, EventSender, RunEvent};
 use crate::state::journal::{Journal, JournalDir, JournalError, Replay};
 use crate::state::leftovers::{self, Leftover};
 use crate::steps::adopt;
 use crate::steps::build::PendingImage;
+use crate::steps::finish;
 use crate::steps::ledger::Ledger;
 
 /// What an earlier attempt of the run (found by `--resume`) left for a job.
@@ -51,8 +52,7 @@ struct Landing<'a> {
     job: JobId,
     region: &'a Region,
     name: &'a str,
-    /// The region the image was built in.
-    build_region: &'a Region,
+    flavor: &'a FlavorName,
 }
 
 fn landings(plan: &Plan) -> Vec<Landing<'_>> {
@@ -60,13 +60,13 @@ fn landings(plan: &Plan) -> Vec<Landing<'_>> {
         job: JobId::Build(build.index),
         region: &build.region,
         name: &build.image_name,
-        build_region: &build.region,
+        flavor: &build.flavor,
     });
     let copies = plan.copies.iter().map(|copy| Landing {
         job: JobId::Copy(copy.index),
         region: &copy.target_region,
         name: &copy.image_name,
-        build_region: &copy.source_region,
+        flavor: &copy.flavor,
     });
     builds.chain(copies).collect()
 }
@@ -74,6 +74,7 @@ fn landings(plan: &Plan) -> Vec<Landing<'_>> {
 /// What each job of the run already has, from the account and the journal; removes what earlier attempts
 /// left behind. Reports what it found and removed as events.
 pub async fn reconcile(
+    fleet: &Fleet,
     plan: &Plan,
     replay: &Replay,
     cloud: &dyn Cloud,
@@ -148,8 +149,19 @@ pub async fn reconcile(
             match &image.state {
                 ImageState::Available => {
                     let recorded = replay.available.get(&key).filter(|artifact| artifact.image_id == image.id);
-                    let artifact = recorded.cloned().unwrap_or_else(|| artifact_of(image, landing, replay, plan));
-                    priors.insert(landing.job, Prior::Available(artifact));
+                    let finished = recorded.filter(|artifact| {
+                        let flavor = fleet.flavor(landing.flavor).expect("planned from the fleet");
+                        !finish::unfinished(fleet, flavor, &artifact.settings)
+                    });
+                    match finished {
+                        Some(artifact) => priors.insert(landing.job, Prior::Available(artifact.clone())),
+                        // Available, but not (all) given what the fleet asks (IMDSv2, deprecation, sharing):
+                        // the job waits for it (at once) and finishes it.
+                        None => {
+                            let source = source_of(image, landing, replay, plan);
+                            priors.insert(landing.job, Prior::Pending(PendingImage { image: image.id.clone(), source }))
+                        }
+                    };
                 }
                 ImageState::Pending => {
                     let source = source_of(image, landing, replay, plan);
@@ -191,19 +203,4 @@ fn source_of(image: &OwnedImage, landing: &Landing, replay: &Replay, plan: &Plan
         .get(&plan.key(build))
         .map(|artifact| artifact.source_image_id.clone())
         .unwrap_or_else(|| ImageId::new("unknown"))
-}
-
-fn artifact_of(image: &OwnedImage, landing: &Landing, replay: &Replay, plan: &Plan) -> Artifact {
-    let created_at = match image.creation_date.as_str() {
-        "" => chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        date => date.to_string(),
-    };
-    Artifact {
-        image_id: image.id.clone(),
-        name: image.name.clone(),
-        build_region: landing.build_region.clone(),
-        source_image_id: source_of(image, landing, replay, plan),
-        snapshot_ids: image.snapshot_ids.clone(),
-        created_at,
-    }
 }

@@ -12,7 +12,8 @@ use crate::cloud::consistency::{once_known, Created, NewKind};
 use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{
-    client_token, CloudError, ImageId, InstanceId, KeyPairName, LaunchSpec, RegionCloud, SecurityGroupId,
+    client_token, CloudError, ImageId, ImageSummary, InstanceId, KeyPairName, LaunchSpec, RegionCloud, RootDevice,
+    SecurityGroupId,
 };
 use crate::config::{Flavor, Tags};
 use crate::plan::BuildJob;
@@ -23,6 +24,7 @@ use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, St
 use crate::steps::adopt;
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::RunContext;
+use crate::steps::finish::{self, Finishing};
 use crate::steps::ledger::{Resource, ResourceKind};
 use crate::steps::network::{self, Network, Placement};
 use crate::steps::patience::{image_not_ready, no_room, Patience, Placements, CREATE_IMAGE_PATIENCE};
@@ -150,7 +152,19 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
     let label = context.label();
     let mut end = JobEnd::default();
     match result {
-        Ok(artifact) => {
+        Ok(mut artifact) => {
+            let finishing = Finishing {
+                cloud: &*context.cloud,
+                fleet: &context.run.fleet,
+                flavor: &context.flavor,
+                region: &context.job.region,
+                image: &artifact.image_id,
+                snapshots: &artifact.snapshot_ids,
+                now: context.run.clock.now(),
+            };
+            let (settings, failures) = finish::finish(finishing).await;
+            *artifact.settings = settings;
+            end.failures.extend(failures.into_iter().map(|f| Failure::from_cloud(&label, f.stage, &f.error)));
             on_available(&artifact);
             // After the announcement: the image is usable whether or not its snapshots get their tags.
             if let Err(error) = tag_snapshots(&context, &artifact).await {
@@ -213,16 +227,24 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
 
     let (security_group, group) = create_security_group(context, stack, &network, &resource_name).await?;
 
+    let flavor = &context.flavor;
+    let mut tags = flavor.run_tags.clone();
+    tags.extend(context.temporary_tags());
     let launch_spec = LaunchSpec {
-        image_id: source.clone(),
-        instance_type: context.flavor.instance_type.clone(),
+        image_id: source.id.clone(),
+        instance_type: flavor.instance_type.clone(),
         key_name,
         security_group,
         subnet_id: None,
-        associate_public_ip: context.flavor.associate_public_ip,
+        associate_public_ip: flavor.associate_public_ip,
         client_token: String::new(),
-        tags: context.temporary_tags(),
+        tags,
+        metadata: flavor.metadata,
+        root_volume: root_device(context, &source)?,
+        iam_instance_profile: flavor.iam_instance_profile.clone(),
+        user_data: flavor.user_data.clone(),
     };
+    let source = source.id;
     let (instance, placement) = launch(context, launch_spec, &network, &[key_pair, group]).await?;
     let launched = Created::now(NewKind::Instance);
     stack.push(UndoStep::TerminateInstance { id: instance.clone(), fresh: Some(launched) });
@@ -421,6 +443,7 @@ async fn wait_for_image(
         source_image_id: source,
         snapshot_ids,
         created_at: run.clock.now_rfc3339(),
+        settings: Default::default(),
     })
 }
 
@@ -439,17 +462,37 @@ async fn tag_snapshots(context: &BuildContext, artifact: &Artifact) -> Result<()
 }
 
 /// The source image in this region: the given id, or the newest match of the filter.
-async fn resolve_source(context: &BuildContext) -> Result<ImageId, StepError> {
+async fn resolve_source(context: &BuildContext) -> Result<ImageSummary, StepError> {
     match source::find(&*context.cloud, &context.flavor.source_ami, &context.job.region).await {
         Ok(image) => {
             if !image.name.is_empty() {
                 context.progress(Stage::SourceAmi, format!("source image {} `{}`", image.id, image.name));
             }
-            Ok(image.id)
+            Ok(image)
         }
         Err(SourceError::Missing(message)) => Err(StepError::new(Stage::SourceAmi, message)),
         Err(SourceError::Cloud(error)) => Err(StepError::cloud(Stage::SourceAmi, error)),
     }
+}
+
+/// The root volume the instance launches with: the source image's root device, resized or retyped as the flavor
+/// says, and encrypted with the build region's key of `[encryption]`; `None` when neither asks for a change.
+/// The image made from it keeps that encryption (CreateImage snapshots the volume as it is).
+fn root_device(context: &BuildContext, source: &ImageSummary) -> Result<Option<RootDevice>, StepError> {
+    let kms_key = context.run.fleet.encryption.as_ref().and_then(|e| e.key_for(&context.job.region)).map(String::from);
+    if context.flavor.root_volume.is_none() && kms_key.is_none() {
+        return Ok(None);
+    }
+    let device_name = source.root_device.clone().ok_or_else(|| {
+        StepError::new(
+            Stage::SourceAmi,
+            format!(
+                "source image {} names no root device, so its root volume cannot be set (root_volume, [encryption])",
+                source.id
+            ),
+        )
+    })?;
+    Ok(Some(RootDevice { device_name, volume: context.flavor.root_volume.clone().unwrap_or_default(), kms_key }))
 }
 
 /// The temporary security group (in the build's VPC) and its one ingress rule (`ssh.port` from the build's

@@ -19,6 +19,7 @@ use crate::plan::CopyJob;
 use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Stage};
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::RunContext;
+use crate::steps::finish::{self, Finishing};
 use crate::steps::patience::{no_room, Patience};
 
 pub struct CopyContext {
@@ -97,6 +98,17 @@ pub async fn run(context: CopyContext) -> CopyEnd {
             return end;
         }
     };
+    let finishing = Finishing {
+        cloud: &*context.cloud,
+        fleet: &run.fleet,
+        flavor: &context.flavor,
+        region: &context.job.target_region,
+        image: &image,
+        snapshots: &snapshot_ids,
+        now: run.clock.now(),
+    };
+    let (settings, failures) = finish::finish(finishing).await;
+    end.end.failures.extend(failures.into_iter().map(|f| Failure::from_cloud(&label, f.stage, &f.error)));
     if let Err(error) = tag_snapshots(&context, &snapshot_ids, &tags).await {
         end.end.failures.push(Failure::from_cloud(&label, Stage::Tag, &error));
     }
@@ -107,6 +119,7 @@ pub async fn run(context: CopyContext) -> CopyEnd {
         source_image_id: context.source.source_image_id.clone(),
         snapshot_ids,
         created_at: run.clock.now_rfc3339(),
+        settings: Box::new(settings),
     });
     end
 }
@@ -158,6 +171,12 @@ async fn start(context: &CopyContext, label: &JobLabel, tags: &Tags) -> Result<I
             description: run.fleet.ami_description.clone(),
             client_token: copy_token(context, tries),
             tags: tags.clone(),
+            kms_key: run
+                .fleet
+                .encryption
+                .as_ref()
+                .and_then(|e| e.key_for(&context.job.target_region))
+                .map(String::from),
         };
         if context.cancel.is_cancelled() {
             return Err(Failure::new(label, Stage::Interrupted, "not started: the run was interrupted"));

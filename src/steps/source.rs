@@ -27,11 +27,14 @@ pub async fn find(cloud: &dyn RegionCloud, source: &SourceAmi, region: &Region) 
         SourceAmi::Id(id) => {
             let id = ImageId(id.clone());
             let found = cloud.describe_images(std::slice::from_ref(&id)).await.map_err(SourceError::Cloud)?;
-            match found.first().map(|image| &image.state) {
-                Some(ImageState::Available) => {
-                    Ok(ImageSummary { id, name: String::new(), creation_date: String::new() })
-                }
-                Some(state) => {
+            match found.first().map(|image| (&image.state, &image.root_device)) {
+                Some((ImageState::Available, root_device)) => Ok(ImageSummary {
+                    id,
+                    name: String::new(),
+                    creation_date: String::new(),
+                    root_device: root_device.clone(),
+                }),
+                Some((state, _)) => {
                     Err(SourceError::Missing(format!("source image {id} in {region} is not available: {state:?}")))
                 }
                 None => Err(SourceError::Missing(format!("source image {id} does not exist in {region}"))),

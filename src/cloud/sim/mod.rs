@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use model::ImageAttributes;
 use model::{Model, SimRegion};
 
 use crate::cloud::{Action, Cloud, CloudResult, Identity, ImageState, InstanceId, InstanceState, RegionCloud};
@@ -60,6 +61,9 @@ pub struct SimImageReport {
     /// The image's `fleetbake:run-id` tag, and its snapshot's: how a test sees that both were tagged.
     pub run_id_tag: Option<String>,
     pub snapshot_run_id_tag: Option<String>,
+    /// Its encryption, IMDSv2 support, deprecation and permissions.
+    #[serde(skip_serializing_if = "ImageAttributes::is_default")]
+    pub attributes: ImageAttributes,
 }
 
 impl SimCloud {
@@ -130,6 +134,7 @@ impl SimCloud {
                     available: image.state(now) == ImageState::Available,
                     run_id_tag: state.tag_of(id.as_str(), "fleetbake:run-id"),
                     snapshot_run_id_tag: state.tag_of(image.snapshot().as_str(), "fleetbake:run-id"),
+                    attributes: image.attributes.clone(),
                 })
                 .collect();
             images.sort_by(|a, b| a.id.cmp(&b.id));

@@ -27,8 +27,8 @@ use super::catalog::{self, PublicImage};
 use crate::cloud::limiter::ClassBuckets;
 use crate::cloud::{
     fnv1a, Action, CloudError, CloudResult, CopySpec, ErrorKind, ImageId, ImageQuery, ImageState, ImageStatus,
-    ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, LaunchSpec, OwnedImage, PrivateKey,
-    RegionCloud, SecurityGroupId, SnapshotId, Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
+    ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, KmsKey, LaunchPermissions, LaunchSpec,
+    OwnedImage, PrivateKey, RegionCloud, SecurityGroupId, SnapshotId, Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
 };
 use crate::config::{
     ApiRates, Bucket, FaultEffect, FaultTrigger, ImageFilter, Region, SimFault, SimSettings, SubnetLookup, Tags,
@@ -194,6 +194,22 @@ pub struct SimImage {
     copied: bool,
     /// It ends `failed` (at `available_at`), with this reason (`[sim] faults` `image_state`).
     pub fails: Option<String>,
+    /// What EC2 keeps of it that moto does not (encryption of a copy, deprecation, launch permissions).
+    pub attributes: ImageAttributes,
+}
+
+/// An image's attributes as the model keeps them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImageAttributes {
+    /// The KMS key its snapshot is encrypted with.
+    pub kms_key: Option<String>,
+    pub imds_v2: bool,
+    /// RFC 3339.
+    pub deprecation_time: Option<String>,
+    /// Accounts, organization and OU ARNs, `all`.
+    pub launch_permissions: Vec<String>,
+    /// Accounts that may create volumes from its snapshot.
+    pub snapshot_permissions: Vec<String>,
 }
 
 impl SimImage {
@@ -221,6 +237,8 @@ pub struct SimInstance {
     launch_failure: Option<String>,
     security_group: SecurityGroupId,
     public_ip: String,
+    /// The KMS key its root volume is encrypted with: CreateImage's snapshot gets it.
+    volume_key: Option<String>,
 }
 
 impl SimInstance {
@@ -288,10 +306,16 @@ impl RegionState {
                 id: id.clone(),
                 state,
                 snapshot_ids: vec![snapshot],
+                root_device: Some(ROOT_DEVICE.into()),
             });
         }
         let public = self.public_images.contains_key(id) || is_image_id(id.as_str());
-        public.then(|| ImageStatus { id: id.clone(), state: ImageState::Available, snapshot_ids: Vec::new() })
+        public.then(|| ImageStatus {
+            id: id.clone(),
+            state: ImageState::Available,
+            snapshot_ids: Vec::new(),
+            root_device: Some(ROOT_DEVICE.into()),
+        })
     }
 
     /// The instance, if it exists and other calls know it yet.
@@ -300,6 +324,15 @@ impl RegionState {
         match launched_at {
             Some(at) if self.settled(at, now) => Ok(self.instances.get_mut(id).expect("just looked up")),
             _ => refuse("InvalidInstanceID.NotFound", format!("The instance ID '{id}' does not exist")),
+        }
+    }
+
+    /// The account's own image, if it exists and other calls know it yet.
+    fn known_image(&mut self, id: &ImageId, now: Instant) -> Result<&mut SimImage, Refusal> {
+        let created_at = self.images.get(id).map(|image| image.created_at);
+        match created_at {
+            Some(at) if self.settled(at, now) => Ok(self.images.get_mut(id).expect("just looked up")),
+            _ => refuse("InvalidAMIID.NotFound", format!("The image id '[{id}]' does not exist")),
         }
     }
 
@@ -342,6 +375,20 @@ impl RegionState {
 fn carries(stored: Option<&Tags>, wanted: &Tags) -> bool {
     wanted.iter().all(|(key, value)| stored.and_then(|tags| tags.get(key)) == Some(value))
 }
+
+impl ImageAttributes {
+    pub fn is_default(&self) -> bool {
+        self == &ImageAttributes::default()
+    }
+}
+
+/// `alias/aws/ebs` and the like: keys AWS manages for a service.
+fn is_aws_managed_key(key: &str) -> bool {
+    key.starts_with(crate::config::AWS_MANAGED_KEY_ALIASES)
+}
+
+/// The root device of every image in the model.
+const ROOT_DEVICE: &str = "/dev/xvda";
 
 /// A deterministic id of the model's own (`vpc-…`, `subnet-…`) for what it synthesizes from `seed`.
 fn synthesized(prefix: &str, seed: &str) -> String {
@@ -452,7 +499,12 @@ impl RegionCloud for SimRegion {
             }
             Ok(found
                 .into_iter()
-                .map(|image| ImageSummary { id: image.id, name: image.name, creation_date: image.creation_date })
+                .map(|image| ImageSummary {
+                    id: image.id,
+                    name: image.name,
+                    creation_date: image.creation_date,
+                    root_device: Some(ROOT_DEVICE.into()),
+                })
                 .collect())
         })
         .await
@@ -654,6 +706,7 @@ impl RegionCloud for SimRegion {
                     launch_failure,
                     security_group: spec.security_group.clone(),
                     public_ip,
+                    volume_key: spec.root_volume.as_ref().and_then(|root| root.kms_key.clone()),
                 },
             );
             Self::merge_tags(state, id.as_str(), &spec.tags);
@@ -728,7 +781,9 @@ impl RegionCloud for SimRegion {
         let snapshot = SnapshotId::new(self.model.id("snap"));
         let available_at = Instant::now() + self.model.jittered(self.model.settings.create_image);
         self.call(Action::CreateImage, |state, now| {
-            match state.known_instance(instance, now)?.state(now) {
+            let found = state.known_instance(instance, now)?;
+            let volume_key = found.volume_key.clone();
+            match found.state(now) {
                 InstanceState::ShuttingDown | InstanceState::Terminated => {
                     return refuse("IncorrectInstanceState", format!("The instance '{instance}' is terminated"))
                 }
@@ -740,7 +795,15 @@ impl RegionCloud for SimRegion {
             let fails = self.image_fault(Action::CreateImage);
             state.images.insert(
                 id.clone(),
-                SimImage { name: name.to_string(), created_at: now, available_at, snapshot, copied: false, fails },
+                SimImage {
+                    name: name.to_string(),
+                    created_at: now,
+                    available_at,
+                    snapshot,
+                    copied: false,
+                    fails,
+                    attributes: ImageAttributes { kms_key: volume_key, ..ImageAttributes::default() },
+                },
             );
             Self::merge_tags(state, id.as_str(), tags);
             Ok(id)
@@ -749,10 +812,11 @@ impl RegionCloud for SimRegion {
     }
 
     async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId> {
-        let source_ready = {
+        let (source_ready, source_key) = {
             let source = self.model.region(&spec.source_region);
             let mut source = source.state.lock().expect("not poisoned");
-            source.image_status(&spec.source_image, Instant::now()).map(|status| status.state)
+            let key = source.images.get(&spec.source_image).and_then(|image| image.attributes.kms_key.clone());
+            (source.image_status(&spec.source_image, Instant::now()).map(|status| status.state), key)
         };
         let id = ImageId::new(self.model.id("ami"));
         let snapshot = SnapshotId::new(self.model.id("snap"));
@@ -789,7 +853,18 @@ impl RegionCloud for SimRegion {
             state.client_tokens.insert(spec.client_token.clone(), id.to_string());
             state.images.insert(
                 id.clone(),
-                SimImage { name: spec.name.clone(), created_at: now, available_at, snapshot, copied: true, fails },
+                SimImage {
+                    name: spec.name.clone(),
+                    created_at: now,
+                    available_at,
+                    snapshot,
+                    copied: true,
+                    fails,
+                    attributes: ImageAttributes {
+                        kms_key: spec.kms_key.clone().or(source_key),
+                        ..ImageAttributes::default()
+                    },
+                },
             );
             // CopyImage's TagSpecifications: the copy is tagged from the start.
             Self::merge_tags(state, id.as_str(), &spec.tags);
@@ -905,6 +980,86 @@ impl RegionCloud for SimRegion {
             state.tags.remove(id.as_str());
             state.orphan_snapshots.insert(image.snapshot);
             Ok(())
+        })
+        .await
+    }
+
+    async fn require_imdsv2(&self, image: &ImageId) -> CloudResult<()> {
+        self.call(Action::ModifyImageAttribute, |state, now| {
+            state.known_image(image, now)?.attributes.imds_v2 = true;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn deprecate_image(&self, image: &ImageId, at: chrono::DateTime<chrono::Utc>) -> CloudResult<()> {
+        self.call(Action::EnableImageDeprecation, |state, now| {
+            let time = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            state.known_image(image, now)?.attributes.deprecation_time = Some(time);
+            Ok(())
+        })
+        .await
+    }
+
+    /// EC2 refuses to share an image whose snapshots are encrypted with the AWS-managed key (only a
+    /// customer-managed key's policy can let other accounts use it).
+    async fn share_image(&self, image: &ImageId, with: &LaunchPermissions) -> CloudResult<()> {
+        self.call(Action::ModifyImageAttribute, |state, now| {
+            let found = state.known_image(image, now)?;
+            if found.attributes.kms_key.as_deref().is_some_and(is_aws_managed_key) {
+                return refuse(
+                    "InvalidParameter",
+                    format!("Snapshots encrypted with the AWS Managed CMK can't be shared ({image})"),
+                );
+            }
+            let mut granted: Vec<String> = with.accounts.clone();
+            granted.extend(with.organizations.iter().cloned());
+            granted.extend(with.organizational_units.iter().cloned());
+            if with.public {
+                granted.push("all".into());
+            }
+            for grant in granted {
+                if !found.attributes.launch_permissions.contains(&grant) {
+                    found.attributes.launch_permissions.push(grant);
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn share_snapshot(&self, snapshot: &SnapshotId, accounts: &[String]) -> CloudResult<()> {
+        self.call(Action::ModifySnapshotAttribute, |state, now| {
+            let image = state.images.iter().find(|(_, image)| &image.snapshot == snapshot).map(|(id, _)| id.clone());
+            let Some(image) = image else {
+                return refuse("InvalidSnapshot.NotFound", format!("The snapshot '{snapshot}' does not exist."));
+            };
+            let found = state.known_image(&image, now)?;
+            if found.attributes.kms_key.as_deref().is_some_and(is_aws_managed_key) {
+                return refuse(
+                    "InvalidParameter",
+                    format!("Snapshots encrypted with the AWS Managed CMK can't be shared ({snapshot})"),
+                );
+            }
+            for account in accounts {
+                if !found.attributes.snapshot_permissions.contains(account) {
+                    found.attributes.snapshot_permissions.push(account.clone());
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every key exists and is enabled; `alias/aws/…` are AWS-managed.
+    async fn describe_key(&self, key: &str) -> CloudResult<Option<KmsKey>> {
+        let region = self.region.clone();
+        self.call(Action::DescribeKey, |_, _| {
+            Ok(Some(KmsKey {
+                arn: format!("arn:aws:kms:{region}:{}:key/{}", super::SIMULATED_ACCOUNT, synthesized("k", key)),
+                enabled: true,
+                aws_managed: is_aws_managed_key(key),
+            }))
         })
         .await
     }
