@@ -9,15 +9,6 @@ use crate::matrix::{fleet_header_at, read_manifest, AL2023};
 /// moto's default VPCs are 172.31.0.0/16.
 const DEFAULT_VPC_CIDR: &str = "172.31.0.0/16";
 
-/// The value of `key` in a form-encoded request body (`FromPort=123`).
-fn field<'a>(body: &'a str, key: &str) -> Vec<&'a str> {
-    body.split('&').filter_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')).collect()
-}
-
-fn decoded(value: &str) -> String {
-    value.replace("%2F", "/").replace("%3A", ":")
-}
-
 #[test]
 fn no_default_vpc_subnets_found_by_tags_in_each_build_region() {
     let moto = Moto::start();

@@ -84,6 +84,57 @@ impl Drop for Moto {
     }
 }
 
+impl Moto {
+    /// A KMS client for `region`.
+    pub fn kms(&self, region: &str) -> aws_sdk_kms::Client {
+        let config = aws_sdk_kms::Config::builder()
+            .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+            .region(aws_sdk_kms::config::Region::new(region.to_string()))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+            .build();
+        aws_sdk_kms::Client::from_conf(config)
+    }
+
+    /// A customer-managed key in `region` with `alias` (`alias/…`); its ARN.
+    pub async fn create_key(&self, region: &str, alias: &str) -> String {
+        let kms = self.kms(region);
+        let key = kms.create_key().description("fleetbake test key").send().await.unwrap();
+        let metadata = key.key_metadata().unwrap();
+        kms.create_alias().alias_name(alias).target_key_id(metadata.key_id()).send().await.unwrap();
+        metadata.arn().unwrap().to_string()
+    }
+
+    /// An IAM instance profile (IAM is global). Through moto's query API with a made-up signature: there is no
+    /// IAM SDK crate in the build, and moto does not check signatures.
+    pub fn create_instance_profile(&self, name: &str) {
+        use std::io::{Read, Write};
+        let body = format!("Action=CreateInstanceProfile&InstanceProfileName={name}&Version=2010-05-08");
+        let host = self.endpoint.trim_start_matches("http://");
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=testing/20261127/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = TcpStream::connect(host).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "CreateInstanceProfile: {response}");
+    }
+}
+
+/// The values of `key` in a form-encoded request body (`FromPort=123`).
+pub fn field<'a>(body: &'a str, key: &str) -> Vec<&'a str> {
+    body.split('&').filter_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')).collect()
+}
+
+/// A form-encoded value as text.
+pub fn decoded(value: &str) -> String {
+    value.replace("%2F", "/").replace("%3A", ":").replace("%2B", "+").replace("%3D", "=")
+}
+
 /// A private sshd on 127.0.0.1 that accepts any public key for `fbtest`.
 pub struct Sshd {
     child: Child,
@@ -259,6 +310,8 @@ pub enum Answer {
     Fail(Fault),
     /// Forward, then pass the response body through this before answering.
     Rewrite(fn(String) -> String),
+    /// Answer with this body, HTTP 200, instead of forwarding: what EC2 answers to a call moto lacks.
+    Reply(&'static str),
 }
 
 /// An HTTP proxy in front of moto that can answer chosen requests with EC2 errors, or rewrite moto's
@@ -267,8 +320,8 @@ pub struct FaultProxy {
     pub endpoint: String,
     requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     altered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    /// Every request's body, in order.
-    recorded: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Every request's action and body, in order.
+    recorded: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
 type Rule = dyn Fn(&Request) -> Answer + Send + Sync;
@@ -294,12 +347,13 @@ impl FaultProxy {
                     (upstream.clone(), Arc::clone(&requests), Arc::clone(&counter), Arc::clone(&rule));
                 let recording = Arc::clone(&recording);
                 std::thread::spawn(move || {
-                    let _ = proxy_connection(client, &upstream, |body| {
+                    let _ = proxy_connection(client, &upstream, |head, body| {
                         let body = String::from_utf8_lossy(body);
-                        recording.lock().unwrap().push(body.to_string());
+                        let action = action_of(head, &body);
+                        recording.lock().unwrap().push((action.clone(), body.to_string()));
                         let request = Request {
                             number: requests.fetch_add(1, Ordering::SeqCst) + 1,
-                            action: body.split('&').find_map(|pair| pair.strip_prefix("Action=")).unwrap_or_default(),
+                            action: &action,
                             body: &body,
                         };
                         let answer = rule(&request);
@@ -319,19 +373,15 @@ impl FaultProxy {
         FaultProxy::start(upstream, |_| Answer::Forward)
     }
 
-    /// The bodies of the requests for `action` it has seen, in order (URL-encoded, as sent).
+    /// The bodies of the requests for `action` it has seen, in order (URL-encoded or JSON, as sent).
     pub fn bodies(&self, action: &str) -> Vec<String> {
-        let prefix = format!("Action={action}&");
-        self.recorded.lock().unwrap().iter().filter(|body| body.starts_with(&prefix)).cloned().collect()
+        let recorded = self.recorded.lock().unwrap();
+        recorded.iter().filter(|(seen, _)| seen == action).map(|(_, body)| body.clone()).collect()
     }
 
     /// The actions of every request it has seen, in order.
     pub fn actions(&self) -> Vec<String> {
-        let recorded = self.recorded.lock().unwrap();
-        recorded
-            .iter()
-            .map(|body| body.split('&').find_map(|pair| pair.strip_prefix("Action=")).unwrap_or_default().to_string())
-            .collect()
+        self.recorded.lock().unwrap().iter().map(|(action, _)| action.clone()).collect()
     }
 
     /// A proxy that answers every `action` request with `fault` and forwards the rest.
@@ -365,8 +415,26 @@ impl FaultProxy {
     }
 }
 
+/// A request's action: `Action=` of a query-protocol body (EC2, STS), else the operation of a JSON protocol's
+/// `X-Amz-Target` header (KMS: `TrentService.DescribeKey` → `DescribeKey`).
+fn action_of(head: &str, body: &str) -> String {
+    if let Some(action) = body.split('&').find_map(|pair| pair.strip_prefix("Action=")) {
+        return action.to_string();
+    }
+    head.lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("x-amz-target").then(|| value.trim().rsplit('.').next().unwrap_or("").to_string())
+        })
+        .unwrap_or_default()
+}
+
 /// Serves one client connection request by request (keep-alive), answering each as `decide` says.
-fn proxy_connection(client: TcpStream, upstream: &str, mut decide: impl FnMut(&[u8]) -> Answer) -> std::io::Result<()> {
+fn proxy_connection(
+    client: TcpStream,
+    upstream: &str,
+    mut decide: impl FnMut(&str, &[u8]) -> Answer,
+) -> std::io::Result<()> {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut reader = BufReader::new(client.try_clone()?);
     let mut client = client;
@@ -387,9 +455,17 @@ fn proxy_connection(client: TcpStream, upstream: &str, mut decide: impl FnMut(&[
         let length = content_length(&head_text).unwrap_or(0);
         let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
-        let rewrite = match decide(&body) {
+        let rewrite = match decide(&head_text, &body) {
             Answer::Fail(fault) => {
                 client.write_all(fault.response().as_bytes())?;
+                continue;
+            }
+            Answer::Reply(body) => {
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                client.write_all(response.as_bytes())?;
                 continue;
             }
             Answer::Forward => None,

@@ -6,6 +6,7 @@ mod corpus;
 mod harness;
 mod layout;
 mod matrix;
+mod organization;
 mod plan;
 mod resume;
 mod sim;

@@ -673,3 +673,68 @@ fn a_launch_without_capacity_in_one_zone_moves_to_another_subnet() {
     assert!(makespan < before + 30.0, "{makespan} s against {before} s: no capacity wait");
     assert_nothing_left(&run);
 }
+
+/// An organization's images: every image (copies too) encrypted with its region's key, IMDSv2 required,
+/// deprecated on time, shared; the manifest says so per image. Where sharing a snapshot is refused, the image
+/// stays (in the manifest, without `shared_with`), the job fails at `share`, and the rest is unaffected.
+#[test]
+fn images_are_encrypted_shared_and_deprecated_and_a_refused_share_keeps_the_image() {
+    let workspace = Workspace::new();
+    let organization =
+        "[fleet]\nname = \"simtest\"\nami_name = \"{flavor}-{build_region}-{run_id}\"\ndeprecate_after = \"30d\"\n\n\
+        [encryption]\nkms_keys = { us-west-2 = \"alias/images-west\", \"*\" = \"alias/images\" }\n\n\
+        [sharing]\naccounts = [\"111122223333\"]\nsnapshot_accounts = [\"111122223333\"]\n";
+    let sim = "faults = [{ action = \"ModifySnapshotAttribute\", region = \"ap-southeast-2\", error = \"UnauthorizedOperation\", probability = 1.0 }]";
+    let text = fleet(sim, "").replacen(
+        "[fleet]\nname = \"simtest\"\nami_name = \"{flavor}-{build_region}-{run_id}\"\n",
+        organization,
+        1,
+    );
+    let run = run_sim(&workspace, &text);
+    assert_eq!(run.outcome.code, 1, "stderr:\n{}", run.outcome.stderr);
+    let mut refused = failures(&run.manifest);
+    refused.sort();
+    let expected = |flavor: &str| {
+        (
+            "ap-southeast-2".to_string(),
+            "share".to_string(),
+            Some("UnauthorizedOperation".to_string()),
+            flavor.to_string(),
+        )
+    };
+    let refused: Vec<_> =
+        refused.into_iter().map(|(flavor, region, stage, code)| (region, stage, code, flavor)).collect();
+    assert_eq!(refused, [expected("al2023"), expected("ubuntu")]);
+
+    let images = run.summary["sim"]["images"].as_array().unwrap();
+    assert_eq!(images.len(), 10, "{images:?}");
+    for (flavor, regions) in run.manifest["artifacts"].as_object().unwrap() {
+        assert_eq!(regions.as_object().unwrap().len(), 5, "{flavor}: every image is in the manifest");
+        for (region, artifact) in regions.as_object().unwrap() {
+            let case = format!("{flavor} in {region}");
+            let key = if region == "us-west-2" { "alias/images-west" } else { "alias/images" };
+            let image = images.iter().find(|image| image["id"] == artifact["image_id"]).expect("in the account");
+            let attributes = &image["attributes"];
+            // What the account holds is what the manifest says.
+            assert_eq!(attributes["kms_key"], key, "{case}: the copy is encrypted with its own region's key");
+            assert_eq!(artifact["kms_key_id"], key, "{case}");
+            assert_eq!(attributes["imds_v2"], true, "{case}");
+            assert_eq!(artifact["imds_support"], "v2.0", "{case}");
+            assert_eq!(attributes["deprecation_time"], artifact["deprecation_time"], "{case}");
+            let deprecation: chrono::DateTime<chrono::Utc> =
+                artifact["deprecation_time"].as_str().unwrap().parse().unwrap();
+            let created: chrono::DateTime<chrono::Utc> = artifact["created_at"].as_str().unwrap().parse().unwrap();
+            assert!((deprecation - created - chrono::TimeDelta::days(30)).num_seconds().abs() <= 60, "{case}");
+            assert_eq!(attributes["launch_permissions"], serde_json::json!(["111122223333"]), "{case}");
+            if region == "ap-southeast-2" {
+                assert!(artifact.get("shared_with").is_none(), "{case}: not (all) shared: {artifact}");
+                assert_eq!(attributes["snapshot_permissions"], serde_json::json!([]), "{case}");
+            } else {
+                let shared = serde_json::json!({ "accounts": ["111122223333"], "snapshot_accounts": ["111122223333"] });
+                assert_eq!(artifact["shared_with"], shared, "{case}");
+                assert_eq!(attributes["snapshot_permissions"], serde_json::json!(["111122223333"]), "{case}");
+            }
+        }
+    }
+    assert_nothing_left(&run);
+}

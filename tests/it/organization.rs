@@ -1,0 +1,299 @@
+//! Images an organization can use: IMDSv2 and a hop limit on the build instance and IMDSv2 required by the
+//! images, a sized, encrypted root volume, an instance profile, user data, run tags; encryption with each
+//! region's own key (copies too), launch and create-volume permissions for accounts, an organization and an OU,
+//! a deprecation time; a missing key found by the preflight; and the IAM policy in `docs/` covering every call.
+//! Through the binary, aws-sdk-ec2 (and -kms, -sts) → a recording proxy → moto, and openssh → sshd.
+//!
+//! moto keeps the launch's metadata options, volumes (while the instance lives), profile, user data, launch
+//! and create-volume permissions; it ignores CopyImage's `Encrypted`/`KmsKeyId` and does not implement
+//! EnableImageDeprecation (HTTP 500). For those the test asserts on the requests sent, and the proxy answers
+//! EnableImageDeprecation as EC2 documents it.
+
+use std::collections::BTreeSet;
+
+use crate::harness::*;
+use crate::matrix::{fleet_header_at, read_manifest, AL2023};
+
+const ACCOUNT: &str = "111122223333";
+const ORGANIZATION: &str = "arn:aws:organizations::123456789012:organization/o-abc123def4";
+const OU: &str = "arn:aws:organizations::123456789012:ou/o-abc123def4/ou-ab12-cd34ef56";
+
+/// EC2's answer to EnableImageDeprecation (moto answers HTTP 500).
+const DEPRECATION_ANSWER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+    <EnableImageDeprecationResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+    <requestId>fleetbake-test</requestId><return>true</return></EnableImageDeprecationResponse>";
+
+/// Permissions fleetbake needs without calling them itself: passing the profile's role to EC2, and what EC2
+/// does with the keys on its behalf (encrypted volumes, snapshots and copies).
+const IMPLIED: [&str; 6] = [
+    "iam:PassRole",
+    "kms:CreateGrant",
+    "kms:Decrypt",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+];
+
+fn policy_actions() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/iam-policy.json")).unwrap();
+    let policy: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut actions = BTreeSet::new();
+    for statement in policy["Statement"].as_array().unwrap() {
+        for action in statement["Action"].as_array().unwrap() {
+            assert!(actions.insert(action.as_str().unwrap().to_string()), "{action} listed twice");
+        }
+    }
+    actions
+}
+
+#[test]
+fn the_iam_policy_allows_every_call_fleetbake_makes_and_nothing_else() {
+    let mut expected: BTreeSet<String> = fleetbake::cloud::Action::ALL.iter().map(|action| action.iam_name()).collect();
+    expected.extend(IMPLIED.iter().map(|action| action.to_string()));
+    assert_eq!(policy_actions(), expected);
+}
+
+fn organization_fleet(endpoint: &str, sshd: &Sshd, gate: &std::path::Path) -> String {
+    let header = fleet_header_at(endpoint, sshd)
+        .replacen("tags = { Team = \"platform\" }\n", "tags = { Team = \"platform\" }\ndeprecate_after = \"90d\"\n", 1)
+        .replacen(
+            "tags = { ManagedBy = \"fleetbake\" }\n",
+            "tags = { ManagedBy = \"fleetbake\" }\n\
+             metadata = { http_tokens = \"required\", hop_limit = 2 }\n\
+             root_volume = { size_gb = 20, type = \"gp3\", iops = 3000, throughput = 125 }\n\
+             iam_instance_profile = \"fleetbake-builder\"\n\
+             user_data = \"#!/bin/sh\\necho configured by user data\\n\"\n\
+             run_tags = { CostCenter = \"builds\" }\n",
+            1,
+        );
+    format!(
+        "{header}\n[encryption]\nkms_keys = {{ us-west-2 = \"alias/images-west\", us-east-1 = \"alias/images-east\" }}\n\n\
+         [sharing]\naccounts = [\"{ACCOUNT}\"]\norganizations = [\"{ORGANIZATION}\"]\norganizational_units = [\"{OU}\"]\n\
+         snapshot_accounts = [\"{ACCOUNT}\"]\n\n\
+         [[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"echo holding\", \"{}\"] }}]\n\n\
+         [regions]\nus-west-2 = [\"us-east-1\"]\n",
+        wait_for_gate(gate),
+    )
+}
+
+#[test]
+fn an_organization_fleet_gets_encrypted_shared_deprecated_imdsv2_images() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let proxy = FaultProxy::start(&moto.endpoint, |request| match request.action {
+        "EnableImageDeprecation" => Answer::Reply(DEPRECATION_ANSWER),
+        _ => Answer::Forward,
+    });
+    moto.create_instance_profile("fleetbake-builder");
+    let west_key = runtime().block_on(moto.create_key("us-west-2", "alias/images-west"));
+    let workspace = Workspace::new();
+    let gate = workspace.path("gate");
+    let fleet_path = workspace.write("fleet.toml", &organization_fleet(&proxy.endpoint, &sshd, &gate));
+
+    // us-east-1 has no key yet: the preflight says so, and the run does not start.
+    let outcome = fleetbake(&["preflight", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 1, "stdout:\n{}\nstderr:\n{}", outcome.stdout, outcome.stderr);
+    assert!(
+        outcome.stdout.contains(&format!("ok   us-west-2: KMS key `alias/images-west`: {west_key}")),
+        "{}",
+        outcome.stdout
+    );
+    assert!(
+        outcome.stdout.contains("FAIL us-east-1: KMS key `alias/images-east` is not found in us-east-1"),
+        "{}",
+        outcome.stdout
+    );
+    runtime().block_on(moto.create_key("us-east-1", "alias/images-east"));
+
+    let mut running = Running::start(&["matrix", fleet_path.to_str().unwrap()], &[]);
+    running.read_until("base/us-west-2: holding");
+    // Mid-build: the instance as launched.
+    runtime().block_on(async {
+        let client = moto.client("us-west-2");
+        let volumes = client.describe_volumes().send().await.unwrap();
+        let volume = volumes.volumes().iter().find(|volume| volume.size() == Some(20)).expect("a 20 GiB root volume");
+        assert_eq!(volume.volume_type().map(|t| t.as_str()), Some("gp3"));
+        assert_eq!(volume.encrypted(), Some(true));
+        assert_eq!(volume.kms_key_id(), Some("alias/images-west"), "the build region's key");
+        assert_eq!(volume.iops(), Some(3000));
+        // The instance profile is associated while the instance lives (moto checks that it exists).
+        let reservations = client.describe_instances().send().await.unwrap();
+        let instance = &reservations.reservations()[0].instances()[0];
+        let profile = instance.iam_instance_profile().and_then(|p| p.arn()).unwrap_or_default();
+        assert!(profile.ends_with("/fleetbake-builder"), "{profile}");
+    });
+    std::fs::write(&gate, "").unwrap();
+    let (code, rest) = running.finish();
+    assert_eq!(code, Some(0), "{rest}");
+
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "complete");
+    let deprecations = proxy.bodies("EnableImageDeprecation");
+    assert_eq!(deprecations.len(), 2, "the build and its copy");
+    runtime().block_on(async {
+        for (region, key) in [("us-west-2", "alias/images-west"), ("us-east-1", "alias/images-east")] {
+            let artifact = &manifest["artifacts"]["base"][region];
+            let image = artifact["image_id"].as_str().unwrap();
+            assert_eq!(artifact["kms_key_id"], key, "{artifact}");
+            assert_eq!(artifact["imds_support"], "v2.0", "{artifact}");
+            assert_eq!(artifact["shared_with"]["accounts"], serde_json::json!([ACCOUNT]), "{artifact}");
+            assert_eq!(artifact["shared_with"]["organizations"], serde_json::json!([ORGANIZATION]), "{artifact}");
+            // Deprecated 90 days after it was made, to the minute, as the request said.
+            let deprecation = artifact["deprecation_time"].as_str().unwrap();
+            let at: chrono::DateTime<chrono::Utc> = deprecation.parse().unwrap();
+            let created: chrono::DateTime<chrono::Utc> = artifact["created_at"].as_str().unwrap().parse().unwrap();
+            assert!((at - created - chrono::TimeDelta::days(90)).num_seconds().abs() <= 60, "{artifact}");
+            let request = deprecations.iter().find(|body| field(body, "ImageId") == [image]).expect("deprecated");
+            assert_eq!(field(request, "DeprecateAt").iter().map(|v| decoded(v)).collect::<Vec<_>>(), [deprecation]);
+
+            // Who may launch it, and create volumes from its snapshot, as moto keeps it.
+            let client = moto.client(region);
+            let permissions = client
+                .describe_image_attribute()
+                .image_id(image)
+                .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+                .send()
+                .await
+                .unwrap();
+            let mut granted: Vec<String> = permissions
+                .launch_permissions()
+                .iter()
+                .map(|p| {
+                    let any = p.user_id().or(p.organization_arn()).or(p.organizational_unit_arn());
+                    any.unwrap_or("?").to_string()
+                })
+                .collect();
+            granted.sort();
+            let mut expected = vec![ACCOUNT.to_string(), ORGANIZATION.to_string(), OU.to_string()];
+            expected.sort();
+            assert_eq!(granted, expected, "{region}");
+            for snapshot in artifact["snapshot_ids"].as_array().unwrap() {
+                let attribute = client
+                    .describe_snapshot_attribute()
+                    .snapshot_id(snapshot.as_str().unwrap())
+                    .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+                    .send()
+                    .await
+                    .unwrap();
+                let accounts: Vec<_> =
+                    attribute.create_volume_permissions().iter().filter_map(|p| p.user_id()).collect();
+                assert_eq!(accounts, [ACCOUNT], "{region} {snapshot}");
+            }
+            let images = client.describe_images().image_ids(image).send().await.unwrap();
+            let tags = images.images()[0].tags();
+            assert!(tags.iter().any(|t| t.key() == Some("fleetbake:shared") && t.value() == Some("true")), "{tags:?}");
+        }
+
+        // The build instance (terminated, still listed): IMDSv2 only with a hop limit of 2, the run tags, the user
+        // data.
+        let client = moto.client("us-west-2");
+        let reservations = client.describe_instances().send().await.unwrap();
+        let instances: Vec<_> = reservations.reservations().iter().flat_map(|r| r.instances()).collect();
+        assert_eq!(instances.len(), 1);
+        let instance = instances[0];
+        let options = instance.metadata_options().unwrap();
+        assert_eq!(options.http_tokens().map(|t| t.as_str()), Some("required"));
+        assert_eq!(options.http_put_response_hop_limit(), Some(2));
+        assert!(instance.tags().iter().any(|t| t.key() == Some("CostCenter") && t.value() == Some("builds")));
+        let user_data = client
+            .describe_instance_attribute()
+            .instance_id(instance.instance_id().unwrap())
+            .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+            .send()
+            .await
+            .unwrap();
+        use base64::Engine;
+        let encoded = user_data.user_data().and_then(|value| value.value()).unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
+        assert_eq!(String::from_utf8(decoded).unwrap(), "#!/bin/sh\necho configured by user data\n");
+    });
+
+    // What moto does not keep: the copy encrypted with the destination's key; both images made to require
+    // IMDSv2.
+    let copies = proxy.bodies("CopyImage");
+    assert_eq!(copies.len(), 1);
+    assert_eq!(field(&copies[0], "Encrypted"), ["true"]);
+    assert_eq!(field(&copies[0], "KmsKeyId").iter().map(|v| decoded(v)).collect::<Vec<_>>(), ["alias/images-east"]);
+    let imds: Vec<String> = proxy
+        .bodies("ModifyImageAttribute")
+        .iter()
+        .filter(|body| !field(body, "ImdsSupport.Value").is_empty())
+        .map(|body| field(body, "ImdsSupport.Value")[0].to_string())
+        .collect();
+    assert_eq!(imds, ["v2.0", "v2.0"]);
+
+    // Every call the run made is one the IAM policy allows.
+    let allowed = policy_actions();
+    for action in proxy.actions() {
+        let named = fleetbake::cloud::Action::from_name(&action).map(|action| action.iam_name());
+        let named = named.unwrap_or_else(|| panic!("{action}: a call fleetbake does not list"));
+        assert!(allowed.contains(&named), "{named} is not in docs/iam-policy.json");
+    }
+    assert!(proxy.actions().iter().any(|action| action == "DescribeKey"), "the preflight described the keys");
+}
+
+/// Killed after an image became available but before it was finished (here: while EC2 is deprecating it), a
+/// resumed run finishes that image rather than build it again, and goes on to its copy.
+#[test]
+fn an_image_available_but_unfinished_when_the_run_died_is_finished_on_resume() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let gate = workspace.path("gate");
+    let held = gate.clone();
+    // EnableImageDeprecation is held until the gate exists (a minute at most), then answered as EC2 does.
+    let proxy = FaultProxy::start(&moto.endpoint, move |request| match request.action {
+        "EnableImageDeprecation" => {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !held.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Answer::Reply(DEPRECATION_ANSWER)
+        }
+        _ => Answer::Forward,
+    });
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = [\"us-east-1\"]\n",
+        fleet_header_at(&proxy.endpoint, &sshd).replacen(
+            "tags = { Team = \"platform\" }\n",
+            "tags = { Team = \"platform\" }\ndeprecate_after = \"30d\"\n",
+            1
+        )
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let mut running = Running::start(&["matrix", fleet_path.to_str().unwrap()], &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while proxy.bodies("EnableImageDeprecation").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no deprecation asked for");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    running.child.0.kill().unwrap();
+    running.child.0.wait().unwrap();
+    let killed = read_manifest(&workspace);
+    assert!(killed["artifacts"].as_object().unwrap().is_empty(), "not finished, not announced: {killed}");
+
+    std::fs::write(&gate, "").unwrap();
+    let resumed = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
+    assert_eq!(resumed.code, 0, "stderr:\n{}", resumed.stderr);
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "complete", "{manifest}");
+    assert_eq!(proxy.bodies("CreateImage").len(), 1, "the image was not built again");
+    assert_eq!(proxy.bodies("CopyImage").len(), 1);
+    let deprecated: Vec<String> =
+        proxy.bodies("EnableImageDeprecation").iter().map(|body| field(body, "ImageId")[0].to_string()).collect();
+    for region in ["us-west-2", "us-east-1"] {
+        let artifact = &manifest["artifacts"]["base"][region];
+        assert!(artifact["deprecation_time"].is_string(), "{region}: {artifact}");
+        let image = artifact["image_id"].as_str().unwrap().to_string();
+        assert!(deprecated.contains(&image), "{region}: {image} in {deprecated:?}");
+    }
+    // The build image was asked twice: once by the killed process, once by the resumed one.
+    let build = manifest["artifacts"]["base"]["us-west-2"]["image_id"].as_str().unwrap();
+    assert_eq!(deprecated.iter().filter(|image| *image == build).count(), 2, "{deprecated:?}");
+    runtime().block_on(async {
+        for region in ["us-west-2", "us-east-1"] {
+            crate::cloud_state::assert_nothing_temporary_left(&moto.client(region), region).await;
+        }
+    });
+}
