@@ -738,3 +738,38 @@ fn images_are_encrypted_shared_and_deprecated_and_a_refused_share_keeps_the_imag
     }
     assert_nothing_left(&run);
 }
+
+/// An AWS-managed key named by its ARN (which `validate` cannot tell from a customer's): the preflight refuses
+/// to share images encrypted with it; past the preflight, EC2 (the model) refuses the share and the image stays.
+#[test]
+fn sharing_an_image_encrypted_with_the_aws_managed_key_is_refused() {
+    let workspace = Workspace::new();
+    let keys: Vec<String> = ["us-west-2", "us-east-1", "eu-west-1", "eu-central-1", "ap-southeast-2"]
+        .iter()
+        .map(|region| format!("{region} = \"arn:aws:kms:{region}:123456789012:alias/aws/ebs\""))
+        .collect();
+    let text = format!(
+        "{}\n[encryption]\nkms_keys = {{ {} }}\n\n[sharing]\naccounts = [\"111122223333\"]\n",
+        fleet("", ""),
+        keys.join(", ")
+    );
+    let fleet_path = workspace.write("fleet.toml", &text);
+    let preflight = fleetbake(&["preflight", fleet_path.to_str().unwrap(), "--cloud", "sim"]);
+    assert_eq!(preflight.code, 1, "{}{}", preflight.stdout, preflight.stderr);
+    let refusal = "FAIL us-west-2: KMS key `arn:aws:kms:us-west-2:123456789012:alias/aws/ebs` (";
+    assert!(preflight.stdout.contains(refusal), "{}", preflight.stdout);
+    assert!(
+        preflight.stdout.contains("is AWS-managed: images encrypted with it cannot be shared"),
+        "{}",
+        preflight.stdout
+    );
+
+    let run = run_sim_with(&workspace, &text, &["--no-preflight"]);
+    assert_eq!(run.outcome.code, 1, "stderr:\n{}", run.outcome.stderr);
+    let failures = failures(&run.manifest);
+    assert_eq!(failures.len(), 10, "every image: {failures:?}");
+    assert!(failures.iter().all(|f| f.2 == "share" && f.3.as_deref() == Some("InvalidParameter")), "{failures:?}");
+    let artifacts = run.manifest["artifacts"].as_object().unwrap();
+    assert_eq!(artifacts.values().map(|regions| regions.as_object().unwrap().len()).sum::<usize>(), 10);
+    assert_nothing_left(&run);
+}

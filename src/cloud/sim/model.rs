@@ -382,9 +382,10 @@ impl ImageAttributes {
     }
 }
 
-/// `alias/aws/ebs` and the like: keys AWS manages for a service.
+/// `alias/aws/ebs` and the like (by alias or alias ARN): keys AWS manages for a service.
 fn is_aws_managed_key(key: &str) -> bool {
-    key.starts_with(crate::config::AWS_MANAGED_KEY_ALIASES)
+    let alias = key.rsplit_once(':').map_or(key, |(_, alias)| alias);
+    alias.starts_with(crate::config::AWS_MANAGED_KEY_ALIASES)
 }
 
 /// The root device of every image in the model.
