@@ -58,7 +58,7 @@ fn run(scenario: &Scenario, strategy: Strategy, workdir: &Path) -> Measured {
     let fleet =
         config::parse(&fleet_path, &text).unwrap_or_else(|errors| panic!("the synthetic fleet is valid: {errors}"));
     let reporters: Vec<Box<dyn Reporter>> = vec![
-        Box::new(TerminalReporter::new(std::io::sink())),
+        Box::new(TerminalReporter::new(std::io::sink(), false)),
         Box::new(fleetbake::state::manifest::ManifestWriter::new(
             workdir.join("manifest.sim.json"),
             Duration::from_secs(60),
@@ -71,7 +71,13 @@ fn run(scenario: &Scenario, strategy: Strategy, workdir: &Path) -> Measured {
         .expect("a Tokio runtime starts");
     reset_peak_rss();
     let (_interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
-    let options = MatrixOptions { fail_fast: false, summary_json: None, resume: false, preflight: true };
+    let options = MatrixOptions {
+        fail_fast: false,
+        summary_json: None,
+        resume: false,
+        preflight: true,
+        output: Default::default(),
+    };
     let cpu_before = thread_cpu_time();
     let started = Instant::now();
     let outcome = runtime

@@ -3,6 +3,7 @@
 #   - moto's standalone EC2 server (PyPI `moto[server]`) in a private venv
 #   - a real sshd (Debian `openssh-server`), not started as a system service
 #   - the unprivileged login user the test sshd lets in (`fbtest`)
+#   - `script` (a pseudo-terminal for the live view's tests) and `pkill` (Debian `bsdutils`, `procps`)
 # Prints the path of `moto_server` on its last line.
 set -euo pipefail
 
@@ -25,6 +26,19 @@ if [ ! -x /usr/sbin/sshd ]; then
   fi
   apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server >&2
+fi
+
+missing=()
+command -v script >/dev/null 2>&1 || missing+=(bsdutils)
+command -v pkill >/dev/null 2>&1 || missing+=(procps)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing ${missing[*]}" >&2
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: ${missing[*]} missing and installing needs root (apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
 if ! id fbtest >/dev/null 2>&1; then

@@ -12,7 +12,7 @@ use fleetbake::cloud::aws::AwsCloud;
 use fleetbake::cloud::limiter::{ApiLimits, Pacing, RetryPolicy};
 use fleetbake::cloud::Cloud;
 use fleetbake::config;
-use fleetbake::engine::run::{self, MatrixOptions, RunOutcome, Strategy};
+use fleetbake::engine::run::{self, EventsTo, MatrixOptions, OutputOptions, RunOutcome, Strategy, View};
 use fleetbake::engine::scheduler::Interrupt;
 use fleetbake::plan::{Plan, RunId};
 use fleetbake::state::journal::JournalError;
@@ -27,6 +27,9 @@ struct Cli {
     /// More log detail on stderr (`-v` debug, `-vv` trace, for fleetbake's own code)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Print only failures and the end-of-run summary
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,11 +39,17 @@ enum Command {
     /// Parse and check a fleet file; no AWS calls
     Validate { fleet: PathBuf },
     /// Print the builds and copies a fleet file expands to; no AWS calls
-    Plan { fleet: PathBuf },
+    Plan {
+        fleet: PathBuf,
+        #[command(flatten)]
+        select: Select,
+    },
     /// Check, with read-only calls, everything a run would need (who it acts as, networks, source images,
     /// instance types, image names, regions), and report every problem at once; creates nothing
     Preflight {
         fleet: PathBuf,
+        #[command(flatten)]
+        select: Select,
         /// `aws`, or `sim`: the simulated EC2 `[sim]` describes
         #[arg(long, value_enum, default_value_t = CloudChoice::Aws)]
         cloud: CloudChoice,
@@ -48,6 +57,8 @@ enum Command {
     /// Bake every flavor × build region, copy each image to its targets, write the manifest
     Matrix {
         fleet: PathBuf,
+        #[command(flatten)]
+        select: Select,
         /// Start no new job after the first failure (running ones finish and clean up)
         #[arg(long)]
         fail_fast: bool,
@@ -64,7 +75,23 @@ enum Command {
         /// Skip the preflight checks the run otherwise makes before its first mutating call
         #[arg(long)]
         no_preflight: bool,
+        /// Plain timestamped lines even on a terminal (the live view is drawn only when stderr is a TTY)
+        #[arg(long)]
+        plain: bool,
+        /// Write every event as one JSON object per line here (`-` for stdout), flushed per line
+        #[arg(long, value_name = "PATH")]
+        events: Option<PathBuf>,
+        /// Also write the run in Packer's manifest format here (over `[fleet] packer_manifest`)
+        #[arg(long, value_name = "PATH")]
+        packer_manifest: Option<PathBuf>,
     },
+    /// Read manifests: one image id for a script, or what changed between two runs
+    Manifest {
+        #[command(subcommand)]
+        command: ManifestCommand,
+    },
+    /// Print a shell completion script (`fleetbake completions bash > /etc/bash_completion.d/fleetbake`)
+    Completions { shell: clap_complete::Shell },
     /// Remove what fleetbake runs left: temporary instances, security groups and key pairs of runs not in
     /// progress, and images beyond `[retention] keep` (never one the current manifest names)
     Gc {
@@ -73,6 +100,66 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ManifestCommand {
+    /// Print the image id of a flavor in a region; exit 1 if the manifest has none
+    Get {
+        flavor: String,
+        region: String,
+        #[arg(long, default_value = "manifest.json")]
+        manifest: PathBuf,
+    },
+    /// Print what changed from OLD to NEW: flavors added or removed, regions gained or lost, new image ids
+    Diff { old: PathBuf, new: PathBuf },
+}
+
+/// Which builds of the fleet: `flavor` or `flavor/build-region`, `*` globs; a selected build keeps its copies.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct Select {
+    /// Only builds matching this pattern (repeatable)
+    #[arg(long, value_name = "PATTERN")]
+    only: Vec<String>,
+    /// Not the builds matching this pattern (repeatable)
+    #[arg(long, value_name = "PATTERN")]
+    except: Vec<String>,
+}
+
+impl Select {
+    fn is_empty(&self) -> bool {
+        self.only.is_empty() && self.except.is_empty()
+    }
+}
+
+/// Loads the fleet file and narrows it to `select`; every problem printed, exit 2.
+fn load(path: &std::path::Path, select: &Select) -> Result<config::Fleet, ExitCode> {
+    let mut fleet = config::load(path).map_err(bad_input)?;
+    let parse = |texts: &[String]| -> Result<Vec<config::JobPattern>, Vec<String>> {
+        let parsed: Vec<_> = texts.iter().map(|text| config::JobPattern::parse(text)).collect();
+        let problems: Vec<String> = parsed.iter().filter_map(|result| result.clone().err()).collect();
+        if problems.is_empty() {
+            Ok(parsed.into_iter().map(Result::unwrap).collect())
+        } else {
+            Err(problems)
+        }
+    };
+    let selection = match (parse(&select.only), parse(&select.except)) {
+        (Ok(only), Ok(except)) => config::Selection { only, except },
+        (only, except) => {
+            for problem in only.err().into_iter().flatten().chain(except.err().into_iter().flatten()) {
+                eprintln!("error: {problem}");
+            }
+            return Err(ExitCode::from(EXIT_BAD_INPUT));
+        }
+    };
+    if let Err(problems) = fleet.select(selection) {
+        for problem in problems {
+            eprintln!("error: {problem}");
+        }
+        return Err(ExitCode::from(EXIT_BAD_INPUT));
+    }
+    Ok(fleet)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -100,13 +187,23 @@ fn main() -> ExitCode {
             }
             Err(errors) => bad_input(errors),
         },
-        Command::Plan { fleet } => match config::load(&fleet) {
+        Command::Plan { fleet, select } => match load(&fleet, &select) {
             Ok(loaded) => {
                 print!("{}", Plan::new(&loaded, RunId::generate(Utc::now()), Utc::now()));
                 ExitCode::SUCCESS
             }
-            Err(errors) => bad_input(errors),
+            Err(code) => code,
         },
+        Command::Manifest { command } => manifest(command),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "fleetbake",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Command::Gc { fleet, dry_run } => {
             let loaded = match config::load(&fleet) {
                 Ok(loaded) => loaded,
@@ -115,18 +212,33 @@ fn main() -> ExitCode {
             let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
             runtime.block_on(gc(loaded, &fleet, dry_run))
         }
-        Command::Preflight { fleet, cloud } => {
-            let loaded = match config::load(&fleet) {
+        Command::Preflight { fleet, select, cloud } => {
+            let loaded = match load(&fleet, &select) {
                 Ok(loaded) => loaded,
-                Err(errors) => return bad_input(errors),
+                Err(code) => return code,
             };
             let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
             runtime.block_on(preflight(loaded, cloud))
         }
-        Command::Matrix { fleet, fail_fast, cloud, summary_json, resume, no_preflight } => {
-            let loaded = match config::load(&fleet) {
+        Command::Matrix {
+            fleet,
+            select,
+            fail_fast,
+            cloud,
+            summary_json,
+            resume,
+            no_preflight,
+            plain,
+            events,
+            packer_manifest,
+        } => {
+            if resume && !select.is_empty() {
+                eprintln!("error: --resume makes the interrupted run's own selection; leave out --only and --except");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            let loaded = match load(&fleet, &select) {
                 Ok(loaded) => loaded,
-                Err(errors) => return bad_input(errors),
+                Err(code) => return code,
             };
             if resume && cloud == CloudChoice::Sim {
                 eprintln!(
@@ -134,7 +246,17 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
-            let options = MatrixOptions { fail_fast, summary_json, resume, preflight: !no_preflight };
+            let view = if cli.quiet {
+                View::Quiet
+            } else if !plain && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                View::Live
+            } else {
+                View::Plain
+            };
+            let events =
+                events.map(|path| if path.as_os_str() == "-" { EventsTo::Stdout } else { EventsTo::File(path) });
+            let output = OutputOptions { view, events, packer_manifest };
+            let options = MatrixOptions { fail_fast, summary_json, resume, preflight: !no_preflight, output };
             match cloud {
                 CloudChoice::Aws => {
                     let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
@@ -290,6 +412,49 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// `fleetbake manifest get|diff`.
+fn manifest(command: ManifestCommand) -> ExitCode {
+    use fleetbake::state::manifest::Manifest;
+    let read = |path: &std::path::Path| {
+        Manifest::read(path).map_err(|error| {
+            eprintln!("error: cannot read the manifest `{}`: {error}", path.display());
+            ExitCode::from(EXIT_BAD_INPUT)
+        })
+    };
+    match command {
+        ManifestCommand::Get { flavor, region, manifest } => {
+            let manifest = match read(&manifest) {
+                Ok(manifest) => manifest,
+                Err(code) => return code,
+            };
+            match manifest.image(&flavor, &region) {
+                Some(image) => {
+                    println!("{image}");
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    eprintln!("error: the manifest has no image of `{flavor}` in {region}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
+        }
+        ManifestCommand::Diff { old, new } => {
+            let (old, new) = match (read(&old), read(&new)) {
+                (Ok(old), Ok(new)) => (old, new),
+                (Err(code), _) | (_, Err(code)) => return code,
+            };
+            let changes = fleetbake::state::manifest::diff(&old, &new);
+            if changes.is_empty() {
+                println!("no change: the same images in the same regions");
+            }
+            for change in changes {
+                println!("{change}");
+            }
+            ExitCode::SUCCESS
         }
     }
 }

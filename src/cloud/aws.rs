@@ -278,6 +278,7 @@ impl RegionCloud for AwsRegion {
                     name: image.name().unwrap_or_default().to_string(),
                     creation_date: image.creation_date().unwrap_or_default().to_string(),
                     root_device: image.root_device_name().map(str::to_string),
+                    owner: image.owner_id().map(str::to_string),
                 })
             })
             .collect())

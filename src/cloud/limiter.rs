@@ -41,12 +41,22 @@ pub enum Pacing {
     Adaptive,
 }
 
-/// Counters across every region of a run.
-#[derive(Debug, Default)]
+/// Counters across every region of a run, and who is told of each throttle.
+#[derive(Default)]
 pub struct ApiStats {
     calls: DashMap<(Region, Action), u64>,
     throttled: AtomicU64,
     retries: AtomicU64,
+    on_throttle: std::sync::OnceLock<ThrottleObserver>,
+}
+
+/// Told of every `RequestLimitExceeded` answer (the engine turns it into an event).
+pub type ThrottleObserver = Box<dyn Fn(&Region, Action) + Send + Sync>;
+
+impl std::fmt::Debug for ApiStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiStats").field("throttled", &self.throttled).field("retries", &self.retries).finish()
+    }
 }
 
 impl ApiStats {
@@ -60,6 +70,11 @@ impl ApiStats {
     }
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Tells `observer` of every throttle from now on (the first observer set stays).
+    pub fn observe_throttles(&self, observer: ThrottleObserver) {
+        let _ = self.on_throttle.set(observer);
     }
 }
 
@@ -124,6 +139,9 @@ impl RegionLimiter {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 if error.kind == ErrorKind::Throttled {
                     self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    if let Some(observer) = self.stats.on_throttle.get() {
+                        observer(&self.region, action);
+                    }
                     if let Some(rate) = self.adaptive(action.class()) {
                         rate.throttled();
                     }

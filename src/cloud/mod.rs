@@ -10,6 +10,7 @@
 pub mod adaptive;
 pub mod aws;
 pub mod consistency;
+pub mod hints;
 mod limited;
 pub mod limiter;
 pub mod sim;
@@ -157,6 +158,8 @@ pub struct ImageSummary {
     pub creation_date: String,
     /// The device its root volume is attached as (`/dev/xvda`): a launch overriding the root volume names it.
     pub root_device: Option<String>,
+    /// The account that owns it, where EC2 says.
+    pub owner: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

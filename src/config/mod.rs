@@ -7,9 +7,12 @@
 
 pub mod api;
 mod schema;
+mod selection;
 mod spans;
 pub mod template;
 mod validate;
+
+pub use selection::{JobPattern, Selection};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,6 +41,8 @@ pub struct Fleet {
     pub ami_name: NameTemplate,
     pub ami_description: Option<String>,
     pub manifest_path: PathBuf,
+    /// Where the run is also written in Packer's manifest format, if anywhere (`packer_manifest`).
+    pub packer_manifest_path: Option<PathBuf>,
     /// The fleet's own tags (`[fleet] tags`).
     pub tags: Tags,
     pub flavors: Vec<Flavor>,
@@ -56,6 +61,8 @@ pub struct Fleet {
     pub sharing: Sharing,
     /// Images are deprecated this long after they are made (`[fleet] deprecate_after`).
     pub deprecate_after: Option<Duration>,
+    /// `--only` / `--except` of this run (not in the file): which of the matrix's builds it makes.
+    pub selection: Selection,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -90,6 +90,7 @@ pub struct FleetSection {
     pub ami_name: Option<String>,
     pub ami_description: Option<String>,
     pub manifest: Option<String>,
+    pub packer_manifest: Option<String>,
     pub deprecate_after: Option<String>,
     #[serde(default)]
     pub tags: TagMap,

@@ -227,6 +227,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
         ami_name,
         ami_description: raw.fleet.ami_description,
         manifest_path,
+        packer_manifest_path: raw.fleet.packer_manifest.as_deref().map(|path| checker.base_dir.join(path)),
         tags: raw.fleet.tags,
         flavors,
         regions,
@@ -261,6 +262,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
             .deprecate_after
             .as_deref()
             .and_then(|text| checker.duration(fleet_path.key("deprecate_after"), text)),
+        selection: Selection::default(),
     };
     check_selection(checker, &fleet);
     check_subnets(checker, &fleet, &subnet_paths);
@@ -1336,8 +1338,16 @@ fn fault_effect(
 }
 
 impl Fleet {
-    /// The flavor × build region pairs the matrix selects, in flavor-file order then region order.
+    /// The flavor × build region pairs the run builds: what the file's `[matrix]` selects, then `--only` /
+    /// `--except`; in flavor-file order then region order.
     pub fn selected_pairs(&self) -> Vec<(&Flavor, &Region)> {
+        let mut pairs = self.matrix_pairs();
+        pairs.retain(|(flavor, region)| self.selection.admits(&flavor.name, region));
+        pairs
+    }
+
+    /// The pairs the file's `[matrix]` selects.
+    fn matrix_pairs(&self) -> Vec<(&Flavor, &Region)> {
         let mut pairs = Vec::new();
         for flavor in &self.flavors {
             let selected = self.matrix.flavors.as_ref().is_none_or(|names| names.contains(&flavor.name));
@@ -1351,6 +1361,35 @@ impl Fleet {
             }
         }
         pairs
+    }
+
+    /// Narrows the run to `selection`. Every pattern must match a build of the matrix, and something must be
+    /// left: otherwise the problems, one per pattern (a typo must not make a run that builds nothing, or
+    /// everything).
+    pub fn select(&mut self, selection: Selection) -> Result<(), Vec<String>> {
+        let pairs = self.matrix_pairs();
+        let mut problems = Vec::new();
+        let options = [("--only", &selection.only), ("--except", &selection.except)];
+        for (option, patterns) in options {
+            for pattern in patterns {
+                if !pairs.iter().any(|(flavor, region)| pattern.matches(&flavor.name, region)) {
+                    let known: Vec<String> = pairs.iter().map(|(f, r)| format!("{}/{r}", f.name)).collect();
+                    problems.push(format!(
+                        "{option} `{pattern}` matches no build of `{}` (its builds: {})",
+                        self.file.display(),
+                        known.join(", ")
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() && !pairs.iter().any(|(flavor, region)| selection.admits(&flavor.name, region)) {
+            problems.push(format!("`{selection}` leaves no build of `{}` to make", self.file.display()));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        self.selection = selection;
+        Ok(())
     }
 
     /// The flavor of this name.

@@ -87,8 +87,14 @@ pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud) -> Preflight {
             preflight.push(
                 None,
                 Outcome::Fail(format!(
-                    "cannot tell who the credentials are: {error}; check the credential chain (environment, `[aws] profile`, SSO, instance role){}",
-                    fleet.aws.role.as_ref().map(|role| format!(" and that it may assume {}", role.arn)).unwrap_or_default()
+                    "cannot tell who the credentials are: {error}; the credentials in use: {}{}",
+                    crate::cloud::hints::credential_source(),
+                    fleet
+                        .aws
+                        .role
+                        .as_ref()
+                        .map(|role| format!("; and that they may assume {}", role.arn))
+                        .unwrap_or_default()
                 )),
             );
             // Every other check would fail the same way.

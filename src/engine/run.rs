@@ -18,14 +18,17 @@ use crate::engine::limits::RunLimits;
 use crate::engine::preflight::{self, Preflight};
 use crate::engine::scheduler::{BuildSlotRelease, Interrupt, RunSummary, Scheduler};
 use crate::engine::summary::RunStatistics;
+use crate::plan::bound::{Caps, JobDurations};
 use crate::plan::{Plan, RunId};
 use crate::remote::net::{self, DetectError};
 use crate::remote::sim::SimCommunicator;
 use crate::remote::{Communicator, SshCommunicator};
+use crate::report::estimate::Estimator;
 use crate::report::events::{EventSender, RunEvent};
-use crate::report::{self, ReportError, Reporter, TerminalReporter};
+use crate::report::{self, JsonLinesReporter, LiveReporter, ReportError, Reporter, TerminalReporter};
 use crate::state::journal::{Journal, JournalDir, JournalError, Replay, RunLock};
 use crate::state::manifest::ManifestWriter;
+use crate::state::packer::PackerManifestWriter;
 use crate::steps::context::RunContext;
 use crate::steps::ledger::Ledger;
 use crate::steps::network::SshSources;
@@ -45,6 +48,8 @@ pub enum RunError {
     Resume(#[from] crate::cloud::CloudError),
     #[error("preflight: {} of {} checks failed; nothing was created (`--no-preflight` skips it)", .0.failures().count(), .0.checks.len())]
     Preflight(Preflight),
+    #[error("cannot open `{path}` for the events: {error}")]
+    Events { path: PathBuf, error: std::io::Error },
 }
 
 pub struct MatrixOptions {
@@ -55,6 +60,36 @@ pub struct MatrixOptions {
     pub resume: bool,
     /// Where to write the run statistics, if anywhere.
     pub summary_json: Option<PathBuf>,
+    pub output: OutputOptions,
+}
+
+/// What the run shows a person, and what it writes for machines besides the manifest.
+#[derive(Clone, Debug, Default)]
+pub struct OutputOptions {
+    pub view: View,
+    /// `--events`: every event as a JSON line.
+    pub events: Option<EventsTo>,
+    /// `--packer-manifest`, over `[fleet] packer_manifest`.
+    pub packer_manifest: Option<PathBuf>,
+}
+
+/// How the run shows itself on stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum View {
+    /// The live view (stderr is a terminal).
+    Live,
+    /// Timestamped lines (CI logs, `--plain`).
+    #[default]
+    Plain,
+    /// Failures and the summary only (`-q`).
+    Quiet,
+}
+
+/// Where `--events` goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventsTo {
+    Stdout,
+    File(PathBuf),
 }
 
 /// How a run waits and gives build slots back: fleetbake's way, or (for comparison in the benches) the way
@@ -89,14 +124,14 @@ pub struct RunOutcome {
 
 /// Runs the whole matrix against AWS (or whatever `[aws] endpoint_url` points at).
 pub async fn matrix(
-    fleet: Fleet,
+    mut fleet: Fleet,
     options: MatrixOptions,
     interrupts: mpsc::UnboundedReceiver<Interrupt>,
 ) -> Result<RunOutcome, RunError> {
     // One run of a fleet file at a time, then the journal: either stops the run before any AWS call.
     let run_lock = RunLock::acquire(&JournalDir::of(&fleet))?;
     let start = if options.resume {
-        let (replay, plan) = crate::state::resume::prepare(&fleet)?;
+        let (replay, plan) = crate::state::resume::prepare(&mut fleet)?;
         Start::Resume { replay: Box::new(replay), plan }
     } else {
         Start::fresh(&fleet, Some(JournalDir::of(&fleet)))
@@ -121,7 +156,7 @@ pub async fn matrix(
         limits: Arc::clone(&limits),
         strategy: Strategy::FLEETBAKE,
         fail_fast: options.fail_fast,
-        reporters: standard_reporters(&fleet, Duration::ZERO),
+        reporters: standard_reporters(&fleet, start.plan(), Duration::ZERO, &options.output)?,
         run_lock: Some(run_lock),
         preflight,
     };
@@ -148,6 +183,7 @@ pub async fn matrix_simulated(
 ) -> Result<RunOutcome, RunError> {
     let mut fleet = fleet;
     fleet.manifest_path = simulated_manifest_path(&fleet);
+    fleet.packer_manifest_path = fleet.packer_manifest_path.map(|path| path.with_extension("sim.json"));
     let fleet = Arc::new(fleet);
     let ssh_sources = match &fleet.ssh.source_cidrs {
         Some(cidrs) => SshSources::Configured(cidrs.clone()),
@@ -170,7 +206,10 @@ pub async fn matrix_simulated(
         strategy,
         fail_fast: options.fail_fast,
         // A virtual night makes thousands of events; the manifest is rewritten at most every simulated minute.
-        reporters: reporters.unwrap_or_else(|| standard_reporters(&fleet, Duration::from_secs(60))),
+        reporters: match reporters {
+            Some(reporters) => reporters,
+            None => standard_reporters(&fleet, start.plan(), Duration::from_secs(60), &options.output)?,
+        },
         // The simulated account is this process's own: no other run can share it.
         run_lock: None,
         preflight,
@@ -215,12 +254,48 @@ fn finish(
     Ok(RunOutcome { summary, statistics })
 }
 
-/// The terminal lines and the manifest writer.
-pub fn standard_reporters(fleet: &Fleet, manifest_interval: Duration) -> Vec<Box<dyn Reporter>> {
-    vec![
-        Box::new(TerminalReporter::stderr()),
-        Box::new(ManifestWriter::new(fleet.manifest_path.clone(), manifest_interval)),
-    ]
+/// The view on stderr, the manifest writer, and what `output` asks for besides: the events as JSON lines, the
+/// Packer-format manifest.
+pub fn standard_reporters(
+    fleet: &Fleet,
+    plan: &Plan,
+    manifest_interval: Duration,
+    output: &OutputOptions,
+) -> Result<Vec<Box<dyn Reporter>>, RunError> {
+    let mut reporters: Vec<Box<dyn Reporter>> = vec![match output.view {
+        View::Live => Box::new(LiveReporter::new(Some(estimator(fleet, plan)))),
+        View::Plain => Box::new(TerminalReporter::stderr(false)),
+        View::Quiet => Box::new(TerminalReporter::stderr(true)),
+    }];
+    reporters.push(Box::new(ManifestWriter::new(fleet.manifest_path.clone(), manifest_interval)));
+    match &output.events {
+        Some(EventsTo::Stdout) => {
+            reporters.push(Box::new(JsonLinesReporter::new(Box::new(std::io::stdout()), "stdout")))
+        }
+        Some(EventsTo::File(path)) => {
+            let file = std::fs::File::create(path).map_err(|error| RunError::Events { path: path.clone(), error })?;
+            let target = path.display().to_string();
+            reporters.push(Box::new(JsonLinesReporter::new(Box::new(std::io::LineWriter::new(file)), target)));
+        }
+        None => {}
+    }
+    if let Some(path) = output.packer_manifest.clone().or_else(|| fleet.packer_manifest_path.clone()) {
+        reporters.push(Box::new(PackerManifestWriter::new(path)));
+    }
+    Ok(reporters)
+}
+
+/// The live view's estimate of the finish: the plan's critical path with this run's durations, before any
+/// measured, the previous run's (from its journal), else the `[sim]` table's.
+fn estimator(fleet: &Fleet, plan: &Plan) -> Estimator {
+    let caps = Caps {
+        builds: fleet.limits.max_parallel_builds,
+        copies_per_region: fleet.limits.max_parallel_copies_per_region,
+        copy_bucket: fleet.limits.api.copy_image,
+    };
+    let fallback =
+        JournalDir::of(fleet).previous_durations(plan).unwrap_or_else(|| JobDurations::simulated(plan, fleet));
+    Estimator::new(plan.clone(), caps, fallback)
 }
 
 /// How long an abandoned run gives its reporters to write the manifest's last state.
@@ -303,7 +378,11 @@ impl Execution {
             attempt,
         });
 
-        let (events, receiver) = EventSender::channel();
+        let (events, receiver) = EventSender::channel(clock);
+        let throttles = events.downgrade();
+        self.limits.stats().observe_throttles(Box::new(move |region, action| {
+            throttles.send(RunEvent::Throttled { region: region.clone(), action: action.to_string() });
+        }));
         let reporting = tokio::spawn(report::pump(receiver, self.reporters));
         if let Some(preflight) = &self.preflight {
             events.send(RunEvent::PreflightPassed { checks: preflight.checks.len() });

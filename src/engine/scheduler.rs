@@ -20,7 +20,9 @@ use crate::plan::bound::JobTiming;
 use crate::plan::deps::DependencyQueue;
 use crate::plan::{JobId, Plan};
 use crate::remote::Communicator;
-use crate::report::events::{Artifact, EventSender, Failure, InProgress, JobEnd, JobLabel, RunEvent, RunStatus, Stage};
+use crate::report::events::{
+    Artifact, EventSender, Failure, InProgress, JobEnd, JobKind, JobLabel, PlannedLanding, RunEvent, RunStatus, Stage,
+};
 use crate::state::journal::{Journal, Record};
 use crate::state::leftovers;
 use crate::state::resume::Prior;
@@ -133,6 +135,8 @@ impl Scheduler {
             started_at: plan.started_at,
             builds: plan.builds.len(),
             copies: plan.copies.len(),
+            planned: plan.jobs().map(|job| self.landing(job)).collect(),
+            selective: !plan.selection.is_everything(),
         });
         let (loop_sender, mut loop_events) = mpsc::unbounded_channel::<LoopEvent>();
         let mut queue = plan.dependency_queue();
@@ -289,7 +293,13 @@ impl Scheduler {
                 }
             }
             LoopEvent::JobDone { job, end, slot } => {
-                state.timings.entry(job).or_default().ended = Some(self.run.clock.elapsed());
+                let timing = state.timings.entry(job).or_default();
+                timing.ended = Some(self.run.clock.elapsed());
+                if let (Some(ended), true) = (timing.ended, slot.is_some()) {
+                    let since = |at: std::time::Duration| at.saturating_sub(timing.started).as_secs_f64();
+                    let to_image = timing.available.map(since);
+                    self.journal.record(Record::JobTimed { job: self.plan.key(job), to_image, to_end: since(ended) });
+                }
                 self.release(job, slot, state);
                 let left_in_progress = end.in_progress.is_some();
                 if let Some(image_id) = end.in_progress {
@@ -305,6 +315,7 @@ impl Scheduler {
                 if failures.is_empty() {
                     if !left_in_progress {
                         state.succeeded += 1;
+                        self.events.send(RunEvent::JobSucceeded { job: self.landing(job).job });
                     }
                     return ControlFlow::Continue;
                 }
@@ -348,6 +359,16 @@ impl Scheduler {
             }
         }
         ControlFlow::Continue
+    }
+
+    /// A job as reporters know it.
+    fn landing(&self, job: JobId) -> PlannedLanding {
+        let (flavor, region) = self.plan.placement(job);
+        let (kind, build_region) = match job {
+            JobId::Build(index) => (JobKind::Build, self.plan.builds[index].region.clone()),
+            JobId::Copy(index) => (JobKind::Copy, self.plan.copies[index].source_region.clone()),
+        };
+        PlannedLanding { job: JobLabel { flavor: flavor.clone(), region: region.clone() }, kind, build_region }
     }
 
     /// Gives a finished job's slot back, or keeps a build's until its copies end.
@@ -429,6 +450,8 @@ impl Scheduler {
                 let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else { break };
                 let job = state.waiting.get_mut(&pool).and_then(VecDeque::pop_front).expect("checked non-empty");
                 state.timings.insert(job, JobTiming { started: self.run.clock.elapsed(), ..JobTiming::default() });
+                let PlannedLanding { job: label, kind, .. } = self.landing(job);
+                self.events.send(RunEvent::JobStarted { job: label, kind });
                 let task = self.spawn(job, slot, state, loop_sender, tasks);
                 task_jobs.insert(task, job);
             }

@@ -12,7 +12,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{FlavorName, Fleet, NameContext, Region, RUN_ID_LENGTH};
+use crate::config::{FlavorName, Fleet, NameContext, Region, Selection, RUN_ID_LENGTH};
 use crate::plan::deps::DependencyQueue;
 
 /// Identifies one run; stamped on every resource it creates (`fleetbake:run-id`).
@@ -119,6 +119,8 @@ pub struct Plan {
     pub started_at: DateTime<Utc>,
     pub builds: Vec<BuildJob>,
     pub copies: Vec<CopyJob>,
+    /// `--only` / `--except`: the plan has only these of the matrix's builds.
+    pub selection: Selection,
 }
 
 impl Plan {
@@ -156,7 +158,7 @@ impl Plan {
                 copies: build_copies,
             });
         }
-        Plan { fleet: fleet.name.clone(), run_id, started_at, builds, copies }
+        Plan { fleet: fleet.name.clone(), run_id, started_at, builds, copies, selection: fleet.selection.clone() }
     }
 
     /// Builds first (in plan order), then each copy once its build's image is available.
@@ -202,6 +204,9 @@ impl Plan {
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "fleet `{}`: {} builds, {} copies", self.fleet, self.builds.len(), self.copies.len())?;
+        if !self.selection.is_everything() {
+            writeln!(f, "selected: {}", self.selection)?;
+        }
         for build in &self.builds {
             writeln!(f, "build {} in {} as `{}`", build.flavor, build.region, build.image_name)?;
             for &copy in &build.copies {

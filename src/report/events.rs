@@ -10,6 +10,7 @@ use crate::cloud::{CloudError, ImageId, SnapshotId};
 use crate::config::Sharing;
 use crate::config::{FlavorName, Region};
 use crate::plan::RunId;
+use crate::util::clock::RunClock;
 
 /// Which image a job is making: a flavor in a region (the build region, or a copy's target).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -109,6 +110,10 @@ pub struct Failure {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     pub error: String,
+    /// What to do about it, when the cause is one the user must act on (a missing permission, expired
+    /// credentials, a region not enabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 impl Failure {
@@ -119,11 +124,16 @@ impl Failure {
             stage: stage.to_string(),
             code: None,
             error: error.to_string(),
+            hint: None,
         }
     }
 
     pub fn from_cloud(label: &JobLabel, stage: Stage, error: &CloudError) -> Self {
-        Failure { code: error.code.clone(), ..Failure::new(label, stage, error) }
+        Failure {
+            code: error.code.clone(),
+            hint: crate::cloud::hints::hint(error),
+            ..Failure::new(label, stage, error)
+        }
     }
 }
 
@@ -160,6 +170,23 @@ pub enum OutputStream {
     Stderr,
 }
 
+/// A build or a copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Build,
+    Copy,
+}
+
+/// A job of the plan, as reporters know it: where its image lands, and whether it builds or copies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedLanding {
+    pub job: JobLabel,
+    pub kind: JobKind,
+    /// The build region (a copy's source).
+    pub build_region: Region,
+}
+
 #[derive(Clone, Debug)]
 pub enum RunEvent {
     RunStarted {
@@ -168,6 +195,24 @@ pub enum RunEvent {
         started_at: DateTime<Utc>,
         builds: usize,
         copies: usize,
+        /// Every job of the plan, in plan order.
+        planned: Vec<PlannedLanding>,
+        /// `--only` / `--except` narrowed the run.
+        selective: bool,
+    },
+    /// A job got its slot and started.
+    JobStarted {
+        job: JobLabel,
+        kind: JobKind,
+    },
+    /// A job ended with its image and nothing wrong.
+    JobSucceeded {
+        job: JobLabel,
+    },
+    /// EC2 answered `RequestLimitExceeded`; the call waits and is retried.
+    Throttled {
+        region: Region,
+        action: String,
     },
     /// Every preflight check passed (before anything was created).
     PreflightPassed {
@@ -223,19 +268,51 @@ pub enum RunEvent {
     },
 }
 
-/// Where the engine sends events. Cloning is cheap; sending never blocks and never fails the engine.
+/// See [`EventSender::downgrade`]; sends nothing once the run's senders are gone.
 #[derive(Clone, Debug)]
-pub struct EventSender(mpsc::UnboundedSender<RunEvent>);
+pub struct WeakEventSender {
+    sender: mpsc::WeakUnboundedSender<Stamped>,
+    clock: RunClock,
+}
+
+impl WeakEventSender {
+    pub fn send(&self, event: RunEvent) {
+        if let Some(sender) = self.sender.upgrade() {
+            let _ = sender.send(Stamped { at: self.clock.now(), event });
+        }
+    }
+}
+
+/// An event and when it happened, by the run's clock (in the sim, the simulated time).
+#[derive(Clone, Debug)]
+pub struct Stamped {
+    pub at: DateTime<Utc>,
+    pub event: RunEvent,
+}
+
+/// Where the engine sends events, each stamped with the run's clock as it is sent. Cloning is cheap; sending
+/// never blocks and never fails the engine.
+#[derive(Clone, Debug)]
+pub struct EventSender {
+    sender: mpsc::UnboundedSender<Stamped>,
+    clock: RunClock,
+}
 
 impl EventSender {
-    pub fn channel() -> (EventSender, mpsc::UnboundedReceiver<RunEvent>) {
+    pub fn channel(clock: RunClock) -> (EventSender, mpsc::UnboundedReceiver<Stamped>) {
         let (sender, receiver) = mpsc::unbounded_channel();
-        (EventSender(sender), receiver)
+        (EventSender { sender, clock }, receiver)
     }
 
     pub fn send(&self, event: RunEvent) {
         // The reporters outlive the engine; a closed channel only means the process is exiting.
-        let _ = self.0.send(event);
+        let _ = self.sender.send(Stamped { at: self.clock.now(), event });
+    }
+
+    /// A sender that does not keep the channel open: for observers that outlive the run (the reporters end
+    /// when every strong sender is gone).
+    pub fn downgrade(&self) -> WeakEventSender {
+        WeakEventSender { sender: self.sender.downgrade(), clock: self.clock }
     }
 
     pub fn progress(&self, job: &JobLabel, stage: Stage, detail: impl Into<String>) {

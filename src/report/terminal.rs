@@ -1,75 +1,112 @@
-//! Plain lines on stderr, readable in a CI log without colour: `==> flavor/region: what happened`, and
-//! provisioner output as `flavor/region: line`.
+//! Plain lines on stderr, readable in a CI log without colour: each starts with the UTC time the event
+//! happened (the simulated time in the sim), then `==> flavor/region: what happened`, or provisioner output as
+//! `flavor/region: line`. The run ends with a per-flavor summary. `-q`: failures and the summary only.
 
 use std::io::Write;
 
+use chrono::SecondsFormat;
+
+use super::tally::Tally;
 use super::{ReportError, Reporter};
-use crate::report::events::{RunEvent, RunStatus};
+use crate::report::events::{RunEvent, RunStatus, Stamped};
 
 pub struct TerminalReporter<W: Write + Send> {
     out: W,
+    quiet: bool,
+    tally: Tally,
 }
 
 impl TerminalReporter<std::io::Stderr> {
-    pub fn stderr() -> Self {
-        TerminalReporter { out: std::io::stderr() }
+    pub fn stderr(quiet: bool) -> Self {
+        TerminalReporter::new(std::io::stderr(), quiet)
     }
 }
 
+/// The line of an event, without its time; `None` for events only counted.
+pub fn line(event: &RunEvent) -> Option<String> {
+    Some(match event {
+        RunEvent::RunStarted { fleet, run_id, builds, copies, .. } => {
+            format!("==> fleet `{fleet}` run {run_id}: {builds} builds, {copies} copies")
+        }
+        RunEvent::PreflightPassed { checks } => format!("==> preflight: all {checks} checks passed"),
+        RunEvent::Progress { job, detail, .. } => format!("==> {job}: {detail}"),
+        RunEvent::Output { job, line, .. } => format!("{job}: {line}"),
+        RunEvent::ImageAvailable { job, artifact, .. } => {
+            format!("==> {job}: image {} `{}` is available", artifact.image_id, artifact.name)
+        }
+        RunEvent::JobFailed(failure) => {
+            let mut text =
+                format!("==> {}/{}: failed at {}: {}", failure.flavor, failure.region, failure.stage, failure.error);
+            if let Some(hint) = &failure.hint {
+                text.push_str(&format!("\n    hint: {hint}"));
+            }
+            text
+        }
+        RunEvent::CleanupFailed { job, resource, error } => {
+            format!("==> {job}: could not clean up {resource}: {error}")
+        }
+        RunEvent::ImageInProgress(image) => format!(
+            "==> {}/{}: image {} is still being made; left to finish in AWS (`--resume` waits for it)",
+            image.flavor, image.region, image.image_id
+        ),
+        RunEvent::Swept { resource } => format!("==> removed {resource}, left behind by an earlier step"),
+        RunEvent::Resuming { run_id, attempt, journal } => {
+            format!("==> resuming run {run_id} (attempt {attempt}) from `{}`", journal.display())
+        }
+        RunEvent::Interrupted { signal } => {
+            format!("==> {signal}: starting nothing new, cleaning up (send it again to exit at once)")
+        }
+        RunEvent::RunFinished { status, succeeded, failed, in_progress, .. } => {
+            let status = match status {
+                RunStatus::Complete => "complete",
+                RunStatus::Partial => "partial",
+                RunStatus::Failed => "failed",
+            };
+            let left = match in_progress {
+                0 => String::new(),
+                images => format!(", {images} images still being made (`--resume` finishes the run)"),
+            };
+            format!("==> run {status}: {succeeded} jobs succeeded, {failed} failed{left}")
+        }
+        RunEvent::JobStarted { .. } | RunEvent::JobSucceeded { .. } | RunEvent::Throttled { .. } => return None,
+    })
+}
+
+/// What `-q` still prints.
+pub fn shown_when_quiet(event: &RunEvent) -> bool {
+    matches!(
+        event,
+        RunEvent::JobFailed(_)
+            | RunEvent::CleanupFailed { .. }
+            | RunEvent::Interrupted { .. }
+            | RunEvent::RunFinished { .. }
+    )
+}
+
 impl<W: Write + Send> TerminalReporter<W> {
-    pub fn new(out: W) -> Self {
-        TerminalReporter { out }
+    pub fn new(out: W, quiet: bool) -> Self {
+        TerminalReporter { out, quiet, tally: Tally::default() }
     }
 
-    fn line(&mut self, event: &RunEvent) -> Option<String> {
-        Some(match event {
-            RunEvent::RunStarted { fleet, run_id, builds, copies, .. } => {
-                format!("==> fleet `{fleet}` run {run_id}: {builds} builds, {copies} copies")
-            }
-            RunEvent::PreflightPassed { checks } => format!("==> preflight: all {checks} checks passed"),
-            RunEvent::Progress { job, detail, .. } => format!("==> {job}: {detail}"),
-            RunEvent::Output { job, line, .. } => format!("{job}: {line}"),
-            RunEvent::ImageAvailable { job, artifact, .. } => {
-                format!("==> {job}: image {} `{}` is available", artifact.image_id, artifact.name)
-            }
-            RunEvent::JobFailed(failure) => {
-                format!("==> {}/{}: failed at {}: {}", failure.flavor, failure.region, failure.stage, failure.error)
-            }
-            RunEvent::CleanupFailed { job, resource, error } => {
-                format!("==> {job}: could not clean up {resource}: {error}")
-            }
-            RunEvent::ImageInProgress(image) => format!(
-                "==> {}/{}: image {} is still being made; left to finish in AWS (`--resume` waits for it)",
-                image.flavor, image.region, image.image_id
-            ),
-            RunEvent::Swept { resource } => format!("==> removed {resource}, left behind by an earlier step"),
-            RunEvent::Resuming { run_id, attempt, journal } => {
-                format!("==> resuming run {run_id} (attempt {attempt}) from `{}`", journal.display())
-            }
-            RunEvent::Interrupted { signal } => {
-                format!("==> {signal}: starting nothing new, cleaning up (send it again to exit at once)")
-            }
-            RunEvent::RunFinished { status, succeeded, failed, in_progress, .. } => {
-                let status = match status {
-                    RunStatus::Complete => "complete",
-                    RunStatus::Partial => "partial",
-                    RunStatus::Failed => "failed",
-                };
-                let left = match in_progress {
-                    0 => String::new(),
-                    images => format!(", {images} images still being made (`--resume` finishes the run)"),
-                };
-                format!("==> run {status}: {succeeded} jobs succeeded, {failed} failed{left}")
-            }
-        })
+    fn write(&mut self, at: &str, text: &str) {
+        for line in text.lines() {
+            // A closed stderr must not stop the run: the manifest is what matters.
+            let _ = writeln!(self.out, "{at} {line}");
+        }
     }
 }
 
 impl<W: Write + Send> Reporter for TerminalReporter<W> {
-    fn report(&mut self, event: &RunEvent) -> Result<(), ReportError> {
-        if let Some(line) = self.line(event) {
-            // A closed stderr must not stop the run: the manifest is what matters.
-            let _ = writeln!(self.out, "{line}");
+    fn report(&mut self, stamped: &Stamped) -> Result<(), ReportError> {
+        self.tally.observe(stamped);
+        let at = stamped.at.to_rfc3339_opts(SecondsFormat::Secs, true);
+        let shown = !self.quiet || shown_when_quiet(&stamped.event);
+        if let Some(text) = line(&stamped.event).filter(|_| shown) {
+            self.write(&at, &text);
+        }
+        if matches!(stamped.event, RunEvent::RunFinished { .. }) {
+            let summary = self.tally.summary().join("\n");
+            self.write(&at, &summary);
         }
         Ok(())
     }

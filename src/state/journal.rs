@@ -15,12 +15,14 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::cloud::ImageId;
-use crate::config::Fleet;
-use crate::plan::{JobKey, Plan, PlannedJob, RunId};
+use crate::config::{Fleet, Selection};
+use crate::plan::bound::{BuildDuration, JobDurations};
+use crate::plan::{JobId, JobKey, Plan, PlannedJob, RunId};
 use crate::report::events::{Artifact, Failure, RunStatus};
 use crate::steps::ledger::{Ledger, Resource};
 
@@ -40,6 +42,9 @@ pub struct Header {
     pub started_at: DateTime<Utc>,
     /// Every job of the plan and the image name it makes: a resume must make the same ones.
     pub jobs: Vec<PlannedJob>,
+    /// The run's `--only` / `--except`: a resume re-plans with them.
+    #[serde(default, skip_serializing_if = "Selection::is_everything")]
+    pub selection: Selection,
 }
 
 impl Header {
@@ -51,6 +56,7 @@ impl Header {
             run_id: plan.run_id.clone(),
             started_at: plan.started_at,
             jobs: plan.planned_jobs(),
+            selection: plan.selection.clone(),
         }
     }
 }
@@ -91,6 +97,14 @@ pub enum Record {
     JobFailed {
         job: JobKey,
         failure: Failure,
+    },
+    /// How long a job took, in seconds from its start: to its image (if it made one) and to its end. The next
+    /// run's live view estimates from them.
+    JobTimed {
+        job: JobKey,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_image: Option<f64>,
+        to_end: f64,
     },
     /// The process ended the run; `interrupted` runs can be resumed.
     Finished {
@@ -158,6 +172,37 @@ impl JournalDir {
         paths.sort();
         paths.reverse();
         Ok(paths)
+    }
+
+    /// How long the jobs of `plan` took in the newest earlier run that timed any of them; a job it did not
+    /// time takes the mean of its kind. `None`: no earlier run timed one.
+    pub fn previous_durations(&self, plan: &Plan) -> Option<JobDurations> {
+        let replay = self.journals().ok()?.into_iter().filter_map(|path| Replay::read(&path).ok()).find(|replay| {
+            replay.header.run_id != plan.run_id && plan.jobs().any(|job| replay.timed.contains_key(&plan.key(job)))
+        })?;
+        let seconds = |value: f64| Duration::from_secs_f64(value.max(0.0));
+        let took = |job: JobId| replay.timed.get(&plan.key(job)).copied();
+        let mean = |values: Vec<f64>| (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64);
+        let builds: Vec<_> = plan.builds.iter().filter_map(|build| took(JobId::Build(build.index))).collect();
+        let copies: Vec<_> = plan.copies.iter().filter_map(|copy| took(JobId::Copy(copy.index))).collect();
+        let build_image = mean(builds.iter().map(|(image, end)| image.unwrap_or(*end)).collect()).unwrap_or(0.0);
+        let build_end = mean(builds.iter().map(|(_, end)| *end).collect()).unwrap_or(0.0);
+        let copy_end = mean(copies.iter().map(|(_, end)| *end).collect()).unwrap_or(0.0);
+        Some(JobDurations {
+            builds: plan
+                .builds
+                .iter()
+                .map(|build| {
+                    let (image, end) = took(JobId::Build(build.index)).unwrap_or((Some(build_image), build_end));
+                    BuildDuration { to_image: seconds(image.unwrap_or(end)), to_cleaned_up: seconds(end) }
+                })
+                .collect(),
+            copies: plan
+                .copies
+                .iter()
+                .map(|copy| seconds(took(JobId::Copy(copy.index)).map_or(copy_end, |(_, end)| end)))
+                .collect(),
+        })
     }
 
     /// The newest run that did not finish (killed, or interrupted), replayed. Every journal newer than it
@@ -286,6 +331,8 @@ pub struct Replay {
     whole_length: u64,
     /// The line number of a torn last record that was dropped.
     pub torn_line: Option<usize>,
+    /// How long each job took (seconds to its image, to its end).
+    pub timed: BTreeMap<JobKey, (Option<f64>, f64)>,
 }
 
 impl Replay {
@@ -334,6 +381,7 @@ impl Replay {
             outstanding: BTreeMap::new(),
             whole_length: first.len() as u64,
             torn_line: None,
+            timed: BTreeMap::new(),
         };
         let count = lines.len();
         for (index, (line, whole)) in lines.iter().enumerate().skip(1) {
@@ -381,6 +429,9 @@ impl Replay {
                 self.available.insert(job, artifact);
             }
             Record::JobFailed { .. } => {}
+            Record::JobTimed { job, to_image, to_end } => {
+                self.timed.insert(job, (to_image, to_end));
+            }
             Record::Finished { status, interrupted } => self.finished = Some((status, interrupted)),
         }
     }
@@ -586,7 +637,24 @@ mod tests {
                 copies: Vec::new(),
             }],
             copies: Vec::new(),
+            selection: Default::default(),
         }
+    }
+
+    #[test]
+    fn the_next_run_estimates_from_how_long_the_last_took() {
+        let directory = tempfile::tempdir().unwrap();
+        let dir = JournalDir { path: directory.path().to_path_buf() };
+        let earlier = plan();
+        assert!(dir.previous_durations(&earlier).is_none(), "no journal yet");
+        let journal = Journal::create(&dir, &earlier).unwrap();
+        journal.record(Record::JobTimed { job: earlier.builds[0].key(), to_image: Some(600.0), to_end: 700.0 });
+        drop(journal);
+        let next = Plan { run_id: RunId::new("2026-11-27T12:00:00Z".parse().unwrap(), 11), ..plan() };
+        let durations = dir.previous_durations(&next).unwrap();
+        assert_eq!(durations.builds[0].to_image, Duration::from_secs(600));
+        assert_eq!(durations.builds[0].to_cleaned_up, Duration::from_secs(700));
+        assert!(dir.previous_durations(&earlier).is_none(), "a run's own journal is not an earlier run");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use chrono::SecondsFormat;
 use tokio::time::Instant;
 
 use crate::config::{FlavorName, Region};
-use crate::report::events::{Artifact, Failure, InProgress, RunEvent, RunStatus};
+use crate::report::events::{Artifact, Failure, InProgress, RunEvent, RunStatus, Stamped};
 use crate::report::{ReportError, Reporter};
 
 pub const MANIFEST_VERSION: u32 = 1;
@@ -32,7 +32,71 @@ pub struct Manifest {
     pub in_progress: Vec<InProgress>,
 }
 
+/// One difference between two manifests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    FlavorAdded { flavor: FlavorName },
+    FlavorRemoved { flavor: FlavorName },
+    RegionGained { flavor: FlavorName, region: Region, image: crate::cloud::ImageId },
+    RegionLost { flavor: FlavorName, region: Region, image: crate::cloud::ImageId },
+    NewImage { flavor: FlavorName, region: Region, old: crate::cloud::ImageId, new: crate::cloud::ImageId },
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::FlavorAdded { flavor } => write!(f, "+ {flavor} (flavor added)"),
+            Change::FlavorRemoved { flavor } => write!(f, "- {flavor} (flavor removed)"),
+            Change::RegionGained { flavor, region, image } => write!(f, "+ {flavor}/{region} {image}"),
+            Change::RegionLost { flavor, region, image } => write!(f, "- {flavor}/{region} {image}"),
+            Change::NewImage { flavor, region, old, new } => write!(f, "~ {flavor}/{region} {old} -> {new}"),
+        }
+    }
+}
+
+/// What changed from `old` to `new`, flavor by flavor, region by region.
+pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let flavors: BTreeSet<&FlavorName> = old.artifacts.keys().chain(new.artifacts.keys()).collect();
+    let empty = BTreeMap::new();
+    for flavor in flavors {
+        let (before, after) = (old.artifacts.get(flavor), new.artifacts.get(flavor));
+        match (before, after) {
+            (None, Some(_)) => changes.push(Change::FlavorAdded { flavor: flavor.clone() }),
+            (Some(_), None) => changes.push(Change::FlavorRemoved { flavor: flavor.clone() }),
+            _ => {}
+        }
+        let (before, after) = (before.unwrap_or(&empty), after.unwrap_or(&empty));
+        let regions: BTreeSet<&Region> = before.keys().chain(after.keys()).collect();
+        for region in regions {
+            let (flavor, region_name) = (flavor.clone(), region.clone());
+            match (before.get(region), after.get(region)) {
+                (None, Some(now)) => {
+                    changes.push(Change::RegionGained { flavor, region: region_name, image: now.image_id.clone() })
+                }
+                (Some(then), None) => {
+                    changes.push(Change::RegionLost { flavor, region: region_name, image: then.image_id.clone() })
+                }
+                (Some(then), Some(now)) if then.image_id != now.image_id => changes.push(Change::NewImage {
+                    flavor,
+                    region: region_name,
+                    old: then.image_id.clone(),
+                    new: now.image_id.clone(),
+                }),
+                _ => {}
+            }
+        }
+    }
+    changes
+}
+
 impl Manifest {
+    /// The image of `flavor` in `region`, if the manifest lists one.
+    pub fn image(&self, flavor: &str, region: &str) -> Option<&crate::cloud::ImageId> {
+        let regions = self.artifacts.get(&FlavorName::new(flavor))?;
+        regions.get(&Region::new(region)).map(|artifact| &artifact.image_id)
+    }
+
     pub fn read(path: &Path) -> std::io::Result<Manifest> {
         let text = std::fs::read_to_string(path)?;
         serde_json::from_str(&text).map_err(std::io::Error::other)
@@ -89,20 +153,30 @@ impl ManifestWriter {
 }
 
 impl Reporter for ManifestWriter {
-    fn report(&mut self, event: &RunEvent) -> Result<(), ReportError> {
-        match event {
-            RunEvent::RunStarted { fleet, run_id, started_at, .. } => {
+    fn report(&mut self, stamped: &Stamped) -> Result<(), ReportError> {
+        match &stamped.event {
+            RunEvent::RunStarted { fleet, run_id, started_at, planned, selective, .. } => {
                 // A resumed run starts from the images its manifest already lists, so they never drop out of
-                // the file while the run re-announces them.
-                let artifacts = Manifest::read(&self.path)
-                    .ok()
-                    .filter(|earlier| earlier.run_id == run_id.as_str())
-                    .map(|earlier| earlier.artifacts)
-                    .unwrap_or_default();
-                self.carried = artifacts
-                    .iter()
-                    .flat_map(|(flavor, regions)| regions.keys().map(move |region| (flavor.clone(), region.clone())))
-                    .collect();
+                // the file while the run re-announces them. A selective run (`--only`, `--except`) keeps what
+                // the earlier manifest lists outside its selection: those images are untouched, still true.
+                let earlier = Manifest::read(&self.path).ok();
+                let resumed = earlier.as_ref().is_some_and(|earlier| earlier.run_id == run_id.as_str());
+                let mut artifacts = BTreeMap::new();
+                if let Some(earlier) = earlier.filter(|_| resumed || *selective) {
+                    let touched: BTreeSet<(&FlavorName, &Region)> =
+                        planned.iter().map(|landing| (&landing.job.flavor, &landing.job.region)).collect();
+                    for (flavor, regions) in earlier.artifacts {
+                        for (region, artifact) in regions {
+                            let ours = touched.contains(&(&flavor, &region));
+                            if ours && resumed {
+                                self.carried.insert((flavor.clone(), region.clone()));
+                            }
+                            if resumed || !ours {
+                                artifacts.entry(flavor.clone()).or_insert_with(BTreeMap::new).insert(region, artifact);
+                            }
+                        }
+                    }
+                }
                 self.manifest = Some(Manifest {
                     version: MANIFEST_VERSION,
                     fleet: fleet.clone(),
@@ -176,14 +250,25 @@ mod tests {
     use crate::cloud::ImageId;
     use crate::plan::RunId;
 
-    fn started(run_id: &RunId) -> RunEvent {
-        RunEvent::RunStarted {
+    fn stamped(event: RunEvent) -> Stamped {
+        Stamped { at: "2026-11-26T12:00:00Z".parse().unwrap(), event }
+    }
+
+    fn started(run_id: &RunId) -> Stamped {
+        let job = crate::report::events::JobLabel { flavor: FlavorName::new("base"), region: Region::new("us-west-2") };
+        stamped(RunEvent::RunStarted {
             fleet: "unit".into(),
             run_id: run_id.clone(),
             started_at: "2026-11-26T12:00:00Z".parse().unwrap(),
             builds: 1,
             copies: 0,
-        }
+            planned: vec![crate::report::events::PlannedLanding {
+                job,
+                kind: crate::report::events::JobKind::Build,
+                build_region: Region::new("us-west-2"),
+            }],
+            selective: false,
+        })
     }
 
     #[test]
@@ -203,7 +288,7 @@ mod tests {
         let mut first = ManifestWriter::new(path.clone(), Duration::ZERO);
         first.report(&started(&run)).unwrap();
         let job = crate::report::events::JobLabel { flavor: FlavorName::new("base"), region: Region::new("us-west-2") };
-        first.report(&RunEvent::ImageAvailable { job, artifact: artifact.clone() }).unwrap();
+        first.report(&stamped(RunEvent::ImageAvailable { job, artifact: artifact.clone() })).unwrap();
         first.flush(true).unwrap();
 
         ManifestWriter::new(path.clone(), Duration::ZERO).report(&started(&run)).unwrap();
@@ -217,7 +302,7 @@ mod tests {
         let finished_at = "2026-11-26T12:30:00Z".parse().unwrap();
         let finished =
             RunEvent::RunFinished { status: RunStatus::Failed, finished_at, succeeded: 0, failed: 1, in_progress: 0 };
-        again.report(&finished).unwrap();
+        again.report(&stamped(finished)).unwrap();
         assert!(Manifest::read(&path).unwrap().artifacts.is_empty());
 
         let other = RunId::new("2026-11-26T13:00:00Z".parse().unwrap(), 2);

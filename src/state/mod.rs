@@ -9,4 +9,5 @@ pub mod gc;
 pub mod journal;
 pub mod leftovers;
 pub mod manifest;
+pub mod packer;
 pub mod resume;

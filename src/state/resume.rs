@@ -39,9 +39,11 @@ pub struct Resumed {
     pub generations: BTreeMap<JobId, u32>,
 }
 
-/// The run to resume and its plan, as of the fleet file now (which must plan the same jobs and names).
-pub fn prepare(fleet: &Fleet) -> Result<(Replay, Plan), JournalError> {
+/// The run to resume and its plan, as of the fleet file now (which must plan the same jobs and names), with
+/// the run's own `--only` / `--except` (which `fleet` takes on).
+pub fn prepare(fleet: &mut Fleet) -> Result<(Replay, Plan), JournalError> {
     let replay = JournalDir::of(fleet).newest_unfinished(fleet)?;
+    fleet.selection = replay.header.selection.clone();
     let plan = Plan::new(fleet, replay.header.run_id.clone(), replay.header.started_at);
     replay.check_plan(&plan)?;
     Ok((replay, plan))

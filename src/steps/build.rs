@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cloud::consistency::{once_known, Created, NewKind};
+use crate::cloud::hints;
 use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{
@@ -69,14 +70,16 @@ struct StepError {
     stage: Stage,
     code: Option<String>,
     message: String,
+    /// What to do about it (see `cloud::hints`).
+    hint: Option<String>,
 }
 
 impl StepError {
     fn new(stage: Stage, message: impl ToString) -> Self {
-        StepError { stage, code: None, message: message.to_string() }
+        StepError { stage, code: None, message: message.to_string(), hint: None }
     }
     fn cloud(stage: Stage, error: CloudError) -> Self {
-        StepError { stage, code: error.code.clone(), message: error.to_string() }
+        StepError { stage, code: error.code.clone(), message: error.to_string(), hint: hints::hint(&error) }
     }
     fn wait(stage: Stage, error: WaitError) -> Self {
         match error {
@@ -184,7 +187,7 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
 
 impl StepError {
     fn into_failure(self, label: &JobLabel) -> Failure {
-        Failure { code: self.code, ..Failure::new(label, self.stage, self.message) }
+        Failure { code: self.code, hint: self.hint, ..Failure::new(label, self.stage, self.message) }
     }
 }
 
@@ -197,6 +200,7 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
             .await
             .map_err(|error| StepError {
                 stage: Stage::Network,
+                hint: error.cloud.as_ref().and_then(hints::hint),
                 code: error.cloud.and_then(|e| e.code),
                 message: error.message,
             })?;

@@ -2,7 +2,11 @@
 //! or the newest image matching its filter. The build and the preflight both ask it.
 
 use crate::cloud::{CloudError, ImageId, ImageState, ImageSummary, RegionCloud};
-use crate::config::{Region, SourceAmi};
+use crate::config::{ImageFilter, Region, SourceAmi};
+
+fn newest(images: Vec<ImageSummary>) -> Option<ImageSummary> {
+    images.into_iter().max_by(|a, b| (&a.creation_date, &a.id).cmp(&(&b.creation_date, &b.id)))
+}
 
 /// Why there is no source image to build from.
 #[derive(Debug)]
@@ -33,6 +37,7 @@ pub async fn find(cloud: &dyn RegionCloud, source: &SourceAmi, region: &Region) 
                     name: String::new(),
                     creation_date: String::new(),
                     root_device: root_device.clone(),
+                    owner: None,
                 }),
                 Some((state, _)) => {
                     Err(SourceError::Missing(format!("source image {id} in {region} is not available: {state:?}")))
@@ -41,15 +46,27 @@ pub async fn find(cloud: &dyn RegionCloud, source: &SourceAmi, region: &Region) 
             }
         }
         SourceAmi::Filter(filter) => {
-            let images = cloud.find_images(filter).await.map_err(SourceError::Cloud)?;
-            let newest = images.into_iter().max_by(|a, b| (&a.creation_date, &a.id).cmp(&(&b.creation_date, &b.id)));
-            newest.ok_or_else(|| {
-                SourceError::Missing(format!(
-                    "no image owned by {} matches `{}` in {region}",
-                    filter.owners.join(", "),
-                    filter.name_pattern
-                ))
-            })
+            if let Some(newest) = newest(cloud.find_images(filter).await.map_err(SourceError::Cloud)?) {
+                return Ok(newest);
+            }
+            // What the pattern matches under any owner: a wrong `owners` is the likeliest mistake.
+            let anyone = ImageFilter { owners: Vec::new(), ..filter.clone() };
+            let elsewhere = match cloud.find_images(&anyone).await {
+                Ok(images) => newest(images).map(|image| {
+                    let owner = image.owner.as_deref().unwrap_or("another account");
+                    format!(
+                        "; under other owners the newest match is `{}` ({}, owner {owner}): add that owner to `owners` if you trust it",
+                        image.name, image.id
+                    )
+                }),
+                Err(_) => None,
+            };
+            Err(SourceError::Missing(format!(
+                "no image owned by {} matches `{}` in {region}{}",
+                filter.owners.join(", "),
+                filter.name_pattern,
+                elsewhere.unwrap_or_else(|| "; nor under any other owner".to_string())
+            )))
         }
     }
 }

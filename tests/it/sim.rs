@@ -359,7 +359,13 @@ fn an_interrupt_leaves_copies_in_flight_running_and_records_them() {
             // Kept open: a closed channel is not an interrupt.
             std::future::pending::<()>().await;
         });
-        let options = MatrixOptions { fail_fast: false, summary_json: None, resume: false, preflight: true };
+        let options = MatrixOptions {
+            fail_fast: false,
+            summary_json: None,
+            resume: false,
+            preflight: true,
+            output: Default::default(),
+        };
         let reporters = Some(vec![Box::new(fleetbake::state::manifest::ManifestWriter::new(
             workspace.path("manifest.sim.json"),
             std::time::Duration::ZERO,
@@ -591,7 +597,7 @@ fn a_resumed_run_makes_a_failed_copy_anew_with_a_new_token() {
         "fleet.toml",
         &fleet("faults = [{ action = \"CopyImage\", image_state = \"failed\", nth = 1 }]", "max_parallel_builds = 1"),
     );
-    let fleet = fleetbake::config::load(&fleet_path).unwrap();
+    let mut fleet = fleetbake::config::load(&fleet_path).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
     let sim = runtime.block_on(async { std::sync::Arc::new(fleetbake::cloud::sim::SimCloud::new(&fleet)) });
     let first = runtime.block_on(run_on(
@@ -610,7 +616,7 @@ fn a_resumed_run_makes_a_failed_copy_anew_with_a_new_token() {
         .unwrap_or_else(|| panic!("the copy failed: {manifest}"));
     assert_eq!(copy_failure["region"], "ap-southeast-2");
 
-    let (replay, plan) = fleetbake::state::resume::prepare(&fleet).unwrap();
+    let (replay, plan) = fleetbake::state::resume::prepare(&mut fleet).unwrap();
     assert_eq!(replay.discarded.values().sum::<u32>(), 1, "the failed copy was discarded and journaled");
     let resumed = runtime.block_on(run_on(&sim, &fleet, Start::Resume { replay: Box::new(replay), plan }, None));
     assert_eq!((resumed.failed, resumed.interrupted), (0, None), "{resumed:?}");

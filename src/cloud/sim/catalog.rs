@@ -3,6 +3,7 @@
 
 use crate::cloud::{fnv1a, ImageId};
 use crate::config::{ImageFilter, Region};
+use crate::util::glob::glob_matches;
 
 /// A public image as DescribeImages lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,30 +90,6 @@ pub fn matching(region: &Region, filter: &ImageFilter) -> Vec<PublicImage> {
 /// A public image's id in a region: the same for the same name, different in each region, as in EC2.
 pub fn public_id(region: &Region, name: &str) -> ImageId {
     ImageId::new(format!("ami-0{:016x}", fnv1a(&format!("{region}/{name}"))))
-}
-
-/// EC2's name filter: `*` any run of characters, `?` any one character.
-pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    let (pattern, text): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut p, mut t) = (0, 0);
-    // Where the last `*` was, and how much text it has taken so far.
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == '*' {
-            star = Some((p, t));
-            p += 1;
-        } else if let Some((star_p, star_t)) = star {
-            p = star_p + 1;
-            t = star_t + 1;
-            star = Some((star_p, star_t + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&c| c == '*')
 }
 
 #[cfg(test)]

@@ -505,6 +505,7 @@ impl RegionCloud for SimRegion {
                     name: image.name,
                     creation_date: image.creation_date,
                     root_device: Some(ROOT_DEVICE.into()),
+                    owner: None,
                 })
                 .collect())
         })

@@ -1,0 +1,85 @@
+//! What to do about an AWS error the user must act on: the IAM permission and the line of
+//! `docs/iam-policy.json` that grants it, the credential source in use and how to refresh it, a region not
+//! enabled for the account. Shown under the failure and kept in the manifest's `hint`.
+
+use super::{Action, CloudError, ErrorKind};
+
+/// The policy fleetbake documents, to point at the line that grants an action.
+const POLICY: &str = include_str!("../../docs/iam-policy.json");
+
+/// The hint for `error`, if it is one a person must act on.
+pub fn hint(error: &CloudError) -> Option<String> {
+    let code = error.code.as_deref().unwrap_or_default();
+    match code {
+        "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => Some(permission(error.action)),
+        "AuthFailure" | "InvalidClientTokenId" | "SignatureDoesNotMatch" | "UnrecognizedClientException" => {
+            Some(format!("AWS did not accept the credentials: {}", credential_source()))
+        }
+        "OptInRequired" => Some(format!(
+            "{} is not enabled for this account: enable it (Account settings → AWS Regions, or `aws account enable-region --region-name {}`) or leave it out of `[regions]`",
+            error.region, error.region
+        )),
+        _ if error.kind == ErrorKind::Credentials => {
+            Some(format!("the credentials expired and could not be refreshed: {}", credential_source()))
+        }
+        _ => None,
+    }
+}
+
+/// The permission an action needs, and where the policy grants it.
+fn permission(action: Action) -> String {
+    let name = action.iam_name();
+    let line = POLICY.lines().position(|line| line.contains(&format!("\"{name}\""))).map(|index| index + 1);
+    match line {
+        Some(line) => format!(
+            "the identity the run acts as needs `{name}`: docs/iam-policy.json line {line} grants it (attach the policy to the role, or to `[aws] role_arn`)"
+        ),
+        None => format!("the identity the run acts as needs `{name}`"),
+    }
+}
+
+/// Which credential source the standard chain would have used, as the environment says, and how to refresh it.
+pub fn credential_source() -> String {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|value| !value.is_empty());
+    if set("AWS_ACCESS_KEY_ID") && set("AWS_SESSION_TOKEN") {
+        "session keys from the environment (AWS_ACCESS_KEY_ID, AWS_SESSION_TOKEN) never refresh: export new ones, or use a profile or a role (`[aws] role_arn`) that refreshes itself".into()
+    } else if set("AWS_ACCESS_KEY_ID") {
+        "access keys from the environment (AWS_ACCESS_KEY_ID): check they are current and of the right account".into()
+    } else if set("AWS_WEB_IDENTITY_TOKEN_FILE") {
+        "a web identity token (AWS_WEB_IDENTITY_TOKEN_FILE, e.g. GitHub OIDC): check the role's trust policy and that the token file is current".into()
+    } else if let Some(profile) = std::env::var_os("AWS_PROFILE") {
+        let profile = profile.to_string_lossy();
+        format!("the profile `{profile}` (AWS_PROFILE): for SSO, `aws sso login --profile {profile}`")
+    } else if set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") || set("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+        "the container's task role: check the task definition's role".into()
+    } else {
+        "the default profile (`[aws] profile` if set; for SSO, `aws sso login`), else the instance role".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Region;
+
+    fn error(code: &str, action: Action) -> CloudError {
+        CloudError {
+            action,
+            region: Region::new("ap-east-1"),
+            kind: ErrorKind::of_code(code),
+            code: Some(code.into()),
+            message: "no".into(),
+        }
+    }
+
+    #[test]
+    fn a_refused_action_points_at_its_line_of_the_policy() {
+        let hint = hint(&error("UnauthorizedOperation", Action::RunInstances)).unwrap();
+        let line = POLICY.lines().position(|line| line.contains("\"ec2:RunInstances\"")).unwrap() + 1;
+        assert!(hint.contains(&format!("`ec2:RunInstances`: docs/iam-policy.json line {line}")), "{hint}");
+        let opt_in = super::hint(&error("OptInRequired", Action::DescribeImages)).unwrap();
+        assert!(opt_in.starts_with("ap-east-1 is not enabled for this account"), "{opt_in}");
+        assert!(super::hint(&error("InvalidAMIID.Malformed", Action::DescribeImages)).is_none());
+        assert!(super::hint(&error("ExpiredToken", Action::CreateTags)).unwrap().contains("expired"));
+    }
+}

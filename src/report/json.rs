@@ -1,0 +1,98 @@
+//! `--events PATH` (or `-`): every event as one JSON object per line, flushed per line so `tail -f` and a CI
+//! step can follow a run. Each has `v` (the schema version), `time` (RFC 3339, the run's clock) and `type`;
+//! job events also `flavor` and `region`. The README lists one example line per type.
+
+use std::io::Write;
+
+use chrono::SecondsFormat;
+use serde_json::{json, Value};
+
+use super::{ReportError, Reporter};
+use crate::report::events::{JobLabel, OutputStream, RunEvent, Stamped};
+
+/// The schema version of an event line; bumped when a field changes meaning or goes away.
+pub const EVENTS_VERSION: u32 = 1;
+
+pub struct JsonLinesReporter {
+    out: Box<dyn Write + Send>,
+    /// Where it writes, for errors.
+    target: String,
+}
+
+impl JsonLinesReporter {
+    pub fn new(out: Box<dyn Write + Send>, target: impl Into<String>) -> Self {
+        JsonLinesReporter { out, target: target.into() }
+    }
+}
+
+/// An event as its JSON line (without the newline).
+pub fn to_json_line(stamped: &Stamped) -> String {
+    let job = |job: &JobLabel| json!({ "flavor": job.flavor, "region": job.region });
+    let (kind, fields) = match &stamped.event {
+        RunEvent::RunStarted { fleet, run_id, builds, copies, selective, .. } => (
+            "run_started",
+            json!({ "fleet": fleet, "run_id": run_id.as_str(), "builds": builds, "copies": copies, "selective": selective }),
+        ),
+        RunEvent::PreflightPassed { checks } => ("preflight_passed", json!({ "checks": checks })),
+        RunEvent::JobStarted { job: label, kind } => ("job_started", merge(job(label), json!({ "kind": kind }))),
+        RunEvent::Progress { job: label, stage, detail } => {
+            ("stage", merge(job(label), json!({ "stage": stage, "detail": detail })))
+        }
+        RunEvent::Output { job: label, stream, line } => {
+            let stream = match stream {
+                OutputStream::Stdout => "stdout",
+                OutputStream::Stderr => "stderr",
+            };
+            ("provisioner_output", merge(job(label), json!({ "stream": stream, "line": line })))
+        }
+        RunEvent::ImageAvailable { job: label, artifact } => {
+            ("image_available", merge(job(label), json!({ "artifact": artifact })))
+        }
+        RunEvent::JobSucceeded { job: label } => ("job_succeeded", job(label)),
+        RunEvent::JobFailed(failure) => ("job_failed", serde_json::to_value(failure).unwrap_or(Value::Null)),
+        RunEvent::ImageInProgress(image) => ("image_in_progress", serde_json::to_value(image).unwrap_or(Value::Null)),
+        RunEvent::Throttled { region, action } => ("throttled", json!({ "region": region, "action": action })),
+        RunEvent::Swept { resource } => ("swept", json!({ "resource": resource })),
+        RunEvent::CleanupFailed { job: label, resource, error } => {
+            ("cleanup_failed", merge(job(label), json!({ "resource": resource, "error": error })))
+        }
+        RunEvent::Resuming { run_id, attempt, journal } => (
+            "resuming",
+            json!({ "run_id": run_id.as_str(), "attempt": attempt, "journal": journal.display().to_string() }),
+        ),
+        RunEvent::Interrupted { signal } => ("interrupted", json!({ "signal": signal })),
+        RunEvent::RunFinished { status, succeeded, failed, in_progress, .. } => (
+            "run_finished",
+            json!({ "status": status, "succeeded": succeeded, "failed": failed, "in_progress": in_progress }),
+        ),
+    };
+    // `v`, `time` and `type` first, for people reading the file; the rest as serde_json orders it.
+    let mut line = format!(
+        "{{\"v\":{EVENTS_VERSION},\"time\":{},\"type\":{}",
+        json!(stamped.at.to_rfc3339_opts(SecondsFormat::Secs, true)),
+        json!(kind)
+    );
+    if let Value::Object(fields) = fields {
+        for (key, value) in fields {
+            line.push_str(&format!(",{}:{value}", json!(key)));
+        }
+    }
+    line.push('}');
+    line
+}
+
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Value::Object(a), Value::Object(b)) = (&mut a, b) {
+        a.extend(b);
+    }
+    a
+}
+
+impl Reporter for JsonLinesReporter {
+    fn report(&mut self, stamped: &Stamped) -> Result<(), ReportError> {
+        let line = to_json_line(stamped);
+        writeln!(self.out, "{line}")
+            .and_then(|()| self.out.flush())
+            .map_err(|error| ReportError(format!("cannot write events to `{}`: {error}", self.target)))
+    }
+}

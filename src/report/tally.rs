@@ -1,0 +1,171 @@
+//! What the run has done so far, as the events tell it: the jobs in flight and what each is doing, the images
+//! made, the failures, the throttles. The plain lines' end-of-run summary and the live view both read it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::cloud::ImageId;
+use crate::config::{FlavorName, Region};
+use crate::report::events::{Failure, JobKind, JobLabel, PlannedLanding, RunEvent, RunStatus, Stage, Stamped};
+
+/// A job that has started and not ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    pub kind: JobKind,
+    pub stage: Option<Stage>,
+    /// What it last said it does (`waiting for SSH on …`).
+    pub detail: String,
+    pub since: DateTime<Utc>,
+}
+
+/// How long a finished job took, from its start to its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Took {
+    pub job: JobLabel,
+    pub kind: JobKind,
+    pub to_image: Option<Duration>,
+    pub to_end: Duration,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    pub fleet: String,
+    pub run_id: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub planned: Vec<PlannedLanding>,
+    pub in_flight: BTreeMap<JobLabel, InFlight>,
+    /// flavor → region → image.
+    pub images: BTreeMap<FlavorName, BTreeMap<Region, ImageId>>,
+    pub failures: Vec<Failure>,
+    pub throttles: u64,
+    /// When each job that started made its image available.
+    available_at: BTreeMap<JobLabel, DateTime<Utc>>,
+    pub took: Vec<Took>,
+    pub finished: Option<RunStatus>,
+    /// The last event's time: "now" for a view of the run.
+    pub now: Option<DateTime<Utc>>,
+}
+
+impl Tally {
+    pub fn observe(&mut self, stamped: &Stamped) {
+        let at = stamped.at;
+        self.now = Some(at);
+        match &stamped.event {
+            RunEvent::RunStarted { fleet, run_id, started_at, planned, .. } => {
+                self.fleet = fleet.clone();
+                self.run_id = run_id.to_string();
+                self.started_at = Some(*started_at);
+                self.planned = planned.clone();
+            }
+            RunEvent::JobStarted { job, kind } => {
+                let flight = InFlight { kind: *kind, stage: None, detail: "starting".into(), since: at };
+                self.in_flight.insert(job.clone(), flight);
+            }
+            RunEvent::Progress { job, stage, detail } => {
+                if let Some(flight) = self.in_flight.get_mut(job) {
+                    flight.stage = Some(*stage);
+                    flight.detail = detail.clone();
+                }
+            }
+            RunEvent::ImageAvailable { job, artifact } => {
+                self.images
+                    .entry(job.flavor.clone())
+                    .or_default()
+                    .insert(job.region.clone(), artifact.image_id.clone());
+                self.available_at.insert(job.clone(), at);
+            }
+            RunEvent::JobFailed(failure) => {
+                let job = JobLabel { flavor: failure.flavor.clone(), region: failure.region.clone() };
+                self.ended(&job, at);
+                self.failures.push(failure.clone());
+            }
+            RunEvent::JobSucceeded { job } => self.ended(job, at),
+            RunEvent::ImageInProgress(image) => {
+                self.ended(&JobLabel { flavor: image.flavor.clone(), region: image.region.clone() }, at)
+            }
+            RunEvent::Throttled { .. } => self.throttles += 1,
+            RunEvent::RunFinished { status, .. } => {
+                self.finished = Some(*status);
+                self.in_flight.clear();
+            }
+            RunEvent::PreflightPassed { .. }
+            | RunEvent::Output { .. }
+            | RunEvent::Swept { .. }
+            | RunEvent::CleanupFailed { .. }
+            | RunEvent::Resuming { .. }
+            | RunEvent::Interrupted { .. } => {}
+        }
+    }
+
+    fn ended(&mut self, job: &JobLabel, at: DateTime<Utc>) {
+        let Some(flight) = self.in_flight.remove(job) else { return };
+        let span = |to: DateTime<Utc>| (to - flight.since).to_std().unwrap_or_default();
+        let to_image = self.available_at.get(job).map(|&available| span(available));
+        self.took.push(Took { job: job.clone(), kind: flight.kind, to_image, to_end: span(at) });
+    }
+
+    /// Builds and copies: (ended, planned).
+    pub fn counts(&self, kind: JobKind) -> (usize, usize) {
+        let planned: Vec<&PlannedLanding> = self.planned.iter().filter(|landing| landing.kind == kind).collect();
+        let ended = planned
+            .iter()
+            .filter(|landing| {
+                let made = self.image(&landing.job).is_some();
+                let failed =
+                    self.failures.iter().any(|f| f.flavor == landing.job.flavor && f.region == landing.job.region);
+                (made || failed) && !self.in_flight.contains_key(&landing.job)
+            })
+            .count();
+        (ended, planned.len())
+    }
+
+    fn image(&self, job: &JobLabel) -> Option<&ImageId> {
+        self.images.get(&job.flavor).and_then(|regions| regions.get(&job.region))
+    }
+
+    /// The end-of-run summary: a headline, then per flavor the regions it holds an image in (of those
+    /// planned), their ids, and where it failed.
+    pub fn summary(&self) -> Vec<String> {
+        let made: usize = self.images.values().map(BTreeMap::len).sum();
+        let mut lines = vec![format!(
+            "==> summary: {made} of {} images, {} failures, {} throttles absorbed",
+            self.planned.len(),
+            self.failures.len(),
+            self.throttles
+        )];
+        let mut flavors: Vec<&FlavorName> = Vec::new();
+        for landing in &self.planned {
+            if !flavors.contains(&&landing.job.flavor) {
+                flavors.push(&landing.job.flavor);
+            }
+        }
+        for flavor in flavors {
+            let regions: Vec<&Region> =
+                self.planned.iter().filter(|l| &l.job.flavor == flavor).map(|l| &l.job.region).collect();
+            let images: Vec<String> = regions
+                .iter()
+                .filter_map(|region| {
+                    let image = self.images.get(flavor)?.get(*region)?;
+                    Some(format!("{region} {image}"))
+                })
+                .collect();
+            let failed: Vec<String> = self
+                .failures
+                .iter()
+                .filter(|failure| &failure.flavor == flavor && failure.stage != Stage::Cleanup.to_string())
+                .map(|failure| format!("{} ({})", failure.region, failure.stage))
+                .collect();
+            let mut line = format!("    {flavor}: {}/{} regions", images.len(), regions.len());
+            if !images.is_empty() {
+                line.push_str(&format!(": {}", images.join(", ")));
+            }
+            if !failed.is_empty() {
+                line.push_str(&format!("; failed: {}", failed.join(", ")));
+            }
+            lines.push(line);
+        }
+        lines
+    }
+}
