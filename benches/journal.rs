@@ -90,6 +90,9 @@ fn artifact(image: &ImageId, region: &str) -> Artifact {
         source_image_id: ImageId::new("ami-0123456789abcdef0"),
         snapshot_ids: vec![SnapshotId::new(format!("snap-{image}"))],
         created_at: "2026-11-26T12:00:00Z".into(),
+        fingerprint: None,
+        reused_from: None,
+        published: Vec::new(),
         settings: Default::default(),
     }
 }

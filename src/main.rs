@@ -43,6 +43,9 @@ enum Command {
         fleet: PathBuf,
         #[command(flatten)]
         select: Select,
+        /// Say per build whether `--changed-only` would rebuild or reuse, and why (read-only AWS calls)
+        #[arg(long)]
+        changed_only: bool,
     },
     /// Check, with read-only calls, everything a run would need (who it acts as, networks, source images,
     /// instance types, image names, regions), and report every problem at once; creates nothing
@@ -75,6 +78,10 @@ enum Command {
         /// Skip the preflight checks the run otherwise makes before its first mutating call
         #[arg(long)]
         no_preflight: bool,
+        /// Reuse the newest image whose fingerprint (source image, provisioners, image settings) matches,
+        /// instead of building; copy it only where it is missing (as `[matrix] rebuild = "changed"`)
+        #[arg(long)]
+        changed_only: bool,
         /// Plain timestamped lines even on a terminal (the live view is drawn only when stderr is a TTY)
         #[arg(long)]
         plain: bool,
@@ -187,7 +194,11 @@ fn main() -> ExitCode {
             }
             Err(errors) => bad_input(errors),
         },
-        Command::Plan { fleet, select } => match load(&fleet, &select) {
+        Command::Plan { fleet, select, changed_only } => match load(&fleet, &select) {
+            Ok(loaded) if changed_only => {
+                let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
+                runtime.block_on(changed_plan(loaded))
+            }
             Ok(loaded) => {
                 print!("{}", Plan::new(&loaded, RunId::generate(Utc::now()), Utc::now()));
                 ExitCode::SUCCESS
@@ -228,6 +239,7 @@ fn main() -> ExitCode {
             summary_json,
             resume,
             no_preflight,
+            changed_only,
             plain,
             events,
             packer_manifest,
@@ -236,10 +248,11 @@ fn main() -> ExitCode {
                 eprintln!("error: --resume makes the interrupted run's own selection; leave out --only and --except");
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
-            let loaded = match load(&fleet, &select) {
+            let mut loaded = match load(&fleet, &select) {
                 Ok(loaded) => loaded,
                 Err(code) => return code,
             };
+            loaded.matrix.changed_only |= changed_only;
             if resume && cloud == CloudChoice::Sim {
                 eprintln!(
                     "error: --resume: a simulated account does not outlive its process; there is nothing to resume"
@@ -322,6 +335,17 @@ async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> Exit
             ExitCode::from(EXIT_FAILED)
         }
     }
+}
+
+/// `fleetbake plan --changed-only`: per build, rebuild or reuse, and why; read-only.
+async fn changed_plan(fleet: config::Fleet) -> ExitCode {
+    let clock = fleetbake::util::clock::RunClock::start();
+    let plan = Plan::new(&fleet, RunId::generate(clock.started_at()), clock.started_at());
+    let limits = Arc::new(ApiLimits::new(&fleet.limits.api, RetryPolicy::default(), Pacing::Adaptive));
+    let cloud = AwsCloud::connect(&fleet.aws, &plan.run_id, run::home_region(&fleet), limits).await;
+    let changes = fleetbake::engine::changed::decide(&fleet, &plan, &cloud, &clock, false).await;
+    print!("{}", fleetbake::engine::changed::ChangedPlan { plan: &plan, changes: &changes });
+    ExitCode::SUCCESS
 }
 
 /// `fleetbake preflight`: the checks of a new run of the fleet, one line each on stdout; exit 1 if any failed.

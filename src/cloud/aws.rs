@@ -130,10 +130,15 @@ impl Cloud for AwsCloud {
                     .region(aws_sdk_kms::config::Region::new(region.as_str().to_string()))
                     .retry_config(RetryConfig::disabled())
                     .build();
+                let ssm = aws_sdk_ssm::config::Builder::from(&self.sdk)
+                    .region(aws_sdk_ssm::config::Region::new(region.as_str().to_string()))
+                    .retry_config(RetryConfig::disabled())
+                    .build();
                 Arc::new(AwsRegion {
                     region: region.clone(),
                     client: Client::from_conf(config),
                     kms: aws_sdk_kms::Client::from_conf(kms),
+                    ssm: aws_sdk_ssm::Client::from_conf(ssm),
                     limiter: self.limits.region(region),
                 })
             })
@@ -141,11 +146,12 @@ impl Cloud for AwsCloud {
     }
 }
 
-/// One region's clients (EC2, and KMS for its keys) and request buckets.
+/// One region's clients (EC2, KMS for its keys, SSM for publishing) and request buckets.
 pub struct AwsRegion {
     region: Region,
     client: Client,
     kms: aws_sdk_kms::Client,
+    ssm: aws_sdk_ssm::Client,
     limiter: Arc<RegionLimiter>,
 }
 
@@ -734,6 +740,70 @@ impl RegionCloud for AwsRegion {
             enabled: metadata.enabled(),
             aws_managed: metadata.key_manager() == Some(&aws_sdk_kms::types::KeyManagerType::Aws),
         }))
+    }
+
+    /// PutParameter (`aws:ec2:image`: SSM checks the id asynchronously), then LabelParameterVersion on the
+    /// version it made; SSM keeps the earlier versions (GetParameterHistory).
+    async fn put_image_parameter(&self, name: &str, image: &ImageId, label: &str) -> CloudResult<u64> {
+        let action = Action::PutParameter;
+        let put = self
+            .limiter
+            .call(action, || async {
+                self.ssm
+                    .put_parameter()
+                    .name(name)
+                    .value(image.as_str())
+                    .r#type(aws_sdk_ssm::types::ParameterType::String)
+                    .data_type("aws:ec2:image")
+                    .overwrite(true)
+                    .description("fleetbake: the newest image")
+                    .send()
+                    .await
+                    .map_err(|error| self.error(action, error))
+            })
+            .await?;
+        let version = u64::try_from(put.version()).unwrap_or_default();
+        let action = Action::LabelParameterVersion;
+        self.limiter
+            .call(action, || async {
+                self.ssm
+                    .label_parameter_version()
+                    .name(name)
+                    .parameter_version(put.version())
+                    .labels(label)
+                    .send()
+                    .await
+                    .map_err(|error| self.error(action, error))
+            })
+            .await?;
+        Ok(version)
+    }
+
+    /// CreateLaunchTemplateVersion from the default version (`SourceVersion`), with the new image; then
+    /// ModifyLaunchTemplate makes it the default.
+    async fn launch_template_version(
+        &self,
+        name: &str,
+        image: &ImageId,
+        description: &str,
+    ) -> CloudResult<(String, u64)> {
+        let action = Action::CreateLaunchTemplateVersion;
+        let data = aws_sdk_ec2::types::RequestLaunchTemplateData::builder().image_id(image.as_str()).build();
+        let created = ec2_call!(self, action, |client| client
+            .create_launch_template_version()
+            .launch_template_name(name)
+            .source_version("$Default")
+            .version_description(description)
+            .launch_template_data(data.clone()))?;
+        let made = created.launch_template_version().ok_or_else(|| self.missing(action, "a version"))?;
+        let version = made.version_number().ok_or_else(|| self.missing(action, "a version number"))?;
+        let id = made.launch_template_id().unwrap_or_default().to_string();
+        let action = Action::ModifyLaunchTemplate;
+        ec2_call!(self, action, |client| client
+            .modify_launch_template()
+            .launch_template_name(name)
+            .default_version(version.to_string()))?;
+        Ok((id, u64::try_from(version).unwrap_or_default()))
     }
 }
 

@@ -178,4 +178,19 @@ impl RegionCloud for LimitedRegion {
     async fn describe_key(&self, key: &str) -> CloudResult<Option<KmsKey>> {
         self.limiter.call(Action::DescribeKey, || self.inner.describe_key(key)).await
     }
+
+    /// One bucket token for the pair of calls: the model makes both in one step.
+    async fn put_image_parameter(&self, name: &str, image: &ImageId, label: &str) -> CloudResult<u64> {
+        self.limiter.call(Action::PutParameter, || self.inner.put_image_parameter(name, image, label)).await
+    }
+
+    async fn launch_template_version(
+        &self,
+        name: &str,
+        image: &ImageId,
+        description: &str,
+    ) -> CloudResult<(String, u64)> {
+        let call = || self.inner.launch_template_version(name, image, description);
+        self.limiter.call(Action::CreateLaunchTemplateVersion, call).await
+    }
 }

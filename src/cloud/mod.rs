@@ -410,6 +410,18 @@ pub trait RegionCloud: Send + Sync {
     async fn share_snapshot(&self, snapshot: &SnapshotId, accounts: &[String]) -> CloudResult<()>;
     /// The KMS key of this region (`None`: not found).
     async fn describe_key(&self, key: &str) -> CloudResult<Option<KmsKey>>;
+
+    /// Writes `image` as a new version of the SSM parameter `name` (DataType `aws:ec2:image`, overwriting), and
+    /// gives that version `label`; the version.
+    async fn put_image_parameter(&self, name: &str, image: &ImageId, label: &str) -> CloudResult<u64>;
+    /// A new version of the launch template `name` with `image` (the rest as its default version has it), made
+    /// its default; the template's id and the version.
+    async fn launch_template_version(
+        &self,
+        name: &str,
+        image: &ImageId,
+        description: &str,
+    ) -> CloudResult<(String, u64)>;
 }
 
 /// Which VPC to describe.

@@ -33,6 +33,12 @@ pub enum Action {
     ModifyImageAttribute,
     ModifySnapshotAttribute,
     EnableImageDeprecation,
+    /// `[publish] launch_template`: a new version with the image, then made the default.
+    CreateLaunchTemplateVersion,
+    ModifyLaunchTemplate,
+    /// SSM, not EC2: `[publish] ssm_parameter`. Counted with the mutating calls.
+    PutParameter,
+    LabelParameterVersion,
     /// STS, not EC2: who the run acts as. Counted with the non-mutating calls.
     GetCallerIdentity,
     /// KMS, not EC2: whether a region's key exists, is enabled, and whose it is. Counted with the
@@ -83,7 +89,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 26] = [
+    pub const ALL: [Action; 30] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -108,6 +114,10 @@ impl Action {
         Action::ModifyImageAttribute,
         Action::ModifySnapshotAttribute,
         Action::EnableImageDeprecation,
+        Action::CreateLaunchTemplateVersion,
+        Action::ModifyLaunchTemplate,
+        Action::PutParameter,
+        Action::LabelParameterVersion,
         Action::GetCallerIdentity,
         Action::DescribeKey,
     ];
@@ -123,6 +133,7 @@ impl Action {
         let service = match self {
             Action::GetCallerIdentity => "sts",
             Action::DescribeKey => "kms",
+            Action::PutParameter | Action::LabelParameterVersion => "ssm",
             _ => "ec2",
         };
         format!("{service}:{self}")

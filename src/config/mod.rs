@@ -43,6 +43,8 @@ pub struct Fleet {
     pub manifest_path: PathBuf,
     /// Where the run is also written in Packer's manifest format, if anywhere (`packer_manifest`).
     pub packer_manifest_path: Option<PathBuf>,
+    /// An image whose tests failed stays (tagged `fleetbake:test=failed`) instead of being deregistered.
+    pub keep_failed_images: bool,
     /// The fleet's own tags (`[fleet] tags`).
     pub tags: Tags,
     pub flavors: Vec<Flavor>,
@@ -59,6 +61,8 @@ pub struct Fleet {
     /// `None`: images are encrypted only if their source was.
     pub encryption: Option<Encryption>,
     pub sharing: Sharing,
+    /// `[publish]`: where the new ids are written for deploys.
+    pub publish: Option<Publish>,
     /// Images are deprecated this long after they are made (`[fleet] deprecate_after`).
     pub deprecate_after: Option<Duration>,
     /// `--only` / `--except` of this run (not in the file): which of the matrix's builds it makes.
@@ -85,6 +89,8 @@ pub struct Flavor {
     /// The defaults' tags overlaid with the flavor's own.
     pub tags: Tags,
     pub provisioners: Vec<Provisioner>,
+    /// Run over SSH on an instance launched from the new image; only an image that passes spreads.
+    pub tests: Vec<Provisioner>,
     /// How long this flavor's provisioning takes in the simulated cloud (`sim_provision`).
     pub sim_provision: Option<Duration>,
     /// The build instance's metadata service options.
@@ -166,6 +172,31 @@ impl Sharing {
     }
 }
 
+/// `[publish]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publish {
+    /// An SSM parameter name template (`{fleet}`, `{flavor}`), written in every region the image lands in.
+    pub ssm_parameter: Option<String>,
+    /// A launch template name template: a new version with the image id, made the default.
+    pub launch_template: Option<String>,
+    pub when: PublishWhen,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishWhen {
+    /// A flavor is published only once all its jobs succeeded (at the end of the run).
+    FlavorComplete,
+    /// Each image as soon as it is tested and shared.
+    Each,
+}
+
+impl Publish {
+    /// A template with the fleet and flavor filled in.
+    pub fn render(template: &str, fleet: &str, flavor: &FlavorName) -> String {
+        template.replace("{fleet}", fleet).replace("{flavor}", flavor.as_str())
+    }
+}
+
 /// The aliases of AWS-managed keys (`alias/aws/ebs`): images encrypted with one cannot be shared.
 pub const AWS_MANAGED_KEY_ALIASES: &str = "alias/aws/";
 
@@ -234,6 +265,8 @@ pub struct Matrix {
     /// `None`: every flavor.
     pub flavors: Option<Vec<FlavorName>>,
     pub exclude: Vec<Exclusion>,
+    /// `rebuild = "changed"` (or `--changed-only`): reuse an image whose fingerprint matches.
+    pub changed_only: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -411,6 +444,8 @@ pub struct SimSettings {
     pub foreign_copies: usize,
     /// Whether every region has a default VPC.
     pub default_vpc: bool,
+    /// How long a build's image tests take (`[[flavor]] tests`).
+    pub test: Duration,
     pub faults: Vec<SimFault>,
 }
 
@@ -434,6 +469,7 @@ impl Default for SimSettings {
             background_load: 0.0,
             foreign_copies: 0,
             default_vpc: true,
+            test: Duration::from_secs(180),
             faults: Vec::new(),
         }
     }
@@ -463,6 +499,8 @@ pub enum FaultEffect {
     ImageFails { reason: String },
     /// The call succeeds, and the instance it launches goes from pending to terminated with this reason.
     InstanceTerminates { reason: String },
+    /// Not a call: a build's image tests fail (`action = "test"`).
+    TestFails,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

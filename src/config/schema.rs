@@ -32,6 +32,7 @@ pub struct FleetFile {
     pub retention: RetentionSection,
     pub encryption: Option<EncryptionSection>,
     pub sharing: Option<SharingSection>,
+    pub publish: Option<PublishSection>,
 }
 
 /// `[encryption]`: every image encrypted, with a KMS key per region (`"*"`: any other region).
@@ -39,6 +40,15 @@ pub struct FleetFile {
 #[serde(deny_unknown_fields)]
 pub struct EncryptionSection {
     pub kms_keys: BTreeMap<String, String>,
+}
+
+/// `[publish]`: where deploy tools look for the new ids.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSection {
+    pub ssm_parameter: Option<String>,
+    pub launch_template: Option<String>,
+    pub when: Option<String>,
 }
 
 /// `[sharing]`: who may launch the images (and create volumes from their snapshots).
@@ -91,6 +101,7 @@ pub struct FleetSection {
     pub ami_description: Option<String>,
     pub manifest: Option<String>,
     pub packer_manifest: Option<String>,
+    pub keep_failed_images: Option<bool>,
     pub deprecate_after: Option<String>,
     #[serde(default)]
     pub tags: TagMap,
@@ -137,6 +148,9 @@ pub struct FlavorSection {
     pub tags: TagMap,
     #[serde(default)]
     pub provisioners: Vec<ProvisionerSection>,
+    /// Run on an instance launched from the new image, before it is copied, shared or published.
+    #[serde(default)]
+    pub tests: Vec<ProvisionerSection>,
     pub sim_provision: Option<String>,
 }
 
@@ -175,6 +189,8 @@ pub struct ProvisionerSection {
 #[serde(deny_unknown_fields)]
 pub struct MatrixSection {
     pub flavors: Option<Vec<String>>,
+    /// `"always"` (the default) or `"changed"` (as `--changed-only`).
+    pub rebuild: Option<String>,
     #[serde(default)]
     pub exclude: Vec<ExcludeSection>,
 }
@@ -270,6 +286,7 @@ pub struct SimSection {
     pub background_load: Option<f64>,
     pub foreign_copies: Option<usize>,
     pub default_vpc: Option<bool>,
+    pub test: Option<String>,
     #[serde(default)]
     pub faults: Vec<FaultSection>,
 }

@@ -228,6 +228,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
         ami_description: raw.fleet.ami_description,
         manifest_path,
         packer_manifest_path: raw.fleet.packer_manifest.as_deref().map(|path| checker.base_dir.join(path)),
+        keep_failed_images: raw.fleet.keep_failed_images.unwrap_or(false),
         tags: raw.fleet.tags,
         flavors,
         regions,
@@ -257,6 +258,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
         },
         encryption: raw.encryption.map(|section| resolve_encryption(checker, section)),
         sharing: raw.sharing.map(|section| resolve_sharing(checker, section)).unwrap_or_default(),
+        publish: raw.publish.and_then(|section| resolve_publish(checker, section)),
         deprecate_after: raw
             .fleet
             .deprecate_after
@@ -284,6 +286,41 @@ fn check_deprecation(checker: &mut Checker<'_>, fleet: &Fleet) {
     } else if after > limit {
         checker.problem(path, format!("must be at most {why} (EC2's limit on a deprecation time)"));
     }
+}
+
+/// `[publish]`: templates with `{fleet}` and `{flavor}` only; an SSM parameter name as SSM allows it.
+fn resolve_publish(checker: &mut Checker<'_>, section: schema::PublishSection) -> Option<Publish> {
+    let path = KeyPath::root().key("publish");
+    let mut template = |key: &str, text: Option<String>, allowed: fn(char) -> bool| {
+        let text = text?;
+        let rest = text.replace("{fleet}", "").replace("{flavor}", "");
+        if rest.contains('{') || rest.contains('}') {
+            checker.problem(path.key(key), format!("`{text}`: the placeholders are `{{fleet}}` and `{{flavor}}`"));
+        } else if text.is_empty() || !rest.chars().all(allowed) {
+            checker.problem(path.key(key), format!("`{text}` is not a valid name here"));
+        }
+        Some(text)
+    };
+    let ssm_parameter =
+        template("ssm_parameter", section.ssm_parameter, |c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
+    let launch_template =
+        template("launch_template", section.launch_template, |c| c.is_ascii_alphanumeric() || "()./_-".contains(c));
+    if ssm_parameter.as_deref().is_some_and(|name| name.contains('/') && !name.starts_with('/')) {
+        checker.problem(path.key("ssm_parameter"), "a parameter name with `/` must start with `/` (a hierarchy)");
+    }
+    let when = match section.when.as_deref() {
+        None | Some("flavor_complete") => PublishWhen::FlavorComplete,
+        Some("each") => PublishWhen::Each,
+        Some(other) => {
+            checker.problem(path.key("when"), format!("`{other}`: `flavor_complete` or `each`"));
+            PublishWhen::FlavorComplete
+        }
+    };
+    if ssm_parameter.is_none() && launch_template.is_none() {
+        checker.problem(path, "set `ssm_parameter`, `launch_template` or both");
+        return None;
+    }
+    Some(Publish { ssm_parameter, launch_template, when })
 }
 
 /// `[encryption] kms_keys`: region → key, `"*"` for any other.
@@ -461,6 +498,12 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, 
                 .filter_map(|(index, provisioner)| {
                     resolve_provisioner(checker, path.key("provisioners").index(index), provisioner)
                 })
+                .collect(),
+            tests: flavor
+                .tests
+                .iter()
+                .enumerate()
+                .filter_map(|(index, test)| resolve_provisioner(checker, path.key("tests").index(index), test))
                 .collect(),
             sim_provision: flavor
                 .sim_provision
@@ -852,7 +895,15 @@ fn resolve_matrix(
             region: entry.region.as_ref().map(Region::new),
         });
     }
-    Matrix { flavors: selected, exclude }
+    let changed_only = match raw.rebuild.as_deref() {
+        None | Some("always") => false,
+        Some("changed") => true,
+        Some(other) => {
+            checker.problem(path.key("rebuild"), format!("`{other}`: `always` or `changed`"));
+            false
+        }
+    };
+    Matrix { flavors: selected, exclude, changed_only }
 }
 
 /// Checks that need the whole fleet: a non-empty matrix, single-region source ids, unique AMI names.
@@ -1218,6 +1269,7 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         background_load: raw.background_load.unwrap_or(defaults.background_load),
         foreign_copies: raw.foreign_copies.unwrap_or(defaults.foreign_copies),
         default_vpc: raw.default_vpc.unwrap_or(defaults.default_vpc),
+        test: duration("test", &raw.test, defaults.test),
         faults: Vec::new(),
     };
     if let Some(vcpus) = raw.instance_vcpus {
@@ -1235,6 +1287,33 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
     }
     for (index, fault) in raw.faults.into_iter().enumerate() {
         let at = path.key("faults").index(index);
+        if fault.action == "test" {
+            // Not an EC2 call: the image tests of a build (`[[flavor]] tests`) fail.
+            if fault.error.as_deref() != Some("failed") || fault.image_state.is_some() || fault.instance_state.is_some()
+            {
+                checker.problem(at.key("error"), "a `test` fault is `error = \"failed\"`: the image's tests fail");
+                continue;
+            }
+            let region = fault.region.as_deref().map(|name| checker.region(at.key("region"), name));
+            match (fault.nth, fault.probability) {
+                (Some(nth), None) if nth >= 1 => sim.faults.push(SimFault {
+                    action: None,
+                    region,
+                    effect: FaultEffect::TestFails,
+                    when: FaultTrigger::Nth(nth),
+                    answer_lost: false,
+                }),
+                (None, Some(p)) if p > 0.0 && p <= 1.0 => sim.faults.push(SimFault {
+                    action: None,
+                    region,
+                    effect: FaultEffect::TestFails,
+                    when: FaultTrigger::Probability(p),
+                    answer_lost: false,
+                }),
+                _ => checker.problem(at.clone(), "set exactly one of `nth` (at least 1) and `probability` (0 to 1)"),
+            }
+            continue;
+        }
         let action = match fault.action.as_str() {
             "*" => None,
             name => match super::api::Action::from_name(name) {
@@ -1244,7 +1323,7 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
                     checker.problem(
                         at.key("action"),
                         format!(
-                            "`{name}` is not an EC2 action fleetbake calls; use `*` or one of {}",
+                            "`{name}` is not an EC2 action fleetbake calls; use `*`, `test` or one of {}",
                             names.join(", ")
                         ),
                     );

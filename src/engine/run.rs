@@ -24,7 +24,7 @@ use crate::remote::net::{self, DetectError};
 use crate::remote::sim::SimCommunicator;
 use crate::remote::{Communicator, SshCommunicator};
 use crate::report::estimate::Estimator;
-use crate::report::events::{EventSender, RunEvent};
+use crate::report::events::{EventSender, JobLabel, RunEvent};
 use crate::report::{self, JsonLinesReporter, LiveReporter, ReportError, Reporter, TerminalReporter};
 use crate::state::journal::{Journal, JournalDir, JournalError, Replay, RunLock};
 use crate::state::manifest::ManifestWriter;
@@ -388,6 +388,7 @@ impl Execution {
             events.send(RunEvent::PreflightPassed { checks: preflight.checks.len() });
         }
         let waits = Waits::new(Arc::clone(&self.cloud), self.strategy.waits);
+        let mut notes = Vec::new();
         let resumed = match &replay {
             Some(replay) => {
                 events.send(RunEvent::Resuming { run_id: plan.run_id.clone(), attempt, journal: replay.path.clone() });
@@ -396,6 +397,21 @@ impl Execution {
                 }
                 crate::state::resume::reconcile(&run.fleet, &plan, replay, &*self.cloud, &waits, &journal, &events)
                     .await?
+            }
+            // `--changed-only`: builds whose fingerprint matches an image of the fleet start with it.
+            None if run.fleet.matrix.changed_only => {
+                let changes = crate::engine::changed::decide(&run.fleet, &plan, &*self.cloud, &clock, true).await;
+                notes = changes
+                    .decisions
+                    .iter()
+                    .filter(|decision| decision.reuse.is_none())
+                    .map(|decision| {
+                        let build = &plan.builds[decision.build];
+                        let label = JobLabel { flavor: build.flavor.clone(), region: build.region.clone() };
+                        (label, format!("rebuilding: {}", decision.why.join("; ")))
+                    })
+                    .collect();
+                crate::state::resume::Resumed { priors: changes.priors, ..Default::default() }
             }
             None => Default::default(),
         };
@@ -412,6 +428,8 @@ impl Execution {
             build_slot: self.strategy.build_slot,
             priors: resumed.priors,
             generations: resumed.generations,
+            published: resumed.published,
+            notes,
         };
         let summary = scheduler.run(interrupts).await;
         if summary.abandoned {

@@ -4,7 +4,7 @@
 //!
 //! A failure never stops the loop: it is recorded, dependents are skipped, unrelated jobs go on.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,8 @@ use crate::plan::deps::DependencyQueue;
 use crate::plan::{JobId, Plan};
 use crate::remote::Communicator;
 use crate::report::events::{
-    Artifact, EventSender, Failure, InProgress, JobEnd, JobKind, JobLabel, PlannedLanding, RunEvent, RunStatus, Stage,
+    Artifact, EventSender, Failure, InProgress, JobEnd, JobKind, JobLabel, PlannedLanding, Publication, RunEvent,
+    RunStatus, Stage,
 };
 use crate::state::journal::{Journal, Record};
 use crate::state::leftovers;
@@ -95,11 +96,19 @@ pub struct Scheduler {
     pub priors: BTreeMap<JobId, Prior>,
     /// Resuming: how many images of each job earlier attempts discarded.
     pub generations: BTreeMap<JobId, u32>,
+    /// Resuming: what each job's image was already published to.
+    pub published: BTreeMap<JobId, Vec<Publication>>,
+    /// Said of a job right after the run starts (`--changed-only`: why it is rebuilt).
+    pub notes: Vec<(JobLabel, String)>,
 }
 
 /// What the loop knows while it runs.
 struct LoopState {
     build_images: HashMap<usize, Artifact>,
+    /// Every job's image, once available.
+    artifacts: BTreeMap<JobId, Artifact>,
+    /// Jobs that failed, or never started.
+    failed_jobs: BTreeSet<JobId>,
     images: usize,
     succeeded: usize,
     failed: usize,
@@ -138,12 +147,17 @@ impl Scheduler {
             planned: plan.jobs().map(|job| self.landing(job)).collect(),
             selective: !plan.selection.is_everything(),
         });
+        for (job, note) in &self.notes {
+            self.events.progress(job, Stage::SourceAmi, note.clone());
+        }
         let (loop_sender, mut loop_events) = mpsc::unbounded_channel::<LoopEvent>();
         let mut queue = plan.dependency_queue();
         let mut tasks: JoinSet<TaskOutcome> = JoinSet::new();
         let mut task_jobs = HashMap::new();
         let mut state = LoopState {
             build_images: HashMap::new(),
+            artifacts: BTreeMap::new(),
+            failed_jobs: BTreeSet::new(),
             images: 0,
             succeeded: 0,
             failed: 0,
@@ -205,6 +219,9 @@ impl Scheduler {
                 }
             }
         }
+        if state.interrupted.is_none() {
+            self.publish_complete_flavors(&mut state).await;
+        }
         if let ControlFlow::Abandon = self.sweep(&mut state, &mut interrupts, &mut queue).await {
             return self.finish(&state, true);
         }
@@ -215,7 +232,10 @@ impl Scheduler {
     fn reuse(&self, job: JobId, artifact: &Artifact, state: &mut LoopState, queue: &mut DependencyQueue<JobId>) {
         let (flavor, region) = self.plan.placement(job);
         let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
-        let detail = format!("{} is available from an earlier attempt", artifact.image_id);
+        let detail = match &artifact.reused_from {
+            Some(run) => format!("reusing {} of run {run}: nothing changed", artifact.image_id),
+            None => format!("{} is available from an earlier attempt", artifact.image_id),
+        };
         self.events.progress(&label, Stage::Reused, detail);
         publish_available(&self.journal, &self.events, self.plan.key(job), label, artifact);
         state.reused += 1;
@@ -287,6 +307,7 @@ impl Scheduler {
             LoopEvent::ImageAvailable { job, artifact } => {
                 state.timings.entry(job).or_default().available = Some(self.run.clock.elapsed());
                 state.images += 1;
+                state.artifacts.insert(job, artifact.clone());
                 if let JobId::Build(index) = job {
                     state.build_images.insert(index, artifact);
                     queue.satisfied(&job);
@@ -320,6 +341,7 @@ impl Scheduler {
                     return ControlFlow::Continue;
                 }
                 state.failed += 1;
+                state.failed_jobs.insert(job);
                 for failure in failures {
                     self.report_failure(job, failure);
                 }
@@ -401,7 +423,61 @@ impl Scheduler {
         let (flavor, region) = self.plan.placement(job);
         let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
         state.failed += 1;
+        state.failed_jobs.insert(job);
         self.report_failure(job, Failure::new(&label, stage, why));
+    }
+
+    /// `[publish] when = "flavor_complete"`: once every job has ended, each flavor all of whose jobs succeeded
+    /// is published, image by image (reused images were published by the run that made them); a failure is a
+    /// `publish` failure of that image's job.
+    async fn publish_complete_flavors(&self, state: &mut LoopState) {
+        use crate::config::PublishWhen;
+        use crate::steps::publish::{publish, Publishing};
+        let Some(settings) = self.run.fleet.publish.as_ref().filter(|s| s.when == PublishWhen::FlavorComplete) else {
+            return;
+        };
+        let mut flavors: BTreeMap<&crate::config::FlavorName, Vec<JobId>> = BTreeMap::new();
+        for job in self.plan.jobs() {
+            flavors.entry(self.plan.placement(job).0).or_default().push(job);
+        }
+        for (flavor, jobs) in flavors {
+            let complete = jobs.iter().all(|job| state.artifacts.contains_key(job) && !state.failed_jobs.contains(job));
+            if !complete {
+                continue;
+            }
+            for job in jobs {
+                let artifact = &state.artifacts[&job];
+                if artifact.reused_from.is_some() {
+                    continue;
+                }
+                let (flavor_name, region) = self.plan.placement(job);
+                let label = JobLabel { flavor: flavor_name.clone(), region: region.clone() };
+                let cloud = self.cloud.region(region);
+                let already = self.published.get(&job).cloned().unwrap_or_default();
+                let publishing = Publishing {
+                    cloud: &*cloud,
+                    publish: settings,
+                    fleet: &self.run.fleet.name,
+                    flavor,
+                    run_id: &self.run.run_id,
+                    image: &artifact.image_id,
+                    already: &already,
+                };
+                let (published, failures) = publish(publishing).await;
+                for publication in published {
+                    self.journal
+                        .record(Record::Published { job: self.plan.key(job), publication: publication.clone() });
+                    self.events.send(RunEvent::Published { job: label.clone(), publication });
+                }
+                for error in failures {
+                    if state.failed_jobs.insert(job) {
+                        state.failed += 1;
+                        state.succeeded = state.succeeded.saturating_sub(1);
+                    }
+                    self.report_failure(job, Failure::from_cloud(&label, Stage::Publish, &error));
+                }
+            }
+        }
     }
 
     /// A job's failure: journaled, then told to the reporters.
@@ -498,6 +574,7 @@ impl Scheduler {
                     events: self.events.clone(),
                     cancel: state.cancel.clone(),
                     pending_image: self.pending_image(job).cloned(),
+                    published_before: self.published.get(&job).cloned().unwrap_or_default(),
                 };
                 tasks
                     .spawn(async move {
@@ -520,12 +597,14 @@ impl Scheduler {
                     cancel: state.cancel.clone(),
                     pending_image: self.pending_image(job).map(|pending| pending.image.clone()),
                     generation: self.generations.get(&job).copied().unwrap_or(0),
+                    published_before: self.published.get(&job).cloned().unwrap_or_default(),
                 };
                 tasks
                     .spawn(async move {
                         let copied = copy::run(context).await;
                         if let Some(artifact) = &copied.artifact {
                             announce.image_available(artifact);
+                            announce.published(artifact);
                         }
                         (job, copied.end, slot)
                     })
@@ -583,6 +662,13 @@ struct Announcer {
 
 impl Announcer {
     /// Journaled first: once the loop hears of it, copies may start from it.
+    /// What a job published itself (`when = "each"`), told to the reporters after its image.
+    fn published(&self, artifact: &Artifact) {
+        for publication in &artifact.published {
+            self.events.send(RunEvent::Published { job: self.label.clone(), publication: publication.clone() });
+        }
+    }
+
     fn image_available(&self, artifact: &Artifact) {
         publish_available(&self.journal, &self.events, self.key.clone(), self.label.clone(), artifact);
         // The loop outlives its jobs; a closed channel means the run was abandoned.

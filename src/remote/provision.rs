@@ -15,6 +15,8 @@ pub struct ProvisionEnv {
     pub flavor: String,
     pub region: String,
     pub run_id: String,
+    /// Testing an image (`[[flavor]] tests`): its id, as `FLEETBAKE_IMAGE_ID`.
+    pub image_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,9 @@ fn script_command(remote_path: &str, env: &ProvisionEnv, user_env: &BTreeMap<Str
         format!("FLEETBAKE_REGION={}", shell_quote(&env.region)),
         format!("FLEETBAKE_RUN_ID={}", shell_quote(&env.run_id)),
     ];
+    if let Some(image) = &env.image_id {
+        assignments.push(format!("FLEETBAKE_IMAGE_ID={}", shell_quote(image)));
+    }
     assignments.extend(user_env.iter().map(|(name, value)| format!("{name}={}", shell_quote(value))));
     format!(
         "chmod 0700 {path} && env {} {path} < /dev/null; status=$?; rm -f {path}; exit $status",
@@ -110,7 +115,7 @@ mod tests {
 
     #[test]
     fn script_command_quotes_everything() {
-        let env = ProvisionEnv { flavor: "f".into(), region: "us-west-2".into(), run_id: "r".into() };
+        let env = ProvisionEnv { flavor: "f".into(), region: "us-west-2".into(), run_id: "r".into(), image_id: None };
         let user_env = BTreeMap::from([("GREETING".to_string(), "it's here".to_string())]);
         assert_eq!(
             script_command("/tmp/x.sh", &env, &user_env),

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::cloud::sim::SimCloud;
-use crate::config::{Fleet, Provisioner};
+use crate::config::{FlavorName, Fleet, Provisioner, Region};
 use crate::remote::provision::{Described, ProvisionEnv, ProvisionError};
 use crate::remote::{Communicator, ConnectTarget, Connection, OutputSink};
 use crate::report::events::OutputStream;
@@ -40,20 +40,35 @@ impl Communicator for SimCommunicator {
             ));
         }
         tokio::time::sleep_until(ssh_at).await;
-        let flavor = self.fleet.flavor(&target.flavor);
-        let (total, count) = match flavor {
-            Some(flavor) => (flavor.sim_provision.unwrap_or(self.sim.settings().provision), flavor.provisioners.len()),
-            None => (self.sim.settings().provision, 1),
-        };
-        let each = total / u32::try_from(count.max(1)).unwrap_or(u32::MAX);
-        Ok(Box::new(SimConnection { sim: Arc::clone(&self.sim), each }))
+        Ok(Box::new(SimConnection {
+            sim: Arc::clone(&self.sim),
+            fleet: Arc::clone(&self.fleet),
+            flavor: target.flavor.clone(),
+            region: target.region.clone(),
+        }))
     }
 }
 
 struct SimConnection {
     sim: Arc<SimCloud>,
-    /// How long each provisioner takes: the flavor's provisioning time, shared out.
-    each: Duration,
+    fleet: Arc<Fleet>,
+    flavor: FlavorName,
+    region: Region,
+}
+
+impl SimConnection {
+    /// How long each provisioner (or, testing, each test) takes: the flavor's provisioning time (or `[sim]
+    /// test`), shared out.
+    fn each(&self, testing: bool) -> Duration {
+        let settings = self.sim.settings();
+        let flavor = self.fleet.flavor(&self.flavor);
+        let (total, count) = match (flavor, testing) {
+            (Some(flavor), false) => (flavor.sim_provision.unwrap_or(settings.provision), flavor.provisioners.len()),
+            (Some(flavor), true) => (settings.test, flavor.tests.len()),
+            (None, testing) => (if testing { settings.test } else { settings.provision }, 1),
+        };
+        total / u32::try_from(count.max(1)).unwrap_or(u32::MAX)
+    }
 }
 
 #[async_trait]
@@ -62,11 +77,17 @@ impl Connection for SimConnection {
         &self,
         number: usize,
         provisioner: &Provisioner,
-        _env: &ProvisionEnv,
+        env: &ProvisionEnv,
         output: OutputSink<'_>,
     ) -> Result<(), ProvisionError> {
-        output(OutputStream::Stdout, format!("(sim) would run provisioner {number}: {}", Described(provisioner)));
-        tokio::time::sleep(self.sim.jittered(self.each)).await;
+        let testing = env.image_id.is_some();
+        let kind = if testing { "test" } else { "provisioner" };
+        output(OutputStream::Stdout, format!("(sim) would run {kind} {number}: {}", Described(provisioner)));
+        tokio::time::sleep(self.sim.jittered(self.each(testing))).await;
+        if testing && number == 1 && self.sim.test_fails(&self.region) {
+            output(OutputStream::Stderr, "(sim) the test failed ([sim] faults)".to_string());
+            return Err(ProvisionError::ExitCode { number, what: Described(provisioner).to_string(), code: 1 });
+        }
         Ok(())
     }
 

@@ -41,12 +41,16 @@ pub enum Stage {
     Stop,
     CreateImage,
     WaitImage,
+    /// Running the flavor's tests on an instance launched from the new image.
+    Test,
     /// Requiring IMDSv2 of the image's instances.
     Imds,
     /// Setting the image's deprecation time.
     Deprecate,
     /// Granting launch and create-volume permissions (`[sharing]`).
     Share,
+    /// Writing the image's id where deploys look (`[publish]`).
+    Publish,
     Tag,
     Copy,
     WaitCopy,
@@ -76,10 +80,29 @@ pub struct Artifact {
     pub snapshot_ids: Vec<SnapshotId>,
     /// When this image became available, RFC 3339.
     pub created_at: String,
+    /// `fleetbake:fingerprint`: what determines its contents (see `steps::fingerprint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// `--changed-only`: nothing changed since the run that made it, which this run reused it from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
+    /// Where it was published (`[publish]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<Publication>,
     /// What `[encryption]`, `[sharing]`, IMDSv2 and `deprecate_after` made of it.
     /// Boxed: most runs set none of them, and every event carrying an artifact stays small.
     #[serde(flatten)]
     pub settings: Box<ImageSettings>,
+}
+
+/// Where an image's id was published for deploys.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Publication {
+    /// An SSM parameter's new version, labelled with the run (`fleetbake-<run id>`).
+    SsmParameter { name: String, version: u64, label: String },
+    /// A launch template's new default version.
+    LaunchTemplate { name: String, id: String, version: u64 },
 }
 
 /// What the fleet's settings made of an image, as far as they were applied: a field is absent when its setting
@@ -208,6 +231,11 @@ pub enum RunEvent {
     /// A job ended with its image and nothing wrong.
     JobSucceeded {
         job: JobLabel,
+    },
+    /// An image's id was published (`[publish]`); `job` names the flavor and the region it is in.
+    Published {
+        job: JobLabel,
+        publication: Publication,
     },
     /// EC2 answered `RequestLimitExceeded`; the call waits and is retried.
     Throttled {

@@ -51,6 +51,9 @@ pub fn to_json_line(stamped: &Stamped) -> String {
         RunEvent::JobSucceeded { job: label } => ("job_succeeded", job(label)),
         RunEvent::JobFailed(failure) => ("job_failed", serde_json::to_value(failure).unwrap_or(Value::Null)),
         RunEvent::ImageInProgress(image) => ("image_in_progress", serde_json::to_value(image).unwrap_or(Value::Null)),
+        RunEvent::Published { job: label, publication } => {
+            ("published", merge(job(label), serde_json::to_value(publication).unwrap_or(Value::Null)))
+        }
         RunEvent::Throttled { region, action } => ("throttled", json!({ "region": region, "action": action })),
         RunEvent::Swept { resource } => ("swept", json!({ "resource": resource })),
         RunEvent::CleanupFailed { job: label, resource, error } => {

@@ -90,7 +90,8 @@ impl Tally {
                 self.finished = Some(*status);
                 self.in_flight.clear();
             }
-            RunEvent::PreflightPassed { .. }
+            RunEvent::Published { .. }
+            | RunEvent::PreflightPassed { .. }
             | RunEvent::Output { .. }
             | RunEvent::Swept { .. }
             | RunEvent::CleanupFailed { .. }

@@ -8,7 +8,7 @@ use chrono::SecondsFormat;
 
 use super::tally::Tally;
 use super::{ReportError, Reporter};
-use crate::report::events::{RunEvent, RunStatus, Stamped};
+use crate::report::events::{Publication, RunEvent, RunStatus, Stamped};
 
 pub struct TerminalReporter<W: Write + Send> {
     out: W,
@@ -49,6 +49,14 @@ pub fn line(event: &RunEvent) -> Option<String> {
             "==> {}/{}: image {} is still being made; left to finish in AWS (`--resume` waits for it)",
             image.flavor, image.region, image.image_id
         ),
+        RunEvent::Published { job, publication } => match publication {
+            Publication::SsmParameter { name, version, .. } => {
+                format!("==> {job}: published to SSM parameter {name} (version {version})")
+            }
+            Publication::LaunchTemplate { name, id, version } => {
+                format!("==> {job}: launch template {name} ({id}) version {version} is now the default")
+            }
+        },
         RunEvent::Swept { resource } => format!("==> removed {resource}, left behind by an earlier step"),
         RunEvent::Resuming { run_id, attempt, journal } => {
             format!("==> resuming run {run_id} (attempt {attempt}) from `{}`", journal.display())

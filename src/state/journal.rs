@@ -23,7 +23,7 @@ use crate::cloud::ImageId;
 use crate::config::{Fleet, Selection};
 use crate::plan::bound::{BuildDuration, JobDurations};
 use crate::plan::{JobId, JobKey, Plan, PlannedJob, RunId};
-use crate::report::events::{Artifact, Failure, RunStatus};
+use crate::report::events::{Artifact, Failure, Publication, RunStatus};
 use crate::steps::ledger::{Ledger, Resource};
 
 /// The first line's `format`.
@@ -97,6 +97,11 @@ pub enum Record {
     JobFailed {
         job: JobKey,
         failure: Failure,
+    },
+    /// The job's image was published (`[publish]`).
+    Published {
+        job: JobKey,
+        publication: Publication,
     },
     /// How long a job took, in seconds from its start: to its image (if it made one) and to its end. The next
     /// run's live view estimates from them.
@@ -333,6 +338,8 @@ pub struct Replay {
     pub torn_line: Option<usize>,
     /// How long each job took (seconds to its image, to its end).
     pub timed: BTreeMap<JobKey, (Option<f64>, f64)>,
+    /// What each job's image was published to.
+    pub published: BTreeMap<JobKey, Vec<Publication>>,
 }
 
 impl Replay {
@@ -382,6 +389,7 @@ impl Replay {
             whole_length: first.len() as u64,
             torn_line: None,
             timed: BTreeMap::new(),
+            published: BTreeMap::new(),
         };
         let count = lines.len();
         for (index, (line, whole)) in lines.iter().enumerate().skip(1) {
@@ -429,6 +437,9 @@ impl Replay {
                 self.available.insert(job, artifact);
             }
             Record::JobFailed { .. } => {}
+            Record::Published { job, publication } => {
+                self.published.entry(job).or_default().push(publication);
+            }
             Record::JobTimed { job, to_image, to_end } => {
                 self.timed.insert(job, (to_image, to_end));
             }
@@ -603,6 +614,10 @@ impl Ledger for Journal {
 
     fn image_discarded(&self, job: &JobKey, image: &ImageId) {
         self.record(Record::ImageDiscarded { job: job.clone(), image_id: image.clone() });
+    }
+
+    fn published(&self, job: &JobKey, publication: &Publication) {
+        self.record(Record::Published { job: job.clone(), publication: publication.clone() });
     }
 }
 

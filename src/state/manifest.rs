@@ -202,6 +202,17 @@ impl Reporter for ManifestWriter {
                 }
                 self.changed()
             }
+            RunEvent::Published { job, publication } => {
+                let artifact = self.manifest.as_mut().and_then(|manifest| {
+                    manifest.artifacts.get_mut(&job.flavor).and_then(|regions| regions.get_mut(&job.region))
+                });
+                if let Some(artifact) = artifact {
+                    if !artifact.published.contains(publication) {
+                        artifact.published.push(publication.clone());
+                    }
+                }
+                self.changed()
+            }
             RunEvent::ImageInProgress(image) => {
                 if let Some(manifest) = &mut self.manifest {
                     manifest.in_progress.push(image.clone());
@@ -283,6 +294,9 @@ mod tests {
             source_image_id: ImageId::new("ami-0"),
             snapshot_ids: Vec::new(),
             created_at: "2026-11-26T12:10:00Z".into(),
+            fingerprint: None,
+            reused_from: None,
+            published: Vec::new(),
             settings: Default::default(),
         };
         let mut first = ManifestWriter::new(path.clone(), Duration::ZERO);

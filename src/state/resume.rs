@@ -37,6 +37,8 @@ pub enum Prior {
 pub struct Resumed {
     pub priors: BTreeMap<JobId, Prior>,
     pub generations: BTreeMap<JobId, u32>,
+    /// What each job's image was already published to (`[publish]`).
+    pub published: BTreeMap<JobId, Vec<crate::report::events::Publication>>,
 }
 
 /// The run to resume and its plan, as of the fleet file now (which must plan the same jobs and names), with
@@ -144,6 +146,11 @@ pub async fn reconcile(
         }
         for landing in here {
             let key = plan.key(landing.job);
+            // Reused by `--changed-only` (an image of an earlier run, under its own name): as journaled.
+            if let Some(artifact) = replay.available.get(&key).filter(|artifact| artifact.reused_from.is_some()) {
+                priors.insert(landing.job, Prior::Available(artifact.clone()));
+                continue;
+            }
             let ours = |image: &&OwnedImage| image.name == landing.name && adopt::is_of_run(image, &plan.run_id);
             let Some(image) = images.iter().find(ours) else {
                 continue;
@@ -188,7 +195,9 @@ pub async fn reconcile(
             }
         }
     }
-    Ok(Resumed { priors, generations })
+    let published =
+        plan.jobs().filter_map(|job| replay.published.get(&plan.key(job)).map(|list| (job, list.clone()))).collect();
+    Ok(Resumed { priors, generations, published })
 }
 
 /// The image a job was made from: the image's own tag, else what the journal recorded for its build.

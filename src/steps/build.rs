@@ -16,19 +16,21 @@ use crate::cloud::{
     client_token, CloudError, ImageId, ImageSummary, InstanceId, KeyPairName, LaunchSpec, RegionCloud, RootDevice,
     SecurityGroupId,
 };
-use crate::config::{Flavor, Tags};
+use crate::config::{Flavor, Provisioner, Tags};
 use crate::plan::BuildJob;
 use crate::remote::provision::{Described, ProvisionEnv};
 use crate::remote::ssh::{self, SshTarget};
 use crate::remote::{Communicator, ConnectTarget, Connection};
-use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Stage};
+use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Publication, RunEvent, Stage};
 use crate::steps::adopt;
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::RunContext;
+use crate::steps::fingerprint::Fingerprint;
 use crate::steps::finish::{self, Finishing};
 use crate::steps::ledger::{Resource, ResourceKind};
 use crate::steps::network::{self, Network, Placement};
 use crate::steps::patience::{image_not_ready, no_room, Patience, Placements, CREATE_IMAGE_PATIENCE};
+use crate::steps::publish;
 use crate::steps::source::{self, SourceError};
 
 /// Everything one build needs.
@@ -43,6 +45,8 @@ pub struct BuildContext {
     pub cancel: CancellationToken,
     /// Resuming: the image an earlier attempt requested, still pending; the build only waits for it.
     pub pending_image: Option<PendingImage>,
+    /// Resuming: what earlier attempts already published of this job's image.
+    pub published_before: Vec<Publication>,
 }
 
 /// An image CreateImage was asked for in an earlier attempt, and the source image it was made from.
@@ -148,9 +152,21 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
     let result = match context.pending_image.clone() {
         Some(pending) => {
             context.progress(Stage::WaitImage, format!("waiting for {} from an earlier attempt", pending.image));
-            wait_for_image(&context, &mut stack, pending.image, pending.source, None).await
+            // Its fingerprint tag was given at CreateImage; the manifest's is the same computation.
+            let fingerprint =
+                Fingerprint::of(&context.run.fleet, &context.flavor, &context.job.region, &pending.source);
+            let digest = fingerprint.ok().map(|fingerprint| fingerprint.digest);
+            wait_for_image(&context, &mut stack, pending.image, pending.source, None, digest).await
         }
         None => sequence(&context, &mut stack).await,
+    };
+    // Only an image that passed its tests is finished, announced, copied.
+    let result = match result {
+        Ok(artifact) => match test_image(&context, &mut stack, &artifact).await {
+            Ok(()) => Ok(artifact),
+            Err(error) => Err(Stopped::Failed(error)),
+        },
+        stopped => stopped,
     };
     let label = context.label();
     let mut end = JobEnd::default();
@@ -168,7 +184,18 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
             let (settings, failures) = finish::finish(finishing).await;
             *artifact.settings = settings;
             end.failures.extend(failures.into_iter().map(|f| Failure::from_cloud(&label, f.stage, &f.error)));
+            let (cloud, key) = (&*context.cloud, context.job.key());
+            let already = &context.published_before;
+            let run = &context.run;
+            let (published, failures) =
+                publish::each(run, cloud, &context.flavor.name, &key, &label, &artifact.image_id, already).await;
+            artifact.published = published;
+            end.failures.extend(failures);
             on_available(&artifact);
+            for publication in &artifact.published {
+                let event = RunEvent::Published { job: label.clone(), publication: publication.clone() };
+                context.events.send(event);
+            }
             // After the announcement: the image is usable whether or not its snapshots get their tags.
             if let Err(error) = tag_snapshots(&context, &artifact).await {
                 end.failures.push(error.into_failure(&label));
@@ -193,8 +220,60 @@ impl StepError {
 
 async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Artifact, Stopped> {
     let cloud = &*context.cloud;
-    let run = &context.run;
     let source = context.interruptible(Stage::SourceAmi, resolve_source(context)).await?;
+    let fingerprint = fingerprint(context, &source.id)?;
+    let up = bring_up(context, stack, &source, Purpose::Build).await?;
+    let (instance, launched, connection) = (up.instance, up.launched, up.connection);
+    let source = source.id;
+    let provisioned = context.interruptible(Stage::Provision, provision_all(context, &*connection)).await;
+    connection.close().await;
+    provisioned?;
+
+    context.progress(Stage::Stop, format!("stopping {instance}"));
+    once_known(&[launched], || cloud.stop_instance(&instance))
+        .await
+        .map_err(|error| StepError::cloud(Stage::Stop, error))?;
+    context
+        .interruptible(Stage::Stop, async {
+            context
+                .waits
+                .instance(&instance, WaitKind::InstanceStopped)
+                .await
+                .map_err(|error| StepError::wait(Stage::Stop, error))
+        })
+        .await?;
+
+    let image = create_image(context, &instance, launched, &source, &fingerprint).await?;
+    let requested = Created::now(NewKind::Image);
+    context.run.ledger.image_requested(&context.job.key(), &image);
+    context.progress(Stage::CreateImage, format!("creating image {image} `{}`", context.job.image_name));
+    wait_for_image(context, stack, image, source, Some(requested), Some(fingerprint.digest)).await
+}
+
+/// Why an instance is brought up: to build on, or to test the image just made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    Build,
+    Test,
+}
+
+/// An instance up and connected to.
+struct Up {
+    instance: InstanceId,
+    launched: Created,
+    connection: Box<dyn Connection>,
+}
+
+/// Brings an instance up from `image` and connects to it: its network settled, a temporary key pair and
+/// security group, the launch (capacity waited out), running, SSH. Everything made is on `stack`.
+async fn bring_up(
+    context: &BuildContext,
+    stack: &mut CleanupStack,
+    image: &ImageSummary,
+    purpose: Purpose,
+) -> Result<Up, StepError> {
+    let run = &context.run;
+    let cloud = &*context.cloud;
     let network =
         network::resolve(&*context.cloud, &run.fleet.ssh, &run.ssh_sources, &context.flavor, &context.job.region)
             .await
@@ -216,7 +295,10 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     let control_dir = local_dir.path().to_path_buf();
     stack.push(UndoStep::RemoveLocalDir(local_dir));
 
-    let resource_name = format!("fleetbake-{}-{}", run.run_id, context.flavor.name);
+    let resource_name = match purpose {
+        Purpose::Build => format!("fleetbake-{}-{}", run.run_id, context.flavor.name),
+        Purpose::Test => format!("fleetbake-{}-{}-test", run.run_id, context.flavor.name),
+    };
     let key_name = KeyPairName(resource_name.clone());
     let private_key = adopt::key_pair(cloud, &key_name, &context.temporary_tags())
         .await
@@ -235,7 +317,7 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     let mut tags = flavor.run_tags.clone();
     tags.extend(context.temporary_tags());
     let launch_spec = LaunchSpec {
-        image_id: source.id.clone(),
+        image_id: image.id.clone(),
         instance_type: flavor.instance_type.clone(),
         key_name,
         security_group,
@@ -244,18 +326,19 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
         client_token: String::new(),
         tags,
         metadata: flavor.metadata,
-        root_volume: root_device(context, &source)?,
+        root_volume: root_device(context, image)?,
         iam_instance_profile: flavor.iam_instance_profile.clone(),
         user_data: flavor.user_data.clone(),
     };
-    let source = source.id;
     let (instance, placement) = launch(context, launch_spec, &network, &[key_pair, group]).await?;
     let launched = Created::now(NewKind::Instance);
     stack.push(UndoStep::TerminateInstance { id: instance.clone(), fresh: Some(launched) });
     context.created(ResourceKind::Instance, &instance);
     let placed = placement.map(|placement| format!(" in {placement}")).unwrap_or_default();
-    context
-        .progress(Stage::Launch, format!("launched {} {instance}{placed} from {source}", context.flavor.instance_type));
+    context.progress(
+        Stage::Launch,
+        format!("launched {} {instance}{placed} from {}", context.flavor.instance_type, image.id),
+    );
 
     let running = context
         .interruptible(Stage::WaitRunning, async {
@@ -307,29 +390,7 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
                 .map_err(|error| StepError::new(Stage::Connect, error))
         })
         .await?;
-    let provisioned = context.interruptible(Stage::Provision, provision_all(context, &*connection)).await;
-    connection.close().await;
-    provisioned?;
-
-    context.progress(Stage::Stop, format!("stopping {instance}"));
-    once_known(&[launched], || cloud.stop_instance(&instance))
-        .await
-        .map_err(|error| StepError::cloud(Stage::Stop, error))?;
-    context
-        .interruptible(Stage::Stop, async {
-            context
-                .waits
-                .instance(&instance, WaitKind::InstanceStopped)
-                .await
-                .map_err(|error| StepError::wait(Stage::Stop, error))
-        })
-        .await?;
-
-    let image = create_image(context, &instance, launched, &source).await?;
-    let requested = Created::now(NewKind::Image);
-    context.run.ledger.image_requested(&context.job.key(), &image);
-    context.progress(Stage::CreateImage, format!("creating image {image} `{}`", context.job.image_name));
-    wait_for_image(context, stack, image, source, Some(requested)).await
+    Ok(Up { instance, launched, connection })
 }
 
 /// RunInstances, waiting out EC2's capacity and quota answers (`InsufficientInstanceCapacity`,
@@ -390,9 +451,11 @@ async fn create_image(
     instance: &InstanceId,
     launched: Created,
     source: &ImageId,
+    fingerprint: &Fingerprint,
 ) -> Result<ImageId, StepError> {
     let run = &context.run;
-    let image_tags = run.image_tags(&context.flavor, source);
+    let mut image_tags = run.image_tags(&context.flavor, source);
+    image_tags.extend(fingerprint.tags());
     let description = run.fleet.ami_description.as_deref();
     let name = &context.job.image_name;
     let mut patience = Patience::image_not_ready();
@@ -424,6 +487,7 @@ async fn wait_for_image(
     image: ImageId,
     source: ImageId,
     requested: Option<Created>,
+    fingerprint: Option<String>,
 ) -> Result<Artifact, Stopped> {
     let run = &context.run;
     let waited = tokio::select! {
@@ -447,6 +511,9 @@ async fn wait_for_image(
         source_image_id: source,
         snapshot_ids,
         created_at: run.clock.now_rfc3339(),
+        fingerprint,
+        reused_from: None,
+        published: Vec::new(),
         settings: Default::default(),
     })
 }
@@ -463,6 +530,12 @@ async fn tag_snapshots(context: &BuildContext, artifact: &Artifact) -> Result<()
     once_known(&[snapshots], || context.cloud.create_tags(&ids, &tags))
         .await
         .map_err(|error| StepError::cloud(Stage::Tag, error))
+}
+
+/// The fingerprint of this build from `source`; a provisioner's file that cannot be read fails the build.
+fn fingerprint(context: &BuildContext, source: &ImageId) -> Result<Fingerprint, StepError> {
+    Fingerprint::of(&context.run.fleet, &context.flavor, &context.job.region, source)
+        .map_err(|error| StepError::new(Stage::SourceAmi, format!("cannot fingerprint the build: {error}")))
 }
 
 /// The source image in this region: the given id, or the newest match of the filter.
@@ -530,22 +603,97 @@ async fn create_security_group(
 }
 
 async fn provision_all(context: &BuildContext, connection: &dyn Connection) -> Result<(), StepError> {
+    run_all(context, connection, &context.flavor.provisioners, None).await
+}
+
+/// How many of a failed test's last output lines its failure quotes.
+const TEST_OUTPUT_LINES: usize = 10;
+
+/// Runs provisioners (or, with `image`, the image's tests) in order over the connection, output streamed.
+async fn run_all(
+    context: &BuildContext,
+    connection: &dyn Connection,
+    list: &[Provisioner],
+    image: Option<&ImageId>,
+) -> Result<(), StepError> {
     let env = ProvisionEnv {
         flavor: context.flavor.name.to_string(),
         region: context.job.region.to_string(),
         run_id: context.run.run_id.to_string(),
+        image_id: image.map(ToString::to_string),
+    };
+    let (stage, kind) = match image {
+        Some(_) => (Stage::Test, "test"),
+        None => (Stage::Provision, "provisioner"),
     };
     let label = context.label();
-    for (index, provisioner) in context.flavor.provisioners.iter().enumerate() {
+    for (index, provisioner) in list.iter().enumerate() {
         let number = index + 1;
-        context.progress(Stage::Provision, format!("provisioner {number}: {}", Described(provisioner)));
-        let mut output = |stream, line| {
+        context.progress(stage, format!("{kind} {number}/{}: {}", list.len(), Described(provisioner)));
+        let mut last = std::collections::VecDeque::with_capacity(TEST_OUTPUT_LINES);
+        let mut output = |stream, line: String| {
+            if last.len() == TEST_OUTPUT_LINES {
+                last.pop_front();
+            }
+            last.push_back(line.clone());
             context.events.send(crate::report::events::RunEvent::Output { job: label.clone(), stream, line });
         };
-        connection
-            .provision(number, provisioner, &env, &mut output)
-            .await
-            .map_err(|error| StepError::new(Stage::Provision, error))?;
+        if let Err(error) = connection.provision(number, provisioner, &env, &mut output).await {
+            let mut message = error.to_string();
+            if image.is_some() && !last.is_empty() {
+                let lines: Vec<String> = last.into_iter().collect();
+                message.push_str(&format!("; its last output: {}", lines.join(" | ")));
+            }
+            return Err(StepError::new(stage, message));
+        }
     }
     Ok(())
+}
+
+/// The flavor's tests, on an instance launched from the new image (its own temporary key pair and security
+/// group, on the build's cleanup stack). A failure tags the image `fleetbake:test=failed` and, unless
+/// `[fleet] keep_failed_images`, discards it (deregistered with its snapshots, as the stack unwinds).
+async fn test_image(context: &BuildContext, stack: &mut CleanupStack, artifact: &Artifact) -> Result<(), StepError> {
+    let tests = &context.flavor.tests;
+    if tests.is_empty() {
+        return Ok(());
+    }
+    let image = &artifact.image_id;
+    context.progress(Stage::Test, format!("testing {image} on an instance launched from it"));
+    let described = context
+        .cloud
+        .describe_images(std::slice::from_ref(image))
+        .await
+        .map_err(|error| StepError::cloud(Stage::Test, error))?;
+    let summary = ImageSummary {
+        id: image.clone(),
+        name: artifact.name.clone(),
+        creation_date: String::new(),
+        root_device: described.into_iter().next().and_then(|status| status.root_device),
+        owner: None,
+    };
+    let tested = async {
+        let up = bring_up(context, stack, &summary, Purpose::Test).await?;
+        let result = context.interruptible(Stage::Test, run_all(context, &*up.connection, tests, Some(image))).await;
+        up.connection.close().await;
+        result
+    }
+    .await;
+    let Err(error) = tested else {
+        context.progress(Stage::Test, format!("{image} passed its {} tests", tests.len()));
+        return Ok(());
+    };
+    if error.stage != Stage::Test {
+        // Interrupted, or the test instance never came up: the image is not judged; it stays, unannounced.
+        return Err(error);
+    }
+    let failed = Tags::from([("fleetbake:test".to_string(), "failed".to_string())]);
+    if let Err(tag_error) = context.cloud.create_tags(std::slice::from_ref(&image.0), &failed).await {
+        tracing::warn!("cannot tag {image} as failed its tests: {tag_error}");
+    }
+    if !context.run.fleet.keep_failed_images {
+        let ledger = &*context.run.ledger;
+        stack.push(UndoStep::discard_failed(&*context.cloud, ledger, &context.job.key(), image, None).await);
+    }
+    Err(error)
 }

@@ -16,11 +16,13 @@ use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{client_token, CloudError, CopySpec, ImageId, RegionCloud, SnapshotId};
 use crate::config::{Flavor, Tags};
 use crate::plan::CopyJob;
-use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Stage};
+use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Publication, Stage};
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::RunContext;
+use crate::steps::fingerprint::FINGERPRINT_TAG;
 use crate::steps::finish::{self, Finishing};
 use crate::steps::patience::{no_room, Patience};
+use crate::steps::publish;
 
 pub struct CopyContext {
     pub run: Arc<RunContext>,
@@ -35,6 +37,8 @@ pub struct CopyContext {
     pub cancel: CancellationToken,
     /// Resuming: the copy an earlier attempt started, still pending; the copy only waits for it.
     pub pending_image: Option<ImageId>,
+    /// Resuming: what earlier attempts already published of this job's image.
+    pub published_before: Vec<Publication>,
     /// How many of this job's copies earlier attempts discarded (failed, deregistered): part of the client
     /// token, so the next request is a new one.
     pub generation: u32,
@@ -52,7 +56,10 @@ pub async fn run(context: CopyContext) -> CopyEnd {
     let label = JobLabel { flavor: context.flavor.name.clone(), region: context.job.target_region.clone() };
     let mut end = CopyEnd::default();
     let run = &context.run;
-    let tags = run.image_tags(&context.flavor, &context.source.source_image_id);
+    let mut tags = run.image_tags(&context.flavor, &context.source.source_image_id);
+    if let Some(fingerprint) = &context.source.fingerprint {
+        tags.insert(FINGERPRINT_TAG.to_string(), fingerprint.clone());
+    }
     let (image, requested) = match context.pending_image.clone() {
         Some(image) => {
             context.events.progress(&label, Stage::WaitCopy, format!("waiting for {image} from an earlier attempt"));
@@ -109,6 +116,11 @@ pub async fn run(context: CopyContext) -> CopyEnd {
     };
     let (settings, failures) = finish::finish(finishing).await;
     end.end.failures.extend(failures.into_iter().map(|f| Failure::from_cloud(&label, f.stage, &f.error)));
+    let key = context.job.key();
+    let already = &context.published_before;
+    let (published, failures) =
+        publish::each(run, &*context.cloud, &context.flavor.name, &key, &label, &image, already).await;
+    end.end.failures.extend(failures);
     if let Err(error) = tag_snapshots(&context, &snapshot_ids, &tags).await {
         end.end.failures.push(Failure::from_cloud(&label, Stage::Tag, &error));
     }
@@ -119,6 +131,9 @@ pub async fn run(context: CopyContext) -> CopyEnd {
         source_image_id: context.source.source_image_id.clone(),
         snapshot_ids,
         created_at: run.clock.now_rfc3339(),
+        fingerprint: context.source.fingerprint.clone(),
+        reused_from: None,
+        published,
         settings: Box::new(settings),
     });
     end

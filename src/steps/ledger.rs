@@ -7,6 +7,7 @@ use std::fmt;
 use crate::cloud::ImageId;
 use crate::config::Region;
 use crate::plan::JobKey;
+use crate::report::events::Publication;
 
 /// A temporary resource a build made.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -48,4 +49,6 @@ pub trait Ledger: Send + Sync {
     /// The job's image ended `failed` and is deregistered: the job's next image is a new request (a copy takes
     /// a new client token, or EC2 would answer with the discarded image).
     fn image_discarded(&self, job: &JobKey, image: &ImageId);
+    /// An image's id was published (`[publish]`): a resumed run does not publish it again.
+    fn published(&self, job: &JobKey, publication: &Publication);
 }

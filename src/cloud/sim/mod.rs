@@ -50,6 +50,9 @@ pub struct SimReport {
     pub ingress: Vec<String>,
     /// Every image the account owns at the end, by region: what a manifest can be checked against.
     pub images: Vec<SimImageReport>,
+    /// What is published at the end: `region ssm NAME vN = ami-… [labels]`, `region launch-template NAME
+    /// vN (default) = ami-…`.
+    pub published: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -73,6 +76,11 @@ impl SimCloud {
 
     pub fn settings(&self) -> &SimSettings {
         &self.model.settings
+    }
+
+    /// Whether a `[sim] faults` `test` entry fails this run of a build's image tests.
+    pub fn test_fails(&self, region: &Region) -> bool {
+        self.model.test_fails(region)
     }
 
     /// `duration` ± the configured jitter.
@@ -140,6 +148,20 @@ impl SimCloud {
             images.sort_by(|a, b| a.id.cmp(&b.id));
             report.images.extend(images);
             report.ingress.extend(state.ingress_log.iter().map(|(id, cidr)| format!("{id} in {region}: {cidr}")));
+            for (name, versions) in &state.parameters {
+                for (index, (image, labels)) in versions.iter().enumerate() {
+                    let labels = labels.join(",");
+                    report.published.push(format!("{region} ssm {name} v{} = {image} [{labels}]", index + 1));
+                }
+            }
+            for (name, (versions, default)) in &state.launch_templates {
+                for (index, image) in versions.iter().enumerate().skip(1) {
+                    let number = index as u64 + 1;
+                    let mark = if number == *default { " (default)" } else { "" };
+                    let image = image.as_ref().map_or("-".to_string(), ToString::to_string);
+                    report.published.push(format!("{region} launch-template {name} v{number}{mark} = {image}"));
+                }
+            }
             if state.peak_copies_in_flight > 0 {
                 report.peak_copies_in_flight.insert(region.clone(), state.peak_copies_in_flight);
             }

@@ -131,7 +131,16 @@ impl Model {
     /// The configured fault that makes what this call creates end badly (a failed image, a launch that
     /// terminates), if one does. Asked only by calls that took effect.
     fn state_fault(&self, action: Action, region: &Region) -> Option<&FaultEffect> {
-        self.firing(action, region, |effect| !matches!(effect, FaultEffect::Error(_))).map(|fault| &fault.effect)
+        let wanted = |effect: &FaultEffect| {
+            matches!(effect, FaultEffect::ImageFails { .. } | FaultEffect::InstanceTerminates { .. })
+        };
+        self.firing(action, region, wanted).map(|fault| &fault.effect)
+    }
+
+    /// Whether a configured `test` fault fails this run of a build's image tests in `region`.
+    pub fn test_fails(&self, region: &Region) -> bool {
+        // Test faults have no action: any action matches them, and only this asks for their effect.
+        self.firing(Action::DescribeImages, region, |effect| matches!(effect, FaultEffect::TestFails)).is_some()
     }
 
     /// The first fault of the wanted effects that matches this call and fires; each counts its own matches.
@@ -183,6 +192,10 @@ pub struct RegionState {
     pub describes: Vec<(Action, Instant)>,
     /// Every ingress rule ever opened: the group and the source.
     pub ingress_log: Vec<(SecurityGroupId, IpNet)>,
+    /// SSM parameters: every version's value and labels, oldest first (SSM keeps the history).
+    pub parameters: BTreeMap<String, Vec<(ImageId, Vec<String>)>>,
+    /// Launch templates: every version's image (version 1, as the account made it, has none) and the default.
+    pub launch_templates: BTreeMap<String, (Vec<Option<ImageId>>, u64)>,
 }
 
 pub struct SimImage {
@@ -1049,6 +1062,38 @@ impl RegionCloud for SimRegion {
                 }
             }
             Ok(())
+        })
+        .await
+    }
+
+    /// As SSM: a new version per put (the value not checked: SSM validates `aws:ec2:image` later), a label
+    /// moved to the version it now names.
+    async fn put_image_parameter(&self, name: &str, image: &ImageId, label: &str) -> CloudResult<u64> {
+        self.call(Action::PutParameter, |state, _| {
+            let versions = state.parameters.entry(name.to_string()).or_default();
+            for (_, labels) in versions.iter_mut() {
+                labels.retain(|existing| existing != label);
+            }
+            versions.push((image.clone(), vec![label.to_string()]));
+            Ok(versions.len() as u64)
+        })
+        .await
+    }
+
+    /// Every launch template a fleet names exists in the model, with a first version of its own (an account's
+    /// templates are made by its deploy tooling, not by fleetbake).
+    async fn launch_template_version(
+        &self,
+        name: &str,
+        image: &ImageId,
+        _description: &str,
+    ) -> CloudResult<(String, u64)> {
+        let id = format!("lt-0{:016x}", fnv1a(&format!("{}/{name}", self.region)) >> 4);
+        self.call(Action::CreateLaunchTemplateVersion, |state, _| {
+            let (versions, default) = state.launch_templates.entry(name.to_string()).or_insert_with(|| (vec![None], 1));
+            versions.push(Some(image.clone()));
+            *default = versions.len() as u64;
+            Ok((id.clone(), *default))
         })
         .await
     }

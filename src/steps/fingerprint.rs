@@ -1,0 +1,170 @@
+//! What determines an image's contents, hashed: the resolved source image, each provisioner in order (its
+//! type, the bytes of its file or script, its inline lines, its env) and the flavor's image settings (root
+//! volume, the build region's encryption key, metadata options, user data). Every image fleetbake makes
+//! carries it as the tag `fleetbake:fingerprint`; `--changed-only` reuses the newest image with the same one.
+//!
+//! A second tag, `fleetbake:fingerprint-parts`, keeps a short digest per part, so a rebuild can say why:
+//! the source moved, provisioner 2 changed, one was added.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::cloud::ImageId;
+use crate::config::{Flavor, Fleet, Provisioner, Region, ShellScript, Tags};
+
+pub const FINGERPRINT_TAG: &str = "fleetbake:fingerprint";
+pub const PARTS_TAG: &str = "fleetbake:fingerprint-parts";
+
+/// A build's fingerprint and its parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// SHA-256, hex.
+    pub digest: String,
+    pub source: ImageId,
+    /// The first 8 hex digits of each provisioner's own SHA-256, in order.
+    pub provisioners: Vec<String>,
+    /// The first 8 hex digits of the settings' SHA-256.
+    pub settings: String,
+}
+
+impl Fingerprint {
+    /// The fingerprint of `flavor` built in `region` from `source`; an error names a file it cannot read.
+    pub fn of(fleet: &Fleet, flavor: &Flavor, region: &Region, source: &ImageId) -> Result<Fingerprint, String> {
+        let mut whole = Sha256::new();
+        whole.update(b"fleetbake-fingerprint-1\0");
+        whole.update(source.as_str().as_bytes());
+        whole.update(b"\0");
+        let mut provisioners = Vec::new();
+        for provisioner in &flavor.provisioners {
+            let bytes = provisioner_bytes(provisioner)?;
+            whole.update(&bytes);
+            provisioners.push(short(&Sha256::digest(&bytes)));
+        }
+        let settings = settings_bytes(fleet, flavor, region);
+        whole.update(&settings);
+        Ok(Fingerprint {
+            digest: hex(&whole.finalize()),
+            source: source.clone(),
+            provisioners,
+            settings: short(&Sha256::digest(&settings)),
+        })
+    }
+
+    /// Its two tags.
+    pub fn tags(&self) -> Tags {
+        Tags::from([(FINGERPRINT_TAG.to_string(), self.digest.clone()), (PARTS_TAG.to_string(), self.parts())])
+    }
+
+    /// `src=ami-…;p=1a2b3c4d,5e6f7a8b;s=9c0d1e2f`, cut to EC2's 256 characters for a tag value (the why
+    /// then covers fewer provisioners; the digest still covers them all).
+    pub fn parts(&self) -> String {
+        let mut text = format!("src={};s={};p=", self.source, self.settings);
+        for (index, part) in self.provisioners.iter().enumerate() {
+            let piece = if index == 0 { part.clone() } else { format!(",{part}") };
+            if text.len() + piece.len() > 256 {
+                break;
+            }
+            text.push_str(&piece);
+        }
+        text
+    }
+
+    /// Why an image with `previous` parts (its tag) is not this one: one line per difference.
+    pub fn why_not(&self, flavor: &Flavor, previous: &str) -> Vec<String> {
+        let field = |key: &str| {
+            previous.split(';').find_map(|part| part.strip_prefix(key)?.strip_prefix('=')).map(str::to_string)
+        };
+        let mut why = Vec::new();
+        if let Some(source) = field("src").filter(|source| source != self.source.as_str()) {
+            why.push(format!("the source image moved from {source} to {}", self.source));
+        }
+        if field("s").is_some_and(|settings| settings != self.settings) {
+            why.push("the image settings changed (root volume, encryption key, metadata options or user data)".into());
+        }
+        let before: Vec<String> = field("p")
+            .map(|list| list.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default();
+        for (index, part) in self.provisioners.iter().enumerate() {
+            let what = flavor.provisioners.get(index).map(describe).unwrap_or_default();
+            match before.get(index) {
+                Some(old) if old != part => why.push(format!("provisioner {} ({what}) changed", index + 1)),
+                None => why.push(format!("a new provisioner {} ({what})", index + 1)),
+                Some(_) => {}
+            }
+        }
+        if before.len() > self.provisioners.len() {
+            why.push(format!("{} provisioner(s) removed", before.len() - self.provisioners.len()));
+        }
+        if why.is_empty() {
+            why.push("the fingerprint changed".into());
+        }
+        why
+    }
+}
+
+fn describe(provisioner: &Provisioner) -> String {
+    let name = |path: &Path| path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    match provisioner {
+        Provisioner::File { source, .. } => format!("file {}", name(source)),
+        Provisioner::Shell { script: ShellScript::File(path), .. } => format!("script {}", name(path)),
+        Provisioner::Shell { script: ShellScript::Inline(_), .. } => "inline shell".into(),
+    }
+}
+
+/// A provisioner, canonically: its type, what it copies or runs, byte for byte, and its env (sorted).
+fn provisioner_bytes(provisioner: &Provisioner) -> Result<Vec<u8>, String> {
+    let read = |path: &Path| std::fs::read(path).map_err(|error| format!("cannot read `{}`: {error}", path.display()));
+    let mut bytes = Vec::new();
+    let field = |bytes: &mut Vec<u8>, value: &[u8]| {
+        bytes.extend_from_slice(&(value.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(value);
+    };
+    match provisioner {
+        Provisioner::File { source, destination } => {
+            field(&mut bytes, b"file");
+            field(&mut bytes, destination.as_bytes());
+            field(&mut bytes, &read(source)?);
+        }
+        Provisioner::Shell { script, env } => {
+            match script {
+                ShellScript::File(path) => {
+                    field(&mut bytes, b"shell-script");
+                    field(&mut bytes, &read(path)?);
+                }
+                ShellScript::Inline(lines) => {
+                    field(&mut bytes, b"shell-inline");
+                    for line in lines {
+                        field(&mut bytes, line.as_bytes());
+                    }
+                }
+            }
+            for (key, value) in env {
+                field(&mut bytes, key.as_bytes());
+                field(&mut bytes, value.as_bytes());
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+fn settings_bytes(fleet: &Fleet, flavor: &Flavor, region: &Region) -> Vec<u8> {
+    let key = fleet.encryption.as_ref().and_then(|encryption| encryption.key_for(region));
+    format!(
+        "root_volume={:?}\0kms_key={key:?}\0metadata={:?}\0user_data={:?}",
+        flavor.root_volume, flavor.metadata, flavor.user_data
+    )
+    .into_bytes()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
+        let _ = write!(text, "{byte:02x}");
+        text
+    })
+}
+
+fn short(bytes: &[u8]) -> String {
+    hex(&bytes[..4])
+}
