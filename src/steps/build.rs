@@ -330,7 +330,7 @@ async fn bring_up(
         iam_instance_profile: flavor.iam_instance_profile.clone(),
         user_data: flavor.user_data.clone(),
     };
-    let (instance, placement) = launch(context, launch_spec, &network, &[key_pair, group]).await?;
+    let (instance, placement) = launch(context, launch_spec, &network, &[key_pair, group], purpose).await?;
     let launched = Created::now(NewKind::Instance);
     stack.push(UndoStep::TerminateInstance { id: instance.clone(), fresh: Some(launched) });
     context.created(ResourceKind::Instance, &instance);
@@ -402,6 +402,7 @@ async fn launch(
     spec: LaunchSpec,
     network: &Network,
     fresh: &[Created],
+    purpose: Purpose,
 ) -> Result<(InstanceId, Option<Placement>), StepError> {
     let run = &context.run;
     let mut placements = Placements::new(network.placements.clone());
@@ -413,6 +414,10 @@ async fn launch(
         let try_number = format!("try{tries}");
         let mut parts =
             vec![run.run_id.as_str(), context.flavor.name.as_str(), context.job.region.as_str(), attempt.as_str()];
+        if purpose == Purpose::Test {
+            // Not a repeat of the build's launch: EC2 would answer it with the build's instance.
+            parts.push("test");
+        }
         if tries > 0 {
             parts.push(&try_number);
         }
@@ -640,6 +645,9 @@ async fn run_all(
         };
         if let Err(error) = connection.provision(number, provisioner, &env, &mut output).await {
             let mut message = error.to_string();
+            if image.is_some() {
+                message = message.replacen("provisioner ", "test ", 1);
+            }
             if image.is_some() && !last.is_empty() {
                 let lines: Vec<String> = last.into_iter().collect();
                 message.push_str(&format!("; its last output: {}", lines.join(" | ")));

@@ -6,6 +6,7 @@ mod corpus;
 mod harness;
 mod layout;
 mod matrix;
+mod nightly;
 mod operator;
 mod organization;
 mod plan;

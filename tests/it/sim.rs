@@ -779,3 +779,69 @@ fn sharing_an_image_encrypted_with_the_aws_managed_key_is_refused() {
     assert_eq!(artifacts.values().map(|regions| regions.as_object().unwrap().len()).sum::<usize>(), 10);
     assert_nothing_left(&run);
 }
+
+/// `fleet` with tests on every flavor and each image published as it is made.
+fn tested_and_published(sim: &str) -> String {
+    let text = fleet(sim, "max_parallel_builds = 1").replace(
+        "sim_provision = \"2m\"\n",
+        "sim_provision = \"2m\"\ntests = [{ type = \"shell\", inline = [\"systemctl is-active sshd\"] }]\n",
+    );
+    let text = text.replacen(
+        "provisioners = [\n",
+        "tests = [{ type = \"shell\", inline = [\"docker run --rm hello-world\"] }]\nprovisioners = [\n",
+        1,
+    );
+    format!("{text}\n[publish]\nssm_parameter = \"/images/{{fleet}}/{{flavor}}\"\nlaunch_template = \"{{flavor}}\"\nwhen = \"each\"\n")
+}
+
+/// The test and publish steps under faults: a failed test fails only its build (its image discarded, its
+/// copy skipped), a refused publish fails its job at `publish` with the image kept, a lost answer is retried;
+/// nothing leaks and the manifest is true.
+#[test]
+fn a_fault_in_the_test_or_publish_step_fails_only_its_job_and_leaves_nothing() {
+    let cases = [
+        ("{ action = \"test\", error = \"failed\", nth = 1, region = \"eu-central-1\" }", Some("test"), 8),
+        ("{ action = \"PutParameter\", error = \"UnauthorizedOperation\", nth = 1 }", Some("publish"), 10),
+        (
+            "{ action = \"CreateLaunchTemplateVersion\", error = \"UnauthorizedOperation\", nth = 2 }",
+            Some("publish"),
+            10,
+        ),
+        ("{ action = \"PutParameter\", error = \"InternalError\", nth = 3, answer_lost = true }", None, 10),
+    ];
+    for (fault, stage, images) in cases {
+        let workspace = Workspace::new();
+        let run = run_sim_with(&workspace, &tested_and_published(&format!("faults = [{fault}]")), &["--no-preflight"]);
+        assert_eq!(run.summary["sim"]["faults_injected"], 1, "{fault}");
+        let failures = failures(&run.manifest);
+        match stage {
+            Some(stage) => {
+                assert_eq!(run.outcome.code, 1, "{fault}: {}", run.outcome.stderr);
+                let failed: Vec<_> = failures.iter().filter(|f| f.2 != "skipped").collect();
+                assert_eq!(failed.len(), 1, "{fault}: {failures:?}");
+                assert_eq!(failed[0].2, stage, "{fault}: {failures:?}");
+            }
+            None => assert_eq!(run.outcome.code, 0, "{fault}: {}", run.outcome.stderr),
+        }
+        let made = run.summary["sim"]["images"].as_array().unwrap();
+        assert_eq!(made.len(), images, "{fault}: {made:?}");
+        let artifacts: usize =
+            run.manifest["artifacts"].as_object().unwrap().values().map(|r| r.as_object().unwrap().len()).sum();
+        assert_eq!(artifacts, images, "{fault}: every image made is in the manifest");
+        // Every image in the manifest was published, or its job says why not.
+        let published = run.summary["sim"]["published"].as_array().unwrap();
+        for (flavor, regions) in run.manifest["artifacts"].as_object().unwrap() {
+            for (region, artifact) in regions.as_object().unwrap() {
+                let image = artifact["image_id"].as_str().unwrap();
+                let in_ssm = published.iter().any(|line| {
+                    let line = line.as_str().unwrap();
+                    line.starts_with(&format!("{region} ssm /images/simtest/{flavor} ")) && line.contains(image)
+                });
+                let refused = failures.iter().any(|f| &f.0 == flavor && &f.1 == region && f.2 == "publish");
+                assert!(in_ssm || refused, "{fault}: {flavor}/{region} neither published nor failed: {published:?}");
+            }
+        }
+        assert_manifest_is_true(&run, fault);
+        assert_nothing_left(&run);
+    }
+}
