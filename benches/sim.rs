@@ -36,6 +36,9 @@ struct Measured {
     wall: Duration,
     cpu: Duration,
     peak_rss_mib: f64,
+    /// What the manifest writer wrote over the run.
+    manifest_bytes: u64,
+    manifest_writes: u64,
 }
 
 /// CPU time of this thread (the simulated run is on a current-thread runtime: the scheduler, the model and
@@ -57,13 +60,11 @@ fn run(scenario: &Scenario, strategy: Strategy, workdir: &Path) -> Measured {
     let fleet_path = workdir.join("fleet.toml");
     let fleet =
         config::parse(&fleet_path, &text).unwrap_or_else(|errors| panic!("the synthetic fleet is valid: {errors}"));
-    let reporters: Vec<Box<dyn Reporter>> = vec![
-        Box::new(TerminalReporter::new(std::io::sink(), false)),
-        Box::new(fleetbake::state::manifest::ManifestWriter::new(
-            workdir.join("manifest.sim.json"),
-            Duration::from_secs(60),
-        )),
-    ];
+    let manifest =
+        fleetbake::state::manifest::ManifestWriter::new(workdir.join("manifest.sim.json"), Duration::from_secs(60));
+    let written = manifest.counters();
+    let reporters: Vec<Box<dyn Reporter>> =
+        vec![Box::new(TerminalReporter::new(std::io::sink(), false)), Box::new(manifest)];
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -86,7 +87,15 @@ fn run(scenario: &Scenario, strategy: Strategy, workdir: &Path) -> Measured {
     let wall = started.elapsed();
     let cpu = thread_cpu_time() - cpu_before;
     drop(runtime);
-    Measured { statistics: outcome.statistics, wall, cpu, peak_rss_mib: peak_rss_mib() }
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    Measured {
+        statistics: outcome.statistics,
+        wall,
+        cpu,
+        peak_rss_mib: peak_rss_mib(),
+        manifest_bytes: load(&written.bytes),
+        manifest_writes: load(&written.writes),
+    }
 }
 
 fn clock(seconds: f64) -> String {
@@ -120,7 +129,7 @@ fn main() {
     let workdir = tempfile::tempdir().expect("a temporary directory");
     println!("Simulated cloud, default [sim] durations (build ≈ 14.5 min to image, copy 15 min), jitter 0, EC2's default buckets");
     println!(
-        "{:<27} {:<9} {:>6} {:>9} {:>9} {:>7} {:>9} {:>7} {:>6} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>9}",
+        "{:<27} {:<9} {:>6} {:>9} {:>9} {:>7} {:>9} {:>7} {:>6} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>9} {:>17}",
         "matrix",
         "waits",
         "jobs",
@@ -136,17 +145,23 @@ fn main() {
         "desc/2s",
         "CPU",
         "wall",
-        "peak RSS"
+        "peak RSS",
+        "manifest written"
     );
     let mut describes = Vec::new();
-    for scenario in &scenarios {
-        for &(label, strategy) in scenario.strategies {
+    // `FLEETBAKE_BENCH_ONLY=10,000` runs the scenarios whose name contains it, and only fleetbake's way (for a
+    // profiler).
+    let only = std::env::var("FLEETBAKE_BENCH_ONLY").ok();
+    for scenario in
+        scenarios.iter().filter(|scenario| only.as_ref().is_none_or(|only| scenario.name.contains(only.as_str())))
+    {
+        for &(label, strategy) in scenario.strategies.iter().take(if only.is_some() { 1 } else { usize::MAX }) {
             let measured = run(scenario, strategy, workdir.path());
             let statistics = &measured.statistics;
             let class = |key: &str| statistics.api_calls_by_class.get(key).copied().unwrap_or(0);
             let sim = statistics.sim.as_ref().expect("a simulated run reports");
             println!(
-                "{:<27} {:<9} {:>6} {:>9} {:>9} {:>7.4} {:>9} {:>7} {:>6} {:>6} {:>6} {:>7} {:>8} {:>7.2}s {:>7.2}s {:>6.1}MiB",
+                "{:<27} {:<9} {:>6} {:>9} {:>9} {:>7.4} {:>9} {:>7} {:>6} {:>6} {:>6} {:>7} {:>8} {:>7.2}s {:>7.2}s {:>6.1}MiB {:>7.1}MiB/{:<4}",
                 scenario.name,
                 label,
                 statistics.jobs.succeeded + statistics.jobs.failed,
@@ -163,6 +178,8 @@ fn main() {
                 measured.cpu.as_secs_f64(),
                 measured.wall.as_secs_f64(),
                 measured.peak_rss_mib,
+                measured.manifest_bytes as f64 / (1024.0 * 1024.0),
+                measured.manifest_writes,
             );
             if statistics.jobs.failed > 0 || !sim.leaked_resources.is_empty() {
                 println!("  !! {} failed jobs, leaked: {:?}", statistics.jobs.failed, sim.leaked_resources);

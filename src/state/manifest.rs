@@ -1,9 +1,10 @@
 //! The artifact manifest deploy tooling reads: its model, and the reporter that rewrites it atomically
 //! (temp file + rename) each time an image becomes available or a job fails.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::SecondsFormat;
@@ -102,15 +103,76 @@ impl Manifest {
         serde_json::from_str(&text).map_err(std::io::Error::other)
     }
 
-    /// Replaces the file at `path` in one rename, so readers see the old or the new manifest, never a torn one.
+    /// Replaces the file at `path` in one rename, so readers see the old or the new manifest, never a torn one:
+    /// serialized into memory (never a write call per JSON token), written in one call, synced, renamed.
     pub fn write_atomically(&self, path: &Path) -> std::io::Result<()> {
-        let directory = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(directory)?;
-        let mut file = tempfile::Builder::new().prefix(".manifest").suffix(".tmp").tempfile_in(directory)?;
-        serde_json::to_writer_pretty(&mut file, self).map_err(std::io::Error::other)?;
-        file.write_all(b"\n")?;
-        file.as_file().sync_all()?;
-        file.persist(path).map_err(|error| error.error)?;
+        let mut buffer = Vec::new();
+        self.serialize_into(&mut buffer)?;
+        crate::state::atomic::replace(path, &buffer)
+    }
+
+    /// The file's bytes, into `buffer` (cleared first; a writer reuses one buffer for every rewrite).
+    pub fn serialize_into(&self, buffer: &mut Vec<u8>) -> std::io::Result<()> {
+        buffer.clear();
+        serde_json::to_writer_pretty(&mut *buffer, self).map_err(std::io::Error::other)?;
+        buffer.push(b'\n');
+        Ok(())
+    }
+
+    /// As [`Manifest::serialize_into`], byte for byte, with each artifact's JSON taken from `fragments` (made
+    /// and kept there the first time): a rewrite serializes only what changed since the last, and copies the
+    /// rest.
+    pub fn serialize_cached(
+        &mut self,
+        buffer: &mut Vec<u8>,
+        fragments: &mut HashMap<(FlavorName, Region), Vec<u8>>,
+    ) -> std::io::Result<()> {
+        let artifacts = std::mem::take(&mut self.artifacts);
+        let serialized = self.serialize_into(buffer);
+        self.artifacts = artifacts;
+        serialized?;
+        if self.artifacts.is_empty() {
+            return Ok(());
+        }
+        const EMPTY: &[u8] = b"\n  \"artifacts\": {},\n";
+        let at = buffer.windows(EMPTY.len()).position(|window| window == EMPTY).expect("the manifest has artifacts");
+        let tail = buffer.split_off(at + EMPTY.len() - 2);
+        buffer.truncate(at + EMPTY.len() - 4);
+        buffer.extend_from_slice(b"{\n");
+        for (index, (flavor, regions)) in self.artifacts.iter().enumerate() {
+            if index > 0 {
+                buffer.extend_from_slice(b",\n");
+            }
+            buffer.extend_from_slice(b"    ");
+            serde_json::to_writer(&mut *buffer, flavor).map_err(std::io::Error::other)?;
+            buffer.extend_from_slice(b": {\n");
+            for (index, (region, artifact)) in regions.iter().enumerate() {
+                if index > 0 {
+                    buffer.extend_from_slice(b",\n");
+                }
+                buffer.extend_from_slice(b"      ");
+                serde_json::to_writer(&mut *buffer, region).map_err(std::io::Error::other)?;
+                buffer.extend_from_slice(b": ");
+                let fragment = match fragments.entry((flavor.clone(), region.clone())) {
+                    std::collections::hash_map::Entry::Occupied(cached) => cached.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(empty) => {
+                        let pretty = serde_json::to_vec_pretty(artifact).map_err(std::io::Error::other)?;
+                        let mut indented = Vec::with_capacity(pretty.len() + pretty.len() / 8);
+                        for &byte in &pretty {
+                            indented.push(byte);
+                            if byte == b'\n' {
+                                indented.extend_from_slice(b"      ");
+                            }
+                        }
+                        empty.insert(indented)
+                    }
+                };
+                buffer.extend_from_slice(fragment);
+            }
+            buffer.extend_from_slice(b"\n    }");
+        }
+        buffer.extend_from_slice(b"\n  }");
+        buffer.extend_from_slice(&tail);
         Ok(())
     }
 }
@@ -128,11 +190,55 @@ pub struct ManifestWriter {
     /// Images a resumed run's manifest already listed that this attempt has not announced again: dropped at
     /// the end if it never does (the image is gone, or its job failed this time).
     carried: BTreeSet<(FlavorName, Region)>,
+    /// The size of the last write: a big manifest is rewritten less often (see [`ManifestWriter::lag`]).
+    last_size: u64,
+    counters: ManifestCounters,
+    /// The serialized manifest, reused from one write to the next.
+    buffer: Vec<u8>,
+    /// Each artifact's JSON as last written; dropped when the artifact changes.
+    fragments: HashMap<(FlavorName, Region), Vec<u8>>,
+}
+
+/// The average bandwidth a growing manifest may take: see [`ManifestWriter::lag`].
+pub const MANIFEST_WRITE_RATE: u64 = 32 * 1024;
+/// The longest the manifest on disk lags behind the run (an interrupt and the end write it at once).
+pub const MAX_MANIFEST_LAG: Duration = Duration::from_secs(120);
+
+/// How much a writer wrote: for the benches.
+#[derive(Clone, Debug, Default)]
+pub struct ManifestCounters {
+    pub bytes: Arc<AtomicU64>,
+    pub writes: Arc<AtomicU64>,
 }
 
 impl ManifestWriter {
     pub fn new(path: PathBuf, min_interval: Duration) -> Self {
-        ManifestWriter { path, manifest: None, min_interval, last_write: None, dirty: false, carried: BTreeSet::new() }
+        ManifestWriter {
+            path,
+            manifest: None,
+            min_interval,
+            last_write: None,
+            dirty: false,
+            carried: BTreeSet::new(),
+            last_size: 0,
+            counters: ManifestCounters::default(),
+            buffer: Vec::new(),
+            fragments: HashMap::new(),
+        }
+    }
+
+    /// How long after a write the next one may come: `min_interval`, or for a big manifest as long as writing
+    /// it at [`MANIFEST_WRITE_RATE`] takes (at most [`MAX_MANIFEST_LAG`]). A run of thousands of images then
+    /// spends a bounded share of the disk on its manifest (a 5 MB manifest of 10,000 images: every 2 minutes)
+    /// instead of rewriting it whole after every event; a small one stays current within a second.
+    fn lag(&self) -> Duration {
+        let by_size = Duration::from_secs_f64(self.last_size as f64 / MANIFEST_WRITE_RATE as f64);
+        by_size.min(MAX_MANIFEST_LAG).max(self.min_interval)
+    }
+
+    /// Its byte and write counts, shared (they go on counting after the writer is handed to the pump).
+    pub fn counters(&self) -> ManifestCounters {
+        self.counters.clone()
     }
 
     fn changed(&mut self) -> Result<(), ReportError> {
@@ -141,14 +247,19 @@ impl ManifestWriter {
     }
 
     fn write(&mut self) -> Result<(), ReportError> {
-        let Some(manifest) = &self.manifest else {
+        let Some(manifest) = &mut self.manifest else {
             return Ok(());
         };
         self.dirty = false;
         self.last_write = Some(Instant::now());
-        manifest
-            .write_atomically(&self.path)
-            .map_err(|error| ReportError(format!("cannot write the manifest `{}`: {error}", self.path.display())))
+        let failed = |error| ReportError(format!("cannot write the manifest `{}`: {error}", self.path.display()));
+        manifest.serialize_cached(&mut self.buffer, &mut self.fragments).map_err(failed)?;
+        crate::state::atomic::replace(&self.path, &self.buffer).map_err(failed)?;
+        let written = self.buffer.len() as u64;
+        self.counters.bytes.fetch_add(written, Ordering::Relaxed);
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.last_size = written;
+        Ok(())
     }
 }
 
@@ -159,6 +270,7 @@ impl Reporter for ManifestWriter {
                 // A resumed run starts from the images its manifest already lists, so they never drop out of
                 // the file while the run re-announces them. A selective run (`--only`, `--except`) keeps what
                 // the earlier manifest lists outside its selection: those images are untouched, still true.
+                self.fragments.clear();
                 let earlier = Manifest::read(&self.path).ok();
                 let resumed = earlier.as_ref().is_some_and(|earlier| earlier.run_id == run_id.as_str());
                 let mut artifacts = BTreeMap::new();
@@ -192,6 +304,7 @@ impl Reporter for ManifestWriter {
             }
             RunEvent::ImageAvailable { job, artifact } => {
                 self.carried.remove(&(job.flavor.clone(), job.region.clone()));
+                self.fragments.remove(&(job.flavor.clone(), job.region.clone()));
                 if let Some(manifest) = &mut self.manifest {
                     manifest
                         .artifacts
@@ -203,6 +316,7 @@ impl Reporter for ManifestWriter {
                 self.changed()
             }
             RunEvent::Published { job, publication } => {
+                self.fragments.remove(&(job.flavor.clone(), job.region.clone()));
                 let artifact = self.manifest.as_mut().and_then(|manifest| {
                     manifest.artifacts.get_mut(&job.flavor).and_then(|regions| regions.get_mut(&job.region))
                 });
@@ -219,6 +333,8 @@ impl Reporter for ManifestWriter {
                 }
                 self.changed()
             }
+            // At once: the process may not get much longer (a second signal exits without waiting).
+            RunEvent::Interrupted { .. } => self.write(),
             RunEvent::JobFailed(failure) => {
                 if let Some(manifest) = &mut self.manifest {
                     manifest.failures.push(failure.clone());
@@ -243,7 +359,7 @@ impl Reporter for ManifestWriter {
     }
 
     fn flush(&mut self, at_end: bool) -> Result<(), ReportError> {
-        let due = self.last_write.is_none_or(|last| Instant::now() >= last + self.min_interval);
+        let due = self.last_write.is_none_or(|last| Instant::now() >= last + self.lag());
         if self.dirty && (at_end || due) {
             self.write()?;
         }
@@ -251,7 +367,7 @@ impl Reporter for ManifestWriter {
     }
 
     fn flush_due(&self) -> Option<Instant> {
-        self.dirty.then(|| self.last_write.map_or_else(Instant::now, |last| last + self.min_interval))
+        self.dirty.then(|| self.last_write.map_or_else(Instant::now, |last| last + self.lag()))
     }
 }
 
@@ -280,6 +396,58 @@ mod tests {
             }],
             selective: false,
         })
+    }
+
+    #[test]
+    fn the_cached_serialization_is_serde_json_s_byte_for_byte() {
+        let artifact = |image: &str| Artifact {
+            image_id: ImageId::new(image),
+            name: "a \"quoted\" name\nwith a line".into(),
+            build_region: Region::new("us-west-2"),
+            source_image_id: ImageId::new("ami-0"),
+            snapshot_ids: vec![crate::cloud::SnapshotId::new("snap-1"), crate::cloud::SnapshotId::new("snap-2")],
+            created_at: "2026-11-26T12:10:00Z".into(),
+            fingerprint: Some("ab".repeat(32)),
+            reused_from: None,
+            published: Vec::new(),
+            settings: Default::default(),
+        };
+        let mut manifest = Manifest {
+            version: MANIFEST_VERSION,
+            fleet: "unit \"fleet\"".into(),
+            run_id: "r".into(),
+            status: RunStatus::Partial,
+            started_at: "2026-11-26T12:00:00Z".into(),
+            finished_at: None,
+            artifacts: BTreeMap::new(),
+            failures: Vec::new(),
+            in_progress: Vec::new(),
+        };
+        let (mut cached, mut plain, mut fragments) = (Vec::new(), Vec::new(), HashMap::new());
+        manifest.serialize_cached(&mut cached, &mut fragments).unwrap();
+        manifest.serialize_into(&mut plain).unwrap();
+        assert_eq!(String::from_utf8_lossy(&cached), String::from_utf8_lossy(&plain), "no artifacts");
+        for (flavor, regions) in [("base", ["us-west-2", "us-east-1"]), ("web", ["eu-west-1", "us-west-2"])] {
+            for region in regions {
+                let image = format!("ami-{flavor}-{region}");
+                manifest
+                    .artifacts
+                    .entry(FlavorName::new(flavor))
+                    .or_default()
+                    .insert(Region::new(region), artifact(&image));
+            }
+        }
+        manifest.failures.push(Failure::new(
+            &crate::report::events::JobLabel { flavor: FlavorName::new("web"), region: Region::new("ap-south-1") },
+            crate::report::events::Stage::Launch,
+            "no",
+        ));
+        for _ in 0..2 {
+            manifest.serialize_cached(&mut cached, &mut fragments).unwrap();
+            manifest.serialize_into(&mut plain).unwrap();
+            assert_eq!(String::from_utf8_lossy(&cached), String::from_utf8_lossy(&plain));
+        }
+        assert_eq!(fragments.len(), 4, "each artifact serialized once");
     }
 
     #[test]

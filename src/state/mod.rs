@@ -5,6 +5,7 @@
 //! Layer: `state` imports `config`, `plan`, `cloud`, `report` and `steps` (the cleanup stack leftovers are
 //! removed through, the [`Ledger`](crate::steps::ledger::Ledger) the journal implements); never the engine.
 
+pub mod atomic;
 pub mod gc;
 pub mod journal;
 pub mod leftovers;

@@ -78,7 +78,7 @@ impl PackerManifestWriter {
         }
         manifest.last_run_uuid = uuid;
         let text = serde_json::to_string_pretty(&manifest).expect("serializable") + "\n";
-        write_atomically(&self.path, &text).map_err(|error| {
+        crate::state::atomic::replace(&self.path, text.as_bytes()).map_err(|error| {
             ReportError(format!("cannot write the Packer manifest `{}`: {error}", self.path.display()))
         })
     }
@@ -86,17 +86,6 @@ impl PackerManifestWriter {
 
 fn read(path: &Path) -> Option<PackerManifest> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
-}
-
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let directory = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(directory)?;
-    let mut file = tempfile::Builder::new().prefix(".packer-manifest").suffix(".tmp").tempfile_in(directory)?;
-    file.write_all(text.as_bytes())?;
-    file.as_file().sync_all()?;
-    file.persist(path).map_err(|error| error.error)?;
-    Ok(())
 }
 
 impl Reporter for PackerManifestWriter {

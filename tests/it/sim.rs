@@ -548,6 +548,19 @@ async fn run_on(
     start: fleetbake::engine::run::Start,
     interrupt_after: Option<std::time::Duration>,
 ) -> fleetbake::engine::scheduler::RunSummary {
+    let writer =
+        fleetbake::state::manifest::ManifestWriter::new(fleet.manifest_path.clone(), std::time::Duration::ZERO);
+    run_reporting_to(sim, fleet, start, interrupt_after, vec![Box::new(writer)]).await
+}
+
+/// [`run_on`], with the events going to `reporters`.
+async fn run_reporting_to(
+    sim: &std::sync::Arc<fleetbake::cloud::sim::SimCloud>,
+    fleet: &fleetbake::config::Fleet,
+    start: fleetbake::engine::run::Start,
+    interrupt_after: Option<std::time::Duration>,
+    reporters: Vec<Box<dyn fleetbake::report::Reporter>>,
+) -> fleetbake::engine::scheduler::RunSummary {
     use fleetbake::cloud::{limiter::RetryPolicy, Cloud, Limited};
     use fleetbake::engine::{limits::RunLimits, run::Execution, run::Strategy, scheduler::Interrupt};
     use std::sync::Arc;
@@ -570,10 +583,7 @@ async fn run_on(
             limits,
             strategy: Strategy::FLEETBAKE,
             fail_fast: false,
-            reporters: vec![Box::new(fleetbake::state::manifest::ManifestWriter::new(
-                fleet.manifest_path.clone(),
-                std::time::Duration::ZERO,
-            ))],
+            reporters,
             run_lock: None,
             preflight: None,
         };
@@ -628,6 +638,135 @@ fn a_resumed_run_makes_a_failed_copy_anew_with_a_new_token() {
     assert_eq!(there.len(), 2, "the new copy and al2023's: {there:?}");
     assert!(there.iter().any(|image| image.id == copy && image.available), "{there:?}");
     assert!(report.leaked_resources.is_empty(), "{:?}", report.leaked_resources);
+}
+
+/// Records each image the run announced as available, and when, on the (paused) runtime's clock; and, when the
+/// interrupt is announced, the manifest on disk then (the writer, before it in the list, has seen the event).
+struct Announcements {
+    since: tokio::time::Instant,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Announced>>>,
+    manifest: std::path::PathBuf,
+    at_interrupt: std::sync::Arc<std::sync::Mutex<Option<(usize, String)>>>,
+}
+
+#[derive(Clone, Debug)]
+struct Announced {
+    after: std::time::Duration,
+    flavor: String,
+    region: String,
+    image_id: String,
+}
+
+impl fleetbake::report::Reporter for Announcements {
+    fn report(&mut self, event: &fleetbake::report::events::Stamped) -> Result<(), fleetbake::report::ReportError> {
+        if let fleetbake::report::events::RunEvent::ImageAvailable { job, artifact } = &event.event {
+            self.seen.lock().unwrap().push(Announced {
+                after: self.since.elapsed(),
+                flavor: job.flavor.to_string(),
+                region: job.region.to_string(),
+                image_id: artifact.image_id.to_string(),
+            });
+        }
+        if let fleetbake::report::events::RunEvent::Interrupted { .. } = &event.event {
+            let text = std::fs::read_to_string(&self.manifest).unwrap();
+            *self.at_interrupt.lock().unwrap() = Some((self.seen.lock().unwrap().len(), text));
+        }
+        Ok(())
+    }
+}
+
+/// What a run of the test fleet announced, the manifest it left, and the manifest on disk when the interrupt
+/// was announced (with how many images had been announced by then).
+struct LeftBehind {
+    announced: Vec<Announced>,
+    manifest: Value,
+    at_interrupt: Option<(usize, String)>,
+}
+
+/// Runs the test fleet on a fresh simulated account, writing the manifest the way `fleetbake sim` does (at
+/// most once a simulated minute), interrupted after `interrupt_after` of virtual time if given.
+fn run_leaving_manifest(interrupt_after: Option<std::time::Duration>) -> LeftBehind {
+    use fleetbake::engine::run::Start;
+    use fleetbake::state::journal::JournalDir;
+    use std::sync::{Arc, Mutex};
+    let workspace = Workspace::new();
+    // Durations ±5%: images land apart, some within a minute of the one before (so a write is deferred).
+    let fleet_path = workspace.write("fleet.toml", &fleet("jitter = 0.05", ""));
+    let fleet = fleetbake::config::load(&fleet_path).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    let (seen, at_interrupt) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(None)));
+    runtime.block_on(async {
+        let sim = Arc::new(fleetbake::cloud::sim::SimCloud::new(&fleet));
+        let writer = fleetbake::state::manifest::ManifestWriter::new(
+            fleet.manifest_path.clone(),
+            std::time::Duration::from_secs(60),
+        );
+        let announcements = Announcements {
+            since: tokio::time::Instant::now(),
+            seen: Arc::clone(&seen),
+            manifest: fleet.manifest_path.clone(),
+            at_interrupt: Arc::clone(&at_interrupt),
+        };
+        let start = Start::fresh(&fleet, Some(JournalDir::of(&fleet)));
+        let summary =
+            run_reporting_to(&sim, &fleet, start, interrupt_after, vec![Box::new(writer), Box::new(announcements)])
+                .await;
+        assert_eq!(summary.interrupted.is_some(), interrupt_after.is_some(), "{summary:?}");
+    });
+    let manifest = parse_manifest(&std::fs::read_to_string(&fleet.manifest_path).unwrap());
+    let announced = seen.lock().unwrap().clone();
+    let at_interrupt = at_interrupt.lock().unwrap().take();
+    LeftBehind { announced, manifest, at_interrupt }
+}
+
+fn parse_manifest(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|error| panic!("the manifest parses: {error}: {text}"))
+}
+
+/// Asserts `manifest` lists exactly the `announced` images, with their ids.
+fn assert_lists_exactly(manifest: &Value, announced: &[Announced], when: &str) {
+    let artifacts = manifest["artifacts"].as_object().unwrap();
+    let listed: usize = artifacts.values().map(|regions| regions.as_object().unwrap().len()).sum();
+    assert_eq!(listed, announced.len(), "{when}: every image announced, and only those: {manifest}");
+    for image in announced {
+        let entry = &artifacts[&image.flavor][&image.region];
+        assert_eq!(entry["image_id"], image.image_id.as_str(), "{when}: {image:?} in {manifest}");
+    }
+}
+
+/// The manifest is rewritten at most once a simulated minute while a run goes on, but an interrupt writes it
+/// at once: interrupted a second after each image was announced (and before any), the manifest on disk as
+/// the interrupt is announced, and the one the run leaves, parse and list exactly the images it announced.
+#[test]
+fn an_interrupted_run_leaves_a_manifest_with_every_image_it_announced() {
+    let whole = run_leaving_manifest(None);
+    assert_eq!(whole.manifest["status"], "complete", "{}", whole.manifest);
+    assert_eq!(whole.announced.len(), 10, "4 builds and 6 copies: {:?}", whole.announced);
+    // Not after the last one: the run has ended by then.
+    let end = whole.announced.iter().map(|announced| announced.after).max().unwrap();
+    let mut points: Vec<_> = whole
+        .announced
+        .iter()
+        .filter(|announced| announced.after < end)
+        .map(|announced| announced.after + std::time::Duration::from_secs(1))
+        .collect();
+    points.insert(0, std::time::Duration::from_secs(5 * 60));
+    points.dedup();
+    let mut most = 0;
+    for after in points {
+        let left = run_leaving_manifest(Some(after));
+        let (before_interrupt, text) = left.at_interrupt.unwrap_or_else(|| panic!("interrupted at {after:?}"));
+        let when = format!("interrupted at {after:?}, as the interrupt was announced");
+        assert_lists_exactly(&parse_manifest(&text), &left.announced[..before_interrupt], &when);
+        assert_ne!(left.manifest["status"], "complete", "interrupted at {after:?}: {}", left.manifest);
+        assert_lists_exactly(&left.manifest, &left.announced, &format!("interrupted at {after:?}, at the end"));
+        most = most.max(before_interrupt);
+    }
+    assert!(
+        most > whole.announced.len() / 2,
+        "the last points came after most images: {most} of {}",
+        whole.announced.len()
+    );
 }
 
 /// EC2 can refuse CreateImage right after the instance reports `stopped`; the build waits it out (the Packer
