@@ -45,12 +45,14 @@ string_newtype!(
     KeyPairName,
 );
 
-/// A private key as EC2 returned it. Never printed: `Debug` redacts it.
-pub struct PrivateKey(String);
+/// A private key as EC2 returned it. Never printed: `Debug` redacts it. Shared (`Arc`) so a build and its
+/// connection attempts hold one copy.
+#[derive(Clone)]
+pub struct PrivateKey(std::sync::Arc<str>);
 
 impl PrivateKey {
     pub fn new(pem: String) -> Self {
-        PrivateKey(pem)
+        PrivateKey(pem.into())
     }
     pub fn expose(&self) -> &str {
         &self.0

@@ -119,13 +119,19 @@ struct LoopState {
     stopping: bool,
     /// In-flight jobs give up their waits and clean up (interrupt only).
     cancel: CancellationToken,
-    /// Ready jobs waiting for a slot, per pool, in plan order.
-    waiting: BTreeMap<SlotPool, VecDeque<JobId>>,
+    /// Ready jobs waiting for a slot, per pool, in plan order, with the pool's slots.
+    waiting: BTreeMap<SlotPool, Waiting>,
     timings: BTreeMap<JobId, JobTiming>,
     /// Build slots held until the build's copies end ([`BuildSlotRelease::AfterItsCopies`]).
     held_build_slots: HashMap<usize, OwnedSemaphorePermit>,
     /// Per build, how many of its copies have not ended (or been skipped).
     copies_to_end: HashMap<usize, usize>,
+}
+
+/// A pool's ready jobs and its slots.
+struct Waiting {
+    slots: Arc<tokio::sync::Semaphore>,
+    jobs: VecDeque<JobId>,
 }
 
 /// The concurrency cap a job needs a slot of.
@@ -177,13 +183,20 @@ impl Scheduler {
                 while let Some(job) = queue.pop_ready() {
                     match self.priors.get(&job) {
                         Some(Prior::Available(artifact)) => self.reuse(job, artifact, &mut state, &mut queue),
-                        _ => state.waiting.entry(self.pool(job)).or_default().push_back(job),
+                        _ => {
+                            let pool = self.pool(job);
+                            let waiting = state
+                                .waiting
+                                .entry(pool)
+                                .or_insert_with_key(|pool| Waiting { slots: self.slots(pool), jobs: VecDeque::new() });
+                            waiting.jobs.push_back(job);
+                        }
                     }
                 }
                 self.start_what_fits(&mut state, &loop_sender, &mut tasks, &mut task_jobs);
             }
             if tasks.is_empty() {
-                debug_assert!(state.stopping || state.waiting.values().all(VecDeque::is_empty));
+                debug_assert!(state.stopping || state.waiting.values().all(|waiting| waiting.jobs.is_empty()));
                 break;
             }
             let event = tokio::select! {
@@ -496,7 +509,8 @@ impl Scheduler {
 
     /// Every job that has not started: waiting for a slot first (in plan order), then the rest of the queue.
     fn drain_not_started(queue: &mut DependencyQueue<JobId>, state: &mut LoopState) -> Vec<JobId> {
-        let mut jobs: Vec<JobId> = std::mem::take(&mut state.waiting).into_values().flatten().collect();
+        let mut jobs: Vec<JobId> =
+            std::mem::take(&mut state.waiting).into_values().flat_map(|waiting| waiting.jobs).collect();
         jobs.extend(queue.drain());
         jobs
     }
@@ -516,21 +530,28 @@ impl Scheduler {
         tasks: &mut JoinSet<TaskOutcome>,
         task_jobs: &mut HashMap<tokio::task::Id, JobId>,
     ) {
-        let pools: Vec<SlotPool> = state.waiting.keys().cloned().collect();
-        for pool in pools {
-            let slots = match &pool {
-                SlotPool::Builds => self.limits.builds(),
-                SlotPool::CopiesInto(region) => self.limits.copies_into(region),
-            };
-            while state.waiting.get(&pool).is_some_and(|jobs| !jobs.is_empty()) {
-                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else { break };
-                let job = state.waiting.get_mut(&pool).and_then(VecDeque::pop_front).expect("checked non-empty");
-                state.timings.insert(job, JobTiming { started: self.run.clock.elapsed(), ..JobTiming::default() });
-                let PlannedLanding { job: label, kind, .. } = self.landing(job);
-                self.events.send(RunEvent::JobStarted { job: label, kind });
-                let task = self.spawn(job, slot, state, loop_sender, tasks);
-                task_jobs.insert(task, job);
+        // What starts, then starting it: each pool's slots were looked up once, when it first had a job.
+        let mut starting = Vec::new();
+        for waiting in state.waiting.values_mut() {
+            while !waiting.jobs.is_empty() {
+                let Ok(slot) = Arc::clone(&waiting.slots).try_acquire_owned() else { break };
+                starting.push((waiting.jobs.pop_front().expect("checked non-empty"), slot));
             }
+        }
+        for (job, slot) in starting {
+            state.timings.insert(job, JobTiming { started: self.run.clock.elapsed(), ..JobTiming::default() });
+            let PlannedLanding { job: label, kind, .. } = self.landing(job);
+            self.events.send(RunEvent::JobStarted { job: label, kind });
+            let task = self.spawn(job, slot, state, loop_sender, tasks);
+            task_jobs.insert(task, job);
+        }
+    }
+
+    /// The slots of a pool.
+    fn slots(&self, pool: &SlotPool) -> Arc<tokio::sync::Semaphore> {
+        match pool {
+            SlotPool::Builds => self.limits.builds(),
+            SlotPool::CopiesInto(region) => self.limits.copies_into(region),
         }
     }
 

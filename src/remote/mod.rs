@@ -64,12 +64,16 @@ impl SshCommunicator {
 #[async_trait]
 impl Communicator for SshCommunicator {
     async fn connect(&self, target: &ConnectTarget, timeout: Duration) -> Result<Box<dyn Connection>, String> {
-        let session = ssh::connect(&target.ssh, timeout).await.map_err(|error| error.to_string())?;
-        Ok(Box::new(SshConnection(session)))
+        let files = ssh::KeyFiles::write(&target.ssh.private_key)
+            .map_err(|error| format!("cannot write the private key to a private temporary directory: {error}"))?;
+        let session = ssh::connect(&target.ssh, &files, timeout).await.map_err(|error| error.to_string())?;
+        Ok(Box::new(SshConnection(session, files)))
     }
 }
 
-struct SshConnection(openssh::Session);
+/// A session and its key files: the files go (the directory removed) after the session, when the connection
+/// is closed or dropped.
+struct SshConnection(openssh::Session, ssh::KeyFiles);
 
 #[async_trait]
 impl Connection for SshConnection {
@@ -84,8 +88,10 @@ impl Connection for SshConnection {
     }
 
     async fn close(self: Box<Self>) {
-        if let Err(error) = self.0.close().await {
+        let SshConnection(session, files) = *self;
+        if let Err(error) = session.close().await {
             tracing::debug!("closing the SSH session: {error}");
         }
+        drop(files);
     }
 }

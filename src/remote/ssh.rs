@@ -9,6 +9,7 @@ use std::time::Duration;
 use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use crate::cloud::PrivateKey;
 use crate::config::Bastion;
 use crate::report::events::OutputStream;
 
@@ -18,12 +19,35 @@ pub struct SshTarget {
     pub host: String,
     pub port: u16,
     pub user: String,
-    /// The private key, 0600.
-    pub key_file: PathBuf,
-    /// A short private directory for the control socket (Unix socket paths are limited to ~100 bytes).
-    pub control_dir: PathBuf,
+    /// The temporary key pair's private key: written to a 0600 file in a 0700 directory only for the life of
+    /// a connection ([`KeyFiles`]).
+    pub private_key: PrivateKey,
     /// The jump host to go through, if any.
     pub bastion: Option<Bastion>,
+}
+
+/// The files a connection needs on this machine: a private (0700) directory holding the key (0600), the
+/// control socket (a short path: Unix socket paths are limited to ~100 bytes) and, with a bastion, the ssh
+/// config. Removed with the directory when the connection ends (closed, or dropped by an interrupt).
+pub struct KeyFiles {
+    dir: tempfile::TempDir,
+    key_file: PathBuf,
+}
+
+impl KeyFiles {
+    pub fn write(key: &PrivateKey) -> std::io::Result<KeyFiles> {
+        let dir = tempfile::Builder::new()
+            .prefix("fb-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()?;
+        let key_file = dir.path().join("key");
+        write_private_file(&key_file, key.expose())?;
+        Ok(KeyFiles { dir, key_file })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
 }
 
 /// The alias of the bastion in the private ssh config file.
@@ -60,20 +84,20 @@ const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Connects, retrying every failure until `timeout` (sshd may not be up yet, nor the key installed).
-pub async fn connect(target: &SshTarget, timeout: Duration) -> Result<Session, SshError> {
+pub async fn connect(target: &SshTarget, files: &KeyFiles, timeout: Duration) -> Result<Session, SshError> {
     let mut builder = SessionBuilder::default();
     builder
         .user(target.user.clone())
         .port(target.port)
-        .keyfile(&target.key_file)
+        .keyfile(&files.key_file)
         .known_hosts_check(KnownHosts::Accept)
         .user_known_hosts_file("/dev/null")
         .config_file("/dev/null")
         .connect_timeout(CONNECT_ATTEMPT_TIMEOUT)
         .server_alive_interval(Duration::from_secs(15))
-        .control_directory(&target.control_dir);
+        .control_directory(files.dir());
     if let Some(bastion) = &target.bastion {
-        let config = target.control_dir.join("ssh_config");
+        let config = files.dir().join("ssh_config");
         write_private_file(&config, &bastion_config(bastion))
             .map_err(|error| SshError::Command(format!("cannot write `{}`: {error}", config.display())))?;
         builder.config_file(&config).jump_hosts([BASTION_ALIAS]);
@@ -203,5 +227,6 @@ pub fn write_private_file(path: &Path, content: &str) -> std::io::Result<()> {
     if !content.ends_with('\n') {
         file.write_all(b"\n")?;
     }
-    file.sync_all()
+    // Not synced: ssh reads it from the page cache, and it is removed when the connection ends.
+    Ok(())
 }

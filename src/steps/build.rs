@@ -19,7 +19,7 @@ use crate::cloud::{
 use crate::config::{Flavor, Provisioner, Tags};
 use crate::plan::BuildJob;
 use crate::remote::provision::{Described, ProvisionEnv};
-use crate::remote::ssh::{self, SshTarget};
+use crate::remote::ssh::SshTarget;
 use crate::remote::{Communicator, ConnectTarget, Connection};
 use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Publication, RunEvent, Stage};
 use crate::steps::adopt;
@@ -284,17 +284,6 @@ async fn bring_up(
                 message: error.message,
             })?;
 
-    let local_dir = tempfile::Builder::new()
-        .prefix("fb-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .tempdir()
-        .map_err(|error| {
-            StepError::new(Stage::KeyPair, format!("cannot create a private temporary directory: {error}"))
-        })?;
-    let key_file = local_dir.path().join("key");
-    let control_dir = local_dir.path().to_path_buf();
-    stack.push(UndoStep::RemoveLocalDir(local_dir));
-
     let resource_name = match purpose {
         Purpose::Build => format!("fleetbake-{}-{}", run.run_id, context.flavor.name),
         Purpose::Test => format!("fleetbake-{}-{}-test", run.run_id, context.flavor.name),
@@ -306,9 +295,7 @@ async fn bring_up(
     let key_pair = Created::now(NewKind::KeyPair);
     stack.push(UndoStep::DeleteKeyPair { name: key_name.clone(), fresh: Some(key_pair) });
     context.created(ResourceKind::KeyPair, &key_name);
-    ssh::write_private_file(&key_file, private_key.expose())
-        .map_err(|error| StepError::new(Stage::KeyPair, format!("cannot write the private key: {error}")))?;
-    drop(private_key);
+    // Kept in memory: the communicator writes it to a private file only while it is connected.
     context.progress(Stage::KeyPair, format!("created temporary key pair {key_name}"));
 
     let (security_group, group) = create_security_group(context, stack, &network, &resource_name).await?;
@@ -371,8 +358,7 @@ async fn bring_up(
             host,
             port: run.fleet.ssh.port,
             user: context.flavor.ssh_username.clone(),
-            key_file,
-            control_dir,
+            private_key,
             bastion: run.fleet.ssh.bastion.clone(),
         },
     };

@@ -44,8 +44,6 @@ pub enum UndoStep {
         snapshots: Vec<SnapshotId>,
         fresh: Option<Created>,
     },
-    /// The private key file and the SSH control sockets.
-    RemoveLocalDir(tempfile::TempDir),
 }
 
 impl UndoStep {
@@ -56,17 +54,16 @@ impl UndoStep {
             UndoStep::DeleteSecurityGroup { id, .. } => format!("security group {id}"),
             UndoStep::DeleteKeyPair { name, .. } => format!("key pair {name}"),
             UndoStep::DiscardImage { id, .. } => format!("failed image {id}"),
-            UndoStep::RemoveLocalDir(dir) => format!("local directory {}", dir.path().display()),
         }
     }
 
-    /// The journal's name for what the step removes (none for local files and images).
+    /// The journal's name for what the step removes (none for images).
     pub fn journal_resource(&self, region: &Region) -> Option<Resource> {
         let (kind, id) = match self {
             UndoStep::TerminateInstance { id, .. } => (ResourceKind::Instance, id.to_string()),
             UndoStep::DeleteSecurityGroup { id, .. } => (ResourceKind::SecurityGroup, id.to_string()),
             UndoStep::DeleteKeyPair { name, .. } => (ResourceKind::KeyPair, name.to_string()),
-            UndoStep::DiscardImage { .. } | UndoStep::RemoveLocalDir(_) => return None,
+            UndoStep::DiscardImage { .. } => return None,
         };
         Some(Resource { region: region.clone(), kind, id })
     }
@@ -304,10 +301,6 @@ async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> R
                 gone_is_fine(with_credentials(|| cloud.delete_snapshot(snapshot)).await)?;
             }
             Ok(())
-        }
-        UndoStep::RemoveLocalDir(dir) => {
-            let path = dir.path().display().to_string();
-            dir.close().map_err(|error| UndoError { code: None, message: format!("cannot remove `{path}`: {error}") })
         }
     }
 }

@@ -185,7 +185,11 @@ pub struct RegionState {
     pub instances: BTreeMap<InstanceId, SimInstance>,
     pub key_pairs: BTreeMap<KeyPairName, SimKeyPair>,
     pub security_groups: BTreeMap<SecurityGroupId, SimGroup>,
-    tags: HashMap<String, Tags>,
+    /// Each resource's tags, shared: the images of a flavor and their snapshots carry the same set, and a
+    /// 10,000-image night would otherwise hold it 20,000 times.
+    tags: HashMap<String, Arc<Tags>>,
+    /// Every distinct tag set, once.
+    tag_sets: HashSet<Arc<Tags>>,
     client_tokens: HashMap<String, String>,
     pub peak_copies_in_flight: usize,
     /// When each DescribeImages / DescribeInstances by id arrived.
@@ -479,7 +483,10 @@ impl SimRegion {
         let mut found = Vec::new();
         for (id, created_at) in matching {
             if state.settled(created_at, now) {
-                found.push(Tagged { tags: state.tags.get(id.as_ref()).cloned().unwrap_or_default(), id });
+                found.push(Tagged {
+                    tags: state.tags.get(id.as_ref()).map(|tags| Tags::clone(tags)).unwrap_or_default(),
+                    id,
+                });
             }
         }
         found
@@ -494,7 +501,24 @@ impl SimRegion {
     }
 
     fn merge_tags(state: &mut RegionState, resource: &str, tags: &Tags) {
-        state.tags.entry(resource.to_string()).or_default().extend(tags.clone());
+        let merged = match state.tags.get(resource) {
+            Some(existing) if tags.iter().all(|(key, value)| existing.get(key) == Some(value)) => return,
+            Some(existing) => {
+                let mut merged = Tags::clone(existing);
+                merged.extend(tags.clone());
+                merged
+            }
+            None => tags.clone(),
+        };
+        let shared = match state.tag_sets.get(&merged) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared = Arc::new(merged);
+                state.tag_sets.insert(Arc::clone(&shared));
+                shared
+            }
+        };
+        state.tags.insert(resource.to_string(), shared);
     }
 }
 
@@ -912,7 +936,7 @@ impl RegionCloud for SimRegion {
                 .iter()
                 .filter(|(id, image)| match query {
                     ImageQuery::Named(names) => names.contains(&image.name),
-                    ImageQuery::Tagged(tags) => carries(state.tags.get(id.as_str()), tags),
+                    ImageQuery::Tagged(tags) => carries(state.tags.get(id.as_str()).map(Arc::as_ref), tags),
                 })
                 .map(|(id, image)| (id.clone(), image.created_at))
                 .collect();
@@ -927,7 +951,7 @@ impl RegionCloud for SimRegion {
                     state: image.state(now),
                     creation_date: creation_date(started, image.created_at),
                     snapshot_ids: vec![image.snapshot.clone()],
-                    tags: state.tags.get(id.as_str()).cloned().unwrap_or_default(),
+                    tags: state.tags.get(id.as_str()).map(|tags| Tags::clone(tags)).unwrap_or_default(),
                     id,
                 });
             }
@@ -944,7 +968,7 @@ impl RegionCloud for SimRegion {
                 .iter()
                 .filter(|(id, instance)| {
                     !matches!(instance.state(now), InstanceState::ShuttingDown | InstanceState::Terminated)
-                        && carries(state.tags.get(id.as_str()), tags)
+                        && carries(state.tags.get(id.as_str()).map(Arc::as_ref), tags)
                 })
                 .map(|(id, instance)| (id.clone(), instance.launched_at))
                 .collect();
@@ -958,7 +982,7 @@ impl RegionCloud for SimRegion {
             let matching: Vec<(SecurityGroupId, Instant)> = state
                 .security_groups
                 .iter()
-                .filter(|(id, _)| carries(state.tags.get(id.as_str()), tags))
+                .filter(|(id, _)| carries(state.tags.get(id.as_str()).map(Arc::as_ref), tags))
                 .map(|(id, group)| (id.clone(), group.created_at))
                 .collect();
             Ok(Self::settled_with_tags(state, matching, now))
