@@ -1,5 +1,5 @@
 //! The artifact manifest deploy tooling reads: its model, and the reporter that rewrites it atomically
-//! (temp file + rename) each time an image becomes available or a job fails.
+//! (temp file + rename) as images become available and jobs fail, within a lag that grows with its size.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -103,14 +103,6 @@ impl Manifest {
         serde_json::from_str(&text).map_err(std::io::Error::other)
     }
 
-    /// Replaces the file at `path` in one rename, so readers see the old or the new manifest, never a torn one:
-    /// serialized into memory (never a write call per JSON token), written in one call, synced, renamed.
-    pub fn write_atomically(&self, path: &Path) -> std::io::Result<()> {
-        let mut buffer = Vec::new();
-        self.serialize_into(&mut buffer)?;
-        crate::state::atomic::replace(path, &buffer)
-    }
-
     /// The file's bytes, into `buffer` (cleared first; a writer reuses one buffer for every rewrite).
     pub fn serialize_into(&self, buffer: &mut Vec<u8>) -> std::io::Result<()> {
         buffer.clear();
@@ -177,8 +169,8 @@ impl Manifest {
     }
 }
 
-/// Keeps the manifest on disk true to what exists, as events arrive: rewritten after each batch of events, or
-/// at most once per `min_interval` (the simulated cloud's virtual nights make thousands of events), and always
+/// Keeps the manifest on disk true to what exists, as events arrive: after a batch of events that changed it,
+/// rewritten once its [lag](ManifestWriter::lag) has passed since the last write; at once on an interrupt, and
 /// when the run finishes.
 pub struct ManifestWriter {
     path: PathBuf,

@@ -293,7 +293,7 @@ async fn bring_up(
         .await
         .map_err(|error| StepError::cloud(Stage::KeyPair, error))?;
     let key_pair = Created::now(NewKind::KeyPair);
-    stack.push(UndoStep::DeleteKeyPair { name: key_name.clone(), fresh: Some(key_pair) });
+    stack.push(UndoStep::DeleteKeyPair { name: key_name.clone() });
     context.created(ResourceKind::KeyPair, &key_name);
     // Kept in memory: the communicator writes it to a private file only while it is connected.
     context.progress(Stage::KeyPair, format!("created temporary key pair {key_name}"));

@@ -34,9 +34,10 @@ pub enum UndoStep {
         id: SecurityGroupId,
         fresh: Option<Created>,
     },
+    /// EC2 answers DeleteKeyPair with success whether or not it knows the key pair yet, so freshness does not
+    /// matter here: one deleted too soon outlives its build, and the end-of-run sweep removes it.
     DeleteKeyPair {
         name: KeyPairName,
-        fresh: Option<Created>,
     },
     /// An image that ended `failed`: deregistered, its snapshots deleted.
     DiscardImage {
@@ -76,7 +77,7 @@ impl UndoStep {
             ResourceKind::SecurityGroup => {
                 UndoStep::DeleteSecurityGroup { id: SecurityGroupId::new(&resource.id), fresh: None }
             }
-            ResourceKind::KeyPair => UndoStep::DeleteKeyPair { name: KeyPairName::new(&resource.id), fresh: None },
+            ResourceKind::KeyPair => UndoStep::DeleteKeyPair { name: KeyPairName::new(&resource.id) },
         }
     }
 
@@ -114,7 +115,7 @@ pub struct CleanupStack {
 #[derive(Debug)]
 pub struct UndoFailure {
     pub resource: String,
-    /// The journal's name for it (none for local files).
+    /// The journal's name for it (none for images).
     pub journal_resource: Option<Resource>,
     /// The AWS error code, where the cause was an AWS error.
     pub code: Option<String>,
@@ -291,9 +292,7 @@ async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> R
             .await?;
             Ok(())
         }
-        UndoStep::DeleteKeyPair { name, .. } => {
-            Ok(gone_is_fine(with_credentials(|| cloud.delete_key_pair(&name)).await)?)
-        }
+        UndoStep::DeleteKeyPair { name } => Ok(gone_is_fine(with_credentials(|| cloud.delete_key_pair(&name)).await)?),
         UndoStep::DiscardImage { id, snapshots, fresh } => {
             let fresh: Vec<Created> = fresh.into_iter().collect();
             gone_is_fine(once_known(&fresh, || with_credentials(|| cloud.deregister_image(&id))).await)?;
