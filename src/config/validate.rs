@@ -1475,4 +1475,9 @@ impl Fleet {
     pub fn flavor(&self, name: &FlavorName) -> Option<&Flavor> {
         self.flavors.iter().find(|flavor| &flavor.name == name)
     }
+
+    /// The KMS key `[encryption]` names for images in `region`, if any.
+    pub fn kms_key(&self, region: &Region) -> Option<&str> {
+        self.encryption.as_ref().and_then(|encryption| encryption.key_for(region))
+    }
 }

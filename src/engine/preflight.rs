@@ -110,7 +110,7 @@ pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud) -> Preflight {
     }
     for (region, names) in names_by_region(plan) {
         check_names(&mut preflight, cloud, plan, &region, &names).await;
-        if let Some(key) = fleet.encryption.as_ref().and_then(|encryption| encryption.key_for(&region)) {
+        if let Some(key) = fleet.kms_key(&region) {
             check_key(&mut preflight, cloud, &region, key, fleet.sharing.any()).await;
         }
     }

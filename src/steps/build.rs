@@ -197,8 +197,9 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
                 context.events.send(event);
             }
             // After the announcement: the image is usable whether or not its snapshots get their tags.
-            if let Err(error) = tag_snapshots(&context, &artifact).await {
-                end.failures.push(error.into_failure(&label));
+            let tags = context.run.image_tags(&context.flavor, &artifact.source_image_id);
+            if let Err(error) = finish::tag_snapshots(&*context.cloud, &artifact.snapshot_ids, &tags).await {
+                end.failures.push(Failure::from_cloud(&label, Stage::Tag, &error));
             }
         }
         Err(Stopped::ImageInProgress(image)) => end.in_progress = Some(image),
@@ -509,20 +510,6 @@ async fn wait_for_image(
     })
 }
 
-/// The image's tags on its snapshots (CreateImage tags only the image). The snapshots are new: a NotFound
-/// about one is EC2's lag.
-async fn tag_snapshots(context: &BuildContext, artifact: &Artifact) -> Result<(), StepError> {
-    if artifact.snapshot_ids.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<String> = artifact.snapshot_ids.iter().map(|id| id.0.clone()).collect();
-    let tags = context.run.image_tags(&context.flavor, &artifact.source_image_id);
-    let snapshots = Created::now(NewKind::Snapshot);
-    once_known(&[snapshots], || context.cloud.create_tags(&ids, &tags))
-        .await
-        .map_err(|error| StepError::cloud(Stage::Tag, error))
-}
-
 /// The fingerprint of this build from `source`; a provisioner's file that cannot be read fails the build.
 fn fingerprint(context: &BuildContext, source: &ImageId) -> Result<Fingerprint, StepError> {
     Fingerprint::of(&context.run.fleet, &context.flavor, &context.job.region, source)
@@ -547,7 +534,7 @@ async fn resolve_source(context: &BuildContext) -> Result<ImageSummary, StepErro
 /// says, and encrypted with the build region's key of `[encryption]`; `None` when neither asks for a change.
 /// The image made from it keeps that encryption (CreateImage snapshots the volume as it is).
 fn root_device(context: &BuildContext, source: &ImageSummary) -> Result<Option<RootDevice>, StepError> {
-    let kms_key = context.run.fleet.encryption.as_ref().and_then(|e| e.key_for(&context.job.region)).map(String::from);
+    let kms_key = context.run.fleet.kms_key(&context.job.region).map(String::from);
     if context.flavor.root_volume.is_none() && kms_key.is_none() {
         return Ok(None);
     }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cloud::consistency::{once_known, Created, NewKind};
 use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
-use crate::cloud::{client_token, CloudError, CopySpec, ImageId, RegionCloud, SnapshotId};
+use crate::cloud::{client_token, CopySpec, ImageId, RegionCloud};
 use crate::config::{Flavor, Tags};
 use crate::plan::CopyJob;
 use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Publication, Stage};
@@ -121,7 +121,7 @@ pub async fn run(context: CopyContext) -> CopyEnd {
     let (published, failures) =
         publish::each(run, &*context.cloud, &context.flavor.name, &key, &label, &image, already).await;
     end.end.failures.extend(failures);
-    if let Err(error) = tag_snapshots(&context, &snapshot_ids, &tags).await {
+    if let Err(error) = finish::tag_snapshots(&*context.cloud, &snapshot_ids, &tags).await {
         end.end.failures.push(Failure::from_cloud(&label, Stage::Tag, &error));
     }
     end.artifact = Some(Artifact {
@@ -137,15 +137,6 @@ pub async fn run(context: CopyContext) -> CopyEnd {
         settings: Box::new(settings),
     });
     end
-}
-
-/// The copy's snapshots carry its tags too. They are new: a NotFound about one is EC2's lag.
-async fn tag_snapshots(context: &CopyContext, snapshots: &[SnapshotId], tags: &Tags) -> Result<(), CloudError> {
-    if snapshots.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<String> = snapshots.iter().map(|id| id.0.clone()).collect();
-    once_known(&[Created::now(NewKind::Snapshot)], || context.cloud.create_tags(&ids, tags)).await
 }
 
 /// The idempotency token of this copy's CopyImage: the same in every attempt of the run (EC2 answers a repeat
@@ -186,12 +177,7 @@ async fn start(context: &CopyContext, label: &JobLabel, tags: &Tags) -> Result<I
             description: run.fleet.ami_description.clone(),
             client_token: copy_token(context, tries),
             tags: tags.clone(),
-            kms_key: run
-                .fleet
-                .encryption
-                .as_ref()
-                .and_then(|e| e.key_for(&context.job.target_region))
-                .map(String::from),
+            kms_key: run.fleet.kms_key(&context.job.target_region).map(String::from),
         };
         if context.cancel.is_cancelled() {
             return Err(Failure::new(label, Stage::Interrupted, "not started: the run was interrupted"));

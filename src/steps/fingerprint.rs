@@ -150,7 +150,7 @@ fn provisioner_bytes(provisioner: &Provisioner) -> Result<Vec<u8>, String> {
 }
 
 fn settings_bytes(fleet: &Fleet, flavor: &Flavor, region: &Region) -> Vec<u8> {
-    let key = fleet.encryption.as_ref().and_then(|encryption| encryption.key_for(region));
+    let key = fleet.kms_key(region);
     format!(
         "root_volume={:?}\0kms_key={key:?}\0metadata={:?}\0user_data={:?}",
         flavor.root_volume, flavor.metadata, flavor.user_data
