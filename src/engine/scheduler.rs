@@ -210,8 +210,7 @@ impl Scheduler {
                     }
                     Err(error) => {
                         let job = task_jobs.remove(&error.id()).expect("every task is a job");
-                        let (flavor, region) = plan.placement(job);
-                        let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
+                        let label = self.label(job);
                         let failures = vec![Failure::new(&label, Stage::Cleanup, format!("the job crashed: {error}"))];
                         LoopEvent::JobDone { job, end: JobEnd { failures, in_progress: None }, slot: None }
                     }
@@ -243,8 +242,7 @@ impl Scheduler {
 
     /// A job an earlier attempt finished: announced and done without a task.
     fn reuse(&self, job: JobId, artifact: &Artifact, state: &mut LoopState, queue: &mut DependencyQueue<JobId>) {
-        let (flavor, region) = self.plan.placement(job);
-        let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
+        let label = self.label(job);
         let detail = match &artifact.reused_from {
             Some(run) => format!("reusing {} of run {run}: nothing changed", artifact.image_id),
             None => format!("{} is available from an earlier attempt", artifact.image_id),
@@ -328,8 +326,10 @@ impl Scheduler {
             }
             LoopEvent::JobDone { job, end, slot } => {
                 let timing = state.timings.entry(job).or_default();
-                timing.ended = Some(self.run.clock.elapsed());
-                if let (Some(ended), true) = (timing.ended, slot.is_some()) {
+                let ended = self.run.clock.elapsed();
+                timing.ended = Some(ended);
+                // A job that ran as a task (not reused, not crashed): its durations teach the next estimate.
+                if slot.is_some() {
                     let since = |at: std::time::Duration| at.saturating_sub(timing.started).as_secs_f64();
                     let to_image = timing.available.map(since);
                     self.journal.record(Record::JobTimed { job: self.plan.key(job), to_image, to_end: since(ended) });
@@ -349,7 +349,7 @@ impl Scheduler {
                 if failures.is_empty() {
                     if !left_in_progress {
                         state.succeeded += 1;
-                        self.events.send(RunEvent::JobSucceeded { job: self.landing(job).job });
+                        self.events.send(RunEvent::JobSucceeded { job: self.label(job) });
                     }
                     return ControlFlow::Continue;
                 }
@@ -396,14 +396,19 @@ impl Scheduler {
         ControlFlow::Continue
     }
 
+    /// The flavor and the region a job's image lands in.
+    fn label(&self, job: JobId) -> JobLabel {
+        let (flavor, region) = self.plan.placement(job);
+        JobLabel { flavor: flavor.clone(), region: region.clone() }
+    }
+
     /// A job as reporters know it.
     fn landing(&self, job: JobId) -> PlannedLanding {
-        let (flavor, region) = self.plan.placement(job);
         let (kind, build_region) = match job {
             JobId::Build(index) => (JobKind::Build, self.plan.builds[index].region.clone()),
             JobId::Copy(index) => (JobKind::Copy, self.plan.copies[index].source_region.clone()),
         };
-        PlannedLanding { job: JobLabel { flavor: flavor.clone(), region: region.clone() }, kind, build_region }
+        PlannedLanding { job: self.label(job), kind, build_region }
     }
 
     /// Gives a finished job's slot back, or keeps a build's until its copies end.
@@ -433,8 +438,7 @@ impl Scheduler {
         if let JobId::Copy(index) = job {
             self.copy_ended(index, state);
         }
-        let (flavor, region) = self.plan.placement(job);
-        let label = JobLabel { flavor: flavor.clone(), region: region.clone() };
+        let label = self.label(job);
         state.failed += 1;
         state.failed_jobs.insert(job);
         self.report_failure(job, Failure::new(&label, stage, why));
@@ -463,9 +467,8 @@ impl Scheduler {
                 if artifact.reused_from.is_some() {
                     continue;
                 }
-                let (flavor_name, region) = self.plan.placement(job);
-                let label = JobLabel { flavor: flavor_name.clone(), region: region.clone() };
-                let cloud = self.cloud.region(region);
+                let label = self.label(job);
+                let cloud = self.cloud.region(&label.region);
                 let already = self.published.get(&job).cloned().unwrap_or_default();
                 let publishing = Publishing {
                     cloud: &*cloud,
@@ -564,16 +567,8 @@ impl Scheduler {
         loop_sender: &mpsc::UnboundedSender<LoopEvent>,
         tasks: &mut JoinSet<TaskOutcome>,
     ) -> tokio::task::Id {
-        let (flavor_name, region) = self.plan.placement(job);
-        let label = JobLabel { flavor: flavor_name.clone(), region: region.clone() };
-        let flavor = self
-            .run
-            .fleet
-            .flavors
-            .iter()
-            .find(|flavor| &flavor.name == flavor_name)
-            .expect("the plan names only configured flavors")
-            .clone();
+        let label = self.label(job);
+        let flavor = self.run.fleet.flavor(&label.flavor).expect("the plan names only configured flavors").clone();
         let announce = Announcer {
             job,
             key: self.plan.key(job),
@@ -625,7 +620,6 @@ impl Scheduler {
                         let copied = copy::run(context).await;
                         if let Some(artifact) = &copied.artifact {
                             announce.image_available(artifact);
-                            announce.published(artifact);
                         }
                         (job, copied.end, slot)
                     })
@@ -682,18 +676,15 @@ struct Announcer {
 }
 
 impl Announcer {
-    /// Journaled first: once the loop hears of it, copies may start from it.
-    /// What a job published itself (`when = "each"`), told to the reporters after its image.
-    fn published(&self, artifact: &Artifact) {
-        for publication in &artifact.published {
-            self.events.send(RunEvent::Published { job: self.label.clone(), publication: publication.clone() });
-        }
-    }
-
+    /// Journaled first: once the loop hears of it, copies may start from it. Then what the job published
+    /// itself (`when = "each"`), told to the reporters after the image.
     fn image_available(&self, artifact: &Artifact) {
         publish_available(&self.journal, &self.events, self.key.clone(), self.label.clone(), artifact);
         // The loop outlives its jobs; a closed channel means the run was abandoned.
         let _ = self.scheduler.send(LoopEvent::ImageAvailable { job: self.job, artifact: artifact.clone() });
+        for publication in &artifact.published {
+            self.events.send(RunEvent::Published { job: self.label.clone(), publication: publication.clone() });
+        }
     }
 }
 

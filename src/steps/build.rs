@@ -192,10 +192,6 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
             artifact.published = published;
             end.failures.extend(failures);
             on_available(&artifact);
-            for publication in &artifact.published {
-                let event = RunEvent::Published { job: label.clone(), publication: publication.clone() };
-                context.events.send(event);
-            }
             // After the announcement: the image is usable whether or not its snapshots get their tags.
             let tags = context.run.image_tags(&context.flavor, &artifact.source_image_id);
             if let Err(error) = finish::tag_snapshots(&*context.cloud, &artifact.snapshot_ids, &tags).await {
@@ -608,13 +604,16 @@ async fn run_all(
     for (index, provisioner) in list.iter().enumerate() {
         let number = index + 1;
         context.progress(stage, format!("{kind} {number}/{}: {}", list.len(), Described(provisioner)));
-        let mut last = std::collections::VecDeque::with_capacity(TEST_OUTPUT_LINES);
+        // A test's last lines, for its failure; a provisioner's are only streamed.
+        let mut last = std::collections::VecDeque::with_capacity(if image.is_some() { TEST_OUTPUT_LINES } else { 0 });
         let mut output = |stream, line: String| {
-            if last.len() == TEST_OUTPUT_LINES {
-                last.pop_front();
+            if image.is_some() {
+                if last.len() == TEST_OUTPUT_LINES {
+                    last.pop_front();
+                }
+                last.push_back(line.clone());
             }
-            last.push_back(line.clone());
-            context.events.send(crate::report::events::RunEvent::Output { job: label.clone(), stream, line });
+            context.events.send(RunEvent::Output { job: label.clone(), stream, line });
         };
         if let Err(error) = connection.provision(number, provisioner, &env, &mut output).await {
             let mut message = error.to_string();
