@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::cloud::{Cloud, ErrorKind, ImageQuery};
+use crate::cloud::{hints, Cloud, ErrorKind, ImageQuery};
 use crate::config::{Flavor, FlavorName, Fleet, Region};
 use crate::plan::Plan;
 use crate::steps::network;
@@ -88,7 +88,7 @@ pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud) -> Preflight {
                 None,
                 Outcome::Fail(format!(
                     "cannot tell who the credentials are: {error}; the credentials in use: {}{}",
-                    crate::cloud::hints::credential_source(),
+                    hints::credential_source(),
                     fleet
                         .aws
                         .role
@@ -267,9 +267,10 @@ async fn check_names(
 ) {
     let query = ImageQuery::Named(names.iter().cloned().collect());
     let outcome = match cloud.region(region).find_owned_images(&query).await {
-        Err(error) if error.code.as_deref() == Some("OptInRequired") => Outcome::Fail(format!(
-            "{region} is not enabled for the account; enable it (Account settings → AWS Regions) or leave it out of `[regions]`"
-        )),
+        // What to do, as a failed run would say it.
+        Err(error) if error.code.as_deref() == Some("OptInRequired") => {
+            Outcome::Fail(hints::hint(&error).expect("OptInRequired has a hint"))
+        }
         Err(error) => Outcome::Fail(format!("cannot reach {region}: {error}")),
         Ok(found) => {
             let taken: Vec<String> = found
