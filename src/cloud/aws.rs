@@ -372,12 +372,6 @@ impl RegionCloud for AwsRegion {
         Ok(!output.instance_type_offerings().is_empty())
     }
 
-    async fn availability_zones(&self) -> CloudResult<Vec<String>> {
-        let action = Action::DescribeAvailabilityZones;
-        let output = ec2_call!(self, action, |client| client.describe_availability_zones())?;
-        Ok(output.availability_zones().iter().filter_map(|zone| zone.zone_name().map(str::to_string)).collect())
-    }
-
     async fn create_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey> {
         let action = Action::CreateKeyPair;
         let output = ec2_call!(self, action, |client| client

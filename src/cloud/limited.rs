@@ -67,10 +67,6 @@ impl RegionCloud for LimitedRegion {
             .await
     }
 
-    async fn availability_zones(&self) -> CloudResult<Vec<String>> {
-        self.limiter.call(Action::DescribeAvailabilityZones, || self.inner.availability_zones()).await
-    }
-
     async fn create_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey> {
         self.limiter.call(Action::CreateKeyPair, || self.inner.create_key_pair(name, tags)).await
     }

@@ -361,8 +361,6 @@ pub trait RegionCloud: Send + Sync {
     async fn find_vpc(&self, vpc: VpcLookup<'_>) -> CloudResult<Option<Vpc>>;
     /// Whether the instance type is offered in the region, or in one of its zones.
     async fn instance_type_offered(&self, instance_type: &str, zone: Option<&str>) -> CloudResult<bool>;
-    /// The region's availability zones that are available: a cheap call that says the region answers.
-    async fn availability_zones(&self) -> CloudResult<Vec<String>>;
 
     async fn create_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey>;
     async fn delete_key_pair(&self, name: &KeyPairName) -> CloudResult<()>;

@@ -14,7 +14,6 @@ pub enum Action {
     DescribeSubnets,
     DescribeVpcs,
     DescribeInstanceTypeOfferings,
-    DescribeAvailabilityZones,
     DescribeSecurityGroups,
     DescribeKeyPairs,
     CreateKeyPair,
@@ -89,13 +88,12 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 30] = [
+    pub const ALL: [Action; 29] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
         Action::DescribeVpcs,
         Action::DescribeInstanceTypeOfferings,
-        Action::DescribeAvailabilityZones,
         Action::DescribeSecurityGroups,
         Action::DescribeKeyPairs,
         Action::CreateKeyPair,
@@ -146,7 +144,6 @@ impl Action {
             | Action::DescribeSubnets
             | Action::DescribeVpcs
             | Action::DescribeInstanceTypeOfferings
-            | Action::DescribeAvailabilityZones
             | Action::GetCallerIdentity
             | Action::DescribeKey
             | Action::DescribeSecurityGroups

@@ -604,14 +604,6 @@ impl RegionCloud for SimRegion {
         self.call(Action::DescribeInstanceTypeOfferings, |_, _| Ok(true)).await
     }
 
-    async fn availability_zones(&self) -> CloudResult<Vec<String>> {
-        let region = self.region.clone();
-        self.call(Action::DescribeAvailabilityZones, |_, _| {
-            Ok(["a", "b", "c"].map(|zone| format!("{region}{zone}")).to_vec())
-        })
-        .await
-    }
-
     async fn create_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey> {
         self.call(Action::CreateKeyPair, |state, now| {
             if state.key_pairs.contains_key(name) {
