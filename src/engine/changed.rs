@@ -13,6 +13,7 @@ use crate::config::{Flavor, Fleet, Region, Tags};
 use crate::plan::{JobId, Plan};
 use crate::report::events::{Artifact, ImageSettings};
 use crate::state::resume::Prior;
+use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, RUN_ID_TAG, SOURCE_IMAGE_TAG, TEST_TAG};
 use crate::steps::fingerprint::{Fingerprint, FINGERPRINT_TAG, PARTS_TAG};
 use crate::steps::finish::{self, Finishing};
 use crate::steps::source;
@@ -103,10 +104,8 @@ async fn fingerprint_of(
 
 /// The fleet's images of `flavor` in a region (any state; empty if the lookup fails: then nothing is reused).
 async fn fleet_images(fleet: &Fleet, flavor: &Flavor, cloud: &dyn RegionCloud) -> Vec<OwnedImage> {
-    let tags = Tags::from([
-        ("fleetbake:fleet".to_string(), fleet.name.clone()),
-        ("fleetbake:flavor".to_string(), flavor.name.to_string()),
-    ]);
+    let tags =
+        Tags::from([(FLEET_TAG.to_string(), fleet.name.clone()), (FLAVOR_TAG.to_string(), flavor.name.to_string())]);
     match cloud.find_owned_images(&ImageQuery::Tagged(tags)).await {
         Ok(images) => images,
         Err(error) => {
@@ -121,7 +120,7 @@ fn newest<'a>(images: &'a [OwnedImage], fingerprint: Option<&str>) -> Option<&'a
     images
         .iter()
         .filter(|image| image.state == ImageState::Available)
-        .filter(|image| image.tags.get("fleetbake:test").is_none_or(|result| result != "failed"))
+        .filter(|image| image.tags.get(TEST_TAG).is_none_or(|result| result != "failed"))
         .filter(|image| {
             fingerprint.is_none_or(|digest| image.tags.get(FINGERPRINT_TAG).is_some_and(|tag| tag == digest))
         })
@@ -164,13 +163,11 @@ async fn reusable(
         image_id: image.id.clone(),
         name: image.name.clone(),
         build_region: region.clone(),
-        source_image_id: tag("fleetbake:source-image-id")
-            .map(crate::cloud::ImageId::new)
-            .unwrap_or_else(|| image.id.clone()),
+        source_image_id: tag(SOURCE_IMAGE_TAG).map(crate::cloud::ImageId::new).unwrap_or_else(|| image.id.clone()),
         snapshot_ids: image.snapshot_ids.clone(),
         created_at: image.creation_date.clone(),
         fingerprint: tag(FINGERPRINT_TAG),
-        reused_from: Some(tag("fleetbake:run-id").unwrap_or_else(|| "an earlier run".into())),
+        reused_from: Some(tag(RUN_ID_TAG).unwrap_or_else(|| "an earlier run".into())),
         published: Vec::new(),
         settings: Box::new(settings),
     })

@@ -14,6 +14,7 @@ use std::fmt;
 use crate::cloud::{hints, Cloud, ErrorKind, ImageQuery};
 use crate::config::{Flavor, FlavorName, Fleet, Region};
 use crate::plan::Plan;
+use crate::steps::context::RUN_ID_TAG;
 use crate::steps::network;
 use crate::steps::source::{self, SourceError};
 
@@ -276,7 +277,7 @@ async fn check_names(
             let taken: Vec<String> = found
                 .iter()
                 .filter(|image| names.contains(&image.name))
-                .filter(|image| image.tags.get("fleetbake:run-id").is_none_or(|run| run != plan.run_id.as_str()))
+                .filter(|image| image.tags.get(RUN_ID_TAG).is_none_or(|run| run != plan.run_id.as_str()))
                 .map(|image| format!("`{}` ({})", image.name, image.id))
                 .collect();
             if taken.is_empty() {

@@ -22,6 +22,7 @@ use crate::plan::RunId;
 use crate::state::journal::{Journal, JournalDir, JournalError, RunLock};
 use crate::state::leftovers::{self, Leftover};
 use crate::state::manifest::Manifest;
+use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, RUN_ID_TAG};
 use crate::steps::finish::SHARED_TAG;
 use crate::steps::ledger::Resource;
 
@@ -55,7 +56,7 @@ pub fn regions(fleet: &Fleet) -> BTreeSet<Region> {
 /// Describes every region: the fleet's temporary resources and its images.
 pub async fn survey(fleet: &Fleet, cloud: &dyn Cloud) -> Result<Survey, CloudError> {
     let temporary = leftovers::temporary_tags(&fleet.name, None);
-    let images = ImageQuery::Tagged(BTreeMap::from([("fleetbake:fleet".to_string(), fleet.name.clone())]));
+    let images = ImageQuery::Tagged(BTreeMap::from([(FLEET_TAG.to_string(), fleet.name.clone())]));
     let mut survey = Survey::default();
     for region in regions(fleet) {
         let cloud = cloud.region(&region);
@@ -73,7 +74,7 @@ pub struct RunsInProgress(pub BTreeMap<RunId, bool>);
 impl RunsInProgress {
     /// Asks the journals; a run without one here is in progress for [`FOREIGN_RUN_GRACE`] after it started.
     pub fn ask(dir: &JournalDir, survey: &Survey, now: DateTime<Utc>) -> Result<Self, JournalError> {
-        let tagged = survey.images.iter().filter_map(|(_, image)| image.tags.get("fleetbake:run-id"));
+        let tagged = survey.images.iter().filter_map(|(_, image)| image.tags.get(RUN_ID_TAG));
         let run_ids: BTreeSet<RunId> = survey
             .leftovers
             .iter()
@@ -143,11 +144,11 @@ impl GcPlan {
         // Newest first per flavor and region; pending images and runs in progress are never touched.
         let mut groups: BTreeMap<(String, Region), Vec<&OwnedImage>> = BTreeMap::new();
         for (region, image) in &survey.images {
-            let run_id = image.tags.get("fleetbake:run-id").and_then(|id| RunId::parse(id));
+            let run_id = image.tags.get(RUN_ID_TAG).and_then(|id| RunId::parse(id));
             if image.state == ImageState::Pending || runs.in_progress(run_id.as_ref()) {
                 continue;
             }
-            let flavor = image.tags.get("fleetbake:flavor").cloned().unwrap_or_default();
+            let flavor = image.tags.get(FLAVOR_TAG).cloned().unwrap_or_default();
             groups.entry((flavor, region.clone())).or_default().push(image);
         }
         let mut shared_left = 0;

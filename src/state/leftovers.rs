@@ -10,6 +10,7 @@ use crate::cloud::{CloudResult, RegionCloud};
 use crate::config::{FlavorName, Tags};
 use crate::plan::RunId;
 use crate::steps::cleanup::{CleanupStack, UndoFailure, UndoStep};
+use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, RUN_ID_TAG, TEMPORARY_TAG};
 use crate::steps::ledger::{Ledger, Resource, ResourceKind};
 
 /// A temporary resource found in the account.
@@ -24,12 +25,10 @@ pub struct Leftover {
 
 /// The tags every temporary resource of the fleet carries, and of one run if given.
 pub fn temporary_tags(fleet: &str, run_id: Option<&RunId>) -> Tags {
-    let mut tags = Tags::from([
-        ("fleetbake:fleet".to_string(), fleet.to_string()),
-        ("fleetbake:temporary".to_string(), "true".to_string()),
-    ]);
+    let mut tags =
+        Tags::from([(FLEET_TAG.to_string(), fleet.to_string()), (TEMPORARY_TAG.to_string(), "true".to_string())]);
     if let Some(run_id) = run_id {
-        tags.insert("fleetbake:run-id".to_string(), run_id.to_string());
+        tags.insert(RUN_ID_TAG.to_string(), run_id.to_string());
     }
     tags
 }
@@ -40,8 +39,8 @@ pub async fn find(cloud: &dyn RegionCloud, tags: &Tags) -> CloudResult<Vec<Lefto
     let region = cloud.region().clone();
     let leftover = |kind, id: String, found: &Tags| Leftover {
         resource: Resource { region: region.clone(), kind, id },
-        run_id: found.get("fleetbake:run-id").and_then(|id| RunId::parse(id)),
-        flavor: found.get("fleetbake:flavor").map(FlavorName::new),
+        run_id: found.get(RUN_ID_TAG).and_then(|id| RunId::parse(id)),
+        flavor: found.get(FLAVOR_TAG).map(FlavorName::new),
     };
     let mut found = Vec::new();
     for instance in cloud.find_instances(tags).await? {

@@ -19,6 +19,7 @@ use crate::state::journal::{Journal, JournalDir, JournalError, Replay};
 use crate::state::leftovers::{self, Leftover};
 use crate::steps::adopt;
 use crate::steps::build::PendingImage;
+use crate::steps::context::SOURCE_IMAGE_TAG;
 use crate::steps::finish;
 use crate::steps::ledger::Ledger;
 
@@ -202,7 +203,7 @@ pub async fn reconcile(
 
 /// The image a job was made from: the image's own tag, else what the journal recorded for its build.
 fn source_of(image: &OwnedImage, landing: &Landing, replay: &Replay, plan: &Plan) -> ImageId {
-    if let Some(source) = image.tags.get("fleetbake:source-image-id") {
+    if let Some(source) = image.tags.get(SOURCE_IMAGE_TAG) {
         return ImageId::new(source);
     }
     let build = match landing.job {

@@ -17,6 +17,7 @@ use crate::cloud::{
 };
 use crate::config::Tags;
 use crate::plan::RunId;
+use crate::steps::context::RUN_ID_TAG;
 
 fn is(error: &CloudError, code: &str) -> bool {
     error.code.as_deref() == Some(code)
@@ -82,7 +83,7 @@ pub async fn create_image(
     match cloud.create_image(instance, name, description, tags).await {
         Err(error) if is(&error, "InvalidAMIName.Duplicate") => {
             let tagged_by_run =
-                |image: &OwnedImage| image.tags.get("fleetbake:run-id").is_some_and(|tagged| tagged == run_id.as_str());
+                |image: &OwnedImage| image.tags.get(RUN_ID_TAG).is_some_and(|tagged| tagged == run_id.as_str());
             own_image(cloud, name, tagged_by_run).await?.ok_or(error)
         }
         other => other,
@@ -119,5 +120,5 @@ async fn own_image(
 /// image without the tag is a copy whose answer or run was lost before tagging it: its name says it is this
 /// run's.
 pub fn is_of_run(image: &OwnedImage, run_id: &RunId) -> bool {
-    image.tags.get("fleetbake:run-id").is_none_or(|tagged| tagged == run_id.as_str())
+    image.tags.get(RUN_ID_TAG).is_none_or(|tagged| tagged == run_id.as_str())
 }

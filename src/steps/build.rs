@@ -24,7 +24,7 @@ use crate::remote::{Communicator, ConnectTarget, Connection};
 use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Publication, RunEvent, Stage};
 use crate::steps::adopt;
 use crate::steps::cleanup::{CleanupStack, UndoStep};
-use crate::steps::context::RunContext;
+use crate::steps::context::{RunContext, TEMPORARY_TAG, TEST_TAG};
 use crate::steps::fingerprint::Fingerprint;
 use crate::steps::finish::{self, Finishing};
 use crate::steps::ledger::{Resource, ResourceKind};
@@ -139,7 +139,7 @@ impl BuildContext {
     /// Tags on every temporary resource of this build.
     fn temporary_tags(&self) -> Tags {
         let mut tags = self.run.identity_tags(&self.flavor.name);
-        tags.insert("fleetbake:temporary".into(), "true".into());
+        tags.insert(TEMPORARY_TAG.into(), "true".into());
         tags.insert("Name".into(), format!("fleetbake {} {}", self.flavor.name, self.run.run_id));
         tags
     }
@@ -667,7 +667,7 @@ async fn test_image(context: &BuildContext, stack: &mut CleanupStack, artifact: 
         // Interrupted, or the test instance never came up: the image is not judged; it stays, unannounced.
         return Err(error);
     }
-    let failed = Tags::from([("fleetbake:test".to_string(), "failed".to_string())]);
+    let failed = Tags::from([(TEST_TAG.to_string(), "failed".to_string())]);
     if let Err(tag_error) = context.cloud.create_tags(std::slice::from_ref(&image.0), &failed).await {
         tracing::warn!("cannot tag {image} as failed its tests: {tag_error}");
     }

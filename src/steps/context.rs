@@ -10,6 +10,18 @@ use crate::steps::ledger::Ledger;
 use crate::steps::network::SshSources;
 use crate::util::clock::RunClock;
 
+/// The tags by which fleetbake knows its resources again (written here and by the build steps; read by adopt,
+/// resume, `--changed-only`, gc and the preflight).
+pub const FLEET_TAG: &str = "fleetbake:fleet";
+pub const FLAVOR_TAG: &str = "fleetbake:flavor";
+pub const RUN_ID_TAG: &str = "fleetbake:run-id";
+/// On an image: the source image it was built from.
+pub const SOURCE_IMAGE_TAG: &str = "fleetbake:source-image-id";
+/// `true` on every temporary resource (key pair, security group, instance).
+pub const TEMPORARY_TAG: &str = "fleetbake:temporary";
+/// `failed` on an image whose tests failed (kept with `keep_failed_images`): never reused.
+pub const TEST_TAG: &str = "fleetbake:test";
+
 /// What every job of a run shares.
 pub struct RunContext {
     pub fleet: Arc<Fleet>,
@@ -29,9 +41,9 @@ impl RunContext {
     /// `fleetbake:fleet`, `fleetbake:flavor`, `fleetbake:run-id`: on every resource the run creates.
     pub fn identity_tags(&self, flavor: &FlavorName) -> Tags {
         Tags::from([
-            ("fleetbake:fleet".to_string(), self.fleet.name.clone()),
-            ("fleetbake:flavor".to_string(), flavor.to_string()),
-            ("fleetbake:run-id".to_string(), self.run_id.to_string()),
+            (FLEET_TAG.to_string(), self.fleet.name.clone()),
+            (FLAVOR_TAG.to_string(), flavor.to_string()),
+            (RUN_ID_TAG.to_string(), self.run_id.to_string()),
         ])
     }
 
@@ -40,7 +52,7 @@ impl RunContext {
         let mut tags = self.fleet.tags.clone();
         tags.extend(flavor.tags.clone());
         tags.extend(self.identity_tags(&flavor.name));
-        tags.insert("fleetbake:source-image-id".to_string(), source_image.to_string());
+        tags.insert(SOURCE_IMAGE_TAG.to_string(), source_image.to_string());
         tags
     }
 }
