@@ -289,11 +289,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> ExitCode {
+/// AWS for a command other than `matrix` (gc, preflight, `plan --changed-only`): the fleet's credentials and
+/// request buckets; `run_id` names an assumed role's session.
+async fn aws(fleet: &config::Fleet, run_id: &RunId) -> AwsCloud {
     let limits = Arc::new(ApiLimits::new(&fleet.limits.api, RetryPolicy::default(), Pacing::Adaptive));
-    let run_id = RunId::generate(Utc::now());
-    let cloud: Arc<dyn Cloud> =
-        Arc::new(AwsCloud::connect(&fleet.aws, &run_id, run::home_region(&fleet), limits).await);
+    AwsCloud::connect(&fleet.aws, run_id, run::home_region(fleet), limits).await
+}
+
+async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> ExitCode {
+    let cloud: Arc<dyn Cloud> = Arc::new(aws(&fleet, &RunId::generate(Utc::now())).await);
     match fleetbake::state::gc::gc(&fleet, cloud, dry_run).await {
         Ok((plan, outcome)) => {
             for line in outcome.lines.iter().chain(&plan.notes) {
@@ -341,8 +345,7 @@ async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> Exit
 async fn changed_plan(fleet: config::Fleet) -> ExitCode {
     let clock = fleetbake::util::clock::RunClock::start();
     let plan = Plan::new(&fleet, RunId::generate(clock.started_at()), clock.started_at());
-    let limits = Arc::new(ApiLimits::new(&fleet.limits.api, RetryPolicy::default(), Pacing::Adaptive));
-    let cloud = AwsCloud::connect(&fleet.aws, &plan.run_id, run::home_region(&fleet), limits).await;
+    let cloud = aws(&fleet, &plan.run_id).await;
     let changes = fleetbake::engine::changed::decide(&fleet, &plan, &cloud, &clock, false).await;
     print!("{}", fleetbake::engine::changed::ChangedPlan { plan: &plan, changes: &changes });
     ExitCode::SUCCESS
@@ -351,15 +354,13 @@ async fn changed_plan(fleet: config::Fleet) -> ExitCode {
 /// `fleetbake preflight`: the checks of a new run of the fleet, one line each on stdout; exit 1 if any failed.
 async fn preflight(fleet: config::Fleet, cloud: CloudChoice) -> ExitCode {
     let plan = Plan::new(&fleet, RunId::generate(Utc::now()), Utc::now());
-    let limits = Arc::new(ApiLimits::new(&fleet.limits.api, RetryPolicy::default(), Pacing::Adaptive));
     let cloud: Arc<dyn Cloud> = match cloud {
-        CloudChoice::Aws => {
-            Arc::new(AwsCloud::connect(&fleet.aws, &plan.run_id, run::home_region(&fleet), limits).await)
+        CloudChoice::Aws => Arc::new(aws(&fleet, &plan.run_id).await),
+        CloudChoice::Sim => {
+            let limits = Arc::new(ApiLimits::new(&fleet.limits.api, RetryPolicy::default(), Pacing::Adaptive));
+            let sim = Arc::new(fleetbake::cloud::sim::SimCloud::new(&fleet)) as Arc<dyn Cloud>;
+            Arc::new(fleetbake::cloud::Limited::new(sim, limits))
         }
-        CloudChoice::Sim => Arc::new(fleetbake::cloud::Limited::new(
-            Arc::new(fleetbake::cloud::sim::SimCloud::new(&fleet)) as Arc<dyn Cloud>,
-            limits,
-        )),
     };
     let report = fleetbake::engine::preflight::check(&fleet, &plan, &*cloud).await;
     print!("{report}");
