@@ -123,8 +123,7 @@ fn is_role_arn(text: &str) -> bool {
         && parts[1].starts_with("aws")
         && parts[2] == "iam"
         && parts[3].is_empty()
-        && parts[4].len() == 12
-        && parts[4].chars().all(|c| c.is_ascii_digit())
+        && is_account_id(parts[4])
         && parts[5].strip_prefix("role/").is_some_and(|name| !name.is_empty())
 }
 
@@ -359,10 +358,9 @@ fn resolve_encryption(checker: &mut Checker<'_>, section: schema::EncryptionSect
 /// `[sharing]`: account ids, organization and OU ARNs, checked for their shape.
 fn resolve_sharing(checker: &mut Checker<'_>, section: schema::SharingSection) -> Sharing {
     let path = KeyPath::root().key("sharing");
-    let is_account = |id: &str| id.len() == 12 && id.chars().all(|c| c.is_ascii_digit());
     for (key, accounts) in [("accounts", &section.accounts), ("snapshot_accounts", &section.snapshot_accounts)] {
         for (index, id) in accounts.iter().enumerate() {
-            if !is_account(id) {
+            if !is_account_id(id) {
                 checker.problem(path.key(key).index(index), format!("`{id}` is not an AWS account id (12 digits)"));
             }
         }
@@ -395,29 +393,35 @@ fn resolve_sharing(checker: &mut Checker<'_>, section: schema::SharingSection) -
 /// `arn:aws:organizations::<account>:organization/o-<10 to 32>`.
 fn is_organization_arn(arn: &str) -> bool {
     let Some((account, id)) = organizations_arn(arn, "organization/") else { return false };
-    account.len() == 12 && is_org_id(id)
+    is_account_id(account) && is_org_id(id)
 }
 
 /// `arn:aws:organizations::<account>:ou/o-…/ou-…`.
 fn is_ou_arn(arn: &str) -> bool {
     let Some((account, rest)) = organizations_arn(arn, "ou/") else { return false };
     let Some((org, ou)) = rest.split_once('/') else { return false };
-    account.len() == 12
+    is_account_id(account)
         && is_org_id(org)
         && ou.strip_prefix("ou-").is_some_and(|ou| {
             ou.len() >= 9 && ou.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         })
 }
 
-/// The account and what follows `kind` in an organizations ARN.
+/// The account (unchecked) and what follows `kind` in an organizations ARN.
 fn organizations_arn<'a>(arn: &'a str, kind: &str) -> Option<(&'a str, &'a str)> {
     let rest = arn.strip_prefix("arn:")?;
     let (partition, rest) = rest.split_once(':')?;
     let rest = rest.strip_prefix("organizations::")?;
     let (account, resource) = rest.split_once(':')?;
-    (partition.starts_with("aws") && account.chars().all(|c| c.is_ascii_digit()))
-        .then(|| resource.strip_prefix(kind).map(|id| (account, id)))
-        .flatten()
+    if !partition.starts_with("aws") {
+        return None;
+    }
+    resource.strip_prefix(kind).map(|id| (account, id))
+}
+
+/// An AWS account id: 12 digits.
+fn is_account_id(id: &str) -> bool {
+    id.len() == 12 && id.chars().all(|c| c.is_ascii_digit())
 }
 
 fn is_org_id(id: &str) -> bool {
