@@ -10,6 +10,7 @@ mod nightly;
 mod operator;
 mod organization;
 mod plan;
+mod proxy;
 mod resume;
 mod sim;
 mod validate;
