@@ -1,9 +1,11 @@
 //! The corpus of broken inputs under tests/corpus/: every fleet file and every journal is refused with a clear
-//! error that names the file and line, exit 2, before any AWS call.
+//! error that names the file and line, exit 2, before any AWS call: EC2 is a [`Witness`] that counts every
+//! connection made to it, and it sees none.
 
 use std::path::{Path, PathBuf};
 
-use crate::harness::{fleetbake, Workspace};
+use crate::harness::{fleetbake, fleetbake_with_env, Workspace};
+use crate::witness::Witness;
 
 fn corpus(directory: &str, extension: &str) -> Vec<PathBuf> {
     let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(directory);
@@ -16,9 +18,16 @@ fn corpus(directory: &str, extension: &str) -> Vec<PathBuf> {
     files
 }
 
-/// Each fleet file ends with `# expect: LINE: MESSAGE`; `validate`, `matrix` and `gc` all refuse it so.
+/// Each fleet file ends with `# expect: LINE: MESSAGE`; `validate`, `matrix` and `gc` all refuse it so, with
+/// EC2 (`AWS_ENDPOINT_URL`) a witness no command connects to.
 #[test]
 fn every_broken_fleet_file_is_refused_with_its_line_and_key() {
+    let witness = Witness::start();
+    let env = [
+        ("AWS_ENDPOINT_URL", witness.endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ];
     let files = corpus("fleets", "toml");
     assert!(files.len() >= 10, "{files:?}");
     for file in files {
@@ -27,7 +36,8 @@ fn every_broken_fleet_file_is_refused_with_its_line_and_key() {
         let (line, message) = expect.split_once(": ").unwrap();
         let path = file.to_str().unwrap();
         for command in [vec!["validate", path], vec!["matrix", path], vec!["gc", path, "--dry-run"]] {
-            let outcome = fleetbake(&command);
+            let outcome = fleetbake_with_env(&command, &env);
+            assert_eq!(witness.connections(), 0, "{command:?} connected to EC2: {}", outcome.stderr);
             assert_eq!(outcome.code, 2, "{command:?}: {}", outcome.stderr);
             assert!(outcome.stderr.contains(&format!("{path}:{line}:")), "{command:?}: {}", outcome.stderr);
             assert!(outcome.stderr.contains(message), "{command:?}: expected `{message}` in {}", outcome.stderr);
@@ -49,8 +59,10 @@ const JOURNALS: &[(&str, &str)] = &[
     ("unknown-resource-kind.jsonl", ":2: corrupt journal record: unknown variant `volcano`"),
 ];
 
+/// Each journal is refused before any AWS call: the fleet's endpoint is a witness no resume connects to.
 #[test]
 fn every_broken_journal_stops_a_resume_with_a_clear_error() {
+    let witness = Witness::start();
     let files = corpus("journals", "jsonl");
     let names: Vec<String> =
         files.iter().map(|file| file.file_name().unwrap().to_string_lossy().into_owned()).collect();
@@ -58,6 +70,8 @@ fn every_broken_journal_stops_a_resume_with_a_clear_error() {
     assert_eq!(names, listed, "every journal in the corpus has its expected error here");
     let fleet = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/journals/fleet.toml"))
         .unwrap();
+    assert!(fleet.contains("http://127.0.0.1:9"), "the corpus fleet names an endpoint");
+    let fleet = fleet.replace("http://127.0.0.1:9", &witness.endpoint);
     for (name, message) in JOURNALS {
         let workspace = Workspace::new();
         let fleet_path = workspace.write("fleet.toml", &fleet);
@@ -66,6 +80,7 @@ fn every_broken_journal_stops_a_resume_with_a_clear_error() {
         std::fs::create_dir_all(placed.parent().unwrap()).unwrap();
         std::fs::write(&placed, journal).unwrap();
         let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
+        assert_eq!(witness.connections(), 0, "{name}: connected to EC2: {}", outcome.stderr);
         assert_eq!(outcome.code, 2, "{name}: {}", outcome.stderr);
         assert!(outcome.stderr.contains(placed.to_str().unwrap()), "{name}: names the journal: {}", outcome.stderr);
         assert!(outcome.stderr.contains(message), "{name}: expected `{message}` in {}", outcome.stderr);

@@ -14,3 +14,4 @@ mod proxy;
 mod resume;
 mod sim;
 mod validate;
+mod witness;

@@ -1,6 +1,7 @@
 //! Bad input: every error names the file, line, column and key, exits 2, and touches no AWS endpoint.
 
 use crate::harness::*;
+use crate::witness::Witness;
 
 const GOOD: &str = r#"[fleet]
 name = "nightly"
@@ -80,12 +81,17 @@ fn errors_name_file_line_and_key() {
     insta::assert_snapshot!(report);
 }
 
+/// A fleet file `matrix` refuses is refused before any connection to EC2 (or to the address detection): both
+/// point at a [`Witness`] that counts every connection, and it saw none.
 #[test]
 fn matrix_refuses_bad_input_before_any_aws_call() {
-    // The endpoint is a closed port: reaching it would fail differently (and slowly).
+    let witness = Witness::start();
     let workspace = Workspace::new();
-    let path = workspace.write("fleet.toml", &GOOD.replacen("instance_type", "instance_typo", 1));
+    let fleet = GOOD.replacen("instance_type", "instance_typo", 1).replace("http://127.0.0.1:9", &witness.endpoint)
+        + &format!("\n[ssh]\nip_detect_url = \"{}/ip\"\n", witness.endpoint);
+    let path = workspace.write("fleet.toml", &fleet);
     let outcome = fleetbake(&["matrix", path.to_str().unwrap()]);
+    assert_eq!(witness.connections(), 0, "no connection to the endpoint: {}", outcome.stderr);
     assert_eq!(outcome.code, 2, "{}", outcome.stderr);
     assert!(
         outcome.stderr.contains("fleet.toml:6:1: `defaults.instance_typo`: unknown field `instance_typo`"),
@@ -93,6 +99,7 @@ fn matrix_refuses_bad_input_before_any_aws_call() {
         outcome.stderr
     );
     assert!(!workspace.path("manifest.json").exists());
+    assert!(!workspace.path(".fleetbake").exists(), "no journal either");
 }
 
 #[test]
