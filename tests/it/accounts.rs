@@ -5,6 +5,7 @@
 use crate::cloud_state::*;
 use crate::harness::*;
 use crate::matrix::{fleet_header_at, read_manifest, AL2023};
+use crate::witness::assert_only_reads;
 
 /// moto's default VPCs are 172.31.0.0/16.
 const DEFAULT_VPC_CIDR: &str = "172.31.0.0/16";
@@ -90,10 +91,13 @@ fn without_a_subnet_and_a_default_vpc_the_preflight_stops_the_run_before_anythin
     }
 }
 
+/// The preflight names every problem in one report, and only reads: the proxy saw no call that makes or
+/// changes anything.
 #[test]
 fn preflight_reports_every_problem_at_once() {
     let moto = Moto::start();
     let sshd = Sshd::start();
+    let proxy = FaultProxy::recording(&moto.endpoint);
     let workspace = Workspace::new();
     // `ghost`'s source matches nothing (it builds in us-west-2 only); `big` is an instance type moto does not
     // offer in eu-central-1 (where it builds).
@@ -102,7 +106,7 @@ fn preflight_reports_every_problem_at_once() {
          [[flavor]]\nname = \"big\"\ninstance_type = \"x2iezn.12xlarge\"\nsource_ami = {AL2023}\n\n\
          [regions]\nus-west-2 = []\neu-central-1 = []\n\n\
          [matrix]\nexclude = [{{ flavor = \"ghost\", region = \"eu-central-1\" }}, {{ flavor = \"big\", region = \"us-west-2\" }}]\n",
-        fleet_header_at(&moto.endpoint, &sshd),
+        fleet_header_at(&proxy.endpoint, &sshd),
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let outcome = fleetbake(&["preflight", fleet_path.to_str().unwrap()]);
@@ -116,6 +120,7 @@ fn preflight_reports_every_problem_at_once() {
     assert!(report.contains("FAIL eu-central-1: x2iezn.12xlarge (`big`) is not offered in eu-central-1"), "{report}");
     assert!(report.contains("ok   eu-central-1: source image of `big`: ami-"), "{report}");
     assert!(report.contains("checks failed"), "{report}");
+    assert_only_reads(&proxy.actions());
     runtime().block_on(async {
         for region in ["us-west-2", "eu-central-1"] {
             assert!(instances(&moto.client(region)).await.is_empty(), "nothing launched in {region}");

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::cloud_state::*;
 use crate::harness::*;
+use crate::witness::assert_only_reads;
 
 const UBUNTU: &str =
     r#"{ owners = ["099720109477"], name = "ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*" }"#;
@@ -236,15 +237,18 @@ fn a_failing_provisioner_fails_only_its_flavor() {
     });
 }
 
+/// The preflight, and without it the build, look the source up before they make anything: the proxy saw only
+/// read-only calls.
 #[test]
 fn a_source_filter_that_matches_nothing_fails_before_creating_anything() {
     let moto = Moto::start();
     let sshd = Sshd::start();
+    let proxy = FaultProxy::recording(&moto.endpoint);
     let workspace = Workspace::new();
     let fleet = format!(
         "{}\n[[flavor]]\nname = \"ghost\"\nsource_ami = {{ owners = [\"amazon\"], name = \"fleetbake-no-such-image-*\" }}\n\n\
          [regions]\nus-west-2 = [\"us-east-1\"]\n",
-        fleet_header(&moto, &sshd),
+        fleet_header_at(&proxy.endpoint, &sshd),
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let expected = "no image owned by amazon matches `fleetbake-no-such-image-*` in us-west-2";
@@ -259,10 +263,14 @@ fn a_source_filter_that_matches_nothing_fails_before_creating_anything() {
     );
     assert!(outcome.stderr.contains("nothing was created"), "{}", outcome.stderr);
     assert!(!workspace.path("out/manifest.json").exists());
+    assert!(proxy.actions().contains(&"DescribeImages".to_string()), "the preflight looked: {:?}", proxy.actions());
+    assert_only_reads(&proxy.actions());
+    let preflight_calls = proxy.actions().len();
 
-    // Without it, the build finds it, first thing.
+    // Without it, the build finds it, first thing: before its key pair, group or instance.
     let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--no-preflight"]);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    assert_only_reads(&proxy.actions()[preflight_calls..]);
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["status"], "failed");
     assert_eq!(manifest["artifacts"], serde_json::json!({}));
@@ -454,10 +462,11 @@ fn fail_fast_starts_nothing_after_the_first_failure() {
 fn an_undetectable_address_stops_the_run_before_any_aws_call() {
     let moto = Moto::start();
     let sshd = Sshd::start();
+    let proxy = FaultProxy::recording(&moto.endpoint);
     let workspace = Workspace::new();
     // A port nothing listens on: detection fails at once.
     let closed = format!("http://127.0.0.1:{}/", free_port());
-    let header = fleet_header(&moto, &sshd)
+    let header = fleet_header_at(&proxy.endpoint, &sshd)
         .replace("source_cidrs = [\"127.0.0.1/32\"]", &format!("ip_detect_url = \"{closed}\""));
     let fleet = format!("{header}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n");
     let outcome = run_matrix(&workspace, &fleet);
@@ -469,6 +478,7 @@ fn an_undetectable_address_stops_the_run_before_any_aws_call() {
         outcome.stderr
     );
     assert!(!workspace.path("out/manifest.json").exists(), "no run started");
+    assert_eq!(proxy.requests(), 0, "no AWS call: {:?}", proxy.actions());
     runtime().block_on(async {
         let west = moto.client("us-west-2");
         assert!(key_pair_names(&west).await.is_empty());
@@ -530,8 +540,9 @@ fn the_aws_profile_supplies_credentials_and_endpoint() {
 fn missing_credentials_fail_at_once_with_the_reason() {
     let moto = Moto::start();
     let sshd = Sshd::start();
+    let proxy = FaultProxy::recording(&moto.endpoint);
     let workspace = Workspace::new();
-    let aws = format!("[aws]\nendpoint_url = \"{}\"\n", moto.endpoint);
+    let aws = format!("[aws]\nendpoint_url = \"{}\"\n", proxy.endpoint);
     let fleet_path = workspace.write("fleet.toml", &fleet_without_aws_section(&sshd, &aws));
     let outcome = fleetbake_with_env(
         &["-v", "matrix", fleet_path.to_str().unwrap()],
@@ -549,6 +560,16 @@ fn missing_credentials_fail_at_once_with_the_reason() {
     assert!(outcome.stderr.contains("FAIL the other checks need credentials: not made"), "{}", outcome.stderr);
     assert!(!outcome.stderr.contains("DispatchFailure {"), "no SDK debug dump: {}", outcome.stderr);
     assert!(!workspace.path("manifest.json").exists(), "no run started");
+    // Nothing unsigned was sent (the SDK cannot sign without credentials), and the run itself never began:
+    // its journal, written before the first build, does not exist.
+    assert_eq!(proxy.requests(), 0, "no request reached EC2: {:?}", proxy.actions());
+    let journals: Vec<_> = std::fs::read_dir(workspace.path(".fleetbake/fleet"))
+        .map(|dir| {
+            dir.flatten().map(|entry| entry.path()).filter(|path| path.extension().is_some_and(|e| e == "jsonl"))
+        })
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    assert!(journals.is_empty(), "no journal: {journals:?}");
 }
 
 #[test]
@@ -576,8 +597,12 @@ fn a_failed_cleanup_step_is_reported_the_image_kept_and_the_sweep_removes_what_i
     runtime().block_on(async {
         let west = moto.client("us-west-2");
         assert!(key_pair_names(&west).await.is_empty(), "the sweep removed the key pair");
+        // None is fleetbake's (the list is never empty: the default VPC's `default` group is in it).
         assert!(security_group_names(&west).await.iter().all(|name| !name.starts_with("fleetbake-")));
-        assert!(instances(&west).await.iter().all(|(_, state)| state == "terminated"));
+        // The build launched its instance (the `.all` below is over one), and it is gone.
+        let launched = instances(&west).await;
+        assert_eq!(launched.len(), 1, "{launched:?}");
+        assert!(launched.iter().all(|(_, state)| state == "terminated"), "{launched:?}");
     });
 }
 
@@ -711,7 +736,8 @@ fn cleanup_outlasts_an_expired_token() {
     runtime().block_on(assert_nothing_temporary_left(&moto.client("us-west-2"), "us-west-2"));
 }
 
-/// A resource cleanup cannot remove (every delete of it refused) is named at the end with the gc command.
+/// A resource cleanup cannot remove (every delete of it refused) is named at the end with the gc command: it
+/// is really still in the account, and once the refusal is gone that gc command removes it.
 #[test]
 fn what_cleanup_cannot_remove_is_named_with_the_gc_command() {
     let moto = Moto::start();
@@ -729,7 +755,19 @@ fn what_cleanup_cannot_remove_is_named_with_the_gc_command() {
         "{}",
         outcome.stderr
     );
-    assert!(outcome.stderr.contains(&format!("  key pair fleetbake-{run_id}-base in us-west-2")), "{}", outcome.stderr);
+    let key_name = format!("fleetbake-{run_id}-base");
+    assert!(outcome.stderr.contains(&format!("  key pair {key_name} in us-west-2")), "{}", outcome.stderr);
     assert!(outcome.stderr.contains(&format!("fleetbake gc {}", fleet_path.display())), "{}", outcome.stderr);
     assert!(manifest["artifacts"]["base"]["us-west-2"]["image_id"].is_string(), "the image is kept");
+    assert!(proxy.bodies("DeleteKeyPair").len() >= 2, "the build and the sweep both tried");
+    let west = moto.client("us-west-2");
+    let key_pairs = runtime().block_on(key_pair_names(&west));
+    assert_eq!(key_pairs, [key_name.clone()], "the key pair named is the one left in the account");
+
+    // The permission is fixed: the same fleet file, straight to EC2. The gc command printed removes it.
+    std::fs::write(&fleet_path, base_fleet(&moto.endpoint, &sshd)).unwrap();
+    let gc = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
+    assert!(gc.stdout.contains(&format!("removed key pair {key_name}")), "{}", gc.stdout);
+    runtime().block_on(assert_nothing_temporary_left(&west, "us-west-2"));
 }
