@@ -253,12 +253,40 @@ fn a_second_sigint_exits_at_once_naming_what_may_be_left_and_gc_removes_it() {
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["status"], "partial");
     assert!(manifest["finished_at"].is_string(), "the manifest's last state is written: {manifest}");
-    let left = runtime().block_on(async { security_group_names(&moto.client("us-west-2")).await });
-    assert!(left.iter().any(|name| name.starts_with("fleetbake-")), "the group was left: {left:?}");
+    // What is named is what the account holds: the build's instance (its terminate was sent; EC2, as the proxy
+    // shows it, never said it ended), and its group and key pair, which cleanup never reached.
+    let west = moto.client("us-west-2");
+    let (instance, group, key_pair) = runtime().block_on(build_resources(&west));
+    for named in
+        [format!("  instance {instance}"), format!("  security group {group}"), format!("  key pair {key_pair}")]
+    {
+        assert!(rest.contains(&named), "`{named}` in: {rest}");
+    }
 
     let gc = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
-    runtime().block_on(async { assert_nothing_temporary_left(&moto.client("us-west-2"), "us-west-2").await });
+    for removed in [format!("removed security group {group}"), format!("removed key pair {key_pair}")] {
+        assert!(gc.stdout.contains(&removed), "`{removed}` in: {}", gc.stdout);
+    }
+    runtime().block_on(async { assert_nothing_temporary_left(&west, "us-west-2").await });
+}
+
+/// The one build's instance id, security group id and key pair name, as the account holds them; fails unless
+/// there is exactly one of each (the group and key pair fleetbake's, by name).
+async fn build_resources(client: &aws_sdk_ec2::Client) -> (String, String, String) {
+    let instances = instances(client).await;
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    let groups = client.describe_security_groups().send().await.unwrap();
+    let groups: Vec<String> = groups
+        .security_groups()
+        .iter()
+        .filter(|group| group.group_name().unwrap_or_default().starts_with("fleetbake-"))
+        .map(|group| group.group_id().unwrap().to_string())
+        .collect();
+    assert_eq!(groups.len(), 1, "the group is still there: {groups:?}");
+    let keys: Vec<String> = key_pair_names(client).await.into_iter().filter(|k| k.starts_with("fleetbake-")).collect();
+    assert_eq!(keys.len(), 1, "the key pair is still there: {keys:?}");
+    (instances[0].0.clone(), groups[0].clone(), keys[0].clone())
 }
 
 #[test]
