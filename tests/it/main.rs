@@ -12,6 +12,7 @@ mod organization;
 mod plan;
 mod proxy;
 mod resume;
+mod secrets;
 mod sim;
 mod validate;
 mod witness;

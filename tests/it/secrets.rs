@@ -1,0 +1,249 @@
+//! "No private key or provisioner `env` value is ever logged" (README, Output). A real run (aws-sdk-ec2 → moto,
+//! openssh → sshd) with `-v`, `--events`, `--summary-json` and `--packer-manifest`, and then everything it wrote
+//! scanned: stdout, stderr, and every file it left in the workspace (the manifest, the Packer manifest, the
+//! events, the summary, the journal). The needles are the env values and every line of the private key EC2
+//! returned (captured from CreateKeyPair's answer as it passes the proxy), and `PRIVATE KEY`.
+//!
+//! What the README promises about provisioner output: it is shown (streamed as `flavor/region: line`, and as
+//! `provisioner_output` events). So a provisioner that prints its own env value has that line shown, and
+//! fleetbake repeats it nowhere else: not in the failure, the manifest, the journal or the summary.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::harness::*;
+use crate::matrix::{fleet_header_at, read_manifest, AL2023};
+
+/// Every CreateKeyPair answer the proxies of this file have passed on (the tests run in parallel: each finds
+/// its own by key name).
+static KEY_PAIR_ANSWERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// A proxy rewrite that changes nothing and keeps a copy of the answer.
+fn keep_key_pair_answer(body: String) -> String {
+    KEY_PAIR_ANSWERS.lock().unwrap().push(body.clone());
+    body
+}
+
+/// A proxy in front of moto that keeps every CreateKeyPair answer.
+fn key_capturing_proxy(moto: &Moto) -> FaultProxy {
+    FaultProxy::start(&moto.endpoint, |request| {
+        if request.action == "CreateKeyPair" {
+            Answer::Rewrite(keep_key_pair_answer)
+        } else {
+            Answer::Forward
+        }
+    })
+}
+
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.find(open)? + open.len();
+    let end = text[start..].find(close)? + start;
+    Some(&text[start..end])
+}
+
+/// The private keys EC2 returned for key pairs whose name ends `-{flavor}`.
+fn private_keys_of(flavor: &str) -> Vec<String> {
+    let answers = KEY_PAIR_ANSWERS.lock().unwrap();
+    answers
+        .iter()
+        .filter(|answer| {
+            between(answer, "<keyName>", "</keyName>").is_some_and(|name| name.ends_with(&format!("-{flavor}")))
+        })
+        .map(|answer| between(answer, "<keyMaterial>", "</keyMaterial>").expect("key material").to_string())
+        .collect()
+}
+
+/// The needles for `keys`: `PRIVATE KEY` and every line of each key's body.
+fn key_needles(keys: &[String]) -> Vec<(String, String)> {
+    let mut needles = vec![("a PEM armour line".to_string(), "PRIVATE KEY".to_string())];
+    for key in keys {
+        let body: Vec<&str> =
+            key.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with("-----")).collect();
+        assert!(body.len() >= 10, "an RSA key's body: {key}");
+        for (number, line) in body.iter().enumerate() {
+            assert!(line.len() >= 32, "long enough not to match by chance: {line}");
+            needles.push((format!("line {} of the private key", number + 1), line.to_string()));
+        }
+    }
+    needles
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// What fleetbake wrote into `workspace` (everything but the inputs the test wrote and the provisioners'
+/// markers), by path relative to it, with its text.
+fn written_files(workspace: &Workspace, inputs: &[&str]) -> Vec<(String, String)> {
+    let root = workspace.dir.path();
+    files_under(root)
+        .into_iter()
+        .filter(|path| !path.starts_with(&workspace.markers))
+        .map(|path| path.strip_prefix(root).unwrap().display().to_string())
+        .filter(|relative| !inputs.iter().any(|input| relative == input || relative.starts_with(&format!("{input}/"))))
+        .map(|relative| {
+            let text = String::from_utf8_lossy(&std::fs::read(workspace.path(&relative)).unwrap()).into_owned();
+            (relative, text)
+        })
+        .collect()
+}
+
+/// Where each needle occurs in each haystack: `(haystack, what the needle is)`.
+fn findings(haystacks: &[(String, String)], needles: &[(String, String)]) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for (place, text) in haystacks {
+        for (what, needle) in needles {
+            if text.contains(needle.as_str()) {
+                found.push((place.clone(), what.clone()));
+            }
+        }
+    }
+    found
+}
+
+/// The outputs every scanned run writes, relative to the workspace.
+const OUTPUTS: [&str; 4] = ["out/manifest.json", "out/packer-manifest.json", "out/events.jsonl", "out/summary.json"];
+
+/// Runs `fleetbake -v matrix` on `fleet` with every output on, its TMPDIR inside the workspace (left empty).
+fn run_with_every_output(workspace: &Workspace, fleet: &str) -> Outcome {
+    let fleet_path = workspace.write("fleet.toml", fleet);
+    let tmp = workspace.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::create_dir(workspace.path("out")).unwrap();
+    let [_, packer, events, summary] = OUTPUTS.map(|relative| workspace.path(relative).display().to_string());
+    let outcome = fleetbake_with_env(
+        &[
+            "-v",
+            "matrix",
+            fleet_path.to_str().unwrap(),
+            "--events",
+            &events,
+            "--summary-json",
+            &summary,
+            "--packer-manifest",
+            &packer,
+        ],
+        &[("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("TMPDIR", tmp.to_str().unwrap())],
+    );
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "the private key's directory is removed");
+    outcome
+}
+
+/// The haystacks of a run: its stdout and stderr and every file it wrote, which include each of [`OUTPUTS`]
+/// and a journal.
+fn haystacks(workspace: &Workspace, outcome: &Outcome, inputs: &[&str]) -> Vec<(String, String)> {
+    let written = written_files(workspace, inputs);
+    let names: Vec<&str> = written.iter().map(|(name, _)| name.as_str()).collect();
+    for output in OUTPUTS {
+        assert!(names.contains(&output), "{output} was written: {names:?}");
+    }
+    assert!(names.iter().any(|name| name.starts_with(".fleetbake/fleet/") && name.ends_with(".jsonl")), "{names:?}");
+    let mut haystacks =
+        vec![("stdout".to_string(), outcome.stdout.clone()), ("stderr".to_string(), outcome.stderr.clone())];
+    haystacks.extend(written);
+    haystacks
+}
+
+/// A successful build and copy whose script and inline provisioners both get a secret `env` value (and prove
+/// it by writing it into a marker): neither value nor any line of the private key is in anything it wrote.
+#[test]
+fn no_private_key_or_env_value_is_in_anything_a_run_writes() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let proxy = key_capturing_proxy(&moto);
+    let workspace = Workspace::new();
+    let token = format!("fb-secret-token-{:016x}", fastrand::u64(..));
+    let password = format!("fb-secret-password-{:016x}", fastrand::u64(..));
+    let markers = workspace.markers.display();
+    workspace.write(
+        "scripts/use-token.sh",
+        &format!(
+            "#!/bin/sh\nset -e\nprintf '%s' \"$API_TOKEN\" > {markers}/token.$FLEETBAKE_REGION\necho token received\n"
+        ),
+    );
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"sealed\"\nsource_ami = {AL2023}\nprovisioners = [\n\
+         {{ type = \"shell\", script = \"scripts/use-token.sh\", env = {{ API_TOKEN = \"{token}\" }} }},\n\
+         {{ type = \"shell\", inline = [\"printf '%s' \\\"$DB_PASSWORD\\\" > {markers}/password.$FLEETBAKE_REGION\"], env = {{ DB_PASSWORD = \"{password}\" }} }},\n\
+         ]\n\n[regions]\nus-west-2 = [\"us-east-1\"]\n",
+        fleet_header_at(&proxy.endpoint, &sshd),
+    );
+    let outcome = run_with_every_output(&workspace, &fleet);
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    assert!(outcome.stderr.contains("sealed/us-west-2: token received"), "{}", outcome.stderr);
+    // The values were in play: the provisioners saw them.
+    assert_eq!(std::fs::read_to_string(workspace.markers.join("token.us-west-2")).unwrap(), token);
+    assert_eq!(std::fs::read_to_string(workspace.markers.join("password.us-west-2")).unwrap(), password);
+    assert_eq!(read_manifest(&workspace)["status"], "complete");
+
+    let keys = private_keys_of("sealed");
+    assert_eq!(keys.len(), 1, "one build, one key pair");
+    let mut needles = key_needles(&keys);
+    needles.push(("the API_TOKEN env value".to_string(), token));
+    needles.push(("the DB_PASSWORD env value".to_string(), password));
+    let found = findings(&haystacks(&workspace, &outcome, &["fleet.toml", "scripts", "tmp"]), &needles);
+    assert!(found.is_empty(), "secrets written: {found:?}");
+}
+
+/// A provisioner that prints one of its env values and fails: that line is shown, as provisioner output
+/// (stderr and a `provisioner_output` event), and nowhere else; the value it does not print, nowhere at all.
+#[test]
+fn a_provisioner_that_prints_its_env_value_has_that_line_shown_and_repeated_nowhere() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let proxy = key_capturing_proxy(&moto);
+    let workspace = Workspace::new();
+    let shown = format!("fb-shown-{:016x}", fastrand::u64(..));
+    let hidden = format!("fb-hidden-{:016x}", fastrand::u64(..));
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"leaky\"\nsource_ami = {AL2023}\nprovisioners = [\n\
+         {{ type = \"shell\", inline = [\"echo \\\"token is $SHOWN\\\"\", \"exit 4\"], env = {{ SHOWN = \"{shown}\", HIDDEN = \"{hidden}\" }} }},\n\
+         ]\n\n[regions]\nus-west-2 = []\n",
+        fleet_header_at(&proxy.endpoint, &sshd),
+    );
+    let outcome = run_with_every_output(&workspace, &fleet);
+    assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    let manifest = read_manifest(&workspace);
+    let failures = manifest["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["stage"], "provision");
+    assert!(failures[0]["error"].as_str().unwrap().contains("exited with status 4"), "{}", failures[0]);
+
+    // Shown: as the provisioner's output line, and only as that.
+    let output_line = format!("leaky/us-west-2: token is {shown}");
+    let on_stderr: Vec<&str> = outcome.stderr.lines().filter(|line| line.contains(&shown)).collect();
+    assert!(!on_stderr.is_empty(), "the output is shown: {}", outcome.stderr);
+    assert!(on_stderr.iter().all(|line| line.ends_with(&output_line)), "only as its output line: {on_stderr:?}");
+    let events = std::fs::read_to_string(workspace.path("out/events.jsonl")).unwrap();
+    let in_events: Vec<serde_json::Value> =
+        events.lines().filter(|line| line.contains(&shown)).map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(in_events.len(), 1, "one output event: {events}");
+    assert_eq!(in_events[0]["type"], "provisioner_output");
+    assert_eq!(in_events[0]["line"], format!("token is {shown}"));
+
+    // Nowhere else: the manifest, the journal, the summary, the Packer manifest, stdout.
+    let elsewhere: Vec<(String, String)> = haystacks(&workspace, &outcome, &["fleet.toml", "tmp"])
+        .into_iter()
+        .filter(|(place, _)| place != "stderr" && place != "out/events.jsonl")
+        .collect();
+    let found = findings(&elsewhere, &[("the printed env value".to_string(), shown)]);
+    assert!(found.is_empty(), "repeated by fleetbake: {found:?}");
+
+    // The value it did not print, and the private key: nowhere at all.
+    let keys = private_keys_of("leaky");
+    assert_eq!(keys.len(), 1, "one build, one key pair");
+    let mut needles = key_needles(&keys);
+    needles.push(("the HIDDEN env value".to_string(), hidden));
+    let found = findings(&haystacks(&workspace, &outcome, &["fleet.toml", "tmp"]), &needles);
+    assert!(found.is_empty(), "secrets written: {found:?}");
+}
