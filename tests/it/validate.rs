@@ -24,12 +24,15 @@ eu-central-1 = []
 endpoint_url = "http://127.0.0.1:9"
 "#;
 
-/// Runs `fleetbake validate` on `fleet` (with `setup.sh` beside it) and returns its stderr, paths masked.
+/// Runs `fleetbake validate` on `fleet` (with `setup.sh` beside it) and returns its stderr, paths masked. Its
+/// endpoint is a witness: validating connects to nothing.
 fn validate(fleet: &str) -> (i32, String) {
+    let witness = Witness::start();
     let workspace = Workspace::new();
     workspace.write("setup.sh", "#!/bin/sh\n");
-    let path = workspace.write("fleet.toml", fleet);
+    let path = workspace.write("fleet.toml", &fleet.replace("http://127.0.0.1:9", &witness.endpoint));
     let outcome = fleetbake(&["validate", path.to_str().unwrap()]);
+    assert_eq!(witness.connections(), 0, "validate connected to EC2: {}", outcome.stderr);
     let dir = workspace.dir.path().display().to_string();
     (outcome.code, outcome.stderr.replace(&dir, "[DIR]") + &outcome.stdout.replace(&dir, "[DIR]"))
 }

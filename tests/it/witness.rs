@@ -3,13 +3,17 @@
 //! or changes something.
 
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A listener on 127.0.0.1 that accepts and counts every connection, answering nothing. It stops on drop.
 pub struct Witness {
     pub endpoint: String,
-    connections: Arc<AtomicUsize>,
+    /// The client port of every connection accepted, in order.
+    accepted: Arc<Mutex<Vec<u16>>>,
+    /// The client ports of the witness's own sentinel connections (not counted).
+    sentinels: Mutex<Vec<u16>>,
     stopping: Arc<AtomicBool>,
 }
 
@@ -17,25 +21,40 @@ impl Witness {
     pub fn start() -> Witness {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(Mutex::new(Vec::new()));
         let stopping = Arc::new(AtomicBool::new(false));
-        let (seen, stop) = (Arc::clone(&connections), Arc::clone(&stopping));
+        let (seen, stop) = (Arc::clone(&accepted), Arc::clone(&stopping));
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if stop.load(Ordering::SeqCst) {
                     return;
                 }
-                if stream.is_ok() {
-                    seen.fetch_add(1, Ordering::SeqCst);
+                if let Ok(port) = stream.and_then(|stream| stream.peer_addr()).map(|peer| peer.port()) {
+                    seen.lock().unwrap().push(port);
                 }
             }
         });
-        Witness { endpoint, connections, stopping }
+        Witness { endpoint, accepted, sentinels: Mutex::new(Vec::new()), stopping }
     }
 
-    /// How many connections were made to it so far.
+    /// How many connections were made to it so far. A connection the kernel completed but the accept loop has
+    /// not taken yet counts too: a sentinel connection of its own goes in behind them (the backlog is first in,
+    /// first out), and the count is read once the sentinel is accepted.
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
+        let sentinel = TcpStream::connect(self.endpoint.trim_start_matches("http://")).unwrap();
+        let port = sentinel.local_addr().unwrap().port();
+        let mut sentinels = self.sentinels.lock().unwrap();
+        sentinels.push(port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let accepted = self.accepted.lock().unwrap();
+            if accepted.contains(&port) {
+                return accepted.iter().filter(|port| !sentinels.contains(port)).count();
+            }
+            drop(accepted);
+            assert!(Instant::now() < deadline, "the witness did not accept its sentinel");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
