@@ -301,8 +301,12 @@ fn gc_beside_a_run_in_progress_refuses_to_remove_images_and_leaves_its_resources
     let run_id = read_manifest(&workspace)["run_id"].as_str().unwrap().to_string();
 
     // With `[retention]`, gc would deregister images: the run holds the fleet file's lock, so gc refuses at
-    // once, naming it, and touches nothing.
+    // once, naming it, and touches nothing: it goes through a recording proxy, which sees no request.
+    let proxy = FaultProxy::recording(&moto.endpoint);
+    let through_proxy = gated_fleet(&moto, &sshd, &gate, retention).replace(&moto.endpoint, &proxy.endpoint);
+    std::fs::write(&fleet_path, through_proxy).unwrap();
     let refused = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    assert_eq!(proxy.requests(), 0, "no AWS call: {:?}", proxy.actions());
     assert_eq!(refused.code, 1, "{}{}", refused.stdout, refused.stderr);
     assert!(
         refused.stderr.contains(&format!("another fleetbake is running this fleet file: run {run_id}")),
