@@ -214,10 +214,13 @@ fn a_private_interface_admits_the_vpc_and_a_subnet_of_another_region_is_named() 
         "{header}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\nsubnet = {{ ids = {{ us-west-2 = \"{foreign}\" }} }}\n\n[regions]\nus-west-2 = []\n"
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
+    let before = proxy.actions().len();
     let preflight = fleetbake(&["preflight", fleet_path.to_str().unwrap()]);
     assert_eq!(preflight.code, 1, "{}{}", preflight.stdout, preflight.stderr);
     let line = format!("FAIL us-west-2: `base`: subnet {foreign} is not in us-west-2");
     assert!(preflight.stdout.contains(&line), "{line}:\n{}", preflight.stdout);
+    // It found that out by reading only.
+    assert_only_reads(&proxy.actions()[before..]);
 }
 
 #[test]
