@@ -23,11 +23,20 @@ fn gated_fleet(moto: &Moto, sshd: &Sshd, gate: &std::path::Path, retention: &str
     )
 }
 
-/// Starts `fleetbake matrix` and reads its stderr until a line contains `until`.
+/// Starts `fleetbake matrix` and reads its stderr until a line contains `until`. Its TMPDIR (where the private
+/// key's directory goes) is `tmp` beside the fleet file, inside the test's workspace: a run the test kills
+/// leaves its key there, removed with the workspace, not in the machine's /tmp.
 fn start_until(fleet_path: &std::path::Path, until: &str) -> Running {
-    let mut running = Running::start(&["matrix", fleet_path.to_str().unwrap()], &[]);
+    let tmp = key_tmp(fleet_path);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut running = Running::start(&["matrix", fleet_path.to_str().unwrap()], &[("TMPDIR", tmp.to_str().unwrap())]);
     running.read_until(until);
     running
+}
+
+/// The TMPDIR [`start_until`] gives a run of `fleet_path`.
+fn key_tmp(fleet_path: &std::path::Path) -> std::path::PathBuf {
+    fleet_path.parent().unwrap().join("tmp")
 }
 
 fn image_ids(manifest: &Value, flavor: &str) -> Vec<String> {
@@ -49,6 +58,10 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
     let Running { mut child, seen, .. } = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
     child.0.kill().unwrap();
     child.0.wait().unwrap();
+    // The killed build's private key is left where its TMPDIR said, in the workspace.
+    let key_dirs: Vec<_> = std::fs::read_dir(key_tmp(&fleet_path)).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(key_dirs.len(), 1, "{key_dirs:?}");
+    assert!(key_dirs[0].join("key").exists(), "{key_dirs:?}");
     let killed = read_manifest(&workspace);
     let run_id = killed["run_id"].as_str().unwrap().to_string();
     assert_eq!(killed["status"], "partial", "{seen}");
