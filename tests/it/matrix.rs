@@ -762,7 +762,7 @@ fn what_cleanup_cannot_remove_is_named_with_the_gc_command() {
     assert!(proxy.bodies("DeleteKeyPair").len() >= 2, "the build and the sweep both tried");
     let west = moto.client("us-west-2");
     let key_pairs = runtime().block_on(key_pair_names(&west));
-    assert_eq!(key_pairs, [key_name.clone()], "the key pair named is the one left in the account");
+    assert_eq!(key_pairs, std::slice::from_ref(&key_name), "the key pair named is the one left in the account");
 
     // The permission is fixed: the same fleet file, straight to EC2. The gc command printed removes it.
     std::fs::write(&fleet_path, base_fleet(&moto.endpoint, &sshd)).unwrap();
