@@ -108,7 +108,8 @@ fn launch_and_image_keys_reach_ec2_as_written() {
             let launched_from = image(&west, &source).await;
             assert_eq!(launched_from.architecture().map(|a| a.as_str()), Some(architecture), "{flavor}");
             assert_eq!(manifest["artifacts"][flavor]["us-west-2"]["source_image_id"], source.as_str());
-            // `associate_public_ip`: as sent (moto keeps no network-interface request).
+            // `associate_public_ip`: as sent (the build instance is terminated by now, and moto lists a terminated
+            // instance without a public address either way).
             let launch = launch_of(&proxy, &source);
             let expected = if public { "true" } else { "false" };
             assert_eq!(field(&launch, "NetworkInterface.1.AssociatePublicIpAddress"), [expected], "{launch}");
@@ -126,6 +127,7 @@ fn launch_and_image_keys_reach_ec2_as_written() {
         let x86 = build_instance_of(&west, "x86").await;
         assert_eq!(user_data(&west, x86.instance_id().unwrap()).await, None);
     });
+    // moto gives a copy sent without a description its source's: only the request shows fleetbake sent it.
     let copies = proxy.bodies("CopyImage");
     assert_eq!(copies.len(), 2);
     for copy in &copies {
