@@ -159,6 +159,9 @@ fn private_dns_here(body: String) -> String {
     set_element(set_element(body, "privateDnsName", "localhost"), "dnsName", "public-dns.invalid")
 }
 
+/// What [`Answer::Rewrite`] applies to an answer's body.
+type Rewriter = fn(String) -> String;
+
 /// As [`private_dns_here`], the other way round: the public DNS name is this machine.
 fn public_dns_here(body: String) -> String {
     set_element(set_element(body, "privateDnsName", "private-dns.invalid"), "dnsName", "localhost")
@@ -194,7 +197,7 @@ fn stage_details(events: &std::path::Path, stage: &str) -> Vec<String> {
 fn ssh_interface_dns_names_are_the_addresses_connected_to() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let cases: [(&str, fn(String) -> String, &str); 2] =
+    let cases: [(&str, Rewriter, &str); 2] =
         [("private_dns", private_dns_here, "private DNS name"), ("public_dns", public_dns_here, "public DNS name")];
     for (interface, rewrite, said) in cases {
         let proxy = FaultProxy::start(&moto.endpoint, move |request| {
