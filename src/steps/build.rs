@@ -674,6 +674,12 @@ async fn test_image(context: &BuildContext, stack: &mut CleanupStack, artifact: 
     if !context.run.fleet.keep_failed_images {
         let ledger = &*context.run.ledger;
         stack.push(UndoStep::discard_failed(&*context.cloud, ledger, &context.job.key(), image, None).await);
+    } else {
+        // Kept: its snapshots carry the image's tags like any image's (a passing image's get them once finished).
+        let tags = context.run.image_tags(&context.flavor, &artifact.source_image_id);
+        if let Err(tag_error) = finish::tag_snapshots(&*context.cloud, &artifact.snapshot_ids, &tags).await {
+            tracing::warn!("cannot tag the snapshots of {image}, kept though it failed its tests: {tag_error}");
+        }
     }
     Err(error)
 }

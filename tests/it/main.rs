@@ -3,6 +3,7 @@
 mod accounts;
 mod cloud_state;
 mod corpus;
+mod fleet_keys;
 mod harness;
 mod layout;
 mod matrix;

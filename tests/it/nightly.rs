@@ -94,14 +94,52 @@ fn changed_only_reuses_what_did_not_change_and_copies_only_where_missing() {
         assert!(night_four["artifacts"][flavor]["eu-west-1"].get("reused_from").is_none(), "a new copy");
         assert!(night_four["artifacts"][flavor]["us-east-1"]["reused_from"].is_string());
     }
-    // gc keeps every image the manifest names, reused or not.
+    // gc keeps every image the manifest names, reused or not, even under a retention that keeps only the newest
+    // image per flavor and region; it removes the rest: `web`'s night-one image and its copy, which night three
+    // replaced, with their snapshots.
+    std::fs::write(
+        &fleet_path,
+        format!("{}\n[retention]\nkeep = 1\n", two_flavors(&proxy.endpoint, &sshd, "\"us-east-1\", \"eu-west-1\"")),
+    )
+    .unwrap();
+    let replaced: Vec<(&str, &serde_json::Value)> =
+        ["us-west-2", "us-east-1"].into_iter().map(|region| (region, &night_one["artifacts"]["web"][region])).collect();
     let gc = fleetbake(&["gc", path]);
     assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
     runtime().block_on(async {
         for region in ["us-west-2", "us-east-1", "eu-west-1"] {
-            assert_nothing_temporary_left(&moto.client(region), region).await;
+            let client = moto.client(region);
+            let mut named: Vec<String> = ["base", "web"]
+                .iter()
+                .map(|flavor| night_four["artifacts"][flavor][region]["image_id"].as_str().unwrap().to_string())
+                .collect();
+            named.sort();
+            let mut left = fleet_image_ids(&client).await;
+            left.sort();
+            assert_eq!(left, named, "{region}: exactly the images the manifest names are left");
+            assert_nothing_temporary_left(&client, region).await;
+        }
+        for (region, artifact) in &replaced {
+            let client = moto.client(region);
+            let id = artifact["image_id"].as_str().unwrap();
+            assert!(!night_four.to_string().contains(id), "{id} is not in the manifest");
+            let found = client.describe_images().image_ids(id).send().await.unwrap();
+            assert!(found.images().is_empty(), "{id} in {region} deregistered");
+            let snapshots = artifact["snapshot_ids"].as_array().unwrap();
+            assert_eq!(snapshots.len(), 1, "{artifact}");
+            let filter =
+                aws_sdk_ec2::types::Filter::builder().name("snapshot-id").values(snapshots[0].as_str().unwrap());
+            let found = client.describe_snapshots().owner_ids("self").filters(filter.build()).send().await.unwrap();
+            assert!(found.snapshots().is_empty(), "{snapshots:?} in {region} deleted");
         }
     });
+}
+
+/// The ids of the fleet `it`'s images in the client's region.
+async fn fleet_image_ids(client: &aws_sdk_ec2::Client) -> Vec<String> {
+    let filter = aws_sdk_ec2::types::Filter::builder().name("tag:fleetbake:fleet").values("it").build();
+    let output = client.describe_images().owners("self").filters(filter).send().await.unwrap();
+    output.images().iter().map(|image| image.image_id().unwrap().to_string()).collect()
 }
 
 /// The SSM parameter `name` in `region`, as moto keeps it: its value, data type and version.
@@ -222,7 +260,9 @@ fn published_to_ssm_with_a_label_per_run_and_a_launch_template_and_only_for_comp
     assert_eq!(first.code, 1, "{}", first.stderr);
     let manifest = read_manifest(&workspace);
     let run_label = format!("fleetbake-{}", manifest["run_id"].as_str().unwrap());
-    assert!(proxy.bodies("PutParameter").iter().all(|body| body.contains("/images/it/base")), "web published nowhere");
+    let puts = proxy.bodies("PutParameter");
+    assert_eq!(puts.len(), 2, "base, in its two regions: {puts:?}");
+    assert!(puts.iter().all(|body| body.contains("/images/it/base")), "web published nowhere");
     runtime().block_on(async {
         for region in ["us-west-2", "us-east-1"] {
             let image = manifest["artifacts"]["base"][region]["image_id"].as_str().unwrap();
