@@ -6,6 +6,8 @@ use std::sync::Arc;
 use crate::cloud::ImageId;
 use crate::config::{Flavor, FlavorName, Fleet, Tags};
 use crate::plan::RunId;
+use crate::report::events::Artifact;
+use crate::steps::fingerprint::FINGERPRINT_TAG;
 use crate::steps::ledger::Ledger;
 use crate::steps::network::SshSources;
 use crate::util::clock::RunClock;
@@ -53,6 +55,16 @@ impl RunContext {
         tags.extend(flavor.tags.clone());
         tags.extend(self.identity_tags(&flavor.name));
         tags.insert(SOURCE_IMAGE_TAG.to_string(), source_image.to_string());
+        tags
+    }
+
+    /// The tags of an image this run made, copied or kept, in any region, and of its snapshots: the image tags
+    /// of its source, plus its fingerprint where it has one.
+    pub fn artifact_tags(&self, flavor: &Flavor, artifact: &Artifact) -> Tags {
+        let mut tags = self.image_tags(flavor, &artifact.source_image_id);
+        if let Some(fingerprint) = &artifact.fingerprint {
+            tags.insert(FINGERPRINT_TAG.to_string(), fingerprint.clone());
+        }
         tags
     }
 }

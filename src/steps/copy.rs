@@ -19,7 +19,6 @@ use crate::plan::CopyJob;
 use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Publication, Stage};
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::RunContext;
-use crate::steps::fingerprint::FINGERPRINT_TAG;
 use crate::steps::finish::{self, Finishing};
 use crate::steps::patience::{no_room, Patience};
 use crate::steps::publish;
@@ -56,10 +55,7 @@ pub async fn run(context: CopyContext) -> CopyEnd {
     let label = JobLabel { flavor: context.flavor.name.clone(), region: context.job.target_region.clone() };
     let mut end = CopyEnd::default();
     let run = &context.run;
-    let mut tags = run.image_tags(&context.flavor, &context.source.source_image_id);
-    if let Some(fingerprint) = &context.source.fingerprint {
-        tags.insert(FINGERPRINT_TAG.to_string(), fingerprint.clone());
-    }
+    let tags = run.artifact_tags(&context.flavor, &context.source);
     let (image, requested) = match context.pending_image.clone() {
         Some(image) => {
             context.events.progress(&label, Stage::WaitCopy, format!("waiting for {image} from an earlier attempt"));

@@ -174,10 +174,13 @@ fn two_flavors_two_build_regions_baked_copied_and_cleaned_up() {
                     let snapshots: Vec<&str> =
                         entry["snapshot_ids"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
                     assert_eq!(snapshots, image.snapshot_ids.iter().map(String::as_str).collect::<Vec<_>>());
-                    if region == build_region {
-                        for snapshot in &image.snapshot_ids {
-                            assert_eq!(snapshot_tags(&client, snapshot).await.get("fleetbake:run-id"), Some(&run_id));
-                        }
+                    // In every region, the snapshots carry the image's identity and fingerprint.
+                    assert!(!image.snapshot_ids.is_empty(), "{name} in {region} has a snapshot");
+                    for snapshot in &image.snapshot_ids {
+                        let tags = snapshot_tags(&client, snapshot).await;
+                        assert_eq!(tags.get("fleetbake:run-id"), Some(&run_id), "{snapshot} in {region}");
+                        assert_eq!(tags.get("fleetbake:fingerprint"), image.tags.get("fleetbake:fingerprint"));
+                        assert!(tags.contains_key("fleetbake:fingerprint"), "{snapshot} in {region}");
                     }
                 }
             }
