@@ -150,7 +150,7 @@ fn check_row(checks: &mut Checks, scenario: &Scenario, row: &Row, statistics: &R
     checks.equal(format_args!("{name}: failed jobs"), statistics.jobs.failed, 0);
     checks.equal(format_args!("{name}: jobs left in progress"), statistics.jobs.in_progress, 0);
     checks.equal(format_args!("{name}: succeeded jobs"), statistics.jobs.succeeded, jobs);
-    checks.equal(format_args!("{name}: leaked resources"), sim.leaked_resources.as_slice(), &[] as &[String]);
+    checks.nothing_leaked(&name, &sim.leaked_resources);
     let Some(expected) = row.expected else { return };
     let class = |key: &str| statistics.api_calls_by_class.get(key).copied().unwrap_or(0);
     checks.equal(format_args!("{name}: jobs"), statistics.jobs.succeeded + statistics.jobs.failed, expected.jobs);

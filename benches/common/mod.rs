@@ -34,6 +34,13 @@ impl Checks {
         self.check(actual <= ceiling, || format!("{what}: {actual:?}, expected at most {ceiling:?}"));
     }
 
+    /// Records a failure unless `leaked` is empty (what a run left in the simulated account).
+    pub fn nothing_leaked(&mut self, what: impl std::fmt::Display, leaked: &[String]) {
+        self.check(leaked.is_empty(), || {
+            format!("{what}: {} resources leaked, the first: {:?}", leaked.len(), &leaked[..leaked.len().min(3)])
+        });
+    }
+
     /// Exits with status 1 after listing every failure, if there was one.
     pub fn finish(self) {
         if self.failures.is_empty() {
