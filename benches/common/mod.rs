@@ -30,11 +30,13 @@ impl Checks {
     }
 
     /// Records a failure if `actual > ceiling`.
+    #[allow(dead_code, reason = "each bench compiles its own copy of this module and uses some of the checks")]
     pub fn at_most<T: PartialOrd + Debug>(&mut self, what: impl std::fmt::Display, actual: T, ceiling: T) {
         self.check(actual <= ceiling, || format!("{what}: {actual:?}, expected at most {ceiling:?}"));
     }
 
     /// Records a failure unless `leaked` is empty (what a run left in the simulated account).
+    #[allow(dead_code, reason = "each bench compiles its own copy of this module and uses some of the checks")]
     pub fn nothing_leaked(&mut self, what: impl std::fmt::Display, leaked: &[String]) {
         self.check(leaked.is_empty(), || {
             format!("{what}: {} resources leaked, the first: {:?}", leaked.len(), &leaked[..leaked.len().min(3)])
