@@ -61,7 +61,11 @@ fn check_nights(checks: &mut Checks, matrix: &Matrix, [first, quiet, rebuild]: [
         checks.nothing_leaked(name, &night.leaked);
     }
     for (name, night) in [first, rebuild] {
-        checks.equal(format_args!("{name}: RunInstances, CopyImage, CreateImage"), made(night), [builds, copies, builds]);
+        checks.equal(
+            format_args!("{name}: RunInstances, CopyImage, CreateImage"),
+            made(night),
+            [builds, copies, builds],
+        );
     }
     let (name, night) = quiet;
     checks.equal(format_args!("{name}: RunInstances, CopyImage, CreateImage"), made(night), [0, 0, 0]);

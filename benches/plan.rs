@@ -18,7 +18,12 @@ use common::{full_run, peak_rss_mib, reset_peak_rss, synthetic_fleet, Checks};
 /// The smallest fleet's queue, wave by wave: its four builds in plan order, then, once they are satisfied,
 /// each build's two copies.
 const SMALL_WAVES: [&[&str]; 2] = [
-    &["build:flavor-0@zz-bench-0", "build:flavor-0@zz-bench-1", "build:flavor-1@zz-bench-0", "build:flavor-1@zz-bench-1"],
+    &[
+        "build:flavor-0@zz-bench-0",
+        "build:flavor-0@zz-bench-1",
+        "build:flavor-1@zz-bench-0",
+        "build:flavor-1@zz-bench-1",
+    ],
     &[
         "copy:flavor-0@zz-bench-0>zz-bench-3",
         "copy:flavor-0@zz-bench-0>zz-bench-4",
