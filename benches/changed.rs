@@ -1,9 +1,11 @@
 //! A quiet night: the 20 × 4 × 3 matrix built once, then again with nothing changed, on one simulated account
 //! (virtual time): with `--changed-only` the second night makes no instance and no copy. Prints the calls made,
-//! the simulated makespan and the wall time of both nights, and of a full rebuild for comparison. Asserts
-//! nothing.
+//! the simulated makespan and the wall time of both nights, and of a full rebuild for comparison. Then fails
+//! (exit status 1) if a night had a failed job or left a resource in the account, a full night made other than
+//! an instance and an image per build and a copy per target, or the quiet night made any or took other than
+//! its pinned calls and simulated time.
 //!
-//! `cargo bench --bench changed`
+//! `cargo bench --bench changed`: the 20 × 4 × 3 matrix. `cargo test --locked --bench changed` (CI): 2 × 2 × 2.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,13 +20,57 @@ use fleetbake::engine::run::{Execution, Start, Strategy};
 use fleetbake::report::{Reporter, TerminalReporter};
 
 mod common;
-use common::{peak_rss_mib, reset_peak_rss, synthetic_fleet};
+use common::{full_run, peak_rss_mib, reset_peak_rss, synthetic_fleet, Checks};
 
 struct Night {
     calls: BTreeMap<Action, u64>,
     simulated: Duration,
     wall: Duration,
     failed: usize,
+    /// What the account holds after the night that it should not (the model's leak list).
+    leaked: Vec<String>,
+}
+
+/// A matrix run three nights, and what its quiet night (`--changed-only`, nothing changed) must cost: the
+/// same in every run under the paused clock.
+struct Matrix {
+    flavors: usize,
+    build_regions: usize,
+    targets: usize,
+    quiet_calls: u64,
+    /// Simulated seconds.
+    quiet_simulated: u64,
+}
+
+/// `cargo bench`: the matrix the README's figures are of.
+const FULL: Matrix = Matrix { flavors: 20, build_regions: 4, targets: 3, quiet_calls: 732, quiet_simulated: 57 };
+/// `cargo test` (CI).
+const SMALL: Matrix = Matrix { flavors: 2, build_regions: 2, targets: 2, quiet_calls: 34, quiet_simulated: 2 };
+
+/// Every night ends with no failed job and nothing left; a full night makes an instance and an image per
+/// build and a copy per target; the quiet night makes none and costs its pinned calls and simulated time.
+fn check_nights(checks: &mut Checks, matrix: &Matrix, [first, quiet, rebuild]: [(&str, &Night); 3]) {
+    let builds = (matrix.flavors * matrix.build_regions) as u64;
+    let copies = builds * matrix.targets as u64;
+    let made = |night: &Night| {
+        let count = |action| night.calls.get(&action).copied().unwrap_or(0);
+        [count(Action::RunInstances), count(Action::CopyImage), count(Action::CreateImage)]
+    };
+    for (name, night) in [first, quiet, rebuild] {
+        checks.equal(format_args!("{name}: failed jobs"), night.failed, 0);
+        checks.nothing_leaked(name, &night.leaked);
+    }
+    for (name, night) in [first, rebuild] {
+        checks.equal(
+            format_args!("{name}: RunInstances, CopyImage, CreateImage"),
+            made(night),
+            [builds, copies, builds],
+        );
+    }
+    let (name, night) = quiet;
+    checks.equal(format_args!("{name}: RunInstances, CopyImage, CreateImage"), made(night), [0, 0, 0]);
+    checks.equal(format_args!("{name}: calls"), night.calls.values().sum::<u64>(), matrix.quiet_calls);
+    checks.equal(format_args!("{name}: simulated seconds"), night.simulated.as_secs(), matrix.quiet_simulated);
 }
 
 /// One run of `fleet` against `sim`, in the paused runtime's virtual time.
@@ -54,7 +100,17 @@ async fn night(sim: &Arc<SimCloud>, fleet: &Fleet) -> Night {
     for ((_, action), count) in limits.stats().calls() {
         *calls.entry(action).or_default() += count;
     }
-    Night { calls, simulated: started.elapsed(), wall: wall.elapsed(), failed: summary.failed }
+    let leaked = sim.report(Duration::from_secs(2)).leaked_resources;
+    Night { calls, simulated: started.elapsed(), wall: wall.elapsed(), failed: summary.failed, leaked }
+}
+
+/// Waits, in real time, for the wall clock's next second. A night names its images by the wall-clock second
+/// it starts in (`{timestamp}` in the default `ami_name`), and the account refuses a second image of a name
+/// (as EC2 does): nights an hour apart in virtual time are milliseconds apart on the wall clock, and a rebuild
+/// in the first night's second would fail every build.
+fn next_wall_second() {
+    let into_second = chrono::Utc::now().timestamp_subsec_nanos().min(999_999_999);
+    std::thread::sleep(Duration::from_nanos(u64::from(1_000_000_000 - into_second)));
 }
 
 fn clock(duration: Duration) -> String {
@@ -77,8 +133,9 @@ fn row(name: &str, night: &Night) {
 }
 
 fn main() {
+    let matrix = if full_run() { FULL } else { SMALL };
     let workdir = tempfile::tempdir().expect("a temporary directory");
-    let text = synthetic_fleet(20, 4, 3);
+    let text = synthetic_fleet(matrix.flavors, matrix.build_regions, matrix.targets);
     let fleet: Fleet = config::parse(&workdir.path().join("fleet.toml"), &text).expect("the synthetic fleet is valid");
     let mut changed_only = fleet.clone();
     changed_only.matrix.changed_only = true;
@@ -95,16 +152,32 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         let quiet = night(&sim, &changed_only).await;
         tokio::time::sleep(Duration::from_secs(3600)).await;
+        next_wall_second();
         let rebuild = night(&sim, &fleet).await;
         (first, quiet, rebuild)
     });
-    println!("20 × 4 × 3 (80 builds, 240 copies), one simulated account, night after night");
+    let builds = matrix.flavors * matrix.build_regions;
+    println!(
+        "{} × {} × {} ({builds} builds, {} copies), one simulated account, night after night",
+        matrix.flavors,
+        matrix.build_regions,
+        matrix.targets,
+        builds * matrix.targets
+    );
     println!(
         "{:<34} {:>6} {:>13} {:>10} {:>12} {:>10} {:>9} {:>6}",
         "night", "calls", "RunInstances", "CopyImage", "CreateImage", "simulated", "wall", "failed"
     );
-    row("first (everything built)", &first);
-    row("nothing changed, --changed-only", &quiet);
-    row("nothing changed, full rebuild", &rebuild);
+    let nights = [
+        ("first (everything built)", &first),
+        ("nothing changed, --changed-only", &quiet),
+        ("nothing changed, full rebuild", &rebuild),
+    ];
+    for (name, night) in nights {
+        row(name, night);
+    }
     println!("peak RSS over the three nights: {:.0} MiB", peak_rss_mib());
+    let mut checks = Checks::default();
+    check_nights(&mut checks, &matrix, nights);
+    checks.finish();
 }

@@ -1,7 +1,10 @@
 //! What the run journal costs: appending a record (written and flushed to disk with `sync_data` before the run
-//! goes on) and replaying a whole run's journal for `--resume`. Prints figures; asserts nothing.
+//! goes on) and replaying a whole run's journal for `--resume`. Prints figures, then fails (exit status 1) if
+//! the file does not hold every record on its own line, or its replay does not give back every job's image and
+//! no temporary resource left, the run finished.
 //!
-//! `cargo bench --bench journal` (the append figure is the disk's flush latency: run it where runs run)
+//! `cargo bench --bench journal` (the append figure is the disk's flush latency: run it where runs run): three
+//! fleets. `cargo test --locked --bench journal` (CI): the smallest only.
 
 use std::path::Path;
 use std::time::Instant;
@@ -10,19 +13,40 @@ use chrono::Utc;
 use fleetbake::cloud::{ImageId, SnapshotId};
 use fleetbake::config;
 use fleetbake::plan::{Plan, RunId};
-use fleetbake::report::events::Artifact;
+use fleetbake::report::events::{Artifact, RunStatus};
 use fleetbake::state::journal::{Journal, JournalDir, Record, Replay};
 use fleetbake::steps::ledger::{Resource, ResourceKind};
 
 mod common;
-use common::{peak_rss_mib, reset_peak_rss, synthetic_fleet};
+use common::{full_run, peak_rss_mib, reset_peak_rss, synthetic_fleet, Checks};
+
+/// The fleet CI runs (`cargo test`).
+const SMALL: (usize, usize, usize) = (2, 2, 2);
+
+/// The journal holds the header, the attempt and each record on a line of its own, and replays to what the
+/// run recorded: the plan's jobs, an image for each, nothing outstanding, finished complete, one attempt.
+fn check_journal(checks: &mut Checks, name: &str, plan: &Plan, records: usize, path: &Path, replay: &Replay) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    checks.equal(format_args!("{name}: journal lines (header, attempt, records)"), text.lines().count(), records + 2);
+    checks.equal(format_args!("{name}: replayed jobs"), &replay.header.jobs, &plan.planned_jobs());
+    checks.equal(format_args!("{name}: jobs with an image"), replay.available.len(), plan.job_count());
+    checks.equal(format_args!("{name}: jobs with an image requested"), replay.requested.len(), plan.job_count());
+    checks.check(replay.outstanding.is_empty(), || {
+        format!("{name}: {} temporary resources outstanding after replay", replay.outstanding.len())
+    });
+    checks.equal(format_args!("{name}: finished"), replay.finished, Some((RunStatus::Complete, false)));
+    checks.equal(format_args!("{name}: attempts"), replay.attempts, 1);
+    checks.equal(format_args!("{name}: torn line"), replay.torn_line, None);
+}
 
 fn main() {
     println!(
         "{:<28} {:>7} {:>9} {:>14} {:>12} {:>11} {:>10}",
         "fleet", "jobs", "records", "append/record", "replay", "file", "peak RSS"
     );
-    for (flavors, build_regions, targets) in [(2, 2, 2), (20, 4, 3), (100, 10, 9)] {
+    let fleets = if full_run() { vec![SMALL, (20, 4, 3), (100, 10, 9)] } else { vec![SMALL] };
+    let mut checks = Checks::default();
+    for (flavors, build_regions, targets) in fleets {
         reset_peak_rss();
         let text = synthetic_fleet(flavors, build_regions, targets);
         let fleet = config::parse(Path::new("/bench/fleet.toml"), &text).expect("the synthetic fleet is valid");
@@ -59,19 +83,21 @@ fn main() {
             let artifact = artifact(&image, copy.source_region.as_str());
             record(Record::ImageAvailable { job: copy.key(), artifact });
         }
-        record(Record::Finished { status: fleetbake::report::events::RunStatus::Complete, interrupted: false });
+        record(Record::Finished { status: RunStatus::Complete, interrupted: false });
         let per_record = started.elapsed() / records as u32;
+        let name = format!("{flavors} × {build_regions} × {targets}");
+        checks.equal(format_args!("{name}: journal write error"), journal.write_error(), None);
+        checks.equal(format_args!("{name}: outstanding before replay"), journal.outstanding(), Vec::new());
         drop(journal);
 
         let path = dir.journal_path(&plan.run_id);
         let started = Instant::now();
         let replay = Replay::read(&path).expect("the journal replays");
         let replay_time = started.elapsed();
-        assert_eq!(replay.available.len(), plan.job_count());
         let size = std::fs::metadata(&path).map(|meta| meta.len()).unwrap_or(0);
         println!(
             "{:<28} {:>7} {:>9} {:>11.1} µs {:>9.2} ms {:>8.1} KiB {:>7.1}MiB",
-            format!("{flavors} × {build_regions} × {targets}"),
+            name,
             plan.job_count(),
             records,
             per_record.as_secs_f64() * 1e6,
@@ -79,7 +105,9 @@ fn main() {
             size as f64 / 1024.0,
             peak_rss_mib(),
         );
+        check_journal(&mut checks, &name, &plan, records, &path, &replay);
     }
+    checks.finish();
 }
 
 fn artifact(image: &ImageId, region: &str) -> Artifact {

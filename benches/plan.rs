@@ -1,7 +1,9 @@
 //! What the pure front of the pipeline costs at fleet scale: parsing and validating fleet.toml, expanding
-//! the plan, and draining its dependency queue the way the scheduler does. Prints figures; asserts nothing.
+//! the plan, and draining its dependency queue the way the scheduler does. Prints figures, then fails (exit
+//! status 1) if a plan has other than its builds and copies, or its queue starts a copy before its build.
 //!
-//! `cargo bench --bench plan`
+//! `cargo bench --bench plan`: three fleets. `cargo test --locked --bench plan` (CI): the smallest only, whose
+//! queue order is also pinned job by job.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,7 +13,69 @@ use fleetbake::config;
 use fleetbake::plan::{JobId, Plan, RunId};
 
 mod common;
-use common::{peak_rss_mib, reset_peak_rss, synthetic_fleet};
+use common::{full_run, peak_rss_mib, reset_peak_rss, synthetic_fleet, Checks};
+
+/// The smallest fleet's queue, wave by wave: its four builds in plan order, then, once they are satisfied,
+/// each build's two copies.
+const SMALL_WAVES: [&[&str]; 2] = [
+    &[
+        "build:flavor-0@zz-bench-0",
+        "build:flavor-0@zz-bench-1",
+        "build:flavor-1@zz-bench-0",
+        "build:flavor-1@zz-bench-1",
+    ],
+    &[
+        "copy:flavor-0@zz-bench-0>zz-bench-3",
+        "copy:flavor-0@zz-bench-0>zz-bench-4",
+        "copy:flavor-0@zz-bench-1>zz-bench-5",
+        "copy:flavor-0@zz-bench-1>zz-bench-6",
+        "copy:flavor-1@zz-bench-0>zz-bench-3",
+        "copy:flavor-1@zz-bench-0>zz-bench-4",
+        "copy:flavor-1@zz-bench-1>zz-bench-5",
+        "copy:flavor-1@zz-bench-1>zz-bench-6",
+    ],
+];
+
+/// The queue drained a wave at a time: every job ready, then every build of that wave satisfied.
+fn waves(plan: &Plan) -> Vec<Vec<JobId>> {
+    let mut queue = plan.dependency_queue();
+    let mut waves = Vec::new();
+    loop {
+        let wave: Vec<JobId> = std::iter::from_fn(|| queue.pop_ready()).collect();
+        if wave.is_empty() {
+            break;
+        }
+        for job in wave.iter().filter(|job| matches!(job, JobId::Build(_))) {
+            queue.satisfied(job);
+        }
+        waves.push(wave);
+    }
+    waves
+}
+
+/// The plan has one build per flavor and build region and one copy per flavor and target, and its queue
+/// starts every build at once and every copy only after its build; the smallest fleet's order is pinned.
+fn check_plan(checks: &mut Checks, plan: &Plan, (flavors, build_regions, targets): (usize, usize, usize)) {
+    let name = format!("{flavors} flavors × {build_regions} × {targets}");
+    checks.equal(format_args!("{name}: builds"), plan.builds.len(), flavors * build_regions);
+    checks.equal(format_args!("{name}: copies"), plan.copies.len(), flavors * build_regions * targets);
+    let waves = waves(plan);
+    let keys: Vec<Vec<String>> =
+        waves.iter().map(|wave| wave.iter().map(|job| plan.key(*job).to_string()).collect()).collect();
+    let builds: Vec<JobId> = (0..plan.builds.len()).map(JobId::Build).collect();
+    let copies: Vec<JobId> = (0..plan.copies.len()).map(JobId::Copy).collect();
+    checks.equal(format_args!("{name}: the first wave"), waves.first(), Some(&builds));
+    checks.equal(format_args!("{name}: the second wave, once the builds are satisfied"), waves.get(1), Some(&copies));
+    checks.equal(format_args!("{name}: waves"), waves.len(), 2);
+    if (flavors, build_regions, targets) == SMALL {
+        let expected: Vec<Vec<String>> =
+            SMALL_WAVES.iter().map(|wave| wave.iter().map(|key| key.to_string()).collect()).collect();
+        checks.equal(format_args!("{name}: the queue's order"), keys, expected);
+    }
+}
+
+/// The fleet CI runs (`cargo test`).
+const SMALL: (usize, usize, usize) = (2, 2, 2);
 
 /// The best of `rounds` timings of `work`.
 fn best_of<T>(rounds: usize, mut work: impl FnMut() -> T) -> (Duration, T) {
@@ -31,7 +95,9 @@ fn main() {
         "{:<28} {:>7} {:>12} {:>12} {:>12} {:>10}",
         "fleet", "jobs", "parse+check", "plan", "queue drain", "peak RSS"
     );
-    for (flavors, build_regions, targets) in [(2, 2, 2), (20, 4, 3), (100, 10, 9)] {
+    let fleets = if full_run() { vec![SMALL, (20, 4, 3), (100, 10, 9)] } else { vec![SMALL] };
+    let mut checks = Checks::default();
+    for (flavors, build_regions, targets) in fleets {
         reset_peak_rss();
         let text = synthetic_fleet(flavors, build_regions, targets);
         let path = Path::new("/bench/fleet.toml");
@@ -61,5 +127,7 @@ fn main() {
             drain_time.as_secs_f64() * 1e3,
             peak_rss_mib()
         );
+        check_plan(&mut checks, &plan, (flavors, build_regions, targets));
     }
+    checks.finish();
 }

@@ -2,9 +2,12 @@
 //! adaptive waits; a build's slot free once it has cleaned up; adaptive pacing) and the way most tools do it
 //! (a waiter per image polling every 15 s; a build's slot held until all its copies end; EC2's rates whatever
 //! the throttles), side by side; and a shared account (other tools take half of every request bucket and 30
-//! of each region's 50 copy slots), paced adaptively and at fixed rates. Prints figures; asserts nothing.
+//! of each region's 50 copy slots), paced adaptively and at fixed rates. Prints figures, then fails (exit
+//! status 1) if a row had a failed job or a leaked resource, or a checked row's schedule differs from the one
+//! pinned in [`Expected`].
 //!
-//! `cargo bench --bench sim`
+//! `cargo bench --bench sim`: every row. `cargo test --locked --bench sim` (CI, debug build, seconds): only the
+//! rows with `in_ci`, each checked the same way.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,7 +18,7 @@ use fleetbake::engine::summary::RunStatistics;
 use fleetbake::report::{Reporter, TerminalReporter};
 
 mod common;
-use common::{peak_rss_mib, reset_peak_rss, synthetic_fleet};
+use common::{full_run, peak_rss_mib, reset_peak_rss, synthetic_fleet, Checks};
 
 struct Scenario {
     name: &'static str,
@@ -25,11 +28,50 @@ struct Scenario {
     /// Extra fleet.toml lines (limits a fleet of that size would set, the `[sim]` account).
     extra: &'static str,
     /// The ways compared.
-    strategies: &'static [(&'static str, Strategy)],
+    rows: Vec<Row>,
 }
 
-const WAITS: &[(&str, Strategy)] = &[("fleetbake", Strategy::FLEETBAKE), ("naive", Strategy::NAIVE)];
-const PACING: &[(&str, Strategy)] = &[("adaptive", Strategy::FLEETBAKE), ("fixed", Strategy::FIXED_PACING)];
+/// One way of running a scenario.
+struct Row {
+    label: &'static str,
+    strategy: Strategy,
+    /// Whether `cargo test` (CI) runs this row too.
+    in_ci: bool,
+    /// Its schedule, checked after it prints (every row is also checked for failed jobs and leaks).
+    expected: Option<Expected>,
+}
+
+/// A row's schedule under the paused clock: the columns that come out the same in every run, pinned exactly;
+/// the makespan and the non-mutating calls, which in the larger rows vary by a second or a call from one run
+/// to the next, pinned where they do not (`Some`) and always held under a ceiling (the makespan through its
+/// ratio to the bound).
+#[derive(Clone, Copy)]
+struct Expected {
+    /// Builds and copies that succeeded (all of them: none may fail).
+    jobs: usize,
+    /// The critical-path bound, simulated h:mm:ss.
+    bound: &'static str,
+    /// The makespan, simulated h:mm:ss, where it is the same in every run.
+    makespan: Option<&'static str>,
+    max_ratio: f64,
+    non_mutating: Option<u64>,
+    max_non_mutating: u64,
+    mutating: u64,
+    run_instances: u64,
+    copy_image: u64,
+    create_tags: u64,
+    throttled: u64,
+    /// The most describes by id in any 2 s window (fleetbake's ways: never more than the fleet's regions).
+    describes_per_interval: usize,
+}
+
+fn row(label: &'static str, strategy: Strategy) -> Row {
+    Row { label, strategy, in_ci: false, expected: None }
+}
+
+fn checked(label: &'static str, strategy: Strategy, expected: Expected) -> Row {
+    Row { label, strategy, in_ci: true, expected: Some(expected) }
+}
 
 struct Measured {
     statistics: RunStatistics,
@@ -103,19 +145,142 @@ fn clock(seconds: f64) -> String {
     format!("{}:{:02}:{:02}", seconds / 3600, seconds / 60 % 60, seconds % 60)
 }
 
+/// Every job of the row succeeded, none is left in the model, and (for a checked row) the schedule is the
+/// pinned one.
+fn check_row(checks: &mut Checks, scenario: &Scenario, row: &Row, statistics: &RunStatistics) {
+    let name = format!("{} {}", scenario.name, row.label);
+    let sim = statistics.sim.as_ref().expect("a simulated run reports");
+    let jobs = scenario.flavors * scenario.build_regions * (1 + scenario.targets);
+    checks.equal(format_args!("{name}: failed jobs"), statistics.jobs.failed, 0);
+    checks.equal(format_args!("{name}: jobs left in progress"), statistics.jobs.in_progress, 0);
+    checks.equal(format_args!("{name}: succeeded jobs"), statistics.jobs.succeeded, jobs);
+    checks.nothing_leaked(&name, &sim.leaked_resources);
+    let Some(expected) = row.expected else { return };
+    let class = |key: &str| statistics.api_calls_by_class.get(key).copied().unwrap_or(0);
+    checks.equal(format_args!("{name}: jobs"), statistics.jobs.succeeded + statistics.jobs.failed, expected.jobs);
+    checks.equal(format_args!("{name}: bound"), clock(statistics.critical_path_seconds).as_str(), expected.bound);
+    if let Some(makespan) = expected.makespan {
+        checks.equal(format_args!("{name}: makespan"), clock(statistics.makespan_seconds).as_str(), makespan);
+    }
+    checks.at_most(format_args!("{name}: makespan ÷ bound"), statistics.makespan_over_bound, expected.max_ratio);
+    if let Some(calls) = expected.non_mutating {
+        checks.equal(format_args!("{name}: non-mutating calls"), class("non_mutating"), calls);
+    }
+    checks.at_most(format_args!("{name}: non-mutating calls"), class("non_mutating"), expected.max_non_mutating);
+    checks.equal(format_args!("{name}: mutating calls"), class("mutating"), expected.mutating);
+    checks.equal(format_args!("{name}: RunInstances"), class("run_instances"), expected.run_instances);
+    checks.equal(format_args!("{name}: CopyImage"), class("copy_image"), expected.copy_image);
+    checks.equal(format_args!("{name}: CreateTags"), class("create_tags"), expected.create_tags);
+    checks.equal(format_args!("{name}: throttled responses"), statistics.throttled_responses, expected.throttled);
+    checks.equal(
+        format_args!("{name}: describes per 2 s"),
+        sim.peak_describes_per_interval,
+        expected.describes_per_interval,
+    );
+}
+
 fn main() {
     let scenarios = [
         Scenario {
-            name: "2 × 2 (× 2 copies)", flavors: 2, build_regions: 2, targets: 2, extra: "", strategies: WAITS
+            name: "2 × 2 (× 2 copies)",
+            flavors: 2,
+            build_regions: 2,
+            targets: 2,
+            extra: "",
+            rows: vec![
+                checked(
+                    "fleetbake",
+                    Strategy::FLEETBAKE,
+                    Expected {
+                        jobs: 12,
+                        bound: "0:29:00",
+                        makespan: Some("0:29:22"),
+                        max_ratio: 1.03,
+                        non_mutating: Some(493),
+                        max_non_mutating: 510,
+                        mutating: 52,
+                        run_instances: 4,
+                        copy_image: 8,
+                        create_tags: 36,
+                        throttled: 0,
+                        describes_per_interval: 4,
+                    },
+                ),
+                checked(
+                    "naive",
+                    Strategy::NAIVE,
+                    Expected {
+                        jobs: 12,
+                        bound: "0:29:00",
+                        makespan: Some("0:29:16"),
+                        max_ratio: 1.03,
+                        non_mutating: Some(677),
+                        max_non_mutating: 700,
+                        mutating: 52,
+                        run_instances: 4,
+                        copy_image: 8,
+                        create_tags: 36,
+                        throttled: 0,
+                        describes_per_interval: 8,
+                    },
+                ),
+            ],
         },
-        Scenario { name: "20 × 4 × 3", flavors: 20, build_regions: 4, targets: 3, extra: "", strategies: WAITS },
+        Scenario {
+            name: "20 × 4 × 3",
+            flavors: 20,
+            build_regions: 4,
+            targets: 3,
+            extra: "",
+            rows: vec![
+                checked(
+                    "fleetbake",
+                    Strategy::FLEETBAKE,
+                    Expected {
+                        jobs: 320,
+                        bound: "2:39:30",
+                        makespan: Some("2:42:27"),
+                        max_ratio: 1.03,
+                        non_mutating: None,
+                        max_non_mutating: 1860,
+                        mutating: 1120,
+                        run_instances: 80,
+                        copy_image: 240,
+                        create_tags: 1040,
+                        throttled: 0,
+                        describes_per_interval: 12,
+                    },
+                ),
+                row("naive", Strategy::NAIVE),
+            ],
+        },
         Scenario {
             name: "shared, 80 at once",
             flavors: 20,
             build_regions: 4,
             targets: 3,
             extra: "\n[limits]\nmax_parallel_builds = 80\n\n[sim]\nbackground_load = 0.5\nforeign_copies = 30\n",
-            strategies: PACING,
+            rows: vec![
+                checked(
+                    "adaptive",
+                    Strategy::FLEETBAKE,
+                    Expected {
+                        jobs: 320,
+                        bound: "0:29:00",
+                        makespan: None,
+                        max_ratio: 1.035,
+                        non_mutating: None,
+                        max_non_mutating: 1850,
+                        mutating: 1032,
+                        run_instances: 84,
+                        copy_image: 240,
+                        create_tags: 1040,
+                        throttled: 8,
+                        describes_per_interval: 16,
+                    },
+                ),
+                row("fixed", Strategy::FIXED_PACING),
+            ],
         },
         Scenario {
             name: "10,000 jobs (100 × 10 × 9)",
@@ -123,9 +288,11 @@ fn main() {
             build_regions: 10,
             targets: 9,
             extra: "\n[limits]\nmax_parallel_builds = 100\n",
-            strategies: WAITS,
+            rows: vec![row("fleetbake", Strategy::FLEETBAKE), row("naive", Strategy::NAIVE)],
         },
     ];
+    let full = full_run();
+    let mut checks = Checks::default();
     let workdir = tempfile::tempdir().expect("a temporary directory");
     println!("Simulated cloud, default [sim] durations (build ≈ 14.5 min to image, copy 15 min), jitter 0, EC2's default buckets");
     println!(
@@ -155,8 +322,10 @@ fn main() {
     for scenario in
         scenarios.iter().filter(|scenario| only.as_ref().is_none_or(|only| scenario.name.contains(only.as_str())))
     {
-        for &(label, strategy) in scenario.strategies.iter().take(if only.is_some() { 1 } else { usize::MAX }) {
-            let measured = run(scenario, strategy, workdir.path());
+        let rows = scenario.rows.iter().filter(|row| full || row.in_ci);
+        for row in rows.take(if only.is_some() { 1 } else { usize::MAX }) {
+            let label = row.label;
+            let measured = run(scenario, row.strategy, workdir.path());
             let statistics = &measured.statistics;
             let class = |key: &str| statistics.api_calls_by_class.get(key).copied().unwrap_or(0);
             let sim = statistics.sim.as_ref().expect("a simulated run reports");
@@ -184,6 +353,7 @@ fn main() {
             if statistics.jobs.failed > 0 || !sim.leaked_resources.is_empty() {
                 println!("  !! {} failed jobs, leaked: {:?}", statistics.jobs.failed, sim.leaked_resources);
             }
+            check_row(&mut checks, scenario, row, statistics);
             let per_region: Vec<u64> = statistics
                 .api_calls
                 .values()
@@ -203,4 +373,5 @@ fn main() {
         let (min, max) = (per_region.iter().min().unwrap_or(&0), per_region.iter().max().unwrap_or(&0));
         println!("{name:<27} {label:<9} {:>8} {min:>8} {mean:>8.1} {max:>8}", per_region.len());
     }
+    checks.finish();
 }

@@ -1,4 +1,60 @@
-//! What the benches share: a synthetic fleet file and the process's peak memory.
+//! What the benches share: a synthetic fleet file, the process's peak memory, and how a bench tells a full
+//! measurement (`cargo bench`) from the small checked rows CI runs (`cargo test --bench NAME`), and fails.
+
+use std::fmt::Debug;
+
+/// Whether this is a full measurement: `cargo bench` runs a `harness = false` bench with `--bench`;
+/// `cargo test --bench NAME` runs the same `main` without it, and then a bench runs only its small rows.
+pub fn full_run() -> bool {
+    std::env::args().skip(1).any(|argument| argument == "--bench")
+}
+
+/// What a bench found wrong (a failed job, a leaked resource, a schedule other than the pinned one). Each
+/// bench prints its figures first; [`Checks::finish`] then exits non-zero if anything was found.
+#[derive(Default)]
+pub struct Checks {
+    failures: Vec<String>,
+}
+
+impl Checks {
+    /// Records `failure()` unless `holds`.
+    pub fn check(&mut self, holds: bool, failure: impl FnOnce() -> String) {
+        if !holds {
+            self.failures.push(failure());
+        }
+    }
+
+    /// Records a failure unless `actual == expected`; `what` names the row and the column.
+    pub fn equal<T: PartialEq + Debug>(&mut self, what: impl std::fmt::Display, actual: T, expected: T) {
+        self.check(actual == expected, || format!("{what}: {actual:?}, expected {expected:?}"));
+    }
+
+    /// Records a failure if `actual > ceiling`.
+    #[allow(dead_code, reason = "each bench compiles its own copy of this module and uses some of the checks")]
+    pub fn at_most<T: PartialOrd + Debug>(&mut self, what: impl std::fmt::Display, actual: T, ceiling: T) {
+        self.check(actual <= ceiling, || format!("{what}: {actual:?}, expected at most {ceiling:?}"));
+    }
+
+    /// Records a failure unless `leaked` is empty (what a run left in the simulated account).
+    #[allow(dead_code, reason = "each bench compiles its own copy of this module and uses some of the checks")]
+    pub fn nothing_leaked(&mut self, what: impl std::fmt::Display, leaked: &[String]) {
+        self.check(leaked.is_empty(), || {
+            format!("{what}: {} resources leaked, the first: {:?}", leaked.len(), &leaked[..leaked.len().min(3)])
+        });
+    }
+
+    /// Exits with status 1 after listing every failure, if there was one.
+    pub fn finish(self) {
+        if self.failures.is_empty() {
+            return;
+        }
+        eprintln!("{} check(s) failed:", self.failures.len());
+        for failure in &self.failures {
+            eprintln!("  !! {failure}");
+        }
+        std::process::exit(1);
+    }
+}
 
 /// A fleet of `flavors` flavors built in `build_regions` regions, each copied to `targets` of the others.
 pub fn synthetic_fleet(flavors: usize, build_regions: usize, targets: usize) -> String {
