@@ -196,12 +196,16 @@ where
                 .unwrap_or_else(|| format!("HTTP {status}: {}", DisplayErrorContext(&error)));
             (kind, code, message)
         }
-        // A dropped or timed-out connection may work next time; credentials that could not be loaded or
-        // refreshed are their own kind (cleanup retries them); anything else will not.
-        SdkError::DispatchFailure(failure) if !(failure.is_io() || failure.is_timeout()) => {
-            let kind = if is_credentials_failure(&error) { ErrorKind::Credentials } else { ErrorKind::Permanent };
-            (kind, None, error_chain(&error))
+        // Credentials that could not be loaded or refreshed are their own kind (cleanup retries them); a
+        // request the client could not build (a user error) will not work next time; a dropped or timed-out
+        // connection may. A connection closed before the answer came (hyper's "connection closed before message
+        // completed") is neither io nor timeout to the SDK: it is a dropped connection, so transient too.
+        SdkError::DispatchFailure(failure)
+            if !(failure.is_io() || failure.is_timeout()) && is_credentials_failure(&error) =>
+        {
+            (ErrorKind::Credentials, None, error_chain(&error))
         }
+        SdkError::DispatchFailure(failure) if failure.is_user() => (ErrorKind::Permanent, None, error_chain(&error)),
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             (ErrorKind::Transient, None, error_chain(&error))
         }

@@ -3,6 +3,7 @@
 mod accounts;
 mod cloud_state;
 mod corpus;
+mod ec2_errors;
 mod harness;
 mod layout;
 mod matrix;
