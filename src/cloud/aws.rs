@@ -884,3 +884,26 @@ fn instance_statuses(output: &DescribeInstancesOutput) -> Vec<InstanceStatus> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::operation::create_image::CreateImageError;
+    use aws_sdk_ec2::error::ConnectorError;
+
+    use super::*;
+
+    fn kind_of(failure: ConnectorError) -> ErrorKind {
+        let error: SdkError<CreateImageError, HttpResponse> = SdkError::dispatch_failure(failure);
+        sdk_error(&Region::new("us-west-2"), Action::CreateImage, error).kind
+    }
+
+    /// A connection closed before the answer came is what hyper reports as neither io nor timeout ("other"):
+    /// it is a dropped connection, retried like one; a request the client could not build is not.
+    #[test]
+    fn a_dropped_connection_is_transient_and_a_user_error_is_not() {
+        let closed = "connection closed before message completed";
+        assert_eq!(kind_of(ConnectorError::other(closed.into(), None)), ErrorKind::Transient);
+        assert_eq!(kind_of(ConnectorError::io("connection reset by peer".into())), ErrorKind::Transient);
+        assert_eq!(kind_of(ConnectorError::user("invalid URI".into())), ErrorKind::Permanent);
+    }
+}
