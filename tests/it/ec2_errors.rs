@@ -106,7 +106,7 @@ fn transient_errors_are_retried_and_each_create_is_done_once() {
 fn a_lost_answer_is_repeated_with_its_client_token_and_makes_nothing_twice() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let model = Ec2Model { client_tokens: true, consistency_lag: None };
+    let model = Ec2Model { client_tokens: true, ..Ec2Model::default() };
     let proxy = FaultProxy::start_modelling(
         &moto.endpoint,
         model,
@@ -129,6 +129,40 @@ fn a_lost_answer_is_repeated_with_its_client_token_and_makes_nothing_twice() {
     assert_eq!(replayed, 2, "{:?}", proxy.modelled());
     assert_eq!(read_manifest(&workspace)["status"], "complete");
     runtime().block_on(exactly_one_of_each(&moto, &run_id(&workspace), &["us-east-1"]));
+}
+
+/// A create that takes no client token, whose answer is lost after it took effect, is repeated and meets EC2's
+/// `*.Duplicate` (moto's own for key pairs and security groups; the proxy's `InvalidAMIName.Duplicate` for
+/// CreateImage, as EC2 keeps AMI names unique): the run takes the existing thing as its own, and moto holds
+/// one image, and no key pair or group once the run is done.
+#[test]
+fn a_lost_answer_without_a_client_token_is_taken_from_its_duplicate() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let model = Ec2Model { image_names: true, ..Ec2Model::default() };
+    let proxy = FaultProxy::start_modelling(
+        &moto.endpoint,
+        model,
+        first_n(vec![
+            ("CreateKeyPair", 1, || Answer::ForwardThenDrop),
+            ("CreateSecurityGroup", 1, || {
+                Answer::ForwardThenFail(error(500, "InternalError", "An internal error has occurred."))
+            }),
+            ("CreateImage", 1, || Answer::ForwardThenDrop),
+        ]),
+    );
+    let workspace = Workspace::new();
+    let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, &sshd, &[], ""));
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    let duplicates = proxy.modelled();
+    assert!(duplicates.iter().any(|answer| answer.answer.starts_with("InvalidAMIName.Duplicate")), "{duplicates:?}");
+    assert_eq!(proxy.bodies("CreateImage").len(), 2, "the repeat met the first image's name");
+    assert_eq!(proxy.bodies("CreateSecurityGroup").len(), 2, "the repeat met the first group's name");
+    // The key pair's private key went with the lost answer: it is deleted and made again.
+    assert_eq!(proxy.bodies("CreateKeyPair").len(), 3);
+    assert_eq!(proxy.bodies("DeleteKeyPair").len(), 2, "once to make it anew, once in cleanup");
+    assert_eq!(read_manifest(&workspace)["status"], "complete");
+    runtime().block_on(exactly_one_of_each(&moto, &run_id(&workspace), &[]));
 }
 
 /// `InsufficientInstanceCapacity` (EC2's server error: no capacity of that type in that zone) on the first

@@ -77,12 +77,16 @@ pub struct Ec2Model {
     /// pair, security group, instance or image is unknown to other calls. Describes by filter leave it out;
     /// describes by id and every other call naming it answer its kind's `*.NotFound` code.
     pub consistency_lag: Option<Duration>,
+    /// An AMI name is unique per account and region: CreateImage or CopyImage naming one in use answers
+    /// `InvalidAMIName.Duplicate` (CreateImage API reference); moto allows duplicates. A lost CreateImage
+    /// answer, repeated, meets this.
+    pub image_names: bool,
 }
 
 impl Ec2Model {
     /// Both: client tokens honoured, and new resources unknown for `lag`.
     pub fn strict(lag: Duration) -> Ec2Model {
-        Ec2Model { client_tokens: true, consistency_lag: Some(lag) }
+        Ec2Model { client_tokens: true, consistency_lag: Some(lag), image_names: true }
     }
 }
 
@@ -115,6 +119,8 @@ struct ModelState {
     tokens: Mutex<HashMap<(String, String), (String, Vec<u8>)>>,
     /// A new resource's id (or key pair name) → its kind and when its create answered.
     fresh: Mutex<HashMap<String, (Kind, Instant)>>,
+    /// (region, AMI name) → the image that holds it.
+    image_names: Mutex<HashMap<(String, String), String>>,
     modelled: Mutex<Vec<Modelled>>,
 }
 
@@ -319,7 +325,8 @@ fn proxy_connection(
         };
         let text = String::from_utf8_lossy(&body).to_string();
         let action = action_of(&head_text, &text);
-        let mut response = match state.answer_for(&action, &text) {
+        let region = region_of(&head_text);
+        let mut response = match state.answer_for(&region, &action, &text) {
             Some(modelled) => modelled,
             None => {
                 let mut forwarded = String::new();
@@ -335,7 +342,7 @@ fn proxy_connection(
                 server.write_all(&body)?;
                 let mut response = Vec::new();
                 server.read_to_end(&mut response)?;
-                state.remember(&action, &text, &mut response);
+                state.remember(&region, &action, &text, &mut response);
                 response
             }
         };
@@ -358,6 +365,11 @@ fn proxy_connection(
             return Ok(());
         }
     }
+}
+
+/// The region a SigV4-signed request is for (its credential scope: `Credential=KEY/DATE/REGION/SERVICE/…`).
+fn region_of(head: &str) -> String {
+    head.split("Credential=").nth(1).and_then(|scope| scope.split('/').nth(2)).unwrap_or_default().to_string()
 }
 
 fn ok_response(body: &str) -> String {
@@ -465,7 +477,7 @@ impl ModelState {
 
     /// What EC2 would answer instead of forwarding, if it differs from what moto would: a repeat of a client
     /// token (the first answer, or a mismatch), or a call naming a resource it does not know yet.
-    fn answer_for(&self, action: &str, body: &str) -> Option<Vec<u8>> {
+    fn answer_for(&self, region: &str, action: &str, body: &str) -> Option<Vec<u8>> {
         if self.model.client_tokens {
             if let Some(token) = parameters(body).into_iter().find(|(name, _)| name == "ClientToken") {
                 let tokens = self.tokens.lock().unwrap();
@@ -482,6 +494,16 @@ impl ModelState {
                     };
                     return Some(fault.response().into_bytes());
                 }
+            }
+        }
+        if self.model.image_names && (action == "CreateImage" || action == "CopyImage") {
+            let name = parameters(body).into_iter().find(|(name, _)| name == "Name").map(|(_, name)| name);
+            let names = self.image_names.lock().unwrap();
+            if let Some(holder) = name.and_then(|name| names.get(&(region.to_string(), name))) {
+                self.note(action, format!("InvalidAMIName.Duplicate {holder}"));
+                let fault =
+                    Fault { status: 400, code: "InvalidAMIName.Duplicate", message: "AMI name is already in use by an AMI" };
+                return Some(fault.response().into_bytes());
             }
         }
         let unknown = self.unknown_in(body);
@@ -502,7 +524,7 @@ impl ModelState {
 
     /// Keeps what the model needs of a forwarded call's answer (the answer to a client token, a new id), and
     /// filters a describe's answer of what EC2 would not list yet.
-    fn remember(&self, action: &str, body: &str, response: &mut Vec<u8>) {
+    fn remember(&self, region: &str, action: &str, body: &str, response: &mut Vec<u8>) {
         let text = String::from_utf8_lossy(response).to_string();
         if !text.starts_with("HTTP/1.1 200") && !text.starts_with("HTTP/1.0 200") {
             return;
@@ -511,6 +533,20 @@ impl ModelState {
             if let Some((_, token)) = parameters(body).into_iter().find(|(name, _)| name == "ClientToken") {
                 let mut tokens = self.tokens.lock().unwrap();
                 tokens.insert((action.to_string(), token), (body.to_string(), response.clone()));
+            }
+        }
+        if self.model.image_names {
+            let parameters = parameters(body);
+            let value = |key: &str| parameters.iter().find(|(name, _)| name == key).map(|(_, value)| value.clone());
+            let mut names = self.image_names.lock().unwrap();
+            match action {
+                "CreateImage" | "CopyImage" => {
+                    if let (Some(name), Some(id)) = (value("Name"), element(&text, "imageId")) {
+                        names.insert((region.to_string(), name), id.to_string());
+                    }
+                }
+                "DeregisterImage" => names.retain(|_, holder| Some(holder.as_str()) != value("ImageId").as_deref()),
+                _ => {}
             }
         }
         if self.model.consistency_lag.is_none() {
