@@ -32,6 +32,10 @@ use crate::plan::RunId;
 /// Where STS calls are counted: they are not EC2's, and not of a region fleetbake builds in.
 pub const STS: &str = "sts";
 
+/// How long one request may go unanswered before it is given up as a timeout (transient: retried). Without
+/// it a connection that took the request and never answers would hold its job, and the run, forever.
+pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// EC2 takes at most 200 values in one filter.
 const FILTER_VALUES_PER_CALL: usize = 200;
 
@@ -121,18 +125,29 @@ impl Cloud for AwsCloud {
             .entry(region.clone())
             .or_insert_with(|| {
                 // Retries off on the EC2 client only: the limiter retries its calls; the credential providers
-                // keep theirs.
+                // keep theirs. Each attempt has a deadline (the SDK's defaults set none), the rest of the
+                // timeouts as loaded.
+                let timeouts = self
+                    .sdk
+                    .timeout_config()
+                    .map(aws_config::timeout::TimeoutConfig::to_builder)
+                    .unwrap_or_default()
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build();
                 let config = aws_sdk_ec2::config::Builder::from(&self.sdk)
                     .region(aws_sdk_ec2::config::Region::new(region.as_str().to_string()))
                     .retry_config(RetryConfig::disabled())
+                    .timeout_config(timeouts.clone())
                     .build();
                 let kms = aws_sdk_kms::config::Builder::from(&self.sdk)
                     .region(aws_sdk_kms::config::Region::new(region.as_str().to_string()))
                     .retry_config(RetryConfig::disabled())
+                    .timeout_config(timeouts.clone())
                     .build();
                 let ssm = aws_sdk_ssm::config::Builder::from(&self.sdk)
                     .region(aws_sdk_ssm::config::Region::new(region.as_str().to_string()))
                     .retry_config(RetryConfig::disabled())
+                    .timeout_config(timeouts)
                     .build();
                 Arc::new(AwsRegion {
                     region: region.clone(),

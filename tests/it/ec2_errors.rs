@@ -131,6 +131,29 @@ fn a_lost_answer_is_repeated_with_its_client_token_and_makes_nothing_twice() {
     runtime().block_on(exactly_one_of_each(&moto, &run_id(&workspace), &["us-east-1"]));
 }
 
+/// A CopyImage that took effect but is never answered times out (the adapter's attempt timeout) and is
+/// sent again with its token; the repeat gets the first copy: one copy in moto, and the run does not hang.
+#[test]
+fn an_unanswered_copy_times_out_and_is_repeated_with_its_token() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let model = Ec2Model { client_tokens: true, ..Ec2Model::default() };
+    let proxy =
+        FaultProxy::start_modelling(&moto.endpoint, model, first_n(vec![("CopyImage", 1, || Answer::ForwardThenStall)]));
+    let workspace = Workspace::new();
+    let started = std::time::Instant::now();
+    let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, &sshd, &["us-east-1"], ""));
+    let took = started.elapsed();
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    // The client gave up on its own (30 s), not when the proxy finally closed the connection.
+    assert!(took < STALL - std::time::Duration::from_secs(10), "the run waited {took:?} for the answer");
+    let tokens = client_tokens(&proxy, "CopyImage");
+    assert_eq!(tokens.len(), 2, "sent again after the timeout: {tokens:?}");
+    assert_eq!(tokens[0], tokens[1]);
+    assert_eq!(read_manifest(&workspace)["status"], "complete");
+    runtime().block_on(exactly_one_of_each(&moto, &run_id(&workspace), &["us-east-1"]));
+}
+
 /// A create that takes no client token, whose answer is lost after it took effect, is repeated and meets EC2's
 /// `*.Duplicate` (moto's own for key pairs and security groups; the proxy's `InvalidAMIName.Duplicate` for
 /// CreateImage, as EC2 keeps AMI names unique): the run takes the existing thing as its own, and moto holds

@@ -64,7 +64,13 @@ pub enum Answer {
     ForwardThenFail(Fault),
     /// Close the connection without forwarding or answering: a connection dropped before the call got through.
     Drop,
+    /// Forward (the call takes effect), then never answer: hold the connection until the client gives up and
+    /// closes it (at most [`STALL`]).
+    ForwardThenStall,
 }
+
+/// How long [`Answer::ForwardThenStall`] holds a connection the client does not close.
+pub const STALL: Duration = Duration::from_secs(150);
 
 /// What the proxy does as EC2 does and moto does not. Off by default ([`FaultProxy::start`]).
 #[derive(Clone, Copy, Default)]
@@ -307,6 +313,7 @@ fn proxy_connection(
         let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
         let answer = decide(&head_text, &body);
+        let stall = matches!(answer, Answer::ForwardThenStall);
         let (rewrite, after): (Option<Box<dyn FnOnce(String) -> String + Send>>, _) = match answer {
             Answer::Fail(fault) => {
                 client.write_all(fault.response().as_bytes())?;
@@ -320,7 +327,7 @@ fn proxy_connection(
             Answer::Forward => (None, None),
             Answer::Rewrite(rewrite) => (Some(Box::new(rewrite)), None),
             Answer::RewriteWith(rewrite) => (Some(rewrite), None),
-            Answer::ForwardThenDrop => (None, Some(None)),
+            Answer::ForwardThenDrop | Answer::ForwardThenStall => (None, Some(None)),
             Answer::ForwardThenFail(fault) => (None, Some(Some(fault))),
         };
         let text = String::from_utf8_lossy(&body).to_string();
@@ -347,6 +354,11 @@ fn proxy_connection(
             }
         };
         match after {
+            Some(None) if stall => {
+                client.set_read_timeout(Some(STALL))?;
+                let _ = reader.read(&mut [0; 1]);
+                return Ok(());
+            }
             Some(None) => return Ok(()),
             Some(Some(fault)) => {
                 client.write_all(fault.response().as_bytes())?;
