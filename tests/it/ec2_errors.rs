@@ -340,12 +340,12 @@ fn auth_failure_fails_the_launch_naming_the_credential_source() {
     });
 }
 
-/// The new image's describes, shown `failed` with EC2's StateReason (as DescribeImages answers for an image
-/// whose creation failed); the first snapshot id seen is kept in `snapshot`.
-fn failed_image(snapshot: Arc<Mutex<Option<String>>>) -> impl Fn(&Request) -> Answer + Send + Sync {
+/// The new image's describes in `region`, shown `failed` with EC2's StateReason (as DescribeImages answers for
+/// an image whose creation or copy failed); the first snapshot id seen is kept in `snapshot`.
+fn failed_image(region: &'static str, snapshot: Arc<Mutex<Option<String>>>) -> impl Fn(&Request) -> Answer + Send + Sync {
     move |request| {
         let by_id = request.action == "DescribeImages" && request.body.contains("Filter.1.Name=image-id");
-        if !by_id {
+        if !by_id || request.region != region {
             return Answer::Forward;
         }
         let snapshot = Arc::clone(&snapshot);
@@ -373,7 +373,7 @@ fn a_failed_image_fails_its_job_with_the_reason_and_is_discarded() {
     let moto = Moto::start();
     let sshd = Sshd::start();
     let snapshot = Arc::new(Mutex::new(None));
-    let proxy = FaultProxy::start(&moto.endpoint, failed_image(Arc::clone(&snapshot)));
+    let proxy = FaultProxy::start(&moto.endpoint, failed_image("us-west-2", Arc::clone(&snapshot)));
     let workspace = Workspace::new();
     let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, &sshd, &["us-east-1"], ""));
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
@@ -398,6 +398,42 @@ fn a_failed_image_fails_its_job_with_the_reason_and_is_discarded() {
             .await
             .unwrap();
         assert!(left.snapshots().is_empty(), "its snapshot {snapshot} is deleted: {:?}", left.snapshots());
+        assert_nothing_temporary_left(&west, "us-west-2").await;
+    });
+}
+
+/// A copy that ends `failed` fails that copy at `wait_copy` with EC2's StateReason and is discarded
+/// (deregistered, its snapshot deleted, in the target region); the build's image stays.
+#[test]
+fn a_failed_copy_fails_that_copy_with_the_reason_and_is_discarded() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let snapshot = Arc::new(Mutex::new(None));
+    let proxy = FaultProxy::start(&moto.endpoint, failed_image("us-east-1", Arc::clone(&snapshot)));
+    let workspace = Workspace::new();
+    let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, &sshd, &["us-east-1"], ""));
+    assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "partial");
+    let failures = manifest["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!((&failures[0]["region"], &failures[0]["stage"]), (&"us-east-1".into(), &"wait_copy".into()));
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(error.contains("Client.InternalError: the volume could not be snapshotted"), "{error}");
+    let snapshot = snapshot.lock().unwrap().clone().expect("the failed copy's snapshot was seen");
+    let run_id = manifest["run_id"].as_str().unwrap().to_string();
+    runtime().block_on(async {
+        let east = moto.client("us-east-1");
+        assert!(images_of_run(&east, &run_id).await.is_empty(), "the failed copy is deregistered");
+        let left = east
+            .describe_snapshots()
+            .filters(aws_sdk_ec2::types::Filter::builder().name("snapshot-id").values(&snapshot).build())
+            .send()
+            .await
+            .unwrap();
+        assert!(left.snapshots().is_empty(), "its snapshot {snapshot} is deleted: {:?}", left.snapshots());
+        let west = moto.client("us-west-2");
+        assert_eq!(images_of_run(&west, &run_id).await.len(), 1, "the build's image stays");
         assert_nothing_temporary_left(&west, "us-west-2").await;
     });
 }

@@ -45,6 +45,8 @@ pub struct Request<'a> {
     pub action: &'a str,
     /// The form-encoded request body.
     pub body: &'a str,
+    /// The region it is signed for (`us-west-2`; empty when unsigned).
+    pub region: &'a str,
 }
 
 /// What the proxy does with a request.
@@ -205,6 +207,7 @@ impl FaultProxy {
                             number: requests.fetch_add(1, Ordering::SeqCst) + 1,
                             action: &action,
                             body: &body,
+                            region: &region_of(head),
                         };
                         let answer = rule(&request);
                         if !matches!(answer, Answer::Forward) {
