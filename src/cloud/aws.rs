@@ -902,8 +902,8 @@ fn instance_statuses(output: &DescribeInstancesOutput) -> Vec<InstanceStatus> {
 
 #[cfg(test)]
 mod tests {
-    use aws_sdk_ec2::operation::create_image::CreateImageError;
     use aws_sdk_ec2::error::ConnectorError;
+    use aws_sdk_ec2::operation::create_image::CreateImageError;
 
     use super::*;
 

@@ -21,9 +21,11 @@ fn small_fleet(endpoint: &str, sshd: &Sshd, copies: &[&str], limits: &str) -> St
     )
 }
 
-/// The answer of `fault` to the first `n` requests of each action it names, then forwarding: a rule with a
-/// per-action counter.
-fn first_n(faults: Vec<(&'static str, usize, fn() -> Answer)>) -> impl Fn(&Request) -> Answer + Send + Sync {
+/// An action, how many of its first requests get the answer, and the answer.
+type FirstN = (&'static str, usize, fn() -> Answer);
+
+/// Each action's answer to its first `n` requests, then forwarding: a rule with a per-action counter.
+fn first_n(faults: Vec<FirstN>) -> impl Fn(&Request) -> Answer + Send + Sync {
     let seen: Mutex<HashMap<String, usize>> = Mutex::new(HashMap::new());
     move |request| {
         let Some((_, n, answer)) = faults.iter().find(|(action, _, _)| *action == request.action) else {
@@ -76,7 +78,8 @@ fn transient_errors_are_retried_and_each_create_is_done_once() {
     let moto = Moto::start();
     let sshd = Sshd::start();
     let internal = || Answer::Fail(error(500, "InternalError", "An internal error has occurred."));
-    let unavailable = || Answer::Fail(error(503, "Unavailable", "The server is overloaded and can't handle the request."));
+    let unavailable =
+        || Answer::Fail(error(503, "Unavailable", "The server is overloaded and can't handle the request."));
     let proxy = FaultProxy::start(
         &moto.endpoint,
         first_n(vec![
@@ -138,8 +141,11 @@ fn an_unanswered_copy_times_out_and_is_repeated_with_its_token() {
     let moto = Moto::start();
     let sshd = Sshd::start();
     let model = Ec2Model { client_tokens: true, ..Ec2Model::default() };
-    let proxy =
-        FaultProxy::start_modelling(&moto.endpoint, model, first_n(vec![("CopyImage", 1, || Answer::ForwardThenStall)]));
+    let proxy = FaultProxy::start_modelling(
+        &moto.endpoint,
+        model,
+        first_n(vec![("CopyImage", 1, || Answer::ForwardThenStall)]),
+    );
     let workspace = Workspace::new();
     let started = std::time::Instant::now();
     let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, &sshd, &["us-east-1"], ""));
@@ -197,11 +203,13 @@ fn no_capacity_in_one_zone_moves_the_launch_to_the_other_subnet() {
     let layout = runtime().block_on(replace_default_vpc(&moto.client("us-west-2"), "10.20.0.0/16"));
     let proxy = FaultProxy::start(
         &moto.endpoint,
-        first_n(vec![(
-            "RunInstances",
-            1,
-            || Answer::Fail(error(500, "InsufficientInstanceCapacity", "We currently do not have sufficient t3.small capacity in the Availability Zone you requested.")),
-        )]),
+        first_n(vec![("RunInstances", 1, || {
+            Answer::Fail(error(
+                500,
+                "InsufficientInstanceCapacity",
+                "We currently do not have sufficient t3.small capacity in the Availability Zone you requested.",
+            ))
+        })]),
     );
     let workspace = Workspace::new();
     // A patience shorter than any pause: a launch that waited instead of moving would fail.
@@ -237,10 +245,18 @@ fn quota_answers_are_waited_out_and_make_one_instance_and_one_copy() {
         &moto.endpoint,
         first_n(vec![
             ("RunInstances", 1, || {
-                Answer::Fail(error(400, "VcpuLimitExceeded", "You have requested more vCPU capacity than your current vCPU limit of 32 allows."))
+                Answer::Fail(error(
+                    400,
+                    "VcpuLimitExceeded",
+                    "You have requested more vCPU capacity than your current vCPU limit of 32 allows.",
+                ))
             }),
             ("CopyImage", 1, || {
-                Answer::Fail(error(400, "ResourceLimitExceeded", "You have reached the maximum number of concurrent copies."))
+                Answer::Fail(error(
+                    400,
+                    "ResourceLimitExceeded",
+                    "You have reached the maximum number of concurrent copies.",
+                ))
             }),
         ]),
     );
@@ -264,7 +280,11 @@ fn create_image_refused_right_after_stop_is_tried_again() {
     let proxy = FaultProxy::start(
         &moto.endpoint,
         first_n(vec![("CreateImage", 1, || {
-            Answer::Fail(error(400, "IncorrectInstanceState", "The instance is not in a state from which it can be imaged."))
+            Answer::Fail(error(
+                400,
+                "IncorrectInstanceState",
+                "The instance is not in a state from which it can be imaged.",
+            ))
         })]),
     );
     let workspace = Workspace::new();
@@ -342,7 +362,10 @@ fn auth_failure_fails_the_launch_naming_the_credential_source() {
 
 /// The new image's describes in `region`, shown `failed` with EC2's StateReason (as DescribeImages answers for
 /// an image whose creation or copy failed); the first snapshot id seen is kept in `snapshot`.
-fn failed_image(region: &'static str, snapshot: Arc<Mutex<Option<String>>>) -> impl Fn(&Request) -> Answer + Send + Sync {
+fn failed_image(
+    region: &'static str,
+    snapshot: Arc<Mutex<Option<String>>>,
+) -> impl Fn(&Request) -> Answer + Send + Sync {
     move |request| {
         let by_id = request.action == "DescribeImages" && request.body.contains("Filter.1.Name=image-id");
         if !by_id || request.region != region {

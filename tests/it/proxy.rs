@@ -59,7 +59,7 @@ pub enum Answer {
     /// Answer with this body, HTTP 200, instead of forwarding: what EC2 answers to a call moto lacks.
     Reply(&'static str),
     /// Forward, then pass the response body through this closure (one that needs state or the request).
-    RewriteWith(Box<dyn FnOnce(String) -> String + Send>),
+    RewriteWith(Rewriter),
     /// Forward (the call takes effect), then close the connection without answering: an answer lost on the way.
     ForwardThenDrop,
     /// Forward (the call takes effect), then answer with this error instead of the result.
@@ -124,13 +124,19 @@ type Rule = dyn Fn(&Request) -> Answer + Send + Sync;
 struct ModelState {
     model: Ec2Model,
     /// (action, token) → (the first request's body, moto's raw response to it).
-    tokens: Mutex<HashMap<(String, String), (String, Vec<u8>)>>,
+    tokens: Mutex<HashMap<(String, String), FirstAnswer>>,
     /// A new resource's id (or key pair name) → its kind and when its create answered.
     fresh: Mutex<HashMap<String, (Kind, Instant)>>,
     /// (region, AMI name) → the image that holds it.
     image_names: Mutex<HashMap<(String, String), String>>,
     modelled: Mutex<Vec<Modelled>>,
 }
+
+/// A client token's first request body and moto's raw response to it.
+type FirstAnswer = (String, Vec<u8>);
+
+/// A rewrite of a response body.
+type Rewriter = Box<dyn FnOnce(String) -> String + Send>;
 
 /// The kinds of resource whose ids the consistency model keeps unknown for a while.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -317,7 +323,7 @@ fn proxy_connection(
         reader.read_exact(&mut body)?;
         let answer = decide(&head_text, &body);
         let stall = matches!(answer, Answer::ForwardThenStall);
-        let (rewrite, after): (Option<Box<dyn FnOnce(String) -> String + Send>>, _) = match answer {
+        let (rewrite, after): (Option<Rewriter>, _) = match answer {
             Answer::Fail(fault) => {
                 client.write_all(fault.response().as_bytes())?;
                 continue;
@@ -516,8 +522,11 @@ impl ModelState {
             let names = self.image_names.lock().unwrap();
             if let Some(holder) = name.and_then(|name| names.get(&(region.to_string(), name))) {
                 self.note(action, format!("InvalidAMIName.Duplicate {holder}"));
-                let fault =
-                    Fault { status: 400, code: "InvalidAMIName.Duplicate", message: "AMI name is already in use by an AMI" };
+                let fault = Fault {
+                    status: 400,
+                    code: "InvalidAMIName.Duplicate",
+                    message: "AMI name is already in use by an AMI",
+                };
                 return Some(fault.response().into_bytes());
             }
         }
