@@ -321,9 +321,7 @@ fn proxy_connection(
         let length = content_length(&head_text).unwrap_or(0);
         let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
-        let answer = decide(&head_text, &body);
-        let stall = matches!(answer, Answer::ForwardThenStall);
-        let (rewrite, after): (Option<Rewriter>, _) = match answer {
+        let (rewrite, after): (Option<Rewriter>, _) = match decide(&head_text, &body) {
             Answer::Fail(fault) => {
                 client.write_all(fault.response().as_bytes())?;
                 continue;
@@ -333,11 +331,12 @@ fn proxy_connection(
                 continue;
             }
             Answer::Drop => return Ok(()),
-            Answer::Forward => (None, None),
-            Answer::Rewrite(rewrite) => (Some(Box::new(rewrite)), None),
-            Answer::RewriteWith(rewrite) => (Some(rewrite), None),
-            Answer::ForwardThenDrop | Answer::ForwardThenStall => (None, Some(None)),
-            Answer::ForwardThenFail(fault) => (None, Some(Some(fault))),
+            Answer::Forward => (None, After::Answer),
+            Answer::Rewrite(rewrite) => (Some(Box::new(rewrite)), After::Answer),
+            Answer::RewriteWith(rewrite) => (Some(rewrite), After::Answer),
+            Answer::ForwardThenDrop => (None, After::Drop),
+            Answer::ForwardThenStall => (None, After::Stall),
+            Answer::ForwardThenFail(fault) => (None, After::Fail(fault)),
         };
         let text = String::from_utf8_lossy(&body).to_string();
         let action = action_of(&head_text, &text);
@@ -363,17 +362,18 @@ fn proxy_connection(
             }
         };
         match after {
-            Some(None) if stall => {
+            After::Answer => {}
+            After::Drop => return Ok(()),
+            After::Stall => {
+                // Until the client closes the connection (a read of nothing), or for STALL at most.
                 client.set_read_timeout(Some(STALL))?;
                 let _ = reader.read(&mut [0; 1]);
                 return Ok(());
             }
-            Some(None) => return Ok(()),
-            Some(Some(fault)) => {
+            After::Fail(fault) => {
                 client.write_all(fault.response().as_bytes())?;
                 continue;
             }
-            None => {}
         }
         if let Some(rewrite) = rewrite {
             response = rewrite_response(&response, rewrite);
@@ -386,6 +386,16 @@ fn proxy_connection(
             return Ok(());
         }
     }
+}
+
+/// What happens to a forwarded call's answer.
+enum After {
+    /// Passed on (rewritten if asked).
+    Answer,
+    Drop,
+    Stall,
+    /// Replaced by this error.
+    Fail(Fault),
 }
 
 /// The region a SigV4-signed request is for (its credential scope: `Credential=KEY/DATE/REGION/SERVICE/…`).
