@@ -32,6 +32,10 @@ use crate::plan::RunId;
 /// Where STS calls are counted: they are not EC2's, and not of a region fleetbake builds in.
 pub const STS: &str = "sts";
 
+/// How long one request may go unanswered before it is given up as a timeout (transient: retried). Without
+/// it a connection that took the request and never answers would hold its job, and the run, forever.
+pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// EC2 takes at most 200 values in one filter.
 const FILTER_VALUES_PER_CALL: usize = 200;
 
@@ -121,18 +125,29 @@ impl Cloud for AwsCloud {
             .entry(region.clone())
             .or_insert_with(|| {
                 // Retries off on the EC2 client only: the limiter retries its calls; the credential providers
-                // keep theirs.
+                // keep theirs. Each attempt has a deadline (the SDK's defaults set none), the rest of the
+                // timeouts as loaded.
+                let timeouts = self
+                    .sdk
+                    .timeout_config()
+                    .map(aws_config::timeout::TimeoutConfig::to_builder)
+                    .unwrap_or_default()
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build();
                 let config = aws_sdk_ec2::config::Builder::from(&self.sdk)
                     .region(aws_sdk_ec2::config::Region::new(region.as_str().to_string()))
                     .retry_config(RetryConfig::disabled())
+                    .timeout_config(timeouts.clone())
                     .build();
                 let kms = aws_sdk_kms::config::Builder::from(&self.sdk)
                     .region(aws_sdk_kms::config::Region::new(region.as_str().to_string()))
                     .retry_config(RetryConfig::disabled())
+                    .timeout_config(timeouts.clone())
                     .build();
                 let ssm = aws_sdk_ssm::config::Builder::from(&self.sdk)
                     .region(aws_sdk_ssm::config::Region::new(region.as_str().to_string()))
                     .retry_config(RetryConfig::disabled())
+                    .timeout_config(timeouts)
                     .build();
                 Arc::new(AwsRegion {
                     region: region.clone(),
@@ -196,12 +211,16 @@ where
                 .unwrap_or_else(|| format!("HTTP {status}: {}", DisplayErrorContext(&error)));
             (kind, code, message)
         }
-        // A dropped or timed-out connection may work next time; credentials that could not be loaded or
-        // refreshed are their own kind (cleanup retries them); anything else will not.
-        SdkError::DispatchFailure(failure) if !(failure.is_io() || failure.is_timeout()) => {
-            let kind = if is_credentials_failure(&error) { ErrorKind::Credentials } else { ErrorKind::Permanent };
-            (kind, None, error_chain(&error))
+        // Credentials that could not be loaded or refreshed are their own kind (cleanup retries them); a
+        // request the client could not build (a user error) will not work next time; a dropped or timed-out
+        // connection may. A connection closed before the answer came (hyper's "connection closed before message
+        // completed") is neither io nor timeout to the SDK: it is a dropped connection, so transient too.
+        SdkError::DispatchFailure(failure)
+            if !(failure.is_io() || failure.is_timeout()) && is_credentials_failure(&error) =>
+        {
+            (ErrorKind::Credentials, None, error_chain(&error))
         }
+        SdkError::DispatchFailure(failure) if failure.is_user() => (ErrorKind::Permanent, None, error_chain(&error)),
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             (ErrorKind::Transient, None, error_chain(&error))
         }
@@ -879,4 +898,27 @@ fn instance_statuses(output: &DescribeInstancesOutput) -> Vec<InstanceStatus> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::error::ConnectorError;
+    use aws_sdk_ec2::operation::create_image::CreateImageError;
+
+    use super::*;
+
+    fn kind_of(failure: ConnectorError) -> ErrorKind {
+        let error: SdkError<CreateImageError, HttpResponse> = SdkError::dispatch_failure(failure);
+        sdk_error(&Region::new("us-west-2"), Action::CreateImage, error).kind
+    }
+
+    /// A connection closed before the answer came is what hyper reports as neither io nor timeout ("other"):
+    /// it is a dropped connection, retried like one; a request the client could not build is not.
+    #[test]
+    fn a_dropped_connection_is_transient_and_a_user_error_is_not() {
+        let closed = "connection closed before message completed";
+        assert_eq!(kind_of(ConnectorError::other(closed.into(), None)), ErrorKind::Transient);
+        assert_eq!(kind_of(ConnectorError::io("connection reset by peer".into())), ErrorKind::Transient);
+        assert_eq!(kind_of(ConnectorError::user("invalid URI".into())), ErrorKind::Permanent);
+    }
 }

@@ -3,6 +3,7 @@
 mod accounts;
 mod cloud_state;
 mod corpus;
+mod ec2_errors;
 mod fleet_keys;
 mod harness;
 mod layout;

@@ -1,7 +1,13 @@
 //! A fault-injecting, recording HTTP proxy in front of moto: answers chosen requests as EC2 would (errors,
 //! states moto never shows, calls moto lacks) and records every request the SDK sent, for tests to assert on.
+//! With an [`Ec2Model`] it also behaves as EC2 does where moto does not: it honours `ClientToken` (moto
+//! ignores it) and keeps a new resource unknown to other calls for a while (EC2's eventual consistency).
 
+use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// An EC2 error the proxy answers with instead of forwarding a request.
 #[derive(Clone, Copy)]
@@ -39,6 +45,8 @@ pub struct Request<'a> {
     pub action: &'a str,
     /// The form-encoded request body.
     pub body: &'a str,
+    /// The region it is signed for (`us-west-2`; empty when unsigned).
+    pub region: &'a str,
 }
 
 /// What the proxy does with a request.
@@ -50,6 +58,52 @@ pub enum Answer {
     Rewrite(fn(String) -> String),
     /// Answer with this body, HTTP 200, instead of forwarding: what EC2 answers to a call moto lacks.
     Reply(&'static str),
+    /// Forward, then pass the response body through this closure (one that needs state or the request).
+    RewriteWith(Rewriter),
+    /// Forward (the call takes effect), then close the connection without answering: an answer lost on the way.
+    ForwardThenDrop,
+    /// Forward (the call takes effect), then answer with this error instead of the result.
+    ForwardThenFail(Fault),
+    /// Close the connection without forwarding or answering: a connection dropped before the call got through.
+    Drop,
+    /// Forward (the call takes effect), then never answer: hold the connection until the client gives up and
+    /// closes it (at most [`STALL`]).
+    ForwardThenStall,
+}
+
+/// How long [`Answer::ForwardThenStall`] holds a connection the client does not close.
+pub const STALL: Duration = Duration::from_secs(150);
+
+/// What the proxy does as EC2 does and moto does not. Off by default ([`FaultProxy::start`]).
+#[derive(Clone, Copy, Default)]
+pub struct Ec2Model {
+    /// "Ensuring idempotency in Amazon EC2 API requests": a call repeated with the same `ClientToken` and the same
+    /// parameters returns the first call's result and creates nothing; the same token with other parameters is
+    /// `IdempotentParameterMismatch`. moto ignores tokens (each repeat creates again).
+    pub client_tokens: bool,
+    /// "Eventual consistency in the Amazon EC2 API": for this long after the create that returned it, a new key
+    /// pair, security group, instance or image is unknown to other calls. Describes by filter leave it out;
+    /// describes by id and every other call naming it answer its kind's `*.NotFound` code.
+    pub consistency_lag: Option<Duration>,
+    /// An AMI name is unique per account and region: CreateImage or CopyImage naming one in use answers
+    /// `InvalidAMIName.Duplicate` (CreateImage API reference); moto allows duplicates. A lost CreateImage
+    /// answer, repeated, meets this.
+    pub image_names: bool,
+}
+
+impl Ec2Model {
+    /// Both: client tokens honoured, and new resources unknown for `lag`.
+    pub fn strict(lag: Duration) -> Ec2Model {
+        Ec2Model { client_tokens: true, consistency_lag: Some(lag), image_names: true }
+    }
+}
+
+/// An answer the [`Ec2Model`] gave instead of moto's: which action, and what (`InvalidGroup.NotFound`,
+/// `omitted ami-…`, `replayed`).
+#[derive(Clone, Debug)]
+pub struct Modelled {
+    pub action: String,
+    pub answer: String,
 }
 
 /// An HTTP proxy in front of moto that can answer chosen requests with EC2 errors, or rewrite moto's
@@ -60,14 +114,79 @@ pub struct FaultProxy {
     altered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Every request's action and body, in order.
     recorded: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    state: Arc<ModelState>,
 }
 
 type Rule = dyn Fn(&Request) -> Answer + Send + Sync;
 
+/// The [`Ec2Model`]'s memory: first answers by client token, new resources by when they were made.
+#[derive(Default)]
+struct ModelState {
+    model: Ec2Model,
+    /// (action, token) → (the first request's body, moto's raw response to it).
+    tokens: Mutex<HashMap<(String, String), FirstAnswer>>,
+    /// A new resource's id (or key pair name) → its kind and when its create answered.
+    fresh: Mutex<HashMap<String, (Kind, Instant)>>,
+    /// (region, AMI name) → the image that holds it.
+    image_names: Mutex<HashMap<(String, String), String>>,
+    modelled: Mutex<Vec<Modelled>>,
+}
+
+/// A client token's first request body and moto's raw response to it.
+type FirstAnswer = (String, Vec<u8>);
+
+/// A rewrite of a response body.
+type Rewriter = Box<dyn FnOnce(String) -> String + Send>;
+
+/// The kinds of resource whose ids the consistency model keeps unknown for a while.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    KeyPair,
+    SecurityGroup,
+    Instance,
+    Image,
+}
+
+impl Kind {
+    /// The create action that makes one, and the element of its answer that holds the new id.
+    const CREATES: [(&'static str, &'static str, Kind); 5] = [
+        ("CreateKeyPair", "keyName", Kind::KeyPair),
+        ("CreateSecurityGroup", "groupId", Kind::SecurityGroup),
+        ("RunInstances", "instanceId", Kind::Instance),
+        ("CreateImage", "imageId", Kind::Image),
+        ("CopyImage", "imageId", Kind::Image),
+    ];
+
+    /// The code EC2 answers about one it does not know.
+    fn not_found(self) -> &'static str {
+        match self {
+            Kind::KeyPair => "InvalidKeyPair.NotFound",
+            Kind::SecurityGroup => "InvalidGroup.NotFound",
+            Kind::Instance => "InvalidInstanceID.NotFound",
+            Kind::Image => "InvalidAMIID.NotFound",
+        }
+    }
+
+    /// Whether request parameter `name` can name one (a key pair is named by `KeyName` only: the group and
+    /// the tags carry the same text).
+    fn named_by(self, name: &str) -> bool {
+        self != Kind::KeyPair || name.ends_with("KeyName")
+    }
+}
+
 impl FaultProxy {
     pub fn start(upstream: &str, rule: impl Fn(&Request) -> Answer + Send + Sync + 'static) -> FaultProxy {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::sync::Arc;
+        FaultProxy::start_modelling(upstream, Ec2Model::default(), rule)
+    }
+
+    /// [`FaultProxy::start`], answering as EC2 would where `model` says.
+    pub fn start_modelling(
+        upstream: &str,
+        model: Ec2Model,
+        rule: impl Fn(&Request) -> Answer + Send + Sync + 'static,
+    ) -> FaultProxy {
+        let state = Arc::new(ModelState { model, ..ModelState::default() });
+        let modelling = Arc::clone(&state);
         let upstream = upstream.trim_start_matches("http://").to_string();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -84,8 +203,9 @@ impl FaultProxy {
                 let (upstream, requests, altered, rule) =
                     (upstream.clone(), Arc::clone(&requests), Arc::clone(&counter), Arc::clone(&rule));
                 let recording = Arc::clone(&recording);
+                let state = Arc::clone(&modelling);
                 std::thread::spawn(move || {
-                    let _ = proxy_connection(client, &upstream, |head, body| {
+                    let _ = proxy_connection(client, &upstream, &state, |head, body| {
                         let body = String::from_utf8_lossy(body);
                         let action = action_of(head, &body);
                         recording.lock().unwrap().push((action.clone(), body.to_string()));
@@ -93,6 +213,7 @@ impl FaultProxy {
                             number: requests.fetch_add(1, Ordering::SeqCst) + 1,
                             action: &action,
                             body: &body,
+                            region: &region_of(head),
                         };
                         let answer = rule(&request);
                         if !matches!(answer, Answer::Forward) {
@@ -103,7 +224,12 @@ impl FaultProxy {
                 });
             }
         });
-        FaultProxy { endpoint, requests: seen, altered, recorded }
+        FaultProxy { endpoint, requests: seen, altered, recorded, state }
+    }
+
+    /// The answers the [`Ec2Model`] gave instead of moto's, in order.
+    pub fn modelled(&self) -> Vec<Modelled> {
+        self.state.modelled.lock().unwrap().clone()
     }
 
     /// A proxy that forwards everything (and records it).
@@ -144,12 +270,12 @@ impl FaultProxy {
 
     /// How many requests it has seen.
     pub fn requests(&self) -> usize {
-        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+        self.requests.load(Ordering::SeqCst)
     }
 
     /// How many requests were answered with a fault or a rewritten response.
     pub fn altered(&self) -> usize {
-        self.altered.load(std::sync::atomic::Ordering::SeqCst)
+        self.altered.load(Ordering::SeqCst)
     }
 }
 
@@ -167,10 +293,12 @@ fn action_of(head: &str, body: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Serves one client connection request by request (keep-alive), answering each as `decide` says.
+/// Serves one client connection request by request (keep-alive), answering each as `decide` says and, where
+/// it forwards, as the model says.
 fn proxy_connection(
     client: TcpStream,
     upstream: &str,
+    state: &ModelState,
     mut decide: impl FnMut(&str, &[u8]) -> Answer,
 ) -> std::io::Result<()> {
     use std::io::{BufRead, BufReader, Read, Write};
@@ -193,35 +321,60 @@ fn proxy_connection(
         let length = content_length(&head_text).unwrap_or(0);
         let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
-        let rewrite = match decide(&head_text, &body) {
+        let (rewrite, after): (Option<Rewriter>, _) = match decide(&head_text, &body) {
             Answer::Fail(fault) => {
                 client.write_all(fault.response().as_bytes())?;
                 continue;
             }
             Answer::Reply(body) => {
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                client.write_all(response.as_bytes())?;
+                client.write_all(ok_response(body).as_bytes())?;
                 continue;
             }
-            Answer::Forward => None,
-            Answer::Rewrite(rewrite) => Some(rewrite),
+            Answer::Drop => return Ok(()),
+            Answer::Forward => (None, After::Answer),
+            Answer::Rewrite(rewrite) => (Some(Box::new(rewrite)), After::Answer),
+            Answer::RewriteWith(rewrite) => (Some(rewrite), After::Answer),
+            Answer::ForwardThenDrop => (None, After::Drop),
+            Answer::ForwardThenStall => (None, After::Stall),
+            Answer::ForwardThenFail(fault) => (None, After::Fail(fault)),
         };
-        let mut forwarded = String::new();
-        for line in head_text.split("\r\n").filter(|line| !line.is_empty()) {
-            if !line.to_ascii_lowercase().starts_with("connection:") {
-                forwarded.push_str(line);
-                forwarded.push_str("\r\n");
+        let text = String::from_utf8_lossy(&body).to_string();
+        let action = action_of(&head_text, &text);
+        let region = region_of(&head_text);
+        let mut response = match state.answer_for(&region, &action, &text) {
+            Some(modelled) => modelled,
+            None => {
+                let mut forwarded = String::new();
+                for line in head_text.split("\r\n").filter(|line| !line.is_empty()) {
+                    if !line.to_ascii_lowercase().starts_with("connection:") {
+                        forwarded.push_str(line);
+                        forwarded.push_str("\r\n");
+                    }
+                }
+                forwarded.push_str("Connection: close\r\n\r\n");
+                let mut server = TcpStream::connect(upstream)?;
+                server.write_all(forwarded.as_bytes())?;
+                server.write_all(&body)?;
+                let mut response = Vec::new();
+                server.read_to_end(&mut response)?;
+                state.remember(&region, &action, &text, &mut response);
+                response
+            }
+        };
+        match after {
+            After::Answer => {}
+            After::Drop => return Ok(()),
+            After::Stall => {
+                // Until the client closes the connection (a read of nothing), or for STALL at most.
+                client.set_read_timeout(Some(STALL))?;
+                let _ = reader.read(&mut [0; 1]);
+                return Ok(());
+            }
+            After::Fail(fault) => {
+                client.write_all(fault.response().as_bytes())?;
+                continue;
             }
         }
-        forwarded.push_str("Connection: close\r\n\r\n");
-        let mut server = TcpStream::connect(upstream)?;
-        server.write_all(forwarded.as_bytes())?;
-        server.write_all(&body)?;
-        let mut response = Vec::new();
-        server.read_to_end(&mut response)?;
         if let Some(rewrite) = rewrite {
             response = rewrite_response(&response, rewrite);
         }
@@ -235,13 +388,228 @@ fn proxy_connection(
     }
 }
 
+/// What happens to a forwarded call's answer.
+enum After {
+    /// Passed on (rewritten if asked).
+    Answer,
+    Drop,
+    Stall,
+    /// Replaced by this error.
+    Fail(Fault),
+}
+
+/// The region a SigV4-signed request is for (its credential scope: `Credential=KEY/DATE/REGION/SERVICE/…`).
+fn region_of(head: &str) -> String {
+    head.split("Credential=").nth(1).and_then(|scope| scope.split('/').nth(2)).unwrap_or_default().to_string()
+}
+
+fn ok_response(body: &str) -> String {
+    format!("HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+}
+
+/// A form-encoded body's parameters, decoded.
+fn parameters(body: &str) -> Vec<(String, String)> {
+    body.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, value)| (name.to_string(), percent_decoded(value)))
+        .collect()
+}
+
+fn percent_decoded(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' if index + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[index + 1..index + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(byte) => {
+                        out.push(byte);
+                        index += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            byte => out.push(byte),
+        }
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The text of the first `<element>` of `xml`.
+fn element<'a>(xml: &'a str, element: &str) -> Option<&'a str> {
+    let open = format!("<{element}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{element}>"))? + start;
+    Some(&xml[start..end])
+}
+
+/// `xml` with the top-level `<item>`s of its `<set>` that mention one of `ids` left out.
+fn omit_items(xml: &str, set: &str, ids: &[String]) -> String {
+    let open = format!("<{set}>");
+    let Some(start) = xml.find(&open).map(|at| at + open.len()) else { return xml.to_string() };
+    let Some(end) = xml.find(&format!("</{set}>")) else { return xml.to_string() };
+    let inner = &xml[start..end];
+    let mut kept = String::new();
+    let (mut depth, mut item_start, mut at) = (0usize, 0usize, 0usize);
+    while at < inner.len() {
+        if inner[at..].starts_with("<item>") {
+            if depth == 0 {
+                item_start = at;
+            }
+            depth += 1;
+            at += "<item>".len();
+        } else if inner[at..].starts_with("</item>") {
+            depth -= 1;
+            at += "</item>".len();
+            if depth == 0 {
+                let item = &inner[item_start..at];
+                if !ids.iter().any(|id| item.contains(&format!(">{id}<"))) {
+                    kept.push_str(item);
+                }
+            }
+        } else {
+            at += inner[at..].chars().next().map_or(1, char::len_utf8);
+        }
+    }
+    format!("{}{kept}{}", &xml[..start], &xml[end..])
+}
+
+/// The describes EC2 answers without the items it does not know yet (when asked by filter), and the set in
+/// their answer that lists them.
+const DESCRIBES: [(&str, &str); 4] = [
+    ("DescribeInstances", "reservationSet"),
+    ("DescribeImages", "imagesSet"),
+    ("DescribeSecurityGroups", "securityGroupInfo"),
+    ("DescribeKeyPairs", "keySet"),
+];
+
+impl ModelState {
+    fn note(&self, action: &str, answer: String) {
+        self.modelled.lock().unwrap().push(Modelled { action: action.to_string(), answer });
+    }
+
+    /// The new resources `body` names that EC2 would not know yet, with the parameter naming each.
+    fn unknown_in(&self, body: &str) -> Vec<(String, String, Kind)> {
+        let Some(lag) = self.model.consistency_lag else { return Vec::new() };
+        let fresh = self.fresh.lock().unwrap();
+        parameters(body)
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let (kind, at) = fresh.get(&value)?;
+                (at.elapsed() < lag && kind.named_by(&name)).then_some((name, value, *kind))
+            })
+            .collect()
+    }
+
+    /// What EC2 would answer instead of forwarding, if it differs from what moto would: a repeat of a client
+    /// token (the first answer, or a mismatch), or a call naming a resource it does not know yet.
+    fn answer_for(&self, region: &str, action: &str, body: &str) -> Option<Vec<u8>> {
+        if self.model.client_tokens {
+            if let Some(token) = parameters(body).into_iter().find(|(name, _)| name == "ClientToken") {
+                let tokens = self.tokens.lock().unwrap();
+                if let Some((first, response)) = tokens.get(&(action.to_string(), token.1.clone())) {
+                    if first == body {
+                        self.note(action, "replayed".into());
+                        return Some(response.clone());
+                    }
+                    self.note(action, "IdempotentParameterMismatch".into());
+                    let fault = Fault {
+                        status: 400,
+                        code: "IdempotentParameterMismatch",
+                        message: "The client token was used with different parameters.",
+                    };
+                    return Some(fault.response().into_bytes());
+                }
+            }
+        }
+        if self.model.image_names && (action == "CreateImage" || action == "CopyImage") {
+            let name = parameters(body).into_iter().find(|(name, _)| name == "Name").map(|(_, name)| name);
+            let names = self.image_names.lock().unwrap();
+            if let Some(holder) = name.and_then(|name| names.get(&(region.to_string(), name))) {
+                self.note(action, format!("InvalidAMIName.Duplicate {holder}"));
+                let fault = Fault {
+                    status: 400,
+                    code: "InvalidAMIName.Duplicate",
+                    message: "AMI name is already in use by an AMI",
+                };
+                return Some(fault.response().into_bytes());
+            }
+        }
+        let unknown = self.unknown_in(body);
+        let (_, id, kind) = unknown.first()?.clone();
+        // DeleteKeyPair of a key EC2 does not know yet succeeds and deletes nothing: forwarded, so nothing leaks.
+        if action == "DeleteKeyPair" {
+            return None;
+        }
+        let described = DESCRIBES.iter().any(|(describe, _)| *describe == action);
+        if described && unknown.iter().all(|(name, _, _)| name.starts_with("Filter.")) {
+            // Asked by filter: forwarded, and listed without them (`remember`).
+            return None;
+        }
+        self.note(action, format!("{} {id}", kind.not_found()));
+        let fault = Fault { status: 400, code: kind.not_found(), message: "The ID does not exist (not known yet)" };
+        Some(fault.response().into_bytes())
+    }
+
+    /// Keeps what the model needs of a forwarded call's answer (the answer to a client token, a new id), and
+    /// filters a describe's answer of what EC2 would not list yet.
+    fn remember(&self, region: &str, action: &str, body: &str, response: &mut Vec<u8>) {
+        let text = String::from_utf8_lossy(response).to_string();
+        if !text.starts_with("HTTP/1.1 200") && !text.starts_with("HTTP/1.0 200") {
+            return;
+        }
+        if self.model.client_tokens {
+            if let Some((_, token)) = parameters(body).into_iter().find(|(name, _)| name == "ClientToken") {
+                let mut tokens = self.tokens.lock().unwrap();
+                tokens.insert((action.to_string(), token), (body.to_string(), response.clone()));
+            }
+        }
+        if self.model.image_names {
+            let parameters = parameters(body);
+            let value = |key: &str| parameters.iter().find(|(name, _)| name == key).map(|(_, value)| value.clone());
+            let mut names = self.image_names.lock().unwrap();
+            match action {
+                "CreateImage" | "CopyImage" => {
+                    if let (Some(name), Some(id)) = (value("Name"), element(&text, "imageId")) {
+                        names.insert((region.to_string(), name), id.to_string());
+                    }
+                }
+                "DeregisterImage" => names.retain(|_, holder| Some(holder.as_str()) != value("ImageId").as_deref()),
+                _ => {}
+            }
+        }
+        if self.model.consistency_lag.is_none() {
+            return;
+        }
+        if let Some((_, tag, kind)) = Kind::CREATES.iter().find(|(create, _, _)| *create == action) {
+            if let Some(id) = element(&text, tag) {
+                self.fresh.lock().unwrap().insert(id.to_string(), (*kind, Instant::now()));
+            }
+        }
+        if let Some((_, set)) = DESCRIBES.iter().find(|(describe, _)| *describe == action) {
+            let unknown: Vec<String> = self.unknown_in(body).into_iter().map(|(_, id, _)| id).collect();
+            if !unknown.is_empty() {
+                for id in &unknown {
+                    self.note(action, format!("omitted {id}"));
+                }
+                *response = rewrite_response(response, Box::new(move |xml: String| omit_items(&xml, set, &unknown)));
+            }
+        }
+    }
+}
+
 fn content_length(head: &str) -> Option<usize> {
     head.lines()
         .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
 }
 
 /// Applies `rewrite` to a response's body and sets its Content-Length to match.
-fn rewrite_response(response: &[u8], rewrite: fn(String) -> String) -> Vec<u8> {
+fn rewrite_response(response: &[u8], rewrite: Box<dyn FnOnce(String) -> String + Send + '_>) -> Vec<u8> {
     let text = String::from_utf8_lossy(response).to_string();
     let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(content_length(head).is_some(), "the proxy rewrites only responses with a Content-Length");
