@@ -148,6 +148,121 @@ impl IdealBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::RunId;
+    use chrono::{TimeZone, Utc};
+
+    /// `[sim]` durations of 1, 2, 4, 8, 16, 32 and 64 s, so every sum tells which parts it holds.
+    fn fleet(flavors: &str, regions: &str) -> Fleet {
+        let text = format!(
+            "[fleet]\nname = \"bound\"\n\n[defaults]\ninstance_type = \"t3.micro\"\nssh_username = \"u\"\n\n{flavors}\n\
+             [regions]\n{regions}\n\n[sim]\nboot = \"1s\"\nssh_ready = \"2s\"\nprovision = \"4s\"\nstop = \"8s\"\n\
+             create_image = \"16s\"\nterminate = \"32s\"\ncopy_image = \"64s\"\n"
+        );
+        crate::config::parse(std::path::Path::new("fleet.toml"), &text).expect("the test fleet parses")
+    }
+
+    fn plan(fleet: &Fleet) -> Plan {
+        let started = Utc.with_ymd_and_hms(2026, 12, 7, 2, 0, 0).unwrap();
+        Plan::new(fleet, RunId::new(started, 1), started)
+    }
+
+    const FLAVORS: &str = "[[flavor]]\nname = \"plain\"\nsource_ami = { id = \"ami-1\" }\n\n\
+        [[flavor]]\nname = \"provisioned\"\nsource_ami = { id = \"ami-1\" }\nprovisioners = [{ type = \"shell\", inline = [\"true\"] }]\n\n\
+        [[flavor]]\nname = \"own-time\"\nsource_ami = { id = \"ami-1\" }\nsim_provision = \"128s\"\n\
+        provisioners = [{ type = \"shell\", inline = [\"true\"] }]\n";
+
+    #[test]
+    fn simulated_durations_add_up_the_sim_table_per_flavor() {
+        let fleet = fleet(FLAVORS, "us-west-2 = [\"us-east-1\", \"eu-west-1\"]");
+        let plan = plan(&fleet);
+        let durations = JobDurations::simulated(&plan, &fleet);
+        let to_image: Vec<u64> = durations.builds.iter().map(|build| build.to_image.as_secs()).collect();
+        // boot 1 + ssh 2 + stop 8 + create 16 = 27, plus the provisioning: none, the table's 4, the flavor's 128.
+        assert_eq!(to_image, [27, 31, 155]);
+        let cleaned: Vec<u64> = durations.builds.iter().map(|build| build.to_cleaned_up.as_secs()).collect();
+        assert_eq!(cleaned, [59, 63, 187], "terminate (32 s) after the image");
+        assert_eq!(durations.copies, vec![Duration::from_secs(64); 6]);
+    }
+
+    #[test]
+    fn measured_durations_are_spans_from_each_start() {
+        let fleet = fleet(FLAVORS, "us-west-2 = [\"us-east-1\"]");
+        let plan = plan(&fleet);
+        let at = Duration::from_secs;
+        let timings = BTreeMap::from([
+            (JobId::Build(0), JobTiming { started: at(10), available: Some(at(40)), ended: Some(at(50)) }),
+            // Never made its image (failed): its image time is its whole time.
+            (JobId::Build(1), JobTiming { started: at(5), available: None, ended: Some(at(25)) }),
+            (JobId::Copy(0), JobTiming { started: at(40), available: Some(at(90)), ended: Some(at(100)) }),
+            // Copy 1 never ended; build 2 and copy 2 never ran.
+            (JobId::Copy(1), JobTiming { started: at(41), available: None, ended: None }),
+        ]);
+        let durations = JobDurations::measured(&plan, &timings);
+        let builds: Vec<(u64, u64)> =
+            durations.builds.iter().map(|build| (build.to_image.as_secs(), build.to_cleaned_up.as_secs())).collect();
+        assert_eq!(builds, [(30, 40), (20, 20), (0, 0)]);
+        assert_eq!(durations.copies, [at(60), Duration::ZERO, Duration::ZERO]);
+    }
+
+    fn caps(builds: usize, copies_per_region: usize, burst: u32, per_second: f64) -> Caps {
+        Caps { builds, copies_per_region, copy_bucket: Bucket { burst, per_second } }
+    }
+
+    fn uniform(plan: &Plan, to_image: u64, to_cleaned_up: u64, copy: u64) -> JobDurations {
+        JobDurations {
+            builds: vec![
+                BuildDuration {
+                    to_image: Duration::from_secs(to_image),
+                    to_cleaned_up: Duration::from_secs(to_cleaned_up)
+                };
+                plan.builds.len()
+            ],
+            copies: vec![Duration::from_secs(copy); plan.copies.len()],
+        }
+    }
+
+    #[test]
+    fn builds_share_their_slots_and_copies_start_when_the_image_is_available() {
+        let fleet = fleet(FLAVORS, "us-west-2 = [\"us-east-1\"]");
+        let plan = plan(&fleet);
+        let durations = uniform(&plan, 100, 130, 50);
+        // Three builds in parallel: images at 100, copies end at 150; the slots free at 130.
+        assert_eq!(critical_path(&plan, caps(3, 10, 100, 10.0), &durations).as_secs(), 150);
+        // One slot: builds start at 0, 130, 260; the last image at 360, its copy ends at 410.
+        assert_eq!(critical_path(&plan, caps(1, 10, 100, 10.0), &durations).as_secs(), 410);
+        // Two slots: the third build starts at 130 when the first slot frees.
+        assert_eq!(critical_path(&plan, caps(2, 10, 100, 10.0), &durations).as_secs(), 280);
+        // Zero counts as one slot.
+        assert_eq!(critical_path(&plan, caps(0, 0, 100, 10.0), &durations).as_secs(), 410);
+    }
+
+    #[test]
+    fn a_build_that_outlasts_its_copies_ends_the_run() {
+        let fleet = fleet(FLAVORS, "us-west-2 = [\"us-east-1\"]");
+        let plan = plan(&fleet);
+        assert_eq!(critical_path(&plan, caps(3, 10, 100, 10.0), &uniform(&plan, 10, 500, 50)).as_secs(), 500);
+    }
+
+    #[test]
+    fn copies_into_one_region_wait_for_its_cap_and_its_bucket() {
+        let fleet = fleet(FLAVORS, "us-west-2 = [\"us-east-1\", \"eu-west-1\"]");
+        let plan = plan(&fleet);
+        let durations = uniform(&plan, 100, 100, 50);
+        // Cap 1 per region: each region's three copies run one after another from 100: 250.
+        assert_eq!(critical_path(&plan, caps(3, 1, 100, 10.0), &durations).as_secs(), 250);
+        // Cap 2: two at 100, the third at 150: 200.
+        assert_eq!(critical_path(&plan, caps(3, 2, 100, 10.0), &durations).as_secs(), 200);
+        // No cap, but a bucket of one token refilled every 20 s: starts at 100, 120, 140 in each region.
+        assert_eq!(critical_path(&plan, caps(3, 10, 1, 0.05), &durations).as_secs(), 190);
+    }
+
+    #[test]
+    fn a_plan_without_jobs_ends_at_once() {
+        let fleet = fleet(FLAVORS, "us-west-2 = []");
+        let mut plan = plan(&fleet);
+        plan.builds.clear();
+        assert_eq!(critical_path(&plan, caps(1, 1, 1, 1.0), &JobDurations::default()), Duration::ZERO);
+    }
 
     #[test]
     fn bucket_spaces_takes_beyond_its_burst() {
