@@ -28,7 +28,7 @@ fn validate(fleet: &str) -> (i32, String) {
     let workspace = Workspace::new();
     workspace.write("setup.sh", "#!/bin/sh\n");
     let path = workspace.write("fleet.toml", fleet);
-    let outcome = fleetbake(&["validate", path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["validate", path.to_str().unwrap()]);
     let dir = workspace.dir.path().display().to_string();
     (outcome.code, outcome.stderr.replace(&dir, "[DIR]") + &outcome.stdout.replace(&dir, "[DIR]"))
 }
@@ -85,7 +85,7 @@ fn matrix_refuses_bad_input_before_any_aws_call() {
     // The endpoint is a closed port: reaching it would fail differently (and slowly).
     let workspace = Workspace::new();
     let path = workspace.write("fleet.toml", &GOOD.replacen("instance_type", "instance_typo", 1));
-    let outcome = fleetbake(&["matrix", path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["matrix", path.to_str().unwrap()]);
     assert_eq!(outcome.code, 2, "{}", outcome.stderr);
     assert!(
         outcome.stderr.contains("fleet.toml:6:1: `defaults.instance_typo`: unknown field `instance_typo`"),
@@ -97,13 +97,15 @@ fn matrix_refuses_bad_input_before_any_aws_call() {
 
 #[test]
 fn a_missing_fleet_file_is_bad_input() {
-    let outcome = fleetbake(&["validate", "/nonexistent/fleet.toml"]);
+    let workspace = Workspace::new();
+    let outcome = workspace.fleetbake(&["validate", "/nonexistent/fleet.toml"]);
     assert_eq!(outcome.code, 2);
     assert!(outcome.stderr.contains("/nonexistent/fleet.toml: cannot read the fleet file"), "{}", outcome.stderr);
 }
 
 #[test]
 fn cli_usage_errors_exit_2() {
-    assert_eq!(fleetbake(&["matrix"]).code, 2);
-    assert_eq!(fleetbake(&["bake", "fleet.toml"]).code, 2);
+    let workspace = Workspace::new();
+    assert_eq!(workspace.fleetbake(&["matrix"]).code, 2);
+    assert_eq!(workspace.fleetbake(&["bake", "fleet.toml"]).code, 2);
 }
