@@ -110,7 +110,11 @@ fn wait_until_listening(port: u16, what: &str, child: &mut Child) -> Result<(), 
 /// Starts a server with `spawn(port)` on the ports `next_port` gives, until one listens: a server that exits
 /// before listening (another process took its port since [`free_port`] checked it) is started again on the
 /// next port. The child and its port.
-fn start_listening(what: &str, mut next_port: impl FnMut() -> u16, mut spawn: impl FnMut(u16) -> Child) -> (Child, u16) {
+fn start_listening(
+    what: &str,
+    mut next_port: impl FnMut() -> u16,
+    mut spawn: impl FnMut(u16) -> Child,
+) -> (Child, u16) {
     const ATTEMPTS: usize = 5;
     let mut exits = Vec::new();
     for _ in 0..ATTEMPTS {

@@ -298,7 +298,8 @@ fn the_packer_manifest_reads_as_packer_writes_it_and_manifest_get_and_diff_answe
     let get = workspace.fleetbake(&["manifest", "get", "ubuntu", "us-east-1", "--manifest", path.to_str().unwrap()]);
     assert_eq!(get.code, 0, "{}", get.stderr);
     assert_eq!(get.stdout.trim(), manifest["artifacts"]["ubuntu"]["us-east-1"]["image_id"]);
-    let absent = workspace.fleetbake(&["manifest", "get", "ubuntu", "ap-south-1", "--manifest", path.to_str().unwrap()]);
+    let absent =
+        workspace.fleetbake(&["manifest", "get", "ubuntu", "ap-south-1", "--manifest", path.to_str().unwrap()]);
     assert_eq!(absent.code, 1);
     assert!(absent.stderr.contains("no image of `ubuntu` in ap-south-1"), "{}", absent.stderr);
 
@@ -312,8 +313,12 @@ fn the_packer_manifest_reads_as_packer_writes_it_and_manifest_get_and_diff_answe
     assert_eq!(packer.builds.len(), 4, "appended, as Packer's post-processor does");
     assert_eq!(packer.builds[3].packer_run_uuid, packer.last_run_uuid);
     assert_ne!(packer.builds[0].packer_run_uuid, packer.last_run_uuid);
-    let diff =
-        workspace.fleetbake(&["manifest", "diff", path.to_str().unwrap(), workspace.path("manifest.sim.json").to_str().unwrap()]);
+    let diff = workspace.fleetbake(&[
+        "manifest",
+        "diff",
+        path.to_str().unwrap(),
+        workspace.path("manifest.sim.json").to_str().unwrap(),
+    ]);
     assert_eq!(diff.code, 0, "{}", diff.stderr);
     let lines: Vec<&str> = diff.stdout.lines().collect();
     assert_eq!(lines.len(), 6, "{}", diff.stdout);

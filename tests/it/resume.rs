@@ -25,7 +25,7 @@ fn gated_fleet(moto: &Moto, sshd: &Sshd, gate: &Gate, retention: &str) -> String
 
 /// Starts `fleetbake matrix` and reads its stderr until a line contains `until`.
 fn start_until(workspace: &Workspace, fleet_path: &std::path::Path, until: &str) -> Running {
-    let mut running = Running::start(&workspace, &["matrix", fleet_path.to_str().unwrap()], &[]);
+    let mut running = Running::start(workspace, &["matrix", fleet_path.to_str().unwrap()], &[]);
     running.read_until(until);
     running
 }
