@@ -361,8 +361,15 @@ impl Workspace {
         let dir = tempfile::Builder::new().prefix("fb-it").tempdir().unwrap();
         let markers = dir.path().join("markers");
         std::fs::create_dir(&markers).unwrap();
-        // Short: the ssh control socket goes in a folder here, and a Unix socket path has ~100 bytes at most.
-        std::fs::create_dir(dir.path().join("tmp")).unwrap();
+        // Short: fleetbake's ssh control socket is `TMP/fb-XXXXXX/.ssh-connectionXXXXXX/master` plus ssh's own
+        // 17-byte suffix while it binds, 56 bytes past TMP, and a Unix socket path holds 107 at most.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        assert!(
+            tmp.as_os_str().len() <= 107 - 56,
+            "`{}` is too long for ssh's control sockets below it: run the tests with a shorter TMPDIR",
+            tmp.display()
+        );
         // The provisioners run as the unprivileged test user.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
