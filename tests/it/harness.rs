@@ -332,10 +332,6 @@ impl Gate {
         std::fs::write(&self.path, "").unwrap();
     }
 
-    pub fn is_open(&self) -> bool {
-        self.path.exists()
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
