@@ -17,8 +17,9 @@ pub use crate::proxy::*;
 /// The login user the test sshd lets in (created by scripts/install-test-deps.sh).
 pub const SSH_USER: &str = "fbtest";
 
-/// The next port [`free_port`] tries; `None` until the first call picks a random start.
-static NEXT_PORT: Mutex<Option<u16>> = Mutex::new(None);
+/// Where [`free_port`] is in its range: the random offset it started at and how many ports it has tried since;
+/// `None` until the first call.
+static PORTS: Mutex<Option<(u16, u16)>> = Mutex::new(None);
 
 /// The ports [`free_port`] draws from: the 12,000 below Linux's ephemeral range (32768–60999 by default), which
 /// neither outgoing connections nor port-0 binds ever take.
@@ -31,21 +32,27 @@ fn port_range() -> std::ops::Range<u16> {
 }
 
 /// A port of 127.0.0.1 no one listens on now, and one this test process never hands out again: the ports
-/// come in order from a random start (so parallel test processes start far apart), each checked free by
-/// binding it. Servers started on it still retry on a new one if another process takes it meanwhile
-/// ([`start_listening`]).
+/// come in order (wrapping around the range) from a random start, so parallel test processes start far apart,
+/// each checked free by binding it. Servers started on it still retry on a new one if another process takes it
+/// meanwhile ([`start_listening`]).
 pub fn free_port() -> u16 {
     let range = port_range();
-    let mut next = NEXT_PORT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let start = *next.get_or_insert_with(|| fastrand::u16(range.clone()));
+    let size = range.end - range.start;
+    let mut ports = PORTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (start, tried) = ports.get_or_insert_with(|| (fastrand::u16(..size), 0));
     loop {
-        let port = next.unwrap();
-        assert!(range.contains(&port), "free_port: every port of {range:?} after {start} handed out");
-        *next = Some(port + 1);
+        assert!(*tried < size, "free_port: every port of {range:?} handed out or busy");
+        let port = nth_port(&range, *start, *tried);
+        *tried += 1;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+}
+
+/// The port `tried` places after offset `start` in `range`, wrapping around its end.
+fn nth_port(range: &std::ops::Range<u16>, start: u16, tried: u16) -> u16 {
+    range.start + (start + tried) % (range.end - range.start)
 }
 
 /// A port of 127.0.0.1 that refuses connections for as long as this lives: bound (so no other process can
@@ -574,6 +581,14 @@ fn free_port_never_hands_out_a_port_twice() {
     });
     let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
     assert_eq!(distinct.len(), ports.len(), "{} of {} distinct", distinct.len(), ports.len());
+}
+
+/// [`free_port`] started near the end of its range goes on from its start, not out of it.
+#[test]
+fn free_port_wraps_around_its_range() {
+    let range = 100..110;
+    let order: Vec<u16> = (0..10).map(|tried| nth_port(&range, 8, tried)).collect();
+    assert_eq!(order, [108, 109, 100, 101, 102, 103, 104, 105, 106, 107]);
 }
 
 /// A [`ClosedPort`] refuses connections, and no one else can listen on it while it is held.
