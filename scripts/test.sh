@@ -10,4 +10,16 @@ export FLEETBAKE_MOTO_SERVER="$moto_server"
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked
+
+# The tests run with a temp folder of their own (short: an ssh control socket goes four folders below it, and a
+# Unix socket's path holds ~100 bytes; open to the test user, whose provisioners read and write in the tests'
+# workspaces there); afterwards nothing they started may be running and no key file left, there or in /tmp
+# (scripts/test-leftovers.sh).
+suite_tmp=$(mktemp -d /tmp/fbt.XXXXXX)
+chmod 755 "$suite_tmp"
+trap 'rm -rf "$suite_tmp" "$suite_tmp.before"' EXIT
+scripts/test-leftovers.sh snapshot >"$suite_tmp.before"
+status=0
+TMPDIR="$suite_tmp" cargo test --locked || status=$?
+scripts/test-leftovers.sh check "$suite_tmp" "$suite_tmp.before" || status=1
+exit "$status"

@@ -28,7 +28,7 @@ fn no_default_vpc_subnets_found_by_tags_in_each_build_region() {
         fleet_header_at(&proxy.endpoint, &sshd),
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["status"], "complete");
@@ -76,7 +76,7 @@ fn without_a_subnet_and_a_default_vpc_the_preflight_stops_the_run_before_anythin
         fleet_header_at(&proxy.endpoint, &sshd),
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     for region in ["us-west-2", "eu-central-1"] {
         let line = format!("FAIL {region}: `base`: {region} has no default VPC; set `subnet`");
@@ -109,7 +109,7 @@ fn preflight_reports_every_problem_at_once() {
         fleet_header_at(&proxy.endpoint, &sshd),
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["preflight", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["preflight", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 1, "stdout:\n{}\nstderr:\n{}", outcome.stdout, outcome.stderr);
     let report = &outcome.stdout;
     assert!(report.contains("ok   acting as arn:aws:sts::123456789012:user/moto (account 123456789012)"), "{report}");
@@ -140,14 +140,14 @@ fn a_role_in_a_build_account_makes_the_images_there() {
     let fleet = format!("{header}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n");
     let fleet_path = workspace.write("fleet.toml", &fleet);
 
-    let preflight = fleetbake(&["preflight", fleet_path.to_str().unwrap()]);
+    let preflight = workspace.fleetbake(&["preflight", fleet_path.to_str().unwrap()]);
     assert_eq!(preflight.code, 0, "{}{}", preflight.stdout, preflight.stderr);
     assert!(
         preflight.stdout.contains("ok   acting as arn:aws:sts::111111111111:assumed-role/image-builder/fleetbake-"),
         "{}",
         preflight.stdout
     );
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     let manifest = read_manifest(&workspace);
     let run_id = manifest["run_id"].as_str().unwrap().to_string();
@@ -196,7 +196,7 @@ fn a_private_interface_admits_the_vpc_and_a_subnet_of_another_region_is_named() 
         .replace("source_cidrs = [\"127.0.0.1/32\"]", "interface = \"private_ip\"");
     let fleet = format!("{header}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n");
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     let rules = proxy.bodies("AuthorizeSecurityGroupIngress");
     assert_eq!(rules.len(), 1, "{rules:?}");
@@ -215,7 +215,7 @@ fn a_private_interface_admits_the_vpc_and_a_subnet_of_another_region_is_named() 
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let before = proxy.actions().len();
-    let preflight = fleetbake(&["preflight", fleet_path.to_str().unwrap()]);
+    let preflight = workspace.fleetbake(&["preflight", fleet_path.to_str().unwrap()]);
     assert_eq!(preflight.code, 1, "{}{}", preflight.stdout, preflight.stderr);
     let line = format!("FAIL us-west-2: `base`: subnet {foreign} is not in us-west-2");
     assert!(preflight.stdout.contains(&line), "{line}:\n{}", preflight.stdout);
@@ -247,7 +247,7 @@ fn a_bastion_is_jumped_through() {
         "{header}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\nprovisioners = [{{ type = \"shell\", inline = [\"echo reached through the bastion\"] }}]\n\n[regions]\nus-west-2 = []\n"
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     assert!(outcome.stderr.contains("base/us-west-2: reached through the bastion"), "{}", outcome.stderr);
     // The bastion's host key was checked against, and recorded in, its known-hosts file.

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::harness::{fleetbake, fleetbake_with_env, Workspace};
+use crate::harness::Workspace;
 use crate::witness::Witness;
 
 fn corpus(directory: &str, extension: &str) -> Vec<PathBuf> {
@@ -30,13 +30,14 @@ fn every_broken_fleet_file_is_refused_with_its_line_and_key() {
     ];
     let files = corpus("fleets", "toml");
     assert!(files.len() >= 10, "{files:?}");
+    let workspace = Workspace::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         let expect = text.lines().last().and_then(|line| line.strip_prefix("# expect: ")).expect("an expectation");
         let (line, message) = expect.split_once(": ").unwrap();
         let path = file.to_str().unwrap();
         for command in [vec!["validate", path], vec!["matrix", path], vec!["gc", path, "--dry-run"]] {
-            let outcome = fleetbake_with_env(&command, &env);
+            let outcome = workspace.fleetbake_with_env(&command, &env);
             assert_eq!(witness.connections(), 0, "{command:?} connected to EC2: {}", outcome.stderr);
             assert_eq!(outcome.code, 2, "{command:?}: {}", outcome.stderr);
             assert!(outcome.stderr.contains(&format!("{path}:{line}:")), "{command:?}: {}", outcome.stderr);
@@ -79,7 +80,7 @@ fn every_broken_journal_stops_a_resume_with_a_clear_error() {
         let placed = workspace.path(".fleetbake/fleet/20261126-120000-0000a.jsonl");
         std::fs::create_dir_all(placed.parent().unwrap()).unwrap();
         std::fs::write(&placed, journal).unwrap();
-        let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
+        let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
         assert_eq!(witness.connections(), 0, "{name}: connected to EC2: {}", outcome.stderr);
         assert_eq!(outcome.code, 2, "{name}: {}", outcome.stderr);
         assert!(outcome.stderr.contains(placed.to_str().unwrap()), "{name}: names the journal: {}", outcome.stderr);
@@ -98,7 +99,7 @@ fn resume_with_no_journal_is_bad_input() {
     let fleet = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/journals/fleet.toml"))
         .unwrap();
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
     assert_eq!(outcome.code, 2, "{}", outcome.stderr);
     assert!(outcome.stderr.contains("nothing to resume"), "{}", outcome.stderr);
 }

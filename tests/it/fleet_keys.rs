@@ -95,7 +95,7 @@ fn launch_and_image_keys_reach_ec2_as_written() {
     let boot = "#!/bin/sh\n# from the user data file\necho 'fleetbake user data' > /tmp/boot\n";
     workspace.write("boot/arm.sh", boot);
     let fleet_path = workspace.write("fleet.toml", &launch_keys_fleet(&proxy.endpoint, &sshd));
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 0, "{}", outcome.stderr);
     let manifest = read_manifest(&workspace);
 
@@ -210,7 +210,7 @@ fn ssh_interface_dns_names_are_the_addresses_connected_to() {
         let workspace = Workspace::new();
         let fleet_path = workspace.write("fleet.toml", &interface_fleet(&proxy.endpoint, &sshd, interface));
         let events = workspace.path("events.jsonl");
-        let outcome = fleetbake(&[
+        let outcome = workspace.fleetbake(&[
             "matrix",
             fleet_path.to_str().unwrap(),
             "--events",
@@ -274,7 +274,7 @@ fn a_failed_image_is_deregistered_unless_keep_failed_images_keeps_it_tagged() {
     // Default (`false`): tagged failed, then deregistered, its snapshot deleted.
     let proxy = FaultProxy::recording(&moto.endpoint);
     std::fs::write(&fleet_path, failing_test_fleet(&proxy.endpoint, &sshd, false)).unwrap();
-    let outcome = fleetbake(&["matrix", path]);
+    let outcome = workspace.fleetbake(&["matrix", path]);
     assert_eq!(outcome.code, 1, "{}", outcome.stderr);
     let discarded_run = read_manifest(&workspace)["run_id"].as_str().unwrap().to_string();
     let deregistered: Vec<String> =
@@ -297,7 +297,7 @@ fn a_failed_image_is_deregistered_unless_keep_failed_images_keeps_it_tagged() {
     // `keep_failed_images = true`: the image stays, tagged failed; still not copied.
     let proxy = FaultProxy::recording(&moto.endpoint);
     std::fs::write(&fleet_path, failing_test_fleet(&proxy.endpoint, &sshd, true)).unwrap();
-    let outcome = fleetbake(&["matrix", path]);
+    let outcome = workspace.fleetbake(&["matrix", path]);
     assert_eq!(outcome.code, 1, "{}", outcome.stderr);
     let kept_run = read_manifest(&workspace)["run_id"].as_str().unwrap().to_string();
     assert_ne!(kept_run, discarded_run);
@@ -333,7 +333,7 @@ fn sharing_public_lets_everyone_launch_every_image() {
         fleet_header_at(&proxy.endpoint, &sshd)
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 0, "{}", outcome.stderr);
     let manifest = read_manifest(&workspace);
     let images: Vec<(&str, String)> = ["us-west-2", "us-east-1"]
@@ -397,13 +397,13 @@ fn rebuild_changed_reuses_unchanged_images_without_the_flag() {
     workspace.write("base.sh", "#!/bin/sh\necho base v1\n");
     let fleet_path = workspace.write("fleet.toml", &rebuild_changed_fleet(&moto.endpoint, &sshd));
     let path = fleet_path.to_str().unwrap();
-    let first = fleetbake(&["matrix", path]);
+    let first = workspace.fleetbake(&["matrix", path]);
     assert_eq!(first.code, 0, "{}", first.stderr);
     let night_one = read_manifest(&workspace);
 
     let proxy = FaultProxy::recording(&moto.endpoint);
     std::fs::write(&fleet_path, rebuild_changed_fleet(&proxy.endpoint, &sshd)).unwrap();
-    let second = fleetbake(&["matrix", path]);
+    let second = workspace.fleetbake(&["matrix", path]);
     assert_eq!(second.code, 0, "{}", second.stderr);
     assert!(proxy.requests() > 0);
     for action in ["RunInstances", "CreateImage", "CopyImage"] {

@@ -2,9 +2,11 @@
 //! sshd that accepts whatever key a build created. Each test starts its own on free ports; both stop on drop.
 //! `scripts/install-test-deps.sh` installs them; a test never skips because one is missing.
 
+use std::ffi::OsStr;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
@@ -15,22 +17,122 @@ pub use crate::proxy::*;
 /// The login user the test sshd lets in (created by scripts/install-test-deps.sh).
 pub const SSH_USER: &str = "fbtest";
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// Where [`free_port`] is in its range: the random offset it started at and how many ports it has tried since;
+/// `None` until the first call.
+static PORTS: Mutex<Option<(u16, u16)>> = Mutex::new(None);
+
+/// The ports [`free_port`] draws from: the 12,000 below Linux's ephemeral range (32768–60999 by default), which
+/// neither outgoing connections nor port-0 binds ever take.
+fn port_range() -> std::ops::Range<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    ephemeral_low.saturating_sub(12_000).max(1024)..ephemeral_low
 }
 
-fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+/// A port of 127.0.0.1 no one listens on now, and one this test process never hands out again: the ports
+/// come in order (wrapping around the range) from a random start, so parallel test processes start far apart,
+/// each checked free by binding it. Servers started on it still retry on a new one if another process takes it
+/// meanwhile ([`start_listening`]).
+pub fn free_port() -> u16 {
+    let range = port_range();
+    let size = range.end - range.start;
+    let mut ports = PORTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (start, tried) = ports.get_or_insert_with(|| (fastrand::u16(..size), 0));
+    loop {
+        assert!(*tried < size, "free_port: every port of {range:?} handed out or busy");
+        let port = nth_port(&range, *start, *tried);
+        *tried += 1;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The port `tried` places after offset `start` in `range`, wrapping around its end.
+fn nth_port(range: &std::ops::Range<u16>, start: u16, tried: u16) -> u16 {
+    range.start + (start + tried) % (range.end - range.start)
+}
+
+/// A port of 127.0.0.1 that refuses connections for as long as this lives: bound (so no other process can
+/// listen on it) but not listening. For tests of what happens when nothing answers.
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn hold() -> ClosedPort {
+        loop {
+            let port = free_port();
+            // No SO_REUSEADDR: another socket's bind to this port fails, listening or not.
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            if socket.bind(([127, 0, 0, 1], port).into()).is_ok() {
+                return ClosedPort { _socket: socket, port };
+            }
+        }
+    }
+}
+
+/// Whether process `pid` holds a socket listening on 127.0.0.1:`port` (or on every address), from
+/// /proc/net/tcp and the process's file descriptors: a server is ours only if it listens itself, not merely if
+/// the port answers (another process may have taken it).
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
+    let ours = [format!("0100007F:{port:04X}"), format!("00000000:{port:04X}")];
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address, st (0A: LISTEN), inode.
+            (fields.len() > 9 && ours.iter().any(|address| address == fields[1]) && fields[3] == "0A")
+                .then(|| format!("socket:[{}]", fields[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| inodes.iter().any(|inode| target.as_os_str() == OsStr::new(inode)))
+}
+
+/// Waits until `child` listens on `port`: `Err` with its status if it exits first (the port was taken).
+fn wait_until_listening(port: u16, what: &str, child: &mut Child) -> Result<(), ExitStatus> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+        if listens(child.id(), port) {
+            return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited before listening on {port}: {status}");
+            return Err(status);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("{what} did not listen on 127.0.0.1:{port} within 30 s");
+}
+
+/// Starts a server with `spawn(port)` on the ports `next_port` gives, until one listens: a server that exits
+/// before listening (another process took its port since [`free_port`] checked it) is started again on the
+/// next port. The child and its port.
+fn start_listening(
+    what: &str,
+    mut next_port: impl FnMut() -> u16,
+    mut spawn: impl FnMut(u16) -> Child,
+) -> (Child, u16) {
+    const ATTEMPTS: usize = 5;
+    let mut exits = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let port = next_port();
+        let mut child = spawn(port);
+        match wait_until_listening(port, what, &mut child) {
+            Ok(()) => return (child, port),
+            Err(status) => exits.push(format!("port {port}: {status}")),
+        }
+    }
+    panic!("{what} exited before listening, {ATTEMPTS} times: {}", exits.join("; "));
 }
 
 fn moto_server_path() -> PathBuf {
@@ -56,14 +158,19 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Moto {
-        let port = free_port();
-        let mut child = Command::new(moto_server_path())
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server starts");
-        wait_for_port(port, "moto_server", &mut child);
+        Moto::start_on(free_port)
+    }
+
+    /// A moto_server on the first of `ports` it can listen on.
+    fn start_on(ports: impl FnMut() -> u16) -> Moto {
+        let (child, port) = start_listening("moto_server", ports, |port| {
+            Command::new(moto_server_path())
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("moto_server starts")
+        });
         Moto { child, endpoint: format!("http://127.0.0.1:{port}") }
     }
 
@@ -146,6 +253,12 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start() -> Sshd {
+        Sshd::start_on(free_port)
+    }
+
+    /// An sshd on the first of `ports` it can listen on. Its sessions carry `FBTEST_SUITE_TMPDIR` (this test
+    /// process's temp folder): how scripts/test.sh tells a provisioner loop the suite left from anyone else's.
+    fn start_on(ports: impl FnMut() -> u16) -> Sshd {
         assert!(Path::new("/usr/sbin/sshd").exists(), "/usr/sbin/sshd missing: run scripts/test.sh");
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd (privilege separation directory)");
         let dir = tempfile::Builder::new().prefix("fb-sshd").tempdir().unwrap();
@@ -156,29 +269,31 @@ impl Sshd {
             .status()
             .expect("ssh-keygen runs");
         assert!(status.success());
-        let port = free_port();
         let config = dir.path().join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nPidFile {}\nUsePAM no\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
-                 AuthorizedKeysFile none\nAuthorizedKeysCommand /bin/echo %t %k\nAuthorizedKeysCommandUser nobody\n\
-                 AllowUsers {SSH_USER}\nMaxStartups 64:30:128\nMaxSessions 64\nLogLevel ERROR\n",
-                host_key.display(),
-                dir.path().join("sshd.pid").display()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new("/usr/sbin/sshd")
-            .arg("-f")
-            .arg(&config)
-            .args(["-D", "-e"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sshd starts");
-        wait_for_port(port, "sshd", &mut child);
+        let (child, port) = start_listening("sshd", ports, |port| {
+            std::fs::write(
+                &config,
+                format!(
+                    "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nPidFile {}\nUsePAM no\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+                     AuthorizedKeysFile none\nAuthorizedKeysCommand /bin/echo %t %k\nAuthorizedKeysCommandUser nobody\n\
+                     AllowUsers {SSH_USER}\nMaxStartups 64:30:128\nMaxSessions 64\nLogLevel ERROR\n\
+                     SetEnv FBTEST_SUITE_TMPDIR={}\n",
+                    host_key.display(),
+                    dir.path().join("sshd.pid").display(),
+                    std::env::temp_dir().display()
+                ),
+            )
+            .unwrap();
+            Command::new("/usr/sbin/sshd")
+                .arg("-f")
+                .arg(&config)
+                .args(["-D", "-e"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("sshd starts")
+        });
         Sshd { child, port, _dir: dir }
     }
 }
@@ -193,17 +308,52 @@ impl Drop for Sshd {
     }
 }
 
-/// A provisioner line that waits until `gate` exists, for a test to hold a build mid-provisioning. It gives up
-/// after 2 minutes by itself (exit 1): the test sshd is this machine, so a loop left behind when a test kills
-/// the build must not run forever.
-pub fn wait_for_gate(gate: &Path) -> String {
-    format!(
-        "waited=0; while [ ! -e {} ]; do waited=$((waited + 1)); [ $waited -lt 600 ] || exit 1; sleep 0.2; done",
-        gate.display()
-    )
+/// A file a provisioner waits for ([`Gate::wait_line`]), for a test to hold a build mid-provisioning. Opened
+/// (the file created) when the test says so or when it is dropped, so a test that fails or finishes without
+/// opening it ends the remote loop at once: the test sshd is this machine, and a loop left running would
+/// outlive the test. The loop also ends by itself when the workspace is gone, and after 2 minutes.
+pub struct Gate {
+    path: PathBuf,
+    workspace: PathBuf,
+}
+
+impl Gate {
+    /// A closed gate: `gate` in the workspace.
+    pub fn new(workspace: &Workspace) -> Gate {
+        Gate { path: workspace.path("gate"), workspace: workspace.dir.path().to_path_buf() }
+    }
+
+    /// The provisioner line that waits until the gate is open (exit 0), or gives up: exit 2 when the workspace
+    /// is removed, exit 1 after 2 minutes.
+    pub fn wait_line(&self) -> String {
+        format!(
+            "waited=0; while [ ! -e {} ]; do [ -d {} ] || exit 2; waited=$((waited + 1)); [ $waited -lt 600 ] || exit 1; \
+             sleep 0.2; done",
+            self.path.display(),
+            self.workspace.display()
+        )
+    }
+
+    /// Lets the waiting provisioner go on.
+    pub fn open(&self) {
+        std::fs::write(&self.path, "").unwrap();
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.path, "");
+    }
 }
 
 /// A scratch folder for a fleet file and what it names, plus a folder the provisioners write markers into.
+/// Every fleetbake a test starts runs through its workspace ([`Workspace::fleetbake`], [`Running::start`]):
+/// with `TMPDIR` inside it ([`Workspace::tmp`]), so a run killed outright leaves its key folder here, removed
+/// with the workspace, never in the machine's /tmp.
 pub struct Workspace {
     pub dir: tempfile::TempDir,
     pub markers: PathBuf,
@@ -214,6 +364,15 @@ impl Workspace {
         let dir = tempfile::Builder::new().prefix("fb-it").tempdir().unwrap();
         let markers = dir.path().join("markers");
         std::fs::create_dir(&markers).unwrap();
+        // Short: fleetbake's ssh control socket is `TMP/fb-XXXXXX/.ssh-connectionXXXXXX/master` plus ssh's own
+        // 17-byte suffix while it binds, 56 bytes past TMP, and a Unix socket path holds 107 at most.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        assert!(
+            tmp.as_os_str().len() <= 107 - 56,
+            "`{}` is too long for ssh's control sockets below it: run the tests with a shorter TMPDIR",
+            tmp.display()
+        );
         // The provisioners run as the unprivileged test user.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -231,36 +390,52 @@ impl Workspace {
     pub fn path(&self, relative: &str) -> PathBuf {
         self.dir.path().join(relative)
     }
+
+    /// The `TMPDIR` of every fleetbake this workspace runs: where its private key folders (`fb-*`) go.
+    pub fn tmp(&self) -> PathBuf {
+        self.path("tmp")
+    }
+
+    /// `program` with the environment every fleetbake a test starts gets: none of the caller's `AWS_*`
+    /// variables (a developer's profile, region or endpoint must not reach the tests), no instance-metadata
+    /// lookups, `TMPDIR` in this workspace, then `env`.
+    pub fn command(&self, program: impl AsRef<OsStr>, env: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(program);
+        command
+            .env_clear()
+            .envs(std::env::vars_os().filter(|(name, _)| !name.to_string_lossy().starts_with("AWS_")))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("TMPDIR", self.tmp())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `fleetbake ARGS` with test credentials.
+    pub fn fleetbake(&self, args: &[&str]) -> Outcome {
+        self.fleetbake_with_env(args, TEST_CREDENTIALS)
+    }
+
+    /// Runs `fleetbake ARGS` with only `env` for AWS settings (none of the caller's `AWS_*` variables).
+    pub fn fleetbake_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+        let output =
+            self.command(env!("CARGO_BIN_EXE_fleetbake"), env).args(args).output().expect("the fleetbake binary runs");
+        Outcome {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
 }
+
+/// The static credentials moto accepts.
+pub const TEST_CREDENTIALS: &[(&str, &str)] = &[("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")];
 
 /// The result of running the fleetbake binary.
 pub struct Outcome {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
-}
-
-/// Runs `fleetbake ARGS` with test credentials and no instance-metadata lookups.
-pub fn fleetbake(args: &[&str]) -> Outcome {
-    fleetbake_with_env(args, &[("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")])
-}
-
-/// Runs `fleetbake ARGS` with only `env` for AWS settings (none of the caller's `AWS_*` variables).
-pub fn fleetbake_with_env(args: &[&str], env: &[(&str, &str)]) -> Outcome {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fleetbake"));
-    command.args(args).stdin(Stdio::null());
-    for (name, _) in std::env::vars() {
-        if name.starts_with("AWS_") {
-            command.env_remove(name);
-        }
-    }
-    command.env("AWS_EC2_METADATA_DISABLED", "true").envs(env.iter().copied());
-    let output = command.output().expect("the fleetbake binary runs");
-    Outcome {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -283,7 +458,7 @@ pub fn serve_text(body: &'static str) -> String {
     url
 }
 
-/// `fleetbake ARGS` running in the background (test credentials, `env` added), read line by line from its
+/// `fleetbake ARGS` running in the background from `workspace` (test credentials, `env` added), read line by line from its
 /// stderr: for signals and kills mid-run.
 pub struct Running {
     pub child: KillOnDrop,
@@ -293,14 +468,11 @@ pub struct Running {
 }
 
 impl Running {
-    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fleetbake"))
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
+    pub fn start(workspace: &Workspace, args: &[&str], env: &[(&str, &str)]) -> Running {
+        let mut child = workspace
+            .command(env!("CARGO_BIN_EXE_fleetbake"), TEST_CREDENTIALS)
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
+            .args(args)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -320,6 +492,12 @@ impl Running {
                 return;
             }
         }
+    }
+
+    /// Fails the test if the process has ended.
+    pub fn assert_running(&mut self) {
+        let status = self.child.0.try_wait().unwrap();
+        assert!(status.is_none(), "fleetbake ended ({status:?}):\n{}", self.seen);
     }
 
     /// Sends a signal (`INT`, `TERM`) with kill(1).
@@ -345,4 +523,130 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The environment [`Workspace::command`] gives every fleetbake a test starts, seen by `env(1)` started the
+/// same way from a test process whose own environment has `AWS_*` variables (a developer's profile, region,
+/// endpoint and keys): none of them arrive, only the ones the test gives and `AWS_EC2_METADATA_DISABLED`;
+/// `TMPDIR` is the workspace's; the rest of the environment passes through.
+#[test]
+fn spawned_processes_get_none_of_the_callers_aws_variables_and_their_tmpdir_in_the_workspace() {
+    let workspace = Workspace::new();
+    let report = workspace.path("probe.txt");
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "harness::spawned_environment_probe", "--ignored", "--quiet", "--test-threads=1"])
+        .env("FBTEST_PROBE_REPORT", &report)
+        .env("FBTEST_PROBE_KEPT", "kept")
+        .env("AWS_PROFILE", "nope")
+        .env("AWS_REGION", "eu-north-9")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9/")
+        .env("AWS_ACCESS_KEY_ID", "the-callers")
+        .env("AWS_SECRET_ACCESS_KEY", "the-callers")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the probe ran: {status}");
+    let text = std::fs::read_to_string(&report).expect("the probe wrote its report");
+    let (probe_tmp, env) = text.split_once('\n').unwrap();
+    let aws: std::collections::BTreeSet<&str> = env.lines().filter(|line| line.starts_with("AWS_")).collect();
+    assert_eq!(
+        aws,
+        ["AWS_ACCESS_KEY_ID=testing", "AWS_EC2_METADATA_DISABLED=true", "AWS_SECRET_ACCESS_KEY=testing"].into(),
+        "{env}"
+    );
+    assert!(env.lines().any(|line| line == format!("TMPDIR={probe_tmp}")), "TMPDIR={probe_tmp} in\n{env}");
+    assert!(env.lines().any(|line| line == "FBTEST_PROBE_KEPT=kept"), "{env}");
+}
+
+/// Run by the test above, in a process with `AWS_*` variables set: writes the workspace's `TMPDIR`, then what
+/// `env(1)` started through [`Workspace::command`] with the test credentials prints.
+#[test]
+#[ignore = "run by spawned_processes_get_none_of_the_callers_aws_variables_…, with its environment"]
+fn spawned_environment_probe() {
+    let Some(report) = std::env::var_os("FBTEST_PROBE_REPORT") else { return };
+    let workspace = Workspace::new();
+    let output = workspace.command("env", TEST_CREDENTIALS).output().unwrap();
+    assert!(output.status.success());
+    let env = String::from_utf8(output.stdout).unwrap();
+    std::fs::write(report, format!("{}\n{env}", workspace.tmp().display())).unwrap();
+}
+
+/// [`free_port`] never hands out one port twice, whichever thread asks, and each was free when handed out.
+#[test]
+fn free_port_never_hands_out_a_port_twice() {
+    let ports: Vec<u16> = std::thread::scope(|scope| {
+        let threads: Vec<_> =
+            (0..8).map(|_| scope.spawn(|| (0..50).map(|_| free_port()).collect::<Vec<_>>())).collect();
+        threads.into_iter().flat_map(|thread| thread.join().unwrap()).collect()
+    });
+    let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), ports.len(), "{} of {} distinct", distinct.len(), ports.len());
+}
+
+/// [`free_port`] started near the end of its range goes on from its start, not out of it.
+#[test]
+fn free_port_wraps_around_its_range() {
+    let range = 100..110;
+    let order: Vec<u16> = (0..10).map(|tried| nth_port(&range, 8, tried)).collect();
+    assert_eq!(order, [108, 109, 100, 101, 102, 103, 104, 105, 106, 107]);
+}
+
+/// A [`ClosedPort`] refuses connections, and no one else can listen on it while it is held.
+#[test]
+fn a_closed_port_refuses_connections_and_cannot_be_taken() {
+    let closed = ClosedPort::hold();
+    let refused = TcpStream::connect(("127.0.0.1", closed.port)).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(TcpListener::bind(("127.0.0.1", closed.port)).is_err(), "port {} taken by another", closed.port);
+}
+
+/// The ports a server is offered: `taken` first, then free ones.
+fn taken_then_free(taken: u16) -> impl FnMut() -> u16 {
+    let mut first = Some(taken);
+    move || first.take().unwrap_or_else(free_port)
+}
+
+/// An sshd and a moto_server whose port another process listens on (taken after [`free_port`] checked it)
+/// start again on another port, and it is they that answer there, not the other listener.
+#[test]
+fn servers_whose_port_is_taken_start_on_another() {
+    let other = TcpListener::bind(("127.0.0.1", free_port())).unwrap();
+    let taken = other.local_addr().unwrap().port();
+
+    let sshd = Sshd::start_on(taken_then_free(taken));
+    assert_ne!(sshd.port, taken);
+    let mut banner = [0u8; 8];
+    std::io::Read::read_exact(&mut TcpStream::connect(("127.0.0.1", sshd.port)).unwrap(), &mut banner).unwrap();
+    assert_eq!(&banner, b"SSH-2.0-", "sshd answers on {}", sshd.port);
+
+    let moto = Moto::start_on(taken_then_free(taken));
+    assert!(!moto.endpoint.ends_with(&format!(":{taken}")), "{}", moto.endpoint);
+    let regions = runtime().block_on(moto.client("us-east-1").describe_regions().send()).unwrap();
+    assert!(!regions.regions().is_empty(), "moto answers at {}", moto.endpoint);
+}
+
+/// A gate dropped unopened (a test that failed or ended early) opens, so the loop waiting for it ends now
+/// (exit 0), not at its 2-minute deadline (exit 1).
+#[test]
+fn a_gate_dropped_unopened_lets_its_waiting_loop_end() {
+    let workspace = Workspace::new();
+    let gate = Gate::new(&workspace);
+    let mut waiting = KillOnDrop(Command::new("sh").args(["-c", &gate.wait_line()]).spawn().unwrap());
+    drop(gate);
+    let status = waiting.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "opened, not given up: {status}");
+}
+
+/// A loop waiting for a gate whose workspace is removed gives up at once (exit 2), not at its deadline.
+#[test]
+fn a_gate_loop_ends_when_its_workspace_is_removed() {
+    let workspace = Workspace::new();
+    let gate = Gate::new(&workspace);
+    let line = gate.wait_line();
+    // Never opened, not even on drop.
+    std::mem::forget(gate);
+    let mut waiting = KillOnDrop(Command::new("sh").args(["-c", &line]).spawn().unwrap());
+    drop(workspace);
+    let status = waiting.0.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "gave up because the workspace is gone: {status}");
 }

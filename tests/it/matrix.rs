@@ -56,7 +56,7 @@ const UNAUTHORIZED: Fault =
 /// Writes `fleet` as the workspace's fleet.toml and runs `fleetbake matrix` on it.
 pub fn run_matrix(workspace: &Workspace, fleet: &str) -> Outcome {
     let fleet_path = workspace.write("fleet.toml", fleet);
-    fleetbake(&["matrix", fleet_path.to_str().unwrap()])
+    workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()])
 }
 
 /// The manifest of a fleet written with [`fleet_header`] (`manifest = "out/manifest.json"`).
@@ -110,7 +110,7 @@ fn two_flavors_two_build_regions_baked_copied_and_cleaned_up() {
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
 
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
 
     // Provisioner output is streamed with the job's prefix.
@@ -209,7 +209,7 @@ fn a_failing_provisioner_fails_only_its_flavor() {
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
 
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     assert!(outcome.stderr.contains("bad/us-west-2: about to fail"), "{}", outcome.stderr);
     assert!(!outcome.stderr.contains("never"), "{}", outcome.stderr);
@@ -257,7 +257,7 @@ fn a_source_filter_that_matches_nothing_fails_before_creating_anything() {
     let expected = "no image owned by amazon matches `fleetbake-no-such-image-*` in us-west-2";
 
     // The preflight finds it: the run stops before anything, manifest included.
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     assert!(
         outcome.stderr.contains(&format!("FAIL us-west-2: source image of `ghost`: {expected}")),
@@ -271,7 +271,7 @@ fn a_source_filter_that_matches_nothing_fails_before_creating_anything() {
     let preflight_calls = proxy.actions().len();
 
     // Without it, the build finds it, first thing: before its key pair, group or instance.
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--no-preflight"]);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--no-preflight"]);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     assert_only_reads(&proxy.actions()[preflight_calls..]);
     let manifest = read_manifest(&workspace);
@@ -298,9 +298,8 @@ fn sigint_during_provisioning_cleans_up_keeps_finished_images_and_resumes() {
     let detect_url = serve_text("203.0.113.9\n");
     let header = fleet_header(&moto, &sshd)
         .replace("source_cidrs = [\"127.0.0.1/32\"]", &format!("ip_detect_url = \"{detect_url}\""));
-    let tmp = workspace.path("tmp");
-    std::fs::create_dir(&tmp).unwrap();
-    let gate = workspace.path("gate");
+    let tmp = workspace.tmp();
+    let gate = Gate::new(&workspace);
     let fleet = format!(
         "{}\n[limits]\nmax_parallel_builds = 1\n\n\
          [[flavor]]\nname = \"quick\"\nsource_ami = {AL2023}\n\n\
@@ -308,10 +307,10 @@ fn sigint_during_provisioning_cleans_up_keeps_finished_images_and_resumes() {
          provisioners = [{{ type = \"shell\", inline = [\"echo sleeping now\", \"{}\"] }}]\n\n\
          [regions]\nus-west-2 = []\n",
         header,
-        wait_for_gate(&gate),
+        gate.wait_line(),
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let mut running = Running::start(&["matrix", fleet_path.to_str().unwrap()], &[("TMPDIR", tmp.to_str().unwrap())]);
+    let mut running = Running::start(&workspace, &["matrix", fleet_path.to_str().unwrap()], &[]);
     // One build at a time: `quick` is done before `slow` starts.
     running.read_until("slow/us-west-2: sleeping now");
     // Mid-build: the temporary security group lets in only the detected address, on `ssh.port` only,
@@ -358,8 +357,8 @@ fn sigint_during_provisioning_cleans_up_keeps_finished_images_and_resumes() {
     });
 
     // The interrupted run is finished by `--resume`: `quick` as it was, `slow` built now.
-    std::fs::write(&gate, "").unwrap();
-    let resumed = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
+    gate.open();
+    let resumed = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
     assert_eq!(resumed.code, 0, "stderr:\n{}", resumed.stderr);
     let finished = read_manifest(&workspace);
     assert_eq!(finished["status"], "complete");
@@ -388,7 +387,7 @@ fn throttled_requests_are_retried_and_never_reach_the_user() {
         fleet_header_at(&proxy.endpoint, &sshd),
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["-v", "matrix", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["-v", "matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     assert!(proxy.altered() >= 5, "every third call was throttled: {}", proxy.altered());
     let manifest = read_manifest(&workspace);
@@ -460,7 +459,7 @@ fn fail_fast_starts_nothing_after_the_first_failure() {
         fleet_header(&moto, &sshd),
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["matrix", "--fail-fast", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["matrix", "--fail-fast", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["status"], "failed");
@@ -482,7 +481,8 @@ fn an_undetectable_address_stops_the_run_before_any_aws_call() {
     let proxy = FaultProxy::recording(&moto.endpoint);
     let workspace = Workspace::new();
     // A port nothing listens on: detection fails at once.
-    let closed = format!("http://127.0.0.1:{}/", free_port());
+    let closed_port = ClosedPort::hold();
+    let closed = format!("http://127.0.0.1:{}/", closed_port.port);
     let header = fleet_header_at(&proxy.endpoint, &sshd)
         .replace("source_cidrs = [\"127.0.0.1/32\"]", &format!("ip_detect_url = \"{closed}\""));
     let fleet = format!("{header}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n");
@@ -520,7 +520,7 @@ fn aws_endpoint_url_in_the_environment_is_honoured() {
     let sshd = Sshd::start();
     let workspace = Workspace::new();
     let fleet_path = workspace.write("fleet.toml", &fleet_without_aws_section(&sshd, ""));
-    let outcome = fleetbake_with_env(
+    let outcome = workspace.fleetbake_with_env(
         &["matrix", fleet_path.to_str().unwrap()],
         &[("AWS_ENDPOINT_URL", &moto.endpoint), ("AWS_ACCESS_KEY_ID", "env"), ("AWS_SECRET_ACCESS_KEY", "env")],
     );
@@ -544,7 +544,7 @@ fn the_aws_profile_supplies_credentials_and_endpoint() {
     );
     let fleet_path =
         workspace.write("fleet.toml", &fleet_without_aws_section(&sshd, "[aws]\nprofile = \"fleetbake-test\"\n"));
-    let outcome = fleetbake_with_env(
+    let outcome = workspace.fleetbake_with_env(
         &["matrix", fleet_path.to_str().unwrap()],
         &[("AWS_CONFIG_FILE", config.to_str().unwrap()), ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")],
     );
@@ -561,7 +561,7 @@ fn missing_credentials_fail_at_once_with_the_reason() {
     let workspace = Workspace::new();
     let aws = format!("[aws]\nendpoint_url = \"{}\"\n", proxy.endpoint);
     let fleet_path = workspace.write("fleet.toml", &fleet_without_aws_section(&sshd, &aws));
-    let outcome = fleetbake_with_env(
+    let outcome = workspace.fleetbake_with_env(
         &["-v", "matrix", fleet_path.to_str().unwrap()],
         &[("AWS_CONFIG_FILE", "/dev/null"), ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")],
     );
@@ -699,7 +699,7 @@ fn a_resource_unknown_right_after_its_create_is_waited_for_not_failed() {
         "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = [\"us-east-1\"]\n",
         fleet_header_at(&proxy.endpoint, &sshd),
     );
-    let outcome = fleetbake(&["-v", "matrix", workspace.write("fleet.toml", &fleet).to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["-v", "matrix", workspace.write("fleet.toml", &fleet).to_str().unwrap()]);
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     // The lag was met where EC2's documentation says it is: the rule after CreateSecurityGroup, CreateTags
     // after CopyImage, and the waits' describes of the new instance and images.
@@ -762,7 +762,7 @@ fn what_cleanup_cannot_remove_is_named_with_the_gc_command() {
     let workspace = Workspace::new();
     let fleet = base_fleet(&proxy.endpoint, &sshd);
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     let manifest = read_manifest(&workspace);
     let run_id = manifest["run_id"].as_str().unwrap();
@@ -782,7 +782,7 @@ fn what_cleanup_cannot_remove_is_named_with_the_gc_command() {
 
     // The permission is fixed: the same fleet file, straight to EC2. The gc command printed removes it.
     std::fs::write(&fleet_path, base_fleet(&moto.endpoint, &sshd)).unwrap();
-    let gc = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    let gc = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
     assert!(gc.stdout.contains(&format!("removed key pair {key_name}")), "{}", gc.stdout);
     runtime().block_on(assert_nothing_temporary_left(&west, "us-west-2"));

@@ -29,14 +29,14 @@ fn changed_only_reuses_what_did_not_change_and_copies_only_where_missing() {
     workspace.write("web.sh", "#!/bin/sh\necho web v1\n");
     let fleet_path = workspace.write("fleet.toml", &two_flavors(&moto.endpoint, &sshd, "\"us-east-1\""));
     let path = fleet_path.to_str().unwrap();
-    let first = fleetbake(&["matrix", path]);
+    let first = workspace.fleetbake(&["matrix", path]);
     assert_eq!(first.code, 0, "{}", first.stderr);
     let night_one = read_manifest(&workspace);
 
     // Nothing changed: no instance, no copy; the manifest names the first night's images.
     let proxy = FaultProxy::recording(&moto.endpoint);
     std::fs::write(&fleet_path, two_flavors(&proxy.endpoint, &sshd, "\"us-east-1\"")).unwrap();
-    let plan = fleetbake(&["plan", path, "--changed-only"]);
+    let plan = workspace.fleetbake(&["plan", path, "--changed-only"]);
     assert_eq!(plan.code, 0, "{}", plan.stderr);
     assert!(plan.stdout.starts_with("fleet `it`: 0 to rebuild, 2 to reuse\n"), "{}", plan.stdout);
     assert!(
@@ -44,7 +44,7 @@ fn changed_only_reuses_what_did_not_change_and_copies_only_where_missing() {
         "plan is read-only: {:?}",
         proxy.actions()
     );
-    let quiet = fleetbake(&["matrix", path, "--changed-only"]);
+    let quiet = workspace.fleetbake(&["matrix", path, "--changed-only"]);
     assert_eq!(quiet.code, 0, "{}", quiet.stderr);
     assert_eq!(count(&proxy, "RunInstances"), 0, "{:?}", proxy.actions());
     assert_eq!(count(&proxy, "CopyImage"), 0, "{:?}", proxy.actions());
@@ -62,11 +62,11 @@ fn changed_only_reuses_what_did_not_change_and_copies_only_where_missing() {
 
     // web.sh changed: only `web` is rebuilt (and copied); `base` reused; the plan says why.
     workspace.write("web.sh", "#!/bin/sh\necho web v2\n");
-    let plan = fleetbake(&["plan", path, "--changed-only"]);
+    let plan = workspace.fleetbake(&["plan", path, "--changed-only"]);
     assert!(plan.stdout.contains("rebuild web in us-west-2: provisioner 1 (script web.sh) changed"), "{}", plan.stdout);
     assert!(plan.stdout.contains("reuse   base in us-west-2: nothing changed since"), "{}", plan.stdout);
     let before = (count(&proxy, "RunInstances"), count(&proxy, "CopyImage"));
-    let third = fleetbake(&["matrix", path, "--changed-only"]);
+    let third = workspace.fleetbake(&["matrix", path, "--changed-only"]);
     assert_eq!(third.code, 0, "{}", third.stderr);
     assert_eq!(count(&proxy, "RunInstances") - before.0, 1, "web only");
     assert_eq!(count(&proxy, "CopyImage") - before.1, 1, "web's copy only");
@@ -84,7 +84,7 @@ fn changed_only_reuses_what_did_not_change_and_copies_only_where_missing() {
     // A new copy region: each reused image is copied there, and nothing else is made.
     std::fs::write(&fleet_path, two_flavors(&proxy.endpoint, &sshd, "\"us-east-1\", \"eu-west-1\"")).unwrap();
     let before = (count(&proxy, "RunInstances"), count(&proxy, "CopyImage"));
-    let fourth = fleetbake(&["matrix", path, "--changed-only"]);
+    let fourth = workspace.fleetbake(&["matrix", path, "--changed-only"]);
     assert_eq!(fourth.code, 0, "{}", fourth.stderr);
     assert_eq!(count(&proxy, "RunInstances"), before.0);
     assert_eq!(count(&proxy, "CopyImage") - before.1, 2, "one copy per flavor, into eu-west-1");
@@ -104,7 +104,7 @@ fn changed_only_reuses_what_did_not_change_and_copies_only_where_missing() {
     .unwrap();
     let replaced: Vec<(&str, &serde_json::Value)> =
         ["us-west-2", "us-east-1"].into_iter().map(|region| (region, &night_one["artifacts"]["web"][region])).collect();
-    let gc = fleetbake(&["gc", path]);
+    let gc = workspace.fleetbake(&["gc", path]);
     assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
     runtime().block_on(async {
         for region in ["us-west-2", "us-east-1", "eu-west-1"] {
@@ -172,7 +172,7 @@ fn a_failing_test_keeps_its_image_from_spreading_and_a_passing_one_runs_on_the_n
         fleet_header_at(&proxy.endpoint, &sshd)
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 1, "{}", outcome.stderr);
     let manifest = read_manifest(&workspace);
     let failures = manifest["failures"].as_array().unwrap();
@@ -256,7 +256,7 @@ fn published_to_ssm_with_a_label_per_run_and_a_launch_template_and_only_for_comp
         two_flavors(&proxy.endpoint, &sshd, "\"us-east-1\"")
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let first = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let first = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(first.code, 1, "{}", first.stderr);
     let manifest = read_manifest(&workspace);
     let run_label = format!("fleetbake-{}", manifest["run_id"].as_str().unwrap());

@@ -55,15 +55,13 @@ struct Pty {
 }
 
 impl Pty {
-    fn start(args: &[&str]) -> Pty {
+    /// From `workspace`, with the environment every fleetbake a test starts gets ([`Workspace::command`]).
+    fn start(workspace: &Workspace, args: &[&str]) -> Pty {
         let command = std::iter::once(env!("CARGO_BIN_EXE_fleetbake")).chain(args.iter().copied()).collect::<Vec<_>>();
-        let mut child = Command::new("script")
+        let mut child = workspace
+            .command("script", TEST_CREDENTIALS)
             .args(["-qfec", &command.join(" "), "/dev/null"])
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("TERM", "xterm")
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
             .expect("util-linux `script` runs (scripts/install-test-deps.sh installs it)");
@@ -95,7 +93,7 @@ impl Pty {
 fn the_live_view_draws_redraws_and_ends_with_the_summary_on_success_and_on_failure() {
     let workspace = Workspace::new();
     let fleet = workspace.write("fleet.toml", &sim_fleet(""));
-    let (code, screen) = Pty::start(&["matrix", fleet.to_str().unwrap(), "--cloud", "sim"]).finish();
+    let (code, screen) = Pty::start(&workspace, &["matrix", fleet.to_str().unwrap(), "--cloud", "sim"]).finish();
     assert_eq!(code, 0, "{screen}");
     // The header, drawn more than once, with an estimated finish; jobs in flight by stage.
     let headers = screen.matches("· copies ").count();
@@ -112,7 +110,7 @@ fn the_live_view_draws_redraws_and_ends_with_the_summary_on_success_and_on_failu
         &sim_fleet("faults = [{ action = \"RunInstances\", region = \"eu-central-1\", error = \"UnauthorizedOperation\", nth = 1 }]"),
     );
     let (code, screen) =
-        Pty::start(&["matrix", failing.to_str().unwrap(), "--cloud", "sim", "--no-preflight"]).finish();
+        Pty::start(&workspace, &["matrix", failing.to_str().unwrap(), "--cloud", "sim", "--no-preflight"]).finish();
     assert_eq!(code, 1, "{screen}");
     assert!(screen.contains("failed at launch"), "the failure printed in full as it happened:\n{screen}");
     assert!(screen.contains("hint: the identity the run acts as needs `ec2:RunInstances`"), "{screen}");
@@ -125,15 +123,15 @@ fn the_live_view_ends_with_the_summary_on_sigint() {
     let moto = Moto::start();
     let sshd = Sshd::start();
     let workspace = Workspace::new();
-    let gate = workspace.path("gate");
+    let gate = Gate::new(&workspace);
     let fleet = format!(
         "{}\n[[flavor]]\nname = \"held\"\nsource_ami = {AL2023}\n\
          provisioners = [{{ type = \"shell\", inline = [\"echo holding\", \"{}\"] }}]\n\n[regions]\nus-west-2 = []\n",
         fleet_header_at(&moto.endpoint, &sshd),
-        wait_for_gate(&gate)
+        gate.wait_line()
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let mut pty = Pty::start(&["matrix", fleet_path.to_str().unwrap()]);
+    let mut pty = Pty::start(&workspace, &["matrix", fleet_path.to_str().unwrap()]);
     pty.read_until("held/us-west-2: holding");
     pty.read_until("provision");
     let pattern = format!("^{} matrix {}", env!("CARGO_BIN_EXE_fleetbake"), fleet_path.display());
@@ -141,7 +139,7 @@ fn the_live_view_ends_with_the_summary_on_sigint() {
     assert!(signalled.success(), "fleetbake found by `pkill -f {pattern}`");
     let (code, screen) = pty.finish();
     // The provisioner loop on the (shared) test sshd ends now, not at its deadline.
-    std::fs::write(&gate, "").unwrap();
+    gate.open();
     assert_eq!(code, 130, "{screen}");
     assert!(screen.contains("SIGINT: starting nothing new, cleaning up"), "{screen}");
     assert!(screen.contains("==> summary: 0 of 1 images, 1 failures"), "{screen}");
@@ -161,7 +159,7 @@ fn off_a_terminal_every_line_has_its_time_and_quiet_prints_failures_and_the_summ
         "fleet.toml",
         &sim_fleet("faults = [{ action = \"CopyImage\", error = \"UnauthorizedOperation\", nth = 1 }]"),
     );
-    let outcome = fleetbake(&["matrix", fleet.to_str().unwrap(), "--cloud", "sim"]);
+    let outcome = workspace.fleetbake(&["matrix", fleet.to_str().unwrap(), "--cloud", "sim"]);
     assert_eq!(outcome.code, 1, "{}", outcome.stderr);
     let run_lines: Vec<&str> = outcome.stderr.lines().filter(|line| !line.starts_with("simulated run:")).collect();
     assert!(run_lines.len() > 20, "{}", outcome.stderr);
@@ -174,7 +172,7 @@ fn off_a_terminal_every_line_has_its_time_and_quiet_prints_failures_and_the_summ
     assert!((last - first).num_minutes() >= 10, "{first} .. {last}");
     assert!(outcome.stderr.contains("Z ==> summary: 5 of 6 images, 1 failures"), "{}", outcome.stderr);
 
-    let quiet = fleetbake(&["-q", "matrix", fleet.to_str().unwrap(), "--cloud", "sim"]);
+    let quiet = workspace.fleetbake(&["-q", "matrix", fleet.to_str().unwrap(), "--cloud", "sim"]);
     assert_eq!(quiet.code, 1);
     let lines: Vec<&str> = quiet.stderr.lines().filter(|line| !line.starts_with("simulated run:")).collect();
     let texts: Vec<&str> = lines.iter().map(|line| &line[21..]).collect();
@@ -193,7 +191,7 @@ fn events_are_json_lines_every_job_starts_and_ends_and_the_counts_match() {
         &sim_fleet("faults = [{ action = \"CreateImage\", region = \"us-west-2\", error = \"UnauthorizedOperation\", nth = 1 }]"),
     );
     let summary = workspace.path("summary.json");
-    let outcome = fleetbake(&[
+    let outcome = workspace.fleetbake(&[
         "matrix",
         fleet.to_str().unwrap(),
         "--cloud",
@@ -269,7 +267,7 @@ struct PackerBuild {
 fn the_packer_manifest_reads_as_packer_writes_it_and_manifest_get_and_diff_answer_scripts() {
     let workspace = Workspace::new();
     let fleet = workspace.write("fleet.toml", &sim_fleet(""));
-    let first = fleetbake(&["matrix", fleet.to_str().unwrap(), "--cloud", "sim"]);
+    let first = workspace.fleetbake(&["matrix", fleet.to_str().unwrap(), "--cloud", "sim"]);
     assert_eq!(first.code, 0, "{}", first.stderr);
     std::fs::copy(workspace.path("manifest.sim.json"), workspace.path("first.json")).unwrap();
     let manifest: Value =
@@ -297,32 +295,37 @@ fn the_packer_manifest_reads_as_packer_writes_it_and_manifest_get_and_diff_answe
 
     // `manifest get`: the id, for a shell script; exit 1 when absent.
     let path = workspace.path("first.json");
-    let get = fleetbake(&["manifest", "get", "ubuntu", "us-east-1", "--manifest", path.to_str().unwrap()]);
+    let get = workspace.fleetbake(&["manifest", "get", "ubuntu", "us-east-1", "--manifest", path.to_str().unwrap()]);
     assert_eq!(get.code, 0, "{}", get.stderr);
     assert_eq!(get.stdout.trim(), manifest["artifacts"]["ubuntu"]["us-east-1"]["image_id"]);
-    let absent = fleetbake(&["manifest", "get", "ubuntu", "ap-south-1", "--manifest", path.to_str().unwrap()]);
+    let absent =
+        workspace.fleetbake(&["manifest", "get", "ubuntu", "ap-south-1", "--manifest", path.to_str().unwrap()]);
     assert_eq!(absent.code, 1);
     assert!(absent.stderr.contains("no image of `ubuntu` in ap-south-1"), "{}", absent.stderr);
 
     // A second night, without eu-central-1: Packer's file keeps the first run's builds; `diff` tells it.
     let second_fleet = sim_fleet("").replace("eu-central-1 = []\n", "");
     std::fs::write(&fleet, second_fleet).unwrap();
-    let second = fleetbake(&["matrix", fleet.to_str().unwrap(), "--cloud", "sim"]);
+    let second = workspace.fleetbake(&["matrix", fleet.to_str().unwrap(), "--cloud", "sim"]);
     assert_eq!(second.code, 0, "{}", second.stderr);
     let packer: PackerManifest =
         serde_json::from_str(&std::fs::read_to_string(workspace.path("packer-manifest.sim.json")).unwrap()).unwrap();
     assert_eq!(packer.builds.len(), 4, "appended, as Packer's post-processor does");
     assert_eq!(packer.builds[3].packer_run_uuid, packer.last_run_uuid);
     assert_ne!(packer.builds[0].packer_run_uuid, packer.last_run_uuid);
-    let diff =
-        fleetbake(&["manifest", "diff", path.to_str().unwrap(), workspace.path("manifest.sim.json").to_str().unwrap()]);
+    let diff = workspace.fleetbake(&[
+        "manifest",
+        "diff",
+        path.to_str().unwrap(),
+        workspace.path("manifest.sim.json").to_str().unwrap(),
+    ]);
     assert_eq!(diff.code, 0, "{}", diff.stderr);
     let lines: Vec<&str> = diff.stdout.lines().collect();
     assert_eq!(lines.len(), 6, "{}", diff.stdout);
     let old_central = manifest["artifacts"]["ubuntu"]["eu-central-1"]["image_id"].as_str().unwrap();
     assert!(lines.contains(&format!("- ubuntu/eu-central-1 {old_central}").as_str()), "{}", diff.stdout);
     assert_eq!(lines.iter().filter(|line| line.starts_with("~ ")).count(), 4, "{}", diff.stdout);
-    let same = fleetbake(&["manifest", "diff", path.to_str().unwrap(), path.to_str().unwrap()]);
+    let same = workspace.fleetbake(&["manifest", "diff", path.to_str().unwrap(), path.to_str().unwrap()]);
     assert_eq!(same.stdout.trim(), "no change: the same images in the same regions");
 }
 
@@ -333,8 +336,9 @@ fn completions_generate_for_every_shell() {
         ("zsh", "#compdef fleetbake", "--only"),
         ("fish", "complete -c fleetbake", "-l only"),
     ];
+    let workspace = Workspace::new();
     for (shell, marker, option) in shells {
-        let outcome = fleetbake(&["completions", shell]);
+        let outcome = workspace.fleetbake(&["completions", shell]);
         assert_eq!(outcome.code, 0, "{shell}: {}", outcome.stderr);
         assert!(outcome.stdout.contains(marker), "{shell}: {}", &outcome.stdout[..outcome.stdout.len().min(300)]);
         assert!(outcome.stdout.contains(option), "{shell}: the subcommands' options too");
@@ -346,7 +350,7 @@ fn only_and_except_select_builds_and_a_pattern_that_matches_nothing_is_bad_input
     let workspace = Workspace::new();
     let fleet = workspace.write("fleet.toml", &sim_fleet(""));
     let path = fleet.to_str().unwrap();
-    let plan = fleetbake(&["plan", path, "--only", "ubu*", "--only", "al2023/eu-*"]);
+    let plan = workspace.fleetbake(&["plan", path, "--only", "ubu*", "--only", "al2023/eu-*"]);
     assert_eq!(plan.code, 0, "{}", plan.stderr);
     let lines: Vec<&str> = plan.stdout.lines().collect();
     let expected = [
@@ -361,7 +365,7 @@ fn only_and_except_select_builds_and_a_pattern_that_matches_nothing_is_bad_input
     for (line, start) in lines.iter().zip(expected) {
         assert!(line.starts_with(start), "{line:?} should start {start:?}");
     }
-    let except = fleetbake(&["plan", path, "--except", "*/eu-central-1"]);
+    let except = workspace.fleetbake(&["plan", path, "--except", "*/eu-central-1"]);
     assert!(
         except.stdout.starts_with("fleet `ops`: 2 builds, 2 copies\nselected: --except */eu-central-1\n"),
         "{}",
@@ -378,7 +382,7 @@ fn only_and_except_select_builds_and_a_pattern_that_matches_nothing_is_bad_input
             let mut all = vec![command, path];
             all.extend(&args);
             all.extend(["--cloud", "sim"].iter().filter(|_| command != "plan"));
-            let outcome = fleetbake(&all);
+            let outcome = workspace.fleetbake(&all);
             assert_eq!(outcome.code, 2, "{all:?}: {}", outcome.stderr);
             assert!(outcome.stderr.contains(expected), "{all:?}: {}", outcome.stderr);
         }
@@ -396,11 +400,11 @@ fn a_selective_run_keeps_the_images_it_did_not_touch_in_the_manifest() {
         fleet_header_at(&moto.endpoint, &sshd)
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let full = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let full = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(full.code, 0, "{}", full.stderr);
     let before = read_manifest(&workspace);
 
-    let only = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--only", "web"]);
+    let only = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--only", "web"]);
     assert_eq!(only.code, 0, "{}", only.stderr);
     assert!(only.stderr.contains("run") && only.stderr.contains(": 1 builds, 1 copies"), "{}", only.stderr);
     let after = read_manifest(&workspace);
@@ -432,7 +436,7 @@ fn a_source_filter_that_matches_nothing_names_what_matches_under_other_owners() 
         fleet_header_at(&moto.endpoint, &sshd)
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["preflight", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["preflight", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 1, "{}{}", outcome.stdout, outcome.stderr);
     let line = outcome.stdout.lines().find(|line| line.contains("source image of `base`")).unwrap();
     assert!(

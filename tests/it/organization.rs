@@ -53,7 +53,7 @@ fn the_iam_policy_allows_every_call_fleetbake_makes_and_nothing_else() {
     assert_eq!(policy_actions(), expected);
 }
 
-fn organization_fleet(endpoint: &str, sshd: &Sshd, gate: &std::path::Path) -> String {
+fn organization_fleet(endpoint: &str, sshd: &Sshd, gate: &Gate) -> String {
     let header = fleet_header_at(endpoint, sshd)
         .replacen("tags = { Team = \"platform\" }\n", "tags = { Team = \"platform\" }\ndeprecate_after = \"90d\"\n", 1)
         .replacen(
@@ -73,7 +73,7 @@ fn organization_fleet(endpoint: &str, sshd: &Sshd, gate: &std::path::Path) -> St
          [[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\
          provisioners = [{{ type = \"shell\", inline = [\"echo holding\", \"{}\"] }}]\n\n\
          [regions]\nus-west-2 = [\"us-east-1\"]\n",
-        wait_for_gate(gate),
+        gate.wait_line(),
     )
 }
 
@@ -88,11 +88,11 @@ fn an_organization_fleet_gets_encrypted_shared_deprecated_imdsv2_images() {
     moto.create_instance_profile("fleetbake-builder");
     let west_key = runtime().block_on(moto.create_key("us-west-2", "alias/images-west"));
     let workspace = Workspace::new();
-    let gate = workspace.path("gate");
+    let gate = Gate::new(&workspace);
     let fleet_path = workspace.write("fleet.toml", &organization_fleet(&proxy.endpoint, &sshd, &gate));
 
     // us-east-1 has no key yet: the preflight says so, and the run does not start.
-    let outcome = fleetbake(&["preflight", fleet_path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["preflight", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 1, "stdout:\n{}\nstderr:\n{}", outcome.stdout, outcome.stderr);
     assert!(
         outcome.stdout.contains(&format!("ok   us-west-2: KMS key `alias/images-west`: {west_key}")),
@@ -106,7 +106,7 @@ fn an_organization_fleet_gets_encrypted_shared_deprecated_imdsv2_images() {
     );
     runtime().block_on(moto.create_key("us-east-1", "alias/images-east"));
 
-    let mut running = Running::start(&["matrix", fleet_path.to_str().unwrap()], &[]);
+    let mut running = Running::start(&workspace, &["matrix", fleet_path.to_str().unwrap()], &[]);
     running.read_until("base/us-west-2: holding");
     // Mid-build: the instance as launched.
     runtime().block_on(async {
@@ -123,7 +123,7 @@ fn an_organization_fleet_gets_encrypted_shared_deprecated_imdsv2_images() {
         let profile = instance.iam_instance_profile().and_then(|p| p.arn()).unwrap_or_default();
         assert!(profile.ends_with("/fleetbake-builder"), "{profile}");
     });
-    std::fs::write(&gate, "").unwrap();
+    gate.open();
     let (code, rest) = running.finish();
     assert_eq!(code, Some(0), "{rest}");
 
@@ -240,8 +240,8 @@ fn an_image_available_but_unfinished_when_the_run_died_is_finished_on_resume() {
     let moto = Moto::start();
     let sshd = Sshd::start();
     let workspace = Workspace::new();
-    let gate = workspace.path("gate");
-    let held = gate.clone();
+    let gate = Gate::new(&workspace);
+    let held = gate.path().to_path_buf();
     // EnableImageDeprecation is held until the gate exists (a minute at most), then answered as EC2 does.
     let proxy = FaultProxy::start(&moto.endpoint, move |request| match request.action {
         "EnableImageDeprecation" => {
@@ -262,7 +262,7 @@ fn an_image_available_but_unfinished_when_the_run_died_is_finished_on_resume() {
         )
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let mut running = Running::start(&["matrix", fleet_path.to_str().unwrap()], &[]);
+    let mut running = Running::start(&workspace, &["matrix", fleet_path.to_str().unwrap()], &[]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while proxy.bodies("EnableImageDeprecation").is_empty() {
         assert!(std::time::Instant::now() < deadline, "no deprecation asked for");
@@ -273,8 +273,8 @@ fn an_image_available_but_unfinished_when_the_run_died_is_finished_on_resume() {
     let killed = read_manifest(&workspace);
     assert!(killed["artifacts"].as_object().unwrap().is_empty(), "not finished, not announced: {killed}");
 
-    std::fs::write(&gate, "").unwrap();
-    let resumed = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
+    gate.open();
+    let resumed = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
     assert_eq!(resumed.code, 0, "stderr:\n{}", resumed.stderr);
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["status"], "complete", "{manifest}");

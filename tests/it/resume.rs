@@ -11,7 +11,7 @@ const REGIONS: [&str; 2] = ["us-west-2", "us-east-1"];
 
 /// `quick` then `gated` (one build at a time), built in us-west-2 and copied to us-east-1. `gated`'s
 /// provisioner waits until `gate` exists.
-fn gated_fleet(moto: &Moto, sshd: &Sshd, gate: &std::path::Path, retention: &str) -> String {
+fn gated_fleet(moto: &Moto, sshd: &Sshd, gate: &Gate, retention: &str) -> String {
     format!(
         "{}\n[limits]\nmax_parallel_builds = 1\n\n\
          [[flavor]]\nname = \"quick\"\nsource_ami = {AL2023}\n\n\
@@ -19,24 +19,15 @@ fn gated_fleet(moto: &Moto, sshd: &Sshd, gate: &std::path::Path, retention: &str
          provisioners = [{{ type = \"shell\", inline = [\"echo waiting for the gate\", \"{}\"] }}]\n\n\
          [regions]\nus-west-2 = [\"us-east-1\"]\n{retention}",
         fleet_header(moto, sshd),
-        wait_for_gate(gate)
+        gate.wait_line()
     )
 }
 
-/// Starts `fleetbake matrix` and reads its stderr until a line contains `until`. Its TMPDIR (where the private
-/// key's directory goes) is `tmp` beside the fleet file, inside the test's workspace: a run the test kills
-/// leaves its key there, removed with the workspace, not in the machine's /tmp.
-fn start_until(fleet_path: &std::path::Path, until: &str) -> Running {
-    let tmp = key_tmp(fleet_path);
-    std::fs::create_dir_all(&tmp).unwrap();
-    let mut running = Running::start(&["matrix", fleet_path.to_str().unwrap()], &[("TMPDIR", tmp.to_str().unwrap())]);
+/// Starts `fleetbake matrix` and reads its stderr until a line contains `until`.
+fn start_until(workspace: &Workspace, fleet_path: &std::path::Path, until: &str) -> Running {
+    let mut running = Running::start(workspace, &["matrix", fleet_path.to_str().unwrap()], &[]);
     running.read_until(until);
     running
-}
-
-/// The TMPDIR [`start_until`] gives a run of `fleet_path`.
-fn key_tmp(fleet_path: &std::path::Path) -> std::path::PathBuf {
-    fleet_path.parent().unwrap().join("tmp")
 }
 
 fn image_ids(manifest: &Value, flavor: &str) -> Vec<String> {
@@ -51,17 +42,19 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
     let moto = Moto::start();
     let sshd = Sshd::start();
     let workspace = Workspace::new();
-    let gate = workspace.path("gate");
+    let gate = Gate::new(&workspace);
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, ""));
 
     // `quick` is built and copied; `gated` is provisioning when the process is killed outright.
-    let Running { mut child, seen, .. } = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+    let Running { mut child, seen, .. } = start_until(&workspace, &fleet_path, "gated/us-west-2: waiting for the gate");
     child.0.kill().unwrap();
     child.0.wait().unwrap();
-    // The killed build's private key is left where its TMPDIR said, in the workspace.
-    let key_dirs: Vec<_> = std::fs::read_dir(key_tmp(&fleet_path)).unwrap().flatten().map(|e| e.path()).collect();
-    assert_eq!(key_dirs.len(), 1, "{key_dirs:?}");
-    assert!(key_dirs[0].join("key").exists(), "{key_dirs:?}");
+    // Killed outright, it left its private key's folder behind: in the workspace's TMPDIR (removed with it),
+    // not in the machine's /tmp.
+    let left: Vec<_> = std::fs::read_dir(workspace.tmp()).unwrap().map(|entry| entry.unwrap().path()).collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].file_name().unwrap().to_string_lossy().starts_with("fb-"), "{left:?}");
+    assert!(left[0].join("key").exists(), "{left:?}");
     let killed = read_manifest(&workspace);
     let run_id = killed["run_id"].as_str().unwrap().to_string();
     assert_eq!(killed["status"], "partial", "{seen}");
@@ -80,7 +73,7 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
     let running = |state: &str| state == "running" || state == "pending" || state == "stopped";
     let left = runtime().block_on(async { instances(&west).await });
     assert_eq!(left.iter().filter(|(_, state)| running(state)).count(), 1, "{left:?}");
-    let dry = fleetbake(&["gc", fleet_path.to_str().unwrap(), "--dry-run"]);
+    let dry = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap(), "--dry-run"]);
     assert_eq!(dry.code, 0, "{}{}", dry.stdout, dry.stderr);
     for kind in ["would remove instance i-", "would remove security group sg-", "would remove key pair fleetbake-"] {
         assert!(dry.stdout.contains(kind), "{kind}: {}", dry.stdout);
@@ -106,9 +99,9 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
     });
     let fleet_text = std::fs::read_to_string(&fleet_path).unwrap().replace(&moto.endpoint, &proxy.endpoint);
     std::fs::write(&fleet_path, fleet_text).unwrap();
-    std::fs::write(&gate, "").unwrap();
+    gate.open();
     // Without the preflight, whose source lookup would be the first by name the proxy blinds.
-    let resumed = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume", "--no-preflight"]);
+    let resumed = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume", "--no-preflight"]);
     assert_eq!(resumed.code, 0, "stderr:\n{}", resumed.stderr);
     assert_eq!(proxy.altered(), 1);
     assert!(resumed.stderr.contains(&format!("resuming run {run_id} (attempt 2)")), "{}", resumed.stderr);
@@ -131,7 +124,7 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
     });
 
     // Nothing of the run is in progress now: gc finds nothing temporary left anywhere.
-    let gc = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    let gc = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
     assert!(gc.stdout.contains("removed 0 temporary resources"), "{}", gc.stdout);
     runtime().block_on(async {
@@ -140,7 +133,7 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
         }
     });
     // A finished run is not resumed again.
-    let again = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
+    let again = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
     assert_eq!(again.code, 2, "{}", again.stderr);
     assert!(again.stderr.contains("nothing to resume"), "{}", again.stderr);
 }
@@ -150,14 +143,14 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
     let moto = Moto::start();
     let sshd = Sshd::start();
     let workspace = Workspace::new();
-    let gate = workspace.path("gate");
+    let gate = Gate::new(&workspace);
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, "\n[retention]\nkeep = 1\n"));
 
     // A run killed mid-build leaves its instance, security group and key pair; gc removes them.
-    let Running { mut child, .. } = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+    let Running { mut child, .. } = start_until(&workspace, &fleet_path, "gated/us-west-2: waiting for the gate");
     child.0.kill().unwrap();
     child.0.wait().unwrap();
-    let swept = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    let swept = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(swept.code, 0, "{}{}", swept.stdout, swept.stderr);
     for kind in ["removed instance i-", "removed security group sg-", "removed key pair fleetbake-"] {
         assert!(swept.stdout.contains(kind), "{kind}: {}", swept.stdout);
@@ -169,11 +162,11 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
         }
     });
 
-    std::fs::write(&gate, "").unwrap();
+    gate.open();
     let run = || {
         // Run ids are per second.
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+        let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
         assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
         std::fs::read_to_string(workspace.path("out/manifest.json")).unwrap()
     };
@@ -185,13 +178,13 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
     // The manifest names the older run's images: gc keeps them, and the newest per flavor and region too.
     workspace.write("out/manifest.json", &older);
     // Only the killed run's two `quick` images are beyond them.
-    let kept = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    let kept = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(kept.code, 0, "{}{}", kept.stdout, kept.stderr);
     assert!(kept.stdout.contains("deregistered 2 images"), "{}", kept.stdout);
 
     // With the newer manifest back, the older run's four images go, with their snapshots.
     workspace.write("out/manifest.json", &newer);
-    let dry = fleetbake(&["gc", fleet_path.to_str().unwrap(), "--dry-run"]);
+    let dry = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap(), "--dry-run"]);
     assert!(dry.stdout.contains("and deregister 4 images"), "{}", dry.stdout);
     let older_snapshots: Vec<String> = runtime().block_on(async {
         let mut snapshots = Vec::new();
@@ -202,7 +195,7 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
         }
         snapshots
     });
-    let gc = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    let gc = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
     assert!(gc.stdout.contains("deregistered 4 images"), "{}", gc.stdout);
     assert!(gc.stdout.contains("keeps its newest 1"), "{}", gc.stdout);
@@ -240,16 +233,16 @@ fn a_second_sigint_exits_at_once_naming_what_may_be_left_and_gc_removes_it() {
         }
     });
     let workspace = Workspace::new();
-    let gate = workspace.path("gate");
+    let gate = Gate::new(&workspace);
     let fleet = format!(
         "{}\n[[flavor]]\nname = \"gated\"\nsource_ami = {AL2023}\n\
          provisioners = [{{ type = \"shell\", inline = [\"echo waiting for the gate\", \"{}\"] }}]\n\n\
          [regions]\nus-west-2 = []\n",
         fleet_header_at(&proxy.endpoint, &sshd),
-        wait_for_gate(&gate)
+        gate.wait_line()
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let mut running = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+    let mut running = start_until(&workspace, &fleet_path, "gated/us-west-2: waiting for the gate");
     running.signal("INT");
     running.read_until("cleaning up instance");
     // Cleanup is waiting for the instance to terminate.
@@ -276,7 +269,7 @@ fn a_second_sigint_exits_at_once_naming_what_may_be_left_and_gc_removes_it() {
         assert!(rest.contains(&named), "`{named}` in: {rest}");
     }
 
-    let gc = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    let gc = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
     for removed in [format!("removed security group {group}"), format!("removed key pair {key_pair}")] {
         assert!(gc.stdout.contains(&removed), "`{removed}` in: {}", gc.stdout);
@@ -307,10 +300,10 @@ fn gc_beside_a_run_in_progress_refuses_to_remove_images_and_leaves_its_resources
     let moto = Moto::start();
     let sshd = Sshd::start();
     let workspace = Workspace::new();
-    let gate = workspace.path("gate");
+    let gate = Gate::new(&workspace);
     let retention = "\n[retention]\nkeep = 1\n";
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, retention));
-    let running = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+    let running = start_until(&workspace, &fleet_path, "gated/us-west-2: waiting for the gate");
     let run_id = read_manifest(&workspace)["run_id"].as_str().unwrap().to_string();
 
     // With `[retention]`, gc would deregister images: the run holds the fleet file's lock, so gc refuses at
@@ -318,7 +311,7 @@ fn gc_beside_a_run_in_progress_refuses_to_remove_images_and_leaves_its_resources
     let proxy = FaultProxy::recording(&moto.endpoint);
     let through_proxy = gated_fleet(&moto, &sshd, &gate, retention).replace(&moto.endpoint, &proxy.endpoint);
     std::fs::write(&fleet_path, through_proxy).unwrap();
-    let refused = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    let refused = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(proxy.requests(), 0, "no AWS call: {:?}", proxy.actions());
     assert_eq!(refused.code, 1, "{}{}", refused.stdout, refused.stderr);
     assert!(
@@ -328,12 +321,12 @@ fn gc_beside_a_run_in_progress_refuses_to_remove_images_and_leaves_its_resources
     );
     // Without it, gc removes only what runs not in progress left: nothing of this one.
     std::fs::write(&fleet_path, gated_fleet(&moto, &sshd, &gate, "")).unwrap();
-    let gc = fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    let gc = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
     assert!(gc.stdout.contains("removed 0 temporary resources, deregistered 0 images"), "{}", gc.stdout);
     assert!(gc.stdout.contains("it may be in progress"), "{}", gc.stdout);
 
-    std::fs::write(&gate, "").unwrap();
+    gate.open();
     let (code, rest) = running.finish();
     assert_eq!(code, Some(0), "the run was not disturbed: {rest}");
     assert_eq!(read_manifest(&workspace)["status"], "complete");
@@ -349,9 +342,9 @@ fn a_second_run_of_a_fleet_file_in_progress_is_refused_before_any_aws_call() {
     let moto = Moto::start();
     let sshd = Sshd::start();
     let workspace = Workspace::new();
-    let gate = workspace.path("gate");
+    let gate = Gate::new(&workspace);
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, ""));
-    let running = start_until(&fleet_path, "gated/us-west-2: waiting for the gate");
+    let mut running = start_until(&workspace, &fleet_path, "gated/us-west-2: waiting for the gate");
     let run_id = read_manifest(&workspace)["run_id"].as_str().unwrap().to_string();
 
     // The second one goes through a proxy that counts what it sends: nothing.
@@ -360,19 +353,22 @@ fn a_second_run_of_a_fleet_file_in_progress_is_refused_before_any_aws_call() {
     std::fs::write(&fleet_path, fleet_text).unwrap();
     for args in [vec!["matrix", fleet_path.to_str().unwrap()], vec!["matrix", fleet_path.to_str().unwrap(), "--resume"]]
     {
-        let started = std::time::Instant::now();
-        let second = fleetbake(&args);
+        let second = workspace.fleetbake(&args);
         assert_eq!(second.code, 1, "{args:?}: {}", second.stderr);
         assert!(
             second.stderr.contains(&format!("another fleetbake is running this fleet file: run {run_id}")),
             "{args:?}: {}",
             second.stderr
         );
-        assert!(started.elapsed() < std::time::Duration::from_secs(5), "refused at once");
+        // Refused at once, not after waiting for the lock: the first run still holds it, unfinished (held at
+        // the gate, which opens only below).
+        running.assert_running();
+        let first = read_manifest(&workspace);
+        assert!(first["finished_at"].is_null(), "the first run ended before the refusal: {first}");
     }
     assert_eq!(proxy.requests(), 0, "no AWS call");
 
-    std::fs::write(&gate, "").unwrap();
+    gate.open();
     let (code, rest) = running.finish();
     assert_eq!(code, Some(0), "the first run finished: {rest}");
     let manifest = read_manifest(&workspace);

@@ -121,7 +121,7 @@ fn run_with_every_output(workspace: &Workspace, fleet: &str) -> Outcome {
     std::fs::create_dir(&tmp).unwrap();
     std::fs::create_dir(workspace.path("out")).unwrap();
     let [_, packer, events, summary] = OUTPUTS.map(|relative| workspace.path(relative).display().to_string());
-    let outcome = fleetbake_with_env(
+    let outcome = workspace.fleetbake_with_env(
         &[
             "-v",
             "matrix",

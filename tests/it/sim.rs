@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::harness::{fleetbake, Outcome, Workspace};
+use crate::harness::{Outcome, Workspace};
 
 /// Two flavors (one with three provisioners, one with its own provisioning time) in two build regions, copied
 /// on to three more; `sim` and `limits` are appended as given.
@@ -71,7 +71,7 @@ fn run_sim_with(workspace: &Workspace, fleet_text: &str, more: &[&str]) -> SimRu
         summary_path.to_str().unwrap(),
     ];
     args.extend_from_slice(more);
-    let outcome = fleetbake(&args);
+    let outcome = workspace.fleetbake(&args);
     let read = |relative: &str| -> Value {
         let text = std::fs::read_to_string(workspace.path(relative))
             .unwrap_or_else(|error| panic!("{relative}: {error}\nstderr:\n{}", outcome.stderr));
@@ -327,7 +327,7 @@ fn a_bad_sim_table_is_bad_input() {
     let workspace = Workspace::new();
     let text = fleet("jitter = 1.5\nfaults = [{ action = \"LaunchRocket\", error = \"InternalError\", nth = 1 }]", "");
     let fleet_path = workspace.write("fleet.toml", &text);
-    let outcome = fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--cloud", "sim"]);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--cloud", "sim"]);
     assert_eq!(outcome.code, 2, "stderr:\n{}", outcome.stderr);
     let jitter_line = text.lines().position(|line| line.starts_with("jitter")).unwrap() + 1;
     assert!(outcome.stderr.contains(&format!("fleet.toml:{jitter_line}:")), "{}", outcome.stderr);
@@ -925,7 +925,7 @@ fn sharing_an_image_encrypted_with_the_aws_managed_key_is_refused() {
         keys.join(", ")
     );
     let fleet_path = workspace.write("fleet.toml", &text);
-    let preflight = fleetbake(&["preflight", fleet_path.to_str().unwrap(), "--cloud", "sim"]);
+    let preflight = workspace.fleetbake(&["preflight", fleet_path.to_str().unwrap(), "--cloud", "sim"]);
     assert_eq!(preflight.code, 1, "{}{}", preflight.stdout, preflight.stderr);
     let refusal = "FAIL us-west-2: KMS key `arn:aws:kms:us-west-2:123456789012:alias/aws/ebs` (";
     assert!(preflight.stdout.contains(refusal), "{}", preflight.stdout);

@@ -31,7 +31,7 @@ fn validate(fleet: &str) -> (i32, String) {
     let workspace = Workspace::new();
     workspace.write("setup.sh", "#!/bin/sh\n");
     let path = workspace.write("fleet.toml", &fleet.replace("http://127.0.0.1:9", &witness.endpoint));
-    let outcome = fleetbake(&["validate", path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["validate", path.to_str().unwrap()]);
     assert_eq!(witness.connections(), 0, "validate connected to EC2: {}", outcome.stderr);
     let dir = workspace.dir.path().display().to_string();
     (outcome.code, outcome.stderr.replace(&dir, "[DIR]") + &outcome.stdout.replace(&dir, "[DIR]"))
@@ -93,7 +93,7 @@ fn matrix_refuses_bad_input_before_any_aws_call() {
     let fleet = GOOD.replacen("instance_type", "instance_typo", 1).replace("http://127.0.0.1:9", &witness.endpoint)
         + &format!("\n[ssh]\nip_detect_url = \"{}/ip\"\n", witness.endpoint);
     let path = workspace.write("fleet.toml", &fleet);
-    let outcome = fleetbake(&["matrix", path.to_str().unwrap()]);
+    let outcome = workspace.fleetbake(&["matrix", path.to_str().unwrap()]);
     assert_eq!(witness.connections(), 0, "no connection to the endpoint: {}", outcome.stderr);
     assert_eq!(outcome.code, 2, "{}", outcome.stderr);
     assert!(
@@ -107,13 +107,15 @@ fn matrix_refuses_bad_input_before_any_aws_call() {
 
 #[test]
 fn a_missing_fleet_file_is_bad_input() {
-    let outcome = fleetbake(&["validate", "/nonexistent/fleet.toml"]);
+    let workspace = Workspace::new();
+    let outcome = workspace.fleetbake(&["validate", "/nonexistent/fleet.toml"]);
     assert_eq!(outcome.code, 2);
     assert!(outcome.stderr.contains("/nonexistent/fleet.toml: cannot read the fleet file"), "{}", outcome.stderr);
 }
 
 #[test]
 fn cli_usage_errors_exit_2() {
-    assert_eq!(fleetbake(&["matrix"]).code, 2);
-    assert_eq!(fleetbake(&["bake", "fleet.toml"]).code, 2);
+    let workspace = Workspace::new();
+    assert_eq!(workspace.fleetbake(&["matrix"]).code, 2);
+    assert_eq!(workspace.fleetbake(&["bake", "fleet.toml"]).code, 2);
 }
