@@ -48,7 +48,7 @@ source_cidrs = ["203.0.113.5/32"]
 }
 
 /// `fleetbake ARGS` under a pseudo-terminal (util-linux `script`), so stderr is a TTY.
-struct Pty {
+pub(crate) struct Pty {
     child: KillOnDrop,
     out: std::process::ChildStdout,
     seen: String,
@@ -56,6 +56,11 @@ struct Pty {
 
 impl Pty {
     fn start(args: &[&str]) -> Pty {
+        Pty::start_with_env(args, &[])
+    }
+
+    /// [`Pty::start`] with `env` set and `NO_COLOR` only if `env` names it.
+    pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Pty {
         let command = std::iter::once(env!("CARGO_BIN_EXE_fleetbake")).chain(args.iter().copied()).collect::<Vec<_>>();
         let mut child = Command::new("script")
             .args(["-qfec", &command.join(" "), "/dev/null"])
@@ -63,6 +68,8 @@ impl Pty {
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("TERM", "xterm")
+            .env_remove("NO_COLOR")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -82,7 +89,7 @@ impl Pty {
     }
 
     /// Everything to the end, and the exit code (`script -e` passes fleetbake's on).
-    fn finish(mut self) -> (i32, String) {
+    pub(crate) fn finish(mut self) -> (i32, String) {
         let mut rest = Vec::new();
         self.out.read_to_end(&mut rest).unwrap();
         self.seen.push_str(&String::from_utf8_lossy(&rest));
