@@ -98,6 +98,14 @@ fn flavors_of_run(moto: &Moto, region: &str, run_id: &str) -> Vec<String> {
     })
 }
 
+/// Starts `fleetbake ARGS` with its temporary files (the SSH key directories) in the workspace's `tmp`, so a
+/// run the test kills leaves none outside the workspace.
+fn start_in(workspace: &Workspace, args: &[&str]) -> Running {
+    let tmp = workspace.path("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    Running::start(args, &[("TMPDIR", tmp.to_str().unwrap())])
+}
+
 fn assert_nothing_temporary_left_anywhere(moto: &Moto) {
     runtime().block_on(async {
         for region in REGIONS {
@@ -116,23 +124,25 @@ fn sigterm_cleans_up_as_sigint_does_writes_the_manifest_and_exits_143() {
     let gate = workspace.path("gate");
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate));
     let events_path = workspace.path("events.jsonl");
-    let mut running =
-        Running::start(&["matrix", fleet_path.to_str().unwrap(), "--events", events_path.to_str().unwrap()], &[]);
+    let args = ["matrix", fleet_path.to_str().unwrap(), "--events", events_path.to_str().unwrap()];
+    let mut running = start_in(&workspace, &args);
     running.read_until("gated/us-west-2: waiting for the gate");
-    // `gated`'s instance, key pair and group exist now: the cleanup has something to do.
+    // `gated`'s instance, key pair, group and key file exist now: the cleanup has something to do.
     let west = moto.client("us-west-2");
     let live = runtime().block_on(instances(&west));
     assert_eq!(live.iter().filter(|(_, state)| state == "running").count(), 1, "{live:?}");
+    let key_dirs = || std::fs::read_dir(workspace.path("tmp")).unwrap().count();
+    assert_eq!(key_dirs(), 1, "gated's SSH key directory");
     running.signal("TERM");
     let seen = running.seen.clone();
     let (code, rest) = running.finish();
     // The provisioner loop on the (shared) test sshd ends now, not at its deadline.
     std::fs::write(&gate, "").unwrap();
     assert_eq!(code, Some(143), "stderr:\n{seen}{rest}");
-    assert!(rest.contains("==> SIGTERM: starting nothing new, cleaning up"), "{rest}");
 
-    // The account: `gated`'s build cleaned up, `quick`'s image kept.
+    // The account and this machine: `gated`'s build cleaned up, its key file removed, `quick`'s image kept.
     assert_nothing_temporary_left_anywhere(&moto);
+    assert_eq!(key_dirs(), 0, "the key directory removed");
     let manifest = read_manifest(&workspace);
     let run_id = manifest["run_id"].as_str().unwrap();
     assert_eq!(flavors_of_run(&moto, "us-west-2", run_id), ["quick"]);
@@ -152,6 +162,7 @@ fn sigterm_cleans_up_as_sigint_does_writes_the_manifest_and_exits_143() {
     assert_eq!(interrupted.len(), 1, "{events:?}");
     assert_eq!(interrupted[0]["signal"], "SIGTERM");
     assert_eq!(events.last().unwrap()["type"], "run_finished");
+    assert!(rest.contains("==> SIGTERM: starting nothing new, cleaning up"), "{rest}");
 }
 
 /// Bytes of an ANSI control sequence (CSI: colour, cursor movement, line clearing).
@@ -292,7 +303,7 @@ fn resume_refuses_a_new_selection_before_any_aws_call_and_keeps_the_runs_own() {
     let fleet = fleet_path.to_str().unwrap();
 
     // Interrupted while `gated` provisions, in a run that left `quick` out.
-    let mut running = Running::start(&["matrix", fleet, "--except", "quick"], &[]);
+    let mut running = start_in(&workspace, &["matrix", fleet, "--except", "quick"]);
     running.read_until("gated/us-west-2: waiting for the gate");
     running.signal("TERM");
     let (code, rest) = running.finish();
@@ -359,6 +370,15 @@ fn template_versions(moto: &Moto, region: &str, name: &str) -> usize {
     })
 }
 
+/// Lets go of a request the proxy holds when dropped.
+struct Release(Arc<AtomicBool>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 /// README, "Publishing": "Each publication is journaled (a resumed run does not publish again what an earlier
 /// attempt did)". The run is killed while it publishes its complete flavors at the end (the proxy holds `b`'s
 /// first PutParameter): `a` is published, `b` not. The resume publishes `b` and never `a` again: counted in
@@ -370,6 +390,8 @@ fn a_resumed_run_does_not_publish_again_what_an_earlier_attempt_published() {
     let hold = Arc::new(AtomicBool::new(true));
     let held = Arc::new(AtomicBool::new(false));
     let (holding, seen_held) = (Arc::clone(&hold), Arc::clone(&held));
+    // However the test ends, the held request is let go.
+    let release = Release(Arc::clone(&hold));
     let proxy = FaultProxy::start(&moto.endpoint, move |request| {
         if request.action == "PutParameter" && request.body.contains("/images/it/b") && holding.load(Ordering::SeqCst)
         {
@@ -401,7 +423,7 @@ fn a_resumed_run_does_not_publish_again_what_an_earlier_attempt_published() {
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let fleet = fleet_path.to_str().unwrap();
 
-    let mut running = Running::start(&["matrix", fleet], &[]);
+    let mut running = start_in(&workspace, &["matrix", fleet]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !held.load(Ordering::SeqCst) {
         assert!(std::time::Instant::now() < deadline, "b was never published");
@@ -410,7 +432,7 @@ fn a_resumed_run_does_not_publish_again_what_an_earlier_attempt_published() {
     }
     running.child.0.kill().unwrap();
     running.child.0.wait().unwrap();
-    hold.store(false, Ordering::SeqCst);
+    drop(release);
     let for_a = |action: &str, name: &str| proxy.bodies(action).iter().filter(|body| body.contains(name)).count();
     assert_eq!(for_a("PutParameter", "/images/it/a"), 2, "a published in both regions before the kill");
     assert_eq!(for_a("CreateLaunchTemplateVersion", "a-nightly"), 2);
@@ -449,7 +471,7 @@ fn a_version_1_journal_is_resumed() {
     let gate = workspace.path("gate");
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate));
     let fleet = fleet_path.to_str().unwrap();
-    let mut running = Running::start(&["matrix", fleet], &[]);
+    let mut running = start_in(&workspace, &["matrix", fleet]);
     running.read_until("gated/us-west-2: waiting for the gate");
     running.child.0.kill().unwrap();
     running.child.0.wait().unwrap();

@@ -197,7 +197,11 @@ fn events_are_json_lines_every_job_starts_and_ends_and_the_counts_match() {
     let workspace = Workspace::new();
     let fleet = workspace.write(
         "fleet.toml",
-        &sim_fleet("faults = [{ action = \"CreateImage\", region = \"us-west-2\", error = \"UnauthorizedOperation\", nth = 1 }]"),
+        &sim_fleet(
+            "faults = [\n\
+             { action = \"CreateImage\", region = \"us-west-2\", error = \"UnauthorizedOperation\", nth = 1 },\n\
+             { action = \"*\", error = \"RequestLimitExceeded\", probability = 0.1 },\n]",
+        ),
     );
     let summary = workspace.path("summary.json");
     let outcome = fleetbake(&[
@@ -234,6 +238,7 @@ fn events_are_json_lines_every_job_starts_and_ends_and_the_counts_match() {
             _ => {}
         }
     }
+    assert_eq!(open.len(), 5, "4 builds and 1 copy started: {open:?}");
     assert!(open.values().all(|n| *n == 0), "every started job ended: {open:?}");
     assert_eq!(events.first().unwrap()["type"], "run_started");
     assert_eq!(events.last().unwrap()["type"], "run_finished");
@@ -247,10 +252,17 @@ fn events_are_json_lines_every_job_starts_and_ends_and_the_counts_match() {
     let finished = events.last().unwrap();
     assert_eq!(finished["succeeded"], 4);
     assert_eq!(finished["failed"], 2);
-    assert_eq!(
-        statistics["throttled_responses"].as_u64().unwrap_or(0),
-        count.get("throttled").copied().unwrap_or(0) as u64
+    // Throttling happened (the `*` fault), was absorbed, and the events, the statistics and the summary line
+    // count it alike.
+    let throttled = count.get("throttled").copied().unwrap_or(0);
+    assert!(throttled > 0, "throttled events: {count:?}");
+    assert_eq!(statistics["throttled_responses"].as_u64(), Some(throttled as u64), "{statistics}");
+    assert!(
+        outcome.stderr.contains(&format!(", 2 failures, {throttled} throttles absorbed")),
+        "{throttled} throttles: {}",
+        outcome.stderr
     );
+    assert!(!outcome.stderr.contains("RequestLimitExceeded"), "no throttle reaches the user");
 }
 
 /// Packer's manifest as its documentation describes it (post-processor `manifest`): read with nothing of
