@@ -455,6 +455,14 @@ fn a_resumed_run_does_not_publish_again_what_an_earlier_attempt_published() {
             let versions = parameter_history(&moto, region, &format!("/images/it/{flavor}"));
             assert_eq!(versions, [image.clone()], "{flavor} in {region}");
             assert_eq!(template_versions(&moto, region, &format!("{flavor}-nightly")), 2, "{flavor} in {region}");
+            // The manifest keeps what each attempt published, once.
+            let published = manifest["artifacts"][flavor][region]["published"].as_array();
+            let published = published.unwrap_or_else(|| panic!("{flavor} in {region}: nothing published: {manifest}"));
+            let kinds: Vec<(&str, i64)> = published
+                .iter()
+                .map(|p| (p["kind"].as_str().unwrap(), p["version"].as_i64().unwrap()))
+                .collect();
+            assert_eq!(kinds, [("ssm_parameter", 1), ("launch_template", 2)], "{flavor} in {region}: {published:?}");
         }
     }
     assert_nothing_temporary_left_anywhere(&moto);
