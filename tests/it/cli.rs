@@ -156,8 +156,11 @@ fn sigterm_cleans_up_as_sigint_does_writes_the_manifest_and_exits_143() {
     assert_eq!(gated.len(), 2, "the build and its copy: {failures:?}");
     assert!(gated.iter().all(|failure| failure["stage"] == "interrupted"), "{failures:?}");
     // The events name the signal.
-    let events: Vec<Value> =
-        std::fs::read_to_string(&events_path).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let events: Vec<Value> = std::fs::read_to_string(&events_path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
     let interrupted: Vec<&Value> = events.iter().filter(|event| event["type"] == "interrupted").collect();
     assert_eq!(interrupted.len(), 1, "{events:?}");
     assert_eq!(interrupted[0]["signal"], "SIGTERM");
@@ -211,8 +214,8 @@ fn logs_carry_no_colour_off_a_terminal_or_with_no_color() {
 fn plain_on_a_terminal_prints_timestamped_lines_and_no_live_view() {
     let workspace = Workspace::new();
     let fleet = workspace.write("fleet.toml", &sim_fleet("", ""));
-    let (code, screen) = Pty::start_with_env(&["matrix", fleet.to_str().unwrap(), "--cloud", "sim", "--plain"], &[])
-        .finish();
+    let (code, screen) =
+        Pty::start_with_env(&["matrix", fleet.to_str().unwrap(), "--cloud", "sim", "--plain"], &[]).finish();
     assert_eq!(code, 0, "{screen}");
     assert!(!screen.contains(CSI), "no cursor movement, line clearing or colour:\n{screen}");
     assert!(!screen.contains('\u{1b}'), "no escape at all:\n{screen}");
@@ -269,8 +272,14 @@ fn packer_manifest_flag_writes_the_runs_images_at_its_path() {
     let workspace = Workspace::new();
     let fleet = workspace.write("fleet.toml", &sim_fleet("", ""));
     let flagged = workspace.path("from-flag.json");
-    let outcome =
-        fleetbake(&["matrix", fleet.to_str().unwrap(), "--cloud", "sim", "--packer-manifest", flagged.to_str().unwrap()]);
+    let outcome = fleetbake(&[
+        "matrix",
+        fleet.to_str().unwrap(),
+        "--cloud",
+        "sim",
+        "--packer-manifest",
+        flagged.to_str().unwrap(),
+    ]);
     assert_eq!(outcome.code, 0, "{}", outcome.stderr);
     let manifest = read_json(&workspace.path("manifest.sim.json"));
     assert_eq!(manifest["artifacts"].as_object().unwrap().len(), 2, "{manifest}");
@@ -279,8 +288,14 @@ fn packer_manifest_flag_writes_the_runs_images_at_its_path() {
     // With the key set as well, the flag's path gets the run, the key's none.
     let keyed = workspace.write("keyed.toml", &sim_fleet("packer_manifest = \"from-key.json\"", ""));
     let second = workspace.path("second.json");
-    let outcome =
-        fleetbake(&["matrix", keyed.to_str().unwrap(), "--cloud", "sim", "--packer-manifest", second.to_str().unwrap()]);
+    let outcome = fleetbake(&[
+        "matrix",
+        keyed.to_str().unwrap(),
+        "--cloud",
+        "sim",
+        "--packer-manifest",
+        second.to_str().unwrap(),
+    ]);
     assert_eq!(outcome.code, 0, "{}", outcome.stderr);
     let manifest = read_json(&workspace.path("manifest.sim.json"));
     assert_packer_manifest_of(&second, &manifest);
@@ -320,7 +335,9 @@ fn resume_refuses_a_new_selection_before_any_aws_call_and_keeps_the_runs_own() {
         let refused = fleetbake(&["matrix", fleet, "--resume", selection[0], selection[1]]);
         assert_eq!(refused.code, 2, "{selection:?}: {}", refused.stderr);
         assert!(
-            refused.stderr.contains("--resume makes the interrupted run's own selection; leave out --only and --except"),
+            refused
+                .stderr
+                .contains("--resume makes the interrupted run's own selection; leave out --only and --except"),
             "{selection:?}: {}",
             refused.stderr
         );
@@ -393,8 +410,7 @@ fn a_resumed_run_does_not_publish_again_what_an_earlier_attempt_published() {
     // However the test ends, the held request is let go.
     let release = Release(Arc::clone(&hold));
     let proxy = FaultProxy::start(&moto.endpoint, move |request| {
-        if request.action == "PutParameter" && request.body.contains("/images/it/b") && holding.load(Ordering::SeqCst)
-        {
+        if request.action == "PutParameter" && request.body.contains("/images/it/b") && holding.load(Ordering::SeqCst) {
             seen_held.store(true, Ordering::SeqCst);
             while holding.load(Ordering::SeqCst) {
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -404,8 +420,8 @@ fn a_resumed_run_does_not_publish_again_what_an_earlier_attempt_published() {
         Answer::Forward
     });
     runtime().block_on(async {
-        let data =
-            aws_sdk_ec2::types::RequestLaunchTemplateData::builder().instance_type(aws_sdk_ec2::types::InstanceType::T3Small);
+        let data = aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Small);
         for region in REGIONS {
             for name in ["a-nightly", "b-nightly"] {
                 let create = moto.client(region).create_launch_template().launch_template_name(name);
@@ -453,15 +469,13 @@ fn a_resumed_run_does_not_publish_again_what_an_earlier_attempt_published() {
     for (flavor, images) in [("a", image_ids(&manifest, "a")), ("b", image_ids(&manifest, "b"))] {
         for (region, image) in REGIONS.iter().zip(&images) {
             let versions = parameter_history(&moto, region, &format!("/images/it/{flavor}"));
-            assert_eq!(versions, [image.clone()], "{flavor} in {region}");
+            assert_eq!(versions, std::slice::from_ref(image), "{flavor} in {region}");
             assert_eq!(template_versions(&moto, region, &format!("{flavor}-nightly")), 2, "{flavor} in {region}");
             // The manifest keeps what each attempt published, once.
             let published = manifest["artifacts"][flavor][region]["published"].as_array();
             let published = published.unwrap_or_else(|| panic!("{flavor} in {region}: nothing published: {manifest}"));
-            let kinds: Vec<(&str, i64)> = published
-                .iter()
-                .map(|p| (p["kind"].as_str().unwrap(), p["version"].as_i64().unwrap()))
-                .collect();
+            let kinds: Vec<(&str, i64)> =
+                published.iter().map(|p| (p["kind"].as_str().unwrap(), p["version"].as_i64().unwrap())).collect();
             assert_eq!(kinds, [("ssm_parameter", 1), ("launch_template", 2)], "{flavor} in {region}: {published:?}");
         }
     }
