@@ -168,6 +168,59 @@ fn sigterm_cleans_up_as_sigint_does_writes_the_manifest_and_exits_143() {
     assert!(rest.contains("==> SIGTERM: starting nothing new, cleaning up"), "{rest}");
 }
 
+/// README, "Exit codes": 143 for SIGTERM "after cleaning up; a second signal exits at once". The proxy shows the
+/// build's instance shutting down for ever (moto terminates at once), so the first SIGTERM's cleanup is still
+/// waiting when the second comes: the process exits with 143, names what may be left and how to remove it,
+/// and the manifest holds the run's last state.
+#[test]
+fn a_second_sigterm_exits_at_once_with_143_naming_what_may_be_left() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let proxy = FaultProxy::start(&moto.endpoint, |request| {
+        if request.action == "DescribeInstances" && request.body.contains("Filter.1.Name=instance-id") {
+            Answer::Rewrite(|body| body.replace("<name>terminated</name>", "<name>shutting-down</name>"))
+        } else {
+            Answer::Forward
+        }
+    });
+    let workspace = Workspace::new();
+    let gate = workspace.path("gate");
+    // `gated` alone: every instance of the run stays shutting down.
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"gated\"\nsource_ami = {AL2023}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"echo waiting for the gate\", \"{}\"] }}]\n\n\
+         [regions]\nus-west-2 = []\n",
+        fleet_header_at(&proxy.endpoint, &sshd),
+        wait_for_gate(&gate)
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let mut running = start_in(&workspace, &["matrix", fleet_path.to_str().unwrap()]);
+    running.read_until("gated/us-west-2: waiting for the gate");
+    running.signal("TERM");
+    running.read_until("cleaning up instance");
+    // Cleanup is waiting for the instance to terminate.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    running.signal("TERM");
+    let seen = running.seen.clone();
+    let (code, rest) = running.finish();
+    std::fs::write(&gate, "").unwrap();
+    assert_eq!(code, Some(143), "stderr:\n{seen}{rest}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "at once: {:?}", started.elapsed());
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["status"], "partial", "{manifest}");
+    assert!(manifest["finished_at"].is_string(), "the manifest's last state is written: {manifest}");
+    // The security group was left (its instance never ended), and is named with the command that removes it.
+    let groups = runtime().block_on(security_group_names(&moto.client("us-west-2")));
+    let left: Vec<&String> = groups.iter().filter(|name| name.starts_with("fleetbake-")).collect();
+    assert_eq!(left.len(), 1, "{groups:?}");
+    assert!(rest.contains("exited without waiting for cleanup; these may be left in the account:"), "{rest}");
+    for kind in ["instance i-", "security group sg-"] {
+        assert!(rest.contains(&format!("  {kind}")), "{kind}: {rest}");
+    }
+    assert!(rest.contains(&format!("fleetbake gc {}", fleet_path.display())), "{rest}");
+}
+
 /// Bytes of an ANSI control sequence (CSI: colour, cursor movement, line clearing).
 const CSI: &str = "\u{1b}[";
 
