@@ -168,6 +168,36 @@ fn sigterm_cleans_up_as_sigint_does_writes_the_manifest_and_exits_143() {
     assert!(rest.contains("==> SIGTERM: starting nothing new, cleaning up"), "{rest}");
 }
 
+/// Kills a process (SIGKILL) unless dropped within a time limit: a test of "exits at once" fails instead of
+/// hanging when it does not.
+struct Watchdog(Arc<AtomicBool>);
+
+impl Watchdog {
+    fn kill_after(pid: u32, limit: std::time::Duration) -> Watchdog {
+        let done = Arc::new(AtomicBool::new(false));
+        let finished = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + limit;
+            while std::time::Instant::now() < deadline {
+                if finished.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            if !finished.load(Ordering::SeqCst) {
+                let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+        });
+        Watchdog(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// README, "Exit codes": 143 for SIGTERM "after cleaning up; a second signal exits at once". The proxy shows the
 /// build's instance shutting down for ever (moto terminates at once), so the first SIGTERM's cleanup is still
 /// waiting when the second comes: the process exits with 143, names what may be left and how to remove it,
@@ -203,7 +233,9 @@ fn a_second_sigterm_exits_at_once_with_143_naming_what_may_be_left() {
     let started = std::time::Instant::now();
     running.signal("TERM");
     let seen = running.seen.clone();
+    let watchdog = Watchdog::kill_after(running.child.0.id(), std::time::Duration::from_secs(20));
     let (code, rest) = running.finish();
+    drop(watchdog);
     std::fs::write(&gate, "").unwrap();
     assert_eq!(code, Some(143), "stderr:\n{seen}{rest}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "at once: {:?}", started.elapsed());
