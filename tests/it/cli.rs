@@ -106,6 +106,17 @@ fn start_in(workspace: &Workspace, args: &[&str]) -> Running {
     Running::start(args, &[("TMPDIR", tmp.to_str().unwrap())])
 }
 
+/// Removes the provisioner scripts run `run_id` uploaded to the test sshd (this machine) and that a run killed
+/// mid-provisioning never got to remove (on EC2 they go with the instance).
+fn remove_uploaded_scripts(run_id: &str) {
+    let prefix = format!("fleetbake-{run_id}-");
+    for entry in std::fs::read_dir("/tmp").unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn assert_nothing_temporary_left_anywhere(moto: &Moto) {
     runtime().block_on(async {
         for region in REGIONS {
@@ -237,6 +248,7 @@ fn a_second_sigterm_exits_at_once_with_143_naming_what_may_be_left() {
     let (code, rest) = running.finish();
     drop(watchdog);
     std::fs::write(&gate, "").unwrap();
+    remove_uploaded_scripts(read_manifest(&workspace)["run_id"].as_str().unwrap());
     assert_eq!(code, Some(143), "stderr:\n{seen}{rest}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "at once: {:?}", started.elapsed());
     let manifest = read_manifest(&workspace);
@@ -585,6 +597,7 @@ fn a_version_1_journal_is_resumed() {
     std::fs::write(&gate, "").unwrap();
     let killed = read_manifest(&workspace);
     let run_id = killed["run_id"].as_str().unwrap().to_string();
+    remove_uploaded_scripts(&run_id);
     let quick_images = image_ids(&killed, "quick");
 
     let journal = journal_path(&workspace, &run_id);
