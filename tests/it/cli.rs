@@ -1,4 +1,5 @@
-//! What README.md promises of the command line that no other test checks: SIGTERM, `NO_COLOR` and colour,
+//! What README.md promises of the command line that no other test checks: SIGTERM (once and twice), `NO_COLOR`
+//! and colour,
 //! `--plain` on a terminal, `--packer-manifest PATH`, `--resume` with a new selection, no publication made
 //! twice across a resume, and resuming a version-1 journal. On the simulated cloud where EC2 does not matter,
 //! else through aws-sdk-ec2 / -ssm → moto (behind a recording proxy where requests are counted) and
@@ -330,7 +331,7 @@ fn plain_on_a_terminal_prints_timestamped_lines_and_no_live_view() {
     assert!(!screen.contains("· copies "), "no live view header:\n{screen}");
 }
 
-/// Packer's `artifact_id` (`region:ami,region:ami`) as a map.
+/// Packer's `artifact_id` (`region:ami,region:ami`) as (region, image) pairs.
 fn packer_artifacts(build: &Value) -> Vec<(String, String)> {
     let artifact_id = build["artifact_id"].as_str().unwrap();
     artifact_id
