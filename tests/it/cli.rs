@@ -1,9 +1,8 @@
-//! What README.md promises of the command line that no other test checks: SIGTERM (once and twice), `NO_COLOR`
-//! and colour,
-//! `--plain` on a terminal, `--packer-manifest PATH`, `--resume` with a new selection, no publication made
-//! twice across a resume, and resuming a version-1 journal. On the simulated cloud where EC2 does not matter,
-//! else through aws-sdk-ec2 / -ssm → moto (behind a recording proxy where requests are counted) and
-//! openssh → sshd.
+//! What README.md promises of the command line that no other test checks: SIGTERM (once and twice),
+//! `NO_COLOR` and colour, `--plain` on a terminal, `--packer-manifest PATH`, `--resume` with a new selection,
+//! no publication made twice across a resume, and resuming a version-1 journal. On the simulated cloud where
+//! EC2 does not matter, else through aws-sdk-ec2 / -ssm → moto (behind a recording proxy where requests are
+//! counted) and openssh → sshd.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
