@@ -242,6 +242,15 @@ impl Scheduler {
 
     /// A job an earlier attempt finished: announced and done without a task.
     fn reuse(&self, job: JobId, artifact: &Artifact, state: &mut LoopState, queue: &mut DependencyQueue<JobId>) {
+        // With what earlier attempts published of it: journaled apart from the image when a flavor is
+        // published at the end of a run, and not published again.
+        let mut artifact = artifact.clone();
+        for publication in self.published.get(&job).into_iter().flatten() {
+            if !artifact.published.contains(publication) {
+                artifact.published.push(publication.clone());
+            }
+        }
+        let artifact = &artifact;
         let label = self.label(job);
         let detail = match &artifact.reused_from {
             Some(run) => format!("reusing {} of run {run}: nothing changed", artifact.image_id),

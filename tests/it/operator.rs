@@ -48,7 +48,7 @@ source_cidrs = ["203.0.113.5/32"]
 }
 
 /// `fleetbake ARGS` under a pseudo-terminal (util-linux `script`), so stderr is a TTY.
-struct Pty {
+pub(crate) struct Pty {
     child: KillOnDrop,
     out: std::process::ChildStdout,
     seen: String,
@@ -57,11 +57,18 @@ struct Pty {
 impl Pty {
     /// From `workspace`, with the environment every fleetbake a test starts gets ([`Workspace::command`]).
     fn start(workspace: &Workspace, args: &[&str]) -> Pty {
+        Pty::start_with_env(workspace, args, &[])
+    }
+
+    /// [`Pty::start`] with `env` set and `NO_COLOR` only if `env` names it.
+    pub(crate) fn start_with_env(workspace: &Workspace, args: &[&str], env: &[(&str, &str)]) -> Pty {
         let command = std::iter::once(env!("CARGO_BIN_EXE_fleetbake")).chain(args.iter().copied()).collect::<Vec<_>>();
         let mut child = workspace
             .command("script", TEST_CREDENTIALS)
             .args(["-qfec", &command.join(" "), "/dev/null"])
             .env("TERM", "xterm")
+            .env_remove("NO_COLOR")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("util-linux `script` runs (scripts/install-test-deps.sh installs it)");
@@ -80,7 +87,7 @@ impl Pty {
     }
 
     /// Everything to the end, and the exit code (`script -e` passes fleetbake's on).
-    fn finish(mut self) -> (i32, String) {
+    pub(crate) fn finish(mut self) -> (i32, String) {
         let mut rest = Vec::new();
         self.out.read_to_end(&mut rest).unwrap();
         self.seen.push_str(&String::from_utf8_lossy(&rest));
@@ -188,7 +195,11 @@ fn events_are_json_lines_every_job_starts_and_ends_and_the_counts_match() {
     let workspace = Workspace::new();
     let fleet = workspace.write(
         "fleet.toml",
-        &sim_fleet("faults = [{ action = \"CreateImage\", region = \"us-west-2\", error = \"UnauthorizedOperation\", nth = 1 }]"),
+        &sim_fleet(
+            "faults = [\n\
+             { action = \"CreateImage\", region = \"us-west-2\", error = \"UnauthorizedOperation\", nth = 1 },\n\
+             { action = \"*\", error = \"RequestLimitExceeded\", probability = 0.1 },\n]",
+        ),
     );
     let summary = workspace.path("summary.json");
     let outcome = workspace.fleetbake(&[
@@ -225,6 +236,7 @@ fn events_are_json_lines_every_job_starts_and_ends_and_the_counts_match() {
             _ => {}
         }
     }
+    assert_eq!(open.len(), 5, "4 builds and 1 copy started: {open:?}");
     assert!(open.values().all(|n| *n == 0), "every started job ended: {open:?}");
     assert_eq!(events.first().unwrap()["type"], "run_started");
     assert_eq!(events.last().unwrap()["type"], "run_finished");
@@ -238,10 +250,17 @@ fn events_are_json_lines_every_job_starts_and_ends_and_the_counts_match() {
     let finished = events.last().unwrap();
     assert_eq!(finished["succeeded"], 4);
     assert_eq!(finished["failed"], 2);
-    assert_eq!(
-        statistics["throttled_responses"].as_u64().unwrap_or(0),
-        count.get("throttled").copied().unwrap_or(0) as u64
+    // Throttling happened (the `*` fault), was absorbed, and the events, the statistics and the summary line
+    // count it alike.
+    let throttled = count.get("throttled").copied().unwrap_or(0);
+    assert!(throttled > 0, "throttled events: {count:?}");
+    assert_eq!(statistics["throttled_responses"].as_u64(), Some(throttled as u64), "{statistics}");
+    assert!(
+        outcome.stderr.contains(&format!(", 2 failures, {throttled} throttles absorbed")),
+        "{throttled} throttles: {}",
+        outcome.stderr
     );
+    assert!(!outcome.stderr.contains("RequestLimitExceeded"), "no throttle reaches the user");
 }
 
 /// Packer's manifest as its documentation describes it (post-processor `manifest`): read with nothing of
