@@ -250,6 +250,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_observer_is_told_of_every_throttle_and_the_stats_are_the_limits_own() {
+        let retry =
+            RetryPolicy { first_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5), max_retries: 5 };
+        let limits = ApiLimits::new(&ApiRates::default(), retry, Pacing::Adaptive);
+        let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = Arc::clone(&told);
+        limits.stats().observe_throttles(Box::new(move |region: &Region, action: Action| {
+            record.lock().unwrap().push((region.clone(), action))
+        }));
+        let limiter = limits.region(&Region::new("eu-west-1"));
+        let attempts = AtomicUsize::new(0);
+        let result = limiter
+            .call(Action::DescribeImages, || async {
+                if attempts.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(throttled(limiter.region()))
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        assert!(result.is_ok());
+        let eu = Region::new("eu-west-1");
+        assert_eq!(*told.lock().unwrap(), [(eu.clone(), Action::DescribeImages), (eu, Action::DescribeImages)]);
+        assert_eq!(limits.stats().throttled_responses(), 2, "the run's stats are the ones the limiter counted in");
+        assert!(limiter.adaptive(ActionClass::NonMutating).is_some(), "adaptive pacing keeps a rate per class");
+    }
+
+    #[tokio::test]
     async fn permanent_errors_are_not_retried() {
         let limiter = limiter(5);
         let result: CloudResult<()> = limiter

@@ -87,8 +87,11 @@ mod tests {
         assert_eq!(queue.pop_ready(), Some("b1"));
         assert_eq!(queue.pop_ready(), Some("b2"));
         assert_eq!(queue.pop_ready(), None);
+        assert!(!queue.is_empty(), "c1 and c2 still wait");
         queue.satisfied(&"b1");
+        assert!(!queue.is_empty(), "c1 and c2 are ready");
         assert_eq!(queue.pop_ready(), Some("c1"));
+        assert!(!queue.is_empty(), "c2 is ready");
         assert_eq!(queue.pop_ready(), Some("c2"));
         assert!(queue.is_empty());
     }

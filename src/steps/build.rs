@@ -193,7 +193,7 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
             end.failures.extend(failures);
             on_available(&artifact);
             // After the announcement: the image is usable whether or not its snapshots get their tags.
-            let tags = context.run.image_tags(&context.flavor, &artifact.source_image_id);
+            let tags = context.run.artifact_tags(&context.flavor, &artifact);
             if let Err(error) = finish::tag_snapshots(&*context.cloud, &artifact.snapshot_ids, &tags).await {
                 end.failures.push(Failure::from_cloud(&label, Stage::Tag, &error));
             }
@@ -676,7 +676,7 @@ async fn test_image(context: &BuildContext, stack: &mut CleanupStack, artifact: 
         stack.push(UndoStep::discard_failed(&*context.cloud, ledger, &context.job.key(), image, None).await);
     } else {
         // Kept: its snapshots carry the image's tags like any image's (a passing image's get them once finished).
-        let tags = context.run.image_tags(&context.flavor, &artifact.source_image_id);
+        let tags = context.run.artifact_tags(&context.flavor, &artifact);
         if let Err(tag_error) = finish::tag_snapshots(&*context.cloud, &artifact.snapshot_ids, &tags).await {
             tracing::warn!("cannot tag the snapshots of {image}, kept though it failed its tests: {tag_error}");
         }

@@ -179,8 +179,11 @@ fn two_flavors_two_build_regions_baked_copied_and_cleaned_up() {
                     for snapshot in &image.snapshot_ids {
                         let tags = snapshot_tags(&client, snapshot).await;
                         assert_eq!(tags.get("fleetbake:run-id"), Some(&run_id), "{snapshot} in {region}");
+                        assert!(
+                            tags.contains_key("fleetbake:fingerprint"),
+                            "{snapshot} of {name} in {region}: {tags:?}"
+                        );
                         assert_eq!(tags.get("fleetbake:fingerprint"), image.tags.get("fleetbake:fingerprint"));
-                        assert!(tags.contains_key("fleetbake:fingerprint"), "{snapshot} in {region}");
                     }
                 }
             }

@@ -117,8 +117,7 @@ const OUTPUTS: [&str; 4] = ["out/manifest.json", "out/packer-manifest.json", "ou
 /// Runs `fleetbake -v matrix` on `fleet` with every output on, its TMPDIR inside the workspace (left empty).
 fn run_with_every_output(workspace: &Workspace, fleet: &str) -> Outcome {
     let fleet_path = workspace.write("fleet.toml", fleet);
-    let tmp = workspace.path("tmp");
-    std::fs::create_dir(&tmp).unwrap();
+    let tmp = workspace.tmp();
     std::fs::create_dir(workspace.path("out")).unwrap();
     let [_, packer, events, summary] = OUTPUTS.map(|relative| workspace.path(relative).display().to_string());
     let outcome = workspace.fleetbake_with_env(
@@ -133,7 +132,7 @@ fn run_with_every_output(workspace: &Workspace, fleet: &str) -> Outcome {
             "--packer-manifest",
             &packer,
         ],
-        &[("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("TMPDIR", tmp.to_str().unwrap())],
+        &[("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")],
     );
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "the private key's directory is removed");
     outcome
