@@ -4,6 +4,7 @@ mod accounts;
 mod cloud_state;
 mod corpus;
 mod ec2_errors;
+mod exit_codes;
 mod fleet_keys;
 mod harness;
 mod layout;
