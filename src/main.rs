@@ -1,4 +1,5 @@
-//! The `fleetbake` command line: subcommands and exit codes; the work is in the library.
+//! The `fleetbake` command line: subcommands, what they print and how each ended (an `Ending`, whose exit
+//! code `engine::exit` decides); the work is in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,14 +13,10 @@ use fleetbake::cloud::aws::AwsCloud;
 use fleetbake::cloud::limiter::{ApiLimits, Pacing, RetryPolicy};
 use fleetbake::cloud::Cloud;
 use fleetbake::config;
+use fleetbake::engine::exit::Ending;
 use fleetbake::engine::run::{self, EventsTo, MatrixOptions, OutputOptions, RunOutcome, Strategy, View};
 use fleetbake::engine::scheduler::Interrupt;
 use fleetbake::plan::{Plan, RunId};
-use fleetbake::state::journal::JournalError;
-
-/// Exit codes, as documented in the README.
-const EXIT_FAILED: u8 = 1;
-const EXIT_BAD_INPUT: u8 = 2;
 
 #[derive(Parser)]
 #[command(name = "fleetbake", version, about = "Bake EBS-backed AMIs for a whole fleet in one run")]
@@ -139,8 +136,8 @@ impl Select {
     }
 }
 
-/// Loads the fleet file and narrows it to `select`; every problem printed, exit 2.
-fn load(path: &std::path::Path, select: &Select) -> Result<config::Fleet, ExitCode> {
+/// Loads the fleet file and narrows it to `select`; every problem printed, refused.
+fn load(path: &std::path::Path, select: &Select) -> Result<config::Fleet, Ending> {
     let mut fleet = config::load(path).map_err(bad_input)?;
     let parse = |texts: &[String]| -> Result<Vec<config::JobPattern>, Vec<String>> {
         let parsed: Vec<_> = texts.iter().map(|text| config::JobPattern::parse(text)).collect();
@@ -157,14 +154,14 @@ fn load(path: &std::path::Path, select: &Select) -> Result<config::Fleet, ExitCo
             for problem in only.err().into_iter().flatten().chain(except.err().into_iter().flatten()) {
                 eprintln!("error: {problem}");
             }
-            return Err(ExitCode::from(EXIT_BAD_INPUT));
+            return Err(Ending::Refused);
         }
     };
     if let Err(problems) = fleet.select(selection) {
         for problem in problems {
             eprintln!("error: {problem}");
         }
-        return Err(ExitCode::from(EXIT_BAD_INPUT));
+        return Err(Ending::Refused);
     }
     Ok(fleet)
 }
@@ -178,6 +175,11 @@ enum CloudChoice {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    ExitCode::from(command(cli).exit())
+}
+
+/// Runs the command: it prints what it has to say and returns how it ended.
+fn command(cli: Cli) -> Ending {
     match cli.command {
         Command::Validate { fleet } => match config::load(&fleet) {
             Ok(loaded) => {
@@ -190,7 +192,7 @@ fn main() -> ExitCode {
                     plan.builds.len(),
                     plan.copies.len()
                 );
-                ExitCode::SUCCESS
+                Ending::Done
             }
             Err(errors) => bad_input(errors),
         },
@@ -201,9 +203,9 @@ fn main() -> ExitCode {
             }
             Ok(loaded) => {
                 print!("{}", Plan::new(&loaded, RunId::generate(Utc::now()), Utc::now()));
-                ExitCode::SUCCESS
+                Ending::Done
             }
-            Err(code) => code,
+            Err(refused) => refused,
         },
         Command::Manifest { command } => manifest(command),
         Command::Completions { shell } => {
@@ -213,7 +215,7 @@ fn main() -> ExitCode {
                 "fleetbake",
                 &mut std::io::stdout(),
             );
-            ExitCode::SUCCESS
+            Ending::Done
         }
         Command::Gc { fleet, dry_run } => {
             let loaded = match config::load(&fleet) {
@@ -226,7 +228,7 @@ fn main() -> ExitCode {
         Command::Preflight { fleet, select, cloud } => {
             let loaded = match load(&fleet, &select) {
                 Ok(loaded) => loaded,
-                Err(code) => return code,
+                Err(refused) => return refused,
             };
             let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
             runtime.block_on(preflight(loaded, cloud))
@@ -246,18 +248,18 @@ fn main() -> ExitCode {
         } => {
             if resume && !select.is_empty() {
                 eprintln!("error: --resume makes the interrupted run's own selection; leave out --only and --except");
-                return ExitCode::from(EXIT_BAD_INPUT);
+                return Ending::Refused;
             }
             let mut loaded = match load(&fleet, &select) {
                 Ok(loaded) => loaded,
-                Err(code) => return code,
+                Err(refused) => return refused,
             };
             loaded.matrix.changed_only |= changed_only;
             if resume && cloud == CloudChoice::Sim {
                 eprintln!(
                     "error: --resume: a simulated account does not outlive its process; there is nothing to resume"
                 );
-                return ExitCode::from(EXIT_BAD_INPUT);
+                return Ending::Refused;
             }
             let view = if cli.quiet {
                 View::Quiet
@@ -296,7 +298,7 @@ async fn aws(fleet: &config::Fleet, run_id: &RunId) -> AwsCloud {
     AwsCloud::connect(&fleet.aws, run_id, run::home_region(fleet), limits).await
 }
 
-async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> ExitCode {
+async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> Ending {
     let cloud: Arc<dyn Cloud> = Arc::new(aws(&fleet, &RunId::generate(Utc::now())).await);
     match fleetbake::state::gc::gc(&fleet, cloud, dry_run).await {
         Ok((plan, outcome)) => {
@@ -320,39 +322,27 @@ async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> Exit
                     outcome.failures
                 );
             }
-            if outcome.failures > 0 {
-                ExitCode::from(EXIT_FAILED)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        Err(error @ fleetbake::state::gc::GcError::Journal(JournalError::Busy { .. })) => {
-            eprintln!("error: {error}");
-            ExitCode::from(EXIT_FAILED)
-        }
-        Err(error @ fleetbake::state::gc::GcError::Journal(_)) => {
-            eprintln!("error: {error}");
-            ExitCode::from(EXIT_BAD_INPUT)
+            Ending::Collected { failures: outcome.failures }
         }
         Err(error) => {
             eprintln!("error: {error}");
-            ExitCode::from(EXIT_FAILED)
+            Ending::GcStopped(error)
         }
     }
 }
 
 /// `fleetbake plan --changed-only`: per build, rebuild or reuse, and why; read-only.
-async fn changed_plan(fleet: config::Fleet) -> ExitCode {
+async fn changed_plan(fleet: config::Fleet) -> Ending {
     let clock = fleetbake::util::clock::RunClock::start();
     let plan = Plan::new(&fleet, RunId::generate(clock.started_at()), clock.started_at());
     let cloud = aws(&fleet, &plan.run_id).await;
     let changes = fleetbake::engine::changed::decide(&fleet, &plan, &cloud, &clock, false).await;
     print!("{}", fleetbake::engine::changed::ChangedPlan { plan: &plan, changes: &changes });
-    ExitCode::SUCCESS
+    Ending::Done
 }
 
-/// `fleetbake preflight`: the checks of a new run of the fleet, one line each on stdout; exit 1 if any failed.
-async fn preflight(fleet: config::Fleet, cloud: CloudChoice) -> ExitCode {
+/// `fleetbake preflight`: the checks of a new run of the fleet, one line each on stdout, and how many failed.
+async fn preflight(fleet: config::Fleet, cloud: CloudChoice) -> Ending {
     let plan = Plan::new(&fleet, RunId::generate(Utc::now()), Utc::now());
     let cloud: Arc<dyn Cloud> = match cloud {
         CloudChoice::Aws => Arc::new(aws(&fleet, &plan.run_id).await),
@@ -367,14 +357,13 @@ async fn preflight(fleet: config::Fleet, cloud: CloudChoice) -> ExitCode {
     let failed = report.failures().count();
     if failed == 0 {
         println!("preflight {}: all {} checks passed", fleet.file.display(), report.checks.len());
-        ExitCode::SUCCESS
     } else {
         println!("preflight {}: {failed} of {} checks failed", fleet.file.display(), report.checks.len());
-        ExitCode::from(EXIT_FAILED)
     }
+    Ending::Checked { failed }
 }
 
-async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice) -> ExitCode {
+async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice) -> Ending {
     let fleet_file = fleet.file.clone();
     let interrupts = forward_interrupts();
     let outcome = match cloud {
@@ -412,65 +401,48 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
                     fleet_file.display()
                 );
             }
-            match summary.interrupted {
-                Some(interrupt) => ExitCode::from(interrupt.exit_code as u8),
-                None if summary.failed > 0 || !leaked.is_empty() => ExitCode::from(EXIT_FAILED),
-                None => ExitCode::SUCCESS,
-            }
-        }
-        // A journal that cannot be used as it is, is bad input; one that cannot be read or written, or that
-        // another run holds, is not.
-        Err(ref error @ run::RunError::Journal(ref journal))
-            if !matches!(
-                journal,
-                JournalError::Io { .. } | JournalError::Busy { .. } | JournalError::InProgress { .. }
-            ) =>
-        {
-            eprintln!("error: {error}");
-            ExitCode::from(EXIT_BAD_INPUT)
-        }
-        Err(run::RunError::Preflight(report)) => {
-            eprint!("{report}");
-            eprintln!("error: {}", run::RunError::Preflight(report.clone()));
-            ExitCode::from(EXIT_FAILED)
+            Ending::Ran { summary: Box::new(summary), leaked: leaked.len() }
         }
         Err(error) => {
+            if let run::RunError::Preflight(report) = &error {
+                eprint!("{report}");
+            }
             eprintln!("error: {error}");
-            ExitCode::from(EXIT_FAILED)
+            Ending::RunStopped(error)
         }
     }
 }
 
 /// `fleetbake manifest get|diff`.
-fn manifest(command: ManifestCommand) -> ExitCode {
+fn manifest(command: ManifestCommand) -> Ending {
     use fleetbake::state::manifest::Manifest;
     let read = |path: &std::path::Path| {
         Manifest::read(path).map_err(|error| {
             eprintln!("error: cannot read the manifest `{}`: {error}", path.display());
-            ExitCode::from(EXIT_BAD_INPUT)
+            Ending::ManifestUnreadable
         })
     };
     match command {
         ManifestCommand::Get { flavor, region, manifest } => {
             let manifest = match read(&manifest) {
                 Ok(manifest) => manifest,
-                Err(code) => return code,
+                Err(unreadable) => return unreadable,
             };
             match manifest.image(&flavor, &region) {
                 Some(image) => {
                     println!("{image}");
-                    ExitCode::SUCCESS
+                    Ending::Done
                 }
                 None => {
                     eprintln!("error: the manifest has no image of `{flavor}` in {region}");
-                    ExitCode::from(EXIT_FAILED)
+                    Ending::NoSuchImage
                 }
             }
         }
         ManifestCommand::Diff { old, new } => {
             let (old, new) = match (read(&old), read(&new)) {
                 (Ok(old), Ok(new)) => (old, new),
-                (Err(code), _) | (_, Err(code)) => return code,
+                (Err(unreadable), _) | (_, Err(unreadable)) => return unreadable,
             };
             let changes = fleetbake::state::manifest::diff(&old, &new);
             if changes.is_empty() {
@@ -479,29 +451,30 @@ fn manifest(command: ManifestCommand) -> ExitCode {
             for change in changes {
                 println!("{change}");
             }
-            ExitCode::SUCCESS
+            Ending::Done
         }
     }
 }
 
-fn bad_input(errors: config::ConfigErrors) -> ExitCode {
+fn bad_input(errors: config::ConfigErrors) -> Ending {
     for error in &errors.0 {
         eprintln!("error: {error}");
     }
-    ExitCode::from(EXIT_BAD_INPUT)
+    Ending::Refused
 }
 
 /// SIGINT and SIGTERM, delivered to the scheduler as [`Interrupt`]s.
 fn forward_interrupts() -> mpsc::UnboundedReceiver<Interrupt> {
     use tokio::signal::unix::{signal, SignalKind};
     let (sender, receiver) = mpsc::unbounded_channel();
-    for (kind, name, exit_code) in [(SignalKind::interrupt(), "SIGINT", 130), (SignalKind::terminate(), "SIGTERM", 143)]
+    for (kind, interrupt) in
+        [(SignalKind::interrupt(), Interrupt::SIGINT), (SignalKind::terminate(), Interrupt::SIGTERM)]
     {
         let sender = sender.clone();
         let mut stream = signal(kind).expect("signal handlers install");
         tokio::spawn(async move {
             while stream.recv().await.is_some() {
-                if sender.send(Interrupt { signal: name, exit_code }).is_err() {
+                if sender.send(interrupt).is_err() {
                     break;
                 }
             }

@@ -1,10 +1,12 @@
 //! Executes a plan: [`run`] wires a run together (the journal, the cloud, the communicator, the reporters),
 //! the [`scheduler`]'s one loop starts jobs as slots of [`limits`] allow and routes their events, and
-//! [`summary`] makes the run statistics; [`changed`] decides what `--changed-only` reuses.
+//! [`summary`] makes the run statistics; [`changed`] decides what `--changed-only` reuses; [`exit`] decides
+//! every command's exit code.
 //!
 //! Layer: the top. `engine` may import every other layer; none imports it.
 
 pub mod changed;
+pub mod exit;
 pub mod limits;
 pub mod preflight;
 pub mod run;

@@ -31,11 +31,12 @@ use crate::steps::build::{self, BuildContext, PendingImage};
 use crate::steps::context::RunContext;
 use crate::steps::copy::{self, CopyContext};
 
-/// An interrupt delivered to the loop (SIGINT, SIGTERM).
+/// An interrupt delivered to the loop (SIGINT, SIGTERM): [`Interrupt::SIGINT`] and [`Interrupt::SIGTERM`],
+/// whose exit codes `engine::exit` decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Interrupt {
     pub signal: &'static str,
-    pub exit_code: i32,
+    pub exit_code: u8,
 }
 
 /// How a run ended.

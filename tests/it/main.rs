@@ -5,6 +5,7 @@ mod cli;
 mod cloud_state;
 mod corpus;
 mod ec2_errors;
+mod exit_codes;
 mod fleet_keys;
 mod harness;
 mod layout;
