@@ -166,6 +166,31 @@ mod tests {
         assert_eq!(answer.unwrap_err().code.as_deref(), Some("InvalidGroup.NotFound"));
         let waited = started.elapsed();
         assert!(waited >= CONSISTENCY_WINDOW && waited < CONSISTENCY_WINDOW + Duration::from_secs(15), "{waited:?}");
+        // The last pause ends as the window closes, and the NotFound then is believed.
+        assert_eq!(waited, CONSISTENCY_WINDOW);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_listed_looks_a_last_time_as_the_window_closes() {
+        let started = Instant::now();
+        let looks = Cell::new(0);
+        let found: CloudResult<Option<()>> = until_listed(|| async {
+            looks.set(looks.get() + 1);
+            Ok(None)
+        })
+        .await;
+        assert_eq!(found.unwrap(), None);
+        assert_eq!(started.elapsed(), CONSISTENCY_WINDOW);
+        // Pauses of 1 + 2 + 4 + 8 s, then 19 of 15 s end exactly at the window: a look after each, and the first.
+        assert_eq!(looks.get(), 24);
+
+        let looks = Cell::new(0);
+        let found = until_listed(|| async {
+            looks.set(looks.get() + 1);
+            Ok((looks.get() == 3).then_some("sg-1"))
+        })
+        .await;
+        assert_eq!(found.unwrap(), Some("sg-1"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,8 +10,8 @@
 //! past the deadline — the last is shortened to end at it — and a try that fails at or after the deadline is
 //! the last.** So a budget is spent exactly at its deadline, with one try made there.
 //!
-//! Cancellation: [`retry_cancellable`] races each pause against a cancellation token and starts no try once it
-//! is cancelled; a try itself is never raced (a call that creates something must be heard to its end).
+//! Cancellation: [`retry_cancellable`] races each pause against a cancellation token and starts no further try
+//! once it is cancelled; a try itself is never raced (a call that creates something must be heard to its end).
 //!
 //! Layer: `cloud`, below everything that retries (`remote`, `steps`); it imports only `consistency`'s window.
 
@@ -69,7 +69,7 @@ impl Backoff {
     }
 
     /// The first pause.
-    fn start(&self) -> Duration {
+    fn first_pause(&self) -> Duration {
         if self.immediate_first {
             Duration::ZERO
         } else {
@@ -168,9 +168,9 @@ impl Policy {
     pub fn start_from(self, origin: Instant) -> Retry {
         Retry {
             deadline: Deadline::at(origin + self.budget),
-            next_pause: self.backoff.start(),
+            next_pause: self.backoff.first_pause(),
             backoff: self.backoff,
-            tries: 0,
+            pauses: 0,
         }
     }
 }
@@ -182,7 +182,7 @@ pub struct Retry {
     deadline: Deadline,
     next_pause: Duration,
     /// Pauses given so far.
-    tries: u32,
+    pauses: u32,
 }
 
 impl Retry {
@@ -195,13 +195,13 @@ impl Retry {
         let now = Instant::now();
         let pause = self.deadline.clip(now + self.next_pause) - now;
         self.next_pause = self.backoff.after(self.next_pause);
-        self.tries += 1;
+        self.pauses += 1;
         Some(pause)
     }
 
     /// Pauses given so far.
     pub fn pauses(&self) -> u32 {
-        self.tries
+        self.pauses
     }
 
     pub fn deadline(&self) -> Deadline {
@@ -216,7 +216,8 @@ pub enum Outcome<T, E> {
     Done(Result<T, E>),
     /// Worth another try after the policy's next pause.
     Again(E),
-    /// Worth another try at once (somewhere else), without a pause.
+    /// Worth another try at once (somewhere else), without a pause and whatever the budget says: the attempt
+    /// bounds how often it answers this (a launch, once per placement between pauses).
     AgainAtOnce(E),
 }
 
@@ -245,10 +246,10 @@ pub enum Stopped<E> {
     Cancelled,
 }
 
-/// Makes tries until one is done or the budget is spent, pausing as `retry` says; `before_pause` is told of
+/// Makes tries until one is done or the budget is spent, pausing as `retrying` says; `before_pause` is told of
 /// each pause and the error that caused it. `attempt` is given the number of tries made before it.
 pub async fn retry<T, E, Attempt, Tried>(
-    retry: Retry,
+    retrying: Retry,
     attempt: Attempt,
     before_pause: impl FnMut(&E, Duration),
 ) -> Result<T, GaveUp<E>>
@@ -256,7 +257,7 @@ where
     Attempt: FnMut(u32) -> Tried,
     Tried: Future<Output = Outcome<T, E>>,
 {
-    match run(retry, None, attempt, before_pause).await {
+    match run(retrying, None, attempt, before_pause).await {
         Ok(value) => Ok(value),
         Err(Stopped::GaveUp(gave_up)) => Err(gave_up),
         Err(Stopped::Cancelled) => unreachable!("cancelled without a cancellation token"),
@@ -265,7 +266,7 @@ where
 
 /// [`retry`], its pauses raced against `cancel`.
 pub async fn retry_cancellable<T, E, Attempt, Tried>(
-    retry: Retry,
+    retrying: Retry,
     cancel: &CancellationToken,
     attempt: Attempt,
     before_pause: impl FnMut(&E, Duration),
@@ -274,11 +275,11 @@ where
     Attempt: FnMut(u32) -> Tried,
     Tried: Future<Output = Outcome<T, E>>,
 {
-    run(retry, Some(cancel), attempt, before_pause).await
+    run(retrying, Some(cancel), attempt, before_pause).await
 }
 
 async fn run<T, E, Attempt, Tried>(
-    mut retry: Retry,
+    mut retrying: Retry,
     cancel: Option<&CancellationToken>,
     mut attempt: Attempt,
     mut before_pause: impl FnMut(&E, Duration),
@@ -296,7 +297,7 @@ where
             Outcome::AgainAtOnce(_) => continue,
             Outcome::Again(error) => error,
         };
-        let Some(pause) = retry.next_pause() else {
+        let Some(pause) = retrying.next_pause() else {
             return Err(Stopped::GaveUp(GaveUp::Spent { error, tries }));
         };
         before_pause(&error, pause);
@@ -308,6 +309,7 @@ where
                     () = cancel.cancelled() => return Err(Stopped::Cancelled),
                     () = tokio::time::sleep(pause) => {}
                 }
+                // Cancelled as the pause ended: no try after it either.
                 if cancel.is_cancelled() {
                     return Err(Stopped::Cancelled);
                 }

@@ -308,3 +308,46 @@ async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> R
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::retry::CREDENTIALS_PATIENCE;
+    use crate::cloud::Action;
+    use std::cell::Cell;
+    use tokio::time::Instant;
+
+    fn refusal(code: &str) -> CloudError {
+        CloudError {
+            action: Action::DeleteKeyPair,
+            region: Region::new("us-west-2"),
+            kind: ErrorKind::of_code(code),
+            code: Some(code.into()),
+            message: "refused".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn credentials_are_retried_until_the_patience_ends_with_a_last_try_there() {
+        let started = Instant::now();
+        let tried_at = std::cell::RefCell::new(Vec::new());
+        let answer: CloudResult<()> = with_credentials(|| async {
+            tried_at.borrow_mut().push(started.elapsed().as_secs());
+            Err(refusal("ExpiredToken"))
+        })
+        .await;
+        assert_eq!(answer.unwrap_err().code.as_deref(), Some("ExpiredToken"));
+        // 5 s doubling to a minute; the last pause shortened to end at the 3 minutes.
+        assert_eq!(*tried_at.borrow(), [0, 5, 15, 35, 75, 135, 180]);
+        assert_eq!(started.elapsed(), CREDENTIALS_PATIENCE);
+
+        let tries = Cell::new(0);
+        let answer: CloudResult<()> = with_credentials(|| async {
+            tries.set(tries.get() + 1);
+            Err(refusal("UnauthorizedOperation"))
+        })
+        .await;
+        assert!(answer.is_err());
+        assert_eq!(tries.get(), 1, "any other answer at once");
+    }
+}
