@@ -14,13 +14,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::retry::{retry, GaveUp, Outcome, Policy};
 use super::{CloudError, CloudResult};
 
 /// How long a new resource may stay unknown to other calls before a NotFound about it is believed.
 pub const CONSISTENCY_WINDOW: Duration = Duration::from_secs(5 * 60);
-/// The first pause after a NotFound about something new, doubling up to [`MAX_DELAY`].
-const FIRST_DELAY: Duration = Duration::from_secs(1);
-const MAX_DELAY: Duration = Duration::from_secs(15);
 
 /// The kinds of resource fleetbake creates, each with the code EC2 gives while it does not know one yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,45 +67,60 @@ impl Created {
 }
 
 /// Calls `call` until it stops answering that one of `fresh` does not exist, for as long as that one is recent;
-/// any other answer (or a NotFound past the window) is returned as it is.
+/// any other answer (or a NotFound past the window) is returned as it is. The pauses are
+/// [`Policy::NEW_RESOURCE_LAG`]'s, its budget counted from the newest creation.
 pub async fn once_known<T, Call, Answer>(fresh: &[Created], mut call: Call) -> CloudResult<T>
 where
     Call: FnMut() -> Answer,
     Answer: Future<Output = CloudResult<T>>,
 {
-    let mut delay = FIRST_DELAY;
-    loop {
-        match call().await {
-            Err(error) if fresh.iter().any(|created| created.lags(&error)) => {
-                tracing::debug!("{error}: created moments ago, not known everywhere yet; again in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_DELAY);
+    let newest = fresh.iter().map(|created| created.at).max().unwrap_or_else(Instant::now);
+    retry(
+        Policy::NEW_RESOURCE_LAG.start_from(newest),
+        |_| {
+            let answer = call();
+            async move {
+                match answer.await {
+                    Err(error) if fresh.iter().any(|created| created.lags(&error)) => Outcome::Again(error),
+                    answer => Outcome::Done(answer),
+                }
             }
-            answer => return answer,
-        }
-    }
+        },
+        |error, pause| tracing::debug!("{error}: created moments ago, not known everywhere yet; again in {pause:?}"),
+    )
+    .await
+    .map_err(GaveUp::into_error)
 }
 
 /// Looks for something a create made moments ago (its answer was lost, so only a describe can name it) until
-/// the describe lists it: `find` answers `None` while it does not. After [`CONSISTENCY_WINDOW`], `None` is the
-/// answer.
+/// the describe lists it: `find` answers `None` while it does not. After [`CONSISTENCY_WINDOW`]
+/// ([`Policy::NEW_RESOURCE_LAG`]), `None` is the answer.
 pub async fn until_listed<T, Find, Found>(mut find: Find) -> CloudResult<Option<T>>
 where
     Find: FnMut() -> Found,
     Found: Future<Output = CloudResult<Option<T>>>,
 {
-    let deadline = Instant::now() + CONSISTENCY_WINDOW;
-    let mut delay = FIRST_DELAY;
-    loop {
-        if let Some(found) = find().await? {
-            return Ok(Some(found));
-        }
-        if Instant::now() + delay > deadline {
-            return Ok(None);
-        }
-        tracing::debug!("not listed yet (made moments ago); again in {delay:?}");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_DELAY);
+    let listed = retry(
+        Policy::NEW_RESOURCE_LAG.start(),
+        |_| {
+            let found = find();
+            async move {
+                match found.await {
+                    Ok(Some(found)) => Outcome::Done(Ok(found)),
+                    // Not listed yet: the error is `None`.
+                    Ok(None) => Outcome::Again(None),
+                    Err(error) => Outcome::Done(Err(Some(error))),
+                }
+            }
+        },
+        |_, pause| tracing::debug!("not listed yet (made moments ago); again in {pause:?}"),
+    )
+    .await;
+    match listed {
+        Ok(found) => Ok(Some(found)),
+        Err(GaveUp::Refused(Some(error))) => Err(error),
+        // Not listed within the window.
+        Err(_) => Ok(None),
     }
 }
 
@@ -152,7 +165,32 @@ mod tests {
                 .await;
         assert_eq!(answer.unwrap_err().code.as_deref(), Some("InvalidGroup.NotFound"));
         let waited = started.elapsed();
-        assert!(waited >= CONSISTENCY_WINDOW && waited < CONSISTENCY_WINDOW + MAX_DELAY, "{waited:?}");
+        assert!(waited >= CONSISTENCY_WINDOW && waited < CONSISTENCY_WINDOW + Duration::from_secs(15), "{waited:?}");
+        // The last pause ends as the window closes, and the NotFound then is believed.
+        assert_eq!(waited, CONSISTENCY_WINDOW);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_listed_looks_a_last_time_as_the_window_closes() {
+        let started = Instant::now();
+        let looks = Cell::new(0);
+        let found: CloudResult<Option<()>> = until_listed(|| async {
+            looks.set(looks.get() + 1);
+            Ok(None)
+        })
+        .await;
+        assert_eq!(found.unwrap(), None);
+        assert_eq!(started.elapsed(), CONSISTENCY_WINDOW);
+        // Pauses of 1 + 2 + 4 + 8 s, then 19 of 15 s end exactly at the window: a look after each, and the first.
+        assert_eq!(looks.get(), 24);
+
+        let looks = Cell::new(0);
+        let found = until_listed(|| async {
+            looks.set(looks.get() + 1);
+            Ok((looks.get() == 3).then_some("sg-1"))
+        })
+        .await;
+        assert_eq!(found.unwrap(), Some("sg-1"));
     }
 
     #[tokio::test(start_paused = true)]

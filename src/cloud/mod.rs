@@ -2,7 +2,8 @@
 //!
 //! Steps know the cloud only through [`RegionCloud`]. [`aws`] is the adapter over aws-sdk-ec2 and [`sim`] the
 //! simulated EC2; [`Limited`] puts any cloud behind the client's request limiter ([`limiter`]), which every
-//! adapter call goes through. [`watch`] and [`wait`] are how anything waits for EC2 state over the port.
+//! adapter call goes through. [`watch`] and [`wait`] are how anything waits for EC2 state over the port, and
+//! [`retry`] how anything (here, in `remote` and in the steps) tries again after an answer.
 //!
 //! Layer: `cloud` owns the port, its adapters, the limiter and the waits. It imports `config` and `util`, and
 //! never the engine, the steps, the state or the reporters.
@@ -13,6 +14,7 @@ pub mod consistency;
 pub mod hints;
 mod limited;
 pub mod limiter;
+pub mod retry;
 pub mod sim;
 pub mod wait;
 pub mod watch;

@@ -1,10 +1,12 @@
 //! Waiting for EC2 state: poll with exponential backoff up to a ceiling, give up at a deadline. On a cadence
 //! (`with_cadence`), each check falls on a multiple of the current interval counted from a shared origin, so
-//! waits that poll at the same interval check at the same instants (and share one batched describe).
+//! waits that poll at the same interval check at the same instants (and share one batched describe). A wait
+//! stops by [`retry`](super::retry)'s rule: no check later than the deadline, and the one made there is the last.
 
 use std::future::Future;
 use std::time::Duration;
 
+use crate::cloud::retry::Deadline;
 use crate::cloud::CloudError;
 
 #[derive(Clone, Copy, Debug)]
@@ -113,7 +115,9 @@ where
     Checked: Future<Output = Result<Poll<T>, CloudError>>,
 {
     let started = tokio::time::Instant::now();
-    let deadline = started + policy.timeout;
+    // The one stopping rule (`retry`): no check is put off past the deadline, and one that finds the thing not
+    // ready at or after it is the last.
+    let deadline = Deadline::after(policy.timeout);
     let mut interval = policy.first_interval;
     let first = match policy.cadence {
         // The first check on a finer step of the cadence: waits that began together share it, and none is
@@ -121,17 +125,17 @@ where
         Some(origin) => on_cadence(origin, started + policy.first_check, FIRST_CHECK_STEP, false),
         None => started + policy.first_check,
     };
-    tokio::time::sleep_until(first.min(deadline)).await;
+    tokio::time::sleep_until(deadline.clip(first)).await;
     loop {
         match check().await? {
             Poll::Ready(value) => return Ok(value),
             Poll::Failed(reason) => return Err(WaitError::Failed(reason)),
             Poll::NotYet => {}
         }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
+        if deadline.is_spent() {
             return Err(WaitError::Timeout { what: what.to_string(), after: policy.timeout });
         }
+        let now = tokio::time::Instant::now();
         let mut next = match policy.cadence {
             Some(origin) => on_cadence(origin, now, interval, true),
             None => now + interval,
@@ -143,10 +147,10 @@ where
             };
             // Near the expected end: start again from the first interval.
             interval = policy.first_interval;
-            tokio::time::sleep_until(next.min(deadline)).await;
+            tokio::time::sleep_until(deadline.clip(next)).await;
             continue;
         }
-        tokio::time::sleep_until(next.min(deadline)).await;
+        tokio::time::sleep_until(deadline.clip(next)).await;
         interval = interval.mul_f64(policy.factor).min(policy.ceiling(started.elapsed()));
     }
 }

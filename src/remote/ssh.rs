@@ -9,6 +9,7 @@ use std::time::Duration;
 use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use crate::cloud::retry::{retry, Outcome, Policy};
 use crate::cloud::PrivateKey;
 use crate::config::Bastion;
 use crate::report::events::OutputStream;
@@ -81,9 +82,9 @@ pub enum SshError {
 }
 
 const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-const RETRY_INTERVAL: Duration = Duration::from_secs(3);
 
-/// Connects, retrying every failure until `timeout` (sshd may not be up yet, nor the key installed).
+/// Connects, retrying every failure until `timeout` (sshd may not be up yet, nor the key installed):
+/// [`Policy::ssh_connect`].
 pub async fn connect(target: &SshTarget, files: &KeyFiles, timeout: Duration) -> Result<Session, SshError> {
     let mut builder = SessionBuilder::default();
     builder
@@ -102,28 +103,31 @@ pub async fn connect(target: &SshTarget, files: &KeyFiles, timeout: Duration) ->
             .map_err(|error| SshError::Command(format!("cannot write `{}`: {error}", config.display())))?;
         builder.config_file(&config).jump_hosts([BASTION_ALIAS]);
     }
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let error = match builder.connect(&target.host).await {
-            Ok(session) => return Ok(session),
-            Err(error) => error,
-        };
-        tracing::debug!(host = %target.host, port = target.port, "SSH not ready: {error}");
-        if tokio::time::Instant::now() + RETRY_INTERVAL >= deadline {
-            return Err(SshError::ConnectTimeout {
-                target: match &target.bastion {
-                    Some(bastion) => format!(
-                        "{}@{}:{} through {}@{}:{}",
-                        target.user, target.host, target.port, bastion.user, bastion.host, bastion.port
-                    ),
-                    None => format!("{}@{}:{}", target.user, target.host, target.port),
-                },
-                waited: timeout,
-                last_error: error.to_string(),
-            });
-        }
-        tokio::time::sleep(RETRY_INTERVAL).await;
-    }
+    let connected = retry(
+        Policy::ssh_connect(timeout).start(),
+        |_| async {
+            match builder.connect(&target.host).await {
+                Ok(session) => Outcome::Done(Ok(session)),
+                Err(error) => {
+                    tracing::debug!(host = %target.host, port = target.port, "SSH not ready: {error}");
+                    Outcome::Again(error)
+                }
+            }
+        },
+        |_, _| {},
+    )
+    .await;
+    connected.map_err(|gave_up| SshError::ConnectTimeout {
+        target: match &target.bastion {
+            Some(bastion) => format!(
+                "{}@{}:{} through {}@{}:{}",
+                target.user, target.host, target.port, bastion.user, bastion.host, bastion.port
+            ),
+            None => format!("{}@{}:{}", target.user, target.host, target.port),
+        },
+        waited: timeout,
+        last_error: gave_up.into_error().to_string(),
+    })
 }
 
 /// Quotes `text` for a POSIX shell.

@@ -8,9 +8,8 @@
 
 use ipnet::IpNet;
 
-use std::time::Duration;
-
-use crate::cloud::consistency::{until_listed, CONSISTENCY_WINDOW};
+use crate::cloud::consistency::until_listed;
+use crate::cloud::retry::{retry, GaveUp, Outcome, Policy};
 use crate::cloud::{
     CloudError, CloudResult, CopySpec, ImageId, ImageQuery, InstanceId, KeyPairName, OwnedImage, PrivateKey,
     RegionCloud, SecurityGroupId, VpcId,
@@ -28,18 +27,26 @@ fn is(error: &CloudError, code: &str) -> bool {
 /// be deleted yet (EC2 answers DeleteKeyPair for a key it does not know with success): the delete and the
 /// create are repeated, with pauses, for as long as the consistency window.
 pub async fn key_pair(cloud: &dyn RegionCloud, name: &KeyPairName, tags: &Tags) -> CloudResult<PrivateKey> {
-    let deadline = tokio::time::Instant::now() + CONSISTENCY_WINDOW;
-    let mut pause = Duration::ZERO;
-    loop {
-        match cloud.create_key_pair(name, tags).await {
-            Err(error) if is(&error, "InvalidKeyPair.Duplicate") && tokio::time::Instant::now() < deadline => {
-                cloud.delete_key_pair(name).await?;
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).clamp(Duration::from_secs(1), Duration::from_secs(15));
+    let repeats = Policy::REPEATED_KEY_PAIR.start();
+    let deadline = repeats.deadline();
+    retry(
+        repeats,
+        |_| async move {
+            match cloud.create_key_pair(name, tags).await {
+                // Deleted only if it will be made again.
+                Err(error) if is(&error, "InvalidKeyPair.Duplicate") && !deadline.is_spent() => {
+                    match cloud.delete_key_pair(name).await {
+                        Ok(()) => Outcome::Again(error),
+                        Err(error) => Outcome::Done(Err(error)),
+                    }
+                }
+                other => Outcome::Done(other),
             }
-            other => return other,
-        }
-    }
+        },
+        |_, _| {},
+    )
+    .await
+    .map_err(GaveUp::into_error)
 }
 
 /// A security group of this name; one that already exists with this build's tags is the build's own.

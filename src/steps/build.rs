@@ -4,12 +4,13 @@
 //! source AMI → key pair → security group → launch → running → SSH → provisioners → stop → CreateImage →
 //! available → tag snapshots → (image handed to the scheduler) → cleanup.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::cloud::consistency::{once_known, Created, NewKind};
 use crate::cloud::hints;
+use crate::cloud::retry;
 use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{
@@ -29,7 +30,7 @@ use crate::steps::fingerprint::Fingerprint;
 use crate::steps::finish::{self, Finishing};
 use crate::steps::ledger::{Resource, ResourceKind};
 use crate::steps::network::{self, Network, Placement};
-use crate::steps::patience::{image_not_ready, no_room, Patience, Placements, CREATE_IMAGE_PATIENCE};
+use crate::steps::patience::{image_not_ready, no_room, Placements};
 use crate::steps::publish;
 use crate::steps::source::{self, SourceError};
 
@@ -91,6 +92,9 @@ impl StepError {
             other => Self::new(stage, other),
         }
     }
+    fn interrupted(during: Stage) -> Self {
+        StepError::new(Stage::Interrupted, format!("interrupted during {during}"))
+    }
     /// Says how long the step waited before it gave up.
     fn waited(mut self, how_long: &str) -> Self {
         self.message = format!("{} ({how_long})", self.message);
@@ -116,18 +120,9 @@ impl BuildContext {
     ) -> Result<T, StepError> {
         tokio::select! {
             biased;
-            () = self.cancel.cancelled() => Err(StepError::new(Stage::Interrupted, format!("interrupted during {stage}"))),
+            () = self.cancel.cancelled() => Err(StepError::interrupted(stage)),
             result = wait => result,
         }
-    }
-
-    /// Waits `how_long` before trying again, giving up when the run is interrupted.
-    async fn pause(&self, stage: Stage, how_long: std::time::Duration) -> Result<(), StepError> {
-        self.interruptible(stage, async {
-            tokio::time::sleep(how_long).await;
-            Ok(())
-        })
-        .await
     }
 
     /// Journals a temporary resource the moment it exists, before the next call depends on it.
@@ -388,46 +383,62 @@ async fn launch(
     purpose: Purpose,
 ) -> Result<(InstanceId, Option<Placement>), StepError> {
     let run = &context.run;
-    let mut placements = Placements::new(network.placements.clone());
-    let mut patience = Patience::capacity(run.fleet.limits.capacity_patience);
-    let mut tries: u32 = 0;
-    loop {
-        // Per attempt of the run: a resumed run's new instance is a new request, not a repeat of the killed one's.
-        let attempt = run.attempt.to_string();
-        let try_number = format!("try{tries}");
-        let mut parts =
-            vec![run.run_id.as_str(), context.flavor.name.as_str(), context.job.region.as_str(), attempt.as_str()];
-        if purpose == Purpose::Test {
-            // Not a repeat of the build's launch: EC2 would answer it with the build's instance.
-            parts.push("test");
-        }
-        if tries > 0 {
-            parts.push(&try_number);
-        }
-        let subnet_id = placements.current().as_ref().map(|placement| placement.subnet.clone());
-        let spec = LaunchSpec { subnet_id, client_token: client_token(&parts), ..spec.clone() };
-        let error = match once_known(fresh, || context.cloud.run_instance(&spec)).await {
-            Ok(instance) => return Ok((instance, placements.current().clone())),
-            Err(error) if no_room(&error) => error,
-            Err(error) => return Err(StepError::cloud(Stage::Launch, error)),
-        };
-        tries += 1;
-        let code = error.code.clone().unwrap_or_default();
-        if placements.rotate() {
-            let next = placements.current().as_ref().map_or("the default VPC".to_string(), ToString::to_string);
-            context.progress(Stage::Launch, format!("no room now ({code}); trying {next}"));
-            continue;
-        }
-        let Some(pause) = patience.next_pause() else {
+    // Read as a try starts and moved on as it ends; never held across an await.
+    let placements = Mutex::new(Placements::new(network.placements.clone()));
+    let launched = retry::retry_cancellable(
+        retry::Policy::capacity(run.fleet.limits.capacity_patience).start(),
+        &context.cancel,
+        |tries| {
+            // Per attempt of the run: a resumed run's new instance is a new request, not a repeat of the killed
+            // one's.
+            let attempt = run.attempt.to_string();
+            let try_number = format!("try{tries}");
+            let mut parts =
+                vec![run.run_id.as_str(), context.flavor.name.as_str(), context.job.region.as_str(), attempt.as_str()];
+            if purpose == Purpose::Test {
+                // Not a repeat of the build's launch: EC2 would answer it with the build's instance.
+                parts.push("test");
+            }
+            if tries > 0 {
+                parts.push(&try_number);
+            }
+            let placement = placements.lock().expect("not poisoned").current().clone();
+            let subnet_id = placement.as_ref().map(|placement| placement.subnet.clone());
+            let spec = LaunchSpec { subnet_id, client_token: client_token(&parts), ..spec.clone() };
+            let placements = &placements;
+            async move {
+                let error = match once_known(fresh, || context.cloud.run_instance(&spec)).await {
+                    Ok(instance) => return retry::Outcome::Done(Ok((instance, placement))),
+                    Err(error) if no_room(&error) => error,
+                    Err(error) => return retry::Outcome::Done(Err(error)),
+                };
+                let code = error.code.clone().unwrap_or_default();
+                let mut placements = placements.lock().expect("not poisoned");
+                if placements.rotate() {
+                    let next = placements.current().as_ref().map_or("the default VPC".to_string(), ToString::to_string);
+                    context.progress(Stage::Launch, format!("no room now ({code}); trying {next}"));
+                    return retry::Outcome::AgainAtOnce(error);
+                }
+                // After the pause, every placement may be tried again.
+                placements.new_round();
+                retry::Outcome::Again(error)
+            }
+        },
+        |error, pause| {
+            let code = error.code.clone().unwrap_or_default();
+            let detail = format!("no room now ({code}); trying again in {}", humantime::format_duration(pause));
+            context.progress(Stage::Launch, detail);
+        },
+    )
+    .await;
+    match launched {
+        Ok(launched) => Ok(launched),
+        Err(retry::Stopped::Cancelled) => Err(StepError::interrupted(Stage::Launch)),
+        Err(retry::Stopped::GaveUp(retry::GaveUp::Refused(error))) => Err(StepError::cloud(Stage::Launch, error)),
+        Err(retry::Stopped::GaveUp(retry::GaveUp::Spent { error, tries })) => {
             let waited = humantime::format_duration(run.fleet.limits.capacity_patience);
-            return Err(StepError::cloud(Stage::Launch, error).waited(&format!("tried {tries} times over {waited}")));
-        };
-        context.progress(
-            Stage::Launch,
-            format!("no room now ({code}); trying again in {}", humantime::format_duration(pause)),
-        );
-        context.pause(Stage::Launch, pause).await?;
-        placements.new_round();
+            Err(StepError::cloud(Stage::Launch, error).waited(&format!("tried {tries} times over {waited}")))
+        }
     }
 }
 
@@ -446,23 +457,30 @@ async fn create_image(
     image_tags.extend(fingerprint.tags());
     let description = run.fleet.ami_description.as_deref();
     let name = &context.job.image_name;
-    let mut patience = Patience::image_not_ready();
-    loop {
-        let created = once_known(&[launched], || {
-            adopt::create_image(&*context.cloud, instance, name, description, &image_tags, &run.run_id)
-        })
-        .await;
-        let error = match created {
-            Ok(image) => return Ok(image),
-            Err(error) if image_not_ready(&error) => error,
-            Err(error) => return Err(StepError::cloud(Stage::CreateImage, error)),
-        };
-        let Some(pause) = patience.next_pause() else {
-            let waited = humantime::format_duration(CREATE_IMAGE_PATIENCE);
-            return Err(StepError::cloud(Stage::CreateImage, error).waited(&format!("refused for {waited}")));
-        };
-        tracing::debug!("{error}; CreateImage again in {pause:?}");
-        context.pause(Stage::CreateImage, pause).await?;
+    let created = retry::retry_cancellable(
+        retry::Policy::IMAGE_NOT_READY.start(),
+        &context.cancel,
+        |_| async {
+            let created = once_known(&[launched], || {
+                adopt::create_image(&*context.cloud, instance, name, description, &image_tags, &run.run_id)
+            })
+            .await;
+            match created {
+                Err(error) if image_not_ready(&error) => retry::Outcome::Again(error),
+                answer => retry::Outcome::Done(answer),
+            }
+        },
+        |error, pause| tracing::debug!("{error}; CreateImage again in {pause:?}"),
+    )
+    .await;
+    match created {
+        Ok(image) => Ok(image),
+        Err(retry::Stopped::Cancelled) => Err(StepError::interrupted(Stage::CreateImage)),
+        Err(retry::Stopped::GaveUp(retry::GaveUp::Refused(error))) => Err(StepError::cloud(Stage::CreateImage, error)),
+        Err(retry::Stopped::GaveUp(retry::GaveUp::Spent { error, .. })) => {
+            let waited = humantime::format_duration(retry::CREATE_IMAGE_PATIENCE);
+            Err(StepError::cloud(Stage::CreateImage, error).waited(&format!("refused for {waited}")))
+        }
     }
 }
 

@@ -4,13 +4,14 @@
 //! A step knows whether its resource is fresh (created moments ago by this process): a NotFound about a fresh
 //! resource is EC2's lag, not proof it is gone (the instance would go on running), so it is retried; about one
 //! named in an old journal it means gone. Credentials that expire or fail to refresh mid-cleanup are retried
-//! for [`CREDENTIALS_PATIENCE`] before the step is given up (the run then names what is left and the gc
-//! command).
+//! for [`CREDENTIALS_PATIENCE`](crate::cloud::retry::CREDENTIALS_PATIENCE) before the step is given up (the
+//! run then names what is left and the gc command).
 
 use std::future::Future;
 use std::time::Duration;
 
-use crate::cloud::consistency::{once_known, Created, CONSISTENCY_WINDOW};
+use crate::cloud::consistency::{once_known, Created};
+use crate::cloud::retry::{retry, GaveUp, Outcome, Policy};
 use crate::cloud::wait::{poll_until, Poll, PollPolicy, WaitError};
 use crate::cloud::watch::RegionWaits;
 use crate::cloud::{
@@ -196,28 +197,29 @@ fn gone_is_fine(result: Result<(), CloudError>) -> Result<(), CloudError> {
     }
 }
 
-/// How long cleanup retries a call its credentials fail (expired, or a refresh that failed): long enough for
-/// the provider's next refresh, short enough that a run whose credentials are gone for good ends.
-pub const CREDENTIALS_PATIENCE: Duration = Duration::from_secs(3 * 60);
-
-/// Calls `call` until its credentials work or [`CREDENTIALS_PATIENCE`] has passed; any other answer at once.
+/// Calls `call` until its credentials work or
+/// [`CREDENTIALS_PATIENCE`](crate::cloud::retry::CREDENTIALS_PATIENCE) has passed ([`Policy::CREDENTIALS`]); any
+/// other answer at once.
 async fn with_credentials<T, Call, Answer>(mut call: Call) -> CloudResult<T>
 where
     Call: FnMut() -> Answer,
     Answer: Future<Output = CloudResult<T>>,
 {
-    let deadline = tokio::time::Instant::now() + CREDENTIALS_PATIENCE;
-    let mut pause = Duration::from_secs(5);
-    loop {
-        match call().await {
-            Err(error) if error.kind == ErrorKind::Credentials && tokio::time::Instant::now() + pause < deadline => {
-                tracing::warn!("{error}; cleanup tries again in {pause:?} (credentials may be refreshed)");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(60));
+    retry(
+        Policy::CREDENTIALS.start(),
+        |_| {
+            let answer = call();
+            async move {
+                match answer.await {
+                    Err(error) if error.kind == ErrorKind::Credentials => Outcome::Again(error),
+                    answer => Outcome::Done(answer),
+                }
             }
-            answer => return answer,
-        }
-    }
+        },
+        |error, pause| tracing::warn!("{error}; cleanup tries again in {pause:?} (credentials may be refreshed)"),
+    )
+    .await
+    .map_err(GaveUp::into_error)
 }
 
 /// Why an undo step failed: the AWS error code, where there is one, and the message.
@@ -246,28 +248,31 @@ impl From<WaitError> for UndoError {
 /// process launched moments ago), or listed as shutting down or terminated. While EC2 still lists it alive,
 /// the terminate is tried again, for as long as the consistency window.
 async fn terminate(cloud: &dyn RegionCloud, id: &InstanceId, fresh: Option<Created>) -> Result<(), CloudError> {
-    let deadline = tokio::time::Instant::now() + CONSISTENCY_WINDOW;
-    let mut pause = Duration::from_secs(1);
-    loop {
-        let error = match with_credentials(|| cloud.terminate_instance(id)).await {
-            Err(error) if error.kind == ErrorKind::NotFound => error,
-            answer => return answer,
-        };
-        let listed = cloud.describe_instances(std::slice::from_ref(id)).await?.into_iter().next();
-        let gone = match listed.map(|status| status.state) {
-            None => !fresh.is_some_and(|created| created.is_recent()),
-            Some(state) => matches!(state, InstanceState::ShuttingDown | InstanceState::Terminated),
-        };
-        if gone {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() + pause > deadline {
-            return Err(error);
-        }
-        tracing::debug!("{error}, but EC2 still lists it: terminating again in {pause:?}");
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(15));
-    }
+    retry(
+        Policy::NEW_RESOURCE_LAG.start(),
+        |_| async move {
+            let error = match with_credentials(|| cloud.terminate_instance(id)).await {
+                Err(error) if error.kind == ErrorKind::NotFound => error,
+                answer => return Outcome::Done(answer),
+            };
+            let listed = match cloud.describe_instances(std::slice::from_ref(id)).await {
+                Ok(listed) => listed.into_iter().next(),
+                Err(error) => return Outcome::Done(Err(error)),
+            };
+            let gone = match listed.map(|status| status.state) {
+                None => !fresh.is_some_and(|created| created.is_recent()),
+                Some(state) => matches!(state, InstanceState::ShuttingDown | InstanceState::Terminated),
+            };
+            if gone {
+                Outcome::Done(Ok(()))
+            } else {
+                Outcome::Again(error)
+            }
+        },
+        |error, pause| tracing::debug!("{error}, but EC2 still lists it: terminating again in {pause:?}"),
+    )
+    .await
+    .map_err(GaveUp::into_error)
 }
 
 async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> Result<(), UndoError> {
@@ -301,5 +306,48 @@ async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> R
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::retry::CREDENTIALS_PATIENCE;
+    use crate::cloud::Action;
+    use std::cell::Cell;
+    use tokio::time::Instant;
+
+    fn refusal(code: &str) -> CloudError {
+        CloudError {
+            action: Action::DeleteKeyPair,
+            region: Region::new("us-west-2"),
+            kind: ErrorKind::of_code(code),
+            code: Some(code.into()),
+            message: "refused".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn credentials_are_retried_until_the_patience_ends_with_a_last_try_there() {
+        let started = Instant::now();
+        let tried_at = std::cell::RefCell::new(Vec::new());
+        let answer: CloudResult<()> = with_credentials(|| async {
+            tried_at.borrow_mut().push(started.elapsed().as_secs());
+            Err(refusal("ExpiredToken"))
+        })
+        .await;
+        assert_eq!(answer.unwrap_err().code.as_deref(), Some("ExpiredToken"));
+        // 5 s doubling to a minute; the last pause shortened to end at the 3 minutes.
+        assert_eq!(*tried_at.borrow(), [0, 5, 15, 35, 75, 135, 180]);
+        assert_eq!(started.elapsed(), CREDENTIALS_PATIENCE);
+
+        let tries = Cell::new(0);
+        let answer: CloudResult<()> = with_credentials(|| async {
+            tries.set(tries.get() + 1);
+            Err(refusal("UnauthorizedOperation"))
+        })
+        .await;
+        assert!(answer.is_err());
+        assert_eq!(tries.get(), 1, "any other answer at once");
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cloud::consistency::{once_known, Created, NewKind};
+use crate::cloud::retry::{retry_cancellable, GaveUp, Outcome, Policy, Stopped};
 use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{client_token, CopySpec, ImageId, RegionCloud};
@@ -20,7 +21,7 @@ use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Pu
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::RunContext;
 use crate::steps::finish::{self, Finishing};
-use crate::steps::patience::{no_room, Patience};
+use crate::steps::patience::no_room;
 use crate::steps::publish;
 
 pub struct CopyContext {
@@ -163,51 +164,59 @@ fn copy_token(context: &CopyContext, tries: u32) -> String {
 /// capacity_patience`.
 async fn start(context: &CopyContext, label: &JobLabel, tags: &Tags) -> Result<ImageId, Failure> {
     let run = &context.run;
-    let mut patience = Patience::capacity(run.fleet.limits.capacity_patience);
-    let mut tries = 0;
-    loop {
-        let spec = CopySpec {
-            source_region: context.job.source_region.clone(),
-            source_image: context.source.image_id.clone(),
-            name: context.job.image_name.clone(),
-            description: run.fleet.ami_description.clone(),
-            client_token: copy_token(context, tries),
-            tags: tags.clone(),
-            kms_key: run.fleet.kms_key(&context.job.target_region).map(String::from),
-        };
-        if context.cancel.is_cancelled() {
-            return Err(Failure::new(label, Stage::Interrupted, "not started: the run was interrupted"));
-        }
-        let error = match crate::steps::adopt::copy_image(&*context.cloud, &spec, &run.run_id).await {
-            Ok(image) => {
-                run.ledger.image_requested(&context.job.key(), &image);
-                context.events.progress(
-                    label,
-                    Stage::Copy,
-                    format!("copying {} from {} as {image}", spec.source_image, spec.source_region),
-                );
-                return Ok(image);
+    let interrupted = || Failure::new(label, Stage::Interrupted, "not started: the run was interrupted");
+    if context.cancel.is_cancelled() {
+        return Err(interrupted());
+    }
+    let started = retry_cancellable(
+        Policy::capacity(run.fleet.limits.capacity_patience).start(),
+        &context.cancel,
+        |tries| {
+            let spec = CopySpec {
+                source_region: context.job.source_region.clone(),
+                source_image: context.source.image_id.clone(),
+                name: context.job.image_name.clone(),
+                description: run.fleet.ami_description.clone(),
+                client_token: copy_token(context, tries),
+                tags: tags.clone(),
+                kms_key: run.fleet.kms_key(&context.job.target_region).map(String::from),
+            };
+            async move {
+                match crate::steps::adopt::copy_image(&*context.cloud, &spec, &run.run_id).await {
+                    Ok(image) => Outcome::Done(Ok((image, spec))),
+                    Err(error) if no_room(&error) => Outcome::Again(error),
+                    Err(error) => Outcome::Done(Err(error)),
+                }
             }
-            Err(error) if no_room(&error) => error,
-            Err(error) => return Err(Failure::from_cloud(label, Stage::Copy, &error)),
-        };
-        tries += 1;
-        let Some(pause) = patience.next_pause() else {
+        },
+        |error, pause| {
+            let code = error.code.clone().unwrap_or_default();
+            let detail = format!(
+                "no room in {} now ({code}); trying again in {}",
+                label.region,
+                humantime::format_duration(pause)
+            );
+            context.events.progress(label, Stage::Copy, detail);
+        },
+    )
+    .await;
+    match started {
+        Ok((image, spec)) => {
+            run.ledger.image_requested(&context.job.key(), &image);
+            context.events.progress(
+                label,
+                Stage::Copy,
+                format!("copying {} from {} as {image}", spec.source_image, spec.source_region),
+            );
+            Ok(image)
+        }
+        Err(Stopped::Cancelled) => Err(interrupted()),
+        Err(Stopped::GaveUp(GaveUp::Refused(error))) => Err(Failure::from_cloud(label, Stage::Copy, &error)),
+        Err(Stopped::GaveUp(GaveUp::Spent { error, tries })) => {
             let waited = humantime::format_duration(run.fleet.limits.capacity_patience);
             let mut failure = Failure::from_cloud(label, Stage::Copy, &error);
             failure.error = format!("{} (tried {tries} times over {waited})", failure.error);
-            return Err(failure);
-        };
-        let code = error.code.clone().unwrap_or_default();
-        let detail =
-            format!("no room in {} now ({code}); trying again in {}", label.region, humantime::format_duration(pause));
-        context.events.progress(label, Stage::Copy, detail);
-        tokio::select! {
-            biased;
-            () = context.cancel.cancelled() => {
-                return Err(Failure::new(label, Stage::Interrupted, "not started: the run was interrupted"));
-            }
-            () = tokio::time::sleep(pause) => {}
+            Err(failure)
         }
     }
 }
