@@ -11,6 +11,7 @@ pub mod util;
 pub mod cloud;
 pub mod config;
 pub mod engine;
+pub mod outcome;
 pub mod plan;
 pub mod remote;
 pub mod report;

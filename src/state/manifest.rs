@@ -11,7 +11,8 @@ use chrono::SecondsFormat;
 use tokio::time::Instant;
 
 use crate::config::{FlavorName, Region};
-use crate::report::events::{Artifact, Failure, InProgress, RunEvent, RunStatus, Stamped};
+use crate::outcome::{Artifact, Failure, InProgress, RunStatus};
+use crate::report::events::{RunEvent, Stamped};
 use crate::report::{ReportError, Reporter};
 
 pub const MANIFEST_VERSION: u32 = 1;
@@ -374,7 +375,7 @@ mod tests {
     }
 
     fn started(run_id: &RunId) -> Stamped {
-        let job = crate::report::events::JobLabel { flavor: FlavorName::new("base"), region: Region::new("us-west-2") };
+        let job = crate::outcome::JobLabel { flavor: FlavorName::new("base"), region: Region::new("us-west-2") };
         stamped(RunEvent::RunStarted {
             fleet: "unit".into(),
             run_id: run_id.clone(),
@@ -430,8 +431,8 @@ mod tests {
             }
         }
         manifest.failures.push(Failure::new(
-            &crate::report::events::JobLabel { flavor: FlavorName::new("web"), region: Region::new("ap-south-1") },
-            crate::report::events::Stage::Launch,
+            &crate::outcome::JobLabel { flavor: FlavorName::new("web"), region: Region::new("ap-south-1") },
+            crate::outcome::Stage::Launch,
             "no",
         ));
         for _ in 0..2 {
@@ -461,7 +462,7 @@ mod tests {
         };
         let mut first = ManifestWriter::new(path.clone(), Duration::ZERO);
         first.report(&started(&run)).unwrap();
-        let job = crate::report::events::JobLabel { flavor: FlavorName::new("base"), region: Region::new("us-west-2") };
+        let job = crate::outcome::JobLabel { flavor: FlavorName::new("base"), region: Region::new("us-west-2") };
         first.report(&stamped(RunEvent::ImageAvailable { job, artifact: artifact.clone() })).unwrap();
         first.flush(true).unwrap();
 
