@@ -484,4 +484,94 @@ mod tests {
         ManifestWriter::new(path.clone(), Duration::ZERO).report(&started(&other)).unwrap();
         assert!(Manifest::read(&path).unwrap().artifacts.is_empty());
     }
+
+    /// The file deploy tooling reads, whole: every field an image, a publication, a failure and an image in
+    /// progress can have. A change to an outcome or to the writer that changes the file fails here; accept it
+    /// only with a new `MANIFEST_VERSION` if a reader could notice.
+    #[test]
+    fn a_run_s_manifest_file_is_pinned() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("manifest.json");
+        let run = RunId::new("2026-11-26T12:00:00Z".parse().unwrap(), 7);
+        let label = |flavor: &str, region: &str| crate::outcome::JobLabel {
+            flavor: FlavorName::new(flavor),
+            region: Region::new(region),
+        };
+        let built = Artifact {
+            image_id: ImageId::new("ami-0base"),
+            name: "base-20261126T120000Z".into(),
+            build_region: Region::new("us-west-2"),
+            source_image_id: ImageId::new("ami-0source"),
+            snapshot_ids: vec![crate::cloud::SnapshotId::new("snap-0base")],
+            created_at: "2026-11-26T12:10:00Z".into(),
+            fingerprint: Some("ab".repeat(32)),
+            reused_from: None,
+            published: Vec::new(),
+            settings: Box::new(crate::outcome::ImageSettings {
+                kms_key_id: Some("arn:aws:kms:us-west-2:111122223333:key/base".into()),
+                imds_support: Some("v2.0".into()),
+                deprecation_time: Some("2027-11-26T12:10:00Z".into()),
+                shared_with: Some(crate::config::Sharing {
+                    accounts: vec!["444455556666".into()],
+                    organizations: vec!["arn:aws:organizations::111122223333:organization/o-abc".into()],
+                    organizational_units: Vec::new(),
+                    snapshot_accounts: vec!["444455556666".into()],
+                    public: false,
+                }),
+            }),
+        };
+        let copied = Artifact {
+            image_id: ImageId::new("ami-0copy"),
+            snapshot_ids: vec![crate::cloud::SnapshotId::new("snap-0copy")],
+            created_at: "2026-11-26T12:20:00Z".into(),
+            reused_from: Some("20261125T120000Z-3".into()),
+            settings: Box::default(),
+            ..built.clone()
+        };
+        let failure = crate::outcome::Failure {
+            code: Some("UnauthorizedOperation".into()),
+            hint: Some("grant `ec2:RunInstances`".into()),
+            ..crate::outcome::Failure::new(&label("web", "us-west-2"), crate::outcome::Stage::Launch, "not allowed")
+        };
+        let events = [
+            RunEvent::ImageAvailable { job: label("base", "us-west-2"), artifact: built },
+            RunEvent::Published {
+                job: label("base", "us-west-2"),
+                publication: crate::outcome::Publication::SsmParameter {
+                    name: "/images/base".into(),
+                    version: 3,
+                    label: format!("fleetbake-{run}"),
+                },
+            },
+            RunEvent::Published {
+                job: label("base", "us-west-2"),
+                publication: crate::outcome::Publication::LaunchTemplate {
+                    name: "base".into(),
+                    id: "lt-0base".into(),
+                    version: 12,
+                },
+            },
+            RunEvent::ImageAvailable { job: label("base", "eu-west-1"), artifact: copied },
+            RunEvent::JobFailed(failure),
+            RunEvent::ImageInProgress(crate::outcome::InProgress {
+                flavor: FlavorName::new("base"),
+                region: Region::new("ap-south-1"),
+                image_id: ImageId::new("ami-0pending"),
+            }),
+            RunEvent::RunFinished {
+                status: RunStatus::Partial,
+                finished_at: "2026-11-26T12:30:00Z".parse().unwrap(),
+                succeeded: 2,
+                failed: 1,
+                in_progress: 1,
+            },
+        ];
+        let mut writer = ManifestWriter::new(path.clone(), Duration::ZERO);
+        writer.report(&started(&run)).unwrap();
+        for event in events {
+            writer.report(&stamped(event)).unwrap();
+        }
+        writer.flush(true).unwrap();
+        insta::assert_snapshot!(std::fs::read_to_string(&path).unwrap());
+    }
 }
