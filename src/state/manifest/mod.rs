@@ -1,5 +1,10 @@
-//! The artifact manifest deploy tooling reads: its model, and the reporter that rewrites it atomically
-//! (temp file + rename) as images become available and jobs fail, within a lag that grows with its size.
+//! The artifact manifest deploy tooling reads: the document (its entries' own types are in `format.rs`, built
+//! from the run's outcomes), and the reporter that rewrites it atomically (temp file + rename) as images become
+//! available and jobs fail, within a lag that grows with its size.
+
+mod format;
+
+pub use format::{FailureEntry, ImageEntry, InProgressEntry, ManifestStatus, PublicationEntry, MANIFEST_VERSION};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,27 +16,26 @@ use chrono::SecondsFormat;
 use tokio::time::Instant;
 
 use crate::config::{FlavorName, Region};
-use crate::outcome::{Artifact, Failure, InProgress, RunStatus};
 use crate::report::events::{RunEvent, Stamped};
 use crate::report::{ReportError, Reporter};
 
-pub const MANIFEST_VERSION: u32 = 1;
-
+/// The file: which run of which fleet, and what it made, failed at and left being made.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
+    /// [`MANIFEST_VERSION`] when written by this fleetbake.
     pub version: u32,
     pub fleet: String,
     pub run_id: String,
-    pub status: RunStatus,
+    pub status: ManifestStatus,
     pub started_at: String,
     /// `null` until the run ends.
     pub finished_at: Option<String>,
     /// flavor → region → image; the build region too.
-    pub artifacts: BTreeMap<FlavorName, BTreeMap<Region, Artifact>>,
-    pub failures: Vec<Failure>,
+    pub artifacts: BTreeMap<FlavorName, BTreeMap<Region, ImageEntry>>,
+    pub failures: Vec<FailureEntry>,
     /// Images still being made when the run was interrupted: `--resume` waits for them.
     #[serde(default)]
-    pub in_progress: Vec<InProgress>,
+    pub in_progress: Vec<InProgressEntry>,
 }
 
 /// One difference between two manifests.
@@ -286,7 +290,7 @@ impl Reporter for ManifestWriter {
                     version: MANIFEST_VERSION,
                     fleet: fleet.clone(),
                     run_id: run_id.to_string(),
-                    status: RunStatus::Partial,
+                    status: ManifestStatus::Partial,
                     started_at: started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
                     finished_at: None,
                     artifacts,
@@ -303,7 +307,7 @@ impl Reporter for ManifestWriter {
                         .artifacts
                         .entry(job.flavor.clone())
                         .or_default()
-                        .insert(job.region.clone(), artifact.clone());
+                        .insert(job.region.clone(), ImageEntry::from(artifact));
                     manifest.in_progress.retain(|image| image.flavor != job.flavor || image.region != job.region);
                 }
                 self.changed()
@@ -314,15 +318,16 @@ impl Reporter for ManifestWriter {
                     manifest.artifacts.get_mut(&job.flavor).and_then(|regions| regions.get_mut(&job.region))
                 });
                 if let Some(artifact) = artifact {
-                    if !artifact.published.contains(publication) {
-                        artifact.published.push(publication.clone());
+                    let publication = PublicationEntry::from(publication);
+                    if !artifact.published.contains(&publication) {
+                        artifact.published.push(publication);
                     }
                 }
                 self.changed()
             }
             RunEvent::ImageInProgress(image) => {
                 if let Some(manifest) = &mut self.manifest {
-                    manifest.in_progress.push(image.clone());
+                    manifest.in_progress.push(InProgressEntry::from(image));
                 }
                 self.changed()
             }
@@ -330,7 +335,7 @@ impl Reporter for ManifestWriter {
             RunEvent::Interrupted { .. } => self.write(),
             RunEvent::JobFailed(failure) => {
                 if let Some(manifest) = &mut self.manifest {
-                    manifest.failures.push(failure.clone());
+                    manifest.failures.push(FailureEntry::from(failure));
                 }
                 self.changed()
             }
@@ -342,7 +347,7 @@ impl Reporter for ManifestWriter {
                         }
                     }
                     manifest.artifacts.retain(|_, regions| !regions.is_empty());
-                    manifest.status = *status;
+                    manifest.status = ManifestStatus::from(*status);
                     manifest.finished_at = Some(finished_at.to_rfc3339_opts(SecondsFormat::Secs, true));
                 }
                 self.write()
@@ -368,6 +373,7 @@ impl Reporter for ManifestWriter {
 mod tests {
     use super::*;
     use crate::cloud::ImageId;
+    use crate::outcome::{Artifact, Failure, RunStatus};
     use crate::plan::RunId;
 
     fn stamped(event: RunEvent) -> Stamped {
@@ -409,7 +415,7 @@ mod tests {
             version: MANIFEST_VERSION,
             fleet: "unit \"fleet\"".into(),
             run_id: "r".into(),
-            status: RunStatus::Partial,
+            status: ManifestStatus::Partial,
             started_at: "2026-11-26T12:00:00Z".into(),
             finished_at: None,
             artifacts: BTreeMap::new(),
@@ -427,14 +433,14 @@ mod tests {
                     .artifacts
                     .entry(FlavorName::new(flavor))
                     .or_default()
-                    .insert(Region::new(region), artifact(&image));
+                    .insert(Region::new(region), ImageEntry::from(&artifact(&image)));
             }
         }
-        manifest.failures.push(Failure::new(
+        manifest.failures.push(FailureEntry::from(&Failure::new(
             &crate::outcome::JobLabel { flavor: FlavorName::new("web"), region: Region::new("ap-south-1") },
             crate::outcome::Stage::Launch,
             "no",
-        ));
+        )));
         for _ in 0..2 {
             manifest.serialize_cached(&mut cached, &mut fragments).unwrap();
             manifest.serialize_into(&mut plain).unwrap();
@@ -468,8 +474,8 @@ mod tests {
 
         ManifestWriter::new(path.clone(), Duration::ZERO).report(&started(&run)).unwrap();
         let resumed = Manifest::read(&path).unwrap();
-        assert_eq!(resumed.artifacts[&FlavorName::new("base")][&Region::new("us-west-2")], artifact);
-        assert_eq!(resumed.status, RunStatus::Partial);
+        assert_eq!(resumed.artifacts[&FlavorName::new("base")][&Region::new("us-west-2")], ImageEntry::from(&artifact));
+        assert_eq!(resumed.status, ManifestStatus::Partial);
 
         // Never announced again by the resumed attempt: gone from the final manifest.
         let mut again = ManifestWriter::new(path.clone(), Duration::ZERO);
