@@ -12,8 +12,8 @@ use std::time::Instant;
 use chrono::Utc;
 use fleetbake::cloud::{ImageId, SnapshotId};
 use fleetbake::config;
+use fleetbake::outcome::{Artifact, RunStatus};
 use fleetbake::plan::{Plan, RunId};
-use fleetbake::report::events::{Artifact, RunStatus};
 use fleetbake::state::journal::{Journal, JournalDir, Record, Replay};
 use fleetbake::steps::ledger::{Resource, ResourceKind};
 

@@ -10,8 +10,8 @@ use std::fmt;
 
 use crate::cloud::{Cloud, ImageQuery, ImageState, OwnedImage, RegionCloud};
 use crate::config::{Flavor, Fleet, Region, Tags};
+use crate::outcome::{Artifact, ImageSettings};
 use crate::plan::{JobId, Plan};
-use crate::report::events::{Artifact, ImageSettings};
 use crate::state::resume::Prior;
 use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, RUN_ID_TAG, SOURCE_IMAGE_TAG, TEST_TAG};
 use crate::steps::fingerprint::{Fingerprint, FINGERPRINT_TAG, PARTS_TAG};

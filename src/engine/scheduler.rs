@@ -16,14 +16,12 @@ use crate::cloud::watch::Waits;
 use crate::cloud::Cloud;
 use crate::config::Region;
 use crate::engine::limits::RunLimits;
+use crate::outcome::{Artifact, Failure, InProgress, JobEnd, JobLabel, Publication, RunStatus, Stage};
 use crate::plan::bound::JobTiming;
 use crate::plan::deps::DependencyQueue;
 use crate::plan::{JobId, Plan};
 use crate::remote::Communicator;
-use crate::report::events::{
-    Artifact, EventSender, Failure, InProgress, JobEnd, JobKind, JobLabel, PlannedLanding, Publication, RunEvent,
-    RunStatus, Stage,
-};
+use crate::report::events::{EventSender, JobKind, PlannedLanding, RunEvent};
 use crate::state::journal::{Journal, Record};
 use crate::state::leftovers;
 use crate::state::resume::Prior;

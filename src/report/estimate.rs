@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::outcome::JobLabel;
 use crate::plan::bound::{critical_path, BuildDuration, Caps, JobDurations};
 use crate::plan::{JobId, Plan};
-use crate::report::events::{JobKind, JobLabel};
+use crate::report::events::JobKind;
 use crate::report::tally::Tally;
 
 pub struct Estimator {
@@ -161,7 +162,7 @@ mod tests {
         see(
             &mut tally,
             14,
-            RunEvent::Progress { job: label(1), stage: crate::report::events::Stage::Provision, detail: "…".into() },
+            RunEvent::Progress { job: label(1), stage: crate::outcome::Stage::Provision, detail: "…".into() },
         );
         // `a` took 10 minutes: the second `a` has 6 left; `b` has no measure of its own, so all builds' mean.
         assert_eq!(estimator.remaining(&tally), Duration::from_secs((6 + 10) * 60));

@@ -8,7 +8,8 @@ use chrono::SecondsFormat;
 use serde_json::{json, Value};
 
 use super::{ReportError, Reporter};
-use crate::report::events::{JobLabel, OutputStream, RunEvent, Stamped};
+use crate::outcome::JobLabel;
+use crate::report::events::{OutputStream, RunEvent, Stamped};
 
 /// The schema version of an event line; bumped when a field changes meaning or goes away.
 pub const EVENTS_VERSION: u32 = 1;

@@ -14,7 +14,8 @@ use super::estimate::Estimator;
 use super::tally::Tally;
 use super::terminal::line;
 use super::{ReportError, Reporter};
-use crate::report::events::{JobKind, JobLabel, RunEvent, Stamped};
+use crate::outcome::JobLabel;
+use crate::report::events::{JobKind, RunEvent, Stamped};
 
 /// Redraws per second, at most.
 const REFRESH_HZ: u8 = 10;

@@ -4,8 +4,8 @@
 //! [`events::Stamped`] with the run clock's time it was sent at.
 //!
 //! Layer: `report` owns the closed set of [`events`] and the reporters that print them. It imports `config`,
-//! `plan` and `cloud` (the ids and errors events carry). The manifest writer, a reporter too, lives beside
-//! the manifest in `state`.
+//! `plan`, `cloud` and `outcome` (the ids, errors and outcomes events carry). The manifest writer, a reporter
+//! too, lives beside the manifest in `state`.
 
 pub mod estimate;
 pub mod events;

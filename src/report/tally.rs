@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 
 use crate::cloud::ImageId;
 use crate::config::{FlavorName, Region};
-use crate::report::events::{Failure, JobKind, JobLabel, PlannedLanding, RunEvent, RunStatus, Stage, Stamped};
+use crate::outcome::{Failure, JobLabel, RunStatus, Stage};
+use crate::report::events::{JobKind, PlannedLanding, RunEvent, Stamped};
 
 /// A job that has started and not ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,7 +156,7 @@ impl Tally {
             let failed: Vec<String> = self
                 .failures
                 .iter()
-                .filter(|failure| &failure.flavor == flavor && failure.stage != Stage::Cleanup.to_string())
+                .filter(|failure| &failure.flavor == flavor && failure.stage != Stage::Cleanup)
                 .map(|failure| format!("{} ({})", failure.region, failure.stage))
                 .collect();
             let mut line = format!("    {flavor}: {}/{} regions", images.len(), regions.len());

@@ -8,7 +8,8 @@ use chrono::SecondsFormat;
 
 use super::tally::Tally;
 use super::{ReportError, Reporter};
-use crate::report::events::{Publication, RunEvent, RunStatus, Stamped};
+use crate::outcome::{Publication, RunStatus};
+use crate::report::events::{RunEvent, Stamped};
 
 pub struct TerminalReporter<W: Write + Send> {
     out: W,

@@ -21,9 +21,9 @@ use chrono::{DateTime, Utc};
 
 use crate::cloud::ImageId;
 use crate::config::{Fleet, Selection};
+use crate::outcome::{Artifact, Failure, Publication, RunStatus};
 use crate::plan::bound::{BuildDuration, JobDurations};
 use crate::plan::{JobId, JobKey, Plan, PlannedJob, RunId};
-use crate::report::events::{Artifact, Failure, Publication, RunStatus};
 use crate::steps::ledger::{Ledger, Resource};
 
 /// The first line's `format`.

@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::cloud::watch::Waits;
 use crate::cloud::{Cloud, CloudError, ImageId, ImageQuery, ImageState, OwnedImage};
 use crate::config::{FlavorName, Fleet, Region};
+use crate::outcome::Artifact;
 use crate::plan::{JobId, Plan};
-use crate::report::events::{Artifact, EventSender, RunEvent};
+use crate::report::events::{EventSender, RunEvent};
 use crate::state::journal::{Journal, JournalDir, JournalError, Replay};
 use crate::state::leftovers::{self, Leftover};
 use crate::steps::adopt;
@@ -39,7 +40,7 @@ pub struct Resumed {
     pub priors: BTreeMap<JobId, Prior>,
     pub generations: BTreeMap<JobId, u32>,
     /// What each job's image was already published to (`[publish]`).
-    pub published: BTreeMap<JobId, Vec<crate::report::events::Publication>>,
+    pub published: BTreeMap<JobId, Vec<crate::outcome::Publication>>,
 }
 
 /// The run to resume and its plan, as of the fleet file now (which must plan the same jobs and names), with

@@ -18,11 +18,12 @@ use crate::cloud::{
     SecurityGroupId,
 };
 use crate::config::{Flavor, Provisioner, Tags};
+use crate::outcome::{Artifact, Failure, JobEnd, JobLabel, Publication, Stage};
 use crate::plan::BuildJob;
 use crate::remote::provision::{Described, ProvisionEnv};
 use crate::remote::ssh::SshTarget;
 use crate::remote::{Communicator, ConnectTarget, Connection};
-use crate::report::events::{Artifact, EventSender, Failure, JobEnd, JobLabel, Publication, RunEvent, Stage};
+use crate::report::events::{EventSender, RunEvent};
 use crate::steps::adopt;
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::{RunContext, TEMPORARY_TAG, TEST_TAG};

@@ -19,8 +19,9 @@ use crate::cloud::{
     SnapshotId,
 };
 use crate::config::Region;
+use crate::outcome::{Failure, JobLabel, Stage};
 use crate::plan::JobKey;
-use crate::report::events::{EventSender, Failure, JobLabel, RunEvent, Stage};
+use crate::report::events::{EventSender, RunEvent};
 use crate::steps::ledger::{Ledger, Resource, ResourceKind};
 
 /// One thing to undo.

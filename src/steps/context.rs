@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::cloud::ImageId;
 use crate::config::{Flavor, FlavorName, Fleet, Tags};
+use crate::outcome::Artifact;
 use crate::plan::RunId;
-use crate::report::events::Artifact;
 use crate::steps::fingerprint::FINGERPRINT_TAG;
 use crate::steps::ledger::Ledger;
 use crate::steps::network::SshSources;

@@ -13,7 +13,7 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use crate::cloud::consistency::{once_known, Created, NewKind};
 use crate::cloud::{CloudError, ImageId, LaunchPermissions, RegionCloud, SnapshotId};
 use crate::config::{Flavor, Fleet, Region, Sharing, Tags};
-use crate::report::events::{ImageSettings, Stage};
+use crate::outcome::{ImageSettings, Stage};
 
 /// The tag a shared image carries: `fleetbake gc` leaves shared images alone unless `[retention] shared =
 /// "deregister"` (another account may run instances from them).

@@ -6,8 +6,8 @@ use std::fmt;
 
 use crate::cloud::ImageId;
 use crate::config::Region;
+use crate::outcome::Publication;
 use crate::plan::JobKey;
-use crate::report::events::Publication;
 
 /// A temporary resource a build made.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]

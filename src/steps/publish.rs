@@ -7,8 +7,8 @@
 
 use crate::cloud::{CloudError, ImageId, RegionCloud};
 use crate::config::{FlavorName, Publish};
+use crate::outcome::Publication;
 use crate::plan::RunId;
-use crate::report::events::Publication;
 
 /// One image to publish.
 pub struct Publishing<'a> {
@@ -64,12 +64,12 @@ pub async fn each(
     cloud: &dyn RegionCloud,
     flavor: &FlavorName,
     job: &crate::plan::JobKey,
-    label: &crate::report::events::JobLabel,
+    label: &crate::outcome::JobLabel,
     image: &ImageId,
     already: &[Publication],
-) -> (Vec<Publication>, Vec<crate::report::events::Failure>) {
+) -> (Vec<Publication>, Vec<crate::outcome::Failure>) {
     use crate::config::PublishWhen;
-    use crate::report::events::{Failure, Stage};
+    use crate::outcome::{Failure, Stage};
     let Some(settings) = run.fleet.publish.as_ref().filter(|settings| settings.when == PublishWhen::Each) else {
         return (Vec::new(), Vec::new());
     };

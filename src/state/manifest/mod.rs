@@ -1,5 +1,10 @@
-//! The artifact manifest deploy tooling reads: its model, and the reporter that rewrites it atomically
-//! (temp file + rename) as images become available and jobs fail, within a lag that grows with its size.
+//! The artifact manifest deploy tooling reads: the document (its entries' own types are in `format.rs`, built
+//! from the run's outcomes), and the reporter that rewrites it atomically (temp file + rename) as images become
+//! available and jobs fail, within a lag that grows with its size.
+
+mod format;
+
+pub use format::{FailureEntry, ImageEntry, InProgressEntry, ManifestStatus, PublicationEntry, MANIFEST_VERSION};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,26 +16,26 @@ use chrono::SecondsFormat;
 use tokio::time::Instant;
 
 use crate::config::{FlavorName, Region};
-use crate::report::events::{Artifact, Failure, InProgress, RunEvent, RunStatus, Stamped};
+use crate::report::events::{RunEvent, Stamped};
 use crate::report::{ReportError, Reporter};
 
-pub const MANIFEST_VERSION: u32 = 1;
-
+/// The file: which run of which fleet, and what it made, failed at and left being made.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
+    /// [`MANIFEST_VERSION`] when written by this fleetbake.
     pub version: u32,
     pub fleet: String,
     pub run_id: String,
-    pub status: RunStatus,
+    pub status: ManifestStatus,
     pub started_at: String,
     /// `null` until the run ends.
     pub finished_at: Option<String>,
     /// flavor → region → image; the build region too.
-    pub artifacts: BTreeMap<FlavorName, BTreeMap<Region, Artifact>>,
-    pub failures: Vec<Failure>,
+    pub artifacts: BTreeMap<FlavorName, BTreeMap<Region, ImageEntry>>,
+    pub failures: Vec<FailureEntry>,
     /// Images still being made when the run was interrupted: `--resume` waits for them.
     #[serde(default)]
-    pub in_progress: Vec<InProgress>,
+    pub in_progress: Vec<InProgressEntry>,
 }
 
 /// One difference between two manifests.
@@ -285,7 +290,7 @@ impl Reporter for ManifestWriter {
                     version: MANIFEST_VERSION,
                     fleet: fleet.clone(),
                     run_id: run_id.to_string(),
-                    status: RunStatus::Partial,
+                    status: ManifestStatus::Partial,
                     started_at: started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
                     finished_at: None,
                     artifacts,
@@ -302,7 +307,7 @@ impl Reporter for ManifestWriter {
                         .artifacts
                         .entry(job.flavor.clone())
                         .or_default()
-                        .insert(job.region.clone(), artifact.clone());
+                        .insert(job.region.clone(), ImageEntry::from(artifact));
                     manifest.in_progress.retain(|image| image.flavor != job.flavor || image.region != job.region);
                 }
                 self.changed()
@@ -313,15 +318,16 @@ impl Reporter for ManifestWriter {
                     manifest.artifacts.get_mut(&job.flavor).and_then(|regions| regions.get_mut(&job.region))
                 });
                 if let Some(artifact) = artifact {
-                    if !artifact.published.contains(publication) {
-                        artifact.published.push(publication.clone());
+                    let publication = PublicationEntry::from(publication);
+                    if !artifact.published.contains(&publication) {
+                        artifact.published.push(publication);
                     }
                 }
                 self.changed()
             }
             RunEvent::ImageInProgress(image) => {
                 if let Some(manifest) = &mut self.manifest {
-                    manifest.in_progress.push(image.clone());
+                    manifest.in_progress.push(InProgressEntry::from(image));
                 }
                 self.changed()
             }
@@ -329,7 +335,7 @@ impl Reporter for ManifestWriter {
             RunEvent::Interrupted { .. } => self.write(),
             RunEvent::JobFailed(failure) => {
                 if let Some(manifest) = &mut self.manifest {
-                    manifest.failures.push(failure.clone());
+                    manifest.failures.push(FailureEntry::from(failure));
                 }
                 self.changed()
             }
@@ -341,7 +347,7 @@ impl Reporter for ManifestWriter {
                         }
                     }
                     manifest.artifacts.retain(|_, regions| !regions.is_empty());
-                    manifest.status = *status;
+                    manifest.status = ManifestStatus::from(*status);
                     manifest.finished_at = Some(finished_at.to_rfc3339_opts(SecondsFormat::Secs, true));
                 }
                 self.write()
@@ -367,6 +373,7 @@ impl Reporter for ManifestWriter {
 mod tests {
     use super::*;
     use crate::cloud::ImageId;
+    use crate::outcome::{Artifact, Failure, RunStatus};
     use crate::plan::RunId;
 
     fn stamped(event: RunEvent) -> Stamped {
@@ -374,7 +381,7 @@ mod tests {
     }
 
     fn started(run_id: &RunId) -> Stamped {
-        let job = crate::report::events::JobLabel { flavor: FlavorName::new("base"), region: Region::new("us-west-2") };
+        let job = crate::outcome::JobLabel { flavor: FlavorName::new("base"), region: Region::new("us-west-2") };
         stamped(RunEvent::RunStarted {
             fleet: "unit".into(),
             run_id: run_id.clone(),
@@ -408,7 +415,7 @@ mod tests {
             version: MANIFEST_VERSION,
             fleet: "unit \"fleet\"".into(),
             run_id: "r".into(),
-            status: RunStatus::Partial,
+            status: ManifestStatus::Partial,
             started_at: "2026-11-26T12:00:00Z".into(),
             finished_at: None,
             artifacts: BTreeMap::new(),
@@ -426,14 +433,14 @@ mod tests {
                     .artifacts
                     .entry(FlavorName::new(flavor))
                     .or_default()
-                    .insert(Region::new(region), artifact(&image));
+                    .insert(Region::new(region), ImageEntry::from(&artifact(&image)));
             }
         }
-        manifest.failures.push(Failure::new(
-            &crate::report::events::JobLabel { flavor: FlavorName::new("web"), region: Region::new("ap-south-1") },
-            crate::report::events::Stage::Launch,
+        manifest.failures.push(FailureEntry::from(&Failure::new(
+            &crate::outcome::JobLabel { flavor: FlavorName::new("web"), region: Region::new("ap-south-1") },
+            crate::outcome::Stage::Launch,
             "no",
-        ));
+        )));
         for _ in 0..2 {
             manifest.serialize_cached(&mut cached, &mut fragments).unwrap();
             manifest.serialize_into(&mut plain).unwrap();
@@ -461,14 +468,14 @@ mod tests {
         };
         let mut first = ManifestWriter::new(path.clone(), Duration::ZERO);
         first.report(&started(&run)).unwrap();
-        let job = crate::report::events::JobLabel { flavor: FlavorName::new("base"), region: Region::new("us-west-2") };
+        let job = crate::outcome::JobLabel { flavor: FlavorName::new("base"), region: Region::new("us-west-2") };
         first.report(&stamped(RunEvent::ImageAvailable { job, artifact: artifact.clone() })).unwrap();
         first.flush(true).unwrap();
 
         ManifestWriter::new(path.clone(), Duration::ZERO).report(&started(&run)).unwrap();
         let resumed = Manifest::read(&path).unwrap();
-        assert_eq!(resumed.artifacts[&FlavorName::new("base")][&Region::new("us-west-2")], artifact);
-        assert_eq!(resumed.status, RunStatus::Partial);
+        assert_eq!(resumed.artifacts[&FlavorName::new("base")][&Region::new("us-west-2")], ImageEntry::from(&artifact));
+        assert_eq!(resumed.status, ManifestStatus::Partial);
 
         // Never announced again by the resumed attempt: gone from the final manifest.
         let mut again = ManifestWriter::new(path.clone(), Duration::ZERO);
@@ -482,5 +489,95 @@ mod tests {
         let other = RunId::new("2026-11-26T13:00:00Z".parse().unwrap(), 2);
         ManifestWriter::new(path.clone(), Duration::ZERO).report(&started(&other)).unwrap();
         assert!(Manifest::read(&path).unwrap().artifacts.is_empty());
+    }
+
+    /// The file deploy tooling reads, whole: every field an image, a publication, a failure and an image in
+    /// progress can have. A change to an outcome or to the writer that changes the file fails here; accept it
+    /// only with a new `MANIFEST_VERSION` if a reader could notice.
+    #[test]
+    fn a_run_s_manifest_file_is_pinned() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("manifest.json");
+        let run = RunId::new("2026-11-26T12:00:00Z".parse().unwrap(), 7);
+        let label = |flavor: &str, region: &str| crate::outcome::JobLabel {
+            flavor: FlavorName::new(flavor),
+            region: Region::new(region),
+        };
+        let built = Artifact {
+            image_id: ImageId::new("ami-0base"),
+            name: "base-20261126T120000Z".into(),
+            build_region: Region::new("us-west-2"),
+            source_image_id: ImageId::new("ami-0source"),
+            snapshot_ids: vec![crate::cloud::SnapshotId::new("snap-0base")],
+            created_at: "2026-11-26T12:10:00Z".into(),
+            fingerprint: Some("ab".repeat(32)),
+            reused_from: None,
+            published: Vec::new(),
+            settings: Box::new(crate::outcome::ImageSettings {
+                kms_key_id: Some("arn:aws:kms:us-west-2:111122223333:key/base".into()),
+                imds_support: Some("v2.0".into()),
+                deprecation_time: Some("2027-11-26T12:10:00Z".into()),
+                shared_with: Some(crate::config::Sharing {
+                    accounts: vec!["444455556666".into()],
+                    organizations: vec!["arn:aws:organizations::111122223333:organization/o-abc".into()],
+                    organizational_units: Vec::new(),
+                    snapshot_accounts: vec!["444455556666".into()],
+                    public: false,
+                }),
+            }),
+        };
+        let copied = Artifact {
+            image_id: ImageId::new("ami-0copy"),
+            snapshot_ids: vec![crate::cloud::SnapshotId::new("snap-0copy")],
+            created_at: "2026-11-26T12:20:00Z".into(),
+            reused_from: Some("20261125T120000Z-3".into()),
+            settings: Box::default(),
+            ..built.clone()
+        };
+        let failure = crate::outcome::Failure {
+            code: Some("UnauthorizedOperation".into()),
+            hint: Some("grant `ec2:RunInstances`".into()),
+            ..crate::outcome::Failure::new(&label("web", "us-west-2"), crate::outcome::Stage::Launch, "not allowed")
+        };
+        let events = [
+            RunEvent::ImageAvailable { job: label("base", "us-west-2"), artifact: built },
+            RunEvent::Published {
+                job: label("base", "us-west-2"),
+                publication: crate::outcome::Publication::SsmParameter {
+                    name: "/images/base".into(),
+                    version: 3,
+                    label: format!("fleetbake-{run}"),
+                },
+            },
+            RunEvent::Published {
+                job: label("base", "us-west-2"),
+                publication: crate::outcome::Publication::LaunchTemplate {
+                    name: "base".into(),
+                    id: "lt-0base".into(),
+                    version: 12,
+                },
+            },
+            RunEvent::ImageAvailable { job: label("base", "eu-west-1"), artifact: copied },
+            RunEvent::JobFailed(failure),
+            RunEvent::ImageInProgress(crate::outcome::InProgress {
+                flavor: FlavorName::new("base"),
+                region: Region::new("ap-south-1"),
+                image_id: ImageId::new("ami-0pending"),
+            }),
+            RunEvent::RunFinished {
+                status: RunStatus::Partial,
+                finished_at: "2026-11-26T12:30:00Z".parse().unwrap(),
+                succeeded: 2,
+                failed: 1,
+                in_progress: 1,
+            },
+        ];
+        let mut writer = ManifestWriter::new(path.clone(), Duration::ZERO);
+        writer.report(&started(&run)).unwrap();
+        for event in events {
+            writer.report(&stamped(event)).unwrap();
+        }
+        writer.flush(true).unwrap();
+        insta::assert_snapshot!(std::fs::read_to_string(&path).unwrap());
     }
 }

@@ -1,0 +1,60 @@
+//! [`Artifact`]: an image a job made (or reused) that exists and is available, with what the fleet's settings
+//! made of it ([`ImageSettings`]) and where its id was published ([`Publication`]).
+//!
+//! Layer: `outcome`; imports `config` and `cloud` (ids).
+
+use crate::cloud::{ImageId, SnapshotId};
+use crate::config::{Region, Sharing};
+
+/// An image that exists and is available: what the manifest records per flavor and region.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Artifact {
+    pub image_id: ImageId,
+    pub name: String,
+    pub build_region: Region,
+    pub source_image_id: ImageId,
+    pub snapshot_ids: Vec<SnapshotId>,
+    /// When this image became available, RFC 3339.
+    pub created_at: String,
+    /// `fleetbake:fingerprint`: what determines its contents (see `steps::fingerprint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// `--changed-only`: nothing changed since the run that made it, which this run reused it from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
+    /// Where it was published (`[publish]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<Publication>,
+    /// What `[encryption]`, `[sharing]`, IMDSv2 and `deprecate_after` made of it.
+    /// Boxed: most runs set none of them, and every event carrying an artifact stays small.
+    #[serde(flatten)]
+    pub settings: Box<ImageSettings>,
+}
+
+/// Where an image's id was published for deploys.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Publication {
+    /// An SSM parameter's new version, labelled with the run (`fleetbake-<run id>`).
+    SsmParameter { name: String, version: u64, label: String },
+    /// A launch template's new default version.
+    LaunchTemplate { name: String, id: String, version: u64 },
+}
+
+/// What the fleet's settings made of an image, as far as they were applied: a field is absent when its setting
+/// is off, or when applying it failed (the failure is in the summary).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageSettings {
+    /// The KMS key its snapshots are encrypted with (`[encryption]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+    /// `v2.0`: instances launched from it require IMDSv2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imds_support: Option<String>,
+    /// When EC2 deprecates it, RFC 3339 (`[fleet] deprecate_after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprecation_time: Option<String>,
+    /// Who may launch it, and create volumes from its snapshots (`[sharing]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_with: Option<Sharing>,
+}

@@ -1,0 +1,62 @@
+//! The run's outcomes: what each job came to (an [`Artifact`], a [`Failure`] at a typed [`Stage`], an image left
+//! [`InProgress`], a [`Publication`]) and how the run ended ([`RunStatus`]). Events carry them, reporters read
+//! them, the journal records them and the manifest's file format is built from them; none of those owns them,
+//! so a new event or a new reporter changes no outcome, and an outcome gains a field (a failure's log paths,
+//! the account an image is in) without a file format changing unless that format's own types say so.
+//!
+//! Layer: `outcome` sits above `cloud` (the ids and errors outcomes hold) and below `report` and `state`. It
+//! imports `config` and `cloud` only.
+
+mod artifact;
+mod failure;
+mod stage;
+
+pub use artifact::{Artifact, ImageSettings, Publication};
+pub use failure::Failure;
+pub use stage::Stage;
+
+use std::fmt;
+
+use crate::cloud::ImageId;
+use crate::config::{FlavorName, Region};
+
+/// Which image a job is making: a flavor in a region (the build region, or a copy's target).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobLabel {
+    pub flavor: FlavorName,
+    pub region: Region,
+}
+
+impl fmt::Display for JobLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.flavor, self.region)
+    }
+}
+
+/// How a job ended: what went wrong (nothing, for a clean success), and the image it leaves being made if the
+/// run was interrupted after CreateImage or CopyImage answered (a resume waits for it).
+#[derive(Debug, Default)]
+pub struct JobEnd {
+    pub failures: Vec<Failure>,
+    pub in_progress: Option<ImageId>,
+}
+
+/// An image still being made when the run stopped: in the manifest, for `--resume` and for people.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InProgress {
+    pub flavor: FlavorName,
+    pub region: Region,
+    pub image_id: ImageId,
+}
+
+/// How the run ended, as far as images go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every build and copy succeeded.
+    Complete,
+    /// Some images exist, something failed or is still to come.
+    Partial,
+    /// No image was made.
+    Failed,
+}
