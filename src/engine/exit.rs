@@ -128,9 +128,9 @@ mod tests {
     use crate::config::api::Action;
     use crate::config::Region;
     use crate::engine::preflight::Preflight;
+    use crate::outcome::RunStatus;
     use crate::plan::RunId;
     use crate::remote::net::DetectError;
-    use crate::report::events::RunStatus;
     use crate::report::ReportError;
 
     fn summary(failed: usize, interrupted: Option<Interrupt>) -> Box<RunSummary> {

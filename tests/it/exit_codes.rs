@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::harness::{fleetbake, Outcome, Workspace};
+use crate::harness::{Outcome, Workspace};
 use crate::witness::Witness;
 
 /// A fleet whose journals live in `.fleetbake/fleet/`, with `[retention]` so that gc takes the run lock.
@@ -39,11 +39,11 @@ keep = 1
 }
 
 /// `matrix` and `gc` of the fleet file, each checked to have made no AWS call.
-fn both_commands(fleet_path: &Path, witness: &Witness) -> [(&'static str, Outcome); 2] {
+fn both_commands(workspace: &Workspace, fleet_path: &Path, witness: &Witness) -> [(&'static str, Outcome); 2] {
     let path = fleet_path.to_str().unwrap();
-    let matrix = fleetbake(&["matrix", path]);
+    let matrix = workspace.fleetbake(&["matrix", path]);
     assert_eq!(witness.connections(), 0, "matrix connected to EC2: {}", matrix.stderr);
-    let gc = fleetbake(&["gc", path]);
+    let gc = workspace.fleetbake(&["gc", path]);
     assert_eq!(witness.connections(), 0, "gc connected to EC2: {}", gc.stderr);
     [("matrix", matrix), ("gc", gc)]
 }
@@ -56,7 +56,7 @@ fn a_journal_that_cannot_be_written_exits_1_from_matrix_and_gc() {
     let workspace = Workspace::new();
     let fleet_path = workspace.write("fleet.toml", &fleet(&witness.endpoint));
     workspace.write(".fleetbake", "a file where the journal directory goes\n");
-    for (command, outcome) in both_commands(&fleet_path, &witness) {
+    for (command, outcome) in both_commands(&workspace, &fleet_path, &witness) {
         assert_eq!(outcome.code, 1, "{command}: {}", outcome.stderr);
         let journals = workspace.path(".fleetbake/fleet");
         assert!(outcome.stderr.contains(journals.to_str().unwrap()), "{command}: names the path: {}", outcome.stderr);
@@ -72,7 +72,7 @@ fn a_run_lock_another_process_holds_exits_1_from_matrix_and_gc() {
     let lock_path = workspace.write(".fleetbake/fleet/run.lock", "the test (pid 1)");
     let lock = std::fs::File::open(&lock_path).unwrap();
     lock.try_lock().unwrap();
-    for (command, outcome) in both_commands(&fleet_path, &witness) {
+    for (command, outcome) in both_commands(&workspace, &fleet_path, &witness) {
         assert_eq!(outcome.code, 1, "{command}: {}", outcome.stderr);
         assert!(
             outcome.stderr.contains("another fleetbake is running this fleet file: the test (pid 1) holds"),
