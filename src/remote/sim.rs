@@ -1,5 +1,6 @@
 //! The simulated communicator: "SSH" answers when the model says the instance's sshd is up; provisioners run
-//! nothing, take their simulated time, and say what would have run.
+//! nothing, take their simulated time, and say what would have run. Its `upload` and `exec` (which the
+//! simulated provisioners do not go through) keep nothing and run nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use tokio::time::Instant;
 use crate::cloud::sim::SimCloud;
 use crate::config::{FlavorName, Fleet, Provisioner, Region};
 use crate::remote::provision::{Described, ProvisionEnv, ProvisionError};
-use crate::remote::{Communicator, ConnectTarget, Connection, OutputSink};
+use crate::remote::{Communicator, ConnectTarget, Connection, Exit, OutputSink, RemoteError};
 use crate::report::events::OutputStream;
 
 pub struct SimCommunicator {
@@ -89,6 +90,15 @@ impl Connection for SimConnection {
             return Err(ProvisionError::ExitCode { number, what: Described(provisioner).to_string(), code: 1 });
         }
         Ok(())
+    }
+
+    async fn upload(&self, _content: &[u8], _remote_path: &str) -> Result<(), RemoteError> {
+        Ok(())
+    }
+
+    async fn exec(&self, command_line: &str, output: OutputSink<'_>) -> Result<Exit, RemoteError> {
+        output(OutputStream::Stdout, format!("(sim) would run `{command_line}`"));
+        Ok(Exit::Success)
     }
 
     async fn close(self: Box<Self>) {}

@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use crate::cloud::retry::{retry, Outcome, Policy};
 use crate::cloud::PrivateKey;
 use crate::config::Bastion;
+use crate::remote::Exit;
 use crate::report::events::OutputStream;
 
 /// Where and as whom to connect.
@@ -169,15 +170,6 @@ pub async fn upload(session: &Session, content: &[u8], remote_path: &str) -> Res
         }
         (_, Err(error)) => Err(SshError::Command(format!("upload to `{remote_path}` failed: {error}"))),
     }
-}
-
-/// How a remote command ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Exit {
-    Success,
-    Code(i32),
-    /// Killed by a signal, or the connection dropped.
-    Abnormal(String),
 }
 
 /// Runs `command_line` with stdin from /dev/null, handing each output line to `on_line` as it arrives.
