@@ -22,12 +22,22 @@ use crate::report::events::OutputStream;
 use provision::{ProvisionEnv, ProvisionError};
 use ssh::SshTarget;
 
-/// The instance a build provisions, and how to reach it over SSH.
+/// The instance a build connects to, and its way in.
 pub struct ConnectTarget {
+    pub instance: TargetInstance,
+    pub via: Via,
+}
+
+/// Which instance: its id, and the build it is for (which the simulated communicator models it by).
+pub struct TargetInstance {
+    pub id: InstanceId,
     pub flavor: FlavorName,
     pub region: Region,
-    pub instance: InstanceId,
-    pub ssh: SshTarget,
+}
+
+/// The way in to an instance: a closed set, today SSH only (next: Session Manager).
+pub enum Via {
+    Ssh(SshTarget),
 }
 
 /// Where provisioner output goes, line by line.
@@ -88,10 +98,15 @@ impl SshCommunicator {
 #[async_trait]
 impl Communicator for SshCommunicator {
     async fn connect(&self, target: &ConnectTarget, timeout: Duration) -> Result<Box<dyn Connection>, String> {
-        let files = ssh::KeyFiles::write(&target.ssh.private_key)
-            .map_err(|error| format!("cannot write the private key to a private temporary directory: {error}"))?;
-        let session = ssh::connect(&target.ssh, &files, timeout).await.map_err(|error| error.to_string())?;
-        Ok(Box::new(SshConnection(session, files)))
+        match &target.via {
+            Via::Ssh(ssh) => {
+                let files = ssh::KeyFiles::write(&ssh.private_key).map_err(|error| {
+                    format!("cannot write the private key to a private temporary directory: {error}")
+                })?;
+                let session = ssh::connect(ssh, &files, timeout).await.map_err(|error| error.to_string())?;
+                Ok(Box::new(SshConnection(session, files)))
+            }
+        }
     }
 }
 

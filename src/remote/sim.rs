@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::cloud::sim::SimCloud;
 use crate::config::{FlavorName, Fleet, Provisioner, Region};
 use crate::remote::provision::{Described, ProvisionEnv, ProvisionError};
-use crate::remote::{Communicator, ConnectTarget, Connection, Exit, OutputSink, RemoteError};
+use crate::remote::{Communicator, ConnectTarget, Connection, Exit, OutputSink, RemoteError, Via};
 use crate::report::events::OutputStream;
 
 pub struct SimCommunicator {
@@ -28,24 +28,24 @@ impl SimCommunicator {
 #[async_trait]
 impl Communicator for SimCommunicator {
     async fn connect(&self, target: &ConnectTarget, timeout: Duration) -> Result<Box<dyn Connection>, String> {
-        let ssh_at = self.sim.ssh_ready_at(&target.region, &target.instance)?;
+        let instance = &target.instance;
+        let ssh_at = self.sim.ssh_ready_at(&instance.region, &instance.id)?;
         let deadline = Instant::now() + timeout;
         if ssh_at > deadline {
             tokio::time::sleep_until(deadline).await;
-            return Err(format!(
-                "no SSH connection to {}@{}:{} within {} (simulated)",
-                target.ssh.user,
-                target.ssh.host,
-                target.ssh.port,
-                humantime::format_duration(timeout)
-            ));
+            let waited = humantime::format_duration(timeout);
+            return Err(match &target.via {
+                Via::Ssh(ssh) => {
+                    format!("no SSH connection to {}@{}:{} within {waited} (simulated)", ssh.user, ssh.host, ssh.port)
+                }
+            });
         }
         tokio::time::sleep_until(ssh_at).await;
         Ok(Box::new(SimConnection {
             sim: Arc::clone(&self.sim),
             fleet: Arc::clone(&self.fleet),
-            flavor: target.flavor.clone(),
-            region: target.region.clone(),
+            flavor: instance.flavor.clone(),
+            region: instance.region.clone(),
         }))
     }
 }

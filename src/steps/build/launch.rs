@@ -1,5 +1,5 @@
-//! Launching a build's instance: the source image resolved, the root volume it launches with, and
-//! RunInstances with EC2's capacity answers waited out across placements.
+//! Launching a build's instance: the source image resolved, the root volume it launches with, RunInstances
+//! with EC2's capacity answers waited out across placements, and the wait until it runs.
 //!
 //! Layer: `steps` (part of [`super`], the build).
 
@@ -13,13 +13,70 @@ use crate::steps::network::{Network, Placement};
 use crate::steps::patience::{no_room, Placements};
 use crate::steps::source::{self, SourceError};
 
+use crate::cloud::consistency::NewKind;
+use crate::cloud::watch::WaitKind;
+use crate::cloud::InstanceStatus;
+use crate::steps::cleanup::{CleanupStack, UndoStep};
+use crate::steps::ledger::ResourceKind;
+
+use super::reach::Prepared;
 use super::{BuildContext, Purpose, StepError};
+
+/// Launches an instance from `image` into `network` with what the way in `prepared`, puts it on `stack`, and
+/// waits until it runs.
+pub(super) async fn instance(
+    context: &BuildContext,
+    stack: &mut CleanupStack,
+    image: &ImageSummary,
+    network: &Network,
+    prepared: &Prepared,
+    purpose: Purpose,
+) -> Result<(InstanceId, Created, InstanceStatus), StepError> {
+    let flavor = &context.flavor;
+    let mut tags = flavor.run_tags.clone();
+    tags.extend(context.temporary_tags());
+    let launch_spec = LaunchSpec {
+        image_id: image.id.clone(),
+        instance_type: flavor.instance_type.clone(),
+        key_name: prepared.key_name.clone(),
+        security_group: prepared.security_group.clone(),
+        subnet_id: None,
+        associate_public_ip: flavor.associate_public_ip,
+        client_token: String::new(),
+        tags,
+        metadata: flavor.metadata,
+        root_volume: root_device(context, image)?,
+        iam_instance_profile: flavor.iam_instance_profile.clone(),
+        user_data: flavor.user_data.clone(),
+    };
+    let (instance, placement) = launch(context, launch_spec, network, &prepared.fresh, purpose).await?;
+    let launched = Created::now(NewKind::Instance);
+    stack.push(UndoStep::TerminateInstance { id: instance.clone(), fresh: Some(launched) });
+    context.created(ResourceKind::Instance, &instance);
+    let placed = placement.map(|placement| format!(" in {placement}")).unwrap_or_default();
+    context.progress(
+        Stage::Launch,
+        format!("launched {} {instance}{placed} from {}", context.flavor.instance_type, image.id),
+    );
+
+    let running = context
+        .interruptible(Stage::WaitRunning, async {
+            let running = context
+                .waits
+                .instance(&instance, WaitKind::InstanceRunning)
+                .await
+                .map_err(|error| StepError::wait(Stage::WaitRunning, error))?;
+            Ok(running.expect("a running instance was described"))
+        })
+        .await?;
+    Ok((instance, launched, running))
+}
 
 /// RunInstances, waiting out EC2's capacity and quota answers (`InsufficientInstanceCapacity`,
 /// `VcpuLimitExceeded`, …): another placement first, then a pause of minutes, up to `[limits]
 /// capacity_patience`. Each try is a new request with its own client token (a repeat within one try, after a
 /// lost answer, keeps it); `Invalid*.NotFound` about the key pair or group made moments ago is EC2's lag.
-pub(super) async fn launch(
+async fn launch(
     context: &BuildContext,
     spec: LaunchSpec,
     network: &Network,
@@ -103,7 +160,7 @@ pub(super) async fn resolve_source(context: &BuildContext) -> Result<ImageSummar
 /// The root volume the instance launches with: the source image's root device, resized or retyped as the flavor
 /// says, and encrypted with the build region's key of `[encryption]`; `None` when neither asks for a change.
 /// The image made from it keeps that encryption (CreateImage snapshots the volume as it is).
-pub(super) fn root_device(context: &BuildContext, source: &ImageSummary) -> Result<Option<RootDevice>, StepError> {
+fn root_device(context: &BuildContext, source: &ImageSummary) -> Result<Option<RootDevice>, StepError> {
     let kms_key = context.run.fleet.kms_key(&context.job.region).map(String::from);
     if context.flavor.root_volume.is_none() && kms_key.is_none() {
         return Ok(None);

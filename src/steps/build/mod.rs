@@ -21,15 +21,13 @@ use crate::cloud::consistency::{once_known, Created, NewKind};
 use crate::cloud::hints;
 use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
-use crate::cloud::{CloudError, ImageId, ImageSummary, InstanceId, KeyPairName, LaunchSpec, RegionCloud};
+use crate::cloud::{CloudError, ImageId, ImageSummary, InstanceId, RegionCloud};
 use crate::config::{Flavor, Tags};
 use crate::outcome::{Artifact, Failure, JobEnd, JobLabel, Publication, Stage};
 use crate::plan::BuildJob;
-use crate::remote::ssh::SshTarget;
-use crate::remote::{Communicator, ConnectTarget, Connection};
+use crate::remote::{Communicator, Connection};
 use crate::report::events::EventSender;
-use crate::steps::adopt;
-use crate::steps::cleanup::{CleanupStack, UndoStep};
+use crate::steps::cleanup::CleanupStack;
 use crate::steps::context::{RunContext, TEMPORARY_TAG};
 use crate::steps::fingerprint::Fingerprint;
 use crate::steps::finish::{self, Finishing};
@@ -38,9 +36,9 @@ use crate::steps::network;
 use crate::steps::publish;
 
 use image::{create_image, fingerprint, wait_for_image};
-use launch::{launch, resolve_source, root_device};
+use launch::resolve_source;
 use provision::provision_all;
-use reach::create_security_group;
+use reach::Reach;
 use test::test_image;
 
 /// Everything one build needs.
@@ -265,8 +263,9 @@ struct Up {
     connection: Box<dyn Connection>,
 }
 
-/// Brings an instance up from `image` and connects to it: its network settled, a temporary key pair and
-/// security group, the launch (capacity waited out), running, SSH. Everything made is on `stack`.
+/// Brings an instance up from `image` and connects to it: its network settled, what its way in needs (a
+/// temporary key pair and security group), the launch (capacity waited out), running, connected. Everything
+/// made is on `stack`.
 async fn bring_up(
     context: &BuildContext,
     stack: &mut CleanupStack,
@@ -274,7 +273,6 @@ async fn bring_up(
     purpose: Purpose,
 ) -> Result<Up, StepError> {
     let run = &context.run;
-    let cloud = &*context.cloud;
     let network =
         network::resolve(&*context.cloud, &run.fleet.ssh, &run.ssh_sources, &context.flavor, &context.job.region)
             .await
@@ -289,93 +287,10 @@ async fn bring_up(
         Purpose::Build => format!("fleetbake-{}-{}", run.run_id, context.flavor.name),
         Purpose::Test => format!("fleetbake-{}-{}-test", run.run_id, context.flavor.name),
     };
-    let key_name = KeyPairName(resource_name.clone());
-    let private_key = adopt::key_pair(cloud, &key_name, &context.temporary_tags())
-        .await
-        .map_err(|error| StepError::cloud(Stage::KeyPair, error))?;
-    let key_pair = Created::now(NewKind::KeyPair);
-    stack.push(UndoStep::DeleteKeyPair { name: key_name.clone() });
-    context.created(ResourceKind::KeyPair, &key_name);
-    // Kept in memory: the communicator writes it to a private file only while it is connected.
-    context.progress(Stage::KeyPair, format!("created temporary key pair {key_name}"));
-
-    let (security_group, group) = create_security_group(context, stack, &network, &resource_name).await?;
-
-    let flavor = &context.flavor;
-    let mut tags = flavor.run_tags.clone();
-    tags.extend(context.temporary_tags());
-    let launch_spec = LaunchSpec {
-        image_id: image.id.clone(),
-        instance_type: flavor.instance_type.clone(),
-        key_name,
-        security_group,
-        subnet_id: None,
-        associate_public_ip: flavor.associate_public_ip,
-        client_token: String::new(),
-        tags,
-        metadata: flavor.metadata,
-        root_volume: root_device(context, image)?,
-        iam_instance_profile: flavor.iam_instance_profile.clone(),
-        user_data: flavor.user_data.clone(),
-    };
-    let (instance, placement) = launch(context, launch_spec, &network, &[key_pair, group], purpose).await?;
-    let launched = Created::now(NewKind::Instance);
-    stack.push(UndoStep::TerminateInstance { id: instance.clone(), fresh: Some(launched) });
-    context.created(ResourceKind::Instance, &instance);
-    let placed = placement.map(|placement| format!(" in {placement}")).unwrap_or_default();
-    context.progress(
-        Stage::Launch,
-        format!("launched {} {instance}{placed} from {}", context.flavor.instance_type, image.id),
-    );
-
-    let running = context
-        .interruptible(Stage::WaitRunning, async {
-            let running = context
-                .waits
-                .instance(&instance, WaitKind::InstanceRunning)
-                .await
-                .map_err(|error| StepError::wait(Stage::WaitRunning, error))?;
-            Ok(running.expect("a running instance was described"))
-        })
-        .await?;
-    let host = match &run.fleet.ssh.host {
-        Some(host) => host.clone(),
-        None => network.address.of(&running).ok_or_else(|| {
-            StepError::new(
-                Stage::Connect,
-                format!(
-                    "instance {instance} has no {} to connect to; set `[ssh] interface` (or a subnet that gives public addresses)",
-                    network.address
-                ),
-            )
-        })?,
-    };
-
-    let target = ConnectTarget {
-        flavor: context.flavor.name.clone(),
-        region: context.job.region.clone(),
-        instance: instance.clone(),
-        ssh: SshTarget {
-            host,
-            port: run.fleet.ssh.port,
-            user: context.flavor.ssh_username.clone(),
-            private_key,
-            bastion: run.fleet.ssh.bastion.clone(),
-        },
-    };
-    let how = match &run.fleet.ssh.host {
-        Some(_) => "`[ssh] host`".to_string(),
-        None => network.why.clone(),
-    };
-    context.progress(Stage::Connect, format!("waiting for SSH on {}:{} ({how})", target.ssh.host, target.ssh.port));
-    let connection = context
-        .interruptible(Stage::Connect, async {
-            context
-                .communicator
-                .connect(&target, run.fleet.ssh.timeout)
-                .await
-                .map_err(|error| StepError::new(Stage::Connect, error))
-        })
-        .await?;
+    let reach = Reach::ssh(context, &network);
+    let prepared = reach.prepare(context, stack, &resource_name).await?;
+    let (instance, launched, running) = launch::instance(context, stack, image, &network, &prepared, purpose).await?;
+    let target = reach.target(context, prepared, &instance, &running)?;
+    let connection = reach.connect(context, &target).await?;
     Ok(Up { instance, launched, connection })
 }

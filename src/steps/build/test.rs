@@ -63,7 +63,7 @@ pub(super) async fn test_image(
         stack.push(UndoStep::discard_failed(&*context.cloud, ledger, &context.job.key(), image, None).await);
     } else {
         // Kept: its snapshots carry the image's tags like any image's (a passing image's get them once finished).
-        let tags = context.run.artifact_tags(&context.flavor, &artifact);
+        let tags = context.run.artifact_tags(&context.flavor, artifact);
         if let Err(tag_error) = finish::tag_snapshots(&*context.cloud, &artifact.snapshot_ids, &tags).await {
             tracing::warn!("cannot tag the snapshots of {image}, kept though it failed its tests: {tag_error}");
         }
