@@ -18,7 +18,7 @@ use async_trait::async_trait;
 
 use crate::cloud::InstanceId;
 use crate::config::{FlavorName, Provisioner, Region};
-use crate::report::events::OutputStream;
+use crate::report::events::{OutputLine, OutputStream};
 use provision::{ProvisionEnv, ProvisionError};
 use ssh::SshTarget;
 
@@ -40,8 +40,8 @@ pub enum Via {
     Ssh(SshTarget),
 }
 
-/// Where provisioner output goes, line by line.
-pub type OutputSink<'a> = &'a mut (dyn FnMut(OutputStream, String) + Send);
+/// Where provisioner output goes, line by line, as the bytes printed.
+pub type OutputSink<'a> = &'a mut (dyn FnMut(OutputStream, OutputLine) + Send);
 
 #[async_trait]
 pub trait Communicator: Send + Sync {

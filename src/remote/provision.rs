@@ -115,7 +115,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::report::events::OutputStream;
+    use crate::report::events::{OutputLine, OutputStream};
 
     /// A connection that records what it is asked and answers every command with `exit`.
     struct Recording {
@@ -138,7 +138,7 @@ mod tests {
         }
         async fn exec(&self, command_line: &str, output: OutputSink<'_>) -> Result<Exit, RemoteError> {
             self.commands.lock().unwrap().push(command_line.to_string());
-            output(OutputStream::Stdout, "hello".to_string());
+            output(OutputStream::Stdout, "hello".into());
             Ok((self.exit)())
         }
         async fn provision(
@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(content, b"#!/bin/sh -e\necho hello\n");
         let commands = connection.commands.into_inner().unwrap();
         assert_eq!(commands, [script_command(path, &env(), &BTreeMap::new())]);
-        assert_eq!(lines, [(OutputStream::Stdout, "hello".to_string())]);
+        assert_eq!(lines, [(OutputStream::Stdout, OutputLine::from("hello"))]);
     }
 
     #[tokio::test]

@@ -83,10 +83,10 @@ impl Connection for SimConnection {
     ) -> Result<(), ProvisionError> {
         let testing = env.image_id.is_some();
         let kind = if testing { "test" } else { "provisioner" };
-        output(OutputStream::Stdout, format!("(sim) would run {kind} {number}: {}", Described(provisioner)));
+        output(OutputStream::Stdout, format!("(sim) would run {kind} {number}: {}", Described(provisioner)).into());
         tokio::time::sleep(self.sim.jittered(self.each(testing))).await;
         if testing && number == 1 && self.sim.test_fails(&self.region) {
-            output(OutputStream::Stderr, "(sim) the test failed ([sim] faults)".to_string());
+            output(OutputStream::Stderr, "(sim) the test failed ([sim] faults)".into());
             return Err(ProvisionError::ExitCode { number, what: Described(provisioner).to_string(), code: 1 });
         }
         Ok(())
@@ -97,7 +97,7 @@ impl Connection for SimConnection {
     }
 
     async fn exec(&self, command_line: &str, output: OutputSink<'_>) -> Result<Exit, RemoteError> {
-        output(OutputStream::Stdout, format!("(sim) would run `{command_line}`"));
+        output(OutputStream::Stdout, format!("(sim) would run `{command_line}`").into());
         Ok(Exit::Success)
     }
 

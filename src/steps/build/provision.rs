@@ -8,7 +8,7 @@ use crate::config::Provisioner;
 use crate::outcome::Stage;
 use crate::remote::provision::{Described, ProvisionEnv};
 use crate::remote::Connection;
-use crate::report::events::RunEvent;
+use crate::report::events::{OutputLine, RunEvent};
 
 use super::{BuildContext, StepError};
 
@@ -42,7 +42,7 @@ pub(super) async fn run_all(
         context.progress(stage, format!("{kind} {number}/{}: {}", list.len(), Described(provisioner)));
         // A test's last lines, for its failure; a provisioner's are only streamed.
         let mut last = std::collections::VecDeque::with_capacity(if image.is_some() { TEST_OUTPUT_LINES } else { 0 });
-        let mut output = |stream, line: String| {
+        let mut output = |stream, line: OutputLine| {
             if image.is_some() {
                 if last.len() == TEST_OUTPUT_LINES {
                     last.pop_front();
@@ -57,7 +57,7 @@ pub(super) async fn run_all(
                 message = message.replacen("provisioner ", "test ", 1);
             }
             if image.is_some() && !last.is_empty() {
-                let lines: Vec<String> = last.into_iter().collect();
+                let lines: Vec<String> = last.iter().map(|line| line.text().into_owned()).collect();
                 message.push_str(&format!("; its last output: {}", lines.join(" | ")));
             }
             return Err(StepError::new(stage, message));
