@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::cloud::sim::SimCloud;
 use crate::config::{FlavorName, Fleet, Provisioner, Region};
-use crate::remote::provision::{Described, ProvisionEnv, ProvisionError};
+use crate::remote::provision::{Described, Phase, ProvisionCause, ProvisionEnv, ProvisionError};
 use crate::remote::{Communicator, ConnectTarget, Connection, Exit, OutputSink, RemoteError, Via};
 use crate::report::events::OutputStream;
 
@@ -81,13 +81,13 @@ impl Connection for SimConnection {
         env: &ProvisionEnv,
         output: OutputSink<'_>,
     ) -> Result<(), ProvisionError> {
-        let testing = env.image_id.is_some();
-        let kind = if testing { "test" } else { "provisioner" };
+        let testing = matches!(env.phase, Phase::Test { .. });
+        let kind = env.phase.noun();
         output(OutputStream::Stdout, format!("(sim) would run {kind} {number}: {}", Described(provisioner)).into());
         tokio::time::sleep(self.sim.jittered(self.each(testing))).await;
         if testing && number == 1 && self.sim.test_fails(&self.region) {
             output(OutputStream::Stderr, "(sim) the test failed ([sim] faults)".into());
-            return Err(ProvisionError::ExitCode { number, what: Described(provisioner).to_string(), code: 1 });
+            return Err(ProvisionError::new(env, number, provisioner, ProvisionCause::ExitCode(1)));
         }
         Ok(())
     }

@@ -5,8 +5,10 @@
 //! available → tag snapshots → (image handed to the scheduler) → cleanup.
 //!
 //! One module per phase: [`launch`] (source image, RunInstances), [`reach`] (the way in), [`provision`],
-//! [`image`] (CreateImage and its wait), [`test`] (the image's tests); this module runs them in order.
+//! [`image`] (CreateImage and its wait), [`test`] (the image's tests), and [`failure`] (the on-failure phase,
+//! run while a failed phase's instance and connection are still there); this module runs them in order.
 
+mod failure;
 mod image;
 mod launch;
 mod provision;
@@ -225,8 +227,7 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     let (instance, launched, connection) = (up.instance, up.launched, up.connection);
     let source = source.id;
     let provisioned = context.interruptible(Stage::Provision, provision_all(context, &*connection)).await;
-    connection.close().await;
-    provisioned?;
+    failure::close_after(context, &instance, connection, provisioned).await?;
 
     context.progress(Stage::Stop, format!("stopping {instance}"));
     once_known(&[launched], || cloud.stop_instance(&instance))

@@ -10,6 +10,9 @@ use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::TEST_TAG;
 use crate::steps::finish;
 
+use crate::remote::provision::Phase;
+
+use super::failure;
 use super::provision::run_all;
 use super::{bring_up, BuildContext, Purpose, StepError};
 
@@ -41,9 +44,9 @@ pub(super) async fn test_image(
     };
     let tested = async {
         let up = bring_up(context, stack, &summary, Purpose::Test).await?;
-        let result = context.interruptible(Stage::Test, run_all(context, &*up.connection, tests, Some(image))).await;
-        up.connection.close().await;
-        result
+        let phase = Phase::Test { image_id: image.to_string() };
+        let result = context.interruptible(Stage::Test, run_all(context, &*up.connection, tests, phase)).await;
+        failure::close_after(context, &up.instance, up.connection, result).await
     }
     .await;
     let Err(error) = tested else {
