@@ -27,7 +27,7 @@ use crate::cloud::{CloudError, ImageId, ImageSummary, InstanceId, RegionCloud};
 use crate::config::{Flavor, Tags};
 use crate::outcome::{Artifact, Failure, JobEnd, JobLabel, Publication, Stage};
 use crate::plan::BuildJob;
-use crate::remote::{Communicator, Connection};
+use crate::remote::{Communicator, Connection, TargetInstance};
 use crate::report::events::EventSender;
 use crate::steps::cleanup::CleanupStack;
 use crate::steps::context::{RunContext, TEMPORARY_TAG};
@@ -291,7 +291,12 @@ async fn bring_up(
     let reach = Reach::ssh(context, &network);
     let prepared = reach.prepare(context, stack, &resource_name).await?;
     let (instance, launched, running) = launch::instance(context, stack, image, &network, &prepared, purpose).await?;
-    let target = reach.target(context, prepared, &instance, &running)?;
+    let for_build = TargetInstance {
+        id: instance.clone(),
+        flavor: context.flavor.name.clone(),
+        region: context.job.region.clone(),
+    };
+    let target = reach.target(prepared, for_build, &running)?;
     let connection = reach.connect(context, &target).await?;
     Ok(Up { instance, launched, connection })
 }

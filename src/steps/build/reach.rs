@@ -5,10 +5,12 @@
 //!
 //! Layer: `steps` (part of [`super`], the build).
 
+use std::time::Duration;
+
 use ipnet::IpNet;
 
 use crate::cloud::consistency::{once_known, Created, NewKind};
-use crate::cloud::{InstanceId, InstanceStatus, KeyPairName, PrivateKey, SecurityGroupId, VpcId};
+use crate::cloud::{InstanceStatus, KeyPairName, PrivateKey, SecurityGroupId, VpcId};
 use crate::config::Bastion;
 use crate::outcome::Stage;
 use crate::remote::ssh::SshTarget;
@@ -35,6 +37,8 @@ pub(super) struct SshReach {
     sources: Vec<IpNet>,
     /// Where the security group is made (`None`: the default VPC).
     vpc: Option<VpcId>,
+    /// How long to wait for the instance to answer (`[ssh] timeout`).
+    timeout: Duration,
 }
 
 /// Which address SSH connects to.
@@ -71,6 +75,7 @@ impl Reach {
             bastion: settings.bastion.clone(),
             sources: network.ssh_sources.clone(),
             vpc: network.vpc.clone(),
+            timeout: settings.timeout,
         })
     }
 
@@ -101,9 +106,8 @@ impl Reach {
     /// Where to connect to `instance`, now running as `running`.
     pub(super) fn target(
         &self,
-        context: &BuildContext,
         prepared: Prepared,
-        instance: &InstanceId,
+        instance: TargetInstance,
         running: &InstanceStatus,
     ) -> Result<ConnectTarget, StepError> {
         let via = match self {
@@ -114,7 +118,8 @@ impl Reach {
                         StepError::new(
                             Stage::Connect,
                             format!(
-                                "instance {instance} has no {kind} to connect to; set `[ssh] interface` (or a subnet that gives public addresses)"
+                                "instance {} has no {kind} to connect to; set `[ssh] interface` (or a subnet that gives public addresses)",
+                                instance.id
                             ),
                         )
                     })?,
@@ -122,11 +127,6 @@ impl Reach {
                 let (port, user, bastion) = (ssh.port, ssh.user.clone(), ssh.bastion.clone());
                 Via::Ssh(SshTarget { host, port, user, private_key: prepared.private_key, bastion })
             }
-        };
-        let instance = TargetInstance {
-            id: instance.clone(),
-            flavor: context.flavor.name.clone(),
-            region: context.job.region.clone(),
         };
         Ok(ConnectTarget { instance, via })
     }
@@ -137,16 +137,8 @@ impl Reach {
         context: &BuildContext,
         target: &ConnectTarget,
     ) -> Result<Box<dyn Connection>, StepError> {
-        let timeout = match (self, &target.via) {
-            (Reach::Ssh(ssh), Via::Ssh(to)) => {
-                let how = match &ssh.address {
-                    SshAddress::Configured(_) => "`[ssh] host`",
-                    SshAddress::OfInstance { why, .. } => why.as_str(),
-                };
-                context.progress(Stage::Connect, format!("waiting for SSH on {}:{} ({how})", to.host, to.port));
-                context.run.fleet.ssh.timeout
-            }
-        };
+        let (waiting, timeout) = self.waiting(target);
+        context.progress(Stage::Connect, waiting);
         context
             .interruptible(Stage::Connect, async {
                 context
@@ -156,6 +148,19 @@ impl Reach {
                     .map_err(|error| StepError::new(Stage::Connect, error))
             })
             .await
+    }
+
+    /// What the build says while it waits for `target` to answer, and how long it waits.
+    fn waiting(&self, target: &ConnectTarget) -> (String, Duration) {
+        match (self, &target.via) {
+            (Reach::Ssh(ssh), Via::Ssh(to)) => {
+                let how = match &ssh.address {
+                    SshAddress::Configured(_) => "`[ssh] host`",
+                    SshAddress::OfInstance { why, .. } => why.as_str(),
+                };
+                (format!("waiting for SSH on {}:{} ({how})", to.host, to.port), ssh.timeout)
+            }
+        }
     }
 }
 
@@ -187,4 +192,86 @@ async fn create_security_group(
         format!("created temporary security group {group}{vpc} (port {port} from {})", cidrs.join(", ")),
     );
     Ok((group, created))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::{InstanceId, InstanceState};
+    use crate::config::{FlavorName, Region};
+
+    fn ssh(address: SshAddress) -> Reach {
+        Reach::Ssh(SshReach {
+            address,
+            port: 2222,
+            user: "ec2-user".into(),
+            bastion: None,
+            sources: Vec::new(),
+            vpc: None,
+            timeout: Duration::from_secs(300),
+        })
+    }
+
+    fn prepared() -> Prepared {
+        Prepared {
+            key_name: KeyPairName("k".into()),
+            security_group: SecurityGroupId("sg-1".into()),
+            fresh: Vec::new(),
+            private_key: PrivateKey::new("pem".into()),
+        }
+    }
+
+    fn instance() -> TargetInstance {
+        TargetInstance {
+            id: InstanceId("i-1".into()),
+            flavor: FlavorName::new("base"),
+            region: Region::new("us-west-2"),
+        }
+    }
+
+    fn running(public_ip: Option<&str>) -> InstanceStatus {
+        InstanceStatus {
+            id: InstanceId("i-1".into()),
+            state: InstanceState::Running,
+            public_ip: public_ip.map(String::from),
+            private_ip: Some("10.0.0.5".into()),
+            public_dns: None,
+            private_dns: None,
+            state_reason: None,
+        }
+    }
+
+    #[test]
+    fn ssh_connects_to_the_instance_address_the_network_settled_and_says_why() {
+        let why = "its public IP (this machine)".to_string();
+        let reach = ssh(SshAddress::OfInstance { kind: AddressKind::PublicIp, why });
+        let Ok(target) = reach.target(prepared(), instance(), &running(Some("203.0.113.7"))) else {
+            panic!("a target")
+        };
+        let Via::Ssh(to) = &target.via;
+        assert_eq!((to.host.as_str(), to.port, to.user.as_str()), ("203.0.113.7", 2222, "ec2-user"));
+        assert_eq!(to.private_key.expose(), "pem");
+        assert_eq!(target.instance.id, InstanceId("i-1".into()));
+        let (said, timeout) = reach.waiting(&target);
+        assert_eq!(said, "waiting for SSH on 203.0.113.7:2222 (its public IP (this machine))");
+        assert_eq!(timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_configured_host_is_connected_to_whatever_the_instance_has() {
+        let reach = ssh(SshAddress::Configured("localhost".into()));
+        let Ok(target) = reach.target(prepared(), instance(), &running(None)) else { panic!("a target") };
+        assert_eq!(reach.waiting(&target).0, "waiting for SSH on localhost:2222 (`[ssh] host`)");
+    }
+
+    #[test]
+    fn an_instance_without_the_address_to_connect_to_fails_the_connect_stage() {
+        let reach = ssh(SshAddress::OfInstance { kind: AddressKind::PublicIp, why: String::new() });
+        let Err(error) = reach.target(prepared(), instance(), &running(None)) else { panic!("no public IP") };
+        assert_eq!(error.stage, Stage::Connect);
+        assert_eq!(
+            error.message,
+            "instance i-1 has no public IP to connect to; set `[ssh] interface` (or a subnet that gives public addresses)"
+        );
+    }
 }
