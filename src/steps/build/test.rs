@@ -6,11 +6,10 @@
 use crate::cloud::ImageSummary;
 use crate::config::Tags;
 use crate::outcome::{Artifact, Stage};
+use crate::remote::provision::Phase;
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::TEST_TAG;
 use crate::steps::finish;
-
-use crate::remote::provision::Phase;
 
 use super::failure;
 use super::provision::run_all;
