@@ -1,6 +1,7 @@
-//! How a build reaches its instance to provision it: the [`Communicator`] port, and [`SshCommunicator`], the
-//! real one over the system ssh client ([`ssh`], running [`provision`]ers); [`sim`] answers for the simulated
-//! cloud; [`net`] detects this machine's address for the security group.
+//! How a build reaches its instance to provision it: the [`Communicator`] port and the [`Connection`] it opens
+//! (`upload` and `exec`, which the [`provision`]ers run over), and [`SshCommunicator`], the real one over the
+//! system ssh client ([`ssh`]); [`sim`] answers for the simulated cloud; [`net`] detects this machine's address
+//! for the security group.
 //!
 //! Layer: `remote` imports `config`, `cloud` (instance ids, the simulated cloud's instances) and `report`
 //! (output streams); never the steps, the state or the engine.
@@ -17,20 +18,30 @@ use async_trait::async_trait;
 
 use crate::cloud::InstanceId;
 use crate::config::{FlavorName, Provisioner, Region};
-use crate::report::events::OutputStream;
+use crate::report::events::{OutputLine, OutputStream};
 use provision::{ProvisionEnv, ProvisionError};
 use ssh::SshTarget;
 
-/// The instance a build provisions, and how to reach it over SSH.
+/// The instance a build connects to, and its way in.
 pub struct ConnectTarget {
-    pub flavor: FlavorName,
-    pub region: Region,
-    pub instance: InstanceId,
-    pub ssh: SshTarget,
+    pub instance: TargetInstance,
+    pub via: Via,
 }
 
-/// Where provisioner output goes, line by line.
-pub type OutputSink<'a> = &'a mut (dyn FnMut(OutputStream, String) + Send);
+/// Which instance: its id, and the build it is for (which the simulated communicator models it by).
+pub struct TargetInstance {
+    pub id: InstanceId,
+    pub flavor: FlavorName,
+    pub region: Region,
+}
+
+/// The way in to an instance: a closed set, today SSH only (next: Session Manager).
+pub enum Via {
+    Ssh(SshTarget),
+}
+
+/// Where provisioner output goes, line by line, as the bytes printed.
+pub type OutputSink<'a> = &'a mut (dyn FnMut(OutputStream, OutputLine) + Send);
 
 #[async_trait]
 pub trait Communicator: Send + Sync {
@@ -38,10 +49,33 @@ pub trait Communicator: Send + Sync {
     async fn connect(&self, target: &ConnectTarget, timeout: Duration) -> Result<Box<dyn Connection>, String>;
 }
 
-/// A connection to one instance.
+/// A command's failure to be carried out on the instance (not its exit status, which is an [`Exit`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RemoteError(pub String);
+
+/// How a remote command ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    Success,
+    Code(i32),
+    /// Killed by a signal, or the connection dropped.
+    Abnormal(String),
+}
+
+/// A connection to one instance: what any way in offers, and all the provisioners need.
 #[async_trait]
 pub trait Connection: Send + Sync {
-    /// Runs provisioner `number` (1-based), streaming its output.
+    /// Writes `content` to `remote_path` on the instance.
+    async fn upload(&self, content: &[u8], remote_path: &str) -> Result<(), RemoteError>;
+
+    /// Runs `command_line` (POSIX shell) with stdin from /dev/null, handing each output line to `output` as it
+    /// arrives.
+    async fn exec(&self, command_line: &str, output: OutputSink<'_>) -> Result<Exit, RemoteError>;
+
+    /// Runs provisioner `number` (1-based), streaming its output. A real way in runs it over its own `upload`
+    /// and `exec` ([`provision::run`]); the simulated connection stands in for the whole provisioner (its
+    /// simulated time, and a line saying what would have run).
     async fn provision(
         &self,
         number: usize,
@@ -64,10 +98,15 @@ impl SshCommunicator {
 #[async_trait]
 impl Communicator for SshCommunicator {
     async fn connect(&self, target: &ConnectTarget, timeout: Duration) -> Result<Box<dyn Connection>, String> {
-        let files = ssh::KeyFiles::write(&target.ssh.private_key)
-            .map_err(|error| format!("cannot write the private key to a private temporary directory: {error}"))?;
-        let session = ssh::connect(&target.ssh, &files, timeout).await.map_err(|error| error.to_string())?;
-        Ok(Box::new(SshConnection(session, files)))
+        match &target.via {
+            Via::Ssh(ssh) => {
+                let files = ssh::KeyFiles::write(&ssh.private_key).map_err(|error| {
+                    format!("cannot write the private key to a private temporary directory: {error}")
+                })?;
+                let session = ssh::connect(ssh, &files, timeout).await.map_err(|error| error.to_string())?;
+                Ok(Box::new(SshConnection(session, files)))
+            }
+        }
     }
 }
 
@@ -84,7 +123,15 @@ impl Connection for SshConnection {
         env: &ProvisionEnv,
         output: OutputSink<'_>,
     ) -> Result<(), ProvisionError> {
-        provision::run(&self.0, number, provisioner, env, output).await
+        provision::run(self, number, provisioner, env, output).await
+    }
+
+    async fn upload(&self, content: &[u8], remote_path: &str) -> Result<(), RemoteError> {
+        ssh::upload(&self.0, content, remote_path).await.map_err(|error| RemoteError(error.to_string()))
+    }
+
+    async fn exec(&self, command_line: &str, output: OutputSink<'_>) -> Result<Exit, RemoteError> {
+        ssh::run_streaming(&self.0, command_line, output).await.map_err(|error| RemoteError(error.to_string()))
     }
 
     async fn close(self: Box<Self>) {

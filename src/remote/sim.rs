@@ -1,5 +1,6 @@
 //! The simulated communicator: "SSH" answers when the model says the instance's sshd is up; provisioners run
-//! nothing, take their simulated time, and say what would have run.
+//! nothing, take their simulated time, and say what would have run. Its `upload` and `exec` (which the
+//! simulated provisioners do not go through) keep nothing and run nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +10,8 @@ use tokio::time::Instant;
 
 use crate::cloud::sim::SimCloud;
 use crate::config::{FlavorName, Fleet, Provisioner, Region};
-use crate::remote::provision::{Described, ProvisionEnv, ProvisionError};
-use crate::remote::{Communicator, ConnectTarget, Connection, OutputSink};
+use crate::remote::provision::{Described, Phase, ProvisionCause, ProvisionEnv, ProvisionError};
+use crate::remote::{Communicator, ConnectTarget, Connection, Exit, OutputSink, RemoteError, Via};
 use crate::report::events::OutputStream;
 
 pub struct SimCommunicator {
@@ -27,24 +28,24 @@ impl SimCommunicator {
 #[async_trait]
 impl Communicator for SimCommunicator {
     async fn connect(&self, target: &ConnectTarget, timeout: Duration) -> Result<Box<dyn Connection>, String> {
-        let ssh_at = self.sim.ssh_ready_at(&target.region, &target.instance)?;
+        let instance = &target.instance;
+        let ssh_at = self.sim.ssh_ready_at(&instance.region, &instance.id)?;
         let deadline = Instant::now() + timeout;
         if ssh_at > deadline {
             tokio::time::sleep_until(deadline).await;
-            return Err(format!(
-                "no SSH connection to {}@{}:{} within {} (simulated)",
-                target.ssh.user,
-                target.ssh.host,
-                target.ssh.port,
-                humantime::format_duration(timeout)
-            ));
+            let waited = humantime::format_duration(timeout);
+            return Err(match &target.via {
+                Via::Ssh(ssh) => {
+                    format!("no SSH connection to {}@{}:{} within {waited} (simulated)", ssh.user, ssh.host, ssh.port)
+                }
+            });
         }
         tokio::time::sleep_until(ssh_at).await;
         Ok(Box::new(SimConnection {
             sim: Arc::clone(&self.sim),
             fleet: Arc::clone(&self.fleet),
-            flavor: target.flavor.clone(),
-            region: target.region.clone(),
+            flavor: instance.flavor.clone(),
+            region: instance.region.clone(),
         }))
     }
 }
@@ -80,15 +81,24 @@ impl Connection for SimConnection {
         env: &ProvisionEnv,
         output: OutputSink<'_>,
     ) -> Result<(), ProvisionError> {
-        let testing = env.image_id.is_some();
-        let kind = if testing { "test" } else { "provisioner" };
-        output(OutputStream::Stdout, format!("(sim) would run {kind} {number}: {}", Described(provisioner)));
+        let testing = matches!(env.phase, Phase::Test { .. });
+        let kind = env.phase.noun();
+        output(OutputStream::Stdout, format!("(sim) would run {kind} {number}: {}", Described(provisioner)).into());
         tokio::time::sleep(self.sim.jittered(self.each(testing))).await;
         if testing && number == 1 && self.sim.test_fails(&self.region) {
-            output(OutputStream::Stderr, "(sim) the test failed ([sim] faults)".to_string());
-            return Err(ProvisionError::ExitCode { number, what: Described(provisioner).to_string(), code: 1 });
+            output(OutputStream::Stderr, "(sim) the test failed ([sim] faults)".into());
+            return Err(ProvisionError::new(env, number, provisioner, ProvisionCause::ExitCode(1)));
         }
         Ok(())
+    }
+
+    async fn upload(&self, _content: &[u8], _remote_path: &str) -> Result<(), RemoteError> {
+        Ok(())
+    }
+
+    async fn exec(&self, command_line: &str, output: OutputSink<'_>) -> Result<Exit, RemoteError> {
+        output(OutputStream::Stdout, format!("(sim) would run `{command_line}`").into());
+        Ok(Exit::Success)
     }
 
     async fn close(self: Box<Self>) {}

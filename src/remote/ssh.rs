@@ -12,7 +12,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use crate::cloud::retry::{retry, Outcome, Policy};
 use crate::cloud::PrivateKey;
 use crate::config::Bastion;
-use crate::report::events::OutputStream;
+use crate::remote::Exit;
+use crate::report::events::{OutputLine, OutputStream};
 
 /// Where and as whom to connect.
 #[derive(Clone, Debug)]
@@ -171,20 +172,12 @@ pub async fn upload(session: &Session, content: &[u8], remote_path: &str) -> Res
     }
 }
 
-/// How a remote command ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Exit {
-    Success,
-    Code(i32),
-    /// Killed by a signal, or the connection dropped.
-    Abnormal(String),
-}
-
-/// Runs `command_line` with stdin from /dev/null, handing each output line to `on_line` as it arrives.
+/// Runs `command_line` with stdin from /dev/null, handing each output line to `on_line` as it arrives, as the
+/// bytes printed (a line that is not UTF-8 is passed on, not an end of the output).
 pub async fn run_streaming(
     session: &Session,
     command_line: &str,
-    mut on_line: impl FnMut(OutputStream, String),
+    mut on_line: impl FnMut(OutputStream, OutputLine),
 ) -> Result<Exit, SshError> {
     let mut child = session
         .raw_command(command_line)
@@ -194,17 +187,19 @@ pub async fn run_streaming(
         .spawn()
         .await
         .map_err(|error| SshError::Command(format!("cannot start the command: {error}")))?;
-    let mut stdout = BufReader::new(child.stdout().take().expect("stdout is piped")).lines();
-    let mut stderr = BufReader::new(child.stderr().take().expect("stderr is piped")).lines();
+    let mut stdout = BufReader::new(child.stdout().take().expect("stdout is piped"));
+    let mut stderr = BufReader::new(child.stderr().take().expect("stderr is piped"));
+    // Kept across the select's turns: `read_until` keeps what it read of a line when the other stream wins.
+    let (mut stdout_line, mut stderr_line) = (Vec::new(), Vec::new());
     let (mut stdout_open, mut stderr_open) = (true, true);
     while stdout_open || stderr_open {
         tokio::select! {
-            line = stdout.next_line(), if stdout_open => match line {
-                Ok(Some(line)) => on_line(OutputStream::Stdout, line),
+            read = stdout.read_until(b'\n', &mut stdout_line), if stdout_open => match read {
+                Ok(n) if n > 0 => on_line(OutputStream::Stdout, take_line(&mut stdout_line)),
                 _ => stdout_open = false,
             },
-            line = stderr.next_line(), if stderr_open => match line {
-                Ok(Some(line)) => on_line(OutputStream::Stderr, line),
+            read = stderr.read_until(b'\n', &mut stderr_line), if stderr_open => match read {
+                Ok(n) if n > 0 => on_line(OutputStream::Stderr, take_line(&mut stderr_line)),
                 _ => stderr_open = false,
             },
         }
@@ -222,6 +217,19 @@ pub async fn run_streaming(
     })
 }
 
+/// The line read into `buffer`, without its line ending (`\n` or `\r\n`, as `lines()` would strip); `buffer`
+/// is left empty for the next.
+fn take_line(buffer: &mut Vec<u8>) -> OutputLine {
+    let mut line = std::mem::take(buffer);
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    OutputLine::new(line)
+}
+
 /// Creates `path` with mode 0600 (the ssh client ignores a key others can read) and writes `content`.
 pub fn write_private_file(path: &Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
@@ -233,4 +241,19 @@ pub fn write_private_file(path: &Path, content: &str) -> std::io::Result<()> {
     }
     // Not synced: ssh reads it from the page cache, and it is removed when the connection ends.
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_loses_its_ending_and_keeps_every_other_byte() {
+        let mut buffer = b"caf\xc3\xa9 \xff\r\n".to_vec();
+        assert_eq!(take_line(&mut buffer).as_bytes(), b"caf\xc3\xa9 \xff");
+        assert!(buffer.is_empty());
+        assert_eq!(take_line(&mut b"last, unterminated".to_vec()).as_bytes(), b"last, unterminated");
+        assert_eq!(take_line(&mut b"a\rb\n".to_vec()).as_bytes(), b"a\rb");
+        assert_eq!(take_line(&mut b"\n".to_vec()).as_bytes(), b"");
+    }
 }

@@ -16,6 +16,38 @@ pub enum OutputStream {
     Stderr,
 }
 
+/// One line a command printed on an instance, as the bytes it printed (without its line ending): carried as
+/// bytes end to end, made text only at the edge, by whatever writes it ([`OutputLine::text`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputLine(Vec<u8>);
+
+impl OutputLine {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        OutputLine(bytes.into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The line as text: UTF-8 as printed, any byte that is not UTF-8 as U+FFFD.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.0)
+    }
+}
+
+impl From<String> for OutputLine {
+    fn from(text: String) -> Self {
+        OutputLine(text.into_bytes())
+    }
+}
+
+impl From<&str> for OutputLine {
+    fn from(text: &str) -> Self {
+        OutputLine(text.as_bytes().to_vec())
+    }
+}
+
 /// A build or a copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -79,7 +111,7 @@ pub enum RunEvent {
     Output {
         job: JobLabel,
         stream: OutputStream,
-        line: String,
+        line: OutputLine,
     },
     /// `job` names the flavor and the region the image is in.
     ImageAvailable {
@@ -168,5 +200,18 @@ impl EventSender {
 
     pub fn progress(&self, job: &JobLabel, stage: Stage, detail: impl Into<String>) {
         self.send(RunEvent::Progress { job: job.clone(), stage, detail: detail.into() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_output_line_is_its_bytes_and_its_text_is_made_lossily() {
+        let line = OutputLine::new(b"caf\xc3\xa9 \xff ok".to_vec());
+        assert_eq!(line.as_bytes(), b"caf\xc3\xa9 \xff ok");
+        assert_eq!(line.text(), "café \u{fffd} ok");
+        assert_eq!(OutputLine::from("plain text").text(), "plain text");
     }
 }

@@ -44,7 +44,7 @@ pub fn to_json_line(stamped: &Stamped) -> String {
                 OutputStream::Stdout => "stdout",
                 OutputStream::Stderr => "stderr",
             };
-            ("provisioner_output", merge(job(label), json!({ "stream": stream, "line": line })))
+            ("provisioner_output", merge(job(label), json!({ "stream": stream, "line": line.text() })))
         }
         RunEvent::ImageAvailable { job: label, artifact } => {
             ("image_available", merge(job(label), json!({ "artifact": artifact })))

@@ -31,7 +31,7 @@ pub fn line(event: &RunEvent) -> Option<String> {
         }
         RunEvent::PreflightPassed { checks } => format!("==> preflight: all {checks} checks passed"),
         RunEvent::Progress { job, detail, .. } => format!("==> {job}: {detail}"),
-        RunEvent::Output { job, line, .. } => format!("{job}: {line}"),
+        RunEvent::Output { job, line, .. } => format!("{job}: {}", line.text()),
         RunEvent::ImageAvailable { job, artifact, .. } => {
             format!("==> {job}: image {} `{}` is available", artifact.image_id, artifact.name)
         }

@@ -1,0 +1,178 @@
+//! Launching a build's instance: the source image resolved, the root volume it launches with, RunInstances
+//! with EC2's capacity answers waited out across placements, and the wait until it runs.
+//!
+//! Layer: `steps` (part of [`super`], the build).
+
+use std::sync::Mutex;
+
+use crate::cloud::consistency::{once_known, Created};
+use crate::cloud::retry;
+use crate::cloud::{client_token, ImageSummary, InstanceId, LaunchSpec, RootDevice};
+use crate::outcome::Stage;
+use crate::steps::network::{Network, Placement};
+use crate::steps::patience::{no_room, Placements};
+use crate::steps::source::{self, SourceError};
+
+use crate::cloud::consistency::NewKind;
+use crate::cloud::watch::WaitKind;
+use crate::cloud::InstanceStatus;
+use crate::steps::cleanup::{CleanupStack, UndoStep};
+use crate::steps::ledger::ResourceKind;
+
+use super::reach::Prepared;
+use super::{BuildContext, Purpose, StepError};
+
+/// Launches an instance from `image` into `network` with what the way in `prepared`, puts it on `stack`, and
+/// waits until it runs.
+pub(super) async fn instance(
+    context: &BuildContext,
+    stack: &mut CleanupStack,
+    image: &ImageSummary,
+    network: &Network,
+    prepared: &Prepared,
+    purpose: Purpose,
+) -> Result<(InstanceId, Created, InstanceStatus), StepError> {
+    let flavor = &context.flavor;
+    let mut tags = flavor.run_tags.clone();
+    tags.extend(context.temporary_tags());
+    let launch_spec = LaunchSpec {
+        image_id: image.id.clone(),
+        instance_type: flavor.instance_type.clone(),
+        key_name: prepared.key_name.clone(),
+        security_group: prepared.security_group.clone(),
+        subnet_id: None,
+        associate_public_ip: flavor.associate_public_ip,
+        client_token: String::new(),
+        tags,
+        metadata: flavor.metadata,
+        root_volume: root_device(context, image)?,
+        iam_instance_profile: flavor.iam_instance_profile.clone(),
+        user_data: flavor.user_data.clone(),
+    };
+    let (instance, placement) = launch(context, launch_spec, network, &prepared.fresh, purpose).await?;
+    let launched = Created::now(NewKind::Instance);
+    stack.push(UndoStep::TerminateInstance { id: instance.clone(), fresh: Some(launched) });
+    context.created(ResourceKind::Instance, &instance);
+    let placed = placement.map(|placement| format!(" in {placement}")).unwrap_or_default();
+    context.progress(
+        Stage::Launch,
+        format!("launched {} {instance}{placed} from {}", context.flavor.instance_type, image.id),
+    );
+
+    let running = context
+        .interruptible(Stage::WaitRunning, async {
+            let running = context
+                .waits
+                .instance(&instance, WaitKind::InstanceRunning)
+                .await
+                .map_err(|error| StepError::wait(Stage::WaitRunning, error))?;
+            Ok(running.expect("a running instance was described"))
+        })
+        .await?;
+    Ok((instance, launched, running))
+}
+
+/// RunInstances, waiting out EC2's capacity and quota answers (`InsufficientInstanceCapacity`,
+/// `VcpuLimitExceeded`, …): another placement first, then a pause of minutes, up to `[limits]
+/// capacity_patience`. Each try is a new request with its own client token (a repeat within one try, after a
+/// lost answer, keeps it); `Invalid*.NotFound` about the key pair or group made moments ago is EC2's lag.
+async fn launch(
+    context: &BuildContext,
+    spec: LaunchSpec,
+    network: &Network,
+    fresh: &[Created],
+    purpose: Purpose,
+) -> Result<(InstanceId, Option<Placement>), StepError> {
+    let run = &context.run;
+    // Read as a try starts and moved on as it ends; never held across an await.
+    let placements = Mutex::new(Placements::new(network.placements.clone()));
+    let launched = retry::retry_cancellable(
+        retry::Policy::capacity(run.fleet.limits.capacity_patience).start(),
+        &context.cancel,
+        |tries| {
+            // Per attempt of the run: a resumed run's new instance is a new request, not a repeat of the killed
+            // one's.
+            let attempt = run.attempt.to_string();
+            let try_number = format!("try{tries}");
+            let mut parts =
+                vec![run.run_id.as_str(), context.flavor.name.as_str(), context.job.region.as_str(), attempt.as_str()];
+            if purpose == Purpose::Test {
+                // Not a repeat of the build's launch: EC2 would answer it with the build's instance.
+                parts.push("test");
+            }
+            if tries > 0 {
+                parts.push(&try_number);
+            }
+            let placement = placements.lock().expect("not poisoned").current().clone();
+            let subnet_id = placement.as_ref().map(|placement| placement.subnet.clone());
+            let spec = LaunchSpec { subnet_id, client_token: client_token(&parts), ..spec.clone() };
+            let placements = &placements;
+            async move {
+                let error = match once_known(fresh, || context.cloud.run_instance(&spec)).await {
+                    Ok(instance) => return retry::Outcome::Done(Ok((instance, placement))),
+                    Err(error) if no_room(&error) => error,
+                    Err(error) => return retry::Outcome::Done(Err(error)),
+                };
+                let code = error.code.clone().unwrap_or_default();
+                let mut placements = placements.lock().expect("not poisoned");
+                if placements.rotate() {
+                    let next = placements.current().as_ref().map_or("the default VPC".to_string(), ToString::to_string);
+                    context.progress(Stage::Launch, format!("no room now ({code}); trying {next}"));
+                    return retry::Outcome::AgainAtOnce(error);
+                }
+                // After the pause, every placement may be tried again.
+                placements.new_round();
+                retry::Outcome::Again(error)
+            }
+        },
+        |error, pause| {
+            let code = error.code.clone().unwrap_or_default();
+            let detail = format!("no room now ({code}); trying again in {}", humantime::format_duration(pause));
+            context.progress(Stage::Launch, detail);
+        },
+    )
+    .await;
+    match launched {
+        Ok(launched) => Ok(launched),
+        Err(retry::Stopped::Cancelled) => Err(StepError::interrupted(Stage::Launch)),
+        Err(retry::Stopped::GaveUp(retry::GaveUp::Refused(error))) => Err(StepError::cloud(Stage::Launch, error)),
+        Err(retry::Stopped::GaveUp(retry::GaveUp::Spent { error, tries })) => {
+            let waited = humantime::format_duration(run.fleet.limits.capacity_patience);
+            Err(StepError::cloud(Stage::Launch, error).waited(&format!("tried {tries} times over {waited}")))
+        }
+    }
+}
+
+/// The source image in this region: the given id, or the newest match of the filter.
+pub(super) async fn resolve_source(context: &BuildContext) -> Result<ImageSummary, StepError> {
+    match source::find(&*context.cloud, &context.flavor.source_ami, &context.job.region).await {
+        Ok(image) => {
+            if !image.name.is_empty() {
+                context.progress(Stage::SourceAmi, format!("source image {} `{}`", image.id, image.name));
+            }
+            Ok(image)
+        }
+        Err(SourceError::Missing(message)) => Err(StepError::new(Stage::SourceAmi, message)),
+        Err(SourceError::Cloud(error)) => Err(StepError::cloud(Stage::SourceAmi, error)),
+    }
+}
+
+/// The root volume the instance launches with: the source image's root device, resized or retyped as the flavor
+/// says, and encrypted with the build region's key of `[encryption]`; `None` when neither asks for a change.
+/// The image made from it keeps that encryption (CreateImage snapshots the volume as it is).
+fn root_device(context: &BuildContext, source: &ImageSummary) -> Result<Option<RootDevice>, StepError> {
+    let kms_key = context.run.fleet.kms_key(&context.job.region).map(String::from);
+    if context.flavor.root_volume.is_none() && kms_key.is_none() {
+        return Ok(None);
+    }
+    let device_name = source.root_device.clone().ok_or_else(|| {
+        StepError::new(
+            Stage::SourceAmi,
+            format!(
+                "source image {} names no root device, so its root volume cannot be set (root_volume, [encryption])",
+                source.id
+            ),
+        )
+    })?;
+    Ok(Some(RootDevice { device_name, volume: context.flavor.root_volume.clone().unwrap_or_default(), kms_key }))
+}

@@ -1,0 +1,302 @@
+//! One build: the amazon-ebs sequence for one flavor in one region, with every temporary resource on the
+//! cleanup stack before the next await, and the stack unwound whatever happens.
+//!
+//! source AMI → key pair → security group → launch → running → SSH → provisioners → stop → CreateImage →
+//! available → tag snapshots → (image handed to the scheduler) → cleanup.
+//!
+//! One module per phase: [`launch`] (source image, RunInstances), [`reach`] (the way in), [`provision`],
+//! [`image`] (CreateImage and its wait), [`test`] (the image's tests), and [`failure`] (the on-failure phase,
+//! run while a failed phase's instance and connection are still there); this module runs them in order.
+
+mod failure;
+mod image;
+mod launch;
+mod provision;
+mod reach;
+mod test;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cloud::consistency::{once_known, Created, NewKind};
+use crate::cloud::hints;
+use crate::cloud::wait::WaitError;
+use crate::cloud::watch::{RegionWaits, WaitKind};
+use crate::cloud::{CloudError, ImageId, ImageSummary, InstanceId, RegionCloud};
+use crate::config::{Flavor, Tags};
+use crate::outcome::{Artifact, Failure, JobEnd, JobLabel, Publication, Stage};
+use crate::plan::BuildJob;
+use crate::remote::{Communicator, Connection, TargetInstance};
+use crate::report::events::EventSender;
+use crate::steps::cleanup::CleanupStack;
+use crate::steps::context::{RunContext, TEMPORARY_TAG};
+use crate::steps::fingerprint::Fingerprint;
+use crate::steps::finish::{self, Finishing};
+use crate::steps::ledger::{Resource, ResourceKind};
+use crate::steps::network;
+use crate::steps::publish;
+
+use image::{create_image, fingerprint, wait_for_image};
+use launch::resolve_source;
+use provision::provision_all;
+use reach::Reach;
+use test::test_image;
+
+/// Everything one build needs.
+pub struct BuildContext {
+    pub run: Arc<RunContext>,
+    pub cloud: Arc<dyn RegionCloud>,
+    pub waits: RegionWaits,
+    pub communicator: Arc<dyn Communicator>,
+    pub flavor: Flavor,
+    pub job: BuildJob,
+    pub events: EventSender,
+    pub cancel: CancellationToken,
+    /// Resuming: the image an earlier attempt requested, still pending; the build only waits for it.
+    pub pending_image: Option<PendingImage>,
+    /// Resuming: what earlier attempts already published of this job's image.
+    pub published_before: Vec<Publication>,
+}
+
+/// An image CreateImage was asked for in an earlier attempt, and the source image it was made from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingImage {
+    pub image: ImageId,
+    pub source: ImageId,
+}
+
+/// Why the sequence stopped short of an available image.
+enum Stopped {
+    Failed(StepError),
+    /// Interrupted after CreateImage: the image goes on being made.
+    ImageInProgress(ImageId),
+}
+
+impl From<StepError> for Stopped {
+    fn from(error: StepError) -> Self {
+        Stopped::Failed(error)
+    }
+}
+
+/// A step's failure, before it is labelled with the job.
+struct StepError {
+    stage: Stage,
+    code: Option<String>,
+    message: String,
+    /// What to do about it (see `cloud::hints`).
+    hint: Option<String>,
+}
+
+impl StepError {
+    fn new(stage: Stage, message: impl ToString) -> Self {
+        StepError { stage, code: None, message: message.to_string(), hint: None }
+    }
+    fn cloud(stage: Stage, error: CloudError) -> Self {
+        StepError { stage, code: error.code.clone(), message: error.to_string(), hint: hints::hint(&error) }
+    }
+    fn wait(stage: Stage, error: WaitError) -> Self {
+        match error {
+            WaitError::Cloud(error) => Self::cloud(stage, error),
+            other => Self::new(stage, other),
+        }
+    }
+    fn interrupted(during: Stage) -> Self {
+        StepError::new(Stage::Interrupted, format!("interrupted during {during}"))
+    }
+    /// Says how long the step waited before it gave up.
+    fn waited(mut self, how_long: &str) -> Self {
+        self.message = format!("{} ({how_long})", self.message);
+        self
+    }
+}
+
+impl BuildContext {
+    fn label(&self) -> JobLabel {
+        JobLabel { flavor: self.flavor.name.clone(), region: self.job.region.clone() }
+    }
+
+    fn progress(&self, stage: Stage, detail: impl Into<String>) {
+        self.events.progress(&self.label(), stage, detail);
+    }
+
+    /// Runs a wait, giving up when the run is interrupted. Calls that create resources are never raced:
+    /// what they create must reach the cleanup stack.
+    async fn interruptible<T>(
+        &self,
+        stage: Stage,
+        wait: impl std::future::Future<Output = Result<T, StepError>>,
+    ) -> Result<T, StepError> {
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Err(StepError::interrupted(stage)),
+            result = wait => result,
+        }
+    }
+
+    /// Journals a temporary resource the moment it exists, before the next call depends on it.
+    fn created(&self, kind: ResourceKind, id: impl ToString) {
+        let resource = Resource { region: self.job.region.clone(), kind, id: id.to_string() };
+        self.run.ledger.created(&self.job.key(), resource);
+    }
+
+    /// Tags on every temporary resource of this build.
+    fn temporary_tags(&self) -> Tags {
+        let mut tags = self.run.identity_tags(&self.flavor.name);
+        tags.insert(TEMPORARY_TAG.into(), "true".into());
+        tags.insert("Name".into(), format!("fleetbake {} {}", self.flavor.name, self.run.run_id));
+        tags
+    }
+}
+
+/// Runs the whole build, cleanup included; calls `on_available` the moment the image is available, before
+/// cleanup, so its copies can start.
+pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) -> JobEnd {
+    let mut stack = CleanupStack::default();
+    let result = match context.pending_image.clone() {
+        Some(pending) => {
+            context.progress(Stage::WaitImage, format!("waiting for {} from an earlier attempt", pending.image));
+            // Its fingerprint tag was given at CreateImage; the manifest's is the same computation.
+            let fingerprint =
+                Fingerprint::of(&context.run.fleet, &context.flavor, &context.job.region, &pending.source);
+            let digest = fingerprint.ok().map(|fingerprint| fingerprint.digest);
+            wait_for_image(&context, &mut stack, pending.image, pending.source, None, digest).await
+        }
+        None => sequence(&context, &mut stack).await,
+    };
+    // Only an image that passed its tests is finished, announced, copied.
+    let result = match result {
+        Ok(artifact) => match test_image(&context, &mut stack, &artifact).await {
+            Ok(()) => Ok(artifact),
+            Err(error) => Err(Stopped::Failed(error)),
+        },
+        stopped => stopped,
+    };
+    let label = context.label();
+    let mut end = JobEnd::default();
+    match result {
+        Ok(mut artifact) => {
+            let finishing = Finishing {
+                cloud: &*context.cloud,
+                fleet: &context.run.fleet,
+                flavor: &context.flavor,
+                region: &context.job.region,
+                image: &artifact.image_id,
+                snapshots: &artifact.snapshot_ids,
+                now: context.run.clock.now(),
+            };
+            let (settings, failures) = finish::finish(finishing).await;
+            *artifact.settings = settings;
+            end.failures.extend(failures.into_iter().map(|f| Failure::from_cloud(&label, f.stage, &f.error)));
+            let (cloud, key) = (&*context.cloud, context.job.key());
+            let already = &context.published_before;
+            let run = &context.run;
+            let (published, failures) =
+                publish::each(run, cloud, &context.flavor.name, &key, &label, &artifact.image_id, already).await;
+            artifact.published = published;
+            end.failures.extend(failures);
+            on_available(&artifact);
+            // After the announcement: the image is usable whether or not its snapshots get their tags.
+            let tags = context.run.artifact_tags(&context.flavor, &artifact);
+            if let Err(error) = finish::tag_snapshots(&*context.cloud, &artifact.snapshot_ids, &tags).await {
+                end.failures.push(Failure::from_cloud(&label, Stage::Tag, &error));
+            }
+        }
+        Err(Stopped::ImageInProgress(image)) => end.in_progress = Some(image),
+        Err(Stopped::Failed(error)) => end.failures.push(error.into_failure(&label)),
+    }
+    if !stack.is_empty() {
+        context.progress(Stage::Cleanup, format!("cleaning up {}", stack.pending().join(", ")));
+    }
+    let cleanup = stack.unwind_for_job(&label, &*context.cloud, &context.waits, &*context.run.ledger, &context.events);
+    end.failures.extend(cleanup.await);
+    end
+}
+
+impl StepError {
+    fn into_failure(self, label: &JobLabel) -> Failure {
+        Failure { code: self.code, hint: self.hint, ..Failure::new(label, self.stage, self.message) }
+    }
+}
+
+async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Artifact, Stopped> {
+    let cloud = &*context.cloud;
+    let source = context.interruptible(Stage::SourceAmi, resolve_source(context)).await?;
+    let fingerprint = fingerprint(context, &source.id)?;
+    let up = bring_up(context, stack, &source, Purpose::Build).await?;
+    let (instance, launched, connection) = (up.instance, up.launched, up.connection);
+    let source = source.id;
+    let provisioned = context.interruptible(Stage::Provision, provision_all(context, &*connection)).await;
+    failure::close_after(context, &instance, connection, provisioned).await?;
+
+    context.progress(Stage::Stop, format!("stopping {instance}"));
+    once_known(&[launched], || cloud.stop_instance(&instance))
+        .await
+        .map_err(|error| StepError::cloud(Stage::Stop, error))?;
+    context
+        .interruptible(Stage::Stop, async {
+            context
+                .waits
+                .instance(&instance, WaitKind::InstanceStopped)
+                .await
+                .map_err(|error| StepError::wait(Stage::Stop, error))
+        })
+        .await?;
+
+    let image = create_image(context, &instance, launched, &source, &fingerprint).await?;
+    let requested = Created::now(NewKind::Image);
+    context.run.ledger.image_requested(&context.job.key(), &image);
+    context.progress(Stage::CreateImage, format!("creating image {image} `{}`", context.job.image_name));
+    wait_for_image(context, stack, image, source, Some(requested), Some(fingerprint.digest)).await
+}
+
+/// Why an instance is brought up: to build on, or to test the image just made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    Build,
+    Test,
+}
+
+/// An instance up and connected to.
+struct Up {
+    instance: InstanceId,
+    launched: Created,
+    connection: Box<dyn Connection>,
+}
+
+/// Brings an instance up from `image` and connects to it: its network settled, what its way in needs (a
+/// temporary key pair and security group), the launch (capacity waited out), running, connected. Everything
+/// made is on `stack`.
+async fn bring_up(
+    context: &BuildContext,
+    stack: &mut CleanupStack,
+    image: &ImageSummary,
+    purpose: Purpose,
+) -> Result<Up, StepError> {
+    let run = &context.run;
+    let network =
+        network::resolve(&*context.cloud, &run.fleet.ssh, &run.ssh_sources, &context.flavor, &context.job.region)
+            .await
+            .map_err(|error| StepError {
+                stage: Stage::Network,
+                hint: error.cloud.as_ref().and_then(hints::hint),
+                code: error.cloud.and_then(|e| e.code),
+                message: error.message,
+            })?;
+
+    let resource_name = match purpose {
+        Purpose::Build => format!("fleetbake-{}-{}", run.run_id, context.flavor.name),
+        Purpose::Test => format!("fleetbake-{}-{}-test", run.run_id, context.flavor.name),
+    };
+    let reach = Reach::ssh(context, &network);
+    let prepared = reach.prepare(context, stack, &resource_name).await?;
+    let (instance, launched, running) = launch::instance(context, stack, image, &network, &prepared, purpose).await?;
+    let for_build = TargetInstance {
+        id: instance.clone(),
+        flavor: context.flavor.name.clone(),
+        region: context.job.region.clone(),
+    };
+    let target = reach.target(prepared, for_build, &running)?;
+    let connection = reach.connect(context, &target).await?;
+    Ok(Up { instance, launched, connection })
+}
