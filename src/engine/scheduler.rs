@@ -12,22 +12,19 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::cloud::watch::Waits;
-use crate::cloud::Cloud;
 use crate::config::Region;
 use crate::engine::limits::RunLimits;
+use crate::engine::publish::{Images, Publisher};
+use crate::engine::runner::{publish_available, Announcer, JobRunner};
+use crate::engine::sweep::Sweeper;
 use crate::outcome::{Artifact, Failure, InProgress, JobEnd, JobLabel, Publication, RunStatus, Stage};
 use crate::plan::bound::JobTiming;
 use crate::plan::deps::DependencyQueue;
 use crate::plan::{JobId, Plan};
-use crate::remote::Communicator;
 use crate::report::events::{EventSender, JobKind, PlannedLanding, RunEvent};
 use crate::state::journal::{Journal, Record};
-use crate::state::leftovers;
 use crate::state::resume::Prior;
-use crate::steps::build::{self, BuildContext, PendingImage};
-use crate::steps::context::RunContext;
-use crate::steps::copy::{self, CopyContext};
+use crate::util::clock::RunClock;
 
 /// An interrupt delivered to the loop (SIGINT, SIGTERM): [`Interrupt::SIGINT`] and [`Interrupt::SIGTERM`],
 /// whose exit codes `engine::exit` decides.
@@ -68,7 +65,8 @@ pub enum BuildSlotRelease {
     AfterItsCopies,
 }
 
-enum LoopEvent {
+/// Everything the loop hears, from its jobs and from outside.
+pub(crate) enum LoopEvent {
     ImageAvailable { job: JobId, artifact: Artifact },
     JobDone { job: JobId, end: JobEnd, slot: Option<OwnedSemaphorePermit> },
     Interrupt(Interrupt),
@@ -78,23 +76,23 @@ enum LoopEvent {
 type TaskOutcome = (JobId, JobEnd, OwnedSemaphorePermit);
 
 pub struct Scheduler {
-    pub run: Arc<RunContext>,
+    /// The run's time: when jobs start, make their image and end.
+    pub clock: RunClock,
     /// The run's journal: the steps write to it through `run.ledger`, the loop directly (images available,
     /// failures, the end).
     pub journal: Arc<Journal>,
     pub plan: Arc<Plan>,
-    pub cloud: Arc<dyn Cloud>,
-    pub communicator: Arc<dyn Communicator>,
-    pub waits: Arc<Waits>,
+    /// Runs each job once it has its slot and its input.
+    pub runner: Arc<dyn JobRunner>,
+    pub publisher: Publisher,
+    pub sweeper: Sweeper,
     pub limits: Arc<RunLimits>,
     pub events: EventSender,
     /// Stop starting new jobs after the first failure.
     pub fail_fast: bool,
     pub build_slot: BuildSlotRelease,
-    /// Resuming: what earlier attempts left, per job.
+    /// Resuming or `--changed-only`: what earlier attempts or runs left, per job (an available image is reused).
     pub priors: BTreeMap<JobId, Prior>,
-    /// Resuming: how many images of each job earlier attempts discarded.
-    pub generations: BTreeMap<JobId, u32>,
     /// Resuming: what each job's image was already published to.
     pub published: BTreeMap<JobId, Vec<Publication>>,
     /// Said of a job right after the run starts (`--changed-only`: why it is rebuilt).
@@ -262,31 +260,17 @@ impl Scheduler {
         self.handle(LoopEvent::JobDone { job, end: JobEnd::default(), slot: None }, state, queue);
     }
 
-    /// Once every job has ended: removes whatever temporary resource of this run is still tagged in the
-    /// account (a cleanup step that failed, a call whose answer was lost). Only a second interrupt stops it.
+    /// Once every job has ended: the sweep ([`crate::engine::sweep`]). A first interrupt now changes nothing
+    /// (there is nothing left to start); a second abandons the sweep.
     async fn sweep(
         &self,
         state: &mut LoopState,
         interrupts: &mut mpsc::UnboundedReceiver<Interrupt>,
         queue: &mut DependencyQueue<JobId>,
     ) -> ControlFlow {
-        let mut regions: Vec<&crate::config::Region> = self.plan.builds.iter().map(|build| &build.region).collect();
-        regions.sort();
-        regions.dedup();
-        let tags = leftovers::temporary_tags(&self.plan.fleet, Some(&self.plan.run_id));
-        let sweeps = regions.into_iter().map(|region| {
-            let cloud = self.cloud.region(region);
-            let waits = self.waits.region(region);
-            let tags = tags.clone();
-            async move {
-                let found = leftovers::find(&*cloud, &tags).await.map_err(|error| error.to_string())?;
-                Ok::<_, String>(leftovers::remove(&*cloud, &waits, &found, &*self.journal).await)
-            }
-        });
-        // A first interrupt now changes nothing (there is nothing left to start); a second abandons the sweep.
-        let sweeping = futures::future::join_all(sweeps);
+        let sweeping = self.sweeper.sweep(&self.plan);
         tokio::pin!(sweeping);
-        let swept = loop {
+        loop {
             tokio::select! {
                 biased;
                 Some(interrupt) = interrupts.recv() => {
@@ -294,37 +278,18 @@ impl Scheduler {
                         return ControlFlow::Abandon;
                     }
                 }
-                swept = &mut sweeping => break swept,
-            }
-        };
-        let label = JobLabel { flavor: crate::config::FlavorName::new("*"), region: crate::config::Region::new("*") };
-        for outcome in swept {
-            let problems = match outcome {
-                Ok(removal) => {
-                    for resource in removal.removed {
-                        self.events.send(RunEvent::Swept { resource: resource.to_string() });
-                    }
-                    removal
-                        .failed
-                        .iter()
-                        .map(|(resource, error)| format!("could not remove {resource}: {error}"))
-                        .collect()
+                problems = &mut sweeping => {
+                    state.failed += problems;
+                    return ControlFlow::Continue;
                 }
-                Err(error) => vec![format!("could not look for leftovers: {error}")],
-            };
-            for problem in problems {
-                state.failed += 1;
-                let failure = Failure::new(&label, Stage::Cleanup, format!("the end-of-run sweep {problem}"));
-                self.events.send(RunEvent::JobFailed(failure));
             }
         }
-        ControlFlow::Continue
     }
 
     fn handle(&self, event: LoopEvent, state: &mut LoopState, queue: &mut DependencyQueue<JobId>) -> ControlFlow {
         match event {
             LoopEvent::ImageAvailable { job, artifact } => {
-                state.timings.entry(job).or_default().available = Some(self.run.clock.elapsed());
+                state.timings.entry(job).or_default().available = Some(self.clock.elapsed());
                 state.images += 1;
                 state.artifacts.insert(job, artifact.clone());
                 if let JobId::Build(index) = job {
@@ -334,7 +299,7 @@ impl Scheduler {
             }
             LoopEvent::JobDone { job, end, slot } => {
                 let timing = state.timings.entry(job).or_default();
-                let ended = self.run.clock.elapsed();
+                let ended = self.clock.elapsed();
                 timing.ended = Some(ended);
                 // A job that ran as a task (not reused, not crashed): its durations teach the next estimate.
                 if slot.is_some() {
@@ -452,70 +417,26 @@ impl Scheduler {
         self.report_failure(job, Failure::new(&label, stage, why));
     }
 
-    /// `[publish] when = "flavor_complete"`: once every job has ended, each flavor all of whose jobs succeeded
-    /// is published, image by image (reused images were published by the run that made them); a failure is a
-    /// `publish` failure of that image's job.
+    /// `[publish] when = "flavor_complete"` ([`crate::engine::publish`]): a publish failure makes its job a
+    /// failure.
     async fn publish_complete_flavors(&self, state: &mut LoopState) {
-        use crate::config::PublishWhen;
-        use crate::steps::publish::{publish, Publishing};
-        let Some(settings) = self.run.fleet.publish.as_ref().filter(|s| s.when == PublishWhen::FlavorComplete) else {
-            return;
+        // Which flavors are complete is settled before anything is published.
+        let (artifacts, failed_jobs) = (state.artifacts.clone(), state.failed_jobs.clone());
+        let images = Images { artifacts: &artifacts, failed_jobs: &failed_jobs, published_before: &self.published };
+        let failed = |job: JobId, failure: Failure| {
+            if state.failed_jobs.insert(job) {
+                state.failed += 1;
+                state.succeeded = state.succeeded.saturating_sub(1);
+            }
+            self.report_failure(job, failure);
         };
-        let mut flavors: BTreeMap<&crate::config::FlavorName, Vec<JobId>> = BTreeMap::new();
-        for job in self.plan.jobs() {
-            flavors.entry(self.plan.placement(job).0).or_default().push(job);
-        }
-        for (flavor, jobs) in flavors {
-            let complete = jobs.iter().all(|job| state.artifacts.contains_key(job) && !state.failed_jobs.contains(job));
-            if !complete {
-                continue;
-            }
-            for job in jobs {
-                let artifact = &state.artifacts[&job];
-                if artifact.reused_from.is_some() {
-                    continue;
-                }
-                let label = self.label(job);
-                let cloud = self.cloud.region(&label.region);
-                let already = self.published.get(&job).cloned().unwrap_or_default();
-                let publishing = Publishing {
-                    cloud: &*cloud,
-                    publish: settings,
-                    fleet: &self.run.fleet.name,
-                    flavor,
-                    run_id: &self.run.run_id,
-                    image: &artifact.image_id,
-                    already: &already,
-                };
-                let (published, failures) = publish(publishing).await;
-                for publication in published {
-                    self.journal
-                        .record(Record::Published { job: self.plan.key(job), publication: publication.clone() });
-                    self.events.send(RunEvent::Published { job: label.clone(), publication });
-                }
-                for error in failures {
-                    if state.failed_jobs.insert(job) {
-                        state.failed += 1;
-                        state.succeeded = state.succeeded.saturating_sub(1);
-                    }
-                    self.report_failure(job, Failure::from_cloud(&label, Stage::Publish, &error));
-                }
-            }
-        }
+        self.publisher.publish_complete_flavors(&self.plan, images, failed).await;
     }
 
     /// A job's failure: journaled, then told to the reporters.
     fn report_failure(&self, job: JobId, failure: Failure) {
         self.journal.record(Record::JobFailed { job: self.plan.key(job), failure: failure.clone() });
         self.events.send(RunEvent::JobFailed(failure));
-    }
-
-    /// Resuming: the image an earlier attempt left pending for this job.
-    fn pending_image(&self, job: JobId) -> Option<&PendingImage> {
-        match self.priors.get(&job) {
-            Some(Prior::Pending(pending)) => Some(pending),
-            _ => None,
-        }
     }
 
     /// Every job that has not started: waiting for a slot first (in plan order), then the rest of the queue.
@@ -550,7 +471,7 @@ impl Scheduler {
             }
         }
         for (job, slot) in starting {
-            state.timings.insert(job, JobTiming { started: self.run.clock.elapsed(), ..JobTiming::default() });
+            state.timings.insert(job, JobTiming { started: self.clock.elapsed(), ..JobTiming::default() });
             let PlannedLanding { job: label, kind, .. } = self.landing(job);
             self.events.send(RunEvent::JobStarted { job: label, kind });
             let task = self.spawn(job, slot, state, loop_sender, tasks);
@@ -566,7 +487,7 @@ impl Scheduler {
         }
     }
 
-    /// Starts a job as a task holding its slot until it ends.
+    /// Starts a job as a task holding its slot until it ends, from the image it waits on.
     fn spawn(
         &self,
         job: JobId,
@@ -575,65 +496,23 @@ impl Scheduler {
         loop_sender: &mpsc::UnboundedSender<LoopEvent>,
         tasks: &mut JoinSet<TaskOutcome>,
     ) -> tokio::task::Id {
-        let label = self.label(job);
-        let flavor = self.run.fleet.flavor(&label.flavor).expect("the plan names only configured flavors").clone();
         let announce = Announcer {
             job,
             key: self.plan.key(job),
-            label,
+            label: self.label(job),
             events: self.events.clone(),
             scheduler: loop_sender.clone(),
             journal: Arc::clone(&self.journal),
         };
-        match job {
-            JobId::Build(index) => {
-                let build_job = self.plan.builds[index].clone();
-                let context = BuildContext {
-                    run: Arc::clone(&self.run),
-                    cloud: self.cloud.region(&build_job.region),
-                    waits: self.waits.region(&build_job.region),
-                    communicator: Arc::clone(&self.communicator),
-                    flavor,
-                    job: build_job,
-                    events: self.events.clone(),
-                    cancel: state.cancel.clone(),
-                    pending_image: self.pending_image(job).cloned(),
-                    published_before: self.published.get(&job).cloned().unwrap_or_default(),
-                };
-                tasks
-                    .spawn(async move {
-                        let end = build::run(context, |artifact| announce.image_available(artifact)).await;
-                        (job, end, slot)
-                    })
-                    .id()
-            }
+        let input = match job {
+            JobId::Build(_) => None,
             JobId::Copy(index) => {
-                let copy_job = self.plan.copies[index].clone();
-                let source = state.build_images.get(&copy_job.build).expect("a copy starts after its image").clone();
-                let context = CopyContext {
-                    run: Arc::clone(&self.run),
-                    cloud: self.cloud.region(&copy_job.target_region),
-                    waits: self.waits.region(&copy_job.target_region),
-                    flavor,
-                    job: copy_job,
-                    source,
-                    events: self.events.clone(),
-                    cancel: state.cancel.clone(),
-                    pending_image: self.pending_image(job).map(|pending| pending.image.clone()),
-                    generation: self.generations.get(&job).copied().unwrap_or(0),
-                    published_before: self.published.get(&job).cloned().unwrap_or_default(),
-                };
-                tasks
-                    .spawn(async move {
-                        let copied = copy::run(context).await;
-                        if let Some(artifact) = &copied.artifact {
-                            announce.image_available(artifact);
-                        }
-                        (job, copied.end, slot)
-                    })
-                    .id()
+                let build = self.plan.copies[index].build;
+                Some(state.build_images.get(&build).expect("a copy starts after its image").clone())
             }
-        }
+        };
+        let running = self.runner.run(job, input, announce, state.cancel.clone());
+        tasks.spawn(async move { (job, running.await, slot) }).id()
     }
 
     fn finish(&self, state: &LoopState, abandoned: bool) -> RunSummary {
@@ -650,7 +529,7 @@ impl Scheduler {
         self.journal.record(Record::Finished { status, interrupted });
         self.events.send(RunEvent::RunFinished {
             status,
-            finished_at: self.run.clock.now(),
+            finished_at: self.clock.now(),
             succeeded: state.succeeded,
             failed: state.failed,
             in_progress: state.in_progress,
@@ -667,48 +546,16 @@ impl Scheduler {
             interrupted: state.interrupted,
             abandoned,
             left_behind,
-            makespan: self.run.clock.elapsed(),
+            makespan: self.clock.elapsed(),
             timings: state.timings.clone(),
         }
     }
-}
-
-/// Tells the reporters (in order with the job's other events) and the loop that a job's image is available.
-struct Announcer {
-    job: JobId,
-    key: crate::plan::JobKey,
-    label: JobLabel,
-    events: EventSender,
-    scheduler: mpsc::UnboundedSender<LoopEvent>,
-    journal: Arc<Journal>,
-}
-
-impl Announcer {
-    /// Journaled first: once the loop hears of it, copies may start from it. Then what the job published
-    /// itself (`when = "each"`), told to the reporters after the image.
-    fn image_available(&self, artifact: &Artifact) {
-        publish_available(&self.journal, &self.events, self.key.clone(), self.label.clone(), artifact);
-        // The loop outlives its jobs; a closed channel means the run was abandoned.
-        let _ = self.scheduler.send(LoopEvent::ImageAvailable { job: self.job, artifact: artifact.clone() });
-        for publication in &artifact.published {
-            self.events.send(RunEvent::Published { job: self.label.clone(), publication: publication.clone() });
-        }
-    }
-}
-
-/// An image is available: journaled, then told to the reporters (the loop hears of it separately).
-fn publish_available(
-    journal: &Journal,
-    events: &EventSender,
-    key: crate::plan::JobKey,
-    label: JobLabel,
-    artifact: &Artifact,
-) {
-    journal.record(Record::ImageAvailable { job: key, artifact: artifact.clone() });
-    events.send(RunEvent::ImageAvailable { job: label, artifact: artifact.clone() });
 }
 
 enum ControlFlow {
     Continue,
     Abandon,
 }
+
+#[cfg(test)]
+mod tests;
