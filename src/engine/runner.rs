@@ -76,6 +76,9 @@ impl JobRunner for StepRunner {
         let published_before = self.published.get(&job).cloned().unwrap_or_default();
         match job {
             JobId::Build(index) => {
+                // A build starts from its flavor's `source_ami`: no plan yet names another job's image
+                // (`BuildSource::ImageOf`), so no input reaches here.
+                debug_assert!(input.is_none(), "a build from another job's image is not planned yet");
                 let build_job = self.plan.builds[index].clone();
                 let context = BuildContext {
                     run: Arc::clone(&self.run),

@@ -101,8 +101,7 @@ pub struct Scheduler {
 
 /// What the loop knows while it runs.
 struct LoopState {
-    build_images: HashMap<usize, Artifact>,
-    /// Every job's image, once available.
+    /// Every job's image, once available: what the jobs waiting on it start from.
     artifacts: BTreeMap<JobId, Artifact>,
     /// Jobs that failed, or never started.
     failed_jobs: BTreeSet<JobId>,
@@ -119,10 +118,11 @@ struct LoopState {
     /// Ready jobs waiting for a slot, per pool, in plan order, with the pool's slots.
     waiting: BTreeMap<SlotPool, Waiting>,
     timings: BTreeMap<JobId, JobTiming>,
-    /// Build slots held until the build's copies end ([`BuildSlotRelease::AfterItsCopies`]).
-    held_build_slots: HashMap<usize, OwnedSemaphorePermit>,
-    /// Per build, how many of its copies have not ended (or been skipped).
-    copies_to_end: HashMap<usize, usize>,
+    /// Build slots held until the jobs of other pools waiting on the build's image end
+    /// ([`BuildSlotRelease::AfterItsCopies`]).
+    held_slots: HashMap<JobId, OwnedSemaphorePermit>,
+    /// Per job, how many of the jobs that hold its slot have not ended (or been skipped).
+    dependents_to_end: HashMap<JobId, usize>,
 }
 
 /// A pool's ready jobs and its slots.
@@ -158,7 +158,6 @@ impl Scheduler {
         let mut tasks: JoinSet<TaskOutcome> = JoinSet::new();
         let mut task_jobs = HashMap::new();
         let mut state = LoopState {
-            build_images: HashMap::new(),
             artifacts: BTreeMap::new(),
             failed_jobs: BTreeSet::new(),
             images: 0,
@@ -171,10 +170,15 @@ impl Scheduler {
             cancel: CancellationToken::new(),
             waiting: BTreeMap::new(),
             timings: BTreeMap::new(),
-            held_build_slots: HashMap::new(),
-            copies_to_end: plan.builds.iter().map(|build| (build.index, build.copies.len())).collect(),
+            held_slots: HashMap::new(),
+            dependents_to_end: HashMap::new(),
         };
 
+        for job in plan.jobs() {
+            if let Some(input) = self.holds_slot_of(job) {
+                *state.dependents_to_end.entry(input).or_default() += 1;
+            }
+        }
         loop {
             if !state.stopping {
                 while let Some(job) = queue.pop_ready() {
@@ -291,11 +295,8 @@ impl Scheduler {
             LoopEvent::ImageAvailable { job, artifact } => {
                 state.timings.entry(job).or_default().available = Some(self.clock.elapsed());
                 state.images += 1;
-                state.artifacts.insert(job, artifact.clone());
-                if let JobId::Build(index) = job {
-                    state.build_images.insert(index, artifact);
-                    queue.satisfied(&job);
-                }
+                state.artifacts.insert(job, artifact);
+                queue.satisfied(&job);
             }
             LoopEvent::JobDone { job, end, slot } => {
                 let timing = state.timings.entry(job).or_default();
@@ -331,15 +332,8 @@ impl Scheduler {
                 for failure in failures {
                     self.report_failure(job, failure);
                 }
-                let why = match job {
-                    JobId::Build(index) => {
-                        let build = &self.plan.builds[index];
-                        format!("not copied: the build of {} in {} failed", build.flavor, build.region)
-                    }
-                    JobId::Copy(_) => String::new(),
-                };
                 for skipped in queue.failed(&job) {
-                    self.record_not_started(skipped, Stage::Skipped, &why, state);
+                    self.record_not_started(skipped, Stage::Skipped, &self.plan.why_skipped(skipped, job), state);
                 }
                 if self.fail_fast && !state.stopping {
                     state.stopping = true;
@@ -384,33 +378,34 @@ impl Scheduler {
         PlannedLanding { job: self.label(job), kind, build_region }
     }
 
-    /// Gives a finished job's slot back, or keeps a build's until its copies end.
+    /// Gives a finished job's slot back, or keeps a build's until the jobs it holds it for end.
     fn release(&self, job: JobId, slot: Option<OwnedSemaphorePermit>, state: &mut LoopState) {
-        match job {
-            JobId::Build(index) => {
-                let copies_left = state.copies_to_end.get(&index).copied().unwrap_or(0);
-                if let (BuildSlotRelease::AfterItsCopies, Some(slot), 1..) = (self.build_slot, slot, copies_left) {
-                    state.held_build_slots.insert(index, slot);
-                }
-            }
-            JobId::Copy(index) => self.copy_ended(index, state),
+        self.dependent_ended(job, state);
+        let dependents_left = state.dependents_to_end.get(&job).copied().unwrap_or(0);
+        let holds = self.build_slot == BuildSlotRelease::AfterItsCopies && self.pool(job) == SlotPool::Builds;
+        if let (true, Some(slot), 1..) = (holds, slot, dependents_left) {
+            state.held_slots.insert(job, slot);
         }
     }
 
-    /// A copy ended or will never start: its build's held slot may be free now.
-    fn copy_ended(&self, index: usize, state: &mut LoopState) {
-        let build = self.plan.copies[index].build;
-        let left = state.copies_to_end.entry(build).or_default();
+    /// With [`BuildSlotRelease::AfterItsCopies`], the job whose slot `job` keeps held: its input, when that is
+    /// in another pool (a job never holds a slot that the jobs it waits for need).
+    fn holds_slot_of(&self, job: JobId) -> Option<JobId> {
+        self.plan.input(job).filter(|&input| self.pool(input) != self.pool(job))
+    }
+
+    /// `job` ended or will never start: the slot its input holds for it may be free now.
+    fn dependent_ended(&self, job: JobId, state: &mut LoopState) {
+        let Some(input) = self.holds_slot_of(job) else { return };
+        let left = state.dependents_to_end.entry(input).or_default();
         *left = left.saturating_sub(1);
         if *left == 0 {
-            state.held_build_slots.remove(&build);
+            state.held_slots.remove(&input);
         }
     }
 
     fn record_not_started(&self, job: JobId, stage: Stage, why: &str, state: &mut LoopState) {
-        if let JobId::Copy(index) = job {
-            self.copy_ended(index, state);
-        }
+        self.dependent_ended(job, state);
         let label = self.label(job);
         state.failed += 1;
         state.failed_jobs.insert(job);
@@ -504,13 +499,7 @@ impl Scheduler {
             scheduler: loop_sender.clone(),
             journal: Arc::clone(&self.journal),
         };
-        let input = match job {
-            JobId::Build(_) => None,
-            JobId::Copy(index) => {
-                let build = self.plan.copies[index].build;
-                Some(state.build_images.get(&build).expect("a copy starts after its image").clone())
-            }
-        };
+        let input = self.plan.input(job).map(|input| state.artifacts[&input].clone());
         let running = self.runner.run(job, input, announce, state.cancel.clone());
         tasks.spawn(async move { (job, running.await, slot) }).id()
     }

@@ -103,7 +103,7 @@ struct Ran {
 
 /// Runs the plan of `fleet` with the fake runner; an interrupt is delivered at each of `interrupt_at` seconds.
 async fn run(fleet: Arc<Fleet>, scripts: BTreeMap<JobId, Script>, slot: BuildSlotRelease, interrupt_at: &[u64]) -> Ran {
-    run_with(fleet, scripts, slot, false, interrupt_at).await
+    run_with(fleet, scripts, slot, false, interrupt_at, |_| {}).await
 }
 
 async fn run_with(
@@ -112,10 +112,13 @@ async fn run_with(
     build_slot: BuildSlotRelease,
     fail_fast: bool,
     interrupt_at: &[u64],
+    reshape: fn(&mut Plan),
 ) -> Ran {
     let clock = RunClock::start();
     let started_at = Utc.with_ymd_and_hms(2026, 12, 7, 2, 0, 0).unwrap();
-    let plan = Arc::new(Plan::new(&fleet, RunId::new(started_at, 1), started_at));
+    let mut plan = Plan::new(&fleet, RunId::new(started_at, 1), started_at);
+    reshape(&mut plan);
+    let plan = Arc::new(plan);
     let journal = Arc::new(Journal::in_memory());
     let (events, mut receiver) = EventSender::channel(clock);
     let draining = tokio::spawn(async move { while receiver.recv().await.is_some() {} });
@@ -238,8 +241,47 @@ async fn an_interrupt_starts_nothing_more_and_drains_what_runs() {
 async fn fail_fast_stops_starting_after_the_first_failure() {
     let fleet = fleet("max_parallel_builds = 1\n");
     let scripts = BTreeMap::from([(Build(0), Script { to_image: None, then: 0 })]);
-    let ran = run_with(fleet, scripts, BuildSlotRelease::WhenCleanedUp, true, &[]).await;
+    let ran = run_with(fleet, scripts, BuildSlotRelease::WhenCleanedUp, true, &[], |_| {}).await;
     assert_eq!(starts(&ran), [(Build(0), 0)]);
     assert_eq!((ran.summary.succeeded, ran.summary.failed), (0, 6));
     assert_eq!(ran.summary.status, RunStatus::Failed);
+}
+
+/// The second build starts from the first build's image (what `source_ami = { flavor = … }` will plan).
+fn chained(plan: &mut Plan) {
+    plan.builds[1].source = crate::plan::BuildSource::ImageOf(Build(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_build_from_another_build_s_image_starts_when_it_is_available_and_from_it() {
+    let ran = run_with(fleet(""), BTreeMap::new(), BuildSlotRelease::WhenCleanedUp, false, &[], chained).await;
+    assert_eq!(
+        starts(&ran),
+        [(Build(0), 0), (Build(1), 10), (Copy(0), 10), (Copy(1), 10), (Copy(2), 20), (Copy(3), 20)]
+    );
+    let input_of =
+        |job| ran.started.iter().find(|(started, _, _)| *started == job).and_then(|(_, _, input)| input.clone());
+    assert_eq!(input_of(Build(1)), Some(image_of(Build(0))));
+    assert_eq!(input_of(Copy(2)), Some(image_of(Build(1))));
+    assert_eq!((ran.summary.succeeded, ran.summary.failed), (6, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_build_skips_the_builds_from_its_image_and_their_copies() {
+    let scripts = BTreeMap::from([(Build(0), Script { to_image: None, then: 0 })]);
+    let ran = run_with(fleet(""), scripts, BuildSlotRelease::WhenCleanedUp, false, &[], chained).await;
+    assert_eq!(starts(&ran), [(Build(0), 0)]);
+    assert_eq!((ran.summary.succeeded, ran.summary.failed), (0, 6));
+    assert_eq!(ran.summary.status, RunStatus::Failed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_build_slot_is_never_held_for_a_build_that_needs_it() {
+    let fleet = fleet("max_parallel_builds = 1\n");
+    let ran = run_with(fleet, BTreeMap::new(), BuildSlotRelease::AfterItsCopies, false, &[], chained).await;
+    // The first build holds its slot for its copies (until 25), not for the second build: no deadlock.
+    assert_eq!(
+        starts(&ran),
+        [(Build(0), 0), (Copy(0), 10), (Copy(1), 10), (Build(1), 25), (Copy(2), 35), (Copy(3), 35)]
+    );
 }
