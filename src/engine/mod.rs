@@ -1,5 +1,5 @@
 //! Executes a plan: [`run`] wires a run together (the journal, the cloud, the communicator, the reporters),
-//! the [`scheduler`]'s one loop starts jobs as slots of [`limits`] allow, runs them through [`runner`] and routes
+//! the [`scheduler`]'s one loop starts jobs as [`slots`] of [`limits`] allow, runs them through [`runner`] and routes
 //! their events, then [`publish`]es complete flavors and [`sweep`]s what the run left, and
 //! [`summary`] makes the run statistics; [`changed`] decides what `--changed-only` reuses; [`exit`] decides
 //! every command's exit code.
@@ -14,5 +14,6 @@ pub mod publish;
 pub mod run;
 pub mod runner;
 pub mod scheduler;
+pub mod slots;
 pub mod summary;
 pub mod sweep;

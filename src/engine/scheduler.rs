@@ -4,18 +4,17 @@
 //!
 //! A failure never stops the loop: it is recorded, dependents are skipped, unrelated jobs go on.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Region;
 use crate::engine::limits::RunLimits;
 use crate::engine::publish::{Images, Publisher};
 use crate::engine::runner::{publish_available, Announcer, JobRunner};
+use crate::engine::slots::{HeldSlots, SlotPool, SlotPools};
 use crate::engine::sweep::Sweeper;
 use crate::outcome::{Artifact, Failure, InProgress, JobEnd, JobLabel, Publication, RunStatus, Stage};
 use crate::plan::bound::JobTiming;
@@ -26,44 +25,9 @@ use crate::state::journal::{Journal, Record};
 use crate::state::resume::Prior;
 use crate::util::clock::RunClock;
 
-/// An interrupt delivered to the loop (SIGINT, SIGTERM): [`Interrupt::SIGINT`] and [`Interrupt::SIGTERM`],
-/// whose exit codes `engine::exit` decides.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Interrupt {
-    pub signal: &'static str,
-    pub exit_code: u8,
-}
-
-/// How a run ended.
-#[derive(Clone, Debug)]
-pub struct RunSummary {
-    pub status: RunStatus,
-    pub succeeded: usize,
-    pub failed: usize,
-    /// Images left being made in AWS when an interrupt stopped the run.
-    pub in_progress: usize,
-    /// Jobs whose image an earlier attempt of the run had already made.
-    pub reused: usize,
-    pub interrupted: Option<Interrupt>,
-    /// A second interrupt: the loop stopped waiting for cleanup.
-    pub abandoned: bool,
-    /// The temporary resources the journal says were created and not removed: after a second interrupt
-    /// (cleanup abandoned), or when cleanup and the sweep could not remove them.
-    pub left_behind: Vec<String>,
-    /// From the start of the run to the end of the loop.
-    pub makespan: Duration,
-    /// When each job that started started, had its image, and ended.
-    pub timings: BTreeMap<JobId, JobTiming>,
-}
-
-/// When a build gives its slot back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BuildSlotRelease {
-    /// Once it has cleaned up; its copies go on without it (fleetbake's way).
-    WhenCleanedUp,
-    /// Only when all of its copies have ended: how most tools do it. The benches compare the two.
-    AfterItsCopies,
-}
+pub use crate::engine::exit::Interrupt;
+pub use crate::engine::slots::BuildSlotRelease;
+pub use crate::engine::summary::RunSummary;
 
 /// Everything the loop hears, from its jobs and from outside.
 pub(crate) enum LoopEvent {
@@ -116,26 +80,10 @@ struct LoopState {
     /// In-flight jobs give up their waits and clean up (interrupt only).
     cancel: CancellationToken,
     /// Ready jobs waiting for a slot, per pool, in plan order, with the pool's slots.
-    waiting: BTreeMap<SlotPool, Waiting>,
+    waiting: SlotPools,
     timings: BTreeMap<JobId, JobTiming>,
-    /// Build slots held until the jobs of other pools waiting on the build's image end
-    /// ([`BuildSlotRelease::AfterItsCopies`]).
-    held_slots: HashMap<JobId, OwnedSemaphorePermit>,
-    /// Per job, how many of the jobs that hold its slot have not ended (or been skipped).
-    dependents_to_end: HashMap<JobId, usize>,
-}
-
-/// A pool's ready jobs and its slots.
-struct Waiting {
-    slots: Arc<tokio::sync::Semaphore>,
-    jobs: VecDeque<JobId>,
-}
-
-/// The concurrency cap a job needs a slot of.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum SlotPool {
-    Builds,
-    CopiesInto(Region),
+    /// Build slots held until their copies end ([`BuildSlotRelease::AfterItsCopies`]).
+    held_slots: HeldSlots,
 }
 
 impl Scheduler {
@@ -168,36 +116,22 @@ impl Scheduler {
             interrupted: None,
             stopping: false,
             cancel: CancellationToken::new(),
-            waiting: BTreeMap::new(),
+            waiting: SlotPools::new(Arc::clone(&self.limits)),
             timings: BTreeMap::new(),
-            held_slots: HashMap::new(),
-            dependents_to_end: HashMap::new(),
+            held_slots: HeldSlots::new(&plan),
         };
-
-        for job in plan.jobs() {
-            if let Some(input) = self.holds_slot_of(job) {
-                *state.dependents_to_end.entry(input).or_default() += 1;
-            }
-        }
         loop {
             if !state.stopping {
                 while let Some(job) = queue.pop_ready() {
                     match self.priors.get(&job) {
                         Some(Prior::Available(artifact)) => self.reuse(job, artifact, &mut state, &mut queue),
-                        _ => {
-                            let pool = self.pool(job);
-                            let waiting = state
-                                .waiting
-                                .entry(pool)
-                                .or_insert_with_key(|pool| Waiting { slots: self.slots(pool), jobs: VecDeque::new() });
-                            waiting.jobs.push_back(job);
-                        }
+                        _ => state.waiting.push(SlotPool::of(&self.plan, job), job),
                     }
                 }
                 self.start_what_fits(&mut state, &loop_sender, &mut tasks, &mut task_jobs);
             }
             if tasks.is_empty() {
-                debug_assert!(state.stopping || state.waiting.values().all(|waiting| waiting.jobs.is_empty()));
+                debug_assert!(state.stopping || state.waiting.is_empty());
                 break;
             }
             let event = tokio::select! {
@@ -380,32 +314,16 @@ impl Scheduler {
 
     /// Gives a finished job's slot back, or keeps a build's until the jobs it holds it for end.
     fn release(&self, job: JobId, slot: Option<OwnedSemaphorePermit>, state: &mut LoopState) {
-        self.dependent_ended(job, state);
-        let dependents_left = state.dependents_to_end.get(&job).copied().unwrap_or(0);
-        let holds = self.build_slot == BuildSlotRelease::AfterItsCopies && self.pool(job) == SlotPool::Builds;
-        if let (true, Some(slot), 1..) = (holds, slot, dependents_left) {
-            state.held_slots.insert(job, slot);
-        }
-    }
-
-    /// With [`BuildSlotRelease::AfterItsCopies`], the job whose slot `job` keeps held: its input, when that is
-    /// in another pool (a job never holds a slot that the jobs it waits for need).
-    fn holds_slot_of(&self, job: JobId) -> Option<JobId> {
-        self.plan.input(job).filter(|&input| self.pool(input) != self.pool(job))
-    }
-
-    /// `job` ended or will never start: the slot its input holds for it may be free now.
-    fn dependent_ended(&self, job: JobId, state: &mut LoopState) {
-        let Some(input) = self.holds_slot_of(job) else { return };
-        let left = state.dependents_to_end.entry(input).or_default();
-        *left = left.saturating_sub(1);
-        if *left == 0 {
-            state.held_slots.remove(&input);
+        state.held_slots.ended(&self.plan, job);
+        let holds =
+            self.build_slot == BuildSlotRelease::AfterItsCopies && SlotPool::of(&self.plan, job) == SlotPool::Builds;
+        if let (true, Some(slot)) = (holds, slot) {
+            state.held_slots.keep(job, slot);
         }
     }
 
     fn record_not_started(&self, job: JobId, stage: Stage, why: &str, state: &mut LoopState) {
-        self.dependent_ended(job, state);
+        state.held_slots.ended(&self.plan, job);
         let label = self.label(job);
         state.failed += 1;
         state.failed_jobs.insert(job);
@@ -436,17 +354,9 @@ impl Scheduler {
 
     /// Every job that has not started: waiting for a slot first (in plan order), then the rest of the queue.
     fn drain_not_started(queue: &mut DependencyQueue<JobId>, state: &mut LoopState) -> Vec<JobId> {
-        let mut jobs: Vec<JobId> =
-            std::mem::take(&mut state.waiting).into_values().flat_map(|waiting| waiting.jobs).collect();
+        let mut jobs = state.waiting.drain();
         jobs.extend(queue.drain());
         jobs
-    }
-
-    fn pool(&self, job: JobId) -> SlotPool {
-        match job {
-            JobId::Build(_) => SlotPool::Builds,
-            JobId::Copy(index) => SlotPool::CopiesInto(self.plan.copies[index].target_region.clone()),
-        }
     }
 
     /// Starts waiting jobs, in plan order, for as long as their pool has a free slot.
@@ -457,28 +367,12 @@ impl Scheduler {
         tasks: &mut JoinSet<TaskOutcome>,
         task_jobs: &mut HashMap<tokio::task::Id, JobId>,
     ) {
-        // What starts, then starting it: each pool's slots were looked up once, when it first had a job.
-        let mut starting = Vec::new();
-        for waiting in state.waiting.values_mut() {
-            while !waiting.jobs.is_empty() {
-                let Ok(slot) = Arc::clone(&waiting.slots).try_acquire_owned() else { break };
-                starting.push((waiting.jobs.pop_front().expect("checked non-empty"), slot));
-            }
-        }
-        for (job, slot) in starting {
+        for (job, slot) in state.waiting.take_what_fits() {
             state.timings.insert(job, JobTiming { started: self.clock.elapsed(), ..JobTiming::default() });
             let PlannedLanding { job: label, kind, .. } = self.landing(job);
             self.events.send(RunEvent::JobStarted { job: label, kind });
             let task = self.spawn(job, slot, state, loop_sender, tasks);
             task_jobs.insert(task, job);
-        }
-    }
-
-    /// The slots of a pool.
-    fn slots(&self, pool: &SlotPool) -> Arc<tokio::sync::Semaphore> {
-        match pool {
-            SlotPool::Builds => self.limits.builds(),
-            SlotPool::CopiesInto(region) => self.limits.copies_into(region),
         }
     }
 

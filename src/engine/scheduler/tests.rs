@@ -3,6 +3,7 @@
 //! the virtual clock.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use futures::future::BoxFuture;
@@ -12,7 +13,7 @@ use crate::cloud::limiter::{Pacing, RetryPolicy};
 use crate::cloud::sim::SimCloud;
 use crate::cloud::watch::{WaitStyle, Waits};
 use crate::cloud::ImageId;
-use crate::config::Fleet;
+use crate::config::{Fleet, Region};
 use crate::engine::runner::Announcer;
 use crate::outcome::ImageSettings;
 use crate::plan::RunId;
