@@ -1,6 +1,9 @@
-//! The one loop that executes a plan: ready jobs wait in plan order for a slot of their pool (builds, or
-//! copies into one region) and start as tasks holding it; every source (an image became available, a job
-//! ended, an interrupt) becomes one [`LoopEvent`], handled in one place.
+//! The one loop that executes a plan: ready jobs wait in plan order for a slot of their pool
+//! ([`crate::engine::slots`]) and start as tasks holding it, from the image of their input, through the
+//! [`JobRunner`] port; every source (an image became available, a job ended, an interrupt) becomes one
+//! [`LoopEvent`], handled in one place. Any job's image satisfies the jobs that wait on it: the plan's graph
+//! ([`Plan::input`]) says who, the loop never assumes builds-then-copies. When every job has ended, complete
+//! flavors are published ([`crate::engine::publish`]) and the run's leftovers swept ([`crate::engine::sweep`]).
 //!
 //! A failure never stops the loop: it is recorded, dependents are skipped, unrelated jobs go on.
 
