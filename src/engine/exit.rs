@@ -6,7 +6,7 @@
 //! without a wildcard, so a new variant must be given its code here.
 
 use crate::engine::run::RunError;
-use crate::engine::scheduler::{Interrupt, RunSummary};
+use crate::engine::scheduler::RunSummary;
 use crate::state::gc::GcError;
 use crate::state::journal::JournalError;
 
@@ -39,6 +39,14 @@ impl From<Exit> for std::process::ExitCode {
     fn from(exit: Exit) -> Self {
         std::process::ExitCode::from(exit.code())
     }
+}
+
+/// An interrupt delivered to the loop (SIGINT, SIGTERM): [`Interrupt::SIGINT`] and [`Interrupt::SIGTERM`],
+/// with the exit codes they end a run with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interrupt {
+    pub signal: &'static str,
+    pub exit_code: u8,
 }
 
 impl Interrupt {

@@ -1,5 +1,6 @@
 //! Executes a plan: [`run`] wires a run together (the journal, the cloud, the communicator, the reporters),
-//! the [`scheduler`]'s one loop starts jobs as slots of [`limits`] allow and routes their events, and
+//! the [`scheduler`]'s one loop starts jobs as [`slots`] of [`limits`] allow, runs them through [`runner`] and routes
+//! their events, then [`publish`]es complete flavors and [`sweep`]s what the run left, and
 //! [`summary`] makes the run statistics; [`changed`] decides what `--changed-only` reuses; [`exit`] decides
 //! every command's exit code.
 //!
@@ -9,6 +10,10 @@ pub mod changed;
 pub mod exit;
 pub mod limits;
 pub mod preflight;
+pub mod publish;
 pub mod run;
+pub mod runner;
 pub mod scheduler;
+pub mod slots;
 pub mod summary;
+pub mod sweep;

@@ -16,8 +16,11 @@ use crate::cloud::Cloud;
 use crate::config::Fleet;
 use crate::engine::limits::RunLimits;
 use crate::engine::preflight::{self, Preflight};
+use crate::engine::publish::Publisher;
+use crate::engine::runner::StepRunner;
 use crate::engine::scheduler::{BuildSlotRelease, Interrupt, RunSummary, Scheduler};
 use crate::engine::summary::RunStatistics;
+use crate::engine::sweep::Sweeper;
 use crate::outcome::JobLabel;
 use crate::plan::bound::{Caps, JobDurations};
 use crate::plan::{Plan, RunId};
@@ -416,19 +419,36 @@ impl Execution {
             }
             None => Default::default(),
         };
+        let runner = StepRunner {
+            run: Arc::clone(&run),
+            plan: Arc::clone(&plan),
+            cloud: Arc::clone(&self.cloud),
+            communicator: self.communicator,
+            waits: Arc::clone(&waits),
+            events: events.clone(),
+            priors: resumed.priors.clone(),
+            generations: resumed.generations,
+            published: resumed.published.clone(),
+        };
+        let publisher = Publisher {
+            fleet: Arc::clone(&run.fleet),
+            cloud: Arc::clone(&self.cloud),
+            journal: Arc::clone(&journal),
+            events: events.clone(),
+        };
+        let sweeper = Sweeper { cloud: self.cloud, waits, journal: Arc::clone(&journal), events: events.clone() };
         let scheduler = Scheduler {
-            run,
+            clock: run.clock,
             journal: Arc::clone(&journal),
             plan: Arc::clone(&plan),
-            waits,
-            cloud: self.cloud,
-            communicator: self.communicator,
+            runner: Arc::new(runner),
+            publisher,
+            sweeper,
             limits: self.limits,
             events,
             fail_fast: self.fail_fast,
             build_slot: self.strategy.build_slot,
             priors: resumed.priors,
-            generations: resumed.generations,
             published: resumed.published,
             notes,
         };

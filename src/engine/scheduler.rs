@@ -1,74 +1,39 @@
-//! The one loop that executes a plan: ready jobs wait in plan order for a slot of their pool (builds, or
-//! copies into one region) and start as tasks holding it; every source (an image became available, a job
-//! ended, an interrupt) becomes one [`LoopEvent`], handled in one place.
+//! The one loop that executes a plan: ready jobs wait in plan order for a slot of their pool
+//! ([`crate::engine::slots`]) and start as tasks holding it, from the image of their input, through the
+//! [`JobRunner`] port; every source (an image became available, a job ended, an interrupt) becomes one
+//! [`LoopEvent`], handled in one place. Any job's image satisfies the jobs that wait on it: the plan's graph
+//! ([`Plan::input`]) says who, the loop never assumes builds-then-copies. When every job has ended, complete
+//! flavors are published ([`crate::engine::publish`]) and the run's leftovers swept ([`crate::engine::sweep`]).
 //!
 //! A failure never stops the loop: it is recorded, dependents are skipped, unrelated jobs go on.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::cloud::watch::Waits;
-use crate::cloud::Cloud;
-use crate::config::Region;
 use crate::engine::limits::RunLimits;
+use crate::engine::publish::{Images, Publisher};
+use crate::engine::runner::{publish_available, Announcer, JobRunner};
+use crate::engine::slots::{HeldSlots, SlotPool, SlotPools};
+use crate::engine::sweep::Sweeper;
 use crate::outcome::{Artifact, Failure, InProgress, JobEnd, JobLabel, Publication, RunStatus, Stage};
 use crate::plan::bound::JobTiming;
 use crate::plan::deps::DependencyQueue;
 use crate::plan::{JobId, Plan};
-use crate::remote::Communicator;
 use crate::report::events::{EventSender, JobKind, PlannedLanding, RunEvent};
 use crate::state::journal::{Journal, Record};
-use crate::state::leftovers;
 use crate::state::resume::Prior;
-use crate::steps::build::{self, BuildContext, PendingImage};
-use crate::steps::context::RunContext;
-use crate::steps::copy::{self, CopyContext};
+use crate::util::clock::RunClock;
 
-/// An interrupt delivered to the loop (SIGINT, SIGTERM): [`Interrupt::SIGINT`] and [`Interrupt::SIGTERM`],
-/// whose exit codes `engine::exit` decides.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Interrupt {
-    pub signal: &'static str,
-    pub exit_code: u8,
-}
+pub use crate::engine::exit::Interrupt;
+pub use crate::engine::slots::BuildSlotRelease;
+pub use crate::engine::summary::RunSummary;
 
-/// How a run ended.
-#[derive(Clone, Debug)]
-pub struct RunSummary {
-    pub status: RunStatus,
-    pub succeeded: usize,
-    pub failed: usize,
-    /// Images left being made in AWS when an interrupt stopped the run.
-    pub in_progress: usize,
-    /// Jobs whose image an earlier attempt of the run had already made.
-    pub reused: usize,
-    pub interrupted: Option<Interrupt>,
-    /// A second interrupt: the loop stopped waiting for cleanup.
-    pub abandoned: bool,
-    /// The temporary resources the journal says were created and not removed: after a second interrupt
-    /// (cleanup abandoned), or when cleanup and the sweep could not remove them.
-    pub left_behind: Vec<String>,
-    /// From the start of the run to the end of the loop.
-    pub makespan: Duration,
-    /// When each job that started started, had its image, and ended.
-    pub timings: BTreeMap<JobId, JobTiming>,
-}
-
-/// When a build gives its slot back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BuildSlotRelease {
-    /// Once it has cleaned up; its copies go on without it (fleetbake's way).
-    WhenCleanedUp,
-    /// Only when all of its copies have ended: how most tools do it. The benches compare the two.
-    AfterItsCopies,
-}
-
-enum LoopEvent {
+/// Everything the loop hears, from its jobs and from outside.
+pub(crate) enum LoopEvent {
     ImageAvailable { job: JobId, artifact: Artifact },
     JobDone { job: JobId, end: JobEnd, slot: Option<OwnedSemaphorePermit> },
     Interrupt(Interrupt),
@@ -78,23 +43,23 @@ enum LoopEvent {
 type TaskOutcome = (JobId, JobEnd, OwnedSemaphorePermit);
 
 pub struct Scheduler {
-    pub run: Arc<RunContext>,
+    /// The run's time: when jobs start, make their image and end.
+    pub clock: RunClock,
     /// The run's journal: the steps write to it through `run.ledger`, the loop directly (images available,
     /// failures, the end).
     pub journal: Arc<Journal>,
     pub plan: Arc<Plan>,
-    pub cloud: Arc<dyn Cloud>,
-    pub communicator: Arc<dyn Communicator>,
-    pub waits: Arc<Waits>,
+    /// Runs each job once it has its slot and its input.
+    pub runner: Arc<dyn JobRunner>,
+    pub publisher: Publisher,
+    pub sweeper: Sweeper,
     pub limits: Arc<RunLimits>,
     pub events: EventSender,
     /// Stop starting new jobs after the first failure.
     pub fail_fast: bool,
     pub build_slot: BuildSlotRelease,
-    /// Resuming: what earlier attempts left, per job.
+    /// Resuming or `--changed-only`: what earlier attempts or runs left, per job (an available image is reused).
     pub priors: BTreeMap<JobId, Prior>,
-    /// Resuming: how many images of each job earlier attempts discarded.
-    pub generations: BTreeMap<JobId, u32>,
     /// Resuming: what each job's image was already published to.
     pub published: BTreeMap<JobId, Vec<Publication>>,
     /// Said of a job right after the run starts (`--changed-only`: why it is rebuilt).
@@ -103,8 +68,7 @@ pub struct Scheduler {
 
 /// What the loop knows while it runs.
 struct LoopState {
-    build_images: HashMap<usize, Artifact>,
-    /// Every job's image, once available.
+    /// Every job's image, once available: what the jobs waiting on it start from.
     artifacts: BTreeMap<JobId, Artifact>,
     /// Jobs that failed, or never started.
     failed_jobs: BTreeSet<JobId>,
@@ -119,25 +83,10 @@ struct LoopState {
     /// In-flight jobs give up their waits and clean up (interrupt only).
     cancel: CancellationToken,
     /// Ready jobs waiting for a slot, per pool, in plan order, with the pool's slots.
-    waiting: BTreeMap<SlotPool, Waiting>,
+    waiting: SlotPools,
     timings: BTreeMap<JobId, JobTiming>,
-    /// Build slots held until the build's copies end ([`BuildSlotRelease::AfterItsCopies`]).
-    held_build_slots: HashMap<usize, OwnedSemaphorePermit>,
-    /// Per build, how many of its copies have not ended (or been skipped).
-    copies_to_end: HashMap<usize, usize>,
-}
-
-/// A pool's ready jobs and its slots.
-struct Waiting {
-    slots: Arc<tokio::sync::Semaphore>,
-    jobs: VecDeque<JobId>,
-}
-
-/// The concurrency cap a job needs a slot of.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum SlotPool {
-    Builds,
-    CopiesInto(Region),
+    /// Build slots held until their copies end ([`BuildSlotRelease::AfterItsCopies`]).
+    held_slots: HeldSlots,
 }
 
 impl Scheduler {
@@ -160,7 +109,6 @@ impl Scheduler {
         let mut tasks: JoinSet<TaskOutcome> = JoinSet::new();
         let mut task_jobs = HashMap::new();
         let mut state = LoopState {
-            build_images: HashMap::new(),
             artifacts: BTreeMap::new(),
             failed_jobs: BTreeSet::new(),
             images: 0,
@@ -171,31 +119,22 @@ impl Scheduler {
             interrupted: None,
             stopping: false,
             cancel: CancellationToken::new(),
-            waiting: BTreeMap::new(),
+            waiting: SlotPools::new(Arc::clone(&self.limits)),
             timings: BTreeMap::new(),
-            held_build_slots: HashMap::new(),
-            copies_to_end: plan.builds.iter().map(|build| (build.index, build.copies.len())).collect(),
+            held_slots: HeldSlots::new(&plan),
         };
-
         loop {
             if !state.stopping {
                 while let Some(job) = queue.pop_ready() {
                     match self.priors.get(&job) {
                         Some(Prior::Available(artifact)) => self.reuse(job, artifact, &mut state, &mut queue),
-                        _ => {
-                            let pool = self.pool(job);
-                            let waiting = state
-                                .waiting
-                                .entry(pool)
-                                .or_insert_with_key(|pool| Waiting { slots: self.slots(pool), jobs: VecDeque::new() });
-                            waiting.jobs.push_back(job);
-                        }
+                        _ => state.waiting.push(SlotPool::of(&self.plan, job), job),
                     }
                 }
                 self.start_what_fits(&mut state, &loop_sender, &mut tasks, &mut task_jobs);
             }
             if tasks.is_empty() {
-                debug_assert!(state.stopping || state.waiting.values().all(|waiting| waiting.jobs.is_empty()));
+                debug_assert!(state.stopping || state.waiting.is_empty());
                 break;
             }
             let event = tokio::select! {
@@ -262,31 +201,17 @@ impl Scheduler {
         self.handle(LoopEvent::JobDone { job, end: JobEnd::default(), slot: None }, state, queue);
     }
 
-    /// Once every job has ended: removes whatever temporary resource of this run is still tagged in the
-    /// account (a cleanup step that failed, a call whose answer was lost). Only a second interrupt stops it.
+    /// Once every job has ended: the sweep ([`crate::engine::sweep`]). A first interrupt now changes nothing
+    /// (there is nothing left to start); a second abandons the sweep.
     async fn sweep(
         &self,
         state: &mut LoopState,
         interrupts: &mut mpsc::UnboundedReceiver<Interrupt>,
         queue: &mut DependencyQueue<JobId>,
     ) -> ControlFlow {
-        let mut regions: Vec<&crate::config::Region> = self.plan.builds.iter().map(|build| &build.region).collect();
-        regions.sort();
-        regions.dedup();
-        let tags = leftovers::temporary_tags(&self.plan.fleet, Some(&self.plan.run_id));
-        let sweeps = regions.into_iter().map(|region| {
-            let cloud = self.cloud.region(region);
-            let waits = self.waits.region(region);
-            let tags = tags.clone();
-            async move {
-                let found = leftovers::find(&*cloud, &tags).await.map_err(|error| error.to_string())?;
-                Ok::<_, String>(leftovers::remove(&*cloud, &waits, &found, &*self.journal).await)
-            }
-        });
-        // A first interrupt now changes nothing (there is nothing left to start); a second abandons the sweep.
-        let sweeping = futures::future::join_all(sweeps);
+        let sweeping = self.sweeper.sweep(&self.plan);
         tokio::pin!(sweeping);
-        let swept = loop {
+        loop {
             tokio::select! {
                 biased;
                 Some(interrupt) = interrupts.recv() => {
@@ -294,47 +219,25 @@ impl Scheduler {
                         return ControlFlow::Abandon;
                     }
                 }
-                swept = &mut sweeping => break swept,
-            }
-        };
-        let label = JobLabel { flavor: crate::config::FlavorName::new("*"), region: crate::config::Region::new("*") };
-        for outcome in swept {
-            let problems = match outcome {
-                Ok(removal) => {
-                    for resource in removal.removed {
-                        self.events.send(RunEvent::Swept { resource: resource.to_string() });
-                    }
-                    removal
-                        .failed
-                        .iter()
-                        .map(|(resource, error)| format!("could not remove {resource}: {error}"))
-                        .collect()
+                problems = &mut sweeping => {
+                    state.failed += problems;
+                    return ControlFlow::Continue;
                 }
-                Err(error) => vec![format!("could not look for leftovers: {error}")],
-            };
-            for problem in problems {
-                state.failed += 1;
-                let failure = Failure::new(&label, Stage::Cleanup, format!("the end-of-run sweep {problem}"));
-                self.events.send(RunEvent::JobFailed(failure));
             }
         }
-        ControlFlow::Continue
     }
 
     fn handle(&self, event: LoopEvent, state: &mut LoopState, queue: &mut DependencyQueue<JobId>) -> ControlFlow {
         match event {
             LoopEvent::ImageAvailable { job, artifact } => {
-                state.timings.entry(job).or_default().available = Some(self.run.clock.elapsed());
+                state.timings.entry(job).or_default().available = Some(self.clock.elapsed());
                 state.images += 1;
-                state.artifacts.insert(job, artifact.clone());
-                if let JobId::Build(index) = job {
-                    state.build_images.insert(index, artifact);
-                    queue.satisfied(&job);
-                }
+                state.artifacts.insert(job, artifact);
+                queue.satisfied(&job);
             }
             LoopEvent::JobDone { job, end, slot } => {
                 let timing = state.timings.entry(job).or_default();
-                let ended = self.run.clock.elapsed();
+                let ended = self.clock.elapsed();
                 timing.ended = Some(ended);
                 // A job that ran as a task (not reused, not crashed): its durations teach the next estimate.
                 if slot.is_some() {
@@ -366,15 +269,8 @@ impl Scheduler {
                 for failure in failures {
                     self.report_failure(job, failure);
                 }
-                let why = match job {
-                    JobId::Build(index) => {
-                        let build = &self.plan.builds[index];
-                        format!("not copied: the build of {} in {} failed", build.flavor, build.region)
-                    }
-                    JobId::Copy(_) => String::new(),
-                };
                 for skipped in queue.failed(&job) {
-                    self.record_not_started(skipped, Stage::Skipped, &why, state);
+                    self.record_not_started(skipped, Stage::Skipped, &self.plan.why_skipped(skipped, job), state);
                 }
                 if self.fail_fast && !state.stopping {
                     state.stopping = true;
@@ -419,89 +315,38 @@ impl Scheduler {
         PlannedLanding { job: self.label(job), kind, build_region }
     }
 
-    /// Gives a finished job's slot back, or keeps a build's until its copies end.
+    /// Gives a finished job's slot back, or keeps a build's until the jobs it holds it for end.
     fn release(&self, job: JobId, slot: Option<OwnedSemaphorePermit>, state: &mut LoopState) {
-        match job {
-            JobId::Build(index) => {
-                let copies_left = state.copies_to_end.get(&index).copied().unwrap_or(0);
-                if let (BuildSlotRelease::AfterItsCopies, Some(slot), 1..) = (self.build_slot, slot, copies_left) {
-                    state.held_build_slots.insert(index, slot);
-                }
-            }
-            JobId::Copy(index) => self.copy_ended(index, state),
-        }
-    }
-
-    /// A copy ended or will never start: its build's held slot may be free now.
-    fn copy_ended(&self, index: usize, state: &mut LoopState) {
-        let build = self.plan.copies[index].build;
-        let left = state.copies_to_end.entry(build).or_default();
-        *left = left.saturating_sub(1);
-        if *left == 0 {
-            state.held_build_slots.remove(&build);
+        state.held_slots.ended(&self.plan, job);
+        let holds =
+            self.build_slot == BuildSlotRelease::AfterItsCopies && SlotPool::of(&self.plan, job) == SlotPool::Builds;
+        if let (true, Some(slot)) = (holds, slot) {
+            state.held_slots.keep(job, slot);
         }
     }
 
     fn record_not_started(&self, job: JobId, stage: Stage, why: &str, state: &mut LoopState) {
-        if let JobId::Copy(index) = job {
-            self.copy_ended(index, state);
-        }
+        state.held_slots.ended(&self.plan, job);
         let label = self.label(job);
         state.failed += 1;
         state.failed_jobs.insert(job);
         self.report_failure(job, Failure::new(&label, stage, why));
     }
 
-    /// `[publish] when = "flavor_complete"`: once every job has ended, each flavor all of whose jobs succeeded
-    /// is published, image by image (reused images were published by the run that made them); a failure is a
-    /// `publish` failure of that image's job.
+    /// `[publish] when = "flavor_complete"` ([`crate::engine::publish`]): a publish failure makes its job a
+    /// failure.
     async fn publish_complete_flavors(&self, state: &mut LoopState) {
-        use crate::config::PublishWhen;
-        use crate::steps::publish::{publish, Publishing};
-        let Some(settings) = self.run.fleet.publish.as_ref().filter(|s| s.when == PublishWhen::FlavorComplete) else {
-            return;
+        // Which flavors are complete is settled before anything is published.
+        let (artifacts, failed_jobs) = (state.artifacts.clone(), state.failed_jobs.clone());
+        let images = Images { artifacts: &artifacts, failed_jobs: &failed_jobs, published_before: &self.published };
+        let failed = |job: JobId, failure: Failure| {
+            if state.failed_jobs.insert(job) {
+                state.failed += 1;
+                state.succeeded = state.succeeded.saturating_sub(1);
+            }
+            self.report_failure(job, failure);
         };
-        let mut flavors: BTreeMap<&crate::config::FlavorName, Vec<JobId>> = BTreeMap::new();
-        for job in self.plan.jobs() {
-            flavors.entry(self.plan.placement(job).0).or_default().push(job);
-        }
-        for (flavor, jobs) in flavors {
-            let complete = jobs.iter().all(|job| state.artifacts.contains_key(job) && !state.failed_jobs.contains(job));
-            if !complete {
-                continue;
-            }
-            for job in jobs {
-                let artifact = &state.artifacts[&job];
-                if artifact.reused_from.is_some() {
-                    continue;
-                }
-                let label = self.label(job);
-                let cloud = self.cloud.region(&label.region);
-                let already = self.published.get(&job).cloned().unwrap_or_default();
-                let publishing = Publishing {
-                    cloud: &*cloud,
-                    publish: settings,
-                    fleet: &self.run.fleet.name,
-                    flavor,
-                    run_id: &self.run.run_id,
-                    image: &artifact.image_id,
-                    already: &already,
-                };
-                let (published, failures) = publish(publishing).await;
-                for publication in published {
-                    self.journal
-                        .record(Record::Published { job: self.plan.key(job), publication: publication.clone() });
-                    self.events.send(RunEvent::Published { job: label.clone(), publication });
-                }
-                for error in failures {
-                    if state.failed_jobs.insert(job) {
-                        state.failed += 1;
-                        state.succeeded = state.succeeded.saturating_sub(1);
-                    }
-                    self.report_failure(job, Failure::from_cloud(&label, Stage::Publish, &error));
-                }
-            }
-        }
+        self.publisher.publish_complete_flavors(&self.plan, images, failed).await;
     }
 
     /// A job's failure: journaled, then told to the reporters.
@@ -510,27 +355,11 @@ impl Scheduler {
         self.events.send(RunEvent::JobFailed(failure));
     }
 
-    /// Resuming: the image an earlier attempt left pending for this job.
-    fn pending_image(&self, job: JobId) -> Option<&PendingImage> {
-        match self.priors.get(&job) {
-            Some(Prior::Pending(pending)) => Some(pending),
-            _ => None,
-        }
-    }
-
     /// Every job that has not started: waiting for a slot first (in plan order), then the rest of the queue.
     fn drain_not_started(queue: &mut DependencyQueue<JobId>, state: &mut LoopState) -> Vec<JobId> {
-        let mut jobs: Vec<JobId> =
-            std::mem::take(&mut state.waiting).into_values().flat_map(|waiting| waiting.jobs).collect();
+        let mut jobs = state.waiting.drain();
         jobs.extend(queue.drain());
         jobs
-    }
-
-    fn pool(&self, job: JobId) -> SlotPool {
-        match job {
-            JobId::Build(_) => SlotPool::Builds,
-            JobId::Copy(index) => SlotPool::CopiesInto(self.plan.copies[index].target_region.clone()),
-        }
     }
 
     /// Starts waiting jobs, in plan order, for as long as their pool has a free slot.
@@ -541,16 +370,8 @@ impl Scheduler {
         tasks: &mut JoinSet<TaskOutcome>,
         task_jobs: &mut HashMap<tokio::task::Id, JobId>,
     ) {
-        // What starts, then starting it: each pool's slots were looked up once, when it first had a job.
-        let mut starting = Vec::new();
-        for waiting in state.waiting.values_mut() {
-            while !waiting.jobs.is_empty() {
-                let Ok(slot) = Arc::clone(&waiting.slots).try_acquire_owned() else { break };
-                starting.push((waiting.jobs.pop_front().expect("checked non-empty"), slot));
-            }
-        }
-        for (job, slot) in starting {
-            state.timings.insert(job, JobTiming { started: self.run.clock.elapsed(), ..JobTiming::default() });
+        for (job, slot) in state.waiting.take_what_fits() {
+            state.timings.insert(job, JobTiming { started: self.clock.elapsed(), ..JobTiming::default() });
             let PlannedLanding { job: label, kind, .. } = self.landing(job);
             self.events.send(RunEvent::JobStarted { job: label, kind });
             let task = self.spawn(job, slot, state, loop_sender, tasks);
@@ -558,15 +379,7 @@ impl Scheduler {
         }
     }
 
-    /// The slots of a pool.
-    fn slots(&self, pool: &SlotPool) -> Arc<tokio::sync::Semaphore> {
-        match pool {
-            SlotPool::Builds => self.limits.builds(),
-            SlotPool::CopiesInto(region) => self.limits.copies_into(region),
-        }
-    }
-
-    /// Starts a job as a task holding its slot until it ends.
+    /// Starts a job as a task holding its slot until it ends, from the image it waits on.
     fn spawn(
         &self,
         job: JobId,
@@ -575,65 +388,17 @@ impl Scheduler {
         loop_sender: &mpsc::UnboundedSender<LoopEvent>,
         tasks: &mut JoinSet<TaskOutcome>,
     ) -> tokio::task::Id {
-        let label = self.label(job);
-        let flavor = self.run.fleet.flavor(&label.flavor).expect("the plan names only configured flavors").clone();
         let announce = Announcer {
             job,
             key: self.plan.key(job),
-            label,
+            label: self.label(job),
             events: self.events.clone(),
             scheduler: loop_sender.clone(),
             journal: Arc::clone(&self.journal),
         };
-        match job {
-            JobId::Build(index) => {
-                let build_job = self.plan.builds[index].clone();
-                let context = BuildContext {
-                    run: Arc::clone(&self.run),
-                    cloud: self.cloud.region(&build_job.region),
-                    waits: self.waits.region(&build_job.region),
-                    communicator: Arc::clone(&self.communicator),
-                    flavor,
-                    job: build_job,
-                    events: self.events.clone(),
-                    cancel: state.cancel.clone(),
-                    pending_image: self.pending_image(job).cloned(),
-                    published_before: self.published.get(&job).cloned().unwrap_or_default(),
-                };
-                tasks
-                    .spawn(async move {
-                        let end = build::run(context, |artifact| announce.image_available(artifact)).await;
-                        (job, end, slot)
-                    })
-                    .id()
-            }
-            JobId::Copy(index) => {
-                let copy_job = self.plan.copies[index].clone();
-                let source = state.build_images.get(&copy_job.build).expect("a copy starts after its image").clone();
-                let context = CopyContext {
-                    run: Arc::clone(&self.run),
-                    cloud: self.cloud.region(&copy_job.target_region),
-                    waits: self.waits.region(&copy_job.target_region),
-                    flavor,
-                    job: copy_job,
-                    source,
-                    events: self.events.clone(),
-                    cancel: state.cancel.clone(),
-                    pending_image: self.pending_image(job).map(|pending| pending.image.clone()),
-                    generation: self.generations.get(&job).copied().unwrap_or(0),
-                    published_before: self.published.get(&job).cloned().unwrap_or_default(),
-                };
-                tasks
-                    .spawn(async move {
-                        let copied = copy::run(context).await;
-                        if let Some(artifact) = &copied.artifact {
-                            announce.image_available(artifact);
-                        }
-                        (job, copied.end, slot)
-                    })
-                    .id()
-            }
-        }
+        let input = self.plan.input(job).map(|input| state.artifacts[&input].clone());
+        let running = self.runner.run(job, input, announce, state.cancel.clone());
+        tasks.spawn(async move { (job, running.await, slot) }).id()
     }
 
     fn finish(&self, state: &LoopState, abandoned: bool) -> RunSummary {
@@ -650,7 +415,7 @@ impl Scheduler {
         self.journal.record(Record::Finished { status, interrupted });
         self.events.send(RunEvent::RunFinished {
             status,
-            finished_at: self.run.clock.now(),
+            finished_at: self.clock.now(),
             succeeded: state.succeeded,
             failed: state.failed,
             in_progress: state.in_progress,
@@ -667,48 +432,16 @@ impl Scheduler {
             interrupted: state.interrupted,
             abandoned,
             left_behind,
-            makespan: self.run.clock.elapsed(),
+            makespan: self.clock.elapsed(),
             timings: state.timings.clone(),
         }
     }
-}
-
-/// Tells the reporters (in order with the job's other events) and the loop that a job's image is available.
-struct Announcer {
-    job: JobId,
-    key: crate::plan::JobKey,
-    label: JobLabel,
-    events: EventSender,
-    scheduler: mpsc::UnboundedSender<LoopEvent>,
-    journal: Arc<Journal>,
-}
-
-impl Announcer {
-    /// Journaled first: once the loop hears of it, copies may start from it. Then what the job published
-    /// itself (`when = "each"`), told to the reporters after the image.
-    fn image_available(&self, artifact: &Artifact) {
-        publish_available(&self.journal, &self.events, self.key.clone(), self.label.clone(), artifact);
-        // The loop outlives its jobs; a closed channel means the run was abandoned.
-        let _ = self.scheduler.send(LoopEvent::ImageAvailable { job: self.job, artifact: artifact.clone() });
-        for publication in &artifact.published {
-            self.events.send(RunEvent::Published { job: self.label.clone(), publication: publication.clone() });
-        }
-    }
-}
-
-/// An image is available: journaled, then told to the reporters (the loop hears of it separately).
-fn publish_available(
-    journal: &Journal,
-    events: &EventSender,
-    key: crate::plan::JobKey,
-    label: JobLabel,
-    artifact: &Artifact,
-) {
-    journal.record(Record::ImageAvailable { job: key, artifact: artifact.clone() });
-    events.send(RunEvent::ImageAvailable { job: label, artifact: artifact.clone() });
 }
 
 enum ControlFlow {
     Continue,
     Abandon,
 }
+
+#[cfg(test)]
+mod tests;

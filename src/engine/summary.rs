@@ -1,15 +1,40 @@
-//! Run statistics (`--summary-json`): how long the run took against its critical-path bound, what it asked of
-//! EC2, how often it was throttled, how its jobs ended and, in the simulated cloud, what was left behind.
+//! How a run ended ([`RunSummary`], made by the loop), and the run statistics (`--summary-json`): how long the
+//! run took against its critical-path bound, what it asked of EC2, how often it was throttled, how its jobs
+//! ended and, in the simulated cloud, what was left behind.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::cloud::limiter::ApiStats;
 use crate::cloud::sim::SimReport;
 use crate::config::{Fleet, Region};
-use crate::engine::scheduler::RunSummary;
-use crate::plan::bound::{self, Caps, JobDurations};
-use crate::plan::Plan;
+use crate::engine::exit::Interrupt;
+use crate::outcome::RunStatus;
+use crate::plan::bound::{self, Caps, JobDurations, JobTiming};
+use crate::plan::{JobId, Plan};
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub status: RunStatus,
+    pub succeeded: usize,
+    pub failed: usize,
+    /// Images left being made in AWS when an interrupt stopped the run.
+    pub in_progress: usize,
+    /// Jobs whose image an earlier attempt of the run had already made.
+    pub reused: usize,
+    pub interrupted: Option<Interrupt>,
+    /// A second interrupt: the loop stopped waiting for cleanup.
+    pub abandoned: bool,
+    /// The temporary resources the journal says were created and not removed: after a second interrupt
+    /// (cleanup abandoned), or when cleanup and the sweep could not remove them.
+    pub left_behind: Vec<String>,
+    /// From the start of the run to the end of the loop.
+    pub makespan: Duration,
+    /// When each job that started started, had its image, and ended.
+    pub timings: BTreeMap<JobId, JobTiming>,
+}
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct RunStatistics {

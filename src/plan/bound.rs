@@ -1,8 +1,10 @@
-//! The critical-path bound of a plan: when the run would end if every job started the instant its dependency
-//! and a slot allowed, and every wait ended the instant the cloud was done. Builds are list-scheduled in plan
-//! order over `max_parallel_builds`; each image's copies become ready when it is available and start, in that
-//! order, within their destination's copy cap and CopyImage bucket. API latency and polling are left out: they
-//! are what the scheduler is measured on. Pure: no clock, no cloud.
+//! The critical-path bound of a plan: when the run would end if every job started the instant its input image
+//! and a slot allowed, and every wait ended the instant the cloud was done. A list schedule in topological
+//! order over the plan's graph: a job is ready when the image it starts from is available (a build from its
+//! configured source at once), and ready jobs take the earliest free slot of their pool in the order they
+//! became ready, then in plan order: builds within `max_parallel_builds`, copies within their destination's
+//! copy cap and CopyImage bucket. API latency and polling are left out: they are what the scheduler is
+//! measured on. Pure: no clock, no cloud.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -26,7 +28,7 @@ pub struct BuildDuration {
     pub to_cleaned_up: Duration,
 }
 
-/// Every job's duration, by plan index.
+/// Every job's duration, by plan index (a job without one takes no time).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct JobDurations {
     pub builds: Vec<BuildDuration>,
@@ -53,6 +55,20 @@ impl JobDurations {
             })
             .collect();
         JobDurations { builds, copies: vec![sim.copy_image; plan.copies.len()] }
+    }
+
+    /// How long `job` takes to its image, and to its slot being free again.
+    fn of(&self, job: JobId) -> (Duration, Duration) {
+        match job {
+            JobId::Build(index) => {
+                let build = self.builds.get(index).copied().unwrap_or_default();
+                (build.to_image, build.to_cleaned_up)
+            }
+            JobId::Copy(index) => {
+                let copy = self.copies.get(index).copied().unwrap_or_default();
+                (copy, copy)
+            }
+        }
     }
 
     /// As measured in a run; a job that did not run counts as taking no time.
@@ -84,37 +100,81 @@ pub struct Caps {
     pub copy_bucket: Bucket,
 }
 
-/// The ideal makespan of `plan`.
+/// The ideal makespan of `plan`. Jobs are taken in the order they become ready (ties in plan order), so every
+/// job's input is scheduled before it, and a pool serves its jobs in that order.
 pub fn critical_path(plan: &Plan, caps: Caps, durations: &JobDurations) -> Duration {
+    let jobs: Vec<JobId> = plan.jobs().collect();
+    // Positions in plan order: the jobs waiting on each job's image, and the jobs ready at once.
+    let mut dependents: BTreeMap<JobId, Vec<usize>> = BTreeMap::new();
+    let mut ready: BinaryHeap<Reverse<(Duration, usize)>> = BinaryHeap::new();
+    for (position, &job) in jobs.iter().enumerate() {
+        match plan.input(job) {
+            Some(input) => dependents.entry(input).or_default().push(position),
+            None => ready.push(Reverse((Duration::ZERO, position))),
+        }
+    }
+    let mut pools: BTreeMap<Pool<'_>, IdealPool> = BTreeMap::new();
     let mut end = Duration::ZERO;
-    let mut build_slots: BinaryHeap<Reverse<Duration>> =
-        (0..caps.builds.max(1)).map(|_| Reverse(Duration::ZERO)).collect();
-    let mut image_at = Vec::with_capacity(plan.builds.len());
-    for (build, duration) in plan.builds.iter().zip(&durations.builds) {
-        let Reverse(start) = build_slots.pop().expect("at least one slot");
-        image_at.push(start + duration.to_image);
-        build_slots.push(Reverse(start + duration.to_cleaned_up));
-        end = end.max(start + duration.to_cleaned_up);
-        debug_assert_eq!(image_at.len(), build.index + 1);
-    }
-    let mut ready_by_region: BTreeMap<&Region, Vec<(Duration, usize)>> = BTreeMap::new();
-    for (index, copy) in plan.copies.iter().enumerate() {
-        ready_by_region.entry(&copy.target_region).or_default().push((image_at[copy.build], index));
-    }
-    for (_, mut ready) in ready_by_region {
-        ready.sort();
-        let mut slots: BinaryHeap<Reverse<Duration>> =
-            (0..caps.copies_per_region.max(1)).map(|_| Reverse(Duration::ZERO)).collect();
-        let mut bucket = IdealBucket::new(caps.copy_bucket);
-        for (ready_at, index) in ready {
-            let Reverse(free_at) = slots.pop().expect("at least one slot");
-            let start = bucket.take_at(ready_at.max(free_at));
-            let copy_end = start + durations.copies[index];
-            slots.push(Reverse(copy_end));
-            end = end.max(copy_end);
+    while let Some(Reverse((ready_at, position))) = ready.pop() {
+        let job = jobs[position];
+        let pool = pools.entry(Pool::of(plan, job)).or_insert_with_key(|pool| IdealPool::new(pool, caps));
+        let started = pool.start(ready_at);
+        let (to_image, to_end) = durations.of(job);
+        pool.free_at(started + to_end);
+        end = end.max(started + to_end);
+        for &dependent in dependents.get(&job).into_iter().flatten() {
+            ready.push(Reverse((started + to_image, dependent)));
         }
     }
     end
+}
+
+/// The cap a job needs a slot of, as the loop's pools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Pool<'a> {
+    Builds,
+    CopiesInto(&'a Region),
+}
+
+impl<'a> Pool<'a> {
+    fn of(plan: &'a Plan, job: JobId) -> Self {
+        match job {
+            JobId::Build(_) => Pool::Builds,
+            JobId::Copy(index) => Pool::CopiesInto(&plan.copies[index].target_region),
+        }
+    }
+}
+
+/// A pool's slots over ideal time, and the request bucket its jobs start with (copies only).
+struct IdealPool {
+    /// When each slot is free again.
+    slots: BinaryHeap<Reverse<Duration>>,
+    bucket: Option<IdealBucket>,
+}
+
+impl IdealPool {
+    fn new(pool: &Pool<'_>, caps: Caps) -> Self {
+        let (slots, bucket) = match pool {
+            Pool::Builds => (caps.builds, None),
+            Pool::CopiesInto(_) => (caps.copies_per_region, Some(IdealBucket::new(caps.copy_bucket))),
+        };
+        IdealPool { slots: (0..slots.max(1)).map(|_| Reverse(Duration::ZERO)).collect(), bucket }
+    }
+
+    /// Takes the earliest free slot (and a token) for a job ready at `ready_at`: when the job starts.
+    fn start(&mut self, ready_at: Duration) -> Duration {
+        let Reverse(free_at) = self.slots.pop().expect("at least one slot");
+        let wanted = ready_at.max(free_at);
+        match &mut self.bucket {
+            Some(bucket) => bucket.take_at(wanted),
+            None => wanted,
+        }
+    }
+
+    /// The slot taken last is free again at `at`.
+    fn free_at(&mut self, at: Duration) {
+        self.slots.push(Reverse(at));
+    }
 }
 
 /// A token bucket over ideal time, asked in time order.
@@ -254,6 +314,20 @@ mod tests {
         assert_eq!(critical_path(&plan, caps(3, 2, 100, 10.0), &durations).as_secs(), 200);
         // No cap, but a bucket of one token refilled every 20 s: starts at 100, 120, 140 in each region.
         assert_eq!(critical_path(&plan, caps(3, 10, 1, 0.05), &durations).as_secs(), 190);
+    }
+
+    #[test]
+    fn a_build_from_another_build_s_image_starts_when_it_is_available() {
+        let fleet = fleet(FLAVORS, "us-west-2 = [\"us-east-1\"]");
+        let mut plan = plan(&fleet);
+        plan.builds[2].source = crate::plan::BuildSource::ImageOf(JobId::Build(0));
+        let durations = uniform(&plan, 100, 130, 50);
+        // The third build waits for the first's image (100), not for a slot: its image at 200, its copy ends
+        // at 250 (its slot frees at 230).
+        assert_eq!(critical_path(&plan, caps(3, 10, 100, 10.0), &durations).as_secs(), 250);
+        // One slot: the first build frees it at 130, the second at 260; the third then starts: its copy ends at
+        // 260 + 100 + 50.
+        assert_eq!(critical_path(&plan, caps(1, 10, 100, 10.0), &durations).as_secs(), 410);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod bound;
 pub mod deps;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -78,12 +79,22 @@ pub enum JobId {
     Copy(usize),
 }
 
+/// Where a build's instance starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildSource {
+    /// The flavor's `source_ami` (an id or a filter), looked up when the build starts: today every build's.
+    Configured,
+    /// The image another job of this plan makes: the build waits for it (room for `source_ami = { flavor = … }`).
+    ImageOf(JobId),
+}
+
 /// Bake one flavor in one region.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuildJob {
     pub index: usize,
     pub flavor: FlavorName,
     pub region: Region,
+    pub source: BuildSource,
     pub image_name: String,
     /// Indexes into [`Plan::copies`].
     pub copies: Vec<usize>,
@@ -154,6 +165,7 @@ impl Plan {
                 index: build_index,
                 flavor: flavor.name.clone(),
                 region: region.clone(),
+                source: BuildSource::Configured,
                 image_name,
                 copies: build_copies,
             });
@@ -161,11 +173,49 @@ impl Plan {
         Plan { fleet: fleet.name.clone(), run_id, started_at, builds, copies, selection: fleet.selection.clone() }
     }
 
-    /// Builds first (in plan order), then each copy once its build's image is available.
+    /// Every job in plan order, each waiting for the image of its input (if any): builds from their configured
+    /// source start first, every other job once the image it starts from is available.
     pub fn dependency_queue(&self) -> DependencyQueue<JobId> {
-        let builds = self.builds.iter().map(|build| (JobId::Build(build.index), Vec::new()));
-        let copies = self.copies.iter().map(|copy| (JobId::Copy(copy.index), vec![JobId::Build(copy.build)]));
-        DependencyQueue::new(builds.chain(copies))
+        DependencyQueue::new(self.jobs().map(|job| (job, self.input(job).into_iter().collect())))
+    }
+
+    /// The job whose image `job` starts from: a copy's build, or the job a build's source names; `None` for a
+    /// build from its configured source.
+    pub fn input(&self, job: JobId) -> Option<JobId> {
+        match job {
+            JobId::Build(index) => match self.builds[index].source {
+                BuildSource::Configured => None,
+                BuildSource::ImageOf(input) => Some(input),
+            },
+            JobId::Copy(index) => Some(JobId::Build(self.copies[index].build)),
+        }
+    }
+
+    /// How many jobs start from each job's image (jobs nothing starts from are left out).
+    pub fn dependent_counts(&self) -> BTreeMap<JobId, usize> {
+        let mut counts = BTreeMap::new();
+        for input in self.jobs().filter_map(|job| self.input(job)) {
+            *counts.entry(input).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Why `skipped` never starts: `failed`, which it waits on (itself or through other jobs), failed.
+    pub fn why_skipped(&self, skipped: JobId, failed: JobId) -> String {
+        let not = match skipped {
+            JobId::Build(_) => "not built",
+            JobId::Copy(_) => "not copied",
+        };
+        match failed {
+            JobId::Build(index) => {
+                let build = &self.builds[index];
+                format!("{not}: the build of {} in {} failed", build.flavor, build.region)
+            }
+            JobId::Copy(index) => {
+                let copy = &self.copies[index];
+                format!("{not}: the copy of {} to {} failed", copy.flavor, copy.target_region)
+            }
+        }
     }
 
     pub fn key(&self, job: JobId) -> JobKey {
@@ -214,5 +264,61 @@ impl fmt::Display for Plan {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    /// Two flavors built in us-west-2, each copied to us-east-1; the second built from the first's image.
+    fn chained() -> Plan {
+        let text = "[fleet]\nname = \"chain\"\n\n[defaults]\ninstance_type = \"t3.micro\"\nssh_username = \"u\"\n\n\
+                    [[flavor]]\nname = \"base\"\nsource_ami = { id = \"ami-1\" }\n\n\
+                    [[flavor]]\nname = \"app\"\nsource_ami = { id = \"ami-1\" }\n\n\
+                    [regions]\nus-west-2 = [\"us-east-1\"]\n";
+        let fleet = crate::config::parse(std::path::Path::new("fleet.toml"), text).expect("the test fleet parses");
+        let started = Utc.with_ymd_and_hms(2026, 12, 7, 2, 0, 0).unwrap();
+        let mut plan = Plan::new(&fleet, RunId::new(started, 1), started);
+        plan.builds[1].source = BuildSource::ImageOf(JobId::Build(0));
+        plan
+    }
+
+    #[test]
+    fn every_job_but_a_configured_build_names_the_job_whose_image_it_starts_from() {
+        let plan = chained();
+        let inputs: Vec<Option<JobId>> = plan.jobs().map(|job| plan.input(job)).collect();
+        assert_eq!(inputs, [None, Some(JobId::Build(0)), Some(JobId::Build(0)), Some(JobId::Build(1))]);
+        assert_eq!(plan.dependent_counts(), BTreeMap::from([(JobId::Build(0), 2), (JobId::Build(1), 1)]));
+    }
+
+    #[test]
+    fn a_build_from_another_job_s_image_waits_for_it_like_a_copy() {
+        let plan = chained();
+        let mut queue = plan.dependency_queue();
+        assert_eq!(queue.pop_ready(), Some(JobId::Build(0)));
+        assert_eq!(queue.pop_ready(), None, "the second build waits for the first's image");
+        queue.satisfied(&JobId::Build(0));
+        assert_eq!(queue.pop_ready(), Some(JobId::Build(1)));
+        assert_eq!(queue.pop_ready(), Some(JobId::Copy(0)));
+        queue.satisfied(&JobId::Build(1));
+        assert_eq!(queue.pop_ready(), Some(JobId::Copy(1)));
+    }
+
+    #[test]
+    fn a_skipped_job_says_which_job_failed_and_what_it_would_have_done() {
+        let plan = chained();
+        let mut queue = plan.dependency_queue();
+        queue.pop_ready();
+        let skipped = queue.failed(&JobId::Build(0));
+        assert_eq!(skipped.len(), 3, "the second build, the first's copy, and through the second build its copy");
+        let why: Vec<String> = skipped.iter().map(|&job| plan.why_skipped(job, JobId::Build(0))).collect();
+        assert!(why.contains(&"not built: the build of base in us-west-2 failed".to_string()), "{why:?}");
+        assert!(why.contains(&"not copied: the build of base in us-west-2 failed".to_string()), "{why:?}");
+        assert_eq!(
+            plan.why_skipped(JobId::Build(1), JobId::Copy(0)),
+            "not built: the copy of base to us-east-1 failed"
+        );
     }
 }

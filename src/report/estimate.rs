@@ -101,7 +101,7 @@ impl Estimator {
 mod tests {
     use super::*;
     use crate::config::{Bucket, FlavorName, Region};
-    use crate::plan::{BuildJob, RunId};
+    use crate::plan::{BuildJob, BuildSource, RunId};
     use crate::report::events::{PlannedLanding, RunEvent, Stamped};
 
     fn at(minute: i64) -> chrono::DateTime<chrono::Utc> {
@@ -115,6 +115,7 @@ mod tests {
             index,
             flavor: FlavorName::new(flavor),
             region: Region::new(region),
+            source: BuildSource::Configured,
             image_name: format!("{flavor}-{index}"),
             copies: Vec::new(),
         };

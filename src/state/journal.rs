@@ -635,7 +635,7 @@ fn lock(file: &File, path: &Path, run_id: &RunId) -> Result<(), JournalError> {
 mod tests {
     use super::*;
     use crate::config::{FlavorName, Region};
-    use crate::plan::BuildJob;
+    use crate::plan::{BuildJob, BuildSource};
     use crate::steps::ledger::ResourceKind;
 
     fn plan() -> Plan {
@@ -648,6 +648,7 @@ mod tests {
                 index: 0,
                 flavor: FlavorName::new("base"),
                 region: Region::new("us-west-2"),
+                source: BuildSource::Configured,
                 image_name: format!("base-{run_id}"),
                 copies: Vec::new(),
             }],

@@ -1,0 +1,67 @@
+//! The end-of-run sweep: once every job has ended, whatever temporary resource of this run is still tagged in
+//! the account (a cleanup step that failed, a call whose answer was lost) is looked for and removed, in every
+//! build region at once. Each removal is told to the reporters; each problem becomes a cleanup failure.
+//!
+//! Layer: `engine`. The loop ([`crate::engine::scheduler`]) runs it and decides what an interrupt does to it.
+
+use std::sync::Arc;
+
+use crate::cloud::watch::Waits;
+use crate::cloud::Cloud;
+use crate::config::{FlavorName, Region};
+use crate::outcome::{Failure, JobLabel, Stage};
+use crate::plan::Plan;
+use crate::report::events::{EventSender, RunEvent};
+use crate::state::journal::Journal;
+use crate::state::leftovers;
+
+/// What the sweep reaches: the run's cloud, its waits and the journal that says what it removed.
+pub struct Sweeper {
+    pub cloud: Arc<dyn Cloud>,
+    pub waits: Arc<Waits>,
+    pub journal: Arc<Journal>,
+    pub events: EventSender,
+}
+
+impl Sweeper {
+    /// Sweeps every build region of `plan`; returns how many problems it reported as failures.
+    pub async fn sweep(&self, plan: &Plan) -> usize {
+        let mut regions: Vec<&Region> = plan.builds.iter().map(|build| &build.region).collect();
+        regions.sort();
+        regions.dedup();
+        let tags = leftovers::temporary_tags(&plan.fleet, Some(&plan.run_id));
+        let sweeps = regions.into_iter().map(|region| {
+            let cloud = self.cloud.region(region);
+            let waits = self.waits.region(region);
+            let tags = tags.clone();
+            async move {
+                let found = leftovers::find(&*cloud, &tags).await.map_err(|error| error.to_string())?;
+                Ok::<_, String>(leftovers::remove(&*cloud, &waits, &found, &*self.journal).await)
+            }
+        });
+        let swept = futures::future::join_all(sweeps).await;
+        let label = JobLabel { flavor: FlavorName::new("*"), region: Region::new("*") };
+        let mut problems = 0;
+        for outcome in swept {
+            let found_problems: Vec<String> = match outcome {
+                Ok(removal) => {
+                    for resource in removal.removed {
+                        self.events.send(RunEvent::Swept { resource: resource.to_string() });
+                    }
+                    removal
+                        .failed
+                        .iter()
+                        .map(|(resource, error)| format!("could not remove {resource}: {error}"))
+                        .collect()
+                }
+                Err(error) => vec![format!("could not look for leftovers: {error}")],
+            };
+            for problem in found_problems {
+                problems += 1;
+                let failure = Failure::new(&label, Stage::Cleanup, format!("the end-of-run sweep {problem}"));
+                self.events.send(RunEvent::JobFailed(failure));
+            }
+        }
+        problems
+    }
+}
