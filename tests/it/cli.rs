@@ -13,58 +13,12 @@ use serde_json::Value;
 use crate::cloud_state::*;
 use crate::harness::*;
 use crate::matrix::{fleet_header_at, read_manifest, AL2023};
-use crate::operator::Pty;
+use crate::operator::{two_by_two_sim_fleet, Pty};
+use crate::resume::{assert_nothing_temporary_left_anywhere, gated_fleet, image_ids, REGIONS};
 
-const REGIONS: [&str; 2] = ["us-west-2", "us-east-1"];
-
-/// `quick` then `gated` (one build at a time), built in us-west-2 and copied to us-east-1, against `endpoint`.
-/// `gated`'s provisioner waits until `gate` exists.
-fn gated_fleet(endpoint: &str, sshd: &Sshd, gate: &Gate) -> String {
-    format!(
-        "{}\n[limits]\nmax_parallel_builds = 1\n\n\
-         [[flavor]]\nname = \"quick\"\nsource_ami = {AL2023}\n\n\
-         [[flavor]]\nname = \"gated\"\nsource_ami = {AL2023}\n\
-         provisioners = [{{ type = \"shell\", inline = [\"echo waiting for the gate\", \"{}\"] }}]\n\n\
-         [regions]\nus-west-2 = [\"us-east-1\"]\n",
-        fleet_header_at(endpoint, sshd),
-        gate.wait_line()
-    )
-}
-
-/// One flavor built in two regions, one of them copied on; `fleet` and `sim` lines appended to their tables.
-/// For `--cloud sim`.
+/// [`two_by_two_sim_fleet`] named `cli`; `fleet` and `sim` lines appended to their tables. For `--cloud sim`.
 fn sim_fleet(fleet: &str, sim: &str) -> String {
-    format!(
-        r#"[fleet]
-name = "cli"
-ami_name = "{{flavor}}-{{build_region}}-{{run_id}}"
-{fleet}
-
-[defaults]
-instance_type = "t3.small"
-ssh_username = "ubuntu"
-
-[[flavor]]
-name = "ubuntu"
-source_ami = {{ owners = ["099720109477"], name = "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*" }}
-provisioners = [{{ type = "shell", inline = ["echo one"] }}]
-
-[[flavor]]
-name = "al2023"
-source_ami = {{ owners = ["amazon"], name = "al2023-ami-2023.*-kernel-6.1-x86_64" }}
-provisioners = [{{ type = "shell", inline = ["echo two"] }}]
-
-[regions]
-us-west-2 = ["us-east-1"]
-eu-central-1 = []
-
-[ssh]
-source_cidrs = ["203.0.113.5/32"]
-
-[sim]
-{sim}
-"#
-    )
+    two_by_two_sim_fleet("cli", fleet, sim)
 }
 
 fn read_json(path: &Path) -> Value {
@@ -77,16 +31,6 @@ fn journal_path(workspace: &Workspace, run_id: &str) -> std::path::PathBuf {
     workspace.path(&format!(".fleetbake/fleet/{run_id}.jsonl"))
 }
 
-/// The ids of `flavor`'s images in the manifest, in [`REGIONS`] order.
-fn image_ids(manifest: &Value, flavor: &str) -> Vec<String> {
-    REGIONS
-        .iter()
-        .map(|region| {
-            let id = manifest["artifacts"][flavor][region]["image_id"].as_str();
-            id.unwrap_or_else(|| panic!("{flavor} in {region}: {manifest}")).to_string()
-        })
-        .collect()
-}
 
 /// The flavors of the run's images in `region`, sorted (moto's state, by the run's tags).
 fn flavors_of_run(moto: &Moto, region: &str, run_id: &str) -> Vec<String> {
@@ -115,13 +59,6 @@ fn remove_uploaded_scripts(run_id: &str) {
     }
 }
 
-fn assert_nothing_temporary_left_anywhere(moto: &Moto) {
-    runtime().block_on(async {
-        for region in REGIONS {
-            assert_nothing_temporary_left(&moto.client(region), region).await;
-        }
-    });
-}
 
 /// README, "When a run dies": SIGTERM is handled as Ctrl-C is (nothing new starts, every build cleans up,
 /// images already available stay in the manifest, written with status `partial`), and the exit code is 143.
@@ -131,7 +68,7 @@ fn sigterm_cleans_up_as_sigint_does_writes_the_manifest_and_exits_143() {
     let sshd = Sshd::start();
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
-    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate));
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, ""));
     let events_path = workspace.path("events.jsonl");
     let args = ["matrix", fleet_path.to_str().unwrap(), "--events", events_path.to_str().unwrap()];
     let mut running = start_in(&workspace, &args);
@@ -410,7 +347,7 @@ fn resume_refuses_a_new_selection_before_any_aws_call_and_keeps_the_runs_own() {
     let proxy = FaultProxy::recording(&moto.endpoint);
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
-    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate));
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, ""));
     let fleet = fleet_path.to_str().unwrap();
 
     // Interrupted while `gated` provisions, in a run that left `quick` out.
@@ -587,7 +524,7 @@ fn a_version_1_journal_is_resumed() {
     let sshd = Sshd::start();
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
-    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate));
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, ""));
     let fleet = fleet_path.to_str().unwrap();
     let mut running = start_in(&workspace, &["matrix", fleet]);
     running.read_until("gated/us-west-2: waiting for the gate");
