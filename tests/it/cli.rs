@@ -152,12 +152,8 @@ impl Drop for Watchdog {
 fn a_second_sigterm_exits_at_once_with_143_naming_what_may_be_left() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let proxy = FaultProxy::start(&moto.endpoint, |request| {
-        if request.action == "DescribeInstances" && request.body.contains("Filter.1.Name=instance-id") {
-            Answer::Rewrite(|body| body.replace("<name>terminated</name>", "<name>shutting-down</name>"))
-        } else {
-            Answer::Forward
-        }
+    let proxy = FaultProxy::answering(&moto.endpoint, "DescribeInstances", "Filter.1.Name=instance-id", || {
+        Answer::Rewrite(|body| body.replace("<name>terminated</name>", "<name>shutting-down</name>"))
     });
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);

@@ -83,6 +83,18 @@ pub async fn snapshot_tags(client: &Client, snapshot_id: &str) -> BTreeMap<Strin
         .collect()
 }
 
+/// Who may launch `image_id`, as the account keeps it (DescribeImageAttribute launchPermission).
+pub async fn launch_permissions(client: &Client, image_id: &str) -> Vec<aws_sdk_ec2::types::LaunchPermission> {
+    let attribute = client
+        .describe_image_attribute()
+        .image_id(image_id)
+        .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+        .send()
+        .await
+        .unwrap();
+    attribute.launch_permissions().to_vec()
+}
+
 /// Asserts nothing temporary is left in `region`: every instance terminated, no fleetbake key pair or group.
 pub async fn assert_nothing_temporary_left(client: &Client, region: &str) {
     for (id, state) in instances(client).await {

@@ -468,22 +468,18 @@ fn a_failed_copy_fails_that_copy_with_the_reason_and_is_discarded() {
 fn a_launch_that_ends_terminated_fails_its_job_with_the_reason() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let proxy = FaultProxy::start(&moto.endpoint, |request| {
-        if request.action == "DescribeInstances" && request.body.contains("Filter.1.Name=instance-id") {
-            Answer::Rewrite(|body| {
-                body.replace(
-                    "<instanceState><code>16</code><name>running</name></instanceState>",
-                    "<instanceState><code>48</code><name>terminated</name></instanceState>",
-                )
-                .replace(
-                    "<stateReason><code/><message/></stateReason>",
-                    "<stateReason><code>Server.InsufficientInstanceCapacity</code>\
-                     <message>Server.InsufficientInstanceCapacity: Insufficient capacity.</message></stateReason>",
-                )
-            })
-        } else {
-            Answer::Forward
-        }
+    let proxy = FaultProxy::answering(&moto.endpoint, "DescribeInstances", "Filter.1.Name=instance-id", || {
+        Answer::Rewrite(|body| {
+            body.replace(
+                "<instanceState><code>16</code><name>running</name></instanceState>",
+                "<instanceState><code>48</code><name>terminated</name></instanceState>",
+            )
+            .replace(
+                "<stateReason><code/><message/></stateReason>",
+                "<stateReason><code>Server.InsufficientInstanceCapacity</code>\
+                 <message>Server.InsufficientInstanceCapacity: Insufficient capacity.</message></stateReason>",
+            )
+        })
     });
     let (workspace, outcome) = run_small(&proxy, &sshd, &[], "");
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);

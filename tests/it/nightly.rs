@@ -225,12 +225,8 @@ fn published_to_ssm_with_a_label_per_run_and_a_launch_template_and_only_for_comp
     let moto = Moto::start();
     let sshd = Sshd::start();
     // `web`'s copy into us-east-1 is refused: `web` is not complete, so it is published nowhere.
-    let proxy = FaultProxy::start(&moto.endpoint, |request| {
-        if request.action == "CopyImage" && request.body.contains("Name=web-") {
-            Answer::Fail(Fault { status: 400, code: "UnauthorizedOperation", message: "not for web" })
-        } else {
-            Answer::Forward
-        }
+    let proxy = FaultProxy::answering(&moto.endpoint, "CopyImage", "Name=web-", || {
+        Answer::Fail(Fault { status: 400, code: "UnauthorizedOperation", message: "not for web" })
     });
     runtime().block_on(async {
         for region in ["us-west-2", "us-east-1"] {
