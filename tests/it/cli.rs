@@ -14,7 +14,7 @@ use crate::cloud_state::*;
 use crate::harness::*;
 use crate::matrix::{fleet_header_at, read_manifest, AL2023};
 use crate::operator::{two_by_two_sim_fleet, Pty};
-use crate::resume::{assert_nothing_temporary_left_anywhere, gated_fleet, image_ids, REGIONS};
+use crate::resume::{assert_nothing_temporary_left_anywhere, gated_fleet, image_ids, start_until, AT_THE_GATE, REGIONS};
 
 /// [`two_by_two_sim_fleet`] named `cli`; `fleet` and `sim` lines appended to their tables. For `--cloud sim`.
 fn sim_fleet(fleet: &str, sim: &str) -> String {
@@ -42,12 +42,6 @@ fn flavors_of_run(moto: &Moto, region: &str, run_id: &str) -> Vec<String> {
     })
 }
 
-/// Starts `fleetbake ARGS` from `workspace` (its temporary files, the SSH key directories, in the workspace's
-/// `tmp`, so a run the test kills leaves none outside the workspace).
-fn start_in(workspace: &Workspace, args: &[&str]) -> Running {
-    Running::start(workspace, args, &[])
-}
-
 /// Removes the provisioner scripts run `run_id` uploaded to the test sshd (this machine) and that a run killed
 /// mid-provisioning never got to remove (on EC2 they go with the instance).
 fn remove_uploaded_scripts(run_id: &str) {
@@ -71,8 +65,7 @@ fn sigterm_cleans_up_as_sigint_does_writes_the_manifest_and_exits_143() {
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, ""));
     let events_path = workspace.path("events.jsonl");
     let args = ["matrix", fleet_path.to_str().unwrap(), "--events", events_path.to_str().unwrap()];
-    let mut running = start_in(&workspace, &args);
-    running.read_until("gated/us-west-2: waiting for the gate");
+    let running = start_until(&workspace, &args, AT_THE_GATE);
     // `gated`'s instance, key pair, group and key file exist now: the cleanup has something to do.
     let west = moto.client("us-west-2");
     let live = runtime().block_on(instances(&west));
@@ -166,8 +159,7 @@ fn a_second_sigterm_exits_at_once_with_143_naming_what_may_be_left() {
         gate.wait_line()
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let mut running = start_in(&workspace, &["matrix", fleet_path.to_str().unwrap()]);
-    running.read_until("gated/us-west-2: waiting for the gate");
+    let mut running = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     running.signal("TERM");
     running.read_until("cleaning up instance");
     // Cleanup is waiting for the instance to terminate.
@@ -347,8 +339,7 @@ fn resume_refuses_a_new_selection_before_any_aws_call_and_keeps_the_runs_own() {
     let fleet = fleet_path.to_str().unwrap();
 
     // Interrupted while `gated` provisions, in a run that left `quick` out.
-    let mut running = start_in(&workspace, &["matrix", fleet, "--except", "quick"]);
-    running.read_until("gated/us-west-2: waiting for the gate");
+    let running = start_until(&workspace, &["matrix", fleet, "--except", "quick"], AT_THE_GATE);
     running.signal("TERM");
     let (code, rest) = running.finish();
     gate.open();
@@ -388,21 +379,10 @@ fn resume_refuses_a_new_selection_before_any_aws_call_and_keeps_the_runs_own() {
     assert_nothing_temporary_left_anywhere(&moto);
 }
 
-/// An SSM client of moto's `region`.
-fn ssm(moto: &Moto, region: &str) -> aws_sdk_ssm::Client {
-    let config = aws_sdk_ssm::Config::builder()
-        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
-        .region(aws_sdk_ssm::config::Region::new(region.to_string()))
-        .endpoint_url(&moto.endpoint)
-        .credentials_provider(aws_sdk_ssm::config::Credentials::new("testing", "testing", None, None, "tests"))
-        .build();
-    aws_sdk_ssm::Client::from_conf(config)
-}
-
 /// The values of every version of SSM parameter `name` in `region`, oldest first.
 fn parameter_history(moto: &Moto, region: &str, name: &str) -> Vec<String> {
     runtime().block_on(async {
-        let history = ssm(moto, region).get_parameter_history().name(name).send().await;
+        let history = moto.ssm(region).get_parameter_history().name(name).send().await;
         let history = history.unwrap_or_else(|error| panic!("{name} in {region}: {error:?}"));
         history.parameters().iter().map(|version| version.value().unwrap_or_default().to_string()).collect()
     })
@@ -468,7 +448,7 @@ fn a_resumed_run_does_not_publish_again_what_an_earlier_attempt_published() {
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let fleet = fleet_path.to_str().unwrap();
 
-    let mut running = start_in(&workspace, &["matrix", fleet]);
+    let mut running = Running::start(&workspace, &["matrix", fleet], &[]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !held.load(Ordering::SeqCst) {
         assert!(std::time::Instant::now() < deadline, "b was never published");
@@ -522,8 +502,7 @@ fn a_version_1_journal_is_resumed() {
     let gate = Gate::new(&workspace);
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, ""));
     let fleet = fleet_path.to_str().unwrap();
-    let mut running = start_in(&workspace, &["matrix", fleet]);
-    running.read_until("gated/us-west-2: waiting for the gate");
+    let mut running = start_until(&workspace, &["matrix", fleet], AT_THE_GATE);
     running.child.0.kill().unwrap();
     running.child.0.wait().unwrap();
     gate.open();

@@ -144,13 +144,7 @@ async fn fleet_image_ids(client: &aws_sdk_ec2::Client) -> Vec<String> {
 
 /// The SSM parameter `name` in `region`, as moto keeps it: its value, data type and version.
 async fn parameter(moto: &Moto, region: &str, name: &str) -> Option<(String, String, i64)> {
-    let config = aws_sdk_ssm::Config::builder()
-        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
-        .region(aws_sdk_ssm::config::Region::new(region.to_string()))
-        .endpoint_url(&moto.endpoint)
-        .credentials_provider(aws_sdk_ssm::config::Credentials::new("testing", "testing", None, None, "tests"))
-        .build();
-    let ssm = aws_sdk_ssm::Client::from_conf(config);
+    let ssm = moto.ssm(region);
     let found = ssm.get_parameter().name(name).send().await.ok()?;
     let parameter = found.parameter()?;
     Some((parameter.value()?.to_string(), parameter.data_type()?.to_string(), parameter.version()))

@@ -24,9 +24,14 @@ pub(crate) fn gated_fleet(endpoint: &str, sshd: &Sshd, gate: &Gate, retention: &
     )
 }
 
-/// Starts `fleetbake matrix` and reads its stderr until a line contains `until`.
-fn start_until(workspace: &Workspace, fleet_path: &std::path::Path, until: &str) -> Running {
-    let mut running = Running::start(workspace, &["matrix", fleet_path.to_str().unwrap()], &[]);
+/// What [`gated_fleet`]'s `gated` prints while its provisioner waits for the gate.
+pub(crate) const AT_THE_GATE: &str = "gated/us-west-2: waiting for the gate";
+
+/// Starts `fleetbake ARGS` from `workspace` (its temporary files, the SSH key directories, in the workspace's
+/// `tmp`, so a run the test kills leaves none outside the workspace) and reads its stderr until a line contains
+/// `until`.
+pub(crate) fn start_until(workspace: &Workspace, args: &[&str], until: &str) -> Running {
+    let mut running = Running::start(workspace, args, &[]);
     running.read_until(until);
     running
 }
@@ -60,7 +65,7 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, ""));
 
     // `quick` is built and copied; `gated` is provisioning when the process is killed outright.
-    let Running { mut child, seen, .. } = start_until(&workspace, &fleet_path, "gated/us-west-2: waiting for the gate");
+    let Running { mut child, seen, .. } = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     // Killed outright, it left its private key's folder behind: in the workspace's TMPDIR (removed with it),
@@ -157,7 +162,7 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, "\n[retention]\nkeep = 1\n"));
 
     // A run killed mid-build leaves its instance, security group and key pair; gc removes them.
-    let Running { mut child, .. } = start_until(&workspace, &fleet_path, "gated/us-west-2: waiting for the gate");
+    let Running { mut child, .. } = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     let swept = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
@@ -248,7 +253,7 @@ fn a_second_sigint_exits_at_once_naming_what_may_be_left_and_gc_removes_it() {
         gate.wait_line()
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let mut running = start_until(&workspace, &fleet_path, "gated/us-west-2: waiting for the gate");
+    let mut running = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     running.signal("INT");
     running.read_until("cleaning up instance");
     // Cleanup is waiting for the instance to terminate.
@@ -309,7 +314,7 @@ fn gc_beside_a_run_in_progress_refuses_to_remove_images_and_leaves_its_resources
     let gate = Gate::new(&workspace);
     let retention = "\n[retention]\nkeep = 1\n";
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, retention));
-    let running = start_until(&workspace, &fleet_path, "gated/us-west-2: waiting for the gate");
+    let running = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     let run_id = read_manifest(&workspace)["run_id"].as_str().unwrap().to_string();
 
     // With `[retention]`, gc would deregister images: the run holds the fleet file's lock, so gc refuses at
@@ -346,7 +351,7 @@ fn a_second_run_of_a_fleet_file_in_progress_is_refused_before_any_aws_call() {
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, ""));
-    let mut running = start_until(&workspace, &fleet_path, "gated/us-west-2: waiting for the gate");
+    let mut running = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     let run_id = read_manifest(&workspace)["run_id"].as_str().unwrap().to_string();
 
     // The second one goes through a proxy that counts what it sends: nothing.
