@@ -86,21 +86,6 @@ async fn assert_snapshot_deleted(client: &aws_sdk_ec2::Client, snapshot: &str) {
     assert!(left.snapshots().is_empty(), "its snapshot {snapshot} is deleted: {:?}", left.snapshots());
 }
 
-/// In moto: exactly one instance in us-west-2 (terminated), exactly one image of the run in us-west-2 and in each
-/// of `copies` (one by its name too), and nothing temporary left.
-async fn exactly_one_of_each(moto: &Moto, run_id: &str, copies: &[&str]) {
-    let west = moto.client("us-west-2");
-    let instances = instances(&west).await;
-    assert_eq!(instances.len(), 1, "one launch, nothing leaked: {instances:?}");
-    for region in std::iter::once("us-west-2").chain(copies.iter().copied()) {
-        let client = moto.client(region);
-        let images = images_of_run(&client, run_id).await;
-        assert_eq!(images.len(), 1, "{region}: {images:?}");
-        assert_eq!(images_named(&client, &images[0].name).await.len(), 1, "{region}: one image of that name");
-    }
-    assert_nothing_temporary_left(&west, "us-west-2").await;
-}
-
 /// HTTP 500 `InternalError`, 503 `Unavailable` and a connection dropped before the call got through are
 /// transient: retried, and each create is done exactly once.
 #[test]
