@@ -14,7 +14,9 @@ use crate::cloud_state::*;
 use crate::harness::*;
 use crate::matrix::{fleet_header_at, read_manifest, AL2023};
 use crate::operator::{two_by_two_sim_fleet, Pty};
-use crate::resume::{assert_nothing_temporary_left_anywhere, gated_fleet, image_ids, start_until, AT_THE_GATE, REGIONS};
+use crate::resume::{
+    assert_nothing_temporary_left_anywhere, gated_fleet, image_ids, start_until, AT_THE_GATE, REGIONS,
+};
 
 /// [`two_by_two_sim_fleet`] named `cli`; `fleet` and `sim` lines appended to their tables. For `--cloud sim`.
 fn sim_fleet(fleet: &str, sim: &str) -> String {
@@ -30,7 +32,6 @@ fn read_json(path: &Path) -> Value {
 fn journal_path(workspace: &Workspace, run_id: &str) -> std::path::PathBuf {
     workspace.path(&format!(".fleetbake/fleet/{run_id}.jsonl"))
 }
-
 
 /// The flavors of the run's images in `region`, sorted (moto's state, by the run's tags).
 fn flavors_of_run(moto: &Moto, region: &str, run_id: &str) -> Vec<String> {
@@ -52,7 +53,6 @@ fn remove_uploaded_scripts(run_id: &str) {
         }
     }
 }
-
 
 /// README, "When a run dies": SIGTERM is handled as Ctrl-C is (nothing new starts, every build cleans up,
 /// images already available stay in the manifest, written with status `partial`), and the exit code is 143.

@@ -128,9 +128,7 @@ fn a_lost_answer_is_repeated_with_its_client_token_and_makes_nothing_twice() {
         model,
         first_n(vec![
             ("RunInstances", 1, || Answer::ForwardThenDrop),
-            ("CopyImage", 1, || {
-                Answer::ForwardThenFail(internal_error())
-            }),
+            ("CopyImage", 1, || Answer::ForwardThenFail(internal_error())),
         ]),
     );
     let (workspace, outcome) = run_small(&proxy, &sshd, &["us-east-1"], "");
@@ -183,9 +181,7 @@ fn a_lost_answer_without_a_client_token_is_taken_from_its_duplicate() {
         model,
         first_n(vec![
             ("CreateKeyPair", 1, || Answer::ForwardThenDrop),
-            ("CreateSecurityGroup", 1, || {
-                Answer::ForwardThenFail(internal_error())
-            }),
+            ("CreateSecurityGroup", 1, || Answer::ForwardThenFail(internal_error())),
             ("CreateImage", 1, || Answer::ForwardThenDrop),
         ]),
     );

@@ -65,7 +65,8 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
     let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, ""));
 
     // `quick` is built and copied; `gated` is provisioning when the process is killed outright.
-    let Running { mut child, seen, .. } = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
+    let Running { mut child, seen, .. } =
+        start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     // Killed outright, it left its private key's folder behind: in the workspace's TMPDIR (removed with it),
@@ -159,7 +160,8 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
     let sshd = Sshd::start();
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
-    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, "\n[retention]\nkeep = 1\n"));
+    let fleet_path =
+        workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, "\n[retention]\nkeep = 1\n"));
 
     // A run killed mid-build leaves its instance, security group and key pair; gc removes them.
     let Running { mut child, .. } = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
