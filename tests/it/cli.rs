@@ -13,58 +13,14 @@ use serde_json::Value;
 use crate::cloud_state::*;
 use crate::harness::*;
 use crate::matrix::{fleet_header_at, read_manifest, AL2023};
-use crate::operator::Pty;
+use crate::operator::{two_by_two_sim_fleet, Pty};
+use crate::resume::{
+    assert_nothing_temporary_left_anywhere, gated_fleet, image_ids, start_until, AT_THE_GATE, REGIONS,
+};
 
-const REGIONS: [&str; 2] = ["us-west-2", "us-east-1"];
-
-/// `quick` then `gated` (one build at a time), built in us-west-2 and copied to us-east-1, against `endpoint`.
-/// `gated`'s provisioner waits until `gate` exists.
-fn gated_fleet(endpoint: &str, sshd: &Sshd, gate: &Gate) -> String {
-    format!(
-        "{}\n[limits]\nmax_parallel_builds = 1\n\n\
-         [[flavor]]\nname = \"quick\"\nsource_ami = {AL2023}\n\n\
-         [[flavor]]\nname = \"gated\"\nsource_ami = {AL2023}\n\
-         provisioners = [{{ type = \"shell\", inline = [\"echo waiting for the gate\", \"{}\"] }}]\n\n\
-         [regions]\nus-west-2 = [\"us-east-1\"]\n",
-        fleet_header_at(endpoint, sshd),
-        gate.wait_line()
-    )
-}
-
-/// One flavor built in two regions, one of them copied on; `fleet` and `sim` lines appended to their tables.
-/// For `--cloud sim`.
+/// [`two_by_two_sim_fleet`] named `cli`; `fleet` and `sim` lines appended to their tables. For `--cloud sim`.
 fn sim_fleet(fleet: &str, sim: &str) -> String {
-    format!(
-        r#"[fleet]
-name = "cli"
-ami_name = "{{flavor}}-{{build_region}}-{{run_id}}"
-{fleet}
-
-[defaults]
-instance_type = "t3.small"
-ssh_username = "ubuntu"
-
-[[flavor]]
-name = "ubuntu"
-source_ami = {{ owners = ["099720109477"], name = "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*" }}
-provisioners = [{{ type = "shell", inline = ["echo one"] }}]
-
-[[flavor]]
-name = "al2023"
-source_ami = {{ owners = ["amazon"], name = "al2023-ami-2023.*-kernel-6.1-x86_64" }}
-provisioners = [{{ type = "shell", inline = ["echo two"] }}]
-
-[regions]
-us-west-2 = ["us-east-1"]
-eu-central-1 = []
-
-[ssh]
-source_cidrs = ["203.0.113.5/32"]
-
-[sim]
-{sim}
-"#
-    )
+    two_by_two_sim_fleet("cli", fleet, sim)
 }
 
 fn read_json(path: &Path) -> Value {
@@ -77,17 +33,6 @@ fn journal_path(workspace: &Workspace, run_id: &str) -> std::path::PathBuf {
     workspace.path(&format!(".fleetbake/fleet/{run_id}.jsonl"))
 }
 
-/// The ids of `flavor`'s images in the manifest, in [`REGIONS`] order.
-fn image_ids(manifest: &Value, flavor: &str) -> Vec<String> {
-    REGIONS
-        .iter()
-        .map(|region| {
-            let id = manifest["artifacts"][flavor][region]["image_id"].as_str();
-            id.unwrap_or_else(|| panic!("{flavor} in {region}: {manifest}")).to_string()
-        })
-        .collect()
-}
-
 /// The flavors of the run's images in `region`, sorted (moto's state, by the run's tags).
 fn flavors_of_run(moto: &Moto, region: &str, run_id: &str) -> Vec<String> {
     runtime().block_on(async {
@@ -96,12 +41,6 @@ fn flavors_of_run(moto: &Moto, region: &str, run_id: &str) -> Vec<String> {
         flavors.sort();
         flavors
     })
-}
-
-/// Starts `fleetbake ARGS` from `workspace` (its temporary files, the SSH key directories, in the workspace's
-/// `tmp`, so a run the test kills leaves none outside the workspace).
-fn start_in(workspace: &Workspace, args: &[&str]) -> Running {
-    Running::start(workspace, args, &[])
 }
 
 /// Removes the provisioner scripts run `run_id` uploaded to the test sshd (this machine) and that a run killed
@@ -115,14 +54,6 @@ fn remove_uploaded_scripts(run_id: &str) {
     }
 }
 
-fn assert_nothing_temporary_left_anywhere(moto: &Moto) {
-    runtime().block_on(async {
-        for region in REGIONS {
-            assert_nothing_temporary_left(&moto.client(region), region).await;
-        }
-    });
-}
-
 /// README, "When a run dies": SIGTERM is handled as Ctrl-C is (nothing new starts, every build cleans up,
 /// images already available stay in the manifest, written with status `partial`), and the exit code is 143.
 #[test]
@@ -131,11 +62,10 @@ fn sigterm_cleans_up_as_sigint_does_writes_the_manifest_and_exits_143() {
     let sshd = Sshd::start();
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
-    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate));
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, ""));
     let events_path = workspace.path("events.jsonl");
     let args = ["matrix", fleet_path.to_str().unwrap(), "--events", events_path.to_str().unwrap()];
-    let mut running = start_in(&workspace, &args);
-    running.read_until("gated/us-west-2: waiting for the gate");
+    let running = start_until(&workspace, &args, AT_THE_GATE);
     // `gated`'s instance, key pair, group and key file exist now: the cleanup has something to do.
     let west = moto.client("us-west-2");
     let live = runtime().block_on(instances(&west));
@@ -215,12 +145,8 @@ impl Drop for Watchdog {
 fn a_second_sigterm_exits_at_once_with_143_naming_what_may_be_left() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let proxy = FaultProxy::start(&moto.endpoint, |request| {
-        if request.action == "DescribeInstances" && request.body.contains("Filter.1.Name=instance-id") {
-            Answer::Rewrite(|body| body.replace("<name>terminated</name>", "<name>shutting-down</name>"))
-        } else {
-            Answer::Forward
-        }
+    let proxy = FaultProxy::answering(&moto.endpoint, "DescribeInstances", "Filter.1.Name=instance-id", || {
+        Answer::Rewrite(|body| body.replace("<name>terminated</name>", "<name>shutting-down</name>"))
     });
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
@@ -233,8 +159,7 @@ fn a_second_sigterm_exits_at_once_with_143_naming_what_may_be_left() {
         gate.wait_line()
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let mut running = start_in(&workspace, &["matrix", fleet_path.to_str().unwrap()]);
-    running.read_until("gated/us-west-2: waiting for the gate");
+    let mut running = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     running.signal("TERM");
     running.read_until("cleaning up instance");
     // Cleanup is waiting for the instance to terminate.
@@ -410,12 +335,11 @@ fn resume_refuses_a_new_selection_before_any_aws_call_and_keeps_the_runs_own() {
     let proxy = FaultProxy::recording(&moto.endpoint);
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
-    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate));
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, ""));
     let fleet = fleet_path.to_str().unwrap();
 
     // Interrupted while `gated` provisions, in a run that left `quick` out.
-    let mut running = start_in(&workspace, &["matrix", fleet, "--except", "quick"]);
-    running.read_until("gated/us-west-2: waiting for the gate");
+    let running = start_until(&workspace, &["matrix", fleet, "--except", "quick"], AT_THE_GATE);
     running.signal("TERM");
     let (code, rest) = running.finish();
     gate.open();
@@ -455,21 +379,10 @@ fn resume_refuses_a_new_selection_before_any_aws_call_and_keeps_the_runs_own() {
     assert_nothing_temporary_left_anywhere(&moto);
 }
 
-/// An SSM client of moto's `region`.
-fn ssm(moto: &Moto, region: &str) -> aws_sdk_ssm::Client {
-    let config = aws_sdk_ssm::Config::builder()
-        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
-        .region(aws_sdk_ssm::config::Region::new(region.to_string()))
-        .endpoint_url(&moto.endpoint)
-        .credentials_provider(aws_sdk_ssm::config::Credentials::new("testing", "testing", None, None, "tests"))
-        .build();
-    aws_sdk_ssm::Client::from_conf(config)
-}
-
 /// The values of every version of SSM parameter `name` in `region`, oldest first.
 fn parameter_history(moto: &Moto, region: &str, name: &str) -> Vec<String> {
     runtime().block_on(async {
-        let history = ssm(moto, region).get_parameter_history().name(name).send().await;
+        let history = moto.ssm(region).get_parameter_history().name(name).send().await;
         let history = history.unwrap_or_else(|error| panic!("{name} in {region}: {error:?}"));
         history.parameters().iter().map(|version| version.value().unwrap_or_default().to_string()).collect()
     })
@@ -535,7 +448,7 @@ fn a_resumed_run_does_not_publish_again_what_an_earlier_attempt_published() {
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let fleet = fleet_path.to_str().unwrap();
 
-    let mut running = start_in(&workspace, &["matrix", fleet]);
+    let mut running = Running::start(&workspace, &["matrix", fleet], &[]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !held.load(Ordering::SeqCst) {
         assert!(std::time::Instant::now() < deadline, "b was never published");
@@ -587,10 +500,9 @@ fn a_version_1_journal_is_resumed() {
     let sshd = Sshd::start();
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
-    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate));
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, ""));
     let fleet = fleet_path.to_str().unwrap();
-    let mut running = start_in(&workspace, &["matrix", fleet]);
-    running.read_until("gated/us-west-2: waiting for the gate");
+    let mut running = start_until(&workspace, &["matrix", fleet], AT_THE_GATE);
     running.child.0.kill().unwrap();
     running.child.0.wait().unwrap();
     gate.open();

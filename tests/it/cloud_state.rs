@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_ec2::Client;
 
+use crate::harness::Moto;
+
 #[derive(Debug)]
 pub struct Image {
     pub id: String,
@@ -83,6 +85,18 @@ pub async fn snapshot_tags(client: &Client, snapshot_id: &str) -> BTreeMap<Strin
         .collect()
 }
 
+/// Who may launch `image_id`, as the account keeps it (DescribeImageAttribute launchPermission).
+pub async fn launch_permissions(client: &Client, image_id: &str) -> Vec<aws_sdk_ec2::types::LaunchPermission> {
+    let attribute = client
+        .describe_image_attribute()
+        .image_id(image_id)
+        .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+        .send()
+        .await
+        .unwrap();
+    attribute.launch_permissions().to_vec()
+}
+
 /// Asserts nothing temporary is left in `region`: every instance terminated, no fleetbake key pair or group.
 pub async fn assert_nothing_temporary_left(client: &Client, region: &str) {
     for (id, state) in instances(client).await {
@@ -147,4 +161,19 @@ pub async fn replace_default_vpc(client: &Client, cidr: &str) -> OwnVpc {
 pub async fn instance_subnets(client: &Client) -> Vec<String> {
     let output = client.describe_instances().send().await.unwrap();
     output.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.subnet_id().map(str::to_string)).collect()
+}
+
+/// In moto, for one flavor built in us-west-2: exactly one instance there (terminated), exactly one image of the
+/// run there and in each of `copies` (one by its name too), and nothing temporary left.
+pub async fn exactly_one_of_each(moto: &Moto, run_id: &str, copies: &[&str]) {
+    let west = moto.client("us-west-2");
+    let instances = instances(&west).await;
+    assert_eq!(instances.len(), 1, "one launch, nothing leaked: {instances:?}");
+    for region in std::iter::once("us-west-2").chain(copies.iter().copied()) {
+        let client = moto.client(region);
+        let images = images_of_run(&client, run_id).await;
+        assert_eq!(images.len(), 1, "{region}: {images:?}");
+        assert_eq!(images_named(&client, &images[0].name).await.len(), 1, "{region}: one image of that name");
+    }
+    assert_nothing_temporary_left(&west, "us-west-2").await;
 }

@@ -46,29 +46,44 @@ fn error(status: u16, code: &'static str, message: &'static str) -> Fault {
     Fault { status, code, message }
 }
 
+/// HTTP 500 `InternalError`, as EC2 answers when it failed on its side.
+fn internal_error() -> Fault {
+    error(500, "InternalError", "An internal error has occurred.")
+}
+
+/// `fleetbake matrix` on [`small_fleet`] through `proxy`, in a new workspace.
+fn run_small(proxy: &FaultProxy, sshd: &Sshd, copies: &[&str], limits: &str) -> (Workspace, Outcome) {
+    let workspace = Workspace::new();
+    let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, sshd, copies, limits));
+    (workspace, outcome)
+}
+
 /// The `ClientToken` of each recorded `action` request.
 fn client_tokens(proxy: &FaultProxy, action: &str) -> Vec<String> {
     proxy.bodies(action).iter().map(|body| field(body, "ClientToken").concat()).collect()
 }
 
-/// The run's id, from a manifest that was written.
-fn run_id(workspace: &Workspace) -> String {
-    read_manifest(workspace)["run_id"].as_str().unwrap().to_string()
+/// The run's id in `manifest`.
+fn run_id_of(manifest: &serde_json::Value) -> String {
+    manifest["run_id"].as_str().unwrap().to_string()
 }
 
-/// In moto: exactly one instance in us-west-2 (terminated), exactly one image of the run in us-west-2 and in each
-/// of `copies` (one by its name too), and nothing temporary left.
-async fn exactly_one_of_each(moto: &Moto, run_id: &str, copies: &[&str]) {
-    let west = moto.client("us-west-2");
-    let instances = instances(&west).await;
-    assert_eq!(instances.len(), 1, "one launch, nothing leaked: {instances:?}");
-    for region in std::iter::once("us-west-2").chain(copies.iter().copied()) {
-        let client = moto.client(region);
-        let images = images_of_run(&client, run_id).await;
-        assert_eq!(images.len(), 1, "{region}: {images:?}");
-        assert_eq!(images_named(&client, &images[0].name).await.len(), 1, "{region}: one image of that name");
-    }
-    assert_nothing_temporary_left(&west, "us-west-2").await;
+/// The manifest's status is `complete`, and moto holds [`exactly_one_of_each`].
+fn assert_complete_with_one_of_each(moto: &Moto, workspace: &Workspace, copies: &[&str]) {
+    let manifest = read_manifest(workspace);
+    assert_eq!(manifest["status"], "complete");
+    runtime().block_on(exactly_one_of_each(moto, &run_id_of(&manifest), copies));
+}
+
+/// In moto: no snapshot `snapshot` in `client`'s region.
+async fn assert_snapshot_deleted(client: &aws_sdk_ec2::Client, snapshot: &str) {
+    let left = client
+        .describe_snapshots()
+        .filters(aws_sdk_ec2::types::Filter::builder().name("snapshot-id").values(snapshot).build())
+        .send()
+        .await
+        .unwrap();
+    assert!(left.snapshots().is_empty(), "its snapshot {snapshot} is deleted: {:?}", left.snapshots());
 }
 
 /// HTTP 500 `InternalError`, 503 `Unavailable` and a connection dropped before the call got through are
@@ -77,7 +92,7 @@ async fn exactly_one_of_each(moto: &Moto, run_id: &str, copies: &[&str]) {
 fn transient_errors_are_retried_and_each_create_is_done_once() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let internal = || Answer::Fail(error(500, "InternalError", "An internal error has occurred."));
+    let internal = || Answer::Fail(internal_error());
     let unavailable =
         || Answer::Fail(error(503, "Unavailable", "The server is overloaded and can't handle the request."));
     let proxy = FaultProxy::start(
@@ -90,16 +105,14 @@ fn transient_errors_are_retried_and_each_create_is_done_once() {
             ("CopyImage", 1, unavailable),
         ]),
     );
-    let workspace = Workspace::new();
-    let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, &sshd, &["us-east-1"], ""));
+    let (workspace, outcome) = run_small(&proxy, &sshd, &["us-east-1"], "");
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     assert_eq!(proxy.altered(), 6, "every fault was given");
-    assert_eq!(read_manifest(&workspace)["status"], "complete");
     for (action, sent) in [("CreateKeyPair", 2), ("CreateSecurityGroup", 2), ("RunInstances", 2), ("CreateImage", 3)] {
         assert_eq!(proxy.bodies(action).len(), sent, "{action}: retried until it went through, then not again");
     }
     assert_eq!(proxy.bodies("CopyImage").len(), 2);
-    runtime().block_on(exactly_one_of_each(&moto, &run_id(&workspace), &["us-east-1"]));
+    assert_complete_with_one_of_each(&moto, &workspace, &["us-east-1"]);
 }
 
 /// A create whose answer is lost after it took effect (RunInstances: the connection drops; CopyImage: a 500
@@ -115,13 +128,10 @@ fn a_lost_answer_is_repeated_with_its_client_token_and_makes_nothing_twice() {
         model,
         first_n(vec![
             ("RunInstances", 1, || Answer::ForwardThenDrop),
-            ("CopyImage", 1, || {
-                Answer::ForwardThenFail(error(500, "InternalError", "An internal error has occurred."))
-            }),
+            ("CopyImage", 1, || Answer::ForwardThenFail(internal_error())),
         ]),
     );
-    let workspace = Workspace::new();
-    let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, &sshd, &["us-east-1"], ""));
+    let (workspace, outcome) = run_small(&proxy, &sshd, &["us-east-1"], "");
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     for action in ["RunInstances", "CopyImage"] {
         let tokens = client_tokens(&proxy, action);
@@ -130,8 +140,7 @@ fn a_lost_answer_is_repeated_with_its_client_token_and_makes_nothing_twice() {
     }
     let replayed = proxy.modelled().iter().filter(|answer| answer.answer == "replayed").count();
     assert_eq!(replayed, 2, "{:?}", proxy.modelled());
-    assert_eq!(read_manifest(&workspace)["status"], "complete");
-    runtime().block_on(exactly_one_of_each(&moto, &run_id(&workspace), &["us-east-1"]));
+    assert_complete_with_one_of_each(&moto, &workspace, &["us-east-1"]);
 }
 
 /// A CopyImage that took effect but is never answered times out (the adapter's attempt timeout) and is
@@ -146,9 +155,8 @@ fn an_unanswered_copy_times_out_and_is_repeated_with_its_token() {
         model,
         first_n(vec![("CopyImage", 1, || Answer::ForwardThenStall)]),
     );
-    let workspace = Workspace::new();
     let started = std::time::Instant::now();
-    let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, &sshd, &["us-east-1"], ""));
+    let (workspace, outcome) = run_small(&proxy, &sshd, &["us-east-1"], "");
     let took = started.elapsed();
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     // The client gave up on its own (30 s), not when the proxy finally closed the connection.
@@ -156,8 +164,7 @@ fn an_unanswered_copy_times_out_and_is_repeated_with_its_token() {
     let tokens = client_tokens(&proxy, "CopyImage");
     assert_eq!(tokens.len(), 2, "sent again after the timeout: {tokens:?}");
     assert_eq!(tokens[0], tokens[1]);
-    assert_eq!(read_manifest(&workspace)["status"], "complete");
-    runtime().block_on(exactly_one_of_each(&moto, &run_id(&workspace), &["us-east-1"]));
+    assert_complete_with_one_of_each(&moto, &workspace, &["us-east-1"]);
 }
 
 /// A create that takes no client token, whose answer is lost after it took effect, is repeated and meets EC2's
@@ -174,14 +181,11 @@ fn a_lost_answer_without_a_client_token_is_taken_from_its_duplicate() {
         model,
         first_n(vec![
             ("CreateKeyPair", 1, || Answer::ForwardThenDrop),
-            ("CreateSecurityGroup", 1, || {
-                Answer::ForwardThenFail(error(500, "InternalError", "An internal error has occurred."))
-            }),
+            ("CreateSecurityGroup", 1, || Answer::ForwardThenFail(internal_error())),
             ("CreateImage", 1, || Answer::ForwardThenDrop),
         ]),
     );
-    let workspace = Workspace::new();
-    let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, &sshd, &[], ""));
+    let (workspace, outcome) = run_small(&proxy, &sshd, &[], "");
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     let duplicates = proxy.modelled();
     assert!(duplicates.iter().any(|answer| answer.answer.starts_with("InvalidAMIName.Duplicate")), "{duplicates:?}");
@@ -190,8 +194,7 @@ fn a_lost_answer_without_a_client_token_is_taken_from_its_duplicate() {
     // The key pair's private key went with the lost answer: it is deleted and made again.
     assert_eq!(proxy.bodies("CreateKeyPair").len(), 3);
     assert_eq!(proxy.bodies("DeleteKeyPair").len(), 2, "once to make it anew, once in cleanup");
-    assert_eq!(read_manifest(&workspace)["status"], "complete");
-    runtime().block_on(exactly_one_of_each(&moto, &run_id(&workspace), &[]));
+    assert_complete_with_one_of_each(&moto, &workspace, &[]);
 }
 
 /// `InsufficientInstanceCapacity` (EC2's server error: no capacity of that type in that zone) on the first
@@ -230,7 +233,7 @@ fn no_capacity_in_one_zone_moves_the_launch_to_the_other_subnet() {
     runtime().block_on(async {
         let west = moto.client("us-west-2");
         assert_eq!(instance_subnets(&west).await, [subnets[1].clone()], "moto's one instance is in the second subnet");
-        exactly_one_of_each(&moto, &run_id(&workspace), &[]).await;
+        exactly_one_of_each(&moto, &run_id_of(&read_manifest(&workspace)), &[]).await;
     });
 }
 
@@ -260,15 +263,12 @@ fn quota_answers_are_waited_out_and_make_one_instance_and_one_copy() {
             }),
         ]),
     );
-    let workspace = Workspace::new();
-    let fleet = small_fleet(&proxy.endpoint, &sshd, &["us-east-1"], "capacity_patience = \"3s\"");
-    let outcome = run_matrix(&workspace, &fleet);
+    let (workspace, outcome) = run_small(&proxy, &sshd, &["us-east-1"], "capacity_patience = \"3s\"");
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     assert!(outcome.stderr.contains("no room now (VcpuLimitExceeded)"), "{}", outcome.stderr);
     assert_eq!(proxy.bodies("RunInstances").len(), 2);
     assert_eq!(proxy.bodies("CopyImage").len(), 2);
-    assert_eq!(read_manifest(&workspace)["status"], "complete");
-    runtime().block_on(exactly_one_of_each(&moto, &run_id(&workspace), &["us-east-1"]));
+    assert_complete_with_one_of_each(&moto, &workspace, &["us-east-1"]);
 }
 
 /// CreateImage refused right after the instance reported `stopped` (`IncorrectInstanceState`, as EC2 answers
@@ -287,12 +287,10 @@ fn create_image_refused_right_after_stop_is_tried_again() {
             ))
         })]),
     );
-    let workspace = Workspace::new();
-    let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, &sshd, &[], ""));
+    let (workspace, outcome) = run_small(&proxy, &sshd, &[], "");
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     assert_eq!(proxy.bodies("CreateImage").len(), 2, "refused once, then made");
-    assert_eq!(read_manifest(&workspace)["status"], "complete");
-    runtime().block_on(exactly_one_of_each(&moto, &run_id(&workspace), &[]));
+    assert_complete_with_one_of_each(&moto, &workspace, &[]);
 }
 
 /// Credentials that expire mid-run (`ExpiredToken` on CreateImage) fail that build's step, not retried; the
@@ -306,8 +304,7 @@ fn expired_credentials_mid_run_fail_the_build_and_leave_nothing() {
         "CreateImage",
         error(400, "ExpiredToken", "The security token included in the request is expired"),
     );
-    let workspace = Workspace::new();
-    let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, &sshd, &["us-east-1"], ""));
+    let (workspace, outcome) = run_small(&proxy, &sshd, &["us-east-1"], "");
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     assert_eq!(proxy.bodies("CreateImage").len(), 1, "an expired token is not retried outside cleanup");
     let manifest = read_manifest(&workspace);
@@ -318,7 +315,7 @@ fn expired_credentials_mid_run_fail_the_build_and_leave_nothing() {
     assert_eq!(failure["code"], "ExpiredToken");
     let hint = failure["hint"].as_str().unwrap_or_default();
     assert!(hint.contains("expired") && hint.contains("AWS_ACCESS_KEY_ID"), "{failure}");
-    let run_id = manifest["run_id"].as_str().unwrap().to_string();
+    let run_id = run_id_of(&manifest);
     runtime().block_on(async {
         let west = moto.client("us-west-2");
         assert!(images_of_run(&west, &run_id).await.is_empty());
@@ -339,8 +336,7 @@ fn auth_failure_fails_the_launch_naming_the_credential_source() {
         "RunInstances",
         error(401, "AuthFailure", "AWS was not able to validate the provided access credentials"),
     );
-    let workspace = Workspace::new();
-    let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, &sshd, &[], ""));
+    let (workspace, outcome) = run_small(&proxy, &sshd, &[], "");
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     assert_eq!(proxy.bodies("RunInstances").len(), 1, "not retried");
     let manifest = read_manifest(&workspace);
@@ -397,8 +393,7 @@ fn a_failed_image_fails_its_job_with_the_reason_and_is_discarded() {
     let sshd = Sshd::start();
     let snapshot = Arc::new(Mutex::new(None));
     let proxy = FaultProxy::start(&moto.endpoint, failed_image("us-west-2", Arc::clone(&snapshot)));
-    let workspace = Workspace::new();
-    let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, &sshd, &["us-east-1"], ""));
+    let (workspace, outcome) = run_small(&proxy, &sshd, &["us-east-1"], "");
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     let manifest = read_manifest(&workspace);
     let failures = manifest["failures"].as_array().unwrap();
@@ -410,17 +405,11 @@ fn a_failed_image_fails_its_job_with_the_reason_and_is_discarded() {
     assert_eq!(copy["stage"], "skipped");
     assert!(proxy.bodies("CopyImage").is_empty());
     let snapshot = snapshot.lock().unwrap().clone().expect("the failed image's snapshot was seen");
-    let run_id = manifest["run_id"].as_str().unwrap().to_string();
+    let run_id = run_id_of(&manifest);
     runtime().block_on(async {
         let west = moto.client("us-west-2");
         assert!(images_of_run(&west, &run_id).await.is_empty(), "the failed image is deregistered");
-        let left = west
-            .describe_snapshots()
-            .filters(aws_sdk_ec2::types::Filter::builder().name("snapshot-id").values(&snapshot).build())
-            .send()
-            .await
-            .unwrap();
-        assert!(left.snapshots().is_empty(), "its snapshot {snapshot} is deleted: {:?}", left.snapshots());
+        assert_snapshot_deleted(&west, &snapshot).await;
         assert_nothing_temporary_left(&west, "us-west-2").await;
     });
 }
@@ -433,8 +422,7 @@ fn a_failed_copy_fails_that_copy_with_the_reason_and_is_discarded() {
     let sshd = Sshd::start();
     let snapshot = Arc::new(Mutex::new(None));
     let proxy = FaultProxy::start(&moto.endpoint, failed_image("us-east-1", Arc::clone(&snapshot)));
-    let workspace = Workspace::new();
-    let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, &sshd, &["us-east-1"], ""));
+    let (workspace, outcome) = run_small(&proxy, &sshd, &["us-east-1"], "");
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["status"], "partial");
@@ -444,17 +432,11 @@ fn a_failed_copy_fails_that_copy_with_the_reason_and_is_discarded() {
     let error = failures[0]["error"].as_str().unwrap();
     assert!(error.contains("Client.InternalError: the volume could not be snapshotted"), "{error}");
     let snapshot = snapshot.lock().unwrap().clone().expect("the failed copy's snapshot was seen");
-    let run_id = manifest["run_id"].as_str().unwrap().to_string();
+    let run_id = run_id_of(&manifest);
     runtime().block_on(async {
         let east = moto.client("us-east-1");
         assert!(images_of_run(&east, &run_id).await.is_empty(), "the failed copy is deregistered");
-        let left = east
-            .describe_snapshots()
-            .filters(aws_sdk_ec2::types::Filter::builder().name("snapshot-id").values(&snapshot).build())
-            .send()
-            .await
-            .unwrap();
-        assert!(left.snapshots().is_empty(), "its snapshot {snapshot} is deleted: {:?}", left.snapshots());
+        assert_snapshot_deleted(&east, &snapshot).await;
         let west = moto.client("us-west-2");
         assert_eq!(images_of_run(&west, &run_id).await.len(), 1, "the build's image stays");
         assert_nothing_temporary_left(&west, "us-west-2").await;
@@ -467,25 +449,20 @@ fn a_failed_copy_fails_that_copy_with_the_reason_and_is_discarded() {
 fn a_launch_that_ends_terminated_fails_its_job_with_the_reason() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let proxy = FaultProxy::start(&moto.endpoint, |request| {
-        if request.action == "DescribeInstances" && request.body.contains("Filter.1.Name=instance-id") {
-            Answer::Rewrite(|body| {
-                body.replace(
-                    "<instanceState><code>16</code><name>running</name></instanceState>",
-                    "<instanceState><code>48</code><name>terminated</name></instanceState>",
-                )
-                .replace(
-                    "<stateReason><code/><message/></stateReason>",
-                    "<stateReason><code>Server.InsufficientInstanceCapacity</code>\
-                     <message>Server.InsufficientInstanceCapacity: Insufficient capacity.</message></stateReason>",
-                )
-            })
-        } else {
-            Answer::Forward
-        }
+    let proxy = FaultProxy::answering(&moto.endpoint, "DescribeInstances", "Filter.1.Name=instance-id", || {
+        Answer::Rewrite(|body| {
+            body.replace(
+                "<instanceState><code>16</code><name>running</name></instanceState>",
+                "<instanceState><code>48</code><name>terminated</name></instanceState>",
+            )
+            .replace(
+                "<stateReason><code/><message/></stateReason>",
+                "<stateReason><code>Server.InsufficientInstanceCapacity</code>\
+                 <message>Server.InsufficientInstanceCapacity: Insufficient capacity.</message></stateReason>",
+            )
+        })
     });
-    let workspace = Workspace::new();
-    let outcome = run_matrix(&workspace, &small_fleet(&proxy.endpoint, &sshd, &[], ""));
+    let (workspace, outcome) = run_small(&proxy, &sshd, &[], "");
     assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
     let manifest = read_manifest(&workspace);
     let failure = &manifest["failures"][0];
@@ -493,7 +470,7 @@ fn a_launch_that_ends_terminated_fails_its_job_with_the_reason() {
     let error = failure["error"].as_str().unwrap();
     assert!(error.contains("Server.InsufficientInstanceCapacity: Insufficient capacity."), "{failure}");
     assert!(proxy.bodies("CreateImage").is_empty());
-    let run_id = manifest["run_id"].as_str().unwrap().to_string();
+    let run_id = run_id_of(&manifest);
     runtime().block_on(async {
         let west = moto.client("us-west-2");
         assert!(images_of_run(&west, &run_id).await.is_empty());

@@ -358,14 +358,8 @@ fn sharing_public_lets_everyone_launch_every_image() {
     runtime().block_on(async {
         for (region, id) in &images {
             let client = moto.client(region);
-            let attribute = client
-                .describe_image_attribute()
-                .image_id(id)
-                .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
-                .send()
-                .await
-                .unwrap();
-            let groups: Vec<_> = attribute.launch_permissions().iter().filter_map(|p| p.group()).collect();
+            let permissions = launch_permissions(&client, id).await;
+            let groups: Vec<_> = permissions.iter().filter_map(|p| p.group()).collect();
             assert_eq!(groups, [&aws_sdk_ec2::types::PermissionGroup::All], "{id} in {region}");
             let made = image(&client, id).await;
             assert_eq!(made.public(), Some(true), "{id} in {region}");

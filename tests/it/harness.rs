@@ -205,6 +205,17 @@ impl Moto {
         aws_sdk_kms::Client::from_conf(config)
     }
 
+    /// An SSM client for `region`.
+    pub fn ssm(&self, region: &str) -> aws_sdk_ssm::Client {
+        let config = aws_sdk_ssm::Config::builder()
+            .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+            .region(aws_sdk_ssm::config::Region::new(region.to_string()))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+            .build();
+        aws_sdk_ssm::Client::from_conf(config)
+    }
+
     /// A customer-managed key in `region` with `alias` (`alias/…`); its ARN.
     pub async fn create_key(&self, region: &str, alias: &str) -> String {
         let kms = self.kms(region);

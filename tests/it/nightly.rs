@@ -144,13 +144,7 @@ async fn fleet_image_ids(client: &aws_sdk_ec2::Client) -> Vec<String> {
 
 /// The SSM parameter `name` in `region`, as moto keeps it: its value, data type and version.
 async fn parameter(moto: &Moto, region: &str, name: &str) -> Option<(String, String, i64)> {
-    let config = aws_sdk_ssm::Config::builder()
-        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
-        .region(aws_sdk_ssm::config::Region::new(region.to_string()))
-        .endpoint_url(&moto.endpoint)
-        .credentials_provider(aws_sdk_ssm::config::Credentials::new("testing", "testing", None, None, "tests"))
-        .build();
-    let ssm = aws_sdk_ssm::Client::from_conf(config);
+    let ssm = moto.ssm(region);
     let found = ssm.get_parameter().name(name).send().await.ok()?;
     let parameter = found.parameter()?;
     Some((parameter.value()?.to_string(), parameter.data_type()?.to_string(), parameter.version()))
@@ -225,12 +219,8 @@ fn published_to_ssm_with_a_label_per_run_and_a_launch_template_and_only_for_comp
     let moto = Moto::start();
     let sshd = Sshd::start();
     // `web`'s copy into us-east-1 is refused: `web` is not complete, so it is published nowhere.
-    let proxy = FaultProxy::start(&moto.endpoint, |request| {
-        if request.action == "CopyImage" && request.body.contains("Name=web-") {
-            Answer::Fail(Fault { status: 400, code: "UnauthorizedOperation", message: "not for web" })
-        } else {
-            Answer::Forward
-        }
+    let proxy = FaultProxy::answering(&moto.endpoint, "CopyImage", "Name=web-", || {
+        Answer::Fail(Fault { status: 400, code: "UnauthorizedOperation", message: "not for web" })
     });
     runtime().block_on(async {
         for region in ["us-west-2", "us-east-1"] {

@@ -12,13 +12,19 @@ use serde_json::Value;
 use crate::harness::*;
 use crate::matrix::{fleet_header_at, read_manifest, AL2023};
 
-/// Two flavors built in two regions, us-west-2's copied to us-east-1: four builds, two copies. For `--cloud sim`.
+/// [`two_by_two_sim_fleet`] named `ops`, writing a Packer-format manifest beside the fleet file.
 fn sim_fleet(sim: &str) -> String {
+    two_by_two_sim_fleet("ops", "packer_manifest = \"packer-manifest.json\"", sim)
+}
+
+/// Two flavors built in two regions, us-west-2's copied to us-east-1: four builds, two copies, in a fleet named
+/// `name`; `fleet` and `sim` lines appended to their tables. For `--cloud sim`.
+pub(crate) fn two_by_two_sim_fleet(name: &str, fleet: &str, sim: &str) -> String {
     format!(
         r#"[fleet]
-name = "ops"
+name = "{name}"
 ami_name = "{{flavor}}-{{build_region}}-{{run_id}}"
-packer_manifest = "packer-manifest.json"
+{fleet}
 
 [defaults]
 instance_type = "t3.small"

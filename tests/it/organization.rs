@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::cloud_state::launch_permissions;
 use crate::harness::*;
 use crate::matrix::{fleet_header_at, read_manifest, AL2023};
 
@@ -149,15 +150,8 @@ fn an_organization_fleet_gets_encrypted_shared_deprecated_imdsv2_images() {
 
             // Who may launch it, and create volumes from its snapshot, as moto keeps it.
             let client = moto.client(region);
-            let permissions = client
-                .describe_image_attribute()
-                .image_id(image)
-                .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
-                .send()
+            let mut granted: Vec<String> = launch_permissions(&client, image)
                 .await
-                .unwrap();
-            let mut granted: Vec<String> = permissions
-                .launch_permissions()
                 .iter()
                 .map(|p| {
                     let any = p.user_id().or(p.organization_arn()).or(p.organizational_unit_arn());

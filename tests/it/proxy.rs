@@ -256,6 +256,18 @@ impl FaultProxy {
         )
     }
 
+    /// A proxy that gives `answer()` to every `action` request whose body contains `needle` and forwards the
+    /// rest.
+    pub fn answering(upstream: &str, action: &'static str, needle: &'static str, answer: fn() -> Answer) -> FaultProxy {
+        FaultProxy::start(upstream, move |request| {
+            if request.action == action && request.body.contains(needle) {
+                answer()
+            } else {
+                Answer::Forward
+            }
+        })
+    }
+
     /// A proxy that answers the first `action` request with `fault` and forwards everything else.
     pub fn refusing_once(upstream: &str, action: &'static str, fault: Fault) -> FaultProxy {
         let refused = std::sync::atomic::AtomicBool::new(false);

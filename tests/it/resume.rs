@@ -5,36 +5,55 @@ use serde_json::Value;
 
 use crate::cloud_state::*;
 use crate::harness::*;
-use crate::matrix::{fleet_header, fleet_header_at, read_manifest, AL2023};
+use crate::matrix::{fleet_header_at, read_manifest, AL2023};
 
-const REGIONS: [&str; 2] = ["us-west-2", "us-east-1"];
+/// The regions of [`gated_fleet`]: its build region, then its copy's.
+pub(crate) const REGIONS: [&str; 2] = ["us-west-2", "us-east-1"];
 
-/// `quick` then `gated` (one build at a time), built in us-west-2 and copied to us-east-1. `gated`'s
-/// provisioner waits until `gate` exists.
-fn gated_fleet(moto: &Moto, sshd: &Sshd, gate: &Gate, retention: &str) -> String {
+/// `quick` then `gated` (one build at a time), built in us-west-2 and copied to us-east-1, against `endpoint`;
+/// `retention` appended as given. `gated`'s provisioner waits until `gate` exists.
+pub(crate) fn gated_fleet(endpoint: &str, sshd: &Sshd, gate: &Gate, retention: &str) -> String {
     format!(
         "{}\n[limits]\nmax_parallel_builds = 1\n\n\
          [[flavor]]\nname = \"quick\"\nsource_ami = {AL2023}\n\n\
          [[flavor]]\nname = \"gated\"\nsource_ami = {AL2023}\n\
          provisioners = [{{ type = \"shell\", inline = [\"echo waiting for the gate\", \"{}\"] }}]\n\n\
          [regions]\nus-west-2 = [\"us-east-1\"]\n{retention}",
-        fleet_header(moto, sshd),
+        fleet_header_at(endpoint, sshd),
         gate.wait_line()
     )
 }
 
-/// Starts `fleetbake matrix` and reads its stderr until a line contains `until`.
-fn start_until(workspace: &Workspace, fleet_path: &std::path::Path, until: &str) -> Running {
-    let mut running = Running::start(workspace, &["matrix", fleet_path.to_str().unwrap()], &[]);
+/// What [`gated_fleet`]'s `gated` prints while its provisioner waits for the gate.
+pub(crate) const AT_THE_GATE: &str = "gated/us-west-2: waiting for the gate";
+
+/// Starts `fleetbake ARGS` from `workspace` (its temporary files, the SSH key directories, in the workspace's
+/// `tmp`, so a run the test kills leaves none outside the workspace) and reads its stderr until a line contains
+/// `until`.
+pub(crate) fn start_until(workspace: &Workspace, args: &[&str], until: &str) -> Running {
+    let mut running = Running::start(workspace, args, &[]);
     running.read_until(until);
     running
 }
 
-fn image_ids(manifest: &Value, flavor: &str) -> Vec<String> {
+/// The ids of `flavor`'s images in the manifest, in [`REGIONS`] order.
+pub(crate) fn image_ids(manifest: &Value, flavor: &str) -> Vec<String> {
     REGIONS
         .iter()
-        .map(|region| manifest["artifacts"][flavor][region]["image_id"].as_str().unwrap().to_string())
+        .map(|region| {
+            let id = manifest["artifacts"][flavor][region]["image_id"].as_str();
+            id.unwrap_or_else(|| panic!("{flavor} in {region}: {manifest}")).to_string()
+        })
         .collect()
+}
+
+/// In moto: nothing temporary left in any of [`REGIONS`].
+pub(crate) fn assert_nothing_temporary_left_anywhere(moto: &Moto) {
+    runtime().block_on(async {
+        for region in REGIONS {
+            assert_nothing_temporary_left(&moto.client(region), region).await;
+        }
+    });
 }
 
 #[test]
@@ -43,10 +62,11 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
     let sshd = Sshd::start();
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
-    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, ""));
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, ""));
 
     // `quick` is built and copied; `gated` is provisioning when the process is killed outright.
-    let Running { mut child, seen, .. } = start_until(&workspace, &fleet_path, "gated/us-west-2: waiting for the gate");
+    let Running { mut child, seen, .. } =
+        start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     // Killed outright, it left its private key's folder behind: in the workspace's TMPDIR (removed with it),
@@ -127,11 +147,7 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
     let gc = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
     assert!(gc.stdout.contains("removed 0 temporary resources"), "{}", gc.stdout);
-    runtime().block_on(async {
-        for region in REGIONS {
-            assert_nothing_temporary_left(&moto.client(region), region).await;
-        }
-    });
+    assert_nothing_temporary_left_anywhere(&moto);
     // A finished run is not resumed again.
     let again = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--resume"]);
     assert_eq!(again.code, 2, "{}", again.stderr);
@@ -144,10 +160,11 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
     let sshd = Sshd::start();
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
-    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, "\n[retention]\nkeep = 1\n"));
+    let fleet_path =
+        workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, "\n[retention]\nkeep = 1\n"));
 
     // A run killed mid-build leaves its instance, security group and key pair; gc removes them.
-    let Running { mut child, .. } = start_until(&workspace, &fleet_path, "gated/us-west-2: waiting for the gate");
+    let Running { mut child, .. } = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     let swept = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
@@ -156,11 +173,7 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
         assert!(swept.stdout.contains(kind), "{kind}: {}", swept.stdout);
     }
     assert!(swept.stdout.contains("removed 3 temporary resources"), "{}", swept.stdout);
-    runtime().block_on(async {
-        for region in REGIONS {
-            assert_nothing_temporary_left(&moto.client(region), region).await;
-        }
-    });
+    assert_nothing_temporary_left_anywhere(&moto);
 
     gate.open();
     let run = || {
@@ -242,7 +255,7 @@ fn a_second_sigint_exits_at_once_naming_what_may_be_left_and_gc_removes_it() {
         gate.wait_line()
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
-    let mut running = start_until(&workspace, &fleet_path, "gated/us-west-2: waiting for the gate");
+    let mut running = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     running.signal("INT");
     running.read_until("cleaning up instance");
     // Cleanup is waiting for the instance to terminate.
@@ -302,14 +315,14 @@ fn gc_beside_a_run_in_progress_refuses_to_remove_images_and_leaves_its_resources
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
     let retention = "\n[retention]\nkeep = 1\n";
-    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, retention));
-    let running = start_until(&workspace, &fleet_path, "gated/us-west-2: waiting for the gate");
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, retention));
+    let running = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     let run_id = read_manifest(&workspace)["run_id"].as_str().unwrap().to_string();
 
     // With `[retention]`, gc would deregister images: the run holds the fleet file's lock, so gc refuses at
     // once, naming it, and touches nothing: it goes through a recording proxy, which sees no request.
     let proxy = FaultProxy::recording(&moto.endpoint);
-    let through_proxy = gated_fleet(&moto, &sshd, &gate, retention).replace(&moto.endpoint, &proxy.endpoint);
+    let through_proxy = gated_fleet(&moto.endpoint, &sshd, &gate, retention).replace(&moto.endpoint, &proxy.endpoint);
     std::fs::write(&fleet_path, through_proxy).unwrap();
     let refused = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(proxy.requests(), 0, "no AWS call: {:?}", proxy.actions());
@@ -320,7 +333,7 @@ fn gc_beside_a_run_in_progress_refuses_to_remove_images_and_leaves_its_resources
         refused.stderr
     );
     // Without it, gc removes only what runs not in progress left: nothing of this one.
-    std::fs::write(&fleet_path, gated_fleet(&moto, &sshd, &gate, "")).unwrap();
+    std::fs::write(&fleet_path, gated_fleet(&moto.endpoint, &sshd, &gate, "")).unwrap();
     let gc = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
     assert!(gc.stdout.contains("removed 0 temporary resources, deregistered 0 images"), "{}", gc.stdout);
@@ -330,11 +343,7 @@ fn gc_beside_a_run_in_progress_refuses_to_remove_images_and_leaves_its_resources
     let (code, rest) = running.finish();
     assert_eq!(code, Some(0), "the run was not disturbed: {rest}");
     assert_eq!(read_manifest(&workspace)["status"], "complete");
-    runtime().block_on(async {
-        for region in REGIONS {
-            assert_nothing_temporary_left(&moto.client(region), region).await;
-        }
-    });
+    assert_nothing_temporary_left_anywhere(&moto);
 }
 
 #[test]
@@ -343,8 +352,8 @@ fn a_second_run_of_a_fleet_file_in_progress_is_refused_before_any_aws_call() {
     let sshd = Sshd::start();
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
-    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto, &sshd, &gate, ""));
-    let mut running = start_until(&workspace, &fleet_path, "gated/us-west-2: waiting for the gate");
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, ""));
+    let mut running = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     let run_id = read_manifest(&workspace)["run_id"].as_str().unwrap().to_string();
 
     // The second one goes through a proxy that counts what it sends: nothing.
