@@ -339,6 +339,17 @@ mod tests {
     }
 
     #[test]
+    fn bucket_refills_at_its_rate_between_takes() {
+        // One token, half a token a second: taken at 0, then wanted at 1 s with half a token back: at 2 s.
+        let mut bucket = IdealBucket::new(Bucket { burst: 1, per_second: 0.5 });
+        assert_eq!(bucket.take_at(Duration::ZERO), Duration::ZERO);
+        assert_eq!(bucket.take_at(Duration::from_secs(1)), Duration::from_secs(2));
+        // Idle long enough to be full again (never more than its burst): at once, then 2 s apart.
+        assert_eq!(bucket.take_at(Duration::from_secs(100)), Duration::from_secs(100));
+        assert_eq!(bucket.take_at(Duration::from_secs(100)), Duration::from_secs(102));
+    }
+
+    #[test]
     fn bucket_spaces_takes_beyond_its_burst() {
         let mut bucket = IdealBucket::new(Bucket { burst: 2, per_second: 1.0 });
         let takes: Vec<u64> = (0..4).map(|_| bucket.take_at(Duration::ZERO).as_secs()).collect();
