@@ -113,7 +113,7 @@ impl StepError {
 
 impl BuildContext {
     fn label(&self) -> JobLabel {
-        JobLabel { flavor: self.flavor.name.clone(), region: self.job.region.clone() }
+        JobLabel::new(self.flavor.name.clone(), self.job.region.clone())
     }
 
     fn progress(&self, stage: Stage, detail: impl Into<String>) {
