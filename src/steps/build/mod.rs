@@ -136,7 +136,7 @@ impl BuildContext {
 
     /// Journals a temporary resource the moment it exists, before the next call depends on it.
     fn created(&self, kind: ResourceKind, id: impl ToString) {
-        let resource = Resource { region: self.job.region.clone(), kind, id: id.to_string() };
+        let resource = Resource::new(self.job.region.clone(), kind, id.to_string());
         self.run.ledger.created(&self.job.key(), resource);
     }
 
