@@ -66,7 +66,7 @@ fn main() {
         for build in &plan.builds {
             let key = build.key();
             let resources = [ResourceKind::KeyPair, ResourceKind::SecurityGroup, ResourceKind::Instance]
-                .map(|kind| Resource { region: build.region.clone(), kind, id: format!("{kind:?}-{}", build.index) });
+                .map(|kind| Resource::new(build.region.clone(), kind, format!("{kind:?}-{}", build.index)));
             for resource in &resources {
                 record(Record::Created { job: key.clone(), resource: resource.clone() });
             }

@@ -1,5 +1,5 @@
-//! The client's side of EC2's request limits: per region, one token bucket per action class (on Tokio's clock)
-//! at EC2's documented rates, slowed after throttles by an [`AdaptiveRate`] per class (the account's buckets
+//! The client's side of AWS's request limits: per place (a region of an account) and per service (EC2, SSM,
+//! KMS, STS), one token bucket per action class (on Tokio's clock) at EC2's documented rates, slowed after throttles by an [`AdaptiveRate`] per class (the account's buckets
 //! are shared with its other tools), and the retry of throttled and transient calls with jittered exponential
 //! backoff, counted in [`ApiStats`].
 //! Every adapter call goes through [`RegionLimiter::call`]; the run's concurrency caps are the engine's
@@ -13,8 +13,8 @@ use backon::{ExponentialBuilder, Retryable};
 use dashmap::DashMap;
 
 use crate::cloud::adaptive::AdaptiveRate;
-use crate::cloud::{Action, ActionClass, CloudError, CloudResult, ErrorKind};
-use crate::config::{ApiRates, Region};
+use crate::cloud::{Action, ActionClass, CloudError, CloudResult, ErrorKind, Service};
+use crate::config::{ApiRates, Place, Region};
 use crate::util::clock::TokenBucket;
 
 /// How throttled and transient calls are retried.
@@ -78,38 +78,53 @@ impl ApiStats {
     }
 }
 
-/// EC2's request buckets for one region, one per action class, on Tokio's clock.
+/// The request buckets of one place: per service, one per action class, on Tokio's clock. Every service is
+/// given the configured (EC2's) rates: SSM's, KMS's and STS's documented rates are no lower than EC2's for
+/// the few calls fleetbake makes of them, and EC2's own calls are paced exactly as before.
 pub struct RegionLimiter {
-    region: Region,
-    buckets: ClassBuckets,
-    /// Per class, with [`Pacing::Adaptive`].
-    adaptive: Option<[AdaptiveRate; ActionClass::ALL.len()]>,
+    place: Place,
+    /// Indexed by `Service as usize`.
+    buckets: [ClassBuckets; Service::ALL.len()],
+    /// Per service and class, with [`Pacing::Adaptive`].
+    adaptive: Option<[[AdaptiveRate; ActionClass::ALL.len()]; Service::ALL.len()]>,
     retry: RetryPolicy,
     stats: Arc<ApiStats>,
 }
 
 impl RegionLimiter {
-    pub fn new(region: Region, rates: &ApiRates, retry: RetryPolicy, pacing: Pacing, stats: Arc<ApiStats>) -> Self {
+    pub fn new(place: Place, rates: &ApiRates, retry: RetryPolicy, pacing: Pacing, stats: Arc<ApiStats>) -> Self {
         let adaptive = match pacing {
             Pacing::Fixed => None,
-            Pacing::Adaptive => Some(ActionClass::ALL.map(|class| AdaptiveRate::new(class.bucket(rates).per_second))),
+            Pacing::Adaptive => Some(
+                Service::ALL.map(|_| ActionClass::ALL.map(|class| AdaptiveRate::new(class.bucket(rates).per_second))),
+            ),
         };
-        RegionLimiter { region, buckets: ClassBuckets::new(rates), adaptive, retry, stats }
+        let buckets = Service::ALL.map(|_| ClassBuckets::new(rates));
+        RegionLimiter { place, buckets, adaptive, retry, stats }
     }
 
-    fn adaptive(&self, class: ActionClass) -> Option<&AdaptiveRate> {
-        // `ActionClass::ALL` lists the classes in declaration order.
-        self.adaptive.as_ref().map(|rates| &rates[class as usize])
+    fn adaptive(&self, action: Action) -> Option<&AdaptiveRate> {
+        // `Service::ALL` and `ActionClass::ALL` list their values in declaration order.
+        self.adaptive.as_ref().map(|rates| &rates[action.service() as usize][action.class() as usize])
+    }
+
+    fn bucket(&self, action: Action) -> &TokenBucket {
+        self.buckets[action.service() as usize].of(action.class())
+    }
+
+    pub fn place(&self) -> &Place {
+        &self.place
     }
 
     pub fn region(&self) -> &Region {
-        &self.region
+        &self.place.region
     }
 
-    /// Waits for a token of the action's class, then for its paced slot if throttles have slowed it.
-    async fn acquire(&self, class: ActionClass) {
-        self.buckets.of(class).take().await;
-        if let Some(rate) = self.adaptive(class) {
+    /// Waits for a token of the action's service and class, then for its paced slot if throttles have
+    /// slowed it.
+    async fn acquire(&self, action: Action) {
+        self.bucket(action).take().await;
+        if let Some(rate) = self.adaptive(action) {
             rate.pace().await;
         }
     }
@@ -122,8 +137,8 @@ impl RegionLimiter {
     {
         let operation = std::sync::Mutex::new(operation);
         let attempt = || async {
-            self.acquire(action.class()).await;
-            *self.stats.calls.entry((self.region.clone(), action)).or_insert(0) += 1;
+            self.acquire(action).await;
+            *self.stats.calls.entry((self.place.region.clone(), action)).or_insert(0) += 1;
             let future = (operation.lock().expect("not poisoned"))();
             future.await
         };
@@ -140,13 +155,13 @@ impl RegionLimiter {
                 if error.kind == ErrorKind::Throttled {
                     self.stats.throttled.fetch_add(1, Ordering::Relaxed);
                     if let Some(observer) = self.stats.on_throttle.get() {
-                        observer(&self.region, action);
+                        observer(&self.place.region, action);
                     }
-                    if let Some(rate) = self.adaptive(action.class()) {
+                    if let Some(rate) = self.adaptive(action) {
                         rate.throttled();
                     }
                 }
-                tracing::debug!(region = %self.region, %action, ?delay, "retrying after {error}");
+                tracing::debug!(place = %self.place, %action, ?delay, "retrying after {error}");
             })
             .await
     }
@@ -169,28 +184,34 @@ impl ClassBuckets {
     }
 }
 
-/// The client's request buckets in every region, created on first use, and the counters of every call.
+/// The client's request buckets in every place, created on first use, and the counters of every call.
 pub struct ApiLimits {
     rates: ApiRates,
     retry: RetryPolicy,
     pacing: Pacing,
-    regions: DashMap<Region, Arc<RegionLimiter>>,
+    places: DashMap<Place, Arc<RegionLimiter>>,
     stats: Arc<ApiStats>,
 }
 
 impl ApiLimits {
     pub fn new(rates: &ApiRates, retry: RetryPolicy, pacing: Pacing) -> Self {
-        ApiLimits { rates: *rates, retry, pacing, regions: DashMap::new(), stats: Arc::new(ApiStats::default()) }
+        ApiLimits { rates: *rates, retry, pacing, places: DashMap::new(), stats: Arc::new(ApiStats::default()) }
     }
 
-    pub fn region(&self, region: &Region) -> Arc<RegionLimiter> {
-        self.regions
-            .entry(region.clone())
+    /// The buckets of a place.
+    pub fn place(&self, place: &Place) -> Arc<RegionLimiter> {
+        self.places
+            .entry(place.clone())
             .or_insert_with(|| {
                 let stats = Arc::clone(&self.stats);
-                Arc::new(RegionLimiter::new(region.clone(), &self.rates, self.retry, self.pacing, stats))
+                Arc::new(RegionLimiter::new(place.clone(), &self.rates, self.retry, self.pacing, stats))
             })
             .clone()
+    }
+
+    /// The buckets of a region of the run's own account.
+    pub fn region(&self, region: &Region) -> Arc<RegionLimiter> {
+        self.place(&Place::own(region.clone()))
     }
 
     pub fn stats(&self) -> &ApiStats {
@@ -217,7 +238,7 @@ mod tests {
         let retry =
             RetryPolicy { first_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5), max_retries };
         RegionLimiter::new(
-            Region::new("us-west-2"),
+            Place::own(Region::new("us-west-2")),
             &ApiRates::default(),
             retry,
             Pacing::Fixed,
@@ -274,7 +295,7 @@ mod tests {
         let eu = Region::new("eu-west-1");
         assert_eq!(*told.lock().unwrap(), [(eu.clone(), Action::DescribeImages), (eu, Action::DescribeImages)]);
         assert_eq!(limits.stats().throttled_responses(), 2, "the run's stats are the ones the limiter counted in");
-        assert!(limiter.adaptive(ActionClass::NonMutating).is_some(), "adaptive pacing keeps a rate per class");
+        assert!(limiter.adaptive(Action::DescribeImages).is_some(), "adaptive pacing keeps a rate per class");
     }
 
     #[tokio::test]
@@ -317,7 +338,7 @@ mod tests {
         let rates =
             ApiRates { run_instances: crate::config::Bucket { burst: 2, per_second: 2.0 }, ..ApiRates::default() };
         let limiter = RegionLimiter::new(
-            Region::new("us-west-2"),
+            Place::own(Region::new("us-west-2")),
             &rates,
             RetryPolicy::default(),
             Pacing::Fixed,
@@ -325,9 +346,38 @@ mod tests {
         );
         let started = tokio::time::Instant::now();
         for _ in 0..4 {
-            limiter.acquire(ActionClass::RunInstances).await;
+            limiter.acquire(Action::RunInstances).await;
         }
         // Two from the burst, then two more at 2 per second: one second of (virtual) time.
         assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_service_has_its_own_buckets() {
+        let rates = ApiRates { mutating: crate::config::Bucket { burst: 1, per_second: 1.0 }, ..ApiRates::default() };
+        let limiter = RegionLimiter::new(
+            Place::own(Region::new("us-west-2")),
+            &rates,
+            RetryPolicy::default(),
+            Pacing::Fixed,
+            Arc::new(ApiStats::default()),
+        );
+        let started = tokio::time::Instant::now();
+        limiter.acquire(Action::PutParameter).await;
+        limiter.acquire(Action::CreateImage).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "SSM's mutating call spent none of EC2's tokens");
+        limiter.acquire(Action::CreateImage).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(1), "EC2's second call waited for its own bucket");
+    }
+
+    #[test]
+    fn limits_keep_one_limiter_per_place() {
+        let limits = ApiLimits::new(&ApiRates::default(), RetryPolicy::default(), Pacing::Fixed);
+        let region = Region::new("eu-west-1");
+        let own = limits.region(&region);
+        assert!(Arc::ptr_eq(&own, &limits.place(&Place::own(region.clone()))), "a region is its own account's");
+        let other = limits.place(&Place { account: crate::config::Account::Id("123456789012".into()), region });
+        assert!(!Arc::ptr_eq(&own, &other), "another account's region has buckets of its own");
+        assert_eq!(other.region(), own.region());
     }
 }

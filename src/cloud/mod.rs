@@ -27,7 +27,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-pub use crate::config::api::{Action, ActionClass};
+pub use crate::config::api::{Action, ActionClass, Service};
 use crate::config::{ImageFilter, Metadata, Region, RootVolume, SubnetLookup, Tags};
 
 string_newtype!(

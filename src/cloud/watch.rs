@@ -28,7 +28,7 @@ use crate::cloud::{
     Action, Cloud, CloudError, CloudResult, ErrorKind, ImageId, ImageState, ImageStatus, InstanceId, InstanceState,
     InstanceStatus, RegionCloud, SnapshotId,
 };
-use crate::config::Region;
+use crate::config::{Place, Region};
 
 /// The shortest time between two describes of one kind in one region.
 pub const BATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -93,11 +93,12 @@ pub enum WaitStyle {
     Alone { interval: Duration },
 }
 
-/// The waits of a run, in every region.
+/// The waits of a run, in every place (the batched describes and their cadence are per place: a region of
+/// one account).
 pub struct Waits {
     cloud: Arc<dyn Cloud>,
     style: WaitStyle,
-    batchers: DashMap<Region, Arc<RegionBatcher>>,
+    batchers: DashMap<Place, Arc<RegionBatcher>>,
     /// The shortest time each kind of wait has taken in this run.
     learned: Mutex<HashMap<WaitKind, Duration>>,
     /// The origin of every region's cadence.
@@ -115,11 +116,12 @@ impl Waits {
         })
     }
 
+    /// Waiting in a region of the run's own account (the only account `Cloud` reaches today).
     pub fn region(self: &Arc<Self>, region: &Region) -> RegionWaits {
         let cloud = self.cloud.region(region);
         let batcher = self
             .batchers
-            .entry(region.clone())
+            .entry(Place::own(region.clone()))
             .or_insert_with(|| Arc::new(RegionBatcher { images: Batch::new(region), instances: Batch::new(region) }))
             .clone();
         RegionWaits { waits: Arc::clone(self), cloud, batcher }

@@ -45,6 +45,30 @@ pub enum Action {
     DescribeKey,
 }
 
+/// The AWS services fleetbake calls. Each paces its calls in buckets of its own per place (the client's
+/// limiter), so a burst of SSM, KMS or STS calls never spends EC2's tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Service {
+    Ec2,
+    Ssm,
+    Kms,
+    Sts,
+}
+
+impl Service {
+    pub const ALL: [Service; 4] = [Service::Ec2, Service::Ssm, Service::Kms, Service::Sts];
+
+    /// The service's prefix in IAM policies (`ec2`, `ssm`, `kms`, `sts`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Service::Ec2 => "ec2",
+            Service::Ssm => "ssm",
+            Service::Kms => "kms",
+            Service::Sts => "sts",
+        }
+    }
+}
+
 /// EC2's request-rate classes; each has its own token bucket per region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ActionClass {
@@ -128,13 +152,17 @@ impl Action {
     /// The action as an IAM policy names it (`ec2:CreateImage`, `sts:GetCallerIdentity`, `kms:DescribeKey`):
     /// `docs/iam-policy.json` allows each.
     pub fn iam_name(self) -> String {
-        let service = match self {
-            Action::GetCallerIdentity => "sts",
-            Action::DescribeKey => "kms",
-            Action::PutParameter | Action::LabelParameterVersion => "ssm",
-            _ => "ec2",
-        };
-        format!("{service}:{self}")
+        format!("{}:{self}", self.service().key())
+    }
+
+    /// The AWS service that answers the action; each has its own request buckets.
+    pub fn service(self) -> Service {
+        match self {
+            Action::GetCallerIdentity => Service::Sts,
+            Action::DescribeKey => Service::Kms,
+            Action::PutParameter | Action::LabelParameterVersion => Service::Ssm,
+            _ => Service::Ec2,
+        }
     }
 
     pub fn class(self) -> ActionClass {
@@ -159,5 +187,28 @@ impl Action {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_service_indexes_its_own_buckets() {
+        for (index, service) in Service::ALL.into_iter().enumerate() {
+            assert_eq!(service as usize, index, "{service:?}");
+        }
+    }
+
+    #[test]
+    fn ssm_kms_and_sts_are_not_ec2() {
+        assert_eq!(Action::PutParameter.service(), Service::Ssm);
+        assert_eq!(Action::LabelParameterVersion.service(), Service::Ssm);
+        assert_eq!(Action::DescribeKey.service(), Service::Kms);
+        assert_eq!(Action::GetCallerIdentity.service(), Service::Sts);
+        assert_eq!(Action::CopyImage.service(), Service::Ec2);
+        assert_eq!(Action::DescribeKey.iam_name(), "kms:DescribeKey");
+        assert_eq!(Action::CreateImage.iam_name(), "ec2:CreateImage");
     }
 }

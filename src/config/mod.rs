@@ -2,16 +2,19 @@
 //!
 //! [`load`] is the only entry point. It reads the file and the files it names, never the network.
 //!
-//! Layer: the bottom. `config` owns the fleet file and the vocabulary every layer speaks (regions, flavor
-//! names, tags; EC2's actions and request classes in [`api`]). It imports nothing of the crate but `util`.
+//! Layer: the bottom. `config` owns the fleet file and the vocabulary every layer speaks (regions, places (a
+//! region of an account, [`Place`]), flavor names, tags; EC2's actions and request classes in [`api`]). It
+//! imports nothing of the crate but `util`.
 
 pub mod api;
+mod place;
 mod schema;
 mod selection;
 mod spans;
 pub mod template;
 mod validate;
 
+pub use place::{Account, Place};
 pub use selection::{JobPattern, Selection};
 
 use std::collections::BTreeMap;

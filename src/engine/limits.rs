@@ -1,6 +1,6 @@
-//! Every limit of a run in one place: the client's request buckets per region and action class
+//! Every limit of a run in one module: the client's request buckets per place, service and action class
 //! ([`ApiLimits`], which every cloud call goes through), the cap on builds running at once and, per destination
-//! region, the cap on copies running at once.
+//! place (a region of an account), the cap on copies running at once.
 
 use std::sync::Arc;
 
@@ -8,14 +8,14 @@ use dashmap::DashMap;
 use tokio::sync::Semaphore;
 
 use crate::cloud::limiter::{ApiLimits, ApiStats, Pacing, RetryPolicy};
-use crate::config::{Limits, Region};
+use crate::config::{Limits, Place};
 
 /// The request buckets and the concurrency caps of one run.
 pub struct RunLimits {
     api: Arc<ApiLimits>,
     builds: Arc<Semaphore>,
     copies_per_region: usize,
-    copies: DashMap<Region, Arc<Semaphore>>,
+    copies: DashMap<Place, Arc<Semaphore>>,
 }
 
 impl RunLimits {
@@ -42,8 +42,9 @@ impl RunLimits {
         Arc::clone(&self.builds)
     }
 
-    /// The cap on copies running at once into `destination`.
-    pub fn copies_into(&self, destination: &Region) -> Arc<Semaphore> {
+    /// The cap on copies running at once into `destination` (`max_parallel_copies_per_region`: a place is a
+    /// region of one account).
+    pub fn copies_into(&self, destination: &Place) -> Arc<Semaphore> {
         self.copies
             .entry(destination.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(self.copies_per_region)))

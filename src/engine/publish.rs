@@ -61,8 +61,8 @@ impl Publisher {
                     continue;
                 }
                 let (flavor_name, region) = plan.placement(job);
-                let label = JobLabel { flavor: flavor_name.clone(), region: region.clone() };
-                let cloud = self.cloud.region(&label.region);
+                let label = JobLabel::new(flavor_name.clone(), region.clone());
+                let cloud = self.cloud.region(label.region());
                 let already = images.published_before.get(&job).cloned().unwrap_or_default();
                 let publishing = Publishing {
                     cloud: &*cloud,

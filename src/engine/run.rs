@@ -411,7 +411,7 @@ impl Execution {
                     .filter(|decision| decision.reuse.is_none())
                     .map(|decision| {
                         let build = &plan.builds[decision.build];
-                        let label = JobLabel { flavor: build.flavor.clone(), region: build.region.clone() };
+                        let label = JobLabel::new(build.flavor.clone(), build.region.clone());
                         (label, format!("rebuilding: {}", decision.why.join("; ")))
                     })
                     .collect();

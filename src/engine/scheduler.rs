@@ -303,7 +303,7 @@ impl Scheduler {
     /// The flavor and the region a job's image lands in.
     fn label(&self, job: JobId) -> JobLabel {
         let (flavor, region) = self.plan.placement(job);
-        JobLabel { flavor: flavor.clone(), region: region.clone() }
+        JobLabel::new(flavor.clone(), region.clone())
     }
 
     /// A job as reporters know it.

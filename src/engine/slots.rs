@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::Region;
+use crate::config::Place;
 use crate::engine::limits::RunLimits;
 use crate::plan::{JobId, Plan};
 
@@ -27,14 +27,15 @@ pub enum BuildSlotRelease {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SlotPool {
     Builds,
-    CopiesInto(Region),
+    /// Copies into one place (today a region of the run's own account).
+    CopiesInto(Place),
 }
 
 impl SlotPool {
     pub fn of(plan: &Plan, job: JobId) -> Self {
         match job {
             JobId::Build(_) => SlotPool::Builds,
-            JobId::Copy(index) => SlotPool::CopiesInto(plan.copies[index].target_region.clone()),
+            JobId::Copy(index) => SlotPool::CopiesInto(Place::own(plan.copies[index].target_region.clone())),
         }
     }
 }
@@ -62,7 +63,7 @@ impl SlotPools {
         let waiting = self.waiting.entry(pool).or_insert_with_key(|pool| {
             let slots = match pool {
                 SlotPool::Builds => limits.builds(),
-                SlotPool::CopiesInto(region) => limits.copies_into(region),
+                SlotPool::CopiesInto(place) => limits.copies_into(place),
             };
             Waiting { slots, jobs: VecDeque::new() }
         });
@@ -153,7 +154,7 @@ mod tests {
     }
 
     fn into(region: &str) -> SlotPool {
-        SlotPool::CopiesInto(Region::new(region))
+        SlotPool::CopiesInto(Place::own(crate::config::Region::new(region)))
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl Sweeper {
             }
         });
         let swept = futures::future::join_all(sweeps).await;
-        let label = JobLabel { flavor: FlavorName::new("*"), region: Region::new("*") };
+        let label = JobLabel::new(FlavorName::new("*"), Region::new("*"));
         let mut problems = 0;
         for outcome in swept {
             let found_problems: Vec<String> = match outcome {

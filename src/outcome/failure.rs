@@ -29,7 +29,7 @@ impl Failure {
     pub fn new(label: &JobLabel, stage: Stage, error: impl fmt::Display) -> Self {
         Failure {
             flavor: label.flavor.clone(),
-            region: label.region.clone(),
+            region: label.region().clone(),
             stage,
             code: None,
             error: error.to_string(),
@@ -51,7 +51,7 @@ mod tests {
     use super::*;
 
     fn label() -> JobLabel {
-        JobLabel { flavor: FlavorName::new("web"), region: Region::new("eu-west-1") }
+        JobLabel::new(FlavorName::new("web"), Region::new("eu-west-1"))
     }
 
     /// What the journal and `--events` hold: the stage by its name, no code or hint when there is none.

@@ -18,18 +18,31 @@ pub use stage::Stage;
 use std::fmt;
 
 use crate::cloud::ImageId;
-use crate::config::{FlavorName, Region};
+use crate::config::{FlavorName, Place, Region};
 
-/// Which image a job is making: a flavor in a region (the build region, or a copy's target).
+/// Which image a job is making: a flavor in a place (the build region, or a copy's target; of the run's own
+/// account today, so two copies into one region of different accounts will be two labels).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobLabel {
     pub flavor: FlavorName,
-    pub region: Region,
+    pub place: Place,
 }
 
+impl JobLabel {
+    /// A flavor in a region of the run's own account.
+    pub fn new(flavor: FlavorName, region: Region) -> Self {
+        JobLabel { flavor, place: Place::own(region) }
+    }
+
+    pub fn region(&self) -> &Region {
+        &self.place.region
+    }
+}
+
+/// `flavor/region` for the own account's places, as every line and event shows a job today.
 impl fmt::Display for JobLabel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.flavor, self.region)
+        write!(f, "{}/{}", self.flavor, self.place)
     }
 }
 
@@ -59,4 +72,20 @@ pub enum RunStatus {
     Partial,
     /// No image was made.
     Failed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Account;
+
+    #[test]
+    fn a_label_is_a_flavor_in_a_place_shown_as_today() {
+        let label = JobLabel::new(FlavorName::new("base"), Region::new("us-west-2"));
+        assert_eq!(label.to_string(), "base/us-west-2");
+        assert_eq!(label.region(), &Region::new("us-west-2"));
+        let elsewhere =
+            JobLabel { place: Place { account: Account::Id("123456789012".into()), ..label.place.clone() }, ..label };
+        assert_eq!(elsewhere.to_string(), "base/123456789012/us-west-2");
+    }
 }

@@ -25,7 +25,7 @@ impl Estimator {
             .jobs()
             .map(|job| {
                 let (flavor, region) = plan.placement(job);
-                (JobLabel { flavor: flavor.clone(), region: region.clone() }, job)
+                (JobLabel::new(flavor.clone(), region.clone()), job)
             })
             .collect();
         Estimator { plan, caps, fallback, jobs }
@@ -36,7 +36,7 @@ impl Estimator {
         let now = tally.now.unwrap_or_default();
         let ended: HashMap<&JobLabel, ()> = tally.took.iter().map(|took| (&took.job, ())).collect();
         let failed_before_start = |label: &JobLabel| {
-            tally.failures.iter().any(|f| f.flavor == label.flavor && f.region == label.region)
+            tally.failures.iter().any(|f| f.flavor == label.flavor && &f.region == label.region())
                 && !tally.in_flight.contains_key(label)
         };
         let mean = |durations: Vec<Duration>| -> Option<Duration> {
@@ -44,7 +44,7 @@ impl Estimator {
         };
         let mut durations = JobDurations::default();
         for build in &self.plan.builds {
-            let label = JobLabel { flavor: build.flavor.clone(), region: build.region.clone() };
+            let label = JobLabel::new(build.flavor.clone(), build.region.clone());
             let measured = |same_flavor: bool| {
                 let took = tally
                     .took
@@ -60,7 +60,7 @@ impl Estimator {
                 BuildDuration::default()
             } else if let Some(flight) = tally.in_flight.get(&label) {
                 let elapsed = (now - flight.since).to_std().unwrap_or_default();
-                let to_image = match tally.images.get(&label.flavor).and_then(|images| images.get(&label.region)) {
+                let to_image = match tally.images.get(&label.flavor).and_then(|images| images.get(label.region())) {
                     Some(_) => Duration::ZERO,
                     None => estimate.to_image.saturating_sub(elapsed),
                 };
@@ -71,10 +71,10 @@ impl Estimator {
             durations.builds.push(duration);
         }
         for copy in &self.plan.copies {
-            let label = JobLabel { flavor: copy.flavor.clone(), region: copy.target_region.clone() };
+            let label = JobLabel::new(copy.flavor.clone(), copy.target_region.clone());
             let measured = |same_region: bool| {
                 let took = tally.took.iter().filter(|took| {
-                    took.kind == JobKind::Copy && (!same_region || took.job.region == copy.target_region)
+                    took.kind == JobKind::Copy && (!same_region || took.job.region() == &copy.target_region)
                 });
                 mean(took.map(|took| took.to_end).collect())
             };
@@ -132,10 +132,7 @@ mod tests {
         let hour = BuildDuration { to_image: Duration::from_secs(3600), to_cleaned_up: Duration::from_secs(3600) };
         let fallback = JobDurations { builds: vec![hour; 3], copies: Vec::new() };
         let estimator = Estimator::new(plan.clone(), caps, fallback);
-        let label = |index: usize| JobLabel {
-            flavor: plan.builds[index].flavor.clone(),
-            region: plan.builds[index].region.clone(),
-        };
+        let label = |index: usize| JobLabel::new(plan.builds[index].flavor.clone(), plan.builds[index].region.clone());
         let mut tally = Tally::default();
         let see = |tally: &mut Tally, minute: i64, event: RunEvent| tally.observe(&Stamped { at: at(minute), event });
         let planned = (0..3).map(|index| PlannedLanding {

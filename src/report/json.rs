@@ -28,7 +28,7 @@ impl JsonLinesReporter {
 
 /// An event as its JSON line (without the newline).
 pub fn to_json_line(stamped: &Stamped) -> String {
-    let job = |job: &JobLabel| json!({ "flavor": job.flavor, "region": job.region });
+    let job = |job: &JobLabel| json!({ "flavor": job.flavor, "region": job.region() });
     let (kind, fields) = match &stamped.event {
         RunEvent::RunStarted { fleet, run_id, builds, copies, selective, .. } => (
             "run_started",

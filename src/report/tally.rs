@@ -74,17 +74,17 @@ impl Tally {
                 self.images
                     .entry(job.flavor.clone())
                     .or_default()
-                    .insert(job.region.clone(), artifact.image_id.clone());
+                    .insert(job.region().clone(), artifact.image_id.clone());
                 self.available_at.insert(job.clone(), at);
             }
             RunEvent::JobFailed(failure) => {
-                let job = JobLabel { flavor: failure.flavor.clone(), region: failure.region.clone() };
+                let job = JobLabel::new(failure.flavor.clone(), failure.region.clone());
                 self.ended(&job, at);
                 self.failures.push(failure.clone());
             }
             RunEvent::JobSucceeded { job } => self.ended(job, at),
             RunEvent::ImageInProgress(image) => {
-                self.ended(&JobLabel { flavor: image.flavor.clone(), region: image.region.clone() }, at)
+                self.ended(&JobLabel::new(image.flavor.clone(), image.region.clone()), at)
             }
             RunEvent::Throttled { .. } => self.throttles += 1,
             RunEvent::RunFinished { status, .. } => {
@@ -116,7 +116,7 @@ impl Tally {
             .filter(|landing| {
                 let made = self.image(&landing.job).is_some();
                 let failed =
-                    self.failures.iter().any(|f| f.flavor == landing.job.flavor && f.region == landing.job.region);
+                    self.failures.iter().any(|f| f.flavor == landing.job.flavor && &f.region == landing.job.region());
                 (made || failed) && !self.in_flight.contains_key(&landing.job)
             })
             .count();
@@ -124,7 +124,7 @@ impl Tally {
     }
 
     fn image(&self, job: &JobLabel) -> Option<&ImageId> {
-        self.images.get(&job.flavor).and_then(|regions| regions.get(&job.region))
+        self.images.get(&job.flavor).and_then(|regions| regions.get(job.region()))
     }
 
     /// The end-of-run summary: a headline, then per flavor the regions it holds an image in (of those
@@ -145,7 +145,7 @@ impl Tally {
         }
         for flavor in flavors {
             let regions: Vec<&Region> =
-                self.planned.iter().filter(|l| &l.job.flavor == flavor).map(|l| &l.job.region).collect();
+                self.planned.iter().filter(|l| &l.job.flavor == flavor).map(|l| l.job.region()).collect();
             let images: Vec<String> = regions
                 .iter()
                 .filter_map(|region| {

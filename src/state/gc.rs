@@ -228,7 +228,7 @@ pub async fn execute(plan: &GcPlan, cloud: Arc<dyn Cloud>, dry_run: bool) -> GcO
         let journal = Journal::in_memory();
         let mut by_region: BTreeMap<&Region, Vec<Leftover>> = BTreeMap::new();
         for leftover in &plan.remove {
-            by_region.entry(&leftover.resource.region).or_default().push(leftover.clone());
+            by_region.entry(leftover.resource.region()).or_default().push(leftover.clone());
         }
         for (region, leftovers) in by_region {
             let removal = leftovers::remove(&*cloud.region(region), &waits.region(region), &leftovers, &journal).await;
@@ -347,20 +347,12 @@ mod tests {
         let survey = Survey {
             leftovers: vec![
                 Leftover {
-                    resource: Resource {
-                        region: Region::new("us-west-2"),
-                        kind: ResourceKind::Instance,
-                        id: "i-old".into(),
-                    },
+                    resource: Resource::new(Region::new("us-west-2"), ResourceKind::Instance, "i-old"),
                     run_id: Some(old.clone()),
                     flavor: None,
                 },
                 Leftover {
-                    resource: Resource {
-                        region: Region::new("us-west-2"),
-                        kind: ResourceKind::Instance,
-                        id: "i-busy".into(),
-                    },
+                    resource: Resource::new(Region::new("us-west-2"), ResourceKind::Instance, "i-busy"),
                     run_id: Some(busy.clone()),
                     flavor: None,
                 },
@@ -427,7 +419,7 @@ mod tests {
         let started = run(0);
         let survey = Survey {
             leftovers: vec![Leftover {
-                resource: Resource { region: Region::new("us-west-2"), kind: ResourceKind::KeyPair, id: "k".into() },
+                resource: Resource::new(Region::new("us-west-2"), ResourceKind::KeyPair, "k"),
                 run_id: Some(started.clone()),
                 flavor: None,
             }],

@@ -679,7 +679,7 @@ mod tests {
         let dir = JournalDir { path: directory.path().to_path_buf() };
         let plan = plan();
         let job = plan.builds[0].key();
-        let resource = Resource { region: Region::new("us-west-2"), kind: ResourceKind::KeyPair, id: "k".into() };
+        let resource = Resource::new(Region::new("us-west-2"), ResourceKind::KeyPair, "k");
         {
             let journal = Journal::create(&dir, &plan).unwrap();
             journal.record(Record::Created { job: job.clone(), resource: resource.clone() });

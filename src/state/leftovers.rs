@@ -38,7 +38,7 @@ pub fn temporary_tags(fleet: &str, run_id: Option<&RunId>) -> Tags {
 pub async fn find(cloud: &dyn RegionCloud, tags: &Tags) -> CloudResult<Vec<Leftover>> {
     let region = cloud.region().clone();
     let leftover = |kind, id: String, found: &Tags| Leftover {
-        resource: Resource { region: region.clone(), kind, id },
+        resource: Resource::new(region.clone(), kind, id),
         run_id: found.get(RUN_ID_TAG).and_then(|id| RunId::parse(id)),
         flavor: found.get(FLAVOR_TAG).map(FlavorName::new),
     };

@@ -98,7 +98,7 @@ impl Reporter for PackerManifestWriter {
             }
             RunEvent::ImageAvailable { job, artifact } => {
                 let regions = self.images.entry(job.flavor.clone()).or_default();
-                regions.insert(job.region.clone(), artifact.image_id.clone());
+                regions.insert(job.region().clone(), artifact.image_id.clone());
                 Ok(())
             }
             RunEvent::RunFinished { finished_at, .. } => self.write(finished_at.timestamp()),

@@ -102,7 +102,7 @@ pub async fn reconcile(
 
         // What earlier attempts left: found by the run's tags, and what the journal says it made.
         let mut found = leftovers::find(&*region_cloud, &run_tags).await?;
-        for resource in replay.outstanding.keys().filter(|resource| &resource.region == region) {
+        for resource in replay.outstanding.keys().filter(|resource| resource.region() == region) {
             if !found.iter().any(|leftover| &leftover.resource == resource) {
                 found.push(Leftover { resource: resource.clone(), run_id: Some(plan.run_id.clone()), flavor: None });
             }

@@ -68,7 +68,7 @@ impl UndoStep {
             UndoStep::DeleteKeyPair { name, .. } => (ResourceKind::KeyPair, name.to_string()),
             UndoStep::DiscardImage { .. } => return None,
         };
-        Some(Resource { region: region.clone(), kind, id })
+        Some(Resource::new(region.clone(), kind, id))
     }
 
     /// The step that removes a temporary resource named in the journal or found by its tags: not fresh, so a

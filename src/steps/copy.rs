@@ -54,7 +54,7 @@ pub struct CopyEnd {
 
 /// Copies, tags and waits. Interrupted once CopyImage has answered, leaves the copy running in AWS and says so.
 pub async fn run(context: CopyContext) -> CopyEnd {
-    let label = JobLabel { flavor: context.flavor.name.clone(), region: context.job.target_region.clone() };
+    let label = JobLabel::new(context.flavor.name.clone(), context.job.target_region.clone());
     let mut end = CopyEnd::default();
     let run = &context.run;
     let tags = run.artifact_tags(&context.flavor, &context.source);
@@ -194,7 +194,7 @@ async fn start(context: &CopyContext, label: &JobLabel, tags: &Tags) -> Result<I
             let code = error.code.clone().unwrap_or_default();
             let detail = format!(
                 "no room in {} now ({code}); trying again in {}",
-                label.region,
+                label.region(),
                 humantime::format_duration(pause)
             );
             context.events.progress(label, Stage::Copy, detail);

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::cloud::ImageId;
-use crate::config::Region;
+use crate::config::{Place, Region};
 use crate::outcome::Publication;
 use crate::plan::JobKey;
 
@@ -13,7 +13,10 @@ use crate::plan::JobKey;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resource {
-    pub region: Region,
+    /// Where it is. Written as `region` (the own account's place is its region name), so the journal's
+    /// format is as before.
+    #[serde(rename = "region")]
+    pub place: Place,
     pub kind: ResourceKind,
     pub id: String,
 }
@@ -33,7 +36,18 @@ impl fmt::Display for Resource {
             ResourceKind::SecurityGroup => "security group",
             ResourceKind::KeyPair => "key pair",
         };
-        write!(f, "{kind} {} in {}", self.id, self.region)
+        write!(f, "{kind} {} in {}", self.id, self.place)
+    }
+}
+
+impl Resource {
+    /// A resource in a region of the run's own account.
+    pub fn new(region: Region, kind: ResourceKind, id: impl Into<String>) -> Self {
+        Resource { place: Place::own(region), kind, id: id.into() }
+    }
+
+    pub fn region(&self) -> &Region {
+        &self.place.region
     }
 }
 
@@ -51,4 +65,19 @@ pub trait Ledger: Send + Sync {
     fn image_discarded(&self, job: &JobKey, image: &ImageId);
     /// An image's id was published (`[publish]`): a resumed run does not publish it again.
     fn published(&self, job: &JobKey, publication: &Publication);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resource_of_the_own_account_is_journaled_as_before() {
+        let resource = Resource::new(Region::new("us-west-2"), ResourceKind::KeyPair, "k");
+        let json = serde_json::to_string(&resource).unwrap();
+        assert_eq!(json, r#"{"region":"us-west-2","kind":"key_pair","id":"k"}"#);
+        assert_eq!(serde_json::from_str::<Resource>(&json).unwrap(), resource);
+        assert_eq!(resource.region(), &Region::new("us-west-2"));
+        assert_eq!(resource.to_string(), "key pair k in us-west-2");
+    }
 }

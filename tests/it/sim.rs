@@ -689,7 +689,7 @@ impl fleetbake::report::Reporter for Announcements {
             self.seen.lock().unwrap().push(Announced {
                 after: self.since.elapsed(),
                 flavor: job.flavor.to_string(),
-                region: job.region.to_string(),
+                region: job.region().to_string(),
                 image_id: artifact.image_id.to_string(),
             });
         }

@@ -31,7 +31,7 @@ use crate::cloud::{
     OwnedImage, PrivateKey, RegionCloud, SecurityGroupId, SnapshotId, Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
 };
 use crate::config::{
-    ApiRates, Bucket, FaultEffect, FaultTrigger, ImageFilter, Region, SimFault, SimSettings, SubnetLookup, Tags,
+    ApiRates, Bucket, FaultEffect, FaultTrigger, ImageFilter, Place, Region, SimFault, SimSettings, SubnetLookup, Tags,
 };
 
 /// The whole simulated account.
@@ -42,7 +42,8 @@ pub struct Model {
     random: Mutex<fastrand::Rng>,
     /// Per configured fault, how many calls it has matched.
     fault_matches: Mutex<Vec<u64>>,
-    regions: DashMap<Region, Arc<RegionModel>>,
+    /// Keyed by place: the simulated account is the run's own, so every place is one of its regions.
+    regions: DashMap<Place, Arc<RegionModel>>,
     next_id: AtomicU64,
     /// When the account was made: image creation dates count from here (see [`creation_date`]).
     started: Instant,
@@ -91,7 +92,7 @@ impl Model {
 
     pub fn region(&self, region: &Region) -> Arc<RegionModel> {
         self.regions
-            .entry(region.clone())
+            .entry(Place::own(region.clone()))
             .or_insert_with(|| {
                 Arc::new(RegionModel {
                     buckets: ClassBuckets::new(&self.rates),
@@ -102,7 +103,8 @@ impl Model {
     }
 
     pub fn regions(&self) -> Vec<(Region, Arc<RegionModel>)> {
-        let mut regions: Vec<_> = self.regions.iter().map(|entry| (entry.key().clone(), entry.clone())).collect();
+        let mut regions: Vec<_> =
+            self.regions.iter().map(|entry| (entry.key().region.clone(), entry.clone())).collect();
         regions.sort_by(|a, b| a.0.cmp(&b.0));
         regions
     }

@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn a_failure_s_stage_is_written_by_name_and_any_name_reads_back() {
-        let label = JobLabel { flavor: FlavorName::new("web"), region: Region::new("eu-west-1") };
+        let label = JobLabel::new(FlavorName::new("web"), Region::new("eu-west-1"));
         let entry = FailureEntry::from(&Failure::new(&label, Stage::WaitCopy, "the copy ended `failed`"));
         assert_eq!(entry.stage, "wait_copy");
         // A manifest another version wrote names stages this one may not have; reading it must not fail.

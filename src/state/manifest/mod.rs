@@ -273,7 +273,7 @@ impl Reporter for ManifestWriter {
                 let mut artifacts = BTreeMap::new();
                 if let Some(earlier) = earlier.filter(|_| resumed || *selective) {
                     let touched: BTreeSet<(&FlavorName, &Region)> =
-                        planned.iter().map(|landing| (&landing.job.flavor, &landing.job.region)).collect();
+                        planned.iter().map(|landing| (&landing.job.flavor, landing.job.region())).collect();
                     for (flavor, regions) in earlier.artifacts {
                         for (region, artifact) in regions {
                             let ours = touched.contains(&(&flavor, &region));
@@ -300,22 +300,22 @@ impl Reporter for ManifestWriter {
                 self.write()
             }
             RunEvent::ImageAvailable { job, artifact } => {
-                self.carried.remove(&(job.flavor.clone(), job.region.clone()));
-                self.fragments.remove(&(job.flavor.clone(), job.region.clone()));
+                self.carried.remove(&(job.flavor.clone(), job.region().clone()));
+                self.fragments.remove(&(job.flavor.clone(), job.region().clone()));
                 if let Some(manifest) = &mut self.manifest {
                     manifest
                         .artifacts
                         .entry(job.flavor.clone())
                         .or_default()
-                        .insert(job.region.clone(), ImageEntry::from(artifact));
-                    manifest.in_progress.retain(|image| image.flavor != job.flavor || image.region != job.region);
+                        .insert(job.region().clone(), ImageEntry::from(artifact));
+                    manifest.in_progress.retain(|image| image.flavor != job.flavor || &image.region != job.region());
                 }
                 self.changed()
             }
             RunEvent::Published { job, publication } => {
-                self.fragments.remove(&(job.flavor.clone(), job.region.clone()));
+                self.fragments.remove(&(job.flavor.clone(), job.region().clone()));
                 let artifact = self.manifest.as_mut().and_then(|manifest| {
-                    manifest.artifacts.get_mut(&job.flavor).and_then(|regions| regions.get_mut(&job.region))
+                    manifest.artifacts.get_mut(&job.flavor).and_then(|regions| regions.get_mut(job.region()))
                 });
                 if let Some(artifact) = artifact {
                     let publication = PublicationEntry::from(publication);
@@ -381,7 +381,7 @@ mod tests {
     }
 
     fn started(run_id: &RunId) -> Stamped {
-        let job = crate::outcome::JobLabel { flavor: FlavorName::new("base"), region: Region::new("us-west-2") };
+        let job = crate::outcome::JobLabel::new(FlavorName::new("base"), Region::new("us-west-2"));
         stamped(RunEvent::RunStarted {
             fleet: "unit".into(),
             run_id: run_id.clone(),
@@ -437,7 +437,7 @@ mod tests {
             }
         }
         manifest.failures.push(FailureEntry::from(&Failure::new(
-            &crate::outcome::JobLabel { flavor: FlavorName::new("web"), region: Region::new("ap-south-1") },
+            &crate::outcome::JobLabel::new(FlavorName::new("web"), Region::new("ap-south-1")),
             crate::outcome::Stage::Launch,
             "no",
         )));
@@ -468,7 +468,7 @@ mod tests {
         };
         let mut first = ManifestWriter::new(path.clone(), Duration::ZERO);
         first.report(&started(&run)).unwrap();
-        let job = crate::outcome::JobLabel { flavor: FlavorName::new("base"), region: Region::new("us-west-2") };
+        let job = crate::outcome::JobLabel::new(FlavorName::new("base"), Region::new("us-west-2"));
         first.report(&stamped(RunEvent::ImageAvailable { job, artifact: artifact.clone() })).unwrap();
         first.flush(true).unwrap();
 
@@ -499,10 +499,8 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("manifest.json");
         let run = RunId::new("2026-11-26T12:00:00Z".parse().unwrap(), 7);
-        let label = |flavor: &str, region: &str| crate::outcome::JobLabel {
-            flavor: FlavorName::new(flavor),
-            region: Region::new(region),
-        };
+        let label =
+            |flavor: &str, region: &str| crate::outcome::JobLabel::new(FlavorName::new(flavor), Region::new(region));
         let built = Artifact {
             image_id: ImageId::new("ami-0base"),
             name: "base-20261126T120000Z".into(),

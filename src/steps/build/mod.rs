@@ -113,7 +113,7 @@ impl StepError {
 
 impl BuildContext {
     fn label(&self) -> JobLabel {
-        JobLabel { flavor: self.flavor.name.clone(), region: self.job.region.clone() }
+        JobLabel::new(self.flavor.name.clone(), self.job.region.clone())
     }
 
     fn progress(&self, stage: Stage, detail: impl Into<String>) {
@@ -136,7 +136,7 @@ impl BuildContext {
 
     /// Journals a temporary resource the moment it exists, before the next call depends on it.
     fn created(&self, kind: ResourceKind, id: impl ToString) {
-        let resource = Resource { region: self.job.region.clone(), kind, id: id.to_string() };
+        let resource = Resource::new(self.job.region.clone(), kind, id.to_string());
         self.run.ledger.created(&self.job.key(), resource);
     }
 
