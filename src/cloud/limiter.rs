@@ -237,9 +237,14 @@ mod tests {
     fn limiter(max_retries: usize) -> RegionLimiter {
         let retry =
             RetryPolicy { first_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5), max_retries };
+        fixed_limiter(&ApiRates::default(), retry)
+    }
+
+    /// A limiter of us-west-2 in the run's own account, at fixed rates, with stats of its own.
+    fn fixed_limiter(rates: &ApiRates, retry: RetryPolicy) -> RegionLimiter {
         RegionLimiter::new(
             Place::own(Region::new("us-west-2")),
-            &ApiRates::default(),
+            rates,
             retry,
             Pacing::Fixed,
             Arc::new(ApiStats::default()),
@@ -337,13 +342,7 @@ mod tests {
     async fn run_instances_bucket_spaces_calls_beyond_its_burst() {
         let rates =
             ApiRates { run_instances: crate::config::Bucket { burst: 2, per_second: 2.0 }, ..ApiRates::default() };
-        let limiter = RegionLimiter::new(
-            Place::own(Region::new("us-west-2")),
-            &rates,
-            RetryPolicy::default(),
-            Pacing::Fixed,
-            Arc::new(ApiStats::default()),
-        );
+        let limiter = fixed_limiter(&rates, RetryPolicy::default());
         let started = tokio::time::Instant::now();
         for _ in 0..4 {
             limiter.acquire(Action::RunInstances).await;
@@ -355,13 +354,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn each_service_has_its_own_buckets() {
         let rates = ApiRates { mutating: crate::config::Bucket { burst: 1, per_second: 1.0 }, ..ApiRates::default() };
-        let limiter = RegionLimiter::new(
-            Place::own(Region::new("us-west-2")),
-            &rates,
-            RetryPolicy::default(),
-            Pacing::Fixed,
-            Arc::new(ApiStats::default()),
-        );
+        let limiter = fixed_limiter(&rates, RetryPolicy::default());
         let started = tokio::time::Instant::now();
         limiter.acquire(Action::PutParameter).await;
         limiter.acquire(Action::CreateImage).await;
