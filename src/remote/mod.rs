@@ -73,9 +73,19 @@ pub trait Connection: Send + Sync {
     /// arrives.
     async fn exec(&self, command_line: &str, output: OutputSink<'_>) -> Result<Exit, RemoteError>;
 
-    /// Runs provisioner `number` (1-based), streaming its output. A real way in runs it over its own `upload`
-    /// and `exec` ([`provision::run`]); the simulated connection stands in for the whole provisioner (its
-    /// simulated time, and a line saying what would have run).
+    /// A connection that stands in for whole provisioners instead of running them over `upload` and `exec`:
+    /// only the simulated one ([`sim`]). [`provision::run`] asks.
+    fn stand_in(&self) -> Option<&dyn StandIn> {
+        None
+    }
+
+    async fn close(self: Box<Self>);
+}
+
+/// Stands in for a whole provisioner (the simulated connection: its simulated time, and a line saying what
+/// would have run).
+#[async_trait]
+pub trait StandIn: Send + Sync {
     async fn provision(
         &self,
         number: usize,
@@ -83,7 +93,6 @@ pub trait Connection: Send + Sync {
         env: &ProvisionEnv,
         output: OutputSink<'_>,
     ) -> Result<(), ProvisionError>;
-    async fn close(self: Box<Self>);
 }
 
 /// The real communicator: openssh over the system ssh client.
@@ -116,16 +125,6 @@ struct SshConnection(openssh::Session, ssh::KeyFiles);
 
 #[async_trait]
 impl Connection for SshConnection {
-    async fn provision(
-        &self,
-        number: usize,
-        provisioner: &Provisioner,
-        env: &ProvisionEnv,
-        output: OutputSink<'_>,
-    ) -> Result<(), ProvisionError> {
-        provision::run(self, number, provisioner, env, output).await
-    }
-
     async fn upload(&self, content: &[u8], remote_path: &str) -> Result<(), RemoteError> {
         ssh::upload(&self.0, content, remote_path).await.map_err(|error| RemoteError(error.to_string()))
     }

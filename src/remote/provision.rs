@@ -86,7 +86,8 @@ fn file_name(path: &std::path::Path) -> String {
     path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// Runs one provisioner (1-based `number`) over `connection`, streaming its output to `output`.
+/// Runs one provisioner (1-based `number`) over `connection`'s `upload` and `exec`, streaming its output to
+/// `output` (or lets a connection that stands in for provisioners, the simulated one, answer for it).
 pub async fn run(
     connection: &dyn Connection,
     number: usize,
@@ -94,6 +95,9 @@ pub async fn run(
     env: &ProvisionEnv,
     output: OutputSink<'_>,
 ) -> Result<(), ProvisionError> {
+    if let Some(stand_in) = connection.stand_in() {
+        return stand_in.provision(number, provisioner, env, output).await;
+    }
     let failed = |cause| ProvisionError::new(env, number, provisioner, cause);
     let remote_error = |error| failed(ProvisionCause::Remote(error));
     match provisioner {
@@ -172,15 +176,6 @@ mod tests {
             self.commands.lock().unwrap().push(command_line.to_string());
             output(OutputStream::Stdout, "hello".into());
             Ok((self.exit)())
-        }
-        async fn provision(
-            &self,
-            number: usize,
-            provisioner: &Provisioner,
-            env: &ProvisionEnv,
-            output: OutputSink<'_>,
-        ) -> Result<(), ProvisionError> {
-            run(self, number, provisioner, env, output).await
         }
         async fn close(self: Box<Self>) {}
     }

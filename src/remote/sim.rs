@@ -1,6 +1,6 @@
 //! The simulated communicator: "SSH" answers when the model says the instance's sshd is up; provisioners run
 //! nothing, take their simulated time, and say what would have run. Its `upload` and `exec` (which the
-//! simulated provisioners do not go through) keep nothing and run nothing.
+//! simulated provisioners do not go through: the connection is their [`StandIn`]) keep nothing and run nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::cloud::sim::SimCloud;
 use crate::config::{FlavorName, Fleet, Provisioner, Region};
 use crate::remote::provision::{Described, Phase, ProvisionCause, ProvisionEnv, ProvisionError};
-use crate::remote::{Communicator, ConnectTarget, Connection, Exit, OutputSink, RemoteError, Via};
+use crate::remote::{Communicator, ConnectTarget, Connection, Exit, OutputSink, RemoteError, StandIn, Via};
 use crate::report::events::OutputStream;
 
 pub struct SimCommunicator {
@@ -73,7 +73,7 @@ impl SimConnection {
 }
 
 #[async_trait]
-impl Connection for SimConnection {
+impl StandIn for SimConnection {
     async fn provision(
         &self,
         number: usize,
@@ -90,6 +90,13 @@ impl Connection for SimConnection {
             return Err(ProvisionError::new(env, number, provisioner, ProvisionCause::ExitCode(1)));
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Connection for SimConnection {
+    fn stand_in(&self) -> Option<&dyn StandIn> {
+        Some(self)
     }
 
     async fn upload(&self, _content: &[u8], _remote_path: &str) -> Result<(), RemoteError> {

@@ -5,7 +5,7 @@
 
 use crate::config::Provisioner;
 use crate::outcome::Stage;
-use crate::remote::provision::{Described, Phase, ProvisionEnv};
+use crate::remote::provision::{self, Described, Phase, ProvisionEnv};
 use crate::remote::Connection;
 use crate::report::events::{OutputLine, RunEvent};
 
@@ -56,7 +56,7 @@ pub(super) async fn run_all(
             }
             context.events.send(RunEvent::Output { job: label.clone(), stream, line });
         };
-        if let Err(error) = connection.provision(number, provisioner, &env, &mut output).await {
+        if let Err(error) = provision::run(connection, number, provisioner, &env, &mut output).await {
             let mut message = error.to_string();
             if !last.is_empty() {
                 let lines: Vec<String> = last.iter().map(|line| line.text().into_owned()).collect();
