@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetbake::cloud::limiter::RetryPolicy;
+use fleetbake::cloud::retry::Policy;
 use fleetbake::cloud::sim::SimCloud;
 use fleetbake::cloud::{Action, Cloud, Limited};
 use fleetbake::config::{self, Fleet};
@@ -76,7 +76,7 @@ fn check_nights(checks: &mut Checks, matrix: &Matrix, [first, quiet, rebuild]: [
 /// One run of `fleet` against `sim`, in the paused runtime's virtual time.
 async fn night(sim: &Arc<SimCloud>, fleet: &Fleet) -> Night {
     let fleet = Arc::new(fleet.clone());
-    let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default(), Strategy::FLEETBAKE.pacing));
+    let limits = Arc::new(RunLimits::new(&fleet.limits, Policy::THROTTLED, Strategy::FLEETBAKE.pacing));
     let reporters: Vec<Box<dyn Reporter>> = vec![
         Box::new(TerminalReporter::new(std::io::sink(), false)),
         Box::new(fleetbake::state::manifest::ManifestWriter::new(fleet.manifest_path.clone(), Duration::from_secs(60))),

@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
 use fleetbake::cloud::aws::AwsCloud;
-use fleetbake::cloud::limiter::{ApiLimits, Pacing, RetryPolicy};
+use fleetbake::cloud::limiter::{ApiLimits, Pacing};
+use fleetbake::cloud::retry::Policy;
 use fleetbake::cloud::Cloud;
 use fleetbake::config;
 use fleetbake::engine::exit::Ending;
@@ -294,7 +295,7 @@ fn command(cli: Cli) -> Ending {
 /// AWS for a command other than `matrix` (gc, preflight, `plan --changed-only`): the fleet's credentials and
 /// request buckets; `run_id` names an assumed role's session.
 async fn aws(fleet: &config::Fleet, run_id: &RunId) -> AwsCloud {
-    let limits = Arc::new(ApiLimits::new(&fleet.limits.api, RetryPolicy::default(), Pacing::Adaptive));
+    let limits = Arc::new(ApiLimits::new(&fleet.limits.api, Policy::THROTTLED, Pacing::Adaptive));
     AwsCloud::connect(&fleet.aws, run_id, run::home_region(fleet), limits).await
 }
 
@@ -347,7 +348,7 @@ async fn preflight(fleet: config::Fleet, cloud: CloudChoice) -> Ending {
     let cloud: Arc<dyn Cloud> = match cloud {
         CloudChoice::Aws => Arc::new(aws(&fleet, &plan.run_id).await),
         CloudChoice::Sim => {
-            let limits = Arc::new(ApiLimits::new(&fleet.limits.api, RetryPolicy::default(), Pacing::Adaptive));
+            let limits = Arc::new(ApiLimits::new(&fleet.limits.api, Policy::THROTTLED, Pacing::Adaptive));
             let sim = Arc::new(fleetbake::cloud::sim::SimCloud::new(&fleet)) as Arc<dyn Cloud>;
             Arc::new(fleetbake::cloud::Limited::new(sim, limits))
         }

@@ -1,7 +1,7 @@
 //! The client's side of AWS's request limits: per place (a region of an account) and per service (EC2, SSM,
 //! KMS, STS), one token bucket per action class (on Tokio's clock) at EC2's documented rates, slowed after throttles by an [`AdaptiveRate`] per class (the account's buckets
-//! are shared with its other tools), and the retry of throttled and transient calls with jittered exponential
-//! backoff, counted in [`ApiStats`].
+//! are shared with its other tools), and the retry of throttled and transient calls ([`Policy::THROTTLED`]:
+//! jittered exponential backoff, run by the one retry of [`super::retry`]), counted in [`ApiStats`].
 //! Every adapter call goes through [`RegionLimiter::call`]; the run's concurrency caps are the engine's
 //! (`engine::limits`).
 
@@ -9,28 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use dashmap::DashMap;
 
 use crate::cloud::adaptive::AdaptiveRate;
+use crate::cloud::retry::{retry, Outcome, Policy};
 use crate::cloud::{Action, ActionClass, CloudError, CloudResult, ErrorKind, Service};
 use crate::config::{ApiRates, Place, Region};
 use crate::util::clock::TokenBucket;
-
-/// How throttled and transient calls are retried.
-#[derive(Clone, Copy, Debug)]
-pub struct RetryPolicy {
-    pub first_delay: Duration,
-    pub max_delay: Duration,
-    /// Retries after the first attempt; the error reaches the caller only when they run out.
-    pub max_retries: usize,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy { first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(30), max_retries: 12 }
-    }
-}
 
 /// How a region's sends react to throttled answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,12 +72,12 @@ pub struct RegionLimiter {
     buckets: [ClassBuckets; Service::ALL.len()],
     /// Per service and class, with [`Pacing::Adaptive`].
     adaptive: Option<[[AdaptiveRate; ActionClass::ALL.len()]; Service::ALL.len()]>,
-    retry: RetryPolicy,
+    retry: Policy,
     stats: Arc<ApiStats>,
 }
 
 impl RegionLimiter {
-    pub fn new(place: Place, rates: &ApiRates, retry: RetryPolicy, pacing: Pacing, stats: Arc<ApiStats>) -> Self {
+    pub fn new(place: Place, rates: &ApiRates, retry: Policy, pacing: Pacing, stats: Arc<ApiStats>) -> Self {
         let adaptive = match pacing {
             Pacing::Fixed => None,
             Pacing::Adaptive => Some(
@@ -136,34 +121,29 @@ impl RegionLimiter {
         Attempt: std::future::Future<Output = CloudResult<T>>,
     {
         let operation = std::sync::Mutex::new(operation);
-        let attempt = || async {
+        let attempt = |_| async {
             self.acquire(action).await;
             *self.stats.calls.entry((self.place.region.clone(), action)).or_insert(0) += 1;
             let future = (operation.lock().expect("not poisoned"))();
-            future.await
+            match future.await {
+                Err(error) if error.kind.is_retryable() => Outcome::Again(error),
+                answer => Outcome::Done(answer),
+            }
         };
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.retry.first_delay)
-            .with_max_delay(self.retry.max_delay)
-            .with_max_times(self.retry.max_retries)
-            .with_jitter();
-        attempt
-            .retry(backoff)
-            .when(|error: &CloudError| error.kind.is_retryable())
-            .notify(|error: &CloudError, delay: Duration| {
-                self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                if error.kind == ErrorKind::Throttled {
-                    self.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                    if let Some(observer) = self.stats.on_throttle.get() {
-                        observer(&self.place.region, action);
-                    }
-                    if let Some(rate) = self.adaptive(action) {
-                        rate.throttled();
-                    }
+        let before_pause = |error: &CloudError, pause: Duration| {
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            if error.kind == ErrorKind::Throttled {
+                self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                if let Some(observer) = self.stats.on_throttle.get() {
+                    observer(&self.place.region, action);
                 }
-                tracing::debug!(place = %self.place, %action, ?delay, "retrying after {error}");
-            })
-            .await
+                if let Some(rate) = self.adaptive(action) {
+                    rate.throttled();
+                }
+            }
+            tracing::debug!(place = %self.place, %action, ?pause, "retrying after {error}");
+        };
+        retry(self.retry.start(), attempt, before_pause).await.map_err(|gave_up| gave_up.into_error())
     }
 }
 
@@ -187,14 +167,14 @@ impl ClassBuckets {
 /// The client's request buckets in every place, created on first use, and the counters of every call.
 pub struct ApiLimits {
     rates: ApiRates,
-    retry: RetryPolicy,
+    retry: Policy,
     pacing: Pacing,
     places: DashMap<Place, Arc<RegionLimiter>>,
     stats: Arc<ApiStats>,
 }
 
 impl ApiLimits {
-    pub fn new(rates: &ApiRates, retry: RetryPolicy, pacing: Pacing) -> Self {
+    pub fn new(rates: &ApiRates, retry: Policy, pacing: Pacing) -> Self {
         ApiLimits { rates: *rates, retry, pacing, places: DashMap::new(), stats: Arc::new(ApiStats::default()) }
     }
 
@@ -222,6 +202,7 @@ impl ApiLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::retry::Backoff;
     use std::sync::atomic::AtomicUsize;
 
     fn throttled(region: &Region) -> CloudError {
@@ -234,14 +215,21 @@ mod tests {
         }
     }
 
-    fn limiter(max_retries: usize) -> RegionLimiter {
-        let retry =
-            RetryPolicy { first_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5), max_retries };
-        fixed_limiter(&ApiRates::default(), retry)
+    /// Pauses of 1 ms doubling to 5 ms, `retries` of them.
+    fn quick_retries(retries: u32) -> Policy {
+        Policy {
+            backoff: Backoff::doubling(Duration::from_millis(1), Duration::from_millis(5)),
+            budget: Duration::from_secs(60),
+            retries: Some(retries),
+        }
+    }
+
+    fn limiter(retries: u32) -> RegionLimiter {
+        fixed_limiter(&ApiRates::default(), quick_retries(retries))
     }
 
     /// A limiter of us-west-2 in the run's own account, at fixed rates, with stats of its own.
-    fn fixed_limiter(rates: &ApiRates, retry: RetryPolicy) -> RegionLimiter {
+    fn fixed_limiter(rates: &ApiRates, retry: Policy) -> RegionLimiter {
         RegionLimiter::new(
             Place::own(Region::new("us-west-2")),
             rates,
@@ -277,8 +265,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_observer_is_told_of_every_throttle_and_the_stats_are_the_limits_own() {
-        let retry =
-            RetryPolicy { first_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5), max_retries: 5 };
+        let retry = quick_retries(5);
         let limits = ApiLimits::new(&ApiRates::default(), retry, Pacing::Adaptive);
         let told = Arc::new(std::sync::Mutex::new(Vec::new()));
         let record = Arc::clone(&told);
@@ -342,7 +329,7 @@ mod tests {
     async fn run_instances_bucket_spaces_calls_beyond_its_burst() {
         let rates =
             ApiRates { run_instances: crate::config::Bucket { burst: 2, per_second: 2.0 }, ..ApiRates::default() };
-        let limiter = fixed_limiter(&rates, RetryPolicy::default());
+        let limiter = fixed_limiter(&rates, Policy::THROTTLED);
         let started = tokio::time::Instant::now();
         for _ in 0..4 {
             limiter.acquire(Action::RunInstances).await;
@@ -354,7 +341,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn each_service_has_its_own_buckets() {
         let rates = ApiRates { mutating: crate::config::Bucket { burst: 1, per_second: 1.0 }, ..ApiRates::default() };
-        let limiter = fixed_limiter(&rates, RetryPolicy::default());
+        let limiter = fixed_limiter(&rates, Policy::THROTTLED);
         let started = tokio::time::Instant::now();
         limiter.acquire(Action::PutParameter).await;
         limiter.acquire(Action::CreateImage).await;
@@ -365,7 +352,7 @@ mod tests {
 
     #[test]
     fn limits_keep_one_limiter_per_place() {
-        let limits = ApiLimits::new(&ApiRates::default(), RetryPolicy::default(), Pacing::Fixed);
+        let limits = ApiLimits::new(&ApiRates::default(), Policy::THROTTLED, Pacing::Fixed);
         let region = Region::new("eu-west-1");
         let own = limits.region(&region);
         assert!(Arc::ptr_eq(&own, &limits.place(&Place::own(region.clone()))), "a region is its own account's");

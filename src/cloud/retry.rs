@@ -1,14 +1,15 @@
 //! Trying again: every loop in fleetbake that pauses after an answer and makes the call again (capacity and
 //! quota answers, CreateImage refused while the instance settles, credentials that failed during cleanup,
 //! EC2's lag about something just created, a repeated key pair, SSH not up yet) is a [`Policy`] run by
-//! [`retry`] or [`retry_cancellable`]. The waits' polls ([`super::wait`]) keep their own cadence but stop by
-//! the same [`Deadline`]. (The limiter's retry of throttled and transient requests is backon's: a count of
-//! jittered retries, not a deadline.)
+//! [`retry`] or [`retry_cancellable`], and so is the request limiter's retry of every throttled or transient
+//! AWS answer ([`Policy::THROTTLED`], in [`super::limiter`]). The waits' polls ([`super::wait`]) keep their own
+//! cadence but stop by the same [`Deadline`].
 //!
-//! A policy is a [`Backoff`] (the pauses: a first one doubling up to a cap, or a fixed one) and a budget (how
-//! long, from the start or from a given instant, the tries may go on). The one stopping rule: **no pause ends
-//! past the deadline — the last is shortened to end at it — and a try that fails at or after the deadline is
-//! the last.** So a budget is spent exactly at its deadline, with one try made there.
+//! A policy is a [`Backoff`] (the pauses: a first one doubling up to a cap, or a fixed one; jittered or not)
+//! and a budget (how long, from the start or from a given instant, the tries may go on, and at most how many
+//! retries). The one stopping rule: **no pause ends past the deadline — the last is shortened to end at it —
+//! and a try that fails at or after the deadline, or after the last retry allowed, is the last.** So a budget
+//! is spent exactly at its deadline, with one try made there.
 //!
 //! Cancellation: [`retry_cancellable`] races each pause against a cancellation token and starts no further try
 //! once it is cancelled; a try itself is never raced (a call that creates something must be heard to its end).
@@ -41,17 +42,25 @@ pub struct Backoff {
     pub max: Duration,
     /// Whether the first retry comes at once, before any pause.
     pub immediate_first: bool,
+    /// Whether each pause is lengthened by a random part of itself (up to double), so that many callers
+    /// refused at once do not come back at once.
+    pub jitter: bool,
 }
 
 impl Backoff {
     /// `first`, `2 × first`, `4 × first`, … up to `max`.
     pub const fn doubling(first: Duration, max: Duration) -> Self {
-        Backoff { first, max, immediate_first: false }
+        Backoff { first, max, immediate_first: false, jitter: false }
     }
 
     /// `pause` every time.
     pub const fn fixed(pause: Duration) -> Self {
-        Backoff { first: pause, max: pause, immediate_first: false }
+        Backoff { first: pause, max: pause, immediate_first: false, jitter: false }
+    }
+
+    /// The same pauses, each lengthened by a random fraction of itself.
+    pub const fn jittered(self) -> Self {
+        Backoff { jitter: true, ..self }
     }
 
     /// The same pauses, after a first retry made at once.
@@ -114,6 +123,8 @@ pub struct Policy {
     pub backoff: Backoff,
     /// How long the tries may go on, from [`Policy::start`] (or the instant given to [`Policy::start_from`]).
     pub budget: Duration,
+    /// At most this many retries (pauses), if the budget in time is not spent first.
+    pub retries: Option<u32>,
 }
 
 impl Policy {
@@ -123,6 +134,7 @@ impl Policy {
         Policy {
             backoff: Backoff::doubling(Duration::from_secs(60), Duration::from_secs(5 * 60)),
             budget: capacity_patience,
+            retries: None,
         }
     }
 
@@ -131,12 +143,14 @@ impl Policy {
     pub const IMAGE_NOT_READY: Policy = Policy {
         backoff: Backoff::doubling(Duration::from_secs(5), Duration::from_secs(30)),
         budget: CREATE_IMAGE_PATIENCE,
+        retries: None,
     };
 
     /// A cleanup call its credentials fail: pauses of 5 s doubling to a minute, up to [`CREDENTIALS_PATIENCE`].
     pub const CREDENTIALS: Policy = Policy {
         backoff: Backoff::doubling(Duration::from_secs(5), Duration::from_secs(60)),
         budget: CREDENTIALS_PATIENCE,
+        retries: None,
     };
 
     /// EC2's lag about something just created (a NotFound about it, a describe that does not list it yet, a
@@ -145,6 +159,7 @@ impl Policy {
     pub const NEW_RESOURCE_LAG: Policy = Policy {
         backoff: Backoff::doubling(Duration::from_secs(1), Duration::from_secs(15)),
         budget: CONSISTENCY_WINDOW,
+        retries: None,
     };
 
     /// A key pair that already exists, deleted and made again: at once, then after pauses of 1 s doubling to
@@ -152,12 +167,24 @@ impl Policy {
     pub const REPEATED_KEY_PAIR: Policy = Policy {
         backoff: Backoff::doubling(Duration::from_secs(1), Duration::from_secs(15)).after_an_immediate_retry(),
         budget: CONSISTENCY_WINDOW,
+        retries: None,
     };
 
     /// SSH not answering yet (sshd starting, the key not installed): every 3 s for `[ssh] timeout`.
     pub const fn ssh_connect(timeout: Duration) -> Self {
-        Policy { backoff: Backoff::fixed(Duration::from_secs(3)), budget: timeout }
+        Policy { backoff: Backoff::fixed(Duration::from_secs(3)), budget: timeout, retries: None }
     }
+
+    /// A throttled (`RequestLimitExceeded`) or transient (5xx, a dropped connection, an attempt's timeout) AWS
+    /// answer, retried by the request limiter: jittered pauses from 0.5 s doubling to 30 s, at most 12 retries
+    /// (about 3.5 minutes of pauses before jitter, at most twice that with it: the time budget, 15 minutes,
+    /// never binds before the count). The AWS SDKs' own retry uses the same shape (jittered exponential
+    /// backoff, capped) with fewer attempts; fleetbake's limiter also slows the request class after a throttle.
+    pub const THROTTLED: Policy = Policy {
+        backoff: Backoff::doubling(Duration::from_millis(500), Duration::from_secs(30)).jittered(),
+        budget: Duration::from_secs(15 * 60),
+        retries: Some(12),
+    };
 
     /// One use of the policy, its budget counted from now.
     pub fn start(self) -> Retry {
@@ -171,6 +198,7 @@ impl Policy {
             next_pause: self.backoff.first_pause(),
             backoff: self.backoff,
             pauses: 0,
+            retries: self.retries,
         }
     }
 }
@@ -183,17 +211,23 @@ pub struct Retry {
     next_pause: Duration,
     /// Pauses given so far.
     pauses: u32,
+    /// At most this many pauses.
+    retries: Option<u32>,
 }
 
 impl Retry {
     /// The pause before the next try, or `None` when the budget is spent (the stopping rule: no pause ends past
-    /// the deadline, and after a try at or past it there is none).
+    /// the deadline, after a try at or past it there is none, and none after the last retry allowed).
     pub fn next_pause(&mut self) -> Option<Duration> {
-        if self.deadline.is_spent() {
+        if self.deadline.is_spent() || self.retries.is_some_and(|retries| self.pauses >= retries) {
             return None;
         }
         let now = Instant::now();
-        let pause = self.deadline.clip(now + self.next_pause) - now;
+        let mut wanted = self.next_pause;
+        if self.backoff.jitter {
+            wanted += wanted.mul_f32(fastrand::f32());
+        }
+        let pause = self.deadline.clip(now + wanted) - now;
         self.next_pause = self.backoff.after(self.next_pause);
         self.pauses += 1;
         Some(pause)
@@ -362,7 +396,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn at_the_deadline_a_last_try_is_made_and_then_no_pause() {
-        let policy = Policy { backoff: Backoff::fixed(Duration::from_secs(4)), budget: Duration::from_secs(10) };
+        let policy =
+            Policy { backoff: Backoff::fixed(Duration::from_secs(4)), budget: Duration::from_secs(10), retries: None };
         let started = Instant::now();
         let tried_at = RefCell::new(Vec::new());
         let answer: Result<(), _> = retry(
@@ -384,6 +419,29 @@ mod tests {
         assert_eq!(retry.next_pause(), Some(Duration::from_millis(1)));
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(retry.next_pause(), None, "at the deadline: spent");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_count_of_retries_stops_before_the_deadline_and_jitter_stays_within_double() {
+        let mut retry = Policy::THROTTLED.start();
+        let mut pauses = Vec::new();
+        while let Some(pause) = retry.next_pause() {
+            pauses.push(pause);
+            tokio::time::sleep(pause).await;
+        }
+        assert_eq!(pauses.len(), 12, "12 retries, then the error reaches the caller");
+        let unjittered = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0];
+        for (pause, base) in pauses.iter().zip(unjittered) {
+            let pause = pause.as_secs_f64();
+            assert!((base..=base * 2.0).contains(&pause), "{pause} s from a base of {base} s");
+        }
+        assert!(!retry.deadline().is_spent(), "the count stopped it, not the time budget");
+        // Jitter spreads callers refused at the same moment: 12 pauses all at their base is (almost) impossible.
+        assert!(pauses.iter().zip(unjittered).any(|(pause, base)| pause.as_secs_f64() > base));
+
+        let unjittered_policy =
+            Policy { backoff: Backoff::fixed(Duration::from_secs(1)), retries: Some(2), ..Policy::THROTTLED };
+        assert_eq!(pauses_of(unjittered_policy).await, [1.0, 1.0]);
     }
 
     #[tokio::test(start_paused = true)]

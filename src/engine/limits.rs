@@ -7,7 +7,8 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 
-use crate::cloud::limiter::{ApiLimits, ApiStats, Pacing, RetryPolicy};
+use crate::cloud::limiter::{ApiLimits, ApiStats, Pacing};
+use crate::cloud::retry::Policy;
 use crate::config::{Limits, Place};
 
 /// The request buckets and the concurrency caps of one run.
@@ -19,7 +20,7 @@ pub struct RunLimits {
 }
 
 impl RunLimits {
-    pub fn new(limits: &Limits, retry: RetryPolicy, pacing: Pacing) -> Self {
+    pub fn new(limits: &Limits, retry: Policy, pacing: Pacing) -> Self {
         RunLimits {
             api: Arc::new(ApiLimits::new(&limits.api, retry, pacing)),
             builds: Arc::new(Semaphore::new(limits.max_parallel_builds)),

@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::cloud::aws::AwsCloud;
-use crate::cloud::limiter::{Pacing, RetryPolicy};
+use crate::cloud::limiter::Pacing;
+use crate::cloud::retry::Policy;
 use crate::cloud::sim::{SimCloud, SimReport};
 use crate::cloud::watch::{WaitStyle, Waits, BATCH_INTERVAL};
 use crate::cloud::Cloud;
@@ -147,7 +148,7 @@ pub async fn matrix(
         None if fleet.ssh.from_inside_the_vpc() => SshSources::InsideTheVpc,
         None => SshSources::ThisMachine(net::detect_public_cidr(&fleet.ssh.ip_detect_url).await?),
     };
-    let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default(), Strategy::FLEETBAKE.pacing));
+    let limits = Arc::new(RunLimits::new(&fleet.limits, Policy::THROTTLED, Strategy::FLEETBAKE.pacing));
     let cloud: Arc<dyn Cloud> = Arc::new(
         AwsCloud::connect(&fleet.aws, &start.plan().run_id, home_region(&fleet), Arc::clone(limits.api())).await,
     );
@@ -195,7 +196,7 @@ pub async fn matrix_simulated(
         None => SshSources::ThisMachine(SIMULATED_BUILDER_CIDR.parse().expect("a valid CIDR")),
     };
     let sim = Arc::new(SimCloud::new(&fleet));
-    let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default(), strategy.pacing));
+    let limits = Arc::new(RunLimits::new(&fleet.limits, Policy::THROTTLED, strategy.pacing));
     let cloud: Arc<dyn Cloud> =
         Arc::new(crate::cloud::Limited::new(Arc::clone(&sim) as Arc<dyn Cloud>, Arc::clone(limits.api())));
     // The simulated account does not outlive the process: its journal stays in memory, and nothing resumes.

@@ -141,7 +141,8 @@ impl HeldSlots {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cloud::limiter::{Pacing, RetryPolicy};
+    use crate::cloud::limiter::Pacing;
+    use crate::cloud::retry::Policy;
     use crate::config::Limits;
 
     fn pools(builds: usize, copies_per_region: usize) -> SlotPools {
@@ -150,7 +151,7 @@ mod tests {
             max_parallel_copies_per_region: copies_per_region,
             ..Limits::default()
         };
-        SlotPools::new(Arc::new(RunLimits::new(&limits, RetryPolicy::default(), Pacing::Fixed)))
+        SlotPools::new(Arc::new(RunLimits::new(&limits, Policy::THROTTLED, Pacing::Fixed)))
     }
 
     fn into(region: &str) -> SlotPool {
@@ -186,7 +187,7 @@ mod tests {
         let fleet = crate::config::parse(std::path::Path::new("fleet.toml"), text).expect("the test fleet parses");
         let started = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 12, 7, 2, 0, 0).unwrap();
         let plan = Plan::new(&fleet, crate::plan::RunId::new(started, 1), started);
-        let mut pools = SlotPools::new(Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default(), Pacing::Fixed)));
+        let mut pools = SlotPools::new(Arc::new(RunLimits::new(&fleet.limits, Policy::THROTTLED, Pacing::Fixed)));
         let mut held = HeldSlots::new(&plan);
         pools.push(SlotPool::Builds, JobId::Build(0));
         let (build, slot) = pools.take_what_fits().pop().expect("one build slot");

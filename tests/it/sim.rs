@@ -587,7 +587,7 @@ async fn run_reporting_to(
     interrupt_after: Option<std::time::Duration>,
     reporters: Vec<Box<dyn fleetbake::report::Reporter>>,
 ) -> fleetbake::engine::scheduler::RunSummary {
-    use fleetbake::cloud::{limiter::RetryPolicy, Cloud, Limited};
+    use fleetbake::cloud::{retry::Policy, Cloud, Limited};
     use fleetbake::engine::{limits::RunLimits, run::Execution, run::Strategy, scheduler::Interrupt};
     use std::sync::Arc;
     {
@@ -600,7 +600,7 @@ async fn run_reporting_to(
             std::future::pending::<()>().await;
         });
         let fleet = Arc::new(fleet.clone());
-        let limits = Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default(), Strategy::FLEETBAKE.pacing));
+        let limits = Arc::new(RunLimits::new(&fleet.limits, Policy::THROTTLED, Strategy::FLEETBAKE.pacing));
         let execution = Execution {
             fleet: Arc::clone(&fleet),
             ssh_sources: fleetbake::steps::network::SshSources::Configured(vec!["203.0.113.5/32".parse().unwrap()]),

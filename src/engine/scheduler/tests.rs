@@ -9,7 +9,8 @@ use chrono::{TimeZone, Utc};
 use futures::future::BoxFuture;
 
 use super::*;
-use crate::cloud::limiter::{Pacing, RetryPolicy};
+use crate::cloud::limiter::Pacing;
+use crate::cloud::retry::Policy;
 use crate::cloud::sim::SimCloud;
 use crate::cloud::watch::{WaitStyle, Waits};
 use crate::cloud::ImageId;
@@ -142,7 +143,7 @@ async fn run_with(
             journal,
             events: events.clone(),
         },
-        limits: Arc::new(RunLimits::new(&fleet.limits, RetryPolicy::default(), Pacing::Fixed)),
+        limits: Arc::new(RunLimits::new(&fleet.limits, Policy::THROTTLED, Pacing::Fixed)),
         events,
         fail_fast,
         build_slot,
