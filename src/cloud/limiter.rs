@@ -36,7 +36,7 @@ pub struct ApiStats {
 }
 
 /// Told of every `RequestLimitExceeded` answer (the engine turns it into an event).
-pub type ThrottleObserver = Box<dyn Fn(&Region, Action) + Send + Sync>;
+pub type ThrottleObserver = Box<dyn Fn(&Place, Action) + Send + Sync>;
 
 impl std::fmt::Debug for ApiStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,7 +135,7 @@ impl RegionLimiter {
             if error.kind == ErrorKind::Throttled {
                 self.stats.throttled.fetch_add(1, Ordering::Relaxed);
                 if let Some(observer) = self.stats.on_throttle.get() {
-                    observer(&self.place.region, action);
+                    observer(&self.place, action);
                 }
                 if let Some(rate) = self.adaptive(action) {
                     rate.throttled();
@@ -269,8 +269,8 @@ mod tests {
         let limits = ApiLimits::new(&ApiRates::default(), retry, Pacing::Adaptive);
         let told = Arc::new(std::sync::Mutex::new(Vec::new()));
         let record = Arc::clone(&told);
-        limits.stats().observe_throttles(Box::new(move |region: &Region, action: Action| {
-            record.lock().unwrap().push((region.clone(), action))
+        limits.stats().observe_throttles(Box::new(move |place: &Place, action: Action| {
+            record.lock().unwrap().push((place.region.clone(), action))
         }));
         let limiter = limits.region(&Region::new("eu-west-1"));
         let attempts = AtomicUsize::new(0);

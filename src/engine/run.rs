@@ -385,8 +385,8 @@ impl Execution {
 
         let (events, receiver) = EventSender::channel(clock);
         let throttles = events.downgrade();
-        self.limits.stats().observe_throttles(Box::new(move |region, action| {
-            throttles.send(RunEvent::Throttled { region: region.clone(), action: action.to_string() });
+        self.limits.stats().observe_throttles(Box::new(move |place, action| {
+            throttles.send(RunEvent::Throttled { place: place.clone(), action: action.to_string() });
         }));
         let reporting = tokio::spawn(report::pump(receiver, self.reporters));
         if let Some(preflight) = &self.preflight {

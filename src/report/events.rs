@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use crate::config::Region;
+use crate::config::{Place, Region};
 use crate::outcome::{Artifact, Failure, InProgress, JobLabel, Publication, RunStatus, Stage};
 use crate::plan::RunId;
 use crate::util::clock::RunClock;
@@ -92,9 +92,9 @@ pub enum RunEvent {
         job: JobLabel,
         publication: Publication,
     },
-    /// EC2 answered `RequestLimitExceeded`; the call waits and is retried.
+    /// EC2 answered `RequestLimitExceeded` in `place`; the call waits and is retried.
     Throttled {
-        region: Region,
+        place: Place,
         action: String,
     },
     /// Every preflight check passed (before anything was created).

@@ -55,7 +55,7 @@ pub fn to_json_line(stamped: &Stamped) -> String {
         RunEvent::Published { job: label, publication } => {
             ("published", merge(job(label), serde_json::to_value(publication).unwrap_or(Value::Null)))
         }
-        RunEvent::Throttled { region, action } => ("throttled", json!({ "region": region, "action": action })),
+        RunEvent::Throttled { place, action } => ("throttled", json!({ "region": place.region, "action": action })),
         RunEvent::Swept { resource } => ("swept", json!({ "resource": resource })),
         RunEvent::CleanupFailed { job: label, resource, error } => {
             ("cleanup_failed", merge(job(label), json!({ "resource": resource, "error": error })))
