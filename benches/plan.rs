@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fleetbake::config;
-use fleetbake::plan::{JobId, Plan, RunId};
+use fleetbake::plan::{Awaited, JobId, Plan, RunId};
 
 mod common;
 use common::{full_run, peak_rss_mib, reset_peak_rss, synthetic_fleet, Checks};
@@ -46,7 +46,7 @@ fn waves(plan: &Plan) -> Vec<Vec<JobId>> {
             break;
         }
         for job in wave.iter().filter(|job| matches!(job, JobId::Build(_))) {
-            queue.satisfied(job);
+            queue.satisfied(job, &Awaited::Image);
         }
         waves.push(wave);
     }
@@ -112,7 +112,7 @@ fn main() {
             while let Some(job) = queue.pop_ready() {
                 started += 1;
                 if let JobId::Build(_) = job {
-                    queue.satisfied(&job);
+                    queue.satisfied(&job, &Awaited::Image);
                 }
             }
             started

@@ -22,7 +22,7 @@ use crate::engine::sweep::Sweeper;
 use crate::outcome::{Artifact, Failure, InProgress, JobEnd, JobLabel, Publication, RunStatus, Stage};
 use crate::plan::bound::JobTiming;
 use crate::plan::deps::DependencyQueue;
-use crate::plan::{JobId, Plan};
+use crate::plan::{Awaited, JobId, Plan};
 use crate::report::events::{EventSender, JobKind, PlannedLanding, RunEvent};
 use crate::state::journal::{Journal, Record};
 use crate::state::resume::Prior;
@@ -179,7 +179,13 @@ impl Scheduler {
     }
 
     /// A job an earlier attempt finished: announced and done without a task.
-    fn reuse(&self, job: JobId, artifact: &Artifact, state: &mut LoopState, queue: &mut DependencyQueue<JobId>) {
+    fn reuse(
+        &self,
+        job: JobId,
+        artifact: &Artifact,
+        state: &mut LoopState,
+        queue: &mut DependencyQueue<JobId, Awaited>,
+    ) {
         // With what earlier attempts published of it: journaled apart from the image when a flavor is
         // published at the end of a run, and not published again.
         let mut artifact = artifact.clone();
@@ -207,7 +213,7 @@ impl Scheduler {
         &self,
         state: &mut LoopState,
         interrupts: &mut mpsc::UnboundedReceiver<Interrupt>,
-        queue: &mut DependencyQueue<JobId>,
+        queue: &mut DependencyQueue<JobId, Awaited>,
     ) -> ControlFlow {
         let sweeping = self.sweeper.sweep(&self.plan);
         tokio::pin!(sweeping);
@@ -227,13 +233,18 @@ impl Scheduler {
         }
     }
 
-    fn handle(&self, event: LoopEvent, state: &mut LoopState, queue: &mut DependencyQueue<JobId>) -> ControlFlow {
+    fn handle(
+        &self,
+        event: LoopEvent,
+        state: &mut LoopState,
+        queue: &mut DependencyQueue<JobId, Awaited>,
+    ) -> ControlFlow {
         match event {
             LoopEvent::ImageAvailable { job, artifact } => {
                 state.timings.entry(job).or_default().available = Some(self.clock.elapsed());
                 state.images += 1;
                 state.artifacts.insert(job, artifact);
-                queue.satisfied(&job);
+                queue.satisfied(&job, &Awaited::Image);
             }
             LoopEvent::JobDone { job, end, slot } => {
                 let timing = state.timings.entry(job).or_default();
@@ -356,7 +367,7 @@ impl Scheduler {
     }
 
     /// Every job that has not started: waiting for a slot first (in plan order), then the rest of the queue.
-    fn drain_not_started(queue: &mut DependencyQueue<JobId>, state: &mut LoopState) -> Vec<JobId> {
+    fn drain_not_started(queue: &mut DependencyQueue<JobId, Awaited>, state: &mut LoopState) -> Vec<JobId> {
         let mut jobs = state.waiting.drain();
         jobs.extend(queue.drain());
         jobs

@@ -79,6 +79,14 @@ pub enum JobId {
     Copy(usize),
 }
 
+/// What a job waits for from the job it starts from (an edge of the job graph, [`deps::DependencyQueue`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Awaited {
+    /// Its image, available where the job reads it (a copy's source region, a chained build's region). Room
+    /// for more: a copy shared into another account, a parameter published.
+    Image,
+}
+
 /// Where a build's instance starts from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BuildSource {
@@ -174,9 +182,12 @@ impl Plan {
     }
 
     /// Every job in plan order, each waiting for the image of its input (if any): builds from their configured
-    /// source start first, every other job once the image it starts from is available.
-    pub fn dependency_queue(&self) -> DependencyQueue<JobId> {
-        DependencyQueue::new(self.jobs().map(|job| (job, self.input(job).into_iter().collect())))
+    /// source start first, every other job once the image it starts from is available; ready jobs ranked by
+    /// how many jobs wait on them.
+    pub fn dependency_queue(&self) -> DependencyQueue<JobId, Awaited> {
+        DependencyQueue::new(
+            self.jobs().map(|job| (job, self.input(job).map(|input| (input, Awaited::Image)).into_iter().collect())),
+        )
     }
 
     /// The job whose image `job` starts from: a copy's build, or the job a build's source names; `None` for a
@@ -299,10 +310,10 @@ mod tests {
         let mut queue = plan.dependency_queue();
         assert_eq!(queue.pop_ready(), Some(JobId::Build(0)));
         assert_eq!(queue.pop_ready(), None, "the second build waits for the first's image");
-        queue.satisfied(&JobId::Build(0));
+        queue.satisfied(&JobId::Build(0), &Awaited::Image);
         assert_eq!(queue.pop_ready(), Some(JobId::Build(1)));
         assert_eq!(queue.pop_ready(), Some(JobId::Copy(0)));
-        queue.satisfied(&JobId::Build(1));
+        queue.satisfied(&JobId::Build(1), &Awaited::Image);
         assert_eq!(queue.pop_ready(), Some(JobId::Copy(1)));
     }
 

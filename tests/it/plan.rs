@@ -4,7 +4,7 @@ use std::path::Path;
 
 use chrono::{TimeZone, Utc};
 use fleetbake::config::{self, Provisioner, ShellScript, SourceAmi};
-use fleetbake::plan::{JobId, Plan, RunId};
+use fleetbake::plan::{Awaited, JobId, Plan, RunId};
 
 const FLEET: &str = r#"[fleet]
 name = "nightly"
@@ -73,7 +73,7 @@ fn plan_expands_the_matrix() {
         ready.push(job);
     }
     assert_eq!(ready, vec![JobId::Build(0), JobId::Build(1), JobId::Build(2)], "only builds start first");
-    queue.satisfied(&JobId::Build(2));
+    queue.satisfied(&JobId::Build(2), &Awaited::Image);
     assert_eq!(queue.pop_ready(), Some(JobId::Copy(2)));
     assert_eq!(queue.pop_ready(), Some(JobId::Copy(3)));
 }
