@@ -21,8 +21,7 @@ use crate::engine::slots::{HeldSlots, SlotPool, SlotPools};
 use crate::engine::sweep::Sweeper;
 use crate::outcome::{Artifact, Failure, InProgress, JobEnd, JobLabel, Publication, RunStatus, Stage};
 use crate::plan::bound::JobTiming;
-use crate::plan::deps::DependencyQueue;
-use crate::plan::{Awaited, JobId, Plan};
+use crate::plan::{Awaited, JobId, JobQueue, Plan};
 use crate::report::events::{EventSender, JobKind, PlannedLanding, RunEvent};
 use crate::state::journal::{Journal, Record};
 use crate::state::resume::Prior;
@@ -179,13 +178,7 @@ impl Scheduler {
     }
 
     /// A job an earlier attempt finished: announced and done without a task.
-    fn reuse(
-        &self,
-        job: JobId,
-        artifact: &Artifact,
-        state: &mut LoopState,
-        queue: &mut DependencyQueue<JobId, Awaited>,
-    ) {
+    fn reuse(&self, job: JobId, artifact: &Artifact, state: &mut LoopState, queue: &mut JobQueue) {
         // With what earlier attempts published of it: journaled apart from the image when a flavor is
         // published at the end of a run, and not published again.
         let mut artifact = artifact.clone();
@@ -213,7 +206,7 @@ impl Scheduler {
         &self,
         state: &mut LoopState,
         interrupts: &mut mpsc::UnboundedReceiver<Interrupt>,
-        queue: &mut DependencyQueue<JobId, Awaited>,
+        queue: &mut JobQueue,
     ) -> ControlFlow {
         let sweeping = self.sweeper.sweep(&self.plan);
         tokio::pin!(sweeping);
@@ -233,12 +226,7 @@ impl Scheduler {
         }
     }
 
-    fn handle(
-        &self,
-        event: LoopEvent,
-        state: &mut LoopState,
-        queue: &mut DependencyQueue<JobId, Awaited>,
-    ) -> ControlFlow {
+    fn handle(&self, event: LoopEvent, state: &mut LoopState, queue: &mut JobQueue) -> ControlFlow {
         match event {
             LoopEvent::ImageAvailable { job, artifact } => {
                 state.timings.entry(job).or_default().available = Some(self.clock.elapsed());
@@ -367,7 +355,7 @@ impl Scheduler {
     }
 
     /// Every job that has not started: waiting for a slot first (in plan order), then the rest of the queue.
-    fn drain_not_started(queue: &mut DependencyQueue<JobId, Awaited>, state: &mut LoopState) -> Vec<JobId> {
+    fn drain_not_started(queue: &mut JobQueue, state: &mut LoopState) -> Vec<JobId> {
         let mut jobs = state.waiting.drain();
         jobs.extend(queue.drain());
         jobs

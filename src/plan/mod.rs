@@ -87,6 +87,9 @@ pub enum Awaited {
     Image,
 }
 
+/// The plan's job graph as a queue: jobs, and the edges on which they wait.
+pub type JobQueue = DependencyQueue<JobId, Awaited>;
+
 /// Where a build's instance starts from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BuildSource {
@@ -184,7 +187,7 @@ impl Plan {
     /// Every job in plan order, each waiting for the image of its input (if any): builds from their configured
     /// source start first, every other job once the image it starts from is available; ready jobs ranked by
     /// how many jobs wait on them.
-    pub fn dependency_queue(&self) -> DependencyQueue<JobId, Awaited> {
+    pub fn dependency_queue(&self) -> JobQueue {
         DependencyQueue::new(
             self.jobs().map(|job| (job, self.input(job).map(|input| (input, Awaited::Image)).into_iter().collect())),
         )
