@@ -136,9 +136,10 @@ pub fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-/// Writes `content` to `remote_path` on the instance.
+/// Writes `content` to `remote_path` on the instance, over the channel's stdin (never on a command line), under
+/// `umask 077`: a file it creates is the SSH user's alone (an existing file keeps its mode).
 pub async fn upload(session: &Session, content: &[u8], remote_path: &str) -> Result<(), SshError> {
-    let command_line = format!("cat > {}", shell_quote(remote_path));
+    let command_line = upload_command(remote_path);
     let mut child = session
         .raw_command(&command_line)
         .stdin(Stdio::piped())
@@ -170,6 +171,11 @@ pub async fn upload(session: &Session, content: &[u8], remote_path: &str) -> Res
         }
         (_, Err(error)) => Err(SshError::Command(format!("upload to `{remote_path}` failed: {error}"))),
     }
+}
+
+/// The command an upload runs on the instance: only the path is on it.
+fn upload_command(remote_path: &str) -> String {
+    format!("umask 077 && cat > {}", shell_quote(remote_path))
 }
 
 /// Runs `command_line` with stdin from /dev/null, handing each output line to `on_line` as it arrives, as the

@@ -246,3 +246,97 @@ fn a_provisioner_that_prints_its_env_value_has_that_line_shown_and_repeated_nowh
     let found = findings(&haystacks(&workspace, &outcome, &["fleet.toml", "tmp"]), &needles);
     assert!(found.is_empty(), "secrets written: {found:?}");
 }
+
+/// What a [`CommandLineWatch`] saw: how many times it read every process's command line, in how many of those
+/// reads a provisioner of the run was running, and each command line that held the needle.
+struct Watched {
+    samples: usize,
+    samples_with_provisioner: usize,
+    with_needle: Vec<String>,
+}
+
+/// Reads every process's command line (`/proc/*/cmdline`: what `ps -eo args` shows) every few milliseconds until
+/// stopped. The test sshd is this machine, so it sees both sides: the local `ssh … -- command` and, on the
+/// "instance", the `sh -c` sshd starts and whatever the provisioner runs.
+struct CommandLineWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Watched>,
+}
+
+impl CommandLineWatch {
+    fn start(needle: String, provisioner_marker: &'static str) -> CommandLineWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut watched = Watched { samples: 0, samples_with_provisioner: 0, with_needle: Vec::new() };
+            // A deadline of its own: a test that fails before stopping it does not leave it running.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                let mut provisioner_seen = false;
+                for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+                    let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+                    let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+                    provisioner_seen |= line.contains(provisioner_marker);
+                    if line.contains(&needle) {
+                        watched.with_needle.push(line);
+                    }
+                }
+                watched.samples += 1;
+                watched.samples_with_provisioner += usize::from(provisioner_seen);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            watched
+        });
+        CommandLineWatch { stop, thread }
+    }
+
+    fn stop(self) -> Watched {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Issue 21's reproduction: a provisioner `env` value was in `ps` 38 times during a 4-second provisioner. Now
+/// every process's command line is read throughout a run whose provisioner sleeps 3 seconds (locally: the ssh
+/// client's `-- command`; on the instance: sshd's `sh -c` and the script): none holds the value, while the
+/// provisioner proves it had it (it writes the value's SHA-256). A `file` provisioner's new destination is
+/// created owner-only (`umask 077`).
+#[test]
+fn no_env_value_is_on_any_command_line_while_a_provisioner_runs() {
+    use sha2::Digest;
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let token = format!("fb-argv-token-{:016x}", fastrand::u64(..));
+    let markers = workspace.markers.display();
+    let uploaded = workspace.write("payload.txt", "payload\n");
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"watched\"\nsource_ami = {AL2023}\nprovisioners = [\n\
+         {{ type = \"file\", source = \"{}\", destination = \"{markers}/uploaded.txt\" }},\n\
+         {{ type = \"shell\", inline = [\"printf '%s' \\\"$ARGV_TOKEN\\\" | sha256sum | cut -d' ' -f1 > {markers}/token.sha256\", \"sleep 3\"], env = {{ ARGV_TOKEN = \"{token}\" }} }},\n\
+         ]\n\n[regions]\nus-west-2 = []\n",
+        fleet_header_at(&moto.endpoint, &sshd),
+        uploaded.display(),
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let watch = CommandLineWatch::start(token.clone(), "/tmp/fleetbake-");
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let watched = watch.stop();
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+
+    let expected = format!("{:x}", sha2::Sha256::digest(token.as_bytes()));
+    let seen = std::fs::read_to_string(workspace.markers.join("token.sha256")).unwrap();
+    assert_eq!(seen.trim(), expected, "the provisioner had the value in its environment");
+    // The watch was looking while the provisioner ran (3 s of sleep: hundreds of samples).
+    assert!(
+        watched.samples_with_provisioner >= 50,
+        "{} of {} samples saw the provisioner",
+        watched.samples_with_provisioner,
+        watched.samples
+    );
+    assert!(watched.with_needle.is_empty(), "the value on command lines: {:?}", watched.with_needle);
+
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(workspace.markers.join("uploaded.txt")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "an upload is created under umask 077");
+}
