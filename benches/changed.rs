@@ -92,6 +92,7 @@ async fn night(sim: &Arc<SimCloud>, fleet: &Fleet) -> Night {
         reporters,
         run_lock: None,
         preflight: None,
+        local_leftovers: Vec::new(),
     };
     let (_interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
     let (started, wall) = (tokio::time::Instant::now(), Instant::now());

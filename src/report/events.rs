@@ -48,6 +48,29 @@ impl From<&str> for OutputLine {
     }
 }
 
+/// What a run killed outright left on this machine, found by its run id and ended by a later run (as it
+/// starts) or `gc`: its ssh control masters (still logged in to their instances) and its connections' private
+/// directories (a key, a control socket).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalLeftovers {
+    pub run_id: String,
+    pub masters: usize,
+    pub key_directories: usize,
+}
+
+impl std::fmt::Display for LocalLeftovers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plural = |count: usize, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
+        write!(
+            f,
+            "ended {} and removed {} left by run {}",
+            plural(self.masters, "ssh master", "ssh masters"),
+            plural(self.key_directories, "key directory", "key directories"),
+            self.run_id
+        )
+    }
+}
+
 /// A build or a copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -131,6 +154,8 @@ pub enum RunEvent {
         resource: String,
         error: String,
     },
+    /// As the run started, it ended what a run killed outright had left on this machine.
+    LocalLeftoversEnded(LocalLeftovers),
     /// `--resume`: the run continues from its journal.
     Resuming {
         run_id: RunId,

@@ -59,6 +59,7 @@ pub fn line(event: &RunEvent) -> Option<String> {
             }
         },
         RunEvent::Swept { resource } => format!("==> removed {resource}, left behind by an earlier step"),
+        RunEvent::LocalLeftoversEnded(leftovers) => format!("==> {leftovers}"),
         RunEvent::Resuming { run_id, attempt, journal } => {
             format!("==> resuming run {run_id} (attempt {attempt}) from `{}`", journal.display())
         }

@@ -340,3 +340,120 @@ fn no_env_value_is_on_any_command_line_while_a_provisioner_runs() {
     let mode = std::fs::metadata(workspace.markers.join("uploaded.txt")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "an upload is created under umask 077");
 }
+
+/// [`KEYS_USER`]'s `~/.ssh/authorized_keys` (as root: the tests run as root), and its lines.
+fn keys_user_authorized_keys() -> PathBuf {
+    PathBuf::from(format!("/home/{KEYS_USER}/.ssh/authorized_keys"))
+}
+
+/// Writes `lines` as [`KEYS_USER`]'s `authorized_keys` (0600, theirs), as an image's other users would have them.
+fn reset_authorized_keys(lines: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = keys_user_authorized_keys();
+    std::fs::create_dir_all(keys.parent().unwrap()).unwrap();
+    std::fs::write(&keys, lines).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let status = std::process::Command::new("chown").args(["-R", KEYS_USER]).arg(keys.parent().unwrap()).status();
+    assert!(status.unwrap().success());
+}
+
+/// Issue 21's reproduction: nothing removed the build key from `authorized_keys`, so every image trusted it.
+/// On an sshd whose `authorized_keys` is real (the first login appends the build's key, as cloud-init would),
+/// the build removes exactly that line before the instance stops: the other lines stay, in order, with the
+/// file's mode; with `[ssh] clear_authorized_keys = false` the line stays.
+#[test]
+fn the_build_key_is_removed_from_authorized_keys_before_the_image_and_other_lines_are_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    let moto = Moto::start();
+    let sshd = Sshd::start_writing_authorized_keys();
+    let workspace = Workspace::new();
+    let others = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFLEETBAKEOTHER1 alice@laptop\n\
+                  ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQFLEETBAKEOTHER2 deploy\n";
+    reset_authorized_keys(others);
+    let header = fleet_header_at(&moto.endpoint, &sshd)
+        .replace(&format!("ssh_username = \"{SSH_USER}\""), &format!("ssh_username = \"{KEYS_USER}\""));
+    let fleet = format!(
+        "{header}\n[[flavor]]\nname = \"keyless\"\nsource_ami = {AL2023}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"grep -c '' ~/.ssh/authorized_keys\"] }}]\n\n\
+         [regions]\nus-west-2 = []\n"
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    // The provisioner saw the build key's line added to the two.
+    assert!(outcome.stderr.contains("keyless/us-west-2: 3"), "{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains("removed the build key from `~/.ssh/authorized_keys` (1 line; 2 other kept)"),
+        "{}",
+        outcome.stderr
+    );
+    let keys = keys_user_authorized_keys();
+    assert_eq!(std::fs::read_to_string(&keys).unwrap(), others, "exactly the build key's line is gone");
+    assert_eq!(std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(read_manifest(&workspace)["status"], "complete");
+
+    // `false`: the line is left (and nothing says it was removed).
+    reset_authorized_keys(others);
+    let kept = fleet.replace("[ssh]\n", "[ssh]\nclear_authorized_keys = false\n");
+    workspace.write("fleet.toml", &kept);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    assert!(!outcome.stderr.contains("removed the build key"), "{}", outcome.stderr);
+    let left = std::fs::read_to_string(&keys).unwrap();
+    assert_eq!(left.lines().count(), 3, "{left}");
+    assert!(left.starts_with(others) && left.ends_with("fleetbake-test-ec2-key\n"), "{left}");
+}
+
+/// The command lines of the ssh processes naming a path in `dir`: its control master (`-M`), and a client per
+/// session in progress.
+fn ssh_processes_naming(dir: &Path) -> Vec<String> {
+    let needle = format!("{}/", dir.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|line| line.starts_with("ssh ") && line.contains(&needle))
+        .collect()
+}
+
+/// Issue 21's reproduction: after `kill -9`, the ssh control master stayed logged in to the instance and the
+/// key's directory stayed in `$TMPDIR`. While the build provisions, its key file is already gone (the master is
+/// logged in); after the kill the master and the directory outlive the process; the next run ends the master,
+/// removes the directory, and says so with the killed run's id.
+#[test]
+fn the_next_run_ends_the_ssh_master_and_removes_the_key_directory_a_killed_run_left() {
+    use crate::resume::{gated_fleet, start_until, AT_THE_GATE};
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let gate = Gate::new(&workspace);
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, ""));
+    let running = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
+
+    let dirs: Vec<PathBuf> = std::fs::read_dir(workspace.tmp()).unwrap().map(|entry| entry.unwrap().path()).collect();
+    let [dir] = &dirs[..] else { panic!("one connection directory: {dirs:?}") };
+    assert!(!dir.join("key").exists(), "the key file is gone once the master is logged in");
+    let owner = std::fs::read_to_string(dir.join("owner")).unwrap();
+    let run_id = owner.lines().find_map(|line| line.strip_prefix("run=")).unwrap().to_string();
+    let masters = |dir: &Path| ssh_processes_naming(dir).into_iter().filter(|line| line.contains(" -M ")).count();
+    assert_eq!(masters(dir), 1, "its control master: {:?}", ssh_processes_naming(dir));
+
+    let Running { mut child, .. } = running;
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    assert!(dir.exists(), "a killed run cleans nothing up");
+    assert_eq!(masters(dir), 1, "the master outlives the killed run");
+    gate.open();
+
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let next = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(next.code, 0, "stderr:\n{}", next.stderr);
+    let said = format!("ended 1 ssh master and removed 1 key directory left by run {run_id}");
+    assert!(next.stderr.contains(&said), "{said}:\n{}", next.stderr);
+    assert!(!dir.exists(), "{}", dir.display());
+    assert!(ssh_processes_naming(dir).is_empty(), "{:?}", ssh_processes_naming(dir));
+    assert_eq!(std::fs::read_dir(workspace.tmp()).unwrap().count(), 0, "nothing of either run is left");
+}
