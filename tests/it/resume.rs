@@ -178,6 +178,10 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
     }
     assert!(swept.stdout.contains("removed 3 temporary resources"), "{}", swept.stdout);
     assert_nothing_temporary_left_anywhere(&moto);
+    // And on this machine: the killed run's ssh master and its connection's folder.
+    let said = "gc: ended 1 ssh master and removed 1 key directory left by run ";
+    assert!(swept.stdout.contains(said), "{said}: {}", swept.stdout);
+    assert_eq!(std::fs::read_dir(workspace.tmp()).unwrap().count(), 0, "nothing left in TMPDIR");
 
     gate.open();
     let run = || {

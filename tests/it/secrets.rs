@@ -334,7 +334,14 @@ fn no_env_value_is_on_any_command_line_while_a_provisioner_runs() {
         watched.samples_with_provisioner,
         watched.samples
     );
-    assert!(watched.with_needle.is_empty(), "the value on command lines: {:?}", watched.with_needle);
+    let distinct: std::collections::BTreeSet<&String> = watched.with_needle.iter().collect();
+    assert!(
+        watched.with_needle.is_empty(),
+        "the value was on {} command lines ({} distinct), e.g. {:?}",
+        watched.with_needle.len(),
+        distinct.len(),
+        distinct.iter().take(2).collect::<Vec<_>>()
+    );
 
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(workspace.markers.join("uploaded.txt")).unwrap().permissions().mode();
