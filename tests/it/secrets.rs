@@ -428,8 +428,8 @@ fn ssh_processes_naming(dir: &Path) -> Vec<String> {
 
 /// Issue 21's reproduction: after `kill -9`, the ssh control master stayed logged in to the instance and the
 /// key's directory stayed in `$TMPDIR`. While the build provisions, its key file is already gone (the master is
-/// logged in); after the kill the master and the directory outlive the process; the next run ends the master,
-/// removes the directory, and says so with the killed run's id.
+/// logged in, for a bounded idle time); after the kill the master and the directory outlive the process; the
+/// next run ends the master, removes the directory, and says so with the killed run's id.
 #[test]
 fn the_next_run_ends_the_ssh_master_and_removes_the_key_directory_a_killed_run_left() {
     use crate::resume::{gated_fleet, start_until, AT_THE_GATE};
@@ -447,6 +447,9 @@ fn the_next_run_ends_the_ssh_master_and_removes_the_key_directory_a_killed_run_l
     let run_id = owner.lines().find_map(|line| line.strip_prefix("run=")).unwrap().to_string();
     let masters = |dir: &Path| ssh_processes_naming(dir).into_iter().filter(|line| line.contains(" -M ")).count();
     assert_eq!(masters(dir), 1, "its control master: {:?}", ssh_processes_naming(dir));
+    // Logged in for a bounded idle time, not forever (`ControlPersist=yes`).
+    let master = ssh_processes_naming(dir).into_iter().find(|line| line.contains(" -M ")).unwrap();
+    assert!(master.contains(" ControlPersist=120s "), "{master}");
 
     let Running { mut child, .. } = running;
     child.0.kill().unwrap();
