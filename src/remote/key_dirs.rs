@@ -108,6 +108,22 @@ pub async fn end_leftovers(tmp: &Path) -> Vec<LocalLeftovers> {
     ended
 }
 
+/// What [`end_leftovers`] would end in `tmp`, per run, ending nothing (`gc --dry-run`).
+pub fn find_leftovers(tmp: &Path) -> Vec<LocalLeftovers> {
+    let mut found: Vec<LocalLeftovers> = Vec::new();
+    for (dir, owner) in left_by_dead_runs(tmp) {
+        let masters = processes_naming(&dir).iter().filter(|process| process.master).count();
+        match found.iter_mut().find(|run| run.run_id == owner.run_id) {
+            Some(run) => {
+                run.masters += masters;
+                run.key_directories += 1;
+            }
+            None => found.push(LocalLeftovers { run_id: owner.run_id, masters, key_directories: 1 }),
+        }
+    }
+    found
+}
+
 /// The directories in `tmp` made by runs no longer running, with their owners.
 fn left_by_dead_runs(tmp: &Path) -> Vec<(PathBuf, Owner)> {
     use std::os::unix::fs::MetadataExt;
@@ -250,6 +266,9 @@ mod tests {
         let unowned = make("fb-dddddd", None);
         let other = make("other", Some(&dead));
 
+        let found = find_leftovers(tmp.path());
+        assert_eq!(found, [LocalLeftovers { run_id: "dead-run".into(), masters: 0, key_directories: 2 }]);
+        assert!(dead_one.exists(), "only found");
         let ended = end_leftovers(tmp.path()).await;
         assert_eq!(ended, [LocalLeftovers { run_id: "dead-run".into(), masters: 0, key_directories: 2 }]);
         assert!(!dead_one.exists() && !dead_two.exists());

@@ -58,16 +58,29 @@ pub struct LocalLeftovers {
     pub key_directories: usize,
 }
 
+impl LocalLeftovers {
+    /// What would be ended (`gc --dry-run`): `would end 1 ssh master and remove 1 key directory left by run X`.
+    pub fn would_end(&self) -> String {
+        format!("would end {} and remove {} left by run {}", self.masters_text(), self.directories_text(), self.run_id)
+    }
+
+    fn masters_text(&self) -> String {
+        plural(self.masters, "ssh master", "ssh masters")
+    }
+
+    fn directories_text(&self) -> String {
+        plural(self.key_directories, "key directory", "key directories")
+    }
+}
+
+fn plural(count: usize, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
+}
+
 impl std::fmt::Display for LocalLeftovers {
+    /// `ended 1 ssh master and removed 1 key directory left by run X`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let plural = |count: usize, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
-        write!(
-            f,
-            "ended {} and removed {} left by run {}",
-            plural(self.masters, "ssh master", "ssh masters"),
-            plural(self.key_directories, "key directory", "key directories"),
-            self.run_id
-        )
+        write!(f, "ended {} and removed {} left by run {}", self.masters_text(), self.directories_text(), self.run_id)
     }
 }
 

@@ -171,6 +171,10 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
     let Running { mut child, .. } = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     child.0.kill().unwrap();
     child.0.wait().unwrap();
+    let dry = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap(), "--dry-run"]);
+    let would = "gc: would end 1 ssh master and remove 1 key directory left by run ";
+    assert!(dry.stdout.contains(would), "{would}: {}", dry.stdout);
+    assert_eq!(std::fs::read_dir(workspace.tmp()).unwrap().count(), 1, "a dry run ends nothing");
     let swept = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(swept.code, 0, "{}{}", swept.stdout, swept.stderr);
     for kind in ["removed instance i-", "removed security group sg-", "removed key pair fleetbake-"] {
