@@ -92,6 +92,8 @@ pub async fn end_leftovers(tmp: &Path) -> Vec<LocalLeftovers> {
         let masters = end_masters(&dir).await;
         let removed = match std::fs::remove_dir_all(&dir) {
             Ok(()) => 1,
+            // Another fleetbake starting at the same moment got there first.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
             Err(error) => {
                 tracing::warn!("cannot remove `{}`, left by run {}: {error}", dir.display(), owner.run_id);
                 0
