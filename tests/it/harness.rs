@@ -31,7 +31,7 @@ const AUTHORIZED_KEYS_COMMAND: &str = "/usr/local/lib/fleetbake-tests/append-off
 const AUTHORIZED_KEYS_SCRIPT: &str = r#"#!/bin/sh
 user="$1"; home="$2"; type="$3"; key="$4"
 umask 077
-mkdir -p "$home/.ssh" && chown "$user" "$home/.ssh"
+[ -d "$home/.ssh" ] || { mkdir "$home/.ssh" && chown "$user" "$home/.ssh"; }
 keys="$home/.ssh/authorized_keys"
 grep -qF -e "$key" "$keys" 2>/dev/null || { echo "$type $key fleetbake-test-ec2-key" >> "$keys"; chown "$user" "$keys"; }
 echo "$type $key"

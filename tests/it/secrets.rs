@@ -348,6 +348,9 @@ fn no_env_value_is_on_any_command_line_while_a_provisioner_runs() {
     assert_eq!(mode & 0o777, 0o600, "an upload is created under umask 077");
 }
 
+/// Held by each test that uses [`KEYS_USER`]'s `authorized_keys`: one at a time.
+static KEYS_USER_HOME: Mutex<()> = Mutex::new(());
+
 /// [`KEYS_USER`]'s `~/.ssh/authorized_keys` (as root: the tests run as root), and its lines.
 fn keys_user_authorized_keys() -> PathBuf {
     PathBuf::from(format!("/home/{KEYS_USER}/.ssh/authorized_keys"))
@@ -371,6 +374,7 @@ fn reset_authorized_keys(lines: &str) {
 #[test]
 fn the_build_key_is_removed_from_authorized_keys_before_the_image_and_other_lines_are_kept() {
     use std::os::unix::fs::PermissionsExt;
+    let _home = KEYS_USER_HOME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let moto = Moto::start();
     let sshd = Sshd::start_writing_authorized_keys();
     let workspace = Workspace::new();
@@ -410,6 +414,50 @@ fn the_build_key_is_removed_from_authorized_keys_before_the_image_and_other_line
     let left = std::fs::read_to_string(&keys).unwrap();
     assert_eq!(left.lines().count(), 3, "{left}");
     assert!(left.starts_with(others) && left.ends_with("fleetbake-test-ec2-key\n"), "{left}");
+}
+
+/// A build whose key cannot be removed (the user cannot write beside its `authorized_keys`: `~/.ssh` is
+/// root's) fails at `stop`, and no image is made from the instance that still trusts the key.
+#[test]
+fn a_build_key_that_cannot_be_removed_fails_the_job_at_stop_and_no_image_is_made() {
+    let _home = KEYS_USER_HOME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let moto = Moto::start();
+    let sshd = Sshd::start_writing_authorized_keys();
+    let workspace = Workspace::new();
+    reset_authorized_keys("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFLEETBAKEOTHER1 alice@laptop\n");
+    let ssh_dir = keys_user_authorized_keys().parent().unwrap().to_path_buf();
+    /// Gives `~/.ssh` back to its user however the test ends.
+    struct GiveBack(PathBuf);
+    impl Drop for GiveBack {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("chown").args(["-R", KEYS_USER]).arg(&self.0).status();
+        }
+    }
+    let _give_back = GiveBack(ssh_dir.clone());
+    let status = std::process::Command::new("chown").args(["root"]).arg(&ssh_dir).status();
+    assert!(status.unwrap().success());
+
+    let header = fleet_header_at(&moto.endpoint, &sshd)
+        .replace(&format!("ssh_username = \"{SSH_USER}\""), &format!("ssh_username = \"{KEYS_USER}\""));
+    let fleet = format!(
+        "{header}\n[[flavor]]\nname = \"stuck\"\nsource_ami = {AL2023}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"true\"] }}]\n\n[regions]\nus-west-2 = []\n"
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    let manifest = read_manifest(&workspace);
+    let failures = manifest["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["stage"], "stop", "{}", failures[0]);
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(error.contains("cannot remove the build key from `~/.ssh/authorized_keys`"), "{error}");
+    let run_id = manifest["run_id"].as_str().unwrap().to_string();
+    let images =
+        runtime().block_on(async { crate::cloud_state::images_of_run(&moto.client("us-west-2"), &run_id).await });
+    assert!(images.is_empty(), "no image made: {images:?}");
+    let keys = std::fs::read_to_string(keys_user_authorized_keys()).unwrap();
+    assert_eq!(keys.lines().count(), 2, "the key is still there, on an instance that was not imaged: {keys}");
 }
 
 /// The command lines of the ssh processes naming a path in `dir`: its control master (`-M`), and a client per
