@@ -299,8 +299,8 @@ impl CommandLineWatch {
 /// Issue 21's reproduction: a provisioner `env` value was in `ps` 38 times during a 4-second provisioner. Now
 /// every process's command line is read throughout a run whose provisioner sleeps 3 seconds (locally: the ssh
 /// client's `-- command`; on the instance: sshd's `sh -c` and the script): none holds the value, while the
-/// provisioner proves it had it (it writes the value's SHA-256). A `file` provisioner's new destination is
-/// created owner-only (`umask 077`).
+/// provisioner proves it had it (it writes the value's SHA-256), as does the image's test after it. A `file`
+/// provisioner's new destination is created owner-only (`umask 077`).
 #[test]
 fn no_env_value_is_on_any_command_line_while_a_provisioner_runs() {
     use sha2::Digest;
@@ -314,7 +314,9 @@ fn no_env_value_is_on_any_command_line_while_a_provisioner_runs() {
         "{}\n[[flavor]]\nname = \"watched\"\nsource_ami = {AL2023}\nprovisioners = [\n\
          {{ type = \"file\", source = \"{}\", destination = \"{markers}/uploaded.txt\" }},\n\
          {{ type = \"shell\", inline = [\"printf '%s' \\\"$ARGV_TOKEN\\\" | sha256sum | cut -d' ' -f1 > {markers}/token.sha256\", \"sleep 3\"], env = {{ ARGV_TOKEN = \"{token}\" }} }},\n\
-         ]\n\n[regions]\nus-west-2 = []\n",
+         ]\n\
+         tests = [{{ type = \"shell\", inline = [\"printf '%s' \\\"$ARGV_TOKEN\\\" | sha256sum | cut -d' ' -f1 > {markers}/test-token.sha256\", \"sleep 1\"], env = {{ ARGV_TOKEN = \"{token}\" }} }}]\n\
+         \n[regions]\nus-west-2 = []\n",
         fleet_header_at(&moto.endpoint, &sshd),
         uploaded.display(),
     );
@@ -327,6 +329,10 @@ fn no_env_value_is_on_any_command_line_while_a_provisioner_runs() {
     let expected = format!("{:x}", sha2::Sha256::digest(token.as_bytes()));
     let seen = std::fs::read_to_string(workspace.markers.join("token.sha256")).unwrap();
     assert_eq!(seen.trim(), expected, "the provisioner had the value in its environment");
+    let tested = std::fs::read_to_string(workspace.markers.join("test-token.sha256")).unwrap();
+    assert_eq!(tested.trim(), expected, "and so had the image's test");
+    // The build's and the test instance's connections each removed their directory as they closed.
+    assert_eq!(std::fs::read_dir(workspace.tmp()).unwrap().count(), 0, "no connection directory is left");
     // The watch was looking while the provisioner ran (3 s of sleep: hundreds of samples).
     assert!(
         watched.samples_with_provisioner >= 50,
