@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::cloud_state::*;
 use crate::harness::*;
 use crate::matrix::{fleet_header, read_manifest, AL2023};
+use crate::operator::Pty;
 
 /// Runs `fleetbake matrix` on `fleet` with `--events` to a file: the outcome and the events.
 fn run_with_events(workspace: &Workspace, fleet: &str) -> (Outcome, Vec<Value>) {
@@ -82,7 +83,7 @@ fn a_long_line_is_split_and_terminal_escapes_are_shown_escaped() {
         fleet_header(&moto, &sshd)
     );
     let (outcome, events) = run_with_events(&workspace, &fleet);
-    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    assert_eq!(outcome.code, 0, "{:?}", outcome.stderr);
     let lines = output_lines(&events);
     let lengths: Vec<usize> = lines.iter().map(String::len).collect();
     assert_eq!(lengths[..5], [65_536, 65_536, 65_536, 200_000 - 3 * 65_536, 5], "{lengths:?}");
@@ -94,7 +95,7 @@ fn a_long_line_is_split_and_terminal_escapes_are_shown_escaped() {
     let raw_events = std::fs::read_to_string(workspace.path("events.jsonl")).unwrap();
     assert!(raw_events.contains(r#""line":"\u001b]0;pwned\u0007\u001b[2J\rcovered""#), "JSON escapes");
     // The plain lines: shown escaped, nothing a terminal would obey.
-    assert!(outcome.stderr.contains(r"noisy/us-west-2: \x1b]0;pwned\x07\x1b[2J\rcovered"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains(r"noisy/us-west-2: \x1b]0;pwned\x07\x1b[2J\rcovered"), "{:?}", outcome.stderr);
     let obeyed: Vec<char> = outcome.stderr.chars().filter(|c| c.is_control() && *c != '\n').collect();
     assert!(obeyed.is_empty(), "control characters in the plain lines: {obeyed:?}");
 }
@@ -165,4 +166,26 @@ fn a_provisioner_or_a_test_past_its_timeout_fails_its_job_and_is_ended() {
         let run_id = manifest["run_id"].as_str().unwrap();
         assert!(images_of_run(&west, run_id).await.is_empty(), "the image that failed its test is discarded");
     });
+}
+
+/// The live view (under a pseudo-terminal) shows the title escape and the screen clear escaped too: the
+/// terminal receives no OSC, no clear and no bell from the instance.
+#[test]
+fn the_live_view_shows_terminal_escapes_escaped() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"noisy\"\nsource_ami = {AL2023}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"printf '\\\\033]0;pwned\\\\007\\\\033[2J\\\\n'\"] }}]\n\n\
+         [regions]\nus-west-2 = []\n",
+        fleet_header(&moto, &sshd)
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let (code, screen) = Pty::start_with_env(&workspace, &["matrix", fleet_path.to_str().unwrap()], &[]).finish();
+    assert_eq!(code, 0, "{screen:?}");
+    assert!(screen.contains(r"noisy/us-west-2: \x1b]0;pwned\x07\x1b[2J"), "{screen:?}");
+    assert!(!screen.contains("\u{1b}]"), "an OSC reached the terminal: {screen:?}");
+    assert!(!screen.contains("\u{1b}[2J"), "a screen clear reached the terminal: {screen:?}");
+    assert!(!screen.contains('\u{7}'), "a bell reached the terminal: {screen:?}");
 }
