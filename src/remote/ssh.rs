@@ -136,6 +136,9 @@ pub fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
+/// How much of an upload's stderr its error message keeps.
+const UPLOAD_ERROR_CHARS: usize = 2000;
+
 /// Writes `content` to `remote_path` on the instance.
 pub async fn upload(session: &Session, content: &[u8], remote_path: &str) -> Result<(), SshError> {
     let command_line = format!("cat > {}", shell_quote(remote_path));
@@ -154,11 +157,15 @@ pub async fn upload(session: &Session, content: &[u8], remote_path: &str) -> Res
     }
     .await;
     drop(stdin);
+    // Read to its end whatever it holds (bytes, any length: a login script's noise must not stall the upload);
+    // the first lines are kept for the message.
     let mut stderr_text = String::new();
     if let Some(stderr) = child.stderr().take() {
-        let mut lines = BufReader::new(stderr).lines();
+        let mut lines = LineReader::new(stderr);
         while let Ok(Some(line)) = lines.next_line().await {
-            stderr_text.push_str(&line);
+            if stderr_text.len() < UPLOAD_ERROR_CHARS {
+                stderr_text.push_str(&line.text());
+            }
         }
     }
     let status = child.wait().await;
