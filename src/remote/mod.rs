@@ -70,7 +70,7 @@ pub trait Connection: Send + Sync {
     async fn upload(&self, content: &[u8], remote_path: &str) -> Result<(), RemoteError>;
 
     /// Runs `command_line` (POSIX shell) with stdin from /dev/null, handing each output line to `output` as it
-    /// arrives.
+    /// arrives (as bytes, a longer line than 64 KiB in pieces).
     async fn exec(&self, command_line: &str, output: OutputSink<'_>) -> Result<Exit, RemoteError>;
 
     /// A connection that stands in for whole provisioners instead of running them over `upload` and `exec`:
@@ -79,6 +79,8 @@ pub trait Connection: Send + Sync {
         None
     }
 
+    /// Closes the connection; a command whose `exec` was not waited to its end (its future dropped: a time limit,
+    /// an interrupt) is ended on the instance first, best effort.
     async fn close(self: Box<Self>);
 }
 
