@@ -73,7 +73,7 @@ pub trait Connection: Send + Sync {
     async fn upload(&self, content: &[u8], remote_path: &str) -> Result<(), RemoteError>;
 
     /// Runs `command_line` (POSIX shell) with stdin from /dev/null, handing each output line to `output` as it
-    /// arrives.
+    /// arrives (as bytes, a longer line than 64 KiB in pieces).
     async fn exec(&self, command_line: &str, output: OutputSink<'_>) -> Result<Exit, RemoteError>;
 
     /// A connection that stands in for whole provisioners instead of running them over `upload` and `exec`:
@@ -88,6 +88,8 @@ pub trait Connection: Send + Sync {
         Ok(None)
     }
 
+    /// Closes the connection; a command whose `exec` was not waited to its end (its future dropped: a time limit,
+    /// an interrupt) is ended on the instance first, best effort.
     async fn close(self: Box<Self>);
 }
 
@@ -130,18 +132,21 @@ impl Communicator for SshCommunicator {
                 // Logged in or given up: the key file is not read again.
                 files.forget_key();
                 let session = connected.map_err(|error| error.to_string())?;
-                Ok(Box::new(SshConnection { session, files, login_key }))
+                Ok(Box::new(SshConnection { session, files, login_key, unfinished: ssh::Unfinished::default() }))
             }
         }
     }
 }
 
 /// A session and its key files: the files go (the directory removed) after the session, when the connection
-/// is closed or dropped. `login_key`: the public half of the key it logged in with, or why it is not known.
+/// is closed or dropped. Commands whose end was not waited for (a time limit, an interrupt) are ended on the
+/// instance when it is closed. `login_key`: the public half of the key it logged in with, or why it is not
+/// known.
 struct SshConnection {
     session: openssh::Session,
     files: ssh::KeyFiles,
     login_key: Result<String, String>,
+    unfinished: ssh::Unfinished,
 }
 
 #[async_trait]
@@ -151,7 +156,9 @@ impl Connection for SshConnection {
     }
 
     async fn exec(&self, command_line: &str, output: OutputSink<'_>) -> Result<Exit, RemoteError> {
-        ssh::run_streaming(&self.session, command_line, output).await.map_err(|error| RemoteError(error.to_string()))
+        ssh::run_ended_on_close(&self.session, &self.unfinished, command_line, output)
+            .await
+            .map_err(|error| RemoteError(error.to_string()))
     }
 
     fn login_key(&self) -> Result<Option<authorized::LoginKey>, RemoteError> {
@@ -162,7 +169,8 @@ impl Connection for SshConnection {
     }
 
     async fn close(self: Box<Self>) {
-        let SshConnection { session, files, .. } = *self;
+        let SshConnection { session, files, unfinished, .. } = *self;
+        ssh::end_unfinished(&session, &unfinished).await;
         if let Err(error) = session.close().await {
             tracing::debug!("closing the SSH session: {error}");
         }
