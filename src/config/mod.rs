@@ -11,6 +11,7 @@ mod place;
 mod schema;
 mod selection;
 mod spans;
+pub mod ssh_fields;
 pub mod template;
 mod validate;
 

@@ -160,6 +160,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Fleet, ConfigErrors> {
     let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
     let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
     let mut checker = Checker { file, base_dir, problems: Vec::new() };
+    check_ssh_fields(&mut checker, &raw);
     let fleet = resolve(&mut checker, raw);
     if checker.problems.is_empty() {
         return Ok(fleet);
@@ -1188,6 +1189,40 @@ fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSetting
         ip_detect_url,
         interface,
         bastion,
+    }
+}
+
+/// Every value that reaches an ssh argument or the bastion's ssh config file, as written: hosts, users, paths
+/// ([`ssh_fields`](super::ssh_fields) says what is refused and why).
+fn check_ssh_fields(checker: &mut Checker<'_>, raw: &FleetFile) {
+    let ssh = KeyPath::root().key("ssh");
+    let mut refuse = |path: KeyPath, problem: Option<String>| {
+        if let Some(message) = problem {
+            checker.problem(path, message);
+        }
+    };
+    if let Some(host) = &raw.ssh.host {
+        refuse(ssh.key("host"), ssh_fields::host_problem(host));
+    }
+    if let Some(bastion) = &raw.ssh.bastion {
+        let at = ssh.key("bastion");
+        refuse(at.key("host"), ssh_fields::host_problem(&bastion.host).filter(|_| !bastion.host.trim().is_empty()));
+        refuse(at.key("user"), ssh_fields::user_problem(&bastion.user).filter(|_| !bastion.user.trim().is_empty()));
+        refuse(at.key("private_key_file"), ssh_fields::path_problem(Path::new(&bastion.private_key_file)));
+        if let Some(known_hosts) = &bastion.known_hosts {
+            refuse(at.key("known_hosts"), ssh_fields::path_problem(Path::new(known_hosts)));
+        }
+    }
+    let users = std::iter::once((KeyPath::root().key("defaults"), &raw.defaults.ssh_username)).chain(
+        raw.flavors
+            .iter()
+            .enumerate()
+            .map(|(index, flavor)| (KeyPath::root().key("flavor").index(index), &flavor.ssh_username)),
+    );
+    for (path, user) in users {
+        if let Some(user) = user.as_deref().filter(|user| !user.trim().is_empty()) {
+            refuse(path.key("ssh_username"), ssh_fields::user_problem(user));
+        }
     }
 }
 
