@@ -655,14 +655,15 @@ fn resolve_root_volume(
     })
 }
 
-/// `user_data` or the contents of `user_data_file` (one of the two; the flavor's, else the defaults'), at most
-/// EC2's 16 KB.
+/// `user_data` or the bytes of `user_data_file` as they are (gzip too; one of the two; the flavor's, else the
+/// defaults'), at most EC2's 16 KB ([`UserData::MAX_BYTES`]). A file that cannot be read is a problem, never
+/// empty user data.
 fn resolve_user_data(
     checker: &mut Checker<'_>,
     flavor_path: &KeyPath,
     flavor: &schema::FlavorSection,
     defaults: &schema::DefaultsSection,
-) -> Option<String> {
+) -> Option<UserData> {
     let own = flavor.user_data.is_some() || flavor.user_data_file.is_some();
     let (path, text, file) = if own {
         (flavor_path.clone(), &flavor.user_data, &flavor.user_data_file)
@@ -675,17 +676,34 @@ fn resolve_user_data(
             checker.problem(path.key("user_data_file"), "set `user_data` or `user_data_file`, not both");
             return None;
         }
-        (Some(text), None) => text.clone(),
+        (Some(text), None) => text.clone().into_bytes(),
         (None, Some(file)) => {
             let resolved = checker.local_file(path.key("user_data_file"), file);
-            std::fs::read_to_string(&resolved).unwrap_or_default()
+            if !resolved.is_file() {
+                return None;
+            }
+            match std::fs::read(&resolved) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    checker
+                        .problem(path.key("user_data_file"), format!("cannot read `{}`: {error}", resolved.display()));
+                    return None;
+                }
+            }
         }
     };
-    if data.len() > 16 * 1024 {
+    if data.len() > UserData::MAX_BYTES {
         let key = if text.is_some() { "user_data" } else { "user_data_file" };
-        checker.problem(path.key(key), format!("is {} bytes; EC2 takes at most 16384 of user data", data.len()));
+        checker.problem(
+            path.key(key),
+            format!(
+                "is {} bytes; EC2 takes at most {} bytes of user data (before base64)",
+                data.len(),
+                UserData::MAX_BYTES
+            ),
+        );
     }
-    Some(data)
+    Some(UserData::new(data))
 }
 
 fn required_inherited(

@@ -151,9 +151,18 @@ fn provisioner_bytes(provisioner: &Provisioner) -> Result<Vec<u8>, String> {
 
 fn settings_bytes(fleet: &Fleet, flavor: &Flavor, region: &Region) -> Vec<u8> {
     let key = fleet.kms_key(region);
+    // Text user data is hashed as it always was (`Some("…")`), so images made before user data became bytes
+    // keep their fingerprints; other bytes (gzip) as hex.
+    let user_data = match &flavor.user_data {
+        None => "None".to_string(),
+        Some(data) => match std::str::from_utf8(data.as_bytes()) {
+            Ok(text) => format!("{:?}", Some(text)),
+            Err(_) => format!("Bytes({})", hex(data.as_bytes())),
+        },
+    };
     format!(
-        "root_volume={:?}\0kms_key={key:?}\0metadata={:?}\0user_data={:?}",
-        flavor.root_volume, flavor.metadata, flavor.user_data
+        "root_volume={:?}\0kms_key={key:?}\0metadata={:?}\0user_data={user_data}",
+        flavor.root_volume, flavor.metadata
     )
     .into_bytes()
 }

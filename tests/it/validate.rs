@@ -162,3 +162,47 @@ fn ssh_fields_that_would_break_an_ssh_config_line_are_refused_with_their_line() 
     assert!(!workspace.path("manifest.json").exists());
     assert!(!workspace.path(".fleetbake").exists(), "no journal either");
 }
+
+/// `user_data_file` is read as bytes: a gzip file validates; one over EC2's 16 KB (raw, before base64), or one
+/// that is not a file, is exit 2 naming the file, line and key.
+#[test]
+fn user_data_files_are_bytes_of_at_most_16_kb() {
+    let workspace = Workspace::new();
+    workspace.write("setup.sh", "#!/bin/sh\n");
+    let with_file = |file: &str| {
+        GOOD.replacen(
+            "ssh_username = \"ubuntu\"",
+            &format!("ssh_username = \"ubuntu\"\nuser_data_file = \"{file}\""),
+            1,
+        )
+    };
+    let binary: Vec<u8> = (0..=255u8).cycle().take(16 * 1024).collect();
+    std::fs::write(workspace.path("at-the-limit.gz"), &binary).unwrap();
+    std::fs::write(workspace.path("too-big.gz"), [&binary[..], b"!"].concat()).unwrap();
+    std::fs::create_dir_all(workspace.path("a-folder")).unwrap();
+
+    let path = workspace.write("fleet.toml", &with_file("at-the-limit.gz"));
+    let outcome = workspace.fleetbake(&["validate", path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 0, "16384 bytes, not UTF-8, validate: {}", outcome.stderr);
+    for (file, expected) in [
+        (
+            "too-big.gz",
+            "`defaults.user_data_file`: is 16385 bytes; EC2 takes at most 16384 bytes of user data (before base64)"
+                .to_string(),
+        ),
+        (
+            "a-folder",
+            format!("`defaults.user_data_file`: `{}` is not a regular file", workspace.path("a-folder").display()),
+        ),
+        (
+            "missing.gz",
+            format!("`defaults.user_data_file`: `{}` does not exist", workspace.path("missing.gz").display()),
+        ),
+    ] {
+        let path = workspace.write("fleet.toml", &with_file(file));
+        let outcome = workspace.fleetbake(&["validate", path.to_str().unwrap()]);
+        assert_eq!(outcome.code, 2, "{file}: {}", outcome.stderr);
+        let expected = format!("{}:8:18: {expected}", path.display());
+        assert!(outcome.stderr.contains(&expected), "{file}: no `{expected}` in:\n{}", outcome.stderr);
+    }
+}
