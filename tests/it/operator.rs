@@ -525,7 +525,8 @@ fn an_unreadable_manifest_is_kept_beside_and_a_selective_run_refuses_rather_than
     assert_eq!(std::fs::read_to_string(&manifest_path).unwrap(), torn);
 
     // The whole fleet: the old file kept beside, byte for byte, with a warning; a new manifest of every image.
-    let again = workspace.fleetbake(&["matrix", path]);
+    let events = workspace.path("events.jsonl");
+    let again = workspace.fleetbake(&["matrix", path, "--events", events.to_str().unwrap()]);
     assert_eq!(again.code, 0, "{}", again.stderr);
     let kept = unreadable_beside();
     assert_eq!(kept.len(), 1, "{kept:?}");
@@ -536,6 +537,15 @@ fn an_unreadable_manifest_is_kept_beside_and_a_selective_run_refuses_rather_than
         kept[0].display()
     );
     assert!(again.stderr.contains(&warning), "no `{warning}` in:\n{}", again.stderr);
+    let events = std::fs::read_to_string(&events).unwrap();
+    let set_aside: Vec<Value> = events
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|event| event["type"] == "manifest_set_aside")
+        .collect();
+    assert_eq!(set_aside.len(), 1, "{events}");
+    assert_eq!(set_aside[0]["path"], manifest_path.to_str().unwrap());
+    assert_eq!(set_aside[0]["kept_as"], kept[0].to_str().unwrap());
     let after = read_manifest(&workspace);
     assert_eq!(after["status"], "complete");
     assert_ne!(after["run_id"], before["run_id"]);
