@@ -13,6 +13,7 @@ mod matrix;
 mod nightly;
 mod operator;
 mod organization;
+mod output;
 mod plan;
 mod proxy;
 mod resume;
