@@ -131,6 +131,13 @@ pub enum RunEvent {
         resource: String,
         error: String,
     },
+    /// The manifest the run is to write over could not be read (not JSON, not a manifest, a newer version): it
+    /// was kept beside as `kept_as`, and the run writes a new one.
+    ManifestSetAside {
+        path: std::path::PathBuf,
+        kept_as: std::path::PathBuf,
+        why: String,
+    },
     /// `--resume`: the run continues from its journal.
     Resuming {
         run_id: RunId,

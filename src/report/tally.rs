@@ -97,6 +97,7 @@ impl Tally {
             | RunEvent::Swept { .. }
             | RunEvent::CleanupFailed { .. }
             | RunEvent::Resuming { .. }
+            | RunEvent::ManifestSetAside { .. }
             | RunEvent::Interrupted { .. } => {}
         }
     }
