@@ -507,7 +507,7 @@ impl RegionCloud for AwsRegion {
             }
             if let Some(data) = &spec.user_data {
                 use base64::Engine;
-                request = request.user_data(base64::engine::general_purpose::STANDARD.encode(data));
+                request = request.user_data(base64::engine::general_purpose::STANDARD.encode(data.as_bytes()));
             }
             request
         })?;

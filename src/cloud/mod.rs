@@ -225,7 +225,8 @@ pub struct LaunchSpec {
     pub root_volume: Option<RootDevice>,
     /// An instance profile, by name.
     pub iam_instance_profile: Option<String>,
-    pub user_data: Option<String>,
+    /// Sent byte for byte (base64-encoded, as RunInstances takes it).
+    pub user_data: Option<crate::config::UserData>,
 }
 
 /// The root volume of a launch: the source image's root device, with what the flavor and `[encryption]` say.

@@ -11,6 +11,7 @@ mod place;
 mod schema;
 mod selection;
 mod spans;
+pub mod ssh_fields;
 pub mod template;
 mod validate;
 
@@ -35,6 +36,33 @@ string_newtype!(
 );
 
 pub type Tags = BTreeMap<String, String>;
+
+/// A build instance's user data: the bytes EC2 hands the instance, as the fleet file or `user_data_file` holds
+/// them (a script, a cloud-config, or gzip of either, which cloud-init unpacks), at most
+/// [`UserData::MAX_BYTES`]. Its `Debug` shows only its size: user data can hold what a log should not.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserData(Vec<u8>);
+
+impl UserData {
+    /// EC2 takes at most 16 KB of user data before base64 encoding ("User data is limited to 16 KB, in raw
+    /// form, before it is base64-encoded": the EC2 User Guide, "Run commands when you launch an EC2 instance
+    /// with user data input"; the RunInstances API reference says the same of `UserData`).
+    pub const MAX_BYTES: usize = 16 * 1024;
+
+    pub fn new(bytes: Vec<u8>) -> Self {
+        UserData(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for UserData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserData({} bytes)", self.0.len())
+    }
+}
 
 /// A fleet file, resolved: defaults applied, paths absolute, every value checked.
 #[derive(Clone, Debug)]
@@ -102,8 +130,8 @@ pub struct Flavor {
     pub root_volume: Option<RootVolume>,
     /// The instance profile, by name.
     pub iam_instance_profile: Option<String>,
-    /// The user data (`user_data`, or the contents of `user_data_file`).
-    pub user_data: Option<String>,
+    /// The user data (`user_data`, or the contents of `user_data_file`, byte for byte).
+    pub user_data: Option<UserData>,
     /// Tags on the build instance and its volumes, besides fleetbake's.
     pub run_tags: Tags,
 }

@@ -160,6 +160,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Fleet, ConfigErrors> {
     let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
     let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
     let mut checker = Checker { file, base_dir, problems: Vec::new() };
+    check_ssh_fields(&mut checker, &raw);
     let fleet = resolve(&mut checker, raw);
     if checker.problems.is_empty() {
         return Ok(fleet);
@@ -653,14 +654,15 @@ fn resolve_root_volume(
     })
 }
 
-/// `user_data` or the contents of `user_data_file` (one of the two; the flavor's, else the defaults'), at most
-/// EC2's 16 KB.
+/// `user_data` or the bytes of `user_data_file` as they are (gzip too; one of the two; the flavor's, else the
+/// defaults'), at most EC2's 16 KB ([`UserData::MAX_BYTES`]). A file that cannot be read is a problem, never
+/// empty user data.
 fn resolve_user_data(
     checker: &mut Checker<'_>,
     flavor_path: &KeyPath,
     flavor: &schema::FlavorSection,
     defaults: &schema::DefaultsSection,
-) -> Option<String> {
+) -> Option<UserData> {
     let own = flavor.user_data.is_some() || flavor.user_data_file.is_some();
     let (path, text, file) = if own {
         (flavor_path.clone(), &flavor.user_data, &flavor.user_data_file)
@@ -673,17 +675,34 @@ fn resolve_user_data(
             checker.problem(path.key("user_data_file"), "set `user_data` or `user_data_file`, not both");
             return None;
         }
-        (Some(text), None) => text.clone(),
+        (Some(text), None) => text.clone().into_bytes(),
         (None, Some(file)) => {
             let resolved = checker.local_file(path.key("user_data_file"), file);
-            std::fs::read_to_string(&resolved).unwrap_or_default()
+            if !resolved.is_file() {
+                return None;
+            }
+            match std::fs::read(&resolved) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    checker
+                        .problem(path.key("user_data_file"), format!("cannot read `{}`: {error}", resolved.display()));
+                    return None;
+                }
+            }
         }
     };
-    if data.len() > 16 * 1024 {
+    if data.len() > UserData::MAX_BYTES {
         let key = if text.is_some() { "user_data" } else { "user_data_file" };
-        checker.problem(path.key(key), format!("is {} bytes; EC2 takes at most 16384 of user data", data.len()));
+        checker.problem(
+            path.key(key),
+            format!(
+                "is {} bytes; EC2 takes at most {} bytes of user data (before base64)",
+                data.len(),
+                UserData::MAX_BYTES
+            ),
+        );
     }
-    Some(data)
+    Some(UserData::new(data))
 }
 
 fn required_inherited(
@@ -1207,6 +1226,40 @@ fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSetting
         interface,
         bastion,
         clear_authorized_keys: raw.clear_authorized_keys.unwrap_or(true),
+    }
+}
+
+/// Every value that reaches an ssh argument or the bastion's ssh config file, as written: hosts, users, paths
+/// ([`ssh_fields`](super::ssh_fields) says what is refused and why).
+fn check_ssh_fields(checker: &mut Checker<'_>, raw: &FleetFile) {
+    let ssh = KeyPath::root().key("ssh");
+    let mut refuse = |path: KeyPath, problem: Option<String>| {
+        if let Some(message) = problem {
+            checker.problem(path, message);
+        }
+    };
+    if let Some(host) = &raw.ssh.host {
+        refuse(ssh.key("host"), ssh_fields::host_problem(host));
+    }
+    if let Some(bastion) = &raw.ssh.bastion {
+        let at = ssh.key("bastion");
+        refuse(at.key("host"), ssh_fields::host_problem(&bastion.host).filter(|_| !bastion.host.trim().is_empty()));
+        refuse(at.key("user"), ssh_fields::user_problem(&bastion.user).filter(|_| !bastion.user.trim().is_empty()));
+        refuse(at.key("private_key_file"), ssh_fields::path_problem(Path::new(&bastion.private_key_file)));
+        if let Some(known_hosts) = &bastion.known_hosts {
+            refuse(at.key("known_hosts"), ssh_fields::path_problem(Path::new(known_hosts)));
+        }
+    }
+    let users = std::iter::once((KeyPath::root().key("defaults"), &raw.defaults.ssh_username)).chain(
+        raw.flavors
+            .iter()
+            .enumerate()
+            .map(|(index, flavor)| (KeyPath::root().key("flavor").index(index), &flavor.ssh_username)),
+    );
+    for (path, user) in users {
+        if let Some(user) = user.as_deref().filter(|user| !user.trim().is_empty()) {
+            refuse(path.key("ssh_username"), ssh_fields::user_problem(user));
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use crate::engine::run::RunError;
 use crate::engine::scheduler::RunSummary;
 use crate::state::gc::GcError;
 use crate::state::journal::JournalError;
+use crate::state::manifest::ExistingManifestError;
 
 /// The exit codes README's "Exit codes" table documents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +97,9 @@ impl Ending {
             },
             Ending::RunStopped(error) => match error {
                 RunError::Journal(journal) => journal_exit(journal),
-                RunError::DetectAddress(_)
+                RunError::Manifest(ExistingManifestError::Unreadable { .. }) => Exit::BadInput,
+                RunError::Manifest(ExistingManifestError::CannotSetAside { .. })
+                | RunError::DetectAddress(_)
                 | RunError::Report(_)
                 | RunError::Statistics { .. }
                 | RunError::Resume(_)
@@ -222,6 +225,21 @@ mod tests {
             (Ending::RunStopped(RunError::Resume(cloud_error())), 1),
             (Ending::RunStopped(RunError::Preflight(Preflight::default())), 1),
             (Ending::RunStopped(RunError::Events { path: PathBuf::from("events.jsonl"), error: io() }), 1),
+            (
+                Ending::RunStopped(RunError::Manifest(ExistingManifestError::Unreadable {
+                    path: PathBuf::from("manifest.json"),
+                    why: "expected value at line 1 column 1".to_string(),
+                })),
+                2,
+            ),
+            (
+                Ending::RunStopped(RunError::Manifest(ExistingManifestError::CannotSetAside {
+                    path: PathBuf::from("manifest.json"),
+                    kept_as: PathBuf::from("manifest.json.unreadable-20261207T123000Z"),
+                    error: io(),
+                })),
+                1,
+            ),
             (Ending::GcStopped(GcError::Cloud(cloud_error())), 1),
             (Ending::GcStopped(GcError::Manifest { path: "manifest.json".to_string(), error: io() }), 1),
         ]

@@ -32,7 +32,7 @@ use crate::report::estimate::Estimator;
 use crate::report::events::{EventSender, LocalLeftovers, RunEvent};
 use crate::report::{self, JsonLinesReporter, LiveReporter, ReportError, Reporter, TerminalReporter};
 use crate::state::journal::{Journal, JournalDir, JournalError, Replay, RunLock};
-use crate::state::manifest::ManifestWriter;
+use crate::state::manifest::{check_existing, ExistingManifestError, ManifestWriter, SetAside};
 use crate::state::packer::PackerManifestWriter;
 use crate::steps::context::RunContext;
 use crate::steps::ledger::Ledger;
@@ -55,6 +55,8 @@ pub enum RunError {
     Preflight(Preflight),
     #[error("cannot open `{path}` for the events: {error}")]
     Events { path: PathBuf, error: std::io::Error },
+    #[error(transparent)]
+    Manifest(#[from] ExistingManifestError),
 }
 
 pub struct MatrixOptions {
@@ -143,6 +145,8 @@ pub async fn matrix(
     } else {
         Start::fresh(&fleet, Some(JournalDir::of(&fleet)))
     };
+    // A manifest that cannot be read refuses a selective run here; a full run keeps it beside once it starts.
+    let unreadable = check_existing(&fleet.manifest_path, !start.plan().selection.is_everything())?;
     let fleet = Arc::new(fleet);
     // This machine's address is detected only when a build is reached from outside its VPC.
     let ssh_sources = match &fleet.ssh.source_cidrs {
@@ -155,6 +159,7 @@ pub async fn matrix(
         AwsCloud::connect(&fleet.aws, &start.plan().run_id, home_region(&fleet), Arc::clone(limits.api())).await,
     );
     let preflight = preflight_unless_skipped(&fleet, start.plan(), &*cloud, options.preflight).await?;
+    let manifest_set_aside = unreadable.map(|manifest| manifest.set_aside(start.plan().started_at)).transpose()?;
     let execution = Execution {
         fleet: Arc::clone(&fleet),
         ssh_sources,
@@ -167,6 +172,7 @@ pub async fn matrix(
         run_lock: Some(run_lock),
         preflight,
         local_leftovers,
+        manifest_set_aside,
     };
     let (plan, summary) = execution.run(start, interrupts).await?;
     let statistics = RunStatistics::new(&plan, &fleet, &summary, limits.stats(), None);
@@ -204,7 +210,9 @@ pub async fn matrix_simulated(
         Arc::new(crate::cloud::Limited::new(Arc::clone(&sim) as Arc<dyn Cloud>, Arc::clone(limits.api())));
     // The simulated account does not outlive the process: its journal stays in memory, and nothing resumes.
     let start = Start::fresh(&fleet, None);
+    let unreadable = check_existing(&fleet.manifest_path, !start.plan().selection.is_everything())?;
     let preflight = preflight_unless_skipped(&fleet, start.plan(), &*cloud, options.preflight).await?;
+    let manifest_set_aside = unreadable.map(|manifest| manifest.set_aside(start.plan().started_at)).transpose()?;
     let execution = Execution {
         fleet: Arc::clone(&fleet),
         ssh_sources,
@@ -222,6 +230,7 @@ pub async fn matrix_simulated(
         run_lock: None,
         preflight,
         local_leftovers: Vec::new(),
+        manifest_set_aside,
     };
     let (plan, summary) = execution.run(start, interrupts).await?;
     let report: SimReport = sim.report(BATCH_INTERVAL);
@@ -353,6 +362,8 @@ pub struct Execution {
     pub preflight: Option<Preflight>,
     /// What runs killed outright had left on this machine, ended as this one started; told to the reporters.
     pub local_leftovers: Vec<LocalLeftovers>,
+    /// The unreadable manifest the run kept beside before it started, told to the reporters.
+    pub manifest_set_aside: Option<SetAside>,
 }
 
 impl Execution {
@@ -400,6 +411,9 @@ impl Execution {
         }
         if let Some(preflight) = &self.preflight {
             events.send(RunEvent::PreflightPassed { checks: preflight.checks.len() });
+        }
+        if let Some(SetAside { path, kept_as, why }) = self.manifest_set_aside {
+            events.send(RunEvent::ManifestSetAside { path, kept_as, why });
         }
         let waits = Waits::new(Arc::clone(&self.cloud), self.strategy.waits);
         let mut notes = Vec::new();

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::cloud::retry::{retry, Outcome, Policy};
 use crate::cloud::PrivateKey;
-use crate::config::Bastion;
+use crate::config::{ssh_fields, Bastion};
 use crate::remote::{key_dirs, Exit};
 use crate::report::events::{OutputLine, OutputStream};
 
@@ -96,7 +96,7 @@ const BASTION_ALIAS: &str = "fleetbake-bastion";
 /// recorded there the first time).
 fn bastion_config(bastion: &Bastion) -> String {
     let known_hosts = match &bastion.known_hosts {
-        Some(path) => path.display().to_string(),
+        Some(path) => ssh_fields::config_quoted(&path.to_string_lossy()),
         None => "~/.ssh/known_hosts".to_string(),
     };
     format!(
@@ -105,7 +105,7 @@ fn bastion_config(bastion: &Bastion) -> String {
         bastion.host,
         bastion.port,
         bastion.user,
-        bastion.private_key_file.display(),
+        ssh_fields::config_quoted(&bastion.private_key_file.to_string_lossy()),
         CONNECT_ATTEMPT_TIMEOUT.as_secs()
     )
 }
@@ -123,6 +123,9 @@ const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connects, retrying every failure until `timeout` (sshd may not be up yet, nor the key installed):
 /// [`Policy::ssh_connect`].
 pub async fn connect(target: &SshTarget, files: &KeyFiles, timeout: Duration) -> Result<Session, SshError> {
+    if let Some(problem) = ssh_fields::connection_problem(&target.host, &target.user, target.bastion.as_ref()) {
+        return Err(SshError::Command(problem));
+    }
     let mut builder = SessionBuilder::default();
     builder
         .user(target.user.clone())

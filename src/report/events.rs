@@ -169,6 +169,13 @@ pub enum RunEvent {
     },
     /// As the run started, it ended what a run killed outright had left on this machine.
     LocalLeftoversEnded(LocalLeftovers),
+    /// The manifest the run is to write over could not be read (not JSON, not a manifest, a newer version): it
+    /// was kept beside as `kept_as`, and the run writes a new one.
+    ManifestSetAside {
+        path: std::path::PathBuf,
+        kept_as: std::path::PathBuf,
+        why: String,
+    },
     /// `--resume`: the run continues from its journal.
     Resuming {
         run_id: RunId,

@@ -72,6 +72,10 @@ pub fn to_json_line(stamped: &Stamped) -> String {
             "resuming",
             json!({ "run_id": run_id.as_str(), "attempt": attempt, "journal": journal.display().to_string() }),
         ),
+        RunEvent::ManifestSetAside { path, kept_as, why } => (
+            "manifest_set_aside",
+            json!({ "path": path.display().to_string(), "kept_as": kept_as.display().to_string(), "why": why }),
+        ),
         RunEvent::Interrupted { signal } => ("interrupted", json!({ "signal": signal })),
         RunEvent::RunFinished { status, succeeded, failed, in_progress, .. } => (
             "run_finished",

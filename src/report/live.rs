@@ -122,6 +122,7 @@ impl Reporter for LiveReporter {
             | RunEvent::Interrupted { .. }
             | RunEvent::Resuming { .. }
             | RunEvent::LocalLeftoversEnded(_)
+            | RunEvent::ManifestSetAside { .. }
             | RunEvent::RunStarted { .. } => {
                 if let Some(text) = line(&stamped.event) {
                     self.print(&text);

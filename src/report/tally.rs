@@ -98,6 +98,7 @@ impl Tally {
             | RunEvent::CleanupFailed { .. }
             | RunEvent::Resuming { .. }
             | RunEvent::LocalLeftoversEnded(_)
+            | RunEvent::ManifestSetAside { .. }
             | RunEvent::Interrupted { .. } => {}
         }
     }

@@ -63,6 +63,11 @@ pub fn line(event: &RunEvent) -> Option<String> {
         },
         RunEvent::Swept { resource } => format!("==> removed {resource}, left behind by an earlier step"),
         RunEvent::LocalLeftoversEnded(leftovers) => format!("==> {leftovers}"),
+        RunEvent::ManifestSetAside { path, kept_as, why } => format!(
+            "==> warning: cannot read the manifest `{}` ({why}); kept it as `{}` and writing a new one",
+            path.display(),
+            kept_as.display()
+        ),
         RunEvent::Resuming { run_id, attempt, journal } => {
             format!("==> resuming run {run_id} (attempt {attempt}) from `{}`", journal.display())
         }
@@ -91,6 +96,7 @@ pub fn shown_when_quiet(event: &RunEvent) -> bool {
         event,
         RunEvent::JobFailed(_)
             | RunEvent::CleanupFailed { .. }
+            | RunEvent::ManifestSetAside { .. }
             | RunEvent::Interrupted { .. }
             | RunEvent::RunFinished { .. }
     )

@@ -146,7 +146,9 @@ impl JournalError {
     }
 }
 
-/// The journals of one fleet file: `.fleetbake/<stem>/` beside it.
+/// The journals of one fleet file: `.fleetbake/<stem>/` beside it, the file found through any symlinks
+/// (its canonical path), so the same fleet reached through a link in another folder, or by another relative
+/// path, has one journal directory and one [`RunLock`].
 #[derive(Clone, Debug)]
 pub struct JournalDir {
     pub path: PathBuf,
@@ -154,8 +156,15 @@ pub struct JournalDir {
 
 impl JournalDir {
     pub fn of(fleet: &Fleet) -> Self {
-        let directory = fleet.file.parent().unwrap_or(Path::new("."));
-        let stem = fleet.file.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+        JournalDir::of_file(&fleet.file)
+    }
+
+    /// The journal directory of the fleet file at `file`, as typed: beside the file it resolves to (as typed
+    /// when it cannot be resolved, e.g. a file that no longer exists; the lock is then that path's).
+    pub fn of_file(file: &Path) -> Self {
+        let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+        let directory = file.parent().unwrap_or(Path::new("."));
+        let stem = file.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
         JournalDir { path: directory.join(".fleetbake").join(stem) }
     }
 
@@ -243,7 +252,8 @@ impl JournalDir {
     }
 }
 
-/// One run of a fleet file at a time: `.fleetbake/<stem>/run.lock`, held (flock) by the process that runs the
+/// One run of a fleet file at a time: `.fleetbake/<stem>/run.lock` beside the file's canonical path (see
+/// [`JournalDir::of_file`]: a symlink to it takes the same lock), held (flock) by the process that runs the
 /// fleet — a new run, a resumed one, or gc removing images — for as long as it lives, and released by the
 /// kernel if it dies. Two runs of one fleet at once would make images of the same names in the same second
 /// (real EC2 refuses the second CreateImage) and overwrite each other's manifest. The file holds the holder's
@@ -719,5 +729,32 @@ mod tests {
         drop(journal);
         assert_eq!(dir.in_progress(&plan.run_id).unwrap(), Some(false));
         assert_eq!(dir.in_progress(&RunId::new("2026-11-26T12:00:00Z".parse().unwrap(), 11)).unwrap(), None);
+    }
+
+    /// The same fleet file through a symlink in another folder, under another name: one journal directory, so
+    /// one run lock, and the second taker is refused naming the first.
+    #[test]
+    fn a_fleet_file_reached_through_a_symlink_shares_its_journal_directory_and_run_lock() {
+        let directory = tempfile::tempdir().unwrap();
+        let real = directory.path().join("fleets").join("fleet.toml");
+        std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+        std::fs::write(&real, "").unwrap();
+        let elsewhere = directory.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let link = elsewhere.join("prod.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let by_link = JournalDir::of_file(&link);
+        assert_eq!(by_link.path, JournalDir::of_file(&real).path);
+        assert_eq!(by_link.path, std::fs::canonicalize(directory.path()).unwrap().join("fleets/.fleetbake/fleet"));
+        assert_eq!(JournalDir::of_file(&elsewhere.join("../fleets/./fleet.toml")).path, by_link.path);
+
+        let first = RunLock::acquire(&JournalDir::of_file(&real)).unwrap();
+        first.name_holder("the first");
+        match RunLock::acquire(&by_link) {
+            Err(JournalError::Busy { holder, .. }) => assert!(holder.starts_with("the first (pid "), "{holder}"),
+            other => panic!("not refused: {other:?}"),
+        }
+        drop(first);
+        RunLock::acquire(&by_link).expect("free once the first is gone");
     }
 }

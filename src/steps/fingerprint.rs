@@ -152,9 +152,18 @@ fn provisioner_bytes(provisioner: &Provisioner) -> Result<Vec<u8>, String> {
 
 fn settings_bytes(fleet: &Fleet, flavor: &Flavor, region: &Region) -> Vec<u8> {
     let key = fleet.kms_key(region);
+    // Text user data is hashed as it always was (`Some("…")`), so images made before user data became bytes
+    // keep their fingerprints; other bytes (gzip) as hex.
+    let user_data = match &flavor.user_data {
+        None => "None".to_string(),
+        Some(data) => match std::str::from_utf8(data.as_bytes()) {
+            Ok(text) => format!("{:?}", Some(text)),
+            Err(_) => format!("Bytes({})", hex(data.as_bytes())),
+        },
+    };
     format!(
-        "root_volume={:?}\0kms_key={key:?}\0metadata={:?}\0user_data={:?}",
-        flavor.root_volume, flavor.metadata, flavor.user_data
+        "root_volume={:?}\0kms_key={key:?}\0metadata={:?}\0user_data={user_data}",
+        flavor.root_volume, flavor.metadata
     )
     .into_bytes()
 }
@@ -168,4 +177,39 @@ fn hex(bytes: &[u8]) -> String {
 
 fn short(bytes: &[u8]) -> String {
     hex(&bytes[..4])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flavor_with(user_data: &str) -> (Fleet, Flavor) {
+        let text = format!(
+            "[fleet]\nname = \"f\"\n\n[defaults]\ninstance_type = \"t3.small\"\nssh_username = \"ec2-user\"\n{user_data}\n\n\
+             [[flavor]]\nname = \"base\"\nsource_ami = {{ owners = [\"amazon\"], name = \"al2023-ami-*\" }}\n\n\
+             [regions]\nus-west-2 = []\n"
+        );
+        let fleet = crate::config::parse(std::path::Path::new("/nonexistent/fleet.toml"), &text).unwrap();
+        let flavor = fleet.flavors[0].clone();
+        (fleet, flavor)
+    }
+
+    /// Text user data is hashed as it was when user data was a `String`, so images built before it became
+    /// bytes keep their fingerprints (and `--changed-only` does not rebuild them for it).
+    #[test]
+    fn text_user_data_keeps_the_fingerprint_it_had_as_a_string() {
+        let region = Region::new("us-west-2");
+        let (fleet, flavor) = flavor_with("user_data = \"#!/bin/sh\\necho hi\\n\"");
+        let as_a_string: Option<String> = Some("#!/bin/sh\necho hi\n".to_string());
+        let before = format!(
+            "root_volume={:?}\0kms_key={:?}\0metadata={:?}\0user_data={:?}",
+            flavor.root_volume,
+            fleet.kms_key(&region),
+            flavor.metadata,
+            as_a_string
+        );
+        assert_eq!(settings_bytes(&fleet, &flavor, &region), before.into_bytes());
+        let (fleet, flavor) = flavor_with("");
+        assert!(String::from_utf8(settings_bytes(&fleet, &flavor, &region)).unwrap().ends_with("user_data=None"));
+    }
 }

@@ -228,8 +228,10 @@ fn a_bastion_is_jumped_through() {
     let moto = Moto::start();
     let sshd = Sshd::start();
     let workspace = Workspace::new();
-    // The test sshd is the bastion too: any key is let in.
-    let key = workspace.path("bastion_key");
+    // The test sshd is the bastion too: any key is let in. Its key's path has a space and a `%`, which the ssh
+    // config file the jump reads must quote and escape.
+    let key = workspace.path("bastion keys/100% key");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
     let status = std::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(&key)
@@ -239,7 +241,7 @@ fn a_bastion_is_jumped_through() {
     let header = fleet_header_at(&moto.endpoint, &sshd).replace(
         "source_cidrs = [\"127.0.0.1/32\"]",
         &format!(
-            "source_cidrs = [\"127.0.0.1/32\"]\nbastion = {{ host = \"127.0.0.1\", port = {}, user = \"{SSH_USER}\", private_key_file = \"bastion_key\", known_hosts = \"known_hosts\" }}",
+            "source_cidrs = [\"127.0.0.1/32\"]\nbastion = {{ host = \"127.0.0.1\", port = {}, user = \"{SSH_USER}\", private_key_file = \"bastion keys/100% key\", known_hosts = \"known_hosts\" }}",
             sshd.port
         ),
     );

@@ -41,7 +41,7 @@ async fn image(client: &Client, id: &str) -> aws_sdk_ec2::types::Image {
 }
 
 /// The instance's user data as moto keeps it (DescribeInstanceAttribute userData), decoded.
-async fn user_data(client: &Client, instance: &str) -> Option<String> {
+async fn user_data(client: &Client, instance: &str) -> Option<Vec<u8>> {
     let attribute = client
         .describe_instance_attribute()
         .instance_id(instance)
@@ -51,8 +51,22 @@ async fn user_data(client: &Client, instance: &str) -> Option<String> {
         .unwrap();
     let encoded = attribute.user_data().and_then(|value| value.value())?;
     use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
-    Some(String::from_utf8(bytes).unwrap())
+    Some(base64::engine::general_purpose::STANDARD.decode(encoded).unwrap())
+}
+
+/// `text` gzipped (by the system's gzip, without a name or time in the header), as cloud-init takes it.
+fn gzipped(text: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut gzip = std::process::Command::new("gzip")
+        .args(["-n", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip runs");
+    gzip.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = gzip.wait_with_output().unwrap();
+    assert!(output.status.success());
+    output.stdout
 }
 
 /// The RunInstances request that launched `image`.
@@ -75,7 +89,7 @@ fn launch_keys_fleet(endpoint: &str, sshd: &Sshd) -> String {
     );
     format!(
         "{header}\n[[flavor]]\nname = \"arm\"\nsource_ami = {}\ninstance_type = \"t4g.small\"\n\
-         associate_public_ip = false\nuser_data_file = \"boot/arm.sh\"\n\n\
+         associate_public_ip = false\nuser_data_file = \"boot/arm.sh.gz\"\n\n\
          [[flavor]]\nname = \"x86\"\nsource_ami = {}\nassociate_public_ip = true\n\n\
          [regions]\nus-west-2 = [\"us-east-1\"]\n",
         al2023_for("arm64"),
@@ -85,7 +99,7 @@ fn launch_keys_fleet(endpoint: &str, sshd: &Sshd) -> String {
 
 /// `source_ami.architecture` picks the source image of that architecture, `associate_public_ip` is sent as the
 /// launch's network interface `AssociatePublicIpAddress`, `user_data_file` is the instance's user data byte for
-/// byte, and `ami_description` is the description of the image and of its copy.
+/// byte (a gzipped script, not UTF-8, as cloud-init accepts it), and `ami_description` is the description of the image and of its copy.
 #[test]
 fn launch_and_image_keys_reach_ec2_as_written() {
     let moto = Moto::start();
@@ -93,7 +107,10 @@ fn launch_and_image_keys_reach_ec2_as_written() {
     let proxy = FaultProxy::recording(&moto.endpoint);
     let workspace = Workspace::new();
     let boot = "#!/bin/sh\n# from the user data file\necho 'fleetbake user data' > /tmp/boot\n";
-    workspace.write("boot/arm.sh", boot);
+    let boot = gzipped(boot);
+    assert!(std::str::from_utf8(&boot).is_err(), "gzip is binary");
+    std::fs::create_dir_all(workspace.path("boot")).unwrap();
+    std::fs::write(workspace.path("boot/arm.sh.gz"), &boot).unwrap();
     let fleet_path = workspace.write("fleet.toml", &launch_keys_fleet(&proxy.endpoint, &sshd));
     let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 0, "{}", outcome.stderr);
@@ -123,7 +140,7 @@ fn launch_and_image_keys_reach_ec2_as_written() {
         }
         // `user_data_file`: the file's bytes, sent base64-encoded; the flavor without one has none.
         let arm = build_instance_of(&west, "arm").await;
-        assert_eq!(user_data(&west, arm.instance_id().unwrap()).await.as_deref(), Some(boot));
+        assert_eq!(user_data(&west, arm.instance_id().unwrap()).await, Some(boot));
         let x86 = build_instance_of(&west, "x86").await;
         assert_eq!(user_data(&west, x86.instance_id().unwrap()).await, None);
     });

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::harness::*;
 use crate::matrix::{fleet_header_at, read_manifest, AL2023};
+use crate::witness::Witness;
 
 /// [`two_by_two_sim_fleet`] named `ops`, writing a Packer-format manifest beside the fleet file.
 fn sim_fleet(sim: &str) -> String {
@@ -470,4 +471,85 @@ fn a_source_filter_that_matches_nothing_names_what_matches_under_other_owners() 
     );
     assert!(line.contains("; under other owners the newest match is `al2023-ami-2023."), "{line}");
     assert!(line.contains("add that owner to `owners` if you trust it"), "{line}");
+}
+
+/// A manifest that cannot be read is never silently replaced: a selective run refuses (exit 2, before any AWS
+/// call) rather than write one that drops the images outside its selection, gc refuses since it cannot know
+/// what to keep, and a run of the whole fleet keeps the file beside as `manifest.json.unreadable-<time>`,
+/// says so, and writes a new one.
+#[test]
+fn an_unreadable_manifest_is_kept_beside_and_a_selective_run_refuses_rather_than_drop_images() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[[flavor]]\nname = \"web\"\nsource_ami = {AL2023}\n\n\
+         [regions]\nus-west-2 = []\n\n[retention]\nkeep = 1\n",
+        fleet_header_at(&moto.endpoint, &sshd)
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let path = fleet_path.to_str().unwrap();
+    let full = workspace.fleetbake(&["matrix", path]);
+    assert_eq!(full.code, 0, "{}", full.stderr);
+    let before = read_manifest(&workspace);
+    let manifest_path = workspace.path("out/manifest.json");
+    let torn = "{\n  \"version\": 1,\n  \"fleet\": \"it\",\n  \"artifacts\": {\n    \"base\": {";
+    std::fs::write(&manifest_path, torn).unwrap();
+    let unreadable_beside = || -> Vec<std::path::PathBuf> {
+        let entries = std::fs::read_dir(workspace.path("out")).unwrap();
+        let mut found: Vec<_> = entries
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.file_name().unwrap().to_str().unwrap().starts_with("manifest.json.unreadable-"))
+            .collect();
+        found.sort();
+        found
+    };
+
+    // `--only`: refused before any AWS call (EC2 is a witness here), the file untouched.
+    let witness = Witness::start();
+    std::fs::write(&fleet_path, fleet.replace(&moto.endpoint, &witness.endpoint)).unwrap();
+    let only = workspace.fleetbake(&["matrix", path, "--only", "web"]);
+    assert_eq!(only.code, 2, "{}", only.stderr);
+    assert_eq!(witness.connections(), 0, "no AWS call: {}", only.stderr);
+    let refusal = format!("cannot read the manifest `{}`: EOF while parsing", manifest_path.display());
+    assert!(only.stderr.contains(&refusal), "{}", only.stderr);
+    assert!(only.stderr.contains("run the whole fleet"), "{}", only.stderr);
+    assert_eq!(std::fs::read_to_string(&manifest_path).unwrap(), torn);
+    assert!(unreadable_beside().is_empty());
+    std::fs::write(&fleet_path, &fleet).unwrap();
+
+    // gc, which would deregister images beyond `keep`, stops: it cannot know which the manifest protects.
+    let gc = workspace.fleetbake(&["gc", path]);
+    assert_eq!(gc.code, 1, "{}{}", gc.stdout, gc.stderr);
+    assert!(gc.stderr.contains("cannot read the manifest"), "{}", gc.stderr);
+    assert_eq!(std::fs::read_to_string(&manifest_path).unwrap(), torn);
+
+    // The whole fleet: the old file kept beside, byte for byte, with a warning; a new manifest of every image.
+    let events = workspace.path("events.jsonl");
+    let again = workspace.fleetbake(&["matrix", path, "--events", events.to_str().unwrap()]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let kept = unreadable_beside();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read_to_string(&kept[0]).unwrap(), torn);
+    let warning = format!(
+        "==> warning: cannot read the manifest `{}` (EOF while parsing an object at line 5 column 13); kept it as `{}` and writing a new one",
+        manifest_path.display(),
+        kept[0].display()
+    );
+    assert!(again.stderr.contains(&warning), "no `{warning}` in:\n{}", again.stderr);
+    let events = std::fs::read_to_string(&events).unwrap();
+    let set_aside: Vec<Value> = events
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|event| event["type"] == "manifest_set_aside")
+        .collect();
+    assert_eq!(set_aside.len(), 1, "{events}");
+    assert_eq!(set_aside[0]["path"], manifest_path.to_str().unwrap());
+    assert_eq!(set_aside[0]["kept_as"], kept[0].to_str().unwrap());
+    let after = read_manifest(&workspace);
+    assert_eq!(after["status"], "complete");
+    assert_ne!(after["run_id"], before["run_id"]);
+    for flavor in ["base", "web"] {
+        assert!(after["artifacts"][flavor]["us-west-2"]["image_id"].is_string(), "{flavor}: {after}");
+    }
 }

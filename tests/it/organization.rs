@@ -35,16 +35,36 @@ const IMPLIED: [&str; 6] = [
     "kms:ReEncryptTo",
 ];
 
-fn policy_actions() -> BTreeSet<String> {
+fn policy_statements() -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/iam-policy.json")).unwrap();
     let policy: serde_json::Value = serde_json::from_str(&text).unwrap();
+    policy["Statement"].as_array().unwrap().clone()
+}
+
+fn actions_of(statement: &serde_json::Value) -> Vec<String> {
+    statement["Action"].as_array().unwrap().iter().map(|action| action.as_str().unwrap().to_string()).collect()
+}
+
+/// Every action the policy allows. Only `ec2:CreateTags` is in more than one statement, each with a condition.
+fn policy_actions() -> BTreeSet<String> {
     let mut actions = BTreeSet::new();
-    for statement in policy["Statement"].as_array().unwrap() {
-        for action in statement["Action"].as_array().unwrap() {
-            assert!(actions.insert(action.as_str().unwrap().to_string()), "{action} listed twice");
+    for statement in policy_statements() {
+        for action in actions_of(&statement) {
+            let again = !actions.insert(action.clone());
+            assert!(!again || action == "ec2:CreateTags", "{action} listed twice");
         }
     }
     actions
+}
+
+/// The `ec2:CreateAction`s the policy lets tag a resource as it is created.
+fn tag_on_create_actions() -> BTreeSet<String> {
+    let statements = policy_statements();
+    let on_create = statements
+        .iter()
+        .find_map(|statement| statement["Condition"]["StringEquals"]["ec2:CreateAction"].as_array())
+        .expect("a statement allows tagging on creation");
+    on_create.iter().map(|action| action.as_str().unwrap().to_string()).collect()
 }
 
 #[test]
@@ -52,6 +72,77 @@ fn the_iam_policy_allows_every_call_fleetbake_makes_and_nothing_else() {
     let mut expected: BTreeSet<String> = fleetbake::cloud::Action::ALL.iter().map(|action| action.iam_name()).collect();
     expected.extend(IMPLIED.iter().map(|action| action.to_string()));
     assert_eq!(policy_actions(), expected);
+}
+
+/// `ec2:CreateTags` on anything would let the holder tag any instance, group or key pair
+/// `fleetbake:temporary=true` and then terminate or delete it, undoing the conditions below: it is allowed only
+/// within a creating call fleetbake makes (`ec2:CreateAction`), on resources already tagged with the fleet,
+/// or on snapshots with the fleet's tag in the request, and never to add `fleetbake:temporary` afterwards.
+/// Terminating, deleting and opening ingress need `fleetbake:temporary`; changing, deprecating and
+/// deregistering an image need the fleet's tag.
+#[test]
+fn the_iam_policy_tags_only_on_creation_or_what_the_fleet_already_tagged() {
+    use fleetbake::cloud::Action;
+    use fleetbake::steps::context::{FLEET_TAG, TEMPORARY_TAG};
+    let statements = policy_statements();
+    let granting = |action: &str| -> Vec<serde_json::Value> {
+        statements.iter().filter(|statement| actions_of(statement).iter().any(|a| a == action)).cloned().collect()
+    };
+    let tagging = granting("ec2:CreateTags");
+    assert_eq!(tagging.len(), 3, "{tagging:?}");
+    for statement in &tagging {
+        assert_eq!(actions_of(statement), ["ec2:CreateTags"], "CreateTags has statements of its own");
+        assert!(statement["Condition"].is_object(), "CreateTags without a condition: {statement}");
+    }
+    let creating: BTreeSet<String> = [
+        Action::RunInstances,
+        Action::CreateSecurityGroup,
+        Action::CreateKeyPair,
+        Action::CreateImage,
+        Action::CopyImage,
+    ]
+    .iter()
+    .map(|action| action.to_string())
+    .collect();
+    assert_eq!(tag_on_create_actions(), creating);
+    let own = format!("aws:ResourceTag/{FLEET_TAG}");
+    let after_creation: Vec<_> = tagging
+        .iter()
+        .filter(|statement| statement["Condition"]["StringEquals"]["ec2:CreateAction"].is_null())
+        .collect();
+    for statement in &after_creation {
+        let condition = &statement["Condition"];
+        let tagged =
+            condition["Null"][&own] == "false" || condition["Null"][format!("aws:RequestTag/{FLEET_TAG}")] == "false";
+        assert!(tagged, "tags only what carries the fleet's tag: {statement}");
+        assert_eq!(
+            condition["ForAllValues:StringNotEquals"]["aws:TagKeys"],
+            serde_json::json!([TEMPORARY_TAG]),
+            "{statement}"
+        );
+    }
+    assert!(after_creation
+        .iter()
+        .any(|statement| statement["Resource"] == "*" && statement["Condition"]["Null"][&own] == "false"));
+    // Snapshots are tagged after their image (CreateImage and CopyImage tag only the image): those alone.
+    assert!(after_creation.iter().any(|statement| statement["Resource"] == "arn:aws:ec2:*::snapshot/*"));
+    let temporary = format!("aws:ResourceTag/{TEMPORARY_TAG}");
+    for action in [
+        Action::AuthorizeSecurityGroupIngress,
+        Action::StopInstances,
+        Action::TerminateInstances,
+        Action::DeleteSecurityGroup,
+        Action::DeleteKeyPair,
+    ] {
+        let statements = granting(&action.iam_name());
+        assert_eq!(statements.len(), 1);
+        assert_eq!(statements[0]["Condition"]["StringEquals"][&temporary], "true", "{action}");
+    }
+    for action in [Action::ModifyImageAttribute, Action::EnableImageDeprecation, Action::DeregisterImage] {
+        let statements = granting(&action.iam_name());
+        assert_eq!(statements.len(), 1);
+        assert_eq!(statements[0]["Condition"]["Null"][&own], "false", "{action}");
+    }
 }
 
 fn organization_fleet(endpoint: &str, sshd: &Sshd, gate: &Gate) -> String {
@@ -223,6 +314,36 @@ fn an_organization_fleet_gets_encrypted_shared_deprecated_imdsv2_images() {
         let named = fleetbake::cloud::Action::from_name(&action).map(|action| action.iam_name());
         let named = named.unwrap_or_else(|| panic!("{action}: a call fleetbake does not list"));
         assert!(allowed.contains(&named), "{named} is not in docs/iam-policy.json");
+    }
+    // ... and under its conditions on tags: a call that tags what it creates is one the policy lets tag on
+    // creation; CreateTags afterwards never adds `fleetbake:temporary`, and tags snapshots (untagged until
+    // then) only with the fleet's tag.
+    let on_create = tag_on_create_actions();
+    let mut tagged_on_create = BTreeSet::new();
+    for action in proxy.actions().into_iter().collect::<BTreeSet<_>>() {
+        for body in proxy.bodies(&action) {
+            if !field(&body, "TagSpecification.1.ResourceType").is_empty() {
+                assert!(on_create.contains(&action), "{action} tags on creation, not under `ec2:CreateAction`");
+                tagged_on_create.insert(action.clone());
+            }
+        }
+    }
+    assert_eq!(tagged_on_create, on_create, "every creating call the policy names tags on creation");
+    let tag_requests = proxy.bodies("CreateTags");
+    assert!(!tag_requests.is_empty());
+    for body in &tag_requests {
+        let keys: Vec<String> =
+            (1..).map_while(|n| field(body, &format!("Tag.{n}.Key")).first().map(|k| decoded(k))).collect();
+        assert!(!keys.iter().any(|key| key == "fleetbake:temporary"), "{body}");
+        let resources: Vec<&str> =
+            (1..).map_while(|n| field(body, &format!("ResourceId.{n}")).first().copied()).collect();
+        assert!(resources.iter().all(|id| id.starts_with("ami-") || id.starts_with("snap-")), "{body}");
+        if resources.iter().any(|id| id.starts_with("snap-")) {
+            assert!(
+                keys.iter().any(|key| key == "fleetbake:fleet"),
+                "a snapshot is tagged with the fleet's tag: {body}"
+            );
+        }
     }
     assert!(proxy.actions().iter().any(|action| action == "DescribeKey"), "the preflight described the keys");
 }

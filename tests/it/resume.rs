@@ -359,7 +359,7 @@ fn gc_beside_a_run_in_progress_refuses_to_remove_images_and_leaves_its_resources
 }
 
 #[test]
-fn a_second_run_of_a_fleet_file_in_progress_is_refused_before_any_aws_call() {
+fn a_second_run_of_a_fleet_file_in_progress_is_refused_before_any_aws_call_even_through_a_symlink() {
     let moto = Moto::start();
     let sshd = Sshd::start();
     let workspace = Workspace::new();
@@ -372,8 +372,12 @@ fn a_second_run_of_a_fleet_file_in_progress_is_refused_before_any_aws_call() {
     let proxy = FaultProxy::start(&moto.endpoint, |_| Answer::Forward);
     let fleet_text = std::fs::read_to_string(&fleet_path).unwrap().replace(&moto.endpoint, &proxy.endpoint);
     std::fs::write(&fleet_path, fleet_text).unwrap();
-    for args in [vec!["matrix", fleet_path.to_str().unwrap()], vec!["matrix", fleet_path.to_str().unwrap(), "--resume"]]
-    {
+    // The same file through a symlink in another folder, under another name, is the same fleet: one lock.
+    let linked = workspace.path("elsewhere/prod.toml");
+    std::fs::create_dir_all(linked.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&fleet_path, &linked).unwrap();
+    let (path, linked) = (fleet_path.to_str().unwrap(), linked.to_str().unwrap());
+    for args in [vec!["matrix", path], vec!["matrix", path, "--resume"], vec!["matrix", linked]] {
         let second = workspace.fleetbake(&args);
         assert_eq!(second.code, 1, "{args:?}: {}", second.stderr);
         assert!(
@@ -388,6 +392,8 @@ fn a_second_run_of_a_fleet_file_in_progress_is_refused_before_any_aws_call() {
         assert!(first["finished_at"].is_null(), "the first run ended before the refusal: {first}");
     }
     assert_eq!(proxy.requests(), 0, "no AWS call");
+    assert!(!workspace.path("elsewhere/manifest.json").exists(), "the symlinked run wrote no manifest");
+    assert!(!workspace.path("elsewhere/.fleetbake").exists(), "nor a journal of its own");
 
     gate.open();
     let (code, rest) = running.finish();

@@ -119,3 +119,90 @@ fn cli_usage_errors_exit_2() {
     assert_eq!(workspace.fleetbake(&["matrix"]).code, 2);
     assert_eq!(workspace.fleetbake(&["bake", "fleet.toml"]).code, 2);
 }
+
+/// What reaches an ssh argument or the bastion's ssh config file is refused at validate, each at its
+/// `file:line:column`: a newline that would add a `ProxyCommand` directive, an option smuggled in as a host or
+/// user, whitespace. `matrix` refuses it with exit 2 before any connection, and the smuggled command never runs.
+#[test]
+fn ssh_fields_that_would_break_an_ssh_config_line_are_refused_with_their_line() {
+    let witness = Witness::start();
+    let workspace = Workspace::new();
+    workspace.write("setup.sh", "#!/bin/sh\n");
+    workspace.write("bastion_key", "not a key\n");
+    let pwned = workspace.path("pwned");
+    let bastion = format!(
+        "bastion = {{ host = \"b\\nProxyCommand touch {}\", user = \"-oProxyCommand=x\", private_key_file = \"bastion_key\", known_hosts = \"hosts\\nHost *\" }}",
+        pwned.display()
+    );
+    let fleet = GOOD
+        .replace("http://127.0.0.1:9", &witness.endpoint)
+        .replacen("ssh_username = \"ubuntu\"", "ssh_username = \"ubuntu -v\"", 1)
+        .replacen("[aws]", &format!("[ssh]\nhost = \"-oProxyCommand=touch\"\n{bastion}\n\n[aws]"), 1);
+    let path = workspace.write("fleet.toml", &fleet);
+    for command in ["validate", "matrix"] {
+        let outcome = workspace.fleetbake(&[command, path.to_str().unwrap()]);
+        assert_eq!(witness.connections(), 0, "{command} connected to EC2: {}", outcome.stderr);
+        assert_eq!(outcome.code, 2, "{command}: {}", outcome.stderr);
+        let file = path.display();
+        for expected in [
+            format!("{file}:7:16: `defaults.ssh_username`: holds whitespace"),
+            format!("{file}:19:8: `ssh.host`: starts with `-`: ssh would take it for an option"),
+            format!("{file}:20:20: `ssh.bastion.host`: holds a control character (\\n): in ssh's config file it would end the line"),
+        ] {
+            assert!(outcome.stderr.contains(&expected), "{command}: no `{expected}` in:\n{}", outcome.stderr);
+        }
+        // Further along line 20 (where depends on the length of the workspace's path in the host above).
+        for key in ["`ssh.bastion.user`: starts with `-`", "`ssh.bastion.known_hosts`: holds a control character"] {
+            let line = outcome.stderr.lines().find(|line| line.contains(key));
+            let line = line.unwrap_or_else(|| panic!("{command}: no `{key}` in:\n{}", outcome.stderr));
+            assert!(line.starts_with(&format!("error: {file}:20:")), "{line}");
+        }
+        assert!(!pwned.exists(), "the smuggled ProxyCommand ran");
+    }
+    assert!(!workspace.path("manifest.json").exists());
+    assert!(!workspace.path(".fleetbake").exists(), "no journal either");
+}
+
+/// `user_data_file` is read as bytes: a gzip file validates; one over EC2's 16 KB (raw, before base64), or one
+/// that is not a file, is exit 2 naming the file, line and key.
+#[test]
+fn user_data_files_are_bytes_of_at_most_16_kb() {
+    let workspace = Workspace::new();
+    workspace.write("setup.sh", "#!/bin/sh\n");
+    let with_file = |file: &str| {
+        GOOD.replacen(
+            "ssh_username = \"ubuntu\"",
+            &format!("ssh_username = \"ubuntu\"\nuser_data_file = \"{file}\""),
+            1,
+        )
+    };
+    let binary: Vec<u8> = (0..=255u8).cycle().take(16 * 1024).collect();
+    std::fs::write(workspace.path("at-the-limit.gz"), &binary).unwrap();
+    std::fs::write(workspace.path("too-big.gz"), [&binary[..], b"!"].concat()).unwrap();
+    std::fs::create_dir_all(workspace.path("a-folder")).unwrap();
+
+    let path = workspace.write("fleet.toml", &with_file("at-the-limit.gz"));
+    let outcome = workspace.fleetbake(&["validate", path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 0, "16384 bytes, not UTF-8, validate: {}", outcome.stderr);
+    for (file, expected) in [
+        (
+            "too-big.gz",
+            "`defaults.user_data_file`: is 16385 bytes; EC2 takes at most 16384 bytes of user data (before base64)"
+                .to_string(),
+        ),
+        (
+            "a-folder",
+            format!("`defaults.user_data_file`: `{}` is not a regular file", workspace.path("a-folder").display()),
+        ),
+        (
+            "missing.gz",
+            format!("`defaults.user_data_file`: `{}` does not exist", workspace.path("missing.gz").display()),
+        ),
+    ] {
+        let path = workspace.write("fleet.toml", &with_file(file));
+        let outcome = workspace.fleetbake(&["validate", path.to_str().unwrap()]);
+        assert_eq!(outcome.code, 2, "{file}: {}", outcome.stderr);
+        let expected = format!("{}:8:18: {expected}", path.display());
+        assert!(outcome.stderr.contains(&expected), "{file}: no `{expected}` in:\n{}", outcome.stderr);
+    }
+}

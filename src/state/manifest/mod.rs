@@ -2,7 +2,10 @@
 //! from the run's outcomes), and the reporter that rewrites it atomically (temp file + rename) as images become
 //! available and jobs fail, within a lag that grows with its size.
 
+mod existing;
 mod format;
+
+pub use existing::{check as check_existing, ExistingManifestError, SetAside, Unreadable};
 
 pub use format::{FailureEntry, ImageEntry, InProgressEntry, ManifestStatus, PublicationEntry, MANIFEST_VERSION};
 
@@ -103,9 +106,18 @@ impl Manifest {
         regions.get(&Region::new(region)).map(|artifact| &artifact.image_id)
     }
 
+    /// The manifest at `path`; an error if it is not one this fleetbake can read (not JSON, not a manifest, or
+    /// of a newer `version`).
     pub fn read(path: &Path) -> std::io::Result<Manifest> {
         let text = std::fs::read_to_string(path)?;
-        serde_json::from_str(&text).map_err(std::io::Error::other)
+        let manifest: Manifest = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+        if manifest.version > MANIFEST_VERSION {
+            return Err(std::io::Error::other(format!(
+                "manifest version {} was written by a newer fleetbake (this one reads up to {MANIFEST_VERSION})",
+                manifest.version
+            )));
+        }
+        Ok(manifest)
     }
 
     /// The file's bytes, into `buffer` (cleared first; a writer reuses one buffer for every rewrite).
