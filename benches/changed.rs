@@ -92,6 +92,7 @@ async fn night(sim: &Arc<SimCloud>, fleet: &Fleet) -> Night {
         reporters,
         run_lock: None,
         preflight: None,
+        local_leftovers: Vec::new(),
         manifest_set_aside: None,
     };
     let (_interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();

@@ -2,7 +2,8 @@
 # Installs what the tests and the local demo need, idempotently:
 #   - moto's standalone EC2 server (PyPI `moto[server]`) in a private venv
 #   - a real sshd (Debian `openssh-server`), not started as a system service
-#   - the unprivileged login user the test sshd lets in (`fbtest`)
+#   - the unprivileged login users the test sshd lets in (`fbtest`; `fbkeys`, whose authorized_keys a test
+#     watches)
 #   - `script` (a pseudo-terminal for the live view's tests) and `pkill` (Debian `bsdutils`, `procps`)
 # Prints the path of `moto_server` on its last line.
 set -euo pipefail
@@ -41,14 +42,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
-if ! id fbtest >/dev/null 2>&1; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "error: the test login user \`fbtest\` is missing and creating it needs root" >&2
-    exit 1
+for user in fbtest fbkeys; do
+  if ! id "$user" >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "error: the test login user \`$user\` is missing and creating it needs root" >&2
+      exit 1
+    fi
+    useradd --create-home --shell /bin/sh "$user"
+    # With UsePAM no, the default locked password (`!`) refuses even key logins; `*` allows keys only.
+    usermod -p '*' "$user"
   fi
-  useradd --create-home --shell /bin/sh fbtest
-  # With UsePAM no, the default locked password (`!`) refuses even key logins; `*` allows keys only.
-  usermod -p '*' fbtest
-fi
+done
 
 echo "$venv/bin/moto_server"

@@ -301,6 +301,17 @@ async fn aws(fleet: &config::Fleet, run_id: &RunId) -> AwsCloud {
 
 async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> Ending {
     let cloud: Arc<dyn Cloud> = Arc::new(aws(&fleet, &RunId::generate(Utc::now())).await);
+    // On this machine: what runs killed outright left (ssh masters, key directories); never a live run's.
+    let tmp = std::env::temp_dir();
+    if dry_run {
+        for leftovers in fleetbake::remote::key_dirs::find_leftovers(&tmp) {
+            println!("gc: {}", leftovers.would_end());
+        }
+    } else {
+        for leftovers in fleetbake::remote::key_dirs::end_leftovers(&tmp).await {
+            println!("gc: {leftovers}");
+        }
+    }
     match fleetbake::state::gc::gc(&fleet, cloud, dry_run).await {
         Ok((plan, outcome)) => {
             for line in outcome.lines.iter().chain(&plan.notes) {

@@ -384,6 +384,9 @@ pub struct SshSettings {
     pub ip_detect_url: String,
     pub interface: SshInterface,
     pub bastion: Option<Bastion>,
+    /// Remove the build key's line from the SSH user's `~/.ssh/authorized_keys` before the instance stops
+    /// (default `true`); `false` leaves it in the image.
+    pub clear_authorized_keys: bool,
 }
 
 impl SshSettings {

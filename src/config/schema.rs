@@ -229,6 +229,7 @@ pub struct SshSection {
     pub ip_detect_url: Option<String>,
     pub interface: Option<String>,
     pub bastion: Option<BastionSection>,
+    pub clear_authorized_keys: Option<bool>,
 }
 
 /// `[ssh] bastion = { host = "…", port = 22, user = "…", private_key_file = "…" }`.

@@ -1225,6 +1225,7 @@ fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSetting
         ip_detect_url,
         interface,
         bastion,
+        clear_authorized_keys: raw.clear_authorized_keys.unwrap_or(true),
     }
 }
 

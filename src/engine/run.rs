@@ -27,9 +27,9 @@ use crate::plan::bound::{Caps, JobDurations};
 use crate::plan::{Plan, RunId};
 use crate::remote::net::{self, DetectError};
 use crate::remote::sim::SimCommunicator;
-use crate::remote::{Communicator, SshCommunicator};
+use crate::remote::{key_dirs, Communicator, SshCommunicator};
 use crate::report::estimate::Estimator;
-use crate::report::events::{EventSender, RunEvent};
+use crate::report::events::{EventSender, LocalLeftovers, RunEvent};
 use crate::report::{self, JsonLinesReporter, LiveReporter, ReportError, Reporter, TerminalReporter};
 use crate::state::journal::{Journal, JournalDir, JournalError, Replay, RunLock};
 use crate::state::manifest::{check_existing, ExistingManifestError, ManifestWriter, SetAside};
@@ -137,6 +137,8 @@ pub async fn matrix(
 ) -> Result<RunOutcome, RunError> {
     // One run of a fleet file at a time, then the journal: either stops the run before any AWS call.
     let run_lock = RunLock::acquire(&JournalDir::of(&fleet))?;
+    // What runs killed outright left on this machine (ssh masters, key directories), whatever their fleet.
+    let local_leftovers = key_dirs::end_leftovers(&std::env::temp_dir()).await;
     let start = if options.resume {
         let (replay, plan) = crate::state::resume::prepare(&mut fleet)?;
         Start::Resume { replay: Box::new(replay), plan }
@@ -162,13 +164,14 @@ pub async fn matrix(
         fleet: Arc::clone(&fleet),
         ssh_sources,
         cloud,
-        communicator: SshCommunicator::shared(),
+        communicator: SshCommunicator::shared(start.plan().run_id.as_str()),
         limits: Arc::clone(&limits),
         strategy: Strategy::FLEETBAKE,
         fail_fast: options.fail_fast,
         reporters: standard_reporters(&fleet, start.plan(), Duration::ZERO, &options.output)?,
         run_lock: Some(run_lock),
         preflight,
+        local_leftovers,
         manifest_set_aside,
     };
     let (plan, summary) = execution.run(start, interrupts).await?;
@@ -226,6 +229,7 @@ pub async fn matrix_simulated(
         // The simulated account is this process's own: no other run can share it.
         run_lock: None,
         preflight,
+        local_leftovers: Vec::new(),
         manifest_set_aside,
     };
     let (plan, summary) = execution.run(start, interrupts).await?;
@@ -356,6 +360,8 @@ pub struct Execution {
     pub run_lock: Option<RunLock>,
     /// The preflight the run passed, told to the reporters (`None`: skipped).
     pub preflight: Option<Preflight>,
+    /// What runs killed outright had left on this machine, ended as this one started; told to the reporters.
+    pub local_leftovers: Vec<LocalLeftovers>,
     /// The unreadable manifest the run kept beside before it started, told to the reporters.
     pub manifest_set_aside: Option<SetAside>,
 }
@@ -400,6 +406,9 @@ impl Execution {
             throttles.send(RunEvent::Throttled { place: place.clone(), action: action.to_string() });
         }));
         let reporting = tokio::spawn(report::pump(receiver, self.reporters));
+        for leftovers in self.local_leftovers {
+            events.send(RunEvent::LocalLeftoversEnded(leftovers));
+        }
         if let Some(preflight) = &self.preflight {
             events.send(RunEvent::PreflightPassed { checks: preflight.checks.len() });
         }

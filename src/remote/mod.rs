@@ -1,11 +1,14 @@
 //! How a build reaches its instance to provision it: the [`Communicator`] port and the [`Connection`] it opens
 //! (`upload` and `exec`, which the [`provision`]ers run over), and [`SshCommunicator`], the real one over the
-//! system ssh client ([`ssh`]); [`sim`] answers for the simulated cloud; [`net`] detects this machine's address
-//! for the security group.
+//! system ssh client ([`ssh`]), whose private directories on this machine [`key_dirs`] names and ends when a
+//! killed run left them; [`authorized`] removes the build key from the image's `authorized_keys`; [`sim`]
+//! answers for the simulated cloud; [`net`] detects this machine's address for the security group.
 //!
 //! Layer: `remote` imports `config`, `cloud` (instance ids, the simulated cloud's instances) and `report`
 //! (output streams); never the steps, the state or the engine.
 
+pub mod authorized;
+pub mod key_dirs;
 pub mod net;
 pub mod provision;
 pub mod sim;
@@ -79,6 +82,12 @@ pub trait Connection: Send + Sync {
         None
     }
 
+    /// The public half of the temporary key this connection logged in with, which [`authorized::clear`]
+    /// removes from the image: `Ok(None)` for a way in without one (the simulated connection).
+    fn login_key(&self) -> Result<Option<authorized::LoginKey>, RemoteError> {
+        Ok(None)
+    }
+
     /// Closes the connection; a command whose `exec` was not waited to its end (its future dropped: a time limit,
     /// an interrupt) is ended on the instance first, best effort.
     async fn close(self: Box<Self>);
@@ -97,12 +106,15 @@ pub trait StandIn: Send + Sync {
     ) -> Result<(), ProvisionError>;
 }
 
-/// The real communicator: openssh over the system ssh client.
-pub struct SshCommunicator;
+/// The real communicator: openssh over the system ssh client, for the run `run_id` (which its private
+/// directories on this machine name as their owner, with this process).
+pub struct SshCommunicator {
+    run_id: String,
+}
 
 impl SshCommunicator {
-    pub fn shared() -> Arc<dyn Communicator> {
-        Arc::new(SshCommunicator)
+    pub fn shared(run_id: &str) -> Arc<dyn Communicator> {
+        Arc::new(SshCommunicator { run_id: run_id.to_string() })
     }
 }
 
@@ -111,11 +123,16 @@ impl Communicator for SshCommunicator {
     async fn connect(&self, target: &ConnectTarget, timeout: Duration) -> Result<Box<dyn Connection>, String> {
         match &target.via {
             Via::Ssh(ssh) => {
-                let files = ssh::KeyFiles::write(&ssh.private_key).map_err(|error| {
+                let owner = key_dirs::Owner::this_process(&self.run_id);
+                let files = ssh::KeyFiles::write(&ssh.private_key, &owner).map_err(|error| {
                     format!("cannot write the private key to a private temporary directory: {error}")
                 })?;
-                let session = ssh::connect(ssh, &files, timeout).await.map_err(|error| error.to_string())?;
-                Ok(Box::new(SshConnection(session, files, ssh::Unfinished::default())))
+                let login_key = files.public_key().await;
+                let connected = ssh::connect(ssh, &files, timeout).await;
+                // Logged in or given up: the key file is not read again.
+                files.forget_key();
+                let session = connected.map_err(|error| error.to_string())?;
+                Ok(Box::new(SshConnection { session, files, login_key, unfinished: ssh::Unfinished::default() }))
             }
         }
     }
@@ -123,23 +140,36 @@ impl Communicator for SshCommunicator {
 
 /// A session and its key files: the files go (the directory removed) after the session, when the connection
 /// is closed or dropped. Commands whose end was not waited for (a time limit, an interrupt) are ended on the
-/// instance when it is closed.
-struct SshConnection(openssh::Session, ssh::KeyFiles, ssh::Unfinished);
+/// instance when it is closed. `login_key`: the public half of the key it logged in with, or why it is not
+/// known.
+struct SshConnection {
+    session: openssh::Session,
+    files: ssh::KeyFiles,
+    login_key: Result<String, String>,
+    unfinished: ssh::Unfinished,
+}
 
 #[async_trait]
 impl Connection for SshConnection {
     async fn upload(&self, content: &[u8], remote_path: &str) -> Result<(), RemoteError> {
-        ssh::upload(&self.0, content, remote_path).await.map_err(|error| RemoteError(error.to_string()))
+        ssh::upload(&self.session, content, remote_path).await.map_err(|error| RemoteError(error.to_string()))
     }
 
     async fn exec(&self, command_line: &str, output: OutputSink<'_>) -> Result<Exit, RemoteError> {
-        ssh::run_ended_on_close(&self.0, &self.2, command_line, output)
+        ssh::run_ended_on_close(&self.session, &self.unfinished, command_line, output)
             .await
             .map_err(|error| RemoteError(error.to_string()))
     }
 
+    fn login_key(&self) -> Result<Option<authorized::LoginKey>, RemoteError> {
+        let line = self.login_key.as_ref().map_err(|error| RemoteError(error.clone()))?;
+        authorized::LoginKey::from_public_line(line)
+            .map(Some)
+            .ok_or_else(|| RemoteError(format!("`ssh-keygen -y` gave no public key: `{line}`")))
+    }
+
     async fn close(self: Box<Self>) {
-        let SshConnection(session, files, unfinished) = *self;
+        let SshConnection { session, files, unfinished, .. } = *self;
         ssh::end_unfinished(&session, &unfinished).await;
         if let Err(error) = session.close().await {
             tracing::debug!("closing the SSH session: {error}");

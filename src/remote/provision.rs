@@ -1,6 +1,10 @@
 //! Provisioners, run in order over a [`Connection`] (any way in: only its `upload` and `exec`): `file` uploads,
-//! `shell` scripts (a local file or inline lines) uploaded to a temporary path, run with FLEETBAKE_* in their
-//! environment, then removed.
+//! `shell` scripts (a local file or inline lines) uploaded to a temporary path, run with FLEETBAKE_* and their
+//! `env` in their environment, then removed.
+//!
+//! No value of the environment is ever on a command line, here or on the instance: they travel in the body of
+//! an env file (`export NAME='value'` lines) uploaded over the channel's stdin (owner-only, `umask 077`), which
+//! the command sources and removes before it `exec`s the script; the command line names only the two paths.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -113,9 +117,10 @@ pub async fn run(
                 ShellScript::File(path) => read_local(path).await.map_err(failed)?,
                 ShellScript::Inline(lines) => format!("#!/bin/sh -e\n{}\n", lines.join("\n")).into_bytes(),
             };
-            let remote_path = format!("/tmp/fleetbake-{}-{number}-{:08x}.sh", env.run_id, fastrand::u32(..));
-            connection.upload(&content, &remote_path).await.map_err(remote_error)?;
-            let command_line = script_command(&remote_path, env, user_env);
+            let paths = ScriptPaths::new(env, number);
+            connection.upload(&content, &paths.script).await.map_err(remote_error)?;
+            connection.upload(env_file(env, user_env).as_bytes(), &paths.env_file).await.map_err(remote_error)?;
+            let command_line = script_command(&paths);
             match connection.exec(&command_line, output).await.map_err(remote_error)? {
                 Exit::Success => Ok(()),
                 Exit::Code(code) => Err(failed(ProvisionCause::ExitCode(code))),
@@ -129,21 +134,43 @@ async fn read_local(path: &std::path::Path) -> Result<Vec<u8>, ProvisionCause> {
     tokio::fs::read(path).await.map_err(|error| ProvisionCause::LocalFile { path: path.display().to_string(), error })
 }
 
-/// Makes the uploaded script executable, runs it with the environment, removes it, keeps its exit status.
-fn script_command(remote_path: &str, env: &ProvisionEnv, user_env: &BTreeMap<String, String>) -> String {
-    let path = shell_quote(remote_path);
-    let mut assignments = vec![
-        format!("FLEETBAKE_FLAVOR={}", shell_quote(&env.flavor)),
-        format!("FLEETBAKE_REGION={}", shell_quote(&env.region)),
-        format!("FLEETBAKE_RUN_ID={}", shell_quote(&env.run_id)),
+/// Where a shell provisioner's script and its env file go on the instance (both removed by the command).
+struct ScriptPaths {
+    script: String,
+    env_file: String,
+}
+
+impl ScriptPaths {
+    fn new(env: &ProvisionEnv, number: usize) -> ScriptPaths {
+        let stem = format!("/tmp/fleetbake-{}-{number}-{:08x}", env.run_id, fastrand::u32(..));
+        ScriptPaths { script: format!("{stem}.sh"), env_file: format!("{stem}.env") }
+    }
+}
+
+/// The body of the env file a script runs with: FLEETBAKE_* then the fleet file's `env`, one
+/// `export NAME='value'` line each (values quoted for a POSIX shell; names are checked identifiers).
+fn env_file(env: &ProvisionEnv, user_env: &BTreeMap<String, String>) -> String {
+    let mut variables = vec![
+        ("FLEETBAKE_FLAVOR", env.flavor.as_str()),
+        ("FLEETBAKE_REGION", env.region.as_str()),
+        ("FLEETBAKE_RUN_ID", env.run_id.as_str()),
     ];
     if let Phase::Test { image_id } = &env.phase {
-        assignments.push(format!("FLEETBAKE_IMAGE_ID={}", shell_quote(image_id)));
+        variables.push(("FLEETBAKE_IMAGE_ID", image_id.as_str()));
     }
-    assignments.extend(user_env.iter().map(|(name, value)| format!("{name}={}", shell_quote(value))));
+    variables.extend(user_env.iter().map(|(name, value)| (name.as_str(), value.as_str())));
+    variables.iter().map(|(name, value)| format!("export {name}={}\n", shell_quote(value))).collect()
+}
+
+/// Makes the uploaded script executable and runs it in a subshell that first sources the env file (the
+/// `export`s are the shell's builtins: no process is started with a value in its argv) and removes it, then
+/// `exec`s the script; removes both files whatever happened, and keeps the script's exit status. Only the two
+/// paths are on the command line.
+fn script_command(paths: &ScriptPaths) -> String {
+    let (script, env_file) = (shell_quote(&paths.script), shell_quote(&paths.env_file));
     format!(
-        "chmod 0700 {path} && env {} {path} < /dev/null; status=$?; rm -f {path}; exit $status",
-        assignments.join(" ")
+        "chmod 0700 {script} && ( . {env_file} && rm -f {env_file} && exec {script} < /dev/null ); status=$?; \
+         rm -f {script} {env_file}; exit $status"
     )
 }
 
@@ -201,11 +228,16 @@ mod tests {
         let mut output = |stream, line| lines.push((stream, line));
         run(&connection, 2, &inline(&["echo hello"]), &env(), &mut output).await.unwrap();
         let uploads = connection.uploads.into_inner().unwrap();
-        let [(path, content)] = &uploads[..] else { panic!("one upload: {uploads:?}") };
-        assert!(path.starts_with("/tmp/fleetbake-r-2-") && path.ends_with(".sh"), "{path}");
+        let [(script, content), (env_path, env_body)] = &uploads[..] else { panic!("two uploads: {uploads:?}") };
+        assert!(script.starts_with("/tmp/fleetbake-r-2-") && script.ends_with(".sh"), "{script}");
         assert_eq!(content, b"#!/bin/sh -e\necho hello\n");
+        assert_eq!(env_path, &format!("{}.env", script.strip_suffix(".sh").unwrap()));
+        let expected_env =
+            "export FLEETBAKE_FLAVOR='f'\nexport FLEETBAKE_REGION='us-west-2'\nexport FLEETBAKE_RUN_ID='r'\n";
+        assert_eq!(String::from_utf8_lossy(env_body), expected_env);
         let commands = connection.commands.into_inner().unwrap();
-        assert_eq!(commands, [script_command(path, &env(), &BTreeMap::new())]);
+        let paths = ScriptPaths { script: script.clone(), env_file: env_path.clone() };
+        assert_eq!(commands, [script_command(&paths)]);
         assert_eq!(lines, [(OutputStream::Stdout, OutputLine::from("hello"))]);
     }
 
@@ -226,8 +258,9 @@ mod tests {
         let env = ProvisionEnv { phase: Phase::Test { image_id: "ami-1".into() }, ..env() };
         let error = run(&connection, 1, &inline(&["false"]), &env, &mut |_, _| {}).await.unwrap_err();
         assert_eq!(error.to_string(), "test 1 (shell inline, 1 lines) exited with status 3");
-        let commands = connection.commands.into_inner().unwrap();
-        assert!(commands[0].contains(" FLEETBAKE_IMAGE_ID='ami-1' "), "{commands:?}");
+        let uploads = connection.uploads.into_inner().unwrap();
+        let env_body = String::from_utf8_lossy(&uploads[1].1).into_owned();
+        assert!(env_body.ends_with("export FLEETBAKE_IMAGE_ID='ami-1'\n"), "{env_body}");
     }
 
     #[tokio::test]
@@ -238,18 +271,37 @@ mod tests {
     }
 
     #[test]
-    fn script_command_quotes_everything() {
-        let env = ProvisionEnv {
-            flavor: "f".into(),
-            region: "us-west-2".into(),
-            run_id: "r".into(),
-            phase: Phase::Provision,
-        };
+    fn the_env_file_quotes_every_value_and_the_command_names_only_paths() {
         let user_env = BTreeMap::from([("GREETING".to_string(), "it's here".to_string())]);
         assert_eq!(
-            script_command("/tmp/x.sh", &env, &user_env),
-            "chmod 0700 '/tmp/x.sh' && env FLEETBAKE_FLAVOR='f' FLEETBAKE_REGION='us-west-2' FLEETBAKE_RUN_ID='r' \
-             GREETING='it'\\''s here' '/tmp/x.sh' < /dev/null; status=$?; rm -f '/tmp/x.sh'; exit $status"
+            env_file(&env(), &user_env),
+            "export FLEETBAKE_FLAVOR='f'\nexport FLEETBAKE_REGION='us-west-2'\nexport FLEETBAKE_RUN_ID='r'\n\
+             export GREETING='it'\\''s here'\n"
         );
+        let paths = ScriptPaths { script: "/tmp/x.sh".into(), env_file: "/tmp/x.env".into() };
+        assert_eq!(
+            script_command(&paths),
+            "chmod 0700 '/tmp/x.sh' && ( . '/tmp/x.env' && rm -f '/tmp/x.env' && exec '/tmp/x.sh' < /dev/null ); \
+             status=$?; rm -f '/tmp/x.sh' '/tmp/x.env'; exit $status"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_env_value_is_in_a_command_line() {
+        let connection = Recording::answering(|| Exit::Success);
+        let secret = "s3cr3t-value";
+        let provisioner = Provisioner::Shell {
+            script: ShellScript::Inline(vec!["true".into()]),
+            env: BTreeMap::from([("TOKEN".to_string(), secret.to_string())]),
+        };
+        run(&connection, 1, &provisioner, &env(), &mut |_, _| {}).await.unwrap();
+        let commands = connection.commands.into_inner().unwrap();
+        assert!(
+            commands.iter().all(|command| !command.contains(secret) && !command.contains("us-west-2")),
+            "{commands:?}"
+        );
+        let uploads = connection.uploads.into_inner().unwrap();
+        assert!(uploads.iter().any(|(_, body)| String::from_utf8_lossy(body).contains("export TOKEN='s3cr3t-value'")));
+        assert!(uploads.iter().all(|(path, _)| !path.contains(secret)));
     }
 }

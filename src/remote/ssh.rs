@@ -3,16 +3,17 @@
 //! With a bastion, it jumps through it (`ssh -J`): the jump connection reads a private ssh config file that
 //! names the bastion's key and known-hosts file (command-line options apply to the instance only).
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::cloud::retry::{retry, Outcome, Policy};
 use crate::cloud::PrivateKey;
 use crate::config::{ssh_fields, Bastion};
-use crate::remote::Exit;
+use crate::remote::{key_dirs, Exit};
 use crate::report::events::{OutputLine, OutputStream};
 
 /// Where and as whom to connect.
@@ -28,20 +29,19 @@ pub struct SshTarget {
     pub bastion: Option<Bastion>,
 }
 
-/// The files a connection needs on this machine: a private (0700) directory holding the key (0600), the
-/// control socket (a short path: Unix socket paths are limited to ~100 bytes) and, with a bastion, the ssh
-/// config. Removed with the directory when the connection ends (closed, or dropped by an interrupt).
+/// The files a connection needs on this machine: a private (0700) directory ([`key_dirs`]: its owner file
+/// says which run and process made it) holding the key (0600) until the connection is up
+/// ([`KeyFiles::forget_key`]), the control socket (a short path: Unix socket paths are limited to ~100 bytes)
+/// and, with a bastion, the ssh config. Removed with the directory when the connection ends (closed, or dropped
+/// by an interrupt); what a run killed outright leaves, the next run ends ([`key_dirs::end_leftovers`]).
 pub struct KeyFiles {
     dir: tempfile::TempDir,
     key_file: PathBuf,
 }
 
 impl KeyFiles {
-    pub fn write(key: &PrivateKey) -> std::io::Result<KeyFiles> {
-        let dir = tempfile::Builder::new()
-            .prefix("fb-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .tempdir()?;
+    pub fn write(key: &PrivateKey, owner: &key_dirs::Owner) -> std::io::Result<KeyFiles> {
+        let dir = key_dirs::create(owner)?;
         let key_file = dir.path().join("key");
         write_private_file(&key_file, key.expose())?;
         Ok(KeyFiles { dir, key_file })
@@ -50,7 +50,43 @@ impl KeyFiles {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The public half of the key, as an `authorized_keys` line (`ssh-keygen -y`: only the key file's path on
+    /// its command line).
+    pub async fn public_key(&self) -> Result<String, String> {
+        let output = tokio::process::Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&self.key_file)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(30), output)
+            .await
+            .map_err(|_| "`ssh-keygen -y` did not answer within 30s".to_string())?
+            .map_err(|error| format!("cannot run `ssh-keygen -y`: {error}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "`ssh-keygen -y` cannot read the build key ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+
+    /// Removes the private key: once the control master is logged in, nothing reads it again (every command
+    /// goes through the master; a bastion's jump was made when the master connected).
+    pub fn forget_key(&self) {
+        if let Err(error) = std::fs::remove_file(&self.key_file) {
+            tracing::debug!("removing `{}`: {error}", self.key_file.display());
+        }
+    }
 }
+
+/// How long an ssh control master with no session stays logged in before it exits by itself: a bound on
+/// what a fleetbake killed outright leaves connected (a connection's sessions follow one another at once).
+pub const CONTROL_PERSIST: Duration = Duration::from_secs(120);
 
 /// The alias of the bastion in the private ssh config file.
 const BASTION_ALIAS: &str = "fleetbake-bastion";
@@ -100,6 +136,9 @@ pub async fn connect(target: &SshTarget, files: &KeyFiles, timeout: Duration) ->
         .config_file("/dev/null")
         .connect_timeout(CONNECT_ATTEMPT_TIMEOUT)
         .server_alive_interval(Duration::from_secs(15))
+        .control_persist(ControlPersist::IdleFor(
+            NonZeroUsize::new(CONTROL_PERSIST.as_secs() as usize).expect("a bounded, non-zero idle time"),
+        ))
         .control_directory(files.dir());
     if let Some(bastion) = &target.bastion {
         let config = files.dir().join("ssh_config");
@@ -142,9 +181,10 @@ pub fn shell_quote(text: &str) -> String {
 /// How much of an upload's stderr its error message keeps.
 const UPLOAD_ERROR_CHARS: usize = 2000;
 
-/// Writes `content` to `remote_path` on the instance.
+/// Writes `content` to `remote_path` on the instance, over the channel's stdin (never on a command line), under
+/// `umask 077`: a file it creates is the SSH user's alone (an existing file keeps its mode).
 pub async fn upload(session: &Session, content: &[u8], remote_path: &str) -> Result<(), SshError> {
-    let command_line = format!("cat > {}", shell_quote(remote_path));
+    let command_line = upload_command(remote_path);
     let mut child = session
         .raw_command(&command_line)
         .stdin(Stdio::piped())
@@ -180,6 +220,11 @@ pub async fn upload(session: &Session, content: &[u8], remote_path: &str) -> Res
         }
         (_, Err(error)) => Err(SshError::Command(format!("upload to `{remote_path}` failed: {error}"))),
     }
+}
+
+/// The command an upload runs on the instance: only the path is on it.
+fn upload_command(remote_path: &str) -> String {
+    format!("umask 077 && cat > {}", shell_quote(remote_path))
 }
 
 /// Runs `command_line` with stdin from /dev/null, handing each output line to `on_line` as it arrives, as the

@@ -48,6 +48,42 @@ impl From<&str> for OutputLine {
     }
 }
 
+/// What a run killed outright left on this machine, found by its run id and ended by a later run (as it
+/// starts) or `gc`: its ssh control masters (still logged in to their instances) and its connections' private
+/// directories (a key, a control socket).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalLeftovers {
+    pub run_id: String,
+    pub masters: usize,
+    pub key_directories: usize,
+}
+
+impl LocalLeftovers {
+    /// What would be ended (`gc --dry-run`): `would end 1 ssh master and remove 1 key directory left by run X`.
+    pub fn would_end(&self) -> String {
+        format!("would end {} and remove {} left by run {}", self.masters_text(), self.directories_text(), self.run_id)
+    }
+
+    fn masters_text(&self) -> String {
+        plural(self.masters, "ssh master", "ssh masters")
+    }
+
+    fn directories_text(&self) -> String {
+        plural(self.key_directories, "key directory", "key directories")
+    }
+}
+
+fn plural(count: usize, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
+}
+
+impl std::fmt::Display for LocalLeftovers {
+    /// `ended 1 ssh master and removed 1 key directory left by run X`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ended {} and removed {} left by run {}", self.masters_text(), self.directories_text(), self.run_id)
+    }
+}
+
 /// A build or a copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -131,6 +167,8 @@ pub enum RunEvent {
         resource: String,
         error: String,
     },
+    /// As the run started, it ended what a run killed outright had left on this machine.
+    LocalLeftoversEnded(LocalLeftovers),
     /// The manifest the run is to write over could not be read (not JSON, not a manifest, a newer version): it
     /// was kept beside as `kept_as`, and the run writes a new one.
     ManifestSetAside {

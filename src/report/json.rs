@@ -60,6 +60,14 @@ pub fn to_json_line(stamped: &Stamped) -> String {
         RunEvent::CleanupFailed { job: label, resource, error } => {
             ("cleanup_failed", merge(job(label), json!({ "resource": resource, "error": error })))
         }
+        RunEvent::LocalLeftoversEnded(leftovers) => (
+            "local_leftovers_ended",
+            json!({
+                "run_id": leftovers.run_id,
+                "masters": leftovers.masters,
+                "key_directories": leftovers.key_directories,
+            }),
+        ),
         RunEvent::Resuming { run_id, attempt, journal } => (
             "resuming",
             json!({ "run_id": run_id.as_str(), "attempt": attempt, "journal": journal.display().to_string() }),

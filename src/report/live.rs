@@ -121,6 +121,7 @@ impl Reporter for LiveReporter {
             | RunEvent::ImageInProgress(_)
             | RunEvent::Interrupted { .. }
             | RunEvent::Resuming { .. }
+            | RunEvent::LocalLeftoversEnded(_)
             | RunEvent::ManifestSetAside { .. }
             | RunEvent::RunStarted { .. } => {
                 if let Some(text) = line(&stamped.event) {

@@ -97,6 +97,7 @@ impl Tally {
             | RunEvent::Swept { .. }
             | RunEvent::CleanupFailed { .. }
             | RunEvent::Resuming { .. }
+            | RunEvent::LocalLeftoversEnded(_)
             | RunEvent::ManifestSetAside { .. }
             | RunEvent::Interrupted { .. } => {}
         }

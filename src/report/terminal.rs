@@ -62,6 +62,7 @@ pub fn line(event: &RunEvent) -> Option<String> {
             }
         },
         RunEvent::Swept { resource } => format!("==> removed {resource}, left behind by an earlier step"),
+        RunEvent::LocalLeftoversEnded(leftovers) => format!("==> {leftovers}"),
         RunEvent::ManifestSetAside { path, kept_as, why } => format!(
             "==> warning: cannot read the manifest `{}` ({why}); kept it as `{}` and writing a new one",
             path.display(),

@@ -17,6 +17,52 @@ pub use crate::proxy::*;
 /// The login user the test sshd lets in (created by scripts/install-test-deps.sh).
 pub const SSH_USER: &str = "fbtest";
 
+/// The login user of [`Sshd::start_writing_authorized_keys`] (created by scripts/install-test-deps.sh): its own,
+/// so that no other test's build touches its `~/.ssh/authorized_keys`.
+pub const KEYS_USER: &str = "fbkeys";
+
+/// Where the harness puts the `AuthorizedKeysCommand` that writes `authorized_keys` as cloud-init would: a
+/// root-owned 0755 folder outside /tmp (sshd refuses a command under /tmp).
+const AUTHORIZED_KEYS_COMMAND: &str = "/usr/local/lib/fleetbake-tests/append-offered-key";
+
+/// The command: appends the offered key (`%t %k`) to the user's (`%u`, home `%h`) `~/.ssh/authorized_keys` if it
+/// is not there yet, the way cloud-init installs an EC2 key pair at first boot, and prints it (so it is accepted
+/// also after a build removed it). Runs as root.
+const AUTHORIZED_KEYS_SCRIPT: &str = r#"#!/bin/sh
+user="$1"; home="$2"; type="$3"; key="$4"
+umask 077
+[ -d "$home/.ssh" ] || { mkdir "$home/.ssh" && chown "$user" "$home/.ssh"; }
+keys="$home/.ssh/authorized_keys"
+grep -qF -e "$key" "$keys" 2>/dev/null || { echo "$type $key fleetbake-test-ec2-key" >> "$keys"; chown "$user" "$keys"; }
+echo "$type $key"
+"#;
+
+/// Writes [`AUTHORIZED_KEYS_SCRIPT`] to [`AUTHORIZED_KEYS_COMMAND`] unless it is there already (idempotent;
+/// tests in parallel each write a copy and rename it into place).
+fn install_authorized_keys_command() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = Path::new(AUTHORIZED_KEYS_COMMAND);
+    if std::fs::read_to_string(path).is_ok_and(|text| text == AUTHORIZED_KEYS_SCRIPT) {
+        return;
+    }
+    let dir = path.parent().unwrap();
+    std::fs::create_dir_all(dir).expect("the AuthorizedKeysCommand's folder (the tests run as root)");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join(format!(".append-offered-key.{}", std::process::id()));
+    std::fs::write(&copy, AUTHORIZED_KEYS_SCRIPT).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&copy, path).unwrap();
+}
+
+/// Which keys a test sshd lets in.
+#[derive(Clone, Copy)]
+enum AuthorizedKeys {
+    /// Any key offered, for [`SSH_USER`]; no `authorized_keys` file is read or written.
+    AnyOffered,
+    /// [`KEYS_USER`]'s real `~/.ssh/authorized_keys`, where [`AUTHORIZED_KEYS_COMMAND`] appends any key offered.
+    WrittenOnFirstLogin,
+}
+
 /// Where [`free_port`] is in its range: the random offset it started at and how many ports it has tried since;
 /// `None` until the first call.
 static PORTS: Mutex<Option<(u16, u16)>> = Mutex::new(None);
@@ -264,12 +310,21 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start() -> Sshd {
-        Sshd::start_on(free_port)
+        Sshd::start_on(free_port, AuthorizedKeys::AnyOffered)
+    }
+
+    /// An sshd for [`KEYS_USER`] whose `AuthorizedKeysFile` is real: the first login with a key appends it to
+    /// `~/.ssh/authorized_keys` (as cloud-init installs an EC2 key pair), which a build then finds there.
+    pub fn start_writing_authorized_keys() -> Sshd {
+        install_authorized_keys_command();
+        let known = Command::new("id").arg(KEYS_USER).stdout(Stdio::null()).status().unwrap().success();
+        assert!(known, "the test login user `{KEYS_USER}` is missing: run scripts/install-test-deps.sh");
+        Sshd::start_on(free_port, AuthorizedKeys::WrittenOnFirstLogin)
     }
 
     /// An sshd on the first of `ports` it can listen on. Its sessions carry `FBTEST_SUITE_TMPDIR` (this test
     /// process's temp folder): how scripts/test.sh tells a provisioner loop the suite left from anyone else's.
-    fn start_on(ports: impl FnMut() -> u16) -> Sshd {
+    fn start_on(ports: impl FnMut() -> u16, keys: AuthorizedKeys) -> Sshd {
         assert!(Path::new("/usr/sbin/sshd").exists(), "/usr/sbin/sshd missing: run scripts/test.sh");
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd (privilege separation directory)");
         let dir = tempfile::Builder::new().prefix("fb-sshd").tempdir().unwrap();
@@ -281,14 +336,23 @@ impl Sshd {
             .expect("ssh-keygen runs");
         assert!(status.success());
         let config = dir.path().join("sshd_config");
+        let authorized = match keys {
+            AuthorizedKeys::AnyOffered => format!(
+                "AuthorizedKeysFile none\nAuthorizedKeysCommand /bin/echo %t %k\nAuthorizedKeysCommandUser nobody\n\
+                 AllowUsers {SSH_USER}\n"
+            ),
+            AuthorizedKeys::WrittenOnFirstLogin => format!(
+                "AuthorizedKeysFile .ssh/authorized_keys\nAuthorizedKeysCommand {AUTHORIZED_KEYS_COMMAND} %u %h %t %k\n\
+                 AuthorizedKeysCommandUser root\nAllowUsers {KEYS_USER}\n"
+            ),
+        };
         let (child, port) = start_listening("sshd", ports, |port| {
             std::fs::write(
                 &config,
                 format!(
                     "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nPidFile {}\nUsePAM no\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
-                     AuthorizedKeysFile none\nAuthorizedKeysCommand /bin/echo %t %k\nAuthorizedKeysCommandUser nobody\n\
-                     AllowUsers {SSH_USER}\nMaxStartups 64:30:128\nMaxSessions 64\nLogLevel ERROR\n\
+                     {authorized}MaxStartups 64:30:128\nMaxSessions 64\nLogLevel ERROR\n\
                      SetEnv FBTEST_SUITE_TMPDIR={}\n",
                     host_key.display(),
                     dir.path().join("sshd.pid").display(),
@@ -624,7 +688,7 @@ fn servers_whose_port_is_taken_start_on_another() {
     let other = TcpListener::bind(("127.0.0.1", free_port())).unwrap();
     let taken = other.local_addr().unwrap().port();
 
-    let sshd = Sshd::start_on(taken_then_free(taken));
+    let sshd = Sshd::start_on(taken_then_free(taken), AuthorizedKeys::AnyOffered);
     assert_ne!(sshd.port, taken);
     let mut banner = [0u8; 8];
     std::io::Read::read_exact(&mut TcpStream::connect(("127.0.0.1", sshd.port)).unwrap(), &mut banner).unwrap();

@@ -317,7 +317,8 @@ fn sigint_during_provisioning_cleans_up_keeps_finished_images_and_resumes() {
     // One build at a time: `quick` is done before `slow` starts.
     running.read_until("slow/us-west-2: sleeping now");
     // Mid-build: the temporary security group lets in only the detected address, on `ssh.port` only,
-    // and the private key sits in a private directory, readable by its owner only.
+    // and the connection's directory is private, its files readable by their owner only; the key in it was
+    // deleted once the ssh master was logged in.
     runtime().block_on(async {
         let groups = moto.client("us-west-2").describe_security_groups().send().await.unwrap();
         let ours: Vec<_> =
@@ -336,7 +337,8 @@ fn sigint_during_provisioning_cleans_up_keeps_finished_images_and_resumes() {
     assert_eq!(key_dirs.len(), 1, "{key_dirs:?}");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&key_dirs[0]).unwrap().permissions().mode() & 0o777, 0o700);
-    assert_eq!(std::fs::metadata(key_dirs[0].join("key")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(key_dirs[0].join("owner")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!key_dirs[0].join("key").exists(), "{key_dirs:?}");
 
     running.signal("INT");
     let seen = running.seen.clone();

@@ -69,12 +69,12 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
         start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     child.0.kill().unwrap();
     child.0.wait().unwrap();
-    // Killed outright, it left its private key's folder behind: in the workspace's TMPDIR (removed with it),
-    // not in the machine's /tmp.
+    // Killed outright, it left its connection's folder behind (the key in it already deleted: the ssh master
+    // was logged in): in the workspace's TMPDIR (removed with it), not in the machine's /tmp.
     let left: Vec<_> = std::fs::read_dir(workspace.tmp()).unwrap().map(|entry| entry.unwrap().path()).collect();
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].file_name().unwrap().to_string_lossy().starts_with("fb-"), "{left:?}");
-    assert!(left[0].join("key").exists(), "{left:?}");
+    assert!(left[0].join("owner").exists() && !left[0].join("key").exists(), "{left:?}");
     let killed = read_manifest(&workspace);
     let run_id = killed["run_id"].as_str().unwrap().to_string();
     assert_eq!(killed["status"], "partial", "{seen}");
@@ -127,6 +127,10 @@ fn killed_mid_run_then_resumed_makes_each_image_once_and_gc_leaves_nothing() {
     assert!(resumed.stderr.contains(&format!("resuming run {run_id} (attempt 2)")), "{}", resumed.stderr);
     assert!(resumed.stderr.contains("dropped a torn last record"), "{}", resumed.stderr);
     assert!(resumed.stderr.contains("removed instance i-"), "the killed attempt's instance: {}", resumed.stderr);
+    // And on this machine: the killed attempt's ssh master and folder.
+    let ended = format!("ended 1 ssh master and removed 1 key directory left by run {run_id}");
+    assert!(resumed.stderr.contains(&ended), "{ended}: {}", resumed.stderr);
+    assert_eq!(std::fs::read_dir(workspace.tmp()).unwrap().count(), 0, "nothing left in TMPDIR");
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["status"], "complete");
     assert_eq!(manifest["run_id"], run_id.as_str());
@@ -167,6 +171,10 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
     let Running { mut child, .. } = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
     child.0.kill().unwrap();
     child.0.wait().unwrap();
+    let dry = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap(), "--dry-run"]);
+    let would = "gc: would end 1 ssh master and remove 1 key directory left by run ";
+    assert!(dry.stdout.contains(would), "{would}: {}", dry.stdout);
+    assert_eq!(std::fs::read_dir(workspace.tmp()).unwrap().count(), 1, "a dry run ends nothing");
     let swept = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(swept.code, 0, "{}{}", swept.stdout, swept.stderr);
     for kind in ["removed instance i-", "removed security group sg-", "removed key pair fleetbake-"] {
@@ -174,6 +182,10 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
     }
     assert!(swept.stdout.contains("removed 3 temporary resources"), "{}", swept.stdout);
     assert_nothing_temporary_left_anywhere(&moto);
+    // And on this machine: the killed run's ssh master and its connection's folder.
+    let said = "gc: ended 1 ssh master and removed 1 key directory left by run ";
+    assert!(swept.stdout.contains(said), "{said}: {}", swept.stdout);
+    assert_eq!(std::fs::read_dir(workspace.tmp()).unwrap().count(), 0, "nothing left in TMPDIR");
 
     gate.open();
     let run = || {

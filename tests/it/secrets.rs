@@ -246,3 +246,278 @@ fn a_provisioner_that_prints_its_env_value_has_that_line_shown_and_repeated_nowh
     let found = findings(&haystacks(&workspace, &outcome, &["fleet.toml", "tmp"]), &needles);
     assert!(found.is_empty(), "secrets written: {found:?}");
 }
+
+/// What a [`CommandLineWatch`] saw: how many times it read every process's command line, in how many of those
+/// reads a provisioner of the run was running, and each command line that held the needle.
+struct Watched {
+    samples: usize,
+    samples_with_provisioner: usize,
+    with_needle: Vec<String>,
+}
+
+/// Reads every process's command line (`/proc/*/cmdline`: what `ps -eo args` shows) every few milliseconds until
+/// stopped. The test sshd is this machine, so it sees both sides: the local `ssh … -- command` and, on the
+/// "instance", the `sh -c` sshd starts and whatever the provisioner runs.
+struct CommandLineWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Watched>,
+}
+
+impl CommandLineWatch {
+    fn start(needle: String, provisioner_marker: &'static str) -> CommandLineWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut watched = Watched { samples: 0, samples_with_provisioner: 0, with_needle: Vec::new() };
+            // A deadline of its own: a test that fails before stopping it does not leave it running.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                let mut provisioner_seen = false;
+                for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+                    let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+                    let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+                    provisioner_seen |= line.contains(provisioner_marker);
+                    if line.contains(&needle) {
+                        watched.with_needle.push(line);
+                    }
+                }
+                watched.samples += 1;
+                watched.samples_with_provisioner += usize::from(provisioner_seen);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            watched
+        });
+        CommandLineWatch { stop, thread }
+    }
+
+    fn stop(self) -> Watched {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Issue 21's reproduction: a provisioner `env` value was in `ps` 38 times during a 4-second provisioner. Now
+/// every process's command line is read throughout a run whose provisioner sleeps 3 seconds (locally: the ssh
+/// client's `-- command`; on the instance: sshd's `sh -c` and the script): none holds the value, while the
+/// provisioner proves it had it (it writes the value's SHA-256), as does the image's test after it. A `file`
+/// provisioner's new destination is created owner-only (`umask 077`).
+#[test]
+fn no_env_value_is_on_any_command_line_while_a_provisioner_runs() {
+    use sha2::Digest;
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let token = format!("fb-argv-token-{:016x}", fastrand::u64(..));
+    let markers = workspace.markers.display();
+    let uploaded = workspace.write("payload.txt", "payload\n");
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"watched\"\nsource_ami = {AL2023}\nprovisioners = [\n\
+         {{ type = \"file\", source = \"{}\", destination = \"{markers}/uploaded.txt\" }},\n\
+         {{ type = \"shell\", inline = [\"printf '%s' \\\"$ARGV_TOKEN\\\" | sha256sum | cut -d' ' -f1 > {markers}/token.sha256\", \"sleep 3\"], env = {{ ARGV_TOKEN = \"{token}\" }} }},\n\
+         ]\n\
+         tests = [{{ type = \"shell\", inline = [\"printf '%s' \\\"$ARGV_TOKEN\\\" | sha256sum | cut -d' ' -f1 > {markers}/test-token.sha256\", \"sleep 1\"], env = {{ ARGV_TOKEN = \"{token}\" }} }}]\n\
+         \n[regions]\nus-west-2 = []\n",
+        fleet_header_at(&moto.endpoint, &sshd),
+        uploaded.display(),
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let watch = CommandLineWatch::start(token.clone(), "/tmp/fleetbake-");
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let watched = watch.stop();
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+
+    let expected = format!("{:x}", sha2::Sha256::digest(token.as_bytes()));
+    let seen = std::fs::read_to_string(workspace.markers.join("token.sha256")).unwrap();
+    assert_eq!(seen.trim(), expected, "the provisioner had the value in its environment");
+    let tested = std::fs::read_to_string(workspace.markers.join("test-token.sha256")).unwrap();
+    assert_eq!(tested.trim(), expected, "and so had the image's test");
+    // The build's and the test instance's connections each removed their directory as they closed.
+    assert_eq!(std::fs::read_dir(workspace.tmp()).unwrap().count(), 0, "no connection directory is left");
+    // The watch was looking while the provisioner ran (3 s of sleep: hundreds of samples).
+    assert!(
+        watched.samples_with_provisioner >= 50,
+        "{} of {} samples saw the provisioner",
+        watched.samples_with_provisioner,
+        watched.samples
+    );
+    let distinct: std::collections::BTreeSet<&String> = watched.with_needle.iter().collect();
+    assert!(
+        watched.with_needle.is_empty(),
+        "the value was on {} command lines ({} distinct), e.g. {:?}",
+        watched.with_needle.len(),
+        distinct.len(),
+        distinct.iter().take(2).collect::<Vec<_>>()
+    );
+
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(workspace.markers.join("uploaded.txt")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "an upload is created under umask 077");
+}
+
+/// Held by each test that uses [`KEYS_USER`]'s `authorized_keys`: one at a time.
+static KEYS_USER_HOME: Mutex<()> = Mutex::new(());
+
+/// [`KEYS_USER`]'s `~/.ssh/authorized_keys` (as root: the tests run as root), and its lines.
+fn keys_user_authorized_keys() -> PathBuf {
+    PathBuf::from(format!("/home/{KEYS_USER}/.ssh/authorized_keys"))
+}
+
+/// Writes `lines` as [`KEYS_USER`]'s `authorized_keys` (0600, theirs), as an image's other users would have them.
+fn reset_authorized_keys(lines: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = keys_user_authorized_keys();
+    std::fs::create_dir_all(keys.parent().unwrap()).unwrap();
+    std::fs::write(&keys, lines).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let status = std::process::Command::new("chown").args(["-R", KEYS_USER]).arg(keys.parent().unwrap()).status();
+    assert!(status.unwrap().success());
+}
+
+/// Issue 21's reproduction: nothing removed the build key from `authorized_keys`, so every image trusted it.
+/// On an sshd whose `authorized_keys` is real (the first login appends the build's key, as cloud-init would),
+/// the build removes exactly that line before the instance stops: the other lines stay, in order, with the
+/// file's mode; with `[ssh] clear_authorized_keys = false` the line stays.
+#[test]
+fn the_build_key_is_removed_from_authorized_keys_before_the_image_and_other_lines_are_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    let _home = KEYS_USER_HOME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let moto = Moto::start();
+    let sshd = Sshd::start_writing_authorized_keys();
+    let workspace = Workspace::new();
+    let others = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFLEETBAKEOTHER1 alice@laptop\n\
+                  ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQFLEETBAKEOTHER2 deploy\n";
+    reset_authorized_keys(others);
+    let header = fleet_header_at(&moto.endpoint, &sshd)
+        .replace(&format!("ssh_username = \"{SSH_USER}\""), &format!("ssh_username = \"{KEYS_USER}\""));
+    let fleet = format!(
+        "{header}\n[[flavor]]\nname = \"keyless\"\nsource_ami = {AL2023}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"grep -c '' ~/.ssh/authorized_keys\"] }}]\n\n\
+         [regions]\nus-west-2 = []\n"
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    // The provisioner saw the build key's line added to the two.
+    assert!(outcome.stderr.contains("keyless/us-west-2: 3"), "{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains("removed the build key from `~/.ssh/authorized_keys` (1 line; 2 other kept)"),
+        "{}",
+        outcome.stderr
+    );
+    let keys = keys_user_authorized_keys();
+    assert_eq!(std::fs::read_to_string(&keys).unwrap(), others, "exactly the build key's line is gone");
+    assert_eq!(std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(read_manifest(&workspace)["status"], "complete");
+
+    // `false`: the line is left (and nothing says it was removed).
+    reset_authorized_keys(others);
+    let kept = fleet.replace("[ssh]\n", "[ssh]\nclear_authorized_keys = false\n");
+    workspace.write("fleet.toml", &kept);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    assert!(!outcome.stderr.contains("removed the build key"), "{}", outcome.stderr);
+    let left = std::fs::read_to_string(&keys).unwrap();
+    assert_eq!(left.lines().count(), 3, "{left}");
+    assert!(left.starts_with(others) && left.ends_with("fleetbake-test-ec2-key\n"), "{left}");
+}
+
+/// A build whose key cannot be removed (the user cannot write beside its `authorized_keys`: `~/.ssh` is
+/// root's) fails at `stop`, and no image is made from the instance that still trusts the key.
+#[test]
+fn a_build_key_that_cannot_be_removed_fails_the_job_at_stop_and_no_image_is_made() {
+    let _home = KEYS_USER_HOME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let moto = Moto::start();
+    let sshd = Sshd::start_writing_authorized_keys();
+    let workspace = Workspace::new();
+    reset_authorized_keys("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFLEETBAKEOTHER1 alice@laptop\n");
+    let ssh_dir = keys_user_authorized_keys().parent().unwrap().to_path_buf();
+    /// Gives `~/.ssh` back to its user however the test ends.
+    struct GiveBack(PathBuf);
+    impl Drop for GiveBack {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("chown").args(["-R", KEYS_USER]).arg(&self.0).status();
+        }
+    }
+    let _give_back = GiveBack(ssh_dir.clone());
+    let status = std::process::Command::new("chown").args(["root"]).arg(&ssh_dir).status();
+    assert!(status.unwrap().success());
+
+    let header = fleet_header_at(&moto.endpoint, &sshd)
+        .replace(&format!("ssh_username = \"{SSH_USER}\""), &format!("ssh_username = \"{KEYS_USER}\""));
+    let fleet = format!(
+        "{header}\n[[flavor]]\nname = \"stuck\"\nsource_ami = {AL2023}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"true\"] }}]\n\n[regions]\nus-west-2 = []\n"
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    let manifest = read_manifest(&workspace);
+    let failures = manifest["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["stage"], "stop", "{}", failures[0]);
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(error.contains("cannot remove the build key from `~/.ssh/authorized_keys`"), "{error}");
+    let run_id = manifest["run_id"].as_str().unwrap().to_string();
+    let images =
+        runtime().block_on(async { crate::cloud_state::images_of_run(&moto.client("us-west-2"), &run_id).await });
+    assert!(images.is_empty(), "no image made: {images:?}");
+    let keys = std::fs::read_to_string(keys_user_authorized_keys()).unwrap();
+    assert_eq!(keys.lines().count(), 2, "the key is still there, on an instance that was not imaged: {keys}");
+}
+
+/// The command lines of the ssh processes naming a path in `dir`: its control master (`-M`), and a client per
+/// session in progress.
+fn ssh_processes_naming(dir: &Path) -> Vec<String> {
+    let needle = format!("{}/", dir.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|line| line.starts_with("ssh ") && line.contains(&needle))
+        .collect()
+}
+
+/// Issue 21's reproduction: after `kill -9`, the ssh control master stayed logged in to the instance and the
+/// key's directory stayed in `$TMPDIR`. While the build provisions, its key file is already gone (the master is
+/// logged in, for a bounded idle time); after the kill the master and the directory outlive the process; the
+/// next run ends the master, removes the directory, and says so with the killed run's id.
+#[test]
+fn the_next_run_ends_the_ssh_master_and_removes_the_key_directory_a_killed_run_left() {
+    use crate::resume::{gated_fleet, start_until, AT_THE_GATE};
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let gate = Gate::new(&workspace);
+    let fleet_path = workspace.write("fleet.toml", &gated_fleet(&moto.endpoint, &sshd, &gate, ""));
+    let running = start_until(&workspace, &["matrix", fleet_path.to_str().unwrap()], AT_THE_GATE);
+
+    let dirs: Vec<PathBuf> = std::fs::read_dir(workspace.tmp()).unwrap().map(|entry| entry.unwrap().path()).collect();
+    let [dir] = &dirs[..] else { panic!("one connection directory: {dirs:?}") };
+    assert!(!dir.join("key").exists(), "the key file is gone once the master is logged in");
+    let owner = std::fs::read_to_string(dir.join("owner")).unwrap();
+    let run_id = owner.lines().find_map(|line| line.strip_prefix("run=")).unwrap().to_string();
+    let masters = |dir: &Path| ssh_processes_naming(dir).into_iter().filter(|line| line.contains(" -M ")).count();
+    assert_eq!(masters(dir), 1, "its control master: {:?}", ssh_processes_naming(dir));
+    // Logged in for a bounded idle time, not forever (`ControlPersist=yes`).
+    let master = ssh_processes_naming(dir).into_iter().find(|line| line.contains(" -M ")).unwrap();
+    assert!(master.contains(" ControlPersist=120s "), "{master}");
+
+    let Running { mut child, .. } = running;
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    assert!(dir.exists(), "a killed run cleans nothing up");
+    assert_eq!(masters(dir), 1, "the master outlives the killed run");
+    gate.open();
+
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let next = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(next.code, 0, "stderr:\n{}", next.stderr);
+    let said = format!("ended 1 ssh master and removed 1 key directory left by run {run_id}");
+    assert!(next.stderr.contains(&said), "{said}:\n{}", next.stderr);
+    assert!(!dir.exists(), "{}", dir.display());
+    assert!(ssh_processes_naming(dir).is_empty(), "{:?}", ssh_processes_naming(dir));
+    assert_eq!(std::fs::read_dir(workspace.tmp()).unwrap().count(), 0, "nothing of either run is left");
+}

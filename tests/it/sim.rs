@@ -612,6 +612,7 @@ async fn run_reporting_to(
             reporters,
             run_lock: None,
             preflight: None,
+            local_leftovers: Vec::new(),
             manifest_set_aside: None,
         };
         let summary = execution.run(start, interrupts).await.unwrap().1;

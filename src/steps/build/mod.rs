@@ -1,13 +1,15 @@
 //! One build: the amazon-ebs sequence for one flavor in one region, with every temporary resource on the
 //! cleanup stack before the next await, and the stack unwound whatever happens.
 //!
-//! source AMI → key pair → security group → launch → running → SSH → provisioners → stop → CreateImage →
-//! available → tag snapshots → (image handed to the scheduler) → cleanup.
+//! source AMI → key pair → security group → launch → running → SSH → provisioners → build key out of
+//! `authorized_keys` → stop → CreateImage → available → tag snapshots → (image handed to the scheduler) → cleanup.
 //!
 //! One module per phase: [`launch`] (source image, RunInstances), [`reach`] (the way in), [`provision`],
+//! [`authorized`] (the build key removed from the image before it stops),
 //! [`image`] (CreateImage and its wait), [`test`] (the image's tests), and [`failure`] (the on-failure phase,
 //! run while a failed phase's instance and connection are still there); this module runs them in order.
 
+mod authorized;
 mod failure;
 mod image;
 mod launch;
@@ -227,6 +229,10 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     let (instance, launched, connection) = (up.instance, up.launched, up.connection);
     let source = source.id;
     let provisioned = context.interruptible(Stage::Provision, provision_all(context, &*connection)).await;
+    let provisioned = match provisioned {
+        Ok(()) => authorized::clear_build_key(context, &*connection).await,
+        failed => failed,
+    };
     failure::close_after(context, &instance, connection, provisioned).await?;
 
     context.progress(Stage::Stop, format!("stopping {instance}"));
