@@ -152,6 +152,8 @@ pub struct FlavorSection {
     #[serde(default)]
     pub tests: Vec<ProvisionerSection>,
     pub sim_provision: Option<String>,
+    /// `"console"` or `"accept"`: how this flavor's instances' host keys are known (default `[ssh] host_key`).
+    pub host_key: Option<String>,
 }
 
 /// `{ tags = { Tier = "build" } }` or `{ ids = { us-west-2 = "subnet-…" } }`.
@@ -223,9 +225,13 @@ pub struct SshSection {
     pub ip_detect_url: Option<String>,
     pub interface: Option<String>,
     pub bastion: Option<BastionSection>,
+    /// `"console"` (the default) or `"accept"`; a flavor may set its own.
+    pub host_key: Option<String>,
+    pub host_key_wait: Option<String>,
 }
 
-/// `[ssh] bastion = { host = "…", port = 22, user = "…", private_key_file = "…" }`.
+/// `[ssh] bastion = { host = "…", port = 22, user = "…", private_key_file = "…", known_hosts = "…" }` (or
+/// `host_key = "<known_hosts line>"` instead of `known_hosts`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BastionSection {
@@ -234,6 +240,7 @@ pub struct BastionSection {
     pub user: String,
     pub private_key_file: String,
     pub known_hosts: Option<String>,
+    pub host_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,6 +294,8 @@ pub struct SimSection {
     pub foreign_copies: Option<usize>,
     pub default_vpc: Option<bool>,
     pub test: Option<String>,
+    /// running → the host keys on the console.
+    pub console_keys: Option<String>,
     #[serde(default)]
     pub faults: Vec<FaultSection>,
 }
@@ -303,4 +312,6 @@ pub struct FaultSection {
     pub nth: Option<u64>,
     pub probability: Option<f64>,
     pub answer_lost: Option<bool>,
+    /// With `RunInstances`: what the instance's console shows (`"no-keys"`, `"other-key"`).
+    pub console: Option<String>,
 }
