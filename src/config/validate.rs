@@ -1575,3 +1575,27 @@ impl Fleet {
         self.encryption.as_ref().and_then(|encryption| encryption.key_for(region))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::bastion_host_key_line;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH6rKfOY3oyLa53Kw+cWZiHRIdFUJ9F5boORGMkHruzt";
+
+    #[test]
+    fn a_bastion_host_key_is_a_known_hosts_line_or_a_key_alone() {
+        assert_eq!(bastion_host_key_line(KEY), Ok(()));
+        assert_eq!(bastion_host_key_line(&format!("bastion.example.com {KEY} ops@laptop")), Ok(()));
+        assert_eq!(bastion_host_key_line(&format!("[bastion.example.com]:2200,10.0.0.4 {KEY}")), Ok(()));
+        for refused in [
+            format!("@cert-authority *.example.com {KEY}"),
+            format!("|1|c2FsdA==|aGFzaA== {KEY}"),
+            format!("bastion.example.com {KEY}\nProxyCommand evil"),
+            "bastion.example.com ssh-dss AAAAB3NzaC1kc3M=".to_string(),
+            "bastion.example.com".to_string(),
+            String::new(),
+        ] {
+            assert!(bastion_host_key_line(&refused).is_err(), "{refused:?}");
+        }
+    }
+}

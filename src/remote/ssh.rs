@@ -263,15 +263,19 @@ fn printable(text: &str) -> String {
     text.chars()
         .map(|c| match c {
             '\n' | '\t' => c.to_string(),
-            c if c.is_control() => c.escape_default().to_string(),
+            c if c.is_ascii_control() => format!("\\x{:02x}", c as u32),
+            c if c.is_control() => c.escape_unicode().to_string(),
             c => c.to_string(),
         })
         .collect()
 }
 
-/// Whether ssh refused the server's host key (strict checking): retrying cannot change that.
+/// Whether ssh refused the server's host key (strict checking), or the server has none of the listed keys'
+/// types: retrying cannot change that.
 fn is_host_key_refusal(said: &str) -> bool {
-    said.contains("Host key verification failed") || said.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+    said.contains("Host key verification failed")
+        || said.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || said.contains("no matching host key type found")
 }
 
 /// The job's error for the bastion's host key refused.
@@ -462,5 +466,71 @@ mod tests {
         assert_eq!(take_line(&mut b"last, unterminated".to_vec()).as_bytes(), b"last, unterminated");
         assert_eq!(take_line(&mut b"a\rb\n".to_vec()).as_bytes(), b"a\rb");
         assert_eq!(take_line(&mut b"\n".to_vec()).as_bytes(), b"");
+    }
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH6rKfOY3oyLa53Kw+cWZiHRIdFUJ9F5boORGMkHruzt";
+
+    fn bastion(host_key: BastionHostKey) -> Bastion {
+        Bastion {
+            host: "bastion.example.com".into(),
+            port: 2200,
+            user: "ec2-user".into(),
+            private_key_file: "/keys/bastion".into(),
+            host_key,
+        }
+    }
+
+    #[test]
+    fn the_private_config_reads_no_global_known_hosts_and_checks_the_bastion_strictly() {
+        let alone = ssh_config(None);
+        assert!(alone.starts_with("GlobalKnownHostsFile /dev/null\nUpdateHostKeys no\n"), "{alone}");
+        assert!(!alone.contains("Host "), "{alone}");
+        let bastion = bastion(BastionHostKey::KnownHostsFile("/etc/fleet/bastion_hosts".into()));
+        let jump = Jump {
+            bastion: &bastion,
+            known_hosts: Path::new("/etc/fleet/bastion_hosts"),
+            config: Path::new("/tmp/fb-1/ssh_config"),
+            log: Path::new("/tmp/fb-1/jump.log"),
+        };
+        let config = ssh_config(Some(&jump));
+        assert!(
+            config.contains("  StrictHostKeyChecking yes\n  UserKnownHostsFile \"/etc/fleet/bastion_hosts\"\n"),
+            "{config}"
+        );
+        assert!(!config.contains("accept-new") && !config.contains("~/.ssh"), "{config}");
+        assert!(
+            config.contains(
+                "Host * !fleetbake-bastion\n  ProxyCommand ssh -F '/tmp/fb-1/ssh_config' -E '/tmp/fb-1/jump.log' -W '[%h]:%p' fleetbake-bastion\n"
+            ),
+            "{config}"
+        );
+    }
+
+    #[test]
+    fn a_bastion_key_alone_is_written_for_its_host_and_port() {
+        let bastion = bastion(BastionHostKey::Line(KEY.into()));
+        assert_eq!(bastion_known_hosts_line(&bastion, KEY), format!("[bastion.example.com]:2200 {KEY}"));
+        let line = format!("bastion.example.com,10.0.0.4 {KEY}");
+        assert_eq!(bastion_known_hosts_line(&bastion, &line), line);
+    }
+
+    #[test]
+    fn a_refused_host_key_is_told_from_a_server_not_up_yet_and_its_fingerprint_read() {
+        let changed = "@@@@@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n\
+            The fingerprint for the ED25519 key sent by the remote host is\n\
+            SHA256:4to74o0UCZ7nVKa8aWf8n9x+u+aCHgKYDGVhOK11pmQ.\n\
+            Host key for [127.0.0.1]:2222 has changed and you have requested strict checking.\n\
+            Host key verification failed.";
+        assert!(is_host_key_refusal(changed));
+        assert_eq!(offered_in(changed).unwrap().as_str(), "SHA256:4to74o0UCZ7nVKa8aWf8n9x+u+aCHgKYDGVhOK11pmQ");
+        assert!(is_host_key_refusal("No ED25519 host key is known for [10.0.0.5]:22 and you have requested strict checking.\nHost key verification failed."));
+        assert!(!is_host_key_refusal("ssh: connect to host 10.0.0.5 port 22: Connection refused"));
+        assert!(!is_host_key_refusal("fbtest@127.0.0.1: Permission denied (publickey)."));
+        assert_eq!(offered_in("Host key verification failed."), None);
+    }
+
+    #[test]
+    fn what_ssh_relays_is_shown_escaped() {
+        assert_eq!(printable("a\u{1b}]0;PWNED\u{7}b\n\tc\u{85}"), "a\\x1b]0;PWNED\\x07b\n\tc\\u{85}");
     }
 }

@@ -137,3 +137,29 @@ fn host_key_accept_connects_without_keys_on_the_console() {
     assert!(proxy.bodies("GetConsoleOutput").is_empty(), "the console is not read");
     assert!(!workspace.path("home/.ssh").exists(), "nothing written to the user's ~/.ssh");
 }
+
+/// EC2 refuses `Latest` for instances not built on Nitro: the console is read again without it.
+#[test]
+fn a_console_that_refuses_latest_is_read_without_it() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let unsupported = Fault {
+        status: 400,
+        code: "UnsupportedOperation",
+        message: "The latest console output is not supported for this instance type.",
+    };
+    let proxy = FaultProxy::start(&moto.endpoint, move |request| {
+        if request.action == "GetConsoleOutput" && request.body.contains("Latest=true") {
+            Answer::Fail(unsupported)
+        } else {
+            Answer::Forward
+        }
+    });
+    let workspace = Workspace::new();
+    let (outcome, _) = run(&workspace, &fleet(&proxy.endpoint, &sshd, "", ""));
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    let reads = proxy.bodies("GetConsoleOutput");
+    assert_eq!(reads.len(), 2, "{reads:?}");
+    assert!(reads[0].contains("Latest=true") && !reads[1].contains("Latest"), "{reads:?}");
+    assert!(outcome.stderr.contains("provisioned over a verified channel"), "{}", outcome.stderr);
+}
