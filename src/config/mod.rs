@@ -535,8 +535,9 @@ pub enum FaultEffect {
     InstanceTerminates { reason: String },
     /// Not a call: a build's image tests fail (`action = "test"`).
     TestFails,
-    /// The call succeeds (RunInstances), and the instance's console and sshd misbehave (`console = "…"`).
-    Console(ConsoleFault),
+    /// The call succeeds (RunInstances), and the instance's console and sshd misbehave (`console = "…"`); only
+    /// for instances of `flavor`, if set.
+    Console { fault: ConsoleFault, flavor: Option<FlavorName> },
 }
 
 /// What a simulated instance's console shows instead of its host keys, or who answers on its address.

@@ -314,4 +314,6 @@ pub struct FaultSection {
     pub answer_lost: Option<bool>,
     /// With `RunInstances`: what the instance's console shows (`"no-keys"`, `"other-key"`).
     pub console: Option<String>,
+    /// With `console`: only instances of this flavor.
+    pub flavor: Option<String>,
 }

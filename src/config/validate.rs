@@ -1446,6 +1446,9 @@ fn fault_effect(
 ) -> Option<FaultEffect> {
     use super::api::Action;
     let reason = |default: &str| fault.reason.clone().unwrap_or_else(|| default.to_string());
+    if fault.flavor.is_some() && fault.console.is_none() {
+        checker.problem(at.key("flavor"), "goes with `console` only");
+    }
     if let Some(console) = &fault.console {
         if fault.error.is_some() || fault.image_state.is_some() || fault.instance_state.is_some() {
             checker.problem(at.clone(), "set exactly one of `error`, `image_state`, `instance_state` and `console`");
@@ -1454,9 +1457,13 @@ fn fault_effect(
         if action != Some(Action::RunInstances) {
             checker.problem(at.key("action"), "`console` goes with `RunInstances`: the instance it launches");
         }
+        let flavor = fault.flavor.as_deref().map(|name| {
+            checker.name(at.key("flavor"), "flavor", name);
+            FlavorName::new(name)
+        });
         return match console.as_str() {
-            "no-keys" => Some(FaultEffect::Console(ConsoleFault::NoKeys)),
-            "other-key" => Some(FaultEffect::Console(ConsoleFault::OtherKey)),
+            "no-keys" => Some(FaultEffect::Console { fault: ConsoleFault::NoKeys, flavor }),
+            "other-key" => Some(FaultEffect::Console { fault: ConsoleFault::OtherKey, flavor }),
             other => {
                 checker.problem(
                     at.key("console"),

@@ -1046,6 +1046,17 @@ fn someone_else_answering_fails_only_that_job_at_connect_and_leaves_nothing() {
     assert!(!run.outcome.stderr.contains("ubuntu/eu-central-1: (sim) would run"), "nothing was run there");
     assert_eq!(run.manifest["artifacts"]["al2023"].as_object().unwrap().len(), 5);
     assert_nothing_left(&run);
+
+    // Per flavor: every al2023 instance is answered by someone else; ubuntu's are not.
+    let workspace = Workspace::new();
+    let sim =
+        "faults = [{ action = \"RunInstances\", console = \"other-key\", flavor = \"al2023\", probability = 1.0 }]";
+    let run = run_sim(&workspace, &fleet(sim, ""));
+    assert_eq!(run.outcome.code, 1, "stderr:\n{}", run.outcome.stderr);
+    let failed: Vec<String> = connect_failures(&run).into_iter().map(|failure| failure.0).collect();
+    assert_eq!(failed, ["al2023", "al2023"]);
+    assert_eq!(run.manifest["artifacts"]["ubuntu"].as_object().unwrap().len(), 5);
+    assert_nothing_left(&run);
 }
 
 /// An image that prints no host keys (`console = "no-keys"`): its job fails at `connect` after
@@ -1097,8 +1108,9 @@ fn host_keys_late_on_the_console_are_waited_for() {
 #[test]
 fn a_bad_console_fault_or_host_key_setting_is_bad_input() {
     let workspace = Workspace::new();
-    let text = fleet("faults = [{ action = \"CreateImage\", console = \"sometimes\", nth = 1 }]", "")
-        .replace("[ssh]\n", "[ssh]\nhost_key = \"trust-me\"\n");
+    let faults = "faults = [{ action = \"CreateImage\", console = \"sometimes\", nth = 1 }, \
+                  { action = \"RunInstances\", error = \"InternalError\", flavor = \"al2023\", nth = 1 }]";
+    let text = fleet(faults, "").replace("[ssh]\n", "[ssh]\nhost_key = \"trust-me\"\n");
     let path = workspace.write("fleet.toml", &text);
     let outcome = workspace.fleetbake(&["validate", path.to_str().unwrap()]);
     assert_eq!(outcome.code, 2, "{}", outcome.stderr);
@@ -1106,6 +1118,7 @@ fn a_bad_console_fault_or_host_key_setting_is_bad_input() {
         "`ssh.host_key`: `trust-me` is not one of `console`",
         "`sim.faults[0].action`: `console` goes with `RunInstances`",
         "`sim.faults[0].console`: `sometimes` is not one of `no-keys`",
+        "`sim.faults[1].flavor`: goes with `console` only",
     ] {
         assert!(outcome.stderr.contains(expected), "{expected}:\n{}", outcome.stderr);
     }

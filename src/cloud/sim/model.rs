@@ -142,10 +142,14 @@ impl Model {
         self.firing(action, region, wanted).map(|fault| &fault.effect)
     }
 
-    /// The configured console fault of the instance this RunInstances launches, if one fires.
-    fn console_fault(&self, region: &Region) -> Option<ConsoleFault> {
-        match self.firing(Action::RunInstances, region, |effect| matches!(effect, FaultEffect::Console(_))) {
-            Some(SimFault { effect: FaultEffect::Console(fault), .. }) => Some(*fault),
+    /// The configured console fault of the instance this RunInstances launches (of `flavor`), if one fires.
+    fn console_fault(&self, region: &Region, flavor: Option<&str>) -> Option<ConsoleFault> {
+        let wanted = |effect: &FaultEffect| match effect {
+            FaultEffect::Console { flavor: only, .. } => only.as_ref().is_none_or(|only| Some(only.as_str()) == flavor),
+            _ => false,
+        };
+        match self.firing(Action::RunInstances, region, wanted) {
+            Some(SimFault { effect: FaultEffect::Console { fault, .. }, .. }) => Some(*fault),
             _ => None,
         }
     }
@@ -746,7 +750,9 @@ impl RegionCloud for SimRegion {
                 Some(FaultEffect::InstanceTerminates { reason }) => Some(reason.clone()),
                 _ => None,
             };
-            let console_fault = self.model.console_fault(&self.region);
+            // The flavor, as the run tags every instance (`fleetbake:flavor`).
+            let flavor = spec.tags.get("fleetbake:flavor").map(String::as_str);
+            let console_fault = self.model.console_fault(&self.region, flavor);
             state.client_tokens.insert(spec.client_token.clone(), id.to_string());
             state.instances.insert(
                 id.clone(),
