@@ -49,6 +49,14 @@ pub(super) struct SshReach {
     host_key_wait: Duration,
 }
 
+/// Why a read of an instance's console gave no host keys.
+enum NoHostKeys {
+    /// The console has no complete block of valid keys (yet).
+    NotYet,
+    /// EC2's answer.
+    Cloud(CloudError),
+}
+
 /// Which address SSH connects to.
 enum SshAddress {
     /// `[ssh] host`.
@@ -136,14 +144,14 @@ impl Reach {
                 match cloud.console_output(instance).await {
                     Ok(console) => match HostKeys::from_console(&console.0) {
                         Some(keys) => Outcome::Done(Ok(keys)),
-                        None => Outcome::Again(None),
+                        None => Outcome::Again(NoHostKeys::NotYet),
                     },
                     // Just launched: EC2 may not know it everywhere yet.
-                    Err(error) if error.kind == ErrorKind::NotFound => Outcome::Again(Some(error)),
-                    Err(error) => Outcome::Done(Err(Some(error))),
+                    Err(error) if error.kind == ErrorKind::NotFound => Outcome::Again(NoHostKeys::Cloud(error)),
+                    Err(error) => Outcome::Done(Err(NoHostKeys::Cloud(error))),
                 }
             },
-            |_: &Option<CloudError>, _| {},
+            |_, _| {},
         )
         .await;
         match read {
@@ -156,8 +164,8 @@ impl Reach {
             }
             Err(Stopped::Cancelled) => Err(StepError::interrupted(Stage::Connect)),
             Err(Stopped::GaveUp(gave_up)) => match gave_up.into_error() {
-                Some(error) => Err(StepError::cloud(Stage::Connect, error)),
-                None => Err(self.no_host_keys(context, instance)),
+                NoHostKeys::Cloud(error) => Err(StepError::cloud(Stage::Connect, error)),
+                NoHostKeys::NotYet => Err(self.no_host_keys(context, instance)),
             },
         }
     }
