@@ -91,9 +91,9 @@ pub struct Flavor {
     pub associate_public_ip: Option<bool>,
     /// The defaults' tags overlaid with the flavor's own.
     pub tags: Tags,
-    pub provisioners: Vec<Provisioner>,
+    pub provisioners: Vec<ProvisionerEntry>,
     /// Run over SSH on an instance launched from the new image; only an image that passes spreads.
-    pub tests: Vec<Provisioner>,
+    pub tests: Vec<ProvisionerEntry>,
     /// How long this flavor's provisioning takes in the simulated cloud (`sim_provision`).
     pub sim_provision: Option<Duration>,
     /// How its instances' SSH host keys are known (`host_key`, else `[ssh] host_key`).
@@ -249,6 +249,17 @@ pub struct ImageFilter {
     pub name_pattern: String,
     pub architecture: Option<String>,
 }
+
+/// One entry of a flavor's `provisioners` or `tests`: what runs, and how long it may run before its job fails
+/// (its `timeout`, else the flavor's or `[defaults]` `provisioner_timeout`, else [`DEFAULT_PROVISIONER_TIMEOUT`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvisionerEntry {
+    pub provisioner: Provisioner,
+    pub timeout: Duration,
+}
+
+/// How long a provisioner or a test may run when the fleet file does not say.
+pub const DEFAULT_PROVISIONER_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Provisioner {

@@ -125,6 +125,8 @@ pub struct DefaultsSection {
     pub associate_public_ip: Option<bool>,
     #[serde(default)]
     pub tags: TagMap,
+    /// How long each provisioner and each test may run unless it sets its own `timeout`.
+    pub provisioner_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +153,8 @@ pub struct FlavorSection {
     /// Run on an instance launched from the new image, before it is copied, shared or published.
     #[serde(default)]
     pub tests: Vec<ProvisionerSection>,
+    /// How long each of its provisioners and tests may run unless it sets its own `timeout`.
+    pub provisioner_timeout: Option<String>,
     pub sim_provision: Option<String>,
     /// `"console"` or `"accept"`: how this flavor's instances' host keys are known (default `[ssh] host_key`).
     pub host_key: Option<String>,
@@ -185,6 +189,8 @@ pub struct ProvisionerSection {
     pub script: Option<String>,
     pub inline: Option<Vec<String>>,
     pub env: Option<BTreeMap<String, String>>,
+    /// How long it may run (a duration such as `30m`).
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -469,6 +469,11 @@ fn check_keys(checker: &mut Checker<'_>, fleet: &Fleet) {
 /// The flavors, and per flavor where its subnet was set (for the checks that need its build regions).
 fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, Vec<Option<KeyPath>>) {
     let defaults = &raw.defaults;
+    let default_timeout = defaults
+        .provisioner_timeout
+        .as_deref()
+        .and_then(|text| checker.duration(KeyPath::root().key("defaults").key("provisioner_timeout"), text))
+        .unwrap_or(DEFAULT_PROVISIONER_TIMEOUT);
     if raw.flavors.is_empty() {
         checker.problem(KeyPath::root().key("flavor"), "no `[[flavor]]` is defined");
     }
@@ -488,6 +493,12 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, 
             required_inherited(checker, &path, "ssh_username", &flavor.ssh_username, &defaults.ssh_username);
         let mut tags = defaults.tags.clone();
         tags.extend(flavor.tags.clone());
+        // The limit of its provisioners and tests that set none.
+        let timeout = flavor
+            .provisioner_timeout
+            .as_deref()
+            .and_then(|text| checker.duration(path.key("provisioner_timeout"), text))
+            .unwrap_or(default_timeout);
         flavors.push(Flavor {
             name: FlavorName::new(&flavor.name),
             source_ami: resolve_source_ami(checker, path.key("source_ami"), &flavor.source_ami),
@@ -496,20 +507,8 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, 
             subnet: resolve_subnet(checker, &path, flavor, defaults, &mut subnet_paths),
             associate_public_ip: flavor.associate_public_ip.or(defaults.associate_public_ip),
             tags,
-            provisioners: flavor
-                .provisioners
-                .iter()
-                .enumerate()
-                .filter_map(|(index, provisioner)| {
-                    resolve_provisioner(checker, path.key("provisioners").index(index), provisioner)
-                })
-                .collect(),
-            tests: flavor
-                .tests
-                .iter()
-                .enumerate()
-                .filter_map(|(index, test)| resolve_provisioner(checker, path.key("tests").index(index), test))
-                .collect(),
+            provisioners: resolve_provisioner_list(checker, &path, "provisioners", &flavor.provisioners, timeout),
+            tests: resolve_provisioner_list(checker, &path, "tests", &flavor.tests, timeout),
             sim_provision: flavor
                 .sim_provision
                 .as_deref()
@@ -753,6 +752,25 @@ fn resolve_source_ami(checker: &mut Checker<'_>, path: KeyPath, raw: &schema::So
             SourceAmi::Id(String::new())
         }
     }
+}
+
+/// A flavor's `provisioners` or `tests` (`list`), each with its limit (its own `timeout`, else `default`).
+fn resolve_provisioner_list(
+    checker: &mut Checker<'_>,
+    flavor_path: &KeyPath,
+    list: &str,
+    raw: &[schema::ProvisionerSection],
+    default: Duration,
+) -> Vec<ProvisionerEntry> {
+    raw.iter()
+        .enumerate()
+        .filter_map(|(index, section)| {
+            let path = flavor_path.key(list).index(index);
+            let timeout = section.timeout.as_deref().and_then(|text| checker.duration(path.key("timeout"), text));
+            let provisioner = resolve_provisioner(checker, path, section)?;
+            Some(ProvisionerEntry { provisioner, timeout: timeout.unwrap_or(default) })
+        })
+        .collect()
 }
 
 fn resolve_provisioner(

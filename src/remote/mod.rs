@@ -70,7 +70,7 @@ pub trait Connection: Send + Sync {
     async fn upload(&self, content: &[u8], remote_path: &str) -> Result<(), RemoteError>;
 
     /// Runs `command_line` (POSIX shell) with stdin from /dev/null, handing each output line to `output` as it
-    /// arrives.
+    /// arrives (as bytes, a longer line than 64 KiB in pieces).
     async fn exec(&self, command_line: &str, output: OutputSink<'_>) -> Result<Exit, RemoteError>;
 
     /// A connection that stands in for whole provisioners instead of running them over `upload` and `exec`:
@@ -79,6 +79,8 @@ pub trait Connection: Send + Sync {
         None
     }
 
+    /// Closes the connection; a command whose `exec` was not waited to its end (its future dropped: a time limit,
+    /// an interrupt) is ended on the instance first, best effort.
     async fn close(self: Box<Self>);
 }
 
@@ -113,15 +115,16 @@ impl Communicator for SshCommunicator {
                     format!("cannot write the private key to a private temporary directory: {error}")
                 })?;
                 let session = ssh::connect(ssh, &files, timeout).await.map_err(|error| error.to_string())?;
-                Ok(Box::new(SshConnection(session, files)))
+                Ok(Box::new(SshConnection(session, files, ssh::Unfinished::default())))
             }
         }
     }
 }
 
 /// A session and its key files: the files go (the directory removed) after the session, when the connection
-/// is closed or dropped.
-struct SshConnection(openssh::Session, ssh::KeyFiles);
+/// is closed or dropped. Commands whose end was not waited for (a time limit, an interrupt) are ended on the
+/// instance when it is closed.
+struct SshConnection(openssh::Session, ssh::KeyFiles, ssh::Unfinished);
 
 #[async_trait]
 impl Connection for SshConnection {
@@ -130,11 +133,14 @@ impl Connection for SshConnection {
     }
 
     async fn exec(&self, command_line: &str, output: OutputSink<'_>) -> Result<Exit, RemoteError> {
-        ssh::run_streaming(&self.0, command_line, output).await.map_err(|error| RemoteError(error.to_string()))
+        ssh::run_ended_on_close(&self.0, &self.2, command_line, output)
+            .await
+            .map_err(|error| RemoteError(error.to_string()))
     }
 
     async fn close(self: Box<Self>) {
-        let SshConnection(session, files) = *self;
+        let SshConnection(session, files, unfinished) = *self;
+        ssh::end_unfinished(&session, &unfinished).await;
         if let Err(error) = session.close().await {
             tracing::debug!("closing the SSH session: {error}");
         }

@@ -59,6 +59,9 @@ pub enum ProvisionCause {
     ExitCode(i32),
     #[error(" ended abnormally: {0}")]
     Abnormal(String),
+    /// Still running at its limit (its `timeout`, or the `provisioner_timeout` it inherits).
+    #[error(" did not finish within {} (its `timeout`)", humantime::format_duration(*.0))]
+    TimedOut(std::time::Duration),
 }
 
 impl ProvisionError {

@@ -347,6 +347,9 @@ pub fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
+/// How much of an upload's stderr its error message keeps.
+const UPLOAD_ERROR_CHARS: usize = 2000;
+
 /// Writes `content` to `remote_path` on the instance.
 pub async fn upload(session: &Session, content: &[u8], remote_path: &str) -> Result<(), SshError> {
     let command_line = format!("cat > {}", shell_quote(remote_path));
@@ -365,11 +368,15 @@ pub async fn upload(session: &Session, content: &[u8], remote_path: &str) -> Res
     }
     .await;
     drop(stdin);
+    // Read to its end whatever it holds (bytes, any length: a login script's noise must not stall the upload);
+    // the first lines are kept for the message.
     let mut stderr_text = String::new();
     if let Some(stderr) = child.stderr().take() {
-        let mut lines = BufReader::new(stderr).lines();
+        let mut lines = LineReader::new(stderr);
         while let Ok(Some(line)) = lines.next_line().await {
-            stderr_text.push_str(&line);
+            if stderr_text.len() < UPLOAD_ERROR_CHARS {
+                stderr_text.push_str(&line.text());
+            }
         }
     }
     let status = child.wait().await;
@@ -384,7 +391,9 @@ pub async fn upload(session: &Session, content: &[u8], remote_path: &str) -> Res
 }
 
 /// Runs `command_line` with stdin from /dev/null, handing each output line to `on_line` as it arrives, as the
-/// bytes printed (a line that is not UTF-8 is passed on, not an end of the output).
+/// bytes printed: both pipes are read concurrently to their end (neither can fill and stall the remote side
+/// while the other is waited on), a byte that is not UTF-8 is passed on, and a line longer than
+/// [`MAX_LINE_BYTES`] comes in pieces of at most that ([`LineReader`]).
 pub async fn run_streaming(
     session: &Session,
     command_line: &str,
@@ -398,20 +407,21 @@ pub async fn run_streaming(
         .spawn()
         .await
         .map_err(|error| SshError::Command(format!("cannot start the command: {error}")))?;
-    let mut stdout = BufReader::new(child.stdout().take().expect("stdout is piped"));
-    let mut stderr = BufReader::new(child.stderr().take().expect("stderr is piped"));
-    // Kept across the select's turns: `read_until` keeps what it read of a line when the other stream wins.
-    let (mut stdout_line, mut stderr_line) = (Vec::new(), Vec::new());
+    let mut stdout = LineReader::new(child.stdout().take().expect("stdout is piped"));
+    let mut stderr = LineReader::new(child.stderr().take().expect("stderr is piped"));
     let (mut stdout_open, mut stderr_open) = (true, true);
     while stdout_open || stderr_open {
+        // Each reader keeps what it read of a line when the other stream wins the select.
         tokio::select! {
-            read = stdout.read_until(b'\n', &mut stdout_line), if stdout_open => match read {
-                Ok(n) if n > 0 => on_line(OutputStream::Stdout, take_line(&mut stdout_line)),
-                _ => stdout_open = false,
+            read = stdout.next_line(), if stdout_open => match read {
+                Ok(Some(line)) => on_line(OutputStream::Stdout, line),
+                Ok(None) => stdout_open = false,
+                Err(error) => return Err(SshError::Command(format!("cannot read the command's output: {error}"))),
             },
-            read = stderr.read_until(b'\n', &mut stderr_line), if stderr_open => match read {
-                Ok(n) if n > 0 => on_line(OutputStream::Stderr, take_line(&mut stderr_line)),
-                _ => stderr_open = false,
+            read = stderr.next_line(), if stderr_open => match read {
+                Ok(Some(line)) => on_line(OutputStream::Stderr, line),
+                Ok(None) => stderr_open = false,
+                Err(error) => return Err(SshError::Command(format!("cannot read the command's output: {error}"))),
             },
         }
     }
@@ -428,10 +438,124 @@ pub async fn run_streaming(
     })
 }
 
-/// The line read into `buffer`, without its line ending (`\n` or `\r\n`, as `lines()` would strip); `buffer`
-/// is left empty for the next.
-fn take_line(buffer: &mut Vec<u8>) -> OutputLine {
-    let mut line = std::mem::take(buffer);
+/// Commands started over a connection whose end was not seen: their future was dropped (a provisioner's
+/// `timeout`, an interrupt) while they ran on the instance. Each records its process group in a pid file on the
+/// instance ([`run_ended_on_close`]); [`end_unfinished`] ends those groups when the connection closes. Best
+/// effort: a command that starts a new session of its own escapes it (the instance is terminated anyway).
+#[derive(Default)]
+pub struct Unfinished(std::sync::Mutex<Vec<String>>);
+
+impl Unfinished {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How long ending the unfinished commands may take (a command of its own, over the same connection).
+const END_UNFINISHED_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// [`run_streaming`], with `command_line` run in a shell that first writes its process id, which is its
+/// process group's (sshd starts each command in a session of its own), to a pid file named in `unfinished`
+/// until the command ends here; a command whose future is dropped stays named there, for [`end_unfinished`].
+pub async fn run_ended_on_close(
+    session: &Session,
+    unfinished: &Unfinished,
+    command_line: &str,
+    on_line: impl FnMut(OutputStream, OutputLine),
+) -> Result<Exit, SshError> {
+    let pid_file = format!("/tmp/fleetbake-command-{:016x}.pid", fastrand::u64(..));
+    let wrapped = format!(
+        "echo $$ > {pid}; sh -c {command}; status=$?; rm -f {pid}; exit $status",
+        pid = shell_quote(&pid_file),
+        command = shell_quote(command_line)
+    );
+    unfinished.lock().push(pid_file.clone());
+    let result = run_streaming(session, &wrapped, on_line).await;
+    unfinished.lock().retain(|path| *path != pid_file);
+    result
+}
+
+/// Ends the process group of every command in `unfinished` (SIGTERM, a second later SIGKILL) and removes its
+/// pid file; within [`END_UNFINISHED_TIMEOUT`], its failures logged.
+pub async fn end_unfinished(session: &Session, unfinished: &Unfinished) {
+    let pid_files = std::mem::take(&mut *unfinished.lock());
+    if pid_files.is_empty() {
+        return;
+    }
+    let command_line = end_command(&pid_files);
+    let ended = tokio::time::timeout(END_UNFINISHED_TIMEOUT, run_streaming(session, &command_line, |_, _| {})).await;
+    match ended {
+        Ok(Ok(Exit::Success)) => tracing::debug!("ended {} unfinished command(s) on the instance", pid_files.len()),
+        Ok(Ok(exit)) => tracing::warn!("ending the unfinished commands on the instance: {exit:?}"),
+        Ok(Err(error)) => tracing::warn!("ending the unfinished commands on the instance: {error}"),
+        Err(_) => {
+            tracing::warn!("ending the unfinished commands on the instance took more than {END_UNFINISHED_TIMEOUT:?}")
+        }
+    }
+}
+
+/// The shell command that ends the process groups named in `pid_files` (a group id that is not a number
+/// greater than 1 is skipped: `kill -1` would be every process of the user).
+fn end_command(pid_files: &[String]) -> String {
+    let files: Vec<String> = pid_files.iter().map(|path| shell_quote(path)).collect();
+    format!(
+        "groups=; for f in {}; do p=$(cat \"$f\" 2>/dev/null); rm -f \"$f\"; case \"$p\" in ''|*[!0-9]*|0|1) ;; \
+         *) groups=\"$groups $p\"; kill -TERM \"-$p\" 2>/dev/null ;; esac; done; \
+         if [ -n \"$groups\" ]; then sleep 1; for p in $groups; do kill -KILL \"-$p\" 2>/dev/null; done; fi; exit 0",
+        files.join(" ")
+    )
+}
+
+/// The longest piece of a line handed on at once: a longer line (a progress bar redrawn with `\r` for an hour,
+/// a binary printed without a newline) comes in pieces of at most this many bytes, so reading it needs no more
+/// memory than that, whatever the instance prints.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Reads a command's output stream as lines of bytes, each at most [`MAX_LINE_BYTES`] (longer ones split, on a
+/// UTF-8 character boundary where the bytes are UTF-8). [`LineReader::next_line`] is cancellation-safe: what it
+/// read before being dropped in a `select!` is kept for the next call.
+pub struct LineReader<R> {
+    reader: BufReader<R>,
+    /// The line read so far (never more than [`MAX_LINE_BYTES`]).
+    pending: Vec<u8>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
+    pub fn new(stream: R) -> Self {
+        LineReader { reader: BufReader::new(stream), pending: Vec::new() }
+    }
+
+    /// The next line (without its `\n` or `\r\n`) or piece of a long line; `None` at the end of the stream.
+    pub async fn next_line(&mut self) -> std::io::Result<Option<OutputLine>> {
+        loop {
+            if self.pending.last() == Some(&b'\n') {
+                return Ok(Some(without_ending(std::mem::take(&mut self.pending))));
+            }
+            let available = self.reader.fill_buf().await?;
+            if self.pending.len() >= MAX_LINE_BYTES {
+                // A line of exactly the limit ends here if its newline follows; else it is cut.
+                if available.first() == Some(&b'\n') {
+                    self.pending.push(b'\n');
+                    self.reader.consume(1);
+                    continue;
+                }
+                let rest = self.pending.split_off(utf8_boundary(&self.pending));
+                return Ok(Some(OutputLine::new(std::mem::replace(&mut self.pending, rest))));
+            }
+            if available.is_empty() {
+                return Ok((!self.pending.is_empty()).then(|| OutputLine::new(std::mem::take(&mut self.pending))));
+            }
+            let room = MAX_LINE_BYTES - self.pending.len();
+            let window = &available[..available.len().min(room)];
+            let used = window.iter().position(|&byte| byte == b'\n').map_or(window.len(), |newline| newline + 1);
+            self.pending.extend_from_slice(&window[..used]);
+            self.reader.consume(used);
+        }
+    }
+}
+
+/// `line` without its `\n` and a `\r` before it.
+fn without_ending(mut line: Vec<u8>) -> OutputLine {
     if line.last() == Some(&b'\n') {
         line.pop();
         if line.last() == Some(&b'\r') {
@@ -439,6 +563,26 @@ fn take_line(buffer: &mut Vec<u8>) -> OutputLine {
         }
     }
     OutputLine::new(line)
+}
+
+/// Where to cut `bytes` so that a UTF-8 character at their end is not split: before its first byte if it is
+/// incomplete, else at the end. Bytes that are not UTF-8 are cut anywhere.
+fn utf8_boundary(bytes: &[u8]) -> usize {
+    // A character is at most 4 bytes: look at the last 3 for the start of an incomplete one.
+    for back in 1..=3.min(bytes.len()) {
+        let at = bytes.len() - back;
+        let byte = bytes[at];
+        if byte & 0b1100_0000 != 0b1000_0000 {
+            let length = match byte {
+                0xc0..=0xdf => 2,
+                0xe0..=0xef => 3,
+                0xf0..=0xf7 => 4,
+                _ => 1,
+            };
+            return if length > back && at > 0 { at } else { bytes.len() };
+        }
+    }
+    bytes.len()
 }
 
 /// Creates `path` with mode 0600 (the ssh client ignores a key others can read) and writes `content`.
@@ -458,14 +602,72 @@ pub fn write_private_file(path: &Path, content: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    use tokio::io::AsyncWriteExt;
+
+    /// Every line `LineReader` makes of `input`, written in `chunk`-byte writes.
+    async fn lines_of(input: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+        let (mut writer, reader) = tokio::io::duplex(4096);
+        let input = input.to_vec();
+        let writing = tokio::spawn(async move {
+            for piece in input.chunks(chunk.max(1)) {
+                writer.write_all(piece).await.unwrap();
+            }
+        });
+        let mut reader = LineReader::new(reader);
+        let mut lines = Vec::new();
+        while let Some(line) = reader.next_line().await.unwrap() {
+            assert!(line.as_bytes().len() <= MAX_LINE_BYTES);
+            lines.push(line.as_bytes().to_vec());
+        }
+        writing.await.unwrap();
+        lines
+    }
+
+    #[tokio::test]
+    async fn a_line_loses_its_ending_and_keeps_every_other_byte() {
+        let lines = lines_of(b"caf\xc3\xa9 \xff\r\nlast, unterminated", 3).await;
+        assert_eq!(lines, [b"caf\xc3\xa9 \xff".to_vec(), b"last, unterminated".to_vec()]);
+        assert_eq!(lines_of(b"a\rb\n\n\nc\n", 1).await, [b"a\rb".to_vec(), vec![], vec![], b"c".to_vec()]);
+        assert!(lines_of(b"", 1).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_line_longer_than_the_limit_comes_in_pieces_of_the_limit() {
+        let long = vec![b'x'; 200_000];
+        let mut input = long.clone();
+        input.extend_from_slice(b"\nnext\n");
+        let lines = lines_of(&input, 10_000).await;
+        let lengths: Vec<usize> = lines.iter().map(Vec::len).collect();
+        assert_eq!(lengths, [MAX_LINE_BYTES, MAX_LINE_BYTES, MAX_LINE_BYTES, 200_000 - 3 * MAX_LINE_BYTES, 4]);
+        assert_eq!(lines[..4].concat(), long);
+        assert_eq!(lines[4], b"next");
+        // Exactly the limit, then its newline: one line, and no empty piece after it.
+        let mut exact = vec![b'y'; MAX_LINE_BYTES];
+        exact.push(b'\n');
+        assert_eq!(lines_of(&exact, 7_000).await, [vec![b'y'; MAX_LINE_BYTES]]);
+    }
+
+    #[tokio::test]
+    async fn a_long_line_is_not_cut_inside_a_character() {
+        // 'é' is two bytes: the limit falls between them.
+        let mut input = vec![b'a'; MAX_LINE_BYTES - 1];
+        input.extend_from_slice("é and more".as_bytes());
+        let lines = lines_of(&input, 5_000).await;
+        assert_eq!(lines[0].len(), MAX_LINE_BYTES - 1);
+        assert_eq!(lines[1], "é and more".as_bytes());
+        assert!(lines.iter().all(|line| std::str::from_utf8(line).is_ok()));
+    }
+
     #[test]
-    fn a_line_loses_its_ending_and_keeps_every_other_byte() {
-        let mut buffer = b"caf\xc3\xa9 \xff\r\n".to_vec();
-        assert_eq!(take_line(&mut buffer).as_bytes(), b"caf\xc3\xa9 \xff");
-        assert!(buffer.is_empty());
-        assert_eq!(take_line(&mut b"last, unterminated".to_vec()).as_bytes(), b"last, unterminated");
-        assert_eq!(take_line(&mut b"a\rb\n".to_vec()).as_bytes(), b"a\rb");
-        assert_eq!(take_line(&mut b"\n".to_vec()).as_bytes(), b"");
+    fn the_cut_falls_before_an_incomplete_character_only() {
+        assert_eq!(utf8_boundary(b"ab\xc3"), 2);
+        assert_eq!(utf8_boundary(b"ab\xc3\xa9"), 4);
+        assert_eq!(utf8_boundary(b"ab\xe2\x82"), 2);
+        assert_eq!(utf8_boundary(b"a\xf0\x9f\x98"), 1);
+        assert_eq!(utf8_boundary(b"a\xf0\x9f\x98\x80"), 5);
+        assert_eq!(utf8_boundary(b"\xff\xff\xff\xff"), 4);
+        assert_eq!(utf8_boundary(b"\x80\x80\x80\x80"), 4);
+        assert_eq!(utf8_boundary(b"\xc3"), 1, "never an empty piece");
     }
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH6rKfOY3oyLa53Kw+cWZiHRIdFUJ9F5boORGMkHruzt";

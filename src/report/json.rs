@@ -100,3 +100,25 @@ impl Reporter for JsonLinesReporter {
             .map_err(|error| ReportError(format!("cannot write events to `{}`: {error}", self.target)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FlavorName, Region};
+    use crate::report::events::OutputLine;
+
+    #[test]
+    fn an_output_line_is_json_text_its_control_characters_escaped_by_json_and_bad_bytes_made_u_fffd() {
+        let event = RunEvent::Output {
+            job: JobLabel::new(FlavorName::new("web"), Region::new("us-west-2")),
+            stream: OutputStream::Stdout,
+            line: OutputLine::new(b"\x1b]0;pwned\x07\x1b[2J \xff\tend".to_vec()),
+        };
+        let line = to_json_line(&Stamped { at: chrono::DateTime::UNIX_EPOCH, event });
+        let expected = "\"line\":\"\\u001b]0;pwned\\u0007\\u001b[2J \u{fffd}\\tend\"";
+        assert!(line.contains(expected), "{line}");
+        assert!(!line.bytes().any(|byte| byte.is_ascii_control()), "{line}");
+        let parsed: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed["line"], "\u{1b}]0;pwned\u{7}\u{1b}[2J \u{fffd}\tend");
+    }
+}

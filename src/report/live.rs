@@ -1,8 +1,8 @@
 //! The live view on a terminal (stderr a TTY, no `--plain`), drawn with indicatif: a header (builds and
 //! copies done of planned, jobs waiting for a slot, failures, throttles absorbed, the estimated finish time)
 //! and one line per job in flight (its stage, what it does, how long it has run). Provisioner output and
-//! failures print above the view as they come; the view ends with the same per-flavor summary as the plain
-//! lines. indicatif redraws at most 10 times a second.
+//! failures print above the view as they come, control characters escaped ([`escape_controls`]); the view
+//! ends with the same per-flavor summary as the plain lines. indicatif redraws at most 10 times a second.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use super::terminal::line;
 use super::{ReportError, Reporter};
 use crate::outcome::JobLabel;
 use crate::report::events::{JobKind, RunEvent, Stamped};
+use crate::report::text::escape_controls;
 
 /// Redraws per second, at most.
 const REFRESH_HZ: u8 = 10;
@@ -43,10 +44,11 @@ impl LiveReporter {
         LiveReporter { multi, header, jobs: BTreeMap::new(), tally: Tally::default(), estimator, changed: false }
     }
 
-    /// Prints above the view (provisioner output, failures): lines stay in the scrollback.
+    /// Prints above the view (provisioner output, failures): lines stay in the scrollback, their control
+    /// characters escaped ([`escape_controls`]).
     fn print(&self, text: &str) {
         for line in text.lines() {
-            let _ = self.multi.println(line);
+            let _ = self.multi.println(escape_controls(line));
         }
     }
 
@@ -86,7 +88,8 @@ impl LiveReporter {
                 bar
             });
             let stage = flight.stage.map_or("starting".to_string(), |stage| stage.to_string());
-            bar.set_message(format!("{label:<32} {stage:<14} {} · {}", elapsed(flight.since, now), flight.detail));
+            let detail = escape_controls(&flight.detail);
+            bar.set_message(format!("{label:<32} {stage:<14} {} · {detail}", elapsed(flight.since, now)));
         }
     }
 }

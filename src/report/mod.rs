@@ -13,6 +13,7 @@ pub mod json;
 pub mod live;
 pub mod tally;
 mod terminal;
+pub mod text;
 
 pub use json::JsonLinesReporter;
 pub use live::LiveReporter;

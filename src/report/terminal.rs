@@ -1,6 +1,8 @@
 //! Plain lines on stderr, readable in a CI log without colour: each starts with the UTC time the event
 //! happened (the simulated time in the sim), then `==> flavor/region: what happened`, or provisioner output as
-//! `flavor/region: line`. The run ends with a per-flavor summary. `-q`: failures and the summary only.
+//! `flavor/region: line`. The run ends with a per-flavor summary. `-q`: failures and the summary only. Every line
+//! is written with its control characters escaped ([`escape_controls`]): an instance's output cannot drive the
+//! terminal.
 
 use std::io::Write;
 
@@ -10,6 +12,7 @@ use super::tally::Tally;
 use super::{ReportError, Reporter};
 use crate::outcome::{Publication, RunStatus};
 use crate::report::events::{RunEvent, Stamped};
+use crate::report::text::escape_controls;
 
 pub struct TerminalReporter<W: Write + Send> {
     out: W,
@@ -97,10 +100,11 @@ impl<W: Write + Send> TerminalReporter<W> {
         TerminalReporter { out, quiet, tally: Tally::default() }
     }
 
+    /// Writes each line of `text` after the time, its control characters escaped ([`escape_controls`]).
     fn write(&mut self, at: &str, text: &str) {
         for line in text.lines() {
             // A closed stderr must not stop the run: the manifest is what matters.
-            let _ = writeln!(self.out, "{at} {line}");
+            let _ = writeln!(self.out, "{at} {}", escape_controls(line));
         }
     }
 }

@@ -37,8 +37,9 @@ impl Fingerprint {
         whole.update(source.as_str().as_bytes());
         whole.update(b"\0");
         let mut provisioners = Vec::new();
-        for provisioner in &flavor.provisioners {
-            let bytes = provisioner_bytes(provisioner)?;
+        // Its time limit is not part of what an image is made of.
+        for entry in &flavor.provisioners {
+            let bytes = provisioner_bytes(&entry.provisioner)?;
             whole.update(&bytes);
             provisioners.push(short(&Sha256::digest(&bytes)));
         }
@@ -87,7 +88,7 @@ impl Fingerprint {
             .map(|list| list.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect())
             .unwrap_or_default();
         for (index, part) in self.provisioners.iter().enumerate() {
-            let what = flavor.provisioners.get(index).map(describe).unwrap_or_default();
+            let what = flavor.provisioners.get(index).map(|entry| describe(&entry.provisioner)).unwrap_or_default();
             match before.get(index) {
                 Some(old) if old != part => why.push(format!("provisioner {} ({what}) changed", index + 1)),
                 None => why.push(format!("a new provisioner {} ({what})", index + 1)),

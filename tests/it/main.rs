@@ -14,6 +14,7 @@ mod matrix;
 mod nightly;
 mod operator;
 mod organization;
+mod output;
 mod plan;
 mod proxy;
 mod resume;

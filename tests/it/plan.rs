@@ -49,7 +49,7 @@ fn defaults_are_inherited_and_overridden() {
     assert_eq!(ubuntu.tags["ManagedBy"], "fleetbake");
     assert_eq!(ubuntu.tags["Tier"], "docker", "the flavor's tag wins over the default");
     assert!(
-        matches!(&ubuntu.provisioners[0], Provisioner::Shell { script: ShellScript::Inline(lines), env } if lines == &["true"] && env["A"] == "b")
+        matches!(&ubuntu.provisioners[0].provisioner, Provisioner::Shell { script: ShellScript::Inline(lines), env } if lines == &["true"] && env["A"] == "b")
     );
     let al2023 = &fleet.flavors[1];
     assert_eq!(al2023.instance_type, "t3.large");

@@ -1123,3 +1123,32 @@ fn a_bad_console_fault_or_host_key_setting_is_bad_input() {
         assert!(outcome.stderr.contains(expected), "{expected}:\n{}", outcome.stderr);
     }
 }
+
+/// The simulated provisioners take simulated time, and a `provisioner_timeout` counts it: al2023 provisions for
+/// 2 minutes, past its 1-minute limit, so both its builds fail at `provision` (their copies skipped) with the
+/// limit named, and nothing is left; ubuntu, under the default 2 h, builds and lands in all 5 regions.
+#[test]
+fn a_provisioner_past_its_timeout_fails_its_build_in_simulated_time() {
+    let workspace = Workspace::new();
+    let text = fleet("", "").replace("sim_provision = \"2m\"", "sim_provision = \"2m\"\nprovisioner_timeout = \"1m\"");
+    let run = run_sim(&workspace, &text);
+    assert_eq!(run.outcome.code, 1, "{}", run.outcome.stderr);
+    let failed_builds: Vec<_> = failures(&run.manifest).into_iter().filter(|f| f.2 != "skipped").collect();
+    assert_eq!(
+        failed_builds,
+        [
+            ("al2023".to_string(), "eu-central-1".to_string(), "provision".to_string(), None),
+            ("al2023".to_string(), "us-west-2".to_string(), "provision".to_string(), None),
+        ]
+    );
+    let errors: Vec<&str> = run.manifest["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|failure| failure["stage"] == "provision")
+        .map(|failure| failure["error"].as_str().unwrap())
+        .collect();
+    assert!(errors.iter().all(|error| error.ends_with("did not finish within 1m (its `timeout`)")), "{errors:?}");
+    assert_eq!(run.manifest["artifacts"]["ubuntu"].as_object().map(|regions| regions.len()), Some(5));
+    assert_nothing_left(&run);
+}

@@ -3,9 +3,9 @@
 //!
 //! Layer: `steps` (part of [`super`], the build).
 
-use crate::config::Provisioner;
+use crate::config::ProvisionerEntry;
 use crate::outcome::Stage;
-use crate::remote::provision::{self, Described, Phase, ProvisionEnv};
+use crate::remote::provision::{self, Described, Phase, ProvisionCause, ProvisionEnv, ProvisionError};
 use crate::remote::Connection;
 use crate::report::events::{OutputLine, RunEvent};
 
@@ -27,11 +27,16 @@ fn stage_of(phase: &Phase) -> (Stage, usize) {
     }
 }
 
-/// Runs a phase's provisioners (or tests) in order over the connection, output streamed.
+/// The most of each quoted output line a failure message carries (a line may be 64 KiB long).
+const QUOTED_LINE_CHARS: usize = 200;
+
+/// Runs a phase's provisioners (or tests) in order over the connection, output streamed, each within its
+/// `timeout`: past it, its job fails at the phase's stage (what it runs on the instance is ended when the
+/// connection closes, and the instance goes with the cleanup stack).
 pub(super) async fn run_all(
     context: &BuildContext,
     connection: &dyn Connection,
-    list: &[Provisioner],
+    list: &[ProvisionerEntry],
     phase: Phase,
 ) -> Result<(), StepError> {
     let (stage, quoted) = stage_of(&phase);
@@ -43,8 +48,9 @@ pub(super) async fn run_all(
         phase,
     };
     let label = context.label();
-    for (index, provisioner) in list.iter().enumerate() {
+    for (index, entry) in list.iter().enumerate() {
         let number = index + 1;
+        let provisioner = &entry.provisioner;
         context.progress(stage, format!("{kind} {number}/{}: {}", list.len(), Described(provisioner)));
         let mut last = std::collections::VecDeque::with_capacity(quoted);
         let mut output = |stream, line: OutputLine| {
@@ -56,14 +62,46 @@ pub(super) async fn run_all(
             }
             context.events.send(RunEvent::Output { job: label.clone(), stream, line });
         };
-        if let Err(error) = provision::run(connection, number, provisioner, &env, &mut output).await {
+        let ran =
+            tokio::time::timeout(entry.timeout, provision::run(connection, number, provisioner, &env, &mut output))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProvisionError::new(&env, number, provisioner, ProvisionCause::TimedOut(entry.timeout)))
+                });
+        if let Err(error) = ran {
             let mut message = error.to_string();
             if !last.is_empty() {
-                let lines: Vec<String> = last.iter().map(|line| line.text().into_owned()).collect();
+                let lines: Vec<String> = last.iter().map(quoted_line).collect();
                 message.push_str(&format!("; its last output: {}", lines.join(" | ")));
             }
             return Err(StepError::new(stage, message));
         }
     }
     Ok(())
+}
+
+/// An output line as a failure message quotes it: its text (lossy UTF-8), at most [`QUOTED_LINE_CHARS`]
+/// characters. Control characters stay as printed: the message is data (JSON in the manifest and the
+/// events); whoever shows it on a terminal escapes them ([`crate::report::text`]).
+fn quoted_line(line: &OutputLine) -> String {
+    let text = line.text();
+    match text.char_indices().nth(QUOTED_LINE_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::ssh::MAX_LINE_BYTES;
+
+    #[test]
+    fn a_quoted_line_is_cut_to_its_length() {
+        assert_eq!(quoted_line(&OutputLine::from("short")), "short");
+        let long = quoted_line(&OutputLine::new(vec![b'x'; MAX_LINE_BYTES]));
+        assert_eq!(long.chars().count(), QUOTED_LINE_CHARS + 1);
+        assert!(long.ends_with('…'));
+        assert_eq!(quoted_line(&OutputLine::new(b"\xff\x1b]0;t\x07".to_vec())), "\u{fffd}\u{1b}]0;t\u{7}");
+    }
 }
