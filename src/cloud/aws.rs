@@ -189,6 +189,11 @@ impl AwsRegion {
     }
 }
 
+/// Whether EC2 refused GetConsoleOutput's `Latest` for the instance (not a Nitro instance).
+fn refuses_latest(error: &CloudError) -> bool {
+    error.code.as_deref().is_some_and(|code| code == "UnsupportedOperation" || code.starts_with("InvalidParameter"))
+}
+
 /// An SDK error as the port's error: its AWS code and kind, and a message without the SDK's debug dump.
 fn sdk_error<E>(region: &Region, action: Action, error: SdkError<E, HttpResponse>) -> CloudError
 where
@@ -527,6 +532,30 @@ impl RegionCloud for AwsRegion {
             found.extend(instance_statuses(&output));
         }
         Ok(found)
+    }
+
+    /// GetConsoleOutput with `Latest = true` first. EC2's API reference: `Latest` "retrieves the latest console
+    /// output for the instance" and is supported only on instances built on the Nitro System; otherwise EC2
+    /// keeps only what it captured (shortly after boot, updated every few minutes) and answers a request for
+    /// the latest with an error (`UnsupportedOperation`, or an `InvalidParameter…` code): then the call is
+    /// made again without it. The output is base64; it is decoded here, bytes that are not UTF-8 replaced.
+    async fn console_output(&self, instance: &InstanceId) -> CloudResult<ConsoleOutput> {
+        let action = Action::GetConsoleOutput;
+        let latest =
+            ec2_call!(self, action, |client| client.get_console_output().instance_id(instance.as_str()).latest(true));
+        let output = match latest {
+            Err(error) if refuses_latest(&error) => {
+                tracing::debug!(%instance, "GetConsoleOutput refused `Latest`, asking without it: {error}");
+                ec2_call!(self, action, |client| client.get_console_output().instance_id(instance.as_str()))?
+            }
+            answer => answer?,
+        };
+        let encoded = output.output().unwrap_or_default();
+        // EC2 keeps at most 64 KB of console; more than a megabyte is not a console.
+        let encoded = &encoded[..encoded.len().min(2 * 1024 * 1024)];
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded.trim())
+            .map_err(|_| self.missing(action, "base64 console output"))?;
+        Ok(ConsoleOutput(String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     async fn stop_instance(&self, id: &InstanceId) -> CloudResult<()> {

@@ -105,6 +105,10 @@ impl RegionCloud for LimitedRegion {
         self.limiter.call(Action::DescribeInstances, || self.inner.describe_instances(ids)).await
     }
 
+    async fn console_output(&self, instance: &InstanceId) -> CloudResult<ConsoleOutput> {
+        self.limiter.call(Action::GetConsoleOutput, || self.inner.console_output(instance)).await
+    }
+
     async fn stop_instance(&self, id: &InstanceId) -> CloudResult<()> {
         self.limiter.call(Action::StopInstances, || self.inner.stop_instance(id)).await
     }

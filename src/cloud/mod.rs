@@ -349,6 +349,11 @@ pub fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// An instance's console output as text (bytes that are not UTF-8 replaced): untrusted, anything on the
+/// instance can print to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsoleOutput(pub String);
+
 /// EC2 in one region, as the steps see it.
 #[async_trait]
 pub trait RegionCloud: Send + Sync {
@@ -381,6 +386,8 @@ pub trait RegionCloud: Send + Sync {
     async fn run_instance(&self, spec: &LaunchSpec) -> CloudResult<InstanceId>;
     /// The instances among `ids` that exist.
     async fn describe_instances(&self, ids: &[InstanceId]) -> CloudResult<Vec<InstanceStatus>>;
+    /// The instance's console output (serial console), the newest EC2 has; empty until it has any.
+    async fn console_output(&self, instance: &InstanceId) -> CloudResult<ConsoleOutput>;
     async fn stop_instance(&self, id: &InstanceId) -> CloudResult<()>;
     async fn terminate_instance(&self, id: &InstanceId) -> CloudResult<()>;
 

@@ -175,6 +175,16 @@ impl Policy {
         Policy { backoff: Backoff::fixed(Duration::from_secs(3)), budget: timeout, retries: None }
     }
 
+    /// An instance's host keys not on its console yet (cloud-init prints them late in the first boot): pauses
+    /// of 2 s doubling to 15 s, for `[ssh] host_key_wait`.
+    pub const fn console_keys(host_key_wait: Duration) -> Self {
+        Policy {
+            backoff: Backoff::doubling(Duration::from_secs(2), Duration::from_secs(15)),
+            budget: host_key_wait,
+            retries: None,
+        }
+    }
+
     /// A throttled (`RequestLimitExceeded`) or transient (5xx, a dropped connection, an attempt's timeout) AWS
     /// answer, retried by the request limiter: jittered pauses from 0.5 s doubling to 30 s, at most 12 retries
     /// (about 3.5 minutes of pauses before jitter, at most twice that with it: the time budget, 15 minutes,

@@ -16,6 +16,8 @@ pub enum Action {
     DescribeInstanceTypeOfferings,
     DescribeSecurityGroups,
     DescribeKeyPairs,
+    /// An instance's console: its SSH host keys, as cloud-init printed them.
+    GetConsoleOutput,
     CreateKeyPair,
     DeleteKeyPair,
     CreateSecurityGroup,
@@ -112,7 +114,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 29] = [
+    pub const ALL: [Action; 30] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -120,6 +122,7 @@ impl Action {
         Action::DescribeInstanceTypeOfferings,
         Action::DescribeSecurityGroups,
         Action::DescribeKeyPairs,
+        Action::GetConsoleOutput,
         Action::CreateKeyPair,
         Action::DeleteKeyPair,
         Action::CreateSecurityGroup,
@@ -175,7 +178,8 @@ impl Action {
             | Action::GetCallerIdentity
             | Action::DescribeKey
             | Action::DescribeSecurityGroups
-            | Action::DescribeKeyPairs => ActionClass::NonMutating,
+            | Action::DescribeKeyPairs
+            | Action::GetConsoleOutput => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,
             Action::CopyImage => ActionClass::CopyImage,
             Action::CreateTags => ActionClass::CreateTags,

@@ -124,6 +124,8 @@ pub struct Flavor {
     pub tests: Vec<ProvisionerEntry>,
     /// How long this flavor's provisioning takes in the simulated cloud (`sim_provision`).
     pub sim_provision: Option<Duration>,
+    /// How its instances' SSH host keys are known (`host_key`, else `[ssh] host_key`).
+    pub host_key: HostKeyPolicy,
     /// The build instance's metadata service options.
     pub metadata: Metadata,
     /// The build instance's root volume; `None`: as the source image has it.
@@ -368,8 +370,28 @@ pub struct Bastion {
     pub port: u16,
     pub user: String,
     pub private_key_file: PathBuf,
-    /// Where the bastion's host key is checked (and, the first time, recorded): default `~/.ssh/known_hosts`.
-    pub known_hosts: Option<PathBuf>,
+    /// What the bastion's host key is checked against (strictly: never learned, never written).
+    pub host_key: BastionHostKey,
+}
+
+/// Where the bastion's host key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BastionHostKey {
+    /// `known_hosts = "…"`: a known_hosts file, read only.
+    KnownHostsFile(PathBuf),
+    /// `host_key = "…"`: one known_hosts line (`bastion.example.com ssh-ed25519 AAAA…`), or a key alone
+    /// (`ssh-ed25519 AAAA…`) for the bastion's `host` and `port`; as written, checked.
+    Line(String),
+}
+
+/// How an instance's SSH host key is known (`[ssh] host_key`, a flavor's `host_key`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// Read from the instance's console (cloud-init prints its keys there), then checked strictly.
+    #[default]
+    Console,
+    /// Any key is accepted: for images that print no keys. Whoever answers on the address is trusted.
+    Accept,
 }
 
 #[derive(Clone, Debug)]
@@ -387,6 +409,10 @@ pub struct SshSettings {
     /// Remove the build key's line from the SSH user's `~/.ssh/authorized_keys` before the instance stops
     /// (default `true`); `false` leaves it in the image.
     pub clear_authorized_keys: bool,
+    /// The flavors' default (`[ssh] host_key`).
+    pub host_key: HostKeyPolicy,
+    /// How long a build waits for the host keys on its instance's console (`[ssh] host_key_wait`).
+    pub host_key_wait: Duration,
 }
 
 impl SshSettings {
@@ -491,6 +517,10 @@ pub struct SimSettings {
     pub default_vpc: bool,
     /// How long a build's image tests take (`[[flavor]] tests`).
     pub test: Duration,
+    /// running → the host keys printed on the console (cloud-init's block). Default 0: there as soon as EC2
+    /// says running, so a build's first read finds them (a later appearance makes a run's timing depend on
+    /// when its reads fall, which the paused clock does not keep exact).
+    pub console_keys: Duration,
     pub faults: Vec<SimFault>,
 }
 
@@ -515,6 +545,7 @@ impl Default for SimSettings {
             foreign_copies: 0,
             default_vpc: true,
             test: Duration::from_secs(180),
+            console_keys: Duration::ZERO,
             faults: Vec::new(),
         }
     }
@@ -546,6 +577,18 @@ pub enum FaultEffect {
     InstanceTerminates { reason: String },
     /// Not a call: a build's image tests fail (`action = "test"`).
     TestFails,
+    /// The call succeeds (RunInstances), and the instance's console and sshd misbehave (`console = "…"`); only
+    /// for instances of `flavor`, if set.
+    Console { fault: ConsoleFault, flavor: Option<FlavorName> },
+}
+
+/// What a simulated instance's console shows instead of its host keys, or who answers on its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleFault {
+    /// `"no-keys"`: the image prints no host keys (some hardened images).
+    NoKeys,
+    /// `"other-key"`: the console has the instance's keys, but another machine answers on its address.
+    OtherKey,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

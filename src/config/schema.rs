@@ -156,6 +156,8 @@ pub struct FlavorSection {
     /// How long each of its provisioners and tests may run unless it sets its own `timeout`.
     pub provisioner_timeout: Option<String>,
     pub sim_provision: Option<String>,
+    /// `"console"` or `"accept"`: how this flavor's instances' host keys are known (default `[ssh] host_key`).
+    pub host_key: Option<String>,
 }
 
 /// `{ tags = { Tier = "build" } }` or `{ ids = { us-west-2 = "subnet-…" } }`.
@@ -230,9 +232,13 @@ pub struct SshSection {
     pub interface: Option<String>,
     pub bastion: Option<BastionSection>,
     pub clear_authorized_keys: Option<bool>,
+    /// `"console"` (the default) or `"accept"`; a flavor may set its own.
+    pub host_key: Option<String>,
+    pub host_key_wait: Option<String>,
 }
 
-/// `[ssh] bastion = { host = "…", port = 22, user = "…", private_key_file = "…" }`.
+/// `[ssh] bastion = { host = "…", port = 22, user = "…", private_key_file = "…", known_hosts = "…" }` (or
+/// `host_key = "<known_hosts line>"` instead of `known_hosts`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BastionSection {
@@ -241,6 +247,7 @@ pub struct BastionSection {
     pub user: String,
     pub private_key_file: String,
     pub known_hosts: Option<String>,
+    pub host_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -294,6 +301,8 @@ pub struct SimSection {
     pub foreign_copies: Option<usize>,
     pub default_vpc: Option<bool>,
     pub test: Option<String>,
+    /// running → the host keys on the console.
+    pub console_keys: Option<String>,
     #[serde(default)]
     pub faults: Vec<FaultSection>,
 }
@@ -310,4 +319,8 @@ pub struct FaultSection {
     pub nth: Option<u64>,
     pub probability: Option<f64>,
     pub answer_lost: Option<bool>,
+    /// With `RunInstances`: what the instance's console shows (`"no-keys"`, `"other-key"`).
+    pub console: Option<String>,
+    /// With `console`: only instances of this flavor.
+    pub flavor: Option<String>,
 }

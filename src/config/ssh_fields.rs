@@ -60,7 +60,7 @@ pub fn connection_problem(host: &str, user: &str, bastion: Option<&super::Bastio
                 named("the bastion key file", &key.to_string_lossy(), path_problem(key))
             })
             .or_else(|| {
-                let known_hosts = bastion.known_hosts.as_deref()?;
+                let super::BastionHostKey::KnownHostsFile(known_hosts) = &bastion.host_key else { return None };
                 named("the bastion known_hosts file", &known_hosts.to_string_lossy(), path_problem(known_hosts))
             })
     })

@@ -16,6 +16,7 @@ const DEFAULT_AMI_NAME: &str = "{flavor}-{build_region}-{timestamp}";
 const DEFAULT_MANIFEST: &str = "manifest.json";
 const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const DEFAULT_ROLE_DURATION: Duration = Duration::from_secs(60 * 60);
+const DEFAULT_HOST_KEY_WAIT: Duration = Duration::from_secs(5 * 60);
 /// Longest values the placeholders can take, for the AMI name length check.
 const LONGEST_TIMESTAMP: &str = "20261126T143000Z";
 const LONGEST_DATE: &str = "2026-11-26";
@@ -513,6 +514,12 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, 
                 .sim_provision
                 .as_deref()
                 .and_then(|text| checker.duration_or_zero(path.key("sim_provision"), text)),
+            host_key: match flavor.host_key.as_deref() {
+                Some(text) => host_key_policy(checker, path.key("host_key"), text),
+                // `[ssh] host_key`, checked (and any problem with it said) where `[ssh]` is resolved.
+                None if raw.ssh.host_key.as_deref() == Some("accept") => HostKeyPolicy::Accept,
+                None => HostKeyPolicy::Console,
+            },
             metadata: resolve_metadata(checker, &path, flavor, defaults),
             root_volume: resolve_root_volume(checker, &path, flavor, defaults),
             iam_instance_profile: flavor.iam_instance_profile.clone().or_else(|| defaults.iam_instance_profile.clone()),
@@ -1208,15 +1215,40 @@ fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSetting
             checker.problem(at.key("port"), "must be a port from 1 to 65535");
         }
         let private_key_file = checker.local_file(at.key("private_key_file"), &expand_home(&bastion.private_key_file));
-        let known_hosts = bastion.known_hosts.as_deref().map(|file| checker.base_dir.join(expand_home(file)));
-        Bastion {
-            host: bastion.host,
-            port: bastion.port.unwrap_or(22),
-            user: bastion.user,
-            private_key_file,
-            known_hosts,
-        }
+        let port = bastion.port.unwrap_or(22);
+        let host_key = match (bastion.known_hosts, bastion.host_key) {
+            (Some(file), None) => {
+                BastionHostKey::KnownHostsFile(checker.local_file(at.key("known_hosts"), &expand_home(&file)))
+            }
+            (None, Some(line)) => {
+                if let Err(why) = bastion_host_key_line(&line) {
+                    checker.problem(at.key("host_key"), why);
+                }
+                BastionHostKey::Line(line)
+            }
+            (Some(_), Some(_)) => {
+                checker
+                    .problem(at.key("host_key"), "set one of `known_hosts` (a file) and `host_key` (a line), not both");
+                BastionHostKey::Line(String::new())
+            }
+            (None, None) => {
+                checker.problem(
+                    at.clone(),
+                    "name the bastion's host key: `known_hosts = \"<file>\"` or `host_key = \"<known_hosts line>\"` \
+                     (e.g. from `ssh-keyscan`, checked out of band); it is checked strictly, never learned",
+                );
+                BastionHostKey::Line(String::new())
+            }
+        };
+        Bastion { host: bastion.host, port, user: bastion.user, private_key_file, host_key }
     });
+    let host_key =
+        raw.host_key.as_deref().map(|text| host_key_policy(checker, path.key("host_key"), text)).unwrap_or_default();
+    let host_key_wait = raw
+        .host_key_wait
+        .as_deref()
+        .and_then(|text| checker.duration(path.key("host_key_wait"), text))
+        .unwrap_or(DEFAULT_HOST_KEY_WAIT);
     SshSettings {
         host: raw.host,
         port: raw.port.unwrap_or(22),
@@ -1226,6 +1258,8 @@ fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSetting
         interface,
         bastion,
         clear_authorized_keys: raw.clear_authorized_keys.unwrap_or(true),
+        host_key,
+        host_key_wait,
     }
 }
 
@@ -1261,6 +1295,41 @@ fn check_ssh_fields(checker: &mut Checker<'_>, raw: &FleetFile) {
             refuse(path.key("ssh_username"), ssh_fields::user_problem(user));
         }
     }
+}
+
+/// `"console"` or `"accept"`.
+fn host_key_policy(checker: &mut Checker<'_>, path: KeyPath, text: &str) -> HostKeyPolicy {
+    match text {
+        "console" => HostKeyPolicy::Console,
+        "accept" => HostKeyPolicy::Accept,
+        other => {
+            checker.problem(
+                path,
+                format!("`{other}` is not one of `console` (read from the instance's console, then checked) and `accept` (any key)"),
+            );
+            HostKeyPolicy::Console
+        }
+    }
+}
+
+/// A bastion's `host_key`: one known_hosts line (`hosts keytype base64 [comment]`) or a key alone (`keytype
+/// base64 [comment]`); no marker (`@cert-authority`, `@revoked`), no hashed host, one line, a known key type.
+pub fn bastion_host_key_line(line: &str) -> Result<(), String> {
+    use crate::util::host_keys::{HostKey, KEY_TYPES};
+    if line.chars().any(|c| c.is_control()) {
+        return Err("must be one line, without control characters".into());
+    }
+    let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+    let key = match fields.as_slice() {
+        [first, ..] if KEY_TYPES.contains(first) => &fields[..],
+        [hosts, rest @ ..] if !hosts.starts_with('@') && !hosts.starts_with('|') && !rest.is_empty() => rest,
+        _ => {
+            return Err(
+                "must be a known_hosts line (`bastion.example.com ssh-ed25519 AAAA…`) or a key (`ssh-ed25519 AAAA…`), without markers or hashed names".into(),
+            )
+        }
+    };
+    HostKey::parse(&key.join(" ")).map(|_| ()).map_err(|error| format!("not a host key: {error}"))
 }
 
 /// `~/x` as `$HOME/x`; other paths as written (relative ones are relative to the fleet file).
@@ -1346,6 +1415,7 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         foreign_copies: raw.foreign_copies.unwrap_or(defaults.foreign_copies),
         default_vpc: raw.default_vpc.unwrap_or(defaults.default_vpc),
         test: duration("test", &raw.test, defaults.test),
+        console_keys: duration("console_keys", &raw.console_keys, defaults.console_keys),
         faults: Vec::new(),
     };
     if let Some(vcpus) = raw.instance_vcpus {
@@ -1448,6 +1518,33 @@ fn fault_effect(
 ) -> Option<FaultEffect> {
     use super::api::Action;
     let reason = |default: &str| fault.reason.clone().unwrap_or_else(|| default.to_string());
+    if fault.flavor.is_some() && fault.console.is_none() {
+        checker.problem(at.key("flavor"), "goes with `console` only");
+    }
+    if let Some(console) = &fault.console {
+        if fault.error.is_some() || fault.image_state.is_some() || fault.instance_state.is_some() {
+            checker.problem(at.clone(), "set exactly one of `error`, `image_state`, `instance_state` and `console`");
+            return None;
+        }
+        if action != Some(Action::RunInstances) {
+            checker.problem(at.key("action"), "`console` goes with `RunInstances`: the instance it launches");
+        }
+        let flavor = fault.flavor.as_deref().map(|name| {
+            checker.name(at.key("flavor"), "flavor", name);
+            FlavorName::new(name)
+        });
+        return match console.as_str() {
+            "no-keys" => Some(FaultEffect::Console { fault: ConsoleFault::NoKeys, flavor }),
+            "other-key" => Some(FaultEffect::Console { fault: ConsoleFault::OtherKey, flavor }),
+            other => {
+                checker.problem(
+                    at.key("console"),
+                    format!("`{other}` is not one of `no-keys` (no host keys printed) and `other-key` (someone else answers)"),
+                );
+                None
+            }
+        };
+    }
     let effect = match (&fault.error, &fault.image_state, &fault.instance_state) {
         (Some(error), None, None) => {
             if error.is_empty() || !error.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
@@ -1555,5 +1652,29 @@ impl Fleet {
     /// The KMS key `[encryption]` names for images in `region`, if any.
     pub fn kms_key(&self, region: &Region) -> Option<&str> {
         self.encryption.as_ref().and_then(|encryption| encryption.key_for(region))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bastion_host_key_line;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH6rKfOY3oyLa53Kw+cWZiHRIdFUJ9F5boORGMkHruzt";
+
+    #[test]
+    fn a_bastion_host_key_is_a_known_hosts_line_or_a_key_alone() {
+        assert_eq!(bastion_host_key_line(KEY), Ok(()));
+        assert_eq!(bastion_host_key_line(&format!("bastion.example.com {KEY} ops@laptop")), Ok(()));
+        assert_eq!(bastion_host_key_line(&format!("[bastion.example.com]:2200,10.0.0.4 {KEY}")), Ok(()));
+        for refused in [
+            format!("@cert-authority *.example.com {KEY}"),
+            format!("|1|c2FsdA==|aGFzaA== {KEY}"),
+            format!("bastion.example.com {KEY}\nProxyCommand evil"),
+            "bastion.example.com ssh-dss AAAAB3NzaC1kc3M=".to_string(),
+            "bastion.example.com".to_string(),
+            String::new(),
+        ] {
+            assert!(bastion_host_key_line(&refused).is_err(), "{refused:?}");
+        }
     }
 }

@@ -1,6 +1,8 @@
-//! The simulated communicator: "SSH" answers when the model says the instance's sshd is up; provisioners run
-//! nothing, take their simulated time, and say what would have run. Its `upload` and `exec` (which the
-//! simulated provisioners do not go through: the connection is their [`StandIn`]) keep nothing and run nothing.
+//! The simulated communicator: "SSH" answers when the model says the instance's sshd is up, with the host key
+//! the model says answers there (checked like ssh does against the keys the build read from the console);
+//! provisioners run nothing, take their simulated time, and say what would have run. Its `upload` and `exec`
+//! (which the simulated provisioners do not go through: the connection is their [`StandIn`]) keep nothing and
+//! run nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use tokio::time::Instant;
 use crate::cloud::sim::SimCloud;
 use crate::config::{FlavorName, Fleet, Provisioner, Region};
 use crate::remote::provision::{Described, Phase, ProvisionCause, ProvisionEnv, ProvisionError};
+use crate::remote::ssh::{mismatch_message, HostKeyCheck};
 use crate::remote::{Communicator, ConnectTarget, Connection, Exit, OutputSink, RemoteError, StandIn, Via};
 use crate::report::events::OutputStream;
 
@@ -41,6 +44,15 @@ impl Communicator for SimCommunicator {
             });
         }
         tokio::time::sleep_until(ssh_at).await;
+        let Via::Ssh(ssh) = &target.via;
+        if let HostKeyCheck::Verify(expected) = &ssh.host_key {
+            let offered = self.sim.offered_host_key(&instance.region, &instance.id)?;
+            if !expected.has(&offered.fingerprint()) {
+                let at = format!("{}@{}:{}", ssh.user, ssh.host, ssh.port);
+                let offered = format!("{} ({})", offered.fingerprint(), offered.kind());
+                return Err(format!("{} (simulated)", mismatch_message(&at, expected, &offered)));
+            }
+        }
         Ok(Box::new(SimConnection {
             sim: Arc::clone(&self.sim),
             fleet: Arc::clone(&self.fleet),

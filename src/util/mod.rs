@@ -1,5 +1,5 @@
 //! Small helpers every layer may use: named string types (`string_newtype!`), time on Tokio's clock
-//! ([`clock`]) and EC2-style globs ([`glob`]).
+//! ([`clock`]), EC2-style globs ([`glob`]) and SSH host keys as text ([`host_keys`]).
 //!
 //! Layer: a leaf below `config`. `util` knows nothing of fleetbake and imports nothing of the crate.
 
@@ -7,3 +7,4 @@
 mod newtype;
 pub mod clock;
 pub mod glob;
+pub mod host_keys;

@@ -248,11 +248,23 @@ fn a_bastion_is_jumped_through() {
     let fleet = format!(
         "{header}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\nprovisioners = [{{ type = \"shell\", inline = [\"echo reached through the bastion\"] }}]\n\n[regions]\nus-west-2 = []\n"
     );
+    // The bastion's host key, as its operator hands it out (checked out of band).
+    let known_line = format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key);
+    workspace.write("known_hosts", &known_line);
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     assert!(outcome.stderr.contains("base/us-west-2: reached through the bastion"), "{}", outcome.stderr);
-    // The bastion's host key was checked against, and recorded in, its known-hosts file.
-    let known = std::fs::read_to_string(workspace.path("known_hosts")).unwrap();
-    assert!(known.contains("ssh-ed25519"), "{known}");
+    // The bastion's host key was checked against its known-hosts file, which is read, never written.
+    assert_eq!(std::fs::read_to_string(workspace.path("known_hosts")).unwrap(), known_line);
+
+    // A bastion whose key is not the one named: refused at `connect`, at once, as the bastion's.
+    let other = Sshd::start_with_own_host_key();
+    let wrong = fleet.replace("known_hosts = \"known_hosts\"", &format!("host_key = \"{}\"", other.host_key));
+    let fleet_path = workspace.write("fleet.toml", &wrong);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    assert!(outcome.stderr.contains("the bastion fbtest@127.0.0.1"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("does not list"), "{}", outcome.stderr);
+    assert!(!outcome.stderr.contains("reached through the bastion"), "{}", outcome.stderr);
 }

@@ -237,7 +237,10 @@ fn ssh_interface_dns_names_are_the_addresses_connected_to() {
         assert_eq!(outcome.code, 0, "{interface}: {}", outcome.stderr);
         assert!(outcome.stderr.contains("base/us-west-2: reached "), "{interface}: {}", outcome.stderr);
         assert!(proxy.altered() > 0, "the instance's DNS names came through the proxy");
-        let connects = stage_details(&events, "connect");
+        let connects: Vec<String> = stage_details(&events, "connect")
+            .into_iter()
+            .filter(|detail| detail.starts_with("waiting for SSH"))
+            .collect();
         assert_eq!(connects.len(), 1, "{connects:?}");
         let expected = format!("waiting for SSH on localhost:{} (SSH to its {said} (`[ssh] interface`)", sshd.port);
         assert!(connects[0].starts_with(&expected), "{interface}: {connects:?}");

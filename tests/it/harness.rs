@@ -1,5 +1,10 @@
 //! Test servers on 127.0.0.1: a moto_server (the real EC2 API, reached through aws-sdk-ec2) and a private
 //! sshd that accepts whatever key a build created. Each test starts its own on free ports; both stop on drop.
+//!
+//! Host keys: every test sshd presents the test process's one host key ([`test_host_key`]) unless started
+//! with its own ([`Sshd::start_with_own_host_key`]: someone else answering), and [`Moto`]'s endpoint is a
+//! proxy that puts that key on every instance's console (moto's canned console has none), as cloud-init
+//! prints it: builds verify host keys (the default) against moto + the test sshd as they would on EC2.
 //! `scripts/install-test-deps.sh` installs them; a test never skips because one is missing.
 
 use std::ffi::OsStr;
@@ -196,10 +201,76 @@ fn dirs_home() -> PathBuf {
     PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
 }
 
-/// A moto_server of its own.
+/// A moto_server of its own, behind a proxy that puts [`test_host_key`] on every instance's console.
 pub struct Moto {
     child: Child,
+    /// The proxy's: what fleets and clients use.
     pub endpoint: String,
+    /// moto's own (its console has no host keys).
+    pub moto_endpoint: String,
+    _console: FaultProxy,
+}
+
+/// The host key every test sshd presents unless started with its own: made once per test process.
+pub struct TestHostKey {
+    /// The private key file's content (OpenSSH format).
+    private: String,
+    /// `ssh-ed25519 AAAA…`.
+    pub public: String,
+}
+
+/// The test process's host key.
+pub fn test_host_key() -> &'static TestHostKey {
+    static KEY: std::sync::OnceLock<TestHostKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let (private, public) = new_host_key();
+        TestHostKey { private, public }
+    })
+}
+
+/// A new ed25519 host key: the private key file's content, and the public key (`ssh-ed25519 AAAA…`).
+fn new_host_key() -> (String, String) {
+    let dir = tempfile::Builder::new().prefix("fb-hostkey").tempdir().unwrap();
+    let path = dir.path().join("key");
+    let status = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&path).status();
+    assert!(status.expect("ssh-keygen runs").success());
+    let private = std::fs::read_to_string(&path).unwrap();
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    let public = public.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    (private, public)
+}
+
+/// A console as cloud-init prints host keys: `keys` (`ssh-ed25519 AAAA…`) between the BEGIN and END lines,
+/// each prefixed `ec2: `, after `before`.
+pub fn console_text(before: &str, keys: &[&str]) -> String {
+    let mut text = format!("{before}\nec2: -----BEGIN SSH HOST KEY KEYS-----\n");
+    for key in keys {
+        text.push_str(&format!("ec2: {key}\n"));
+    }
+    text.push_str("ec2: -----END SSH HOST KEY KEYS-----\n");
+    text
+}
+
+/// A GetConsoleOutput answer with its `<output>` (base64) replaced by `console`.
+pub fn with_console(response: &str, console: &str) -> String {
+    use base64::Engine as _;
+    let (Some(start), Some(end)) = (response.find("<output>"), response.find("</output>")) else {
+        return response.to_string();
+    };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(console);
+    format!("{}<output>{encoded}{}", &response[..start], &response[end..])
+}
+
+/// moto's GetConsoleOutput answer, its console followed by the test host key's block.
+fn console_with_test_host_key(response: String) -> String {
+    use base64::Engine as _;
+    let moto_console = response
+        .find("<output>")
+        .zip(response.find("</output>"))
+        .and_then(|(start, end)| base64::engine::general_purpose::STANDARD.decode(&response[start + 8..end]).ok())
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    with_console(&response, &console_text(&moto_console, &[&test_host_key().public]))
 }
 
 impl Moto {
@@ -217,7 +288,12 @@ impl Moto {
                 .spawn()
                 .expect("moto_server starts")
         });
-        Moto { child, endpoint: format!("http://127.0.0.1:{port}") }
+        let moto_endpoint = format!("http://127.0.0.1:{port}");
+        let console = FaultProxy::start(&moto_endpoint, |request| match request.action {
+            "GetConsoleOutput" => Answer::Rewrite(console_with_test_host_key),
+            _ => Answer::Forward,
+        });
+        Moto { child, endpoint: console.endpoint.clone(), moto_endpoint, _console: console }
     }
 
     /// An SDK client for `region`, as a user's deploy tooling would see the account.
@@ -305,12 +381,16 @@ pub fn decoded(value: &str) -> String {
 pub struct Sshd {
     child: Child,
     pub port: u16,
+    /// The host key it presents (`ssh-ed25519 AAAA…`).
+    pub host_key: String,
     _dir: tempfile::TempDir,
 }
 
 impl Sshd {
+    /// An sshd presenting [`test_host_key`] (what [`Moto`] puts on every console).
     pub fn start() -> Sshd {
-        Sshd::start_on(free_port, AuthorizedKeys::AnyOffered)
+        let key = test_host_key();
+        Sshd::start_on(free_port, AuthorizedKeys::AnyOffered, &key.private, &key.public)
     }
 
     /// An sshd for [`KEYS_USER`] whose `AuthorizedKeysFile` is real: the first login with a key appends it to
@@ -319,22 +399,35 @@ impl Sshd {
         install_authorized_keys_command();
         let known = Command::new("id").arg(KEYS_USER).stdout(Stdio::null()).status().unwrap().success();
         assert!(known, "the test login user `{KEYS_USER}` is missing: run scripts/install-test-deps.sh");
-        Sshd::start_on(free_port, AuthorizedKeys::WrittenOnFirstLogin)
+        let key = test_host_key();
+        Sshd::start_on(free_port, AuthorizedKeys::WrittenOnFirstLogin, &key.private, &key.public)
+    }
+
+    /// An sshd with a host key of its own, on no console: someone else answering on an instance's address.
+    pub fn start_with_own_host_key() -> Sshd {
+        let (private, public) = new_host_key();
+        Sshd::start_on(free_port, AuthorizedKeys::AnyOffered, &private, &public)
     }
 
     /// An sshd on the first of `ports` it can listen on. Its sessions carry `FBTEST_SUITE_TMPDIR` (this test
     /// process's temp folder): how scripts/test.sh tells a provisioner loop the suite left from anyone else's.
-    fn start_on(ports: impl FnMut() -> u16, keys: AuthorizedKeys) -> Sshd {
+    fn start_on(
+        ports: impl FnMut() -> u16,
+        keys: AuthorizedKeys,
+        private_host_key: &str,
+        public_host_key: &str,
+    ) -> Sshd {
         assert!(Path::new("/usr/sbin/sshd").exists(), "/usr/sbin/sshd missing: run scripts/test.sh");
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd (privilege separation directory)");
         let dir = tempfile::Builder::new().prefix("fb-sshd").tempdir().unwrap();
         let host_key = dir.path().join("host_ed25519");
-        let status = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&host_key)
-            .status()
-            .expect("ssh-keygen runs");
-        assert!(status.success());
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file =
+                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&host_key).unwrap();
+            file.write_all(private_host_key.as_bytes()).unwrap();
+        }
         let config = dir.path().join("sshd_config");
         let authorized = match keys {
             AuthorizedKeys::AnyOffered => format!(
@@ -369,7 +462,7 @@ impl Sshd {
                 .spawn()
                 .expect("sshd starts")
         });
-        Sshd { child, port, _dir: dir }
+        Sshd { child, port, host_key: public_host_key.to_string(), _dir: dir }
     }
 }
 
@@ -688,7 +781,8 @@ fn servers_whose_port_is_taken_start_on_another() {
     let other = TcpListener::bind(("127.0.0.1", free_port())).unwrap();
     let taken = other.local_addr().unwrap().port();
 
-    let sshd = Sshd::start_on(taken_then_free(taken), AuthorizedKeys::AnyOffered);
+    let key = test_host_key();
+    let sshd = Sshd::start_on(taken_then_free(taken), AuthorizedKeys::AnyOffered, &key.private, &key.public);
     assert_ne!(sshd.port, taken);
     let mut banner = [0u8; 8];
     std::io::Read::read_exact(&mut TcpStream::connect(("127.0.0.1", sshd.port)).unwrap(), &mut banner).unwrap();

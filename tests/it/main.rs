@@ -8,6 +8,7 @@ mod ec2_errors;
 mod exit_codes;
 mod fleet_keys;
 mod harness;
+mod host_keys;
 mod layout;
 mod matrix;
 mod nightly;

@@ -215,6 +215,7 @@ const STEP_FAULTS: &[StepFault] = &[
     },
     StepFault { action: "RunInstances", nth: 1, region: "eu-central-1", stage: "launch", image_made: false },
     StepFault { action: "DescribeInstances", nth: 1, region: "eu-central-1", stage: "wait_running", image_made: false },
+    StepFault { action: "GetConsoleOutput", nth: 1, region: "eu-central-1", stage: "connect", image_made: false },
     StepFault { action: "StopInstances", nth: 1, region: "eu-central-1", stage: "stop", image_made: false },
     StepFault { action: "CreateImage", nth: 1, region: "eu-central-1", stage: "create_image", image_made: false },
     StepFault { action: "DescribeImages", nth: 2, region: "eu-central-1", stage: "wait_image", image_made: false },
@@ -770,13 +771,15 @@ fn an_interrupted_run_leaves_a_manifest_with_every_image_it_announced() {
     let whole = run_leaving_manifest(None);
     assert_eq!(whole.manifest["status"], "complete", "{}", whole.manifest);
     assert_eq!(whole.announced.len(), 10, "4 builds and 6 copies: {:?}", whole.announced);
-    // Not after the last one: the run has ended by then.
+    // Not after the last one, nor within a minute of it: the run has ended by then, or may have (a run's last
+    // copy waits can end a poll apart, ~40 s, from one run to the next: the paused clock jumps while real file
+    // writes run, and the jitter's draws follow).
     let end = whole.announced.iter().map(|announced| announced.after).max().unwrap();
     let mut points: Vec<_> = whole
         .announced
         .iter()
-        .filter(|announced| announced.after < end)
         .map(|announced| announced.after + std::time::Duration::from_secs(1))
+        .filter(|after| *after + std::time::Duration::from_secs(60) < end)
         .collect();
     points.insert(0, std::time::Duration::from_secs(5 * 60));
     points.dedup();
@@ -1010,6 +1013,116 @@ fn a_fault_in_the_test_or_publish_step_fails_only_its_job_and_leaves_nothing() {
         }
         assert_manifest_is_true(&run, fault);
         assert_nothing_left(&run);
+    }
+}
+
+/// The failures of `run` at `connect`: (flavor, region, error, hint).
+fn connect_failures(run: &SimRun) -> Vec<(String, String, String, String)> {
+    let failures = run.manifest["failures"].as_array().unwrap();
+    failures
+        .iter()
+        .filter(|failure| failure["stage"] == "connect")
+        .map(|failure| {
+            let text = |key: &str| failure[key].as_str().unwrap_or_default().to_string();
+            (text("flavor"), text("region"), text("error"), text("hint"))
+        })
+        .collect()
+}
+
+/// Someone else answering on an instance's address (`console = "other-key"`): its job fails at `connect` with
+/// both fingerprints, before anything is sent; every other job is made; nothing is left.
+#[test]
+fn someone_else_answering_fails_only_that_job_at_connect_and_leaves_nothing() {
+    let workspace = Workspace::new();
+    let sim = "faults = [{ action = \"RunInstances\", region = \"eu-central-1\", console = \"other-key\", nth = 1 }]";
+    let run = run_sim_with(&workspace, &fleet(sim, "max_parallel_builds = 1"), &["--no-preflight"]);
+    assert_eq!(run.outcome.code, 1, "stderr:\n{}", run.outcome.stderr);
+    let failed = connect_failures(&run);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let (flavor, region, error, _) = &failed[0];
+    assert_eq!((flavor.as_str(), region.as_str()), ("ubuntu", "eu-central-1"));
+    assert!(error.contains("host key mismatch at ubuntu@198.51.100."), "{error}");
+    let fingerprints = error.matches("SHA256:").count();
+    assert_eq!(fingerprints, 2, "the offered and the expected: {error}");
+    assert!(error.contains("someone else answered"), "{error}");
+    assert!(!run.outcome.stderr.contains("ubuntu/eu-central-1: (sim) would run"), "nothing was run there");
+    assert_eq!(run.manifest["artifacts"]["al2023"].as_object().unwrap().len(), 5);
+    assert_nothing_left(&run);
+
+    // Per flavor: every al2023 instance is answered by someone else; ubuntu's are not.
+    let workspace = Workspace::new();
+    let sim =
+        "faults = [{ action = \"RunInstances\", console = \"other-key\", flavor = \"al2023\", probability = 1.0 }]";
+    let run = run_sim(&workspace, &fleet(sim, ""));
+    assert_eq!(run.outcome.code, 1, "stderr:\n{}", run.outcome.stderr);
+    let failed: Vec<String> = connect_failures(&run).into_iter().map(|failure| failure.0).collect();
+    assert_eq!(failed, ["al2023", "al2023"]);
+    assert_eq!(run.manifest["artifacts"]["ubuntu"].as_object().unwrap().len(), 5);
+    assert_nothing_left(&run);
+}
+
+/// An image that prints no host keys (`console = "no-keys"`): its job fails at `connect` after
+/// `[ssh] host_key_wait`, with the hint naming `host_key = "accept"`; with that set for the flavor, it builds.
+#[test]
+fn no_host_keys_fail_the_job_with_the_hint_unless_the_flavor_accepts_any() {
+    let faults = "faults = [{ action = \"RunInstances\", console = \"no-keys\", probability = 1.0 }]";
+    let workspace = Workspace::new();
+    let fleet_text = fleet(faults, "").replace("[ssh]\n", "[ssh]\nhost_key_wait = \"3m\"\n");
+    let run = run_sim(&workspace, &fleet_text);
+    assert_eq!(run.outcome.code, 1, "stderr:\n{}", run.outcome.stderr);
+    let failed = connect_failures(&run);
+    assert_eq!(failed.len(), 4, "every build: {failed:?}");
+    for (flavor, _, error, hint) in &failed {
+        assert!(error.contains("no SSH host keys on the console of i-") && error.contains("within 3m"), "{error}");
+        assert!(hint.contains(&format!("set `host_key = \"accept\"` for flavor `{flavor}`")), "{hint}");
+    }
+    assert_nothing_left(&run);
+
+    // al2023's image prints none: that flavor accepts any host key; ubuntu's still fail.
+    let workspace = Workspace::new();
+    let accepting = fleet_text.replace("sim_provision = \"2m\"\n", "sim_provision = \"2m\"\nhost_key = \"accept\"\n");
+    let run = run_sim(&workspace, &accepting);
+    assert_eq!(run.outcome.code, 1, "stderr:\n{}", run.outcome.stderr);
+    let failed: Vec<String> = connect_failures(&run).into_iter().map(|failure| failure.0).collect();
+    assert_eq!(failed, ["ubuntu", "ubuntu"]);
+    assert_eq!(run.manifest["artifacts"]["al2023"].as_object().unwrap().len(), 5);
+    assert!(run.outcome.stderr.contains("al2023/us-west-2: accepting any host key"), "{}", run.outcome.stderr);
+    assert_nothing_left(&run);
+}
+
+/// Host keys that reach the console after sshd answers (`[sim] console_keys`) hold the connect until they do:
+/// the build is that much later, and still verified.
+#[test]
+fn host_keys_late_on_the_console_are_waited_for() {
+    let on_time = run_sim(&Workspace::new(), &fleet("seed = 3", ""));
+    let late = run_sim(&Workspace::new(), &fleet("seed = 3\nconsole_keys = \"2m\"", ""));
+    for run in [&on_time, &late] {
+        assert_eq!(run.outcome.code, 0, "stderr:\n{}", run.outcome.stderr);
+        assert_nothing_left(run);
+    }
+    let makespan = |run: &SimRun| run.summary["makespan_seconds"].as_f64().unwrap();
+    // 2 minutes after running, not 30 s: at least 90 s later, and at most a poll (15 s) more.
+    let later = makespan(&late) - makespan(&on_time);
+    assert!((90.0..=90.0 + 20.0).contains(&later), "{later} s later");
+    assert!(late.outcome.stderr.contains("from its console: SHA256:"), "{}", late.outcome.stderr);
+}
+
+#[test]
+fn a_bad_console_fault_or_host_key_setting_is_bad_input() {
+    let workspace = Workspace::new();
+    let faults = "faults = [{ action = \"CreateImage\", console = \"sometimes\", nth = 1 }, \
+                  { action = \"RunInstances\", error = \"InternalError\", flavor = \"al2023\", nth = 1 }]";
+    let text = fleet(faults, "").replace("[ssh]\n", "[ssh]\nhost_key = \"trust-me\"\n");
+    let path = workspace.write("fleet.toml", &text);
+    let outcome = workspace.fleetbake(&["validate", path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 2, "{}", outcome.stderr);
+    for expected in [
+        "`ssh.host_key`: `trust-me` is not one of `console`",
+        "`sim.faults[0].action`: `console` goes with `RunInstances`",
+        "`sim.faults[0].console`: `sometimes` is not one of `no-keys`",
+        "`sim.faults[1].flavor`: goes with `console` only",
+    ] {
+        assert!(outcome.stderr.contains(expected), "{expected}:\n{}", outcome.stderr);
     }
 }
 

@@ -19,7 +19,8 @@ pub use model::ImageAttributes;
 use model::{Model, SimRegion};
 
 use crate::cloud::{Action, Cloud, CloudResult, Identity, ImageState, InstanceId, InstanceState, RegionCloud};
-use crate::config::{Fleet, Region, SimSettings};
+use crate::config::{ConsoleFault, Fleet, Region, SimSettings};
+use crate::util::host_keys::{ed25519_from_seed, HostKey};
 
 /// The simulated account's id.
 pub const SIMULATED_ACCOUNT: &str = "123456789012";
@@ -96,6 +97,20 @@ impl SimCloud {
         match state.instances.get(instance) {
             Some(found) if found.state(Instant::now()) == InstanceState::Running => Ok(found.ssh_at),
             Some(found) => Err(format!("instance {instance} is {:?}", found.state(Instant::now()))),
+            None => Err(format!("instance {instance} does not exist")),
+        }
+    }
+
+    /// The host key whoever answers on the instance's address offers: the instance's own, or (a `[sim] faults`
+    /// `console = "other-key"`) another machine's.
+    pub fn offered_host_key(&self, region: &Region, instance: &InstanceId) -> Result<HostKey, String> {
+        let region = self.model.region(region);
+        let state = region.state.lock().expect("not poisoned");
+        match state.instances.get(instance) {
+            Some(found) if found.console_fault == Some(ConsoleFault::OtherKey) => {
+                Ok(ed25519_from_seed(&format!("someone else at {instance}")))
+            }
+            Some(found) => Ok(found.host_key.clone()),
             None => Err(format!("instance {instance} does not exist")),
         }
     }

@@ -26,13 +26,16 @@ use tokio::time::Instant;
 use super::catalog::{self, PublicImage};
 use crate::cloud::limiter::ClassBuckets;
 use crate::cloud::{
-    fnv1a, Action, CloudError, CloudResult, CopySpec, ErrorKind, ImageId, ImageQuery, ImageState, ImageStatus,
-    ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, KmsKey, LaunchPermissions, LaunchSpec,
-    OwnedImage, PrivateKey, RegionCloud, SecurityGroupId, SnapshotId, Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
+    fnv1a, Action, CloudError, CloudResult, ConsoleOutput, CopySpec, ErrorKind, ImageId, ImageQuery, ImageState,
+    ImageStatus, ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, KmsKey, LaunchPermissions,
+    LaunchSpec, OwnedImage, PrivateKey, RegionCloud, SecurityGroupId, SnapshotId, Subnet, SubnetId, Tagged, Vpc, VpcId,
+    VpcLookup,
 };
 use crate::config::{
-    ApiRates, Bucket, FaultEffect, FaultTrigger, ImageFilter, Place, Region, SimFault, SimSettings, SubnetLookup, Tags,
+    ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, ImageFilter, Place, Region, SimFault, SimSettings,
+    SubnetLookup, Tags,
 };
+use crate::util::host_keys::{console_block, ed25519_from_seed, HostKey};
 
 /// The whole simulated account.
 pub struct Model {
@@ -137,6 +140,18 @@ impl Model {
             matches!(effect, FaultEffect::ImageFails { .. } | FaultEffect::InstanceTerminates { .. })
         };
         self.firing(action, region, wanted).map(|fault| &fault.effect)
+    }
+
+    /// The configured console fault of the instance this RunInstances launches (of `flavor`), if one fires.
+    fn console_fault(&self, region: &Region, flavor: Option<&str>) -> Option<ConsoleFault> {
+        let wanted = |effect: &FaultEffect| match effect {
+            FaultEffect::Console { flavor: only, .. } => only.as_ref().is_none_or(|only| Some(only.as_str()) == flavor),
+            _ => false,
+        };
+        match self.firing(Action::RunInstances, region, wanted) {
+            Some(SimFault { effect: FaultEffect::Console { fault, .. }, .. }) => Some(*fault),
+            _ => None,
+        }
     }
 
     /// Whether a configured `test` fault fails this run of a build's image tests in `region`.
@@ -254,6 +269,12 @@ pub struct SimInstance {
     terminated_at: Option<Instant>,
     /// The launch ends terminated instead of running (`[sim] faults` `instance_state`), with this reason.
     launch_failure: Option<String>,
+    /// When cloud-init's host key block appears on its console (`[sim] console_keys` after it runs).
+    pub console_keys_at: Instant,
+    /// Its own host key (made up from the seed and its id).
+    pub host_key: HostKey,
+    /// What its console and its address do wrong (`[sim] faults` `console`).
+    pub console_fault: Option<ConsoleFault>,
     security_group: SecurityGroupId,
     public_ip: String,
     /// The KMS key its root volume is encrypted with: CreateImage's snapshot gets it.
@@ -691,6 +712,8 @@ impl RegionCloud for SimRegion {
         let id = InstanceId::new(self.model.id("i"));
         let running_at = Instant::now() + self.model.jittered(self.model.settings.boot);
         let ssh_at = running_at + self.model.jittered(self.model.settings.ssh_ready);
+        let console_keys_at = running_at + self.model.jittered(self.model.settings.console_keys);
+        let host_key = ed25519_from_seed(&format!("{} {id}", self.model.settings.seed));
         let public_ip = format!("198.51.100.{}", 1 + fnv1a(id.as_str()) % 254);
         let settings = &self.model.settings;
         self.call(Action::RunInstances, |state, now| {
@@ -727,6 +750,9 @@ impl RegionCloud for SimRegion {
                 Some(FaultEffect::InstanceTerminates { reason }) => Some(reason.clone()),
                 _ => None,
             };
+            // The flavor, as the run tags every instance (`fleetbake:flavor`).
+            let flavor = spec.tags.get("fleetbake:flavor").map(String::as_str);
+            let console_fault = self.model.console_fault(&self.region, flavor);
             state.client_tokens.insert(spec.client_token.clone(), id.to_string());
             state.instances.insert(
                 id.clone(),
@@ -737,6 +763,9 @@ impl RegionCloud for SimRegion {
                     stopped_at: None,
                     terminated_at: launch_failure.is_some().then_some(running_at),
                     launch_failure,
+                    console_keys_at,
+                    host_key,
+                    console_fault,
                     security_group: spec.security_group.clone(),
                     public_ip,
                     volume_key: spec.root_volume.as_ref().and_then(|root| root.kms_key.clone()),
@@ -770,6 +799,20 @@ impl RegionCloud for SimRegion {
                     })
                 })
                 .collect())
+        })
+        .await
+    }
+
+    /// A boot log; from `console_keys_at` on, cloud-init's host key block (unless a `no-keys` fault).
+    async fn console_output(&self, id: &InstanceId) -> CloudResult<ConsoleOutput> {
+        self.call(Action::GetConsoleOutput, |state, now| {
+            let instance = state.known_instance(id, now)?;
+            let mut text =
+                String::from("[    0.000000] Linux version 6.1.0 (simulated)\nCloud-init v. 23.4 running 'init'\n");
+            if now >= instance.console_keys_at && instance.console_fault != Some(ConsoleFault::NoKeys) {
+                text.push_str(&console_block(std::slice::from_ref(&instance.host_key)));
+            }
+            Ok(ConsoleOutput(text))
         })
         .await
     }

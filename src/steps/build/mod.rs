@@ -302,7 +302,8 @@ async fn bring_up(
         flavor: context.flavor.name.clone(),
         region: context.job.region.clone(),
     };
-    let target = reach.target(prepared, for_build, &running)?;
+    let host_key = reach.host_key(context, &instance).await?;
+    let target = reach.target(prepared, for_build, &running, host_key)?;
     let connection = reach.connect(context, &target).await?;
     Ok(Up { instance, launched, connection })
 }

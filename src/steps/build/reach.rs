@@ -10,15 +10,19 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::cloud::consistency::{once_known, Created, NewKind};
-use crate::cloud::{InstanceStatus, KeyPairName, PrivateKey, SecurityGroupId, VpcId};
-use crate::config::Bastion;
+use crate::cloud::retry::{retry_cancellable, Outcome, Policy, Stopped};
+use crate::cloud::{
+    CloudError, ErrorKind, InstanceId, InstanceStatus, KeyPairName, PrivateKey, SecurityGroupId, VpcId,
+};
+use crate::config::{Bastion, HostKeyPolicy};
 use crate::outcome::Stage;
-use crate::remote::ssh::SshTarget;
+use crate::remote::ssh::{HostKeyCheck, SshTarget};
 use crate::remote::{ConnectTarget, Connection, TargetInstance, Via};
 use crate::steps::adopt;
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::ledger::ResourceKind;
 use crate::steps::network::{AddressKind, Network};
+use crate::util::host_keys::HostKeys;
 
 use super::{BuildContext, StepError};
 
@@ -39,6 +43,18 @@ pub(super) struct SshReach {
     vpc: Option<VpcId>,
     /// How long to wait for the instance to answer (`[ssh] timeout`).
     timeout: Duration,
+    /// How the instance's host key is known (the flavor's `host_key`, else `[ssh] host_key`).
+    host_key: HostKeyPolicy,
+    /// How long to wait for its host keys on its console (`[ssh] host_key_wait`).
+    host_key_wait: Duration,
+}
+
+/// Why a read of an instance's console gave no host keys.
+enum NoHostKeys {
+    /// The console has no complete block of valid keys (yet).
+    NotYet,
+    /// EC2's answer.
+    Cloud(CloudError),
 }
 
 /// Which address SSH connects to.
@@ -76,6 +92,8 @@ impl Reach {
             sources: network.ssh_sources.clone(),
             vpc: network.vpc.clone(),
             timeout: settings.timeout,
+            host_key: context.flavor.host_key,
+            host_key_wait: settings.host_key_wait,
         })
     }
 
@@ -103,12 +121,77 @@ impl Reach {
         }
     }
 
-    /// Where to connect to `instance`, now running as `running`.
+    /// How `instance` (running) will be recognised: with `host_key = "console"`, the host keys cloud-init
+    /// prints on its console, read as soon as they are there (polled: [`Policy::console_keys`]), within
+    /// `[ssh] host_key_wait`; none in time fails the job at `connect`, with a hint.
+    pub(super) async fn host_key(
+        &self,
+        context: &BuildContext,
+        instance: &InstanceId,
+    ) -> Result<HostKeyCheck, StepError> {
+        let Reach::Ssh(ssh) = self;
+        if ssh.host_key == HostKeyPolicy::Accept {
+            context
+                .progress(Stage::Connect, format!("accepting any host key from {instance} (`host_key = \"accept\"`)"));
+            return Ok(HostKeyCheck::Accept);
+        }
+        context.progress(Stage::Connect, format!("reading the host keys of {instance} from its console"));
+        let cloud = &*context.cloud;
+        let read = retry_cancellable(
+            Policy::console_keys(ssh.host_key_wait).start(),
+            &context.cancel,
+            |_| async {
+                match cloud.console_output(instance).await {
+                    Ok(console) => match HostKeys::from_console(&console.0) {
+                        Some(keys) => Outcome::Done(Ok(keys)),
+                        None => Outcome::Again(NoHostKeys::NotYet),
+                    },
+                    // Just launched: EC2 may not know it everywhere yet.
+                    Err(error) if error.kind == ErrorKind::NotFound => Outcome::Again(NoHostKeys::Cloud(error)),
+                    Err(error) => Outcome::Done(Err(NoHostKeys::Cloud(error))),
+                }
+            },
+            |_, _| {},
+        )
+        .await;
+        match read {
+            Ok(keys) => {
+                context.progress(
+                    Stage::Connect,
+                    format!("host keys of {instance} from its console: {}", keys.fingerprints()),
+                );
+                Ok(HostKeyCheck::Verify(keys))
+            }
+            Err(Stopped::Cancelled) => Err(StepError::interrupted(Stage::Connect)),
+            Err(Stopped::GaveUp(gave_up)) => match gave_up.into_error() {
+                NoHostKeys::Cloud(error) => Err(StepError::cloud(Stage::Connect, error)),
+                NoHostKeys::NotYet => Err(self.no_host_keys(context, instance)),
+            },
+        }
+    }
+
+    /// No host keys on `instance`'s console within `[ssh] host_key_wait`.
+    fn no_host_keys(&self, context: &BuildContext, instance: &InstanceId) -> StepError {
+        let Reach::Ssh(ssh) = self;
+        let waited = humantime::format_duration(ssh.host_key_wait);
+        let mut error = StepError::new(
+            Stage::Connect,
+            format!("no SSH host keys on the console of {instance} within {waited} (`[ssh] host_key_wait`)"),
+        );
+        error.hint = Some(format!(
+            "if the image prints no host keys (cloud-init's `-----BEGIN SSH HOST KEY KEYS-----` block), set `host_key = \"accept\"` for flavor `{}` (or `[ssh] host_key`): its instances' host keys are then not checked",
+            context.flavor.name
+        ));
+        error
+    }
+
+    /// Where to connect to `instance`, now running as `running`, recognised by `host_key`.
     pub(super) fn target(
         &self,
         prepared: Prepared,
         instance: TargetInstance,
         running: &InstanceStatus,
+        host_key: HostKeyCheck,
     ) -> Result<ConnectTarget, StepError> {
         let via = match self {
             Reach::Ssh(ssh) => {
@@ -125,7 +208,7 @@ impl Reach {
                     })?,
                 };
                 let (port, user, bastion) = (ssh.port, ssh.user.clone(), ssh.bastion.clone());
-                Via::Ssh(SshTarget { host, port, user, private_key: prepared.private_key, bastion })
+                Via::Ssh(SshTarget { host, port, user, private_key: prepared.private_key, bastion, host_key })
             }
         };
         Ok(ConnectTarget { instance, via })
@@ -209,6 +292,8 @@ mod tests {
             sources: Vec::new(),
             vpc: None,
             timeout: Duration::from_secs(300),
+            host_key: HostKeyPolicy::Console,
+            host_key_wait: Duration::from_secs(300),
         })
     }
 
@@ -245,7 +330,8 @@ mod tests {
     fn ssh_connects_to_the_instance_address_the_network_settled_and_says_why() {
         let why = "its public IP (this machine)".to_string();
         let reach = ssh(SshAddress::OfInstance { kind: AddressKind::PublicIp, why });
-        let Ok(target) = reach.target(prepared(), instance(), &running(Some("203.0.113.7"))) else {
+        let Ok(target) = reach.target(prepared(), instance(), &running(Some("203.0.113.7")), HostKeyCheck::Accept)
+        else {
             panic!("a target")
         };
         let Via::Ssh(to) = &target.via;
@@ -260,14 +346,18 @@ mod tests {
     #[test]
     fn a_configured_host_is_connected_to_whatever_the_instance_has() {
         let reach = ssh(SshAddress::Configured("localhost".into()));
-        let Ok(target) = reach.target(prepared(), instance(), &running(None)) else { panic!("a target") };
+        let Ok(target) = reach.target(prepared(), instance(), &running(None), HostKeyCheck::Accept) else {
+            panic!("a target")
+        };
         assert_eq!(reach.waiting(&target).0, "waiting for SSH on localhost:2222 (`[ssh] host`)");
     }
 
     #[test]
     fn an_instance_without_the_address_to_connect_to_fails_the_connect_stage() {
         let reach = ssh(SshAddress::OfInstance { kind: AddressKind::PublicIp, why: String::new() });
-        let Err(error) = reach.target(prepared(), instance(), &running(None)) else { panic!("no public IP") };
+        let Err(error) = reach.target(prepared(), instance(), &running(None), HostKeyCheck::Accept) else {
+            panic!("no public IP")
+        };
         assert_eq!(error.stage, Stage::Connect);
         assert_eq!(
             error.message,
