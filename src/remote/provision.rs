@@ -164,13 +164,17 @@ fn env_file(env: &ProvisionEnv, user_env: &BTreeMap<String, String>) -> String {
 
 /// Makes the uploaded script executable and runs it in a subshell that first sources the env file (the
 /// `export`s are the shell's builtins: no process is started with a value in its argv) and removes it, then
-/// `exec`s the script; removes both files whatever happened, and keeps the script's exit status. Only the two
-/// paths are on the command line.
+/// `exec`s the script; keeps the script's exit status. Only the two paths are on the command line. Both files
+/// are removed whatever happened, by a trap on the shell's exit that a TERM or HUP (a command ended past its
+/// `timeout` or at an interrupt: `ssh::end_unfinished`) also runs, so no script outlives its command.
 fn script_command(paths: &ScriptPaths) -> String {
     let (script, env_file) = (shell_quote(&paths.script), shell_quote(&paths.env_file));
+    // The trap's text is double-quoted around the single-quoted paths: the paths are ours
+    // (`/tmp/fleetbake-<run id>-<n>-<hex>`), never holding `"`, `$`, `` ` `` or `\`.
+    debug_assert!(!(script.clone() + &env_file).contains(['"', '$', '`', '\\']));
     format!(
-        "chmod 0700 {script} && ( . {env_file} && rm -f {env_file} && exec {script} < /dev/null ); status=$?; \
-         rm -f {script} {env_file}; exit $status"
+        "trap \"rm -f {script} {env_file}\" EXIT; trap 'exit 143' TERM HUP INT; \
+         chmod 0700 {script} && ( . {env_file} && rm -f {env_file} && exec {script} < /dev/null ); exit $?"
     )
 }
 
@@ -281,8 +285,9 @@ mod tests {
         let paths = ScriptPaths { script: "/tmp/x.sh".into(), env_file: "/tmp/x.env".into() };
         assert_eq!(
             script_command(&paths),
-            "chmod 0700 '/tmp/x.sh' && ( . '/tmp/x.env' && rm -f '/tmp/x.env' && exec '/tmp/x.sh' < /dev/null ); \
-             status=$?; rm -f '/tmp/x.sh' '/tmp/x.env'; exit $status"
+            "trap \"rm -f '/tmp/x.sh' '/tmp/x.env'\" EXIT; trap 'exit 143' TERM HUP INT; \
+             chmod 0700 '/tmp/x.sh' && ( . '/tmp/x.env' && rm -f '/tmp/x.env' && exec '/tmp/x.sh' < /dev/null ); \
+             exit $?"
         );
     }
 
