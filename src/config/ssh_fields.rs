@@ -32,11 +32,8 @@ pub fn user_problem(user: &str) -> Option<String> {
 /// Why `path` cannot be named in an ssh config file (`bastion.private_key_file`, `bastion.known_hosts`), if so.
 pub fn path_problem(path: &Path) -> Option<String> {
     let text = path.to_str()?;
-    if let Some(control) = text.chars().find(|c| c.is_control()) {
-        return Some(format!(
-            "holds a control character ({}): in ssh's config file it would end the line and start a directive of its own",
-            control.escape_default()
-        ));
+    if let Some(problem) = control_problem(text) {
+        return Some(problem);
     }
     if text.contains("${") {
         return Some("holds `${`: ssh expands environment variables in the paths it reads".to_string());
@@ -86,14 +83,21 @@ pub fn config_quoted(text: &str) -> String {
     quoted
 }
 
+/// Why `text` cannot be in an ssh config line if it holds a control character (a newline would start a directive
+/// of its own).
+fn control_problem(text: &str) -> Option<String> {
+    let control = text.chars().find(|c| c.is_control())?;
+    Some(format!(
+        "holds a control character ({}): in ssh's config file it would end the line and start a directive of its own",
+        control.escape_default()
+    ))
+}
+
 /// The first problem of `text` as one ssh word of `what`: a control character, a leading `-`, whitespace,
 /// then any character `allowed` refuses.
 fn word_problem(text: &str, what: &str, allowed: impl Fn(char) -> bool) -> Option<String> {
-    if let Some(control) = text.chars().find(|c| c.is_control()) {
-        return Some(format!(
-            "holds a control character ({}): in ssh's config file it would end the line and start a directive of its own",
-            control.escape_default()
-        ));
+    if let Some(problem) = control_problem(text) {
+        return Some(problem);
     }
     if text.starts_with('-') {
         return Some("starts with `-`: ssh would take it for an option".to_string());
