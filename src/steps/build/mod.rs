@@ -189,6 +189,7 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
             };
             let (settings, failures) = finish::finish(finishing).await;
             *artifact.settings = settings;
+            artifact.settings.interface = Some(context.flavor.interface.way_in().to_string());
             end.failures.extend(failures.into_iter().map(|f| Failure::from_cloud(&label, f.stage, &f.error)));
             let (cloud, key) = (&*context.cloud, context.job.key());
             let already = &context.published_before;
