@@ -847,6 +847,91 @@ impl RegionCloud for AwsRegion {
             .default_version(version.to_string()))?;
         Ok((id, u64::try_from(version).unwrap_or_default()))
     }
+    /// DescribeInstanceInformation with the `InstanceIds` filter (`InstanceInformationFilterList`): one
+    /// instance, one page. An instance whose agent never registered is not listed (or, in some regions' answers,
+    /// `InvalidInstanceId`): both are "not yet".
+    async fn agent_online(&self, instance: &InstanceId) -> CloudResult<bool> {
+        let action = Action::DescribeInstanceInformation;
+        let filter = aws_sdk_ssm::types::InstanceInformationFilter::builder()
+            .key(aws_sdk_ssm::types::InstanceInformationFilterKey::InstanceIds)
+            .value_set(instance.as_str())
+            .build()
+            .map_err(|error| CloudError {
+                action,
+                region: self.region.clone(),
+                kind: ErrorKind::Permanent,
+                code: None,
+                message: error.to_string(),
+            })?;
+        let answer = self
+            .limiter
+            .call(action, || async {
+                self.ssm
+                    .describe_instance_information()
+                    .instance_information_filter_list(filter.clone())
+                    .send()
+                    .await
+                    .map_err(|error| self.error(action, error))
+            })
+            .await;
+        let answer = match answer {
+            Err(error) if error.code.as_deref() == Some("InvalidInstanceId") => return Ok(false),
+            other => other?,
+        };
+        Ok(answer.instance_information_list().iter().any(|information| {
+            information.instance_id() == Some(instance.as_str())
+                && information.ping_status() == Some(&aws_sdk_ssm::types::PingStatus::Online)
+        }))
+    }
+
+    /// StartSession with `AWS-StartSSHSession` to the instance's own sshd. The answer's TokenValue goes into a
+    /// [`SessionToken`] at once and nowhere else.
+    async fn start_session(&self, instance: &InstanceId, port: u16) -> CloudResult<SsmSession> {
+        let action = Action::StartSession;
+        let answer = self
+            .limiter
+            .call(action, || async {
+                self.ssm
+                    .start_session()
+                    .target(instance.as_str())
+                    .document_name(SSH_SESSION_DOCUMENT)
+                    .parameters("portNumber", vec![port.to_string()])
+                    .reason("fleetbake: provisioning a build")
+                    .send()
+                    .await
+                    .map_err(|error| self.error(action, error))
+            })
+            .await?;
+        let id = answer.session_id().ok_or_else(|| self.missing(action, "SessionId"))?;
+        let stream_url = answer.stream_url().ok_or_else(|| self.missing(action, "StreamUrl"))?;
+        let token = answer.token_value().ok_or_else(|| self.missing(action, "TokenValue"))?;
+        Ok(SsmSession {
+            id: SessionId::new(id),
+            stream_url: stream_url.to_string(),
+            token: SessionToken::new(token.to_string()),
+        })
+    }
+
+    /// TerminateSession. SSM answers success for a session that already ended; one it no longer knows
+    /// (`DoesNotExistException`: its history expired) has ended too.
+    async fn terminate_session(&self, session: &SessionId) -> CloudResult<()> {
+        let action = Action::TerminateSession;
+        let answer = self
+            .limiter
+            .call(action, || async {
+                self.ssm
+                    .terminate_session()
+                    .session_id(session.as_str())
+                    .send()
+                    .await
+                    .map_err(|error| self.error(action, error))
+            })
+            .await;
+        match answer {
+            Err(error) if error.code.as_deref() == Some("DoesNotExistException") => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
 }
 
 /// Every item of a paginated describe: `page(token)` sends one request and answers its items and the next

@@ -28,8 +28,8 @@ use crate::cloud::limiter::ClassBuckets;
 use crate::cloud::{
     fnv1a, Action, CloudError, CloudResult, ConsoleOutput, CopySpec, ErrorKind, ImageId, ImageQuery, ImageState,
     ImageStatus, ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, KmsKey, LaunchPermissions,
-    LaunchSpec, OwnedImage, PrivateKey, RegionCloud, SecurityGroupId, SnapshotId, Subnet, SubnetId, Tagged, Vpc, VpcId,
-    VpcLookup,
+    LaunchSpec, OwnedImage, PrivateKey, RegionCloud, SecurityGroupId, SessionId, SessionToken, SnapshotId, SsmSession,
+    Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
 };
 use crate::config::{
     ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, ImageFilter, Place, Region, SimFault, SimSettings,
@@ -217,6 +217,9 @@ pub struct RegionState {
     pub parameters: BTreeMap<String, Vec<(ImageId, Vec<String>)>>,
     /// Launch templates: every version's image (version 1, as the account made it, has none) and the default.
     pub launch_templates: BTreeMap<String, (Vec<Option<ImageId>>, u64)>,
+    /// Session Manager sessions open now (StartSession opened them, no TerminateSession yet), and the
+    /// instance each goes to.
+    pub sessions: BTreeMap<SessionId, InstanceId>,
 }
 
 pub struct SimImage {
@@ -1180,6 +1183,38 @@ impl RegionCloud for SimRegion {
             if !state.orphan_snapshots.remove(id) {
                 return refuse("InvalidSnapshot.NotFound", format!("The snapshot '{id}' does not exist."));
             }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The agent is online once the instance runs.
+    async fn agent_online(&self, instance: &InstanceId) -> CloudResult<bool> {
+        self.call(Action::DescribeInstanceInformation, |state, now| {
+            Ok(state.instances.get(instance).is_some_and(|found| found.state(now) == InstanceState::Running))
+        })
+        .await
+    }
+
+    async fn start_session(&self, instance: &InstanceId, _port: u16) -> CloudResult<SsmSession> {
+        let id = SessionId::new(self.model.id("simulated"));
+        self.call(Action::StartSession, |state, now| {
+            if !state.instances.get(instance).is_some_and(|found| found.state(now) == InstanceState::Running) {
+                return refuse("TargetNotConnected", format!("{instance} is not connected."));
+            }
+            state.sessions.insert(id.clone(), instance.clone());
+            Ok(SsmSession {
+                stream_url: format!("wss://ssmmessages.{}.amazonaws.com/v1/data-channel/{id}", self.region),
+                token: SessionToken::new(format!("simulated token of {id}")),
+                id,
+            })
+        })
+        .await
+    }
+
+    async fn terminate_session(&self, session: &SessionId) -> CloudResult<()> {
+        self.call(Action::TerminateSession, |state, _| {
+            state.sessions.remove(session);
             Ok(())
         })
         .await
