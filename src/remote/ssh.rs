@@ -81,6 +81,11 @@ impl KeyFiles {
         self.dir.path()
     }
 
+    /// Where the key is written (to reconnect, it is written there again).
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file.clone()
+    }
+
     /// The public half of the key, as an `authorized_keys` line (`ssh-keygen -y`: only the key file's path on
     /// its command line).
     pub async fn public_key(&self) -> Result<String, String> {
