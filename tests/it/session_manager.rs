@@ -271,3 +271,35 @@ fn session_manager_without_an_instance_profile_is_refused_with_its_line() {
     let plan = workspace.fleetbake(&["plan", path.to_str().unwrap()]);
     assert_eq!(plan.code, 2);
 }
+
+/// A run killed outright mid-provisioning leaves its session open (journaled): `gc` names it and ends it, with
+/// the rest the run left.
+#[test]
+fn gc_ends_the_session_a_killed_run_left_open() {
+    let ground = SsmGround::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let gate = Gate::new(&workspace);
+    let flavors = format!(
+        "[[flavor]]\nname = \"slow\"\nsource_ami = {AL2023}\nprovisioners = [{{ type = \"shell\", inline = [\"echo waiting now\", \"{}\"] }}]\n\n[regions]\nus-west-2 = []\n",
+        gate.wait_line().replace('"', "\\\"")
+    );
+    let fleet_path = workspace.write("fleet.toml", &ssm_fleet(&workspace, &ground, &sshd, &flavors));
+    let mut running = Running::start(&workspace, &["matrix", fleet_path.to_str().unwrap()], &[]);
+    running.read_until("waiting now");
+    running.child.0.kill().unwrap();
+    running.child.0.wait().unwrap();
+    gate.open();
+    let started = ground.started();
+    assert_eq!(started.len(), 1);
+    assert!(ground.ended().is_empty());
+
+    let dry = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}{}", dry.stdout, dry.stderr);
+    assert!(dry.stdout.contains(&format!("would remove session {} in us-west-2", started[0])), "{}", dry.stdout);
+    assert!(ground.ended().is_empty(), "a dry run ends nothing");
+    let gc = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
+    assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
+    assert_eq!(ground.ended(), started, "{}", gc.stdout);
+    runtime().block_on(assert_nothing_temporary_left(&ground.moto.client("us-west-2"), "us-west-2"));
+}
