@@ -1120,7 +1120,29 @@ fn a_bad_console_fault_or_host_key_setting_is_bad_input() {
         "`ssh.host_key`: `trust-me` is not one of `console`",
         "`sim.faults[0].action`: `console` goes with `RunInstances`",
         "`sim.faults[0].console`: `sometimes` is not one of `no-keys`",
-        "`sim.faults[1].flavor`: goes with `console` only",
+        "`sim.faults[1].flavor`: goes with `console` or `agent` only",
+    ] {
+        assert!(outcome.stderr.contains(expected), "{expected}:\n{}", outcome.stderr);
+    }
+}
+
+#[test]
+fn a_bad_agent_fault_or_agent_online_is_bad_input() {
+    let workspace = Workspace::new();
+    let sim = "agent_online = \"soon\"\n\
+               faults = [{ action = \"StartSession\", agent = \"never\", nth = 1 }, \
+               { action = \"RunInstances\", agent = \"sometimes\", nth = 1 }, \
+               { action = \"RunInstances\", agent = \"never\", console = \"no-keys\", nth = 1 }, \
+               { action = \"RunInstances\", agent = \"never\", flavor = \"al 2023\", nth = 1 }]";
+    let path = workspace.write("fleet.toml", &fleet(sim, ""));
+    let outcome = workspace.fleetbake(&["validate", path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 2, "{}", outcome.stderr);
+    for expected in [
+        "fleet.toml:35:16: `sim.agent_online`: `soon` is not a duration",
+        "fleet.toml:36:22: `sim.faults[0].action`: `agent` goes with `RunInstances`",
+        "`sim.faults[1].agent`: `sometimes` is not `never`",
+        "`sim.faults[2]`: set exactly one of `error`, `image_state`, `instance_state`, `console` and `agent`",
+        "`sim.faults[3].flavor`: `al 2023` is not a valid flavor name",
     ] {
         assert!(outcome.stderr.contains(expected), "{expected}:\n{}", outcome.stderr);
     }
