@@ -158,6 +158,8 @@ pub struct FlavorSection {
     pub sim_provision: Option<String>,
     /// `"console"` or `"accept"`: how this flavor's instances' host keys are known (default `[ssh] host_key`).
     pub host_key: Option<String>,
+    /// How this flavor's instances are reached (default `[ssh] interface`): `"session_manager"`, or an address.
+    pub interface: Option<String>,
 }
 
 /// `{ tags = { Tier = "build" } }` or `{ ids = { us-west-2 = "subnet-…" } }`.
@@ -235,6 +237,8 @@ pub struct SshSection {
     /// `"console"` (the default) or `"accept"`; a flavor may set its own.
     pub host_key: Option<String>,
     pub host_key_wait: Option<String>,
+    /// The `session-manager-plugin` binary (`interface = "session_manager"`); default: found on `PATH`.
+    pub session_manager_plugin: Option<String>,
 }
 
 /// `[ssh] bastion = { host = "…", port = 22, user = "…", private_key_file = "…", known_hosts = "…" }` (or

@@ -520,6 +520,7 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, 
                 None if raw.ssh.host_key.as_deref() == Some("accept") => HostKeyPolicy::Accept,
                 None => HostKeyPolicy::Console,
             },
+            interface: resolve_interface(checker, &path, flavor, defaults, &raw.ssh),
             metadata: resolve_metadata(checker, &path, flavor, defaults),
             root_volume: resolve_root_volume(checker, &path, flavor, defaults),
             iam_instance_profile: flavor.iam_instance_profile.clone().or_else(|| defaults.iam_instance_profile.clone()),
@@ -533,6 +534,36 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, 
         });
     }
     (flavors, subnet_paths)
+}
+
+/// The flavor's way in (its own `interface`, else `[ssh] interface`, whose problems are said where `[ssh]` is
+/// resolved). Session Manager needs the instance's agent to register, which needs an instance profile: a
+/// flavor reached so without one is a problem at the key that chose Session Manager.
+fn resolve_interface(
+    checker: &mut Checker<'_>,
+    path: &KeyPath,
+    flavor: &schema::FlavorSection,
+    defaults: &schema::DefaultsSection,
+    ssh: &schema::SshSection,
+) -> SshInterface {
+    let (interface, chosen_at) = match flavor.interface.as_deref() {
+        Some(text) => (ssh_interface(checker, path.key("interface"), text), path.key("interface")),
+        None => {
+            let interface = ssh.interface.as_deref().and_then(interface_named).unwrap_or_default();
+            (interface, KeyPath::root().key("ssh").key("interface"))
+        }
+    };
+    let profile = flavor.iam_instance_profile.as_ref().or(defaults.iam_instance_profile.as_ref());
+    if interface.is_session_manager() && profile.is_none_or(|name| name.trim().is_empty()) {
+        checker.problem(
+            chosen_at,
+            format!(
+                "flavor `{}` is reached through Session Manager, which needs an instance profile that lets its SSM agent register: set `iam_instance_profile` (e.g. a role with `AmazonSSMManagedInstanceCore`)",
+                flavor.name
+            ),
+        );
+    }
+    interface
 }
 
 /// The flavor's subnet (its own `subnet` or `subnet_id`, else the defaults'), checked for its shape; records
@@ -1189,20 +1220,8 @@ fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSetting
             "must be a plain http:// URL that answers with this machine's public address",
         );
     }
-    let interface = match raw.interface.as_deref() {
-        None => SshInterface::Default,
-        Some("public_ip") => SshInterface::PublicIp,
-        Some("private_ip") => SshInterface::PrivateIp,
-        Some("public_dns") => SshInterface::PublicDns,
-        Some("private_dns") => SshInterface::PrivateDns,
-        Some(other) => {
-            checker.problem(
-                path.key("interface"),
-                format!("`{other}` is not one of `public_ip`, `private_ip`, `public_dns`, `private_dns`"),
-            );
-            SshInterface::Default
-        }
-    };
+    let interface =
+        raw.interface.as_deref().map(|text| ssh_interface(checker, path.key("interface"), text)).unwrap_or_default();
     let bastion = raw.bastion.map(|bastion| {
         let at = path.key("bastion");
         if bastion.host.trim().is_empty() {
@@ -1260,7 +1279,39 @@ fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSetting
         clear_authorized_keys: raw.clear_authorized_keys.unwrap_or(true),
         host_key,
         host_key_wait,
+        session_manager_plugin: match raw.session_manager_plugin {
+            // A name alone is looked up on `PATH` when the preflight runs it; a path is made absolute.
+            Some(plugin) if plugin.contains('/') => checker.base_dir.join(expand_home(&plugin)),
+            Some(plugin) if plugin.trim().is_empty() => {
+                checker.problem(path.key("session_manager_plugin"), "must not be empty");
+                PathBuf::from(SESSION_MANAGER_PLUGIN)
+            }
+            Some(plugin) => PathBuf::from(plugin),
+            None => PathBuf::from(SESSION_MANAGER_PLUGIN),
+        },
     }
+}
+
+/// `[ssh] interface` or a flavor's `interface`: an address of the instance, or `session_manager`.
+fn ssh_interface(checker: &mut Checker<'_>, path: KeyPath, text: &str) -> SshInterface {
+    interface_named(text).unwrap_or_else(|| {
+        checker.problem(
+            path,
+            format!("`{text}` is not one of `public_ip`, `private_ip`, `public_dns`, `private_dns`, `session_manager`"),
+        );
+        SshInterface::Default
+    })
+}
+
+fn interface_named(text: &str) -> Option<SshInterface> {
+    Some(match text {
+        "public_ip" => SshInterface::PublicIp,
+        "private_ip" => SshInterface::PrivateIp,
+        "public_dns" => SshInterface::PublicDns,
+        "private_dns" => SshInterface::PrivateDns,
+        "session_manager" => SshInterface::SessionManager,
+        _ => return None,
+    })
 }
 
 /// Every value that reaches an ssh argument or the bastion's ssh config file, as written: hosts, users, paths
