@@ -286,6 +286,9 @@ pub struct ImageFilter {
 pub struct ProvisionerEntry {
     pub provisioner: Provisioner,
     pub timeout: Duration,
+    /// `expect_disconnect = true` (shell only): the connection dropping while it runs (a reboot) is its
+    /// success, and the next provisioner connects again.
+    pub expect_disconnect: bool,
 }
 
 /// How long a provisioner or a test may run when the fleet file does not say.

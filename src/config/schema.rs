@@ -193,6 +193,8 @@ pub struct ProvisionerSection {
     pub env: Option<BTreeMap<String, String>>,
     /// How long it may run (a duration such as `30m`).
     pub timeout: Option<String>,
+    /// A shell provisioner that reboots the instance: its connection dropping counts as success.
+    pub expect_disconnect: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

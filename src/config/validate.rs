@@ -817,8 +817,12 @@ fn resolve_provisioner_list(
         .filter_map(|(index, section)| {
             let path = flavor_path.key(list).index(index);
             let timeout = section.timeout.as_deref().and_then(|text| checker.duration(path.key("timeout"), text));
+            let expect_disconnect = section.expect_disconnect.unwrap_or(false);
+            if expect_disconnect && section.kind != "shell" {
+                checker.problem(path.key("expect_disconnect"), "only a `shell` provisioner can expect a disconnect");
+            }
             let provisioner = resolve_provisioner(checker, path, section)?;
-            Some(ProvisionerEntry { provisioner, timeout: timeout.unwrap_or(default) })
+            Some(ProvisionerEntry { provisioner, timeout: timeout.unwrap_or(default), expect_disconnect })
         })
         .collect()
 }

@@ -261,6 +261,9 @@ pub async fn connect(
     }))
 }
 
+/// How many times (100 ms apart) a command that ended without a status looks whether its master exited.
+const MASTER_EXIT_CHECKS: u32 = 30;
+
 /// A connection through Session Manager. Each command first checks its master is alive; a master gone (a
 /// reboot) is replaced: its session ended, a new one opened, within `[ssh] timeout`.
 pub struct SessionManagerConnection {
@@ -306,9 +309,20 @@ impl Connection for SessionManagerConnection {
 
     async fn exec(&self, command_line: &str, output: OutputSink<'_>) -> Result<Exit, RemoteError> {
         let session = self.live().await?;
-        ssh::run_ended_on_close(&session, &self.unfinished, command_line, output)
+        let ran = ssh::run_ended_on_close(&session, &self.unfinished, command_line, output)
             .await
-            .map_err(|error| RemoteError(error.to_string()))
+            .map_err(|error| RemoteError(error.to_string()));
+        if !matches!(ran, Ok(Exit::Success | Exit::Code(0..=254))) {
+            // ssh's 255, or no status: perhaps the connection dropped (a reboot). The master may take a moment to
+            // notice; the next command must find it gone, not start over a dying one.
+            for _ in 0..MASTER_EXIT_CHECKS {
+                if session.check().await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        ran
     }
 
     fn login_key(&self) -> Result<Option<authorized::LoginKey>, RemoteError> {
