@@ -563,6 +563,10 @@ pub struct SimSettings {
     /// says running, so a build's first read finds them (a later appearance makes a run's timing depend on
     /// when its reads fall, which the paused clock does not keep exact).
     pub console_keys: Duration,
+    /// running → the instance's SSM agent registered and online (DescribeInstanceInformation `Online`;
+    /// StartSession answers `TargetNotConnected` until then). The agent starts at boot and registers within
+    /// a minute or two of the instance running.
+    pub agent_online: Duration,
     pub faults: Vec<SimFault>,
 }
 
@@ -588,6 +592,7 @@ impl Default for SimSettings {
             default_vpc: true,
             test: Duration::from_secs(180),
             console_keys: Duration::ZERO,
+            agent_online: Duration::from_secs(90),
             faults: Vec::new(),
         }
     }
@@ -622,6 +627,16 @@ pub enum FaultEffect {
     /// The call succeeds (RunInstances), and the instance's console and sshd misbehave (`console = "…"`); only
     /// for instances of `flavor`, if set.
     Console { fault: ConsoleFault, flavor: Option<FlavorName> },
+    /// The call succeeds (RunInstances), and the instance's SSM agent misbehaves (`agent = "…"`); only for
+    /// instances of `flavor`, if set.
+    Agent { fault: AgentFault, flavor: Option<FlavorName> },
+}
+
+/// What a simulated instance's SSM agent does wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentFault {
+    /// `"never"`: it never comes online (no instance profile, no route to the SSM endpoints).
+    Never,
 }
 
 /// What a simulated instance's console shows instead of its host keys, or who answers on its address.

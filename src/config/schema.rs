@@ -309,6 +309,8 @@ pub struct SimSection {
     pub test: Option<String>,
     /// running → the host keys on the console.
     pub console_keys: Option<String>,
+    /// running → the instance's SSM agent online (Session Manager).
+    pub agent_online: Option<String>,
     #[serde(default)]
     pub faults: Vec<FaultSection>,
 }
@@ -327,6 +329,8 @@ pub struct FaultSection {
     pub answer_lost: Option<bool>,
     /// With `RunInstances`: what the instance's console shows (`"no-keys"`, `"other-key"`).
     pub console: Option<String>,
-    /// With `console`: only instances of this flavor.
+    /// With `RunInstances`: the instance's SSM agent (`"never"`: never comes online).
+    pub agent: Option<String>,
+    /// With `console` or `agent`: only instances of this flavor.
     pub flavor: Option<String>,
 }

@@ -1471,6 +1471,7 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         default_vpc: raw.default_vpc.unwrap_or(defaults.default_vpc),
         test: duration("test", &raw.test, defaults.test),
         console_keys: duration("console_keys", &raw.console_keys, defaults.console_keys),
+        agent_online: duration("agent_online", &raw.agent_online, defaults.agent_online),
         faults: Vec::new(),
     };
     if let Some(vcpus) = raw.instance_vcpus {
@@ -1573,11 +1574,38 @@ fn fault_effect(
 ) -> Option<FaultEffect> {
     use super::api::Action;
     let reason = |default: &str| fault.reason.clone().unwrap_or_else(|| default.to_string());
-    if fault.flavor.is_some() && fault.console.is_none() {
-        checker.problem(at.key("flavor"), "goes with `console` only");
+    if fault.flavor.is_some() && fault.console.is_none() && fault.agent.is_none() {
+        checker.problem(at.key("flavor"), "goes with `console` or `agent` only");
+    }
+    let other_effects = fault.error.is_some() || fault.image_state.is_some() || fault.instance_state.is_some();
+    if let Some(agent) = &fault.agent {
+        if other_effects || fault.console.is_some() {
+            checker.problem(
+                at.clone(),
+                "set exactly one of `error`, `image_state`, `instance_state`, `console` and `agent`",
+            );
+            return None;
+        }
+        if action != Some(Action::RunInstances) {
+            checker.problem(at.key("action"), "`agent` goes with `RunInstances`: the instance it launches");
+        }
+        let flavor = fault.flavor.as_deref().map(|name| {
+            checker.name(at.key("flavor"), "flavor", name);
+            FlavorName::new(name)
+        });
+        return match agent.as_str() {
+            "never" => Some(FaultEffect::Agent { fault: AgentFault::Never, flavor }),
+            other => {
+                checker.problem(
+                    at.key("agent"),
+                    format!("`{other}` is not `never` (the instance's SSM agent never comes online)"),
+                );
+                None
+            }
+        };
     }
     if let Some(console) = &fault.console {
-        if fault.error.is_some() || fault.image_state.is_some() || fault.instance_state.is_some() {
+        if other_effects {
             checker.problem(at.clone(), "set exactly one of `error`, `image_state`, `instance_state` and `console`");
             return None;
         }
