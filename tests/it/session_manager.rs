@@ -138,9 +138,14 @@ us-west-2 = ["us-east-1"]
     let plan = workspace.fleetbake(&["plan", fleet_path.to_str().unwrap()]);
     assert!(plan.stdout.contains("build base in us-west-2 as `base-us-west-2-"), "{}", plan.stdout);
     assert_eq!(plan.stdout.matches(", through Session Manager\n").count(), 2, "{}", plan.stdout);
-    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    let events = workspace.path("events.jsonl");
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--events", events.to_str().unwrap()]);
     assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
     assert!(outcome.stderr.contains("no inbound rule"), "{}", outcome.stderr);
+    // The events say which way in each build used: its image's `interface`.
+    let events = std::fs::read_to_string(&events).unwrap();
+    let built: Vec<&str> = events.lines().filter(|line| line.contains("\"interface\":\"session_manager\"")).collect();
+    assert_eq!(built.len(), 2, "{events}");
     assert!(outcome.stderr.contains("the connection dropped, as expected"), "{}", outcome.stderr);
     for marker in ["base.before", "base.after", "app"] {
         assert!(workspace.markers.join(marker).exists(), "{marker} was written");
