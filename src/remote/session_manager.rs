@@ -70,25 +70,50 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
-/// What `<plugin> --version` prints (its first line, control characters escaped, at most 100 characters), within
-/// 10 seconds; or why it cannot be run.
+/// What `<plugin> --version` prints (its first line, control characters shown as `?`, at most 100 characters),
+/// within 10 seconds of real time (a blocking thread's own clock: under `--cloud sim` Tokio's clock is virtual,
+/// and a real process must not be timed by it); or why it cannot be run.
 pub async fn plugin_version(plugin: &Path) -> Result<String, String> {
-    let output = tokio::process::Command::new(plugin)
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(10), output)
+    let plugin = plugin.to_path_buf();
+    let ran = tokio::task::spawn_blocking(move || run_version(&plugin, Duration::from_secs(10)))
         .await
-        .map_err(|_| "`--version` did not answer within 10s".to_string())?
-        .map_err(|error| format!("cannot run it: {error}"))?;
-    if !output.status.success() {
-        return Err(format!("`--version` failed ({})", output.status));
-    }
-    let text = String::from_utf8_lossy(&output.stdout[..output.stdout.len().min(1024)]).into_owned();
-    let first = text.lines().next().unwrap_or_default().trim();
+        .map_err(|error| format!("cannot run it: {error}"))??;
+    let first = ran.lines().next().unwrap_or_default().trim();
     let shown: String = first.chars().take(100).map(|c| if c.is_control() { '?' } else { c }).collect();
     Ok(if shown.is_empty() { "(no version printed)".to_string() } else { shown })
+}
+
+/// Runs `plugin --version` (stdin and stderr closed), waiting at most `limit`: its stdout (the first KiB).
+fn run_version(plugin: &Path, limit: Duration) -> Result<String, String> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(plugin)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|error| format!("cannot run it: {error}"))?;
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("`--version` did not answer within {}", humantime::format_duration(limit)));
+            }
+            Err(error) => return Err(format!("cannot run it: {error}")),
+        }
+    };
+    let mut output = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        let _ = stdout.take(1024).read_to_end(&mut output);
+    }
+    if !status.success() {
+        return Err(format!("`--version` failed ({status})"));
+    }
+    Ok(String::from_utf8_lossy(&output).into_owned())
 }
 
 /// The files and options of a connection through Session Manager: the key files, the proxy script, the

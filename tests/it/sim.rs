@@ -1191,10 +1191,9 @@ fn session_manager_fleet(workspace: &Workspace, sim: &str, limits: &str) -> Stri
         )
 }
 
-/// The preflight runs the plugin (`--version`) with a deadline on Tokio's clock, which the simulated run keeps
-/// paused: a real process against virtual time. Until it has a real-time deadline under `--cloud sim`, these
-/// tests of the model skip it.
-const NO_PLUGIN_PREFLIGHT: &[&str] = &["--no-preflight"];
+/// The preflight runs too: it asks the stand-in plugin its version (a real process, timed on real time even
+/// under the simulated run's paused clock).
+const WITH_PREFLIGHT: &[&str] = &[];
 
 fn sessions_started(run: &SimRun) -> u64 {
     run.summary["sim"]["sessions_started"].as_u64().unwrap()
@@ -1209,7 +1208,7 @@ fn session_manager_builds_open_no_port_wait_for_the_agent_and_end_every_session(
     for agent_online in ["90s", "5m"] {
         let workspace = Workspace::new();
         let text = session_manager_fleet(&workspace, &format!("agent_online = \"{agent_online}\""), "");
-        let run = run_sim_with(&workspace, &text, NO_PLUGIN_PREFLIGHT);
+        let run = run_sim_with(&workspace, &text, WITH_PREFLIGHT);
         assert_eq!(run.outcome.code, 0, "{agent_online}: stderr:\n{}", run.outcome.stderr);
         assert_eq!(run.manifest["status"], "complete");
         assert_eq!(run.summary["jobs"]["succeeded"], 10);
@@ -1232,7 +1231,7 @@ fn an_agent_that_never_comes_online_fails_its_build_at_connect_within_the_ssh_ti
     let workspace = Workspace::new();
     let sim = "faults = [{ action = \"RunInstances\", agent = \"never\", flavor = \"al2023\", nth = 1 }]";
     let text = session_manager_fleet(&workspace, sim, "").replace("[ssh]\n", "[ssh]\ntimeout = \"4m\"\n");
-    let run = run_sim_with(&workspace, &text, NO_PLUGIN_PREFLIGHT);
+    let run = run_sim_with(&workspace, &text, WITH_PREFLIGHT);
     assert_eq!(run.outcome.code, 1, "stderr:\n{}", run.outcome.stderr);
     let failures = failures(&run.manifest);
     let (failed, skipped): (Vec<_>, Vec<_>) = failures.iter().partition(|failure| failure.2 != "skipped");
