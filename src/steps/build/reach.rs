@@ -566,6 +566,51 @@ mod tests {
         }
     }
 
+    /// Records what the sessions say to the ledger.
+    #[derive(Default)]
+    struct Recording(std::sync::Mutex<Vec<String>>);
+
+    impl Ledger for Recording {
+        fn created(&self, _job: &JobKey, resource: Resource) {
+            self.0.lock().unwrap().push(format!("created {resource}"));
+        }
+        fn removed(&self, resource: Resource) {
+            self.0.lock().unwrap().push(format!("removed {resource}"));
+        }
+        fn image_requested(&self, _job: &JobKey, _image: &crate::cloud::ImageId) {}
+        fn image_discarded(&self, _job: &JobKey, _image: &crate::cloud::ImageId) {}
+        fn published(&self, _job: &JobKey, _publication: &crate::outcome::Publication) {}
+    }
+
+    #[test]
+    fn each_session_is_journaled_as_it_opens_and_ends_and_what_is_open_goes_to_the_stack() {
+        let ledger = Arc::new(Recording::default());
+        let sessions = BuildSessions {
+            ledger: Arc::clone(&ledger) as Arc<dyn Ledger>,
+            job: JobKey("build:base@us-west-2".into()),
+            region: Region::new("us-west-2"),
+            open: std::sync::Mutex::default(),
+        };
+        let (first, second) = (SessionId::new("s-1"), SessionId::new("s-2"));
+        sessions.opened(&first);
+        sessions.ended(&first);
+        sessions.opened(&second);
+        assert_eq!(
+            *ledger.0.lock().unwrap(),
+            [
+                "created session s-1 in us-west-2",
+                "removed session s-1 in us-west-2",
+                "created session s-2 in us-west-2"
+            ]
+        );
+        let mut stack = CleanupStack::default();
+        sessions.left_open(&mut stack);
+        assert_eq!(stack.pending(), ["session s-2"]);
+        let mut again = CleanupStack::default();
+        sessions.left_open(&mut again);
+        assert!(again.is_empty(), "handed over once");
+    }
+
     #[test]
     fn ssh_connects_to_the_instance_address_the_network_settled_and_says_why() {
         let why = "its public IP (this machine)".to_string();
