@@ -662,6 +662,8 @@ pub struct SessionManagerModel {
     /// Session ids ended, in order.
     pub ended: Mutex<Vec<String>>,
     next: AtomicUsize,
+    /// Every StartSession is answered `TargetNotConnected` (the agent online, yet never reachable).
+    pub never_connected: std::sync::atomic::AtomicBool,
 }
 
 /// The token every session of [`SessionManagerModel`] carries: the stub plugin checks it came through the
@@ -689,7 +691,8 @@ impl SessionManagerModel {
             }
             "StartSession" => {
                 let target = json["Target"].as_str().unwrap_or_default().to_string();
-                if self.refused_once.lock().unwrap().insert(target.clone()) {
+                let refused = self.refused_once.lock().unwrap().insert(target.clone());
+                if refused || self.never_connected.load(Ordering::SeqCst) {
                     let body = serde_json::json!({ "__type": "TargetNotConnected", "message": format!("{target} is not connected.") });
                     return Some(Answer::Json(400, body.to_string()));
                 }

@@ -308,3 +308,28 @@ fn gc_ends_the_session_a_killed_run_left_open() {
     assert_eq!(ground.ended(), started, "{}", gc.stdout);
     runtime().block_on(assert_nothing_temporary_left(&ground.moto.client("us-west-2"), "us-west-2"));
 }
+
+/// An agent SSM reports online but never connects a session (`TargetNotConnected` to the end): the build fails
+/// at `connect` once the time is up, with the hint about the profile and the endpoints, nothing left.
+#[test]
+fn a_target_never_connected_fails_the_build_at_connect_with_the_hint() {
+    let ground = SsmGround::start();
+    ground.model.never_connected.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let flavors = format!("[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n");
+    let fleet = ssm_fleet(&workspace, &ground, &sshd, &flavors).replacen("timeout = \"60s\"", "timeout = \"5s\"", 1);
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let started = std::time::Instant::now();
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 1, "{}", outcome.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(90), "{:?}", started.elapsed());
+    let manifest = read_manifest(&workspace);
+    let failure = &manifest["failures"][0];
+    assert_eq!(failure["stage"], "connect", "{manifest}");
+    assert!(failure["error"].as_str().unwrap().contains("TargetNotConnected"), "{manifest}");
+    let hint = failure["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("fleetbake-ssm") && hint.contains("ec2messages"), "{manifest}");
+    assert!(ground.started().is_empty());
+    runtime().block_on(assert_nothing_temporary_left(&ground.moto.client("us-west-2"), "us-west-2"));
+}

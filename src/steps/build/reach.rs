@@ -420,11 +420,13 @@ impl Reach {
             );
             return context
                 .interruptible(Stage::Connect, async {
-                    context
-                        .communicator
-                        .connect(target, timeout)
-                        .await
-                        .map_err(|error| StepError::new(Stage::Connect, error))
+                    context.communicator.connect(target, timeout).await.map_err(|error| {
+                        // The agent went away again (TargetNotConnected to the end): the same causes.
+                        let agent_gone = error.contains("TargetNotConnected");
+                        let mut error = StepError::new(Stage::Connect, error);
+                        error.hint = agent_gone.then(|| agent_hint(through.profile.as_deref()));
+                        error
+                    })
                 })
                 .await;
         }
