@@ -189,15 +189,13 @@ impl Tunnel {
 
     /// One session, and ssh through it; a failure ends the session before it returns.
     async fn attempt(&self) -> Outcome<Live, Failed> {
-        let cloud = &*self.target.cloud;
-        let session = match cloud.start_session(&self.target.instance, self.target.ssh.port).await {
+        let session = match open_session(&self.target).await {
             Ok(session) => session,
             Err(error) if error.kind == ErrorKind::NotReady => {
                 return Outcome::Again(Failed::NotYet(format!("the instance's SSM agent is not connected: {error}")))
             }
             Err(error) => return Outcome::Done(Err(Failed::Cloud(error))),
         };
-        self.target.sessions.opened(&session.id);
         let connected = self.ssh_through(&session).await;
         let _ = std::fs::remove_file(&self.session_file);
         match connected {
@@ -228,10 +226,24 @@ impl Tunnel {
     /// Ends `session` (TerminateSession, idempotent); one that cannot be ended stays in the book, for the
     /// build's cleanup stack.
     async fn end(&self, session: &SessionId) {
-        match self.target.cloud.terminate_session(session).await {
-            Ok(()) => self.target.sessions.ended(session),
-            Err(error) => tracing::warn!("ending Session Manager session {session}: {error}"),
-        }
+        end_session(&self.target, session).await;
+    }
+}
+
+/// StartSession to `target` (`AWS-StartSSHSession` to its sshd's port), the session said to its book the moment
+/// it exists. The real and the simulated connections both open their sessions here.
+pub async fn open_session(target: &SessionManagerTarget) -> Result<SsmSession, CloudError> {
+    let session = target.cloud.start_session(&target.instance, target.ssh.port).await?;
+    target.sessions.opened(&session.id);
+    Ok(session)
+}
+
+/// TerminateSession (idempotent), said to the book; a session that cannot be ended stays in the book, for the
+/// build's cleanup stack. The real and the simulated connections both end their sessions here.
+pub async fn end_session(target: &SessionManagerTarget, session: &SessionId) {
+    match target.cloud.terminate_session(session).await {
+        Ok(()) => target.sessions.ended(session),
+        Err(error) => tracing::warn!("ending Session Manager session {session}: {error}"),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::cloud::sim::SimCloud;
 use crate::cloud::{ErrorKind, SessionId};
 use crate::config::{FlavorName, Fleet, Provisioner, Region};
 use crate::remote::provision::{Described, Phase, ProvisionCause, ProvisionEnv, ProvisionError};
-use crate::remote::session_manager::SessionManagerTarget;
+use crate::remote::session_manager::{self, SessionManagerTarget};
 use crate::remote::ssh::{mismatch_message, HostKeyCheck};
 use crate::remote::{Communicator, ConnectTarget, Connection, Exit, OutputSink, RemoteError, StandIn, Via};
 use crate::report::events::OutputStream;
@@ -80,11 +80,8 @@ async fn open_session(
     timeout: Duration,
 ) -> Result<(SessionManagerTarget, SessionId), String> {
     loop {
-        match through.cloud.start_session(&through.instance, through.ssh.port).await {
-            Ok(session) => {
-                through.sessions.opened(&session.id);
-                return Ok((through.clone(), session.id));
-            }
+        match session_manager::open_session(through).await {
+            Ok(session) => return Ok((through.clone(), session.id)),
             Err(error) if error.kind == ErrorKind::NotReady => {
                 if Instant::now() + SESSION_RETRY > deadline {
                     tokio::time::sleep_until(deadline).await;
@@ -166,10 +163,7 @@ impl Connection for SimConnection {
 
     async fn close(self: Box<Self>) {
         if let Some((through, id)) = self.session {
-            match through.cloud.terminate_session(&id).await {
-                Ok(()) => through.sessions.ended(&id),
-                Err(error) => tracing::warn!("ending Session Manager session {id}: {error}"),
-            }
+            session_manager::end_session(&through, &id).await;
         }
     }
 }
