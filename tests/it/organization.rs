@@ -78,8 +78,11 @@ fn the_iam_policy_allows_every_call_fleetbake_makes_and_nothing_else() {
 /// Session Manager (`[ssh] interface = "session_manager"`): StartSession needs both the document and the
 /// instance allowed. The document is AWS's `AWS-StartSSHSession` alone (not a shell document); the instances
 /// only those tagged `fleetbake:temporary = true` (`ssm:resourceTag/…`, as AWS's "restrict access based on
-/// tags" example); TerminateSession only the caller's own sessions (a session's id starts with the caller's
-/// user id); DescribeInstanceInformation has no resource to narrow to.
+/// tags" example); TerminateSession only the caller's own sessions: SSM tags each session with who started it
+/// (`aws:ssmmessages:session-id` = the starter's `aws:userid`), AWS's documented form for roles and federated
+/// callers too, where a `session/${aws:username}-*` resource would match nothing (a role's user id is
+/// `AROA…:session-name`, its sessions' ids start with the session name); DescribeInstanceInformation has no
+/// resource to narrow to.
 #[test]
 fn the_iam_policy_opens_sessions_only_to_the_fleets_temporary_instances_and_ends_only_its_own() {
     use fleetbake::cloud::{Action, SSH_SESSION_DOCUMENT};
@@ -116,7 +119,11 @@ fn the_iam_policy_opens_sessions_only_to_the_fleets_temporary_instances_and_ends
 
     let ends = granting(Action::TerminateSession);
     assert_eq!(ends.len(), 1);
-    assert_eq!(ends[0]["Resource"], "arn:aws:ssm:*:*:session/${aws:userid}-*");
+    assert_eq!(ends[0]["Resource"], "arn:aws:ssm:*:*:session/*");
+    assert_eq!(
+        ends[0]["Condition"],
+        serde_json::json!({ "StringLike": { "ssm:resourceTag/aws:ssmmessages:session-id": "${aws:userid}" } })
+    );
 }
 
 /// `ec2:CreateTags` on anything would let the holder tag any instance, group or key pair
