@@ -847,6 +847,91 @@ impl RegionCloud for AwsRegion {
             .default_version(version.to_string()))?;
         Ok((id, u64::try_from(version).unwrap_or_default()))
     }
+    /// DescribeInstanceInformation with the `InstanceIds` filter (`InstanceInformationFilterList`): one
+    /// instance, one page. An instance whose agent never registered is not listed (or, in some regions' answers,
+    /// `InvalidInstanceId`): both are "not yet".
+    async fn agent_online(&self, instance: &InstanceId) -> CloudResult<bool> {
+        let action = Action::DescribeInstanceInformation;
+        let filter = aws_sdk_ssm::types::InstanceInformationFilter::builder()
+            .key(aws_sdk_ssm::types::InstanceInformationFilterKey::InstanceIds)
+            .value_set(instance.as_str())
+            .build()
+            .map_err(|error| CloudError {
+                action,
+                region: self.region.clone(),
+                kind: ErrorKind::Permanent,
+                code: None,
+                message: error.to_string(),
+            })?;
+        let answer = self
+            .limiter
+            .call(action, || async {
+                self.ssm
+                    .describe_instance_information()
+                    .instance_information_filter_list(filter.clone())
+                    .send()
+                    .await
+                    .map_err(|error| self.error(action, error))
+            })
+            .await;
+        let answer = match answer {
+            Err(error) if error.code.as_deref() == Some("InvalidInstanceId") => return Ok(false),
+            other => other?,
+        };
+        Ok(answer.instance_information_list().iter().any(|information| {
+            information.instance_id() == Some(instance.as_str())
+                && information.ping_status() == Some(&aws_sdk_ssm::types::PingStatus::Online)
+        }))
+    }
+
+    /// StartSession with `AWS-StartSSHSession` to the instance's own sshd. The answer's TokenValue goes into a
+    /// [`SessionToken`] at once and nowhere else.
+    async fn start_session(&self, instance: &InstanceId, port: u16) -> CloudResult<SsmSession> {
+        let action = Action::StartSession;
+        let answer = self
+            .limiter
+            .call(action, || async {
+                self.ssm
+                    .start_session()
+                    .target(instance.as_str())
+                    .document_name(SSH_SESSION_DOCUMENT)
+                    .parameters("portNumber", vec![port.to_string()])
+                    .reason("fleetbake: provisioning a build")
+                    .send()
+                    .await
+                    .map_err(|error| self.error(action, error))
+            })
+            .await?;
+        let id = answer.session_id().ok_or_else(|| self.missing(action, "SessionId"))?;
+        let stream_url = answer.stream_url().ok_or_else(|| self.missing(action, "StreamUrl"))?;
+        let token = answer.token_value().ok_or_else(|| self.missing(action, "TokenValue"))?;
+        Ok(SsmSession {
+            id: SessionId::new(id),
+            stream_url: stream_url.to_string(),
+            token: SessionToken::new(token.to_string()),
+        })
+    }
+
+    /// TerminateSession. SSM answers success for a session that already ended; one it no longer knows
+    /// (`DoesNotExistException`: its history expired) has ended too.
+    async fn terminate_session(&self, session: &SessionId) -> CloudResult<()> {
+        let action = Action::TerminateSession;
+        let answer = self
+            .limiter
+            .call(action, || async {
+                self.ssm
+                    .terminate_session()
+                    .session_id(session.as_str())
+                    .send()
+                    .await
+                    .map_err(|error| self.error(action, error))
+            })
+            .await;
+        match answer {
+            Err(error) if error.code.as_deref() == Some("DoesNotExistException") => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
 }
 
 /// Every item of a paginated describe: `page(token)` sends one request and answers its items and the next
@@ -939,6 +1024,186 @@ mod tests {
     fn kind_of(failure: ConnectorError) -> ErrorKind {
         let error: SdkError<CreateImageError, HttpResponse> = SdkError::dispatch_failure(failure);
         sdk_error(&Region::new("us-west-2"), Action::CreateImage, error).kind
+    }
+
+    /// SSM answering the Session Manager calls: a local HTTP server that answers each request by its
+    /// `X-Amz-Target` from `answers` (status, JSON body), and records each request's target and body.
+    struct SsmStub {
+        endpoint: String,
+        requests: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    }
+
+    impl SsmStub {
+        fn start(answers: Vec<(&'static str, u16, &'static str)>) -> SsmStub {
+            use std::io::{BufRead, BufReader, Read, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let endpoint = format!("http://{}", listener.local_addr().unwrap());
+            let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let recorded = Arc::clone(&requests);
+            // The stub stops by itself: it accepts for 30 s, and a connection left idle for 10 s is closed.
+            listener.set_nonblocking(true).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            std::thread::spawn(move || {
+                while std::time::Instant::now() < deadline {
+                    let mut stream = match listener.accept() {
+                        Ok((stream, _)) => stream,
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(std::time::Duration::from_millis(10));
+                            continue;
+                        }
+                        Err(_) => return,
+                    };
+                    stream.set_nonblocking(false).unwrap();
+                    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    // Keep-alive requests on one connection are read in turn.
+                    loop {
+                        let (mut target, mut length) = (String::new(), 0usize);
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            break;
+                        }
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).is_err() {
+                                return;
+                            }
+                            let header = line.trim_end();
+                            if header.is_empty() {
+                                break;
+                            }
+                            let (name, value) = header.split_once(':').unwrap();
+                            match name.to_ascii_lowercase().as_str() {
+                                "x-amz-target" => target = value.trim().trim_start_matches("AmazonSSM.").to_string(),
+                                "content-length" => length = value.trim().parse().unwrap(),
+                                _ => {}
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        recorded.lock().unwrap().push((target.clone(), String::from_utf8(body).unwrap()));
+                        let (status, answer) = answers
+                            .iter()
+                            .find(|(action, _, _)| *action == target)
+                            .map(|(_, status, answer)| (*status, *answer))
+                            .unwrap_or((500, "{}"));
+                        let head = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n",
+                            answer.len()
+                        );
+                        stream.write_all(head.as_bytes()).unwrap();
+                        stream.write_all(answer.as_bytes()).unwrap();
+                    }
+                }
+            });
+            SsmStub { endpoint, requests }
+        }
+
+        /// An adapter region whose SSM client talks to the stub (static test credentials, no retries).
+        fn region(&self) -> AwsRegion {
+            use aws_credential_types::Credentials;
+            let region = Region::new("us-west-2");
+            let credentials = Credentials::new("AKIDTEST", "secret", None, None, "test");
+            let sdk = aws_config::SdkConfig::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(aws_config::Region::new("us-west-2"))
+                .endpoint_url(&self.endpoint)
+                .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(credentials))
+                .retry_config(RetryConfig::disabled())
+                .build();
+            let limits = ApiLimits::new(
+                &crate::config::ApiRates::default(),
+                crate::cloud::retry::Policy::THROTTLED,
+                crate::cloud::limiter::Pacing::Fixed,
+            );
+            AwsRegion {
+                region: region.clone(),
+                client: Client::new(&sdk),
+                kms: aws_sdk_kms::Client::new(&sdk),
+                ssm: aws_sdk_ssm::Client::new(&sdk),
+                limiter: limits.region(&region),
+            }
+        }
+
+        fn requests(&self) -> Vec<(String, String)> {
+            self.requests.lock().unwrap().clone()
+        }
+    }
+
+    /// The agent is online only when DescribeInstanceInformation, filtered by the instance's id, lists it
+    /// `Online`; an empty list, another status or `InvalidInstanceId` (never registered) are "not yet".
+    #[tokio::test]
+    async fn the_agent_is_online_only_when_listed_online() {
+        let instance = InstanceId::new("i-0123456789abcdef0");
+        for (status, answer, online) in [
+            (200, r#"{"InstanceInformationList":[{"InstanceId":"i-0123456789abcdef0","PingStatus":"Online"}]}"#, true),
+            (
+                200,
+                r#"{"InstanceInformationList":[{"InstanceId":"i-0123456789abcdef0","PingStatus":"ConnectionLost"}]}"#,
+                false,
+            ),
+            (200, r#"{"InstanceInformationList":[]}"#, false),
+            (
+                400,
+                r#"{"__type":"InvalidInstanceId","message":"Instances [[i-0123456789abcdef0]] not in a valid state"}"#,
+                false,
+            ),
+        ] {
+            let stub = SsmStub::start(vec![("DescribeInstanceInformation", status, answer)]);
+            assert_eq!(stub.region().agent_online(&instance).await.unwrap(), online, "{answer}");
+            let requests = stub.requests();
+            assert_eq!(requests.len(), 1);
+            let sent: serde_json::Value = serde_json::from_str(&requests[0].1).unwrap();
+            assert_eq!(
+                sent["InstanceInformationFilterList"],
+                serde_json::json!([{ "key": "InstanceIds", "valueSet": ["i-0123456789abcdef0"] }])
+            );
+        }
+    }
+
+    /// StartSession asks for `AWS-StartSSHSession` to the instance's port; its answer becomes an `SsmSession`
+    /// (the token redacted in `Debug`); `TargetNotConnected` is not ready, and not retried by the limiter.
+    #[tokio::test]
+    async fn start_session_asks_for_the_ssh_document_and_target_not_connected_is_not_ready() {
+        let instance = InstanceId::new("i-0123456789abcdef0");
+        let stub = SsmStub::start(vec![(
+            "StartSession",
+            200,
+            r#"{"SessionId":"fleetbake-0a1b2c3d4e5f","StreamUrl":"wss://ssmmessages.us-west-2.amazonaws.com/v1/data-channel/fleetbake-0a1b2c3d4e5f?role=publish_subscribe","TokenValue":"AAEAAsecret-token"}"#,
+        )]);
+        let session = stub.region().start_session(&instance, 2222).await.unwrap();
+        assert_eq!(session.id.as_str(), "fleetbake-0a1b2c3d4e5f");
+        assert!(session.stream_url.starts_with("wss://ssmmessages.us-west-2.amazonaws.com/"));
+        assert_eq!(session.token.expose(), "AAEAAsecret-token");
+        assert!(!format!("{session:?}").contains("secret-token"));
+        let sent: serde_json::Value = serde_json::from_str(&stub.requests()[0].1).unwrap();
+        assert_eq!(sent["Target"], "i-0123456789abcdef0");
+        assert_eq!(sent["DocumentName"], "AWS-StartSSHSession");
+        assert_eq!(sent["Parameters"], serde_json::json!({ "portNumber": ["2222"] }));
+
+        let stub = SsmStub::start(vec![(
+            "StartSession",
+            400,
+            r#"{"__type":"TargetNotConnected","message":"i-0123456789abcdef0 is not connected."}"#,
+        )]);
+        let refused = stub.region().start_session(&instance, 22).await.unwrap_err();
+        assert_eq!((refused.kind, refused.code.as_deref()), (ErrorKind::NotReady, Some("TargetNotConnected")));
+        assert_eq!(refused.action, Action::StartSession);
+        assert_eq!(stub.requests().len(), 1, "not retried by the limiter");
+    }
+
+    /// TerminateSession of a session that ended, or that SSM no longer knows, is done; a refusal is not.
+    #[tokio::test]
+    async fn terminating_a_session_is_idempotent() {
+        let session = SessionId::new("fleetbake-0a1b2c3d4e5f");
+        let ended = SsmStub::start(vec![("TerminateSession", 200, r#"{"SessionId":"fleetbake-0a1b2c3d4e5f"}"#)]);
+        ended.region().terminate_session(&session).await.unwrap();
+        assert_eq!(ended.requests()[0].1, r#"{"SessionId":"fleetbake-0a1b2c3d4e5f"}"#);
+        let unknown = SsmStub::start(vec![("TerminateSession", 400, r#"{"__type":"DoesNotExistException"}"#)]);
+        unknown.region().terminate_session(&session).await.unwrap();
+        let denied = SsmStub::start(vec![("TerminateSession", 400, r#"{"__type":"AccessDeniedException"}"#)]);
+        let error = denied.region().terminate_session(&session).await.unwrap_err();
+        assert_eq!(error.code.as_deref(), Some("AccessDeniedException"));
     }
 
     /// A connection closed before the answer came is what hyper reports as neither io nor timeout ("other"):

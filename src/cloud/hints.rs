@@ -19,11 +19,17 @@ pub fn hint(error: &CloudError) -> Option<String> {
             "{} is not enabled for this account: enable it (Account settings → AWS Regions, or `aws account enable-region --region-name {}`) or leave it out of `[regions]`",
             error.region, error.region
         )),
+        "TargetNotConnected" => Some(agent_not_online()),
         _ if error.kind == ErrorKind::Credentials => {
             Some(format!("the credentials expired and could not be refreshed: {}", credential_source()))
         }
         _ => None,
     }
+}
+
+/// Why an instance's SSM agent does not come online (Session Manager), and what to check.
+pub fn agent_not_online() -> String {
+    "the instance's SSM agent never came online: the instance profile (`iam_instance_profile`) must let the agent register (AWS's `AmazonSSMManagedInstanceCore`, or `ssm:UpdateInstanceInformation` and `ssmmessages:*`), the image must run the agent, and a subnet without a route to the internet needs VPC endpoints for `ssm`, `ssmmessages` and `ec2messages`".into()
 }
 
 /// The permission an action needs, and where the policy grants it.
@@ -81,5 +87,10 @@ mod tests {
         assert!(opt_in.starts_with("ap-east-1 is not enabled for this account"), "{opt_in}");
         assert!(super::hint(&error("InvalidAMIID.Malformed", Action::DescribeImages)).is_none());
         assert!(super::hint(&error("ExpiredToken", Action::CreateTags)).unwrap().contains("expired"));
+        let session = super::hint(&error("AccessDeniedException", Action::StartSession)).unwrap();
+        let line = POLICY.lines().position(|line| line.contains("\"ssm:StartSession\"")).unwrap() + 1;
+        assert!(session.contains(&format!("`ssm:StartSession`: docs/iam-policy.json line {line}")), "{session}");
+        let offline = super::hint(&error("TargetNotConnected", Action::StartSession)).unwrap();
+        assert!(offline.contains("instance profile") && offline.contains("ssmmessages"), "{offline}");
     }
 }

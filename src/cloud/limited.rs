@@ -193,4 +193,16 @@ impl RegionCloud for LimitedRegion {
         let call = || self.inner.launch_template_version(name, image, description);
         self.limiter.call(Action::CreateLaunchTemplateVersion, call).await
     }
+
+    async fn agent_online(&self, instance: &InstanceId) -> CloudResult<bool> {
+        self.limiter.call(Action::DescribeInstanceInformation, || self.inner.agent_online(instance)).await
+    }
+
+    async fn start_session(&self, instance: &InstanceId, port: u16) -> CloudResult<SsmSession> {
+        self.limiter.call(Action::StartSession, || self.inner.start_session(instance, port)).await
+    }
+
+    async fn terminate_session(&self, session: &SessionId) -> CloudResult<()> {
+        self.limiter.call(Action::TerminateSession, || self.inner.terminate_session(session)).await
+    }
 }

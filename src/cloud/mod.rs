@@ -45,6 +45,8 @@ string_newtype!(
     SubnetId,
     /// A key pair's name (EC2 addresses key pairs by name).
     KeyPairName,
+    /// An SSM Session Manager session's id.
+    SessionId,
 );
 
 /// A private key as EC2 returned it. Never printed: `Debug` redacts it. Shared (`Arc`) so a build and its
@@ -67,6 +69,46 @@ impl fmt::Debug for PrivateKey {
     }
 }
 
+/// What StartSession answered: the session's id, and what the session-manager-plugin needs to open its stream.
+/// `Debug` redacts the token (like [`PrivateKey`]); the token is never logged, journaled or put in an argv.
+#[derive(Clone)]
+pub struct SsmSession {
+    pub id: SessionId,
+    /// The websocket the plugin opens (`wss://ssmmessages.<region>.amazonaws.com/v1/data-channel/<id>?…`).
+    pub stream_url: String,
+    pub token: SessionToken,
+}
+
+impl fmt::Debug for SsmSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SsmSession")
+            .field("id", &self.id)
+            .field("stream_url", &self.stream_url)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+/// StartSession's TokenValue: a secret (whoever holds it can open the session's stream). `Debug` redacts it;
+/// [`SessionToken::expose`] gives the text.
+#[derive(Clone)]
+pub struct SessionToken(std::sync::Arc<str>);
+
+impl SessionToken {
+    pub fn new(token: String) -> Self {
+        SessionToken(token.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionToken(…)")
+    }
+}
+
 /// How a failed call should be treated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -84,6 +126,10 @@ pub enum ErrorKind {
     /// The credentials were refused as expired, or could not be loaded or refreshed. Not retried by the
     /// limiter (a missing profile stays missing); cleanup retries them, since a refresh may come.
     Credentials,
+    /// What the call needs on the other side is not ready yet: an instance's SSM agent has not connected
+    /// (`TargetNotConnected`). The caller waits it out within its own deadline (`[ssh] timeout`); not retried
+    /// by the limiter, which cannot know how long to wait.
+    NotReady,
     /// Anything else: the answer is final.
     Permanent,
 }
@@ -113,7 +159,7 @@ const THROTTLING_CODES: &[&str] = &[
 ];
 
 const TRANSIENT_CODES: &[&str] =
-    &["InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "RequestTimeout"];
+    &["InternalError", "InternalFailure", "InternalServerError", "ServiceUnavailable", "Unavailable", "RequestTimeout"];
 
 /// EC2's "not now" answers: capacity in a zone (`InsufficientInstanceCapacity`, `Unsupported`: the type is not
 /// offered in that zone), the account's running-vCPU quota (terminated instances keep counting for a while),
@@ -126,6 +172,10 @@ const CAPACITY_CODES: &[&str] = &[
     "InstanceLimitExceeded",
     "ResourceLimitExceeded",
 ];
+
+/// SSM's "the instance's agent is not connected (yet)": StartSession before the agent registered, or while it
+/// reconnects (an instance rebooting).
+const NOT_READY_CODES: &[&str] = &["TargetNotConnected"];
 
 /// Credentials EC2 refused because they expired (a role session ran out mid-run; the provider refreshes them).
 const CREDENTIALS_CODES: &[&str] = &["ExpiredToken", "ExpiredTokenException", "RequestExpired"];
@@ -141,6 +191,8 @@ impl ErrorKind {
             ErrorKind::Capacity
         } else if CREDENTIALS_CODES.contains(&code) {
             ErrorKind::Credentials
+        } else if NOT_READY_CODES.contains(&code) {
+            ErrorKind::NotReady
         } else if code.ends_with(".NotFound") {
             ErrorKind::NotFound
         } else {
@@ -432,7 +484,19 @@ pub trait RegionCloud: Send + Sync {
         image: &ImageId,
         description: &str,
     ) -> CloudResult<(String, u64)>;
+
+    /// Whether the instance's SSM agent is registered and online (DescribeInstanceInformation filtered by the
+    /// instance id: `PingStatus = Online`); not yet registered is `Ok(false)`.
+    async fn agent_online(&self, instance: &InstanceId) -> CloudResult<bool>;
+    /// StartSession, document `AWS-StartSSHSession`, parameter `portNumber = port` (SSM's answer while the agent
+    /// is not connected: a CloudError with code `TargetNotConnected`, kind [`ErrorKind::NotReady`]).
+    async fn start_session(&self, instance: &InstanceId, port: u16) -> CloudResult<SsmSession>;
+    /// TerminateSession; a session that already ended is Ok (it is idempotent in SSM).
+    async fn terminate_session(&self, session: &SessionId) -> CloudResult<()>;
 }
+
+/// The SSM document that forwards a session to the instance's sshd (`portNumber`): AWS's own.
+pub const SSH_SESSION_DOCUMENT: &str = "AWS-StartSSHSession";
 
 /// Which VPC to describe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -449,4 +513,33 @@ pub trait Cloud: Send + Sync {
 
     /// Who the run acts as: the account and the ARN (after any role was assumed).
     async fn caller_identity(&self) -> CloudResult<Identity>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SSM's "the agent is not connected" is a wait, not a failure and not the limiter's to retry.
+    #[test]
+    fn target_not_connected_is_not_ready() {
+        assert_eq!(ErrorKind::of_code("TargetNotConnected"), ErrorKind::NotReady);
+        assert!(!ErrorKind::NotReady.is_retryable());
+        assert_eq!(ErrorKind::of_code("InternalServerError"), ErrorKind::Transient);
+        assert_eq!(ErrorKind::of_code("InvalidDocument"), ErrorKind::Permanent);
+    }
+
+    /// A session's token opens its stream: no `{:?}` of the session or the token shows it.
+    #[test]
+    fn a_sessions_token_is_redacted() {
+        let secret = "AAEAAb3Vk0secret-token-value";
+        let session = SsmSession {
+            id: SessionId::new("fleetbake-0123456789abcdef0"),
+            stream_url: "wss://ssmmessages.us-west-2.amazonaws.com/v1/data-channel/fleetbake-0123456789abcdef0".into(),
+            token: SessionToken::new(secret.into()),
+        };
+        let shown = format!("{session:?} {:?} {:#?}", session.token, session);
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("fleetbake-0123456789abcdef0"), "{shown}");
+        assert_eq!(session.token.expose(), secret);
+    }
 }

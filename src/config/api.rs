@@ -40,6 +40,13 @@ pub enum Action {
     /// SSM, not EC2: `[publish] ssm_parameter`. Counted with the mutating calls.
     PutParameter,
     LabelParameterVersion,
+    /// SSM, not EC2: whether an instance's agent is online (`[ssh] interface = "session_manager"`). Counted
+    /// with the non-mutating calls.
+    DescribeInstanceInformation,
+    /// SSM, not EC2: a Session Manager session to an instance's sshd, and its end. Counted with the mutating
+    /// calls.
+    StartSession,
+    TerminateSession,
     /// STS, not EC2: who the run acts as. Counted with the non-mutating calls.
     GetCallerIdentity,
     /// KMS, not EC2: whether a region's key exists, is enabled, and whose it is. Counted with the
@@ -114,7 +121,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 30] = [
+    pub const ALL: [Action; 33] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -143,6 +150,9 @@ impl Action {
         Action::ModifyLaunchTemplate,
         Action::PutParameter,
         Action::LabelParameterVersion,
+        Action::DescribeInstanceInformation,
+        Action::StartSession,
+        Action::TerminateSession,
         Action::GetCallerIdentity,
         Action::DescribeKey,
     ];
@@ -163,7 +173,11 @@ impl Action {
         match self {
             Action::GetCallerIdentity => Service::Sts,
             Action::DescribeKey => Service::Kms,
-            Action::PutParameter | Action::LabelParameterVersion => Service::Ssm,
+            Action::PutParameter
+            | Action::LabelParameterVersion
+            | Action::DescribeInstanceInformation
+            | Action::StartSession
+            | Action::TerminateSession => Service::Ssm,
             _ => Service::Ec2,
         }
     }
@@ -179,7 +193,8 @@ impl Action {
             | Action::DescribeKey
             | Action::DescribeSecurityGroups
             | Action::DescribeKeyPairs
-            | Action::GetConsoleOutput => ActionClass::NonMutating,
+            | Action::GetConsoleOutput
+            | Action::DescribeInstanceInformation => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,
             Action::CopyImage => ActionClass::CopyImage,
             Action::CreateTags => ActionClass::CreateTags,
@@ -209,6 +224,13 @@ mod tests {
     fn ssm_kms_and_sts_are_not_ec2() {
         assert_eq!(Action::PutParameter.service(), Service::Ssm);
         assert_eq!(Action::LabelParameterVersion.service(), Service::Ssm);
+        for session_call in [Action::DescribeInstanceInformation, Action::StartSession, Action::TerminateSession] {
+            assert_eq!(session_call.service(), Service::Ssm, "{session_call}");
+        }
+        assert_eq!(Action::DescribeInstanceInformation.class(), ActionClass::NonMutating);
+        assert_eq!(Action::StartSession.class(), ActionClass::Mutating);
+        assert_eq!(Action::TerminateSession.class(), ActionClass::Mutating);
+        assert_eq!(Action::StartSession.iam_name(), "ssm:StartSession");
         assert_eq!(Action::DescribeKey.service(), Service::Kms);
         assert_eq!(Action::GetCallerIdentity.service(), Service::Sts);
         assert_eq!(Action::CopyImage.service(), Service::Ec2);

@@ -126,6 +126,8 @@ pub struct Flavor {
     pub sim_provision: Option<Duration>,
     /// How its instances' SSH host keys are known (`host_key`, else `[ssh] host_key`).
     pub host_key: HostKeyPolicy,
+    /// How its instances are reached (`interface`, else `[ssh] interface`).
+    pub interface: SshInterface,
     /// The build instance's metadata service options.
     pub metadata: Metadata,
     /// The build instance's root volume; `None`: as the source image has it.
@@ -284,6 +286,9 @@ pub struct ImageFilter {
 pub struct ProvisionerEntry {
     pub provisioner: Provisioner,
     pub timeout: Duration,
+    /// `expect_disconnect = true` (shell only): the connection dropping while it runs (a reboot) is its
+    /// success, and the next provisioner connects again.
+    pub expect_disconnect: bool,
 }
 
 /// How long a provisioner or a test may run when the fleet file does not say.
@@ -344,7 +349,8 @@ pub struct AssumeRole {
     pub duration: Duration,
 }
 
-/// Which address of the instance SSH connects to.
+/// How SSH reaches the instance: which of its addresses it connects to, or no address at all (Session
+/// Manager: ssh through an SSM session, the security group with no inbound rule).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SshInterface {
     /// The public IP if it has one, else the private IP.
@@ -354,6 +360,8 @@ pub enum SshInterface {
     PrivateIp,
     PublicDns,
     PrivateDns,
+    /// `session_manager`: through the instance's SSM agent (`AWS-StartSSHSession`), no inbound port.
+    SessionManager,
 }
 
 impl SshInterface {
@@ -361,7 +369,24 @@ impl SshInterface {
     pub fn is_private(self) -> bool {
         matches!(self, SshInterface::PrivateIp | SshInterface::PrivateDns)
     }
+
+    /// Reached through Session Manager: no inbound rule, no address of the instance.
+    pub fn is_session_manager(self) -> bool {
+        self == SshInterface::SessionManager
+    }
+
+    /// The way in, as `fleetbake plan`, the events and the manifest name it: `ssh` or `session_manager`.
+    pub fn way_in(self) -> &'static str {
+        if self.is_session_manager() {
+            "session_manager"
+        } else {
+            "ssh"
+        }
+    }
 }
+
+/// What `[ssh] session_manager_plugin` says, else the name looked up on `PATH`.
+pub const SESSION_MANAGER_PLUGIN: &str = "session-manager-plugin";
 
 /// A jump host SSH goes through (`[ssh] bastion`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -413,12 +438,29 @@ pub struct SshSettings {
     pub host_key: HostKeyPolicy,
     /// How long a build waits for the host keys on its instance's console (`[ssh] host_key_wait`).
     pub host_key_wait: Duration,
+    /// The `session-manager-plugin` binary: a path, or a name looked up on `PATH` (the default
+    /// [`SESSION_MANAGER_PLUGIN`]).
+    pub session_manager_plugin: PathBuf,
 }
 
 impl SshSettings {
     /// Whether the builds are reached from inside their VPC (a private interface, or through a bastion).
     pub fn from_inside_the_vpc(&self) -> bool {
         self.interface.is_private() || self.bastion.is_some()
+    }
+}
+
+impl Fleet {
+    /// Whether some selected build is reached at an address from outside its VPC: only then is this machine's
+    /// address detected (Session Manager builds need none: their security group has no inbound rule).
+    pub fn needs_this_machines_address(&self) -> bool {
+        !self.ssh.from_inside_the_vpc()
+            && self.selected_pairs().iter().any(|(flavor, _)| !flavor.interface.is_session_manager())
+    }
+
+    /// Whether some selected build is reached through Session Manager (the preflight then checks the plugin).
+    pub fn uses_session_manager(&self) -> bool {
+        self.selected_pairs().iter().any(|(flavor, _)| flavor.interface.is_session_manager())
     }
 }
 
@@ -521,6 +563,10 @@ pub struct SimSettings {
     /// says running, so a build's first read finds them (a later appearance makes a run's timing depend on
     /// when its reads fall, which the paused clock does not keep exact).
     pub console_keys: Duration,
+    /// running → the instance's SSM agent registered and online (DescribeInstanceInformation `Online`;
+    /// StartSession answers `TargetNotConnected` until then). The agent starts at boot and registers within
+    /// a minute or two of the instance running.
+    pub agent_online: Duration,
     pub faults: Vec<SimFault>,
 }
 
@@ -546,6 +592,7 @@ impl Default for SimSettings {
             default_vpc: true,
             test: Duration::from_secs(180),
             console_keys: Duration::ZERO,
+            agent_online: Duration::from_secs(90),
             faults: Vec::new(),
         }
     }
@@ -580,6 +627,16 @@ pub enum FaultEffect {
     /// The call succeeds (RunInstances), and the instance's console and sshd misbehave (`console = "…"`); only
     /// for instances of `flavor`, if set.
     Console { fault: ConsoleFault, flavor: Option<FlavorName> },
+    /// The call succeeds (RunInstances), and the instance's SSM agent misbehaves (`agent = "…"`); only for
+    /// instances of `flavor`, if set.
+    Agent { fault: AgentFault, flavor: Option<FlavorName> },
+}
+
+/// What a simulated instance's SSM agent does wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentFault {
+    /// `"never"`: it never comes online (no instance profile, no route to the SSM endpoints).
+    Never,
 }
 
 /// What a simulated instance's console shows instead of its host keys, or who answers on its address.

@@ -158,6 +158,8 @@ pub struct FlavorSection {
     pub sim_provision: Option<String>,
     /// `"console"` or `"accept"`: how this flavor's instances' host keys are known (default `[ssh] host_key`).
     pub host_key: Option<String>,
+    /// How this flavor's instances are reached (default `[ssh] interface`): `"session_manager"`, or an address.
+    pub interface: Option<String>,
 }
 
 /// `{ tags = { Tier = "build" } }` or `{ ids = { us-west-2 = "subnet-…" } }`.
@@ -191,6 +193,8 @@ pub struct ProvisionerSection {
     pub env: Option<BTreeMap<String, String>>,
     /// How long it may run (a duration such as `30m`).
     pub timeout: Option<String>,
+    /// A shell provisioner that reboots the instance: its connection dropping counts as success.
+    pub expect_disconnect: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -235,6 +239,8 @@ pub struct SshSection {
     /// `"console"` (the default) or `"accept"`; a flavor may set its own.
     pub host_key: Option<String>,
     pub host_key_wait: Option<String>,
+    /// The `session-manager-plugin` binary (`interface = "session_manager"`); default: found on `PATH`.
+    pub session_manager_plugin: Option<String>,
 }
 
 /// `[ssh] bastion = { host = "…", port = 22, user = "…", private_key_file = "…", known_hosts = "…" }` (or
@@ -303,6 +309,8 @@ pub struct SimSection {
     pub test: Option<String>,
     /// running → the host keys on the console.
     pub console_keys: Option<String>,
+    /// running → the instance's SSM agent online (Session Manager).
+    pub agent_online: Option<String>,
     #[serde(default)]
     pub faults: Vec<FaultSection>,
 }
@@ -321,6 +329,8 @@ pub struct FaultSection {
     pub answer_lost: Option<bool>,
     /// With `RunInstances`: what the instance's console shows (`"no-keys"`, `"other-key"`).
     pub console: Option<String>,
-    /// With `console`: only instances of this flavor.
+    /// With `RunInstances`: the instance's SSM agent (`"never"`: never comes online).
+    pub agent: Option<String>,
+    /// With `console` or `agent`: only instances of this flavor.
     pub flavor: Option<String>,
 }

@@ -520,6 +520,7 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, 
                 None if raw.ssh.host_key.as_deref() == Some("accept") => HostKeyPolicy::Accept,
                 None => HostKeyPolicy::Console,
             },
+            interface: resolve_interface(checker, &path, flavor, defaults, &raw.ssh),
             metadata: resolve_metadata(checker, &path, flavor, defaults),
             root_volume: resolve_root_volume(checker, &path, flavor, defaults),
             iam_instance_profile: flavor.iam_instance_profile.clone().or_else(|| defaults.iam_instance_profile.clone()),
@@ -533,6 +534,36 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, 
         });
     }
     (flavors, subnet_paths)
+}
+
+/// The flavor's way in (its own `interface`, else `[ssh] interface`, whose problems are said where `[ssh]` is
+/// resolved). Session Manager needs the instance's agent to register, which needs an instance profile: a
+/// flavor reached so without one is a problem at the key that chose Session Manager.
+fn resolve_interface(
+    checker: &mut Checker<'_>,
+    path: &KeyPath,
+    flavor: &schema::FlavorSection,
+    defaults: &schema::DefaultsSection,
+    ssh: &schema::SshSection,
+) -> SshInterface {
+    let (interface, chosen_at) = match flavor.interface.as_deref() {
+        Some(text) => (ssh_interface(checker, path.key("interface"), text), path.key("interface")),
+        None => {
+            let interface = ssh.interface.as_deref().and_then(interface_named).unwrap_or_default();
+            (interface, KeyPath::root().key("ssh").key("interface"))
+        }
+    };
+    let profile = flavor.iam_instance_profile.as_ref().or(defaults.iam_instance_profile.as_ref());
+    if interface.is_session_manager() && profile.is_none_or(|name| name.trim().is_empty()) {
+        checker.problem(
+            chosen_at,
+            format!(
+                "flavor `{}` is reached through Session Manager, which needs an instance profile that lets its SSM agent register: set `iam_instance_profile` (e.g. a role with `AmazonSSMManagedInstanceCore`)",
+                flavor.name
+            ),
+        );
+    }
+    interface
 }
 
 /// The flavor's subnet (its own `subnet` or `subnet_id`, else the defaults'), checked for its shape; records
@@ -786,8 +817,12 @@ fn resolve_provisioner_list(
         .filter_map(|(index, section)| {
             let path = flavor_path.key(list).index(index);
             let timeout = section.timeout.as_deref().and_then(|text| checker.duration(path.key("timeout"), text));
+            let expect_disconnect = section.expect_disconnect.unwrap_or(false);
+            if expect_disconnect && section.kind != "shell" {
+                checker.problem(path.key("expect_disconnect"), "only a `shell` provisioner can expect a disconnect");
+            }
             let provisioner = resolve_provisioner(checker, path, section)?;
-            Some(ProvisionerEntry { provisioner, timeout: timeout.unwrap_or(default) })
+            Some(ProvisionerEntry { provisioner, timeout: timeout.unwrap_or(default), expect_disconnect })
         })
         .collect()
 }
@@ -1189,20 +1224,8 @@ fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSetting
             "must be a plain http:// URL that answers with this machine's public address",
         );
     }
-    let interface = match raw.interface.as_deref() {
-        None => SshInterface::Default,
-        Some("public_ip") => SshInterface::PublicIp,
-        Some("private_ip") => SshInterface::PrivateIp,
-        Some("public_dns") => SshInterface::PublicDns,
-        Some("private_dns") => SshInterface::PrivateDns,
-        Some(other) => {
-            checker.problem(
-                path.key("interface"),
-                format!("`{other}` is not one of `public_ip`, `private_ip`, `public_dns`, `private_dns`"),
-            );
-            SshInterface::Default
-        }
-    };
+    let interface =
+        raw.interface.as_deref().map(|text| ssh_interface(checker, path.key("interface"), text)).unwrap_or_default();
     let bastion = raw.bastion.map(|bastion| {
         let at = path.key("bastion");
         if bastion.host.trim().is_empty() {
@@ -1260,7 +1283,39 @@ fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSetting
         clear_authorized_keys: raw.clear_authorized_keys.unwrap_or(true),
         host_key,
         host_key_wait,
+        session_manager_plugin: match raw.session_manager_plugin {
+            // A name alone is looked up on `PATH` when the preflight runs it; a path is made absolute.
+            Some(plugin) if plugin.contains('/') => checker.base_dir.join(expand_home(&plugin)),
+            Some(plugin) if plugin.trim().is_empty() => {
+                checker.problem(path.key("session_manager_plugin"), "must not be empty");
+                PathBuf::from(SESSION_MANAGER_PLUGIN)
+            }
+            Some(plugin) => PathBuf::from(plugin),
+            None => PathBuf::from(SESSION_MANAGER_PLUGIN),
+        },
     }
+}
+
+/// `[ssh] interface` or a flavor's `interface`: an address of the instance, or `session_manager`.
+fn ssh_interface(checker: &mut Checker<'_>, path: KeyPath, text: &str) -> SshInterface {
+    interface_named(text).unwrap_or_else(|| {
+        checker.problem(
+            path,
+            format!("`{text}` is not one of `public_ip`, `private_ip`, `public_dns`, `private_dns`, `session_manager`"),
+        );
+        SshInterface::Default
+    })
+}
+
+fn interface_named(text: &str) -> Option<SshInterface> {
+    Some(match text {
+        "public_ip" => SshInterface::PublicIp,
+        "private_ip" => SshInterface::PrivateIp,
+        "public_dns" => SshInterface::PublicDns,
+        "private_dns" => SshInterface::PrivateDns,
+        "session_manager" => SshInterface::SessionManager,
+        _ => return None,
+    })
 }
 
 /// Every value that reaches an ssh argument or the bastion's ssh config file, as written: hosts, users, paths
@@ -1416,6 +1471,7 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         default_vpc: raw.default_vpc.unwrap_or(defaults.default_vpc),
         test: duration("test", &raw.test, defaults.test),
         console_keys: duration("console_keys", &raw.console_keys, defaults.console_keys),
+        agent_online: duration("agent_online", &raw.agent_online, defaults.agent_online),
         faults: Vec::new(),
     };
     if let Some(vcpus) = raw.instance_vcpus {
@@ -1518,11 +1574,38 @@ fn fault_effect(
 ) -> Option<FaultEffect> {
     use super::api::Action;
     let reason = |default: &str| fault.reason.clone().unwrap_or_else(|| default.to_string());
-    if fault.flavor.is_some() && fault.console.is_none() {
-        checker.problem(at.key("flavor"), "goes with `console` only");
+    if fault.flavor.is_some() && fault.console.is_none() && fault.agent.is_none() {
+        checker.problem(at.key("flavor"), "goes with `console` or `agent` only");
+    }
+    let other_effects = fault.error.is_some() || fault.image_state.is_some() || fault.instance_state.is_some();
+    if let Some(agent) = &fault.agent {
+        if other_effects || fault.console.is_some() {
+            checker.problem(
+                at.clone(),
+                "set exactly one of `error`, `image_state`, `instance_state`, `console` and `agent`",
+            );
+            return None;
+        }
+        if action != Some(Action::RunInstances) {
+            checker.problem(at.key("action"), "`agent` goes with `RunInstances`: the instance it launches");
+        }
+        let flavor = fault.flavor.as_deref().map(|name| {
+            checker.name(at.key("flavor"), "flavor", name);
+            FlavorName::new(name)
+        });
+        return match agent.as_str() {
+            "never" => Some(FaultEffect::Agent { fault: AgentFault::Never, flavor }),
+            other => {
+                checker.problem(
+                    at.key("agent"),
+                    format!("`{other}` is not `never` (the instance's SSM agent never comes online)"),
+                );
+                None
+            }
+        };
     }
     if let Some(console) = &fault.console {
-        if fault.error.is_some() || fault.image_state.is_some() || fault.instance_state.is_some() {
+        if other_effects {
             checker.problem(at.clone(), "set exactly one of `error`, `image_state`, `instance_state` and `console`");
             return None;
         }

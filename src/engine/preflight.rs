@@ -2,7 +2,7 @@
 //! `fleetbake matrix` makes before its first mutating call. Read-only calls only; all checks are made and
 //! reported at once, one line each, `ok` or `FAIL` with what to change.
 //!
-//! Checked: who the run acts as; in each build region, where each flavor's builds would go (subnets, VPC, or
+//! Checked: with Session Manager builds, the `session-manager-plugin` (found, and its version); who the run acts as; in each build region, where each flavor's builds would go (subnets, VPC, or
 //! the default VPC), each flavor's source image, and its instance type offered in the region and in the
 //! zones of its subnets; in every region an image lands in, that the region answers and that no image
 //! there already holds a name this run would give one, and that its `[encryption]` key exists, is enabled, and
@@ -14,6 +14,7 @@ use std::fmt;
 use crate::cloud::{hints, Cloud, ErrorKind, ImageQuery};
 use crate::config::{Flavor, FlavorName, Fleet, Region};
 use crate::plan::Plan;
+use crate::remote::session_manager;
 use crate::steps::context::RUN_ID_TAG;
 use crate::steps::network;
 use crate::steps::source::{self, SourceError};
@@ -79,6 +80,9 @@ impl fmt::Display for Preflight {
 /// Makes every check of `plan` (the run's, so the image names are the ones it would give).
 pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud) -> Preflight {
     let mut preflight = Preflight::default();
+    if fleet.uses_session_manager() {
+        check_plugin(&mut preflight, &fleet.ssh.session_manager_plugin).await;
+    }
     match cloud.caller_identity().await {
         Ok(identity) => {
             preflight.push(None, Outcome::Ok(format!("acting as {} (account {})", identity.arn, identity.account)))
@@ -116,6 +120,25 @@ pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud) -> Preflight {
         }
     }
     preflight
+}
+
+/// With Session Manager builds: the `session-manager-plugin` is found and runs (`--version`). The instance
+/// profile's existence is not checked (that is IAM's GetInstanceProfile, and fleetbake has no IAM client): a
+/// missing one fails the launch.
+async fn check_plugin(preflight: &mut Preflight, plugin: &std::path::Path) {
+    let outcome = match session_manager::find_plugin(plugin) {
+        None => Outcome::Fail(format!(
+            "`{}` is not found{}, and Session Manager builds need it; {}",
+            plugin.display(),
+            if plugin.components().count() > 1 { "" } else { " on `PATH`" },
+            session_manager::PLUGIN_HINT
+        )),
+        Some(found) => match session_manager::plugin_version(&found).await {
+            Ok(version) => Outcome::Ok(format!("session-manager-plugin `{}`: version {version}", found.display())),
+            Err(why) => Outcome::Fail(format!("session-manager-plugin `{}` does not run: {why}", found.display())),
+        },
+    };
+    preflight.push(None, outcome);
 }
 
 /// The region's `[encryption]` key exists and is enabled; an AWS-managed key cannot encrypt shared images.

@@ -151,7 +151,7 @@ pub async fn matrix(
     // This machine's address is detected only when a build is reached from outside its VPC.
     let ssh_sources = match &fleet.ssh.source_cidrs {
         Some(cidrs) => SshSources::Configured(cidrs.clone()),
-        None if fleet.ssh.from_inside_the_vpc() => SshSources::InsideTheVpc,
+        None if !fleet.needs_this_machines_address() => SshSources::InsideTheVpc,
         None => SshSources::ThisMachine(net::detect_public_cidr(&fleet.ssh.ip_detect_url).await?),
     };
     let limits = Arc::new(RunLimits::new(&fleet.limits, Policy::THROTTLED, Strategy::FLEETBAKE.pacing));
@@ -201,7 +201,7 @@ pub async fn matrix_simulated(
     let fleet = Arc::new(fleet);
     let ssh_sources = match &fleet.ssh.source_cidrs {
         Some(cidrs) => SshSources::Configured(cidrs.clone()),
-        None if fleet.ssh.from_inside_the_vpc() => SshSources::InsideTheVpc,
+        None if !fleet.needs_this_machines_address() => SshSources::InsideTheVpc,
         None => SshSources::ThisMachine(SIMULATED_BUILDER_CIDR.parse().expect("a valid CIDR")),
     };
     let sim = Arc::new(SimCloud::new(&fleet));

@@ -57,4 +57,8 @@ pub struct ImageSettings {
     /// Who may launch it, and create volumes from its snapshots (`[sharing]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_with: Option<Sharing>,
+    /// How the build reached its instance: `ssh` (a port its security group opened) or `session_manager`
+    /// (no inbound port). Absent from a copy, and from an image an older fleetbake made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
 }

@@ -13,7 +13,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{FlavorName, Fleet, NameContext, Region, Selection, RUN_ID_LENGTH};
+use crate::config::{FlavorName, Fleet, NameContext, Region, Selection, SshInterface, RUN_ID_LENGTH};
 use crate::plan::deps::DependencyQueue;
 
 /// Identifies one run; stamped on every resource it creates (`fleetbake:run-id`).
@@ -109,6 +109,8 @@ pub struct BuildJob {
     pub image_name: String,
     /// Indexes into [`Plan::copies`].
     pub copies: Vec<usize>,
+    /// How its instance is reached (the flavor's `interface`, else `[ssh] interface`).
+    pub interface: SshInterface,
 }
 
 impl BuildJob {
@@ -179,6 +181,7 @@ impl Plan {
                 source: BuildSource::Configured,
                 image_name,
                 copies: build_copies,
+                interface: flavor.interface,
             });
         }
         Plan { fleet: fleet.name.clone(), run_id, started_at, builds, copies, selection: fleet.selection.clone() }
@@ -272,7 +275,8 @@ impl fmt::Display for Plan {
             writeln!(f, "selected: {}", self.selection)?;
         }
         for build in &self.builds {
-            writeln!(f, "build {} in {} as `{}`", build.flavor, build.region, build.image_name)?;
+            let through = if build.interface.is_session_manager() { ", through Session Manager" } else { "" };
+            writeln!(f, "build {} in {} as `{}`{through}", build.flavor, build.region, build.image_name)?;
             for &copy in &build.copies {
                 writeln!(f, "  copy to {}", self.copies[copy].target_region)?;
             }

@@ -11,6 +11,7 @@ pub mod authorized;
 pub mod key_dirs;
 pub mod net;
 pub mod provision;
+pub mod session_manager;
 pub mod sim;
 pub mod ssh;
 
@@ -38,9 +39,12 @@ pub struct TargetInstance {
     pub region: Region,
 }
 
-/// The way in to an instance: a closed set, today SSH only (next: Session Manager).
+/// The way in to an instance: a closed set.
 pub enum Via {
+    /// SSH to an address of the instance (perhaps through a bastion).
     Ssh(SshTarget),
+    /// SSH through an SSM Session Manager session: no inbound port.
+    SessionManager(session_manager::SessionManagerTarget),
 }
 
 /// Where provisioner output goes, line by line, as the bytes printed.
@@ -133,6 +137,9 @@ impl Communicator for SshCommunicator {
                 files.forget_key();
                 let session = connected.map_err(|error| error.to_string())?;
                 Ok(Box::new(SshConnection { session, files, login_key, unfinished: ssh::Unfinished::default() }))
+            }
+            Via::SessionManager(target) => {
+                session_manager::connect(target, &key_dirs::Owner::this_process(&self.run_id), timeout).await
             }
         }
     }

@@ -11,8 +11,10 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::cloud::sim::SimCloud;
+use crate::cloud::{ErrorKind, SessionId};
 use crate::config::{FlavorName, Fleet, Provisioner, Region};
 use crate::remote::provision::{Described, Phase, ProvisionCause, ProvisionEnv, ProvisionError};
+use crate::remote::session_manager::{self, SessionManagerTarget};
 use crate::remote::ssh::{mismatch_message, HostKeyCheck};
 use crate::remote::{Communicator, ConnectTarget, Connection, Exit, OutputSink, RemoteError, StandIn, Via};
 use crate::report::events::OutputStream;
@@ -34,17 +36,24 @@ impl Communicator for SimCommunicator {
         let instance = &target.instance;
         let ssh_at = self.sim.ssh_ready_at(&instance.region, &instance.id)?;
         let deadline = Instant::now() + timeout;
+        let ssh = match &target.via {
+            Via::Ssh(ssh) => ssh,
+            Via::SessionManager(through) => &through.ssh,
+        };
         if ssh_at > deadline {
             tokio::time::sleep_until(deadline).await;
             let waited = humantime::format_duration(timeout);
-            return Err(match &target.via {
-                Via::Ssh(ssh) => {
-                    format!("no SSH connection to {}@{}:{} within {waited} (simulated)", ssh.user, ssh.host, ssh.port)
-                }
-            });
+            return Err(format!(
+                "no SSH connection to {}@{}:{} within {waited} (simulated)",
+                ssh.user, ssh.host, ssh.port
+            ));
         }
         tokio::time::sleep_until(ssh_at).await;
-        let Via::Ssh(ssh) = &target.via;
+        // Through Session Manager: a session opened (and journaled) like the real connection's, ended on close.
+        let session = match &target.via {
+            Via::Ssh(_) => None,
+            Via::SessionManager(through) => Some(open_session(through, deadline, timeout).await?),
+        };
         if let HostKeyCheck::Verify(expected) = &ssh.host_key {
             let offered = self.sim.offered_host_key(&instance.region, &instance.id)?;
             if !expected.has(&offered.fingerprint()) {
@@ -58,15 +67,47 @@ impl Communicator for SimCommunicator {
             fleet: Arc::clone(&self.fleet),
             flavor: instance.flavor.clone(),
             region: instance.region.clone(),
+            session,
         }))
     }
 }
+
+/// StartSession until the model's agent answers (`TargetNotConnected` before), by `deadline`; the session
+/// said to the build's book.
+async fn open_session(
+    through: &SessionManagerTarget,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(SessionManagerTarget, SessionId), String> {
+    loop {
+        match session_manager::open_session(through).await {
+            Ok(session) => return Ok((through.clone(), session.id)),
+            Err(error) if error.kind == ErrorKind::NotReady => {
+                if Instant::now() + SESSION_RETRY > deadline {
+                    tokio::time::sleep_until(deadline).await;
+                    return Err(format!(
+                        "no SSH connection to {} through Session Manager within {} (simulated): {error}",
+                        through.instance,
+                        humantime::format_duration(timeout)
+                    ));
+                }
+                tokio::time::sleep(SESSION_RETRY).await;
+            }
+            Err(error) => return Err(format!("cannot start a Session Manager session (simulated): {error}")),
+        }
+    }
+}
+
+/// How often the simulated connection asks for a session while the agent is not connected.
+const SESSION_RETRY: Duration = Duration::from_secs(3);
 
 struct SimConnection {
     sim: Arc<SimCloud>,
     fleet: Arc<Fleet>,
     flavor: FlavorName,
     region: Region,
+    /// Through Session Manager: the session, ended on close.
+    session: Option<(SessionManagerTarget, SessionId)>,
 }
 
 impl SimConnection {
@@ -120,5 +161,9 @@ impl Connection for SimConnection {
         Ok(Exit::Success)
     }
 
-    async fn close(self: Box<Self>) {}
+    async fn close(self: Box<Self>) {
+        if let Some((through, id)) = self.session {
+            session_manager::end_session(&through, &id).await;
+        }
+    }
 }

@@ -81,6 +81,11 @@ impl KeyFiles {
         self.dir.path()
     }
 
+    /// Where the key is written (to reconnect, it is written there again).
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file.clone()
+    }
+
     /// The public half of the key, as an `authorized_keys` line (`ssh-keygen -y`: only the key file's path on
     /// its command line).
     pub async fn public_key(&self) -> Result<String, String> {
@@ -188,98 +193,149 @@ const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connects, retrying every failure until `timeout` (sshd may not be up yet, nor the key installed):
 /// [`Policy::ssh_connect`]; but a host key refused is final ([`SshError::HostKey`]).
 pub async fn connect(target: &SshTarget, files: &KeyFiles, timeout: Duration) -> Result<Session, SshError> {
-    if let Some(problem) = ssh_fields::connection_problem(&target.host, &target.user, target.bastion.as_ref()) {
-        return Err(SshError::Command(problem));
+    let attempts = Attempts::prepare(target, files, None)?;
+    let connected =
+        retry(Policy::ssh_connect(timeout).start(), |_| async { attempts.attempt(target).await }, |_, _| {}).await;
+    match connected {
+        Ok(session) => Ok(session),
+        Err(gave_up) => Err(attempts.gave_up(target, timeout, gave_up).await),
     }
-    let cannot_write =
-        |path: &Path, error: std::io::Error| SshError::Command(format!("cannot write `{}`: {error}", path.display()));
-    let mut builder = SessionBuilder::default();
-    builder
-        .user(target.user.clone())
-        .port(target.port)
-        .keyfile(&files.key_file)
-        .connect_timeout(CONNECT_ATTEMPT_TIMEOUT)
-        .server_alive_interval(Duration::from_secs(15))
-        .control_persist(ControlPersist::IdleFor(
-            NonZeroUsize::new(CONTROL_PERSIST.as_secs() as usize).expect("a bounded, non-zero idle time"),
-        ))
-        .control_directory(files.dir());
-    let known_hosts = files.dir().join("known_hosts");
-    match &target.host_key {
-        HostKeyCheck::Verify(keys) => {
-            write_private_file(&known_hosts, &keys.known_hosts(&target.host, target.port))
-                .map_err(|error| cannot_write(&known_hosts, error))?;
-            builder.known_hosts_check(KnownHosts::Strict).user_known_hosts_file(&known_hosts);
+}
+
+/// What every connect attempt of a connection uses: the ssh options, and the files they name (the private
+/// config, the connection's known_hosts, the jump's log), written once in the connection's directory.
+pub struct Attempts {
+    builder: SessionBuilder,
+    jump_log: PathBuf,
+}
+
+/// A connect attempt's failure: tried again, or final.
+pub type AttemptOutcome = Outcome<Session, Refusal>;
+
+impl Attempts {
+    /// Writes the connection's files and sets the options. `proxy`: a script `ProxyCommand` runs (with `sh`)
+    /// instead of a TCP connection (Session Manager's plugin; never with a bastion).
+    pub fn prepare(target: &SshTarget, files: &KeyFiles, proxy: Option<&Path>) -> Result<Attempts, SshError> {
+        if let Some(problem) = ssh_fields::connection_problem(&target.host, &target.user, target.bastion.as_ref()) {
+            return Err(SshError::Command(problem));
         }
-        HostKeyCheck::Accept => {
-            builder.known_hosts_check(KnownHosts::Accept).user_known_hosts_file("/dev/null");
+        let cannot_write = |path: &Path, error: std::io::Error| {
+            SshError::Command(format!("cannot write `{}`: {error}", path.display()))
+        };
+        let mut builder = SessionBuilder::default();
+        builder
+            .user(target.user.clone())
+            .port(target.port)
+            .keyfile(&files.key_file)
+            .connect_timeout(CONNECT_ATTEMPT_TIMEOUT)
+            .server_alive_interval(Duration::from_secs(15))
+            .control_persist(ControlPersist::IdleFor(
+                NonZeroUsize::new(CONTROL_PERSIST.as_secs() as usize).expect("a bounded, non-zero idle time"),
+            ))
+            .control_directory(files.dir());
+        let known_hosts = files.dir().join("known_hosts");
+        match &target.host_key {
+            HostKeyCheck::Verify(keys) => {
+                write_private_file(&known_hosts, &keys.known_hosts(&target.host, target.port))
+                    .map_err(|error| cannot_write(&known_hosts, error))?;
+                builder.known_hosts_check(KnownHosts::Strict).user_known_hosts_file(&known_hosts);
+            }
+            HostKeyCheck::Accept => {
+                builder.known_hosts_check(KnownHosts::Accept).user_known_hosts_file("/dev/null");
+            }
         }
+        let bastion_known_hosts = match target.bastion.as_ref().map(|bastion| (bastion, &bastion.host_key)) {
+            Some((_, BastionHostKey::KnownHostsFile(path))) => Some(path.clone()),
+            Some((bastion, BastionHostKey::Line(line))) => {
+                let path = files.dir().join("bastion_known_hosts");
+                write_private_file(&path, &bastion_known_hosts_line(bastion, line))
+                    .map_err(|error| cannot_write(&path, error))?;
+                Some(path)
+            }
+            None => None,
+        };
+        let config = files.dir().join("ssh_config");
+        let jump_log = files.dir().join("jump.log");
+        let jump = target.bastion.as_ref().zip(bastion_known_hosts.as_deref()).map(|(bastion, known_hosts)| Jump {
+            bastion,
+            known_hosts,
+            config: &config,
+            log: &jump_log,
+        });
+        let mut text = ssh_config(jump.as_ref());
+        if let Some(script) = proxy.filter(|_| jump.is_none()) {
+            text.push_str(&proxy_block(script));
+        }
+        write_private_file(&config, &text).map_err(|error| cannot_write(&config, error))?;
+        builder.config_file(&config);
+        Ok(Attempts { builder, jump_log })
     }
-    let bastion_known_hosts = match target.bastion.as_ref().map(|bastion| (bastion, &bastion.host_key)) {
-        Some((_, BastionHostKey::KnownHostsFile(path))) => Some(path.clone()),
-        Some((bastion, BastionHostKey::Line(line))) => {
-            let path = files.dir().join("bastion_known_hosts");
-            write_private_file(&path, &bastion_known_hosts_line(bastion, line))
-                .map_err(|error| cannot_write(&path, error))?;
-            Some(path)
-        }
-        None => None,
-    };
-    let config = files.dir().join("ssh_config");
-    let jump_log = files.dir().join("jump.log");
-    let jump = target.bastion.as_ref().zip(bastion_known_hosts.as_deref()).map(|(bastion, known_hosts)| Jump {
-        bastion,
-        known_hosts,
-        config: &config,
-        log: &jump_log,
-    });
-    write_private_file(&config, &ssh_config(jump.as_ref())).map_err(|error| cannot_write(&config, error))?;
-    builder.config_file(&config);
-    let connected = retry(
-        Policy::ssh_connect(timeout).start(),
-        |_| async {
-            match builder.connect(&target.host).await {
-                Ok(session) => Outcome::Done(Ok(session)),
-                Err(error) => {
-                    let said = ssh_said(&error);
-                    // The jump's own errors, taken so that the next attempt's are its own.
-                    let jump_said = std::fs::read(&jump_log).map(|bytes| printable(&String::from_utf8_lossy(&bytes)));
-                    let _ = std::fs::remove_file(&jump_log);
-                    match jump_said {
-                        Ok(jump_said) if is_host_key_refusal(&jump_said) => {
-                            Outcome::Done(Err(Refusal::Bastion(jump_said)))
-                        }
-                        _ if is_host_key_refusal(&said) => Outcome::Done(Err(Refusal::Instance(said))),
-                        Ok(jump_said) if !jump_said.trim().is_empty() => {
-                            tracing::debug!(host = %target.host, port = target.port, "SSH not ready: {said}; the jump: {jump_said}");
-                            Outcome::Again(Refusal::NotYet(format!("{said} (the bastion: {})", jump_said.trim())))
-                        }
-                        _ => {
-                            tracing::debug!(host = %target.host, port = target.port, "SSH not ready: {said}");
-                            Outcome::Again(Refusal::NotYet(said))
-                        }
+
+    /// One connect attempt: a host key refused is final, anything else is tried again.
+    pub async fn attempt(&self, target: &SshTarget) -> AttemptOutcome {
+        match self.builder.connect(&target.host).await {
+            Ok(session) => Outcome::Done(Ok(session)),
+            Err(error) => {
+                let said = ssh_said(&error);
+                // The jump's own errors, taken so that the next attempt's are its own.
+                let jump_said = std::fs::read(&self.jump_log).map(|bytes| printable(&String::from_utf8_lossy(&bytes)));
+                let _ = std::fs::remove_file(&self.jump_log);
+                match jump_said {
+                    Ok(jump_said) if is_host_key_refusal(&jump_said) => Outcome::Done(Err(Refusal::Bastion(jump_said))),
+                    _ if is_host_key_refusal(&said) => Outcome::Done(Err(Refusal::Instance(said))),
+                    Ok(jump_said) if !jump_said.trim().is_empty() => {
+                        tracing::debug!(host = %target.host, port = target.port, "SSH not ready: {said}; the jump: {jump_said}");
+                        Outcome::Again(Refusal::NotYet(format!("{said} (the bastion: {})", jump_said.trim())))
+                    }
+                    _ => {
+                        tracing::debug!(host = %target.host, port = target.port, "SSH not ready: {said}");
+                        Outcome::Again(Refusal::NotYet(said))
                     }
                 }
             }
-        },
-        |_, _| {},
-    )
-    .await;
-    match connected {
-        Ok(session) => Ok(session),
-        Err(GaveUp::Refused(Refusal::Bastion(said))) => Err(SshError::HostKey(bastion_refused(target, &said))),
-        Err(GaveUp::Refused(Refusal::Instance(said))) => Err(SshError::HostKey(host_key_refused(target, &said).await)),
-        Err(GaveUp::Refused(Refusal::NotYet(error)) | GaveUp::Spent { error: Refusal::NotYet(error), .. }) => {
-            Err(SshError::ConnectTimeout { target: target.describe(), waited: timeout, last_error: error })
         }
-        Err(GaveUp::Spent { error: Refusal::Instance(error) | Refusal::Bastion(error), .. }) => {
-            Err(SshError::ConnectTimeout { target: target.describe(), waited: timeout, last_error: error })
+    }
+
+    /// The error for attempts given up after `timeout`.
+    pub async fn gave_up(&self, target: &SshTarget, timeout: Duration, gave_up: GaveUp<Refusal>) -> SshError {
+        match gave_up {
+            GaveUp::Refused(refusal) => refusal.into_error(target, timeout).await,
+            GaveUp::Spent { error, .. } => match error {
+                Refusal::NotYet(error) | Refusal::Instance(error) | Refusal::Bastion(error) => {
+                    SshError::ConnectTimeout { target: target.describe(), waited: timeout, last_error: error }
+                }
+            },
         }
     }
 }
 
+impl Refusal {
+    /// The error this refusal is, as the last word of attempts that waited `timeout`.
+    pub async fn into_error(self, target: &SshTarget, timeout: Duration) -> SshError {
+        match self {
+            Refusal::Bastion(said) => SshError::HostKey(bastion_refused(target, &said)),
+            Refusal::Instance(said) => SshError::HostKey(host_key_refused(target, &said).await),
+            Refusal::NotYet(error) => {
+                SshError::ConnectTimeout { target: target.describe(), waited: timeout, last_error: error }
+            }
+        }
+    }
+
+    /// Whether trying again may help (not a host key refused).
+    pub fn is_not_yet(&self) -> bool {
+        matches!(self, Refusal::NotYet(_))
+    }
+}
+
+/// The config block that sends every connection through `script` (run with `sh`; `%` escaped, as ssh expands
+/// it in a `ProxyCommand`).
+fn proxy_block(script: &Path) -> String {
+    let quoted = shell_quote(&script.display().to_string()).replace('%', "%%");
+    format!("Host *\n  ProxyCommand /bin/sh {quoted}\n")
+}
+
 /// Why one connect attempt failed.
-enum Refusal {
+pub enum Refusal {
     /// Not up yet, or not letting the key in yet: tried again.
     NotYet(String),
     /// The instance's host key refused (what ssh said).

@@ -118,6 +118,7 @@ mod tests {
             source: BuildSource::Configured,
             image_name: format!("{flavor}-{index}"),
             copies: Vec::new(),
+            interface: Default::default(),
         };
         let plan = Plan {
             fleet: "unit".into(),

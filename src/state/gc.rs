@@ -24,7 +24,7 @@ use crate::state::leftovers::{self, Leftover};
 use crate::state::manifest::Manifest;
 use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, RUN_ID_TAG};
 use crate::steps::finish::SHARED_TAG;
-use crate::steps::ledger::Resource;
+use crate::steps::ledger::{Resource, ResourceKind};
 
 /// A run with no journal here is treated as in progress until this long after it started.
 pub const FOREIGN_RUN_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -288,6 +288,22 @@ async fn delete_snapshot(cloud: &dyn crate::cloud::RegionCloud, snapshot: &Snaps
     .map_err(|error| error.to_string())
 }
 
+/// The Session Manager sessions the fleet's journals say were opened and not ended: sessions carry no tags, so
+/// only a journal names them (a killed run's). Ending one that already ended is fine (TerminateSession is
+/// idempotent); an unreadable journal is skipped here (resume is what reports it).
+fn journaled_sessions(dir: &JournalDir) -> Vec<Leftover> {
+    let Ok(paths) = dir.journals() else { return Vec::new() };
+    let mut sessions = Vec::new();
+    for path in paths {
+        let Ok(replay) = crate::state::journal::Replay::read(&path) else { continue };
+        for resource in replay.outstanding.keys().filter(|resource| resource.kind == ResourceKind::Session) {
+            let run_id = Some(replay.header.run_id.clone());
+            sessions.push(Leftover { resource: resource.clone(), run_id, flavor: None });
+        }
+    }
+    sessions
+}
+
 /// The whole command: survey, plan, execute.
 pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(GcPlan, GcOutcome), GcError> {
     // Removing images takes the fleet file's run lock, refused at once if a run holds it: a run in progress
@@ -301,7 +317,8 @@ pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(
         _ => None,
     };
     let protected = protected_images(fleet)?;
-    let survey = survey(fleet, &*cloud).await?;
+    let mut survey = survey(fleet, &*cloud).await?;
+    survey.leftovers.extend(journaled_sessions(&JournalDir::of(fleet)));
     let runs = RunsInProgress::ask(&JournalDir::of(fleet), &survey, Utc::now())?;
     let plan = GcPlan::new(&survey, &runs, &protected, &fleet.retention);
     let outcome = execute(&plan, cloud, dry_run).await;
@@ -311,7 +328,6 @@ pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::steps::ledger::ResourceKind;
 
     fn run(second: u32) -> RunId {
         RunId::new(format!("2026-11-26T12:00:{second:02}Z").parse().unwrap(), 1)

@@ -661,6 +661,7 @@ mod tests {
                 source: BuildSource::Configured,
                 image_name: format!("base-{run_id}"),
                 copies: Vec::new(),
+                interface: Default::default(),
             }],
             copies: Vec::new(),
             selection: Default::default(),

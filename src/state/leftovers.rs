@@ -70,8 +70,8 @@ pub async fn remove(
     ledger: &dyn Ledger,
 ) -> Removal {
     let mut stack = CleanupStack::default();
-    // The stack unwinds most recent first.
-    for kind in [ResourceKind::KeyPair, ResourceKind::SecurityGroup, ResourceKind::Instance] {
+    // The stack unwinds most recent first: sessions end before their instances go.
+    for kind in [ResourceKind::KeyPair, ResourceKind::SecurityGroup, ResourceKind::Instance, ResourceKind::Session] {
         for leftover in leftovers.iter().filter(|leftover| leftover.resource.kind == kind) {
             stack.push(UndoStep::removing(&leftover.resource));
         }

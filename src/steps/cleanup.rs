@@ -16,7 +16,7 @@ use crate::cloud::wait::{poll_until, Poll, PollPolicy, WaitError};
 use crate::cloud::watch::RegionWaits;
 use crate::cloud::{
     CloudError, CloudResult, ErrorKind, ImageId, InstanceId, InstanceState, KeyPairName, RegionCloud, SecurityGroupId,
-    SnapshotId,
+    SessionId, SnapshotId,
 };
 use crate::config::Region;
 use crate::outcome::{Failure, JobLabel, Stage};
@@ -41,6 +41,11 @@ pub enum UndoStep {
     DeleteKeyPair {
         name: KeyPairName,
     },
+    /// A Session Manager session its connection did not end (a connect given up, a failed TerminateSession, a
+    /// killed run's). TerminateSession is idempotent: one that already ended is fine.
+    TerminateSession {
+        id: SessionId,
+    },
     /// An image that ended `failed`: deregistered, its snapshots deleted.
     DiscardImage {
         id: ImageId,
@@ -56,6 +61,7 @@ impl UndoStep {
             UndoStep::TerminateInstance { id, .. } => format!("instance {id}"),
             UndoStep::DeleteSecurityGroup { id, .. } => format!("security group {id}"),
             UndoStep::DeleteKeyPair { name, .. } => format!("key pair {name}"),
+            UndoStep::TerminateSession { id } => format!("session {id}"),
             UndoStep::DiscardImage { id, .. } => format!("failed image {id}"),
         }
     }
@@ -66,6 +72,7 @@ impl UndoStep {
             UndoStep::TerminateInstance { id, .. } => (ResourceKind::Instance, id.to_string()),
             UndoStep::DeleteSecurityGroup { id, .. } => (ResourceKind::SecurityGroup, id.to_string()),
             UndoStep::DeleteKeyPair { name, .. } => (ResourceKind::KeyPair, name.to_string()),
+            UndoStep::TerminateSession { id } => (ResourceKind::Session, id.to_string()),
             UndoStep::DiscardImage { .. } => return None,
         };
         Some(Resource::new(region.clone(), kind, id))
@@ -80,6 +87,7 @@ impl UndoStep {
                 UndoStep::DeleteSecurityGroup { id: SecurityGroupId::new(&resource.id), fresh: None }
             }
             ResourceKind::KeyPair => UndoStep::DeleteKeyPair { name: KeyPairName::new(&resource.id) },
+            ResourceKind::Session => UndoStep::TerminateSession { id: SessionId::new(&resource.id) },
         }
     }
 
@@ -299,6 +307,7 @@ async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> R
             Ok(())
         }
         UndoStep::DeleteKeyPair { name } => Ok(gone_is_fine(with_credentials(|| cloud.delete_key_pair(&name)).await)?),
+        UndoStep::TerminateSession { id } => Ok(with_credentials(|| cloud.terminate_session(&id)).await?),
         UndoStep::DiscardImage { id, snapshots, fresh } => {
             let fresh: Vec<Created> = fresh.into_iter().collect();
             gone_is_fine(once_known(&fresh, || with_credentials(|| cloud.deregister_image(&id))).await)?;

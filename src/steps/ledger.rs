@@ -27,6 +27,8 @@ pub enum ResourceKind {
     Instance,
     SecurityGroup,
     KeyPair,
+    /// A Session Manager session (journaled as `session`): `--resume` and `gc` end a killed run's sessions.
+    Session,
 }
 
 impl fmt::Display for Resource {
@@ -35,6 +37,7 @@ impl fmt::Display for Resource {
             ResourceKind::Instance => "instance",
             ResourceKind::SecurityGroup => "security group",
             ResourceKind::KeyPair => "key pair",
+            ResourceKind::Session => "session",
         };
         write!(f, "{kind} {} in {}", self.id, self.place)
     }

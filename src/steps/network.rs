@@ -185,7 +185,13 @@ pub async fn resolve(
         flavor.associate_public_ip.unwrap_or_else(|| subnets.first().is_none_or(|subnet| subnet.maps_public_ip));
     let through = ssh.bastion.as_ref().map(|bastion| format!(", through the bastion {}", bastion.host));
     let through = through.unwrap_or_default();
-    let (address, reason) = match ssh.interface {
+    if flavor.interface.is_session_manager() {
+        // No inbound rule, no address: ssh goes through the instance's SSM agent.
+        let why = "SSH through Session Manager (no inbound port)".to_string();
+        let vpc = (!subnets.is_empty()).then_some(vpc);
+        return Ok(Network { placements, vpc, ssh_sources: Vec::new(), address: AddressKind::PrivateIp, why });
+    }
+    let (address, reason) = match flavor.interface {
         // A bastion reaches the instance inside its VPC.
         SshInterface::Default if ssh.bastion.is_some() => {
             (AddressKind::PrivateIp, through.trim_start_matches(", ").to_string())
@@ -220,6 +226,7 @@ fn kind_of(interface: SshInterface) -> AddressKind {
         SshInterface::PrivateIp => AddressKind::PrivateIp,
         SshInterface::PublicDns => AddressKind::PublicDns,
         SshInterface::PrivateDns => AddressKind::PrivateDns,
+        SshInterface::SessionManager => AddressKind::PrivateIp,
     }
 }
 

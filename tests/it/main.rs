@@ -19,6 +19,7 @@ mod plan;
 mod proxy;
 mod resume;
 mod secrets;
+mod session_manager;
 mod sim;
 mod validate;
 mod witness;

@@ -45,13 +45,14 @@ fn actions_of(statement: &serde_json::Value) -> Vec<String> {
     statement["Action"].as_array().unwrap().iter().map(|action| action.as_str().unwrap().to_string()).collect()
 }
 
-/// Every action the policy allows. Only `ec2:CreateTags` is in more than one statement, each with a condition.
+/// Every action the policy allows. Only `ec2:CreateTags` (each statement with a condition) and `ssm:StartSession`
+/// (the document, and the instances under a condition: IAM checks both) are in more than one statement.
 fn policy_actions() -> BTreeSet<String> {
     let mut actions = BTreeSet::new();
     for statement in policy_statements() {
         for action in actions_of(&statement) {
             let again = !actions.insert(action.clone());
-            assert!(!again || action == "ec2:CreateTags", "{action} listed twice");
+            assert!(!again || action == "ec2:CreateTags" || action == "ssm:StartSession", "{action} listed twice");
         }
     }
     actions
@@ -72,6 +73,57 @@ fn the_iam_policy_allows_every_call_fleetbake_makes_and_nothing_else() {
     let mut expected: BTreeSet<String> = fleetbake::cloud::Action::ALL.iter().map(|action| action.iam_name()).collect();
     expected.extend(IMPLIED.iter().map(|action| action.to_string()));
     assert_eq!(policy_actions(), expected);
+}
+
+/// Session Manager (`[ssh] interface = "session_manager"`): StartSession needs both the document and the
+/// instance allowed. The document is AWS's `AWS-StartSSHSession` alone (not a shell document); the instances
+/// only those tagged `fleetbake:temporary = true` (`ssm:resourceTag/…`, as AWS's "restrict access based on
+/// tags" example); TerminateSession only the caller's own sessions: SSM tags each session with who started it
+/// (`aws:ssmmessages:session-id` = the starter's `aws:userid`), AWS's documented form for roles and federated
+/// callers too, where a `session/${aws:username}-*` resource would match nothing (a role's user id is
+/// `AROA…:session-name`, its sessions' ids start with the session name); DescribeInstanceInformation has no
+/// resource to narrow to.
+#[test]
+fn the_iam_policy_opens_sessions_only_to_the_fleets_temporary_instances_and_ends_only_its_own() {
+    use fleetbake::cloud::{Action, SSH_SESSION_DOCUMENT};
+    use fleetbake::steps::context::TEMPORARY_TAG;
+    let statements = policy_statements();
+    let granting = |action: Action| -> Vec<serde_json::Value> {
+        statements.iter().filter(|statement| actions_of(statement).contains(&action.iam_name())).cloned().collect()
+    };
+    for action in [Action::DescribeInstanceInformation, Action::StartSession, Action::TerminateSession] {
+        for statement in granting(action) {
+            assert_eq!(actions_of(&statement), [action.iam_name()], "a statement of its own: {statement}");
+            let sid = statement["Sid"].as_str().unwrap();
+            assert!(sid.starts_with("FleetbakeSessionManager"), "{sid}: left out without session_manager");
+        }
+    }
+    let reads = granting(Action::DescribeInstanceInformation);
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0]["Resource"], "*");
+    assert!(reads[0]["Condition"].is_null());
+
+    let starts = granting(Action::StartSession);
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    let document = format!("arn:aws:ssm:*:*:document/{SSH_SESSION_DOCUMENT}");
+    let on_document: Vec<_> = starts.iter().filter(|statement| statement["Resource"] == document.as_str()).collect();
+    assert_eq!(on_document.len(), 1, "StartSession on `{document}` alone: {starts:?}");
+    assert!(on_document[0]["Condition"].is_null(), "a document carries no instance tag");
+    let on_instances: Vec<_> =
+        starts.iter().filter(|statement| statement["Resource"] == "arn:aws:ec2:*:*:instance/*").collect();
+    assert_eq!(on_instances.len(), 1, "{starts:?}");
+    assert_eq!(
+        on_instances[0]["Condition"],
+        serde_json::json!({ "StringEquals": { format!("ssm:resourceTag/{TEMPORARY_TAG}"): "true" } })
+    );
+
+    let ends = granting(Action::TerminateSession);
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0]["Resource"], "arn:aws:ssm:*:*:session/*");
+    assert_eq!(
+        ends[0]["Condition"],
+        serde_json::json!({ "StringLike": { "ssm:resourceTag/aws:ssmmessages:session-id": "${aws:userid}" } })
+    );
 }
 
 /// `ec2:CreateTags` on anything would let the holder tag any instance, group or key pair

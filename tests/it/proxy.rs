@@ -69,6 +69,8 @@ pub enum Answer {
     /// Forward (the call takes effect), then never answer: hold the connection until the client gives up and
     /// closes it (at most [`STALL`]).
     ForwardThenStall,
+    /// Answer with this JSON body and HTTP status instead of forwarding (a JSON-protocol service: SSM).
+    Json(u16, String),
 }
 
 /// How long [`Answer::ForwardThenStall`] holds a connection the client does not close.
@@ -340,6 +342,14 @@ fn proxy_connection(
             }
             Answer::Reply(body) => {
                 client.write_all(ok_response(body).as_bytes())?;
+                continue;
+            }
+            Answer::Json(status, body) => {
+                let response = format!(
+                    "HTTP/1.1 {status} Answer\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: fleetbake-test\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                client.write_all(response.as_bytes())?;
                 continue;
             }
             Answer::Drop => return Ok(()),
@@ -637,4 +647,70 @@ fn rewrite_response(response: &[u8], rewrite: Box<dyn FnOnce(String) -> String +
         })
         .collect();
     format!("{}\r\n\r\n{body}", head.join("\r\n")).into_bytes()
+}
+
+/// SSM's Session Manager calls, which moto lacks, answered as SSM does: DescribeInstanceInformation lists every
+/// instance asked about as `Online`; StartSession answers `TargetNotConnected` the first time for each
+/// instance, then a new session (its token a secret the stub plugin checks); TerminateSession answers for any
+/// session. Every session started and ended is counted.
+#[derive(Default)]
+pub struct SessionManagerModel {
+    /// Instances that were answered `TargetNotConnected` once.
+    refused_once: Mutex<std::collections::HashSet<String>>,
+    /// (session id, instance) started, in order.
+    pub started: Mutex<Vec<(String, String)>>,
+    /// Session ids ended, in order.
+    pub ended: Mutex<Vec<String>>,
+    next: AtomicUsize,
+    /// Every StartSession is answered `TargetNotConnected` (the agent online, yet never reachable).
+    pub never_connected: std::sync::atomic::AtomicBool,
+}
+
+/// The token every session of [`SessionManagerModel`] carries: the stub plugin checks it came through the
+/// environment, and the tests that it is in no argv or file left behind.
+pub const SESSION_TOKEN: &str = "fleetbake-test-token-0f1e2d3c4b5a";
+
+impl SessionManagerModel {
+    /// Its answer to `request`, if it is one of the Session Manager calls.
+    pub fn answer(&self, request: &Request) -> Option<Answer> {
+        let json: serde_json::Value = serde_json::from_str(request.body).unwrap_or_default();
+        match request.action {
+            "DescribeInstanceInformation" => {
+                let ids: Vec<String> = json["InstanceInformationFilterList"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|filter| filter["valueSet"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|id| id.as_str().map(String::from))
+                    .collect();
+                let list: Vec<serde_json::Value> = ids
+                    .iter()
+                    .map(|id| serde_json::json!({ "InstanceId": id, "PingStatus": "Online", "ResourceType": "EC2Instance" }))
+                    .collect();
+                Some(Answer::Json(200, serde_json::json!({ "InstanceInformationList": list }).to_string()))
+            }
+            "StartSession" => {
+                let target = json["Target"].as_str().unwrap_or_default().to_string();
+                let refused = self.refused_once.lock().unwrap().insert(target.clone());
+                if refused || self.never_connected.load(Ordering::SeqCst) {
+                    let body = serde_json::json!({ "__type": "TargetNotConnected", "message": format!("{target} is not connected.") });
+                    return Some(Answer::Json(400, body.to_string()));
+                }
+                let id = format!("fleetbake-test-{:04}", self.next.fetch_add(1, Ordering::SeqCst));
+                self.started.lock().unwrap().push((id.clone(), target));
+                let body = serde_json::json!({
+                    "SessionId": id,
+                    "StreamUrl": format!("wss://ssmmessages.us-west-2.amazonaws.com/v1/data-channel/{id}"),
+                    "TokenValue": SESSION_TOKEN,
+                });
+                Some(Answer::Json(200, body.to_string()))
+            }
+            "TerminateSession" => {
+                let id = json["SessionId"].as_str().unwrap_or_default().to_string();
+                self.ended.lock().unwrap().push(id.clone());
+                Some(Answer::Json(200, serde_json::json!({ "SessionId": id }).to_string()))
+            }
+            _ => None,
+        }
+    }
 }

@@ -33,7 +33,8 @@ pub struct SimCloud {
 /// What the model saw and what is left in it.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct SimReport {
-    /// Temporary resources still in the account: instances not terminated, key pairs, security groups.
+    /// Temporary resources still in the account: instances not terminated, key pairs, security groups,
+    /// Session Manager sessions not ended.
     /// (In the run statistics at the top level, as `leaked_resources`.)
     #[serde(skip)]
     pub leaked_resources: Vec<String>,
@@ -49,6 +50,8 @@ pub struct SimReport {
     pub peak_describes_per_interval: usize,
     /// Every SSH ingress rule the run opened: `sg-… in region: cidr`.
     pub ingress: Vec<String>,
+    /// Session Manager sessions StartSession opened (each must be ended: one still open is a leaked resource).
+    pub sessions_started: u64,
     /// Every image the account owns at the end, by region: what a manifest can be checked against.
     pub images: Vec<SimImageReport>,
     /// What is published at the end: `region ssm NAME vN = ami-… [labels]`, `region launch-template NAME
@@ -143,6 +146,10 @@ impl SimCloud {
                     report.leaked_resources.push(format!("image {id} in {region} ({why}, never deregistered)"));
                 }
             }
+            for (id, instance) in &state.sessions {
+                report.leaked_resources.push(format!("session {id} in {region} (to {instance}, never terminated)"));
+            }
+            report.sessions_started += state.sessions_started;
             for id in &state.orphan_snapshots {
                 report.leaked_resources.push(format!("snapshot {id} in {region} (of a deregistered image)"));
             }

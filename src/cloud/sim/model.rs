@@ -28,12 +28,12 @@ use crate::cloud::limiter::ClassBuckets;
 use crate::cloud::{
     fnv1a, Action, CloudError, CloudResult, ConsoleOutput, CopySpec, ErrorKind, ImageId, ImageQuery, ImageState,
     ImageStatus, ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, KmsKey, LaunchPermissions,
-    LaunchSpec, OwnedImage, PrivateKey, RegionCloud, SecurityGroupId, SnapshotId, Subnet, SubnetId, Tagged, Vpc, VpcId,
-    VpcLookup,
+    LaunchSpec, OwnedImage, PrivateKey, RegionCloud, SecurityGroupId, SessionId, SessionToken, SnapshotId, SsmSession,
+    Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
 };
 use crate::config::{
-    ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, ImageFilter, Place, Region, SimFault, SimSettings,
-    SubnetLookup, Tags,
+    AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, ImageFilter, Place, Region, SimFault,
+    SimSettings, SubnetLookup, Tags,
 };
 use crate::util::host_keys::{console_block, ed25519_from_seed, HostKey};
 
@@ -154,6 +154,18 @@ impl Model {
         }
     }
 
+    /// The configured agent fault of the instance this RunInstances launches (of `flavor`), if one fires.
+    fn agent_fault(&self, region: &Region, flavor: Option<&str>) -> Option<AgentFault> {
+        let wanted = |effect: &FaultEffect| match effect {
+            FaultEffect::Agent { flavor: only, .. } => only.as_ref().is_none_or(|only| Some(only.as_str()) == flavor),
+            _ => false,
+        };
+        match self.firing(Action::RunInstances, region, wanted) {
+            Some(SimFault { effect: FaultEffect::Agent { fault, .. }, .. }) => Some(*fault),
+            _ => None,
+        }
+    }
+
     /// Whether a configured `test` fault fails this run of a build's image tests in `region`.
     pub fn test_fails(&self, region: &Region) -> bool {
         // Test faults have no action: any action matches them, and only this asks for their effect.
@@ -217,6 +229,13 @@ pub struct RegionState {
     pub parameters: BTreeMap<String, Vec<(ImageId, Vec<String>)>>,
     /// Launch templates: every version's image (version 1, as the account made it, has none) and the default.
     pub launch_templates: BTreeMap<String, (Vec<Option<ImageId>>, u64)>,
+    /// Session Manager sessions open now (StartSession opened them, no TerminateSession yet), and the
+    /// instance each goes to. Only TerminateSession ends one here: SSM ends a session whose instance is gone
+    /// only after its idle timeout (20 minutes by default), and fleetbake promises to end each one itself, so
+    /// one still open at the end of a run is a leak.
+    pub sessions: BTreeMap<SessionId, InstanceId>,
+    /// Sessions StartSession opened in the run.
+    pub sessions_started: u64,
 }
 
 pub struct SimImage {
@@ -275,6 +294,9 @@ pub struct SimInstance {
     pub host_key: HostKey,
     /// What its console and its address do wrong (`[sim] faults` `console`).
     pub console_fault: Option<ConsoleFault>,
+    /// When its SSM agent is registered and online (`[sim] agent_online` after it runs); `None`: never
+    /// (`[sim] faults` `agent = "never"`).
+    agent_at: Option<Instant>,
     security_group: SecurityGroupId,
     public_ip: String,
     /// The KMS key its root volume is encrypted with: CreateImage's snapshot gets it.
@@ -293,6 +315,12 @@ impl SimInstance {
             (None, None) if now >= self.running_at => InstanceState::Running,
             (None, None) => InstanceState::Pending,
         }
+    }
+
+    /// Whether its SSM agent answers now: online from `agent_at` while the instance runs (a stopped or
+    /// terminated instance's agent is `ConnectionLost`).
+    fn agent_online(&self, now: Instant) -> bool {
+        self.state(now) == InstanceState::Running && self.agent_at.is_some_and(|at| now >= at)
     }
 
     /// EC2's `StateReason` for a terminated instance.
@@ -713,6 +741,7 @@ impl RegionCloud for SimRegion {
         let running_at = Instant::now() + self.model.jittered(self.model.settings.boot);
         let ssh_at = running_at + self.model.jittered(self.model.settings.ssh_ready);
         let console_keys_at = running_at + self.model.jittered(self.model.settings.console_keys);
+        let agent_at = running_at + self.model.jittered(self.model.settings.agent_online);
         let host_key = ed25519_from_seed(&format!("{} {id}", self.model.settings.seed));
         let public_ip = format!("198.51.100.{}", 1 + fnv1a(id.as_str()) % 254);
         let settings = &self.model.settings;
@@ -753,6 +782,10 @@ impl RegionCloud for SimRegion {
             // The flavor, as the run tags every instance (`fleetbake:flavor`).
             let flavor = spec.tags.get("fleetbake:flavor").map(String::as_str);
             let console_fault = self.model.console_fault(&self.region, flavor);
+            let agent_at = match self.model.agent_fault(&self.region, flavor) {
+                Some(AgentFault::Never) => None,
+                None => Some(agent_at),
+            };
             state.client_tokens.insert(spec.client_token.clone(), id.to_string());
             state.instances.insert(
                 id.clone(),
@@ -766,6 +799,7 @@ impl RegionCloud for SimRegion {
                     console_keys_at,
                     host_key,
                     console_fault,
+                    agent_at,
                     security_group: spec.security_group.clone(),
                     public_ip,
                     volume_key: spec.root_volume.as_ref().and_then(|root| root.kms_key.clone()),
@@ -1184,4 +1218,62 @@ impl RegionCloud for SimRegion {
         })
         .await
     }
+
+    /// As DescribeInstanceInformation filtered by the instance's id: listed `Online` once its agent has
+    /// registered (`[sim] agent_online` after it runs) and while it runs; an instance whose agent never
+    /// registered is not listed (`false`), nor is one EC2 itself does not know.
+    async fn agent_online(&self, instance: &InstanceId) -> CloudResult<bool> {
+        self.call(Action::DescribeInstanceInformation, |state, now| {
+            Ok(state.instances.get(instance).is_some_and(|found| found.agent_online(now)))
+        })
+        .await
+    }
+
+    /// As StartSession with `AWS-StartSSHSession`: `TargetNotConnected` until the instance's agent is online.
+    ///
+    /// A model assertion beside SSM's rules: the instance must be in a security group with no ingress rule.
+    /// Session Manager needs no inbound port (AWS: "Session Manager … no need to open inbound ports"; the agent
+    /// connects out to the ssm, ssmmessages and ec2messages endpoints over HTTPS), and a build reached through
+    /// it promises to open none; a session to an instance whose group has one is refused with
+    /// `SimModelAssertion`, a code no AWS service answers, so the run fails loudly rather than pass.
+    async fn start_session(&self, instance: &InstanceId, _port: u16) -> CloudResult<SsmSession> {
+        let id = SessionId::new(self.model.id("simulated"));
+        self.call(Action::StartSession, |state, now| {
+            let Some(found) = state.instances.get(instance) else {
+                return refuse("TargetNotConnected", format!("{instance} is not connected."));
+            };
+            if !found.agent_online(now) {
+                return refuse("TargetNotConnected", format!("{instance} is not connected."));
+            }
+            let group = &found.security_group;
+            if let Some((_, cidr)) = state.ingress_log.iter().find(|(with_rule, _)| with_rule == group) {
+                return refuse(
+                    "SimModelAssertion",
+                    format!(
+                        "model assertion: a Session Manager session to {instance}, whose security group {group} has an ingress rule from {cidr}: a build reached through Session Manager must open no inbound port"
+                    ),
+                );
+            }
+            state.sessions.insert(id.clone(), instance.clone());
+            state.sessions_started += 1;
+            Ok(SsmSession {
+                stream_url: format!("wss://ssmmessages.{}.amazonaws.com/v1/data-channel/{id}", self.region),
+                token: SessionToken::new(format!("simulated token of {id}")),
+                id,
+            })
+        })
+        .await
+    }
+
+    /// As TerminateSession: idempotent (a session that ended, or that SSM does not know, is no error).
+    async fn terminate_session(&self, session: &SessionId) -> CloudResult<()> {
+        self.call(Action::TerminateSession, |state, _| {
+            state.sessions.remove(session);
+            Ok(())
+        })
+        .await
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -60,11 +60,16 @@ pub struct ImageEntry {
     pub deprecation_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_with: Option<Sharing>,
+    /// How the build reached its instance: `ssh` or `session_manager` (added in version 1 as an optional
+    /// field: a reader that does not know it is not misled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
 }
 
 impl From<&Artifact> for ImageEntry {
     fn from(artifact: &Artifact) -> Self {
-        let ImageSettings { kms_key_id, imds_support, deprecation_time, shared_with } = artifact.settings.as_ref();
+        let ImageSettings { kms_key_id, imds_support, deprecation_time, shared_with, interface } =
+            artifact.settings.as_ref();
         ImageEntry {
             image_id: artifact.image_id.clone(),
             name: artifact.name.clone(),
@@ -79,6 +84,7 @@ impl From<&Artifact> for ImageEntry {
             imds_support: imds_support.clone(),
             deprecation_time: deprecation_time.clone(),
             shared_with: shared_with.clone(),
+            interface: interface.clone(),
         }
     }
 }

@@ -534,6 +534,7 @@ mod tests {
                     snapshot_accounts: vec!["444455556666".into()],
                     public: false,
                 }),
+                interface: Some("session_manager".into()),
             }),
         };
         let copied = Artifact {

@@ -189,6 +189,7 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
             };
             let (settings, failures) = finish::finish(finishing).await;
             *artifact.settings = settings;
+            artifact.settings.interface = Some(context.flavor.interface.way_in().to_string());
             end.failures.extend(failures.into_iter().map(|f| Failure::from_cloud(&label, f.stage, &f.error)));
             let (cloud, key) = (&*context.cloud, context.job.key());
             let already = &context.published_before;
@@ -226,14 +227,14 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     let source = context.interruptible(Stage::SourceAmi, resolve_source(context)).await?;
     let fingerprint = fingerprint(context, &source.id)?;
     let up = bring_up(context, stack, &source, Purpose::Build).await?;
-    let (instance, launched, connection) = (up.instance, up.launched, up.connection);
+    let (instance, launched) = (up.instance.clone(), up.launched);
     let source = source.id;
-    let provisioned = context.interruptible(Stage::Provision, provision_all(context, &*connection)).await;
+    let provisioned = context.interruptible(Stage::Provision, provision_all(context, &*up.connection)).await;
     let provisioned = match provisioned {
-        Ok(()) => authorized::clear_build_key(context, &*connection).await,
+        Ok(()) => authorized::clear_build_key(context, &*up.connection).await,
         failed => failed,
     };
-    failure::close_after(context, &instance, connection, provisioned).await?;
+    up.close_after(context, stack, provisioned).await?;
 
     context.progress(Stage::Stop, format!("stopping {instance}"));
     once_known(&[launched], || cloud.stop_instance(&instance))
@@ -268,6 +269,8 @@ struct Up {
     instance: InstanceId,
     launched: Created,
     connection: Box<dyn Connection>,
+    /// Through Session Manager: the sessions its connections open.
+    sessions: Option<Arc<reach::BuildSessions>>,
 }
 
 /// Brings an instance up from `image` and connects to it: its network settled, what its way in needs (a
@@ -294,7 +297,7 @@ async fn bring_up(
         Purpose::Build => format!("fleetbake-{}-{}", run.run_id, context.flavor.name),
         Purpose::Test => format!("fleetbake-{}-{}-test", run.run_id, context.flavor.name),
     };
-    let reach = Reach::ssh(context, &network);
+    let reach = Reach::new(context, &network);
     let prepared = reach.prepare(context, stack, &resource_name).await?;
     let (instance, launched, running) = launch::instance(context, stack, image, &network, &prepared, purpose).await?;
     let for_build = TargetInstance {
@@ -303,7 +306,32 @@ async fn bring_up(
         region: context.job.region.clone(),
     };
     let host_key = reach.host_key(context, &instance).await?;
-    let target = reach.target(prepared, for_build, &running, host_key)?;
-    let connection = reach.connect(context, &target).await?;
-    Ok(Up { instance, launched, connection })
+    let sessions = reach.sessions();
+    let target = match &sessions {
+        Some(_) => reach.session_target(context, prepared, for_build, host_key)?,
+        None => reach.target(prepared, for_build, &running, host_key)?,
+    };
+    let connected = reach.connect(context, &target).await;
+    // A session a failed (or interrupted) connect did not end is the stack's to end.
+    if let (Err(_), Some(sessions)) = (&connected, &sessions) {
+        sessions.left_open(stack);
+    }
+    Ok(Up { instance, launched, connection: connected?, sessions })
+}
+
+impl Up {
+    /// Closes the connection after a phase's `result` ([`failure::close_after`]); a session the connection could
+    /// not end goes to `stack`.
+    async fn close_after<T>(
+        self,
+        context: &BuildContext,
+        stack: &mut CleanupStack,
+        result: Result<T, StepError>,
+    ) -> Result<T, StepError> {
+        let result = failure::close_after(context, &self.instance, self.connection, result).await;
+        if let Some(sessions) = &self.sessions {
+            sessions.left_open(stack);
+        }
+        result
+    }
 }

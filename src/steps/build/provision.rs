@@ -68,6 +68,19 @@ pub(super) async fn run_all(
                 .unwrap_or_else(|_| {
                     Err(ProvisionError::new(&env, number, provisioner, ProvisionCause::TimedOut(entry.timeout)))
                 });
+        let ran = match ran {
+            // A reboot: the connection dropped under it (ssh's 255, or no exit status at all), as it said it would.
+            Err(ProvisionError { cause: ProvisionCause::ExitCode(255) | ProvisionCause::Abnormal(_), .. })
+                if entry.expect_disconnect =>
+            {
+                context.progress(
+                    stage,
+                    format!("{kind} {number}: the connection dropped, as expected (`expect_disconnect`); the next connects again"),
+                );
+                Ok(())
+            }
+            ran => ran,
+        };
         if let Err(error) = ran {
             let mut message = error.to_string();
             if !last.is_empty() {

@@ -1,26 +1,32 @@
-//! How a build reaches its instance: [`Reach`], the closed set of ways in (today only SSH), each preparing
-//! what it needs before the launch (SSH: a temporary key pair, and a security group whose one ingress rule lets
-//! the builder in) and, once the instance runs, yielding the [`ConnectTarget`] the communicator connects to.
-//! A way in that needs nothing (Session Manager) is one more variant, not a change to the sequence.
+//! How a build reaches its instance: [`Reach`], the closed set of ways in, each preparing what it needs before
+//! the launch and, once the instance runs, yielding the [`ConnectTarget`] the communicator connects to. SSH to
+//! an address: a temporary key pair, and a security group whose one ingress rule lets the builder in. Session
+//! Manager: the key pair, and a security group with no ingress rule at all; before connecting, the instance's
+//! SSM agent is waited for (online), and every session the connection opens is journaled at once
+//! ([`BuildSessions`]) and, if its connection did not end it, left to the cleanup stack.
 //!
 //! Layer: `steps` (part of [`super`], the build).
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
 use crate::cloud::consistency::{once_known, Created, NewKind};
-use crate::cloud::retry::{retry_cancellable, Outcome, Policy, Stopped};
+use crate::cloud::retry::{retry_cancellable, Backoff, GaveUp, Outcome, Policy, Stopped};
 use crate::cloud::{
-    CloudError, ErrorKind, InstanceId, InstanceStatus, KeyPairName, PrivateKey, SecurityGroupId, VpcId,
+    CloudError, ErrorKind, InstanceId, InstanceStatus, KeyPairName, PrivateKey, SecurityGroupId, SessionId, VpcId,
 };
-use crate::config::{Bastion, HostKeyPolicy};
+use crate::config::{Bastion, HostKeyPolicy, Region};
 use crate::outcome::Stage;
+use crate::plan::JobKey;
+use crate::remote::session_manager::{find_plugin, SessionBook, SessionManagerTarget, PLUGIN_HINT};
 use crate::remote::ssh::{HostKeyCheck, SshTarget};
 use crate::remote::{ConnectTarget, Connection, TargetInstance, Via};
 use crate::steps::adopt;
 use crate::steps::cleanup::{CleanupStack, UndoStep};
-use crate::steps::ledger::ResourceKind;
+use crate::steps::ledger::{Ledger, Resource, ResourceKind};
 use crate::steps::network::{AddressKind, Network};
 use crate::util::host_keys::HostKeys;
 
@@ -29,6 +35,63 @@ use super::{BuildContext, StepError};
 /// A build's way in to its instance.
 pub(super) enum Reach {
     Ssh(SshReach),
+    SessionManager(SessionManagerReach),
+}
+
+/// SSH through Session Manager, as `[ssh]` and the flavor say: no inbound port.
+pub(super) struct SessionManagerReach {
+    port: u16,
+    user: String,
+    vpc: Option<VpcId>,
+    /// How long to wait for the agent and then SSH (`[ssh] timeout`, both together).
+    timeout: Duration,
+    host_key: HostKeyPolicy,
+    host_key_wait: Duration,
+    /// `[ssh] session_manager_plugin`, as configured (found when the target is made).
+    plugin: PathBuf,
+    /// The instance profile the agent registers with (for the hint when it does not).
+    profile: Option<String>,
+    /// The sessions this build's connections open, journaled.
+    sessions: Arc<BuildSessions>,
+}
+
+/// The sessions a build's connections open: each journaled the moment StartSession answers, its removal when
+/// TerminateSession does; what is still open when a connection is done goes to the cleanup stack
+/// ([`BuildSessions::left_open`]).
+pub(super) struct BuildSessions {
+    ledger: Arc<dyn Ledger>,
+    job: JobKey,
+    region: Region,
+    open: std::sync::Mutex<Vec<SessionId>>,
+}
+
+impl BuildSessions {
+    fn resource(&self, session: &SessionId) -> Resource {
+        Resource::new(self.region.clone(), ResourceKind::Session, session.to_string())
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, Vec<SessionId>> {
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hands every session still open to `stack` (TerminateSession, idempotent), and forgets them here.
+    pub(super) fn left_open(&self, stack: &mut CleanupStack) {
+        for id in std::mem::take(&mut *self.open()) {
+            stack.push(UndoStep::TerminateSession { id });
+        }
+    }
+}
+
+impl SessionBook for BuildSessions {
+    fn opened(&self, session: &SessionId) {
+        self.ledger.created(&self.job, self.resource(session));
+        self.open().push(session.clone());
+    }
+
+    fn ended(&self, session: &SessionId) {
+        self.ledger.removed(self.resource(session));
+        self.open().retain(|open| open != session);
+    }
 }
 
 /// SSH as `[ssh]` and the flavor say, in the network the build settled.
@@ -77,8 +140,48 @@ pub(super) struct Prepared {
 }
 
 impl Reach {
+    /// The way in `[ssh]` and the flavor's `interface` describe, in `network`.
+    pub(super) fn new(context: &BuildContext, network: &Network) -> Reach {
+        if !context.flavor.interface.is_session_manager() {
+            return Reach::ssh(context, network);
+        }
+        let settings = &context.run.fleet.ssh;
+        Reach::SessionManager(SessionManagerReach {
+            port: settings.port,
+            user: context.flavor.ssh_username.clone(),
+            vpc: network.vpc.clone(),
+            timeout: settings.timeout,
+            host_key: context.flavor.host_key,
+            host_key_wait: settings.host_key_wait,
+            plugin: settings.session_manager_plugin.clone(),
+            profile: context.flavor.iam_instance_profile.clone(),
+            sessions: Arc::new(BuildSessions {
+                ledger: Arc::clone(&context.run.ledger),
+                job: context.job.key(),
+                region: context.job.region.clone(),
+                open: std::sync::Mutex::default(),
+            }),
+        })
+    }
+
+    /// The sessions the way in opens (Session Manager's), if any.
+    pub(super) fn sessions(&self) -> Option<Arc<BuildSessions>> {
+        match self {
+            Reach::Ssh(_) => None,
+            Reach::SessionManager(through) => Some(Arc::clone(&through.sessions)),
+        }
+    }
+
+    /// How the instance's host key is known, and how long its console is read for it.
+    fn host_key_policy(&self) -> (HostKeyPolicy, Duration) {
+        match self {
+            Reach::Ssh(ssh) => (ssh.host_key, ssh.host_key_wait),
+            Reach::SessionManager(through) => (through.host_key, through.host_key_wait),
+        }
+    }
+
     /// The way in `[ssh]` describes, in `network`.
-    pub(super) fn ssh(context: &BuildContext, network: &Network) -> Reach {
+    fn ssh(context: &BuildContext, network: &Network) -> Reach {
         let settings = &context.run.fleet.ssh;
         let address = match &settings.host {
             Some(host) => SshAddress::Configured(host.clone()),
@@ -105,20 +208,20 @@ impl Reach {
         stack: &mut CleanupStack,
         name: &str,
     ) -> Result<Prepared, StepError> {
-        match self {
-            Reach::Ssh(ssh) => {
-                let key_name = KeyPairName(name.to_string());
-                let private_key = adopt::key_pair(&*context.cloud, &key_name, &context.temporary_tags())
-                    .await
-                    .map_err(|error| StepError::cloud(Stage::KeyPair, error))?;
-                let key_pair = Created::now(NewKind::KeyPair);
-                stack.push(UndoStep::DeleteKeyPair { name: key_name.clone() });
-                context.created(ResourceKind::KeyPair, &key_name);
-                context.progress(Stage::KeyPair, format!("created temporary key pair {key_name}"));
-                let (security_group, group) = create_security_group(context, stack, ssh, name).await?;
-                Ok(Prepared { key_name, security_group, fresh: vec![key_pair, group], private_key })
-            }
-        }
+        let key_name = KeyPairName(name.to_string());
+        let private_key = adopt::key_pair(&*context.cloud, &key_name, &context.temporary_tags())
+            .await
+            .map_err(|error| StepError::cloud(Stage::KeyPair, error))?;
+        let key_pair = Created::now(NewKind::KeyPair);
+        stack.push(UndoStep::DeleteKeyPair { name: key_name.clone() });
+        context.created(ResourceKind::KeyPair, &key_name);
+        context.progress(Stage::KeyPair, format!("created temporary key pair {key_name}"));
+        let (vpc, ingress) = match self {
+            Reach::Ssh(ssh) => (ssh.vpc.as_ref(), Some((ssh.port, ssh.sources.as_slice()))),
+            Reach::SessionManager(through) => (through.vpc.as_ref(), None),
+        };
+        let (security_group, group) = create_security_group(context, stack, vpc, ingress, name).await?;
+        Ok(Prepared { key_name, security_group, fresh: vec![key_pair, group], private_key })
     }
 
     /// How `instance` (running) will be recognised: with `host_key = "console"`, the host keys cloud-init
@@ -129,8 +232,8 @@ impl Reach {
         context: &BuildContext,
         instance: &InstanceId,
     ) -> Result<HostKeyCheck, StepError> {
-        let Reach::Ssh(ssh) = self;
-        if ssh.host_key == HostKeyPolicy::Accept {
+        let (host_key, host_key_wait) = self.host_key_policy();
+        if host_key == HostKeyPolicy::Accept {
             context
                 .progress(Stage::Connect, format!("accepting any host key from {instance} (`host_key = \"accept\"`)"));
             return Ok(HostKeyCheck::Accept);
@@ -138,7 +241,7 @@ impl Reach {
         context.progress(Stage::Connect, format!("reading the host keys of {instance} from its console"));
         let cloud = &*context.cloud;
         let read = retry_cancellable(
-            Policy::console_keys(ssh.host_key_wait).start(),
+            Policy::console_keys(host_key_wait).start(),
             &context.cancel,
             |_| async {
                 match cloud.console_output(instance).await {
@@ -172,8 +275,7 @@ impl Reach {
 
     /// No host keys on `instance`'s console within `[ssh] host_key_wait`.
     fn no_host_keys(&self, context: &BuildContext, instance: &InstanceId) -> StepError {
-        let Reach::Ssh(ssh) = self;
-        let waited = humantime::format_duration(ssh.host_key_wait);
+        let waited = humantime::format_duration(self.host_key_policy().1);
         let mut error = StepError::new(
             Stage::Connect,
             format!("no SSH host keys on the console of {instance} within {waited} (`[ssh] host_key_wait`)"),
@@ -210,16 +312,124 @@ impl Reach {
                 let (port, user, bastion) = (ssh.port, ssh.user.clone(), ssh.bastion.clone());
                 Via::Ssh(SshTarget { host, port, user, private_key: prepared.private_key, bastion, host_key })
             }
+            Reach::SessionManager(_) => {
+                return Err(StepError::new(Stage::Connect, "a Session Manager target is made by `session_target`"))
+            }
         };
         Ok(ConnectTarget { instance, via })
     }
 
-    /// Connects to `target`, waiting (up to `[ssh] timeout`) for the instance to answer.
+    /// Where to connect to `instance` through Session Manager, recognised by `host_key`: its id as the host name
+    /// ssh checks the key under, the plugin found.
+    pub(super) fn session_target(
+        &self,
+        context: &BuildContext,
+        prepared: Prepared,
+        instance: TargetInstance,
+        host_key: HostKeyCheck,
+    ) -> Result<ConnectTarget, StepError> {
+        let Reach::SessionManager(through) = self else {
+            return Err(StepError::new(Stage::Connect, "not a Session Manager build"));
+        };
+        let plugin = find_plugin(&through.plugin).ok_or_else(|| {
+            let mut error = StepError::new(
+                Stage::Connect,
+                format!("`{}` is not found (`[ssh] session_manager_plugin`)", through.plugin.display()),
+            );
+            error.hint = Some(PLUGIN_HINT.to_string());
+            error
+        })?;
+        let ssh = SshTarget {
+            host: instance.id.to_string(),
+            port: through.port,
+            user: through.user.clone(),
+            private_key: prepared.private_key,
+            bastion: None,
+            host_key,
+        };
+        let region = context.job.region.as_str();
+        let endpoint = match &context.run.fleet.aws.endpoint_url {
+            Some(url) => url.clone(),
+            None => format!("https://ssm.{region}.amazonaws.com"),
+        };
+        let via = Via::SessionManager(SessionManagerTarget {
+            ssh,
+            instance: instance.id.clone(),
+            cloud: Arc::clone(&context.cloud),
+            plugin,
+            endpoint,
+            sessions: Arc::clone(&through.sessions) as Arc<dyn SessionBook>,
+        });
+        Ok(ConnectTarget { instance, via })
+    }
+
+    /// Through Session Manager: waits until `instance`'s SSM agent is online (DescribeInstanceInformation),
+    /// within `[ssh] timeout`, interrupted by Ctrl-C; returns what is left of the timeout for the connect.
+    async fn agent_online(
+        &self,
+        context: &BuildContext,
+        through: &SessionManagerReach,
+        instance: &InstanceId,
+    ) -> Result<Duration, StepError> {
+        let started = tokio::time::Instant::now();
+        context.progress(Stage::Connect, format!("waiting for the SSM agent of {instance} to come online"));
+        let cloud = &*context.cloud;
+        let online = retry_cancellable(
+            agent_policy(through.timeout).start(),
+            &context.cancel,
+            |_| async {
+                match cloud.agent_online(instance).await {
+                    Ok(true) => Outcome::Done(Ok(())),
+                    Ok(false) => Outcome::Again(None),
+                    // Just launched: SSM may not know it yet.
+                    Err(error) if error.kind == ErrorKind::NotFound => Outcome::Again(Some(error)),
+                    Err(error) => Outcome::Done(Err(Some(error))),
+                }
+            },
+            |_, _| {},
+        )
+        .await;
+        match online {
+            Ok(()) => Ok(through.timeout.saturating_sub(started.elapsed()).max(MIN_CONNECT_TIME)),
+            Err(Stopped::Cancelled) => Err(StepError::interrupted(Stage::Connect)),
+            Err(Stopped::GaveUp(GaveUp::Refused(Some(error)))) => Err(StepError::cloud(Stage::Connect, error)),
+            Err(Stopped::GaveUp(_)) => {
+                let waited = humantime::format_duration(through.timeout);
+                let mut error = StepError::new(
+                    Stage::Connect,
+                    format!("the SSM agent of {instance} did not come online within {waited} (`[ssh] timeout`)"),
+                );
+                error.hint = Some(agent_hint(through.profile.as_deref()));
+                Err(error)
+            }
+        }
+    }
+
+    /// Connects to `target`, waiting (up to `[ssh] timeout`) for the instance to answer (through Session
+    /// Manager: for its agent first).
     pub(super) async fn connect(
         &self,
         context: &BuildContext,
         target: &ConnectTarget,
     ) -> Result<Box<dyn Connection>, StepError> {
+        if let Reach::SessionManager(through) = self {
+            let timeout = self.agent_online(context, through, &target.instance.id).await?;
+            context.progress(
+                Stage::Connect,
+                format!("waiting for SSH to {} through Session Manager (port {})", target.instance.id, through.port),
+            );
+            return context
+                .interruptible(Stage::Connect, async {
+                    context.communicator.connect(target, timeout).await.map_err(|error| {
+                        // The agent went away again (TargetNotConnected to the end): the same causes.
+                        let agent_gone = error.contains("TargetNotConnected");
+                        let mut error = StepError::new(Stage::Connect, error);
+                        error.hint = agent_gone.then(|| agent_hint(through.profile.as_deref()));
+                        error
+                    })
+                })
+                .await;
+        }
         let (waiting, timeout) = self.waiting(target);
         context.progress(Stage::Connect, waiting);
         context
@@ -243,36 +453,68 @@ impl Reach {
                 };
                 (format!("waiting for SSH on {}:{} ({how})", to.host, to.port), ssh.timeout)
             }
+            (Reach::SessionManager(through), _) => (String::new(), through.timeout),
+            (Reach::Ssh(ssh), Via::SessionManager(_)) => (String::new(), ssh.timeout),
         }
     }
 }
 
-/// The temporary security group (in the build's VPC) and its one ingress rule (`ssh.port` from the build's
-/// sources); the rule right after the group is made may meet EC2's lag (`InvalidGroup.NotFound`), which is
-/// waited out.
+/// The least time left for SSH once the agent is online (an agent that took the whole timeout still gets a try).
+const MIN_CONNECT_TIME: Duration = Duration::from_secs(30);
+
+/// How an SSM agent is waited for: pauses of 2 s doubling to 15 s, for `[ssh] timeout`.
+fn agent_policy(timeout: Duration) -> Policy {
+    Policy {
+        backoff: Backoff::doubling(Duration::from_secs(2), Duration::from_secs(15)),
+        budget: timeout,
+        retries: None,
+    }
+}
+
+/// What to do about an agent that never came online.
+fn agent_hint(profile: Option<&str>) -> String {
+    let profile = profile.map(|name| format!(" (`{name}`)")).unwrap_or_default();
+    format!(
+        "the agent registers only if the instance profile{profile} allows it (`AmazonSSMManagedInstanceCore`, or `ssm:UpdateInstanceInformation` and `ssmmessages:*`), the image runs the SSM agent, and the instance reaches SSM: a private subnet needs VPC endpoints for `ssm`, `ssmmessages` and `ec2messages` (or a NAT)"
+    )
+}
+
+/// The temporary security group (in the build's VPC) and its one ingress rule, if any (`port` from the build's
+/// sources; Session Manager's has none); the rule right after the group is made may meet EC2's lag
+/// (`InvalidGroup.NotFound`), which is waited out.
 async fn create_security_group(
     context: &BuildContext,
     stack: &mut CleanupStack,
-    ssh: &SshReach,
+    vpc: Option<&VpcId>,
+    ingress: Option<(u16, &[IpNet])>,
     name: &str,
 ) -> Result<(SecurityGroupId, Created), StepError> {
     let cloud = &*context.cloud;
-    let description = "fleetbake temporary build group: SSH from the builder only";
-    let group = adopt::security_group(cloud, name, description, ssh.vpc.as_ref(), &context.temporary_tags())
+    let description = match ingress {
+        Some(_) => "fleetbake temporary build group: SSH from the builder only",
+        None => "fleetbake temporary build group: no inbound rule (Session Manager)",
+    };
+    let group = adopt::security_group(cloud, name, description, vpc, &context.temporary_tags())
         .await
         .map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?;
     let created = Created::now(NewKind::SecurityGroup);
     stack.push(UndoStep::DeleteSecurityGroup { id: group.clone(), fresh: Some(created) });
     context.created(ResourceKind::SecurityGroup, &group);
-    let port = ssh.port;
-    once_known(&[created], || adopt::ingress(cloud, &group, port, &ssh.sources))
+    let in_vpc = vpc.map(|vpc| format!(" in {vpc}")).unwrap_or_default();
+    let Some((port, sources)) = ingress else {
+        context.progress(
+            Stage::SecurityGroup,
+            format!("created temporary security group {group}{in_vpc} (no inbound rule: Session Manager)"),
+        );
+        return Ok((group, created));
+    };
+    once_known(&[created], || adopt::ingress(cloud, &group, port, sources))
         .await
         .map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?;
-    let cidrs: Vec<String> = ssh.sources.iter().map(ToString::to_string).collect();
-    let vpc = ssh.vpc.as_ref().map(|vpc| format!(" in {vpc}")).unwrap_or_default();
+    let cidrs: Vec<String> = sources.iter().map(ToString::to_string).collect();
     context.progress(
         Stage::SecurityGroup,
-        format!("created temporary security group {group}{vpc} (port {port} from {})", cidrs.join(", ")),
+        format!("created temporary security group {group}{in_vpc} (port {port} from {})", cidrs.join(", ")),
     );
     Ok((group, created))
 }
@@ -326,6 +568,51 @@ mod tests {
         }
     }
 
+    /// Records what the sessions say to the ledger.
+    #[derive(Default)]
+    struct Recording(std::sync::Mutex<Vec<String>>);
+
+    impl Ledger for Recording {
+        fn created(&self, _job: &JobKey, resource: Resource) {
+            self.0.lock().unwrap().push(format!("created {resource}"));
+        }
+        fn removed(&self, resource: Resource) {
+            self.0.lock().unwrap().push(format!("removed {resource}"));
+        }
+        fn image_requested(&self, _job: &JobKey, _image: &crate::cloud::ImageId) {}
+        fn image_discarded(&self, _job: &JobKey, _image: &crate::cloud::ImageId) {}
+        fn published(&self, _job: &JobKey, _publication: &crate::outcome::Publication) {}
+    }
+
+    #[test]
+    fn each_session_is_journaled_as_it_opens_and_ends_and_what_is_open_goes_to_the_stack() {
+        let ledger = Arc::new(Recording::default());
+        let sessions = BuildSessions {
+            ledger: Arc::clone(&ledger) as Arc<dyn Ledger>,
+            job: JobKey("build:base@us-west-2".into()),
+            region: Region::new("us-west-2"),
+            open: std::sync::Mutex::default(),
+        };
+        let (first, second) = (SessionId::new("s-1"), SessionId::new("s-2"));
+        sessions.opened(&first);
+        sessions.ended(&first);
+        sessions.opened(&second);
+        assert_eq!(
+            *ledger.0.lock().unwrap(),
+            [
+                "created session s-1 in us-west-2",
+                "removed session s-1 in us-west-2",
+                "created session s-2 in us-west-2"
+            ]
+        );
+        let mut stack = CleanupStack::default();
+        sessions.left_open(&mut stack);
+        assert_eq!(stack.pending(), ["session s-2"]);
+        let mut again = CleanupStack::default();
+        sessions.left_open(&mut again);
+        assert!(again.is_empty(), "handed over once");
+    }
+
     #[test]
     fn ssh_connects_to_the_instance_address_the_network_settled_and_says_why() {
         let why = "its public IP (this machine)".to_string();
@@ -334,7 +621,7 @@ mod tests {
         else {
             panic!("a target")
         };
-        let Via::Ssh(to) = &target.via;
+        let Via::Ssh(to) = &target.via else { panic!("an SSH target") };
         assert_eq!((to.host.as_str(), to.port, to.user.as_str()), ("203.0.113.7", 2222, "ec2-user"));
         assert_eq!(to.private_key.expose(), "pem");
         assert_eq!(target.instance.id, InstanceId("i-1".into()));

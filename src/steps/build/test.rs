@@ -11,7 +11,6 @@ use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::TEST_TAG;
 use crate::steps::finish;
 
-use super::failure;
 use super::provision::run_all;
 use super::{bring_up, BuildContext, Purpose, StepError};
 
@@ -45,7 +44,7 @@ pub(super) async fn test_image(
         let up = bring_up(context, stack, &summary, Purpose::Test).await?;
         let phase = Phase::Test { image_id: image.to_string() };
         let result = context.interruptible(Stage::Test, run_all(context, &*up.connection, tests, phase)).await;
-        failure::close_after(context, &up.instance, up.connection, result).await
+        up.close_after(context, stack, result).await
     }
     .await;
     let Err(error) = tested else {

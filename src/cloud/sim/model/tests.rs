@@ -1,0 +1,145 @@
+//! The model's Session Manager rules, called through its port under Tokio's paused clock: the agent online
+//! `[sim] agent_online` after the instance runs (or never), StartSession's `TargetNotConnected` until then,
+//! sessions counted and one not ended reported as a leak, and no session to an instance whose group has an
+//! ingress rule.
+
+use std::time::Duration;
+
+use super::*;
+use crate::cloud::sim::SimCloud;
+use crate::config::{FaultTrigger, FlavorName, Metadata};
+
+const SOURCE: &str = "ami-0123456789abcdef0";
+
+/// A region of a model with these settings (no consistency lag, so a launch is known at once).
+fn region_of(settings: SimSettings) -> (SimCloud, SimRegion) {
+    let model = Model::new(SimSettings { consistency_lag: Duration::ZERO, ..settings });
+    let region = Region::new("us-west-2");
+    let sim_region = SimRegion { region: region.clone(), model: Arc::clone(&model), state: model.region(&region) };
+    (SimCloud { model }, sim_region)
+}
+
+/// A key pair, a group and an instance of `flavor` launched into it; the instance and its group.
+async fn launch(region: &SimRegion, flavor: &str) -> (InstanceId, SecurityGroupId) {
+    let key = KeyPairName::new(format!("key-{flavor}"));
+    region.create_key_pair(&key, &Tags::new()).await.unwrap();
+    let group = region.create_security_group(&format!("sg-{flavor}"), "build", None, &Tags::new()).await.unwrap();
+    let spec = LaunchSpec {
+        image_id: ImageId::new(SOURCE),
+        instance_type: "t3.small".into(),
+        key_name: key,
+        security_group: group.clone(),
+        subnet_id: None,
+        associate_public_ip: None,
+        client_token: format!("token-{flavor}"),
+        tags: Tags::from([("fleetbake:flavor".to_string(), flavor.to_string())]),
+        metadata: Metadata::default(),
+        root_volume: None,
+        iam_instance_profile: Some("ssm-agent".into()),
+        user_data: None,
+    };
+    (region.run_instance(&spec).await.unwrap(), group)
+}
+
+fn session_leaks(cloud: &SimCloud) -> Vec<String> {
+    let report = cloud.report(Duration::from_secs(2));
+    report.leaked_resources.into_iter().filter(|leak| leak.starts_with("session ")).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_agent_answers_agent_online_after_the_instance_runs_and_not_before() {
+    let settings =
+        SimSettings { boot: Duration::from_secs(60), agent_online: Duration::from_secs(90), ..SimSettings::default() };
+    let (cloud, region) = region_of(settings);
+    let started = Instant::now();
+    let (instance, _) = launch(&region, "ubuntu").await;
+
+    // Running at 60 s; the agent registers 90 s later.
+    tokio::time::sleep_until(started + Duration::from_secs(60 + 85)).await;
+    assert!(!region.agent_online(&instance).await.unwrap());
+    let refused = region.start_session(&instance, 22).await.unwrap_err();
+    assert_eq!(refused.code.as_deref(), Some("TargetNotConnected"));
+    assert_eq!(refused.kind, ErrorKind::NotReady);
+    assert_eq!(refused.action, Action::StartSession);
+
+    tokio::time::sleep_until(started + Duration::from_secs(60 + 91)).await;
+    assert!(region.agent_online(&instance).await.unwrap());
+    let session = region.start_session(&instance, 22).await.unwrap();
+    assert!(session.stream_url.contains(session.id.as_str()), "{session:?}");
+    assert!(!session.token.expose().is_empty());
+    assert_eq!(cloud.report(Duration::from_secs(2)).sessions_started, 1);
+
+    // A stopped instance's agent is not online (ConnectionLost), and no session can be started to it.
+    region.stop_instance(&instance).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!region.agent_online(&instance).await.unwrap());
+    let refused = region.start_session(&instance, 22).await.unwrap_err();
+    assert_eq!(refused.code.as_deref(), Some("TargetNotConnected"));
+    region.terminate_session(&session.id).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_never_fault_hits_only_its_flavor_and_unknown_instances_are_not_online() {
+    let never = SimFault {
+        action: Some(Action::RunInstances),
+        region: None,
+        effect: FaultEffect::Agent { fault: AgentFault::Never, flavor: Some(FlavorName::new("al2023")) },
+        when: FaultTrigger::Nth(1),
+        answer_lost: false,
+    };
+    let (cloud, region) = region_of(SimSettings { faults: vec![never], ..SimSettings::default() });
+    let (ubuntu, _) = launch(&region, "ubuntu").await;
+    let (al2023, _) = launch(&region, "al2023").await;
+    tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+
+    assert!(region.agent_online(&ubuntu).await.unwrap());
+    assert!(!region.agent_online(&al2023).await.unwrap(), "a day later, still not online");
+    let refused = region.start_session(&al2023, 22).await.unwrap_err();
+    assert_eq!(refused.code.as_deref(), Some("TargetNotConnected"));
+    assert!(!region.agent_online(&InstanceId::new("i-0000000000000000f")).await.unwrap());
+    assert_eq!(cloud.report(Duration::from_secs(2)).faults_injected, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_not_terminated_is_a_leak_and_terminating_twice_is_no_error() {
+    let (cloud, region) = region_of(SimSettings::default());
+    let (instance, _) = launch(&region, "ubuntu").await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let first = region.start_session(&instance, 22).await.unwrap();
+    let second = region.start_session(&instance, 2222).await.unwrap();
+    assert_ne!(first.id, second.id);
+
+    region.terminate_session(&first.id).await.unwrap();
+    let leaks = session_leaks(&cloud);
+    assert_eq!(leaks.len(), 1, "{leaks:?}");
+    assert!(leaks[0].contains(second.id.as_str()) && leaks[0].contains(instance.as_str()), "{leaks:?}");
+
+    // Its instance terminated does not end it: only TerminateSession does.
+    region.terminate_instance(&instance).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(session_leaks(&cloud).len(), 1);
+
+    region.terminate_session(&second.id).await.unwrap();
+    region.terminate_session(&second.id).await.unwrap();
+    assert_eq!(session_leaks(&cloud), Vec::<String>::new());
+    assert_eq!(cloud.report(Duration::from_secs(2)).sessions_started, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_session_to_an_instance_whose_group_has_an_ingress_rule() {
+    let (cloud, region) = region_of(SimSettings::default());
+    let (closed, _) = launch(&region, "ubuntu").await;
+    let (opened, group) = launch(&region, "al2023").await;
+    region.authorize_ingress(&group, 22, &["203.0.113.5/32".parse().unwrap()]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+
+    let refused = region.start_session(&opened, 22).await.unwrap_err();
+    assert_eq!(refused.code.as_deref(), Some("SimModelAssertion"));
+    assert_eq!(refused.kind, ErrorKind::Permanent);
+    assert!(refused.message.contains(group.as_str()) && refused.message.contains("203.0.113.5/32"), "{refused}");
+    assert!(refused.message.contains("must open no inbound port"), "{refused}");
+
+    let session = region.start_session(&closed, 22).await.unwrap();
+    region.terminate_session(&session.id).await.unwrap();
+    assert_eq!(cloud.report(Duration::from_secs(2)).sessions_started, 1);
+}
