@@ -19,7 +19,7 @@ pub fn hint(error: &CloudError) -> Option<String> {
             "{} is not enabled for this account: enable it (Account settings → AWS Regions, or `aws account enable-region --region-name {}`) or leave it out of `[regions]`",
             error.region, error.region
         )),
-        "TargetNotConnected" => Some(agent_not_online()),
+        "TargetNotConnected" => Some(agent_not_online(None)),
         _ if error.kind == ErrorKind::Credentials => {
             Some(format!("the credentials expired and could not be refreshed: {}", credential_source()))
         }
@@ -28,8 +28,11 @@ pub fn hint(error: &CloudError) -> Option<String> {
 }
 
 /// Why an instance's SSM agent does not come online (Session Manager), and what to check.
-pub fn agent_not_online() -> String {
-    "the instance's SSM agent never came online: the instance profile (`iam_instance_profile`) must let the agent register (AWS's `AmazonSSMManagedInstanceCore`, or `ssm:UpdateInstanceInformation` and `ssmmessages:*`), the image must run the agent, and a subnet without a route to the internet needs VPC endpoints for `ssm`, `ssmmessages` and `ec2messages`".into()
+pub fn agent_not_online(profile: Option<&str>) -> String {
+    let profile = profile.map(|name| format!(" (`{name}`)")).unwrap_or_default();
+    format!(
+        "the agent registers only if the instance profile{profile} allows it (`AmazonSSMManagedInstanceCore`, or `ssm:UpdateInstanceInformation` and `ssmmessages:*`), the image runs the SSM agent, and the instance reaches SSM: a private subnet needs VPC endpoints for `ssm`, `ssmmessages` and `ec2messages` (or a NAT)"
+    )
 }
 
 /// The permission an action needs, and where the policy grants it.

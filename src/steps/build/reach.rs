@@ -14,6 +14,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::cloud::consistency::{once_known, Created, NewKind};
+use crate::cloud::hints;
 use crate::cloud::retry::{retry_cancellable, Backoff, GaveUp, Outcome, Policy, Stopped};
 use crate::cloud::{
     CloudError, ErrorKind, InstanceId, InstanceStatus, KeyPairName, PrivateKey, SecurityGroupId, SessionId, VpcId,
@@ -399,7 +400,7 @@ impl Reach {
                     Stage::Connect,
                     format!("the SSM agent of {instance} did not come online within {waited} (`[ssh] timeout`)"),
                 );
-                error.hint = Some(agent_hint(through.profile.as_deref()));
+                error.hint = Some(hints::agent_not_online(through.profile.as_deref()));
                 Err(error)
             }
         }
@@ -424,7 +425,7 @@ impl Reach {
                         // The agent went away again (TargetNotConnected to the end): the same causes.
                         let agent_gone = error.contains("TargetNotConnected");
                         let mut error = StepError::new(Stage::Connect, error);
-                        error.hint = agent_gone.then(|| agent_hint(through.profile.as_deref()));
+                        error.hint = agent_gone.then(|| hints::agent_not_online(through.profile.as_deref()));
                         error
                     })
                 })
@@ -469,14 +470,6 @@ fn agent_policy(timeout: Duration) -> Policy {
         budget: timeout,
         retries: None,
     }
-}
-
-/// What to do about an agent that never came online.
-fn agent_hint(profile: Option<&str>) -> String {
-    let profile = profile.map(|name| format!(" (`{name}`)")).unwrap_or_default();
-    format!(
-        "the agent registers only if the instance profile{profile} allows it (`AmazonSSMManagedInstanceCore`, or `ssm:UpdateInstanceInformation` and `ssmmessages:*`), the image runs the SSM agent, and the instance reaches SSM: a private subnet needs VPC endpoints for `ssm`, `ssmmessages` and `ec2messages` (or a NAT)"
-    )
 }
 
 /// The temporary security group (in the build's VPC) and its one ingress rule, if any (`port` from the build's
