@@ -932,6 +932,49 @@ impl RegionCloud for AwsRegion {
             other => other.map(|_| ()),
         }
     }
+
+    /// DescribeSessions, `State = Active`, filter `Target = instance`, every page.
+    async fn active_sessions(&self, instance: &InstanceId) -> CloudResult<Vec<SessionId>> {
+        let action = Action::DescribeSessions;
+        let filter = aws_sdk_ssm::types::SessionFilter::builder()
+            .key(aws_sdk_ssm::types::SessionFilterKey::TargetId)
+            .value(instance.as_str())
+            .build()
+            .map_err(|error| CloudError {
+                action,
+                region: self.region.clone(),
+                kind: ErrorKind::Permanent,
+                code: None,
+                message: error.to_string(),
+            })?;
+        all_pages(|token| {
+            let filter = filter.clone();
+            async move {
+                let answer = self
+                    .limiter
+                    .call(action, || async {
+                        self.ssm
+                            .describe_sessions()
+                            .state(aws_sdk_ssm::types::SessionState::Active)
+                            .filters(filter.clone())
+                            .set_next_token(token.clone())
+                            .send()
+                            .await
+                            .map_err(|error| self.error(action, error))
+                    })
+                    .await?;
+                let sessions = answer
+                    .sessions()
+                    .iter()
+                    .filter(|session| session.target().is_none_or(|target| target == instance.as_str()))
+                    .filter_map(|session| session.session_id())
+                    .map(SessionId::new)
+                    .collect();
+                Ok((sessions, answer.next_token().map(str::to_string)))
+            }
+        })
+        .await
+    }
 }
 
 /// Every item of a paginated describe: `page(token)` sends one request and answers its items and the next
