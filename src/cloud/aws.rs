@@ -1124,10 +1124,15 @@ mod tests {
                         }
                         let mut body = vec![0; length];
                         reader.read_exact(&mut body).unwrap();
-                        recorded.lock().unwrap().push((target.clone(), String::from_utf8(body).unwrap()));
-                        let (status, answer) = answers
-                            .iter()
-                            .find(|(action, _, _)| *action == target)
+                        // The Nth request of an action takes its Nth answer (the last one again after that).
+                        let asked = {
+                            let mut recorded = recorded.lock().unwrap();
+                            recorded.push((target.clone(), String::from_utf8(body).unwrap()));
+                            recorded.iter().filter(|(action, _)| *action == target).count()
+                        };
+                        let matching: Vec<_> = answers.iter().filter(|(action, _, _)| *action == target).collect();
+                        let (status, answer) = matching
+                            .get((asked - 1).min(matching.len().saturating_sub(1)))
                             .map(|(_, status, answer)| (*status, *answer))
                             .unwrap_or((500, "{}"));
                         let head = format!(
@@ -1247,6 +1252,36 @@ mod tests {
         let denied = SsmStub::start(vec![("TerminateSession", 400, r#"{"__type":"AccessDeniedException"}"#)]);
         let error = denied.region().terminate_session(&session).await.unwrap_err();
         assert_eq!(error.code.as_deref(), Some("AccessDeniedException"));
+    }
+
+    /// DescribeSessions asks for the active sessions to the instance (`State = Active`, filter `Target`) and
+    /// follows every page; a session listed for another target is not taken.
+    #[tokio::test]
+    async fn active_sessions_lists_every_page_of_the_instances_active_sessions() {
+        let instance = InstanceId::new("i-0123456789abcdef0");
+        let stub = SsmStub::start(vec![
+            (
+                "DescribeSessions",
+                200,
+                r#"{"Sessions":[{"SessionId":"fleetbake-1","Target":"i-0123456789abcdef0","Status":"Connected"}],"NextToken":"page-2"}"#,
+            ),
+            (
+                "DescribeSessions",
+                200,
+                r#"{"Sessions":[{"SessionId":"fleetbake-2","Target":"i-0123456789abcdef0","Status":"Disconnected"},{"SessionId":"other-3","Target":"i-0fedcba9876543210","Status":"Connected"}]}"#,
+            ),
+        ]);
+        let sessions = stub.region().active_sessions(&instance).await.unwrap();
+        assert_eq!(sessions, [SessionId::new("fleetbake-1"), SessionId::new("fleetbake-2")]);
+        let sent: Vec<serde_json::Value> =
+            stub.requests().iter().map(|(_, body)| serde_json::from_str(body).unwrap()).collect();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        for request in &sent {
+            assert_eq!(request["State"], "Active");
+            assert_eq!(request["Filters"], serde_json::json!([{ "key": "Target", "value": "i-0123456789abcdef0" }]));
+        }
+        assert!(sent[0]["NextToken"].is_null());
+        assert_eq!(sent[1]["NextToken"], "page-2");
     }
 
     /// A connection closed before the answer came is what hyper reports as neither io nor timeout ("other"):
