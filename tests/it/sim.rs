@@ -1252,7 +1252,8 @@ fn an_agent_that_never_comes_online_fails_its_build_at_connect_within_the_ssh_ti
 /// The Session Manager calls of a build, each failed once (one build at a time; ubuntu's build in eu-central-1
 /// makes the first of each there): a refused DescribeInstanceInformation or StartSession fails only that build,
 /// at `connect`, naming the code, and its copy is skipped; a refused TerminateSession is tried again by the
-/// cleanup stack, so the build succeeds. Nothing is left open, sessions included, and no rule was opened.
+/// cleanup stack, and a refused DescribeSessions (as the connection closes) is asked again before the instance
+/// is terminated, so the build succeeds. Nothing is left open, sessions included, and no rule was opened.
 #[test]
 fn a_fault_at_any_session_manager_call_fails_only_its_own_build_and_leaves_no_session() {
     // (action, the stage the build fails at, or none: it succeeds)
@@ -1260,6 +1261,7 @@ fn a_fault_at_any_session_manager_call_fails_only_its_own_build_and_leaves_no_se
         ("DescribeInstanceInformation", Some("connect")),
         ("StartSession", Some("connect")),
         ("TerminateSession", None),
+        ("DescribeSessions", None),
     ];
     for (action, stage) in cases {
         let case = format!("{action} refused");
