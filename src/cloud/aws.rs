@@ -932,6 +932,49 @@ impl RegionCloud for AwsRegion {
             other => other.map(|_| ()),
         }
     }
+
+    /// DescribeSessions, `State = Active`, filter `Target = instance`, every page.
+    async fn active_sessions(&self, instance: &InstanceId) -> CloudResult<Vec<SessionId>> {
+        let action = Action::DescribeSessions;
+        let filter = aws_sdk_ssm::types::SessionFilter::builder()
+            .key(aws_sdk_ssm::types::SessionFilterKey::TargetId)
+            .value(instance.as_str())
+            .build()
+            .map_err(|error| CloudError {
+                action,
+                region: self.region.clone(),
+                kind: ErrorKind::Permanent,
+                code: None,
+                message: error.to_string(),
+            })?;
+        all_pages(|token| {
+            let filter = filter.clone();
+            async move {
+                let answer = self
+                    .limiter
+                    .call(action, || async {
+                        self.ssm
+                            .describe_sessions()
+                            .state(aws_sdk_ssm::types::SessionState::Active)
+                            .filters(filter.clone())
+                            .set_next_token(token.clone())
+                            .send()
+                            .await
+                            .map_err(|error| self.error(action, error))
+                    })
+                    .await?;
+                let sessions = answer
+                    .sessions()
+                    .iter()
+                    .filter(|session| session.target().is_none_or(|target| target == instance.as_str()))
+                    .filter_map(|session| session.session_id())
+                    .map(SessionId::new)
+                    .collect();
+                Ok((sessions, answer.next_token().map(str::to_string)))
+            }
+        })
+        .await
+    }
 }
 
 /// Every item of a paginated describe: `page(token)` sends one request and answers its items and the next
@@ -1081,10 +1124,15 @@ mod tests {
                         }
                         let mut body = vec![0; length];
                         reader.read_exact(&mut body).unwrap();
-                        recorded.lock().unwrap().push((target.clone(), String::from_utf8(body).unwrap()));
-                        let (status, answer) = answers
-                            .iter()
-                            .find(|(action, _, _)| *action == target)
+                        // The Nth request of an action takes its Nth answer (the last one again after that).
+                        let asked = {
+                            let mut recorded = recorded.lock().unwrap();
+                            recorded.push((target.clone(), String::from_utf8(body).unwrap()));
+                            recorded.iter().filter(|(action, _)| *action == target).count()
+                        };
+                        let matching: Vec<_> = answers.iter().filter(|(action, _, _)| *action == target).collect();
+                        let (status, answer) = matching
+                            .get((asked - 1).min(matching.len().saturating_sub(1)))
                             .map(|(_, status, answer)| (*status, *answer))
                             .unwrap_or((500, "{}"));
                         let head = format!(
@@ -1204,6 +1252,36 @@ mod tests {
         let denied = SsmStub::start(vec![("TerminateSession", 400, r#"{"__type":"AccessDeniedException"}"#)]);
         let error = denied.region().terminate_session(&session).await.unwrap_err();
         assert_eq!(error.code.as_deref(), Some("AccessDeniedException"));
+    }
+
+    /// DescribeSessions asks for the active sessions to the instance (`State = Active`, filter `Target`) and
+    /// follows every page; a session listed for another target is not taken.
+    #[tokio::test]
+    async fn active_sessions_lists_every_page_of_the_instances_active_sessions() {
+        let instance = InstanceId::new("i-0123456789abcdef0");
+        let stub = SsmStub::start(vec![
+            (
+                "DescribeSessions",
+                200,
+                r#"{"Sessions":[{"SessionId":"fleetbake-1","Target":"i-0123456789abcdef0","Status":"Connected"}],"NextToken":"page-2"}"#,
+            ),
+            (
+                "DescribeSessions",
+                200,
+                r#"{"Sessions":[{"SessionId":"fleetbake-2","Target":"i-0123456789abcdef0","Status":"Disconnected"},{"SessionId":"other-3","Target":"i-0fedcba9876543210","Status":"Connected"}]}"#,
+            ),
+        ]);
+        let sessions = stub.region().active_sessions(&instance).await.unwrap();
+        assert_eq!(sessions, [SessionId::new("fleetbake-1"), SessionId::new("fleetbake-2")]);
+        let sent: Vec<serde_json::Value> =
+            stub.requests().iter().map(|(_, body)| serde_json::from_str(body).unwrap()).collect();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        for request in &sent {
+            assert_eq!(request["State"], "Active");
+            assert_eq!(request["Filters"], serde_json::json!([{ "key": "Target", "value": "i-0123456789abcdef0" }]));
+        }
+        assert!(sent[0]["NextToken"].is_null());
+        assert_eq!(sent[1]["NextToken"], "page-2");
     }
 
     /// A connection closed before the answer came is what hyper reports as neither io nor timeout ("other"):

@@ -205,4 +205,8 @@ impl RegionCloud for LimitedRegion {
     async fn terminate_session(&self, session: &SessionId) -> CloudResult<()> {
         self.limiter.call(Action::TerminateSession, || self.inner.terminate_session(session)).await
     }
+
+    async fn active_sessions(&self, instance: &InstanceId) -> CloudResult<Vec<SessionId>> {
+        self.limiter.call(Action::DescribeSessions, || self.inner.active_sessions(instance)).await
+    }
 }

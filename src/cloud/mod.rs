@@ -493,6 +493,9 @@ pub trait RegionCloud: Send + Sync {
     async fn start_session(&self, instance: &InstanceId, port: u16) -> CloudResult<SsmSession>;
     /// TerminateSession; a session that already ended is Ok (it is idempotent in SSM).
     async fn terminate_session(&self, session: &SessionId) -> CloudResult<()>;
+    /// The sessions still active to `instance` (DescribeSessions, `State = Active`, filter `Target`, every
+    /// page): whoever started them. A StartSession whose answer was lost opened one whose id only this tells.
+    async fn active_sessions(&self, instance: &InstanceId) -> CloudResult<Vec<SessionId>>;
 }
 
 /// The SSM document that forwards a session to the instance's sshd (`portNumber`): AWS's own.

@@ -47,6 +47,9 @@ pub enum Action {
     /// calls.
     StartSession,
     TerminateSession,
+    /// SSM, not EC2: the sessions still active to an instance (DescribeSessions), so that one whose
+    /// StartSession answer was lost is ended too. Counted with the non-mutating calls.
+    DescribeSessions,
     /// STS, not EC2: who the run acts as. Counted with the non-mutating calls.
     GetCallerIdentity,
     /// KMS, not EC2: whether a region's key exists, is enabled, and whose it is. Counted with the
@@ -121,7 +124,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 33] = [
+    pub const ALL: [Action; 34] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -153,6 +156,7 @@ impl Action {
         Action::DescribeInstanceInformation,
         Action::StartSession,
         Action::TerminateSession,
+        Action::DescribeSessions,
         Action::GetCallerIdentity,
         Action::DescribeKey,
     ];
@@ -177,7 +181,8 @@ impl Action {
             | Action::LabelParameterVersion
             | Action::DescribeInstanceInformation
             | Action::StartSession
-            | Action::TerminateSession => Service::Ssm,
+            | Action::TerminateSession
+            | Action::DescribeSessions => Service::Ssm,
             _ => Service::Ec2,
         }
     }
@@ -194,7 +199,8 @@ impl Action {
             | Action::DescribeSecurityGroups
             | Action::DescribeKeyPairs
             | Action::GetConsoleOutput
-            | Action::DescribeInstanceInformation => ActionClass::NonMutating,
+            | Action::DescribeInstanceInformation
+            | Action::DescribeSessions => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,
             Action::CopyImage => ActionClass::CopyImage,
             Action::CreateTags => ActionClass::CreateTags,
@@ -224,10 +230,17 @@ mod tests {
     fn ssm_kms_and_sts_are_not_ec2() {
         assert_eq!(Action::PutParameter.service(), Service::Ssm);
         assert_eq!(Action::LabelParameterVersion.service(), Service::Ssm);
-        for session_call in [Action::DescribeInstanceInformation, Action::StartSession, Action::TerminateSession] {
+        for session_call in [
+            Action::DescribeInstanceInformation,
+            Action::StartSession,
+            Action::TerminateSession,
+            Action::DescribeSessions,
+        ] {
             assert_eq!(session_call.service(), Service::Ssm, "{session_call}");
         }
         assert_eq!(Action::DescribeInstanceInformation.class(), ActionClass::NonMutating);
+        assert_eq!(Action::DescribeSessions.class(), ActionClass::NonMutating);
+        assert_eq!(Action::DescribeSessions.iam_name(), "ssm:DescribeSessions");
         assert_eq!(Action::StartSession.class(), ActionClass::Mutating);
         assert_eq!(Action::TerminateSession.class(), ActionClass::Mutating);
         assert_eq!(Action::StartSession.iam_name(), "ssm:StartSession");

@@ -247,6 +247,21 @@ pub async fn end_session(target: &SessionManagerTarget, session: &SessionId) {
     }
 }
 
+/// Ends every session still active to `target`'s instance (DescribeSessions, then TerminateSession each): a
+/// StartSession whose answer was lost (the call retried) opened one whose id only this finds. The instance is
+/// this run's temporary one, so every session to it is this run's. A failure is logged; the build's cleanup
+/// stack looks again before the instance is terminated.
+pub async fn end_every_session(target: &SessionManagerTarget) {
+    match target.cloud.active_sessions(&target.instance).await {
+        Ok(sessions) => {
+            for session in &sessions {
+                end_session(target, session).await;
+            }
+        }
+        Err(error) => tracing::warn!("listing the Session Manager sessions to {}: {error}", target.instance),
+    }
+}
+
 /// The session response the plugin reads from `AWS_SSM_START_SESSION_RESPONSE`.
 fn session_response(session: &SsmSession) -> String {
     serde_json::json!({
@@ -378,6 +393,7 @@ impl Connection for SessionManagerConnection {
             }
             tunnel.end(&id).await;
         }
+        end_every_session(&tunnel.target).await;
         drop(tunnel);
     }
 }

@@ -164,6 +164,7 @@ impl Connection for SimConnection {
     async fn close(self: Box<Self>) {
         if let Some((through, id)) = self.session {
             session_manager::end_session(&through, &id).await;
+            session_manager::end_every_session(&through).await;
         }
     }
 }

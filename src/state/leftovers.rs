@@ -6,7 +6,7 @@
 //! security groups, then key pairs.
 
 use crate::cloud::watch::RegionWaits;
-use crate::cloud::{CloudResult, RegionCloud};
+use crate::cloud::{CloudResult, InstanceId, RegionCloud};
 use crate::config::{FlavorName, Tags};
 use crate::plan::RunId;
 use crate::steps::cleanup::{CleanupStack, UndoFailure, UndoStep};
@@ -71,10 +71,22 @@ pub async fn remove(
 ) -> Removal {
     let mut stack = CleanupStack::default();
     // The stack unwinds most recent first: sessions end before their instances go.
-    for kind in [ResourceKind::KeyPair, ResourceKind::SecurityGroup, ResourceKind::Instance, ResourceKind::Session] {
-        for leftover in leftovers.iter().filter(|leftover| leftover.resource.kind == kind) {
+    let of_kind = |kind| leftovers.iter().filter(move |leftover: &&Leftover| leftover.resource.kind == kind);
+    for kind in [ResourceKind::KeyPair, ResourceKind::SecurityGroup, ResourceKind::Instance] {
+        for leftover in of_kind(kind) {
             stack.push(UndoStep::removing(&leftover.resource));
         }
+    }
+    // A killed run that went through Session Manager (a session of its is left) may also have left a session
+    // whose id it never learned (a StartSession whose answer was lost): every session still active to its
+    // temporary instances is ended, before they are terminated.
+    if of_kind(ResourceKind::Session).next().is_some() {
+        for leftover in of_kind(ResourceKind::Instance) {
+            stack.push(UndoStep::EndSessionsTo { instance: InstanceId::new(&leftover.resource.id) });
+        }
+    }
+    for leftover in of_kind(ResourceKind::Session) {
+        stack.push(UndoStep::removing(&leftover.resource));
     }
     let failures: Vec<UndoFailure> = stack.unwind(cloud, waits, ledger).await;
     let mut removal = Removal::default();

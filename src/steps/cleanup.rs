@@ -46,6 +46,12 @@ pub enum UndoStep {
     TerminateSession {
         id: SessionId,
     },
+    /// Every session still active to a Session Manager build's instance (DescribeSessions), ended before the
+    /// instance is terminated: one whose StartSession answer was lost (the call retried) has an id this run
+    /// never learned, and the instance is this run's, so every session to it is too.
+    EndSessionsTo {
+        instance: InstanceId,
+    },
     /// An image that ended `failed`: deregistered, its snapshots deleted.
     DiscardImage {
         id: ImageId,
@@ -62,6 +68,7 @@ impl UndoStep {
             UndoStep::DeleteSecurityGroup { id, .. } => format!("security group {id}"),
             UndoStep::DeleteKeyPair { name, .. } => format!("key pair {name}"),
             UndoStep::TerminateSession { id } => format!("session {id}"),
+            UndoStep::EndSessionsTo { instance } => format!("Session Manager sessions to instance {instance}"),
             UndoStep::DiscardImage { id, .. } => format!("failed image {id}"),
         }
     }
@@ -73,7 +80,7 @@ impl UndoStep {
             UndoStep::DeleteSecurityGroup { id, .. } => (ResourceKind::SecurityGroup, id.to_string()),
             UndoStep::DeleteKeyPair { name, .. } => (ResourceKind::KeyPair, name.to_string()),
             UndoStep::TerminateSession { id } => (ResourceKind::Session, id.to_string()),
-            UndoStep::DiscardImage { .. } => return None,
+            UndoStep::DiscardImage { .. } | UndoStep::EndSessionsTo { .. } => return None,
         };
         Some(Resource::new(region.clone(), kind, id))
     }
@@ -308,6 +315,12 @@ async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> R
         }
         UndoStep::DeleteKeyPair { name } => Ok(gone_is_fine(with_credentials(|| cloud.delete_key_pair(&name)).await)?),
         UndoStep::TerminateSession { id } => Ok(with_credentials(|| cloud.terminate_session(&id)).await?),
+        UndoStep::EndSessionsTo { instance } => {
+            for id in with_credentials(|| cloud.active_sessions(&instance)).await? {
+                with_credentials(|| cloud.terminate_session(&id)).await?;
+            }
+            Ok(())
+        }
         UndoStep::DiscardImage { id, snapshots, fresh } => {
             let fresh: Vec<Created> = fresh.into_iter().collect();
             gone_is_fine(once_known(&fresh, || with_credentials(|| cloud.deregister_image(&id))).await)?;

@@ -81,7 +81,8 @@ fn the_iam_policy_allows_every_call_fleetbake_makes_and_nothing_else() {
 /// tags" example); TerminateSession only the caller's own sessions: SSM tags each session with who started it
 /// (`aws:ssmmessages:session-id` = the starter's `aws:userid`), AWS's documented form for roles and federated
 /// callers too, where a `session/${aws:username}-*` resource would match nothing (a role's user id is
-/// `AROA…:session-name`, its sessions' ids start with the session name); DescribeInstanceInformation has no
+/// `AROA…:session-name`, its sessions' ids start with the session name); DescribeInstanceInformation and
+/// DescribeSessions (the sessions still active to a build's instance, ended before it is terminated) have no
 /// resource to narrow to.
 #[test]
 fn the_iam_policy_opens_sessions_only_to_the_fleets_temporary_instances_and_ends_only_its_own() {
@@ -91,14 +92,22 @@ fn the_iam_policy_opens_sessions_only_to_the_fleets_temporary_instances_and_ends
     let granting = |action: Action| -> Vec<serde_json::Value> {
         statements.iter().filter(|statement| actions_of(statement).contains(&action.iam_name())).cloned().collect()
     };
-    for action in [Action::DescribeInstanceInformation, Action::StartSession, Action::TerminateSession] {
+    let reading = [Action::DescribeInstanceInformation.iam_name(), Action::DescribeSessions.iam_name()];
+    for action in
+        [Action::DescribeInstanceInformation, Action::DescribeSessions, Action::StartSession, Action::TerminateSession]
+    {
         for statement in granting(action) {
-            assert_eq!(actions_of(&statement), [action.iam_name()], "a statement of its own: {statement}");
+            if reading.contains(&action.iam_name()) {
+                assert_eq!(actions_of(&statement), reading, "the reads together: {statement}");
+            } else {
+                assert_eq!(actions_of(&statement), [action.iam_name()], "a statement of its own: {statement}");
+            }
             let sid = statement["Sid"].as_str().unwrap();
             assert!(sid.starts_with("FleetbakeSessionManager"), "{sid}: left out without session_manager");
         }
     }
     let reads = granting(Action::DescribeInstanceInformation);
+    assert_eq!(reads, granting(Action::DescribeSessions), "DescribeSessions, like it, has no resource to narrow to");
     assert_eq!(reads.len(), 1);
     assert_eq!(reads[0]["Resource"], "*");
     assert!(reads[0]["Condition"].is_null());

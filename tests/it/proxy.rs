@@ -652,7 +652,8 @@ fn rewrite_response(response: &[u8], rewrite: Box<dyn FnOnce(String) -> String +
 /// SSM's Session Manager calls, which moto lacks, answered as SSM does: DescribeInstanceInformation lists every
 /// instance asked about as `Online`; StartSession answers `TargetNotConnected` the first time for each
 /// instance, then a new session (its token a secret the stub plugin checks); TerminateSession answers for any
-/// session. Every session started and ended is counted.
+/// session; DescribeSessions lists the sessions started to the instance filtered on and not ended. Every session
+/// started and ended is counted.
 #[derive(Default)]
 pub struct SessionManagerModel {
     /// Instances that were answered `TargetNotConnected` once.
@@ -704,6 +705,26 @@ impl SessionManagerModel {
                     "TokenValue": SESSION_TOKEN,
                 });
                 Some(Answer::Json(200, body.to_string()))
+            }
+            "DescribeSessions" => {
+                // `State = Active`, filter `Target`: the sessions started to that instance and not ended, one page.
+                let target = json["Filters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|filter| filter["key"] == "Target")
+                    .and_then(|filter| filter["value"].as_str())
+                    .map(String::from);
+                let ended = self.ended.lock().unwrap().clone();
+                let active: Vec<serde_json::Value> = self
+                    .started
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(id, instance)| !ended.contains(id) && target.as_ref().is_none_or(|t| t == instance))
+                    .map(|(id, instance)| serde_json::json!({ "SessionId": id, "Target": instance, "Status": "Connected" }))
+                    .collect();
+                Some(Answer::Json(200, serde_json::json!({ "Sessions": active }).to_string()))
             }
             "TerminateSession" => {
                 let id = json["SessionId"].as_str().unwrap_or_default().to_string();

@@ -57,12 +57,26 @@ struct SsmGround {
 
 impl SsmGround {
     fn start() -> SsmGround {
+        SsmGround::starting(false)
+    }
+
+    /// With `lose_first_session`, the first session StartSession opens has its answer lost: the proxy's model
+    /// opens it, then the connection is closed without an answer (the client retries, and never learns its id).
+    fn starting(lose_first_session: bool) -> SsmGround {
         let moto = Moto::start();
         moto.create_instance_profile("fleetbake-ssm");
         let model = Arc::new(SessionManagerModel::default());
         let answering = Arc::clone(&model);
-        let proxy =
-            FaultProxy::start(&moto.endpoint, move |request| answering.answer(request).unwrap_or(Answer::Forward));
+        let lost = std::sync::atomic::AtomicBool::new(!lose_first_session);
+        let proxy = FaultProxy::start(&moto.endpoint, move |request| match answering.answer(request) {
+            Some(Answer::Json(200, _))
+                if request.action == "StartSession" && !lost.swap(true, std::sync::atomic::Ordering::SeqCst) =>
+            {
+                Answer::Drop
+            }
+            Some(answer) => answer,
+            None => Answer::Forward,
+        });
         SsmGround { moto, proxy, model }
     }
 
@@ -281,7 +295,18 @@ fn session_manager_without_an_instance_profile_is_refused_with_its_line() {
 /// the rest the run left.
 #[test]
 fn gc_ends_the_session_a_killed_run_left_open() {
-    let ground = SsmGround::start();
+    gc_after_a_killed_run(false);
+}
+
+/// The same, the run's first StartSession answer lost: its session was never journaled, yet `gc` ends it too
+/// (the sessions still active to the killed run's instance, listed before it is terminated).
+#[test]
+fn gc_ends_even_the_session_a_killed_run_never_learned() {
+    gc_after_a_killed_run(true);
+}
+
+fn gc_after_a_killed_run(lose_first_session: bool) {
+    let ground = SsmGround::starting(lose_first_session);
     let sshd = Sshd::start();
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
@@ -296,16 +321,19 @@ fn gc_ends_the_session_a_killed_run_left_open() {
     running.child.0.wait().unwrap();
     gate.open();
     let started = ground.started();
-    assert_eq!(started.len(), 1);
+    assert_eq!(started.len(), if lose_first_session { 2 } else { 1 }, "{started:?}");
+    let journaled = started.last().unwrap();
     assert!(ground.ended().is_empty());
 
     let dry = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap(), "--dry-run"]);
     assert_eq!(dry.code, 0, "{}{}", dry.stdout, dry.stderr);
-    assert!(dry.stdout.contains(&format!("would remove session {} in us-west-2", started[0])), "{}", dry.stdout);
+    assert!(dry.stdout.contains(&format!("would remove session {journaled} in us-west-2")), "{}", dry.stdout);
     assert!(ground.ended().is_empty(), "a dry run ends nothing");
     let gc = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
-    assert_eq!(ground.ended(), started, "{}", gc.stdout);
+    let mut ended = ground.ended();
+    ended.sort();
+    assert_eq!(ended, started, "{}", gc.stdout);
     runtime().block_on(assert_nothing_temporary_left(&ground.moto.client("us-west-2"), "us-west-2"));
 }
 
@@ -331,5 +359,37 @@ fn a_target_never_connected_fails_the_build_at_connect_with_the_hint() {
     let hint = failure["hint"].as_str().unwrap_or_default();
     assert!(hint.contains("fleetbake-ssm") && hint.contains("ec2messages"), "{manifest}");
     assert!(ground.started().is_empty());
+    runtime().block_on(assert_nothing_temporary_left(&ground.moto.client("us-west-2"), "us-west-2"));
+}
+
+/// StartSession takes no client token: when its answer is lost (the session opened, the connection closed
+/// before the answer), the retry opens a second session and the first one's id is never learned. The build
+/// still ends it: before its instance is terminated it lists the sessions still active to that instance
+/// (DescribeSessions) and ends each, so every session started is ended and the run exits 0.
+#[test]
+fn a_session_whose_start_answer_was_lost_is_ended_too() {
+    let ground = SsmGround::starting(true);
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let markers = workspace.markers.display();
+    let flavors = format!(
+        "[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\nprovisioners = [{{ type = \"shell\", inline = [\"echo ok > {markers}/base\"] }}]\n\n[regions]\nus-west-2 = []\n"
+    );
+    let fleet_path = workspace.write("fleet.toml", &ssm_fleet(&workspace, &ground, &sshd, &flavors));
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    assert!(workspace.markers.join("base").exists());
+    let (mut started, mut ended) = (ground.started(), ground.ended());
+    assert_eq!(started.len(), 2, "the lost one and the retry's: {started:?}");
+    started.sort();
+    ended.sort();
+    assert_eq!(started, ended, "every session started is ended, the lost one too");
+    assert!(!ground.proxy.bodies("DescribeSessions").is_empty());
+    for body in ground.proxy.bodies("DescribeSessions") {
+        let sent: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(sent["State"], "Active", "{body}");
+    }
+    assert_eq!(plugin_starts(&workspace).len(), 1, "ssh went through the session it learned");
+    assert_eq!(read_manifest(&workspace)["status"], "complete");
     runtime().block_on(assert_nothing_temporary_left(&ground.moto.client("us-west-2"), "us-west-2"));
 }

@@ -1273,6 +1273,14 @@ impl RegionCloud for SimRegion {
         })
         .await
     }
+
+    /// As DescribeSessions, `State = Active`, filter `Target`: the sessions open to `instance` now.
+    async fn active_sessions(&self, instance: &InstanceId) -> CloudResult<Vec<SessionId>> {
+        self.call(Action::DescribeSessions, |state, _| {
+            Ok(state.sessions.iter().filter(|(_, target)| *target == instance).map(|(id, _)| id.clone()).collect())
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

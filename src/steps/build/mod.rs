@@ -32,6 +32,7 @@ use crate::plan::BuildJob;
 use crate::remote::{Communicator, Connection, TargetInstance};
 use crate::report::events::EventSender;
 use crate::steps::cleanup::CleanupStack;
+use crate::steps::cleanup::UndoStep;
 use crate::steps::context::{RunContext, TEMPORARY_TAG};
 use crate::steps::fingerprint::Fingerprint;
 use crate::steps::finish::{self, Finishing};
@@ -307,6 +308,10 @@ async fn bring_up(
     };
     let host_key = reach.host_key(context, &instance).await?;
     let sessions = reach.sessions();
+    if sessions.is_some() {
+        // Undone before the instance is terminated: every session to it ends, those whose id was lost too.
+        stack.push(UndoStep::EndSessionsTo { instance: instance.clone() });
+    }
     let target = match &sessions {
         Some(_) => reach.session_target(context, prepared, for_build, host_key)?,
         None => reach.target(prepared, for_build, &running, host_key)?,

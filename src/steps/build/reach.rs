@@ -3,7 +3,9 @@
 //! an address: a temporary key pair, and a security group whose one ingress rule lets the builder in. Session
 //! Manager: the key pair, and a security group with no ingress rule at all; before connecting, the instance's
 //! SSM agent is waited for (online), and every session the connection opens is journaled at once
-//! ([`BuildSessions`]) and, if its connection did not end it, left to the cleanup stack.
+//! ([`BuildSessions`]) and, if its connection did not end it, left to the cleanup stack, which also ends every
+//! session still active to the instance before terminating it (`UndoStep::EndSessionsTo`: one a lost StartSession
+//! answer opened has an id the build never learned).
 //!
 //! Layer: `steps` (part of [`super`], the build).
 

@@ -109,7 +109,20 @@ async fn a_session_not_terminated_is_a_leak_and_terminating_twice_is_no_error() 
     let second = region.start_session(&instance, 2222).await.unwrap();
     assert_ne!(first.id, second.id);
 
+    let (other, _) = launch(&region, "al2023").await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let elsewhere = region.start_session(&other, 22).await.unwrap();
+    assert_eq!(region.active_sessions(&instance).await.unwrap(), {
+        let mut both = vec![first.id.clone(), second.id.clone()];
+        both.sort();
+        both
+    });
+    assert_eq!(region.active_sessions(&other).await.unwrap(), std::slice::from_ref(&elsewhere.id));
+    region.terminate_session(&elsewhere.id).await.unwrap();
+    assert_eq!(region.active_sessions(&other).await.unwrap(), []);
+
     region.terminate_session(&first.id).await.unwrap();
+    assert_eq!(region.active_sessions(&instance).await.unwrap(), std::slice::from_ref(&second.id));
     let leaks = session_leaks(&cloud);
     assert_eq!(leaks.len(), 1, "{leaks:?}");
     assert!(leaks[0].contains(second.id.as_str()) && leaks[0].contains(instance.as_str()), "{leaks:?}");
@@ -122,7 +135,7 @@ async fn a_session_not_terminated_is_a_leak_and_terminating_twice_is_no_error() 
     region.terminate_session(&second.id).await.unwrap();
     region.terminate_session(&second.id).await.unwrap();
     assert_eq!(session_leaks(&cloud), Vec::<String>::new());
-    assert_eq!(cloud.report(Duration::from_secs(2)).sessions_started, 2);
+    assert_eq!(cloud.report(Duration::from_secs(2)).sessions_started, 3);
 }
 
 #[tokio::test(start_paused = true)]
