@@ -179,12 +179,17 @@ impl AwsRegion {
     }
 
     fn missing(&self, action: Action, what: &str) -> CloudError {
+        self.permanent(action, format!("the response has no {what}"))
+    }
+
+    /// A request this side could not make (an SDK builder refused it): permanent, no AWS code.
+    fn permanent(&self, action: Action, message: impl ToString) -> CloudError {
         CloudError {
             action,
             region: self.region.clone(),
             kind: ErrorKind::Permanent,
             code: None,
-            message: format!("the response has no {what}"),
+            message: message.to_string(),
         }
     }
 }
@@ -856,13 +861,7 @@ impl RegionCloud for AwsRegion {
             .key(aws_sdk_ssm::types::InstanceInformationFilterKey::InstanceIds)
             .value_set(instance.as_str())
             .build()
-            .map_err(|error| CloudError {
-                action,
-                region: self.region.clone(),
-                kind: ErrorKind::Permanent,
-                code: None,
-                message: error.to_string(),
-            })?;
+            .map_err(|error| self.permanent(action, error))?;
         let answer = self
             .limiter
             .call(action, || async {
@@ -940,13 +939,7 @@ impl RegionCloud for AwsRegion {
             .key(aws_sdk_ssm::types::SessionFilterKey::TargetId)
             .value(instance.as_str())
             .build()
-            .map_err(|error| CloudError {
-                action,
-                region: self.region.clone(),
-                kind: ErrorKind::Permanent,
-                code: None,
-                message: error.to_string(),
-            })?;
+            .map_err(|error| self.permanent(action, error))?;
         all_pages(|token| {
             let filter = filter.clone();
             async move {

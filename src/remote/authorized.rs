@@ -15,6 +15,15 @@ pub struct LoginKey {
 }
 
 impl LoginKey {
+    /// What a connection answers for [`Connection::login_key`](super::Connection::login_key) from the public key
+    /// line it derived when it connected (`ssh-keygen -y`), or why it could not.
+    pub fn of_connection(line: &Result<String, String>) -> Result<Option<LoginKey>, super::RemoteError> {
+        let line = line.as_ref().map_err(|error| super::RemoteError(error.clone()))?;
+        LoginKey::from_public_line(line)
+            .map(Some)
+            .ok_or_else(|| super::RemoteError(format!("`ssh-keygen -y` gave no public key: `{line}`")))
+    }
+
     /// The blob of a public key line (`ssh-ed25519 AAAA… comment`); `None` if it has none.
     pub fn from_public_line(line: &str) -> Option<LoginKey> {
         let blob = line.split_whitespace().nth(1)?;

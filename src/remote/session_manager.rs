@@ -378,10 +378,7 @@ impl Connection for SessionManagerConnection {
     }
 
     fn login_key(&self) -> Result<Option<authorized::LoginKey>, RemoteError> {
-        let line = self.login_key.as_ref().map_err(|error| RemoteError(error.clone()))?;
-        authorized::LoginKey::from_public_line(line)
-            .map(Some)
-            .ok_or_else(|| RemoteError(format!("`ssh-keygen -y` gave no public key: `{line}`")))
+        authorized::LoginKey::of_connection(&self.login_key)
     }
 
     async fn close(self: Box<Self>) {

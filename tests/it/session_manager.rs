@@ -201,6 +201,14 @@ us-west-2 = ["us-east-1"]
     });
 }
 
+/// One flavor, `slow`, in us-west-2, whose provisioner says `waiting now` and waits at `gate`.
+fn slow_flavor(gate: &Gate) -> String {
+    format!(
+        "[[flavor]]\nname = \"slow\"\nsource_ami = {AL2023}\nprovisioners = [{{ type = \"shell\", inline = [\"echo waiting now\", \"{}\"] }}]\n\n[regions]\nus-west-2 = []\n",
+        gate.wait_line().replace('"', "\\\"")
+    )
+}
+
 /// Ctrl-C while a provisioner runs through Session Manager: the session is ended, everything cleaned up, and
 /// the run exits 130. Mid-run, the build's security group has no ingress rule.
 #[test]
@@ -209,10 +217,7 @@ fn ctrl_c_mid_provisioning_ends_the_session_and_cleans_up() {
     let sshd = Sshd::start();
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
-    let flavors = format!(
-        "[[flavor]]\nname = \"slow\"\nsource_ami = {AL2023}\nprovisioners = [{{ type = \"shell\", inline = [\"echo waiting now\", \"{}\"] }}]\n\n[regions]\nus-west-2 = []\n",
-        gate.wait_line().replace('"', "\\\"")
-    );
+    let flavors = slow_flavor(&gate);
     let fleet_path = workspace.write("fleet.toml", &ssm_fleet(&workspace, &ground, &sshd, &flavors));
     let mut running = Running::start(&workspace, &["matrix", fleet_path.to_str().unwrap()], &[]);
     running.read_until("waiting now");
@@ -310,10 +315,7 @@ fn gc_after_a_killed_run(lose_first_session: bool) {
     let sshd = Sshd::start();
     let workspace = Workspace::new();
     let gate = Gate::new(&workspace);
-    let flavors = format!(
-        "[[flavor]]\nname = \"slow\"\nsource_ami = {AL2023}\nprovisioners = [{{ type = \"shell\", inline = [\"echo waiting now\", \"{}\"] }}]\n\n[regions]\nus-west-2 = []\n",
-        gate.wait_line().replace('"', "\\\"")
-    );
+    let flavors = slow_flavor(&gate);
     let fleet_path = workspace.write("fleet.toml", &ssm_fleet(&workspace, &ground, &sshd, &flavors));
     let mut running = Running::start(&workspace, &["matrix", fleet_path.to_str().unwrap()], &[]);
     running.read_until("waiting now");
