@@ -166,14 +166,16 @@ fn env_file(env: &ProvisionEnv, user_env: &BTreeMap<String, String>) -> String {
 /// `export`s are the shell's builtins: no process is started with a value in its argv) and removes it, then
 /// `exec`s the script; keeps the script's exit status. Only the two paths are on the command line. Both files
 /// are removed whatever happened, by a trap on the shell's exit that a TERM or HUP (a command ended past its
-/// `timeout` or at an interrupt: `ssh::end_unfinished`) also runs, so no script outlives its command.
+/// `timeout` or at an interrupt: `ssh::end_unfinished`) also runs, and a PIPE too: once the channel is gone,
+/// the shell's own report of its child's end ("Terminated", on stderr) would otherwise kill it before the trap.
+/// So no script outlives its command. (The subshell resets them all: the script keeps the default dispositions.)
 fn script_command(paths: &ScriptPaths) -> String {
     let (script, env_file) = (shell_quote(&paths.script), shell_quote(&paths.env_file));
     // The trap's text is double-quoted around the single-quoted paths: the paths are ours
     // (`/tmp/fleetbake-<run id>-<n>-<hex>`), never holding `"`, `$`, `` ` `` or `\`.
     debug_assert!(!(script.clone() + &env_file).contains(['"', '$', '`', '\\']));
     format!(
-        "trap \"rm -f {script} {env_file}\" EXIT; trap 'exit 143' TERM HUP INT; \
+        "trap \"rm -f {script} {env_file}\" EXIT; trap 'exit 143' TERM HUP INT; trap 'exit 141' PIPE; \
          chmod 0700 {script} && ( . {env_file} && rm -f {env_file} && exec {script} < /dev/null ); exit $?"
     )
 }
@@ -285,7 +287,7 @@ mod tests {
         let paths = ScriptPaths { script: "/tmp/x.sh".into(), env_file: "/tmp/x.env".into() };
         assert_eq!(
             script_command(&paths),
-            "trap \"rm -f '/tmp/x.sh' '/tmp/x.env'\" EXIT; trap 'exit 143' TERM HUP INT; \
+            "trap \"rm -f '/tmp/x.sh' '/tmp/x.env'\" EXIT; trap 'exit 143' TERM HUP INT; trap 'exit 141' PIPE; \
              chmod 0700 '/tmp/x.sh' && ( . '/tmp/x.env' && rm -f '/tmp/x.env' && exec '/tmp/x.sh' < /dev/null ); \
              exit $?"
         );

@@ -599,16 +599,23 @@ pub async fn end_unfinished(session: &Session, unfinished: &Unfinished) {
 }
 
 /// The shell command that ends the process groups named in `pid_files` (a group id that is not a number
-/// greater than 1 is skipped: `kill -1` would be every process of the user).
+/// greater than 1 is skipped: `kill -1` would be every process of the user): TERM, then KILL to whatever of them
+/// still runs after up to [`TERM_GRACE_SECONDS`] (checked each second). The grace lets a provisioner's shell run
+/// its TERM trap (which removes its uploaded script) even on a loaded instance.
 fn end_command(pid_files: &[String]) -> String {
     let files: Vec<String> = pid_files.iter().map(|path| shell_quote(path)).collect();
     format!(
         "groups=; for f in {}; do p=$(cat \"$f\" 2>/dev/null); rm -f \"$f\"; case \"$p\" in ''|*[!0-9]*|0|1) ;; \
          *) groups=\"$groups $p\"; kill -TERM \"-$p\" 2>/dev/null ;; esac; done; \
-         if [ -n \"$groups\" ]; then sleep 1; for p in $groups; do kill -KILL \"-$p\" 2>/dev/null; done; fi; exit 0",
+         if [ -n \"$groups\" ]; then n=0; while [ $n -lt {TERM_GRACE_SECONDS} ]; do alive=; \
+         for p in $groups; do kill -0 \"-$p\" 2>/dev/null && alive=1; done; [ -n \"$alive\" ] || break; \
+         sleep 1; n=$((n + 1)); done; for p in $groups; do kill -KILL \"-$p\" 2>/dev/null; done; fi; exit 0",
         files.join(" ")
     )
 }
+
+/// How long ended commands get between TERM and KILL ([`end_command`]), at most.
+const TERM_GRACE_SECONDS: u32 = 5;
 
 /// The longest piece of a line handed on at once: a longer line (a progress bar redrawn with `\r` for an hour,
 /// a binary printed without a newline) comes in pieces of at most this many bytes, so reading it needs no more

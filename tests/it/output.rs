@@ -160,6 +160,16 @@ fn a_provisioner_or_a_test_past_its_timeout_fails_its_job_and_is_ended() {
         let (pid, running) = still_running(&workspace, name);
         assert!(!running, "the {name} ({pid}) still runs on the instance");
     }
+    // The scripts the ended commands ran are removed too (the instance is this machine: its /tmp). Their shell
+    // reports the end on a channel already closed: it once died of that SIGPIPE before removing them.
+    let prefix = format!("fleetbake-{}-", manifest["run_id"].as_str().unwrap());
+    let uploads: Vec<String> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    assert!(uploads.is_empty(), "uploaded files of the ended commands are left on the instance: {uploads:?}");
     runtime().block_on(async {
         let west = moto.client("us-west-2");
         assert_nothing_temporary_left(&west, "us-west-2").await;
