@@ -209,18 +209,31 @@ fn slow_flavor(gate: &Gate) -> String {
     )
 }
 
+/// A run of [`slow_flavor`] through `ground`, its provisioner waiting at the gate (it has said `waiting now`).
+struct Held {
+    sshd: Sshd,
+    workspace: Workspace,
+    fleet_path: std::path::PathBuf,
+    gate: Gate,
+    running: Running,
+}
+
+fn held_at_the_gate(ground: &SsmGround) -> Held {
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let gate = Gate::new(&workspace);
+    let fleet_path = workspace.write("fleet.toml", &ssm_fleet(&workspace, ground, &sshd, &slow_flavor(&gate)));
+    let mut running = Running::start(&workspace, &["matrix", fleet_path.to_str().unwrap()], &[]);
+    running.read_until("waiting now");
+    Held { sshd, workspace, fleet_path, gate, running }
+}
+
 /// Ctrl-C while a provisioner runs through Session Manager: the session is ended, everything cleaned up, and
 /// the run exits 130. Mid-run, the build's security group has no ingress rule.
 #[test]
 fn ctrl_c_mid_provisioning_ends_the_session_and_cleans_up() {
     let ground = SsmGround::start();
-    let sshd = Sshd::start();
-    let workspace = Workspace::new();
-    let gate = Gate::new(&workspace);
-    let flavors = slow_flavor(&gate);
-    let fleet_path = workspace.write("fleet.toml", &ssm_fleet(&workspace, &ground, &sshd, &flavors));
-    let mut running = Running::start(&workspace, &["matrix", fleet_path.to_str().unwrap()], &[]);
-    running.read_until("waiting now");
+    let Held { sshd: _sshd, workspace, gate: _gate, running, .. } = held_at_the_gate(&ground);
     runtime().block_on(async {
         let groups = ground.moto.client("us-west-2").describe_security_groups().send().await.unwrap();
         let ours: Vec<_> =
@@ -312,13 +325,7 @@ fn gc_ends_even_the_session_a_killed_run_never_learned() {
 
 fn gc_after_a_killed_run(lose_first_session: bool) {
     let ground = SsmGround::starting(lose_first_session);
-    let sshd = Sshd::start();
-    let workspace = Workspace::new();
-    let gate = Gate::new(&workspace);
-    let flavors = slow_flavor(&gate);
-    let fleet_path = workspace.write("fleet.toml", &ssm_fleet(&workspace, &ground, &sshd, &flavors));
-    let mut running = Running::start(&workspace, &["matrix", fleet_path.to_str().unwrap()], &[]);
-    running.read_until("waiting now");
+    let Held { sshd: _sshd, workspace, fleet_path, gate, mut running } = held_at_the_gate(&ground);
     running.child.0.kill().unwrap();
     running.child.0.wait().unwrap();
     gate.open();
