@@ -21,7 +21,6 @@ pub mod watch;
 
 pub use limited::Limited;
 
-use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -49,64 +48,23 @@ string_newtype!(
     SessionId,
 );
 
-/// A private key as EC2 returned it. Never printed: `Debug` redacts it. Shared (`Arc`) so a build and its
-/// connection attempts hold one copy.
-#[derive(Clone)]
-pub struct PrivateKey(std::sync::Arc<str>);
-
-impl PrivateKey {
-    pub fn new(pem: String) -> Self {
-        PrivateKey(pem.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for PrivateKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PrivateKey(<redacted>)")
-    }
-}
+secret_newtype!(
+    /// A private key as EC2 returned it. Never printed: `Debug` redacts it. Shared (`Arc`) so a build and its
+    /// connection attempts hold one copy.
+    PrivateKey => "PrivateKey(<redacted>)",
+    /// StartSession's TokenValue: a secret (whoever holds it can open the session's stream). `Debug` redacts it;
+    /// `expose` gives the text.
+    SessionToken => "SessionToken(…)",
+);
 
 /// What StartSession answered: the session's id, and what the session-manager-plugin needs to open its stream.
 /// `Debug` redacts the token (like [`PrivateKey`]); the token is never logged, journaled or put in an argv.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SsmSession {
     pub id: SessionId,
     /// The websocket the plugin opens (`wss://ssmmessages.<region>.amazonaws.com/v1/data-channel/<id>?…`).
     pub stream_url: String,
     pub token: SessionToken,
-}
-
-impl fmt::Debug for SsmSession {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SsmSession")
-            .field("id", &self.id)
-            .field("stream_url", &self.stream_url)
-            .field("token", &self.token)
-            .finish()
-    }
-}
-
-/// StartSession's TokenValue: a secret (whoever holds it can open the session's stream). `Debug` redacts it;
-/// [`SessionToken::expose`] gives the text.
-#[derive(Clone)]
-pub struct SessionToken(std::sync::Arc<str>);
-
-impl SessionToken {
-    pub fn new(token: String) -> Self {
-        SessionToken(token.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SessionToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SessionToken(…)")
-    }
 }
 
 /// How a failed call should be treated.
