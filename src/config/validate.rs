@@ -1564,6 +1564,24 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
     sim
 }
 
+/// For a fault of the instance a RunInstances launches (`key`: `console` or `agent`): checks its action is
+/// RunInstances, and gives the flavor it is limited to, if any (checked as a name).
+fn launch_fault_flavor(
+    checker: &mut Checker<'_>,
+    at: &KeyPath,
+    action: Option<super::api::Action>,
+    fault: &schema::FaultSection,
+    key: &str,
+) -> Option<FlavorName> {
+    if action != Some(super::api::Action::RunInstances) {
+        checker.problem(at.key("action"), format!("`{key}` goes with `RunInstances`: the instance it launches"));
+    }
+    fault.flavor.as_deref().map(|name| {
+        checker.name(at.key("flavor"), "flavor", name);
+        FlavorName::new(name)
+    })
+}
+
 /// What a `[sim] faults` entry does: exactly one of `error`, `image_state = "failed"` (CreateImage, CopyImage)
 /// and `instance_state = "terminated"` (RunInstances), `reason` only with the last two.
 fn fault_effect(
@@ -1586,13 +1604,7 @@ fn fault_effect(
             );
             return None;
         }
-        if action != Some(Action::RunInstances) {
-            checker.problem(at.key("action"), "`agent` goes with `RunInstances`: the instance it launches");
-        }
-        let flavor = fault.flavor.as_deref().map(|name| {
-            checker.name(at.key("flavor"), "flavor", name);
-            FlavorName::new(name)
-        });
+        let flavor = launch_fault_flavor(checker, at, action, fault, "agent");
         return match agent.as_str() {
             "never" => Some(FaultEffect::Agent { fault: AgentFault::Never, flavor }),
             other => {
@@ -1609,13 +1621,7 @@ fn fault_effect(
             checker.problem(at.clone(), "set exactly one of `error`, `image_state`, `instance_state` and `console`");
             return None;
         }
-        if action != Some(Action::RunInstances) {
-            checker.problem(at.key("action"), "`console` goes with `RunInstances`: the instance it launches");
-        }
-        let flavor = fault.flavor.as_deref().map(|name| {
-            checker.name(at.key("flavor"), "flavor", name);
-            FlavorName::new(name)
-        });
+        let flavor = launch_fault_flavor(checker, at, action, fault, "console");
         return match console.as_str() {
             "no-keys" => Some(FaultEffect::Console { fault: ConsoleFault::NoKeys, flavor }),
             "other-key" => Some(FaultEffect::Console { fault: ConsoleFault::OtherKey, flavor }),

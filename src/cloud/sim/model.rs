@@ -32,10 +32,13 @@ use crate::cloud::{
     Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
 };
 use crate::config::{
-    AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, ImageFilter, Place, Region, SimFault,
-    SimSettings, SubnetLookup, Tags,
+    AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, FlavorName, ImageFilter, Place, Region,
+    SimFault, SimSettings, SubnetLookup, Tags,
 };
 use crate::util::host_keys::{console_block, ed25519_from_seed, HostKey};
+
+/// Of a configured effect of one kind (a console or an agent fault): the fault, and the flavor it is limited to.
+type PickLaunchFault<T> = fn(&FaultEffect) -> Option<(T, Option<&FlavorName>)>;
 
 /// The whole simulated account.
 pub struct Model {
@@ -144,26 +147,28 @@ impl Model {
 
     /// The configured console fault of the instance this RunInstances launches (of `flavor`), if one fires.
     fn console_fault(&self, region: &Region, flavor: Option<&str>) -> Option<ConsoleFault> {
-        let wanted = |effect: &FaultEffect| match effect {
-            FaultEffect::Console { flavor: only, .. } => only.as_ref().is_none_or(|only| Some(only.as_str()) == flavor),
-            _ => false,
-        };
-        match self.firing(Action::RunInstances, region, wanted) {
-            Some(SimFault { effect: FaultEffect::Console { fault, .. }, .. }) => Some(*fault),
+        self.launch_fault(region, flavor, |effect| match effect {
+            FaultEffect::Console { fault, flavor } => Some((*fault, flavor.as_ref())),
             _ => None,
-        }
+        })
     }
 
     /// The configured agent fault of the instance this RunInstances launches (of `flavor`), if one fires.
     fn agent_fault(&self, region: &Region, flavor: Option<&str>) -> Option<AgentFault> {
-        let wanted = |effect: &FaultEffect| match effect {
-            FaultEffect::Agent { flavor: only, .. } => only.as_ref().is_none_or(|only| Some(only.as_str()) == flavor),
-            _ => false,
-        };
-        match self.firing(Action::RunInstances, region, wanted) {
-            Some(SimFault { effect: FaultEffect::Agent { fault, .. }, .. }) => Some(*fault),
+        self.launch_fault(region, flavor, |effect| match effect {
+            FaultEffect::Agent { fault, flavor } => Some((*fault, flavor.as_ref())),
             _ => None,
-        }
+        })
+    }
+
+    /// The fault of one kind ([`PickLaunchFault`]: the fault and the flavor it is limited to, of an effect of that kind) of
+    /// the instance this RunInstances launches (of `flavor`), if one fires: only faults of that kind that apply
+    /// to `flavor` count.
+    fn launch_fault<T: Copy>(&self, region: &Region, flavor: Option<&str>, pick: PickLaunchFault<T>) -> Option<T> {
+        let applies = |effect: &FaultEffect| {
+            pick(effect).is_some_and(|(_, only)| only.is_none_or(|only| Some(only.as_str()) == flavor))
+        };
+        self.firing(Action::RunInstances, region, applies).and_then(|fault| pick(&fault.effect)).map(|(fault, _)| fault)
     }
 
     /// Whether a configured `test` fault fails this run of a build's image tests in `region`.
