@@ -15,10 +15,10 @@ use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
 use aws_sdk_ec2::types::{
     AttributeValue, BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
-    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification,
-    InstanceStateName, IpPermission, IpRange, Ipv6Range, KeyType, LaunchPermission, LaunchPermissionModifications,
-    LocationType, OperationType, PermissionGroup, ResourceType, SnapshotAttributeName, Tag, TagSpecification,
-    VolumeType,
+    ImageAttributeName, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
+    InstanceNetworkInterfaceSpecification, InstanceStateName, IpPermission, IpRange, Ipv6Range, KeyType,
+    LaunchPermission, LaunchPermissionModifications, LocationType, OperationType, PermissionGroup, ResourceType,
+    SnapshotAttributeName, Tag, TagSpecification, VolumeType,
 };
 use aws_sdk_ec2::Client;
 use dashmap::DashMap;
@@ -738,19 +738,7 @@ impl RegionCloud for AwsRegion {
 
     async fn share_image(&self, image: &ImageId, with: &LaunchPermissions) -> CloudResult<()> {
         let action = Action::ModifyImageAttribute;
-        let mut permissions = Vec::new();
-        permissions.extend(with.accounts.iter().map(|account| LaunchPermission::builder().user_id(account).build()));
-        permissions
-            .extend(with.organizations.iter().map(|arn| LaunchPermission::builder().organization_arn(arn).build()));
-        permissions.extend(
-            with.organizational_units
-                .iter()
-                .map(|arn| LaunchPermission::builder().organizational_unit_arn(arn).build()),
-        );
-        if with.public {
-            permissions.push(LaunchPermission::builder().group(PermissionGroup::All).build());
-        }
-        let add = LaunchPermissionModifications::builder().set_add(Some(permissions)).build();
+        let add = LaunchPermissionModifications::builder().set_add(Some(launch_permission_list(with))).build();
         ec2_call!(self, action, |client| client
             .modify_image_attribute()
             .image_id(image.as_str())
@@ -968,6 +956,82 @@ impl RegionCloud for AwsRegion {
         })
         .await
     }
+
+    async fn image_block_public_access(&self) -> CloudResult<ImageBlockPublicAccess> {
+        let action = Action::GetImageBlockPublicAccessState;
+        let answer = ec2_call!(self, action, |client| client.get_image_block_public_access_state())?;
+        let state = answer.image_block_public_access_state().ok_or_else(|| self.missing(action, "state"))?;
+        Ok(ImageBlockPublicAccess::from_state(state))
+    }
+
+    async fn launch_permissions(&self, image: &ImageId) -> CloudResult<LaunchPermissions> {
+        let action = Action::DescribeImageAttribute;
+        let answer = ec2_call!(self, action, |client| client
+            .describe_image_attribute()
+            .image_id(image.as_str())
+            .attribute(ImageAttributeName::LaunchPermission))?;
+        let mut found = LaunchPermissions::default();
+        for permission in answer.launch_permissions() {
+            if let Some(account) = permission.user_id() {
+                found.accounts.push(account.to_string());
+            }
+            if let Some(arn) = permission.organization_arn() {
+                found.organizations.push(arn.to_string());
+            }
+            if let Some(arn) = permission.organizational_unit_arn() {
+                found.organizational_units.push(arn.to_string());
+            }
+            if permission.group() == Some(&PermissionGroup::All) {
+                found.public = true;
+            }
+        }
+        Ok(found)
+    }
+
+    async fn unshare_image(&self, image: &ImageId, from: &LaunchPermissions) -> CloudResult<()> {
+        let action = Action::ModifyImageAttribute;
+        let remove = LaunchPermissionModifications::builder().set_remove(Some(launch_permission_list(from))).build();
+        ec2_call!(self, action, |client| client
+            .modify_image_attribute()
+            .image_id(image.as_str())
+            .launch_permission(remove.clone()))?;
+        Ok(())
+    }
+
+    async fn snapshot_permissions(&self, snapshot: &SnapshotId) -> CloudResult<Vec<String>> {
+        let action = Action::DescribeSnapshotAttribute;
+        let answer = ec2_call!(self, action, |client| client
+            .describe_snapshot_attribute()
+            .snapshot_id(snapshot.as_str())
+            .attribute(SnapshotAttributeName::CreateVolumePermission))?;
+        Ok(answer.create_volume_permissions().iter().filter_map(|p| p.user_id()).map(str::to_string).collect())
+    }
+
+    /// The same form as [`RegionCloud::share_snapshot`], `OperationType = remove`.
+    async fn unshare_snapshot(&self, snapshot: &SnapshotId, accounts: &[String]) -> CloudResult<()> {
+        let action = Action::ModifySnapshotAttribute;
+        ec2_call!(self, action, |client| client
+            .modify_snapshot_attribute()
+            .snapshot_id(snapshot.as_str())
+            .attribute(SnapshotAttributeName::CreateVolumePermission)
+            .operation_type(OperationType::Remove)
+            .set_user_ids(Some(accounts.to_vec())))?;
+        Ok(())
+    }
+}
+
+/// Launch permissions as ModifyImageAttribute lists them (to add or to remove).
+fn launch_permission_list(with: &LaunchPermissions) -> Vec<LaunchPermission> {
+    let mut permissions = Vec::new();
+    permissions.extend(with.accounts.iter().map(|account| LaunchPermission::builder().user_id(account).build()));
+    permissions.extend(with.organizations.iter().map(|arn| LaunchPermission::builder().organization_arn(arn).build()));
+    permissions.extend(
+        with.organizational_units.iter().map(|arn| LaunchPermission::builder().organizational_unit_arn(arn).build()),
+    );
+    if with.public {
+        permissions.push(LaunchPermission::builder().group(PermissionGroup::All).build());
+    }
+    permissions
 }
 
 /// Every item of a paginated describe: `page(token)` sends one request and answers its items and the next

@@ -20,11 +20,20 @@ pub fn hint(error: &CloudError) -> Option<String> {
             error.region, error.region
         )),
         "TargetNotConnected" => Some(agent_not_online(None)),
+        "OperationNotPermitted" if error.action == Action::ModifyImageAttribute => Some(public_blocked(error)),
         _ if error.kind == ErrorKind::Credentials => {
             Some(format!("the credentials expired and could not be refreshed: {}", credential_source()))
         }
         _ => None,
     }
+}
+
+/// A public share refused: block public access for AMIs is on in the region.
+pub fn public_blocked(error: &CloudError) -> String {
+    format!(
+        "block public access for AMIs is on in {region}, so no image there can be made public; the accounts, organizations and OUs of `[sharing]` keep their access. Disable it (`aws ec2 disable-image-block-public-access --region {region}`, which takes up to 10 minutes) or drop `[sharing] public`",
+        region = error.region
+    )
 }
 
 /// Why an instance's SSM agent does not come online (Session Manager), and what to check.

@@ -209,4 +209,24 @@ impl RegionCloud for LimitedRegion {
     async fn active_sessions(&self, instance: &InstanceId) -> CloudResult<Vec<SessionId>> {
         self.limiter.call(Action::DescribeSessions, || self.inner.active_sessions(instance)).await
     }
+
+    async fn image_block_public_access(&self) -> CloudResult<ImageBlockPublicAccess> {
+        self.limiter.call(Action::GetImageBlockPublicAccessState, || self.inner.image_block_public_access()).await
+    }
+
+    async fn launch_permissions(&self, image: &ImageId) -> CloudResult<LaunchPermissions> {
+        self.limiter.call(Action::DescribeImageAttribute, || self.inner.launch_permissions(image)).await
+    }
+
+    async fn unshare_image(&self, image: &ImageId, from: &LaunchPermissions) -> CloudResult<()> {
+        self.limiter.call(Action::ModifyImageAttribute, || self.inner.unshare_image(image, from)).await
+    }
+
+    async fn snapshot_permissions(&self, snapshot: &SnapshotId) -> CloudResult<Vec<String>> {
+        self.limiter.call(Action::DescribeSnapshotAttribute, || self.inner.snapshot_permissions(snapshot)).await
+    }
+
+    async fn unshare_snapshot(&self, snapshot: &SnapshotId, accounts: &[String]) -> CloudResult<()> {
+        self.limiter.call(Action::ModifySnapshotAttribute, || self.inner.unshare_snapshot(snapshot, accounts)).await
+    }
 }

@@ -280,6 +280,42 @@ impl LaunchPermissions {
     }
 }
 
+impl LaunchPermissions {
+    /// Those of `self` that `wanted` does not list: what a finish removes so the image has exactly `wanted`.
+    pub fn beyond(&self, wanted: &LaunchPermissions) -> LaunchPermissions {
+        let unlisted = |mine: &[String], theirs: &[String]| -> Vec<String> {
+            mine.iter().filter(|item| !theirs.contains(item)).cloned().collect()
+        };
+        LaunchPermissions {
+            accounts: unlisted(&self.accounts, &wanted.accounts),
+            organizations: unlisted(&self.organizations, &wanted.organizations),
+            organizational_units: unlisted(&self.organizational_units, &wanted.organizational_units),
+            public: self.public && !wanted.public,
+        }
+    }
+}
+
+/// A region's block public access for AMIs (GetImageBlockPublicAccessState). New accounts have it on; while it
+/// is, ModifyImageAttribute refuses to make an image public (`OperationNotPermitted`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageBlockPublicAccess {
+    /// `block-new-sharing`: no image may be made public (those already public stay so).
+    BlockNewSharing,
+    /// `unblocked`.
+    Unblocked,
+}
+
+impl ImageBlockPublicAccess {
+    /// EC2's value; anything but `unblocked` is taken as blocking (a state EC2 adds later is not a promise).
+    pub fn from_state(state: &str) -> ImageBlockPublicAccess {
+        if state == "unblocked" {
+            ImageBlockPublicAccess::Unblocked
+        } else {
+            ImageBlockPublicAccess::BlockNewSharing
+        }
+    }
+}
+
 /// A KMS key as DescribeKey answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KmsKey {
@@ -454,6 +490,18 @@ pub trait RegionCloud: Send + Sync {
     /// The sessions still active to `instance` (DescribeSessions, `State = Active`, filter `Target`, every
     /// page): whoever started them. A StartSession whose answer was lost opened one whose id only this tells.
     async fn active_sessions(&self, instance: &InstanceId) -> CloudResult<Vec<SessionId>>;
+
+    /// The region's block public access for AMIs (GetImageBlockPublicAccessState).
+    async fn image_block_public_access(&self) -> CloudResult<ImageBlockPublicAccess>;
+    /// Who may launch the image now (DescribeImageAttribute `launchPermission`).
+    async fn launch_permissions(&self, image: &ImageId) -> CloudResult<LaunchPermissions>;
+    /// Takes these launch permissions away (ModifyImageAttribute `LaunchPermission.Remove`).
+    async fn unshare_image(&self, image: &ImageId, from: &LaunchPermissions) -> CloudResult<()>;
+    /// The accounts that may create volumes from the snapshot now (DescribeSnapshotAttribute
+    /// `createVolumePermission`).
+    async fn snapshot_permissions(&self, snapshot: &SnapshotId) -> CloudResult<Vec<String>>;
+    /// Takes these accounts' create-volume permissions away.
+    async fn unshare_snapshot(&self, snapshot: &SnapshotId, accounts: &[String]) -> CloudResult<()>;
 }
 
 /// The SSM document that forwards a session to the instance's sshd (`portNumber`): AWS's own.

@@ -55,6 +55,12 @@ pub enum Action {
     /// KMS, not EC2: whether a region's key exists, is enabled, and whose it is. Counted with the
     /// non-mutating calls.
     DescribeKey,
+    /// Whether a region refuses public sharing of images (block public access for AMIs): the preflight.
+    GetImageBlockPublicAccessState,
+    /// Who may launch an image now (`launchPermission`): a finish makes it exactly `[sharing]`.
+    DescribeImageAttribute,
+    /// Who may create volumes from a snapshot now (`createVolumePermission`).
+    DescribeSnapshotAttribute,
 }
 
 /// The AWS services fleetbake calls. Each paces its calls in buckets of its own per place (the client's
@@ -124,7 +130,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 34] = [
+    pub const ALL: [Action; 37] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -159,6 +165,9 @@ impl Action {
         Action::DescribeSessions,
         Action::GetCallerIdentity,
         Action::DescribeKey,
+        Action::GetImageBlockPublicAccessState,
+        Action::DescribeImageAttribute,
+        Action::DescribeSnapshotAttribute,
     ];
 
     /// The action named as in the EC2 API (`CreateImage`).
@@ -200,7 +209,10 @@ impl Action {
             | Action::DescribeKeyPairs
             | Action::GetConsoleOutput
             | Action::DescribeInstanceInformation
-            | Action::DescribeSessions => ActionClass::NonMutating,
+            | Action::DescribeSessions
+            | Action::GetImageBlockPublicAccessState
+            | Action::DescribeImageAttribute
+            | Action::DescribeSnapshotAttribute => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,
             Action::CopyImage => ActionClass::CopyImage,
             Action::CreateTags => ActionClass::CreateTags,

@@ -568,6 +568,30 @@ pub struct SimSettings {
     /// a minute or two of the instance running.
     pub agent_online: Duration,
     pub faults: Vec<SimFault>,
+    /// Block public access for AMIs per region (on by default, as in a new account): public sharing refused.
+    pub block_public_access: BlockPublicAccess,
+}
+
+/// `[sim] block_public_access = { default = true, "us-east-1" = false }`: whether each region refuses to make
+/// images public (GetImageBlockPublicAccessState `block-new-sharing`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockPublicAccess {
+    /// Regions not listed.
+    pub default: bool,
+    pub regions: BTreeMap<Region, bool>,
+}
+
+impl Default for BlockPublicAccess {
+    /// On everywhere: new AWS accounts have it on.
+    fn default() -> Self {
+        BlockPublicAccess { default: true, regions: BTreeMap::new() }
+    }
+}
+
+impl BlockPublicAccess {
+    pub fn blocks(&self, region: &Region) -> bool {
+        self.regions.get(region).copied().unwrap_or(self.default)
+    }
 }
 
 impl Default for SimSettings {
@@ -594,6 +618,7 @@ impl Default for SimSettings {
             console_keys: Duration::ZERO,
             agent_online: Duration::from_secs(90),
             faults: Vec::new(),
+            block_public_access: BlockPublicAccess::default(),
         }
     }
 }

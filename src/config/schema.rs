@@ -313,6 +313,8 @@ pub struct SimSection {
     pub agent_online: Option<String>,
     #[serde(default)]
     pub faults: Vec<FaultSection>,
+    /// `{ default = true, "us-east-1" = false }`: block public access for AMIs per region.
+    pub block_public_access: Option<BTreeMap<String, bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -271,7 +271,20 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
     check_subnets(checker, &fleet, &subnet_paths);
     check_keys(checker, &fleet);
     check_deprecation(checker, &fleet);
+    check_public(checker, &fleet);
     fleet
+}
+
+/// EC2 never makes an image with encrypted snapshots public (ModifyImageAttribute answers
+/// `UnsupportedOperation`, "Encrypted snapshots can't be shared publicly"), and `[encryption]` encrypts every
+/// image: the two cannot both hold.
+fn check_public(checker: &mut Checker<'_>, fleet: &Fleet) {
+    if fleet.sharing.public && fleet.encryption.is_some() {
+        checker.problem(
+            KeyPath::root().key("sharing").key("public"),
+            "`public = true` with `[encryption] kms_keys`: EC2 never makes an image with encrypted snapshots public; share with `accounts` or `organizations` instead, or drop `[encryption]`",
+        );
+    }
 }
 
 /// EC2 refuses a deprecation time more than 10 years ahead (2 for public images), and rounds it to the minute
@@ -1473,7 +1486,18 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         console_keys: duration("console_keys", &raw.console_keys, defaults.console_keys),
         agent_online: duration("agent_online", &raw.agent_online, defaults.agent_online),
         faults: Vec::new(),
+        block_public_access: BlockPublicAccess::default(),
     };
+    if let Some(table) = raw.block_public_access {
+        for (key, blocks) in table {
+            if key == "default" {
+                sim.block_public_access.default = blocks;
+            } else {
+                let region = checker.region(path.key("block_public_access").key(&key), &key);
+                sim.block_public_access.regions.insert(region, blocks);
+            }
+        }
+    }
     if let Some(vcpus) = raw.instance_vcpus {
         sim.instance_vcpus = checker.positive(path.key("instance_vcpus"), Some(vcpus as usize), 2) as u32;
     }

@@ -2,20 +2,27 @@
 //! whose fingerprint ([`crate::steps::fingerprint`]) is the build's own, instead of building; its copies are made
 //! only into target regions that lack a copy with that fingerprint. Otherwise it is rebuilt, and the decision
 //! says why (the source image moved, a provisioner changed, …). `fleetbake plan --changed-only` prints the
-//! decisions; a run applies them, after re-applying the fleet's image settings (IMDSv2, deprecation,
-//! sharing: idempotent) to each image it reuses: one that cannot be finished is rebuilt instead.
+//! decisions; a run applies them, after re-applying the fleet's image settings (IMDSv2, deprecation, sharing
+//! made exactly `[sharing]`) to each image it reuses. A setting that cannot be applied (a public share refused
+//! by block public access) fails that image's job, as it would a fresh image's, and the image is still
+//! reused: its contents did not change, so a rebuild would meet the same refusal, every night. The next
+//! night finishes it again.
+//!
+//! A copy is reused only if it carries the build's fingerprint and was encrypted with its region's key as the
+//! fleet names it now (`fleetbake:kms-key`, see [`crate::steps::fingerprint::copy_key_tag`]): a changed key
+//! makes a new copy.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::cloud::{Cloud, ImageQuery, ImageState, OwnedImage, RegionCloud};
 use crate::config::{Flavor, Fleet, Region, Tags};
-use crate::outcome::{Artifact, ImageSettings};
+use crate::outcome::{Artifact, Failure, ImageSettings, JobLabel};
 use crate::plan::{JobId, Plan};
 use crate::state::resume::Prior;
 use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, RUN_ID_TAG, SOURCE_IMAGE_TAG, TEST_TAG};
-use crate::steps::fingerprint::{Fingerprint, FINGERPRINT_TAG, PARTS_TAG};
-use crate::steps::finish::{self, Finishing};
+use crate::steps::fingerprint::{self, Fingerprint, COPY_KEY_TAG, FINGERPRINT_TAG, PARTS_TAG};
+use crate::steps::finish::{self, Finished, Finishing, Made};
 use crate::steps::source;
 use crate::util::clock::RunClock;
 
@@ -34,9 +41,28 @@ pub struct Decision {
 pub struct Changes {
     pub decisions: Vec<Decision>,
     pub priors: BTreeMap<JobId, Prior>,
+    /// What could not be applied again to a reused image: its job's failures.
+    pub failures: BTreeMap<JobId, Vec<Failure>>,
+    /// What to say of a reused image (a deprecation time kept within EC2's limit).
+    pub notes: Vec<(JobLabel, String)>,
+}
+
+/// An image to reuse, and what re-applying the fleet's settings to it came to.
+struct Reused {
+    artifact: Artifact,
+    failures: Vec<Failure>,
+    notes: Vec<(JobLabel, String)>,
 }
 
 impl Changes {
+    /// What re-applying the settings to a reused image failed at, and what it said.
+    fn keep(&mut self, job: JobId, reused: &Reused) {
+        if !reused.failures.is_empty() {
+            self.failures.insert(job, reused.failures.clone());
+        }
+        self.notes.extend(reused.notes.iter().cloned());
+    }
+
     pub fn reused(&self) -> usize {
         self.decisions.iter().filter(|decision| decision.reuse.is_some()).count()
     }
@@ -55,14 +81,11 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
                 let images = fleet_images(fleet, flavor, &*region_cloud).await;
                 match newest(&images, Some(&fingerprint.digest)) {
                     Some(image) => {
-                        match reusable(fleet, flavor, &build.region, &*region_cloud, image, clock, apply).await {
-                            Ok(artifact) => {
-                                let run = artifact.reused_from.clone().unwrap_or_default();
-                                let why = vec![format!("nothing changed since {} (run {run})", artifact.image_id)];
-                                (Some(artifact), why)
-                            }
-                            Err(why) => (None, vec![why]),
-                        }
+                        let reused = reusable(fleet, flavor, &build.region, &*region_cloud, image, clock, apply).await;
+                        let run = reused.artifact.reused_from.clone().unwrap_or_default();
+                        let why = vec![format!("nothing changed since {} (run {run})", reused.artifact.image_id)];
+                        changes.keep(JobId::Build(build.index), &reused);
+                        (Some(reused.artifact), why)
                     }
                     None => match newest(&images, None).and_then(|image| image.tags.get(PARTS_TAG)) {
                         Some(parts) => (None, fingerprint.why_not(flavor, parts)),
@@ -78,11 +101,13 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
                 let target = &plan.copies[copy].target_region;
                 let target_cloud = cloud.region(target);
                 let images = fleet_images(fleet, flavor, &*target_cloud).await;
-                let Some(image) = newest(&images, digest.as_deref()) else { continue };
-                if let Ok(copied) = reusable(fleet, flavor, target, &*target_cloud, image, clock, apply).await {
-                    let copied = Artifact { build_region: build.region.clone(), ..copied };
-                    changes.priors.insert(JobId::Copy(copy), Prior::Available(copied));
-                }
+                let key = fingerprint::copy_key_tag(fleet, target);
+                let same_key = |image: &&OwnedImage| image.tags.get(COPY_KEY_TAG) == key.as_ref();
+                let Some(image) = newest(&images, digest.as_deref()).filter(same_key) else { continue };
+                let mut reused = reusable(fleet, flavor, target, &*target_cloud, image, clock, apply).await;
+                reused.artifact.build_region = build.region.clone();
+                changes.keep(JobId::Copy(copy), &reused);
+                changes.priors.insert(JobId::Copy(copy), Prior::Available(reused.artifact));
             }
         }
         changes.decisions.push(Decision { build: build.index, reuse, why });
@@ -127,7 +152,8 @@ fn newest<'a>(images: &'a [OwnedImage], fingerprint: Option<&str>) -> Option<&'a
         .max_by(|a, b| (&a.creation_date, &a.id).cmp(&(&b.creation_date, &b.id)))
 }
 
-/// The artifact of an image to reuse; with `apply`, after the fleet's image settings are applied to it again.
+/// The artifact of an image to reuse; with `apply`, after the fleet's image settings are applied to it again
+/// (what failed is its job's failure; the image is reused all the same).
 async fn reusable(
     fleet: &Fleet,
     flavor: &Flavor,
@@ -136,8 +162,13 @@ async fn reusable(
     image: &OwnedImage,
     clock: &RunClock,
     apply: bool,
-) -> Result<Artifact, String> {
-    let settings = if apply {
+) -> Reused {
+    let label = JobLabel::new(flavor.name.clone(), region.clone());
+    let (settings, failures, notes) = if apply {
+        // EC2's creation date (it always gives one; without, the run's start).
+        let created = chrono::DateTime::parse_from_rfc3339(&image.creation_date)
+            .map(|date| date.to_utc())
+            .unwrap_or_else(|_| clock.started_at());
         let finishing = Finishing {
             cloud,
             fleet,
@@ -146,20 +177,17 @@ async fn reusable(
             image: &image.id,
             snapshots: &image.snapshot_ids,
             now: clock.now(),
+            made: Made::Earlier { created },
         };
-        let (settings, failures) = finish::finish(finishing).await;
-        if let Some(failure) = failures.first() {
-            return Err(format!(
-                "{} could not be given the fleet's image settings again ({}: {}); rebuilding",
-                image.id, failure.stage, failure.error
-            ));
-        }
-        settings
+        let Finished { settings, failures, notes } = finish::finish(finishing).await;
+        let failures = failures.iter().map(|failure| Failure::from_cloud(&label, failure.stage, &failure.error));
+        let notes = notes.into_iter().map(|note| (label.clone(), note));
+        (settings, failures.collect(), notes.collect())
     } else {
-        ImageSettings::default()
+        (ImageSettings::default(), Vec::new(), Vec::new())
     };
     let tag = |key: &str| image.tags.get(key).cloned();
-    Ok(Artifact {
+    let artifact = Artifact {
         image_id: image.id.clone(),
         name: image.name.clone(),
         build_region: region.clone(),
@@ -170,7 +198,8 @@ async fn reusable(
         reused_from: Some(tag(RUN_ID_TAG).unwrap_or_else(|| "an earlier run".into())),
         published: Vec::new(),
         settings: Box::new(settings),
-    })
+    };
+    Reused { artifact, failures, notes }
 }
 
 /// `plan --changed-only`: the plan, each build marked `rebuild` or `reuse`, with why.
@@ -181,7 +210,7 @@ pub struct ChangedPlan<'a> {
 
 impl fmt::Display for ChangedPlan<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Changes { decisions, priors } = self.changes;
+        let Changes { decisions, priors, .. } = self.changes;
         let rebuilt = decisions.len() - self.changes.reused();
         writeln!(f, "fleet `{}`: {rebuilt} to rebuild, {} to reuse", self.plan.fleet, self.changes.reused())?;
         for decision in decisions {

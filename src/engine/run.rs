@@ -417,6 +417,7 @@ impl Execution {
         }
         let waits = Waits::new(Arc::clone(&self.cloud), self.strategy.waits);
         let mut notes = Vec::new();
+        let mut reuse_failures = std::collections::BTreeMap::new();
         let resumed = match &replay {
             Some(replay) => {
                 events.send(RunEvent::Resuming { run_id: plan.run_id.clone(), attempt, journal: replay.path.clone() });
@@ -439,6 +440,8 @@ impl Execution {
                         (label, format!("rebuilding: {}", decision.why.join("; ")))
                     })
                     .collect();
+                notes.extend(changes.notes);
+                reuse_failures = changes.failures;
                 crate::state::resume::Resumed { priors: changes.priors, ..Default::default() }
             }
             None => Default::default(),
@@ -475,6 +478,7 @@ impl Execution {
             priors: resumed.priors,
             published: resumed.published,
             notes,
+            reuse_failures,
         };
         let summary = scheduler.run(interrupts).await;
         if summary.abandoned {

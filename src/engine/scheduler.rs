@@ -63,6 +63,8 @@ pub struct Scheduler {
     pub published: BTreeMap<JobId, Vec<Publication>>,
     /// Said of a job right after the run starts (`--changed-only`: why it is rebuilt).
     pub notes: Vec<(JobLabel, String)>,
+    /// `--changed-only`: what could not be applied again to a reused image, its job's failures.
+    pub reuse_failures: BTreeMap<JobId, Vec<Failure>>,
 }
 
 /// What the loop knows while it runs.
@@ -197,7 +199,8 @@ impl Scheduler {
         publish_available(&self.journal, &self.events, self.plan.key(job), label, artifact);
         state.reused += 1;
         self.handle(LoopEvent::ImageAvailable { job, artifact: artifact.clone() }, state, queue);
-        self.handle(LoopEvent::JobDone { job, end: JobEnd::default(), slot: None }, state, queue);
+        let failures = self.reuse_failures.get(&job).cloned().unwrap_or_default();
+        self.handle(LoopEvent::JobDone { job, end: JobEnd { failures, in_progress: None }, slot: None }, state, queue);
     }
 
     /// Once every job has ended: the sweep ([`crate::engine::sweep`]). A first interrupt now changes nothing

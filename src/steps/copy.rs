@@ -21,7 +21,8 @@ use crate::plan::CopyJob;
 use crate::report::events::EventSender;
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::RunContext;
-use crate::steps::finish::{self, Finishing};
+use crate::steps::fingerprint;
+use crate::steps::finish::{self, Finished, Finishing, Made};
 use crate::steps::patience::no_room;
 use crate::steps::publish;
 
@@ -57,7 +58,8 @@ pub async fn run(context: CopyContext) -> CopyEnd {
     let label = JobLabel::new(context.flavor.name.clone(), context.job.target_region.clone());
     let mut end = CopyEnd::default();
     let run = &context.run;
-    let tags = run.artifact_tags(&context.flavor, &context.source);
+    let mut tags = run.artifact_tags(&context.flavor, &context.source);
+    tags.extend(fingerprint::copy_tags(&run.fleet, &context.job.target_region));
     let (image, requested) = match context.pending_image.clone() {
         Some(image) => {
             context.events.progress(&label, Stage::WaitCopy, format!("waiting for {image} from an earlier attempt"));
@@ -111,8 +113,12 @@ pub async fn run(context: CopyContext) -> CopyEnd {
         image: &image,
         snapshots: &snapshot_ids,
         now: run.clock.now(),
+        made: Made::ThisRun { started: run.clock.started_at() },
     };
-    let (settings, failures) = finish::finish(finishing).await;
+    let Finished { settings, failures, notes } = finish::finish(finishing).await;
+    for note in notes {
+        context.events.progress(&label, Stage::Deprecate, note);
+    }
     end.end.failures.extend(failures.into_iter().map(|f| Failure::from_cloud(&label, f.stage, &f.error)));
     let key = context.job.key();
     let already = &context.published_before;

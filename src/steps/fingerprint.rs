@@ -5,6 +5,11 @@
 //!
 //! A second tag, `fleetbake:fingerprint-parts`, keeps a short digest per part, so a rebuild can say why:
 //! the source moved, provisioner 2 changed, one was added.
+//!
+//! A copy carries its build's fingerprint and, as the rest of its own, the key CopyImage encrypted it with
+//! (`fleetbake:kms-key`, the copy region's `[encryption]` key as the fleet names it): `--changed-only`
+//! reuses a copy only with both, so a changed key makes a new copy. (A copy made before this tag existed has
+//! none: with `[encryption]` it is copied once more.)
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -16,6 +21,18 @@ use crate::config::{Flavor, Fleet, Provisioner, Region, ShellScript, Tags};
 
 pub const FINGERPRINT_TAG: &str = "fleetbake:fingerprint";
 pub const PARTS_TAG: &str = "fleetbake:fingerprint-parts";
+/// On a copy: the KMS key it was encrypted with, as `[encryption]` names it for its region.
+pub const COPY_KEY_TAG: &str = "fleetbake:kms-key";
+
+/// The value of a copy's [`COPY_KEY_TAG`] in `region` (`None`: no `[encryption]`, the tag is left off).
+pub fn copy_key_tag(fleet: &Fleet, region: &Region) -> Option<String> {
+    fleet.kms_key(region).map(str::to_string)
+}
+
+/// The tags that make a copy's part of its fingerprint.
+pub fn copy_tags(fleet: &Fleet, region: &Region) -> Tags {
+    copy_key_tag(fleet, region).map(|key| Tags::from([(COPY_KEY_TAG.to_string(), key)])).unwrap_or_default()
+}
 
 /// A build's fingerprint and its parts.
 #[derive(Clone, Debug, PartialEq, Eq)]

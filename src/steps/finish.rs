@@ -7,6 +7,12 @@
 //! Each call adds or sets, and repeating it changes nothing, so a resumed run finishes an image again rather
 //! than remember how far an earlier attempt got. A step that fails is recorded and the others still run: the
 //! image stays (it is built, and in the manifest), and the manifest leaves out what it does not have.
+//!
+//! Sharing is made exact: the accounts, organizations and OUs are granted first, and `all` (public) in a call of
+//! its own, so a refused public share (block public access for AMIs, on in new accounts) fails only that. An
+//! image of an earlier run (reused by `--changed-only`) has its launch and create-volume permissions read back,
+//! and what `[sharing]` no longer lists is removed (ModifyImageAttribute `Add` only adds). A public image's
+//! deprecation time is kept within EC2's limit, 2 years from its creation, and the note says so.
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
@@ -29,6 +35,42 @@ pub struct Finishing<'a> {
     pub snapshots: &'a [SnapshotId],
     /// Now, by the run's clock: the deprecation time counts from here.
     pub now: DateTime<Utc>,
+    /// Who made it and when: what it may carry already, and where a public image's deprecation limit falls.
+    pub made: Made,
+}
+
+/// When, and by which run, the image was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Made {
+    /// By this run, which started at `started` (before the image was made): it carries no permission but the
+    /// ones this run gives it.
+    ThisRun { started: DateTime<Utc> },
+    /// By an earlier run, at `created` (EC2's creation date): it may carry permissions an earlier `[sharing]`
+    /// gave.
+    Earlier { created: DateTime<Utc> },
+}
+
+impl Made {
+    /// The latest deprecation time EC2 accepts for a public image: 2 years (730 days, never more than 2
+    /// calendar years) after its creation, or after the run's start for an image made in this run, to the
+    /// minute below.
+    pub fn public_deprecation_limit(self) -> DateTime<Utc> {
+        let from = match self {
+            Made::ThisRun { started } => started,
+            Made::Earlier { created } => created,
+        };
+        let limit = from + TimeDelta::days(730);
+        limit.duration_trunc(TimeDelta::minutes(1)).unwrap_or(limit)
+    }
+}
+
+/// What a finish came to: what was applied, what failed, and what to tell about it.
+#[derive(Debug, Default)]
+pub struct Finished {
+    pub settings: ImageSettings,
+    pub failures: Vec<FinishFailure>,
+    /// Said of the image, not failures (a deprecation time kept within EC2's limit for public images).
+    pub notes: Vec<String>,
 }
 
 /// A step that failed, and the step.
@@ -38,11 +80,12 @@ pub struct FinishFailure {
     pub error: CloudError,
 }
 
-/// Applies the fleet's settings to the image; what was applied, and what failed.
-pub async fn finish(image: Finishing<'_>) -> (ImageSettings, Vec<FinishFailure>) {
+/// Applies the fleet's settings to the image; what was applied, what failed, and what to say about it.
+pub async fn finish(image: Finishing<'_>) -> Finished {
     let Finishing { cloud, fleet, flavor, region, .. } = image;
     let mut settings =
         ImageSettings { kms_key_id: fleet.kms_key(region).map(String::from), ..ImageSettings::default() };
+    let mut notes = Vec::new();
     let mut failures = Vec::new();
     let mut failed = |stage, error| failures.push(FinishFailure { stage, error });
 
@@ -53,19 +96,31 @@ pub async fn finish(image: Finishing<'_>) -> (ImageSettings, Vec<FinishFailure>)
         }
     }
     if let Some(after) = fleet.deprecate_after {
-        let at = deprecation_time(image.now, after);
+        let mut at = deprecation_time(image.now, after);
+        let limit = image.made.public_deprecation_limit();
+        if fleet.sharing.public && at > limit {
+            notes.push(format!(
+                "deprecating {} at {} instead of {}: EC2 deprecates a public image at most 2 years after its creation",
+                image.image,
+                limit.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+            at = limit;
+        }
         match cloud.deprecate_image(image.image, at).await {
             Ok(()) => settings.deprecation_time = Some(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             Err(error) => failed(Stage::Deprecate, error),
         }
     }
-    if fleet.sharing.any() {
-        match share(&image, &fleet.sharing).await {
-            Ok(()) => settings.shared_with = Some(fleet.sharing.clone()),
-            Err(error) => failed(Stage::Share, error),
+    // An image of an earlier run may carry grants `[sharing]` no longer lists, even when it lists none.
+    if fleet.sharing.any() || matches!(image.made, Made::Earlier { .. }) {
+        let shared = share(&image, &fleet.sharing).await;
+        if fleet.sharing.any() {
+            settings.shared_with = shared.applied;
         }
+        failures.extend(shared.failures);
     }
-    (settings, failures)
+    Finished { settings, failures, notes }
 }
 
 /// Gives an image's snapshots its tags (CreateImage and CopyImage tag only the image). The snapshots are new: a
@@ -84,25 +139,76 @@ pub fn deprecation_time(now: DateTime<Utc>, after: std::time::Duration) -> DateT
     at.duration_round(TimeDelta::minutes(1)).unwrap_or(at)
 }
 
-/// Marks the image shared (so gc knows), then grants its launch permissions and its snapshots'
-/// create-volume permissions. Marked first: a share that fails half-way still leaves an image another account
-/// may be using.
-async fn share(image: &Finishing<'_>, sharing: &Sharing) -> Result<(), CloudError> {
+/// What sharing came to: what of `[sharing]` the image has (`None`: not all of the non-public part), and what
+/// failed.
+struct Shared {
+    applied: Option<Sharing>,
+    failures: Vec<FinishFailure>,
+}
+
+/// Marks the image shared (so gc knows), grants its launch permissions to the accounts, organizations and OUs,
+/// removes the ones no longer listed (an image of an earlier run), does the same with its snapshots'
+/// create-volume permissions, and last makes it public, in a call of its own: a refusal there (block public
+/// access) leaves the rest granted. Marked first: a share that fails half-way still leaves an image another
+/// account may be using.
+async fn share(image: &Finishing<'_>, sharing: &Sharing) -> Shared {
+    let failure = |stage, error| Shared { applied: None, failures: vec![FinishFailure { stage, error }] };
+    match share_privately(image, sharing).await {
+        Ok(()) => {}
+        Err(error) => return failure(Stage::Share, error),
+    }
+    if !sharing.public {
+        return Shared { applied: Some(sharing.clone()), failures: Vec::new() };
+    }
+    let public = LaunchPermissions { public: true, ..LaunchPermissions::default() };
+    match image.cloud.share_image(image.image, &public).await {
+        Ok(()) => Shared { applied: Some(sharing.clone()), failures: Vec::new() },
+        // What was granted stays: the manifest lists it, without `public`.
+        Err(error) => Shared {
+            applied: Some(Sharing { public: false, ..sharing.clone() }),
+            failures: vec![FinishFailure { stage: Stage::Share, error }],
+        },
+    }
+}
+
+/// Everything of [`share`] but the public grant.
+async fn share_privately(image: &Finishing<'_>, sharing: &Sharing) -> Result<(), CloudError> {
     let cloud = image.cloud;
-    let tags = Tags::from([(SHARED_TAG.to_string(), "true".to_string())]);
-    cloud.create_tags(std::slice::from_ref(&image.image.0), &tags).await?;
-    let launch = LaunchPermissions {
+    if sharing.any() {
+        let tags = Tags::from([(SHARED_TAG.to_string(), "true".to_string())]);
+        cloud.create_tags(std::slice::from_ref(&image.image.0), &tags).await?;
+    }
+    let wanted = LaunchPermissions {
         accounts: sharing.accounts.clone(),
         organizations: sharing.organizations.clone(),
         organizational_units: sharing.organizational_units.clone(),
         public: sharing.public,
     };
-    if !launch.is_empty() {
-        cloud.share_image(image.image, &launch).await?;
+    let private = LaunchPermissions { public: false, ..wanted.clone() };
+    if !private.is_empty() {
+        cloud.share_image(image.image, &private).await?;
     }
-    if !sharing.snapshot_accounts.is_empty() {
-        for snapshot in image.snapshots {
+    let earlier = matches!(image.made, Made::Earlier { .. });
+    if earlier {
+        let unlisted = cloud.launch_permissions(image.image).await?.beyond(&wanted);
+        if !unlisted.is_empty() {
+            cloud.unshare_image(image.image, &unlisted).await?;
+        }
+    }
+    for snapshot in image.snapshots {
+        if !sharing.snapshot_accounts.is_empty() {
             cloud.share_snapshot(snapshot, &sharing.snapshot_accounts).await?;
+        }
+        if earlier {
+            let unlisted: Vec<String> = cloud
+                .snapshot_permissions(snapshot)
+                .await?
+                .into_iter()
+                .filter(|account| !sharing.snapshot_accounts.contains(account))
+                .collect();
+            if !unlisted.is_empty() {
+                cloud.unshare_snapshot(snapshot, &unlisted).await?;
+            }
         }
     }
     Ok(())

@@ -20,6 +20,7 @@ mod proxy;
 mod resume;
 mod secrets;
 mod session_manager;
+mod sharing;
 mod sim;
 mod validate;
 mod witness;

@@ -26,10 +26,10 @@ use tokio::time::Instant;
 use super::catalog::{self, PublicImage};
 use crate::cloud::limiter::ClassBuckets;
 use crate::cloud::{
-    fnv1a, Action, CloudError, CloudResult, ConsoleOutput, CopySpec, ErrorKind, ImageId, ImageQuery, ImageState,
-    ImageStatus, ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, KmsKey, LaunchPermissions,
-    LaunchSpec, OwnedImage, PrivateKey, RegionCloud, SecurityGroupId, SessionId, SessionToken, SnapshotId, SsmSession,
-    Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
+    fnv1a, Action, CloudError, CloudResult, ConsoleOutput, CopySpec, ErrorKind, ImageBlockPublicAccess, ImageId,
+    ImageQuery, ImageState, ImageStatus, ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, KmsKey,
+    LaunchPermissions, LaunchSpec, OwnedImage, PrivateKey, RegionCloud, SecurityGroupId, SessionId, SessionToken,
+    SnapshotId, SsmSession, Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
 };
 use crate::config::{
     AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, FlavorName, ImageFilter, Place, Region,
@@ -410,6 +410,14 @@ impl RegionState {
     }
 
     /// Whether the group exists and other calls know it yet.
+    /// The image whose snapshot this is (the model keeps a snapshot with its image).
+    fn image_of_snapshot(&self, snapshot: &SnapshotId) -> Result<ImageId, Refusal> {
+        match self.images.iter().find(|(_, image)| &image.snapshot == snapshot) {
+            Some((id, _)) => Ok(id.clone()),
+            None => refuse("InvalidSnapshot.NotFound", format!("The snapshot '{snapshot}' does not exist.")),
+        }
+    }
+
     fn knows_group(&mut self, id: &SecurityGroupId, now: Instant) -> bool {
         match self.security_groups.get(id).map(|group| group.created_at) {
             Some(at) => self.settled(at, now),
@@ -1108,17 +1116,22 @@ impl RegionCloud for SimRegion {
     }
 
     async fn deprecate_image(&self, image: &ImageId, at: chrono::DateTime<chrono::Utc>) -> CloudResult<()> {
+        let started = self.model.started;
         self.call(Action::EnableImageDeprecation, |state, now| {
             let time = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            state.known_image(image, now)?.attributes.deprecation_time = Some(time);
+            let found = state.known_image(image, now)?;
+            sharing::check_deprecation(&found.attributes, started, found.created_at, at)?;
+            found.attributes.deprecation_time = Some(time);
             Ok(())
         })
         .await
     }
 
     /// EC2 refuses to share an image whose snapshots are encrypted with the AWS-managed key (only a
-    /// customer-managed key's policy can let other accounts use it).
+    /// customer-managed key's policy can let other accounts use it), and to make one public where block public
+    /// access is on or whose snapshots are encrypted ([`sharing`]).
     async fn share_image(&self, image: &ImageId, with: &LaunchPermissions) -> CloudResult<()> {
+        let blocked = self.model.settings.block_public_access.blocks(&self.region);
         self.call(Action::ModifyImageAttribute, |state, now| {
             let found = state.known_image(image, now)?;
             if found.attributes.kms_key.as_deref().is_some_and(is_aws_managed_key) {
@@ -1127,18 +1140,7 @@ impl RegionCloud for SimRegion {
                     format!("Snapshots encrypted with the AWS Managed CMK can't be shared ({image})"),
                 );
             }
-            let mut granted: Vec<String> = with.accounts.clone();
-            granted.extend(with.organizations.iter().cloned());
-            granted.extend(with.organizational_units.iter().cloned());
-            if with.public {
-                granted.push("all".into());
-            }
-            for grant in granted {
-                if !found.attributes.launch_permissions.contains(&grant) {
-                    found.attributes.launch_permissions.push(grant);
-                }
-            }
-            Ok(())
+            sharing::grant(&mut found.attributes, with, blocked, image.as_str())
         })
         .await
     }
@@ -1286,7 +1288,47 @@ impl RegionCloud for SimRegion {
         })
         .await
     }
+
+    async fn image_block_public_access(&self) -> CloudResult<ImageBlockPublicAccess> {
+        let blocked = self.model.settings.block_public_access.blocks(&self.region);
+        self.call(Action::GetImageBlockPublicAccessState, |_, _| {
+            Ok(if blocked { ImageBlockPublicAccess::BlockNewSharing } else { ImageBlockPublicAccess::Unblocked })
+        })
+        .await
+    }
+
+    async fn launch_permissions(&self, image: &ImageId) -> CloudResult<LaunchPermissions> {
+        self.call(Action::DescribeImageAttribute, |state, now| Ok(state.known_image(image, now)?.attributes.launch()))
+            .await
+    }
+
+    async fn unshare_image(&self, image: &ImageId, from: &LaunchPermissions) -> CloudResult<()> {
+        self.call(Action::ModifyImageAttribute, |state, now| {
+            sharing::revoke(&mut state.known_image(image, now)?.attributes, from);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn snapshot_permissions(&self, snapshot: &SnapshotId) -> CloudResult<Vec<String>> {
+        self.call(Action::DescribeSnapshotAttribute, |state, now| {
+            let image = state.image_of_snapshot(snapshot)?;
+            Ok(state.known_image(&image, now)?.attributes.snapshot_permissions.clone())
+        })
+        .await
+    }
+
+    async fn unshare_snapshot(&self, snapshot: &SnapshotId, accounts: &[String]) -> CloudResult<()> {
+        self.call(Action::ModifySnapshotAttribute, |state, now| {
+            let image = state.image_of_snapshot(snapshot)?;
+            let found = state.known_image(&image, now)?;
+            found.attributes.snapshot_permissions.retain(|account| !accounts.contains(account));
+            Ok(())
+        })
+        .await
+    }
 }
 
+mod sharing;
 #[cfg(test)]
 mod tests;

@@ -148,6 +148,7 @@ async fn run_with(
         fail_fast,
         build_slot,
         priors: BTreeMap::new(),
+        reuse_failures: BTreeMap::new(),
         published: BTreeMap::new(),
         notes: Vec::new(),
     };

@@ -35,7 +35,7 @@ use crate::steps::cleanup::CleanupStack;
 use crate::steps::cleanup::UndoStep;
 use crate::steps::context::{RunContext, TEMPORARY_TAG};
 use crate::steps::fingerprint::Fingerprint;
-use crate::steps::finish::{self, Finishing};
+use crate::steps::finish::{self, Finished, Finishing, Made};
 use crate::steps::ledger::{Resource, ResourceKind};
 use crate::steps::network;
 use crate::steps::publish;
@@ -187,8 +187,12 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
                 image: &artifact.image_id,
                 snapshots: &artifact.snapshot_ids,
                 now: context.run.clock.now(),
+                made: Made::ThisRun { started: context.run.clock.started_at() },
             };
-            let (settings, failures) = finish::finish(finishing).await;
+            let Finished { settings, failures, notes } = finish::finish(finishing).await;
+            for note in notes {
+                context.progress(Stage::Deprecate, note);
+            }
             *artifact.settings = settings;
             artifact.settings.interface = Some(context.flavor.interface.way_in().to_string());
             end.failures.extend(failures.into_iter().map(|f| Failure::from_cloud(&label, f.stage, &f.error)));
