@@ -339,20 +339,54 @@ fn a_failed_image_is_deregistered_unless_keep_failed_images_keeps_it_tagged() {
     });
 }
 
-/// `[sharing] public = true`: every image, copies too, gets the launch permission `Group = all` (as sent, and as
-/// EC2 keeps it: DescribeImageAttribute launchPermission), and the `fleetbake:shared` tag.
+/// GetImageBlockPublicAccessState as EC2 answers it (moto lacks the call).
+const UNBLOCKED: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+    <GetImageBlockPublicAccessStateResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+    <requestId>fleetbake-test</requestId><imageBlockPublicAccessState>unblocked</imageBlockPublicAccessState>\
+    </GetImageBlockPublicAccessStateResponse>";
+const BLOCKED: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+    <GetImageBlockPublicAccessStateResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+    <requestId>fleetbake-test</requestId><imageBlockPublicAccessState>block-new-sharing</imageBlockPublicAccessState>\
+    </GetImageBlockPublicAccessStateResponse>";
+
+/// `[sharing] public = true` beside an account: the preflight reads each landing region's block public access
+/// (answered by the proxy: unblocked in us-west-2, `block-new-sharing` in us-east-1 at first, so the preflight
+/// names us-east-1 and stops the run before anything is made); once both are unblocked, every image, copies
+/// too, is shared with the account in one ModifyImageAttribute and made public (`Group = all`) in another, after
+/// it (as sent, and as EC2 keeps it: DescribeImageAttribute launchPermission), and gets the `fleetbake:shared`
+/// tag.
 #[test]
 fn sharing_public_lets_everyone_launch_every_image() {
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let proxy = FaultProxy::recording(&moto.endpoint);
+    let east_blocked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let blocked = std::sync::Arc::clone(&east_blocked);
+    let proxy = FaultProxy::start(&moto.endpoint, move |request| match request.action {
+        "GetImageBlockPublicAccessState"
+            if request.region == "us-east-1" && blocked.load(std::sync::atomic::Ordering::SeqCst) =>
+        {
+            Answer::Reply(BLOCKED)
+        }
+        "GetImageBlockPublicAccessState" => Answer::Reply(UNBLOCKED),
+        _ => Answer::Forward,
+    });
     let workspace = Workspace::new();
     let fleet = format!(
-        "{}\n[sharing]\npublic = true\n\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n\
+        "{}\n[sharing]\naccounts = [\"111122223333\"]\npublic = true\n\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n\
          [regions]\nus-west-2 = [\"us-east-1\"]\n",
         fleet_header_at(&proxy.endpoint, &sshd)
     );
     let fleet_path = workspace.write("fleet.toml", &fleet);
+    let refused = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(refused.code, 1, "{}{}", refused.stdout, refused.stderr);
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(said.contains("us-east-1: block public access for AMIs is on (`block-new-sharing`)"), "{said}");
+    assert!(!said.contains("us-west-2: block public access for AMIs is on"), "{said}");
+    let asked: Vec<String> = proxy.actions().into_iter().filter(|a| a == "GetImageBlockPublicAccessState").collect();
+    assert_eq!(asked.len(), 2, "once per landing region: {:?}", proxy.actions());
+    assert!(!proxy.actions().iter().any(|action| action == "RunInstances"), "nothing made past a failed preflight");
+
+    east_blocked.store(false, std::sync::atomic::Ordering::SeqCst);
     let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
     assert_eq!(outcome.code, 0, "{}", outcome.stderr);
     let manifest = read_manifest(&workspace);
@@ -361,19 +395,21 @@ fn sharing_public_lets_everyone_launch_every_image() {
         .map(|region| (region, manifest["artifacts"]["base"][region]["image_id"].as_str().unwrap().to_string()))
         .collect();
 
-    let public_grants: Vec<String> = proxy
-        .bodies("ModifyImageAttribute")
-        .iter()
-        .filter(|body| {
-            body.split('&').any(|pair| pair.starts_with("LaunchPermission.Add.") && pair.ends_with(".Group=all"))
-        })
-        .flat_map(|body| field(body, "ImageId").into_iter().map(str::to_string).collect::<Vec<_>>())
-        .collect();
-    let mut expected: Vec<String> = images.iter().map(|(_, id)| id.clone()).collect();
-    let mut granted = public_grants.clone();
-    expected.sort();
-    granted.sort();
-    assert_eq!(granted, expected, "one public grant per image: {:?}", proxy.bodies("ModifyImageAttribute"));
+    // Per image, in order: the account alone, then `all` alone.
+    let modifications = proxy.bodies("ModifyImageAttribute");
+    for (region, id) in &images {
+        let grants: Vec<Vec<&str>> = modifications
+            .iter()
+            .filter(|body| field(body, "ImageId") == [id.as_str()])
+            .map(|body| body.split('&').filter(|pair| pair.starts_with("LaunchPermission.")).collect::<Vec<_>>())
+            .filter(|grants| !grants.is_empty())
+            .collect();
+        assert_eq!(
+            grants,
+            [vec!["LaunchPermission.Add.1.UserId=111122223333"], vec!["LaunchPermission.Add.1.Group=all"]],
+            "{id} in {region}: {modifications:?}"
+        );
+    }
 
     runtime().block_on(async {
         for (region, id) in &images {
@@ -381,6 +417,8 @@ fn sharing_public_lets_everyone_launch_every_image() {
             let permissions = launch_permissions(&client, id).await;
             let groups: Vec<_> = permissions.iter().filter_map(|p| p.group()).collect();
             assert_eq!(groups, [&aws_sdk_ec2::types::PermissionGroup::All], "{id} in {region}");
+            let accounts: Vec<_> = permissions.iter().filter_map(|p| p.user_id()).collect();
+            assert_eq!(accounts, ["111122223333"], "{id} in {region}");
             let made = image(&client, id).await;
             assert_eq!(made.public(), Some(true), "{id} in {region}");
             assert!(
