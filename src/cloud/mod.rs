@@ -537,6 +537,28 @@ mod tests {
         assert_eq!(ErrorKind::of_code("InvalidDocument"), ErrorKind::Permanent);
     }
 
+    /// What a finish removes: what the image has and `[sharing]` no longer lists, `all` included.
+    #[test]
+    fn beyond_is_what_is_granted_and_not_wanted() {
+        let strings = |items: &[&str]| items.iter().map(|item| item.to_string()).collect::<Vec<_>>();
+        let granted = LaunchPermissions {
+            accounts: strings(&["111122223333", "444455556666"]),
+            organizations: strings(&["arn:aws:organizations::111122223333:organization/o-abc123def4"]),
+            organizational_units: Vec::new(),
+            public: true,
+        };
+        let wanted = LaunchPermissions { accounts: strings(&["111122223333"]), ..LaunchPermissions::default() };
+        let expected = LaunchPermissions {
+            accounts: strings(&["444455556666"]),
+            organizations: granted.organizations.clone(),
+            organizational_units: Vec::new(),
+            public: true,
+        };
+        assert_eq!(granted.beyond(&wanted), expected);
+        assert!(granted.beyond(&granted).is_empty());
+        assert!(wanted.beyond(&granted).is_empty());
+    }
+
     /// A session's token opens its stream: no `{:?}` of the session or the token shows it.
     #[test]
     fn a_sessions_token_is_redacted() {

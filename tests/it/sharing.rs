@@ -278,3 +278,69 @@ fn changing_a_copy_regions_key_makes_the_next_changed_only_night_copy_again() {
     let copy = report.images.iter().find(|image| after["us-east-1"]["image_id"] == image.id.as_str()).unwrap();
     assert_eq!(copy.attributes.kms_key.as_deref(), Some("alias/images-east"));
 }
+
+/// A public image reused by `--changed-only` is deprecated again from each night; EC2 refuses a public image's
+/// deprecation time more than 2 years after its creation, so fleetbake keeps it at that limit (730 days after
+/// the image's creation date) instead of failing, and the manifest says what was set.
+#[test]
+fn a_reused_public_images_deprecation_is_kept_within_two_years_of_its_creation() {
+    let workspace = Workspace::new();
+    let public = |after: &str| {
+        fleet("[sharing]\npublic = true\n\n[sim]\nblock_public_access = { default = false }\n").replacen(
+            "ami_name = ",
+            &format!("deprecate_after = \"{after}\"\nami_name = "),
+            1,
+        )
+    };
+    let runtime = paused_runtime();
+    let first = load(&workspace, &public("30d"), false);
+    let sim = runtime.block_on(async { Arc::new(SimCloud::new(&first)) });
+    let night_one = runtime.block_on(night(&sim, &first));
+    assert_eq!(night_one.failed, 0, "{night_one:?}");
+
+    let second = load(&workspace, &public("729d"), true);
+    let night_two = runtime.block_on(night(&sim, &second));
+    assert_eq!((night_two.failed, night_two.reused), (0, 3), "{night_two:?}");
+    let manifest = read_json(&workspace, "manifest.json");
+    let report = runtime.block_on(async { sim.report(std::time::Duration::from_secs(2)) });
+    for (region, artifact) in manifest["artifacts"]["base"].as_object().unwrap() {
+        let created: chrono::DateTime<chrono::Utc> = artifact["created_at"].as_str().unwrap().parse().unwrap();
+        let limit = created + chrono::TimeDelta::days(730);
+        let at: chrono::DateTime<chrono::Utc> = artifact["deprecation_time"].as_str().unwrap().parse().unwrap();
+        assert!(at <= limit && limit - at < chrono::TimeDelta::minutes(1), "{region}: {at} against {limit}");
+        let image = report.images.iter().find(|image| artifact["image_id"] == image.id.as_str()).unwrap();
+        assert_eq!(image.attributes.deprecation_time.as_deref(), artifact["deprecation_time"].as_str(), "{region}");
+    }
+}
+
+/// Under `--changed-only`, a reused image whose public share is refused (block public access, on by default in
+/// the simulated account as in a new one) is still reused, not rebuilt: its job fails at `share`, the
+/// accounts get their access, and the night makes no image.
+#[test]
+fn a_refused_public_share_of_a_reused_image_fails_its_job_without_a_rebuild() {
+    let workspace = Workspace::new();
+    let runtime = paused_runtime();
+    let first = load(&workspace, &fleet(""), false);
+    let sim = runtime.block_on(async { Arc::new(SimCloud::new(&first)) });
+    let night_one = runtime.block_on(night(&sim, &first));
+    assert_eq!(night_one.failed, 0, "{night_one:?}");
+    let images = images_of(&read_json(&workspace, "manifest.json"));
+
+    let public = fleet(&format!("[sharing]\naccounts = [\"{ACCOUNT}\"]\npublic = true\n"));
+    let second = load(&workspace, &public, true);
+    let night_two = runtime.block_on(night(&sim, &second));
+    assert_eq!((night_two.failed, night_two.reused), (3, 3), "{night_two:?}");
+    let manifest = read_json(&workspace, "manifest.json");
+    assert_eq!(images_of(&manifest), images, "the same images, none made");
+    let failures = manifest["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 3, "{failures:?}");
+    assert!(failures.iter().all(|f| f["stage"] == "share" && f["code"] == "OperationNotPermitted"), "{failures:?}");
+    let report = runtime.block_on(async { sim.report(std::time::Duration::from_secs(2)) });
+    assert_eq!(report.images.len(), 3, "no image made: {:?}", report.images);
+    let one = LaunchPermissions { accounts: vec![ACCOUNT.into()], ..LaunchPermissions::default() };
+    runtime.block_on(async {
+        for (region, image, _) in &images {
+            assert_eq!(sim.region(region).launch_permissions(image).await.unwrap(), one, "{image} in {region}");
+        }
+    });
+}
