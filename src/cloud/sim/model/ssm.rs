@@ -1,0 +1,260 @@
+//! The simulated SSM Parameter Store and EC2 launch templates: what `[publish]` writes to, with AWS's rules.
+//!
+//! - A parameter keeps its newest 100 versions: a put drops the oldest, unless the oldest carries a label, and
+//!   then it is refused with `ParameterMaxVersionLimitExceeded` (SSM user guide, "Working with parameter
+//!   labels" and "Parameter versions": "If a parameter has 100 versions and the oldest is labelled, you must
+//!   move the label … before you can create a new version").
+//! - A version carries at most 10 labels; a label is on one version of a parameter at a time, and labelling
+//!   another version moves it (LabelParameterVersion).
+//! - A parameter's data type is fixed when it is made: `aws:ec2:image` cannot be put over `text` ("Native
+//!   parameter support for Amazon Machine Image IDs": the data type cannot be changed to or from
+//!   `aws:ec2:image`), answered `ValidationException`.
+//! - PutParameter with `aws:ec2:image` answers a version at once and validates the image id afterwards
+//!   ([`VALIDATION`]); the version appears only if the image exists in the region and no `[sim] faults`
+//!   `validation = "fails"` fires. A failed validation leaves the parameter unchanged (its number is used).
+//! - Launch templates exist only where `[sim] launch_templates` declares them (an account's deploy tooling
+//!   makes them); CreateLaunchTemplateVersion on another name is `InvalidLaunchTemplateName.NotFoundException`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Refusal;
+use crate::cloud::{ImageId, ParameterHistory, ParameterVersion, IMAGE_DATA_TYPE};
+use crate::config::ExistingParameter;
+
+/// SSM keeps this many versions of a parameter.
+pub const MAX_VERSIONS: usize = 100;
+/// SSM allows this many labels on one version.
+pub const MAX_LABELS_PER_VERSION: usize = 10;
+/// How long after PutParameter SSM's validation of an `aws:ec2:image` value takes.
+pub const VALIDATION: Duration = Duration::from_secs(5);
+
+/// One SSM parameter.
+#[derive(Clone, Debug)]
+pub struct SimParameter {
+    pub data_type: String,
+    /// Oldest first.
+    pub versions: Vec<ParameterVersion>,
+    /// Puts answered and not yet validated.
+    pending: Vec<PendingPut>,
+    /// The number the last put was given (validated or not).
+    last_number: u64,
+}
+
+#[derive(Clone, Debug)]
+struct PendingPut {
+    version: u64,
+    value: String,
+    settles_at: Instant,
+    /// The validation fails: the version never appears.
+    fails: bool,
+}
+
+/// One launch template: every version's image (version 1, as the account made it, has none) and
+/// description, and the default version.
+#[derive(Clone, Debug)]
+pub struct SimLaunchTemplate {
+    pub id: String,
+    pub versions: Vec<(Option<ImageId>, String)>,
+    pub default: u64,
+}
+
+/// Parameters and launch templates of one region.
+#[derive(Clone, Debug, Default)]
+pub struct Publishing {
+    pub parameters: BTreeMap<String, SimParameter>,
+    pub launch_templates: BTreeMap<String, SimLaunchTemplate>,
+}
+
+fn refuse<T>(code: &str, message: impl Into<String>) -> Result<T, Refusal> {
+    super::refuse(code, message)
+}
+
+impl Publishing {
+    /// The region as the account has it before the run: `[sim] launch_templates` (one version each) and
+    /// `[sim] parameters` (one version each, of their data type).
+    pub(super) fn declared(
+        templates: &[String],
+        parameters: &[ExistingParameter],
+        template_id: impl Fn(&str) -> String,
+    ) -> Self {
+        let launch_templates = templates
+            .iter()
+            .map(|name| {
+                let template = SimLaunchTemplate {
+                    id: template_id(name),
+                    versions: vec![(None, "made by the account".to_string())],
+                    default: 1,
+                };
+                (name.clone(), template)
+            })
+            .collect();
+        let parameters = parameters
+            .iter()
+            .map(|declared| {
+                let version = ParameterVersion { version: 1, value: "made by the account".into(), labels: Vec::new() };
+                let parameter = SimParameter {
+                    data_type: declared.data_type.clone(),
+                    versions: vec![version],
+                    pending: Vec::new(),
+                    last_number: 1,
+                };
+                (declared.name.clone(), parameter)
+            })
+            .collect();
+        Publishing { parameters, launch_templates }
+    }
+
+    /// PutParameter (`aws:ec2:image`, overwrite): the number of the version it will be, once validated
+    /// (`valid`: the image exists and no fault fails the validation).
+    pub(super) fn put(&mut self, name: &str, image: &ImageId, valid: bool, now: Instant) -> Result<u64, Refusal> {
+        let parameter = self.parameters.entry(name.to_string()).or_insert_with(|| SimParameter {
+            data_type: IMAGE_DATA_TYPE.to_string(),
+            versions: Vec::new(),
+            pending: Vec::new(),
+            last_number: 0,
+        });
+        parameter.settle(now);
+        if parameter.data_type != IMAGE_DATA_TYPE {
+            return refuse(
+                "ValidationException",
+                format!(
+                    "The parameter {name} has data type {}; a parameter's data type cannot be changed to {IMAGE_DATA_TYPE}",
+                    parameter.data_type
+                ),
+            );
+        }
+        let held = parameter.versions.len() + parameter.pending.len();
+        if held >= MAX_VERSIONS {
+            if let Some(oldest) = parameter.versions.first().filter(|oldest| !oldest.labels.is_empty()) {
+                return refuse(
+                    "ParameterMaxVersionLimitExceeded",
+                    format!(
+                        "You attempted to create a new version of {name} by calling the PutParameter API with the overwrite flag. Version {}, the oldest version, can't be deleted because it has a label associated with it. Move the label to another version of the parameter, and try again.",
+                        oldest.version
+                    ),
+                );
+            }
+        }
+        parameter.last_number += 1;
+        let version = parameter.last_number;
+        parameter.pending.push(PendingPut {
+            version,
+            value: image.to_string(),
+            settles_at: now + VALIDATION,
+            fails: !valid,
+        });
+        Ok(version)
+    }
+
+    /// GetParameterHistory.
+    pub(super) fn history(&mut self, name: &str, now: Instant) -> Option<ParameterHistory> {
+        let parameter = self.parameters.get_mut(name)?;
+        parameter.settle(now);
+        if parameter.versions.is_empty() {
+            // Made by a put whose validation has not ended (or failed): SSM does not know the parameter.
+            return None;
+        }
+        Some(ParameterHistory { data_type: parameter.data_type.clone(), versions: parameter.versions.clone() })
+    }
+
+    /// LabelParameterVersion: the label moves to `version`.
+    pub(super) fn label(&mut self, name: &str, version: u64, label: &str, now: Instant) -> Result<(), Refusal> {
+        let parameter = self.known(name, now)?;
+        let Some(index) = parameter.versions.iter().position(|found| found.version == version) else {
+            return refuse(
+                "ParameterVersionNotFound",
+                format!("Systems Manager could not find version {version} of {name}."),
+            );
+        };
+        if parameter.versions[index].labels.len() >= MAX_LABELS_PER_VERSION
+            && !parameter.versions[index].labels.iter().any(|found| found == label)
+        {
+            return refuse(
+                "ParameterVersionLabelLimitExceeded",
+                format!("A parameter version can have maximum {MAX_LABELS_PER_VERSION} labels."),
+            );
+        }
+        for found in &mut parameter.versions {
+            found.labels.retain(|existing| existing != label);
+        }
+        parameter.versions[index].labels.push(label.to_string());
+        Ok(())
+    }
+
+    /// UnlabelParameterVersion.
+    pub(super) fn unlabel(&mut self, name: &str, version: u64, labels: &[String], now: Instant) -> Result<(), Refusal> {
+        let parameter = self.known(name, now)?;
+        let Some(found) = parameter.versions.iter_mut().find(|found| found.version == version) else {
+            return refuse(
+                "ParameterVersionNotFound",
+                format!("Systems Manager could not find version {version} of {name}."),
+            );
+        };
+        found.labels.retain(|existing| !labels.contains(existing));
+        Ok(())
+    }
+
+    fn known(&mut self, name: &str, now: Instant) -> Result<&mut SimParameter, Refusal> {
+        match self.parameters.get_mut(name) {
+            Some(parameter) => {
+                parameter.settle(now);
+                Ok(parameter)
+            }
+            None => refuse("ParameterNotFound", format!("Parameter {name} not found.")),
+        }
+    }
+
+    /// CreateLaunchTemplateVersion with `image`, made the default (ModifyLaunchTemplate in the same step).
+    pub(super) fn template_version(
+        &mut self,
+        name: &str,
+        image: &ImageId,
+        description: &str,
+    ) -> Result<(String, u64), Refusal> {
+        let Some(template) = self.launch_templates.get_mut(name) else {
+            return refuse(
+                "InvalidLaunchTemplateName.NotFoundException",
+                format!("The specified launch template, with template name {name}, does not exist."),
+            );
+        };
+        template.versions.push((Some(image.clone()), description.to_string()));
+        template.default = template.versions.len() as u64;
+        Ok((template.id.clone(), template.default))
+    }
+
+    /// DescribeLaunchTemplateVersions filtered by image: the version with this description.
+    pub(super) fn template_version_made(
+        &self,
+        name: &str,
+        image: &ImageId,
+        description: &str,
+    ) -> Result<Option<(String, u64)>, Refusal> {
+        let Some(template) = self.launch_templates.get(name) else {
+            return refuse(
+                "InvalidLaunchTemplateName.NotFoundException",
+                format!("The specified launch template, with template name {name}, does not exist."),
+            );
+        };
+        let made =
+            template.versions.iter().position(|(found, text)| found.as_ref() == Some(image) && text == description);
+        Ok(made.map(|index| (template.id.clone(), index as u64 + 1)))
+    }
+}
+
+impl SimParameter {
+    /// Ends the validations whose time has come: a valid put becomes the newest version (the oldest dropped
+    /// past [`MAX_VERSIONS`]: the put checked it carries no label), a failed one leaves the parameter as it was.
+    fn settle(&mut self, now: Instant) {
+        let (settled, pending): (Vec<_>, Vec<_>) = self.pending.drain(..).partition(|put| put.settles_at <= now);
+        self.pending = pending;
+        for put in settled.into_iter().filter(|put| !put.fails) {
+            self.versions.push(ParameterVersion { version: put.version, value: put.value, labels: Vec::new() });
+            while self.versions.len() > MAX_VERSIONS {
+                self.versions.remove(0);
+            }
+        }
+    }
+}
