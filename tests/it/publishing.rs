@@ -158,3 +158,57 @@ fn a_text_parameter_and_a_missing_launch_template_fail_at_publish() {
     assert!(errors.contains("has data type `text`"), "{errors}");
     assert!(run.manifest["artifacts"]["base"]["us-west-2"]["image_id"].is_string(), "the image is kept");
 }
+
+/// CreateLaunchTemplateVersion takes no client token: EC2 makes a version for each call. Its first answer
+/// lost after it took effect (the proxy forwards it to moto, then answers `InternalError`), the retry finds
+/// the version the first call made (DescribeLaunchTemplateVersions: this run's description and image) and
+/// makes none: the template has its own version and one more, the default, holding the image.
+#[test]
+fn a_retried_create_launch_template_version_makes_one_version() {
+    use crate::harness::{runtime, Moto, Sshd};
+    use crate::matrix::{fleet_header_at, read_manifest, AL2023};
+    use crate::proxy::{Answer, Fault, FaultProxy};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let lost = AtomicBool::new(false);
+    let proxy = FaultProxy::start(&moto.endpoint, move |request| {
+        if request.action == "CreateLaunchTemplateVersion" && !lost.swap(true, Ordering::SeqCst) {
+            return Answer::ForwardThenFail(Fault { status: 500, code: "InternalError", message: "answer lost" });
+        }
+        Answer::Forward
+    });
+    runtime().block_on(async {
+        let data = aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Small)
+            .build();
+        let create = moto.client("us-west-2").create_launch_template().launch_template_name("base-nightly");
+        create.launch_template_data(data).send().await.unwrap();
+    });
+    let workspace = Workspace::new();
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n\n\
+         [publish]\nlaunch_template = \"{{flavor}}-nightly\"\n",
+        fleet_header_at(&proxy.endpoint, &sshd)
+    );
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let run = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(proxy.bodies("CreateLaunchTemplateVersion").len(), 1, "the retry did not create again");
+    // Looked for before the create, and again before the retry.
+    assert_eq!(proxy.bodies("DescribeLaunchTemplateVersions").len(), 2);
+    let manifest = read_manifest(&workspace);
+    let image = manifest["artifacts"]["base"]["us-west-2"]["image_id"].as_str().unwrap().to_string();
+    let versions = runtime().block_on(async {
+        let found =
+            moto.client("us-west-2").describe_launch_template_versions().launch_template_name("base-nightly").send();
+        found.await.unwrap().launch_template_versions().to_vec()
+    });
+    assert_eq!(versions.len(), 2, "the template's own version and one more: {versions:?}");
+    let made = versions.iter().find(|version| version.version_number() == Some(2)).unwrap();
+    assert_eq!(made.launch_template_data().and_then(|data| data.image_id()), Some(image.as_str()));
+    assert_eq!(made.default_version(), Some(true), "{versions:?}");
+    let published = &manifest["artifacts"]["base"]["us-west-2"]["published"];
+    assert_eq!(published[0]["kind"], "launch_template", "{published}");
+    assert_eq!(published[0]["version"], 2, "{published}");
+}
