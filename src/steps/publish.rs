@@ -204,3 +204,37 @@ pub async fn each(
     let failures = failures.iter().map(|error| error.failure(label)).collect();
     (published, failures)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::ParameterVersion;
+
+    fn history(labels: &[&[&str]]) -> ParameterHistory {
+        let versions = labels
+            .iter()
+            .enumerate()
+            .map(|(index, labels)| ParameterVersion {
+                version: index as u64 + 1,
+                value: format!("ami-{index}"),
+                labels: labels.iter().map(|label| label.to_string()).collect(),
+            })
+            .collect();
+        ParameterHistory { data_type: IMAGE_DATA_TYPE.into(), versions }
+    }
+
+    /// Before a put, fleetbake's labels stay on the newest 9 versions (the put makes the 10th); older ones
+    /// lose theirs; labels fleetbake did not make are never removed.
+    #[test]
+    fn only_fleetbakes_labels_past_the_newest_nine_are_removed() {
+        let mut labels: Vec<&[&str]> = vec![&["fleetbake-20261201-000000-aaaaa", "prod"], &["fleetbake-b"]];
+        labels.extend(std::iter::repeat_n(&["fleetbake-n"][..], 9));
+        let remove = labels_to_remove(&history(&labels));
+        assert_eq!(
+            remove,
+            [(1, vec!["fleetbake-20261201-000000-aaaaa".to_string()]), (2, vec!["fleetbake-b".to_string()])]
+        );
+        assert!(labels_to_remove(&history(&labels[2..])).is_empty(), "9 versions: nothing to remove");
+        assert!(labels_to_remove(&history(&[&["prod"][..]; 20])).is_empty(), "no label of fleetbake's");
+    }
+}

@@ -212,3 +212,28 @@ fn a_retried_create_launch_template_version_makes_one_version() {
     assert_eq!(published[0]["kind"], "launch_template", "{published}");
     assert_eq!(published[0]["version"], 2, "{published}");
 }
+
+/// `[sim] launch_templates`, `[sim] parameters` and the `validation` fault are checked like every other key:
+/// each problem with its file, line, column and key, exit 2.
+#[test]
+fn bad_publish_targets_and_validation_faults_in_sim_are_bad_input() {
+    let workspace = Workspace::new();
+    let sim = "launch_templates = [\"ok-template\", \"no spaces\"]\n\
+               parameters = [{ name = \"/images/a\", data_type = \"string\" }, { name = \"bad name\", data_type = \"text\" }]\n\
+               faults = [{ action = \"CreateImage\", validation = \"fails\", nth = 1 }, \
+               { action = \"PutParameter\", validation = \"sometimes\", nth = 1 }, \
+               { action = \"PutParameter\", validation = \"fails\", error = \"InternalError\", nth = 1 }]";
+    let path = workspace.write("fleet.toml", &one_image_fleet(sim, false));
+    let outcome = workspace.fleetbake(&["validate", path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 2, "{}", outcome.stderr);
+    for expected in [
+        "fleet.toml:22:36: `sim.launch_templates[1]`: `no spaces` is not a launch template name",
+        "fleet.toml:23:49: `sim.parameters[0].data_type`: `string` is not one of SSM's data types",
+        "`sim.parameters[1].name`: `bad name` is not an SSM parameter name",
+        "`sim.faults[0].action`: `validation` goes with `PutParameter`",
+        "`sim.faults[1].validation`: `sometimes` is not `fails`",
+        "`sim.faults[2]`: set exactly one of `error`, `image_state`, `instance_state`, `console`, `agent` and `validation`",
+    ] {
+        assert!(outcome.stderr.contains(expected), "{expected}:\n{}", outcome.stderr);
+    }
+}

@@ -258,3 +258,96 @@ impl SimParameter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAME: &str = "/images/fleet/base";
+
+    fn image(n: u64) -> ImageId {
+        ImageId::new(format!("ami-{n:017x}"))
+    }
+
+    /// Puts `count` valid versions, each settled before the next.
+    fn put_settled(publishing: &mut Publishing, count: u64, now: &mut Instant) -> Vec<u64> {
+        (0..count)
+            .map(|n| {
+                let version = publishing.put(NAME, &image(n), true, *now).map_err(|refusal| refusal.code).unwrap();
+                *now += VALIDATION;
+                version
+            })
+            .collect()
+    }
+
+    fn code<T: std::fmt::Debug>(answer: Result<T, Refusal>) -> String {
+        answer.err().map(|refusal| refusal.code).unwrap_or_else(|| "answered".into())
+    }
+
+    #[test]
+    fn a_version_appears_only_once_validated_and_a_failed_validation_leaves_the_parameter_unchanged() {
+        let mut publishing = Publishing::default();
+        let mut now = Instant::now();
+        assert_eq!(publishing.put(NAME, &image(1), true, now).map_err(|r| r.code).unwrap(), 1);
+        assert_eq!(publishing.history(NAME, now), None, "not yet validated");
+        now += VALIDATION;
+        assert_eq!(publishing.history(NAME, now).unwrap().versions.len(), 1);
+        assert_eq!(publishing.put(NAME, &image(2), false, now).map_err(|r| r.code).unwrap(), 2);
+        now += VALIDATION;
+        let history = publishing.history(NAME, now).unwrap();
+        assert_eq!(history.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1]);
+        assert_eq!(history.data_type, IMAGE_DATA_TYPE);
+        assert_eq!(code(publishing.label(NAME, 2, "fleetbake-x", now)), "ParameterVersionNotFound");
+    }
+
+    #[test]
+    fn the_oldest_of_100_versions_labelled_refuses_a_put_and_unlabelled_it_is_dropped() {
+        let mut publishing = Publishing::default();
+        let mut now = Instant::now();
+        put_settled(&mut publishing, 100, &mut now);
+        publishing.label(NAME, 1, "prod", now).map_err(|r| r.code).unwrap();
+        assert_eq!(code(publishing.put(NAME, &image(100), true, now)), "ParameterMaxVersionLimitExceeded");
+        publishing.unlabel(NAME, 1, &["prod".to_string()], now).map_err(|r| r.code).unwrap();
+        assert_eq!(publishing.put(NAME, &image(100), true, now).map_err(|r| r.code).unwrap(), 101);
+        now += VALIDATION;
+        let history = publishing.history(NAME, now).unwrap();
+        assert_eq!(history.versions.len(), MAX_VERSIONS);
+        assert_eq!((history.versions[0].version, history.versions[99].version), (2, 101));
+    }
+
+    #[test]
+    fn a_label_moves_and_a_version_holds_at_most_10() {
+        let mut publishing = Publishing::default();
+        let mut now = Instant::now();
+        put_settled(&mut publishing, 2, &mut now);
+        publishing.label(NAME, 1, "moving", now).map_err(|r| r.code).unwrap();
+        publishing.label(NAME, 2, "moving", now).map_err(|r| r.code).unwrap();
+        let history = publishing.history(NAME, now).unwrap();
+        assert!(history.versions[0].labels.is_empty());
+        assert_eq!(history.versions[1].labels, ["moving"]);
+        for n in 0..9 {
+            publishing.label(NAME, 2, &format!("label-{n}"), now).map_err(|r| r.code).unwrap();
+        }
+        assert_eq!(code(publishing.label(NAME, 2, "eleventh", now)), "ParameterVersionLabelLimitExceeded");
+    }
+
+    #[test]
+    fn a_declared_text_parameter_never_takes_an_image_and_templates_exist_only_where_declared() {
+        let declared = [ExistingParameter { name: NAME.into(), data_type: "text".into() }];
+        let mut publishing = Publishing::declared(&["web".to_string()], &declared, |name| format!("lt-{name}"));
+        let now = Instant::now();
+        assert_eq!(code(publishing.put(NAME, &image(1), true, now)), "ValidationException");
+        assert_eq!(publishing.history(NAME, now).unwrap().data_type, "text");
+        assert_eq!(
+            code(publishing.template_version("api", &image(1), "d")),
+            "InvalidLaunchTemplateName.NotFoundException"
+        );
+        let made = publishing.template_version("web", &image(1), "run 1").map_err(|r| r.code).unwrap();
+        assert_eq!(made, ("lt-web".to_string(), 2));
+        assert_eq!(
+            publishing.template_version_made("web", &image(1), "run 1").map_err(|r| r.code).unwrap(),
+            Some(made)
+        );
+        assert_eq!(publishing.template_version_made("web", &image(1), "run 2").map_err(|r| r.code).unwrap(), None);
+    }
+}
