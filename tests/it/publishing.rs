@@ -237,3 +237,67 @@ fn bad_publish_targets_and_validation_faults_in_sim_are_bad_input() {
         assert!(outcome.stderr.contains(expected), "{expected}:\n{}", outcome.stderr);
     }
 }
+
+/// fleetbake never removes a label it did not make: one on the oldest of a parameter's 100 versions makes SSM
+/// refuse the next put. The preflight names it (read-only: GetParameterHistory); the night that goes ahead
+/// fails at `publish` with SSM's `ParameterMaxVersionLimitExceeded`, and the label is still there.
+#[test]
+fn a_foreign_label_on_the_oldest_of_100_versions_is_named_by_the_preflight_and_never_removed() {
+    use fleetbake::cloud::Cloud;
+    use fleetbake::engine::run::Start;
+    let workspace = Workspace::new();
+    let fleet_path = workspace.write("fleet.toml", &one_image_fleet("api_latency = \"10ms\"", false));
+    let fleet = fleetbake::config::load(&fleet_path).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    let sim = runtime.block_on(async { std::sync::Arc::new(fleetbake::cloud::sim::SimCloud::new(&fleet)) });
+    for night in 1..=100 {
+        let summary = runtime.block_on(run_on(&sim, &fleet, Start::fresh(&fleet, None), None));
+        assert_eq!(summary.failed, 0, "night {night}: {summary:?}");
+    }
+    let region = fleetbake::config::Region::new("us-west-2");
+    let name = "/images/nightly/base";
+    let start = Start::fresh(&fleet, None);
+    let preflight = runtime.block_on(async {
+        sim.region(&region).label_parameter_version(name, 1, "prod-pinned").await.unwrap();
+        fleetbake::engine::preflight::check(&fleet, start.plan(), &*sim).await
+    });
+    let text = preflight.to_string();
+    assert!(!preflight.passed(), "{text}");
+    assert!(
+        text.contains("FAIL us-west-2: SSM parameter `/images/nightly/base` has 100 versions and its oldest (version 1) carries `prod-pinned` that fleetbake does not remove"),
+        "{text}"
+    );
+    let night = runtime.block_on(run_on(&sim, &fleet, start, None));
+    assert_eq!(night.failed, 1, "{night:?}");
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(&fleet.manifest_path).unwrap()).unwrap();
+    assert_eq!(
+        failures(&manifest),
+        [("base".into(), "us-west-2".into(), "publish".into(), Some("ParameterMaxVersionLimitExceeded".into()))]
+    );
+    let history = runtime.block_on(async { sim.region(&region).parameter_history(name).await.unwrap().unwrap() });
+    assert_eq!(history.versions[0].labels, ["prod-pinned"], "never removed");
+}
+
+/// Each call the publication makes is one the simulated cloud answers and counts: the history read before the
+/// put and after it (until the version is there), the put, the label.
+#[test]
+fn a_publication_counts_each_call_it_makes() {
+    let workspace = Workspace::new();
+    let run = run_sim_with(&workspace, &one_image_fleet("launch_templates = [\"base-nightly\"]", true), &[]);
+    assert_eq!(run.outcome.code, 0, "stderr:\n{}", run.outcome.stderr);
+    let calls = &run.summary["api_calls"]["us-west-2"];
+    assert_eq!(calls["PutParameter"], 1, "{calls}");
+    assert_eq!(calls["LabelParameterVersion"], 1, "{calls}");
+    // The preflight's, the one before the put, and at least one after it (validation takes 5 s).
+    assert!(calls["GetParameterHistory"].as_u64().unwrap() >= 3, "{calls}");
+    assert_eq!(calls["DescribeLaunchTemplates"], 1, "the preflight's: {calls}");
+    assert_eq!(calls["DescribeLaunchTemplateVersions"], 1, "{calls}");
+    assert_eq!(calls["CreateLaunchTemplateVersion"], 1, "{calls}");
+    let published = run.summary["sim"]["published"].as_array().unwrap();
+    assert_eq!(published.len(), 2, "{published:?}");
+    assert!(
+        published[1].as_str().unwrap().contains("launch-template base-nightly v2 (default) = ami-"),
+        "{published:?}"
+    );
+    assert!(published[0].as_str().unwrap().contains("ssm /images/nightly/base v1 = ami-"), "{published:?}");
+}
