@@ -1367,6 +1367,45 @@ mod tests {
         assert_eq!(stub.requests().len(), 1, "not retried by the limiter");
     }
 
+    /// GetParameterHistory over every page (oldest first, the data type kept), `ParameterNotFound` as no
+    /// parameter; UnlabelParameterVersion sends the version and the labels.
+    #[tokio::test]
+    async fn a_parameters_history_is_read_over_every_page_and_labels_are_removed_by_version() {
+        let stub = SsmStub::start(vec![
+            (
+                "GetParameterHistory",
+                200,
+                r#"{"Parameters":[{"Name":"/images/a","Version":1,"Value":"ami-1","DataType":"aws:ec2:image","Labels":["fleetbake-x","prod"]}],"NextToken":"page-2"}"#,
+            ),
+            (
+                "GetParameterHistory",
+                200,
+                r#"{"Parameters":[{"Name":"/images/a","Version":2,"Value":"ami-2","DataType":"aws:ec2:image"}]}"#,
+            ),
+            (
+                "GetParameterHistory",
+                400,
+                r#"{"__type":"ParameterNotFound","message":"Parameter /images/b not found."}"#,
+            ),
+            ("UnlabelParameterVersion", 200, r#"{"RemovedLabels":["fleetbake-x"],"InvalidLabels":[]}"#),
+        ]);
+        let region = stub.region();
+        let history = region.parameter_history("/images/a").await.unwrap().unwrap();
+        assert_eq!(history.data_type, "aws:ec2:image");
+        let found: Vec<(u64, &str, Vec<String>)> =
+            history.versions.iter().map(|v| (v.version, v.value.as_str(), v.labels.clone())).collect();
+        assert_eq!(found, [(1, "ami-1", vec!["fleetbake-x".to_string(), "prod".to_string()]), (2, "ami-2", vec![])]);
+        let second: serde_json::Value = serde_json::from_str(&stub.requests()[1].1).unwrap();
+        assert_eq!(second["NextToken"], "page-2");
+        assert_eq!(region.parameter_history("/images/b").await.unwrap(), None);
+        region.unlabel_parameter_version("/images/a", 1, &["fleetbake-x".to_string()]).await.unwrap();
+        let sent: serde_json::Value = serde_json::from_str(&stub.requests()[3].1).unwrap();
+        assert_eq!(
+            (sent["ParameterVersion"].as_i64(), &sent["Labels"]),
+            (Some(1), &serde_json::json!(["fleetbake-x"]))
+        );
+    }
+
     /// TerminateSession of a session that ended, or that SSM no longer knows, is done; a refusal is not.
     #[tokio::test]
     async fn terminating_a_session_is_idempotent() {
