@@ -7,15 +7,17 @@
 //!
 //! What AWS refuses, and what is done about it here:
 //! - SSM keeps a parameter's newest 100 versions and refuses a new one (`ParameterMaxVersionLimitExceeded`)
-//!   while the oldest carries a label (SSM user guide, "Working with parameter labels": "move the label to
-//!   another version … and try again"). Run labels are therefore kept on the newest [`KEEP_LABELS`] versions
+//!   while the oldest carries a label (SSM API reference, the `ParameterMaxVersionLimitExceeded` error: "Move
+//!   the label to another version of the parameter, and try again"). Run labels are therefore kept on the newest [`KEEP_LABELS`] versions
 //!   only: before each put, fleetbake's own labels (`fleetbake-…`) on older versions are removed
 //!   (UnlabelParameterVersion). Labels fleetbake did not make are never touched; one on the oldest of 100
 //!   versions is named by the preflight.
-//! - PutParameter with `aws:ec2:image` validates the id asynchronously ("Native parameter support for Amazon
-//!   Machine Image IDs": "the parameter is not created" if validation fails): a put is confirmed by reading
+//! - PutParameter with `aws:ec2:image` validates the id asynchronously (SSM API reference, PutParameter
+//!   `DataType`: a 200 "does not guarantee that your parameter was successfully created or updated"; an
+//!   invalid value leaves it "not created or updated"): a put is confirmed by reading
 //!   the history back ([`CONFIRM`]) until its version holds our image id; not there in time, or holding
-//!   another value, is a publish failure. A parameter of another data type can never become `aws:ec2:image`.
+//!   another value, is a publish failure. A parameter of another data type can never become `aws:ec2:image`
+//!   (SSM user guide, "Parameter data types in Parameter Store": no change to or from `aws:ec2:image`).
 //! - CreateLaunchTemplateVersion takes no client token: the cloud port looks for the version an earlier
 //!   attempt made (by its description, which names the run and the image) before each attempt.
 

@@ -1,17 +1,20 @@
 //! The simulated SSM Parameter Store and EC2 launch templates: what `[publish]` writes to, with AWS's rules.
 //!
 //! - A parameter keeps its newest 100 versions: a put drops the oldest, unless the oldest carries a label, and
-//!   then it is refused with `ParameterMaxVersionLimitExceeded` (SSM user guide, "Working with parameter
-//!   labels" and "Parameter versions": "If a parameter has 100 versions and the oldest is labelled, you must
-//!   move the label … before you can create a new version").
-//! - A version carries at most 10 labels; a label is on one version of a parameter at a time, and labelling
-//!   another version moves it (LabelParameterVersion).
-//! - A parameter's data type is fixed when it is made: `aws:ec2:image` cannot be put over `text` ("Native
-//!   parameter support for Amazon Machine Image IDs": the data type cannot be changed to or from
-//!   `aws:ec2:image`), answered `ValidationException`.
+//!   then it is refused with `ParameterMaxVersionLimitExceeded` (SSM API reference, that error: "Parameter
+//!   Store retains the 100 most recently created versions … if the oldest version has a label attached to it,
+//!   Parameter Store won't delete the version"; the message below is the one it documents).
+//! - A version carries at most 10 labels (`ParameterVersionLabelLimitExceeded`); a label is on one version of
+//!   a parameter at a time, and labelling another version moves it (SSM user guide, "Working with parameter
+//!   labels").
+//! - A parameter's data type is fixed when it is made: `aws:ec2:image` cannot be put over `text` (SSM user
+//!   guide, "Parameter data types in Parameter Store": no change to or from `aws:ec2:image`), answered
+//!   `ValidationException`.
 //! - PutParameter with `aws:ec2:image` answers a version at once and validates the image id afterwards
-//!   ([`VALIDATION`]); the version appears only if the image exists in the region and no `[sim] faults`
-//!   `validation = "fails"` fires. A failed validation leaves the parameter unchanged (its number is used).
+//!   ([`VALIDATION`]; SSM API reference, PutParameter `DataType`: a 200 "does not guarantee that your
+//!   parameter was successfully created or updated"); the version appears only if the image exists in the
+//!   region and no `[sim] faults` `validation = "fails"` fires. A failed validation leaves the parameter
+//!   unchanged; whether SSM reuses its number is not documented: the model does not.
 //! - Launch templates exist only where `[sim] launch_templates` declares them (an account's deploy tooling
 //!   makes them); CreateLaunchTemplateVersion on another name is `InvalidLaunchTemplateName.NotFoundException`.
 
