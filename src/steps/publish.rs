@@ -170,11 +170,12 @@ async fn confirm(cloud: &dyn RegionCloud, name: &str, version: u64, image: &Imag
         Ok(value) if value == image.as_str() => Ok(()),
         Ok(value) => Err(PublishError::NotOurs { name: name.to_string(), version, image: image.clone(), value }),
         Err(WaitError::Cloud(error)) => Err(error.into()),
-        Err(WaitError::Timeout { after, .. }) => {
-            Err(PublishError::NotConfirmed { name: name.to_string(), version, image: image.clone(), waited: after })
+        // The check never answers `Failed` (a version not there yet is waited for); either way, not confirmed.
+        Err(WaitError::Timeout { after: waited, .. }) => {
+            Err(PublishError::NotConfirmed { name: name.to_string(), version, image: image.clone(), waited })
         }
-        Err(WaitError::Failed(why)) => Err(PublishError::NotConfirmed {
-            name: format!("{name} ({why})"),
+        Err(WaitError::Failed(_)) => Err(PublishError::NotConfirmed {
+            name: name.to_string(),
             version,
             image: image.clone(),
             waited: CONFIRM.timeout,
