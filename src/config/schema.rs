@@ -313,8 +313,22 @@ pub struct SimSection {
     pub agent_online: Option<String>,
     #[serde(default)]
     pub faults: Vec<FaultSection>,
+    /// The launch templates every region has.
+    #[serde(default)]
+    pub launch_templates: Vec<String>,
+    /// SSM parameters every region has before the run.
+    #[serde(default)]
+    pub parameters: Vec<ParameterSection>,
     /// `{ default = true, "us-east-1" = false }`: block public access for AMIs per region.
     pub block_public_access: Option<BTreeMap<String, bool>>,
+}
+
+/// `[sim] parameters = [{ name, data_type }]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParameterSection {
+    pub name: String,
+    pub data_type: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,4 +349,7 @@ pub struct FaultSection {
     pub agent: Option<String>,
     /// With `console` or `agent`: only instances of this flavor.
     pub flavor: Option<String>,
+    /// With `PutParameter`: SSM's asynchronous validation of the image id (`"fails"`: the version never
+    /// appears).
+    pub validation: Option<String>,
 }

@@ -6,9 +6,11 @@
 //! the default VPC), each flavor's source image, and its instance type offered in the region and in the
 //! zones of its subnets; in every region an image lands in, that the region answers and that no image
 //! there already holds a name this run would give one, and that its `[encryption]` key exists, is enabled, and
-//! (when the images are shared) is not AWS-managed; with `[sharing] public`, that each such region lets images
-//! be made public (`sharing`).
+//! (when the images are shared) is not AWS-managed; with `[publish]`, each SSM parameter and launch template
+//! an image will be published to ([`publish`]); with `[sharing] public`, that each such region lets images be
+//! made public (`sharing`).
 
+mod publish;
 mod sharing;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -122,6 +124,7 @@ pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud) -> Preflight {
             check_key(&mut preflight, cloud, &region, key, fleet.sharing.any()).await;
         }
     }
+    publish::check_publish_targets(&mut preflight, fleet, plan, cloud).await;
     sharing::check(&mut preflight, fleet, plan, cloud).await;
     preflight
 }
