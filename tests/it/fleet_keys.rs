@@ -474,3 +474,64 @@ fn rebuild_changed_reuses_unchanged_images_without_the_flag() {
         assert_eq!(instances(&moto.client("us-west-2")).await.len(), 1);
     });
 }
+
+/// `base` built in us-west-2 and copied to us-east-1, shared with `accounts` (images and snapshots), with
+/// `[matrix] rebuild = "changed"`.
+fn shared_changed_fleet(endpoint: &str, sshd: &Sshd, accounts: &str) -> String {
+    format!(
+        "{}\n[matrix]\nrebuild = \"changed\"\n\n[sharing]\naccounts = [{accounts}]\nsnapshot_accounts = [{accounts}]\n\n\
+         [[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = [\"us-east-1\"]\n",
+        fleet_header_at(endpoint, sshd)
+    )
+}
+
+/// An account taken out of `[sharing]` loses its access on the next night that reuses the images, through the
+/// SDK's real requests: DescribeImageAttribute and DescribeSnapshotAttribute read what each image holds, and
+/// ModifyImageAttribute `LaunchPermission.Remove` and ModifySnapshotAttribute `OperationType = remove` take
+/// the account away (as sent, and as moto then keeps it).
+#[test]
+fn an_account_taken_out_of_sharing_is_removed_from_reused_images() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let both = "\"111122223333\", \"444455556666\"";
+    let fleet_path = workspace.write("fleet.toml", &shared_changed_fleet(&moto.endpoint, &sshd, both));
+    let path = fleet_path.to_str().unwrap();
+    let first = workspace.fleetbake(&["matrix", path]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let night_one = read_manifest(&workspace);
+
+    let proxy = FaultProxy::recording(&moto.endpoint);
+    std::fs::write(&fleet_path, shared_changed_fleet(&proxy.endpoint, &sshd, "\"111122223333\"")).unwrap();
+    let second = workspace.fleetbake(&["matrix", path]);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(count(&proxy, "CreateImage") + count(&proxy, "CopyImage"), 0, "reused: {:?}", proxy.actions());
+    let night_two = read_manifest(&workspace);
+    for region in ["us-west-2", "us-east-1"] {
+        let artifact = &night_two["artifacts"]["base"][region];
+        assert_eq!(artifact["image_id"], night_one["artifacts"]["base"][region]["image_id"], "{region}");
+        let id = artifact["image_id"].as_str().unwrap();
+        let removals: Vec<String> = proxy
+            .bodies("ModifyImageAttribute")
+            .into_iter()
+            .filter(|body| field(body, "ImageId") == [id] && body.contains("LaunchPermission.Remove."))
+            .collect();
+        assert_eq!(removals.len(), 1, "{region}: {:?}", proxy.bodies("ModifyImageAttribute"));
+        assert_eq!(field(&removals[0], "LaunchPermission.Remove.1.UserId"), ["444455556666"], "{region}");
+        let snapshot = artifact["snapshot_ids"][0].as_str().unwrap();
+        let snapshot_removals: Vec<String> = proxy
+            .bodies("ModifySnapshotAttribute")
+            .into_iter()
+            .filter(|body| field(body, "SnapshotId") == [snapshot] && field(body, "OperationType") == ["remove"])
+            .collect();
+        assert_eq!(snapshot_removals.len(), 1, "{region}: {:?}", proxy.bodies("ModifySnapshotAttribute"));
+        assert_eq!(field(&snapshot_removals[0], "UserId.1"), ["444455556666"], "{region}");
+        runtime().block_on(async {
+            let permissions = launch_permissions(&moto.client(region), id).await;
+            let accounts: Vec<_> = permissions.iter().filter_map(|p| p.user_id()).collect();
+            assert_eq!(accounts, ["111122223333"], "{id} in {region}");
+        });
+    }
+    assert_eq!(count(&proxy, "DescribeImageAttribute"), 2, "{:?}", proxy.actions());
+    assert_eq!(count(&proxy, "DescribeSnapshotAttribute"), 2, "{:?}", proxy.actions());
+}
