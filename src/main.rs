@@ -398,8 +398,12 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
                     eprintln!("  {resource}");
                 }
             }
-            if summary.abandoned || !summary.left_behind.is_empty() {
-                if summary.abandoned {
+            if summary.abandoned || summary.credentials_expired || !summary.left_behind.is_empty() {
+                if summary.credentials_expired {
+                    eprintln!(
+                        "error: the credentials expired mid-run (AWS answered `ExpiredToken`): nothing new was started, and cleanup could not remove these; they may be left in the account:"
+                    );
+                } else if summary.abandoned {
                     eprintln!("error: exited without waiting for cleanup; these may be left in the account:");
                 } else {
                     eprintln!("error: cleanup could not remove these; they may be left in the account:");
@@ -408,9 +412,10 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
                     eprintln!("  {resource}");
                 }
                 eprintln!(
-                    "  and anything else tagged `fleetbake:run-id={}`; remove them with: fleetbake gc {}",
+                    "  and anything else tagged `fleetbake:run-id={}`; remove them with: fleetbake gc {}{}",
                     statistics.run_id,
-                    fleet_file.display()
+                    fleet_file.display(),
+                    if summary.credentials_expired { " (with fresh credentials)" } else { "" }
                 );
             }
             Ending::Ran { summary: Box::new(summary), leaked: leaked.len() }

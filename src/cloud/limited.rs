@@ -32,6 +32,10 @@ impl Cloud for Limited {
         let limiter = self.limits.region(&Region::new(super::aws::STS));
         limiter.call(Action::GetCallerIdentity, || self.inner.caller_identity()).await
     }
+
+    async fn credentials(&self) -> CloudResult<CredentialsStatus> {
+        self.inner.credentials().await
+    }
 }
 
 struct LimitedRegion {
@@ -208,5 +212,9 @@ impl RegionCloud for LimitedRegion {
 
     async fn active_sessions(&self, instance: &InstanceId) -> CloudResult<Vec<SessionId>> {
         self.limiter.call(Action::DescribeSessions, || self.inner.active_sessions(instance)).await
+    }
+
+    async fn describe_regions(&self) -> CloudResult<Vec<RegionOptIn>> {
+        self.limiter.call(Action::DescribeRegions, || self.inner.describe_regions()).await
     }
 }

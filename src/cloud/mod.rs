@@ -454,6 +454,72 @@ pub trait RegionCloud: Send + Sync {
     /// The sessions still active to `instance` (DescribeSessions, `State = Active`, filter `Target`, every
     /// page): whoever started them. A StartSession whose answer was lost opened one whose id only this tells.
     async fn active_sessions(&self, instance: &InstanceId) -> CloudResult<Vec<SessionId>>;
+
+    /// DescribeRegions with `AllRegions = true`: every region of the partition and whether the account has
+    /// it enabled (`OptInStatus`). A region not enabled answers EC2 calls with `AuthFailure`.
+    async fn describe_regions(&self) -> CloudResult<Vec<RegionOptIn>>;
+}
+
+/// A region as DescribeRegions (`AllRegions = true`) lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionOptIn {
+    pub region: Region,
+    /// `opt-in-not-required`, `opted-in` or `not-opted-in`.
+    pub opt_in_status: String,
+}
+
+impl RegionOptIn {
+    /// Whether the account may use the region: every status but `not-opted-in`.
+    pub fn enabled(&self) -> bool {
+        self.opt_in_status != "not-opted-in"
+    }
+}
+
+/// The credentials the run signs its calls with, as the provider chain hands them out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialsStatus {
+    /// The provider that gave them, as the SDK names it (`EnvironmentVariable`, `ProfileFile`,
+    /// `AssumeRoleProvider`, `SSO`, `WebIdentityToken`, `IMDSv2`, `CredentialProcess`, …).
+    pub source: String,
+    /// Whether the provider gets new ones before these end (see [`CredentialsStatus::is_refreshable`]).
+    pub refreshable: bool,
+    /// How long until they end; `None`: long-term keys, which do not.
+    pub expires_in: Option<std::time::Duration>,
+    /// With `[aws] role_arn`: who the chain's own credentials are (an `:assumed-role/` ARN makes assuming the
+    /// role role chaining, whose sessions last at most 1 hour), and theirs.
+    pub base: Option<Box<BaseCredentials>>,
+}
+
+/// The credentials `[aws] role_arn` is assumed with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseCredentials {
+    pub arn: String,
+    pub source: String,
+    pub refreshable: bool,
+    pub expires_in: Option<std::time::Duration>,
+}
+
+/// Providers whose credentials are what was written down (environment variables, a profile's keys, a static
+/// pair): they end at their expiry and nothing renews them. Every other provider (STS AssumeRole, a profile's
+/// `role_arn` or `credential_source`, SSO, web identity, the instance or container role, a
+/// `credential_process`) asks for new ones before the old end.
+const STATIC_PROVIDERS: &[&str] = &["EnvironmentVariable", "ProfileFile", "Static"];
+
+impl CredentialsStatus {
+    /// Whether credentials from `source` are renewed by their provider.
+    pub fn is_refreshable(source: &str) -> bool {
+        !STATIC_PROVIDERS.contains(&source)
+    }
+
+    /// How long the run can sign calls: these credentials' own time, or, when they are renewed with base
+    /// credentials that are not, the base's. `None`: no end.
+    pub fn usable_for(&self) -> Option<std::time::Duration> {
+        match &self.base {
+            Some(base) if !base.refreshable && base.expires_in.is_some() => base.expires_in,
+            _ if self.refreshable => None,
+            _ => self.expires_in,
+        }
+    }
 }
 
 /// The SSM document that forwards a session to the instance's sshd (`portNumber`): AWS's own.
@@ -474,6 +540,10 @@ pub trait Cloud: Send + Sync {
 
     /// Who the run acts as: the account and the ARN (after any role was assumed).
     async fn caller_identity(&self) -> CloudResult<Identity>;
+
+    /// The credentials the run signs with: their provider, whether it renews them, when they end, and with
+    /// `[aws] role_arn`, the credentials the role is assumed with. Read-only (the provider may call STS).
+    async fn credentials(&self) -> CloudResult<CredentialsStatus>;
 }
 
 #[cfg(test)]

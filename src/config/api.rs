@@ -55,6 +55,11 @@ pub enum Action {
     /// KMS, not EC2: whether a region's key exists, is enabled, and whose it is. Counted with the
     /// non-mutating calls.
     DescribeKey,
+    /// EC2: every region and whether the account has it enabled (`AllRegions`), for the preflight. Counted
+    /// with the non-mutating calls.
+    DescribeRegions,
+    /// STS, not EC2: `[aws] role_arn` assumed (by the SDK's provider; the simulated cloud counts it).
+    AssumeRole,
 }
 
 /// The AWS services fleetbake calls. Each paces its calls in buckets of its own per place (the client's
@@ -124,7 +129,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 34] = [
+    pub const ALL: [Action; 36] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -159,6 +164,8 @@ impl Action {
         Action::DescribeSessions,
         Action::GetCallerIdentity,
         Action::DescribeKey,
+        Action::DescribeRegions,
+        Action::AssumeRole,
     ];
 
     /// The action named as in the EC2 API (`CreateImage`).
@@ -175,7 +182,7 @@ impl Action {
     /// The AWS service that answers the action; each has its own request buckets.
     pub fn service(self) -> Service {
         match self {
-            Action::GetCallerIdentity => Service::Sts,
+            Action::GetCallerIdentity | Action::AssumeRole => Service::Sts,
             Action::DescribeKey => Service::Kms,
             Action::PutParameter
             | Action::LabelParameterVersion
@@ -200,7 +207,9 @@ impl Action {
             | Action::DescribeKeyPairs
             | Action::GetConsoleOutput
             | Action::DescribeInstanceInformation
-            | Action::DescribeSessions => ActionClass::NonMutating,
+            | Action::DescribeSessions
+            | Action::DescribeRegions
+            | Action::AssumeRole => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,
             Action::CopyImage => ActionClass::CopyImage,
             Action::CreateTags => ActionClass::CreateTags,

@@ -313,6 +313,20 @@ pub struct SimSection {
     pub agent_online: Option<String>,
     #[serde(default)]
     pub faults: Vec<FaultSection>,
+    /// The credentials the run signs with: `{ expires_after = "3h", refreshable = false }`.
+    pub credentials: Option<SimCredentialsSection>,
+    /// Who the credentials are before `[aws] role_arn` is assumed: `"user"` (the default) or `"role"`.
+    pub base_identity: Option<String>,
+    /// Regions the simulated account has not enabled (opt-in regions): EC2 there answers `AuthFailure`.
+    pub regions_not_enabled: Option<Vec<String>>,
+}
+
+/// `[sim] credentials`: when the simulated credentials expire, and whether their provider renews them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimCredentialsSection {
+    pub expires_after: String,
+    pub refreshable: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

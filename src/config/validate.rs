@@ -1473,7 +1473,11 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         console_keys: duration("console_keys", &raw.console_keys, defaults.console_keys),
         agent_online: duration("agent_online", &raw.agent_online, defaults.agent_online),
         faults: Vec::new(),
+        credentials: None,
+        base_identity: defaults.base_identity,
+        regions_not_enabled: Default::default(),
     };
+    resolve_sim_account(checker, &path, &raw, &mut sim);
     if let Some(vcpus) = raw.instance_vcpus {
         sim.instance_vcpus = checker.positive(path.key("instance_vcpus"), Some(vcpus as usize), 2) as u32;
     }
@@ -1562,6 +1566,32 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         sim.faults.push(SimFault { action, region, effect, when, answer_lost });
     }
     sim
+}
+
+/// `[sim] credentials`, `base_identity` and `regions_not_enabled`: the simulated account's credentials and
+/// regions.
+fn resolve_sim_account(checker: &mut Checker<'_>, path: &KeyPath, raw: &schema::SimSection, sim: &mut SimSettings) {
+    if let Some(credentials) = &raw.credentials {
+        let at = path.key("credentials");
+        if let Some(expires_after) = checker.duration(at.key("expires_after"), &credentials.expires_after) {
+            sim.credentials = Some(crate::config::SimCredentials {
+                expires_after,
+                refreshable: credentials.refreshable.unwrap_or(false),
+            });
+        }
+    }
+    sim.base_identity = match raw.base_identity.as_deref() {
+        None | Some("user") => crate::config::BaseIdentity::User,
+        Some("role") => crate::config::BaseIdentity::Role,
+        Some(other) => {
+            checker.problem(path.key("base_identity"), format!("`{other}` is not `\"user\"` or `\"role\"`"));
+            crate::config::BaseIdentity::User
+        }
+    };
+    for (index, name) in raw.regions_not_enabled.iter().flatten().enumerate() {
+        let region = checker.region(path.key("regions_not_enabled").index(index), name);
+        sim.regions_not_enabled.insert(region);
+    }
 }
 
 /// For a fault of the instance a RunInstances launches (`key`: `console` or `agent`): checks its action is

@@ -6,7 +6,7 @@
 use std::fmt;
 
 use super::{JobLabel, Stage};
-use crate::cloud::CloudError;
+use crate::cloud::{CloudError, ErrorKind};
 use crate::config::{FlavorName, Region};
 
 /// Why a job did not produce its image (or did, but left something behind).
@@ -35,6 +35,12 @@ impl Failure {
             error: error.to_string(),
             hint: None,
         }
+    }
+
+    /// Whether AWS refused the job's credentials as expired (`ExpiredToken`, `RequestExpired`, …): every call
+    /// after it will be refused too, unless the provider renews them.
+    pub fn credentials_expired(&self) -> bool {
+        self.code.as_deref().is_some_and(|code| ErrorKind::of_code(code) == ErrorKind::Credentials)
     }
 
     pub fn from_cloud(label: &JobLabel, stage: Stage, error: &CloudError) -> Self {

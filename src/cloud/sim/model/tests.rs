@@ -16,7 +16,7 @@ fn region_of(settings: SimSettings) -> (SimCloud, SimRegion) {
     let model = Model::new(SimSettings { consistency_lag: Duration::ZERO, ..settings });
     let region = Region::new("us-west-2");
     let sim_region = SimRegion { region: region.clone(), model: Arc::clone(&model), state: model.region(&region) };
-    (SimCloud { model }, sim_region)
+    (SimCloud { model, role: None }, sim_region)
 }
 
 /// A key pair, a group and an instance of `flavor` launched into it; the instance and its group.
