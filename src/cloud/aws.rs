@@ -153,10 +153,10 @@ impl Cloud for AwsCloud {
     /// The provider chain's credentials (the role's, with `[aws] role_arn`), and the base credentials' and
     /// their identity when a role is assumed on top of them.
     async fn credentials(&self) -> CloudResult<CredentialsStatus> {
-        let (source, expires_in) = read_credentials(&self.sdk).await?;
+        let (source, expires_in, temporary) = read_credentials(&self.sdk).await?;
         let base = match &self.base {
             Some(base) => {
-                let (base_source, base_expires_in) = read_credentials(base).await?;
+                let (base_source, base_expires_in, _) = read_credentials(base).await?;
                 Some(Box::new(BaseCredentials {
                     arn: identity(base, &self.limits).await?.arn,
                     refreshable: CredentialsStatus::is_refreshable(&base_source),
@@ -166,7 +166,8 @@ impl Cloud for AwsCloud {
             }
             None => None,
         };
-        Ok(CredentialsStatus { refreshable: CredentialsStatus::is_refreshable(&source), source, expires_in, base })
+        let refreshable = CredentialsStatus::is_refreshable(&source);
+        Ok(CredentialsStatus { refreshable, source, expires_in, temporary, base })
     }
 }
 
@@ -186,8 +187,9 @@ async fn identity(sdk: &aws_config::SdkConfig, limits: &ApiLimits) -> CloudResul
     })
 }
 
-/// Asks `sdk`'s provider for credentials: which provider gave them, and how long until they end.
-async fn read_credentials(sdk: &aws_config::SdkConfig) -> CloudResult<(String, Option<std::time::Duration>)> {
+/// Asks `sdk`'s provider for credentials: which provider gave them, how long until they end, and whether they
+/// are session credentials.
+async fn read_credentials(sdk: &aws_config::SdkConfig) -> CloudResult<(String, Option<std::time::Duration>, bool)> {
     use aws_credential_types::provider::ProvideCredentials;
     let refused = |message: String| CloudError {
         action: Action::GetCallerIdentity,
@@ -199,7 +201,7 @@ async fn read_credentials(sdk: &aws_config::SdkConfig) -> CloudResult<(String, O
     let provider = sdk.credentials_provider().ok_or_else(|| refused("no credential provider is configured".into()))?;
     let credentials = provider.provide_credentials().await.map_err(|error| refused(error_chain(&error)))?;
     let expires_in = credentials.expiry().map(|at| at.duration_since(std::time::SystemTime::now()).unwrap_or_default());
-    Ok((provider_name(&credentials), expires_in))
+    Ok((provider_name(&credentials), expires_in, credentials.session_token().is_some()))
 }
 
 /// The name of the provider that gave `credentials`. The SDK keeps it private but shows it first in their

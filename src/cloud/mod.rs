@@ -483,8 +483,10 @@ pub struct CredentialsStatus {
     pub source: String,
     /// Whether the provider gets new ones before these end (see [`CredentialsStatus::is_refreshable`]).
     pub refreshable: bool,
-    /// How long until they end; `None`: long-term keys, which do not.
+    /// How long until they end; `None`: long-term keys, which do not, or session keys given without their end.
     pub expires_in: Option<std::time::Duration>,
+    /// Session credentials (with a session token): they end, whether or not the provider says when.
+    pub temporary: bool,
     /// With `[aws] role_arn`: who the chain's own credentials are (an `:assumed-role/` ARN makes assuming the
     /// role role chaining, whose sessions last at most 1 hour), and theirs.
     pub base: Option<Box<BaseCredentials>>,

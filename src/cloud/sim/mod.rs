@@ -261,7 +261,9 @@ impl Cloud for SimCloud {
         let (expires_in, refreshable) = self.model.account.lifetime(Instant::now());
         let source = if refreshable { "simulated (renewed)" } else { "simulated (static)" }.to_string();
         match &self.role {
-            None => Ok(CredentialsStatus { source, refreshable, expires_in, base: None }),
+            None => {
+                Ok(CredentialsStatus { source, refreshable, expires_in, temporary: expires_in.is_some(), base: None })
+            }
             Some(role) => {
                 let base = BaseCredentials {
                     arn: self.model.account.base_arn(SIMULATED_ACCOUNT),
@@ -273,6 +275,7 @@ impl Cloud for SimCloud {
                     source: "AssumeRoleProvider".into(),
                     refreshable: true,
                     expires_in: Some(role.duration),
+                    temporary: true,
                     base: Some(Box::new(base)),
                 })
             }

@@ -100,14 +100,18 @@ fn lifetime(plan: &Plan, status: &CredentialsStatus, estimate: Duration) -> Outc
             "credentials ({source}): renewed by their provider{}; they last past {finish}",
             status.expires_in.map(|left| format!(", the current ones for {}", span(left))).unwrap_or_default()
         )),
+        None if status.temporary => Outcome::Ok(format!(
+            "credentials ({source}): session keys, not renewed, and the provider does not say when they end: they must outlast {finish} (CI: `role-duration-seconds` covering the job's timeout), or use credentials that renew themselves"
+        )),
         None => Outcome::Ok(format!("credentials ({source}): long-term keys, no expiry")),
     }
 }
 
-/// `2h 05m`, `45m`, `30s`.
+/// `2h 05m`, `45m` (to the nearest minute), `30s`.
 fn span(duration: Duration) -> String {
     let seconds = duration.as_secs();
-    match (seconds / 3600, seconds % 3600 / 60) {
+    let minutes = (seconds + 30) / 60;
+    match (minutes / 60, minutes % 60) {
         (0, 0) => format!("{seconds}s"),
         (0, minutes) => format!("{minutes}m"),
         (hours, minutes) => format!("{hours}h {minutes:02}m"),
@@ -134,6 +138,7 @@ mod tests {
             source: "AssumeRoleProvider".into(),
             refreshable: true,
             expires_in: Some(hour),
+            temporary: true,
             base,
         };
         assert_eq!(role(base(false)).usable_for(), Some(2 * hour), "renewed only while the base lasts");
@@ -142,5 +147,6 @@ mod tests {
         assert!(!CredentialsStatus::is_refreshable("EnvironmentVariable"));
         assert!(CredentialsStatus::is_refreshable("WebIdentityToken"));
         assert_eq!(span(Duration::from_secs(7500)), "2h 05m");
+        assert_eq!(span(Duration::from_secs(1199)), "20m", "to the nearest minute");
     }
 }

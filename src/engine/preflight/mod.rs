@@ -302,7 +302,10 @@ async fn check_names(
         Err(error) if error.code.as_deref() == Some("OptInRequired") => {
             Outcome::Fail(hints::hint(&error).expect("OptInRequired has a hint"))
         }
-        Err(error) => Outcome::Fail(format!("cannot reach {region}: {error}")),
+        Err(error) => Outcome::Fail(format!(
+            "cannot reach {region}: {error}{}",
+            hints::hint(&error).map(|hint| format!("; {hint}")).unwrap_or_default()
+        )),
         Ok(found) => {
             let taken: Vec<String> = found
                 .iter()
