@@ -58,8 +58,6 @@ pub enum Action {
     /// EC2: every region and whether the account has it enabled (`AllRegions`), for the preflight. Counted
     /// with the non-mutating calls.
     DescribeRegions,
-    /// STS, not EC2: `[aws] role_arn` assumed (by the SDK's provider; the simulated cloud counts it).
-    AssumeRole,
 }
 
 /// The AWS services fleetbake calls. Each paces its calls in buckets of its own per place (the client's
@@ -129,7 +127,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 36] = [
+    pub const ALL: [Action; 35] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -165,7 +163,6 @@ impl Action {
         Action::GetCallerIdentity,
         Action::DescribeKey,
         Action::DescribeRegions,
-        Action::AssumeRole,
     ];
 
     /// The action named as in the EC2 API (`CreateImage`).
@@ -182,7 +179,7 @@ impl Action {
     /// The AWS service that answers the action; each has its own request buckets.
     pub fn service(self) -> Service {
         match self {
-            Action::GetCallerIdentity | Action::AssumeRole => Service::Sts,
+            Action::GetCallerIdentity => Service::Sts,
             Action::DescribeKey => Service::Kms,
             Action::PutParameter
             | Action::LabelParameterVersion
@@ -208,8 +205,7 @@ impl Action {
             | Action::GetConsoleOutput
             | Action::DescribeInstanceInformation
             | Action::DescribeSessions
-            | Action::DescribeRegions
-            | Action::AssumeRole => ActionClass::NonMutating,
+            | Action::DescribeRegions => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,
             Action::CopyImage => ActionClass::CopyImage,
             Action::CreateTags => ActionClass::CreateTags,

@@ -139,7 +139,9 @@ impl SimCloud {
                 .model
                 .account
                 .assume(role, now)
-                .map_err(|refusal| Self::sts_error(Action::AssumeRole, refusal.code, refusal.message)),
+                // Refused to the call that needed the session: the provider's AssumeRole is not one of the
+                // run's own actions (the base identity's `sts:AssumeRole`, not in docs/iam-policy.json).
+                .map_err(|refusal| Self::sts_error(Action::GetCallerIdentity, refusal.code, refusal.message)),
             None if self.model.account.expired(now) => Err(Self::sts_error(
                 Action::GetCallerIdentity,
                 "ExpiredToken".into(),
