@@ -244,3 +244,38 @@ fn the_preflight_reads_the_regions_and_the_credential_chain_through_the_sdk() {
     assert!(regions.iter().any(|region| region.region_name() == Some("eu-central-1")), "{regions:?}");
     assert!(regions.iter().all(|region| region.opt_in_status().is_some()), "{regions:?}");
 }
+
+/// The GitHub Actions example: its role session outlasts the job's timeout, and no workflow input is pasted
+/// into a script's text (inputs reach `run:` blocks through `env:`).
+#[test]
+fn the_github_actions_example_outlasts_its_job_and_keeps_inputs_out_of_scripts() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/github-actions/nightly.yml")).unwrap();
+    let value = |key: &str| -> u64 {
+        let line = text.lines().find(|line| line.trim_start().starts_with(key)).unwrap_or_else(|| panic!("no {key}"));
+        line.split(':').nth(1).unwrap().split('#').next().unwrap().trim().parse().unwrap()
+    };
+    let session = value("role-duration-seconds:");
+    let timeout = value("timeout-minutes:") * 60;
+    assert!(session > timeout, "a {session} s session ends before the job's {timeout} s timeout");
+    assert!(session <= 12 * 3600, "a role session lasts at most 12 hours");
+    // Every `run:` block's lines: from `run:` to the next step key at the same or a lesser indent.
+    let mut in_run: Option<usize> = None;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(run_indent) = in_run {
+            if !line.trim().is_empty() && indent <= run_indent {
+                in_run = None;
+            } else {
+                assert!(!line.contains("${{"), "an expression in a script's text: {line}");
+                continue;
+            }
+        }
+        let trimmed = line.trim_start().trim_start_matches("- ");
+        if trimmed.starts_with("run:") {
+            assert!(!line.contains("${{"), "an expression in a script's text: {line}");
+            in_run = Some(indent);
+        }
+    }
+    assert!(text.contains("ONLY: ${{ github.event.inputs.only }}"), "the input reaches the script through env");
+}
