@@ -400,7 +400,11 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
                 }
             }
             if summary.abandoned || summary.credentials_expired || !summary.left_behind.is_empty() {
-                if summary.credentials_expired {
+                if summary.credentials_expired && summary.left_behind.is_empty() {
+                    eprintln!(
+                        "error: the credentials expired mid-run (AWS answered `ExpiredToken`): nothing new was started; cleanup removed what the journal recorded"
+                    );
+                } else if summary.credentials_expired {
                     eprintln!(
                         "error: the credentials expired mid-run (AWS answered `ExpiredToken`): nothing new was started, and cleanup could not remove these; they may be left in the account:"
                     );
