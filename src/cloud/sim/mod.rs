@@ -23,7 +23,7 @@ use crate::cloud::{
     Action, BaseCredentials, Cloud, CloudError, CloudResult, CredentialsStatus, ErrorKind, Identity, ImageState,
     InstanceId, InstanceState, RegionCloud,
 };
-use crate::config::{AssumeRole, ConsoleFault, Fleet, Region, SimSettings};
+use crate::config::{ConsoleFault, Fleet, Region, SimSettings};
 use crate::util::host_keys::{ed25519_from_seed, HostKey};
 
 /// The simulated account's id.
@@ -32,8 +32,6 @@ pub const SIMULATED_ACCOUNT: &str = "123456789012";
 /// The simulated account.
 pub struct SimCloud {
     model: Arc<Model>,
-    /// `[aws] role_arn`: the simulated account assumes it as the aws adapter would.
-    role: Option<AssumeRole>,
 }
 
 /// What the model saw and what is left in it.
@@ -83,7 +81,12 @@ pub struct SimImageReport {
 
 impl SimCloud {
     pub fn new(fleet: &Fleet) -> Self {
-        SimCloud { model: Model::new(fleet.sim.clone()), role: fleet.aws.role.clone() }
+        let model = Model::new(fleet.sim.clone());
+        // `[aws] role_arn`: the simulated account assumes it as the aws adapter would.
+        if let Some(role) = &fleet.aws.role {
+            model.account.act_as(role.clone());
+        }
+        SimCloud { model }
     }
 
     pub fn settings(&self) -> &SimSettings {
@@ -134,7 +137,7 @@ impl SimCloud {
     /// With `[aws] role_arn`: the role's session ARN (AssumeRole made when due, counted); else the base ARN.
     fn acting_arn(&self) -> CloudResult<String> {
         let now = Instant::now();
-        match &self.role {
+        match self.model.account.role() {
             Some(role) => self
                 .model
                 .account
@@ -262,7 +265,7 @@ impl Cloud for SimCloud {
     async fn credentials(&self) -> CloudResult<CredentialsStatus> {
         let (expires_in, refreshable) = self.model.account.lifetime(Instant::now());
         let source = if refreshable { "simulated (renewed)" } else { "simulated (static)" }.to_string();
-        match &self.role {
+        match self.model.account.role() {
             None => {
                 Ok(CredentialsStatus { source, refreshable, expires_in, temporary: expires_in.is_some(), base: None })
             }

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -60,6 +60,8 @@ pub struct SimAccount {
     refreshable: bool,
     base_identity: BaseIdentity,
     regions_not_enabled: BTreeSet<Region>,
+    /// `[aws] role_arn`, which every call is signed as once set.
+    role: OnceLock<AssumeRole>,
     /// When the assumed role's current session ends (`None`: none assumed yet).
     session_until: Mutex<Option<Instant>>,
     /// AssumeRole calls made for `[aws] role_arn`.
@@ -73,20 +75,37 @@ impl SimAccount {
             refreshable: settings.credentials.is_none_or(|credentials| credentials.refreshable),
             base_identity: settings.base_identity,
             regions_not_enabled: settings.regions_not_enabled.clone(),
+            role: OnceLock::new(),
             session_until: Mutex::new(None),
             assume_role_calls: AtomicU64::new(0),
         }
     }
 
-    /// Whether every call is now refused as expired: static credentials past their end.
+    /// Every call from now on acts as `role` (`[aws] role_arn`), assumed as the aws adapter's provider would.
+    pub fn act_as(&self, role: AssumeRole) {
+        let _ = self.role.set(role);
+    }
+
+    pub fn role(&self) -> Option<&AssumeRole> {
+        self.role.get()
+    }
+
+    /// Whether the base credentials are past their end and not renewed.
     pub fn expired(&self, now: Instant) -> bool {
         !self.refreshable && self.expires_at.is_some_and(|at| now >= at)
     }
 
-    /// The refusal of a call before it reaches the region's model: credentials that ended, a region not enabled.
+    /// The refusal of a call before it reaches the region's model: credentials that ended (with a role: its
+    /// session could not be renewed and has ended), a region not enabled.
     pub(super) fn refusal(&self, action: Action, region: &Region, now: Instant) -> Option<Refusal> {
-        if self.expired(now) {
-            return Some(expired(action.service()));
+        match self.role.get() {
+            Some(role) => {
+                if let Err(refusal) = self.assume(role, now) {
+                    return Some(refusal);
+                }
+            }
+            None if self.expired(now) => return Some(expired(action.service())),
+            None => {}
         }
         if action.service() == Service::Ec2 && self.regions_not_enabled.contains(region) {
             return refuse::<()>("AuthFailure", "AWS was not able to validate the provided access credentials").err();
@@ -109,13 +128,15 @@ impl SimAccount {
 
     /// `role` assumed as an AssumeRoleProvider would: a session when there is none or the current one is about
     /// to end (each counted); refused as AWS refuses role chaining past 1 hour, and once the base credentials
-    /// ended. The session's ARN.
+    /// ended (a session still running goes on to its own end). The session's ARN.
     pub(in crate::cloud::sim) fn assume(&self, role: &AssumeRole, now: Instant) -> Result<String, Refusal> {
         let mut session = self.session_until.lock().expect("not poisoned");
         if session.is_none_or(|until| now + RENEW_BEFORE >= until) {
             self.assume_role_calls.fetch_add(1, Ordering::Relaxed);
-            if self.expired(now) {
-                return Err(expired(Service::Sts));
+            match *session {
+                Some(until) if self.expired(now) && now < until => {}
+                _ if self.expired(now) => return Err(expired(Service::Sts)),
+                _ => {}
             }
             if self.base_identity == BaseIdentity::Role && role.duration > ROLE_CHAINING_CAP {
                 return refuse(
@@ -123,7 +144,9 @@ impl SimAccount {
                     "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.",
                 );
             }
-            *session = Some(now + role.duration);
+            if !self.expired(now) {
+                *session = Some(now + role.duration);
+            }
         }
         // `arn:aws:iam::ACCOUNT:role/PATH/NAME` → `arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION`.
         let account = role.arn.split(':').nth(4).unwrap_or_default();
