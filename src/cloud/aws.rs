@@ -200,8 +200,18 @@ async fn read_credentials(sdk: &aws_config::SdkConfig) -> CloudResult<(String, O
     };
     let provider = sdk.credentials_provider().ok_or_else(|| refused("no credential provider is configured".into()))?;
     let credentials = provider.provide_credentials().await.map_err(|error| refused(error_chain(&error)))?;
-    let expires_in = credentials.expiry().map(|at| at.duration_since(std::time::SystemTime::now()).unwrap_or_default());
-    Ok((provider_name(&credentials), expires_in, credentials.session_token().is_some()))
+    let source = provider_name(&credentials);
+    let expires_in = match credentials.expiry() {
+        Some(at) => Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default()),
+        // The environment provider keeps no expiry; tools that export session keys often give it beside them
+        // (`aws configure export-credentials --format env`, aws-vault).
+        None if source == "EnvironmentVariable" => std::env::var("AWS_CREDENTIAL_EXPIRATION")
+            .ok()
+            .and_then(|text| chrono::DateTime::parse_from_rfc3339(text.trim()).ok())
+            .map(|at| (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or_default()),
+        None => None,
+    };
+    Ok((source, expires_in, credentials.session_token().is_some()))
 }
 
 /// The name of the provider that gave `credentials`. The SDK keeps it private but shows it first in their

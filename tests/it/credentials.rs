@@ -237,6 +237,15 @@ fn the_preflight_reads_the_regions_and_the_credential_chain_through_the_sdk() {
     assert_eq!(field(&asked[0], "AllRegions"), ["true"], "{}", asked[0]);
     assert_only_reads(&proxy.actions());
 
+    // Session keys whose end the environment gives (AWS_CREDENTIAL_EXPIRATION) and that end before the run's
+    // estimate: a FAIL naming both times.
+    let soon = (chrono::Utc::now() + chrono::TimeDelta::minutes(10)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let ending = [env[0], env[1], env[2], ("AWS_CREDENTIAL_EXPIRATION", soon.as_str())];
+    let outcome = workspace.fleetbake_with_env(&["preflight", fleet_path.to_str().unwrap()], &ending);
+    assert_eq!(outcome.code, 1, "stdout:\n{}\nstderr:\n{}", outcome.stdout, outcome.stderr);
+    let fail = line(&outcome.stdout, "FAIL the credentials (`EnvironmentVariable`) are not renewed and expire at ");
+    assert!(fail.contains("(in 10m), before the run's estimated end at "), "{fail}");
+
     // moto's answer, as the adapter reads it: its regions, each with an OptInStatus.
     let regions = runtime().block_on(async {
         moto.client("us-west-2").describe_regions().all_regions(true).send().await.unwrap().regions().to_vec()
