@@ -55,6 +55,17 @@ pub enum Action {
     /// KMS, not EC2: whether a region's key exists, is enabled, and whose it is. Counted with the
     /// non-mutating calls.
     DescribeKey,
+    /// SSM, not EC2: a parameter's data type, versions, values and labels (`[publish] ssm_parameter`: the
+    /// preflight, the labels to move, and the read-back that confirms a put). Counted with the non-mutating
+    /// calls.
+    GetParameterHistory,
+    /// SSM, not EC2: removes fleetbake's labels from versions past the newest few, so no label pins the
+    /// oldest of SSM's 100 versions. Counted with the mutating calls.
+    UnlabelParameterVersion,
+    /// `[publish] launch_template`: whether the template exists (the preflight).
+    DescribeLaunchTemplates,
+    /// `[publish] launch_template`: the version an earlier attempt made (by its description), reused.
+    DescribeLaunchTemplateVersions,
     /// EC2: every region and whether the account has it enabled (`AllRegions`), for the preflight. Counted
     /// with the non-mutating calls.
     DescribeRegions,
@@ -127,7 +138,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 35] = [
+    pub const ALL: [Action; 39] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -162,6 +173,10 @@ impl Action {
         Action::DescribeSessions,
         Action::GetCallerIdentity,
         Action::DescribeKey,
+        Action::GetParameterHistory,
+        Action::UnlabelParameterVersion,
+        Action::DescribeLaunchTemplates,
+        Action::DescribeLaunchTemplateVersions,
         Action::DescribeRegions,
     ];
 
@@ -183,6 +198,8 @@ impl Action {
             Action::DescribeKey => Service::Kms,
             Action::PutParameter
             | Action::LabelParameterVersion
+            | Action::GetParameterHistory
+            | Action::UnlabelParameterVersion
             | Action::DescribeInstanceInformation
             | Action::StartSession
             | Action::TerminateSession
@@ -205,6 +222,9 @@ impl Action {
             | Action::GetConsoleOutput
             | Action::DescribeInstanceInformation
             | Action::DescribeSessions
+            | Action::GetParameterHistory
+            | Action::DescribeLaunchTemplates
+            | Action::DescribeLaunchTemplateVersions
             | Action::DescribeRegions => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,
             Action::CopyImage => ActionClass::CopyImage,
@@ -235,6 +255,10 @@ mod tests {
     fn ssm_kms_and_sts_are_not_ec2() {
         assert_eq!(Action::PutParameter.service(), Service::Ssm);
         assert_eq!(Action::LabelParameterVersion.service(), Service::Ssm);
+        assert_eq!(Action::GetParameterHistory.service(), Service::Ssm);
+        assert_eq!(Action::GetParameterHistory.class(), ActionClass::NonMutating);
+        assert_eq!(Action::UnlabelParameterVersion.iam_name(), "ssm:UnlabelParameterVersion");
+        assert_eq!(Action::DescribeLaunchTemplateVersions.iam_name(), "ec2:DescribeLaunchTemplateVersions");
         for session_call in [
             Action::DescribeInstanceInformation,
             Action::StartSession,

@@ -568,6 +568,11 @@ pub struct SimSettings {
     /// a minute or two of the instance running.
     pub agent_online: Duration,
     pub faults: Vec<SimFault>,
+    /// The launch templates every region has (the account's deploy tooling made them): a `[publish]
+    /// launch_template` not among them is `InvalidLaunchTemplateName.NotFoundException`.
+    pub launch_templates: Vec<String>,
+    /// SSM parameters every region has before the run, with their data type (one version each).
+    pub parameters: Vec<ExistingParameter>,
     /// `[sim] credentials`: `None`, they never expire (long-term keys).
     pub credentials: Option<SimCredentials>,
     /// Who the credentials are before `[aws] role_arn` is assumed.
@@ -575,6 +580,14 @@ pub struct SimSettings {
     /// Opt-in regions the simulated account has not enabled: EC2 there answers `AuthFailure`, and
     /// DescribeRegions says `not-opted-in`.
     pub regions_not_enabled: BTreeSet<Region>,
+}
+
+/// `[sim] parameters`: an SSM parameter that exists before the run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExistingParameter {
+    pub name: String,
+    /// `text`, `aws:ec2:image` or `aws:ssm:integration`: fixed at creation.
+    pub data_type: String,
 }
 
 /// `[sim] credentials`: the simulated credentials end `expires_after` the account is made; `refreshable`
@@ -618,6 +631,8 @@ impl Default for SimSettings {
             console_keys: Duration::ZERO,
             agent_online: Duration::from_secs(90),
             faults: Vec::new(),
+            launch_templates: Vec::new(),
+            parameters: Vec::new(),
             credentials: None,
             base_identity: BaseIdentity::User,
             regions_not_enabled: BTreeSet::new(),
@@ -657,6 +672,9 @@ pub enum FaultEffect {
     /// The call succeeds (RunInstances), and the instance's SSM agent misbehaves (`agent = "…"`); only for
     /// instances of `flavor`, if set.
     Agent { fault: AgentFault, flavor: Option<FlavorName> },
+    /// The call succeeds (PutParameter answers a version), and SSM's asynchronous validation of the image id
+    /// then fails: the version never appears (`validation = "fails"`).
+    ValidationFails,
 }
 
 /// What a simulated instance's SSM agent does wrong.

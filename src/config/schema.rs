@@ -313,12 +313,26 @@ pub struct SimSection {
     pub agent_online: Option<String>,
     #[serde(default)]
     pub faults: Vec<FaultSection>,
+    /// The launch templates every region has.
+    #[serde(default)]
+    pub launch_templates: Vec<String>,
+    /// SSM parameters every region has before the run.
+    #[serde(default)]
+    pub parameters: Vec<ParameterSection>,
     /// The credentials the run signs with: `{ expires_after = "3h", refreshable = false }`.
     pub credentials: Option<SimCredentialsSection>,
     /// Who the credentials are before `[aws] role_arn` is assumed: `"user"` (the default) or `"role"`.
     pub base_identity: Option<String>,
     /// Regions the simulated account has not enabled (opt-in regions): EC2 there answers `AuthFailure`.
     pub regions_not_enabled: Option<Vec<String>>,
+}
+
+/// `[sim] parameters = [{ name, data_type }]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParameterSection {
+    pub name: String,
+    pub data_type: String,
 }
 
 /// `[sim] credentials`: when the simulated credentials expire, and whether their provider renews them.
@@ -347,4 +361,7 @@ pub struct FaultSection {
     pub agent: Option<String>,
     /// With `console` or `agent`: only instances of this flavor.
     pub flavor: Option<String>,
+    /// With `PutParameter`: SSM's asynchronous validation of the image id (`"fails"`: the version never
+    /// appears).
+    pub validation: Option<String>,
 }

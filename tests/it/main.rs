@@ -18,6 +18,7 @@ mod organization;
 mod output;
 mod plan;
 mod proxy;
+mod publishing;
 mod resume;
 mod secrets;
 mod session_manager;

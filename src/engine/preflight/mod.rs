@@ -8,7 +8,10 @@
 //! the default VPC), each flavor's source image, and its instance type offered in the region and in the
 //! zones of its subnets; in every region an image lands in, that the region answers and that no image
 //! there already holds a name this run would give one, and that its `[encryption]` key exists, is enabled, and
-//! (when the images are shared) is not AWS-managed.
+//! (when the images are shared) is not AWS-managed; with `[publish]`, each SSM parameter and launch template
+//! an image will be published to ([`publish`]).
+
+mod publish;
 
 pub mod credentials;
 mod regions;
@@ -126,6 +129,7 @@ pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud) -> Preflight {
             check_key(&mut preflight, cloud, &region, key, fleet.sharing.any()).await;
         }
     }
+    publish::check_publish_targets(&mut preflight, fleet, plan, cloud).await;
     preflight
 }
 
