@@ -11,6 +11,10 @@ use crate::config::Region;
 /// The policy fleetbake documents, to point at the line that grants an action.
 const POLICY: &str = include_str!("../../docs/iam-policy.json");
 
+/// How the hint of a credentials error without an AWS code begins (the provider chain could not load or renew
+/// them: a dispatch failure, not an answer), so a failure made from one is known for what it is.
+pub const CREDENTIALS_GONE: &str = "the credentials expired and could not be refreshed";
+
 /// The hint for `error`, if it is one a person must act on.
 pub fn hint(error: &CloudError) -> Option<String> {
     let code = error.code.as_deref().unwrap_or_default();
@@ -32,7 +36,7 @@ pub fn hint(error: &CloudError) -> Option<String> {
         "OptInRequired" => Some(region_not_enabled(&error.region, "not enabled")),
         "TargetNotConnected" => Some(agent_not_online(None)),
         _ if error.kind == ErrorKind::Credentials => {
-            Some(format!("the credentials expired and could not be refreshed: {}", credential_source()))
+            Some(format!("{CREDENTIALS_GONE}: {}", credential_source()))
         }
         _ => None,
     }
