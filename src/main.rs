@@ -392,14 +392,23 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
     match outcome {
         Ok(RunOutcome { summary, statistics }) => {
             let leaked = statistics.leaked_resources.unwrap_or_default();
-            if !leaked.is_empty() {
+            // Expired credentials leave what they could not remove: named below with the gc command, no bug.
+            if !leaked.is_empty() && !summary.credentials_expired {
                 eprintln!("error: the run left resources in the simulated cloud (a fleetbake bug):");
                 for resource in &leaked {
                     eprintln!("  {resource}");
                 }
             }
-            if summary.abandoned || !summary.left_behind.is_empty() {
-                if summary.abandoned {
+            if summary.abandoned || summary.credentials_expired || !summary.left_behind.is_empty() {
+                if summary.credentials_expired && summary.left_behind.is_empty() {
+                    eprintln!(
+                        "error: the credentials expired mid-run (AWS answered `ExpiredToken`): nothing new was started; cleanup removed what the journal recorded"
+                    );
+                } else if summary.credentials_expired {
+                    eprintln!(
+                        "error: the credentials expired mid-run (AWS answered `ExpiredToken`): nothing new was started, and cleanup could not remove these; they may be left in the account:"
+                    );
+                } else if summary.abandoned {
                     eprintln!("error: exited without waiting for cleanup; these may be left in the account:");
                 } else {
                     eprintln!("error: cleanup could not remove these; they may be left in the account:");
@@ -408,9 +417,10 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
                     eprintln!("  {resource}");
                 }
                 eprintln!(
-                    "  and anything else tagged `fleetbake:run-id={}`; remove them with: fleetbake gc {}",
+                    "  and anything else tagged `fleetbake:run-id={}`; remove them with: fleetbake gc {}{}",
                     statistics.run_id,
-                    fleet_file.display()
+                    fleet_file.display(),
+                    if summary.credentials_expired { " (with fresh credentials)" } else { "" }
                 );
             }
             Ending::Ran { summary: Box::new(summary), leaked: leaked.len() }

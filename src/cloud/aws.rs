@@ -58,6 +58,8 @@ macro_rules! ec2_call {
 /// EC2 in every region, through aws-sdk-ec2.
 pub struct AwsCloud {
     sdk: aws_config::SdkConfig,
+    /// With `[aws] role_arn`: the chain's own credentials, which the role is assumed with.
+    base: Option<aws_config::SdkConfig>,
     limits: Arc<ApiLimits>,
     regions: DashMap<Region, Arc<AwsRegion>>,
 }
@@ -80,7 +82,9 @@ impl AwsCloud {
             loader = loader.endpoint_url(url);
         }
         let mut sdk = loader.load().await;
+        let mut base = None;
         if let Some(role) = &settings.role {
+            base = Some(sdk.clone());
             let session = role.session_name.clone().unwrap_or_else(|| format!("fleetbake-{run_id}"));
             let mut assume = aws_config::sts::AssumeRoleProvider::builder(&role.arn)
                 .configure(&sdk)
@@ -95,7 +99,7 @@ impl AwsCloud {
                 .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider))
                 .build();
         }
-        AwsCloud { sdk, limits, regions: DashMap::new() }
+        AwsCloud { sdk, base, limits, regions: DashMap::new() }
     }
 }
 
@@ -103,21 +107,7 @@ impl AwsCloud {
 impl Cloud for AwsCloud {
     /// STS GetCallerIdentity, retried like any call; counted under the pseudo-region `sts`.
     async fn caller_identity(&self) -> CloudResult<Identity> {
-        let sts = aws_sdk_sts::Client::new(&self.sdk);
-        let region = Region::new(STS);
-        let limiter = self.limits.region(&region);
-        let answer = limiter
-            .call(Action::GetCallerIdentity, || async {
-                sts.get_caller_identity()
-                    .send()
-                    .await
-                    .map_err(|error| sdk_error(&region, Action::GetCallerIdentity, error))
-            })
-            .await?;
-        Ok(Identity {
-            account: answer.account().unwrap_or_default().to_string(),
-            arn: answer.arn().unwrap_or_default().to_string(),
-        })
+        identity(&self.sdk, &self.limits).await
     }
 
     fn region(&self, region: &Region) -> Arc<dyn RegionCloud> {
@@ -159,6 +149,77 @@ impl Cloud for AwsCloud {
             })
             .clone()
     }
+
+    /// The provider chain's credentials (the role's, with `[aws] role_arn`), and the base credentials' and
+    /// their identity when a role is assumed on top of them.
+    async fn credentials(&self) -> CloudResult<CredentialsStatus> {
+        let (source, expires_in, temporary) = read_credentials(&self.sdk).await?;
+        let base = match &self.base {
+            Some(base) => {
+                let (base_source, base_expires_in, _) = read_credentials(base).await?;
+                Some(Box::new(BaseCredentials {
+                    arn: identity(base, &self.limits).await?.arn,
+                    refreshable: CredentialsStatus::is_refreshable(&base_source),
+                    source: base_source,
+                    expires_in: base_expires_in,
+                }))
+            }
+            None => None,
+        };
+        let refreshable = CredentialsStatus::is_refreshable(&source);
+        Ok(CredentialsStatus { refreshable, source, expires_in, temporary, base })
+    }
+}
+
+/// STS GetCallerIdentity with `sdk`'s credentials, retried like any call; counted under the pseudo-region `sts`.
+async fn identity(sdk: &aws_config::SdkConfig, limits: &ApiLimits) -> CloudResult<Identity> {
+    let sts = aws_sdk_sts::Client::new(sdk);
+    let region = Region::new(STS);
+    let limiter = limits.region(&region);
+    let answer = limiter
+        .call(Action::GetCallerIdentity, || async {
+            sts.get_caller_identity().send().await.map_err(|error| sdk_error(&region, Action::GetCallerIdentity, error))
+        })
+        .await?;
+    Ok(Identity {
+        account: answer.account().unwrap_or_default().to_string(),
+        arn: answer.arn().unwrap_or_default().to_string(),
+    })
+}
+
+/// Asks `sdk`'s provider for credentials: which provider gave them, how long until they end, and whether they
+/// are session credentials.
+async fn read_credentials(sdk: &aws_config::SdkConfig) -> CloudResult<(String, Option<std::time::Duration>, bool)> {
+    use aws_credential_types::provider::ProvideCredentials;
+    let refused = |message: String| CloudError {
+        action: Action::GetCallerIdentity,
+        region: Region::new(STS),
+        kind: ErrorKind::Credentials,
+        code: None,
+        message,
+    };
+    let provider = sdk.credentials_provider().ok_or_else(|| refused("no credential provider is configured".into()))?;
+    let credentials = provider.provide_credentials().await.map_err(|error| refused(error_chain(&error)))?;
+    let source = provider_name(&credentials);
+    let expires_in = match credentials.expiry() {
+        Some(at) => Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default()),
+        // The environment provider keeps no expiry; tools that export session keys often give it beside them
+        // (`aws configure export-credentials --format env`, aws-vault).
+        None if source == "EnvironmentVariable" => std::env::var("AWS_CREDENTIAL_EXPIRATION")
+            .ok()
+            .and_then(|text| chrono::DateTime::parse_from_rfc3339(text.trim()).ok())
+            .map(|at| (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or_default()),
+        None => None,
+    };
+    Ok((source, expires_in, credentials.session_token().is_some()))
+}
+
+/// The name of the provider that gave `credentials`. The SDK keeps it private but shows it first in their
+/// `Debug` (`Credentials { provider_name: "EnvironmentVariable", …`), whose secret is redacted; the text is
+/// parsed here and dropped.
+fn provider_name(credentials: &aws_credential_types::Credentials) -> String {
+    let shown = format!("{credentials:?}");
+    shown.split("provider_name: \"").nth(1).and_then(|rest| rest.split('"').next()).unwrap_or("unknown").to_string()
 }
 
 /// One region's clients (EC2, KMS for its keys, SSM for publishing) and request buckets.
@@ -1151,6 +1212,21 @@ impl RegionCloud for AwsRegion {
             .operation_type(OperationType::Remove)
             .set_user_ids(Some(accounts.to_vec())))?;
         Ok(())
+    }
+
+    async fn describe_regions(&self) -> CloudResult<Vec<RegionOptIn>> {
+        let answer = ec2_call!(self, Action::DescribeRegions, |client| client.describe_regions().all_regions(true))?;
+        Ok(answer
+            .regions()
+            .iter()
+            .filter_map(|region| {
+                Some(RegionOptIn {
+                    region: Region::new(region.region_name()?),
+                    // EC2 leaves it out of regions that need no opt-in only in old answers.
+                    opt_in_status: region.opt_in_status().unwrap_or("opt-in-not-required").to_string(),
+                })
+            })
+            .collect())
     }
 }
 

@@ -2,27 +2,42 @@
 //! `docs/iam-policy.json` that grants it, the credential source in use and how to refresh it, a region not
 //! enabled for the account. Shown under the failure and kept in the manifest's `hint`.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
 use super::{Action, CloudError, ErrorKind};
+use crate::config::Region;
 
 /// The policy fleetbake documents, to point at the line that grants an action.
 const POLICY: &str = include_str!("../../docs/iam-policy.json");
+
+/// How the hint of a credentials error without an AWS code begins (the provider chain could not load or renew
+/// them: a dispatch failure, not an answer), so a failure made from one is known for what it is.
+pub const CREDENTIALS_GONE: &str = "the credentials expired and could not be refreshed";
 
 /// The hint for `error`, if it is one a person must act on.
 pub fn hint(error: &CloudError) -> Option<String> {
     let code = error.code.as_deref().unwrap_or_default();
     match code {
         "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => Some(permission(error.action)),
-        "AuthFailure" | "InvalidClientTokenId" | "SignatureDoesNotMatch" | "UnrecognizedClientException" => {
+        "AuthFailure" if known_not_enabled(&error.region) => {
+            Some(region_not_enabled(&error.region, "`not-opted-in`, so EC2 there answers `AuthFailure`"))
+        }
+        // A region not enabled answers `AuthFailure` too, with the same words as refused credentials.
+        "AuthFailure" => Some(format!(
+            "AWS did not accept the credentials in {}: if other regions answer, the region is not enabled for the account (`fleetbake preflight` reads DescribeRegions; `aws account enable-region --region-name {}`); else {}",
+            error.region,
+            error.region,
+            credential_source()
+        )),
+        "InvalidClientTokenId" | "SignatureDoesNotMatch" | "UnrecognizedClientException" => {
             Some(format!("AWS did not accept the credentials: {}", credential_source()))
         }
-        "OptInRequired" => Some(format!(
-            "{} is not enabled for this account: enable it (Account settings → AWS Regions, or `aws account enable-region --region-name {}`) or leave it out of `[regions]`",
-            error.region, error.region
-        )),
+        "OptInRequired" => Some(region_not_enabled(&error.region, "not enabled")),
         "TargetNotConnected" => Some(agent_not_online(None)),
         "OperationNotPermitted" if error.action == Action::ModifyImageAttribute => Some(public_blocked(error)),
         _ if error.kind == ErrorKind::Credentials => {
-            Some(format!("the credentials expired and could not be refreshed: {}", credential_source()))
+            Some(format!("{CREDENTIALS_GONE}: {}", credential_source()))
         }
         _ => None,
     }
@@ -33,6 +48,26 @@ pub fn public_blocked(error: &CloudError) -> String {
     format!(
         "block public access for AMIs is on in {region}, so no image there can be made public; the accounts, organizations and OUs of `[sharing]` keep their access. Disable it (`aws ec2 disable-image-block-public-access --region {region}`, which takes up to 10 minutes) or drop `[sharing] public`",
         region = error.region
+    )
+}
+
+/// Regions DescribeRegions said are not enabled for the account, as the preflight read them: an `AuthFailure`
+/// there is the region, not the credentials. Process-wide, since a hint is made from an error alone.
+static NOT_ENABLED: Mutex<BTreeSet<Region>> = Mutex::new(BTreeSet::new());
+
+/// Notes regions the account has not enabled (the preflight's DescribeRegions).
+pub fn note_regions_not_enabled(regions: impl IntoIterator<Item = Region>) {
+    NOT_ENABLED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(regions);
+}
+
+fn known_not_enabled(region: &Region) -> bool {
+    NOT_ENABLED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(region)
+}
+
+/// What to do about a region the account has not enabled (`status`: what AWS said of it).
+pub fn region_not_enabled(region: &Region, status: &str) -> String {
+    format!(
+        "{region} is not enabled for this account (OptInStatus {status}): enable it (Account settings → AWS Regions, or `aws account enable-region --region-name {region}`) or leave it out of `[regions]`"
     )
 }
 
@@ -97,6 +132,12 @@ mod tests {
         assert!(hint.contains(&format!("`ec2:RunInstances`: docs/iam-policy.json line {line}")), "{hint}");
         let opt_in = super::hint(&error("OptInRequired", Action::DescribeImages)).unwrap();
         assert!(opt_in.starts_with("ap-east-1 is not enabled for this account"), "{opt_in}");
+        let refused = super::hint(&error("AuthFailure", Action::DescribeImages)).unwrap();
+        assert!(refused.contains("if other regions answer, the region is not enabled"), "{refused}");
+        note_regions_not_enabled([Region::new("ap-east-1")]);
+        let not_enabled = super::hint(&error("AuthFailure", Action::DescribeImages)).unwrap();
+        assert!(not_enabled.starts_with("ap-east-1 is not enabled for this account"), "{not_enabled}");
+        assert!(!not_enabled.contains("credentials"), "{not_enabled}");
         assert!(super::hint(&error("InvalidAMIID.Malformed", Action::DescribeImages)).is_none());
         assert!(super::hint(&error("ExpiredToken", Action::CreateTags)).unwrap().contains("expired"));
         let session = super::hint(&error("AccessDeniedException", Action::StartSession)).unwrap();

@@ -32,6 +32,10 @@ impl Cloud for Limited {
         let limiter = self.limits.region(&Region::new(super::aws::STS));
         limiter.call(Action::GetCallerIdentity, || self.inner.caller_identity()).await
     }
+
+    async fn credentials(&self) -> CloudResult<CredentialsStatus> {
+        self.inner.credentials().await
+    }
 }
 
 struct LimitedRegion {
@@ -262,5 +266,9 @@ impl RegionCloud for LimitedRegion {
 
     async fn unshare_snapshot(&self, snapshot: &SnapshotId, accounts: &[String]) -> CloudResult<()> {
         self.limiter.call(Action::ModifySnapshotAttribute, || self.inner.unshare_snapshot(snapshot, accounts)).await
+    }
+
+    async fn describe_regions(&self) -> CloudResult<Vec<RegionOptIn>> {
+        self.limiter.call(Action::DescribeRegions, || self.inner.describe_regions()).await
     }
 }

@@ -520,6 +520,9 @@ pub trait RegionCloud: Send + Sync {
     async fn snapshot_permissions(&self, snapshot: &SnapshotId) -> CloudResult<Vec<String>>;
     /// Takes these accounts' create-volume permissions away.
     async fn unshare_snapshot(&self, snapshot: &SnapshotId, accounts: &[String]) -> CloudResult<()>;
+    /// DescribeRegions with `AllRegions = true`: every region of the partition and whether the account has
+    /// it enabled (`OptInStatus`). A region not enabled answers EC2 calls with `AuthFailure`.
+    async fn describe_regions(&self) -> CloudResult<Vec<RegionOptIn>>;
 }
 
 /// The SSM data type of a parameter holding an AMI id: SSM checks the id (asynchronously).
@@ -549,6 +552,70 @@ impl ParameterHistory {
     }
 }
 
+/// A region as DescribeRegions (`AllRegions = true`) lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionOptIn {
+    pub region: Region,
+    /// `opt-in-not-required`, `opted-in` or `not-opted-in`.
+    pub opt_in_status: String,
+}
+
+impl RegionOptIn {
+    /// Whether the account may use the region: every status but `not-opted-in`.
+    pub fn enabled(&self) -> bool {
+        self.opt_in_status != "not-opted-in"
+    }
+}
+
+/// The credentials the run signs its calls with, as the provider chain hands them out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialsStatus {
+    /// The provider that gave them, as the SDK names it (`EnvironmentVariable`, `ProfileFile`,
+    /// `AssumeRoleProvider`, `SSO`, `WebIdentityToken`, `IMDSv2`, `CredentialProcess`, …).
+    pub source: String,
+    /// Whether the provider gets new ones before these end (see [`CredentialsStatus::is_refreshable`]).
+    pub refreshable: bool,
+    /// How long until they end; `None`: long-term keys, which do not, or session keys given without their end.
+    pub expires_in: Option<std::time::Duration>,
+    /// Session credentials (with a session token): they end, whether or not the provider says when.
+    pub temporary: bool,
+    /// With `[aws] role_arn`: who the chain's own credentials are (an `:assumed-role/` ARN makes assuming the
+    /// role role chaining, whose sessions last at most 1 hour), and theirs.
+    pub base: Option<Box<BaseCredentials>>,
+}
+
+/// The credentials `[aws] role_arn` is assumed with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseCredentials {
+    pub arn: String,
+    pub source: String,
+    pub refreshable: bool,
+    pub expires_in: Option<std::time::Duration>,
+}
+
+/// Providers whose credentials are what was written down (environment variables, a profile's keys, a static
+/// pair): they end at their expiry and nothing renews them. Every other provider (STS AssumeRole, a profile's
+/// `role_arn` or `credential_source`, SSO, web identity, the instance or container role, a
+/// `credential_process`) asks for new ones before the old end.
+const STATIC_PROVIDERS: &[&str] = &["EnvironmentVariable", "ProfileFile", "Static"];
+
+impl CredentialsStatus {
+    /// Whether credentials from `source` are renewed by their provider.
+    pub fn is_refreshable(source: &str) -> bool {
+        !STATIC_PROVIDERS.contains(&source)
+    }
+
+    /// How long the run can sign calls: these credentials' own time, or, when they are renewed with base
+    /// credentials that are not, the base's. `None`: no end.
+    pub fn usable_for(&self) -> Option<std::time::Duration> {
+        match &self.base {
+            Some(base) if !base.refreshable && base.expires_in.is_some() => base.expires_in,
+            _ if self.refreshable => None,
+            _ => self.expires_in,
+        }
+    }
+}
+
 /// The SSM document that forwards a session to the instance's sshd (`portNumber`): AWS's own.
 pub const SSH_SESSION_DOCUMENT: &str = "AWS-StartSSHSession";
 
@@ -567,6 +634,10 @@ pub trait Cloud: Send + Sync {
 
     /// Who the run acts as: the account and the ARN (after any role was assumed).
     async fn caller_identity(&self) -> CloudResult<Identity>;
+
+    /// The credentials the run signs with: their provider, whether it renews them, when they end, and with
+    /// `[aws] role_arn`, the credentials the role is assumed with. Read-only (the provider may call STS).
+    async fn credentials(&self) -> CloudResult<CredentialsStatus>;
 }
 
 #[cfg(test)]

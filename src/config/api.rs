@@ -72,6 +72,9 @@ pub enum Action {
     DescribeImageAttribute,
     /// Who may create volumes from a snapshot now (`createVolumePermission`).
     DescribeSnapshotAttribute,
+    /// EC2: every region and whether the account has it enabled (`AllRegions`), for the preflight. Counted
+    /// with the non-mutating calls.
+    DescribeRegions,
 }
 
 /// The AWS services fleetbake calls. Each paces its calls in buckets of its own per place (the client's
@@ -141,7 +144,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 41] = [
+    pub const ALL: [Action; 42] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -183,6 +186,7 @@ impl Action {
         Action::GetImageBlockPublicAccessState,
         Action::DescribeImageAttribute,
         Action::DescribeSnapshotAttribute,
+        Action::DescribeRegions,
     ];
 
     /// The action named as in the EC2 API (`CreateImage`).
@@ -232,7 +236,8 @@ impl Action {
             | Action::DescribeLaunchTemplateVersions
             | Action::GetImageBlockPublicAccessState
             | Action::DescribeImageAttribute
-            | Action::DescribeSnapshotAttribute => ActionClass::NonMutating,
+            | Action::DescribeSnapshotAttribute
+            | Action::DescribeRegions => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,
             Action::CopyImage => ActionClass::CopyImage,
             Action::CreateTags => ActionClass::CreateTags,

@@ -18,7 +18,7 @@ mod validate;
 pub use place::{Account, Place};
 pub use selection::{JobPattern, Selection};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -575,6 +575,13 @@ pub struct SimSettings {
     pub parameters: Vec<ExistingParameter>,
     /// Block public access for AMIs per region (on by default, as in a new account): public sharing refused.
     pub block_public_access: BlockPublicAccess,
+    /// `[sim] credentials`: `None`, they never expire (long-term keys).
+    pub credentials: Option<SimCredentials>,
+    /// Who the credentials are before `[aws] role_arn` is assumed.
+    pub base_identity: BaseIdentity,
+    /// Opt-in regions the simulated account has not enabled: EC2 there answers `AuthFailure`, and
+    /// DescribeRegions says `not-opted-in`.
+    pub regions_not_enabled: BTreeSet<Region>,
 }
 
 /// `[sim] parameters`: an SSM parameter that exists before the run.
@@ -607,6 +614,23 @@ impl BlockPublicAccess {
     }
 }
 
+/// `[sim] credentials`: the simulated credentials end `expires_after` the account is made; `refreshable`
+/// ones are renewed by their provider (a role, SSO, web identity), static ones answer `ExpiredToken` after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimCredentials {
+    pub expires_after: Duration,
+    pub refreshable: bool,
+}
+
+/// `[sim] base_identity`: an IAM user's keys, or a role's session (then assuming `[aws] role_arn` is role
+/// chaining, capped at 1 hour).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BaseIdentity {
+    #[default]
+    User,
+    Role,
+}
+
 impl Default for SimSettings {
     fn default() -> Self {
         SimSettings {
@@ -634,6 +658,9 @@ impl Default for SimSettings {
             launch_templates: Vec::new(),
             parameters: Vec::new(),
             block_public_access: BlockPublicAccess::default(),
+            credentials: None,
+            base_identity: BaseIdentity::User,
+            regions_not_enabled: BTreeSet::new(),
         }
     }
 }

@@ -1489,8 +1489,12 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         launch_templates: Vec::new(),
         parameters: Vec::new(),
         block_public_access: BlockPublicAccess::default(),
+        credentials: None,
+        base_identity: defaults.base_identity,
+        regions_not_enabled: Default::default(),
     };
     resolve_sim_publish_targets(checker, &path, &raw.launch_templates, &raw.parameters, &mut sim);
+    resolve_sim_account(checker, &path, &raw, &mut sim);
     if let Some(table) = raw.block_public_access {
         for (key, blocks) in table {
             if key == "default" {
@@ -1637,6 +1641,32 @@ fn resolve_sim_publish_targets(
             continue;
         }
         sim.parameters.push(ExistingParameter { name: parameter.name.clone(), data_type: parameter.data_type.clone() });
+    }
+}
+
+/// `[sim] credentials`, `base_identity` and `regions_not_enabled`: the simulated account's credentials and
+/// regions.
+fn resolve_sim_account(checker: &mut Checker<'_>, path: &KeyPath, raw: &schema::SimSection, sim: &mut SimSettings) {
+    if let Some(credentials) = &raw.credentials {
+        let at = path.key("credentials");
+        if let Some(expires_after) = checker.duration(at.key("expires_after"), &credentials.expires_after) {
+            sim.credentials = Some(crate::config::SimCredentials {
+                expires_after,
+                refreshable: credentials.refreshable.unwrap_or(false),
+            });
+        }
+    }
+    sim.base_identity = match raw.base_identity.as_deref() {
+        None | Some("user") => crate::config::BaseIdentity::User,
+        Some("role") => crate::config::BaseIdentity::Role,
+        Some(other) => {
+            checker.problem(path.key("base_identity"), format!("`{other}` is not `\"user\"` or `\"role\"`"));
+            crate::config::BaseIdentity::User
+        }
+    };
+    for (index, name) in raw.regions_not_enabled.iter().flatten().enumerate() {
+        let region = checker.region(path.key("regions_not_enabled").index(index), name);
+        sim.regions_not_enabled.insert(region);
     }
 }
 

@@ -21,6 +21,9 @@ pub enum Exit {
     Failed,
     /// 2: bad input: the fleet file, a file it names, the command line, or a journal `--resume` cannot use.
     BadInput,
+    /// 3: the run's credentials expired mid-run (AWS answered `ExpiredToken`): nothing new was started, and what
+    /// could not be cleaned up is named with the `fleetbake gc` command to run with fresh credentials.
+    CredentialsExpired,
     /// 130 / 143: the run was interrupted by SIGINT / SIGTERM.
     Interrupted(Interrupt),
 }
@@ -31,6 +34,7 @@ impl Exit {
             Exit::Success => 0,
             Exit::Failed => 1,
             Exit::BadInput => 2,
+            Exit::CredentialsExpired => 3,
             Exit::Interrupted(interrupt) => interrupt.exit_code,
         }
     }
@@ -92,6 +96,7 @@ impl Ending {
             Ending::Checked { .. } | Ending::Collected { .. } => Exit::Failed,
             Ending::Ran { summary, leaked } => match summary.interrupted {
                 Some(interrupt) => Exit::Interrupted(interrupt),
+                None if summary.credentials_expired => Exit::CredentialsExpired,
                 None if summary.failed > 0 || *leaked > 0 => Exit::Failed,
                 None => Exit::Success,
             },
@@ -144,8 +149,14 @@ mod tests {
     use crate::remote::net::DetectError;
     use crate::report::ReportError;
 
+    /// A run whose credentials expired mid-run.
+    fn expired(failed: usize) -> Box<RunSummary> {
+        Box::new(RunSummary { credentials_expired: true, ..*summary(failed, None) })
+    }
+
     fn summary(failed: usize, interrupted: Option<Interrupt>) -> Box<RunSummary> {
         Box::new(RunSummary {
+            credentials_expired: false,
             status: if failed == 0 { RunStatus::Complete } else { RunStatus::Partial },
             succeeded: 3,
             failed,
@@ -211,6 +222,7 @@ mod tests {
             (Ending::Ran { summary: summary(0, None), leaked: 0 }, 0),
             (Ending::Ran { summary: summary(1, None), leaked: 0 }, 1),
             (Ending::Ran { summary: summary(0, None), leaked: 1 }, 1),
+            (Ending::Ran { summary: expired(2), leaked: 0 }, 3),
             (Ending::Ran { summary: summary(1, Some(Interrupt::SIGINT)), leaked: 0 }, 130),
             (Ending::Ran { summary: summary(0, Some(Interrupt::SIGTERM)), leaked: 1 }, 143),
             (

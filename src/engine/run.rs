@@ -23,7 +23,6 @@ use crate::engine::scheduler::{BuildSlotRelease, Interrupt, RunSummary, Schedule
 use crate::engine::summary::RunStatistics;
 use crate::engine::sweep::Sweeper;
 use crate::outcome::JobLabel;
-use crate::plan::bound::{Caps, JobDurations};
 use crate::plan::{Plan, RunId};
 use crate::remote::net::{self, DetectError};
 use crate::remote::sim::SimCommunicator;
@@ -305,15 +304,13 @@ pub fn standard_reporters(
 
 /// The live view's estimate of the finish: the plan's critical path with this run's durations, before any
 /// measured, the previous run's (from its journal), else the `[sim]` table's.
+/// (The preflight's credentials check compares their end with the same estimate.)
 fn estimator(fleet: &Fleet, plan: &Plan) -> Estimator {
-    let caps = Caps {
-        builds: fleet.limits.max_parallel_builds,
-        copies_per_region: fleet.limits.max_parallel_copies_per_region,
-        copy_bucket: fleet.limits.api.copy_image,
-    };
-    let fallback =
-        JournalDir::of(fleet).previous_durations(plan).unwrap_or_else(|| JobDurations::simulated(plan, fleet));
-    Estimator::new(plan.clone(), caps, fallback)
+    Estimator::new(
+        plan.clone(),
+        preflight::credentials::estimate_caps(fleet),
+        preflight::credentials::expected_durations(fleet, plan),
+    )
 }
 
 /// How long an abandoned run gives its reporters to write the manifest's last state.

@@ -79,8 +79,10 @@ struct LoopState {
     in_progress: usize,
     reused: usize,
     interrupted: Option<Interrupt>,
-    /// Nothing new starts (interrupt or fail-fast).
+    /// Nothing new starts (interrupt, fail-fast, or credentials that expired).
     stopping: bool,
+    /// A job met credentials AWS refused as expired: nothing new started after it.
+    credentials_expired: bool,
     /// In-flight jobs give up their waits and clean up (interrupt only).
     cancel: CancellationToken,
     /// Ready jobs waiting for a slot, per pool, in plan order, with the pool's slots.
@@ -119,6 +121,7 @@ impl Scheduler {
             reused: 0,
             interrupted: None,
             stopping: false,
+            credentials_expired: false,
             cancel: CancellationToken::new(),
             waiting: SlotPools::new(Arc::clone(&self.limits)),
             timings: BTreeMap::new(),
@@ -259,6 +262,7 @@ impl Scheduler {
                     }));
                 }
                 let failures = end.failures;
+                let expired = failures.iter().any(Failure::credentials_expired);
                 if failures.is_empty() {
                     if !left_in_progress {
                         state.succeeded += 1;
@@ -273,6 +277,20 @@ impl Scheduler {
                 }
                 for skipped in queue.failed(&job) {
                     self.record_not_started(skipped, Stage::Skipped, &self.plan.why_skipped(skipped, job), state);
+                }
+                // Static credentials past their end refuse every call from now on: starting more work would
+                // only make more to clean up that cannot be (README "Credentials over a long run").
+                if expired && !state.credentials_expired {
+                    state.credentials_expired = true;
+                    state.stopping = true;
+                    for skipped in Self::drain_not_started(queue, state) {
+                        self.record_not_started(
+                            skipped,
+                            Stage::Skipped,
+                            "not started: the credentials expired (AWS answered `ExpiredToken`)",
+                            state,
+                        );
+                    }
                 }
                 if self.fail_fast && !state.stopping {
                     state.stopping = true;
@@ -433,6 +451,7 @@ impl Scheduler {
             reused: state.reused,
             interrupted: state.interrupted,
             abandoned,
+            credentials_expired: state.credentials_expired,
             left_behind,
             makespan: self.clock.elapsed(),
             timings: state.timings.clone(),

@@ -27,6 +27,8 @@ pub struct RunSummary {
     pub interrupted: Option<Interrupt>,
     /// A second interrupt: the loop stopped waiting for cleanup.
     pub abandoned: bool,
+    /// A job met credentials AWS refused as expired (`ExpiredToken`): nothing new was started after it.
+    pub credentials_expired: bool,
     /// The temporary resources the journal says were created and not removed: after a second interrupt
     /// (cleanup abandoned), or when cleanup and the sweep could not remove them.
     pub left_behind: Vec<String>,

@@ -6,7 +6,7 @@
 use std::fmt;
 
 use super::{JobLabel, Stage};
-use crate::cloud::CloudError;
+use crate::cloud::{CloudError, ErrorKind};
 use crate::config::{FlavorName, Region};
 
 /// Why a job did not produce its image (or did, but left something behind).
@@ -37,6 +37,15 @@ impl Failure {
         }
     }
 
+    /// Whether AWS refused the job's credentials as expired (`ExpiredToken`, `RequestExpired`, …), or the
+    /// provider chain could not renew them (no code; its hint says so): every call after it will be refused too.
+    pub fn credentials_expired(&self) -> bool {
+        let refused = self.code.as_deref().is_some_and(|code| ErrorKind::of_code(code) == ErrorKind::Credentials);
+        let not_renewed = self.code.is_none()
+            && self.hint.as_deref().is_some_and(|hint| hint.starts_with(crate::cloud::hints::CREDENTIALS_GONE));
+        refused || not_renewed
+    }
+
     pub fn from_cloud(label: &JobLabel, stage: Stage, error: &CloudError) -> Self {
         Failure {
             code: error.code.clone(),
@@ -64,6 +73,24 @@ mod tests {
             r#"{"flavor":"web","region":"eu-west-1","stage":"wait_image","error":"the image ended `failed`"}"#
         );
         assert_eq!(serde_json::from_str::<Failure>(&line).unwrap(), failure);
+    }
+
+    /// Expired credentials, refused with a code or not renewed by the provider (a dispatch failure, no code).
+    #[test]
+    fn expired_credentials_are_known_with_a_code_or_without() {
+        let cloud = |code: Option<&str>, kind| CloudError {
+            action: crate::cloud::Action::CreateImage,
+            region: Region::new("eu-west-1"),
+            kind,
+            code: code.map(str::to_string),
+            message: "no".into(),
+        };
+        let of = |error: &CloudError| Failure::from_cloud(&label(), Stage::CreateImage, error);
+        assert!(of(&cloud(Some("ExpiredToken"), ErrorKind::Credentials)).credentials_expired());
+        assert!(of(&cloud(Some("RequestExpired"), ErrorKind::Credentials)).credentials_expired());
+        assert!(of(&cloud(None, ErrorKind::Credentials)).credentials_expired(), "the provider could not renew them");
+        assert!(!of(&cloud(Some("AuthFailure"), ErrorKind::Permanent)).credentials_expired());
+        assert!(!of(&cloud(None, ErrorKind::Transient)).credentials_expired());
     }
 
     #[test]

@@ -294,7 +294,8 @@ fn create_image_refused_right_after_stop_is_tried_again() {
 }
 
 /// Credentials that expire mid-run (`ExpiredToken` on CreateImage) fail that build's step, not retried; the
-/// failure's hint names the credential source; cleanup still removes every temporary resource.
+/// failure's hint names the credential source; cleanup still removes every temporary resource; nothing new
+/// starts after it (the copy is not started) and the run exits 3, naming the gc command.
 #[test]
 fn expired_credentials_mid_run_fail_the_build_and_leave_nothing() {
     let moto = Moto::start();
@@ -305,7 +306,8 @@ fn expired_credentials_mid_run_fail_the_build_and_leave_nothing() {
         error(400, "ExpiredToken", "The security token included in the request is expired"),
     );
     let (workspace, outcome) = run_small(&proxy, &sshd, &["us-east-1"], "");
-    assert_eq!(outcome.code, 1, "stderr:\n{}", outcome.stderr);
+    assert_eq!(outcome.code, 3, "README's code for expired credentials\nstderr:\n{}", outcome.stderr);
+    assert!(outcome.stderr.contains("remove them with: fleetbake gc "), "{}", outcome.stderr);
     assert_eq!(proxy.bodies("CreateImage").len(), 1, "an expired token is not retried outside cleanup");
     let manifest = read_manifest(&workspace);
     assert_eq!(manifest["status"], "failed");
@@ -345,7 +347,9 @@ fn auth_failure_fails_the_launch_naming_the_credential_source() {
     assert_eq!(failure["code"], "AuthFailure");
     let hint = failure["hint"].as_str().unwrap_or_default();
     assert!(
-        hint.contains("AWS did not accept the credentials: access keys from the environment (AWS_ACCESS_KEY_ID)"),
+        hint.contains(
+            "AWS did not accept the credentials in us-west-2: if other regions answer, the region is not enabled"
+        ) && hint.contains("else access keys from the environment (AWS_ACCESS_KEY_ID)"),
         "{failure}"
     );
     assert!(outcome.stderr.contains("access keys from the environment"), "{}", outcome.stderr);

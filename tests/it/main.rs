@@ -4,6 +4,7 @@ mod accounts;
 mod cli;
 mod cloud_state;
 mod corpus;
+mod credentials;
 mod ec2_errors;
 mod exit_codes;
 mod fleet_keys;

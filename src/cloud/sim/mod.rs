@@ -18,7 +18,11 @@ use tokio::time::Instant;
 pub use model::ImageAttributes;
 use model::{Model, SimRegion};
 
-use crate::cloud::{Action, Cloud, CloudResult, Identity, ImageState, InstanceId, InstanceState, RegionCloud};
+use crate::cloud::aws::STS;
+use crate::cloud::{
+    Action, BaseCredentials, Cloud, CloudError, CloudResult, CredentialsStatus, ErrorKind, Identity, ImageState,
+    InstanceId, InstanceState, RegionCloud,
+};
 use crate::config::{ConsoleFault, Fleet, Region, SimSettings};
 use crate::util::host_keys::{ed25519_from_seed, HostKey};
 
@@ -57,6 +61,8 @@ pub struct SimReport {
     /// What is published at the end: `region ssm NAME vN = ami-… [labels]`, `region launch-template NAME
     /// vN (default) = ami-…`.
     pub published: Vec<String>,
+    /// AssumeRole calls made for `[aws] role_arn` (the first session, then each renewal).
+    pub assume_role_calls: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -75,7 +81,12 @@ pub struct SimImageReport {
 
 impl SimCloud {
     pub fn new(fleet: &Fleet) -> Self {
-        SimCloud { model: Model::new(fleet.sim.clone()) }
+        let model = Model::new(fleet.sim.clone());
+        // `[aws] role_arn`: the simulated account assumes it as the aws adapter would.
+        if let Some(role) = &fleet.aws.role {
+            model.account.act_as(role.clone());
+        }
+        SimCloud { model }
     }
 
     pub fn settings(&self) -> &SimSettings {
@@ -118,12 +129,38 @@ impl SimCloud {
         }
     }
 
+    /// A refusal of an STS call, as the port's error.
+    fn sts_error(action: Action, code: String, message: String) -> CloudError {
+        CloudError { action, region: Region::new(STS), kind: ErrorKind::of_code(&code), code: Some(code), message }
+    }
+
+    /// With `[aws] role_arn`: the role's session ARN (AssumeRole made when due, counted); else the base ARN.
+    fn acting_arn(&self) -> CloudResult<String> {
+        let now = Instant::now();
+        match self.model.account.role() {
+            Some(role) => self
+                .model
+                .account
+                .assume(role, now)
+                // Refused to the call that needed the session: the provider's AssumeRole is not one of the
+                // run's own actions (the base identity's `sts:AssumeRole`, not in docs/iam-policy.json).
+                .map_err(|refusal| Self::sts_error(Action::GetCallerIdentity, refusal.code, refusal.message)),
+            None if self.model.account.expired(now) => Err(Self::sts_error(
+                Action::GetCallerIdentity,
+                "ExpiredToken".into(),
+                "The security token included in the request is expired".into(),
+            )),
+            None => Ok(self.model.account.base_arn(SIMULATED_ACCOUNT)),
+        }
+    }
+
     /// What is left, and the peaks, as of now.
     pub fn report(&self, batch_interval: Duration) -> SimReport {
         let now = Instant::now();
         let mut report = SimReport {
             throttled_by_buckets: self.model.throttled.load(Ordering::Relaxed),
             faults_injected: self.model.faults_injected.load(Ordering::Relaxed),
+            assume_role_calls: self.model.account.assume_role_calls.load(Ordering::Relaxed),
             ..SimReport::default()
         };
         let mut describes: BTreeMap<Action, Vec<Instant>> = BTreeMap::new();
@@ -216,13 +253,39 @@ fn peak_in_window(mut times: Vec<Instant>, window: Duration) -> usize {
 #[async_trait::async_trait]
 impl Cloud for SimCloud {
     async fn caller_identity(&self) -> CloudResult<Identity> {
-        Ok(Identity {
-            account: SIMULATED_ACCOUNT.into(),
-            arn: format!("arn:aws:iam::{SIMULATED_ACCOUNT}:user/simulated"),
-        })
+        let arn = self.acting_arn()?;
+        let account = arn.split(':').nth(4).unwrap_or(SIMULATED_ACCOUNT).to_string();
+        Ok(Identity { account, arn })
     }
 
     fn region(&self, region: &Region) -> Arc<dyn RegionCloud> {
         Arc::new(SimRegion { region: region.clone(), model: Arc::clone(&self.model), state: self.model.region(region) })
+    }
+
+    /// `[sim] credentials` as the provider chain would give them: with `[aws] role_arn`, the role's sessions
+    /// (renewed, `AssumeRoleProvider`) on top of the simulated base credentials.
+    async fn credentials(&self) -> CloudResult<CredentialsStatus> {
+        let (expires_in, refreshable) = self.model.account.lifetime(Instant::now());
+        let source = if refreshable { "simulated (renewed)" } else { "simulated (static)" }.to_string();
+        match self.model.account.role() {
+            None => {
+                Ok(CredentialsStatus { source, refreshable, expires_in, temporary: expires_in.is_some(), base: None })
+            }
+            Some(role) => {
+                let base = BaseCredentials {
+                    arn: self.model.account.base_arn(SIMULATED_ACCOUNT),
+                    source,
+                    refreshable,
+                    expires_in,
+                };
+                Ok(CredentialsStatus {
+                    source: "AssumeRoleProvider".into(),
+                    refreshable: true,
+                    expires_in: Some(role.duration),
+                    temporary: true,
+                    base: Some(Box::new(base)),
+                })
+            }
+        }
     }
 }

@@ -28,14 +28,16 @@ use crate::cloud::limiter::ClassBuckets;
 use crate::cloud::{
     fnv1a, Action, CloudError, CloudResult, ConsoleOutput, CopySpec, ErrorKind, ImageBlockPublicAccess, ImageId,
     ImageQuery, ImageState, ImageStatus, ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, KmsKey,
-    LaunchPermissions, LaunchSpec, OwnedImage, ParameterHistory, PrivateKey, RegionCloud, SecurityGroupId, SessionId,
-    SessionToken, SnapshotId, SsmSession, Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
+    LaunchPermissions, LaunchSpec, OwnedImage, ParameterHistory, PrivateKey, RegionCloud, RegionOptIn, SecurityGroupId,
+    SessionId, SessionToken, SnapshotId, SsmSession, Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
 };
 use crate::config::{
     AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, FlavorName, ImageFilter, Place, Region,
     SimFault, SimSettings, SubnetLookup, Tags,
 };
 use crate::util::host_keys::{console_block, ed25519_from_seed, HostKey};
+
+pub mod account;
 
 /// Of a configured effect of one kind (a console or an agent fault): the fault, and the flavor it is limited to.
 type PickLaunchFault<T> = fn(&FaultEffect) -> Option<(T, Option<&FlavorName>)>;
@@ -55,12 +57,14 @@ pub struct Model {
     started: Instant,
     pub throttled: AtomicU64,
     pub faults_injected: AtomicU64,
+    /// Its credentials, identity and enabled regions.
+    pub account: account::SimAccount,
 }
 
 /// Why the model refused a call: an AWS error code and message.
-struct Refusal {
-    code: String,
-    message: String,
+pub(in crate::cloud::sim) struct Refusal {
+    pub(in crate::cloud::sim) code: String,
+    pub(in crate::cloud::sim) message: String,
 }
 
 fn refuse<T>(code: &str, message: impl Into<String>) -> Result<T, Refusal> {
@@ -83,6 +87,7 @@ impl Model {
             copy_image: ours(ec2.copy_image),
             create_tags: ours(ec2.create_tags),
         };
+        let account = account::SimAccount::new(&settings, Instant::now());
         Arc::new(Model {
             settings,
             rates,
@@ -93,6 +98,7 @@ impl Model {
             started: Instant::now(),
             throttled: AtomicU64::new(0),
             faults_injected: AtomicU64::new(0),
+            account,
         })
     }
 
@@ -519,8 +525,10 @@ impl SimRegion {
             };
             refuse(code, format!("{code} ({what} by the `[sim] faults` of the fleet file)"))
         };
-        let answer = match fault {
-            Some(fault) if !fault.answer_lost => injected(fault, "injected"),
+        let refused = self.model.account.refusal(action, &self.region, Instant::now());
+        let answer = match (refused, fault) {
+            (Some(refusal), _) => Err(refusal),
+            (None, Some(fault)) if !fault.answer_lost => injected(fault, "injected"),
             _ if self.state.buckets.of(action.class()).try_take().is_err() => {
                 self.model.throttled.fetch_add(1, Ordering::Relaxed);
                 refuse("RequestLimitExceeded", "Request limit exceeded.")
@@ -1358,6 +1366,11 @@ impl RegionCloud for SimRegion {
             Ok(())
         })
         .await
+    }
+
+    async fn describe_regions(&self) -> CloudResult<Vec<RegionOptIn>> {
+        let known: Vec<Region> = self.model.regions().into_iter().map(|(region, _)| region).collect();
+        self.call(Action::DescribeRegions, |_, _| Ok(self.model.account.regions(known.iter()))).await
     }
 }
 

@@ -2,7 +2,9 @@
 //! `fleetbake matrix` makes before its first mutating call. Read-only calls only; all checks are made and
 //! reported at once, one line each, `ok` or `FAIL` with what to change.
 //!
-//! Checked: with Session Manager builds, the `session-manager-plugin` (found, and its version); who the run acts as; in each build region, where each flavor's builds would go (subnets, VPC, or
+//! Checked: with Session Manager builds, the `session-manager-plugin` (found, and its version); who the run acts as;
+//! whether its credentials last the run's estimated length, and `[aws] role_arn` within role chaining's 1-hour
+//! cap ([`credentials`]); that every region of the run is enabled for the account ([`regions`]); in each build region, where each flavor's builds would go (subnets, VPC, or
 //! the default VPC), each flavor's source image, and its instance type offered in the region and in the
 //! zones of its subnets; in every region an image lands in, that the region answers and that no image
 //! there already holds a name this run would give one, and that its `[encryption]` key exists, is enabled, and
@@ -12,6 +14,9 @@
 
 mod publish;
 mod sharing;
+
+pub mod credentials;
+mod regions;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -114,6 +119,8 @@ pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud) -> Preflight {
             }
         }
     }
+    credentials::check(&mut preflight, fleet, plan, cloud).await;
+    regions::check(&mut preflight, plan, cloud, crate::engine::run::home_region(fleet)).await;
     let flavors_by_region = builds_by_region(fleet, plan);
     for (region, flavors) in &flavors_by_region {
         check_build_region(&mut preflight, cloud, region, flavors).await;
@@ -302,7 +309,10 @@ async fn check_names(
         Err(error) if error.code.as_deref() == Some("OptInRequired") => {
             Outcome::Fail(hints::hint(&error).expect("OptInRequired has a hint"))
         }
-        Err(error) => Outcome::Fail(format!("cannot reach {region}: {error}")),
+        Err(error) => Outcome::Fail(format!(
+            "cannot reach {region}: {error}{}",
+            hints::hint(&error).map(|hint| format!("; {hint}")).unwrap_or_default()
+        )),
         Ok(found) => {
             let taken: Vec<String> = found
                 .iter()

@@ -1,4 +1,5 @@
-//! The model's Session Manager rules, called through its port under Tokio's paused clock: the agent online
+//! The model's Session Manager rules and its account (credentials that end, a role renewed, regions not
+//! enabled), called through its port under Tokio's paused clock: the agent online
 //! `[sim] agent_online` after the instance runs (or never), StartSession's `TargetNotConnected` until then,
 //! sessions counted and one not ended reported as a leak, and no session to an instance whose group has an
 //! ingress rule.
@@ -155,4 +156,63 @@ async fn no_session_to_an_instance_whose_group_has_an_ingress_rule() {
     let session = region.start_session(&closed, 22).await.unwrap();
     region.terminate_session(&session.id).await.unwrap();
     assert_eq!(cloud.report(Duration::from_secs(2)).sessions_started, 1);
+}
+
+/// `[sim] credentials` static, ending at 90 minutes, under `[aws] role_arn` sessions of an hour: the role is
+/// assumed at once and renewed 5 minutes before each session ends while the base lasts; a session running
+/// when the base ends goes on to its own end, then every call is refused `ExpiredToken`.
+#[tokio::test(start_paused = true)]
+async fn a_role_is_renewed_while_its_base_credentials_last_and_ends_with_its_last_session() {
+    let credentials = crate::config::SimCredentials { expires_after: Duration::from_secs(90 * 60), refreshable: false };
+    let (cloud, region) = region_of(SimSettings { credentials: Some(credentials), ..SimSettings::default() });
+    cloud.model.account.act_as(crate::config::AssumeRole {
+        arn: "arn:aws:iam::210987654321:role/image-builder".into(),
+        external_id: None,
+        session_name: None,
+        duration: Duration::from_secs(3600),
+    });
+    let minute = Duration::from_secs(60);
+    let calls = || cloud.model.account.assume_role_calls.load(Ordering::Relaxed);
+    assert!(region.find_vpc(VpcLookup::Default).await.is_ok());
+    assert_eq!(calls(), 1, "assumed at the first call");
+    tokio::time::sleep(54 * minute).await;
+    assert!(region.find_vpc(VpcLookup::Default).await.is_ok());
+    assert_eq!(calls(), 1, "the first session still runs");
+    tokio::time::sleep(2 * minute).await;
+    assert!(region.find_vpc(VpcLookup::Default).await.is_ok());
+    assert_eq!(calls(), 2, "renewed 5 minutes before the session's end, the base still valid");
+    // At 112 minutes the base (90) has ended: the renewal fails, the session (until 116) goes on.
+    tokio::time::sleep(56 * minute).await;
+    assert!(region.find_vpc(VpcLookup::Default).await.is_ok(), "the last session runs to its end");
+    tokio::time::sleep(5 * minute).await;
+    let refused = region.find_vpc(VpcLookup::Default).await.unwrap_err();
+    assert_eq!(refused.code.as_deref(), Some("ExpiredToken"));
+    assert_eq!(refused.kind, ErrorKind::Credentials);
+}
+
+/// Without a role, static credentials end for every service in its own words; a region not enabled answers
+/// EC2 with `AuthFailure` and is listed `not-opted-in`.
+#[tokio::test(start_paused = true)]
+async fn static_credentials_end_and_a_region_not_enabled_answers_auth_failure() {
+    let credentials = crate::config::SimCredentials { expires_after: Duration::from_secs(600), refreshable: false };
+    let settings = SimSettings {
+        credentials: Some(credentials),
+        regions_not_enabled: [Region::new("af-south-1")].into(),
+        ..SimSettings::default()
+    };
+    let (cloud, region) = region_of(settings);
+    let cape = Region::new("af-south-1");
+    let not_enabled =
+        SimRegion { region: cape.clone(), model: Arc::clone(&cloud.model), state: cloud.model.region(&cape) };
+    let refused = not_enabled.find_vpc(VpcLookup::Default).await.unwrap_err();
+    assert_eq!(refused.code.as_deref(), Some("AuthFailure"));
+    let listed = region.describe_regions().await.unwrap();
+    let found = |name: &str| listed.iter().find(|found| found.region.as_str() == name).unwrap().clone();
+    assert_eq!(found("af-south-1").opt_in_status, "not-opted-in");
+    assert!(!found("af-south-1").enabled());
+    assert!(found("us-west-2").enabled() && found("us-east-1").enabled());
+    tokio::time::sleep(Duration::from_secs(601)).await;
+    let expired = region.describe_regions().await.unwrap_err();
+    assert_eq!(expired.code.as_deref(), Some("RequestExpired"), "EC2's word for it");
+    assert_eq!(expired.kind, ErrorKind::Credentials);
 }
