@@ -17,8 +17,8 @@ use aws_sdk_ec2::types::{
     AttributeValue, BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification,
     InstanceStateName, IpPermission, IpRange, Ipv6Range, KeyType, LaunchPermission, LaunchPermissionModifications,
-    LocationType, OperationType, PermissionGroup, ResourceType, SnapshotAttributeName, Tag, TagSpecification,
-    VolumeType,
+    LocationType, OperationType, PermissionGroup, PrefixListId as PrefixListEntry, ResourceType, SnapshotAttributeName,
+    Tag, TagSpecification, UserIdGroupPair, VolumeType,
 };
 use aws_sdk_ec2::Client;
 use dashmap::DashMap;
@@ -435,10 +435,22 @@ impl RegionCloud for AwsRegion {
         output.group_id().map(|id| SecurityGroupId(id.to_string())).ok_or_else(|| self.missing(action, "group id"))
     }
 
-    async fn authorize_ingress(&self, group: &SecurityGroupId, port: u16, cidrs: &[IpNet]) -> CloudResult<()> {
+    async fn authorize_ingress(&self, group: &SecurityGroupId, port: u16, from: &IngressSources) -> CloudResult<()> {
         let action = Action::AuthorizeSecurityGroupIngress;
         let mut permission = IpPermission::builder().ip_protocol("tcp").from_port(port.into()).to_port(port.into());
-        for cidr in cidrs {
+        // A source group is named by id alone: the same account's, in this VPC or a peered one ("Security group
+        // rules", Amazon VPC User Guide); a prefix list by its id.
+        for source in &from.security_groups {
+            permission = permission.user_id_group_pairs(
+                UserIdGroupPair::builder().group_id(source.as_str()).description("fleetbake build SSH").build(),
+            );
+        }
+        for list in &from.prefix_lists {
+            permission = permission.prefix_list_ids(
+                PrefixListEntry::builder().prefix_list_id(list.as_str()).description("fleetbake build SSH").build(),
+            );
+        }
+        for cidr in &from.cidrs {
             permission = match cidr {
                 IpNet::V4(v4) => permission
                     .ip_ranges(IpRange::builder().cidr_ip(v4.to_string()).description("fleetbake build SSH").build()),

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ipnet::IpNet;
 
 use super::*;
 use crate::cloud::limiter::{ApiLimits, RegionLimiter};
@@ -87,9 +86,9 @@ impl RegionCloud for LimitedRegion {
             .await
     }
 
-    async fn authorize_ingress(&self, group: &SecurityGroupId, port: u16, cidrs: &[IpNet]) -> CloudResult<()> {
+    async fn authorize_ingress(&self, group: &SecurityGroupId, port: u16, from: &IngressSources) -> CloudResult<()> {
         self.limiter
-            .call(Action::AuthorizeSecurityGroupIngress, || self.inner.authorize_ingress(group, port, cidrs))
+            .call(Action::AuthorizeSecurityGroupIngress, || self.inner.authorize_ingress(group, port, from))
             .await
     }
 

@@ -1293,7 +1293,112 @@ fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSetting
             Some(plugin) => PathBuf::from(plugin),
             None => PathBuf::from(SESSION_MANAGER_PLUGIN),
         },
+        source_security_groups: per_region_ids(
+            checker,
+            path.key("source_security_groups"),
+            raw.source_security_groups,
+            ResourceIdKind::SecurityGroup,
+        ),
+        source_prefix_lists: per_region_ids(
+            checker,
+            path.key("source_prefix_lists"),
+            raw.source_prefix_lists,
+            ResourceIdKind::PrefixList,
+        ),
     }
+}
+
+/// `[sim]`'s network: the runner's and the bastion's addresses, the runner's groups, the prefix lists.
+fn resolve_sim_runner(checker: &mut Checker<'_>, path: &KeyPath, raw: &schema::SimSection, sim: &mut SimSettings) {
+    let mut address = |key: &str, text: &Option<String>| {
+        let text = text.as_deref()?;
+        match text.parse::<std::net::IpAddr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                checker.problem(path.key(key), format!("`{text}` is not an IP address like `10.9.0.5`"));
+                None
+            }
+        }
+    };
+    sim.runner_address = address("runner_address", &raw.runner_address);
+    sim.bastion_address = address("bastion_address", &raw.bastion_address);
+    for (index, id) in raw.runner_security_groups.iter().flatten().enumerate() {
+        if let Some(problem) = ResourceIdKind::SecurityGroup.problem(id) {
+            checker.problem(path.key("runner_security_groups").index(index), problem);
+        }
+    }
+    sim.runner_security_groups = raw.runner_security_groups.clone().unwrap_or_default();
+    for (id, cidrs) in raw.prefix_lists.iter().flatten() {
+        let at = path.key("prefix_lists").key(id);
+        if let Some(problem) = ResourceIdKind::PrefixList.problem(id) {
+            checker.problem(at.clone(), problem);
+        }
+        let mut parsed = Vec::new();
+        for (index, text) in cidrs.iter().enumerate() {
+            match text.parse::<IpNet>() {
+                Ok(net) => parsed.push(net),
+                Err(_) => checker.problem(at.index(index), format!("`{text}` is not a CIDR block like `10.9.0.0/16`")),
+            }
+        }
+        sim.prefix_lists.insert(id.clone(), parsed);
+    }
+}
+
+/// The kinds of EC2 id a fleet file may name for `[ssh]`'s sources and `[sim]`'s runner.
+#[derive(Clone, Copy)]
+enum ResourceIdKind {
+    SecurityGroup,
+    PrefixList,
+}
+
+impl ResourceIdKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            ResourceIdKind::SecurityGroup => "sg-",
+            ResourceIdKind::PrefixList => "pl-",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            ResourceIdKind::SecurityGroup => "a security group id",
+            ResourceIdKind::PrefixList => "a managed prefix list id",
+        }
+    }
+
+    /// Why `id` is not an id of this kind (`sg-` or `pl-` and 8 or 17 hex digits), if so.
+    fn problem(self, id: &str) -> Option<String> {
+        let hex = id.strip_prefix(self.prefix());
+        if hex.is_some_and(|hex| matches!(hex.len(), 8 | 17) && hex.chars().all(|c| c.is_ascii_hexdigit())) {
+            return None;
+        }
+        Some(format!("`{id}` is not {} (`{}` and 8 or 17 hex digits)", self.what(), self.prefix()))
+    }
+}
+
+/// Ids of one kind listed per region (`{ "us-west-2" = ["sg-…"] }`): each region a region name, each id of
+/// its kind, each list not empty.
+fn per_region_ids(
+    checker: &mut Checker<'_>,
+    path: KeyPath,
+    raw: Option<BTreeMap<String, Vec<String>>>,
+    kind: ResourceIdKind,
+) -> BTreeMap<Region, Vec<String>> {
+    let mut resolved = BTreeMap::new();
+    for (region, ids) in raw.unwrap_or_default() {
+        let at = path.key(&region);
+        let region = checker.region(at.clone(), &region);
+        if ids.is_empty() {
+            checker.problem(at.clone(), format!("must list at least one id; leave {region} out instead"));
+        }
+        for (index, id) in ids.iter().enumerate() {
+            if let Some(problem) = kind.problem(id) {
+                checker.problem(at.index(index), problem);
+            }
+        }
+        resolved.insert(region, ids);
+    }
+    resolved
 }
 
 /// `[ssh] interface` or a flavor's `interface`: an address of the instance, or `session_manager`.
@@ -1473,7 +1578,14 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         console_keys: duration("console_keys", &raw.console_keys, defaults.console_keys),
         agent_online: duration("agent_online", &raw.agent_online, defaults.agent_online),
         faults: Vec::new(),
+        snapshot_in_use: duration("snapshot_in_use", &raw.snapshot_in_use, defaults.snapshot_in_use),
+        require_tags_on_create: raw.require_tags_on_create.unwrap_or(defaults.require_tags_on_create),
+        runner_address: None,
+        bastion_address: None,
+        runner_security_groups: Vec::new(),
+        prefix_lists: BTreeMap::new(),
     };
+    resolve_sim_runner(checker, &path, &raw, &mut sim);
     if let Some(vcpus) = raw.instance_vcpus {
         sim.instance_vcpus = checker.positive(path.key("instance_vcpus"), Some(vcpus as usize), 2) as u32;
     }

@@ -6,13 +6,11 @@
 //! describe that finds it may not list it yet (EC2's eventual consistency): it is looked for until it does,
 //! for at most [`CONSISTENCY_WINDOW`](crate::cloud::consistency::CONSISTENCY_WINDOW).
 
-use ipnet::IpNet;
-
 use crate::cloud::consistency::until_listed;
 use crate::cloud::retry::{retry, GaveUp, Outcome, Policy};
 use crate::cloud::{
-    CloudError, CloudResult, CopySpec, ImageId, ImageQuery, InstanceId, KeyPairName, OwnedImage, PrivateKey,
-    RegionCloud, SecurityGroupId, VpcId,
+    CloudError, CloudResult, CopySpec, ImageId, ImageQuery, IngressSources, InstanceId, KeyPairName, OwnedImage,
+    PrivateKey, RegionCloud, SecurityGroupId, VpcId,
 };
 use crate::config::Tags;
 use crate::plan::RunId;
@@ -71,8 +69,13 @@ pub async fn security_group(
 }
 
 /// The rule, whether this call added it or an earlier one did.
-pub async fn ingress(cloud: &dyn RegionCloud, group: &SecurityGroupId, port: u16, cidrs: &[IpNet]) -> CloudResult<()> {
-    match cloud.authorize_ingress(group, port, cidrs).await {
+pub async fn ingress(
+    cloud: &dyn RegionCloud,
+    group: &SecurityGroupId,
+    port: u16,
+    from: &IngressSources,
+) -> CloudResult<()> {
+    match cloud.authorize_ingress(group, port, from).await {
         Err(error) if is(&error, "InvalidPermission.Duplicate") => Ok(()),
         other => other,
     }

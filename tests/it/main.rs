@@ -1,6 +1,7 @@
 //! One integration-test binary: the CLI and the library against moto_server and a real sshd.
 
 mod accounts;
+mod admission;
 mod cli;
 mod cloud_state;
 mod corpus;

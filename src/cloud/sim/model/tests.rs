@@ -143,7 +143,10 @@ async fn no_session_to_an_instance_whose_group_has_an_ingress_rule() {
     let (cloud, region) = region_of(SimSettings::default());
     let (closed, _) = launch(&region, "ubuntu").await;
     let (opened, group) = launch(&region, "al2023").await;
-    region.authorize_ingress(&group, 22, &["203.0.113.5/32".parse().unwrap()]).await.unwrap();
+    region
+        .authorize_ingress(&group, 22, &IngressSources::cidrs(vec!["203.0.113.5/32".parse().unwrap()]))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(600)).await;
 
     let refused = region.start_session(&opened, 22).await.unwrap_err();
