@@ -10,6 +10,7 @@ mod exit_codes;
 mod fleet_keys;
 mod harness;
 mod host_keys;
+mod image_snapshots;
 mod layout;
 mod matrix;
 mod nightly;
