@@ -274,6 +274,16 @@ fn tag_specification(resource: ResourceType, tags: &Tags) -> TagSpecification {
     specification.build()
 }
 
+/// CreateImage's and CopyImage's TagSpecifications: the image's, and its snapshots' (both take ResourceType
+/// `snapshot`: "CreateImage", "CopyImage", Amazon EC2 API Reference), so both are tagged at creation.
+fn image_tag_specifications(image: &Tags, snapshots: &Tags) -> Vec<TagSpecification> {
+    let mut specifications = vec![tag_specification(ResourceType::Image, image)];
+    if !snapshots.is_empty() {
+        specifications.push(tag_specification(ResourceType::Snapshot, snapshots));
+    }
+    specifications
+}
+
 fn image_state(image: &aws_sdk_ec2::types::Image) -> ImageState {
     use aws_sdk_ec2::types::ImageState as Ec2;
     let reason = || image.state_reason().and_then(|reason| reason.message()).unwrap_or("no reason given").to_string();
@@ -593,14 +603,16 @@ impl RegionCloud for AwsRegion {
         name: &str,
         description: Option<&str>,
         tags: &Tags,
+        snapshot_tags: &Tags,
     ) -> CloudResult<ImageId> {
         let action = Action::CreateImage;
+        let specifications = image_tag_specifications(tags, snapshot_tags);
         let output = ec2_call!(self, action, |client| client
             .create_image()
             .instance_id(instance.as_str())
             .name(name)
             .set_description(description.map(str::to_string))
-            .tag_specifications(tag_specification(ResourceType::Image, tags)))?;
+            .set_tag_specifications(Some(specifications.clone())))?;
         output.image_id().map(|id| ImageId(id.to_string())).ok_or_else(|| self.missing(action, "image id"))
     }
 
@@ -615,7 +627,7 @@ impl RegionCloud for AwsRegion {
             .client_token(&spec.client_token)
             .set_encrypted(spec.kms_key.as_ref().map(|_| true))
             .set_kms_key_id(spec.kms_key.clone())
-            .tag_specifications(tag_specification(ResourceType::Image, &spec.tags)))?;
+            .set_tag_specifications(Some(image_tag_specifications(&spec.tags, &spec.snapshot_tags))))?;
         output.image_id().map(|id| ImageId(id.to_string())).ok_or_else(|| self.missing(action, "image id"))
     }
 

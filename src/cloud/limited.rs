@@ -122,8 +122,11 @@ impl RegionCloud for LimitedRegion {
         name: &str,
         description: Option<&str>,
         tags: &Tags,
+        snapshot_tags: &Tags,
     ) -> CloudResult<ImageId> {
-        self.limiter.call(Action::CreateImage, || self.inner.create_image(instance, name, description, tags)).await
+        self.limiter
+            .call(Action::CreateImage, || self.inner.create_image(instance, name, description, tags, snapshot_tags))
+            .await
     }
 
     async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId> {

@@ -260,6 +260,9 @@ pub struct CopySpec {
     pub client_token: String,
     /// The copy's tags, given at creation (`TagSpecifications`): an image that exists is never untagged.
     pub tags: Tags,
+    /// Its snapshots' tags, given at creation too (`TagSpecifications`, ResourceType `snapshot`): a tag policy or
+    /// an SCP that requires tags on create sees them.
+    pub snapshot_tags: Tags,
     /// Encrypted with this KMS key of the destination region; `None`: as the source is.
     pub kms_key: Option<String>,
 }
@@ -436,12 +439,15 @@ pub trait RegionCloud: Send + Sync {
     async fn stop_instance(&self, id: &InstanceId) -> CloudResult<()>;
     async fn terminate_instance(&self, id: &InstanceId) -> CloudResult<()>;
 
+    /// CreateImage, the image tagged `tags` and its snapshots `snapshot_tags`, both at creation
+    /// (`TagSpecifications`).
     async fn create_image(
         &self,
         instance: &InstanceId,
         name: &str,
         description: Option<&str>,
         tags: &Tags,
+        snapshot_tags: &Tags,
     ) -> CloudResult<ImageId>;
     async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId>;
     async fn create_tags(&self, resources: &[String], tags: &Tags) -> CloudResult<()>;

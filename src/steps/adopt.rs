@@ -81,7 +81,8 @@ pub async fn ingress(
     }
 }
 
-/// CreateImage; an image of that name already made by this run (its tags say so) is the one.
+/// CreateImage, the image and its snapshots tagged `tags` at creation; an image of that name already made by
+/// this run (its tags say so) is the one.
 pub async fn create_image(
     cloud: &dyn RegionCloud,
     instance: &InstanceId,
@@ -90,7 +91,7 @@ pub async fn create_image(
     tags: &Tags,
     run_id: &RunId,
 ) -> CloudResult<ImageId> {
-    match cloud.create_image(instance, name, description, tags).await {
+    match cloud.create_image(instance, name, description, tags, tags).await {
         Err(error) if is(&error, "InvalidAMIName.Duplicate") => {
             let tagged_by_run =
                 |image: &OwnedImage| image.tags.get(RUN_ID_TAG).is_some_and(|tagged| tagged == run_id.as_str());

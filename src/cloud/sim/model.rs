@@ -477,6 +477,26 @@ fn creation_date(started: Instant, at: Instant) -> String {
     (epoch + elapsed).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// With `[sim] require_tags_on_create`, as an SCP denying `ec2:CreateImage` / `ec2:CopyImage` on an image or
+/// snapshot without tags in the request (`aws:RequestTag`, "Grant permission to tag resources during
+/// creation", EC2 User Guide) answers: `UnauthorizedOperation` unless the image and its snapshots are tagged at
+/// creation.
+fn untagged_create(required: bool, action: Action, image: &Tags, snapshots: &Tags) -> Result<(), Refusal> {
+    let untagged = match (image.is_empty(), snapshots.is_empty()) {
+        _ if !required => return Ok(()),
+        (false, false) => return Ok(()),
+        (true, true) => "image and snapshot",
+        (true, false) => "image",
+        (false, true) => "snapshot",
+    };
+    refuse(
+        "UnauthorizedOperation",
+        format!(
+            "You are not authorized to perform this operation: {action} with an untagged {untagged} (explicit deny in a service control policy requiring tags on create)"
+        ),
+    )
+}
+
 /// `ami-` and 8 or 17 hex digits: an id a user may name as a source image.
 fn is_image_id(text: &str) -> bool {
     text.strip_prefix("ami-")
@@ -910,11 +930,15 @@ impl RegionCloud for SimRegion {
         name: &str,
         _description: Option<&str>,
         tags: &Tags,
+        snapshot_tags: &Tags,
     ) -> CloudResult<ImageId> {
         let id = ImageId::new(self.model.id("ami"));
         let snapshot = SnapshotId::new(self.model.id("snap"));
         let available_at = Instant::now() + self.model.jittered(self.model.settings.create_image);
+        let required = self.model.settings.require_tags_on_create;
         self.call(Action::CreateImage, |state, now| {
+            untagged_create(required, Action::CreateImage, tags, snapshot_tags)?;
+            Self::merge_tags(state, snapshot.as_str(), snapshot_tags);
             let found = state.known_instance(instance, now)?;
             let volume_key = found.volume_key.clone();
             match found.state(now) {
@@ -957,7 +981,9 @@ impl RegionCloud for SimRegion {
         let available_at = Instant::now() + self.model.jittered(self.model.settings.copy_image);
         let cap = self.model.settings.copy_concurrency;
         let foreign = self.model.settings.foreign_copies;
+        let required = self.model.settings.require_tags_on_create;
         self.call(Action::CopyImage, |state, now| {
+            untagged_create(required, Action::CopyImage, &spec.tags, &spec.snapshot_tags)?;
             if let Some(existing) = state.client_tokens.get(&spec.client_token) {
                 return Ok(ImageId::new(existing.clone()));
             }
@@ -991,7 +1017,7 @@ impl RegionCloud for SimRegion {
                     name: spec.name.clone(),
                     created_at: now,
                     available_at,
-                    snapshot,
+                    snapshot: snapshot.clone(),
                     copied: true,
                     fails,
                     attributes: ImageAttributes {
@@ -1000,8 +1026,9 @@ impl RegionCloud for SimRegion {
                     },
                 },
             );
-            // CopyImage's TagSpecifications: the copy is tagged from the start.
+            // CopyImage's TagSpecifications: the copy and its snapshot are tagged from the start.
             Self::merge_tags(state, id.as_str(), &spec.tags);
+            Self::merge_tags(state, snapshot.as_str(), &spec.snapshot_tags);
             state.peak_copies_in_flight = state.peak_copies_in_flight.max(in_flight + 1);
             Ok(id)
         })

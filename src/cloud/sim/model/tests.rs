@@ -1,7 +1,7 @@
 //! The model's Session Manager rules, called through its port under Tokio's paused clock: the agent online
 //! `[sim] agent_online` after the instance runs (or never), StartSession's `TargetNotConnected` until then,
 //! sessions counted and one not ended reported as a leak, and no session to an instance whose group has an
-//! ingress rule.
+//! ingress rule. Also: CreateImage and CopyImage refused untagged under `[sim] require_tags_on_create`.
 
 use std::time::Duration;
 
@@ -158,4 +158,39 @@ async fn no_session_to_an_instance_whose_group_has_an_ingress_rule() {
     let session = region.start_session(&closed, 22).await.unwrap();
     region.terminate_session(&session.id).await.unwrap();
     assert_eq!(cloud.report(Duration::from_secs(2)).sessions_started, 1);
+}
+
+/// `[sim] require_tags_on_create`: CreateImage and CopyImage whose image or snapshots carry no tags in the
+/// request are refused (`UnauthorizedOperation`, as an SCP requiring tags on create answers); tagged ones pass,
+/// and the snapshot carries its tags from the start.
+#[tokio::test(start_paused = true)]
+async fn untagged_creates_are_refused_when_tags_are_required() {
+    let (_cloud, region) = region_of(SimSettings { require_tags_on_create: true, ..SimSettings::default() });
+    let (instance, _) = launch(&region, "ubuntu").await;
+    let tags = Tags::from([("fleetbake:run-id".to_string(), "run-1".to_string())]);
+    let refused = region.create_image(&instance, "untagged-snapshot", None, &tags, &Tags::new()).await.unwrap_err();
+    assert_eq!(refused.code.as_deref(), Some("UnauthorizedOperation"), "{refused}");
+    assert!(refused.message.contains("untagged snapshot"), "{refused}");
+    let image = region.create_image(&instance, "tagged", None, &tags, &tags).await.unwrap();
+    let snapshot = region.state.state.lock().unwrap().images[&image].snapshot().clone();
+    let tagged = region.state.state.lock().unwrap().tag_of(snapshot.as_str(), "fleetbake:run-id");
+    assert_eq!(tagged.as_deref(), Some("run-1"));
+
+    tokio::time::sleep(Duration::from_secs(10 * 60)).await;
+    let copy = |name: &str, snapshot_tags: &Tags| CopySpec {
+        source_region: region.region.clone(),
+        source_image: image.clone(),
+        name: name.to_string(),
+        description: None,
+        client_token: format!("token-{name}"),
+        tags: tags.clone(),
+        snapshot_tags: snapshot_tags.clone(),
+        kms_key: None,
+    };
+    let refused = region.copy_image(&copy("copy-untagged", &Tags::new())).await.unwrap_err();
+    assert_eq!(refused.code.as_deref(), Some("UnauthorizedOperation"), "{refused}");
+    let copied = region.copy_image(&copy("copy-tagged", &tags)).await.unwrap();
+    let snapshot = region.state.state.lock().unwrap().images[&copied].snapshot().clone();
+    let tagged = region.state.state.lock().unwrap().tag_of(snapshot.as_str(), "fleetbake:run-id");
+    assert_eq!(tagged.as_deref(), Some("run-1"));
 }
