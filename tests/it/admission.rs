@@ -147,3 +147,53 @@ fn regions_hand_out_distinct_subnet_ids() {
     assert_eq!((west.len(), central.len()), (2, 2), "{}", preflight.stdout);
     assert!(west.iter().all(|id| !central.contains(id)), "{west:?} {central:?}");
 }
+
+/// Through moto (the recording proxy): `[ssh] source_security_groups` and `source_prefix_lists` reach
+/// AuthorizeSecurityGroupIngress as the rule's `UserIdGroupPairs` and `PrefixListIds`, beside its CIDR block, in
+/// one permission on `port`; moto takes the rule and the fleet bakes.
+#[test]
+fn source_groups_and_prefix_lists_reach_the_ingress_rule() {
+    use crate::harness::{decoded, field, runtime, Moto, Sshd};
+    use crate::matrix::{fleet_header_at, AL2023};
+    use crate::proxy::FaultProxy;
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let proxy = FaultProxy::recording(&moto.endpoint);
+    let (group, prefix_list) = runtime().block_on(async {
+        let client = moto.client("us-west-2");
+        let group =
+            client.create_security_group().group_name("runners").description("CI runners").send().await.unwrap();
+        let list = client
+            .create_managed_prefix_list()
+            .prefix_list_name("runners")
+            .address_family("IPv4")
+            .max_entries(5)
+            .entries(aws_sdk_ec2::types::AddPrefixListEntry::builder().cidr("10.9.0.0/24").build())
+            .send()
+            .await
+            .unwrap();
+        let list = list.prefix_list().and_then(|list| list.prefix_list_id()).unwrap().to_string();
+        (group.group_id().unwrap().to_string(), list)
+    });
+    let header = fleet_header_at(&proxy.endpoint, &sshd).replace(
+        "source_cidrs = [\"127.0.0.1/32\"]",
+        &format!(
+            "source_cidrs = [\"127.0.0.1/32\"]\nsource_security_groups = {{ \"us-west-2\" = [\"{group}\"] }}\nsource_prefix_lists = {{ \"us-west-2\" = [\"{prefix_list}\"] }}"
+        ),
+    );
+    let workspace = Workspace::new();
+    let fleet = format!("{header}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\n\n[regions]\nus-west-2 = []\n");
+    let fleet_path = workspace.write("fleet.toml", &fleet);
+    let outcome = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap()]);
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    let rules = proxy.bodies("AuthorizeSecurityGroupIngress");
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let rule = &rules[0];
+    let values = |key: &str| -> Vec<String> { field(rule, key).into_iter().map(decoded).collect() };
+    assert_eq!(values("IpPermissions.1.IpRanges.1.CidrIp"), ["127.0.0.1/32"], "{rule}");
+    assert_eq!(values("IpPermissions.1.Groups.1.GroupId"), [group.as_str()], "{rule}");
+    assert_eq!(values("IpPermissions.1.PrefixListIds.1.PrefixListId"), [prefix_list.as_str()], "{rule}");
+    assert!(field(rule, "IpPermissions.2.IpProtocol").is_empty(), "one permission: {rule}");
+    let said = format!("from 127.0.0.1/32, {group}, {prefix_list})");
+    assert!(outcome.stderr.contains(&said), "{said}: {}", outcome.stderr);
+}
