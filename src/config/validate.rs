@@ -270,6 +270,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
     check_selection(checker, &fleet);
     check_subnets(checker, &fleet, &subnet_paths);
     check_keys(checker, &fleet);
+    check_ssh_source_regions(checker, &fleet);
     check_deprecation(checker, &fleet);
     fleet
 }
@@ -430,6 +431,24 @@ fn is_org_id(id: &str) -> bool {
     id.strip_prefix("o-").is_some_and(|id| {
         (10..=32).contains(&id.len()) && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
     })
+}
+
+/// `[ssh] source_security_groups` and `source_prefix_lists` name build regions only: a group or prefix list
+/// is regional, and one listed for a region that builds nothing (a misspelt region) would admit no one.
+fn check_ssh_source_regions(checker: &mut Checker<'_>, fleet: &Fleet) {
+    let keys = [
+        ("source_security_groups", &fleet.ssh.source_security_groups),
+        ("source_prefix_lists", &fleet.ssh.source_prefix_lists),
+    ];
+    for (key, per_region) in keys {
+        for region in per_region.keys().filter(|region| !fleet.regions.contains_key(*region)) {
+            let builds: Vec<String> = fleet.regions.keys().map(|region| format!("`{region}`")).collect();
+            checker.problem(
+                KeyPath::root().key("ssh").key(key).key(region.as_str()),
+                format!("`{region}` is not a build region (the security groups are made in {})", builds.join(", ")),
+            );
+        }
+    }
 }
 
 /// Every region an image lands in has a key; an image encrypted with the AWS-managed key is not shared.

@@ -107,7 +107,7 @@ pub(super) async fn check(
     }
     for ((_, _, names), (flavor, network)) in seen.iter().zip(networks) {
         let origin = origin(fleet, &*region_cloud, runner, flavor, region, &network).await;
-        let outcome = verdict(fleet, runner, region, &listed(names), &network, origin);
+        let outcome = verdict(fleet.ssh.port, runner, region, &listed(names), &network, origin);
         preflight.push(Some(region), outcome);
     }
 }
@@ -176,8 +176,7 @@ fn route_address(cidr: IpNet) -> Option<IpAddr> {
 }
 
 /// Whether the group made for `network` admits `origin`.
-fn verdict(fleet: &Fleet, runner: &Runner, region: &Region, of: &str, network: &Network, origin: Origin) -> Outcome {
-    let port = fleet.ssh.port;
+fn verdict(port: u16, runner: &Runner, region: &Region, of: &str, network: &Network, origin: Origin) -> Outcome {
     let rule = rule_text(&network.ssh_sources);
     let kind = network.address;
     let (address, who) = match origin {
@@ -248,6 +247,68 @@ fn rule_text(sources: &IngressSources) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::{PrefixListId, SecurityGroupId};
+
+    /// A build reached at its private IP, the group admitting the VPC's block and `groups`.
+    fn network(groups: &[&str]) -> Network {
+        Network {
+            placements: vec![None],
+            vpc: None,
+            ssh_sources: IngressSources {
+                cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+                security_groups: groups.iter().map(|group| SecurityGroupId::new(*group)).collect(),
+                prefix_lists: Vec::new(),
+            },
+            address: AddressKind::PrivateIp,
+            why: String::new(),
+        }
+    }
+
+    fn runner_at(address: &str) -> Origin {
+        Origin::Known(address.parse().unwrap(), "this machine, on its route to the build VPC".into())
+    }
+
+    fn judged(runner: &Runner, network: &Network, origin: Origin) -> Outcome {
+        verdict(22, runner, &Region::new("us-west-2"), "`base`", network, origin)
+    }
+
+    #[test]
+    fn a_runner_inside_the_vpc_is_admitted_and_one_outside_is_named() {
+        let this_machine = Runner::ThisMachine { public: None };
+        let Outcome::Ok(inside) = judged(&this_machine, &network(&[]), runner_at("10.0.3.7")) else { panic!() };
+        assert!(inside.contains("comes from 10.0.3.7") && inside.contains("admits (10.0.0.0/16 on 22)"), "{inside}");
+        let Outcome::Fail(outside) = judged(&this_machine, &network(&[]), runner_at("10.9.0.5")) else { panic!() };
+        assert!(outside.starts_with("`base`: SSH to its private IP comes from 10.9.0.5 (this machine"), "{outside}");
+        assert!(outside.contains("`[ssh] source_cidrs = [\"10.9.0.5/32\"]`"), "{outside}");
+        assert!(outside.contains("`[ssh] source_security_groups = { \"us-west-2\" = [\"sg-…\"] }`"), "{outside}");
+        // Outside, with a source group: this machine's groups are not known here, so it says what it takes.
+        let Outcome::Ok(maybe) = judged(&this_machine, &network(&["sg-0123456789abcdef0"]), runner_at("10.9.0.5"))
+        else {
+            panic!()
+        };
+        assert!(maybe.contains("admitted only if it runs in sg-0123456789abcdef0"), "{maybe}");
+    }
+
+    #[test]
+    fn the_simulated_runner_is_admitted_by_its_group_or_prefix_list_only() {
+        let simulated = |groups: &[&str], lists: &[(&str, &str)]| Runner::Simulated {
+            address: Some("10.9.0.5".parse().unwrap()),
+            bastion: None,
+            security_groups: groups.iter().map(|group| group.to_string()).collect(),
+            prefix_lists: lists.iter().map(|(id, cidr)| (id.to_string(), vec![cidr.parse().unwrap()])).collect(),
+        };
+        let group = "sg-0123456789abcdef0";
+        let in_group = simulated(&[group], &[]);
+        let Outcome::Ok(admitted) = judged(&in_group, &network(&[group]), runner_at("10.9.0.5")) else { panic!() };
+        assert!(admitted.contains(&format!("(members of {group} on 22)")), "{admitted}");
+        let elsewhere = simulated(&["sg-0fffffffffffffff0"], &[]);
+        assert!(matches!(judged(&elsewhere, &network(&[group]), runner_at("10.9.0.5")), Outcome::Fail(_)));
+        let listed = simulated(&[], &[("pl-0123456789abcdef0", "10.9.0.0/24")]);
+        let mut with_list = network(&[]);
+        with_list.ssh_sources.prefix_lists.push(PrefixListId::new("pl-0123456789abcdef0"));
+        let Outcome::Ok(admitted) = judged(&listed, &with_list, runner_at("10.9.0.5")) else { panic!() };
+        assert!(admitted.contains("(prefix list pl-0123456789abcdef0 on 22)"), "{admitted}");
+    }
 
     /// The OS's routing answers for any address without sending a packet: toward loopback, from loopback.
     #[test]
