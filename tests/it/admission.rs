@@ -197,3 +197,27 @@ fn source_groups_and_prefix_lists_reach_the_ingress_rule() {
     let said = format!("from 127.0.0.1/32, {group}, {prefix_list})");
     assert!(outcome.stderr.contains(&said), "{said}: {}", outcome.stderr);
 }
+
+/// Through a bastion, SSH comes from the bastion (`[sim] bastion_address`): one in a peered VPC is named by the
+/// preflight; admitted by `source_cidrs`, the fleet bakes.
+#[test]
+fn a_bastion_outside_the_vpc_is_named_and_admitted_by_its_address() {
+    let workspace = Workspace::new();
+    workspace.write("bastion_key", "not read by the simulated cloud\n");
+    workspace.write("known_hosts", "");
+    let bastion = "bastion = { host = \"bastion.example.com\", user = \"ec2-user\", private_key_file = \"bastion_key\", known_hosts = \"known_hosts\" }";
+    let fleet = |ssh: &str| {
+        peered_fleet(&format!("{bastion}\n{ssh}"))
+            .replace("interface = \"private_ip\"\n", "")
+            .replace("runner_address = \"10.9.0.5\"", "runner_address = \"10.9.0.5\"\nbastion_address = \"10.8.0.7\"")
+    };
+    let fleet_path = workspace.write("fleet.toml", &fleet(""));
+    let preflight = workspace.fleetbake(&["preflight", fleet_path.to_str().unwrap(), "--cloud", "sim"]);
+    assert_eq!(preflight.code, 1, "{}{}", preflight.stdout, preflight.stderr);
+    let named = "FAIL us-west-2: `base`: SSH to its private IP comes from 10.8.0.7 (`[sim] bastion_address`)";
+    assert!(preflight.stdout.contains(named), "{named}\n{}", preflight.stdout);
+
+    let fleet_path = workspace.write("fleet.toml", &fleet("source_cidrs = [\"10.8.0.7/32\"]"));
+    let run = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--cloud", "sim"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
