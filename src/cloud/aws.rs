@@ -813,9 +813,9 @@ impl RegionCloud for AwsRegion {
         }))
     }
 
-    /// PutParameter (`aws:ec2:image`: SSM checks the id asynchronously), then LabelParameterVersion on the
-    /// version it made; SSM keeps the earlier versions (GetParameterHistory).
-    async fn put_image_parameter(&self, name: &str, image: &ImageId, label: &str) -> CloudResult<u64> {
+    /// PutParameter (`aws:ec2:image`: SSM checks the id asynchronously, so the version it answers may never
+    /// appear); SSM keeps the earlier versions (GetParameterHistory).
+    async fn put_image_parameter(&self, name: &str, image: &ImageId) -> CloudResult<u64> {
         let action = Action::PutParameter;
         let put = self
             .limiter
@@ -825,7 +825,7 @@ impl RegionCloud for AwsRegion {
                     .name(name)
                     .value(image.as_str())
                     .r#type(aws_sdk_ssm::types::ParameterType::String)
-                    .data_type("aws:ec2:image")
+                    .data_type(IMAGE_DATA_TYPE)
                     .overwrite(true)
                     .description("fleetbake: the newest image")
                     .send()
@@ -833,25 +833,13 @@ impl RegionCloud for AwsRegion {
                     .map_err(|error| self.error(action, error))
             })
             .await?;
-        let version = u64::try_from(put.version()).unwrap_or_default();
-        let action = Action::LabelParameterVersion;
-        self.limiter
-            .call(action, || async {
-                self.ssm
-                    .label_parameter_version()
-                    .name(name)
-                    .parameter_version(put.version())
-                    .labels(label)
-                    .send()
-                    .await
-                    .map_err(|error| self.error(action, error))
-            })
-            .await?;
-        Ok(version)
+        Ok(u64::try_from(put.version()).unwrap_or_default())
     }
 
     /// CreateLaunchTemplateVersion from the default version (`SourceVersion`), with the new image; then
-    /// ModifyLaunchTemplate makes it the default.
+    /// ModifyLaunchTemplate makes it the default. CreateLaunchTemplateVersion takes no client token, so every
+    /// attempt (a retry after a lost answer too) first looks for the version an earlier one made
+    /// ([`RegionCloud::launch_template_version_made`]) and reuses it.
     async fn launch_template_version(
         &self,
         name: &str,
@@ -860,21 +848,34 @@ impl RegionCloud for AwsRegion {
     ) -> CloudResult<(String, u64)> {
         let action = Action::CreateLaunchTemplateVersion;
         let data = aws_sdk_ec2::types::RequestLaunchTemplateData::builder().image_id(image.as_str()).build();
-        let created = ec2_call!(self, action, |client| client
-            .create_launch_template_version()
-            .launch_template_name(name)
-            .source_version("$Default")
-            .version_description(description)
-            .launch_template_data(data.clone()))?;
-        let made = created.launch_template_version().ok_or_else(|| self.missing(action, "a version"))?;
-        let version = made.version_number().ok_or_else(|| self.missing(action, "a version number"))?;
-        let id = made.launch_template_id().unwrap_or_default().to_string();
+        let (id, version) = self
+            .limiter
+            .call(action, || async {
+                if let Some(made) = self.launch_template_version_made(name, image, description).await? {
+                    return Ok(made);
+                }
+                let created = self
+                    .client
+                    .create_launch_template_version()
+                    .launch_template_name(name)
+                    .source_version("$Default")
+                    .version_description(description)
+                    .launch_template_data(data.clone())
+                    .send()
+                    .await
+                    .map_err(|error| self.error(action, error))?;
+                let made = created.launch_template_version().ok_or_else(|| self.missing(action, "a version"))?;
+                let version = made.version_number().ok_or_else(|| self.missing(action, "a version number"))?;
+                let id = made.launch_template_id().unwrap_or_default().to_string();
+                Ok((id, u64::try_from(version).unwrap_or_default()))
+            })
+            .await?;
         let action = Action::ModifyLaunchTemplate;
         ec2_call!(self, action, |client| client
             .modify_launch_template()
             .launch_template_name(name)
             .default_version(version.to_string()))?;
-        Ok((id, u64::try_from(version).unwrap_or_default()))
+        Ok((id, version))
     }
     /// DescribeInstanceInformation with the `InstanceIds` filter (`InstanceInformationFilterList`): one
     /// instance, one page. An instance whose agent never registered is not listed (or, in some regions' answers,
@@ -991,6 +992,139 @@ impl RegionCloud for AwsRegion {
             }
         })
         .await
+    }
+
+    /// GetParameterHistory, every page (SSM gives at most 50 a page, oldest first). The data type is the
+    /// newest version's (it never changes). `ParameterNotFound`: `None`.
+    async fn parameter_history(&self, name: &str) -> CloudResult<Option<ParameterHistory>> {
+        let action = Action::GetParameterHistory;
+        let pages = all_pages(|token| async move {
+            let answer = self
+                .limiter
+                .call(action, || async {
+                    self.ssm
+                        .get_parameter_history()
+                        .name(name)
+                        .max_results(50)
+                        .set_next_token(token.clone())
+                        .send()
+                        .await
+                        .map_err(|error| self.error(action, error))
+                })
+                .await?;
+            let versions: Vec<(String, ParameterVersion)> = answer
+                .parameters()
+                .iter()
+                .map(|found| {
+                    let version = ParameterVersion {
+                        version: u64::try_from(found.version()).unwrap_or_default(),
+                        value: found.value().unwrap_or_default().to_string(),
+                        labels: found.labels().to_vec(),
+                    };
+                    (found.data_type().unwrap_or("text").to_string(), version)
+                })
+                .collect();
+            Ok((versions, answer.next_token().map(str::to_string)))
+        })
+        .await;
+        let mut versions = match pages {
+            Err(error) if error.code.as_deref() == Some("ParameterNotFound") => return Ok(None),
+            other => other?,
+        };
+        versions.sort_by_key(|(_, version)| version.version);
+        let data_type = versions.last().map(|(data_type, _)| data_type.clone()).unwrap_or_default();
+        Ok(Some(ParameterHistory { data_type, versions: versions.into_iter().map(|(_, version)| version).collect() }))
+    }
+
+    async fn label_parameter_version(&self, name: &str, version: u64, label: &str) -> CloudResult<()> {
+        let action = Action::LabelParameterVersion;
+        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        self.limiter
+            .call(action, || async {
+                self.ssm
+                    .label_parameter_version()
+                    .name(name)
+                    .parameter_version(version)
+                    .labels(label)
+                    .send()
+                    .await
+                    .map_err(|error| self.error(action, error))
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn unlabel_parameter_version(&self, name: &str, version: u64, labels: &[String]) -> CloudResult<()> {
+        let action = Action::UnlabelParameterVersion;
+        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        self.limiter
+            .call(action, || async {
+                self.ssm
+                    .unlabel_parameter_version()
+                    .name(name)
+                    .parameter_version(version)
+                    .set_labels(Some(labels.to_vec()))
+                    .send()
+                    .await
+                    .map_err(|error| self.error(action, error))
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// DescribeLaunchTemplates by name; EC2 answers `InvalidLaunchTemplateName.NotFoundException` for a name
+    /// the region does not have.
+    async fn launch_template_id(&self, name: &str) -> CloudResult<Option<String>> {
+        let action = Action::DescribeLaunchTemplates;
+        let answer = ec2_call!(self, action, |client| client.describe_launch_templates().launch_template_names(name));
+        let answer = match answer {
+            Err(error) if error.code.as_deref().is_some_and(|code| code.starts_with("InvalidLaunchTemplateName")) => {
+                return Ok(None)
+            }
+            other => other?,
+        };
+        Ok(answer
+            .launch_templates()
+            .iter()
+            .find(|template| template.launch_template_name() == Some(name))
+            .and_then(|template| template.launch_template_id().map(str::to_string)))
+    }
+
+    /// DescribeLaunchTemplateVersions filtered by `image-id`, every page; the description and image are
+    /// checked here too (moto ignores the filter).
+    async fn launch_template_version_made(
+        &self,
+        name: &str,
+        image: &ImageId,
+        description: &str,
+    ) -> CloudResult<Option<(String, u64)>> {
+        let action = Action::DescribeLaunchTemplateVersions;
+        let filter = Filter::builder().name("image-id").values(image.as_str()).build();
+        let versions = all_pages(|token| {
+            let filter = filter.clone();
+            async move {
+                let answer = ec2_call!(self, action, |client| client
+                    .describe_launch_template_versions()
+                    .launch_template_name(name)
+                    .filters(filter.clone())
+                    .set_next_token(token.clone()))?;
+                let made: Vec<(String, u64)> = answer
+                    .launch_template_versions()
+                    .iter()
+                    .filter(|version| version.version_description() == Some(description))
+                    .filter(|version| {
+                        version.launch_template_data().and_then(|data| data.image_id()) == Some(image.as_str())
+                    })
+                    .filter_map(|version| {
+                        let number = u64::try_from(version.version_number()?).ok()?;
+                        Some((version.launch_template_id().unwrap_or_default().to_string(), number))
+                    })
+                    .collect();
+                Ok((made, answer.next_token().map(str::to_string)))
+            }
+        })
+        .await?;
+        Ok(versions.into_iter().min_by_key(|(_, number)| *number))
     }
 }
 
@@ -1255,6 +1389,45 @@ mod tests {
         assert_eq!((refused.kind, refused.code.as_deref()), (ErrorKind::NotReady, Some("TargetNotConnected")));
         assert_eq!(refused.action, Action::StartSession);
         assert_eq!(stub.requests().len(), 1, "not retried by the limiter");
+    }
+
+    /// GetParameterHistory over every page (oldest first, the data type kept), `ParameterNotFound` as no
+    /// parameter; UnlabelParameterVersion sends the version and the labels.
+    #[tokio::test]
+    async fn a_parameters_history_is_read_over_every_page_and_labels_are_removed_by_version() {
+        let stub = SsmStub::start(vec![
+            (
+                "GetParameterHistory",
+                200,
+                r#"{"Parameters":[{"Name":"/images/a","Version":1,"Value":"ami-1","DataType":"aws:ec2:image","Labels":["fleetbake-x","prod"]}],"NextToken":"page-2"}"#,
+            ),
+            (
+                "GetParameterHistory",
+                200,
+                r#"{"Parameters":[{"Name":"/images/a","Version":2,"Value":"ami-2","DataType":"aws:ec2:image"}]}"#,
+            ),
+            (
+                "GetParameterHistory",
+                400,
+                r#"{"__type":"ParameterNotFound","message":"Parameter /images/b not found."}"#,
+            ),
+            ("UnlabelParameterVersion", 200, r#"{"RemovedLabels":["fleetbake-x"],"InvalidLabels":[]}"#),
+        ]);
+        let region = stub.region();
+        let history = region.parameter_history("/images/a").await.unwrap().unwrap();
+        assert_eq!(history.data_type, "aws:ec2:image");
+        let found: Vec<(u64, &str, Vec<String>)> =
+            history.versions.iter().map(|v| (v.version, v.value.as_str(), v.labels.clone())).collect();
+        assert_eq!(found, [(1, "ami-1", vec!["fleetbake-x".to_string(), "prod".to_string()]), (2, "ami-2", vec![])]);
+        let second: serde_json::Value = serde_json::from_str(&stub.requests()[1].1).unwrap();
+        assert_eq!(second["NextToken"], "page-2");
+        assert_eq!(region.parameter_history("/images/b").await.unwrap(), None);
+        region.unlabel_parameter_version("/images/a", 1, &["fleetbake-x".to_string()]).await.unwrap();
+        let sent: serde_json::Value = serde_json::from_str(&stub.requests()[3].1).unwrap();
+        assert_eq!(
+            (sent["ParameterVersion"].as_i64(), &sent["Labels"]),
+            (Some(1), &serde_json::json!(["fleetbake-x"]))
+        );
     }
 
     /// TerminateSession of a session that ended, or that SSM no longer knows, is done; a refusal is not.

@@ -181,18 +181,24 @@ impl RegionCloud for LimitedRegion {
         self.limiter.call(Action::DescribeKey, || self.inner.describe_key(key)).await
     }
 
-    /// One bucket token for the pair of calls: the model makes both in one step.
-    async fn put_image_parameter(&self, name: &str, image: &ImageId, label: &str) -> CloudResult<u64> {
-        self.limiter.call(Action::PutParameter, || self.inner.put_image_parameter(name, image, label)).await
+    async fn put_image_parameter(&self, name: &str, image: &ImageId) -> CloudResult<u64> {
+        self.limiter.call(Action::PutParameter, || self.inner.put_image_parameter(name, image)).await
     }
 
+    /// CreateLaunchTemplateVersion has no client token: every attempt (a retry after a lost answer too) first
+    /// looks for the version an earlier one made, and reuses it.
     async fn launch_template_version(
         &self,
         name: &str,
         image: &ImageId,
         description: &str,
     ) -> CloudResult<(String, u64)> {
-        let call = || self.inner.launch_template_version(name, image, description);
+        let call = || async {
+            if let Some(made) = self.launch_template_version_made(name, image, description).await? {
+                return Ok(made);
+            }
+            self.inner.launch_template_version(name, image, description).await
+        };
         self.limiter.call(Action::CreateLaunchTemplateVersion, call).await
     }
 
@@ -210,5 +216,33 @@ impl RegionCloud for LimitedRegion {
 
     async fn active_sessions(&self, instance: &InstanceId) -> CloudResult<Vec<SessionId>> {
         self.limiter.call(Action::DescribeSessions, || self.inner.active_sessions(instance)).await
+    }
+
+    async fn parameter_history(&self, name: &str) -> CloudResult<Option<ParameterHistory>> {
+        self.limiter.call(Action::GetParameterHistory, || self.inner.parameter_history(name)).await
+    }
+
+    async fn label_parameter_version(&self, name: &str, version: u64, label: &str) -> CloudResult<()> {
+        let call = || self.inner.label_parameter_version(name, version, label);
+        self.limiter.call(Action::LabelParameterVersion, call).await
+    }
+
+    async fn unlabel_parameter_version(&self, name: &str, version: u64, labels: &[String]) -> CloudResult<()> {
+        let call = || self.inner.unlabel_parameter_version(name, version, labels);
+        self.limiter.call(Action::UnlabelParameterVersion, call).await
+    }
+
+    async fn launch_template_id(&self, name: &str) -> CloudResult<Option<String>> {
+        self.limiter.call(Action::DescribeLaunchTemplates, || self.inner.launch_template_id(name)).await
+    }
+
+    async fn launch_template_version_made(
+        &self,
+        name: &str,
+        image: &ImageId,
+        description: &str,
+    ) -> CloudResult<Option<(String, u64)>> {
+        let call = || self.inner.launch_template_version_made(name, image, description);
+        self.limiter.call(Action::DescribeLaunchTemplateVersions, call).await
     }
 }

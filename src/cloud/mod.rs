@@ -472,9 +472,10 @@ pub trait RegionCloud: Send + Sync {
     /// The KMS key of this region (`None`: not found).
     async fn describe_key(&self, key: &str) -> CloudResult<Option<KmsKey>>;
 
-    /// Writes `image` as a new version of the SSM parameter `name` (DataType `aws:ec2:image`, overwriting), and
-    /// gives that version `label`; the version.
-    async fn put_image_parameter(&self, name: &str, image: &ImageId, label: &str) -> CloudResult<u64>;
+    /// Writes `image` as a new version of the SSM parameter `name` (DataType `aws:ec2:image`, overwriting); the
+    /// version SSM answered. SSM validates the id afterwards, asynchronously: the version may never appear
+    /// ([`RegionCloud::parameter_history`] tells).
+    async fn put_image_parameter(&self, name: &str, image: &ImageId) -> CloudResult<u64>;
     /// A new version of the launch template `name` with `image` (the rest as its default version has it), made
     /// its default; the template's id and the version.
     async fn launch_template_version(
@@ -495,6 +496,51 @@ pub trait RegionCloud: Send + Sync {
     /// The sessions still active to `instance` (DescribeSessions, `State = Active`, filter `Target`, every
     /// page): whoever started them. A StartSession whose answer was lost opened one whose id only this tells.
     async fn active_sessions(&self, instance: &InstanceId) -> CloudResult<Vec<SessionId>>;
+
+    /// GetParameterHistory, every page: the parameter's data type and its versions, oldest first (`None`: no
+    /// such parameter).
+    async fn parameter_history(&self, name: &str) -> CloudResult<Option<ParameterHistory>>;
+    /// LabelParameterVersion: `label` on that version (SSM moves it there from any other version).
+    async fn label_parameter_version(&self, name: &str, version: u64, label: &str) -> CloudResult<()>;
+    /// UnlabelParameterVersion: removes `labels` (at most 10) from that version.
+    async fn unlabel_parameter_version(&self, name: &str, version: u64, labels: &[String]) -> CloudResult<()>;
+    /// DescribeLaunchTemplates by name: the template's id, `None` if the region has no template of that name.
+    async fn launch_template_id(&self, name: &str) -> CloudResult<Option<String>>;
+    /// DescribeLaunchTemplateVersions: the version of template `name` whose description is `description` and
+    /// whose image is `image` (one an earlier attempt made), as the template's id and the version.
+    async fn launch_template_version_made(
+        &self,
+        name: &str,
+        image: &ImageId,
+        description: &str,
+    ) -> CloudResult<Option<(String, u64)>>;
+}
+
+/// The SSM data type of a parameter holding an AMI id: SSM checks the id (asynchronously).
+pub const IMAGE_DATA_TYPE: &str = "aws:ec2:image";
+
+/// An SSM parameter's history (GetParameterHistory).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParameterHistory {
+    /// `text`, `aws:ec2:image`, …: fixed when the parameter is made.
+    pub data_type: String,
+    /// Oldest first (SSM keeps the newest 100).
+    pub versions: Vec<ParameterVersion>,
+}
+
+/// One version of an SSM parameter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParameterVersion {
+    pub version: u64,
+    pub value: String,
+    pub labels: Vec<String>,
+}
+
+impl ParameterHistory {
+    /// The version numbered `version`, if SSM has it.
+    pub fn version(&self, version: u64) -> Option<&ParameterVersion> {
+        self.versions.iter().find(|found| found.version == version)
+    }
 }
 
 /// The SSM document that forwards a session to the instance's sshd (`portNumber`): AWS's own.

@@ -55,6 +55,17 @@ pub enum Action {
     /// KMS, not EC2: whether a region's key exists, is enabled, and whose it is. Counted with the
     /// non-mutating calls.
     DescribeKey,
+    /// SSM, not EC2: a parameter's data type, versions, values and labels (`[publish] ssm_parameter`: the
+    /// preflight, the labels to move, and the read-back that confirms a put). Counted with the non-mutating
+    /// calls.
+    GetParameterHistory,
+    /// SSM, not EC2: removes fleetbake's labels from versions past the newest few, so no label pins the
+    /// oldest of SSM's 100 versions. Counted with the mutating calls.
+    UnlabelParameterVersion,
+    /// `[publish] launch_template`: whether the template exists (the preflight).
+    DescribeLaunchTemplates,
+    /// `[publish] launch_template`: the version an earlier attempt made (by its description), reused.
+    DescribeLaunchTemplateVersions,
 }
 
 /// The AWS services fleetbake calls. Each paces its calls in buckets of its own per place (the client's
@@ -124,7 +135,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 34] = [
+    pub const ALL: [Action; 38] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -159,6 +170,10 @@ impl Action {
         Action::DescribeSessions,
         Action::GetCallerIdentity,
         Action::DescribeKey,
+        Action::GetParameterHistory,
+        Action::UnlabelParameterVersion,
+        Action::DescribeLaunchTemplates,
+        Action::DescribeLaunchTemplateVersions,
     ];
 
     /// The action named as in the EC2 API (`CreateImage`).
@@ -179,6 +194,8 @@ impl Action {
             Action::DescribeKey => Service::Kms,
             Action::PutParameter
             | Action::LabelParameterVersion
+            | Action::GetParameterHistory
+            | Action::UnlabelParameterVersion
             | Action::DescribeInstanceInformation
             | Action::StartSession
             | Action::TerminateSession
@@ -200,7 +217,10 @@ impl Action {
             | Action::DescribeKeyPairs
             | Action::GetConsoleOutput
             | Action::DescribeInstanceInformation
-            | Action::DescribeSessions => ActionClass::NonMutating,
+            | Action::DescribeSessions
+            | Action::GetParameterHistory
+            | Action::DescribeLaunchTemplates
+            | Action::DescribeLaunchTemplateVersions => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,
             Action::CopyImage => ActionClass::CopyImage,
             Action::CreateTags => ActionClass::CreateTags,
@@ -230,6 +250,10 @@ mod tests {
     fn ssm_kms_and_sts_are_not_ec2() {
         assert_eq!(Action::PutParameter.service(), Service::Ssm);
         assert_eq!(Action::LabelParameterVersion.service(), Service::Ssm);
+        assert_eq!(Action::GetParameterHistory.service(), Service::Ssm);
+        assert_eq!(Action::GetParameterHistory.class(), ActionClass::NonMutating);
+        assert_eq!(Action::UnlabelParameterVersion.iam_name(), "ssm:UnlabelParameterVersion");
+        assert_eq!(Action::DescribeLaunchTemplateVersions.iam_name(), "ec2:DescribeLaunchTemplateVersions");
         for session_call in [
             Action::DescribeInstanceInformation,
             Action::StartSession,

@@ -590,6 +590,19 @@ pub struct SimSettings {
     /// `[sim] snapshot_in_use`: how long a deregistered image's snapshot stays in use (DeleteSnapshot answers
     /// `InvalidSnapshot.InUse`).
     pub snapshot_in_use: Duration,
+    /// The launch templates every region has (the account's deploy tooling made them): a `[publish]
+    /// launch_template` not among them is `InvalidLaunchTemplateName.NotFoundException`.
+    pub launch_templates: Vec<String>,
+    /// SSM parameters every region has before the run, with their data type (one version each).
+    pub parameters: Vec<ExistingParameter>,
+}
+
+/// `[sim] parameters`: an SSM parameter that exists before the run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExistingParameter {
+    pub name: String,
+    /// `text`, `aws:ec2:image` or `aws:ssm:integration`: fixed at creation.
+    pub data_type: String,
 }
 
 impl Default for SimSettings {
@@ -622,6 +635,8 @@ impl Default for SimSettings {
             prefix_lists: BTreeMap::new(),
             require_tags_on_create: false,
             snapshot_in_use: Duration::ZERO,
+            launch_templates: Vec::new(),
+            parameters: Vec::new(),
         }
     }
 }
@@ -658,6 +673,9 @@ pub enum FaultEffect {
     /// The call succeeds (RunInstances), and the instance's SSM agent misbehaves (`agent = "…"`); only for
     /// instances of `flavor`, if set.
     Agent { fault: AgentFault, flavor: Option<FlavorName> },
+    /// The call succeeds (PutParameter answers a version), and SSM's asynchronous validation of the image id
+    /// then fails: the version never appears (`validation = "fails"`).
+    ValidationFails,
 }
 
 /// What a simulated instance's SSM agent does wrong.

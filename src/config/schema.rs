@@ -329,6 +329,20 @@ pub struct SimSection {
     pub require_tags_on_create: Option<bool>,
     /// How long a deregistered image's snapshot stays in use (`InvalidSnapshot.InUse`).
     pub snapshot_in_use: Option<String>,
+    /// The launch templates every region has.
+    #[serde(default)]
+    pub launch_templates: Vec<String>,
+    /// SSM parameters every region has before the run.
+    #[serde(default)]
+    pub parameters: Vec<ParameterSection>,
+}
+
+/// `[sim] parameters = [{ name, data_type }]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParameterSection {
+    pub name: String,
+    pub data_type: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -349,4 +363,7 @@ pub struct FaultSection {
     pub agent: Option<String>,
     /// With `console` or `agent`: only instances of this flavor.
     pub flavor: Option<String>,
+    /// With `PutParameter`: SSM's asynchronous validation of the image id (`"fails"`: the version never
+    /// appears).
+    pub validation: Option<String>,
 }

@@ -1603,8 +1603,11 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         bastion_address: None,
         runner_security_groups: Vec::new(),
         prefix_lists: BTreeMap::new(),
+        launch_templates: Vec::new(),
+        parameters: Vec::new(),
     };
     resolve_sim_runner(checker, &path, &raw, &mut sim);
+    resolve_sim_publish_targets(checker, &path, &raw.launch_templates, &raw.parameters, &mut sim);
     if let Some(vcpus) = raw.instance_vcpus {
         sim.instance_vcpus = checker.positive(path.key("instance_vcpus"), Some(vcpus as usize), 2) as u32;
     }
@@ -1695,6 +1698,55 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
     sim
 }
 
+/// `[sim] launch_templates` and `[sim] parameters`: names as EC2 and SSM take them, data types SSM has.
+fn resolve_sim_publish_targets(
+    checker: &mut Checker<'_>,
+    path: &KeyPath,
+    launch_templates: &[String],
+    parameters: &[schema::ParameterSection],
+    sim: &mut SimSettings,
+) {
+    // EC2: a launch template's name is 3 to 128 characters of letters, digits and `()./_-`.
+    let template_name = |name: &str| {
+        (3..=128).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "()./_-".contains(c))
+    };
+    for (index, name) in launch_templates.iter().enumerate() {
+        if template_name(name) {
+            sim.launch_templates.push(name.clone());
+        } else {
+            checker.problem(
+                path.key("launch_templates").index(index),
+                format!("`{name}` is not a launch template name (3 to 128 letters, digits and `()./_-`)"),
+            );
+        }
+    }
+    // SSM: a parameter's name is letters, digits and `_.-/`, at most 1011 characters.
+    let parameter_name = |name: &str| {
+        !name.is_empty() && name.len() <= 1011 && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c))
+    };
+    for (index, parameter) in parameters.iter().enumerate() {
+        let at = path.key("parameters").index(index);
+        if !parameter_name(&parameter.name) {
+            checker.problem(
+                at.key("name"),
+                format!("`{}` is not an SSM parameter name (letters, digits and `_.-/`)", parameter.name),
+            );
+            continue;
+        }
+        if !["text", "aws:ec2:image", "aws:ssm:integration"].contains(&parameter.data_type.as_str()) {
+            checker.problem(
+                at.key("data_type"),
+                format!(
+                    "`{}` is not one of SSM's data types `text`, `aws:ec2:image` and `aws:ssm:integration`",
+                    parameter.data_type
+                ),
+            );
+            continue;
+        }
+        sim.parameters.push(ExistingParameter { name: parameter.name.clone(), data_type: parameter.data_type.clone() });
+    }
+}
+
 /// For a fault of the instance a RunInstances launches (`key`: `console` or `agent`): checks its action is
 /// RunInstances, and gives the flavor it is limited to, if any (checked as a name).
 fn launch_fault_flavor(
@@ -1725,6 +1777,33 @@ fn fault_effect(
     let reason = |default: &str| fault.reason.clone().unwrap_or_else(|| default.to_string());
     if fault.flavor.is_some() && fault.console.is_none() && fault.agent.is_none() {
         checker.problem(at.key("flavor"), "goes with `console` or `agent` only");
+    }
+    if let Some(validation) = &fault.validation {
+        let others = fault.error.is_some()
+            || fault.image_state.is_some()
+            || fault.instance_state.is_some()
+            || fault.console.is_some()
+            || fault.agent.is_some();
+        if others {
+            checker.problem(
+                at.clone(),
+                "set exactly one of `error`, `image_state`, `instance_state`, `console`, `agent` and `validation`",
+            );
+            return None;
+        }
+        if action != Some(Action::PutParameter) {
+            checker.problem(at.key("action"), "`validation` goes with `PutParameter`: SSM's check of the image id");
+        }
+        if validation != "fails" {
+            checker.problem(
+                at.key("validation"),
+                format!(
+                    "`{validation}` is not `fails` (SSM's validation of the image id fails: the version never appears)"
+                ),
+            );
+            return None;
+        }
+        return Some(FaultEffect::ValidationFails);
     }
     let other_effects = fault.error.is_some() || fault.image_state.is_some() || fault.instance_state.is_some();
     if let Some(agent) = &fault.agent {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::cloud::Cloud;
 use crate::config::{FlavorName, Fleet, PublishWhen};
-use crate::outcome::{Artifact, Failure, JobLabel, Publication, Stage};
+use crate::outcome::{Artifact, Failure, JobLabel, Publication};
 use crate::plan::{JobId, Plan};
 use crate::report::events::{EventSender, RunEvent};
 use crate::state::journal::{Journal, Record};
@@ -79,7 +79,7 @@ impl Publisher {
                     self.events.send(RunEvent::Published { job: label.clone(), publication });
                 }
                 for error in failures {
-                    failed(job, Failure::from_cloud(&label, Stage::Publish, &error));
+                    failed(job, error.failure(&label));
                 }
             }
         }

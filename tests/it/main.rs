@@ -19,6 +19,7 @@ mod organization;
 mod output;
 mod plan;
 mod proxy;
+mod publishing;
 mod resume;
 mod secrets;
 mod session_manager;

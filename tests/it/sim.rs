@@ -7,7 +7,7 @@ use crate::harness::{Outcome, Workspace};
 
 /// Two flavors (one with three provisioners, one with its own provisioning time) in two build regions, copied
 /// on to three more; `sim` and `limits` are appended as given.
-fn fleet(sim: &str, limits: &str) -> String {
+pub(crate) fn fleet(sim: &str, limits: &str) -> String {
     format!(
         r#"[fleet]
 name = "simtest"
@@ -48,10 +48,10 @@ source_cidrs = ["203.0.113.5/32"]
     )
 }
 
-struct SimRun {
-    outcome: Outcome,
-    manifest: Value,
-    summary: Value,
+pub(crate) struct SimRun {
+    pub(crate) outcome: Outcome,
+    pub(crate) manifest: Value,
+    pub(crate) summary: Value,
 }
 
 fn run_sim(workspace: &Workspace, fleet_text: &str) -> SimRun {
@@ -59,7 +59,7 @@ fn run_sim(workspace: &Workspace, fleet_text: &str) -> SimRun {
 }
 
 /// `run_sim` with more command-line arguments.
-fn run_sim_with(workspace: &Workspace, fleet_text: &str, more: &[&str]) -> SimRun {
+pub(crate) fn run_sim_with(workspace: &Workspace, fleet_text: &str, more: &[&str]) -> SimRun {
     let fleet_path = workspace.write("fleet.toml", fleet_text);
     let summary_path = workspace.path("summary.json");
     let mut args = vec![
@@ -80,7 +80,7 @@ fn run_sim_with(workspace: &Workspace, fleet_text: &str, more: &[&str]) -> SimRu
     SimRun { manifest: read("manifest.sim.json"), summary: read("summary.json"), outcome }
 }
 
-fn failures(manifest: &Value) -> Vec<(String, String, String, Option<String>)> {
+pub(crate) fn failures(manifest: &Value) -> Vec<(String, String, String, Option<String>)> {
     manifest["failures"]
         .as_array()
         .unwrap()
@@ -567,7 +567,7 @@ fn half_the_request_buckets_taken_by_other_tools_still_completes() {
 /// Runs `fleet` on `sim` (the same account across calls, in the same paused runtime: the model's times are
 /// on its clock), journaled beside the fleet file, until the run ends or `interrupt_after` of virtual time
 /// passes (then as Ctrl-C).
-async fn run_on(
+pub(crate) async fn run_on(
     sim: &std::sync::Arc<fleetbake::cloud::sim::SimCloud>,
     fleet: &fleetbake::config::Fleet,
     start: fleetbake::engine::run::Start,
@@ -950,7 +950,8 @@ fn sharing_an_image_encrypted_with_the_aws_managed_key_is_refused() {
 
 /// `fleet` with tests on every flavor and each image published as it is made.
 fn tested_and_published(sim: &str) -> String {
-    let text = fleet(sim, "max_parallel_builds = 1").replace(
+    let sim = format!("{sim}\nlaunch_templates = [\"ubuntu\", \"al2023\"]");
+    let text = fleet(&sim, "max_parallel_builds = 1").replace(
         "sim_provision = \"2m\"\n",
         "sim_provision = \"2m\"\ntests = [{ type = \"shell\", inline = [\"systemctl is-active sshd\"] }]\n",
     );

@@ -193,16 +193,18 @@ impl SimCloud {
             images.sort_by(|a, b| a.id.cmp(&b.id));
             report.images.extend(images);
             report.ingress.extend(state.ingress_log.iter().map(|(id, cidr)| format!("{id} in {region}: {cidr}")));
-            for (name, versions) in &state.parameters {
-                for (index, (image, labels)) in versions.iter().enumerate() {
-                    let labels = labels.join(",");
-                    report.published.push(format!("{region} ssm {name} v{} = {image} [{labels}]", index + 1));
+            for (name, parameter) in &state.publishing.parameters {
+                for version in &parameter.versions {
+                    let labels = version.labels.join(",");
+                    report
+                        .published
+                        .push(format!("{region} ssm {name} v{} = {} [{labels}]", version.version, version.value));
                 }
             }
-            for (name, (versions, default)) in &state.launch_templates {
-                for (index, image) in versions.iter().enumerate().skip(1) {
+            for (name, template) in &state.publishing.launch_templates {
+                for (index, (image, _)) in template.versions.iter().enumerate().skip(1) {
                     let number = index as u64 + 1;
-                    let mark = if number == *default { " (default)" } else { "" };
+                    let mark = if number == template.default { " (default)" } else { "" };
                     let image = image.as_ref().map_or("-".to_string(), ToString::to_string);
                     report.published.push(format!("{region} launch-template {name} v{number}{mark} = {image}"));
                 }

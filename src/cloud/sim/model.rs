@@ -28,8 +28,8 @@ use crate::cloud::limiter::ClassBuckets;
 use crate::cloud::{
     fnv1a, Action, CloudError, CloudResult, ConsoleOutput, CopySpec, ErrorKind, ImageId, ImageQuery, ImageState,
     ImageStatus, ImageSummary, IngressSources, InstanceId, InstanceState, InstanceStatus, KeyPairName, KmsKey,
-    LaunchPermissions, LaunchSpec, OwnedImage, PrivateKey, RegionCloud, SecurityGroupId, SessionId, SessionToken,
-    SnapshotId, SsmSession, Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
+    LaunchPermissions, LaunchSpec, OwnedImage, ParameterHistory, PrivateKey, RegionCloud, SecurityGroupId, SessionId,
+    SessionToken, SnapshotId, SsmSession, Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
 };
 use crate::config::{
     AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, FlavorName, ImageFilter, Place, Region,
@@ -102,7 +102,15 @@ impl Model {
             .or_insert_with(|| {
                 Arc::new(RegionModel {
                     buckets: ClassBuckets::new(&self.rates),
-                    state: Mutex::new(RegionState { lag: self.settings.consistency_lag, ..RegionState::default() }),
+                    state: Mutex::new(RegionState {
+                        lag: self.settings.consistency_lag,
+                        publishing: ssm::Publishing::declared(
+                            &self.settings.launch_templates,
+                            &self.settings.parameters,
+                            |name| format!("lt-0{:016x}", fnv1a(&format!("{region}/{name}")) >> 4),
+                        ),
+                        ..RegionState::default()
+                    }),
                 })
             })
             .clone()
@@ -231,10 +239,8 @@ pub struct RegionState {
     pub describes: Vec<(Action, Instant)>,
     /// Every ingress rule ever opened: the group and the source.
     pub ingress_log: Vec<(SecurityGroupId, IngressSource)>,
-    /// SSM parameters: every version's value and labels, oldest first (SSM keeps the history).
-    pub parameters: BTreeMap<String, Vec<(ImageId, Vec<String>)>>,
-    /// Launch templates: every version's image (version 1, as the account made it, has none) and the default.
-    pub launch_templates: BTreeMap<String, (Vec<Option<ImageId>>, u64)>,
+    /// SSM parameters and launch templates ([`ssm`]).
+    pub publishing: ssm::Publishing,
     /// Session Manager sessions open now (StartSession opened them, no TerminateSession yet), and the
     /// instance each goes to. Only TerminateSession ends one here: SSM ends a session whose instance is gone
     /// only after its idle timeout (20 minutes by default), and fleetbake promises to end each one itself, so
@@ -1213,34 +1219,28 @@ impl RegionCloud for SimRegion {
         .await
     }
 
-    /// As SSM: a new version per put (the value not checked: SSM validates `aws:ec2:image` later), a label
-    /// moved to the version it now names.
-    async fn put_image_parameter(&self, name: &str, image: &ImageId, label: &str) -> CloudResult<u64> {
-        self.call(Action::PutParameter, |state, _| {
-            let versions = state.parameters.entry(name.to_string()).or_default();
-            for (_, labels) in versions.iter_mut() {
-                labels.retain(|existing| existing != label);
-            }
-            versions.push((image.clone(), vec![label.to_string()]));
-            Ok(versions.len() as u64)
+    /// As SSM ([`ssm`]): a version number at once, the version itself once the image id is validated.
+    async fn put_image_parameter(&self, name: &str, image: &ImageId) -> CloudResult<u64> {
+        self.call(Action::PutParameter, |state, now| {
+            let exists = state.images.get(image).is_some_and(|found| found.state(now) == ImageState::Available);
+            let fails = self
+                .model
+                .firing(Action::PutParameter, &self.region, |effect| matches!(effect, FaultEffect::ValidationFails))
+                .is_some();
+            state.publishing.put(name, image, exists && !fails, now)
         })
         .await
     }
 
-    /// Every launch template a fleet names exists in the model, with a first version of its own (an account's
-    /// templates are made by its deploy tooling, not by fleetbake).
+    /// A launch template `[sim] launch_templates` declares gets a new version, made its default.
     async fn launch_template_version(
         &self,
         name: &str,
         image: &ImageId,
-        _description: &str,
+        description: &str,
     ) -> CloudResult<(String, u64)> {
-        let id = format!("lt-0{:016x}", fnv1a(&format!("{}/{name}", self.region)) >> 4);
         self.call(Action::CreateLaunchTemplateVersion, |state, _| {
-            let (versions, default) = state.launch_templates.entry(name.to_string()).or_insert_with(|| (vec![None], 1));
-            versions.push(Some(image.clone()));
-            *default = versions.len() as u64;
-            Ok((id.clone(), *default))
+            state.publishing.template_version(name, image, description)
         })
         .await
     }
@@ -1338,7 +1338,41 @@ impl RegionCloud for SimRegion {
         })
         .await
     }
+
+    async fn parameter_history(&self, name: &str) -> CloudResult<Option<ParameterHistory>> {
+        self.call(Action::GetParameterHistory, |state, now| Ok(state.publishing.history(name, now))).await
+    }
+
+    async fn label_parameter_version(&self, name: &str, version: u64, label: &str) -> CloudResult<()> {
+        self.call(Action::LabelParameterVersion, |state, now| state.publishing.label(name, version, label, now)).await
+    }
+
+    async fn unlabel_parameter_version(&self, name: &str, version: u64, labels: &[String]) -> CloudResult<()> {
+        self.call(Action::UnlabelParameterVersion, |state, now| state.publishing.unlabel(name, version, labels, now))
+            .await
+    }
+
+    async fn launch_template_id(&self, name: &str) -> CloudResult<Option<String>> {
+        self.call(Action::DescribeLaunchTemplates, |state, _| {
+            Ok(state.publishing.launch_templates.get(name).map(|template| template.id.clone()))
+        })
+        .await
+    }
+
+    async fn launch_template_version_made(
+        &self,
+        name: &str,
+        image: &ImageId,
+        description: &str,
+    ) -> CloudResult<Option<(String, u64)>> {
+        self.call(Action::DescribeLaunchTemplateVersions, |state, _| {
+            state.publishing.template_version_made(name, image, description)
+        })
+        .await
+    }
 }
+
+mod ssm;
 
 #[cfg(test)]
 mod tests;

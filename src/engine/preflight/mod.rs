@@ -6,10 +6,12 @@
 //! the default VPC), each flavor's source image, and its instance type offered in the region and in the
 //! zones of its subnets; in every region an image lands in, that the region answers and that no image
 //! there already holds a name this run would give one, and that its `[encryption]` key exists, is enabled, and
-//! (when the images are shared) is not AWS-managed; and, for builds reached over SSH at an address, where
-//! that SSH comes from and whether the temporary security group will admit it ([`admission`]).
+//! (when the images are shared) is not AWS-managed; with `[publish]`, each SSM parameter and launch template
+//! an image will be published to ([`publish`]); and, for builds reached over SSH at an address, where that SSH
+//! comes from and whether the temporary security group will admit it ([`admission`]).
 
 mod admission;
+mod publish;
 
 pub use admission::Runner;
 
@@ -126,6 +128,7 @@ pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, runner: &Runne
             check_key(&mut preflight, cloud, &region, key, fleet.sharing.any()).await;
         }
     }
+    publish::check_publish_targets(&mut preflight, fleet, plan, cloud).await;
     preflight
 }
 
