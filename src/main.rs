@@ -356,6 +356,10 @@ async fn changed_plan(fleet: config::Fleet) -> Ending {
 /// `fleetbake preflight`: the checks of a new run of the fleet, one line each on stdout, and how many failed.
 async fn preflight(fleet: config::Fleet, cloud: CloudChoice) -> Ending {
     let plan = Plan::new(&fleet, RunId::generate(Utc::now()), Utc::now());
+    let runner = match cloud {
+        CloudChoice::Aws => fleetbake::engine::preflight::Runner::this_machine(None),
+        CloudChoice::Sim => fleetbake::engine::preflight::Runner::simulated(&fleet.sim),
+    };
     let cloud: Arc<dyn Cloud> = match cloud {
         CloudChoice::Aws => Arc::new(aws(&fleet, &plan.run_id).await),
         CloudChoice::Sim => {
@@ -364,7 +368,7 @@ async fn preflight(fleet: config::Fleet, cloud: CloudChoice) -> Ending {
             Arc::new(fleetbake::cloud::Limited::new(sim, limits))
         }
     };
-    let report = fleetbake::engine::preflight::check(&fleet, &plan, &*cloud).await;
+    let report = fleetbake::engine::preflight::check(&fleet, &plan, &*cloud, &runner).await;
     print!("{report}");
     let failed = report.failures().count();
     if failed == 0 {

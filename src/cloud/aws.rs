@@ -17,8 +17,9 @@ use aws_sdk_ec2::types::{
     AttributeValue, BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     ImageAttributeName, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
     InstanceNetworkInterfaceSpecification, InstanceStateName, IpPermission, IpRange, Ipv6Range, KeyType,
-    LaunchPermission, LaunchPermissionModifications, LocationType, OperationType, PermissionGroup, ResourceType,
-    SnapshotAttributeName, Tag, TagSpecification, VolumeType,
+    LaunchPermission, LaunchPermissionModifications, LocationType, OperationType, PermissionGroup,
+    PrefixListId as PrefixListEntry, ResourceType, SnapshotAttributeName, Tag, TagSpecification, UserIdGroupPair,
+    VolumeType,
 };
 use aws_sdk_ec2::Client;
 use dashmap::DashMap;
@@ -335,6 +336,16 @@ fn tag_specification(resource: ResourceType, tags: &Tags) -> TagSpecification {
     specification.build()
 }
 
+/// CreateImage's and CopyImage's TagSpecifications: the image's, and its snapshots' (both take ResourceType
+/// `snapshot`: "CreateImage", "CopyImage", Amazon EC2 API Reference), so both are tagged at creation.
+fn image_tag_specifications(image: &Tags, snapshots: &Tags) -> Vec<TagSpecification> {
+    let mut specifications = vec![tag_specification(ResourceType::Image, image)];
+    if !snapshots.is_empty() {
+        specifications.push(tag_specification(ResourceType::Snapshot, snapshots));
+    }
+    specifications
+}
+
 fn image_state(image: &aws_sdk_ec2::types::Image) -> ImageState {
     use aws_sdk_ec2::types::ImageState as Ec2;
     let reason = || image.state_reason().and_then(|reason| reason.message()).unwrap_or("no reason given").to_string();
@@ -496,10 +507,22 @@ impl RegionCloud for AwsRegion {
         output.group_id().map(|id| SecurityGroupId(id.to_string())).ok_or_else(|| self.missing(action, "group id"))
     }
 
-    async fn authorize_ingress(&self, group: &SecurityGroupId, port: u16, cidrs: &[IpNet]) -> CloudResult<()> {
+    async fn authorize_ingress(&self, group: &SecurityGroupId, port: u16, from: &IngressSources) -> CloudResult<()> {
         let action = Action::AuthorizeSecurityGroupIngress;
         let mut permission = IpPermission::builder().ip_protocol("tcp").from_port(port.into()).to_port(port.into());
-        for cidr in cidrs {
+        // A source group is named by id alone: the same account's, in this VPC or a peered one ("Security group
+        // rules", Amazon VPC User Guide); a prefix list by its id.
+        for source in &from.security_groups {
+            permission = permission.user_id_group_pairs(
+                UserIdGroupPair::builder().group_id(source.as_str()).description("fleetbake build SSH").build(),
+            );
+        }
+        for list in &from.prefix_lists {
+            permission = permission.prefix_list_ids(
+                PrefixListEntry::builder().prefix_list_id(list.as_str()).description("fleetbake build SSH").build(),
+            );
+        }
+        for cidr in &from.cidrs {
             permission = match cidr {
                 IpNet::V4(v4) => permission
                     .ip_ranges(IpRange::builder().cidr_ip(v4.to_string()).description("fleetbake build SSH").build()),
@@ -642,14 +665,16 @@ impl RegionCloud for AwsRegion {
         name: &str,
         description: Option<&str>,
         tags: &Tags,
+        snapshot_tags: &Tags,
     ) -> CloudResult<ImageId> {
         let action = Action::CreateImage;
+        let specifications = image_tag_specifications(tags, snapshot_tags);
         let output = ec2_call!(self, action, |client| client
             .create_image()
             .instance_id(instance.as_str())
             .name(name)
             .set_description(description.map(str::to_string))
-            .tag_specifications(tag_specification(ResourceType::Image, tags)))?;
+            .set_tag_specifications(Some(specifications.clone())))?;
         output.image_id().map(|id| ImageId(id.to_string())).ok_or_else(|| self.missing(action, "image id"))
     }
 
@@ -664,7 +689,7 @@ impl RegionCloud for AwsRegion {
             .client_token(&spec.client_token)
             .set_encrypted(spec.kms_key.as_ref().map(|_| true))
             .set_kms_key_id(spec.kms_key.clone())
-            .tag_specifications(tag_specification(ResourceType::Image, &spec.tags)))?;
+            .set_tag_specifications(Some(image_tag_specifications(&spec.tags, &spec.snapshot_tags))))?;
         output.image_id().map(|id| ImageId(id.to_string())).ok_or_else(|| self.missing(action, "image id"))
     }
 

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ipnet::IpNet;
 
 use super::*;
 use crate::cloud::limiter::{ApiLimits, RegionLimiter};
@@ -91,9 +90,9 @@ impl RegionCloud for LimitedRegion {
             .await
     }
 
-    async fn authorize_ingress(&self, group: &SecurityGroupId, port: u16, cidrs: &[IpNet]) -> CloudResult<()> {
+    async fn authorize_ingress(&self, group: &SecurityGroupId, port: u16, from: &IngressSources) -> CloudResult<()> {
         self.limiter
-            .call(Action::AuthorizeSecurityGroupIngress, || self.inner.authorize_ingress(group, port, cidrs))
+            .call(Action::AuthorizeSecurityGroupIngress, || self.inner.authorize_ingress(group, port, from))
             .await
     }
 
@@ -127,8 +126,11 @@ impl RegionCloud for LimitedRegion {
         name: &str,
         description: Option<&str>,
         tags: &Tags,
+        snapshot_tags: &Tags,
     ) -> CloudResult<ImageId> {
-        self.limiter.call(Action::CreateImage, || self.inner.create_image(instance, name, description, tags)).await
+        self.limiter
+            .call(Action::CreateImage, || self.inner.create_image(instance, name, description, tags, snapshot_tags))
+            .await
     }
 
     async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId> {

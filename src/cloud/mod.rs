@@ -46,6 +46,8 @@ string_newtype!(
     KeyPairName,
     /// An SSM Session Manager session's id.
     SessionId,
+    /// `pl-…`: a managed prefix list (a named set of CIDR blocks) a security group rule may admit.
+    PrefixListId,
 );
 
 secret_newtype!(
@@ -258,6 +260,9 @@ pub struct CopySpec {
     pub client_token: String,
     /// The copy's tags, given at creation (`TagSpecifications`): an image that exists is never untagged.
     pub tags: Tags,
+    /// Its snapshots' tags, given at creation too (`TagSpecifications`, ResourceType `snapshot`): a tag policy or
+    /// an SCP that requires tags on create sees them.
+    pub snapshot_tags: Tags,
     /// Encrypted with this KMS key of the destination region; `None`: as the source is.
     pub kms_key: Option<String>,
 }
@@ -313,6 +318,38 @@ impl ImageBlockPublicAccess {
         } else {
             ImageBlockPublicAccess::BlockNewSharing
         }
+    }
+}
+
+/// Who a security group's SSH rule admits (one AuthorizeSecurityGroupIngress): addresses (`IpRanges`,
+/// `Ipv6Ranges`), the members of other security groups (`UserIdGroupPairs`: whatever runs in those groups,
+/// from its private address, in the same VPC or a peered one) and the entries of managed prefix lists
+/// (`PrefixListIds`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngressSources {
+    pub cidrs: Vec<IpNet>,
+    pub security_groups: Vec<SecurityGroupId>,
+    pub prefix_lists: Vec<PrefixListId>,
+}
+
+impl IngressSources {
+    /// Addresses only.
+    pub fn cidrs(cidrs: Vec<IpNet>) -> Self {
+        IngressSources { cidrs, ..IngressSources::default() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cidrs.is_empty() && self.security_groups.is_empty() && self.prefix_lists.is_empty()
+    }
+}
+
+impl std::fmt::Display for IngressSources {
+    /// `10.0.0.0/16, sg-…, pl-…`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cidrs = self.cidrs.iter().map(ToString::to_string);
+        let groups = self.security_groups.iter().map(ToString::to_string);
+        let lists = self.prefix_lists.iter().map(ToString::to_string);
+        f.write_str(&cidrs.chain(groups).chain(lists).collect::<Vec<_>>().join(", "))
     }
 }
 
@@ -426,7 +463,8 @@ pub trait RegionCloud: Send + Sync {
         vpc: Option<&VpcId>,
         tags: &Tags,
     ) -> CloudResult<SecurityGroupId>;
-    async fn authorize_ingress(&self, group: &SecurityGroupId, port: u16, cidrs: &[IpNet]) -> CloudResult<()>;
+    /// One rule on `port` admitting every source in `from`.
+    async fn authorize_ingress(&self, group: &SecurityGroupId, port: u16, from: &IngressSources) -> CloudResult<()>;
     async fn delete_security_group(&self, group: &SecurityGroupId) -> CloudResult<()>;
 
     async fn run_instance(&self, spec: &LaunchSpec) -> CloudResult<InstanceId>;
@@ -437,12 +475,15 @@ pub trait RegionCloud: Send + Sync {
     async fn stop_instance(&self, id: &InstanceId) -> CloudResult<()>;
     async fn terminate_instance(&self, id: &InstanceId) -> CloudResult<()>;
 
+    /// CreateImage, the image tagged `tags` and its snapshots `snapshot_tags`, both at creation
+    /// (`TagSpecifications`).
     async fn create_image(
         &self,
         instance: &InstanceId,
         name: &str,
         description: Option<&str>,
         tags: &Tags,
+        snapshot_tags: &Tags,
     ) -> CloudResult<ImageId>;
     async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId>;
     async fn create_tags(&self, resources: &[String], tags: &Tags) -> CloudResult<()>;

@@ -170,6 +170,14 @@ impl Policy {
         retries: None,
     };
 
+    /// A deregistered image's snapshot still in use (`InvalidSnapshot.InUse`: EC2 counts the image for a while
+    /// after DeregisterImage answers): pauses of 2 s doubling to 30 s, for 10 minutes.
+    pub const SNAPSHOT_IN_USE: Policy = Policy {
+        backoff: Backoff::doubling(Duration::from_secs(2), Duration::from_secs(30)),
+        budget: Duration::from_secs(10 * 60),
+        retries: None,
+    };
+
     /// SSH not answering yet (sshd starting, the key not installed): every 3 s for `[ssh] timeout`.
     pub const fn ssh_connect(timeout: Duration) -> Self {
         Policy { backoff: Backoff::fixed(Duration::from_secs(3)), budget: timeout, retries: None }

@@ -441,6 +441,11 @@ pub struct SshSettings {
     /// The `session-manager-plugin` binary: a path, or a name looked up on `PATH` (the default
     /// [`SESSION_MANAGER_PLUGIN`]).
     pub session_manager_plugin: PathBuf,
+    /// `[ssh] source_security_groups`: per build region, the groups (`sg-…`) whose members the temporary
+    /// group also admits (a runner or bastion in a peered VPC, by the group it runs in).
+    pub source_security_groups: BTreeMap<Region, Vec<String>>,
+    /// `[ssh] source_prefix_lists`: per build region, managed prefix lists (`pl-…`) the group also admits.
+    pub source_prefix_lists: BTreeMap<Region, Vec<String>>,
 }
 
 impl SshSettings {
@@ -568,6 +573,23 @@ pub struct SimSettings {
     /// a minute or two of the instance running.
     pub agent_online: Duration,
     pub faults: Vec<SimFault>,
+    /// `[sim] runner_address`: the address instances see SSH come from (the runner's: its public address for
+    /// a public interface, its private one in a peered VPC). `None`: an address the group's rules admit.
+    pub runner_address: Option<std::net::IpAddr>,
+    /// `[sim] bastion_address`: the address they see SSH come from through `[ssh] bastion`. `None`: an address
+    /// the rules admit.
+    pub bastion_address: Option<std::net::IpAddr>,
+    /// `[sim] runner_security_groups`: the groups the runner (and the bastion) run in; a rule naming one of
+    /// them admits it.
+    pub runner_security_groups: Vec<String>,
+    /// `[sim] prefix_lists`: the account's managed prefix lists, id → CIDR blocks.
+    pub prefix_lists: BTreeMap<String, Vec<IpNet>>,
+    /// `[sim] require_tags_on_create`: CreateImage and CopyImage that do not tag the image and its snapshots
+    /// at creation are refused with `UnauthorizedOperation`, as an SCP requiring tags on create does.
+    pub require_tags_on_create: bool,
+    /// `[sim] snapshot_in_use`: how long a deregistered image's snapshot stays in use (DeleteSnapshot answers
+    /// `InvalidSnapshot.InUse`).
+    pub snapshot_in_use: Duration,
     /// The launch templates every region has (the account's deploy tooling made them): a `[publish]
     /// launch_template` not among them is `InvalidLaunchTemplateName.NotFoundException`.
     pub launch_templates: Vec<String>,
@@ -655,6 +677,12 @@ impl Default for SimSettings {
             console_keys: Duration::ZERO,
             agent_online: Duration::from_secs(90),
             faults: Vec::new(),
+            runner_address: None,
+            bastion_address: None,
+            runner_security_groups: Vec::new(),
+            prefix_lists: BTreeMap::new(),
+            require_tags_on_create: false,
+            snapshot_in_use: Duration::ZERO,
             launch_templates: Vec::new(),
             parameters: Vec::new(),
             block_public_access: BlockPublicAccess::default(),

@@ -241,6 +241,10 @@ pub struct SshSection {
     pub host_key_wait: Option<String>,
     /// The `session-manager-plugin` binary (`interface = "session_manager"`); default: found on `PATH`.
     pub session_manager_plugin: Option<String>,
+    /// Per region: security groups (`sg-…`) whose members the temporary group also admits on `port`.
+    pub source_security_groups: Option<BTreeMap<String, Vec<String>>>,
+    /// Per region: managed prefix lists (`pl-…`) whose entries the temporary group also admits on `port`.
+    pub source_prefix_lists: Option<BTreeMap<String, Vec<String>>>,
 }
 
 /// `[ssh] bastion = { host = "…", port = 22, user = "…", private_key_file = "…", known_hosts = "…" }` (or
@@ -313,6 +317,18 @@ pub struct SimSection {
     pub agent_online: Option<String>,
     #[serde(default)]
     pub faults: Vec<FaultSection>,
+    /// The address the simulated instances see SSH come from (the runner's).
+    pub runner_address: Option<String>,
+    /// The address they see SSH come from through `[ssh] bastion` (the bastion's).
+    pub bastion_address: Option<String>,
+    /// The security groups the runner (and the bastion) run in.
+    pub runner_security_groups: Option<Vec<String>>,
+    /// Managed prefix lists the account has: id → CIDR blocks.
+    pub prefix_lists: Option<BTreeMap<String, Vec<String>>>,
+    /// CreateImage and CopyImage without tags for the image and its snapshots are refused (as an SCP would).
+    pub require_tags_on_create: Option<bool>,
+    /// How long a deregistered image's snapshot stays in use (`InvalidSnapshot.InUse`).
+    pub snapshot_in_use: Option<String>,
     /// The launch templates every region has.
     #[serde(default)]
     pub launch_templates: Vec<String>,

@@ -270,6 +270,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
     check_selection(checker, &fleet);
     check_subnets(checker, &fleet, &subnet_paths);
     check_keys(checker, &fleet);
+    check_ssh_source_regions(checker, &fleet);
     check_deprecation(checker, &fleet);
     check_public(checker, &fleet);
     fleet
@@ -443,6 +444,24 @@ fn is_org_id(id: &str) -> bool {
     id.strip_prefix("o-").is_some_and(|id| {
         (10..=32).contains(&id.len()) && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
     })
+}
+
+/// `[ssh] source_security_groups` and `source_prefix_lists` name build regions only: a group or prefix list
+/// is regional, and one listed for a region that builds nothing (a misspelt region) would admit no one.
+fn check_ssh_source_regions(checker: &mut Checker<'_>, fleet: &Fleet) {
+    let keys = [
+        ("source_security_groups", &fleet.ssh.source_security_groups),
+        ("source_prefix_lists", &fleet.ssh.source_prefix_lists),
+    ];
+    for (key, per_region) in keys {
+        for region in per_region.keys().filter(|region| !fleet.regions.contains_key(*region)) {
+            let builds: Vec<String> = fleet.regions.keys().map(|region| format!("`{region}`")).collect();
+            checker.problem(
+                KeyPath::root().key("ssh").key(key).key(region.as_str()),
+                format!("`{region}` is not a build region (the security groups are made in {})", builds.join(", ")),
+            );
+        }
+    }
 }
 
 /// Every region an image lands in has a key; an image encrypted with the AWS-managed key is not shared.
@@ -1306,7 +1325,112 @@ fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSetting
             Some(plugin) => PathBuf::from(plugin),
             None => PathBuf::from(SESSION_MANAGER_PLUGIN),
         },
+        source_security_groups: per_region_ids(
+            checker,
+            path.key("source_security_groups"),
+            raw.source_security_groups,
+            ResourceIdKind::SecurityGroup,
+        ),
+        source_prefix_lists: per_region_ids(
+            checker,
+            path.key("source_prefix_lists"),
+            raw.source_prefix_lists,
+            ResourceIdKind::PrefixList,
+        ),
     }
+}
+
+/// `[sim]`'s network: the runner's and the bastion's addresses, the runner's groups, the prefix lists.
+fn resolve_sim_runner(checker: &mut Checker<'_>, path: &KeyPath, raw: &schema::SimSection, sim: &mut SimSettings) {
+    let mut address = |key: &str, text: &Option<String>| {
+        let text = text.as_deref()?;
+        match text.parse::<std::net::IpAddr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                checker.problem(path.key(key), format!("`{text}` is not an IP address like `10.9.0.5`"));
+                None
+            }
+        }
+    };
+    sim.runner_address = address("runner_address", &raw.runner_address);
+    sim.bastion_address = address("bastion_address", &raw.bastion_address);
+    for (index, id) in raw.runner_security_groups.iter().flatten().enumerate() {
+        if let Some(problem) = ResourceIdKind::SecurityGroup.problem(id) {
+            checker.problem(path.key("runner_security_groups").index(index), problem);
+        }
+    }
+    sim.runner_security_groups = raw.runner_security_groups.clone().unwrap_or_default();
+    for (id, cidrs) in raw.prefix_lists.iter().flatten() {
+        let at = path.key("prefix_lists").key(id);
+        if let Some(problem) = ResourceIdKind::PrefixList.problem(id) {
+            checker.problem(at.clone(), problem);
+        }
+        let mut parsed = Vec::new();
+        for (index, text) in cidrs.iter().enumerate() {
+            match text.parse::<IpNet>() {
+                Ok(net) => parsed.push(net),
+                Err(_) => checker.problem(at.index(index), format!("`{text}` is not a CIDR block like `10.9.0.0/16`")),
+            }
+        }
+        sim.prefix_lists.insert(id.clone(), parsed);
+    }
+}
+
+/// The kinds of EC2 id a fleet file may name for `[ssh]`'s sources and `[sim]`'s runner.
+#[derive(Clone, Copy)]
+enum ResourceIdKind {
+    SecurityGroup,
+    PrefixList,
+}
+
+impl ResourceIdKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            ResourceIdKind::SecurityGroup => "sg-",
+            ResourceIdKind::PrefixList => "pl-",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            ResourceIdKind::SecurityGroup => "a security group id",
+            ResourceIdKind::PrefixList => "a managed prefix list id",
+        }
+    }
+
+    /// Why `id` is not an id of this kind (`sg-` or `pl-` and 8 or 17 hex digits), if so.
+    fn problem(self, id: &str) -> Option<String> {
+        let hex = id.strip_prefix(self.prefix());
+        if hex.is_some_and(|hex| matches!(hex.len(), 8 | 17) && hex.chars().all(|c| c.is_ascii_hexdigit())) {
+            return None;
+        }
+        Some(format!("`{id}` is not {} (`{}` and 8 or 17 hex digits)", self.what(), self.prefix()))
+    }
+}
+
+/// Ids of one kind listed per region (`{ "us-west-2" = ["sg-…"] }`): each region a region name, each id of
+/// its kind, each list not empty.
+fn per_region_ids(
+    checker: &mut Checker<'_>,
+    path: KeyPath,
+    raw: Option<BTreeMap<String, Vec<String>>>,
+    kind: ResourceIdKind,
+) -> BTreeMap<Region, Vec<String>> {
+    let mut resolved = BTreeMap::new();
+    for (region, ids) in raw.unwrap_or_default() {
+        let at = path.key(&region);
+        let region = checker.region(at.clone(), &region);
+        if ids.is_empty() {
+            checker.problem(at.clone(), format!("must list at least one id; leave {region} out instead"));
+        }
+        for (index, id) in ids.iter().enumerate() {
+            if let Some(problem) = kind.problem(id) {
+                checker.problem(at.index(index), problem);
+            }
+        }
+        resolved.insert(region, ids);
+    }
+    resolved
 }
 
 /// `[ssh] interface` or a flavor's `interface`: an address of the instance, or `session_manager`.
@@ -1486,6 +1610,12 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         console_keys: duration("console_keys", &raw.console_keys, defaults.console_keys),
         agent_online: duration("agent_online", &raw.agent_online, defaults.agent_online),
         faults: Vec::new(),
+        snapshot_in_use: duration("snapshot_in_use", &raw.snapshot_in_use, defaults.snapshot_in_use),
+        require_tags_on_create: raw.require_tags_on_create.unwrap_or(defaults.require_tags_on_create),
+        runner_address: None,
+        bastion_address: None,
+        runner_security_groups: Vec::new(),
+        prefix_lists: BTreeMap::new(),
         launch_templates: Vec::new(),
         parameters: Vec::new(),
         block_public_access: BlockPublicAccess::default(),
@@ -1493,6 +1623,7 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         base_identity: defaults.base_identity,
         regions_not_enabled: Default::default(),
     };
+    resolve_sim_runner(checker, &path, &raw, &mut sim);
     resolve_sim_publish_targets(checker, &path, &raw.launch_templates, &raw.parameters, &mut sim);
     resolve_sim_account(checker, &path, &raw, &mut sim);
     if let Some(table) = raw.block_public_access {

@@ -157,7 +157,8 @@ pub async fn matrix(
     let cloud: Arc<dyn Cloud> = Arc::new(
         AwsCloud::connect(&fleet.aws, &start.plan().run_id, home_region(&fleet), Arc::clone(limits.api())).await,
     );
-    let preflight = preflight_unless_skipped(&fleet, start.plan(), &*cloud, options.preflight).await?;
+    let runner = preflight::Runner::this_machine(Some(&ssh_sources));
+    let preflight = preflight_unless_skipped(&fleet, start.plan(), &*cloud, &runner, options.preflight).await?;
     let manifest_set_aside = unreadable.map(|manifest| manifest.set_aside(start.plan().started_at)).transpose()?;
     let execution = Execution {
         fleet: Arc::clone(&fleet),
@@ -201,7 +202,11 @@ pub async fn matrix_simulated(
     let ssh_sources = match &fleet.ssh.source_cidrs {
         Some(cidrs) => SshSources::Configured(cidrs.clone()),
         None if !fleet.needs_this_machines_address() => SshSources::InsideTheVpc,
-        None => SshSources::ThisMachine(SIMULATED_BUILDER_CIDR.parse().expect("a valid CIDR")),
+        // The simulated runner's address, if the fleet models it (`[sim] runner_address`), is what "detection" finds.
+        None => SshSources::ThisMachine(match fleet.sim.runner_address {
+            Some(address) => ipnet::IpNet::from(address),
+            None => SIMULATED_BUILDER_CIDR.parse().expect("a valid CIDR"),
+        }),
     };
     let sim = Arc::new(SimCloud::new(&fleet));
     let limits = Arc::new(RunLimits::new(&fleet.limits, Policy::THROTTLED, strategy.pacing));
@@ -210,7 +215,8 @@ pub async fn matrix_simulated(
     // The simulated account does not outlive the process: its journal stays in memory, and nothing resumes.
     let start = Start::fresh(&fleet, None);
     let unreadable = check_existing(&fleet.manifest_path, !start.plan().selection.is_everything())?;
-    let preflight = preflight_unless_skipped(&fleet, start.plan(), &*cloud, options.preflight).await?;
+    let runner = preflight::Runner::simulated(&fleet.sim);
+    let preflight = preflight_unless_skipped(&fleet, start.plan(), &*cloud, &runner, options.preflight).await?;
     let manifest_set_aside = unreadable.map(|manifest| manifest.set_aside(start.plan().started_at)).transpose()?;
     let execution = Execution {
         fleet: Arc::clone(&fleet),
@@ -247,12 +253,13 @@ async fn preflight_unless_skipped(
     fleet: &Fleet,
     plan: &Plan,
     cloud: &dyn Cloud,
+    runner: &preflight::Runner,
     wanted: bool,
 ) -> Result<Option<Preflight>, RunError> {
     if !wanted {
         return Ok(None);
     }
-    let report = preflight::check(fleet, plan, cloud).await;
+    let report = preflight::check(fleet, plan, cloud, runner).await;
     if report.passed() {
         Ok(Some(report))
     } else {

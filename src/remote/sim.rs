@@ -40,11 +40,18 @@ impl Communicator for SimCommunicator {
             Via::Ssh(ssh) => ssh,
             Via::SessionManager(through) => &through.ssh,
         };
-        if ssh_at > deadline {
+        // Over an address, the instance's security group must admit whoever connects (Session Manager opens
+        // no inbound port): a connection it does not admit is never answered, as on EC2.
+        let admission = match &target.via {
+            Via::Ssh(ssh) => self.sim.ssh_admission(&instance.region, &instance.id, ssh.bastion.is_some()),
+            Via::SessionManager(_) => Ok(()),
+        };
+        if ssh_at > deadline || admission.is_err() {
             tokio::time::sleep_until(deadline).await;
             let waited = humantime::format_duration(timeout);
+            let why = admission.err().map(|why| format!(": {why}")).unwrap_or_default();
             return Err(format!(
-                "no SSH connection to {}@{}:{} within {waited} (simulated)",
+                "no SSH connection to {}@{}:{} within {waited} (simulated{why})",
                 ssh.user, ssh.host, ssh.port
             ));
         }

@@ -189,7 +189,9 @@ pub async fn reconcile(
                     *generations.entry(landing.job).or_default() += 1;
                     region_cloud.deregister_image(&image.id).await?;
                     for snapshot in &image.snapshot_ids {
-                        if let Err(error) = region_cloud.delete_snapshot(snapshot).await {
+                        if let Err(error) =
+                            crate::steps::cleanup::delete_released_snapshot(&*region_cloud, snapshot).await
+                        {
                             tracing::warn!("cannot delete {snapshot} of failed image {}: {error}", image.id);
                         }
                     }

@@ -6,13 +6,11 @@
 //! describe that finds it may not list it yet (EC2's eventual consistency): it is looked for until it does,
 //! for at most [`CONSISTENCY_WINDOW`](crate::cloud::consistency::CONSISTENCY_WINDOW).
 
-use ipnet::IpNet;
-
 use crate::cloud::consistency::until_listed;
 use crate::cloud::retry::{retry, GaveUp, Outcome, Policy};
 use crate::cloud::{
-    CloudError, CloudResult, CopySpec, ImageId, ImageQuery, InstanceId, KeyPairName, OwnedImage, PrivateKey,
-    RegionCloud, SecurityGroupId, VpcId,
+    CloudError, CloudResult, CopySpec, ImageId, ImageQuery, IngressSources, InstanceId, KeyPairName, OwnedImage,
+    PrivateKey, RegionCloud, SecurityGroupId, VpcId,
 };
 use crate::config::Tags;
 use crate::plan::RunId;
@@ -71,14 +69,20 @@ pub async fn security_group(
 }
 
 /// The rule, whether this call added it or an earlier one did.
-pub async fn ingress(cloud: &dyn RegionCloud, group: &SecurityGroupId, port: u16, cidrs: &[IpNet]) -> CloudResult<()> {
-    match cloud.authorize_ingress(group, port, cidrs).await {
+pub async fn ingress(
+    cloud: &dyn RegionCloud,
+    group: &SecurityGroupId,
+    port: u16,
+    from: &IngressSources,
+) -> CloudResult<()> {
+    match cloud.authorize_ingress(group, port, from).await {
         Err(error) if is(&error, "InvalidPermission.Duplicate") => Ok(()),
         other => other,
     }
 }
 
-/// CreateImage; an image of that name already made by this run (its tags say so) is the one.
+/// CreateImage, the image and its snapshots tagged `tags` at creation; an image of that name already made by
+/// this run (its tags say so) is the one.
 pub async fn create_image(
     cloud: &dyn RegionCloud,
     instance: &InstanceId,
@@ -87,7 +91,7 @@ pub async fn create_image(
     tags: &Tags,
     run_id: &RunId,
 ) -> CloudResult<ImageId> {
-    match cloud.create_image(instance, name, description, tags).await {
+    match cloud.create_image(instance, name, description, tags, tags).await {
         Err(error) if is(&error, "InvalidAMIName.Duplicate") => {
             let tagged_by_run =
                 |image: &OwnedImage| image.tags.get(RUN_ID_TAG).is_some_and(|tagged| tagged == run_id.as_str());

@@ -291,6 +291,24 @@ async fn terminate(cloud: &dyn RegionCloud, id: &InstanceId, fresh: Option<Creat
     .map_err(GaveUp::into_error)
 }
 
+/// DeleteSnapshot of a deregistered image's snapshot: EC2 answers `InvalidSnapshot.InUse` for a while after
+/// DeregisterImage (the image is still being removed), which is waited out on [`Policy::SNAPSHOT_IN_USE`]; any
+/// other answer at once (credentials as [`with_credentials`] says).
+pub async fn delete_released_snapshot(cloud: &dyn RegionCloud, snapshot: &SnapshotId) -> Result<(), CloudError> {
+    retry(
+        Policy::SNAPSHOT_IN_USE.start(),
+        |_| async move {
+            match with_credentials(|| cloud.delete_snapshot(snapshot)).await {
+                Err(error) if error.code.as_deref() == Some("InvalidSnapshot.InUse") => Outcome::Again(error),
+                answer => Outcome::Done(answer),
+            }
+        },
+        |error, pause| tracing::debug!("{error}: deleting it again in {pause:?}"),
+    )
+    .await
+    .map_err(GaveUp::into_error)
+}
+
 async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> Result<(), UndoError> {
     match step {
         UndoStep::TerminateInstance { id, fresh } => {
@@ -325,7 +343,7 @@ async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> R
             let fresh: Vec<Created> = fresh.into_iter().collect();
             gone_is_fine(once_known(&fresh, || with_credentials(|| cloud.deregister_image(&id))).await)?;
             for snapshot in &snapshots {
-                gone_is_fine(with_credentials(|| cloud.delete_snapshot(snapshot)).await)?;
+                gone_is_fine(delete_released_snapshot(cloud, snapshot).await)?;
             }
             Ok(())
         }

@@ -1,5 +1,5 @@
-//! One copy: CopyImage a build's image into one more region (tagged at creation), tag it again as a fallback,
-//! wait until available, tag its snapshots.
+//! One copy: CopyImage a build's image into one more region (the copy and its snapshots tagged at creation),
+//! tag the copy again as a fallback, wait until available.
 //!
 //! What real EC2 does here that moto does not: the new copy can be unknown to CreateTags for a while (its
 //! NotFound is retried as lag), the destination's cap on copies in flight is shared with every tool of the
@@ -125,9 +125,6 @@ pub async fn run(context: CopyContext) -> CopyEnd {
     let (published, failures) =
         publish::each(run, &*context.cloud, &context.flavor.name, &key, &label, &image, already).await;
     end.end.failures.extend(failures);
-    if let Err(error) = finish::tag_snapshots(&*context.cloud, &snapshot_ids, &tags).await {
-        end.end.failures.push(Failure::from_cloud(&label, Stage::Tag, &error));
-    }
     end.artifact = Some(Artifact {
         image_id: image,
         name: context.job.image_name.clone(),
@@ -186,6 +183,8 @@ async fn start(context: &CopyContext, label: &JobLabel, tags: &Tags) -> Result<I
                 description: run.fleet.ami_description.clone(),
                 client_token: copy_token(context, tries),
                 tags: tags.clone(),
+                // The copy's snapshots carry its tags from the start (an SCP requiring tags on create sees them).
+                snapshot_tags: tags.clone(),
                 kms_key: run.fleet.kms_key(&context.job.target_region).map(String::from),
             };
             async move {

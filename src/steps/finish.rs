@@ -16,7 +16,6 @@
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
-use crate::cloud::consistency::{once_known, Created, NewKind};
 use crate::cloud::{CloudError, ImageId, LaunchPermissions, RegionCloud, SnapshotId};
 use crate::config::{Flavor, Fleet, Region, Sharing, Tags};
 use crate::outcome::{ImageSettings, Stage};
@@ -121,16 +120,6 @@ pub async fn finish(image: Finishing<'_>) -> Finished {
         failures.extend(shared.failures);
     }
     Finished { settings, failures, notes }
-}
-
-/// Gives an image's snapshots its tags (CreateImage and CopyImage tag only the image). The snapshots are new: a
-/// NotFound about one is EC2's lag.
-pub async fn tag_snapshots(cloud: &dyn RegionCloud, snapshots: &[SnapshotId], tags: &Tags) -> Result<(), CloudError> {
-    if snapshots.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<String> = snapshots.iter().map(|id| id.0.clone()).collect();
-    once_known(&[Created::now(NewKind::Snapshot)], || cloud.create_tags(&ids, tags)).await
 }
 
 /// `now + after`, to the minute as EC2 keeps it (it rounds `DeprecateAt` to the nearest minute).

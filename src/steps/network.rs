@@ -6,13 +6,19 @@
 //!
 //! Who may connect: `[ssh] source_cidrs` if set; else, for an instance reached from inside its VPC (a private
 //! interface, a bastion, or an instance without a public address), the VPC's CIDR blocks — a detected public
-//! address would be the NAT's; else this machine's public address, detected when the run starts.
+//! address would be the NAT's; else this machine's public address, detected when the run starts. Besides
+//! those addresses, the rule admits the members of `[ssh] source_security_groups` and the entries of `[ssh]
+//! source_prefix_lists` of the build's region: a runner or bastion in a peered VPC or behind a transit gateway
+//! arrives from its own private address, which the build VPC's CIDR blocks do not cover.
 
 use std::collections::BTreeSet;
 
 use ipnet::IpNet;
 
-use crate::cloud::{CloudError, InstanceStatus, RegionCloud, Subnet, SubnetId, VpcId, VpcLookup};
+use crate::cloud::{
+    CloudError, IngressSources, InstanceStatus, PrefixListId, RegionCloud, SecurityGroupId, Subnet, SubnetId, VpcId,
+    VpcLookup,
+};
 use crate::config::{Flavor, Region, SshInterface, SshSettings, SubnetChoice};
 
 /// Who may reach the build instances' SSH port, as settled when the run starts.
@@ -34,7 +40,7 @@ pub struct Network {
     /// The VPC the security group is made in (`None`: the default VPC, which EC2 uses when none is named).
     pub vpc: Option<VpcId>,
     /// Who the security group lets in on `ssh.port`.
-    pub ssh_sources: Vec<IpNet>,
+    pub ssh_sources: IngressSources,
     /// Which address of the instance SSH connects to (unless `[ssh] host` overrides it).
     pub address: AddressKind,
     /// Said in the output: why that address, and why those sources.
@@ -73,7 +79,7 @@ impl AddressKind {
         }
     }
 
-    fn is_private(self) -> bool {
+    pub fn is_private(self) -> bool {
         matches!(self, AddressKind::PrivateIp | AddressKind::PrivateDns)
     }
 }
@@ -189,7 +195,8 @@ pub async fn resolve(
         // No inbound rule, no address: ssh goes through the instance's SSM agent.
         let why = "SSH through Session Manager (no inbound port)".to_string();
         let vpc = (!subnets.is_empty()).then_some(vpc);
-        return Ok(Network { placements, vpc, ssh_sources: Vec::new(), address: AddressKind::PrivateIp, why });
+        let ssh_sources = IngressSources::default();
+        return Ok(Network { placements, vpc, ssh_sources, address: AddressKind::PrivateIp, why });
     }
     let (address, reason) = match flavor.interface {
         // A bastion reaches the instance inside its VPC.
@@ -215,8 +222,26 @@ pub async fn resolve(
             (cidrs, format!("the VPC {vpc}"))
         }
     };
+    let (ssh_sources, sources_why) = with_named_sources(ssh, region, ssh_sources, sources_why);
     let why = format!("SSH to its {address} ({reason}), from {sources_why}");
     Ok(Network { placements, vpc: (!subnets.is_empty()).then_some(vpc), ssh_sources, address, why })
+}
+
+/// The addresses, and the region's `[ssh] source_security_groups` and `source_prefix_lists`; and the words
+/// that say so.
+fn with_named_sources(ssh: &SshSettings, region: &Region, cidrs: Vec<IpNet>, why: String) -> (IngressSources, String) {
+    let security_groups: Vec<SecurityGroupId> =
+        ssh.source_security_groups.get(region).into_iter().flatten().map(SecurityGroupId::new).collect();
+    let prefix_lists: Vec<PrefixListId> =
+        ssh.source_prefix_lists.get(region).into_iter().flatten().map(PrefixListId::new).collect();
+    let mut why = why;
+    if !security_groups.is_empty() {
+        why.push_str(" and the members of `[ssh] source_security_groups`");
+    }
+    if !prefix_lists.is_empty() {
+        why.push_str(" and `[ssh] source_prefix_lists`");
+    }
+    (IngressSources { cidrs, security_groups, prefix_lists }, why)
 }
 
 /// The address a configured interface names.

@@ -1,6 +1,7 @@
 //! One integration-test binary: the CLI and the library against moto_server and a real sshd.
 
 mod accounts;
+mod admission;
 mod cli;
 mod cloud_state;
 mod corpus;
@@ -10,6 +11,7 @@ mod exit_codes;
 mod fleet_keys;
 mod harness;
 mod host_keys;
+mod image_snapshots;
 mod layout;
 mod matrix;
 mod nightly;

@@ -2,6 +2,9 @@
 //! states moto never shows, calls moto lacks) and records every request the SDK sent, for tests to assert on.
 //! With an [`Ec2Model`] it also behaves as EC2 does where moto does not: it honours `ClientToken` (moto
 //! ignores it) and keeps a new resource unknown to other calls for a while (EC2's eventual consistency).
+//! Always: snapshot `TagSpecification`s of CreateImage and CopyImage, which moto refuses (HTTP 500) or ignores,
+//! are recorded as sent, taken out of what moto gets, and applied to the new image's snapshots once moto has
+//! made it ([`SnapshotTags`]), so the snapshots carry them as on EC2.
 
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
@@ -366,19 +369,12 @@ fn proxy_connection(
         let mut response = match state.answer_for(&region, &action, &text) {
             Some(modelled) => modelled,
             None => {
-                let mut forwarded = String::new();
-                for line in head_text.split("\r\n").filter(|line| !line.is_empty()) {
-                    if !line.to_ascii_lowercase().starts_with("connection:") {
-                        forwarded.push_str(line);
-                        forwarded.push_str("\r\n");
-                    }
+                let snapshot_tags = SnapshotTags::taken_from(&action, &text);
+                let sent = snapshot_tags.as_ref().map_or(text.clone(), |taken| taken.rest.clone());
+                let mut response = forward(upstream, &head_text, &sent)?;
+                if let Some(taken) = snapshot_tags {
+                    taken.apply(upstream, &head_text, &response)?;
                 }
-                forwarded.push_str("Connection: close\r\n\r\n");
-                let mut server = TcpStream::connect(upstream)?;
-                server.write_all(forwarded.as_bytes())?;
-                server.write_all(&body)?;
-                let mut response = Vec::new();
-                server.read_to_end(&mut response)?;
                 state.remember(&region, &action, &text, &mut response);
                 response
             }
@@ -622,6 +618,88 @@ impl ModelState {
                 *response = rewrite_response(response, Box::new(move |xml: String| omit_items(&xml, set, &unknown)));
             }
         }
+    }
+}
+
+/// Sends one request (`head` with `body`, its Content-Length set to match) to `upstream` on a connection of
+/// its own; the raw response.
+fn forward(upstream: &str, head: &str, body: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut forwarded = String::new();
+    for line in head.split("\r\n").filter(|line| !line.is_empty()) {
+        let lower = line.to_ascii_lowercase();
+        if !lower.starts_with("connection:") && !lower.starts_with("content-length:") {
+            forwarded.push_str(line);
+            forwarded.push_str("\r\n");
+        }
+    }
+    forwarded.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
+    let mut server = TcpStream::connect(upstream)?;
+    server.write_all(forwarded.as_bytes())?;
+    server.write_all(body.as_bytes())?;
+    let mut response = Vec::new();
+    server.read_to_end(&mut response)?;
+    Ok(response)
+}
+
+/// The snapshot tags of a CreateImage or CopyImage request (its `TagSpecification.N` of ResourceType
+/// `snapshot`): EC2 tags the new image's snapshots with them at creation; moto answers HTTP 500 to them on
+/// CreateImage and ignores them on CopyImage. The proxy takes them out of what moto gets and, once moto has
+/// made the image, tags its snapshots with them (DescribeImages, then CreateTags, upstream only: tests see
+/// the request as the SDK sent it).
+struct SnapshotTags {
+    /// The request without them (form-encoded).
+    rest: String,
+    /// Each tag's key and value, as sent (percent-encoded).
+    tags: Vec<(String, String)>,
+}
+
+impl SnapshotTags {
+    fn taken_from(action: &str, body: &str) -> Option<SnapshotTags> {
+        if action != "CreateImage" && action != "CopyImage" {
+            return None;
+        }
+        let pairs: Vec<(&str, &str)> = body.split('&').filter_map(|pair| pair.split_once('=')).collect();
+        let prefix = pairs.iter().find_map(|(name, value)| {
+            let index = name.strip_prefix("TagSpecification.")?.strip_suffix(".ResourceType")?;
+            (*value == "snapshot").then(|| format!("TagSpecification.{index}."))
+        })?;
+        let value_of = |name: String| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string());
+        let tags = (1..)
+            .map_while(|n| {
+                let key = value_of(format!("{prefix}Tag.{n}.Key"))?;
+                Some((key, value_of(format!("{prefix}Tag.{n}.Value")).unwrap_or_default()))
+            })
+            .collect();
+        let rest: Vec<String> = pairs
+            .iter()
+            .filter(|(name, _)| !name.starts_with(&prefix))
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        Some(SnapshotTags { rest: rest.join("&"), tags })
+    }
+
+    /// Tags the snapshots of the image moto's `response` names (nothing if moto refused the call).
+    fn apply(&self, upstream: &str, head: &str, response: &[u8]) -> std::io::Result<()> {
+        let response = String::from_utf8_lossy(response);
+        let Some(image) = element(&response, "imageId") else { return Ok(()) };
+        let describe = format!("Action=DescribeImages&Version=2016-11-15&ImageId.1={image}");
+        let described = forward(upstream, head, &describe)?;
+        let described = String::from_utf8_lossy(&described);
+        let snapshots: Vec<&str> =
+            described.split("<snapshotId>").skip(1).filter_map(|rest| rest.split('<').next()).collect();
+        if snapshots.is_empty() || self.tags.is_empty() {
+            return Ok(());
+        }
+        let mut body = String::from("Action=CreateTags&Version=2016-11-15");
+        for (n, snapshot) in snapshots.iter().enumerate() {
+            body.push_str(&format!("&ResourceId.{}={snapshot}", n + 1));
+        }
+        for (n, (key, value)) in self.tags.iter().enumerate() {
+            body.push_str(&format!("&Tag.{0}.Key={key}&Tag.{0}.Value={value}", n + 1));
+        }
+        forward(upstream, head, &body)?;
+        Ok(())
     }
 }
 

@@ -259,7 +259,8 @@ fn a_foreign_label_on_the_oldest_of_100_versions_is_named_by_the_preflight_and_n
     let start = Start::fresh(&fleet, None);
     let preflight = runtime.block_on(async {
         sim.region(&region).label_parameter_version(name, 1, "prod-pinned").await.unwrap();
-        fleetbake::engine::preflight::check(&fleet, start.plan(), &*sim).await
+        let runner = fleetbake::engine::preflight::Runner::simulated(&fleet.sim);
+        fleetbake::engine::preflight::check(&fleet, start.plan(), &*sim, &runner).await
     });
     let text = preflight.to_string();
     assert!(!preflight.passed(), "{text}");

@@ -219,7 +219,6 @@ const STEP_FAULTS: &[StepFault] = &[
     StepFault { action: "StopInstances", nth: 1, region: "eu-central-1", stage: "stop", image_made: false },
     StepFault { action: "CreateImage", nth: 1, region: "eu-central-1", stage: "create_image", image_made: false },
     StepFault { action: "DescribeImages", nth: 2, region: "eu-central-1", stage: "wait_image", image_made: false },
-    StepFault { action: "CreateTags", nth: 1, region: "eu-central-1", stage: "tag", image_made: true },
     StepFault { action: "TerminateInstances", nth: 1, region: "eu-central-1", stage: "cleanup", image_made: true },
     StepFault { action: "DeleteSecurityGroup", nth: 1, region: "eu-central-1", stage: "cleanup", image_made: true },
     StepFault { action: "DeleteKeyPair", nth: 1, region: "eu-central-1", stage: "cleanup", image_made: true },
@@ -423,8 +422,7 @@ fn a_resource_unknown_after_its_create_is_waited_out_at_every_step() {
         Some(("RunInstances", "InvalidGroup.NotFound")),
         Some(("StopInstances", "InvalidInstanceID.NotFound")),
         Some(("CreateImage", "InvalidInstanceID.NotFound")),
-        // The first CreateTags in a build region tags the build's snapshots; in a copy region, the copy.
-        Some(("CreateTags", "InvalidSnapshot.NotFound\", region = \"us-west-2")),
+        // The first CreateTags in a copy region tags the copy (snapshots are tagged at creation).
         Some(("CreateTags", "InvalidAMIID.NotFound\", region = \"us-east-1")),
         Some(("TerminateInstances", "InvalidInstanceID.NotFound")),
         Some(("DeleteSecurityGroup", "InvalidGroup.NotFound")),

@@ -115,6 +115,29 @@ impl SimCloud {
         }
     }
 
+    /// Whether the instance's security group admits SSH from the runner (or, `through_bastion`, the bastion),
+    /// as EC2 would let the connection in: an ingress rule names its address, a group it runs in, or a prefix
+    /// list holding its address ([`model::admission`]). `Err`: why not, said once the connection times out.
+    pub fn ssh_admission(&self, region: &Region, instance: &InstanceId, through_bastion: bool) -> Result<(), String> {
+        let settings = &self.model.settings;
+        let origin = model::admission::Origin::of(settings, through_bastion);
+        let region = self.model.region(region);
+        let state = region.state.lock().expect("not poisoned");
+        let Some(group) = state.instances.get(instance).map(|found| found.security_group.clone()) else {
+            return Err(format!("instance {instance} does not exist"));
+        };
+        let rules: Vec<_> = state.ingress_log.iter().filter(|(id, _)| id == &group).map(|(_, rule)| rule).collect();
+        if rules.iter().any(|rule| origin.admitted_by(rule, &settings.prefix_lists)) {
+            return Ok(());
+        }
+        let rules: Vec<String> = rules.iter().map(ToString::to_string).collect();
+        Err(format!(
+            "its security group {group} admits {} on SSH, not {}",
+            if rules.is_empty() { "nobody".to_string() } else { rules.join(", ") },
+            origin.describe()
+        ))
+    }
+
     /// The host key whoever answers on the instance's address offers: the instance's own, or (a `[sim] faults`
     /// `console = "other-key"`) another machine's.
     pub fn offered_host_key(&self, region: &Region, instance: &InstanceId) -> Result<HostKey, String> {
@@ -187,7 +210,7 @@ impl SimCloud {
                 report.leaked_resources.push(format!("session {id} in {region} (to {instance}, never terminated)"));
             }
             report.sessions_started += state.sessions_started;
-            for id in &state.orphan_snapshots {
+            for id in state.orphan_snapshots.keys() {
                 report.leaked_resources.push(format!("snapshot {id} in {region} (of a deregistered image)"));
             }
             report.lagged_answers += state.lagged;

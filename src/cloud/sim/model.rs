@@ -20,16 +20,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use ipnet::IpNet;
 use tokio::time::Instant;
 
+use self::admission::{sources_of, unknown_source, IngressSource};
 use super::catalog::{self, PublicImage};
 use crate::cloud::limiter::ClassBuckets;
 use crate::cloud::{
     fnv1a, Action, CloudError, CloudResult, ConsoleOutput, CopySpec, ErrorKind, ImageBlockPublicAccess, ImageId,
-    ImageQuery, ImageState, ImageStatus, ImageSummary, InstanceId, InstanceState, InstanceStatus, KeyPairName, KmsKey,
-    LaunchPermissions, LaunchSpec, OwnedImage, ParameterHistory, PrivateKey, RegionCloud, RegionOptIn, SecurityGroupId,
-    SessionId, SessionToken, SnapshotId, SsmSession, Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
+    ImageQuery, ImageState, ImageStatus, ImageSummary, IngressSources, InstanceId, InstanceState, InstanceStatus,
+    KeyPairName, KmsKey, LaunchPermissions, LaunchSpec, OwnedImage, ParameterHistory, PrivateKey, RegionCloud,
+    RegionOptIn, SecurityGroupId, SessionId, SessionToken, SnapshotId, SsmSession, Subnet, SubnetId, Tagged, Vpc,
+    VpcId, VpcLookup,
 };
 use crate::config::{
     AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, FlavorName, ImageFilter, Place, Region,
@@ -228,8 +229,9 @@ pub struct RegionState {
     pub lagged: u64,
     public_images: HashMap<ImageId, PublicImage>,
     pub images: HashMap<ImageId, SimImage>,
-    /// Snapshots of deregistered images, until deleted.
-    pub orphan_snapshots: HashSet<SnapshotId>,
+    /// Snapshots of deregistered images, until deleted, and when EC2 stops counting each in use by its image
+    /// (`[sim] snapshot_in_use` after the deregistration).
+    pub orphan_snapshots: HashMap<SnapshotId, Instant>,
     pub instances: BTreeMap<InstanceId, SimInstance>,
     pub key_pairs: BTreeMap<KeyPairName, SimKeyPair>,
     pub security_groups: BTreeMap<SecurityGroupId, SimGroup>,
@@ -243,7 +245,7 @@ pub struct RegionState {
     /// When each DescribeImages / DescribeInstances by id arrived.
     pub describes: Vec<(Action, Instant)>,
     /// Every ingress rule ever opened: the group and the source.
-    pub ingress_log: Vec<(SecurityGroupId, IpNet)>,
+    pub ingress_log: Vec<(SecurityGroupId, IngressSource)>,
     /// SSM parameters and launch templates ([`ssm`]).
     pub publishing: ssm::Publishing,
     /// Session Manager sessions open now (StartSession opened them, no TerminateSession yet), and the
@@ -314,7 +316,7 @@ pub struct SimInstance {
     /// When its SSM agent is registered and online (`[sim] agent_online` after it runs); `None`: never
     /// (`[sim] faults` `agent = "never"`).
     agent_at: Option<Instant>,
-    security_group: SecurityGroupId,
+    pub security_group: SecurityGroupId,
     public_ip: String,
     /// The KMS key its root volume is encrypted with: CreateImage's snapshot gets it.
     volume_key: Option<String>,
@@ -496,6 +498,26 @@ fn creation_date(started: Instant, at: Instant) -> String {
     (epoch + elapsed).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// With `[sim] require_tags_on_create`, as an SCP denying `ec2:CreateImage` / `ec2:CopyImage` on an image or
+/// snapshot without tags in the request (`aws:RequestTag`, "Grant permission to tag resources during
+/// creation", EC2 User Guide) answers: `UnauthorizedOperation` unless the image and its snapshots are tagged at
+/// creation.
+fn untagged_create(required: bool, action: Action, image: &Tags, snapshots: &Tags) -> Result<(), Refusal> {
+    let untagged = match (image.is_empty(), snapshots.is_empty()) {
+        _ if !required => return Ok(()),
+        (false, false) => return Ok(()),
+        (true, true) => "image and snapshot",
+        (true, false) => "image",
+        (false, true) => "snapshot",
+    };
+    refuse(
+        "UnauthorizedOperation",
+        format!(
+            "You are not authorized to perform this operation: {action} with an untagged {untagged} (explicit deny in a service control policy requiring tags on create)"
+        ),
+    )
+}
+
 /// `ami-` and 8 or 17 hex digits: an id a user may name as a source image.
 fn is_image_id(text: &str) -> bool {
     text.strip_prefix("ami-")
@@ -643,7 +665,8 @@ impl RegionCloud for SimRegion {
         self.call(Action::DescribeSubnets, |_, _| {
             let subnet = |id: String, zone: &str, free: u32| Subnet {
                 vpc: VpcId::new(synthesized("vpc", &format!("{region}/{}", id.split('/').next().unwrap_or_default()))),
-                id: SubnetId::new(synthesized("subnet", &id)),
+                // Each region's subnets are its own: the seed names the region.
+                id: SubnetId::new(synthesized("subnet", &format!("{region}/{id}"))),
                 availability_zone: format!("{region}{zone}"),
                 available_addresses: free,
                 maps_public_ip: false,
@@ -671,6 +694,10 @@ impl RegionCloud for SimRegion {
                     id: VpcId::new(synthesized("vpc", &format!("{region}/default"))),
                     cidrs: vec!["172.31.0.0/16".parse().expect("a CIDR")],
                 }),
+                // The default VPC's id answers with its own block; any other VPC is 10.0.0.0/16.
+                VpcLookup::Id(id) if id.as_str() == synthesized("vpc", &format!("{region}/default")) => {
+                    Some(Vpc { id: id.clone(), cidrs: vec!["172.31.0.0/16".parse().expect("a CIDR")] })
+                }
                 VpcLookup::Id(id) => Some(Vpc { id: id.clone(), cidrs: vec!["10.0.0.0/16".parse().expect("a CIDR")] }),
             })
         })
@@ -728,18 +755,31 @@ impl RegionCloud for SimRegion {
         .await
     }
 
-    async fn authorize_ingress(&self, group: &SecurityGroupId, _port: u16, cidrs: &[IpNet]) -> CloudResult<()> {
+    /// A rule may name addresses, source groups (the account's, or the runner's: `[sim]
+    /// runner_security_groups`) and prefix lists (`[sim] prefix_lists`); one it does not know is refused.
+    async fn authorize_ingress(&self, group: &SecurityGroupId, _port: u16, from: &IngressSources) -> CloudResult<()> {
+        let sources = sources_of(from);
+        let settings = &self.model.settings;
         self.call(Action::AuthorizeSecurityGroupIngress, |state, now| {
             if !state.knows_group(group, now) {
                 return refuse("InvalidGroup.NotFound", format!("The security group '{group}' does not exist"));
             }
-            if let Some((_, cidr)) = state.ingress_log.iter().find(|(id, cidr)| id == group && cidrs.contains(cidr)) {
+            for source in &sources {
+                if let Some((code, message)) =
+                    unknown_source(settings, |id| state.security_groups.contains_key(id), source)
+                {
+                    return refuse(code, message);
+                }
+            }
+            if let Some((_, source)) =
+                state.ingress_log.iter().find(|(id, source)| id == group && sources.contains(source))
+            {
                 return refuse(
                     "InvalidPermission.Duplicate",
-                    format!("the specified rule \"peer: {cidr}, TCP, ALLOW\" already exists"),
+                    format!("the specified rule \"peer: {source}, TCP, ALLOW\" already exists"),
                 );
             }
-            state.ingress_log.extend(cidrs.iter().map(|cidr| (group.clone(), *cidr)));
+            state.ingress_log.extend(sources.iter().map(|source| (group.clone(), source.clone())));
             Ok(())
         })
         .await
@@ -913,11 +953,15 @@ impl RegionCloud for SimRegion {
         name: &str,
         _description: Option<&str>,
         tags: &Tags,
+        snapshot_tags: &Tags,
     ) -> CloudResult<ImageId> {
         let id = ImageId::new(self.model.id("ami"));
         let snapshot = SnapshotId::new(self.model.id("snap"));
         let available_at = Instant::now() + self.model.jittered(self.model.settings.create_image);
+        let required = self.model.settings.require_tags_on_create;
         self.call(Action::CreateImage, |state, now| {
+            untagged_create(required, Action::CreateImage, tags, snapshot_tags)?;
+            Self::merge_tags(state, snapshot.as_str(), snapshot_tags);
             let found = state.known_instance(instance, now)?;
             let volume_key = found.volume_key.clone();
             match found.state(now) {
@@ -960,7 +1004,9 @@ impl RegionCloud for SimRegion {
         let available_at = Instant::now() + self.model.jittered(self.model.settings.copy_image);
         let cap = self.model.settings.copy_concurrency;
         let foreign = self.model.settings.foreign_copies;
+        let required = self.model.settings.require_tags_on_create;
         self.call(Action::CopyImage, |state, now| {
+            untagged_create(required, Action::CopyImage, &spec.tags, &spec.snapshot_tags)?;
             if let Some(existing) = state.client_tokens.get(&spec.client_token) {
                 return Ok(ImageId::new(existing.clone()));
             }
@@ -994,7 +1040,7 @@ impl RegionCloud for SimRegion {
                     name: spec.name.clone(),
                     created_at: now,
                     available_at,
-                    snapshot,
+                    snapshot: snapshot.clone(),
                     copied: true,
                     fails,
                     attributes: ImageAttributes {
@@ -1003,8 +1049,9 @@ impl RegionCloud for SimRegion {
                     },
                 },
             );
-            // CopyImage's TagSpecifications: the copy is tagged from the start.
+            // CopyImage's TagSpecifications: the copy and its snapshot are tagged from the start.
             Self::merge_tags(state, id.as_str(), &spec.tags);
+            Self::merge_tags(state, snapshot.as_str(), &spec.snapshot_tags);
             state.peak_copies_in_flight = state.peak_copies_in_flight.max(in_flight + 1);
             Ok(id)
         })
@@ -1108,6 +1155,7 @@ impl RegionCloud for SimRegion {
     }
 
     async fn deregister_image(&self, id: &ImageId) -> CloudResult<()> {
+        let in_use = self.model.settings.snapshot_in_use;
         self.call(Action::DeregisterImage, |state, now| {
             let created_at = state.images.get(id).map(|image| image.created_at);
             if !created_at.is_some_and(|at| state.settled(at, now)) {
@@ -1115,7 +1163,7 @@ impl RegionCloud for SimRegion {
             }
             let image = state.images.remove(id).expect("just looked up");
             state.tags.remove(id.as_str());
-            state.orphan_snapshots.insert(image.snapshot);
+            state.orphan_snapshots.insert(image.snapshot, now + in_use);
             Ok(())
         })
         .await
@@ -1221,14 +1269,19 @@ impl RegionCloud for SimRegion {
         .await
     }
 
+    /// A deregistered image's snapshot stays in use for a while (`[sim] snapshot_in_use`): EC2 answers
+    /// `InvalidSnapshot.InUse` to a DeleteSnapshot right after DeregisterImage until the image is fully gone.
     async fn delete_snapshot(&self, id: &SnapshotId) -> CloudResult<()> {
-        self.call(Action::DeleteSnapshot, |state, _| {
+        self.call(Action::DeleteSnapshot, |state, now| {
+            let in_use = || refuse("InvalidSnapshot.InUse", format!("The snapshot {id} is currently in use by an AMI"));
             if state.images.values().any(|image| &image.snapshot == id) {
-                return refuse("InvalidSnapshot.InUse", format!("The snapshot {id} is currently in use by an AMI"));
+                return in_use();
             }
-            if !state.orphan_snapshots.remove(id) {
-                return refuse("InvalidSnapshot.NotFound", format!("The snapshot '{id}' does not exist."));
-            }
+            match state.orphan_snapshots.get(id) {
+                None => return refuse("InvalidSnapshot.NotFound", format!("The snapshot '{id}' does not exist.")),
+                Some(released_at) if now < *released_at => return in_use(),
+                Some(_) => state.orphan_snapshots.remove(id),
+            };
             Ok(())
         })
         .await
@@ -1379,3 +1432,5 @@ mod ssm;
 mod sharing;
 #[cfg(test)]
 mod tests;
+
+pub mod admission;

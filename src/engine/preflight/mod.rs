@@ -10,13 +10,17 @@
 //! there already holds a name this run would give one, and that its `[encryption]` key exists, is enabled, and
 //! (when the images are shared) is not AWS-managed; with `[publish]`, each SSM parameter and launch template
 //! an image will be published to ([`publish`]); with `[sharing] public`, that each such region lets images be
-//! made public (`sharing`).
+//! made public (`sharing`); and, for builds reached over SSH at an address, where that SSH comes from and whether
+//! the temporary security group will admit it ([`admission`]).
 
+mod admission;
 mod publish;
 mod sharing;
 
 pub mod credentials;
 mod regions;
+
+pub use admission::Runner;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -87,8 +91,9 @@ impl fmt::Display for Preflight {
     }
 }
 
-/// Makes every check of `plan` (the run's, so the image names are the ones it would give).
-pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud) -> Preflight {
+/// Makes every check of `plan` (the run's, so the image names are the ones it would give); `runner` is who
+/// SSH comes from.
+pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, runner: &Runner) -> Preflight {
     let mut preflight = Preflight::default();
     if fleet.uses_session_manager() {
         check_plugin(&mut preflight, &fleet.ssh.session_manager_plugin).await;
@@ -124,6 +129,7 @@ pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud) -> Preflight {
     let flavors_by_region = builds_by_region(fleet, plan);
     for (region, flavors) in &flavors_by_region {
         check_build_region(&mut preflight, cloud, region, flavors).await;
+        admission::check(&mut preflight, fleet, cloud, runner, region, flavors).await;
     }
     for (region, names) in names_by_region(plan) {
         check_names(&mut preflight, cloud, plan, &region, &names).await;

@@ -2,7 +2,8 @@
 //! cleanup stack before the next await, and the stack unwound whatever happens.
 //!
 //! source AMI → key pair → security group → launch → running → SSH → provisioners → build key out of
-//! `authorized_keys` → stop → CreateImage → available → tag snapshots → (image handed to the scheduler) → cleanup.
+//! `authorized_keys` → stop → CreateImage (the image and its snapshots tagged at creation) → available → (image
+//! handed to the scheduler) → cleanup.
 //!
 //! One module per phase: [`launch`] (source image, RunInstances), [`reach`] (the way in), [`provision`],
 //! [`authorized`] (the build key removed from the image before it stops),
@@ -204,11 +205,6 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
             artifact.published = published;
             end.failures.extend(failures);
             on_available(&artifact);
-            // After the announcement: the image is usable whether or not its snapshots get their tags.
-            let tags = context.run.artifact_tags(&context.flavor, &artifact);
-            if let Err(error) = finish::tag_snapshots(&*context.cloud, &artifact.snapshot_ids, &tags).await {
-                end.failures.push(Failure::from_cloud(&label, Stage::Tag, &error));
-            }
         }
         Err(Stopped::ImageInProgress(image)) => end.in_progress = Some(image),
         Err(Stopped::Failed(error)) => end.failures.push(error.into_failure(&label)),

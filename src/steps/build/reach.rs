@@ -13,13 +13,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::IpNet;
-
 use crate::cloud::consistency::{once_known, Created, NewKind};
 use crate::cloud::hints;
 use crate::cloud::retry::{retry_cancellable, Backoff, GaveUp, Outcome, Policy, Stopped};
 use crate::cloud::{
-    CloudError, ErrorKind, InstanceId, InstanceStatus, KeyPairName, PrivateKey, SecurityGroupId, SessionId, VpcId,
+    CloudError, ErrorKind, IngressSources, InstanceId, InstanceStatus, KeyPairName, PrivateKey, SecurityGroupId,
+    SessionId, VpcId,
 };
 use crate::config::{Bastion, HostKeyPolicy, Region};
 use crate::outcome::Stage;
@@ -104,7 +103,7 @@ pub(super) struct SshReach {
     user: String,
     bastion: Option<Bastion>,
     /// Who the security group lets in on `port`.
-    sources: Vec<IpNet>,
+    sources: IngressSources,
     /// Where the security group is made (`None`: the default VPC).
     vpc: Option<VpcId>,
     /// How long to wait for the instance to answer (`[ssh] timeout`).
@@ -220,7 +219,7 @@ impl Reach {
         context.created(ResourceKind::KeyPair, &key_name);
         context.progress(Stage::KeyPair, format!("created temporary key pair {key_name}"));
         let (vpc, ingress) = match self {
-            Reach::Ssh(ssh) => (ssh.vpc.as_ref(), Some((ssh.port, ssh.sources.as_slice()))),
+            Reach::Ssh(ssh) => (ssh.vpc.as_ref(), Some((ssh.port, &ssh.sources))),
             Reach::SessionManager(through) => (through.vpc.as_ref(), None),
         };
         let (security_group, group) = create_security_group(context, stack, vpc, ingress, name).await?;
@@ -481,7 +480,7 @@ async fn create_security_group(
     context: &BuildContext,
     stack: &mut CleanupStack,
     vpc: Option<&VpcId>,
-    ingress: Option<(u16, &[IpNet])>,
+    ingress: Option<(u16, &IngressSources)>,
     name: &str,
 ) -> Result<(SecurityGroupId, Created), StepError> {
     let cloud = &*context.cloud;
@@ -506,10 +505,9 @@ async fn create_security_group(
     once_known(&[created], || adopt::ingress(cloud, &group, port, sources))
         .await
         .map_err(|error| StepError::cloud(Stage::SecurityGroup, error))?;
-    let cidrs: Vec<String> = sources.iter().map(ToString::to_string).collect();
     context.progress(
         Stage::SecurityGroup,
-        format!("created temporary security group {group}{in_vpc} (port {port} from {})", cidrs.join(", ")),
+        format!("created temporary security group {group}{in_vpc} (port {port} from {sources})"),
     );
     Ok((group, created))
 }
@@ -526,7 +524,7 @@ mod tests {
             port: 2222,
             user: "ec2-user".into(),
             bastion: None,
-            sources: Vec::new(),
+            sources: IngressSources::default(),
             vpc: None,
             timeout: Duration::from_secs(300),
             host_key: HostKeyPolicy::Console,

@@ -9,7 +9,6 @@ use crate::outcome::{Artifact, Stage};
 use crate::remote::provision::Phase;
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::TEST_TAG;
-use crate::steps::finish;
 
 use super::provision::run_all;
 use super::{bring_up, BuildContext, Purpose, StepError};
@@ -59,15 +58,10 @@ pub(super) async fn test_image(
     if let Err(tag_error) = context.cloud.create_tags(std::slice::from_ref(&image.0), &failed).await {
         tracing::warn!("cannot tag {image} as failed its tests: {tag_error}");
     }
+    // Kept (`keep_failed_images`), its snapshots carry the image's tags from its creation like any image's.
     if !context.run.fleet.keep_failed_images {
         let ledger = &*context.run.ledger;
         stack.push(UndoStep::discard_failed(&*context.cloud, ledger, &context.job.key(), image, None).await);
-    } else {
-        // Kept: its snapshots carry the image's tags like any image's (a passing image's get them once finished).
-        let tags = context.run.artifact_tags(&context.flavor, artifact);
-        if let Err(tag_error) = finish::tag_snapshots(&*context.cloud, &artifact.snapshot_ids, &tags).await {
-            tracing::warn!("cannot tag the snapshots of {image}, kept though it failed its tests: {tag_error}");
-        }
     }
     Err(error)
 }

@@ -2,7 +2,7 @@
 //! enabled), called through its port under Tokio's paused clock: the agent online
 //! `[sim] agent_online` after the instance runs (or never), StartSession's `TargetNotConnected` until then,
 //! sessions counted and one not ended reported as a leak, and no session to an instance whose group has an
-//! ingress rule.
+//! ingress rule. Also: CreateImage and CopyImage refused untagged under `[sim] require_tags_on_create`.
 
 use std::time::Duration;
 
@@ -144,7 +144,10 @@ async fn no_session_to_an_instance_whose_group_has_an_ingress_rule() {
     let (cloud, region) = region_of(SimSettings::default());
     let (closed, _) = launch(&region, "ubuntu").await;
     let (opened, group) = launch(&region, "al2023").await;
-    region.authorize_ingress(&group, 22, &["203.0.113.5/32".parse().unwrap()]).await.unwrap();
+    region
+        .authorize_ingress(&group, 22, &IngressSources::cidrs(vec!["203.0.113.5/32".parse().unwrap()]))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(600)).await;
 
     let refused = region.start_session(&opened, 22).await.unwrap_err();
@@ -215,4 +218,39 @@ async fn static_credentials_end_and_a_region_not_enabled_answers_auth_failure() 
     let expired = region.describe_regions().await.unwrap_err();
     assert_eq!(expired.code.as_deref(), Some("RequestExpired"), "EC2's word for it");
     assert_eq!(expired.kind, ErrorKind::Credentials);
+}
+
+/// `[sim] require_tags_on_create`: CreateImage and CopyImage whose image or snapshots carry no tags in the
+/// request are refused (`UnauthorizedOperation`, as an SCP requiring tags on create answers); tagged ones pass,
+/// and the snapshot carries its tags from the start.
+#[tokio::test(start_paused = true)]
+async fn untagged_creates_are_refused_when_tags_are_required() {
+    let (_cloud, region) = region_of(SimSettings { require_tags_on_create: true, ..SimSettings::default() });
+    let (instance, _) = launch(&region, "ubuntu").await;
+    let tags = Tags::from([("fleetbake:run-id".to_string(), "run-1".to_string())]);
+    let refused = region.create_image(&instance, "untagged-snapshot", None, &tags, &Tags::new()).await.unwrap_err();
+    assert_eq!(refused.code.as_deref(), Some("UnauthorizedOperation"), "{refused}");
+    assert!(refused.message.contains("untagged snapshot"), "{refused}");
+    let image = region.create_image(&instance, "tagged", None, &tags, &tags).await.unwrap();
+    let snapshot = region.state.state.lock().unwrap().images[&image].snapshot().clone();
+    let tagged = region.state.state.lock().unwrap().tag_of(snapshot.as_str(), "fleetbake:run-id");
+    assert_eq!(tagged.as_deref(), Some("run-1"));
+
+    tokio::time::sleep(Duration::from_secs(10 * 60)).await;
+    let copy = |name: &str, snapshot_tags: &Tags| CopySpec {
+        source_region: region.region.clone(),
+        source_image: image.clone(),
+        name: name.to_string(),
+        description: None,
+        client_token: format!("token-{name}"),
+        tags: tags.clone(),
+        snapshot_tags: snapshot_tags.clone(),
+        kms_key: None,
+    };
+    let refused = region.copy_image(&copy("copy-untagged", &Tags::new())).await.unwrap_err();
+    assert_eq!(refused.code.as_deref(), Some("UnauthorizedOperation"), "{refused}");
+    let copied = region.copy_image(&copy("copy-tagged", &tags)).await.unwrap();
+    let snapshot = region.state.state.lock().unwrap().images[&copied].snapshot().clone();
+    let tagged = region.state.state.lock().unwrap().tag_of(snapshot.as_str(), "fleetbake:run-id");
+    assert_eq!(tagged.as_deref(), Some("run-1"));
 }
