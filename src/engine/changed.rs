@@ -177,7 +177,7 @@ async fn reusable(
             image: &image.id,
             snapshots: &image.snapshot_ids,
             now: clock.now(),
-            made: Made::Earlier { created },
+            made: Made::Earlier { created, shared: image.tags.contains_key(finish::SHARED_TAG) },
         };
         let Finished { settings, failures, notes } = finish::finish(finishing).await;
         let failures = failures.iter().map(|failure| Failure::from_cloud(&label, failure.stage, &failure.error));

@@ -44,19 +44,25 @@ pub enum Made {
     /// By this run, which started at `started` (before the image was made): it carries no permission but the
     /// ones this run gives it.
     ThisRun { started: DateTime<Utc> },
-    /// By an earlier run, at `created` (EC2's creation date): it may carry permissions an earlier `[sharing]`
-    /// gave.
-    Earlier { created: DateTime<Utc> },
+    /// By an earlier run, at `created` (EC2's creation date); `shared`: it carries [`SHARED_TAG`], so it may
+    /// carry permissions an earlier `[sharing]` gave (fleetbake tags an image before its first grant; one never
+    /// tagged has none of fleetbake's to take away, and its permissions are not read).
+    Earlier { created: DateTime<Utc>, shared: bool },
 }
 
 impl Made {
+    /// Whether the image may carry grants an earlier run's `[sharing]` gave: what a finish reads back and trims.
+    pub fn maybe_shared(self) -> bool {
+        matches!(self, Made::Earlier { shared: true, .. })
+    }
+
     /// The latest deprecation time EC2 accepts for a public image: 2 years (730 days, never more than 2
     /// calendar years) after its creation, or after the run's start for an image made in this run, to the
     /// minute below.
     pub fn public_deprecation_limit(self) -> DateTime<Utc> {
         let from = match self {
             Made::ThisRun { started } => started,
-            Made::Earlier { created } => created,
+            Made::Earlier { created, .. } => created,
         };
         let limit = from + TimeDelta::days(730);
         limit.duration_trunc(TimeDelta::minutes(1)).unwrap_or(limit)
@@ -111,8 +117,8 @@ pub async fn finish(image: Finishing<'_>) -> Finished {
             Err(error) => failed(Stage::Deprecate, error),
         }
     }
-    // An image of an earlier run may carry grants `[sharing]` no longer lists, even when it lists none.
-    if fleet.sharing.any() || matches!(image.made, Made::Earlier { .. }) {
+    // An image an earlier run shared may carry grants `[sharing]` no longer lists, even when it lists none.
+    if fleet.sharing.any() || image.made.maybe_shared() {
         let shared = share(&image, &fleet.sharing).await;
         if fleet.sharing.any() {
             settings.shared_with = shared.applied;
@@ -136,7 +142,7 @@ struct Shared {
 }
 
 /// Marks the image shared (so gc knows), grants its launch permissions to the accounts, organizations and OUs,
-/// removes the ones no longer listed (an image of an earlier run), does the same with its snapshots'
+/// removes the ones no longer listed (an image an earlier run shared), does the same with its snapshots'
 /// create-volume permissions, and last makes it public, in a call of its own: a refusal there (block public
 /// access) leaves the rest granted. Marked first: a share that fails half-way still leaves an image another
 /// account may be using.
@@ -177,7 +183,7 @@ async fn share_privately(image: &Finishing<'_>, sharing: &Sharing) -> Result<(),
     if !private.is_empty() {
         cloud.share_image(image.image, &private).await?;
     }
-    let earlier = matches!(image.made, Made::Earlier { .. });
+    let earlier = image.made.maybe_shared();
     if earlier {
         let unlisted = cloud.launch_permissions(image.image).await?.beyond(&wanted);
         if !unlisted.is_empty() {
