@@ -271,6 +271,10 @@ pub enum SourceAmi {
     Id(String),
     /// The newest image matching this, looked up in each build region.
     Filter(ImageFilter),
+    /// `{ flavor = "base" }`: the image this run makes (or reuses) of another flavor of the fleet, in the region
+    /// the build runs in (the plan waits for it, `plan::BuildSource::ImageOf`); built alone (`--only`), that
+    /// flavor's image in the manifest, else its newest tagged image there.
+    Flavor(FlavorName),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -170,7 +170,7 @@ pub struct SubnetSection {
     pub ids: Option<BTreeMap<String, String>>,
 }
 
-/// `{ id = "ami-…" }` or `{ owners = [...], name = "pattern" }`.
+/// `{ id = "ami-…" }` or `{ owners = [...], name = "pattern" }` or `{ flavor = "base" }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceAmiSection {
@@ -178,6 +178,8 @@ pub struct SourceAmiSection {
     pub owners: Option<Vec<String>>,
     pub name: Option<String>,
     pub architecture: Option<String>,
+    /// Another flavor of this fleet: built from the image it makes (or reuses) in this run.
+    pub flavor: Option<String>,
 }
 
 /// One provisioner; which keys are allowed depends on `type`, checked in validation.

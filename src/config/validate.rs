@@ -268,6 +268,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
         selection: Selection::default(),
     };
     check_selection(checker, &fleet);
+    check_layers(checker, &fleet);
     check_subnets(checker, &fleet, &subnet_paths);
     check_keys(checker, &fleet);
     check_ssh_source_regions(checker, &fleet);
@@ -798,6 +799,15 @@ fn required_inherited(
 }
 
 fn resolve_source_ami(checker: &mut Checker<'_>, path: KeyPath, raw: &schema::SourceAmiSection) -> SourceAmi {
+    if let Some(parent) = &raw.flavor {
+        if raw.id.is_some() || raw.name.is_some() || raw.owners.is_some() || raw.architecture.is_some() {
+            checker.problem(
+                path.key("flavor"),
+                "`flavor` cannot be combined with `id`, `owners`, `name` or `architecture`",
+            );
+        }
+        return SourceAmi::Flavor(FlavorName::new(parent));
+    }
     match (&raw.id, &raw.name) {
         (Some(id), None) => {
             if raw.owners.is_some() || raw.architecture.is_some() {
@@ -1107,6 +1117,88 @@ fn check_landings(checker: &mut Checker<'_>, fleet: &Fleet, pairs: &[(&Flavor, &
                  to `{region}` from one build region only, or exclude one of them for these flavors in `[matrix]`"
             ),
         );
+    }
+}
+
+/// `source_ami = { flavor = … }`: the parent is a flavor of the fleet, no flavor is its own ancestor, and each
+/// of the child's build regions is one where the parent lands (one of its build regions or their copy targets),
+/// over the file's `[matrix]` (whatever `--only` later selects).
+fn check_layers(checker: &mut Checker<'_>, fleet: &Fleet) {
+    let parent_of = |flavor: &Flavor| match &flavor.source_ami {
+        SourceAmi::Flavor(parent) => Some(parent.clone()),
+        _ => None,
+    };
+    let pairs = fleet.matrix_pairs();
+    for (index, flavor) in fleet.flavors.iter().enumerate() {
+        let Some(parent) = parent_of(flavor) else { continue };
+        let path = KeyPath::root().key("flavor").index(index).key("source_ami").key("flavor");
+        let Some(parent_flavor) = fleet.flavor(&parent) else {
+            let known: Vec<String> = fleet
+                .flavors
+                .iter()
+                .filter(|other| other.name != flavor.name)
+                .map(|f| format!("`{}`", f.name))
+                .collect();
+            checker
+                .problem(path, format!("`{parent}` is not a flavor of this fleet; its flavors: {}", known.join(", ")));
+            continue;
+        };
+        // The chain of parents from this flavor: a cycle comes back to it.
+        let mut chain = vec![flavor.name.clone()];
+        let mut next = Some(parent_flavor);
+        let mut cycle = false;
+        while let Some(ancestor) = next {
+            chain.push(ancestor.name.clone());
+            if ancestor.name == flavor.name {
+                cycle = true;
+                break;
+            }
+            if chain[..chain.len() - 1].contains(&ancestor.name) {
+                break; // a cycle further up, reported at its own flavors
+            }
+            next = parent_of(ancestor).and_then(|name| fleet.flavor(&name));
+        }
+        let first_of_cycle = || {
+            let position = |name: &FlavorName| fleet.flavors.iter().position(|f| &f.name == name);
+            chain.iter().all(|name| position(name) >= Some(index))
+        };
+        if cycle && !first_of_cycle() {
+            continue; // said once, at the cycle's first flavor in the file
+        }
+        if cycle {
+            let names: Vec<String> = chain.iter().map(|name| format!("`{name}`")).collect();
+            checker.problem(
+                path,
+                format!(
+                    "a cycle of source flavors: {}; a flavor cannot be built from its own image",
+                    names.join(" → ")
+                ),
+            );
+            continue;
+        }
+        let lands: BTreeSet<&Region> = pairs
+            .iter()
+            .filter(|(selected, _)| selected.name == parent)
+            .flat_map(|(_, build)| std::iter::once(*build).chain(&fleet.regions[*build]))
+            .collect();
+        let stranded: Vec<String> = pairs
+            .iter()
+            .filter(|(selected, region)| selected.name == flavor.name && !lands.contains(region))
+            .map(|(_, region)| format!("`{region}`"))
+            .collect();
+        if !stranded.is_empty() {
+            let landed: Vec<String> = lands.iter().map(|region| format!("`{region}`")).collect();
+            let landed = if landed.is_empty() { "nowhere".to_string() } else { landed.join(", ") };
+            checker.problem(
+                path,
+                format!(
+                    "`{}` builds in {} where `{parent}` never lands (it lands in {landed}); build it only where its \
+                     parent is built or copied to (exclude the rest in `[matrix]`)",
+                    flavor.name,
+                    stranded.join(", ")
+                ),
+            );
+        }
     }
 }
 
@@ -1952,7 +2044,7 @@ impl Fleet {
     }
 
     /// The pairs the file's `[matrix]` selects.
-    fn matrix_pairs(&self) -> Vec<(&Flavor, &Region)> {
+    pub fn matrix_pairs(&self) -> Vec<(&Flavor, &Region)> {
         let mut pairs = Vec::new();
         for flavor in &self.flavors {
             let selected = self.matrix.flavors.as_ref().is_none_or(|names| names.contains(&flavor.name));

@@ -1,8 +1,9 @@
 //! The source image of a build in its region: the id the flavor names (which must exist there, available),
 //! or the newest image matching its filter. The build and the preflight both ask it.
 
-use crate::cloud::{CloudError, ImageId, ImageState, ImageSummary, RegionCloud};
-use crate::config::{ImageFilter, Region, SourceAmi};
+use crate::cloud::{CloudError, ImageId, ImageQuery, ImageState, ImageSummary, RegionCloud};
+use crate::config::{FlavorName, ImageFilter, Region, SourceAmi, Tags};
+use crate::steps::context::{FLAVOR_TAG, FLEET_TAG};
 
 fn newest(images: Vec<ImageSummary>) -> Option<ImageSummary> {
     images.into_iter().max_by(|a, b| (&a.creation_date, &a.id).cmp(&(&b.creation_date, &b.id)))
@@ -68,5 +69,37 @@ pub async fn find(cloud: &dyn RegionCloud, source: &SourceAmi, region: &Region) 
                 elsewhere.unwrap_or_else(|| "; nor under any other owner".to_string())
             )))
         }
+        // The plan hands such a build its parent's image; built alone, see [`parent_image`].
+        SourceAmi::Flavor(parent) => {
+            Err(SourceError::Missing(format!("built from the image of `{parent}` in {region}, made in the same run")))
+        }
+    }
+}
+
+/// `source_ami = { flavor = … }` when the parent is not built in this run (`--only child`): the newest available
+/// image of that flavor of the fleet in `region` (tagged `fleetbake:fleet` and `fleetbake:flavor`).
+pub async fn parent_image(
+    cloud: &dyn RegionCloud,
+    fleet: &str,
+    parent: &FlavorName,
+    region: &Region,
+) -> Result<ImageSummary, SourceError> {
+    let tags = Tags::from([(FLEET_TAG.to_string(), fleet.to_string()), (FLAVOR_TAG.to_string(), parent.to_string())]);
+    let images = cloud.find_owned_images(&ImageQuery::Tagged(tags)).await.map_err(SourceError::Cloud)?;
+    let newest = images
+        .into_iter()
+        .filter(|image| image.state == ImageState::Available)
+        .max_by(|a, b| (&a.creation_date, &a.id).cmp(&(&b.creation_date, &b.id)));
+    match newest {
+        Some(image) => Ok(ImageSummary {
+            id: image.id,
+            name: image.name,
+            creation_date: image.creation_date,
+            root_device: None,
+            owner: None,
+        }),
+        None => Err(SourceError::Missing(format!(
+            "no image of `{parent}` of fleet `{fleet}` in {region}: build `{parent}` first (or with this flavor)"
+        ))),
     }
 }

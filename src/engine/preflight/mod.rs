@@ -235,6 +235,11 @@ async fn check_build_region(preflight: &mut Preflight, cloud: &dyn Cloud, region
         }
     }
     for flavor in flavors {
+        if let crate::config::SourceAmi::Flavor(parent) = &flavor.source_ami {
+            let from = format!("source image of `{}`: the image of `{parent}` this run lands here", flavor.name);
+            preflight.push(Some(region), Outcome::Ok(from));
+            continue;
+        }
         match source::find(cloud, &flavor.source_ami, region).await {
             Ok(image) if image.name.is_empty() => {
                 preflight.push(Some(region), Outcome::Ok(format!("source image of `{}`: {}", flavor.name, image.id)))
