@@ -13,7 +13,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{FlavorName, Fleet, NameContext, Region, Selection, SshInterface, RUN_ID_LENGTH};
+use crate::config::{FlavorName, Fleet, NameContext, Region, Selection, SourceAmi, SshInterface, RUN_ID_LENGTH};
 use crate::plan::deps::DependencyQueue;
 
 /// Identifies one run; stamped on every resource it creates (`fleetbake:run-id`).
@@ -93,9 +93,11 @@ pub type JobQueue = DependencyQueue<JobId, Awaited>;
 /// Where a build's instance starts from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BuildSource {
-    /// The flavor's `source_ami` (an id or a filter), looked up when the build starts: today every build's.
+    /// The flavor's `source_ami` (an id or a filter), looked up when the build starts; for `{ flavor = … }`
+    /// whose parent this plan does not build (`--only child`), the parent's newest image in the region.
     Configured,
-    /// The image another job of this plan makes: the build waits for it (room for `source_ami = { flavor = … }`).
+    /// The image another job of this plan makes (`source_ami = { flavor = … }`: the parent's build in this
+    /// region, or its copy into it): the build waits for it.
     ImageOf(JobId),
 }
 
@@ -184,7 +186,29 @@ impl Plan {
                 interface: flavor.interface,
             });
         }
-        Plan { fleet: fleet.name.clone(), run_id, started_at, builds, copies, selection: fleet.selection.clone() }
+        let mut plan =
+            Plan { fleet: fleet.name.clone(), run_id, started_at, builds, copies, selection: fleet.selection.clone() };
+        plan.link_layers(fleet);
+        plan
+    }
+
+    /// `source_ami = { flavor = … }`: each child build starts from the job that lands its parent's image in its
+    /// region (the parent's build there, else the first copy of it there), when this plan has one.
+    fn link_layers(&mut self, fleet: &Fleet) {
+        for index in 0..self.builds.len() {
+            let flavor = fleet.flavor(&self.builds[index].flavor).expect("planned from the fleet");
+            let SourceAmi::Flavor(parent) = &flavor.source_ami else { continue };
+            if let Some(landing) = self.landing_of(parent, &self.builds[index].region) {
+                self.builds[index].source = BuildSource::ImageOf(landing);
+            }
+        }
+    }
+
+    /// The job of this plan that lands `flavor`'s image in `region`: its build there, else a copy there.
+    pub fn landing_of(&self, flavor: &FlavorName, region: &Region) -> Option<JobId> {
+        let build = self.builds.iter().find(|build| &build.flavor == flavor && &build.region == region);
+        let copy = || self.copies.iter().find(|copy| &copy.flavor == flavor && &copy.target_region == region);
+        build.map(|build| JobId::Build(build.index)).or_else(|| copy().map(|copy| JobId::Copy(copy.index)))
     }
 
     /// Every job in plan order, each waiting for the image of its input (if any): builds from their configured
@@ -217,8 +241,17 @@ impl Plan {
         counts
     }
 
-    /// Why `skipped` never starts: `failed`, which it waits on (itself or through other jobs), failed.
+    /// Why `skipped` never starts: `failed`, which it waits on (itself or through other jobs), failed. A build
+    /// from another flavor's image names its parent: `parent base/us-east-1 failed`.
     pub fn why_skipped(&self, skipped: JobId, failed: JobId) -> String {
+        if let (JobId::Build(_), Some(input)) = (skipped, self.input(skipped)) {
+            let (parent, region) = self.placement(input);
+            if input == failed {
+                return format!("parent {parent}/{region} failed");
+            }
+            let (failed_flavor, failed_region) = self.placement(failed);
+            return format!("parent {parent}/{region} not made: {failed_flavor}/{failed_region} failed");
+        }
         let not = match skipped {
             JobId::Build(_) => "not built",
             JobId::Copy(_) => "not copied",
@@ -276,7 +309,14 @@ impl fmt::Display for Plan {
         }
         for build in &self.builds {
             let through = if build.interface.is_session_manager() { ", through Session Manager" } else { "" };
-            writeln!(f, "build {} in {} as `{}`{through}", build.flavor, build.region, build.image_name)?;
+            let from = match build.source {
+                BuildSource::Configured => String::new(),
+                BuildSource::ImageOf(input) => {
+                    let (parent, region) = self.placement(input);
+                    format!(" from {parent}/{region}")
+                }
+            };
+            writeln!(f, "build {} in {} as `{}`{from}{through}", build.flavor, build.region, build.image_name)?;
             for &copy in &build.copies {
                 writeln!(f, "  copy to {}", self.copies[copy].target_region)?;
             }
@@ -294,13 +334,60 @@ mod tests {
     fn chained() -> Plan {
         let text = "[fleet]\nname = \"chain\"\n\n[defaults]\ninstance_type = \"t3.micro\"\nssh_username = \"u\"\n\n\
                     [[flavor]]\nname = \"base\"\nsource_ami = { id = \"ami-1\" }\n\n\
-                    [[flavor]]\nname = \"app\"\nsource_ami = { id = \"ami-1\" }\n\n\
+                    [[flavor]]\nname = \"app\"\nsource_ami = { flavor = \"base\" }\n\n\
                     [regions]\nus-west-2 = [\"us-east-1\"]\n";
+        plan_of(text)
+    }
+
+    fn plan_of(text: &str) -> Plan {
         let fleet = crate::config::parse(std::path::Path::new("fleet.toml"), text).expect("the test fleet parses");
         let started = Utc.with_ymd_and_hms(2026, 12, 7, 2, 0, 0).unwrap();
-        let mut plan = Plan::new(&fleet, RunId::new(started, 1), started);
-        plan.builds[1].source = BuildSource::ImageOf(JobId::Build(0));
-        plan
+        Plan::new(&fleet, RunId::new(started, 1), started)
+    }
+
+    #[test]
+    fn a_child_built_where_its_parent_is_copied_starts_from_that_copy_and_grandchildren_chain() {
+        // base builds in us-west-2 only and is copied to eu-central-1, where mid and leaf build (only there: a
+        // flavor holds one image per region, and us-west-2 copies what it builds to eu-central-1).
+        let plan = plan_of(
+            "[fleet]\nname = \"layers\"\n\n[defaults]\ninstance_type = \"t3.micro\"\nssh_username = \"u\"\n\n\
+             [[flavor]]\nname = \"leaf\"\nsource_ami = { flavor = \"mid\" }\n\n\
+             [[flavor]]\nname = \"base\"\nsource_ami = { owners = [\"amazon\"], name = \"al2023-*\" }\n\n\
+             [[flavor]]\nname = \"mid\"\nsource_ami = { flavor = \"base\" }\n\n\
+             [regions]\neu-central-1 = []\nus-west-2 = [\"eu-central-1\"]\n\n\
+             [matrix]\nexclude = [{ flavor = \"base\", region = \"eu-central-1\" }, { flavor = \"mid\", region = \"us-west-2\" }, \
+             { flavor = \"leaf\", region = \"us-west-2\" }]\n",
+        );
+        let source_of = |flavor: &str, region: &str| {
+            let build = plan.builds.iter().find(|b| b.flavor.as_str() == flavor && b.region.as_str() == region);
+            build.unwrap().source
+        };
+        let base_copy = plan.copies.iter().find(|copy| copy.flavor.as_str() == "base").unwrap().index;
+        assert_eq!(source_of("mid", "eu-central-1"), BuildSource::ImageOf(JobId::Copy(base_copy)));
+        let base_build = plan.builds.iter().find(|b| b.flavor.as_str() == "base").unwrap().index;
+        let mid_east = plan.landing_of(&FlavorName::new("mid"), &Region::new("eu-central-1")).unwrap();
+        assert_eq!(source_of("leaf", "eu-central-1"), BuildSource::ImageOf(mid_east), "the leaf waits on mid there");
+        assert_eq!(source_of("base", "us-west-2"), BuildSource::Configured);
+        assert!(plan.to_string().contains("build mid in eu-central-1 as `mid-"), "{plan}");
+        assert!(plan.to_string().contains(" from base/eu-central-1"), "{plan}");
+        let mut queue = plan.dependency_queue();
+        let leaf_east = plan.landing_of(&FlavorName::new("leaf"), &Region::new("eu-central-1")).unwrap();
+        queue.pop_ready();
+        let mut skipped = queue.failed(&JobId::Build(base_build));
+        skipped.sort();
+        assert_eq!(
+            skipped,
+            [mid_east, leaf_east, JobId::Copy(base_copy)]
+                .into_iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            plan.why_skipped(leaf_east, JobId::Build(base_build)),
+            "parent mid/eu-central-1 not made: base/us-west-2 failed"
+        );
+        assert_eq!(plan.why_skipped(mid_east, JobId::Copy(base_copy)), "parent base/eu-central-1 failed");
     }
 
     #[test]
@@ -332,11 +419,11 @@ mod tests {
         let skipped = queue.failed(&JobId::Build(0));
         assert_eq!(skipped.len(), 3, "the second build, the first's copy, and through the second build its copy");
         let why: Vec<String> = skipped.iter().map(|&job| plan.why_skipped(job, JobId::Build(0))).collect();
-        assert!(why.contains(&"not built: the build of base in us-west-2 failed".to_string()), "{why:?}");
+        assert!(why.contains(&"parent base/us-west-2 failed".to_string()), "{why:?}");
         assert!(why.contains(&"not copied: the build of base in us-west-2 failed".to_string()), "{why:?}");
         assert_eq!(
-            plan.why_skipped(JobId::Build(1), JobId::Copy(0)),
-            "not built: the copy of base to us-east-1 failed"
+            plan.why_skipped(JobId::Copy(0), JobId::Build(0)),
+            "not copied: the build of base in us-west-2 failed"
         );
     }
 }
