@@ -121,6 +121,7 @@ fn artifact(image: &ImageId, region: &str) -> Artifact {
         fingerprint: None,
         reused_from: None,
         published: Vec::new(),
+        parent: None,
         settings: Default::default(),
     }
 }

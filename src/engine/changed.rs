@@ -15,12 +15,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::cloud::{Cloud, ImageQuery, ImageState, OwnedImage, RegionCloud};
-use crate::config::{Flavor, Fleet, Region, Tags};
-use crate::outcome::{Artifact, Failure, ImageSettings, JobLabel};
-use crate::plan::{JobId, Plan};
+use crate::cloud::{Cloud, ImageId, ImageQuery, ImageState, OwnedImage, RegionCloud};
+use crate::config::{Flavor, Fleet, Region, SourceAmi, Tags};
+use crate::outcome::{Artifact, Failure, ImageSettings, JobLabel, Parent};
+use crate::plan::{BuildJob, JobId, Plan};
 use crate::state::resume::Prior;
-use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, RUN_ID_TAG, SOURCE_IMAGE_TAG, TEST_TAG};
+use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, PARENT_IMAGE_TAG, RUN_ID_TAG, SOURCE_IMAGE_TAG, TEST_TAG};
 use crate::steps::fingerprint::{self, Fingerprint, COPY_KEY_TAG, FINGERPRINT_TAG, PARTS_TAG};
 use crate::steps::finish::{self, Finished, Finishing, Made};
 use crate::steps::source;
@@ -72,10 +72,12 @@ impl Changes {
 /// settings again first; without, nothing is changed in the account.
 pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunClock, apply: bool) -> Changes {
     let mut changes = Changes::default();
-    for build in &plan.builds {
+    for build in parents_first(plan) {
         let flavor = fleet.flavor(&build.flavor).expect("planned from the fleet");
         let region_cloud = cloud.region(&build.region);
-        let (reuse, why) = match fingerprint_of(fleet, flavor, &build.region, &*region_cloud).await {
+        let source = source_of(fleet, plan, &changes, build, &*region_cloud).await;
+        let fingerprint = source.and_then(|source| Fingerprint::of(fleet, flavor, &build.region, &source));
+        let (reuse, why) = match fingerprint {
             Err(why) => (None, vec![why]),
             Ok(fingerprint) => {
                 let images = fleet_images(fleet, flavor, &*region_cloud).await;
@@ -112,19 +114,50 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
         }
         changes.decisions.push(Decision { build: build.index, reuse, why });
     }
+    changes.decisions.sort_by_key(|decision| decision.build);
     changes
 }
 
-async fn fingerprint_of(
+/// The plan's builds, each after the build whose image it starts from (`source_ami = { flavor = … }`, through
+/// a copy or not), so a child is decided knowing whether its parent is reused.
+fn parents_first(plan: &Plan) -> Vec<&BuildJob> {
+    let depth = |build: &BuildJob| {
+        let mut depth = 0;
+        let mut job = plan.input(JobId::Build(build.index));
+        while let Some(input) = job {
+            depth += usize::from(matches!(input, JobId::Build(_)));
+            job = plan.input(input);
+        }
+        depth
+    };
+    let mut builds: Vec<&BuildJob> = plan.builds.iter().collect();
+    builds.sort_by_key(|build| depth(build));
+    builds
+}
+
+/// The image a build would start from. A child's is its parent's image in its region: known if the parent's
+/// job there reuses one (so the child's fingerprint, which names its source image, is the same as when it was
+/// built from that image), else the parent is made anew and the child must be too.
+async fn source_of(
     fleet: &Fleet,
-    flavor: &Flavor,
-    region: &Region,
+    plan: &Plan,
+    changes: &Changes,
+    build: &BuildJob,
     cloud: &dyn RegionCloud,
-) -> Result<Fingerprint, String> {
-    let source = source::find(cloud, &flavor.source_ami, region)
-        .await
-        .map_err(|error| format!("the source image is not known: {error}"))?;
-    Fingerprint::of(fleet, flavor, region, &source.id)
+) -> Result<ImageId, String> {
+    let flavor = fleet.flavor(&build.flavor).expect("planned from the fleet");
+    if let Some(input) = plan.input(JobId::Build(build.index)) {
+        let (parent, region) = plan.placement(input);
+        return match changes.priors.get(&input) {
+            Some(Prior::Available(artifact)) => Ok(artifact.image_id.clone()),
+            _ => Err(format!("its parent `{parent}` gets a new image in {region}")),
+        };
+    }
+    let found = match &flavor.source_ami {
+        SourceAmi::Flavor(parent) => source::parent_image(cloud, &fleet.name, parent, &build.region).await,
+        configured => source::find(cloud, configured, &build.region).await,
+    };
+    found.map(|image| image.id).map_err(|error| format!("the source image is not known: {error}"))
 }
 
 /// The fleet's images of `flavor` in a region (any state; empty if the lookup fails: then nothing is reused).
@@ -197,6 +230,7 @@ async fn reusable(
         fingerprint: tag(FINGERPRINT_TAG),
         reused_from: Some(tag(RUN_ID_TAG).unwrap_or_else(|| "an earlier run".into())),
         published: Vec::new(),
+        parent: tag(PARENT_IMAGE_TAG).and_then(|parent| Parent::of(flavor, &crate::cloud::ImageId::new(parent))),
         settings: Box::new(settings),
     };
     Reused { artifact, failures, notes }

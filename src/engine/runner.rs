@@ -76,9 +76,7 @@ impl JobRunner for StepRunner {
         let published_before = self.published.get(&job).cloned().unwrap_or_default();
         match job {
             JobId::Build(index) => {
-                // A build starts from its flavor's `source_ami`: no plan yet names another job's image
-                // (`BuildSource::ImageOf`), so no input reaches here.
-                debug_assert!(input.is_none(), "a build from another job's image is not planned yet");
+                // A build from another flavor's image (`BuildSource::ImageOf`) gets that image as its input.
                 let build_job = self.plan.builds[index].clone();
                 let context = BuildContext {
                     run: Arc::clone(&self.run),
@@ -91,6 +89,7 @@ impl JobRunner for StepRunner {
                     cancel,
                     pending_image: self.pending_image(job).cloned(),
                     published_before,
+                    parent_image: input,
                 };
                 Box::pin(async move { build::run(context, |artifact| announce.image_available(artifact)).await })
             }

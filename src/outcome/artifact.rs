@@ -4,7 +4,7 @@
 //! Layer: `outcome`; imports `config` and `cloud` (ids).
 
 use crate::cloud::{ImageId, SnapshotId};
-use crate::config::{Region, Sharing};
+use crate::config::{Flavor, FlavorName, Region, Sharing, SourceAmi};
 
 /// An image that exists and is available: what the manifest records per flavor and region.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -25,10 +25,31 @@ pub struct Artifact {
     /// Where it was published (`[publish]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<Publication>,
+    /// `source_ami = { flavor = … }`: the parent flavor's image it was built from (a copy: its build's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Boxed, like `settings`: most images have none.
+    pub parent: Option<Box<Parent>>,
     /// What `[encryption]`, `[sharing]`, IMDSv2 and `deprecate_after` made of it.
     /// Boxed: most runs set none of them, and every event carrying an artifact stays small.
     #[serde(flatten)]
     pub settings: Box<ImageSettings>,
+}
+
+/// The image of another flavor an image was built from (`source_ami = { flavor = … }`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Parent {
+    pub flavor: FlavorName,
+    pub image_id: ImageId,
+}
+
+impl Parent {
+    /// The parent of `flavor`'s image built from `source`, if the flavor is built from another's image.
+    pub fn of(flavor: &Flavor, source: &ImageId) -> Option<Box<Parent>> {
+        match &flavor.source_ami {
+            SourceAmi::Flavor(parent) => Some(Box::new(Parent { flavor: parent.clone(), image_id: source.clone() })),
+            _ => None,
+        }
+    }
 }
 
 /// Where an image's id was published for deploys.

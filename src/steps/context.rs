@@ -19,6 +19,8 @@ pub const FLAVOR_TAG: &str = "fleetbake:flavor";
 pub const RUN_ID_TAG: &str = "fleetbake:run-id";
 /// On an image: the source image it was built from.
 pub const SOURCE_IMAGE_TAG: &str = "fleetbake:source-image-id";
+/// `source_ami = { flavor = … }`: the parent flavor's image a build started from.
+pub const PARENT_IMAGE_TAG: &str = "fleetbake:parent-image-id";
 /// `true` on every temporary resource (key pair, security group, instance).
 pub const TEMPORARY_TAG: &str = "fleetbake:temporary";
 /// `failed` on an image whose tests failed (kept with `keep_failed_images`): never reused.
@@ -55,6 +57,9 @@ impl RunContext {
         tags.extend(flavor.tags.clone());
         tags.extend(self.identity_tags(&flavor.name));
         tags.insert(SOURCE_IMAGE_TAG.to_string(), source_image.to_string());
+        if matches!(flavor.source_ami, crate::config::SourceAmi::Flavor(_)) {
+            tags.insert(PARENT_IMAGE_TAG.to_string(), source_image.to_string());
+        }
         tags
     }
 

@@ -135,6 +135,7 @@ pub async fn run(context: CopyContext) -> CopyEnd {
         fingerprint: context.source.fingerprint.clone(),
         reused_from: None,
         published,
+        parent: context.source.parent.clone(),
         settings: Box::new(settings),
     });
     end

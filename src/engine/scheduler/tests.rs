@@ -61,6 +61,7 @@ fn artifact(job: JobId) -> Artifact {
         fingerprint: None,
         reused_from: None,
         published: Vec::new(),
+        parent: None,
         settings: Box::new(ImageSettings::default()),
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::cloud::{ImageId, SnapshotId};
 use crate::config::{FlavorName, Region, Sharing};
-use crate::outcome::{Artifact, Failure, ImageSettings, InProgress, Publication, RunStatus};
+use crate::outcome::{Artifact, Failure, ImageSettings, InProgress, Parent, Publication, RunStatus};
 
 /// The version this fleetbake writes, in the file's `version`.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -64,6 +64,10 @@ pub struct ImageEntry {
     /// field: a reader that does not know it is not misled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// `source_ami = { flavor = … }`: the parent flavor and its image this one was built from (an optional
+    /// field, like `interface`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
 }
 
 impl From<&Artifact> for ImageEntry {
@@ -85,6 +89,7 @@ impl From<&Artifact> for ImageEntry {
             deprecation_time: deprecation_time.clone(),
             shared_with: shared_with.clone(),
             interface: interface.clone(),
+            parent: artifact.parent.as_deref().cloned(),
         }
     }
 }
@@ -183,6 +188,7 @@ mod tests {
             fingerprint: None,
             reused_from: None,
             published: vec![Publication::LaunchTemplate { name: "base".into(), id: "lt-1".into(), version: 2 }],
+            parent: None,
             settings: Box::new(ImageSettings { imds_support: Some("v2.0".into()), ..ImageSettings::default() }),
         };
         let entry = ImageEntry::from(&artifact);

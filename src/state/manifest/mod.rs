@@ -421,6 +421,7 @@ mod tests {
             fingerprint: Some("ab".repeat(32)),
             reused_from: None,
             published: Vec::new(),
+            parent: None,
             settings: Default::default(),
         };
         let mut manifest = Manifest {
@@ -476,6 +477,7 @@ mod tests {
             fingerprint: None,
             reused_from: None,
             published: Vec::new(),
+            parent: None,
             settings: Default::default(),
         };
         let mut first = ManifestWriter::new(path.clone(), Duration::ZERO);
@@ -523,6 +525,7 @@ mod tests {
             fingerprint: Some("ab".repeat(32)),
             reused_from: None,
             published: Vec::new(),
+            parent: None,
             settings: Box::new(crate::outcome::ImageSettings {
                 kms_key_id: Some("arn:aws:kms:us-west-2:111122223333:key/base".into()),
                 imds_support: Some("v2.0".into()),
@@ -542,6 +545,7 @@ mod tests {
             snapshot_ids: vec![crate::cloud::SnapshotId::new("snap-0copy")],
             created_at: "2026-11-26T12:20:00Z".into(),
             reused_from: Some("20261125T120000Z-3".into()),
+            parent: None,
             settings: Box::default(),
             ..built.clone()
         };

@@ -88,12 +88,13 @@ pub(super) async fn wait_for_image(
         image_id: image,
         name: context.job.image_name.clone(),
         build_region: context.job.region.clone(),
-        source_image_id: source,
+        source_image_id: source.clone(),
         snapshot_ids,
         created_at: run.clock.now_rfc3339(),
         fingerprint,
         reused_from: None,
         published: Vec::new(),
+        parent: crate::outcome::Parent::of(&context.flavor, &source),
         settings: Default::default(),
     })
 }

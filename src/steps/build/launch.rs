@@ -7,7 +7,8 @@ use std::sync::Mutex;
 
 use crate::cloud::consistency::{once_known, Created};
 use crate::cloud::retry;
-use crate::cloud::{client_token, ImageSummary, InstanceId, LaunchSpec, RootDevice};
+use crate::cloud::{client_token, ImageId, ImageSummary, InstanceId, LaunchSpec, RegionCloud, RootDevice};
+use crate::config::{Region, SourceAmi};
 use crate::outcome::Stage;
 use crate::steps::network::{Network, Placement};
 use crate::steps::patience::{no_room, Placements};
@@ -143,11 +144,29 @@ async fn launch(
     }
 }
 
-/// The source image in this region: the given id, or the newest match of the filter.
+/// The source image in this region: the given id, or the newest match of the filter; built from another flavor,
+/// that flavor's image this run made or reused here (the plan's input), else (`--only child`) its newest one.
 pub(super) async fn resolve_source(context: &BuildContext) -> Result<ImageSummary, StepError> {
-    match source::find(&*context.cloud, &context.flavor.source_ami, &context.job.region).await {
+    let (cloud, region) = (&*context.cloud, &context.job.region);
+    let (found, whose) = match (&context.flavor.source_ami, &context.parent_image) {
+        (SourceAmi::Flavor(parent), Some(image)) => (
+            parent_source(cloud, region, &image.image_id, &image.name).await,
+            Some(format!("`{parent}`'s image of this run")),
+        ),
+        (SourceAmi::Flavor(parent), None) => {
+            let newest = match source::parent_image(cloud, &context.run.fleet.name, parent, region).await {
+                Ok(image) => parent_source(cloud, region, &image.id, &image.name).await,
+                Err(error) => Err(error),
+            };
+            (newest, Some(format!("`{parent}`'s newest image here: `{parent}` is not built in this run")))
+        }
+        (configured, _) => (source::find(cloud, configured, region).await, None),
+    };
+    match found {
         Ok(image) => {
-            if !image.name.is_empty() {
+            if let Some(whose) = whose {
+                context.progress(Stage::SourceAmi, format!("source image {} `{}`, {whose}", image.id, image.name));
+            } else if !image.name.is_empty() {
                 context.progress(Stage::SourceAmi, format!("source image {} `{}`", image.id, image.name));
             }
             Ok(image)
@@ -155,6 +174,18 @@ pub(super) async fn resolve_source(context: &BuildContext) -> Result<ImageSummar
         Err(SourceError::Missing(message)) => Err(StepError::new(Stage::SourceAmi, message)),
         Err(SourceError::Cloud(error)) => Err(StepError::cloud(Stage::SourceAmi, error)),
     }
+}
+
+/// A parent flavor's image as a build's source: described (it must be available, and its root device is what a
+/// `root_volume` overrides), with its name.
+async fn parent_source(
+    cloud: &dyn RegionCloud,
+    region: &Region,
+    image: &ImageId,
+    name: &str,
+) -> Result<ImageSummary, SourceError> {
+    let described = source::find(cloud, &SourceAmi::Id(image.to_string()), region).await?;
+    Ok(ImageSummary { name: name.to_string(), ..described })
 }
 
 /// The root volume the instance launches with: the source image's root device, resized or retyped as the flavor

@@ -61,6 +61,9 @@ pub struct BuildContext {
     pub pending_image: Option<PendingImage>,
     /// Resuming: what earlier attempts already published of this job's image.
     pub published_before: Vec<Publication>,
+    /// `source_ami = { flavor = … }`: the parent's image in this region, made or reused this run (the plan's
+    /// `BuildSource::ImageOf`); `None` otherwise, or when the plan does not build the parent (`--only`).
+    pub parent_image: Option<Artifact>,
 }
 
 /// An image CreateImage was asked for in an earlier attempt, and the source image it was made from.
