@@ -12,6 +12,7 @@ mod fleet_keys;
 mod harness;
 mod host_keys;
 mod image_snapshots;
+mod layers;
 mod layout;
 mod matrix;
 mod nightly;
