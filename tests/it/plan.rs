@@ -80,9 +80,12 @@ fn plan_expands_the_matrix() {
 
 #[test]
 fn the_example_fleets_validate() {
-    for (example, flavors) in
-        [("fleet.toml", 2), ("examples/local/fleet.toml", 2), ("examples/organization/fleet.toml", 1)]
-    {
+    for (example, flavors) in [
+        ("fleet.toml", 2),
+        ("examples/local/fleet.toml", 2),
+        ("examples/organization/fleet.toml", 1),
+        ("examples/layered/fleet.toml", 4),
+    ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
         let fleet = config::load(&path).unwrap_or_else(|errors| panic!("{errors}"));
         assert_eq!(fleet.flavors.len(), flavors, "{example}");
