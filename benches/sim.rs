@@ -27,6 +27,9 @@ struct Scenario {
     targets: usize,
     /// Extra fleet.toml lines (limits a fleet of that size would set, the `[sim]` account).
     extra: &'static str,
+    /// A layered fleet: how many flavors each layer has (`flavors` in all), each built from a flavor of the
+    /// layer above (`source_ami = { flavor = … }`) in every build region; empty: every flavor from its filter.
+    layers: &'static [usize],
     /// The ways compared.
     rows: Vec<Row>,
 }
@@ -98,9 +101,38 @@ fn thread_cpu_time() -> Duration {
     Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
 }
 
+/// The synthetic fleet with its flavors in layers: flavor `i` of a layer is built from flavor `i mod n` of the
+/// layer above (n flavors), so base → 4 mid → 12 leaf gives each mid three leaves.
+fn layered_fleet(layers: &[usize], build_regions: usize, targets: usize) -> String {
+    let mut text = synthetic_fleet(layers.iter().sum(), build_regions, targets);
+    let (mut above, mut start) = (0..0, 0);
+    for &count in layers {
+        for offset in 0..count {
+            if !above.is_empty() {
+                let parent = above.start + offset % above.len();
+                let flavor = start + offset;
+                text = text.replacen(
+                    &format!(
+                        "name = \"flavor-{flavor}\"\nsource_ami = {{ owners = [\"amazon\"], name = \"al2023-ami-2023.*-kernel-6.1-x86_64\" }}"
+                    ),
+                    &format!("name = \"flavor-{flavor}\"\nsource_ami = {{ flavor = \"flavor-{parent}\" }}"),
+                    1,
+                );
+            }
+        }
+        above = start..start + count;
+        start += count;
+    }
+    text
+}
+
 fn run(scenario: &Scenario, strategy: Strategy, workdir: &Path) -> Measured {
-    let text =
-        format!("{}{}", synthetic_fleet(scenario.flavors, scenario.build_regions, scenario.targets), scenario.extra);
+    let fleet_text = if scenario.layers.is_empty() {
+        synthetic_fleet(scenario.flavors, scenario.build_regions, scenario.targets)
+    } else {
+        layered_fleet(scenario.layers, scenario.build_regions, scenario.targets)
+    };
+    let text = format!("{fleet_text}{}", scenario.extra);
     let fleet_path = workdir.join("fleet.toml");
     let fleet =
         config::parse(&fleet_path, &text).unwrap_or_else(|errors| panic!("the synthetic fleet is valid: {errors}"));
@@ -189,6 +221,7 @@ fn main() {
             build_regions: 2,
             targets: 2,
             extra: "",
+            layers: &[],
             rows: vec![
                 checked(
                     "fleetbake",
@@ -234,6 +267,7 @@ fn main() {
             build_regions: 4,
             targets: 3,
             extra: "",
+            layers: &[],
             rows: vec![
                 checked(
                     "fleetbake",
@@ -257,11 +291,39 @@ fn main() {
             ],
         },
         Scenario {
+            name: "layers 1 → 4 → 12 × 4 × 2",
+            flavors: 17,
+            build_regions: 4,
+            targets: 2,
+            extra: "",
+            layers: &[1, 4, 12],
+            // The bound follows the chains: base, then mid, then leaf (three builds deep), then the leaves' copies.
+            rows: vec![checked(
+                "fleetbake",
+                Strategy::FLEETBAKE,
+                Expected {
+                    jobs: 204,
+                    bound: "2:25:00",
+                    makespan: Some("2:27:40"),
+                    max_ratio: 1.03,
+                    non_mutating: Some(1351),
+                    max_non_mutating: 1400,
+                    mutating: 884,
+                    run_instances: 68,
+                    copy_image: 136,
+                    create_tags: 408,
+                    throttled: 0,
+                    describes_per_interval: 9,
+                },
+            )],
+        },
+        Scenario {
             name: "shared, 80 at once",
             flavors: 20,
             build_regions: 4,
             targets: 3,
             extra: "\n[limits]\nmax_parallel_builds = 80\n\n[sim]\nbackground_load = 0.5\nforeign_copies = 30\n",
+            layers: &[],
             rows: vec![
                 checked(
                     "adaptive",
@@ -290,6 +352,7 @@ fn main() {
             build_regions: 10,
             targets: 9,
             extra: "\n[limits]\nmax_parallel_builds = 100\n",
+            layers: &[],
             rows: vec![row("fleetbake", Strategy::FLEETBAKE), row("naive", Strategy::NAIVE)],
         },
     ];
