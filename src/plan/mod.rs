@@ -242,14 +242,15 @@ impl Plan {
     }
 
     /// Why `skipped` never starts: `failed`, which it waits on (itself or through other jobs), failed. A build
-    /// from another flavor's image names its parent: `parent base/us-east-1 failed`.
+    /// from another flavor's image names its parent's job that failed (`parent base/us-west-2 failed`: its build
+    /// there, or its copy to there), or, further up the chain, the parent and what failed.
     pub fn why_skipped(&self, skipped: JobId, failed: JobId) -> String {
         if let (JobId::Build(_), Some(input)) = (skipped, self.input(skipped)) {
             let (parent, region) = self.placement(input);
-            if input == failed {
-                return format!("parent {parent}/{region} failed");
-            }
             let (failed_flavor, failed_region) = self.placement(failed);
+            if failed_flavor == parent {
+                return format!("parent {failed_flavor}/{failed_region} failed");
+            }
             return format!("parent {parent}/{region} not made: {failed_flavor}/{failed_region} failed");
         }
         let not = match skipped {
@@ -388,6 +389,7 @@ mod tests {
             "parent mid/eu-central-1 not made: base/us-west-2 failed"
         );
         assert_eq!(plan.why_skipped(mid_east, JobId::Copy(base_copy)), "parent base/eu-central-1 failed");
+        assert_eq!(plan.why_skipped(mid_east, JobId::Build(base_build)), "parent base/us-west-2 failed");
     }
 
     #[test]

@@ -153,3 +153,99 @@ fn a_parent_failing_in_one_region_skips_exactly_its_children_there() {
     assert!(artifacts["mid"].get("eu-central-1").is_none());
     assert_eq!(night.summary["leaked_resources"], serde_json::json!([]));
 }
+
+/// moto + sshd: `base` built in us-west-2 from its filter and copied to us-east-1, `app` built in us-east-1
+/// from base's copy there (`base.sh` is base's script).
+fn moto_layered(endpoint: &str, sshd: &crate::harness::Sshd) -> String {
+    format!(
+        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {}\nprovisioners = [{{ type = \"shell\", script = \"base.sh\" }}]\n\n\
+         [[flavor]]\nname = \"app\"\nsource_ami = {{ flavor = \"base\" }}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"echo app\"] }}]\n\n\
+         [regions]\nus-west-2 = [\"us-east-1\"]\nus-east-1 = []\n\n\
+         [matrix]\nexclude = [{{ flavor = \"base\", region = \"us-east-1\" }}, {{ flavor = \"app\", region = \"us-west-2\" }}]\n",
+        crate::matrix::fleet_header_at(endpoint, sshd),
+        crate::matrix::AL2023
+    )
+}
+
+fn count(proxy: &crate::proxy::FaultProxy, action: &str) -> usize {
+    proxy.actions().iter().filter(|seen| *seen == action).count()
+}
+
+/// One night through a recording proxy: its outcome, the manifest, and the proxy.
+fn moto_night(
+    workspace: &Workspace,
+    sshd: &crate::harness::Sshd,
+    proxy: crate::proxy::FaultProxy,
+    more: &[&str],
+) -> (crate::harness::Outcome, Value, crate::proxy::FaultProxy) {
+    let fleet_path = workspace.write("fleet.toml", &moto_layered(&proxy.endpoint, sshd));
+    let mut args = vec!["matrix", fleet_path.to_str().unwrap(), "--no-preflight"];
+    args.extend_from_slice(more);
+    let outcome = workspace.fleetbake(&args);
+    let manifest = crate::matrix::read_manifest(workspace);
+    (outcome, manifest, proxy)
+}
+
+#[test]
+fn base_and_child_across_two_regions_on_moto_built_reused_rebuilt_and_skipped() {
+    use crate::proxy::{Fault, FaultProxy};
+    let moto = crate::harness::Moto::start();
+    let sshd = crate::harness::Sshd::start();
+    let workspace = Workspace::new();
+    workspace.write("base.sh", "#!/bin/sh\necho base v1\n");
+
+    // Night one: the child is built in us-east-1 from base's fresh copy there.
+    let (night, manifest, proxy) = moto_night(&workspace, &sshd, FaultProxy::recording(&moto.endpoint), &[]);
+    assert_eq!(night.code, 0, "{}", night.stderr);
+    let artifacts = &manifest["artifacts"];
+    let base_copy = artifacts["base"]["us-east-1"]["image_id"].as_str().unwrap().to_string();
+    assert_ne!(base_copy, artifacts["base"]["us-west-2"]["image_id"].as_str().unwrap());
+    let app = &artifacts["app"]["us-east-1"];
+    assert_eq!(app["parent"], serde_json::json!({ "flavor": "base", "image_id": base_copy }), "{manifest}");
+    assert_eq!(app["source_image_id"].as_str().unwrap(), base_copy);
+    // The instance was launched from it (RunInstances as the SDK sent it), and the image is tagged with it.
+    let launches = proxy.bodies("RunInstances");
+    assert_eq!(launches.len(), 2, "{launches:?}");
+    assert!(launches.iter().any(|body| body.contains(&format!("ImageId={base_copy}"))), "{launches:?}");
+    let tagged = proxy.bodies("CreateImage");
+    assert!(
+        tagged.iter().any(|body| body.contains("fleetbake%3Aparent-image-id") && body.contains(&base_copy)),
+        "{tagged:?}"
+    );
+    assert!(night.stderr.contains(&format!("source image {base_copy}")), "{}", night.stderr);
+
+    // Night two, nothing changed: both reused, nothing launched.
+    let (night, manifest, proxy) =
+        moto_night(&workspace, &sshd, FaultProxy::recording(&moto.endpoint), &["--changed-only"]);
+    assert_eq!(night.code, 0, "{}", night.stderr);
+    for action in ["RunInstances", "CreateImage", "CopyImage"] {
+        assert_eq!(count(&proxy, action), 0, "{action}: {}", night.stderr);
+    }
+    assert_eq!(manifest["artifacts"]["app"]["us-east-1"]["image_id"], app["image_id"]);
+    assert_eq!(manifest["artifacts"]["app"]["us-east-1"]["parent"]["image_id"], base_copy.as_str());
+
+    // Night three, base's script changed: base is rebuilt (and copied), so app is too, from the new copy.
+    workspace.write("base.sh", "#!/bin/sh\necho base v2\n");
+    let (night, manifest, proxy) =
+        moto_night(&workspace, &sshd, FaultProxy::recording(&moto.endpoint), &["--changed-only"]);
+    assert_eq!(night.code, 0, "{}", night.stderr);
+    assert_eq!((count(&proxy, "RunInstances"), count(&proxy, "CopyImage")), (2, 1), "{}", night.stderr);
+    let new_copy = manifest["artifacts"]["base"]["us-east-1"]["image_id"].as_str().unwrap().to_string();
+    assert_ne!(new_copy, base_copy);
+    assert_eq!(manifest["artifacts"]["app"]["us-east-1"]["parent"]["image_id"], new_copy.as_str(), "{manifest}");
+    assert_ne!(manifest["artifacts"]["app"]["us-east-1"]["image_id"], app["image_id"]);
+
+    // Night four, base's CreateImage refused: app is skipped, saying why, and never launched.
+    workspace.write("base.sh", "#!/bin/sh\necho base v3\n");
+    let refused = Fault { status: 403, code: "UnauthorizedOperation", message: "You are not authorized." };
+    let (night, manifest, proxy) =
+        moto_night(&workspace, &sshd, FaultProxy::refusing(&moto.endpoint, "CreateImage", refused), &[]);
+    assert_eq!(night.code, 1, "{}", night.stderr);
+    assert!(count(&proxy, "CreateImage") > 0, "base's CreateImage went through the proxy");
+    let failures = manifest["failures"].as_array().unwrap();
+    let skipped = failures.iter().find(|failure| failure["flavor"] == "app").expect("app's failure");
+    assert_eq!(skipped["stage"], "skipped");
+    assert_eq!(skipped["error"], "parent base/us-west-2 failed");
+    assert!(night.stderr.contains("parent base/us-west-2 failed"), "{}", night.stderr);
+}
