@@ -248,4 +248,13 @@ fn base_and_child_across_two_regions_on_moto_built_reused_rebuilt_and_skipped() 
     assert_eq!(skipped["stage"], "skipped");
     assert_eq!(skipped["error"], "parent base/us-west-2 failed");
     assert!(night.stderr.contains("parent base/us-west-2 failed"), "{}", night.stderr);
+
+    // `--only app`: base is not built, so app starts from base's newest image in us-east-1 (night three's copy;
+    // night four made none), and says so.
+    let (night, _, proxy) = moto_night(&workspace, &sshd, FaultProxy::recording(&moto.endpoint), &["--only", "app"]);
+    assert_eq!(night.code, 0, "{}", night.stderr);
+    let launches = proxy.bodies("RunInstances");
+    assert_eq!(launches.len(), 1, "{launches:?}");
+    assert!(launches[0].contains(&format!("ImageId={new_copy}")), "{launches:?}");
+    assert!(night.stderr.contains("`base`'s newest image here: `base` is not built in this run"), "{}", night.stderr);
 }
