@@ -177,7 +177,10 @@ async fn reusable(
             image: &image.id,
             snapshots: &image.snapshot_ids,
             now: clock.now(),
-            made: Made::Earlier { created, shared: image.tags.contains_key(finish::SHARED_TAG) },
+            made: Made::Earlier {
+                created,
+                shared: image.tags.get(finish::SHARED_TAG).is_some_and(|value| value == "true"),
+            },
         };
         let Finished { settings, failures, notes } = finish::finish(finishing).await;
         let failures = failures.iter().map(|failure| Failure::from_cloud(&label, failure.stage, &failure.error));

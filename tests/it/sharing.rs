@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::harness::Workspace;
 use fleetbake::cloud::sim::SimCloud;
-use fleetbake::cloud::{Cloud, ImageId, LaunchPermissions, SnapshotId};
+use fleetbake::cloud::{Cloud, ImageId, ImageQuery, LaunchPermissions, SnapshotId};
 use fleetbake::config::Region;
 
 const ACCOUNT: &str = "111122223333";
@@ -242,6 +242,27 @@ fn removing_an_account_from_sharing_removes_its_access_on_a_quiet_changed_only_n
         let said = serde_json::json!({ "accounts": [ACCOUNT], "snapshot_accounts": [ACCOUNT] });
         assert_eq!(artifact["shared_with"], said, "{region}: the manifest says what the account holds");
     }
+
+    // `[sharing]` removed altogether: the last account loses its access too, and the images are marked shared
+    // no more (gc may retire them; later nights do not read their permissions).
+    let third = load(&workspace, &fleet(""), true);
+    let night_three = runtime.block_on(night(&sim, &third));
+    assert_eq!((night_three.failed, night_three.reused), (0, 3), "{night_three:?}");
+    runtime.block_on(async {
+        for (region, image, snapshots) in &images {
+            let cloud = sim.region(region);
+            assert_eq!(cloud.launch_permissions(image).await.unwrap(), LaunchPermissions::default(), "{region}");
+            assert!(cloud.snapshot_permissions(&snapshots[0]).await.unwrap().is_empty(), "{region}");
+            let owned = cloud.find_owned_images(&ImageQuery::Named(vec![image_name(&manifest, region)])).await;
+            let shared = owned.unwrap()[0].tags.get("fleetbake:shared").cloned();
+            assert_eq!(shared.as_deref(), Some("false"), "{image} in {region}");
+        }
+    });
+}
+
+/// The name the manifest gives the image in `region`.
+fn image_name(manifest: &Value, region: &Region) -> String {
+    manifest["artifacts"]["base"][region.as_str()]["name"].as_str().unwrap().to_string()
 }
 
 /// A copy region's `[encryption]` key is part of the copy's fingerprint: changing it makes the next

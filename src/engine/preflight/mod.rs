@@ -47,6 +47,9 @@ pub enum Outcome {
     Ok(String),
     /// What is wrong, and what to change.
     Fail(String),
+    /// What may be wrong but cannot be told from here (an address a NAT or a container may translate): said,
+    /// not a failure.
+    Warn(String),
 }
 
 /// Every check of a fleet's run.
@@ -74,6 +77,7 @@ impl fmt::Display for Check {
         let (verdict, text) = match &self.outcome {
             Outcome::Ok(text) => ("ok  ", text),
             Outcome::Fail(text) => ("FAIL", text),
+            Outcome::Warn(text) => ("WARN", text),
         };
         match &self.region {
             Some(region) => write!(f, "{verdict} {region}: {text}"),
