@@ -43,10 +43,6 @@ source_cidrs = ["203.0.113.5/32"]
     )
 }
 
-fn read_json(workspace: &Workspace, relative: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(workspace.path(relative)).unwrap()).unwrap()
-}
-
 /// `public = true` with `[encryption]`: EC2 never makes an image with encrypted snapshots public, so `validate`
 /// refuses the pair, at `public`'s line and column, naming both.
 #[test]
@@ -115,8 +111,8 @@ fn public_sharing_in_a_blocked_region_keeps_the_accounts_access_and_fails_only_t
         summary_path.to_str().unwrap(),
     ]);
     assert_eq!(outcome.code, 1, "{}", outcome.stderr);
-    let manifest = read_json(&workspace, "manifest.sim.json");
-    let summary = read_json(&workspace, "summary.json");
+    let manifest = workspace.read_json("manifest.sim.json");
+    let summary = workspace.read_json("summary.json");
     let failures = manifest["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 1, "{failures:?}");
     let failure = &failures[0];
@@ -214,7 +210,7 @@ fn removing_an_account_from_sharing_removes_its_access_on_a_quiet_changed_only_n
     let sim = runtime.block_on(async { Arc::new(SimCloud::new(&first)) });
     let night_one = runtime.block_on(night(&sim, &first));
     assert_eq!(night_one.failed, 0, "{night_one:?}");
-    let images = images_of(&read_json(&workspace, "manifest.json"));
+    let images = images_of(&workspace.read_json("manifest.json"));
     assert_eq!(images.len(), 3);
     let both = LaunchPermissions { accounts: vec![ACCOUNT.into(), OTHER.into()], ..LaunchPermissions::default() };
     runtime.block_on(async {
@@ -228,7 +224,7 @@ fn removing_an_account_from_sharing_removes_its_access_on_a_quiet_changed_only_n
     let second = load(&workspace, &shared_with(&format!("\"{ACCOUNT}\"")), true);
     let night_two = runtime.block_on(night(&sim, &second));
     assert_eq!((night_two.failed, night_two.reused), (0, 3), "a quiet night reuses every image: {night_two:?}");
-    let manifest = read_json(&workspace, "manifest.json");
+    let manifest = workspace.read_json("manifest.json");
     assert_eq!(images_of(&manifest), images, "the same images");
     let one = LaunchPermissions { accounts: vec![ACCOUNT.into()], ..LaunchPermissions::default() };
     runtime.block_on(async {
@@ -279,7 +275,7 @@ fn changing_a_copy_regions_key_makes_the_next_changed_only_night_copy_again() {
     let sim = runtime.block_on(async { Arc::new(SimCloud::new(&first)) });
     let night_one = runtime.block_on(night(&sim, &first));
     assert_eq!(night_one.failed, 0, "{night_one:?}");
-    let before = read_json(&workspace, "manifest.json")["artifacts"]["base"].clone();
+    let before = workspace.read_json("manifest.json")["artifacts"]["base"].clone();
 
     // Nothing changed: every image reused.
     let same = load(&workspace, &keyed("alias/images"), true);
@@ -289,7 +285,7 @@ fn changing_a_copy_regions_key_makes_the_next_changed_only_night_copy_again() {
     let rekeyed = load(&workspace, &keyed("alias/images-east"), true);
     let night_three = runtime.block_on(night(&sim, &rekeyed));
     assert_eq!((night_three.failed, night_three.reused), (0, 2), "{night_three:?}");
-    let after = read_json(&workspace, "manifest.json")["artifacts"]["base"].clone();
+    let after = workspace.read_json("manifest.json")["artifacts"]["base"].clone();
     for region in ["us-west-2", "eu-west-1"] {
         assert_eq!(after[region]["image_id"], before[region]["image_id"], "{region}: reused");
     }
@@ -322,7 +318,7 @@ fn a_reused_public_images_deprecation_is_kept_within_two_years_of_its_creation()
     let second = load(&workspace, &public("729d"), true);
     let night_two = runtime.block_on(night(&sim, &second));
     assert_eq!((night_two.failed, night_two.reused), (0, 3), "{night_two:?}");
-    let manifest = read_json(&workspace, "manifest.json");
+    let manifest = workspace.read_json("manifest.json");
     let report = runtime.block_on(async { sim.report(std::time::Duration::from_secs(2)) });
     for (region, artifact) in manifest["artifacts"]["base"].as_object().unwrap() {
         let created: chrono::DateTime<chrono::Utc> = artifact["created_at"].as_str().unwrap().parse().unwrap();
@@ -345,13 +341,13 @@ fn a_refused_public_share_of_a_reused_image_fails_its_job_without_a_rebuild() {
     let sim = runtime.block_on(async { Arc::new(SimCloud::new(&first)) });
     let night_one = runtime.block_on(night(&sim, &first));
     assert_eq!(night_one.failed, 0, "{night_one:?}");
-    let images = images_of(&read_json(&workspace, "manifest.json"));
+    let images = images_of(&workspace.read_json("manifest.json"));
 
     let public = fleet(&format!("[sharing]\naccounts = [\"{ACCOUNT}\"]\npublic = true\n"));
     let second = load(&workspace, &public, true);
     let night_two = runtime.block_on(night(&sim, &second));
     assert_eq!((night_two.failed, night_two.reused), (3, 3), "{night_two:?}");
-    let manifest = read_json(&workspace, "manifest.json");
+    let manifest = workspace.read_json("manifest.json");
     assert_eq!(images_of(&manifest), images, "the same images, none made");
     let failures = manifest["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 3, "{failures:?}");
