@@ -121,10 +121,10 @@ async fn fingerprint_of(
     region: &Region,
     cloud: &dyn RegionCloud,
 ) -> Result<Fingerprint, String> {
-    let source = source::find(cloud, &flavor.source_ami, region)
+    let source = source::resolve(cloud, &flavor.source_ami, region)
         .await
         .map_err(|error| format!("the source image is not known: {error}"))?;
-    Fingerprint::of(fleet, flavor, region, &source.id)
+    Fingerprint::of_source(fleet, flavor, region, &source.image.id, source.parameter.as_ref())
 }
 
 /// The fleet's images of `flavor` in a region (any state; empty if the lookup fails: then nothing is reused).
