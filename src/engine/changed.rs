@@ -81,7 +81,10 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
                 let images = fleet_images(fleet, flavor, &*region_cloud).await;
                 match newest(&images, Some(&fingerprint.digest)) {
                     Some(image) => {
-                        let reused = reusable(fleet, flavor, &build.region, &*region_cloud, image, clock, apply).await;
+                        let mut reused =
+                            reusable(fleet, flavor, &build.region, &*region_cloud, image, clock, apply).await;
+                        // Same fingerprint, same SSM parameter version (if the source is read from one).
+                        reused.artifact.settings.source_parameter = fingerprint.parameter.clone();
                         let run = reused.artifact.reused_from.clone().unwrap_or_default();
                         let why = vec![format!("nothing changed since {} (run {run})", reused.artifact.image_id)];
                         changes.keep(JobId::Build(build.index), &reused);

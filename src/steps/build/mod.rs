@@ -205,7 +205,9 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
             for note in notes {
                 context.progress(Stage::Deprecate, note);
             }
+            let source_parameter = artifact.settings.source_parameter.take();
             *artifact.settings = settings;
+            artifact.settings.source_parameter = source_parameter;
             artifact.settings.interface = Some(context.flavor.interface.way_in().to_string());
             end.failures.extend(failures.into_iter().map(|f| Failure::from_cloud(&label, f.stage, &f.error)));
             let (cloud, key) = (&*context.cloud, context.job.key());

@@ -1,0 +1,202 @@
+//! `source_ami = { ssm_parameter = … }` (issue 24): the image id an SSM parameter holds, read in each build
+//! region. On the simulated cloud (AWS's public `/aws/service/…` parameters name each region's own image; the
+//! account's own parameters keep versions as SSM does): each region builds from its own image and the manifest
+//! and the tags say which parameter; a new version of the parameter rebuilds under `--changed-only`, an
+//! unchanged one is reused; the preflight names a parameter that does not exist. On moto + sshd: the instance
+//! launches from the parameter's value.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::Workspace;
+use fleetbake::cloud::sim::SimCloud;
+use fleetbake::cloud::{Cloud, ImageId, ImageQuery};
+use fleetbake::config::{ImageFilter, Region, Tags};
+
+const AL2023: &str = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
+const OWN: &str = "/images/golden/base";
+const REGIONS: [&str; 2] = ["us-west-2", "eu-west-1"];
+
+/// One flavor built in us-west-2 and eu-west-1 from the SSM parameter `parameter`.
+fn fleet(parameter: &str) -> String {
+    format!(
+        r#"[fleet]
+name = "ssmsource"
+ami_name = "{{flavor}}-{{build_region}}-{{run_id}}"
+
+[defaults]
+instance_type = "t3.small"
+ssh_username = "ec2-user"
+
+[[flavor]]
+name = "base"
+source_ami = {{ ssm_parameter = "{parameter}" }}
+provisioners = [{{ type = "shell", inline = ["echo base"] }}]
+
+[regions]
+us-west-2 = []
+eu-west-1 = []
+
+[ssh]
+source_cidrs = ["203.0.113.5/32"]
+"#
+    )
+}
+
+fn read_json(workspace: &Workspace, relative: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(workspace.path(relative)).unwrap()).unwrap()
+}
+
+/// One night on `sim` in this runtime (as `matrix`, without the preflight).
+async fn night(sim: &Arc<SimCloud>, fleet: &fleetbake::config::Fleet) -> fleetbake::engine::scheduler::RunSummary {
+    use fleetbake::cloud::{retry::Policy, Limited};
+    use fleetbake::engine::{limits::RunLimits, run::Execution, run::Start, run::Strategy};
+    let fleet = Arc::new(fleet.clone());
+    let writer =
+        fleetbake::state::manifest::ManifestWriter::new(fleet.manifest_path.clone(), std::time::Duration::ZERO);
+    let limits = Arc::new(RunLimits::new(&fleet.limits, Policy::THROTTLED, Strategy::FLEETBAKE.pacing));
+    let execution = Execution {
+        fleet: Arc::clone(&fleet),
+        ssh_sources: fleetbake::steps::network::SshSources::Configured(vec!["203.0.113.5/32".parse().unwrap()]),
+        cloud: Arc::new(Limited::new(Arc::clone(sim) as Arc<dyn Cloud>, Arc::clone(limits.api()))),
+        communicator: Arc::new(fleetbake::remote::sim::SimCommunicator::new(Arc::clone(sim), Arc::clone(&fleet))),
+        limits,
+        strategy: Strategy::FLEETBAKE,
+        fail_fast: false,
+        reporters: vec![Box::new(writer)],
+        run_lock: None,
+        preflight: None,
+        local_leftovers: Vec::new(),
+        manifest_set_aside: None,
+    };
+    let start = Start::fresh(&fleet, Some(fleetbake::state::journal::JournalDir::of(&fleet)));
+    let (_interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
+    execution.run(start, interrupts).await.unwrap().1
+}
+
+fn load(workspace: &Workspace, text: &str, changed_only: bool) -> fleetbake::config::Fleet {
+    let path = workspace.write("fleet.toml", text);
+    let mut fleet = fleetbake::config::load(&path).unwrap();
+    fleet.matrix.changed_only = changed_only;
+    fleet
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
+}
+
+/// The Amazon Linux 2023 x86_64 images DescribeImages lists in `region`, oldest first.
+async fn al2023_images(sim: &SimCloud, region: &str) -> Vec<ImageId> {
+    let filter = ImageFilter {
+        owners: vec!["amazon".into()],
+        name_pattern: "al2023-ami-2023.*-kernel-6.1-x86_64".into(),
+        architecture: None,
+    };
+    let mut images = sim.region(&Region::new(region)).find_images(&filter).await.unwrap();
+    images.sort_by(|a, b| a.creation_date.cmp(&b.creation_date));
+    images.into_iter().map(|image| image.id).collect()
+}
+
+/// The fleet's images of `base` in `region`, with their tags.
+async fn fleet_images(sim: &SimCloud, region: &str) -> Vec<fleetbake::cloud::OwnedImage> {
+    let tags = Tags::from([("fleetbake:flavor".to_string(), "base".to_string())]);
+    sim.region(&Region::new(region)).find_owned_images(&ImageQuery::Tagged(tags)).await.unwrap()
+}
+
+/// AWS's public parameter names each region's own newest Amazon Linux 2023 image: each region's build starts
+/// from it, and its manifest entry and its image's tags name the parameter and the image.
+#[test]
+fn each_region_builds_from_the_image_its_public_parameter_names() {
+    let workspace = Workspace::new();
+    let runtime = paused_runtime();
+    let fleet = load(&workspace, &fleet(AL2023), false);
+    let sim = runtime.block_on(async { Arc::new(SimCloud::new(&fleet)) });
+    let summary = runtime.block_on(night(&sim, &fleet));
+    assert_eq!((summary.failed, summary.succeeded), (0, 2), "{summary:?}");
+    let manifest = read_json(&workspace, "manifest.json");
+    let mut sources = Vec::new();
+    for region in REGIONS {
+        let newest = runtime.block_on(al2023_images(&sim, region)).pop().unwrap();
+        let entry = &manifest["artifacts"]["base"][region];
+        assert_eq!(entry["source_image_id"], newest.as_str(), "{region}: {entry}");
+        assert_eq!(entry["source_parameter"], serde_json::json!({ "name": AL2023, "version": 1 }), "{region}");
+        let images = runtime.block_on(fleet_images(&sim, region));
+        assert_eq!(images.len(), 1, "{region}");
+        assert_eq!(images[0].tags["fleetbake:source-parameter"], AL2023, "{region}");
+        assert_eq!(images[0].tags["fleetbake:source-image-id"], newest.as_str(), "{region}");
+        sources.push(newest);
+    }
+    assert_ne!(sources[0], sources[1], "each region's own image");
+}
+
+/// The account's own parameter: an unchanged version is reused under `--changed-only`; a new version (a new
+/// image) rebuilds, and so does a new version holding the same image (the version is in the fingerprint).
+#[test]
+fn a_new_version_of_the_parameter_rebuilds_under_changed_only_and_an_unchanged_one_is_reused() {
+    let workspace = Workspace::new();
+    let runtime = paused_runtime();
+    let first = load(&workspace, &fleet(OWN), false);
+    let sim = runtime.block_on(async { Arc::new(SimCloud::new(&first)) });
+    // Puts `choose(images)` in each region, and waits out SSM's validation of the image id.
+    let put = |choose: fn(&[ImageId]) -> ImageId| {
+        runtime.block_on(async {
+            for region in REGIONS {
+                let image = choose(&al2023_images(&sim, region).await);
+                sim.region(&Region::new(region)).put_image_parameter(OWN, &image).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        })
+    };
+    put(|images| images[0].clone());
+    let night_one = runtime.block_on(night(&sim, &first));
+    assert_eq!((night_one.failed, night_one.succeeded), (0, 2), "{night_one:?}");
+    let before = read_json(&workspace, "manifest.json")["artifacts"]["base"].clone();
+    assert_eq!(before["us-west-2"]["source_parameter"]["version"], 1);
+
+    let changed_only = load(&workspace, &fleet(OWN), true);
+    let quiet = runtime.block_on(night(&sim, &changed_only));
+    assert_eq!((quiet.failed, quiet.reused), (0, 2), "the same version: reused: {quiet:?}");
+    let reused = read_json(&workspace, "manifest.json")["artifacts"]["base"].clone();
+    for region in REGIONS {
+        assert_eq!(reused[region]["image_id"], before[region]["image_id"], "{region}");
+        assert_eq!(reused[region]["source_parameter"]["version"], 1, "{region}");
+    }
+
+    put(|images| images[1].clone());
+    let moved = runtime.block_on(night(&sim, &changed_only));
+    assert_eq!((moved.failed, moved.reused, moved.succeeded), (0, 0, 2), "version 2: rebuilt: {moved:?}");
+    let after = read_json(&workspace, "manifest.json")["artifacts"]["base"].clone();
+    for region in REGIONS {
+        let newest = runtime.block_on(al2023_images(&sim, region))[1].clone();
+        assert_ne!(after[region]["image_id"], before[region]["image_id"], "{region}");
+        assert_eq!(after[region]["source_image_id"], newest.as_str(), "{region}");
+        assert_eq!(after[region]["source_parameter"]["version"], 2, "{region}");
+    }
+
+    put(|images| images[1].clone());
+    let same_image = runtime.block_on(night(&sim, &changed_only));
+    assert_eq!((same_image.failed, same_image.reused), (0, 0), "version 3 of the same image: {same_image:?}");
+}
+
+/// The preflight names a parameter that does not exist, per build region, and what to change; `matrix` stops
+/// there, before anything is made.
+#[test]
+fn the_preflight_names_a_missing_parameter_in_each_region() {
+    let workspace = Workspace::new();
+    let path = workspace.write("fleet.toml", &fleet("/images/never-made"));
+    let preflight = workspace.fleetbake(&["preflight", path.to_str().unwrap(), "--cloud", "sim"]);
+    assert_eq!(preflight.code, 1, "{}{}", preflight.stdout, preflight.stderr);
+    for region in REGIONS {
+        let expected = format!(
+            "FAIL {region}: source image of `base`: SSM parameter `/images/never-made` does not exist in {region}"
+        );
+        let line = preflight.stdout.lines().find(|line| line.starts_with(&expected));
+        let line = line.unwrap_or_else(|| panic!("no `{expected}`:\n{}", preflight.stdout));
+        assert!(line.contains("check its `source_ami`"), "{line}");
+    }
+    let matrix = workspace.fleetbake(&["matrix", path.to_str().unwrap(), "--cloud", "sim"]);
+    assert_eq!(matrix.code, 1, "{}", matrix.stderr);
+    assert!(matrix.stderr.contains("SSM parameter `/images/never-made` does not exist"), "{}", matrix.stderr);
+}
