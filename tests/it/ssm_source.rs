@@ -200,3 +200,23 @@ fn the_preflight_names_a_missing_parameter_in_each_region() {
     assert_eq!(matrix.code, 1, "{}", matrix.stderr);
     assert!(matrix.stderr.contains("SSM parameter `/images/never-made` does not exist"), "{}", matrix.stderr);
 }
+
+/// `ssm:GetParameter` (`source_ami = { ssm_parameter = … }`) has a statement of its own, on AWS's public
+/// parameters and the build account's own: nothing else is read from SSM with it.
+#[test]
+fn the_iam_policy_reads_public_and_own_parameters_only() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/iam-policy.json")).unwrap();
+    let policy: Value = serde_json::from_str(&text).unwrap();
+    let granting: Vec<&Value> = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|statement| statement["Action"].as_array().unwrap().iter().any(|a| a == "ssm:GetParameter"))
+        .collect();
+    assert_eq!(granting.len(), 1, "{granting:?}");
+    assert_eq!(granting[0]["Sid"], "FleetbakeSourceParameters");
+    assert_eq!(granting[0]["Action"], serde_json::json!(["ssm:GetParameter"]));
+    let resources =
+        serde_json::json!(["arn:aws:ssm:*::parameter/aws/service/*", "arn:aws:ssm:*:BUILD_ACCOUNT_ID:parameter/*"]);
+    assert_eq!(granting[0]["Resource"], resources);
+}
