@@ -136,3 +136,23 @@ async fn find_id(cloud: &dyn RegionCloud, id: ImageId, region: &Region) -> Resul
         None => Err(SourceError::Missing(format!("source image {id} does not exist in {region}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_image_id_is_taken_and_any_other_value_is_shown_escaped_and_bounded() {
+        assert!(is_image_id("ami-0d53cc9bd365ad65b"));
+        assert!(is_image_id("ami-12345678"));
+        for value in ["ami-", "ami-0d53cc9bd365ad65", "ami-0d53cc9bd365ad65g", "AMI-12345678", " ami-12345678", ""] {
+            assert!(!is_image_id(value), "{value}");
+        }
+        assert_eq!(shown("made by the account"), "\"made by the account\"");
+        let hostile = format!("\u{1b}]0;owned\u{7}{}", "x".repeat(200));
+        let text = shown(&hostile);
+        assert!(!text.chars().any(|c| c.is_control()), "{text:?}");
+        assert!(text.starts_with("\"\\u{1b}]0;owned\\u{7}x") && text.ends_with("\"…"), "{text}");
+        assert!(text.chars().count() < 90, "{text}");
+    }
+}

@@ -199,6 +199,22 @@ fn the_preflight_names_a_missing_parameter_in_each_region() {
     let matrix = workspace.fleetbake(&["matrix", path.to_str().unwrap(), "--cloud", "sim"]);
     assert_eq!(matrix.code, 1, "{}", matrix.stderr);
     assert!(matrix.stderr.contains("SSM parameter `/images/never-made` does not exist"), "{}", matrix.stderr);
+
+    // A parameter that holds text, not an image id: named with its version and its value, quoted.
+    let declared = "\n[sim]\nparameters = [{ name = \"/images/notes\", data_type = \"text\" }]\n";
+    let path = workspace.write("fleet.toml", &(fleet("/images/notes") + declared));
+    let preflight = workspace.fleetbake(&["preflight", path.to_str().unwrap(), "--cloud", "sim"]);
+    assert_eq!(preflight.code, 1, "{}{}", preflight.stdout, preflight.stderr);
+    for region in REGIONS {
+        let expected = format!(
+            "FAIL {region}: source image of `base`: SSM parameter `/images/notes` (version 1) in {region} holds \"made by the account\", not an image id"
+        );
+        assert!(
+            preflight.stdout.lines().any(|line| line.starts_with(&expected)),
+            "no `{expected}`:\n{}",
+            preflight.stdout
+        );
+    }
 }
 
 /// `ssm:GetParameter` (`source_ami = { ssm_parameter = … }`) has a statement of its own, on AWS's public
@@ -219,4 +235,59 @@ fn the_iam_policy_reads_public_and_own_parameters_only() {
     let resources =
         serde_json::json!(["arn:aws:ssm:*::parameter/aws/service/*", "arn:aws:ssm:*:BUILD_ACCOUNT_ID:parameter/*"]);
     assert_eq!(granting[0]["Resource"], resources);
+}
+
+/// moto + sshd: moto's SSM serves AWS's public Amazon Linux parameters per region, naming one of its EC2
+/// images; the build launches from that image (its instance's `ImageId`, as EC2 keeps it), GetParameter is sent
+/// with the parameter's name, and the manifest and the image's tags name the parameter and its version.
+#[test]
+fn on_moto_the_build_launches_from_the_image_the_parameter_holds() {
+    use crate::harness::{runtime, FaultProxy, Moto, Sshd};
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let proxy = FaultProxy::recording(&moto.endpoint);
+    let workspace = Workspace::new();
+    let text = format!(
+        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {{ ssm_parameter = \"{AL2023}\" }}\n\
+         provisioners = [{{ type = \"shell\", inline = [\"echo base\"] }}]\n\n[regions]\nus-west-2 = []\n",
+        crate::matrix::fleet_header_at(&proxy.endpoint, &sshd)
+    );
+    let path = workspace.write("fleet.toml", &text);
+    let (value, version) = runtime().block_on(async {
+        let answer = moto.ssm("us-west-2").get_parameter().name(AL2023).send().await.unwrap();
+        let parameter = answer.parameter().unwrap();
+        (parameter.value().unwrap().to_string(), parameter.version())
+    });
+    assert!(value.starts_with("ami-"), "{value}");
+
+    let run = workspace.fleetbake(&["matrix", path.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let asked = proxy.bodies("GetParameter");
+    assert!(!asked.is_empty() && asked.iter().all(|body| body.contains(AL2023)), "{asked:?}");
+
+    let (launched_from, tags) = runtime().block_on(async {
+        let ec2 = moto.client("us-west-2");
+        let instances = ec2.describe_instances().send().await.unwrap();
+        let launched: Vec<String> = instances
+            .reservations()
+            .iter()
+            .flat_map(|reservation| reservation.instances())
+            .filter_map(|instance| instance.image_id().map(str::to_string))
+            .collect();
+        let filter = aws_sdk_ec2::types::Filter::builder().name("tag:fleetbake:fleet").values("it").build();
+        let images = ec2.describe_images().owners("self").filters(filter).send().await.unwrap();
+        let tags: Vec<(String, String)> = images.images()[0]
+            .tags()
+            .iter()
+            .map(|tag| (tag.key().unwrap().to_string(), tag.value().unwrap().to_string()))
+            .collect();
+        (launched, tags)
+    });
+    assert_eq!(launched_from, [value.clone()], "the build instance's ImageId");
+    assert!(tags.contains(&("fleetbake:source-parameter".into(), AL2023.into())), "{tags:?}");
+    assert!(tags.contains(&("fleetbake:source-image-id".into(), value.clone())), "{tags:?}");
+    let manifest = crate::matrix::read_manifest(&workspace);
+    let entry = &manifest["artifacts"]["base"]["us-west-2"];
+    assert_eq!(entry["source_image_id"], value.as_str());
+    assert_eq!(entry["source_parameter"], serde_json::json!({ "name": AL2023, "version": version }));
 }
