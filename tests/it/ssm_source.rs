@@ -283,7 +283,7 @@ fn on_moto_the_build_launches_from_the_image_the_parameter_holds() {
             .collect();
         (launched, tags)
     });
-    assert_eq!(launched_from, [value.clone()], "the build instance's ImageId");
+    assert_eq!(launched_from, std::slice::from_ref(&value), "the build instance's ImageId");
     assert!(tags.contains(&("fleetbake:source-parameter".into(), AL2023.into())), "{tags:?}");
     assert!(tags.contains(&("fleetbake:source-image-id".into(), value.clone())), "{tags:?}");
     let manifest = crate::matrix::read_manifest(&workspace);
