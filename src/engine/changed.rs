@@ -109,6 +109,7 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
                 let Some(image) = newest(&images, digest.as_deref()).filter(same_key) else { continue };
                 let mut reused = reusable(fleet, flavor, target, &*target_cloud, image, clock, apply).await;
                 reused.artifact.build_region = build.region.clone();
+                reused.artifact.settings.source_parameter = artifact.settings.source_parameter.clone();
                 changes.keep(JobId::Copy(copy), &reused);
                 changes.priors.insert(JobId::Copy(copy), Prior::Available(reused.artifact));
             }

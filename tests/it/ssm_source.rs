@@ -21,6 +21,11 @@ const REGIONS: [&str; 2] = ["us-west-2", "eu-west-1"];
 
 /// One flavor built in us-west-2 and eu-west-1 from the SSM parameter `parameter`.
 fn fleet(parameter: &str) -> String {
+    fleet_copied(parameter, "")
+}
+
+/// As [`fleet`], us-west-2's image copied to `copies`.
+fn fleet_copied(parameter: &str, copies: &str) -> String {
     format!(
         r#"[fleet]
 name = "ssmsource"
@@ -36,7 +41,7 @@ source_ami = {{ ssm_parameter = "{parameter}" }}
 provisioners = [{{ type = "shell", inline = ["echo base"] }}]
 
 [regions]
-us-west-2 = []
+us-west-2 = [{copies}]
 eu-west-1 = []
 
 [ssh]
@@ -106,15 +111,16 @@ async fn fleet_images(sim: &SimCloud, region: &str) -> Vec<fleetbake::cloud::Own
 }
 
 /// AWS's public parameter names each region's own newest Amazon Linux 2023 image: each region's build starts
-/// from it, and its manifest entry and its image's tags name the parameter and the image.
+/// from it, and its manifest entry and its image's tags name the parameter and the image; a copy's entry
+/// names its build's.
 #[test]
 fn each_region_builds_from_the_image_its_public_parameter_names() {
     let workspace = Workspace::new();
     let runtime = paused_runtime();
-    let fleet = load(&workspace, &fleet(AL2023), false);
+    let fleet = load(&workspace, &fleet_copied(AL2023, "\"us-east-1\""), false);
     let sim = runtime.block_on(async { Arc::new(SimCloud::new(&fleet)) });
     let summary = runtime.block_on(night(&sim, &fleet));
-    assert_eq!((summary.failed, summary.succeeded), (0, 2), "{summary:?}");
+    assert_eq!((summary.failed, summary.succeeded), (0, 3), "{summary:?}");
     let manifest = read_json(&workspace, "manifest.json");
     let mut sources = Vec::new();
     for region in REGIONS {
@@ -129,6 +135,9 @@ fn each_region_builds_from_the_image_its_public_parameter_names() {
         sources.push(newest);
     }
     assert_ne!(sources[0], sources[1], "each region's own image");
+    let copy = &manifest["artifacts"]["base"]["us-east-1"];
+    assert_eq!(copy["source_image_id"], sources[0].as_str(), "{copy}");
+    assert_eq!(copy["source_parameter"], serde_json::json!({ "name": AL2023, "version": 1 }), "{copy}");
 }
 
 /// The account's own parameter: an unchanged version is reused under `--changed-only`; a new version (a new
