@@ -189,11 +189,21 @@ fn a_new_version_of_the_parameter_rebuilds_under_changed_only_and_an_unchanged_o
     assert_eq!((same_image.failed, same_image.reused), (0, 0), "version 3 of the same image: {same_image:?}");
 }
 
-/// The preflight names a parameter that does not exist, per build region, and what to change; `matrix` stops
-/// there, before anything is made.
+/// The preflight says which parameter version each region's source image was read from, and names a parameter
+/// that does not exist, per build region, and what to change (`matrix` stops there, before anything is made),
+/// and one that holds no image id.
 #[test]
 fn the_preflight_names_a_missing_parameter_in_each_region() {
     let workspace = Workspace::new();
+    let path = workspace.write("fleet.toml", &fleet(AL2023));
+    let preflight = workspace.fleetbake(&["preflight", path.to_str().unwrap(), "--cloud", "sim"]);
+    assert_eq!(preflight.code, 0, "{}{}", preflight.stdout, preflight.stderr);
+    for region in REGIONS {
+        let line = preflight.stdout.lines().find(|line| line.starts_with(&format!("ok   {region}: source image of")));
+        let line = line.unwrap_or_else(|| panic!("{region}:\n{}", preflight.stdout));
+        assert!(line.ends_with(&format!("from SSM parameter `{AL2023}` version 1")), "{line}");
+    }
+
     let path = workspace.write("fleet.toml", &fleet("/images/never-made"));
     let preflight = workspace.fleetbake(&["preflight", path.to_str().unwrap(), "--cloud", "sim"]);
     assert_eq!(preflight.code, 1, "{}{}", preflight.stdout, preflight.stderr);
