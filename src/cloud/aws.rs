@@ -1268,6 +1268,26 @@ impl RegionCloud for AwsRegion {
             })
             .collect())
     }
+
+    /// GetParameter (no decryption: an image id is not a secret). `ParameterNotFound`: `None`.
+    async fn parameter(&self, name: &str) -> CloudResult<Option<ParameterVersion>> {
+        let action = Action::GetParameter;
+        let answer = self
+            .limiter
+            .call(action, || async {
+                self.ssm.get_parameter().name(name).send().await.map_err(|error| self.error(action, error))
+            })
+            .await;
+        let answer = match answer {
+            Err(error) if error.code.as_deref() == Some("ParameterNotFound") => return Ok(None),
+            other => other?,
+        };
+        Ok(answer.parameter().map(|found| ParameterVersion {
+            version: u64::try_from(found.version()).unwrap_or_default(),
+            value: found.value().unwrap_or_default().to_string(),
+            labels: Vec::new(),
+        }))
+    }
 }
 
 /// Launch permissions as ModifyImageAttribute lists them (to add or to remove).

@@ -564,6 +564,9 @@ pub trait RegionCloud: Send + Sync {
     /// DescribeRegions with `AllRegions = true`: every region of the partition and whether the account has
     /// it enabled (`OptInStatus`). A region not enabled answers EC2 calls with `AuthFailure`.
     async fn describe_regions(&self) -> CloudResult<Vec<RegionOptIn>>;
+    /// GetParameter: the parameter's newest version and its value (`None`: SSM has no such parameter,
+    /// `ParameterNotFound`). AWS's public `/aws/service/…` parameters are readable in every region.
+    async fn parameter(&self, name: &str) -> CloudResult<Option<ParameterVersion>>;
 }
 
 /// The SSM data type of a parameter holding an AMI id: SSM checks the id (asynchronously).

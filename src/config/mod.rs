@@ -271,6 +271,9 @@ pub enum SourceAmi {
     Id(String),
     /// The newest image matching this, looked up in each build region.
     Filter(ImageFilter),
+    /// The image id this SSM parameter holds, read in each build region (GetParameter): AWS's public
+    /// `/aws/service/…` parameters name each region's own image.
+    SsmParameter(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

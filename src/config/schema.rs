@@ -170,7 +170,7 @@ pub struct SubnetSection {
     pub ids: Option<BTreeMap<String, String>>,
 }
 
-/// `{ id = "ami-…" }` or `{ owners = [...], name = "pattern" }`.
+/// `{ id = "ami-…" }`, `{ owners = [...], name = "pattern" }` or `{ ssm_parameter = "/name" }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceAmiSection {
@@ -178,6 +178,8 @@ pub struct SourceAmiSection {
     pub owners: Option<Vec<String>>,
     pub name: Option<String>,
     pub architecture: Option<String>,
+    /// `{ ssm_parameter = "/aws/service/…" }`: the image id an SSM parameter holds, read in each build region.
+    pub ssm_parameter: Option<String>,
 }
 
 /// One provisioner; which keys are allowed depends on `type`, checked in validation.

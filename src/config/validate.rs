@@ -798,6 +798,9 @@ fn required_inherited(
 }
 
 fn resolve_source_ami(checker: &mut Checker<'_>, path: KeyPath, raw: &schema::SourceAmiSection) -> SourceAmi {
+    if let Some(name) = &raw.ssm_parameter {
+        return resolve_ssm_source(checker, path, raw, name);
+    }
     match (&raw.id, &raw.name) {
         (Some(id), None) => {
             if raw.owners.is_some() || raw.architecture.is_some() {
@@ -830,10 +833,58 @@ fn resolve_source_ami(checker: &mut Checker<'_>, path: KeyPath, raw: &schema::So
             SourceAmi::Id(String::new())
         }
         (None, None) => {
-            checker.problem(path, "set `id = \"ami-…\"` or `owners = [...]` + `name = \"pattern\"`");
+            checker.problem(
+                path,
+                "set `id = \"ami-…\"`, `owners = [...]` + `name = \"pattern\"` or `ssm_parameter = \"/name\"`",
+            );
             SourceAmi::Id(String::new())
         }
     }
+}
+
+/// SSM's longest parameter name (GetParameter `Name`: 1 to 2048 characters).
+const MAX_PARAMETER_NAME: usize = 2048;
+
+/// `source_ami = { ssm_parameter = "/aws/service/…" }`: alone, and a name SSM accepts (SSM user guide,
+/// "Parameter name requirements and constraints": letters, digits and `_.-/`; a name in a hierarchy starts
+/// with `/`).
+fn resolve_ssm_source(
+    checker: &mut Checker<'_>,
+    path: KeyPath,
+    raw: &schema::SourceAmiSection,
+    name: &str,
+) -> SourceAmi {
+    if raw.id.is_some() || raw.owners.is_some() || raw.name.is_some() || raw.architecture.is_some() {
+        checker.problem(
+            path.key("ssm_parameter"),
+            "`ssm_parameter` cannot be combined with `id`, `owners`, `name` or `architecture`: set one source",
+        );
+    }
+    if let Some(problem) = parameter_name_problem(name) {
+        checker.problem(path.key("ssm_parameter"), problem);
+    }
+    SourceAmi::SsmParameter(name.to_string())
+}
+
+/// What is wrong with an SSM parameter name, if anything (the name is shown only when it is well formed).
+fn parameter_name_problem(name: &str) -> Option<String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/');
+    if name.is_empty() {
+        return Some("must not be empty: name an SSM parameter such as `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64`".into());
+    }
+    if name.chars().count() > MAX_PARAMETER_NAME {
+        return Some(format!("an SSM parameter name has at most {MAX_PARAMETER_NAME} characters"));
+    }
+    if !name.chars().all(allowed) {
+        return Some("an SSM parameter name has only letters, digits and `_`, `.`, `-`, `/`".into());
+    }
+    if name.contains('/') && !name.starts_with('/') {
+        return Some(format!("`{name}` is in a hierarchy, so it starts with `/`: `/{name}`"));
+    }
+    if name.contains("//") || (name.len() > 1 && name.ends_with('/')) || name == "/" {
+        return Some(format!("`{name}` has an empty level: SSM refuses `//` and a trailing `/`"));
+    }
+    None
 }
 
 /// A flavor's `provisioners` or `tests` (`list`), each with its limit (its own `timeout`, else `default`).

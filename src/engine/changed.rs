@@ -81,7 +81,10 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
                 let images = fleet_images(fleet, flavor, &*region_cloud).await;
                 match newest(&images, Some(&fingerprint.digest)) {
                     Some(image) => {
-                        let reused = reusable(fleet, flavor, &build.region, &*region_cloud, image, clock, apply).await;
+                        let mut reused =
+                            reusable(fleet, flavor, &build.region, &*region_cloud, image, clock, apply).await;
+                        // Same fingerprint, same SSM parameter version (if the source is read from one).
+                        reused.artifact.settings.source_parameter = fingerprint.parameter.clone();
                         let run = reused.artifact.reused_from.clone().unwrap_or_default();
                         let why = vec![format!("nothing changed since {} (run {run})", reused.artifact.image_id)];
                         changes.keep(JobId::Build(build.index), &reused);
@@ -106,6 +109,7 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
                 let Some(image) = newest(&images, digest.as_deref()).filter(same_key) else { continue };
                 let mut reused = reusable(fleet, flavor, target, &*target_cloud, image, clock, apply).await;
                 reused.artifact.build_region = build.region.clone();
+                reused.artifact.settings.source_parameter = artifact.settings.source_parameter.clone();
                 changes.keep(JobId::Copy(copy), &reused);
                 changes.priors.insert(JobId::Copy(copy), Prior::Available(reused.artifact));
             }
@@ -121,10 +125,10 @@ async fn fingerprint_of(
     region: &Region,
     cloud: &dyn RegionCloud,
 ) -> Result<Fingerprint, String> {
-    let source = source::find(cloud, &flavor.source_ami, region)
+    let source = source::resolve(cloud, &flavor.source_ami, region)
         .await
         .map_err(|error| format!("the source image is not known: {error}"))?;
-    Fingerprint::of(fleet, flavor, region, &source.id)
+    Fingerprint::of_source(fleet, flavor, region, &source.image.id, source.parameter.as_ref())
 }
 
 /// The fleet's images of `flavor` in a region (any state; empty if the lookup fails: then nothing is reused).

@@ -11,7 +11,7 @@ mod artifact;
 mod failure;
 mod stage;
 
-pub use artifact::{Artifact, ImageSettings, Publication};
+pub use artifact::{Artifact, ImageSettings, Publication, SourceParameter};
 pub use failure::Failure;
 pub use stage::Stage;
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::cloud::ImageId;
-use crate::config::{Flavor, FlavorName, Fleet, Tags};
+use crate::config::{Flavor, FlavorName, Fleet, SourceAmi, Tags};
 use crate::outcome::Artifact;
 use crate::plan::RunId;
 use crate::steps::fingerprint::FINGERPRINT_TAG;
@@ -19,6 +19,8 @@ pub const FLAVOR_TAG: &str = "fleetbake:flavor";
 pub const RUN_ID_TAG: &str = "fleetbake:run-id";
 /// On an image: the source image it was built from.
 pub const SOURCE_IMAGE_TAG: &str = "fleetbake:source-image-id";
+/// On an image whose flavor reads its source from SSM: the parameter's name (cut to EC2's 256 characters).
+pub const SOURCE_PARAMETER_TAG: &str = "fleetbake:source-parameter";
 /// `true` on every temporary resource (key pair, security group, instance).
 pub const TEMPORARY_TAG: &str = "fleetbake:temporary";
 /// `failed` on an image whose tests failed (kept with `keep_failed_images`): never reused.
@@ -55,6 +57,9 @@ impl RunContext {
         tags.extend(flavor.tags.clone());
         tags.extend(self.identity_tags(&flavor.name));
         tags.insert(SOURCE_IMAGE_TAG.to_string(), source_image.to_string());
+        if let SourceAmi::SsmParameter(name) = &flavor.source_ami {
+            tags.insert(SOURCE_PARAMETER_TAG.to_string(), name.chars().take(256).collect());
+        }
         tags
     }
 

@@ -1,4 +1,5 @@
-//! What determines an image's contents, hashed: the resolved source image, each provisioner in order (its
+//! What determines an image's contents, hashed: the resolved source image (and, for a source read from an SSM
+//! parameter, the parameter's name and the version read: a new version rebuilds), each provisioner in order (its
 //! type, the bytes of its file or script, its inline lines, its env) and the flavor's image settings (root
 //! volume, the build region's encryption key, metadata options, user data). Every image fleetbake makes
 //! carries it as the tag `fleetbake:fingerprint`; `--changed-only` reuses the newest image with the same one.
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cloud::ImageId;
 use crate::config::{Flavor, Fleet, Provisioner, Region, ShellScript, Tags};
+use crate::outcome::SourceParameter;
 
 pub const FINGERPRINT_TAG: &str = "fleetbake:fingerprint";
 pub const PARTS_TAG: &str = "fleetbake:fingerprint-parts";
@@ -40,6 +42,8 @@ pub struct Fingerprint {
     /// SHA-256, hex.
     pub digest: String,
     pub source: ImageId,
+    /// The SSM parameter version the source was read from (`source_ami = { ssm_parameter = … }`).
+    pub parameter: Option<SourceParameter>,
     /// The first 8 hex digits of each provisioner's own SHA-256, in order.
     pub provisioners: Vec<String>,
     /// The first 8 hex digits of the settings' SHA-256.
@@ -49,10 +53,28 @@ pub struct Fingerprint {
 impl Fingerprint {
     /// The fingerprint of `flavor` built in `region` from `source`; an error names a file it cannot read.
     pub fn of(fleet: &Fleet, flavor: &Flavor, region: &Region, source: &ImageId) -> Result<Fingerprint, String> {
+        Fingerprint::of_source(fleet, flavor, region, source, None)
+    }
+
+    /// As [`Fingerprint::of`], with the SSM parameter version the source was read from, if any (a flavor
+    /// without one has the fingerprint it always had).
+    pub fn of_source(
+        fleet: &Fleet,
+        flavor: &Flavor,
+        region: &Region,
+        source: &ImageId,
+        parameter: Option<&SourceParameter>,
+    ) -> Result<Fingerprint, String> {
         let mut whole = Sha256::new();
         whole.update(b"fleetbake-fingerprint-1\0");
         whole.update(source.as_str().as_bytes());
         whole.update(b"\0");
+        if let Some(parameter) = parameter {
+            whole.update(b"ssm-parameter\0");
+            whole.update(parameter.name.as_bytes());
+            whole.update(b"\0");
+            whole.update(parameter.version.to_le_bytes());
+        }
         let mut provisioners = Vec::new();
         // Its time limit is not part of what an image is made of.
         for entry in &flavor.provisioners {
@@ -65,6 +87,7 @@ impl Fingerprint {
         Ok(Fingerprint {
             digest: hex(&whole.finalize()),
             source: source.clone(),
+            parameter: parameter.cloned(),
             provisioners,
             settings: short(&Sha256::digest(&settings)),
         })
@@ -75,10 +98,12 @@ impl Fingerprint {
         Tags::from([(FINGERPRINT_TAG.to_string(), self.digest.clone()), (PARTS_TAG.to_string(), self.parts())])
     }
 
-    /// `src=ami-…;p=1a2b3c4d,5e6f7a8b;s=9c0d1e2f`, cut to EC2's 256 characters for a tag value (the why
+    /// `src=ami-…;s=9c0d1e2f;p=1a2b3c4d,5e6f7a8b` (with `;pv=3` after the source when it was read from
+    /// version 3 of an SSM parameter), cut to EC2's 256 characters for a tag value (the why
     /// then covers fewer provisioners; the digest still covers them all).
     pub fn parts(&self) -> String {
-        let mut text = format!("src={};s={};p=", self.source, self.settings);
+        let version = self.parameter.as_ref().map(|read| format!(";pv={}", read.version)).unwrap_or_default();
+        let mut text = format!("src={}{version};s={};p=", self.source, self.settings);
         for (index, part) in self.provisioners.iter().enumerate() {
             let piece = if index == 0 { part.clone() } else { format!(",{part}") };
             if text.len() + piece.len() > 256 {
@@ -97,6 +122,12 @@ impl Fingerprint {
         let mut why = Vec::new();
         if let Some(source) = field("src").filter(|source| source != self.source.as_str()) {
             why.push(format!("the source image moved from {source} to {}", self.source));
+        }
+        let version = self.parameter.as_ref().map(|read| read.version.to_string());
+        if let (Some(before), Some(now)) = (field("pv"), &version) {
+            if &before != now {
+                why.push(format!("the source parameter moved from version {before} to {now}"));
+            }
         }
         if field("s").is_some_and(|settings| settings != self.settings) {
             why.push("the image settings changed (root volume, encryption key, metadata options or user data)".into());

@@ -26,5 +26,6 @@ mod secrets;
 mod session_manager;
 mod sharing;
 mod sim;
+mod ssm_source;
 mod validate;
 mod witness;

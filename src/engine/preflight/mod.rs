@@ -239,11 +239,21 @@ async fn check_build_region(preflight: &mut Preflight, cloud: &dyn Cloud, region
         }
     }
     for flavor in flavors {
-        match source::find(cloud, &flavor.source_ami, region).await {
-            Ok(image) if image.name.is_empty() => {
+        match source::resolve(cloud, &flavor.source_ami, region)
+            .await
+            .map(|resolved| (resolved.image, resolved.parameter))
+        {
+            Ok((image, Some(read))) => preflight.push(
+                Some(region),
+                Outcome::Ok(format!(
+                    "source image of `{}`: {} from SSM parameter `{}` version {}",
+                    flavor.name, image.id, read.name, read.version
+                )),
+            ),
+            Ok((image, None)) if image.name.is_empty() => {
                 preflight.push(Some(region), Outcome::Ok(format!("source image of `{}`: {}", flavor.name, image.id)))
             }
-            Ok(image) => preflight.push(
+            Ok((image, None)) => preflight.push(
                 Some(region),
                 Outcome::Ok(format!(
                     "source image of `{}`: {} `{}` ({})",

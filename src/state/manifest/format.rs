@@ -64,11 +64,21 @@ pub struct ImageEntry {
     /// field: a reader that does not know it is not misled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// The SSM parameter the source image was read from, and its version (optional, added in version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_parameter: Option<SourceParameterEntry>,
+}
+
+/// `source_ami = { ssm_parameter = … }`: which parameter, at which version.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceParameterEntry {
+    pub name: String,
+    pub version: u64,
 }
 
 impl From<&Artifact> for ImageEntry {
     fn from(artifact: &Artifact) -> Self {
-        let ImageSettings { kms_key_id, imds_support, deprecation_time, shared_with, interface } =
+        let ImageSettings { kms_key_id, imds_support, deprecation_time, shared_with, interface, source_parameter } =
             artifact.settings.as_ref();
         ImageEntry {
             image_id: artifact.image_id.clone(),
@@ -85,6 +95,9 @@ impl From<&Artifact> for ImageEntry {
             deprecation_time: deprecation_time.clone(),
             shared_with: shared_with.clone(),
             interface: interface.clone(),
+            source_parameter: source_parameter
+                .as_ref()
+                .map(|read| SourceParameterEntry { name: read.name.clone(), version: read.version }),
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::cloud::{client_token, ImageSummary, InstanceId, LaunchSpec, RootDevic
 use crate::outcome::Stage;
 use crate::steps::network::{Network, Placement};
 use crate::steps::patience::{no_room, Placements};
-use crate::steps::source::{self, SourceError};
+use crate::steps::source::{self, ResolvedSource, SourceError};
 
 use crate::cloud::consistency::NewKind;
 use crate::cloud::watch::WaitKind;
@@ -143,14 +143,19 @@ async fn launch(
     }
 }
 
-/// The source image in this region: the given id, or the newest match of the filter.
-pub(super) async fn resolve_source(context: &BuildContext) -> Result<ImageSummary, StepError> {
-    match source::find(&*context.cloud, &context.flavor.source_ami, &context.job.region).await {
-        Ok(image) => {
-            if !image.name.is_empty() {
+/// The source image in this region: the given id, the newest match of the filter, or the SSM parameter's.
+pub(super) async fn resolve_source(context: &BuildContext) -> Result<ResolvedSource, StepError> {
+    match source::resolve(&*context.cloud, &context.flavor.source_ami, &context.job.region).await {
+        Ok(resolved) => {
+            let image = &resolved.image;
+            if let Some(read) = &resolved.parameter {
+                let detail =
+                    format!("source image {} from SSM parameter `{}` version {}", image.id, read.name, read.version);
+                context.progress(Stage::SourceAmi, detail);
+            } else if !image.name.is_empty() {
                 context.progress(Stage::SourceAmi, format!("source image {} `{}`", image.id, image.name));
             }
-            Ok(image)
+            Ok(resolved)
         }
         Err(SourceError::Missing(message)) => Err(StepError::new(Stage::SourceAmi, message)),
         Err(SourceError::Cloud(error)) => Err(StepError::cloud(Stage::SourceAmi, error)),
