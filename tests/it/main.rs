@@ -27,4 +27,5 @@ mod session_manager;
 mod sharing;
 mod sim;
 mod validate;
+mod variables;
 mod witness;

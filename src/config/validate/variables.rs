@@ -193,6 +193,18 @@ fn read_var_file(
     given
 }
 
+/// `text` with every `{var.…}` (up to its `}`, or the end) left out.
+fn without_variables(text: &str) -> String {
+    let mut kept = String::new();
+    let mut rest = text;
+    while let Some(open) = rest.find("{var.") {
+        kept.push_str(&rest[..open]);
+        rest = rest[open..].find('}').map_or("", |close| &rest[open + close + 1..]);
+    }
+    kept.push_str(rest);
+    kept
+}
+
 /// The fields that used a sensitive variable, without it, by where they are in the raw file.
 #[derive(Default)]
 pub(super) struct SecretForms {
@@ -236,6 +248,8 @@ pub(super) fn substitute_variables(
             }
             Err(message) => {
                 checker.problem(path, message);
+                // Said once: the field is checked on as if its variables were empty.
+                *text = without_variables(text);
                 None
             }
         }
