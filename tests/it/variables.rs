@@ -193,3 +193,54 @@ fn a_variable_names_and_tags_images_and_a_sensitive_one_reaches_only_the_script(
     assert_eq!(now["image_id"], entry["image_id"], "a rotated token rebuilds nothing: {now}");
     assert_eq!(now["reused_from"], run_id.as_str(), "{now}");
 }
+
+/// The simulated cloud, through the binary: `--var` names the images, and the sensitive token (given in the
+/// environment, used in an env and the user data) is in nothing the run prints or writes (manifest, events,
+/// summary, `-v` logs).
+#[test]
+fn on_the_simulated_cloud_a_var_names_the_images_and_a_token_is_written_nowhere() {
+    let workspace = Workspace::new();
+    let token = format!("fb-sim-token-{:016x}", fastrand::u64(..));
+    let fleet = "[fleet]\nname = \"vars\"\nami_name = \"{flavor}-{var.build}-{run_id}\"\ntags = { Build = \"{var.build}\" }\n\n\
+                 [variables]\nbuild = \"dev\"\nregistry_token = { sensitive = true }\n\n\
+                 [defaults]\ninstance_type = \"t3.small\"\nssh_username = \"ec2-user\"\n\
+                 user_data = \"#!/bin/sh\\necho {var.registry_token} > /run/token\\n\"\n\n\
+                 [[flavor]]\nname = \"base\"\nsource_ami = { owners = [\"amazon\"], name = \"al2023-ami-*\" }\n\
+                 provisioners = [{ type = \"shell\", inline = [\"login\"], env = { TOKEN = \"{var.registry_token}\" } }]\n\n\
+                 [regions]\nus-west-2 = [\"us-east-1\"]\n";
+    let fleet_path = workspace.write("fleet.toml", fleet);
+    let events = workspace.path("events.jsonl").display().to_string();
+    let summary = workspace.path("summary.json").display().to_string();
+    let outcome = workspace.fleetbake_with_env(
+        &[
+            "-v",
+            "matrix",
+            fleet_path.to_str().unwrap(),
+            "--cloud",
+            "sim",
+            "--var",
+            "build=nightly-7",
+            "--events",
+            &events,
+            "--summary-json",
+            &summary,
+        ],
+        &[("FLEETBAKE_VAR_registry_token", &token)],
+    );
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace.path("manifest.sim.json")).unwrap()).unwrap();
+    let run_id = manifest["run_id"].as_str().unwrap();
+    for region in ["us-west-2", "us-east-1"] {
+        let entry = &manifest["artifacts"]["base"][region];
+        assert_eq!(entry["name"], format!("base-nightly-7-{run_id}").as_str(), "{region}: {entry}");
+    }
+    let mut haystacks = written_files(&workspace, &["fleet.toml", "tmp"]);
+    let events = haystacks.iter().find(|(name, _)| name == "events.jsonl").expect("the events were written");
+    assert!(events.1.contains(&format!("base-nightly-7-{run_id}")), "the scan reads what the run wrote");
+    assert!(haystacks.iter().any(|(name, _)| name == "summary.json"));
+    haystacks.push(("stdout".to_string(), outcome.stdout.clone()));
+    haystacks.push(("stderr".to_string(), outcome.stderr.clone()));
+    let found = findings(&haystacks, &[("the registry token".to_string(), token.clone())]);
+    assert!(found.is_empty(), "the token was written: {found:?}");
+}
