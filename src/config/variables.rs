@@ -131,6 +131,34 @@ impl Variables {
             .collect()
     }
 
+    /// `bytes` with every sensitive value in it replaced by `<sensitive>` (a script that prints its token,
+    /// as Packer masks sensitive variables in output); `None` when none is in it. Longer values first, so one
+    /// that contains another is masked whole.
+    pub fn mask(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut secrets: Vec<&[u8]> = self.sensitive_values().into_iter().map(str::as_bytes).collect();
+        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        let contains = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|window| window == needle);
+        if !secrets.iter().any(|secret| contains(bytes, secret)) {
+            return None;
+        }
+        let mut masked = bytes.to_vec();
+        for secret in secrets {
+            let mut out = Vec::with_capacity(masked.len());
+            let mut at = 0;
+            while at < masked.len() {
+                if masked[at..].starts_with(secret) {
+                    out.extend_from_slice(b"<sensitive>");
+                    at += secret.len();
+                } else {
+                    out.push(masked[at]);
+                    at += 1;
+                }
+            }
+            masked = out;
+        }
+        Some(masked)
+    }
+
     /// SHA-256 of `fleetbake-variable`, the run id, the name and the value; salted by the run, so a digest
     /// of a short secret cannot be looked up in a table made once for every journal.
     pub fn digests(&self, run_id: &str) -> VariableDigests {
@@ -328,6 +356,8 @@ mod tests {
         let digests = variables.digests("run-1");
         assert!(!digests["token"].contains("s3cr3t"));
         assert_ne!(digests, variables.digests("run-2"), "salted per run");
+        assert_eq!(variables.mask(b"login s3cr3t ok s3cr3t").unwrap(), b"login <sensitive> ok <sensitive>");
+        assert_eq!(variables.mask(b"build dev"), None, "a plain value is not masked");
         let (rotated, _) = choose(&declared(), &[given("token", "other", Origin::Flag)]);
         assert_ne!(digests["token"], rotated.digests("run-1")["token"]);
         assert_eq!(digests["build"], rotated.digests("run-1")["build"]);

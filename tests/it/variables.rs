@@ -2,7 +2,8 @@
 //! unknown names refused with where they were given; and on moto + sshd, a variable in image names and tags,
 //! and a sensitive one that reaches a provisioner's environment and nothing else: no command line while the
 //! script runs (`/proc/*/cmdline`, what `ps` shows), no file fleetbake writes, not the fingerprint (a rotated
-//! token reuses the image under `--changed-only`), and `--resume` refuses a run started with another value.
+//! token reuses the image under `--changed-only`), shown masked when the script prints it, and `--resume`
+//! refuses a run started with another value.
 
 use crate::cloud_state::images_of_run;
 use crate::harness::*;
@@ -94,7 +95,7 @@ fn token_fleet(endpoint: &str, sshd: &Sshd, markers: &str) -> String {
         );
     format!(
         "{header}\n[[flavor]]\nname = \"app\"\nsource_ami = {AL2023}\nprovisioners = [\n\
-         {{ type = \"shell\", inline = [\"printf '%s' \\\"$REGISTRY_TOKEN\\\" | sha256sum | cut -d' ' -f1 > {markers}/token.sha256\", \"sleep 3\"], env = {{ REGISTRY_TOKEN = \"{{var.registry_token}}\" }} }},\n\
+         {{ type = \"shell\", inline = [\"printf '%s' \\\"$REGISTRY_TOKEN\\\" | sha256sum | cut -d' ' -f1 > {markers}/token.sha256\", \"echo token is $REGISTRY_TOKEN\", \"sleep 3\"], env = {{ REGISTRY_TOKEN = \"{{var.registry_token}}\" }} }},\n\
          ]\n\n[regions]\nus-west-2 = []\n"
     )
 }
@@ -136,6 +137,8 @@ fn a_variable_names_and_tags_images_and_a_sensitive_one_reaches_only_the_script(
     let expected = format!("{:x}", sha2::Sha256::digest(token.as_bytes()));
     let seen = std::fs::read_to_string(workspace.markers.join("token.sha256")).unwrap();
     assert_eq!(seen.trim(), expected, "the provisioner had the token in its environment");
+    // The script printed it: shown masked (Packer masks sensitive variables in output alike).
+    assert!(first.stderr.contains("app/us-west-2: token is <sensitive>"), "{}", first.stderr);
     // No command line held it while the script ran.
     assert!(watched.samples_with_provisioner >= 50, "{} samples saw the script", watched.samples_with_provisioner);
     assert!(watched.with_needle.is_empty(), "the token was on command lines: {:?}", watched.with_needle.first());
