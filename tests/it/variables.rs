@@ -153,6 +153,16 @@ fn a_variable_names_and_tags_images_and_a_sensitive_one_reaches_only_the_script(
     assert_eq!(images[0].name, format!("app-nightly-42-{run_id}"));
     assert_eq!(images[0].tags["Build"], "nightly-42");
     assert_eq!(images[0].tags["Team"], "platform");
+    // And the run tag reached the build instance.
+    let instances = runtime().block_on(async { moto.client("us-west-2").describe_instances().send().await.unwrap() });
+    let build_tags: Vec<(String, String)> = instances
+        .reservations()
+        .iter()
+        .flat_map(|reservation| reservation.instances())
+        .flat_map(|instance| instance.tags())
+        .map(|tag| (tag.key().unwrap_or_default().to_string(), tag.value().unwrap_or_default().to_string()))
+        .collect();
+    assert!(build_tags.contains(&("Build".to_string(), "nightly-42".to_string())), "{build_tags:?}");
 
     // Nothing fleetbake wrote or printed holds the token: manifest, events, summary, journal, -v logs.
     let mut haystacks = written_files(&workspace, &["fleet.toml", "tmp"]);

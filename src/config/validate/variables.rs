@@ -337,3 +337,88 @@ pub(super) fn substitute_variables(
     }
     forms
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{parse_with, SubnetChoice, VariableInputs};
+
+    const FLEET: &str = r#"
+[fleet]
+name = "f"
+
+[variables]
+env = "prod"
+subnet = "subnet-0abc"
+bastion = "bastion.prod.example.com"
+key = "/nonexistent/key"
+token = { sensitive = true }
+
+[defaults]
+instance_type = "t3.small"
+ssh_username = "ec2-user"
+subnet_id = "{var.subnet}"
+run_tags = { Env = "{var.env}" }
+
+[[flavor]]
+name = "base"
+source_ami = { id = "ami-12345678" }
+tests = [{ type = "shell", inline = ["true"], env = { T = "{var.token}" } }]
+
+[regions]
+us-west-2 = []
+
+[ssh]
+bastion = { host = "{var.bastion}", user = "jump", private_key_file = "{var.key}", host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl" }
+
+[publish]
+ssm_parameter = "/images/{var.env}/{flavor}"
+launch_template = "{flavor}-{var.env}"
+"#;
+
+    fn inputs(flags: &[&str]) -> VariableInputs {
+        VariableInputs { flags: flags.iter().map(|flag| flag.to_string()).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn subnet_bastion_publish_run_tags_and_test_env_take_variables() {
+        let key = tempfile::NamedTempFile::new().unwrap();
+        let key_flag = format!("key={}", key.path().display());
+        let fleet = parse_with(Path::new("/f/fleet.toml"), FLEET, &inputs(&["token=t0k", "env=stage", &key_flag]))
+            .unwrap_or_else(|errors| panic!("{errors}"));
+        let flavor = &fleet.flavors[0];
+        assert_eq!(flavor.subnet, Some(SubnetChoice::Id("subnet-0abc".into())));
+        assert_eq!(flavor.run_tags["Env"], "stage");
+        let crate::config::Provisioner::Shell { env, .. } = &flavor.tests[0].provisioner else { panic!() };
+        assert_eq!(env["T"], "t0k");
+        let bastion = fleet.ssh.bastion.as_ref().unwrap();
+        assert_eq!(bastion.host, "bastion.prod.example.com");
+        assert_eq!(bastion.private_key_file, key.path());
+        let publish = fleet.publish.as_ref().unwrap();
+        assert_eq!(publish.ssm_parameter.as_deref(), Some("/images/stage/{flavor}"));
+        assert_eq!(publish.launch_template.as_deref(), Some("{flavor}-stage"));
+        assert!(!format!("{:?}", fleet.variables).contains("t0k"), "{:?}", fleet.variables);
+    }
+
+    #[test]
+    fn a_sensitive_variable_in_a_subnet_bastion_or_publish_field_is_refused_at_its_key() {
+        for (from, key) in [
+            ("subnet_id = \"{var.subnet}\"", "defaults.subnet_id"),
+            ("host = \"{var.bastion}\"", "ssh.bastion.host"),
+            ("ssm_parameter = \"/images/{var.env}/{flavor}\"", "publish.ssm_parameter"),
+            ("run_tags = { Env = \"{var.env}\" }", "defaults.run_tags.Env"),
+        ] {
+            let to = from
+                .replace("{var.subnet}", "{var.token}")
+                .replace("{var.bastion}", "{var.token}")
+                .replace("{var.env}", "{var.token}");
+            let text = FLEET.replace(from, &to);
+            let errors = parse_with(Path::new("/f/fleet.toml"), &text, &inputs(&["token=t0k"])).unwrap_err();
+            let error = errors.0.iter().find(|error| error.key == key).unwrap_or_else(|| panic!("{key}: {errors}"));
+            assert!(error.message.contains("`{var.token}` is sensitive"), "{key}: {error}");
+            assert!(error.line > 0, "{error}");
+            assert!(!errors.to_string().contains("t0k"), "{errors}");
+        }
+    }
+}
