@@ -83,6 +83,35 @@ fn an_unknown_var_var_file_key_or_environment_variable_is_refused_saying_where()
     );
 }
 
+/// A sensitive value given by `--var` works, with a warning that `ps` shows it; a sensitive variable with a
+/// default in the file is refused at its `default`.
+#[test]
+fn a_sensitive_value_on_the_command_line_is_warned_about_and_a_default_for_one_refused() {
+    let workspace = Workspace::new();
+    let text = offline_fleet().replace("[defaults]\n", "token = { sensitive = true }\n\n[defaults]\n");
+    let fleet = workspace.write("fleet.toml", &text);
+    let fleet = fleet.to_str().unwrap();
+    let outcome = workspace.fleetbake(&["validate", fleet, "--var", "token=visible-in-ps"]);
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains("warning: `--var token=…`: `token` is sensitive and a command line is visible"),
+        "{}",
+        outcome.stderr
+    );
+    assert!(!outcome.stderr.contains("visible-in-ps"), "{}", outcome.stderr);
+    let with_default = text.replace("token = { sensitive = true }", "token = { sensitive = true, default = \"x\" }");
+    let fleet = workspace.write("fleet.toml", &with_default);
+    let outcome = workspace.fleetbake(&["validate", fleet.to_str().unwrap()]);
+    assert_eq!(outcome.code, 2, "{}", outcome.stderr);
+    let line = with_default.lines().position(|line| line.starts_with("token")).unwrap() + 1;
+    assert!(
+        outcome.stderr.contains(&format!(":{line}:"))
+            && outcome.stderr.contains("`variables.token.default`: a sensitive variable takes its value from outside"),
+        "{}",
+        outcome.stderr
+    );
+}
+
 /// The fleet of the moto + sshd test: `{var.build}` in the image name, a fleet tag and a run tag; the
 /// sensitive `registry_token` in a provisioner's env, which writes its SHA-256 and sleeps while it is watched.
 fn token_fleet(endpoint: &str, sshd: &Sshd, markers: &str) -> String {
