@@ -33,6 +33,10 @@ pub struct FleetFile {
     pub encryption: Option<EncryptionSection>,
     pub sharing: Option<SharingSection>,
     pub publish: Option<PublishSection>,
+    /// `[variables]`: name → a default (`build = "dev"`) or `{ default = "…", sensitive = true }`; checked in
+    /// validation, so its messages can name the key.
+    #[serde(default)]
+    pub variables: BTreeMap<String, toml::Value>,
 }
 
 /// `[encryption]`: every image encrypted, with a KMS key per region (`"*"`: any other region).

@@ -12,6 +12,9 @@ use super::spans::{self, KeyPath, Node};
 use super::template::{NameContext, NameTemplate, Placeholder};
 use super::*;
 
+mod variables;
+use variables::{resolve_variables, substitute_variables, SecretForms};
+
 const DEFAULT_AMI_NAME: &str = "{flavor}-{build_region}-{timestamp}";
 const DEFAULT_MANIFEST: &str = "manifest.json";
 const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
@@ -140,9 +143,9 @@ pub fn is_region_name(name: &str) -> bool {
         && parts.last().is_some_and(|last| last.chars().all(|c| c.is_ascii_digit()))
 }
 
-pub fn parse(file: &Path, text: &str) -> Result<Fleet, ConfigErrors> {
+pub fn parse(file: &Path, text: &str, inputs: &VariableInputs) -> Result<Fleet, ConfigErrors> {
     let tree = Node::parse(text);
-    let raw: FleetFile = match toml::from_str(text) {
+    let mut raw: FleetFile = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(error) => {
             let span = error.span().unwrap_or(0..0);
@@ -161,13 +164,20 @@ pub fn parse(file: &Path, text: &str) -> Result<Fleet, ConfigErrors> {
     let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
     let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
     let mut checker = Checker { file, base_dir, problems: Vec::new() };
+    // Problems located outside the fleet file: a `--var-file`'s own lines, `--var` flags, the environment.
+    let mut outside = Vec::new();
+    let variables = resolve_variables(&mut checker, &raw.variables, inputs, &mut outside);
+    let without_secrets = substitute_variables(&mut checker, &variables, &mut raw);
     check_ssh_fields(&mut checker, &raw);
-    let fleet = resolve(&mut checker, raw);
-    if checker.problems.is_empty() {
+    let mut fleet = resolve(&mut checker, raw, without_secrets);
+    fleet.variables = variables;
+    if checker.problems.is_empty() && outside.is_empty() {
         return Ok(fleet);
     }
     let tree = tree.expect("text that deserialized is TOML");
-    Err(ConfigErrors(locate_problems(checker.file, text, &tree, checker.problems)))
+    let mut errors = locate_problems(checker.file, text, &tree, checker.problems);
+    errors.extend(outside);
+    Err(ConfigErrors(errors))
 }
 
 fn locate_problems(file: &Path, text: &str, tree: &Spanned<Node>, problems: Vec<Problem>) -> Vec<ConfigError> {
@@ -189,7 +199,7 @@ fn locate_problems(file: &Path, text: &str, tree: &Spanned<Node>, problems: Vec<
     errors
 }
 
-fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
+fn resolve(checker: &mut Checker<'_>, raw: FleetFile, without_secrets: SecretForms) -> Fleet {
     let root = KeyPath::root();
     let fleet_path = root.key("fleet");
     checker.name(fleet_path.key("name"), "fleet", &raw.fleet.name);
@@ -218,7 +228,10 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
     }
     let manifest_path = checker.base_dir.join(raw.fleet.manifest.as_deref().unwrap_or(DEFAULT_MANIFEST));
 
-    let (flavors, subnet_paths) = resolve_flavors(checker, &raw);
+    let (mut flavors, subnet_paths) = resolve_flavors(checker, &raw);
+    for (index, flavor) in flavors.iter_mut().enumerate() {
+        flavor.without_secrets = without_secrets.of_flavor(index, &raw.flavors[index]);
+    }
     let regions = resolve_regions(checker, &raw.regions);
     let matrix = resolve_matrix(checker, &raw.matrix, &flavors, &regions);
 
@@ -266,6 +279,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
             .as_deref()
             .and_then(|text| checker.duration(fleet_path.key("deprecate_after"), text)),
         selection: Selection::default(),
+        variables: Variables::default(),
     };
     check_selection(checker, &fleet);
     check_subnets(checker, &fleet, &subnet_paths);
@@ -563,6 +577,7 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, 
                 run_tags.extend(flavor.run_tags.clone());
                 run_tags
             },
+            without_secrets: WithoutSecrets::default(),
         });
     }
     (flavors, subnet_paths)

@@ -145,6 +145,8 @@ pub struct Plan {
     pub copies: Vec<CopyJob>,
     /// `--only` / `--except`: the plan has only these of the matrix's builds.
     pub selection: Selection,
+    /// Each `[variables]` value's digest, salted with the run id: the journal keeps them, `--resume` compares.
+    pub variables: crate::config::variables::VariableDigests,
 }
 
 impl Plan {
@@ -184,7 +186,16 @@ impl Plan {
                 interface: flavor.interface,
             });
         }
-        Plan { fleet: fleet.name.clone(), run_id, started_at, builds, copies, selection: fleet.selection.clone() }
+        let variables = fleet.variables.digests(run_id.as_str());
+        Plan {
+            fleet: fleet.name.clone(),
+            run_id,
+            started_at,
+            builds,
+            copies,
+            selection: fleet.selection.clone(),
+            variables,
+        }
     }
 
     /// Every job in plan order, each waiting for the image of its input (if any): builds from their configured

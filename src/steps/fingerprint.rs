@@ -77,8 +77,10 @@ impl Fingerprint {
         }
         let mut provisioners = Vec::new();
         // Its time limit is not part of what an image is made of.
-        for entry in &flavor.provisioners {
-            let bytes = provisioner_bytes(&entry.provisioner)?;
+        for (index, entry) in flavor.provisioners.iter().enumerate() {
+            let bytes = provisioner_bytes(&entry.provisioner, |name, value| {
+                flavor.without_secrets.provisioner_env.get(&(index, name.to_string())).map_or(value, String::as_str)
+            })?;
             whole.update(&bytes);
             provisioners.push(short(&Sha256::digest(&bytes)));
         }
@@ -162,8 +164,12 @@ fn describe(provisioner: &Provisioner) -> String {
     }
 }
 
-/// A provisioner, canonically: its type, what it copies or runs, byte for byte, and its env (sorted).
-fn provisioner_bytes(provisioner: &Provisioner) -> Result<Vec<u8>, String> {
+/// A provisioner, canonically: its type, what it copies or runs, byte for byte, and its env (sorted), each env
+/// value as `env_value` gives it (a value with a sensitive variable: as written, `{var.name}` left in).
+fn provisioner_bytes<'a>(
+    provisioner: &'a Provisioner,
+    env_value: impl Fn(&str, &'a str) -> &'a str,
+) -> Result<Vec<u8>, String> {
     let read = |path: &Path| std::fs::read(path).map_err(|error| format!("cannot read `{}`: {error}", path.display()));
     let mut bytes = Vec::new();
     let field = |bytes: &mut Vec<u8>, value: &[u8]| {
@@ -191,7 +197,7 @@ fn provisioner_bytes(provisioner: &Provisioner) -> Result<Vec<u8>, String> {
             }
             for (key, value) in env {
                 field(&mut bytes, key.as_bytes());
-                field(&mut bytes, value.as_bytes());
+                field(&mut bytes, env_value(key, value).as_bytes());
             }
         }
     }
@@ -204,6 +210,10 @@ fn settings_bytes(fleet: &Fleet, flavor: &Flavor, region: &Region) -> Vec<u8> {
     // keep their fingerprints; other bytes (gzip) as hex.
     let user_data = match &flavor.user_data {
         None => "None".to_string(),
+        // It uses a sensitive variable: hashed as written, so a rotated secret keeps the fingerprint.
+        Some(_) if flavor.without_secrets.user_data.is_some() => {
+            format!("{:?}", flavor.without_secrets.user_data.as_deref())
+        }
         Some(data) => match std::str::from_utf8(data.as_bytes()) {
             Ok(text) => format!("{:?}", Some(text)),
             Err(_) => format!("Bytes({})", hex(data.as_bytes())),
@@ -259,5 +269,28 @@ mod tests {
         assert_eq!(settings_bytes(&fleet, &flavor, &region), before.into_bytes());
         let (fleet, flavor) = flavor_with("");
         assert!(String::from_utf8(settings_bytes(&fleet, &flavor, &region)).unwrap().ends_with("user_data=None"));
+    }
+
+    /// A sensitive variable's value is not in the fingerprint (a rotated token keeps it); a plain one's is.
+    #[test]
+    fn a_rotated_secret_keeps_the_fingerprint_and_a_changed_variable_does_not() {
+        let text = "[fleet]\nname = \"f\"\n\n[variables]\nbuild = \"dev\"\ntoken = { sensitive = true }\n\n                    [defaults]\ninstance_type = \"t3.small\"\nssh_username = \"ec2-user\"\n                    user_data = \"#!/bin/sh\\nlogin {var.token}\\n\"\n\n                    [[flavor]]\nname = \"base\"\nsource_ami = { id = \"ami-12345678\" }\n                    provisioners = [{ type = \"shell\", inline = [\"true\"], env = { T = \"{var.token}\", B = \"{var.build}\" } }]\n\n                    [regions]\nus-west-2 = []\n";
+        let region = Region::new("us-west-2");
+        let source = ImageId::new("ami-12345678");
+        let fingerprint = |flags: &[&str]| {
+            let inputs = crate::config::VariableInputs {
+                flags: flags.iter().map(|flag| flag.to_string()).collect(),
+                ..Default::default()
+            };
+            let fleet = crate::config::parse_with(Path::new("/nonexistent/fleet.toml"), text, &inputs)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let flavor = fleet.flavors[0].clone();
+            let Provisioner::Shell { env, .. } = &flavor.provisioners[0].provisioner else { panic!() };
+            assert_eq!(env["T"], flags[0].trim_start_matches("token="), "the instance gets the value itself");
+            Fingerprint::of(&fleet, &flavor, &region, &source).unwrap().digest
+        };
+        let first = fingerprint(&["token=one"]);
+        assert_eq!(first, fingerprint(&["token=two"]), "a rotated secret rebuilds nothing");
+        assert_ne!(first, fingerprint(&["token=one", "build=prod"]), "a plain variable reaches the image");
     }
 }

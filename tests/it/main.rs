@@ -28,4 +28,5 @@ mod sharing;
 mod sim;
 mod ssm_source;
 mod validate;
+mod variables;
 mod witness;
