@@ -35,12 +35,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Parse and check a fleet file; no AWS calls
-    Validate { fleet: PathBuf },
+    Validate {
+        fleet: PathBuf,
+        #[command(flatten)]
+        vars: VarArgs,
+    },
     /// Print the builds and copies a fleet file expands to; no AWS calls
     Plan {
         fleet: PathBuf,
         #[command(flatten)]
         select: Select,
+        #[command(flatten)]
+        vars: VarArgs,
         /// Say per build whether `--changed-only` would rebuild or reuse, and why (read-only AWS calls)
         #[arg(long)]
         changed_only: bool,
@@ -51,6 +57,8 @@ enum Command {
         fleet: PathBuf,
         #[command(flatten)]
         select: Select,
+        #[command(flatten)]
+        vars: VarArgs,
         /// `aws`, or `sim`: the simulated EC2 `[sim]` describes
         #[arg(long, value_enum, default_value_t = CloudChoice::Aws)]
         cloud: CloudChoice,
@@ -60,6 +68,8 @@ enum Command {
         fleet: PathBuf,
         #[command(flatten)]
         select: Select,
+        #[command(flatten)]
+        vars: VarArgs,
         /// Start no new job after the first failure (running ones finish and clean up)
         #[arg(long)]
         fail_fast: bool,
@@ -101,6 +111,8 @@ enum Command {
     /// progress, and images beyond `[retention] keep` (never one the current manifest names)
     Gc {
         fleet: PathBuf,
+        #[command(flatten)]
+        vars: VarArgs,
         /// Print what would be removed; remove nothing
         #[arg(long)]
         dry_run: bool,
@@ -131,6 +143,42 @@ struct Select {
     except: Vec<String>,
 }
 
+/// Values for the fleet file's `[variables]`: `--var` over `--var-file` over `FLEETBAKE_VAR_<name>` over the
+/// default.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct VarArgs {
+    /// Set a variable of `[variables]` (repeatable; wins over `--var-file` and the environment). A sensitive
+    /// value here is visible in `ps`: give those through `FLEETBAKE_VAR_<name>` or `--var-file`
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+    /// A TOML file of `name = "value"` for `[variables]` (repeatable; a later file wins; wins over the
+    /// environment)
+    #[arg(long = "var-file", value_name = "PATH")]
+    var_files: Vec<PathBuf>,
+}
+
+impl VarArgs {
+    fn inputs(&self) -> config::VariableInputs {
+        config::VariableInputs::new(self.vars.clone(), self.var_files.clone())
+    }
+}
+
+/// Reads the fleet file with `vars`; a sensitive variable set by `--var` is warned about (it is in this
+/// process's command line, which any local user can read).
+fn load_fleet(path: &std::path::Path, vars: &VarArgs) -> Result<config::Fleet, config::ConfigErrors> {
+    let fleet = config::load_with(path, &vars.inputs())?;
+    for flag in &vars.vars {
+        let name = flag.split('=').next().unwrap_or_default();
+        if fleet.variables.get(name).is_some_and(|variable| variable.sensitive) {
+            eprintln!(
+                "warning: `--var {name}=…`: `{name}` is sensitive and a command line is visible to other local users (`ps`); set `{}{name}` or use `--var-file` instead",
+                config::variables::ENV_PREFIX
+            );
+        }
+    }
+    Ok(fleet)
+}
+
 impl Select {
     fn is_empty(&self) -> bool {
         self.only.is_empty() && self.except.is_empty()
@@ -138,8 +186,8 @@ impl Select {
 }
 
 /// Loads the fleet file and narrows it to `select`; every problem printed, refused.
-fn load(path: &std::path::Path, select: &Select) -> Result<config::Fleet, Ending> {
-    let mut fleet = config::load(path).map_err(bad_input)?;
+fn load(path: &std::path::Path, select: &Select, vars: &VarArgs) -> Result<config::Fleet, Ending> {
+    let mut fleet = load_fleet(path, vars).map_err(bad_input)?;
     let parse = |texts: &[String]| -> Result<Vec<config::JobPattern>, Vec<String>> {
         let parsed: Vec<_> = texts.iter().map(|text| config::JobPattern::parse(text)).collect();
         let problems: Vec<String> = parsed.iter().filter_map(|result| result.clone().err()).collect();
@@ -182,7 +230,7 @@ fn main() -> ExitCode {
 /// Runs the command: it prints what it has to say and returns how it ended.
 fn command(cli: Cli) -> Ending {
     match cli.command {
-        Command::Validate { fleet } => match config::load(&fleet) {
+        Command::Validate { fleet, vars } => match load_fleet(&fleet, &vars) {
             Ok(loaded) => {
                 let plan = Plan::new(&loaded, RunId::generate(Utc::now()), Utc::now());
                 println!(
@@ -197,7 +245,7 @@ fn command(cli: Cli) -> Ending {
             }
             Err(errors) => bad_input(errors),
         },
-        Command::Plan { fleet, select, changed_only } => match load(&fleet, &select) {
+        Command::Plan { fleet, select, vars, changed_only } => match load(&fleet, &select, &vars) {
             Ok(loaded) if changed_only => {
                 let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
                 runtime.block_on(changed_plan(loaded))
@@ -218,16 +266,16 @@ fn command(cli: Cli) -> Ending {
             );
             Ending::Done
         }
-        Command::Gc { fleet, dry_run } => {
-            let loaded = match config::load(&fleet) {
+        Command::Gc { fleet, vars, dry_run } => {
+            let loaded = match load_fleet(&fleet, &vars) {
                 Ok(loaded) => loaded,
                 Err(errors) => return bad_input(errors),
             };
             let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
             runtime.block_on(gc(loaded, &fleet, dry_run))
         }
-        Command::Preflight { fleet, select, cloud } => {
-            let loaded = match load(&fleet, &select) {
+        Command::Preflight { fleet, select, vars, cloud } => {
+            let loaded = match load(&fleet, &select, &vars) {
                 Ok(loaded) => loaded,
                 Err(refused) => return refused,
             };
@@ -237,6 +285,7 @@ fn command(cli: Cli) -> Ending {
         Command::Matrix {
             fleet,
             select,
+            vars,
             fail_fast,
             cloud,
             summary_json,
@@ -251,7 +300,7 @@ fn command(cli: Cli) -> Ending {
                 eprintln!("error: --resume makes the interrupted run's own selection; leave out --only and --except");
                 return Ending::Refused;
             }
-            let mut loaded = match load(&fleet, &select) {
+            let mut loaded = match load(&fleet, &select, &vars) {
                 Ok(loaded) => loaded,
                 Err(refused) => return refused,
             };

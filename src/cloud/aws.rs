@@ -157,12 +157,13 @@ impl Cloud for AwsCloud {
         let (source, expires_in, temporary) = read_credentials(&self.sdk).await?;
         let base = match &self.base {
             Some(base) => {
-                let (base_source, base_expires_in, _) = read_credentials(base).await?;
+                let (base_source, base_expires_in, base_temporary) = read_credentials(base).await?;
                 Some(Box::new(BaseCredentials {
                     arn: identity(base, &self.limits).await?.arn,
                     refreshable: CredentialsStatus::is_refreshable(&base_source),
                     source: base_source,
                     expires_in: base_expires_in,
+                    temporary: base_temporary,
                 }))
             }
             None => None,
@@ -220,7 +221,12 @@ async fn read_credentials(sdk: &aws_config::SdkConfig) -> CloudResult<(String, O
 /// parsed here and dropped.
 fn provider_name(credentials: &aws_credential_types::Credentials) -> String {
     let shown = format!("{credentials:?}");
-    shown.split("provider_name: \"").nth(1).and_then(|rest| rest.split('"').next()).unwrap_or("unknown").to_string()
+    shown
+        .split("provider_name: \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or(crate::cloud::UNKNOWN_PROVIDER)
+        .to_string()
 }
 
 /// One region's clients (EC2, KMS for its keys, SSM for publishing) and request buckets.
@@ -1089,7 +1095,8 @@ impl RegionCloud for AwsRegion {
     async fn label_parameter_version(&self, name: &str, version: u64, label: &str) -> CloudResult<()> {
         let action = Action::LabelParameterVersion;
         let version = i64::try_from(version).unwrap_or(i64::MAX);
-        self.limiter
+        let answer = self
+            .limiter
             .call(action, || async {
                 self.ssm
                     .label_parameter_version()
@@ -1101,6 +1108,14 @@ impl RegionCloud for AwsRegion {
                     .map_err(|error| self.error(action, error))
             })
             .await?;
+        // SSM answers 200 with the labels it refused (a label already on another version of a parameter
+        // at its 10-label limit, a malformed one): not a label the manifest may list.
+        if !answer.invalid_labels().is_empty() {
+            let refused = answer.invalid_labels().join(", ").escape_debug().take(200).collect::<String>();
+            return Err(
+                self.permanent(action, format!("SSM refused the label(s) {refused} of `{name}` version {version}"))
+            );
+        }
         Ok(())
     }
 
@@ -1252,6 +1267,26 @@ impl RegionCloud for AwsRegion {
                 })
             })
             .collect())
+    }
+
+    /// GetParameter (no decryption: an image id is not a secret). `ParameterNotFound`: `None`.
+    async fn parameter(&self, name: &str) -> CloudResult<Option<ParameterVersion>> {
+        let action = Action::GetParameter;
+        let answer = self
+            .limiter
+            .call(action, || async {
+                self.ssm.get_parameter().name(name).send().await.map_err(|error| self.error(action, error))
+            })
+            .await;
+        let answer = match answer {
+            Err(error) if error.code.as_deref() == Some("ParameterNotFound") => return Ok(None),
+            other => other?,
+        };
+        Ok(answer.parameter().map(|found| ParameterVersion {
+            version: u64::try_from(found.version()).unwrap_or_default(),
+            value: found.value().unwrap_or_default().to_string(),
+            labels: Vec::new(),
+        }))
     }
 }
 

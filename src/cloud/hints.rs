@@ -51,13 +51,14 @@ pub fn public_blocked(error: &CloudError) -> String {
     )
 }
 
-/// Regions DescribeRegions said are not enabled for the account, as the preflight read them: an `AuthFailure`
-/// there is the region, not the credentials. Process-wide, since a hint is made from an error alone.
+/// Regions DescribeRegions said are not enabled for the account, as the last preflight read them: an
+/// `AuthFailure` there is the region, not the credentials. Process-wide, since a hint is made from an error
+/// alone; each preflight replaces it, so a run never keeps an earlier one's answer.
 static NOT_ENABLED: Mutex<BTreeSet<Region>> = Mutex::new(BTreeSet::new());
 
-/// Notes regions the account has not enabled (the preflight's DescribeRegions).
+/// Notes the regions the account has not enabled (the preflight's DescribeRegions), instead of any noted before.
 pub fn note_regions_not_enabled(regions: impl IntoIterator<Item = Region>) {
-    NOT_ENABLED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(regions);
+    *NOT_ENABLED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = regions.into_iter().collect();
 }
 
 fn known_not_enabled(region: &Region) -> bool {
@@ -138,6 +139,9 @@ mod tests {
         let not_enabled = super::hint(&error("AuthFailure", Action::DescribeImages)).unwrap();
         assert!(not_enabled.starts_with("ap-east-1 is not enabled for this account"), "{not_enabled}");
         assert!(!not_enabled.contains("credentials"), "{not_enabled}");
+        note_regions_not_enabled([]);
+        let forgotten = super::hint(&error("AuthFailure", Action::DescribeImages)).unwrap();
+        assert!(forgotten.contains("if other regions answer"), "a later preflight's answer replaces it: {forgotten}");
         assert!(super::hint(&error("InvalidAMIID.Malformed", Action::DescribeImages)).is_none());
         assert!(super::hint(&error("ExpiredToken", Action::CreateTags)).unwrap().contains("expired"));
         let session = super::hint(&error("AccessDeniedException", Action::StartSession)).unwrap();

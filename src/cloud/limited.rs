@@ -273,4 +273,8 @@ impl RegionCloud for LimitedRegion {
     async fn describe_regions(&self) -> CloudResult<Vec<RegionOptIn>> {
         self.limiter.call(Action::DescribeRegions, || self.inner.describe_regions()).await
     }
+
+    async fn parameter(&self, name: &str) -> CloudResult<Option<ParameterVersion>> {
+        self.limiter.call(Action::GetParameter, || self.inner.parameter(name)).await
+    }
 }

@@ -564,6 +564,9 @@ pub trait RegionCloud: Send + Sync {
     /// DescribeRegions with `AllRegions = true`: every region of the partition and whether the account has
     /// it enabled (`OptInStatus`). A region not enabled answers EC2 calls with `AuthFailure`.
     async fn describe_regions(&self) -> CloudResult<Vec<RegionOptIn>>;
+    /// GetParameter: the parameter's newest version and its value (`None`: SSM has no such parameter,
+    /// `ParameterNotFound`). AWS's public `/aws/service/…` parameters are readable in every region.
+    async fn parameter(&self, name: &str) -> CloudResult<Option<ParameterVersion>>;
 }
 
 /// The SSM data type of a parameter holding an AMI id: SSM checks the id (asynchronously).
@@ -632,6 +635,8 @@ pub struct BaseCredentials {
     pub source: String,
     pub refreshable: bool,
     pub expires_in: Option<std::time::Duration>,
+    /// Session keys (with a token): they end, whether or not the provider says when.
+    pub temporary: bool,
 }
 
 /// Providers whose credentials are what was written down (environment variables, a profile's keys, a static
@@ -640,10 +645,20 @@ pub struct BaseCredentials {
 /// `credential_process`) asks for new ones before the old end.
 const STATIC_PROVIDERS: &[&str] = &["EnvironmentVariable", "ProfileFile", "Static"];
 
+/// The provider's name when the SDK's credentials do not show it.
+pub const UNKNOWN_PROVIDER: &str = "unknown";
+
 impl CredentialsStatus {
-    /// Whether credentials from `source` are renewed by their provider.
+    /// Whether credentials from `source` are renewed by their provider. A provider whose name could not be
+    /// read (`unknown`) is not assumed to renew them: the preflight errs toward saying so.
     pub fn is_refreshable(source: &str) -> bool {
-        !STATIC_PROVIDERS.contains(&source)
+        source != UNKNOWN_PROVIDER && !STATIC_PROVIDERS.contains(&source)
+    }
+
+    /// With `[aws] role_arn` on session keys that are not renewed and whose end the provider does not give:
+    /// the role is renewed only while they last, and when that is, is not known here.
+    pub fn base_ends_unknown(&self) -> bool {
+        self.base.as_ref().is_some_and(|base| !base.refreshable && base.temporary && base.expires_in.is_none())
     }
 
     /// How long the run can sign calls: these credentials' own time, or, when they are renewed with base

@@ -75,6 +75,9 @@ pub enum Action {
     /// EC2: every region and whether the account has it enabled (`AllRegions`), for the preflight. Counted
     /// with the non-mutating calls.
     DescribeRegions,
+    /// SSM, not EC2: a parameter's value now (`source_ami = { ssm_parameter = … }`). Counted with the
+    /// non-mutating calls.
+    GetParameter,
 }
 
 /// The AWS services fleetbake calls. Each paces its calls in buckets of its own per place (the client's
@@ -144,7 +147,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 42] = [
+    pub const ALL: [Action; 43] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -187,6 +190,7 @@ impl Action {
         Action::DescribeImageAttribute,
         Action::DescribeSnapshotAttribute,
         Action::DescribeRegions,
+        Action::GetParameter,
     ];
 
     /// The action named as in the EC2 API (`CreateImage`).
@@ -212,7 +216,8 @@ impl Action {
             | Action::DescribeInstanceInformation
             | Action::StartSession
             | Action::TerminateSession
-            | Action::DescribeSessions => Service::Ssm,
+            | Action::DescribeSessions
+            | Action::GetParameter => Service::Ssm,
             _ => Service::Ec2,
         }
     }
@@ -237,7 +242,8 @@ impl Action {
             | Action::GetImageBlockPublicAccessState
             | Action::DescribeImageAttribute
             | Action::DescribeSnapshotAttribute
-            | Action::DescribeRegions => ActionClass::NonMutating,
+            | Action::DescribeRegions
+            | Action::GetParameter => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,
             Action::CopyImage => ActionClass::CopyImage,
             Action::CreateTags => ActionClass::CreateTags,
@@ -269,6 +275,10 @@ mod tests {
         assert_eq!(Action::LabelParameterVersion.service(), Service::Ssm);
         assert_eq!(Action::GetParameterHistory.service(), Service::Ssm);
         assert_eq!(Action::GetParameterHistory.class(), ActionClass::NonMutating);
+        assert_eq!(
+            (Action::GetParameter.service(), Action::GetParameter.class()),
+            (Service::Ssm, ActionClass::NonMutating)
+        );
         assert_eq!(Action::UnlabelParameterVersion.iam_name(), "ssm:UnlabelParameterVersion");
         assert_eq!(Action::DescribeLaunchTemplateVersions.iam_name(), "ec2:DescribeLaunchTemplateVersions");
         for session_call in [

@@ -14,6 +14,7 @@ mod spans;
 pub mod ssh_fields;
 pub mod template;
 mod validate;
+pub mod variables;
 
 pub use place::{Account, Place};
 pub use selection::{JobPattern, Selection};
@@ -27,6 +28,7 @@ use ipnet::IpNet;
 
 pub use template::{NameContext, NameTemplate, Placeholder};
 pub use validate::RUN_ID_LENGTH;
+pub use variables::{VariableInputs, Variables};
 
 string_newtype!(
     /// An AWS region name such as `us-west-2`.
@@ -98,6 +100,8 @@ pub struct Fleet {
     pub deprecate_after: Option<Duration>,
     /// `--only` / `--except` of this run (not in the file): which of the matrix's builds it makes.
     pub selection: Selection,
+    /// `[variables]` with the values this run gave them (already in every field that uses them).
+    pub variables: Variables,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -138,6 +142,18 @@ pub struct Flavor {
     pub user_data: Option<UserData>,
     /// Tags on the build instance and its volumes, besides fleetbake's.
     pub run_tags: Tags,
+    /// Its fields that use a sensitive variable, with `{var.name}` in place of the value: what the fingerprint
+    /// hashes instead, so a rotated secret does not rebuild the image.
+    pub without_secrets: WithoutSecrets,
+}
+
+/// A flavor's provisioner `env` values and user data that use a sensitive variable, as written (each
+/// `{var.name}` of a sensitive variable left in); empty when it uses none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WithoutSecrets {
+    /// (provisioner index, env name) → the value without its secrets.
+    pub provisioner_env: BTreeMap<(usize, String), String>,
+    pub user_data: Option<String>,
 }
 
 /// The instance metadata service of the build instance, and what the images require.
@@ -275,6 +291,9 @@ pub enum SourceAmi {
     /// the build runs in (the plan waits for it, `plan::BuildSource::ImageOf`); built alone (`--only`), that
     /// flavor's image in the manifest, else its newest tagged image there.
     Flavor(FlavorName),
+    /// The image id this SSM parameter holds, read in each build region (GetParameter): AWS's public
+    /// `/aws/service/…` parameters name each region's own image.
+    SsmParameter(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -800,6 +819,11 @@ impl std::error::Error for ConfigErrors {}
 
 /// Reads, parses and checks a fleet file. Reads only local files.
 pub fn load(path: &Path) -> Result<Fleet, ConfigErrors> {
+    load_with(path, &VariableInputs::default())
+}
+
+/// [`load`] with values for `[variables]` (`--var`, `--var-file`, `FLEETBAKE_VAR_*`).
+pub fn load_with(path: &Path, inputs: &VariableInputs) -> Result<Fleet, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|error| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
@@ -809,10 +833,15 @@ pub fn load(path: &Path) -> Result<Fleet, ConfigErrors> {
             message: format!("cannot read the fleet file: {error}"),
         }])
     })?;
-    parse(path, &text)
+    parse_with(path, &text, inputs)
 }
 
 /// Parses and checks fleet-file text; `path` locates the files it names and labels errors.
 pub fn parse(path: &Path, text: &str) -> Result<Fleet, ConfigErrors> {
-    validate::parse(path, text)
+    validate::parse(path, text, &VariableInputs::default())
+}
+
+/// [`parse`] with values for `[variables]`.
+pub fn parse_with(path: &Path, text: &str, inputs: &VariableInputs) -> Result<Fleet, ConfigErrors> {
+    validate::parse(path, text, inputs)
 }

@@ -33,6 +33,10 @@ pub struct FleetFile {
     pub encryption: Option<EncryptionSection>,
     pub sharing: Option<SharingSection>,
     pub publish: Option<PublishSection>,
+    /// `[variables]`: name → a default (`build = "dev"`) or `{ default = "…", sensitive = true }`; checked in
+    /// validation, so its messages can name the key.
+    #[serde(default)]
+    pub variables: BTreeMap<String, toml::Value>,
 }
 
 /// `[encryption]`: every image encrypted, with a KMS key per region (`"*"`: any other region).
@@ -170,7 +174,7 @@ pub struct SubnetSection {
     pub ids: Option<BTreeMap<String, String>>,
 }
 
-/// `{ id = "ami-…" }` or `{ owners = [...], name = "pattern" }` or `{ flavor = "base" }`.
+/// `{ id = "ami-…" }`, `{ owners = [...], name = "pattern" }`, `{ ssm_parameter = "/name" }` or `{ flavor = "base" }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceAmiSection {
@@ -180,6 +184,8 @@ pub struct SourceAmiSection {
     pub architecture: Option<String>,
     /// Another flavor of this fleet: built from the image it makes (or reuses) in this run.
     pub flavor: Option<String>,
+    /// `{ ssm_parameter = "/aws/service/…" }`: the image id an SSM parameter holds, read in each build region.
+    pub ssm_parameter: Option<String>,
 }
 
 /// One provisioner; which keys are allowed depends on `type`, checked in validation.

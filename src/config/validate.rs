@@ -12,6 +12,9 @@ use super::spans::{self, KeyPath, Node};
 use super::template::{NameContext, NameTemplate, Placeholder};
 use super::*;
 
+mod variables;
+use variables::{resolve_variables, substitute_variables, SecretForms};
+
 const DEFAULT_AMI_NAME: &str = "{flavor}-{build_region}-{timestamp}";
 const DEFAULT_MANIFEST: &str = "manifest.json";
 const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
@@ -140,9 +143,9 @@ pub fn is_region_name(name: &str) -> bool {
         && parts.last().is_some_and(|last| last.chars().all(|c| c.is_ascii_digit()))
 }
 
-pub fn parse(file: &Path, text: &str) -> Result<Fleet, ConfigErrors> {
+pub fn parse(file: &Path, text: &str, inputs: &VariableInputs) -> Result<Fleet, ConfigErrors> {
     let tree = Node::parse(text);
-    let raw: FleetFile = match toml::from_str(text) {
+    let mut raw: FleetFile = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(error) => {
             let span = error.span().unwrap_or(0..0);
@@ -161,13 +164,20 @@ pub fn parse(file: &Path, text: &str) -> Result<Fleet, ConfigErrors> {
     let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
     let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
     let mut checker = Checker { file, base_dir, problems: Vec::new() };
+    // Problems located outside the fleet file: a `--var-file`'s own lines, `--var` flags, the environment.
+    let mut outside = Vec::new();
+    let variables = resolve_variables(&mut checker, &raw.variables, inputs, &mut outside);
+    let without_secrets = substitute_variables(&mut checker, &variables, &mut raw);
     check_ssh_fields(&mut checker, &raw);
-    let fleet = resolve(&mut checker, raw);
-    if checker.problems.is_empty() {
+    let mut fleet = resolve(&mut checker, raw, without_secrets);
+    fleet.variables = variables;
+    if checker.problems.is_empty() && outside.is_empty() {
         return Ok(fleet);
     }
     let tree = tree.expect("text that deserialized is TOML");
-    Err(ConfigErrors(locate_problems(checker.file, text, &tree, checker.problems)))
+    let mut errors = locate_problems(checker.file, text, &tree, checker.problems);
+    errors.extend(outside);
+    Err(ConfigErrors(errors))
 }
 
 fn locate_problems(file: &Path, text: &str, tree: &Spanned<Node>, problems: Vec<Problem>) -> Vec<ConfigError> {
@@ -189,7 +199,7 @@ fn locate_problems(file: &Path, text: &str, tree: &Spanned<Node>, problems: Vec<
     errors
 }
 
-fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
+fn resolve(checker: &mut Checker<'_>, raw: FleetFile, without_secrets: SecretForms) -> Fleet {
     let root = KeyPath::root();
     let fleet_path = root.key("fleet");
     checker.name(fleet_path.key("name"), "fleet", &raw.fleet.name);
@@ -218,7 +228,10 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
     }
     let manifest_path = checker.base_dir.join(raw.fleet.manifest.as_deref().unwrap_or(DEFAULT_MANIFEST));
 
-    let (flavors, subnet_paths) = resolve_flavors(checker, &raw);
+    let (mut flavors, subnet_paths) = resolve_flavors(checker, &raw);
+    for (index, flavor) in flavors.iter_mut().enumerate() {
+        flavor.without_secrets = without_secrets.of_flavor(index, &raw.flavors[index]);
+    }
     let regions = resolve_regions(checker, &raw.regions);
     let matrix = resolve_matrix(checker, &raw.matrix, &flavors, &regions);
 
@@ -266,6 +279,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile) -> Fleet {
             .as_deref()
             .and_then(|text| checker.duration(fleet_path.key("deprecate_after"), text)),
         selection: Selection::default(),
+        variables: Variables::default(),
     };
     check_selection(checker, &fleet);
     check_layers(checker, &fleet);
@@ -564,6 +578,7 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, 
                 run_tags.extend(flavor.run_tags.clone());
                 run_tags
             },
+            without_secrets: WithoutSecrets::default(),
         });
     }
     (flavors, subnet_paths)
@@ -800,13 +815,21 @@ fn required_inherited(
 
 fn resolve_source_ami(checker: &mut Checker<'_>, path: KeyPath, raw: &schema::SourceAmiSection) -> SourceAmi {
     if let Some(parent) = &raw.flavor {
-        if raw.id.is_some() || raw.name.is_some() || raw.owners.is_some() || raw.architecture.is_some() {
+        if raw.id.is_some()
+            || raw.name.is_some()
+            || raw.owners.is_some()
+            || raw.architecture.is_some()
+            || raw.ssm_parameter.is_some()
+        {
             checker.problem(
                 path.key("flavor"),
-                "`flavor` cannot be combined with `id`, `owners`, `name` or `architecture`",
+                "`flavor` cannot be combined with `id`, `owners`, `name`, `architecture` or `ssm_parameter`",
             );
         }
         return SourceAmi::Flavor(FlavorName::new(parent));
+    }
+    if let Some(name) = &raw.ssm_parameter {
+        return resolve_ssm_source(checker, path, raw, name);
     }
     match (&raw.id, &raw.name) {
         (Some(id), None) => {
@@ -840,10 +863,58 @@ fn resolve_source_ami(checker: &mut Checker<'_>, path: KeyPath, raw: &schema::So
             SourceAmi::Id(String::new())
         }
         (None, None) => {
-            checker.problem(path, "set `id = \"ami-…\"` or `owners = [...]` + `name = \"pattern\"`");
+            checker.problem(
+                path,
+                "set `id = \"ami-…\"`, `owners = [...]` + `name = \"pattern\"` or `ssm_parameter = \"/name\"`",
+            );
             SourceAmi::Id(String::new())
         }
     }
+}
+
+/// SSM's longest parameter name (GetParameter `Name`: 1 to 2048 characters).
+const MAX_PARAMETER_NAME: usize = 2048;
+
+/// `source_ami = { ssm_parameter = "/aws/service/…" }`: alone, and a name SSM accepts (SSM user guide,
+/// "Parameter name requirements and constraints": letters, digits and `_.-/`; a name in a hierarchy starts
+/// with `/`).
+fn resolve_ssm_source(
+    checker: &mut Checker<'_>,
+    path: KeyPath,
+    raw: &schema::SourceAmiSection,
+    name: &str,
+) -> SourceAmi {
+    if raw.id.is_some() || raw.owners.is_some() || raw.name.is_some() || raw.architecture.is_some() {
+        checker.problem(
+            path.key("ssm_parameter"),
+            "`ssm_parameter` cannot be combined with `id`, `owners`, `name` or `architecture`: set one source",
+        );
+    }
+    if let Some(problem) = parameter_name_problem(name) {
+        checker.problem(path.key("ssm_parameter"), problem);
+    }
+    SourceAmi::SsmParameter(name.to_string())
+}
+
+/// What is wrong with an SSM parameter name, if anything (the name is shown only when it is well formed).
+fn parameter_name_problem(name: &str) -> Option<String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/');
+    if name.is_empty() {
+        return Some("must not be empty: name an SSM parameter such as `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64`".into());
+    }
+    if name.chars().count() > MAX_PARAMETER_NAME {
+        return Some(format!("an SSM parameter name has at most {MAX_PARAMETER_NAME} characters"));
+    }
+    if !name.chars().all(allowed) {
+        return Some("an SSM parameter name has only letters, digits and `_`, `.`, `-`, `/`".into());
+    }
+    if name.contains('/') && !name.starts_with('/') {
+        return Some(format!("`{name}` is in a hierarchy, so it starts with `/`: `/{name}`"));
+    }
+    if name.contains("//") || (name.len() > 1 && name.ends_with('/')) || name == "/" {
+        return Some(format!("`{name}` has an empty level: SSM refuses `//` and a trailing `/`"));
+    }
+    None
 }
 
 /// A flavor's `provisioners` or `tests` (`list`), each with its limit (its own `timeout`, else `default`).

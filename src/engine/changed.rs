@@ -17,7 +17,7 @@ use std::fmt;
 
 use crate::cloud::{Cloud, ImageId, ImageQuery, ImageState, OwnedImage, RegionCloud};
 use crate::config::{Flavor, Fleet, Region, SourceAmi, Tags};
-use crate::outcome::{Artifact, Failure, ImageSettings, JobLabel, Parent};
+use crate::outcome::{Artifact, Failure, ImageSettings, JobLabel, Parent, SourceParameter};
 use crate::plan::{BuildJob, JobId, Plan};
 use crate::state::resume::Prior;
 use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, PARENT_IMAGE_TAG, RUN_ID_TAG, SOURCE_IMAGE_TAG, TEST_TAG};
@@ -76,14 +76,19 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
         let flavor = fleet.flavor(&build.flavor).expect("planned from the fleet");
         let region_cloud = cloud.region(&build.region);
         let source = source_of(fleet, plan, &changes, build, &*region_cloud).await;
-        let fingerprint = source.and_then(|source| Fingerprint::of(fleet, flavor, &build.region, &source));
+        let fingerprint = source.and_then(|(source, parameter)| {
+            Fingerprint::of_source(fleet, flavor, &build.region, &source, parameter.as_ref())
+        });
         let (reuse, why) = match fingerprint {
             Err(why) => (None, vec![why]),
             Ok(fingerprint) => {
                 let images = fleet_images(fleet, flavor, &*region_cloud).await;
                 match newest(&images, Some(&fingerprint.digest)) {
                     Some(image) => {
-                        let reused = reusable(fleet, flavor, &build.region, &*region_cloud, image, clock, apply).await;
+                        let mut reused =
+                            reusable(fleet, flavor, &build.region, &*region_cloud, image, clock, apply).await;
+                        // Same fingerprint, same SSM parameter version (if the source is read from one).
+                        reused.artifact.settings.source_parameter = fingerprint.parameter.clone();
                         let run = reused.artifact.reused_from.clone().unwrap_or_default();
                         let why = vec![format!("nothing changed since {} (run {run})", reused.artifact.image_id)];
                         changes.keep(JobId::Build(build.index), &reused);
@@ -108,6 +113,7 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
                 let Some(image) = newest(&images, digest.as_deref()).filter(same_key) else { continue };
                 let mut reused = reusable(fleet, flavor, target, &*target_cloud, image, clock, apply).await;
                 reused.artifact.build_region = build.region.clone();
+                reused.artifact.settings.source_parameter = artifact.settings.source_parameter.clone();
                 changes.keep(JobId::Copy(copy), &reused);
                 changes.priors.insert(JobId::Copy(copy), Prior::Available(reused.artifact));
             }
@@ -144,20 +150,24 @@ async fn source_of(
     changes: &Changes,
     build: &BuildJob,
     cloud: &dyn RegionCloud,
-) -> Result<ImageId, String> {
+) -> Result<(ImageId, Option<SourceParameter>), String> {
     let flavor = fleet.flavor(&build.flavor).expect("planned from the fleet");
     if let Some(input) = plan.input(JobId::Build(build.index)) {
         let (parent, region) = plan.placement(input);
         return match changes.priors.get(&input) {
-            Some(Prior::Available(artifact)) => Ok(artifact.image_id.clone()),
+            Some(Prior::Available(artifact)) => Ok((artifact.image_id.clone(), None)),
             _ => Err(format!("its parent `{parent}` gets a new image in {region}")),
         };
     }
     let found = match &flavor.source_ami {
-        SourceAmi::Flavor(parent) => source::parent_image(cloud, &fleet.name, parent, &build.region).await,
-        configured => source::find(cloud, configured, &build.region).await,
+        SourceAmi::Flavor(parent) => {
+            source::parent_image(cloud, &fleet.name, parent, &build.region).await.map(|image| (image.id, None))
+        }
+        configured => source::resolve(cloud, configured, &build.region)
+            .await
+            .map(|resolved| (resolved.image.id, resolved.parameter)),
     };
-    found.map(|image| image.id).map_err(|error| format!("the source image is not known: {error}"))
+    found.map_err(|error| format!("the source image is not known: {error}"))
 }
 
 /// The fleet's images of `flavor` in a region (any state; empty if the lookup fails: then nothing is reused).
@@ -210,7 +220,10 @@ async fn reusable(
             image: &image.id,
             snapshots: &image.snapshot_ids,
             now: clock.now(),
-            made: Made::Earlier { created, shared: image.tags.contains_key(finish::SHARED_TAG) },
+            made: Made::Earlier {
+                created,
+                shared: image.tags.get(finish::SHARED_TAG).is_some_and(|value| value == "true"),
+            },
         };
         let Finished { settings, failures, notes } = finish::finish(finishing).await;
         let failures = failures.iter().map(|failure| Failure::from_cloud(&label, failure.stage, &failure.error));

@@ -128,6 +128,7 @@ fn journal_exit(error: &JournalError) -> Exit {
         | JournalError::Corrupt { .. }
         | JournalError::OtherFleet { .. }
         | JournalError::PlanChanged { .. }
+        | JournalError::VariablesChanged { .. }
         | JournalError::NothingToResume { .. } => Exit::BadInput,
         JournalError::Io { .. } | JournalError::Busy { .. } | JournalError::InProgress { .. } => Exit::Failed,
     }

@@ -82,4 +82,14 @@ pub struct ImageSettings {
     /// (no inbound port). Absent from a copy, and from an image an older fleetbake made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// The SSM parameter its source image was read from (`source_ami = { ssm_parameter = … }`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_parameter: Option<SourceParameter>,
+}
+
+/// An SSM parameter as a build read it: its name and the version whose value was the source image.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceParameter {
+    pub name: String,
+    pub version: u64,
 }

@@ -147,6 +147,8 @@ pub struct Plan {
     pub copies: Vec<CopyJob>,
     /// `--only` / `--except`: the plan has only these of the matrix's builds.
     pub selection: Selection,
+    /// Each `[variables]` value's digest, salted with the run id: the journal keeps them, `--resume` compares.
+    pub variables: crate::config::variables::VariableDigests,
 }
 
 impl Plan {
@@ -186,8 +188,16 @@ impl Plan {
                 interface: flavor.interface,
             });
         }
-        let mut plan =
-            Plan { fleet: fleet.name.clone(), run_id, started_at, builds, copies, selection: fleet.selection.clone() };
+        let variables = fleet.variables.digests(run_id.as_str());
+        let mut plan = Plan {
+            fleet: fleet.name.clone(),
+            run_id,
+            started_at,
+            builds,
+            copies,
+            selection: fleet.selection.clone(),
+            variables,
+        };
         plan.link_layers(fleet);
         plan
     }

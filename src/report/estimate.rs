@@ -127,6 +127,7 @@ mod tests {
             builds: vec![build(0, "a", "us-west-2"), build(1, "a", "eu-central-1"), build(2, "b", "us-west-2")],
             copies: Vec::new(),
             selection: Default::default(),
+            variables: Default::default(),
         };
         let caps = Caps { builds: 1, copies_per_region: 1, copy_bucket: Bucket { burst: 1, per_second: 1.0 } };
         // The fallback says 60 minutes a build.

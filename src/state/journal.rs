@@ -20,6 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::cloud::ImageId;
+use crate::config::variables::VariableDigests;
 use crate::config::{Fleet, Selection};
 use crate::outcome::{Artifact, Failure, Publication, RunStatus};
 use crate::plan::bound::{BuildDuration, JobDurations};
@@ -45,6 +46,9 @@ pub struct Header {
     /// The run's `--only` / `--except`: a resume re-plans with them.
     #[serde(default, skip_serializing_if = "Selection::is_everything")]
     pub selection: Selection,
+    /// Each `[variables]` value's digest (salted with the run id; never a value): a resume must have the same.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables: VariableDigests,
 }
 
 impl Header {
@@ -57,6 +61,7 @@ impl Header {
             started_at: plan.started_at,
             jobs: plan.planned_jobs(),
             selection: plan.selection.clone(),
+            variables: plan.variables.clone(),
         }
     }
 }
@@ -134,6 +139,8 @@ pub enum JournalError {
     InProgress { path: PathBuf, run_id: RunId },
     #[error("{}: the fleet file no longer plans what run {run_id} planned ({detail}); finish it with the fleet file it started with, or start a new run without --resume", path.display())]
     PlanChanged { path: PathBuf, run_id: RunId, detail: String },
+    #[error("{}: run {run_id} started with other values of {names} (the journal keeps a digest of each); resume it with the values it started with, or start a new run without --resume", path.display())]
+    VariablesChanged { path: PathBuf, run_id: RunId, names: String },
     #[error("nothing to resume: no interrupted or unfinished run of this fleet in `{}`", dir.display())]
     NothingToResume { dir: PathBuf },
     #[error("another fleetbake is running this fleet file: {holder} holds `{}`; let it finish (or stop it, then `--resume` it) before starting another", path.display())]
@@ -459,6 +466,8 @@ impl Replay {
 
     /// The plan of the fleet file as it is now must make the jobs and names the run planned.
     pub fn check_plan(&self, plan: &Plan) -> Result<(), JournalError> {
+        // First, so a variable in an image name is named as such, not as a changed name.
+        self.check_variables(&plan.variables)?;
         let now = plan.planned_jobs();
         let then = &self.header.jobs;
         let changed = |detail: String| JournalError::PlanChanged {
@@ -482,6 +491,27 @@ impl Replay {
             return Err(changed(format!("job {} is new", extra.job)));
         }
         Ok(())
+    }
+
+    /// The variables of the resumed run (digests under its run id) are those it started with.
+    fn check_variables(&self, now: &VariableDigests) -> Result<(), JournalError> {
+        let then = &self.header.variables;
+        let differ: Vec<String> = then
+            .keys()
+            .chain(now.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|name| then.get(*name) != now.get(*name))
+            .map(|name| format!("`{name}`"))
+            .collect();
+        if differ.is_empty() {
+            return Ok(());
+        }
+        Err(JournalError::VariablesChanged {
+            path: self.path.clone(),
+            run_id: self.header.run_id.clone(),
+            names: differ.join(", "),
+        })
     }
 }
 
@@ -665,7 +695,31 @@ mod tests {
             }],
             copies: Vec::new(),
             selection: Default::default(),
+            variables: Default::default(),
         }
+    }
+
+    /// The journal keeps each variable's digest, never its value, and a resume with another value is refused
+    /// naming the variable.
+    #[test]
+    fn a_resume_with_other_variable_values_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let dir = JournalDir { path: directory.path().to_path_buf() };
+        let mut started = plan();
+        started.variables = BTreeMap::from([("token".to_string(), "digest-one".to_string())]);
+        let journal = Journal::create(&dir, &started).unwrap();
+        let path = journal.path().to_path_buf();
+        drop(journal);
+        let replay = Replay::read(&path).unwrap();
+        replay.check_plan(&started).unwrap();
+        let mut rotated = started.clone();
+        rotated.variables.insert("token".to_string(), "digest-two".to_string());
+        let error = replay.check_plan(&rotated).unwrap_err();
+        assert!(matches!(error, JournalError::VariablesChanged { .. }), "{error}");
+        assert!(error.to_string().contains("started with other values of `token`"), "{error}");
+        let mut unset = started.clone();
+        unset.variables.clear();
+        assert!(matches!(replay.check_plan(&unset).unwrap_err(), JournalError::VariablesChanged { .. }));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::cloud::ImageId;
-use crate::config::{Flavor, FlavorName, Fleet, Tags};
+use crate::config::{Flavor, FlavorName, Fleet, SourceAmi, Tags};
 use crate::outcome::Artifact;
 use crate::plan::RunId;
 use crate::steps::fingerprint::FINGERPRINT_TAG;
@@ -21,6 +21,8 @@ pub const RUN_ID_TAG: &str = "fleetbake:run-id";
 pub const SOURCE_IMAGE_TAG: &str = "fleetbake:source-image-id";
 /// `source_ami = { flavor = … }`: the parent flavor's image a build started from.
 pub const PARENT_IMAGE_TAG: &str = "fleetbake:parent-image-id";
+/// On an image whose flavor reads its source from SSM: the parameter's name (cut to EC2's 256 characters).
+pub const SOURCE_PARAMETER_TAG: &str = "fleetbake:source-parameter";
 /// `true` on every temporary resource (key pair, security group, instance).
 pub const TEMPORARY_TAG: &str = "fleetbake:temporary";
 /// `failed` on an image whose tests failed (kept with `keep_failed_images`): never reused.
@@ -59,6 +61,9 @@ impl RunContext {
         tags.insert(SOURCE_IMAGE_TAG.to_string(), source_image.to_string());
         if matches!(flavor.source_ami, crate::config::SourceAmi::Flavor(_)) {
             tags.insert(PARENT_IMAGE_TAG.to_string(), source_image.to_string());
+        }
+        if let SourceAmi::SsmParameter(name) = &flavor.source_ami {
+            tags.insert(SOURCE_PARAMETER_TAG.to_string(), name.chars().take(256).collect());
         }
         tags
     }

@@ -16,7 +16,7 @@ use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{client_token, CopySpec, ImageId, RegionCloud};
 use crate::config::{Flavor, Tags};
-use crate::outcome::{Artifact, Failure, JobEnd, JobLabel, Publication, Stage};
+use crate::outcome::{Artifact, Failure, ImageSettings, JobEnd, JobLabel, Publication, Stage};
 use crate::plan::CopyJob;
 use crate::report::events::EventSender;
 use crate::steps::cleanup::{CleanupStack, UndoStep};
@@ -136,7 +136,11 @@ pub async fn run(context: CopyContext) -> CopyEnd {
         reused_from: None,
         published,
         parent: context.source.parent.clone(),
-        settings: Box::new(settings),
+        // Built from the same SSM parameter version as its build, if any.
+        settings: Box::new(ImageSettings {
+            source_parameter: context.source.settings.source_parameter.clone(),
+            ..settings
+        }),
     });
     end
 }

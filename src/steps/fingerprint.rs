@@ -1,4 +1,5 @@
-//! What determines an image's contents, hashed: the resolved source image, each provisioner in order (its
+//! What determines an image's contents, hashed: the resolved source image (and, for a source read from an SSM
+//! parameter, the parameter's name and the version read: a new version rebuilds), each provisioner in order (its
 //! type, the bytes of its file or script, its inline lines, its env) and the flavor's image settings (root
 //! volume, the build region's encryption key, metadata options, user data). Every image fleetbake makes
 //! carries it as the tag `fleetbake:fingerprint`; `--changed-only` reuses the newest image with the same one.
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cloud::ImageId;
 use crate::config::{Flavor, Fleet, Provisioner, Region, ShellScript, Tags};
+use crate::outcome::SourceParameter;
 
 pub const FINGERPRINT_TAG: &str = "fleetbake:fingerprint";
 pub const PARTS_TAG: &str = "fleetbake:fingerprint-parts";
@@ -40,6 +42,8 @@ pub struct Fingerprint {
     /// SHA-256, hex.
     pub digest: String,
     pub source: ImageId,
+    /// The SSM parameter version the source was read from (`source_ami = { ssm_parameter = … }`).
+    pub parameter: Option<SourceParameter>,
     /// The first 8 hex digits of each provisioner's own SHA-256, in order.
     pub provisioners: Vec<String>,
     /// The first 8 hex digits of the settings' SHA-256.
@@ -49,14 +53,34 @@ pub struct Fingerprint {
 impl Fingerprint {
     /// The fingerprint of `flavor` built in `region` from `source`; an error names a file it cannot read.
     pub fn of(fleet: &Fleet, flavor: &Flavor, region: &Region, source: &ImageId) -> Result<Fingerprint, String> {
+        Fingerprint::of_source(fleet, flavor, region, source, None)
+    }
+
+    /// As [`Fingerprint::of`], with the SSM parameter version the source was read from, if any (a flavor
+    /// without one has the fingerprint it always had).
+    pub fn of_source(
+        fleet: &Fleet,
+        flavor: &Flavor,
+        region: &Region,
+        source: &ImageId,
+        parameter: Option<&SourceParameter>,
+    ) -> Result<Fingerprint, String> {
         let mut whole = Sha256::new();
         whole.update(b"fleetbake-fingerprint-1\0");
         whole.update(source.as_str().as_bytes());
         whole.update(b"\0");
+        if let Some(parameter) = parameter {
+            whole.update(b"ssm-parameter\0");
+            whole.update(parameter.name.as_bytes());
+            whole.update(b"\0");
+            whole.update(parameter.version.to_le_bytes());
+        }
         let mut provisioners = Vec::new();
         // Its time limit is not part of what an image is made of.
-        for entry in &flavor.provisioners {
-            let bytes = provisioner_bytes(&entry.provisioner)?;
+        for (index, entry) in flavor.provisioners.iter().enumerate() {
+            let bytes = provisioner_bytes(&entry.provisioner, |name, value| {
+                flavor.without_secrets.provisioner_env.get(&(index, name.to_string())).map_or(value, String::as_str)
+            })?;
             whole.update(&bytes);
             provisioners.push(short(&Sha256::digest(&bytes)));
         }
@@ -65,6 +89,7 @@ impl Fingerprint {
         Ok(Fingerprint {
             digest: hex(&whole.finalize()),
             source: source.clone(),
+            parameter: parameter.cloned(),
             provisioners,
             settings: short(&Sha256::digest(&settings)),
         })
@@ -75,10 +100,12 @@ impl Fingerprint {
         Tags::from([(FINGERPRINT_TAG.to_string(), self.digest.clone()), (PARTS_TAG.to_string(), self.parts())])
     }
 
-    /// `src=ami-…;p=1a2b3c4d,5e6f7a8b;s=9c0d1e2f`, cut to EC2's 256 characters for a tag value (the why
+    /// `src=ami-…;s=9c0d1e2f;p=1a2b3c4d,5e6f7a8b` (with `;pv=3` after the source when it was read from
+    /// version 3 of an SSM parameter), cut to EC2's 256 characters for a tag value (the why
     /// then covers fewer provisioners; the digest still covers them all).
     pub fn parts(&self) -> String {
-        let mut text = format!("src={};s={};p=", self.source, self.settings);
+        let version = self.parameter.as_ref().map(|read| format!(";pv={}", read.version)).unwrap_or_default();
+        let mut text = format!("src={}{version};s={};p=", self.source, self.settings);
         for (index, part) in self.provisioners.iter().enumerate() {
             let piece = if index == 0 { part.clone() } else { format!(",{part}") };
             if text.len() + piece.len() > 256 {
@@ -97,6 +124,12 @@ impl Fingerprint {
         let mut why = Vec::new();
         if let Some(source) = field("src").filter(|source| source != self.source.as_str()) {
             why.push(format!("the source image moved from {source} to {}", self.source));
+        }
+        let version = self.parameter.as_ref().map(|read| read.version.to_string());
+        if let (Some(before), Some(now)) = (field("pv"), &version) {
+            if &before != now {
+                why.push(format!("the source parameter moved from version {before} to {now}"));
+            }
         }
         if field("s").is_some_and(|settings| settings != self.settings) {
             why.push("the image settings changed (root volume, encryption key, metadata options or user data)".into());
@@ -131,8 +164,12 @@ fn describe(provisioner: &Provisioner) -> String {
     }
 }
 
-/// A provisioner, canonically: its type, what it copies or runs, byte for byte, and its env (sorted).
-fn provisioner_bytes(provisioner: &Provisioner) -> Result<Vec<u8>, String> {
+/// A provisioner, canonically: its type, what it copies or runs, byte for byte, and its env (sorted), each env
+/// value as `env_value` gives it (a value with a sensitive variable: as written, `{var.name}` left in).
+fn provisioner_bytes<'a>(
+    provisioner: &'a Provisioner,
+    env_value: impl Fn(&str, &'a str) -> &'a str,
+) -> Result<Vec<u8>, String> {
     let read = |path: &Path| std::fs::read(path).map_err(|error| format!("cannot read `{}`: {error}", path.display()));
     let mut bytes = Vec::new();
     let field = |bytes: &mut Vec<u8>, value: &[u8]| {
@@ -160,7 +197,7 @@ fn provisioner_bytes(provisioner: &Provisioner) -> Result<Vec<u8>, String> {
             }
             for (key, value) in env {
                 field(&mut bytes, key.as_bytes());
-                field(&mut bytes, value.as_bytes());
+                field(&mut bytes, env_value(key, value).as_bytes());
             }
         }
     }
@@ -173,6 +210,10 @@ fn settings_bytes(fleet: &Fleet, flavor: &Flavor, region: &Region) -> Vec<u8> {
     // keep their fingerprints; other bytes (gzip) as hex.
     let user_data = match &flavor.user_data {
         None => "None".to_string(),
+        // It uses a sensitive variable: hashed as written, so a rotated secret keeps the fingerprint.
+        Some(_) if flavor.without_secrets.user_data.is_some() => {
+            format!("{:?}", flavor.without_secrets.user_data.as_deref())
+        }
         Some(data) => match std::str::from_utf8(data.as_bytes()) {
             Ok(text) => format!("{:?}", Some(text)),
             Err(_) => format!("Bytes({})", hex(data.as_bytes())),
@@ -228,5 +269,28 @@ mod tests {
         assert_eq!(settings_bytes(&fleet, &flavor, &region), before.into_bytes());
         let (fleet, flavor) = flavor_with("");
         assert!(String::from_utf8(settings_bytes(&fleet, &flavor, &region)).unwrap().ends_with("user_data=None"));
+    }
+
+    /// A sensitive variable's value is not in the fingerprint (a rotated token keeps it); a plain one's is.
+    #[test]
+    fn a_rotated_secret_keeps_the_fingerprint_and_a_changed_variable_does_not() {
+        let text = "[fleet]\nname = \"f\"\n\n[variables]\nbuild = \"dev\"\ntoken = { sensitive = true }\n\n                    [defaults]\ninstance_type = \"t3.small\"\nssh_username = \"ec2-user\"\n                    user_data = \"#!/bin/sh\\nlogin {var.token}\\n\"\n\n                    [[flavor]]\nname = \"base\"\nsource_ami = { id = \"ami-12345678\" }\n                    provisioners = [{ type = \"shell\", inline = [\"true\"], env = { T = \"{var.token}\", B = \"{var.build}\" } }]\n\n                    [regions]\nus-west-2 = []\n";
+        let region = Region::new("us-west-2");
+        let source = ImageId::new("ami-12345678");
+        let fingerprint = |flags: &[&str]| {
+            let inputs = crate::config::VariableInputs {
+                flags: flags.iter().map(|flag| flag.to_string()).collect(),
+                ..Default::default()
+            };
+            let fleet = crate::config::parse_with(Path::new("/nonexistent/fleet.toml"), text, &inputs)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let flavor = fleet.flavors[0].clone();
+            let Provisioner::Shell { env, .. } = &flavor.provisioners[0].provisioner else { panic!() };
+            assert_eq!(env["T"], flags[0].trim_start_matches("token="), "the instance gets the value itself");
+            Fingerprint::of(&fleet, &flavor, &region, &source).unwrap().digest
+        };
+        let first = fingerprint(&["token=one"]);
+        assert_eq!(first, fingerprint(&["token=two"]), "a rotated secret rebuilds nothing");
+        assert_ne!(first, fingerprint(&["token=one", "build=prod"]), "a plain variable reaches the image");
     }
 }

@@ -44,9 +44,10 @@ pub enum Made {
     /// By this run, which started at `started` (before the image was made): it carries no permission but the
     /// ones this run gives it.
     ThisRun { started: DateTime<Utc> },
-    /// By an earlier run, at `created` (EC2's creation date); `shared`: it carries [`SHARED_TAG`], so it may
-    /// carry permissions an earlier `[sharing]` gave (fleetbake tags an image before its first grant; one never
-    /// tagged has none of fleetbake's to take away, and its permissions are not read).
+    /// By an earlier run, at `created` (EC2's creation date); `shared`: its [`SHARED_TAG`] says `true`, so it
+    /// may carry permissions an earlier `[sharing]` gave (fleetbake tags an image before its first grant, and
+    /// `false` once a finish took every grant away; one not marked has none of fleetbake's to take away, and
+    /// its permissions are not read).
     Earlier { created: DateTime<Utc>, shared: bool },
 }
 
@@ -148,11 +149,14 @@ struct Shared {
 /// account may be using.
 async fn share(image: &Finishing<'_>, sharing: &Sharing) -> Shared {
     let failure = |stage, error| Shared { applied: None, failures: vec![FinishFailure { stage, error }] };
-    match share_privately(image, sharing).await {
-        Ok(()) => {}
+    let had = match share_privately(image, sharing).await {
+        Ok(had) => had,
         Err(error) => return failure(Stage::Share, error),
-    }
-    if !sharing.public {
+    };
+    // Already public (an earlier night's grant, read back): not asked again. Block public access refuses new
+    // public sharing only, and whether EC2 takes a repeated grant under it is not documented: not depending on
+    // it keeps a block turned on since from failing the image every night.
+    if !sharing.public || had.is_some_and(|had| had.public) {
         return Shared { applied: Some(sharing.clone()), failures: Vec::new() };
     }
     let public = LaunchPermissions { public: true, ..LaunchPermissions::default() };
@@ -166,8 +170,9 @@ async fn share(image: &Finishing<'_>, sharing: &Sharing) -> Shared {
     }
 }
 
-/// Everything of [`share`] but the public grant.
-async fn share_privately(image: &Finishing<'_>, sharing: &Sharing) -> Result<(), CloudError> {
+/// Everything of [`share`] but the public grant; the launch permissions the image had, when they were read
+/// (an image an earlier run shared).
+async fn share_privately(image: &Finishing<'_>, sharing: &Sharing) -> Result<Option<LaunchPermissions>, CloudError> {
     let cloud = image.cloud;
     if sharing.any() {
         let tags = Tags::from([(SHARED_TAG.to_string(), "true".to_string())]);
@@ -184,11 +189,14 @@ async fn share_privately(image: &Finishing<'_>, sharing: &Sharing) -> Result<(),
         cloud.share_image(image.image, &private).await?;
     }
     let earlier = image.made.maybe_shared();
+    let mut had = None;
     if earlier {
-        let unlisted = cloud.launch_permissions(image.image).await?.beyond(&wanted);
+        let found = cloud.launch_permissions(image.image).await?;
+        let unlisted = found.beyond(&wanted);
         if !unlisted.is_empty() {
             cloud.unshare_image(image.image, &unlisted).await?;
         }
+        had = Some(found);
     }
     for snapshot in image.snapshots {
         if !sharing.snapshot_accounts.is_empty() {
@@ -206,7 +214,12 @@ async fn share_privately(image: &Finishing<'_>, sharing: &Sharing) -> Result<(),
             }
         }
     }
-    Ok(())
+    if earlier && !sharing.any() {
+        // Shared no more: gc may retire it, and later nights need not read its permissions again.
+        let tags = Tags::from([(SHARED_TAG.to_string(), "false".to_string())]);
+        cloud.create_tags(std::slice::from_ref(&image.image.0), &tags).await?;
+    }
+    Ok(had)
 }
 
 /// Whether an image with these settings still lacks one the fleet asks for (a resumed run finishes it again).

@@ -36,6 +36,12 @@ pub const KEEP_LABELS: usize = 10;
 /// What fleetbake's run labels start with: only these are ever removed.
 pub const LABEL_PREFIX: &str = "fleetbake-";
 
+/// Whether a label is one of fleetbake's run labels: the prefix and a run id (so a person's own
+/// `fleetbake-prod` is never removed).
+pub fn is_run_label(label: &str) -> bool {
+    label.strip_prefix(LABEL_PREFIX).and_then(RunId::parse).is_some()
+}
+
 /// How a put is confirmed: the history read back every few seconds, for at most 3 minutes (SSM's validation
 /// of an image id usually takes seconds).
 pub const CONFIRM: PollPolicy =
@@ -148,8 +154,7 @@ pub fn labels_to_remove(history: &ParameterHistory) -> Vec<(u64, Vec<String>)> {
     history.versions[..keep_from]
         .iter()
         .filter_map(|version| {
-            let ours: Vec<String> =
-                version.labels.iter().filter(|label| label.starts_with(LABEL_PREFIX)).cloned().collect();
+            let ours: Vec<String> = version.labels.iter().filter(|label| is_run_label(label)).cloned().collect();
             (!ours.is_empty()).then_some((version.version, ours))
         })
         .collect()
@@ -168,7 +173,13 @@ async fn confirm(cloud: &dyn RegionCloud, name: &str, version: u64, image: &Imag
     .await;
     match found {
         Ok(value) if value == image.as_str() => Ok(()),
-        Ok(value) => Err(PublishError::NotOurs { name: name.to_string(), version, image: image.clone(), value }),
+        // Another writer's value: untrusted text, shown escaped and bounded.
+        Ok(value) => Err(PublishError::NotOurs {
+            name: name.to_string(),
+            version,
+            image: image.clone(),
+            value: value.escape_debug().take(100).collect(),
+        }),
         Err(WaitError::Cloud(error)) => Err(error.into()),
         // The check never answers `Failed` (a version not there yet is waited for); either way, not confirmed.
         Err(WaitError::Timeout { after: waited, .. }) => {
@@ -227,15 +238,19 @@ mod tests {
     }
 
     /// Before a put, fleetbake's labels stay on the newest 9 versions (the put makes the 10th); older ones
-    /// lose theirs; labels fleetbake did not make are never removed.
+    /// lose theirs; labels fleetbake did not make (`prod`, a person's `fleetbake-prod`) are never removed.
     #[test]
     fn only_fleetbakes_labels_past_the_newest_nine_are_removed() {
-        let mut labels: Vec<&[&str]> = vec![&["fleetbake-20261201-000000-aaaaa", "prod"], &["fleetbake-b"]];
-        labels.extend(std::iter::repeat_n(&["fleetbake-n"][..], 9));
+        let mut labels: Vec<&[&str]> =
+            vec![&["fleetbake-20261201-000000-aaaaa", "prod", "fleetbake-prod"], &["fleetbake-20261202-000000-bbbbb"]];
+        labels.extend(std::iter::repeat_n(&["fleetbake-20261203-000000-ccccc"][..], 9));
         let remove = labels_to_remove(&history(&labels));
         assert_eq!(
             remove,
-            [(1, vec!["fleetbake-20261201-000000-aaaaa".to_string()]), (2, vec!["fleetbake-b".to_string()])]
+            [
+                (1, vec!["fleetbake-20261201-000000-aaaaa".to_string()]),
+                (2, vec!["fleetbake-20261202-000000-bbbbb".to_string()])
+            ]
         );
         assert!(labels_to_remove(&history(&labels[2..])).is_empty(), "9 versions: nothing to remove");
         assert!(labels_to_remove(&history(&[&["prod"][..]; 20])).is_empty(), "no label of fleetbake's");

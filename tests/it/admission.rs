@@ -41,10 +41,6 @@ runner_security_groups = ["{RUNNER_GROUP}"]
     )
 }
 
-fn read_json(workspace: &Workspace, relative: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(workspace.path(relative)).unwrap()).unwrap()
-}
-
 #[test]
 fn a_runner_outside_the_vpc_is_named_by_the_preflight_and_admitted_by_its_group() {
     let workspace = Workspace::new();
@@ -80,14 +76,14 @@ fn a_runner_outside_the_vpc_is_named_by_the_preflight_and_admitted_by_its_group(
         summary.to_str().unwrap(),
     ]);
     assert_eq!(run.code, 1, "{}", run.stderr);
-    let manifest = read_json(&workspace, "manifest.sim.json");
+    let manifest = workspace.read_json("manifest.sim.json");
     let failures = manifest["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 1, "{manifest:#}");
     assert_eq!(failures[0]["stage"], "connect", "{manifest:#}");
     let error = failures[0]["error"].as_str().unwrap();
     assert!(error.contains("within 5m"), "{error}");
     assert!(error.contains("admits 172.31.0.0/16 on SSH, not the runner (10.9.0.5"), "{error}");
-    assert_eq!(read_json(&workspace, "summary.json")["leaked_resources"], serde_json::json!([]));
+    assert_eq!(workspace.read_json("summary.json")["leaked_resources"], serde_json::json!([]));
 
     // With the runner's group as a source, the preflight passes and the fleet bakes; the rule names the group.
     let admitted = peered_fleet(&format!("source_security_groups = {{ \"us-west-2\" = [\"{RUNNER_GROUP}\"] }}"));
@@ -105,7 +101,7 @@ fn a_runner_outside_the_vpc_is_named_by_the_preflight_and_admitted_by_its_group(
         summary.to_str().unwrap(),
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let summary = read_json(&workspace, "summary.json");
+    let summary = workspace.read_json("summary.json");
     assert_eq!(summary["leaked_resources"], serde_json::json!([]));
     let ingress: Vec<&str> = summary["sim"]["ingress"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
     assert!(ingress.iter().any(|rule| rule.ends_with(&format!(": members of {RUNNER_GROUP}"))), "{ingress:?}");
@@ -119,7 +115,7 @@ fn a_source_group_the_account_lacks_is_refused() {
     let fleet_path = workspace.write("fleet.toml", &fleet);
     let run = workspace.fleetbake(&["matrix", fleet_path.to_str().unwrap(), "--cloud", "sim", "--no-preflight"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
-    let manifest = read_json(&workspace, "manifest.sim.json");
+    let manifest = workspace.read_json("manifest.sim.json");
     assert_eq!(manifest["failures"][0]["stage"], "security_group", "{manifest:#}");
     assert_eq!(manifest["failures"][0]["code"], "InvalidGroup.NotFound", "{manifest:#}");
 }

@@ -559,6 +559,11 @@ impl Workspace {
         self.dir.path().join(relative)
     }
 
+    /// The JSON file at `relative` (a manifest, a summary), parsed.
+    pub fn read_json(&self, relative: &str) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.path(relative)).unwrap()).unwrap()
+    }
+
     /// The `TMPDIR` of every fleetbake this workspace runs: where its private key folders (`fb-*`) go.
     pub fn tmp(&self) -> PathBuf {
         self.path("tmp")

@@ -3,8 +3,6 @@
 //! require_tags_on_create`), and deleted with a failed image once EC2 lets go of them (`InvalidSnapshot.InUse`
 //! waited out, on the simulated cloud).
 
-use serde_json::Value;
-
 use crate::cloud_state::snapshot_tags;
 use crate::harness::{decoded, field, runtime, Moto, Sshd, Workspace};
 use crate::matrix::{fleet_header_at, read_manifest, AL2023};
@@ -38,10 +36,6 @@ source_cidrs = ["203.0.113.5/32"]
     )
 }
 
-fn read_json(workspace: &Workspace, relative: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(workspace.path(relative)).unwrap()).unwrap()
-}
-
 /// A failed image is deregistered and its snapshot, which EC2 keeps in use for three minutes after that,
 /// deleted once it is released: DeleteSnapshot is tried again, no cleanup failure, nothing left.
 #[test]
@@ -59,11 +53,11 @@ fn a_discarded_images_snapshot_is_deleted_once_released() {
         summary_path.to_str().unwrap(),
     ]);
     assert_eq!(run.code, 1, "{}", run.stderr);
-    let manifest = read_json(&workspace, "manifest.sim.json");
+    let manifest = workspace.read_json("manifest.sim.json");
     let stages: Vec<&str> =
         manifest["failures"].as_array().unwrap().iter().filter_map(|failure| failure["stage"].as_str()).collect();
     assert_eq!(stages, ["wait_image", "skipped"], "no cleanup failure: {manifest:#}");
-    let summary = read_json(&workspace, "summary.json");
+    let summary = workspace.read_json("summary.json");
     assert_eq!(summary["leaked_resources"], serde_json::json!([]), "{}", run.stderr);
     let deletes = summary["api_calls"]["us-west-2"]["DeleteSnapshot"].as_u64().unwrap_or(0);
     assert!(deletes > 1, "InvalidSnapshot.InUse was answered and waited out: {deletes} DeleteSnapshot calls");
@@ -142,7 +136,7 @@ fn a_night_passes_when_tags_are_required_on_create() {
         summary_path.to_str().unwrap(),
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let summary = read_json(&workspace, "summary.json");
+    let summary = workspace.read_json("summary.json");
     let images = summary["sim"]["images"].as_array().unwrap();
     assert_eq!(images.len(), 2, "{summary}");
     for image in images {

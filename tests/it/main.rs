@@ -27,5 +27,7 @@ mod secrets;
 mod session_manager;
 mod sharing;
 mod sim;
+mod ssm_source;
 mod validate;
+mod variables;
 mod witness;

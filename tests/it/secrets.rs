@@ -84,7 +84,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 /// What fleetbake wrote into `workspace` (everything but the inputs the test wrote and the provisioners'
 /// markers), by path relative to it, with its text.
-fn written_files(workspace: &Workspace, inputs: &[&str]) -> Vec<(String, String)> {
+pub(crate) fn written_files(workspace: &Workspace, inputs: &[&str]) -> Vec<(String, String)> {
     let root = workspace.dir.path();
     files_under(root)
         .into_iter()
@@ -99,7 +99,7 @@ fn written_files(workspace: &Workspace, inputs: &[&str]) -> Vec<(String, String)
 }
 
 /// Where each needle occurs in each haystack: `(haystack, what the needle is)`.
-fn findings(haystacks: &[(String, String)], needles: &[(String, String)]) -> Vec<(String, String)> {
+pub(crate) fn findings(haystacks: &[(String, String)], needles: &[(String, String)]) -> Vec<(String, String)> {
     let mut found = Vec::new();
     for (place, text) in haystacks {
         for (what, needle) in needles {
@@ -249,22 +249,22 @@ fn a_provisioner_that_prints_its_env_value_has_that_line_shown_and_repeated_nowh
 
 /// What a [`CommandLineWatch`] saw: how many times it read every process's command line, in how many of those
 /// reads a provisioner of the run was running, and each command line that held the needle.
-struct Watched {
-    samples: usize,
-    samples_with_provisioner: usize,
-    with_needle: Vec<String>,
+pub(crate) struct Watched {
+    pub samples: usize,
+    pub samples_with_provisioner: usize,
+    pub with_needle: Vec<String>,
 }
 
 /// Reads every process's command line (`/proc/*/cmdline`: what `ps -eo args` shows) every few milliseconds until
 /// stopped. The test sshd is this machine, so it sees both sides: the local `ssh … -- command` and, on the
 /// "instance", the `sh -c` sshd starts and whatever the provisioner runs.
-struct CommandLineWatch {
+pub(crate) struct CommandLineWatch {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Watched>,
 }
 
 impl CommandLineWatch {
-    fn start(needle: String, provisioner_marker: &'static str) -> CommandLineWatch {
+    pub(crate) fn start(needle: String, provisioner_marker: &'static str) -> CommandLineWatch {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = std::sync::Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
@@ -290,7 +290,7 @@ impl CommandLineWatch {
         CommandLineWatch { stop, thread }
     }
 
-    fn stop(self) -> Watched {
+    pub(crate) fn stop(self) -> Watched {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().unwrap()
     }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::harness::Workspace;
 use fleetbake::cloud::sim::SimCloud;
-use fleetbake::cloud::{Cloud, ImageId, LaunchPermissions, SnapshotId};
+use fleetbake::cloud::{Cloud, ImageId, ImageQuery, LaunchPermissions, SnapshotId};
 use fleetbake::config::Region;
 
 const ACCOUNT: &str = "111122223333";
@@ -41,10 +41,6 @@ source_cidrs = ["203.0.113.5/32"]
 {more}
 "#
     )
-}
-
-fn read_json(workspace: &Workspace, relative: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(workspace.path(relative)).unwrap()).unwrap()
 }
 
 /// `public = true` with `[encryption]`: EC2 never makes an image with encrypted snapshots public, so `validate`
@@ -115,8 +111,8 @@ fn public_sharing_in_a_blocked_region_keeps_the_accounts_access_and_fails_only_t
         summary_path.to_str().unwrap(),
     ]);
     assert_eq!(outcome.code, 1, "{}", outcome.stderr);
-    let manifest = read_json(&workspace, "manifest.sim.json");
-    let summary = read_json(&workspace, "summary.json");
+    let manifest = workspace.read_json("manifest.sim.json");
+    let summary = workspace.read_json("summary.json");
     let failures = manifest["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 1, "{failures:?}");
     let failure = &failures[0];
@@ -214,7 +210,7 @@ fn removing_an_account_from_sharing_removes_its_access_on_a_quiet_changed_only_n
     let sim = runtime.block_on(async { Arc::new(SimCloud::new(&first)) });
     let night_one = runtime.block_on(night(&sim, &first));
     assert_eq!(night_one.failed, 0, "{night_one:?}");
-    let images = images_of(&read_json(&workspace, "manifest.json"));
+    let images = images_of(&workspace.read_json("manifest.json"));
     assert_eq!(images.len(), 3);
     let both = LaunchPermissions { accounts: vec![ACCOUNT.into(), OTHER.into()], ..LaunchPermissions::default() };
     runtime.block_on(async {
@@ -228,7 +224,7 @@ fn removing_an_account_from_sharing_removes_its_access_on_a_quiet_changed_only_n
     let second = load(&workspace, &shared_with(&format!("\"{ACCOUNT}\"")), true);
     let night_two = runtime.block_on(night(&sim, &second));
     assert_eq!((night_two.failed, night_two.reused), (0, 3), "a quiet night reuses every image: {night_two:?}");
-    let manifest = read_json(&workspace, "manifest.json");
+    let manifest = workspace.read_json("manifest.json");
     assert_eq!(images_of(&manifest), images, "the same images");
     let one = LaunchPermissions { accounts: vec![ACCOUNT.into()], ..LaunchPermissions::default() };
     runtime.block_on(async {
@@ -242,6 +238,27 @@ fn removing_an_account_from_sharing_removes_its_access_on_a_quiet_changed_only_n
         let said = serde_json::json!({ "accounts": [ACCOUNT], "snapshot_accounts": [ACCOUNT] });
         assert_eq!(artifact["shared_with"], said, "{region}: the manifest says what the account holds");
     }
+
+    // `[sharing]` removed altogether: the last account loses its access too, and the images are marked shared
+    // no more (gc may retire them; later nights do not read their permissions).
+    let third = load(&workspace, &fleet(""), true);
+    let night_three = runtime.block_on(night(&sim, &third));
+    assert_eq!((night_three.failed, night_three.reused), (0, 3), "{night_three:?}");
+    runtime.block_on(async {
+        for (region, image, snapshots) in &images {
+            let cloud = sim.region(region);
+            assert_eq!(cloud.launch_permissions(image).await.unwrap(), LaunchPermissions::default(), "{region}");
+            assert!(cloud.snapshot_permissions(&snapshots[0]).await.unwrap().is_empty(), "{region}");
+            let owned = cloud.find_owned_images(&ImageQuery::Named(vec![image_name(&manifest, region)])).await;
+            let shared = owned.unwrap()[0].tags.get("fleetbake:shared").cloned();
+            assert_eq!(shared.as_deref(), Some("false"), "{image} in {region}");
+        }
+    });
+}
+
+/// The name the manifest gives the image in `region`.
+fn image_name(manifest: &Value, region: &Region) -> String {
+    manifest["artifacts"]["base"][region.as_str()]["name"].as_str().unwrap().to_string()
 }
 
 /// A copy region's `[encryption]` key is part of the copy's fingerprint: changing it makes the next
@@ -258,7 +275,7 @@ fn changing_a_copy_regions_key_makes_the_next_changed_only_night_copy_again() {
     let sim = runtime.block_on(async { Arc::new(SimCloud::new(&first)) });
     let night_one = runtime.block_on(night(&sim, &first));
     assert_eq!(night_one.failed, 0, "{night_one:?}");
-    let before = read_json(&workspace, "manifest.json")["artifacts"]["base"].clone();
+    let before = workspace.read_json("manifest.json")["artifacts"]["base"].clone();
 
     // Nothing changed: every image reused.
     let same = load(&workspace, &keyed("alias/images"), true);
@@ -268,7 +285,7 @@ fn changing_a_copy_regions_key_makes_the_next_changed_only_night_copy_again() {
     let rekeyed = load(&workspace, &keyed("alias/images-east"), true);
     let night_three = runtime.block_on(night(&sim, &rekeyed));
     assert_eq!((night_three.failed, night_three.reused), (0, 2), "{night_three:?}");
-    let after = read_json(&workspace, "manifest.json")["artifacts"]["base"].clone();
+    let after = workspace.read_json("manifest.json")["artifacts"]["base"].clone();
     for region in ["us-west-2", "eu-west-1"] {
         assert_eq!(after[region]["image_id"], before[region]["image_id"], "{region}: reused");
     }
@@ -301,7 +318,7 @@ fn a_reused_public_images_deprecation_is_kept_within_two_years_of_its_creation()
     let second = load(&workspace, &public("729d"), true);
     let night_two = runtime.block_on(night(&sim, &second));
     assert_eq!((night_two.failed, night_two.reused), (0, 3), "{night_two:?}");
-    let manifest = read_json(&workspace, "manifest.json");
+    let manifest = workspace.read_json("manifest.json");
     let report = runtime.block_on(async { sim.report(std::time::Duration::from_secs(2)) });
     for (region, artifact) in manifest["artifacts"]["base"].as_object().unwrap() {
         let created: chrono::DateTime<chrono::Utc> = artifact["created_at"].as_str().unwrap().parse().unwrap();
@@ -324,13 +341,13 @@ fn a_refused_public_share_of_a_reused_image_fails_its_job_without_a_rebuild() {
     let sim = runtime.block_on(async { Arc::new(SimCloud::new(&first)) });
     let night_one = runtime.block_on(night(&sim, &first));
     assert_eq!(night_one.failed, 0, "{night_one:?}");
-    let images = images_of(&read_json(&workspace, "manifest.json"));
+    let images = images_of(&workspace.read_json("manifest.json"));
 
     let public = fleet(&format!("[sharing]\naccounts = [\"{ACCOUNT}\"]\npublic = true\n"));
     let second = load(&workspace, &public, true);
     let night_two = runtime.block_on(night(&sim, &second));
     assert_eq!((night_two.failed, night_two.reused), (3, 3), "{night_two:?}");
-    let manifest = read_json(&workspace, "manifest.json");
+    let manifest = workspace.read_json("manifest.json");
     assert_eq!(images_of(&manifest), images, "the same images, none made");
     let failures = manifest["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 3, "{failures:?}");

@@ -87,6 +87,35 @@ pub fn matching(region: &Region, filter: &ImageFilter) -> Vec<PublicImage> {
     vec![PublicImage { id: public_id(region, &name), name, creation_date: "2026-11-01T00:00:00.000Z".into() }]
 }
 
+/// The image one of AWS's public parameters (`/aws/service/…`, e.g.
+/// `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64`) names in `region`: the newest
+/// catalog image of the distribution and architecture the name says, else one synthesized from the name; each
+/// region's own id, as AWS publishes one parameter per region ("Query for the latest Amazon Linux AMI IDs
+/// using AWS Systems Manager Parameter Store"). `None`: not a public parameter.
+pub fn public_parameter(region: &Region, name: &str) -> Option<PublicImage> {
+    let path = name.strip_prefix("/aws/service/")?;
+    let arm = path.contains("arm64");
+    let newest = CATALOG
+        .iter()
+        .filter(|image| {
+            let family = ["al2023", "ubuntu", "debian"].into_iter().find(|family| path.contains(family));
+            family.is_some_and(|family| image.name.contains(family)) && (image.architecture == "arm64") == arm
+        })
+        .max_by_key(|image| image.created);
+    Some(match newest {
+        Some(image) => PublicImage {
+            id: public_id(region, image.name),
+            name: image.name.to_string(),
+            creation_date: image.created.to_string(),
+        },
+        None => PublicImage {
+            id: public_id(region, name),
+            name: path.replace('/', "-"),
+            creation_date: "2026-11-01T00:00:00.000Z".into(),
+        },
+    })
+}
+
 /// A public image's id in a region: the same for the same name, different in each region, as in EC2.
 pub fn public_id(region: &Region, name: &str) -> ImageId {
     ImageId::new(format!("ami-0{:016x}", fnv1a(&format!("{region}/{name}"))))
@@ -104,6 +133,18 @@ mod tests {
         assert!(glob_matches("*", ""));
         assert!(!glob_matches("a*b", "acbd"));
         assert!(glob_matches("a*b*", "acbd"));
+    }
+
+    #[test]
+    fn public_parameters_name_the_newest_catalog_image_of_each_region() {
+        let (west, east) = (Region::new("us-west-2"), Region::new("eu-west-1"));
+        let name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
+        let image = public_parameter(&west, name).unwrap();
+        assert_eq!(image.name, "al2023-ami-2023.6.20241121.0-kernel-6.1-x86_64");
+        assert_ne!(image.id, public_parameter(&east, name).unwrap().id, "ids differ per region");
+        let arm = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64";
+        assert_eq!(public_parameter(&west, arm).unwrap().name, "al2023-ami-2023.6.20241121.0-kernel-6.1-arm64");
+        assert!(public_parameter(&west, "/images/golden").is_none());
     }
 
     #[test]

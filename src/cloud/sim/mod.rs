@@ -300,6 +300,7 @@ impl Cloud for SimCloud {
                     source,
                     refreshable,
                     expires_in,
+                    temporary: expires_in.is_some(),
                 };
                 Ok(CredentialsStatus {
                     source: "AssumeRoleProvider".into(),

@@ -1233,7 +1233,9 @@ impl RegionCloud for SimRegion {
     /// As SSM ([`ssm`]): a version number at once, the version itself once the image id is validated.
     async fn put_image_parameter(&self, name: &str, image: &ImageId) -> CloudResult<u64> {
         self.call(Action::PutParameter, |state, now| {
-            let exists = state.images.get(image).is_some_and(|found| found.state(now) == ImageState::Available);
+            // SSM's validation accepts an image the account may launch: its own, available, or a public one.
+            let exists = state.images.get(image).is_some_and(|found| found.state(now) == ImageState::Available)
+                || state.public_images.contains_key(image);
             let fails = self
                 .model
                 .firing(Action::PutParameter, &self.region, |effect| matches!(effect, FaultEffect::ValidationFails))
@@ -1424,6 +1426,24 @@ impl RegionCloud for SimRegion {
     async fn describe_regions(&self) -> CloudResult<Vec<RegionOptIn>> {
         let known: Vec<Region> = self.model.regions().into_iter().map(|(region, _)| region).collect();
         self.call(Action::DescribeRegions, |_, _| Ok(self.model.account.regions(known.iter()))).await
+    }
+
+    /// The account's own parameters as SSM keeps them ([`ssm`]); AWS's public `/aws/service/…` ones name an
+    /// image of the catalog, each region's own ([`catalog::public_parameter`]), at version 1; any other
+    /// name is `ParameterNotFound`'s `None`.
+    async fn parameter(&self, name: &str) -> CloudResult<Option<crate::cloud::ParameterVersion>> {
+        let region = self.region.clone();
+        self.call(Action::GetParameter, |state, now| {
+            if let Some(current) = state.publishing.current(name, now) {
+                return Ok(Some(current));
+            }
+            Ok(catalog::public_parameter(&region, name).map(|image| {
+                let value = image.id.to_string();
+                state.public_images.insert(image.id.clone(), image);
+                crate::cloud::ParameterVersion { version: 1, value, labels: Vec::new() }
+            }))
+        })
+        .await
     }
 }
 

@@ -55,6 +55,9 @@ impl Runner {
 enum Origin {
     /// This address (and who it is, for the message).
     Known(IpAddr, String),
+    /// The address this machine's routing picks toward the build VPC: a NAT, a container's bridge or a client
+    /// VPN on the way may translate it, so a group that does not admit it is a warning, not a failure.
+    Routed(IpAddr),
     /// Not known here; why the group is expected to admit it anyway, or what to check.
     Unknown(String),
 }
@@ -132,9 +135,11 @@ async fn origin(
         (Runner::Simulated { .. }, _) => {
             Origin::Unknown("an address the group's rules admit (`[sim] runner_address` is not set)".into())
         }
+        // A bastion reached at a private address is seen inside AWS from that address; one reached at a public
+        // address (or by name) arrives from its private address, which is not known here.
         (Runner::ThisMachine { .. }, Some(bastion)) => match bastion.host.parse::<IpAddr>() {
-            Ok(address) => Origin::Known(address, format!("the bastion {}", bastion.host)),
-            Err(_) => Origin::Unknown(format!(
+            Ok(address) if is_private(address) => Origin::Known(address, format!("the bastion {}", bastion.host)),
+            _ => Origin::Unknown(format!(
                 "the bastion {}, whose address inside AWS is not known here: if it is outside {}, admit it with `[ssh] source_cidrs`, `source_security_groups` or `source_prefix_lists`",
                 bastion.host,
                 network.vpc.as_ref().map_or("the default VPC".to_string(), ToString::to_string)
@@ -149,7 +154,7 @@ async fn origin(
         (Runner::ThisMachine { .. }, None) => {
             let cidr = vpc_cidr(cloud, flavor, region).await;
             match cidr.and_then(route_address) {
-                Some(address) => Origin::Known(address, "this machine, on its route to the build VPC".into()),
+                Some(address) => Origin::Routed(address),
                 None => Origin::Unknown("this machine, whose address toward the build VPC could not be told".into()),
             }
         }
@@ -186,6 +191,7 @@ fn verdict(port: u16, runner: &Runner, region: &Region, of: &str, network: &Netw
             ))
         }
         Origin::Known(address, who) => (address, who),
+        Origin::Routed(address) => (address, ROUTED.to_string()),
     };
     let sources = &network.ssh_sources;
     if let Some(cidr) = sources.cidrs.iter().find(|cidr| cidr.contains(&address)) {
@@ -225,10 +231,30 @@ fn verdict(port: u16, runner: &Runner, region: &Region, of: &str, network: &Netw
         }
         Runner::ThisMachine { .. } => {}
     }
-    Outcome::Fail(format!(
-        "{of}: SSH to its {kind} comes from {address} ({who}), which the temporary security group will not admit (port {port} from {rule}): every build would wait out `[ssh] timeout`; for a runner or bastion outside the build VPC (peered, or through a transit gateway) set `[ssh] source_cidrs = [\"{}\"]`, `[ssh] source_security_groups = {{ \"{region}\" = [\"sg-…\"] }}` (a group it runs in) or `[ssh] source_prefix_lists = {{ \"{region}\" = [\"pl-…\"] }}`",
+    let text = format!(
+        "{of}: SSH to its {kind} comes from {address} ({who}), which the temporary security group will not admit (port {port} from {rule}): every build would wait out `[ssh] timeout`; for a runner or bastion outside the build VPC (peered, or through a transit gateway) set `[ssh] source_cidrs = [\"{}\"]`, `[ssh] source_prefix_lists = {{ \"{region}\" = [\"pl-…\"] }}` or `[ssh] source_security_groups = {{ \"{region}\" = [\"sg-…\"] }}` (a group it runs in: the same VPC, a peered one in the region, or through a transit gateway with security group referencing on)",
         IpNet::from(address)
-    ))
+    );
+    if who == ROUTED && matches!(runner, Runner::ThisMachine { .. }) {
+        // Said, not failed: `--no-preflight`, the only way past a failure, would drop every other check.
+        Outcome::Warn(format!(
+            "{text} (unless a NAT, a container's network or a VPN on the way gives it an address the group admits)"
+        ))
+    } else {
+        Outcome::Fail(text)
+    }
+}
+
+/// Who [`Origin::Routed`] is, in words.
+const ROUTED: &str = "this machine, on its route to the build VPC";
+
+/// RFC 1918 / unique-local addresses (and the CGNAT range AWS VPCs may use): what an instance in a VPC sees as
+/// the source of a connection from inside AWS.
+fn is_private(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => v4.is_private() || (v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1])),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
 }
 
 /// What a rule admits, in words.
@@ -265,7 +291,7 @@ mod tests {
     }
 
     fn runner_at(address: &str) -> Origin {
-        Origin::Known(address.parse().unwrap(), "this machine, on its route to the build VPC".into())
+        Origin::Routed(address.parse().unwrap())
     }
 
     fn judged(runner: &Runner, network: &Network, origin: Origin) -> Outcome {
@@ -277,7 +303,8 @@ mod tests {
         let this_machine = Runner::ThisMachine { public: None };
         let Outcome::Ok(inside) = judged(&this_machine, &network(&[]), runner_at("10.0.3.7")) else { panic!() };
         assert!(inside.contains("comes from 10.0.3.7") && inside.contains("admits (10.0.0.0/16 on 22)"), "{inside}");
-        let Outcome::Fail(outside) = judged(&this_machine, &network(&[]), runner_at("10.9.0.5")) else { panic!() };
+        // Warned, not failed: a NAT or a container's network may translate the routed address.
+        let Outcome::Warn(outside) = judged(&this_machine, &network(&[]), runner_at("10.9.0.5")) else { panic!() };
         assert!(outside.starts_with("`base`: SSH to its private IP comes from 10.9.0.5 (this machine"), "{outside}");
         assert!(outside.contains("`[ssh] source_cidrs = [\"10.9.0.5/32\"]`"), "{outside}");
         assert!(outside.contains("`[ssh] source_security_groups = { \"us-west-2\" = [\"sg-…\"] }`"), "{outside}");
@@ -308,6 +335,13 @@ mod tests {
         with_list.ssh_sources.prefix_lists.push(PrefixListId::new("pl-0123456789abcdef0"));
         let Outcome::Ok(admitted) = judged(&listed, &with_list, runner_at("10.9.0.5")) else { panic!() };
         assert!(admitted.contains("(prefix list pl-0123456789abcdef0 on 22)"), "{admitted}");
+    }
+
+    #[test]
+    fn a_bastion_at_a_public_address_is_not_where_ssh_comes_from() {
+        assert!(is_private("10.9.0.5".parse().unwrap()) && is_private("172.31.4.1".parse().unwrap()));
+        assert!(is_private("100.64.0.9".parse().unwrap()) && is_private("fd00::1".parse().unwrap()));
+        assert!(!is_private("203.0.113.7".parse().unwrap()) && !is_private("2001:db8::1".parse().unwrap()));
     }
 
     /// The OS's routing answers for any address without sending a packet: toward loopback, from loopback.

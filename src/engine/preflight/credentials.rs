@@ -76,9 +76,14 @@ pub async fn check(preflight: &mut Preflight, fleet: &Fleet, plan: &Plan, cloud:
 
 /// How long the credentials last against the run's estimate.
 fn lifetime(plan: &Plan, status: &CredentialsStatus, estimate: Duration) -> Outcome {
+    lifetime_at(plan.started_at, status, estimate)
+}
+
+/// [`lifetime`] for a run started at `started_at`.
+fn lifetime_at(started_at: chrono::DateTime<chrono::Utc>, status: &CredentialsStatus, estimate: Duration) -> Outcome {
     let at = |after: Duration| {
         let after = chrono::TimeDelta::from_std(after).unwrap_or(chrono::TimeDelta::MAX);
-        (plan.started_at + after).format("%Y-%m-%d %H:%M UTC").to_string()
+        (started_at + after).format("%Y-%m-%d %H:%M UTC").to_string()
     };
     let finish = format!("the run's estimated end at {} (in {})", at(estimate), span(estimate));
     let source = match &status.base {
@@ -95,6 +100,9 @@ fn lifetime(plan: &Plan, status: &CredentialsStatus, estimate: Duration) -> Outc
             "credentials ({source}): not renewed, expire at {} (in {}), after {finish}",
             at(left),
             span(left)
+        )),
+        None if status.base_ends_unknown() => Outcome::Ok(format!(
+            "credentials ({source}): the role is renewed only while the session keys it is assumed with last, and their provider does not say when they end: they must outlast {finish} (CI: `role-duration-seconds` covering the job's timeout), or assume the role with credentials that renew themselves"
         )),
         None if status.refreshable => Outcome::Ok(format!(
             "credentials ({source}): renewed by their provider{}; they last past {finish}",
@@ -132,6 +140,7 @@ mod tests {
                 source: "EnvironmentVariable".into(),
                 refreshable,
                 expires_in: Some(2 * hour),
+                temporary: true,
             }))
         };
         let role = |base| CredentialsStatus {
@@ -146,7 +155,22 @@ mod tests {
         assert_eq!(role(None).usable_for(), None);
         assert!(!CredentialsStatus::is_refreshable("EnvironmentVariable"));
         assert!(CredentialsStatus::is_refreshable("WebIdentityToken"));
+        assert!(!CredentialsStatus::is_refreshable("unknown"), "a provider not named is not assumed to renew");
+        let mut unknown_end = role(base(false));
+        unknown_end.base.as_mut().unwrap().expires_in = None;
+        assert!(unknown_end.base_ends_unknown());
+        let said = lifetime_of(&unknown_end);
+        assert!(said.contains("renewed only while the session keys"), "{said}");
+        assert!(!role(base(true)).base_ends_unknown());
         assert_eq!(span(Duration::from_secs(7500)), "2h 05m");
         assert_eq!(span(Duration::from_secs(1199)), "20m", "to the nearest minute");
+    }
+
+    /// What the preflight says of `status` for an hour-long estimate.
+    fn lifetime_of(status: &CredentialsStatus) -> String {
+        let plan_started = chrono::Utc::now();
+        match lifetime_at(plan_started, status, Duration::from_secs(3600)) {
+            Outcome::Ok(text) | Outcome::Fail(text) | Outcome::Warn(text) => text,
+        }
     }
 }

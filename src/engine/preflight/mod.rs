@@ -47,6 +47,9 @@ pub enum Outcome {
     Ok(String),
     /// What is wrong, and what to change.
     Fail(String),
+    /// What may be wrong but cannot be told from here (an address a NAT or a container may translate): said,
+    /// not a failure.
+    Warn(String),
 }
 
 /// Every check of a fleet's run.
@@ -74,6 +77,7 @@ impl fmt::Display for Check {
         let (verdict, text) = match &self.outcome {
             Outcome::Ok(text) => ("ok  ", text),
             Outcome::Fail(text) => ("FAIL", text),
+            Outcome::Warn(text) => ("WARN", text),
         };
         match &self.region {
             Some(region) => write!(f, "{verdict} {region}: {text}"),
@@ -240,11 +244,21 @@ async fn check_build_region(preflight: &mut Preflight, cloud: &dyn Cloud, region
             preflight.push(Some(region), Outcome::Ok(from));
             continue;
         }
-        match source::find(cloud, &flavor.source_ami, region).await {
-            Ok(image) if image.name.is_empty() => {
+        match source::resolve(cloud, &flavor.source_ami, region)
+            .await
+            .map(|resolved| (resolved.image, resolved.parameter))
+        {
+            Ok((image, Some(read))) => preflight.push(
+                Some(region),
+                Outcome::Ok(format!(
+                    "source image of `{}`: {} from SSM parameter `{}` version {}",
+                    flavor.name, image.id, read.name, read.version
+                )),
+            ),
+            Ok((image, None)) if image.name.is_empty() => {
                 preflight.push(Some(region), Outcome::Ok(format!("source image of `{}`: {}", flavor.name, image.id)))
             }
-            Ok(image) => preflight.push(
+            Ok((image, None)) => preflight.push(
                 Some(region),
                 Outcome::Ok(format!(
                     "source image of `{}`: {} `{}` ({})",

@@ -10,7 +10,7 @@ use super::{Outcome, Preflight};
 use crate::cloud::{Cloud, RegionCloud, IMAGE_DATA_TYPE};
 use crate::config::{Fleet, Publish, Region};
 use crate::plan::Plan;
-use crate::steps::publish::LABEL_PREFIX;
+use crate::steps::publish::is_run_label;
 
 /// SSM keeps this many versions of a parameter (a put past it drops the oldest, unless it is labelled).
 const SSM_MAX_VERSIONS: usize = 100;
@@ -66,7 +66,7 @@ async fn check_parameter(cloud: &dyn RegionCloud, name: &str) -> Outcome {
     let count = history.versions.len();
     if count >= SSM_MAX_VERSIONS {
         if let Some(oldest) = history.versions.first() {
-            let foreign: Vec<&String> = oldest.labels.iter().filter(|label| !label.starts_with(LABEL_PREFIX)).collect();
+            let foreign: Vec<&String> = oldest.labels.iter().filter(|label| !is_run_label(label)).collect();
             if !foreign.is_empty() {
                 let labels: Vec<String> = foreign.iter().map(|label| format!("`{label}`")).collect();
                 return Outcome::Fail(format!(

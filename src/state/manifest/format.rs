@@ -68,11 +68,21 @@ pub struct ImageEntry {
     /// field, like `interface`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Parent>,
+    /// The SSM parameter the source image was read from, and its version (optional, added in version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_parameter: Option<SourceParameterEntry>,
+}
+
+/// `source_ami = { ssm_parameter = … }`: which parameter, at which version.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceParameterEntry {
+    pub name: String,
+    pub version: u64,
 }
 
 impl From<&Artifact> for ImageEntry {
     fn from(artifact: &Artifact) -> Self {
-        let ImageSettings { kms_key_id, imds_support, deprecation_time, shared_with, interface } =
+        let ImageSettings { kms_key_id, imds_support, deprecation_time, shared_with, interface, source_parameter } =
             artifact.settings.as_ref();
         ImageEntry {
             image_id: artifact.image_id.clone(),
@@ -90,6 +100,9 @@ impl From<&Artifact> for ImageEntry {
             shared_with: shared_with.clone(),
             interface: interface.clone(),
             parent: artifact.parent.as_deref().cloned(),
+            source_parameter: source_parameter
+                .as_ref()
+                .map(|read| SourceParameterEntry { name: read.name.clone(), version: read.version }),
         }
     }
 }

@@ -538,6 +538,10 @@ mod tests {
                     public: false,
                 }),
                 interface: Some("session_manager".into()),
+                source_parameter: Some(crate::outcome::SourceParameter {
+                    name: "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64".into(),
+                    version: 61,
+                }),
             }),
         };
         let copied = Artifact {

@@ -8,7 +8,7 @@ use crate::cloud::retry;
 use crate::cloud::wait::WaitError;
 use crate::cloud::watch::WaitKind;
 use crate::cloud::{ImageId, InstanceId};
-use crate::outcome::{Artifact, Stage};
+use crate::outcome::{Artifact, SourceParameter, Stage};
 use crate::steps::adopt;
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::fingerprint::Fingerprint;
@@ -99,8 +99,13 @@ pub(super) async fn wait_for_image(
     })
 }
 
-/// The fingerprint of this build from `source`; a provisioner's file that cannot be read fails the build.
-pub(super) fn fingerprint(context: &BuildContext, source: &ImageId) -> Result<Fingerprint, StepError> {
-    Fingerprint::of(&context.run.fleet, &context.flavor, &context.job.region, source)
+/// The fingerprint of this build from `source` (read from that SSM parameter version, if any); a
+/// provisioner's file that cannot be read fails the build.
+pub(super) fn fingerprint(
+    context: &BuildContext,
+    source: &ImageId,
+    parameter: Option<&SourceParameter>,
+) -> Result<Fingerprint, StepError> {
+    Fingerprint::of_source(&context.run.fleet, &context.flavor, &context.job.region, source, parameter)
         .map_err(|error| StepError::new(Stage::SourceAmi, format!("cannot fingerprint the build: {error}")))
 }

@@ -12,7 +12,7 @@ use crate::config::{Region, SourceAmi};
 use crate::outcome::Stage;
 use crate::steps::network::{Network, Placement};
 use crate::steps::patience::{no_room, Placements};
-use crate::steps::source::{self, SourceError};
+use crate::steps::source::{self, ResolvedSource, SourceError};
 
 use crate::cloud::consistency::NewKind;
 use crate::cloud::watch::WaitKind;
@@ -144,9 +144,10 @@ async fn launch(
     }
 }
 
-/// The source image in this region: the given id, or the newest match of the filter; built from another flavor,
-/// that flavor's image this run made or reused here (the plan's input), else (`--only child`) its newest one.
-pub(super) async fn resolve_source(context: &BuildContext) -> Result<ImageSummary, StepError> {
+/// The source image in this region: the given id, the newest match of the filter, or the SSM parameter's; built
+/// from another flavor, that flavor's image this run made or reused here (the plan's input), else (`--only
+/// child`) its newest one.
+pub(super) async fn resolve_source(context: &BuildContext) -> Result<ResolvedSource, StepError> {
     let (cloud, region) = (&*context.cloud, &context.job.region);
     let (found, whose) = match (&context.flavor.source_ami, &context.parent_image) {
         (SourceAmi::Flavor(parent), Some(image)) => (
@@ -160,16 +161,21 @@ pub(super) async fn resolve_source(context: &BuildContext) -> Result<ImageSummar
             };
             (newest, Some(format!("`{parent}`'s newest image here: `{parent}` is not built in this run")))
         }
-        (configured, _) => (source::find(cloud, configured, region).await, None),
+        (configured, _) => (source::resolve(cloud, configured, region).await, None),
     };
     match found {
-        Ok(image) => {
+        Ok(resolved) => {
+            let image = &resolved.image;
             if let Some(whose) = whose {
                 context.progress(Stage::SourceAmi, format!("source image {} `{}`, {whose}", image.id, image.name));
+            } else if let Some(read) = &resolved.parameter {
+                let detail =
+                    format!("source image {} from SSM parameter `{}` version {}", image.id, read.name, read.version);
+                context.progress(Stage::SourceAmi, detail);
             } else if !image.name.is_empty() {
                 context.progress(Stage::SourceAmi, format!("source image {} `{}`", image.id, image.name));
             }
-            Ok(image)
+            Ok(resolved)
         }
         Err(SourceError::Missing(message)) => Err(StepError::new(Stage::SourceAmi, message)),
         Err(SourceError::Cloud(error)) => Err(StepError::cloud(Stage::SourceAmi, error)),
@@ -183,9 +189,9 @@ async fn parent_source(
     region: &Region,
     image: &ImageId,
     name: &str,
-) -> Result<ImageSummary, SourceError> {
+) -> Result<ResolvedSource, SourceError> {
     let described = source::find(cloud, &SourceAmi::Id(image.to_string()), region).await?;
-    Ok(ImageSummary { name: name.to_string(), ..described })
+    Ok(ResolvedSource { image: ImageSummary { name: name.to_string(), ..described }, parameter: None })
 }
 
 /// The root volume the instance launches with: the source image's root device, resized or retyped as the flavor

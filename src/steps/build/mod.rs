@@ -27,8 +27,8 @@ use crate::cloud::hints;
 use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{CloudError, ImageId, ImageSummary, InstanceId, RegionCloud};
-use crate::config::{Flavor, Tags};
-use crate::outcome::{Artifact, Failure, JobEnd, JobLabel, Publication, Stage};
+use crate::config::{Flavor, SourceAmi, Tags};
+use crate::outcome::{Artifact, Failure, JobEnd, JobLabel, Publication, SourceParameter, Stage};
 use crate::plan::BuildJob;
 use crate::remote::{Communicator, Connection, TargetInstance};
 use crate::report::events::EventSender;
@@ -163,11 +163,22 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
     let result = match context.pending_image.clone() {
         Some(pending) => {
             context.progress(Stage::WaitImage, format!("waiting for {} from an earlier attempt", pending.image));
-            // Its fingerprint tag was given at CreateImage; the manifest's is the same computation.
-            let fingerprint =
-                Fingerprint::of(&context.run.fleet, &context.flavor, &context.job.region, &pending.source);
-            let digest = fingerprint.ok().map(|fingerprint| fingerprint.digest);
-            wait_for_image(&context, &mut stack, pending.image, pending.source, None, digest).await
+            // Its fingerprint tag was given at CreateImage; the manifest's is the same computation (with an SSM
+            // parameter's version read again: if the parameter has moved since, the digest is left out).
+            let parameter = pending_parameter(&context, &pending.source).await;
+            let (fleet, flavor, region) = (&context.run.fleet, &context.flavor, &context.job.region);
+            let fingerprint = match &parameter {
+                Err(()) => None,
+                Ok(parameter) => {
+                    Fingerprint::of_source(fleet, flavor, region, &pending.source, parameter.as_ref()).ok()
+                }
+            };
+            let digest = fingerprint.map(|fingerprint| fingerprint.digest);
+            let waited = wait_for_image(&context, &mut stack, pending.image, pending.source, None, digest).await;
+            waited.map(|mut artifact| {
+                artifact.settings.source_parameter = parameter.ok().flatten();
+                artifact
+            })
         }
         None => sequence(&context, &mut stack).await,
     };
@@ -197,7 +208,9 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
             for note in notes {
                 context.progress(Stage::Deprecate, note);
             }
+            let source_parameter = artifact.settings.source_parameter.take();
             *artifact.settings = settings;
+            artifact.settings.source_parameter = source_parameter;
             artifact.settings.interface = Some(context.flavor.interface.way_in().to_string());
             end.failures.extend(failures.into_iter().map(|f| Failure::from_cloud(&label, f.stage, &f.error)));
             let (cloud, key) = (&*context.cloud, context.job.key());
@@ -220,6 +233,18 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
     end
 }
 
+/// The SSM parameter version an earlier attempt's image was built from: read again, it must still name that
+/// source (`Err`: it has moved or cannot be read; `Ok(None)`: the flavor reads no parameter).
+async fn pending_parameter(context: &BuildContext, source: &ImageId) -> Result<Option<SourceParameter>, ()> {
+    if !matches!(context.flavor.source_ami, SourceAmi::SsmParameter(_)) {
+        return Ok(None);
+    }
+    match crate::steps::source::resolve(&*context.cloud, &context.flavor.source_ami, &context.job.region).await {
+        Ok(resolved) if &resolved.image.id == source => Ok(resolved.parameter),
+        _ => Err(()),
+    }
+}
+
 impl StepError {
     fn into_failure(self, label: &JobLabel) -> Failure {
         Failure { code: self.code, hint: self.hint, ..Failure::new(label, self.stage, self.message) }
@@ -228,8 +253,9 @@ impl StepError {
 
 async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Artifact, Stopped> {
     let cloud = &*context.cloud;
-    let source = context.interruptible(Stage::SourceAmi, resolve_source(context)).await?;
-    let fingerprint = fingerprint(context, &source.id)?;
+    let resolved = context.interruptible(Stage::SourceAmi, resolve_source(context)).await?;
+    let (source, parameter) = (resolved.image, resolved.parameter);
+    let fingerprint = fingerprint(context, &source.id, parameter.as_ref())?;
     let up = bring_up(context, stack, &source, Purpose::Build).await?;
     let (instance, launched) = (up.instance.clone(), up.launched);
     let source = source.id;
@@ -258,7 +284,9 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     let requested = Created::now(NewKind::Image);
     context.run.ledger.image_requested(&context.job.key(), &image);
     context.progress(Stage::CreateImage, format!("creating image {image} `{}`", context.job.image_name));
-    wait_for_image(context, stack, image, source, Some(requested), Some(fingerprint.digest)).await
+    let mut artifact = wait_for_image(context, stack, image, source, Some(requested), Some(fingerprint.digest)).await?;
+    artifact.settings.source_parameter = parameter;
+    Ok(artifact)
 }
 
 /// Why an instance is brought up: to build on, or to test the image just made.

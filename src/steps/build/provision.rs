@@ -54,6 +54,8 @@ pub(super) async fn run_all(
         context.progress(stage, format!("{kind} {number}/{}: {}", list.len(), Described(provisioner)));
         let mut last = std::collections::VecDeque::with_capacity(quoted);
         let mut output = |stream, line: OutputLine| {
+            // A sensitive variable's value printed by the script is shown (and quoted) as `<sensitive>`.
+            let line = context.run.fleet.variables.mask(line.as_bytes()).map_or(line, OutputLine::new);
             if quoted > 0 {
                 if last.len() == quoted {
                     last.pop_front();

@@ -163,6 +163,13 @@ impl Publishing {
         Some(ParameterHistory { data_type: parameter.data_type.clone(), versions: parameter.versions.clone() })
     }
 
+    /// GetParameter: the newest validated version (`None`: SSM does not know the parameter).
+    pub(super) fn current(&mut self, name: &str, now: Instant) -> Option<ParameterVersion> {
+        let parameter = self.parameters.get_mut(name)?;
+        parameter.settle(now);
+        parameter.versions.last().cloned()
+    }
+
     /// LabelParameterVersion: the label moves to `version`.
     pub(super) fn label(&mut self, name: &str, version: u64, label: &str, now: Instant) -> Result<(), Refusal> {
         let parameter = self.known(name, now)?;
