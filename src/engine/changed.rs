@@ -160,14 +160,22 @@ async fn source_of(
         };
     }
     let found = match &flavor.source_ami {
-        SourceAmi::Flavor(parent) => {
-            source::parent_image(cloud, &fleet.name, parent, &build.region).await.map(|image| (image.id, None))
-        }
+        SourceAmi::Flavor(parent) => match manifest_parent(fleet, parent, &build.region) {
+            Some(listed) => Ok((listed, None)),
+            None => source::parent_image(cloud, &fleet.name, parent, &build.region).await.map(|image| (image.id, None)),
+        },
         configured => source::resolve(cloud, configured, &build.region)
             .await
             .map(|resolved| (resolved.image.id, resolved.parameter)),
     };
     found.map_err(|error| format!("the source image is not known: {error}"))
+}
+
+/// `--only child`: the parent's image in `region` as the fleet's manifest lists it (none if the manifest is
+/// missing or unreadable, or lists none there).
+pub fn manifest_parent(fleet: &Fleet, parent: &crate::config::FlavorName, region: &Region) -> Option<ImageId> {
+    let manifest = crate::state::manifest::Manifest::read(&fleet.manifest_path).ok()?;
+    manifest.image(parent.as_str(), region.as_str()).cloned()
 }
 
 /// The fleet's images of `flavor` in a region (any state; empty if the lookup fails: then nothing is reused).

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cloud::watch::Waits;
 use crate::cloud::Cloud;
+use crate::config::SourceAmi;
+use crate::engine::changed;
 use crate::engine::scheduler::LoopEvent;
 use crate::outcome::{Artifact, JobEnd, JobLabel, Publication};
 use crate::plan::{JobId, JobKey, Plan};
@@ -78,6 +80,12 @@ impl JobRunner for StepRunner {
             JobId::Build(index) => {
                 // A build from another flavor's image (`BuildSource::ImageOf`) gets that image as its input.
                 let build_job = self.plan.builds[index].clone();
+                let manifest_parent = match (&flavor.source_ami, &input) {
+                    (SourceAmi::Flavor(parent), None) => {
+                        changed::manifest_parent(&self.run.fleet, parent, &build_job.region)
+                    }
+                    _ => None,
+                };
                 let context = BuildContext {
                     run: Arc::clone(&self.run),
                     cloud: self.cloud.region(&build_job.region),
@@ -90,6 +98,7 @@ impl JobRunner for StepRunner {
                     pending_image: self.pending_image(job).cloned(),
                     published_before,
                     parent_image: input,
+                    manifest_parent,
                 };
                 Box::pin(async move { build::run(context, |artifact| announce.image_available(artifact)).await })
             }

@@ -257,4 +257,17 @@ fn base_and_child_across_two_regions_on_moto_built_reused_rebuilt_and_skipped() 
     assert_eq!(launches.len(), 1, "{launches:?}");
     assert!(launches[0].contains(&format!("ImageId={new_copy}")), "{launches:?}");
     assert!(night.stderr.contains("`base`'s newest image here: `base` is not built in this run"), "{}", night.stderr);
+
+    // `--only app` with a manifest that lists base's older copy (night two's, still available): the manifest's
+    // image is taken before the newest, and said so.
+    let mut listed = crate::matrix::read_manifest(&workspace);
+    let mut entry = listed["artifacts"]["app"]["us-east-1"].clone();
+    entry["image_id"] = serde_json::json!(base_copy);
+    listed["artifacts"]["base"] = serde_json::json!({ "us-east-1": entry });
+    workspace.write("out/manifest.json", &serde_json::to_string_pretty(&listed).unwrap());
+    let (night, _, proxy) = moto_night(&workspace, &sshd, FaultProxy::recording(&moto.endpoint), &["--only", "app"]);
+    assert_eq!(night.code, 0, "{}", night.stderr);
+    let launches = proxy.bodies("RunInstances");
+    assert!(launches[0].contains(&format!("ImageId={base_copy}")), "{launches:?}");
+    assert!(night.stderr.contains("`base`'s image in the manifest"), "{}", night.stderr);
 }

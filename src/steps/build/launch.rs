@@ -155,11 +155,24 @@ pub(super) async fn resolve_source(context: &BuildContext) -> Result<ResolvedSou
             Some(format!("`{parent}`'s image of this run")),
         ),
         (SourceAmi::Flavor(parent), None) => {
-            let newest = match source::parent_image(cloud, &context.run.fleet.name, parent, region).await {
-                Ok(image) => parent_source(cloud, region, &image.id, &image.name).await,
-                Err(error) => Err(error),
+            // The manifest's image first (if it is still available), else the newest of the fleet's.
+            let listed = match &context.manifest_parent {
+                Some(image) => parent_source(cloud, region, image, "").await.ok(),
+                None => None,
             };
-            (newest, Some(format!("`{parent}`'s newest image here: `{parent}` is not built in this run")))
+            match listed {
+                Some(found) => (
+                    Ok(found),
+                    Some(format!("`{parent}`'s image in the manifest: `{parent}` is not built in this run")),
+                ),
+                None => {
+                    let newest = match source::parent_image(cloud, &context.run.fleet.name, parent, region).await {
+                        Ok(image) => parent_source(cloud, region, &image.id, &image.name).await,
+                        Err(error) => Err(error),
+                    };
+                    (newest, Some(format!("`{parent}`'s newest image here: `{parent}` is not built in this run")))
+                }
+            }
         }
         (configured, _) => (source::resolve(cloud, configured, region).await, None),
     };

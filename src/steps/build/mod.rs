@@ -64,6 +64,9 @@ pub struct BuildContext {
     /// `source_ami = { flavor = … }`: the parent's image in this region, made or reused this run (the plan's
     /// `BuildSource::ImageOf`); `None` otherwise, or when the plan does not build the parent (`--only`).
     pub parent_image: Option<Artifact>,
+    /// `source_ami = { flavor = … }` with the parent not built in this run (`--only child`): the parent's image
+    /// in this region as the fleet's manifest lists it, tried before the newest tagged one.
+    pub manifest_parent: Option<ImageId>,
 }
 
 /// An image CreateImage was asked for in an earlier attempt, and the source image it was made from.
