@@ -141,9 +141,12 @@ fn public_sharing_in_a_blocked_region_keeps_the_accounts_access_and_fails_only_t
     assert_eq!(summary["leaked_resources"], serde_json::json!([]), "{}", outcome.stderr);
 }
 
-/// Runs `fleet` on `sim` (one account across nights, in the caller's paused runtime), journaled beside the
-/// fleet file; its summary.
-async fn night(sim: &Arc<SimCloud>, fleet: &fleetbake::config::Fleet) -> fleetbake::engine::scheduler::RunSummary {
+/// Runs `fleet` on `sim` (one account across nights, in the caller's paused runtime, as `matrix` without the
+/// preflight), journaled beside the fleet file; its summary. Other modules' simulated nights use it too.
+pub(crate) async fn night(
+    sim: &Arc<SimCloud>,
+    fleet: &fleetbake::config::Fleet,
+) -> fleetbake::engine::scheduler::RunSummary {
     use fleetbake::cloud::{retry::Policy, Limited};
     use fleetbake::engine::{limits::RunLimits, run::Execution, run::Start, run::Strategy};
     let fleet = Arc::new(fleet.clone());
@@ -170,14 +173,14 @@ async fn night(sim: &Arc<SimCloud>, fleet: &fleetbake::config::Fleet) -> fleetba
 }
 
 /// The fleet file at `text`, loaded, with `--changed-only` as asked.
-fn load(workspace: &Workspace, text: &str, changed_only: bool) -> fleetbake::config::Fleet {
+pub(crate) fn load(workspace: &Workspace, text: &str, changed_only: bool) -> fleetbake::config::Fleet {
     let path = workspace.write("fleet.toml", text);
     let mut fleet = fleetbake::config::load(&path).unwrap();
     fleet.matrix.changed_only = changed_only;
     fleet
 }
 
-fn paused_runtime() -> tokio::runtime::Runtime {
+pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
 }
 

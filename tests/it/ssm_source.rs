@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::Workspace;
+use crate::sharing::{load, night, paused_runtime};
 use fleetbake::cloud::sim::SimCloud;
 use fleetbake::cloud::{Cloud, ImageId, ImageQuery};
 use fleetbake::config::{ImageFilter, Region, Tags};
@@ -52,44 +53,6 @@ source_cidrs = ["203.0.113.5/32"]
 
 fn read_json(workspace: &Workspace, relative: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(workspace.path(relative)).unwrap()).unwrap()
-}
-
-/// One night on `sim` in this runtime (as `matrix`, without the preflight).
-async fn night(sim: &Arc<SimCloud>, fleet: &fleetbake::config::Fleet) -> fleetbake::engine::scheduler::RunSummary {
-    use fleetbake::cloud::{retry::Policy, Limited};
-    use fleetbake::engine::{limits::RunLimits, run::Execution, run::Start, run::Strategy};
-    let fleet = Arc::new(fleet.clone());
-    let writer =
-        fleetbake::state::manifest::ManifestWriter::new(fleet.manifest_path.clone(), std::time::Duration::ZERO);
-    let limits = Arc::new(RunLimits::new(&fleet.limits, Policy::THROTTLED, Strategy::FLEETBAKE.pacing));
-    let execution = Execution {
-        fleet: Arc::clone(&fleet),
-        ssh_sources: fleetbake::steps::network::SshSources::Configured(vec!["203.0.113.5/32".parse().unwrap()]),
-        cloud: Arc::new(Limited::new(Arc::clone(sim) as Arc<dyn Cloud>, Arc::clone(limits.api()))),
-        communicator: Arc::new(fleetbake::remote::sim::SimCommunicator::new(Arc::clone(sim), Arc::clone(&fleet))),
-        limits,
-        strategy: Strategy::FLEETBAKE,
-        fail_fast: false,
-        reporters: vec![Box::new(writer)],
-        run_lock: None,
-        preflight: None,
-        local_leftovers: Vec::new(),
-        manifest_set_aside: None,
-    };
-    let start = Start::fresh(&fleet, Some(fleetbake::state::journal::JournalDir::of(&fleet)));
-    let (_interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
-    execution.run(start, interrupts).await.unwrap().1
-}
-
-fn load(workspace: &Workspace, text: &str, changed_only: bool) -> fleetbake::config::Fleet {
-    let path = workspace.write("fleet.toml", text);
-    let mut fleet = fleetbake::config::load(&path).unwrap();
-    fleet.matrix.changed_only = changed_only;
-    fleet
-}
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
 }
 
 /// The Amazon Linux 2023 x86_64 images DescribeImages lists in `region`, oldest first.
