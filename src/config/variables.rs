@@ -135,7 +135,13 @@ impl Variables {
     /// as Packer masks sensitive variables in output); `None` when none is in it. Longer values first, so one
     /// that contains another is masked whole.
     pub fn mask(&self, bytes: &[u8]) -> Option<Vec<u8>> {
-        let mut secrets: Vec<&[u8]> = self.sensitive_values().into_iter().map(str::as_bytes).collect();
+        // A multi-line value (a PEM key, JSON) never stands whole on one output line: each of its lines of some
+        // length is masked too.
+        let values = self.sensitive_values();
+        let mut secrets: Vec<&[u8]> = values.iter().map(|value| value.as_bytes()).collect();
+        for value in &values {
+            secrets.extend(value.lines().map(str::trim).filter(|line| line.len() >= 8).map(str::as_bytes));
+        }
         secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
         let contains = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|window| window == needle);
         if !secrets.iter().any(|secret| contains(bytes, secret)) {
@@ -181,10 +187,10 @@ impl Variables {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exposure {
     /// AMI names, tags, run tags, subnet and bastion fields, publish targets: in EC2's and SSM's answers, the
-    /// manifest, the journal and the output.
+    /// manifest, the journal and the output; and user data (cloud-init keeps it on the instance's disk, so
+    /// CreateImage puts it in the image, and DescribeInstanceAttribute shows it).
     Shown,
-    /// Provisioner and test `env` (an owner-only env file on the instance) and `user_data` (the instance's own,
-    /// though readable through DescribeInstanceAttribute by whoever the account lets).
+    /// Provisioner and test `env`: an owner-only env file on the instance, removed when the command ends.
     Private,
 }
 
@@ -232,7 +238,7 @@ pub fn render(text: &str, variables: &Variables, exposure: Exposure) -> Result<R
         })?;
         if variable.sensitive && exposure == Exposure::Shown {
             return Err(format!(
-                "`{{var.{name}}}` is sensitive: only provisioner and test `env` and `user_data` may use it (here its value would be shown or stored)"
+                "`{{var.{name}}}` is sensitive: only provisioner and test `env` may use it (here its value would be shown or stored)"
             ));
         }
         rendered.push_str(variable.value());
@@ -358,6 +364,10 @@ mod tests {
         assert_ne!(digests, variables.digests("run-2"), "salted per run");
         assert_eq!(variables.mask(b"login s3cr3t ok s3cr3t").unwrap(), b"login <sensitive> ok <sensitive>");
         assert_eq!(variables.mask(b"build dev"), None, "a plain value is not masked");
+        let key = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n-----END KEY-----";
+        let (pem, _) = choose(&declared(), &[given("token", key, Origin::Flag)]);
+        let line = pem.mask(b"cat: MIIEvQIBADANBgkqhkiG9w0B").expect("a line of a multi-line value is masked");
+        assert_eq!(line, b"cat: <sensitive>");
         let (rotated, _) = choose(&declared(), &[given("token", "other", Origin::Flag)]);
         assert_ne!(digests["token"], rotated.digests("run-1")["token"]);
         assert_eq!(digests["build"], rotated.digests("run-1")["build"]);

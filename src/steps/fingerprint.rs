@@ -274,7 +274,7 @@ mod tests {
     /// A sensitive variable's value is not in the fingerprint (a rotated token keeps it); a plain one's is.
     #[test]
     fn a_rotated_secret_keeps_the_fingerprint_and_a_changed_variable_does_not() {
-        let text = "[fleet]\nname = \"f\"\n\n[variables]\nbuild = \"dev\"\ntoken = { sensitive = true }\n\n                    [defaults]\ninstance_type = \"t3.small\"\nssh_username = \"ec2-user\"\n                    user_data = \"#!/bin/sh\\nlogin {var.token}\\n\"\n\n                    [[flavor]]\nname = \"base\"\nsource_ami = { id = \"ami-12345678\" }\n                    provisioners = [{ type = \"shell\", inline = [\"true\"], env = { T = \"{var.token}\", B = \"{var.build}\" } }]\n\n                    [regions]\nus-west-2 = []\n";
+        let text = "[fleet]\nname = \"f\"\n\n[variables]\nbuild = \"dev\"\ntoken = { sensitive = true }\n\n                    [defaults]\ninstance_type = \"t3.small\"\nssh_username = \"ec2-user\"\n                    user_data = \"#!/bin/sh\\necho {var.build}\\n\"\n\n                    [[flavor]]\nname = \"base\"\nsource_ami = { id = \"ami-12345678\" }\n                    provisioners = [{ type = \"shell\", inline = [\"true\"], env = { T = \"{var.token}\", B = \"{var.build}\" } }]\n\n                    [regions]\nus-west-2 = []\n";
         let region = Region::new("us-west-2");
         let source = ImageId::new("ami-12345678");
         let fingerprint = |flags: &[&str]| {

@@ -237,8 +237,8 @@ fn a_variable_names_and_tags_images_and_a_sensitive_one_reaches_only_the_script(
 }
 
 /// The simulated cloud, through the binary: `--var` names the images, and the sensitive token (given in the
-/// environment, used in an env and the user data) is in nothing the run prints or writes (manifest, events,
-/// summary, `-v` logs).
+/// environment, used in an env) is in nothing the run prints or writes (manifest, events, summary, `-v` logs);
+/// the user data takes plain variables only (it lands in the image: cloud-init keeps it on the disk).
 #[test]
 fn on_the_simulated_cloud_a_var_names_the_images_and_a_token_is_written_nowhere() {
     let workspace = Workspace::new();
@@ -246,7 +246,7 @@ fn on_the_simulated_cloud_a_var_names_the_images_and_a_token_is_written_nowhere(
     let fleet = "[fleet]\nname = \"vars\"\nami_name = \"{flavor}-{var.build}-{run_id}\"\ntags = { Build = \"{var.build}\" }\n\n\
                  [variables]\nbuild = \"dev\"\nregistry_token = { sensitive = true }\n\n\
                  [defaults]\ninstance_type = \"t3.small\"\nssh_username = \"ec2-user\"\n\
-                 user_data = \"#!/bin/sh\\necho {var.registry_token} > /run/token\\n\"\n\n\
+                 user_data = \"#!/bin/sh\\necho {var.build} > /run/build\\n\"\n\n\
                  [[flavor]]\nname = \"base\"\nsource_ami = { owners = [\"amazon\"], name = \"al2023-ami-*\" }\n\
                  provisioners = [{ type = \"shell\", inline = [\"login\"], env = { TOKEN = \"{var.registry_token}\" } }]\n\n\
                  [regions]\nus-west-2 = [\"us-east-1\"]\n";

@@ -305,14 +305,16 @@ pub(super) fn substitute_variables(
                 }
             }
         }
+        // User data is not private: cloud-init keeps it on the instance's disk (`/var/lib/cloud/instances/…`),
+        // so CreateImage puts it in the image, and DescribeInstanceAttribute shows it: no sensitive value.
         if let Some(user_data) = &mut flavor.user_data {
-            if let Some(form) = field(checker, path.key("user_data"), user_data, Exposure::Private) {
+            if let Some(form) = field(checker, path.key("user_data"), user_data, Exposure::Shown) {
                 forms.flavor_user_data.insert(index, form);
             }
         }
     }
     if let Some(user_data) = &mut raw.defaults.user_data {
-        forms.defaults_user_data = field(checker, defaults.key("user_data"), user_data, Exposure::Private);
+        forms.defaults_user_data = field(checker, defaults.key("user_data"), user_data, Exposure::Shown);
     }
     if let Some(bastion) = &mut raw.ssh.bastion {
         let at = root.key("ssh").key("bastion");
