@@ -160,23 +160,18 @@ async fn source_of(
         };
     }
     let found = match &flavor.source_ami {
-        // As the build will choose (`steps::build::launch`): the manifest's image while it is available, else
-        // the newest of the fleet's.
-        SourceAmi::Flavor(parent) => match manifest_parent(fleet, parent, &build.region) {
-            Some(listed) if available(cloud, &listed).await => Ok((listed, None)),
-            _ => source::parent_image(cloud, &fleet.name, parent, &build.region).await.map(|image| (image.id, None)),
-        },
+        // As the build will choose.
+        SourceAmi::Flavor(parent) => {
+            let listed = manifest_parent(fleet, parent, &build.region);
+            source::parent_not_built(cloud, &fleet.name, parent, &build.region, listed.as_ref())
+                .await
+                .map(|(image, _)| (image.id, None))
+        }
         configured => source::resolve(cloud, configured, &build.region)
             .await
             .map(|resolved| (resolved.image.id, resolved.parameter)),
     };
     found.map_err(|error| format!("the source image is not known: {error}"))
-}
-
-/// Whether EC2 says the image is available (an error or no answer: not).
-async fn available(cloud: &dyn RegionCloud, image: &ImageId) -> bool {
-    let found = cloud.describe_images(std::slice::from_ref(image)).await.unwrap_or_default();
-    found.first().is_some_and(|status| status.state == ImageState::Available)
 }
 
 /// `--only child`: the parent's image in `region` as the fleet's manifest lists it (none if the manifest is

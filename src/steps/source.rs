@@ -152,6 +152,32 @@ pub async fn parent_image(
     }
 }
 
+/// Where a child's source came from when its parent is not built in this run (`--only child`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParentFrom {
+    /// The image the fleet's manifest lists, still available (described: its root device is known).
+    Manifest,
+    /// The parent's newest available image of the fleet ([`parent_image`]; not described).
+    Newest,
+}
+
+/// `--only child`: the parent's image `listed` by the fleet's manifest while it is available, else the
+/// fleet's newest image of the parent in `region`. The build and the `--changed-only` decision both choose here.
+pub async fn parent_not_built(
+    cloud: &dyn RegionCloud,
+    fleet: &str,
+    parent: &FlavorName,
+    region: &Region,
+    listed: Option<&ImageId>,
+) -> Result<(ImageSummary, ParentFrom), SourceError> {
+    if let Some(listed) = listed {
+        if let Ok(found) = find_id(cloud, listed.clone(), region).await {
+            return Ok((found, ParentFrom::Manifest));
+        }
+    }
+    Ok((parent_image(cloud, fleet, parent, region).await?, ParentFrom::Newest))
+}
+
 /// The image with this id in `region`, which must be available (its name and date are not looked up: empty).
 async fn find_id(cloud: &dyn RegionCloud, id: ImageId, region: &Region) -> Result<ImageSummary, SourceError> {
     let found = cloud.describe_images(std::slice::from_ref(&id)).await.map_err(SourceError::Cloud)?;

@@ -147,29 +147,8 @@ pub(crate) async fn night(
     sim: &Arc<SimCloud>,
     fleet: &fleetbake::config::Fleet,
 ) -> fleetbake::engine::scheduler::RunSummary {
-    use fleetbake::cloud::{retry::Policy, Limited};
-    use fleetbake::engine::{limits::RunLimits, run::Execution, run::Start, run::Strategy};
-    let fleet = Arc::new(fleet.clone());
-    let writer =
-        fleetbake::state::manifest::ManifestWriter::new(fleet.manifest_path.clone(), std::time::Duration::ZERO);
-    let limits = Arc::new(RunLimits::new(&fleet.limits, Policy::THROTTLED, Strategy::FLEETBAKE.pacing));
-    let execution = Execution {
-        fleet: Arc::clone(&fleet),
-        ssh_sources: fleetbake::steps::network::SshSources::Configured(vec!["203.0.113.5/32".parse().unwrap()]),
-        cloud: Arc::new(Limited::new(Arc::clone(sim) as Arc<dyn Cloud>, Arc::clone(limits.api()))),
-        communicator: Arc::new(fleetbake::remote::sim::SimCommunicator::new(Arc::clone(sim), Arc::clone(&fleet))),
-        limits,
-        strategy: Strategy::FLEETBAKE,
-        fail_fast: false,
-        reporters: vec![Box::new(writer)],
-        run_lock: None,
-        preflight: None,
-        local_leftovers: Vec::new(),
-        manifest_set_aside: None,
-    };
-    let start = Start::fresh(&fleet, Some(fleetbake::state::journal::JournalDir::of(&fleet)));
-    let (_interrupt, interrupts) = tokio::sync::mpsc::unbounded_channel();
-    execution.run(start, interrupts).await.unwrap().1
+    let start = fleetbake::engine::run::Start::fresh(fleet, Some(fleetbake::state::journal::JournalDir::of(fleet)));
+    crate::sim::run_on(sim, fleet, start, None).await
 }
 
 /// The fleet file at `text`, loaded, with `--changed-only` as asked.

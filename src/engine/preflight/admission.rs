@@ -184,14 +184,14 @@ fn route_address(cidr: IpNet) -> Option<IpAddr> {
 fn verdict(port: u16, runner: &Runner, region: &Region, of: &str, network: &Network, origin: Origin) -> Outcome {
     let rule = rule_text(&network.ssh_sources);
     let kind = network.address;
-    let (address, who) = match origin {
+    let (address, who, routed) = match origin {
         Origin::Unknown(who) => {
             return Outcome::Ok(format!(
                 "{of}: SSH to its {kind} from {who}; the temporary group admits {rule} on {port}"
             ))
         }
-        Origin::Known(address, who) => (address, who),
-        Origin::Routed(address) => (address, ROUTED.to_string()),
+        Origin::Known(address, who) => (address, who, false),
+        Origin::Routed(address) => (address, ROUTED.to_string(), true),
     };
     let sources = &network.ssh_sources;
     if let Some(cidr) = sources.cidrs.iter().find(|cidr| cidr.contains(&address)) {
@@ -235,7 +235,7 @@ fn verdict(port: u16, runner: &Runner, region: &Region, of: &str, network: &Netw
         "{of}: SSH to its {kind} comes from {address} ({who}), which the temporary security group will not admit (port {port} from {rule}): every build would wait out `[ssh] timeout`; for a runner or bastion outside the build VPC (peered, or through a transit gateway) set `[ssh] source_cidrs = [\"{}\"]`, `[ssh] source_prefix_lists = {{ \"{region}\" = [\"pl-…\"] }}` or `[ssh] source_security_groups = {{ \"{region}\" = [\"sg-…\"] }}` (a group it runs in: the same VPC, a peered one in the region, or through a transit gateway with security group referencing on)",
         IpNet::from(address)
     );
-    if who == ROUTED && matches!(runner, Runner::ThisMachine { .. }) {
+    if routed && matches!(runner, Runner::ThisMachine { .. }) {
         // Said, not failed: `--no-preflight`, the only way past a failure, would drop every other check.
         Outcome::Warn(format!(
             "{text} (unless a NAT, a container's network or a VPN on the way gives it an address the group admits)"

@@ -12,7 +12,7 @@ use crate::config::{Region, SourceAmi};
 use crate::outcome::Stage;
 use crate::steps::network::{Network, Placement};
 use crate::steps::patience::{no_room, Placements};
-use crate::steps::source::{self, ResolvedSource, SourceError};
+use crate::steps::source::{self, ParentFrom, ResolvedSource, SourceError};
 
 use crate::cloud::consistency::NewKind;
 use crate::cloud::watch::WaitKind;
@@ -155,24 +155,18 @@ pub(super) async fn resolve_source(context: &BuildContext) -> Result<ResolvedSou
             Some(format!("`{parent}`'s image of this run")),
         ),
         (SourceAmi::Flavor(parent), None) => {
-            // The manifest's image first (if it is still available), else the newest of the fleet's.
-            let listed = match &context.manifest_parent {
-                Some(image) => parent_source(cloud, region, image, "").await.ok(),
-                None => None,
-            };
-            match listed {
-                Some(found) => (
-                    Ok(found),
-                    Some(format!("`{parent}`'s image in the manifest: `{parent}` is not built in this run")),
-                ),
-                None => {
-                    let newest = match source::parent_image(cloud, &context.run.fleet.name, parent, region).await {
-                        Ok(image) => parent_source(cloud, region, &image.id, &image.name).await,
-                        Err(error) => Err(error),
-                    };
-                    (newest, Some(format!("`{parent}`'s newest image here: `{parent}` is not built in this run")))
+            let fleet = &context.run.fleet.name;
+            let chosen = source::parent_not_built(cloud, fleet, parent, region, context.manifest_parent.as_ref()).await;
+            let (found, whose) = match chosen {
+                Ok((image, ParentFrom::Manifest)) => {
+                    (Ok(ResolvedSource { image, parameter: None }), "image in the manifest")
                 }
-            }
+                Ok((image, ParentFrom::Newest)) => {
+                    (parent_source(cloud, region, &image.id, &image.name).await, "newest image here")
+                }
+                Err(error) => (Err(error), "newest image here"),
+            };
+            (found, Some(format!("`{parent}`'s {whose}: `{parent}` is not built in this run")))
         }
         (configured, _) => (source::resolve(cloud, configured, region).await, None),
     };
