@@ -304,9 +304,12 @@ fn main() {
                 Expected {
                     jobs: 204,
                     bound: "2:25:00",
-                    makespan: Some("2:27:40"),
+                    // Like the 20 × 4 × 3 row, the makespan and the non-mutating calls vary by a second or a
+                    // call from one run to the next (CI on 9d225ec counted 1350, the run before 1351): held
+                    // under the ratio and the ceiling, not pinned.
+                    makespan: None,
                     max_ratio: 1.03,
-                    non_mutating: Some(1351),
+                    non_mutating: None,
                     max_non_mutating: 1400,
                     mutating: 884,
                     run_instances: 68,
