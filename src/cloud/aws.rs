@@ -5,6 +5,7 @@
 //! throttling and transient errors are retried in one place, [`RegionLimiter::call`], so they are counted and
 //! never double-retried.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -27,7 +28,7 @@ use ipnet::IpNet;
 
 use super::*;
 use crate::cloud::limiter::{ApiLimits, RegionLimiter};
-use crate::config::{AwsSettings, SubnetLookup};
+use crate::config::{Account, AwsSettings, Place, SubnetLookup};
 use crate::plan::RunId;
 
 /// Where STS calls are counted: they are not EC2's, and not of a region fleetbake builds in.
@@ -63,6 +64,10 @@ pub struct AwsCloud {
     base: Option<aws_config::SdkConfig>,
     limits: Arc<ApiLimits>,
     regions: DashMap<Region, Arc<AwsRegion>>,
+    /// `[[distribution]]`: each destination account's role, and the SDK config acting as it (made on first use).
+    distribution_roles: BTreeMap<String, String>,
+    run_id: RunId,
+    accounts: DashMap<Place, Arc<AwsRegion>>,
 }
 
 impl AwsCloud {
@@ -100,7 +105,15 @@ impl AwsCloud {
                 .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider))
                 .build();
         }
-        AwsCloud { sdk, base, limits, regions: DashMap::new() }
+        AwsCloud {
+            sdk,
+            base,
+            limits,
+            regions: DashMap::new(),
+            distribution_roles: settings.distribution_roles.clone(),
+            run_id: run_id.clone(),
+            accounts: DashMap::new(),
+        }
     }
 }
 
@@ -114,40 +127,7 @@ impl Cloud for AwsCloud {
     fn region(&self, region: &Region) -> Arc<dyn RegionCloud> {
         self.regions
             .entry(region.clone())
-            .or_insert_with(|| {
-                // Retries off on the EC2 client only: the limiter retries its calls; the credential providers
-                // keep theirs. Each attempt has a deadline (the SDK's defaults set none), the rest of the
-                // timeouts as loaded.
-                let timeouts = self
-                    .sdk
-                    .timeout_config()
-                    .map(aws_config::timeout::TimeoutConfig::to_builder)
-                    .unwrap_or_default()
-                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                    .build();
-                let config = aws_sdk_ec2::config::Builder::from(&self.sdk)
-                    .region(aws_sdk_ec2::config::Region::new(region.as_str().to_string()))
-                    .retry_config(RetryConfig::disabled())
-                    .timeout_config(timeouts.clone())
-                    .build();
-                let kms = aws_sdk_kms::config::Builder::from(&self.sdk)
-                    .region(aws_sdk_kms::config::Region::new(region.as_str().to_string()))
-                    .retry_config(RetryConfig::disabled())
-                    .timeout_config(timeouts.clone())
-                    .build();
-                let ssm = aws_sdk_ssm::config::Builder::from(&self.sdk)
-                    .region(aws_sdk_ssm::config::Region::new(region.as_str().to_string()))
-                    .retry_config(RetryConfig::disabled())
-                    .timeout_config(timeouts)
-                    .build();
-                Arc::new(AwsRegion {
-                    region: region.clone(),
-                    client: Client::from_conf(config),
-                    kms: aws_sdk_kms::Client::from_conf(kms),
-                    ssm: aws_sdk_ssm::Client::from_conf(ssm),
-                    limiter: self.limits.region(region),
-                })
-            })
+            .or_insert_with(|| Arc::new(region_clients(&self.sdk, region, self.limits.region(region))))
             .clone()
     }
 
@@ -170,6 +150,101 @@ impl Cloud for AwsCloud {
         };
         let refreshable = CredentialsStatus::is_refreshable(&source);
         Ok(CredentialsStatus { refreshable, source, expires_in, temporary, base })
+    }
+
+    /// Another account's region acts as the role `[[distribution]]` names for it: an `AssumeRoleProvider`
+    /// on top of the run's own credentials (renewed before each session ends), session `fleetbake-<run id>`.
+    /// An account no table names (a bug) acts as the run itself, and EC2 answers for the own account.
+    fn place(&self, place: &Place) -> Arc<dyn RegionCloud> {
+        let Account::Id(account) = &place.account else { return self.region(&place.region) };
+        if let Some(existing) = self.accounts.get(place) {
+            return Arc::clone(existing.value()) as Arc<dyn RegionCloud>;
+        }
+        let limiter = self.limits.place(place);
+        let sdk = match self.distribution_roles.get(account) {
+            Some(role) => {
+                let provider = DistributionRole {
+                    role: role.clone(),
+                    session: format!("fleetbake-{}", self.run_id),
+                    sdk: self.sdk.clone(),
+                    provider: tokio::sync::OnceCell::new(),
+                };
+                self.sdk
+                    .clone()
+                    .into_builder()
+                    .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider))
+                    .build()
+            }
+            None => self.sdk.clone(),
+        };
+        let clients = Arc::new(region_clients(&sdk, &place.region, limiter));
+        Arc::clone(self.accounts.entry(place.clone()).or_insert(clients).value()) as Arc<dyn RegionCloud>
+    }
+}
+
+/// The role of a destination account, assumed with the run's own credentials on the first call that needs it
+/// (building an `AssumeRoleProvider` is async; a region's handle is not).
+#[derive(Debug)]
+struct DistributionRole {
+    role: String,
+    session: String,
+    sdk: aws_config::SdkConfig,
+    provider: tokio::sync::OnceCell<aws_config::sts::AssumeRoleProvider>,
+}
+
+impl aws_credential_types::provider::ProvideCredentials for DistributionRole {
+    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::new(async move {
+            let provider = self
+                .provider
+                .get_or_init(|| async {
+                    let base = self.sdk.credentials_provider().expect("the chain gives a provider");
+                    aws_config::sts::AssumeRoleProvider::builder(&self.role)
+                        .configure(&self.sdk)
+                        .session_name(&self.session)
+                        .build_from_provider(base)
+                        .await
+                })
+                .await;
+            provider.provide_credentials().await
+        })
+    }
+}
+
+/// A region's EC2, KMS and SSM clients from `sdk` (whose credentials they sign with). Retries off on these
+/// clients only: the limiter retries their calls; the credential providers keep theirs. Each attempt has a
+/// deadline (the SDK's defaults set none), the rest of the timeouts as loaded.
+fn region_clients(sdk: &aws_config::SdkConfig, region: &Region, limiter: Arc<RegionLimiter>) -> AwsRegion {
+    let timeouts = sdk
+        .timeout_config()
+        .map(aws_config::timeout::TimeoutConfig::to_builder)
+        .unwrap_or_default()
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .build();
+    let config = aws_sdk_ec2::config::Builder::from(sdk)
+        .region(aws_sdk_ec2::config::Region::new(region.as_str().to_string()))
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(timeouts.clone())
+        .build();
+    let kms = aws_sdk_kms::config::Builder::from(sdk)
+        .region(aws_sdk_kms::config::Region::new(region.as_str().to_string()))
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(timeouts.clone())
+        .build();
+    let ssm = aws_sdk_ssm::config::Builder::from(sdk)
+        .region(aws_sdk_ssm::config::Region::new(region.as_str().to_string()))
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(timeouts)
+        .build();
+    AwsRegion {
+        region: region.clone(),
+        client: Client::from_conf(config),
+        kms: aws_sdk_kms::Client::from_conf(kms),
+        ssm: aws_sdk_ssm::Client::from_conf(ssm),
+        limiter,
     }
 }
 

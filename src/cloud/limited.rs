@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::*;
 use crate::cloud::limiter::{ApiLimits, RegionLimiter};
-use crate::config::{ImageFilter, Region, SubnetLookup, Tags};
+use crate::config::{ImageFilter, Place, Region, SubnetLookup, Tags};
 
 pub struct Limited {
     inner: Arc<dyn Cloud>,
@@ -34,6 +34,10 @@ impl Cloud for Limited {
 
     async fn credentials(&self) -> CloudResult<CredentialsStatus> {
         self.inner.credentials().await
+    }
+
+    fn place(&self, place: &Place) -> Arc<dyn RegionCloud> {
+        Arc::new(LimitedRegion { inner: self.inner.place(place), limiter: self.limits.place(place) })
     }
 }
 

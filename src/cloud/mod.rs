@@ -694,6 +694,10 @@ pub trait Cloud: Send + Sync {
     /// The credentials the run signs with: their provider, whether it renews them, when they end, and with
     /// `[aws] role_arn`, the credentials the role is assumed with. Read-only (the provider may call STS).
     async fn credentials(&self) -> CloudResult<CredentialsStatus>;
+
+    /// A region of any account: the own account's is [`Cloud::region`]; another account's
+    /// (`[[distribution]]`) acts as the role the fleet names for it, assumed with the run's credentials.
+    fn place(&self, place: &crate::config::Place) -> Arc<dyn RegionCloud>;
 }
 
 #[cfg(test)]

@@ -116,12 +116,18 @@ impl Waits {
         })
     }
 
-    /// Waiting in a region of the run's own account (the only account `Cloud` reaches today).
+    /// Waiting in a region of the run's own account.
     pub fn region(self: &Arc<Self>, region: &Region) -> RegionWaits {
-        let cloud = self.cloud.region(region);
+        self.place(&Place::own(region.clone()))
+    }
+
+    /// Waiting in a region of any account: each place its own batches, through its own account's cloud.
+    pub fn place(self: &Arc<Self>, place: &Place) -> RegionWaits {
+        let cloud = self.cloud.place(place);
+        let region = &place.region;
         let batcher = self
             .batchers
-            .entry(Place::own(region.clone()))
+            .entry(place.clone())
             .or_insert_with(|| Arc::new(RegionBatcher { images: Batch::new(region), instances: Batch::new(region) }))
             .clone();
         RegionWaits { waits: Arc::clone(self), cloud, batcher }

@@ -7,6 +7,7 @@
 //! imports nothing of the crate but `util`.
 
 pub mod api;
+mod distribution;
 mod place;
 mod schema;
 mod selection;
@@ -16,6 +17,7 @@ pub mod template;
 mod validate;
 pub mod variables;
 
+pub use distribution::{Distribution, Distributions, ACCOUNT_PLACEHOLDER};
 pub use place::{Account, Place};
 pub use selection::{JobPattern, Selection};
 
@@ -102,6 +104,8 @@ pub struct Fleet {
     pub selection: Selection,
     /// `[variables]` with the values this run gave them (already in every field that uses them).
     pub variables: Variables,
+    /// `[[distribution]]`: copies into other accounts, each owned by its account.
+    pub distributions: Distributions,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -359,6 +363,9 @@ pub struct AwsSettings {
     pub endpoint_url: Option<String>,
     /// Act as this role (STS AssumeRole on top of the standard chain), if set.
     pub role: Option<AssumeRole>,
+    /// `[[distribution]]`: the role assumed in each destination account (account id → role ARN), with the
+    /// run's own credentials (after `role`, if set).
+    pub distribution_roles: BTreeMap<String, String>,
 }
 
 /// `[aws] role_arn` and its companions: the build account's role the run acts as.

@@ -37,6 +37,22 @@ pub struct FleetFile {
     /// validation, so its messages can name the key.
     #[serde(default)]
     pub variables: BTreeMap<String, toml::Value>,
+    /// `[[distribution]]`: copies owned by other accounts.
+    #[serde(default, rename = "distribution")]
+    pub distributions: Vec<DistributionSection>,
+}
+
+/// `[[distribution]]`: accounts (or `ou-…` units) that get their own copy in each of `regions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributionSection {
+    pub accounts: Vec<String>,
+    pub regions: Vec<String>,
+    pub role_arn: String,
+    #[serde(default)]
+    pub kms_keys: BTreeMap<String, String>,
+    #[serde(default)]
+    pub flavors: Vec<String>,
 }
 
 /// `[encryption]`: every image encrypted, with a KMS key per region (`"*"`: any other region).

@@ -12,6 +12,7 @@ use super::spans::{self, KeyPath, Node};
 use super::template::{NameContext, NameTemplate, Placeholder};
 use super::*;
 
+mod distribution;
 mod variables;
 use variables::{resolve_variables, substitute_variables, SecretForms};
 
@@ -235,6 +236,14 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile, without_secrets: SecretFor
     let regions = resolve_regions(checker, &raw.regions);
     let matrix = resolve_matrix(checker, &raw.matrix, &flavors, &regions);
 
+    let flavor_names: Vec<FlavorName> = flavors.iter().map(|flavor| flavor.name.clone()).collect();
+    let distributions = distribution::resolve_distributions(checker, raw.distributions, &flavor_names);
+    let mut aws = resolve_aws(checker, raw.aws);
+    aws.distribution_roles = distributions
+        .accounts()
+        .into_iter()
+        .filter_map(|id| Some((id.clone(), distributions.role_for(&id)?)))
+        .collect();
     let fleet = Fleet {
         file: checker.file.to_path_buf(),
         name: raw.fleet.name,
@@ -247,7 +256,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile, without_secrets: SecretFor
         flavors,
         regions,
         matrix,
-        aws: resolve_aws(checker, raw.aws),
+        aws,
         ssh: resolve_ssh(checker, raw.ssh),
         limits: resolve_limits(checker, raw.limits),
         sim: resolve_sim(checker, raw.sim),
@@ -280,6 +289,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile, without_secrets: SecretFor
             .and_then(|text| checker.duration(fleet_path.key("deprecate_after"), text)),
         selection: Selection::default(),
         variables: Variables::default(),
+        distributions,
     };
     check_selection(checker, &fleet);
     check_layers(checker, &fleet);
@@ -1372,7 +1382,7 @@ fn resolve_aws(checker: &mut Checker<'_>, raw: schema::AwsSection) -> AwsSetting
             None
         }
     };
-    AwsSettings { profile: raw.profile, endpoint_url: raw.endpoint_url, role }
+    AwsSettings { profile: raw.profile, endpoint_url: raw.endpoint_url, role, distribution_roles: BTreeMap::new() }
 }
 
 fn resolve_ssh(checker: &mut Checker<'_>, raw: schema::SshSection) -> SshSettings {

@@ -105,7 +105,7 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
             changes.priors.insert(JobId::Build(build.index), Prior::Available(artifact.clone()));
             let digest = artifact.fingerprint.clone();
             for &copy in &build.copies {
-                let target = &plan.copies[copy].target_region;
+                let target = plan.copies[copy].target_region();
                 let target_cloud = cloud.region(target);
                 let images = fleet_images(fleet, flavor, &*target_cloud).await;
                 let key = fingerprint::copy_key_tag(fleet, target);
@@ -276,7 +276,7 @@ impl fmt::Display for ChangedPlan<'_> {
             let verdict = if decision.reuse.is_some() { "reuse  " } else { "rebuild" };
             writeln!(f, "{verdict} {} in {}: {}", build.flavor, build.region, decision.why.join("; "))?;
             for &copy in &build.copies {
-                let target = &self.plan.copies[copy].target_region;
+                let target = self.plan.copies[copy].target_region();
                 let copied = match priors.get(&JobId::Copy(copy)) {
                     Some(Prior::Available(artifact)) => format!("has {}", artifact.image_id),
                     _ => "to copy".to_string(),

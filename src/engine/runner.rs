@@ -106,8 +106,8 @@ impl JobRunner for StepRunner {
                 let copy_job = self.plan.copies[index].clone();
                 let context = CopyContext {
                     run: Arc::clone(&self.run),
-                    cloud: self.cloud.region(&copy_job.target_region),
-                    waits: self.waits.region(&copy_job.target_region),
+                    cloud: self.cloud.place(&copy_job.target),
+                    waits: self.waits.place(&copy_job.target),
                     flavor,
                     job: copy_job,
                     source: input.expect("a copy starts from its build's image"),

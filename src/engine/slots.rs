@@ -35,7 +35,7 @@ impl SlotPool {
     pub fn of(plan: &Plan, job: JobId) -> Self {
         match job {
             JobId::Build(_) => SlotPool::Builds,
-            JobId::Copy(index) => SlotPool::CopiesInto(Place::own(plan.copies[index].target_region.clone())),
+            JobId::Copy(index) => SlotPool::CopiesInto(plan.copies[index].target.clone()),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
-use crate::config::{Bucket, Fleet, Region};
+use crate::config::{Bucket, Fleet, Place};
 use crate::plan::{JobId, Plan};
 
 /// When a job started, made its image available and ended, measured from the start of the run.
@@ -133,14 +133,14 @@ pub fn critical_path(plan: &Plan, caps: Caps, durations: &JobDurations) -> Durat
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Pool<'a> {
     Builds,
-    CopiesInto(&'a Region),
+    CopiesInto(&'a Place),
 }
 
 impl<'a> Pool<'a> {
     fn of(plan: &'a Plan, job: JobId) -> Self {
         match job {
             JobId::Build(_) => Pool::Builds,
-            JobId::Copy(index) => Pool::CopiesInto(&plan.copies[index].target_region),
+            JobId::Copy(index) => Pool::CopiesInto(&plan.copies[index].target),
         }
     }
 }

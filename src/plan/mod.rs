@@ -13,7 +13,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{FlavorName, Fleet, NameContext, Region, Selection, SourceAmi, SshInterface, RUN_ID_LENGTH};
+use crate::config::{FlavorName, Fleet, NameContext, Place, Region, Selection, SourceAmi, SshInterface, RUN_ID_LENGTH};
 use crate::plan::deps::DependencyQueue;
 
 /// Identifies one run; stamped on every resource it creates (`fleetbake:run-id`).
@@ -121,20 +121,33 @@ impl BuildJob {
     }
 }
 
-/// Copy one build's image to one more region.
+/// Copy one build's image to one more region, of the run's own account (`[regions]`) or of another account
+/// (`[[distribution]]`: the account owns the copy).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CopyJob {
     pub index: usize,
     pub build: usize,
     pub flavor: FlavorName,
     pub source_region: Region,
-    pub target_region: Region,
+    /// Where the copy lands: a region of the own account, or of a distribution account.
+    pub target: Place,
     pub image_name: String,
 }
 
 impl CopyJob {
+    /// `copy:flavor@source>target`, the target written as its place (`account/region` for another account's).
     pub fn key(&self) -> JobKey {
-        JobKey(format!("copy:{}@{}>{}", self.flavor, self.source_region, self.target_region))
+        JobKey(format!("copy:{}@{}>{}", self.flavor, self.source_region, self.target))
+    }
+
+    /// The region the copy lands in (of whichever account).
+    pub fn target_region(&self) -> &Region {
+        &self.target.region
+    }
+
+    /// Whether the copy goes into another account (`[[distribution]]`).
+    pub fn is_distribution(&self) -> bool {
+        !self.target.account.is_own()
     }
 }
 
@@ -174,7 +187,7 @@ impl Plan {
                     build: build_index,
                     flavor: flavor.name.clone(),
                     source_region: region.clone(),
-                    target_region: target.clone(),
+                    target: Place::own(target.clone()),
                     image_name: image_name.clone(),
                 });
             }
@@ -188,6 +201,7 @@ impl Plan {
                 interface: flavor.interface,
             });
         }
+        distribute(fleet, &mut builds, &mut copies);
         let variables = fleet.variables.digests(run_id.as_str());
         let mut plan = Plan {
             fleet: fleet.name.clone(),
@@ -217,7 +231,8 @@ impl Plan {
     /// The job of this plan that lands `flavor`'s image in `region`: its build there, else a copy there.
     pub fn landing_of(&self, flavor: &FlavorName, region: &Region) -> Option<JobId> {
         let build = self.builds.iter().find(|build| &build.flavor == flavor && &build.region == region);
-        let copy = || self.copies.iter().find(|copy| &copy.flavor == flavor && &copy.target_region == region);
+        let copy =
+            || self.copies.iter().find(|copy| &copy.flavor == flavor && copy.target == Place::own(region.clone()));
         build.map(|build| JobId::Build(build.index)).or_else(|| copy().map(|copy| JobId::Copy(copy.index)))
     }
 
@@ -274,7 +289,7 @@ impl Plan {
             }
             JobId::Copy(index) => {
                 let copy = &self.copies[index];
-                format!("{not}: the copy of {} to {} failed", copy.flavor, copy.target_region)
+                format!("{not}: the copy of {} to {} failed", copy.flavor, copy.target)
             }
         }
     }
@@ -307,7 +322,44 @@ impl Plan {
     pub fn placement(&self, job: JobId) -> (&FlavorName, &Region) {
         match job {
             JobId::Build(index) => (&self.builds[index].flavor, &self.builds[index].region),
-            JobId::Copy(index) => (&self.copies[index].flavor, &self.copies[index].target_region),
+            JobId::Copy(index) => (&self.copies[index].flavor, self.copies[index].target_region()),
+        }
+    }
+}
+
+/// `[[distribution]]`: for each distributed flavor, account and region, a copy into that account, from the
+/// flavor's build in the same region if it has one (a copy within a region is the quickest), else from its
+/// first build. Appended after the own account's copies, so their order (and their keys) do not change.
+fn distribute(fleet: &Fleet, builds: &mut [BuildJob], copies: &mut Vec<CopyJob>) {
+    for distribution in fleet.distributions.iter() {
+        let mut flavors: Vec<&FlavorName> = Vec::new();
+        for build in builds.iter().filter(|build| distribution.applies_to(&build.flavor)) {
+            if !flavors.contains(&&build.flavor) {
+                flavors.push(&build.flavor);
+            }
+        }
+        let flavors: Vec<FlavorName> = flavors.into_iter().cloned().collect();
+        for flavor in &flavors {
+            for account in distribution.account_places() {
+                for region in &distribution.regions {
+                    let of_flavor = || builds.iter().filter(|build| &build.flavor == flavor);
+                    let source = of_flavor()
+                        .find(|build| &build.region == region)
+                        .or_else(|| of_flavor().next())
+                        .map(|build| build.index)
+                        .expect("a flavor with a build");
+                    let build = &mut builds[source];
+                    build.copies.push(copies.len());
+                    copies.push(CopyJob {
+                        index: copies.len(),
+                        build: source,
+                        flavor: flavor.clone(),
+                        source_region: build.region.clone(),
+                        target: Place { account: account.clone(), region: region.clone() },
+                        image_name: build.image_name.clone(),
+                    });
+                }
+            }
         }
     }
 }
@@ -329,7 +381,7 @@ impl fmt::Display for Plan {
             };
             writeln!(f, "build {} in {} as `{}`{from}{through}", build.flavor, build.region, build.image_name)?;
             for &copy in &build.copies {
-                writeln!(f, "  copy to {}", self.copies[copy].target_region)?;
+                writeln!(f, "  copy to {}", self.copies[copy].target)?;
             }
         }
         Ok(())

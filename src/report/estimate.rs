@@ -71,11 +71,12 @@ impl Estimator {
             durations.builds.push(duration);
         }
         for copy in &self.plan.copies {
-            let label = JobLabel::new(copy.flavor.clone(), copy.target_region.clone());
+            let label = JobLabel { flavor: copy.flavor.clone(), place: copy.target.clone() };
             let measured = |same_region: bool| {
-                let took = tally.took.iter().filter(|took| {
-                    took.kind == JobKind::Copy && (!same_region || took.job.region() == &copy.target_region)
-                });
+                let took = tally
+                    .took
+                    .iter()
+                    .filter(|took| took.kind == JobKind::Copy && (!same_region || took.job.place == copy.target));
                 mean(took.map(|took| took.to_end).collect())
             };
             let estimate = measured(true).or_else(|| measured(false)).unwrap_or(self.fallback.copies[copy.index]);

@@ -70,7 +70,7 @@ fn landings(plan: &Plan) -> Vec<Landing<'_>> {
     });
     let copies = plan.copies.iter().map(|copy| Landing {
         job: JobId::Copy(copy.index),
-        region: &copy.target_region,
+        region: copy.target_region(),
         name: &copy.image_name,
         flavor: &copy.flavor,
     });

@@ -55,11 +55,11 @@ pub struct CopyEnd {
 
 /// Copies, tags and waits. Interrupted once CopyImage has answered, leaves the copy running in AWS and says so.
 pub async fn run(context: CopyContext) -> CopyEnd {
-    let label = JobLabel::new(context.flavor.name.clone(), context.job.target_region.clone());
+    let label = JobLabel { flavor: context.flavor.name.clone(), place: context.job.target.clone() };
     let mut end = CopyEnd::default();
     let run = &context.run;
     let mut tags = run.artifact_tags(&context.flavor, &context.source);
-    tags.extend(fingerprint::copy_tags(&run.fleet, &context.job.target_region));
+    tags.extend(fingerprint::copy_tags(&run.fleet, context.job.target_region()));
     let (image, requested) = match context.pending_image.clone() {
         Some(image) => {
             context.events.progress(&label, Stage::WaitCopy, format!("waiting for {image} from an earlier attempt"));
@@ -109,7 +109,7 @@ pub async fn run(context: CopyContext) -> CopyEnd {
         cloud: &*context.cloud,
         fleet: &run.fleet,
         flavor: &context.flavor,
-        region: &context.job.target_region,
+        region: context.job.target_region(),
         image: &image,
         snapshots: &snapshot_ids,
         now: run.clock.now(),
@@ -156,7 +156,7 @@ fn copy_token(context: &CopyContext, tries: u32) -> String {
         run.run_id.as_str(),
         context.flavor.name.as_str(),
         context.job.source_region.as_str(),
-        context.job.target_region.as_str(),
+        context.job.target_region().as_str(),
         "copy",
     ];
     if context.generation > 0 {
@@ -190,7 +190,7 @@ async fn start(context: &CopyContext, label: &JobLabel, tags: &Tags) -> Result<I
                 tags: tags.clone(),
                 // The copy's snapshots carry its tags from the start (an SCP requiring tags on create sees them).
                 snapshot_tags: tags.clone(),
-                kms_key: run.fleet.kms_key(&context.job.target_region).map(String::from),
+                kms_key: run.fleet.kms_key(context.job.target_region()).map(String::from),
             };
             async move {
                 match crate::steps::adopt::copy_image(&*context.cloud, &spec, &run.run_id).await {

@@ -23,7 +23,7 @@ use crate::cloud::{
     Action, BaseCredentials, Cloud, CloudError, CloudResult, CredentialsStatus, ErrorKind, Identity, ImageState,
     InstanceId, InstanceState, RegionCloud,
 };
-use crate::config::{ConsoleFault, Fleet, Region, SimSettings};
+use crate::config::{ConsoleFault, Fleet, Place, Region, SimSettings};
 use crate::util::host_keys::{ed25519_from_seed, HostKey};
 
 /// The simulated account's id.
@@ -283,6 +283,14 @@ impl Cloud for SimCloud {
 
     fn region(&self, region: &Region) -> Arc<dyn RegionCloud> {
         Arc::new(SimRegion { region: region.clone(), model: Arc::clone(&self.model), state: self.model.region(region) })
+    }
+
+    fn place(&self, place: &Place) -> Arc<dyn RegionCloud> {
+        Arc::new(SimRegion {
+            region: place.region.clone(),
+            model: Arc::clone(&self.model),
+            state: self.model.place(place),
+        })
     }
 
     /// `[sim] credentials` as the provider chain would give them: with `[aws] role_arn`, the role's sessions

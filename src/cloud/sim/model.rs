@@ -104,8 +104,14 @@ impl Model {
     }
 
     pub fn region(&self, region: &Region) -> Arc<RegionModel> {
+        self.place(&Place::own(region.clone()))
+    }
+
+    /// A region of any simulated account (each its own state and buckets).
+    pub fn place(&self, place: &Place) -> Arc<RegionModel> {
+        let region = &place.region;
         self.regions
-            .entry(Place::own(region.clone()))
+            .entry(place.clone())
             .or_insert_with(|| {
                 Arc::new(RegionModel {
                     buckets: ClassBuckets::new(&self.rates),

@@ -202,7 +202,7 @@ fn names_by_region(plan: &Plan) -> BTreeMap<Region, BTreeSet<String>> {
         by_region.entry(build.region.clone()).or_default().insert(build.image_name.clone());
     }
     for copy in &plan.copies {
-        by_region.entry(copy.target_region.clone()).or_default().insert(copy.image_name.clone());
+        by_region.entry(copy.target_region().clone()).or_default().insert(copy.image_name.clone());
     }
     by_region
 }

@@ -13,7 +13,7 @@ use crate::plan::Plan;
 
 pub async fn check(preflight: &mut Preflight, plan: &Plan, cloud: &dyn Cloud, home: &Region) {
     let mut used: BTreeSet<&Region> = plan.builds.iter().map(|build| &build.region).collect();
-    used.extend(plan.copies.iter().map(|copy| &copy.target_region));
+    used.extend(plan.copies.iter().filter(|copy| !copy.is_distribution()).map(|copy| copy.target_region()));
     let listed = match cloud.region(home).describe_regions().await {
         Ok(listed) => listed,
         Err(error) => {

@@ -1,0 +1,142 @@
+//! `[[distribution]]` resolved: account ids (or `ou-…` units), regions, the role template, keys and flavor
+//! globs, each checked for its shape with the key's place in the file.
+
+use std::collections::BTreeMap;
+
+use super::{is_account_id, is_role_arn, schema, Checker, KeyPath};
+use crate::config::{Distribution, Distributions, FlavorName, ACCOUNT_PLACEHOLDER};
+use crate::util::glob::glob_matches;
+
+/// An organizational unit id: `ou-` then the root's 4 to 32 characters, `-`, and 8 to 32 more (Organizations
+/// API Reference, `OrganizationalUnit.Id`).
+pub(super) fn is_ou_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("ou-") else { return false };
+    let Some((root, unit)) = rest.split_once('-') else { return false };
+    let lower = |part: &str| part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (4..=32).contains(&root.len()) && (8..=32).contains(&unit.len()) && lower(root) && lower(unit)
+}
+
+pub(super) fn resolve_distributions(
+    checker: &mut Checker<'_>,
+    sections: Vec<schema::DistributionSection>,
+    flavors: &[FlavorName],
+) -> Distributions {
+    let mut resolved = Vec::new();
+    // Which table first named each account: one account, one role and one set of keys.
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (index, section) in sections.into_iter().enumerate() {
+        let path = KeyPath::root().key("distribution").index(index);
+        let mut distribution = Distribution {
+            accounts: Vec::new(),
+            organizational_units: Vec::new(),
+            regions: Vec::new(),
+            role_arn: section.role_arn.clone(),
+            kms_keys: BTreeMap::new(),
+            kms_fallback: None,
+            flavors: section.flavors.clone(),
+        };
+        if section.accounts.is_empty() {
+            checker.problem(path.key("accounts"), "names no account: list 12-digit account ids or `ou-…` units");
+        }
+        for (at, id) in section.accounts.iter().enumerate() {
+            let key = path.key("accounts").index(at);
+            if is_account_id(id) {
+                if let Some(first) = seen.insert(id.clone(), index) {
+                    checker.problem(
+                        key,
+                        format!(
+                            "account `{id}` is already in [[distribution]] {}: an account is named once",
+                            first + 1
+                        ),
+                    );
+                } else {
+                    distribution.accounts.push(id.clone());
+                }
+            } else if is_ou_id(id) {
+                // Resolving a unit needs AWS Organizations (ListChildren, ListAccountsForParent) from the
+                // management or a delegated administrator account: not built yet, so refused, not ignored.
+                checker.problem(
+                    key,
+                    format!("`{id}` is an organizational unit: units are not resolved into accounts yet; list the unit's account ids"),
+                );
+                distribution.organizational_units.push(id.clone());
+            } else {
+                checker.problem(
+                    key,
+                    format!("`{id}` is neither an AWS account id (12 digits) nor an organizational unit id (`ou-ab12-cd34ef56`)"),
+                );
+            }
+        }
+        if section.regions.is_empty() {
+            checker.problem(path.key("regions"), "names no region: each account needs at least one");
+        }
+        for (at, region) in section.regions.iter().enumerate() {
+            let region = checker.region(path.key("regions").index(at), region);
+            if distribution.regions.contains(&region) {
+                checker.problem(path.key("regions").index(at), format!("`{region}` is listed twice"));
+            } else {
+                distribution.regions.push(region);
+            }
+        }
+        let template = &section.role_arn;
+        if !template.contains(ACCOUNT_PLACEHOLDER)
+            && distribution.accounts.len() + distribution.organizational_units.len() > 1
+        {
+            checker.problem(
+                path.key("role_arn"),
+                format!("`{template}` names no `{ACCOUNT_PLACEHOLDER}`: with several accounts each needs its own role, like `arn:aws:iam::{{account}}:role/image-distribution`"),
+            );
+        } else if !is_role_arn(&section.role_arn.replace(ACCOUNT_PLACEHOLDER, "123456789012")) {
+            checker.problem(
+                path.key("role_arn"),
+                format!("`{template}` is not a role ARN like `arn:aws:iam::{{account}}:role/image-distribution`"),
+            );
+        }
+        for (region, key) in section.kms_keys {
+            let at = path.key("kms_keys").key(&region);
+            let valid = key.starts_with("alias/")
+                || key.starts_with("arn:aws")
+                || (key.len() == 36 && key.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+                || key.starts_with("mrk-");
+            if !valid {
+                checker.problem(
+                    at.clone(),
+                    format!("`{key}` is not a KMS key: an alias (`alias/images`), a key id or a key ARN"),
+                );
+            }
+            if key.starts_with("alias/aws/") {
+                checker.problem(
+                    at.clone(),
+                    format!("`{key}` is an AWS managed key: its copies could never be shared or re-encrypted by the account's own policy; name a customer managed key"),
+                );
+            }
+            if region == "*" {
+                distribution.kms_fallback = Some(key);
+            } else {
+                let region = checker.region(at, &region);
+                distribution.kms_keys.insert(region, key);
+            }
+        }
+        for (at, pattern) in section.flavors.iter().enumerate() {
+            if !flavors.iter().any(|flavor| glob_matches(pattern, flavor.as_str())) {
+                checker.problem(path.key("flavors").index(at), format!("`{pattern}` matches no flavor of the fleet"));
+            }
+        }
+        resolved.push(distribution);
+    }
+    Distributions(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_ou_id;
+
+    #[test]
+    fn organizational_unit_ids_have_their_shape() {
+        assert!(is_ou_id("ou-ab12-cd34ef56"));
+        assert!(!is_ou_id("ou-ab1-cd34ef56"), "a root part of 4 or more");
+        assert!(!is_ou_id("ou-ab12-cd34"), "a unit part of 8 or more");
+        assert!(!is_ou_id("222233334444"));
+        assert!(!is_ou_id("ou-AB12-cd34ef56"));
+    }
+}
