@@ -1363,6 +1363,85 @@ impl RegionCloud for AwsRegion {
             labels: Vec::new(),
         }))
     }
+
+    /// CreateGrant takes a key by id or ARN, not by alias: an alias is resolved to its key's ARN first
+    /// (DescribeKey). The operations are those EC2 uses the source key for in a cross-account CopyImage
+    /// (EC2 User Guide, "Share an AMI with specific AWS accounts": the target account needs these on the key
+    /// that encrypts the source's snapshots).
+    async fn grant_key_use(&self, key: &str, grantee: &str, name: &str) -> CloudResult<KmsGrantId> {
+        use aws_sdk_kms::types::GrantOperation;
+        let key = self.key_by_id_or_arn(Action::CreateGrant, key).await?;
+        let action = Action::CreateGrant;
+        let operations = vec![
+            GrantOperation::Decrypt,
+            GrantOperation::DescribeKey,
+            GrantOperation::CreateGrant,
+            GrantOperation::ReEncryptFrom,
+            GrantOperation::ReEncryptTo,
+            GrantOperation::GenerateDataKeyWithoutPlaintext,
+        ];
+        let answer = self
+            .limiter
+            .call(action, || async {
+                self.kms
+                    .create_grant()
+                    .key_id(&key)
+                    .grantee_principal(grantee)
+                    .set_operations(Some(operations.clone()))
+                    .name(name)
+                    .send()
+                    .await
+                    .map_err(|error| self.error(action, error))
+            })
+            .await?;
+        answer.grant_id().map(KmsGrantId::new).ok_or_else(|| self.missing(action, "grant id"))
+    }
+
+    /// RevokeGrant; KMS's answer for a grant it no longer has (`NotFoundException`, `InvalidGrantIdException`)
+    /// is `Ok`: the grant is gone either way.
+    async fn revoke_key_grant(&self, key: &str, grant: &KmsGrantId) -> CloudResult<()> {
+        let key = self.key_by_id_or_arn(Action::RevokeGrant, key).await?;
+        let action = Action::RevokeGrant;
+        let answer = self
+            .limiter
+            .call(action, || async {
+                self.kms
+                    .revoke_grant()
+                    .key_id(&key)
+                    .grant_id(grant.as_str())
+                    .send()
+                    .await
+                    .map_err(|error| self.error(action, error))
+            })
+            .await;
+        match answer {
+            Err(error) if matches!(error.code.as_deref(), Some("NotFoundException" | "InvalidGrantIdException")) => {
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+}
+
+impl AwsRegion {
+    /// `key` as CreateGrant and RevokeGrant take it: an id or a key ARN as given, an alias (`alias/…`, or an
+    /// alias ARN) resolved to its key's ARN by DescribeKey. A key DescribeKey does not find is `NotFound`.
+    async fn key_by_id_or_arn(&self, action: Action, key: &str) -> CloudResult<String> {
+        let is_alias = key.starts_with("alias/") || (key.starts_with("arn:") && key.contains(":alias/"));
+        if !is_alias {
+            return Ok(key.to_string());
+        }
+        match self.describe_key(key).await? {
+            Some(found) => Ok(found.arn),
+            None => Err(CloudError {
+                action,
+                region: self.region.clone(),
+                kind: ErrorKind::NotFound,
+                code: Some("NotFoundException".into()),
+                message: format!("Alias {key} is not found."),
+            }),
+        }
+    }
 }
 
 /// Launch permissions as ModifyImageAttribute lists them (to add or to remove).

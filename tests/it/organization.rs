@@ -25,15 +25,10 @@ const DEPRECATION_ANSWER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
     <requestId>fleetbake-test</requestId><return>true</return></EnableImageDeprecationResponse>";
 
 /// Permissions fleetbake needs without calling them itself: passing the profile's role to EC2, and what EC2
-/// does with the keys on its behalf (encrypted volumes, snapshots and copies).
-const IMPLIED: [&str; 6] = [
-    "iam:PassRole",
-    "kms:CreateGrant",
-    "kms:Decrypt",
-    "kms:GenerateDataKeyWithoutPlaintext",
-    "kms:ReEncryptFrom",
-    "kms:ReEncryptTo",
-];
+/// does with the keys on its behalf (encrypted volumes, snapshots and copies). `kms:CreateGrant` is both: EC2
+/// makes grants on the keys, and a distribution grants a destination account the use of one (an action).
+const IMPLIED: [&str; 5] =
+    ["iam:PassRole", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom", "kms:ReEncryptTo"];
 
 fn policy_statements() -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/iam-policy.json")).unwrap();

@@ -38,7 +38,7 @@ pub struct SimCloud {
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct SimReport {
     /// Temporary resources still in the account: instances not terminated, key pairs, security groups,
-    /// Session Manager sessions not ended.
+    /// Session Manager sessions not ended, KMS grants not revoked.
     /// (In the run statistics at the top level, as `leaked_resources`.)
     #[serde(skip)]
     pub leaked_resources: Vec<String>,
@@ -206,6 +206,12 @@ impl SimCloud {
                     report.leaked_resources.push(format!("image {id} in {region} ({why}, never deregistered)"));
                 }
             }
+            for (id, grant) in state.kms_grants.all() {
+                report.leaked_resources.push(format!(
+                    "KMS grant {id} ({}) on {} for {}, never revoked",
+                    grant.name, grant.key_arn, grant.grantee
+                ));
+            }
             for (id, instance) in &state.sessions {
                 report.leaked_resources.push(format!("session {id} in {region} (to {instance}, never terminated)"));
             }
@@ -282,15 +288,11 @@ impl Cloud for SimCloud {
     }
 
     fn region(&self, region: &Region) -> Arc<dyn RegionCloud> {
-        Arc::new(SimRegion { region: region.clone(), model: Arc::clone(&self.model), state: self.model.region(region) })
+        Arc::new(SimRegion::new(&self.model, &Place::own(region.clone())))
     }
 
     fn place(&self, place: &Place) -> Arc<dyn RegionCloud> {
-        Arc::new(SimRegion {
-            region: place.region.clone(),
-            model: Arc::clone(&self.model),
-            state: self.model.place(place),
-        })
+        Arc::new(SimRegion::new(&self.model, place))
     }
 
     /// `[sim] credentials` as the provider chain would give them: with `[aws] role_arn`, the role's sessions

@@ -28,17 +28,18 @@ use crate::cloud::limiter::ClassBuckets;
 use crate::cloud::{
     fnv1a, Action, CloudError, CloudResult, ConsoleOutput, CopySpec, ErrorKind, ImageBlockPublicAccess, ImageId,
     ImageQuery, ImageState, ImageStatus, ImageSummary, IngressSources, InstanceId, InstanceState, InstanceStatus,
-    KeyPairName, KmsKey, LaunchPermissions, LaunchSpec, OwnedImage, ParameterHistory, PrivateKey, RegionCloud,
-    RegionOptIn, SecurityGroupId, SessionId, SessionToken, SnapshotId, SsmSession, Subnet, SubnetId, Tagged, Vpc,
-    VpcId, VpcLookup,
+    KeyPairName, KmsGrantId, KmsKey, LaunchPermissions, LaunchSpec, OwnedImage, ParameterHistory, PrivateKey,
+    RegionCloud, RegionOptIn, SecurityGroupId, SessionId, SessionToken, SnapshotId, SsmSession, Subnet, SubnetId,
+    Tagged, Vpc, VpcId, VpcLookup,
 };
 use crate::config::{
-    AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, FlavorName, ImageFilter, Place, Region,
-    SimFault, SimSettings, SubnetLookup, Tags,
+    Account, AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, FlavorName, ImageFilter, Place,
+    Region, SimFault, SimSettings, SubnetLookup, Tags,
 };
 use crate::util::host_keys::{console_block, ed25519_from_seed, HostKey};
 
 pub mod account;
+pub mod accounts;
 
 /// Of a configured effect of one kind (a console or an agent fault): the fault, and the flavor it is limited to.
 type PickLaunchFault<T> = fn(&FaultEffect) -> Option<(T, Option<&FlavorName>)>;
@@ -261,6 +262,8 @@ pub struct RegionState {
     pub sessions: BTreeMap<SessionId, InstanceId>,
     /// Sessions StartSession opened in the run.
     pub sessions_started: u64,
+    /// KMS grants on this place's keys ([`accounts`]).
+    pub kms_grants: accounts::KmsGrants,
 }
 
 pub struct SimImage {
@@ -530,14 +533,26 @@ fn is_image_id(text: &str) -> bool {
         .is_some_and(|hex| matches!(hex.len(), 8 | 17) && hex.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-/// One region of the simulated account, as the cloud port.
+/// One region of a simulated account, as the cloud port.
 pub struct SimRegion {
     pub region: Region,
+    /// Whose region: the own account's, or one of `[sim] accounts`.
+    pub account: Account,
     pub model: Arc<Model>,
     pub state: Arc<RegionModel>,
 }
 
 impl SimRegion {
+    /// The port at `place`.
+    pub fn new(model: &Arc<Model>, place: &Place) -> Self {
+        SimRegion {
+            region: place.region.clone(),
+            account: place.account.clone(),
+            model: Arc::clone(model),
+            state: model.place(place),
+        }
+    }
+
     /// Every call: a configured fault, else EC2's bucket for the class, else the change (and, for a fault whose
     /// answer is lost, the fault's error after it); then the latency.
     async fn call<T>(
@@ -1264,15 +1279,11 @@ impl RegionCloud for SimRegion {
         .await
     }
 
-    /// Every key exists and is enabled; `alias/aws/…` are AWS-managed.
+    /// Every key exists and is enabled; `alias/aws/…` are AWS-managed. Each account's keys are its own.
     async fn describe_key(&self, key: &str) -> CloudResult<Option<KmsKey>> {
-        let region = self.region.clone();
+        let arn = accounts::key_arn(&self.account, &self.region, key);
         self.call(Action::DescribeKey, |_, _| {
-            Ok(Some(KmsKey {
-                arn: format!("arn:aws:kms:{region}:{}:key/{}", super::SIMULATED_ACCOUNT, synthesized("k", key)),
-                enabled: true,
-                aws_managed: is_aws_managed_key(key),
-            }))
+            Ok(Some(KmsKey { arn, enabled: true, aws_managed: is_aws_managed_key(key) }))
         })
         .await
     }
@@ -1448,6 +1459,38 @@ impl RegionCloud for SimRegion {
                 state.public_images.insert(image.id.clone(), image);
                 crate::cloud::ParameterVersion { version: 1, value, labels: Vec::new() }
             }))
+        })
+        .await
+    }
+
+    /// As KMS CreateGrant: kept on the key, in its place ([`accounts::KmsGrants`]); the same name, key and
+    /// grantee answer the grant made before. An AWS-managed key takes no grant for another account (its
+    /// policy cannot be changed: images encrypted with it cannot be shared).
+    async fn grant_key_use(&self, key: &str, grantee: &str, name: &str) -> CloudResult<KmsGrantId> {
+        let key_arn = accounts::key_arn(&self.account, &self.region, key);
+        let minted = format!("{:016x}{}", fnv1a(&key_arn), self.model.id("grant").trim_start_matches("grant-0"));
+        self.call(Action::CreateGrant, |state, _| {
+            if is_aws_managed_key(key) {
+                return refuse(
+                    "AccessDeniedException",
+                    format!("You cannot create a grant on the AWS managed key {key}"),
+                );
+            }
+            if accounts::account_of_principal(grantee).is_none() {
+                return refuse("InvalidArnException", format!("Invalid grantee principal {grantee}"));
+            }
+            Ok(state.kms_grants.grant(key_arn, grantee, name, || format!("{minted:0>64}")))
+        })
+        .await
+    }
+
+    /// As KMS RevokeGrant: a grant the key no longer has is `Ok` (the port's promise; KMS answers
+    /// `NotFoundException`).
+    async fn revoke_key_grant(&self, key: &str, grant: &KmsGrantId) -> CloudResult<()> {
+        let key_arn = accounts::key_arn(&self.account, &self.region, key);
+        self.call(Action::RevokeGrant, |state, _| {
+            state.kms_grants.revoke(&key_arn, grant);
+            Ok(())
         })
         .await
     }
