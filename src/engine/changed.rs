@@ -247,6 +247,7 @@ async fn reusable(
     let artifact = Artifact {
         image_id: image.id.clone(),
         name: image.name.clone(),
+        account: None,
         build_region: region.clone(),
         source_image_id: tag(SOURCE_IMAGE_TAG).map(crate::cloud::ImageId::new).unwrap_or_else(|| image.id.clone()),
         snapshot_ids: image.snapshot_ids.clone(),

@@ -34,6 +34,7 @@ use crate::state::journal::{Journal, JournalDir, JournalError, Replay, RunLock};
 use crate::state::manifest::{check_existing, ExistingManifestError, ManifestWriter, SetAside};
 use crate::state::packer::PackerManifestWriter;
 use crate::steps::context::RunContext;
+use crate::steps::distribute::DistributionGrants;
 use crate::steps::ledger::Ledger;
 use crate::steps::network::SshSources;
 use crate::util::clock::RunClock;
@@ -402,6 +403,7 @@ impl Execution {
             clock,
             ledger: Arc::clone(&journal) as Arc<dyn Ledger>,
             attempt,
+            distribution: DistributionGrants::for_plan(&plan),
         });
 
         let (events, receiver) = EventSender::channel(clock);
