@@ -61,6 +61,8 @@ pub struct Model {
     pub faults_injected: AtomicU64,
     /// Its credentials, identity and enabled regions.
     pub account: account::SimAccount,
+    /// The other accounts (`[sim] accounts`), who may reach them, and the AssumeRole calls made for them.
+    pub accounts: accounts::SimAccounts,
 }
 
 /// Why the model refused a call: an AWS error code and message.
@@ -90,6 +92,7 @@ impl Model {
             create_tags: ours(ec2.create_tags),
         };
         let account = account::SimAccount::new(&settings, Instant::now());
+        let accounts = accounts::SimAccounts::new(&settings);
         Arc::new(Model {
             settings,
             rates,
@@ -101,6 +104,7 @@ impl Model {
             throttled: AtomicU64::new(0),
             faults_injected: AtomicU64::new(0),
             account,
+            accounts,
         })
     }
 
@@ -128,6 +132,47 @@ impl Model {
                 })
             })
             .clone()
+    }
+
+    /// Every place the model has state for, of every account, sorted.
+    pub fn places(&self) -> Vec<(Place, Arc<RegionModel>)> {
+        let mut places: Vec<_> = self.regions.iter().map(|entry| (entry.key().clone(), entry.clone())).collect();
+        places.sort_by(|a, b| a.0.cmp(&b.0));
+        places
+    }
+
+    /// The image `id` of an account other than `except` in `region`, as `copier` (an account id) sees it, and
+    /// whether a KMS grant on its key lets `copier` use it ([`accounts`]).
+    fn image_elsewhere(
+        &self,
+        region: &Region,
+        id: &ImageId,
+        except: &Account,
+        copier: &str,
+    ) -> Option<(accounts::ForeignImage, bool)> {
+        let now = Instant::now();
+        let places: Vec<(Place, Arc<RegionModel>)> = self
+            .regions
+            .iter()
+            .filter(|entry| &entry.key().region == region && &entry.key().account != except)
+            .map(|entry| (entry.key().clone(), entry.clone()))
+            .collect();
+        for (place, model) in places {
+            let state = model.state.lock().expect("not poisoned");
+            let Some(image) = state.images.get(id) else { continue };
+            let granted = image
+                .attributes
+                .kms_key
+                .as_deref()
+                .is_some_and(|key| state.kms_grants.allow(&accounts::key_arn(&place.account, region, key), copier));
+            let found = accounts::ForeignImage {
+                state: image.state(now),
+                snapshot: image.snapshot.clone(),
+                attributes: image.attributes.clone(),
+            };
+            return Some((found, granted));
+        }
+        None
     }
 
     pub fn regions(&self) -> Vec<(Region, Arc<RegionModel>)> {
@@ -568,7 +613,10 @@ impl SimRegion {
             };
             refuse(code, format!("{code} ({what} by the `[sim] faults` of the fleet file)"))
         };
-        let refused = self.model.account.refusal(action, &self.region, Instant::now());
+        let refused = self.model.account.refusal(action, &self.region, Instant::now()).or_else(|| {
+            let caller = self.model.account.base_arn(super::SIMULATED_ACCOUNT);
+            self.model.accounts.refusal(&self.account, &caller, Instant::now())
+        });
         let answer = match (refused, fault) {
             (Some(refusal), _) => Err(refusal),
             (None, Some(fault)) if !fault.answer_lost => injected(fault, "injected"),
@@ -611,6 +659,23 @@ impl SimRegion {
             }
         }
         found
+    }
+
+    /// Of `ids`, those that are other accounts' images in this region (not this place's own), as this account
+    /// sees them. Nothing to look up in a model of one account.
+    fn images_elsewhere(&self, ids: &[ImageId]) -> HashMap<ImageId, accounts::ForeignImage> {
+        let unknown: Vec<ImageId> = {
+            let state = self.state.state.lock().expect("not poisoned");
+            ids.iter().filter(|id| !state.images.contains_key(*id)).cloned().collect()
+        };
+        let me = accounts::account_id(&self.account);
+        unknown
+            .into_iter()
+            .filter_map(|id| {
+                let (found, _) = self.model.image_elsewhere(&self.region, &id, &self.account, me)?;
+                Some((id, found))
+            })
+            .collect()
     }
 
     /// The reason the image this call makes will fail with, if a `[sim] faults` entry says so.
@@ -670,10 +735,24 @@ impl RegionCloud for SimRegion {
         .await
     }
 
+    /// Another account's image is found only if it grants this account launch permission (or is public).
     async fn describe_images(&self, ids: &[ImageId]) -> CloudResult<Vec<ImageStatus>> {
+        let foreign = self.images_elsewhere(ids);
+        let me = accounts::account_id(&self.account);
         self.call(Action::DescribeImages, |state, now| {
             state.describes.push((Action::DescribeImages, now));
-            Ok(ids.iter().filter_map(|id| state.image_status(id, now)).collect())
+            Ok(ids
+                .iter()
+                .filter_map(|id| match foreign.get(id) {
+                    Some(image) => image.launchable_by(me).then(|| ImageStatus {
+                        id: id.clone(),
+                        state: image.state.clone(),
+                        snapshot_ids: vec![image.snapshot.clone()],
+                        root_device: Some(ROOT_DEVICE.into()),
+                    }),
+                    None => state.image_status(id, now),
+                })
+                .collect())
         })
         .await
     }
@@ -1013,13 +1092,22 @@ impl RegionCloud for SimRegion {
         .await
     }
 
+    /// The source is this account's image in the source region, else another account's there
+    /// ([`accounts::ForeignImage::copy_by`]: launch and create-volume permission, and a grant on its key).
     async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId> {
-        let (source_ready, source_key) = {
-            let source = self.model.region(&spec.source_region);
+        let me = accounts::account_id(&self.account);
+        let (own, source_ready, source_key) = {
+            let source = self.model.place(&Place { account: self.account.clone(), region: spec.source_region.clone() });
             let mut source = source.state.lock().expect("not poisoned");
             let key = source.images.get(&spec.source_image).and_then(|image| image.attributes.kms_key.clone());
-            (source.image_status(&spec.source_image, Instant::now()).map(|status| status.state), key)
+            let own = source.images.contains_key(&spec.source_image);
+            (own, source.image_status(&spec.source_image, Instant::now()).map(|status| status.state), key)
         };
+        let elsewhere = match own {
+            true => None,
+            false => self.model.image_elsewhere(&spec.source_region, &spec.source_image, &self.account, me),
+        };
+        let keys_usable = self.model.accounts.keys_usable(&self.account);
         let id = ImageId::new(self.model.id("ami"));
         let snapshot = SnapshotId::new(self.model.id("snap"));
         let available_at = Instant::now() + self.model.jittered(self.model.settings.copy_image);
@@ -1030,6 +1118,16 @@ impl RegionCloud for SimRegion {
             untagged_create(required, Action::CopyImage, &spec.tags, &spec.snapshot_tags)?;
             if let Some(existing) = state.client_tokens.get(&spec.client_token) {
                 return Ok(ImageId::new(existing.clone()));
+            }
+            let (source_ready, source_key) = match &elsewhere {
+                Some((found, granted)) => (Some(found.state.clone()), found.copy_by(&spec.source_image, me, *granted)?),
+                None => (source_ready.clone(), source_key.clone()),
+            };
+            if let Some(key) = spec.kms_key.as_deref().filter(|_| !keys_usable) {
+                return refuse(
+                    "InvalidKMSKey.InvalidState",
+                    format!("The KMS key provided is in an incorrect state: {key} of account {me} cannot be used"),
+                );
             }
             match source_ready {
                 Some(ImageState::Available) => {}
@@ -1279,13 +1377,13 @@ impl RegionCloud for SimRegion {
         .await
     }
 
-    /// Every key exists and is enabled; `alias/aws/…` are AWS-managed. Each account's keys are its own.
+    /// Every key exists and is enabled (an account's `key` fault: disabled); `alias/aws/…` are AWS-managed.
+    /// Each account's keys are its own.
     async fn describe_key(&self, key: &str) -> CloudResult<Option<KmsKey>> {
         let arn = accounts::key_arn(&self.account, &self.region, key);
-        self.call(Action::DescribeKey, |_, _| {
-            Ok(Some(KmsKey { arn, enabled: true, aws_managed: is_aws_managed_key(key) }))
-        })
-        .await
+        let enabled = self.model.accounts.keys_usable(&self.account);
+        self.call(Action::DescribeKey, |_, _| Ok(Some(KmsKey { arn, enabled, aws_managed: is_aws_managed_key(key) })))
+            .await
     }
 
     /// A deregistered image's snapshot stays in use for a while (`[sim] snapshot_in_use`): EC2 answers
