@@ -80,12 +80,6 @@ impl DistributionGrants {
                 .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(SourceGrants { remaining: 1, given: Vec::new() }))),
         )
     }
-
-    /// Whether grants are still held (for tests: none once every copy has ended).
-    pub fn held(&self) -> usize {
-        let sources = self.sources.lock().expect("not poisoned");
-        sources.values().filter_map(|source| source.try_lock().ok()).map(|source| source.given.len()).sum()
-    }
 }
 
 /// A distribution copy: grants, the copy in the account, and the grants taken back after the last copy of the
