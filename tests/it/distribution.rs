@@ -376,3 +376,25 @@ fn on_moto_the_grants_are_requested_and_taken_back_around_the_copy() {
         assert!(removal > copied, "taken back after it: {actions:?}");
     }
 }
+
+/// A grant the last copy could not take back (RevokeGrant refused once) is its job's cleanup failure, and the
+/// end-of-run sweep takes it back from the journal: nothing is left granted.
+#[test]
+fn a_grant_not_taken_back_by_its_copy_is_taken_back_by_the_sweep() {
+    let workspace = Workspace::new();
+    let faults = "faults = [{ action = \"RevokeGrant\", error = \"AccessDeniedException\", nth = 1 }]";
+    let run = run_sim_with(&workspace, &fleet(faults), &[]);
+    assert_eq!(run.outcome.code, 1, "stderr:\n{}", run.outcome.stderr);
+    let failures = run.manifest["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["stage"], "cleanup", "{failures:?}");
+    assert!(failures[0]["error"].as_str().unwrap().contains("cleanup of KMS grant"), "{failures:?}");
+    let stderr = &run.outcome.stderr;
+    let swept: Vec<&str> = stderr.lines().filter(|line| line.contains("left behind by an earlier step")).collect();
+    assert_eq!(swept.len(), 1, "stderr:\n{stderr}");
+    assert!(swept[0].contains("==> removed KMS grant ") && swept[0].contains(" for account "), "{}", swept[0]);
+    let sim = &run.summary["sim"];
+    assert_eq!(sim["kms_grants_revoked"], sim["kms_grants_created"], "{sim}");
+    assert_eq!(run.summary["leaked_resources"], serde_json::json!([]));
+    assert_builder_images_shared_as_configured(&run.summary);
+}
