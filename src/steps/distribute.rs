@@ -72,6 +72,18 @@ impl DistributionGrants {
         DistributionGrants { sources: Mutex::new(sources.collect()) }
     }
 
+    /// A distribution copy this run will not make (an earlier attempt's image, or one `--changed-only` reuses):
+    /// the grants of its source into its account are not kept for it. Called before any job runs.
+    pub fn not_made(&self, job: &CopyJob) {
+        let Account::Id(account) = &job.target.account else { return };
+        let source = self.sources.lock().expect("not poisoned").get(&GrantKey::of(job, account)).cloned();
+        let Some(source) = source else { return };
+        // Before any job runs, nothing else holds it.
+        if let Ok(mut grants) = source.try_lock() {
+            grants.remaining = grants.remaining.saturating_sub(1);
+        };
+    }
+
     fn source(&self, key: GrantKey) -> Arc<tokio::sync::Mutex<SourceGrants>> {
         let mut sources = self.sources.lock().expect("not poisoned");
         Arc::clone(
@@ -311,6 +323,13 @@ mod tests {
         assert_eq!(count("b", "eu-west-1", "555566667777"), Some(2));
         assert_eq!(sources.len(), 2 * 2 * 2, "per flavor, source region and account");
         assert_eq!(sources.values().map(|source| source.try_lock().unwrap().remaining).sum::<usize>(), 2 * 2 * 3);
+        drop(sources);
+        // A copy an earlier attempt made is not waited for; an own account's copy counts nowhere.
+        let made_before = plan.copies.iter().find(|copy| copy.target.region.as_str() == "sa-east-1").unwrap();
+        grants.not_made(made_before);
+        grants.not_made(plan.copies.iter().find(|copy| !copy.is_distribution()).unwrap());
+        let sources = grants.sources.lock().unwrap();
+        assert_eq!(sources.values().map(|source| source.try_lock().unwrap().remaining).sum::<usize>(), 2 * 2 * 3 - 1);
     }
 
     #[test]
