@@ -56,6 +56,8 @@ struct SourceGrants {
     remaining: usize,
     /// What was granted (and journaled), not yet taken back.
     given: Vec<Resource>,
+    /// Every grant the account needs was given: the next copy asks for none.
+    complete: bool,
 }
 
 impl DistributionGrants {
@@ -86,11 +88,9 @@ impl DistributionGrants {
 
     fn source(&self, key: GrantKey) -> Arc<tokio::sync::Mutex<SourceGrants>> {
         let mut sources = self.sources.lock().expect("not poisoned");
-        Arc::clone(
-            sources
-                .entry(key)
-                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(SourceGrants { remaining: 1, given: Vec::new() }))),
-        )
+        Arc::clone(sources.entry(key).or_insert_with(|| {
+            Arc::new(tokio::sync::Mutex::new(SourceGrants { remaining: 1, ..SourceGrants::default() }))
+        }))
     }
 }
 
@@ -103,8 +103,12 @@ pub async fn run(context: CopyContext, account: &str) -> CopyEnd {
         let mut grants = source.lock().await;
         if context.cancel.is_cancelled() {
             Err(Failure::new(&label, Stage::Interrupted, "not started: the run was interrupted"))
+        } else if grants.complete {
+            Ok(())
         } else {
-            grant(&context, &label, account, &mut grants.given).await
+            let granted = grant(&context, &label, account, &mut grants.given).await;
+            grants.complete = granted.is_ok();
+            granted
         }
     };
     let mut end = match granted {
@@ -122,6 +126,7 @@ pub async fn run(context: CopyContext, account: &str) -> CopyEnd {
     let mut grants = source.lock().await;
     grants.remaining = grants.remaining.saturating_sub(1);
     if grants.remaining == 0 && !grants.given.is_empty() {
+        grants.complete = false;
         let mut stack = CleanupStack::default();
         for resource in grants.given.drain(..) {
             stack.push(UndoStep::removing(&resource));
