@@ -397,8 +397,12 @@ mod tests {
         assert_eq!((copied.account.as_str(), copied.region.as_str()), (B, "us-east-1"));
         assert!(copied.available);
         assert_eq!(copied.attributes.kms_key.as_deref(), Some("alias/their-images"), "the destination's own key");
+        let their_key = copied.kms_key_arn.as_deref().unwrap();
+        assert!(their_key.starts_with(&format!("arn:aws:kms:us-east-1:{B}:key/")), "{their_key}");
         let source = report.images.iter().find(|found| found.id == image.as_str()).unwrap();
         assert_eq!(source.account, SIMULATED_ACCOUNT);
+        let own_key = source.kms_key_arn.as_deref().unwrap();
+        assert!(own_key.starts_with(&format!("arn:aws:kms:us-west-2:{SIMULATED_ACCOUNT}:key/")), "{own_key}");
         // The copy is B's alone: the own account does not find it.
         let own_east = at(&model, SIMULATED_ACCOUNT, Region::new("us-east-1"));
         assert!(own_east.describe_images(std::slice::from_ref(&copy)).await.unwrap().is_empty());
