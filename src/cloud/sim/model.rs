@@ -1574,6 +1574,12 @@ impl RegionCloud for SimRegion {
                     format!("You cannot create a grant on the AWS managed key {key}"),
                 );
             }
+            if !accounts::is_grant_name(name) {
+                return refuse(
+                    "ValidationException",
+                    format!("1 validation error detected: Value '{name}' at 'name' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[a-zA-Z0-9:/_-]+$"),
+                );
+            }
             if accounts::account_of_principal(grantee).is_none() {
                 return refuse("InvalidArnException", format!("Invalid grantee principal {grantee}"));
             }
