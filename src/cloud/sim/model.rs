@@ -614,8 +614,10 @@ impl SimRegion {
             refuse(code, format!("{code} ({what} by the `[sim] faults` of the fleet file)"))
         };
         let refused = self.model.account.refusal(action, &self.region, Instant::now()).or_else(|| {
-            let caller = self.model.account.base_arn(super::SIMULATED_ACCOUNT);
-            self.model.accounts.refusal(&self.account, &caller, Instant::now())
+            // Another account's place: its role assumed (or refused) first; the own account's is never.
+            (!self.account.is_own())
+                .then(|| self.model.account.base_arn(super::SIMULATED_ACCOUNT))
+                .and_then(|caller| self.model.accounts.refusal(&self.account, &caller, Instant::now()))
         });
         let answer = match (refused, fault) {
             (Some(refusal), _) => Err(refusal),
