@@ -47,7 +47,10 @@ pub fn hint(error: &CloudError) -> Option<String> {
 /// STS refused to let the run assume another account's role (`[[distribution]]`): STS's message names the
 /// role after `on resource: `. Only that account's work fails; nothing the run's own policy grants helps.
 pub fn role_refused(message: &str) -> String {
-    let role = message.rsplit_once("on resource: ").map_or("the account's role", |(_, role)| role.trim());
+    let role = message
+        .split_once("on resource: ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or("the account's role");
     format!(
         "the role `{role}` could not be assumed: its trust policy must let the identity the run acts as assume it (`sts:AssumeRole`), and that identity needs `sts:AssumeRole` on it; only that account's copies fail"
     )
