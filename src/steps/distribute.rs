@@ -236,26 +236,27 @@ fn grant_name(run_id: &RunId, flavor: &FlavorName, account: &str) -> String {
         .collect()
 }
 
-/// A failure in the account's place: says which account, and a refusal (the role not assumed, an action or
-/// key not allowed) is hinted with the role and what it needs, not with the run's own policy. A role that
-/// cannot be assumed is not the run's credentials expiring: the other accounts' and the own account's jobs go
-/// on.
+/// A failure in the account's place: says which account, and a refusal (an action or key not allowed, the
+/// role's credentials) is hinted with the role and what it needs, not with the run's own policy (whose hint
+/// names `docs/iam-policy.json`); a hint that is already about the account's role (STS refused it:
+/// `hints::role_refused`) is kept. A role that cannot be assumed is not the run's credentials expiring: the
+/// other accounts' and the own account's jobs go on.
 fn in_account(mut failure: Failure, account: &str, role: &str) -> Failure {
     failure.error = format!("in account {account}: {}", failure.error);
-    let refused = failure.hint.is_some()
-        || failure.credentials_expired()
-        || failure.code.as_deref().is_some_and(|code| {
-            matches!(code, "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" | "AuthFailure")
-                || code.starts_with("KMS.")
-                || code.starts_with("InvalidKMSKey")
-        });
-    if refused {
+    let expired = failure.credentials_expired();
+    let refused_by_code = failure.code.as_deref().is_some_and(|code| {
+        matches!(code, "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" | "AuthFailure")
+            || code.starts_with("KMS.")
+            || code.starts_with("InvalidKMSKey")
+    });
+    let runs_own_policy = failure.hint.as_deref().is_some_and(|hint| hint.contains("docs/iam-policy.json"));
+    if expired || runs_own_policy || (refused_by_code && failure.hint.is_none()) {
         failure.hint = Some(role_hint(account, role));
-        if failure.credentials_expired() {
-            // The role's credentials, not the run's: the code stays in the message.
-            let code = failure.code.take().unwrap_or_default();
-            failure.error = format!("{} ({code})", failure.error);
-        }
+    }
+    if expired {
+        // The role's credentials, not the run's: the code stays in the message.
+        let code = failure.code.take().unwrap_or_default();
+        failure.error = format!("{} ({code})", failure.error);
     }
     failure
 }
@@ -347,6 +348,28 @@ mod tests {
         assert_eq!(name, grant_name(&run_id, &FlavorName::new("web.v2+x"), "222233334444"), "the same on a retry");
         let long = grant_name(&run_id, &FlavorName::new("f".repeat(300)), "222233334444");
         assert_eq!(long.len(), 256);
+    }
+
+    #[test]
+    fn a_refusal_hinted_with_the_runs_own_policy_is_hinted_with_the_role_and_a_role_refusal_keeps_its_hint() {
+        let role = "arn:aws:iam::222233334444:role/images";
+        let error = |code: &str, message: String| CloudError {
+            action: Action::CopyImage,
+            region: Region::new("eu-west-1"),
+            kind: ErrorKind::Permanent,
+            code: Some(code.into()),
+            message,
+        };
+        let denied = error("UnauthorizedOperation", "You are not authorized to perform this operation.".into());
+        let policy = Failure::from_cloud(&label(), Stage::Copy, &denied);
+        assert!(policy.hint.as_deref().unwrap().contains("docs/iam-policy.json"), "{policy:?}");
+        let hint = in_account(policy, "222233334444", role).hint.unwrap();
+        assert!(hint.contains(role) && !hint.contains("docs/iam-policy.json"), "{hint}");
+        let sts =
+            error("AccessDenied", format!("User: x is not authorized to perform: sts:AssumeRole on resource: {role}"));
+        let refused = Failure::from_cloud(&label(), Stage::Copy, &sts);
+        let said = refused.hint.clone();
+        assert_eq!(in_account(refused, "222233334444", role).hint, said, "STS's refusal is already about the role");
     }
 
     #[test]
