@@ -11,12 +11,17 @@
 //! A copy is reused only if it carries the build's fingerprint and was encrypted with its region's key as the
 //! fleet names it now (`fleetbake:kms-key`, see [`crate::steps::fingerprint::copy_key_tag`]): a changed key
 //! makes a new copy.
+//!
+//! A copy into another account (`[[distribution]]`) is looked up in that account's region, acting as its role:
+//! reused when the account already owns a copy with the build's fingerprint, encrypted with the key
+//! `[[distribution]] kms_keys` names for that region now; else made. A reused copy there is finished again
+//! without `[sharing]` (which does not apply inside the accounts): IMDSv2 and deprecation only.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::cloud::{Cloud, ImageId, ImageQuery, ImageState, OwnedImage, RegionCloud};
-use crate::config::{Flavor, Fleet, Region, SourceAmi, Tags};
+use crate::config::{Account, Flavor, Fleet, Place, Region, SourceAmi, Tags};
 use crate::outcome::{Artifact, Failure, ImageSettings, JobLabel, Parent, SourceParameter};
 use crate::plan::{BuildJob, JobId, Plan};
 use crate::state::resume::Prior;
@@ -72,6 +77,9 @@ impl Changes {
 /// settings again first; without, nothing is changed in the account.
 pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunClock, apply: bool) -> Changes {
     let mut changes = Changes::default();
+    // What a copy in another account is finished with: the fleet without `[sharing]`.
+    let in_accounts = (!fleet.distributions.is_empty())
+        .then(|| Fleet { sharing: crate::config::Sharing::default(), ..fleet.clone() });
     for build in parents_first(plan) {
         let flavor = fleet.flavor(&build.flavor).expect("planned from the fleet");
         let region_cloud = cloud.region(&build.region);
@@ -85,8 +93,8 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
                 let images = fleet_images(fleet, flavor, &*region_cloud).await;
                 match newest(&images, Some(&fingerprint.digest)) {
                     Some(image) => {
-                        let mut reused =
-                            reusable(fleet, flavor, &build.region, &*region_cloud, image, clock, apply).await;
+                        let place = Place::own(build.region.clone());
+                        let mut reused = reusable(fleet, flavor, &place, &*region_cloud, image, clock, apply).await;
                         // Same fingerprint, same SSM parameter version (if the source is read from one).
                         reused.artifact.settings.source_parameter = fingerprint.parameter.clone();
                         let run = reused.artifact.reused_from.clone().unwrap_or_default();
@@ -105,13 +113,20 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
             changes.priors.insert(JobId::Build(build.index), Prior::Available(artifact.clone()));
             let digest = artifact.fingerprint.clone();
             for &copy in &build.copies {
-                let target = plan.copies[copy].target_region();
-                let target_cloud = cloud.region(target);
+                let place = &plan.copies[copy].target;
+                let target_cloud = cloud.place(place);
                 let images = fleet_images(fleet, flavor, &*target_cloud).await;
-                let key = fingerprint::copy_key_tag(fleet, target);
+                let key = copy_key(fleet, place);
                 let same_key = |image: &&OwnedImage| image.tags.get(COPY_KEY_TAG) == key.as_ref();
                 let Some(image) = newest(&images, digest.as_deref()).filter(same_key) else { continue };
-                let mut reused = reusable(fleet, flavor, target, &*target_cloud, image, clock, apply).await;
+                let finishing_fleet = match (&place.account, &in_accounts) {
+                    (Account::Id(_), Some(unshared)) => unshared,
+                    _ => fleet,
+                };
+                let mut reused = reusable(finishing_fleet, flavor, place, &*target_cloud, image, clock, apply).await;
+                if !place.account.is_own() {
+                    reused.artifact.settings.kms_key_id = key.clone();
+                }
                 reused.artifact.build_region = build.region.clone();
                 reused.artifact.settings.source_parameter = artifact.settings.source_parameter.clone();
                 changes.keep(JobId::Copy(copy), &reused);
@@ -122,6 +137,19 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
     }
     changes.decisions.sort_by_key(|decision| decision.build);
     changes
+}
+
+/// The key a copy in `place` is tagged with ([`COPY_KEY_TAG`]): `[encryption]`'s for the own account's
+/// regions, the `[[distribution]]` table's for another account's.
+fn copy_key(fleet: &Fleet, place: &Place) -> Option<String> {
+    match &place.account {
+        Account::Own => fingerprint::copy_key_tag(fleet, &place.region),
+        Account::Id(account) => fleet
+            .distributions
+            .for_account(account)
+            .and_then(|distribution| distribution.key_for(&place.region))
+            .map(str::to_string),
+    }
 }
 
 /// The plan's builds, each after the build whose image it starts from (`source_ami = { flavor = … }`, through
@@ -211,13 +239,14 @@ fn newest<'a>(images: &'a [OwnedImage], fingerprint: Option<&str>) -> Option<&'a
 async fn reusable(
     fleet: &Fleet,
     flavor: &Flavor,
-    region: &Region,
+    place: &Place,
     cloud: &dyn RegionCloud,
     image: &OwnedImage,
     clock: &RunClock,
     apply: bool,
 ) -> Reused {
-    let label = JobLabel::new(flavor.name.clone(), region.clone());
+    let region = &place.region;
+    let label = JobLabel { flavor: flavor.name.clone(), place: place.clone() };
     let (settings, failures, notes) = if apply {
         // EC2's creation date (it always gives one; without, the run's start).
         let created = chrono::DateTime::parse_from_rfc3339(&image.creation_date)
@@ -276,7 +305,7 @@ impl fmt::Display for ChangedPlan<'_> {
             let verdict = if decision.reuse.is_some() { "reuse  " } else { "rebuild" };
             writeln!(f, "{verdict} {} in {}: {}", build.flavor, build.region, decision.why.join("; "))?;
             for &copy in &build.copies {
-                let target = self.plan.copies[copy].target_region();
+                let target = &self.plan.copies[copy].target;
                 let copied = match priors.get(&JobId::Copy(copy)) {
                     Some(Prior::Available(artifact)) => format!("has {}", artifact.image_id),
                     _ => "to copy".to_string(),

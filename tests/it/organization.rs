@@ -24,10 +24,13 @@ const DEPRECATION_ANSWER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
     <EnableImageDeprecationResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
     <requestId>fleetbake-test</requestId><return>true</return></EnableImageDeprecationResponse>";
 
-/// Permissions fleetbake needs without calling them itself: passing the profile's role to EC2, and what EC2
-/// does with the keys on its behalf (encrypted volumes, snapshots and copies).
-const IMPLIED: [&str; 6] = [
+/// Permissions fleetbake needs without calling them itself: passing the profile's role to EC2, what EC2
+/// does with the keys on its behalf (encrypted volumes, snapshots and copies), assuming the `[[distribution]]`
+/// accounts' roles (the SDK's credentials provider), and taking back a key grant made for a copy into one.
+const IMPLIED: [&str; 8] = [
     "iam:PassRole",
+    "sts:AssumeRole",
+    "kms:RevokeGrant",
     "kms:CreateGrant",
     "kms:Decrypt",
     "kms:GenerateDataKeyWithoutPlaintext",

@@ -11,9 +11,12 @@
 //! (when the images are shared) is not AWS-managed; with `[publish]`, each SSM parameter and launch template
 //! an image will be published to ([`publish`]); with `[sharing] public`, that each such region lets images be
 //! made public (`sharing`); and, for builds reached over SSH at an address, where that SSH comes from and whether
-//! the temporary security group will admit it ([`admission`]).
+//! the temporary security group will admit it ([`admission`]); with `[[distribution]]`, each destination
+//! account's role, regions, keys and names, and that the source regions' keys are customer managed
+//! ([`distribution`]).
 
 mod admission;
+mod distribution;
 mod publish;
 mod sharing;
 
@@ -143,6 +146,7 @@ pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, runner: &Runne
     }
     publish::check_publish_targets(&mut preflight, fleet, plan, cloud).await;
     sharing::check(&mut preflight, fleet, plan, cloud).await;
+    distribution::check(&mut preflight, fleet, plan, cloud).await;
     preflight
 }
 
@@ -195,13 +199,14 @@ fn builds_by_region<'a>(fleet: &'a Fleet, plan: &Plan) -> BTreeMap<Region, Vec<&
     by_region
 }
 
-/// The image names the run would give, per region they land in.
+/// The image names the run would give, per region of the own account they land in (`distribution` checks the
+/// other accounts').
 fn names_by_region(plan: &Plan) -> BTreeMap<Region, BTreeSet<String>> {
     let mut by_region: BTreeMap<Region, BTreeSet<String>> = BTreeMap::new();
     for build in &plan.builds {
         by_region.entry(build.region.clone()).or_default().insert(build.image_name.clone());
     }
-    for copy in &plan.copies {
+    for copy in plan.copies.iter().filter(|copy| !copy.is_distribution()) {
         by_region.entry(copy.target_region().clone()).or_default().insert(copy.image_name.clone());
     }
     by_region
