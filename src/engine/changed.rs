@@ -116,7 +116,7 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
                 let place = &plan.copies[copy].target;
                 let target_cloud = cloud.place(place);
                 let images = fleet_images(fleet, flavor, &*target_cloud).await;
-                let key = copy_key(fleet, place);
+                let key = fingerprint::copy_key_tag_in(fleet, place);
                 let same_key = |image: &&OwnedImage| image.tags.get(COPY_KEY_TAG) == key.as_ref();
                 let Some(image) = newest(&images, digest.as_deref()).filter(same_key) else { continue };
                 let finishing_fleet = match (&place.account, &in_accounts) {
@@ -137,19 +137,6 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
     }
     changes.decisions.sort_by_key(|decision| decision.build);
     changes
-}
-
-/// The key a copy in `place` is tagged with ([`COPY_KEY_TAG`]): `[encryption]`'s for the own account's
-/// regions, the `[[distribution]]` table's for another account's.
-fn copy_key(fleet: &Fleet, place: &Place) -> Option<String> {
-    match &place.account {
-        Account::Own => fingerprint::copy_key_tag(fleet, &place.region),
-        Account::Id(account) => fleet
-            .distributions
-            .for_account(account)
-            .and_then(|distribution| distribution.key_for(&place.region))
-            .map(str::to_string),
-    }
 }
 
 /// The plan's builds, each after the build whose image it starts from (`source_ami = { flavor = … }`, through

@@ -59,7 +59,7 @@ pub async fn run(context: CopyContext) -> CopyEnd {
     let mut end = CopyEnd::default();
     let run = &context.run;
     let mut tags = run.artifact_tags(&context.flavor, &context.source);
-    tags.extend(fingerprint::copy_tags(&run.fleet, context.job.target_region()));
+    tags.extend(fingerprint::copy_tags_in(&run.fleet, &context.job.target));
     let (image, requested) = match context.pending_image.clone() {
         Some(image) => {
             context.events.progress(&label, Stage::WaitCopy, format!("waiting for {image} from an earlier attempt"));

@@ -338,3 +338,47 @@ fn policy_actions(document: &str) -> BTreeSet<String> {
     }
     actions
 }
+
+/// `--changed-only` per account: a quiet night reuses each account's copies, looked up in that account; an
+/// account added gets its copies made; a key changed for one region of an account makes that account's copies
+/// there again (the copy's key is part of its fingerprint), and nothing else.
+#[test]
+fn changed_only_reuses_a_copy_an_account_holds_and_makes_the_ones_it_lacks() {
+    let workspace = Workspace::new();
+    let runtime = paused_runtime();
+    let first = load(&workspace, &fleet(&[FIRST], ""), false);
+    let sim = runtime.block_on(async { Arc::new(SimCloud::new(&first)) });
+    let night_one = runtime.block_on(crate::sharing::night(&sim, &first));
+    assert_eq!((night_one.failed, night_one.succeeded), (0, 8), "{night_one:?}");
+
+    let quiet = load(&workspace, &fleet(&[FIRST], ""), true);
+    let night_two = runtime.block_on(crate::sharing::night(&sim, &quiet));
+    assert_eq!((night_two.failed, night_two.reused), (0, 8), "every job reuses its image: {night_two:?}");
+
+    let keyed = "[[distribution]]";
+    let more = fleet(&[FIRST, SECOND], "").replace(
+        "kms_keys = { \"*\" = \"alias/images\" }",
+        "kms_keys = { \"*\" = \"alias/images\", eu-west-1 = \"alias/images-eu\" }",
+    );
+    assert!(more.contains(keyed) && more.contains("alias/images-eu"));
+    let changed = load(&workspace, &more, true);
+    let night_three = runtime.block_on(crate::sharing::night(&sim, &changed));
+    // Reused: 2 builds, their 2 own copies, and the first account's 2 copies in us-east-1; made: the first
+    // account's 2 in eu-west-1 (its key changed) and the second account's 4.
+    assert_eq!((night_three.failed, night_three.reused, night_three.succeeded), (0, 6, 12), "{night_three:?}");
+    runtime.block_on(async {
+        assert_eq!(images_in(&sim, &place(FIRST, "us-east-1")).await.len(), 2, "night one's copies, reused");
+        let eu = images_in(&sim, &place(FIRST, "eu-west-1")).await;
+        assert_eq!(eu.len(), 4, "night one's and the new key's: {eu:?}");
+        let new_key = eu
+            .iter()
+            .filter(|image| image.tags.get("fleetbake:kms-key").map(String::as_str) == Some("alias/images-eu"));
+        assert_eq!(new_key.count(), 2, "{eu:?}");
+        for region in ["us-east-1", "eu-west-1"] {
+            assert_eq!(images_in(&sim, &place(SECOND, region)).await.len(), 2, "{SECOND}/{region}: made");
+        }
+        for region in ["us-west-2", "us-east-1"] {
+            assert_eq!(images_in(&sim, &own(region)).await.len(), 2, "own {region}: reused, none made");
+        }
+    });
+}
