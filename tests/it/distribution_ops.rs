@@ -3,7 +3,8 @@
 //! each copy in its own account, the preflight naming the account that would fail, and the destination role's
 //! IAM document covering every call made in another account. On the simulated cloud, several nights in one
 //! paused runtime; every call the run makes in another account is read from the client's per-place record
-//! (`ApiStats::calls_by_place`).
+//! (`ApiStats::calls_by_place`). On moto (STS AssumeRole works there, and moto then serves the role's
+//! account): the preflight acting as each account's role.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -381,4 +382,78 @@ fn changed_only_reuses_a_copy_an_account_holds_and_makes_the_ones_it_lacks() {
             assert_eq!(images_in(&sim, &own(region)).await.len(), 2, "own {region}: reused, none made");
         }
     });
+}
+
+/// Credentials of `role`, assumed through moto's STS: moto then serves the role's account to them.
+async fn assumed(moto: &crate::harness::Moto, role: &str) -> aws_sdk_kms::config::Credentials {
+    let sts = aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::Config::builder()
+            .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+            .region(aws_sdk_sts::config::Region::new("us-west-2"))
+            .endpoint_url(&moto.endpoint)
+            .credentials_provider(aws_sdk_sts::config::Credentials::new("testing", "testing", None, None, "tests"))
+            .build(),
+    );
+    let answer = sts.assume_role().role_arn(role).role_session_name("test").send().await.unwrap();
+    let credentials = answer.credentials().unwrap();
+    aws_sdk_kms::config::Credentials::new(
+        credentials.access_key_id(),
+        credentials.secret_access_key(),
+        Some(credentials.session_token().to_string()),
+        None,
+        "assumed",
+    )
+}
+
+/// On the real path (the binary, aws-sdk → moto): the preflight assumes each account's role with STS
+/// AssumeRole and reads that account's key there. The first account has its key; the second has none: only
+/// the second is named, with its region and role, and the run would not start.
+#[test]
+fn the_preflight_on_moto_assumes_each_role_and_names_the_account_without_its_key() {
+    use crate::harness::{runtime, Moto, Sshd};
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let workspace = Workspace::new();
+    let role = |account: &str| format!("arn:aws:iam::{account}:role/image-distribution");
+    runtime().block_on(async {
+        let kms = aws_sdk_kms::Client::from_conf(
+            aws_sdk_kms::Config::builder()
+                .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+                .region(aws_sdk_kms::config::Region::new("us-east-1"))
+                .endpoint_url(&moto.endpoint)
+                .credentials_provider(assumed(&moto, &role(FIRST)).await)
+                .build(),
+        );
+        let key = kms.create_key().description("the first account's image key").send().await.unwrap();
+        let id = key.key_metadata().unwrap().key_id().to_string();
+        kms.create_alias().alias_name("alias/images").target_key_id(id).send().await.unwrap();
+    });
+    let header = crate::matrix::fleet_header_at(&moto.endpoint, &sshd);
+    let fleet = format!(
+        "{header}\n[[flavor]]\nname = \"base\"\nsource_ami = {}\n\n[regions]\nus-west-2 = []\n\n\
+         [[distribution]]\naccounts = [\"{FIRST}\", \"{SECOND}\"]\nregions = [\"us-east-1\"]\n\
+         role_arn = \"arn:aws:iam::{{account}}:role/image-distribution\"\nkms_keys = {{ \"*\" = \"alias/images\" }}\n",
+        crate::matrix::AL2023
+    );
+    let path = workspace.write("fleet.toml", &fleet);
+    let preflight = workspace.fleetbake(&["preflight", path.to_str().unwrap()]);
+    assert_eq!(preflight.code, 1, "{}{}", preflight.stdout, preflight.stderr);
+    let failed: Vec<&str> = preflight.stdout.lines().filter(|line| line.starts_with("FAIL")).collect();
+    assert_eq!(failed.len(), 1, "{}", preflight.stdout);
+    assert!(
+        failed[0].starts_with(&format!("FAIL us-east-1: account {SECOND} (role `{}`)", role(SECOND))),
+        "{}",
+        failed[0]
+    );
+    assert!(failed[0].contains("KMS key `alias/images` is not found"), "{}", failed[0]);
+    let first = format!(
+        "ok   us-east-1: account {FIRST} (role `{}`): KMS key `alias/images`: arn:aws:kms:us-east-1:{FIRST}:key/",
+        role(FIRST)
+    );
+    assert!(preflight.stdout.contains(&first), "{first} in:\n{}", preflight.stdout);
+    for account in [FIRST, SECOND] {
+        let answers =
+            format!("ok   account {account} (role `{}`): the role answers; 1 of its 1 regions enabled", role(account));
+        assert!(preflight.stdout.contains(&answers), "{answers} in:\n{}", preflight.stdout);
+    }
 }
