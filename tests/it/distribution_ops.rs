@@ -457,3 +457,62 @@ fn the_preflight_on_moto_assumes_each_role_and_names_the_account_without_its_key
         assert!(preflight.stdout.contains(&answers), "{answers} in:\n{}", preflight.stdout);
     }
 }
+
+/// An account whose role cannot be assumed (STS refuses AssumeRole for it, through the proxy in front of moto):
+/// the preflight names it with its role and says its copies would all fail; `gc` names it and exits 1, having
+/// surveyed everywhere else; the other account is looked into as usual.
+#[test]
+fn a_role_that_cannot_be_assumed_is_named_by_the_preflight_and_by_gc() {
+    use crate::harness::{Moto, Sshd};
+    use crate::proxy::{Answer, Fault, FaultProxy};
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let proxy = FaultProxy::start(&moto.endpoint, |request| {
+        if request.action == "AssumeRole" && request.body.contains(SECOND) {
+            Answer::Fail(Fault {
+                status: 403,
+                code: "AccessDenied",
+                message: "not authorized to perform: sts:AssumeRole",
+            })
+        } else {
+            Answer::Forward
+        }
+    });
+    let workspace = Workspace::new();
+    let header = crate::matrix::fleet_header_at(&proxy.endpoint, &sshd);
+    let fleet = format!(
+        "{header}\n[[flavor]]\nname = \"base\"\nsource_ami = {}\n\n[regions]\nus-west-2 = []\n\n\
+         [retention]\nkeep = 1\n\n\
+         [[distribution]]\naccounts = [\"{FIRST}\", \"{SECOND}\"]\nregions = [\"us-east-1\", \"eu-west-1\"]\n\
+         role_arn = \"arn:aws:iam::{{account}}:role/image-distribution\"\n",
+        crate::matrix::AL2023
+    );
+    let path = workspace.write("fleet.toml", &fleet);
+    let role = format!("arn:aws:iam::{SECOND}:role/image-distribution");
+
+    let preflight = workspace.fleetbake(&["preflight", path.to_str().unwrap()]);
+    assert_eq!(preflight.code, 1, "{}{}", preflight.stdout, preflight.stderr);
+    let failed: Vec<&str> = preflight.stdout.lines().filter(|line| line.starts_with("FAIL")).collect();
+    assert_eq!(failed.len(), 1, "one line for the account, not one per check: {}", preflight.stdout);
+    assert!(
+        failed[0].starts_with(&format!("FAIL account {SECOND} (role `{role}`): cannot act in it")),
+        "{}",
+        failed[0]
+    );
+    assert!(failed[0].contains("its copies would all fail"), "{}", failed[0]);
+    assert!(preflight.stdout.contains(&format!("ok   account {FIRST} ")), "{}", preflight.stdout);
+
+    let gc = workspace.fleetbake(&["gc", path.to_str().unwrap()]);
+    assert_eq!(gc.code, 1, "{}{}", gc.stdout, gc.stderr);
+    let named: Vec<&str> = gc.stdout.lines().filter(|line| line.contains(SECOND)).collect();
+    assert_eq!(named.len(), 1, "{}", gc.stdout);
+    assert!(
+        named[0].starts_with(&format!("could not survey account {SECOND} in us-east-1 acting as `{role}`")),
+        "{}",
+        named[0]
+    );
+    assert!(gc.stdout.contains("; 1 failed"), "{}", gc.stdout);
+    // The first account was looked into, in both its regions, acting as its role.
+    let describes = proxy.bodies("DescribeImages").len();
+    assert!(describes >= 3, "the own region and the first account's two: {describes}");
+}
