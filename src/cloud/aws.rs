@@ -209,9 +209,50 @@ impl aws_credential_types::provider::ProvideCredentials for DistributionRole {
                         .await
                 })
                 .await;
-            provider.provide_credentials().await
+            provider.provide_credentials().await.map_err(|error| match RoleRefused::of(&self.role, &error) {
+                Some(refused) => aws_credential_types::provider::error::CredentialsError::provider_error(refused),
+                None => error,
+            })
         })
     }
+}
+
+/// STS refused to let the run assume a destination account's role (its trust policy does not name the run's
+/// identity, or the role does not exist: `AccessDenied`). Every call in that account fails, and only those:
+/// the run's own credentials are fine, so it is not [`ErrorKind::Credentials`] (which would stop the night)
+/// but a permanent `AccessDenied` naming the role ([`hints::role_refused`]).
+#[derive(Debug)]
+struct RoleRefused {
+    role: String,
+    /// What STS said, as the provider reported it.
+    answer: String,
+}
+
+impl RoleRefused {
+    fn of(role: &str, error: &aws_credential_types::provider::error::CredentialsError) -> Option<RoleRefused> {
+        let answer = format!("{}", DisplayErrorContext(error));
+        answer.contains("AccessDenied").then(|| RoleRefused { role: role.to_string(), answer })
+    }
+}
+
+impl std::fmt::Display for RoleRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "not authorized to perform: sts:AssumeRole on resource: {} (STS: {})", self.role, self.answer)
+    }
+}
+
+impl std::error::Error for RoleRefused {}
+
+/// The refused destination role in a failure's causes, if that is what it is.
+fn role_refused<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a RoleRefused> {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(refused) = current.downcast_ref::<RoleRefused>() {
+            return Some(refused);
+        }
+        cause = current.source();
+    }
+    None
 }
 
 /// A region's EC2, KMS and SSM clients from `sdk` (whose credentials they sign with). Retries off on these
@@ -368,6 +409,11 @@ where
         // request the client could not build (a user error) will not work next time; a dropped or timed-out
         // connection may. A connection closed before the answer came (hyper's "connection closed before message
         // completed") is neither io nor timeout to the SDK: it is a dropped connection, so transient too.
+        // A destination account's role STS refused: that account's calls fail, at once, naming the role.
+        SdkError::DispatchFailure(_) if role_refused(&error).is_some() => {
+            let refused = role_refused(&error).map(ToString::to_string).unwrap_or_default();
+            (ErrorKind::Permanent, Some("AccessDenied".to_string()), refused)
+        }
         SdkError::DispatchFailure(failure)
             if !(failure.is_io() || failure.is_timeout()) && is_credentials_failure(&error) =>
         {
@@ -1363,6 +1409,85 @@ impl RegionCloud for AwsRegion {
             labels: Vec::new(),
         }))
     }
+
+    /// CreateGrant takes a key by id or ARN, not by alias: an alias is resolved to its key's ARN first
+    /// (DescribeKey). The operations are those EC2 uses the source key for in a cross-account CopyImage
+    /// (EC2 User Guide, "Share an AMI with specific AWS accounts": the target account needs these on the key
+    /// that encrypts the source's snapshots).
+    async fn grant_key_use(&self, key: &str, grantee: &str, name: &str) -> CloudResult<KmsGrantId> {
+        use aws_sdk_kms::types::GrantOperation;
+        let key = self.key_by_id_or_arn(Action::CreateGrant, key).await?;
+        let action = Action::CreateGrant;
+        let operations = vec![
+            GrantOperation::Decrypt,
+            GrantOperation::DescribeKey,
+            GrantOperation::CreateGrant,
+            GrantOperation::ReEncryptFrom,
+            GrantOperation::ReEncryptTo,
+            GrantOperation::GenerateDataKeyWithoutPlaintext,
+        ];
+        let answer = self
+            .limiter
+            .call(action, || async {
+                self.kms
+                    .create_grant()
+                    .key_id(&key)
+                    .grantee_principal(grantee)
+                    .set_operations(Some(operations.clone()))
+                    .name(name)
+                    .send()
+                    .await
+                    .map_err(|error| self.error(action, error))
+            })
+            .await?;
+        answer.grant_id().map(KmsGrantId::new).ok_or_else(|| self.missing(action, "grant id"))
+    }
+
+    /// RevokeGrant; KMS's answer for a grant it no longer has (`NotFoundException`, `InvalidGrantIdException`)
+    /// is `Ok`: the grant is gone either way.
+    async fn revoke_key_grant(&self, key: &str, grant: &KmsGrantId) -> CloudResult<()> {
+        let key = self.key_by_id_or_arn(Action::RevokeGrant, key).await?;
+        let action = Action::RevokeGrant;
+        let answer = self
+            .limiter
+            .call(action, || async {
+                self.kms
+                    .revoke_grant()
+                    .key_id(&key)
+                    .grant_id(grant.as_str())
+                    .send()
+                    .await
+                    .map_err(|error| self.error(action, error))
+            })
+            .await;
+        match answer {
+            Err(error) if matches!(error.code.as_deref(), Some("NotFoundException" | "InvalidGrantIdException")) => {
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+}
+
+impl AwsRegion {
+    /// `key` as CreateGrant and RevokeGrant take it: an id or a key ARN as given, an alias (`alias/…`, or an
+    /// alias ARN) resolved to its key's ARN by DescribeKey. A key DescribeKey does not find is `NotFound`.
+    async fn key_by_id_or_arn(&self, action: Action, key: &str) -> CloudResult<String> {
+        let is_alias = key.starts_with("alias/") || (key.starts_with("arn:") && key.contains(":alias/"));
+        if !is_alias {
+            return Ok(key.to_string());
+        }
+        match self.describe_key(key).await? {
+            Some(found) => Ok(found.arn),
+            None => Err(CloudError {
+                action,
+                region: self.region.clone(),
+                kind: ErrorKind::NotFound,
+                code: Some("NotFoundException".into()),
+                message: format!("Alias {key} is not found."),
+            }),
+        }
+    }
 }
 
 /// Launch permissions as ModifyImageAttribute lists them (to add or to remove).
@@ -1723,6 +1848,96 @@ mod tests {
         }
         assert!(sent[0]["NextToken"].is_null());
         assert_eq!(sent[1]["NextToken"], "page-2");
+    }
+
+    /// CreateGrant takes a key by id or ARN: an alias is resolved by DescribeKey first, and the grant names
+    /// the grantee, the operations a cross-account copy needs and its name (KMS's idempotency); a key given by
+    /// ARN is not described. RevokeGrant of a grant KMS no longer has (`NotFoundException`) is done.
+    #[tokio::test]
+    async fn a_grant_is_made_on_the_aliased_keys_arn_and_revoked_idempotently() {
+        const ARN: &str = "arn:aws:kms:us-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        const GRANT: &str = "0c237476b39f8bc44e45212e08498fbe3151305030726c0590dd8d3e9f3d6a60";
+        let stub = SsmStub::start(vec![
+            (
+                "TrentService.DescribeKey",
+                200,
+                r#"{"KeyMetadata":{"KeyId":"1234abcd-12ab-34cd-56ef-1234567890ab","Arn":"arn:aws:kms:us-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab","Enabled":true,"KeyManager":"CUSTOMER"}}"#,
+            ),
+            (
+                "TrentService.CreateGrant",
+                200,
+                r#"{"GrantId":"0c237476b39f8bc44e45212e08498fbe3151305030726c0590dd8d3e9f3d6a60","GrantToken":"token"}"#,
+            ),
+            ("TrentService.RevokeGrant", 200, "{}"),
+            ("TrentService.RevokeGrant", 400, r#"{"__type":"NotFoundException","message":"Grant not found"}"#),
+        ]);
+        let region = stub.region();
+        let grantee = "arn:aws:iam::222233334444:root";
+        let grant = region.grant_key_use("alias/images", grantee, "fleetbake-web-copy").await.unwrap();
+        assert_eq!(grant.as_str(), GRANT);
+        region.grant_key_use(ARN, grantee, "fleetbake-web-copy").await.unwrap();
+        region.revoke_key_grant(ARN, &grant).await.unwrap();
+        region.revoke_key_grant(ARN, &grant).await.unwrap();
+
+        let requests = stub.requests();
+        let actions: Vec<&str> = requests.iter().map(|(action, _)| action.as_str()).collect();
+        assert_eq!(
+            actions,
+            [
+                "TrentService.DescribeKey",
+                "TrentService.CreateGrant",
+                "TrentService.CreateGrant",
+                "TrentService.RevokeGrant",
+                "TrentService.RevokeGrant"
+            ]
+        );
+        let described: serde_json::Value = serde_json::from_str(&requests[0].1).unwrap();
+        assert_eq!(described["KeyId"], "alias/images");
+        for (_, body) in &requests[1..3] {
+            let sent: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(sent["KeyId"], ARN, "by the key's ARN, never the alias");
+            assert_eq!(sent["GranteePrincipal"], grantee);
+            assert_eq!(sent["Name"], "fleetbake-web-copy");
+            let mut operations: Vec<&str> =
+                sent["Operations"].as_array().unwrap().iter().map(|op| op.as_str().unwrap()).collect();
+            operations.sort();
+            assert_eq!(
+                operations,
+                [
+                    "CreateGrant",
+                    "Decrypt",
+                    "DescribeKey",
+                    "GenerateDataKeyWithoutPlaintext",
+                    "ReEncryptFrom",
+                    "ReEncryptTo"
+                ]
+            );
+        }
+        let revoked: serde_json::Value = serde_json::from_str(&requests[3].1).unwrap();
+        assert_eq!((&revoked["KeyId"], &revoked["GrantId"]), (&serde_json::json!(ARN), &serde_json::json!(GRANT)));
+    }
+
+    /// A destination role STS refused is a permanent `AccessDenied` naming the role (only that account's calls
+    /// fail), not the run's credentials failing (which stops the night); other credential failures stay so.
+    #[test]
+    fn a_refused_destination_role_is_access_denied_not_expired_credentials() {
+        use aws_credential_types::provider::error::CredentialsError;
+        let role = "arn:aws:iam::222233334444:role/image-distribution";
+        let sts = CredentialsError::provider_error(
+            "AccessDenied: User: arn:aws:iam::123456789012:user/ci is not authorized to perform: sts:AssumeRole",
+        );
+        let refused = RoleRefused::of(role, &sts).expect("STS said AccessDenied");
+        let failure = ConnectorError::other(Box::new(CredentialsError::provider_error(refused)), None);
+        let error: SdkError<CreateImageError, HttpResponse> = SdkError::dispatch_failure(failure);
+        let error = sdk_error(&Region::new("us-east-1"), Action::CopyImage, error);
+        assert_eq!((error.kind, error.code.as_deref()), (ErrorKind::Permanent, Some("AccessDenied")));
+        let hint = crate::cloud::hints::hint(&error).unwrap();
+        assert!(hint.starts_with(&format!("the role `{role}` could not be assumed")), "{hint}");
+
+        let offline = CredentialsError::provider_error("dispatch failure: connection refused");
+        assert!(RoleRefused::of(role, &offline).is_none());
+        let failure = ConnectorError::other(Box::new(offline), None);
+        assert_eq!(kind_of(failure), ErrorKind::Credentials);
     }
 
     /// A connection closed before the answer came is what hyper reports as neither io nor timeout ("other"):

@@ -19,6 +19,7 @@ pub const CREDENTIALS_GONE: &str = "the credentials expired and could not be ref
 pub fn hint(error: &CloudError) -> Option<String> {
     let code = error.code.as_deref().unwrap_or_default();
     match code {
+        "AccessDenied" if error.message.contains("sts:AssumeRole") => Some(role_refused(&error.message)),
         "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => Some(permission(error.action)),
         "AuthFailure" if known_not_enabled(&error.region) => {
             Some(region_not_enabled(&error.region, "`not-opted-in`, so EC2 there answers `AuthFailure`"))
@@ -41,6 +42,18 @@ pub fn hint(error: &CloudError) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// STS refused to let the run assume another account's role (`[[distribution]]`): STS's message names the
+/// role after `on resource: `. Only that account's work fails; nothing the run's own policy grants helps.
+pub fn role_refused(message: &str) -> String {
+    let role = message
+        .split_once("on resource: ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or("the account's role");
+    format!(
+        "the role `{role}` could not be assumed: its trust policy must let the identity the run acts as assume it (`sts:AssumeRole`), and that identity needs `sts:AssumeRole` on it; only that account's copies fail"
+    )
 }
 
 /// A public share refused: block public access for AMIs is on in the region.
@@ -147,6 +160,14 @@ mod tests {
         let session = super::hint(&error("AccessDeniedException", Action::StartSession)).unwrap();
         let line = POLICY.lines().position(|line| line.contains("\"ssm:StartSession\"")).unwrap() + 1;
         assert!(session.contains(&format!("`ssm:StartSession`: docs/iam-policy.json line {line}")), "{session}");
+        let role = "arn:aws:iam::222233334444:role/image-distribution";
+        let assume = CloudError {
+            message: format!("User: arn:aws:iam::123456789012:user/ci is not authorized to perform: sts:AssumeRole on resource: {role}"),
+            ..error("AccessDenied", Action::CopyImage)
+        };
+        let refused_role = super::hint(&assume).unwrap();
+        assert!(refused_role.starts_with(&format!("the role `{role}` could not be assumed")), "{refused_role}");
+        assert!(!refused_role.contains("docs/iam-policy.json"), "not the run's own policy: {refused_role}");
         let offline = super::hint(&error("TargetNotConnected", Action::StartSession)).unwrap();
         assert!(offline.contains("instance profile") && offline.contains("ssmmessages"), "{offline}");
     }

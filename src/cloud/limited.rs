@@ -281,4 +281,12 @@ impl RegionCloud for LimitedRegion {
     async fn parameter(&self, name: &str) -> CloudResult<Option<ParameterVersion>> {
         self.limiter.call(Action::GetParameter, || self.inner.parameter(name)).await
     }
+
+    async fn grant_key_use(&self, key: &str, grantee: &str, name: &str) -> CloudResult<KmsGrantId> {
+        self.limiter.call(Action::CreateGrant, || self.inner.grant_key_use(key, grantee, name)).await
+    }
+
+    async fn revoke_key_grant(&self, key: &str, grant: &KmsGrantId) -> CloudResult<()> {
+        self.limiter.call(Action::RevokeGrant, || self.inner.revoke_key_grant(key, grant)).await
+    }
 }

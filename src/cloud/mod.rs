@@ -48,6 +48,8 @@ string_newtype!(
     SessionId,
     /// `pl-…`: a managed prefix list (a named set of CIDR blocks) a security group rule may admit.
     PrefixListId,
+    /// A KMS grant's id (CreateGrant's `GrantId`), what RevokeGrant takes back.
+    KmsGrantId,
 );
 
 secret_newtype!(
@@ -567,6 +569,14 @@ pub trait RegionCloud: Send + Sync {
     /// GetParameter: the parameter's newest version and its value (`None`: SSM has no such parameter,
     /// `ParameterNotFound`). AWS's public `/aws/service/…` parameters are readable in every region.
     async fn parameter(&self, name: &str) -> CloudResult<Option<ParameterVersion>>;
+    /// KMS CreateGrant on `key` (a key of this region and account, by id, ARN or alias resolved to its ARN)
+    /// letting `grantee` (a principal ARN, e.g. the destination account's `arn:aws:iam::ACCOUNT:root`) use it
+    /// for what a cross-account CopyImage of an image encrypted with it needs (Decrypt, DescribeKey,
+    /// CreateGrant, ReEncryptFrom, ReEncryptTo, GenerateDataKeyWithoutPlaintext). `name` makes a retry
+    /// idempotent (KMS answers the same grant for the same name and parameters).
+    async fn grant_key_use(&self, key: &str, grantee: &str, name: &str) -> CloudResult<KmsGrantId>;
+    /// KMS RevokeGrant, by the key's owner; a grant already gone is `Ok`.
+    async fn revoke_key_grant(&self, key: &str, grant: &KmsGrantId) -> CloudResult<()>;
 }
 
 /// The SSM data type of a parameter holding an AMI id: SSM checks the id (asynchronously).

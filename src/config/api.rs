@@ -78,6 +78,11 @@ pub enum Action {
     /// SSM, not EC2: a parameter's value now (`source_ami = { ssm_parameter = … }`). Counted with the
     /// non-mutating calls.
     GetParameter,
+    /// KMS, not EC2: a grant on the own account's key letting a destination account use it for a cross-account
+    /// CopyImage of an image encrypted with it (`[[distribution]]`). Counted with the mutating calls.
+    CreateGrant,
+    /// KMS, not EC2: that grant taken back once the copy no longer needs it. Counted with the mutating calls.
+    RevokeGrant,
 }
 
 /// The AWS services fleetbake calls. Each paces its calls in buckets of its own per place (the client's
@@ -147,7 +152,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 43] = [
+    pub const ALL: [Action; 45] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -191,6 +196,8 @@ impl Action {
         Action::DescribeSnapshotAttribute,
         Action::DescribeRegions,
         Action::GetParameter,
+        Action::CreateGrant,
+        Action::RevokeGrant,
     ];
 
     /// The action named as in the EC2 API (`CreateImage`).
@@ -208,7 +215,7 @@ impl Action {
     pub fn service(self) -> Service {
         match self {
             Action::GetCallerIdentity => Service::Sts,
-            Action::DescribeKey => Service::Kms,
+            Action::DescribeKey | Action::CreateGrant | Action::RevokeGrant => Service::Kms,
             Action::PutParameter
             | Action::LabelParameterVersion
             | Action::GetParameterHistory
@@ -299,6 +306,14 @@ mod tests {
         assert_eq!(Action::GetCallerIdentity.service(), Service::Sts);
         assert_eq!(Action::CopyImage.service(), Service::Ec2);
         assert_eq!(Action::DescribeKey.iam_name(), "kms:DescribeKey");
+        for grant_call in [Action::CreateGrant, Action::RevokeGrant] {
+            assert_eq!(
+                (grant_call.service(), grant_call.class()),
+                (Service::Kms, ActionClass::Mutating),
+                "{grant_call}"
+            );
+        }
+        assert_eq!(Action::RevokeGrant.iam_name(), "kms:RevokeGrant");
         assert_eq!(Action::CreateImage.iam_name(), "ec2:CreateImage");
     }
 }

@@ -634,6 +634,21 @@ pub struct SimSettings {
     /// Opt-in regions the simulated account has not enabled: EC2 there answers `AuthFailure`, and
     /// DescribeRegions says `not-opted-in`.
     pub regions_not_enabled: BTreeSet<Region>,
+    /// `[sim] accounts`: the accounts that exist besides the simulated own account; a place of any other
+    /// account cannot be reached (its role cannot be assumed).
+    pub accounts: BTreeSet<String>,
+    /// `[sim] account_faults`: what goes wrong in each of those accounts.
+    pub account_faults: BTreeMap<String, AccountFault>,
+}
+
+/// `[sim] account_faults`: what goes wrong in another simulated account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountFault {
+    /// `"role"`: its role cannot be assumed (STS answers `AccessDenied`), so nothing in it can be reached.
+    Role,
+    /// `"key"`: its KMS keys cannot be used: DescribeKey says disabled, CopyImage encrypting with one is
+    /// refused.
+    Key,
 }
 
 /// `[sim] parameters`: an SSM parameter that exists before the run.
@@ -719,6 +734,8 @@ impl Default for SimSettings {
             credentials: None,
             base_identity: BaseIdentity::User,
             regions_not_enabled: BTreeSet::new(),
+            accounts: BTreeSet::new(),
+            account_faults: BTreeMap::new(),
         }
     }
 }

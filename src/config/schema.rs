@@ -367,6 +367,11 @@ pub struct SimSection {
     pub base_identity: Option<String>,
     /// Regions the simulated account has not enabled (opt-in regions): EC2 there answers `AuthFailure`.
     pub regions_not_enabled: Option<Vec<String>>,
+    /// The accounts that exist besides the simulated own account (`[[distribution]]` destinations).
+    pub accounts: Option<Vec<String>>,
+    /// What goes wrong in an account: `{ "555566667777" = "role" }` (its role cannot be assumed) or `"key"`
+    /// (its KMS keys cannot be used).
+    pub account_faults: Option<BTreeMap<String, String>>,
 }
 
 /// `[sim] parameters = [{ name, data_type }]`.

@@ -13,6 +13,7 @@ use super::template::{NameContext, NameTemplate, Placeholder};
 use super::*;
 
 mod distribution;
+mod sim_accounts;
 mod variables;
 use variables::{resolve_variables, substitute_variables, SecretForms};
 
@@ -1795,7 +1796,10 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         credentials: None,
         base_identity: defaults.base_identity,
         regions_not_enabled: Default::default(),
+        accounts: Default::default(),
+        account_faults: Default::default(),
     };
+    sim_accounts::resolve_sim_accounts(checker, &path, &raw, &mut sim);
     resolve_sim_runner(checker, &path, &raw, &mut sim);
     resolve_sim_publish_targets(checker, &path, &raw.launch_templates, &raw.parameters, &mut sim);
     resolve_sim_account(checker, &path, &raw, &mut sim);

@@ -28,6 +28,7 @@ mod secrets;
 mod session_manager;
 mod sharing;
 mod sim;
+mod sim_accounts;
 mod ssm_source;
 mod validate;
 mod variables;

@@ -25,13 +25,12 @@ const DEPRECATION_ANSWER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
     <requestId>fleetbake-test</requestId><return>true</return></EnableImageDeprecationResponse>";
 
 /// Permissions fleetbake needs without calling them itself: passing the profile's role to EC2, what EC2
-/// does with the keys on its behalf (encrypted volumes, snapshots and copies), assuming the `[[distribution]]`
-/// accounts' roles (the SDK's credentials provider), and taking back a key grant made for a copy into one.
-const IMPLIED: [&str; 8] = [
+/// does with the keys on its behalf (encrypted volumes, snapshots and copies), and assuming the
+/// `[[distribution]]` accounts' roles (the SDK's credentials provider). `kms:CreateGrant` is both: EC2 makes
+/// grants on the keys, and a distribution grants a destination account the use of one (an action).
+const IMPLIED: [&str; 6] = [
     "iam:PassRole",
     "sts:AssumeRole",
-    "kms:RevokeGrant",
-    "kms:CreateGrant",
     "kms:Decrypt",
     "kms:GenerateDataKeyWithoutPlaintext",
     "kms:ReEncryptFrom",

@@ -206,3 +206,30 @@ fn user_data_files_are_bytes_of_at_most_16_kb() {
         assert!(outcome.stderr.contains(&expected), "{file}: no `{expected}` in:\n{}", outcome.stderr);
     }
 }
+
+/// `[sim] accounts` and `[sim] account_faults`: each problem at its own line, column and key, all at once.
+#[test]
+fn sim_accounts_and_their_faults_are_checked_with_their_place() {
+    let fleet = GOOD.replace(
+        "[aws]",
+        "[sim]\naccounts = [\"222233334444\", \"1234\", \"222233334444\"]\n\
+         account_faults = { \"222233334444\" = \"role\", \"555566667777\" = \"key\", \"333344445555\" = \"gone\" }\n\n[aws]",
+    );
+    let (code, output) = validate(&fleet);
+    assert_eq!(code, 2, "{output}");
+    let line = GOOD.lines().position(|line| line == "[aws]").unwrap() + 2;
+    for (at, key, says) in [
+        (format!("{line}:29"), "sim.accounts[1]", "`1234` is not an AWS account id (12 digits)"),
+        (format!("{line}:37"), "sim.accounts[2]", "account `222233334444` is listed twice"),
+        (
+            format!("{}:62", line + 1),
+            "sim.account_faults.555566667777",
+            "account `555566667777` is not in `[sim] accounts`",
+        ),
+        (format!("{}:86", line + 1), "sim.account_faults.333344445555", "`gone` is not an account fault"),
+    ] {
+        let expected = format!("fleet.toml:{at}: `{key}`: {says}");
+        assert!(output.contains(&expected), "expected `{expected}` in:\n{output}");
+    }
+    assert!(!output.contains("sim.account_faults.222233334444"), "a listed account's `role` fault is fine:\n{output}");
+}

@@ -38,7 +38,7 @@ pub struct SimCloud {
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct SimReport {
     /// Temporary resources still in the account: instances not terminated, key pairs, security groups,
-    /// Session Manager sessions not ended.
+    /// Session Manager sessions not ended, KMS grants not revoked.
     /// (In the run statistics at the top level, as `leaked_resources`.)
     #[serde(skip)]
     pub leaked_resources: Vec<String>,
@@ -63,10 +63,21 @@ pub struct SimReport {
     pub published: Vec<String>,
     /// AssumeRole calls made for `[aws] role_arn` (the first session, then each renewal).
     pub assume_role_calls: u64,
+    /// AssumeRole calls made for each other account's role (`[sim] accounts`; refused ones included).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub assume_role_calls_by_account: BTreeMap<String, u64>,
+    /// The most copies in flight at once into each region of another account (`account/region`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub peak_copies_in_flight_elsewhere: BTreeMap<String, usize>,
+    /// KMS grants made (CreateGrant, a repeat by name not counted) and revoked, all accounts together.
+    pub kms_grants_created: u64,
+    pub kms_grants_revoked: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct SimImageReport {
+    /// The account that owns it (12 digits; the own account is `SIMULATED_ACCOUNT`).
+    pub account: String,
     pub region: Region,
     pub id: String,
     pub name: String,
@@ -86,6 +97,7 @@ impl SimCloud {
         if let Some(role) = &fleet.aws.role {
             model.account.act_as(role.clone());
         }
+        model.accounts.set_roles(fleet.aws.distribution_roles.clone());
         SimCloud { model }
     }
 
@@ -184,40 +196,51 @@ impl SimCloud {
             throttled_by_buckets: self.model.throttled.load(Ordering::Relaxed),
             faults_injected: self.model.faults_injected.load(Ordering::Relaxed),
             assume_role_calls: self.model.account.assume_role_calls.load(Ordering::Relaxed),
+            assume_role_calls_by_account: self.model.accounts.assume_role_calls(),
             ..SimReport::default()
         };
         let mut describes: BTreeMap<Action, Vec<Instant>> = BTreeMap::new();
-        for (region, model) in self.model.regions() {
+        for (place, model) in self.model.places() {
+            let region = place.region.clone();
             let state = model.state.lock().expect("not poisoned");
+            report.kms_grants_created += state.kms_grants.created;
+            report.kms_grants_revoked += state.kms_grants.revoked;
             for (id, instance) in &state.instances {
                 let instance_state = instance.state(now);
                 if instance_state != InstanceState::Terminated {
-                    report.leaked_resources.push(format!("instance {id} in {region} ({instance_state:?})"));
+                    report.leaked_resources.push(format!("instance {id} in {place} ({instance_state:?})"));
                 }
             }
             for name in state.key_pairs.keys() {
-                report.leaked_resources.push(format!("key pair {name} in {region}"));
+                report.leaked_resources.push(format!("key pair {name} in {place}"));
             }
             for id in state.security_groups.keys() {
-                report.leaked_resources.push(format!("security group {id} in {region}"));
+                report.leaked_resources.push(format!("security group {id} in {place}"));
             }
             for (id, image) in &state.images {
                 if let ImageState::Failed(why) = image.state(now) {
-                    report.leaked_resources.push(format!("image {id} in {region} ({why}, never deregistered)"));
+                    report.leaked_resources.push(format!("image {id} in {place} ({why}, never deregistered)"));
                 }
             }
+            for (id, grant) in state.kms_grants.all() {
+                report.leaked_resources.push(format!(
+                    "KMS grant {id} ({}) on {} for {}, never revoked",
+                    grant.name, grant.key_arn, grant.grantee
+                ));
+            }
             for (id, instance) in &state.sessions {
-                report.leaked_resources.push(format!("session {id} in {region} (to {instance}, never terminated)"));
+                report.leaked_resources.push(format!("session {id} in {place} (to {instance}, never terminated)"));
             }
             report.sessions_started += state.sessions_started;
             for id in state.orphan_snapshots.keys() {
-                report.leaked_resources.push(format!("snapshot {id} in {region} (of a deregistered image)"));
+                report.leaked_resources.push(format!("snapshot {id} in {place} (of a deregistered image)"));
             }
             report.lagged_answers += state.lagged;
             let mut images: Vec<SimImageReport> = state
                 .images
                 .iter()
                 .map(|(id, image)| SimImageReport {
+                    account: model::accounts::account_id(&place.account).to_string(),
                     region: region.clone(),
                     id: id.to_string(),
                     name: image.name.clone(),
@@ -246,8 +269,10 @@ impl SimCloud {
                     report.published.push(format!("{region} launch-template {name} v{number}{mark} = {image}"));
                 }
             }
-            if state.peak_copies_in_flight > 0 {
+            if state.peak_copies_in_flight > 0 && place.account.is_own() {
                 report.peak_copies_in_flight.insert(region.clone(), state.peak_copies_in_flight);
+            } else if state.peak_copies_in_flight > 0 {
+                report.peak_copies_in_flight_elsewhere.insert(place.to_string(), state.peak_copies_in_flight);
             }
             for (action, at) in &state.describes {
                 describes.entry(*action).or_default().push(*at);
@@ -282,15 +307,11 @@ impl Cloud for SimCloud {
     }
 
     fn region(&self, region: &Region) -> Arc<dyn RegionCloud> {
-        Arc::new(SimRegion { region: region.clone(), model: Arc::clone(&self.model), state: self.model.region(region) })
+        Arc::new(SimRegion::new(&self.model, &Place::own(region.clone())))
     }
 
     fn place(&self, place: &Place) -> Arc<dyn RegionCloud> {
-        Arc::new(SimRegion {
-            region: place.region.clone(),
-            model: Arc::clone(&self.model),
-            state: self.model.place(place),
-        })
+        Arc::new(SimRegion::new(&self.model, place))
     }
 
     /// `[sim] credentials` as the provider chain would give them: with `[aws] role_arn`, the role's sessions

@@ -28,17 +28,18 @@ use crate::cloud::limiter::ClassBuckets;
 use crate::cloud::{
     fnv1a, Action, CloudError, CloudResult, ConsoleOutput, CopySpec, ErrorKind, ImageBlockPublicAccess, ImageId,
     ImageQuery, ImageState, ImageStatus, ImageSummary, IngressSources, InstanceId, InstanceState, InstanceStatus,
-    KeyPairName, KmsKey, LaunchPermissions, LaunchSpec, OwnedImage, ParameterHistory, PrivateKey, RegionCloud,
-    RegionOptIn, SecurityGroupId, SessionId, SessionToken, SnapshotId, SsmSession, Subnet, SubnetId, Tagged, Vpc,
-    VpcId, VpcLookup,
+    KeyPairName, KmsGrantId, KmsKey, LaunchPermissions, LaunchSpec, OwnedImage, ParameterHistory, PrivateKey,
+    RegionCloud, RegionOptIn, SecurityGroupId, SessionId, SessionToken, SnapshotId, SsmSession, Subnet, SubnetId,
+    Tagged, Vpc, VpcId, VpcLookup,
 };
 use crate::config::{
-    AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, FlavorName, ImageFilter, Place, Region,
-    SimFault, SimSettings, SubnetLookup, Tags,
+    Account, AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, FlavorName, ImageFilter, Place,
+    Region, SimFault, SimSettings, SubnetLookup, Tags,
 };
 use crate::util::host_keys::{console_block, ed25519_from_seed, HostKey};
 
 pub mod account;
+pub mod accounts;
 
 /// Of a configured effect of one kind (a console or an agent fault): the fault, and the flavor it is limited to.
 type PickLaunchFault<T> = fn(&FaultEffect) -> Option<(T, Option<&FlavorName>)>;
@@ -60,6 +61,8 @@ pub struct Model {
     pub faults_injected: AtomicU64,
     /// Its credentials, identity and enabled regions.
     pub account: account::SimAccount,
+    /// The other accounts (`[sim] accounts`), who may reach them, and the AssumeRole calls made for them.
+    pub accounts: accounts::SimAccounts,
 }
 
 /// Why the model refused a call: an AWS error code and message.
@@ -89,6 +92,7 @@ impl Model {
             create_tags: ours(ec2.create_tags),
         };
         let account = account::SimAccount::new(&settings, Instant::now());
+        let accounts = accounts::SimAccounts::new(&settings);
         Arc::new(Model {
             settings,
             rates,
@@ -100,6 +104,7 @@ impl Model {
             throttled: AtomicU64::new(0),
             faults_injected: AtomicU64::new(0),
             account,
+            accounts,
         })
     }
 
@@ -127,6 +132,47 @@ impl Model {
                 })
             })
             .clone()
+    }
+
+    /// Every place the model has state for, of every account, sorted.
+    pub fn places(&self) -> Vec<(Place, Arc<RegionModel>)> {
+        let mut places: Vec<_> = self.regions.iter().map(|entry| (entry.key().clone(), entry.clone())).collect();
+        places.sort_by(|a, b| a.0.cmp(&b.0));
+        places
+    }
+
+    /// The image `id` of an account other than `except` in `region`, as `copier` (an account id) sees it, and
+    /// whether a KMS grant on its key lets `copier` use it ([`accounts`]).
+    fn image_elsewhere(
+        &self,
+        region: &Region,
+        id: &ImageId,
+        except: &Account,
+        copier: &str,
+    ) -> Option<(accounts::ForeignImage, bool)> {
+        let now = Instant::now();
+        let places: Vec<(Place, Arc<RegionModel>)> = self
+            .regions
+            .iter()
+            .filter(|entry| &entry.key().region == region && &entry.key().account != except)
+            .map(|entry| (entry.key().clone(), entry.clone()))
+            .collect();
+        for (place, model) in places {
+            let state = model.state.lock().expect("not poisoned");
+            let Some(image) = state.images.get(id) else { continue };
+            let granted = image
+                .attributes
+                .kms_key
+                .as_deref()
+                .is_some_and(|key| state.kms_grants.allow(&accounts::key_arn(&place.account, region, key), copier));
+            let found = accounts::ForeignImage {
+                state: image.state(now),
+                snapshot: image.snapshot.clone(),
+                attributes: image.attributes.clone(),
+            };
+            return Some((found, granted));
+        }
+        None
     }
 
     pub fn regions(&self) -> Vec<(Region, Arc<RegionModel>)> {
@@ -261,6 +307,8 @@ pub struct RegionState {
     pub sessions: BTreeMap<SessionId, InstanceId>,
     /// Sessions StartSession opened in the run.
     pub sessions_started: u64,
+    /// KMS grants on this place's keys ([`accounts`]).
+    pub kms_grants: accounts::KmsGrants,
 }
 
 pub struct SimImage {
@@ -530,14 +578,26 @@ fn is_image_id(text: &str) -> bool {
         .is_some_and(|hex| matches!(hex.len(), 8 | 17) && hex.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-/// One region of the simulated account, as the cloud port.
+/// One region of a simulated account, as the cloud port.
 pub struct SimRegion {
     pub region: Region,
+    /// Whose region: the own account's, or one of `[sim] accounts`.
+    pub account: Account,
     pub model: Arc<Model>,
     pub state: Arc<RegionModel>,
 }
 
 impl SimRegion {
+    /// The port at `place`.
+    pub fn new(model: &Arc<Model>, place: &Place) -> Self {
+        SimRegion {
+            region: place.region.clone(),
+            account: place.account.clone(),
+            model: Arc::clone(model),
+            state: model.place(place),
+        }
+    }
+
     /// Every call: a configured fault, else EC2's bucket for the class, else the change (and, for a fault whose
     /// answer is lost, the fault's error after it); then the latency.
     async fn call<T>(
@@ -553,7 +613,10 @@ impl SimRegion {
             };
             refuse(code, format!("{code} ({what} by the `[sim] faults` of the fleet file)"))
         };
-        let refused = self.model.account.refusal(action, &self.region, Instant::now());
+        let refused = self.model.account.refusal(action, &self.region, Instant::now()).or_else(|| {
+            let caller = self.model.account.base_arn(super::SIMULATED_ACCOUNT);
+            self.model.accounts.refusal(&self.account, &caller, Instant::now())
+        });
         let answer = match (refused, fault) {
             (Some(refusal), _) => Err(refusal),
             (None, Some(fault)) if !fault.answer_lost => injected(fault, "injected"),
@@ -596,6 +659,23 @@ impl SimRegion {
             }
         }
         found
+    }
+
+    /// Of `ids`, those that are other accounts' images in this region (not this place's own), as this account
+    /// sees them. Nothing to look up in a model of one account.
+    fn images_elsewhere(&self, ids: &[ImageId]) -> HashMap<ImageId, accounts::ForeignImage> {
+        let unknown: Vec<ImageId> = {
+            let state = self.state.state.lock().expect("not poisoned");
+            ids.iter().filter(|id| !state.images.contains_key(*id)).cloned().collect()
+        };
+        let me = accounts::account_id(&self.account);
+        unknown
+            .into_iter()
+            .filter_map(|id| {
+                let (found, _) = self.model.image_elsewhere(&self.region, &id, &self.account, me)?;
+                Some((id, found))
+            })
+            .collect()
     }
 
     /// The reason the image this call makes will fail with, if a `[sim] faults` entry says so.
@@ -655,10 +735,24 @@ impl RegionCloud for SimRegion {
         .await
     }
 
+    /// Another account's image is found only if it grants this account launch permission (or is public).
     async fn describe_images(&self, ids: &[ImageId]) -> CloudResult<Vec<ImageStatus>> {
+        let foreign = self.images_elsewhere(ids);
+        let me = accounts::account_id(&self.account);
         self.call(Action::DescribeImages, |state, now| {
             state.describes.push((Action::DescribeImages, now));
-            Ok(ids.iter().filter_map(|id| state.image_status(id, now)).collect())
+            Ok(ids
+                .iter()
+                .filter_map(|id| match foreign.get(id) {
+                    Some(image) => image.launchable_by(me).then(|| ImageStatus {
+                        id: id.clone(),
+                        state: image.state.clone(),
+                        snapshot_ids: vec![image.snapshot.clone()],
+                        root_device: Some(ROOT_DEVICE.into()),
+                    }),
+                    None => state.image_status(id, now),
+                })
+                .collect())
         })
         .await
     }
@@ -998,13 +1092,22 @@ impl RegionCloud for SimRegion {
         .await
     }
 
+    /// The source is this account's image in the source region, else another account's there
+    /// ([`accounts::ForeignImage::copy_by`]: launch and create-volume permission, and a grant on its key).
     async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId> {
-        let (source_ready, source_key) = {
-            let source = self.model.region(&spec.source_region);
+        let me = accounts::account_id(&self.account);
+        let (own, source_ready, source_key) = {
+            let source = self.model.place(&Place { account: self.account.clone(), region: spec.source_region.clone() });
             let mut source = source.state.lock().expect("not poisoned");
             let key = source.images.get(&spec.source_image).and_then(|image| image.attributes.kms_key.clone());
-            (source.image_status(&spec.source_image, Instant::now()).map(|status| status.state), key)
+            let own = source.images.contains_key(&spec.source_image);
+            (own, source.image_status(&spec.source_image, Instant::now()).map(|status| status.state), key)
         };
+        let elsewhere = match own {
+            true => None,
+            false => self.model.image_elsewhere(&spec.source_region, &spec.source_image, &self.account, me),
+        };
+        let keys_usable = self.model.accounts.keys_usable(&self.account);
         let id = ImageId::new(self.model.id("ami"));
         let snapshot = SnapshotId::new(self.model.id("snap"));
         let available_at = Instant::now() + self.model.jittered(self.model.settings.copy_image);
@@ -1015,6 +1118,16 @@ impl RegionCloud for SimRegion {
             untagged_create(required, Action::CopyImage, &spec.tags, &spec.snapshot_tags)?;
             if let Some(existing) = state.client_tokens.get(&spec.client_token) {
                 return Ok(ImageId::new(existing.clone()));
+            }
+            let (source_ready, source_key) = match &elsewhere {
+                Some((found, granted)) => (Some(found.state.clone()), found.copy_by(&spec.source_image, me, *granted)?),
+                None => (source_ready.clone(), source_key.clone()),
+            };
+            if let Some(key) = spec.kms_key.as_deref().filter(|_| !keys_usable) {
+                return refuse(
+                    "InvalidKMSKey.InvalidState",
+                    format!("The KMS key provided is in an incorrect state: {key} of account {me} cannot be used"),
+                );
             }
             match source_ready {
                 Some(ImageState::Available) => {}
@@ -1264,17 +1377,13 @@ impl RegionCloud for SimRegion {
         .await
     }
 
-    /// Every key exists and is enabled; `alias/aws/…` are AWS-managed.
+    /// Every key exists and is enabled (an account's `key` fault: disabled); `alias/aws/…` are AWS-managed.
+    /// Each account's keys are its own.
     async fn describe_key(&self, key: &str) -> CloudResult<Option<KmsKey>> {
-        let region = self.region.clone();
-        self.call(Action::DescribeKey, |_, _| {
-            Ok(Some(KmsKey {
-                arn: format!("arn:aws:kms:{region}:{}:key/{}", super::SIMULATED_ACCOUNT, synthesized("k", key)),
-                enabled: true,
-                aws_managed: is_aws_managed_key(key),
-            }))
-        })
-        .await
+        let arn = accounts::key_arn(&self.account, &self.region, key);
+        let enabled = self.model.accounts.keys_usable(&self.account);
+        self.call(Action::DescribeKey, |_, _| Ok(Some(KmsKey { arn, enabled, aws_managed: is_aws_managed_key(key) })))
+            .await
     }
 
     /// A deregistered image's snapshot stays in use for a while (`[sim] snapshot_in_use`): EC2 answers
@@ -1448,6 +1557,38 @@ impl RegionCloud for SimRegion {
                 state.public_images.insert(image.id.clone(), image);
                 crate::cloud::ParameterVersion { version: 1, value, labels: Vec::new() }
             }))
+        })
+        .await
+    }
+
+    /// As KMS CreateGrant: kept on the key, in its place ([`accounts::KmsGrants`]); the same name, key and
+    /// grantee answer the grant made before. An AWS-managed key takes no grant for another account (its
+    /// policy cannot be changed: images encrypted with it cannot be shared).
+    async fn grant_key_use(&self, key: &str, grantee: &str, name: &str) -> CloudResult<KmsGrantId> {
+        let key_arn = accounts::key_arn(&self.account, &self.region, key);
+        let minted = format!("{:016x}{}", fnv1a(&key_arn), self.model.id("grant").trim_start_matches("grant-0"));
+        self.call(Action::CreateGrant, |state, _| {
+            if is_aws_managed_key(key) {
+                return refuse(
+                    "AccessDeniedException",
+                    format!("You cannot create a grant on the AWS managed key {key}"),
+                );
+            }
+            if accounts::account_of_principal(grantee).is_none() {
+                return refuse("InvalidArnException", format!("Invalid grantee principal {grantee}"));
+            }
+            Ok(state.kms_grants.grant(key_arn, grantee, name, || format!("{minted:0>64}")))
+        })
+        .await
+    }
+
+    /// As KMS RevokeGrant: a grant the key no longer has is `Ok` (the port's promise; KMS answers
+    /// `NotFoundException`).
+    async fn revoke_key_grant(&self, key: &str, grant: &KmsGrantId) -> CloudResult<()> {
+        let key_arn = accounts::key_arn(&self.account, &self.region, key);
+        self.call(Action::RevokeGrant, |state, _| {
+            state.kms_grants.revoke(&key_arn, grant);
+            Ok(())
         })
         .await
     }

@@ -16,7 +16,7 @@ const SOURCE: &str = "ami-0123456789abcdef0";
 fn region_of(settings: SimSettings) -> (SimCloud, SimRegion) {
     let model = Model::new(SimSettings { consistency_lag: Duration::ZERO, ..settings });
     let region = Region::new("us-west-2");
-    let sim_region = SimRegion { region: region.clone(), model: Arc::clone(&model), state: model.region(&region) };
+    let sim_region = SimRegion::new(&model, &Place::own(region.clone()));
     (SimCloud { model }, sim_region)
 }
 
@@ -205,8 +205,7 @@ async fn static_credentials_end_and_a_region_not_enabled_answers_auth_failure() 
     };
     let (cloud, region) = region_of(settings);
     let cape = Region::new("af-south-1");
-    let not_enabled =
-        SimRegion { region: cape.clone(), model: Arc::clone(&cloud.model), state: cloud.model.region(&cape) };
+    let not_enabled = SimRegion::new(&cloud.model, &Place::own(cape.clone()));
     let refused = not_enabled.find_vpc(VpcLookup::Default).await.unwrap_err();
     assert_eq!(refused.code.as_deref(), Some("AuthFailure"));
     let listed = region.describe_regions().await.unwrap();
