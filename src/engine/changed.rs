@@ -77,9 +77,6 @@ impl Changes {
 /// settings again first; without, nothing is changed in the account.
 pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunClock, apply: bool) -> Changes {
     let mut changes = Changes::default();
-    // What a copy in another account is finished with: the fleet without `[sharing]`.
-    let in_accounts = (!fleet.distributions.is_empty())
-        .then(|| Fleet { sharing: crate::config::Sharing::default(), ..fleet.clone() });
     for build in parents_first(plan) {
         let flavor = fleet.flavor(&build.flavor).expect("planned from the fleet");
         let region_cloud = cloud.region(&build.region);
@@ -119,11 +116,7 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
                 let key = fingerprint::copy_key_tag_in(fleet, place);
                 let same_key = |image: &&OwnedImage| image.tags.get(COPY_KEY_TAG) == key.as_ref();
                 let Some(image) = newest(&images, digest.as_deref()).filter(same_key) else { continue };
-                let finishing_fleet = match (&place.account, &in_accounts) {
-                    (Account::Id(_), Some(unshared)) => unshared,
-                    _ => fleet,
-                };
-                let mut reused = reusable(finishing_fleet, flavor, place, &*target_cloud, image, clock, apply).await;
+                let mut reused = reusable(fleet, flavor, place, &*target_cloud, image, clock, apply).await;
                 if !place.account.is_own() {
                     reused.artifact.settings.kms_key_id = key.clone();
                 }
@@ -252,7 +245,12 @@ async fn reusable(
                 shared: image.tags.get(finish::SHARED_TAG).is_some_and(|value| value == "true"),
             },
         };
-        let Finished { settings, failures, notes } = finish::finish(finishing).await;
+        // A copy another account owns: IMDSv2 and deprecation, never `[sharing]`.
+        let Finished { settings, failures, notes } = if place.account.is_own() {
+            finish::finish(finishing).await
+        } else {
+            finish::finish_in_account(finishing).await
+        };
         let failures = failures.iter().map(|failure| Failure::from_cloud(&label, failure.stage, &failure.error));
         let notes = notes.into_iter().map(|note| (label.clone(), note));
         (settings, failures.collect(), notes.collect())
@@ -263,6 +261,10 @@ async fn reusable(
     let artifact = Artifact {
         image_id: image.id.clone(),
         name: image.name.clone(),
+        account: match &place.account {
+            Account::Own => None,
+            Account::Id(account) => Some(account.as_str().into()),
+        },
         build_region: region.clone(),
         source_image_id: tag(SOURCE_IMAGE_TAG).map(crate::cloud::ImageId::new).unwrap_or_else(|| image.id.clone()),
         snapshot_ids: image.snapshot_ids.clone(),

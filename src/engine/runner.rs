@@ -108,6 +108,8 @@ impl JobRunner for StepRunner {
                     run: Arc::clone(&self.run),
                     cloud: self.cloud.place(&copy_job.target),
                     waits: self.waits.place(&copy_job.target),
+                    source_cloud: self.cloud.region(&copy_job.source_region),
+                    source_waits: self.waits.region(&copy_job.source_region),
                     flavor,
                     job: copy_job,
                     source: input.expect("a copy starts from its build's image"),

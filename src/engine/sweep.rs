@@ -1,6 +1,7 @@
 //! The end-of-run sweep: once every job has ended, whatever temporary resource of this run is still tagged in
 //! the account (a cleanup step that failed, a call whose answer was lost) is looked for and removed, in every
-//! build region at once. Each removal is told to the reporters; each problem becomes a cleanup failure.
+//! build region at once, with every grant to another account the journal still holds (an interrupted or
+//! skipped distribution copy's). Each removal is told to the reporters; each problem becomes a cleanup failure.
 //!
 //! Layer: `engine`. The loop ([`crate::engine::scheduler`]) runs it and decides what an interrupt does to it.
 
@@ -30,12 +31,15 @@ impl Sweeper {
         regions.sort();
         regions.dedup();
         let tags = leftovers::temporary_tags(&plan.fleet, Some(&plan.run_id));
+        let outstanding = self.journal.outstanding();
         let sweeps = regions.into_iter().map(|region| {
             let cloud = self.cloud.region(region);
             let waits = self.waits.region(region);
             let tags = tags.clone();
+            let grants = leftovers::journaled_grants(&outstanding, region, &plan.run_id);
             async move {
-                let found = leftovers::find(&*cloud, &tags).await.map_err(|error| error.to_string())?;
+                let mut found = leftovers::find(&*cloud, &tags).await.map_err(|error| error.to_string())?;
+                found.extend(grants);
                 Ok::<_, String>(leftovers::remove(&*cloud, &waits, &found, &*self.journal).await)
             }
         });

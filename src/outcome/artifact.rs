@@ -11,6 +11,10 @@ use crate::config::{Flavor, FlavorName, Region, Sharing, SourceAmi};
 pub struct Artifact {
     pub image_id: ImageId,
     pub name: String,
+    /// The account that owns it, when it is not the run's own (a `[[distribution]]` copy); absent for the own
+    /// account's images, so their records are as before. Boxed, like `settings`: most images have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<Box<str>>,
     pub build_region: Region,
     pub source_image_id: ImageId,
     pub snapshot_ids: Vec<SnapshotId>,

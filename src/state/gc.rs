@@ -356,7 +356,9 @@ fn journaled_sessions(dir: &JournalDir) -> Vec<Leftover> {
     let mut sessions = Vec::new();
     for path in paths {
         let Ok(replay) = crate::state::journal::Replay::read(&path) else { continue };
-        for resource in replay.outstanding.keys().filter(|resource| resource.kind == ResourceKind::Session) {
+        // Grants to other accounts carry no tags either: a killed run's are taken back here too.
+        let untagged = |resource: &&Resource| resource.kind == ResourceKind::Session || resource.kind.is_grant();
+        for resource in replay.outstanding.keys().filter(untagged) {
             let run_id = Some(replay.header.run_id.clone());
             sessions.push(Leftover { resource: resource.clone(), run_id, flavor: None });
         }

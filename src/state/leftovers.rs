@@ -3,11 +3,12 @@
 //! its own; `--resume` sweeps the interrupted attempt's; `fleetbake gc` sweeps every run not in progress.
 //!
 //! Removal goes through the same undo steps as a build's cleanup: instances first (and waited for), then
-//! security groups, then key pairs.
+//! security groups, then key pairs. Grants a distribution copy gave another account carry no tags: the
+//! journal names them ([`journaled_grants`]), and they are taken back through the same undo steps.
 
 use crate::cloud::watch::RegionWaits;
 use crate::cloud::{CloudResult, InstanceId, RegionCloud};
-use crate::config::{FlavorName, Tags};
+use crate::config::{FlavorName, Region, Tags};
 use crate::plan::RunId;
 use crate::steps::cleanup::{CleanupStack, UndoFailure, UndoStep};
 use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, RUN_ID_TAG, TEMPORARY_TAG};
@@ -55,6 +56,20 @@ pub async fn find(cloud: &dyn RegionCloud, tags: &Tags) -> CloudResult<Vec<Lefto
     Ok(found)
 }
 
+/// The grants to other accounts `outstanding` (a journal's resources created and not removed) holds in
+/// `region`, as leftovers of `run_id`.
+pub fn journaled_grants<'a>(
+    outstanding: impl IntoIterator<Item = &'a Resource>,
+    region: &Region,
+    run_id: &RunId,
+) -> Vec<Leftover> {
+    outstanding
+        .into_iter()
+        .filter(|resource| resource.kind.is_grant() && resource.region() == region)
+        .map(|resource| Leftover { resource: resource.clone(), run_id: Some(run_id.clone()), flavor: None })
+        .collect()
+}
+
 /// What [`remove`] did.
 #[derive(Debug, Default)]
 pub struct Removal {
@@ -62,7 +77,8 @@ pub struct Removal {
     pub failed: Vec<(Resource, String)>,
 }
 
-/// Removes them (all in this region): instances first, then security groups, then key pairs, past failures.
+/// Removes them (all in this region): instances first, then security groups, then key pairs, past failures;
+/// grants to other accounts (only a journal names them) last.
 pub async fn remove(
     cloud: &dyn RegionCloud,
     waits: &RegionWaits,
@@ -72,6 +88,9 @@ pub async fn remove(
     let mut stack = CleanupStack::default();
     // The stack unwinds most recent first: sessions end before their instances go.
     let of_kind = |kind| leftovers.iter().filter(move |leftover: &&Leftover| leftover.resource.kind == kind);
+    for leftover in leftovers.iter().filter(|leftover| leftover.resource.kind.is_grant()) {
+        stack.push(UndoStep::removing(&leftover.resource));
+    }
     for kind in [ResourceKind::KeyPair, ResourceKind::SecurityGroup, ResourceKind::Instance] {
         for leftover in of_kind(kind) {
             stack.push(UndoStep::removing(&leftover.resource));

@@ -15,14 +15,14 @@ use crate::cloud::retry::{retry, GaveUp, Outcome, Policy};
 use crate::cloud::wait::{poll_until, Poll, PollPolicy, WaitError};
 use crate::cloud::watch::RegionWaits;
 use crate::cloud::{
-    CloudError, CloudResult, ErrorKind, ImageId, InstanceId, InstanceState, KeyPairName, RegionCloud, SecurityGroupId,
-    SessionId, SnapshotId,
+    CloudError, CloudResult, ErrorKind, ImageId, InstanceId, InstanceState, KeyPairName, KmsGrantId, LaunchPermissions,
+    RegionCloud, SecurityGroupId, SessionId, SnapshotId,
 };
 use crate::config::Region;
 use crate::outcome::{Failure, JobLabel, Stage};
 use crate::plan::JobKey;
 use crate::report::events::{EventSender, RunEvent};
-use crate::steps::ledger::{Ledger, Resource, ResourceKind};
+use crate::steps::ledger::{Grantee, Ledger, Resource, ResourceKind};
 
 /// One thing to undo.
 #[derive(Debug)]
@@ -58,6 +58,24 @@ pub enum UndoStep {
         snapshots: Vec<SnapshotId>,
         fresh: Option<Created>,
     },
+    /// A distribution copy's temporary launch permission for `account` on the own account's image, taken
+    /// back (an image already deregistered has none left).
+    RevokeLaunchPermission {
+        image: ImageId,
+        account: String,
+    },
+    /// A distribution copy's temporary create-volume permission for `account` on the image's snapshot.
+    RevokeCreateVolumePermission {
+        snapshot: SnapshotId,
+        account: String,
+    },
+    /// A distribution copy's temporary KMS grant on the own account's key (RevokeGrant: one already gone is
+    /// fine).
+    RevokeKeyGrant {
+        key: String,
+        grant: KmsGrantId,
+        account: String,
+    },
 }
 
 impl UndoStep {
@@ -70,6 +88,15 @@ impl UndoStep {
             UndoStep::TerminateSession { id } => format!("session {id}"),
             UndoStep::EndSessionsTo { instance } => format!("Session Manager sessions to instance {instance}"),
             UndoStep::DiscardImage { id, .. } => format!("failed image {id}"),
+            UndoStep::RevokeLaunchPermission { image, account } => {
+                format!("launch permission on {image} for account {account}")
+            }
+            UndoStep::RevokeCreateVolumePermission { snapshot, account } => {
+                format!("create-volume permission on {snapshot} for account {account}")
+            }
+            UndoStep::RevokeKeyGrant { key, grant, account } => {
+                format!("KMS grant {grant} on {key} for account {account}")
+            }
         }
     }
 
@@ -81,6 +108,19 @@ impl UndoStep {
             UndoStep::DeleteKeyPair { name, .. } => (ResourceKind::KeyPair, name.to_string()),
             UndoStep::TerminateSession { id } => (ResourceKind::Session, id.to_string()),
             UndoStep::DiscardImage { .. } | UndoStep::EndSessionsTo { .. } => return None,
+            UndoStep::RevokeLaunchPermission { image, account } => {
+                let grantee = Grantee { account: account.clone(), key: None };
+                return Some(Resource::grant(region.clone(), ResourceKind::LaunchPermission, image.0.clone(), grantee));
+            }
+            UndoStep::RevokeCreateVolumePermission { snapshot, account } => {
+                let grantee = Grantee { account: account.clone(), key: None };
+                let kind = ResourceKind::CreateVolumePermission;
+                return Some(Resource::grant(region.clone(), kind, snapshot.0.clone(), grantee));
+            }
+            UndoStep::RevokeKeyGrant { key, grant, account } => {
+                let grantee = Grantee { account: account.clone(), key: Some(key.clone()) };
+                return Some(Resource::grant(region.clone(), ResourceKind::KmsGrant, grant.0.clone(), grantee));
+            }
         };
         Some(Resource::new(region.clone(), kind, id))
     }
@@ -95,6 +135,19 @@ impl UndoStep {
             }
             ResourceKind::KeyPair => UndoStep::DeleteKeyPair { name: KeyPairName::new(&resource.id) },
             ResourceKind::Session => UndoStep::TerminateSession { id: SessionId::new(&resource.id) },
+            ResourceKind::LaunchPermission => UndoStep::RevokeLaunchPermission {
+                image: ImageId::new(&resource.id),
+                account: resource.grantee_account().to_string(),
+            },
+            ResourceKind::CreateVolumePermission => UndoStep::RevokeCreateVolumePermission {
+                snapshot: SnapshotId::new(&resource.id),
+                account: resource.grantee_account().to_string(),
+            },
+            ResourceKind::KmsGrant => UndoStep::RevokeKeyGrant {
+                key: resource.grant.as_ref().and_then(|grantee| grantee.key.clone()).unwrap_or_default(),
+                grant: KmsGrantId::new(&resource.id),
+                account: resource.grantee_account().to_string(),
+            },
         }
     }
 
@@ -338,6 +391,17 @@ async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> R
                 with_credentials(|| cloud.terminate_session(&id)).await?;
             }
             Ok(())
+        }
+        UndoStep::RevokeLaunchPermission { image, account } => {
+            let from = LaunchPermissions { accounts: vec![account], ..LaunchPermissions::default() };
+            Ok(gone_is_fine(with_credentials(|| cloud.unshare_image(&image, &from)).await)?)
+        }
+        UndoStep::RevokeCreateVolumePermission { snapshot, account } => {
+            let accounts = [account];
+            Ok(gone_is_fine(with_credentials(|| cloud.unshare_snapshot(&snapshot, &accounts)).await)?)
+        }
+        UndoStep::RevokeKeyGrant { key, grant, .. } => {
+            Ok(gone_is_fine(with_credentials(|| cloud.revoke_key_grant(&key, &grant)).await)?)
         }
         UndoStep::DiscardImage { id, snapshots, fresh } => {
             let fresh: Vec<Created> = fresh.into_iter().collect();

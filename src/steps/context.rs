@@ -1,5 +1,6 @@
 //! What every job of a run shares: the fleet, the run's id, clock and attempt, who may reach port 22, where
-//! the steps record what they make, and the tags every resource of the run carries.
+//! the steps record what they make, the grants distribution copies share, and the tags every resource of the
+//! run carries.
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use crate::cloud::ImageId;
 use crate::config::{Flavor, FlavorName, Fleet, SourceAmi, Tags};
 use crate::outcome::Artifact;
 use crate::plan::RunId;
+use crate::steps::distribute::DistributionGrants;
 use crate::steps::fingerprint::FINGERPRINT_TAG;
 use crate::steps::ledger::Ledger;
 use crate::steps::network::SshSources;
@@ -41,6 +43,9 @@ pub struct RunContext {
     pub ledger: Arc<dyn Ledger>,
     /// 1 for a new run; each `--resume` adds one.
     pub attempt: u32,
+    /// The grants distribution copies give other accounts on the run's images, shared by the copies of one
+    /// source into one account ([`DistributionGrants::for_plan`]).
+    pub distribution: DistributionGrants,
 }
 
 impl RunContext {

@@ -1,5 +1,8 @@
 //! One copy: CopyImage a build's image into one more region (the copy and its snapshots tagged at creation),
-//! tag the copy again as a fallback, wait until available.
+//! tag the copy again as a fallback, wait until available. A copy into another account (`[[distribution]]`)
+//! goes through [`crate::steps::distribute`] (the grants around it), and is made here the same way, in the
+//! account's place: encrypted with the account's key, tagged with where it came from, finished without
+//! `[sharing]`.
 //!
 //! What real EC2 does here that moto does not: the new copy can be unknown to CreateTags for a while (its
 //! NotFound is retried as lag), the destination's cap on copies in flight is shared with every tool of the
@@ -15,12 +18,13 @@ use crate::cloud::retry::{retry_cancellable, GaveUp, Outcome, Policy, Stopped};
 use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{client_token, CopySpec, ImageId, RegionCloud};
-use crate::config::{Flavor, Tags};
+use crate::config::{Account, Flavor, Tags};
 use crate::outcome::{Artifact, Failure, ImageSettings, JobEnd, JobLabel, Publication, Stage};
 use crate::plan::CopyJob;
 use crate::report::events::EventSender;
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::context::RunContext;
+use crate::steps::distribute::{self, DISTRIBUTED_FROM_REGION_TAG, DISTRIBUTED_FROM_TAG};
 use crate::steps::fingerprint;
 use crate::steps::finish::{self, Finished, Finishing, Made};
 use crate::steps::patience::no_room;
@@ -28,9 +32,13 @@ use crate::steps::publish;
 
 pub struct CopyContext {
     pub run: Arc<RunContext>,
-    /// The destination region's cloud: CopyImage is called there.
+    /// The destination place's cloud (acting as the account's role for a distribution copy): CopyImage is
+    /// called there.
     pub cloud: Arc<dyn RegionCloud>,
     pub waits: RegionWaits,
+    /// The source region's cloud and waits, of the own account: a distribution copy's grants are given there.
+    pub source_cloud: Arc<dyn RegionCloud>,
+    pub source_waits: RegionWaits,
     pub flavor: Flavor,
     pub job: CopyJob,
     /// The build's image, in the source region.
@@ -53,19 +61,52 @@ pub struct CopyEnd {
     pub end: JobEnd,
 }
 
-/// Copies, tags and waits. Interrupted once CopyImage has answered, leaves the copy running in AWS and says so.
+/// Copies, tags and waits (into another account: with the grants around it). Interrupted once CopyImage has
+/// answered, leaves the copy running in AWS and says so.
 pub async fn run(context: CopyContext) -> CopyEnd {
-    let label = JobLabel { flavor: context.flavor.name.clone(), place: context.job.target.clone() };
+    match context.job.target.account.clone() {
+        Account::Own => copy(&context).await,
+        Account::Id(account) => distribute::run(context, &account).await,
+    }
+}
+
+/// The copy's job: its flavor in its target place.
+pub fn label(context: &CopyContext) -> JobLabel {
+    JobLabel { flavor: context.flavor.name.clone(), place: context.job.target.clone() }
+}
+
+/// The key the copy is encrypted with: of `[encryption]` in the own account, the account's own key
+/// (`[[distribution]] kms_keys`) in another; `None`: as the source is (or the account's default).
+fn kms_key(context: &CopyContext) -> Option<String> {
+    let fleet = &context.run.fleet;
+    let region = context.job.target_region();
+    match &context.job.target.account {
+        Account::Own => fleet.kms_key(region).map(String::from),
+        Account::Id(account) => fleet
+            .distributions
+            .for_account(account)
+            .and_then(|distribution| distribution.key_for(region))
+            .map(String::from),
+    }
+}
+
+/// CopyImage, tag, wait, finish, publish: the copy itself, in its target place.
+pub async fn copy(context: &CopyContext) -> CopyEnd {
+    let label = label(context);
     let mut end = CopyEnd::default();
     let run = &context.run;
     let mut tags = run.artifact_tags(&context.flavor, &context.source);
     tags.extend(fingerprint::copy_tags_in(&run.fleet, &context.job.target));
+    if context.job.is_distribution() {
+        tags.insert(DISTRIBUTED_FROM_TAG.to_string(), context.source.image_id.to_string());
+        tags.insert(DISTRIBUTED_FROM_REGION_TAG.to_string(), context.job.source_region.to_string());
+    }
     let (image, requested) = match context.pending_image.clone() {
         Some(image) => {
             context.events.progress(&label, Stage::WaitCopy, format!("waiting for {image} from an earlier attempt"));
             (image, None)
         }
-        None => match start(&context, &label, &tags).await {
+        None => match start(context, &label, &tags).await {
             Ok(image) => (image, Some(Created::now(NewKind::Image))),
             Err(failure) => {
                 end.end.failures.push(failure);
@@ -93,7 +134,7 @@ pub async fn run(context: CopyContext) -> CopyEnd {
         Ok(snapshot_ids) => snapshot_ids,
         Err(WaitError::Failed(reason)) => {
             end.end.failures.push(Failure::new(&label, Stage::WaitCopy, reason));
-            end.end.failures.extend(discard_failed_copy(&context, &label, &image, requested).await);
+            end.end.failures.extend(discard_failed_copy(context, &label, &image, requested).await);
             return end;
         }
         Err(WaitError::Cloud(error)) => {
@@ -115,7 +156,13 @@ pub async fn run(context: CopyContext) -> CopyEnd {
         now: run.clock.now(),
         made: Made::ThisRun { started: run.clock.started_at() },
     };
-    let Finished { settings, failures, notes } = finish::finish(finishing).await;
+    let Finished { settings, failures, notes } = if context.job.is_distribution() {
+        let mut finished = finish::finish_in_account(finishing).await;
+        finished.settings.kms_key_id = kms_key(context);
+        finished
+    } else {
+        finish::finish(finishing).await
+    };
     for note in notes {
         context.events.progress(&label, Stage::Deprecate, note);
     }
@@ -128,6 +175,10 @@ pub async fn run(context: CopyContext) -> CopyEnd {
     end.artifact = Some(Artifact {
         image_id: image,
         name: context.job.image_name.clone(),
+        account: match &context.job.target.account {
+            Account::Own => None,
+            Account::Id(account) => Some(account.as_str().into()),
+        },
         build_region: context.job.source_region.clone(),
         source_image_id: context.source.source_image_id.clone(),
         snapshot_ids,
@@ -146,8 +197,9 @@ pub async fn run(context: CopyContext) -> CopyEnd {
 }
 
 /// The idempotency token of this copy's CopyImage: the same in every attempt of the run (EC2 answers a repeat
-/// with the copy it already started), different for every flavor, source and target region, and new once an
-/// earlier copy of the job was discarded. A capacity retry is a new request: `try` counts them.
+/// with the copy it already started), different for every flavor, source and target place (another account's
+/// names the account), and new once an earlier copy of the job was discarded. A capacity retry is a new
+/// request: `try` counts them.
 fn copy_token(context: &CopyContext, tries: u32) -> String {
     let run = &context.run;
     let generation = format!("g{}", context.generation);
@@ -159,6 +211,9 @@ fn copy_token(context: &CopyContext, tries: u32) -> String {
         context.job.target_region().as_str(),
         "copy",
     ];
+    if let Account::Id(account) = &context.job.target.account {
+        parts.push(account);
+    }
     if context.generation > 0 {
         parts.push(&generation);
     }
@@ -190,7 +245,7 @@ async fn start(context: &CopyContext, label: &JobLabel, tags: &Tags) -> Result<I
                 tags: tags.clone(),
                 // The copy's snapshots carry its tags from the start (an SCP requiring tags on create sees them).
                 snapshot_tags: tags.clone(),
-                kms_key: run.fleet.kms_key(context.job.target_region()).map(String::from),
+                kms_key: kms_key(context),
             };
             async move {
                 match crate::steps::adopt::copy_image(&*context.cloud, &spec, &run.run_id).await {

@@ -88,7 +88,31 @@ pub struct FinishFailure {
 
 /// Applies the fleet's settings to the image; what was applied, what failed, and what to say about it.
 pub async fn finish(image: Finishing<'_>) -> Finished {
-    let Finishing { cloud, fleet, flavor, region, .. } = image;
+    let fleet = image.fleet;
+    let Finished { mut settings, mut failures, notes } = imds_and_deprecation(&image, fleet.sharing.public).await;
+    // An image an earlier run shared may carry grants `[sharing]` no longer lists, even when it lists none.
+    if fleet.sharing.any() || image.made.maybe_shared() {
+        let shared = share(&image, &fleet.sharing).await;
+        if fleet.sharing.any() {
+            settings.shared_with = shared.applied;
+        }
+        failures.extend(shared.failures);
+    }
+    Finished { settings, failures, notes }
+}
+
+/// Finishes a copy another account owns (`[[distribution]]`): IMDSv2 and deprecation apply, `[sharing]` does
+/// not (it is the own account's; the account decides whom to share its copy with), and the copy is never
+/// public. What it is encrypted with is the caller's to say (the account's key).
+pub async fn finish_in_account(image: Finishing<'_>) -> Finished {
+    let mut finished = imds_and_deprecation(&image, false).await;
+    finished.settings.kms_key_id = None;
+    finished
+}
+
+/// IMDSv2 and deprecation (its time kept within EC2's limit for public images when `public`).
+async fn imds_and_deprecation(image: &Finishing<'_>, public: bool) -> Finished {
+    let Finishing { cloud, fleet, flavor, region, .. } = *image;
     let mut settings =
         ImageSettings { kms_key_id: fleet.kms_key(region).map(String::from), ..ImageSettings::default() };
     let mut notes = Vec::new();
@@ -104,7 +128,7 @@ pub async fn finish(image: Finishing<'_>) -> Finished {
     if let Some(after) = fleet.deprecate_after {
         let mut at = deprecation_time(image.now, after);
         let limit = image.made.public_deprecation_limit();
-        if fleet.sharing.public && at > limit {
+        if public && at > limit {
             notes.push(format!(
                 "deprecating {} at {} instead of {}: EC2 deprecates a public image at most 2 years after its creation",
                 image.image,
@@ -117,14 +141,6 @@ pub async fn finish(image: Finishing<'_>) -> Finished {
             Ok(()) => settings.deprecation_time = Some(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             Err(error) => failed(Stage::Deprecate, error),
         }
-    }
-    // An image an earlier run shared may carry grants `[sharing]` no longer lists, even when it lists none.
-    if fleet.sharing.any() || image.made.maybe_shared() {
-        let shared = share(&image, &fleet.sharing).await;
-        if fleet.sharing.any() {
-            settings.shared_with = shared.applied;
-        }
-        failures.extend(shared.failures);
     }
     Finished { settings, failures, notes }
 }

@@ -9,7 +9,8 @@ use crate::config::{Place, Region};
 use crate::outcome::Publication;
 use crate::plan::JobKey;
 
-/// A temporary resource a build made.
+/// A temporary resource a job made: a build's instance, security group, key pair or session, or a grant a
+/// distribution copy gave another account on the own account's image (see [`crate::steps::distribute`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resource {
@@ -18,7 +19,23 @@ pub struct Resource {
     #[serde(rename = "region")]
     pub place: Place,
     pub kind: ResourceKind,
+    /// Its id; of a launch permission the image's, of a create-volume permission the snapshot's, of a KMS
+    /// grant the grant's.
     pub id: String,
+    /// A grant's grantee (and a KMS grant's key); absent for every other kind, so their records are as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<Grantee>,
+}
+
+/// Whom a grant lets in, and on which KMS key (a KMS grant's: RevokeGrant names the key and the grant).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grantee {
+    /// The 12-digit account the grant lets in.
+    pub account: String,
+    /// A KMS grant's key, by ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -29,6 +46,20 @@ pub enum ResourceKind {
     KeyPair,
     /// A Session Manager session (journaled as `session`): `--resume` and `gc` end a killed run's sessions.
     Session,
+    /// A launch permission on the own account's image (`id`) for a distribution account (`grant`).
+    LaunchPermission,
+    /// A create-volume permission on the own account's snapshot (`id`) for a distribution account.
+    CreateVolumePermission,
+    /// A KMS grant (`id`) on the own account's key letting a distribution account use it.
+    KmsGrant,
+}
+
+impl ResourceKind {
+    /// Whether it is a grant to another account: carries no tag, so only the journal names it (the sweep,
+    /// `--resume` and `gc` take it back from the journal).
+    pub fn is_grant(self) -> bool {
+        matches!(self, ResourceKind::LaunchPermission | ResourceKind::CreateVolumePermission | ResourceKind::KmsGrant)
+    }
 }
 
 impl fmt::Display for Resource {
@@ -38,19 +69,39 @@ impl fmt::Display for Resource {
             ResourceKind::SecurityGroup => "security group",
             ResourceKind::KeyPair => "key pair",
             ResourceKind::Session => "session",
+            ResourceKind::LaunchPermission => "launch permission on",
+            ResourceKind::CreateVolumePermission => "create-volume permission on",
+            ResourceKind::KmsGrant => "KMS grant",
         };
-        write!(f, "{kind} {} in {}", self.id, self.place)
+        write!(f, "{kind} {}", self.id)?;
+        if let Some(grantee) = &self.grant {
+            if let Some(key) = &grantee.key {
+                write!(f, " on {key}")?;
+            }
+            write!(f, " for account {}", grantee.account)?;
+        }
+        write!(f, " in {}", self.place)
     }
 }
 
 impl Resource {
     /// A resource in a region of the run's own account.
     pub fn new(region: Region, kind: ResourceKind, id: impl Into<String>) -> Self {
-        Resource { place: Place::own(region), kind, id: id.into() }
+        Resource { place: Place::own(region), kind, id: id.into(), grant: None }
+    }
+
+    /// A grant in a region of the run's own account to `grantee`.
+    pub fn grant(region: Region, kind: ResourceKind, id: impl Into<String>, grantee: Grantee) -> Self {
+        Resource { grant: Some(grantee), ..Resource::new(region, kind, id) }
     }
 
     pub fn region(&self) -> &Region {
         &self.place.region
+    }
+
+    /// A grant's grantee account (empty for any other resource).
+    pub fn grantee_account(&self) -> &str {
+        self.grant.as_ref().map_or("", |grantee| grantee.account.as_str())
     }
 }
 
@@ -82,5 +133,22 @@ mod tests {
         assert_eq!(serde_json::from_str::<Resource>(&json).unwrap(), resource);
         assert_eq!(resource.region(), &Region::new("us-west-2"));
         assert_eq!(resource.to_string(), "key pair k in us-west-2");
+    }
+
+    #[test]
+    fn a_grant_names_its_account_and_key() {
+        let grantee = Grantee { account: "222233334444".into(), key: Some("arn:aws:kms:us-west-2:1:key/k".into()) };
+        let resource = Resource::grant(Region::new("us-west-2"), ResourceKind::KmsGrant, "g-1", grantee);
+        let json = serde_json::to_string(&resource).unwrap();
+        assert_eq!(
+            json,
+            r#"{"region":"us-west-2","kind":"kms_grant","id":"g-1","grant":{"account":"222233334444","key":"arn:aws:kms:us-west-2:1:key/k"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Resource>(&json).unwrap(), resource);
+        assert_eq!(
+            resource.to_string(),
+            "KMS grant g-1 on arn:aws:kms:us-west-2:1:key/k for account 222233334444 in us-west-2"
+        );
+        assert!(resource.kind.is_grant() && !ResourceKind::Session.is_grant());
     }
 }

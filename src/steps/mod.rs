@@ -1,5 +1,6 @@
 //! What one job does: a [`build`] (the amazon-ebs sequence) and a [`copy`] (CopyImage and its wait), each with
-//! its temporary resources on a [`cleanup`] stack, what an available image is given ([`finish`]: IMDSv2,
+//! its temporary resources on a [`cleanup`] stack (a copy into another account with the grants [`distribute`]
+//! gives around it), what an available image is given ([`finish`]: IMDSv2,
 //! deprecation, sharing), creating calls that may be repeats taken as their own
 //! ([`adopt`]), the [`context`] every job of a run shares, and the [`ledger`] they record what they make in.
 //!
@@ -11,6 +12,7 @@ pub mod build;
 pub mod cleanup;
 pub mod context;
 pub mod copy;
+pub mod distribute;
 pub mod fingerprint;
 pub mod finish;
 pub mod ledger;

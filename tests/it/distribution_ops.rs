@@ -19,8 +19,13 @@ const FIRST: &str = "222233334444";
 const SECOND: &str = "555566667777";
 
 /// Two flavors built in us-west-2 and copied to us-east-1; distributed into `accounts` in us-east-1 and
-/// eu-west-1; `more` appended.
+/// eu-west-1; `more` appended. The simulated cloud has both accounts either way.
 fn fleet(accounts: &[&str], more: &str) -> String {
+    fleet_with_sim(accounts, "", more)
+}
+
+/// [`fleet`], with `sim` added to its `[sim]` table.
+fn fleet_with_sim(accounts: &[&str], sim: &str, more: &str) -> String {
     let accounts: Vec<String> = accounts.iter().map(|account| format!("\"{account}\"")).collect();
     format!(
         r#"[fleet]
@@ -53,6 +58,10 @@ kms_keys = {{ "*" = "alias/images" }}
 
 [ssh]
 source_cidrs = ["203.0.113.5/32"]
+
+[sim]
+accounts = ["{FIRST}", "{SECOND}"]
+{sim}
 
 {more}
 "#,
@@ -242,7 +251,7 @@ const INTERRUPT_AFTER_MINUTES: u64 = 20;
 fn the_preflight_names_each_account_and_region_that_would_fail() {
     let workspace = Workspace::new();
     let path =
-        workspace.write("fleet.toml", &fleet(&[FIRST, SECOND], "[sim]\nregions_not_enabled = [\"eu-west-1\"]\n"));
+        workspace.write("fleet.toml", &fleet_with_sim(&[FIRST, SECOND], "regions_not_enabled = [\"eu-west-1\"]", ""));
     let preflight = workspace.fleetbake(&["preflight", path.to_str().unwrap(), "--cloud", "sim"]);
     assert_eq!(preflight.code, 1, "{}{}", preflight.stdout, preflight.stderr);
     for account in [FIRST, SECOND] {

@@ -6,6 +6,7 @@ mod cli;
 mod cloud_state;
 mod corpus;
 mod credentials;
+mod distribution;
 mod distribution_ops;
 mod ec2_errors;
 mod exit_codes;

@@ -11,7 +11,9 @@
 //! key").
 //!
 //! Each failure names the account, the region, the role and what to change. An account whose role does not
-//! answer gets that one failure: its other checks would fail the same way.
+//! answer gets that one failure: its other checks would fail the same way. A failure of an account's own
+//! check is the account's (`Check::account`): `fleetbake preflight` fails, `matrix` goes on and only that
+//! account's copies fail. The own account's source keys are the run's: a failure there stops it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -49,7 +51,8 @@ async fn check_account(
     let listed = match cloud.place(&at_home).describe_regions().await {
         Ok(listed) => listed,
         Err(error) => {
-            preflight.push(
+            preflight.push_for_account(
+                account,
                 None,
                 Outcome::Fail(format!(
                     "{who}: cannot act in it: {error}; create the role there with `docs/iam-distribution-policy.json`, trusting this account (`sts:AssumeRole`), and let the run's identity assume it; its copies would all fail"
@@ -65,7 +68,8 @@ async fn check_account(
         if enabled.contains(region) {
             usable.push(region);
         } else {
-            preflight.push(
+            preflight.push_for_account(
+                account,
                 Some(region),
                 Outcome::Fail(format!(
                     "{who}: {region} is not enabled in the account; enable it there (AWS console, Account, AWS Regions) or leave it out of the `[[distribution]]` regions"
@@ -73,7 +77,8 @@ async fn check_account(
             );
         }
     }
-    preflight.push(
+    preflight.push_for_account(
+        account,
         None,
         Outcome::Ok(format!(
             "{who}: the role answers; {} of its {} regions enabled",
@@ -103,7 +108,7 @@ async fn check_account(
                     "{who}: cannot describe KMS key `{key}` in {region}: {error}; the role needs `kms:DescribeKey` on it"
                 )),
             };
-            preflight.push(Some(region), outcome);
+            preflight.push_for_account(account, Some(region), outcome);
         }
         let Some(wanted) = names.get(region) else { continue };
         let query = ImageQuery::Named(wanted.iter().cloned().collect());
@@ -128,7 +133,7 @@ async fn check_account(
                 }
             }
         };
-        preflight.push(Some(region), outcome);
+        preflight.push_for_account(account, Some(region), outcome);
     }
 }
 

@@ -42,6 +42,9 @@ pub struct Check {
     /// The region it is about (`None`: the account).
     pub region: Option<Region>,
     pub outcome: Outcome,
+    /// The `[[distribution]]` account it is about, if any: a failure there fails only that account's copies,
+    /// so `matrix` goes on (`fleetbake preflight` still exits 1).
+    pub account: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,8 +73,18 @@ impl Preflight {
         self.checks.iter().filter(|check| matches!(check.outcome, Outcome::Fail(_)))
     }
 
+    /// The failures that stop a run: all but those of a `[[distribution]]` account (whose copies fail alone).
+    pub fn blocking_failures(&self) -> impl Iterator<Item = &Check> {
+        self.failures().filter(|check| check.account.is_none())
+    }
+
     fn push(&mut self, region: Option<&Region>, outcome: Outcome) {
-        self.checks.push(Check { region: region.cloned(), outcome });
+        self.checks.push(Check { region: region.cloned(), outcome, account: None });
+    }
+
+    /// A check of a `[[distribution]]` account.
+    fn push_for_account(&mut self, account: &str, region: Option<&Region>, outcome: Outcome) {
+        self.checks.push(Check { region: region.cloned(), outcome, account: Some(account.to_string()) });
     }
 }
 

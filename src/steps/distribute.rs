@@ -1,0 +1,296 @@
+//! A copy into another account (`[[distribution]]`): the account owns its copy. The own account first lets
+//! the account read the source image (in the source region: a launch permission on the image, a create-volume
+//! permission on each of its snapshots, and a KMS grant on `[encryption]`'s key when it is encrypted with one),
+//! each grant journaled before anything depends on it; then the copy runs in the account's place, acting as
+//! its role (see [`crate::steps::copy`]: encrypted with the account's key, tagged with where it came from,
+//! finished without `[sharing]`); once the last copy of that source image into that account has ended, the
+//! grants are taken back (each removal journaled). What is left (an interrupted run, a copy never started) is
+//! taken back by the end-of-run sweep, `--resume` or `gc`, from the journal (grants carry no tags).
+//!
+//! A refusal in the account (a role that cannot be assumed, a key it cannot use) fails that copy only, with the
+//! account and its role named.
+//!
+//! Layer: `steps`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use crate::cloud::{CloudError, LaunchPermissions};
+use crate::config::{Account, FlavorName, Region};
+use crate::outcome::{Failure, JobLabel, Stage};
+use crate::plan::{CopyJob, Plan};
+use crate::steps::cleanup::{CleanupStack, UndoStep};
+use crate::steps::copy::{self, CopyContext, CopyEnd};
+use crate::steps::ledger::{Grantee, Resource, ResourceKind};
+
+/// On a distribution copy: the image it was copied from (in the own account), and that image's region.
+pub const DISTRIBUTED_FROM_TAG: &str = "fleetbake:distributed-from";
+pub const DISTRIBUTED_FROM_REGION_TAG: &str = "fleetbake:distributed-from-region";
+
+/// The grants a run gives other accounts on its own images: per source image and account, what was granted
+/// and how many of the plan's copies of it into that account have not ended yet (the last one takes the grants
+/// back). Copies of one source into one account (its regions) share the grants; a second waits while the
+/// first grants.
+#[derive(Debug, Default)]
+pub struct DistributionGrants {
+    sources: Mutex<BTreeMap<GrantKey, Arc<tokio::sync::Mutex<SourceGrants>>>>,
+}
+
+/// A source image (a flavor's build in a region) and an account it is distributed into.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct GrantKey {
+    flavor: FlavorName,
+    source_region: Region,
+    account: String,
+}
+
+impl GrantKey {
+    fn of(job: &CopyJob, account: &str) -> Self {
+        GrantKey { flavor: job.flavor.clone(), source_region: job.source_region.clone(), account: account.to_string() }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SourceGrants {
+    /// The plan's copies of this source into this account that have not ended.
+    remaining: usize,
+    /// What was granted (and journaled), not yet taken back.
+    given: Vec<Resource>,
+}
+
+impl DistributionGrants {
+    /// One count per distribution copy of `plan`.
+    pub fn for_plan(plan: &Plan) -> Self {
+        let mut sources = BTreeMap::new();
+        for copy in &plan.copies {
+            if let Account::Id(account) = &copy.target.account {
+                let entry = sources.entry(GrantKey::of(copy, account)).or_insert_with(SourceGrants::default);
+                entry.remaining += 1;
+            }
+        }
+        let sources = sources.into_iter().map(|(key, grants)| (key, Arc::new(tokio::sync::Mutex::new(grants))));
+        DistributionGrants { sources: Mutex::new(sources.collect()) }
+    }
+
+    fn source(&self, key: GrantKey) -> Arc<tokio::sync::Mutex<SourceGrants>> {
+        let mut sources = self.sources.lock().expect("not poisoned");
+        Arc::clone(
+            sources
+                .entry(key)
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(SourceGrants { remaining: 1, given: Vec::new() }))),
+        )
+    }
+
+    /// Whether grants are still held (for tests: none once every copy has ended).
+    pub fn held(&self) -> usize {
+        let sources = self.sources.lock().expect("not poisoned");
+        sources.values().filter_map(|source| source.try_lock().ok()).map(|source| source.given.len()).sum()
+    }
+}
+
+/// A distribution copy: grants, the copy in the account, and the grants taken back after the last copy of the
+/// source into the account.
+pub async fn run(context: CopyContext, account: &str) -> CopyEnd {
+    let label = copy::label(&context);
+    let source = context.run.distribution.source(GrantKey::of(&context.job, account));
+    let granted = {
+        let mut grants = source.lock().await;
+        if context.cancel.is_cancelled() {
+            Err(Failure::new(&label, Stage::Interrupted, "not started: the run was interrupted"))
+        } else {
+            grant(&context, &label, account, &mut grants.given).await
+        }
+    };
+    let mut end = match granted {
+        Ok(()) => {
+            let mut end = copy::copy(&context).await;
+            let role = context.run.fleet.distributions.role_for(account).unwrap_or_default();
+            end.end.failures =
+                end.end.failures.into_iter().map(|failure| in_account(failure, account, &role)).collect();
+            end
+        }
+        Err(failure) => {
+            CopyEnd { artifact: None, end: crate::outcome::JobEnd { failures: vec![failure], in_progress: None } }
+        }
+    };
+    let mut grants = source.lock().await;
+    grants.remaining = grants.remaining.saturating_sub(1);
+    if grants.remaining == 0 && !grants.given.is_empty() {
+        let mut stack = CleanupStack::default();
+        for resource in grants.given.drain(..) {
+            stack.push(UndoStep::removing(&resource));
+        }
+        let run = &context.run;
+        let cleanup =
+            stack.unwind_for_job(&label, &*context.source_cloud, &context.source_waits, &*run.ledger, &context.events);
+        end.end.failures.extend(cleanup.await);
+    }
+    end
+}
+
+/// What the account needs to copy the source: a launch permission on the image and a create-volume
+/// permission on each snapshot (unless `[sharing]` gives them that account already: those are the fleet's,
+/// never taken back), and a KMS grant on the source region's `[encryption]` key. Each is journaled before the
+/// call that makes it (a launch or create-volume permission is named before it exists; taking back one never
+/// given is harmless), the KMS grant as soon as its id is known. Granting again what `given` holds is
+/// harmless (EC2 and KMS answer a repeat as the first): a copy after a failed grant tries them all.
+async fn grant(
+    context: &CopyContext,
+    label: &JobLabel,
+    account: &str,
+    given: &mut Vec<Resource>,
+) -> Result<(), Failure> {
+    let run = &context.run;
+    let cloud = &*context.source_cloud;
+    let region = &context.job.source_region;
+    let image = &context.source.image_id;
+    let job = context.job.key();
+    let refused = |what: &str, error: &CloudError| {
+        let mut failure = Failure::from_cloud(label, Stage::Share, error);
+        failure.error = format!("granting account {account} {what} in {region}: {}", failure.error);
+        failure
+    };
+    let mut record = |resource: Resource| {
+        if !given.contains(&resource) {
+            run.ledger.created(&job, resource.clone());
+            given.push(resource);
+        }
+    };
+    let grantee = || Grantee { account: account.to_string(), key: None };
+    // The key first: an image encrypted with an AWS-managed key cannot be distributed, and nothing is granted.
+    let key = match run.fleet.kms_key(region) {
+        None => None,
+        Some(key) => match cloud.describe_key(key).await {
+            Ok(Some(found)) if found.aws_managed => {
+                return Err(Failure::new(
+                    label,
+                    Stage::Share,
+                    format!(
+                        "the image {image} in {region} is encrypted with `{key}`, an AWS-managed key, which no other \
+                         account can use: account {account} cannot copy it (encrypt with a customer managed key in \
+                         `[encryption]` to distribute)"
+                    ),
+                ));
+            }
+            Ok(Some(found)) => Some(found.arn),
+            Ok(None) => {
+                let message = format!("the key `{key}` of `[encryption]` in {region} was not found: cannot grant account {account} its use");
+                return Err(Failure::new(label, Stage::Share, message));
+            }
+            Err(error) => return Err(refused("the use of the image's key", &error)),
+        },
+    };
+    let sharing = &run.fleet.sharing;
+    if !sharing.accounts.iter().any(|shared| shared == account) {
+        record(Resource::grant(region.clone(), ResourceKind::LaunchPermission, image.0.clone(), grantee()));
+        let with = LaunchPermissions { accounts: vec![account.to_string()], ..LaunchPermissions::default() };
+        cloud
+            .share_image(image, &with)
+            .await
+            .map_err(|error| refused(&format!("launch permission on {image}"), &error))?;
+    }
+    if !sharing.snapshot_accounts.iter().any(|shared| shared == account) {
+        for snapshot in &context.source.snapshot_ids {
+            let kind = ResourceKind::CreateVolumePermission;
+            record(Resource::grant(region.clone(), kind, snapshot.0.clone(), grantee()));
+            let accounts = [account.to_string()];
+            cloud
+                .share_snapshot(snapshot, &accounts)
+                .await
+                .map_err(|error| refused(&format!("create-volume permission on {snapshot}"), &error))?;
+        }
+    }
+    if let Some(arn) = key {
+        let principal = format!("arn:aws:iam::{account}:root");
+        let name = grant_name(context, account);
+        let grant = cloud
+            .grant_key_use(&arn, &principal, &name)
+            .await
+            .map_err(|error| refused(&format!("the use of key {arn}"), &error))?;
+        let grantee = Grantee { account: account.to_string(), key: Some(arn) };
+        record(Resource::grant(region.clone(), ResourceKind::KmsGrant, grant.0, grantee));
+    }
+    context.events.progress(label, Stage::Share, format!("account {account} may copy {image} from {region}"));
+    Ok(())
+}
+
+/// The KMS grant's name: the run, flavor and account (KMS answers a CreateGrant repeated with the same name and
+/// parameters with the same grant, so a retry makes no second one), in the characters KMS allows
+/// (`[a-zA-Z0-9:/_-]`, at most 256).
+fn grant_name(context: &CopyContext, account: &str) -> String {
+    let name = format!("fleetbake-{}-{}-{account}", context.run.run_id, context.flavor.name);
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, ':' | '/' | '_' | '-') { c } else { '-' })
+        .take(256)
+        .collect()
+}
+
+/// A failure in the account's place: says which account, and a refusal (the role not assumed, an action or
+/// key not allowed) is hinted with the role and what it needs, not with the run's own policy. A role that
+/// cannot be assumed is not the run's credentials expiring: the other accounts' and the own account's jobs go
+/// on.
+fn in_account(mut failure: Failure, account: &str, role: &str) -> Failure {
+    failure.error = format!("in account {account}: {}", failure.error);
+    let refused = failure.hint.is_some()
+        || failure.credentials_expired()
+        || failure.code.as_deref().is_some_and(|code| {
+            matches!(code, "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" | "AuthFailure")
+                || code.starts_with("KMS.")
+                || code.starts_with("InvalidKMSKey")
+        });
+    if refused {
+        failure.hint = Some(role_hint(account, role));
+        if failure.credentials_expired() {
+            // The role's credentials, not the run's: the code stays in the message.
+            let code = failure.code.take().unwrap_or_default();
+            failure.error = format!("{} ({code})", failure.error);
+        }
+    }
+    failure
+}
+
+/// What to check when a copy in `account` is refused.
+pub fn role_hint(account: &str, role: &str) -> String {
+    format!(
+        "account {account} is reached through the role `{role}`: its trust policy must let the run's identity call \
+         sts:AssumeRole, and its policy allow what a copy does there (ec2:CopyImage, ec2:CreateTags, \
+         ec2:DescribeImages, ec2:ModifyImageAttribute, ec2:EnableImageDeprecation, and kms:CreateGrant, \
+         kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext, kms:ReEncrypt* on the account's key): \
+         see README \"Distributing into accounts\""
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::{Action, ErrorKind};
+
+    fn label() -> JobLabel {
+        JobLabel::new(FlavorName::new("web"), Region::new("eu-west-1"))
+    }
+
+    #[test]
+    fn a_role_not_assumed_names_the_account_and_is_not_the_runs_credentials() {
+        let error = CloudError {
+            action: Action::CopyImage,
+            region: Region::new("eu-west-1"),
+            kind: ErrorKind::Credentials,
+            code: Some("ExpiredToken".into()),
+            message: "the role cannot be assumed".into(),
+        };
+        let failure = Failure::from_cloud(&label(), Stage::Copy, &error);
+        assert!(failure.credentials_expired());
+        let failure = in_account(failure, "222233334444", "arn:aws:iam::222233334444:role/images");
+        assert!(!failure.credentials_expired(), "would stop every other job of the run");
+        assert!(failure.error.starts_with("in account 222233334444: "), "{}", failure.error);
+        assert!(failure.error.contains("ExpiredToken"), "{}", failure.error);
+        assert!(failure.hint.unwrap().contains("arn:aws:iam::222233334444:role/images"));
+    }
+
+    #[test]
+    fn a_failure_not_refused_keeps_its_hint_empty() {
+        let failure = in_account(Failure::new(&label(), Stage::WaitCopy, "the copy ended `failed`"), "1", "r");
+        assert_eq!(failure.error, "in account 1: the copy ended `failed`");
+        assert_eq!(failure.hint, None);
+    }
+}
