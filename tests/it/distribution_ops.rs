@@ -265,6 +265,14 @@ fn the_preflight_names_each_account_and_region_that_would_fail() {
         assert!(preflight.stdout.contains(&key), "{key} in:\n{}", preflight.stdout);
     }
     assert_eq!(preflight.stdout.lines().filter(|line| line.starts_with("FAIL")).count(), 2, "{}", preflight.stdout);
+    // `matrix` names the accounts and goes on: only their copies into eu-west-1 fail.
+    let run = crate::sim::run_sim_with(&workspace, &std::fs::read_to_string(&path).unwrap(), &[]);
+    for account in [FIRST, SECOND] {
+        let warned = format!("preflight: account {account} failed its checks");
+        assert!(run.outcome.stderr.contains(&warned), "{warned} in:\n{}", run.outcome.stderr);
+    }
+    assert_eq!(run.summary["jobs"]["failed"], 2 * 2, "each account's 2 copies into eu-west-1: {}", run.summary);
+    assert_eq!(run.summary["jobs"]["succeeded"], 2 + 2 + 2 * 2, "{}", run.summary);
 
     let managed = fleet(&[FIRST], "[encryption]\nkms_keys = { \"*\" = \"alias/aws/ebs\" }\n");
     let path = workspace.write("fleet.toml", &managed);
