@@ -1940,6 +1940,55 @@ mod tests {
         assert_eq!(kind_of(failure), ErrorKind::Credentials);
     }
 
+    /// Through the SDK: STS refusing a destination account's role (its XML error) fails a call in that account
+    /// as a permanent `AccessDenied` naming the role, before anything reaches the service.
+    #[tokio::test]
+    async fn sts_refusing_a_destination_role_fails_its_calls_as_access_denied() {
+        use aws_credential_types::Credentials;
+        const ROLE: &str = "arn:aws:iam::222233334444:role/image-distribution";
+        const REFUSAL: &str =
+            "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type>\
+            <Code>AccessDenied</Code><Message>User: arn:aws:iam::123456789012:user/ci is not authorized to perform: \
+            sts:AssumeRole on resource: arn:aws:iam::222233334444:role/image-distribution</Message></Error>\
+            <RequestId>fleetbake-test</RequestId></ErrorResponse>";
+        // STS's query protocol has no X-Amz-Target: the stub files it under "".
+        let stub = SsmStub::start(vec![("", 403, REFUSAL)]);
+        // Loaded (not built) so it has the time source and sleep AssumeRoleProvider needs.
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&stub.endpoint)
+            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+            .retry_config(RetryConfig::disabled())
+            .load()
+            .await;
+        let role = DistributionRole {
+            role: ROLE.into(),
+            session: "fleetbake-test".into(),
+            sdk: base.clone(),
+            provider: tokio::sync::OnceCell::new(),
+        };
+        let acting = base
+            .into_builder()
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(role))
+            .build();
+        let limits = ApiLimits::new(
+            &crate::config::ApiRates::default(),
+            crate::cloud::retry::Policy::THROTTLED,
+            crate::cloud::limiter::Pacing::Fixed,
+        );
+        let east = Region::new("us-east-1");
+        let region = region_clients(&acting, &east, limits.region(&east));
+        let error = region.describe_key("alias/images").await.unwrap_err();
+        assert_eq!((error.kind, error.code.as_deref()), (ErrorKind::Permanent, Some("AccessDenied")), "{error}");
+        assert!(error.message.contains(&format!("sts:AssumeRole on resource: {ROLE}")), "{error}");
+        let requests = stub.requests();
+        assert!(
+            !requests.is_empty()
+                && requests.iter().all(|(target, body)| target.is_empty() && body.contains("Action=AssumeRole")),
+            "{requests:?}"
+        );
+    }
+
     /// A connection closed before the answer came is what hyper reports as neither io nor timeout ("other"):
     /// it is a dropped connection, retried like one; a request the client could not build is not.
     #[test]

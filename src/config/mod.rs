@@ -641,6 +641,9 @@ pub struct SimSettings {
     pub account_faults: BTreeMap<String, AccountFault>,
 }
 
+/// The simulated own account's id (`cloud::sim::SIMULATED_ACCOUNT`): `[sim] accounts` lists only the others.
+pub const SIMULATED_OWN_ACCOUNT: &str = "123456789012";
+
 /// `[sim] account_faults`: what goes wrong in another simulated account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccountFault {

@@ -212,7 +212,7 @@ fn user_data_files_are_bytes_of_at_most_16_kb() {
 fn sim_accounts_and_their_faults_are_checked_with_their_place() {
     let fleet = GOOD.replace(
         "[aws]",
-        "[sim]\naccounts = [\"222233334444\", \"1234\", \"222233334444\"]\n\
+        "[sim]\naccounts = [\"222233334444\", \"1234\", \"222233334444\", \"123456789012\"]\n\
          account_faults = { \"222233334444\" = \"role\", \"555566667777\" = \"key\", \"333344445555\" = \"gone\" }\n\n[aws]",
     );
     let (code, output) = validate(&fleet);
@@ -221,6 +221,7 @@ fn sim_accounts_and_their_faults_are_checked_with_their_place() {
     for (at, key, says) in [
         (format!("{line}:29"), "sim.accounts[1]", "`1234` is not an AWS account id (12 digits)"),
         (format!("{line}:37"), "sim.accounts[2]", "account `222233334444` is listed twice"),
+        (format!("{line}:53"), "sim.accounts[3]", "`123456789012` is the simulated own account: list only the others"),
         (
             format!("{}:62", line + 1),
             "sim.account_faults.555566667777",

@@ -27,7 +27,7 @@ use crate::config::{ConsoleFault, Fleet, Place, Region, SimSettings};
 use crate::util::host_keys::{ed25519_from_seed, HostKey};
 
 /// The simulated account's id.
-pub const SIMULATED_ACCOUNT: &str = "123456789012";
+pub const SIMULATED_ACCOUNT: &str = crate::config::SIMULATED_OWN_ACCOUNT;
 
 /// The simulated account.
 pub struct SimCloud {
@@ -85,6 +85,10 @@ pub struct SimImageReport {
     /// The image's `fleetbake:run-id` tag, and its snapshot's: how a test sees that both were tagged.
     pub run_id_tag: Option<String>,
     pub snapshot_run_id_tag: Option<String>,
+    /// The ARN of the key its snapshot is encrypted with, as its account resolves `attributes.kms_key` (an
+    /// alias names that account's key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kms_key_arn: Option<String>,
     /// Its encryption, IMDSv2 support, deprecation and permissions.
     #[serde(skip_serializing_if = "ImageAttributes::is_default")]
     pub attributes: ImageAttributes,
@@ -247,6 +251,11 @@ impl SimCloud {
                     available: image.state(now) == ImageState::Available,
                     run_id_tag: state.tag_of(id.as_str(), "fleetbake:run-id"),
                     snapshot_run_id_tag: state.tag_of(image.snapshot().as_str(), "fleetbake:run-id"),
+                    kms_key_arn: image
+                        .attributes
+                        .kms_key
+                        .as_deref()
+                        .map(|key| model::accounts::key_arn(&place.account, &region, key)),
                     attributes: image.attributes.clone(),
                 })
                 .collect();

@@ -614,8 +614,10 @@ impl SimRegion {
             refuse(code, format!("{code} ({what} by the `[sim] faults` of the fleet file)"))
         };
         let refused = self.model.account.refusal(action, &self.region, Instant::now()).or_else(|| {
-            let caller = self.model.account.base_arn(super::SIMULATED_ACCOUNT);
-            self.model.accounts.refusal(&self.account, &caller, Instant::now())
+            // Another account's place: its role assumed (or refused) first; the own account's is never.
+            (!self.account.is_own())
+                .then(|| self.model.account.base_arn(super::SIMULATED_ACCOUNT))
+                .and_then(|caller| self.model.accounts.refusal(&self.account, &caller, Instant::now()))
         });
         let answer = match (refused, fault) {
             (Some(refusal), _) => Err(refusal),
@@ -1572,6 +1574,12 @@ impl RegionCloud for SimRegion {
                 return refuse(
                     "AccessDeniedException",
                     format!("You cannot create a grant on the AWS managed key {key}"),
+                );
+            }
+            if !accounts::is_grant_name(name) {
+                return refuse(
+                    "ValidationException",
+                    format!("1 validation error detected: Value '{name}' at 'name' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[a-zA-Z0-9:/_-]+$"),
                 );
             }
             if accounts::account_of_principal(grantee).is_none() {

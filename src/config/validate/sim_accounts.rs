@@ -2,7 +2,7 @@
 //! in each, checked with the key's place in the file.
 
 use super::{is_account_id, schema, Checker, KeyPath};
-use crate::config::{AccountFault, SimSettings};
+use crate::config::{AccountFault, SimSettings, SIMULATED_OWN_ACCOUNT};
 
 pub(super) fn resolve_sim_accounts(
     checker: &mut Checker<'_>,
@@ -14,6 +14,8 @@ pub(super) fn resolve_sim_accounts(
         let at = path.key("accounts").index(index);
         if !is_account_id(id) {
             checker.problem(at, format!("`{id}` is not an AWS account id (12 digits)"));
+        } else if id == SIMULATED_OWN_ACCOUNT {
+            checker.problem(at, format!("`{id}` is the simulated own account: list only the others"));
         } else if !sim.accounts.insert(id.clone()) {
             checker.problem(at, format!("account `{id}` is listed twice"));
         }

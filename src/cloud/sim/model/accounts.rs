@@ -29,7 +29,8 @@
 //!   default EBS key (`alias/aws/ebs`): the source account's key is never the copy's.
 //! - KMS CreateGrant takes the key by id or key ARN (not an alias); the same `Name` with the same key, grantee
 //!   and operations answers the grant made before rather than a new one (CreateGrant API Reference, `Name`).
-//!   RevokeGrant of a grant KMS does not have answers `NotFoundException` (the port takes it as done).
+//!   A grant's name is 1 to 256 of letters, digits and `:/_-` (else `ValidationException`). RevokeGrant of a
+//!   grant KMS does not have answers `NotFoundException` (the port takes it as done).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, OnceLock};
@@ -192,6 +193,12 @@ pub fn key_arn(account: &Account, region: &Region, key: &str) -> String {
         _ => key.to_string(),
     };
     format!("arn:aws:kms:{region}:{}:key/{}", account_id(account), synthesized("k", &name))
+}
+
+/// Whether KMS takes `name` as a grant's name: 1 to 256 of letters, digits and `:/_-` (CreateGrant API
+/// Reference, `Name`: pattern `^[a-zA-Z0-9:/_-]+$`). A job's key (`copy:web@us-west-2>…`) is not one.
+pub fn is_grant_name(name: &str) -> bool {
+    (1..=256).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || ":/_-".contains(c))
 }
 
 /// The account a principal ARN names (`arn:aws:iam::222233334444:root`, a role of it, …), or a bare id.
@@ -397,8 +404,12 @@ mod tests {
         assert_eq!((copied.account.as_str(), copied.region.as_str()), (B, "us-east-1"));
         assert!(copied.available);
         assert_eq!(copied.attributes.kms_key.as_deref(), Some("alias/their-images"), "the destination's own key");
+        let their_key = copied.kms_key_arn.as_deref().unwrap();
+        assert!(their_key.starts_with(&format!("arn:aws:kms:us-east-1:{B}:key/")), "{their_key}");
         let source = report.images.iter().find(|found| found.id == image.as_str()).unwrap();
         assert_eq!(source.account, SIMULATED_ACCOUNT);
+        let own_key = source.kms_key_arn.as_deref().unwrap();
+        assert!(own_key.starts_with(&format!("arn:aws:kms:us-west-2:{SIMULATED_ACCOUNT}:key/")), "{own_key}");
         // The copy is B's alone: the own account does not find it.
         let own_east = at(&model, SIMULATED_ACCOUNT, Region::new("us-east-1"));
         assert!(own_east.describe_images(std::slice::from_ref(&copy)).await.unwrap().is_empty());
@@ -559,7 +570,8 @@ mod tests {
         assert!(report.leaked_resources.is_empty(), "{:?}", report.leaked_resources);
     }
 
-    /// AWS-managed keys take no grant for another account; a grantee must be a principal.
+    /// AWS-managed keys take no grant for another account; a grantee must be a principal; a name must be one
+    /// KMS takes.
     #[tokio::test(start_paused = true)]
     async fn an_aws_managed_key_takes_no_grant() {
         let model = Model::new(SimSettings::default());
@@ -568,5 +580,12 @@ mod tests {
         assert_eq!(refused.code.as_deref(), Some("AccessDeniedException"));
         let refused = region.grant_key_use("alias/images", "someone", "fleetbake-copy").await.unwrap_err();
         assert_eq!(refused.code.as_deref(), Some("InvalidArnException"));
+        // KMS's pattern for a grant's name: a job's key, with `@` and `>`, is refused.
+        let refused = region.grant_key_use("alias/images", DESTINATION, "copy:web@us-west-2>222233334444/us-east-1");
+        assert_eq!(refused.await.unwrap_err().code.as_deref(), Some("ValidationException"));
+        region
+            .grant_key_use("alias/images", DESTINATION, "fleetbake:web/us-west-2_222233334444-us-east-1")
+            .await
+            .unwrap();
     }
 }
