@@ -23,7 +23,7 @@ use crate::engine::scheduler::{BuildSlotRelease, Interrupt, RunSummary, Schedule
 use crate::engine::summary::RunStatistics;
 use crate::engine::sweep::Sweeper;
 use crate::outcome::JobLabel;
-use crate::plan::{Plan, RunId};
+use crate::plan::{JobId, Plan, RunId};
 use crate::remote::net::{self, DetectError};
 use crate::remote::sim::SimCommunicator;
 use crate::remote::{key_dirs, Communicator, SshCommunicator};
@@ -463,6 +463,13 @@ impl Execution {
             }
             None => Default::default(),
         };
+        // A distribution copy an earlier attempt (or an earlier night, `--changed-only`) made is not waited for
+        // before its source's grants into its account are taken back.
+        for (job, prior) in &resumed.priors {
+            if let (JobId::Copy(index), crate::state::resume::Prior::Available(_)) = (job, prior) {
+                run.distribution.not_made(&plan.copies[*index]);
+            }
+        }
         let runner = StepRunner {
             run: Arc::clone(&run),
             plan: Arc::clone(&plan),

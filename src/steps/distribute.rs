@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use crate::cloud::{CloudError, LaunchPermissions};
 use crate::config::{Account, FlavorName, Region};
 use crate::outcome::{Failure, JobLabel, Stage};
-use crate::plan::{CopyJob, Plan};
+use crate::plan::{CopyJob, Plan, RunId};
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::copy::{self, CopyContext, CopyEnd};
 use crate::steps::ledger::{Grantee, Resource, ResourceKind};
@@ -72,6 +72,18 @@ impl DistributionGrants {
         DistributionGrants { sources: Mutex::new(sources.collect()) }
     }
 
+    /// A distribution copy this run will not make (an earlier attempt's image, or one `--changed-only` reuses):
+    /// the grants of its source into its account are not kept for it. Called before any job runs.
+    pub fn not_made(&self, job: &CopyJob) {
+        let Account::Id(account) = &job.target.account else { return };
+        let source = self.sources.lock().expect("not poisoned").get(&GrantKey::of(job, account)).cloned();
+        let Some(source) = source else { return };
+        // Before any job runs, nothing else holds it.
+        if let Ok(mut grants) = source.try_lock() {
+            grants.remaining = grants.remaining.saturating_sub(1);
+        };
+    }
+
     fn source(&self, key: GrantKey) -> Arc<tokio::sync::Mutex<SourceGrants>> {
         let mut sources = self.sources.lock().expect("not poisoned");
         Arc::clone(
@@ -79,12 +91,6 @@ impl DistributionGrants {
                 .entry(key)
                 .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(SourceGrants { remaining: 1, given: Vec::new() }))),
         )
-    }
-
-    /// Whether grants are still held (for tests: none once every copy has ended).
-    pub fn held(&self) -> usize {
-        let sources = self.sources.lock().expect("not poisoned");
-        sources.values().filter_map(|source| source.try_lock().ok()).map(|source| source.given.len()).sum()
     }
 }
 
@@ -202,7 +208,7 @@ async fn grant(
     }
     if let Some(arn) = key {
         let principal = format!("arn:aws:iam::{account}:root");
-        let name = grant_name(context, account);
+        let name = grant_name(&context.run.run_id, &context.flavor.name, account);
         let grant = cloud
             .grant_key_use(&arn, &principal, &name)
             .await
@@ -217,8 +223,8 @@ async fn grant(
 /// The KMS grant's name: the run, flavor and account (KMS answers a CreateGrant repeated with the same name and
 /// parameters with the same grant, so a retry makes no second one), in the characters KMS allows
 /// (`[a-zA-Z0-9:/_-]`, at most 256).
-fn grant_name(context: &CopyContext, account: &str) -> String {
-    let name = format!("fleetbake-{}-{}-{account}", context.run.run_id, context.flavor.name);
+fn grant_name(run_id: &RunId, flavor: &FlavorName, account: &str) -> String {
+    let name = format!("fleetbake-{run_id}-{flavor}-{account}");
     name.chars()
         .map(|c| if c.is_ascii_alphanumeric() || matches!(c, ':' | '/' | '_' | '-') { c } else { '-' })
         .take(256)
@@ -285,6 +291,57 @@ mod tests {
         assert!(failure.error.starts_with("in account 222233334444: "), "{}", failure.error);
         assert!(failure.error.contains("ExpiredToken"), "{}", failure.error);
         assert!(failure.hint.unwrap().contains("arn:aws:iam::222233334444:role/images"));
+    }
+
+    /// Two flavors built in two regions, into two accounts' three regions: each account's copies of one source
+    /// share its grants (one count per copy), the own account's copies none.
+    #[test]
+    fn the_grants_are_counted_per_source_and_account_from_the_plan() {
+        let text = "[fleet]\nname = \"d\"\n\n[defaults]\ninstance_type = \"t3.micro\"\nssh_username = \"u\"\n\n\
+                    [[flavor]]\nname = \"a\"\nsource_ami = { owners = [\"amazon\"], name = \"al2023-*\" }\n\n\
+                    [[flavor]]\nname = \"b\"\nsource_ami = { owners = [\"amazon\"], name = \"al2023-*\" }\n\n\
+                    [regions]\nus-west-2 = [\"us-east-1\"]\neu-west-1 = []\n\n\
+                    [[distribution]]\naccounts = [\"222233334444\", \"555566667777\"]\n\
+                    regions = [\"us-west-2\", \"ap-south-1\", \"sa-east-1\"]\nrole_arn = \"arn:aws:iam::{account}:role/r\"\n";
+        let fleet = crate::config::parse(std::path::Path::new("fleet.toml"), text).expect("the test fleet parses");
+        let started = chrono::Utc::now();
+        let plan = Plan::new(&fleet, RunId::new(started, 1), started);
+        let grants = DistributionGrants::for_plan(&plan);
+        let sources = grants.sources.lock().unwrap();
+        let count = |flavor: &str, region: &str, account: &str| {
+            let key = GrantKey {
+                flavor: FlavorName::new(flavor),
+                source_region: Region::new(region),
+                account: account.to_string(),
+            };
+            sources.get(&key).map(|source| source.try_lock().unwrap().remaining)
+        };
+        // us-west-2's copy from us-west-2's build; ap-south-1's and sa-east-1's from the first build region's
+        // (eu-west-1): those two share one set of grants, taken back after the second ends.
+        assert_eq!(count("a", "us-west-2", "222233334444"), Some(1));
+        assert_eq!(count("a", "eu-west-1", "222233334444"), Some(2));
+        assert_eq!(count("b", "eu-west-1", "555566667777"), Some(2));
+        assert_eq!(sources.len(), 2 * 2 * 2, "per flavor, source region and account");
+        assert_eq!(sources.values().map(|source| source.try_lock().unwrap().remaining).sum::<usize>(), 2 * 2 * 3);
+        drop(sources);
+        // A copy an earlier attempt made is not waited for; an own account's copy counts nowhere.
+        let made_before = plan.copies.iter().find(|copy| copy.target.region.as_str() == "sa-east-1").unwrap();
+        grants.not_made(made_before);
+        grants.not_made(plan.copies.iter().find(|copy| !copy.is_distribution()).unwrap());
+        let sources = grants.sources.lock().unwrap();
+        assert_eq!(sources.values().map(|source| source.try_lock().unwrap().remaining).sum::<usize>(), 2 * 2 * 3 - 1);
+    }
+
+    #[test]
+    fn a_grant_is_named_after_the_run_flavor_and_account_in_kms_characters() {
+        let run_id = RunId::new("2026-11-26T12:00:01Z".parse().unwrap(), 1);
+        let name = grant_name(&run_id, &FlavorName::new("web.v2+x"), "222233334444");
+        assert!(name.starts_with("fleetbake-") && name.ends_with("-web-v2-x-222233334444"), "{name}");
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, ':' | '/' | '_' | '-');
+        assert!(name.chars().all(allowed), "{name}");
+        assert_eq!(name, grant_name(&run_id, &FlavorName::new("web.v2+x"), "222233334444"), "the same on a retry");
+        let long = grant_name(&run_id, &FlavorName::new("f".repeat(300)), "222233334444");
+        assert_eq!(long.len(), 256);
     }
 
     #[test]

@@ -248,6 +248,13 @@ impl FaultProxy {
         recorded.iter().filter(|(seen, _)| seen == action).map(|(_, body)| body.clone()).collect()
     }
 
+    /// The bodies of the requests for `action` it has seen, each with its position among every request seen.
+    pub fn positions(&self, action: &str) -> Vec<(usize, String)> {
+        let recorded = self.recorded.lock().unwrap();
+        let all = recorded.iter().enumerate();
+        all.filter(|(_, (seen, _))| seen == action).map(|(at, (_, body))| (at, body.clone())).collect()
+    }
+
     /// The actions of every request it has seen, in order.
     pub fn actions(&self) -> Vec<String> {
         self.recorded.lock().unwrap().iter().map(|(action, _)| action.clone()).collect()
