@@ -30,6 +30,8 @@ pub enum Pacing {
 #[derive(Default)]
 pub struct ApiStats {
     calls: DashMap<(Region, Action), u64>,
+    /// The same calls by place: what was asked of each account (`[[distribution]]` accounts' roles too).
+    calls_by_place: DashMap<(Place, Action), u64>,
     throttled: AtomicU64,
     retries: AtomicU64,
     on_throttle: std::sync::OnceLock<ThrottleObserver>,
@@ -47,6 +49,12 @@ impl std::fmt::Debug for ApiStats {
 impl ApiStats {
     pub fn calls(&self) -> Vec<((Region, Action), u64)> {
         let mut calls: Vec<_> = self.calls.iter().map(|entry| (entry.key().clone(), *entry.value())).collect();
+        calls.sort();
+        calls
+    }
+    /// Every call by place and action (what each account's role was asked: the IAM documents' test reads it).
+    pub fn calls_by_place(&self) -> Vec<((Place, Action), u64)> {
+        let mut calls: Vec<_> = self.calls_by_place.iter().map(|entry| (entry.key().clone(), *entry.value())).collect();
         calls.sort();
         calls
     }
@@ -124,6 +132,7 @@ impl RegionLimiter {
         let attempt = |_| async {
             self.acquire(action).await;
             *self.stats.calls.entry((self.place.region.clone(), action)).or_insert(0) += 1;
+            *self.stats.calls_by_place.entry((self.place.clone(), action)).or_insert(0) += 1;
             let future = (operation.lock().expect("not poisoned"))();
             match future.await {
                 Err(error) if error.kind.is_retryable() => Outcome::Again(error),

@@ -11,12 +11,17 @@
 //! A copy is reused only if it carries the build's fingerprint and was encrypted with its region's key as the
 //! fleet names it now (`fleetbake:kms-key`, see [`crate::steps::fingerprint::copy_key_tag`]): a changed key
 //! makes a new copy.
+//!
+//! A copy into another account (`[[distribution]]`) is looked up in that account's region, acting as its role:
+//! reused when the account already owns a copy with the build's fingerprint, encrypted with the key
+//! `[[distribution]] kms_keys` names for that region now; else made. A reused copy there is finished again
+//! without `[sharing]` (which does not apply inside the accounts): IMDSv2 and deprecation only.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::cloud::{Cloud, ImageId, ImageQuery, ImageState, OwnedImage, RegionCloud};
-use crate::config::{Flavor, Fleet, Region, SourceAmi, Tags};
+use crate::config::{Account, Flavor, Fleet, Place, Region, SourceAmi, Tags};
 use crate::outcome::{Artifact, Failure, ImageSettings, JobLabel, Parent, SourceParameter};
 use crate::plan::{BuildJob, JobId, Plan};
 use crate::state::resume::Prior;
@@ -85,8 +90,8 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
                 let images = fleet_images(fleet, flavor, &*region_cloud).await;
                 match newest(&images, Some(&fingerprint.digest)) {
                     Some(image) => {
-                        let mut reused =
-                            reusable(fleet, flavor, &build.region, &*region_cloud, image, clock, apply).await;
+                        let place = Place::own(build.region.clone());
+                        let mut reused = reusable(fleet, flavor, &place, &*region_cloud, image, clock, apply).await;
                         // Same fingerprint, same SSM parameter version (if the source is read from one).
                         reused.artifact.settings.source_parameter = fingerprint.parameter.clone();
                         let run = reused.artifact.reused_from.clone().unwrap_or_default();
@@ -105,13 +110,16 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
             changes.priors.insert(JobId::Build(build.index), Prior::Available(artifact.clone()));
             let digest = artifact.fingerprint.clone();
             for &copy in &build.copies {
-                let target = plan.copies[copy].target_region();
-                let target_cloud = cloud.region(target);
+                let place = &plan.copies[copy].target;
+                let target_cloud = cloud.place(place);
                 let images = fleet_images(fleet, flavor, &*target_cloud).await;
-                let key = fingerprint::copy_key_tag(fleet, target);
+                let key = fingerprint::copy_key_tag_in(fleet, place);
                 let same_key = |image: &&OwnedImage| image.tags.get(COPY_KEY_TAG) == key.as_ref();
                 let Some(image) = newest(&images, digest.as_deref()).filter(same_key) else { continue };
-                let mut reused = reusable(fleet, flavor, target, &*target_cloud, image, clock, apply).await;
+                let mut reused = reusable(fleet, flavor, place, &*target_cloud, image, clock, apply).await;
+                if !place.account.is_own() {
+                    reused.artifact.settings.kms_key_id = key.clone();
+                }
                 reused.artifact.build_region = build.region.clone();
                 reused.artifact.settings.source_parameter = artifact.settings.source_parameter.clone();
                 changes.keep(JobId::Copy(copy), &reused);
@@ -211,13 +219,14 @@ fn newest<'a>(images: &'a [OwnedImage], fingerprint: Option<&str>) -> Option<&'a
 async fn reusable(
     fleet: &Fleet,
     flavor: &Flavor,
-    region: &Region,
+    place: &Place,
     cloud: &dyn RegionCloud,
     image: &OwnedImage,
     clock: &RunClock,
     apply: bool,
 ) -> Reused {
-    let label = JobLabel::new(flavor.name.clone(), region.clone());
+    let region = &place.region;
+    let label = JobLabel { flavor: flavor.name.clone(), place: place.clone() };
     let (settings, failures, notes) = if apply {
         // EC2's creation date (it always gives one; without, the run's start).
         let created = chrono::DateTime::parse_from_rfc3339(&image.creation_date)
@@ -236,7 +245,12 @@ async fn reusable(
                 shared: image.tags.get(finish::SHARED_TAG).is_some_and(|value| value == "true"),
             },
         };
-        let Finished { settings, failures, notes } = finish::finish(finishing).await;
+        // A copy another account owns: IMDSv2 and deprecation, never `[sharing]`.
+        let Finished { settings, failures, notes } = if place.account.is_own() {
+            finish::finish(finishing).await
+        } else {
+            finish::finish_in_account(finishing).await
+        };
         let failures = failures.iter().map(|failure| Failure::from_cloud(&label, failure.stage, &failure.error));
         let notes = notes.into_iter().map(|note| (label.clone(), note));
         (settings, failures.collect(), notes.collect())
@@ -247,7 +261,10 @@ async fn reusable(
     let artifact = Artifact {
         image_id: image.id.clone(),
         name: image.name.clone(),
-        account: None,
+        account: match &place.account {
+            Account::Own => None,
+            Account::Id(account) => Some(account.as_str().into()),
+        },
         build_region: region.clone(),
         source_image_id: tag(SOURCE_IMAGE_TAG).map(crate::cloud::ImageId::new).unwrap_or_else(|| image.id.clone()),
         snapshot_ids: image.snapshot_ids.clone(),
@@ -277,7 +294,7 @@ impl fmt::Display for ChangedPlan<'_> {
             let verdict = if decision.reuse.is_some() { "reuse  " } else { "rebuild" };
             writeln!(f, "{verdict} {} in {}: {}", build.flavor, build.region, decision.why.join("; "))?;
             for &copy in &build.copies {
-                let target = self.plan.copies[copy].target_region();
+                let target = &self.plan.copies[copy].target;
                 let copied = match priors.get(&JobId::Copy(copy)) {
                     Some(Prior::Available(artifact)) => format!("has {}", artifact.image_id),
                     _ => "to copy".to_string(),

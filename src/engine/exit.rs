@@ -74,7 +74,7 @@ pub enum Ending {
     NoSuchImage,
     /// `preflight` made its checks: how many failed.
     Checked { failed: usize },
-    /// `gc` went through its plan: how many removals failed.
+    /// `gc` went through its plan: how many removals failed (and `[[distribution]]` accounts it could not survey).
     Collected { failures: usize },
     /// A run's loop ended: its summary (boxed: the other endings are small), and how many resources the
     /// simulated cloud says it left behind.

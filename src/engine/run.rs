@@ -249,7 +249,8 @@ pub fn home_region(fleet: &Fleet) -> &crate::config::Region {
     fleet.regions.keys().next().expect("validated: at least one build region")
 }
 
-/// The preflight of the run, unless `--no-preflight`: a failed one stops the run, nothing created.
+/// The preflight of the run, unless `--no-preflight`: a failed one stops the run, nothing created (unless all
+/// its failures are `[[distribution]]` accounts', whose copies then fail alone).
 async fn preflight_unless_skipped(
     fleet: &Fleet,
     plan: &Plan,
@@ -261,7 +262,16 @@ async fn preflight_unless_skipped(
         return Ok(None);
     }
     let report = preflight::check(fleet, plan, cloud, runner).await;
-    if report.passed() {
+    if report.blocking_failures().next().is_none() {
+        // A `[[distribution]]` account's failure fails only its copies: the account named, and the run goes
+        // on (its copies then say why, each; `fleetbake preflight` lists the checks).
+        let mut accounts: Vec<&str> = report.failures().filter_map(|check| check.account.as_deref()).collect();
+        accounts.dedup();
+        for account in accounts {
+            tracing::warn!(
+                "preflight: account {account} failed its checks (`fleetbake preflight` says which): only its copies will fail"
+            );
+        }
         Ok(Some(report))
     } else {
         Err(RunError::Preflight(report))
@@ -416,7 +426,8 @@ impl Execution {
             events.send(RunEvent::LocalLeftoversEnded(leftovers));
         }
         if let Some(preflight) = &self.preflight {
-            events.send(RunEvent::PreflightPassed { checks: preflight.checks.len() });
+            // The checks that passed (a `[[distribution]]` account's failures, if any, were said as warnings).
+            events.send(RunEvent::PreflightPassed { checks: preflight.checks.len() - preflight.failures().count() });
         }
         if let Some(SetAside { path, kept_as, why }) = self.manifest_set_aside {
             events.send(RunEvent::ManifestSetAside { path, kept_as, why });

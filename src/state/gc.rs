@@ -1,8 +1,14 @@
 //! `fleetbake gc FLEET [--dry-run]`: removes what fleetbake runs left in the account.
 //!
 //! Three steps, the middle one pure: [`survey`] describes every region of the fleet (temporary resources and
-//! the fleet's images, by tag); [`GcPlan::new`] decides, from the survey, the journals, the manifest and
+//! the fleet's images, by tag), and with `[[distribution]]` each destination account's regions (its images,
+//! acting as its role); [`GcPlan::new`] decides, from the survey, the journals, the manifest and
 //! `[retention]`, what goes and why; [`execute`] removes it (unless it is a dry run).
+//!
+//! Per account: `keep` counts per flavor, account and region; an account's copies are its own images (CopyImage
+//! made them there, with snapshots of their own), so they are surveyed and retired only in that account, and
+//! deregistering the builder's image leaves them. An account whose role cannot be assumed (or that refuses
+//! the describe) is named, and counts as a failure, so gc exits non-zero: it is never skipped silently.
 //!
 //! Never removed: anything of a run in progress (its journal is locked here, or, for a run with no journal
 //! here, it started less than [`FOREIGN_RUN_GRACE`] ago: it may be running on another machine), an image named
@@ -17,7 +23,7 @@ use chrono::{DateTime, Utc};
 use crate::cloud::wait::{poll_until, Poll, PollPolicy};
 use crate::cloud::watch::Waits;
 use crate::cloud::{Cloud, CloudError, ImageId, ImageQuery, ImageState, OwnedImage, SnapshotId};
-use crate::config::{Fleet, Region, Retention};
+use crate::config::{Account, Fleet, Place, Region, Retention};
 use crate::plan::RunId;
 use crate::state::journal::{Journal, JournalDir, JournalError, RunLock};
 use crate::state::leftovers::{self, Leftover};
@@ -39,11 +45,31 @@ pub enum GcError {
     Manifest { path: String, error: std::io::Error },
 }
 
-/// What is in the account, as of the survey.
+/// What is in the account (and the distribution accounts), as of the survey.
 #[derive(Clone, Debug, Default)]
 pub struct Survey {
     pub leftovers: Vec<Leftover>,
-    pub images: Vec<(Region, OwnedImage)>,
+    pub images: Vec<(Place, OwnedImage)>,
+    /// Distribution accounts whose images could not be listed: their role not assumed, or the call refused.
+    pub unreachable: Vec<Unreachable>,
+}
+
+/// A distribution account gc could not survey, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreachable {
+    pub place: Place,
+    pub role_arn: String,
+    pub error: String,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "could not survey account {} in {} acting as `{}`: {}; its copies were not looked at: check that the role exists there and trusts this account",
+            self.place.account, self.place.region, self.role_arn, self.error
+        )
+    }
 }
 
 /// Every region the fleet builds in or copies to.
@@ -53,7 +79,24 @@ pub fn regions(fleet: &Fleet) -> BTreeSet<Region> {
     regions
 }
 
-/// Describes every region: the fleet's temporary resources and its images.
+/// Every region of every distribution account (`[[distribution]]`), with the role gc acts as there.
+pub fn distribution_places(fleet: &Fleet) -> Vec<(Place, String)> {
+    let mut places = Vec::new();
+    for distribution in fleet.distributions.iter() {
+        for account in &distribution.accounts {
+            for region in &distribution.regions {
+                let place = Place { account: Account::Id(account.clone()), region: region.clone() };
+                places.push((place, distribution.role_for(account)));
+            }
+        }
+    }
+    places
+}
+
+/// Describes every region: the fleet's temporary resources and its images; then each distribution account's
+/// images (copies make no temporary resources there). A failure in the own account stops gc; in a
+/// distribution account it is recorded ([`Survey::unreachable`]) and that account's other regions are not
+/// tried (the same role would be refused again).
 pub async fn survey(fleet: &Fleet, cloud: &dyn Cloud) -> Result<Survey, CloudError> {
     let temporary = leftovers::temporary_tags(&fleet.name, None);
     let images = ImageQuery::Tagged(BTreeMap::from([(FLEET_TAG.to_string(), fleet.name.clone())]));
@@ -62,7 +105,16 @@ pub async fn survey(fleet: &Fleet, cloud: &dyn Cloud) -> Result<Survey, CloudErr
         let cloud = cloud.region(&region);
         survey.leftovers.extend(leftovers::find(&*cloud, &temporary).await?);
         let found = cloud.find_owned_images(&images).await?;
-        survey.images.extend(found.into_iter().map(|image| (region.clone(), image)));
+        survey.images.extend(found.into_iter().map(|image| (Place::own(region.clone()), image)));
+    }
+    for (place, role_arn) in distribution_places(fleet) {
+        if survey.unreachable.iter().any(|unreachable| unreachable.place.account == place.account) {
+            continue;
+        }
+        match cloud.place(&place).find_owned_images(&images).await {
+            Ok(found) => survey.images.extend(found.into_iter().map(|image| (place.clone(), image))),
+            Err(error) => survey.unreachable.push(Unreachable { place, role_arn, error: error.to_string() }),
+        }
     }
     Ok(survey)
 }
@@ -103,7 +155,8 @@ impl RunsInProgress {
 /// An image to deregister, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Deregistration {
-    pub region: Region,
+    /// Where the image is: a region of the own account, or of a distribution account (its copy).
+    pub place: Place,
     pub image: OwnedImage,
     pub why: String,
 }
@@ -113,6 +166,8 @@ pub struct Deregistration {
 pub struct GcPlan {
     pub remove: Vec<Leftover>,
     pub deregister: Vec<Deregistration>,
+    /// Distribution accounts the survey could not look into: named, and failures of gc.
+    pub unreachable: Vec<Unreachable>,
     /// Things left on purpose, with the reason: runs in progress, images without `[retention]`.
     pub notes: Vec<String>,
 }
@@ -120,7 +175,7 @@ pub struct GcPlan {
 impl GcPlan {
     /// Pure: the survey, which runs are in progress, the images the manifest names, and `[retention]`.
     pub fn new(survey: &Survey, runs: &RunsInProgress, protected: &BTreeSet<ImageId>, retention: &Retention) -> Self {
-        let mut plan = GcPlan::default();
+        let mut plan = GcPlan { unreachable: survey.unreachable.clone(), ..GcPlan::default() };
         let mut busy_runs = BTreeSet::new();
         for leftover in &survey.leftovers {
             if runs.in_progress(leftover.run_id.as_ref()) {
@@ -141,18 +196,18 @@ impl GcPlan {
             }
             return plan;
         };
-        // Newest first per flavor and region; pending images and runs in progress are never touched.
-        let mut groups: BTreeMap<(String, Region), Vec<&OwnedImage>> = BTreeMap::new();
-        for (region, image) in &survey.images {
+        // Newest first per flavor, account and region; pending images and runs in progress are never touched.
+        let mut groups: BTreeMap<(String, Place), Vec<&OwnedImage>> = BTreeMap::new();
+        for (place, image) in &survey.images {
             let run_id = image.tags.get(RUN_ID_TAG).and_then(|id| RunId::parse(id));
             if image.state == ImageState::Pending || runs.in_progress(run_id.as_ref()) {
                 continue;
             }
             let flavor = image.tags.get(FLAVOR_TAG).cloned().unwrap_or_default();
-            groups.entry((flavor, region.clone())).or_default().push(image);
+            groups.entry((flavor, place.clone())).or_default().push(image);
         }
         let mut shared_left = 0;
-        for ((flavor, region), mut images) in groups {
+        for ((flavor, place), mut images) in groups {
             images.sort_by(|a, b| (&b.creation_date, &b.id).cmp(&(&a.creation_date, &a.id)));
             let mut kept = 0;
             for image in images {
@@ -161,7 +216,7 @@ impl GcPlan {
                 } else if let ImageState::Failed(state) = &image.state {
                     Some(format!("it failed ({state})"))
                 } else if kept >= keep {
-                    Some(format!("{flavor} in {region} keeps its newest {keep}"))
+                    Some(format!("{flavor} in {place} keeps its newest {keep}"))
                 } else {
                     None
                 };
@@ -171,7 +226,7 @@ impl GcPlan {
                 match why {
                     Some(_) if shared && !failed && !retention.deregister_shared => shared_left += 1,
                     Some(why) => {
-                        plan.deregister.push(Deregistration { region: region.clone(), image: image.clone(), why })
+                        plan.deregister.push(Deregistration { place: place.clone(), image: image.clone(), why })
                     }
                     None if image.state == ImageState::Available => kept += 1,
                     None => {}
@@ -218,6 +273,11 @@ const SNAPSHOT_RELEASE: PollPolicy =
 /// Carries the plan out (or only says what it would do).
 pub async fn execute(plan: &GcPlan, cloud: Arc<dyn Cloud>, dry_run: bool) -> GcOutcome {
     let mut outcome = GcOutcome::default();
+    // Named first, and failed: an account gc could not look into may hold copies past `keep`.
+    for unreachable in &plan.unreachable {
+        outcome.failures += 1;
+        outcome.lines.push(unreachable.to_string());
+    }
     let run_of = |leftover: &Leftover| leftover.run_id.as_ref().map_or("untagged".to_string(), ToString::to_string);
     if dry_run {
         for leftover in &plan.remove {
@@ -246,15 +306,15 @@ pub async fn execute(plan: &GcPlan, cloud: Arc<dyn Cloud>, dry_run: bool) -> GcO
         }
     }
     for deregistration in &plan.deregister {
-        let Deregistration { region, image, why } = deregistration;
+        let Deregistration { place, image, why } = deregistration;
         let snapshots: Vec<String> = image.snapshot_ids.iter().map(ToString::to_string).collect();
         let what =
-            format!("{} `{}` in {region} and its snapshots [{}]: {why}", image.id, image.name, snapshots.join(", "));
+            format!("{} `{}` in {place} and its snapshots [{}]: {why}", image.id, image.name, snapshots.join(", "));
         if dry_run {
             outcome.lines.push(format!("would deregister {what}"));
             continue;
         }
-        let region_cloud = cloud.region(region);
+        let region_cloud = cloud.place(place);
         if let Err(error) = region_cloud.deregister_image(&image.id).await {
             outcome.failures += 1;
             outcome.lines.push(format!("could not deregister {}: {error}", image.id));
@@ -335,7 +395,7 @@ mod tests {
         RunId::new(format!("2026-11-26T12:00:{second:02}Z").parse().unwrap(), 1)
     }
 
-    fn image(id: &str, flavor: &str, run_id: &RunId, created: &str, state: ImageState) -> (Region, OwnedImage) {
+    fn image(id: &str, flavor: &str, run_id: &RunId, created: &str, state: ImageState) -> (Place, OwnedImage) {
         let tags = BTreeMap::from([
             ("fleetbake:flavor".to_string(), flavor.to_string()),
             ("fleetbake:run-id".to_string(), run_id.to_string()),
@@ -348,7 +408,7 @@ mod tests {
             snapshot_ids: Vec::new(),
             tags,
         };
-        (Region::new("us-west-2"), image)
+        (Place::own(Region::new("us-west-2")), image)
     }
 
     fn keep(keep: Option<usize>) -> Retention {
@@ -383,6 +443,7 @@ mod tests {
                 image("ami-b1", "b", &old, "2026-11-26T12:00:01Z", ImageState::Failed("failed: disk".into())),
                 image("ami-b3", "b", &new, "2026-11-26T12:00:03Z", ImageState::Pending),
             ],
+            unreachable: Vec::new(),
         };
         let runs = RunsInProgress(BTreeMap::from([(old, false), (mid, false), (new, false), (busy.clone(), true)]));
         let protected = BTreeSet::from([ImageId::new("ami-a1")]);
@@ -403,7 +464,7 @@ mod tests {
     #[test]
     fn shared_images_are_left_unless_the_retention_says_deregister() {
         let (old, mid, new) = (run(1), run(2), run(3));
-        let shared = |(region, mut image): (Region, OwnedImage)| {
+        let shared = |(region, mut image): (Place, OwnedImage)| {
             image.tags.insert(SHARED_TAG.into(), "true".into());
             (region, image)
         };
@@ -415,6 +476,7 @@ mod tests {
                 shared(image("ami-a3", "a", &new, "2026-11-26T12:00:03Z", ImageState::Available)),
                 shared(image("ami-b1", "b", &old, "2026-11-26T12:00:01Z", ImageState::Failed("failed".into()))),
             ],
+            unreachable: Vec::new(),
         };
         let runs = RunsInProgress(BTreeMap::from([(old, false), (mid, false), (new, false)]));
         let protected = BTreeSet::new();
@@ -442,11 +504,49 @@ mod tests {
                 flavor: None,
             }],
             images: Vec::new(),
+            unreachable: Vec::new(),
         };
         let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap();
         let soon = RunsInProgress::ask(&dir, &survey, at("2026-11-27T11:59:00Z")).unwrap();
         assert!(soon.0[&started]);
         let later = RunsInProgress::ask(&dir, &survey, at("2026-11-27T12:01:00Z")).unwrap();
         assert!(!later.0[&started]);
+    }
+
+    #[test]
+    fn keep_counts_per_flavor_account_and_region_and_an_unreachable_account_is_a_failure() {
+        let (old, new) = (run(1), run(2));
+        let in_account = |(_, image): (Place, OwnedImage), account: &str| {
+            (Place { account: Account::Id(account.to_string()), region: Region::new("us-west-2") }, image)
+        };
+        let survey = Survey {
+            leftovers: Vec::new(),
+            images: vec![
+                image("ami-own1", "a", &old, "2026-11-26T12:00:01Z", ImageState::Available),
+                image("ami-own2", "a", &new, "2026-11-26T12:00:02Z", ImageState::Available),
+                in_account(image("ami-b1", "a", &old, "2026-11-26T12:00:01Z", ImageState::Available), "222233334444"),
+                in_account(image("ami-b2", "a", &new, "2026-11-26T12:00:02Z", ImageState::Available), "222233334444"),
+                in_account(image("ami-c2", "a", &new, "2026-11-26T12:00:02Z", ImageState::Available), "555566667777"),
+            ],
+            unreachable: vec![Unreachable {
+                place: Place { account: Account::Id("888899990000".into()), region: Region::new("us-west-2") },
+                role_arn: "arn:aws:iam::888899990000:role/image-distribution".into(),
+                error: "AccessDenied".into(),
+            }],
+        };
+        let runs = RunsInProgress(BTreeMap::from([(old, false), (new, false)]));
+        let plan = GcPlan::new(&survey, &runs, &BTreeSet::new(), &keep(Some(1)));
+        // Each account's newest copy is kept, whatever the other accounts hold; the own account's likewise.
+        assert_eq!(deregistered(&plan), ["ami-own1", "ami-b1"]);
+        assert_eq!(plan.deregister[1].place.to_string(), "222233334444/us-west-2");
+        let outcome = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+            let text = "[fleet]\nname = \"gc\"\n\n[defaults]\ninstance_type = \"t3.micro\"\nssh_username = \"u\"\n\n\
+                        [[flavor]]\nname = \"a\"\nsource_ami = { id = \"ami-1\" }\n\n[regions]\nus-west-2 = []\n";
+            let fleet = crate::config::parse(std::path::Path::new("fleet.toml"), text).expect("the test fleet parses");
+            let sim: Arc<dyn Cloud> = Arc::new(crate::cloud::sim::SimCloud::new(&fleet));
+            execute(&plan, sim, true).await
+        });
+        assert_eq!(outcome.failures, 1, "{:?}", outcome.lines);
+        assert!(outcome.lines[0].contains("888899990000") && outcome.lines[0].contains("role/image-distribution"));
     }
 }

@@ -6,13 +6,15 @@
 //! region, so looking them up by name finds what the journal recorded and what it did not get to (a process
 //! killed between CopyImage's answer and the journal write). It removes the temporary resources earlier
 //! attempts left (the journal's list and the run's tags together), and deregisters an image of the run that
-//! failed, so its job can make it again under the same name.
+//! failed, so its job can make it again under the same name. A copy into another account (`[[distribution]]`)
+//! is looked up in that account's region, acting as its role: the account owns it, and its name is unique
+//! there, not in the own account.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::cloud::watch::Waits;
 use crate::cloud::{Cloud, CloudError, ImageId, ImageQuery, ImageState, OwnedImage};
-use crate::config::{FlavorName, Fleet, Region};
+use crate::config::{FlavorName, Fleet, Place};
 use crate::outcome::Artifact;
 use crate::plan::{JobId, Plan};
 use crate::report::events::{EventSender, RunEvent};
@@ -56,7 +58,7 @@ pub fn prepare(fleet: &mut Fleet) -> Result<(Replay, Plan), JournalError> {
 /// Where a job's image lands, and what it is called there.
 struct Landing<'a> {
     job: JobId,
-    region: &'a Region,
+    place: Place,
     name: &'a str,
     flavor: &'a FlavorName,
 }
@@ -64,13 +66,13 @@ struct Landing<'a> {
 fn landings(plan: &Plan) -> Vec<Landing<'_>> {
     let builds = plan.builds.iter().map(|build| Landing {
         job: JobId::Build(build.index),
-        region: &build.region,
+        place: Place::own(build.region.clone()),
         name: &build.image_name,
         flavor: &build.flavor,
     });
     let copies = plan.copies.iter().map(|copy| Landing {
         job: JobId::Copy(copy.index),
-        region: copy.target_region(),
+        place: copy.target.clone(),
         name: &copy.image_name,
         flavor: &copy.flavor,
     });
@@ -89,25 +91,28 @@ pub async fn reconcile(
     events: &EventSender,
 ) -> Result<Resumed, CloudError> {
     let landings = landings(plan);
-    let mut regions: BTreeSet<&Region> = landings.iter().map(|landing| landing.region).collect();
-    regions.extend(plan.builds.iter().map(|build| &build.region));
+    let mut places: BTreeSet<Place> = landings.iter().map(|landing| landing.place.clone()).collect();
+    places.extend(plan.builds.iter().map(|build| Place::own(build.region.clone())));
     let run_tags = leftovers::temporary_tags(&plan.fleet, Some(&plan.run_id));
 
     let mut priors = BTreeMap::new();
     let mut generations: BTreeMap<JobId, u32> =
         plan.jobs().filter_map(|job| replay.discarded.get(&plan.key(job)).map(|&discarded| (job, discarded))).collect();
-    for region in regions {
-        let region_cloud = cloud.region(region);
-        let here: Vec<&Landing> = landings.iter().filter(|landing| landing.region == region).collect();
+    for place in &places {
+        let region_cloud = cloud.place(place);
+        let here: Vec<&Landing> = landings.iter().filter(|landing| &landing.place == place).collect();
 
-        // What earlier attempts left: found by the run's tags, and what the journal says it made.
-        let mut found = leftovers::find(&*region_cloud, &run_tags).await?;
-        for resource in replay.outstanding.keys().filter(|resource| resource.region() == region) {
+        // What earlier attempts left: found by the run's tags (in the own account: a copy into another account
+        // makes no temporary resource there, and its role may not describe them), and what the journal says
+        // it made.
+        let mut found =
+            if place.account.is_own() { leftovers::find(&*region_cloud, &run_tags).await? } else { Vec::new() };
+        for resource in replay.outstanding.keys().filter(|resource| &resource.place == place) {
             if !found.iter().any(|leftover| &leftover.resource == resource) {
                 found.push(Leftover { resource: resource.clone(), run_id: Some(plan.run_id.clone()), flavor: None });
             }
         }
-        let removal = leftovers::remove(&*region_cloud, &waits.region(region), &found, journal).await;
+        let removal = leftovers::remove(&*region_cloud, &waits.place(place), &found, journal).await;
         for resource in removal.removed {
             events.send(RunEvent::Swept { resource: resource.to_string() });
         }
@@ -120,7 +125,16 @@ pub async fn reconcile(
             continue;
         }
         let names: Vec<String> = here.iter().map(|landing| landing.name.to_string()).collect();
-        let mut images = region_cloud.find_owned_images(&ImageQuery::Named(names)).await?;
+        let mut images = match region_cloud.find_owned_images(&ImageQuery::Named(names)).await {
+            Ok(images) => images,
+            // Another account that does not answer (its role not assumed): its copies start afresh and meet
+            // the same refusal, failing only themselves, as in a fresh run.
+            Err(error) if !place.account.is_own() => {
+                tracing::warn!("cannot look up the run's copies in {place}: {error}");
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         // What the journal recorded and the name lookup missed (EC2's describes lag a new image for a while):
         // described by id, and taken as the image of its name.
         let missed: Vec<ImageId> = here
@@ -180,7 +194,7 @@ pub async fn reconcile(
                 }
                 ImageState::Failed(why) => {
                     tracing::warn!(
-                        "{} `{}` in {region} failed ({why}); it is deregistered and made again",
+                        "{} `{}` in {place} failed ({why}); it is deregistered and made again",
                         image.id,
                         image.name
                     );

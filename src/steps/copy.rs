@@ -96,7 +96,7 @@ pub async fn copy(context: &CopyContext) -> CopyEnd {
     let mut end = CopyEnd::default();
     let run = &context.run;
     let mut tags = run.artifact_tags(&context.flavor, &context.source);
-    tags.extend(fingerprint::copy_tags(&run.fleet, context.job.target_region()));
+    tags.extend(fingerprint::copy_tags_in(&run.fleet, &context.job.target));
     if context.job.is_distribution() {
         tags.insert(DISTRIBUTED_FROM_TAG.to_string(), context.source.image_id.to_string());
         tags.insert(DISTRIBUTED_FROM_REGION_TAG.to_string(), context.job.source_region.to_string());

@@ -18,7 +18,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::cloud::ImageId;
-use crate::config::{Flavor, Fleet, Provisioner, Region, ShellScript, Tags};
+use crate::config::{Account, Flavor, Fleet, Place, Provisioner, Region, ShellScript, Tags};
 use crate::outcome::SourceParameter;
 
 pub const FINGERPRINT_TAG: &str = "fleetbake:fingerprint";
@@ -29,6 +29,24 @@ pub const COPY_KEY_TAG: &str = "fleetbake:kms-key";
 /// The value of a copy's [`COPY_KEY_TAG`] in `region` (`None`: no `[encryption]`, the tag is left off).
 pub fn copy_key_tag(fleet: &Fleet, region: &Region) -> Option<String> {
     fleet.kms_key(region).map(str::to_string)
+}
+
+/// The value of a copy's [`COPY_KEY_TAG`] in `place`: `[encryption]`'s key for the own account's regions, the
+/// `[[distribution]]` table's `kms_keys` for another account's (`None`: no key named, the tag is left off).
+pub fn copy_key_tag_in(fleet: &Fleet, place: &Place) -> Option<String> {
+    match &place.account {
+        Account::Own => copy_key_tag(fleet, &place.region),
+        Account::Id(account) => fleet
+            .distributions
+            .for_account(account)
+            .and_then(|distribution| distribution.key_for(&place.region))
+            .map(str::to_string),
+    }
+}
+
+/// The tags that make a copy's key in `place` part of its fingerprint.
+pub fn copy_tags_in(fleet: &Fleet, place: &Place) -> Tags {
+    copy_key_tag_in(fleet, place).map(|key| Tags::from([(COPY_KEY_TAG.to_string(), key)])).unwrap_or_default()
 }
 
 /// The tags that make a copy's part of its fingerprint.

@@ -24,11 +24,18 @@ const DEPRECATION_ANSWER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
     <EnableImageDeprecationResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
     <requestId>fleetbake-test</requestId><return>true</return></EnableImageDeprecationResponse>";
 
-/// Permissions fleetbake needs without calling them itself: passing the profile's role to EC2, and what EC2
-/// does with the keys on its behalf (encrypted volumes, snapshots and copies). `kms:CreateGrant` is both: EC2
-/// makes grants on the keys, and a distribution grants a destination account the use of one (an action).
-const IMPLIED: [&str; 5] =
-    ["iam:PassRole", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom", "kms:ReEncryptTo"];
+/// Permissions fleetbake needs without calling them itself: passing the profile's role to EC2, what EC2
+/// does with the keys on its behalf (encrypted volumes, snapshots and copies), and assuming the
+/// `[[distribution]]` accounts' roles (the SDK's credentials provider). `kms:CreateGrant` is both: EC2 makes
+/// grants on the keys, and a distribution grants a destination account the use of one (an action).
+const IMPLIED: [&str; 6] = [
+    "iam:PassRole",
+    "sts:AssumeRole",
+    "kms:Decrypt",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+];
 
 fn policy_statements() -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/iam-policy.json")).unwrap();

@@ -11,9 +11,12 @@
 //! (when the images are shared) is not AWS-managed; with `[publish]`, each SSM parameter and launch template
 //! an image will be published to ([`publish`]); with `[sharing] public`, that each such region lets images be
 //! made public (`sharing`); and, for builds reached over SSH at an address, where that SSH comes from and whether
-//! the temporary security group will admit it ([`admission`]).
+//! the temporary security group will admit it ([`admission`]); with `[[distribution]]`, each destination
+//! account's role, regions, keys and names, and that the source regions' keys are customer managed
+//! ([`distribution`]).
 
 mod admission;
+mod distribution;
 mod publish;
 mod sharing;
 
@@ -39,6 +42,9 @@ pub struct Check {
     /// The region it is about (`None`: the account).
     pub region: Option<Region>,
     pub outcome: Outcome,
+    /// The `[[distribution]]` account it is about, if any: a failure there fails only that account's copies,
+    /// so `matrix` goes on (`fleetbake preflight` still exits 1).
+    pub account: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,8 +73,18 @@ impl Preflight {
         self.checks.iter().filter(|check| matches!(check.outcome, Outcome::Fail(_)))
     }
 
+    /// The failures that stop a run: all but those of a `[[distribution]]` account (whose copies fail alone).
+    pub fn blocking_failures(&self) -> impl Iterator<Item = &Check> {
+        self.failures().filter(|check| check.account.is_none())
+    }
+
     fn push(&mut self, region: Option<&Region>, outcome: Outcome) {
-        self.checks.push(Check { region: region.cloned(), outcome });
+        self.checks.push(Check { region: region.cloned(), outcome, account: None });
+    }
+
+    /// A check of a `[[distribution]]` account.
+    fn push_for_account(&mut self, account: &str, region: Option<&Region>, outcome: Outcome) {
+        self.checks.push(Check { region: region.cloned(), outcome, account: Some(account.to_string()) });
     }
 }
 
@@ -143,6 +159,7 @@ pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, runner: &Runne
     }
     publish::check_publish_targets(&mut preflight, fleet, plan, cloud).await;
     sharing::check(&mut preflight, fleet, plan, cloud).await;
+    distribution::check(&mut preflight, fleet, plan, cloud).await;
     preflight
 }
 
@@ -195,13 +212,14 @@ fn builds_by_region<'a>(fleet: &'a Fleet, plan: &Plan) -> BTreeMap<Region, Vec<&
     by_region
 }
 
-/// The image names the run would give, per region they land in.
+/// The image names the run would give, per region of the own account they land in (`distribution` checks the
+/// other accounts').
 fn names_by_region(plan: &Plan) -> BTreeMap<Region, BTreeSet<String>> {
     let mut by_region: BTreeMap<Region, BTreeSet<String>> = BTreeMap::new();
     for build in &plan.builds {
         by_region.entry(build.region.clone()).or_default().insert(build.image_name.clone());
     }
-    for copy in &plan.copies {
+    for copy in plan.copies.iter().filter(|copy| !copy.is_distribution()) {
         by_region.entry(copy.target_region().clone()).or_default().insert(copy.image_name.clone());
     }
     by_region
