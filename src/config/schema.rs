@@ -69,6 +69,17 @@ pub struct PublishSection {
     pub ssm_parameter: Option<String>,
     pub launch_template: Option<String>,
     pub when: Option<String>,
+    /// `true` (every `[[distribution]]` account) or a list of account ids: their copies are published in
+    /// their account too.
+    pub accounts: Option<PublishAccountsField>,
+}
+
+/// `[publish] accounts`: `true`/`false`, or account ids.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PublishAccountsField {
+    All(bool),
+    Listed(Vec<String>),
 }
 
 /// `[sharing]`: who may launch the images (and create volumes from their snapshots).

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::cloud::ImageId;
-use crate::config::{FlavorName, Region};
+use crate::config::{FlavorName, Place};
 use crate::outcome::{Failure, JobLabel, RunStatus, Stage};
 use crate::report::events::{JobKind, PlannedLanding, RunEvent, Stamped};
 
@@ -37,8 +37,8 @@ pub struct Tally {
     pub started_at: Option<DateTime<Utc>>,
     pub planned: Vec<PlannedLanding>,
     pub in_flight: BTreeMap<JobLabel, InFlight>,
-    /// flavor → region → image.
-    pub images: BTreeMap<FlavorName, BTreeMap<Region, ImageId>>,
+    /// flavor → place (a region, or another account's region) → image.
+    pub images: BTreeMap<FlavorName, BTreeMap<Place, ImageId>>,
     pub failures: Vec<Failure>,
     pub throttles: u64,
     /// When each job that started made its image available.
@@ -71,21 +71,15 @@ impl Tally {
                 }
             }
             RunEvent::ImageAvailable { job, artifact } => {
-                self.images
-                    .entry(job.flavor.clone())
-                    .or_default()
-                    .insert(job.region().clone(), artifact.image_id.clone());
+                self.images.entry(job.flavor.clone()).or_default().insert(job.place.clone(), artifact.image_id.clone());
                 self.available_at.insert(job.clone(), at);
             }
             RunEvent::JobFailed(failure) => {
-                let job = JobLabel::new(failure.flavor.clone(), failure.region.clone());
-                self.ended(&job, at);
+                self.ended(&failure.label(), at);
                 self.failures.push(failure.clone());
             }
             RunEvent::JobSucceeded { job } => self.ended(job, at),
-            RunEvent::ImageInProgress(image) => {
-                self.ended(&JobLabel::new(image.flavor.clone(), image.region.clone()), at)
-            }
+            RunEvent::ImageInProgress(image) => self.ended(&image.label(), at),
             RunEvent::Throttled { .. } => self.throttles += 1,
             RunEvent::RunFinished { status, .. } => {
                 self.finished = Some(*status);
@@ -117,8 +111,7 @@ impl Tally {
             .iter()
             .filter(|landing| {
                 let made = self.image(&landing.job).is_some();
-                let failed =
-                    self.failures.iter().any(|f| f.flavor == landing.job.flavor && &f.region == landing.job.region());
+                let failed = self.failures.iter().any(|f| f.label() == landing.job);
                 (made || failed) && !self.in_flight.contains_key(&landing.job)
             })
             .count();
@@ -126,11 +119,11 @@ impl Tally {
     }
 
     fn image(&self, job: &JobLabel) -> Option<&ImageId> {
-        self.images.get(&job.flavor).and_then(|regions| regions.get(job.region()))
+        self.images.get(&job.flavor).and_then(|places| places.get(&job.place))
     }
 
     /// The end-of-run summary: a headline, then per flavor the regions it holds an image in (of those
-    /// planned), their ids, and where it failed.
+    /// planned; another account's as `account/region`), their ids, and where it failed.
     pub fn summary(&self) -> Vec<String> {
         let made: usize = self.images.values().map(BTreeMap::len).sum();
         let mut lines = vec![format!(
@@ -146,22 +139,22 @@ impl Tally {
             }
         }
         for flavor in flavors {
-            let regions: Vec<&Region> =
-                self.planned.iter().filter(|l| &l.job.flavor == flavor).map(|l| l.job.region()).collect();
-            let images: Vec<String> = regions
+            let places: Vec<&Place> =
+                self.planned.iter().filter(|l| &l.job.flavor == flavor).map(|l| &l.job.place).collect();
+            let images: Vec<String> = places
                 .iter()
-                .filter_map(|region| {
-                    let image = self.images.get(flavor)?.get(*region)?;
-                    Some(format!("{region} {image}"))
+                .filter_map(|place| {
+                    let image = self.images.get(flavor)?.get(*place)?;
+                    Some(format!("{place} {image}"))
                 })
                 .collect();
             let failed: Vec<String> = self
                 .failures
                 .iter()
                 .filter(|failure| &failure.flavor == flavor && failure.stage != Stage::Cleanup)
-                .map(|failure| format!("{} ({})", failure.region, failure.stage))
+                .map(|failure| format!("{} ({})", failure.label().place, failure.stage))
                 .collect();
-            let mut line = format!("    {flavor}: {}/{} regions", images.len(), regions.len());
+            let mut line = format!("    {flavor}: {}/{} regions", images.len(), places.len());
             if !images.is_empty() {
                 line.push_str(&format!(": {}", images.join(", ")));
             }
