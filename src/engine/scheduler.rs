@@ -449,6 +449,8 @@ impl Scheduler {
             left_behind,
             makespan: self.clock.elapsed(),
             timings: state.timings.clone(),
+            images: state.artifacts.iter().map(|(job, artifact)| (*job, artifact.image_id.clone())).collect(),
+            failed_jobs: state.failed_jobs.clone(),
         }
     }
 }

@@ -134,6 +134,23 @@ fn another_account_s_copies_are_named_by_account_in_every_output_and_published_t
     assert!(summary_line.contains(&format!("{OTHER}/eu-west-1 {other_copy}")), "{summary_line}");
     assert!(summary_line.contains(&format!("eu-west-1 {own_copy}")), "{summary_line}");
 
+    // `--summary-json`: how each other account's copies ended, and the copies it owns.
+    let accounts = run.summary["accounts"].as_object().expect("a section per account");
+    assert_eq!(accounts.keys().collect::<Vec<_>>(), [OTHER, THIRD], "{}", run.summary);
+    for (account, jobs) in accounts {
+        assert_eq!(
+            (&jobs["planned"], &jobs["succeeded"], &jobs["failed"]),
+            (&4.into(), &4.into(), &0.into()),
+            "{jobs}"
+        );
+        for flavor in ["base", "web"] {
+            for region in ["us-east-1", "eu-west-1"] {
+                let listed = &manifest["distributed"][flavor][account.as_str()][region]["image_id"];
+                assert_eq!(&jobs["images"][flavor][region], listed, "{jobs}");
+            }
+        }
+    }
+
     // `--events`: another account's image lines carry `account`; the own account's do not.
     let available: Vec<Value> = text(&workspace, "events.jsonl")
         .lines()
