@@ -277,3 +277,36 @@ fn publish_accounts_must_be_accounts_a_distribution_copies_into() {
     assert_eq!(outcome.code, 2, "{}", outcome.stderr);
     assert!(outcome.stderr.contains("no `[[distribution]]` copies into another account"), "{}", outcome.stderr);
 }
+
+/// `when = "each"`: a listed account's copy is published in that account as soon as it is made, the other
+/// account's not at all; the preflight checks the parameters of the listed account only, naming it.
+#[test]
+fn each_image_is_published_in_a_listed_account_and_the_preflight_checks_that_account_s_targets() {
+    let workspace = Workspace::new();
+    let publish = format!("when = \"each\"\naccounts = [\"{OTHER}\"]");
+    let run = run_sim_with(&workspace, &fleet(&publish), &[]);
+    assert_eq!(run.outcome.code, 0, "{}", run.outcome.stderr);
+    for flavor in ["base", "web"] {
+        for region in ["us-east-1", "eu-west-1"] {
+            let entry = |account: &str| run.manifest["distributed"][flavor][account][region].clone();
+            assert_eq!(entry(OTHER)["published"][0]["name"], format!("/images/{flavor}"), "{}", run.manifest);
+            assert_eq!(entry(OTHER)["published"][0]["version"], 1, "its own parameter: {}", run.manifest);
+            assert!(
+                entry(THIRD)["image_id"].is_string() && entry(THIRD).get("published").is_none(),
+                "{}",
+                run.manifest
+            );
+        }
+    }
+
+    let path = workspace.path("fleet.toml");
+    let preflight = workspace.fleetbake(&["preflight", path.to_str().unwrap(), "--cloud", "sim"]);
+    assert_eq!(preflight.code, 0, "{}", preflight.stderr);
+    let checks = format!("{}{}", preflight.stdout, preflight.stderr);
+    for region in ["us-east-1", "eu-west-1"] {
+        let line = format!("{region}: account {OTHER}: SSM parameter `/images/base` does not exist yet");
+        assert!(checks.contains(&line), "{checks}");
+        assert!(checks.contains(&format!("{region}: SSM parameter `/images/base`")), "the own account's: {checks}");
+    }
+    assert!(!checks.contains(&format!("account {THIRD}")), "not listed, not checked: {checks}");
+}
