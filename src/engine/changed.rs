@@ -276,7 +276,7 @@ impl fmt::Display for ChangedPlan<'_> {
             let verdict = if decision.reuse.is_some() { "reuse  " } else { "rebuild" };
             writeln!(f, "{verdict} {} in {}: {}", build.flavor, build.region, decision.why.join("; "))?;
             for &copy in &build.copies {
-                let target = self.plan.copies[copy].target_region();
+                let target = &self.plan.copies[copy].target;
                 let copied = match priors.get(&JobId::Copy(copy)) {
                     Some(Prior::Available(artifact)) => format!("has {}", artifact.image_id),
                     _ => "to copy".to_string(),
