@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::cloud::ImageId;
-use crate::config::{FlavorName, Place};
+use crate::config::{Account, FlavorName, Place};
 use crate::outcome::{Failure, JobLabel, RunStatus, Stage};
 use crate::report::events::{JobKind, PlannedLanding, RunEvent, Stamped};
 
@@ -163,6 +163,127 @@ impl Tally {
             }
             lines.push(line);
         }
+        lines.extend(self.account_lines());
         lines
+    }
+
+    /// With copies into other accounts (`[[distribution]]`), a line per account: how many of its copies it
+    /// owns, and which failed (so an account whose role could not be assumed is named once, with all it lost).
+    fn account_lines(&self) -> Vec<String> {
+        let mut accounts: Vec<&Account> = Vec::new();
+        for landing in &self.planned {
+            if !landing.job.place.account.is_own() && !accounts.contains(&&landing.job.place.account) {
+                accounts.push(&landing.job.place.account);
+            }
+        }
+        accounts
+            .into_iter()
+            .map(|account| {
+                let planned: Vec<&JobLabel> = self
+                    .planned
+                    .iter()
+                    .map(|landing| &landing.job)
+                    .filter(|job| &job.place.account == account)
+                    .collect();
+                let made = planned.iter().filter(|job| self.image(job).is_some()).count();
+                let failed: Vec<String> = self
+                    .failures
+                    .iter()
+                    .filter(|failure| &failure.account == account && failure.stage != Stage::Cleanup)
+                    .map(|failure| format!("{}/{} ({})", failure.flavor, failure.region, failure.stage))
+                    .collect();
+                let mut line = format!("    account {account}: {made}/{} copies", planned.len());
+                if !failed.is_empty() {
+                    line.push_str(&format!("; failed: {}", failed.join(", ")));
+                }
+                line
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Region;
+
+    /// Each other account gets a line of its own, naming what it lost; a fleet without one prints none.
+    #[test]
+    fn the_summary_names_each_other_account_with_its_copies_and_failures() {
+        let at: DateTime<Utc> = "2026-12-07T12:00:00Z".parse().unwrap();
+        let own = JobLabel::new(FlavorName::new("base"), Region::new("us-east-1"));
+        let elsewhere = |account: &str, region: &str| JobLabel {
+            place: Place { account: Account::Id(account.into()), region: Region::new(region) },
+            ..own.clone()
+        };
+        let landing =
+            |job: &JobLabel, kind| PlannedLanding { job: job.clone(), kind, build_region: Region::new("us-east-1") };
+        let mut tally = Tally::default();
+        let planned = vec![
+            landing(&own, JobKind::Build),
+            landing(&elsewhere("222233334444", "us-east-1"), JobKind::Copy),
+            landing(&elsewhere("222233334444", "eu-west-1"), JobKind::Copy),
+            landing(&elsewhere("555566667777", "us-east-1"), JobKind::Copy),
+        ];
+        let see = |tally: &mut Tally, event| tally.observe(&Stamped { at, event });
+        see(
+            &mut tally,
+            RunEvent::RunStarted {
+                fleet: "f".into(),
+                run_id: crate::plan::RunId::new(at, 1),
+                started_at: at,
+                builds: 1,
+                copies: 3,
+                planned,
+                selective: false,
+            },
+        );
+        let artifact = |image: &str| crate::outcome::Artifact {
+            image_id: ImageId::new(image),
+            name: "base".into(),
+            build_region: Region::new("us-east-1"),
+            source_image_id: ImageId::new("ami-0"),
+            snapshot_ids: Vec::new(),
+            created_at: "t".into(),
+            fingerprint: None,
+            reused_from: None,
+            published: Vec::new(),
+            parent: None,
+            settings: Box::default(),
+        };
+        see(&mut tally, RunEvent::ImageAvailable { job: own.clone(), artifact: artifact("ami-1") });
+        see(
+            &mut tally,
+            RunEvent::ImageAvailable { job: elsewhere("222233334444", "us-east-1"), artifact: artifact("ami-2") },
+        );
+        see(
+            &mut tally,
+            RunEvent::ImageAvailable { job: elsewhere("222233334444", "eu-west-1"), artifact: artifact("ami-3") },
+        );
+        let refused = Failure::new(&elsewhere("555566667777", "us-east-1"), Stage::Copy, "the role cannot be assumed");
+        see(&mut tally, RunEvent::JobFailed(refused));
+        let summary = tally.summary();
+        assert_eq!(
+            summary[1..],
+            [
+                "    base: 3/4 regions: us-east-1 ami-1, 222233334444/us-east-1 ami-2, 222233334444/eu-west-1 ami-3; failed: 555566667777/us-east-1 (copy)",
+                "    account 222233334444: 2/2 copies",
+                "    account 555566667777: 0/1 copies; failed: base/us-east-1 (copy)",
+            ]
+        );
+        let mut own_only = Tally::default();
+        see(
+            &mut own_only,
+            RunEvent::RunStarted {
+                fleet: "f".into(),
+                run_id: crate::plan::RunId::new(at, 1),
+                started_at: at,
+                builds: 1,
+                copies: 0,
+                planned: vec![landing(&own, JobKind::Build)],
+                selective: false,
+            },
+        );
+        assert_eq!(own_only.summary().len(), 2, "a headline and the flavor: {:?}", own_only.summary());
     }
 }

@@ -133,6 +133,9 @@ fn another_account_s_copies_are_named_by_account_in_every_output_and_published_t
     assert!(summary_line.contains("base: 6/6 regions"), "{summary_line}");
     assert!(summary_line.contains(&format!("{OTHER}/eu-west-1 {other_copy}")), "{summary_line}");
     assert!(summary_line.contains(&format!("eu-west-1 {own_copy}")), "{summary_line}");
+    for account in [OTHER, THIRD] {
+        assert!(stderr.contains(&format!("    account {account}: 4/4 copies\n")), "{stderr}");
+    }
 
     // `--summary-json`: how each other account's copies ended, and the copies it owns.
     let accounts = run.summary["accounts"].as_object().expect("a section per account");
