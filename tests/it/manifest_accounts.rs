@@ -313,3 +313,54 @@ fn each_image_is_published_in_a_listed_account_and_the_preflight_checks_that_acc
     }
     assert!(!checks.contains(&format!("account {THIRD}")), "not listed, not checked: {checks}");
 }
+
+/// Copies refused in one region fail in every account that region was to hold them: each failure names its
+/// account in the manifest, the events, the lines, the summary (a line per account) and `--summary-json`,
+/// and the own account's failures keep their shape.
+#[test]
+fn another_account_s_failed_copies_are_named_by_account() {
+    let workspace = Workspace::new();
+    let events = workspace.path("events.jsonl");
+    let refused = "\n[sim]\nfaults = [{ action = \"CopyImage\", region = \"eu-west-1\", error = \"UnauthorizedOperation\", probability = 1.0 }]\n";
+    let run = run_sim_with(&workspace, &(fleet("") + refused), &["--events", events.to_str().unwrap()]);
+    assert_eq!(run.outcome.code, 1, "{}", run.outcome.stderr);
+    let failures = run.manifest["failures"].as_array().unwrap();
+    let mut named: Vec<(String, String, String)> = failures
+        .iter()
+        .filter(|failure| failure["stage"] == "copy")
+        .map(|failure| {
+            let account = failure.get("account").map_or("own".to_string(), |id| id.as_str().unwrap().to_string());
+            (failure["flavor"].as_str().unwrap().to_string(), account, failure["region"].as_str().unwrap().to_string())
+        })
+        .collect();
+    named.sort();
+    let expected: Vec<(String, String, String)> = ["base", "web"]
+        .iter()
+        .flat_map(|flavor| {
+            [OTHER, THIRD, "own"].map(|account| (flavor.to_string(), account.to_string(), "eu-west-1".to_string()))
+        })
+        .collect();
+    assert_eq!(named, expected, "{}", run.manifest);
+    for account in [OTHER, THIRD] {
+        assert!(run.manifest["distributed"]["base"][account].get("eu-west-1").is_none(), "{}", run.manifest);
+        assert!(run.manifest["distributed"]["base"][account]["us-east-1"]["image_id"].is_string());
+        let jobs = &run.summary["accounts"][account];
+        assert_eq!(
+            (&jobs["planned"], &jobs["succeeded"], &jobs["failed"]),
+            (&4.into(), &2.into(), &2.into()),
+            "{jobs}"
+        );
+        let line = format!("    account {account}: 2/4 copies; failed: base/eu-west-1 (copy), web/eu-west-1 (copy)");
+        assert!(run.outcome.stderr.contains(&line), "{}", run.outcome.stderr);
+        let failed_line = format!("==> base/{account}/eu-west-1: failed at copy: ");
+        assert!(run.outcome.stderr.contains(&failed_line), "{}", run.outcome.stderr);
+    }
+    assert!(run.outcome.stderr.contains("==> base/eu-west-1: failed at copy: "), "{}", run.outcome.stderr);
+    let failed_events: Vec<Value> = text(&workspace, "events.jsonl")
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|event| event["type"] == "job_failed" && event["stage"] == "copy")
+        .collect();
+    assert_eq!(failed_events.len(), 6);
+    assert_eq!(failed_events.iter().filter(|event| event.get("account").is_some()).count(), 4, "{failed_events:?}");
+}
