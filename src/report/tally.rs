@@ -186,10 +186,17 @@ impl Tally {
                     .filter(|job| &job.place.account == account)
                     .collect();
                 let made = planned.iter().filter(|job| self.image(job).is_some()).count();
-                let failed: Vec<String> = self
-                    .failures
+                // In plan order (flavor, then region), whatever order the copies failed in.
+                let failed: Vec<String> = planned
                     .iter()
-                    .filter(|failure| &failure.account == account && failure.stage != Stage::Cleanup)
+                    .flat_map(|job| {
+                        self.failures.iter().filter(move |failure| {
+                            failure.stage != Stage::Cleanup
+                                && failure.flavor == job.flavor
+                                && failure.account == job.place.account
+                                && failure.region == job.place.region
+                        })
+                    })
                     .map(|failure| format!("{}/{} ({})", failure.flavor, failure.region, failure.stage))
                     .collect();
                 let mut line = format!("    account {account}: {made}/{} copies", planned.len());
