@@ -125,10 +125,14 @@ enum ManifestCommand {
     Get {
         flavor: String,
         region: String,
+        /// The copy this account owns (`[[distribution]]`); default: the image of the account the run acts as
+        #[arg(long, value_name = "ID")]
+        account: Option<String>,
         #[arg(long, default_value = "manifest.json")]
         manifest: PathBuf,
     },
-    /// Print what changed from OLD to NEW: flavors added or removed, regions gained or lost, new image ids
+    /// Print what changed from OLD to NEW: flavors added or removed, regions gained or lost (in every account),
+    /// new image ids
     Diff { old: PathBuf, new: PathBuf },
 }
 
@@ -498,18 +502,27 @@ fn manifest(command: ManifestCommand) -> Ending {
         })
     };
     match command {
-        ManifestCommand::Get { flavor, region, manifest } => {
+        ManifestCommand::Get { flavor, region, account, manifest } => {
             let manifest = match read(&manifest) {
                 Ok(manifest) => manifest,
                 Err(unreadable) => return unreadable,
             };
-            match manifest.image(&flavor, &region) {
+            let account = account.map_or(config::Account::Own, config::Account::Id);
+            let place = config::Place { account, region: config::Region::new(region) };
+            match manifest.image_in(&config::FlavorName::new(&flavor), &place) {
                 Some(image) => {
-                    println!("{image}");
+                    println!("{}", image.image_id);
                     Ending::Done
                 }
+                None if place.account.is_own() => {
+                    eprintln!("error: the manifest has no image of `{flavor}` in {}", place.region);
+                    Ending::NoSuchImage
+                }
                 None => {
-                    eprintln!("error: the manifest has no image of `{flavor}` in {region}");
+                    eprintln!(
+                        "error: the manifest has no image of `{flavor}` owned by account {} in {}",
+                        place.account, place.region
+                    );
                     Ending::NoSuchImage
                 }
             }

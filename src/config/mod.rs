@@ -235,6 +235,32 @@ pub struct Publish {
     /// A launch template name template: a new version with the image id, made the default.
     pub launch_template: Option<String>,
     pub when: PublishWhen,
+    /// Which `[[distribution]]` accounts' copies are published too, in their own account.
+    pub accounts: PublishAccounts,
+}
+
+/// `[publish] accounts`: whose copies are published besides the own account's images (always published).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PublishAccounts {
+    /// Only the own account's images (the default).
+    #[default]
+    None,
+    /// Every `[[distribution]]` account's copies, each in its account (`accounts = true`).
+    All,
+    /// These accounts' copies (each named by a `[[distribution]]`).
+    Listed(Vec<String>),
+}
+
+impl PublishAccounts {
+    /// Whether an image in `account` is published: the own account's always.
+    pub fn covers(&self, account: &Account) -> bool {
+        match (account, self) {
+            (Account::Own, _) => true,
+            (Account::Id(_), PublishAccounts::None) => false,
+            (Account::Id(_), PublishAccounts::All) => true,
+            (Account::Id(id), PublishAccounts::Listed(ids)) => ids.contains(id),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,6 +269,21 @@ pub enum PublishWhen {
     FlavorComplete,
     /// Each image as soon as it is tested and shared.
     Each,
+}
+
+#[cfg(test)]
+mod publish_accounts_tests {
+    use super::*;
+
+    #[test]
+    fn the_own_account_is_always_published_and_another_as_the_key_says() {
+        let other = Account::Id("222233334444".into());
+        assert!(PublishAccounts::None.covers(&Account::Own));
+        assert!(!PublishAccounts::None.covers(&other));
+        assert!(PublishAccounts::All.covers(&other));
+        assert!(PublishAccounts::Listed(vec!["222233334444".into()]).covers(&other));
+        assert!(!PublishAccounts::Listed(vec!["555566667777".into()]).covers(&other));
+    }
 }
 
 impl Publish {

@@ -30,6 +30,23 @@ impl Account {
     }
 }
 
+/// Written as the account's id; the own account as `null` (fields holding one are skipped for it, so files
+/// about the own account keep their shape: see [`Account::is_own`]).
+impl serde::Serialize for Account {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Account::Own => serializer.serialize_none(),
+            Account::Id(id) => serializer.serialize_str(id),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Account {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Option::<String>::deserialize(deserializer)?.map_or(Account::Own, Account::Id))
+    }
+}
+
 impl fmt::Display for Account {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -118,6 +135,15 @@ mod tests {
         let json = serde_json::to_string(&place).unwrap();
         assert_eq!(serde_json::from_str::<Place>(&json).unwrap(), place);
         assert!(!place.account.is_own());
+    }
+
+    #[test]
+    fn an_account_is_written_as_its_id_and_the_own_account_as_null() {
+        let account = Account::Id("222233334444".into());
+        assert_eq!(serde_json::to_string(&account).unwrap(), r#""222233334444""#);
+        assert_eq!(serde_json::from_str::<Account>(r#""222233334444""#).unwrap(), account);
+        assert_eq!(serde_json::to_string(&Account::Own).unwrap(), "null");
+        assert_eq!(serde_json::from_str::<Account>("null").unwrap(), Account::Own);
     }
 
     #[test]

@@ -69,6 +69,40 @@ pub struct PublishSection {
     pub ssm_parameter: Option<String>,
     pub launch_template: Option<String>,
     pub when: Option<String>,
+    /// `true` (every `[[distribution]]` account) or a list of account ids: their copies are published in
+    /// their account too.
+    pub accounts: Option<PublishAccountsField>,
+}
+
+/// `[publish] accounts`: `true`/`false`, or account ids.
+#[derive(Debug)]
+pub enum PublishAccountsField {
+    All(bool),
+    Listed(Vec<String>),
+}
+
+/// By hand, for an error that says what the key takes (an untagged enum's names its variants).
+impl<'de> Deserialize<'de> for PublishAccountsField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Field;
+        impl<'de> serde::de::Visitor<'de> for Field {
+            type Value = PublishAccountsField;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`true`, `false` or a list of account ids")
+            }
+            fn visit_bool<E: serde::de::Error>(self, all: bool) -> Result<Self::Value, E> {
+                Ok(PublishAccountsField::All(all))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut ids = Vec::new();
+                while let Some(id) = seq.next_element::<String>()? {
+                    ids.push(id);
+                }
+                Ok(PublishAccountsField::Listed(ids))
+            }
+        }
+        deserializer.deserialize_any(Field)
+    }
 }
 
 /// `[sharing]`: who may launch the images (and create volumes from their snapshots).

@@ -299,6 +299,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile, without_secrets: SecretFor
     check_ssh_source_regions(checker, &fleet);
     check_deprecation(checker, &fleet);
     check_public(checker, &fleet);
+    check_publish_accounts(checker, &fleet);
     fleet
 }
 
@@ -357,11 +358,42 @@ fn resolve_publish(checker: &mut Checker<'_>, section: schema::PublishSection) -
             PublishWhen::FlavorComplete
         }
     };
+    let accounts = match section.accounts {
+        None | Some(schema::PublishAccountsField::All(false)) => PublishAccounts::None,
+        Some(schema::PublishAccountsField::All(true)) => PublishAccounts::All,
+        Some(schema::PublishAccountsField::Listed(ids)) => PublishAccounts::Listed(ids),
+    };
     if ssm_parameter.is_none() && launch_template.is_none() {
         checker.problem(path, "set `ssm_parameter`, `launch_template` or both");
         return None;
     }
-    Some(Publish { ssm_parameter, launch_template, when })
+    Some(Publish { ssm_parameter, launch_template, when, accounts })
+}
+
+/// `[publish] accounts`: a listed account is one a `[[distribution]]` copies into (or it would have nothing to
+/// publish); `true` with no `[[distribution]]` publishes nothing more, and says so.
+fn check_publish_accounts(checker: &mut Checker<'_>, fleet: &Fleet) {
+    let Some(publish) = &fleet.publish else { return };
+    let path = KeyPath::root().key("publish").key("accounts");
+    let distributed = fleet.distributions.accounts();
+    match &publish.accounts {
+        PublishAccounts::None => {}
+        PublishAccounts::All if distributed.is_empty() => checker.problem(
+            path,
+            "`true`, and no `[[distribution]]` copies into another account: there is nothing to publish in other accounts",
+        ),
+        PublishAccounts::All => {}
+        PublishAccounts::Listed(ids) => {
+            for (index, id) in ids.iter().enumerate() {
+                if !distributed.contains(id) {
+                    checker.problem(
+                        path.index(index),
+                        format!("`{id}` is not an account a `[[distribution]]` copies into: list those accounts, or `true` for all of them"),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// `[encryption] kms_keys`: region → key, `"*"` for any other.

@@ -168,6 +168,8 @@ mod tests {
             left_behind: Vec::new(),
             makespan: Duration::from_secs(60),
             timings: BTreeMap::new(),
+            images: BTreeMap::new(),
+            failed_jobs: Default::default(),
         })
     }
 

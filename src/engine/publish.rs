@@ -1,5 +1,6 @@
 //! Publishing at the end of a run (`[publish] when = "flavor_complete"`): once every job has ended, each
-//! flavor all of whose jobs made their image is published, image by image. Images an earlier run made (reused)
+//! flavor all of whose jobs made their image is published, image by image, each in the account that owns it
+//! (another account's copy only if `[publish] accounts` names the account). Images an earlier run made (reused)
 //! were published by that run. What is published is journaled and told to the reporters; what fails is handed
 //! handed to the loop as a `publish` failure of that image's job, as it happens.
 //!
@@ -60,9 +61,12 @@ impl Publisher {
                 if artifact.reused_from.is_some() {
                     continue;
                 }
-                let (flavor_name, region) = plan.placement(job);
-                let label = JobLabel::new(flavor_name.clone(), region.clone());
-                let cloud = self.cloud.region(label.region());
+                let label = JobLabel { flavor: flavor.clone(), place: plan.place_of(job) };
+                // Another account's copy: in that account, if `[publish] accounts` says so.
+                if !settings.accounts.covers(&label.place.account) {
+                    continue;
+                }
+                let cloud = self.cloud.place(&label.place);
                 let already = images.published_before.get(&job).cloned().unwrap_or_default();
                 let publishing = Publishing {
                     cloud: &*cloud,

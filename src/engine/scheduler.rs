@@ -253,13 +253,8 @@ impl Scheduler {
                 self.release(job, slot, state);
                 let left_in_progress = end.in_progress.is_some();
                 if let Some(image_id) = end.in_progress {
-                    let (flavor, region) = self.plan.placement(job);
                     state.in_progress += 1;
-                    self.events.send(RunEvent::ImageInProgress(InProgress {
-                        flavor: flavor.clone(),
-                        region: region.clone(),
-                        image_id,
-                    }));
+                    self.events.send(RunEvent::ImageInProgress(InProgress::new(&self.label(job), image_id)));
                 }
                 let failures = end.failures;
                 let expired = failures.iter().any(Failure::credentials_expired);
@@ -320,10 +315,9 @@ impl Scheduler {
         ControlFlow::Continue
     }
 
-    /// The flavor and the region a job's image lands in.
+    /// The flavor and the place (account and region) a job's image lands in.
     fn label(&self, job: JobId) -> JobLabel {
-        let (flavor, region) = self.plan.placement(job);
-        JobLabel::new(flavor.clone(), region.clone())
+        JobLabel { flavor: self.plan.placement(job).0.clone(), place: self.plan.place_of(job) }
     }
 
     /// A job as reporters know it.
@@ -455,6 +449,8 @@ impl Scheduler {
             left_behind,
             makespan: self.clock.elapsed(),
             timings: state.timings.clone(),
+            images: state.artifacts.iter().map(|(job, artifact)| (*job, artifact.image_id.clone())).collect(),
+            failed_jobs: state.failed_jobs.clone(),
         }
     }
 }

@@ -1,14 +1,16 @@
 //! How a run ended ([`RunSummary`], made by the loop), and the run statistics (`--summary-json`): how long the
 //! run took against its critical-path bound, what it asked of EC2, how often it was throttled, how its jobs
-//! ended and, in the simulated cloud, what was left behind.
+//! ended (and, for copies into other accounts, how each account's ended) and, in the simulated cloud, what was
+//! left behind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
 use crate::cloud::limiter::ApiStats;
 use crate::cloud::sim::SimReport;
-use crate::config::{Fleet, Region};
+use crate::cloud::ImageId;
+use crate::config::{Account, FlavorName, Fleet, Region};
 use crate::engine::exit::Interrupt;
 use crate::outcome::RunStatus;
 use crate::plan::bound::{self, Caps, JobDurations, JobTiming};
@@ -36,6 +38,10 @@ pub struct RunSummary {
     pub makespan: Duration,
     /// When each job that started started, had its image, and ended.
     pub timings: BTreeMap<JobId, JobTiming>,
+    /// The image each job made (or found made), failed or not.
+    pub images: BTreeMap<JobId, ImageId>,
+    /// The jobs that failed (a failure after the image was made included) or never started.
+    pub failed_jobs: BTreeSet<JobId>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -56,6 +62,9 @@ pub struct RunStatistics {
     pub throttled_responses: u64,
     pub retries: u64,
     pub jobs: JobCounts,
+    /// Copies into other accounts (`[[distribution]]`), by account: absent without any.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub accounts: BTreeMap<String, AccountJobs>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leaked_resources: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,6 +79,39 @@ pub struct JobCounts {
     pub in_progress: usize,
     /// Of the succeeded, made by an earlier attempt (`--resume`).
     pub reused: usize,
+}
+
+/// How one other account's copies ended.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct AccountJobs {
+    pub planned: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    /// flavor → region → the copy the account owns.
+    pub images: BTreeMap<FlavorName, BTreeMap<Region, ImageId>>,
+}
+
+impl AccountJobs {
+    /// Each other account's copies in `plan`, as `summary` says they ended.
+    fn of(plan: &Plan, summary: &RunSummary) -> BTreeMap<String, AccountJobs> {
+        let mut accounts: BTreeMap<String, AccountJobs> = BTreeMap::new();
+        for copy in &plan.copies {
+            let Account::Id(id) = &copy.target.account else { continue };
+            let job = JobId::Copy(copy.index);
+            let account = accounts.entry(id.clone()).or_default();
+            account.planned += 1;
+            if summary.failed_jobs.contains(&job) {
+                account.failed += 1;
+            } else if summary.images.contains_key(&job) {
+                account.succeeded += 1;
+            }
+            if let Some(image) = summary.images.get(&job) {
+                let regions = account.images.entry(copy.flavor.clone()).or_default();
+                regions.insert(copy.target.region.clone(), image.clone());
+            }
+        }
+        accounts
+    }
 }
 
 impl RunStatistics {
@@ -115,6 +157,7 @@ impl RunStatistics {
                 in_progress: summary.in_progress,
                 reused: summary.reused,
             },
+            accounts: AccountJobs::of(plan, summary),
             leaked_resources: sim.as_ref().map(|report| report.leaked_resources.clone()),
             sim,
         }

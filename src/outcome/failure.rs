@@ -7,13 +7,16 @@ use std::fmt;
 
 use super::{JobLabel, Stage};
 use crate::cloud::{CloudError, ErrorKind};
-use crate::config::{FlavorName, Region};
+use crate::config::{Account, FlavorName, Place, Region};
 
 /// Why a job did not produce its image (or did, but left something behind).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Failure {
     pub flavor: FlavorName,
     pub region: Region,
+    /// Another account's copy (`[[distribution]]`): that account; absent for the own account's jobs.
+    #[serde(default, skip_serializing_if = "Account::is_own")]
+    pub account: Account,
     pub stage: Stage,
     /// The AWS error code, where the cause was an AWS error.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -30,10 +33,19 @@ impl Failure {
         Failure {
             flavor: label.flavor.clone(),
             region: label.region().clone(),
+            account: label.place.account.clone(),
             stage,
             code: None,
             error: error.to_string(),
             hint: None,
+        }
+    }
+
+    /// The job that failed: its flavor and place.
+    pub fn label(&self) -> JobLabel {
+        JobLabel {
+            flavor: self.flavor.clone(),
+            place: Place { account: self.account.clone(), region: self.region.clone() },
         }
     }
 
@@ -103,5 +115,19 @@ mod tests {
             r#"{"flavor":"web","region":"eu-west-1","stage":"copy","code":"InvalidAMIID.NotFound","error":"no"}"#
         );
         assert_eq!(serde_json::from_str::<Failure>(&line).unwrap(), failure);
+    }
+
+    #[test]
+    fn another_account_s_failure_names_the_account() {
+        let label =
+            JobLabel { place: Place { account: Account::Id("222233334444".into()), ..label().place }, ..label() };
+        let failure = Failure::new(&label, Stage::Copy, "no");
+        let line = serde_json::to_string(&failure).unwrap();
+        assert_eq!(
+            line,
+            r#"{"flavor":"web","region":"eu-west-1","account":"222233334444","stage":"copy","error":"no"}"#
+        );
+        assert_eq!(serde_json::from_str::<Failure>(&line).unwrap(), failure);
+        assert_eq!(failure.label(), label);
     }
 }

@@ -18,10 +18,10 @@ pub use stage::Stage;
 use std::fmt;
 
 use crate::cloud::ImageId;
-use crate::config::{FlavorName, Place, Region};
+use crate::config::{Account, FlavorName, Place, Region};
 
-/// Which image a job is making: a flavor in a place (the build region, or a copy's target; of the run's own
-/// account today, so two copies into one region of different accounts will be two labels).
+/// Which image a job is making: a flavor in a place (the build region, or a copy's target, which may be a
+/// region of another account: two copies into one region of different accounts are two labels).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobLabel {
     pub flavor: FlavorName,
@@ -39,7 +39,7 @@ impl JobLabel {
     }
 }
 
-/// `flavor/region` for the own account's places, as every line and event shows a job today.
+/// `flavor/region` for the own account's places, `flavor/account/region` for another account's.
 impl fmt::Display for JobLabel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.flavor, self.place)
@@ -59,7 +59,30 @@ pub struct JobEnd {
 pub struct InProgress {
     pub flavor: FlavorName,
     pub region: Region,
+    /// Another account's copy: that account; absent for the own account's images.
+    #[serde(default, skip_serializing_if = "Account::is_own")]
+    pub account: Account,
     pub image_id: ImageId,
+}
+
+impl InProgress {
+    /// `job`'s image `image_id`, still being made.
+    pub fn new(job: &JobLabel, image_id: ImageId) -> Self {
+        InProgress {
+            flavor: job.flavor.clone(),
+            region: job.place.region.clone(),
+            account: job.place.account.clone(),
+            image_id,
+        }
+    }
+
+    /// The job making it.
+    pub fn label(&self) -> JobLabel {
+        JobLabel {
+            flavor: self.flavor.clone(),
+            place: Place { account: self.account.clone(), region: self.region.clone() },
+        }
+    }
 }
 
 /// How the run ended, as far as images go.

@@ -318,6 +318,15 @@ impl Plan {
         self.builds.len() + self.copies.len()
     }
 
+    /// Where a job's image lands: its build region, or its copy's target (another account's region for a
+    /// `[[distribution]]` copy; [`Plan::placement`] gives the region alone).
+    pub fn place_of(&self, job: JobId) -> Place {
+        match job {
+            JobId::Build(index) => Place::own(self.builds[index].region.clone()),
+            JobId::Copy(index) => self.copies[index].target.clone(),
+        }
+    }
+
     /// The flavor and the region a job's image ends up in.
     pub fn placement(&self, job: JobId) -> (&FlavorName, &Region) {
         match job {

@@ -23,10 +23,7 @@ impl Estimator {
     pub fn new(plan: Plan, caps: Caps, fallback: JobDurations) -> Self {
         let jobs = plan
             .jobs()
-            .map(|job| {
-                let (flavor, region) = plan.placement(job);
-                (JobLabel::new(flavor.clone(), region.clone()), job)
-            })
+            .map(|job| (JobLabel { flavor: plan.placement(job).0.clone(), place: plan.place_of(job) }, job))
             .collect();
         Estimator { plan, caps, fallback, jobs }
     }
@@ -36,8 +33,7 @@ impl Estimator {
         let now = tally.now.unwrap_or_default();
         let ended: HashMap<&JobLabel, ()> = tally.took.iter().map(|took| (&took.job, ())).collect();
         let failed_before_start = |label: &JobLabel| {
-            tally.failures.iter().any(|f| f.flavor == label.flavor && &f.region == label.region())
-                && !tally.in_flight.contains_key(label)
+            tally.failures.iter().any(|f| &f.label() == label) && !tally.in_flight.contains_key(label)
         };
         let mean = |durations: Vec<Duration>| -> Option<Duration> {
             (!durations.is_empty()).then(|| durations.iter().sum::<Duration>() / durations.len() as u32)
@@ -60,7 +56,7 @@ impl Estimator {
                 BuildDuration::default()
             } else if let Some(flight) = tally.in_flight.get(&label) {
                 let elapsed = (now - flight.since).to_std().unwrap_or_default();
-                let to_image = match tally.images.get(&label.flavor).and_then(|images| images.get(label.region())) {
+                let to_image = match tally.images.get(&label.flavor).and_then(|images| images.get(&label.place)) {
                     Some(_) => Duration::ZERO,
                     None => estimate.to_image.saturating_sub(elapsed),
                 };

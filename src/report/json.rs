@@ -1,6 +1,6 @@
 //! `--events PATH` (or `-`): every event as one JSON object per line, flushed per line so `tail -f` and a CI
 //! step can follow a run. Each has `v` (the schema version), `time` (RFC 3339, the run's clock) and `type`;
-//! job events also `flavor` and `region`. The README lists one example line per type.
+//! job events also `flavor` and `region`, and `account` for another account's copy (`[[distribution]]`). The README lists one example line per type.
 
 use std::io::Write;
 
@@ -8,6 +8,7 @@ use chrono::SecondsFormat;
 use serde_json::{json, Value};
 
 use super::{ReportError, Reporter};
+use crate::config::{Account, Place};
 use crate::outcome::JobLabel;
 use crate::report::events::{OutputStream, RunEvent, Stamped};
 
@@ -28,7 +29,7 @@ impl JsonLinesReporter {
 
 /// An event as its JSON line (without the newline).
 pub fn to_json_line(stamped: &Stamped) -> String {
-    let job = |job: &JobLabel| json!({ "flavor": job.flavor, "region": job.region() });
+    let job = |job: &JobLabel| with_account(json!({ "flavor": job.flavor, "region": job.region() }), &job.place);
     let (kind, fields) = match &stamped.event {
         RunEvent::RunStarted { fleet, run_id, builds, copies, selective, .. } => (
             "run_started",
@@ -55,7 +56,9 @@ pub fn to_json_line(stamped: &Stamped) -> String {
         RunEvent::Published { job: label, publication } => {
             ("published", merge(job(label), serde_json::to_value(publication).unwrap_or(Value::Null)))
         }
-        RunEvent::Throttled { place, action } => ("throttled", json!({ "region": place.region, "action": action })),
+        RunEvent::Throttled { place, action } => {
+            ("throttled", with_account(json!({ "region": place.region, "action": action }), place))
+        }
         RunEvent::Swept { resource } => ("swept", json!({ "resource": resource })),
         RunEvent::CleanupFailed { job: label, resource, error } => {
             ("cleanup_failed", merge(job(label), json!({ "resource": resource, "error": error })))
@@ -97,6 +100,14 @@ pub fn to_json_line(stamped: &Stamped) -> String {
     line
 }
 
+/// `fields` with `account` added for a place of another account (the own account's events keep their shape).
+fn with_account(fields: Value, place: &Place) -> Value {
+    match &place.account {
+        Account::Own => fields,
+        Account::Id(id) => merge(fields, json!({ "account": id })),
+    }
+}
+
 fn merge(mut a: Value, b: Value) -> Value {
     if let (Value::Object(a), Value::Object(b)) = (&mut a, b) {
         a.extend(b);
@@ -132,5 +143,27 @@ mod tests {
         assert!(!line.bytes().any(|byte| byte.is_ascii_control()), "{line}");
         let parsed: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(parsed["line"], "\u{1b}]0;pwned\u{7}\u{1b}[2J \u{fffd}\tend");
+    }
+
+    #[test]
+    fn another_account_s_job_events_carry_the_account_and_the_own_account_s_do_not() {
+        let own = JobLabel::new(FlavorName::new("web"), Region::new("us-west-2"));
+        let other = JobLabel {
+            place: Place { account: Account::Id("222233334444".into()), region: Region::new("us-east-1") },
+            ..own.clone()
+        };
+        let line = |event| {
+            serde_json::from_str::<Value>(&to_json_line(&Stamped { at: chrono::DateTime::UNIX_EPOCH, event })).unwrap()
+        };
+        let succeeded = line(RunEvent::JobSucceeded { job: other.clone() });
+        assert_eq!((&succeeded["region"], &succeeded["account"]), (&json!("us-east-1"), &json!("222233334444")));
+        assert!(line(RunEvent::JobSucceeded { job: own }).get("account").is_none());
+        let failed = line(RunEvent::JobFailed(crate::outcome::Failure::new(&other, crate::outcome::Stage::Copy, "no")));
+        assert_eq!((&failed["region"], &failed["account"]), (&json!("us-east-1"), &json!("222233334444")));
+        let pending = line(RunEvent::ImageInProgress(crate::outcome::InProgress::new(
+            &other,
+            crate::cloud::ImageId::new("ami-1"),
+        )));
+        assert_eq!(pending["account"], "222233334444");
     }
 }

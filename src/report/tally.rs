@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::cloud::ImageId;
-use crate::config::{FlavorName, Region};
+use crate::config::{Account, FlavorName, Place};
 use crate::outcome::{Failure, JobLabel, RunStatus, Stage};
 use crate::report::events::{JobKind, PlannedLanding, RunEvent, Stamped};
 
@@ -37,8 +37,8 @@ pub struct Tally {
     pub started_at: Option<DateTime<Utc>>,
     pub planned: Vec<PlannedLanding>,
     pub in_flight: BTreeMap<JobLabel, InFlight>,
-    /// flavor → region → image.
-    pub images: BTreeMap<FlavorName, BTreeMap<Region, ImageId>>,
+    /// flavor → place (a region, or another account's region) → image.
+    pub images: BTreeMap<FlavorName, BTreeMap<Place, ImageId>>,
     pub failures: Vec<Failure>,
     pub throttles: u64,
     /// When each job that started made its image available.
@@ -71,21 +71,15 @@ impl Tally {
                 }
             }
             RunEvent::ImageAvailable { job, artifact } => {
-                self.images
-                    .entry(job.flavor.clone())
-                    .or_default()
-                    .insert(job.region().clone(), artifact.image_id.clone());
+                self.images.entry(job.flavor.clone()).or_default().insert(job.place.clone(), artifact.image_id.clone());
                 self.available_at.insert(job.clone(), at);
             }
             RunEvent::JobFailed(failure) => {
-                let job = JobLabel::new(failure.flavor.clone(), failure.region.clone());
-                self.ended(&job, at);
+                self.ended(&failure.label(), at);
                 self.failures.push(failure.clone());
             }
             RunEvent::JobSucceeded { job } => self.ended(job, at),
-            RunEvent::ImageInProgress(image) => {
-                self.ended(&JobLabel::new(image.flavor.clone(), image.region.clone()), at)
-            }
+            RunEvent::ImageInProgress(image) => self.ended(&image.label(), at),
             RunEvent::Throttled { .. } => self.throttles += 1,
             RunEvent::RunFinished { status, .. } => {
                 self.finished = Some(*status);
@@ -117,8 +111,7 @@ impl Tally {
             .iter()
             .filter(|landing| {
                 let made = self.image(&landing.job).is_some();
-                let failed =
-                    self.failures.iter().any(|f| f.flavor == landing.job.flavor && &f.region == landing.job.region());
+                let failed = self.failures.iter().any(|f| f.label() == landing.job);
                 (made || failed) && !self.in_flight.contains_key(&landing.job)
             })
             .count();
@@ -126,11 +119,11 @@ impl Tally {
     }
 
     fn image(&self, job: &JobLabel) -> Option<&ImageId> {
-        self.images.get(&job.flavor).and_then(|regions| regions.get(job.region()))
+        self.images.get(&job.flavor).and_then(|places| places.get(&job.place))
     }
 
     /// The end-of-run summary: a headline, then per flavor the regions it holds an image in (of those
-    /// planned), their ids, and where it failed.
+    /// planned; another account's as `account/region`), their ids, and where it failed.
     pub fn summary(&self) -> Vec<String> {
         let made: usize = self.images.values().map(BTreeMap::len).sum();
         let mut lines = vec![format!(
@@ -146,22 +139,22 @@ impl Tally {
             }
         }
         for flavor in flavors {
-            let regions: Vec<&Region> =
-                self.planned.iter().filter(|l| &l.job.flavor == flavor).map(|l| l.job.region()).collect();
-            let images: Vec<String> = regions
+            let places: Vec<&Place> =
+                self.planned.iter().filter(|l| &l.job.flavor == flavor).map(|l| &l.job.place).collect();
+            let images: Vec<String> = places
                 .iter()
-                .filter_map(|region| {
-                    let image = self.images.get(flavor)?.get(*region)?;
-                    Some(format!("{region} {image}"))
+                .filter_map(|place| {
+                    let image = self.images.get(flavor)?.get(*place)?;
+                    Some(format!("{place} {image}"))
                 })
                 .collect();
             let failed: Vec<String> = self
                 .failures
                 .iter()
                 .filter(|failure| &failure.flavor == flavor && failure.stage != Stage::Cleanup)
-                .map(|failure| format!("{} ({})", failure.region, failure.stage))
+                .map(|failure| format!("{} ({})", failure.label().place, failure.stage))
                 .collect();
-            let mut line = format!("    {flavor}: {}/{} regions", images.len(), regions.len());
+            let mut line = format!("    {flavor}: {}/{} regions", images.len(), places.len());
             if !images.is_empty() {
                 line.push_str(&format!(": {}", images.join(", ")));
             }
@@ -170,6 +163,135 @@ impl Tally {
             }
             lines.push(line);
         }
+        lines.extend(self.account_lines());
         lines
+    }
+
+    /// With copies into other accounts (`[[distribution]]`), a line per account: how many of its copies it
+    /// owns, and which failed (so an account whose role could not be assumed is named once, with all it lost).
+    fn account_lines(&self) -> Vec<String> {
+        let mut accounts: Vec<&Account> = Vec::new();
+        for landing in &self.planned {
+            if !landing.job.place.account.is_own() && !accounts.contains(&&landing.job.place.account) {
+                accounts.push(&landing.job.place.account);
+            }
+        }
+        accounts
+            .into_iter()
+            .map(|account| {
+                let planned: Vec<&JobLabel> = self
+                    .planned
+                    .iter()
+                    .map(|landing| &landing.job)
+                    .filter(|job| &job.place.account == account)
+                    .collect();
+                let made = planned.iter().filter(|job| self.image(job).is_some()).count();
+                // In plan order (flavor, then region), whatever order the copies failed in.
+                let failed: Vec<String> = planned
+                    .iter()
+                    .flat_map(|job| {
+                        self.failures.iter().filter(move |failure| {
+                            failure.stage != Stage::Cleanup
+                                && failure.flavor == job.flavor
+                                && failure.account == job.place.account
+                                && failure.region == job.place.region
+                        })
+                    })
+                    .map(|failure| format!("{}/{} ({})", failure.flavor, failure.region, failure.stage))
+                    .collect();
+                let mut line = format!("    account {account}: {made}/{} copies", planned.len());
+                if !failed.is_empty() {
+                    line.push_str(&format!("; failed: {}", failed.join(", ")));
+                }
+                line
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Region;
+
+    /// Each other account gets a line of its own, naming what it lost; a fleet without one prints none.
+    #[test]
+    fn the_summary_names_each_other_account_with_its_copies_and_failures() {
+        let at: DateTime<Utc> = "2026-12-07T12:00:00Z".parse().unwrap();
+        let own = JobLabel::new(FlavorName::new("base"), Region::new("us-east-1"));
+        let elsewhere = |account: &str, region: &str| JobLabel {
+            place: Place { account: Account::Id(account.into()), region: Region::new(region) },
+            ..own.clone()
+        };
+        let landing =
+            |job: &JobLabel, kind| PlannedLanding { job: job.clone(), kind, build_region: Region::new("us-east-1") };
+        let mut tally = Tally::default();
+        let planned = vec![
+            landing(&own, JobKind::Build),
+            landing(&elsewhere("222233334444", "us-east-1"), JobKind::Copy),
+            landing(&elsewhere("222233334444", "eu-west-1"), JobKind::Copy),
+            landing(&elsewhere("555566667777", "us-east-1"), JobKind::Copy),
+        ];
+        let see = |tally: &mut Tally, event| tally.observe(&Stamped { at, event });
+        see(
+            &mut tally,
+            RunEvent::RunStarted {
+                fleet: "f".into(),
+                run_id: crate::plan::RunId::new(at, 1),
+                started_at: at,
+                builds: 1,
+                copies: 3,
+                planned,
+                selective: false,
+            },
+        );
+        let artifact = |image: &str| crate::outcome::Artifact {
+            image_id: ImageId::new(image),
+            name: "base".into(),
+            build_region: Region::new("us-east-1"),
+            source_image_id: ImageId::new("ami-0"),
+            snapshot_ids: Vec::new(),
+            created_at: "t".into(),
+            fingerprint: None,
+            reused_from: None,
+            published: Vec::new(),
+            parent: None,
+            account: None,
+            settings: Box::default(),
+        };
+        see(&mut tally, RunEvent::ImageAvailable { job: own.clone(), artifact: artifact("ami-1") });
+        see(
+            &mut tally,
+            RunEvent::ImageAvailable { job: elsewhere("222233334444", "us-east-1"), artifact: artifact("ami-2") },
+        );
+        see(
+            &mut tally,
+            RunEvent::ImageAvailable { job: elsewhere("222233334444", "eu-west-1"), artifact: artifact("ami-3") },
+        );
+        let refused = Failure::new(&elsewhere("555566667777", "us-east-1"), Stage::Copy, "the role cannot be assumed");
+        see(&mut tally, RunEvent::JobFailed(refused));
+        let summary = tally.summary();
+        assert_eq!(
+            summary[1..],
+            [
+                "    base: 3/4 regions: us-east-1 ami-1, 222233334444/us-east-1 ami-2, 222233334444/eu-west-1 ami-3; failed: 555566667777/us-east-1 (copy)",
+                "    account 222233334444: 2/2 copies",
+                "    account 555566667777: 0/1 copies; failed: base/us-east-1 (copy)",
+            ]
+        );
+        let mut own_only = Tally::default();
+        see(
+            &mut own_only,
+            RunEvent::RunStarted {
+                fleet: "f".into(),
+                run_id: crate::plan::RunId::new(at, 1),
+                started_at: at,
+                builds: 1,
+                copies: 0,
+                planned: vec![landing(&own, JobKind::Build)],
+                selective: false,
+            },
+        );
+        assert_eq!(own_only.summary().len(), 2, "a headline and the flavor: {:?}", own_only.summary());
     }
 }

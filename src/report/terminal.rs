@@ -39,8 +39,7 @@ pub fn line(event: &RunEvent) -> Option<String> {
             format!("==> {job}: image {} `{}` is available", artifact.image_id, artifact.name)
         }
         RunEvent::JobFailed(failure) => {
-            let mut text =
-                format!("==> {}/{}: failed at {}: {}", failure.flavor, failure.region, failure.stage, failure.error);
+            let mut text = format!("==> {}: failed at {}: {}", failure.label(), failure.stage, failure.error);
             if let Some(hint) = &failure.hint {
                 text.push_str(&format!("\n    hint: {hint}"));
             }
@@ -50,8 +49,9 @@ pub fn line(event: &RunEvent) -> Option<String> {
             format!("==> {job}: could not clean up {resource}: {error}")
         }
         RunEvent::ImageInProgress(image) => format!(
-            "==> {}/{}: image {} is still being made; left to finish in AWS (`--resume` waits for it)",
-            image.flavor, image.region, image.image_id
+            "==> {}: image {} is still being made; left to finish in AWS (`--resume` waits for it)",
+            image.label(),
+            image.image_id
         ),
         RunEvent::Published { job, publication } => match publication {
             Publication::SsmParameter { name, version, .. } => {

@@ -256,9 +256,8 @@ pub struct GcOutcome {
 pub fn protected_images(fleet: &Fleet) -> Result<BTreeSet<ImageId>, GcError> {
     match Manifest::read(&fleet.manifest_path) {
         Ok(manifest) => Ok(manifest
-            .artifacts
-            .values()
-            .flat_map(|regions| regions.values().map(|artifact| artifact.image_id.clone()))
+            .entries()
+            .map(|(_, _, image)| image.image_id.clone())
             .chain(manifest.in_progress.iter().map(|image| image.image_id.clone()))
             .collect()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),

@@ -1,13 +1,16 @@
 //! The run in Packer's manifest format (`[fleet] packer_manifest`, `--packer-manifest`), as Packer's `manifest`
 //! post-processor writes it, so scripts written against `packer-manifest.json` keep working: one build per
 //! flavor (`builder_type` `amazon-ebs`, `artifact_id` `region:ami-…,region:ami-…` sorted by region), appended
-//! to the builds already in the file, and `last_run_uuid`. Written when the run ends.
+//! to the builds already in the file, and `last_run_uuid`. Written when the run ends. The copies a flavor has
+//! in another account (`[[distribution]]`) are one more build of that flavor each account, after the own
+//! account's, with the account in `custom_data.account`: `artifact_id` keeps Packer's `region:ami` shape, and
+//! a script that reads the first build of a flavor still reads the own account's images.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::cloud::{fnv1a, ImageId};
-use crate::config::{FlavorName, Region};
+use crate::config::{Account, FlavorName, Region};
 use crate::report::events::{RunEvent, Stamped};
 use crate::report::{ReportError, Reporter};
 
@@ -48,7 +51,8 @@ pub struct PackerManifestWriter {
     path: PathBuf,
     fleet: String,
     run_id: String,
-    images: BTreeMap<FlavorName, BTreeMap<Region, ImageId>>,
+    /// (flavor, account: the own first) → region → image.
+    images: BTreeMap<(FlavorName, Account), BTreeMap<Region, ImageId>>,
 }
 
 impl PackerManifestWriter {
@@ -61,8 +65,15 @@ impl PackerManifestWriter {
         let mut manifest = read(&self.path).unwrap_or_default();
         // A resumed run replaces its own earlier builds.
         manifest.builds.retain(|build| build.packer_run_uuid != uuid);
-        for (flavor, regions) in &self.images {
+        for ((flavor, account), regions) in &self.images {
             let artifact_id: Vec<String> = regions.iter().map(|(region, image)| format!("{region}:{image}")).collect();
+            let mut custom_data = BTreeMap::from([
+                ("fleet".to_string(), self.fleet.clone()),
+                ("fleetbake_run_id".to_string(), self.run_id.clone()),
+            ]);
+            if let Account::Id(id) = account {
+                custom_data.insert("account".to_string(), id.clone());
+            }
             manifest.builds.push(PackerBuild {
                 name: flavor.to_string(),
                 builder_type: "amazon-ebs".into(),
@@ -70,10 +81,7 @@ impl PackerManifestWriter {
                 files: None,
                 artifact_id: artifact_id.join(","),
                 packer_run_uuid: uuid.clone(),
-                custom_data: BTreeMap::from([
-                    ("fleet".to_string(), self.fleet.clone()),
-                    ("fleetbake_run_id".to_string(), self.run_id.clone()),
-                ]),
+                custom_data,
             });
         }
         manifest.last_run_uuid = uuid;
@@ -97,7 +105,7 @@ impl Reporter for PackerManifestWriter {
                 Ok(())
             }
             RunEvent::ImageAvailable { job, artifact } => {
-                let regions = self.images.entry(job.flavor.clone()).or_default();
+                let regions = self.images.entry((job.flavor.clone(), job.place.account.clone())).or_default();
                 regions.insert(job.region().clone(), artifact.image_id.clone());
                 Ok(())
             }
@@ -120,5 +128,63 @@ mod tests {
         assert_eq!(groups, [8, 4, 4, 4, 12], "{uuid}");
         assert_eq!(&uuid[14..15], "4");
         assert!(uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-'));
+    }
+
+    #[test]
+    fn another_account_s_images_are_a_build_of_their_own_after_the_own_account_s() {
+        use crate::config::Place;
+        use crate::outcome::JobLabel;
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("packer-manifest.json");
+        let mut writer = PackerManifestWriter::new(path.clone());
+        let at: chrono::DateTime<chrono::Utc> = "2026-12-07T12:00:00Z".parse().unwrap();
+        let stamped = |event| Stamped { at, event };
+        let run_id = crate::plan::RunId::new(at, 1);
+        writer
+            .report(&stamped(RunEvent::RunStarted {
+                fleet: "f".into(),
+                run_id,
+                started_at: at,
+                builds: 1,
+                copies: 2,
+                planned: Vec::new(),
+                selective: false,
+            }))
+            .unwrap();
+        let artifact = |image: &str| crate::outcome::Artifact {
+            image_id: ImageId::new(image),
+            name: "base".into(),
+            build_region: Region::new("us-east-1"),
+            source_image_id: ImageId::new("ami-0"),
+            snapshot_ids: Vec::new(),
+            created_at: "2026-12-07T12:10:00Z".into(),
+            fingerprint: None,
+            reused_from: None,
+            published: Vec::new(),
+            parent: None,
+            account: None,
+            settings: Box::default(),
+        };
+        let other = Place { account: Account::Id("222233334444".into()), region: Region::new("eu-west-1") };
+        for (place, image) in [(other, "ami-2"), (Place::own(Region::new("us-east-1")), "ami-1")] {
+            let job = JobLabel { flavor: FlavorName::new("base"), place };
+            writer.report(&stamped(RunEvent::ImageAvailable { job, artifact: artifact(image) })).unwrap();
+        }
+        let finished = RunEvent::RunFinished {
+            status: crate::outcome::RunStatus::Complete,
+            finished_at: at,
+            succeeded: 2,
+            failed: 0,
+            in_progress: 0,
+        };
+        writer.report(&stamped(finished)).unwrap();
+        let manifest = read(&path).unwrap();
+        let builds: Vec<(&str, &str, Option<&String>)> = manifest
+            .builds
+            .iter()
+            .map(|build| (build.name.as_str(), build.artifact_id.as_str(), build.custom_data.get("account")))
+            .collect();
+        let account = "222233334444".to_string();
+        assert_eq!(builds, [("base", "us-east-1:ami-1", None), ("base", "eu-west-1:ami-2", Some(&account))]);
     }
 }

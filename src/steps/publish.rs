@@ -18,6 +18,8 @@
 //!   the history back ([`CONFIRM`]) until its version holds our image id; not there in time, or holding
 //!   another value, is a publish failure. A parameter of another data type can never become `aws:ec2:image`
 //!   (SSM user guide, "Parameter data types in Parameter Store": no change to or from `aws:ec2:image`).
+//! - Another account's copy (`[[distribution]]`) is published in that account (the role assumed there), if
+//!   `[publish] accounts` names it: its parameter and launch template are that account's.
 //! - CreateLaunchTemplateVersion takes no client token: the cloud port looks for the version an earlier
 //!   attempt made (by its description, which names the run and the image) before each attempt.
 
@@ -209,6 +211,10 @@ pub async fn each(
     let Some(settings) = run.fleet.publish.as_ref().filter(|settings| settings.when == PublishWhen::Each) else {
         return (Vec::new(), Vec::new());
     };
+    // Another account's copy (`[[distribution]]`) only as `[publish] accounts` says; `cloud` is that account's.
+    if !settings.accounts.covers(&label.place.account) {
+        return (Vec::new(), Vec::new());
+    }
     let publishing =
         Publishing { cloud, publish: settings, fleet: &run.fleet.name, flavor, run_id: &run.run_id, image, already };
     let (published, failures) = publish(publishing).await;

@@ -16,6 +16,7 @@ mod host_keys;
 mod image_snapshots;
 mod layers;
 mod layout;
+mod manifest_accounts;
 mod matrix;
 mod nightly;
 mod operator;

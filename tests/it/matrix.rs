@@ -122,7 +122,8 @@ fn two_flavors_two_build_regions_baked_copied_and_cleaned_up() {
     assert!(outcome.stderr.contains("al2023-base/eu-central-1: a line on stderr"), "{}", outcome.stderr);
 
     let manifest = read_manifest(&workspace);
-    assert_eq!(manifest["version"], 1);
+    assert_eq!(manifest["version"], 2);
+    assert_eq!(manifest["distributed"], serde_json::json!({}), "no `[[distribution]]`: no copies in other accounts");
     assert_eq!(manifest["fleet"], "it");
     assert_eq!(manifest["status"], "complete");
     assert!(manifest["finished_at"].is_string());

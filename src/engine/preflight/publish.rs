@@ -2,13 +2,13 @@
 //! be published to (its data type, how many versions it has, and whether the oldest of 100 carries a label
 //! fleetbake will not remove, so the next put would be refused) and the launch template (it must exist:
 //! fleetbake adds versions to templates, it does not make them). Read-only: GetParameterHistory and
-//! DescribeLaunchTemplates.
+//! DescribeLaunchTemplates. Another account's copies (`[publish] accounts`) are checked in that account.
 
 use std::collections::BTreeSet;
 
 use super::{Outcome, Preflight};
 use crate::cloud::{Cloud, RegionCloud, IMAGE_DATA_TYPE};
-use crate::config::{Fleet, Publish, Region};
+use crate::config::{Account, Fleet, Place, Publish};
 use crate::plan::Plan;
 use crate::steps::publish::is_run_label;
 
@@ -20,30 +20,45 @@ pub async fn check_publish_targets(preflight: &mut Preflight, fleet: &Fleet, pla
     let Some(publish) = fleet.publish.as_ref() else {
         return;
     };
-    let mut parameters: BTreeSet<(Region, String)> = BTreeSet::new();
-    let mut templates: BTreeSet<(Region, String)> = BTreeSet::new();
+    let mut parameters: BTreeSet<(Place, String)> = BTreeSet::new();
+    let mut templates: BTreeSet<(Place, String)> = BTreeSet::new();
     for job in plan.jobs() {
-        let (flavor, region) = plan.placement(job);
+        let (flavor, place) = (plan.placement(job).0, plan.place_of(job));
+        if !publish.accounts.covers(&place.account) {
+            continue;
+        }
         if let Some(template) = &publish.ssm_parameter {
-            parameters.insert((region.clone(), Publish::render(template, &fleet.name, flavor)));
+            parameters.insert((place.clone(), Publish::render(template, &fleet.name, flavor)));
         }
         if let Some(template) = &publish.launch_template {
-            templates.insert((region.clone(), Publish::render(template, &fleet.name, flavor)));
+            templates.insert((place, Publish::render(template, &fleet.name, flavor)));
         }
     }
-    for (region, name) in parameters {
-        let outcome = check_parameter(&*cloud.region(&region), &name).await;
-        preflight.push(Some(&region), outcome);
+    for (place, name) in parameters {
+        let outcome = check_parameter(&*cloud.place(&place), &name).await;
+        preflight.push(Some(&place.region), in_account(&place, outcome));
     }
-    for (region, name) in templates {
-        let outcome = match cloud.region(&region).launch_template_id(&name).await {
+    for (place, name) in templates {
+        let region = &place.region;
+        let outcome = match cloud.place(&place).launch_template_id(&name).await {
             Ok(Some(id)) => Outcome::Ok(format!("launch template `{name}` ({id}) exists")),
             Ok(None) => Outcome::Fail(format!(
                 "launch template `{name}` does not exist: fleetbake adds versions to a template, it does not make one; create it in {region} (or change `[publish] launch_template`)"
             )),
             Err(error) => Outcome::Fail(format!("cannot read launch template `{name}`: {error}")),
         };
-        preflight.push(Some(&region), outcome);
+        preflight.push(Some(region), in_account(&place, outcome));
+    }
+}
+
+/// A check of another account's place names the account (the own account's read as before).
+fn in_account(place: &Place, outcome: Outcome) -> Outcome {
+    let Account::Id(id) = &place.account else { return outcome };
+    let named = |text: String| format!("account {id}: {text}");
+    match outcome {
+        Outcome::Ok(text) => Outcome::Ok(named(text)),
+        Outcome::Fail(text) => Outcome::Fail(named(text)),
+        Outcome::Warn(text) => Outcome::Warn(named(text)),
     }
 }
 

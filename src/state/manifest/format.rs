@@ -6,11 +6,14 @@
 //! Layer: `state`; imports `config`, `cloud` (ids) and `outcome`.
 
 use crate::cloud::{ImageId, SnapshotId};
-use crate::config::{FlavorName, Region, Sharing};
+use crate::config::{Account, FlavorName, Region, Sharing};
 use crate::outcome::{Artifact, Failure, ImageSettings, InProgress, Parent, Publication, RunStatus};
 
-/// The version this fleetbake writes, in the file's `version`.
-pub const MANIFEST_VERSION: u32 = 1;
+/// The version this fleetbake writes, in the file's `version`. Version 2 added `distributed` (the copies other
+/// accounts own, `[[distribution]]`) and `account` on failures and images in progress of another account;
+/// `artifacts` (the own account's images) kept its shape, and a version-1 file reads as one with no
+/// distributed copies.
+pub const MANIFEST_VERSION: u32 = 2;
 
 /// How the run ended, as the file says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -34,9 +37,12 @@ impl From<RunStatus> for ManifestStatus {
     }
 }
 
-/// An available image, under its flavor and region.
+/// An available image, under its flavor and region (and in `distributed`, its account).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageEntry {
+    /// The account that owns it: another account's copy (`distributed`) names it; absent in `artifacts`.
+    #[serde(default, skip_serializing_if = "Account::is_own")]
+    pub account: Account,
     pub image_id: ImageId,
     pub name: String,
     pub build_region: Region,
@@ -80,11 +86,19 @@ pub struct SourceParameterEntry {
     pub version: u64,
 }
 
+impl ImageEntry {
+    /// `artifact` as owned by `account`.
+    pub fn owned_by(account: &Account, artifact: &Artifact) -> Self {
+        ImageEntry { account: account.clone(), ..ImageEntry::from(artifact) }
+    }
+}
+
 impl From<&Artifact> for ImageEntry {
     fn from(artifact: &Artifact) -> Self {
         let ImageSettings { kms_key_id, imds_support, deprecation_time, shared_with, interface, source_parameter } =
             artifact.settings.as_ref();
         ImageEntry {
+            account: Account::Own,
             image_id: artifact.image_id.clone(),
             name: artifact.name.clone(),
             build_region: artifact.build_region.clone(),
@@ -131,6 +145,9 @@ impl From<&Publication> for PublicationEntry {
 pub struct FailureEntry {
     pub flavor: FlavorName,
     pub region: Region,
+    /// Another account's copy: that account (version 2).
+    #[serde(default, skip_serializing_if = "Account::is_own")]
+    pub account: Account,
     pub stage: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
@@ -144,6 +161,7 @@ impl From<&Failure> for FailureEntry {
         FailureEntry {
             flavor: failure.flavor.clone(),
             region: failure.region.clone(),
+            account: failure.account.clone(),
             stage: failure.stage.to_string(),
             code: failure.code.clone(),
             error: failure.error.clone(),
@@ -157,12 +175,20 @@ impl From<&Failure> for FailureEntry {
 pub struct InProgressEntry {
     pub flavor: FlavorName,
     pub region: Region,
+    /// Another account's copy: that account (version 2).
+    #[serde(default, skip_serializing_if = "Account::is_own")]
+    pub account: Account,
     pub image_id: ImageId,
 }
 
 impl From<&InProgress> for InProgressEntry {
     fn from(image: &InProgress) -> Self {
-        InProgressEntry { flavor: image.flavor.clone(), region: image.region.clone(), image_id: image.image_id.clone() }
+        InProgressEntry {
+            flavor: image.flavor.clone(),
+            region: image.region.clone(),
+            account: image.account.clone(),
+            image_id: image.image_id.clone(),
+        }
     }
 }
 
