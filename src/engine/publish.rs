@@ -1,6 +1,7 @@
 //! Publishing at the end of a run (`[publish] when = "flavor_complete"`): once every job has ended, each
-//! flavor all of whose jobs made their image is published, image by image, each in the account that owns it
-//! (another account's copy only if `[publish] accounts` names the account). Images an earlier run made (reused)
+//! flavor is published, image by image, in each account where all its jobs made their image: the own
+//! account's builds and copies, and each `[[distribution]]` account's copies (only if `[publish] accounts`
+//! names the account), so one account whose role is refused holds back no other account's publication. Images an earlier run made (reused)
 //! were published by that run. What is published is journaled and told to the reporters; what fails is handed
 //! handed to the loop as a `publish` failure of that image's job, as it happens.
 //!
@@ -11,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::cloud::Cloud;
-use crate::config::{FlavorName, Fleet, PublishWhen};
+use crate::config::{Account, FlavorName, Fleet, PublishWhen};
 use crate::outcome::{Artifact, Failure, JobLabel, Publication};
 use crate::plan::{JobId, Plan};
 use crate::report::events::{EventSender, RunEvent};
@@ -46,11 +47,12 @@ impl Publisher {
         let Some(settings) = self.fleet.publish.as_ref().filter(|s| s.when == PublishWhen::FlavorComplete) else {
             return;
         };
-        let mut flavors: BTreeMap<&FlavorName, Vec<JobId>> = BTreeMap::new();
+        // A flavor's images in each account: complete, and published, account by account.
+        let mut flavors: BTreeMap<(&FlavorName, Account), Vec<JobId>> = BTreeMap::new();
         for job in plan.jobs() {
-            flavors.entry(plan.placement(job).0).or_default().push(job);
+            flavors.entry((plan.placement(job).0, plan.place_of(job).account)).or_default().push(job);
         }
-        for (flavor, jobs) in flavors {
+        for ((flavor, _), jobs) in flavors {
             let complete =
                 jobs.iter().all(|job| images.artifacts.contains_key(job) && !images.failed_jobs.contains(job));
             if !complete {

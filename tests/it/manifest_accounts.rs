@@ -368,3 +368,26 @@ fn another_account_s_failed_copies_are_named_by_account() {
     assert_eq!(failed_events.len(), 6);
     assert_eq!(failed_events.iter().filter(|event| event.get("account").is_some()).count(), 4, "{failed_events:?}");
 }
+
+/// `when = "flavor_complete"` with an account whose role is refused: that account's copies fail, its
+/// publication (and its preflight checks of the parameters) hold back nothing else: the own account's images and
+/// the other account's copies are published.
+#[test]
+fn an_account_whose_copies_fail_holds_back_only_its_own_publication() {
+    let workspace = Workspace::new();
+    let text = fleet("accounts = true") + &format!("account_faults = {{ \"{THIRD}\" = \"role\" }}\n");
+    let run = run_sim_with(&workspace, &text, &[]);
+    assert_eq!(run.outcome.code, 1, "its copies failed: {}", run.outcome.stderr);
+    let manifest = &run.manifest;
+    for flavor in ["base", "web"] {
+        for region in ["us-east-1", "eu-west-1"] {
+            let own = &manifest["artifacts"][flavor][region];
+            assert_eq!(own["published"][0]["name"], format!("/images/{flavor}"), "{manifest}");
+            let other = &manifest["distributed"][flavor][OTHER][region];
+            assert_eq!(other["published"][0]["version"], 1, "{manifest}");
+            assert!(manifest["distributed"][flavor].get(THIRD).is_none(), "{manifest}");
+        }
+    }
+    let failures = manifest["failures"].as_array().unwrap();
+    assert!(!failures.is_empty() && failures.iter().all(|failure| failure["account"] == THIRD), "{manifest}");
+}

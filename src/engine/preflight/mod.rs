@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::cloud::{hints, Cloud, ErrorKind, ImageQuery};
-use crate::config::{Flavor, FlavorName, Fleet, Region};
+use crate::config::{Account, Flavor, FlavorName, Fleet, Place, Region};
 use crate::plan::Plan;
 use crate::remote::session_manager;
 use crate::steps::context::RUN_ID_TAG;
@@ -80,6 +80,15 @@ impl Preflight {
 
     fn push(&mut self, region: Option<&Region>, outcome: Outcome) {
         self.checks.push(Check { region: region.cloned(), outcome, account: None });
+    }
+
+    /// A check of a place: of the own account, as [`Preflight::push`]; of a `[[distribution]]` account, as that
+    /// account's (its failure fails only that account's copies).
+    fn push_in(&mut self, place: &Place, outcome: Outcome) {
+        match &place.account {
+            Account::Own => self.push(Some(&place.region), outcome),
+            Account::Id(id) => self.push_for_account(id, Some(&place.region), outcome),
+        }
     }
 
     /// A check of a `[[distribution]]` account.

@@ -36,7 +36,7 @@ pub async fn check_publish_targets(preflight: &mut Preflight, fleet: &Fleet, pla
     }
     for (place, name) in parameters {
         let outcome = check_parameter(&*cloud.place(&place), &name).await;
-        preflight.push(Some(&place.region), in_account(&place, outcome));
+        preflight.push_in(&place, in_account(&place, outcome));
     }
     for (place, name) in templates {
         let region = &place.region;
@@ -47,7 +47,7 @@ pub async fn check_publish_targets(preflight: &mut Preflight, fleet: &Fleet, pla
             )),
             Err(error) => Outcome::Fail(format!("cannot read launch template `{name}`: {error}")),
         };
-        preflight.push(Some(region), in_account(&place, outcome));
+        preflight.push_in(&place, in_account(&place, outcome));
     }
 }
 
