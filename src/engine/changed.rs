@@ -26,6 +26,7 @@ use crate::outcome::{Artifact, Failure, ImageSettings, JobLabel, Parent, SourceP
 use crate::plan::{BuildJob, JobId, Plan};
 use crate::state::resume::Prior;
 use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, PARENT_IMAGE_TAG, RUN_ID_TAG, SOURCE_IMAGE_TAG, TEST_TAG};
+use crate::steps::distribute::DISTRIBUTED_FROM_TAG;
 use crate::steps::fingerprint::{self, Fingerprint, COPY_KEY_TAG, FINGERPRINT_TAG, PARTS_TAG};
 use crate::steps::finish::{self, Finished, Finishing, Made};
 use crate::steps::source;
@@ -112,7 +113,10 @@ pub async fn decide(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, clock: &RunCl
             for &copy in &build.copies {
                 let place = &plan.copies[copy].target;
                 let target_cloud = cloud.place(place);
-                let images = fleet_images(fleet, flavor, &*target_cloud).await;
+                let mut images = fleet_images(fleet, flavor, &*target_cloud).await;
+                // In another account, only the copies distribution made: never an image the account built itself
+                // with a fleet of the same name.
+                images.retain(|image| place.account.is_own() || image.tags.contains_key(DISTRIBUTED_FROM_TAG));
                 let key = fingerprint::copy_key_tag_in(fleet, place);
                 let same_key = |image: &&OwnedImage| image.tags.get(COPY_KEY_TAG) == key.as_ref();
                 let Some(image) = newest(&images, digest.as_deref()).filter(same_key) else { continue };

@@ -29,6 +29,7 @@ use crate::state::journal::{Journal, JournalDir, JournalError, RunLock};
 use crate::state::leftovers::{self, Leftover};
 use crate::state::manifest::Manifest;
 use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, RUN_ID_TAG};
+use crate::steps::distribute::DISTRIBUTED_FROM_TAG;
 use crate::steps::finish::SHARED_TAG;
 use crate::steps::ledger::{Resource, ResourceKind};
 
@@ -112,7 +113,14 @@ pub async fn survey(fleet: &Fleet, cloud: &dyn Cloud) -> Result<Survey, CloudErr
             continue;
         }
         match cloud.place(&place).find_owned_images(&images).await {
-            Ok(found) => survey.images.extend(found.into_iter().map(|image| (place.clone(), image))),
+            // Only the copies distribution made (`fleetbake:distributed-from`): an image the account built itself
+            // with a fleet of the same name is the account's to keep or remove, never the builder's gc's.
+            Ok(found) => survey.images.extend(
+                found
+                    .into_iter()
+                    .filter(|image| image.tags.contains_key(DISTRIBUTED_FROM_TAG))
+                    .map(|image| (place.clone(), image)),
+            ),
             Err(error) => survey.unreachable.push(Unreachable { place, role_arn, error: error.to_string() }),
         }
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::harness::Workspace;
 use crate::sharing::{load, paused_runtime};
 use fleetbake::cloud::sim::SimCloud;
-use fleetbake::cloud::{Cloud, ImageQuery, ImageState, OwnedImage};
+use fleetbake::cloud::{Cloud, CopySpec, ImageQuery, ImageState, OwnedImage};
 use fleetbake::config::{Account, Place, Region};
 
 const FIRST: &str = "222233334444";
@@ -108,6 +108,7 @@ fn gc_keeps_the_newest_per_account_and_region_and_the_accounts_copies_outlive_th
     let both = load(&workspace, &fleet(&[FIRST, SECOND], ""), false);
     let sim = runtime.block_on(async { Arc::new(SimCloud::new(&both)) });
     let mut names_of_night = Vec::new();
+    let own_build = "base-us-east-1-own-build".to_string();
     for night in 1..=3 {
         let accounts: &[&str] = if night < 3 { &[FIRST, SECOND] } else { &[FIRST] };
         let fleet = load(&workspace, &fleet(accounts, "[retention]\nkeep = 1\n"), false);
@@ -115,6 +116,35 @@ fn gc_keeps_the_newest_per_account_and_region_and_the_accounts_copies_outlive_th
         assert_eq!((summary.failed, summary.succeeded), (0, 2 + 2 + 2 * accounts.len() * 2), "{summary:?}");
         let run_id = workspace.read_json("manifest.json")["run_id"].as_str().unwrap().to_string();
         names_of_night.push(run_id);
+        if night == 2 {
+            // After night two, the first account's own image of a fleet of the same name (the account bakes too; no
+            // `fleetbake:distributed-from`), older than the night-three copy: the builder's gc must not count it among
+            // its copies (past `keep`, it would be deregistered) nor remove it.
+            runtime.block_on(async {
+                let first = sim.place(&place(FIRST, "us-east-1"));
+                let copies = images_in(&sim, &place(FIRST, "us-east-1")).await;
+                let source =
+                    copies.iter().find(|image| image.name == format!("base-us-west-2-{}", names_of_night[1])).unwrap();
+                let tags = BTreeMap::from([
+                    ("fleetbake:fleet".to_string(), "distops".to_string()),
+                    ("fleetbake:flavor".to_string(), "base".to_string()),
+                    ("fleetbake:run-id".to_string(), "20200101-000000-00000".to_string()),
+                ]);
+                let spec = CopySpec {
+                    source_region: Region::new("us-east-1"),
+                    source_image: source.id.clone(),
+                    name: own_build.clone(),
+                    description: None,
+                    client_token: "the-accounts-own-build".into(),
+                    tags: tags.clone(),
+                    snapshot_tags: tags,
+                    kms_key: None,
+                };
+                first.copy_image(&spec).await.unwrap();
+                // Until it is available (a copy takes `[sim] copy_image`).
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            });
+        }
     }
     let [first_run, second_run, third_run] = [&names_of_night[0], &names_of_night[1], &names_of_night[2]];
     let named = |flavor: &str, region: &str, run: &str| format!("{flavor}-{region}-{run}");
@@ -144,7 +174,12 @@ fn gc_keeps_the_newest_per_account_and_region_and_the_accounts_copies_outlive_th
         for region in ["us-east-1", "eu-west-1"] {
             let left = names_by_flavor(&sim, &place(FIRST, region)).await;
             for flavor in ["base", "web"] {
-                assert_eq!(left[flavor], [named(flavor, "us-west-2", third_run)], "{FIRST}/{region}: the newest");
+                let mut expected = vec![named(flavor, "us-west-2", third_run)];
+                if (flavor, region) == ("base", "us-east-1") {
+                    expected.push(own_build.clone());
+                }
+                expected.sort();
+                assert_eq!(left[flavor], expected, "{FIRST}/{region}: the newest copy, and the account's own image");
             }
             // The second account's copies of nights one and two: theirs, left by gc, usable though the builder's
             // images they came from are deregistered.
