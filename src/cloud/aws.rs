@@ -175,7 +175,16 @@ impl Cloud for AwsCloud {
                     .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(provider))
                     .build()
             }
-            None => self.sdk.clone(),
+            // Never the run's own credentials in another account's place: every call there would act on the own
+            // account while the run names it another's (gc would deregister the wrong images).
+            None => self
+                .sdk
+                .clone()
+                .into_builder()
+                .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(NoRole {
+                    account: account.clone(),
+                }))
+                .build(),
         };
         let clients = Arc::new(region_clients(&sdk, &place.region, limiter));
         Arc::clone(self.accounts.entry(place.clone()).or_insert(clients).value()) as Arc<dyn RegionCloud>
@@ -214,6 +223,28 @@ impl aws_credential_types::provider::ProvideCredentials for DistributionRole {
                 None => error,
             })
         })
+    }
+}
+
+/// A place of an account no `[[distribution]]` names (a bug if it happens): every call there is refused, as
+/// a role STS refused, instead of acting as the run's own account.
+#[derive(Debug)]
+struct NoRole {
+    account: String,
+}
+
+impl aws_credential_types::provider::ProvideCredentials for NoRole {
+    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        let refused = RoleRefused {
+            role: format!("(none: no [[distribution]] names account {})", self.account),
+            answer: "AccessDenied: fleetbake has no role to act as in this account".into(),
+        };
+        aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+            aws_credential_types::provider::error::CredentialsError::provider_error(refused),
+        ))
     }
 }
 
@@ -1942,6 +1973,40 @@ mod tests {
 
     /// Through the SDK: STS refusing a destination account's role (its XML error) fails a call in that account
     /// as a permanent `AccessDenied` naming the role, before anything reaches the service.
+
+    /// A place of an account no `[[distribution]]` names never acts as the run's own account: every call there
+    /// is refused (no request leaves), as a role STS refused.
+    #[tokio::test]
+    async fn a_place_of_an_account_without_a_role_is_refused_not_the_own_account() {
+        use aws_credential_types::Credentials;
+        let stub = SsmStub::start(Vec::new());
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&stub.endpoint)
+            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+            .retry_config(RetryConfig::disabled())
+            .load()
+            .await;
+        let limits = Arc::new(ApiLimits::new(
+            &crate::config::ApiRates::default(),
+            crate::cloud::retry::Policy::THROTTLED,
+            crate::cloud::limiter::Pacing::Fixed,
+        ));
+        let cloud = AwsCloud {
+            sdk: base,
+            base: None,
+            limits,
+            regions: DashMap::new(),
+            distribution_roles: BTreeMap::new(),
+            run_id: RunId::new(chrono::Utc::now(), 1),
+            accounts: DashMap::new(),
+        };
+        let place = Place { account: Account::Id("999988887777".into()), region: Region::new("us-east-1") };
+        let error = cloud.place(&place).describe_key("alias/images").await.unwrap_err();
+        assert_eq!((error.kind, error.code.as_deref()), (ErrorKind::Permanent, Some("AccessDenied")), "{error}");
+        assert!(error.message.contains("999988887777"), "{error}");
+        assert!(stub.requests().is_empty(), "nothing sent as the own account: {:?}", stub.requests());
+    }
     #[tokio::test]
     async fn sts_refusing_a_destination_role_fails_its_calls_as_access_denied() {
         use aws_credential_types::Credentials;

@@ -337,9 +337,12 @@ impl Plan {
 }
 
 /// `[[distribution]]`: for each distributed flavor, account and region, a copy into that account, from the
-/// flavor's build in the same region if it has one (a copy within a region is the quickest), else from its
-/// first build. Appended after the own account's copies, so their order (and their keys) do not change.
+/// flavor's build in the same region if the matrix builds it there (a copy within a region is the quickest),
+/// else from its first build in the matrix. The source is chosen from the whole matrix, not the selection, so
+/// `--only` never moves an account's copy to another build: a copy whose source build is not selected is not
+/// planned. Appended after the own account's copies, so their order (and their keys) do not change.
 fn distribute(fleet: &Fleet, builds: &mut [BuildJob], copies: &mut Vec<CopyJob>) {
+    let matrix = fleet.matrix_pairs();
     for distribution in fleet.distributions.iter() {
         let mut flavors: Vec<&FlavorName> = Vec::new();
         for build in builds.iter().filter(|build| distribution.applies_to(&build.flavor)) {
@@ -349,14 +352,19 @@ fn distribute(fleet: &Fleet, builds: &mut [BuildJob], copies: &mut Vec<CopyJob>)
         }
         let flavors: Vec<FlavorName> = flavors.into_iter().cloned().collect();
         for flavor in &flavors {
+            let built_in: Vec<&Region> =
+                matrix.iter().filter(|(each, _)| &each.name == flavor).map(|(_, region)| *region).collect();
             for account in distribution.account_places() {
                 for region in &distribution.regions {
-                    let of_flavor = || builds.iter().filter(|build| &build.flavor == flavor);
-                    let source = of_flavor()
-                        .find(|build| &build.region == region)
-                        .or_else(|| of_flavor().next())
-                        .map(|build| build.index)
-                        .expect("a flavor with a build");
+                    let Some(&source_region) = built_in.iter().find(|&&built| built == region).or(built_in.first())
+                    else {
+                        continue;
+                    };
+                    let Some(source) =
+                        builds.iter().position(|build| &build.flavor == flavor && &build.region == source_region)
+                    else {
+                        continue;
+                    };
                     let build = &mut builds[source];
                     build.copies.push(copies.len());
                     copies.push(CopyJob {
@@ -415,6 +423,32 @@ mod tests {
         let fleet = crate::config::parse(std::path::Path::new("fleet.toml"), text).expect("the test fleet parses");
         let started = Utc.with_ymd_and_hms(2026, 12, 7, 2, 0, 0).unwrap();
         Plan::new(&fleet, RunId::new(started, 1), started)
+    }
+
+    /// A distribution copy comes from the flavor's build in its region, else its first build in the matrix,
+    /// whatever `--only` selects: a copy whose source build is not selected is not planned (never moved to
+    /// another build).
+    #[test]
+    fn a_distribution_copy_keeps_its_source_build_under_only() {
+        let text = "[fleet]\nname = \"dist\"\n\n[defaults]\ninstance_type = \"t3.micro\"\nssh_username = \"u\"\n\n\
+                    [[flavor]]\nname = \"web\"\nsource_ami = { owners = [\"amazon\"], name = \"al2023-*\" }\n\n\
+                    [regions]\neu-central-1 = []\nus-west-2 = []\n\n\
+                    [[distribution]]\naccounts = [\"222233334444\"]\nregions = [\"us-west-2\", \"us-east-1\"]\n\
+                    role_arn = \"arn:aws:iam::{account}:role/d\"\n";
+        let targets = |plan: &Plan| -> Vec<String> {
+            plan.copies.iter().map(|copy| format!("{}>{}", copy.source_region, copy.target)).collect()
+        };
+        assert_eq!(
+            targets(&plan_of(text)),
+            ["us-west-2>222233334444/us-west-2", "eu-central-1>222233334444/us-east-1"],
+            "the same region's build, else the first"
+        );
+        let mut fleet = crate::config::parse(std::path::Path::new("fleet.toml"), text).unwrap();
+        let only = crate::config::JobPattern::parse("web/eu-central-1").unwrap();
+        fleet.select(Selection { only: vec![only], except: Vec::new() }).unwrap();
+        let started = Utc.with_ymd_and_hms(2026, 12, 7, 2, 0, 0).unwrap();
+        let plan = Plan::new(&fleet, RunId::new(started, 1), started);
+        assert_eq!(targets(&plan), ["eu-central-1>222233334444/us-east-1"], "us-west-2's copy is not moved");
     }
 
     #[test]
