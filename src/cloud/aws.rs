@@ -1971,9 +1971,6 @@ mod tests {
         assert_eq!(kind_of(failure), ErrorKind::Credentials);
     }
 
-    /// Through the SDK: STS refusing a destination account's role (its XML error) fails a call in that account
-    /// as a permanent `AccessDenied` naming the role, before anything reaches the service.
-
     /// A place of an account no `[[distribution]]` names never acts as the run's own account: every call there
     /// is refused (no request leaves), as a role STS refused.
     #[tokio::test]
@@ -2007,6 +2004,8 @@ mod tests {
         assert!(error.message.contains("999988887777"), "{error}");
         assert!(stub.requests().is_empty(), "nothing sent as the own account: {:?}", stub.requests());
     }
+    /// Through the SDK: STS refusing a destination account's role (its XML error) fails a call in that account
+    /// as a permanent `AccessDenied` naming the role, before anything reaches the service.
     #[tokio::test]
     async fn sts_refusing_a_destination_role_fails_its_calls_as_access_denied() {
         use aws_credential_types::Credentials;
