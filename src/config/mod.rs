@@ -17,7 +17,7 @@ pub mod template;
 mod validate;
 pub mod variables;
 
-pub use distribution::{Distribution, Distributions, ACCOUNT_PLACEHOLDER};
+pub use distribution::{Distribution, Distributions, UnitAccounts, ACCOUNT_PLACEHOLDER};
 pub use place::{Account, Place};
 pub use selection::{JobPattern, Selection};
 
@@ -680,6 +680,9 @@ pub struct SimSettings {
     pub accounts: BTreeSet<String>,
     /// `[sim] account_faults`: what goes wrong in each of those accounts.
     pub account_faults: BTreeMap<String, AccountFault>,
+    /// `[sim] organizational_units`: each unit's members (account ids, or child `ou-…` units), what AWS
+    /// Organizations answers for it; a unit not listed answers `ParentNotFoundException`.
+    pub organizational_units: BTreeMap<String, Vec<String>>,
 }
 
 /// The simulated own account's id (`cloud::sim::SIMULATED_ACCOUNT`): `[sim] accounts` lists only the others.
@@ -780,6 +783,7 @@ impl Default for SimSettings {
             regions_not_enabled: BTreeSet::new(),
             accounts: BTreeSet::new(),
             account_faults: BTreeMap::new(),
+            organizational_units: BTreeMap::new(),
         }
     }
 }

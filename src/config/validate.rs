@@ -1830,6 +1830,7 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         regions_not_enabled: Default::default(),
         accounts: Default::default(),
         account_faults: Default::default(),
+        organizational_units: Default::default(),
     };
     sim_accounts::resolve_sim_accounts(checker, &path, &raw, &mut sim);
     resolve_sim_runner(checker, &path, &raw, &mut sim);

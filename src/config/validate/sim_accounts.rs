@@ -1,6 +1,7 @@
 //! `[sim] accounts` and `[sim] account_faults`: the other accounts of the simulated cloud, and what goes wrong
 //! in each, checked with the key's place in the file.
 
+use super::distribution::is_ou_id;
 use super::{is_account_id, schema, Checker, KeyPath};
 use crate::config::{AccountFault, SimSettings, SIMULATED_OWN_ACCOUNT};
 
@@ -43,5 +44,31 @@ pub(super) fn resolve_sim_accounts(
             continue;
         }
         sim.account_faults.insert(id.clone(), fault);
+    }
+    resolve_sim_units(checker, path, raw, sim);
+}
+
+/// `[sim] organizational_units`: each unit's id shaped, and its members accounts the simulated cloud has (the
+/// own account, or one in `[sim] accounts`) or other units declared here.
+fn resolve_sim_units(checker: &mut Checker<'_>, path: &KeyPath, raw: &schema::SimSection, sim: &mut SimSettings) {
+    let units = raw.organizational_units.clone().unwrap_or_default();
+    for (unit, members) in &units {
+        let at = path.key("organizational_units").key(unit);
+        if !is_ou_id(unit) {
+            checker.problem(at, format!("`{unit}` is not an organizational unit id like `ou-ab12-cd34ef56`"));
+            continue;
+        }
+        for (index, member) in members.iter().enumerate() {
+            let known = member == SIMULATED_OWN_ACCOUNT
+                || sim.accounts.contains(member)
+                || (is_ou_id(member) && units.contains_key(member) && member != unit);
+            if !known {
+                checker.problem(
+                    at.index(index),
+                    format!("`{member}` is neither an account in `[sim] accounts` nor another unit of `[sim] organizational_units`"),
+                );
+            }
+        }
+        sim.organizational_units.insert(unit.clone(), members.clone());
     }
 }
