@@ -252,3 +252,38 @@ fn on_the_simulated_cloud_a_missing_unit_fails_the_preflight_naming_it() {
     assert!(run.stderr.contains("FAIL") && run.stderr.contains("ou-ab12-cccccccc"), "{}", run.stderr);
     assert!(!workspace.path("manifest.sim.json").exists(), "nothing was run");
 }
+
+/// `--resume` resolves the units again and must find the plan the run started with: a unit that gained an
+/// account since is refused, the message saying a unit changed; the same units resume.
+#[test]
+fn a_resume_refuses_a_unit_whose_accounts_changed_since_the_run_started() {
+    use fleetbake::engine::preflight::units::{resolve, UnitsFrom};
+    use fleetbake::engine::run::Start;
+    use fleetbake::state::journal::JournalDir;
+    let workspace = Workspace::new();
+    let load = |units: &str| {
+        let path = workspace.write("fleet.toml", &sim_fleet(r#""ou-ab12-aaaaaaaa""#, units));
+        fleetbake::config::load(&path).unwrap()
+    };
+    let runtime = crate::sharing::paused_runtime();
+    let resolved = |fleet| runtime.block_on(resolve(fleet, UnitsFrom::Simulated)).unwrap().0;
+    let fleet = resolved(load(SIM_UNITS));
+    assert_eq!(fleet.distributions.accounts(), ["222233334444", "555566667777"]);
+    let sim = runtime.block_on(async { std::sync::Arc::new(fleetbake::cloud::sim::SimCloud::new(&fleet)) });
+    let start = Start::fresh(&fleet, Some(JournalDir::of(&fleet)));
+    let killed = runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(60), crate::sim::run_on(&sim, &fleet, start, None)).await
+    });
+    assert!(killed.is_err(), "killed before its end");
+    runtime.block_on(async { tokio::time::sleep(std::time::Duration::from_secs(1)).await });
+
+    let grown = SIM_UNITS.replace(r#"["555566667777", "#, r#"["555566667777", "888899990000", "#);
+    let mut changed = resolved(load(&grown));
+    let Err(error) = fleetbake::state::resume::prepare(&mut changed) else { panic!("a changed plan is refused") };
+    let error = error.to_string();
+    assert!(error.contains("888899990000") && error.contains("is new"), "{error}");
+    assert!(error.contains("organizational units of `[[distribution]]` (ou-ab12-aaaaaaaa)"), "{error}");
+
+    let mut same = resolved(load(SIM_UNITS));
+    assert!(fleetbake::state::resume::prepare(&mut same).is_ok(), "the same units resume");
+}
