@@ -683,6 +683,8 @@ pub struct SimSettings {
     /// `[sim] organizational_units`: each unit's members (account ids, or child `ou-…` units), what AWS
     /// Organizations answers for it; a unit not listed answers `ParentNotFoundException`.
     pub organizational_units: BTreeMap<String, Vec<String>>,
+    /// `[sim] organizations_fault`: AWS Organizations refuses every call of the run.
+    pub organizations_fault: Option<OrganizationsFault>,
 }
 
 /// The simulated own account's id (`cloud::sim::SIMULATED_ACCOUNT`): `[sim] accounts` lists only the others.
@@ -696,6 +698,16 @@ pub enum AccountFault {
     /// `"key"`: its KMS keys cannot be used: DescribeKey says disabled, CopyImage encrypting with one is
     /// refused.
     Key,
+}
+
+/// `[sim] organizations_fault`: why AWS Organizations refuses the run's calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrganizationsFault {
+    /// `"access-denied"`: the account is neither the management account nor a delegated administrator
+    /// (`AccessDeniedException`).
+    AccessDenied,
+    /// `"not-in-use"`: the account is in no organization (`AWSOrganizationsNotInUseException`).
+    NotInUse,
 }
 
 /// `[sim] parameters`: an SSM parameter that exists before the run.
@@ -784,6 +796,7 @@ impl Default for SimSettings {
             accounts: BTreeSet::new(),
             account_faults: BTreeMap::new(),
             organizational_units: BTreeMap::new(),
+            organizations_fault: None,
         }
     }
 }

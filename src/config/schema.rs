@@ -409,6 +409,8 @@ pub struct SimSection {
     /// Organizational units: `{ "ou-ab12-cd34ef56" = ["222233334444", "ou-ab12-11112222"] }` (member accounts
     /// and child units), resolved by the preflight for `[[distribution]] accounts`.
     pub organizational_units: Option<BTreeMap<String, Vec<String>>>,
+    /// AWS Organizations refuses the run: `"access-denied"` or `"not-in-use"`.
+    pub organizations_fault: Option<String>,
 }
 
 /// `[sim] parameters = [{ name, data_type }]`.

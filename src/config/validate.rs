@@ -1831,6 +1831,7 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         accounts: Default::default(),
         account_faults: Default::default(),
         organizational_units: Default::default(),
+        organizations_fault: None,
     };
     sim_accounts::resolve_sim_accounts(checker, &path, &raw, &mut sim);
     resolve_sim_runner(checker, &path, &raw, &mut sim);

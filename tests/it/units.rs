@@ -287,3 +287,37 @@ fn a_resume_refuses_a_unit_whose_accounts_changed_since_the_run_started() {
     let mut same = resolved(load(SIM_UNITS));
     assert!(fleetbake::state::resume::prepare(&mut same).is_ok(), "the same units resume");
 }
+
+/// The run's account may not list units (`[sim] organizations_fault`): the preflight's FAIL names the unit and
+/// who may list it.
+#[test]
+fn on_the_simulated_cloud_an_account_that_may_not_list_units_is_told_who_may() {
+    let workspace = Workspace::new();
+    let text = sim_fleet(r#""ou-ab12-aaaaaaaa""#, SIM_UNITS) + "organizations_fault = \"access-denied\"\n";
+    let fleet = workspace.write("fleet.toml", &text);
+    let preflight = workspace.fleetbake(&["preflight", fleet.to_str().unwrap(), "--cloud", "sim"]);
+    assert_eq!(preflight.code, 1, "stdout:\n{}\nstderr:\n{}", preflight.stdout, preflight.stderr);
+    let fail = preflight.stdout.lines().find(|line| line.starts_with("FAIL")).expect("a failed check");
+    assert!(fail.contains("`ou-ab12-aaaaaaaa` of [[distribution]] 1"), "{fail}");
+    assert!(fail.contains("AccessDeniedException"), "{fail}");
+    assert!(fail.contains("management account or a delegated administrator"), "{fail}");
+}
+
+/// `[sim] organizational_units` and `organizations_fault`: each problem with its key, all at once (exit 2).
+#[test]
+fn sim_units_are_checked_with_their_place() {
+    let workspace = Workspace::new();
+    let units = r#"{ "ou-ab12-aaaaaaaa" = ["222233334444", "999999999999", "ou-ab12-dddddddd"], "ou-x" = [] }"#;
+    let text = sim_fleet(r#""ou-ab12-aaaaaaaa""#, units) + "organizations_fault = \"sometimes\"\n";
+    let fleet = workspace.write("fleet.toml", &text);
+    let outcome = workspace.fleetbake(&["validate", fleet.to_str().unwrap()]);
+    assert_eq!(outcome.code, 2, "{}", outcome.stderr);
+    for (key, says) in [
+        ("sim.organizational_units.ou-ab12-aaaaaaaa[1]", "`999999999999` is neither an account in `[sim] accounts`"),
+        ("sim.organizational_units.ou-ab12-aaaaaaaa[2]", "`ou-ab12-dddddddd` is neither"),
+        ("sim.organizational_units.ou-x", "`ou-x` is not an organizational unit id"),
+        ("sim.organizations_fault", "`sometimes` is not an Organizations fault"),
+    ] {
+        assert!(outcome.stderr.contains(&format!("`{key}`: {says}")), "no `{key}`: {says} in:\n{}", outcome.stderr);
+    }
+}

@@ -3,7 +3,7 @@
 
 use super::distribution::is_ou_id;
 use super::{is_account_id, schema, Checker, KeyPath};
-use crate::config::{AccountFault, SimSettings, SIMULATED_OWN_ACCOUNT};
+use crate::config::{AccountFault, OrganizationsFault, SimSettings, SIMULATED_OWN_ACCOUNT};
 
 pub(super) fn resolve_sim_accounts(
     checker: &mut Checker<'_>,
@@ -71,4 +71,16 @@ fn resolve_sim_units(checker: &mut Checker<'_>, path: &KeyPath, raw: &schema::Si
         }
         sim.organizational_units.insert(unit.clone(), members.clone());
     }
+    sim.organizations_fault = match raw.organizations_fault.as_deref() {
+        None => None,
+        Some("access-denied") => Some(OrganizationsFault::AccessDenied),
+        Some("not-in-use") => Some(OrganizationsFault::NotInUse),
+        Some(other) => {
+            checker.problem(
+                path.key("organizations_fault"),
+                format!("`{other}` is not an Organizations fault: `\"access-denied\"` (not the management account nor a delegated administrator) or `\"not-in-use\"` (in no organization)"),
+            );
+            None
+        }
+    };
 }

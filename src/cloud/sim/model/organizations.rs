@@ -2,6 +2,7 @@
 //! child units, answered as `ListAccountsForParent` and `ListChildren` would be, walked through the whole tree.
 
 use super::{refuse, Model, Refusal};
+use crate::config::OrganizationsFault;
 
 impl Model {
     /// The accounts of `unit` and of its child units, each once, in the order declared. A unit not declared
@@ -9,6 +10,18 @@ impl Model {
     /// ListAccountsForParent: `ParentNotFoundException`, "We can't find a root or OU with the ParentId that you
     /// specified").
     pub(in crate::cloud::sim) fn unit_accounts(&self, unit: &str) -> Result<Vec<String>, Refusal> {
+        // Organizations API Reference, Common Errors: `AccessDeniedException` ("You don't have permissions to
+        // access this resource": only the management account or a delegated administrator may list), and
+        // `AWSOrganizationsNotInUseException` ("Your account is not a member of an organization").
+        match self.settings.organizations_fault {
+            Some(OrganizationsFault::AccessDenied) => {
+                return refuse("AccessDeniedException", "You don't have permissions to access this resource.")
+            }
+            Some(OrganizationsFault::NotInUse) => {
+                return refuse("AWSOrganizationsNotInUseException", "Your account is not a member of an organization.")
+            }
+            None => {}
+        }
         let units = &self.settings.organizational_units;
         if !units.contains_key(unit) {
             return refuse(
