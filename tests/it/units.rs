@@ -151,6 +151,15 @@ fn plan_and_preflight_resolve_a_unit_into_its_active_accounts_nested_units_inclu
         "{}",
         preflight.stdout
     );
+
+    // gc surveys the unit's accounts too: it assumes the nested unit's account's role.
+    let role_of_b = format!("arn%3Aaws%3Aiam%3A%3A{}%3Arole%2Fimage-distribution", org.b);
+    let assumed =
+        |proxy: &FaultProxy| proxy.bodies("AssumeRole").iter().filter(|body| body.contains(&role_of_b)).count();
+    let before = assumed(&proxy);
+    let gc = workspace.fleetbake(&["gc", fleet.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(gc.code, 0, "stdout:\n{}\nstderr:\n{}", gc.stdout, gc.stderr);
+    assert!(assumed(&proxy) > before, "gc acted in {} (a unit's account)", org.b);
 }
 
 #[test]
