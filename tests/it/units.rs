@@ -330,3 +330,27 @@ fn sim_units_are_checked_with_their_place() {
         assert!(outcome.stderr.contains(&format!("`{key}`: {says}")), "no `{key}`: {says} in:\n{}", outcome.stderr);
     }
 }
+
+/// `[publish] accounts` may list a unit's account (validate cannot know it: the preflight checks it once the
+/// unit is resolved); one no `[[distribution]]` copies into, named or through a unit, fails the preflight.
+#[test]
+fn publish_accounts_may_list_a_units_accounts() {
+    let workspace = Workspace::new();
+    let with_publish = |accounts: &str| {
+        sim_fleet(r#""ou-ab12-aaaaaaaa""#, SIM_UNITS).replace(
+            "[sim]",
+            &format!("[publish]\nssm_parameter = \"/images/{{flavor}}\"\naccounts = {accounts}\n\n[sim]"),
+        )
+    };
+    for accounts in [r#"["555566667777"]"#, "true"] {
+        let fleet = workspace.write("fleet.toml", &with_publish(accounts));
+        let outcome = workspace.fleetbake(&["validate", fleet.to_str().unwrap()]);
+        assert_eq!(outcome.code, 0, "{accounts}: {}", outcome.stderr);
+    }
+    let fleet = workspace.write("fleet.toml", &with_publish(r#"["555566667777", "888899990000"]"#));
+    let preflight = workspace.fleetbake(&["preflight", fleet.to_str().unwrap(), "--cloud", "sim"]);
+    assert_eq!(preflight.code, 1, "stdout:\n{}\nstderr:\n{}", preflight.stdout, preflight.stderr);
+    let failed: Vec<&str> = preflight.stdout.lines().filter(|line| line.starts_with("FAIL")).collect();
+    assert_eq!(failed.len(), 1, "{}", preflight.stdout);
+    assert!(failed[0].contains("`[publish] accounts` lists `888899990000`"), "{}", failed[0]);
+}

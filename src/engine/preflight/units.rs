@@ -9,7 +9,7 @@ use super::{Outcome, Preflight};
 use crate::cloud::limiter::{ApiLimits, Pacing};
 use crate::cloud::retry::Policy;
 use crate::cloud::{aws::AwsCloud, sim::SimCloud, Cloud, ErrorKind, Limited};
-use crate::config::{Fleet, UnitAccounts};
+use crate::config::{Fleet, PublishAccounts, UnitAccounts};
 use crate::plan::RunId;
 
 /// Which cloud answers for the units.
@@ -85,6 +85,21 @@ pub async fn resolve_with(fleet: Fleet, cloud: &dyn Cloud) -> Result<(Fleet, Pre
         return Err(checks);
     }
     let expanded = fleet.with_units(&resolved, &own);
+    // `[publish] accounts` may list a unit's accounts: each must now be one a `[[distribution]]` copies into.
+    if let Some(PublishAccounts::Listed(listed)) = expanded.publish.as_ref().map(|publish| &publish.accounts) {
+        let distributed = expanded.distributions.accounts();
+        for id in listed.iter().filter(|id| !distributed.contains(id)) {
+            checks.push(
+                None,
+                Outcome::Fail(format!(
+                    "`[publish] accounts` lists `{id}`, which no `[[distribution]]` copies into (named or in its units): list those accounts, or `true` for all of them"
+                )),
+            );
+        }
+        if !checks.passed() {
+            return Err(checks);
+        }
+    }
     Ok((expanded, checks))
 }
 
