@@ -239,13 +239,20 @@ fn command(cli: Cli) -> Ending {
         Command::Validate { fleet, vars } => match load_fleet(&fleet, &vars) {
             Ok(loaded) => {
                 let plan = Plan::new(&loaded, RunId::generate(Utc::now()), Utc::now());
+                let units = loaded.distributions.units().len();
                 println!(
-                    "{}: ok: {} flavors, {} build regions, {} builds, {} copies",
+                    "{}: ok: {} flavors, {} build regions, {} builds, {} copies{}",
                     fleet.display(),
                     loaded.flavors.len(),
                     loaded.regions.len(),
                     plan.builds.len(),
-                    plan.copies.len()
+                    plan.copies.len(),
+                    match units {
+                        0 => String::new(),
+                        _ => format!(
+                            ", and the copies into the accounts of {units} organizational units (resolved by `fleetbake plan` and the preflight)"
+                        ),
+                    }
                 );
                 Ending::Done
             }

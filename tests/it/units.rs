@@ -346,6 +346,11 @@ fn publish_accounts_may_list_a_units_accounts() {
         let fleet = workspace.write("fleet.toml", &with_publish(accounts));
         let outcome = workspace.fleetbake(&["validate", fleet.to_str().unwrap()]);
         assert_eq!(outcome.code, 0, "{accounts}: {}", outcome.stderr);
+        assert!(
+            outcome.stdout.contains("2 builds, 0 copies, and the copies into the accounts of 1 organizational units"),
+            "{}",
+            outcome.stdout
+        );
     }
     let fleet = workspace.write("fleet.toml", &with_publish(r#"["555566667777", "888899990000"]"#));
     let preflight = workspace.fleetbake(&["preflight", fleet.to_str().unwrap(), "--cloud", "sim"]);
