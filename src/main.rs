@@ -15,6 +15,8 @@ use fleetbake::cloud::retry::Policy;
 use fleetbake::cloud::Cloud;
 use fleetbake::config;
 use fleetbake::engine::exit::Ending;
+use fleetbake::engine::preflight::units::{self, UnitsFrom};
+use fleetbake::engine::preflight::Preflight;
 use fleetbake::engine::run::{self, EventsTo, MatrixOptions, OutputOptions, RunOutcome, Strategy, View};
 use fleetbake::engine::scheduler::Interrupt;
 use fleetbake::plan::{Plan, RunId};
@@ -237,13 +239,20 @@ fn command(cli: Cli) -> Ending {
         Command::Validate { fleet, vars } => match load_fleet(&fleet, &vars) {
             Ok(loaded) => {
                 let plan = Plan::new(&loaded, RunId::generate(Utc::now()), Utc::now());
+                let units = loaded.distributions.units().len();
                 println!(
-                    "{}: ok: {} flavors, {} build regions, {} builds, {} copies",
+                    "{}: ok: {} flavors, {} build regions, {} builds, {} copies{}",
                     fleet.display(),
                     loaded.flavors.len(),
                     loaded.regions.len(),
                     plan.builds.len(),
-                    plan.copies.len()
+                    plan.copies.len(),
+                    match units {
+                        0 => String::new(),
+                        _ => format!(
+                            ", and the copies into the accounts of {units} organizational units (resolved by `fleetbake plan` and the preflight)"
+                        ),
+                    }
                 );
                 Ending::Done
             }
@@ -255,6 +264,10 @@ fn command(cli: Cli) -> Ending {
                 runtime.block_on(changed_plan(loaded))
             }
             Ok(loaded) => {
+                let loaded = match with_units(loaded, UnitsFrom::Aws) {
+                    Ok((loaded, _)) => loaded,
+                    Err(refused) => return refused,
+                };
                 print!("{}", Plan::new(&loaded, RunId::generate(Utc::now()), Utc::now()));
                 Ending::Done
             }
@@ -275,6 +288,10 @@ fn command(cli: Cli) -> Ending {
                 Ok(loaded) => loaded,
                 Err(errors) => return bad_input(errors),
             };
+            let loaded = match with_units(loaded, UnitsFrom::Aws) {
+                Ok((loaded, _)) => loaded,
+                Err(refused) => return refused,
+            };
             let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
             runtime.block_on(gc(loaded, &fleet, dry_run))
         }
@@ -283,8 +300,16 @@ fn command(cli: Cli) -> Ending {
                 Ok(loaded) => loaded,
                 Err(refused) => return refused,
             };
+            let from = match cloud {
+                CloudChoice::Aws => UnitsFrom::Aws,
+                CloudChoice::Sim => UnitsFrom::Simulated,
+            };
+            let (loaded, units) = match with_units(loaded, from) {
+                Ok(resolved) => resolved,
+                Err(refused) => return refused,
+            };
             let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
-            runtime.block_on(preflight(loaded, cloud))
+            runtime.block_on(preflight(loaded, units, cloud))
         }
         Command::Matrix {
             fleet,
@@ -345,6 +370,24 @@ fn command(cli: Cli) -> Ending {
     }
 }
 
+/// The fleet with its `[[distribution]]` organizational units resolved into accounts (no call without units),
+/// and the units' checks; a unit that cannot be resolved ends the command, its checks printed.
+fn with_units(fleet: config::Fleet, from: UnitsFrom) -> Result<(config::Fleet, Preflight), Ending> {
+    if fleet.distributions.units().is_empty() {
+        return Ok((fleet, Preflight::default()));
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
+    runtime.block_on(units::resolve(fleet, from)).map_err(|checks| units_refused(&checks))
+}
+
+/// The units' checks on stdout (as `fleetbake preflight` prints checks), and how many failed.
+fn units_refused(checks: &Preflight) -> Ending {
+    print!("{checks}");
+    let failed = checks.failures().count();
+    eprintln!("error: {failed} of `[[distribution]]`'s organizational units could not be resolved into accounts");
+    Ending::Checked { failed }
+}
+
 /// AWS for a command other than `matrix` (gc, preflight, `plan --changed-only`): the fleet's credentials and
 /// request buckets; `run_id` names an assumed role's session.
 async fn aws(fleet: &config::Fleet, run_id: &RunId) -> AwsCloud {
@@ -398,6 +441,10 @@ async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> Endi
 
 /// `fleetbake plan --changed-only`: per build, rebuild or reuse, and why; read-only.
 async fn changed_plan(fleet: config::Fleet) -> Ending {
+    let fleet = match units::resolve(fleet, UnitsFrom::Aws).await {
+        Ok((fleet, _)) => fleet,
+        Err(checks) => return units_refused(&checks),
+    };
     let clock = fleetbake::util::clock::RunClock::start();
     let plan = Plan::new(&fleet, RunId::generate(clock.started_at()), clock.started_at());
     let cloud = aws(&fleet, &plan.run_id).await;
@@ -407,7 +454,7 @@ async fn changed_plan(fleet: config::Fleet) -> Ending {
 }
 
 /// `fleetbake preflight`: the checks of a new run of the fleet, one line each on stdout, and how many failed.
-async fn preflight(fleet: config::Fleet, cloud: CloudChoice) -> Ending {
+async fn preflight(fleet: config::Fleet, units: Preflight, cloud: CloudChoice) -> Ending {
     let plan = Plan::new(&fleet, RunId::generate(Utc::now()), Utc::now());
     let runner = match cloud {
         CloudChoice::Aws => fleetbake::engine::preflight::Runner::this_machine(None),
@@ -421,7 +468,8 @@ async fn preflight(fleet: config::Fleet, cloud: CloudChoice) -> Ending {
             Arc::new(fleetbake::cloud::Limited::new(sim, limits))
         }
     };
-    let report = fleetbake::engine::preflight::check(&fleet, &plan, &*cloud, &runner).await;
+    let mut report = units;
+    report.checks.extend(fleetbake::engine::preflight::check(&fleet, &plan, &*cloud, &runner).await.checks);
     print!("{report}");
     let failed = report.failures().count();
     if failed == 0 {
@@ -483,7 +531,7 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
             Ending::Ran { summary: Box::new(summary), leaked: leaked.len() }
         }
         Err(error) => {
-            if let run::RunError::Preflight(report) = &error {
+            if let run::RunError::Preflight(report) | run::RunError::Units(report) = &error {
                 eprint!("{report}");
             }
             eprintln!("error: {error}");

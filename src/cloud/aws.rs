@@ -189,6 +189,89 @@ impl Cloud for AwsCloud {
         let clients = Arc::new(region_clients(&sdk, &place.region, limiter));
         Arc::clone(self.accounts.entry(place.clone()).or_insert(clients).value()) as Arc<dyn RegionCloud>
     }
+
+    /// Walks the unit's tree breadth first: each unit's accounts (`ListAccountsForParent`), then its child
+    /// units (`ListChildren`), every page (`NextToken`) of each, with the run's own credentials. Organizations
+    /// is a global service whose endpoint is in us-east-1 (Organizations API Reference, "Endpoints"); its calls
+    /// are counted under the pseudo-region `organizations`. An account is kept when ACTIVE (`State`, or the
+    /// older `Status` where `State` is absent): one suspended or being closed cannot take a copy.
+    async fn organization_unit_accounts(&self, unit: &str) -> CloudResult<Vec<String>> {
+        use aws_sdk_organizations::types::{AccountState, AccountStatus, ChildType};
+        let region = Region::new(super::ORGANIZATIONS);
+        let limiter = self.limits.region(&region);
+        let config = aws_sdk_organizations::config::Builder::from(&self.sdk)
+            .region(aws_sdk_organizations::config::Region::new("us-east-1"))
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                self.sdk
+                    .timeout_config()
+                    .map(aws_config::timeout::TimeoutConfig::to_builder)
+                    .unwrap_or_default()
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build(),
+            )
+            .build();
+        let client = aws_sdk_organizations::Client::from_conf(config);
+        let mut accounts: Vec<String> = Vec::new();
+        let mut units = std::collections::VecDeque::from([unit.to_string()]);
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(parent) = units.pop_front() {
+            if !seen.insert(parent.clone()) {
+                continue;
+            }
+            let mut token: Option<String> = None;
+            loop {
+                let page = limiter
+                    .call(Action::ListAccountsForParent, || async {
+                        client
+                            .list_accounts_for_parent()
+                            .parent_id(&parent)
+                            .set_next_token(token.clone())
+                            .send()
+                            .await
+                            .map_err(|error| sdk_error(&region, Action::ListAccountsForParent, error))
+                    })
+                    .await?;
+                for account in page.accounts() {
+                    let active = match account.state() {
+                        Some(state) => *state == AccountState::Active,
+                        #[allow(deprecated)]
+                        None => account.status() == Some(&AccountStatus::Active),
+                    };
+                    if let (true, Some(id)) = (active, account.id()) {
+                        if !accounts.iter().any(|known| known == id) {
+                            accounts.push(id.to_string());
+                        }
+                    }
+                }
+                token = page.next_token().map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+            let mut token: Option<String> = None;
+            loop {
+                let page = limiter
+                    .call(Action::ListChildren, || async {
+                        client
+                            .list_children()
+                            .parent_id(&parent)
+                            .child_type(ChildType::OrganizationalUnit)
+                            .set_next_token(token.clone())
+                            .send()
+                            .await
+                            .map_err(|error| sdk_error(&region, Action::ListChildren, error))
+                    })
+                    .await?;
+                units.extend(page.children().iter().filter_map(|child| child.id().map(str::to_string)));
+                token = page.next_token().map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(accounts)
+    }
 }
 
 /// The role of a destination account, assumed with the run's own credentials on the first call that needs it

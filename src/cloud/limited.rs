@@ -39,6 +39,13 @@ impl Cloud for Limited {
     fn place(&self, place: &Place) -> Arc<dyn RegionCloud> {
         Arc::new(LimitedRegion { inner: self.inner.place(place), limiter: self.limits.place(place) })
     }
+
+    /// One unit's resolution, counted (and retried) as one `ListChildren` call under the pseudo-region
+    /// `organizations`: the simulated cloud answers the whole tree at once.
+    async fn organization_unit_accounts(&self, unit: &str) -> CloudResult<Vec<String>> {
+        let limiter = self.limits.region(&Region::new(super::ORGANIZATIONS));
+        limiter.call(Action::ListChildren, || self.inner.organization_unit_accounts(unit)).await
+    }
 }
 
 struct LimitedRegion {

@@ -708,7 +708,17 @@ pub trait Cloud: Send + Sync {
     /// A region of any account: the own account's is [`Cloud::region`]; another account's
     /// (`[[distribution]]`) acts as the role the fleet names for it, assumed with the run's credentials.
     fn place(&self, place: &crate::config::Place) -> Arc<dyn RegionCloud>;
+
+    /// The ACTIVE accounts of an organizational unit (`ou-…`), through its child units, each once: AWS
+    /// Organizations `ListAccountsForParent` and `ListChildren` (`ChildType=ORGANIZATIONAL_UNIT`), every page.
+    /// Only the organization's management account or a delegated administrator may call them; a unit that
+    /// does not exist answers `ParentNotFoundException`.
+    async fn organization_unit_accounts(&self, unit: &str) -> CloudResult<Vec<String>>;
 }
+
+/// The pseudo-region AWS Organizations' calls are counted (and their errors placed) under: a global service,
+/// whose endpoint is in us-east-1.
+pub const ORGANIZATIONS: &str = "organizations";
 
 #[cfg(test)]
 mod tests {

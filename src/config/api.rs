@@ -83,6 +83,11 @@ pub enum Action {
     CreateGrant,
     /// KMS, not EC2: that grant taken back once the copy no longer needs it. Counted with the mutating calls.
     RevokeGrant,
+    /// AWS Organizations, not EC2: a unit's child units (`[[distribution]] accounts` naming an `ou-…`, resolved
+    /// by the preflight). Counted with the non-mutating calls.
+    ListChildren,
+    /// AWS Organizations, not EC2: the accounts directly in a unit. Counted with the non-mutating calls.
+    ListAccountsForParent,
 }
 
 /// The AWS services fleetbake calls. Each paces its calls in buckets of its own per place (the client's
@@ -93,10 +98,11 @@ pub enum Service {
     Ssm,
     Kms,
     Sts,
+    Organizations,
 }
 
 impl Service {
-    pub const ALL: [Service; 4] = [Service::Ec2, Service::Ssm, Service::Kms, Service::Sts];
+    pub const ALL: [Service; 5] = [Service::Ec2, Service::Ssm, Service::Kms, Service::Sts, Service::Organizations];
 
     /// The service's prefix in IAM policies (`ec2`, `ssm`, `kms`, `sts`).
     pub fn key(self) -> &'static str {
@@ -105,6 +111,7 @@ impl Service {
             Service::Ssm => "ssm",
             Service::Kms => "kms",
             Service::Sts => "sts",
+            Service::Organizations => "organizations",
         }
     }
 }
@@ -152,7 +159,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 45] = [
+    pub const ALL: [Action; 47] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -198,6 +205,8 @@ impl Action {
         Action::GetParameter,
         Action::CreateGrant,
         Action::RevokeGrant,
+        Action::ListChildren,
+        Action::ListAccountsForParent,
     ];
 
     /// The action named as in the EC2 API (`CreateImage`).
@@ -215,6 +224,7 @@ impl Action {
     pub fn service(self) -> Service {
         match self {
             Action::GetCallerIdentity => Service::Sts,
+            Action::ListChildren | Action::ListAccountsForParent => Service::Organizations,
             Action::DescribeKey | Action::CreateGrant | Action::RevokeGrant => Service::Kms,
             Action::PutParameter
             | Action::LabelParameterVersion
@@ -250,7 +260,9 @@ impl Action {
             | Action::DescribeImageAttribute
             | Action::DescribeSnapshotAttribute
             | Action::DescribeRegions
-            | Action::GetParameter => ActionClass::NonMutating,
+            | Action::GetParameter
+            | Action::ListChildren
+            | Action::ListAccountsForParent => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,
             Action::CopyImage => ActionClass::CopyImage,
             Action::CreateTags => ActionClass::CreateTags,

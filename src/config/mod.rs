@@ -17,7 +17,7 @@ pub mod template;
 mod validate;
 pub mod variables;
 
-pub use distribution::{Distribution, Distributions, ACCOUNT_PLACEHOLDER};
+pub use distribution::{Distribution, Distributions, UnitAccounts, ACCOUNT_PLACEHOLDER};
 pub use place::{Account, Place};
 pub use selection::{JobPattern, Selection};
 
@@ -680,6 +680,11 @@ pub struct SimSettings {
     pub accounts: BTreeSet<String>,
     /// `[sim] account_faults`: what goes wrong in each of those accounts.
     pub account_faults: BTreeMap<String, AccountFault>,
+    /// `[sim] organizational_units`: each unit's members (account ids, or child `ou-…` units), what AWS
+    /// Organizations answers for it; a unit not listed answers `ParentNotFoundException`.
+    pub organizational_units: BTreeMap<String, Vec<String>>,
+    /// `[sim] organizations_fault`: AWS Organizations refuses every call of the run.
+    pub organizations_fault: Option<OrganizationsFault>,
 }
 
 /// The simulated own account's id (`cloud::sim::SIMULATED_ACCOUNT`): `[sim] accounts` lists only the others.
@@ -693,6 +698,16 @@ pub enum AccountFault {
     /// `"key"`: its KMS keys cannot be used: DescribeKey says disabled, CopyImage encrypting with one is
     /// refused.
     Key,
+}
+
+/// `[sim] organizations_fault`: why AWS Organizations refuses the run's calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrganizationsFault {
+    /// `"access-denied"`: the account is neither the management account nor a delegated administrator
+    /// (`AccessDeniedException`).
+    AccessDenied,
+    /// `"not-in-use"`: the account is in no organization (`AWSOrganizationsNotInUseException`).
+    NotInUse,
 }
 
 /// `[sim] parameters`: an SSM parameter that exists before the run.
@@ -780,6 +795,8 @@ impl Default for SimSettings {
             regions_not_enabled: BTreeSet::new(),
             accounts: BTreeSet::new(),
             account_faults: BTreeMap::new(),
+            organizational_units: BTreeMap::new(),
+            organizations_fault: None,
         }
     }
 }

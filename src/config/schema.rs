@@ -406,6 +406,11 @@ pub struct SimSection {
     /// What goes wrong in an account: `{ "555566667777" = "role" }` (its role cannot be assumed) or `"key"`
     /// (its KMS keys cannot be used).
     pub account_faults: Option<BTreeMap<String, String>>,
+    /// Organizational units: `{ "ou-ab12-cd34ef56" = ["222233334444", "ou-ab12-11112222"] }` (member accounts
+    /// and child units), resolved by the preflight for `[[distribution]] accounts`.
+    pub organizational_units: Option<BTreeMap<String, Vec<String>>>,
+    /// AWS Organizations refuses the run: `"access-denied"` or `"not-in-use"`.
+    pub organizations_fault: Option<String>,
 }
 
 /// `[sim] parameters = [{ name, data_type }]`.

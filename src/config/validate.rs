@@ -376,16 +376,18 @@ fn check_publish_accounts(checker: &mut Checker<'_>, fleet: &Fleet) {
     let Some(publish) = &fleet.publish else { return };
     let path = KeyPath::root().key("publish").key("accounts");
     let distributed = fleet.distributions.accounts();
+    // A unit's accounts are known once the preflight resolved it (`engine::preflight::units` checks them then).
+    let units = !fleet.distributions.units().is_empty();
     match &publish.accounts {
         PublishAccounts::None => {}
-        PublishAccounts::All if distributed.is_empty() => checker.problem(
+        PublishAccounts::All if distributed.is_empty() && !units => checker.problem(
             path,
             "`true`, and no `[[distribution]]` copies into another account: there is nothing to publish in other accounts",
         ),
         PublishAccounts::All => {}
         PublishAccounts::Listed(ids) => {
             for (index, id) in ids.iter().enumerate() {
-                if !distributed.contains(id) {
+                if !distributed.contains(id) && !units {
                     checker.problem(
                         path.index(index),
                         format!("`{id}` is not an account a `[[distribution]]` copies into: list those accounts, or `true` for all of them"),
@@ -1830,6 +1832,8 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         regions_not_enabled: Default::default(),
         accounts: Default::default(),
         account_faults: Default::default(),
+        organizational_units: Default::default(),
+        organizations_fault: None,
     };
     sim_accounts::resolve_sim_accounts(checker, &path, &raw, &mut sim);
     resolve_sim_runner(checker, &path, &raw, &mut sim);

@@ -109,6 +109,7 @@ impl Ending {
                 | RunError::Statistics { .. }
                 | RunError::Resume(_)
                 | RunError::Preflight(_)
+                | RunError::Units(_)
                 | RunError::Events { .. } => Exit::Failed,
             },
             Ending::GcStopped(error) => match error {

@@ -53,6 +53,9 @@ pub enum RunError {
     Resume(#[from] crate::cloud::CloudError),
     #[error("preflight: {} of {} checks failed; nothing was created (`--no-preflight` skips it)", .0.failures().count(), .0.checks.len())]
     Preflight(Preflight),
+    /// A `[[distribution]]` organizational unit could not be resolved into accounts: no plan can be made.
+    #[error("preflight: {} of `[[distribution]]`'s organizational units could not be resolved into accounts; nothing was created", .0.failures().count())]
+    Units(Preflight),
     #[error("cannot open `{path}` for the events: {error}")]
     Events { path: PathBuf, error: std::io::Error },
     #[error(transparent)]
@@ -131,12 +134,15 @@ pub struct RunOutcome {
 
 /// Runs the whole matrix against AWS (or whatever `[aws] endpoint_url` points at).
 pub async fn matrix(
-    mut fleet: Fleet,
+    fleet: Fleet,
     options: MatrixOptions,
     interrupts: mpsc::UnboundedReceiver<Interrupt>,
 ) -> Result<RunOutcome, RunError> {
     // One run of a fleet file at a time, then the journal: either stops the run before any AWS call.
     let run_lock = RunLock::acquire(&JournalDir::of(&fleet))?;
+    // `[[distribution]]` units become accounts before any plan (a resumed one included) is made.
+    let (mut fleet, _) =
+        preflight::units::resolve(fleet, preflight::units::UnitsFrom::Aws).await.map_err(RunError::Units)?;
     // What runs killed outright left on this machine (ssh masters, key directories), whatever their fleet.
     let local_leftovers = key_dirs::end_leftovers(&std::env::temp_dir()).await;
     let start = if options.resume {
@@ -196,7 +202,8 @@ pub async fn matrix_simulated(
     reporters: Option<Vec<Box<dyn Reporter>>>,
     interrupts: mpsc::UnboundedReceiver<Interrupt>,
 ) -> Result<RunOutcome, RunError> {
-    let mut fleet = fleet;
+    let (mut fleet, _) =
+        preflight::units::resolve(fleet, preflight::units::UnitsFrom::Simulated).await.map_err(RunError::Units)?;
     fleet.manifest_path = simulated_manifest_path(&fleet);
     fleet.packer_manifest_path = fleet.packer_manifest_path.map(|path| path.with_extension("sim.json"));
     let fleet = Arc::new(fleet);

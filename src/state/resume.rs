@@ -51,8 +51,28 @@ pub fn prepare(fleet: &mut Fleet) -> Result<(Replay, Plan), JournalError> {
     let replay = JournalDir::of(fleet).newest_unfinished(fleet)?;
     fleet.selection = replay.header.selection.clone();
     let plan = Plan::new(fleet, replay.header.run_id.clone(), replay.header.started_at);
-    replay.check_plan(&plan)?;
+    replay.check_plan(&plan).map_err(|error| unit_changed(fleet, error))?;
     Ok((replay, plan))
+}
+
+/// A changed plan of a fleet whose `[[distribution]]` names organizational units: a distribution copy gone or
+/// new is most likely a unit whose accounts changed since the run started (its units are resolved again).
+fn unit_changed(fleet: &Fleet, error: JournalError) -> JournalError {
+    match error {
+        JournalError::PlanChanged { path, run_id, detail }
+            if !fleet.distributions.units().is_empty() && detail.contains('>') =>
+        {
+            let units = fleet.distributions.units().join(", ");
+            JournalError::PlanChanged {
+                path,
+                run_id,
+                detail: format!(
+                    "{detail}: the organizational units of `[[distribution]]` ({units}) hold other accounts than when the run started; a resumed run copies into the accounts it planned, so start a new run"
+                ),
+            }
+        }
+        other => other,
+    }
 }
 
 /// Where a job's image lands, and what it is called there.

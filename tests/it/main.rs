@@ -32,6 +32,7 @@ mod sharing;
 mod sim;
 mod sim_accounts;
 mod ssm_source;
+mod units;
 mod validate;
 mod variables;
 mod witness;

@@ -350,4 +350,15 @@ impl Cloud for SimCloud {
             }
         }
     }
+
+    /// `[sim] organizational_units`, answered as Organizations would; refused as `ListChildren` with the code.
+    async fn organization_unit_accounts(&self, unit: &str) -> CloudResult<Vec<String>> {
+        self.model.unit_accounts(unit).map_err(|refusal| CloudError {
+            action: Action::ListChildren,
+            region: Region::new(crate::cloud::ORGANIZATIONS),
+            kind: ErrorKind::of_code(&refusal.code),
+            code: Some(refusal.code),
+            message: refusal.message,
+        })
+    }
 }

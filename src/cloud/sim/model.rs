@@ -1605,6 +1605,8 @@ impl RegionCloud for SimRegion {
 mod ssm;
 
 mod sharing;
+
+mod organizations;
 #[cfg(test)]
 mod tests;
 

@@ -53,13 +53,12 @@ pub(super) fn resolve_distributions(
                     distribution.accounts.push(id.clone());
                 }
             } else if is_ou_id(id) {
-                // Resolving a unit needs AWS Organizations (ListChildren, ListAccountsForParent) from the
-                // management or a delegated administrator account: not built yet, so refused, not ignored.
-                checker.problem(
-                    key,
-                    format!("`{id}` is an organizational unit: units are not resolved into accounts yet; list the unit's account ids"),
-                );
-                distribution.organizational_units.push(id.clone());
+                // Resolved into its accounts by the preflight (AWS Organizations), before the plan is made.
+                if distribution.organizational_units.contains(id) {
+                    checker.problem(key, format!("`{id}` is listed twice"));
+                } else {
+                    distribution.organizational_units.push(id.clone());
+                }
             } else {
                 checker.problem(
                     key,

@@ -22,6 +22,7 @@ mod sharing;
 
 pub mod credentials;
 mod regions;
+pub mod units;
 
 pub use admission::Runner;
 

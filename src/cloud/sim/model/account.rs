@@ -179,7 +179,7 @@ impl SimAccount {
 fn expired(service: Service) -> Refusal {
     let (code, message) = match service {
         Service::Ec2 => ("RequestExpired", "Request has expired."),
-        Service::Ssm | Service::Kms => {
+        Service::Ssm | Service::Kms | Service::Organizations => {
             ("ExpiredTokenException", "The security token included in the request is expired")
         }
         Service::Sts => ("ExpiredToken", "The security token included in the request is expired"),
