@@ -83,6 +83,9 @@ pub enum Action {
     CreateGrant,
     /// KMS, not EC2: that grant taken back once the copy no longer needs it. Counted with the mutating calls.
     RevokeGrant,
+    /// The KMS key that encrypts each of an image's snapshots (`KmsKeyId`): the key a distribution account
+    /// needs a grant on.
+    DescribeSnapshots,
 }
 
 /// The AWS services fleetbake calls. Each paces its calls in buckets of its own per place (the client's
@@ -152,7 +155,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 45] = [
+    pub const ALL: [Action; 46] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -198,6 +201,7 @@ impl Action {
         Action::GetParameter,
         Action::CreateGrant,
         Action::RevokeGrant,
+        Action::DescribeSnapshots,
     ];
 
     /// The action named as in the EC2 API (`CreateImage`).
@@ -249,6 +253,7 @@ impl Action {
             | Action::GetImageBlockPublicAccessState
             | Action::DescribeImageAttribute
             | Action::DescribeSnapshotAttribute
+            | Action::DescribeSnapshots
             | Action::DescribeRegions
             | Action::GetParameter => ActionClass::NonMutating,
             Action::RunInstances => ActionClass::RunInstances,

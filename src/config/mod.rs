@@ -680,6 +680,13 @@ pub struct SimSettings {
     pub accounts: BTreeSet<String>,
     /// `[sim] account_faults`: what goes wrong in each of those accounts.
     pub account_faults: BTreeMap<String, AccountFault>,
+    /// `[sim] ebs_default_key`: EBS encryption by default, with this key (`alias/aws/ebs`, or the account's
+    /// customer managed default): a volume launched without a key is encrypted with it, and so its image.
+    /// `None`: off (volumes without a key are unencrypted).
+    pub ebs_default_key: Option<String>,
+    /// `[sim] grant_lag`: how long a new KMS grant takes to be usable everywhere (KMS's eventual consistency):
+    /// another account's CopyImage needing it is refused until then.
+    pub grant_lag: Duration,
 }
 
 /// The simulated own account's id (`cloud::sim::SIMULATED_ACCOUNT`): `[sim] accounts` lists only the others.
@@ -780,6 +787,8 @@ impl Default for SimSettings {
             regions_not_enabled: BTreeSet::new(),
             accounts: BTreeSet::new(),
             account_faults: BTreeMap::new(),
+            ebs_default_key: None,
+            grant_lag: Duration::ZERO,
         }
     }
 }

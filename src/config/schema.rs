@@ -406,6 +406,11 @@ pub struct SimSection {
     /// What goes wrong in an account: `{ "555566667777" = "role" }` (its role cannot be assumed) or `"key"`
     /// (its KMS keys cannot be used).
     pub account_faults: Option<BTreeMap<String, String>>,
+    /// EBS encryption by default with this key (`alias/aws/ebs`, or a customer managed key): volumes launched
+    /// without a key, and so their images, are encrypted with it.
+    pub ebs_default_key: Option<String>,
+    /// How long a new KMS grant takes to be usable by another account's CopyImage.
+    pub grant_lag: Option<String>,
 }
 
 /// `[sim] parameters = [{ name, data_type }]`.

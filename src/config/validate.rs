@@ -1830,6 +1830,8 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         regions_not_enabled: Default::default(),
         accounts: Default::default(),
         account_faults: Default::default(),
+        ebs_default_key: raw.ebs_default_key.clone(),
+        grant_lag: duration("grant_lag", &raw.grant_lag, defaults.grant_lag),
     };
     sim_accounts::resolve_sim_accounts(checker, &path, &raw, &mut sim);
     resolve_sim_runner(checker, &path, &raw, &mut sim);

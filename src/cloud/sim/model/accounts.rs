@@ -192,8 +192,12 @@ pub fn key_arn(account: &Account, region: &Region, key: &str) -> String {
         Some((_, alias)) if key.starts_with("arn:") => format!("alias/{alias}"),
         _ => key.to_string(),
     };
-    format!("arn:aws:kms:{region}:{}:key/{}", account_id(account), synthesized("k", &name))
+    let prefix = if name.starts_with(crate::config::AWS_MANAGED_KEY_ALIASES) { "aws-managed" } else { "k" };
+    format!("arn:aws:kms:{region}:{}:key/{}", account_id(account), synthesized(prefix, &name))
 }
+
+/// How the model's synthesized id of an AWS-managed key (`alias/aws/ebs`'s) begins: its ARN says whose it is.
+pub const AWS_MANAGED_KEY_ID: &str = "key/aws-managed-";
 
 /// Whether KMS takes `name` as a grant's name: 1 to 256 of letters, digits and `:/_-` (CreateGrant API
 /// Reference, `Name`: pattern `^[a-zA-Z0-9:/_-]+$`). A job's key (`copy:web@us-west-2>…`) is not one.
@@ -221,6 +225,8 @@ pub struct KmsGrant {
 #[derive(Default)]
 pub struct KmsGrants {
     grants: BTreeMap<KmsGrantId, KmsGrant>,
+    /// When each grant was made: usable by another account only `[sim] grant_lag` later ([`KmsGrants::allow`]).
+    made_at: BTreeMap<KmsGrantId, Instant>,
     /// Grants made (a repeat of one by name not counted).
     pub created: u64,
     /// Grants revoked.
@@ -230,13 +236,21 @@ pub struct KmsGrants {
 impl KmsGrants {
     /// CreateGrant: the grant made before under this name for this key and grantee, else a new one with the id
     /// `mint` gives.
-    pub fn grant(&mut self, key_arn: String, grantee: &str, name: &str, mint: impl FnOnce() -> String) -> KmsGrantId {
+    pub fn grant(
+        &mut self,
+        key_arn: String,
+        grantee: &str,
+        name: &str,
+        now: Instant,
+        mint: impl FnOnce() -> String,
+    ) -> KmsGrantId {
         let wanted = KmsGrant { key_arn, grantee: grantee.to_string(), name: name.to_string() };
         if let Some((id, _)) = self.grants.iter().find(|(_, grant)| **grant == wanted) {
             return id.clone();
         }
         let id = KmsGrantId::new(mint());
         self.grants.insert(id.clone(), wanted);
+        self.made_at.insert(id.clone(), now);
         self.created += 1;
         id
     }
@@ -246,16 +260,21 @@ impl KmsGrants {
         let had = self.grants.get(grant).is_some_and(|found| found.key_arn == key_arn);
         if had {
             self.grants.remove(grant);
+            self.made_at.remove(grant);
             self.revoked += 1;
         }
         had
     }
 
-    /// Whether some grant on `key_arn` lets `account` use it.
-    pub fn allow(&self, key_arn: &str, account: &str) -> bool {
-        self.grants
-            .values()
-            .any(|grant| grant.key_arn == key_arn && account_of_principal(&grant.grantee) == Some(account))
+    /// Whether some grant on `key_arn` lets `account` use it `now`: made at least `lag` ago. KMS grants are
+    /// eventually consistent: "it can take up to five minutes for the grant to be available throughout AWS KMS"
+    /// (KMS Developer Guide, "Grants in AWS KMS", eventual consistency); a grant token makes one usable at once,
+    /// but CopyImage takes none, so a cross-account copy right after the grant can be refused.
+    pub fn allow(&self, key_arn: &str, account: &str, now: Instant, lag: Duration) -> bool {
+        self.grants.iter().any(|(id, grant)| {
+            let settled = self.made_at.get(id).is_none_or(|made| *made + lag <= now);
+            grant.key_arn == key_arn && account_of_principal(&grant.grantee) == Some(account) && settled
+        })
     }
 
     /// Every grant still in place.
