@@ -213,8 +213,8 @@ async fn copy_after(context: &CopyContext, granted: Option<Instant>) -> CopyEnd 
 
 /// The idempotency token of this copy's CopyImage: the same in every attempt of the run (EC2 answers a repeat
 /// with the copy it already started), different for every flavor, source and target place (another account's
-/// names the account), and new once an earlier copy of the job was discarded. A capacity retry is a new
-/// request: `try` counts them.
+/// names the account), and new once an earlier copy of the job was discarded. A retry after a refusal (no room,
+/// a KMS grant not usable yet) is a new request: `try` counts the requests before it.
 fn copy_token(context: &CopyContext, tries: u32) -> String {
     let run = &context.run;
     let generation = format!("g{}", context.generation);
