@@ -153,12 +153,11 @@ pub async fn run(context: CopyContext, account: &str) -> CopyEnd {
 
 /// What the account needs to copy the source: a launch permission on the image and a create-volume
 /// permission on each snapshot (unless `[sharing]` gives them that account already: those are the fleet's,
-/// never taken back), and a KMS grant on each key that encrypts its snapshots ([`source_keys`]). Each is journaled before the
-/// call that makes it (a launch or create-volume permission is named before it exists; taking back one never
-/// given is harmless), the KMS grant by its name (`KmsGrantRequested`), then by its id once CreateGrant
-/// answers. Granting again what `given` holds is
-/// harmless (EC2 and KMS answer a repeat as the first): a copy after a failed grant tries them all.
-/// When the (last) KMS grant was made, if one was.
+/// never taken back), and a KMS grant on each key that encrypts its snapshots ([`source_keys`]). Each is
+/// journaled before the call that makes it (a launch or create-volume permission is named before it exists;
+/// taking back one never given is harmless), the KMS grant by its name (`KmsGrantRequested`), then by its id
+/// once CreateGrant answers. Granting again what `given` holds is harmless (EC2 and KMS answer a repeat as the
+/// first): a copy after a failed grant tries them all. Returns when the KMS grant was made, if one was.
 async fn grant(
     context: &CopyContext,
     label: &JobLabel,

@@ -194,3 +194,43 @@ fn a_killed_runs_grant_whose_answer_was_lost_is_taken_back_by_the_resume() {
     let copies: Vec<_> = report.images.iter().filter(|image| image.account == ACCOUNT).collect();
     assert_eq!(copies.len(), 2, "the failed copy made by the resume, once each: {copies:?}");
 }
+
+/// Interrupted while the copy into the account is in flight: its grants are taken back (nothing temporary is
+/// left), and EC2 may then fail the copy (here a `failed` fault stands for that). `--resume`, once it has
+/// failed, discards it in the account and makes it again (with the grants given anew, and taken back).
+#[test]
+fn a_copy_that_failed_after_an_interrupt_is_discarded_and_made_again_by_the_resume() {
+    use fleetbake::engine::run::Start;
+    use fleetbake::state::journal::JournalDir;
+    let encryption = "[encryption]\nkms_keys = { \"*\" = \"alias/builder-images\" }\n";
+    let faults = "faults = [{ action = \"CopyImage\", region = \"us-east-1\", image_state = \"failed\", nth = 1, \
+                  reason = \"Client.InvalidRequest: access to the source image was revoked\" }]";
+    let workspace = Workspace::new();
+    let fleet = fleetbake::config::load(&workspace.write("fleet.toml", &fleet(encryption, faults, None))).unwrap();
+    let runtime = crate::sharing::paused_runtime();
+    let sim = runtime.block_on(async { std::sync::Arc::new(fleetbake::cloud::sim::SimCloud::new(&fleet)) });
+    let start = Start::fresh(&fleet, Some(JournalDir::of(&fleet)));
+    let twenty_minutes = std::time::Duration::from_secs(20 * 60);
+    let first = runtime.block_on(crate::sim::run_on(&sim, &fleet, start, Some(twenty_minutes)));
+    assert!(first.interrupted.is_some(), "{first:?}");
+    assert_eq!(first.in_progress, 1, "the copy was in flight: {first:?}");
+    let report = runtime.block_on(async { sim.report(std::time::Duration::from_secs(2)) });
+    assert_eq!(report.kms_grants_revoked, report.kms_grants_created, "the interrupted copy's grant taken back");
+    // The copy ends `failed` meanwhile.
+    runtime.block_on(async { tokio::time::sleep(twenty_minutes).await });
+    let mut resumable = fleet.clone();
+    let (replay, plan) = fleetbake::state::resume::prepare(&mut resumable).unwrap();
+    let resumed =
+        runtime.block_on(crate::sim::run_on(&sim, &resumable, Start::Resume { replay: Box::new(replay), plan }, None));
+    assert_eq!((resumed.failed, resumed.interrupted.is_some()), (0, false), "{resumed:?}");
+    let report = runtime.block_on(async { sim.report(std::time::Duration::from_secs(2)) });
+    let copies: Vec<_> = report.images.iter().filter(|image| image.account == ACCOUNT).collect();
+    assert_eq!(copies.len(), 1, "the failed copy discarded, one made again: {copies:?}");
+    assert!(copies[0].available, "{copies:?}");
+    assert!(report.leaked_resources.is_empty(), "{:?}", report.leaked_resources);
+    assert_eq!(report.kms_grants_revoked, report.kms_grants_created);
+    assert_eq!(report.kms_grants_created, 2, "granted again for the new copy");
+    let journal = JournalDir::of(&fleet).journals().unwrap().remove(0);
+    let text = std::fs::read_to_string(journal).unwrap();
+    assert!(text.lines().any(|line| line.contains("\"image_discarded\"")), "{text}");
+}
