@@ -564,6 +564,38 @@ mod tests {
         assert_eq!(report.peak_copies_in_flight_elsewhere[&format!("{B}/us-west-2")], 1);
     }
 
+    /// A new grant lets the account copy only `[sim] grant_lag` after it is made (KMS's eventual consistency);
+    /// DescribeSnapshots names the snapshot's key by ARN, and an AWS-managed key's ARN is described as one.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_grant_is_usable_after_the_lag_and_a_snapshots_key_is_named_by_arn() {
+        let model = Model::new(SimSettings { grant_lag: Duration::from_secs(60), ..settings() });
+        let (image, snapshot) = own_image(&model, Some("alias/images"));
+        let own = own_region(&model);
+        let theirs = at(&model, B, Region::new("us-east-1"));
+        own.share_image(&image, &LaunchPermissions { accounts: vec![B.into()], ..LaunchPermissions::default() })
+            .await
+            .unwrap();
+        own.share_snapshot(&snapshot, &[B.to_string()]).await.unwrap();
+        let keys = own.snapshot_keys(std::slice::from_ref(&snapshot)).await.unwrap();
+        assert_eq!(keys.len(), 1);
+        let arn = keys[0].kms_key.clone().unwrap();
+        assert!(keys[0].encrypted && arn.contains(":key/") && arn.contains(SIMULATED_ACCOUNT), "{arn}");
+        assert_eq!(own.describe_key(&arn).await.unwrap().unwrap().arn, arn);
+        own.grant_key_use(&arn, DESTINATION, "fleetbake-lag").await.unwrap();
+        let spec = copy_of(&image, "web-copy", Some("alias/their-images"));
+        let refused = theirs.copy_image(&spec).await.unwrap_err();
+        assert!(refused.message.contains("KMS key"), "{refused:?}");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        theirs.copy_image(&spec).await.unwrap();
+
+        let (managed_image, managed_snapshot) = own_image(&model, Some("alias/aws/ebs"));
+        let keys = own.snapshot_keys(&[managed_snapshot]).await.unwrap();
+        let managed = keys[0].kms_key.clone().unwrap();
+        assert!(own.describe_key(&managed).await.unwrap().unwrap().aws_managed, "{managed} of {managed_image}");
+        let (_, plain) = own_image(&model, None);
+        assert!(!own.snapshot_keys(&[plain]).await.unwrap()[0].encrypted);
+    }
+
     /// CreateGrant by alias lands on the key's ARN; the same name answers the same grant; RevokeGrant takes
     /// it back, and again is no error; a grant left in place is a leak in the report.
     #[tokio::test(start_paused = true)]
