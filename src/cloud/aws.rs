@@ -1581,6 +1581,27 @@ impl RegionCloud for AwsRegion {
             other => other.map(|_| ()),
         }
     }
+
+    /// DescribeSnapshots by id (one request: fleetbake asks about an image's few snapshots).
+    async fn snapshot_keys(&self, snapshots: &[SnapshotId]) -> CloudResult<Vec<SnapshotKey>> {
+        if snapshots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let action = Action::DescribeSnapshots;
+        let ids: Vec<String> = snapshots.iter().map(|snapshot| snapshot.to_string()).collect();
+        let output = ec2_call!(self, action, |client| client.describe_snapshots().set_snapshot_ids(Some(ids.clone())))?;
+        Ok(output
+            .snapshots()
+            .iter()
+            .filter_map(|snapshot| {
+                Some(SnapshotKey {
+                    snapshot: SnapshotId(snapshot.snapshot_id()?.to_string()),
+                    encrypted: snapshot.encrypted().unwrap_or(false),
+                    kms_key: snapshot.kms_key_id().map(str::to_string),
+                })
+            })
+            .collect())
+    }
 }
 
 impl AwsRegion {

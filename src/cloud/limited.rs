@@ -296,4 +296,8 @@ impl RegionCloud for LimitedRegion {
     async fn revoke_key_grant(&self, key: &str, grant: &KmsGrantId) -> CloudResult<()> {
         self.limiter.call(Action::RevokeGrant, || self.inner.revoke_key_grant(key, grant)).await
     }
+
+    async fn snapshot_keys(&self, snapshots: &[SnapshotId]) -> CloudResult<Vec<SnapshotKey>> {
+        self.limiter.call(Action::DescribeSnapshots, || self.inner.snapshot_keys(snapshots)).await
+    }
 }

@@ -577,6 +577,19 @@ pub trait RegionCloud: Send + Sync {
     async fn grant_key_use(&self, key: &str, grantee: &str, name: &str) -> CloudResult<KmsGrantId>;
     /// KMS RevokeGrant, by the key's owner; a grant already gone is `Ok`.
     async fn revoke_key_grant(&self, key: &str, grant: &KmsGrantId) -> CloudResult<()>;
+    /// DescribeSnapshots by id: whether each snapshot is encrypted, and with which KMS key (`KmsKeyId`, the
+    /// key's ARN). What encrypts an image is read here, not assumed from the fleet file: EBS encryption by
+    /// default (`aws/ebs` or the account's default key) or an alias re-pointed since the image was made.
+    async fn snapshot_keys(&self, snapshots: &[SnapshotId]) -> CloudResult<Vec<SnapshotKey>>;
+}
+
+/// A snapshot's encryption (DescribeSnapshots `Encrypted`, `KmsKeyId`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotKey {
+    pub snapshot: SnapshotId,
+    pub encrypted: bool,
+    /// The key's ARN (EC2 names it for every encrypted snapshot).
+    pub kms_key: Option<String>,
 }
 
 /// The SSM data type of a parameter holding an AMI id: SSM checks the id (asynchronously).

@@ -33,6 +33,10 @@ pub const CREATE_IMAGE_PATIENCE: Duration = Duration::from_secs(15 * 60);
 /// the provider's next refresh, short enough that a run whose credentials are gone for good ends.
 pub const CREDENTIALS_PATIENCE: Duration = Duration::from_secs(3 * 60);
 
+/// How long a new KMS grant may take to be usable everywhere: "up to five minutes" (KMS Developer Guide,
+/// "Grants in AWS KMS", eventual consistency). A grant token makes one usable at once, but CopyImage takes none.
+pub const KMS_GRANT_WINDOW: Duration = Duration::from_secs(5 * 60);
+
 /// The pauses between tries: the first, then each twice the one before up to a cap (or always the same).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
@@ -175,6 +179,15 @@ impl Policy {
     pub const SNAPSHOT_IN_USE: Policy = Policy {
         backoff: Backoff::doubling(Duration::from_secs(2), Duration::from_secs(30)),
         budget: Duration::from_secs(10 * 60),
+        retries: None,
+    };
+
+    /// A cross-account CopyImage refused about the source image's KMS key while the grant that lets the
+    /// account use it is new: pauses of 5 s doubling to 30 s, until [`KMS_GRANT_WINDOW`] after the grant was made
+    /// ([`Policy::start_from`] the grant).
+    pub const NEW_KMS_GRANT: Policy = Policy {
+        backoff: Backoff::doubling(Duration::from_secs(5), Duration::from_secs(30)),
+        budget: KMS_GRANT_WINDOW,
         retries: None,
     };
 

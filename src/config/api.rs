@@ -88,6 +88,9 @@ pub enum Action {
     ListChildren,
     /// AWS Organizations, not EC2: the accounts directly in a unit. Counted with the non-mutating calls.
     ListAccountsForParent,
+    /// The KMS key that encrypts each of an image's snapshots (`KmsKeyId`): the key a distribution account
+    /// needs a grant on.
+    DescribeSnapshots,
 }
 
 /// The AWS services fleetbake calls. Each paces its calls in buckets of its own per place (the client's
@@ -159,7 +162,7 @@ impl ActionClass {
 }
 
 impl Action {
-    pub const ALL: [Action; 47] = [
+    pub const ALL: [Action; 48] = [
         Action::DescribeImages,
         Action::DescribeInstances,
         Action::DescribeSubnets,
@@ -207,6 +210,7 @@ impl Action {
         Action::RevokeGrant,
         Action::ListChildren,
         Action::ListAccountsForParent,
+        Action::DescribeSnapshots,
     ];
 
     /// The action named as in the EC2 API (`CreateImage`).
@@ -259,6 +263,7 @@ impl Action {
             | Action::GetImageBlockPublicAccessState
             | Action::DescribeImageAttribute
             | Action::DescribeSnapshotAttribute
+            | Action::DescribeSnapshots
             | Action::DescribeRegions
             | Action::GetParameter
             | Action::ListChildren

@@ -685,6 +685,13 @@ pub struct SimSettings {
     pub organizational_units: BTreeMap<String, Vec<String>>,
     /// `[sim] organizations_fault`: AWS Organizations refuses every call of the run.
     pub organizations_fault: Option<OrganizationsFault>,
+    /// `[sim] ebs_default_key`: EBS encryption by default, with this key (`alias/aws/ebs`, or the account's
+    /// customer managed default): a volume launched without a key is encrypted with it, and so its image.
+    /// `None`: off (volumes without a key are unencrypted).
+    pub ebs_default_key: Option<String>,
+    /// `[sim] grant_lag`: how long a new KMS grant takes to be usable everywhere (KMS's eventual consistency):
+    /// another account's CopyImage needing it is refused until then.
+    pub grant_lag: Duration,
 }
 
 /// The simulated own account's id (`cloud::sim::SIMULATED_ACCOUNT`): `[sim] accounts` lists only the others.
@@ -797,6 +804,8 @@ impl Default for SimSettings {
             account_faults: BTreeMap::new(),
             organizational_units: BTreeMap::new(),
             organizations_fault: None,
+            ebs_default_key: None,
+            grant_lag: Duration::ZERO,
         }
     }
 }

@@ -411,6 +411,11 @@ pub struct SimSection {
     pub organizational_units: Option<BTreeMap<String, Vec<String>>>,
     /// AWS Organizations refuses the run: `"access-denied"` or `"not-in-use"`.
     pub organizations_fault: Option<String>,
+    /// EBS encryption by default with this key (`alias/aws/ebs`, or a customer managed key): volumes launched
+    /// without a key, and so their images, are encrypted with it.
+    pub ebs_default_key: Option<String>,
+    /// How long a new KMS grant takes to be usable by another account's CopyImage.
+    pub grant_lag: Option<String>,
 }
 
 /// `[sim] parameters = [{ name, data_type }]`.

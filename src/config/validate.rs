@@ -1834,6 +1834,8 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         account_faults: Default::default(),
         organizational_units: Default::default(),
         organizations_fault: None,
+        ebs_default_key: raw.ebs_default_key.clone(),
+        grant_lag: duration("grant_lag", &raw.grant_lag, defaults.grant_lag),
     };
     sim_accounts::resolve_sim_accounts(checker, &path, &raw, &mut sim);
     resolve_sim_runner(checker, &path, &raw, &mut sim);

@@ -76,6 +76,15 @@ pub enum UndoStep {
         grant: KmsGrantId,
         account: String,
     },
+    /// A KMS grant asked for whose id is not known (the run was killed before CreateGrant answered, or the
+    /// answer was lost): CreateGrant again with its name, key and grantee answers the same grant (KMS API
+    /// Reference, CreateGrant `Name`: "if the grant already exists, the original GrantId is returned without
+    /// creating a new grant"), which is then revoked. One never made is made and revoked: nothing is left.
+    RevokeRequestedKeyGrant {
+        key: String,
+        name: String,
+        account: String,
+    },
 }
 
 impl UndoStep {
@@ -96,6 +105,9 @@ impl UndoStep {
             }
             UndoStep::RevokeKeyGrant { key, grant, account } => {
                 format!("KMS grant {grant} on {key} for account {account}")
+            }
+            UndoStep::RevokeRequestedKeyGrant { key, name, account } => {
+                format!("KMS grant named {name} on {key} for account {account}")
             }
         }
     }
@@ -120,6 +132,11 @@ impl UndoStep {
             UndoStep::RevokeKeyGrant { key, grant, account } => {
                 let grantee = Grantee { account: account.clone(), key: Some(key.clone()) };
                 return Some(Resource::grant(region.clone(), ResourceKind::KmsGrant, grant.0.clone(), grantee));
+            }
+            UndoStep::RevokeRequestedKeyGrant { key, name, account } => {
+                let grantee = Grantee { account: account.clone(), key: Some(key.clone()) };
+                let kind = ResourceKind::KmsGrantRequested;
+                return Some(Resource::grant(region.clone(), kind, name.clone(), grantee));
             }
         };
         Some(Resource::new(region.clone(), kind, id))
@@ -146,6 +163,11 @@ impl UndoStep {
             ResourceKind::KmsGrant => UndoStep::RevokeKeyGrant {
                 key: resource.grant.as_ref().and_then(|grantee| grantee.key.clone()).unwrap_or_default(),
                 grant: KmsGrantId::new(&resource.id),
+                account: resource.grantee_account().to_string(),
+            },
+            ResourceKind::KmsGrantRequested => UndoStep::RevokeRequestedKeyGrant {
+                key: resource.grant.as_ref().and_then(|grantee| grantee.key.clone()).unwrap_or_default(),
+                name: resource.id.clone(),
                 account: resource.grantee_account().to_string(),
             },
         }
@@ -401,6 +423,15 @@ async fn undo(cloud: &dyn RegionCloud, waits: &RegionWaits, step: UndoStep) -> R
             Ok(gone_is_fine(with_credentials(|| cloud.unshare_snapshot(&snapshot, &accounts)).await)?)
         }
         UndoStep::RevokeKeyGrant { key, grant, .. } => {
+            Ok(gone_is_fine(with_credentials(|| cloud.revoke_key_grant(&key, &grant)).await)?)
+        }
+        UndoStep::RevokeRequestedKeyGrant { key, name, account } => {
+            let grantee = crate::steps::distribute::grantee_principal(&account);
+            // A key that is gone holds no grant.
+            let grant = match with_credentials(|| cloud.grant_key_use(&key, &grantee, &name)).await {
+                Err(error) if error.kind == ErrorKind::NotFound => return Ok(()),
+                grant => grant?,
+            };
             Ok(gone_is_fine(with_credentials(|| cloud.revoke_key_grant(&key, &grant)).await)?)
         }
         UndoStep::DiscardImage { id, snapshots, fresh } => {

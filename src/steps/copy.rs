@@ -9,15 +9,17 @@
 //! account (`ResourceLimitExceeded` is waited out, up to `[limits] capacity_patience`), and a copy can end
 //! `failed` (the job fails with EC2's reason; the copy is deregistered with its snapshots).
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cloud::consistency::{once_known, Created, NewKind};
 use crate::cloud::retry::{retry_cancellable, GaveUp, Outcome, Policy, Stopped};
 use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
-use crate::cloud::{client_token, CopySpec, ImageId, RegionCloud};
+use crate::cloud::{client_token, CloudError, CopySpec, ImageId, RegionCloud};
 use crate::config::{Account, Flavor, Tags};
 use crate::outcome::{Artifact, Failure, ImageSettings, JobEnd, JobLabel, Publication, Stage};
 use crate::plan::CopyJob;
@@ -27,7 +29,7 @@ use crate::steps::context::RunContext;
 use crate::steps::distribute::{self, DISTRIBUTED_FROM_REGION_TAG, DISTRIBUTED_FROM_TAG};
 use crate::steps::fingerprint;
 use crate::steps::finish::{self, Finished, Finishing, Made};
-use crate::steps::patience::no_room;
+use crate::steps::patience::{key_grant_not_usable_yet, no_room};
 use crate::steps::publish;
 
 pub struct CopyContext {
@@ -92,6 +94,19 @@ fn kms_key(context: &CopyContext) -> Option<String> {
 
 /// CopyImage, tag, wait, finish, publish: the copy itself, in its target place.
 pub async fn copy(context: &CopyContext) -> CopyEnd {
+    copy_after(context, None).await
+}
+
+/// [`copy`] right after a KMS grant on the source's key was made (at `granted`) for the account that copies:
+/// a refusal of CopyImage about the key ([`key_grant_not_usable_yet`]) within [`KMS_GRANT_WINDOW`] of it is
+/// waited out ([`Policy::NEW_KMS_GRANT`]), not a failure.
+///
+/// [`KMS_GRANT_WINDOW`]: crate::cloud::retry::KMS_GRANT_WINDOW
+pub async fn copy_after_grant(context: &CopyContext, granted: Instant) -> CopyEnd {
+    copy_after(context, Some(granted)).await
+}
+
+async fn copy_after(context: &CopyContext, granted: Option<Instant>) -> CopyEnd {
     let label = label(context);
     let mut end = CopyEnd::default();
     let run = &context.run;
@@ -106,7 +121,7 @@ pub async fn copy(context: &CopyContext) -> CopyEnd {
             context.events.progress(&label, Stage::WaitCopy, format!("waiting for {image} from an earlier attempt"));
             (image, None)
         }
-        None => match start(context, &label, &tags).await {
+        None => match start(context, &label, &tags, granted).await {
             Ok(image) => (image, Some(Created::now(NewKind::Image))),
             Err(failure) => {
                 end.end.failures.push(failure);
@@ -198,8 +213,8 @@ pub async fn copy(context: &CopyContext) -> CopyEnd {
 
 /// The idempotency token of this copy's CopyImage: the same in every attempt of the run (EC2 answers a repeat
 /// with the copy it already started), different for every flavor, source and target place (another account's
-/// names the account), and new once an earlier copy of the job was discarded. A capacity retry is a new
-/// request: `try` counts them.
+/// names the account), and new once an earlier copy of the job was discarded. A retry after a refusal (no room,
+/// a KMS grant not usable yet) is a new request: `try` counts the requests before it.
 fn copy_token(context: &CopyContext, tries: u32) -> String {
     let run = &context.run;
     let generation = format!("g{}", context.generation);
@@ -226,33 +241,38 @@ fn copy_token(context: &CopyContext, tries: u32) -> String {
 /// CopyImage, recorded before anything depends on it. The destination's cap on copies in flight is shared with
 /// the account's other tools: `ResourceLimitExceeded` (and any capacity answer) is waited out, up to `[limits]
 /// capacity_patience`.
-async fn start(context: &CopyContext, label: &JobLabel, tags: &Tags) -> Result<ImageId, Failure> {
+async fn start(
+    context: &CopyContext,
+    label: &JobLabel,
+    tags: &Tags,
+    granted: Option<Instant>,
+) -> Result<ImageId, Failure> {
     let run = &context.run;
     let interrupted = || Failure::new(label, Stage::Interrupted, "not started: the run was interrupted");
     if context.cancel.is_cancelled() {
         return Err(interrupted());
     }
+    // Every CopyImage request is a new one (its own token): one refused made nothing.
+    let requests = AtomicU32::new(0);
+    let request = || CopySpec {
+        source_region: context.job.source_region.clone(),
+        source_image: context.source.image_id.clone(),
+        name: context.job.image_name.clone(),
+        description: run.fleet.ami_description.clone(),
+        client_token: copy_token(context, requests.fetch_add(1, Ordering::Relaxed)),
+        tags: tags.clone(),
+        // The copy's snapshots carry its tags from the start (an SCP requiring tags on create sees them).
+        snapshot_tags: tags.clone(),
+        kms_key: kms_key(context),
+    };
     let started = retry_cancellable(
         Policy::capacity(run.fleet.limits.capacity_patience).start(),
         &context.cancel,
-        |tries| {
-            let spec = CopySpec {
-                source_region: context.job.source_region.clone(),
-                source_image: context.source.image_id.clone(),
-                name: context.job.image_name.clone(),
-                description: run.fleet.ami_description.clone(),
-                client_token: copy_token(context, tries),
-                tags: tags.clone(),
-                // The copy's snapshots carry its tags from the start (an SCP requiring tags on create sees them).
-                snapshot_tags: tags.clone(),
-                kms_key: kms_key(context),
-            };
-            async move {
-                match crate::steps::adopt::copy_image(&*context.cloud, &spec, &run.run_id).await {
-                    Ok(image) => Outcome::Done(Ok((image, spec))),
-                    Err(error) if no_room(&error) => Outcome::Again(error),
-                    Err(error) => Outcome::Done(Err(error)),
-                }
+        |_| async {
+            match copy_image_once(context, label, &request, granted).await {
+                Ok(made) => Outcome::Done(Ok(made)),
+                Err(error) if no_room(&error) => Outcome::Again(error),
+                Err(error) => Outcome::Done(Err(error)),
             }
         },
         |error, pause| {
@@ -266,6 +286,10 @@ async fn start(context: &CopyContext, label: &JobLabel, tags: &Tags) -> Result<I
         },
     )
     .await;
+    if matches!(started, Err(Stopped::GaveUp(GaveUp::Refused(_)))) && context.cancel.is_cancelled() {
+        // Interrupted while a new grant settled: nothing was made.
+        return Err(interrupted());
+    }
     match started {
         Ok((image, spec)) => {
             run.ledger.image_requested(&context.job.key(), &image);
@@ -284,6 +308,53 @@ async fn start(context: &CopyContext, label: &JobLabel, tags: &Tags) -> Result<I
             failure.error = format!("{} (tried {tries} times over {waited})", failure.error);
             Err(failure)
         }
+    }
+}
+
+/// One CopyImage request (a new one: `request` gives it its own token); right after a KMS grant (`granted`), a
+/// refusal about the source's key is asked again until [`Policy::NEW_KMS_GRANT`] is spent, each time as a new
+/// request. Its answer, with the request that made the copy.
+async fn copy_image_once(
+    context: &CopyContext,
+    label: &JobLabel,
+    request: &(dyn Fn() -> CopySpec + Sync),
+    granted: Option<Instant>,
+) -> Result<(ImageId, CopySpec), CloudError> {
+    let run_id = &context.run.run_id;
+    let once = || async {
+        let spec = request();
+        crate::steps::adopt::copy_image(&*context.cloud, &spec, run_id).await.map(|image| (image, spec))
+    };
+    let Some(granted) = granted else { return once().await };
+    let settled = retry_cancellable(
+        Policy::NEW_KMS_GRANT.start_from(granted),
+        &context.cancel,
+        |_| async {
+            match once().await {
+                Err(error) if key_grant_not_usable_yet(&error) => Outcome::Again(error),
+                answer => Outcome::Done(answer),
+            }
+        },
+        |error, pause| {
+            let detail = format!(
+                "the KMS grant on the source's key is new and not usable yet ({}); trying again in {}",
+                error.code.as_deref().unwrap_or("refused"),
+                humantime::format_duration(pause)
+            );
+            context.events.progress(label, Stage::Copy, detail);
+        },
+    )
+    .await;
+    match settled {
+        Ok(made) => Ok(made),
+        Err(Stopped::GaveUp(gave_up)) => Err(gave_up.into_error()),
+        Err(Stopped::Cancelled) => Err(CloudError {
+            action: crate::cloud::Action::CopyImage,
+            region: context.job.target_region().clone(),
+            kind: crate::cloud::ErrorKind::Permanent,
+            code: None,
+            message: "interrupted while the KMS grant settled".into(),
+        }),
     }
 }
 

@@ -1,6 +1,7 @@
 //! A copy into another account (`[[distribution]]`): the account owns its copy. The own account first lets
 //! the account read the source image (in the source region: a launch permission on the image, a create-volume
-//! permission on each of its snapshots, and a KMS grant on `[encryption]`'s key when it is encrypted with one),
+//! permission on each of its snapshots, and a KMS grant on the key its snapshots are encrypted with, read from
+//! EC2, when it is a customer managed one; an AWS-managed one fails the copy with the reason),
 //! each grant journaled before anything depends on it; then the copy runs in the account's place, acting as
 //! its role (see [`crate::steps::copy`]: encrypted with the account's key, tagged with where it came from,
 //! finished without `[sharing]`); once the last copy of that source image into that account has ended, the
@@ -14,6 +15,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
 
 use crate::cloud::{CloudError, LaunchPermissions};
 use crate::config::{Account, FlavorName, Region};
@@ -58,6 +61,9 @@ struct SourceGrants {
     given: Vec<Resource>,
     /// Every grant the account needs was given: the next copy asks for none.
     complete: bool,
+    /// When the KMS grant was made (none: the image is not encrypted): a copy within
+    /// [`KMS_GRANT_WINDOW`](crate::cloud::retry::KMS_GRANT_WINDOW) of it waits out a refusal about the key.
+    key_granted_at: Option<Instant>,
 }
 
 impl DistributionGrants {
@@ -104,16 +110,22 @@ pub async fn run(context: CopyContext, account: &str) -> CopyEnd {
         if context.cancel.is_cancelled() {
             Err(Failure::new(&label, Stage::Interrupted, "not started: the run was interrupted"))
         } else if grants.complete {
-            Ok(())
+            Ok(grants.key_granted_at)
         } else {
             let granted = grant(&context, &label, account, &mut grants.given).await;
             grants.complete = granted.is_ok();
+            if let Ok(at) = granted {
+                grants.key_granted_at = at;
+            }
             granted
         }
     };
     let mut end = match granted {
-        Ok(()) => {
-            let mut end = copy::copy(&context).await;
+        Ok(key_granted_at) => {
+            let mut end = match key_granted_at {
+                Some(at) => copy::copy_after_grant(&context, at).await,
+                None => copy::copy(&context).await,
+            };
             let role = context.run.fleet.distributions.role_for(account).unwrap_or_default();
             end.end.failures =
                 end.end.failures.into_iter().map(|failure| in_account(failure, account, &role)).collect();
@@ -141,16 +153,17 @@ pub async fn run(context: CopyContext, account: &str) -> CopyEnd {
 
 /// What the account needs to copy the source: a launch permission on the image and a create-volume
 /// permission on each snapshot (unless `[sharing]` gives them that account already: those are the fleet's,
-/// never taken back), and a KMS grant on the source region's `[encryption]` key. Each is journaled before the
-/// call that makes it (a launch or create-volume permission is named before it exists; taking back one never
-/// given is harmless), the KMS grant as soon as its id is known. Granting again what `given` holds is
-/// harmless (EC2 and KMS answer a repeat as the first): a copy after a failed grant tries them all.
+/// never taken back), and a KMS grant on each key that encrypts its snapshots ([`source_keys`]). Each is
+/// journaled before the call that makes it (a launch or create-volume permission is named before it exists;
+/// taking back one never given is harmless), the KMS grant by its name (`KmsGrantRequested`), then by its id
+/// once CreateGrant answers. Granting again what `given` holds is harmless (EC2 and KMS answer a repeat as the
+/// first): a copy after a failed grant tries them all. Returns when the KMS grant was made, if one was.
 async fn grant(
     context: &CopyContext,
     label: &JobLabel,
     account: &str,
     given: &mut Vec<Resource>,
-) -> Result<(), Failure> {
+) -> Result<Option<Instant>, Failure> {
     let run = &context.run;
     let cloud = &*context.source_cloud;
     let region = &context.job.source_region;
@@ -161,39 +174,18 @@ async fn grant(
         failure.error = format!("granting account {account} {what} in {region}: {}", failure.error);
         failure
     };
-    let mut record = |resource: Resource| {
+    let record = |given: &mut Vec<Resource>, resource: Resource| {
         if !given.contains(&resource) {
             run.ledger.created(&job, resource.clone());
             given.push(resource);
         }
     };
     let grantee = || Grantee { account: account.to_string(), key: None };
-    // The key first: an image encrypted with an AWS-managed key cannot be distributed, and nothing is granted.
-    let key = match run.fleet.kms_key(region) {
-        None => None,
-        Some(key) => match cloud.describe_key(key).await {
-            Ok(Some(found)) if found.aws_managed => {
-                return Err(Failure::new(
-                    label,
-                    Stage::Share,
-                    format!(
-                        "the image {image} in {region} is encrypted with `{key}`, an AWS-managed key, which no other \
-                         account can use: account {account} cannot copy it (encrypt with a customer managed key in \
-                         `[encryption]` to distribute)"
-                    ),
-                ));
-            }
-            Ok(Some(found)) => Some(found.arn),
-            Ok(None) => {
-                let message = format!("the key `{key}` of `[encryption]` in {region} was not found: cannot grant account {account} its use");
-                return Err(Failure::new(label, Stage::Share, message));
-            }
-            Err(error) => return Err(refused("the use of the image's key", &error)),
-        },
-    };
+    // The keys first: an image encrypted with an AWS-managed key cannot be distributed, and nothing is granted.
+    let keys = source_keys(context, label, account).await?;
     let sharing = &run.fleet.sharing;
     if !sharing.accounts.iter().any(|shared| shared == account) {
-        record(Resource::grant(region.clone(), ResourceKind::LaunchPermission, image.0.clone(), grantee()));
+        record(given, Resource::grant(region.clone(), ResourceKind::LaunchPermission, image.0.clone(), grantee()));
         let with = LaunchPermissions { accounts: vec![account.to_string()], ..LaunchPermissions::default() };
         cloud
             .share_image(image, &with)
@@ -203,7 +195,7 @@ async fn grant(
     if !sharing.snapshot_accounts.iter().any(|shared| shared == account) {
         for snapshot in &context.source.snapshot_ids {
             let kind = ResourceKind::CreateVolumePermission;
-            record(Resource::grant(region.clone(), kind, snapshot.0.clone(), grantee()));
+            record(given, Resource::grant(region.clone(), kind, snapshot.0.clone(), grantee()));
             let accounts = [account.to_string()];
             cloud
                 .share_snapshot(snapshot, &accounts)
@@ -211,18 +203,97 @@ async fn grant(
                 .map_err(|error| refused(&format!("create-volume permission on {snapshot}"), &error))?;
         }
     }
-    if let Some(arn) = key {
-        let principal = format!("arn:aws:iam::{account}:root");
+    let mut key_granted_at = None;
+    for arn in keys {
+        let principal = grantee_principal(account);
         let name = grant_name(&context.run.run_id, &context.flavor.name, account);
+        let grantee = Grantee { account: account.to_string(), key: Some(arn.clone()) };
+        // Journaled by name before it is asked for: killed before CreateGrant answers, or its answer lost, the
+        // grant is still named (and taken back by asking for it again by name, then revoking it).
+        let requested = Resource::grant(region.clone(), ResourceKind::KmsGrantRequested, name.clone(), grantee.clone());
+        record(given, requested.clone());
         let grant = cloud
             .grant_key_use(&arn, &principal, &name)
             .await
             .map_err(|error| refused(&format!("the use of key {arn}"), &error))?;
-        let grantee = Grantee { account: account.to_string(), key: Some(arn) };
-        record(Resource::grant(region.clone(), ResourceKind::KmsGrant, grant.0, grantee));
+        key_granted_at = Some(Instant::now());
+        record(given, Resource::grant(region.clone(), ResourceKind::KmsGrant, grant.0, grantee));
+        // Its id journaled, the request's record is done with.
+        given.retain(|resource| resource != &requested);
+        run.ledger.removed(requested);
     }
     context.events.progress(label, Stage::Share, format!("account {account} may copy {image} from {region}"));
-    Ok(())
+    Ok(key_granted_at)
+}
+
+/// Whom a KMS grant lets in: the account (its root principal; the account's role uses the grant through it).
+pub fn grantee_principal(account: &str) -> String {
+    format!("arn:aws:iam::{account}:root")
+}
+
+/// The keys that encrypt the source image's snapshots, by ARN, as EC2 says (DescribeSnapshots `KmsKeyId`),
+/// not as `[encryption]` would have them: without it, EBS encryption by default encrypts them with `aws/ebs` or
+/// the account's default key, and an alias may point at another key than when the image was made (a
+/// `--changed-only` reuse). Empty: unencrypted, no grant needed. An AWS-managed key (DescribeKey `KeyManager =
+/// AWS`) fails the copy with the reason: no other account can use it.
+async fn source_keys(context: &CopyContext, label: &JobLabel, account: &str) -> Result<Vec<String>, Failure> {
+    let cloud = &*context.source_cloud;
+    let region = &context.job.source_region;
+    let image = &context.source.image_id;
+    let refused = |error: &CloudError| {
+        let mut failure = Failure::from_cloud(label, Stage::Share, error);
+        failure.error = format!("reading the key of {image} in {region} for account {account}: {}", failure.error);
+        failure
+    };
+    let mut snapshots = context.source.snapshot_ids.clone();
+    if snapshots.is_empty() {
+        let described = cloud.describe_images(std::slice::from_ref(image)).await.map_err(|error| refused(&error))?;
+        snapshots = described.into_iter().flat_map(|status| status.snapshot_ids).collect();
+    }
+    let mut keys: Vec<String> = Vec::new();
+    for snapshot in cloud.snapshot_keys(&snapshots).await.map_err(|error| refused(&error))? {
+        if !snapshot.encrypted {
+            continue;
+        }
+        let Some(key) = snapshot.kms_key else {
+            let message = format!(
+                "the snapshot {} of {image} in {region} is encrypted with a key EC2 does not name: cannot grant \
+                 account {account} its use",
+                snapshot.snapshot
+            );
+            return Err(Failure::new(label, Stage::Share, message));
+        };
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    let mut arns = Vec::with_capacity(keys.len());
+    for key in keys {
+        match cloud.describe_key(&key).await {
+            Ok(Some(found)) if found.aws_managed => {
+                return Err(Failure::new(
+                    label,
+                    Stage::Share,
+                    format!(
+                        "the image {image} in {region} is encrypted with `{key}`, an AWS-managed key (as EBS \
+                         encryption by default does with `aws/ebs`), which no other account can use: account \
+                         {account} cannot copy it (encrypt with a customer managed key, in `[encryption]` or as the \
+                         account's default EBS key, to distribute)"
+                    ),
+                ));
+            }
+            Ok(Some(found)) => arns.push(found.arn),
+            Ok(None) => {
+                let message = format!(
+                    "the key `{key}` that encrypts {image} in {region} was not found: cannot grant account {account} \
+                     its use"
+                );
+                return Err(Failure::new(label, Stage::Share, message));
+            }
+            Err(error) => return Err(refused(&error)),
+        }
+    }
+    Ok(arns)
 }
 
 /// The KMS grant's name: the run, flavor and account (KMS answers a CreateGrant repeated with the same name and

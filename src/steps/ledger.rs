@@ -20,7 +20,7 @@ pub struct Resource {
     pub place: Place,
     pub kind: ResourceKind,
     /// Its id; of a launch permission the image's, of a create-volume permission the snapshot's, of a KMS
-    /// grant the grant's.
+    /// grant the grant's (of one requested, whose id is not known, its name).
     pub id: String,
     /// A grant's grantee (and a KMS grant's key); absent for every other kind, so their records are as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,13 +52,23 @@ pub enum ResourceKind {
     CreateVolumePermission,
     /// A KMS grant (`id`) on the own account's key letting a distribution account use it.
     KmsGrant,
+    /// A KMS grant asked for (journaled before CreateGrant) whose id is not known yet: `id` is the grant's
+    /// name. Killed before the answer, or the answer lost, only this names it: CreateGrant with the same name,
+    /// key and grantee answers the same grant, whose id is then revoked.
+    KmsGrantRequested,
 }
 
 impl ResourceKind {
     /// Whether it is a grant to another account: carries no tag, so only the journal names it (the sweep,
     /// `--resume` and `gc` take it back from the journal).
     pub fn is_grant(self) -> bool {
-        matches!(self, ResourceKind::LaunchPermission | ResourceKind::CreateVolumePermission | ResourceKind::KmsGrant)
+        matches!(
+            self,
+            ResourceKind::LaunchPermission
+                | ResourceKind::CreateVolumePermission
+                | ResourceKind::KmsGrant
+                | ResourceKind::KmsGrantRequested
+        )
     }
 }
 
@@ -72,6 +82,7 @@ impl fmt::Display for Resource {
             ResourceKind::LaunchPermission => "launch permission on",
             ResourceKind::CreateVolumePermission => "create-volume permission on",
             ResourceKind::KmsGrant => "KMS grant",
+            ResourceKind::KmsGrantRequested => "KMS grant named",
         };
         write!(f, "{kind} {}", self.id)?;
         if let Some(grantee) = &self.grant {
@@ -150,5 +161,15 @@ mod tests {
             "KMS grant g-1 on arn:aws:kms:us-west-2:1:key/k for account 222233334444 in us-west-2"
         );
         assert!(resource.kind.is_grant() && !ResourceKind::Session.is_grant());
+        let grantee = Grantee { account: "222233334444".into(), key: Some("arn:aws:kms:us-west-2:1:key/k".into()) };
+        let requested = Resource::grant(Region::new("us-west-2"), ResourceKind::KmsGrantRequested, "fb-1", grantee);
+        let json = serde_json::to_string(&requested).unwrap();
+        assert!(json.contains(r#""kind":"kms_grant_requested","id":"fb-1""#), "{json}");
+        assert_eq!(serde_json::from_str::<Resource>(&json).unwrap(), requested);
+        assert!(requested.kind.is_grant(), "the sweep, resume and gc take it back");
+        assert_eq!(
+            requested.to_string(),
+            "KMS grant named fb-1 on arn:aws:kms:us-west-2:1:key/k for account 222233334444 in us-west-2"
+        );
     }
 }

@@ -22,6 +22,21 @@ pub fn image_not_ready(error: &CloudError) -> bool {
     }
 }
 
+/// Whether a CopyImage into another account was refused about the source image's KMS key: the account may
+/// not use it yet (a new grant is eventually consistent, [`Policy::NEW_KMS_GRANT`]). EC2's words vary ("Given
+/// key ID is not accessible", a `KMS.*` code, a message naming KMS), so: a refusal that names KMS or a key not
+/// accessible, but not `InvalidKMSKey.*`, EC2's code about the key the copy names (the account's own).
+///
+/// [`Policy::NEW_KMS_GRANT`]: crate::cloud::retry::Policy::NEW_KMS_GRANT
+pub fn key_grant_not_usable_yet(error: &CloudError) -> bool {
+    let code = error.code.as_deref().unwrap_or_default();
+    if error.kind != ErrorKind::Permanent || code.starts_with("InvalidKMSKey") {
+        return false;
+    }
+    let message = error.message.to_ascii_lowercase();
+    code.starts_with("KMS.") || message.contains("kms") || message.contains("key id is not accessible")
+}
+
 /// Whether EC2 said there is no room for it now.
 pub fn no_room(error: &CloudError) -> bool {
     error.kind == ErrorKind::Capacity
@@ -83,6 +98,22 @@ mod tests {
         assert!(!image_not_ready(&refusal("InvalidParameterValue", "Invalid name")));
         assert!(no_room(&refusal("InsufficientInstanceCapacity", "")) && no_room(&refusal("VcpuLimitExceeded", "")));
         assert!(!no_room(&refusal("UnauthorizedOperation", "")));
+        let key_refused = [
+            ("InvalidRequest", "The KMS key arn:aws:kms:us-west-2:1:key/k is not accessible to account 2"),
+            ("InvalidRequest", "Given key ID is not accessible"),
+            ("KMS.NotFoundException", "Key not found"),
+        ];
+        for (code, message) in key_refused {
+            assert!(key_grant_not_usable_yet(&refusal(code, message)), "{code}: {message}");
+        }
+        let other = [
+            ("InvalidKMSKey.InvalidState", "The KMS key provided is in an incorrect state"),
+            ("InvalidRequest", "Snapshots encrypted with the AWS Managed CMK can't be shared"),
+            ("RequestLimitExceeded", "KMS"),
+        ];
+        for (code, message) in other {
+            assert!(!key_grant_not_usable_yet(&refusal(code, message)), "{code}: {message}");
+        }
     }
 
     #[test]

@@ -304,16 +304,31 @@ fn a_killed_runs_grants_are_taken_back_by_gc() {
 /// On moto, through the binary and the recording proxy: moto's CopyImage cannot stand for another account
 /// reading the builder's image (it keeps no per-account view of images, permissions or KMS grants), so what is
 /// checked is what the SDK sent: AssumeRole for the account's role; ModifyImageAttribute and
-/// ModifySnapshotAttribute adding the account on the build's image and snapshot, and KMS CreateGrant on
-/// `[encryption]`'s key for the account's root, all before the CopyImage in the account; then the same three
-/// taken back (`Remove`, `remove`, RevokeGrant) after it.
+/// ModifySnapshotAttribute adding the account on the build's image and snapshot, and KMS CreateGrant on the key
+/// DescribeSnapshots names for the snapshot (its answer made EC2's: moto's snapshot is unencrypted) for the
+/// account's root, all before the CopyImage in the account; then the same three taken back (`Remove`,
+/// `remove`, RevokeGrant) after it.
 #[test]
 fn on_moto_the_grants_are_requested_and_taken_back_around_the_copy() {
     use crate::harness::{decoded, field, Moto, Sshd};
     let moto = Moto::start();
     let sshd = Sshd::start();
-    let proxy = crate::proxy::FaultProxy::recording(&moto.endpoint);
     let key = crate::harness::runtime().block_on(moto.create_key("us-west-2", "alias/images"));
+    // moto's CreateImage makes an unencrypted snapshot whatever the instance's volume was: DescribeSnapshots
+    // answers as EC2 does for a build launched with `[encryption]`'s key (encrypted, `KmsKeyId` its ARN).
+    let snapshot_key = key.clone();
+    let proxy = crate::proxy::FaultProxy::start(&moto.endpoint, move |request| {
+        if request.action != "DescribeSnapshots" {
+            return crate::proxy::Answer::Forward;
+        }
+        let key = snapshot_key.clone();
+        crate::proxy::Answer::RewriteWith(Box::new(move |body: String| {
+            body.replace(
+                "<encrypted>false</encrypted>",
+                &format!("<encrypted>true</encrypted><kmsKeyId>{key}</kmsKeyId>"),
+            )
+        }))
+    });
     let account = ACCOUNTS[0];
     let role = format!("arn:aws:iam::{account}:role/image-distribution");
     let fleet = format!(

@@ -7,6 +7,7 @@ mod cloud_state;
 mod corpus;
 mod credentials;
 mod distribution;
+mod distribution_kms;
 mod distribution_ops;
 mod ec2_errors;
 mod exit_codes;

@@ -29,8 +29,8 @@ use crate::cloud::{
     fnv1a, Action, CloudError, CloudResult, ConsoleOutput, CopySpec, ErrorKind, ImageBlockPublicAccess, ImageId,
     ImageQuery, ImageState, ImageStatus, ImageSummary, IngressSources, InstanceId, InstanceState, InstanceStatus,
     KeyPairName, KmsGrantId, KmsKey, LaunchPermissions, LaunchSpec, OwnedImage, ParameterHistory, PrivateKey,
-    RegionCloud, RegionOptIn, SecurityGroupId, SessionId, SessionToken, SnapshotId, SsmSession, Subnet, SubnetId,
-    Tagged, Vpc, VpcId, VpcLookup,
+    RegionCloud, RegionOptIn, SecurityGroupId, SessionId, SessionToken, SnapshotId, SnapshotKey, SsmSession, Subnet,
+    SubnetId, Tagged, Vpc, VpcId, VpcLookup,
 };
 use crate::config::{
     Account, AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, FlavorName, ImageFilter, Place,
@@ -160,11 +160,10 @@ impl Model {
         for (place, model) in places {
             let state = model.state.lock().expect("not poisoned");
             let Some(image) = state.images.get(id) else { continue };
-            let granted = image
-                .attributes
-                .kms_key
-                .as_deref()
-                .is_some_and(|key| state.kms_grants.allow(&accounts::key_arn(&place.account, region, key), copier));
+            let granted = image.attributes.kms_key.as_deref().is_some_and(|key| {
+                let key_arn = accounts::key_arn(&place.account, region, key);
+                state.kms_grants.allow(&key_arn, copier, now, self.settings.grant_lag)
+            });
             let found = accounts::ForeignImage {
                 state: image.state(now),
                 snapshot: image.snapshot.clone(),
@@ -531,10 +530,12 @@ impl ImageAttributes {
     }
 }
 
-/// `alias/aws/ebs` and the like (by alias or alias ARN): keys AWS manages for a service.
+/// `alias/aws/ebs` and the like (by alias or alias ARN): keys AWS manages for a service; by key ARN, the
+/// model's synthesized ARN of such a key (`key/aws-managed-…`, [`accounts::key_arn`]: DescribeKey's
+/// `KeyManager = AWS` for it).
 fn is_aws_managed_key(key: &str) -> bool {
     let alias = key.rsplit_once(':').map_or(key, |(_, alias)| alias);
-    alias.starts_with(crate::config::AWS_MANAGED_KEY_ALIASES)
+    alias.starts_with(crate::config::AWS_MANAGED_KEY_ALIASES) || alias.starts_with(accounts::AWS_MANAGED_KEY_ID)
 }
 
 /// The root device of every image in the model.
@@ -971,7 +972,13 @@ impl RegionCloud for SimRegion {
                     agent_at,
                     security_group: spec.security_group.clone(),
                     public_ip,
-                    volume_key: spec.root_volume.as_ref().and_then(|root| root.kms_key.clone()),
+                    // EBS encryption by default: a volume launched without a key is encrypted with the account's
+                    // default key (EC2 User Guide, "Amazon EBS encryption by default").
+                    volume_key: spec
+                        .root_volume
+                        .as_ref()
+                        .and_then(|root| root.kms_key.clone())
+                        .or_else(|| self.model.settings.ebs_default_key.clone()),
                 },
             );
             Self::merge_tags(state, id.as_str(), &spec.tags);
@@ -1569,7 +1576,7 @@ impl RegionCloud for SimRegion {
     async fn grant_key_use(&self, key: &str, grantee: &str, name: &str) -> CloudResult<KmsGrantId> {
         let key_arn = accounts::key_arn(&self.account, &self.region, key);
         let minted = format!("{:016x}{}", fnv1a(&key_arn), self.model.id("grant").trim_start_matches("grant-0"));
-        self.call(Action::CreateGrant, |state, _| {
+        self.call(Action::CreateGrant, |state, now| {
             if is_aws_managed_key(key) {
                 return refuse(
                     "AccessDeniedException",
@@ -1585,7 +1592,7 @@ impl RegionCloud for SimRegion {
             if accounts::account_of_principal(grantee).is_none() {
                 return refuse("InvalidArnException", format!("Invalid grantee principal {grantee}"));
             }
-            Ok(state.kms_grants.grant(key_arn, grantee, name, || format!("{minted:0>64}")))
+            Ok(state.kms_grants.grant(key_arn, grantee, name, now, || format!("{minted:0>64}")))
         })
         .await
     }
@@ -1597,6 +1604,26 @@ impl RegionCloud for SimRegion {
         self.call(Action::RevokeGrant, |state, _| {
             state.kms_grants.revoke(&key_arn, grant);
             Ok(())
+        })
+        .await
+    }
+
+    /// Each snapshot's key as its image's (by its ARN in this place, as DescribeSnapshots names it); a
+    /// snapshot the place does not have is left out.
+    async fn snapshot_keys(&self, snapshots: &[SnapshotId]) -> CloudResult<Vec<SnapshotKey>> {
+        self.call(Action::DescribeSnapshots, |state, _| {
+            Ok(snapshots
+                .iter()
+                .filter_map(|snapshot| {
+                    let image = state.images.values().find(|image| &image.snapshot == snapshot)?;
+                    let key = image.attributes.kms_key.as_deref();
+                    Some(SnapshotKey {
+                        snapshot: snapshot.clone(),
+                        encrypted: key.is_some(),
+                        kms_key: key.map(|key| accounts::key_arn(&self.account, &self.region, key)),
+                    })
+                })
+                .collect())
         })
         .await
     }

@@ -192,8 +192,12 @@ pub fn key_arn(account: &Account, region: &Region, key: &str) -> String {
         Some((_, alias)) if key.starts_with("arn:") => format!("alias/{alias}"),
         _ => key.to_string(),
     };
-    format!("arn:aws:kms:{region}:{}:key/{}", account_id(account), synthesized("k", &name))
+    let prefix = if name.starts_with(crate::config::AWS_MANAGED_KEY_ALIASES) { "aws-managed" } else { "k" };
+    format!("arn:aws:kms:{region}:{}:key/{}", account_id(account), synthesized(prefix, &name))
 }
+
+/// How the model's synthesized id of an AWS-managed key (`alias/aws/ebs`'s) begins: its ARN says whose it is.
+pub const AWS_MANAGED_KEY_ID: &str = "key/aws-managed-";
 
 /// Whether KMS takes `name` as a grant's name: 1 to 256 of letters, digits and `:/_-` (CreateGrant API
 /// Reference, `Name`: pattern `^[a-zA-Z0-9:/_-]+$`). A job's key (`copy:web@us-west-2>…`) is not one.
@@ -221,6 +225,8 @@ pub struct KmsGrant {
 #[derive(Default)]
 pub struct KmsGrants {
     grants: BTreeMap<KmsGrantId, KmsGrant>,
+    /// When each grant was made: usable by another account only `[sim] grant_lag` later ([`KmsGrants::allow`]).
+    made_at: BTreeMap<KmsGrantId, Instant>,
     /// Grants made (a repeat of one by name not counted).
     pub created: u64,
     /// Grants revoked.
@@ -230,13 +236,21 @@ pub struct KmsGrants {
 impl KmsGrants {
     /// CreateGrant: the grant made before under this name for this key and grantee, else a new one with the id
     /// `mint` gives.
-    pub fn grant(&mut self, key_arn: String, grantee: &str, name: &str, mint: impl FnOnce() -> String) -> KmsGrantId {
+    pub fn grant(
+        &mut self,
+        key_arn: String,
+        grantee: &str,
+        name: &str,
+        now: Instant,
+        mint: impl FnOnce() -> String,
+    ) -> KmsGrantId {
         let wanted = KmsGrant { key_arn, grantee: grantee.to_string(), name: name.to_string() };
         if let Some((id, _)) = self.grants.iter().find(|(_, grant)| **grant == wanted) {
             return id.clone();
         }
         let id = KmsGrantId::new(mint());
         self.grants.insert(id.clone(), wanted);
+        self.made_at.insert(id.clone(), now);
         self.created += 1;
         id
     }
@@ -246,16 +260,21 @@ impl KmsGrants {
         let had = self.grants.get(grant).is_some_and(|found| found.key_arn == key_arn);
         if had {
             self.grants.remove(grant);
+            self.made_at.remove(grant);
             self.revoked += 1;
         }
         had
     }
 
-    /// Whether some grant on `key_arn` lets `account` use it.
-    pub fn allow(&self, key_arn: &str, account: &str) -> bool {
-        self.grants
-            .values()
-            .any(|grant| grant.key_arn == key_arn && account_of_principal(&grant.grantee) == Some(account))
+    /// Whether some grant on `key_arn` lets `account` use it `now`: made at least `lag` ago. KMS grants are
+    /// eventually consistent: "it can take up to five minutes for the grant to be available throughout AWS KMS"
+    /// (KMS Developer Guide, "Grants in AWS KMS", eventual consistency); a grant token makes one usable at once,
+    /// but CopyImage takes none, so a cross-account copy right after the grant can be refused.
+    pub fn allow(&self, key_arn: &str, account: &str, now: Instant, lag: Duration) -> bool {
+        self.grants.iter().any(|(id, grant)| {
+            let settled = self.made_at.get(id).is_none_or(|made| *made + lag <= now);
+            grant.key_arn == key_arn && account_of_principal(&grant.grantee) == Some(account) && settled
+        })
     }
 
     /// Every grant still in place.
@@ -543,6 +562,38 @@ mod tests {
         let report = SimCloud { model: Arc::clone(&model) }.report(Duration::from_secs(5));
         assert_eq!(report.peak_copies_in_flight[&west()], 1);
         assert_eq!(report.peak_copies_in_flight_elsewhere[&format!("{B}/us-west-2")], 1);
+    }
+
+    /// A new grant lets the account copy only `[sim] grant_lag` after it is made (KMS's eventual consistency);
+    /// DescribeSnapshots names the snapshot's key by ARN, and an AWS-managed key's ARN is described as one.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_grant_is_usable_after_the_lag_and_a_snapshots_key_is_named_by_arn() {
+        let model = Model::new(SimSettings { grant_lag: Duration::from_secs(60), ..settings() });
+        let (image, snapshot) = own_image(&model, Some("alias/images"));
+        let own = own_region(&model);
+        let theirs = at(&model, B, Region::new("us-east-1"));
+        own.share_image(&image, &LaunchPermissions { accounts: vec![B.into()], ..LaunchPermissions::default() })
+            .await
+            .unwrap();
+        own.share_snapshot(&snapshot, &[B.to_string()]).await.unwrap();
+        let keys = own.snapshot_keys(std::slice::from_ref(&snapshot)).await.unwrap();
+        assert_eq!(keys.len(), 1);
+        let arn = keys[0].kms_key.clone().unwrap();
+        assert!(keys[0].encrypted && arn.contains(":key/") && arn.contains(SIMULATED_ACCOUNT), "{arn}");
+        assert_eq!(own.describe_key(&arn).await.unwrap().unwrap().arn, arn);
+        own.grant_key_use(&arn, DESTINATION, "fleetbake-lag").await.unwrap();
+        let spec = copy_of(&image, "web-copy", Some("alias/their-images"));
+        let refused = theirs.copy_image(&spec).await.unwrap_err();
+        assert!(refused.message.contains("KMS key"), "{refused:?}");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        theirs.copy_image(&spec).await.unwrap();
+
+        let (managed_image, managed_snapshot) = own_image(&model, Some("alias/aws/ebs"));
+        let keys = own.snapshot_keys(&[managed_snapshot]).await.unwrap();
+        let managed = keys[0].kms_key.clone().unwrap();
+        assert!(own.describe_key(&managed).await.unwrap().unwrap().aws_managed, "{managed} of {managed_image}");
+        let (_, plain) = own_image(&model, None);
+        assert!(!own.snapshot_keys(&[plain]).await.unwrap()[0].encrypted);
     }
 
     /// CreateGrant by alias lands on the key's ARN; the same name answers the same grant; RevokeGrant takes
