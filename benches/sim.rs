@@ -32,6 +32,8 @@ struct Scenario {
     layers: &'static [usize],
     /// The ways compared.
     rows: Vec<Row>,
+    /// Copies into other accounts (`[[distribution]]` in `extra`), besides the builds and their copies.
+    distributed: usize,
 }
 
 /// One way of running a scenario.
@@ -184,7 +186,7 @@ fn clock(seconds: f64) -> String {
 fn check_row(checks: &mut Checks, scenario: &Scenario, row: &Row, statistics: &RunStatistics) {
     let name = format!("{} {}", scenario.name, row.label);
     let sim = statistics.sim.as_ref().expect("a simulated run reports");
-    let jobs = scenario.flavors * scenario.build_regions * (1 + scenario.targets);
+    let jobs = scenario.flavors * scenario.build_regions * (1 + scenario.targets) + scenario.distributed;
     checks.equal(format_args!("{name}: failed jobs"), statistics.jobs.failed, 0);
     checks.equal(format_args!("{name}: jobs left in progress"), statistics.jobs.in_progress, 0);
     checks.equal(format_args!("{name}: succeeded jobs"), statistics.jobs.succeeded, jobs);
@@ -222,6 +224,7 @@ fn main() {
             targets: 2,
             extra: "",
             layers: &[],
+            distributed: 0,
             rows: vec![
                 checked(
                     "fleetbake",
@@ -268,6 +271,7 @@ fn main() {
             targets: 3,
             extra: "",
             layers: &[],
+            distributed: 0,
             rows: vec![
                 checked(
                     "fleetbake",
@@ -297,6 +301,7 @@ fn main() {
             targets: 2,
             extra: "",
             layers: &[1, 4, 12],
+            distributed: 0,
             // The bound follows the chains: base, then mid, then leaf (three builds deep), then the leaves' copies.
             rows: vec![checked(
                 "fleetbake",
@@ -321,12 +326,47 @@ fn main() {
             )],
         },
         Scenario {
+            name: "4 × 2 into 3 accounts × 2",
+            flavors: 4,
+            build_regions: 2,
+            targets: 0,
+            // Issue 25: every image distributed into three accounts' two regions, the builder's encrypted with its
+            // own key (a KMS grant per source and account), each account's copies with the account's key.
+            extra: "\n[encryption]\nkms_keys = { \"*\" = \"alias/builder\" }\n\n\
+                    [[distribution]]\naccounts = [\"222233334444\", \"555566667777\", \"888899990000\"]\n\
+                    regions = [\"zz-bench-0\", \"zz-bench-9\"]\n\
+                    role_arn = \"arn:aws:iam::{account}:role/image-distribution\"\n\
+                    kms_keys = { \"*\" = \"alias/account-images\" }\n\n\
+                    [sim]\naccounts = [\"222233334444\", \"555566667777\", \"888899990000\"]\n",
+            layers: &[],
+            distributed: 4 * 3 * 2,
+            rows: vec![checked(
+                "fleetbake",
+                Strategy::FLEETBAKE,
+                Expected {
+                    jobs: 32,
+                    bound: "0:29:00",
+                    makespan: None,
+                    max_ratio: 1.03,
+                    non_mutating: None,
+                    max_non_mutating: 740,
+                    mutating: 184,
+                    run_instances: 8,
+                    copy_image: 24,
+                    create_tags: 72,
+                    throttled: 0,
+                    describes_per_interval: 6,
+                },
+            )],
+        },
+        Scenario {
             name: "shared, 80 at once",
             flavors: 20,
             build_regions: 4,
             targets: 3,
             extra: "\n[limits]\nmax_parallel_builds = 80\n\n[sim]\nbackground_load = 0.5\nforeign_copies = 30\n",
             layers: &[],
+            distributed: 0,
             rows: vec![
                 checked(
                     "adaptive",
@@ -356,6 +396,7 @@ fn main() {
             targets: 9,
             extra: "\n[limits]\nmax_parallel_builds = 100\n",
             layers: &[],
+            distributed: 0,
             rows: vec![row("fleetbake", Strategy::FLEETBAKE), row("naive", Strategy::NAIVE)],
         },
     ];
