@@ -568,3 +568,19 @@ fn a_role_that_cannot_be_assumed_is_named_by_the_preflight_and_by_gc() {
     let describes = proxy.bodies("DescribeImages").len();
     assert!(describes >= 3, "the own region and the first account's two: {describes}");
 }
+
+/// The account the run acts as named as a destination is the preflight's failure (the own account's, so
+/// `matrix` stops before anything is made): its "copies" would be the builder's own images, counted twice.
+#[test]
+fn the_own_account_as_a_destination_fails_the_preflight_and_stops_the_run() {
+    let workspace = Workspace::new();
+    let own = fleetbake::cloud::sim::SIMULATED_ACCOUNT;
+    let path = workspace.write("fleet.toml", &fleet(&[FIRST, own], ""));
+    let preflight = workspace.fleetbake(&["preflight", path.to_str().unwrap(), "--cloud", "sim"]);
+    assert_eq!(preflight.code, 1, "{}{}", preflight.stdout, preflight.stderr);
+    let refused = format!("FAIL `[[distribution]] accounts` names {own}, the account the run acts as");
+    assert!(preflight.stdout.contains(&refused), "{refused} in:\n{}", preflight.stdout);
+    let run = workspace.fleetbake(&["matrix", path.to_str().unwrap(), "--cloud", "sim"]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(!workspace.path("manifest.sim.json").exists(), "stopped before anything was made: {}", run.stderr);
+}

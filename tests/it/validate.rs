@@ -234,3 +234,34 @@ fn sim_accounts_and_their_faults_are_checked_with_their_place() {
     }
     assert!(!output.contains("sim.account_faults.222233334444"), "a listed account's `role` fault is fine:\n{output}");
 }
+
+/// A `[[distribution]]` role must be of the account it is assumed in (CopyImage as a role lands the copy in the
+/// role's account), and a key for a region the table does not copy into is refused, each at its place.
+#[test]
+fn a_distribution_role_of_another_account_and_a_key_of_no_region_are_refused() {
+    let fleet = GOOD.replace(
+        "[aws]",
+        "[[distribution]]\naccounts = [\"222233334444\"]\nregions = [\"us-east-1\"]\n\
+         role_arn = \"arn:aws:iam::999988887777:role/image-distribution\"\n\
+         kms_keys = { \"us-east-1\" = \"alias/images\", \"eu-wset-1\" = \"alias/images\" }\n\n[aws]",
+    );
+    let (code, output) = validate(&fleet);
+    assert_eq!(code, 2, "{output}");
+    let line = GOOD.lines().position(|line| line == "[aws]").unwrap() + 4;
+    for (at, key, says) in [
+        (
+            format!("{line}:12"),
+            "distribution[0].role_arn",
+            "is a role of account 999988887777, not of the account it is assumed in",
+        ),
+        (
+            format!("{}:58", line + 1),
+            "distribution[0].kms_keys.eu-wset-1",
+            "`eu-wset-1` is not one of this table's `regions`",
+        ),
+    ] {
+        let expected = format!("fleet.toml:{at}: `{key}`: ");
+        let found = output.lines().any(|text| text.contains(&expected) && text.contains(says));
+        assert!(found, "expected `{expected}…{says}` in:\n{output}");
+    }
+}

@@ -16,6 +16,20 @@ pub(super) fn is_ou_id(id: &str) -> bool {
     (4..=32).contains(&root.len()) && (8..=32).contains(&unit.len()) && lower(root) && lower(unit)
 }
 
+/// The account a role template names in its ARN's account field, when that is not each destination account:
+/// a literal id other than the table's one account (with `{account}` elsewhere in the ARN, or with units or
+/// several accounts, any literal id is another account's).
+fn role_of_another_account(template: &str, accounts: &[String]) -> Option<String> {
+    let field = template.split(':').nth(4)?;
+    if field == ACCOUNT_PLACEHOLDER {
+        return None;
+    }
+    match accounts {
+        [only] if only == field && !template.contains(ACCOUNT_PLACEHOLDER) => None,
+        _ => Some(field.to_string()),
+    }
+}
+
 pub(super) fn resolve_distributions(
     checker: &mut Checker<'_>,
     sections: Vec<schema::DistributionSection>,
@@ -90,6 +104,13 @@ pub(super) fn resolve_distributions(
                 path.key("role_arn"),
                 format!("`{template}` is not a role ARN like `arn:aws:iam::{{account}}:role/image-distribution`"),
             );
+        } else if let Some(other) = role_of_another_account(template, &distribution.accounts) {
+            // CopyImage called as a role lands the copy in the role's account: the run would name one account
+            // (its manifest entries, gc, publishing) while another owns the copies.
+            checker.problem(
+                path.key("role_arn"),
+                format!("`{template}` is a role of account {other}, not of the account it is assumed in: put `{ACCOUNT_PLACEHOLDER}` in the ARN's account field (`arn:aws:iam::{{account}}:role/…`), the copy lands in the role's account"),
+            );
         }
         for (region, key) in section.kms_keys {
             let at = path.key("kms_keys").key(&region);
@@ -112,7 +133,15 @@ pub(super) fn resolve_distributions(
             if region == "*" {
                 distribution.kms_fallback = Some(key);
             } else {
-                let region = checker.region(at, &region);
+                let region = checker.region(at.clone(), &region);
+                if !distribution.regions.contains(&region) {
+                    checker.problem(
+                        at,
+                        format!(
+                            "`{region}` is not one of this table's `regions`: its key would never be used (a typo?)"
+                        ),
+                    );
+                }
                 distribution.kms_keys.insert(region, key);
             }
         }
@@ -128,7 +157,18 @@ pub(super) fn resolve_distributions(
 
 #[cfg(test)]
 mod tests {
-    use super::is_ou_id;
+    use super::{is_ou_id, role_of_another_account};
+
+    #[test]
+    fn a_role_is_of_the_account_it_is_assumed_in() {
+        let one = ["222233334444".to_string()];
+        assert_eq!(role_of_another_account("arn:aws:iam::{account}:role/d", &one), None);
+        assert_eq!(role_of_another_account("arn:aws:iam::222233334444:role/d", &one), None);
+        let other = Some("999988887777".to_string());
+        assert_eq!(role_of_another_account("arn:aws:iam::999988887777:role/d", &one), other);
+        assert_eq!(role_of_another_account("arn:aws:iam::999988887777:role/{account}", &one), other);
+        assert_eq!(role_of_another_account("arn:aws:iam::222233334444:role/{account}", &one), Some(one[0].clone()));
+    }
 
     #[test]
     fn organizational_unit_ids_have_their_shape() {

@@ -130,7 +130,18 @@ pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, runner: &Runne
     }
     match cloud.caller_identity().await {
         Ok(identity) => {
-            preflight.push(None, Outcome::Ok(format!("acting as {} (account {})", identity.arn, identity.account)))
+            preflight.push(None, Outcome::Ok(format!("acting as {} (account {})", identity.arn, identity.account)));
+            // The own account as a destination: its "copies" would be the builder's own images, kept and
+            // collected twice (as the own account's and as a distribution account's).
+            if fleet.distributions.accounts().contains(&identity.account) {
+                preflight.push(
+                    None,
+                    Outcome::Fail(format!(
+                        "`[[distribution]] accounts` names {}, the account the run acts as: the own account holds the builds and their `[regions]` copies already; remove it",
+                        identity.account
+                    )),
+                );
+            }
         }
         Err(error) => {
             let no_credentials = error.kind == ErrorKind::Credentials;
