@@ -404,11 +404,7 @@ fn resolve_encryption(checker: &mut Checker<'_>, section: schema::EncryptionSect
     let mut encryption = Encryption { kms_keys: BTreeMap::new(), fallback: None };
     for (region, key) in section.kms_keys {
         let at = path.key(&region);
-        let valid = key.starts_with("alias/")
-            || key.starts_with("arn:aws")
-            || (key.len() == 36 && key.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
-            || key.starts_with("mrk-");
-        if !valid {
+        if !is_kms_key(&key) {
             checker.problem(
                 at.clone(),
                 format!("`{key}` is not a KMS key: an alias (`alias/images`), a key id or a key ARN"),
@@ -493,6 +489,15 @@ fn organizations_arn<'a>(arn: &'a str, kind: &str) -> Option<(&'a str, &'a str)>
         return None;
     }
     resource.strip_prefix(kind).map(|id| (account, id))
+}
+
+/// A KMS key as EC2 and KMS take it: an alias (`alias/images`), a key id (a UUID, or `mrk-…` for a
+/// multi-Region key) or a key ARN.
+fn is_kms_key(key: &str) -> bool {
+    key.starts_with("alias/")
+        || key.starts_with("arn:aws")
+        || (key.len() == 36 && key.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+        || key.starts_with("mrk-")
 }
 
 /// An AWS account id: 12 digits.

@@ -39,6 +39,28 @@ pub struct Artifact {
     pub settings: Box<ImageSettings>,
 }
 
+#[cfg(test)]
+impl Artifact {
+    /// An image of flavor `base` built in `build_region`, made at `created_at`, with nothing else set: what the
+    /// reporters' and the manifest's unit tests announce.
+    pub(crate) fn sample(image: &str, build_region: &str, created_at: &str) -> Artifact {
+        Artifact {
+            image_id: ImageId::new(image),
+            name: "base".into(),
+            account: None,
+            build_region: Region::new(build_region),
+            source_image_id: ImageId::new("ami-0"),
+            snapshot_ids: Vec::new(),
+            created_at: created_at.into(),
+            fingerprint: None,
+            reused_from: None,
+            published: Vec::new(),
+            parent: None,
+            settings: Box::default(),
+        }
+    }
+}
+
 /// The image of another flavor an image was built from (`source_ami = { flavor = … }`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Parent {

@@ -245,20 +245,7 @@ mod tests {
                 selective: false,
             },
         );
-        let artifact = |image: &str| crate::outcome::Artifact {
-            image_id: ImageId::new(image),
-            name: "base".into(),
-            build_region: Region::new("us-east-1"),
-            source_image_id: ImageId::new("ami-0"),
-            snapshot_ids: Vec::new(),
-            created_at: "t".into(),
-            fingerprint: None,
-            reused_from: None,
-            published: Vec::new(),
-            parent: None,
-            account: None,
-            settings: Box::default(),
-        };
+        let artifact = |image: &str| crate::outcome::Artifact::sample(image, "us-east-1", "t");
         see(&mut tally, RunEvent::ImageAvailable { job: own.clone(), artifact: artifact("ami-1") });
         see(
             &mut tally,

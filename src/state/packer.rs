@@ -151,20 +151,7 @@ mod tests {
                 selective: false,
             }))
             .unwrap();
-        let artifact = |image: &str| crate::outcome::Artifact {
-            image_id: ImageId::new(image),
-            name: "base".into(),
-            build_region: Region::new("us-east-1"),
-            source_image_id: ImageId::new("ami-0"),
-            snapshot_ids: Vec::new(),
-            created_at: "2026-12-07T12:10:00Z".into(),
-            fingerprint: None,
-            reused_from: None,
-            published: Vec::new(),
-            parent: None,
-            account: None,
-            settings: Box::default(),
-        };
+        let artifact = |image: &str| crate::outcome::Artifact::sample(image, "us-east-1", "2026-12-07T12:10:00Z");
         let other = Place { account: Account::Id("222233334444".into()), region: Region::new("eu-west-1") };
         for (place, image) in [(other, "ami-2"), (Place::own(Region::new("us-east-1")), "ami-1")] {
             let job = JobLabel { flavor: FlavorName::new("base"), place };

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{is_account_id, is_role_arn, schema, Checker, KeyPath};
+use super::{is_account_id, is_kms_key, is_role_arn, schema, Checker, KeyPath};
 use crate::config::{Distribution, Distributions, FlavorName, ACCOUNT_PLACEHOLDER};
 use crate::util::glob::glob_matches;
 
@@ -114,11 +114,7 @@ pub(super) fn resolve_distributions(
         }
         for (region, key) in section.kms_keys {
             let at = path.key("kms_keys").key(&region);
-            let valid = key.starts_with("alias/")
-                || key.starts_with("arn:aws")
-                || (key.len() == 36 && key.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
-                || key.starts_with("mrk-");
-            if !valid {
+            if !is_kms_key(&key) {
                 checker.problem(
                     at.clone(),
                     format!("`{key}` is not a KMS key: an alias (`alias/images`), a key id or a key ARN"),

@@ -584,20 +584,7 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("manifest.json");
         let run = RunId::new("2026-11-26T12:00:00Z".parse().unwrap(), 1);
-        let artifact = Artifact {
-            image_id: ImageId::new("ami-1"),
-            name: "base".into(),
-            account: None,
-            build_region: Region::new("us-west-2"),
-            source_image_id: ImageId::new("ami-0"),
-            snapshot_ids: Vec::new(),
-            created_at: "2026-11-26T12:10:00Z".into(),
-            fingerprint: None,
-            reused_from: None,
-            published: Vec::new(),
-            parent: None,
-            settings: Default::default(),
-        };
+        let artifact = artifact("ami-1");
         let mut first = ManifestWriter::new(path.clone(), Duration::ZERO);
         first.report(&started(&run)).unwrap();
         let job = crate::outcome::JobLabel::new(FlavorName::new("base"), Region::new("us-west-2"));
@@ -624,20 +611,7 @@ mod tests {
     }
 
     fn artifact(image: &str) -> Artifact {
-        Artifact {
-            image_id: ImageId::new(image),
-            name: "base".into(),
-            build_region: Region::new("us-west-2"),
-            source_image_id: ImageId::new("ami-0"),
-            snapshot_ids: Vec::new(),
-            created_at: "2026-11-26T12:10:00Z".into(),
-            fingerprint: None,
-            reused_from: None,
-            published: Vec::new(),
-            parent: None,
-            account: None,
-            settings: Default::default(),
-        }
+        Artifact::sample(image, "us-west-2", "2026-11-26T12:10:00Z")
     }
 
     fn in_account(account: &str, region: &str) -> Place {
