@@ -319,15 +319,17 @@ fn the_preflight_names_each_account_and_region_that_would_fail() {
     assert!(failed[0].contains("[[distribution]]"), "{}", failed[0]);
 }
 
-/// Every call a distribution night makes in another account is one `docs/iam-distribution-policy.json`
-/// allows (its actions as IAM names them), and the build role's `docs/iam-policy.json` lets the run assume
-/// the accounts' roles.
+/// Every call a distribution night makes in another account (its copies, their finish, `[publish] accounts`),
+/// then the preflight and `gc` of the same fleet, is one `docs/iam-distribution-policy.json` allows (its
+/// actions as IAM names them), and the build role's `docs/iam-policy.json` lets the run assume the accounts'
+/// roles.
 #[test]
 fn the_destination_roles_policy_allows_every_call_made_in_an_account() {
     use fleetbake::cloud::{retry::Policy, Limited};
     use fleetbake::engine::{limits::RunLimits, run::Execution, run::Strategy};
     let workspace = Workspace::new();
-    let fleet = load(&workspace, &fleet(&[FIRST, SECOND], ""), false);
+    let publish = "[publish]\nssm_parameter = \"/images/{flavor}\"\naccounts = true\n\n[retention]\nkeep = 1\n";
+    let fleet = load(&workspace, &fleet(&[FIRST, SECOND], publish), false);
     let runtime = paused_runtime();
     let (calls, summary) = runtime.block_on(async {
         let sim = Arc::new(SimCloud::new(&fleet));
@@ -348,8 +350,13 @@ fn the_destination_roles_policy_allows_every_call_made_in_an_account() {
             manifest_set_aside: None,
         };
         let start = fleetbake::engine::run::Start::fresh(&fleet, None);
+        let plan = start.plan().clone();
+        let cloud = Arc::clone(&execution.cloud);
         let (_, interrupts) = tokio::sync::mpsc::unbounded_channel();
         let summary = execution.run(start, interrupts).await.unwrap().1;
+        let runner = fleetbake::engine::preflight::Runner::simulated(&fleet.sim);
+        fleetbake::engine::preflight::check(&fleet, &plan, &*cloud, &runner).await;
+        fleetbake::state::gc::gc(&fleet, cloud, false).await.unwrap_or_else(|error| panic!("gc: {error}"));
         (limits.api().stats().calls_by_place(), summary)
     });
     assert_eq!(summary.failed, 0, "{summary:?}");
@@ -358,7 +365,9 @@ fn the_destination_roles_policy_allows_every_call_made_in_an_account() {
         .filter(|((place, _), _)| !place.account.is_own())
         .map(|((_, action), _)| action.iam_name())
         .collect();
-    for expected in ["ec2:CopyImage", "ec2:DescribeImages", "ec2:EnableImageDeprecation"] {
+    for expected in
+        ["ec2:CopyImage", "ec2:DescribeImages", "ec2:EnableImageDeprecation", "ssm:PutParameter", "ec2:DescribeRegions"]
+    {
         assert!(in_accounts.contains(expected), "{expected} made in an account: {in_accounts:?}");
     }
     let allowed = policy_actions("iam-distribution-policy.json");
