@@ -114,7 +114,6 @@ fn artifact(image: &ImageId, region: &str) -> Artifact {
     Artifact {
         image_id: image.clone(),
         name: format!("bench-{image}"),
-        account: None,
         build_region: config::Region::new(region),
         source_image_id: ImageId::new("ami-0123456789abcdef0"),
         snapshot_ids: vec![SnapshotId::new(format!("snap-{image}"))],

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::cloud::{Cloud, ImageId, ImageQuery, ImageState, OwnedImage, RegionCloud};
-use crate::config::{Account, Flavor, Fleet, Place, Region, SourceAmi, Tags};
+use crate::config::{Flavor, Fleet, Place, Region, SourceAmi, Tags};
 use crate::outcome::{Artifact, Failure, ImageSettings, JobLabel, Parent, SourceParameter};
 use crate::plan::{BuildJob, JobId, Plan};
 use crate::state::resume::Prior;
@@ -265,10 +265,6 @@ async fn reusable(
     let artifact = Artifact {
         image_id: image.id.clone(),
         name: image.name.clone(),
-        account: match &place.account {
-            Account::Own => None,
-            Account::Id(account) => Some(account.as_str().into()),
-        },
         build_region: region.clone(),
         source_image_id: tag(SOURCE_IMAGE_TAG).map(crate::cloud::ImageId::new).unwrap_or_else(|| image.id.clone()),
         snapshot_ids: image.snapshot_ids.clone(),

@@ -11,10 +11,6 @@ use crate::config::{Flavor, FlavorName, Region, Sharing, SourceAmi};
 pub struct Artifact {
     pub image_id: ImageId,
     pub name: String,
-    /// The account that owns it, when it is not the run's own (a `[[distribution]]` copy); absent for the own
-    /// account's images, so their records are as before. Boxed, like `settings`: most images have none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub account: Option<Box<str>>,
     pub build_region: Region,
     pub source_image_id: ImageId,
     pub snapshot_ids: Vec<SnapshotId>,
@@ -47,7 +43,6 @@ impl Artifact {
         Artifact {
             image_id: ImageId::new(image),
             name: "base".into(),
-            account: None,
             build_region: Region::new(build_region),
             source_image_id: ImageId::new("ami-0"),
             snapshot_ids: Vec::new(),

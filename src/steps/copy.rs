@@ -190,10 +190,6 @@ async fn copy_after(context: &CopyContext, granted: Option<Instant>) -> CopyEnd 
     end.artifact = Some(Artifact {
         image_id: image,
         name: context.job.image_name.clone(),
-        account: match &context.job.target.account {
-            Account::Own => None,
-            Account::Id(account) => Some(account.as_str().into()),
-        },
         build_region: context.job.source_region.clone(),
         source_image_id: context.source.source_image_id.clone(),
         snapshot_ids,

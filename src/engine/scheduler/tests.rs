@@ -54,7 +54,6 @@ fn artifact(job: JobId) -> Artifact {
     Artifact {
         image_id: image_of(job),
         name: "image".to_string(),
-        account: None,
         build_region: Region::new("us-west-2"),
         source_image_id: ImageId::new("ami-1"),
         snapshot_ids: Vec::new(),

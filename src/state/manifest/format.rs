@@ -220,7 +220,6 @@ mod tests {
         let artifact = Artifact {
             image_id: ImageId::new("ami-1"),
             name: "base".into(),
-            account: None,
             build_region: Region::new("us-west-2"),
             source_image_id: ImageId::new("ami-0"),
             snapshot_ids: vec![SnapshotId::new("snap-1")],

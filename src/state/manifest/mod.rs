@@ -522,7 +522,6 @@ mod tests {
         let artifact = |image: &str| Artifact {
             image_id: ImageId::new(image),
             name: "a \"quoted\" name\nwith a line".into(),
-            account: None,
             build_region: Region::new("us-west-2"),
             source_image_id: ImageId::new("ami-0"),
             snapshot_ids: vec![crate::cloud::SnapshotId::new("snap-1"), crate::cloud::SnapshotId::new("snap-2")],
@@ -798,7 +797,6 @@ mod tests {
         let built = Artifact {
             image_id: ImageId::new("ami-0base"),
             name: "base-20261126T120000Z".into(),
-            account: None,
             build_region: Region::new("us-west-2"),
             source_image_id: ImageId::new("ami-0source"),
             snapshot_ids: vec![crate::cloud::SnapshotId::new("snap-0base")],

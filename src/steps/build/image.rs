@@ -87,7 +87,6 @@ pub(super) async fn wait_for_image(
     Ok(Artifact {
         image_id: image,
         name: context.job.image_name.clone(),
-        account: None,
         build_region: context.job.region.clone(),
         source_image_id: source.clone(),
         snapshot_ids,
