@@ -377,7 +377,9 @@ fn main() {
                         makespan: None,
                         max_ratio: 1.035,
                         non_mutating: None,
-                        max_non_mutating: 1960,
+                        // Runs on 2026-12-07 counted 1942 to 1957 (adaptive pacing after the throttles varies
+                        // by a few describes): a ceiling with room, not a pin CI can trip over.
+                        max_non_mutating: 2000,
                         mutating: 1032,
                         run_instances: 84,
                         copy_image: 240,
