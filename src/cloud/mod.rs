@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 pub use crate::config::api::{Action, ActionClass, Service};
-use crate::config::{ImageFilter, Metadata, Region, RootVolume, SubnetLookup, Tags};
+use crate::config::{ImageFilter, Market, Metadata, Region, RootVolume, SubnetLookup, Tags};
 
 string_newtype!(
     /// `ami-…`
@@ -241,6 +241,8 @@ pub struct LaunchSpec {
     pub iam_instance_profile: Option<String>,
     /// Sent byte for byte (base64-encoded, as RunInstances takes it).
     pub user_data: Option<crate::config::UserData>,
+    /// On demand, or a one-time spot request (`InstanceMarketOptions`, terminated when interrupted).
+    pub market: Market,
 }
 
 /// The root volume of a launch: the source image's root device, with what the flavor and `[encryption]` say.

@@ -8,18 +8,22 @@
 
 pub mod api;
 mod distribution;
+pub mod forensics;
 mod place;
 mod schema;
 mod selection;
 mod spans;
+pub mod spot;
 pub mod ssh_fields;
 pub mod template;
 mod validate;
 pub mod variables;
 
 pub use distribution::{Distribution, Distributions, UnitAccounts, ACCOUNT_PLACEHOLDER};
+pub use forensics::{Forensics, KeepFailed, KeptState, DEFAULT_LOGS_RETENTION};
 pub use place::{Account, Place};
 pub use selection::{JobPattern, Selection};
+pub use spot::{Market, Price, Prices, SimSpot, SpotFallback};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -106,14 +110,26 @@ pub struct Fleet {
     pub variables: Variables,
     /// `[[distribution]]`: copies into other accounts, each owned by its account.
     pub distributions: Distributions,
+    /// `[prices]`: hourly prices per instance type, for the run's cost estimate.
+    pub prices: Prices,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Retention {
     /// Images kept per flavor and region; `None`: gc deregisters no image.
     pub keep: Option<usize>,
     /// Whether gc may deregister an image shared with other accounts (`[retention] shared = "deregister"`).
     pub deregister_shared: bool,
+    /// `keep_days`: images younger than this many days are kept whatever `keep` says.
+    pub keep_days: Option<u32>,
+    /// `logs`: how long a run's saved failure logs are kept.
+    pub logs: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { keep: None, deregister_shared: false, keep_days: None, logs: DEFAULT_LOGS_RETENTION }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -149,6 +165,14 @@ pub struct Flavor {
     /// Its fields that use a sensitive variable, with `{var.name}` in place of the value: what the fingerprint
     /// hashes instead, so a rotated secret does not rebuild the image.
     pub without_secrets: WithoutSecrets,
+    /// `on_failure` and `collect`: what a failed build saves before teardown.
+    pub forensics: Forensics,
+    /// `market`: on-demand or spot.
+    pub market: Market,
+    /// `instance_types` (else `[instance_type]`), tried in order; the first is `instance_type`.
+    pub instance_types: Vec<String>,
+    /// `spot_fallback`: what a spot build does when no spot capacity is found.
+    pub spot_fallback: SpotFallback,
 }
 
 /// A flavor's provisioner `env` values and user data that use a sensitive variable, as written (each
@@ -384,6 +408,8 @@ pub struct Matrix {
     pub exclude: Vec<Exclusion>,
     /// `rebuild = "changed"` (or `--changed-only`): reuse an image whose fingerprint matches.
     pub changed_only: bool,
+    /// `keep_failed` (or `--keep-failed`): a failed build's instance is kept this long.
+    pub keep_failed: Option<KeepFailed>,
 }
 
 #[derive(Clone, Debug)]
@@ -692,6 +718,10 @@ pub struct SimSettings {
     /// `[sim] grant_lag`: how long a new KMS grant takes to be usable everywhere (KMS's eventual consistency):
     /// another account's CopyImage needing it is refused until then.
     pub grant_lag: Duration,
+    /// `[sim] spot`: spot capacity and interruptions.
+    pub spot: SimSpot,
+    /// `[sim] prices`: the prices a simulated run's cost estimate reads when the fleet has no `[prices]`.
+    pub prices: Prices,
 }
 
 /// The simulated own account's id (`cloud::sim::SIMULATED_ACCOUNT`): `[sim] accounts` lists only the others.
@@ -806,6 +836,8 @@ impl Default for SimSettings {
             organizations_fault: None,
             ebs_default_key: None,
             grant_lag: Duration::ZERO,
+            spot: SimSpot::default(),
+            prices: Prices::default(),
         }
     }
 }

@@ -40,6 +40,17 @@ pub struct FleetFile {
     /// `[[distribution]]`: copies owned by other accounts.
     #[serde(default, rename = "distribution")]
     pub distributions: Vec<DistributionSection>,
+    /// `[prices]`: instance type → `{ on_demand = 0.0104, spot = 0.0031 }` (USD per hour), for the cost line.
+    #[serde(default)]
+    pub prices: BTreeMap<String, PriceSection>,
+}
+
+/// `[prices]` and `[sim] prices`: an instance type's hourly prices.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSection {
+    pub on_demand: Option<f64>,
+    pub spot: Option<f64>,
 }
 
 /// `[[distribution]]`: accounts (or `ou-…` units) that get their own copy in each of `regions`.
@@ -145,6 +156,10 @@ pub struct RootVolumeSection {
 pub struct RetentionSection {
     pub keep: Option<usize>,
     pub shared: Option<String>,
+    /// Images newer than this many days are kept whatever `keep` says.
+    pub keep_days: Option<u32>,
+    /// How long saved failure logs are kept (a duration, default 14 days).
+    pub logs: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +196,16 @@ pub struct DefaultsSection {
     pub tags: TagMap,
     /// How long each provisioner and each test may run unless it sets its own `timeout`.
     pub provisioner_timeout: Option<String>,
+    /// Run on the instance when a provisioner or test fails, before teardown (a flavor's own replace these).
+    pub on_failure: Option<Vec<ProvisionerSection>>,
+    /// Files on the instance saved when a provisioner or test fails.
+    pub collect: Option<Vec<String>>,
+    /// `"on-demand"` (the default) or `"spot"`.
+    pub market: Option<String>,
+    /// Tried in order (instead of `instance_type`).
+    pub instance_types: Option<Vec<String>>,
+    /// `"on-demand"` (the default) or `"fail"`: when no spot capacity is found.
+    pub spot_fallback: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,6 +239,16 @@ pub struct FlavorSection {
     pub host_key: Option<String>,
     /// How this flavor's instances are reached (default `[ssh] interface`): `"session_manager"`, or an address.
     pub interface: Option<String>,
+    /// Run on the instance when a provisioner or test fails, before teardown; output saved.
+    pub on_failure: Option<Vec<ProvisionerSection>>,
+    /// Files on the instance saved when a provisioner or test fails.
+    pub collect: Option<Vec<String>>,
+    /// `"on-demand"` (the default) or `"spot"`.
+    pub market: Option<String>,
+    /// Tried in order (instead of `instance_type`).
+    pub instance_types: Option<Vec<String>>,
+    /// `"on-demand"` (the default) or `"fail"`: when no spot capacity is found.
+    pub spot_fallback: Option<String>,
 }
 
 /// `{ tags = { Tier = "build" } }` or `{ ids = { us-west-2 = "subnet-…" } }`.
@@ -263,6 +298,10 @@ pub struct MatrixSection {
     pub rebuild: Option<String>,
     #[serde(default)]
     pub exclude: Vec<ExcludeSection>,
+    /// Keep a failed build's instance this long (a duration; `--keep-failed` overrides).
+    pub keep_failed: Option<String>,
+    /// `"running"` (the default) or `"stopped"`.
+    pub keep_failed_state: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -416,6 +455,19 @@ pub struct SimSection {
     pub ebs_default_key: Option<String>,
     /// How long a new KMS grant takes to be usable by another account's CopyImage.
     pub grant_lag: Option<String>,
+    /// Spot capacity: `{ available = ["t3.micro", "m5.large@us-east-1"], interrupt_after = "5m" }`.
+    pub spot: Option<SimSpotSection>,
+    /// The simulated prices (as `[prices]`), used when the fleet gives none.
+    #[serde(default)]
+    pub prices: BTreeMap<String, PriceSection>,
+}
+
+/// `[sim] spot`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimSpotSection {
+    pub available: Option<Vec<String>>,
+    pub interrupt_after: Option<String>,
 }
 
 /// `[sim] parameters = [{ name, data_type }]`.

@@ -13,7 +13,9 @@ use super::template::{NameContext, NameTemplate, Placeholder};
 use super::*;
 
 mod distribution;
+mod forensics;
 mod sim_accounts;
+mod spot;
 mod variables;
 use variables::{resolve_variables, substitute_variables, SecretForms};
 
@@ -261,25 +263,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile, without_secrets: SecretFor
         ssh: resolve_ssh(checker, raw.ssh),
         limits: resolve_limits(checker, raw.limits),
         sim: resolve_sim(checker, raw.sim),
-        retention: Retention {
-            keep: raw
-                .retention
-                .keep
-                .map(|keep| checker.positive(KeyPath::root().key("retention").key("keep"), Some(keep), 1)),
-            deregister_shared: match raw.retention.shared.as_deref() {
-                None | Some("leave") => false,
-                Some("deregister") => true,
-                Some(other) => {
-                    checker.problem(
-                        KeyPath::root().key("retention").key("shared"),
-                        format!(
-                            "`{other}`: use `leave` (the default: gc never deregisters a shared image) or `deregister`"
-                        ),
-                    );
-                    false
-                }
-            },
-        },
+        retention: forensics::resolve_retention(checker, &raw.retention),
         encryption: raw.encryption.map(|section| resolve_encryption(checker, section)),
         sharing: raw.sharing.map(|section| resolve_sharing(checker, section)).unwrap_or_default(),
         publish: raw.publish.and_then(|section| resolve_publish(checker, section)),
@@ -291,6 +275,7 @@ fn resolve(checker: &mut Checker<'_>, raw: FleetFile, without_secrets: SecretFor
         selection: Selection::default(),
         variables: Variables::default(),
         distributions,
+        prices: spot::resolve_prices(checker, KeyPath::root().key("prices"), &raw.prices),
     };
     check_selection(checker, &fleet);
     check_layers(checker, &fleet);
@@ -585,8 +570,6 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, 
             checker.problem(path.key("name"), format!("flavor `{}` is defined twice", flavor.name));
         }
         checker.tags(path.key("tags"), &flavor.tags);
-        let instance_type =
-            required_inherited(checker, &path, "instance_type", &flavor.instance_type, &defaults.instance_type);
         let ssh_username =
             required_inherited(checker, &path, "ssh_username", &flavor.ssh_username, &defaults.ssh_username);
         let mut tags = defaults.tags.clone();
@@ -597,6 +580,8 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, 
             .as_deref()
             .and_then(|text| checker.duration(path.key("provisioner_timeout"), text))
             .unwrap_or(default_timeout);
+        let (market, instance_types, spot_fallback) = spot::resolve_market(checker, &path, flavor, defaults);
+        let instance_type = instance_types.first().cloned().unwrap_or_default();
         flavors.push(Flavor {
             name: FlavorName::new(&flavor.name),
             source_ami: resolve_source_ami(checker, path.key("source_ami"), &flavor.source_ami),
@@ -629,6 +614,10 @@ fn resolve_flavors(checker: &mut Checker<'_>, raw: &FleetFile) -> (Vec<Flavor>, 
                 run_tags
             },
             without_secrets: WithoutSecrets::default(),
+            forensics: forensics::resolve_forensics(checker, &path, flavor, defaults, timeout),
+            market,
+            instance_types,
+            spot_fallback,
         });
     }
     (flavors, subnet_paths)
@@ -1149,7 +1138,8 @@ fn resolve_matrix(
             false
         }
     };
-    Matrix { flavors: selected, exclude, changed_only }
+    let keep_failed = forensics::resolve_keep_failed(checker, raw);
+    Matrix { flavors: selected, exclude, changed_only, keep_failed }
 }
 
 /// Checks that need the whole fleet: a non-empty matrix, single-region source ids, unique AMI names.
@@ -1841,7 +1831,11 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         organizations_fault: None,
         ebs_default_key: raw.ebs_default_key.clone(),
         grant_lag: duration("grant_lag", &raw.grant_lag, defaults.grant_lag),
+        spot: SimSpot::default(),
+        prices: Prices::default(),
     };
+    sim.spot = spot::resolve_sim_spot(checker, raw.spot.as_ref());
+    sim.prices = spot::resolve_prices(checker, path.key("prices"), &raw.prices);
     sim_accounts::resolve_sim_accounts(checker, &path, &raw, &mut sim);
     resolve_sim_runner(checker, &path, &raw, &mut sim);
     resolve_sim_publish_targets(checker, &path, &raw.launch_templates, &raw.parameters, &mut sim);

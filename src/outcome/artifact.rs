@@ -4,7 +4,7 @@
 //! Layer: `outcome`; imports `config` and `cloud` (ids).
 
 use crate::cloud::{ImageId, SnapshotId};
-use crate::config::{Flavor, FlavorName, Region, Sharing, SourceAmi};
+use crate::config::{Flavor, FlavorName, Market, Region, Sharing, SourceAmi};
 
 /// An image that exists and is available: what the manifest records per flavor and region.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -106,6 +106,17 @@ pub struct ImageSettings {
     /// The SSM parameter its source image was read from (`source_ami = { ssm_parameter = … }`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_parameter: Option<SourceParameter>,
+    /// The instance it was built on: its market and type (absent from a copy, a reused image, and an image an
+    /// older fleetbake made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_on: Option<BuiltOn>,
+}
+
+/// The market and instance type a build's instance was launched with (`market`, `instance_types`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BuiltOn {
+    pub market: Market,
+    pub instance_type: String,
 }
 
 /// An SSM parameter as a build read it: its name and the version whose value was the source image.

@@ -11,7 +11,7 @@ mod artifact;
 mod failure;
 mod stage;
 
-pub use artifact::{Artifact, ImageSettings, Parent, Publication, SourceParameter};
+pub use artifact::{Artifact, BuiltOn, ImageSettings, Parent, Publication, SourceParameter};
 pub use failure::Failure;
 pub use stage::Stage;
 

@@ -493,7 +493,7 @@ mod tests {
         assert_eq!(deregistered(&leave), ["ami-a2", "ami-b1"]);
         assert!(leave.notes.iter().any(|note| note.contains("left 1 shared images")), "{:?}", leave.notes);
 
-        let deregister = Retention { keep: Some(1), deregister_shared: true };
+        let deregister = Retention { keep: Some(1), deregister_shared: true, ..Retention::default() };
         let all = GcPlan::new(&survey, &runs, &protected, &deregister);
         assert_eq!(deregistered(&all), ["ami-a2", "ami-a1", "ami-b1"]);
         assert!(all.notes.is_empty(), "{:?}", all.notes);

@@ -210,7 +210,7 @@ fn gc_names_an_account_it_cannot_survey() {
         &survey,
         &fleetbake::state::gc::RunsInProgress::default(),
         &BTreeSet::new(),
-        &fleetbake::config::Retention { keep: Some(1), deregister_shared: false },
+        &fleetbake::config::Retention { keep: Some(1), ..Default::default() },
     );
     let workspace = Workspace::new();
     let fleet = load(&workspace, &fleet(&[FIRST, SECOND], ""), false);

@@ -7,7 +7,7 @@
 
 use crate::cloud::{ImageId, SnapshotId};
 use crate::config::{Account, FlavorName, Region, Sharing};
-use crate::outcome::{Artifact, Failure, ImageSettings, InProgress, Parent, Publication, RunStatus};
+use crate::outcome::{Artifact, BuiltOn, Failure, ImageSettings, InProgress, Parent, Publication, RunStatus};
 
 /// The version this fleetbake writes, in the file's `version`. Version 2 added `distributed` (the copies other
 /// accounts own, `[[distribution]]`) and `account` on failures and images in progress of another account;
@@ -77,6 +77,10 @@ pub struct ImageEntry {
     /// The SSM parameter the source image was read from, and its version (optional, added in version 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_parameter: Option<SourceParameterEntry>,
+    /// The market and instance type the build's instance was launched as (optional, added in version 2; absent
+    /// from a copy and a reused image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_on: Option<BuiltOn>,
 }
 
 /// `source_ami = { ssm_parameter = … }`: which parameter, at which version.
@@ -95,8 +99,15 @@ impl ImageEntry {
 
 impl From<&Artifact> for ImageEntry {
     fn from(artifact: &Artifact) -> Self {
-        let ImageSettings { kms_key_id, imds_support, deprecation_time, shared_with, interface, source_parameter } =
-            artifact.settings.as_ref();
+        let ImageSettings {
+            kms_key_id,
+            imds_support,
+            deprecation_time,
+            shared_with,
+            interface,
+            source_parameter,
+            built_on,
+        } = artifact.settings.as_ref();
         ImageEntry {
             account: Account::Own,
             image_id: artifact.image_id.clone(),
@@ -117,6 +128,7 @@ impl From<&Artifact> for ImageEntry {
             source_parameter: source_parameter
                 .as_ref()
                 .map(|read| SourceParameterEntry { name: read.name.clone(), version: read.version }),
+            built_on: built_on.clone(),
         }
     }
 }

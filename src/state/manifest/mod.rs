@@ -821,6 +821,10 @@ mod tests {
                     name: "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64".into(),
                     version: 61,
                 }),
+                built_on: Some(crate::outcome::BuiltOn {
+                    market: crate::config::Market::Spot,
+                    instance_type: "t3.micro".into(),
+                }),
             }),
         };
         let copied = Artifact {

@@ -9,7 +9,7 @@ use crate::cloud::consistency::{once_known, Created};
 use crate::cloud::retry;
 use crate::cloud::{client_token, ImageId, ImageSummary, InstanceId, LaunchSpec, RegionCloud, RootDevice};
 use crate::config::{Region, SourceAmi};
-use crate::outcome::Stage;
+use crate::outcome::{BuiltOn, Stage};
 use crate::steps::network::{Network, Placement};
 use crate::steps::patience::{no_room, Placements};
 use crate::steps::source::{self, ParentFrom, ResolvedSource, SourceError};
@@ -23,6 +23,15 @@ use crate::steps::ledger::ResourceKind;
 use super::reach::Prepared;
 use super::{BuildContext, Purpose, StepError};
 
+/// An instance launched and running, and what it was bought as.
+pub(super) struct Launched {
+    pub instance: InstanceId,
+    pub created: Created,
+    pub running: InstanceStatus,
+    /// The market and type RunInstances was answered with.
+    pub built_on: BuiltOn,
+}
+
 /// Launches an instance from `image` into `network` with what the way in `prepared`, puts it on `stack`, and
 /// waits until it runs.
 pub(super) async fn instance(
@@ -32,7 +41,7 @@ pub(super) async fn instance(
     network: &Network,
     prepared: &Prepared,
     purpose: Purpose,
-) -> Result<(InstanceId, Created, InstanceStatus), StepError> {
+) -> Result<Launched, StepError> {
     let flavor = &context.flavor;
     let mut tags = flavor.run_tags.clone();
     tags.extend(context.temporary_tags());
@@ -49,7 +58,9 @@ pub(super) async fn instance(
         root_volume: root_device(context, image)?,
         iam_instance_profile: flavor.iam_instance_profile.clone(),
         user_data: flavor.user_data.clone(),
+        market: flavor.market,
     };
+    let built_on = BuiltOn { market: launch_spec.market, instance_type: launch_spec.instance_type.clone() };
     let (instance, placement) = launch(context, launch_spec, network, &prepared.fresh, purpose).await?;
     let launched = Created::now(NewKind::Instance);
     stack.push(UndoStep::TerminateInstance { id: instance.clone(), fresh: Some(launched) });
@@ -70,7 +81,7 @@ pub(super) async fn instance(
             Ok(running.expect("a running instance was described"))
         })
         .await?;
-    Ok((instance, launched, running))
+    Ok(Launched { instance, created: launched, running, built_on })
 }
 
 /// RunInstances, waiting out EC2's capacity and quota answers (`InsufficientInstanceCapacity`,

@@ -28,7 +28,7 @@ use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{CloudError, ImageId, ImageSummary, InstanceId, RegionCloud};
 use crate::config::{Flavor, SourceAmi, Tags};
-use crate::outcome::{Artifact, Failure, JobEnd, JobLabel, Publication, SourceParameter, Stage};
+use crate::outcome::{Artifact, BuiltOn, Failure, JobEnd, JobLabel, Publication, SourceParameter, Stage};
 use crate::plan::BuildJob;
 use crate::remote::{Communicator, Connection, TargetInstance};
 use crate::report::events::EventSender;
@@ -212,8 +212,10 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
                 context.progress(Stage::Deprecate, note);
             }
             let source_parameter = artifact.settings.source_parameter.take();
+            let built_on = artifact.settings.built_on.take();
             *artifact.settings = settings;
             artifact.settings.source_parameter = source_parameter;
+            artifact.settings.built_on = built_on;
             artifact.settings.interface = Some(context.flavor.interface.way_in().to_string());
             end.failures.extend(failures.into_iter().map(|f| Failure::from_cloud(&label, f.stage, &f.error)));
             let (cloud, key) = (&*context.cloud, context.job.key());
@@ -260,7 +262,7 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     let (source, parameter) = (resolved.image, resolved.parameter);
     let fingerprint = fingerprint(context, &source.id, parameter.as_ref())?;
     let up = bring_up(context, stack, &source, Purpose::Build).await?;
-    let (instance, launched) = (up.instance.clone(), up.launched);
+    let (instance, launched, built_on) = (up.instance.clone(), up.launched, up.built_on.clone());
     let source = source.id;
     let provisioned = context.interruptible(Stage::Provision, provision_all(context, &*up.connection)).await;
     let provisioned = match provisioned {
@@ -289,6 +291,7 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     context.progress(Stage::CreateImage, format!("creating image {image} `{}`", context.job.image_name));
     let mut artifact = wait_for_image(context, stack, image, source, Some(requested), Some(fingerprint.digest)).await?;
     artifact.settings.source_parameter = parameter;
+    artifact.settings.built_on = Some(built_on);
     Ok(artifact)
 }
 
@@ -306,6 +309,8 @@ struct Up {
     connection: Box<dyn Connection>,
     /// Through Session Manager: the sessions its connections open.
     sessions: Option<Arc<reach::BuildSessions>>,
+    /// The market and type it was launched as.
+    built_on: BuiltOn,
 }
 
 /// Brings an instance up from `image` and connects to it: its network settled, what its way in needs (a
@@ -334,7 +339,8 @@ async fn bring_up(
     };
     let reach = Reach::new(context, &network);
     let prepared = reach.prepare(context, stack, &resource_name).await?;
-    let (instance, launched, running) = launch::instance(context, stack, image, &network, &prepared, purpose).await?;
+    let launch::Launched { instance, created: launched, running, built_on } =
+        launch::instance(context, stack, image, &network, &prepared, purpose).await?;
     let for_build = TargetInstance {
         id: instance.clone(),
         flavor: context.flavor.name.clone(),
@@ -355,7 +361,7 @@ async fn bring_up(
     if let (Err(_), Some(sessions)) = (&connected, &sessions) {
         sessions.left_open(stack);
     }
-    Ok(Up { instance, launched, connection: connected?, sessions })
+    Ok(Up { instance, launched, connection: connected?, sessions, built_on })
 }
 
 impl Up {

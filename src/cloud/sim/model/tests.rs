@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::cloud::sim::SimCloud;
-use crate::config::{FaultTrigger, FlavorName, Metadata};
+use crate::config::{FaultTrigger, FlavorName, Market, Metadata};
 
 const SOURCE: &str = "ami-0123456789abcdef0";
 
@@ -38,6 +38,7 @@ async fn launch(region: &SimRegion, flavor: &str) -> (InstanceId, SecurityGroupI
         root_volume: None,
         iam_instance_profile: Some("ssm-agent".into()),
         user_data: None,
+        market: Market::OnDemand,
     };
     (region.run_instance(&spec).await.unwrap(), group)
 }
