@@ -17,9 +17,9 @@ use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
 use aws_sdk_ec2::types::{
     AttributeValue, BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     ImageAttributeName, InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
-    InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceStateName, IpPermission, IpRange, Ipv6Range, KeyType,
-    LaunchPermission, LaunchPermissionModifications, LocationType, OperationType, PermissionGroup,
-    MarketType, PrefixListId as PrefixListEntry, ResourceType, SnapshotAttributeName, SpotInstanceType,
+    InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceStateName, IpPermission, IpRange,
+    Ipv6Range, KeyType, LaunchPermission, LaunchPermissionModifications, LocationType, MarketType, OperationType,
+    PermissionGroup, PrefixListId as PrefixListEntry, ResourceType, SnapshotAttributeName, SpotInstanceType,
     SpotMarketOptions, Tag, TagSpecification, UserIdGroupPair, VolumeType,
 };
 use aws_sdk_ec2::Client;

@@ -307,11 +307,8 @@ mod tests {
     fn the_summary_says_which_market_and_type_each_build_ran_on() {
         let at: DateTime<Utc> = "2026-12-07T12:00:00Z".parse().unwrap();
         let job = |region: &str| JobLabel::new(FlavorName::new("base"), Region::new(region));
-        let landing = |region: &str| PlannedLanding {
-            job: job(region),
-            kind: JobKind::Build,
-            build_region: Region::new(region),
-        };
+        let landing =
+            |region: &str| PlannedLanding { job: job(region), kind: JobKind::Build, build_region: Region::new(region) };
         let mut tally = Tally::default();
         let mut see = |event| tally.observe(&Stamped { at, event });
         see(RunEvent::RunStarted {

@@ -124,7 +124,8 @@ fn a_lost_answer_to_any_spot_launch_try_makes_nothing_twice_and_leaves_nothing()
         assert_eq!(run.summary["retries"], 1, "{case}");
         assert_eq!(run.manifest["status"], "complete", "{case}");
         assert_eq!(built_on(&run.manifest), vec![expected; 4], "{case}");
-        let all: u64 = run.summary["sim"]["instances_launched"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
+        let all: u64 =
+            run.summary["sim"]["instances_launched"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
         assert_eq!((launched(&run, expected), all), (4, 4), "{case}: one instance per build: {}", run.summary["sim"]);
         assert_nothing_left(&run, case);
     }

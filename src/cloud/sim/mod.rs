@@ -213,8 +213,10 @@ impl SimCloud {
             report.kms_grants_created += state.kms_grants.created;
             report.kms_grants_revoked += state.kms_grants.revoked;
             for (id, instance) in &state.instances {
-                *report.instances_launched.entry(format!("{} {}", instance.market, instance.instance_type)).or_default() +=
-                    1;
+                *report
+                    .instances_launched
+                    .entry(format!("{} {}", instance.market, instance.instance_type))
+                    .or_default() += 1;
                 let instance_state = instance.state(now);
                 if instance_state != InstanceState::Terminated {
                     report.leaked_resources.push(format!("instance {id} in {place} ({instance_state:?})"));

@@ -127,7 +127,8 @@ async fn launch(
             }
             let tried = order.lock().expect("not poisoned").current();
             let placement = ways.placements[tried.placement].clone();
-            let built_on = BuiltOn { market: tried.market, instance_type: ways.instance_types[tried.instance_type].clone() };
+            let built_on =
+                BuiltOn { market: tried.market, instance_type: ways.instance_types[tried.instance_type].clone() };
             let spec = LaunchSpec {
                 subnet_id: placement.as_ref().map(|placement| placement.subnet.clone()),
                 client_token: client_token(&parts),
