@@ -16,11 +16,11 @@ use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
 use aws_sdk_ec2::types::{
     AttributeValue, BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
-    ImageAttributeName, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
-    InstanceNetworkInterfaceSpecification, InstanceStateName, IpPermission, IpRange, Ipv6Range, KeyType,
-    LaunchPermission, LaunchPermissionModifications, LocationType, OperationType, PermissionGroup,
-    PrefixListId as PrefixListEntry, ResourceType, SnapshotAttributeName, Tag, TagSpecification, UserIdGroupPair,
-    VolumeType,
+    ImageAttributeName, InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
+    InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceStateName, IpPermission, IpRange,
+    Ipv6Range, KeyType, LaunchPermission, LaunchPermissionModifications, LocationType, MarketType, OperationType,
+    PermissionGroup, PrefixListId as PrefixListEntry, ResourceType, SnapshotAttributeName, SpotInstanceType,
+    SpotMarketOptions, Tag, TagSpecification, UserIdGroupPair, VolumeType,
 };
 use aws_sdk_ec2::Client;
 use dashmap::DashMap;
@@ -569,6 +569,22 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// A one-time spot request through RunInstances, terminated when EC2 interrupts it, with no maximum price: AWS
+/// recommends none (EC2 User Guide, "Best practices for Amazon EC2 Spot": setting a maximum price raises the
+/// chance of interruption; without one the on-demand price caps what is paid). A one-time request ends with its
+/// instance, so the instance is all a cleanup has to remove.
+fn spot_market_options() -> InstanceMarketOptionsRequest {
+    InstanceMarketOptionsRequest::builder()
+        .market_type(MarketType::Spot)
+        .spot_options(
+            SpotMarketOptions::builder()
+                .spot_instance_type(SpotInstanceType::OneTime)
+                .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                .build(),
+        )
+        .build()
+}
+
 fn tag_specification(resource: ResourceType, tags: &Tags) -> TagSpecification {
     let mut specification = TagSpecification::builder().resource_type(resource);
     for (key, value) in tags {
@@ -843,6 +859,9 @@ impl RegionCloud for AwsRegion {
             if let Some(data) = &spec.user_data {
                 use base64::Engine;
                 request = request.user_data(base64::engine::general_purpose::STANDARD.encode(data.as_bytes()));
+            }
+            if spec.market == Market::Spot {
+                request = request.instance_market_options(spot_market_options());
             }
             request
         })?;

@@ -133,6 +133,13 @@ const CAPACITY_CODES: &[&str] = &[
     "VcpuLimitExceeded",
     "InstanceLimitExceeded",
     "ResourceLimitExceeded",
+    // Spot's own (EC2 API reference, "Error codes for the Amazon EC2 API"): no spare spot capacity for the request
+    // now (`InsufficientCapacity`, `UnfulfillableCapacity`), the account's spot quota (`MaxSpotInstanceCountExceeded`),
+    // the spot price above the request's maximum (`SpotMaxPriceTooLow`; fleetbake names none, so the on-demand price).
+    "InsufficientCapacity",
+    "UnfulfillableCapacity",
+    "MaxSpotInstanceCountExceeded",
+    "SpotMaxPriceTooLow",
 ];
 
 /// SSM's "the instance's agent is not connected (yet)": StartSession before the agent registered, or while it

@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::cloud::ImageId;
-use crate::config::{Account, FlavorName, Place};
-use crate::outcome::{Failure, JobLabel, RunStatus, Stage};
+use crate::config::{Account, FlavorName, Market, Place};
+use crate::outcome::{BuiltOn, Failure, JobLabel, RunStatus, Stage};
 use crate::report::events::{JobKind, PlannedLanding, RunEvent, Stamped};
 
 /// A job that has started and not ended.
@@ -39,6 +39,8 @@ pub struct Tally {
     pub in_flight: BTreeMap<JobLabel, InFlight>,
     /// flavor → place (a region, or another account's region) → image.
     pub images: BTreeMap<FlavorName, BTreeMap<Place, ImageId>>,
+    /// flavor → build region → the market and instance type its image was built on.
+    pub built_on: BTreeMap<FlavorName, BTreeMap<Place, BuiltOn>>,
     pub failures: Vec<Failure>,
     pub throttles: u64,
     /// When each job that started made its image available.
@@ -72,6 +74,9 @@ impl Tally {
             }
             RunEvent::ImageAvailable { job, artifact } => {
                 self.images.entry(job.flavor.clone()).or_default().insert(job.place.clone(), artifact.image_id.clone());
+                if let Some(built_on) = &artifact.settings.built_on {
+                    self.built_on.entry(job.flavor.clone()).or_default().insert(job.place.clone(), built_on.clone());
+                }
                 self.available_at.insert(job.clone(), at);
             }
             RunEvent::JobFailed(failure) => {
@@ -122,8 +127,9 @@ impl Tally {
         self.images.get(&job.flavor).and_then(|places| places.get(&job.place))
     }
 
-    /// The end-of-run summary: a headline, then per flavor the regions it holds an image in (of those
-    /// planned; another account's as `account/region`), their ids, and where it failed.
+    /// The end-of-run summary: a headline (and, when a build ran on spot, how many builds ran on which market),
+    /// then per flavor the regions it holds an image in (of those planned; another account's as
+    /// `account/region`), their ids (a build's with the market and type it was built on), and where it failed.
     pub fn summary(&self) -> Vec<String> {
         let made: usize = self.images.values().map(BTreeMap::len).sum();
         let mut lines = vec![format!(
@@ -132,6 +138,7 @@ impl Tally {
             self.failures.len(),
             self.throttles
         )];
+        lines.extend(self.market_line());
         let mut flavors: Vec<&FlavorName> = Vec::new();
         for landing in &self.planned {
             if !flavors.contains(&&landing.job.flavor) {
@@ -145,7 +152,12 @@ impl Tally {
                 .iter()
                 .filter_map(|place| {
                     let image = self.images.get(flavor)?.get(*place)?;
-                    Some(format!("{place} {image}"))
+                    match self.built_on.get(flavor).and_then(|built| built.get(*place)) {
+                        Some(BuiltOn { market, instance_type }) => {
+                            Some(format!("{place} {image} ({market} {instance_type})"))
+                        }
+                        None => Some(format!("{place} {image}")),
+                    }
                 })
                 .collect();
             let failed: Vec<String> = self
@@ -165,6 +177,15 @@ impl Tally {
         }
         lines.extend(self.account_lines());
         lines
+    }
+
+    /// When any build ran on spot: how many builds ran on spot and how many on demand (a spot flavor's build that
+    /// found no spot capacity counts on demand).
+    fn market_line(&self) -> Option<String> {
+        let markets: Vec<Market> =
+            self.built_on.values().flat_map(BTreeMap::values).map(|built| built.market).collect();
+        let on_spot = markets.iter().filter(|market| **market == Market::Spot).count();
+        (on_spot > 0).then(|| format!("    builds: {on_spot} on spot, {} on demand", markets.len() - on_spot))
     }
 
     /// With copies into other accounts (`[[distribution]]`), a line per account: how many of its copies it
@@ -280,5 +301,38 @@ mod tests {
             },
         );
         assert_eq!(own_only.summary().len(), 2, "a headline and the flavor: {:?}", own_only.summary());
+    }
+    /// A build's image names the market and type it was built on, and a run with spot builds counts them.
+    #[test]
+    fn the_summary_says_which_market_and_type_each_build_ran_on() {
+        let at: DateTime<Utc> = "2026-12-07T12:00:00Z".parse().unwrap();
+        let job = |region: &str| JobLabel::new(FlavorName::new("base"), Region::new(region));
+        let landing =
+            |region: &str| PlannedLanding { job: job(region), kind: JobKind::Build, build_region: Region::new(region) };
+        let mut tally = Tally::default();
+        let mut see = |event| tally.observe(&Stamped { at, event });
+        see(RunEvent::RunStarted {
+            fleet: "f".into(),
+            run_id: crate::plan::RunId::new(at, 1),
+            started_at: at,
+            builds: 2,
+            copies: 0,
+            planned: vec![landing("us-east-1"), landing("us-west-2")],
+            selective: false,
+        });
+        let built = |image: &str, region: &str, market, instance_type: &str| {
+            let mut artifact = crate::outcome::Artifact::sample(image, region, "t");
+            artifact.settings.built_on = Some(BuiltOn { market, instance_type: instance_type.into() });
+            RunEvent::ImageAvailable { job: job(region), artifact }
+        };
+        see(built("ami-1", "us-east-1", Market::Spot, "t3a.micro"));
+        see(built("ami-2", "us-west-2", Market::OnDemand, "t3.micro"));
+        assert_eq!(
+            tally.summary()[1..],
+            [
+                "    builds: 1 on spot, 1 on demand",
+                "    base: 2/2 regions: us-east-1 ami-1 (spot t3a.micro), us-west-2 ami-2 (on-demand t3.micro)",
+            ]
+        );
     }
 }

@@ -5,13 +5,16 @@
 //! [`CREATE_IMAGE_PATIENCE`], as the Packer amazon plugin does: [`image_not_ready`]).
 //!
 //! The pauses and budgets are `cloud::retry`'s ([`Policy::capacity`], [`Policy::IMAGE_NOT_READY`]). A launch
-//! first tries its other placements (subnets, zones) before it pauses: see [`Placements`].
+//! first tries its other instance types, placements (subnets, zones) and, from spot, on demand before it pauses:
+//! see [`LaunchOrder`]. Spot's own capacity answers (`InsufficientCapacity`, `UnfulfillableCapacity`,
+//! `MaxSpotInstanceCountExceeded`, `SpotMaxPriceTooLow`) are capacity answers too.
 //!
 //! [`CREATE_IMAGE_PATIENCE`]: crate::cloud::retry::CREATE_IMAGE_PATIENCE
 //! [`Policy::capacity`]: crate::cloud::retry::Policy::capacity
 //! [`Policy::IMAGE_NOT_READY`]: crate::cloud::retry::Policy::IMAGE_NOT_READY
 
 use crate::cloud::{CloudError, ErrorKind};
+use crate::config::{Market, SpotFallback};
 
 /// Whether CreateImage refused because the instance is not yet in a state to be imaged.
 pub fn image_not_ready(error: &CloudError) -> bool {
@@ -42,40 +45,79 @@ pub fn no_room(error: &CloudError) -> bool {
     error.kind == ErrorKind::Capacity
 }
 
-/// Where a launch may go, tried in turn when one answers with a capacity error before the launch pauses: the
-/// subnets (in different zones) a build may use in its region. With one placement, a capacity answer is
-/// only waited out.
-#[derive(Clone, Debug)]
-pub struct Placements<P> {
-    options: Vec<P>,
-    current: usize,
-    /// Placements tried since the last pause.
-    tried_this_round: usize,
+/// One try of a launch: the market, which of the flavor's `instance_types` (an index), and which of its
+/// placements (subnets in different zones; an index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchTry {
+    pub market: Market,
+    pub instance_type: usize,
+    pub placement: usize,
 }
 
-impl<P> Placements<P> {
-    pub fn new(options: Vec<P>) -> Self {
-        assert!(!options.is_empty(), "a launch has somewhere to go");
-        Placements { options, current: 0, tried_this_round: 1 }
-    }
+/// What a launch does after a capacity answer to its current try ([`LaunchOrder::no_room`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextTry {
+    /// The next instance type, in the same market and placement: at once.
+    NextType(LaunchTry),
+    /// Every type was tried in this placement: the next placement, from the first type, at once.
+    NextPlacement(LaunchTry),
+    /// No spot capacity for any type in any placement (`spot_fallback = "on-demand"`): on demand, from the
+    /// first type and placement, at once.
+    OnDemand(LaunchTry),
+    /// Every try of the order answered no: a pause (`[limits] capacity_patience` bounds them), then the whole
+    /// order again from this, its first try.
+    Pause(LaunchTry),
+}
 
-    pub fn current(&self) -> &P {
-        &self.options[self.current]
-    }
-
-    /// After a capacity answer: moves to the next placement not tried since the last pause, if there is one.
-    pub fn rotate(&mut self) -> bool {
-        if self.tried_this_round >= self.options.len() {
-            return false;
+impl NextTry {
+    /// The try it moves to.
+    pub fn next(self) -> LaunchTry {
+        match self {
+            NextTry::NextType(next) | NextTry::NextPlacement(next) | NextTry::OnDemand(next) | NextTry::Pause(next) => {
+                next
+            }
         }
-        self.current = (self.current + 1) % self.options.len();
-        self.tried_this_round += 1;
-        true
+    }
+}
+
+/// The order a launch tries its way onto an instance in, a pure state machine: the flavor's market first, each
+/// instance type in order in a placement before the next placement; for spot with `spot_fallback = "on-demand"`
+/// (the default), then on demand the same way; only then a pause, after which the whole order starts again.
+/// On demand with one type and one placement, a capacity answer is only waited out.
+#[derive(Clone, Debug)]
+pub struct LaunchOrder {
+    market: Market,
+    fallback: SpotFallback,
+    instance_types: usize,
+    placements: usize,
+    current: LaunchTry,
+}
+
+impl LaunchOrder {
+    pub fn new(market: Market, fallback: SpotFallback, instance_types: usize, placements: usize) -> Self {
+        assert!(instance_types > 0 && placements > 0, "a launch has a type and somewhere to go");
+        let current = LaunchTry { market, instance_type: 0, placement: 0 };
+        LaunchOrder { market, fallback, instance_types, placements, current }
     }
 
-    /// After a pause: every placement may be tried again, starting with the current one.
-    pub fn new_round(&mut self) {
-        self.tried_this_round = 1;
+    pub fn current(&self) -> LaunchTry {
+        self.current
+    }
+
+    /// After a capacity answer to the current try: the next try, and how it was reached.
+    pub fn no_room(&mut self) -> NextTry {
+        let tried = self.current;
+        let next = if tried.instance_type + 1 < self.instance_types {
+            NextTry::NextType(LaunchTry { instance_type: tried.instance_type + 1, ..tried })
+        } else if tried.placement + 1 < self.placements {
+            NextTry::NextPlacement(LaunchTry { instance_type: 0, placement: tried.placement + 1, ..tried })
+        } else if tried.market == Market::Spot && self.fallback == SpotFallback::OnDemand {
+            NextTry::OnDemand(LaunchTry { market: Market::OnDemand, instance_type: 0, placement: 0 })
+        } else {
+            NextTry::Pause(LaunchTry { market: self.market, instance_type: 0, placement: 0 })
+        };
+        self.current = next.next();
+        next
     }
 }
 
@@ -116,19 +158,66 @@ mod tests {
         }
     }
 
-    #[test]
-    fn placements_are_each_tried_once_a_round() {
-        let mut placements = Placements::new(vec!["a", "b", "c"]);
-        assert_eq!(*placements.current(), "a");
-        assert!(placements.rotate());
-        assert!(placements.rotate());
-        assert_eq!(*placements.current(), "c");
-        assert!(!placements.rotate(), "every placement was tried: pause");
-        placements.new_round();
-        assert!(placements.rotate());
-        assert_eq!(*placements.current(), "a");
+    /// The tries a launch makes until its first pause, each with how it was reached, from the order's start.
+    fn round(order: &mut LaunchOrder) -> Vec<NextTry> {
+        let mut moves = Vec::new();
+        loop {
+            let next = order.no_room();
+            moves.push(next);
+            if matches!(next, NextTry::Pause(_)) {
+                return moves;
+            }
+        }
+    }
 
-        let mut single = Placements::new(vec!["only"]);
-        assert!(!single.rotate());
+    fn at(market: Market, instance_type: usize, placement: usize) -> LaunchTry {
+        LaunchTry { market, instance_type, placement }
+    }
+
+    #[test]
+    fn a_spot_launch_tries_each_type_then_each_placement_then_on_demand_then_pauses() {
+        use Market::{OnDemand, Spot};
+        let mut order = LaunchOrder::new(Spot, SpotFallback::OnDemand, 2, 2);
+        assert_eq!(order.current(), at(Spot, 0, 0));
+        let expected = [
+            NextTry::NextType(at(Spot, 1, 0)),
+            NextTry::NextPlacement(at(Spot, 0, 1)),
+            NextTry::NextType(at(Spot, 1, 1)),
+            NextTry::OnDemand(at(OnDemand, 0, 0)),
+            NextTry::NextType(at(OnDemand, 1, 0)),
+            NextTry::NextPlacement(at(OnDemand, 0, 1)),
+            NextTry::NextType(at(OnDemand, 1, 1)),
+            NextTry::Pause(at(Spot, 0, 0)),
+        ];
+        assert_eq!(round(&mut order), expected);
+        assert_eq!(order.current(), at(Spot, 0, 0), "after the pause, the whole order again, spot first");
+        assert_eq!(round(&mut order), expected);
+    }
+
+    #[test]
+    fn a_spot_launch_without_fallback_never_tries_on_demand() {
+        let mut order = LaunchOrder::new(Market::Spot, SpotFallback::Fail, 2, 1);
+        let moves = round(&mut order);
+        assert_eq!(moves, [NextTry::NextType(at(Market::Spot, 1, 0)), NextTry::Pause(at(Market::Spot, 0, 0))]);
+        assert!(moves.iter().all(|next| next.next().market == Market::Spot));
+    }
+
+    #[test]
+    fn an_on_demand_launch_moves_through_its_types_and_placements_and_ignores_the_spot_fallback() {
+        use Market::OnDemand;
+        let mut order = LaunchOrder::new(OnDemand, SpotFallback::OnDemand, 2, 3);
+        assert_eq!(
+            round(&mut order),
+            [
+                NextTry::NextType(at(OnDemand, 1, 0)),
+                NextTry::NextPlacement(at(OnDemand, 0, 1)),
+                NextTry::NextType(at(OnDemand, 1, 1)),
+                NextTry::NextPlacement(at(OnDemand, 0, 2)),
+                NextTry::NextType(at(OnDemand, 1, 2)),
+                NextTry::Pause(at(OnDemand, 0, 0)),
+            ]
+        );
+        let mut single = LaunchOrder::new(OnDemand, SpotFallback::OnDemand, 1, 1);
+        assert_eq!(round(&mut single), [NextTry::Pause(at(OnDemand, 0, 0))], "one way in: only waited out");
     }
 }

@@ -72,6 +72,9 @@ pub struct SimReport {
     /// KMS grants made (CreateGrant, a repeat by name not counted) and revoked, all accounts together.
     pub kms_grants_created: u64,
     pub kms_grants_revoked: u64,
+    /// Instances RunInstances launched, by market and type (`"spot t3.micro"`), all places together.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub instances_launched: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -210,6 +213,10 @@ impl SimCloud {
             report.kms_grants_created += state.kms_grants.created;
             report.kms_grants_revoked += state.kms_grants.revoked;
             for (id, instance) in &state.instances {
+                *report
+                    .instances_launched
+                    .entry(format!("{} {}", instance.market, instance.instance_type))
+                    .or_default() += 1;
                 let instance_state = instance.state(now);
                 if instance_state != InstanceState::Terminated {
                     report.leaked_resources.push(format!("instance {id} in {place} ({instance_state:?})"));

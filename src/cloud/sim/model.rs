@@ -33,8 +33,8 @@ use crate::cloud::{
     SubnetId, Tagged, Vpc, VpcId, VpcLookup,
 };
 use crate::config::{
-    Account, AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, FlavorName, ImageFilter, Place,
-    Region, SimFault, SimSettings, SubnetLookup, Tags,
+    Account, AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, FlavorName, ImageFilter, Market,
+    Place, Region, SimFault, SimSettings, SubnetLookup, Tags,
 };
 use crate::util::host_keys::{console_block, ed25519_from_seed, HostKey};
 
@@ -373,6 +373,9 @@ pub struct SimInstance {
     public_ip: String,
     /// The KMS key its root volume is encrypted with: CreateImage's snapshot gets it.
     volume_key: Option<String>,
+    /// What it was launched as: on demand or a one-time spot request, and its type.
+    pub market: Market,
+    pub instance_type: String,
 }
 
 impl SimInstance {
@@ -932,6 +935,7 @@ impl RegionCloud for SimRegion {
                     format!("The security group '{}' does not exist", spec.security_group),
                 );
             }
+            spot_capacity::spot_capacity(&settings.spot, spec.market, &spec.instance_type, &self.region)?;
             // The account's running-vCPU quota: every instance not yet terminated counts.
             if let Some(limit) = settings.vcpu_limit {
                 let alive = state.instances.values().filter(|i| i.state(now) != InstanceState::Terminated).count();
@@ -979,6 +983,8 @@ impl RegionCloud for SimRegion {
                         .as_ref()
                         .and_then(|root| root.kms_key.clone())
                         .or_else(|| self.model.settings.ebs_default_key.clone()),
+                    market: spec.market,
+                    instance_type: spec.instance_type.clone(),
                 },
             );
             Self::merge_tags(state, id.as_str(), &spec.tags);
@@ -1636,5 +1642,7 @@ mod sharing;
 mod organizations;
 #[cfg(test)]
 mod tests;
+
+mod spot_capacity;
 
 pub mod admission;

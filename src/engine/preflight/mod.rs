@@ -5,8 +5,8 @@
 //! Checked: with Session Manager builds, the `session-manager-plugin` (found, and its version); who the run acts as;
 //! whether its credentials last the run's estimated length, and `[aws] role_arn` within role chaining's 1-hour
 //! cap ([`credentials`]); that every region of the run is enabled for the account ([`regions`]); in each build region, where each flavor's builds would go (subnets, VPC, or
-//! the default VPC), each flavor's source image, and its instance type offered in the region and in the
-//! zones of its subnets; in every region an image lands in, that the region answers and that no image
+//! the default VPC), each flavor's source image, and each of its instance types offered in the region and in
+//! the zones of its subnets ([`instance_types`]); in every region an image lands in, that the region answers and that no image
 //! there already holds a name this run would give one, and that its `[encryption]` key exists, is enabled, and
 //! (when the images are shared) is not AWS-managed; with `[publish]`, each SSM parameter and launch template
 //! an image will be published to ([`publish`]); with `[sharing] public`, that each such region lets images be
@@ -17,6 +17,7 @@
 
 mod admission;
 mod distribution;
+mod instance_types;
 mod publish;
 mod sharing;
 
@@ -169,7 +170,7 @@ pub async fn check(fleet: &Fleet, plan: &Plan, cloud: &dyn Cloud, runner: &Runne
     regions::check(&mut preflight, plan, cloud, crate::engine::run::home_region(fleet)).await;
     let flavors_by_region = builds_by_region(fleet, plan);
     for (region, flavors) in &flavors_by_region {
-        check_build_region(&mut preflight, cloud, region, flavors).await;
+        check_build_region(&mut preflight, cloud, region, fleet, flavors).await;
         admission::check(&mut preflight, fleet, cloud, runner, region, flavors).await;
     }
     for (region, names) in names_by_region(plan) {
@@ -246,7 +247,13 @@ fn names_by_region(plan: &Plan) -> BTreeMap<Region, BTreeSet<String>> {
     by_region
 }
 
-async fn check_build_region(preflight: &mut Preflight, cloud: &dyn Cloud, region: &Region, flavors: &[&Flavor]) {
+async fn check_build_region(
+    preflight: &mut Preflight,
+    cloud: &dyn Cloud,
+    region: &Region,
+    fleet: &Fleet,
+    flavors: &[&Flavor],
+) {
     let region_cloud = cloud.region(region);
     let cloud = &*region_cloud;
     // Where the builds go: one check per distinct subnet choice.
@@ -313,50 +320,7 @@ async fn check_build_region(preflight: &mut Preflight, cloud: &dyn Cloud, region
             }
         }
     }
-    // Each instance type once: offered in the region, and in every zone its flavors' subnets are in.
-    let mut types: BTreeMap<&str, (Vec<&FlavorName>, BTreeSet<String>)> = BTreeMap::new();
-    for flavor in flavors {
-        let entry = types.entry(&flavor.instance_type).or_default();
-        entry.0.push(&flavor.name);
-        entry.1.extend(zones_of.get(&flavor.name).into_iter().flatten().cloned());
-    }
-    for (instance_type, (names, zones)) in types {
-        let of = listed(&names);
-        let outcome = match cloud.instance_type_offered(instance_type, None).await {
-            Ok(false) => Outcome::Fail(format!(
-                "{instance_type} ({of}) is not offered in {region}; set another `instance_type`, or leave {region} out of these flavors' `[matrix]`"
-            )),
-            Err(error) => Outcome::Fail(format!("cannot tell whether {instance_type} is offered: {error}")),
-            Ok(true) => {
-                let mut missing = Vec::new();
-                let mut failed = None;
-                for zone in &zones {
-                    match cloud.instance_type_offered(instance_type, Some(zone)).await {
-                        Ok(true) => {}
-                        Ok(false) => missing.push(zone.clone()),
-                        Err(error) => failed = Some(error),
-                    }
-                }
-                match (failed, missing.is_empty()) {
-                    (Some(error), _) => Outcome::Fail(format!("cannot tell whether {instance_type} is offered: {error}")),
-                    (None, true) if zones.is_empty() => Outcome::Ok(format!("{instance_type} ({of}) is offered")),
-                    (None, true) => Outcome::Ok(format!(
-                        "{instance_type} ({of}) is offered, in {} too",
-                        zones.iter().cloned().collect::<Vec<_>>().join(", ")
-                    )),
-                    (None, false) if missing.len() == zones.len() => Outcome::Fail(format!(
-                        "{instance_type} ({of}) is not offered in the zones of their subnets ({}); choose subnets in other zones or another `instance_type`",
-                        missing.join(", ")
-                    )),
-                    (None, false) => Outcome::Ok(format!(
-                        "{instance_type} ({of}) is offered, but not in {}: builds there move to their other subnets",
-                        missing.join(", ")
-                    )),
-                }
-            }
-        };
-        preflight.push(Some(region), outcome);
-    }
+    instance_types::check(preflight, cloud, region, fleet, flavors, &zones_of).await;
 }
 
 /// The region answers, and no image there holds a name the run would give (unless the run made it).

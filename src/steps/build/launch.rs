@@ -1,5 +1,6 @@
 //! Launching a build's instance: the source image resolved, the root volume it launches with, RunInstances
-//! with EC2's capacity answers waited out across placements, and the wait until it runs.
+//! on the flavor's market with EC2's capacity answers moved past (the next instance type, placement, market:
+//! [`LaunchOrder`]) and then waited out, and the wait until it runs.
 //!
 //! Layer: `steps` (part of [`super`], the build).
 
@@ -8,10 +9,10 @@ use std::sync::Mutex;
 use crate::cloud::consistency::{once_known, Created};
 use crate::cloud::retry;
 use crate::cloud::{client_token, ImageId, ImageSummary, InstanceId, LaunchSpec, RegionCloud, RootDevice};
-use crate::config::{Region, SourceAmi};
+use crate::config::{Flavor, Market, Region, SourceAmi};
 use crate::outcome::{BuiltOn, Stage};
 use crate::steps::network::{Network, Placement};
-use crate::steps::patience::{no_room, Placements};
+use crate::steps::patience::{no_room, LaunchOrder, LaunchTry, NextTry};
 use crate::steps::source::{self, ParentFrom, ResolvedSource, SourceError};
 
 use crate::cloud::consistency::NewKind;
@@ -60,15 +61,14 @@ pub(super) async fn instance(
         user_data: flavor.user_data.clone(),
         market: flavor.market,
     };
-    let built_on = BuiltOn { market: launch_spec.market, instance_type: launch_spec.instance_type.clone() };
-    let (instance, placement) = launch(context, launch_spec, network, &prepared.fresh, purpose).await?;
+    let (instance, placement, built_on) = launch(context, launch_spec, network, &prepared.fresh, purpose).await?;
     let launched = Created::now(NewKind::Instance);
     stack.push(UndoStep::TerminateInstance { id: instance.clone(), fresh: Some(launched) });
     context.created(ResourceKind::Instance, &instance);
     let placed = placement.map(|placement| format!(" in {placement}")).unwrap_or_default();
     context.progress(
         Stage::Launch,
-        format!("launched {} {instance}{placed} from {}", context.flavor.instance_type, image.id),
+        format!("launched {} {} {instance}{placed} from {}", built_on.market, built_on.instance_type, image.id),
     );
 
     let running = context
@@ -84,20 +84,30 @@ pub(super) async fn instance(
     Ok(Launched { instance, created: launched, running, built_on })
 }
 
-/// RunInstances, waiting out EC2's capacity and quota answers (`InsufficientInstanceCapacity`,
-/// `VcpuLimitExceeded`, …): another placement first, then a pause of minutes, up to `[limits]
-/// capacity_patience`. Each try is a new request with its own client token (a repeat within one try, after a
-/// lost answer, keeps it); `Invalid*.NotFound` about the key pair or group made moments ago is EC2's lag.
+/// RunInstances, moving past EC2's capacity and quota answers (`InsufficientInstanceCapacity`,
+/// `VcpuLimitExceeded`, spot's `InsufficientCapacity`, …) in the flavor's [`LaunchOrder`] (its other instance
+/// types, its other placements, from spot to on demand), then waiting them out with a pause of minutes, up to
+/// `[limits] capacity_patience`. Each try is a new request with its own client token (a repeat within one try,
+/// after a lost answer, keeps it); `Invalid*.NotFound` about the key pair or group made moments ago is EC2's
+/// lag. Answers the instance, where it went, and what it was launched as.
 async fn launch(
     context: &BuildContext,
     spec: LaunchSpec,
     network: &Network,
     fresh: &[Created],
     purpose: Purpose,
-) -> Result<(InstanceId, Option<Placement>), StepError> {
+) -> Result<(InstanceId, Option<Placement>, BuiltOn), StepError> {
     let run = &context.run;
+    let flavor = &context.flavor;
+    let instance_types = instance_types(flavor);
+    let ways = LaunchWays { instance_types: &instance_types, placements: &network.placements, flavor };
     // Read as a try starts and moved on as it ends; never held across an await.
-    let placements = Mutex::new(Placements::new(network.placements.clone()));
+    let order = Mutex::new(LaunchOrder::new(
+        flavor.market,
+        flavor.spot_fallback,
+        instance_types.len(),
+        network.placements.len(),
+    ));
     let launched = retry::retry_cancellable(
         retry::Policy::capacity(run.fleet.limits.capacity_patience).start(),
         &context.cancel,
@@ -115,26 +125,31 @@ async fn launch(
             if tries > 0 {
                 parts.push(&try_number);
             }
-            let placement = placements.lock().expect("not poisoned").current().clone();
-            let subnet_id = placement.as_ref().map(|placement| placement.subnet.clone());
-            let spec = LaunchSpec { subnet_id, client_token: client_token(&parts), ..spec.clone() };
-            let placements = &placements;
+            let tried = order.lock().expect("not poisoned").current();
+            let placement = ways.placements[tried.placement].clone();
+            let built_on =
+                BuiltOn { market: tried.market, instance_type: ways.instance_types[tried.instance_type].clone() };
+            let spec = LaunchSpec {
+                subnet_id: placement.as_ref().map(|placement| placement.subnet.clone()),
+                client_token: client_token(&parts),
+                instance_type: built_on.instance_type.clone(),
+                market: built_on.market,
+                ..spec.clone()
+            };
+            let (order, ways) = (&order, &ways);
             async move {
                 let error = match once_known(fresh, || context.cloud.run_instance(&spec)).await {
-                    Ok(instance) => return retry::Outcome::Done(Ok((instance, placement))),
+                    Ok(instance) => return retry::Outcome::Done(Ok((instance, placement, built_on))),
                     Err(error) if no_room(&error) => error,
                     Err(error) => return retry::Outcome::Done(Err(error)),
                 };
-                let code = error.code.clone().unwrap_or_default();
-                let mut placements = placements.lock().expect("not poisoned");
-                if placements.rotate() {
-                    let next = placements.current().as_ref().map_or("the default VPC".to_string(), ToString::to_string);
-                    context.progress(Stage::Launch, format!("no room now ({code}); trying {next}"));
-                    return retry::Outcome::AgainAtOnce(error);
+                let next = order.lock().expect("not poisoned").no_room();
+                if matches!(next, NextTry::Pause(_)) {
+                    return retry::Outcome::Again(error);
                 }
-                // After the pause, every placement may be tried again.
-                placements.new_round();
-                retry::Outcome::Again(error)
+                let code = error.code.clone().unwrap_or_default();
+                context.progress(Stage::Launch, ways.moved(tried, next, &code));
+                retry::Outcome::AgainAtOnce(error)
             }
         },
         |error, pause| {
@@ -152,6 +167,57 @@ async fn launch(
             let waited = humantime::format_duration(run.fleet.limits.capacity_patience);
             Err(StepError::cloud(Stage::Launch, error).waited(&format!("tried {tries} times over {waited}")))
         }
+    }
+}
+
+/// The flavor's instance types in the order they are tried (never empty: its `instance_type` at least).
+fn instance_types(flavor: &Flavor) -> Vec<String> {
+    if flavor.instance_types.is_empty() {
+        vec![flavor.instance_type.clone()]
+    } else {
+        flavor.instance_types.clone()
+    }
+}
+
+/// What a launch's tries choose from, to name them in its event lines.
+struct LaunchWays<'a> {
+    instance_types: &'a [String],
+    placements: &'a [Option<Placement>],
+    flavor: &'a Flavor,
+}
+
+impl LaunchWays<'_> {
+    fn placement(&self, index: usize) -> String {
+        self.placements[index].as_ref().map_or("the default VPC".to_string(), ToString::to_string)
+    }
+
+    /// The event line of a move to `next` after a capacity answer (`code`) to `tried`: "no spot capacity for
+    /// t3.micro in subnet-… (us-west-2a) (InsufficientInstanceCapacity); trying t3a.micro". A flavor with one
+    /// type on demand only ever changes placement: "no room now (code); trying subnet-… (zone)".
+    fn moved(&self, tried: LaunchTry, next: NextTry, code: &str) -> String {
+        let one_way = self.flavor.market == Market::OnDemand && self.instance_types.len() == 1;
+        let refused = if one_way {
+            format!("no room now ({code})")
+        } else {
+            format!(
+                "no {} capacity for {} in {} ({code})",
+                tried.market,
+                self.instance_types[tried.instance_type],
+                self.placement(tried.placement)
+            )
+        };
+        let trying = match next {
+            NextTry::NextType(to) => self.instance_types[to.instance_type].clone(),
+            NextTry::NextPlacement(to) if one_way => self.placement(to.placement),
+            NextTry::NextPlacement(to) => {
+                format!("{} in {}", self.instance_types[to.instance_type], self.placement(to.placement))
+            }
+            NextTry::OnDemand(to) => {
+                format!("on-demand {} in {}", self.instance_types[to.instance_type], self.placement(to.placement))
+            }
+            NextTry::Pause(_) => "again after a pause".to_string(),
+        };
+        format!("{refused}; trying {trying}")
     }
 }
 
