@@ -56,3 +56,29 @@ pub fn state_name(state: &crate::cloud::InstanceState) -> &'static str {
         InstanceState::Terminated => "terminated",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_templates_default_and_latest_versions_name_their_images_and_the_accounts_first_version_none() {
+        let mut publishing = Publishing::declared(&["web".to_string()], &[], |name| format!("lt-{name}"));
+        assert!(template_images(&publishing).is_empty(), "version 1, as the account made it, names no image");
+        publishing.template_version("web", &ImageId::new("ami-old"), "night 1").ok().expect("the template exists");
+        publishing.template_version("web", &ImageId::new("ami-new"), "night 2").ok().expect("the template exists");
+        // Someone sets the default back to night 1's version: $Default and $Latest now differ.
+        publishing.launch_templates.get_mut("web").unwrap().default = 2;
+        let named: Vec<(TemplateVersionKind, u64, String)> = template_images(&publishing)
+            .into_iter()
+            .map(|found| (found.kind, found.version, found.image.to_string()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (TemplateVersionKind::Default, 2, "ami-old".to_string()),
+                (TemplateVersionKind::Latest, 3, "ami-new".to_string())
+            ]
+        );
+    }
+}
