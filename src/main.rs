@@ -238,6 +238,9 @@ fn command(cli: Cli) -> Ending {
     match cli.command {
         Command::Validate { fleet, vars } => match load_fleet(&fleet, &vars) {
             Ok(loaded) => {
+                for warning in config::warnings(&fleet, &loaded) {
+                    eprintln!("warning: {warning}");
+                }
                 let plan = Plan::new(&loaded, RunId::generate(Utc::now()), Utc::now());
                 let units = loaded.distributions.units().len();
                 println!(
@@ -288,6 +291,9 @@ fn command(cli: Cli) -> Ending {
                 Ok(loaded) => loaded,
                 Err(errors) => return bad_input(errors),
             };
+            for warning in config::warnings(&fleet, &loaded) {
+                eprintln!("warning: {warning}");
+            }
             let loaded = match with_units(loaded, UnitsFrom::Aws) {
                 Ok((loaded, _)) => loaded,
                 Err(refused) => return refused,

@@ -1621,6 +1621,112 @@ impl RegionCloud for AwsRegion {
             })
             .collect())
     }
+
+    /// DescribeLaunchTemplates (every page; moto ignores its NextToken and answers at most `MaxResults`), then
+    /// per template DescribeLaunchTemplateVersions `$Default` and `$Latest` (EC2 API reference,
+    /// DescribeLaunchTemplateVersions `Versions`: "$Latest, $Default, and numbers"); which is which is read from
+    /// the template's `DefaultVersionNumber` / `LatestVersionNumber`.
+    async fn launch_template_images(&self) -> CloudResult<Vec<TemplateImage>> {
+        let templates = all_pages(|token| async move {
+            let answer = ec2_call!(self, Action::DescribeLaunchTemplates, |client| client
+                .describe_launch_templates()
+                .max_results(200)
+                .set_next_token(token.clone()))?;
+            let found: Vec<(String, String, Option<i64>, Option<i64>)> = answer
+                .launch_templates()
+                .iter()
+                .filter_map(|template| {
+                    Some((
+                        template.launch_template_id()?.to_string(),
+                        template.launch_template_name().unwrap_or_default().to_string(),
+                        template.default_version_number(),
+                        template.latest_version_number(),
+                    ))
+                })
+                .collect();
+            Ok((found, answer.next_token().map(str::to_string)))
+        })
+        .await?;
+        let mut images = Vec::new();
+        for (template_id, template_name, default, latest) in templates {
+            let id = &template_id;
+            let versions = all_pages(|token| async move {
+                let answer = ec2_call!(self, Action::DescribeLaunchTemplateVersions, |client| client
+                    .describe_launch_template_versions()
+                    .launch_template_id(id)
+                    .versions("$Default")
+                    .versions("$Latest")
+                    .set_next_token(token.clone()))?;
+                let found: Vec<(i64, String)> = answer
+                    .launch_template_versions()
+                    .iter()
+                    .filter_map(|version| {
+                        let image = version.launch_template_data()?.image_id()?;
+                        Some((version.version_number()?, image.to_string()))
+                    })
+                    .collect();
+                Ok((found, answer.next_token().map(str::to_string)))
+            })
+            .await?;
+            for (number, image) in versions {
+                let kinds = [(default, TemplateVersionKind::Default), (latest, TemplateVersionKind::Latest)];
+                for (_, kind) in kinds.into_iter().filter(|(which, _)| *which == Some(number)) {
+                    let image = TemplateImage {
+                        template_id: template_id.clone(),
+                        template_name: template_name.clone(),
+                        kind,
+                        version: u64::try_from(number).unwrap_or_default(),
+                        image: ImageId(image.clone()),
+                    };
+                    if !images.contains(&image) {
+                        images.push(image);
+                    }
+                }
+            }
+        }
+        Ok(images)
+    }
+
+    /// DescribeInstances filtered by `image-id` (at most 200 values a filter: in batches) and every state but
+    /// `terminated`, every page.
+    async fn instances_of_images(&self, images: &[ImageId]) -> CloudResult<Vec<ImageUser>> {
+        let mut users = Vec::new();
+        for batch in images.chunks(200) {
+            let states = ["pending", "running", "shutting-down", "stopping", "stopped"];
+            let filters = vec![
+                Filter::builder()
+                    .name("image-id")
+                    .set_values(Some(batch.iter().map(|id| id.0.clone()).collect()))
+                    .build(),
+                Filter::builder()
+                    .name("instance-state-name")
+                    .set_values(Some(states.map(str::to_string).to_vec()))
+                    .build(),
+            ];
+            let filters = &filters;
+            users.extend(
+                all_pages(|token| async move {
+                    let output = ec2_call!(self, Action::DescribeInstances, |client| client
+                        .describe_instances()
+                        .set_filters(Some(filters.clone()))
+                        .set_next_token(token.clone()))?;
+                    let instances = output.reservations().iter().flat_map(|reservation| reservation.instances());
+                    let found = instances
+                        .filter_map(|instance| {
+                            Some(ImageUser {
+                                instance: InstanceId(instance.instance_id()?.to_string()),
+                                state: instance.state()?.name()?.as_str().to_string(),
+                                image: ImageId(instance.image_id()?.to_string()),
+                            })
+                        })
+                        .collect();
+                    Ok((found, output.next_token().map(str::to_string)))
+                })
+                .await?,
+            );
+        }
+        Ok(users)
+    }
 }
 
 impl AwsRegion {

@@ -300,4 +300,12 @@ impl RegionCloud for LimitedRegion {
     async fn snapshot_keys(&self, snapshots: &[SnapshotId]) -> CloudResult<Vec<SnapshotKey>> {
         self.limiter.call(Action::DescribeSnapshots, || self.inner.snapshot_keys(snapshots)).await
     }
+
+    async fn launch_template_images(&self) -> CloudResult<Vec<TemplateImage>> {
+        self.limiter.call(Action::DescribeLaunchTemplateVersions, || self.inner.launch_template_images()).await
+    }
+
+    async fn instances_of_images(&self, images: &[ImageId]) -> CloudResult<Vec<ImageUser>> {
+        self.limiter.call(Action::DescribeInstances, || self.inner.instances_of_images(images)).await
+    }
 }

@@ -590,6 +590,52 @@ pub trait RegionCloud: Send + Sync {
     /// key's ARN). What encrypts an image is read here, not assumed from the fleet file: EBS encryption by
     /// default (`aws/ebs` or the account's default key) or an alias re-pointed since the image was made.
     async fn snapshot_keys(&self, snapshots: &[SnapshotId]) -> CloudResult<Vec<SnapshotKey>>;
+    /// Every launch template of the region (DescribeLaunchTemplates, every page) with the image of its default
+    /// and of its latest version (DescribeLaunchTemplateVersions `$Default`, `$Latest`, every page): what
+    /// an Auto Scaling group or a `RunInstances` naming the template launches. A version without an image is
+    /// left out.
+    async fn launch_template_images(&self) -> CloudResult<Vec<TemplateImage>>;
+    /// The instances not terminated (pending, running, shutting-down, stopping, stopped) launched from any of
+    /// `images` (DescribeInstances filtered by `image-id`, every page): a stopped instance needs its image to
+    /// start again.
+    async fn instances_of_images(&self, images: &[ImageId]) -> CloudResult<Vec<ImageUser>>;
+}
+
+/// Which version of a launch template refers to an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TemplateVersionKind {
+    /// `$Default`: what a launch naming the template without a version uses.
+    Default,
+    /// `$Latest`: what a launch (or an Auto Scaling group) asking for `$Latest` uses.
+    Latest,
+}
+
+impl std::fmt::Display for TemplateVersionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TemplateVersionKind::Default => "default",
+            TemplateVersionKind::Latest => "latest",
+        })
+    }
+}
+
+/// A launch template's default or latest version and the image it launches.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TemplateImage {
+    pub template_id: String,
+    pub template_name: String,
+    pub kind: TemplateVersionKind,
+    pub version: u64,
+    pub image: ImageId,
+}
+
+/// An instance not terminated, and the image it was launched from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ImageUser {
+    pub instance: InstanceId,
+    /// EC2's state name: `running`, `stopped`, …
+    pub state: String,
+    pub image: ImageId,
 }
 
 /// A snapshot's encryption (DescribeSnapshots `Encrypted`, `KmsKeyId`).

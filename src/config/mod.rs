@@ -33,6 +33,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub use template::{NameContext, NameTemplate, Placeholder};
+/// Warnings about a valid fleet file (`[retention]` that cannot remove anything), located as errors are.
+pub use validate::warnings;
 pub use validate::RUN_ID_LENGTH;
 pub use variables::{VariableInputs, Variables};
 

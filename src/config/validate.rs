@@ -14,9 +14,11 @@ use super::*;
 
 mod distribution;
 mod forensics;
+mod retention;
 mod sim_accounts;
 mod spot;
 mod variables;
+pub use retention::warnings;
 use variables::{resolve_variables, substitute_variables, SecretForms};
 
 const DEFAULT_AMI_NAME: &str = "{flavor}-{build_region}-{timestamp}";

@@ -22,8 +22,10 @@ use chrono::{DateTime, Utc};
 
 use crate::cloud::wait::{poll_until, Poll, PollPolicy};
 use crate::cloud::watch::Waits;
-use crate::cloud::{Cloud, CloudError, ImageId, ImageQuery, ImageState, OwnedImage, SnapshotId};
-use crate::config::{Account, Fleet, Place, Region, Retention};
+use crate::cloud::{
+    Cloud, CloudError, ImageId, ImageQuery, ImageState, ImageUser, OwnedImage, SnapshotId, TemplateImage,
+};
+use crate::config::{Account, Fleet, Place, Publish, Region, Retention};
 use crate::plan::RunId;
 use crate::state::journal::{Journal, JournalDir, JournalError, RunLock};
 use crate::state::leftovers::{self, Leftover};
@@ -53,6 +55,68 @@ pub struct Survey {
     pub images: Vec<(Place, OwnedImage)>,
     /// Distribution accounts whose images could not be listed: their role not assumed, or the call refused.
     pub unreachable: Vec<Unreachable>,
+    /// What refers to the images, per place that has images (read only when `[retention]` may deregister).
+    pub in_use: BTreeMap<Place, InUse>,
+    /// Places where a read of what is in use failed: none of their images is deregistered.
+    pub in_use_unknown: Vec<UseUnknown>,
+}
+
+/// What launches, or names, an image in one place: an image any of these refers to is never deregistered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InUse {
+    /// Every launch template's default and latest version that names an image.
+    pub templates: Vec<TemplateImage>,
+    /// The current version of each SSM parameter `[publish] ssm_parameter` writes, here.
+    pub parameters: Vec<PublishedParameter>,
+    /// The instances not terminated launched from one of the place's images.
+    pub instances: Vec<ImageUser>,
+}
+
+/// The current version of a parameter fleetbake publishes, and the image it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedParameter {
+    pub name: String,
+    pub version: u64,
+    pub image: ImageId,
+}
+
+/// Which read of what is in use failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UseRead {
+    LaunchTemplates,
+    Parameter(String),
+    Instances,
+}
+
+impl std::fmt::Display for UseRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UseRead::LaunchTemplates => {
+                f.write_str("reading the launch templates (DescribeLaunchTemplates, DescribeLaunchTemplateVersions)")
+            }
+            UseRead::Parameter(name) => write!(f, "reading the SSM parameter `{name}` (GetParameter)"),
+            UseRead::Instances => f.write_str("reading the instances launched from the images (DescribeInstances)"),
+        }
+    }
+}
+
+/// A place where gc could not tell which images are in use: it deregisters none there (fail safe), and the
+/// run counts it as a failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UseUnknown {
+    pub place: Place,
+    pub read: UseRead,
+    pub error: String,
+}
+
+impl std::fmt::Display for UseUnknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "could not tell which images are in use in {}: {} failed: {}; no image there is deregistered",
+            self.place, self.read, self.error
+        )
+    }
 }
 
 /// A distribution account gc could not survey, and why.
@@ -124,7 +188,71 @@ pub async fn survey(fleet: &Fleet, cloud: &dyn Cloud) -> Result<Survey, CloudErr
             Err(error) => survey.unreachable.push(Unreachable { place, role_arn, error: error.to_string() }),
         }
     }
+    if fleet.retention.keep.is_some() || fleet.retention.keep_days.is_some() {
+        survey_in_use(fleet, cloud, &mut survey).await;
+    }
     Ok(survey)
+}
+
+/// In every place that has images of the fleet: the launch templates' default and latest versions, the
+/// current versions of the parameters `[publish]` writes there, the instances launched from the images. A
+/// read that fails is recorded ([`Survey::in_use_unknown`]), never taken for "not in use".
+async fn survey_in_use(fleet: &Fleet, cloud: &dyn Cloud, survey: &mut Survey) {
+    let mut places: BTreeMap<Place, Vec<ImageId>> = BTreeMap::new();
+    for (place, image) in &survey.images {
+        places.entry(place.clone()).or_default().push(image.id.clone());
+    }
+    let parameter_names: Vec<String> = match fleet.publish.as_ref() {
+        Some(publish) => match &publish.ssm_parameter {
+            Some(template) => {
+                fleet.flavors.iter().map(|flavor| Publish::render(template, &fleet.name, &flavor.name)).collect()
+            }
+            None => Vec::new(),
+        },
+        None => Vec::new(),
+    };
+    for (place, images) in places {
+        let region_cloud = cloud.place(&place);
+        let mut in_use = InUse::default();
+        let unknown =
+            |read: UseRead, error: CloudError| UseUnknown { place: place.clone(), read, error: error.to_string() };
+        match region_cloud.launch_template_images().await {
+            Ok(templates) => in_use.templates = templates,
+            Err(error) => {
+                survey.in_use_unknown.push(unknown(UseRead::LaunchTemplates, error));
+                continue;
+            }
+        }
+        // Parameters are published in another account only if `[publish] accounts` names it.
+        let published_here = fleet.publish.as_ref().is_some_and(|publish| publish.accounts.covers(&place.account));
+        let mut failed = None;
+        for name in parameter_names.iter().filter(|_| published_here) {
+            match region_cloud.parameter(name).await {
+                Ok(Some(current)) => in_use.parameters.push(PublishedParameter {
+                    name: name.clone(),
+                    version: current.version,
+                    image: ImageId::new(&current.value),
+                }),
+                Ok(None) => {}
+                Err(error) => {
+                    failed = Some(unknown(UseRead::Parameter(name.clone()), error));
+                    break;
+                }
+            }
+        }
+        if let Some(failed) = failed {
+            survey.in_use_unknown.push(failed);
+            continue;
+        }
+        match region_cloud.instances_of_images(&images).await {
+            Ok(instances) => in_use.instances = instances,
+            Err(error) => {
+                survey.in_use_unknown.push(unknown(UseRead::Instances, error));
+                continue;
+            }
+        }
+        survey.in_use.insert(place, in_use);
+    }
 }
 
 /// Whether each run seen in the survey may be running now.
@@ -166,7 +294,89 @@ pub struct Deregistration {
     /// Where the image is: a region of the own account, or of a distribution account (its copy).
     pub place: Place,
     pub image: OwnedImage,
-    pub why: String,
+    pub why: Removed,
+}
+
+/// Why gc keeps an image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// The current manifest names it.
+    InManifest,
+    /// Its run may be in progress.
+    RunInProgress,
+    /// Not yet available.
+    Pending,
+    /// A launch template's default or latest version launches it.
+    InLaunchTemplate(TemplateImage),
+    /// The current version of a parameter `[publish]` writes names it.
+    InParameter(PublishedParameter),
+    /// An instance not terminated was launched from it.
+    UsedByInstance(ImageUser),
+    /// One of the newest `keep` of its flavor and place.
+    Newest(usize),
+    /// Younger than `keep_days`.
+    Younger(u32),
+    /// Shared with other accounts, and `[retention] shared = "leave"`.
+    Shared,
+    /// Neither `keep` nor `keep_days` is set.
+    NoRule,
+    /// What is in use in its place could not be read.
+    UseUnknown,
+}
+
+impl std::fmt::Display for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kept::InManifest => f.write_str("kept: named in the manifest"),
+            Kept::RunInProgress => f.write_str("kept: its run may be in progress"),
+            Kept::Pending => f.write_str("kept: pending"),
+            Kept::InLaunchTemplate(template) => write!(
+                f,
+                "kept: in launch template {} ({}) {} version {}",
+                template.template_id, template.template_name, template.kind, template.version
+            ),
+            Kept::InParameter(parameter) => {
+                write!(f, "kept: SSM parameter {} current version ({})", parameter.name, parameter.version)
+            }
+            Kept::UsedByInstance(user) => write!(f, "kept: instance {} ({}) uses it", user.instance, user.state),
+            Kept::Newest(keep) => write!(f, "kept: newest {keep}"),
+            Kept::Younger(days) => write!(f, "kept: younger than {days} days"),
+            Kept::Shared => f.write_str("kept: shared (shared = \"leave\")"),
+            Kept::NoRule => f.write_str("kept: no `[retention] keep` or `keep_days`"),
+            Kept::UseUnknown => f.write_str("kept: could not tell whether it is in use"),
+        }
+    }
+}
+
+/// Why gc deregisters an image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Removed {
+    /// Its creation failed (EC2's state reason).
+    Failed(String),
+    /// Beyond the newest `keep` (if set) and older than `keep_days` (if set).
+    Retired { keep: Option<usize>, keep_days: Option<u32> },
+}
+
+impl std::fmt::Display for Removed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Removed::Failed(state) => write!(f, "removed: it failed ({state})"),
+            Removed::Retired { keep: Some(keep), keep_days: Some(days) } => {
+                write!(f, "removed: beyond the newest {keep} and older than {days} days")
+            }
+            Removed::Retired { keep: Some(keep), keep_days: None } => write!(f, "removed: beyond the newest {keep}"),
+            Removed::Retired { keep: None, keep_days: Some(days) } => write!(f, "removed: older than {days} days"),
+            Removed::Retired { keep: None, keep_days: None } => f.write_str("removed"),
+        }
+    }
+}
+
+/// An image of the fleet, and whether gc keeps it and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageDecision {
+    pub place: Place,
+    pub image: OwnedImage,
+    pub verdict: Result<Kept, Removed>,
 }
 
 /// What gc removes, and what it leaves that a user might expect it to remove.
@@ -174,16 +384,31 @@ pub struct Deregistration {
 pub struct GcPlan {
     pub remove: Vec<Leftover>,
     pub deregister: Vec<Deregistration>,
+    /// Every image of the fleet gc surveyed, kept or removed, and why.
+    pub images: Vec<ImageDecision>,
     /// Distribution accounts the survey could not look into: named, and failures of gc.
     pub unreachable: Vec<Unreachable>,
+    /// Places where what is in use could not be read: none of their images deregistered; failures of gc.
+    pub in_use_unknown: Vec<UseUnknown>,
     /// Things left on purpose, with the reason: runs in progress, images without `[retention]`.
     pub notes: Vec<String>,
 }
 
 impl GcPlan {
-    /// Pure: the survey, which runs are in progress, the images the manifest names, and `[retention]`.
-    pub fn new(survey: &Survey, runs: &RunsInProgress, protected: &BTreeSet<ImageId>, retention: &Retention) -> Self {
-        let mut plan = GcPlan { unreachable: survey.unreachable.clone(), ..GcPlan::default() };
+    /// Pure: the survey, which runs are in progress, the images the manifest names, `[retention]`, and now
+    /// (for `keep_days`).
+    pub fn new(
+        survey: &Survey,
+        runs: &RunsInProgress,
+        protected: &BTreeSet<ImageId>,
+        retention: &Retention,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut plan = GcPlan {
+            unreachable: survey.unreachable.clone(),
+            in_use_unknown: survey.in_use_unknown.clone(),
+            ..GcPlan::default()
+        };
         let mut busy_runs = BTreeSet::new();
         for leftover in &survey.leftovers {
             if runs.in_progress(leftover.run_id.as_ref()) {
@@ -195,49 +420,51 @@ impl GcPlan {
         for run in busy_runs {
             plan.notes.push(format!("left the temporary resources of run {run}: it may be in progress"));
         }
-        let Some(keep) = retention.keep else {
-            if !survey.images.is_empty() {
-                plan.notes.push(format!(
-                    "left all {} images of the fleet: set `[retention] keep = N` to deregister all but the newest N per flavor and region",
-                    survey.images.len()
-                ));
-            }
-            return plan;
-        };
-        // Newest first per flavor, account and region; pending images and runs in progress are never touched.
+        let has_rule = retention.keep.is_some() || retention.keep_days.is_some();
+        if !has_rule && !survey.images.is_empty() {
+            plan.notes.push(format!(
+                "left all {} images of the fleet: set `[retention] keep = N` to deregister all but the newest N per flavor and region (or `keep_days`, by age)",
+                survey.images.len()
+            ));
+        }
+        // Newest first per flavor, account and region.
         let mut groups: BTreeMap<(String, Place), Vec<&OwnedImage>> = BTreeMap::new();
         for (place, image) in &survey.images {
-            let run_id = image.tags.get(RUN_ID_TAG).and_then(|id| RunId::parse(id));
-            if image.state == ImageState::Pending || runs.in_progress(run_id.as_ref()) {
-                continue;
-            }
             let flavor = image.tags.get(FLAVOR_TAG).cloned().unwrap_or_default();
             groups.entry((flavor, place.clone())).or_default().push(image);
         }
+        let unknown: BTreeSet<&Place> = survey.in_use_unknown.iter().map(|unknown| &unknown.place).collect();
         let mut shared_left = 0;
-        for ((flavor, place), mut images) in groups {
+        for ((_, place), mut images) in groups {
             images.sort_by(|a, b| (&b.creation_date, &b.id).cmp(&(&a.creation_date, &a.id)));
+            let in_use = survey.in_use.get(&place);
             let mut kept = 0;
             for image in images {
-                let why = if protected.contains(&image.id) {
-                    None
-                } else if let ImageState::Failed(state) = &image.state {
-                    Some(format!("it failed ({state})"))
-                } else if kept >= keep {
-                    Some(format!("{flavor} in {place} keeps its newest {keep}"))
-                } else {
-                    None
-                };
-                // Another account may run instances from a shared image: left unless `shared = "deregister"`.
-                let shared = image.tags.get(SHARED_TAG).is_some_and(|value| value == "true");
-                let failed = matches!(image.state, ImageState::Failed(_));
-                match why {
-                    Some(_) if shared && !failed && !retention.deregister_shared => shared_left += 1,
-                    Some(why) => {
-                        plan.deregister.push(Deregistration { place: place.clone(), image: image.clone(), why })
-                    }
-                    None if image.state == ImageState::Available => kept += 1,
-                    None => {}
+                let run_id = image.tags.get(RUN_ID_TAG).and_then(|id| RunId::parse(id));
+                let verdict = decide(Candidate {
+                    image,
+                    in_progress: runs.in_progress(run_id.as_ref()),
+                    protected: protected.contains(&image.id),
+                    in_use,
+                    use_unknown: unknown.contains(&place),
+                    kept_before: kept,
+                    retention,
+                    now,
+                });
+                match &verdict {
+                    Ok(Kept::Shared) => shared_left += 1,
+                    // A run in progress may fail yet: its image does not take one of the `keep` places.
+                    Ok(Kept::RunInProgress) => {}
+                    Ok(_) if image.state == ImageState::Available => kept += 1,
+                    Ok(_) => {}
+                    Err(why) => plan.deregister.push(Deregistration {
+                        place: place.clone(),
+                        image: image.clone(),
+                        why: why.clone(),
+                    }),
+                }
+                if has_rule {
+                    plan.images.push(ImageDecision { place: place.clone(), image: image.clone(), verdict });
                 }
             }
         }
@@ -248,6 +475,76 @@ impl GcPlan {
         }
         plan
     }
+}
+
+/// One image as [`decide`] sees it.
+struct Candidate<'a> {
+    image: &'a OwnedImage,
+    in_progress: bool,
+    protected: bool,
+    in_use: Option<&'a InUse>,
+    use_unknown: bool,
+    /// Available images of its flavor and place kept before it (all newer).
+    kept_before: usize,
+    retention: &'a Retention,
+    now: DateTime<Utc>,
+}
+
+/// Kept or removed, and why, in this order: the manifest, a run in progress, pending, no rule, what is in use
+/// (a failed image is removed: nothing can launch it), the newest `keep`, younger than `keep_days`, shared.
+/// With both `keep` and `keep_days` an image goes only if it is beyond the newest `keep` and older than
+/// `keep_days`; with `keep_days` alone, by age only.
+fn decide(candidate: Candidate<'_>) -> Result<Kept, Removed> {
+    let Candidate { image, in_progress, protected, in_use, use_unknown, kept_before, retention, now } = candidate;
+    if protected {
+        return Ok(Kept::InManifest);
+    }
+    if in_progress {
+        return Ok(Kept::RunInProgress);
+    }
+    if image.state == ImageState::Pending {
+        return Ok(Kept::Pending);
+    }
+    if retention.keep.is_none() && retention.keep_days.is_none() {
+        return Ok(Kept::NoRule);
+    }
+    if let ImageState::Failed(state) = &image.state {
+        return Err(Removed::Failed(state.clone()));
+    }
+    if use_unknown {
+        return Ok(Kept::UseUnknown);
+    }
+    if let Some(reason) = in_use.and_then(|in_use| in_use_reason(in_use, &image.id)) {
+        return Ok(reason);
+    }
+    if let Some(keep) = retention.keep {
+        if kept_before < keep {
+            return Ok(Kept::Newest(keep));
+        }
+    }
+    if let Some(days) = retention.keep_days {
+        // A creation date fleetbake cannot read is taken as young: kept.
+        let created = image.creation_date.parse::<DateTime<Utc>>().ok();
+        if created.is_none_or(|created| now.signed_duration_since(created) < chrono::Duration::days(days.into())) {
+            return Ok(Kept::Younger(days));
+        }
+    }
+    let shared = image.tags.get(SHARED_TAG).is_some_and(|value| value == "true");
+    if shared && !retention.deregister_shared {
+        return Ok(Kept::Shared);
+    }
+    Err(Removed::Retired { keep: retention.keep, keep_days: retention.keep_days })
+}
+
+/// The first thing in use that refers to the image: a launch template, a parameter, an instance.
+fn in_use_reason(in_use: &InUse, image: &ImageId) -> Option<Kept> {
+    let template = in_use.templates.iter().find(|template| &template.image == image);
+    let parameter = in_use.parameters.iter().find(|parameter| &parameter.image == image);
+    let instance = in_use.instances.iter().find(|user| &user.image == image);
+    template
+        .map(|template| Kept::InLaunchTemplate(template.clone()))
+        .or_else(|| parameter.map(|parameter| Kept::InParameter(parameter.clone())))
+        .or_else(|| instance.map(|user| Kept::UsedByInstance(user.clone())))
 }
 
 /// What gc did (or, in a dry run, would do), line by line, and whether everything went.
@@ -284,6 +581,17 @@ pub async fn execute(plan: &GcPlan, cloud: Arc<dyn Cloud>, dry_run: bool) -> GcO
     for unreachable in &plan.unreachable {
         outcome.failures += 1;
         outcome.lines.push(unreachable.to_string());
+    }
+    for unknown in &plan.in_use_unknown {
+        outcome.failures += 1;
+        outcome.lines.push(unknown.to_string());
+    }
+    for decision in &plan.images {
+        if let Ok(kept) = &decision.verdict {
+            outcome
+                .lines
+                .push(format!("{} `{}` in {}: {kept}", decision.image.id, decision.image.name, decision.place));
+        }
     }
     let run_of = |leftover: &Leftover| leftover.run_id.as_ref().map_or("untagged".to_string(), ToString::to_string);
     if dry_run {
@@ -377,8 +685,9 @@ fn journaled_sessions(dir: &JournalDir) -> Vec<Leftover> {
 pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(GcPlan, GcOutcome), GcError> {
     // Removing images takes the fleet file's run lock, refused at once if a run holds it: a run in progress
     // is making images gc's retention would count, and none may start while gc deregisters.
-    let _lock = match (fleet.retention.keep, dry_run) {
-        (Some(_), false) => {
+    let may_deregister = fleet.retention.keep.is_some() || fleet.retention.keep_days.is_some();
+    let _lock = match (may_deregister, dry_run) {
+        (true, false) => {
             let lock = RunLock::acquire(&JournalDir::of(fleet))?;
             lock.name_holder("gc");
             Some(lock)
@@ -389,7 +698,7 @@ pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(
     let mut survey = survey(fleet, &*cloud).await?;
     survey.leftovers.extend(journaled_sessions(&JournalDir::of(fleet)));
     let runs = RunsInProgress::ask(&JournalDir::of(fleet), &survey, Utc::now())?;
-    let plan = GcPlan::new(&survey, &runs, &protected, &fleet.retention);
+    let plan = GcPlan::new(&survey, &runs, &protected, &fleet.retention, Utc::now());
     let outcome = execute(&plan, cloud, dry_run).await;
     Ok((plan, outcome))
 }
@@ -416,6 +725,10 @@ mod tests {
             tags,
         };
         (Place::own(Region::new("us-west-2")), image)
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2026-12-07T12:00:00Z".parse().unwrap()
     }
 
     fn keep(keep: Option<usize>) -> Retention {
@@ -451,19 +764,20 @@ mod tests {
                 image("ami-b3", "b", &new, "2026-11-26T12:00:03Z", ImageState::Pending),
             ],
             unreachable: Vec::new(),
+            ..Survey::default()
         };
         let runs = RunsInProgress(BTreeMap::from([(old, false), (mid, false), (new, false), (busy.clone(), true)]));
         let protected = BTreeSet::from([ImageId::new("ami-a1")]);
 
-        let plan = GcPlan::new(&survey, &runs, &protected, &keep(Some(1)));
+        let plan = GcPlan::new(&survey, &runs, &protected, &keep(Some(1)), now());
         // a: a4 is a run in progress, a3 the newest, a1 in the manifest; b: b3 pending, b1 failed.
         assert_eq!(deregistered(&plan), ["ami-a2", "ami-b1"]);
         assert_eq!(plan.remove.iter().map(|leftover| leftover.resource.id.as_str()).collect::<Vec<_>>(), ["i-old"]);
         assert!(plan.notes.iter().any(|note| note.contains(&busy.to_string())), "{:?}", plan.notes);
 
-        let keep_two = GcPlan::new(&survey, &runs, &protected, &keep(Some(2)));
+        let keep_two = GcPlan::new(&survey, &runs, &protected, &keep(Some(2)), now());
         assert_eq!(deregistered(&keep_two), ["ami-b1"]);
-        let no_retention = GcPlan::new(&survey, &runs, &protected, &keep(None));
+        let no_retention = GcPlan::new(&survey, &runs, &protected, &keep(None), now());
         assert!(no_retention.deregister.is_empty());
         assert!(no_retention.notes.iter().any(|note| note.contains("[retention] keep")), "{:?}", no_retention.notes);
     }
@@ -484,17 +798,18 @@ mod tests {
                 shared(image("ami-b1", "b", &old, "2026-11-26T12:00:01Z", ImageState::Failed("failed".into()))),
             ],
             unreachable: Vec::new(),
+            ..Survey::default()
         };
         let runs = RunsInProgress(BTreeMap::from([(old, false), (mid, false), (new, false)]));
         let protected = BTreeSet::new();
 
-        let leave = GcPlan::new(&survey, &runs, &protected, &keep(Some(1)));
+        let leave = GcPlan::new(&survey, &runs, &protected, &keep(Some(1)), now());
         // a1 is shared: left, and said so; a failed image is shared with no one that can use it.
         assert_eq!(deregistered(&leave), ["ami-a2", "ami-b1"]);
         assert!(leave.notes.iter().any(|note| note.contains("left 1 shared images")), "{:?}", leave.notes);
 
         let deregister = Retention { keep: Some(1), deregister_shared: true, ..Retention::default() };
-        let all = GcPlan::new(&survey, &runs, &protected, &deregister);
+        let all = GcPlan::new(&survey, &runs, &protected, &deregister, now());
         assert_eq!(deregistered(&all), ["ami-a2", "ami-a1", "ami-b1"]);
         assert!(all.notes.is_empty(), "{:?}", all.notes);
     }
@@ -512,6 +827,7 @@ mod tests {
             }],
             images: Vec::new(),
             unreachable: Vec::new(),
+            ..Survey::default()
         };
         let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap();
         let soon = RunsInProgress::ask(&dir, &survey, at("2026-11-27T11:59:00Z")).unwrap();
@@ -540,9 +856,10 @@ mod tests {
                 role_arn: "arn:aws:iam::888899990000:role/image-distribution".into(),
                 error: "AccessDenied".into(),
             }],
+            ..Survey::default()
         };
         let runs = RunsInProgress(BTreeMap::from([(old, false), (new, false)]));
-        let plan = GcPlan::new(&survey, &runs, &BTreeSet::new(), &keep(Some(1)));
+        let plan = GcPlan::new(&survey, &runs, &BTreeSet::new(), &keep(Some(1)), now());
         // Each account's newest copy is kept, whatever the other accounts hold; the own account's likewise.
         assert_eq!(deregistered(&plan), ["ami-own1", "ami-b1"]);
         assert_eq!(plan.deregister[1].place.to_string(), "222233334444/us-west-2");
@@ -555,5 +872,131 @@ mod tests {
         });
         assert_eq!(outcome.failures, 1, "{:?}", outcome.lines);
         assert!(outcome.lines[0].contains("888899990000") && outcome.lines[0].contains("role/image-distribution"));
+    }
+
+    fn verdicts(plan: &GcPlan) -> Vec<(String, String)> {
+        plan.images
+            .iter()
+            .map(|decision| {
+                let verdict = match &decision.verdict {
+                    Ok(kept) => kept.to_string(),
+                    Err(removed) => removed.to_string(),
+                };
+                (decision.image.id.to_string(), verdict)
+            })
+            .collect()
+    }
+
+    /// Five nights of flavor `a`, one a day (ami-d1 the oldest, made 2026-12-01; `now` is 2026-12-07T12:00).
+    fn nights() -> Survey {
+        let runs: Vec<RunId> = (1..=5).map(run).collect();
+        let images = (1..=5)
+            .map(|day| {
+                image(
+                    &format!("ami-d{day}"),
+                    "a",
+                    &runs[day - 1],
+                    &format!("2026-12-0{day}T12:00:00Z"),
+                    ImageState::Available,
+                )
+            })
+            .collect();
+        Survey { images, ..Survey::default() }
+    }
+
+    fn finished() -> RunsInProgress {
+        RunsInProgress((1..=5).map(|second| (run(second), false)).collect())
+    }
+
+    #[test]
+    fn keep_days_keeps_what_is_young_whatever_keep_says_and_alone_retires_by_age() {
+        let survey = nights();
+        let both = Retention { keep: Some(1), keep_days: Some(4), ..Retention::default() };
+        let plan = GcPlan::new(&survey, &finished(), &BTreeSet::new(), &both, now());
+        // d5 the newest; d4 (3 days old) younger than 4 days; d3 (4 days old exactly) no longer.
+        assert_eq!(deregistered(&plan), ["ami-d3", "ami-d2", "ami-d1"]);
+        assert_eq!(
+            verdicts(&plan)[..3],
+            [
+                ("ami-d5".to_string(), "kept: newest 1".to_string()),
+                ("ami-d4".to_string(), "kept: younger than 4 days".to_string()),
+                ("ami-d3".to_string(), "removed: beyond the newest 1 and older than 4 days".to_string()),
+            ]
+        );
+
+        // keep_days alone: by age only, however few images there are.
+        let days_only = Retention { keep_days: Some(5), ..Retention::default() };
+        let plan = GcPlan::new(&survey, &finished(), &BTreeSet::new(), &days_only, now());
+        assert_eq!(deregistered(&plan), ["ami-d2", "ami-d1"]);
+        assert_eq!(plan.deregister[0].why.to_string(), "removed: older than 5 days");
+
+        // keep wider than keep_days: the count keeps them.
+        let count_wins = Retention { keep: Some(4), keep_days: Some(1), ..Retention::default() };
+        let plan = GcPlan::new(&survey, &finished(), &BTreeSet::new(), &count_wins, now());
+        assert_eq!(deregistered(&plan), ["ami-d1"]);
+    }
+
+    #[test]
+    fn an_image_in_a_template_a_parameter_or_an_instance_is_kept_with_its_reason() {
+        let mut survey = nights();
+        let place = Place::own(Region::new("us-west-2"));
+        let in_use = InUse {
+            templates: vec![TemplateImage {
+                template_id: "lt-0abc".into(),
+                template_name: "web".into(),
+                kind: crate::cloud::TemplateVersionKind::Default,
+                version: 4,
+                image: ImageId::new("ami-d1"),
+            }],
+            parameters: vec![PublishedParameter { name: "/fleet/a".into(), version: 7, image: ImageId::new("ami-d2") }],
+            instances: vec![ImageUser {
+                instance: crate::cloud::InstanceId::new("i-0123"),
+                state: "stopped".into(),
+                image: ImageId::new("ami-d3"),
+            }],
+        };
+        survey.in_use.insert(place.clone(), in_use);
+        let plan = GcPlan::new(&survey, &finished(), &BTreeSet::from([ImageId::new("ami-d4")]), &keep(Some(1)), now());
+        assert_eq!(deregistered(&plan), Vec::<&str>::new());
+        assert_eq!(
+            verdicts(&plan).into_iter().map(|(_, why)| why).collect::<Vec<_>>(),
+            [
+                "kept: newest 1",
+                "kept: named in the manifest",
+                "kept: instance i-0123 (stopped) uses it",
+                "kept: SSM parameter /fleet/a current version (7)",
+                "kept: in launch template lt-0abc (web) default version 4",
+            ]
+        );
+
+        // The same images with nothing in use: all but the newest and the manifest's go.
+        survey.in_use.insert(place, InUse::default());
+        let plan = GcPlan::new(&survey, &finished(), &BTreeSet::from([ImageId::new("ami-d4")]), &keep(Some(1)), now());
+        assert_eq!(deregistered(&plan), ["ami-d3", "ami-d2", "ami-d1"]);
+    }
+
+    #[test]
+    fn a_place_whose_use_could_not_be_read_deregisters_nothing_and_fails() {
+        let mut survey = nights();
+        survey.in_use_unknown.push(UseUnknown {
+            place: Place::own(Region::new("us-west-2")),
+            read: UseRead::LaunchTemplates,
+            error: "AccessDenied: not authorized to perform ec2:DescribeLaunchTemplates".into(),
+        });
+        let plan = GcPlan::new(&survey, &finished(), &BTreeSet::new(), &keep(Some(1)), now());
+        assert!(plan.deregister.is_empty(), "{:?}", plan.deregister);
+        assert!(verdicts(&plan).iter().all(|(_, why)| why == "kept: could not tell whether it is in use"));
+        let text = "[fleet]\nname = \"gc\"\n\n[defaults]\ninstance_type = \"t3.micro\"\nssh_username = \"u\"\n\n\
+                    [[flavor]]\nname = \"a\"\nsource_ami = { id = \"ami-1\" }\n\n[regions]\nus-west-2 = []\n";
+        let fleet = crate::config::parse(std::path::Path::new("fleet.toml"), text).expect("the test fleet parses");
+        let outcome = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+            let sim: Arc<dyn Cloud> = Arc::new(crate::cloud::sim::SimCloud::new(&fleet));
+            execute(&plan, sim, true).await
+        });
+        assert_eq!(outcome.failures, 1, "{:?}", outcome.lines);
+        assert!(
+            outcome.lines[0].contains("DescribeLaunchTemplates")
+                && outcome.lines[0].contains("no image there is deregistered")
+        );
     }
 }

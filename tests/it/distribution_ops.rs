@@ -205,12 +205,14 @@ fn gc_names_an_account_it_cannot_survey() {
             role_arn: format!("arn:aws:iam::{SECOND}:role/image-distribution"),
             error: "AccessDenied: not authorized to perform sts:AssumeRole".into(),
         }],
+        ..Default::default()
     };
     let plan = fleetbake::state::gc::GcPlan::new(
         &survey,
         &fleetbake::state::gc::RunsInProgress::default(),
         &BTreeSet::new(),
         &fleetbake::config::Retention { keep: Some(1), ..Default::default() },
+        chrono::Utc::now(),
     );
     let workspace = Workspace::new();
     let fleet = load(&workspace, &fleet(&[FIRST, SECOND], ""), false);

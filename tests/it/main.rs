@@ -27,6 +27,7 @@ mod plan;
 mod proxy;
 mod publishing;
 mod resume;
+mod retention;
 mod secrets;
 mod session_manager;
 mod sharing;

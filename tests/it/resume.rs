@@ -223,7 +223,7 @@ fn gc_removes_a_killed_runs_leftovers_and_keeps_the_newest_images_and_the_manife
     let gc = workspace.fleetbake(&["gc", fleet_path.to_str().unwrap()]);
     assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
     assert!(gc.stdout.contains("deregistered 4 images"), "{}", gc.stdout);
-    assert!(gc.stdout.contains("keeps its newest 1"), "{}", gc.stdout);
+    assert!(gc.stdout.contains("removed: beyond the newest 1"), "{}", gc.stdout);
     runtime().block_on(async {
         for region in REGIONS {
             let client = moto.client(region);

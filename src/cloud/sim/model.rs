@@ -308,6 +308,8 @@ pub struct RegionState {
     pub sessions_started: u64,
     /// KMS grants on this place's keys ([`accounts`]).
     pub kms_grants: accounts::KmsGrants,
+    /// The image each instance was launched from ([`in_use`]).
+    pub launched_from: in_use::LaunchedFrom,
 }
 
 pub struct SimImage {
@@ -987,6 +989,7 @@ impl RegionCloud for SimRegion {
                     instance_type: spec.instance_type.clone(),
                 },
             );
+            state.launched_from.record(id.clone(), spec.image_id.clone());
             Self::merge_tags(state, id.as_str(), &spec.tags);
             Ok(id)
         })
@@ -1633,9 +1636,37 @@ impl RegionCloud for SimRegion {
         })
         .await
     }
+
+    /// The templates `[sim] launch_templates` declares, as `[publish]` versioned them ([`in_use`]).
+    async fn launch_template_images(&self) -> CloudResult<Vec<crate::cloud::TemplateImage>> {
+        self.call(Action::DescribeLaunchTemplateVersions, |state, _| Ok(in_use::template_images(&state.publishing)))
+            .await
+    }
+
+    /// The instances not terminated launched from any of `images` ([`in_use`]).
+    async fn instances_of_images(&self, images: &[ImageId]) -> CloudResult<Vec<crate::cloud::ImageUser>> {
+        self.call(Action::DescribeInstances, |state, now| {
+            Ok(state
+                .launched_from
+                .of(images)
+                .filter_map(|(id, image)| {
+                    let instance = state.instances.get(id)?;
+                    let instance_state = instance.state(now);
+                    (instance_state != InstanceState::Terminated).then(|| crate::cloud::ImageUser {
+                        instance: id.clone(),
+                        state: in_use::state_name(&instance_state).to_string(),
+                        image: image.clone(),
+                    })
+                })
+                .collect())
+        })
+        .await
+    }
 }
 
 mod ssm;
+
+mod in_use;
 
 mod sharing;
 
