@@ -300,4 +300,19 @@ impl RegionCloud for LimitedRegion {
     async fn snapshot_keys(&self, snapshots: &[SnapshotId]) -> CloudResult<Vec<SnapshotKey>> {
         self.limiter.call(Action::DescribeSnapshots, || self.inner.snapshot_keys(snapshots)).await
     }
+
+    async fn create_image_with_reboot(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        description: Option<&str>,
+        tags: &Tags,
+        snapshot_tags: &Tags,
+    ) -> CloudResult<ImageId> {
+        self.limiter
+            .call(Action::CreateImage, || {
+                self.inner.create_image_with_reboot(instance, name, description, tags, snapshot_tags)
+            })
+            .await
+    }
 }

@@ -583,6 +583,18 @@ pub trait RegionCloud: Send + Sync {
     /// key's ARN). What encrypts an image is read here, not assumed from the fleet file: EBS encryption by
     /// default (`aws/ebs` or the account's default key) or an alias re-pointed since the image was made.
     async fn snapshot_keys(&self, snapshots: &[SnapshotId]) -> CloudResult<Vec<SnapshotKey>>;
+
+    /// CreateImage of a running instance with `NoReboot = false` sent explicitly: EC2 stops the instance for a
+    /// consistent snapshot and starts it again. The image path of an instance that cannot be stopped (a
+    /// one-time spot instance: StopInstances answers `UnsupportedOperation`); tags as [`Self::create_image`].
+    async fn create_image_with_reboot(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        description: Option<&str>,
+        tags: &Tags,
+        snapshot_tags: &Tags,
+    ) -> CloudResult<ImageId>;
 }
 
 /// A snapshot's encryption (DescribeSnapshots `Encrypted`, `KmsKeyId`).

@@ -131,6 +131,15 @@ impl SimCloud {
         }
     }
 
+    /// When EC2 takes the spot instance back, if it will (`[sim] spot.interrupt_after`): its SSH connection
+    /// drops then ([`model::spot`]).
+    pub fn interrupted_at(&self, region: &Region, instance: &InstanceId) -> Option<Instant> {
+        let region = self.model.region(region);
+        let state = region.state.lock().expect("not poisoned");
+        let found = state.instances.get(instance)?;
+        found.market.interrupted_at(found.user_terminated_at())
+    }
+
     /// Whether the instance's security group admits SSH from the runner (or, `through_bastion`, the bastion),
     /// as EC2 would let the connection in: an ingress rule names its address, a group it runs in, or a prefix
     /// list holding its address ([`model::admission`]). `Err`: why not, said once the connection times out.
