@@ -12,7 +12,7 @@ use crate::cloud::sim::SimReport;
 use crate::cloud::ImageId;
 use crate::config::{Account, FlavorName, Fleet, Region};
 use crate::engine::exit::Interrupt;
-use crate::outcome::RunStatus;
+use crate::outcome::{BuiltOn, RunStatus, SpotInterruption};
 use crate::plan::bound::{self, Caps, JobDurations, JobTiming};
 use crate::plan::{JobId, Plan};
 
@@ -42,6 +42,10 @@ pub struct RunSummary {
     pub images: BTreeMap<JobId, ImageId>,
     /// The jobs that failed (a failure after the image was made included) or never started.
     pub failed_jobs: BTreeSet<JobId>,
+    /// The market and type each image made in this run was built on (builds only).
+    pub built_on: BTreeMap<JobId, BuiltOn>,
+    /// Builds made again on demand after EC2 took their spot instance back: the attempts lost.
+    pub spot_interruptions: BTreeMap<JobId, Vec<SpotInterruption>>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]

@@ -412,12 +412,13 @@ impl SimInstance {
         self.state(now) == InstanceState::Running && self.agent_at.is_some_and(|at| now >= at)
     }
 
-    /// EC2's `StateReason` for a terminated instance.
+    /// EC2's `StateReason` for a terminated instance (or one EC2 is taking back).
     fn state_reason(&self, now: Instant) -> Option<String> {
+        // EC2 gives the reason from the start of the transition: shutting-down already says it.
+        if self.market.interrupted_state(now, self.terminated_at).is_some() {
+            return Some(spot::SPOT_TERMINATION_REASON.into());
+        }
         match self.state(now) {
-            InstanceState::Terminated if self.market.interrupted_state(now, self.terminated_at).is_some() => {
-                Some(spot::SPOT_TERMINATION_REASON.into())
-            }
             InstanceState::Terminated => Some(
                 self.launch_failure
                     .clone()

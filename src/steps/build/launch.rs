@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use crate::cloud::consistency::{once_known, Created};
 use crate::cloud::retry;
 use crate::cloud::{client_token, ImageId, ImageSummary, InstanceId, LaunchSpec, RegionCloud, RootDevice};
-use crate::config::{Region, SourceAmi};
+use crate::config::{Market, Region, SourceAmi};
 use crate::outcome::{BuiltOn, Stage};
 use crate::steps::network::{Network, Placement};
 use crate::steps::patience::{no_room, Placements};
@@ -114,6 +114,11 @@ async fn launch(
             }
             if tries > 0 {
                 parts.push(&try_number);
+            }
+            if spec.market == Market::Spot {
+                // A one-time spot request is not the on-demand launch that replaces it once EC2 takes the instance
+                // back: the same token would be answered with the interrupted instance.
+                parts.push("spot");
             }
             let placement = placements.lock().expect("not poisoned").current().clone();
             let subnet_id = placement.as_ref().map(|placement| placement.subnet.clone());
