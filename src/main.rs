@@ -482,6 +482,7 @@ async fn preflight(fleet: config::Fleet, units: Preflight, cloud: CloudChoice) -
 
 async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice) -> Ending {
     let fleet_file = fleet.file.clone();
+    let quiet = matches!(options.output.view, View::Quiet);
     let interrupts = forward_interrupts();
     let outcome = match cloud {
         CloudChoice::Aws => run::matrix(fleet, options, interrupts).await,
@@ -496,6 +497,15 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
     };
     match outcome {
         Ok(RunOutcome { summary, statistics }) => {
+            if !quiet {
+                let rebuilt = statistics.jobs.rebuilt_on_demand;
+                if rebuilt > 0 {
+                    eprintln!("{rebuilt} build(s) made again on demand after EC2 took their spot instance back");
+                }
+                if let Some(cost) = &statistics.estimated_cost {
+                    eprintln!("{}", cost.line());
+                }
+            }
             let leaked = statistics.leaked_resources.unwrap_or_default();
             // Expired credentials leave what they could not remove: named below with the gc command, no bug.
             if !leaked.is_empty() && !summary.credentials_expired {
