@@ -32,6 +32,7 @@ mod session_manager;
 mod sharing;
 mod sim;
 mod sim_accounts;
+mod spot_interrupt;
 mod ssm_source;
 mod units;
 mod validate;
