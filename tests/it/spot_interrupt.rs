@@ -132,3 +132,32 @@ fn the_cost_line_tells_a_spot_night_from_the_same_night_on_demand() {
     assert_eq!(total(unpriced_cost), 0.0);
     assert!(unpriced.outcome.stderr.contains("no price for `t3.micro`"), "stderr:\n{}", unpriced.outcome.stderr);
 }
+
+/// The aws adapter on the path without `stop` (moto + sshd, through the recording proxy, as moto keeps no
+/// `NoReboot`): a spot flavor's build sends no StopInstances and CreateImage with `NoReboot=false` said
+/// explicitly; the manifest says spot; nothing temporary is left.
+#[test]
+fn the_aws_adapter_images_a_spot_instance_with_no_reboot_false_and_no_stop() {
+    use crate::cloud_state::assert_nothing_temporary_left;
+    use crate::harness::{runtime, Moto, Sshd};
+    use crate::matrix::{fleet_header_at, read_manifest, run_matrix, AL2023};
+    use crate::proxy::FaultProxy;
+
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let proxy = FaultProxy::recording(&moto.endpoint);
+    let workspace = Workspace::new();
+    let fleet = format!(
+        "{}\n[[flavor]]\nname = \"base\"\nsource_ami = {AL2023}\nmarket = \"spot\"\n\n[regions]\nus-west-2 = []\n",
+        fleet_header_at(&proxy.endpoint, &sshd)
+    );
+    let outcome = run_matrix(&workspace, &fleet);
+    assert_eq!(outcome.code, 0, "stderr:\n{}", outcome.stderr);
+    assert!(proxy.bodies("StopInstances").is_empty(), "a one-time spot instance is never asked to stop");
+    let create_image = proxy.bodies("CreateImage");
+    assert_eq!(create_image.len(), 1);
+    assert!(create_image[0].contains("NoReboot=false"), "{}", create_image[0]);
+    let manifest = read_manifest(&workspace);
+    assert_eq!(manifest["artifacts"]["base"]["us-west-2"]["built_on"]["market"], "spot");
+    runtime().block_on(assert_nothing_temporary_left(&moto.client("us-west-2"), "us-west-2"));
+}
