@@ -85,10 +85,15 @@ impl CostEstimate {
     /// price named.
     pub fn line(&self) -> String {
         let dollars = |value: f64| format!("${value:.2}");
-        let markets: Vec<String> = self.by_market.iter().map(|(market, cost)| format!("{market} {}", dollars(*cost))).collect();
+        let markets: Vec<String> =
+            self.by_market.iter().map(|(market, cost)| format!("{market} {}", dollars(*cost))).collect();
         let mut line = match markets.len() {
             0 => "estimated cost unknown".to_string(),
-            1 => format!("estimated cost {} ({})", dollars(self.total), self.by_market.keys().next().expect("one market")),
+            1 => format!(
+                "estimated cost {} ({})",
+                dollars(self.total),
+                self.by_market.keys().next().expect("one market")
+            ),
             _ => format!("estimated cost {} ({})", dollars(self.total), markets.join(", ")),
         };
         if !markets.is_empty() {

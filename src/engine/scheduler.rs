@@ -208,7 +208,8 @@ impl Scheduler {
         state.reused += 1;
         self.handle(LoopEvent::ImageAvailable { job, artifact: artifact.clone() }, state, queue);
         let failures = self.reuse_failures.get(&job).cloned().unwrap_or_default();
-        self.handle(LoopEvent::JobDone { job, end: JobEnd { failures, ..JobEnd::default() }, slot: None }, state, queue);
+        let end = JobEnd { failures, ..JobEnd::default() };
+        self.handle(LoopEvent::JobDone { job, end, slot: None }, state, queue);
     }
 
     /// Once every job has ended: the sweep ([`crate::engine::sweep`]). A first interrupt now changes nothing
@@ -462,6 +463,7 @@ impl Scheduler {
             built_on: state
                 .artifacts
                 .iter()
+                .filter(|(job, artifact)| matches!(job, JobId::Build(_)) && artifact.reused_from.is_none())
                 .filter_map(|(job, artifact)| Some((*job, artifact.settings.built_on.clone()?)))
                 .collect(),
             spot_interruptions: state.spot_interruptions.clone(),

@@ -151,9 +151,15 @@ impl StandIn for SimConnection {
         match self.sim.interrupted_at(&self.region, &self.instance) {
             Some(at) if at <= Instant::now() + takes => {
                 tokio::time::sleep_until(at).await;
-                let dropped = format!("the connection to {} dropped (simulated: the instance is shutting down)", self.instance);
+                let dropped =
+                    format!("the connection to {} dropped (simulated: the instance is shutting down)", self.instance);
                 output(OutputStream::Stderr, format!("(sim) {dropped}").into());
-                return Err(ProvisionError::new(env, number, provisioner, ProvisionCause::Remote(RemoteError(dropped))));
+                return Err(ProvisionError::new(
+                    env,
+                    number,
+                    provisioner,
+                    ProvisionCause::Remote(RemoteError(dropped)),
+                ));
             }
             _ => tokio::time::sleep(takes).await,
         }

@@ -30,7 +30,8 @@ pub(super) async fn create_image(
 ) -> Result<ImageId, StepError> {
     let run = &context.run;
     if of == ImageOf::RunningRebooted {
-        let detail = format!("creating the image of the running instance {instance} with reboot (it cannot be stopped)");
+        let detail =
+            format!("creating the image of the running instance {instance} with reboot (it cannot be stopped)");
         context.progress(Stage::CreateImage, detail);
     }
     let mut image_tags = run.image_tags(&context.flavor, source);

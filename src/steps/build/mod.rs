@@ -35,13 +35,13 @@ use crate::outcome::{Artifact, BuiltOn, Failure, JobEnd, JobLabel, Publication, 
 use crate::plan::BuildJob;
 use crate::remote::{Communicator, Connection, TargetInstance};
 use crate::report::events::EventSender;
+use crate::steps::adopt::ImageOf;
 use crate::steps::cleanup::CleanupStack;
 use crate::steps::cleanup::UndoStep;
 use crate::steps::context::{RunContext, TEMPORARY_TAG};
 use crate::steps::fingerprint::Fingerprint;
 use crate::steps::finish::{self, Finished, Finishing, Made};
 use crate::steps::ledger::{Resource, ResourceKind};
-use crate::steps::adopt::ImageOf;
 use crate::steps::network;
 use crate::steps::publish;
 

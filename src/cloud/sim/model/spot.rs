@@ -112,7 +112,10 @@ mod tests {
         let market =
             SimMarket::launched(Market::Spot, running, &spot(Some(Duration::from_secs(300))), Duration::from_secs(30));
         assert_eq!(market.interrupted_state(running + Duration::from_secs(299), None), None);
-        assert_eq!(market.interrupted_state(running + Duration::from_secs(300), None), Some(InstanceState::ShuttingDown));
+        assert_eq!(
+            market.interrupted_state(running + Duration::from_secs(300), None),
+            Some(InstanceState::ShuttingDown)
+        );
         assert_eq!(market.interrupted_state(running + Duration::from_secs(330), None), Some(InstanceState::Terminated));
     }
 
