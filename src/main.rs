@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{SecondsFormat, Utc};
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
@@ -482,7 +482,7 @@ async fn preflight(fleet: config::Fleet, units: Preflight, cloud: CloudChoice) -
 
 async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice) -> Ending {
     let fleet_file = fleet.file.clone();
-    let quiet = matches!(options.output.view, View::Quiet);
+    let view = options.output.view;
     let interrupts = forward_interrupts();
     let outcome = match cloud {
         CloudChoice::Aws => run::matrix(fleet, options, interrupts).await,
@@ -497,13 +497,16 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
     };
     match outcome {
         Ok(RunOutcome { summary, statistics }) => {
-            if !quiet {
-                let rebuilt = statistics.jobs.rebuilt_on_demand;
-                if rebuilt > 0 {
-                    eprintln!("{rebuilt} build(s) made again on demand after EC2 took their spot instance back");
+            // After the reporters' summary, in their form: off a terminal, stamped with the run's end.
+            let stamp = match view {
+                View::Plain => {
+                    statistics.ended_at().map(|at| format!("{} ", at.to_rfc3339_opts(SecondsFormat::Secs, true)))
                 }
-                if let Some(cost) = &statistics.estimated_cost {
-                    eprintln!("{}", cost.line());
+                View::Live | View::Quiet => None,
+            };
+            if view != View::Quiet {
+                for line in statistics.closing_lines() {
+                    eprintln!("{}{line}", stamp.as_deref().unwrap_or_default());
                 }
             }
             let leaked = statistics.leaked_resources.unwrap_or_default();

@@ -176,6 +176,25 @@ impl RunStatistics {
         }
     }
 
+    /// When the run ended: its start (read from its id) and its makespan, on the run's clock.
+    pub fn ended_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let started = crate::plan::RunId::parse(&self.run_id)?.started_at()?;
+        Some(started + chrono::Duration::milliseconds((self.makespan_seconds * 1000.0) as i64))
+    }
+
+    /// What the run's last lines say besides the reporters' summary: builds made again on demand, the cost.
+    pub fn closing_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let rebuilt = self.jobs.rebuilt_on_demand;
+        if rebuilt > 0 {
+            lines.push(format!("==> {rebuilt} build(s) made again on demand after EC2 took their spot instance back"));
+        }
+        if let Some(cost) = &self.estimated_cost {
+            lines.push(format!("==> {}", cost.line()));
+        }
+        lines
+    }
+
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let mut text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
         text.push('\n');
