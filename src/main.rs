@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{SecondsFormat, Utc};
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
@@ -488,6 +488,7 @@ async fn preflight(fleet: config::Fleet, units: Preflight, cloud: CloudChoice) -
 
 async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice) -> Ending {
     let fleet_file = fleet.file.clone();
+    let view = options.output.view;
     let interrupts = forward_interrupts();
     let outcome = match cloud {
         CloudChoice::Aws => run::matrix(fleet, options, interrupts).await,
@@ -502,6 +503,18 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
     };
     match outcome {
         Ok(RunOutcome { summary, statistics }) => {
+            // After the reporters' summary, in their form: off a terminal, stamped with the run's end.
+            let stamp = match view {
+                View::Plain => {
+                    statistics.ended_at().map(|at| format!("{} ", at.to_rfc3339_opts(SecondsFormat::Secs, true)))
+                }
+                View::Live | View::Quiet => None,
+            };
+            if view != View::Quiet {
+                for line in statistics.closing_lines() {
+                    eprintln!("{}{line}", stamp.as_deref().unwrap_or_default());
+                }
+            }
             let leaked = statistics.leaked_resources.unwrap_or_default();
             // Expired credentials leave what they could not remove: named below with the gc command, no bug.
             if !leaked.is_empty() && !summary.credentials_expired {

@@ -1727,6 +1727,28 @@ impl RegionCloud for AwsRegion {
         }
         Ok(users)
     }
+
+    async fn create_image_with_reboot(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        description: Option<&str>,
+        tags: &Tags,
+        snapshot_tags: &Tags,
+    ) -> CloudResult<ImageId> {
+        let action = Action::CreateImage;
+        let specifications = image_tag_specifications(tags, snapshot_tags);
+        // `NoReboot` false, said explicitly: the instance is running (a one-time spot instance cannot be
+        // stopped), and EC2 reboots it for a consistent snapshot (CreateImage, EC2 API Reference).
+        let output = ec2_call!(self, action, |client| client
+            .create_image()
+            .instance_id(instance.as_str())
+            .name(name)
+            .no_reboot(false)
+            .set_description(description.map(str::to_string))
+            .set_tag_specifications(Some(specifications.clone())))?;
+        output.image_id().map(|id| ImageId(id.to_string())).ok_or_else(|| self.missing(action, "image id"))
+    }
 }
 
 impl AwsRegion {

@@ -308,4 +308,19 @@ impl RegionCloud for LimitedRegion {
     async fn instances_of_images(&self, images: &[ImageId]) -> CloudResult<Vec<ImageUser>> {
         self.limiter.call(Action::DescribeInstances, || self.inner.instances_of_images(images)).await
     }
+
+    async fn create_image_with_reboot(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        description: Option<&str>,
+        tags: &Tags,
+        snapshot_tags: &Tags,
+    ) -> CloudResult<ImageId> {
+        self.limiter
+            .call(Action::CreateImage, || {
+                self.inner.create_image_with_reboot(instance, name, description, tags, snapshot_tags)
+            })
+            .await
+    }
 }

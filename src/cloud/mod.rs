@@ -599,6 +599,18 @@ pub trait RegionCloud: Send + Sync {
     /// `images` (DescribeInstances filtered by `image-id`, every page): a stopped instance needs its image to
     /// start again.
     async fn instances_of_images(&self, images: &[ImageId]) -> CloudResult<Vec<ImageUser>>;
+
+    /// CreateImage of a running instance with `NoReboot = false` sent explicitly: EC2 stops the instance for a
+    /// consistent snapshot and starts it again. The image path of an instance that cannot be stopped (a
+    /// one-time spot instance: StopInstances answers `UnsupportedOperation`); tags as [`Self::create_image`].
+    async fn create_image_with_reboot(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        description: Option<&str>,
+        tags: &Tags,
+        snapshot_tags: &Tags,
+    ) -> CloudResult<ImageId>;
 }
 
 /// Which version of a launch template refers to an image.

@@ -171,6 +171,8 @@ mod tests {
             timings: BTreeMap::new(),
             images: BTreeMap::new(),
             failed_jobs: Default::default(),
+            built_on: BTreeMap::new(),
+            spot_interruptions: BTreeMap::new(),
         })
     }
 

@@ -7,6 +7,7 @@
 //! Layer: the top. `engine` may import every other layer; none imports it.
 
 pub mod changed;
+pub mod cost;
 pub mod exit;
 pub mod limits;
 pub mod preflight;

@@ -19,7 +19,9 @@ use crate::engine::publish::{Images, Publisher};
 use crate::engine::runner::{publish_available, Announcer, JobRunner};
 use crate::engine::slots::{HeldSlots, SlotPool, SlotPools};
 use crate::engine::sweep::Sweeper;
-use crate::outcome::{Artifact, Failure, InProgress, JobEnd, JobLabel, Publication, RunStatus, Stage};
+use crate::outcome::{
+    Artifact, Failure, InProgress, JobEnd, JobLabel, Publication, RunStatus, SpotInterruption, Stage,
+};
 use crate::plan::bound::JobTiming;
 use crate::plan::{Awaited, JobId, JobQueue, Plan};
 use crate::report::events::{EventSender, JobKind, PlannedLanding, RunEvent};
@@ -90,6 +92,8 @@ struct LoopState {
     timings: BTreeMap<JobId, JobTiming>,
     /// Build slots held until their copies end ([`BuildSlotRelease::AfterItsCopies`]).
     held_slots: HeldSlots,
+    /// Builds made again on demand after EC2 took their spot instance back: the attempts lost.
+    spot_interruptions: BTreeMap<JobId, Vec<SpotInterruption>>,
 }
 
 impl Scheduler {
@@ -126,6 +130,7 @@ impl Scheduler {
             waiting: SlotPools::new(Arc::clone(&self.limits)),
             timings: BTreeMap::new(),
             held_slots: HeldSlots::new(&plan),
+            spot_interruptions: BTreeMap::new(),
         };
         loop {
             if !state.stopping {
@@ -154,7 +159,7 @@ impl Scheduler {
                         let job = task_jobs.remove(&error.id()).expect("every task is a job");
                         let label = self.label(job);
                         let failures = vec![Failure::new(&label, Stage::Cleanup, format!("the job crashed: {error}"))];
-                        LoopEvent::JobDone { job, end: JobEnd { failures, in_progress: None }, slot: None }
+                        LoopEvent::JobDone { job, end: JobEnd { failures, ..JobEnd::default() }, slot: None }
                     }
                 },
             };
@@ -203,7 +208,8 @@ impl Scheduler {
         state.reused += 1;
         self.handle(LoopEvent::ImageAvailable { job, artifact: artifact.clone() }, state, queue);
         let failures = self.reuse_failures.get(&job).cloned().unwrap_or_default();
-        self.handle(LoopEvent::JobDone { job, end: JobEnd { failures, in_progress: None }, slot: None }, state, queue);
+        let end = JobEnd { failures, ..JobEnd::default() };
+        self.handle(LoopEvent::JobDone { job, end, slot: None }, state, queue);
     }
 
     /// Once every job has ended: the sweep ([`crate::engine::sweep`]). A first interrupt now changes nothing
@@ -251,6 +257,9 @@ impl Scheduler {
                     self.journal.record(Record::JobTimed { job: self.plan.key(job), to_image, to_end: since(ended) });
                 }
                 self.release(job, slot, state);
+                if !end.spot_interruptions.is_empty() {
+                    state.spot_interruptions.insert(job, end.spot_interruptions);
+                }
                 let left_in_progress = end.in_progress.is_some();
                 if let Some(image_id) = end.in_progress {
                     state.in_progress += 1;
@@ -451,6 +460,13 @@ impl Scheduler {
             timings: state.timings.clone(),
             images: state.artifacts.iter().map(|(job, artifact)| (*job, artifact.image_id.clone())).collect(),
             failed_jobs: state.failed_jobs.clone(),
+            built_on: state
+                .artifacts
+                .iter()
+                .filter(|(job, artifact)| matches!(job, JobId::Build(_)) && artifact.reused_from.is_none())
+                .filter_map(|(job, artifact)| Some((*job, artifact.settings.built_on.clone()?)))
+                .collect(),
+            spot_interruptions: state.spot_interruptions.clone(),
         }
     }
 }

@@ -10,9 +10,10 @@ use std::time::Duration;
 use crate::cloud::limiter::ApiStats;
 use crate::cloud::sim::SimReport;
 use crate::cloud::ImageId;
-use crate::config::{Account, FlavorName, Fleet, Region};
+use crate::config::{Account, FlavorName, Fleet, Market, Region};
+use crate::engine::cost::{self, CostEstimate, InstanceHours};
 use crate::engine::exit::Interrupt;
-use crate::outcome::RunStatus;
+use crate::outcome::{BuiltOn, RunStatus, SpotInterruption};
 use crate::plan::bound::{self, Caps, JobDurations, JobTiming};
 use crate::plan::{JobId, Plan};
 
@@ -42,6 +43,10 @@ pub struct RunSummary {
     pub images: BTreeMap<JobId, ImageId>,
     /// The jobs that failed (a failure after the image was made included) or never started.
     pub failed_jobs: BTreeSet<JobId>,
+    /// The market and type each image made in this run was built on (builds only).
+    pub built_on: BTreeMap<JobId, BuiltOn>,
+    /// Builds made again on demand after EC2 took their spot instance back: the attempts lost.
+    pub spot_interruptions: BTreeMap<JobId, Vec<SpotInterruption>>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -67,6 +72,10 @@ pub struct RunStatistics {
     pub accounts: BTreeMap<String, AccountJobs>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leaked_resources: Option<Vec<String>>,
+    /// What the build instances of the images made in this run cost (USD), per market, and the same hours on
+    /// demand ([`crate::engine::cost`]): absent when the run made no image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_cost: Option<CostEstimate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sim: Option<SimReport>,
 }
@@ -79,6 +88,8 @@ pub struct JobCounts {
     pub in_progress: usize,
     /// Of the succeeded, made by an earlier attempt (`--resume`).
     pub reused: usize,
+    /// Builds made again on demand after EC2 took their spot instance back.
+    pub rebuilt_on_demand: usize,
 }
 
 /// How one other account's copies ended.
@@ -156,11 +167,32 @@ impl RunStatistics {
                 failed: summary.failed,
                 in_progress: summary.in_progress,
                 reused: summary.reused,
+                rebuilt_on_demand: summary.spot_interruptions.len(),
             },
             accounts: AccountJobs::of(plan, summary),
             leaked_resources: sim.as_ref().map(|report| report.leaked_resources.clone()),
+            estimated_cost: estimated_cost(fleet, summary, sim.is_some()),
             sim,
         }
+    }
+
+    /// When the run ended: its start (read from its id) and its makespan, on the run's clock.
+    pub fn ended_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let started = crate::plan::RunId::parse(&self.run_id)?.started_at()?;
+        Some(started + chrono::Duration::milliseconds((self.makespan_seconds * 1000.0) as i64))
+    }
+
+    /// What the run's last lines say besides the reporters' summary: builds made again on demand, the cost.
+    pub fn closing_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let rebuilt = self.jobs.rebuilt_on_demand;
+        if rebuilt > 0 {
+            lines.push(format!("==> {rebuilt} build(s) made again on demand after EC2 took their spot instance back"));
+        }
+        if let Some(cost) = &self.estimated_cost {
+            lines.push(format!("==> {}", cost.line()));
+        }
+        lines
     }
 
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
@@ -168,6 +200,32 @@ impl RunStatistics {
         text.push('\n');
         std::fs::write(path, text)
     }
+}
+
+/// The cost of the build instances of the images this run made: each build's time (its job's start to end, less
+/// its interrupted spot attempts, which count apart) on the market and type it was built on.
+fn estimated_cost(fleet: &Fleet, summary: &RunSummary, simulated: bool) -> Option<CostEstimate> {
+    let mut uses = Vec::new();
+    for (job, built_on) in &summary.built_on {
+        let Some(JobTiming { started, ended: Some(ended), .. }) = summary.timings.get(job) else { continue };
+        let interrupted = summary.spot_interruptions.get(job).map(Vec::as_slice).unwrap_or_default();
+        let lost: Duration = interrupted.iter().map(|attempt| attempt.ran_for).sum();
+        uses.push(InstanceHours {
+            market: built_on.market,
+            instance_type: built_on.instance_type.clone(),
+            ran_for: ended.saturating_sub(*started).saturating_sub(lost),
+        });
+        uses.extend(interrupted.iter().map(|attempt| InstanceHours {
+            market: Market::Spot,
+            instance_type: attempt.instance_type.clone(),
+            ran_for: attempt.ran_for,
+        }));
+    }
+    if uses.is_empty() {
+        return None;
+    }
+    let prices = cost::prices_for_run(&fleet.prices, simulated.then_some(&fleet.sim.prices));
+    Some(cost::estimate(&uses, &prices))
 }
 
 fn round_ms(seconds: f64) -> f64 {

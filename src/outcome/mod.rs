@@ -52,6 +52,16 @@ impl fmt::Display for JobLabel {
 pub struct JobEnd {
     pub failures: Vec<Failure>,
     pub in_progress: Option<ImageId>,
+    /// A build's attempts cut short by EC2 taking their spot instance back (the build was made again on demand).
+    pub spot_interruptions: Vec<SpotInterruption>,
+}
+
+/// A build attempt whose spot instance EC2 took back (`Server.SpotInstanceTermination`): what it ran on, and
+/// for how long (from the launch to the interruption being seen), for the run's cost estimate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpotInterruption {
+    pub instance_type: String,
+    pub ran_for: std::time::Duration,
 }
 
 /// An image still being made when the run stopped: in the manifest, for `--resume` and for people.

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::cloud::sim::SimCloud;
-use crate::cloud::{ErrorKind, SessionId};
+use crate::cloud::{ErrorKind, InstanceId, SessionId};
 use crate::config::{FlavorName, Fleet, Provisioner, Region};
 use crate::remote::provision::{Described, Phase, ProvisionCause, ProvisionEnv, ProvisionError};
 use crate::remote::session_manager::{self, SessionManagerTarget};
@@ -74,6 +74,7 @@ impl Communicator for SimCommunicator {
             fleet: Arc::clone(&self.fleet),
             flavor: instance.flavor.clone(),
             region: instance.region.clone(),
+            instance: instance.id.clone(),
             session,
         }))
     }
@@ -113,6 +114,7 @@ struct SimConnection {
     fleet: Arc<Fleet>,
     flavor: FlavorName,
     region: Region,
+    instance: InstanceId,
     /// Through Session Manager: the session, ended on close.
     session: Option<(SessionManagerTarget, SessionId)>,
 }
@@ -144,7 +146,23 @@ impl StandIn for SimConnection {
         let testing = matches!(env.phase, Phase::Test { .. });
         let kind = env.phase.noun();
         output(OutputStream::Stdout, format!("(sim) would run {kind} {number}: {}", Described(provisioner)).into());
-        tokio::time::sleep(self.sim.jittered(self.each(testing))).await;
+        let takes = self.sim.jittered(self.each(testing));
+        // A spot instance EC2 takes back while this runs: the connection drops then (`[sim] spot`).
+        match self.sim.interrupted_at(&self.region, &self.instance) {
+            Some(at) if at <= Instant::now() + takes => {
+                tokio::time::sleep_until(at).await;
+                let dropped =
+                    format!("the connection to {} dropped (simulated: the instance is shutting down)", self.instance);
+                output(OutputStream::Stderr, format!("(sim) {dropped}").into());
+                return Err(ProvisionError::new(
+                    env,
+                    number,
+                    provisioner,
+                    ProvisionCause::Remote(RemoteError(dropped)),
+                ));
+            }
+            _ => tokio::time::sleep(takes).await,
+        }
         if testing && number == 1 && self.sim.test_fails(&self.region) {
             output(OutputStream::Stderr, "(sim) the test failed ([sim] faults)".into());
             return Err(ProvisionError::new(env, number, provisioner, ProvisionCause::ExitCode(1)));

@@ -34,6 +34,7 @@ mod sharing;
 mod sim;
 mod sim_accounts;
 mod spot;
+mod spot_interrupt;
 mod ssm_source;
 mod units;
 mod validate;

@@ -117,7 +117,10 @@ fn a_simulated_night_runs_at_the_critical_path_bound_and_leaves_nothing() {
 
     let summary = &run.summary;
     assert_eq!(summary["cloud"], "sim");
-    assert_eq!(summary["jobs"], serde_json::json!({ "succeeded": 10, "failed": 0, "in_progress": 0, "reused": 0 }));
+    assert_eq!(
+        summary["jobs"],
+        serde_json::json!({ "succeeded": 10, "failed": 0, "in_progress": 0, "reused": 0, "rebuilt_on_demand": 0 })
+    );
     assert_eq!(summary["throttled_responses"], 0);
     // The al2023 build: 60 s boot + 30 s SSH + 2 min provisioning + 30 s stop + 7 min image, then 15 min copies.
     let bound = summary["critical_path_seconds"].as_f64().unwrap();
@@ -547,7 +550,10 @@ fn half_the_request_buckets_taken_by_other_tools_still_completes() {
     let run = run_sim(&workspace, &text);
     assert_eq!(run.outcome.code, 0, "stderr:\n{}", run.outcome.stderr);
     let summary = &run.summary;
-    assert_eq!(summary["jobs"], serde_json::json!({ "succeeded": 60, "failed": 0, "in_progress": 0, "reused": 0 }));
+    assert_eq!(
+        summary["jobs"],
+        serde_json::json!({ "succeeded": 60, "failed": 0, "in_progress": 0, "reused": 0, "rebuilt_on_demand": 0 })
+    );
     let throttled = summary["throttled_responses"].as_u64().unwrap();
     assert!(throttled > 0, "half the buckets taken throttles the run: {summary}");
     assert_eq!(summary["sim"]["throttled_by_buckets"], throttled, "every throttle came from the buckets: {summary}");

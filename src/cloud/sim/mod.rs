@@ -134,6 +134,15 @@ impl SimCloud {
         }
     }
 
+    /// When EC2 takes the spot instance back, if it will (`[sim] spot.interrupt_after`): its SSH connection
+    /// drops then ([`model::spot`]).
+    pub fn interrupted_at(&self, region: &Region, instance: &InstanceId) -> Option<Instant> {
+        let region = self.model.region(region);
+        let state = region.state.lock().expect("not poisoned");
+        let found = state.instances.get(instance)?;
+        found.market.interrupted_at(found.user_terminated_at())
+    }
+
     /// Whether the instance's security group admits SSH from the runner (or, `through_bastion`, the bastion),
     /// as EC2 would let the connection in: an ingress rule names its address, a group it runs in, or a prefix
     /// list holding its address ([`model::admission`]). `Err`: why not, said once the connection times out.
@@ -215,7 +224,7 @@ impl SimCloud {
             for (id, instance) in &state.instances {
                 *report
                     .instances_launched
-                    .entry(format!("{} {}", instance.market, instance.instance_type))
+                    .entry(format!("{} {}", instance.market.bought(), instance.instance_type))
                     .or_default() += 1;
                 let instance_state = instance.state(now);
                 if instance_state != InstanceState::Terminated {

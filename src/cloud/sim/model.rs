@@ -33,8 +33,8 @@ use crate::cloud::{
     SubnetId, Tagged, Vpc, VpcId, VpcLookup,
 };
 use crate::config::{
-    Account, AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, FlavorName, ImageFilter, Market,
-    Place, Region, SimFault, SimSettings, SubnetLookup, Tags,
+    Account, AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, FlavorName, ImageFilter, Place,
+    Region, SimFault, SimSettings, SubnetLookup, Tags,
 };
 use crate::util::host_keys::{console_block, ed25519_from_seed, HostKey};
 
@@ -63,6 +63,13 @@ pub struct Model {
     pub account: account::SimAccount,
     /// The other accounts (`[sim] accounts`), who may reach them, and the AssumeRole calls made for them.
     pub accounts: accounts::SimAccounts,
+}
+
+/// CreateImage's `NoReboot`, as the model reads it: `Yes` is `NoReboot = false`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reboot {
+    Yes,
+    No,
 }
 
 /// Why the model refused a call: an AWS error code and message.
@@ -375,13 +382,17 @@ pub struct SimInstance {
     public_ip: String,
     /// The KMS key its root volume is encrypted with: CreateImage's snapshot gets it.
     volume_key: Option<String>,
-    /// What it was launched as: on demand or a one-time spot request, and its type.
-    pub market: Market,
+    /// On demand, or one-time spot (and when EC2 takes it back: [`spot`]).
+    pub market: spot::SimMarket,
+    /// The instance type it was launched as.
     pub instance_type: String,
 }
 
 impl SimInstance {
     pub fn state(&self, now: Instant) -> InstanceState {
+        if let Some(interrupted) = self.market.interrupted_state(now, self.terminated_at) {
+            return interrupted;
+        }
         match (self.terminated_at, self.stopped_at) {
             (Some(at), _) if now >= at => InstanceState::Terminated,
             // A launch that fails stays pending until it ends.
@@ -394,14 +405,23 @@ impl SimInstance {
         }
     }
 
+    /// When a termination its user asked for completes, if one was asked for.
+    pub fn user_terminated_at(&self) -> Option<Instant> {
+        self.terminated_at
+    }
+
     /// Whether its SSM agent answers now: online from `agent_at` while the instance runs (a stopped or
     /// terminated instance's agent is `ConnectionLost`).
     fn agent_online(&self, now: Instant) -> bool {
         self.state(now) == InstanceState::Running && self.agent_at.is_some_and(|at| now >= at)
     }
 
-    /// EC2's `StateReason` for a terminated instance.
+    /// EC2's `StateReason` for a terminated instance (or one EC2 is taking back).
     fn state_reason(&self, now: Instant) -> Option<String> {
+        // EC2 gives the reason from the start of the transition: shutting-down already says it.
+        if self.market.interrupted_state(now, self.terminated_at).is_some() {
+            return Some(spot::SPOT_TERMINATION_REASON.into());
+        }
         match self.state(now) {
             InstanceState::Terminated => Some(
                 self.launch_failure
@@ -694,6 +714,60 @@ impl SimRegion {
         }
     }
 
+    /// CreateImage of `instance`: of a stopped one, or (`Reboot::Yes`, `NoReboot` false) of a running one, whose
+    /// image then also waits for EC2 to stop and start it again ([`spot::reboot_delay`]).
+    async fn image_of(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        tags: &Tags,
+        snapshot_tags: &Tags,
+        reboot: Reboot,
+    ) -> CloudResult<ImageId> {
+        let id = ImageId::new(self.model.id("ami"));
+        let snapshot = SnapshotId::new(self.model.id("snap"));
+        let settings = &self.model.settings;
+        let create_image = self.model.jittered(settings.create_image);
+        // Only a reboot draws from the seeded jitter: every other run's timings stay as they were.
+        let rebooting = match reboot {
+            Reboot::Yes => self.model.jittered(spot::reboot_delay(settings.stop, settings.boot)),
+            Reboot::No => Duration::ZERO,
+        };
+        let required = settings.require_tags_on_create;
+        self.call(Action::CreateImage, |state, now| {
+            untagged_create(required, Action::CreateImage, tags, snapshot_tags)?;
+            Self::merge_tags(state, snapshot.as_str(), snapshot_tags);
+            let found = state.known_instance(instance, now)?;
+            let volume_key = found.volume_key.clone();
+            let available_at = match (found.state(now), reboot) {
+                (InstanceState::ShuttingDown | InstanceState::Terminated, _) => {
+                    return refuse("IncorrectInstanceState", format!("The instance '{instance}' is terminated"))
+                }
+                (InstanceState::Running, Reboot::Yes) => now + rebooting + create_image,
+                _ => now + create_image,
+            };
+            if state.images.values().any(|image| image.name == name) {
+                return refuse("InvalidAMIName.Duplicate", format!("AMI name {name} is already in use by AMI"));
+            }
+            let fails = self.image_fault(Action::CreateImage);
+            state.images.insert(
+                id.clone(),
+                SimImage {
+                    name: name.to_string(),
+                    created_at: now,
+                    available_at,
+                    snapshot,
+                    copied: false,
+                    fails,
+                    attributes: ImageAttributes { kms_key: volume_key, ..ImageAttributes::default() },
+                },
+            );
+            Self::merge_tags(state, id.as_str(), tags);
+            Ok(id)
+        })
+        .await
+    }
+
     fn merge_tags(state: &mut RegionState, resource: &str, tags: &Tags) {
         let merged = match state.tags.get(resource) {
             Some(existing) if tags.iter().all(|(key, value)| existing.get(key) == Some(value)) => return,
@@ -920,6 +994,11 @@ impl RegionCloud for SimRegion {
         let host_key = ed25519_from_seed(&format!("{} {id}", self.model.settings.seed));
         let public_ip = format!("198.51.100.{}", 1 + fnv1a(id.as_str()) % 254);
         let settings = &self.model.settings;
+        // Only a spot launch draws from the seeded jitter (its interruption's end): on-demand timings stay as they were.
+        let terminate = match spec.market {
+            crate::config::Market::Spot => self.model.jittered(settings.terminate),
+            crate::config::Market::OnDemand => Duration::ZERO,
+        };
         self.call(Action::RunInstances, |state, now| {
             if let Some(existing) = state.client_tokens.get(&spec.client_token) {
                 return Ok(InstanceId::new(existing.clone()));
@@ -985,7 +1064,7 @@ impl RegionCloud for SimRegion {
                         .as_ref()
                         .and_then(|root| root.kms_key.clone())
                         .or_else(|| self.model.settings.ebs_default_key.clone()),
-                    market: spec.market,
+                    market: spot::SimMarket::launched(spec.market, running_at, &settings.spot, terminate),
                     instance_type: spec.instance_type.clone(),
                 },
             );
@@ -1040,6 +1119,7 @@ impl RegionCloud for SimRegion {
         let stop = self.model.jittered(self.model.settings.stop);
         self.call(Action::StopInstances, |state, now| {
             let instance = state.known_instance(id, now)?;
+            instance.market.stop(id)?;
             match instance.state(now) {
                 InstanceState::Running => {
                     instance.stopped_at = Some(now + stop);
@@ -1073,41 +1153,7 @@ impl RegionCloud for SimRegion {
         tags: &Tags,
         snapshot_tags: &Tags,
     ) -> CloudResult<ImageId> {
-        let id = ImageId::new(self.model.id("ami"));
-        let snapshot = SnapshotId::new(self.model.id("snap"));
-        let available_at = Instant::now() + self.model.jittered(self.model.settings.create_image);
-        let required = self.model.settings.require_tags_on_create;
-        self.call(Action::CreateImage, |state, now| {
-            untagged_create(required, Action::CreateImage, tags, snapshot_tags)?;
-            Self::merge_tags(state, snapshot.as_str(), snapshot_tags);
-            let found = state.known_instance(instance, now)?;
-            let volume_key = found.volume_key.clone();
-            match found.state(now) {
-                InstanceState::ShuttingDown | InstanceState::Terminated => {
-                    return refuse("IncorrectInstanceState", format!("The instance '{instance}' is terminated"))
-                }
-                _ => {}
-            }
-            if state.images.values().any(|image| image.name == name) {
-                return refuse("InvalidAMIName.Duplicate", format!("AMI name {name} is already in use by AMI"));
-            }
-            let fails = self.image_fault(Action::CreateImage);
-            state.images.insert(
-                id.clone(),
-                SimImage {
-                    name: name.to_string(),
-                    created_at: now,
-                    available_at,
-                    snapshot,
-                    copied: false,
-                    fails,
-                    attributes: ImageAttributes { kms_key: volume_key, ..ImageAttributes::default() },
-                },
-            );
-            Self::merge_tags(state, id.as_str(), tags);
-            Ok(id)
-        })
-        .await
+        self.image_of(instance, name, tags, snapshot_tags, Reboot::No).await
     }
 
     /// The source is this account's image in the source region, else another account's there
@@ -1662,6 +1708,17 @@ impl RegionCloud for SimRegion {
         })
         .await
     }
+
+    async fn create_image_with_reboot(
+        &self,
+        instance: &InstanceId,
+        name: &str,
+        _description: Option<&str>,
+        tags: &Tags,
+        snapshot_tags: &Tags,
+    ) -> CloudResult<ImageId> {
+        self.image_of(instance, name, tags, snapshot_tags, Reboot::Yes).await
+    }
 }
 
 mod ssm;
@@ -1671,6 +1728,8 @@ mod in_use;
 mod sharing;
 
 mod organizations;
+
+pub mod spot;
 #[cfg(test)]
 mod tests;
 

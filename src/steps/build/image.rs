@@ -9,14 +9,15 @@ use crate::cloud::wait::WaitError;
 use crate::cloud::watch::WaitKind;
 use crate::cloud::{ImageId, InstanceId};
 use crate::outcome::{Artifact, SourceParameter, Stage};
-use crate::steps::adopt;
+use crate::steps::adopt::{self, ImageOf};
 use crate::steps::cleanup::{CleanupStack, UndoStep};
 use crate::steps::fingerprint::Fingerprint;
 use crate::steps::patience::image_not_ready;
 
 use super::{BuildContext, StepError, Stopped};
 
-/// CreateImage of the stopped instance. EC2 can refuse it right after the instance reports `stopped`
+/// CreateImage of the stopped instance (or, `ImageOf::RunningRebooted`, of the running one with reboot). EC2 can
+/// refuse it right after the instance reports `stopped`
 /// (`IncorrectInstanceState`, `InvalidParameterValue … is not in state`): the Packer amazon plugin retries that
 /// for 15 minutes, and so does this, rather than fail a build whose provisioning is done.
 pub(super) async fn create_image(
@@ -25,8 +26,14 @@ pub(super) async fn create_image(
     launched: Created,
     source: &ImageId,
     fingerprint: &Fingerprint,
+    of: ImageOf,
 ) -> Result<ImageId, StepError> {
     let run = &context.run;
+    if of == ImageOf::RunningRebooted {
+        let detail =
+            format!("creating the image of the running instance {instance} with reboot (it cannot be stopped)");
+        context.progress(Stage::CreateImage, detail);
+    }
     let mut image_tags = run.image_tags(&context.flavor, source);
     image_tags.extend(fingerprint.tags());
     let description = run.fleet.ami_description.as_deref();
@@ -36,7 +43,7 @@ pub(super) async fn create_image(
         &context.cancel,
         |_| async {
             let created = once_known(&[launched], || {
-                adopt::create_image(&*context.cloud, instance, name, description, &image_tags, &run.run_id)
+                adopt::create_image(&*context.cloud, instance, of, name, description, &image_tags, &run.run_id)
             })
             .await;
             match created {

@@ -126,6 +126,11 @@ async fn launch(
                 parts.push(&try_number);
             }
             let tried = order.lock().expect("not poisoned").current();
+            if tried.market == Market::Spot {
+                // A one-time spot request is not the on-demand launch that replaces it once EC2 takes the instance
+                // back: the same token would be answered with the interrupted instance.
+                parts.push("spot");
+            }
             let placement = ways.placements[tried.placement].clone();
             let built_on =
                 BuiltOn { market: tried.market, instance_type: ways.instance_types[tried.instance_type].clone() };

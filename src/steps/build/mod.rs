@@ -3,7 +3,9 @@
 //!
 //! source AMI → key pair → security group → launch → running → SSH → provisioners → build key out of
 //! `authorized_keys` → stop → CreateImage (the image and its snapshots tagged at creation) → available → (image
-//! handed to the scheduler) → cleanup.
+//! handed to the scheduler) → cleanup. A one-time spot instance cannot be stopped: its image is made of the
+//! running instance, with reboot; if EC2 takes it back mid-build ([`interruption`]), the attempt is unwound and
+//! the build made again on demand, once.
 //!
 //! One module per phase: [`launch`] (source image, RunInstances), [`reach`] (the way in), [`provision`],
 //! [`authorized`] (the build key removed from the image before it stops),
@@ -13,6 +15,7 @@
 mod authorized;
 mod failure;
 mod image;
+mod interruption;
 mod launch;
 mod provision;
 mod reach;
@@ -27,11 +30,12 @@ use crate::cloud::hints;
 use crate::cloud::wait::WaitError;
 use crate::cloud::watch::{RegionWaits, WaitKind};
 use crate::cloud::{CloudError, ImageId, ImageSummary, InstanceId, RegionCloud};
-use crate::config::{Flavor, SourceAmi, Tags};
+use crate::config::{Flavor, Market, SourceAmi, Tags};
 use crate::outcome::{Artifact, BuiltOn, Failure, JobEnd, JobLabel, Publication, SourceParameter, Stage};
 use crate::plan::BuildJob;
 use crate::remote::{Communicator, Connection, TargetInstance};
 use crate::report::events::EventSender;
+use crate::steps::adopt::ImageOf;
 use crate::steps::cleanup::CleanupStack;
 use crate::steps::cleanup::UndoStep;
 use crate::steps::context::{RunContext, TEMPORARY_TAG};
@@ -81,6 +85,8 @@ enum Stopped {
     Failed(StepError),
     /// Interrupted after CreateImage: the image goes on being made.
     ImageInProgress(ImageId),
+    /// EC2 took the attempt's spot instance back (`Server.SpotInstanceTermination`).
+    SpotInterrupted(Box<interruption::Interrupted>),
 }
 
 impl From<StepError> for Stopped {
@@ -161,8 +167,9 @@ impl BuildContext {
 
 /// Runs the whole build, cleanup included; calls `on_available` the moment the image is available, before
 /// cleanup, so its copies can start.
-pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) -> JobEnd {
+pub async fn run(mut context: BuildContext, on_available: impl FnOnce(&Artifact)) -> JobEnd {
     let mut stack = CleanupStack::default();
+    let mut end = JobEnd::default();
     let result = match context.pending_image.clone() {
         Some(pending) => {
             context.progress(Stage::WaitImage, format!("waiting for {} from an earlier attempt", pending.image));
@@ -183,7 +190,21 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
                 artifact
             })
         }
-        None => sequence(&context, &mut stack).await,
+        None => match sequence(&context, &mut stack).await {
+            Err(Stopped::SpotInterrupted(interrupted)) => {
+                // Not the build's failure: the attempt's resources go, and the build is made again on demand.
+                context.progress(Stage::Launch, interruption::told(&interrupted));
+                end.spot_interruptions.push(interrupted.attempt);
+                end.failures.extend(unwind(&context, &mut stack).await);
+                context.flavor.market = Market::OnDemand;
+                match sequence(&context, &mut stack).await {
+                    // On demand, EC2 does not take the instance back: a second interruption is not possible.
+                    Err(Stopped::SpotInterrupted(again)) => Err(Stopped::Failed(again.error)),
+                    other => other,
+                }
+            }
+            other => other,
+        },
     };
     // Only an image that passed its tests is finished, announced, copied.
     let result = match result {
@@ -194,7 +215,6 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
         stopped => stopped,
     };
     let label = context.label();
-    let mut end = JobEnd::default();
     match result {
         Ok(mut artifact) => {
             let finishing = Finishing {
@@ -229,13 +249,20 @@ pub async fn run(context: BuildContext, on_available: impl FnOnce(&Artifact)) ->
         }
         Err(Stopped::ImageInProgress(image)) => end.in_progress = Some(image),
         Err(Stopped::Failed(error)) => end.failures.push(error.into_failure(&label)),
+        Err(Stopped::SpotInterrupted(interrupted)) => end.failures.push(interrupted.error.into_failure(&label)),
     }
+    end.failures.extend(unwind(&context, &mut stack).await);
+    end
+}
+
+/// Unwinds what the build's stack holds (saying so), leaving it empty; what could not be removed.
+async fn unwind(context: &BuildContext, stack: &mut CleanupStack) -> Vec<Failure> {
     if !stack.is_empty() {
         context.progress(Stage::Cleanup, format!("cleaning up {}", stack.pending().join(", ")));
     }
-    let cleanup = stack.unwind_for_job(&label, &*context.cloud, &context.waits, &*context.run.ledger, &context.events);
-    end.failures.extend(cleanup.await);
-    end
+    let stack = std::mem::take(stack);
+    let label = context.label();
+    stack.unwind_for_job(&label, &*context.cloud, &context.waits, &*context.run.ledger, &context.events).await
 }
 
 /// The SSM parameter version an earlier attempt's image was built from: read again, it must still name that
@@ -257,7 +284,6 @@ impl StepError {
 }
 
 async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Artifact, Stopped> {
-    let cloud = &*context.cloud;
     let resolved = context.interruptible(Stage::SourceAmi, resolve_source(context)).await?;
     let (source, parameter) = (resolved.image, resolved.parameter);
     let fingerprint = fingerprint(context, &source.id, parameter.as_ref())?;
@@ -269,23 +295,23 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
         Ok(()) => authorized::clear_build_key(context, &*up.connection).await,
         failed => failed,
     };
-    up.close_after(context, stack, provisioned).await?;
+    if let Err(error) = up.close_after(context, stack, provisioned).await {
+        return Err(interruption::or_failure(context, &instance, launched, &built_on, error).await);
+    }
 
-    context.progress(Stage::Stop, format!("stopping {instance}"));
-    once_known(&[launched], || cloud.stop_instance(&instance))
-        .await
-        .map_err(|error| StepError::cloud(Stage::Stop, error))?;
-    context
-        .interruptible(Stage::Stop, async {
-            context
-                .waits
-                .instance(&instance, WaitKind::InstanceStopped)
-                .await
-                .map_err(|error| StepError::wait(Stage::Stop, error))
-        })
-        .await?;
-
-    let image = create_image(context, &instance, launched, &source, &fingerprint).await?;
+    let of = match built_on.market {
+        // A one-time spot instance cannot be stopped (StopInstances: `UnsupportedOperation`, EC2 User Guide,
+        // "Stop a Spot Instance"): CreateImage with reboot stops and starts it for a consistent snapshot.
+        Market::Spot => ImageOf::RunningRebooted,
+        Market::OnDemand => {
+            stop(context, &instance, launched).await?;
+            ImageOf::Stopped
+        }
+    };
+    let image = match create_image(context, &instance, launched, &source, &fingerprint, of).await {
+        Ok(image) => image,
+        Err(error) => return Err(interruption::or_failure(context, &instance, launched, &built_on, error).await),
+    };
     let requested = Created::now(NewKind::Image);
     context.run.ledger.image_requested(&context.job.key(), &image);
     context.progress(Stage::CreateImage, format!("creating image {image} `{}`", context.job.image_name));
@@ -293,6 +319,24 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     artifact.settings.source_parameter = parameter;
     artifact.settings.built_on = Some(built_on);
     Ok(artifact)
+}
+
+/// StopInstances, and the wait until the instance is stopped.
+async fn stop(context: &BuildContext, instance: &InstanceId, launched: Created) -> Result<(), StepError> {
+    context.progress(Stage::Stop, format!("stopping {instance}"));
+    once_known(&[launched], || context.cloud.stop_instance(instance))
+        .await
+        .map_err(|error| StepError::cloud(Stage::Stop, error))?;
+    context
+        .interruptible(Stage::Stop, async {
+            context
+                .waits
+                .instance(instance, WaitKind::InstanceStopped)
+                .await
+                .map_err(|error| StepError::wait(Stage::Stop, error))
+        })
+        .await
+        .map(|_| ())
 }
 
 /// Why an instance is brought up: to build on, or to test the image just made.
