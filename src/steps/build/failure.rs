@@ -328,6 +328,6 @@ mod tests {
         }
         assert_eq!(mode(&gathered.saved[0]), 0o600);
         assert_eq!(std::fs::read(&gathered.saved[0]).unwrap(), b"\x1b]0;raw bytes\x07", "stored as received");
-        assert_eq!(gathered.budget, TOTAL_CAP - 15);
+        assert_eq!(gathered.budget, TOTAL_CAP - 14);
     }
 }
