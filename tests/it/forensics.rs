@@ -156,3 +156,36 @@ fn a_failed_provisioner_or_test_saves_its_on_failure_output_and_collected_files(
     assert!(removed.stdout.contains(&format!("removed the logs of run {run_id}")), "{}", removed.stdout);
     assert!(!logs.exists());
 }
+
+/// On the simulated cloud: a `provision` fault fails a build's first provisioner, and the on-failure phase
+/// saves a simulated line per `on_failure` provisioner and per collected file, listed like a real one's; the
+/// run leaves nothing in the model.
+#[test]
+fn a_failing_simulated_provisioner_saves_simulated_logs() {
+    let workspace = Workspace::new();
+    let fleet = "[fleet]\nname = \"simfx\"\nami_name = \"{flavor}-{run_id}\"\n\n\
+         [[flavor]]\nname = \"web\"\nsource_ami = { owners = [\"amazon\"], name = \"al2023-ami-2023.*-kernel-6.1-x86_64\" }\ninstance_type = \"t3.small\"\nssh_username = \"ec2-user\"\n\
+         provisioners = [{ type = \"shell\", inline = [\"make\"] }]\n\
+         on_failure = [{ type = \"shell\", inline = [\"journalctl -b --no-pager\"] }]\n\
+         collect = [\"/var/log/cloud-init-output.log\"]\n\n\
+         [regions]\nus-west-2 = []\n\n\
+         [ssh]\nsource_cidrs = [\"203.0.113.5/32\"]\n\n\
+         [sim]\nfaults = [{ action = \"provision\", error = \"failed\", nth = 1 }]\n";
+    let run = crate::sim::run_sim_with(&workspace, fleet, &[]);
+    assert_eq!(run.outcome.code, 1, "{}", run.outcome.stderr);
+    assert_eq!(run.summary["leaked_resources"], serde_json::json!([]), "{}", run.outcome.stderr);
+    let failure = &run.manifest["failures"][0];
+    assert_eq!(failure["stage"], "provision", "{failure}");
+    let listed: Vec<PathBuf> =
+        failure["logs"].as_array().unwrap().iter().map(|path| PathBuf::from(path.as_str().unwrap())).collect();
+    assert_eq!(listed.len(), 2, "{failure}");
+    let run_id = run.manifest["run_id"].as_str().unwrap();
+    let folder = workspace.path(&format!(".fleetbake/fleet/{run_id}/logs/web/us-west-2"));
+    assert_eq!(listed[0], folder.join("on_failure-1.log"));
+    assert_eq!(listed[1], folder.join("collect-1-var_log_cloud-init-output.log"));
+    let output = std::fs::read_to_string(&listed[0]).unwrap();
+    assert_eq!(output, "(sim) would run on_failure provisioner 1: shell inline, 1 lines\n");
+    let collected = std::fs::read_to_string(&listed[1]).unwrap();
+    assert_eq!(collected, "(sim) the contents of /var/log/cloud-init-output.log on the simulated instance\n");
+    assert!(run.outcome.stderr.contains("    logs: 2 files saved in"), "{}", run.outcome.stderr);
+}
