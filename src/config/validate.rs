@@ -1873,7 +1873,8 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
             };
             if fault.error.as_deref() != Some("failed") || fault.image_state.is_some() || fault.instance_state.is_some()
             {
-                let what = if kind == "test" { "the image's tests fail" } else { "the build's first provisioner fails" };
+                let what =
+                    if kind == "test" { "the image's tests fail" } else { "the build's first provisioner fails" };
                 checker.problem(at.key("error"), format!("a `{kind}` fault is `error = \"failed\"`: {what}"));
                 continue;
             }

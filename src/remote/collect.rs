@@ -152,7 +152,9 @@ mod tests {
         let collected = connection.read_file("/var/log/x.log", 4096).await.unwrap();
         assert_eq!(collected, Collected { bytes: content, truncated: false });
         let commands = connection.commands.into_inner().unwrap();
-        assert!(commands[0].starts_with("f='/var/log/x.log'; ") && commands[0].ends_with("head -c 4097 -- \"$f\" | base64"));
+        assert!(
+            commands[0].starts_with("f='/var/log/x.log'; ") && commands[0].ends_with("head -c 4097 -- \"$f\" | base64")
+        );
     }
 
     /// The command asks for one byte past the cap: a file longer than the cap is cut and said to be.

@@ -136,7 +136,11 @@ mod tests {
 
         let dry = gc_logs(&dir, 14 * DAY, now, true);
         assert_eq!(dry.lines.len(), 1, "{:?}", dry.lines);
-        assert!(dry.lines[0].starts_with(&format!("would remove the logs of run {old} started 19days 9h ago")), "{:?}", dry.lines);
+        assert!(
+            dry.lines[0].starts_with(&format!("would remove the logs of run {old} started 19days 9h ago")),
+            "{:?}",
+            dry.lines
+        );
         assert!(dir.logs_path(&old).exists(), "a dry run removes nothing");
 
         let done = gc_logs(&dir, 14 * DAY, now, false);

@@ -66,13 +66,15 @@ async fn on_failure(
     }
     let stage = error.stage;
     if stage == Stage::Interrupted || context.cancel.is_cancelled() {
-        context.progress(stage, format!("on failure: skipped, the run is interrupted: nothing collected from {instance}"));
+        context
+            .progress(stage, format!("on failure: skipped, the run is interrupted: nothing collected from {instance}"));
         return Vec::new();
     }
     let folder = context.run.logs.of_build(&context.flavor.name, &context.job.region);
     if let Err(why) = private_folder(&context.run.logs.folder, &folder) {
         let shown = escaped(&folder.display().to_string());
-        context.progress(stage, format!("on failure: cannot make `{shown}` ({why}): nothing collected from {instance}"));
+        context
+            .progress(stage, format!("on failure: cannot make `{shown}` ({why}): nothing collected from {instance}"));
         return Vec::new();
     }
     context.progress(
@@ -102,8 +104,12 @@ async fn on_failure(
     if gathered.saved.is_empty() {
         context.progress(stage, format!("on failure: nothing saved in `{shown}`"));
     } else {
-        let names: Vec<String> =
-            gathered.saved.iter().filter_map(|path| path.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = gathered
+            .saved
+            .iter()
+            .filter_map(|path| path.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
         context.progress(
             stage,
             format!("on failure: saved {} files in `{shown}`: {}", gathered.saved.len(), names.join(", ")),
@@ -170,10 +176,9 @@ async fn gather(context: &BuildContext, connection: &dyn Connection, gathered: &
         match ran {
             Ok(()) => {}
             Err(ProvisionError { cause: ProvisionCause::Remote(why), .. }) => {
-                gathered.notes.push(format!(
-                    "the connection is gone ({}): nothing more collected",
-                    escaped(&why.to_string())
-                ));
+                gathered
+                    .notes
+                    .push(format!("the connection is gone ({}): nothing more collected", escaped(&why.to_string())));
                 return;
             }
             Err(error) => gathered.notes.push(escaped(&error.to_string())),
@@ -230,7 +235,9 @@ async fn run_one(
     };
     let ran = tokio::time::timeout(entry.timeout, provision::run(connection, number, provisioner, env, &mut output))
         .await
-        .unwrap_or_else(|_| Err(ProvisionError::new(env, number, provisioner, ProvisionCause::TimedOut(entry.timeout))));
+        .unwrap_or_else(|_| {
+            Err(ProvisionError::new(env, number, provisioner, ProvisionCause::TimedOut(entry.timeout)))
+        });
     (ran, captured)
 }
 
@@ -288,8 +295,12 @@ mod tests {
         assert_eq!(collected_name(3, "/tmp/a b;$(rm -rf ~)\u{1b}[2J"), "collect-3-tmp_a_b___rm_-rf_____2J");
         let long = collected_name(4, &format!("/{}", "x".repeat(500)));
         assert_eq!(long.len(), "collect-4-".len() + SAFE_NAME_CHARS);
-        for name in [collected_name(5, "/.."), collected_name(6, "/"), safe_file_name(".."), safe_file_name(".hidden")] {
-            assert!(!name.contains("..") && !name.contains('/') && !name.starts_with('.') && !name.is_empty(), "{name}");
+        for name in [collected_name(5, "/.."), collected_name(6, "/"), safe_file_name(".."), safe_file_name(".hidden")]
+        {
+            assert!(
+                !name.contains("..") && !name.contains('/') && !name.starts_with('.') && !name.is_empty(),
+                "{name}"
+            );
         }
     }
 
