@@ -870,6 +870,8 @@ pub enum FaultEffect {
     InstanceTerminates { reason: String },
     /// Not a call: a build's image tests fail (`action = "test"`).
     TestFails,
+    /// Not a call: a build's first provisioner fails (`action = "provision"`).
+    ProvisionFails,
     /// The call succeeds (RunInstances), and the instance's console and sshd misbehave (`console = "…"`); only
     /// for instances of `flavor`, if set.
     Console { fault: ConsoleFault, flavor: Option<FlavorName> },

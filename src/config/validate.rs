@@ -1867,11 +1867,17 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
     }
     for (index, fault) in raw.faults.into_iter().enumerate() {
         let at = path.key("faults").index(index);
-        if fault.action == "test" {
-            // Not an EC2 call: the image tests of a build (`[[flavor]] tests`) fail.
+        if fault.action == "test" || fault.action == "provision" {
+            // Not an EC2 call: the image tests of a build (`[[flavor]] tests`), or its first provisioner, fail.
+            let (kind, effect) = match fault.action.as_str() {
+                "test" => ("test", FaultEffect::TestFails),
+                _ => ("provision", FaultEffect::ProvisionFails),
+            };
             if fault.error.as_deref() != Some("failed") || fault.image_state.is_some() || fault.instance_state.is_some()
             {
-                checker.problem(at.key("error"), "a `test` fault is `error = \"failed\"`: the image's tests fail");
+                let what =
+                    if kind == "test" { "the image's tests fail" } else { "the build's first provisioner fails" };
+                checker.problem(at.key("error"), format!("a `{kind}` fault is `error = \"failed\"`: {what}"));
                 continue;
             }
             let region = fault.region.as_deref().map(|name| checker.region(at.key("region"), name));
@@ -1879,14 +1885,14 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
                 (Some(nth), None) if nth >= 1 => sim.faults.push(SimFault {
                     action: None,
                     region,
-                    effect: FaultEffect::TestFails,
+                    effect,
                     when: FaultTrigger::Nth(nth),
                     answer_lost: false,
                 }),
                 (None, Some(p)) if p > 0.0 && p <= 1.0 => sim.faults.push(SimFault {
                     action: None,
                     region,
-                    effect: FaultEffect::TestFails,
+                    effect,
                     when: FaultTrigger::Probability(p),
                     answer_lost: false,
                 }),

@@ -33,7 +33,7 @@ use crate::report::{self, JsonLinesReporter, LiveReporter, ReportError, Reporter
 use crate::state::journal::{Journal, JournalDir, JournalError, Replay, RunLock};
 use crate::state::manifest::{check_existing, ExistingManifestError, ManifestWriter, SetAside};
 use crate::state::packer::PackerManifestWriter;
-use crate::steps::context::RunContext;
+use crate::steps::context::{RunContext, RunLogs};
 use crate::steps::distribute::DistributionGrants;
 use crate::steps::ledger::Ledger;
 use crate::steps::network::SshSources;
@@ -421,6 +421,8 @@ impl Execution {
             ledger: Arc::clone(&journal) as Arc<dyn Ledger>,
             attempt,
             distribution: DistributionGrants::for_plan(&plan),
+            // Beside the journal (also for the simulated cloud, whose journal stays in memory: its logs are files).
+            logs: RunLogs { folder: JournalDir::of(&self.fleet).logs_path(&plan.run_id) },
         });
 
         let (events, receiver) = EventSender::channel(clock);

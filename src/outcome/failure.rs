@@ -4,6 +4,7 @@
 //! Layer: `outcome`; imports `config` and `cloud` (the error a failure is made from, and its hint).
 
 use std::fmt;
+use std::path::PathBuf;
 
 use super::{JobLabel, Stage};
 use crate::cloud::{CloudError, ErrorKind};
@@ -26,6 +27,10 @@ pub struct Failure {
     /// credentials, a region not enabled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// The files the on-failure phase saved on this machine (`on_failure` output, `collect`ed files), each a
+    /// path under the run's logs folder; empty when it saved none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<PathBuf>,
 }
 
 impl Failure {
@@ -38,6 +43,7 @@ impl Failure {
             code: None,
             error: error.to_string(),
             hint: None,
+            logs: Vec::new(),
         }
     }
 
@@ -56,6 +62,11 @@ impl Failure {
         let not_renewed = self.code.is_none()
             && self.hint.as_deref().is_some_and(|hint| hint.starts_with(crate::cloud::hints::CREDENTIALS_GONE));
         refused || not_renewed
+    }
+
+    /// The folder its saved logs are in (they are all in one: the job's), if it saved any.
+    pub fn logs_folder(&self) -> Option<&std::path::Path> {
+        self.logs.first().and_then(|file| file.parent())
     }
 
     pub fn from_cloud(label: &JobLabel, stage: Stage, error: &CloudError) -> Self {

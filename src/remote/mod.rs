@@ -8,6 +8,7 @@
 //! (output streams); never the steps, the state or the engine.
 
 pub mod authorized;
+pub mod collect;
 pub mod key_dirs;
 pub mod net;
 pub mod provision;
@@ -95,6 +96,13 @@ pub trait Connection: Send + Sync {
     /// Closes the connection; a command whose `exec` was not waited to its end (its future dropped: a time limit,
     /// an interrupt) is ended on the instance first, best effort.
     async fn close(self: Box<Self>);
+
+    /// Reads at most `cap` bytes of the file at `path` on the instance (`collect`, after a failure): by
+    /// default one `exec` of a fixed command with the path single-quoted ([`collect::read_over_exec`]);
+    /// the simulated connection answers with a simulated line.
+    async fn read_file(&self, path: &str, cap: usize) -> Result<collect::Collected, collect::CollectError> {
+        collect::read_over_exec(self, path, cap).await
+    }
 }
 
 /// Stands in for a whole provisioner (the simulated connection: its simulated time, and a line saying what

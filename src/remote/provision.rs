@@ -29,6 +29,9 @@ pub enum Phase {
     /// Testing the image made (`[[flavor]] tests`), on an instance launched from it: its id, as
     /// `FLEETBAKE_IMAGE_ID`.
     Test { image_id: String },
+    /// A flavor's `on_failure` provisioners, run after a provisioner or a test failed on the instance: their
+    /// output is saved, and their own failure fails nothing further.
+    OnFailure,
 }
 
 impl Phase {
@@ -37,6 +40,7 @@ impl Phase {
         match self {
             Phase::Provision => "provisioner",
             Phase::Test { .. } => "test",
+            Phase::OnFailure => "on_failure provisioner",
         }
     }
 }

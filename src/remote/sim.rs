@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::cloud::sim::SimCloud;
 use crate::cloud::{ErrorKind, InstanceId, SessionId};
 use crate::config::{FlavorName, Fleet, Provisioner, Region};
+use crate::remote::collect::{CollectError, Collected};
 use crate::remote::provision::{Described, Phase, ProvisionCause, ProvisionEnv, ProvisionError};
 use crate::remote::session_manager::{self, SessionManagerTarget};
 use crate::remote::ssh::{mismatch_message, HostKeyCheck};
@@ -146,6 +147,11 @@ impl StandIn for SimConnection {
         let testing = matches!(env.phase, Phase::Test { .. });
         let kind = env.phase.noun();
         output(OutputStream::Stdout, format!("(sim) would run {kind} {number}: {}", Described(provisioner)).into());
+        if env.phase == Phase::OnFailure {
+            // What it would have printed is saved like a real one's; it takes a moment, never fails.
+            tokio::time::sleep(ON_FAILURE_TAKES).await;
+            return Ok(());
+        }
         let takes = self.sim.jittered(self.each(testing));
         // A spot instance EC2 takes back while this runs: the connection drops then (`[sim] spot`).
         match self.sim.interrupted_at(&self.region, &self.instance) {
@@ -165,6 +171,10 @@ impl StandIn for SimConnection {
         }
         if testing && number == 1 && self.sim.test_fails(&self.region) {
             output(OutputStream::Stderr, "(sim) the test failed ([sim] faults)".into());
+            return Err(ProvisionError::new(env, number, provisioner, ProvisionCause::ExitCode(1)));
+        }
+        if !testing && number == 1 && self.sim.provision_fails(&self.region) {
+            output(OutputStream::Stderr, "(sim) the provisioner failed ([sim] faults)".into());
             return Err(ProvisionError::new(env, number, provisioner, ProvisionCause::ExitCode(1)));
         }
         Ok(())
@@ -192,4 +202,16 @@ impl Connection for SimConnection {
             session_manager::end_every_session(&through).await;
         }
     }
+    /// A simulated file: one line saying what would have been read (the instance holds no files).
+    async fn read_file(&self, path: &str, cap: usize) -> Result<Collected, CollectError> {
+        tokio::time::sleep(READ_FILE_TAKES).await;
+        let mut bytes = format!("(sim) the contents of {path} on the simulated instance\n").into_bytes();
+        let truncated = bytes.len() > cap;
+        bytes.truncate(cap);
+        Ok(Collected { bytes, truncated })
+    }
 }
+
+/// How long a simulated `on_failure` provisioner and a simulated `collect` read take.
+const ON_FAILURE_TAKES: Duration = Duration::from_secs(2);
+const READ_FILE_TAKES: Duration = Duration::from_millis(200);

@@ -43,6 +43,9 @@ pub fn line(event: &RunEvent) -> Option<String> {
             if let Some(hint) = &failure.hint {
                 text.push_str(&format!("\n    hint: {hint}"));
             }
+            if let Some(folder) = failure.logs_folder() {
+                text.push_str(&format!("\n    logs: {} files saved in `{}`", failure.logs.len(), folder.display()));
+            }
             text
         }
         RunEvent::CleanupFailed { job, resource, error } => {

@@ -699,7 +699,11 @@ pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(
     survey.leftovers.extend(journaled_sessions(&JournalDir::of(fleet)));
     let runs = RunsInProgress::ask(&JournalDir::of(fleet), &survey, Utc::now())?;
     let plan = GcPlan::new(&survey, &runs, &protected, &fleet.retention, Utc::now());
-    let outcome = execute(&plan, cloud, dry_run).await;
+    let mut outcome = execute(&plan, cloud, dry_run).await;
+    // The runs' saved logs on this machine, past `[retention] logs` (`state::logs`).
+    let logs = crate::state::logs::gc_logs(&JournalDir::of(fleet), fleet.retention.logs, Utc::now(), dry_run);
+    outcome.lines.extend(logs.lines);
+    outcome.failures += logs.failures;
     Ok((plan, outcome))
 }
 

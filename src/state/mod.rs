@@ -10,6 +10,7 @@ pub mod atomic;
 pub mod gc;
 pub mod journal;
 pub mod leftovers;
+pub mod logs;
 pub mod manifest;
 pub mod packer;
 pub mod resume;

@@ -46,6 +46,47 @@ pub struct RunContext {
     /// The grants distribution copies give other accounts on the run's images, shared by the copies of one
     /// source into one account ([`DistributionGrants::for_plan`]).
     pub distribution: DistributionGrants,
+    /// Where the on-failure phase saves what it gathers: the run's logs folder, beside its journal.
+    pub logs: RunLogs,
+}
+
+/// The run's logs folder, `.fleetbake/<fleet>/<run id>/logs/` (the engine names it from the journal's folder:
+/// the steps do not know the state layer); each failed build saves in its own `<flavor>/<region>/` below it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunLogs {
+    pub folder: std::path::PathBuf,
+}
+
+impl RunLogs {
+    /// The folder of one build's saved logs (a build is always in the own account).
+    pub fn of_build(&self, flavor: &FlavorName, region: &crate::config::Region) -> std::path::PathBuf {
+        self.folder.join(safe_file_name(flavor.as_str())).join(safe_file_name(region.as_str()))
+    }
+}
+
+/// The most characters of a name [`safe_file_name`] keeps.
+pub const SAFE_NAME_CHARS: usize = 96;
+
+/// `text` made a safe single file name on this machine: letters, digits, `.`, `_` and `-` kept, every other
+/// character (`/` included) `_`, no `..` (each becomes `_.`), no leading `.` (hidden), at most
+/// [`SAFE_NAME_CHARS`] characters, never empty.
+pub fn safe_file_name(text: &str) -> String {
+    let mut name: String = text
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .take(SAFE_NAME_CHARS)
+        .collect();
+    while name.contains("..") {
+        name = name.replace("..", "_.");
+    }
+    if name.starts_with('.') {
+        name.replace_range(..1, "_");
+    }
+    if name.is_empty() {
+        name.push('_');
+    }
+    name
 }
 
 impl RunContext {

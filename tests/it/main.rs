@@ -12,6 +12,7 @@ mod distribution_ops;
 mod ec2_errors;
 mod exit_codes;
 mod fleet_keys;
+mod forensics;
 mod harness;
 mod host_keys;
 mod image_snapshots;

@@ -117,6 +117,11 @@ impl SimCloud {
         self.model.test_fails(region)
     }
 
+    /// Whether a `[sim] faults` `provision` fault fails this run of a build's provisioners in `region`.
+    pub fn provision_fails(&self, region: &Region) -> bool {
+        self.model.provision_fails(region)
+    }
+
     /// `duration` ± the configured jitter.
     pub fn jittered(&self, duration: Duration) -> Duration {
         self.model.jittered(duration)

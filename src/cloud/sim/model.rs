@@ -250,6 +250,12 @@ impl Model {
         self.firing(Action::DescribeImages, region, |effect| matches!(effect, FaultEffect::TestFails)).is_some()
     }
 
+    /// Whether a configured `provision` fault fails this run of a build's provisioners in `region`.
+    pub fn provision_fails(&self, region: &Region) -> bool {
+        // Like test faults: no action of their own; only this asks for their effect.
+        self.firing(Action::DescribeImages, region, |effect| matches!(effect, FaultEffect::ProvisionFails)).is_some()
+    }
+
     /// The first fault of the wanted effects that matches this call and fires; each counts its own matches.
     fn firing(&self, action: Action, region: &Region, wanted: impl Fn(&FaultEffect) -> bool) -> Option<&SimFault> {
         let mut matches = self.fault_matches.lock().expect("not poisoned");

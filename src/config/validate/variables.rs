@@ -305,12 +305,23 @@ pub(super) fn substitute_variables(
                 }
             }
         }
+        // `on_failure` provisioners run like the others and make nothing: private, not fingerprinted.
+        for (number, provisioner) in flavor.on_failure.iter_mut().flatten().enumerate() {
+            for (name, value) in provisioner.env.iter_mut().flatten() {
+                field(checker, path.key("on_failure").index(number).key("env").key(name), value, Exposure::Private);
+            }
+        }
         // User data is not private: cloud-init keeps it on the instance's disk (`/var/lib/cloud/instances/…`),
         // so CreateImage puts it in the image, and DescribeInstanceAttribute shows it: no sensitive value.
         if let Some(user_data) = &mut flavor.user_data {
             if let Some(form) = field(checker, path.key("user_data"), user_data, Exposure::Shown) {
                 forms.flavor_user_data.insert(index, form);
             }
+        }
+    }
+    for (number, provisioner) in raw.defaults.on_failure.iter_mut().flatten().enumerate() {
+        for (name, value) in provisioner.env.iter_mut().flatten() {
+            field(checker, defaults.key("on_failure").index(number).key("env").key(name), value, Exposure::Private);
         }
     }
     if let Some(user_data) = &mut raw.defaults.user_data {

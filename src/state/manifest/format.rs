@@ -166,6 +166,10 @@ pub struct FailureEntry {
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// What the on-failure phase saved (`on_failure` output, `collect`ed files): paths on the machine that ran
+    /// fleetbake, under the run's logs folder; absent when it saved none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<std::path::PathBuf>,
 }
 
 impl From<&Failure> for FailureEntry {
@@ -178,6 +182,7 @@ impl From<&Failure> for FailureEntry {
             code: failure.code.clone(),
             error: failure.error.clone(),
             hint: failure.hint.clone(),
+            logs: failure.logs.clone(),
         }
     }
 }

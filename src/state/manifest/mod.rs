@@ -855,6 +855,7 @@ mod tests {
         let failure = crate::outcome::Failure {
             code: Some("UnauthorizedOperation".into()),
             hint: Some("grant `ec2:RunInstances`".into()),
+            logs: vec![std::path::PathBuf::from("/srv/.fleetbake/it/logs/web/us-west-2/on_failure-1.log")],
             ..crate::outcome::Failure::new(&label("web", "us-west-2"), crate::outcome::Stage::Launch, "not allowed")
         };
         let events = [

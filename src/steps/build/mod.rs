@@ -102,14 +102,17 @@ struct StepError {
     message: String,
     /// What to do about it (see `cloud::hints`).
     hint: Option<String>,
+    /// What the on-failure phase saved about it ([`failure`]).
+    logs: Vec<std::path::PathBuf>,
 }
 
 impl StepError {
     fn new(stage: Stage, message: impl ToString) -> Self {
-        StepError { stage, code: None, message: message.to_string(), hint: None }
+        StepError { stage, code: None, message: message.to_string(), hint: None, logs: Vec::new() }
     }
     fn cloud(stage: Stage, error: CloudError) -> Self {
-        StepError { stage, code: error.code.clone(), message: error.to_string(), hint: hints::hint(&error) }
+        let hint = hints::hint(&error);
+        StepError { stage, code: error.code.clone(), message: error.to_string(), hint, logs: Vec::new() }
     }
     fn wait(stage: Stage, error: WaitError) -> Self {
         match error {
@@ -279,7 +282,7 @@ async fn pending_parameter(context: &BuildContext, source: &ImageId) -> Result<O
 
 impl StepError {
     fn into_failure(self, label: &JobLabel) -> Failure {
-        Failure { code: self.code, hint: self.hint, ..Failure::new(label, self.stage, self.message) }
+        Failure { code: self.code, hint: self.hint, logs: self.logs, ..Failure::new(label, self.stage, self.message) }
     }
 }
 
@@ -375,6 +378,7 @@ async fn bring_up(
                 hint: error.cloud.as_ref().and_then(hints::hint),
                 code: error.cloud.and_then(|e| e.code),
                 message: error.message,
+                logs: Vec::new(),
             })?;
 
     let resource_name = match purpose {

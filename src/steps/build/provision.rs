@@ -24,6 +24,8 @@ fn stage_of(phase: &Phase) -> (Stage, usize) {
     match phase {
         Phase::Provision => (Stage::Provision, 0),
         Phase::Test { .. } => (Stage::Test, TEST_OUTPUT_LINES),
+        // Run by the on-failure phase (`failure`), which saves their output instead.
+        Phase::OnFailure => (Stage::Provision, 0),
     }
 }
 
