@@ -583,6 +583,10 @@ pub trait RegionCloud: Send + Sync {
     /// key's ARN). What encrypts an image is read here, not assumed from the fleet file: EBS encryption by
     /// default (`aws/ebs` or the account's default key) or an alias re-pointed since the image was made.
     async fn snapshot_keys(&self, snapshots: &[SnapshotId]) -> CloudResult<Vec<SnapshotKey>>;
+    /// Adds `tags` to a key pair named `name` (`--keep-failed`'s `fleetbake:keep-until`): CreateTags takes a
+    /// key pair by its id (`key-…`), which DescribeKeyPairs gives for the name ("Tag your Amazon EC2
+    /// resources", EC2 User Guide: key pairs are taggable by id). An unknown name is `NotFound`.
+    async fn tag_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<()>;
 }
 
 /// A snapshot's encryption (DescribeSnapshots `Encrypted`, `KmsKeyId`).

@@ -494,7 +494,13 @@ impl Execution {
             journal: Arc::clone(&journal),
             events: events.clone(),
         };
-        let sweeper = Sweeper { cloud: self.cloud, waits, journal: Arc::clone(&journal), events: events.clone() };
+        let sweeper = Sweeper {
+            cloud: self.cloud,
+            waits,
+            journal: Arc::clone(&journal),
+            events: events.clone(),
+            clock: run.clock.clone(),
+        };
         let scheduler = Scheduler {
             clock: run.clock,
             journal: Arc::clone(&journal),

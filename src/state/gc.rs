@@ -367,7 +367,7 @@ fn journaled_sessions(dir: &JournalDir) -> Vec<Leftover> {
         let untagged = |resource: &&Resource| resource.kind == ResourceKind::Session || resource.kind.is_grant();
         for resource in replay.outstanding.keys().filter(untagged) {
             let run_id = Some(replay.header.run_id.clone());
-            sessions.push(Leftover { resource: resource.clone(), run_id, flavor: None });
+            sessions.push(Leftover { resource: resource.clone(), run_id, flavor: None, keep_until: None });
         }
     }
     sessions
@@ -435,11 +435,13 @@ mod tests {
                     resource: Resource::new(Region::new("us-west-2"), ResourceKind::Instance, "i-old"),
                     run_id: Some(old.clone()),
                     flavor: None,
+                    keep_until: None,
                 },
                 Leftover {
                     resource: Resource::new(Region::new("us-west-2"), ResourceKind::Instance, "i-busy"),
                     run_id: Some(busy.clone()),
                     flavor: None,
+                    keep_until: None,
                 },
             ],
             images: vec![
@@ -509,6 +511,7 @@ mod tests {
                 resource: Resource::new(Region::new("us-west-2"), ResourceKind::KeyPair, "k"),
                 run_id: Some(started.clone()),
                 flavor: None,
+                keep_until: None,
             }],
             images: Vec::new(),
             unreachable: Vec::new(),

@@ -5,13 +5,18 @@
 //! Removal goes through the same undo steps as a build's cleanup: instances first (and waited for), then
 //! security groups, then key pairs. Grants a distribution copy gave another account carry no tags: the
 //! journal names them ([`journaled_grants`]), and they are taken back through the same undo steps.
+//!
+//! A failed build's resources kept with `--keep-failed` carry `fleetbake:keep-until`: until that time they
+//! are not leftovers ([`Leftover::kept_at`], [`set_aside_kept`]); after it they are, like any other.
+
+use chrono::{DateTime, Utc};
 
 use crate::cloud::watch::RegionWaits;
 use crate::cloud::{CloudResult, InstanceId, RegionCloud};
 use crate::config::{FlavorName, Region, Tags};
 use crate::plan::RunId;
 use crate::steps::cleanup::{CleanupStack, UndoFailure, UndoStep};
-use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, RUN_ID_TAG, TEMPORARY_TAG};
+use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, KEEP_UNTIL_TAG, RUN_ID_TAG, TEMPORARY_TAG};
 use crate::steps::ledger::{Ledger, Resource, ResourceKind};
 
 /// A temporary resource found in the account.
@@ -22,6 +27,26 @@ pub struct Leftover {
     pub run_id: Option<RunId>,
     /// From its `fleetbake:flavor` tag.
     pub flavor: Option<FlavorName>,
+    /// From its `fleetbake:keep-until` tag (`--keep-failed`): left alone until then.
+    pub keep_until: Option<DateTime<Utc>>,
+}
+
+impl Leftover {
+    /// Whether it is kept (`--keep-failed`) at `now`: its `fleetbake:keep-until` is still to come.
+    pub fn kept_at(&self, now: DateTime<Utc>) -> bool {
+        self.keep_until.is_some_and(|until| until > now)
+    }
+}
+
+/// Splits `found` into what may be removed at `now` and what is kept until later (`--keep-failed`).
+pub fn set_aside_kept(found: Vec<Leftover>, now: DateTime<Utc>) -> (Vec<Leftover>, Vec<Leftover>) {
+    found.into_iter().partition(|leftover| !leftover.kept_at(now))
+}
+
+/// A `fleetbake:keep-until` value: RFC 3339 (what the build writes); anything else is no keep at all.
+fn keep_until(tags: &Tags) -> Option<DateTime<Utc>> {
+    let value = tags.get(KEEP_UNTIL_TAG)?;
+    DateTime::parse_from_rfc3339(value).ok().map(|until| until.to_utc())
 }
 
 /// The tags every temporary resource of the fleet carries, and of one run if given.
@@ -42,6 +67,7 @@ pub async fn find(cloud: &dyn RegionCloud, tags: &Tags) -> CloudResult<Vec<Lefto
         resource: Resource::new(region.clone(), kind, id),
         run_id: found.get(RUN_ID_TAG).and_then(|id| RunId::parse(id)),
         flavor: found.get(FLAVOR_TAG).map(FlavorName::new),
+        keep_until: keep_until(found),
     };
     let mut found = Vec::new();
     for instance in cloud.find_instances(tags).await? {
@@ -66,7 +92,12 @@ pub fn journaled_grants<'a>(
     outstanding
         .into_iter()
         .filter(|resource| resource.kind.is_grant() && resource.region() == region)
-        .map(|resource| Leftover { resource: resource.clone(), run_id: Some(run_id.clone()), flavor: None })
+        .map(|resource| Leftover {
+            resource: resource.clone(),
+            run_id: Some(run_id.clone()),
+            flavor: None,
+            keep_until: None,
+        })
         .collect()
 }
 
@@ -116,4 +147,38 @@ pub async fn remove(
         }
     }
     removal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(id: &str, keep_until: Option<&str>) -> Leftover {
+        let mut tags = Tags::new();
+        if let Some(until) = keep_until {
+            tags.insert(KEEP_UNTIL_TAG.to_string(), until.to_string());
+        }
+        Leftover {
+            resource: Resource::new(Region::new("us-west-2"), ResourceKind::Instance, id),
+            run_id: None,
+            flavor: None,
+            keep_until: super::keep_until(&tags),
+        }
+    }
+
+    #[test]
+    fn a_resource_kept_until_later_is_set_aside_and_one_past_its_time_is_a_leftover() {
+        let now: DateTime<Utc> = "2026-12-07T22:00:00Z".parse().unwrap();
+        let leftovers = vec![
+            found("i-plain", None),
+            found("i-later", Some("2026-12-07T23:00:00Z")),
+            found("i-past", Some("2026-12-07T21:59:59Z")),
+            found("i-garbled", Some("tomorrow")),
+        ];
+        let (due, kept) = set_aside_kept(leftovers, now);
+        let ids = |list: &[Leftover]| list.iter().map(|leftover| leftover.resource.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&due), ["i-plain", "i-past", "i-garbled"]);
+        assert_eq!(ids(&kept), ["i-later"]);
+        assert!(!kept[0].kept_at("2026-12-07T23:00:00Z".parse().unwrap()), "kept until, not through, its time");
+    }
 }

@@ -29,6 +29,9 @@ pub const SOURCE_PARAMETER_TAG: &str = "fleetbake:source-parameter";
 pub const TEMPORARY_TAG: &str = "fleetbake:temporary";
 /// `failed` on an image whose tests failed (kept with `keep_failed_images`): never reused.
 pub const TEST_TAG: &str = "fleetbake:test";
+/// `--keep-failed`: on a failed build's kept instance, key pair and security group, until when (RFC 3339): the
+/// end-of-run sweep, `--resume` and `gc` leave them until then, and `gc` removes them after.
+pub const KEEP_UNTIL_TAG: &str = "fleetbake:keep-until";
 
 /// What every job of a run shares.
 pub struct RunContext {

@@ -1627,6 +1627,21 @@ impl RegionCloud for SimRegion {
         })
         .await
     }
+
+    /// As DescribeKeyPairs by name then CreateTags on its id: one the account does not have (or does not know
+    /// yet: EC2's lag) is `InvalidKeyPair.NotFound`.
+    async fn tag_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<()> {
+        self.call(Action::CreateTags, |state, now| {
+            let created_at = state.key_pairs.get(name).map(|pair| pair.created_at);
+            if !created_at.is_some_and(|at| state.settled(at, now)) {
+                return refuse("InvalidKeyPair.NotFound", format!("The key pair '{name}' does not exist"));
+            }
+            let pair = state.key_pairs.get_mut(name).expect("just looked up");
+            pair.tags.extend(tags.clone());
+            Ok(())
+        })
+        .await
+    }
 }
 
 mod ssm;
