@@ -154,7 +154,7 @@ impl Scheduler {
                         let job = task_jobs.remove(&error.id()).expect("every task is a job");
                         let label = self.label(job);
                         let failures = vec![Failure::new(&label, Stage::Cleanup, format!("the job crashed: {error}"))];
-                        LoopEvent::JobDone { job, end: JobEnd { failures, in_progress: None }, slot: None }
+                        LoopEvent::JobDone { job, end: JobEnd { failures, ..JobEnd::default() }, slot: None }
                     }
                 },
             };
@@ -203,7 +203,7 @@ impl Scheduler {
         state.reused += 1;
         self.handle(LoopEvent::ImageAvailable { job, artifact: artifact.clone() }, state, queue);
         let failures = self.reuse_failures.get(&job).cloned().unwrap_or_default();
-        self.handle(LoopEvent::JobDone { job, end: JobEnd { failures, in_progress: None }, slot: None }, state, queue);
+        self.handle(LoopEvent::JobDone { job, end: JobEnd { failures, ..JobEnd::default() }, slot: None }, state, queue);
     }
 
     /// Once every job has ended: the sweep ([`crate::engine::sweep`]). A first interrupt now changes nothing
@@ -269,6 +269,10 @@ impl Scheduler {
                 state.failed_jobs.insert(job);
                 for failure in failures {
                     self.report_failure(job, failure);
+                }
+                // After its failures, so the manifest's failure entry lists it.
+                if let Some(kept) = end.kept {
+                    self.events.send(RunEvent::Kept(kept));
                 }
                 for skipped in queue.failed(&job) {
                     self.record_not_started(skipped, Stage::Skipped, &self.plan.why_skipped(skipped, job), state);

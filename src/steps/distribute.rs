@@ -132,7 +132,7 @@ pub async fn run(context: CopyContext, account: &str) -> CopyEnd {
             end
         }
         Err(failure) => {
-            CopyEnd { artifact: None, end: crate::outcome::JobEnd { failures: vec![failure], in_progress: None } }
+            CopyEnd { artifact: None, end: crate::outcome::JobEnd { failures: vec![failure], ..Default::default() } }
         }
     };
     let mut grants = source.lock().await;

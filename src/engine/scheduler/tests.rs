@@ -83,13 +83,13 @@ impl JobRunner for Arc<FakeRunner> {
                 sleep(10).await;
                 return JobEnd {
                     failures: vec![Failure::new(&label, Stage::Provision, "it broke")],
-                    in_progress: None,
+                    ..JobEnd::default()
                 };
             };
             tokio::select! {
                 () = sleep(to_image) => announce.image_available(&artifact(job)),
                 () = cancel.cancelled() => {
-                    return JobEnd { failures: vec![Failure::new(&label, Stage::Interrupted, "cancelled")], in_progress: None };
+                    return JobEnd { failures: vec![Failure::new(&label, Stage::Interrupted, "cancelled")], ..JobEnd::default() };
                 }
             }
             sleep(script.then).await;
