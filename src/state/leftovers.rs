@@ -49,6 +49,13 @@ fn keep_until(tags: &Tags) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(value).ok().map(|until| until.to_utc())
 }
 
+/// `--keep-failed`: the folder a run writes its kept builds' login keys to, one 0700 folder per instance
+/// (`<instance id>/key`, `known_hosts`): `.fleetbake/<fleet>/<run id>/kept/` (`journals` is the fleet's
+/// journal directory).
+pub fn kept_keys_dir(journals: &std::path::Path, run_id: &RunId) -> std::path::PathBuf {
+    journals.join(run_id.as_str()).join("kept")
+}
+
 /// The tags every temporary resource of the fleet carries, and of one run if given.
 pub fn temporary_tags(fleet: &str, run_id: Option<&RunId>) -> Tags {
     let mut tags =

@@ -49,6 +49,9 @@ pub struct RunContext {
     /// The grants distribution copies give other accounts on the run's images, shared by the copies of one
     /// source into one account ([`DistributionGrants::for_plan`]).
     pub distribution: DistributionGrants,
+    /// `--keep-failed`: where a kept build's login key is written, `.fleetbake/<fleet>/<run id>/kept/` (a 0700
+    /// folder per instance; `gc` removes it with the instance). `None` for the simulated cloud.
+    pub kept_keys: Option<std::path::PathBuf>,
 }
 
 impl RunContext {
