@@ -258,6 +258,8 @@ pub struct GcOutcome {
     pub deregistered: usize,
     pub snapshots: usize,
     pub failures: usize,
+    /// Temporary resources whose removal failed.
+    pub not_removed: Vec<Resource>,
 }
 
 /// The images the current manifest names: gc never removes them.
@@ -308,6 +310,7 @@ pub async fn execute(plan: &GcPlan, cloud: Arc<dyn Cloud>, dry_run: bool) -> GcO
             }
             for (resource, error) in &removal.failed {
                 outcome.failures += 1;
+                outcome.not_removed.push(resource.clone());
                 outcome.lines.push(format!("could not remove {resource}: {error}"));
             }
         }
@@ -373,6 +376,13 @@ fn journaled_sessions(dir: &JournalDir) -> Vec<Leftover> {
     sessions
 }
 
+/// What gc says of a resource kept until later (`--keep-failed`).
+fn kept_note(leftover: &Leftover) -> String {
+    let until = leftover.keep_until.map(|until| until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let run = leftover.run_id.as_ref().map_or("untagged".to_string(), ToString::to_string);
+    format!("left {} (run {run}): kept until {} (`--keep-failed`)", leftover.resource, until.unwrap_or_default())
+}
+
 /// The whole command: survey, plan, execute.
 pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(GcPlan, GcOutcome), GcError> {
     // Removing images takes the fleet file's run lock, refused at once if a run holds it: a run in progress
@@ -388,9 +398,28 @@ pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(
     let protected = protected_images(fleet)?;
     let mut survey = survey(fleet, &*cloud).await?;
     survey.leftovers.extend(journaled_sessions(&JournalDir::of(fleet)));
+    // A failed build's resources kept (`--keep-failed`) are left until their `fleetbake:keep-until`.
+    let (due, kept) = leftovers::set_aside_kept(std::mem::take(&mut survey.leftovers), Utc::now());
+    survey.leftovers = due;
     let runs = RunsInProgress::ask(&JournalDir::of(fleet), &survey, Utc::now())?;
-    let plan = GcPlan::new(&survey, &runs, &protected, &fleet.retention);
-    let outcome = execute(&plan, cloud, dry_run).await;
+    let mut plan = GcPlan::new(&survey, &runs, &protected, &fleet.retention);
+    plan.notes.extend(kept.iter().map(kept_note));
+    let mut outcome = execute(&plan, cloud, dry_run).await;
+    let found = leftovers::kept_keys(&JournalDir::of(fleet).path);
+    for keys in leftovers::stale_kept_keys(found, &kept, &outcome.not_removed) {
+        let folder = keys.folder.display();
+        if dry_run {
+            outcome.lines.push(format!("would remove the login key folder `{folder}` of kept instance {}", keys.instance));
+            continue;
+        }
+        match std::fs::remove_dir_all(&keys.folder) {
+            Ok(()) => outcome.lines.push(format!("removed the login key folder `{folder}` of kept instance {}", keys.instance)),
+            Err(error) => {
+                outcome.failures += 1;
+                outcome.lines.push(format!("could not remove `{folder}`: {error}"));
+            }
+        }
+    }
     Ok((plan, outcome))
 }
 

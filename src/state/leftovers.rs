@@ -56,6 +56,41 @@ pub fn kept_keys_dir(journals: &std::path::Path, run_id: &RunId) -> std::path::P
     journals.join(run_id.as_str()).join("kept")
 }
 
+/// A kept build's login folder (`<run id>/kept/<instance id>/`), found on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptKeys {
+    pub instance: InstanceId,
+    pub folder: std::path::PathBuf,
+}
+
+/// Every kept build's login folder under the fleet's journal directory `journals`, of every run.
+pub fn kept_keys(journals: &std::path::Path) -> Vec<KeptKeys> {
+    let Ok(runs) = std::fs::read_dir(journals) else { return Vec::new() };
+    let mut found = Vec::new();
+    for run in runs.flatten() {
+        let Ok(instances) = std::fs::read_dir(run.path().join("kept")) else { continue };
+        for instance in instances.flatten() {
+            if instance.file_type().is_ok_and(|kind| kind.is_dir()) {
+                let name = instance.file_name().to_string_lossy().into_owned();
+                found.push(KeptKeys { instance: InstanceId::new(name), folder: instance.path() });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.folder.cmp(&b.folder));
+    found
+}
+
+/// The login folders to remove: those whose instance is not kept any more (`still_kept`: the instances whose
+/// keep-until is still to come) and was not left by a removal that failed (`not_removed`).
+pub fn stale_kept_keys(found: Vec<KeptKeys>, still_kept: &[Leftover], not_removed: &[Resource]) -> Vec<KeptKeys> {
+    let named = |id: &InstanceId, resource: &Resource| resource.kind == ResourceKind::Instance && resource.id == id.as_str();
+    found
+        .into_iter()
+        .filter(|keys| !still_kept.iter().any(|leftover| named(&keys.instance, &leftover.resource)))
+        .filter(|keys| !not_removed.iter().any(|resource| named(&keys.instance, resource)))
+        .collect()
+}
+
 /// The tags every temporary resource of the fleet carries, and of one run if given.
 pub fn temporary_tags(fleet: &str, run_id: Option<&RunId>) -> Tags {
     let mut tags =
