@@ -203,7 +203,11 @@ impl Scheduler {
         state.reused += 1;
         self.handle(LoopEvent::ImageAvailable { job, artifact: artifact.clone() }, state, queue);
         let failures = self.reuse_failures.get(&job).cloned().unwrap_or_default();
-        self.handle(LoopEvent::JobDone { job, end: JobEnd { failures, ..JobEnd::default() }, slot: None }, state, queue);
+        self.handle(
+            LoopEvent::JobDone { job, end: JobEnd { failures, ..JobEnd::default() }, slot: None },
+            state,
+            queue,
+        );
     }
 
     /// Once every job has ended: the sweep ([`crate::engine::sweep`]). A first interrupt now changes nothing

@@ -409,11 +409,15 @@ pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(
     for keys in leftovers::stale_kept_keys(found, &kept, &outcome.not_removed) {
         let folder = keys.folder.display();
         if dry_run {
-            outcome.lines.push(format!("would remove the login key folder `{folder}` of kept instance {}", keys.instance));
+            outcome
+                .lines
+                .push(format!("would remove the login key folder `{folder}` of kept instance {}", keys.instance));
             continue;
         }
         match std::fs::remove_dir_all(&keys.folder) {
-            Ok(()) => outcome.lines.push(format!("removed the login key folder `{folder}` of kept instance {}", keys.instance)),
+            Ok(()) => outcome
+                .lines
+                .push(format!("removed the login key folder `{folder}` of kept instance {}", keys.instance)),
             Err(error) => {
                 outcome.failures += 1;
                 outcome.lines.push(format!("could not remove `{folder}`: {error}"));

@@ -83,7 +83,8 @@ pub fn kept_keys(journals: &std::path::Path) -> Vec<KeptKeys> {
 /// The login folders to remove: those whose instance is not kept any more (`still_kept`: the instances whose
 /// keep-until is still to come) and was not left by a removal that failed (`not_removed`).
 pub fn stale_kept_keys(found: Vec<KeptKeys>, still_kept: &[Leftover], not_removed: &[Resource]) -> Vec<KeptKeys> {
-    let named = |id: &InstanceId, resource: &Resource| resource.kind == ResourceKind::Instance && resource.id == id.as_str();
+    let named =
+        |id: &InstanceId, resource: &Resource| resource.kind == ResourceKind::Instance && resource.id == id.as_str();
     found
         .into_iter()
         .filter(|keys| !still_kept.iter().any(|leftover| named(&keys.instance, &leftover.resource)))

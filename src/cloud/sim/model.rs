@@ -40,6 +40,7 @@ use crate::util::host_keys::{console_block, ed25519_from_seed, HostKey};
 
 pub mod account;
 pub mod accounts;
+pub mod kept;
 
 /// Of a configured effect of one kind (a console or an agent fault): the fault, and the flavor it is limited to.
 type PickLaunchFault<T> = fn(&FaultEffect) -> Option<(T, Option<&FlavorName>)>;
@@ -63,6 +64,9 @@ pub struct Model {
     pub account: account::SimAccount,
     /// The other accounts (`[sim] accounts`), who may reach them, and the AssumeRole calls made for them.
     pub accounts: accounts::SimAccounts,
+    /// The account's wall time (its start advanced by Tokio's clock): what `fleetbake:keep-until` is read
+    /// against ([`kept`]).
+    pub wall: crate::util::clock::RunClock,
 }
 
 /// Why the model refused a call: an AWS error code and message.
@@ -105,6 +109,7 @@ impl Model {
             faults_injected: AtomicU64::new(0),
             account,
             accounts,
+            wall: crate::util::clock::RunClock::start(),
         })
     }
 
@@ -427,6 +432,11 @@ impl RegionState {
             self.lagged += 1;
         }
         settled
+    }
+
+    /// A resource's tags, if it has any.
+    pub fn tags_of(&self, resource: &str) -> Option<&Tags> {
+        self.tags.get(resource).map(Arc::as_ref)
     }
 
     /// The value of one tag of a resource, if it has it.

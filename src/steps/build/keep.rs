@@ -153,7 +153,9 @@ async fn settle_state(context: &BuildContext, instance: &InstanceId, keep: KeepF
         return if stopped_by_the_build { KeptAs::Stopped } else { KeptAs::Running };
     }
     let stopped = match context.cloud.stop_instance(instance).await {
-        Ok(()) => context.waits.instance(instance, WaitKind::InstanceStopped).await.map(|_| ()).map_err(|e| e.to_string()),
+        Ok(()) => {
+            context.waits.instance(instance, WaitKind::InstanceStopped).await.map(|_| ()).map_err(|e| e.to_string())
+        }
         Err(error) => Err(error.to_string()),
     };
     match stopped {
@@ -176,7 +178,8 @@ fn login(context: &BuildContext, instance: &InstanceId, stage: Stage) -> Result<
         return Err("no key is written for a simulated run".into());
     };
     let folder = kept_keys.join(instance.as_str());
-    let written = write_login(&folder, &login).map_err(|error| format!("cannot write `{}`: {error}", folder.display()))?;
+    let written =
+        write_login(&folder, &login).map_err(|error| format!("cannot write `{}`: {error}", folder.display()))?;
     Ok(command(&login, instance, &written))
 }
 
@@ -197,7 +200,9 @@ fn write_login(folder: &Path, login: &Login) -> std::io::Result<Written> {
             let host = match &login.via {
                 LoginVia::Address { host, .. } => host.clone(),
                 // Through Session Manager, ssh checks the key under the instance id (its `HostKeyAlias`).
-                LoginVia::SessionManager { .. } => folder.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                LoginVia::SessionManager { .. } => {
+                    folder.file_name().unwrap_or_default().to_string_lossy().into_owned()
+                }
             };
             let path = folder.join("known_hosts");
             write_private_file(&path, &keys.known_hosts(&host, login.port))?;
