@@ -15,6 +15,7 @@ mod fleet_keys;
 mod harness;
 mod host_keys;
 mod image_snapshots;
+mod keep_failed;
 mod layers;
 mod layout;
 mod manifest_accounts;

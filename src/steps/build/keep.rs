@@ -96,6 +96,8 @@ pub(super) async fn keep_failed(context: &BuildContext, stack: &mut CleanupStack
     let steps = stack.keep()?;
     let instance = steps.instance.clone()?;
     let until = context.run.clock.now() + chrono::TimeDelta::from_std(keep.for_).unwrap_or(chrono::TimeDelta::MAX);
+    // Whole seconds, as the tag says it.
+    let until = chrono::DateTime::from_timestamp(until.timestamp(), 0).unwrap_or(until);
     let tags = Tags::from([(KEEP_UNTIL_TAG.to_string(), until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))]);
     let cloud = &*context.cloud;
     let mut ids = vec![instance.to_string()];
