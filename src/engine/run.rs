@@ -506,7 +506,7 @@ impl Execution {
             waits,
             journal: Arc::clone(&journal),
             events: events.clone(),
-            clock: run.clock.clone(),
+            clock: run.clock,
         };
         let scheduler = Scheduler {
             clock: run.clock,
