@@ -2,7 +2,8 @@
 //! instance stays (running, or stopped), tagged `fleetbake:keep-until` with its key pair and security group,
 //! journaled as kept so the end-of-run sweep leaves it; its key is written 0600 in a 0700 folder and the
 //! connection command it prints logs in to the same verified host; a successful build beside it keeps
-//! nothing; `gc` leaves it before its time and removes all of it (and the key folder) after.
+//! nothing; `gc` leaves it before its time and removes all of it (and the key folder) after. In the simulated
+//! cloud a kept instance is reported kept, not leaked.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -201,4 +202,36 @@ fn a_stopped_kept_instance_is_removed_by_gc_once_its_time_is_past() {
     assert!(gc.stdout.contains(&format!("removed instance {instance}")), "{}", gc.stdout);
     runtime.block_on(assert_nothing_temporary_left(&client, "us-west-2"));
     assert!(!folder.exists(), "the key folder went with the instance");
+}
+
+/// The simulated cloud keeps the same way: a failed test keeps its test instance (with its key pair and
+/// group), which the leak report lists as kept until its time, not leaked; no key is written for a simulated
+/// run, and the manifest's failure says so. (Kept 24h: the simulated night, one build at a time, outlasts an hour,
+/// and a keep past its time is rightly swept.)
+#[test]
+fn a_simulated_failed_test_keeps_its_instance_and_it_is_no_leak() {
+    let workspace = Workspace::new();
+    let fault = "faults = [{ action = \"test\", error = \"failed\", nth = 1, region = \"eu-central-1\" }]";
+    let fleet = format!("{}\n[matrix]\nkeep_failed = \"24h\"\n", crate::sim::tested_and_published(fault));
+    let run = crate::sim::run_sim_with(&workspace, &fleet, &["--no-preflight"]);
+    assert_eq!(run.outcome.code, 1, "{}", run.outcome.stderr);
+    assert_eq!(run.summary["leaked_resources"], serde_json::json!([]), "{}", run.outcome.stderr);
+    let kept: Vec<&str> = run.summary["sim"]["kept_resources"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", run.outcome.stderr))
+        .iter()
+        .map(|line| line.as_str().unwrap())
+        .collect();
+    assert_eq!(kept.len(), 3, "the test instance, its key pair and group: {kept:?}");
+    assert!(kept.iter().any(|line| line.starts_with("instance i-") && line.contains("(Running)")), "{kept:?}");
+    assert!(kept.iter().any(|line| line.starts_with("key pair fleetbake-") && line.contains("-test ")), "{kept:?}");
+    let failure = run.manifest["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|failure| failure["stage"] == "test")
+        .expect("the test failed");
+    assert!(failure["kept"]["instance"].as_str().unwrap().starts_with("i-"), "{failure}");
+    assert_eq!(failure["kept"]["no_login"], "no key is written for a simulated run");
+    assert!(run.outcome.stderr.contains("kept: 1 failed build instances until"), "{}", run.outcome.stderr);
 }
