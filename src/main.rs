@@ -101,6 +101,10 @@ enum Command {
         /// Also write the run in Packer's manifest format here (over `[fleet] packer_manifest`)
         #[arg(long, value_name = "PATH")]
         packer_manifest: Option<PathBuf>,
+        /// Keep a failed build's instance (with its key pair and security group) this long (`1h`, `30m`) to
+        /// look at, and print how to log in; `fleetbake gc` removes it after (over `[matrix] keep_failed`)
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        keep_failed: Option<std::time::Duration>,
     },
     /// Read manifests: one image id for a script, or what changed between two runs
     Manifest {
@@ -330,6 +334,7 @@ fn command(cli: Cli) -> Ending {
             plain,
             events,
             packer_manifest,
+            keep_failed,
         } => {
             if resume && !select.is_empty() {
                 eprintln!("error: --resume makes the interrupted run's own selection; leave out --only and --except");
@@ -340,6 +345,10 @@ fn command(cli: Cli) -> Ending {
                 Err(refused) => return refused,
             };
             loaded.matrix.changed_only |= changed_only;
+            if let Some(for_) = keep_failed {
+                let state = loaded.matrix.keep_failed.map(|keep| keep.state).unwrap_or_default();
+                loaded.matrix.keep_failed = Some(config::KeepFailed { for_, state });
+            }
             if resume && cloud == CloudChoice::Sim {
                 eprintln!(
                     "error: --resume: a simulated account does not outlive its process; there is nothing to resume"

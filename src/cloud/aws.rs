@@ -1749,6 +1749,26 @@ impl RegionCloud for AwsRegion {
             .set_tag_specifications(Some(specifications.clone())))?;
         output.image_id().map(|id| ImageId(id.to_string())).ok_or_else(|| self.missing(action, "image id"))
     }
+
+    /// DescribeKeyPairs by name for its id, then CreateTags on that id.
+    async fn tag_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<()> {
+        let action = Action::DescribeKeyPairs;
+        let output = ec2_call!(self, action, |client| client.describe_key_pairs().key_names(name.as_str()))?;
+        let id = output
+            .key_pairs()
+            .iter()
+            .find(|pair| pair.key_name() == Some(name.as_str()))
+            .and_then(|pair| pair.key_pair_id())
+            .ok_or_else(|| CloudError {
+                action,
+                region: self.region.clone(),
+                kind: ErrorKind::NotFound,
+                code: Some("InvalidKeyPair.NotFound".into()),
+                message: format!("The key pair '{name}' does not exist"),
+            })?
+            .to_string();
+        self.create_tags(&[id], tags).await
+    }
 }
 
 impl AwsRegion {

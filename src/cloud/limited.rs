@@ -323,4 +323,9 @@ impl RegionCloud for LimitedRegion {
             })
             .await
     }
+
+    /// Paced as the CreateTags it ends with (the DescribeKeyPairs before it is one small read).
+    async fn tag_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<()> {
+        self.limiter.call(Action::CreateTags, || self.inner.tag_key_pair(name, tags)).await
+    }
 }

@@ -611,6 +611,11 @@ pub trait RegionCloud: Send + Sync {
         tags: &Tags,
         snapshot_tags: &Tags,
     ) -> CloudResult<ImageId>;
+
+    /// Adds `tags` to a key pair named `name` (`--keep-failed`'s `fleetbake:keep-until`): CreateTags takes a
+    /// key pair by its id (`key-…`), which DescribeKeyPairs gives for the name ("Tag your Amazon EC2
+    /// resources", EC2 User Guide: key pairs are taggable by id). An unknown name is `NotFound`.
+    async fn tag_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<()>;
 }
 
 /// Which version of a launch template refers to an image.

@@ -395,6 +395,11 @@ impl Execution {
         start: Start,
         interrupts: mpsc::UnboundedReceiver<Interrupt>,
     ) -> Result<(Arc<Plan>, RunSummary), RunError> {
+        // Where the journal is (none in the sim): `--keep-failed` writes its keys beside it.
+        let journals = match &start {
+            Start::Fresh { journal, .. } => journal.as_ref().map(|dir| dir.path.clone()),
+            Start::Resume { replay, .. } => replay.path.parent().map(std::path::Path::to_path_buf),
+        };
         let (plan, journal, replay, clock) = match start {
             Start::Fresh { journal, plan, clock } => {
                 let journal = match journal {
@@ -405,6 +410,7 @@ impl Execution {
             }
             Start::Resume { replay, plan } => (plan, Journal::resume(&replay)?, Some(replay), RunClock::start()),
         };
+        let kept_keys = journals.map(|journals| crate::state::leftovers::kept_keys_dir(&journals, &plan.run_id));
         // Held to the end of this function: the run ends with it.
         let run_lock = self.run_lock;
         if let Some(lock) = &run_lock {
@@ -423,6 +429,7 @@ impl Execution {
             distribution: DistributionGrants::for_plan(&plan),
             // Beside the journal (also for the simulated cloud, whose journal stays in memory: its logs are files).
             logs: RunLogs { folder: JournalDir::of(&self.fleet).logs_path(&plan.run_id) },
+            kept_keys,
         });
 
         let (events, receiver) = EventSender::channel(clock);
@@ -496,7 +503,13 @@ impl Execution {
             journal: Arc::clone(&journal),
             events: events.clone(),
         };
-        let sweeper = Sweeper { cloud: self.cloud, waits, journal: Arc::clone(&journal), events: events.clone() };
+        let sweeper = Sweeper {
+            cloud: self.cloud,
+            waits,
+            journal: Arc::clone(&journal),
+            events: events.clone(),
+            clock: run.clock,
+        };
         let scheduler = Scheduler {
             clock: run.clock,
             journal: Arc::clone(&journal),

@@ -99,6 +99,7 @@ impl JobRunner for StepRunner {
                     published_before,
                     parent_image: input,
                     manifest_parent,
+                    logins: Default::default(),
                 };
                 Box::pin(async move { build::run(context, |artifact| announce.image_available(artifact)).await })
             }

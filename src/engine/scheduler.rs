@@ -279,6 +279,10 @@ impl Scheduler {
                 for failure in failures {
                     self.report_failure(job, failure);
                 }
+                // After its failures, so the manifest's failure entry lists it.
+                if let Some(kept) = end.kept {
+                    self.events.send(RunEvent::Kept(kept));
+                }
                 for skipped in queue.failed(&job) {
                     self.record_not_started(skipped, Stage::Skipped, &self.plan.why_skipped(skipped, job), state);
                 }

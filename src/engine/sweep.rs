@@ -15,6 +15,7 @@ use crate::plan::Plan;
 use crate::report::events::{EventSender, RunEvent};
 use crate::state::journal::Journal;
 use crate::state::leftovers;
+use crate::util::clock::RunClock;
 
 /// What the sweep reaches: the run's cloud, its waits and the journal that says what it removed.
 pub struct Sweeper {
@@ -22,6 +23,8 @@ pub struct Sweeper {
     pub waits: Arc<Waits>,
     pub journal: Arc<Journal>,
     pub events: EventSender,
+    /// The run's clock: a resource kept (`--keep-failed`) until later than its now is left.
+    pub clock: RunClock,
 }
 
 impl Sweeper {
@@ -38,7 +41,9 @@ impl Sweeper {
             let tags = tags.clone();
             let grants = leftovers::journaled_grants(&outstanding, region, &plan.run_id);
             async move {
-                let mut found = leftovers::find(&*cloud, &tags).await.map_err(|error| error.to_string())?;
+                let found = leftovers::find(&*cloud, &tags).await.map_err(|error| error.to_string())?;
+                // A failed build's resources kept with `--keep-failed` are left until their time.
+                let (mut found, _kept) = leftovers::set_aside_kept(found, self.clock.now());
                 found.extend(grants);
                 Ok::<_, String>(leftovers::remove(&*cloud, &waits, &found, &*self.journal).await)
             }

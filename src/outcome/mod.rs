@@ -9,10 +9,12 @@
 
 mod artifact;
 mod failure;
+mod kept;
 mod stage;
 
 pub use artifact::{Artifact, BuiltOn, ImageSettings, Parent, Publication, SourceParameter};
 pub use failure::Failure;
+pub use kept::{Kept, KeptAs};
 pub use stage::Stage;
 
 use std::fmt;
@@ -52,6 +54,8 @@ impl fmt::Display for JobLabel {
 pub struct JobEnd {
     pub failures: Vec<Failure>,
     pub in_progress: Option<ImageId>,
+    /// `--keep-failed`: the failed build's instance, kept.
+    pub kept: Option<Kept>,
     /// A build's attempts cut short by EC2 taking their spot instance back (the build was made again on demand).
     pub spot_interruptions: Vec<SpotInterruption>,
 }

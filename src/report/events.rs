@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use crate::config::{Place, Region};
-use crate::outcome::{Artifact, Failure, InProgress, JobLabel, Publication, RunStatus, Stage};
+use crate::outcome::{Artifact, Failure, InProgress, JobLabel, Kept, Publication, RunStatus, Stage};
 use crate::plan::RunId;
 use crate::util::clock::RunClock;
 
@@ -194,6 +194,8 @@ pub enum RunEvent {
         /// Images left being made in AWS by an interrupt.
         in_progress: usize,
     },
+    /// `--keep-failed`: a failed build's instance (with its key pair and group) is kept for a person to look at.
+    Kept(Kept),
 }
 
 /// See [`EventSender::downgrade`]; sends nothing once the run's senders are gone.

@@ -60,6 +60,16 @@ pub fn to_json_line(stamped: &Stamped) -> String {
             ("throttled", with_account(json!({ "region": place.region, "action": action }), place))
         }
         RunEvent::Swept { resource } => ("swept", json!({ "resource": resource })),
+        RunEvent::Kept(kept) => {
+            let value = serde_json::to_value(kept).unwrap_or(Value::Null);
+            (
+                "kept",
+                match &kept.job {
+                    Some(label) => merge(job(label), value),
+                    None => value,
+                },
+            )
+        }
         RunEvent::CleanupFailed { job: label, resource, error } => {
             ("cleanup_failed", merge(job(label), json!({ "resource": resource, "error": error })))
         }

@@ -116,6 +116,7 @@ impl Reporter for LiveReporter {
             // Above the view: what a person would scroll back for.
             RunEvent::Output { .. }
             | RunEvent::JobFailed(_)
+            | RunEvent::Kept(_)
             | RunEvent::CleanupFailed { .. }
             | RunEvent::ImageAvailable { .. }
             | RunEvent::ImageInProgress(_)

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::cloud::ImageId;
 use crate::config::{Account, FlavorName, Market, Place};
-use crate::outcome::{BuiltOn, Failure, JobLabel, RunStatus, Stage};
+use crate::outcome::{BuiltOn, Failure, JobLabel, Kept, RunStatus, Stage};
 use crate::report::events::{JobKind, PlannedLanding, RunEvent, Stamped};
 
 /// A job that has started and not ended.
@@ -49,6 +49,8 @@ pub struct Tally {
     pub finished: Option<RunStatus>,
     /// The last event's time: "now" for a view of the run.
     pub now: Option<DateTime<Utc>>,
+    /// `--keep-failed`: the failed builds' instances kept.
+    pub kept: Vec<Kept>,
 }
 
 impl Tally {
@@ -90,6 +92,7 @@ impl Tally {
                 self.finished = Some(*status);
                 self.in_flight.clear();
             }
+            RunEvent::Kept(kept) => self.kept.push(kept.clone()),
             RunEvent::Published { .. }
             | RunEvent::PreflightPassed { .. }
             | RunEvent::Output { .. }
@@ -176,6 +179,22 @@ impl Tally {
             lines.push(line);
         }
         lines.extend(self.account_lines());
+        if let Some(last) = self.kept.iter().map(|kept| kept.until).max() {
+            let last = last.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let instances: Vec<String> = self
+                .kept
+                .iter()
+                .map(|kept| match &kept.job {
+                    Some(job) => format!("{} ({job}, {})", kept.instance, kept.state),
+                    None => format!("{} ({})", kept.instance, kept.state),
+                })
+                .collect();
+            lines.push(format!(
+                "    kept: {} failed build instances until {last} at the latest: {} (`fleetbake gc` removes them after)",
+                self.kept.len(),
+                instances.join(", ")
+            ));
+        }
         lines
     }
 

@@ -89,6 +89,15 @@ pub fn line(event: &RunEvent) -> Option<String> {
             };
             format!("==> run {status}: {succeeded} jobs succeeded, {failed} failed{left}")
         }
+        RunEvent::Kept(kept) => {
+            let job = kept.job.as_ref().map_or(String::new(), |job| format!("{job}: "));
+            let login = match (&kept.connect, &kept.no_login) {
+                (Some(command), _) => format!("\n    log in: {command}"),
+                (None, Some(why)) => format!("\n    no login: {why}"),
+                (None, None) => String::new(),
+            };
+            format!("==> {job}{} (`--keep-failed`; `fleetbake gc` removes it after){login}", kept.what())
+        }
         RunEvent::JobStarted { .. } | RunEvent::JobSucceeded { .. } | RunEvent::Throttled { .. } => return None,
     })
 }
@@ -98,6 +107,7 @@ pub fn shown_when_quiet(event: &RunEvent) -> bool {
     matches!(
         event,
         RunEvent::JobFailed(_)
+            | RunEvent::Kept(_)
             | RunEvent::CleanupFailed { .. }
             | RunEvent::ManifestSetAside { .. }
             | RunEvent::Interrupted { .. }

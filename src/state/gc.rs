@@ -555,6 +555,8 @@ pub struct GcOutcome {
     pub deregistered: usize,
     pub snapshots: usize,
     pub failures: usize,
+    /// Temporary resources whose removal failed.
+    pub not_removed: Vec<Resource>,
 }
 
 /// The images the current manifest names: gc never removes them.
@@ -616,6 +618,7 @@ pub async fn execute(plan: &GcPlan, cloud: Arc<dyn Cloud>, dry_run: bool) -> GcO
             }
             for (resource, error) in &removal.failed {
                 outcome.failures += 1;
+                outcome.not_removed.push(resource.clone());
                 outcome.lines.push(format!("could not remove {resource}: {error}"));
             }
         }
@@ -675,10 +678,17 @@ fn journaled_sessions(dir: &JournalDir) -> Vec<Leftover> {
         let untagged = |resource: &&Resource| resource.kind == ResourceKind::Session || resource.kind.is_grant();
         for resource in replay.outstanding.keys().filter(untagged) {
             let run_id = Some(replay.header.run_id.clone());
-            sessions.push(Leftover { resource: resource.clone(), run_id, flavor: None });
+            sessions.push(Leftover { resource: resource.clone(), run_id, flavor: None, keep_until: None });
         }
     }
     sessions
+}
+
+/// What gc says of a resource kept until later (`--keep-failed`).
+fn kept_note(leftover: &Leftover) -> String {
+    let until = leftover.keep_until.map(|until| until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let run = leftover.run_id.as_ref().map_or("untagged".to_string(), ToString::to_string);
+    format!("left {} (run {run}): kept until {} (`--keep-failed`)", leftover.resource, until.unwrap_or_default())
 }
 
 /// The whole command: survey, plan, execute.
@@ -697,13 +707,36 @@ pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(
     let protected = protected_images(fleet)?;
     let mut survey = survey(fleet, &*cloud).await?;
     survey.leftovers.extend(journaled_sessions(&JournalDir::of(fleet)));
+    // A failed build's resources kept (`--keep-failed`) are left until their `fleetbake:keep-until`.
+    let (due, kept) = leftovers::set_aside_kept(std::mem::take(&mut survey.leftovers), Utc::now());
+    survey.leftovers = due;
     let runs = RunsInProgress::ask(&JournalDir::of(fleet), &survey, Utc::now())?;
-    let plan = GcPlan::new(&survey, &runs, &protected, &fleet.retention, Utc::now());
+    let mut plan = GcPlan::new(&survey, &runs, &protected, &fleet.retention, Utc::now());
+    plan.notes.extend(kept.iter().map(kept_note));
     let mut outcome = execute(&plan, cloud, dry_run).await;
     // The runs' saved logs on this machine, past `[retention] logs` (`state::logs`).
     let logs = crate::state::logs::gc_logs(&JournalDir::of(fleet), fleet.retention.logs, Utc::now(), dry_run);
     outcome.lines.extend(logs.lines);
     outcome.failures += logs.failures;
+    let found = leftovers::kept_keys(&JournalDir::of(fleet).path);
+    for keys in leftovers::stale_kept_keys(found, &kept, &outcome.not_removed) {
+        let folder = keys.folder.display();
+        if dry_run {
+            outcome
+                .lines
+                .push(format!("would remove the login key folder `{folder}` of kept instance {}", keys.instance));
+            continue;
+        }
+        match std::fs::remove_dir_all(&keys.folder) {
+            Ok(()) => outcome
+                .lines
+                .push(format!("removed the login key folder `{folder}` of kept instance {}", keys.instance)),
+            Err(error) => {
+                outcome.failures += 1;
+                outcome.lines.push(format!("could not remove `{folder}`: {error}"));
+            }
+        }
+    }
     Ok((plan, outcome))
 }
 
@@ -752,11 +785,13 @@ mod tests {
                     resource: Resource::new(Region::new("us-west-2"), ResourceKind::Instance, "i-old"),
                     run_id: Some(old.clone()),
                     flavor: None,
+                    keep_until: None,
                 },
                 Leftover {
                     resource: Resource::new(Region::new("us-west-2"), ResourceKind::Instance, "i-busy"),
                     run_id: Some(busy.clone()),
                     flavor: None,
+                    keep_until: None,
                 },
             ],
             images: vec![
@@ -828,6 +863,7 @@ mod tests {
                 resource: Resource::new(Region::new("us-west-2"), ResourceKind::KeyPair, "k"),
                 run_id: Some(started.clone()),
                 flavor: None,
+                keep_until: None,
             }],
             images: Vec::new(),
             unreachable: Vec::new(),

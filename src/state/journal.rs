@@ -121,6 +121,13 @@ pub enum Record {
         status: RunStatus,
         interrupted: bool,
     },
+    /// `--keep-failed`: a failed build's temporary resource is kept (tagged `fleetbake:keep-until`) until
+    /// `until`: no longer outstanding; `gc` removes it once the time is past.
+    Kept {
+        job: JobKey,
+        resource: Resource,
+        until: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -357,6 +364,8 @@ pub struct Replay {
     pub timed: BTreeMap<JobKey, (Option<f64>, f64)>,
     /// What each job's image was published to.
     pub published: BTreeMap<JobKey, Vec<Publication>>,
+    /// Temporary resources kept (`--keep-failed`), per resource: the job and until when.
+    pub kept: BTreeMap<Resource, (JobKey, DateTime<Utc>)>,
 }
 
 impl Replay {
@@ -407,6 +416,7 @@ impl Replay {
             torn_line: None,
             timed: BTreeMap::new(),
             published: BTreeMap::new(),
+            kept: BTreeMap::new(),
         };
         let count = lines.len();
         for (index, (line, whole)) in lines.iter().enumerate().skip(1) {
@@ -461,6 +471,10 @@ impl Replay {
                 self.timed.insert(job, (to_image, to_end));
             }
             Record::Finished { status, interrupted } => self.finished = Some((status, interrupted)),
+            Record::Kept { job, resource, until } => {
+                self.outstanding.remove(&resource);
+                self.kept.insert(resource, (job, until));
+            }
         }
     }
 
@@ -609,7 +623,7 @@ impl Journal {
                 Record::Created { job, resource } => {
                     outstanding.insert(resource.clone(), job.clone());
                 }
-                Record::Removed { resource } => {
+                Record::Removed { resource } | Record::Kept { resource, .. } => {
                     outstanding.remove(resource);
                 }
                 _ => {}
@@ -658,6 +672,10 @@ impl Ledger for Journal {
 
     fn published(&self, job: &JobKey, publication: &Publication) {
         self.record(Record::Published { job: job.clone(), publication: publication.clone() });
+    }
+
+    fn kept(&self, job: &JobKey, resource: Resource, until: DateTime<Utc>) {
+        self.record(Record::Kept { job: job.clone(), resource, until });
     }
 }
 
@@ -770,6 +788,26 @@ mod tests {
         let again = Replay::read(&path).unwrap();
         assert_eq!((again.attempts, again.torn_line), (2, None));
         assert!(again.outstanding.is_empty());
+    }
+
+    #[test]
+    fn a_kept_resource_is_no_longer_outstanding_and_the_replay_says_until_when() {
+        let directory = tempfile::tempdir().unwrap();
+        let dir = JournalDir { path: directory.path().to_path_buf() };
+        let plan = plan();
+        let job = plan.builds[0].key();
+        let instance = Resource::new(Region::new("us-west-2"), ResourceKind::Instance, "i-1");
+        let key_pair = Resource::new(Region::new("us-west-2"), ResourceKind::KeyPair, "k");
+        let until: DateTime<Utc> = "2026-11-26T13:00:00Z".parse().unwrap();
+        let journal = Journal::create(&dir, &plan).unwrap();
+        journal.created(&job, instance.clone());
+        journal.created(&job, key_pair.clone());
+        journal.kept(&job, instance.clone(), until);
+        assert_eq!(journal.outstanding(), std::slice::from_ref(&key_pair), "what is kept is not left over");
+        drop(journal);
+        let replay = Replay::read(&dir.journal_path(&plan.run_id)).unwrap();
+        assert_eq!(replay.outstanding.keys().collect::<Vec<_>>(), [&key_pair]);
+        assert_eq!(replay.kept[&instance], (job, until));
     }
 
     #[test]

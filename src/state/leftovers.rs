@@ -5,13 +5,18 @@
 //! Removal goes through the same undo steps as a build's cleanup: instances first (and waited for), then
 //! security groups, then key pairs. Grants a distribution copy gave another account carry no tags: the
 //! journal names them ([`journaled_grants`]), and they are taken back through the same undo steps.
+//!
+//! A failed build's resources kept with `--keep-failed` carry `fleetbake:keep-until`: until that time they
+//! are not leftovers ([`Leftover::kept_at`], [`set_aside_kept`]); after it they are, like any other.
+
+use chrono::{DateTime, Utc};
 
 use crate::cloud::watch::RegionWaits;
 use crate::cloud::{CloudResult, InstanceId, RegionCloud};
 use crate::config::{FlavorName, Region, Tags};
 use crate::plan::RunId;
 use crate::steps::cleanup::{CleanupStack, UndoFailure, UndoStep};
-use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, RUN_ID_TAG, TEMPORARY_TAG};
+use crate::steps::context::{FLAVOR_TAG, FLEET_TAG, KEEP_UNTIL_TAG, RUN_ID_TAG, TEMPORARY_TAG};
 use crate::steps::ledger::{Ledger, Resource, ResourceKind};
 
 /// A temporary resource found in the account.
@@ -22,6 +27,69 @@ pub struct Leftover {
     pub run_id: Option<RunId>,
     /// From its `fleetbake:flavor` tag.
     pub flavor: Option<FlavorName>,
+    /// From its `fleetbake:keep-until` tag (`--keep-failed`): left alone until then.
+    pub keep_until: Option<DateTime<Utc>>,
+}
+
+impl Leftover {
+    /// Whether it is kept (`--keep-failed`) at `now`: its `fleetbake:keep-until` is still to come.
+    pub fn kept_at(&self, now: DateTime<Utc>) -> bool {
+        self.keep_until.is_some_and(|until| until > now)
+    }
+}
+
+/// Splits `found` into what may be removed at `now` and what is kept until later (`--keep-failed`).
+pub fn set_aside_kept(found: Vec<Leftover>, now: DateTime<Utc>) -> (Vec<Leftover>, Vec<Leftover>) {
+    found.into_iter().partition(|leftover| !leftover.kept_at(now))
+}
+
+/// A `fleetbake:keep-until` value: RFC 3339 (what the build writes); anything else is no keep at all.
+fn keep_until(tags: &Tags) -> Option<DateTime<Utc>> {
+    let value = tags.get(KEEP_UNTIL_TAG)?;
+    DateTime::parse_from_rfc3339(value).ok().map(|until| until.to_utc())
+}
+
+/// `--keep-failed`: the folder a run writes its kept builds' login keys to, one 0700 folder per instance
+/// (`<instance id>/key`, `known_hosts`): `.fleetbake/<fleet>/<run id>/kept/` (`journals` is the fleet's
+/// journal directory).
+pub fn kept_keys_dir(journals: &std::path::Path, run_id: &RunId) -> std::path::PathBuf {
+    journals.join(run_id.as_str()).join("kept")
+}
+
+/// A kept build's login folder (`<run id>/kept/<instance id>/`), found on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptKeys {
+    pub instance: InstanceId,
+    pub folder: std::path::PathBuf,
+}
+
+/// Every kept build's login folder under the fleet's journal directory `journals`, of every run.
+pub fn kept_keys(journals: &std::path::Path) -> Vec<KeptKeys> {
+    let Ok(runs) = std::fs::read_dir(journals) else { return Vec::new() };
+    let mut found = Vec::new();
+    for run in runs.flatten() {
+        let Ok(instances) = std::fs::read_dir(run.path().join("kept")) else { continue };
+        for instance in instances.flatten() {
+            if instance.file_type().is_ok_and(|kind| kind.is_dir()) {
+                let name = instance.file_name().to_string_lossy().into_owned();
+                found.push(KeptKeys { instance: InstanceId::new(name), folder: instance.path() });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.folder.cmp(&b.folder));
+    found
+}
+
+/// The login folders to remove: those whose instance is not kept any more (`still_kept`: the instances whose
+/// keep-until is still to come) and was not left by a removal that failed (`not_removed`).
+pub fn stale_kept_keys(found: Vec<KeptKeys>, still_kept: &[Leftover], not_removed: &[Resource]) -> Vec<KeptKeys> {
+    let named =
+        |id: &InstanceId, resource: &Resource| resource.kind == ResourceKind::Instance && resource.id == id.as_str();
+    found
+        .into_iter()
+        .filter(|keys| !still_kept.iter().any(|leftover| named(&keys.instance, &leftover.resource)))
+        .filter(|keys| !not_removed.iter().any(|resource| named(&keys.instance, resource)))
+        .collect()
 }
 
 /// The tags every temporary resource of the fleet carries, and of one run if given.
@@ -42,6 +110,7 @@ pub async fn find(cloud: &dyn RegionCloud, tags: &Tags) -> CloudResult<Vec<Lefto
         resource: Resource::new(region.clone(), kind, id),
         run_id: found.get(RUN_ID_TAG).and_then(|id| RunId::parse(id)),
         flavor: found.get(FLAVOR_TAG).map(FlavorName::new),
+        keep_until: keep_until(found),
     };
     let mut found = Vec::new();
     for instance in cloud.find_instances(tags).await? {
@@ -66,7 +135,12 @@ pub fn journaled_grants<'a>(
     outstanding
         .into_iter()
         .filter(|resource| resource.kind.is_grant() && resource.region() == region)
-        .map(|resource| Leftover { resource: resource.clone(), run_id: Some(run_id.clone()), flavor: None })
+        .map(|resource| Leftover {
+            resource: resource.clone(),
+            run_id: Some(run_id.clone()),
+            flavor: None,
+            keep_until: None,
+        })
         .collect()
 }
 
@@ -116,4 +190,38 @@ pub async fn remove(
         }
     }
     removal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(id: &str, keep_until: Option<&str>) -> Leftover {
+        let mut tags = Tags::new();
+        if let Some(until) = keep_until {
+            tags.insert(KEEP_UNTIL_TAG.to_string(), until.to_string());
+        }
+        Leftover {
+            resource: Resource::new(Region::new("us-west-2"), ResourceKind::Instance, id),
+            run_id: None,
+            flavor: None,
+            keep_until: super::keep_until(&tags),
+        }
+    }
+
+    #[test]
+    fn a_resource_kept_until_later_is_set_aside_and_one_past_its_time_is_a_leftover() {
+        let now: DateTime<Utc> = "2026-12-07T22:00:00Z".parse().unwrap();
+        let leftovers = vec![
+            found("i-plain", None),
+            found("i-later", Some("2026-12-07T23:00:00Z")),
+            found("i-past", Some("2026-12-07T21:59:59Z")),
+            found("i-garbled", Some("tomorrow")),
+        ];
+        let (due, kept) = set_aside_kept(leftovers, now);
+        let ids = |list: &[Leftover]| list.iter().map(|leftover| leftover.resource.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&due), ["i-plain", "i-past", "i-garbled"]);
+        assert_eq!(ids(&kept), ["i-later"]);
+        assert!(!kept[0].kept_at("2026-12-07T23:00:00Z".parse().unwrap()), "kept until, not through, its time");
+    }
 }

@@ -129,9 +129,13 @@ pub async fn reconcile(
             if place.account.is_own() { leftovers::find(&*region_cloud, &run_tags).await? } else { Vec::new() };
         for resource in replay.outstanding.keys().filter(|resource| &resource.place == place) {
             if !found.iter().any(|leftover| &leftover.resource == resource) {
-                found.push(Leftover { resource: resource.clone(), run_id: Some(plan.run_id.clone()), flavor: None });
+                let run_id = Some(plan.run_id.clone());
+                found.push(Leftover { resource: resource.clone(), run_id, flavor: None, keep_until: None });
             }
         }
+        // What an earlier attempt kept (`--keep-failed`) stays: the journal says so, and its tag until when.
+        let now = chrono::Utc::now();
+        found.retain(|leftover| !replay.kept.contains_key(&leftover.resource) && !leftover.kept_at(now));
         let removal = leftovers::remove(&*region_cloud, &waits.place(place), &found, journal).await;
         for resource in removal.removed {
             events.send(RunEvent::Swept { resource: resource.to_string() });

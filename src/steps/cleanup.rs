@@ -203,6 +203,25 @@ pub struct CleanupStack {
     steps: Vec<UndoStep>,
 }
 
+/// What [`CleanupStack::keep`] took off the stack: the instance, and the key pair and security group it was
+/// launched with (each `None` if it was not on the stack).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeptSteps {
+    pub instance: Option<InstanceId>,
+    pub key_pair: Option<KeyPairName>,
+    pub security_group: Option<SecurityGroupId>,
+}
+
+impl KeptSteps {
+    /// The journal's names of what is kept, in `region`.
+    pub fn resources(&self, region: &Region) -> Vec<Resource> {
+        let instance = self.instance.iter().map(|id| (ResourceKind::Instance, id.to_string()));
+        let group = self.security_group.iter().map(|id| (ResourceKind::SecurityGroup, id.to_string()));
+        let key_pair = self.key_pair.iter().map(|name| (ResourceKind::KeyPair, name.to_string()));
+        instance.chain(group).chain(key_pair).map(|(kind, id)| Resource::new(region.clone(), kind, id)).collect()
+    }
+}
+
 /// An undo step that failed: what may be left, and why.
 #[derive(Debug)]
 pub struct UndoFailure {
@@ -226,6 +245,30 @@ impl CleanupStack {
     /// What is still to undo, most recent first.
     pub fn pending(&self) -> Vec<String> {
         self.steps.iter().rev().map(UndoStep::resource).collect()
+    }
+
+    /// `--keep-failed`: takes the most recently launched instance off the stack, with the key pair and security
+    /// group its launch named (the last of each pushed before it: a build's way in pushes them, then the launch
+    /// pushes the instance), and returns them; nothing else is touched (sessions, a failed image and any other
+    /// instance unwind as usual). `None`, and the stack unchanged, when no instance is on it.
+    pub fn keep(&mut self) -> Option<KeptSteps> {
+        let at = self.steps.iter().rposition(|step| matches!(step, UndoStep::TerminateInstance { .. }))?;
+        let before = &self.steps[..at];
+        let key_pair = before.iter().rposition(|step| matches!(step, UndoStep::DeleteKeyPair { .. }));
+        let group = before.iter().rposition(|step| matches!(step, UndoStep::DeleteSecurityGroup { .. }));
+        // Removed from the highest index down, so the lower ones stay where they are.
+        let mut indices: Vec<usize> = [Some(at), key_pair, group].into_iter().flatten().collect();
+        indices.sort_unstable_by(|a, b| b.cmp(a));
+        let mut kept = KeptSteps::default();
+        for index in indices {
+            match self.steps.remove(index) {
+                UndoStep::TerminateInstance { id, .. } => kept.instance = Some(id),
+                UndoStep::DeleteKeyPair { name } => kept.key_pair = Some(name),
+                UndoStep::DeleteSecurityGroup { id, .. } => kept.security_group = Some(id),
+                other => unreachable!("only the three looked up are removed, not {other:?}"),
+            }
+        }
+        Some(kept)
     }
 
     /// Undoes every step like [`unwind`](Self::unwind), tells the reporters of each step that failed, and
@@ -461,6 +504,79 @@ mod tests {
             code: Some(code.into()),
             message: "refused".into(),
         }
+    }
+
+    fn build_stack(instance: &str, key_pair: &str, group: &str) -> Vec<UndoStep> {
+        vec![
+            UndoStep::DeleteKeyPair { name: KeyPairName::new(key_pair) },
+            UndoStep::DeleteSecurityGroup { id: SecurityGroupId::new(group), fresh: None },
+            UndoStep::TerminateInstance { id: InstanceId::new(instance), fresh: None },
+            UndoStep::EndSessionsTo { instance: InstanceId::new(instance) },
+        ]
+    }
+
+    #[test]
+    fn keep_takes_the_last_instance_and_what_it_was_launched_with_and_leaves_the_rest() {
+        let mut stack = CleanupStack::default();
+        for step in build_stack("i-build", "k-build", "sg-build") {
+            stack.push(step);
+        }
+        stack.push(UndoStep::DiscardImage { id: ImageId::new("ami-1"), snapshots: Vec::new(), fresh: None });
+        for step in build_stack("i-test", "k-test", "sg-test") {
+            stack.push(step);
+        }
+        stack.push(UndoStep::TerminateSession { id: SessionId::new("s-1") });
+
+        let kept = stack.keep().expect("an instance is on the stack");
+        assert_eq!(
+            kept,
+            KeptSteps {
+                instance: Some(InstanceId::new("i-test")),
+                key_pair: Some(KeyPairName::new("k-test")),
+                security_group: Some(SecurityGroupId::new("sg-test")),
+            }
+        );
+        assert_eq!(
+            stack.pending(),
+            [
+                "session s-1",
+                "Session Manager sessions to instance i-test",
+                "failed image ami-1",
+                "Session Manager sessions to instance i-build",
+                "instance i-build",
+                "security group sg-build",
+                "key pair k-build",
+            ],
+            "sessions, the failed image and the other instance still unwind"
+        );
+        let region = Region::new("us-west-2");
+        let names: Vec<String> = kept.resources(&region).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            names,
+            ["instance i-test in us-west-2", "security group sg-test in us-west-2", "key pair k-test in us-west-2"]
+        );
+
+        let again = stack.keep().expect("the build instance is still on it");
+        assert_eq!(again.instance, Some(InstanceId::new("i-build")));
+        assert_eq!(
+            stack.pending(),
+            [
+                "session s-1",
+                "Session Manager sessions to instance i-test",
+                "failed image ami-1",
+                "Session Manager sessions to instance i-build"
+            ]
+        );
+    }
+
+    #[test]
+    fn keep_with_no_instance_on_the_stack_changes_nothing() {
+        let mut stack = CleanupStack::default();
+        stack.push(UndoStep::DeleteKeyPair { name: KeyPairName::new("k") });
+        stack.push(UndoStep::DeleteSecurityGroup { id: SecurityGroupId::new("sg-1"), fresh: None });
+        assert_eq!(stack.keep(), None);
+        assert_eq!(stack.pending(), ["security group sg-1", "key pair k"]);
+        assert_eq!(CleanupStack::default().keep(), None);
     }
 
     #[tokio::test(start_paused = true)]

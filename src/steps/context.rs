@@ -29,6 +29,9 @@ pub const SOURCE_PARAMETER_TAG: &str = "fleetbake:source-parameter";
 pub const TEMPORARY_TAG: &str = "fleetbake:temporary";
 /// `failed` on an image whose tests failed (kept with `keep_failed_images`): never reused.
 pub const TEST_TAG: &str = "fleetbake:test";
+/// `--keep-failed`: on a failed build's kept instance, key pair and security group, until when (RFC 3339): the
+/// end-of-run sweep, `--resume` and `gc` leave them until then, and `gc` removes them after.
+pub const KEEP_UNTIL_TAG: &str = "fleetbake:keep-until";
 
 /// What every job of a run shares.
 pub struct RunContext {
@@ -46,6 +49,9 @@ pub struct RunContext {
     /// The grants distribution copies give other accounts on the run's images, shared by the copies of one
     /// source into one account ([`DistributionGrants::for_plan`]).
     pub distribution: DistributionGrants,
+    /// `--keep-failed`: where a kept build's login key is written, `.fleetbake/<fleet>/<run id>/kept/` (a 0700
+    /// folder per instance; `gc` removes it with the instance). `None` for the simulated cloud.
+    pub kept_keys: Option<std::path::PathBuf>,
     /// Where the on-failure phase saves what it gathers: the run's logs folder, beside its journal.
     pub logs: RunLogs,
 }

@@ -130,6 +130,10 @@ pub trait Ledger: Send + Sync {
     fn image_discarded(&self, job: &JobKey, image: &ImageId);
     /// An image's id was published (`[publish]`): a resumed run does not publish it again.
     fn published(&self, job: &JobKey, publication: &Publication);
+    /// `--keep-failed`: a failed build's temporary resource is kept until `until` (tagged
+    /// `fleetbake:keep-until`): no longer outstanding, so `--resume` and the end-of-run sweep leave it; `gc`
+    /// removes it once the time is past.
+    fn kept(&self, job: &JobKey, resource: Resource, until: chrono::DateTime<chrono::Utc>);
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod forensics;
 mod harness;
 mod host_keys;
 mod image_snapshots;
+mod keep_failed;
 mod layers;
 mod layout;
 mod manifest_accounts;

@@ -955,7 +955,7 @@ fn sharing_an_image_encrypted_with_the_aws_managed_key_is_refused() {
 }
 
 /// `fleet` with tests on every flavor and each image published as it is made.
-fn tested_and_published(sim: &str) -> String {
+pub(crate) fn tested_and_published(sim: &str) -> String {
     let sim = format!("{sim}\nlaunch_templates = [\"ubuntu\", \"al2023\"]");
     let text = fleet(&sim, "max_parallel_builds = 1").replace(
         "sim_provision = \"2m\"\n",

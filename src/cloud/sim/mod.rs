@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use model::ImageAttributes;
-use model::{Model, SimRegion};
+use model::{kept, Model, SimRegion};
 
 use crate::cloud::aws::STS;
 use crate::cloud::{
@@ -42,6 +42,10 @@ pub struct SimReport {
     /// (In the run statistics at the top level, as `leaked_resources`.)
     #[serde(skip)]
     pub leaked_resources: Vec<String>,
+    /// `--keep-failed`: a failed build's resources kept on purpose, their `fleetbake:keep-until` still to come
+    /// (past it, they are leaks).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_resources: Vec<String>,
     /// The most copies in flight into each region at once.
     pub peak_copies_in_flight: BTreeMap<Region, usize>,
     /// RequestLimitExceeded answered because a bucket was empty (not counting configured faults).
@@ -226,6 +230,12 @@ impl SimCloud {
             let state = model.state.lock().expect("not poisoned");
             report.kms_grants_created += state.kms_grants.created;
             report.kms_grants_revoked += state.kms_grants.revoked;
+            // Kept (`--keep-failed`, until later) or leaked.
+            let mut left =
+                |what: String, tags: Option<&crate::config::Tags>| match kept::kept_until(tags, &self.model.wall) {
+                    Some(until) => report.kept_resources.push(format!("{what} until {}", until.to_rfc3339())),
+                    None => report.leaked_resources.push(what),
+                };
             for (id, instance) in &state.instances {
                 *report
                     .instances_launched
@@ -233,14 +243,14 @@ impl SimCloud {
                     .or_default() += 1;
                 let instance_state = instance.state(now);
                 if instance_state != InstanceState::Terminated {
-                    report.leaked_resources.push(format!("instance {id} in {place} ({instance_state:?})"));
+                    left(format!("instance {id} in {place} ({instance_state:?})"), state.tags_of(id.as_str()));
                 }
             }
-            for name in state.key_pairs.keys() {
-                report.leaked_resources.push(format!("key pair {name} in {place}"));
+            for (name, pair) in &state.key_pairs {
+                left(format!("key pair {name} in {place}"), Some(&pair.tags));
             }
             for id in state.security_groups.keys() {
-                report.leaked_resources.push(format!("security group {id} in {place}"));
+                left(format!("security group {id} in {place}"), state.tags_of(id.as_str()));
             }
             for (id, image) in &state.images {
                 if let ImageState::Failed(why) = image.state(now) {

@@ -40,6 +40,7 @@ use crate::util::host_keys::{console_block, ed25519_from_seed, HostKey};
 
 pub mod account;
 pub mod accounts;
+pub mod kept;
 
 /// Of a configured effect of one kind (a console or an agent fault): the fault, and the flavor it is limited to.
 type PickLaunchFault<T> = fn(&FaultEffect) -> Option<(T, Option<&FlavorName>)>;
@@ -63,6 +64,9 @@ pub struct Model {
     pub account: account::SimAccount,
     /// The other accounts (`[sim] accounts`), who may reach them, and the AssumeRole calls made for them.
     pub accounts: accounts::SimAccounts,
+    /// The account's wall time (its start advanced by Tokio's clock): what `fleetbake:keep-until` is read
+    /// against ([`kept`]).
+    pub wall: crate::util::clock::RunClock,
 }
 
 /// CreateImage's `NoReboot`, as the model reads it: `Yes` is `NoReboot = false`.
@@ -112,6 +116,7 @@ impl Model {
             faults_injected: AtomicU64::new(0),
             account,
             accounts,
+            wall: crate::util::clock::RunClock::start(),
         })
     }
 
@@ -458,6 +463,11 @@ impl RegionState {
             self.lagged += 1;
         }
         settled
+    }
+
+    /// A resource's tags, if it has any.
+    pub fn tags_of(&self, resource: &str) -> Option<&Tags> {
+        self.tags.get(resource).map(Arc::as_ref)
     }
 
     /// The value of one tag of a resource, if it has it.
@@ -1724,6 +1734,21 @@ impl RegionCloud for SimRegion {
         snapshot_tags: &Tags,
     ) -> CloudResult<ImageId> {
         self.image_of(instance, name, tags, snapshot_tags, Reboot::Yes).await
+    }
+
+    /// As DescribeKeyPairs by name then CreateTags on its id: one the account does not have (or does not know
+    /// yet: EC2's lag) is `InvalidKeyPair.NotFound`.
+    async fn tag_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<()> {
+        self.call(Action::CreateTags, |state, now| {
+            let created_at = state.key_pairs.get(name).map(|pair| pair.created_at);
+            if !created_at.is_some_and(|at| state.settled(at, now)) {
+                return refuse("InvalidKeyPair.NotFound", format!("The key pair '{name}' does not exist"));
+            }
+            let pair = state.key_pairs.get_mut(name).expect("just looked up");
+            pair.tags.extend(tags.clone());
+            Ok(())
+        })
+        .await
     }
 }
 

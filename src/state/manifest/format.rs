@@ -7,7 +7,7 @@
 
 use crate::cloud::{ImageId, SnapshotId};
 use crate::config::{Account, FlavorName, Region, Sharing};
-use crate::outcome::{Artifact, BuiltOn, Failure, ImageSettings, InProgress, Parent, Publication, RunStatus};
+use crate::outcome::{Artifact, BuiltOn, Failure, ImageSettings, InProgress, Kept, Parent, Publication, RunStatus};
 
 /// The version this fleetbake writes, in the file's `version`. Version 2 added `distributed` (the copies other
 /// accounts own, `[[distribution]]`) and `account` on failures and images in progress of another account;
@@ -170,6 +170,9 @@ pub struct FailureEntry {
     /// fleetbake, under the run's logs folder; absent when it saved none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<std::path::PathBuf>,
+    /// `--keep-failed`: the failed build's instance, key pair and group kept, until when, and how to log in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<Kept>,
 }
 
 impl From<&Failure> for FailureEntry {
@@ -183,6 +186,7 @@ impl From<&Failure> for FailureEntry {
             error: failure.error.clone(),
             hint: failure.hint.clone(),
             logs: failure.logs.clone(),
+            kept: None,
         }
     }
 }

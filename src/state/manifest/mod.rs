@@ -462,6 +462,18 @@ impl Reporter for ManifestWriter {
                 }
                 self.changed()
             }
+            RunEvent::Kept(kept) => {
+                // Announced after its build's failures: the last of them (not a cleanup's) lists it.
+                if let (Some(manifest), Some(job)) = (&mut self.manifest, &kept.job) {
+                    let failure = manifest.failures.iter_mut().rev().find(|entry| {
+                        entry.flavor == job.flavor && entry.region == job.place.region && entry.stage != "cleanup"
+                    });
+                    if let Some(entry) = failure {
+                        entry.kept = Some(kept.clone());
+                    }
+                }
+                self.changed()
+            }
             RunEvent::RunFinished { status, finished_at, .. } => {
                 if let Some(manifest) = &mut self.manifest {
                     for (flavor, place) in std::mem::take(&mut self.carried) {

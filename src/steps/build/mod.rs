@@ -16,6 +16,7 @@ mod authorized;
 mod failure;
 mod image;
 mod interruption;
+mod keep;
 mod launch;
 mod provision;
 mod reach;
@@ -51,6 +52,8 @@ use provision::provision_all;
 use reach::Reach;
 use test::test_image;
 
+pub use keep::Logins;
+
 /// Everything one build needs.
 pub struct BuildContext {
     pub run: Arc<RunContext>,
@@ -71,6 +74,8 @@ pub struct BuildContext {
     /// `source_ami = { flavor = … }` with the parent not built in this run (`--only child`): the parent's image
     /// in this region as the fleet's manifest lists it, tried before the newest tagged one.
     pub manifest_parent: Option<ImageId>,
+    /// `--keep-failed`: how this build's instances were logged in to (empty without it).
+    pub logins: Logins,
 }
 
 /// An image CreateImage was asked for in an earlier attempt, and the source image it was made from.
@@ -251,7 +256,11 @@ pub async fn run(mut context: BuildContext, on_available: impl FnOnce(&Artifact)
             on_available(&artifact);
         }
         Err(Stopped::ImageInProgress(image)) => end.in_progress = Some(image),
-        Err(Stopped::Failed(error)) => end.failures.push(error.into_failure(&label)),
+        Err(Stopped::Failed(error)) => {
+            let stage = error.stage;
+            end.failures.push(error.into_failure(&label));
+            end.kept = keep::keep_failed(&context, &mut stack, stage).await;
+        }
         Err(Stopped::SpotInterrupted(interrupted)) => end.failures.push(interrupted.error.into_failure(&label)),
     }
     end.failures.extend(unwind(&context, &mut stack).await);
@@ -404,6 +413,7 @@ async fn bring_up(
         Some(_) => reach.session_target(context, prepared, for_build, host_key)?,
         None => reach.target(prepared, for_build, &running, host_key)?,
     };
+    context.logins.note(context, &target);
     let connected = reach.connect(context, &target).await;
     // A session a failed (or interrupted) connect did not end is the stack's to end.
     if let (Err(_), Some(sessions)) = (&connected, &sessions) {

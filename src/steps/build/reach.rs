@@ -575,6 +575,9 @@ mod tests {
         fn image_requested(&self, _job: &JobKey, _image: &crate::cloud::ImageId) {}
         fn image_discarded(&self, _job: &JobKey, _image: &crate::cloud::ImageId) {}
         fn published(&self, _job: &JobKey, _publication: &crate::outcome::Publication) {}
+        fn kept(&self, _job: &JobKey, resource: Resource, _until: chrono::DateTime<chrono::Utc>) {
+            self.0.lock().unwrap().push(format!("kept {resource}"));
+        }
     }
 
     #[test]
