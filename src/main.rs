@@ -346,7 +346,11 @@ fn command(cli: Cli) -> Ending {
             };
             loaded.matrix.changed_only |= changed_only;
             if let Some(for_) = keep_failed {
-                let state = loaded.matrix.keep_failed.map(|keep| keep.state).unwrap_or_default();
+                if let Some(problem) = config::KeepFailed::problem(for_) {
+                    eprintln!("error: --keep-failed: {problem}");
+                    return Ending::Refused;
+                }
+                let state = loaded.matrix.keep_failed_state;
                 loaded.matrix.keep_failed = Some(config::KeepFailed { for_, state });
             }
             if resume && cloud == CloudChoice::Sim {

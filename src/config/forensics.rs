@@ -30,6 +30,22 @@ pub struct KeepFailed {
     pub state: KeptState,
 }
 
+impl KeepFailed {
+    /// The longest a failed build is kept: a year (a forgotten instance costs by the hour).
+    pub const MAX: Duration = Duration::from_secs(366 * 24 * 3600);
+
+    /// Why `for_` is not a keep (`keep_failed`, `--keep-failed`), if it is not.
+    pub fn problem(for_: Duration) -> Option<String> {
+        if for_.is_zero() {
+            Some("must be longer than 0s (to keep nothing, leave it out)".into())
+        } else if for_ > Self::MAX {
+            Some("must be at most a year (`366d`)".into())
+        } else {
+            None
+        }
+    }
+}
+
 /// `[matrix] keep_failed_state`: the kept instance left running (the default) or stopped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KeptState {

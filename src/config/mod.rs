@@ -412,6 +412,8 @@ pub struct Matrix {
     pub changed_only: bool,
     /// `keep_failed` (or `--keep-failed`): a failed build's instance is kept this long.
     pub keep_failed: Option<KeepFailed>,
+    /// `keep_failed_state`: how a kept instance is left (also with `--keep-failed` and no `keep_failed`).
+    pub keep_failed_state: KeptState,
 }
 
 #[derive(Clone, Debug)]

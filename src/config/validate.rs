@@ -1140,8 +1140,9 @@ fn resolve_matrix(
             false
         }
     };
-    let keep_failed = forensics::resolve_keep_failed(checker, raw);
-    Matrix { flavors: selected, exclude, changed_only, keep_failed }
+    let keep_failed_state = forensics::resolve_kept_state(checker, raw);
+    let keep_failed = forensics::resolve_keep_failed(checker, raw, keep_failed_state);
+    Matrix { flavors: selected, exclude, changed_only, keep_failed, keep_failed_state }
 }
 
 /// Checks that need the whole fleet: a non-empty matrix, single-region source ids, unique AMI names.

@@ -503,13 +503,7 @@ impl Execution {
             journal: Arc::clone(&journal),
             events: events.clone(),
         };
-        let sweeper = Sweeper {
-            cloud: self.cloud,
-            waits,
-            journal: Arc::clone(&journal),
-            events: events.clone(),
-            clock: run.clock,
-        };
+        let sweeper = Sweeper { cloud: self.cloud, waits, journal: Arc::clone(&journal), events: events.clone() };
         let scheduler = Scheduler {
             clock: run.clock,
             journal: Arc::clone(&journal),

@@ -100,6 +100,7 @@ impl JobRunner for StepRunner {
                     parent_image: input,
                     manifest_parent,
                     logins: Default::default(),
+                    rebuilt_on_demand: false,
                 };
                 Box::pin(async move { build::run(context, |artifact| announce.image_available(artifact)).await })
             }

@@ -15,7 +15,6 @@ use crate::plan::Plan;
 use crate::report::events::{EventSender, RunEvent};
 use crate::state::journal::Journal;
 use crate::state::leftovers;
-use crate::util::clock::RunClock;
 
 /// What the sweep reaches: the run's cloud, its waits and the journal that says what it removed.
 pub struct Sweeper {
@@ -23,8 +22,6 @@ pub struct Sweeper {
     pub waits: Arc<Waits>,
     pub journal: Arc<Journal>,
     pub events: EventSender,
-    /// The run's clock: a resource kept (`--keep-failed`) until later than its now is left.
-    pub clock: RunClock,
 }
 
 impl Sweeper {
@@ -42,8 +39,9 @@ impl Sweeper {
             let grants = leftovers::journaled_grants(&outstanding, region, &plan.run_id);
             async move {
                 let found = leftovers::find(&*cloud, &tags).await.map_err(|error| error.to_string())?;
-                // A failed build's resources kept with `--keep-failed` are left until their time.
-                let (mut found, _kept) = leftovers::set_aside_kept(found, self.clock.now());
+                // A failed build's resources this run kept (`--keep-failed`) are left, whatever their time: they
+                // are there to be looked at, and `gc` removes them once it is past.
+                let (mut found, _kept) = leftovers::set_aside_kept(found, chrono::DateTime::<chrono::Utc>::MIN_UTC);
                 found.extend(grants);
                 Ok::<_, String>(leftovers::remove(&*cloud, &waits, &found, &*self.journal).await)
             }

@@ -251,6 +251,14 @@ impl CleanupStack {
     /// group its launch named (the last of each pushed before it: a build's way in pushes them, then the launch
     /// pushes the instance), and returns them; nothing else is touched (sessions, a failed image and any other
     /// instance unwind as usual). `None`, and the stack unchanged, when no instance is on it.
+    /// The instance launched last (still on the stack), and when, if this process launched it.
+    pub fn last_instance(&self) -> Option<(&InstanceId, Option<Created>)> {
+        self.steps.iter().rev().find_map(|step| match step {
+            UndoStep::TerminateInstance { id, fresh } => Some((id, *fresh)),
+            _ => None,
+        })
+    }
+
     pub fn keep(&mut self) -> Option<KeptSteps> {
         let at = self.steps.iter().rposition(|step| matches!(step, UndoStep::TerminateInstance { .. }))?;
         let before = &self.steps[..at];

@@ -164,8 +164,8 @@ fn a_failed_build_keeps_its_instance_running_and_gc_leaves_it_before_its_time() 
 }
 
 /// `keep_failed = "15s"` with `keep_failed_state = "stopped"`: the instance is stopped; once the time is past,
-/// `gc` terminates it, deletes its group and key pair, and removes the key folder. (One build: the run's sweep
-/// comes before its keep ends, else the sweep would rightly remove it.)
+/// `gc` terminates it, deletes its group and key pair, and removes the key folder. (The run's own sweep leaves it
+/// even when its time passes before the run ends.)
 #[test]
 fn a_stopped_kept_instance_is_removed_by_gc_once_its_time_is_past() {
     let moto = Moto::start();
@@ -207,7 +207,7 @@ fn a_stopped_kept_instance_is_removed_by_gc_once_its_time_is_past() {
 /// The simulated cloud keeps the same way: a failed test keeps its test instance (with its key pair and
 /// group), which the leak report lists as kept until its time, not leaked; no key is written for a simulated
 /// run, and the manifest's failure says so. (Kept 24h: the simulated night, one build at a time, outlasts an hour,
-/// and a keep past its time is rightly swept.)
+/// and the report would then say `(past: gc removes it)`.)
 #[test]
 fn a_simulated_failed_test_keeps_its_instance_and_it_is_no_leak() {
     let workspace = Workspace::new();

@@ -230,10 +230,13 @@ impl SimCloud {
             let state = model.state.lock().expect("not poisoned");
             report.kms_grants_created += state.kms_grants.created;
             report.kms_grants_revoked += state.kms_grants.revoked;
-            // Kept (`--keep-failed`, until later) or leaked.
+            // Kept (`--keep-failed`: gc removes it once its time is past) or leaked.
             let mut left =
                 |what: String, tags: Option<&crate::config::Tags>| match kept::kept_until(tags, &self.model.wall) {
-                    Some(until) => report.kept_resources.push(format!("{what} until {}", until.to_rfc3339())),
+                    Some((until, false)) => report.kept_resources.push(format!("{what} until {}", until.to_rfc3339())),
+                    Some((until, true)) => {
+                        report.kept_resources.push(format!("{what} until {} (past: gc removes it)", until.to_rfc3339()))
+                    }
                     None => report.leaked_resources.push(what),
                 };
             for (id, instance) in &state.instances {

@@ -43,21 +43,30 @@ fn collect_path_problem(file: &str) -> Option<&'static str> {
     }
 }
 
-/// `[matrix] keep_failed` and `keep_failed_state`.
-pub(super) fn resolve_keep_failed(checker: &mut Checker<'_>, raw: &schema::MatrixSection) -> Option<KeepFailed> {
+/// `[matrix] keep_failed_state` (it also applies to `--keep-failed`).
+pub(super) fn resolve_kept_state(checker: &mut Checker<'_>, raw: &schema::MatrixSection) -> KeptState {
     let path = KeyPath::root().key("matrix");
-    let state = match raw.keep_failed_state.as_deref() {
+    match raw.keep_failed_state.as_deref() {
         None | Some("running") => KeptState::Running,
         Some("stopped") => KeptState::Stopped,
         Some(other) => {
             checker.problem(path.key("keep_failed_state"), format!("`{other}`: `running` (the default) or `stopped`"));
             KeptState::Running
         }
-    };
-    if raw.keep_failed_state.is_some() && raw.keep_failed.is_none() {
-        checker.problem(path.key("keep_failed_state"), "goes with `keep_failed` (how long a failed build is kept)");
     }
+}
+
+/// `[matrix] keep_failed`, kept as `keep_failed_state` says.
+pub(super) fn resolve_keep_failed(
+    checker: &mut Checker<'_>,
+    raw: &schema::MatrixSection,
+    state: KeptState,
+) -> Option<KeepFailed> {
+    let path = KeyPath::root().key("matrix");
     let for_ = checker.duration(path.key("keep_failed"), raw.keep_failed.as_deref()?)?;
+    if let Some(problem) = KeepFailed::problem(for_) {
+        checker.problem(path.key("keep_failed"), problem);
+    }
     Some(KeepFailed { for_, state })
 }
 

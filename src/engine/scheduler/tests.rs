@@ -146,7 +146,6 @@ async fn run_with(
             waits: Waits::new(Arc::clone(&cloud), WaitStyle::Batched),
             journal,
             events: events.clone(),
-            clock,
         },
         limits: Arc::new(RunLimits::new(&fleet.limits, Policy::THROTTLED, Pacing::Fixed)),
         events,

@@ -42,6 +42,12 @@ pub(super) async fn close_after<T>(
     result: Result<T, StepError>,
 ) -> Result<T, StepError> {
     let result = match result {
+        // A spot instance EC2 took back has nothing left to tell, and its build is made again on demand: the
+        // phase would only wait on a dropped connection.
+        Err(error) if super::interruption::was_taken_back(context, instance).await => {
+            context.progress(error.stage, "on failure: skipped, EC2 took the spot instance back");
+            Err(error)
+        }
         Err(mut error) => {
             error.logs = on_failure(context, instance, &*connection, &error).await;
             Err(error)

@@ -16,6 +16,8 @@ use crate::cloud::InstanceId;
 use crate::config::Market;
 use crate::outcome::{BuiltOn, SpotInterruption};
 
+use crate::steps::cleanup::CleanupStack;
+
 use super::{BuildContext, StepError, Stopped};
 
 /// EC2's StateReason code of a spot instance it took back.
@@ -49,6 +51,31 @@ pub(super) async fn or_failure(
         }
         // Still running, or the describe failed: the phase's own failure stands.
         _ => Stopped::Failed(error),
+    }
+}
+
+/// A failed bring-up (waiting for it to run, connecting) of a spot attempt: an interruption if EC2 took back the
+/// instance the stack holds; else, or with no instance launched yet, `error`.
+pub(super) async fn of_bring_up(context: &BuildContext, stack: &CleanupStack, error: StepError) -> Stopped {
+    if context.flavor.market != Market::Spot {
+        return Stopped::Failed(error);
+    }
+    let Some((instance, fresh)) = stack.last_instance() else { return Stopped::Failed(error) };
+    let launched = fresh.unwrap_or_else(|| Created::now(crate::cloud::consistency::NewKind::Instance));
+    let built_on = BuiltOn { market: Market::Spot, instance_type: context.flavor.instance_type.clone() };
+    let instance = instance.clone();
+    or_failure(context, &instance, launched, &built_on, error).await
+}
+
+/// Whether EC2 took back the spot instance of this attempt (asked only of a spot flavor: one DescribeInstances);
+/// a describe that fails says no.
+pub(super) async fn was_taken_back(context: &BuildContext, instance: &InstanceId) -> bool {
+    if context.flavor.market != Market::Spot {
+        return false;
+    }
+    match context.cloud.describe_instances(std::slice::from_ref(instance)).await {
+        Ok(described) => described.iter().any(|status| taken_back(status.state_reason.as_deref())),
+        Err(_) => false,
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use crate::cloud::watch::WaitKind;
 use crate::cloud::{InstanceId, PrivateKey};
-use crate::config::{KeepFailed, KeptState, Tags};
+use crate::config::{KeepFailed, KeptState, Market, Tags};
 use crate::outcome::{Kept, KeptAs, Stage};
 use crate::remote::ssh::{shell_quote, write_private_file, HostKeyCheck};
 use crate::remote::{ConnectTarget, Via};
@@ -95,7 +95,12 @@ pub(super) async fn keep_failed(context: &BuildContext, stack: &mut CleanupStack
     }
     let steps = stack.keep()?;
     let instance = steps.instance.clone()?;
-    let until = context.run.clock.now() + chrono::TimeDelta::from_std(keep.for_).unwrap_or(chrono::TimeDelta::MAX);
+    let now = context.run.clock.now();
+    // Validation bounds the duration ([`crate::config::KeepFailed::MAX`]); past the calendar, keep the longest.
+    let until = chrono::TimeDelta::from_std(keep.for_)
+        .ok()
+        .and_then(|delta| now.checked_add_signed(delta))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
     // Whole seconds, as the tag says it.
     let until = chrono::DateTime::from_timestamp(until.timestamp(), 0).unwrap_or(until);
     let tags = Tags::from([(KEEP_UNTIL_TAG.to_string(), until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))]);
@@ -150,9 +155,20 @@ fn give_back(stack: &mut CleanupStack, steps: KeptSteps) {
 /// Stops the instance if `keep_failed_state = "stopped"`; says the state it is left in (one the build had
 /// stopped for its image is stopped whatever the setting).
 async fn settle_state(context: &BuildContext, instance: &InstanceId, keep: KeepFailed, stage: Stage) -> KeptAs {
-    let stopped_by_the_build = matches!(stage, Stage::CreateImage | Stage::WaitImage);
-    if keep.state == KeptState::Running {
+    // A spot build makes its image with reboot, never stopped; an on-demand one stopped it before CreateImage.
+    let on_spot = context.flavor.market == Market::Spot;
+    let stopped_by_the_build = !on_spot && matches!(stage, Stage::CreateImage | Stage::WaitImage);
+    if keep.state == KeptState::Running || stopped_by_the_build {
         return if stopped_by_the_build { KeptAs::Stopped } else { KeptAs::Running };
+    }
+    if on_spot {
+        // A one-time spot instance cannot be stopped (StopInstances: `UnsupportedOperation`, EC2 User Guide,
+        // "Stop a Spot Instance"): it is kept running, and the user is told.
+        context.progress(
+            stage,
+            format!("kept spot instance {instance} left running: a one-time spot instance cannot be stopped"),
+        );
+        return KeptAs::Running;
     }
     let stopped = match context.cloud.stop_instance(instance).await {
         Ok(()) => {
@@ -173,13 +189,13 @@ async fn settle_state(context: &BuildContext, instance: &InstanceId, keep: KeepF
 /// the run's `kept/` folder; `Err`: why there is none.
 fn login(context: &BuildContext, instance: &InstanceId, stage: Stage) -> Result<String, String> {
     if matches!(stage, Stage::Stop | Stage::CreateImage | Stage::WaitImage) {
-        return Err("the build key was removed from the instance's authorized_keys before it stopped".into());
+        return Err("the build key was removed from the instance's authorized_keys before its image was made".into());
     }
     let login = context.logins.of(instance).ok_or("the instance was never connected to")?;
     let Some(kept_keys) = &context.run.kept_keys else {
         return Err("no key is written for a simulated run".into());
     };
-    let folder = kept_keys.join(instance.as_str());
+    let folder = kept_keys.join(crate::steps::context::safe_file_name(instance.as_str()));
     let written =
         write_login(&folder, &login).map_err(|error| format!("cannot write `{}`: {error}", folder.display()))?;
     Ok(command(&login, instance, &written))

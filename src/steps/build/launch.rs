@@ -126,6 +126,10 @@ async fn launch(
                 parts.push(&try_number);
             }
             let tried = order.lock().expect("not poisoned").current();
+            if context.rebuilt_on_demand {
+                // Not a repeat of any try of the interrupted attempt's launch (its on-demand fallback included).
+                parts.push("rebuild");
+            }
             if tried.market == Market::Spot {
                 // A one-time spot request is not the on-demand launch that replaces it once EC2 takes the instance
                 // back: the same token would be answered with the interrupted instance.

@@ -76,6 +76,9 @@ pub struct BuildContext {
     pub manifest_parent: Option<ImageId>,
     /// `--keep-failed`: how this build's instances were logged in to (empty without it).
     pub logins: Logins,
+    /// The build is being made again on demand after EC2 took its spot instance back: its resources and its
+    /// launch are new ones, never a repeat of the interrupted attempt's (names, client tokens).
+    pub rebuilt_on_demand: bool,
 }
 
 /// An image CreateImage was asked for in an earlier attempt, and the source image it was made from.
@@ -205,11 +208,10 @@ pub async fn run(mut context: BuildContext, on_available: impl FnOnce(&Artifact)
                 end.spot_interruptions.push(interrupted.attempt);
                 end.failures.extend(unwind(&context, &mut stack).await);
                 context.flavor.market = Market::OnDemand;
-                match sequence(&context, &mut stack).await {
-                    // On demand, EC2 does not take the instance back: a second interruption is not possible.
-                    Err(Stopped::SpotInterrupted(again)) => Err(Stopped::Failed(again.error)),
-                    other => other,
-                }
+                context.rebuilt_on_demand = true;
+                // On demand, EC2 does not take the instance back: a second interruption is not possible (and
+                // would be a failure that keeps nothing: the instance is gone).
+                sequence(&context, &mut stack).await
             }
             other => other,
         },
@@ -299,7 +301,11 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     let resolved = context.interruptible(Stage::SourceAmi, resolve_source(context)).await?;
     let (source, parameter) = (resolved.image, resolved.parameter);
     let fingerprint = fingerprint(context, &source.id, parameter.as_ref())?;
-    let up = bring_up(context, stack, &source, Purpose::Build).await?;
+    let up = match bring_up(context, stack, &source, Purpose::Build).await {
+        Ok(up) => up,
+        // A spot instance taken back while it was coming up (or being connected to) is an interruption too.
+        Err(error) => return Err(interruption::of_bring_up(context, stack, error).await),
+    };
     let (instance, launched, built_on) = (up.instance.clone(), up.launched, up.built_on.clone());
     let source = source.id;
     let provisioned = context.interruptible(Stage::Provision, provision_all(context, &*up.connection)).await;
@@ -327,7 +333,14 @@ async fn sequence(context: &BuildContext, stack: &mut CleanupStack) -> Result<Ar
     let requested = Created::now(NewKind::Image);
     context.run.ledger.image_requested(&context.job.key(), &image);
     context.progress(Stage::CreateImage, format!("creating image {image} `{}`", context.job.image_name));
-    let mut artifact = wait_for_image(context, stack, image, source, Some(requested), Some(fingerprint.digest)).await?;
+    let waited = wait_for_image(context, stack, image, source, Some(requested), Some(fingerprint.digest)).await;
+    let mut artifact = match waited {
+        // The image of a spot instance EC2 took back during CreateImage's reboot ends `failed`: an interruption.
+        Err(Stopped::Failed(error)) => {
+            return Err(interruption::or_failure(context, &instance, launched, &built_on, error).await)
+        }
+        waited => waited?,
+    };
     artifact.settings.source_parameter = parameter;
     artifact.settings.built_on = Some(built_on);
     Ok(artifact)
@@ -349,6 +362,23 @@ async fn stop(context: &BuildContext, instance: &InstanceId, launched: Created) 
         })
         .await
         .map(|_| ())
+}
+
+/// The temporary key pair's and group's name: the run and flavor, and what makes this launch's resources new ones:
+/// the attempt after the first (a kept build's resources of an earlier attempt keep their names, and `adopt`
+/// would take a same-named one as its own), an on-demand rebuild, the image's test.
+fn resource_name(context: &BuildContext, purpose: Purpose) -> String {
+    let mut name = format!("fleetbake-{}-{}", context.run.run_id, context.flavor.name);
+    if context.run.attempt > 1 {
+        name.push_str(&format!("-a{}", context.run.attempt));
+    }
+    if context.rebuilt_on_demand {
+        name.push_str("-od");
+    }
+    if purpose == Purpose::Test {
+        name.push_str("-test");
+    }
+    name
 }
 
 /// Why an instance is brought up: to build on, or to test the image just made.
@@ -390,10 +420,7 @@ async fn bring_up(
                 logs: Vec::new(),
             })?;
 
-    let resource_name = match purpose {
-        Purpose::Build => format!("fleetbake-{}-{}", run.run_id, context.flavor.name),
-        Purpose::Test => format!("fleetbake-{}-{}-test", run.run_id, context.flavor.name),
-    };
+    let resource_name = resource_name(context, purpose);
     let reach = Reach::new(context, &network);
     let prepared = reach.prepare(context, stack, &resource_name).await?;
     let launch::Launched { instance, created: launched, running, built_on } =
