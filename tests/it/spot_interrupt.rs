@@ -161,3 +161,70 @@ fn the_aws_adapter_images_a_spot_instance_with_no_reboot_false_and_no_stop() {
     assert_eq!(manifest["artifacts"]["base"]["us-west-2"]["built_on"]["market"], "spot");
     runtime().block_on(assert_nothing_temporary_left(&moto.client("us-west-2"), "us-west-2"));
 }
+
+/// The calls only spot builds make, each taking effect with its answer lost (the client repeats it with the same
+/// client token): CreateImage of the running instance with reboot, and the on-demand rebuild's RunInstances
+/// after an interruption. Nothing is made twice and nothing is left.
+#[test]
+fn a_lost_answer_to_a_spot_image_or_the_rebuild_s_launch_makes_nothing_twice_and_leaves_nothing() {
+    let cases = [
+        ("CreateImage with reboot", "", "CreateImage", 1, 1, "spot"),
+        ("the rebuild's RunInstances", r#"spot = { interrupt_after = "2m" }"#, "RunInstances", 2, 2, "on-demand"),
+    ];
+    for (case, spot, action, nth, launches, market) in cases {
+        let workspace = Workspace::new();
+        let sim = format!(
+            "{spot}\nfaults = [{{ action = \"{action}\", region = \"us-west-2\", error = \"InternalError\", nth = {nth}, answer_lost = true }}]"
+        );
+        let (run, _) = run(&workspace, &fleet("spot", "", &sim));
+        assert_eq!(run.summary["sim"]["faults_injected"], 1, "{case}");
+        assert_eq!(run.manifest["status"], "complete", "{case}");
+        assert_eq!(built_on(&run.manifest)["market"], market, "{case}");
+        assert_eq!(calls(&run.summary, "RunInstances"), launches + u64::from(action == "RunInstances"), "{case}");
+        let images = run.summary["sim"]["images"].as_array().map_or(0, Vec::len);
+        assert_eq!(images, 1, "{case}: one image, not two: {}", run.summary["sim"]);
+        let all: u64 =
+            run.summary["sim"]["instances_launched"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
+        assert_eq!(all, launches, "{case}: one instance per launch: {}", run.summary["sim"]);
+    }
+}
+
+/// A spot build taken back has nothing left to tell: its on-failure phase is skipped, not run over a dropped
+/// connection, and nothing is saved; the rebuild on demand succeeds.
+#[test]
+fn an_interrupted_spot_build_skips_its_on_failure_phase() {
+    let workspace = Workspace::new();
+    let market = "spot\"\non_failure = [{ type = \"shell\", inline = [\"journalctl -b\"] }]\ncollect = [\"/var/log/cloud-init-output.log\"]\n#";
+    let (run, events) = run(&workspace, &fleet(market, "", r#"spot = { interrupt_after = "2m" }"#));
+    assert_eq!(run.manifest["status"], "complete");
+    assert_eq!(run.summary["jobs"]["rebuilt_on_demand"], 1);
+    let details: Vec<&str> = events.iter().filter_map(|event| event["detail"].as_str()).collect();
+    assert!(
+        details.iter().any(|detail| detail.contains("on failure: skipped, EC2 took the spot instance back")),
+        "{details:#?}"
+    );
+    assert!(!details.iter().any(|detail| detail.contains("on failure: saved")), "{details:#?}");
+}
+
+/// `--keep-failed` with `keep_failed_state = "stopped"` on a spot build: a one-time spot instance cannot be
+/// stopped, so it is kept running and the run says so; StopInstances is never asked.
+#[test]
+fn a_kept_spot_instance_is_left_running_and_said() {
+    let workspace = Workspace::new();
+    let matrix = "[matrix]\nkeep_failed = \"24h\"\nkeep_failed_state = \"stopped\"\n";
+    let sim = "faults = [{ action = \"test\", error = \"failed\", nth = 1 }]";
+    let market = "spot\"\ntests = [{ type = \"shell\", inline = [\"true\"] }]\n#";
+    let events_path = workspace.path("events.jsonl");
+    let run = run_sim_with(&workspace, &fleet(market, matrix, sim), &["--events", events_path.to_str().unwrap()]);
+    assert_eq!(run.outcome.code, 1, "the test failed: {}", run.outcome.stderr);
+    assert_eq!(run.summary["leaked_resources"], serde_json::json!([]), "{}", run.outcome.stderr);
+    let failure = run.manifest["failures"].as_array().unwrap().iter().find(|f| f["stage"] == "test").unwrap();
+    assert_eq!(failure["kept"]["state"], "running", "{failure}");
+    assert_eq!(calls(&run.summary, "StopInstances"), 0);
+    assert!(
+        run.outcome.stderr.contains("a one-time spot instance cannot be stopped")
+            || std::fs::read_to_string(&events_path).unwrap().contains("a one-time spot instance cannot be stopped"),
+        "{}",
+        run.outcome.stderr
+    );
+}
