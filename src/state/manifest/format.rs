@@ -6,8 +6,12 @@
 //! Layer: `state`; imports `config`, `cloud` (ids) and `outcome`.
 
 use crate::cloud::{ImageId, SnapshotId};
+use crate::cloud::{InstanceId, KeyPairName, SecurityGroupId};
+use crate::config::Market;
 use crate::config::{Account, FlavorName, Region, Sharing};
-use crate::outcome::{Artifact, BuiltOn, Failure, ImageSettings, InProgress, Kept, Parent, Publication, RunStatus};
+use crate::outcome::{
+    Artifact, BuiltOn, Failure, ImageSettings, InProgress, Kept, KeptAs, Parent, Publication, RunStatus,
+};
 
 /// The version this fleetbake writes, in the file's `version`. Version 2 added `distributed` (the copies other
 /// accounts own, `[[distribution]]`) and `account` on failures and images in progress of another account;
@@ -80,7 +84,51 @@ pub struct ImageEntry {
     /// The market and instance type the build's instance was launched as (optional, added in version 2; absent
     /// from a copy and a reused image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub built_on: Option<BuiltOn>,
+    pub built_on: Option<BuiltOnEntry>,
+}
+
+/// The market and instance type a build's instance was launched as.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BuiltOnEntry {
+    pub market: Market,
+    pub instance_type: String,
+}
+
+impl From<&BuiltOn> for BuiltOnEntry {
+    fn from(built_on: &BuiltOn) -> Self {
+        BuiltOnEntry { market: built_on.market, instance_type: built_on.instance_type.clone() }
+    }
+}
+
+/// `--keep-failed`: what a failed build kept, until when, and how to log in.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeptEntry {
+    pub instance: InstanceId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pair: Option<KeyPairName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_group: Option<SecurityGroupId>,
+    /// RFC 3339: `gc` removes all of it after this.
+    pub until: chrono::DateTime<chrono::Utc>,
+    pub state: KeptAs,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_login: Option<String>,
+}
+
+impl From<&Kept> for KeptEntry {
+    fn from(kept: &Kept) -> Self {
+        KeptEntry {
+            instance: kept.instance.clone(),
+            key_pair: kept.key_pair.clone(),
+            security_group: kept.security_group.clone(),
+            until: kept.until,
+            state: kept.state,
+            connect: kept.connect.clone(),
+            no_login: kept.no_login.clone(),
+        }
+    }
 }
 
 /// `source_ami = { ssm_parameter = … }`: which parameter, at which version.
@@ -128,7 +176,7 @@ impl From<&Artifact> for ImageEntry {
             source_parameter: source_parameter
                 .as_ref()
                 .map(|read| SourceParameterEntry { name: read.name.clone(), version: read.version }),
-            built_on: built_on.clone(),
+            built_on: built_on.as_ref().map(BuiltOnEntry::from),
         }
     }
 }
@@ -172,7 +220,7 @@ pub struct FailureEntry {
     pub logs: Vec<std::path::PathBuf>,
     /// `--keep-failed`: the failed build's instance, key pair and group kept, until when, and how to log in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kept: Option<Kept>,
+    pub kept: Option<KeptEntry>,
 }
 
 impl From<&Failure> for FailureEntry {

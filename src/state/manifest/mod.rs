@@ -469,7 +469,7 @@ impl Reporter for ManifestWriter {
                         entry.flavor == job.flavor && entry.region == job.place.region && entry.stage != "cleanup"
                     });
                     if let Some(entry) = failure {
-                        entry.kept = Some(kept.clone());
+                        entry.kept = Some(kept.into());
                     }
                 }
                 self.changed()
