@@ -469,28 +469,6 @@ pub struct AwsRegion {
 }
 
 impl AwsRegion {
-    /// CreateImage, the image and its snapshots tagged at creation; `NoReboot` as given (`None`: left out, EC2's
-    /// default).
-    async fn create_image_rebooting(
-        &self,
-        instance: &InstanceId,
-        name: &str,
-        description: Option<&str>,
-        tags: &Tags,
-        snapshot_tags: &Tags,
-        no_reboot: Option<bool>,
-    ) -> CloudResult<ImageId> {
-        let action = Action::CreateImage;
-        let specifications = image_tag_specifications(tags, snapshot_tags);
-        let output = ec2_call!(self, action, |client| client
-            .create_image()
-            .instance_id(instance.as_str())
-            .name(name)
-            .set_no_reboot(no_reboot)
-            .set_description(description.map(str::to_string))
-            .set_tag_specifications(Some(specifications.clone())))?;
-        output.image_id().map(|id| ImageId(id.to_string())).ok_or_else(|| self.missing(action, "image id"))
-    }
     fn error<E>(&self, action: Action, error: SdkError<E, HttpResponse>) -> CloudError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -948,8 +926,24 @@ impl RegionCloud for AwsRegion {
         description: Option<&str>,
         tags: &Tags,
         snapshot_tags: &Tags,
+        of: ImageOf,
     ) -> CloudResult<ImageId> {
-        self.create_image_rebooting(instance, name, description, tags, snapshot_tags, None).await
+        let no_reboot = match of {
+            ImageOf::Stopped => None,
+            // `NoReboot` false, said explicitly: the instance is running (a one-time spot instance cannot be
+            // stopped), and EC2 reboots it for a consistent snapshot (CreateImage, EC2 API Reference).
+            ImageOf::RunningRebooted => Some(false),
+        };
+        let action = Action::CreateImage;
+        let specifications = image_tag_specifications(tags, snapshot_tags);
+        let output = ec2_call!(self, action, |client| client
+            .create_image()
+            .instance_id(instance.as_str())
+            .name(name)
+            .set_no_reboot(no_reboot)
+            .set_description(description.map(str::to_string))
+            .set_tag_specifications(Some(specifications.clone())))?;
+        output.image_id().map(|id| ImageId(id.to_string())).ok_or_else(|| self.missing(action, "image id"))
     }
 
     async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId> {
@@ -1741,20 +1735,6 @@ impl RegionCloud for AwsRegion {
         }
         Ok(users)
     }
-
-    async fn create_image_with_reboot(
-        &self,
-        instance: &InstanceId,
-        name: &str,
-        description: Option<&str>,
-        tags: &Tags,
-        snapshot_tags: &Tags,
-    ) -> CloudResult<ImageId> {
-        // `NoReboot` false, said explicitly: the instance is running (a one-time spot instance cannot be
-        // stopped), and EC2 reboots it for a consistent snapshot (CreateImage, EC2 API Reference).
-        self.create_image_rebooting(instance, name, description, tags, snapshot_tags, Some(false)).await
-    }
-
     /// DescribeKeyPairs by name for its id, then CreateTags on that id.
     async fn tag_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<()> {
         let action = Action::DescribeKeyPairs;

@@ -138,9 +138,10 @@ impl RegionCloud for LimitedRegion {
         description: Option<&str>,
         tags: &Tags,
         snapshot_tags: &Tags,
+        of: ImageOf,
     ) -> CloudResult<ImageId> {
         self.limiter
-            .call(Action::CreateImage, || self.inner.create_image(instance, name, description, tags, snapshot_tags))
+            .call(Action::CreateImage, || self.inner.create_image(instance, name, description, tags, snapshot_tags, of))
             .await
     }
 
@@ -308,22 +309,6 @@ impl RegionCloud for LimitedRegion {
     async fn instances_of_images(&self, images: &[ImageId]) -> CloudResult<Vec<ImageUser>> {
         self.limiter.call(Action::DescribeInstances, || self.inner.instances_of_images(images)).await
     }
-
-    async fn create_image_with_reboot(
-        &self,
-        instance: &InstanceId,
-        name: &str,
-        description: Option<&str>,
-        tags: &Tags,
-        snapshot_tags: &Tags,
-    ) -> CloudResult<ImageId> {
-        self.limiter
-            .call(Action::CreateImage, || {
-                self.inner.create_image_with_reboot(instance, name, description, tags, snapshot_tags)
-            })
-            .await
-    }
-
     /// Paced as the CreateTags it ends with (the DescribeKeyPairs before it is one small read).
     async fn tag_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<()> {
         self.limiter.call(Action::CreateTags, || self.inner.tag_key_pair(name, tags)).await

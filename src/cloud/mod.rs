@@ -487,7 +487,8 @@ pub trait RegionCloud: Send + Sync {
     async fn terminate_instance(&self, id: &InstanceId) -> CloudResult<()>;
 
     /// CreateImage, the image tagged `tags` and its snapshots `snapshot_tags`, both at creation
-    /// (`TagSpecifications`).
+    /// (`TagSpecifications`), of a stopped instance or, with `NoReboot = false` sent explicitly, of a running one
+    /// EC2 stops and starts again for a consistent snapshot ([`ImageOf`]).
     async fn create_image(
         &self,
         instance: &InstanceId,
@@ -495,6 +496,7 @@ pub trait RegionCloud: Send + Sync {
         description: Option<&str>,
         tags: &Tags,
         snapshot_tags: &Tags,
+        of: ImageOf,
     ) -> CloudResult<ImageId>;
     async fn copy_image(&self, spec: &CopySpec) -> CloudResult<ImageId>;
     async fn create_tags(&self, resources: &[String], tags: &Tags) -> CloudResult<()>;
@@ -600,22 +602,20 @@ pub trait RegionCloud: Send + Sync {
     /// start again.
     async fn instances_of_images(&self, images: &[ImageId]) -> CloudResult<Vec<ImageUser>>;
 
-    /// CreateImage of a running instance with `NoReboot = false` sent explicitly: EC2 stops the instance for a
-    /// consistent snapshot and starts it again. The image path of an instance that cannot be stopped (a
-    /// one-time spot instance: StopInstances answers `UnsupportedOperation`); tags as [`Self::create_image`].
-    async fn create_image_with_reboot(
-        &self,
-        instance: &InstanceId,
-        name: &str,
-        description: Option<&str>,
-        tags: &Tags,
-        snapshot_tags: &Tags,
-    ) -> CloudResult<ImageId>;
-
     /// Adds `tags` to a key pair named `name` (`--keep-failed`'s `fleetbake:keep-until`): CreateTags takes a
     /// key pair by its id (`key-…`), which DescribeKeyPairs gives for the name ("Tag your Amazon EC2
     /// resources", EC2 User Guide: key pairs are taggable by id). An unknown name is `NotFound`.
     async fn tag_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<()>;
+}
+
+/// Which instance CreateImage is asked of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageOf {
+    /// A stopped instance (the amazon-ebs sequence): `NoReboot` left out.
+    Stopped,
+    /// A running instance that cannot be stopped (a one-time spot instance: StopInstances answers
+    /// `UnsupportedOperation`): `NoReboot` false, EC2 reboots it.
+    RunningRebooted,
 }
 
 /// Which version of a launch template refers to an image.

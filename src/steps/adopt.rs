@@ -9,8 +9,8 @@
 use crate::cloud::consistency::until_listed;
 use crate::cloud::retry::{retry, GaveUp, Outcome, Policy};
 use crate::cloud::{
-    CloudError, CloudResult, CopySpec, ImageId, ImageQuery, IngressSources, InstanceId, KeyPairName, OwnedImage,
-    PrivateKey, RegionCloud, SecurityGroupId, VpcId,
+    CloudError, CloudResult, CopySpec, ImageId, ImageOf, ImageQuery, IngressSources, InstanceId, KeyPairName,
+    OwnedImage, PrivateKey, RegionCloud, SecurityGroupId, VpcId,
 };
 use crate::config::Tags;
 use crate::plan::RunId;
@@ -81,15 +81,6 @@ pub async fn ingress(
     }
 }
 
-/// Which instance CreateImage is asked of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImageOf {
-    /// A stopped instance (the amazon-ebs sequence).
-    Stopped,
-    /// A running instance that cannot be stopped (a one-time spot instance): `NoReboot` false, EC2 reboots it.
-    RunningRebooted,
-}
-
 /// CreateImage, the image and its snapshots tagged `tags` at creation; an image of that name already made by
 /// this run (its tags say so) is the one.
 pub async fn create_image(
@@ -101,11 +92,7 @@ pub async fn create_image(
     tags: &Tags,
     run_id: &RunId,
 ) -> CloudResult<ImageId> {
-    let created = match of {
-        ImageOf::Stopped => cloud.create_image(instance, name, description, tags, tags).await,
-        ImageOf::RunningRebooted => cloud.create_image_with_reboot(instance, name, description, tags, tags).await,
-    };
-    match created {
+    match cloud.create_image(instance, name, description, tags, tags, of).await {
         Err(error) if is(&error, "InvalidAMIName.Duplicate") => {
             let tagged_by_run =
                 |image: &OwnedImage| image.tags.get(RUN_ID_TAG).is_some_and(|tagged| tagged == run_id.as_str());

@@ -27,10 +27,10 @@ use super::catalog::{self, PublicImage};
 use crate::cloud::limiter::ClassBuckets;
 use crate::cloud::{
     fnv1a, Action, CloudError, CloudResult, ConsoleOutput, CopySpec, ErrorKind, ImageBlockPublicAccess, ImageId,
-    ImageQuery, ImageState, ImageStatus, ImageSummary, IngressSources, InstanceId, InstanceState, InstanceStatus,
-    KeyPairName, KmsGrantId, KmsKey, LaunchPermissions, LaunchSpec, OwnedImage, ParameterHistory, PrivateKey,
-    RegionCloud, RegionOptIn, SecurityGroupId, SessionId, SessionToken, SnapshotId, SnapshotKey, SsmSession, Subnet,
-    SubnetId, Tagged, Vpc, VpcId, VpcLookup,
+    ImageOf, ImageQuery, ImageState, ImageStatus, ImageSummary, IngressSources, InstanceId, InstanceState,
+    InstanceStatus, KeyPairName, KmsGrantId, KmsKey, LaunchPermissions, LaunchSpec, OwnedImage, ParameterHistory,
+    PrivateKey, RegionCloud, RegionOptIn, SecurityGroupId, SessionId, SessionToken, SnapshotId, SnapshotKey,
+    SsmSession, Subnet, SubnetId, Tagged, Vpc, VpcId, VpcLookup,
 };
 use crate::config::{
     Account, AgentFault, ApiRates, Bucket, ConsoleFault, FaultEffect, FaultTrigger, FlavorName, ImageFilter, Place,
@@ -1168,8 +1168,13 @@ impl RegionCloud for SimRegion {
         _description: Option<&str>,
         tags: &Tags,
         snapshot_tags: &Tags,
+        of: ImageOf,
     ) -> CloudResult<ImageId> {
-        self.image_of(instance, name, tags, snapshot_tags, Reboot::No).await
+        let reboot = match of {
+            ImageOf::Stopped => Reboot::No,
+            ImageOf::RunningRebooted => Reboot::Yes,
+        };
+        self.image_of(instance, name, tags, snapshot_tags, reboot).await
     }
 
     /// The source is this account's image in the source region, else another account's there
@@ -1724,18 +1729,6 @@ impl RegionCloud for SimRegion {
         })
         .await
     }
-
-    async fn create_image_with_reboot(
-        &self,
-        instance: &InstanceId,
-        name: &str,
-        _description: Option<&str>,
-        tags: &Tags,
-        snapshot_tags: &Tags,
-    ) -> CloudResult<ImageId> {
-        self.image_of(instance, name, tags, snapshot_tags, Reboot::Yes).await
-    }
-
     /// As DescribeKeyPairs by name then CreateTags on its id: one the account does not have (or does not know
     /// yet: EC2's lag) is `InvalidKeyPair.NotFound`.
     async fn tag_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<()> {

@@ -8,20 +8,7 @@ use super::*;
 pub fn warnings(file: &Path, fleet: &Fleet) -> Vec<ConfigError> {
     let Ok(text) = std::fs::read_to_string(file) else { return Vec::new() };
     let Some(tree) = Node::parse(&text) else { return Vec::new() };
-    retention_warnings(fleet)
-        .into_iter()
-        .map(|problem| {
-            let located = spans::locate(&tree, &problem.path);
-            let (line, column) = spans::line_column(&text, located.span.start);
-            ConfigError {
-                file: file.to_path_buf(),
-                line,
-                column,
-                key: problem.path.to_string(),
-                message: problem.message,
-            }
-        })
-        .collect()
+    locate_problems(file, &text, &tree, retention_warnings(fleet))
 }
 
 /// With `[sharing]` every image the fleet builds in this account is shared (tagged `fleetbake:shared`), and

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::cloud::sim::SimCloud;
+use crate::cloud::ImageOf;
 use crate::config::{FaultTrigger, FlavorName, Market, Metadata};
 
 const SOURCE: &str = "ami-0123456789abcdef0";
@@ -228,10 +229,13 @@ async fn untagged_creates_are_refused_when_tags_are_required() {
     let (_cloud, region) = region_of(SimSettings { require_tags_on_create: true, ..SimSettings::default() });
     let (instance, _) = launch(&region, "ubuntu").await;
     let tags = Tags::from([("fleetbake:run-id".to_string(), "run-1".to_string())]);
-    let refused = region.create_image(&instance, "untagged-snapshot", None, &tags, &Tags::new()).await.unwrap_err();
+    let refused = region
+        .create_image(&instance, "untagged-snapshot", None, &tags, &Tags::new(), ImageOf::Stopped)
+        .await
+        .unwrap_err();
     assert_eq!(refused.code.as_deref(), Some("UnauthorizedOperation"), "{refused}");
     assert!(refused.message.contains("untagged snapshot"), "{refused}");
-    let image = region.create_image(&instance, "tagged", None, &tags, &tags).await.unwrap();
+    let image = region.create_image(&instance, "tagged", None, &tags, &tags, ImageOf::Stopped).await.unwrap();
     let snapshot = region.state.state.lock().unwrap().images[&image].snapshot().clone();
     let tagged = region.state.state.lock().unwrap().tag_of(snapshot.as_str(), "fleetbake:run-id");
     assert_eq!(tagged.as_deref(), Some("run-1"));
