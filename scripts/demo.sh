@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 moto_port=5055
 ssh_port=2222
 moto_server=$(scripts/install-test-deps.sh | tail -n 1)
-cargo build --quiet
+cargo build
 work=$(mktemp -d /tmp/fleetbake-demo.XXXXXX)
 pids=()
 cleanup() {
