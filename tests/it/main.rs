@@ -9,6 +9,7 @@ mod credentials;
 mod distribution;
 mod distribution_kms;
 mod distribution_ops;
+mod docs;
 mod ec2_errors;
 mod exit_codes;
 mod fleet_keys;
