@@ -42,7 +42,7 @@ struct Matrix {
     quiet_simulated: u64,
 }
 
-/// `cargo bench`: the matrix the README's figures are of.
+/// `cargo bench`: the matrix the figures in docs/how-fast.md are of.
 const FULL: Matrix = Matrix { flavors: 20, build_regions: 4, targets: 3, quiet_calls: 732, quiet_simulated: 57 };
 /// `cargo test` (CI).
 const SMALL: Matrix = Matrix { flavors: 2, build_regions: 2, targets: 2, quiet_calls: 34, quiet_simulated: 2 };

@@ -1,4 +1,4 @@
-//! How a command ended, and the one decision of its exit code: README's "Exit codes" table, in code.
+//! How a command ended, and the one decision of its exit code: the "Exit codes" table of docs/getting-started.md.
 //!
 //! Layer: engine, the top, because an ending is made of every layer's outcomes (a fleet file `config`
 //! refused, a run's [`RunSummary`], `state`'s journal and gc errors). `main.rs` prints what happened, turns it
@@ -11,7 +11,7 @@ use crate::state::gc::GcError;
 use crate::state::journal::JournalError;
 use crate::state::manifest::ExistingManifestError;
 
-/// The exit codes README's "Exit codes" table documents.
+/// The exit codes the "Exit codes" table of docs/getting-started.md documents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
     /// 0: everything the command meant to do was done.
@@ -213,7 +213,7 @@ mod tests {
         ]
     }
 
-    /// Every ending but the journal errors, and README's code for it.
+    /// Every ending but the journal errors, and the code docs/getting-started.md gives it.
     fn endings() -> Vec<(Ending, u8)> {
         let io = || std::io::Error::new(std::io::ErrorKind::PermissionDenied, "Permission denied");
         vec![
@@ -279,10 +279,10 @@ mod tests {
         }
     }
 
-    /// The codes in the first column of README's "Exit codes" table (`130 / 143` is two).
+    /// The codes in the first column of the "Exit codes" table of docs/getting-started.md (`130 / 143` is two).
     fn readme_codes() -> BTreeSet<u8> {
-        let readme = include_str!("../../README.md");
-        let table = readme.split("### Exit codes").nth(1).expect("README has an `Exit codes` section");
+        let readme = include_str!("../../docs/getting-started.md");
+        let table = readme.split("## Exit codes").nth(1).expect("docs/getting-started.md has an `Exit codes` section");
         table
             .lines()
             .skip_while(|line| !line.starts_with('|'))

@@ -287,7 +287,7 @@ impl Scheduler {
                     self.record_not_started(skipped, Stage::Skipped, &self.plan.why_skipped(skipped, job), state);
                 }
                 // Static credentials past their end refuse every call from now on: starting more work would
-                // only make more to clean up that cannot be (README "Credentials over a long run").
+                // only make more to clean up that cannot be (docs/reliability.md "Credentials over a long run").
                 if expired && !state.credentials_expired {
                     state.credentials_expired = true;
                     state.stopping = true;

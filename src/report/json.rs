@@ -1,6 +1,6 @@
 //! `--events PATH` (or `-`): every event as one JSON object per line, flushed per line so `tail -f` and a CI
 //! step can follow a run. Each has `v` (the schema version), `time` (RFC 3339, the run's clock) and `type`;
-//! job events also `flavor` and `region`, and `account` for another account's copy (`[[distribution]]`). The README lists one example line per type.
+//! job events also `flavor` and `region`, and `account` for another account's copy (`[[distribution]]`). docs/manifest.md ("Events for machines") lists one example line per type.
 
 use std::io::Write;
 

@@ -339,7 +339,7 @@ pub fn role_hint(account: &str, role: &str) -> String {
          sts:AssumeRole, and its policy allow what a copy does there (ec2:CopyImage, ec2:CreateTags, \
          ec2:DescribeImages, ec2:ModifyImageAttribute, ec2:EnableImageDeprecation, and kms:CreateGrant, \
          kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext, kms:ReEncrypt* on the account's key): \
-         see README \"Distributing into accounts\""
+         see docs/sharing.md \"Distributing into accounts\""
     )
 }
 

@@ -1,4 +1,4 @@
-//! What README.md promises of the command line that no other test checks: SIGTERM (once and twice),
+//! What the docs promise of the command line that no other test checks: SIGTERM (once and twice),
 //! `NO_COLOR` and colour, `--plain` on a terminal, `--packer-manifest PATH`, `--resume` with a new selection,
 //! no publication made twice across a resume, and resuming a version-1 journal. On the simulated cloud where
 //! EC2 does not matter, else through aws-sdk-ec2 / -ssm → moto (behind a recording proxy where requests are
@@ -54,7 +54,7 @@ fn remove_uploaded_scripts(run_id: &str) {
     }
 }
 
-/// README, "When a run dies": SIGTERM is handled as Ctrl-C is (nothing new starts, every build cleans up,
+/// docs/reliability.md, "When a run dies": SIGTERM is handled as Ctrl-C is (nothing new starts, every build cleans up,
 /// images already available stay in the manifest, written with status `partial`), and the exit code is 143.
 #[test]
 fn sigterm_cleans_up_as_sigint_does_writes_the_manifest_and_exits_143() {
@@ -137,7 +137,7 @@ impl Drop for Watchdog {
     }
 }
 
-/// README, "Exit codes": 143 for SIGTERM "after cleaning up; a second signal exits at once". The proxy shows the
+/// docs/getting-started.md, "Exit codes": 143 for SIGTERM "after cleaning up; a second signal exits at once". The proxy shows the
 /// build's instance shutting down for ever (moto terminates at once), so the first SIGTERM's cleanup is still
 /// waiting when the second comes: the process exits with 143, names what may be left and how to remove it,
 /// and the manifest holds the run's last state.
@@ -196,7 +196,7 @@ fn throttled_sim_fleet() -> String {
     sim_fleet("", "faults = [{ action = \"*\", error = \"RequestLimitExceeded\", probability = 0.2 }]")
 }
 
-/// README, "Exit codes" / Output: "Logs carry no colour off a terminal or with `NO_COLOR`." The debug logs
+/// docs/getting-started.md, "Exit codes" / Output: "Logs carry no colour off a terminal or with `NO_COLOR`." The debug logs
 /// (`-v`) are the logs that could carry colour; on a terminal without `NO_COLOR` they do (the control that
 /// shows this test can see colour at all).
 #[test]
@@ -228,7 +228,7 @@ fn logs_carry_no_colour_off_a_terminal_or_with_no_color() {
     assert!(coloured.iter().all(|line| line.contains(CSI)), "coloured on a terminal: {coloured:?}");
 }
 
-/// README: `--plain` gives "timestamped lines even on a terminal": under a pseudo-terminal, every line starts
+/// docs/getting-started.md: `--plain` gives "timestamped lines even on a terminal": under a pseudo-terminal, every line starts
 /// with its UTC time and nothing is drawn or redrawn (no control sequence at all).
 #[test]
 fn plain_on_a_terminal_prints_timestamped_lines_and_no_live_view() {
@@ -286,7 +286,7 @@ fn assert_packer_manifest_of(path: &Path, manifest: &Value) {
     }
 }
 
-/// README: `--packer-manifest PATH` "also writes the run as Packer's `manifest` post-processor does", at PATH,
+/// docs/manifest.md: `--packer-manifest PATH` "also writes the run as Packer's `manifest` post-processor does", at PATH,
 /// with or without `[fleet] packer_manifest` (the flag wins over the key).
 #[test]
 fn packer_manifest_flag_writes_the_runs_images_at_its_path() {
@@ -325,7 +325,7 @@ fn packer_manifest_flag_writes_the_runs_images_at_its_path() {
     }
 }
 
-/// README, "Selection": "`--resume` takes the interrupted run's own selection (and refuses a new one)". A
+/// docs/getting-started.md, "Selecting builds": "`--resume` takes the interrupted run's own selection (and refuses a new one)". A
 /// resume given `--only` is bad input (exit 2) before any AWS call and leaves the journal as it was; without
 /// it, the resume builds what the interrupted run selected and nothing else.
 #[test]
@@ -405,7 +405,7 @@ impl Drop for Release {
     }
 }
 
-/// README, "Publishing": "Each publication is journaled (a resumed run does not publish again what an earlier
+/// docs/nightly.md, "Publishing": "Each publication is journaled (a resumed run does not publish again what an earlier
 /// attempt did)". The run is killed while it publishes its complete flavors at the end (the proxy holds `b`'s
 /// first PutParameter): `a` is published, `b` not. The resume publishes `b` and never `a` again: counted in
 /// the requests sent and in SSM's and EC2's versions.
@@ -491,7 +491,7 @@ fn a_resumed_run_does_not_publish_again_what_an_earlier_attempt_published() {
     assert_nothing_temporary_left_anywhere(&moto);
 }
 
-/// README, "The journal": "format version 2; version 1 journals still read". A killed run's journal, made a
+/// docs/reliability.md, "The journal": "format version 2; version 1 journals still read". A killed run's journal, made a
 /// version-1 one (the same records but for `image_discarded`, which it has none of), is resumed: the same run
 /// id, `quick`'s images reused, `gated` built once, the killed attempt's leftovers removed.
 #[test]

@@ -98,7 +98,11 @@ fn a_run_meeting_expired_credentials_stops_starting_work_and_names_what_is_left_
         "--summary-json",
         summary_path.to_str().unwrap(),
     ]);
-    assert_eq!(outcome.code, 3, "README's code for credentials that expired mid-run\nstderr:\n{}", outcome.stderr);
+    assert_eq!(
+        outcome.code, 3,
+        "the documented code for credentials that expired mid-run\nstderr:\n{}",
+        outcome.stderr
+    );
     let stderr = &outcome.stderr;
     assert!(stderr.contains("error: the credentials expired mid-run (AWS answered `ExpiredToken`)"), "{stderr}");
     let gc = format!("remove them with: fleetbake gc {} (with fresh credentials)", fleet_path.display());

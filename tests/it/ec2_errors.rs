@@ -1,6 +1,6 @@
 //! Every error class the AWS adapter maps (src/cloud/mod.rs `ErrorKind`, src/steps/patience.rs) driven through
 //! the real path: `fleetbake matrix` → aws-sdk-ec2 → the fault proxy answering as EC2 documents → moto. Each
-//! test checks the outcome in moto's state and in the requests the proxy recorded, as README "What fleetbake
+//! test checks the outcome in moto's state and in the requests the proxy recorded, as docs/reliability.md "What fleetbake
 //! retries, and for how long" promises.
 
 use std::collections::HashMap;
@@ -306,7 +306,7 @@ fn expired_credentials_mid_run_fail_the_build_and_leave_nothing() {
         error(400, "ExpiredToken", "The security token included in the request is expired"),
     );
     let (workspace, outcome) = run_small(&proxy, &sshd, &["us-east-1"], "");
-    assert_eq!(outcome.code, 3, "README's code for expired credentials\nstderr:\n{}", outcome.stderr);
+    assert_eq!(outcome.code, 3, "the documented code for expired credentials\nstderr:\n{}", outcome.stderr);
     assert!(outcome.stderr.contains("remove them with: fleetbake gc "), "{}", outcome.stderr);
     assert_eq!(proxy.bodies("CreateImage").len(), 1, "an expired token is not retried outside cleanup");
     let manifest = read_manifest(&workspace);

@@ -1,4 +1,4 @@
-//! README's "Exit codes" from the binary, where two commands meet the same journal problem: `matrix` and `gc`
+//! The "Exit codes" of docs/getting-started.md from the binary, where two commands meet the same journal problem: `matrix` and `gc`
 //! (removing images, so taking the fleet file's run lock) must exit alike. Both are refused before any AWS
 //! call: EC2 is a [`Witness`] that counts every connection made to it. The table of every ending is the unit
 //! test in `src/engine/exit.rs`.

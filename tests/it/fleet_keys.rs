@@ -1,4 +1,4 @@
-//! Fleet-file keys that each promise something in EC2 (README's fleet.toml reference), checked where EC2 keeps
+//! Fleet-file keys that each promise something in EC2 (docs/reference.md), checked where EC2 keeps
 //! it: moto's state read through aws-sdk-ec2, or, where moto keeps nothing, the request the recording proxy saw.
 //! Through the binary, aws-sdk-ec2 → a (recording) proxy → moto, and openssh → sshd.
 
@@ -329,7 +329,7 @@ fn a_failed_image_is_deregistered_unless_keep_failed_images_keeps_it_tagged() {
         assert_eq!(kept.len(), 1, "{kept:?}");
         assert_eq!(kept[0].tags.get("fleetbake:test").map(String::as_str), Some("failed"), "{:?}", kept[0].tags);
         assert_eq!(kept[0].tags.get("fleetbake:flavor").map(String::as_str), Some("bad"));
-        // Its snapshot kept, and tagged like the image (README: every image and its snapshots carry the tags).
+        // Its snapshot kept, and tagged like the image (docs/reference.md: every image and its snapshots carry the tags).
         assert_eq!(kept[0].snapshot_ids.len(), 1, "{:?}", kept[0]);
         assert_eq!(snapshots_of_run(&west, &kept_run).await, kept[0].snapshot_ids);
         assert!(images_of_run(&moto.client("us-east-1"), &kept_run).await.is_empty(), "never copied");

@@ -1,4 +1,4 @@
-//! A failed build saves what explains it (README "What a failed build saves"), on moto and the real sshd: the
+//! A failed build saves what explains it (docs/debugging.md "What a failed build saves"), on moto and the real sshd: the
 //! `on_failure` provisioners' output and the `collect`ed files in the run's logs folder (0700 folders, 0600
 //! files, bytes as received, a sensitive value masked), listed in the manifest's failure, the events and the
 //! plain line; capped, nothing shown with a terminal escape; then `gc` removes them past `[retention] logs`.

@@ -1,4 +1,4 @@
-//! `--keep-failed` on moto and the real sshd (README "Keeping a failed build's instance"): a failed build's
+//! `--keep-failed` on moto and the real sshd (docs/debugging.md "Keeping a failed build's instance"): a failed build's
 //! instance stays (running, or stopped), tagged `fleetbake:keep-until` with its key pair and security group,
 //! journaled as kept so the end-of-run sweep leaves it; its key is written 0600 in a 0700 folder and the
 //! connection command it prints logs in to the same verified host; a successful build beside it keeps

@@ -1,4 +1,4 @@
-//! What an instance prints cannot hang or hijack a run (README, "Security": "Output from an instance"), on
+//! What an instance prints cannot hang or hijack a run (docs/security.md, "Output from an instance"), on
 //! moto and the real sshd: binary output is read to its end, a line without end comes in 64 KiB pieces,
 //! terminal escapes are shown escaped in the plain lines (the `--events` JSON has the text), and a provisioner
 //! or a test past its `timeout` fails its job with what it ran ended and its instance cleaned up.

@@ -1,10 +1,10 @@
-//! "No private key or provisioner `env` value is ever logged" (README, Output). A real run (aws-sdk-ec2 → moto,
+//! "No private key or provisioner `env` value is ever logged" (docs/getting-started.md, "Exit codes"). A real run (aws-sdk-ec2 → moto,
 //! openssh → sshd) with `-v`, `--events`, `--summary-json` and `--packer-manifest`, and then everything it wrote
 //! scanned: stdout, stderr, and every file it left in the workspace (the manifest, the Packer manifest, the
 //! events, the summary, the journal). The needles are the env values and every line of the private key EC2
 //! returned (captured from CreateKeyPair's answer as it passes the proxy), and `PRIVATE KEY`.
 //!
-//! What the README promises about provisioner output: it is shown (streamed as `flavor/region: line`, and as
+//! What docs/security.md promises about provisioner output: it is shown (streamed as `flavor/region: line`, and as
 //! `provisioner_output` events). So a provisioner that prints its own env value has that line shown, and
 //! fleetbake repeats it nowhere else: not in the failure, the manifest, the journal or the summary.
 
