@@ -38,6 +38,7 @@ mod sim_accounts;
 mod spot;
 mod spot_interrupt;
 mod ssm_source;
+mod stamps;
 mod units;
 mod validate;
 mod variables;
