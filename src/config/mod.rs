@@ -9,6 +9,7 @@
 pub mod api;
 mod distribution;
 pub mod forensics;
+pub mod packer;
 mod place;
 mod schema;
 mod selection;

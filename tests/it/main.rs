@@ -25,6 +25,7 @@ mod nightly;
 mod operator;
 mod organization;
 mod output;
+mod packer_spelling;
 mod plan;
 mod proxy;
 mod publishing;
