@@ -109,7 +109,7 @@ fn every_line_of_a_plain_simulated_run_is_stamped_warnings_failures_and_last_lin
 
 /// The same on moto and the real sshd: a flavor whose provisioner fails, one that makes its image, a warning
 /// before the run; every line of stdout and stderr stamped, the failure, the summary and the closing lines
-/// among them.
+/// among them; then a `--resume` of it, refused, stamped too.
 #[test]
 fn every_line_of_a_plain_run_on_moto_is_stamped() {
     let moto = Moto::start();
@@ -137,4 +137,11 @@ fn every_line_of_a_plain_run_on_moto_is_stamped() {
     assert!(has_line_starting(stderr, "==> summary: 1 of 2 images, 1 failures"), "{stderr}");
     assert!(has_line_starting(stderr, "==> estimated cost unknown; no price for `t3.small`"), "{stderr}");
     runtime().block_on(crate::cloud_state::assert_nothing_temporary_left(&moto.client("us-west-2"), "us-west-2"));
+
+    // `--resume` of a run that finished: refused (nothing to resume), its lines stamped as well.
+    let resumed = workspace.fleetbake(&["matrix", fleet.to_str().unwrap(), "--resume", "--var", "token=t"]);
+    assert_ne!(resumed.code, 0, "{}", resumed.stderr);
+    assert_every_line_stamped("stdout (--resume)", &resumed.stdout);
+    assert_every_line_stamped("stderr (--resume)", &resumed.stderr);
+    assert!(has_line_starting(&resumed.stderr, "error: "), "{}", resumed.stderr);
 }
