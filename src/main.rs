@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
@@ -20,6 +20,7 @@ use fleetbake::engine::preflight::Preflight;
 use fleetbake::engine::run::{self, EventsTo, MatrixOptions, OutputOptions, RunOutcome, Strategy, View};
 use fleetbake::engine::scheduler::Interrupt;
 use fleetbake::plan::{Plan, RunId};
+use fleetbake::report::Console;
 
 #[derive(Parser)]
 #[command(name = "fleetbake", version, about = "Bake EBS-backed AMIs for a whole fleet in one run")]
@@ -180,10 +181,10 @@ fn load_fleet(path: &std::path::Path, vars: &VarArgs) -> Result<config::Fleet, c
     for flag in &vars.vars {
         let name = flag.split('=').next().unwrap_or_default();
         if fleet.variables.get(name).is_some_and(|variable| variable.sensitive) {
-            eprintln!(
-                "warning: `--var {name}=…`: `{name}` is sensitive and a command line is visible to other local users (`ps`); set `{}{name}` or use `--var-file` instead",
+            console().warning(format_args!(
+                "`--var {name}=…`: `{name}` is sensitive and a command line is visible to other local users (`ps`); set `{}{name}` or use `--var-file` instead",
                 config::variables::ENV_PREFIX
-            );
+            ));
         }
     }
     Ok(fleet)
@@ -211,14 +212,14 @@ fn load(path: &std::path::Path, select: &Select, vars: &VarArgs) -> Result<confi
         (Ok(only), Ok(except)) => config::Selection { only, except },
         (only, except) => {
             for problem in only.err().into_iter().flatten().chain(except.err().into_iter().flatten()) {
-                eprintln!("error: {problem}");
+                console().error(problem);
             }
             return Err(Ending::Refused);
         }
     };
     if let Err(problems) = fleet.select(selection) {
         for problem in problems {
-            eprintln!("error: {problem}");
+            console().error(problem);
         }
         return Err(Ending::Refused);
     }
@@ -231,9 +232,40 @@ enum CloudChoice {
     Sim,
 }
 
+/// How this process prints its own lines (see [`Console`]): set once, from the command line, before anything
+/// is printed.
+static CONSOLE: std::sync::OnceLock<Console> = std::sync::OnceLock::new();
+
+fn console() -> Console {
+    CONSOLE.get().copied().unwrap_or(Console::AS_WRITTEN)
+}
+
+/// How `matrix` shows itself on stderr: the live view on a terminal, else plain lines (`--plain` forces them).
+fn view(quiet: bool, plain: bool) -> View {
+    if quiet {
+        View::Quiet
+    } else if !plain && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        View::Live
+    } else {
+        View::Plain
+    }
+}
+
+impl Cli {
+    /// Whether every line the command prints starts with the stamp: a run in plain lines (or `-q`), whose
+    /// reporter stamps its own.
+    fn console(&self) -> Console {
+        match &self.command {
+            Command::Matrix { plain, .. } if view(self.quiet, *plain) != View::Live => Console::STAMPED,
+            _ => Console::AS_WRITTEN,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    let console = CONSOLE.get_or_init(|| cli.console());
+    init_logging(cli.verbose, *console);
     ExitCode::from(command(cli).exit())
 }
 
@@ -337,7 +369,7 @@ fn command(cli: Cli) -> Ending {
             keep_failed,
         } => {
             if resume && !select.is_empty() {
-                eprintln!("error: --resume makes the interrupted run's own selection; leave out --only and --except");
+                console().error("--resume makes the interrupted run's own selection; leave out --only and --except");
                 return Ending::Refused;
             }
             let mut loaded = match load(&fleet, &select, &vars) {
@@ -347,25 +379,18 @@ fn command(cli: Cli) -> Ending {
             loaded.matrix.changed_only |= changed_only;
             if let Some(for_) = keep_failed {
                 if let Some(problem) = config::KeepFailed::problem(for_) {
-                    eprintln!("error: --keep-failed: {problem}");
+                    console().error(format_args!("--keep-failed: {problem}"));
                     return Ending::Refused;
                 }
                 let state = loaded.matrix.keep_failed_state;
                 loaded.matrix.keep_failed = Some(config::KeepFailed { for_, state });
             }
             if resume && cloud == CloudChoice::Sim {
-                eprintln!(
-                    "error: --resume: a simulated account does not outlive its process; there is nothing to resume"
-                );
+                console()
+                    .error("--resume: a simulated account does not outlive its process; there is nothing to resume");
                 return Ending::Refused;
             }
-            let view = if cli.quiet {
-                View::Quiet
-            } else if !plain && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                View::Live
-            } else {
-                View::Plain
-            };
+            let view = view(cli.quiet, plain);
             let events =
                 events.map(|path| if path.as_os_str() == "-" { EventsTo::Stdout } else { EventsTo::File(path) });
             let output = OutputOptions { view, events, packer_manifest };
@@ -509,64 +534,58 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
             let manifest = run::simulated_manifest_path(&fleet);
             let outcome = run::matrix_simulated(fleet, options, Strategy::FLEETBAKE, None, interrupts).await;
             if outcome.is_ok() {
-                eprintln!("simulated run: manifest written to `{}`", manifest.display());
+                console().eprint(format_args!("simulated run: manifest written to `{}`", manifest.display()));
             }
             outcome
         }
     };
     match outcome {
         Ok(RunOutcome { summary, statistics }) => {
-            // After the reporters' summary, in their form: off a terminal, stamped with the run's end.
-            let stamp = match view {
-                View::Plain => {
-                    statistics.ended_at().map(|at| format!("{} ", at.to_rfc3339_opts(SecondsFormat::Secs, true)))
-                }
-                View::Live | View::Quiet => None,
-            };
+            // After the reporters' summary, in their form: off a terminal, stamped with the run's time.
             if view != View::Quiet {
                 for line in statistics.closing_lines() {
-                    eprintln!("{}{line}", stamp.as_deref().unwrap_or_default());
+                    console().eprint(line);
                 }
             }
             let leaked = statistics.leaked_resources.unwrap_or_default();
             // Expired credentials leave what they could not remove: named below with the gc command, no bug.
             if !leaked.is_empty() && !summary.credentials_expired {
-                eprintln!("error: the run left resources in the simulated cloud (a fleetbake bug):");
+                console().error("the run left resources in the simulated cloud (a fleetbake bug):");
                 for resource in &leaked {
-                    eprintln!("  {resource}");
+                    console().eprint(format_args!("  {resource}"));
                 }
             }
             if summary.abandoned || summary.credentials_expired || !summary.left_behind.is_empty() {
                 if summary.credentials_expired && summary.left_behind.is_empty() {
-                    eprintln!(
-                        "error: the credentials expired mid-run (AWS answered `ExpiredToken`): nothing new was started; cleanup removed what the journal recorded"
+                    console().error(
+                        "the credentials expired mid-run (AWS answered `ExpiredToken`): nothing new was started; cleanup removed what the journal recorded",
                     );
                 } else if summary.credentials_expired {
-                    eprintln!(
-                        "error: the credentials expired mid-run (AWS answered `ExpiredToken`): nothing new was started, and cleanup could not remove these; they may be left in the account:"
+                    console().error(
+                        "the credentials expired mid-run (AWS answered `ExpiredToken`): nothing new was started, and cleanup could not remove these; they may be left in the account:",
                     );
                 } else if summary.abandoned {
-                    eprintln!("error: exited without waiting for cleanup; these may be left in the account:");
+                    console().error("exited without waiting for cleanup; these may be left in the account:");
                 } else {
-                    eprintln!("error: cleanup could not remove these; they may be left in the account:");
+                    console().error("cleanup could not remove these; they may be left in the account:");
                 }
                 for resource in &summary.left_behind {
-                    eprintln!("  {resource}");
+                    console().eprint(format_args!("  {resource}"));
                 }
-                eprintln!(
+                console().eprint(format_args!(
                     "  and anything else tagged `fleetbake:run-id={}`; remove them with: fleetbake gc {}{}",
                     statistics.run_id,
                     fleet_file.display(),
                     if summary.credentials_expired { " (with fresh credentials)" } else { "" }
-                );
+                ));
             }
             Ending::Ran { summary: Box::new(summary), leaked: leaked.len() }
         }
         Err(error) => {
             if let run::RunError::Preflight(report) | run::RunError::Units(report) = &error {
-                eprint!("{report}");
+                console().eprint(report);
             }
-            eprintln!("error: {error}");
+            console().error(&error);
             Ending::RunStopped(error)
         }
     }
@@ -626,7 +645,7 @@ fn manifest(command: ManifestCommand) -> Ending {
 
 fn bad_input(errors: config::ConfigErrors) -> Ending {
     for error in &errors.0 {
-        eprintln!("error: {error}");
+        console().error(error);
     }
     Ending::Refused
 }
@@ -653,7 +672,8 @@ fn forward_interrupts() -> mpsc::UnboundedReceiver<Interrupt> {
 
 /// Logs go to stderr. The AWS SDK stays at `warn` unless RUST_LOG says otherwise: its trace output can
 /// carry response bodies, and a CreateKeyPair response holds a private key.
-fn init_logging(verbose: u8) {
+/// A stamped console's log lines start with its stamp ([`fleetbake::report::plain::LineStamp`]).
+fn init_logging(verbose: u8, console: Console) {
     let default = match verbose {
         0 => "warn",
         1 => "warn,fleetbake=debug",
@@ -662,10 +682,14 @@ fn init_logging(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(colour)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if console == Console::STAMPED {
+        logs.with_timer(fleetbake::report::plain::LineStamp).init();
+    } else {
+        logs.init();
+    }
 }

@@ -10,6 +10,7 @@ pub mod api;
 mod distribution;
 pub mod forensics;
 pub mod keys;
+pub mod packer;
 mod place;
 mod schema;
 mod selection;

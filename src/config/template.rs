@@ -72,6 +72,11 @@ impl NameTemplate {
                         pieces.push(Piece::Literal(rest[..open].to_string()));
                     }
                     let after = &rest[open + 1..];
+                    // Packer's `{{timestamp}}`, `{{ isotime }}`, `{{user `x`}}`: said whole, with fleetbake's way.
+                    if let Some(function) = after.strip_prefix('{') {
+                        let inside = function.find("}}").map_or(function, |close| &function[..close]);
+                        return Err(super::packer::template_function(inside));
+                    }
                     let close = after.find('}').ok_or_else(|| format!("unclosed `{{` in `{source}`"))?;
                     let name = &after[..close];
                     let placeholder = Placeholder::from_name(name).ok_or_else(|| {
@@ -151,5 +156,16 @@ mod tests {
         assert!(NameTemplate::parse("{flavor").unwrap_err().contains("unclosed"));
         assert!(NameTemplate::parse("flavor}").unwrap_err().contains("unmatched"));
         assert!(NameTemplate::parse("a:b").unwrap_err().contains("`:` is not allowed"));
+    }
+
+    #[test]
+    fn packers_double_braces_are_named_whole_with_fleetbakes_placeholder() {
+        let error = NameTemplate::parse("base-{{timestamp}}").unwrap_err();
+        assert!(error.starts_with("`{{timestamp}}` is Packer's template syntax"), "{error}");
+        assert!(error.contains("use `{timestamp}`"), "{error}");
+        let spaced = NameTemplate::parse("base-{{ timestamp }}-x").unwrap_err();
+        assert!(spaced.starts_with("`{{ timestamp }}` is Packer's"), "{spaced}");
+        let user = NameTemplate::parse("base-{{user `build`}}-{timestamp}").unwrap_err();
+        assert!(user.contains("`{var.build}`"), "{user}");
     }
 }

@@ -13,11 +13,13 @@ use super::template::{NameContext, NameTemplate, Placeholder};
 use super::*;
 
 mod distribution;
+mod durations;
 mod forensics;
 mod retention;
 mod sim_accounts;
 mod spot;
 mod variables;
+use durations::DurationScale;
 pub use retention::warnings;
 use variables::{resolve_variables, substitute_variables, SecretForms};
 
@@ -62,6 +64,14 @@ impl Checker<'_> {
             Ok(duration) if !duration.is_zero() => Some(duration),
             Ok(_) => {
                 self.problem(path, "must be longer than zero");
+                None
+            }
+            Err(_) if text.trim().parse::<f64>().is_ok() => {
+                let example = DurationScale::of(&path).example(text.trim());
+                self.problem(
+                    path,
+                    format!("`{text}` has no unit: a duration needs one (`s`, `m`, `h`, `d`), as in {example}"),
+                );
                 None
             }
             Err(error) => {
@@ -162,7 +172,8 @@ pub fn parse(file: &Path, text: &str, inputs: &VariableInputs) -> Result<Fleet, 
                 line,
                 column,
                 key: if key.segments().is_empty() { String::new() } else { key.to_string() },
-                message: error.message().trim().to_string(),
+                message: crate::config::packer::unknown_field_message(error.message().trim())
+                    .unwrap_or_else(|| error.message().trim().to_string()),
             }]));
         }
     };

@@ -353,7 +353,7 @@ pub enum Start {
 impl Start {
     /// A new run of `fleet`, starting now.
     pub fn fresh(fleet: &Fleet, journal: Option<JournalDir>) -> Start {
-        let clock = RunClock::start();
+        let clock = RunClock::start_run();
         let plan = Plan::new(fleet, RunId::generate(clock.started_at()), clock.started_at());
         Start::Fresh { journal, plan, clock }
     }
@@ -408,7 +408,7 @@ impl Execution {
                 };
                 (plan, journal, None, clock)
             }
-            Start::Resume { replay, plan } => (plan, Journal::resume(&replay)?, Some(replay), RunClock::start()),
+            Start::Resume { replay, plan } => (plan, Journal::resume(&replay)?, Some(replay), RunClock::start_run()),
         };
         let kept_keys = journals.map(|journals| crate::state::leftovers::kept_keys_dir(&journals, &plan.run_id));
         // Held to the end of this function: the run ends with it.

@@ -11,12 +11,14 @@ pub mod estimate;
 pub mod events;
 pub mod json;
 pub mod live;
+pub mod plain;
 pub mod tally;
 mod terminal;
 pub mod text;
 
 pub use json::JsonLinesReporter;
 pub use live::LiveReporter;
+pub use plain::Console;
 pub use terminal::TerminalReporter;
 
 use tokio::sync::mpsc;

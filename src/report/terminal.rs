@@ -6,8 +6,6 @@
 
 use std::io::Write;
 
-use chrono::SecondsFormat;
-
 use super::tally::Tally;
 use super::{ReportError, Reporter};
 use crate::outcome::{Publication, RunStatus};
@@ -132,7 +130,7 @@ impl<W: Write + Send> TerminalReporter<W> {
 impl<W: Write + Send> Reporter for TerminalReporter<W> {
     fn report(&mut self, stamped: &Stamped) -> Result<(), ReportError> {
         self.tally.observe(stamped);
-        let at = stamped.at.to_rfc3339_opts(SecondsFormat::Secs, true);
+        let at = super::plain::stamp(stamped.at);
         let shown = !self.quiet || shown_when_quiet(&stamped.event);
         if let Some(text) = line(&stamped.event).filter(|_| shown) {
             self.write(&at, &text);

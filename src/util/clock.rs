@@ -47,6 +47,13 @@ impl RunClock {
         RunClock { started_at: Utc::now(), started: tokio::time::Instant::now() }
     }
 
+    /// Starts the clock of the run this process makes: also the one its lines are stamped with ([`line_time`]).
+    pub fn start_run() -> Self {
+        let clock = RunClock::start();
+        *LINE_CLOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(clock);
+        clock
+    }
+
     pub fn started_at(&self) -> DateTime<Utc> {
         self.started_at
     }
@@ -62,6 +69,19 @@ impl RunClock {
     /// `now()` as the manifest writes times: RFC 3339, whole seconds, `Z`.
     pub fn now_rfc3339(&self) -> String {
         self.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    }
+}
+
+/// The clock of the run this process makes, once it has started: what a line printed outside the reporters (a
+/// log line, a warning, what follows the summary) is stamped with, so that it reads the time the reporters'
+/// lines do (virtual in the sim).
+static LINE_CLOCK: std::sync::Mutex<Option<RunClock>> = std::sync::Mutex::new(None);
+
+/// The time to stamp a line with now: the run's clock once a run has started, else the system's.
+pub fn line_time() -> DateTime<Utc> {
+    match *LINE_CLOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        Some(clock) => clock.now(),
+        None => Utc::now(),
     }
 }
 
