@@ -44,7 +44,12 @@ pub struct RunClock {
 
 impl RunClock {
     pub fn start() -> Self {
-        RunClock { started_at: Utc::now(), started: tokio::time::Instant::now() }
+        RunClock::starting_at(Utc::now())
+    }
+
+    /// A clock whose now is `at` (a simulated account's, which continues from its saved state).
+    pub fn starting_at(at: DateTime<Utc>) -> Self {
+        RunClock { started_at: at, started: tokio::time::Instant::now() }
     }
 
     pub fn started_at(&self) -> DateTime<Utc> {
