@@ -5,7 +5,7 @@
 //! left (a `--keep-failed` build's), and the id counter (so a later run never makes an id an earlier one
 //! made). Not kept: instances (a later run starts with none running), KMS grants (a run revokes every one it
 //! makes), client tokens, the buckets, faults and the seeded randomness (each run's own), and SSM puts not yet
-//! validated when the account was saved.
+//! validated when the account was saved (in the account's time: those validated by then are versions).
 //!
 //! Time: the account's clock continues. A run on a saved account starts at the later of the real wall time
 //! and one second after the saved account's clock (which a simulated night advances by its virtual hours), so
@@ -195,7 +195,12 @@ pub fn save(model: &Model) -> Result<(), SimStateError> {
     };
     let mut places = Vec::new();
     for (place, region) in model.places() {
-        let state = region.state.lock().expect("not poisoned");
+        let mut state = region.state.lock().expect("not poisoned");
+        // A put whose validation has come by now is a version (reading the history settles it).
+        let names: Vec<String> = state.publishing.parameters.keys().cloned().collect();
+        for name in names {
+            state.publishing.history(&name, Instant::now());
+        }
         let tags = |resource: &str| state.tags_of(resource).cloned().unwrap_or_default();
         let mut images: Vec<SavedImage> = state
             .images
@@ -255,4 +260,84 @@ fn write(path: &Path, saved: &SavedAccount) -> std::io::Result<()> {
     file.as_file().sync_all()?;
     file.persist(path).map_err(|error| error.error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cloud::ImageState;
+    use crate::config::FlavorName;
+
+    fn image(model: &Model, region: &Region, id: &ImageId) -> (ImageState, String, Option<Tags>) {
+        let region = model.region(region);
+        let state = region.state.lock().expect("not poisoned");
+        let found = &state.images[id];
+        (
+            found.state(Instant::now()),
+            super::super::creation_date(model.epoch, model.started, found),
+            state.tags_of(id.as_str()).cloned(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_account_opens_with_its_images_tags_history_and_ids_on_a_later_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let settings = SimSettings { state: Some(path.clone()), ..SimSettings::default() };
+        let region = Region::new("us-west-2");
+        let model = open(settings.clone()).unwrap();
+        let id = ImageId::new(model.id("ami"));
+        let tags = Tags::from([("fleetbake:flavor".to_string(), FlavorName::new("web").to_string())]);
+        {
+            let place = model.region(&region);
+            let mut state = place.state.lock().unwrap();
+            super::super::SimRegion::merge_tags(&mut state, id.as_str(), &tags);
+            let now = Instant::now();
+            let snapshot = SnapshotId::new(model.id("snap"));
+            let made = SimImage {
+                name: "web".into(),
+                created_at: now,
+                restored_creation: None,
+                available_at: now + Duration::from_secs(420),
+                snapshot,
+                copied: false,
+                fails: None,
+                attributes: ImageAttributes { imds_v2: true, ..ImageAttributes::default() },
+            };
+            state.images.insert(id.clone(), made);
+            assert!(state.publishing.put("/images/web", &id, true, now).is_ok());
+        }
+        // A night of virtual hours: the account's clock runs ahead of the real one.
+        tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
+        let (_, created, _) = image(&model, &region, &id);
+        let ended = model.wall.now();
+        save(&model).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+
+        let again = open(settings).unwrap();
+        assert!(again.wall.now() > ended, "the next run starts after the last one's end");
+        assert_eq!(image(&again, &region, &id), (ImageState::Available, created, Some(tags)));
+        let place = again.region(&region);
+        let history = place.state.lock().unwrap().publishing.history("/images/web", Instant::now()).unwrap();
+        assert_eq!(history.versions.iter().map(|version| version.value.as_str()).collect::<Vec<_>>(), [id.as_str()]);
+        assert!(again.region(&region).state.lock().unwrap().images[&id].attributes.imds_v2);
+        let next = again.id("ami");
+        assert!(next != id.as_str() && !next.is_empty(), "ids continue: {next}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_of_another_version_or_not_an_account_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let settings = SimSettings { state: Some(path.clone()), ..SimSettings::default() };
+        std::fs::write(&path, r#"{"version": 2}"#).unwrap();
+        let newer = open(settings.clone()).err().unwrap();
+        assert!(matches!(newer, SimStateError::Incompatible { found: 2, .. }), "{newer}");
+        assert!(newer.to_string().contains(&path.display().to_string()), "{newer}");
+        std::fs::write(&path, "[]").unwrap();
+        assert!(matches!(open(settings).err().unwrap(), SimStateError::Unreadable { .. }));
+    }
 }
