@@ -207,3 +207,29 @@ fn an_empty_state_path_is_refused_at_its_line() {
         outcome.stderr
     );
 }
+
+#[test]
+fn a_night_that_fails_keeps_what_it_built_in_the_account_and_the_next_night_reuses_it() {
+    let workspace = Workspace::new();
+    // Every CopyImage refused: the build's image is made, its copy fails, the run exits 1.
+    let failing = FLEET.replace(
+        "state = \"account/state.json\"",
+        "state = \"state.json\"\nfaults = [{ action = \"CopyImage\", error = \"UnauthorizedOperation\", probability = 1.0 }]",
+    );
+    let fleet_path = workspace.write("fleet.toml", &failing);
+    let fleet = fleet_path.to_str().unwrap();
+    let outcome = offline(&workspace, &["matrix", fleet, "--plain", "--cloud", "sim"]);
+    assert_eq!(outcome.code, 1, "{}", outcome.stderr);
+    let first = workspace.read_json("manifest.sim.json");
+    let built = image_of(&first, "us-west-2");
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(workspace.path("state.json")).unwrap()).unwrap();
+    assert_eq!(saved_images(&state), vec![("us-west-2".to_string(), built.clone())], "the build is kept, no copy");
+
+    // The fault gone, the next night reuses the build and makes only its copy.
+    std::fs::write(&fleet_path, FLEET.replace("account/state.json", "state.json")).unwrap();
+    let (second, summary) = night(&workspace, fleet, &["--changed-only"]);
+    assert_eq!(launched(&summary), 0, "{summary}");
+    assert_eq!(image_of(&second, "us-west-2"), built);
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(workspace.path("state.json")).unwrap()).unwrap();
+    assert_eq!(saved_images(&state).len(), 2, "{state}");
+}
