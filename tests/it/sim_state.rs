@@ -233,3 +233,44 @@ fn a_night_that_fails_keeps_what_it_built_in_the_account_and_the_next_night_reus
     let state: Value = serde_json::from_str(&std::fs::read_to_string(workspace.path("state.json")).unwrap()).unwrap();
     assert_eq!(saved_images(&state).len(), 2, "{state}");
 }
+
+/// The instance ids the state file holds.
+fn saved_instances(state: &Value) -> Vec<String> {
+    let places = state["places"].as_array().unwrap();
+    let instances = places.iter().flat_map(|place| place["instances"].as_array().cloned().unwrap_or_default());
+    instances.map(|instance| instance["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_kept_failed_build_outlives_its_night_and_gc_removes_it_once_its_time_has_passed() {
+    let workspace = Workspace::new();
+    let failing = FLEET.replace(
+        "state = \"account/state.json\"",
+        "state = \"state.json\"\nfaults = [{ action = \"provision\", error = \"failed\", nth = 1 }]",
+    );
+    let fleet_path = workspace.write("fleet.toml", &failing);
+    let fleet = fleet_path.to_str().unwrap();
+    let outcome = offline(&workspace, &["matrix", fleet, "--plain", "--cloud", "sim", "--keep-failed", "1m"]);
+    assert_eq!(outcome.code, 1, "{}", outcome.stderr);
+    let read_state =
+        || -> Value { serde_json::from_str(&std::fs::read_to_string(workspace.path("state.json")).unwrap()).unwrap() };
+    let kept = saved_instances(&read_state());
+    assert_eq!(kept.len(), 1, "the kept instance is in the account: {}", read_state());
+
+    // Right after the night, its minute has not passed in the account's clock: gc leaves it, named.
+    std::fs::write(&fleet_path, FLEET.replace("account/state.json", "state.json")).unwrap();
+    let early = offline(&workspace, &["gc", fleet, "--dry-run", "--cloud", "sim"]);
+    assert_eq!(early.code, 0, "{}{}", early.stdout, early.stderr);
+    assert!(early.stdout.contains(&format!("left instance {}", kept[0])), "{}", early.stdout);
+    assert!(early.stdout.contains("kept until"), "{}", early.stdout);
+
+    // A night later (its builds take simulated minutes), gc removes it with its key pair and group.
+    let (_, summary) = night(&workspace, fleet, &["--changed-only"]);
+    assert_eq!(launched(&summary), 1, "the failed build is built again, the kept instance not counted: {summary}");
+    let gc = offline(&workspace, &["gc", fleet, "--cloud", "sim"]);
+    assert_eq!(gc.code, 0, "{}{}", gc.stdout, gc.stderr);
+    assert!(gc.stdout.contains("removed 3 temporary resources"), "{}", gc.stdout);
+    let state = read_state();
+    assert_eq!(saved_instances(&state), Vec::<String>::new(), "{state}");
+    assert!(state["places"].as_array().unwrap().iter().all(|place| place["key_pairs"] == serde_json::json!([])));
+}

@@ -261,10 +261,13 @@ impl SimCloud {
                     None => report.leaked_resources.push(what),
                 };
             for (id, instance) in &state.instances {
-                *report
-                    .instances_launched
-                    .entry(format!("{} {}", instance.market.bought(), instance.instance_type))
-                    .or_default() += 1;
+                // An instance an earlier run launched (`[sim] state`) is not this run's launch, only what is left.
+                if !instance.restored(&self.model) {
+                    *report
+                        .instances_launched
+                        .entry(format!("{} {}", instance.market.bought(), instance.instance_type))
+                        .or_default() += 1;
+                }
                 let instance_state = instance.state(now);
                 if instance_state != InstanceState::Terminated {
                     left(format!("instance {id} in {place} ({instance_state:?})"), state.tags_of(id.as_str()));

@@ -433,6 +433,11 @@ impl SimInstance {
         }
     }
 
+    /// Whether an earlier process launched it (an instance `[sim] state` kept: [`persist`]).
+    pub fn restored(&self, model: &Model) -> bool {
+        self.launched_at < model.started
+    }
+
     /// When a termination its user asked for completes, if one was asked for.
     pub fn user_terminated_at(&self) -> Option<Instant> {
         self.terminated_at

@@ -1,10 +1,11 @@
 //! `[sim] state`: the simulated account kept in a file between runs, so two simulated nights see what a real
 //! account keeps between nights: the images with their tags, snapshots and attributes (encryption, IMDSv2,
 //! deprecation, launch and create-volume permissions), the snapshots of deregistered images, SSM parameters
-//! with their version history and labels, launch templates with their versions, key pairs and security groups
-//! left (a `--keep-failed` build's), and the id counter (so a later run never makes an id an earlier one
-//! made). Not kept: instances (a later run starts with none running), KMS grants (a run revokes every one it
-//! makes), client tokens, the buckets, faults and the seeded randomness (each run's own), and SSM puts not yet
+//! with their version history and labels, launch templates with their versions, the instances not terminated
+//! with the key pairs and security groups left (a `--keep-failed` build's: running or stopped, with their tags
+//! and the image they were launched from; on demand, whatever market they were bought on), and the id counter
+//! (so a later run never makes an id an earlier one made). Not kept: KMS grants (a run revokes every one it
+//! makes), ingress rules, sessions, client tokens, the buckets, faults and the seeded randomness (each run's own), and SSM puts not yet
 //! validated when the account was saved (in the account's time: those validated by then are versions).
 //!
 //! Time: the account's clock continues. A run on a saved account starts at the later of the real wall time
@@ -23,9 +24,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
-use super::{ssm, ImageAttributes, Model, SimGroup, SimImage, SimKeyPair};
-use crate::cloud::{ImageId, KeyPairName, SecurityGroupId, SnapshotId};
+use super::{spot, ssm, ImageAttributes, Model, SimGroup, SimImage, SimInstance, SimKeyPair};
+use crate::cloud::{ImageId, InstanceId, InstanceState, KeyPairName, SecurityGroupId, SnapshotId};
 use crate::config::{Account, Place, Region, SimSettings, Tags};
+use crate::util::host_keys::ed25519_from_seed;
 
 /// The version of the file's format this fleetbake reads and writes.
 pub const STATE_VERSION: u32 = 1;
@@ -70,7 +72,26 @@ struct SavedPlace {
     #[serde(default)]
     security_groups: Vec<SavedGroup>,
     #[serde(default)]
+    instances: Vec<SavedInstance>,
+    #[serde(default)]
     publishing: ssm::Publishing,
+}
+
+/// An instance not terminated when the account was kept.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedInstance {
+    id: InstanceId,
+    /// Stopped (or stopping) then; else running.
+    stopped: bool,
+    security_group: SecurityGroupId,
+    public_ip: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    volume_key: Option<String>,
+    instance_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    launched_from: Option<ImageId>,
+    #[serde(default)]
+    tags: Tags,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -153,8 +174,8 @@ fn restore(model: &Arc<Model>, saved: SavedPlace, clock: DateTime<Utc>) {
     let region = model.place(&Place { account, region: saved.region });
     let mut state = region.state.lock().expect("not poisoned");
     let now = Instant::now();
-    // Made before this process: past the consistency lag already.
-    let long_ago = now.checked_sub(state.lag).unwrap_or(now);
+    // Made before this process (before the model started): past the consistency lag already.
+    let long_ago = now.checked_sub(state.lag + std::time::Duration::from_secs(1)).unwrap_or(now);
     for image in saved.images {
         let left = (image.settles - clock).to_std().unwrap_or_default();
         super::SimRegion::merge_tags(&mut state, image.id.as_str(), &image.tags);
@@ -180,6 +201,31 @@ fn restore(model: &Arc<Model>, saved: SavedPlace, clock: DateTime<Utc>) {
     for group in saved.security_groups {
         super::SimRegion::merge_tags(&mut state, group.id.as_str(), &group.tags);
         state.security_groups.insert(group.id, SimGroup { name: group.name, created_at: long_ago });
+    }
+    for instance in saved.instances {
+        super::SimRegion::merge_tags(&mut state, instance.id.as_str(), &instance.tags);
+        if let Some(image) = instance.launched_from {
+            state.launched_from.record(instance.id.clone(), image);
+        }
+        let restored = SimInstance {
+            launched_at: long_ago,
+            running_at: long_ago,
+            ssh_at: long_ago,
+            stopped_at: instance.stopped.then_some(long_ago),
+            terminated_at: None,
+            launch_failure: None,
+            console_keys_at: long_ago,
+            // As RunInstances made it: the same key answers there as before.
+            host_key: ed25519_from_seed(&format!("{} {}", model.settings.seed, instance.id)),
+            console_fault: None,
+            agent_at: Some(long_ago),
+            security_group: instance.security_group,
+            public_ip: instance.public_ip,
+            volume_key: instance.volume_key,
+            market: spot::SimMarket::OnDemand,
+            instance_type: instance.instance_type,
+        };
+        state.instances.insert(instance.id, restored);
     }
     state.publishing = saved.publishing;
 }
@@ -230,6 +276,28 @@ pub fn save(model: &Model) -> Result<(), SimStateError> {
             .iter()
             .map(|(id, group)| SavedGroup { id: id.clone(), name: group.name.clone(), tags: tags(id.as_str()) })
             .collect();
+        let now = Instant::now();
+        let instances = state
+            .instances
+            .iter()
+            .filter_map(|(id, instance)| {
+                let stopped = match instance.state(now) {
+                    InstanceState::Terminated | InstanceState::ShuttingDown => return None,
+                    InstanceState::Stopped | InstanceState::Stopping => true,
+                    _ => false,
+                };
+                Some(SavedInstance {
+                    id: id.clone(),
+                    stopped,
+                    security_group: instance.security_group.clone(),
+                    public_ip: instance.public_ip.clone(),
+                    volume_key: instance.volume_key.clone(),
+                    instance_type: instance.instance_type.clone(),
+                    launched_from: state.launched_from.image_of(id).cloned(),
+                    tags: tags(id.as_str()),
+                })
+            })
+            .collect();
         let account = match &place.account {
             Account::Own => super::super::SIMULATED_ACCOUNT.to_string(),
             Account::Id(id) => id.clone(),
@@ -241,6 +309,7 @@ pub fn save(model: &Model) -> Result<(), SimStateError> {
             orphan_snapshots,
             key_pairs,
             security_groups,
+            instances,
             publishing: state.publishing.clone(),
         });
     }
