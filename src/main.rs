@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use fleetbake::cloud::aws::AwsCloud;
 use fleetbake::cloud::limiter::{ApiLimits, Pacing};
 use fleetbake::cloud::retry::Policy;
-use fleetbake::cloud::Cloud;
+use fleetbake::cloud::sim::SimCloud;
+use fleetbake::cloud::{Cloud, ErrorKind};
 use fleetbake::config;
 use fleetbake::engine::exit::Ending;
 use fleetbake::engine::preflight::units::{self, UnitsFrom};
@@ -21,6 +22,7 @@ use fleetbake::engine::run::{self, EventsTo, MatrixOptions, OutputOptions, RunOu
 use fleetbake::engine::scheduler::Interrupt;
 use fleetbake::plan::{Plan, RunId};
 use fleetbake::report::Console;
+use fleetbake::state::gc::GcAccount;
 
 #[derive(Parser)]
 #[command(name = "fleetbake", version, about = "Bake EBS-backed AMIs for a whole fleet in one run")]
@@ -53,6 +55,8 @@ enum Command {
         /// Say per build whether `--changed-only` would rebuild or reuse, and why (read-only AWS calls)
         #[arg(long)]
         changed_only: bool,
+        #[command(flatten)]
+        cloud: CloudArg,
     },
     /// Check, with read-only calls, everything a run would need (who it acts as, networks, source images,
     /// instance types, image names, regions), and report every problem at once; creates nothing
@@ -62,9 +66,8 @@ enum Command {
         select: Select,
         #[command(flatten)]
         vars: VarArgs,
-        /// `aws`, or `sim`: the simulated EC2 `[sim]` describes
-        #[arg(long, value_enum, default_value_t = CloudChoice::Aws)]
-        cloud: CloudChoice,
+        #[command(flatten)]
+        cloud: CloudArg,
     },
     /// Bake every flavor × build region, copy each image to its targets, write the manifest
     Matrix {
@@ -76,9 +79,8 @@ enum Command {
         /// Start no new job after the first failure (running ones finish and clean up)
         #[arg(long)]
         fail_fast: bool,
-        /// `aws`, or `sim`: an in-process EC2 in virtual time (no account, no servers; `[sim]` sets it up)
-        #[arg(long, value_enum, default_value_t = CloudChoice::Aws)]
-        cloud: CloudChoice,
+        #[command(flatten)]
+        cloud: CloudArg,
         /// Write run statistics (makespan, critical-path bound, API calls, throttling, jobs) as JSON here
         #[arg(long, value_name = "PATH")]
         summary_json: Option<PathBuf>,
@@ -123,7 +125,18 @@ enum Command {
         /// Print what would be removed; remove nothing
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        cloud: CloudArg,
     },
+}
+
+/// Which cloud a command talks to: one definition for every command that talks to AWS.
+#[derive(clap::Args, Clone, Copy, Debug)]
+struct CloudArg {
+    /// `aws`, or `sim`: the simulated account `[sim]` describes, in-process and in virtual time (no AWS
+    /// account, no servers; with `[sim] state` it is kept in a file between runs)
+    #[arg(long, value_enum, default_value_t = CloudChoice::Aws)]
+    cloud: CloudChoice,
 }
 
 #[derive(Subcommand)]
@@ -262,6 +275,21 @@ impl Cli {
     }
 }
 
+impl CloudChoice {
+    /// The runtime a command on this cloud runs in: the simulated account's in virtual time (the clock jumps
+    /// to the next timer whenever every task waits), AWS's on threads.
+    fn runtime(self) -> tokio::runtime::Runtime {
+        match self {
+            CloudChoice::Aws => tokio::runtime::Runtime::new().expect("a Tokio runtime starts"),
+            CloudChoice::Sim => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .expect("a Tokio runtime starts"),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let console = CONSOLE.get_or_init(|| cli.console());
@@ -297,21 +325,20 @@ fn command(cli: Cli) -> Ending {
             }
             Err(errors) => bad_input(errors),
         },
-        Command::Plan { fleet, select, vars, changed_only } => match load(&fleet, &select, &vars) {
-            Ok(loaded) if changed_only => {
-                let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
-                runtime.block_on(changed_plan(loaded))
+        Command::Plan { fleet, select, vars, changed_only, cloud: CloudArg { cloud } } => {
+            match load(&fleet, &select, &vars) {
+                Ok(loaded) if changed_only => cloud.runtime().block_on(changed_plan(loaded, cloud)),
+                Ok(loaded) => {
+                    let loaded = match with_units(loaded, UnitsFrom::Aws) {
+                        Ok((loaded, _)) => loaded,
+                        Err(refused) => return refused,
+                    };
+                    print!("{}", Plan::new(&loaded, RunId::generate(Utc::now()), Utc::now()));
+                    Ending::Done
+                }
+                Err(refused) => refused,
             }
-            Ok(loaded) => {
-                let loaded = match with_units(loaded, UnitsFrom::Aws) {
-                    Ok((loaded, _)) => loaded,
-                    Err(refused) => return refused,
-                };
-                print!("{}", Plan::new(&loaded, RunId::generate(Utc::now()), Utc::now()));
-                Ending::Done
-            }
-            Err(refused) => refused,
-        },
+        }
         Command::Manifest { command } => manifest(command),
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -322,7 +349,7 @@ fn command(cli: Cli) -> Ending {
             );
             Ending::Done
         }
-        Command::Gc { fleet, vars, dry_run } => {
+        Command::Gc { fleet, vars, dry_run, cloud: CloudArg { cloud } } => {
             let loaded = match load_fleet(&fleet, &vars) {
                 Ok(loaded) => loaded,
                 Err(errors) => return bad_input(errors),
@@ -330,35 +357,29 @@ fn command(cli: Cli) -> Ending {
             for warning in config::warnings(&fleet, &loaded) {
                 eprintln!("warning: {warning}");
             }
-            let loaded = match with_units(loaded, UnitsFrom::Aws) {
+            let loaded = match with_units(loaded, units_from(cloud)) {
                 Ok((loaded, _)) => loaded,
                 Err(refused) => return refused,
             };
-            let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
-            runtime.block_on(gc(loaded, &fleet, dry_run))
+            cloud.runtime().block_on(gc(loaded, &fleet, dry_run, cloud))
         }
-        Command::Preflight { fleet, select, vars, cloud } => {
+        Command::Preflight { fleet, select, vars, cloud: CloudArg { cloud } } => {
             let loaded = match load(&fleet, &select, &vars) {
                 Ok(loaded) => loaded,
                 Err(refused) => return refused,
             };
-            let from = match cloud {
-                CloudChoice::Aws => UnitsFrom::Aws,
-                CloudChoice::Sim => UnitsFrom::Simulated,
-            };
-            let (loaded, units) = match with_units(loaded, from) {
+            let (loaded, units) = match with_units(loaded, units_from(cloud)) {
                 Ok(resolved) => resolved,
                 Err(refused) => return refused,
             };
-            let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
-            runtime.block_on(preflight(loaded, units, cloud))
+            cloud.runtime().block_on(preflight(loaded, units, cloud))
         }
         Command::Matrix {
             fleet,
             select,
             vars,
             fail_fast,
-            cloud,
+            cloud: CloudArg { cloud },
             summary_json,
             resume,
             no_preflight,
@@ -386,8 +407,9 @@ fn command(cli: Cli) -> Ending {
                 loaded.matrix.keep_failed = Some(config::KeepFailed { for_, state });
             }
             if resume && cloud == CloudChoice::Sim {
-                console()
-                    .error("--resume: a simulated account does not outlive its process; there is nothing to resume");
+                console().error(
+                    "--resume: a simulated run keeps no journal, so there is nothing to resume; with `[sim] state` the account keeps what an interrupted run made, and `matrix --changed-only --cloud sim` reuses it",
+                );
                 return Ending::Refused;
             }
             let view = view(cli.quiet, plain);
@@ -395,22 +417,16 @@ fn command(cli: Cli) -> Ending {
                 events.map(|path| if path.as_os_str() == "-" { EventsTo::Stdout } else { EventsTo::File(path) });
             let output = OutputOptions { view, events, packer_manifest };
             let options = MatrixOptions { fail_fast, summary_json, resume, preflight: !no_preflight, output };
-            match cloud {
-                CloudChoice::Aws => {
-                    let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
-                    runtime.block_on(matrix(loaded, options, cloud))
-                }
-                CloudChoice::Sim => {
-                    // Virtual time: the clock jumps to the next timer whenever every task waits.
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .start_paused(true)
-                        .build()
-                        .expect("a Tokio runtime starts");
-                    runtime.block_on(matrix(loaded, options, cloud))
-                }
-            }
+            cloud.runtime().block_on(matrix(loaded, options, cloud))
         }
+    }
+}
+
+/// Where a command's `[[distribution]]` units are resolved: AWS Organizations, or `[sim] organizational_units`.
+fn units_from(cloud: CloudChoice) -> UnitsFrom {
+    match cloud {
+        CloudChoice::Aws => UnitsFrom::Aws,
+        CloudChoice::Sim => UnitsFrom::Simulated,
     }
 }
 
@@ -426,9 +442,11 @@ fn with_units(fleet: config::Fleet, from: UnitsFrom) -> Result<(config::Fleet, P
 
 /// The units' checks on stdout (as `fleetbake preflight` prints checks), and how many failed.
 fn units_refused(checks: &Preflight) -> Ending {
-    print!("{checks}");
+    console().print(checks);
     let failed = checks.failures().count();
-    eprintln!("error: {failed} of `[[distribution]]`'s organizational units could not be resolved into accounts");
+    console().error(format_args!(
+        "{failed} of `[[distribution]]`'s organizational units could not be resolved into accounts"
+    ));
     Ending::Checked { failed }
 }
 
@@ -439,8 +457,54 @@ async fn aws(fleet: &config::Fleet, run_id: &RunId) -> AwsCloud {
     AwsCloud::connect(&fleet.aws, run_id, run::home_region(fleet), limits).await
 }
 
-async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> Ending {
-    let cloud: Arc<dyn Cloud> = Arc::new(aws(&fleet, &RunId::generate(Utc::now())).await);
+/// The simulated account of a command other than `matrix` (gc, preflight, `plan --changed-only`), behind the
+/// fleet's request buckets: with `[sim] state`, the one earlier runs kept. An unreadable state file ends the
+/// command, named.
+fn simulated(fleet: &config::Fleet) -> Result<(Arc<SimCloud>, Arc<dyn Cloud>), Ending> {
+    let sim = Arc::new(SimCloud::open(fleet).map_err(|error| {
+        console().error(&error);
+        Ending::SimStateUnreadable
+    })?);
+    let limits = Arc::new(ApiLimits::new(&fleet.limits.api, Policy::THROTTLED, Pacing::Adaptive));
+    let cloud = Arc::new(fleetbake::cloud::Limited::new(Arc::clone(&sim) as Arc<dyn Cloud>, limits));
+    Ok((sim, cloud))
+}
+
+/// Whether AWS's credentials can be loaded at all, asked before a command's first call: when the provider chain
+/// finds none, the command ends with one error and where the credentials come from (the SDK's own account of
+/// every provider it tried is logged under `-v`).
+async fn credentials_or_stop(cloud: &dyn Cloud) -> Result<(), Ending> {
+    match cloud.credentials().await {
+        Err(error) if error.kind == ErrorKind::Credentials => {
+            tracing::debug!("loading credentials: {}", error.message);
+            let first = error.message.lines().next().unwrap_or_default();
+            eprintln!("error: AWS credentials could not be loaded: {}", first.trim_end_matches(" Attempted:"));
+            eprintln!("hint: {}", fleetbake::cloud::hints::no_credentials());
+            Err(Ending::NoCredentials)
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool, cloud: CloudChoice) -> Ending {
+    let mut fleet = fleet;
+    let (cloud, account, sim) = match cloud {
+        CloudChoice::Aws => {
+            let cloud: Arc<dyn Cloud> = Arc::new(aws(&fleet, &RunId::generate(Utc::now())).await);
+            if let Err(stopped) = credentials_or_stop(&*cloud).await {
+                return stopped;
+            }
+            (cloud, GcAccount::Real, None)
+        }
+        CloudChoice::Sim => {
+            // The simulated runs' manifest is the one whose images gc keeps.
+            fleet.manifest_path = run::simulated_manifest_path(&fleet);
+            match simulated(&fleet) {
+                Ok((sim, cloud)) => (cloud, GcAccount::Simulated { now: sim.run_clock().now() }, Some(sim)),
+                Err(stopped) => return stopped,
+            }
+        }
+    };
     // On this machine: what runs killed outright left (ssh masters, key directories); never a live run's.
     let tmp = std::env::temp_dir();
     if dry_run {
@@ -452,7 +516,13 @@ async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> Endi
             println!("gc: {leftovers}");
         }
     }
-    match fleetbake::state::gc::gc(&fleet, cloud, dry_run).await {
+    let collected = fleetbake::state::gc::gc_in(&fleet, cloud, dry_run, account).await;
+    // What gc removed from a simulated account is gone from its `[sim] state` too.
+    if let Some(Err(error)) = sim.map(|sim| sim.save()) {
+        eprintln!("error: {error}");
+        return Ending::SimStateUnreadable;
+    }
+    match collected {
         Ok((plan, outcome)) => {
             for line in outcome.lines.iter().chain(&plan.notes) {
                 println!("{line}");
@@ -484,15 +554,28 @@ async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool) -> Endi
 }
 
 /// `fleetbake plan --changed-only`: per build, rebuild or reuse, and why; read-only.
-async fn changed_plan(fleet: config::Fleet) -> Ending {
-    let fleet = match units::resolve(fleet, UnitsFrom::Aws).await {
+async fn changed_plan(fleet: config::Fleet, cloud: CloudChoice) -> Ending {
+    let fleet = match units::resolve(fleet, units_from(cloud)).await {
         Ok((fleet, _)) => fleet,
         Err(checks) => return units_refused(&checks),
     };
-    let clock = fleetbake::util::clock::RunClock::start();
+    let (cloud, clock): (Arc<dyn Cloud>, _) = match cloud {
+        CloudChoice::Aws => {
+            let clock = fleetbake::util::clock::RunClock::start();
+            let cloud = Arc::new(aws(&fleet, &RunId::generate(clock.started_at())).await);
+            if let Err(stopped) = credentials_or_stop(&*cloud).await {
+                return stopped;
+            }
+            (cloud, clock)
+        }
+        // Read-only: the account is not saved again.
+        CloudChoice::Sim => match simulated(&fleet) {
+            Ok((sim, cloud)) => (cloud, sim.run_clock()),
+            Err(stopped) => return stopped,
+        },
+    };
     let plan = Plan::new(&fleet, RunId::generate(clock.started_at()), clock.started_at());
-    let cloud = aws(&fleet, &plan.run_id).await;
-    let changes = fleetbake::engine::changed::decide(&fleet, &plan, &cloud, &clock, false).await;
+    let changes = fleetbake::engine::changed::decide(&fleet, &plan, &*cloud, &clock, false).await;
     print!("{}", fleetbake::engine::changed::ChangedPlan { plan: &plan, changes: &changes });
     Ending::Done
 }
@@ -506,11 +589,11 @@ async fn preflight(fleet: config::Fleet, units: Preflight, cloud: CloudChoice) -
     };
     let cloud: Arc<dyn Cloud> = match cloud {
         CloudChoice::Aws => Arc::new(aws(&fleet, &plan.run_id).await),
-        CloudChoice::Sim => {
-            let limits = Arc::new(ApiLimits::new(&fleet.limits.api, Policy::THROTTLED, Pacing::Adaptive));
-            let sim = Arc::new(fleetbake::cloud::sim::SimCloud::new(&fleet)) as Arc<dyn Cloud>;
-            Arc::new(fleetbake::cloud::Limited::new(sim, limits))
-        }
+        // Read-only: the account is not saved again.
+        CloudChoice::Sim => match simulated(&fleet) {
+            Ok((_, cloud)) => cloud,
+            Err(stopped) => return stopped,
+        },
     };
     let mut report = units;
     report.checks.extend(fleetbake::engine::preflight::check(&fleet, &plan, &*cloud, &runner).await.checks);
@@ -670,12 +753,14 @@ fn forward_interrupts() -> mpsc::UnboundedReceiver<Interrupt> {
     receiver
 }
 
-/// Logs go to stderr. The AWS SDK stays at `warn` unless RUST_LOG says otherwise: its trace output can
+/// Logs go to stderr. The AWS SDK says nothing without `-v`, and stays at `warn` unless RUST_LOG says otherwise: its trace output can
 /// carry response bodies, and a CreateKeyPair response holds a private key.
 /// A stamped console's log lines start with its stamp ([`fleetbake::report::plain::LineStamp`]).
 fn init_logging(verbose: u8, console: Console) {
+    // The SDK's own lines (aws-config, aws-smithy: a profile file not found, a provider's debug structs) only
+    // under `-v`: without it, what went wrong is fleetbake's one error and its hint.
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,aws=off",
         1 => "warn,fleetbake=debug",
         _ => "warn,fleetbake=trace",
     };

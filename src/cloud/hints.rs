@@ -105,6 +105,12 @@ fn permission(action: Action) -> String {
     }
 }
 
+/// What to do when no credentials could be loaded at all, before a command's first call: the source the chain
+/// would have used and how to give it credentials, and the simulated account, which needs none.
+pub fn no_credentials() -> String {
+    format!("{}; or try the fleet without AWS first: the same command with `--cloud sim`", credential_source())
+}
+
 /// Which credential source the standard chain would have used, as the environment says, and how to refresh it.
 pub fn credential_source() -> String {
     let set = |name: &str| std::env::var_os(name).is_some_and(|value| !value.is_empty());

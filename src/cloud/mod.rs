@@ -677,7 +677,7 @@ pub struct ParameterHistory {
 }
 
 /// One version of an SSM parameter.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ParameterVersion {
     pub version: u64,
     pub value: String,

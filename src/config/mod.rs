@@ -728,6 +728,9 @@ pub struct SimSettings {
     pub spot: SimSpot,
     /// `[sim] prices`: the prices a simulated run's cost estimate reads when the fleet has no `[prices]`.
     pub prices: Prices,
+    /// `[sim] state`: the file the simulated account is kept in between runs (absolute; `None`: every run
+    /// starts from an empty account and the account ends with its process).
+    pub state: Option<std::path::PathBuf>,
 }
 
 /// The simulated own account's id (`cloud::sim::SIMULATED_ACCOUNT`): `[sim] accounts` lists only the others.
@@ -844,6 +847,7 @@ impl Default for SimSettings {
             grant_lag: Duration::ZERO,
             spot: SimSpot::default(),
             prices: Prices::default(),
+            state: None,
         }
     }
 }

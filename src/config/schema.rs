@@ -460,6 +460,8 @@ pub struct SimSection {
     /// The simulated prices (as `[prices]`), used when the fleet gives none.
     #[serde(default)]
     pub prices: BTreeMap<String, PriceSection>,
+    /// A file the simulated account is kept in between runs (relative to the fleet file).
+    pub state: Option<String>,
 }
 
 /// `[sim] spot`.

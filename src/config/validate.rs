@@ -1847,7 +1847,15 @@ fn resolve_sim(checker: &mut Checker<'_>, raw: schema::SimSection) -> SimSetting
         grant_lag: duration("grant_lag", &raw.grant_lag, defaults.grant_lag),
         spot: SimSpot::default(),
         prices: Prices::default(),
+        state: None,
     };
+    if let Some(state) = raw.state.as_deref() {
+        if state.trim().is_empty() {
+            checker.problem(path.key("state"), "must name a file (the simulated account kept between runs)");
+        } else {
+            sim.state = Some(checker.base_dir.join(state));
+        }
+    }
     sim.spot = spot::resolve_sim_spot(checker, raw.spot.as_ref());
     sim.prices = spot::resolve_prices(checker, path.key("prices"), &raw.prices);
     sim_accounts::resolve_sim_accounts(checker, &path, &raw, &mut sim);

@@ -83,6 +83,10 @@ pub enum Ending {
     RunStopped(RunError),
     /// `gc` stopped before removing anything (its lock, a journal, the manifest, a survey call).
     GcStopped(GcError),
+    /// A command that talks to AWS found no credentials it could load (`plan --changed-only`, `gc`).
+    NoCredentials,
+    /// `[sim] state` could not be read, or the simulated account not kept (`plan`, `preflight`, `gc`).
+    SimStateUnreadable,
 }
 
 impl Ending {
@@ -91,7 +95,7 @@ impl Ending {
         match self {
             Ending::Done => Exit::Success,
             Ending::Refused | Ending::ManifestUnreadable => Exit::BadInput,
-            Ending::NoSuchImage => Exit::Failed,
+            Ending::NoSuchImage | Ending::NoCredentials | Ending::SimStateUnreadable => Exit::Failed,
             Ending::Checked { failed: 0 } | Ending::Collected { failures: 0 } => Exit::Success,
             Ending::Checked { .. } | Ending::Collected { .. } => Exit::Failed,
             Ending::Ran { summary, leaked } => match summary.interrupted {
@@ -110,7 +114,8 @@ impl Ending {
                 | RunError::Resume(_)
                 | RunError::Preflight(_)
                 | RunError::Units(_)
-                | RunError::Events { .. } => Exit::Failed,
+                | RunError::Events { .. }
+                | RunError::SimState(_) => Exit::Failed,
             },
             Ending::GcStopped(error) => match error {
                 GcError::Journal(journal) => journal_exit(journal),

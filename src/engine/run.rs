@@ -60,6 +60,9 @@ pub enum RunError {
     Events { path: PathBuf, error: std::io::Error },
     #[error(transparent)]
     Manifest(#[from] ExistingManifestError),
+    /// `[sim] state` could not be read, or the account not kept.
+    #[error(transparent)]
+    SimState(#[from] crate::cloud::sim::SimStateError),
 }
 
 pub struct MatrixOptions {
@@ -216,12 +219,13 @@ pub async fn matrix_simulated(
             None => SIMULATED_BUILDER_CIDR.parse().expect("a valid CIDR"),
         }),
     };
-    let sim = Arc::new(SimCloud::new(&fleet));
+    // With `[sim] state`, the account an earlier run kept: its clock continues, and it is kept again at the end.
+    let sim = Arc::new(SimCloud::open(&fleet)?);
     let limits = Arc::new(RunLimits::new(&fleet.limits, Policy::THROTTLED, strategy.pacing));
     let cloud: Arc<dyn Cloud> =
         Arc::new(crate::cloud::Limited::new(Arc::clone(&sim) as Arc<dyn Cloud>, Arc::clone(limits.api())));
-    // The simulated account does not outlive the process: its journal stays in memory, and nothing resumes.
-    let start = Start::fresh(&fleet, None);
+    // The run's journal stays in memory (nothing resumes a simulated run); its clock is the account's.
+    let start = Start::fresh_on(&fleet, None, sim.run_clock());
     let unreadable = check_existing(&fleet.manifest_path, !start.plan().selection.is_everything())?;
     let runner = preflight::Runner::simulated(&fleet.sim);
     let preflight = preflight_unless_skipped(&fleet, start.plan(), &*cloud, &runner, options.preflight).await?;
@@ -245,7 +249,10 @@ pub async fn matrix_simulated(
         local_leftovers: Vec::new(),
         manifest_set_aside,
     };
-    let (plan, summary) = execution.run(start, interrupts).await?;
+    let ran = execution.run(start, interrupts).await;
+    // Kept whatever the run came to (a failure, an interrupt): nothing it made is lost.
+    sim.save()?;
+    let (plan, summary) = ran?;
     let report: SimReport = sim.report(BATCH_INTERVAL);
     let statistics = RunStatistics::new(&plan, &fleet, &summary, limits.stats(), Some(report));
     finish(summary, statistics, options.summary_json)
@@ -353,7 +360,12 @@ pub enum Start {
 impl Start {
     /// A new run of `fleet`, starting now.
     pub fn fresh(fleet: &Fleet, journal: Option<JournalDir>) -> Start {
-        let clock = RunClock::start_run();
+        Start::fresh_on(fleet, journal, RunClock::start())
+    }
+
+    /// A new run of `fleet` on `clock` (a simulated account's): also the clock its lines are stamped with.
+    pub fn fresh_on(fleet: &Fleet, journal: Option<JournalDir>, clock: RunClock) -> Start {
+        let clock = clock.stamping_lines();
         let plan = Plan::new(fleet, RunId::generate(clock.started_at()), clock.started_at());
         Start::Fresh { journal, plan, clock }
     }

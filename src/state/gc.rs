@@ -282,6 +282,17 @@ impl RunsInProgress {
         Ok(RunsInProgress(runs))
     }
 
+    /// Every run seen in the survey ended (the simulated account's: see [`GcAccount::Simulated`]).
+    pub fn all_ended(survey: &Survey) -> Self {
+        let tagged = survey.images.iter().filter_map(|(_, image)| image.tags.get(RUN_ID_TAG));
+        let run_ids = survey
+            .leftovers
+            .iter()
+            .filter_map(|leftover| leftover.run_id.clone())
+            .chain(tagged.filter_map(|id| RunId::parse(id)));
+        RunsInProgress(run_ids.map(|run_id| (run_id, false)).collect())
+    }
+
     /// A resource or image without a run id fleetbake can read is left alone, as if its run were in progress.
     fn in_progress(&self, run_id: Option<&RunId>) -> bool {
         run_id.is_none_or(|run_id| self.0.get(run_id).copied().unwrap_or(true))
@@ -691,8 +702,32 @@ fn kept_note(leftover: &Leftover) -> String {
     format!("left {} (run {run}): kept until {} (`--keep-failed`)", leftover.resource, until.unwrap_or_default())
 }
 
+/// Whose account gc works in, which says what time it is there and which runs may be in progress.
+#[derive(Clone, Copy, Debug)]
+pub enum GcAccount {
+    /// A real one: the wall time, and the journals (a run without one here is in progress for a while).
+    Real,
+    /// The simulated account of `[sim] state`, at its own clock (`now`): every run in it has ended, since a
+    /// simulated run lives in its process and keeps the account when it ends.
+    Simulated { now: DateTime<Utc> },
+}
+
 /// The whole command: survey, plan, execute.
 pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(GcPlan, GcOutcome), GcError> {
+    gc_in(fleet, cloud, dry_run, GcAccount::Real).await
+}
+
+/// [`gc`] in `account`.
+pub async fn gc_in(
+    fleet: &Fleet,
+    cloud: Arc<dyn Cloud>,
+    dry_run: bool,
+    account: GcAccount,
+) -> Result<(GcPlan, GcOutcome), GcError> {
+    let now = match account {
+        GcAccount::Real => Utc::now(),
+        GcAccount::Simulated { now } => now,
+    };
     // Removing images takes the fleet file's run lock, refused at once if a run holds it: a run in progress
     // is making images gc's retention would count, and none may start while gc deregisters.
     let may_deregister = fleet.retention.keep.is_some() || fleet.retention.keep_days.is_some();
@@ -708,14 +743,17 @@ pub async fn gc(fleet: &Fleet, cloud: Arc<dyn Cloud>, dry_run: bool) -> Result<(
     let mut survey = survey(fleet, &*cloud).await?;
     survey.leftovers.extend(journaled_sessions(&JournalDir::of(fleet)));
     // A failed build's resources kept (`--keep-failed`) are left until their `fleetbake:keep-until`.
-    let (due, kept) = leftovers::set_aside_kept(std::mem::take(&mut survey.leftovers), Utc::now());
+    let (due, kept) = leftovers::set_aside_kept(std::mem::take(&mut survey.leftovers), now);
     survey.leftovers = due;
-    let runs = RunsInProgress::ask(&JournalDir::of(fleet), &survey, Utc::now())?;
-    let mut plan = GcPlan::new(&survey, &runs, &protected, &fleet.retention, Utc::now());
+    let runs = match account {
+        GcAccount::Real => RunsInProgress::ask(&JournalDir::of(fleet), &survey, now)?,
+        GcAccount::Simulated { .. } => RunsInProgress::all_ended(&survey),
+    };
+    let mut plan = GcPlan::new(&survey, &runs, &protected, &fleet.retention, now);
     plan.notes.extend(kept.iter().map(kept_note));
     let mut outcome = execute(&plan, cloud, dry_run).await;
     // The runs' saved logs on this machine, past `[retention] logs` (`state::logs`).
-    let logs = crate::state::logs::gc_logs(&JournalDir::of(fleet), fleet.retention.logs, Utc::now(), dry_run);
+    let logs = crate::state::logs::gc_logs(&JournalDir::of(fleet), fleet.retention.logs, now, dry_run);
     outcome.lines.extend(logs.lines);
     outcome.failures += logs.failures;
     let found = leftovers::kept_keys(&JournalDir::of(fleet).path);

@@ -44,14 +44,23 @@ pub struct RunClock {
 
 impl RunClock {
     pub fn start() -> Self {
-        RunClock { started_at: Utc::now(), started: tokio::time::Instant::now() }
+        RunClock::starting_at(Utc::now())
+    }
+
+    /// A clock whose now is `at` (a simulated account's, which continues from its saved state).
+    pub fn starting_at(at: DateTime<Utc>) -> Self {
+        RunClock { started_at: at, started: tokio::time::Instant::now() }
     }
 
     /// Starts the clock of the run this process makes: also the one its lines are stamped with ([`line_time`]).
     pub fn start_run() -> Self {
-        let clock = RunClock::start();
-        *LINE_CLOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(clock);
-        clock
+        RunClock::start().stamping_lines()
+    }
+
+    /// This clock, made the one this process's lines are stamped with ([`line_time`]).
+    pub fn stamping_lines(self) -> Self {
+        *LINE_CLOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(self);
+        self
     }
 
     pub fn started_at(&self) -> DateTime<Utc> {

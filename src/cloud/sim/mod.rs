@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use model::persist::{SimStateError, STATE_VERSION};
 pub use model::ImageAttributes;
 use model::{kept, Model, SimRegion};
 
@@ -102,8 +103,28 @@ pub struct SimImageReport {
 }
 
 impl SimCloud {
+    /// A new account of this process, whatever `[sim] state` says (see [`SimCloud::open`]).
     pub fn new(fleet: &Fleet) -> Self {
-        let model = Model::new(fleet.sim.clone());
+        SimCloud::with_model(fleet, Model::new(fleet.sim.clone()))
+    }
+
+    /// The account `[sim]` describes: with `[sim] state`, continued from that file ([`model::persist`]); an
+    /// unreadable or incompatible file is an error naming it.
+    pub fn open(fleet: &Fleet) -> Result<Self, SimStateError> {
+        Ok(SimCloud::with_model(fleet, model::persist::open(fleet.sim.clone())?))
+    }
+
+    /// Keeps the account in its `[sim] state` file, if it has one (atomically, 0600); else nothing.
+    pub fn save(&self) -> Result<(), SimStateError> {
+        model::persist::save(&self.model)
+    }
+
+    /// A run's clock on this account: it reads the account's wall time (after a saved account's last time).
+    pub fn run_clock(&self) -> crate::util::clock::RunClock {
+        crate::util::clock::RunClock::starting_at(self.model.wall.now())
+    }
+
+    fn with_model(fleet: &Fleet, model: Arc<Model>) -> Self {
         // `[aws] role_arn`: the simulated account assumes it as the aws adapter would.
         if let Some(role) = &fleet.aws.role {
             model.account.act_as(role.clone());
@@ -240,10 +261,13 @@ impl SimCloud {
                     None => report.leaked_resources.push(what),
                 };
             for (id, instance) in &state.instances {
-                *report
-                    .instances_launched
-                    .entry(format!("{} {}", instance.market.bought(), instance.instance_type))
-                    .or_default() += 1;
+                // An instance an earlier run launched (`[sim] state`) is not this run's launch, only what is left.
+                if !instance.restored(&self.model) {
+                    *report
+                        .instances_launched
+                        .entry(format!("{} {}", instance.market.bought(), instance.instance_type))
+                        .or_default() += 1;
+                }
                 let instance_state = instance.state(now);
                 if instance_state != InstanceState::Terminated {
                     left(format!("instance {id} in {place} ({instance_state:?})"), state.tags_of(id.as_str()));

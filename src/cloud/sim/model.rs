@@ -41,6 +41,7 @@ use crate::util::host_keys::{console_block, ed25519_from_seed, HostKey};
 pub mod account;
 pub mod accounts;
 pub mod kept;
+pub mod persist;
 
 /// Of a configured effect of one kind (a console or an agent fault): the fault, and the flavor it is limited to.
 type PickLaunchFault<T> = fn(&FaultEffect) -> Option<(T, Option<&FlavorName>)>;
@@ -58,6 +59,9 @@ pub struct Model {
     next_id: AtomicU64,
     /// When the account was made: image creation dates count from here (see [`creation_date`]).
     started: Instant,
+    /// What `started` is in wall time, for creation dates: 2026-01-01T00:00:00Z for an account made by this
+    /// process, the account's own clock for one continued from `[sim] state` ([`persist`]).
+    epoch: chrono::DateTime<chrono::Utc>,
     pub throttled: AtomicU64,
     pub faults_injected: AtomicU64,
     /// Its credentials, identity and enabled regions.
@@ -88,6 +92,11 @@ fn refuse<T>(code: &str, message: impl Into<String>) -> Result<T, Refusal> {
 
 impl Model {
     pub fn new(settings: SimSettings) -> Arc<Self> {
+        Model::starting(settings, None)
+    }
+
+    /// A new account, or (`continued_at`) one continued from `[sim] state` whose clock reads that time now.
+    fn starting(settings: SimSettings, continued_at: Option<chrono::DateTime<chrono::Utc>>) -> Arc<Self> {
         let random = Mutex::new(fastrand::Rng::with_seed(settings.seed));
         let fault_matches = Mutex::new(vec![0; settings.faults.len()]);
         // The account's other tools take `background_load` of every bucket's refill; a bucket left alone still
@@ -112,11 +121,16 @@ impl Model {
             regions: DashMap::new(),
             next_id: AtomicU64::new(1),
             started: Instant::now(),
+            epoch: continued_at
+                .unwrap_or_else(|| chrono::DateTime::parse_from_rfc3339(FRESH_EPOCH).expect("a valid date").to_utc()),
             throttled: AtomicU64::new(0),
             faults_injected: AtomicU64::new(0),
             account,
             accounts,
-            wall: crate::util::clock::RunClock::start(),
+            wall: match continued_at {
+                Some(at) => crate::util::clock::RunClock::starting_at(at),
+                None => crate::util::clock::RunClock::start(),
+            },
         })
     }
 
@@ -333,6 +347,9 @@ pub struct RegionState {
 pub struct SimImage {
     pub name: String,
     created_at: Instant,
+    /// The creation date of an image restored from `[sim] state` (made by an earlier process); `None`: made
+    /// by this one, at `created_at`.
+    restored_creation: Option<chrono::DateTime<chrono::Utc>>,
     pub available_at: Instant,
     snapshot: SnapshotId,
     /// A copy in progress counts against the destination's copy cap.
@@ -344,7 +361,7 @@ pub struct SimImage {
 }
 
 /// An image's attributes as the model keeps them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageAttributes {
     /// The KMS key its snapshot is encrypted with.
     pub kms_key: Option<String>,
@@ -414,6 +431,11 @@ impl SimInstance {
             (None, None) if now >= self.running_at => InstanceState::Running,
             (None, None) => InstanceState::Pending,
         }
+    }
+
+    /// Whether an earlier process launched it (an instance `[sim] state` kept: [`persist`]).
+    pub fn restored(&self, model: &Model) -> bool {
+        self.launched_at < model.started
     }
 
     /// When a termination its user asked for completes, if one was asked for.
@@ -587,11 +609,16 @@ fn synthesized(prefix: &str, seed: &str) -> String {
     format!("{prefix}-0{:016x}", fnv1a(seed) >> 4)
 }
 
-/// A simulated image's creation date: the model's start is 2026-01-01T00:00:00Z.
-fn creation_date(started: Instant, at: Instant) -> String {
-    let epoch = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").expect("a valid date").to_utc();
-    let elapsed = chrono::Duration::from_std(at.duration_since(started)).unwrap_or_default();
-    (epoch + elapsed).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+/// Where an account made by this process starts in wall time, for creation dates.
+const FRESH_EPOCH: &str = "2026-01-01T00:00:00Z";
+
+/// A simulated image's creation date: a restored image's own, else the model's epoch (when it started)
+/// advanced by Tokio's clock to the image's creation.
+fn creation_date(epoch: chrono::DateTime<chrono::Utc>, started: Instant, image: &SimImage) -> String {
+    let created = image.restored_creation.unwrap_or_else(|| {
+        epoch + chrono::Duration::from_std(image.created_at.duration_since(started)).unwrap_or_default()
+    });
+    created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// With `[sim] require_tags_on_create`, as an SCP denying `ec2:CreateImage` / `ec2:CopyImage` on an image or
@@ -771,6 +798,7 @@ impl SimRegion {
                 SimImage {
                     name: name.to_string(),
                     created_at: now,
+                    restored_creation: None,
                     available_at,
                     snapshot,
                     copied: false,
@@ -1243,6 +1271,7 @@ impl RegionCloud for SimRegion {
                 SimImage {
                     name: spec.name.clone(),
                     created_at: now,
+                    restored_creation: None,
                     available_at,
                     snapshot: snapshot.clone(),
                     copied: true,
@@ -1278,7 +1307,7 @@ impl RegionCloud for SimRegion {
     }
 
     async fn find_owned_images(&self, query: &ImageQuery) -> CloudResult<Vec<OwnedImage>> {
-        let started = self.model.started;
+        let (epoch, started) = (self.model.epoch, self.model.started);
         self.call(Action::DescribeImages, |state, now| {
             let matching: Vec<(ImageId, Instant)> = state
                 .images
@@ -1298,7 +1327,7 @@ impl RegionCloud for SimRegion {
                 found.push(OwnedImage {
                     name: image.name.clone(),
                     state: image.state(now),
-                    creation_date: creation_date(started, image.created_at),
+                    creation_date: creation_date(epoch, started, image),
                     snapshot_ids: vec![image.snapshot.clone()],
                     tags: state.tags.get(id.as_str()).map(|tags| Tags::clone(tags)).unwrap_or_default(),
                     id,
@@ -1382,11 +1411,11 @@ impl RegionCloud for SimRegion {
     }
 
     async fn deprecate_image(&self, image: &ImageId, at: chrono::DateTime<chrono::Utc>) -> CloudResult<()> {
-        let started = self.model.started;
+        let (epoch, started) = (self.model.epoch, self.model.started);
         self.call(Action::EnableImageDeprecation, |state, now| {
             let time = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             let found = state.known_image(image, now)?;
-            sharing::check_deprecation(&found.attributes, started, found.created_at, at)?;
+            sharing::check_deprecation(&found.attributes, &creation_date(epoch, started, found), at)?;
             found.attributes.deprecation_time = Some(time);
             Ok(())
         })

@@ -340,6 +340,7 @@ mod tests {
             SimImage {
                 name: format!("web-{id}"),
                 created_at: now,
+                restored_creation: None,
                 available_at: now,
                 snapshot: snapshot.clone(),
                 copied: false,

@@ -17,6 +17,11 @@ impl LaunchedFrom {
         self.0.insert(instance, image);
     }
 
+    /// The image `instance` was launched from, if the model launched it.
+    pub fn image_of(&self, instance: &InstanceId) -> Option<&ImageId> {
+        self.0.get(instance)
+    }
+
     /// The instances launched from any of `images`, each with its image.
     pub fn of<'a>(&'a self, images: &'a [ImageId]) -> impl Iterator<Item = (&'a InstanceId, &'a ImageId)> + 'a {
         self.0.iter().filter(move |(_, image)| images.contains(image))

@@ -16,7 +16,7 @@
 
 use chrono::{DateTime, Months, Utc};
 
-use super::{creation_date, ImageAttributes, Refusal};
+use super::{ImageAttributes, Refusal};
 use crate::cloud::LaunchPermissions;
 
 /// The launch permission `group = all`, as the model keeps it among the others.
@@ -94,14 +94,13 @@ pub(super) fn revoke(image: &mut ImageAttributes, from: &LaunchPermissions) {
 /// EnableImageDeprecation's limit for a public image: 2 years from its creation.
 pub(super) fn check_deprecation(
     image: &ImageAttributes,
-    started: tokio::time::Instant,
-    created_at: tokio::time::Instant,
+    creation_date: &str,
     at: DateTime<Utc>,
 ) -> Result<(), Refusal> {
     if !image.is_public() {
         return Ok(());
     }
-    let created: DateTime<Utc> = creation_date(started, created_at).parse().expect("an RFC 3339 date");
+    let created: DateTime<Utc> = creation_date.parse().expect("an RFC 3339 date");
     let limit = created.checked_add_months(Months::new(24)).expect("in range");
     if at > limit {
         return super::refuse(

@@ -34,13 +34,14 @@ pub const MAX_LABELS_PER_VERSION: usize = 10;
 /// How long after PutParameter SSM's validation of an `aws:ec2:image` value takes.
 pub const VALIDATION: Duration = Duration::from_secs(5);
 
-/// One SSM parameter.
-#[derive(Clone, Debug)]
+/// One SSM parameter (kept by `[sim] state` but for puts not yet validated: [`super::persist`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SimParameter {
     pub data_type: String,
     /// Oldest first.
     pub versions: Vec<ParameterVersion>,
     /// Puts answered and not yet validated.
+    #[serde(skip)]
     pending: Vec<PendingPut>,
     /// The number the last put was given (validated or not).
     last_number: u64,
@@ -57,7 +58,7 @@ struct PendingPut {
 
 /// One launch template: every version's image (version 1, as the account made it, has none) and
 /// description, and the default version.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SimLaunchTemplate {
     pub id: String,
     pub versions: Vec<(Option<ImageId>, String)>,
@@ -65,7 +66,7 @@ pub struct SimLaunchTemplate {
 }
 
 /// Parameters and launch templates of one region.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Publishing {
     pub parameters: BTreeMap<String, SimParameter>,
     pub launch_templates: BTreeMap<String, SimLaunchTemplate>,
