@@ -76,7 +76,7 @@ pub const PACKER_KEYS: &[PackerKey] = &[
     PackerKey { packer: "metadata_options", fleetbake: "`metadata = { http_tokens = \"required\", hop_limit = 2 }` in `[defaults]` or a `[[flavor]]`" },
     PackerKey {
         packer: "launch_block_device_mappings",
-        fleetbake: "`root_volume = { size_gb, volume_type, iops, throughput }` in `[defaults]` or a `[[flavor]]`",
+        fleetbake: "`root_volume = { size_gb, type, iops, throughput }` in `[defaults]` or a `[[flavor]]`",
     },
     PackerKey {
         packer: "environment_vars",
