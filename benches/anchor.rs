@@ -12,7 +12,8 @@
 //! fleetbake's calls are at most Packer's, and its wall at most 1.5 × Packer's.
 //!
 //! `cargo bench --bench anchor`: three rounds of each, the median wall printed. `cargo test --locked --bench
-//! anchor` (CI, debug build): one round of each, checked the same way. Never skips: a missing `packer` fails.
+//! anchor` (CI, debug build): one round of each, checked the same way but for the wall, at most 2 × Packer's
+//! there (fleetbake unoptimized, Packer not). Never skips: a missing `packer` fails.
 //! `FLEETBAKE_ANCHOR_TRACE=1` also prints every request each tool sent, with its time since the tool started.
 
 use std::collections::BTreeMap;
@@ -48,6 +49,9 @@ const IMAGES: usize = FLAVORS.len() * REGIONS.len() * 3;
 
 /// The target: fleetbake's wall at most this times Packer's (issue 27), with calls at most Packer's.
 const WALL_RATIO_CEILING: f64 = 1.5;
+/// The ceiling of the small row `cargo test` runs: there fleetbake is the unoptimized debug build (its SDK
+/// calls, ssh handling and preflight cost it CPU) while Packer is the same optimized binary.
+const DEBUG_WALL_RATIO_CEILING: f64 = 2.0;
 
 /// One request the counting proxy saw.
 struct Sent {
@@ -91,7 +95,7 @@ impl Tool {
 }
 
 fn main() {
-    let rounds = if full_run() { 3 } else { 1 };
+    let (rounds, ceiling) = if full_run() { (3, WALL_RATIO_CEILING) } else { (1, DEBUG_WALL_RATIO_CEILING) };
     let mut checks = Checks::default();
     let packer_version = Command::new("packer").arg("version").output().ok();
     let Some(packer_version) = packer_version.filter(|output| output.status.success()) else {
@@ -129,7 +133,7 @@ fn main() {
     }
     println!("{:<34} {:>10} {:>10}", "images", fleetbake.images, packer.images);
     let ratio = fleetbake.wall.as_secs_f64() / packer_wall.as_secs_f64();
-    println!("wall ratio fleetbake / packer: {ratio:.2} (at most {WALL_RATIO_CEILING})");
+    println!("wall ratio fleetbake / packer: {ratio:.2} (at most {ceiling})");
 
     for (fleetbake, packer) in &runs {
         for (tool, measured) in [(Tool::Fleetbake, fleetbake), (Tool::Packer, packer)] {
@@ -138,7 +142,7 @@ fn main() {
         }
         checks.at_most("fleetbake's calls (Packer's the ceiling)", fleetbake.total_calls(), packer.total_calls());
     }
-    checks.at_most("fleetbake's wall over Packer's", ratio, WALL_RATIO_CEILING);
+    checks.at_most("fleetbake's wall over Packer's", ratio, ceiling);
     checks.finish();
 }
 
