@@ -68,7 +68,9 @@ struct Expected {
     copy_image: u64,
     create_tags: u64,
     throttled: u64,
-    /// The most describes by id in any 2 s window (fleetbake's ways: never more than the fleet's regions).
+    /// A ceiling on the most describes by id in any 2 s window (fleetbake's ways: one per region for waits on
+    /// the cadence; waits checked soon, before the run has learned how long their kind takes, may describe
+    /// 0.625 s apart, which in the shared row varies by a describe or two from one run to the next).
     describes_per_interval: usize,
 }
 
@@ -208,7 +210,7 @@ fn check_row(checks: &mut Checks, scenario: &Scenario, row: &Row, statistics: &R
     checks.equal(format_args!("{name}: CopyImage"), class("copy_image"), expected.copy_image);
     checks.equal(format_args!("{name}: CreateTags"), class("create_tags"), expected.create_tags);
     checks.equal(format_args!("{name}: throttled responses"), statistics.throttled_responses, expected.throttled);
-    checks.equal(
+    checks.at_most(
         format_args!("{name}: describes per 2 s"),
         sim.peak_describes_per_interval,
         expected.describes_per_interval,
