@@ -381,13 +381,13 @@ fn main() {
                         non_mutating: None,
                         // Runs on 2026-12-07 counted 1942 to 1957 (adaptive pacing after the throttles varies
                         // by a few describes): a ceiling with room, not a pin CI can trip over.
-                        max_non_mutating: 2240,
+                        max_non_mutating: 2320,
                         mutating: 1032,
                         run_instances: 84,
                         copy_image: 240,
                         create_tags: 720,
                         throttled: 8,
-                        describes_per_interval: 32,
+                        describes_per_interval: 48,
                     },
                 ),
                 row("fixed", Strategy::FIXED_PACING),

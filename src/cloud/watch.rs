@@ -14,12 +14,13 @@
 //! A state that may already be reached is checked soon: until the run has seen a wait of that kind take a
 //! cadence step or longer (nothing learned yet, or a cloud that answers in under a second: moto, LocalStack),
 //! a wait first checks right after the call that started it (on a 125 ms step) and then at a short interval
-//! ([`WaitKind::soon_interval`]) that doubles onto the cadence, and its describes may come that soon after the
-//! region's last one of that kind. Once such waits are seen to take longer, they keep the cadence above.
+//! ([`WaitKind::soon_interval`]) that doubles onto the cadence; its first describe may go 125 ms after the
+//! region's last one of that kind, its later ones that interval after. Once such waits are seen to take longer, they keep the cadence above.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -229,7 +230,7 @@ impl RegionWaits {
         };
         let spacing = self.spacing(kind);
         self.timed(kind, INSTANCE_TIMEOUT, &format!("instance {id} {what}"), || async {
-            let status = self.status(&self.batcher.instances, id, spacing).await?;
+            let status = self.status(&self.batcher.instances, id, spacing.next()).await?;
             let unlisted_is_gone = !fresh.is_some_and(|created| created.is_recent());
             Ok(match kind.verdict(id, status.as_ref(), unlisted_is_gone) {
                 Poll::Ready(()) => Poll::Ready(status),
@@ -245,7 +246,7 @@ impl RegionWaits {
     pub async fn image(&self, id: &ImageId, kind: WaitKind, timeout: Duration) -> Result<Vec<SnapshotId>, WaitError> {
         let spacing = self.spacing(kind);
         self.timed(kind, timeout, &format!("image {id} to become available"), || async {
-            Ok(match self.status(&self.batcher.images, id, spacing).await? {
+            Ok(match self.status(&self.batcher.images, id, spacing.next()).await? {
                 Some(status) => match status.state {
                     ImageState::Available => Poll::Ready(status.snapshot_ids),
                     ImageState::Pending => Poll::NotYet,
@@ -294,12 +295,37 @@ impl RegionWaits {
     }
 
     /// How soon after the region's last describe of this kind a wait of `kind` begun now may have the next
-    /// sent: [`BATCH_INTERVAL`], or for a wait checked soon ([`Waits::soon`]) its soon interval.
-    fn spacing(&self, kind: WaitKind) -> Duration {
+    /// sent: [`BATCH_INTERVAL`]; for a wait checked soon ([`Waits::soon`]), its first check a [`SOON_STEP`]
+    /// after (a state already reached is seen within a round trip, as the AWS SDK for Go's waiters see it) and
+    /// its later ones its soon interval after.
+    fn spacing(&self, kind: WaitKind) -> Spacing {
         if Waits::soon(self.waits.first_check(kind)) {
-            kind.soon_interval().min(BATCH_INTERVAL)
+            Spacing {
+                first: SOON_STEP,
+                then: kind.soon_interval().min(BATCH_INTERVAL),
+                checked: AtomicBool::new(false),
+            }
         } else {
-            BATCH_INTERVAL
+            Spacing { first: BATCH_INTERVAL, then: BATCH_INTERVAL, checked: AtomicBool::new(false) }
+        }
+    }
+}
+
+/// How soon after the region's last describe of its kind each check of one wait may have its describe sent.
+struct Spacing {
+    first: Duration,
+    then: Duration,
+    /// Whether the wait has checked once.
+    checked: AtomicBool,
+}
+
+impl Spacing {
+    /// The spacing of the wait's next check.
+    fn next(&self) -> Duration {
+        if self.checked.swap(true, Ordering::Relaxed) {
+            self.then
+        } else {
+            self.first
         }
     }
 }
@@ -428,11 +454,13 @@ mod tests {
         Waits::new(Arc::new(SimCloud::new(&fleet)), WaitStyle::Batched)
     }
 
-    /// (first check, first interval, first check's step, spacing of its describes) of a wait of `kind`.
-    fn schedule(waits: &Arc<Waits>, kind: WaitKind) -> (Duration, Duration, Duration, Duration) {
+    /// (first check, first interval, first check's step, (spacing of its first describe, of the later ones)) of
+    /// a wait of `kind`.
+    fn schedule(waits: &Arc<Waits>, kind: WaitKind) -> (Duration, Duration, Duration, (Duration, Duration)) {
         let policy = waits.policy(kind, Duration::from_secs(600));
         let spacing = waits.region(&Region::new("us-west-2")).spacing(kind);
-        (policy.first_check, policy.first_interval, policy.first_step, spacing)
+        let first = spacing.next();
+        (policy.first_check, policy.first_interval, policy.first_step, (first, spacing.next()))
     }
 
     #[tokio::test(start_paused = true)]
@@ -440,21 +468,24 @@ mod tests {
         let waits = waits();
         let ms = Duration::from_millis;
         // Nothing learned yet: at once (on the 125 ms step), then 0.625 s for an instance, 1.25 s for an image.
-        assert_eq!(schedule(&waits, WaitKind::InstanceRunning), (ms(0), ms(625), ms(125), ms(625)));
-        assert_eq!(schedule(&waits, WaitKind::ImageCopied), (ms(0), ms(1250), ms(125), ms(1250)));
+        assert_eq!(schedule(&waits, WaitKind::InstanceRunning), (ms(0), ms(625), ms(125), (ms(125), ms(625))));
+        assert_eq!(schedule(&waits, WaitKind::ImageCopied), (ms(0), ms(1250), ms(125), (ms(125), ms(1250))));
         // A cloud that answers at once (moto): still soon.
         waits.learn(WaitKind::InstanceRunning, ms(300));
-        assert_eq!(schedule(&waits, WaitKind::InstanceRunning), (ms(0), ms(625), ms(125), ms(625)));
+        assert_eq!(schedule(&waits, WaitKind::InstanceRunning), (ms(0), ms(625), ms(125), (ms(125), ms(625))));
         // EC2: a copy took 14 minutes. From then on its kind first checks at the shortest, on the cadence, and
         // its describes keep the region's batch interval; other kinds are still checked soon.
         waits.learn(WaitKind::ImageCopied, Duration::from_secs(14 * 60));
         assert_eq!(
             schedule(&waits, WaitKind::ImageCopied),
-            (Duration::from_secs(14 * 60), CADENCE, ms(500), BATCH_INTERVAL)
+            (Duration::from_secs(14 * 60), CADENCE, ms(500), (BATCH_INTERVAL, BATCH_INTERVAL))
         );
-        assert_eq!(schedule(&waits, WaitKind::ImageCreated), (ms(0), ms(1250), ms(125), ms(1250)));
+        assert_eq!(schedule(&waits, WaitKind::ImageCreated), (ms(0), ms(1250), ms(125), (ms(125), ms(1250))));
         // One that took exactly a cadence step is no longer soon.
         waits.learn(WaitKind::InstanceStopped, CADENCE);
-        assert_eq!(schedule(&waits, WaitKind::InstanceStopped), (CADENCE, CADENCE, ms(500), BATCH_INTERVAL));
+        assert_eq!(
+            schedule(&waits, WaitKind::InstanceStopped),
+            (CADENCE, CADENCE, ms(500), (BATCH_INTERVAL, BATCH_INTERVAL))
+        );
     }
 }
