@@ -5,6 +5,8 @@
 #   - the unprivileged login users the test sshd lets in (`fbtest`; `fbkeys`, whose authorized_keys a test
 #     watches)
 #   - `script` (a pseudo-terminal for the live view's tests) and `pkill` (Debian `bsdutils`, `procps`)
+#   - Debian's `packer` (1.6.6, its amazon-ebs builder built in): benches/anchor.rs bakes the same images with
+#     it and with fleetbake on moto, and compares wall and calls (~15 s to install here)
 # Prints the path of `moto_server` on its last line.
 set -euo pipefail
 
@@ -32,6 +34,7 @@ fi
 missing=()
 command -v script >/dev/null 2>&1 || missing+=(bsdutils)
 command -v pkill >/dev/null 2>&1 || missing+=(procps)
+command -v packer >/dev/null 2>&1 || missing+=(packer)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
   if [ "$(id -u)" -ne 0 ]; then

@@ -24,6 +24,9 @@ pub struct PollPolicy {
     /// 1/`stretch` of the time waited so far (a wait of 20 minutes is not ending within seconds), keeping the
     /// delay in noticing the end under about 1/`stretch` of the wait.
     pub stretch: u32,
+    /// On a cadence: the step the first check (and a check skipped ahead to) is aligned to, so that waits
+    /// that began within one step of each other share it.
+    pub first_step: Duration,
 }
 
 impl PollPolicy {
@@ -36,6 +39,7 @@ impl PollPolicy {
             timeout,
             cadence: None,
             stretch: 0,
+            first_step: FIRST_CHECK_STEP,
         }
     }
 
@@ -49,6 +53,7 @@ impl PollPolicy {
             timeout,
             cadence: None,
             stretch: 0,
+            first_step: FIRST_CHECK_STEP,
         }
     }
 
@@ -71,6 +76,11 @@ impl PollPolicy {
 
     pub fn with_first_check(self, first_check: Duration) -> Self {
         PollPolicy { first_check, ..self }
+    }
+
+    /// The same policy, its first check (on a cadence) aligned to `first_step` instead of [`FIRST_CHECK_STEP`].
+    pub fn with_first_step(self, first_step: Duration) -> Self {
+        PollPolicy { first_step, ..self }
     }
 }
 
@@ -122,7 +132,7 @@ where
     let first = match policy.cadence {
         // The first check on a finer step of the cadence: waits that began together share it, and none is
         // seen more than a moment late.
-        Some(origin) => on_cadence(origin, started + policy.first_check, FIRST_CHECK_STEP, false),
+        Some(origin) => on_cadence(origin, started + policy.first_check, policy.first_step, false),
         None => started + policy.first_check,
     };
     tokio::time::sleep_until(deadline.clip(first)).await;
@@ -142,7 +152,7 @@ where
         };
         if let Some(earliest) = not_before().filter(|earliest| *earliest > next) {
             next = match policy.cadence {
-                Some(origin) => on_cadence(origin, earliest, FIRST_CHECK_STEP, false),
+                Some(origin) => on_cadence(origin, earliest, policy.first_step, false),
                 None => earliest,
             };
             // Near the expected end: start again from the first interval.
@@ -155,7 +165,8 @@ where
     }
 }
 
-/// The step a first check (and a check skipped ahead to) is aligned to on a cadence.
+/// The step a first check (and a check skipped ahead to) is aligned to on a cadence, unless the policy says
+/// another ([`PollPolicy::with_first_step`]).
 const FIRST_CHECK_STEP: Duration = Duration::from_millis(500);
 
 /// The first instant `origin + k × step` at or after `at` (strictly after it, if `after`).
@@ -215,6 +226,25 @@ mod tests {
         // The first check on the next 0.5 s step; then 2.5 s, 5, 10: each on a multiple of its interval.
         assert_eq!(at(300), [500, 2500, 5000, 10000, 20000, 30000, 40000]);
         assert_eq!(at(7100), [7500, 10000, 15000, 20000, 30000, 40000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_check_on_a_finer_step_then_intervals_doubling_onto_the_cadence() {
+        let origin = tokio::time::Instant::now();
+        let policy = PollPolicy::new(Duration::from_millis(625), Duration::from_secs(5), Duration::from_secs(60))
+            .with_first_step(Duration::from_millis(125))
+            .with_cadence(origin);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let checks = std::sync::Mutex::new(Vec::new());
+        poll_until(policy, "x", || async {
+            checks.lock().unwrap().push(origin.elapsed().as_millis());
+            Ok(if origin.elapsed() >= Duration::from_secs(6) { Poll::Ready(()) } else { Poll::NotYet })
+        })
+        .await
+        .unwrap();
+        // The first check on the next 125 ms step, not the next 500 ms one; then 0.625 s, 1.25, 2.5, 5 (the
+        // ceiling), each on a multiple of its interval.
+        assert_eq!(checks.into_inner().unwrap(), [375, 625, 1250, 2500, 5000, 10000]);
     }
 
     #[tokio::test(start_paused = true)]

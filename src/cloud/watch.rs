@@ -3,17 +3,24 @@
 //! Jobs wait for instances (running, stopped, terminated) and images (available) through [`RegionWaits`].
 //! Checks in one region are coalesced: every check asked for while a describe is due joins it, and a region's
 //! describes of one kind are at least [`BATCH_INTERVAL`] apart — one DescribeImages and one DescribeInstances
-//! per region per interval, however many jobs wait there. The waits of a region keep one cadence: each check
+//! per region per interval, however many jobs wait there (but see "checked soon" below). The waits of a region keep one cadence: each check
 //! falls on a multiple of its interval ([`CADENCE`], doubling to a ceiling of 5 s for instances and 10 s for
 //! images, and past it, for a wait that has lasted minutes, up to 1/30 of the time waited) counted from the
 //! run's origin, so waits at the same interval check at the same instants and a region whose waits all have
 //! minutes to go describes at most every 10 s. Each wait's first check comes from what the run has learned:
 //! the shortest time the same kind of wait has taken so far — also for a wait that began before any ended,
 //! which skips ahead once one does.
+//!
+//! A state that may already be reached is checked soon: until the run has seen a wait of that kind take a
+//! cadence step or longer (nothing learned yet, or a cloud that answers in under a second: moto, LocalStack),
+//! a wait first checks right after the call that started it (on a 125 ms step) and then at a short interval
+//! ([`WaitKind::soon_interval`]) that doubles onto the cadence; its first describe may go 125 ms after the
+//! region's last one of that kind, its later ones that interval after. Once such waits are seen to take longer, they keep the cadence above.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,11 +37,14 @@ use crate::cloud::{
 };
 use crate::config::{Place, Region};
 
-/// The shortest time between two describes of one kind in one region.
+/// The shortest time between two describes of one kind in one region, for waits on the cadence (a wait
+/// checked soon may have one sent its [`WaitKind::soon_interval`] after the last).
 pub const BATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// The step of a region's cadence: every check of a batched wait falls on a multiple of it, and its first
 /// interval after a check.
 pub const CADENCE: Duration = Duration::from_millis(2500);
+/// The step a soon wait's first check is aligned to: waits begun within it share one describe.
+const SOON_STEP: Duration = Duration::from_millis(125);
 /// Instance state changes take seconds to minutes.
 const INSTANCE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
@@ -49,6 +59,22 @@ pub enum WaitKind {
 }
 
 impl WaitKind {
+    /// The first pause of a wait that may end within seconds, before it doubles onto the cadence ([`CADENCE`]
+    /// is 4 and 2 of them). The first check itself comes at once, as the waiters of the AWS SDK for Go that the
+    /// Packer amazon plugin waits with make their first attempt at once (`builder/common/state.go`:
+    /// `WaitUntilInstanceRunning`, `WaitUntilAMIAvailable`, `WaitUntilInstanceTerminated`;
+    /// `builder/common/step_stop_ebs_instance.go`: `WaitUntilInstanceStoppedWithContext`) and only then sleep
+    /// their delay (15 s unless `AWS_POLL_DELAY_SECONDS` says otherwise). EC2's instance states change within
+    /// seconds ("Instance lifecycle": pending to running, stopping to stopped), so an instance is looked at
+    /// again after 0.625 s; an image is made from its snapshots in minutes ("Create an Amazon EBS-backed AMI",
+    /// "Copy an AMI"), so after 1.25 s.
+    fn soon_interval(self) -> Duration {
+        match self {
+            WaitKind::InstanceRunning | WaitKind::InstanceStopped | WaitKind::InstanceTerminated => CADENCE / 4,
+            WaitKind::ImageCreated | WaitKind::ImageCopied => CADENCE / 2,
+        }
+    }
+
     /// The longest pause between two checks of one wait. Checks are batched per region, so a short ceiling
     /// costs at most one describe per region per interval however many jobs wait.
     fn max_interval(self) -> Duration {
@@ -136,10 +162,25 @@ impl Waits {
     fn policy(&self, kind: WaitKind, timeout: Duration) -> PollPolicy {
         match self.style {
             WaitStyle::Alone { interval } => PollPolicy::fixed(interval, timeout),
-            WaitStyle::Batched => PollPolicy::new(CADENCE, kind.max_interval(), timeout)
-                .with_first_check(self.first_check(kind).unwrap_or_default())
-                .with_cadence(self.cadence),
+            WaitStyle::Batched => {
+                let shortest = self.first_check(kind);
+                let policy = if Self::soon(shortest) {
+                    // At once: the shortest so far (under a cadence step) is mostly the describe's own round trip.
+                    PollPolicy::new(kind.soon_interval(), kind.max_interval(), timeout).with_first_step(SOON_STEP)
+                } else {
+                    PollPolicy::new(CADENCE, kind.max_interval(), timeout)
+                        .with_first_check(shortest.unwrap_or_default())
+                };
+                policy.with_cadence(self.cadence)
+            }
         }
+    }
+
+    /// Whether a wait of a kind whose shortest so far is `shortest` (`None`: none ended yet) may end within
+    /// seconds, and is checked soon ([`WaitKind::soon_interval`]): nothing learned yet, or every one so far
+    /// ended within a cadence step.
+    fn soon(shortest: Option<Duration>) -> bool {
+        shortest.is_none_or(|shortest| shortest < CADENCE)
     }
 
     /// How long after it starts a wait of this kind first checks: the shortest such wait of the run so far
@@ -187,8 +228,9 @@ impl RegionWaits {
             WaitKind::InstanceStopped => "to stop",
             _ => "to terminate",
         };
+        let spacing = self.spacing(kind);
         self.timed(kind, INSTANCE_TIMEOUT, &format!("instance {id} {what}"), || async {
-            let status = self.status(&self.batcher.instances, id).await?;
+            let status = self.status(&self.batcher.instances, id, spacing.next()).await?;
             let unlisted_is_gone = !fresh.is_some_and(|created| created.is_recent());
             Ok(match kind.verdict(id, status.as_ref(), unlisted_is_gone) {
                 Poll::Ready(()) => Poll::Ready(status),
@@ -202,8 +244,9 @@ impl RegionWaits {
     /// Waits until the image is available (`kind` is [`WaitKind::ImageCreated`] or [`WaitKind::ImageCopied`]);
     /// returns its snapshots.
     pub async fn image(&self, id: &ImageId, kind: WaitKind, timeout: Duration) -> Result<Vec<SnapshotId>, WaitError> {
+        let spacing = self.spacing(kind);
         self.timed(kind, timeout, &format!("image {id} to become available"), || async {
-            Ok(match self.status(&self.batcher.images, id).await? {
+            Ok(match self.status(&self.batcher.images, id, spacing.next()).await? {
                 Some(status) => match status.state {
                     ImageState::Available => Poll::Ready(status.snapshot_ids),
                     ImageState::Pending => Poll::NotYet,
@@ -240,13 +283,49 @@ impl RegionWaits {
         result
     }
 
-    /// The status of `id` in this region: from the next batched describe, or from one of its own.
-    async fn status<S: Described>(&self, batch: &Batch<S>, id: &S::Id) -> CloudResult<Option<S>> {
+    /// The status of `id` in this region: from the next batched describe, or from one of its own. `spacing`:
+    /// how soon after the region's last describe of this kind the next may go.
+    async fn status<S: Described>(&self, batch: &Batch<S>, id: &S::Id, spacing: Duration) -> CloudResult<Option<S>> {
         match self.waits.style {
             WaitStyle::Alone { .. } => {
                 Ok(S::describe(&*self.cloud, std::slice::from_ref(id)).await?.into_iter().find(|s| s.id() == id))
             }
-            WaitStyle::Batched => batch.check(id.clone(), &self.cloud).await,
+            WaitStyle::Batched => batch.check(id.clone(), &self.cloud, spacing).await,
+        }
+    }
+
+    /// How soon after the region's last describe of this kind a wait of `kind` begun now may have the next
+    /// sent: [`BATCH_INTERVAL`]; for a wait checked soon ([`Waits::soon`]), its first check a [`SOON_STEP`]
+    /// after (a state already reached is seen within a round trip, as the AWS SDK for Go's waiters see it) and
+    /// its later ones its soon interval after.
+    fn spacing(&self, kind: WaitKind) -> Spacing {
+        if Waits::soon(self.waits.first_check(kind)) {
+            Spacing {
+                first: SOON_STEP,
+                then: kind.soon_interval().min(BATCH_INTERVAL),
+                checked: AtomicBool::new(false),
+            }
+        } else {
+            Spacing { first: BATCH_INTERVAL, then: BATCH_INTERVAL, checked: AtomicBool::new(false) }
+        }
+    }
+}
+
+/// How soon after the region's last describe of its kind each check of one wait may have its describe sent.
+struct Spacing {
+    first: Duration,
+    then: Duration,
+    /// Whether the wait has checked once.
+    checked: AtomicBool,
+}
+
+impl Spacing {
+    /// The spacing of the wait's next check.
+    fn next(&self) -> Duration {
+        if self.checked.swap(true, Ordering::Relaxed) {
+            self.then
+        } else {
+            self.first
         }
     }
 }
@@ -311,8 +390,10 @@ impl<S: Described> Batch<S> {
         Batch { region: region.clone(), state: Arc::new(Mutex::new(BatchState { due: None, last_sent: None })) }
     }
 
-    /// The status of `id` from the next describe of this region (None: the describe did not list it).
-    async fn check(&self, id: S::Id, cloud: &Arc<dyn RegionCloud>) -> CloudResult<Option<S>> {
+    /// The status of `id` from the next describe of this region (None: the describe did not list it). A
+    /// describe is sent `spacing` after the last one at the earliest (a check that joins one already due waits
+    /// for it).
+    async fn check(&self, id: S::Id, cloud: &Arc<dyn RegionCloud>, spacing: Duration) -> CloudResult<Option<S>> {
         let mut answer = {
             let mut state = self.state.lock().expect("not poisoned");
             match &mut state.due {
@@ -323,7 +404,7 @@ impl<S: Described> Batch<S> {
                 None => {
                     let (sender, receiver) = watch::channel(None);
                     let send_at = match state.last_sent {
-                        Some(last) => (last + BATCH_INTERVAL).max(Instant::now()),
+                        Some(last) => (last + spacing).max(Instant::now()),
                         None => Instant::now(),
                     };
                     state.due = Some(DueDescribe { ids: HashSet::from([id.clone()]), answer: sender });
@@ -358,5 +439,53 @@ impl<S: Described> Batch<S> {
             .map(|found| Arc::new(found.into_iter().map(|status| (status.id().clone(), status)).collect()));
         // Nobody listening any more (every waiter gave up) is fine.
         let _ = due.answer.send(Some(answer));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::sim::SimCloud;
+
+    fn waits() -> Arc<Waits> {
+        let text = "[fleet]\nname = \"waits\"\n\n[defaults]\ninstance_type = \"t3.micro\"\nssh_username = \"u\"\n\n\
+                    [[flavor]]\nname = \"a\"\nsource_ami = { id = \"ami-1\" }\n\n[regions]\nus-west-2 = []\n";
+        let fleet = crate::config::parse(std::path::Path::new("fleet.toml"), text).expect("the test fleet parses");
+        Waits::new(Arc::new(SimCloud::new(&fleet)), WaitStyle::Batched)
+    }
+
+    /// (first check, first interval, first check's step, (spacing of its first describe, of the later ones)) of
+    /// a wait of `kind`.
+    fn schedule(waits: &Arc<Waits>, kind: WaitKind) -> (Duration, Duration, Duration, (Duration, Duration)) {
+        let policy = waits.policy(kind, Duration::from_secs(600));
+        let spacing = waits.region(&Region::new("us-west-2")).spacing(kind);
+        let first = spacing.next();
+        (policy.first_check, policy.first_interval, policy.first_step, (first, spacing.next()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_is_checked_soon_until_its_kind_is_seen_to_take_a_cadence_step() {
+        let waits = waits();
+        let ms = Duration::from_millis;
+        // Nothing learned yet: at once (on the 125 ms step), then 0.625 s for an instance, 1.25 s for an image.
+        assert_eq!(schedule(&waits, WaitKind::InstanceRunning), (ms(0), ms(625), ms(125), (ms(125), ms(625))));
+        assert_eq!(schedule(&waits, WaitKind::ImageCopied), (ms(0), ms(1250), ms(125), (ms(125), ms(1250))));
+        // A cloud that answers at once (moto): still soon.
+        waits.learn(WaitKind::InstanceRunning, ms(300));
+        assert_eq!(schedule(&waits, WaitKind::InstanceRunning), (ms(0), ms(625), ms(125), (ms(125), ms(625))));
+        // EC2: a copy took 14 minutes. From then on its kind first checks at the shortest, on the cadence, and
+        // its describes keep the region's batch interval; other kinds are still checked soon.
+        waits.learn(WaitKind::ImageCopied, Duration::from_secs(14 * 60));
+        assert_eq!(
+            schedule(&waits, WaitKind::ImageCopied),
+            (Duration::from_secs(14 * 60), CADENCE, ms(500), (BATCH_INTERVAL, BATCH_INTERVAL))
+        );
+        assert_eq!(schedule(&waits, WaitKind::ImageCreated), (ms(0), ms(1250), ms(125), (ms(125), ms(1250))));
+        // One that took exactly a cadence step is no longer soon.
+        waits.learn(WaitKind::InstanceStopped, CADENCE);
+        assert_eq!(
+            schedule(&waits, WaitKind::InstanceStopped),
+            (CADENCE, CADENCE, ms(500), (BATCH_INTERVAL, BATCH_INTERVAL))
+        );
     }
 }

@@ -127,9 +127,10 @@ fn a_simulated_night_runs_at_the_critical_path_bound_and_leaves_nothing() {
     assert_eq!(bound, (60 + 30 + 5 * 60 + 30 + 7 * 60 + 15 * 60) as f64, "the ubuntu builds take 5 min to provision");
     let makespan = summary["makespan_seconds"].as_f64().unwrap();
     assert!(makespan >= bound && makespan <= bound * 1.05, "makespan {makespan} s against a bound of {bound} s");
-    // Waits are batched: never more describes of a kind in one 2 s window than there are regions.
+    // Waits are batched: on the cadence, a describe of a kind per region per 2 s at most; the first wave's
+    // waits, checked soon (nothing of their kind ended yet), may describe 0.625 s apart: here at most twice.
     let peak = summary["sim"]["peak_describes_per_interval"].as_u64().unwrap();
-    assert!((1..=5).contains(&peak), "{peak} describes in one interval across 5 regions");
+    assert!((1..=2 * 5).contains(&peak), "{peak} describes in one interval across 5 regions");
     let ingress: Vec<&str> =
         summary["sim"]["ingress"].as_array().unwrap().iter().map(|rule| rule.as_str().unwrap()).collect();
     assert_eq!(ingress.len(), 4, "one rule per build: {ingress:?}");
