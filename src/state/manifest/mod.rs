@@ -275,8 +275,7 @@ fn write_object<W: std::io::Write, K: serde::Serialize, V>(
     out.write_all(b"}")
 }
 
-/// An image's pretty JSON, its lines `width` further in, from `fragments` (made there the first time, kept
-/// without the indentation, which is added as it is written).
+/// An image's pretty JSON, its lines `width` further in, from `fragments` (made there the first time).
 fn write_fragment(
     out: &mut impl std::io::Write,
     width: usize,
@@ -287,21 +286,19 @@ fn write_fragment(
     let fragment = match fragments.entry(key) {
         std::collections::hash_map::Entry::Occupied(cached) => cached.into_mut(),
         std::collections::hash_map::Entry::Vacant(empty) => {
-            let mut pretty = serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?;
-            pretty.shrink_to_fit();
-            empty.insert(pretty)
+            let pretty = serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?;
+            let lines = pretty.iter().filter(|&&byte| byte == b'\n').count();
+            let mut indented = Vec::with_capacity(pretty.len() + lines * width);
+            for &byte in &pretty {
+                indented.push(byte);
+                if byte == b'\n' {
+                    indented.extend(std::iter::repeat_n(b' ', width));
+                }
+            }
+            empty.insert(indented)
         }
     };
-    let mut lines = fragment.split(|&byte| byte == b'\n');
-    if let Some(first) = lines.next() {
-        out.write_all(first)?;
-    }
-    for line in lines {
-        out.write_all(b"\n")?;
-        indent(out, width)?;
-        out.write_all(line)?;
-    }
-    Ok(())
+    out.write_all(fragment)
 }
 
 /// Keeps the manifest on disk true to what exists, as events arrive: after a batch of events that changed it,
