@@ -473,7 +473,8 @@ impl RegionState {
     /// Whether an image of the region has this name (EC2: `InvalidAMIName.Duplicate` for a second one; a
     /// deregistered image's name is free again). The index is checked against the image it names.
     fn image_name_in_use(&self, name: &str) -> bool {
-        let indexed = self.image_names.get(name).and_then(|id| self.images.get(id)).is_some_and(|image| image.name == name);
+        let indexed =
+            self.image_names.get(name).and_then(|id| self.images.get(id)).is_some_and(|image| image.name == name);
         indexed || (self.images.len() != self.image_names.len() && self.images.values().any(|image| image.name == name))
     }
 

@@ -375,8 +375,9 @@ impl ManifestWriter {
         self.last_write = Some(Instant::now());
         let failed = |error| ReportError(format!("cannot write the manifest `{}`: {error}", self.path.display()));
         let fragments = &mut self.fragments;
-        let written = crate::state::atomic::replace_streamed(&self.path, |out| manifest.serialize_cached(out, fragments))
-            .map_err(failed)?;
+        let written =
+            crate::state::atomic::replace_streamed(&self.path, |out| manifest.serialize_cached(out, fragments))
+                .map_err(failed)?;
         self.counters.bytes.fetch_add(written, Ordering::Relaxed);
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.last_size = written;
