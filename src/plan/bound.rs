@@ -50,8 +50,16 @@ impl JobDurations {
                     Some(flavor) => flavor.sim_provision.unwrap_or(sim.provision),
                     None => sim.provision,
                 };
-                let to_image = sim.boot + sim.ssh_ready + provision + sim.stop + sim.create_image;
-                BuildDuration { to_image, to_cleaned_up: to_image + sim.terminate }
+                let built = sim.boot + sim.ssh_ready + provision + sim.stop + sim.create_image;
+                // An image with tests is handed on only once they pass (`steps::build::test`): an instance
+                // launched from it, reached, the tests run (`[sim] test` in all). The stack then unwinds the
+                // test instance and the build instance one after the other, each waited to `terminated`.
+                let tested = flavor.is_some_and(|flavor| !flavor.tests.is_empty());
+                let (to_image, instances) = match tested {
+                    true => (built + sim.boot + sim.ssh_ready + sim.test, 2),
+                    false => (built, 1),
+                };
+                BuildDuration { to_image, to_cleaned_up: to_image + sim.terminate * instances }
             })
             .collect();
         JobDurations { builds, copies: vec![sim.copy_image; plan.copies.len()] }
@@ -216,7 +224,7 @@ mod tests {
         let text = format!(
             "[fleet]\nname = \"bound\"\n\n[defaults]\ninstance_type = \"t3.micro\"\nssh_username = \"u\"\n\n{flavors}\n\
              [regions]\n{regions}\n\n[sim]\nboot = \"1s\"\nssh_ready = \"2s\"\nprovision = \"4s\"\nstop = \"8s\"\n\
-             create_image = \"16s\"\nterminate = \"32s\"\ncopy_image = \"64s\"\n"
+             create_image = \"16s\"\nterminate = \"32s\"\ncopy_image = \"64s\"\ntest = \"256s\"\n"
         );
         crate::config::parse(std::path::Path::new("fleet.toml"), &text).expect("the test fleet parses")
     }
@@ -242,6 +250,25 @@ mod tests {
         let cleaned: Vec<u64> = durations.builds.iter().map(|build| build.to_cleaned_up.as_secs()).collect();
         assert_eq!(cleaned, [59, 63, 187], "terminate (32 s) after the image");
         assert_eq!(durations.copies, vec![Duration::from_secs(64); 6]);
+    }
+
+    #[test]
+    fn simulated_durations_count_a_flavor_s_image_tests() {
+        let tested = format!(
+            "{FLAVORS}\n[[flavor]]\nname = \"tested\"\nsource_ami = {{ id = \"ami-1\" }}\n\
+             provisioners = [{{ type = \"shell\", inline = [\"true\"] }}]\n\
+             tests = [{{ type = \"shell\", inline = [\"true\"] }}, {{ type = \"shell\", inline = [\"true\"] }}]\n"
+        );
+        let fleet = fleet(&tested, "us-west-2 = [\"us-east-1\"]");
+        let plan = plan(&fleet);
+        let durations = JobDurations::simulated(&plan, &fleet);
+        let tested = durations.builds[3];
+        // The build's 31 s, then an instance from the image booted (1) and reached (2), the tests' 256 s in all.
+        assert_eq!(tested.to_image.as_secs(), 31 + 1 + 2 + 256);
+        // Two instances terminated one after the other (32 s each).
+        assert_eq!(tested.to_cleaned_up.as_secs(), 290 + 64);
+        let untested: Vec<u64> = durations.builds[..3].iter().map(|build| build.to_image.as_secs()).collect();
+        assert_eq!(untested, [27, 31, 155], "flavors without tests are as before");
     }
 
     #[test]

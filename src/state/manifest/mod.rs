@@ -203,77 +203,82 @@ impl Manifest {
         Ok(())
     }
 
-    /// As [`Manifest::serialize_into`], byte for byte, with each image's JSON taken from `fragments` (made and
-    /// kept there the first time): a rewrite serializes only what changed since the last, and copies the rest.
-    pub fn serialize_cached(
+    /// As [`Manifest::serialize_into`], byte for byte, into `out`, with each image's JSON taken from `fragments`
+    /// (made and kept there the first time): a rewrite serializes only what changed since the last, and copies
+    /// the rest. Streamed: the whole file is never in memory at once (5 MB for 10,000 images).
+    pub fn serialize_cached<W: std::io::Write>(
         &mut self,
-        buffer: &mut Vec<u8>,
+        out: &mut W,
         fragments: &mut HashMap<(FlavorName, Place), Vec<u8>>,
     ) -> std::io::Result<()> {
         let artifacts = std::mem::take(&mut self.artifacts);
         let distributed = std::mem::take(&mut self.distributed);
-        let serialized = self.serialize_into(buffer);
+        let mut around = Vec::new();
+        let serialized = self.serialize_into(&mut around);
         self.artifacts = artifacts;
         self.distributed = distributed;
         serialized?;
         // The document around the two maps, as serde_json wrote it with both empty; the maps go in their place.
         const EMPTY: &[u8] = b"\n  \"artifacts\": {},\n  \"distributed\": {},\n";
         const DISTRIBUTED: &[u8] = b",\n  \"distributed\": ";
-        let at = buffer.windows(EMPTY.len()).position(|window| window == EMPTY).expect("the manifest has its maps");
-        let tail = buffer.split_off(at + EMPTY.len() - 2);
-        buffer.truncate(at + EMPTY.len() - 4 - (DISTRIBUTED.len() + 2));
-        write_object(buffer, 2, &self.artifacts, |buffer, flavor, regions| {
-            write_object(buffer, 4, regions, |buffer, region, entry| {
+        let at = around.windows(EMPTY.len()).position(|window| window == EMPTY).expect("the manifest has its maps");
+        out.write_all(&around[..at + EMPTY.len() - 4 - (DISTRIBUTED.len() + 2)])?;
+        write_object(out, 2, &self.artifacts, |out, flavor, regions| {
+            write_object(out, 4, regions, |out, region, entry| {
                 let place = Place::own(region.clone());
-                write_fragment(buffer, 6, fragments, (flavor.clone(), place), entry)
+                write_fragment(out, 6, fragments, (flavor.clone(), place), entry)
             })
         })?;
-        buffer.extend_from_slice(DISTRIBUTED);
-        write_object(buffer, 2, &self.distributed, |buffer, flavor, accounts| {
-            write_object(buffer, 4, accounts, |buffer, account, regions| {
-                write_object(buffer, 6, regions, |buffer, region, entry| {
+        out.write_all(DISTRIBUTED)?;
+        write_object(out, 2, &self.distributed, |out, flavor, accounts| {
+            write_object(out, 4, accounts, |out, account, regions| {
+                write_object(out, 6, regions, |out, region, entry| {
                     let place = Place { account: Account::Id(account.clone()), region: region.clone() };
-                    write_fragment(buffer, 8, fragments, (flavor.clone(), place), entry)
+                    write_fragment(out, 8, fragments, (flavor.clone(), place), entry)
                 })
             })
         })?;
-        buffer.extend_from_slice(&tail);
-        Ok(())
+        out.write_all(&around[at + EMPTY.len() - 2..])
     }
+}
+
+/// Indentation, written a slice at a time.
+const SPACES: &[u8] = &[b' '; 16];
+
+fn indent(out: &mut impl std::io::Write, width: usize) -> std::io::Result<()> {
+    out.write_all(&SPACES[..width.min(SPACES.len())])
 }
 
 /// A map as serde_json's pretty printer writes it with its closing brace at `indent`: `{}` when empty, else each
 /// `"key": value` on a line of its own two spaces further in.
-fn write_object<K: serde::Serialize, V>(
-    buffer: &mut Vec<u8>,
-    indent: usize,
+fn write_object<W: std::io::Write, K: serde::Serialize, V>(
+    out: &mut W,
+    width: usize,
     map: &BTreeMap<K, V>,
-    mut value: impl FnMut(&mut Vec<u8>, &K, &V) -> std::io::Result<()>,
+    mut value: impl FnMut(&mut W, &K, &V) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     if map.is_empty() {
-        buffer.extend_from_slice(b"{}");
-        return Ok(());
+        return out.write_all(b"{}");
     }
-    buffer.extend_from_slice(b"{\n");
+    out.write_all(b"{\n")?;
     for (index, (key, item)) in map.iter().enumerate() {
         if index > 0 {
-            buffer.extend_from_slice(b",\n");
+            out.write_all(b",\n")?;
         }
-        buffer.extend(std::iter::repeat_n(b' ', indent + 2));
-        serde_json::to_writer(&mut *buffer, key).map_err(std::io::Error::other)?;
-        buffer.extend_from_slice(b": ");
-        value(buffer, key, item)?;
+        indent(out, width + 2)?;
+        serde_json::to_writer(&mut *out, key).map_err(std::io::Error::other)?;
+        out.write_all(b": ")?;
+        value(out, key, item)?;
     }
-    buffer.push(b'\n');
-    buffer.extend(std::iter::repeat_n(b' ', indent));
-    buffer.push(b'}');
-    Ok(())
+    out.write_all(b"\n")?;
+    indent(out, width)?;
+    out.write_all(b"}")
 }
 
-/// An image's pretty JSON, its lines `indent` further in, from `fragments` (made there the first time).
+/// An image's pretty JSON, its lines `width` further in, from `fragments` (made there the first time).
 fn write_fragment(
-    buffer: &mut Vec<u8>,
-    indent: usize,
+    out: &mut impl std::io::Write,
+    width: usize,
     fragments: &mut HashMap<(FlavorName, Place), Vec<u8>>,
     key: (FlavorName, Place),
     entry: &ImageEntry,
@@ -282,18 +287,18 @@ fn write_fragment(
         std::collections::hash_map::Entry::Occupied(cached) => cached.into_mut(),
         std::collections::hash_map::Entry::Vacant(empty) => {
             let pretty = serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?;
-            let mut indented = Vec::with_capacity(pretty.len() + pretty.len() / 8);
+            let lines = pretty.iter().filter(|&&byte| byte == b'\n').count();
+            let mut indented = Vec::with_capacity(pretty.len() + lines * width);
             for &byte in &pretty {
                 indented.push(byte);
                 if byte == b'\n' {
-                    indented.extend(std::iter::repeat_n(b' ', indent));
+                    indented.extend(std::iter::repeat_n(b' ', width));
                 }
             }
             empty.insert(indented)
         }
     };
-    buffer.extend_from_slice(fragment);
-    Ok(())
+    out.write_all(fragment)
 }
 
 /// Keeps the manifest on disk true to what exists, as events arrive: after a batch of events that changed it,
@@ -312,8 +317,6 @@ pub struct ManifestWriter {
     /// The size of the last write: a big manifest is rewritten less often (see [`ManifestWriter::lag`]).
     last_size: u64,
     counters: ManifestCounters,
-    /// The serialized manifest, reused from one write to the next.
-    buffer: Vec<u8>,
     /// Each image's JSON as last written; dropped when the image changes.
     fragments: HashMap<(FlavorName, Place), Vec<u8>>,
 }
@@ -341,7 +344,6 @@ impl ManifestWriter {
             carried: BTreeSet::new(),
             last_size: 0,
             counters: ManifestCounters::default(),
-            buffer: Vec::new(),
             fragments: HashMap::new(),
         }
     }
@@ -372,9 +374,10 @@ impl ManifestWriter {
         self.dirty = false;
         self.last_write = Some(Instant::now());
         let failed = |error| ReportError(format!("cannot write the manifest `{}`: {error}", self.path.display()));
-        manifest.serialize_cached(&mut self.buffer, &mut self.fragments).map_err(failed)?;
-        crate::state::atomic::replace(&self.path, &self.buffer).map_err(failed)?;
-        let written = self.buffer.len() as u64;
+        let fragments = &mut self.fragments;
+        let written =
+            crate::state::atomic::replace_streamed(&self.path, |out| manifest.serialize_cached(out, fragments))
+                .map_err(failed)?;
         self.counters.bytes.fetch_add(written, Ordering::Relaxed);
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.last_size = written;
@@ -583,6 +586,7 @@ mod tests {
             "no",
         )));
         for _ in 0..2 {
+            cached.clear();
             manifest.serialize_cached(&mut cached, &mut fragments).unwrap();
             manifest.serialize_into(&mut plain).unwrap();
             assert_eq!(String::from_utf8_lossy(&cached), String::from_utf8_lossy(&plain));

@@ -335,7 +335,7 @@ mod tests {
         let id = ImageId::new(model.id("ami"));
         let snapshot = SnapshotId::new(model.id("snap"));
         let now = Instant::now();
-        state.images.insert(
+        state.insert_image(
             id.clone(),
             SimImage {
                 name: format!("web-{id}"),

@@ -258,3 +258,47 @@ async fn untagged_creates_are_refused_when_tags_are_required() {
     let tagged = region.state.state.lock().unwrap().tag_of(snapshot.as_str(), "fleetbake:run-id");
     assert_eq!(tagged.as_deref(), Some("run-1"));
 }
+
+/// An AMI name is one image's at a time (EC2's CreateImage and CopyImage: `InvalidAMIName.Duplicate`), free
+/// again once that image is deregistered; copies in flight into a region count against `copy_concurrency` until
+/// each is available or deregistered (the model keeps both by index, not by reading every image per call).
+#[tokio::test(start_paused = true)]
+async fn a_name_is_one_image_s_and_copies_in_flight_count_until_available_or_deregistered() {
+    let settings = SimSettings { copy_concurrency: 2, copy_image: Duration::from_secs(600), ..SimSettings::default() };
+    let (_cloud, region) = region_of(settings);
+    let (instance, _) = launch(&region, "ubuntu").await;
+    let tags = Tags::new();
+    let image = region.create_image(&instance, "web-1", None, &tags, &tags, ImageOf::Stopped).await.unwrap();
+    let again = region.create_image(&instance, "web-1", None, &tags, &tags, ImageOf::Stopped).await.unwrap_err();
+    assert_eq!(again.code.as_deref(), Some("InvalidAMIName.Duplicate"), "{again}");
+
+    tokio::time::sleep(Duration::from_secs(60 * 60)).await;
+    let copy = |name: &str| CopySpec {
+        source_region: region.region.clone(),
+        source_image: image.clone(),
+        name: name.to_string(),
+        description: None,
+        client_token: format!("token-{name}"),
+        tags: tags.clone(),
+        snapshot_tags: tags.clone(),
+        kms_key: None,
+    };
+    let duplicate = region.copy_image(&copy("web-1")).await.unwrap_err();
+    assert_eq!(duplicate.code.as_deref(), Some("InvalidAMIName.Duplicate"), "{duplicate}");
+    let first = region.copy_image(&copy("copy-1")).await.unwrap();
+    region.copy_image(&copy("copy-2")).await.unwrap();
+    let capped = region.copy_image(&copy("copy-3")).await.unwrap_err();
+    assert_eq!(capped.code.as_deref(), Some("ResourceLimitExceeded"), "{capped}");
+
+    // A deregistered copy frees its place and its name.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    region.deregister_image(&first).await.unwrap();
+    region.copy_image(&CopySpec { client_token: "token-copy-1-again".into(), ..copy("copy-1") }).await.unwrap();
+    let capped = region.copy_image(&copy("copy-4")).await.unwrap_err();
+    assert_eq!(capped.code.as_deref(), Some("ResourceLimitExceeded"), "{capped}");
+
+    // Available copies no longer count.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    region.copy_image(&copy("copy-4")).await.unwrap();
+    region.copy_image(&copy("copy-5")).await.unwrap();
+}
