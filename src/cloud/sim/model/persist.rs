@@ -190,7 +190,7 @@ fn restore(model: &Arc<Model>, saved: SavedPlace, clock: DateTime<Utc>) {
             fails: image.fails,
             attributes: image.attributes,
         };
-        state.images.insert(image.id, restored);
+        state.insert_image(image.id, restored);
     }
     for snapshot in saved.orphan_snapshots {
         state.orphan_snapshots.insert(snapshot, now);
