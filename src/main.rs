@@ -326,17 +326,23 @@ fn command(cli: Cli) -> Ending {
             Err(errors) => bad_input(errors),
         },
         Command::Plan { fleet, select, vars, changed_only, cloud: CloudArg { cloud } } => {
-            match load(&fleet, &select, &vars) {
-                Ok(loaded) if changed_only => cloud.runtime().block_on(changed_plan(loaded, cloud)),
-                Ok(loaded) => {
-                    let loaded = match with_units(loaded, UnitsFrom::Aws) {
+            let loaded = match load(&fleet, &select, &vars) {
+                Ok(loaded) => loaded,
+                Err(refused) => return refused,
+            };
+            if let Err(stopped) = credentials_before_units(&loaded, cloud) {
+                return stopped;
+            }
+            match loaded {
+                loaded if changed_only => cloud.runtime().block_on(changed_plan(loaded, cloud)),
+                loaded => {
+                    let loaded = match with_units(loaded, units_from(cloud)) {
                         Ok((loaded, _)) => loaded,
                         Err(refused) => return refused,
                     };
                     print!("{}", Plan::new(&loaded, RunId::generate(Utc::now()), Utc::now()));
                     Ending::Done
                 }
-                Err(refused) => refused,
             }
         }
         Command::Manifest { command } => manifest(command),
@@ -356,6 +362,9 @@ fn command(cli: Cli) -> Ending {
             };
             for warning in config::warnings(&fleet, &loaded) {
                 eprintln!("warning: {warning}");
+            }
+            if let Err(stopped) = credentials_before_units(&loaded, cloud) {
+                return stopped;
             }
             let loaded = match with_units(loaded, units_from(cloud)) {
                 Ok((loaded, _)) => loaded,
@@ -412,6 +421,12 @@ fn command(cli: Cli) -> Ending {
                 );
                 return Ending::Refused;
             }
+            // Without the preflight (whose check names missing credentials), the one error and its hint.
+            if no_preflight && cloud == CloudChoice::Aws {
+                if let Err(stopped) = aws_credentials_or_stop(&loaded) {
+                    return stopped;
+                }
+            }
             let view = view(cli.quiet, plain);
             let events =
                 events.map(|path| if path.as_os_str() == "-" { EventsTo::Stdout } else { EventsTo::File(path) });
@@ -438,6 +453,22 @@ fn with_units(fleet: config::Fleet, from: UnitsFrom) -> Result<(config::Fleet, P
     }
     let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
     runtime.block_on(units::resolve(fleet, from)).map_err(|checks| units_refused(&checks))
+}
+
+/// On AWS, with `[[distribution]]` units to resolve (Organizations' calls come first), whether the credentials
+/// can be loaded at all, asked before them (`credentials_or_stop`); nothing without units or on the simulated
+/// account, where the command's own check comes before its first call.
+fn credentials_before_units(fleet: &config::Fleet, cloud: CloudChoice) -> Result<(), Ending> {
+    if cloud == CloudChoice::Sim || fleet.distributions.units().is_empty() {
+        return Ok(());
+    }
+    aws_credentials_or_stop(fleet)
+}
+
+/// [`credentials_or_stop`] on AWS with the fleet's credentials, in a runtime of its own.
+fn aws_credentials_or_stop(fleet: &config::Fleet) -> Result<(), Ending> {
+    let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime starts");
+    runtime.block_on(async { credentials_or_stop(&aws(fleet, &RunId::generate(Utc::now())).await).await })
 }
 
 /// The units' checks on stdout (as `fleetbake preflight` prints checks), and how many failed.
@@ -766,7 +797,11 @@ fn init_logging(verbose: u8, console: Console) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    // A stamped line starts with its stamp, never with a colour code: stamped logs (`--plain`, `-q` on a
+    // terminal) are plain.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none()
+        && console != Console::STAMPED;
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -41,7 +41,13 @@ pub fn accepted_keys() -> Vec<AcceptedKey> {
     if let Err(error) = FleetFile::deserialize(Tracer { found: &found, path: String::new() }) {
         panic!("the fleet file's schema could not be walked: {error}");
     }
-    found.into_inner().into_iter().collect()
+    // `[variables]`' entries are free-form values to serde (validation reads them): their keys from the list
+    // validation takes.
+    let mut found = found.into_inner();
+    for key in super::schema::VARIABLE_KEYS {
+        found.insert(AcceptedKey { table: "variables".to_owned(), key: (*key).to_owned() });
+    }
+    found.into_iter().collect()
 }
 
 #[derive(Debug)]
@@ -238,7 +244,10 @@ mod tests {
         assert!(has(&keys, "limits.api.copy_image", "per_second"));
         assert!(has(&keys, "prices", "on_demand") && has(&keys, "sim.prices", "spot"));
         assert!(has(&keys, "ssh.bastion", "known_hosts") && has(&keys, "sim.faults", "answer_lost"));
-        // Free-form tables have no keys of their own.
-        assert!(!keys.iter().any(|key| key.table == "variables" || key.table == "regions"));
+        // A free-form table has no keys of its own; `[variables]`' entries have the keys validation takes.
+        assert!(!keys.iter().any(|key| key.table == "regions"));
+        let variables: Vec<&str> =
+            keys.iter().filter(|key| key.table == "variables").map(|key| key.key.as_str()).collect();
+        assert_eq!(variables, ["default", "description", "sensitive"]);
     }
 }

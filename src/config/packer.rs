@@ -6,6 +6,8 @@
 //! `docs/builders/ebs.mdx` and the `common` access, AMI and run configs it includes), Packer's shell
 //! provisioner (`environment_vars`) and its template functions (`timestamp`, `isotime`, `uuid`, `user`, `env`).
 
+use crate::config::spans::{KeyPath, Segment};
+
 /// A Packer key and what a fleet file writes instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackerKey {
@@ -98,15 +100,59 @@ pub fn instead_of(key: &str) -> Option<&'static PackerKey> {
     PACKER_KEYS.iter().find(|entry| entry.packer == key)
 }
 
+/// Packer's keys that a table other than the one [`PACKER_KEYS`] names has its own key for: the table's key
+/// path (indices left out), how the table is called, Packer's key, the table's own key. In `[ssh] bastion`,
+/// Packer's `ssh_port` is the bastion's `port`, not `[ssh] port` (the instance's); a `[[distribution]]` has
+/// its own `regions`, `kms_keys` and `role_arn`.
+const OWN_KEYS: &[(&str, &str, &str, &str)] = &[
+    ("ssh.bastion", "`[ssh] bastion`", "ssh_host", "host"),
+    ("ssh.bastion", "`[ssh] bastion`", "ssh_bastion_host", "host"),
+    ("ssh.bastion", "`[ssh] bastion`", "ssh_port", "port"),
+    ("ssh.bastion", "`[ssh] bastion`", "ssh_bastion_port", "port"),
+    ("ssh.bastion", "`[ssh] bastion`", "ssh_username", "user"),
+    ("ssh.bastion", "`[ssh] bastion`", "ssh_bastion_username", "user"),
+    ("ssh.bastion", "`[ssh] bastion`", "ssh_private_key_file", "private_key_file"),
+    ("ssh.bastion", "`[ssh] bastion`", "ssh_bastion_private_key_file", "private_key_file"),
+    ("distribution", "a `[[distribution]]`", "region", "regions"),
+    ("distribution", "a `[[distribution]]`", "ami_regions", "regions"),
+    ("distribution", "a `[[distribution]]`", "kms_key_id", "kms_keys"),
+    ("distribution", "a `[[distribution]]`", "region_kms_key_ids", "kms_keys"),
+    ("distribution", "a `[[distribution]]`", "encrypt_boot", "kms_keys"),
+    ("distribution", "a `[[distribution]]`", "assume_role", "role_arn"),
+];
+
 /// A TOML error's message, told in fleetbake's words when it is serde's "unknown field" about one of Packer's
-/// keys: the fleetbake key goes first, serde's list of the table's keys after. `None` for any other message.
-pub fn unknown_field_message(message: &str) -> Option<String> {
+/// keys: the fleetbake key goes first, serde's list of the table's keys after. `path` is the error's key path
+/// (`ssh.bastion.ssh_port`, `distribution[0].region`): where the table the key is written in has its own key
+/// for it, that key is named. `None` for any other message.
+pub fn unknown_field_message(path: &KeyPath, message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let (field, after) = rest.split_once('`')?;
-    let entry = instead_of(field)?;
     let expected = after.trim_start_matches(',').trim();
     let expected = if expected.is_empty() { String::new() } else { format!("; {expected}") };
-    Some(format!("unknown field `{field}`: `{field}` is Packer's name; in fleetbake use {}{expected}", entry.fleetbake))
+    let lead = format!("unknown field `{field}`: `{field}` is Packer's name;");
+    let table = table_of(path, field);
+    if let Some((_, called, _, own)) = OWN_KEYS.iter().find(|(keys, _, packer, _)| *keys == table && *packer == field) {
+        return Some(format!("{lead} in {called} use `{own}`{expected}"));
+    }
+    let entry = instead_of(field)?;
+    Some(format!("{lead} in fleetbake use {}{expected}", entry.fleetbake))
+}
+
+/// The table `field` is written in, by its keys without indices (`distribution[0].region` → `distribution`).
+fn table_of(path: &KeyPath, field: &str) -> String {
+    let mut keys: Vec<&str> = path
+        .segments()
+        .iter()
+        .filter_map(|segment| match segment {
+            Segment::Key(key) => Some(key.as_str()),
+            Segment::Index(_) => None,
+        })
+        .collect();
+    if keys.last() == Some(&field) {
+        keys.pop();
+    }
+    keys.join(".")
 }
 
 /// Why a name template has `{{`: Packer's template syntax, and fleetbake's placeholder for the function in it,
@@ -165,17 +211,89 @@ mod tests {
         }
     }
 
+    fn path(text: &str) -> KeyPath {
+        let mut path = KeyPath::root();
+        for part in text.split('.') {
+            match part.split_once('[') {
+                Some((key, index)) => {
+                    path = path.key(key).index(index.trim_end_matches(']').parse().unwrap());
+                }
+                None => path = path.key(part),
+            }
+        }
+        path
+    }
+
     #[test]
     fn an_unknown_packer_field_names_the_fleetbake_key_first_and_keeps_the_tables_keys() {
-        let message = unknown_field_message("unknown field `ami_users`, expected one of `name`, `tags`").unwrap();
+        let message = unknown_field_message(
+            &path("flavor[0].ami_users"),
+            "unknown field `ami_users`, expected one of `name`, `tags`",
+        )
+        .unwrap();
         assert_eq!(
             message,
             "unknown field `ami_users`: `ami_users` is Packer's name; in fleetbake use `[sharing] accounts`; expected one of `name`, `tags`"
         );
-        let provisioner = unknown_field_message("unknown field `environment_vars`, expected one of `type`").unwrap();
+        let provisioner = unknown_field_message(
+            &path("flavor[0].provisioners[1].environment_vars"),
+            "unknown field `environment_vars`, expected one of `type`",
+        )
+        .unwrap();
         assert!(provisioner.contains("a provisioner's `env = { NAME = \"value\" }`"), "{provisioner}");
-        assert_eq!(unknown_field_message("unknown field `flavour`, expected one of `flavor`"), None);
-        assert_eq!(unknown_field_message("invalid type: string"), None);
+        assert_eq!(unknown_field_message(&path("flavour"), "unknown field `flavour`, expected one of `flavor`"), None);
+        assert_eq!(unknown_field_message(&path("fleet.name"), "invalid type: string"), None);
+    }
+
+    #[test]
+    fn in_ssh_bastion_packers_ssh_keys_are_the_bastions_own() {
+        let expected = "expected one of `host`, `port`, `user`, `private_key_file`, `known_hosts`, `host_key`";
+        for (field, own) in [("ssh_port", "port"), ("ssh_host", "host"), ("ssh_username", "user")] {
+            let message = unknown_field_message(
+                &path(&format!("ssh.bastion.{field}")),
+                &format!("unknown field `{field}`, {expected}"),
+            )
+            .unwrap();
+            assert_eq!(
+                message,
+                format!(
+                    "unknown field `{field}`: `{field}` is Packer's name; in `[ssh] bastion` use `{own}`; {expected}"
+                )
+            );
+            assert!(!message.contains("[defaults]") && !message.contains("[ssh] port"), "{message}");
+        }
+        // In `[ssh]` itself, the instance's keys.
+        let ssh =
+            unknown_field_message(&path("ssh.ssh_port"), "unknown field `ssh_port`, expected one of `port`").unwrap();
+        assert!(ssh.contains("in fleetbake use `[ssh] port`"), "{ssh}");
+    }
+
+    #[test]
+    fn in_a_distribution_packers_keys_are_the_tables_own() {
+        let expected = "expected one of `accounts`, `regions`, `role_arn`, `kms_keys`, `flavors`";
+        for (field, own) in [
+            ("region", "regions"),
+            ("ami_regions", "regions"),
+            ("kms_key_id", "kms_keys"),
+            ("region_kms_key_ids", "kms_keys"),
+            ("assume_role", "role_arn"),
+        ] {
+            let message = unknown_field_message(
+                &path(&format!("distribution[1].{field}")),
+                &format!("unknown field `{field}`, {expected}"),
+            )
+            .unwrap();
+            assert_eq!(
+                message,
+                format!("unknown field `{field}`: `{field}` is Packer's name; in a `[[distribution]]` use `{own}`; {expected}")
+            );
+            assert!(!message.contains("[regions]") && !message.contains("[encryption]") && !message.contains("[aws]"));
+        }
+        // Elsewhere, the fleet's own tables.
+        let defaults =
+            unknown_field_message(&path("defaults.region"), "unknown field `region`, expected one of `instance_type`")
+                .unwrap();
+        assert!(defaults.contains("the `[regions]` table"), "{defaults}");
     }
 
     #[test]

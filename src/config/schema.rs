@@ -33,8 +33,8 @@ pub struct FleetFile {
     pub encryption: Option<EncryptionSection>,
     pub sharing: Option<SharingSection>,
     pub publish: Option<PublishSection>,
-    /// `[variables]`: name → a default (`build = "dev"`) or `{ default = "…", sensitive = true }`; checked in
-    /// validation, so its messages can name the key.
+    /// `[variables]`: name → a default (`build = "dev"`) or `{ default = "…", sensitive = true }` (the keys of
+    /// [`VARIABLE_KEYS`]); checked in validation, so its messages can name the key.
     #[serde(default)]
     pub variables: BTreeMap<String, toml::Value>,
     /// `[[distribution]]`: copies owned by other accounts.
@@ -44,6 +44,10 @@ pub struct FleetFile {
     #[serde(default)]
     pub prices: BTreeMap<String, PriceSection>,
 }
+
+/// The keys of a `[variables]` entry written as a table (`{ default = "…", sensitive = true, description = "…" }`):
+/// the only ones validation takes, and what `config::keys::accepted_keys` lists under `variables`.
+pub const VARIABLE_KEYS: &[&str] = &["default", "sensitive", "description"];
 
 /// `[prices]` and `[sim] prices`: an instance type's hourly prices.
 #[derive(Debug, Deserialize)]

@@ -172,7 +172,7 @@ pub fn parse(file: &Path, text: &str, inputs: &VariableInputs) -> Result<Fleet, 
                 line,
                 column,
                 key: if key.segments().is_empty() { String::new() } else { key.to_string() },
-                message: crate::config::packer::unknown_field_message(error.message().trim())
+                message: crate::config::packer::unknown_field_message(&key, error.message().trim())
                     .unwrap_or_else(|| error.message().trim().to_string()),
             }]));
         }

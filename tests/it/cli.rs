@@ -196,14 +196,15 @@ fn throttled_sim_fleet() -> String {
     sim_fleet("", "faults = [{ action = \"*\", error = \"RequestLimitExceeded\", probability = 0.2 }]")
 }
 
-/// docs/getting-started.md, "Exit codes" / Output: "Logs carry no colour off a terminal or with `NO_COLOR`." The debug logs
-/// (`-v`) are the logs that could carry colour; on a terminal without `NO_COLOR` they do (the control that
-/// shows this test can see colour at all).
+/// docs/getting-started.md, "Exit codes" / Output: "Logs carry no colour off a terminal, with `--plain` or `-q`, or
+/// with `NO_COLOR`." The debug logs (`-v`) are the logs that could carry colour; on a terminal in the live view
+/// without `NO_COLOR` they do (the control that shows this test can see colour at all).
 #[test]
 fn logs_carry_no_colour_off_a_terminal_or_with_no_color() {
     let workspace = Workspace::new();
     let fleet = workspace.write("fleet.toml", &throttled_sim_fleet());
     let args = ["-v", "matrix", fleet.to_str().unwrap(), "--cloud", "sim", "--plain"];
+    let live = ["-v", "matrix", fleet.to_str().unwrap(), "--cloud", "sim"];
     let retry_lines = |text: &str| -> Vec<String> {
         text.lines().filter(|line| line.contains("retrying after")).map(str::to_string).collect()
     };
@@ -220,8 +221,20 @@ fn logs_carry_no_colour_off_a_terminal_or_with_no_color() {
     assert!(!retry_lines(&screen).is_empty(), "debug logs of the retries: {screen}");
     assert!(!screen.contains(CSI), "no colour with NO_COLOR:\n{screen}");
 
-    // On a terminal without it: the same logs in colour.
+    // On a terminal with `--plain`: each log line starts with its stamp, no colour code before it or in it.
     let (code, screen) = Pty::start_with_env(&workspace, &args, &[]).finish();
+    assert_eq!(code, 0, "{screen}");
+    let stamped = retry_lines(&screen);
+    assert!(!stamped.is_empty(), "debug logs of the retries: {screen}");
+    assert!(!screen.contains('\u{1b}'), "no escape at all with --plain:\n{screen}");
+    for line in &stamped {
+        let line = line.trim_start_matches('\r');
+        let time = line.get(..20).and_then(|time| time.parse::<chrono::DateTime<chrono::Utc>>().ok());
+        assert!(time.is_some(), "the stamp first: {line:?}");
+    }
+
+    // On a terminal in the live view without NO_COLOR: the same logs in colour.
+    let (code, screen) = Pty::start_with_env(&workspace, &live, &[]).finish();
     assert_eq!(code, 0, "{screen}");
     let coloured = retry_lines(&screen);
     assert!(!coloured.is_empty(), "{screen}");

@@ -1,16 +1,18 @@
 //! The docs against the code: every key the fleet file accepts is documented in docs/reference.md, every fleet
 //! example passes `fleetbake validate`, and every relative link in README.md and docs/ resolves.
 //!
-//! Keys come from the schema itself (`config::keys::accepted_keys`, a walk of the serde derives), never from a
-//! list kept here. A key is documented when the reference's section for its top-level table (the `##` heading
-//! naming `[table]` or `[[table]]`) has it in the first cell of a table row (`` `key` ``; `` `key.sub` `` for a
-//! nested table documented row by row; `` `"NAME".key` `` for the values of a map keyed by names); a key of a
-//! nested table (`ssh.bastion`, `flavor.provisioners`) may instead appear in that section in backticks or as
-//! `key = ` inside an example.
+//! Keys come from the schema itself (`config::keys::accepted_keys`, a walk of the serde derives, `[variables]`'
+//! entry keys included), never from a list kept here. A key is documented when the reference's section for its
+//! top-level table (the `##` heading naming `[table]` or `[[table]]`) has its path relative to that table in the
+//! first cell of a table row (`` `key` ``; `` `bastion.key` `` for a nested table's; `` `"NAME".key` `` or
+//! `` `NAME = { key = … }` `` for the values of a map keyed by names); a key of a nested table (`ssh.bastion`,
+//! `flavor.provisioners`) may instead be named in the row of that nested table (`` `bastion` ``), or of the one
+//! it has the same form as (see `undocumented`).
 //!
 //! Examples: the top-level fleet.toml and every `examples/**/*.toml` that has a `[fleet]` table are validated
 //! where they are (their files beside them). Every ```toml block of README.md and docs/ is one of two kinds:
-//! - a **whole fleet**, when it sets `[fleet] name`: validated as it is;
+//! - a **whole fleet**, when it has `[regions]` and a `[[flavor]]`: validated as it is (a forgotten
+//!   `[fleet] name` fails);
 //! - a **fragment** otherwise: merged into `BASE` below (tables key by key, the fragment's keys winning; the
 //!   fragment's n-th `[[flavor]]` onto the base's flavor, so it keeps a `source_ami`; other arrays of tables
 //!   appended) and the result validated.
@@ -105,17 +107,52 @@ fn section_of<'a>(sections: &'a [(String, String)], table: &str) -> Option<&'a s
         .map(|(_, body)| body.as_str())
 }
 
-/// The backticked names in the first cell of each table row of a section.
-fn first_cells(section: &str) -> Vec<String> {
-    section
-        .lines()
-        .filter(|line| line.starts_with("| ") && !line.starts_with("| ---"))
-        .filter_map(|row| row.split('|').nth(1))
-        .flat_map(|cell| cell.split('`').skip(1).step_by(2).map(str::to_owned).collect::<Vec<_>>())
-        .collect()
+/// The backticked names in a row's first cell.
+fn cell_names(row: &str) -> Vec<String> {
+    row.split('|').nth(1).map_or_else(Vec::new, |cell| cell.split('`').skip(1).step_by(2).map(str::to_owned).collect())
+}
+
+/// The table rows of a section, header and rule left out.
+fn rows(section: &str) -> Vec<&str> {
+    section.lines().filter(|line| line.starts_with("| ") && !line.starts_with("| ---")).collect()
+}
+
+/// Whether `cell` documents `path` for the values of a map keyed by names: `` `"TYPE".spot` ``, or
+/// `` `NAME = { default = "value", … }` `` (the name a placeholder in capitals).
+fn names_a_maps_values_key(cell: &str, path: &str) -> bool {
+    if let Some(name) = cell.strip_suffix(&format!(".{path}")) {
+        return name.len() > 2
+            && name.starts_with('"')
+            && name.ends_with('"')
+            && !name[1..name.len() - 1].contains('"');
+    }
+    match cell.split_once(" = {") {
+        Some((name, inline)) => {
+            !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                && (inline.starts_with(&format!(" {path} = ")) || inline.contains(&format!(", {path} = ")))
+        }
+        None => false,
+    }
+}
+
+/// Whether a row's text names `key` as one of an inline table's keys: `` `key` ``, `` `key = … ` ``,
+/// `{ key = `, `, key = `.
+fn mentions(row: &str, key: &str) -> bool {
+    [format!("`{key}`"), format!("`{key} = "), format!("{{ {key} = "), format!(", {key} = ")]
+        .iter()
+        .any(|form| row.contains(form.as_str()))
 }
 
 /// Why `key` is not documented in `sections`, or `None` when it is.
+///
+/// In the section of its top-level table, a key is documented by a row whose first cell is its path relative
+/// to that table (`` `timeout` `` in `[ssh]`, `` `bastion.timeout` `` for `[ssh] bastion`'s, `` `api.copy_image` ``
+/// in `[limits]`), or that path after a map's name placeholder (`` `"TYPE".spot` ``, `` `NAME = { default = … }` ``).
+/// A nested table's key may instead be named (`` `key` ``, `key = ` in an inline table) in the row whose first
+/// cell is the nested table itself (`` `bastion` ``), or in the row of the table it says it has the same form as
+/// (`` same form as `provisioners` ``). A top-level key whose table is documented row by row (`api.copy_image`)
+/// is documented by those rows.
 fn undocumented(sections: &[(String, String)], key: &AcceptedKey) -> Option<String> {
     if key.table.is_empty() {
         return match section_of(sections, &key.key) {
@@ -123,31 +160,50 @@ fn undocumented(sections: &[(String, String)], key: &AcceptedKey) -> Option<Stri
             None => Some(format!("no `## ` section whose heading names `[{0}]` or `[[{0}]]`", key.key)),
         };
     }
-    let top = key.table.split('.').next().unwrap();
+    let (top, nested) = match key.table.split_once('.') {
+        Some((top, nested)) => (top, Some(nested)),
+        None => (key.table.as_str(), None),
+    };
     let Some(section) = section_of(sections, top) else {
         return Some(format!("no section for `[{top}]`"));
     };
-    let cells = first_cells(section);
-    let nested_path = key.table.split_once('.').map(|(_, rest)| format!("{rest}.{}", key.key));
-    let in_first_cell = cells.iter().any(|cell| {
-        cell == &key.key
-            // A nested table documented row by row (`api.copy_image`), or a map's values (`"TYPE".spot`).
-            || (cell.starts_with(&format!("{}.", key.key)) && key.table == top)
-            || cell.ends_with(&format!(".{}", key.key))
-            || nested_path.as_deref().is_some_and(|path| cell == path || cell.ends_with(&format!(".{path}")))
-    });
-    if in_first_cell {
+    let rows = rows(section);
+    let path = match nested {
+        Some(nested) => format!("{nested}.{}", key.key),
+        None => key.key.clone(),
+    };
+    let cells: Vec<String> = rows.iter().flat_map(|row| cell_names(row)).collect();
+    if cells.iter().any(|cell| *cell == path || names_a_maps_values_key(cell, &path)) {
         return None;
     }
-    let nested = key.table != top;
-    let mentioned = section.contains(&format!("`{}`", key.key)) || section.contains(&format!("{} = ", key.key));
-    if nested && mentioned {
-        return None;
+    match nested {
+        None if cells.iter().any(|cell| cell.starts_with(&format!("{}.", key.key))) => return None,
+        None => {}
+        Some(nested) => {
+            let rows_of = |table: &str| -> Vec<&str> {
+                rows.iter().copied().filter(|row| cell_names(row).iter().any(|cell| cell == table)).collect()
+            };
+            let mut documenting = rows_of(nested);
+            let same_form: Vec<String> = documenting
+                .iter()
+                .filter_map(|row| row.split_once("same form as `").and_then(|(_, rest)| rest.split_once('`')))
+                .map(|(other, _)| other.to_owned())
+                .collect();
+            for other in &same_form {
+                documenting.extend(rows_of(other));
+            }
+            if documenting.iter().any(|row| mentions(row, &key.key)) {
+                return None;
+            }
+        }
     }
-    Some(format!(
-        "not in the first cell of a row of the `[{top}]` section{}",
-        if nested { ", nor in backticks or as `key = ` in it" } else { "" }
-    ))
+    Some(match nested {
+        None => format!("no row of the `[{top}]` section has `{path}` in its first cell"),
+        Some(nested) => format!(
+            "no row of the `[{top}]` section has `{path}` in its first cell, nor names `{}` in the row of `{nested}`",
+            key.key
+        ),
+    })
 }
 
 #[test]
@@ -178,6 +234,14 @@ fn the_documentation_rule_rejects_a_key_the_reference_does_not_name() {
         AcceptedKey { table: String::new(), key: "no_such_table".into() },
         AcceptedKey { table: "defaults".into(), key: "no_such_key".into() },
         AcceptedKey { table: "ssh.bastion".into(), key: "no_such_key".into() },
+        // A nested key sharing a top-level key's name (`[ssh] timeout`).
+        AcceptedKey { table: "ssh.bastion".into(), key: "timeout".into() },
+        // A top-level key sharing a nested key's name (`spot.interrupt_after`, `api.copy_image`).
+        AcceptedKey { table: "sim".into(), key: "interrupt_after".into() },
+        AcceptedKey { table: "limits".into(), key: "copy_image".into() },
+        // A provisioner's key sharing a flavor's (`name`), and a variable's unknown key.
+        AcceptedKey { table: "flavor.provisioners".into(), key: "name".into() },
+        AcceptedKey { table: "variables".into(), key: "no_such_key".into() },
     ] {
         assert!(undocumented(&sections, &key).is_some(), "{key} counted as documented");
     }
@@ -321,7 +385,7 @@ fn every_fleet_example_passes_validate() {
                     continue;
                 }
             };
-            let whole = table.get("fleet").and_then(|fleet| fleet.get("name")).is_some();
+            let whole = is_whole_fleet(&table);
             let fleet = if whole {
                 table
             } else {
@@ -337,6 +401,37 @@ fn every_fleet_example_passes_validate() {
     }
     assert!(blocks >= 10, "only {blocks} ```toml blocks found in README.md and docs/");
     assert!(failures.is_empty(), "fleet examples that do not validate:\n{}", failures.join("\n"));
+}
+
+/// A block is a whole fleet when it has `[regions]` and a `[[flavor]]` (what every fleet needs and no
+/// fragment shows): it is validated as it is, so one that forgets `[fleet] name` fails rather than borrowing
+/// the base's.
+fn is_whole_fleet(block: &toml::Table) -> bool {
+    block.contains_key("regions") && block.contains_key("flavor")
+}
+
+#[test]
+fn a_whole_fleet_example_that_forgets_its_name_is_not_taken_for_a_fragment() {
+    let block: toml::Table = toml::from_str(
+        r#"
+[defaults]
+instance_type = "t3.small"
+ssh_username = "ubuntu"
+
+[[flavor]]
+name = "web"
+source_ami = { owners = ["099720109477"], name = "ubuntu/images/*" }
+
+[regions]
+us-west-2 = []
+"#,
+    )
+    .unwrap();
+    assert!(is_whole_fleet(&block));
+    let error = validate_text(&block).expect_err("a fleet without `[fleet] name` is refused");
+    assert!(error.contains("fleet"), "{error}");
+    let fragment: toml::Table = toml::from_str("[ssh]\ntimeout = \"5m\"\n").unwrap();
+    assert!(!is_whole_fleet(&fragment));
 }
 
 #[test]

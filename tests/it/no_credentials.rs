@@ -65,3 +65,62 @@ fn matrix_and_preflight_without_credentials_exit_1_naming_the_source_with_no_sdk
     }
     assert!(!workspace.path("manifest.json").exists(), "nothing ran");
 }
+
+/// One error naming the credentials, and the hint; no unit's check, no plan, no SDK line.
+fn assert_one_credentials_error(args: &[&str], outcome: &Outcome) {
+    assert_eq!(outcome.code, 1, "{args:?}: {}{}", outcome.stdout, outcome.stderr);
+    let errors: Vec<&str> = outcome.stderr.lines().filter(|line| line.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{args:?}: one error: {}", outcome.stderr);
+    assert!(errors[0].starts_with("error: AWS credentials could not be loaded: "), "{args:?}: {}", outcome.stderr);
+    assert!(outcome.stderr.contains(&format!("hint: {SOURCE}")), "{args:?}: {}", outcome.stderr);
+    let all = format!("{}{}", outcome.stdout, outcome.stderr);
+    assert!(!all.contains("FAIL") && !all.contains("organizational unit"), "{args:?}: no unit's check: {all}");
+    assert!(!outcome.stderr.contains("WARN"), "{args:?}: no SDK log line without -v: {}", outcome.stderr);
+}
+
+#[test]
+fn with_organizational_units_the_credentials_stop_comes_before_organizations_is_asked() {
+    let workspace = Workspace::new();
+    let organization = organization(&workspace);
+    let text = std::fs::read_to_string(&organization).unwrap()
+        + r#"
+[[distribution]]
+accounts = ["ou-ab12-cd34ef56"]
+regions = ["eu-west-1"]
+role_arn = "arn:aws:iam::{account}:role/image-distribution"
+"#;
+    let fleet = workspace.write("units.toml", &text);
+    let fleet = fleet.to_str().unwrap();
+    for args in [
+        vec!["plan", fleet],
+        vec!["plan", fleet, "--changed-only"],
+        vec!["gc", fleet, "--dry-run"],
+        vec!["gc", fleet],
+        vec!["matrix", fleet, "--no-preflight", "--plain"],
+    ] {
+        assert_one_credentials_error(&args, &workspace.fleetbake_with_env(&args, NOTHING));
+    }
+    assert!(!workspace.path("manifest.json").exists(), "nothing ran");
+}
+
+#[test]
+fn matrix_without_the_preflight_and_without_credentials_stops_with_one_error() {
+    let workspace = Workspace::new();
+    let fleet = organization(&workspace);
+    let args = ["matrix", fleet.as_str(), "--no-preflight", "--plain"];
+    assert_one_credentials_error(&args, &workspace.fleetbake_with_env(&args, NOTHING));
+    assert!(!workspace.path("manifest.json").exists(), "nothing ran");
+}
+
+#[test]
+fn on_the_simulated_cloud_units_are_resolved_without_asking_for_credentials() {
+    let workspace = Workspace::new();
+    let fleet =
+        workspace.write("fleet.toml", &crate::units::sim_fleet(r#""ou-ab12-aaaaaaaa""#, crate::units::SIM_UNITS));
+    let fleet = fleet.to_str().unwrap();
+    for args in [vec!["plan", fleet, "--cloud", "sim"], vec!["plan", fleet, "--changed-only", "--cloud", "sim"]] {
+        let outcome = workspace.fleetbake_with_env(&args, NOTHING);
+        assert_eq!(outcome.code, 0, "{args:?}: {}{}", outcome.stdout, outcome.stderr);
+        assert!(!outcome.stderr.contains("credentials"), "{args:?}: {}", outcome.stderr);
+    }
+}

@@ -188,7 +188,7 @@ fn a_unit_that_does_not_exist_fails_the_preflight_and_stops_the_run_before_any_e
 
 /// The simulated fleet of `crate::distribution`'s shape, smaller: two flavors, one build region, distributed
 /// into `accounts` in two regions.
-fn sim_fleet(accounts: &str, units: &str) -> String {
+pub(crate) fn sim_fleet(accounts: &str, units: &str) -> String {
     format!(
         r#"[fleet]
 name = "units"
@@ -224,7 +224,7 @@ organizational_units = {units}
     )
 }
 
-const SIM_UNITS: &str = r#"{ "ou-ab12-aaaaaaaa" = ["222233334444", "ou-ab12-bbbbbbbb"], "ou-ab12-bbbbbbbb" = ["555566667777", "123456789012"] }"#;
+pub(crate) const SIM_UNITS: &str = r#"{ "ou-ab12-aaaaaaaa" = ["222233334444", "ou-ab12-bbbbbbbb"], "ou-ab12-bbbbbbbb" = ["555566667777", "123456789012"] }"#;
 
 #[test]
 fn on_the_simulated_cloud_a_run_distributes_into_a_units_accounts() {

@@ -12,10 +12,16 @@ pub(super) enum DurationScale {
     Days,
     /// `keep_failed` (a failed build kept to look at), `[sim] credentials.expires_after` (a session's life).
     Hours,
-    /// `[aws] duration`: AWS's `DurationSeconds` (900 to 43,200), which Packer and the CLI take as a number.
+    /// `[aws] duration`: AWS's `DurationSeconds` (900 to 43,200), which Packer and the CLI take as a number;
+    /// the `[sim]` durations whose defaults are seconds (`boot` 60s, `ssh_ready`, `stop`, `terminate` 30s,
+    /// `test` 3m as 180s, `agent_online` 90s, `consistency_lag` 3s, `console_keys`, `snapshot_in_use`,
+    /// `grant_lag` 0s).
     Seconds,
+    /// `[sim] api_latency` (80ms by default).
+    Milliseconds,
     /// Timeouts and waits: `[ssh] timeout`, `host_key_wait`, `provisioner_timeout`, a provisioner's `timeout`,
-    /// `[limits] image_timeout`, `capacity_patience`, and the `[sim]` table's durations.
+    /// `[limits] image_timeout`, `capacity_patience`, and the `[sim]` durations whose defaults are minutes
+    /// (`provision`, `create_image`, `copy_image`, `spot.interrupt_after`).
     Minutes,
 }
 
@@ -26,12 +32,22 @@ impl DurationScale {
             Segment::Key(key) => Some(key.as_str()),
             Segment::Index(_) => None,
         });
-        match key {
-            Some("deprecate_after" | "logs") => DurationScale::Days,
-            Some("keep_failed" | "expires_after") => DurationScale::Hours,
-            Some("duration") if path.segments().first() == Some(&Segment::Key("aws".to_string())) => {
-                DurationScale::Seconds
-            }
+        let table = match path.segments().first() {
+            Some(Segment::Key(table)) => table.as_str(),
+            _ => "",
+        };
+        match (table, key) {
+            (_, Some("deprecate_after" | "logs")) => DurationScale::Days,
+            (_, Some("keep_failed" | "expires_after")) => DurationScale::Hours,
+            ("aws", Some("duration")) => DurationScale::Seconds,
+            ("sim", Some("api_latency")) => DurationScale::Milliseconds,
+            (
+                "sim",
+                Some(
+                    "boot" | "ssh_ready" | "stop" | "terminate" | "test" | "console_keys" | "agent_online"
+                    | "consistency_lag" | "snapshot_in_use" | "grant_lag",
+                ),
+            ) => DurationScale::Seconds,
             _ => DurationScale::Minutes,
         }
     }
@@ -42,6 +58,7 @@ impl DurationScale {
             DurationScale::Days => ("d", "days"),
             DurationScale::Hours => ("h", "hours"),
             DurationScale::Seconds => ("s", "seconds"),
+            DurationScale::Milliseconds => ("ms", "milliseconds"),
             DurationScale::Minutes => ("m", "minutes"),
         };
         format!("`{number}{unit}` ({name})")
@@ -66,6 +83,30 @@ mod tests {
             scale(root.key("flavor").index(0).key("provisioners").index(1).key("timeout")),
             DurationScale::Minutes
         );
+        let sim = |key: &str| scale(root.key("sim").key(key));
+        assert_eq!(sim("api_latency"), DurationScale::Milliseconds);
+        for key in [
+            "boot",
+            "ssh_ready",
+            "stop",
+            "terminate",
+            "test",
+            "console_keys",
+            "agent_online",
+            "consistency_lag",
+            "snapshot_in_use",
+            "grant_lag",
+        ] {
+            assert_eq!(sim(key), DurationScale::Seconds, "[sim] {key}");
+        }
+        for key in ["provision", "create_image", "copy_image"] {
+            assert_eq!(sim(key), DurationScale::Minutes, "[sim] {key}");
+        }
+        assert_eq!(scale(root.key("sim").key("spot").key("interrupt_after")), DurationScale::Minutes);
+        // Only `[sim]`'s: a flavor's provisioner `timeout` or `test` elsewhere keeps its own scale.
+        assert_eq!(scale(root.key("flavor").index(0).key("test")), DurationScale::Minutes);
         assert_eq!(DurationScale::Days.example("90"), "`90d` (days)");
+        assert_eq!(DurationScale::Milliseconds.example("80"), "`80ms` (milliseconds)");
+        assert_eq!(DurationScale::Seconds.example("3"), "`3s` (seconds)");
     }
 }

@@ -44,7 +44,12 @@ pub(super) fn resolve_variables(
                         (other, _) => checker.problem(
                             at.key(other),
                             format!(
-                                "unknown key `{other}` of a variable; expected `default`, `sensitive` or `description`"
+                                "unknown key `{other}` of a variable; expected one of {}",
+                                schema::VARIABLE_KEYS
+                                    .iter()
+                                    .map(|key| format!("`{key}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             ),
                         ),
                     }
@@ -392,6 +397,30 @@ launch_template = "{flavor}-{var.env}"
 
     fn inputs(flags: &[&str]) -> VariableInputs {
         VariableInputs { flags: flags.iter().map(|flag| flag.to_string()).collect(), ..Default::default() }
+    }
+
+    /// Every key `accepted_keys` (and so the docs test) lists for a variable is one validation takes.
+    #[test]
+    fn every_listed_variable_key_is_taken() {
+        for key in crate::config::schema::VARIABLE_KEYS {
+            let value = match *key {
+                "default" | "description" => "\"x\"",
+                "sensitive" => "false",
+                other => panic!("teach this test a value for the variable key `{other}`"),
+            };
+            let text = FLEET.replace("env = \"prod\"", &format!("env = {{ {key} = {value} }}"));
+            let outcome = parse_with(Path::new("/f/fleet.toml"), &text, &inputs(&["token=t0k", "env=stage"]));
+            if let Err(errors) = outcome {
+                assert!(!errors.to_string().contains("unknown key"), "`{key}`: {errors}");
+            }
+        }
+        let text = FLEET.replace("env = \"prod\"", "env = { defualt = \"prod\" }");
+        let errors = parse_with(Path::new("/f/fleet.toml"), &text, &inputs(&["token=t0k"])).unwrap_err().to_string();
+        assert!(
+            errors
+                .contains("unknown key `defualt` of a variable; expected one of `default`, `sensitive`, `description`"),
+            "{errors}"
+        );
     }
 
     #[test]
