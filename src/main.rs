@@ -505,20 +505,21 @@ async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool, cloud: 
             }
         }
     };
-    // On this machine: what runs killed outright left (ssh masters, key directories); never a live run's.
+    // On this machine: what runs killed outright left (ssh masters, key directories); never a live run's. Real
+    // runs' only: a simulated account's gc leaves them.
     let tmp = std::env::temp_dir();
-    if dry_run {
+    if sim.is_none() && dry_run {
         for leftovers in fleetbake::remote::key_dirs::find_leftovers(&tmp) {
             println!("gc: {}", leftovers.would_end());
         }
-    } else {
+    } else if sim.is_none() {
         for leftovers in fleetbake::remote::key_dirs::end_leftovers(&tmp).await {
             println!("gc: {leftovers}");
         }
     }
     let collected = fleetbake::state::gc::gc_in(&fleet, cloud, dry_run, account).await;
-    // What gc removed from a simulated account is gone from its `[sim] state` too.
-    if let Some(Err(error)) = sim.map(|sim| sim.save()) {
+    // What gc removed from a simulated account is gone from its `[sim] state` too (a dry run changes nothing).
+    if let Some(Err(error)) = sim.filter(|_| !dry_run).map(|sim| sim.save()) {
         eprintln!("error: {error}");
         return Ending::SimStateUnreadable;
     }
@@ -555,7 +556,7 @@ async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool, cloud: 
 
 /// `fleetbake plan --changed-only`: per build, rebuild or reuse, and why; read-only.
 async fn changed_plan(fleet: config::Fleet, cloud: CloudChoice) -> Ending {
-    let fleet = match units::resolve(fleet, units_from(cloud)).await {
+    let mut fleet = match units::resolve(fleet, units_from(cloud)).await {
         Ok((fleet, _)) => fleet,
         Err(checks) => return units_refused(&checks),
     };
@@ -568,9 +569,12 @@ async fn changed_plan(fleet: config::Fleet, cloud: CloudChoice) -> Ending {
             }
             (cloud, clock)
         }
-        // Read-only: the account is not saved again.
+        // Read-only: the account is not saved again. The images reused are the simulated runs' manifest's.
         CloudChoice::Sim => match simulated(&fleet) {
-            Ok((sim, cloud)) => (cloud, sim.run_clock()),
+            Ok((sim, cloud)) => {
+                fleet.manifest_path = run::simulated_manifest_path(&fleet);
+                (cloud, sim.run_clock())
+            }
             Err(stopped) => return stopped,
         },
     };
