@@ -460,8 +460,9 @@ async fn aws(fleet: &config::Fleet, run_id: &RunId) -> AwsCloud {
 /// The simulated account of a command other than `matrix` (gc, preflight, `plan --changed-only`), behind the
 /// fleet's request buckets: with `[sim] state`, the one earlier runs kept. An unreadable state file ends the
 /// command, named.
-fn simulated(fleet: &config::Fleet) -> Result<(Arc<SimCloud>, Arc<dyn Cloud>), Ending> {
-    let sim = Arc::new(SimCloud::open(fleet).map_err(|error| {
+fn simulated(fleet: &config::Fleet, to_keep: bool) -> Result<(Arc<SimCloud>, Arc<dyn Cloud>), Ending> {
+    let opened = if to_keep { SimCloud::open_to_keep(fleet) } else { SimCloud::open(fleet) };
+    let sim = Arc::new(opened.map_err(|error| {
         console().error(&error);
         Ending::SimStateUnreadable
     })?);
@@ -499,7 +500,8 @@ async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool, cloud: 
         CloudChoice::Sim => {
             // The simulated runs' manifest is the one whose images gc keeps.
             fleet.manifest_path = run::simulated_manifest_path(&fleet);
-            match simulated(&fleet) {
+            // Locked from here to the save; a dry run saves nothing, so it takes no lock.
+            match simulated(&fleet, !dry_run) {
                 Ok((sim, cloud)) => (cloud, GcAccount::Simulated { now: sim.run_clock().now() }, Some(sim)),
                 Err(stopped) => return stopped,
             }
@@ -570,7 +572,7 @@ async fn changed_plan(fleet: config::Fleet, cloud: CloudChoice) -> Ending {
             (cloud, clock)
         }
         // Read-only: the account is not saved again. The images reused are the simulated runs' manifest's.
-        CloudChoice::Sim => match simulated(&fleet) {
+        CloudChoice::Sim => match simulated(&fleet, false) {
             Ok((sim, cloud)) => {
                 fleet.manifest_path = run::simulated_manifest_path(&fleet);
                 (cloud, sim.run_clock())
@@ -594,7 +596,7 @@ async fn preflight(fleet: config::Fleet, units: Preflight, cloud: CloudChoice) -
     let cloud: Arc<dyn Cloud> = match cloud {
         CloudChoice::Aws => Arc::new(aws(&fleet, &plan.run_id).await),
         // Read-only: the account is not saved again.
-        CloudChoice::Sim => match simulated(&fleet) {
+        CloudChoice::Sim => match simulated(&fleet, false) {
             Ok((_, cloud)) => cloud,
             Err(stopped) => return stopped,
         },

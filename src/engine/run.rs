@@ -220,7 +220,8 @@ pub async fn matrix_simulated(
         }),
     };
     // With `[sim] state`, the account an earlier run kept: its clock continues, and it is kept again at the end.
-    let sim = Arc::new(SimCloud::open(&fleet)?);
+    // Locked from here to the process's end: another process saving it would overwrite this run's account.
+    let sim = Arc::new(SimCloud::open_to_keep(&fleet)?);
     let limits = Arc::new(RunLimits::new(&fleet.limits, Policy::THROTTLED, strategy.pacing));
     let cloud: Arc<dyn Cloud> =
         Arc::new(crate::cloud::Limited::new(Arc::clone(&sim) as Arc<dyn Cloud>, Arc::clone(limits.api())));
@@ -243,7 +244,7 @@ pub async fn matrix_simulated(
             Some(reporters) => reporters,
             None => standard_reporters(&fleet, start.plan(), Duration::from_secs(60), &options.output)?,
         },
-        // The simulated account is this process's own: no other run can share it.
+        // The simulated account is this process's own, or its `[sim] state` file's lock is held (`sim` above).
         run_lock: None,
         preflight,
         local_leftovers: Vec::new(),

@@ -55,6 +55,49 @@ fn image_ids(manifest: &Value) -> Vec<String> {
 }
 
 #[test]
+fn a_state_file_in_a_missing_directory_is_kept_its_directory_made_private() {
+    let workspace = Workspace::new();
+    let fleet = workspace.write("fleet.toml", &FLEET.replace("state.json", "account/state.json"));
+    let outcome = matrix(&workspace, fleet.to_str().unwrap(), &[]);
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    use std::os::unix::fs::PermissionsExt;
+    let dir = workspace.path("account");
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700, "made private");
+    assert!(dir.join("state.json").is_file(), "the night is kept");
+}
+
+#[test]
+fn a_second_process_on_the_state_file_is_refused_naming_it_and_reads_go_on() {
+    let workspace = Workspace::new();
+    let fleet = workspace.write("fleet.toml", FLEET);
+    let fleet = fleet.to_str().unwrap();
+    assert_eq!(matrix(&workspace, fleet, &[]).code, 0);
+    let state = workspace.path("state.json");
+    let before = std::fs::read(&state).unwrap();
+
+    // Another fleetbake holds the account (this test, as it would).
+    let held = std::fs::File::create(workspace.path("state.json.lock")).unwrap();
+    held.try_lock().unwrap();
+    for args in [vec!["matrix", fleet, "--plain", "--cloud", "sim"], vec!["gc", fleet, "--cloud", "sim"]] {
+        let outcome = offline(&workspace, &args);
+        assert_eq!(outcome.code, 1, "{args:?}: {}", outcome.stderr);
+        assert!(
+            outcome.stderr.contains(&format!("`{}` (`[sim] state`) is in use by another fleetbake", state.display())),
+            "{args:?}: {}",
+            outcome.stderr
+        );
+    }
+    assert_eq!(std::fs::read(&state).unwrap(), before, "the account is as the holder will leave it");
+    // Reading it is no change: plan --changed-only and a dry-run gc go on.
+    let plan = offline(&workspace, &["plan", fleet, "--changed-only", "--cloud", "sim"]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    let dry = offline(&workspace, &["gc", fleet, "--dry-run", "--cloud", "sim"]);
+    assert_eq!(dry.code, 0, "{}{}", dry.stdout, dry.stderr);
+    drop(held);
+    assert_eq!(offline(&workspace, &["gc", fleet, "--cloud", "sim"]).code, 0);
+}
+
+#[test]
 fn a_gc_dry_run_leaves_the_state_file_byte_for_byte() {
     let workspace = Workspace::new();
     let fleet = workspace.write("fleet.toml", FLEET);
@@ -65,6 +108,22 @@ fn a_gc_dry_run_leaves_the_state_file_byte_for_byte() {
     let dry = offline(&workspace, &["gc", fleet, "--dry-run", "--cloud", "sim"]);
     assert_eq!(dry.code, 0, "{}{}", dry.stdout, dry.stderr);
     assert_eq!(std::fs::read(&state).unwrap(), before, "a dry run writes nothing");
+}
+
+#[test]
+fn ids_made_after_the_state_file_is_lost_are_not_the_earlier_nights() {
+    let workspace = Workspace::new();
+    let fleet = workspace.write("fleet.toml", FLEET);
+    let fleet = fleet.to_str().unwrap();
+    assert_eq!(matrix(&workspace, fleet, &[]).code, 0);
+    let first = image_ids(&workspace.read_json("manifest.sim.json"));
+    // The account lost (as after a save that never happened): the next night starts it again.
+    std::fs::remove_file(workspace.path("state.json")).unwrap();
+    let outcome = matrix(&workspace, fleet, &[]);
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    let second = image_ids(&workspace.read_json("manifest.sim.json"));
+    assert_eq!(first.len(), 2);
+    assert!(second.iter().all(|id| !first.contains(id)), "new ids: {first:?} then {second:?}");
 }
 
 #[test]

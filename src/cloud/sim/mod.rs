@@ -33,6 +33,8 @@ pub const SIMULATED_ACCOUNT: &str = crate::config::SIMULATED_OWN_ACCOUNT;
 /// The simulated account.
 pub struct SimCloud {
     model: Arc<Model>,
+    /// With `[sim] state`, opened to be kept ([`SimCloud::open_to_keep`]): the account's lock, held while this lives.
+    _lock: Option<model::persist::StateLock>,
 }
 
 /// What the model saw and what is left in it.
@@ -114,6 +116,16 @@ impl SimCloud {
         Ok(SimCloud::with_model(fleet, model::persist::open(fleet.sim.clone())?))
     }
 
+    /// [`SimCloud::open`] for a command that will [`SimCloud::save`] the account (matrix, gc): with `[sim] state`,
+    /// its lock is taken first (its directory made if missing) and held while this lives; a second such
+    /// command on the same file is refused, naming it.
+    pub fn open_to_keep(fleet: &Fleet) -> Result<Self, SimStateError> {
+        let lock = fleet.sim.state.as_deref().map(model::persist::lock).transpose()?;
+        let mut cloud = SimCloud::open(fleet)?;
+        cloud._lock = lock;
+        Ok(cloud)
+    }
+
     /// Keeps the account in its `[sim] state` file, if it has one (atomically, 0600); else nothing.
     pub fn save(&self) -> Result<(), SimStateError> {
         model::persist::save(&self.model)
@@ -130,7 +142,7 @@ impl SimCloud {
             model.account.act_as(role.clone());
         }
         model.accounts.set_roles(fleet.aws.distribution_roles.clone());
-        SimCloud { model }
+        SimCloud { model, _lock: None }
     }
 
     pub fn settings(&self) -> &SimSettings {
