@@ -636,6 +636,14 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
                     console().eprint(line);
                 }
             }
+            // What an earlier night left in a `[sim] state` account: said, not this run's failure.
+            let earlier = statistics.sim.as_ref().map_or(0, |sim| sim.left_by_earlier_runs.len());
+            if earlier > 0 && view != View::Quiet {
+                console().eprint(format_args!(
+                    "==> {earlier} resource(s) an earlier run left are still in the simulated account (not this run's; listed in the summary's `sim.left_by_earlier_runs`): remove them with: fleetbake gc --cloud sim {}",
+                    fleet_file.display()
+                ));
+            }
             let leaked = statistics.leaked_resources.unwrap_or_default();
             // Expired credentials leave what they could not remove: named below with the gc command, no bug.
             if !leaked.is_empty() && !summary.credentials_expired {

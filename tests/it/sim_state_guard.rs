@@ -127,6 +127,32 @@ fn ids_made_after_the_state_file_is_lost_are_not_the_earlier_nights() {
 }
 
 #[test]
+fn what_an_earlier_night_left_is_said_and_not_this_nights_leak() {
+    let workspace = Workspace::new();
+    // Night one cannot delete its key pair: it is left in the account (the night fails, as it should).
+    let failing = FLEET.replace(
+        "state = \"state.json\"",
+        "state = \"state.json\"\nfaults = [{ action = \"DeleteKeyPair\", error = \"UnauthorizedOperation\", probability = 1.0 }]",
+    );
+    let fleet_path = workspace.write("fleet.toml", &failing);
+    let fleet = fleet_path.to_str().unwrap();
+    let first = matrix(&workspace, fleet, &[]);
+    assert_eq!(first.code, 1, "{}", first.stderr);
+    assert!(first.stderr.contains("a fleetbake bug"), "{}", first.stderr);
+
+    // Night two leaves nothing of its own: it succeeds, and names what night one left as not its own.
+    std::fs::write(&fleet_path, FLEET).unwrap();
+    let second = matrix(&workspace, fleet, &["--changed-only"]);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert!(!second.stderr.contains("a fleetbake bug"), "{}", second.stderr);
+    assert!(second.stderr.contains("1 resource(s) an earlier run left"), "{}", second.stderr);
+    let summary = workspace.read_json("summary.json");
+    assert_eq!(summary["leaked_resources"], serde_json::json!([]), "{summary}");
+    let earlier = summary["sim"]["left_by_earlier_runs"].as_array().unwrap();
+    assert!(earlier.len() == 1 && earlier[0].as_str().unwrap().starts_with("key pair "), "{summary}");
+}
+
+#[test]
 fn gc_of_the_simulated_account_leaves_the_real_runs_lock_and_kept_keys() {
     let workspace = Workspace::new();
     let fleet = workspace.write("fleet.toml", FLEET);

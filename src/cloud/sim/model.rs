@@ -222,6 +222,11 @@ impl Model {
         duration.mul_f64(factor)
     }
 
+    /// When this process made the account (a `[sim] state` account's earlier resources come before it).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// A fresh id like EC2's: `prefix-` and 17 hex digits.
     fn id(&self, prefix: &str) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -386,6 +391,11 @@ pub struct ImageAttributes {
 }
 
 impl SimImage {
+    /// Made by an earlier process (`[sim] state`), not this one's run.
+    pub fn restored(&self) -> bool {
+        self.restored_creation.is_some()
+    }
+
     pub fn snapshot(&self) -> &SnapshotId {
         &self.snapshot
     }
@@ -482,9 +492,23 @@ pub struct SimKeyPair {
     created_at: Instant,
 }
 
+impl SimKeyPair {
+    /// Made by an earlier process (`[sim] state`), not this one's run.
+    pub fn restored(&self, model: &Model) -> bool {
+        self.created_at < model.started
+    }
+}
+
 pub struct SimGroup {
     name: String,
     created_at: Instant,
+}
+
+impl SimGroup {
+    /// Made by an earlier process (`[sim] state`), not this one's run.
+    pub fn restored(&self, model: &Model) -> bool {
+        self.created_at < model.started
+    }
 }
 
 impl RegionState {

@@ -232,7 +232,7 @@ fn restore(model: &Arc<Model>, saved: SavedPlace, clock: DateTime<Utc>) {
         state.insert_image(image.id, restored);
     }
     for snapshot in saved.orphan_snapshots {
-        state.orphan_snapshots.insert(snapshot, now);
+        state.orphan_snapshots.insert(snapshot, long_ago);
     }
     for key_pair in saved.key_pairs {
         state.key_pairs.insert(key_pair.name, SimKeyPair { tags: key_pair.tags, created_at: long_ago });
