@@ -676,7 +676,8 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
                     if summary.credentials_expired { " (with fresh credentials)" } else { "" }
                 ));
             }
-            Ending::Ran { summary: Box::new(summary), leaked: leaked.len() }
+            let unsaved = statistics.sim_state_unsaved.is_some();
+            Ending::Ran { summary: Box::new(summary), leaked: leaked.len(), unsaved }
         }
         Err(error) => {
             if let run::RunError::Preflight(report) | run::RunError::Units(report) = &error {

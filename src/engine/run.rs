@@ -251,11 +251,16 @@ pub async fn matrix_simulated(
         manifest_set_aside,
     };
     let ran = execution.run(start, interrupts).await;
-    // Kept whatever the run came to (a failure, an interrupt): nothing it made is lost.
-    sim.save()?;
+    // Kept whatever the run came to (a failure, an interrupt): nothing it made is lost. A save that fails is
+    // said, and the run still ends as it came to (its summary, what it left), failed at least.
+    let unsaved = sim.save().err().map(|error| {
+        eprintln!("error: {error}");
+        error.to_string()
+    });
     let (plan, summary) = ran?;
     let report: SimReport = sim.report(BATCH_INTERVAL);
-    let statistics = RunStatistics::new(&plan, &fleet, &summary, limits.stats(), Some(report));
+    let mut statistics = RunStatistics::new(&plan, &fleet, &summary, limits.stats(), Some(report));
+    statistics.sim_state_unsaved = unsaved;
     finish(summary, statistics, options.summary_json)
 }
 
