@@ -491,8 +491,9 @@ async fn aws(fleet: &config::Fleet, run_id: &RunId) -> AwsCloud {
 /// The simulated account of a command other than `matrix` (gc, preflight, `plan --changed-only`), behind the
 /// fleet's request buckets: with `[sim] state`, the one earlier runs kept. An unreadable state file ends the
 /// command, named.
-fn simulated(fleet: &config::Fleet) -> Result<(Arc<SimCloud>, Arc<dyn Cloud>), Ending> {
-    let sim = Arc::new(SimCloud::open(fleet).map_err(|error| {
+fn simulated(fleet: &config::Fleet, to_keep: bool) -> Result<(Arc<SimCloud>, Arc<dyn Cloud>), Ending> {
+    let opened = if to_keep { SimCloud::open_to_keep(fleet) } else { SimCloud::open(fleet) };
+    let sim = Arc::new(opened.map_err(|error| {
         console().error(&error);
         Ending::SimStateUnreadable
     })?);
@@ -530,26 +531,28 @@ async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool, cloud: 
         CloudChoice::Sim => {
             // The simulated runs' manifest is the one whose images gc keeps.
             fleet.manifest_path = run::simulated_manifest_path(&fleet);
-            match simulated(&fleet) {
+            // Locked from here to the save; a dry run saves nothing, so it takes no lock.
+            match simulated(&fleet, !dry_run) {
                 Ok((sim, cloud)) => (cloud, GcAccount::Simulated { now: sim.run_clock().now() }, Some(sim)),
                 Err(stopped) => return stopped,
             }
         }
     };
-    // On this machine: what runs killed outright left (ssh masters, key directories); never a live run's.
+    // On this machine: what runs killed outright left (ssh masters, key directories); never a live run's. Real
+    // runs' only: a simulated account's gc leaves them.
     let tmp = std::env::temp_dir();
-    if dry_run {
+    if sim.is_none() && dry_run {
         for leftovers in fleetbake::remote::key_dirs::find_leftovers(&tmp) {
             println!("gc: {}", leftovers.would_end());
         }
-    } else {
+    } else if sim.is_none() {
         for leftovers in fleetbake::remote::key_dirs::end_leftovers(&tmp).await {
             println!("gc: {leftovers}");
         }
     }
     let collected = fleetbake::state::gc::gc_in(&fleet, cloud, dry_run, account).await;
-    // What gc removed from a simulated account is gone from its `[sim] state` too.
-    if let Some(Err(error)) = sim.map(|sim| sim.save()) {
+    // What gc removed from a simulated account is gone from its `[sim] state` too (a dry run changes nothing).
+    if let Some(Err(error)) = sim.filter(|_| !dry_run).map(|sim| sim.save()) {
         eprintln!("error: {error}");
         return Ending::SimStateUnreadable;
     }
@@ -586,7 +589,7 @@ async fn gc(fleet: config::Fleet, file: &std::path::Path, dry_run: bool, cloud: 
 
 /// `fleetbake plan --changed-only`: per build, rebuild or reuse, and why; read-only.
 async fn changed_plan(fleet: config::Fleet, cloud: CloudChoice) -> Ending {
-    let fleet = match units::resolve(fleet, units_from(cloud)).await {
+    let mut fleet = match units::resolve(fleet, units_from(cloud)).await {
         Ok((fleet, _)) => fleet,
         Err(checks) => return units_refused(&checks),
     };
@@ -599,9 +602,12 @@ async fn changed_plan(fleet: config::Fleet, cloud: CloudChoice) -> Ending {
             }
             (cloud, clock)
         }
-        // Read-only: the account is not saved again.
-        CloudChoice::Sim => match simulated(&fleet) {
-            Ok((sim, cloud)) => (cloud, sim.run_clock()),
+        // Read-only: the account is not saved again. The images reused are the simulated runs' manifest's.
+        CloudChoice::Sim => match simulated(&fleet, false) {
+            Ok((sim, cloud)) => {
+                fleet.manifest_path = run::simulated_manifest_path(&fleet);
+                (cloud, sim.run_clock())
+            }
             Err(stopped) => return stopped,
         },
     };
@@ -621,7 +627,7 @@ async fn preflight(fleet: config::Fleet, units: Preflight, cloud: CloudChoice) -
     let cloud: Arc<dyn Cloud> = match cloud {
         CloudChoice::Aws => Arc::new(aws(&fleet, &plan.run_id).await),
         // Read-only: the account is not saved again.
-        CloudChoice::Sim => match simulated(&fleet) {
+        CloudChoice::Sim => match simulated(&fleet, false) {
             Ok((_, cloud)) => cloud,
             Err(stopped) => return stopped,
         },
@@ -661,6 +667,14 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
                     console().eprint(line);
                 }
             }
+            // What an earlier night left in a `[sim] state` account: said, not this run's failure.
+            let earlier = statistics.sim.as_ref().map_or(0, |sim| sim.left_by_earlier_runs.len());
+            if earlier > 0 && view != View::Quiet {
+                console().eprint(format_args!(
+                    "==> {earlier} resource(s) an earlier run left are still in the simulated account (not this run's; listed in the summary's `sim.left_by_earlier_runs`): remove them with: fleetbake gc --cloud sim {}",
+                    fleet_file.display()
+                ));
+            }
             let leaked = statistics.leaked_resources.unwrap_or_default();
             // Expired credentials leave what they could not remove: named below with the gc command, no bug.
             if !leaked.is_empty() && !summary.credentials_expired {
@@ -693,7 +707,8 @@ async fn matrix(fleet: config::Fleet, options: MatrixOptions, cloud: CloudChoice
                     if summary.credentials_expired { " (with fresh credentials)" } else { "" }
                 ));
             }
-            Ending::Ran { summary: Box::new(summary), leaked: leaked.len() }
+            let unsaved = statistics.sim_state_unsaved.is_some();
+            Ending::Ran { summary: Box::new(summary), leaked: leaked.len(), unsaved }
         }
         Err(error) => {
             if let run::RunError::Preflight(report) | run::RunError::Units(report) = &error {

@@ -77,8 +77,9 @@ pub enum Ending {
     /// `gc` went through its plan: how many removals failed (and `[[distribution]]` accounts it could not survey).
     Collected { failures: usize },
     /// A run's loop ended: its summary (boxed: the other endings are small), and how many resources the
-    /// simulated cloud says it left behind.
-    Ran { summary: Box<RunSummary>, leaked: usize },
+    /// simulated cloud says it left behind, and whether its `[sim] state` could not be saved (a failure, unless
+    /// the run ended worse).
+    Ran { summary: Box<RunSummary>, leaked: usize, unsaved: bool },
     /// `matrix` stopped on an error of its own (its lock, its journal, the preflight, an output file, AWS).
     RunStopped(RunError),
     /// `gc` stopped before removing anything (its lock, a journal, the manifest, a survey call).
@@ -98,10 +99,10 @@ impl Ending {
             Ending::NoSuchImage | Ending::NoCredentials | Ending::SimStateUnreadable => Exit::Failed,
             Ending::Checked { failed: 0 } | Ending::Collected { failures: 0 } => Exit::Success,
             Ending::Checked { .. } | Ending::Collected { .. } => Exit::Failed,
-            Ending::Ran { summary, leaked } => match summary.interrupted {
+            Ending::Ran { summary, leaked, unsaved } => match summary.interrupted {
                 Some(interrupt) => Exit::Interrupted(interrupt),
                 None if summary.credentials_expired => Exit::CredentialsExpired,
-                None if summary.failed > 0 || *leaked > 0 => Exit::Failed,
+                None if summary.failed > 0 || *leaked > 0 || *unsaved => Exit::Failed,
                 None => Exit::Success,
             },
             Ending::RunStopped(error) => match error {
@@ -230,12 +231,14 @@ mod tests {
             (Ending::Checked { failed: 2 }, 1),
             (Ending::Collected { failures: 0 }, 0),
             (Ending::Collected { failures: 1 }, 1),
-            (Ending::Ran { summary: summary(0, None), leaked: 0 }, 0),
-            (Ending::Ran { summary: summary(1, None), leaked: 0 }, 1),
-            (Ending::Ran { summary: summary(0, None), leaked: 1 }, 1),
-            (Ending::Ran { summary: expired(2), leaked: 0 }, 3),
-            (Ending::Ran { summary: summary(1, Some(Interrupt::SIGINT)), leaked: 0 }, 130),
-            (Ending::Ran { summary: summary(0, Some(Interrupt::SIGTERM)), leaked: 1 }, 143),
+            (Ending::Ran { summary: summary(0, None), leaked: 0, unsaved: false }, 0),
+            (Ending::Ran { summary: summary(1, None), leaked: 0, unsaved: false }, 1),
+            (Ending::Ran { summary: summary(0, None), leaked: 1, unsaved: false }, 1),
+            (Ending::Ran { summary: summary(0, None), leaked: 0, unsaved: true }, 1),
+            (Ending::Ran { summary: summary(0, Some(Interrupt::SIGINT)), leaked: 0, unsaved: true }, 130),
+            (Ending::Ran { summary: expired(2), leaked: 0, unsaved: false }, 3),
+            (Ending::Ran { summary: summary(1, Some(Interrupt::SIGINT)), leaked: 0, unsaved: false }, 130),
+            (Ending::Ran { summary: summary(0, Some(Interrupt::SIGTERM)), leaked: 1, unsaved: false }, 143),
             (
                 Ending::RunStopped(RunError::DetectAddress(DetectError {
                     url: "http://checkip.amazonaws.com/".to_string(),

@@ -220,7 +220,8 @@ pub async fn matrix_simulated(
         }),
     };
     // With `[sim] state`, the account an earlier run kept: its clock continues, and it is kept again at the end.
-    let sim = Arc::new(SimCloud::open(&fleet)?);
+    // Locked from here to the process's end: another process saving it would overwrite this run's account.
+    let sim = Arc::new(SimCloud::open_to_keep(&fleet)?);
     let limits = Arc::new(RunLimits::new(&fleet.limits, Policy::THROTTLED, strategy.pacing));
     let cloud: Arc<dyn Cloud> =
         Arc::new(crate::cloud::Limited::new(Arc::clone(&sim) as Arc<dyn Cloud>, Arc::clone(limits.api())));
@@ -243,18 +244,23 @@ pub async fn matrix_simulated(
             Some(reporters) => reporters,
             None => standard_reporters(&fleet, start.plan(), Duration::from_secs(60), &options.output)?,
         },
-        // The simulated account is this process's own: no other run can share it.
+        // The simulated account is this process's own, or its `[sim] state` file's lock is held (`sim` above).
         run_lock: None,
         preflight,
         local_leftovers: Vec::new(),
         manifest_set_aside,
     };
     let ran = execution.run(start, interrupts).await;
-    // Kept whatever the run came to (a failure, an interrupt): nothing it made is lost.
-    sim.save()?;
+    // Kept whatever the run came to (a failure, an interrupt): nothing it made is lost. A save that fails is
+    // said, and the run still ends as it came to (its summary, what it left), failed at least.
+    let unsaved = sim.save().err().map(|error| {
+        eprintln!("error: {error}");
+        error.to_string()
+    });
     let (plan, summary) = ran?;
     let report: SimReport = sim.report(BATCH_INTERVAL);
-    let statistics = RunStatistics::new(&plan, &fleet, &summary, limits.stats(), Some(report));
+    let mut statistics = RunStatistics::new(&plan, &fleet, &summary, limits.stats(), Some(report));
+    statistics.sim_state_unsaved = unsaved;
     finish(summary, statistics, options.summary_json)
 }
 

@@ -72,6 +72,9 @@ pub struct RunStatistics {
     pub accounts: BTreeMap<String, AccountJobs>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leaked_resources: Option<Vec<String>>,
+    /// Why the simulated account could not be kept in its `[sim] state` file, if it could not: the run fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sim_state_unsaved: Option<String>,
     /// What the build instances of the images made in this run cost (USD), per market, and the same hours on
     /// demand ([`crate::engine::cost`]): absent when the run made no image.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -171,6 +174,7 @@ impl RunStatistics {
             },
             accounts: AccountJobs::of(plan, summary),
             leaked_resources: sim.as_ref().map(|report| report.leaked_resources.clone()),
+            sim_state_unsaved: None,
             estimated_cost: estimated_cost(fleet, summary, sim.is_some()),
             sim,
         }

@@ -731,8 +731,11 @@ pub async fn gc_in(
     // Removing images takes the fleet file's run lock, refused at once if a run holds it: a run in progress
     // is making images gc's retention would count, and none may start while gc deregisters.
     let may_deregister = fleet.retention.keep.is_some() || fleet.retention.keep_days.is_some();
-    let _lock = match (may_deregister, dry_run) {
-        (true, false) => {
+    // A simulated account's gc touches only that account and its state file (whose lock its caller holds):
+    // never this machine's journals, saved logs, kept login keys or the fleet's run lock, which are real runs'.
+    let simulated = matches!(account, GcAccount::Simulated { .. });
+    let _lock = match (may_deregister, dry_run, simulated) {
+        (true, false, false) => {
             let lock = RunLock::acquire(&JournalDir::of(fleet))?;
             lock.name_holder("gc");
             Some(lock)
@@ -741,7 +744,9 @@ pub async fn gc_in(
     };
     let protected = protected_images(fleet)?;
     let mut survey = survey(fleet, &*cloud).await?;
-    survey.leftovers.extend(journaled_sessions(&JournalDir::of(fleet)));
+    if !simulated {
+        survey.leftovers.extend(journaled_sessions(&JournalDir::of(fleet)));
+    }
     // A failed build's resources kept (`--keep-failed`) are left until their `fleetbake:keep-until`.
     let (due, kept) = leftovers::set_aside_kept(std::mem::take(&mut survey.leftovers), now);
     survey.leftovers = due;
@@ -752,6 +757,9 @@ pub async fn gc_in(
     let mut plan = GcPlan::new(&survey, &runs, &protected, &fleet.retention, now);
     plan.notes.extend(kept.iter().map(kept_note));
     let mut outcome = execute(&plan, cloud, dry_run).await;
+    if simulated {
+        return Ok((plan, outcome));
+    }
     // The runs' saved logs on this machine, past `[retention] logs` (`state::logs`).
     let logs = crate::state::logs::gc_logs(&JournalDir::of(fleet), fleet.retention.logs, now, dry_run);
     outcome.lines.extend(logs.lines);

@@ -39,6 +39,7 @@ mod sharing;
 mod sim;
 mod sim_accounts;
 mod sim_state;
+mod sim_state_guard;
 mod spot;
 mod spot_interrupt;
 mod ssm_source;

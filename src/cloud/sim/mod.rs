@@ -33,6 +33,8 @@ pub const SIMULATED_ACCOUNT: &str = crate::config::SIMULATED_OWN_ACCOUNT;
 /// The simulated account.
 pub struct SimCloud {
     model: Arc<Model>,
+    /// With `[sim] state`, opened to be kept ([`SimCloud::open_to_keep`]): the account's lock, held while this lives.
+    _lock: Option<model::persist::StateLock>,
 }
 
 /// What the model saw and what is left in it.
@@ -47,6 +49,10 @@ pub struct SimReport {
     /// (past it, they are leaks).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kept_resources: Vec<String>,
+    /// What an earlier run on this `[sim] state` account left (neither kept nor this run's): said, not this run's
+    /// leak (`fleetbake gc --cloud sim` removes it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_by_earlier_runs: Vec<String>,
     /// The most copies in flight into each region at once.
     pub peak_copies_in_flight: BTreeMap<Region, usize>,
     /// RequestLimitExceeded answered because a bucket was empty (not counting configured faults).
@@ -114,6 +120,16 @@ impl SimCloud {
         Ok(SimCloud::with_model(fleet, model::persist::open(fleet.sim.clone())?))
     }
 
+    /// [`SimCloud::open`] for a command that will [`SimCloud::save`] the account (matrix, gc): with `[sim] state`,
+    /// its lock is taken first (its directory made if missing) and held while this lives; a second such
+    /// command on the same file is refused, naming it.
+    pub fn open_to_keep(fleet: &Fleet) -> Result<Self, SimStateError> {
+        let lock = fleet.sim.state.as_deref().map(model::persist::lock).transpose()?;
+        let mut cloud = SimCloud::open(fleet)?;
+        cloud._lock = lock;
+        Ok(cloud)
+    }
+
     /// Keeps the account in its `[sim] state` file, if it has one (atomically, 0600); else nothing.
     pub fn save(&self) -> Result<(), SimStateError> {
         model::persist::save(&self.model)
@@ -130,7 +146,7 @@ impl SimCloud {
             model.account.act_as(role.clone());
         }
         model.accounts.set_roles(fleet.aws.distribution_roles.clone());
-        SimCloud { model }
+        SimCloud { model, _lock: None }
     }
 
     pub fn settings(&self) -> &SimSettings {
@@ -252,14 +268,18 @@ impl SimCloud {
             report.kms_grants_created += state.kms_grants.created;
             report.kms_grants_revoked += state.kms_grants.revoked;
             // Kept (`--keep-failed`: gc removes it once its time is past) or leaked.
-            let mut left =
-                |what: String, tags: Option<&crate::config::Tags>| match kept::kept_until(tags, &self.model.wall) {
-                    Some((until, false)) => report.kept_resources.push(format!("{what} until {}", until.to_rfc3339())),
-                    Some((until, true)) => {
-                        report.kept_resources.push(format!("{what} until {} (past: gc removes it)", until.to_rfc3339()))
-                    }
-                    None => report.leaked_resources.push(what),
-                };
+            // An earlier run's (`[sim] state`) is said apart: not this run's leak.
+            let mut left = |what: String, tags: Option<&crate::config::Tags>, earlier: bool| match kept::kept_until(
+                tags,
+                &self.model.wall,
+            ) {
+                Some((until, false)) => report.kept_resources.push(format!("{what} until {}", until.to_rfc3339())),
+                Some((until, true)) => {
+                    report.kept_resources.push(format!("{what} until {} (past: gc removes it)", until.to_rfc3339()))
+                }
+                None if earlier => report.left_by_earlier_runs.push(what),
+                None => report.leaked_resources.push(what),
+            };
             for (id, instance) in &state.instances {
                 // An instance an earlier run launched (`[sim] state`) is not this run's launch, only what is left.
                 if !instance.restored(&self.model) {
@@ -270,18 +290,25 @@ impl SimCloud {
                 }
                 let instance_state = instance.state(now);
                 if instance_state != InstanceState::Terminated {
-                    left(format!("instance {id} in {place} ({instance_state:?})"), state.tags_of(id.as_str()));
+                    let what = format!("instance {id} in {place} ({instance_state:?})");
+                    left(what, state.tags_of(id.as_str()), instance.restored(&self.model));
                 }
             }
             for (name, pair) in &state.key_pairs {
-                left(format!("key pair {name} in {place}"), Some(&pair.tags));
+                left(format!("key pair {name} in {place}"), Some(&pair.tags), pair.restored(&self.model));
             }
-            for id in state.security_groups.keys() {
-                left(format!("security group {id} in {place}"), state.tags_of(id.as_str()));
+            for (id, group) in &state.security_groups {
+                let what = format!("security group {id} in {place}");
+                left(what, state.tags_of(id.as_str()), group.restored(&self.model));
             }
             for (id, image) in &state.images {
                 if let ImageState::Failed(why) = image.state(now) {
-                    report.leaked_resources.push(format!("image {id} in {place} ({why}, never deregistered)"));
+                    let what = format!("image {id} in {place} ({why}, never deregistered)");
+                    if image.restored() {
+                        report.left_by_earlier_runs.push(what);
+                    } else {
+                        report.leaked_resources.push(what);
+                    }
                 }
             }
             for (id, grant) in state.kms_grants.all() {
@@ -294,8 +321,14 @@ impl SimCloud {
                 report.leaked_resources.push(format!("session {id} in {place} (to {instance}, never terminated)"));
             }
             report.sessions_started += state.sessions_started;
-            for id in state.orphan_snapshots.keys() {
-                report.leaked_resources.push(format!("snapshot {id} in {place} (of a deregistered image)"));
+            for (id, released_at) in &state.orphan_snapshots {
+                let what = format!("snapshot {id} in {place} (of a deregistered image)");
+                // Released before this process started: an earlier run's (restored as released long ago).
+                if *released_at < self.model.started() {
+                    report.left_by_earlier_runs.push(what);
+                } else {
+                    report.leaked_resources.push(what);
+                }
             }
             report.lagged_answers += state.lagged;
             let mut images: Vec<SimImageReport> = state

@@ -57,6 +57,10 @@ pub struct Model {
     /// Keyed by place: the simulated account is the run's own, so every place is one of its regions.
     regions: DashMap<Place, Arc<RegionModel>>,
     next_id: AtomicU64,
+    /// Mixed into every id [`Model::id`] makes: 0 for an account of this process alone (its ids are the seed's),
+    /// random for each opening of a `[sim] state` account, so an id made after a lost save (a process killed, the
+    /// file deleted) or by another process is never one an earlier opening made.
+    id_salt: AtomicU64,
     /// When the account was made: image creation dates count from here (see [`creation_date`]).
     started: Instant,
     /// What `started` is in wall time, for creation dates: 2026-01-01T00:00:00Z for an account made by this
@@ -120,6 +124,7 @@ impl Model {
             fault_matches,
             regions: DashMap::new(),
             next_id: AtomicU64::new(1),
+            id_salt: AtomicU64::new(0),
             started: Instant::now(),
             epoch: continued_at
                 .unwrap_or_else(|| chrono::DateTime::parse_from_rfc3339(FRESH_EPOCH).expect("a valid date").to_utc()),
@@ -217,10 +222,15 @@ impl Model {
         duration.mul_f64(factor)
     }
 
+    /// When this process made the account (a `[sim] state` account's earlier resources come before it).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// A fresh id like EC2's: `prefix-` and 17 hex digits.
     fn id(&self, prefix: &str) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("{prefix}-0{:016x}", fnv1a(&n.to_string()) >> 4)
+        format!("{prefix}-0{:016x}", (fnv1a(&n.to_string()) ^ self.id_salt.load(Ordering::Relaxed)) >> 4)
     }
 
     /// The configured error fault that answers this call, if one does.
@@ -381,6 +391,11 @@ pub struct ImageAttributes {
 }
 
 impl SimImage {
+    /// Made by an earlier process (`[sim] state`), not this one's run.
+    pub fn restored(&self) -> bool {
+        self.restored_creation.is_some()
+    }
+
     pub fn snapshot(&self) -> &SnapshotId {
         &self.snapshot
     }
@@ -477,9 +492,23 @@ pub struct SimKeyPair {
     created_at: Instant,
 }
 
+impl SimKeyPair {
+    /// Made by an earlier process (`[sim] state`), not this one's run.
+    pub fn restored(&self, model: &Model) -> bool {
+        self.created_at < model.started
+    }
+}
+
 pub struct SimGroup {
     name: String,
     created_at: Instant,
+}
+
+impl SimGroup {
+    /// Made by an earlier process (`[sim] state`), not this one's run.
+    pub fn restored(&self, model: &Model) -> bool {
+        self.created_at < model.started
+    }
 }
 
 impl RegionState {

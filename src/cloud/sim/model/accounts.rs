@@ -418,7 +418,7 @@ mod tests {
         let copy = theirs.copy_image(&spec).await.unwrap();
 
         tokio::time::sleep(model.settings.copy_image + Duration::from_secs(1)).await;
-        let cloud = SimCloud { model: Arc::clone(&model) };
+        let cloud = SimCloud { model: Arc::clone(&model), _lock: None };
         let report = cloud.report(Duration::from_secs(5));
         let copied = report.images.iter().find(|found| found.id == copy.as_str()).expect("the copy is in the model");
         assert_eq!((copied.account.as_str(), copied.region.as_str()), (B, "us-east-1"));
@@ -560,7 +560,7 @@ mod tests {
         theirs.copy_image(&copy_of(&image, "their-copy", None)).await.unwrap();
         let full = theirs.copy_image(&copy_of(&image, "their-second", None)).await.unwrap_err();
         assert_eq!(full.code.as_deref(), Some("ResourceLimitExceeded"));
-        let report = SimCloud { model: Arc::clone(&model) }.report(Duration::from_secs(5));
+        let report = SimCloud { model: Arc::clone(&model), _lock: None }.report(Duration::from_secs(5));
         assert_eq!(report.peak_copies_in_flight[&west()], 1);
         assert_eq!(report.peak_copies_in_flight_elsewhere[&format!("{B}/us-west-2")], 1);
     }
@@ -610,7 +610,7 @@ mod tests {
         let other = region.grant_key_use("alias/images", DESTINATION, "fleetbake-copy-2").await.unwrap();
         assert_ne!(first, other);
         assert_eq!(first.as_str().len(), 64);
-        let cloud = SimCloud { model: Arc::clone(&model) };
+        let cloud = SimCloud { model: Arc::clone(&model), _lock: None };
         let leaks = cloud.report(Duration::from_secs(5)).leaked_resources;
         assert_eq!(leaks.iter().filter(|leak| leak.starts_with("KMS grant")).count(), 2, "{leaks:?}");
 

@@ -4,7 +4,9 @@
 //! with their version history and labels, launch templates with their versions, the instances not terminated
 //! with the key pairs and security groups left (a `--keep-failed` build's: running or stopped, with their tags
 //! and the image they were launched from; on demand, whatever market they were bought on), and the id counter
-//! (so a later run never makes an id an earlier one made). Not kept: KMS grants (a run revokes every one it
+//! (with a random salt mixed into each opening's ids, so a later run never makes an id an earlier one made, even
+//! after a save was lost). A process that saves the account holds `<state>.lock` (flock) from opening it on
+//! ([`lock`]): a second one is refused, naming the file. Not kept: KMS grants (a run revokes every one it
 //! makes), ingress rules, sessions, client tokens, the buckets, faults and the seeded randomness (each run's own), and SSM puts not yet
 //! validated when the account was saved (in the account's time: those validated by then are versions).
 //!
@@ -43,6 +45,40 @@ pub enum SimStateError {
     Incompatible { path: PathBuf, found: u64 },
     #[error("cannot write the simulated account `{}` (`[sim] state`): {source}", path.display())]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("the simulated account `{}` (`[sim] state`) is in use by another fleetbake (a `matrix --cloud sim` or `gc --cloud sim` holds `{}`): wait for it to end", path.display(), lock.display())]
+    Busy { path: PathBuf, lock: PathBuf },
+}
+
+/// The exclusive lock (flock) on `<state>.lock` a process that will save the account holds from opening it to
+/// its end: two processes changing one account would each save theirs, the last one winning.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+/// Takes the lock of the account at `path`, its directory made first (0700) if missing; refused at once if
+/// another process holds it.
+pub fn lock(path: &Path) -> Result<StateLock, SimStateError> {
+    let write = |source| SimStateError::Write { path: path.to_path_buf(), source };
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(write)?;
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|source| SimStateError::Write { path: lock.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(StateLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SimStateError::Busy { path: path.to_path_buf(), lock }),
+        Err(std::fs::TryLockError::Error(source)) => Err(SimStateError::Write { path: lock, source }),
+    }
 }
 
 /// The file's document.
@@ -137,7 +173,9 @@ pub fn open(settings: SimSettings) -> Result<Arc<Model>, SimStateError> {
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Model::starting(settings, Some(Utc::now())));
+            let model = Model::starting(settings, Some(Utc::now()));
+            model.id_salt.store(fastrand::u64(..), Ordering::Relaxed);
+            return Ok(model);
         }
         Err(source) => return Err(SimStateError::Read { path, source }),
     };
@@ -146,6 +184,7 @@ pub fn open(settings: SimSettings) -> Result<Arc<Model>, SimStateError> {
     let clock = Utc::now().max(saved.clock + chrono::TimeDelta::seconds(1));
     let model = Model::starting(settings, Some(clock));
     model.next_id.store(saved.next_id, Ordering::Relaxed);
+    model.id_salt.store(fastrand::u64(..), Ordering::Relaxed);
     for place in saved.places {
         restore(&model, place, clock);
     }
@@ -193,7 +232,7 @@ fn restore(model: &Arc<Model>, saved: SavedPlace, clock: DateTime<Utc>) {
         state.insert_image(image.id, restored);
     }
     for snapshot in saved.orphan_snapshots {
-        state.orphan_snapshots.insert(snapshot, now);
+        state.orphan_snapshots.insert(snapshot, long_ago);
     }
     for key_pair in saved.key_pairs {
         state.key_pairs.insert(key_pair.name, SimKeyPair { tags: key_pair.tags, created_at: long_ago });

@@ -18,7 +18,7 @@ fn region_of(settings: SimSettings) -> (SimCloud, SimRegion) {
     let model = Model::new(SimSettings { consistency_lag: Duration::ZERO, ..settings });
     let region = Region::new("us-west-2");
     let sim_region = SimRegion::new(&model, &Place::own(region.clone()));
-    (SimCloud { model }, sim_region)
+    (SimCloud { model, _lock: None }, sim_region)
 }
 
 /// A key pair, a group and an instance of `flavor` launched into it; the instance and its group.
