@@ -70,7 +70,12 @@ fn a_parameter_published_for_101_nights_keeps_taking_versions_and_its_labels_sta
     let mut last_run = String::new();
     for night in 1..=101 {
         let summary = runtime.block_on(run_on(&sim, &fleet, Start::fresh(&fleet, None), None));
-        assert_eq!((summary.succeeded, summary.failed), (1, 0), "night {night}: {summary:?} {}", std::fs::read_to_string(&fleet.manifest_path).unwrap_or_default());
+        assert_eq!(
+            (summary.succeeded, summary.failed),
+            (1, 0),
+            "night {night}: {summary:?} {}",
+            std::fs::read_to_string(&fleet.manifest_path).unwrap_or_default()
+        );
         let manifest: Value = serde_json::from_str(&std::fs::read_to_string(&fleet.manifest_path).unwrap()).unwrap();
         let published = &manifest["artifacts"]["base"]["us-west-2"]["published"];
         assert_eq!(published[0]["version"], night, "night {night}: {manifest}");
