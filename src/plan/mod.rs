@@ -29,8 +29,20 @@ impl RunId {
         RunId(id)
     }
 
+    /// A new run's id: a random suffix, drawn again while it would repeat an id this process has already made.
+    /// Runs of one process can start within a second of each other (the simulated nights of a test, each
+    /// taking Utc::now() as its start): a repeated id would make a later run's RunInstances token the earlier
+    /// run's, which EC2 (and the sim) answers with the earlier run's (terminated) instance.
     pub fn generate(started_at: DateTime<Utc>) -> Self {
-        Self::new(started_at, fastrand::u32(..))
+        static MADE: std::sync::Mutex<std::collections::BTreeSet<RunId>> =
+            std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let mut made = MADE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            let id = Self::new(started_at, fastrand::u32(..));
+            if made.insert(id.clone()) {
+                return id;
+            }
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -409,6 +421,17 @@ impl fmt::Display for Plan {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn a_generated_run_id_never_repeats_one_this_process_made() {
+        let at = Utc.with_ymd_and_hms(2031, 5, 4, 3, 2, 1).unwrap();
+        fastrand::seed(27);
+        let first = RunId::generate(at);
+        fastrand::seed(27);
+        let second = RunId::generate(at);
+        assert_ne!(first, second, "the same second, the same draw");
+        assert_eq!(first.started_at(), second.started_at());
+    }
 
     /// Two flavors built in us-west-2, each copied to us-east-1; the second built from the first's image.
     fn chained() -> Plan {
