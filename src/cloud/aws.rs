@@ -1001,7 +1001,6 @@ impl RegionCloud for AwsRegion {
     }
 
     async fn find_instances(&self, tags: &Tags) -> CloudResult<Vec<Tagged<InstanceId>>> {
-        let action = Action::DescribeInstances;
         let mut filters = tag_filters(tags);
         filters.push(
             Filter::builder()
@@ -1012,21 +1011,13 @@ impl RegionCloud for AwsRegion {
                 .values("stopped")
                 .build(),
         );
-        let filters = &filters;
-        all_pages(|token| async move {
-            let output = ec2_call!(self, action, |client| client
-                .describe_instances()
-                .set_filters(Some(filters.clone()))
-                .set_next_token(token.clone()))?;
-            let instances = output.reservations().iter().flat_map(|reservation| reservation.instances());
-            let found = instances
-                .filter_map(|instance| {
-                    Some(Tagged { id: InstanceId(instance.instance_id()?.to_string()), tags: tags_of(instance.tags()) })
-                })
-                .collect();
-            Ok((found, output.next_token().map(str::to_string)))
-        })
-        .await
+        let instances = self.instances_where(filters).await?;
+        Ok(instances
+            .iter()
+            .filter_map(|instance| {
+                Some(Tagged { id: InstanceId(instance.instance_id()?.to_string()), tags: tags_of(instance.tags()) })
+            })
+            .collect())
     }
 
     async fn find_security_groups(&self, tags: &Tags) -> CloudResult<Vec<Tagged<SecurityGroupId>>> {
@@ -1711,30 +1702,18 @@ impl RegionCloud for AwsRegion {
                     .set_values(Some(states.map(str::to_string).to_vec()))
                     .build(),
             ];
-            let filters = &filters;
-            users.extend(
-                all_pages(|token| async move {
-                    let output = ec2_call!(self, Action::DescribeInstances, |client| client
-                        .describe_instances()
-                        .set_filters(Some(filters.clone()))
-                        .set_next_token(token.clone()))?;
-                    let instances = output.reservations().iter().flat_map(|reservation| reservation.instances());
-                    let found = instances
-                        .filter_map(|instance| {
-                            Some(ImageUser {
-                                instance: InstanceId(instance.instance_id()?.to_string()),
-                                state: instance.state()?.name()?.as_str().to_string(),
-                                image: ImageId(instance.image_id()?.to_string()),
-                            })
-                        })
-                        .collect();
-                    Ok((found, output.next_token().map(str::to_string)))
+            let instances = self.instances_where(filters).await?;
+            users.extend(instances.iter().filter_map(|instance| {
+                Some(ImageUser {
+                    instance: InstanceId(instance.instance_id()?.to_string()),
+                    state: instance.state()?.name()?.as_str().to_string(),
+                    image: ImageId(instance.image_id()?.to_string()),
                 })
-                .await?,
-            );
+            }));
         }
         Ok(users)
     }
+
     /// DescribeKeyPairs by name for its id, then CreateTags on that id.
     async fn tag_key_pair(&self, name: &KeyPairName, tags: &Tags) -> CloudResult<()> {
         let action = Action::DescribeKeyPairs;
@@ -1774,6 +1753,22 @@ impl AwsRegion {
                 message: format!("Alias {key} is not found."),
             }),
         }
+    }
+
+    /// Every instance DescribeInstances answers with `filters`, every page (the sweep's tagged instances, gc's
+    /// users of images).
+    async fn instances_where(&self, filters: Vec<Filter>) -> CloudResult<Vec<aws_sdk_ec2::types::Instance>> {
+        let filters = &filters;
+        all_pages(|token| async move {
+            let output = ec2_call!(self, Action::DescribeInstances, |client| client
+                .describe_instances()
+                .set_filters(Some(filters.clone()))
+                .set_next_token(token.clone()))?;
+            let instances =
+                output.reservations().iter().flat_map(|reservation| reservation.instances().iter().cloned());
+            Ok((instances.collect(), output.next_token().map(str::to_string)))
+        })
+        .await
     }
 }
 
