@@ -39,7 +39,7 @@ state = "account/state.json"
 "#;
 
 /// `fleetbake ARGS` with no AWS credentials at all: the simulated account needs none.
-fn offline(workspace: &Workspace, args: &[&str]) -> Outcome {
+pub(crate) fn offline(workspace: &Workspace, args: &[&str]) -> Outcome {
     let outcome = workspace.fleetbake_with_env(
         args,
         &[("AWS_CONFIG_FILE", "/nonexistent"), ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")],

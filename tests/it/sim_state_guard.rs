@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use crate::harness::*;
+use crate::sim_state::offline;
 
 const FLEET: &str = r#"[fleet]
 name = "offline"
@@ -33,14 +34,6 @@ keep = 1
 [sim]
 state = "state.json"
 "#;
-
-/// `fleetbake ARGS` with no AWS credentials at all: the simulated account needs none.
-fn offline(workspace: &Workspace, args: &[&str]) -> Outcome {
-    workspace.fleetbake_with_env(
-        args,
-        &[("AWS_CONFIG_FILE", "/nonexistent"), ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")],
-    )
-}
 
 fn matrix(workspace: &Workspace, fleet: &str, more: &[&str]) -> Outcome {
     let summary = workspace.path("summary.json");
